@@ -1,0 +1,44 @@
+# imgserve: `make serve` and `make test` set everything up themselves (virtualenv, packages, models).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# torch is pinned to the CPU build through constraints.txt so CPU machines never pull CUDA wheels.
+PIP_INSTALL := $(PIP) install -q -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: venv serve test test-unit test-integration test-gpu lint models clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[dev,torch,heif,dali]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+models: venv
+	$(VENV)/bin/imgserve models prepare
+
+serve: models
+	$(VENV)/bin/imgserve serve --config serve_config.yaml
+
+test: venv
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-gpu: venv
+	$(PY) -m pytest tests/gpu $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check serving pipelines models tests loadtests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

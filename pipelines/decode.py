@@ -1,0 +1,173 @@
+"""Compressed bytes -> model-ready tensor, decoded once and bounded by `DecodeLimits`.
+
+Two CPU decoders share one validation step (format allow-list, byte and pixel limits read from the
+header before any pixel is decoded):
+
+- ``pillow`` (the reference): JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the model input is
+  much smaller than the photo, then EXIF orientation, RGB, resize, crop, normalise.
+- ``opencv``: libjpeg-turbo via ``cv2.imdecode`` with ``IMREAD_REDUCED_COLOR_*`` for the same reduced
+  scale; geometry and normalisation then go through the same Pillow code so numerics match.
+
+DALI (batched, CPU or GPU) lives in `pipelines.dali_decode`.
+"""
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from pipelines.limits import DecodeLimits
+from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
+
+DecoderName = Literal["pillow", "opencv"]
+
+# Magic numbers of the formats we support: unidentifiable bytes that start like one of these are a
+# corrupt image (400); anything else is not a supported image at all (415).
+_SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
+    b"\xff\xd8",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+)
+_ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One decoded image: the model tensor (no batch axis) plus what later stages need to know."""
+
+    tensor: np.ndarray
+    width: int  # upright original width, after EXIF orientation
+    height: int
+    format: str
+    decode_scale: int = 1  # 1, 2, 4 or 8 when JPEG was decoded at reduced scale
+
+
+def _looks_like_supported_image(data: bytes) -> bool:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    if data[4:8] == b"ftyp":  # HEIF / AVIF container
+        return True
+    return data.startswith(_SUPPORTED_SIGNATURES)
+
+
+def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Open lazily (header only) and enforce the limits; raises an `ImageInputError` subclass."""
+    if not data:
+        raise InvalidImageError("empty image: no bytes were sent")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {exc}") from None
+    except UnidentifiedImageError:
+        if _looks_like_supported_image(data):
+            raise InvalidImageError("image data is corrupt: the header of a supported format could not be read")
+        raise UnsupportedFormatError(
+            f"unrecognised image format; supported: {', '.join(sorted(limits.formats))}"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"image header is corrupt: {exc}") from None
+    if image.format not in limits.formats:
+        raise UnsupportedFormatError(
+            f"format {image.format} is not accepted; supported: {', '.join(sorted(limits.formats))}"
+        )
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"image has an empty size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """EXIF orientation tag (1..8); 1 when absent or unreadable."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not fail the decode
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
+    """(width, height) as the viewer sees it, after EXIF orientation."""
+    width, height = image.size
+    return (height, width) if orientation in _ORIENTATION_SWAPS_AXES else (width, height)
+
+
+def reduced_scale(image: Image.Image, orientation: int, spec: PreprocessSpec) -> int:
+    """Largest JPEG DCT scale (1, 2, 4, 8) that still leaves at least the resized size in each axis."""
+    if image.format not in ("JPEG", "MPO"):
+        return 1
+    up_w, up_h = upright_size(image, orientation)
+    need_w, need_h = spec.minimum_decode_size(up_w, up_h)
+    scale = 1
+    while scale < 8 and up_w // (scale * 2) >= need_w and up_h // (scale * 2) >= need_h:
+        scale *= 2
+    return scale
+
+
+def _load_rgb_pillow(image: Image.Image, scale: int) -> Image.Image:
+    if scale > 1:
+        stored_w, stored_h = image.size
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
+    try:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from None
+
+
+_CV2_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _load_rgb_opencv(data: bytes, scale: int) -> Image.Image:
+    # IMREAD_COLOR applies the EXIF orientation, like ImageOps.exif_transpose does for Pillow.
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_REDUCED[scale])
+    if bgr is None:
+        raise InvalidImageError("image data is corrupt or truncated (OpenCV could not decode it)")
+    return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def decode_rgb(
+    data: bytes,
+    spec: PreprocessSpec,
+    limits: DecodeLimits,
+    decoder: DecoderName = "pillow",
+    reduced: bool = True,
+) -> tuple[Image.Image, Image.Image, int]:
+    """Validate and decode to an upright RGB image; returns (header image, rgb, decode scale)."""
+    header = open_validated(data, limits)
+    orientation = exif_orientation(header)
+    scale = reduced_scale(header, orientation, spec) if reduced else 1
+    if decoder == "opencv" and header.format in ("JPEG", "MPO"):
+        rgb = _load_rgb_opencv(data, scale)
+    else:
+        rgb = _load_rgb_pillow(header, scale)
+    return header, rgb, scale
+
+
+def decode_for_model(
+    data: bytes,
+    spec: PreprocessSpec,
+    limits: DecodeLimits | None = None,
+    decoder: DecoderName = "pillow",
+    reduced: bool = True,
+) -> DecodedImage:
+    """Bytes -> `DecodedImage` whose tensor follows `spec`; raises `ImageInputError` subclasses on bad input."""
+    limits = limits or DecodeLimits()
+    header, rgb, scale = decode_rgb(data, spec, limits, decoder, reduced)
+    width, height = upright_size(header, exif_orientation(header))
+    tensor = normalize(geometry_pil(rgb, spec), spec)
+    return DecodedImage(tensor=tensor, width=width, height=height, format=header.format or "", decode_scale=scale)

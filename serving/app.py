@@ -1,0 +1,62 @@
+"""The application builder named by `serve_config.yaml` (`import_path: serving.app:build_app`).
+
+Graph: Ingress -> Decoder (decode once, per-model preprocessing) -> one batched deployment per model.
+Models whose weights are missing, or that no backend can run here, are left out with a logged reason
+(and listed as UNAVAILABLE by `/v1/models`); the default model must be servable.
+"""
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from serving.config.settings import ServerSettings
+from serving.deployments.decoder import DecoderDeployment
+from serving.deployments.ingress import IngressDeployment
+from serving.deployments.model import ModelDeployment
+from serving.repository import ModelRepository
+
+logger = logging.getLogger("imgserve.app")
+
+
+class AppArgs(BaseModel):
+    """`args:` of the application in serve_config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] | Literal["all"] = Field(default="all", description="Models to deploy; 'all' = every servable one.")
+    default_model: str = Field(default="mobilenet_v2_imagenet", description="Model used when a request names none.")
+    decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
+    reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
+    ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
+
+
+def model_deployment_name(model: str) -> str:
+    """Deployment name of a model's batched stage (what serve_config.yaml configures)."""
+    return f"model-{model}"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    options = AppArgs.model_validate(args or {})
+    repository = ModelRepository.scan(ServerSettings.from_env())
+    wanted = list(repository.entries) if options.models == "all" else options.models
+    for name in wanted:
+        repository.get(name)  # unknown names fail the deploy loudly
+    default = repository.get(options.default_model)
+    if not default.available:
+        raise RuntimeError(f"default model '{default.name}' cannot be served: {default.unavailable_reason}")
+    backend_options = {"onnxruntime": {"intra_op_threads": options.ort_threads}} if options.ort_threads else None
+    models = {}
+    for name in wanted:
+        entry = repository.get(name)
+        if not entry.available:
+            logger.warning("model %s is not deployed: %s", name, entry.unavailable_reason)
+            continue
+        # Room for one batch executing and a full one queued behind it, so batches can fill.
+        ongoing = 2 * entry.config.batching.max_batch_size
+        models[name] = ModelDeployment.options(name=model_deployment_name(name), max_ongoing_requests=ongoing).bind(
+            name, backend_options
+        )
+    decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
+    return IngressDeployment.bind(decoder, models, default.name)

@@ -1,0 +1,71 @@
+"""ONNX Runtime: the CPU default, with the CUDA execution provider where a GPU and the GPU build exist."""
+
+import os
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from serving.backends.base import BackendInfo
+
+if TYPE_CHECKING:
+    from serving.repository import ModelEntry
+
+
+def default_intra_op_threads() -> int:
+    """Threads per session: IMGSERVE_ORT_THREADS, else every core (callers sharing cores should set it)."""
+    return int(os.environ.get("IMGSERVE_ORT_THREADS", "0")) or (os.cpu_count() or 1)
+
+
+class OnnxRuntimeBackend:
+    name: ClassVar[str] = "onnxruntime"
+
+    def __init__(self, intra_op_threads: int | None = None, use_cuda: bool | None = None):
+        self.intra_op_threads = intra_op_threads or default_intra_op_threads()
+        self.use_cuda = use_cuda
+        self._session = None
+        self._input_name = ""
+        self._output_names: list[str] = []
+
+    @classmethod
+    def unavailable_reason(cls, entry: "ModelEntry") -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed"
+        if entry.artifacts.onnx is None:
+            return "no ONNX file (run `imgserve models prepare` to export it)"
+        return None
+
+    def load(self, entry: "ModelEntry") -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        want_cuda = self.use_cuda if self.use_cuda is not None else "CUDAExecutionProvider" in available
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        self._session = ort.InferenceSession(str(entry.artifacts.onnx), options, providers=providers)
+        self._input_name = self._session.get_inputs()[0].name
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeError("backend is not loaded")
+        results = self._session.run(self._output_names, {self._input_name: batch})
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, results, strict=True)}
+
+    def info(self) -> BackendInfo:
+        providers = self._session.get_providers() if self._session is not None else []
+        device = "cuda:0" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+        return BackendInfo(
+            name=self.name,
+            device=device,
+            platform="onnxruntime_onnx",
+            detail=f"providers={','.join(providers)} intra_op_threads={self.intra_op_threads}",
+        )
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,166 @@
+"""Schema of `models/<name>/config.yaml`: one model, one folder (the Triton model-repository idea).
+
+Every field carries a description; `batching` is the only block that may change at runtime (Ray Serve
+`user_config` -> `reconfigure`), everything else needs a redeploy.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.preprocess import PreprocessSpec
+
+BackendName = Literal["tensorrt", "torch", "onnxruntime"]
+TensorDType = Literal["FP32", "FP16", "UINT8", "INT64", "BYTES"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    name: str = Field(description="Tensor name the model graph expects (e.g. 'input').")
+    layout: Literal["NCHW", "NHWC"] = Field(description="Memory layout of the image tensor, batch axis first.")
+    dtype: Literal["FP32", "FP16", "UINT8"] = Field(description="Element type, in Open Inference Protocol names.")
+    size: tuple[int, int] = Field(description="Spatial size (height, width) of one image.")
+    channels: Literal[1, 3] = Field(default=3, description="Colour channels (RGB order when 3).")
+
+    @property
+    def shape(self) -> list[int]:
+        """Per-image shape without the batch axis."""
+        h, w = self.size
+        return [self.channels, h, w] if self.layout == "NCHW" else [h, w, self.channels]
+
+
+class ResizeSpec(_Strict):
+    policy: Literal["shorter_side", "exact", "none"] = Field(
+        description="'shorter_side' scales so the shorter side equals size[0] keeping aspect; 'exact' to (h, w)."
+    )
+    size: tuple[int, int] = Field(description="Target (height, width); shorter_side uses only the first value.")
+    interpolation: Literal["bilinear", "bicubic", "nearest", "area"] = Field(
+        default="bilinear", description="Resampling filter (Pillow semantics: antialiased when shrinking)."
+    )
+
+
+class PreprocessingConfig(_Strict):
+    resize: ResizeSpec = Field(description="Resize applied to the upright (EXIF-oriented) RGB image.")
+    crop: tuple[int, int] | None = Field(default=None, description="Centre crop (height, width) after resize.")
+    scale: float = Field(default=1.0, description="Pixels (0..255) are multiplied by this first.")
+    mean: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="Subtracted per RGB channel.")
+    std: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="Divisor per RGB channel.")
+
+
+class OutputSpec(_Strict):
+    name: str = Field(description="Output tensor name in the model graph.")
+    dtype: TensorDType = Field(default="FP32", description="Element type.")
+    shape: list[int] = Field(description="Per-image shape without the batch axis.")
+    kind: Literal["probabilities", "logits", "raw"] = Field(
+        default="raw", description="'probabilities' are used as scores; 'logits' get a softmax for top-k."
+    )
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching (Ray Serve `@serve.batch`). Runtime-adjustable through the deployment's user_config."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Largest batch handed to the backend.")
+    batch_wait_timeout_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="How long the first request of a batch waits for company."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="Sizes the backend runs best at; TensorRT builds its optimisation profile around the largest.",
+    )
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> "BatchingConfig":
+        too_big = [s for s in self.preferred_batch_sizes if s < 1 or s > self.max_batch_size]
+        if too_big:
+            raise ValueError(f"preferred_batch_sizes {too_big} must lie in 1..max_batch_size ({self.max_batch_size})")
+        return self
+
+
+class WeightsSpec(_Strict):
+    file: str = Field(description="File name looked up in the weights directory (IMGSERVE_WEIGHTS_DIR).")
+    format: Literal["onnx", "torchscript", "torchvision_state_dict"] = Field(
+        description="What the file holds; decides which backends can load it directly."
+    )
+    sha256: str = Field(
+        description="Hex sha256 of the file. A prefix of at least 8 digits is accepted where the publisher only "
+        "gives one (torchvision names its files with the first 8)."
+    )
+    source_url: str | None = Field(default=None, description="Public place to download the file from, if any.")
+    committed: bool = Field(
+        default=False, description="True when the project trained the weights itself and keeps them in the folder."
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower()
+        if len(value) < 8 or len(value) > 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("sha256 must be 8 to 64 hex digits")
+        return value
+
+
+class ExportConfig(_Strict):
+    source: Literal["torchvision"] = Field(description="Where the architecture comes from at build time.")
+    architecture: str = Field(description="Constructor name, e.g. 'resnet50' for torchvision.models.resnet50.")
+    opset: int = Field(default=17, description="ONNX opset for the export.")
+
+
+class ModelConfig(_Strict):
+    """One servable model: what it takes, how to feed it, how to batch and run it, where its weights are."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="Model name used in URLs and metrics.")
+    version: str = Field(default="1", description="Model version string reported in metadata.")
+    task: Literal["classification", "quality"] = Field(description="What the outputs mean.")
+    description: str = Field(default="", description="One line for humans.")
+    input: InputSpec = Field(description="The image tensor the model takes.")
+    preprocessing: PreprocessingConfig = Field(description="Pixels -> tensor, applied by the decode stage.")
+    outputs: list[OutputSpec] = Field(min_length=1, description="Output tensors; the first is the primary one.")
+    labels: str | None = Field(default=None, description="Labels file in the model folder, one line per index.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching parameters.")
+    backends: list[BackendName] = Field(
+        min_length=1, description="Backends in order of preference; the first one available on the replica wins."
+    )
+    weights: WeightsSpec = Field(description="The weights file and how to verify it.")
+    export: ExportConfig | None = Field(default=None, description="Build-time export to ONNX (torchvision models).")
+
+    @model_validator(mode="after")
+    def _crop_matches_input(self) -> "ModelConfig":
+        produced = self.preprocessing.crop or self.preprocessing.resize.size
+        if self.preprocessing.resize.policy == "none" and self.preprocessing.crop is None:
+            raise ValueError("preprocessing must fix the input size: give a crop or an 'exact' resize")
+        if tuple(produced) != tuple(self.input.size):
+            raise ValueError(f"preprocessing produces {tuple(produced)} but input.size is {tuple(self.input.size)}")
+        return self
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The decode stage's view of this model."""
+        p = self.preprocessing
+        dtype = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}[self.input.dtype]
+        return PreprocessSpec(
+            resize_policy=p.resize.policy,
+            resize_size=p.resize.size,
+            crop_size=p.crop,
+            interpolation=p.resize.interpolation,
+            scale=p.scale,
+            mean=p.mean,
+            std=p.std,
+            layout=self.input.layout,
+            dtype=dtype,  # type: ignore[arg-type]
+        )
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Parse and validate one `config.yaml`; errors name the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

@@ -1,0 +1,52 @@
+"""Server-wide settings, read from `IMGSERVE_*` environment variables with documented defaults."""
+
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.limits import DecodeLimits
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_weights_dir() -> Path:
+    shared = PROJECT_ROOT.parent / "shared" / "models"
+    if shared.is_dir():
+        return shared
+    return Path(platformdirs.user_cache_dir("imgserve")) / "weights"
+
+
+class ServerSettings(BaseModel):
+    """Where models, weights and build outputs live, and the request limits. None of these change at runtime."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_repository: Path = Field(
+        default=PROJECT_ROOT / "models", description="Folder with one sub-folder per model (IMGSERVE_MODEL_REPOSITORY)."
+    )
+    weights_dir: Path = Field(
+        default_factory=_default_weights_dir,
+        description="Where third-party weights are looked up (IMGSERVE_WEIGHTS_DIR); default ../shared/models when "
+        "present, else the user cache.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("imgserve")),
+        description="Build outputs: ONNX exports, TensorRT engines (IMGSERVE_CACHE_DIR). Never committed.",
+    )
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
+    max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
+    max_pixels: int = Field(default=100_000_000, description="Largest width*height decoded (decompression bombs).")
+    max_images_per_request: int = Field(default=256, description="Most images in one classify request.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ServerSettings":
+        """Settings with any `IMGSERVE_<FIELD>` environment variable applied."""
+        env = dict(os.environ if env is None else env)
+        values = {name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env}
+        return cls.model_validate(values)
+
+    def decode_limits(self) -> DecodeLimits:
+        """The decode stage's limits."""
+        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_pixels)

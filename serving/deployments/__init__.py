@@ -1,0 +1,1 @@
+"""Ray Serve deployments: thin wrappers around `pipelines` functions and `serving.backends`."""

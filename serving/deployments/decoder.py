@@ -1,0 +1,38 @@
+"""The decode stage: encoded bytes in, a small model-ready tensor out. Full-size pixels never leave it."""
+
+import asyncio
+import time
+
+import cv2
+from ray import serve
+
+from pipelines.decode import DecodedImage, DecoderName, decode_for_model
+from serving.config.settings import ServerSettings
+from serving.metrics import STAGE_LATENCY
+from serving.repository import ModelRepository
+
+
+class Decoder:
+    def __init__(self, decoder: DecoderName = "pillow", reduced_decode: bool = True, opencv_threads: int = 1):
+        settings = ServerSettings.from_env()
+        repo = ModelRepository.scan(settings, check_backends=False)
+        self.specs = {name: entry.config.preprocess_spec() for name, entry in repo.entries.items()}
+        self.limits = settings.decode_limits()
+        self.decoder: DecoderName = decoder
+        self.reduced = reduced_decode
+        cv2.setNumThreads(opencv_threads)  # replicas share cores: no hidden thread pools
+
+    def _decode(self, data: bytes, model: str) -> DecodedImage:
+        start = time.perf_counter()
+        decoded = decode_for_model(data, self.specs[model], self.limits, self.decoder, self.reduced)
+        STAGE_LATENCY.labels("decode", model).observe(time.perf_counter() - start)
+        return decoded
+
+    async def decode(self, data: bytes, model: str) -> DecodedImage:
+        """Decode for `model`'s preprocessing; raises `ImageInputError` subclasses on bad input."""
+        # Pillow and libjpeg release the GIL while decoding: a worker thread lets two decodes overlap.
+        return await asyncio.to_thread(self._decode, data, model)
+
+
+# The class stays importable under its own name so Ray pickles it by reference, not by value.
+DecoderDeployment = serve.deployment(name="Decoder", max_ongoing_requests=16)(Decoder)

@@ -1,0 +1,27 @@
+"""The ingress deployment: the FastAPI app (HTTP) over the shared service layer."""
+
+import logging
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.config.settings import ServerSettings
+from serving.http.app import create_http_app
+from serving.http.state import set_service
+from serving.repository import ModelRepository
+from serving.service import InferenceService
+
+logger = logging.getLogger("imgserve.ingress")
+http_app = create_http_app()
+
+
+class Ingress:
+    def __init__(self, decoder: DeploymentHandle, models: dict[str, DeploymentHandle], default_model: str):
+        settings = ServerSettings.from_env()
+        repository = ModelRepository.scan(settings)
+        self.service = InferenceService(repository, decoder, models, default_model, settings.max_images_per_request)
+        set_service(self.service, settings)
+        logger.info("ingress ready: models %s, default %s", sorted(models), default_model)
+
+
+IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress(http_app)(Ingress))

@@ -1,0 +1,96 @@
+"""One dynamic-batched deployment per model (Ray Serve `@serve.batch`) over a `Backend`.
+
+Batch size and wait come from the model's config.yaml and can change at runtime through the
+deployment's `user_config` (`reconfigure`). Batches run in a worker thread so the replica keeps
+queueing requests, and therefore forming the next batch, while one executes.
+"""
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from pipelines.decode import DecodedImage
+from serving.backends import load_backend
+from serving.config.model_config import BatchingConfig
+from serving.config.settings import ServerSettings
+from serving.errors import InvalidTensorError
+from serving.metrics import BATCH_FILL, BATCH_SIZE, STAGE_LATENCY
+from serving.oip.tensors import OIP_TO_NUMPY
+from serving.repository import ModelRepository
+
+
+
+def split_batch(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """Per-item outputs from batched ones, checking the batch contract (one row per input)."""
+    for name, value in outputs.items():
+        if value.shape[0] != count:
+            raise RuntimeError(f"backend returned {value.shape[0]} rows for output '{name}' but the batch had {count}")
+    return [{name: value[i] for name, value in outputs.items()} for i in range(count)]
+
+
+class ModelServer:
+    def __init__(self, model_name: str, backend_options: dict[str, dict[str, Any]] | None = None):
+        settings = ServerSettings.from_env()
+        self.entry = ModelRepository.scan(settings, check_backends=False).get(model_name)
+        if not self.entry.available:
+            raise RuntimeError(self.entry.unavailable_reason)
+        self.backend = load_backend(self.entry, backend_options)
+        self.input_shape = tuple(self.entry.config.input.shape)
+        self.input_dtype = np.dtype(OIP_TO_NUMPY[self.entry.config.input.dtype])
+        self.batching = self.entry.config.batching
+        self._apply_batching(self.batching)
+
+    def _apply_batching(self, batching: BatchingConfig) -> None:
+        self.batching = batching
+        self._run_batch.set_max_batch_size(batching.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_ms / 1000.0)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Runtime update of the batching block (`user_config` in serve_config.yaml)."""
+        merged = {**self.batching.model_dump(), **(user_config.get("batching") or {})}
+        self._apply_batching(BatchingConfig.model_validate(merged))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _run_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        model = self.entry.name
+        BATCH_SIZE.labels(model).observe(len(tensors))
+        BATCH_FILL.labels(model).observe(len(tensors) / self.batching.max_batch_size)
+        start = time.perf_counter()
+        outputs = await asyncio.to_thread(self.backend.infer, np.stack(tensors))
+        STAGE_LATENCY.labels("model", model).observe(time.perf_counter() - start)
+        return split_batch(outputs, len(tensors))
+
+    def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        if tuple(tensor.shape) != self.input_shape:
+            raise InvalidTensorError(
+                f"model '{self.entry.name}' input must have per-image shape {list(self.input_shape)}, got {list(tensor.shape)}"
+            )
+        if tensor.dtype != self.input_dtype:
+            raise InvalidTensorError(
+                f"model '{self.entry.name}' input must be {self.entry.config.input.dtype}, got numpy {tensor.dtype}"
+            )
+        return tensor
+
+    async def infer(self, item: DecodedImage | np.ndarray) -> dict[str, np.ndarray]:
+        """One image tensor (no batch axis), batched with concurrent callers; returns its outputs."""
+        tensor = item.tensor if isinstance(item, DecodedImage) else item
+        return await self._run_batch(self._check_tensor(tensor))
+
+    def metadata(self) -> dict[str, Any]:
+        """The chosen backend and batching, for model metadata."""
+        info = self.backend.info()
+        return {
+            "backend": info.name,
+            "device": info.device,
+            "platform": info.platform,
+            "precision": info.precision,
+            "detail": info.detail,
+            "batching": self.batching.model_dump(),
+        }
+
+
+# The class stays importable under its own name so Ray pickles it by reference, not by value.
+ModelDeployment = serve.deployment(name="Model", max_ongoing_requests=64)(ModelServer)

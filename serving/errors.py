@@ -1,0 +1,81 @@
+"""Errors the service layer raises, and how each maps to HTTP and gRPC at the edges.
+
+Exceptions raised inside other Ray replicas arrive wrapped (RayTaskError); `unwrap` recovers the
+original so a corrupt image decoded in the decode stage still becomes a 400, not a 500.
+"""
+
+from dataclasses import dataclass
+
+from pipelines.errors import ImageInputError
+from serving.repository import UnknownModelError
+
+
+class ServiceError(Exception):
+    """Base for service-layer errors with a fixed HTTP status and gRPC code."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+    kind = "internal"
+
+
+class InvalidTensorError(ServiceError, ValueError):
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    kind = "invalid_tensor"
+
+
+class BadRequestError(ServiceError, ValueError):
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    kind = "bad_request"
+
+
+class RequestTooLargeError(ServiceError):
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "too_large"
+
+
+class ModelUnavailableError(ServiceError):
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "model_unavailable"
+
+
+class OverloadedError(ServiceError):
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "overloaded"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What the edge needs to answer an error."""
+
+    http_status: int
+    grpc_code: str
+    kind: str
+    message: str
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind Ray's task-error wrappers."""
+    seen = 0
+    while seen < 5 and getattr(exc, "cause", None) is not None and isinstance(exc.cause, BaseException):  # type: ignore[attr-defined]
+        exc = exc.cause  # type: ignore[attr-defined]
+        seen += 1
+    return exc
+
+
+def classify_error(exc: BaseException) -> ErrorInfo:
+    """Map any exception to status codes; unknown exceptions are internal errors (500 / INTERNAL)."""
+    from ray.serve.exceptions import BackPressureError
+
+    original = unwrap(exc)
+    if isinstance(original, (ImageInputError, ServiceError)):
+        return ErrorInfo(original.http_status, original.grpc_code, original.kind, str(original))
+    if isinstance(original, UnknownModelError):
+        return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
+    if isinstance(original, BackPressureError):
+        return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
+    return ErrorInfo(500, "INTERNAL", "internal", f"internal error: {type(original).__name__}: {original}")

@@ -1,0 +1,70 @@
+"""The FastAPI application: routers, JSON error bodies, size limit and metrics middleware."""
+
+import logging
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import __version__
+from serving.config.settings import ServerSettings
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError
+
+from pipelines.errors import ImageInputError
+from serving.errors import ServiceError, classify_error
+from serving.http import image_routes, oip_routes
+from serving.http.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware, RequestMetricsMiddleware
+from serving.repository import UnknownModelError
+from serving.metrics import ERRORS, render_metrics
+
+logger = logging.getLogger("imgserve.http")
+
+
+def _endpoint(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    info = classify_error(exc)
+    message = info.message + "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
+    ERRORS.labels(_endpoint(request), info.kind).inc()
+    if info.http_status >= 500 and info.kind == "internal":
+        logger.exception("internal error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    ERRORS.labels(_endpoint(request), f"http_{exc.status_code}").inc()
+    return JSONResponse({"error": str(exc.detail), "kind": f"http_{exc.status_code}"}, status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    ERRORS.labels(_endpoint(request), "bad_request").inc()
+    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"error": f"invalid request: {details}", "kind": "bad_request"}, status_code=400)
+
+
+def create_http_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings.from_env()
+    app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
+    app.include_router(oip_routes.router)
+    app.include_router(image_routes.router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other
+    # replicas arrive as RayError subclasses (usually also instances of the original class).
+    for error_class in (ImageInputError, ServiceError, UnknownModelError, RayError, BackPressureError):
+        app.add_exception_handler(error_class, _service_error)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestMetricsMiddleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = render_metrics()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,64 @@
+"""Image API: encoded images in (multipart field `image`, repeatable, or a raw body), results out."""
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from serving.errors import BadRequestError
+from serving.http.schemas import CategoriesResponse, ClassifyResponse, ClassifyResult, ModelsResponse
+from serving.http.state import get_service
+from serving.metrics import BYTES_RECEIVED, IMAGES
+from serving.service import InferenceService
+
+router = APIRouter(prefix="/v1", tags=["image API"])
+
+
+async def read_images(request: Request, max_images: int) -> list[bytes]:
+    """Images from a multipart form (field `image`, repeatable) or from the raw body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+        uploads = form.getlist("image")
+        if not uploads:
+            raise BadRequestError("multipart request has no field named 'image'")
+        images = []
+        for upload in uploads:
+            if not isinstance(upload, UploadFile):
+                raise BadRequestError("multipart field 'image' must be a file, not a text value")
+            images.append(await upload.read())
+    else:
+        images = [await request.body()]
+    IMAGES.labels(request.url.path, "http").inc(len(images))
+    BYTES_RECEIVED.labels("http").inc(sum(len(i) for i in images))
+    return images
+
+
+@router.post("/classify", response_model=ClassifyResponse)
+async def classify(
+    request: Request,
+    model: str | None = Query(default=None, description="Model name; the server's default classifier if omitted."),
+    top_k: int = Query(default=5, ge=1, le=1000, description="How many classes to return per image."),
+    service: InferenceService = Depends(get_service),
+) -> ClassifyResponse:
+    request.state.model = model or service.default_model
+    images = await read_images(request, service.max_images_per_request)
+    results = await service.classify(images, model, top_k)
+    return ClassifyResponse(
+        results=[ClassifyResult(model=r.model, predictions=[asdict(p) for p in r.predictions], timing_ms=r.timing_ms) for r in results]
+    )
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def models(service: InferenceService = Depends(get_service)) -> ModelsResponse:
+    statuses = await service.model_statuses()
+    return ModelsResponse(default_model=service.default_model, models=[asdict(s) for s in statuses])
+
+
+@router.get("/categories", response_model=CategoriesResponse)
+async def categories(
+    request: Request, model: str | None = Query(default=None), service: InferenceService = Depends(get_service)
+) -> CategoriesResponse:
+    entry = service.repository.get(model or service.default_model)
+    request.state.model = entry.name
+    return CategoriesResponse(model=entry.name, categories=[{"index": i, "label": label} for i, label in enumerate(entry.labels)])

@@ -1,0 +1,115 @@
+"""ASGI middleware: request-body size limit and per-request metrics."""
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from serving.metrics import REQUEST_LATENCY, REQUESTS
+
+logger = logging.getLogger("imgserve.http")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Send, size: str) -> None:
+        body = ('{"error": "request body of %s bytes exceeds the limit of %d bytes", "kind": "too_large"}' % (size, self.max_bytes)).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, declared.decode())
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    from serving.errors import RequestTooLargeError
+
+                    raise RequestTooLargeError(f"request body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class InternalErrorMiddleware:
+    """Turns an exception no handler claimed into a JSON 500 (and logs it) instead of a bare text page."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: the replica keeps serving
+            logger.exception("unhandled error on %s", scope.get("path"))
+            if started:
+                return
+            from serving.errors import classify_error
+            from serving.metrics import ERRORS
+
+            info = classify_error(exc)
+            ERRORS.labels(getattr(scope.get("route"), "path", "unmatched"), info.kind).inc()
+            body = json.dumps({"error": info.message, "kind": info.kind}).encode()
+            await send({"type": "http.response.start", "status": info.http_status, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetricsMiddleware:
+    """Counts every answered request by endpoint (route template), model and status; times it."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            if endpoint != "/metrics":
+                state = scope.get("state") or {}
+                model = state.get("model") or (scope.get("path_params") or {}).get("model", "")
+                REQUESTS.labels(endpoint, "http", model, str(status[0])).inc()
+                REQUEST_LATENCY.labels(endpoint, "http", model).observe(time.perf_counter() - start)

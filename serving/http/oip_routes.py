@@ -1,0 +1,176 @@
+"""Open Inference Protocol (KServe v2) over HTTP/REST, with the binary tensor data extension."""
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from serving.errors import BadRequestError, InvalidTensorError
+from serving.oip import inference as oip
+from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw
+from serving.repository import UnknownModelError
+from serving.service import IMAGE_MODEL_NAME, InferenceService
+from serving.http.state import get_service
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def _not_ready(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=503)
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return oip.server_metadata()
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(service: InferenceService = Depends(get_service)) -> Response:
+    if await service.server_ready():
+        return JSONResponse({"ready": True})
+    return _not_ready("not every model is ready")
+
+
+def _known(service: InferenceService, model: str) -> None:
+    if model != IMAGE_MODEL_NAME:
+        service.repository.get(model)  # UnknownModelError -> 404
+
+
+@router.get("/models/{model}")
+@router.get("/models/{model}/versions/{version}")
+async def model_metadata(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+    _known(service, model)
+    if model != IMAGE_MODEL_NAME:
+        await service.backend_info(service.served_entry(model).name)
+    return oip.model_metadata(service, model)
+
+
+@router.get("/models/{model}/ready")
+@router.get("/models/{model}/versions/{version}/ready")
+async def model_ready(model: str, service: InferenceService = Depends(get_service)) -> Response:
+    _known(service, model)
+    if await service.model_ready(model):
+        return JSONResponse({"name": model, "ready": True})
+    return _not_ready(f"model '{model}' is not ready")
+
+
+@router.get("/models/{model}/config")
+@router.get("/models/{model}/versions/{version}/config")
+async def model_config(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+    """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
+    _known(service, model)
+    meta = oip.model_metadata(service, model)
+    batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model).config.batching
+    return {
+        "name": meta["name"],
+        "platform": meta["platform"],
+        "max_batch_size": batching.max_batch_size,
+        "input": [{"name": i["name"], "data_type": "TYPE_" + i["datatype"].replace("FP", "FP"), "dims": i["shape"][1:]} for i in meta["inputs"]],
+        "output": [{"name": o["name"], "data_type": "TYPE_" + o["datatype"], "dims": o["shape"][1:]} for o in meta["outputs"]],
+        "dynamic_batching": {
+            "preferred_batch_size": batching.preferred_batch_sizes,
+            "max_queue_delay_microseconds": int(batching.batch_wait_timeout_ms * 1000),
+        },
+    }
+
+
+@router.post("/repository/index")
+async def repository_index(service: InferenceService = Depends(get_service)) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "version": s.version, "state": s.state, **({"reason": s.reason} if s.reason else {})}
+        for s in await service.model_statuses()
+    ]
+
+
+def parse_infer_request(model: str, body: bytes, header_length: str | None) -> oip.InferRequest:
+    """JSON, or JSON header + binary tensors (binary tensor data extension), -> `InferRequest`."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise BadRequestError(f"{HEADER_LENGTH} is {header_length!r} but the body has {len(body)} bytes")
+        split = int(header_length)
+        head, binary = body[:split], body[split:]
+    else:
+        head, binary = body, b""
+    try:
+        payload = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"inference request is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise BadRequestError("inference request must be a JSON object with an 'inputs' list")
+    offset = 0
+    inputs = []
+    for item in payload["inputs"]:
+        try:
+            name, datatype, shape = item["name"], item["datatype"], [int(d) for d in item["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
+        params = item.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = int(params["binary_data_size"])
+            if offset + size > len(binary):
+                raise InvalidTensorError(f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain")
+            data = array_from_raw(binary[offset : offset + size], datatype, shape)
+            offset += size
+        elif "data" in item:
+            data = array_from_json(item["data"], datatype, shape)
+        else:
+            raise InvalidTensorError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+        inputs.append(oip.InferInput(name, datatype, shape, data))
+    if offset != len(binary):
+        raise InvalidTensorError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    parameters = payload.get("parameters") or {}
+    binary_default = bool(parameters.get("binary_data_output", False))
+    outputs = []
+    for item in payload.get("outputs") or []:
+        params = item.get("parameters") or {}
+        outputs.append(
+            oip.RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)), int(params.get("classification", 0)))
+        )
+    request = oip.InferRequest(model, inputs, str(payload.get("id", "")), outputs, parameters)
+    if not outputs and binary_default:
+        request.outputs = []  # all outputs, binary: resolved after inference
+        request.parameters["_all_binary"] = True
+    return request
+
+
+def render_infer_response(response: oip.InferResponse, all_binary: bool) -> Response:
+    body: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        body["id"] = response.id
+    blobs: list[bytes] = []
+    outputs = []
+    for out in response.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        if out.binary or all_binary:
+            raw = array_to_raw(out.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array_to_json(out.data)
+        outputs.append(entry)
+    body["outputs"] = outputs
+    if not blobs:
+        return JSONResponse(body)
+    head = json.dumps(body).encode()
+    return Response(
+        head + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+
+
+@router.post("/models/{model}/infer")
+@router.post("/models/{model}/versions/{version}/infer")
+async def infer(model: str, request: Request, service: InferenceService = Depends(get_service)) -> Response:
+    if model != IMAGE_MODEL_NAME and model not in service.repository.entries:
+        raise UnknownModelError(f"unknown model '{model}'; known models: {', '.join(sorted(service.repository.entries))}")
+    parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
+    response = await oip.infer(service, parsed)
+    return render_infer_response(response, bool(parsed.parameters.get("_all_binary")))

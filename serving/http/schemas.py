@@ -1,0 +1,50 @@
+"""Request/response models of the image API (`/v1`), one module for both edges to agree on."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PredictionOut(BaseModel):
+    label: str = Field(description="Class label text.")
+    index: int = Field(description="Output index of the class.")
+    score: float = Field(description="Probability (softmax applied to logits).")
+
+
+class ClassifyResult(BaseModel):
+    model: str = Field(description="Model that answered.")
+    predictions: list[PredictionOut] = Field(description="Top-k, best first.")
+    timing_ms: float = Field(description="Server time for this image: decode, queue, model, post-processing.")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[ClassifyResult] = Field(description="One result per image, in request order.")
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    task: str
+    state: str = Field(description="READY or UNAVAILABLE.")
+    reason: str | None = Field(default=None, description="Why an UNAVAILABLE model is not served here.")
+    backend: dict[str, Any] = Field(default_factory=dict, description="Chosen backend, device and batching.")
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelOut]
+
+
+class Category(BaseModel):
+    index: int
+    label: str
+
+
+class CategoriesResponse(BaseModel):
+    model: str
+    categories: list[Category]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What was wrong, for humans.")
+    kind: str = Field(description="Machine-readable error kind (invalid_image, too_large, unknown_model, ...).")

@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe v2) tensor encoding shared by the HTTP and gRPC edges."""

@@ -1,0 +1,161 @@
+"""Protocol-neutral Open Inference Protocol operations: metadata and infer, for HTTP and gRPC alike."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving import __version__
+from serving.errors import InvalidTensorError
+from serving.oip.tensors import OIP_TO_NUMPY, oip_datatype
+from serving.postprocess import scores_from_output, top_k
+from serving.service import IMAGE_MODEL_NAME, InferenceService
+
+SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+IMAGE_INPUT = "IMAGE"
+IMAGE_OUTPUTS = {"LABELS": "BYTES", "SCORES": "FP32", "INDICES": "INT64"}
+DEFAULT_TOP_K = 5
+
+
+@dataclass
+class InferInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool = False
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    model: str
+    inputs: list[InferInput]
+    id: str = ""
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferOutput:
+    name: str
+    data: np.ndarray
+    binary: bool = False
+
+    @property
+    def datatype(self) -> str:
+        return oip_datatype(self.data)
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.data.shape)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[InferOutput]
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "imgserve", "version": __version__, "extensions": SERVER_EXTENSIONS}
+
+
+def model_metadata(service: InferenceService, name: str) -> dict[str, Any]:
+    """OIP model metadata; the image-level model describes its BYTES input."""
+    if name == IMAGE_MODEL_NAME:
+        entry = service.served_entry(None)
+        return {
+            "name": IMAGE_MODEL_NAME,
+            "versions": ["1"],
+            "platform": "imgserve_image",
+            "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": n, "datatype": t, "shape": [-1, -1]} for n, t in IMAGE_OUTPUTS.items()],
+            "parameters": {"classifier": entry.name, "top_k": DEFAULT_TOP_K},
+        }
+    entry = service.served_entry(name)
+    config = entry.config
+    info = service._backend_info.get(name, {})
+    return {
+        "name": config.name,
+        "versions": [config.version],
+        "platform": info.get("platform", "onnxruntime_onnx"),
+        "inputs": [{"name": config.input.name, "datatype": config.input.dtype, "shape": [-1, *config.input.shape]}],
+        "outputs": [{"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in config.outputs],
+    }
+
+
+def _classification_strings(scores: np.ndarray, labels: tuple[str, ...], k: int, kind_spec: Any) -> np.ndarray:
+    rows = []
+    for row in scores:
+        preds = top_k(scores_from_output(row, kind_spec), labels, k)
+        rows.append([f"{p.score:f}:{p.index}:{p.label}".encode() for p in preds])
+    out = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=np.object_)
+    for i, row in enumerate(rows):
+        out[i, :] = row
+    return out
+
+
+def _int_parameter(parameters: dict[str, Any], name: str, default: int) -> int:
+    value = parameters.get(name, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidTensorError(f"parameter '{name}' must be an integer, got {value!r}") from None
+
+
+async def _infer_images(service: InferenceService, request: InferRequest) -> dict[str, np.ndarray]:
+    images_in = [i for i in request.inputs if i.name == IMAGE_INPUT] or request.inputs[:1]
+    if len(images_in) != 1 or images_in[0].datatype != "BYTES":
+        raise InvalidTensorError(f"model '{IMAGE_MODEL_NAME}' takes one BYTES input named '{IMAGE_INPUT}' of encoded images")
+    images = [bytes(x) for x in images_in[0].data.reshape(-1)]
+    k = _int_parameter(request.parameters, "top_k", DEFAULT_TOP_K)
+    results = await service.classify(images, request.parameters.get("model"), k)
+    width = max(len(r.predictions) for r in results)
+    labels = np.full((len(results), width), b"", dtype=np.object_)
+    scores = np.zeros((len(results), width), dtype=np.float32)
+    indices = np.full((len(results), width), -1, dtype=np.int64)
+    for i, result in enumerate(results):
+        for j, p in enumerate(result.predictions):
+            labels[i, j], scores[i, j], indices[i, j] = p.label.encode(), p.score, p.index
+    return {"LABELS": labels, "SCORES": scores, "INDICES": indices}
+
+
+async def infer(service: InferenceService, request: InferRequest) -> InferResponse:
+    """Run an OIP inference request against a tensor model or the image-level model."""
+    if not request.inputs:
+        raise InvalidTensorError("request has no inputs")
+    if request.model == IMAGE_MODEL_NAME:
+        outputs, version, labels, spec_by_name = await _infer_images(service, request), "1", (), {}
+    else:
+        entry = service.served_entry(request.model)
+        expected = entry.config.input
+        if len(request.inputs) != 1 or request.inputs[0].name != expected.name:
+            names = [i.name for i in request.inputs]
+            raise InvalidTensorError(f"model '{entry.name}' takes one input named '{expected.name}', got {names}")
+        tensor = request.inputs[0]
+        if tensor.datatype != expected.dtype:
+            raise InvalidTensorError(f"input '{expected.name}' must be {expected.dtype}, got {tensor.datatype}")
+        want = np.dtype(OIP_TO_NUMPY[expected.dtype])
+        outputs = await service.infer_tensor(entry.name, np.ascontiguousarray(tensor.data, dtype=want))
+        version, labels = entry.config.version, entry.labels
+        spec_by_name = {o.name: o for o in entry.config.outputs}
+    requested = request.outputs or [RequestedOutput(name) for name in outputs]
+    result: list[InferOutput] = []
+    for req in requested:
+        if req.name not in outputs:
+            raise InvalidTensorError(f"unknown output '{req.name}'; outputs: {', '.join(outputs)}")
+        data = outputs[req.name]
+        if req.classification > 0:
+            if req.name not in spec_by_name:
+                raise InvalidTensorError(f"output '{req.name}' does not support the classification extension")
+            data = _classification_strings(data, labels, req.classification, spec_by_name[req.name])
+        result.append(InferOutput(req.name, data, req.binary))
+    return InferResponse(request.model, version, request.id, result)

@@ -1,0 +1,118 @@
+"""OIP datatypes <-> numpy, and the BYTES element encoding (4-byte little-endian length + bytes)."""
+
+import struct
+
+import numpy as np
+
+from serving.errors import InvalidTensorError
+
+OIP_TO_NUMPY: dict[str, type] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+NUMPY_TO_OIP = {np.dtype(v).name: k for k, v in OIP_TO_NUMPY.items() if k != "BYTES"}
+
+
+def oip_datatype(array: np.ndarray) -> str:
+    """OIP datatype name of a numpy array (object arrays are BYTES)."""
+    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+        return "BYTES"
+    try:
+        return NUMPY_TO_OIP[array.dtype.name]
+    except KeyError:
+        raise InvalidTensorError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+
+
+def element_count(shape: list[int]) -> int:
+    if any(d < 0 for d in shape):
+        raise InvalidTensorError(f"shape {shape} has a negative dimension")
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def deserialize_bytes_tensor(raw: bytes, count: int) -> list[bytes]:
+    """Split OIP binary BYTES data into `count` elements; rejects truncated or trailing data."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidTensorError("BYTES tensor data is truncated inside a length prefix")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidTensorError("BYTES tensor element runs past the end of the data")
+        items.append(raw[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise InvalidTensorError(f"BYTES tensor has {len(items)} elements but its shape says {count}")
+    return items
+
+
+def serialize_bytes_tensor(items: list[bytes]) -> bytes:
+    """OIP binary BYTES encoding of the elements, row-major."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
+    """numpy array from OIP binary data (raw_input_contents / the binary tensor extension)."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        arr[:] = deserialize_bytes_tensor(raw, count)
+        return arr.reshape(shape)
+    if datatype not in OIP_TO_NUMPY:
+        raise InvalidTensorError(f"unknown datatype '{datatype}'")
+    dtype = np.dtype(OIP_TO_NUMPY[datatype]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidTensorError(
+            f"{datatype} tensor of shape {shape} needs {count * dtype.itemsize} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray:
+    """numpy array from OIP JSON `data` (flat or nested, row-major)."""
+    if datatype not in OIP_TO_NUMPY:
+        raise InvalidTensorError(f"unknown datatype '{datatype}'")
+    count = element_count(shape)
+    if datatype == "BYTES":
+        flat = list(np.asarray(data, dtype=np.object_).reshape(-1)) if count else []
+        if len(flat) != count:
+            raise InvalidTensorError(f"BYTES data has {len(flat)} elements but shape {shape} needs {count}")
+        arr = np.empty(count, dtype=np.object_)
+        arr[:] = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in flat]
+        return arr.reshape(shape)
+    try:
+        arr = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
+    except (TypeError, ValueError) as exc:
+        raise InvalidTensorError(f"data is not valid {datatype}: {exc}") from None
+    if arr.size != count:
+        raise InvalidTensorError(f"data has {arr.size} elements but shape {shape} needs {count}")
+    return arr.reshape(shape)
+
+
+def array_to_raw(array: np.ndarray) -> bytes:
+    """OIP binary encoding (little-endian, row-major)."""
+    if oip_datatype(array) == "BYTES":
+        return serialize_bytes_tensor([x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1)])
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def array_to_json(array: np.ndarray) -> list:
+    """Flat JSON list (BYTES as UTF-8 strings)."""
+    if oip_datatype(array) == "BYTES":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+    return array.reshape(-1).tolist()

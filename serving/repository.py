@@ -1,0 +1,129 @@
+"""The model repository: one folder per model with `config.yaml`, labels and a model card.
+
+`ModelRepository.scan` validates every config and resolves each model's artefacts. A model whose
+weights are missing, or that no preferred backend can load here, stays listed with the reason, so
+`/v1/models` can say why it is not served instead of silently hiding it.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.config.model_config import ModelConfig, load_model_config
+from serving.config.settings import ServerSettings
+from serving.weights import WeightsError, locate_weights, sha256_of
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModelError(KeyError):
+    """No model of that name in the repository (HTTP 404 / gRPC NOT_FOUND)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """Files a backend may load. Which are present decides which backends are possible."""
+
+    onnx: Path | None = None
+    torchscript: Path | None = None
+    state_dict: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model as the server sees it: config, folder, labels, artefacts and (if not servable) why."""
+
+    config: ModelConfig
+    folder: Path
+    labels: tuple[str, ...] = ()
+    artifacts: ModelArtifacts = field(default_factory=ModelArtifacts)
+    unavailable_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason is None
+
+
+def exported_onnx_path(config: ModelConfig, settings: ServerSettings) -> Path:
+    """Cache location of a build-time ONNX export (a build output, never committed)."""
+    return settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-opset{config.export.opset if config.export else 0}.onnx"
+
+
+def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
+    """Labels, one per output index; empty when the model has none."""
+    if not config.labels:
+        return ()
+    lines = (folder / config.labels).read_text(encoding="utf-8").splitlines()
+    expected = config.outputs[0].shape[-1]
+    if len(lines) != expected:
+        raise ValueError(f"{folder / config.labels}: {len(lines)} labels but output '{config.outputs[0].name}' has {expected}")
+    return tuple(line.strip() for line in lines)
+
+
+def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSettings) -> ModelArtifacts:
+    """Verified weights -> artefacts; raises `WeightsError` when the weights are missing or wrong."""
+    weights = locate_weights(config.name, config.weights, folder, settings.weights_dir)
+    if config.weights.format == "onnx":
+        return ModelArtifacts(onnx=weights)
+    if config.weights.format == "torchscript":
+        return ModelArtifacts(torchscript=weights)
+    exported = exported_onnx_path(config, settings)
+    return ModelArtifacts(onnx=exported if exported.is_file() else None, state_dict=weights)
+
+
+class ModelRepository:
+    """All models under `settings.model_repository`, keyed by name."""
+
+    def __init__(self, entries: dict[str, ModelEntry], settings: ServerSettings):
+        self.entries = entries
+        self.settings = settings
+
+    @classmethod
+    def scan(cls, settings: ServerSettings | None = None, check_backends: bool = True) -> "ModelRepository":
+        """Read every `*/config.yaml`; invalid configs raise, missing weights mark the model unavailable."""
+        from serving.backends.registry import backend_plan  # local import: backends import this module
+
+        settings = settings or ServerSettings.from_env()
+        entries: dict[str, ModelEntry] = {}
+        for config_path in sorted(settings.model_repository.glob("*/config.yaml")):
+            folder = config_path.parent
+            config = load_model_config(config_path)
+            if config.name != folder.name:
+                raise ValueError(f"{config_path}: name '{config.name}' must equal the folder name '{folder.name}'")
+            labels = read_labels(config, folder)
+            try:
+                artifacts = resolve_artifacts(config, folder, settings)
+            except WeightsError as exc:
+                entries[config.name] = ModelEntry(config, folder, labels, unavailable_reason=str(exc))
+                continue
+            entry = ModelEntry(config, folder, labels, artifacts)
+            if check_backends:
+                chosen, reasons = backend_plan(entry)
+                if chosen is None:
+                    entry = ModelEntry(config, folder, labels, artifacts, "no backend can run it here: " + "; ".join(reasons))
+            entries[config.name] = entry
+        return cls(entries, settings)
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry, or `UnknownModelError` listing the known names."""
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UnknownModelError(f"unknown model '{name}'; known models: {', '.join(sorted(self.entries))}") from None
+
+    def servable(self) -> list[ModelEntry]:
+        """Entries that can be served on this machine."""
+        return [entry for entry in self.entries.values() if entry.available]
+
+    def onnx_digest(self, entry: ModelEntry) -> str:
+        """sha256 of the ONNX artefact (keys TensorRT engine caches)."""
+        if entry.artifacts.onnx is None:
+            raise ValueError(f"model '{entry.name}' has no ONNX artefact")
+        return sha256_of(entry.artifacts.onnx)

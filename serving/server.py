@@ -1,0 +1,71 @@
+"""Start a local single-node Ray, deploy `serve_config.yaml` on it, and run until interrupted.
+
+This is what `make serve` runs. On a cluster the same file goes to `serve deploy` or KubeRay instead.
+"""
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("imgserve.server")
+
+
+def load_serve_config(path: Path, http_port: int | None = None, grpc_port: int | None = None) -> dict[str, Any]:
+    """The YAML, with optional port overrides (tests run beside a developer's own server)."""
+    config = yaml.safe_load(path.read_text())
+    if http_port is not None:
+        config.setdefault("http_options", {})["port"] = http_port
+    if grpc_port is not None and "grpc_options" in config:
+        config["grpc_options"]["port"] = grpc_port
+    return config
+
+
+def prepare_environment() -> str:
+    """Env vars every Ray worker inherits: no auth token file, one Prometheus multiprocess directory."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    return metrics_dir
+
+
+def run_server(config_path: Path, http_port: int | None = None, grpc_port: int | None = None, num_cpus: int | None = None) -> None:
+    """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM."""
+    prepare_environment()
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port))
+    # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
+    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
+    ray.init(num_cpus=cpus, include_dashboard=False, namespace="serve", _temp_dir=temp_dir, logging_level=logging.WARNING)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        client = serve_api.serve_start(
+            http_options=config.http_options.model_dump(),
+            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+            proxy_location=config.proxy_location,
+        )
+        client.deploy_apps(config, _blocking=True)
+        http = config.http_options
+        print(f"imgserve is ready: http://{http.host}:{http.port} (grpc port {config.grpc_options.port})", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("imgserve: shutting down", flush=True)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

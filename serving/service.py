@@ -1,0 +1,155 @@
+"""The service layer: one implementation of every operation, called by both the HTTP routes and gRPC.
+
+It owns the deployment handles (decode stage, one batched deployment per model) and the model
+repository, validates requests, fans images out to the stages and assembles typed results.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
+from serving.postprocess import Prediction, scores_from_output, top_k
+from serving.repository import ModelEntry, ModelRepository
+
+IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
+
+
+class _Method(Protocol):
+    def remote(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class DecoderHandle(Protocol):
+    decode: _Method
+
+
+class ModelHandle(Protocol):
+    infer: _Method
+    metadata: _Method
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Top-k for one image."""
+
+    model: str
+    predictions: list[Prediction]
+    timing_ms: float
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    version: str
+    task: str
+    state: str  # "READY", "UNAVAILABLE"
+    reason: str | None = None
+    backend: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceService:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        decoder: DecoderHandle,
+        models: dict[str, ModelHandle],
+        default_model: str,
+        max_images_per_request: int = 256,
+    ):
+        self.repository = repository
+        self.decoder = decoder
+        self.models = models
+        self.default_model = default_model
+        self.max_images_per_request = max_images_per_request
+        self._backend_info: dict[str, dict[str, Any]] = {}
+
+    # ---- models -------------------------------------------------------------------------------------
+    def served_entry(self, name: str | None) -> ModelEntry:
+        """The repository entry for a served model: 404 if unknown, 503 if known but not servable here."""
+        entry = self.repository.get(name or self.default_model)
+        if entry.name not in self.models:
+            reason = entry.unavailable_reason or "not deployed in this application"
+            raise ModelUnavailableError(f"model '{entry.name}' is not available: {reason}")
+        return entry
+
+    async def backend_info(self, name: str) -> dict[str, Any]:
+        """The model replica's backend report (cached: it does not change for a replica set)."""
+        if name not in self._backend_info:
+            self._backend_info[name] = await self.models[name].metadata.remote()
+        return self._backend_info[name]
+
+    async def model_statuses(self) -> list[ModelStatus]:
+        statuses = []
+        for name, entry in sorted(self.repository.entries.items()):
+            if name in self.models:
+                statuses.append(ModelStatus(name, entry.config.version, entry.config.task, "READY", None, await self.backend_info(name)))
+            else:
+                reason = entry.unavailable_reason or "not deployed in this application"
+                statuses.append(ModelStatus(name, entry.config.version, entry.config.task, "UNAVAILABLE", reason))
+        return statuses
+
+    async def model_ready(self, name: str) -> bool:
+        entry = self.repository.get(name) if name != IMAGE_MODEL_NAME else None
+        target = entry.name if entry else self.default_model
+        if target not in self.models:
+            return False
+        try:
+            await asyncio.wait_for(self.backend_info(target), timeout=5)
+        except Exception:  # noqa: BLE001 - any failure to answer means not ready
+            return False
+        return True
+
+    async def server_ready(self) -> bool:
+        results = await asyncio.gather(*(self.model_ready(name) for name in self.models))
+        return bool(results) and all(results)
+
+    # ---- images -------------------------------------------------------------------------------------
+    def _check_image_count(self, images: list[bytes]) -> None:
+        if not images:
+            raise BadRequestError("no image in the request: send a raw image body or multipart field 'image'")
+        if len(images) > self.max_images_per_request:
+            raise RequestTooLargeError(f"{len(images)} images in one request; the limit is {self.max_images_per_request}")
+
+    async def _classify_one(self, data: bytes, entry: ModelEntry, k: int) -> Classification:
+        start = time.perf_counter()
+        decoded_ref = self.decoder.decode.remote(data, entry.name)
+        # The decode result goes straight from the decode replica to the model replica, not through here.
+        outputs = await self.models[entry.name].infer.remote(decoded_ref)
+        spec = entry.config.outputs[0]
+        predictions = top_k(scores_from_output(outputs[spec.name], spec), entry.labels, k)
+        return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0)
+
+    async def classify(self, images: list[bytes], model: str | None = None, k: int = 5) -> list[Classification]:
+        """Top-k per image, in request order. The first bad image fails the request with its index."""
+        entry = self.served_entry(model)
+        if entry.config.task != "classification":
+            raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
+        if k < 1:
+            raise BadRequestError(f"top_k must be >= 1, got {k}")
+        self._check_image_count(images)
+        results = await asyncio.gather(*(self._classify_one(d, entry, k) for d in images), return_exceptions=True)
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                if len(images) > 1:
+                    result.add_note(f"image index {index}")
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
+    async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """A client-batched tensor: each row joins the model's dynamic batches, results are re-stacked."""
+        entry = self.served_entry(model)
+        expected = entry.config.input.shape
+        if batch.ndim != len(expected) + 1:
+            raise InvalidTensorError(
+                f"input for '{entry.name}' must have shape [batch, {', '.join(map(str, expected))}], got {list(batch.shape)}"
+            )
+        if batch.shape[0] == 0:
+            raise InvalidTensorError("input has an empty batch")
+        if batch.shape[0] > self.max_images_per_request:
+            raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
+        rows = await asyncio.gather(*(self.models[entry.name].infer.remote(np.ascontiguousarray(row)) for row in batch))
+        return {spec.name: np.stack([row[spec.name] for row in rows]) for spec in entry.config.outputs}

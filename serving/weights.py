@@ -1,0 +1,46 @@
+"""Find and verify model weight files. Third-party weights live outside git, in a weights directory."""
+
+import hashlib
+from pathlib import Path
+
+from serving.config.model_config import WeightsSpec
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing or is not the file the config names; the message says how to fix it."""
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_candidates(model_name: str, spec: WeightsSpec, model_dir: Path, weights_dir: Path) -> list[Path]:
+    """Where a weights file may be, in lookup order."""
+    if spec.committed:
+        return [model_dir / spec.file]
+    return [weights_dir / model_name / spec.file, weights_dir / spec.file]
+
+
+def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_dir: Path) -> Path:
+    """Path of the verified weights file, or `WeightsError` naming the file, where it was looked for and its source."""
+    candidates = weight_candidates(model_name, spec, model_dir, weights_dir)
+    found = next((path for path in candidates if path.is_file()), None)
+    source = f"download it from {spec.source_url}" if spec.source_url else "obtain it from the model's publisher"
+    if found is None:
+        looked = ", ".join(str(p) for p in candidates)
+        raise WeightsError(
+            f"model '{model_name}': weights file '{spec.file}' (sha256 {spec.sha256}) not found; looked in {looked}. "
+            f"To fix: {source} and put it in {weights_dir / model_name}/ or set IMGSERVE_WEIGHTS_DIR."
+        )
+    actual = sha256_of(found)
+    if not actual.startswith(spec.sha256):
+        raise WeightsError(
+            f"model '{model_name}': weights file {found} has sha256 {actual}, expected {spec.sha256}; it is corrupt or "
+            f"a different version. To fix: {source} again."
+        )
+    return found
