@@ -73,7 +73,9 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {exc}") from None
     except UnidentifiedImageError:
         if _looks_like_supported_image(data):
-            raise InvalidImageError("image data is corrupt: the header of a supported format could not be read")
+            raise InvalidImageError(
+                "image data is corrupt: the header of a supported format could not be read"
+            ) from None
         raise UnsupportedFormatError(
             f"unrecognised image format; supported: {', '.join(sorted(limits.formats))}"
         ) from None
@@ -87,7 +89,9 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
     if width <= 0 or height <= 0:
         raise InvalidImageError(f"image has an empty size {width}x{height}")
     if width * height > limits.max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
     return image
 
 
@@ -129,7 +133,12 @@ def _load_rgb_pillow(image: Image.Image, scale: int) -> Image.Image:
         raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from None
 
 
-_CV2_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_CV2_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def _load_rgb_opencv(data: bytes, scale: int) -> Image.Image:

@@ -25,7 +25,9 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] | Literal["all"] = Field(default="all", description="Models to deploy; 'all' = every servable one.")
+    models: list[str] | Literal["all"] = Field(
+        default="all", description="Models to deploy; 'all' = every servable one."
+    )
     default_model: str = Field(default="mobilenet_v2_imagenet", description="Model used when a request names none.")
     decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")

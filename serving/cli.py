@@ -21,7 +21,15 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     rows = []
     for entry in repository.entries.values():
         backend = backend_plan(entry)[0] if entry.available else None
-        rows.append({"name": entry.name, "task": entry.config.task, "backend": backend, "state": "READY" if entry.available else "UNAVAILABLE", "reason": entry.unavailable_reason})
+        rows.append(
+            {
+                "name": entry.name,
+                "task": entry.config.task,
+                "backend": backend,
+                "state": "READY" if entry.available else "UNAVAILABLE",
+                "reason": entry.unavailable_reason,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

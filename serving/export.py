@@ -49,7 +49,9 @@ def export_torchvision_onnx(entry: ModelEntry, target: Path) -> Path:
 def prepare_model(entry: ModelEntry, settings: ServerSettings) -> PrepareResult:
     if entry.config.export is None:
         if entry.available:
-            return PrepareResult(entry.name, "ready", f"weights verified: {entry.artifacts.onnx or entry.artifacts.torchscript}")
+            return PrepareResult(
+                entry.name, "ready", f"weights verified: {entry.artifacts.onnx or entry.artifacts.torchscript}"
+            )
         return PrepareResult(entry.name, "skipped", entry.unavailable_reason or "unavailable")
     if entry.artifacts.state_dict is None:
         return PrepareResult(entry.name, "skipped", entry.unavailable_reason or "weights not found")
@@ -59,7 +61,9 @@ def prepare_model(entry: ModelEntry, settings: ServerSettings) -> PrepareResult:
     try:
         importlib.import_module("torchvision.models")
     except Exception as exc:  # noqa: BLE001 - a broken torchvision raises RuntimeError at import
-        return PrepareResult(entry.name, "skipped", f"torchvision is not importable here ({type(exc).__name__}); not exported")
+        return PrepareResult(
+            entry.name, "skipped", f"torchvision is not importable here ({type(exc).__name__}); not exported"
+        )
     export_torchvision_onnx(entry, target)
     return PrepareResult(entry.name, "exported", f"ONNX written to {target}")
 

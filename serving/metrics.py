@@ -9,27 +9,53 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 # 1 ms .. 10 s, roughly x2 per bucket, with extra resolution where single-image latency sits.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 
 REQUESTS = Counter(
-    "imgserve_requests_total", "Requests answered, by endpoint, protocol, model and status.",
+    "imgserve_requests_total",
+    "Requests answered, by endpoint, protocol, model and status.",
     ["endpoint", "protocol", "model", "status"],
 )
 REQUEST_LATENCY = Histogram(
-    "imgserve_request_latency_seconds", "End-to-end request latency at the ingress.",
-    ["endpoint", "protocol", "model"], buckets=LATENCY_BUCKETS,
+    "imgserve_request_latency_seconds",
+    "End-to-end request latency at the ingress.",
+    ["endpoint", "protocol", "model"],
+    buckets=LATENCY_BUCKETS,
 )
 ERRORS = Counter("imgserve_errors_total", "Errors by kind (invalid_image, too_large, ...).", ["endpoint", "kind"])
 IMAGES = Counter("imgserve_images_total", "Images received.", ["endpoint", "protocol"])
 BYTES_RECEIVED = Counter("imgserve_request_bytes_total", "Encoded image bytes received.", ["protocol"])
 STAGE_LATENCY = Histogram(
-    "imgserve_stage_latency_seconds", "Time spent in one stage for one item or batch.", ["stage", "model"],
+    "imgserve_stage_latency_seconds",
+    "Time spent in one stage for one item or batch.",
+    ["stage", "model"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram("imgserve_batch_size", "Items per executed model batch.", ["model"], buckets=BATCH_BUCKETS)
 BATCH_FILL = Histogram(
-    "imgserve_batch_fill_ratio", "Executed batch size / max_batch_size.", ["model"],
+    "imgserve_batch_fill_ratio",
+    "Executed batch size / max_batch_size.",
+    ["model"],
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 

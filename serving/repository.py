@@ -53,7 +53,11 @@ class ModelEntry:
 
 def exported_onnx_path(config: ModelConfig, settings: ServerSettings) -> Path:
     """Cache location of a build-time ONNX export (a build output, never committed)."""
-    return settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-opset{config.export.opset if config.export else 0}.onnx"
+    return (
+        settings.cache_dir
+        / "onnx"
+        / f"{config.name}-{config.weights.sha256[:8]}-opset{config.export.opset if config.export else 0}.onnx"
+    )
 
 
 def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
@@ -63,7 +67,9 @@ def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
     lines = (folder / config.labels).read_text(encoding="utf-8").splitlines()
     expected = config.outputs[0].shape[-1]
     if len(lines) != expected:
-        raise ValueError(f"{folder / config.labels}: {len(lines)} labels but output '{config.outputs[0].name}' has {expected}")
+        raise ValueError(
+            f"{folder / config.labels}: {len(lines)} labels but output '{config.outputs[0].name}' has {expected}"
+        )
     return tuple(line.strip() for line in lines)
 
 
@@ -107,7 +113,9 @@ class ModelRepository:
             if check_backends:
                 chosen, reasons = backend_plan(entry)
                 if chosen is None:
-                    entry = ModelEntry(config, folder, labels, artifacts, "no backend can run it here: " + "; ".join(reasons))
+                    entry = ModelEntry(
+                        config, folder, labels, artifacts, "no backend can run it here: " + "; ".join(reasons)
+                    )
             entries[config.name] = entry
         return cls(entries, settings)
 
@@ -116,7 +124,9 @@ class ModelRepository:
         try:
             return self.entries[name]
         except KeyError:
-            raise UnknownModelError(f"unknown model '{name}'; known models: {', '.join(sorted(self.entries))}") from None
+            raise UnknownModelError(
+                f"unknown model '{name}'; known models: {', '.join(sorted(self.entries))}"
+            ) from None
 
     def servable(self) -> list[ModelEntry]:
         """Entries that can be served on this machine."""

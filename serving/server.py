@@ -35,7 +35,9 @@ def prepare_environment() -> str:
     return metrics_dir
 
 
-def run_server(config_path: Path, http_port: int | None = None, grpc_port: int | None = None, num_cpus: int | None = None) -> None:
+def run_server(
+    config_path: Path, http_port: int | None = None, grpc_port: int | None = None, num_cpus: int | None = None
+) -> None:
     """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM."""
     prepare_environment()
     import ray
@@ -48,7 +50,9 @@ def run_server(config_path: Path, http_port: int | None = None, grpc_port: int |
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, namespace="serve", _temp_dir=temp_dir, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=cpus, include_dashboard=False, namespace="serve", _temp_dir=temp_dir, logging_level=logging.WARNING
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

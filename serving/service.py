@@ -6,16 +6,34 @@ repository, validates requests, fans images out to the stages and assembles type
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
+from serving.errors import (
+    BadRequestError,
+    InvalidTensorError,
+    ModelUnavailableError,
+    OverloadedError,
+    RequestTooLargeError,
+)
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.repository import ModelEntry, ModelRepository
 
+T = TypeVar("T")
 IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
+
+
+async def await_stage(response: Awaitable[T]) -> T:
+    """Await a deployment response, turning Ray's queue-full rejection into our JSON/gRPC overload error."""
+    from ray.serve.exceptions import BackPressureError
+
+    try:
+        return await response
+    except BackPressureError as exc:
+        raise OverloadedError(f"server is overloaded, retry later ({exc.message})") from None
 
 
 class _Method(Protocol):
@@ -85,7 +103,11 @@ class InferenceService:
         statuses = []
         for name, entry in sorted(self.repository.entries.items()):
             if name in self.models:
-                statuses.append(ModelStatus(name, entry.config.version, entry.config.task, "READY", None, await self.backend_info(name)))
+                statuses.append(
+                    ModelStatus(
+                        name, entry.config.version, entry.config.task, "READY", None, await self.backend_info(name)
+                    )
+                )
             else:
                 reason = entry.unavailable_reason or "not deployed in this application"
                 statuses.append(ModelStatus(name, entry.config.version, entry.config.task, "UNAVAILABLE", reason))
@@ -111,13 +133,15 @@ class InferenceService:
         if not images:
             raise BadRequestError("no image in the request: send a raw image body or multipart field 'image'")
         if len(images) > self.max_images_per_request:
-            raise RequestTooLargeError(f"{len(images)} images in one request; the limit is {self.max_images_per_request}")
+            raise RequestTooLargeError(
+                f"{len(images)} images in one request; the limit is {self.max_images_per_request}"
+            )
 
     async def _classify_one(self, data: bytes, entry: ModelEntry, k: int) -> Classification:
         start = time.perf_counter()
         decoded_ref = self.decoder.decode.remote(data, entry.name)
         # The decode result goes straight from the decode replica to the model replica, not through here.
-        outputs = await self.models[entry.name].infer.remote(decoded_ref)
+        outputs = await await_stage(self.models[entry.name].infer.remote(decoded_ref))
         spec = entry.config.outputs[0]
         predictions = top_k(scores_from_output(outputs[spec.name], spec), entry.labels, k)
         return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0)
@@ -145,11 +169,13 @@ class InferenceService:
         expected = entry.config.input.shape
         if batch.ndim != len(expected) + 1:
             raise InvalidTensorError(
-                f"input for '{entry.name}' must have shape [batch, {', '.join(map(str, expected))}], got {list(batch.shape)}"
+                f"input for '{entry.name}' must have shape [batch, {', '.join(map(str, expected))}], "
+                f"got {list(batch.shape)}"
             )
         if batch.shape[0] == 0:
             raise InvalidTensorError("input has an empty batch")
         if batch.shape[0] > self.max_images_per_request:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
-        rows = await asyncio.gather(*(self.models[entry.name].infer.remote(np.ascontiguousarray(row)) for row in batch))
+        handle = self.models[entry.name]
+        rows = await asyncio.gather(*(await_stage(handle.infer.remote(np.ascontiguousarray(row))) for row in batch))
         return {spec.name: np.stack([row[spec.name] for row in rows]) for spec in entry.config.outputs}

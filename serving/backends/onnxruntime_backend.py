@@ -55,7 +55,9 @@ class OnnxRuntimeBackend:
         if self._session is None:
             raise RuntimeError("backend is not loaded")
         results = self._session.run(self._output_names, {self._input_name: batch})
-        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, results, strict=True)}
+        return {
+            name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, results, strict=True)
+        }
 
     def info(self) -> BackendInfo:
         providers = self._session.get_providers() if self._session is not None else []

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def engine_cache_path(cache_dir: Path, model: str, onnx_sha256: str, gpu_name: str, trt_version: str, max_batch: int) -> Path:
+def engine_cache_path(
+    cache_dir: Path, model: str, onnx_sha256: str, gpu_name: str, trt_version: str, max_batch: int
+) -> Path:
     """Where the engine for this (model file, GPU, TensorRT version, profile) lives."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
     return cache_dir / "tensorrt" / f"{model}-{onnx_sha256[:12]}-{gpu}-trt{trt_version}-fp16-b{max_batch}.engine"
@@ -117,7 +119,12 @@ class TensorRTBackend:
         import tensorrt as trt
         import torch
 
-        torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int64: torch.int64}
+        torch_dtypes = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int64: torch.int64,
+        }
         x = torch.from_numpy(np.ascontiguousarray(batch)).cuda(non_blocking=True)
         want = torch_dtypes[self._engine.get_tensor_dtype(self._input_name)]
         x = x.to(want)

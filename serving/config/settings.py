@@ -44,7 +44,9 @@ class ServerSettings(BaseModel):
     def from_env(cls, env: dict[str, str] | None = None) -> "ServerSettings":
         """Settings with any `IMGSERVE_<FIELD>` environment variable applied."""
         env = dict(os.environ if env is None else env)
-        values = {name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env}
+        values = {
+            name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
+        }
         return cls.model_validate(values)
 
     def decode_limits(self) -> DecodeLimits:

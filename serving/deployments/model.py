@@ -22,7 +22,6 @@ from serving.oip.tensors import OIP_TO_NUMPY
 from serving.repository import ModelRepository
 
 
-
 def split_batch(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
     """Per-item outputs from batched ones, checking the batch contract (one row per input)."""
     for name, value in outputs.items():
@@ -66,7 +65,8 @@ class ModelServer:
     def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         if tuple(tensor.shape) != self.input_shape:
             raise InvalidTensorError(
-                f"model '{self.entry.name}' input must have per-image shape {list(self.input_shape)}, got {list(tensor.shape)}"
+                f"model '{self.entry.name}' input must have per-image shape {list(self.input_shape)}, "
+                f"got {list(tensor.shape)}"
             )
         if tensor.dtype != self.input_dtype:
             raise InvalidTensorError(

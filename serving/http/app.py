@@ -5,19 +5,18 @@ import logging
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from serving import __version__
-from serving.config.settings import ServerSettings
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import ImageInputError
+from serving import __version__
+from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error
 from serving.http import image_routes, oip_routes
 from serving.http.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware, RequestMetricsMiddleware
-from serving.repository import UnknownModelError
 from serving.metrics import ERRORS, render_metrics
+from serving.repository import UnknownModelError
 
 logger = logging.getLogger("imgserve.http")
 

@@ -45,7 +45,10 @@ async def classify(
     images = await read_images(request, service.max_images_per_request)
     results = await service.classify(images, model, top_k)
     return ClassifyResponse(
-        results=[ClassifyResult(model=r.model, predictions=[asdict(p) for p in r.predictions], timing_ms=r.timing_ms) for r in results]
+        results=[
+            ClassifyResult(model=r.model, predictions=[asdict(p) for p in r.predictions], timing_ms=r.timing_ms)
+            for r in results
+        ]
     )
 
 
@@ -61,4 +64,6 @@ async def categories(
 ) -> CategoriesResponse:
     entry = service.repository.get(model or service.default_model)
     request.state.model = entry.name
-    return CategoriesResponse(model=entry.name, categories=[{"index": i, "label": label} for i, label in enumerate(entry.labels)])
+    return CategoriesResponse(
+        model=entry.name, categories=[{"index": i, "label": label} for i, label in enumerate(entry.labels)]
+    )

@@ -24,7 +24,8 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send, size: str) -> None:
-        body = ('{"error": "request body of %s bytes exceeds the limit of %d bytes", "kind": "too_large"}' % (size, self.max_bytes)).encode()
+        message = f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+        body = json.dumps({"error": message, "kind": "too_large"}).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 
@@ -81,7 +82,13 @@ class InternalErrorMiddleware:
             info = classify_error(exc)
             ERRORS.labels(getattr(scope.get("route"), "path", "unmatched"), info.kind).inc()
             body = json.dumps({"error": info.message, "kind": info.kind}).encode()
-            await send({"type": "http.response.start", "status": info.http_status, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": info.http_status,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 

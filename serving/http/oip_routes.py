@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequestError, InvalidTensorError
+from serving.http.state import get_service
 from serving.oip import inference as oip
 from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw
 from serving.repository import UnknownModelError
 from serving.service import IMAGE_MODEL_NAME, InferenceService
-from serving.http.state import get_service
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
@@ -72,8 +72,13 @@ async def model_config(model: str, service: InferenceService = Depends(get_servi
         "name": meta["name"],
         "platform": meta["platform"],
         "max_batch_size": batching.max_batch_size,
-        "input": [{"name": i["name"], "data_type": "TYPE_" + i["datatype"].replace("FP", "FP"), "dims": i["shape"][1:]} for i in meta["inputs"]],
-        "output": [{"name": o["name"], "data_type": "TYPE_" + o["datatype"], "dims": o["shape"][1:]} for o in meta["outputs"]],
+        "input": [
+            {"name": i["name"], "data_type": "TYPE_" + i["datatype"].replace("FP", "FP"), "dims": i["shape"][1:]}
+            for i in meta["inputs"]
+        ],
+        "output": [
+            {"name": o["name"], "data_type": "TYPE_" + o["datatype"], "dims": o["shape"][1:]} for o in meta["outputs"]
+        ],
         "dynamic_batching": {
             "preferred_batch_size": batching.preferred_batch_sizes,
             "max_queue_delay_microseconds": int(batching.batch_wait_timeout_ms * 1000),
@@ -115,7 +120,9 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
         if "binary_data_size" in params:
             size = int(params["binary_data_size"])
             if offset + size > len(binary):
-                raise InvalidTensorError(f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain")
+                raise InvalidTensorError(
+                    f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain"
+                )
             data = array_from_raw(binary[offset : offset + size], datatype, shape)
             offset += size
         elif "data" in item:
@@ -131,7 +138,9 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
     for item in payload.get("outputs") or []:
         params = item.get("parameters") or {}
         outputs.append(
-            oip.RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)), int(params.get("classification", 0)))
+            oip.RequestedOutput(
+                item["name"], bool(params.get("binary_data", binary_default)), int(params.get("classification", 0))
+            )
         )
     request = oip.InferRequest(model, inputs, str(payload.get("id", "")), outputs, parameters)
     if not outputs and binary_default:
@@ -170,7 +179,9 @@ def render_infer_response(response: oip.InferResponse, all_binary: bool) -> Resp
 @router.post("/models/{model}/versions/{version}/infer")
 async def infer(model: str, request: Request, service: InferenceService = Depends(get_service)) -> Response:
     if model != IMAGE_MODEL_NAME and model not in service.repository.entries:
-        raise UnknownModelError(f"unknown model '{model}'; known models: {', '.join(sorted(service.repository.entries))}")
+        raise UnknownModelError(
+            f"unknown model '{model}'; known models: {', '.join(sorted(service.repository.entries))}"
+        )
     parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
     response = await oip.infer(service, parsed)
     return render_infer_response(response, bool(parsed.parameters.get("_all_binary")))

@@ -114,7 +114,9 @@ def _int_parameter(parameters: dict[str, Any], name: str, default: int) -> int:
 async def _infer_images(service: InferenceService, request: InferRequest) -> dict[str, np.ndarray]:
     images_in = [i for i in request.inputs if i.name == IMAGE_INPUT] or request.inputs[:1]
     if len(images_in) != 1 or images_in[0].datatype != "BYTES":
-        raise InvalidTensorError(f"model '{IMAGE_MODEL_NAME}' takes one BYTES input named '{IMAGE_INPUT}' of encoded images")
+        raise InvalidTensorError(
+            f"model '{IMAGE_MODEL_NAME}' takes one BYTES input named '{IMAGE_INPUT}' of encoded images"
+        )
     images = [bytes(x) for x in images_in[0].data.reshape(-1)]
     k = _int_parameter(request.parameters, "top_k", DEFAULT_TOP_K)
     results = await service.classify(images, request.parameters.get("model"), k)
