@@ -1,0 +1,112 @@
+"""Closed-loop load generator: N concurrent clients, each sending one image and waiting for the answer.
+
+    python -m loadtests.closed_loop --url http://127.0.0.1:8000 --concurrency 1 16 --seconds 20
+
+Reports images/s, p50/p99 latency and errors per concurrency, as a table and (with --json) JSON.
+Clients are asyncio tasks over one connection pool per level, so the generator itself stays cheap:
+it reports its own CPU time so a reader can check that it was not the bottleneck.
+"""
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_s: float
+
+
+def load_images(folder: Path, limit: int) -> list[bytes]:
+    files = sorted(folder.glob("*.JPEG")) or sorted(folder.glob("*.jp*g"))
+    if not files:
+        raise SystemExit(f"no JPEG files in {folder}")
+    return [f.read_bytes() for f in files[:limit]]
+
+
+async def run_http_level(url: str, images: list[bytes], concurrency: int, seconds: float) -> LevelResult:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/v1/classify", content=images[i % len(images)], params={"top_k": 1})
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+                i += concurrency
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    ms = np.asarray(latencies) * 1000.0
+    return LevelResult(
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        seconds=round(elapsed, 2),
+        images_per_s=round((len(latencies) - errors) / elapsed, 1),
+        p50_ms=round(float(np.percentile(ms, 50)), 2),
+        p99_ms=round(float(np.percentile(ms, 99)), 2),
+        client_cpu_s=round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 2),
+    )
+
+
+def print_table(results: list[LevelResult]) -> None:
+    print(f"{'conc':>5} {'requests':>9} {'errors':>7} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu s':>12}")
+    for r in results:
+        print(
+            f"{r.concurrency:>5} {r.requests:>9} {r.errors:>7} {r.images_per_s:>8} {r.p50_ms:>8} {r.p99_ms:>8} "
+            f"{r.client_cpu_s:>12}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--limit", type=int, default=200, help="distinct images to cycle through")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+    images = load_images(args.images, args.limit)
+    asyncio.run(run_http_level(args.url, images, max(args.concurrency), args.warmup))
+    results = [asyncio.run(run_http_level(args.url, images, c, args.seconds)) for c in args.concurrency]
+    print_table(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
