@@ -26,6 +26,13 @@ from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 
 DecoderName = Literal["pillow", "opencv"]
 
+try:  # HEIF/AVIF are accepted only where the plugin is installed; without it such files get 415.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - depends on the optional 'heif' extra
+    pass
+
 # Magic numbers of the formats we support: unidentifiable bytes that start like one of these are a
 # corrupt image (400); anything else is not a supported image at all (415).
 _SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
@@ -128,6 +135,9 @@ def _load_rgb_pillow(image: Image.Image, scale: int) -> Image.Image:
         image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
     try:
         image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
+            image = image.point(lambda v: v / 256).convert("L")
         return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from None
@@ -149,22 +159,35 @@ def _load_rgb_opencv(data: bytes, scale: int) -> Image.Image:
     return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+@dataclass(frozen=True)
+class DecodedRGB:
+    """An upright RGB image (possibly decoded at reduced scale) and what the file header said."""
+
+    rgb: Image.Image
+    format: str
+    width: int  # upright full-resolution size, before any reduced-scale decode
+    height: int
+    scale: int
+
+
 def decode_rgb(
     data: bytes,
     spec: PreprocessSpec,
     limits: DecodeLimits,
     decoder: DecoderName = "pillow",
     reduced: bool = True,
-) -> tuple[Image.Image, Image.Image, int]:
-    """Validate and decode to an upright RGB image; returns (header image, rgb, decode scale)."""
+) -> DecodedRGB:
+    """Validate and decode to an upright RGB image, at reduced JPEG scale when `spec` allows."""
     header = open_validated(data, limits)
     orientation = exif_orientation(header)
+    width, height = upright_size(header, orientation)  # before draft() shrinks header.size in place
     scale = reduced_scale(header, orientation, spec) if reduced else 1
-    if decoder == "opencv" and header.format in ("JPEG", "MPO"):
+    fmt = header.format or ""
+    if decoder == "opencv" and fmt in ("JPEG", "MPO"):
         rgb = _load_rgb_opencv(data, scale)
     else:
         rgb = _load_rgb_pillow(header, scale)
-    return header, rgb, scale
+    return DecodedRGB(rgb, fmt, width, height, scale)
 
 
 def decode_for_model(
@@ -176,7 +199,6 @@ def decode_for_model(
 ) -> DecodedImage:
     """Bytes -> `DecodedImage` whose tensor follows `spec`; raises `ImageInputError` subclasses on bad input."""
     limits = limits or DecodeLimits()
-    header, rgb, scale = decode_rgb(data, spec, limits, decoder, reduced)
-    width, height = upright_size(header, exif_orientation(header))
-    tensor = normalize(geometry_pil(rgb, spec), spec)
-    return DecodedImage(tensor=tensor, width=width, height=height, format=header.format or "", decode_scale=scale)
+    decoded = decode_rgb(data, spec, limits, decoder, reduced)
+    tensor = normalize(geometry_pil(decoded.rgb, spec), spec)
+    return DecodedImage(tensor, decoded.width, decoded.height, decoded.format, decoded.scale)

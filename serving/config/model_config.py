@@ -130,9 +130,14 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _crop_matches_input(self) -> "ModelConfig":
-        produced = self.preprocessing.crop or self.preprocessing.resize.size
-        if self.preprocessing.resize.policy == "none" and self.preprocessing.crop is None:
+        resize, crop = self.preprocessing.resize, self.preprocessing.crop
+        if crop is None and resize.policy != "exact":
             raise ValueError("preprocessing must fix the input size: give a crop or an 'exact' resize")
+        if crop is not None and resize.policy == "shorter_side" and min(crop) > resize.size[0]:
+            raise ValueError(f"crop {tuple(crop)} is larger than the shorter side after resize ({resize.size[0]})")
+        if crop is not None and resize.policy == "exact" and (crop[0] > resize.size[0] or crop[1] > resize.size[1]):
+            raise ValueError(f"crop {tuple(crop)} is larger than the resized image {tuple(resize.size)}")
+        produced = crop or resize.size
         if tuple(produced) != tuple(self.input.size):
             raise ValueError(f"preprocessing produces {tuple(produced)} but input.size is {tuple(self.input.size)}")
         return self

@@ -118,7 +118,10 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
             raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
         params = item.get("parameters") or {}
         if "binary_data_size" in params:
-            size = int(params["binary_data_size"])
+            try:
+                size = int(params["binary_data_size"])
+            except (TypeError, ValueError):
+                raise InvalidTensorError(f"input '{name}': binary_data_size must be an integer") from None
             if offset + size > len(binary):
                 raise InvalidTensorError(
                     f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain"
@@ -132,24 +135,21 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
         inputs.append(oip.InferInput(name, datatype, shape, data))
     if offset != len(binary):
         raise InvalidTensorError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    parameters = payload.get("parameters") or {}
-    binary_default = bool(parameters.get("binary_data_output", False))
-    outputs = []
-    for item in payload.get("outputs") or []:
-        params = item.get("parameters") or {}
-        outputs.append(
-            oip.RequestedOutput(
-                item["name"], bool(params.get("binary_data", binary_default)), int(params.get("classification", 0))
-            )
-        )
-    request = oip.InferRequest(model, inputs, str(payload.get("id", "")), outputs, parameters)
-    if not outputs and binary_default:
-        request.outputs = []  # all outputs, binary: resolved after inference
-        request.parameters["_all_binary"] = True
+    try:
+        parameters = dict(payload.get("parameters") or {})
+        binary_default = bool(parameters.get("binary_data_output", False))
+        outputs = []
+        for item in payload.get("outputs") or []:
+            params = item.get("parameters") or {}
+            binary = bool(params.get("binary_data", binary_default))
+            outputs.append(oip.RequestedOutput(str(item["name"]), binary, int(params.get("classification", 0))))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidTensorError(f"malformed 'outputs' or 'parameters': {type(exc).__name__}: {exc}") from None
+    request = oip.InferRequest(model, inputs, str(payload.get("id", "")), outputs, parameters, binary_default)
     return request
 
 
-def render_infer_response(response: oip.InferResponse, all_binary: bool) -> Response:
+def render_infer_response(response: oip.InferResponse) -> Response:
     body: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
         body["id"] = response.id
@@ -157,7 +157,7 @@ def render_infer_response(response: oip.InferResponse, all_binary: bool) -> Resp
     outputs = []
     for out in response.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
-        if out.binary or all_binary:
+        if out.binary:
             raw = array_to_raw(out.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -184,4 +184,4 @@ async def infer(model: str, request: Request, service: InferenceService = Depend
         )
     parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
     response = await oip.infer(service, parsed)
-    return render_infer_response(response, bool(parsed.parameters.get("_all_binary")))
+    return render_infer_response(response)

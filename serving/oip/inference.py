@@ -37,8 +37,9 @@ class InferRequest:
     model: str
     inputs: list[InferInput]
     id: str = ""
-    outputs: list[RequestedOutput] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)  # empty: every output
     parameters: dict[str, Any] = field(default_factory=dict)
+    binary_outputs: bool = False  # how outputs not listed in `outputs` are returned (binary_data_output)
 
 
 @dataclass
@@ -149,7 +150,7 @@ async def infer(service: InferenceService, request: InferRequest) -> InferRespon
         outputs = await service.infer_tensor(entry.name, np.ascontiguousarray(tensor.data, dtype=want))
         version, labels = entry.config.version, entry.labels
         spec_by_name = {o.name: o for o in entry.config.outputs}
-    requested = request.outputs or [RequestedOutput(name) for name in outputs]
+    requested = request.outputs or [RequestedOutput(name, request.binary_outputs) for name in outputs]
     result: list[InferOutput] = []
     for req in requested:
         if req.name not in outputs:
