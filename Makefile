@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev,torch,heif,dali]'
+	$(PY) -m serving.grpc.stubs
 	touch $(STAMP)
 
 venv: $(STAMP)

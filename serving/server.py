@@ -40,6 +40,9 @@ def run_server(
 ) -> None:
     """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM."""
     prepare_environment()
+    from serving.grpc.stubs import ensure_generated
+
+    ensure_generated()  # the gRPC proxy imports the generated servicer functions named in the config
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api

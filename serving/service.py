@@ -58,6 +58,16 @@ class Classification:
     timing_ms: float
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the selected stages say about one image (quality, anomaly, metadata join as they land)."""
+
+    classification: Classification | None = None
+
+
+ANALYSIS_FIELDS = ("classification",)
+
+
 @dataclass
 class ModelStatus:
     name: str
@@ -161,6 +171,23 @@ class InferenceService:
                     result.add_note(f"image index {index}")
                 raise result
         return list(results)  # type: ignore[arg-type]
+
+    def analysis_fields(self, fields: list[str] | None) -> tuple[str, ...]:
+        """The stages to run: all available when none are named; unknown names are a 400."""
+        if not fields:
+            return ANALYSIS_FIELDS
+        unknown = sorted(set(fields) - set(ANALYSIS_FIELDS))
+        if unknown:
+            raise BadRequestError(f"unknown analysis fields {unknown}; available: {', '.join(ANALYSIS_FIELDS)}")
+        return tuple(f for f in ANALYSIS_FIELDS if f in fields)
+
+    async def analyze(
+        self, images: list[bytes], model: str | None = None, k: int = 5, fields: list[str] | None = None
+    ) -> list[Analysis]:
+        """The selected analysis stages per image, in request order."""
+        selected = self.analysis_fields(fields)
+        classifications = await self.classify(images, model, k) if "classification" in selected else None
+        return [Analysis(classification=classifications[i] if classifications else None) for i in range(len(images))]
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
     async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:

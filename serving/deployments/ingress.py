@@ -1,4 +1,4 @@
-"""The ingress deployment: the FastAPI app (HTTP) over the shared service layer."""
+"""The ingress deployment: the FastAPI app (HTTP) and the gRPC methods, over one shared service layer."""
 
 import logging
 
@@ -6,6 +6,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config.settings import ServerSettings
+from serving.grpc.image_methods import ImageGrpcMethods
+from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
 from serving.http.state import set_service
 from serving.repository import ModelRepository
@@ -15,7 +17,9 @@ logger = logging.getLogger("imgserve.ingress")
 http_app = create_http_app()
 
 
-class Ingress:
+class Ingress(OipGrpcMethods, ImageGrpcMethods):
+    """HTTP routes come from the FastAPI app; gRPC methods (named as the RPCs) from the two mixins."""
+
     def __init__(self, decoder: DeploymentHandle, models: dict[str, DeploymentHandle], default_model: str):
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)

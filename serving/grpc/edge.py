@@ -1,0 +1,45 @@
+"""What every gRPC method shares: status codes from exceptions, metrics."""
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from serving.errors import ErrorInfo, classify_error
+from serving.metrics import ERRORS, REQUEST_LATENCY, REQUESTS
+
+T = TypeVar("T")
+
+
+def status_code(name: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+
+
+async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -> tuple[T | None, ErrorInfo | None]:
+    """Run `call`, counting and timing it; a failure comes back as its `ErrorInfo` instead of raising."""
+    start = time.perf_counter()
+    code = "OK"
+    try:
+        return await call(), None
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
+        info = classify_error(exc)
+        code = info.grpc_code
+        ERRORS.labels(endpoint, info.kind).inc()
+        return None, info
+    finally:
+        REQUESTS.labels(endpoint, "grpc", model, code).inc()
+        REQUEST_LATENCY.labels(endpoint, "grpc", model).observe(time.perf_counter() - start)
+
+
+async def answer(
+    endpoint: str, model: str, context: Any, call: Callable[[], Awaitable[T]], empty: Callable[[], T]
+) -> T:
+    """A unary RPC: on failure set the mapped status code and details on `context` and return `empty()`."""
+    result, error = await attempt(endpoint, model, call)
+    if error is None:
+        return result  # type: ignore[return-value]
+    if context is not None:
+        context.set_code(status_code(error.grpc_code))
+        context.set_details(error.message)
+    return empty()

@@ -1,0 +1,117 @@
+"""`imgserve.v1.ImageService` and `grpc.health.v1.Health` RPCs, called on the ingress by Ray Serve's proxy."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+
+from serving.grpc.edge import answer, attempt
+from serving.grpc.stubs import load
+from serving.service import Analysis, Classification, InferenceService
+from serving.streaming import ordered_map
+
+pb = load("image_service_pb2")
+DEFAULT_TOP_K = 5
+HEALTH_SERVICES = {"", "inference.GRPCInferenceService", "imgserve.v1.ImageService"}
+
+
+def classification_proto(result: Classification) -> Any:
+    return pb.Classification(
+        model=result.model,
+        predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
+        timing_ms=result.timing_ms,
+    )
+
+
+def analysis_proto(result: Analysis) -> Any:
+    message = pb.ImageAnalysis()
+    if result.classification is not None:
+        message.classification.CopyFrom(classification_proto(result.classification))
+    return message
+
+
+class ImageGrpcMethods:
+    service: InferenceService
+
+    async def Classify(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
+        async def call() -> Any:
+            results = await self.service.classify(
+                list(request.images), request.model or None, request.top_k or DEFAULT_TOP_K
+            )
+            return pb.ClassifyResponse(results=[classification_proto(r) for r in results])
+
+        return await answer(
+            "Classify", request.model or self.service.default_model, grpc_context, call, pb.ClassifyResponse
+        )
+
+    async def Analyze(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            results = await self.service.analyze(
+                list(request.images), request.model or None, request.top_k or DEFAULT_TOP_K, list(request.fields)
+            )
+            return pb.AnalyzeResponse(results=[analysis_proto(r) for r in results])
+
+        return await answer(
+            "Analyze", request.model or self.service.default_model, grpc_context, call, pb.AnalyzeResponse
+        )
+
+    async def AnalyzeStream(self, requests: AsyncIterator[Any], grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
+        """One response per image, in order, with its request id; a bad image gets `error`, the stream goes on."""
+
+        async def one(request: Any) -> Any:
+            async def call() -> Any:
+                fields = list(request.fields)
+                results = await self.service.analyze(
+                    [request.image], request.model or None, request.top_k or DEFAULT_TOP_K, fields
+                )
+                return analysis_proto(results[0])
+
+            analysis, error = await attempt("AnalyzeStream", request.model or self.service.default_model, call)
+            if error is not None:
+                failure = pb.Error(code=error.grpc_code, kind=error.kind, message=error.message)
+                return pb.AnalyzeStreamResponse(request_id=request.request_id, error=failure)
+            return pb.AnalyzeStreamResponse(request_id=request.request_id, analysis=analysis)
+
+        async for response in ordered_map(requests, one):
+            yield response
+
+    async def ListModels(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            models = [
+                pb.ModelState(
+                    name=s.name,
+                    version=s.version,
+                    task=s.task,
+                    state=s.state,
+                    reason=s.reason or "",
+                    backend=str(s.backend.get("backend", "")),
+                )
+                for s in await self.service.model_statuses()
+            ]
+            return pb.ListModelsResponse(default_model=self.service.default_model, models=models)
+
+        return await answer("ListModels", "", grpc_context, call, pb.ListModelsResponse)
+
+    # ---- grpc.health.v1.Health -----------------------------------------------------------------------
+    async def _health(self, service_name: str) -> Any:
+        if service_name not in HEALTH_SERVICES:
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        ready = await self.service.server_ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Check(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await answer(
+            "Check", "", grpc_context, lambda: self._health(request.service), health_pb2.HealthCheckResponse
+        )
+
+    async def Watch(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
+        """Sends the status now and again whenever it changes (checked every second) until the client leaves."""
+        last = None
+        while True:
+            current = await self._health(request.service)
+            if current.status != last:
+                last = current.status
+                yield current
+            await asyncio.sleep(1.0)

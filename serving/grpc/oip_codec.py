@@ -1,0 +1,78 @@
+"""`inference.ModelInferRequest`/`ModelInferResponse` protos <-> the protocol-neutral OIP dataclasses."""
+
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InvalidTensorError
+from serving.grpc.stubs import load
+from serving.oip import inference as oip
+from serving.oip.tensors import OIP_TO_NUMPY, array_from_raw, array_to_raw
+
+pb = load("inference_pb2")
+
+# InferTensorContents field per datatype (the spec has no typed field for FP16).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameter_value(param: Any) -> Any:
+    """Python value of an `InferParameter` (whichever oneof member is set)."""
+    which = param.WhichOneof("parameter_choice")
+    return getattr(param, which) if which else None
+
+
+def _typed_contents(tensor: Any, shape: list[int]) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidTensorError(f"datatype {tensor.datatype} must be sent in raw_input_contents")
+    values = list(getattr(tensor.contents, field))
+    if tensor.datatype == "BYTES":
+        array = np.empty(len(values), dtype=np.object_)
+        array[:] = values
+    else:
+        array = np.asarray(values, dtype=OIP_TO_NUMPY[tensor.datatype])
+    expected = int(np.prod(shape)) if shape else 1
+    if array.size != expected:
+        raise InvalidTensorError(f"input '{tensor.name}' has {array.size} values but shape {shape} needs {expected}")
+    return array.reshape(shape)
+
+
+def request_from_proto(request: Any) -> oip.InferRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidTensorError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        shape = [int(d) for d in tensor.shape]
+        data = array_from_raw(raw[i], tensor.datatype, shape) if raw else _typed_contents(tensor, shape)
+        inputs.append(oip.InferInput(tensor.name, tensor.datatype, shape, data))
+    outputs = []
+    for out in request.outputs:
+        params = {k: parameter_value(v) for k, v in out.parameters.items()}
+        outputs.append(oip.RequestedOutput(out.name, True, int(params.get("classification") or 0)))
+    parameters = {k: parameter_value(v) for k, v in request.parameters.items()}
+    return oip.InferRequest(request.model_name, inputs, request.id, outputs, parameters, binary_outputs=True)
+
+
+def response_to_proto(response: oip.InferResponse) -> Any:
+    """Outputs always travel in raw_output_contents (what tritonclient and KServe clients read first)."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for out in response.outputs:
+        message.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        message.raw_output_contents.append(array_to_raw(out.data))
+    return message

@@ -1,0 +1,85 @@
+"""`inference.GRPCInferenceService` RPCs, as methods Ray Serve's gRPC proxy calls on the ingress by name."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serving import __version__
+from serving.grpc.edge import answer, attempt
+from serving.grpc.oip_codec import pb, request_from_proto, response_to_proto
+from serving.oip import inference as oip
+from serving.oip.inference import SERVER_EXTENSIONS
+from serving.service import InferenceService
+from serving.streaming import ordered_map
+
+
+class OipGrpcMethods:
+    service: InferenceService
+
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            return pb.ServerReadyResponse(ready=await self.service.server_ready())
+
+        return await answer("ServerReady", "", grpc_context, call, pb.ServerReadyResponse)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            if request.name != oip.IMAGE_MODEL_NAME:
+                self.service.repository.get(request.name)  # NOT_FOUND for unknown names
+            return pb.ModelReadyResponse(ready=await self.service.model_ready(request.name))
+
+        return await answer("ModelReady", request.name, grpc_context, call, pb.ModelReadyResponse)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return pb.ServerMetadataResponse(name="imgserve", version=__version__, extensions=SERVER_EXTENSIONS)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            if request.name != oip.IMAGE_MODEL_NAME:
+                await self.service.backend_info(self.service.served_entry(request.name).name)
+            meta = oip.model_metadata(self.service, request.name)
+            tensors = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta["name"],
+                versions=meta["versions"],
+                platform=meta["platform"],
+                inputs=[tensors(**t) for t in meta["inputs"]],
+                outputs=[tensors(**t) for t in meta["outputs"]],
+            )
+
+        return await answer("ModelMetadata", request.name, grpc_context, call, pb.ModelMetadataResponse)
+
+    async def _infer(self, request: Any) -> Any:
+        if request.model_name != oip.IMAGE_MODEL_NAME:
+            self.service.repository.get(request.model_name)
+        return response_to_proto(await oip.infer(self.service, request_from_proto(request)))
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await answer(
+            "ModelInfer", request.model_name, grpc_context, lambda: self._infer(request), pb.ModelInferResponse
+        )
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
+        """One response per request, in order; a failed request answers with error_message, the stream goes on."""
+
+        async def one(request: Any) -> Any:
+            response, error = await attempt("ModelStreamInfer", request.model_name, lambda: self._infer(request))
+            if error is not None:
+                return pb.ModelStreamInferResponse(error_message=f"{error.grpc_code}: {error.message}")
+            return pb.ModelStreamInferResponse(infer_response=response)
+
+        async for response in ordered_map(requests, one):
+            yield response
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            statuses = await self.service.model_statuses()
+            if request.ready:
+                statuses = [s for s in statuses if s.state == "READY"]
+            index = pb.RepositoryIndexResponse.ModelIndex
+            models = [index(name=s.name, version=s.version, state=s.state, reason=s.reason or "") for s in statuses]
+            return pb.RepositoryIndexResponse(models=models)
+
+        return await answer("RepositoryIndex", "", grpc_context, call, pb.RepositoryIndexResponse)

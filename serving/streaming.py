@@ -1,0 +1,38 @@
+"""Ordered concurrent processing of a request stream (gRPC bidirectional streaming).
+
+Items are processed concurrently, so a stream's images join the model's dynamic batches, while
+responses leave in request order. Reading runs in its own task, so a client that sends one request
+and waits for its answer (lock-step) never deadlocks.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def ordered_map(
+    source: AsyncIterator[T], handle: Callable[[T], Awaitable[R]], window: int = 32
+) -> AsyncIterator[R]:
+    """Yield `handle(item)` for each item of `source`, in order, with at most `window` in flight.
+
+    `handle` should turn its own failures into a response value: an exception ends the stream.
+    """
+    queue: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue(maxsize=window)
+
+    async def read() -> None:
+        try:
+            async for item in source:
+                await queue.put(asyncio.ensure_future(handle(item)))
+        finally:
+            await queue.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (future := await queue.get()) is not None:
+            yield await future
+        await reader  # surface a failure of the source itself
+    finally:
+        reader.cancel()
