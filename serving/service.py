@@ -174,6 +174,7 @@ class InferenceService:
 
     def analysis_fields(self, fields: list[str] | None) -> tuple[str, ...]:
         """The stages to run: all available when none are named; unknown names are a 400."""
+        fields = [name.strip() for item in fields or [] for name in item.split(",") if name.strip()]
         if not fields:
             return ANALYSIS_FIELDS
         unknown = sorted(set(fields) - set(ANALYSIS_FIELDS))

@@ -6,10 +6,17 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
-from serving.http.schemas import CategoriesResponse, ClassifyResponse, ClassifyResult, ModelsResponse
+from serving.http.schemas import (
+    AnalysisResult,
+    AnalyzeResponse,
+    CategoriesResponse,
+    ClassifyResponse,
+    ClassifyResult,
+    ModelsResponse,
+)
 from serving.http.state import get_service
 from serving.metrics import BYTES_RECEIVED, IMAGES
-from serving.service import InferenceService
+from serving.service import Classification, InferenceService
 
 router = APIRouter(prefix="/v1", tags=["image API"])
 
@@ -44,9 +51,29 @@ async def classify(
     request.state.model = model or service.default_model
     images = await read_images(request, service.max_images_per_request)
     results = await service.classify(images, model, top_k)
-    return ClassifyResponse(
+    return ClassifyResponse(results=[classify_result(r) for r in results])
+
+
+def classify_result(result: Classification) -> ClassifyResult:
+    predictions = [asdict(p) for p in result.predictions]
+    return ClassifyResult(model=result.model, predictions=predictions, timing_ms=result.timing_ms)
+
+
+@router.post("/analyze", response_model=AnalyzeResponse, response_model_exclude_none=True)
+async def analyze(
+    request: Request,
+    model: str | None = Query(default=None, description="Classifier; the server's default if omitted."),
+    top_k: int = Query(default=5, ge=1, le=1000),
+    fields: list[str] | None = Query(default=None, description="Stages to run (repeatable); all when omitted."),
+    service: InferenceService = Depends(get_service),
+) -> AnalyzeResponse:
+    request.state.model = model or service.default_model
+    service.analysis_fields(fields)  # reject unknown stages before reading the body
+    images = await read_images(request, service.max_images_per_request)
+    results = await service.analyze(images, model, top_k, fields)
+    return AnalyzeResponse(
         results=[
-            ClassifyResult(model=r.model, predictions=[asdict(p) for p in r.predictions], timing_ms=r.timing_ms)
+            AnalysisResult(classification=classify_result(r.classification) if r.classification else None)
             for r in results
         ]
     )

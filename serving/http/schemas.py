@@ -21,6 +21,14 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult] = Field(description="One result per image, in request order.")
 
 
+class AnalysisResult(BaseModel):
+    classification: ClassifyResult | None = Field(default=None, description="Present when 'classification' ran.")
+
+
+class AnalyzeResponse(BaseModel):
+    results: list[AnalysisResult] = Field(description="One result per image, in request order.")
+
+
 class ModelOut(BaseModel):
     name: str
     version: str

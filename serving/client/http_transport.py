@@ -1,0 +1,110 @@
+"""The SDK over HTTP: `/v1/classify`, `/v1/analyze` and `/v1/models` with httpx (sync)."""
+
+from collections.abc import Iterable, Iterator
+from pathlib import PurePath
+from typing import Any
+
+import httpx
+
+from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
+from serving.client.inputs import NamedImage
+from serving.client.retry import with_retries
+from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+
+
+def classification_from_json(data: dict[str, Any]) -> Classification:
+    predictions = tuple(Prediction(str(p["label"]), int(p["index"]), float(p["score"])) for p in data["predictions"])
+    return Classification(str(data["model"]), predictions, float(data["timing_ms"]))
+
+
+def analysis_from_json(data: dict[str, Any]) -> Analysis:
+    """Known stages become typed fields; keys this SDK predates are kept as they came in `extra`."""
+    classification = data.get("classification")
+    extra = {key: value for key, value in data.items() if key != "classification"}
+    return Analysis(classification_from_json(classification) if classification else None, extra)
+
+
+def model_list_from_json(data: dict[str, Any]) -> ModelList:
+    models = tuple(
+        ModelInfo(
+            name=m["name"],
+            version=m.get("version", ""),
+            task=m.get("task", ""),
+            state=m.get("state", ""),
+            reason=m.get("reason") or None,
+            backend=(m.get("backend") or {}).get("backend") or None,
+            backend_info=dict(m.get("backend") or {}),
+        )
+        for m in data["models"]
+    )
+    return ModelList(str(data["default_model"]), models)
+
+
+def _query(model: str | None, top_k: int, fields: list[str] | None = None) -> list[tuple[str, str | int]]:
+    params: list[tuple[str, str | int]] = [("top_k", top_k)]
+    if model:
+        params.append(("model", model))
+    params.extend(("fields", f) for f in fields or ())
+    return params
+
+
+def _results(response: httpx.Response, expected: int) -> list[dict[str, Any]]:
+    results = response.json()["results"]
+    if len(results) != expected:
+        raise ImgServeError("INTERNAL", "bad_response", f"sent {expected} images, got {len(results)} results")
+    return results
+
+
+class HttpTransport:
+    """One httpx client per `Client`; every call retried on UNAVAILABLE (connection errors, 503 not overloaded)."""
+
+    def __init__(self, base_url: str, timeout: float, retries: int, transport: httpx.BaseTransport | None = None):
+        self.retries = retries
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        def attempt() -> httpx.Response:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise from_http_transport_error(exc) from exc
+            if response.status_code >= 400:
+                raise from_http_response(response)
+            return response
+
+        return with_retries(attempt, self.retries)
+
+    def _post_images(self, path: str, images: list[NamedImage], params: list[tuple[str, str | int]]) -> httpx.Response:
+        files = [("image", (PurePath(i.name).name or "image", i.data, "application/octet-stream")) for i in images]
+        return self._send("POST", path, params=params, files=files)
+
+    def classify(self, images: list[NamedImage], model: str | None, top_k: int) -> list[Classification]:
+        response = self._post_images("/v1/classify", images, _query(model, top_k))
+        return [classification_from_json(r) for r in _results(response, len(images))]
+
+    def analyze(
+        self, images: list[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> list[Analysis]:
+        response = self._post_images("/v1/analyze", images, _query(model, top_k, fields))
+        return [analysis_from_json(r) for r in _results(response, len(images))]
+
+    def stream(
+        self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> Iterator[StreamResult]:
+        """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered
+        belong to their item; a server that cannot be reached (after retries) ends the stream by raising."""
+        for image in images:
+            try:
+                analysis = self.analyze([image], model, top_k, fields)[0]
+            except ImgServeError as exc:
+                if exc.status is None:
+                    raise
+                yield StreamResult(image.name, error=exc)
+            else:
+                yield StreamResult(image.name, analysis=analysis)
+
+    def models(self) -> ModelList:
+        return model_list_from_json(self._send("GET", "/v1/models").json())
+
+    def close(self) -> None:
+        self._http.close()

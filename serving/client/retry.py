@@ -1,0 +1,26 @@
+"""Retries with exponential backoff for calls that failed with UNAVAILABLE, and nothing else."""
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from serving.client.errors import ImgServeError
+
+T = TypeVar("T")
+FIRST_BACKOFF_S = 0.1
+
+
+def with_retries(
+    call: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep, first_backoff_s: float = FIRST_BACKOFF_S
+) -> T:
+    """Run `call`; on a retryable `ImgServeError` wait 0.1 s, 0.2 s, 0.4 s, ... and try again, `retries` times."""
+    delay = first_backoff_s
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except ImgServeError as exc:
+            if not exc.retryable or attempt == retries:
+                raise
+        sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,72 @@
+"""Typed results of the imgserve SDK: the same frozen dataclasses whichever transport answered."""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serving.client.errors import ImgServeError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of a top-k answer."""
+
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Top-k for one image, best first."""
+
+    model: str
+    predictions: tuple[Prediction, ...]
+    timing_ms: float
+
+    @property
+    def top(self) -> Prediction | None:
+        return self.predictions[0] if self.predictions else None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the selected stages say about one image; stages this SDK does not know yet land in `extra`."""
+
+    classification: Classification | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One item of `Client.stream`: either `analysis` or `error` is set."""
+
+    request_id: str
+    analysis: Analysis | None = None
+    error: "ImgServeError | None" = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model in the server's repository; `backend_info` is the full backend report (HTTP only)."""
+
+    name: str
+    version: str
+    task: str
+    state: str  # READY or UNAVAILABLE
+    reason: str | None = None
+    backend: str | None = None
+    backend_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelList:
+    default_model: str
+    models: tuple[ModelInfo, ...]
+
+    def get(self, name: str) -> ModelInfo | None:
+        return next((m for m in self.models if m.name == name), None)

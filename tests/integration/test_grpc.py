@@ -1,0 +1,197 @@
+"""gRPC ingress (Ray Serve's proxy): OIP with the unmodified Triton client, ImageService, health, status codes."""
+
+import asyncio
+import queue
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from serving.grpc.stubs import load
+from tests.integration.conftest import RunningServer
+from tests.paths import IMAGENET_SAMPLES, require
+
+pytestmark = pytest.mark.integration
+
+pb = load("image_service_pb2")
+pb_grpc = load("image_service_pb2_grpc")
+MODEL = "mobilenet_v2_imagenet"
+EXPECTED = {
+    "n04335435_streetcar.JPEG": "streetcar",
+    "n03249569_drum.JPEG": "drum",
+    "n02101006_Gordon_setter.JPEG": "Gordon setter",
+    "n01749939_green_mamba.JPEG": "green mamba",
+    "n07583066_guacamole.JPEG": "guacamole",
+}
+
+
+def _images() -> list[bytes]:
+    return [(require(IMAGENET_SAMPLES) / name).read_bytes() for name in EXPECTED]
+
+
+@pytest.fixture(scope="module")
+def triton(server: RunningServer) -> triton_grpc.InferenceServerClient:
+    return triton_grpc.InferenceServerClient(server.grpc_target)
+
+
+@pytest.fixture(scope="module")
+def channel(server: RunningServer) -> grpc.Channel:
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def images_stub(channel: grpc.Channel):  # noqa: ANN201 - generated stub type
+    return pb_grpc.ImageServiceStub(channel)
+
+
+def test_oip_health_and_metadata(triton: triton_grpc.InferenceServerClient) -> None:
+    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready(MODEL)
+    assert triton.get_server_metadata().name == "imgserve"
+    meta = triton.get_model_metadata(MODEL)
+    assert meta.inputs[0].name == "input" and list(meta.inputs[0].shape) == [-1, 3, 224, 224]
+    assert meta.outputs[0].name == "probs" and meta.outputs[0].datatype == "FP32"
+    index = {m.name: m.state for m in triton.get_model_repository_index().models}
+    assert index[MODEL] == "READY"
+
+
+def test_model_infer_raw_contents_equals_http(triton: triton_grpc.InferenceServerClient, server: RunningServer) -> None:
+    batch = np.random.default_rng(0).uniform(-1, 1, size=(3, 3, 224, 224)).astype(np.float32)
+    grpc_input = triton_grpc.InferInput("input", list(batch.shape), "FP32")
+    grpc_input.set_data_from_numpy(batch)  # tritonclient.grpc sends raw_input_contents
+    grpc_probs = triton.infer(MODEL, [grpc_input], outputs=[triton_grpc.InferRequestedOutput("probs")]).as_numpy(
+        "probs"
+    )
+    http_client = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    http_input = triton_http.InferInput("input", list(batch.shape), "FP32")
+    http_input.set_data_from_numpy(batch, binary_data=True)
+    http_probs = http_client.infer(MODEL, [http_input]).as_numpy("probs")
+    assert grpc_probs.shape == (3, 1001)
+    np.testing.assert_array_equal(grpc_probs, http_probs)
+
+
+def test_image_level_bytes_model_equals_http_classify(
+    triton: triton_grpc.InferenceServerClient, http: httpx.Client
+) -> None:
+    images = _images()
+    tensor = triton_grpc.InferInput("IMAGE", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    result = triton.infer("classify", [tensor], parameters={"top_k": 3})
+    labels, scores, indices = result.as_numpy("LABELS"), result.as_numpy("SCORES"), result.as_numpy("INDICES")
+    files = [("image", (n, d, "image/jpeg")) for n, d in zip(EXPECTED, images, strict=True)]
+    over_http = http.post("/v1/classify", files=files, params={"top_k": 3}).json()["results"]
+    for i, expected in enumerate(over_http):
+        assert [p["index"] for p in expected["predictions"]] == indices[i].tolist()
+        np.testing.assert_allclose([p["score"] for p in expected["predictions"]], scores[i], atol=1e-6)
+        assert labels[i, 0].decode() == expected["predictions"][0]["label"]
+
+
+def test_model_stream_infer_in_order_with_errors(triton: triton_grpc.InferenceServerClient) -> None:
+    images = _images()
+    sent = [images[0], b"not an image", images[1], images[2]]
+    answers: queue.Queue = queue.Queue()
+    triton.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for i, data in enumerate(sent):
+            tensor = triton_grpc.InferInput("IMAGE", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+            triton.async_stream_infer("classify", [tensor], request_id=str(i))
+        got = [answers.get(timeout=60) for _ in sent]
+    finally:
+        triton.stop_stream()
+    assert got[1][0] is None and "INVALID_ARGUMENT" in str(got[1][1])
+    ok = [(r.get_response().id, r.as_numpy("LABELS")[0, 0].decode()) for r, e in got if e is None]
+    assert [i for i, _ in ok] == ["0", "2", "3"]
+    assert ok[0][1].startswith("streetcar") and ok[1][1].startswith("drum") and ok[2][1] == "Gordon setter"
+
+
+def test_image_service_classify_and_analyze(images_stub) -> None:  # noqa: ANN001
+    images = _images()
+    response = images_stub.Classify(pb.ClassifyRequest(images=images, top_k=2), timeout=60)
+    assert [r.predictions[0].label.startswith(v) for r, v in zip(response.results, EXPECTED.values(), strict=True)] == [
+        True
+    ] * len(images)
+    analyzed = images_stub.Analyze(pb.AnalyzeRequest(images=images[:2], fields=["classification"]), timeout=60)
+    assert [r.classification.predictions[0].index for r in analyzed.results] == [
+        r.predictions[0].index for r in response.results[:2]
+    ]
+
+
+def test_analyze_stream_one_response_per_image_in_order(images_stub) -> None:  # noqa: ANN001
+    images = _images()
+    requests = [pb.AnalyzeStreamRequest(image=d, request_id=f"frame-{i}", top_k=1) for i, d in enumerate(images)]
+    requests.insert(2, pb.AnalyzeStreamRequest(image=b"\xff\xd8\xff broken", request_id="broken", top_k=1))
+    responses = list(images_stub.AnalyzeStream(iter(requests), timeout=120))
+    assert [r.request_id for r in responses] == [r.request_id for r in requests]
+    assert responses[2].error.code == "INVALID_ARGUMENT" and responses[2].error.kind == "invalid_image"
+    good = [r for r in responses if not r.error.code]
+    for response, expected in zip(good, EXPECTED.values(), strict=True):
+        assert response.analysis.classification.predictions[0].label.startswith(expected)
+
+
+def test_health_service(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+    unknown = stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert unknown.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+def _code(call) -> grpc.StatusCode:  # noqa: ANN001
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_status_codes(images_stub, triton: triton_grpc.InferenceServerClient) -> None:  # noqa: ANN001
+    good = _images()[0]
+    assert (
+        _code(lambda: images_stub.Classify(pb.ClassifyRequest(images=[good[:3000]])))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        _code(lambda: images_stub.Classify(pb.ClassifyRequest(images=[b"GIF89a"]))) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        _code(lambda: images_stub.Classify(pb.ClassifyRequest(images=[good], model="nope")))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert _code(lambda: images_stub.Classify(pb.ClassifyRequest(images=[good]), timeout=0.001)) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+    models = {m.name: m.state for m in images_stub.ListModels(pb.ListModelsRequest()).models}
+    if models.get("resnet50") == "UNAVAILABLE":
+        call = lambda: images_stub.Classify(pb.ClassifyRequest(images=[good], model="resnet50"))  # noqa: E731
+        assert _code(call) == grpc.StatusCode.UNAVAILABLE
+    wrong = triton_grpc.InferInput("input", [1, 3, 8, 8], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT|StatusCode.INVALID_ARGUMENT"):
+        triton.infer(MODEL, [wrong])
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+        triton.get_model_metadata("no_such_model")
+
+
+def test_overload_is_resource_exhausted(server: RunningServer, images_stub) -> None:  # noqa: ANN001
+    data = _images()[0]
+
+    async def burst() -> list[grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
+
+            async def one() -> grpc.StatusCode:
+                try:
+                    await stub.Classify(pb.ClassifyRequest(images=[data], top_k=1), timeout=120)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+
+            return await asyncio.gather(*(one() for _ in range(300)))
+
+    codes = set(asyncio.run(burst()))
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+    assert images_stub.Classify(pb.ClassifyRequest(images=[data], top_k=1), timeout=60).results[0].predictions
