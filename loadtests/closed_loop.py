@@ -1,6 +1,7 @@
 """Closed-loop load generator: N concurrent clients, each sending one image and waiting for the answer.
 
     python -m loadtests.closed_loop --url http://127.0.0.1:8000 --concurrency 1 16 --seconds 20
+    python -m loadtests.closed_loop --url grpc://127.0.0.1:9000 --concurrency 1 16 --seconds 20
 
 Reports images/s, p50/p99 latency and errors per concurrency, as a table and (with --json) JSON.
 Clients are asyncio tasks over one connection pool per level, so the generator itself stays cheap:
@@ -12,6 +13,8 @@ import asyncio
 import json
 import resource
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,24 +43,57 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
     return [f.read_bytes() for f in files[:limit]]
 
 
-async def run_http_level(url: str, images: list[bytes], concurrency: int, seconds: float) -> LevelResult:
+Send = Callable[[bytes], Awaitable[bool]]
+
+
+@asynccontextmanager
+async def http_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def send(image: bytes) -> bool:
+            try:
+                return (await client.post("/v1/classify", content=image, params={"top_k": 1})).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        yield send
+
+
+@asynccontextmanager
+async def grpc_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
+    import grpc
+
+    from serving.grpc.stubs import load
+
+    pb, pb_grpc = load("image_service_pb2"), load("image_service_pb2_grpc")
+    async with grpc.aio.insecure_channel(url.removeprefix("grpc://")) as channel:
+        stub = pb_grpc.ImageServiceStub(channel)
+
+        async def send(image: bytes) -> bool:
+            try:
+                await stub.Classify(pb.ClassifyRequest(images=[image], top_k=1), timeout=60)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+
+        yield send
+
+
+async def run_level(url: str, images: list[bytes], concurrency: int, seconds: float) -> LevelResult:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    sender = grpc_sender if url.startswith("grpc://") else http_sender
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with sender(url, concurrency) as send:
 
         async def worker(offset: int) -> None:
             nonlocal errors
             i = offset
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                try:
-                    response = await client.post("/v1/classify", content=images[i % len(images)], params={"top_k": 1})
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                ok = await send(images[i % len(images)])
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
                 i += concurrency
@@ -100,8 +136,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     images = load_images(args.images, args.limit)
-    asyncio.run(run_http_level(args.url, images, max(args.concurrency), args.warmup))
-    results = [asyncio.run(run_http_level(args.url, images, c, args.seconds)) for c in args.concurrency]
+    asyncio.run(run_level(args.url, images, max(args.concurrency), args.warmup))
+    results = [asyncio.run(run_level(args.url, images, c, args.seconds)) for c in args.concurrency]
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
