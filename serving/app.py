@@ -1,6 +1,7 @@
 """The application builder named by `serve_config.yaml` (`import_path: serving.app:build_app`).
 
-Graph: Ingress -> Decoder (decode once, per-model preprocessing) -> one batched deployment per model.
+Graph: Ingress -> Decoder (decode once, per-model preprocessing) -> one batched deployment per model;
+Ingress -> Metadata (raw bytes: EXIF, GPS, XMP, colours) in parallel.
 Models whose weights are missing, or that no backend can run here, are left out with a logged reason
 (and listed as UNAVAILABLE by `/v1/models`); the default model must be servable.
 """
@@ -14,6 +15,7 @@ from ray.serve import Application
 from serving.config.settings import ServerSettings
 from serving.deployments.decoder import DecoderDeployment
 from serving.deployments.ingress import IngressDeployment
+from serving.deployments.metadata import MetadataDeployment
 from serving.deployments.model import ModelDeployment
 from serving.repository import ModelRepository
 
@@ -32,6 +34,7 @@ class AppArgs(BaseModel):
     decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
     ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
+    metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
 
 
 def model_deployment_name(model: str) -> str:
@@ -61,4 +64,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             name, backend_options
         )
     decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
-    return IngressDeployment.bind(decoder, models, default.name)
+    metadata = MetadataDeployment.bind() if options.metadata else None
+    return IngressDeployment.bind(decoder, models, default.name, metadata)

@@ -36,6 +36,17 @@ async def await_stage(response: Awaitable[T]) -> T:
         raise OverloadedError(f"server is overloaded, retry later ({exc.message})") from None
 
 
+async def _gather_in_order(calls: list[Awaitable[T]]) -> list[T]:
+    """Run concurrently; if any fails, raise the first failure in request order, noting its index."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for index, result in enumerate(results):
+        if isinstance(result, BaseException):
+            if len(results) > 1:
+                result.add_note(f"image index {index}")
+            raise result
+    return list(results)  # type: ignore[arg-type]
+
+
 class _Method(Protocol):
     def remote(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -49,6 +60,10 @@ class ModelHandle(Protocol):
     metadata: _Method
 
 
+class MetadataHandle(Protocol):
+    extract: _Method
+
+
 @dataclass(frozen=True)
 class Classification:
     """Top-k for one image."""
@@ -60,12 +75,13 @@ class Classification:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the selected stages say about one image (quality, anomaly, metadata join as they land)."""
+    """Everything the selected stages say about one image; a stage that was not asked for is None."""
 
     classification: Classification | None = None
+    metadata: dict[str, Any] | None = None  # pipelines.metadata.ImageMetadata.to_dict()
 
 
-ANALYSIS_FIELDS = ("classification",)
+ANALYSIS_FIELDS = ("classification", "metadata")
 
 
 @dataclass
@@ -86,10 +102,12 @@ class InferenceService:
         models: dict[str, ModelHandle],
         default_model: str,
         max_images_per_request: int = 256,
+        metadata: MetadataHandle | None = None,
     ):
         self.repository = repository
         self.decoder = decoder
         self.models = models
+        self.metadata = metadata
         self.default_model = default_model
         self.max_images_per_request = max_images_per_request
         self._backend_info: dict[str, dict[str, Any]] = {}
@@ -164,31 +182,48 @@ class InferenceService:
         if k < 1:
             raise BadRequestError(f"top_k must be >= 1, got {k}")
         self._check_image_count(images)
-        results = await asyncio.gather(*(self._classify_one(d, entry, k) for d in images), return_exceptions=True)
-        for index, result in enumerate(results):
-            if isinstance(result, BaseException):
-                if len(images) > 1:
-                    result.add_note(f"image index {index}")
-                raise result
-        return list(results)  # type: ignore[arg-type]
+        return await _gather_in_order([self._classify_one(d, entry, k) for d in images])
+
+    @property
+    def available_fields(self) -> tuple[str, ...]:
+        """Analysis stages deployed in this application."""
+        return tuple(f for f in ANALYSIS_FIELDS if f != "metadata" or self.metadata is not None)
 
     def analysis_fields(self, fields: list[str] | None) -> tuple[str, ...]:
         """The stages to run: all available when none are named; unknown names are a 400."""
+        available = self.available_fields
         fields = [name.strip() for item in fields or [] for name in item.split(",") if name.strip()]
         if not fields:
-            return ANALYSIS_FIELDS
-        unknown = sorted(set(fields) - set(ANALYSIS_FIELDS))
+            return available
+        unknown = sorted(set(fields) - set(available))
         if unknown:
-            raise BadRequestError(f"unknown analysis fields {unknown}; available: {', '.join(ANALYSIS_FIELDS)}")
-        return tuple(f for f in ANALYSIS_FIELDS if f in fields)
+            raise BadRequestError(f"unknown analysis fields {unknown}; available: {', '.join(available)}")
+        return tuple(f for f in available if f in fields)
+
+    async def extract_metadata(self, images: list[bytes]) -> list[dict[str, Any]]:
+        """Metadata per image, in request order (the metadata stage's own replicas)."""
+        if self.metadata is None:
+            raise ModelUnavailableError("the metadata stage is not deployed in this application")
+        self._check_image_count(images)
+        handle = self.metadata
+        return await _gather_in_order([await_stage(handle.extract.remote(d)) for d in images])
 
     async def analyze(
         self, images: list[bytes], model: str | None = None, k: int = 5, fields: list[str] | None = None
     ) -> list[Analysis]:
-        """The selected analysis stages per image, in request order."""
+        """The selected stages per image, run concurrently, in request order."""
         selected = self.analysis_fields(fields)
-        classifications = await self.classify(images, model, k) if "classification" in selected else None
-        return [Analysis(classification=classifications[i] if classifications else None) for i in range(len(images))]
+        self._check_image_count(images)
+        stages: dict[str, Awaitable[list[Any]]] = {}
+        if "classification" in selected:
+            stages["classification"] = self.classify(images, model, k)
+        if "metadata" in selected:
+            stages["metadata"] = self.extract_metadata(images)
+        done = dict(zip(stages, await asyncio.gather(*stages.values()), strict=True))
+        return [
+            Analysis(**{name: results[i] for name, results in done.items()})  # type: ignore[arg-type]
+            for i in range(len(images))
+        ]
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
     async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:

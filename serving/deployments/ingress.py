@@ -20,10 +20,18 @@ http_app = create_http_app()
 class Ingress(OipGrpcMethods, ImageGrpcMethods):
     """HTTP routes come from the FastAPI app; gRPC methods (named as the RPCs) from the two mixins."""
 
-    def __init__(self, decoder: DeploymentHandle, models: dict[str, DeploymentHandle], default_model: str):
+    def __init__(
+        self,
+        decoder: DeploymentHandle,
+        models: dict[str, DeploymentHandle],
+        default_model: str,
+        metadata: DeploymentHandle | None = None,
+    ):
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)
-        self.service = InferenceService(repository, decoder, models, default_model, settings.max_images_per_request)
+        self.service = InferenceService(
+            repository, decoder, models, default_model, settings.max_images_per_request, metadata=metadata
+        )
         set_service(self.service, settings)
         logger.info("ingress ready: models %s, default %s", sorted(models), default_model)
 

@@ -1,6 +1,7 @@
 """`imgserve.v1.ImageService` and `grpc.health.v1.Health` RPCs, called on the ingress by Ray Serve's proxy."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,8 @@ def analysis_proto(result: Analysis) -> Any:
     message = pb.ImageAnalysis()
     if result.classification is not None:
         message.classification.CopyFrom(classification_proto(result.classification))
+    if result.metadata is not None:
+        message.metadata.update(json.loads(json.dumps(result.metadata)))  # tuples -> lists, JSON types only
     return message
 
 

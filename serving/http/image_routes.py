@@ -12,11 +12,12 @@ from serving.http.schemas import (
     CategoriesResponse,
     ClassifyResponse,
     ClassifyResult,
+    MetadataResponse,
     ModelsResponse,
 )
 from serving.http.state import get_service
 from serving.metrics import BYTES_RECEIVED, IMAGES
-from serving.service import Classification, InferenceService
+from serving.service import Analysis, Classification, InferenceService
 
 router = APIRouter(prefix="/v1", tags=["image API"])
 
@@ -71,12 +72,19 @@ async def analyze(
     service.analysis_fields(fields)  # reject unknown stages before reading the body
     images = await read_images(request, service.max_images_per_request)
     results = await service.analyze(images, model, top_k, fields)
-    return AnalyzeResponse(
-        results=[
-            AnalysisResult(classification=classify_result(r.classification) if r.classification else None)
-            for r in results
-        ]
-    )
+    return AnalyzeResponse(results=[analysis_result(r) for r in results])
+
+
+def analysis_result(result: Analysis) -> AnalysisResult:
+    classification = classify_result(result.classification) if result.classification else None
+    return AnalysisResult(classification=classification, metadata=result.metadata)
+
+
+@router.post("/metadata", response_model=MetadataResponse)
+async def metadata(request: Request, service: InferenceService = Depends(get_service)) -> MetadataResponse:
+    """Metadata only: file, image, EXIF, GPS, XMP, IPTC and colours per image (no model runs)."""
+    images = await read_images(request, service.max_images_per_request)
+    return MetadataResponse(results=await service.extract_metadata(images))
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -23,6 +23,13 @@ class ClassifyResponse(BaseModel):
 
 class AnalysisResult(BaseModel):
     classification: ClassifyResult | None = Field(default=None, description="Present when 'classification' ran.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Present when 'metadata' ran; fields and units in docs/METADATA.md."
+    )
+
+
+class MetadataResponse(BaseModel):
+    results: list[dict[str, Any]] = Field(description="Metadata per image, in request order (docs/METADATA.md).")
 
 
 class AnalyzeResponse(BaseModel):

@@ -1,0 +1,115 @@
+"""`extract_metadata`: raw bytes -> `ImageMetadata`, one guarded section at a time."""
+
+import dataclasses
+import hashlib
+import sys
+import warnings
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TypeVar
+
+from PIL import Image
+
+from pipelines.decode import open_validated
+from pipelines.errors import ImageInputError
+from pipelines.limits import DecodeLimits
+from pipelines.metadata.colors import color_info
+from pipelines.metadata.container import is_heif, mime_type, read_image_info
+from pipelines.metadata.exif import read_exif
+from pipelines.metadata.gps import read_gps
+from pipelines.metadata.iptc import read_iptc
+from pipelines.metadata.phash import phash
+from pipelines.metadata.result import ColorInfo, FileInfo, ImageMetadata
+from pipelines.metadata.thumbnail import Thumbnail, upright_thumbnail
+from pipelines.metadata.xmp import read_xmp
+
+T = TypeVar("T")
+MAX_MESSAGE_CHARS = 300
+
+
+@lru_cache(maxsize=1)
+def register_heif() -> bool:
+    """Teach Pillow HEIF/HEIC through pillow-heif when it is installed (once per process)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _message(section: str, text: str) -> str:
+    text = " ".join(str(text).split())
+    return f"{section}: {text[:MAX_MESSAGE_CHARS]}"
+
+
+def _guarded(section: str, errors: list[str], read: Callable[[], tuple[T | None, list[str]]]) -> T | None:
+    """Run one section reader; its exceptions and warnings become messages in `errors`, never propagate."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value, problems = read()
+        except Exception as exc:  # noqa: BLE001 - hostile input must cost one section, not the request
+            value, problems = None, [_message(section, f"{type(exc).__name__}: {exc}")]
+    errors.extend(problems)
+    for warning in caught:
+        message = _message(section, f"warning: {warning.message}")
+        if message not in errors:
+            errors.append(message)
+    return value
+
+
+def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
+    # Pixel limits gate only the thumbnail decode: headers of huge images are still safe to read.
+    return open_validated(data, dataclasses.replace(limits, max_pixels=sys.maxsize))
+
+
+def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bool = True) -> ImageMetadata:
+    """Read file, image, EXIF, GPS, XMP, IPTC and (optionally) colour facts from encoded image bytes.
+
+    Never raises for bad input: whatever cannot be read is None and explained in `errors`. The only pixels
+    decoded are one thumbnail of at most 128 px (JPEG at reduced DCT scale), skipped beyond `limits.max_pixels`.
+    """
+    limits = limits or DecodeLimits()
+    errors: list[str] = []
+    size, digest = len(data), hashlib.sha256(data).hexdigest()
+    register_heif()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = _open(data, limits)
+        except ImageInputError as exc:
+            return ImageMetadata(file=FileInfo(size_bytes=size, sha256=digest), errors=(_message("file", str(exc)),))
+        except Exception as exc:  # noqa: BLE001 - e.g. a plugin failing in an unexpected way on hostile bytes
+            message = _message("file", f"unreadable: {type(exc).__name__}: {exc}")
+            return ImageMetadata(file=FileInfo(size_bytes=size, sha256=digest), errors=(message,))
+    errors += [_message("file", f"warning: {w.message}") for w in caught]
+    try:
+        info = _guarded("image", errors, lambda: (read_image_info(image, data, errors), []))
+        exif = _guarded("exif", errors, lambda: read_exif(image))
+        gps = _guarded("gps", errors, lambda: read_gps(image))
+        xmp = _guarded("xmp", errors, lambda: read_xmp(image))
+        iptc = _guarded("iptc", errors, lambda: read_iptc(image))
+        thumb = None
+        pixels = image.width * image.height
+        if pixels > limits.max_pixels:
+            errors.append(f"pixels: {image.width}x{image.height} exceeds {limits.max_pixels} pixels; not decoded")
+        else:
+            orientation = info.orientation if info else None
+            thumb = _guarded("pixels", errors, lambda: (_thumbnail(image, orientation, errors), []))
+        hashed = _guarded("phash", errors, lambda: (phash(thumb.image), [])) if thumb else None
+        stats = _guarded("colors", errors, lambda: _colors(thumb)) if thumb and colors else None
+        file = FileInfo(size_bytes=size, sha256=digest, format=image.format, mime=mime_type(image), phash=hashed)
+    finally:
+        image.close()
+    return ImageMetadata(
+        file=file, image=info, exif=exif, gps=gps, xmp=xmp, iptc=iptc, colors=stats, errors=tuple(errors)
+    )
+
+
+def _thumbnail(image: Image.Image, orientation: int | None, errors: list[str]) -> Thumbnail:
+    return upright_thumbnail(image, orientation, is_heif(image), errors)
+
+
+def _colors(thumb: Thumbnail) -> tuple[ColorInfo, list[str]]:
+    return color_info(thumb.image, srgb=thumb.srgb), []

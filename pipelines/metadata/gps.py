@@ -1,0 +1,93 @@
+"""The EXIF GPS IFD into `GpsInfo` (signed decimal degrees, metres, ISO 8601 UTC)."""
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import ExifTags, Image
+
+from pipelines.metadata import tag_values as tv
+from pipelines.metadata.result import GpsInfo
+
+LAT_REF, LAT, LON_REF, LON, ALT_REF, ALT, TIME = 1, 2, 3, 4, 5, 6, 7
+DIRECTION_REF, DIRECTION, DATE = 16, 17, 29
+_DIRECTION_REFS = {"T": "true", "M": "magnetic"}
+
+
+def _degrees(value: Any) -> float | None:
+    """Degrees from (d, m, s) rationals; writers also store (d, m) or a single decimal value."""
+    parts = tv.numbers(value)
+    if parts is None or len(parts) > 3 or any(part < 0 for part in parts):
+        return None
+    return sum(part / 60**i for i, part in enumerate(parts))
+
+
+def _coordinate(
+    gps: Mapping[int, Any], tag: int, ref_tag: int, signs: dict[str, int], limit: float, name: str
+) -> tuple[float | None, str | None]:
+    if tag not in gps:
+        return None, None
+    magnitude = _degrees(gps[tag])
+    if magnitude is None:
+        return None, f"gps.{name}: unreadable value {gps[tag]!r}"
+    ref = (tv.text(gps.get(ref_tag)) or "").upper()[:1]
+    if ref not in signs:
+        # Without N/S (E/W) the sign is unknown; exiftool also omits its signed Composite value then.
+        return None, f"gps.{name}: reference {gps.get(ref_tag)!r} is missing or invalid"
+    if magnitude > limit:
+        return None, f"gps.{name}: {magnitude} is out of range"
+    return signs[ref] * magnitude, None
+
+
+def _altitude(gps: Mapping[int, Any]) -> float | None:
+    altitude = tv.number(gps.get(ALT))
+    if altitude is None:
+        return None
+    # GPSAltitudeRef: 0 (the EXIF default when absent) above sea level, 1 below.
+    return -altitude if tv.integer(gps.get(ALT_REF)) == 1 else altitude
+
+
+def _timestamp(gps: Mapping[int, Any]) -> tuple[str | None, str | None]:
+    date, time = tv.text(gps.get(DATE)), tv.numbers(gps.get(TIME))
+    if date is None or time is None:
+        return None, None
+    try:
+        year, month, day = (int(part) for part in date.replace("-", ":").split(":"))
+        hours, minutes, seconds = time if len(time) == 3 else (time + (0.0, 0.0))[:3]
+        whole = int(seconds)
+        stamp = datetime(year, month, day, int(hours), int(minutes), whole, tzinfo=UTC)
+    except (ValueError, TypeError) as exc:
+        return None, f"gps.timestamp_utc: invalid {date!r} {time!r}: {exc}"
+    iso = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = round(seconds - whole, 3)
+    if fraction:
+        iso += f"{fraction:.3f}".lstrip("0")
+    return iso + "Z", None
+
+
+def read_gps(image: Image.Image) -> tuple[GpsInfo | None, list[str]]:
+    """`GpsInfo` from the GPS IFD; (None, []) when there is none or it is empty."""
+    exif = image.getexif()
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo) if ExifTags.IFD.GPSInfo in exif else {}
+    if not gps:
+        return None, []
+    errors: list[str] = []
+    latitude, error_lat = _coordinate(gps, LAT, LAT_REF, {"N": 1, "S": -1}, 90.0, "latitude_deg")
+    longitude, error_lon = _coordinate(gps, LON, LON_REF, {"E": 1, "W": -1}, 180.0, "longitude_deg")
+    timestamp, error_time = _timestamp(gps)
+    errors += [error for error in (error_lat, error_lon, error_time) if error]
+    direction = tv.number(gps.get(DIRECTION))
+    if direction is not None and not 0 <= direction <= 360:
+        errors.append(f"gps.img_direction_deg: {direction} is out of range")
+        direction = None
+    info = GpsInfo(
+        latitude_deg=latitude,
+        longitude_deg=longitude,
+        altitude_m=_altitude(gps),
+        timestamp_utc=timestamp,
+        img_direction_deg=direction,
+        img_direction_ref=_DIRECTION_REFS.get((tv.text(gps.get(DIRECTION_REF)) or "").upper()[:1]),
+    )
+    if info == GpsInfo():
+        return None, errors
+    return info, errors

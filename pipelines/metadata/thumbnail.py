@@ -1,0 +1,94 @@
+"""One small upright sRGB thumbnail per file, the only pixels metadata ever decodes.
+
+JPEG is decoded at 1/2..1/8 scale (`Image.draft`, via `Image.thumbnail`), HEIF from its embedded thumbnail
+when pillow-heif finds a matching one; other formats decode once and shrink. The perceptual hash and the
+colour statistics both read this thumbnail.
+"""
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageCms
+
+THUMBNAIL_SIZE = 128
+MAX_CACHED_ICC_BYTES = 64 * 1024
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_RESIZABLE = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """An RGB or RGBA image of at most `THUMBNAIL_SIZE` px a side, as the viewer sees it."""
+
+    image: Image.Image
+    srgb: bool  # False when an embedded ICC profile could not be applied (values are device RGB)
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale to 8-bit L by scaling, not clipping."""
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        scaled = pixels / 257.0
+    else:
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _target_mode(image: Image.Image) -> str:
+    has_alpha = "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info
+    return "RGBA" if has_alpha else "RGB"
+
+
+@lru_cache(maxsize=32)
+def _icc_transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform:
+    # Building a transform costs ~2 ms; photos from one camera share one profile, so cache a few.
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    return ImageCms.buildTransform(source, _srgb_profile(), in_mode, out_mode)
+
+
+def _apply_icc(image: Image.Image, icc: bytes, target: str) -> Image.Image:
+    if image.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        image = image.convert(target)
+    if len(icc) > MAX_CACHED_ICC_BYTES:
+        return _icc_transform.__wrapped__(icc, image.mode, target).apply(image)
+    return _icc_transform(icc, image.mode, target).apply(image)
+
+
+def upright_thumbnail(image: Image.Image, orientation: int | None, heif: bool, errors: list[str]) -> Thumbnail:
+    """Decode `image` (opened, not loaded) to a bounded upright thumbnail; may raise on corrupt pixel data."""
+    icc = image.info.get("icc_profile")
+    if image.mode not in _RESIZABLE:
+        image.load()
+        image = _to_8bit(image)
+    if heif:  # pick an embedded thumbnail of >= 128 px when pillow-heif finds a matching one
+        image.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    if not heif and orientation in _TRANSPOSE:  # libheif has rotated HEIF already
+        image = image.transpose(_TRANSPOSE[orientation])
+    target = _target_mode(image)
+    srgb = True
+    if icc:
+        try:
+            return Thumbnail(_apply_icc(image, icc, target), srgb=True)
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+            errors.append(f"colors: ICC profile not applied, values are device RGB: {exc}")
+            srgb = False
+    if image.mode == "P" and target == "RGBA":
+        image = image.convert("RGBA")
+    return Thumbnail(image if image.mode == target else image.convert(target), srgb=srgb)
