@@ -1,9 +1,19 @@
-"""`imgserve` console command: serve, models list/prepare."""
+"""`imgserve` console command: serve, models list/prepare, and classify/analyze against a running server."""
 
 import argparse
 import json
+import shutil
 import sys
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serving.client import Analysis, Classification
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large folders go in several calls
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -47,6 +57,85 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table_row(image: str, classification: "Classification | None", note: str = "") -> str:
+    """IMAGE, TOP LABEL, SCORE, then the top-k as `label (score)` cut to the terminal width."""
+    name = _short(Path(image).name, 32)
+    if classification is None or not classification.predictions:
+        return f"{name:32}  {'-':28}  {'-':>6}  {note}".rstrip()
+    top = classification.predictions[0]
+    pairs = ", ".join(f"{p.label.split(',')[0]} ({p.score:.3f})" for p in classification.predictions)
+    room = max(20, shutil.get_terminal_size((160, 24)).columns - 72)
+    return f"{name:32}  {_short(top.label, 28):28}  {top.score:6.3f}  {_short(pairs, room)}{note}"
+
+
+def _print_results(images: list[str], results: list[Any], as_json: bool) -> None:
+    from serving.client import Analysis
+
+    if as_json:
+        rows = []
+        for image, result in zip(images, results, strict=True):
+            if isinstance(result, Analysis):
+                classification = asdict(result.classification) if result.classification else None
+                rows.append({"image": image, "classification": classification, **result.extra})
+            else:
+                rows.append({"image": image, **asdict(result)})
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'IMAGE':32}  {'TOP LABEL':28}  {'SCORE':>6}  TOP-K")
+    for image, result in zip(images, results, strict=True):
+        if isinstance(result, Analysis):
+            note = f"  [{', '.join(result.extra)}]" if result.extra else ""
+            print(_table_row(image, result.classification, note))
+        else:
+            print(_table_row(image, result))
+
+
+def _cmd_remote(args: argparse.Namespace) -> int:
+    """`classify` and `analyze`: send the images to a running server, print a table or JSON."""
+    from serving.client import Client, ImgServeError
+
+    fields = [f.strip() for value in getattr(args, "fields", None) or () for f in value.split(",") if f.strip()] or None
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            results: list[Classification | Analysis] = []
+            for chunk in _chunks(args.images, IMAGES_PER_REQUEST):
+                if args.command == "classify":
+                    results.extend(client.classify(chunk, args.model, args.top_k))
+                else:
+                    results.extend(client.analyze(chunk, args.model, args.top_k, fields))
+    except ValueError as exc:  # a bad --url or --top-k
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
+    except (ImgServeError, OSError) as exc:
+        print(f"imgserve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    _print_results(args.images, results, args.json)
+    return 0
+
+
+def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    command = sub.add_parser(name, help=help_text)
+    command.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    command.add_argument(
+        "--url", default=DEFAULT_URL, help=f"server: http(s)://host:port or grpc://host:port (default {DEFAULT_URL})"
+    )
+    command.add_argument("--model", default=None, help="model name (default: the server's default classifier)")
+    command.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    command.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    command.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    command.set_defaults(func=_cmd_remote)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgserve", description="High-throughput image inference server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_cmd_models_list)
     prepare = models_sub.add_parser("prepare", help="verify weights; export torchvision models to ONNX where possible")
     prepare.set_defaults(func=_cmd_models_prepare)
+
+    _add_remote_command(sub, "classify", "classify images with a running server (top-k per image)")
+    analyze = _add_remote_command(sub, "analyze", "analyze images with a running server (selected stages)")
+    analyze.add_argument("--fields", action="append", help="stage to run, repeatable or comma-separated (default: all)")
     return parser
 
 

@@ -20,8 +20,9 @@ def classification_from_json(data: dict[str, Any]) -> Classification:
 def analysis_from_json(data: dict[str, Any]) -> Analysis:
     """Known stages become typed fields; keys this SDK predates are kept as they came in `extra`."""
     classification = data.get("classification")
-    extra = {key: value for key, value in data.items() if key != "classification"}
-    return Analysis(classification_from_json(classification) if classification else None, extra)
+    extra = {key: value for key, value in data.items() if key not in ("classification", "metadata")}
+    typed = classification_from_json(classification) if classification else None
+    return Analysis(typed, data.get("metadata"), extra)
 
 
 def model_list_from_json(data: dict[str, Any]) -> ModelList:

@@ -11,7 +11,10 @@ FIRST_BACKOFF_S = 0.1
 
 
 def with_retries(
-    call: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep, first_backoff_s: float = FIRST_BACKOFF_S
+    call: Callable[[], T],
+    retries: int,
+    sleep: Callable[[float], None] | None = None,
+    first_backoff_s: float = FIRST_BACKOFF_S,
 ) -> T:
     """Run `call`; on a retryable `ImgServeError` wait 0.1 s, 0.2 s, 0.4 s, ... and try again, `retries` times."""
     delay = first_backoff_s
@@ -21,6 +24,6 @@ def with_retries(
         except ImgServeError as exc:
             if not exc.retryable or attempt == retries:
                 raise
-        sleep(delay)
+        (sleep or time.sleep)(delay)
         delay *= 2
     raise AssertionError("unreachable")  # the loop returns or raises

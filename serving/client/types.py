@@ -34,6 +34,7 @@ class Analysis:
     """What the selected stages say about one image; stages this SDK does not know yet land in `extra`."""
 
     classification: Classification | None = None
+    metadata: dict[str, Any] | None = None  # file, image, EXIF, GPS, XMP, IPTC, colours (docs/METADATA.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from serving.errors import ErrorInfo, classify_error
 from serving.metrics import ERRORS, REQUEST_LATENCY, REQUESTS
 
 T = TypeVar("T")
+ERROR_KIND_METADATA = "imgserve-error-kind"
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -42,4 +43,5 @@ async def answer(
     if context is not None:
         context.set_code(status_code(error.grpc_code))
         context.set_details(error.message)
+        context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind)])  # the HTTP body's "kind"
     return empty()

@@ -1,0 +1,23 @@
+"""Python SDK for a running imgserve server, over gRPC or HTTP with the same typed results.
+
+from serving.client import Client
+
+with Client("grpc://127.0.0.1:9000") as client:
+    for result in client.classify(["cat.jpg", "dog.jpg"], top_k=3):
+        print(result.predictions[0].label, result.predictions[0].score)
+"""
+
+from serving.client.client import Client
+from serving.client.errors import ImgServeError
+from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+
+__all__ = [
+    "Analysis",
+    "Classification",
+    "Client",
+    "ImgServeError",
+    "ModelInfo",
+    "ModelList",
+    "Prediction",
+    "StreamResult",
+]

@@ -1,0 +1,107 @@
+"""`Client`: one API over both edges of an imgserve server, chosen by the URL scheme."""
+
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Protocol
+
+from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
+from serving.client.types import Analysis, Classification, ModelList, StreamResult
+
+
+class Transport(Protocol):
+    def classify(self, images: list[NamedImage], model: str | None, top_k: int) -> list[Classification]: ...
+
+    def analyze(
+        self, images: list[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> list[Analysis]: ...
+
+    def stream(
+        self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> Iterator[StreamResult]: ...
+
+    def models(self) -> ModelList: ...
+
+    def close(self) -> None: ...
+
+
+class Client:
+    """A client of a running imgserve server, over gRPC (`grpc://host:port`) or HTTP (`http(s)://host:port`).
+
+    Images are paths or encoded bytes, one or a list; every method returns one result per image, in order,
+    with the same types on both transports. `timeout` is each call's deadline in seconds (streams have
+    none); calls that fail with UNAVAILABLE are tried again up to `retries` times, waiting 0.1 s, 0.2 s, ...
+    Failures raise `ImgServeError`.
+
+        with Client("grpc://127.0.0.1:9000") as client:
+            top = client.classify("cat.jpg")[0].predictions[0]
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3):
+        if timeout <= 0 or retries < 0:
+            raise ValueError(f"timeout must be > 0 and retries >= 0, got {timeout} and {retries}")
+        self.address = parse_url(url)
+        self.timeout, self.retries = timeout, retries
+        self._transport = self._connect()
+
+    def _connect(self) -> Transport:
+        if self.address.is_grpc:
+            from serving.client.grpc_transport import GrpcTransport  # grpc and the stubs only when asked for
+
+            return GrpcTransport(self.address.target, self.timeout, self.retries, secure=self.address.scheme == "grpcs")
+        from serving.client.http_transport import HttpTransport
+
+        return HttpTransport(self.address.base_url, self.timeout, self.retries)
+
+    @property
+    def transport(self) -> str:
+        return "grpc" if self.address.is_grpc else "http"
+
+    def classify(self, images: Images, model: str | None = None, top_k: int = 5) -> list[Classification]:
+        """Top-k per image (the server's default classifier unless `model` is given)."""
+        batch = load_images(images)
+        return self._transport.classify(batch, model, _checked(top_k)) if batch else []
+
+    def analyze(
+        self, images: Images, model: str | None = None, top_k: int = 5, fields: list[str] | None = None
+    ) -> list[Analysis]:
+        """The analysis stages named in `fields` (all the server has when None) per image."""
+        batch = load_images(images)
+        return self._transport.analyze(batch, model, _checked(top_k), fields) if batch else []
+
+    def stream(
+        self,
+        images: Iterable[ImageInput | tuple[str, ImageInput]],
+        model: str | None = None,
+        top_k: int = 5,
+        fields: list[str] | None = None,
+    ) -> Iterator[StreamResult]:
+        """Analyze images as they come (any iterable, e.g. a camera generator); one result each, in order.
+
+        An item may be `(request_id, image)`; otherwise its request_id is the path as given or its position.
+        A bad image yields a result with `error` set and the stream goes on; losing the server raises.
+        """
+        return self._transport.stream(iter_stream_items(images), model, _checked(top_k), fields)
+
+    def models(self) -> ModelList:
+        """The server's default model and every model in its repository with its state."""
+        return self._transport.models()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries})"
+
+
+def _checked(top_k: int) -> int:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return top_k

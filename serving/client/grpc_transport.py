@@ -1,0 +1,138 @@
+"""The SDK over gRPC: `imgserve.v1.ImageService` on a sync channel, AnalyzeStream for `stream`.
+
+Only the image_service stubs are loaded: the OIP `inference_pb2` would clash with tritonclient's
+descriptors of the same proto when both live in one process.
+"""
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from serving.client.errors import ImgServeError
+from serving.client.inputs import NamedImage
+from serving.client.retry import with_retries
+from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+from serving.grpc.stubs import load
+
+pb = load("image_service_pb2")
+pb_grpc = load("image_service_pb2_grpc")
+KIND_METADATA = "imgserve-error-kind"  # trailing metadata set by serving.grpc.edge.answer
+
+
+def error_from_rpc(exc: grpc.RpcError) -> ImgServeError:
+    code = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"  # type: ignore[attr-defined]
+    details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}  # type: ignore[attr-defined]
+    return ImgServeError(code, str(trailing.get(KIND_METADATA) or code.lower()), details or code)
+
+
+def classification_from_proto(message: Any) -> Classification:
+    predictions = tuple(Prediction(p.label, p.index, p.score) for p in message.predictions)
+    return Classification(message.model, predictions, message.timing_ms)
+
+
+def analysis_from_proto(message: Any) -> Analysis:
+    """Stages this SDK predates (fields added to ImageAnalysis later) are kept in `extra` as JSON-like dicts."""
+    extra: dict[str, Any] = {}
+    for descriptor, value in message.ListFields():
+        if descriptor.name not in ("classification", "metadata"):
+            is_message = descriptor.message_type is not None
+            extra[descriptor.name] = MessageToDict(value, preserving_proto_field_name=True) if is_message else value
+    classification = classification_from_proto(message.classification) if message.HasField("classification") else None
+    # A protobuf Struct carries every number as a double: whole numbers come back as floats (130167.0).
+    metadata = MessageToDict(message.metadata) if message.HasField("metadata") else None
+    return Analysis(classification, metadata, extra)
+
+
+def model_list_from_proto(message: Any) -> ModelList:
+    models = tuple(
+        ModelInfo(m.name, m.version, m.task, m.state, m.reason or None, m.backend or None) for m in message.models
+    )
+    return ModelList(message.default_model, models)
+
+
+class _RequestFeed:
+    """The request iterator of a stream. gRPC drains it on its own thread, so a failure to read an input
+    is kept here and re-raised to the caller once the answers to the images before it have arrived."""
+
+    def __init__(self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None):
+        self._images, self._model, self._top_k, self._fields = images, model or "", top_k, list(fields or ())
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for image in self._images:
+                yield pb.AnalyzeStreamRequest(
+                    image=image.data, request_id=image.name, model=self._model, top_k=self._top_k, fields=self._fields
+                )
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, see the class docstring
+            self.error = exc
+
+
+class GrpcTransport:
+    """One channel per `Client`. Unary calls get `timeout` as their deadline and are retried on UNAVAILABLE;
+    a stream has no deadline (it may feed a camera for hours) and is not retried."""
+
+    def __init__(self, target: str, timeout: float, retries: int, secure: bool = False):
+        self.timeout, self.retries = timeout, retries
+        self._channel = (
+            grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
+        )
+        self._stub = pb_grpc.ImageServiceStub(self._channel)
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        def attempt() -> Any:
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc) from exc
+
+        return with_retries(attempt, self.retries)
+
+    def classify(self, images: list[NamedImage], model: str | None, top_k: int) -> list[Classification]:
+        request = pb.ClassifyRequest(images=[i.data for i in images], model=model or "", top_k=top_k)
+        results = self._unary(self._stub.Classify, request).results
+        _check_count(len(images), len(results))
+        return [classification_from_proto(r) for r in results]
+
+    def analyze(
+        self, images: list[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> list[Analysis]:
+        request = pb.AnalyzeRequest(
+            images=[i.data for i in images], model=model or "", top_k=top_k, fields=fields or []
+        )
+        results = self._unary(self._stub.Analyze, request).results
+        _check_count(len(images), len(results))
+        return [analysis_from_proto(r) for r in results]
+
+    def stream(
+        self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+    ) -> Iterator[StreamResult]:
+        feed = _RequestFeed(images, model, top_k, fields)
+        call = self._stub.AnalyzeStream(iter(feed))
+        try:
+            for response in call:
+                if response.HasField("error"):
+                    error = ImgServeError(response.error.code, response.error.kind, response.error.message)
+                    yield StreamResult(response.request_id, error=error)
+                else:
+                    yield StreamResult(response.request_id, analysis=analysis_from_proto(response.analysis))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()  # a no-op once the stream is done; stops the server when the caller leaves early
+        if feed.error is not None:
+            raise feed.error
+
+    def models(self) -> ModelList:
+        return model_list_from_proto(self._unary(self._stub.ListModels, pb.ListModelsRequest()))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _check_count(sent: int, received: int) -> None:
+    if sent != received:
+        raise ImgServeError("INTERNAL", "bad_response", f"sent {sent} images, got {received} results")
