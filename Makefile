@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PIP_INSTALL := $(PIP) install -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-unit test-integration test-gpu lint models clean
+.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-gpu: venv
 
 lint: venv
 	$(VENV)/bin/ruff check serving pipelines models tests loadtests
+
+# The KubeRay RayService is rendered from serve_config.yaml (a unit test fails when they drift apart).
+deploy-render: venv
+	$(PY) -m serving.deploy_render --serve-config serve_config.yaml --out deploy/kuberay/rayservice.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
