@@ -6,7 +6,8 @@ replica on the node writes to one directory and the ingress's `/metrics` serves 
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
 
 # 1 ms .. 10 s, roughly x2 per bucket, with extra resolution where single-image latency sits.
 LATENCY_BUCKETS = (
@@ -60,6 +61,34 @@ BATCH_FILL = Histogram(
 )
 
 
+QUEUE_WAIT = Histogram(
+    "imgserve_batch_queue_wait_seconds",
+    "Time from a request reaching a model replica to its batch starting.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+INFLIGHT = Gauge(
+    "imgserve_inflight_requests", "Requests being handled at the ingress.", ["protocol"], multiprocess_mode="livesum"
+)
+MODEL_INFO = Gauge(
+    "imgserve_model_info",
+    "Loaded model replicas by chosen backend (value: number of replicas).",
+    ["model", "version", "backend", "device", "precision"],
+    multiprocess_mode="livesum",
+)
+
+
+class _OnlyImgserve(Collector):
+    """Ray's own processes inherit PROMETHEUS_MULTIPROC_DIR too; `/metrics` serves imgserve's families only
+    (Ray's metrics are scraped from Ray's metrics export port)."""
+
+    def __init__(self, inner: Collector):
+        self.inner = inner
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's Metric iterator
+        return (family for family in self.inner.collect() if family.name.startswith("imgserve_"))
+
+
 def render_metrics() -> tuple[bytes, str]:
     """Exposition text for `/metrics`: every process's metrics in multiprocess mode, else this process's."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -67,7 +96,7 @@ def render_metrics() -> tuple[bytes, str]:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        registry.register(_OnlyImgserve(multiprocess.MultiProcessCollector(None, path=directory)))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 

@@ -8,6 +8,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,26 @@ def prepare_environment() -> str:
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return metrics_dir
+
+
+def wait_until_running(config: Any, stop: threading.Event, timeout_s: float) -> None:
+    """Wait for every application to be RUNNING (Ray's own blocking deploy gives up after 60 s, too soon for a
+    loaded 2-core machine); fail fast with Ray's message if one fails to deploy."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    names = [app.name for app in config.applications]
+    while not stop.is_set():
+        statuses = serve.status().applications
+        states = {name: statuses[name].status if name in statuses else "NOT_STARTED" for name in names}
+        failed = [name for name, state in states.items() if state in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise RuntimeError(f"application(s) {failed} failed to deploy: {statuses[failed[0]].message}")
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not RUNNING after {timeout_s:.0f}s: {states}")
+        time.sleep(0.5)
 
 
 def run_server(
@@ -65,7 +86,8 @@ def run_server(
             grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
             proxy_location=config.proxy_location,
         )
-        client.deploy_apps(config, _blocking=True)
+        client.deploy_apps(config)
+        wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
         http = config.http_options
         print(f"imgserve is ready: http://{http.host}:{http.port} (grpc port {config.grpc_options.port})", flush=True)
         while not stop.wait(1.0):

@@ -17,7 +17,7 @@ from serving.backends import load_backend
 from serving.config.model_config import BatchingConfig
 from serving.config.settings import ServerSettings
 from serving.errors import InvalidTensorError
-from serving.metrics import BATCH_FILL, BATCH_SIZE, STAGE_LATENCY
+from serving.metrics import BATCH_FILL, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
 from serving.oip.tensors import OIP_TO_NUMPY
 from serving.repository import ModelRepository
 
@@ -37,6 +37,8 @@ class ModelServer:
         if not self.entry.available:
             raise RuntimeError(self.entry.unavailable_reason)
         self.backend = load_backend(self.entry, backend_options)
+        info = self.backend.info()
+        MODEL_INFO.labels(model_name, self.entry.config.version, info.name, info.device, info.precision).inc()
         self.input_shape = tuple(self.entry.config.input.shape)
         self.input_dtype = np.dtype(OIP_TO_NUMPY[self.entry.config.input.dtype])
         self.batching = self.entry.config.batching
@@ -53,14 +55,16 @@ class ModelServer:
         self._apply_batching(BatchingConfig.model_validate(merged))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    async def _run_batch(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, np.ndarray]]:
         model = self.entry.name
-        BATCH_SIZE.labels(model).observe(len(tensors))
-        BATCH_FILL.labels(model).observe(len(tensors) / self.batching.max_batch_size)
         start = time.perf_counter()
-        outputs = await asyncio.to_thread(self.backend.infer, np.stack(tensors))
+        for _, enqueued in items:
+            QUEUE_WAIT.labels(model).observe(start - enqueued)
+        BATCH_SIZE.labels(model).observe(len(items))
+        BATCH_FILL.labels(model).observe(len(items) / self.batching.max_batch_size)
+        outputs = await asyncio.to_thread(self.backend.infer, np.stack([tensor for tensor, _ in items]))
         STAGE_LATENCY.labels("model", model).observe(time.perf_counter() - start)
-        return split_batch(outputs, len(tensors))
+        return split_batch(outputs, len(items))
 
     def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         if tuple(tensor.shape) != self.input_shape:
@@ -77,7 +81,7 @@ class ModelServer:
     async def infer(self, item: DecodedImage | np.ndarray) -> dict[str, np.ndarray]:
         """One image tensor (no batch axis), batched with concurrent callers; returns its outputs."""
         tensor = item.tensor if isinstance(item, DecodedImage) else item
-        return await self._run_batch(self._check_tensor(tensor))
+        return await self._run_batch((self._check_tensor(tensor), time.perf_counter()))
 
     def metadata(self) -> dict[str, Any]:
         """The chosen backend and batching, for model metadata."""

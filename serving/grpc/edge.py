@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import grpc
 
 from serving.errors import ErrorInfo, classify_error
-from serving.metrics import ERRORS, REQUEST_LATENCY, REQUESTS
+from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
 
 T = TypeVar("T")
 ERROR_KIND_METADATA = "imgserve-error-kind"
@@ -21,6 +21,7 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
     """Run `call`, counting and timing it; a failure comes back as its `ErrorInfo` instead of raising."""
     start = time.perf_counter()
     code = "OK"
+    INFLIGHT.labels("grpc").inc()
     try:
         return await call(), None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
@@ -29,6 +30,7 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
         ERRORS.labels(endpoint, info.kind).inc()
         return None, info
     finally:
+        INFLIGHT.labels("grpc").dec()
         REQUESTS.labels(endpoint, "grpc", model, code).inc()
         REQUEST_LATENCY.labels(endpoint, "grpc", model).observe(time.perf_counter() - start)
 

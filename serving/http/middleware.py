@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serving.metrics import REQUEST_LATENCY, REQUESTS
+from serving.metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS
 
 logger = logging.getLogger("imgserve.http")
 
@@ -103,20 +103,30 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = [500]
+        recorded = False
+
+        def record(status: int) -> None:
+            nonlocal recorded
+            recorded = True
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            if endpoint == "/metrics":
+                return
+            state = scope.get("state") or {}
+            model = state.get("model") or (scope.get("path_params") or {}).get("model", "")
+            REQUESTS.labels(endpoint, "http", model, str(status)).inc()
+            REQUEST_LATENCY.labels(endpoint, "http", model).observe(time.perf_counter() - start)
 
         async def capture(message: Message) -> None:
+            # Counted when the status line goes out, so a client never sees its answer before the metric moves.
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                record(message["status"])
             await send(message)
 
+        INFLIGHT.labels("http").inc()
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            if endpoint != "/metrics":
-                state = scope.get("state") or {}
-                model = state.get("model") or (scope.get("path_params") or {}).get("model", "")
-                REQUESTS.labels(endpoint, "http", model, str(status[0])).inc()
-                REQUEST_LATENCY.labels(endpoint, "http", model).observe(time.perf_counter() - start)
+            INFLIGHT.labels("http").dec()
+            if not recorded:  # the app failed before answering: the server will send a 500
+                record(500)
