@@ -56,6 +56,7 @@ class DecodedImage:
     height: int
     format: str
     decode_scale: int = 1  # 1, 2, 4 or 8 when JPEG was decoded at reduced scale
+    decode_ms: float = 0.0  # wall time of the decode, for per-request stage timings
 
 
 def _looks_like_supported_image(data: bytes) -> bool:

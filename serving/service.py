@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from serving.access_log import record_stages
 from serving.errors import (
     BadRequestError,
     InvalidTensorError,
@@ -71,6 +72,7 @@ class Classification:
     model: str
     predictions: list[Prediction]
     timing_ms: float
+    stage_ms: dict[str, float] = field(default_factory=dict)  # decode, queue, model
 
 
 @dataclass(frozen=True)
@@ -169,10 +171,12 @@ class InferenceService:
         start = time.perf_counter()
         decoded_ref = self.decoder.decode.remote(data, entry.name)
         # The decode result goes straight from the decode replica to the model replica, not through here.
-        outputs = await await_stage(self.models[entry.name].infer.remote(decoded_ref))
+        result = await await_stage(self.models[entry.name].infer.remote(decoded_ref))
         spec = entry.config.outputs[0]
-        predictions = top_k(scores_from_output(outputs[spec.name], spec), entry.labels, k)
-        return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0)
+        predictions = top_k(scores_from_output(result.outputs[spec.name], spec), entry.labels, k)
+        stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}
+        record_stages(stage_ms)
+        return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0, stage_ms)
 
     async def classify(self, images: list[bytes], model: str | None = None, k: int = 5) -> list[Classification]:
         """Top-k per image, in request order. The first bad image fails the request with its index."""
@@ -241,4 +245,6 @@ class InferenceService:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
         handle = self.models[entry.name]
         rows = await asyncio.gather(*(await_stage(handle.infer.remote(np.ascontiguousarray(row))) for row in batch))
-        return {spec.name: np.stack([row[spec.name] for row in rows]) for spec in entry.config.outputs}
+        for row in rows:
+            record_stages(row.stage_ms)
+        return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}

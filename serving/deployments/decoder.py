@@ -1,6 +1,7 @@
 """The decode stage: encoded bytes in, a small model-ready tensor out. Full-size pixels never leave it."""
 
 import asyncio
+import dataclasses
 import time
 
 import cv2
@@ -25,8 +26,9 @@ class Decoder:
     def _decode(self, data: bytes, model: str) -> DecodedImage:
         start = time.perf_counter()
         decoded = decode_for_model(data, self.specs[model], self.limits, self.decoder, self.reduced)
-        STAGE_LATENCY.labels("decode", model).observe(time.perf_counter() - start)
-        return decoded
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("decode", model).observe(elapsed)
+        return dataclasses.replace(decoded, decode_ms=elapsed * 1000.0)
 
     async def decode(self, data: bytes, model: str) -> DecodedImage:
         """Decode for `model`'s preprocessing; raises `ImageInputError` subclasses on bad input."""

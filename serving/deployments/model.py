@@ -7,6 +7,7 @@ queueing requests, and therefore forming the next batch, while one executes.
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,14 @@ from serving.errors import InvalidTensorError
 from serving.metrics import BATCH_FILL, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
 from serving.oip.tensors import OIP_TO_NUMPY
 from serving.repository import ModelRepository
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One item's outputs and where its time went (milliseconds)."""
+
+    outputs: dict[str, np.ndarray]
+    stage_ms: dict[str, float]
 
 
 def split_batch(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
@@ -55,7 +64,9 @@ class ModelServer:
         self._apply_batching(BatchingConfig.model_validate(merged))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, items: list[tuple[np.ndarray, float]]) -> list[dict[str, np.ndarray]]:
+    async def _run_batch(
+        self, items: list[tuple[np.ndarray, float]]
+    ) -> list[tuple[dict[str, np.ndarray], float, float]]:
         model = self.entry.name
         start = time.perf_counter()
         for _, enqueued in items:
@@ -63,8 +74,9 @@ class ModelServer:
         BATCH_SIZE.labels(model).observe(len(items))
         BATCH_FILL.labels(model).observe(len(items) / self.batching.max_batch_size)
         outputs = await asyncio.to_thread(self.backend.infer, np.stack([tensor for tensor, _ in items]))
-        STAGE_LATENCY.labels("model", model).observe(time.perf_counter() - start)
-        return split_batch(outputs, len(items))
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("model", model).observe(elapsed)
+        return [(row, start, elapsed) for row in split_batch(outputs, len(items))]
 
     def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         if tuple(tensor.shape) != self.input_shape:
@@ -78,10 +90,15 @@ class ModelServer:
             )
         return tensor
 
-    async def infer(self, item: DecodedImage | np.ndarray) -> dict[str, np.ndarray]:
-        """One image tensor (no batch axis), batched with concurrent callers; returns its outputs."""
+    async def infer(self, item: DecodedImage | np.ndarray) -> ModelResult:
+        """One image tensor (no batch axis), batched with concurrent callers; returns its outputs and timings."""
         tensor = item.tensor if isinstance(item, DecodedImage) else item
-        return await self._run_batch((self._check_tensor(tensor), time.perf_counter()))
+        enqueued = time.perf_counter()
+        outputs, started, elapsed = await self._run_batch((self._check_tensor(tensor), enqueued))
+        stage_ms = {"queue": (started - enqueued) * 1000.0, "model": elapsed * 1000.0}
+        if isinstance(item, DecodedImage):
+            stage_ms["decode"] = item.decode_ms
+        return ModelResult(outputs, stage_ms)
 
     def metadata(self) -> dict[str, Any]:
         """The chosen backend and batching, for model metadata."""

@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from serving.access_log import log_request, start_request
 from serving.errors import ErrorInfo, classify_error
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
 
@@ -20,6 +21,7 @@ def status_code(name: str) -> grpc.StatusCode:
 async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -> tuple[T | None, ErrorInfo | None]:
     """Run `call`, counting and timing it; a failure comes back as its `ErrorInfo` instead of raising."""
     start = time.perf_counter()
+    stages = start_request()
     code = "OK"
     INFLIGHT.labels("grpc").inc()
     try:
@@ -31,8 +33,10 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
         return None, info
     finally:
         INFLIGHT.labels("grpc").dec()
+        latency = time.perf_counter() - start
         REQUESTS.labels(endpoint, "grpc", model, code).inc()
-        REQUEST_LATENCY.labels(endpoint, "grpc", model).observe(time.perf_counter() - start)
+        REQUEST_LATENCY.labels(endpoint, "grpc", model).observe(latency)
+        log_request("grpc", endpoint, model, code, latency, stages)
 
 
 async def answer(

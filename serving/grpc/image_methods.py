@@ -22,6 +22,7 @@ def classification_proto(result: Classification) -> Any:
         model=result.model,
         predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
         timing_ms=result.timing_ms,
+        stage_ms=result.stage_ms,
     )
 
 

@@ -57,7 +57,9 @@ async def classify(
 
 def classify_result(result: Classification) -> ClassifyResult:
     predictions = [asdict(p) for p in result.predictions]
-    return ClassifyResult(model=result.model, predictions=predictions, timing_ms=result.timing_ms)
+    return ClassifyResult(
+        model=result.model, predictions=predictions, timing_ms=result.timing_ms, stage_ms=result.stage_ms
+    )
 
 
 @router.post("/analyze", response_model=AnalyzeResponse, response_model_exclude_none=True)

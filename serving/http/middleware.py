@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from serving.access_log import log_request, start_request
 from serving.metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS
 
 logger = logging.getLogger("imgserve.http")
@@ -103,6 +104,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        stages = start_request()
         recorded = False
 
         def record(status: int) -> None:
@@ -114,8 +116,10 @@ class RequestMetricsMiddleware:
                 return
             state = scope.get("state") or {}
             model = state.get("model") or (scope.get("path_params") or {}).get("model", "")
+            latency = time.perf_counter() - start
             REQUESTS.labels(endpoint, "http", model, str(status)).inc()
-            REQUEST_LATENCY.labels(endpoint, "http", model).observe(time.perf_counter() - start)
+            REQUEST_LATENCY.labels(endpoint, "http", model).observe(latency)
+            log_request("http", endpoint, model, str(status), latency, stages)
 
         async def capture(message: Message) -> None:
             # Counted when the status line goes out, so a client never sees its answer before the metric moves.

@@ -15,6 +15,7 @@ class ClassifyResult(BaseModel):
     model: str = Field(description="Model that answered.")
     predictions: list[PredictionOut] = Field(description="Top-k, best first.")
     timing_ms: float = Field(description="Server time for this image: decode, queue, model, post-processing.")
+    stage_ms: dict[str, float] = Field(default_factory=dict, description="Where the time went: decode, queue, model.")
 
 
 class ClassifyResponse(BaseModel):

@@ -29,6 +29,7 @@ class RunningServer:
     http_url: str
     grpc_target: str
     log_path: Path
+    access_log: Path
 
 
 def _free_port() -> int:
@@ -68,7 +69,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("server")
     http_port, grpc_port = _free_port(), _free_port()
     log = tmp / "server.log"
-    env = {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+    access_log = tmp / "access.jsonl"
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+        "IMGSERVE_ACCESS_LOG": str(access_log),
+    }
     (tmp / "metrics").mkdir()
     cli = shutil.which("imgserve", path=str(Path(sys.executable).parent)) or "imgserve"
     command = [
@@ -88,7 +96,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     url = f"http://127.0.0.1:{http_port}"
     try:
         _wait_ready(url, proc, log)
-        yield RunningServer(url, f"127.0.0.1:{grpc_port}", log)
+        yield RunningServer(url, f"127.0.0.1:{grpc_port}", log, access_log)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

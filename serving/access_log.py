@@ -1,0 +1,76 @@
+"""Structured access log: one JSON line per request (request id, protocol, endpoint, model, status, latency,
+per-stage timings), written where `IMGSERVE_ACCESS_LOG` says: `stderr` (default), a file path, or `off`.
+
+The request id is Ray Serve's: taken from the client's `X-Request-Id` header (HTTP) or `request_id` metadata
+(gRPC), generated otherwise, and echoed back by Ray in the response header / trailing metadata.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+_stages: ContextVar[dict[str, float] | None] = ContextVar("imgserve_stage_ms", default=None)
+_logger: logging.Logger | None = None
+
+
+def start_request() -> dict[str, float]:
+    """A fresh per-request stage-timing record, visible to the service layer running in this context."""
+    stages: dict[str, float] = {}
+    _stages.set(stages)
+    return stages
+
+
+def record_stages(stage_ms: dict[str, float]) -> None:
+    """Merge one item's stage timings into the current request's (slowest item per stage)."""
+    stages = _stages.get()
+    if stages is not None:
+        for name, ms in stage_ms.items():
+            stages[name] = max(stages.get(name, 0.0), round(ms, 3))
+
+
+def current_request_id() -> str:
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or ""
+    except Exception:  # noqa: BLE001 - outside a Serve request (tests, tools)
+        return ""
+
+
+def _access_logger() -> logging.Logger | None:
+    global _logger
+    target = os.environ.get("IMGSERVE_ACCESS_LOG", "stderr")
+    if target == "off":
+        return None
+    if _logger is None:
+        logger = logging.getLogger("imgserve.access")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        handler = logging.StreamHandler(sys.stderr) if target == "stderr" else logging.FileHandler(target)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        _logger = logger
+    return _logger
+
+
+def log_request(
+    protocol: str, endpoint: str, model: str, status: str, latency_s: float, stages: dict[str, float] | None
+) -> None:
+    logger = _access_logger()
+    if logger is None:
+        return
+    line: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "request_id": current_request_id(),
+        "protocol": protocol,
+        "endpoint": endpoint,
+        "model": model,
+        "status": status,
+        "latency_ms": round(latency_s * 1000.0, 3),
+        "stage_ms": stages or {},
+    }
+    logger.info(json.dumps(line))
