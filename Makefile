@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PIP_INSTALL := $(PIP) install -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render
+.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench loadtest
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test-gpu: venv
 
 lint: venv
 	$(VENV)/bin/ruff check serving pipelines models tests loadtests
+
+# Side-by-side benchmark (naive server, Triton via PyTriton, imgserve HTTP/gRPC, hardware limit); see BENCHMARKS.md.
+bench: models
+	$(PY) -m loadtests.bench $(BENCH_ARGS)
+
+# Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
+loadtest: venv
+	mkdir -p loadtests/results
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host http://127.0.0.1:8000 \
+		--csv loadtests/results/locust --html loadtests/results/locust.html
 
 # The KubeRay RayService is rendered from serve_config.yaml (a unit test fails when they drift apart).
 deploy-render: venv

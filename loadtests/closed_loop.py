@@ -14,7 +14,7 @@ import json
 import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +44,9 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
 
 
 Send = Callable[[bytes], Awaitable[bool]]
+# A sender factory: (url, concurrency) -> async context manager yielding `send`. `loadtests.bench` adds its own
+# for the baseline servers; `run_level` picks http_sender or grpc_sender from the URL when none is given.
+SenderFactory = Callable[[str, int], AbstractAsyncContextManager[Send]]
 
 
 @asynccontextmanager
@@ -80,11 +83,14 @@ async def grpc_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
         yield send
 
 
-async def run_level(url: str, images: list[bytes], concurrency: int, seconds: float) -> LevelResult:
+async def run_level(
+    url: str, images: list[bytes], concurrency: int, seconds: float, sender: SenderFactory | None = None
+) -> LevelResult:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    sender = grpc_sender if url.startswith("grpc://") else http_sender
+    if sender is None:
+        sender = grpc_sender if url.startswith("grpc://") else http_sender
 
     async with sender(url, concurrency) as send:
 
@@ -103,7 +109,7 @@ async def run_level(url: str, images: list[bytes], concurrency: int, seconds: fl
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    ms = np.asarray(latencies) * 1000.0
+    ms = np.asarray(latencies or [float("nan")]) * 1000.0
     return LevelResult(
         concurrency=concurrency,
         requests=len(latencies),

@@ -1,6 +1,8 @@
 """Image API: encoded images in (multipart field `image`, repeatable, or a raw body), results out."""
 
+import asyncio
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
@@ -93,6 +95,28 @@ async def metadata(request: Request, service: InferenceService = Depends(get_ser
 async def models(service: InferenceService = Depends(get_service)) -> ModelsResponse:
     statuses = await service.model_statuses()
     return ModelsResponse(default_model=service.default_model, models=[asdict(s) for s in statuses])
+
+
+@router.get("/status")
+async def status() -> dict[str, Any]:
+    """Applications and deployments with their replica counts by state (what autoscaling is doing now)."""
+    return await asyncio.to_thread(serve_status)
+
+
+def serve_status() -> dict[str, Any]:
+    from ray import serve
+
+    applications = {}
+    for name, app in serve.status().applications.items():
+        deployments = {
+            deployment: {
+                "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+                "replicas": {str(getattr(s, "value", s)): n for s, n in info.replica_states.items()},
+            }
+            for deployment, info in app.deployments.items()
+        }
+        applications[name] = {"status": str(getattr(app.status, "value", app.status)), "deployments": deployments}
+    return {"applications": applications}
 
 
 @router.get("/categories", response_model=CategoriesResponse)

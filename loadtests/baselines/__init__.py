@@ -1,0 +1,1 @@
+"""Baseline servers the benchmark compares imgserve against (naive FastAPI, NVIDIA Triton via PyTriton)."""
