@@ -17,6 +17,7 @@ from serving.deployments.decoder import DecoderDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.metadata import MetadataDeployment
 from serving.deployments.model import ModelDeployment
+from serving.jobs.worker import BatchWorkerDeployment
 from serving.repository import ModelRepository
 
 logger = logging.getLogger("imgserve.app")
@@ -35,6 +36,7 @@ class AppArgs(BaseModel):
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
     ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
     metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
+    batch_jobs: bool = Field(default=True, description="Deploy the BatchWorker behind /v1/batch and /v1/jobs.")
 
 
 def model_deployment_name(model: str) -> str:
@@ -65,4 +67,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         )
     decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
     metadata = MetadataDeployment.bind() if options.metadata else None
-    return IngressDeployment.bind(decoder, models, default.name, metadata)
+    batch = BatchWorkerDeployment.bind(decoder, models, default.name, metadata) if options.batch_jobs else None
+    return IngressDeployment.bind(decoder, models, default.name, metadata, batch)

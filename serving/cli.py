@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote_command(sub, "classify", "classify images with a running server (top-k per image)")
     analyze = _add_remote_command(sub, "analyze", "analyze images with a running server (selected stages)")
     analyze.add_argument("--fields", action="append", help="stage to run, repeatable or comma-separated (default: all)")
+    from serving.client.batch_cli import add_batch_command
+
+    add_batch_command(sub, DEFAULT_URL)
     return parser
 
 

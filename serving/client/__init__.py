@@ -7,15 +7,18 @@ with Client("grpc://127.0.0.1:9000") as client:
         print(result.predictions[0].label, result.predictions[0].score)
 """
 
+from serving.client.batch import BatchJob, JobResult
 from serving.client.client import Client
 from serving.client.errors import ImgServeError
 from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
 
 __all__ = [
     "Analysis",
+    "BatchJob",
     "Classification",
     "Client",
     "ImgServeError",
+    "JobResult",
     "ModelInfo",
     "ModelList",
     "Prediction",

@@ -2,10 +2,13 @@
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
 from serving.client.types import Analysis, Classification, ModelList, StreamResult
+
+if TYPE_CHECKING:
+    from serving.client.batch import BatchClient, BatchInputs, BatchJob, JobResult
 
 
 class Transport(Protocol):
@@ -42,6 +45,7 @@ class Client:
         self.address = parse_url(url)
         self.timeout, self.retries = timeout, retries
         self._transport = self._connect()
+        self._batch: BatchClient | None = None
 
     def _connect(self) -> Transport:
         if self.address.is_grpc:
@@ -86,8 +90,37 @@ class Client:
         """The server's default model and every model in its repository with its state."""
         return self._transport.models()
 
+    # ---- batch jobs (HTTP only) ---------------------------------------------------------------------
+    @property
+    def batch(self) -> "BatchClient":
+        """The batch-job API (`/v1/batch`, `/v1/jobs`): submit, wait, results, cancel."""
+        if self.address.is_grpc:
+            raise ValueError("batch jobs are served over HTTP: use an http(s):// server URL")
+        if self._batch is None:
+            from serving.client.batch import BatchClient
+
+            self._batch = BatchClient(self.address.base_url, max(self.timeout, 60.0), self.retries)
+        return self._batch
+
+    def submit_batch(self, inputs: "BatchInputs", **options: Any) -> "BatchJob":
+        """Upload image files and/or folders (walked for images) as one batch job; returns at once (202).
+
+        Options: model, top_k, stages, webhook_url, chunk_bytes.
+        """
+        return self.batch.submit(inputs, **options)
+
+    def wait(self, job: "BatchJob | str", **options: Any) -> "BatchJob":
+        """Poll a batch job until it is completed, failed or cancelled (options: poll_s, timeout, on_progress)."""
+        return self.batch.wait(job, **options)
+
+    def job_results(self, job: "BatchJob | str") -> "Iterator[JobResult]":
+        """Every recorded result of a batch job, in index order."""
+        return self.batch.results(job)
+
     def close(self) -> None:
         self._transport.close()
+        if self._batch is not None:
+            self._batch.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -9,7 +9,10 @@ from serving.config.settings import ServerSettings
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
+from serving.http.job_routes import set_job_service
 from serving.http.state import set_service
+from serving.jobs.service import JobService
+from serving.jobs.settings import JobSettings
 from serving.repository import ModelRepository
 from serving.service import InferenceService
 
@@ -26,6 +29,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         models: dict[str, DeploymentHandle],
         default_model: str,
         metadata: DeploymentHandle | None = None,
+        batch_worker: DeploymentHandle | None = None,
     ):
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)
@@ -33,6 +37,8 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             repository, decoder, models, default_model, settings.max_images_per_request, metadata=metadata
         )
         set_service(self.service, settings)
+        # Batch jobs (/v1/batch, /v1/jobs) when the application has a BatchWorker.
+        set_job_service(JobService(self.service, JobSettings.from_env(), batch_worker) if batch_worker else None)
         logger.info("ingress ready: models %s, default %s", sorted(models), default_model)
 
 

@@ -13,7 +13,7 @@ from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error
-from serving.http import image_routes, oip_routes
+from serving.http import image_routes, job_routes, oip_routes
 from serving.http.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware, RequestMetricsMiddleware
 from serving.metrics import ERRORS, render_metrics
 from serving.repository import UnknownModelError
@@ -51,6 +51,7 @@ def create_http_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
     app.include_router(oip_routes.router)
     app.include_router(image_routes.router)
+    app.include_router(job_routes.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other

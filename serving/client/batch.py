@@ -1,0 +1,234 @@
+"""Batch jobs from the SDK (HTTP): submit files or a folder, poll, stream results, cancel.
+
+Large inputs go up in chunks of about `chunk_bytes`: the job is created open (`?start=false`), each further
+chunk is added (`POST /v1/jobs/{id}/items`), then it is started, so no single request nears the server's
+body limit and the job still runs as one.
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
+from serving.client.http_transport import analysis_from_json
+from serving.client.retry import with_retries
+from serving.client.types import Analysis
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+FINAL_STATES = ("completed", "failed", "cancelled")
+CHUNK_BYTES = 32 * 1024 * 1024
+BatchInputs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A job's state as the server last reported it."""
+
+    job_id: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    progress: float
+    images_per_s: float | None = None
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One item's recorded result: `analysis` when it succeeded, `error_kind`/`error` when it failed."""
+
+    index: int
+    name: str
+    status: str
+    analysis: Analysis | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def job_from_json(data: dict[str, Any]) -> BatchJob:
+    counts = data.get("counts") or {}
+    return BatchJob(
+        job_id=str(data["job_id"]),
+        status=str(data["status"]),
+        total=int(counts.get("total", 0)),
+        done=int(counts.get("done", 0)),
+        failed=int(counts.get("failed", 0)),
+        progress=float(data.get("progress", 0.0)),
+        images_per_s=(data.get("timings") or {}).get("images_per_s"),
+        error=data.get("error"),
+        raw=data,
+    )
+
+
+def result_from_json(data: dict[str, Any]) -> JobResult:
+    error = data.get("error") or {}
+    analysis = analysis_from_json(data["result"]) if data.get("result") else None
+    return JobResult(
+        int(data["index"]),
+        str(data["name"]),
+        str(data["status"]),
+        analysis,
+        error.get("kind"),
+        error.get("message"),
+        data,
+    )
+
+
+def batch_files(inputs: BatchInputs) -> list[tuple[str, Path]]:
+    """(name, path) per image: folders are walked (sorted, image suffixes only, names relative to the folder)."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    files: list[tuple[str, Path]] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend((p.relative_to(path).as_posix(), p) for p in found)
+        elif path.is_file():
+            files.append((path.name, path))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return files
+
+
+def _chunks(files: list[tuple[str, Path]], chunk_bytes: int) -> Iterator[list[tuple[str, Path]]]:
+    chunk: list[tuple[str, Path]] = []
+    size = 0
+    for name, path in files:
+        length = path.stat().st_size
+        if chunk and size + length > chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, path))
+        size += length
+    if chunk:
+        yield chunk
+
+
+class BatchClient:
+    def __init__(
+        self, base_url: str, timeout: float = 60.0, retries: int = 3, transport: httpx.BaseTransport | None = None
+    ):
+        self.retries = retries
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def _send(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> httpx.Response:
+        def attempt() -> httpx.Response:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise from_http_transport_error(exc) from exc
+            if response.status_code >= 400:
+                raise from_http_response(response)
+            return response
+
+        return with_retries(attempt, self.retries if retry else 0)
+
+    def _upload(self, path: str, chunk: list[tuple[str, Path]], params: dict[str, Any]) -> dict[str, Any]:
+        files = [("image", (name, p.read_bytes(), "application/octet-stream")) for name, p in chunk]
+        return self._send("POST", path, retry=False, params=params, files=files).json()
+
+    def submit(
+        self,
+        inputs: BatchInputs,
+        model: str | None = None,
+        top_k: int = 5,
+        stages: list[str] | None = None,
+        webhook_url: str | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> BatchJob:
+        """Upload image files and/or folders as one job and start it."""
+        files = batch_files(inputs)
+        if not files:
+            raise ValueError("no image files to submit")
+        params: dict[str, Any] = {"top_k": top_k, "stages": stages or [], "model": model, "webhook_url": webhook_url}
+        params = {k: v for k, v in params.items() if v not in (None, [])}
+        chunks = list(_chunks(files, chunk_bytes))
+        if len(chunks) == 1:
+            return job_from_json(self._upload("/v1/batch", chunks[0], params))
+        job = job_from_json(self._upload("/v1/batch", chunks[0], {**params, "start": "false"}))
+        try:
+            for chunk in chunks[1:]:
+                self._upload(f"/v1/jobs/{job.job_id}/items", chunk, {})
+            return job_from_json(self._send("POST", f"/v1/jobs/{job.job_id}/start", retry=False).json())
+        except BaseException:
+            self.cancel(job.job_id)  # do not leave a half-uploaded job open
+            raise
+
+    def submit_uris(
+        self, uris: list[str], model: str | None = None, top_k: int = 5, stages: list[str] | None = None
+    ) -> BatchJob:
+        """A job over inputs the server reads itself (file:// under its allowed root, s3://, gs://)."""
+        body = {"uris": uris, "model": model, "top_k": top_k, "stages": stages}
+        return job_from_json(self._send("POST", "/v1/batch", retry=False, json=body).json())
+
+    def job(self, job: BatchJob | str) -> BatchJob:
+        return job_from_json(self._send("GET", f"/v1/jobs/{_id(job)}").json())
+
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[BatchJob]:
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return [job_from_json(j) for j in self._send("GET", "/v1/jobs", params=params).json()["jobs"]]
+
+    def wait(
+        self,
+        job: BatchJob | str,
+        poll_s: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[BatchJob], None] | None = None,
+    ) -> BatchJob:
+        """Poll until the job is completed, failed or cancelled; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.job(job)
+            if on_progress:
+                on_progress(state)
+            if state.finished:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {state.job_id} still {state.status} after {timeout}s")
+            time.sleep(poll_s)
+
+    def results(self, job: BatchJob | str, status: str | None = None) -> Iterator[JobResult]:
+        """Every recorded result in index order, streamed (JSON lines)."""
+        params = {"status": status} if status else {}
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{_id(job)}/results", params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise from_http_response(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield result_from_json(json.loads(line))
+        except httpx.TransportError as exc:
+            raise from_http_transport_error(exc) from exc
+
+    def results_csv(self, job: BatchJob | str) -> str:
+        return self._send("GET", f"/v1/jobs/{_id(job)}/results", params={"format": "csv"}).text
+
+    def cancel(self, job: BatchJob | str) -> BatchJob | None:
+        """Cancel; None if it had already finished."""
+        try:
+            return job_from_json(self._send("DELETE", f"/v1/jobs/{_id(job)}", retry=False).json())
+        except ImgServeError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _id(job: BatchJob | str) -> str:
+    return job if isinstance(job, str) else job.job_id

@@ -1,0 +1,80 @@
+"""`imgserve batch DIR --url ... --out results.jsonl`: one batch job for a folder, with a progress bar."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from serving.client.batch import BatchJob
+
+BAR_WIDTH = 30
+
+
+def progress_line(job: BatchJob) -> str:
+    finished = job.done + job.failed
+    filled = int(BAR_WIDTH * job.progress)
+    rate = f"  {job.images_per_s:.1f} img/s" if job.images_per_s else ""
+    failed = f"  {job.failed} failed" if job.failed else ""
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {finished}/{job.total} {job.status}{failed}{rate}"
+
+
+class ProgressBar:
+    """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every `every_s` seconds."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 5.0):
+        self.stream, self.every_s, self._last = stream, every_s, 0.0
+        self.tty = stream.isatty()
+
+    def __call__(self, job: BatchJob) -> None:
+        if self.tty:
+            self.stream.write("\r" + progress_line(job) + ("\n" if job.finished else ""))
+            self.stream.flush()
+        elif job.finished or time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            print(progress_line(job), file=self.stream, flush=True)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from serving.client import Client, ImgServeError
+
+    stages = [s.strip() for value in args.stages or () for s in value.split(",") if s.strip()] or None
+    out = Path(args.out)
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            job = client.submit_batch(args.inputs, model=args.model, top_k=args.top_k, stages=stages)
+            print(f"job {job.job_id}: {job.total} images submitted", file=sys.stderr)
+            job = client.wait(job, poll_s=args.poll, on_progress=ProgressBar())
+            if out.suffix.lower() == ".csv":
+                out.write_text(client.batch.results_csv(job))
+            else:
+                with out.open("w") as handle:
+                    for result in client.job_results(job):
+                        handle.write(_json_line(result.raw))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
+    except (ImgServeError, OSError) as exc:
+        print(f"imgserve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"job {job.job_id} {job.status}: {job.done} done, {job.failed} failed -> {out}", file=sys.stderr)
+    return 0 if job.status == "completed" else 1
+
+
+def _json_line(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def add_batch_command(sub: Any, default_url: str) -> argparse.ArgumentParser:
+    command = sub.add_parser("batch", help="run a folder of images as one batch job and save the results")
+    command.add_argument("inputs", nargs="+", metavar="DIR_OR_IMG", help="folders (walked for images) and/or files")
+    command.add_argument("--url", default=default_url, help=f"server http(s)://host:port (default {default_url})")
+    command.add_argument("--out", required=True, help="results file: .jsonl (one JSON object per image) or .csv")
+    command.add_argument("--model", default=None, help="model name (default: the server's default classifier)")
+    command.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    command.add_argument("--stages", action="append", help="stages to run, repeatable or comma-separated")
+    command.add_argument("--poll", type=float, default=1.0, help="seconds between status polls (default 1)")
+    command.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP call (default 120)")
+    command.set_defaults(func=_cmd_batch)
+    return command

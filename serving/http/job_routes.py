@@ -1,0 +1,178 @@
+"""Batch jobs over HTTP: `POST /v1/batch` (202 + job id), `/v1/jobs` status, results, cancel, list."""
+
+import io
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from serving.errors import BadRequestError, ModelUnavailableError
+from serving.jobs.intake import InputPart
+from serving.jobs.results import csv_header, csv_lines, jsonl_lines
+from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
+from serving.jobs.service import BatchOptions, JobService
+
+router = APIRouter(prefix="/v1", tags=["batch jobs"])
+PAGE = 500
+ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gtar", "application/x-gzip")
+IMAGE_FIELDS, ARCHIVE_FIELDS, URI_FIELDS = {"image", "images", "file"}, {"archive"}, {"uri", "uris"}
+
+_jobs: JobService | None = None
+
+
+def set_job_service(service: JobService | None) -> None:
+    global _jobs
+    _jobs = service
+
+
+def get_job_service() -> JobService:
+    if _jobs is None:
+        raise ModelUnavailableError("batch jobs are not enabled in this application")
+    return _jobs
+
+
+def _uri_lines(text: str) -> list[InputPart]:
+    """text/uri-list: one URI per line, '#' comments (RFC 2483)."""
+    lines = (line.strip() for line in text.splitlines())
+    return [InputPart("uri", line) for line in lines if line and not line.startswith("#")]
+
+
+async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPart], BatchRequest | None]:
+    """The request's inputs in order: multipart files/archives/URIs, a raw archive, a JSON or text URI list.
+
+    Multipart files stay in Starlette's spooled temporary files until the request ends (`close_form`).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        limit = jobs.settings.max_files_per_request
+        form = await request.form(max_files=limit, max_fields=limit)
+        request.state.batch_form = form
+        parts: list[InputPart] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile) and key in IMAGE_FIELDS | ARCHIVE_FIELDS:
+                kind = "archive" if key in ARCHIVE_FIELDS else "image"
+                parts.append(InputPart(kind, value.filename or f"{kind}-{len(parts)}", value.file))
+            elif isinstance(value, str) and key in URI_FIELDS:
+                parts.extend(_uri_lines(value))
+            else:
+                raise BadRequestError(f"unexpected multipart field {key!r}: use image, archive or uri")
+        return parts, None
+    body = await request.body()
+    if content_type == "application/json":
+        try:
+            payload = BatchRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise BadRequestError(f"invalid batch request: {exc.errors()[0]['msg']}") from None
+        return [InputPart("uri", uri) for uri in payload.uris], payload
+    if content_type == "text/uri-list":
+        return _uri_lines(body.decode("utf-8", errors="replace")), None
+    if content_type in ARCHIVE_TYPES or content_type == "application/octet-stream":
+        return [InputPart("archive", "", io.BytesIO(body))], None
+    raise BadRequestError(f"unsupported content type {content_type!r} for a batch")
+
+
+async def close_form(request: Request) -> None:
+    form = getattr(request.state, "batch_form", None)
+    if form is not None:
+        await form.close()
+
+
+def _status(job_status_: JobStatus, code: int = 200) -> JSONResponse:
+    return JSONResponse(job_status_.model_dump(), status_code=code, headers={"Location": job_status_.status_url})
+
+
+@router.post("/batch", status_code=202, response_model=JobStatus)
+async def submit_batch(
+    request: Request,
+    model: str | None = Query(default=None, description="Model; the server's default classifier if omitted."),
+    top_k: int = Query(default=5, ge=1, le=1000),
+    stages: list[str] | None = Query(default=None, description="Stages (repeatable or comma-separated)."),
+    webhook_url: str | None = Query(default=None, description="POSTed, signed, when the job ends."),
+    start: bool = Query(default=True, description="false: leave the job open for POST /v1/jobs/{id}/items."),
+    jobs: JobService = Depends(get_job_service),
+) -> JSONResponse:
+    options = BatchOptions(model, top_k, stages, webhook_url)
+    jobs.spec(options)  # bad options are a 4xx before the body is read
+    try:
+        parts, body = await read_inputs(request, jobs)
+        if body is not None:
+            options = BatchOptions(
+                body.model or model, body.top_k or top_k, body.stages or stages, body.webhook_url or webhook_url
+            )
+        job = await jobs.submit(options, parts, start)
+    finally:
+        await close_form(request)
+    return _status(job_status(job, time.time()), 202)
+
+
+@router.post("/jobs/{job_id}/items", response_model=JobStatus)
+async def add_items(request: Request, job_id: str, jobs: JobService = Depends(get_job_service)) -> JSONResponse:
+    try:
+        parts, _ = await read_inputs(request, jobs)
+        job = await jobs.add_items(job_id, parts)
+    finally:
+        await close_form(request)
+    return _status(job_status(job, time.time()))
+
+
+@router.post("/jobs/{job_id}/start", status_code=202, response_model=JobStatus)
+async def start_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JSONResponse:
+    return _status(job_status(await jobs.start(job_id), time.time()), 202)
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(
+    status: str | None = Query(default=None),
+    limit: int = Query(default=50, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+    jobs: JobService = Depends(get_job_service),
+) -> JobList:
+    now = time.time()
+    return JobList(jobs=[job_status(j, now) for j in await jobs.list_jobs(status, limit, offset)])
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus)
+async def get_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobStatus:
+    return job_status(await jobs.get(job_id), time.time())
+
+
+@router.delete("/jobs/{job_id}", response_model=JobStatus)
+async def cancel_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobStatus:
+    return job_status(await jobs.cancel(job_id), time.time())
+
+
+@router.get("/jobs/{job_id}/events", response_model=JobEvents)
+async def job_events(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobEvents:
+    events, deliveries = await jobs.events(job_id)
+    return JobEvents(events=events, webhook_deliveries=deliveries)
+
+
+@router.get("/jobs/{job_id}/results")
+async def job_results(
+    job_id: str,
+    format: str = Query(default="jsonl", pattern="^(jsonl|csv)$", description="jsonl (default) or csv."),
+    after: int = Query(default=-1, ge=-1, description="Only items with a larger index (paging cursor)."),
+    limit: int | None = Query(default=None, ge=1, description="At most this many rows; all (streamed) if omitted."),
+    status: str | None = Query(default=None, pattern="^(done|failed)$"),
+    jobs: JobService = Depends(get_job_service),
+) -> Response:
+    await jobs.get(job_id)  # 404 before the stream starts
+    render = csv_lines if format == "csv" else jsonl_lines
+
+    async def pages() -> AsyncIterator[str]:
+        if format == "csv":
+            yield csv_header()
+        cursor, left = after, limit
+        while left is None or left > 0:
+            rows = await jobs.results(job_id, cursor, min(PAGE, left or PAGE), status)
+            if not rows:
+                return
+            yield render(rows)
+            cursor = rows[-1].idx
+            left = None if left is None else left - len(rows)
+
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    return StreamingResponse(pages(), media_type=media)

@@ -1,0 +1,83 @@
+"""Inputs of a batch request -> job items: uploads and archive entries go to the object store by hash,
+URIs are checked against the allow-list and kept as URIs (read when the item runs).
+
+Blocking (file reads, hashing, store writes): call through `asyncio.to_thread`.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
+
+from serving.jobs.archives import ArchiveLimits, read_archive
+from serving.jobs.objects import ObjectStore
+from serving.jobs.records import NewItem
+from serving.jobs.settings import JobSettings
+from serving.jobs.uris import check_uri
+
+MAX_NAME = 1024
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """One input of a request, in request order: an image file, an archive of images, or a URI."""
+
+    kind: Literal["image", "archive", "uri"]
+    name: str
+    file: BinaryIO | None = None
+
+
+def _failed(name: str, kind: str, message: str) -> NewItem:
+    return NewItem(name[:MAX_NAME], "none", "", None, kind, message)
+
+
+def _stored(objects: ObjectStore, name: str, data: bytes) -> NewItem:
+    return NewItem(name[:MAX_NAME], "object", objects.put(data), len(data))
+
+
+class Intake:
+    def __init__(self, objects: ObjectStore, settings: JobSettings):
+        self.objects, self.settings = objects, settings
+        self.limits = ArchiveLimits(
+            max_entries=settings.max_items,
+            max_total_bytes=settings.max_archive_bytes,
+            max_entry_bytes=settings.max_image_bytes,
+            max_ratio=settings.max_compression_ratio,
+        )
+
+    def check(self, parts: Sequence[InputPart]) -> None:
+        """Request-level checks before anything is stored: every URI must be allowed (else 403/400)."""
+        for part in parts:
+            if part.kind == "uri":
+                check_uri(part.name, self.settings.allowed_root)
+
+    def items(self, parts: Sequence[InputPart]) -> list[NewItem]:
+        self.check(parts)
+        items: list[NewItem] = []
+        for part in parts:
+            if part.kind == "uri":
+                items.append(NewItem(part.name[:MAX_NAME], "uri", part.name))
+            elif part.kind == "image":
+                items.append(self._image(part))
+            else:
+                items.extend(self._archive(part))
+        return items
+
+    def _image(self, part: InputPart) -> NewItem:
+        assert part.file is not None
+        limit = self.settings.max_image_bytes
+        data = part.file.read(limit + 1)
+        if len(data) > limit:
+            return _failed(part.name, "too_large", f"{part.name!r} is larger than {limit} bytes")
+        return _stored(self.objects, part.name, data)
+
+    def _archive(self, part: InputPart) -> list[NewItem]:
+        assert part.file is not None
+        items = []
+        for entry in read_archive(part.file, self.limits):
+            name = f"{part.name}/{entry.name}" if part.name else entry.name
+            if entry.error is not None or entry.data is None:
+                kind = entry.error.kind if entry.error else "invalid_input"
+                items.append(_failed(name, kind, str(entry.error or "empty entry")))
+            else:
+                items.append(_stored(self.objects, name, entry.data))
+        return items

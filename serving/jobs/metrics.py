@@ -1,0 +1,16 @@
+"""Prometheus metrics of batch jobs, recorded in the worker replica (multiprocess mode like the rest)."""
+
+from prometheus_client import Counter, Histogram
+
+from serving.metrics import LATENCY_BUCKETS
+
+BATCH_ITEMS = Counter("imgserve_batch_items_total", "Batch-job items finished, by outcome.", ["status"])
+BATCH_DISPATCHES = Counter(
+    "imgserve_batch_dispatches_total", "Batch-job items sent to the graph, re-runs and retries included."
+)
+BATCH_ITEM_LATENCY = Histogram(
+    "imgserve_batch_item_latency_seconds",
+    "Time to process one batch-job item: read input, decode, model, record.",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_JOBS = Counter("imgserve_batch_jobs_total", "Batch jobs finished, by final status.", ["status"])

@@ -1,0 +1,57 @@
+"""Content-addressed input store: bytes are kept once under their sha256, on any fsspec filesystem.
+
+Keys are `sha256/ab/abcdef...`; client-supplied names never become paths, so no input can be written
+outside the store. Local writes go to a temporary name and are renamed into place (no torn objects after a
+crash); reads verify the hash.
+"""
+
+import hashlib
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from serving.jobs.errors import ItemInputError
+
+
+class ObjectStore:
+    def __init__(self, url: str):
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.url = url
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, digest: str) -> str:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a sha256 hex digest: {digest!r}")
+        return f"{self.root}/sha256/{digest[:2]}/{digest}"
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (once) and return its sha256 hex digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if self.fs.exists(path):
+            return digest
+        if not self._local:
+            self.fs.pipe_file(path, data)
+            return digest
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{path}.{uuid.uuid4().hex}.part"
+        with self.fs.open(temporary, "wb") as out:
+            out.write(data)
+        self.fs.mv(temporary, path)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """The bytes stored under `digest`; a missing or damaged object is an item error."""
+        try:
+            data = self.fs.cat_file(self._path(digest))
+        except FileNotFoundError:
+            raise ItemInputError("missing_input", f"input object {digest} is not in the store") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ItemInputError("corrupt_input", f"input object {digest} does not match its hash")
+        return data
+
+    def exists(self, digest: str) -> bool:
+        return self.fs.exists(self._path(digest))

@@ -1,0 +1,91 @@
+"""Plain records passed between the job store and its callers (no SQLAlchemy objects leave the store)."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ITEM_STATES = ("pending", "running", "done", "failed", "cancelled")
+ACTIVE_JOB_STATES = ("queued", "running")
+FINAL_JOB_STATES = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run on every item of a job."""
+
+    model: str
+    top_k: int
+    stages: tuple[str, ...]
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An input about to become a job item: stored bytes (`object`), a URI, or an error found on intake."""
+
+    name: str
+    source_kind: str  # object | uri | none
+    source: str
+    size_bytes: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: str
+    model: str
+    top_k: int
+    stages: tuple[str, ...]
+    webhook_url: str | None
+    webhook_state: str
+    total: int
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    counts: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0  # dispatches to the graph over all items
+    rerun_items: int = 0  # items dispatched more than once (in flight at a restart, or retried)
+
+    @property
+    def spec(self) -> JobSpec:
+        return JobSpec(self.model, self.top_k, self.stages, self.webhook_url)
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """An item handed to the worker: marked running, its `attempts` already counts this dispatch."""
+
+    id: int
+    job_id: str
+    idx: int
+    name: str
+    source_kind: str
+    source: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The one recorded result of an item."""
+
+    status: str  # done | failed
+    model: str | None = None
+    result: dict[str, Any] | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    idx: int
+    name: str
+    status: str
+    model: str | None
+    result: dict[str, Any] | None
+    error_kind: str | None
+    error: str | None
+    duration_ms: float | None
+    attempts: int

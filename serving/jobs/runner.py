@@ -1,0 +1,177 @@
+"""The batch worker's loop: take the oldest active job, run its items through the graph, record each once.
+
+At most `concurrency` items are in flight at any time, whatever the job size, so a big job adds a bounded
+load to the decode and model stages and online requests keep their latency. Items fail one by one (their
+error is their result); a job fails as a whole only when its model is no longer served.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from serving.errors import classify_error
+from serving.jobs.errors import ItemInputError
+from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
+from serving.jobs.objects import ObjectStore
+from serving.jobs.records import ClaimedItem, JobRecord, Outcome
+from serving.jobs.serialize import analysis_document
+from serving.jobs.settings import JobSettings
+from serving.jobs.uris import read_uri
+from serving.jobs.webhooks import WebhookSender
+from serving.jobs.work_queue import WorkQueue
+
+logger = logging.getLogger("imgserve.jobs")
+RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 10.0
+
+
+class AnalysisService(Protocol):
+    """The part of `InferenceService` the worker uses (the same code path as `/v1/analyze`)."""
+
+    async def analyze(
+        self, images: list[bytes], model: str | None = None, k: int = 5, fields: list[str] | None = None
+    ) -> list[Any]: ...
+
+    def served_entry(self, name: str | None) -> Any: ...
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+    event.clear()
+
+
+class JobRunner:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        objects: ObjectStore,
+        service: AnalysisService,
+        settings: JobSettings,
+        webhooks: WebhookSender,
+        prepare: Callable[[], None] = lambda: None,
+    ):
+        self.queue, self.objects, self.service, self.settings = queue, objects, service, settings
+        self.webhooks, self.prepare = webhooks, prepare
+        self._work, self._webhook_work = asyncio.Event(), asyncio.Event()
+        self._webhook_tasks: dict[str, asyncio.Task[bool]] = {}
+        self.ready = False
+        self.in_flight = 0
+        self.requeued: dict[str, int] = {}
+
+    def wake(self) -> None:
+        """New work (a job submitted or cancelled): look now instead of at the next poll."""
+        self._work.set()
+        self._webhook_work.set()
+
+    async def run(self) -> None:
+        """Forever: migrate (retrying while the database is down), requeue orphans, then run jobs."""
+        delay = 1.0
+        while not self.ready:
+            try:
+                await asyncio.to_thread(self.prepare)
+                self.requeued = await asyncio.to_thread(self.queue.requeue_orphans)
+                self.ready = True
+            except Exception:  # noqa: BLE001 - the store may come up later; online serving is unaffected
+                logger.exception("job store not ready; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if self.requeued:
+            logger.info("resuming: %d in-flight items requeued", sum(self.requeued.values()))
+        webhook_loop = asyncio.create_task(self._webhook_loop())
+        try:
+            while True:
+                await self._step()
+        finally:
+            webhook_loop.cancel()
+
+    async def _step(self) -> None:
+        try:
+            job = await asyncio.to_thread(self.queue.next_job)
+            if job is None:
+                await _wait(self._work, self.settings.poll_interval_s)
+                return
+            await self.run_job(job)
+        except Exception:  # noqa: BLE001 - a store outage must not end the loop
+            logger.exception("batch loop error; retrying")
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def run_job(self, job: JobRecord) -> JobRecord | None:
+        """Process every pending item of `job`; returns the finished job (None if it was cancelled)."""
+        try:
+            self.service.served_entry(job.model)
+        except Exception as exc:  # noqa: BLE001 - unknown or unservable model: the whole job fails
+            await asyncio.to_thread(self.queue.fail_job, job.id, classify_error(exc).message)
+            BATCH_JOBS.labels("failed").inc()
+            self._webhook_work.set()
+            return None
+        await asyncio.to_thread(self.queue.mark_running, job.id)
+        limit = self.settings.concurrency
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            free = limit - len(running)
+            if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
+                for item in await asyncio.to_thread(self.queue.claim, job.id, free):
+                    running.add(asyncio.create_task(self._process(job, item)))
+            if not running:
+                break
+            self.in_flight = len(running)
+            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        self.in_flight = 0
+        finished = await asyncio.to_thread(self.queue.finish_if_done, job.id)
+        if finished:
+            BATCH_JOBS.labels(finished.status).inc()
+            logger.info("job %s %s: %s", job.id, finished.status, finished.counts)
+        self._webhook_work.set()
+        return finished
+
+    async def _load(self, item: ClaimedItem) -> bytes:
+        if item.source_kind == "object":
+            return await asyncio.to_thread(self.objects.get, item.source)
+        if item.source_kind == "uri":
+            root, limit = self.settings.allowed_root, self.settings.max_image_bytes
+            return await asyncio.to_thread(read_uri, item.source, root, limit)
+        raise ItemInputError("invalid_input", f"item has no input ({item.source_kind})")
+
+    async def _process(self, job: JobRecord, item: ClaimedItem) -> None:
+        start = time.perf_counter()
+        BATCH_DISPATCHES.inc()
+        try:
+            data = await self._load(item)
+            analysis = (await self.service.analyze([data], job.model, job.top_k, list(job.stages)))[0]
+            outcome = Outcome("done", job.model, analysis_document(analysis))
+        except ItemInputError as exc:
+            outcome = Outcome("failed", job.model, error_kind=exc.kind, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - every error becomes this item's result, or a retry
+            info = classify_error(exc)
+            if info.kind == "overloaded" or (info.kind == "internal" and item.attempts < self.settings.max_attempts):
+                logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, info.message)
+                await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
+                await asyncio.to_thread(self.queue.release, item)
+                return
+            outcome = Outcome("failed", job.model, error_kind=info.kind, error=info.message)
+        elapsed = time.perf_counter() - start
+        outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})
+        await asyncio.to_thread(self.queue.record, item, outcome)
+        BATCH_ITEMS.labels(outcome.status).inc()
+        BATCH_ITEM_LATENCY.observe(elapsed)
+
+    async def _webhook_loop(self) -> None:
+        while True:
+            try:
+                for job in await asyncio.to_thread(self.queue.pending_webhooks):
+                    task = self._webhook_tasks.get(job.id)
+                    if task is None or task.done():
+                        self._webhook_tasks[job.id] = asyncio.create_task(self.webhooks.deliver(job))
+            except Exception:  # noqa: BLE001
+                logger.exception("webhook loop error")
+            for job_id, task in list(self._webhook_tasks.items()):
+                if task.done():
+                    del self._webhook_tasks[job_id]
+                    if not task.cancelled() and task.exception():
+                        logger.error("webhook delivery for job %s failed: %r", job_id, task.exception())
+            await _wait(self._webhook_work, self.settings.poll_interval_s)

@@ -1,0 +1,97 @@
+"""Request and response models of the batch-job API (`/v1/batch`, `/v1/jobs`)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.jobs.records import JobRecord
+
+
+class BatchRequest(BaseModel):
+    """JSON body of `POST /v1/batch` (URIs); fields given here override the query parameters."""
+
+    uris: list[str] = Field(default_factory=list, description="file:// (under the allowed root), s3:// or gs:// URIs.")
+    model: str | None = Field(default=None, description="Model; the server's default classifier if omitted.")
+    top_k: int | None = Field(default=None, ge=1, le=1000, description="Classes per image.")
+    stages: list[str] | None = Field(default=None, description="Analysis stages; all the server has when omitted.")
+    webhook_url: str | None = Field(default=None, description="POSTed (signed) when the job ends.")
+
+
+class JobCounts(BaseModel):
+    total: int
+    done: int
+    failed: int
+    pending: int
+    running: int
+    cancelled: int
+
+
+class JobTimings(BaseModel):
+    created_at: str = Field(description="ISO 8601, UTC.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    queued_s: float | None = Field(default=None, description="Created -> first item dispatched.")
+    running_s: float | None = Field(default=None, description="Started -> finished (or now).")
+    images_per_s: float | None = Field(default=None, description="Items finished per second of running time.")
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: str = Field(description="open, queued, running, completed, failed or cancelled.")
+    model: str
+    top_k: int
+    stages: list[str]
+    counts: JobCounts
+    progress: float = Field(description="Finished items (done + failed) / total.")
+    attempts: int = Field(description="Items dispatched to the graph, re-runs included.")
+    rerun_items: int = Field(description="Items dispatched more than once (in flight at a restart, or retried).")
+    error: str | None = None
+    webhook_state: str = Field(description="none, pending, delivered or failed.")
+    timings: JobTimings
+    status_url: str
+    results_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+
+
+class JobEvents(BaseModel):
+    events: list[dict[str, Any]]
+    webhook_deliveries: list[dict[str, Any]]
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
+
+
+def job_status(job: JobRecord, now: float) -> JobStatus:
+    counts = JobCounts(total=job.total, **{k: job.counts.get(k, 0) for k in JobCounts.model_fields if k != "total"})
+    finished = counts.done + counts.failed
+    end = job.finished_at or now
+    running_s = end - job.started_at if job.started_at else None
+    timings = JobTimings(
+        created_at=_iso(job.created_at) or "",
+        started_at=_iso(job.started_at),
+        finished_at=_iso(job.finished_at),
+        queued_s=job.started_at - job.created_at if job.started_at else None,
+        running_s=running_s,
+        images_per_s=finished / running_s if running_s else None,
+    )
+    return JobStatus(
+        job_id=job.id,
+        status=job.status,
+        model=job.model,
+        top_k=job.top_k,
+        stages=list(job.stages),
+        counts=counts,
+        progress=finished / job.total if job.total else 0.0,
+        attempts=job.attempts,
+        rerun_items=job.rerun_items,
+        error=job.error,
+        webhook_state=job.webhook_state,
+        timings=timings,
+        status_url=f"/v1/jobs/{job.id}",
+        results_url=f"/v1/jobs/{job.id}/results",
+    )

@@ -1,0 +1,90 @@
+"""Batch-job settings, read from `IMGSERVE_*` environment variables (the job store, object store, limits)."""
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from serving.config.settings import ServerSettings
+
+# Field -> environment variable. Store locations keep short names; the rest are IMGSERVE_BATCH_* / _WEBHOOK_*.
+ENV_NAMES = {
+    "database_url": "IMGSERVE_DATABASE_URL",
+    "object_store": "IMGSERVE_OBJECT_STORE",
+    "allowed_root": "IMGSERVE_BATCH_ALLOWED_ROOT",
+    "concurrency": "IMGSERVE_BATCH_CONCURRENCY",
+    "poll_interval_s": "IMGSERVE_BATCH_POLL_S",
+    "max_items": "IMGSERVE_BATCH_MAX_ITEMS",
+    "max_files_per_request": "IMGSERVE_BATCH_MAX_FILES_PER_REQUEST",
+    "max_archive_bytes": "IMGSERVE_BATCH_MAX_ARCHIVE_BYTES",
+    "max_compression_ratio": "IMGSERVE_BATCH_MAX_RATIO",
+    "max_attempts": "IMGSERVE_BATCH_MAX_ATTEMPTS",
+    "webhook_secret": "IMGSERVE_WEBHOOK_SECRET",
+    "webhook_max_attempts": "IMGSERVE_WEBHOOK_MAX_ATTEMPTS",
+    "webhook_backoff_s": "IMGSERVE_WEBHOOK_BACKOFF_S",
+    "webhook_timeout_s": "IMGSERVE_WEBHOOK_TIMEOUT_S",
+}
+
+
+def normalize_database_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean the psycopg (v3) driver, the one this package depends on."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class JobSettings(BaseModel):
+    """Where jobs and their inputs live, and the limits of `/v1/batch`. None of these change at runtime."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database_url: str = Field(
+        description="SQLAlchemy URL of the job store (IMGSERVE_DATABASE_URL); default an SQLite file in the cache dir."
+    )
+    object_store: str = Field(
+        description="fsspec URL/path of the content-addressed input store (IMGSERVE_OBJECT_STORE); "
+        "default <cache dir>/objects; s3://bucket/prefix with s3fs installed."
+    )
+    allowed_root: Path | None = Field(
+        default=None, description="file:// URIs must resolve under this folder; unset = file:// URIs are refused."
+    )
+    concurrency: int = Field(default=8, ge=1, description="Job items in flight at once (bounds the load on the graph).")
+    poll_interval_s: float = Field(default=2.0, gt=0, description="How often the worker looks for work unprompted.")
+    max_items: int = Field(default=100_000, ge=1, description="Most items in one job.")
+    max_files_per_request: int = Field(default=10_000, ge=1, description="Most multipart files in one request.")
+    max_archive_bytes: int = Field(
+        default=4 * 1024**3, ge=1, description="Most uncompressed bytes read from one archive (zip bombs)."
+    )
+    max_compression_ratio: float = Field(
+        default=100.0, gt=1, description="Largest uncompressed/compressed ratio of an archive entry (zip bombs)."
+    )
+    max_image_bytes: int = Field(
+        default=32 * 1024 * 1024, description="Largest single input (IMGSERVE_MAX_IMAGE_BYTES)."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Dispatches of one item before an internal error is final.")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_max_attempts: int = Field(default=6, ge=1, description="Webhook delivery attempts before giving up.")
+    webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles per attempt.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook POST.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "JobSettings":
+        """Settings from the environment, with defaults under the server's cache directory."""
+        env = dict(os.environ if env is None else env)
+        server = ServerSettings.from_env(env)
+        values: dict[str, object] = {
+            "database_url": f"sqlite:///{server.cache_dir / 'jobs.sqlite3'}",
+            "object_store": str(server.cache_dir / "objects"),
+            "max_image_bytes": server.max_image_bytes,
+        }
+        values.update({field: env[name] for field, name in ENV_NAMES.items() if env.get(name)})
+        return cls.model_validate(values)
+
+    def secret_bytes(self) -> bytes | None:
+        return self.webhook_secret.get_secret_value().encode() if self.webhook_secret else None

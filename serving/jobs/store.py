@@ -1,0 +1,241 @@
+"""The job store as the API sees it: create jobs with their items, cancel, and read status and results.
+
+All methods are synchronous (call them through `asyncio.to_thread`); each is one short transaction.
+"""
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from serving.errors import BadRequestError, RequestTooLargeError
+from serving.jobs.errors import JobNotFoundError, JobStateError
+from serving.jobs.records import FINAL_JOB_STATES, ITEM_STATES, JobRecord, JobSpec, NewItem, ResultRecord
+from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
+
+
+def add_event(conn: sa.Connection, job_id: str, event: str, detail: dict[str, Any] | None = None) -> None:
+    conn.execute(job_events.insert().values(job_id=job_id, at=time.time(), event=event, detail=detail))
+
+
+def job_counts(conn: sa.Connection, job_ids: Sequence[str]) -> dict[str, tuple[dict[str, int], int, int]]:
+    """Per job: items by status, total dispatches, and items dispatched more than once."""
+    out: dict[str, tuple[dict[str, int], int, int]] = {j: ({s: 0 for s in ITEM_STATES}, 0, 0) for j in job_ids}
+    if not job_ids:
+        return out
+    query = (
+        sa.select(
+            job_items.c.job_id,
+            job_items.c.status,
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(job_items.c.attempts), 0),
+            sa.func.sum(sa.case((job_items.c.attempts > 1, 1), else_=0)),
+        )
+        .where(job_items.c.job_id.in_(job_ids))
+        .group_by(job_items.c.job_id, job_items.c.status)
+    )
+    for job_id, status, count, attempts, reruns in conn.execute(query):
+        counts, total_attempts, total_reruns = out[job_id]
+        counts[status] = int(count)
+        out[job_id] = (counts, total_attempts + int(attempts), total_reruns + int(reruns or 0))
+    return out
+
+
+def job_record(row: Any, counts: tuple[dict[str, int], int, int]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        status=row.status,
+        model=row.model,
+        top_k=row.top_k,
+        stages=tuple(row.stages),
+        webhook_url=row.webhook_url,
+        webhook_state=row.webhook_state,
+        total=row.total,
+        error=row.error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        counts=counts[0],
+        attempts=counts[1],
+        rerun_items=counts[2],
+    )
+
+
+class JobStore:
+    def __init__(self, engine: sa.Engine, max_items: int = 100_000):
+        self.engine = engine
+        self.max_items = max_items
+
+    # ---- writes -------------------------------------------------------------------------------------
+    def _insert_items(self, conn: sa.Connection, job_id: str, first: int, items: Sequence[NewItem]) -> int:
+        total = first + len(items)
+        if total > self.max_items:
+            raise RequestTooLargeError(f"a job holds at most {self.max_items} items; this one would have {total}")
+        if not items:
+            return total
+        rows = [
+            {
+                "job_id": job_id,
+                "idx": first + i,
+                "name": item.name,
+                "source_kind": item.source_kind,
+                "source": item.source,
+                "size_bytes": item.size_bytes,
+                "status": "failed" if item.error_kind else "pending",
+                "attempts": 0,
+            }
+            for i, item in enumerate(items)
+        ]
+        conn.execute(job_items.insert(), rows)
+        failed = {first + i: item for i, item in enumerate(items) if item.error_kind}
+        if failed:
+            # Inputs refused on intake (unsafe archive entries, ...) get their one result now.
+            ids = conn.execute(
+                sa.select(job_items.c.id, job_items.c.idx).where(
+                    job_items.c.job_id == job_id, job_items.c.idx >= first, job_items.c.status == "failed"
+                )
+            )
+            now = time.time()
+            conn.execute(
+                job_results.insert(),
+                [
+                    {
+                        "item_id": item_id,
+                        "job_id": job_id,
+                        "idx": idx,
+                        "status": "failed",
+                        "error_kind": failed[idx].error_kind,
+                        "error": failed[idx].error,
+                        "created_at": now,
+                    }
+                    for item_id, idx in ids
+                ],
+            )
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(total=total))
+        return total
+
+    def create_job(self, spec: JobSpec, items: Sequence[NewItem], start: bool = True) -> str:
+        """A new job with its first items; `start=False` leaves it open for more (`add_items`, `start_job`)."""
+        if start and not items:
+            raise BadRequestError("the batch has no inputs: send files, an archive or URIs")
+        job_id = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    status="queued" if start else "open",
+                    model=spec.model,
+                    top_k=spec.top_k,
+                    stages=list(spec.stages),
+                    webhook_url=spec.webhook_url,
+                    webhook_state="none",
+                    total=0,
+                    created_at=time.time(),
+                )
+            )
+            total = self._insert_items(conn, job_id, 0, items)
+            add_event(conn, job_id, "created", {"items": total, "stages": list(spec.stages), "model": spec.model})
+            if start:
+                add_event(conn, job_id, "queued", {"items": total})
+        return job_id
+
+    def _locked_job(self, conn: sa.Connection, job_id: str) -> Any:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return row
+
+    def add_items(self, job_id: str, items: Sequence[NewItem]) -> int:
+        """Append items to an open job; returns its new total."""
+        with self.engine.begin() as conn:
+            job = self._locked_job(conn, job_id)
+            if job.status != "open":
+                raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
+            total = self._insert_items(conn, job_id, job.total, items)
+            add_event(conn, job_id, "items_added", {"items": len(items), "total": total})
+            return total
+
+    def start_job(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            job = self._locked_job(conn, job_id)
+            if job.status != "open":
+                raise JobStateError(f"job {job_id} is {job.status}; only an open job can be started")
+            if job.total == 0:
+                raise BadRequestError(f"job {job_id} has no items")
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(status="queued"))
+            add_event(conn, job_id, "queued", {"items": job.total})
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Stop a job: its pending items are cancelled; items already in flight still record their result."""
+        with self.engine.begin() as conn:
+            job = self._locked_job(conn, job_id)
+            if job.status in FINAL_JOB_STATES:
+                raise JobStateError(f"job {job_id} is already {job.status}")
+            values: dict[str, Any] = {"status": "cancelled", "finished_at": time.time()}
+            if job.webhook_url and job.status != "open":
+                values["webhook_state"] = "pending"
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+            dropped = conn.execute(
+                job_items.update()
+                .where(job_items.c.job_id == job_id, job_items.c.status == "pending")
+                .values(status="cancelled")
+            ).rowcount
+            add_event(conn, job_id, "cancelled", {"items_cancelled": dropped})
+        return self.get_job(job_id)
+
+    # ---- reads --------------------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobRecord:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                raise JobNotFoundError(f"no job with id {job_id!r}")
+            return job_record(row, job_counts(conn, [job_id])[job_id])
+
+    def list_jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        """Newest first."""
+        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
+        if status:
+            query = query.where(jobs.c.status == status)
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+            counts = job_counts(conn, [r.id for r in rows])
+        return [job_record(r, counts[r.id]) for r in rows]
+
+    def results_page(
+        self, job_id: str, after: int = -1, limit: int = 500, status: str | None = None
+    ) -> list[ResultRecord]:
+        """Recorded results with index > `after`, in index order."""
+        query = (
+            sa.select(job_results, job_items.c.name, job_items.c.attempts)
+            .join(job_items, job_items.c.id == job_results.c.item_id)
+            .where(job_results.c.job_id == job_id, job_results.c.idx > after)
+            .order_by(job_results.c.idx)
+            .limit(limit)
+        )
+        if status:
+            query = query.where(job_results.c.status == status)
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+        return [
+            ResultRecord(r.idx, r.name, r.status, r.model, r.result, r.error_kind, r.error, r.duration_ms, r.attempts)
+            for r in rows
+        ]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id))
+            return [{"at": r.at, "event": r.event, "detail": r.detail} for r in rows]
+
+    def deliveries(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
+        query = (
+            sa.select(webhook_deliveries)
+            .where(webhook_deliveries.c.job_id.in_(list(job_ids)))
+            .order_by(webhook_deliveries.c.id)
+        )
+        with self.engine.begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]

@@ -1,0 +1,93 @@
+"""The job store's tables (SQLAlchemy Core). The schema itself is created by the Alembic migrations.
+
+Times are UNIX seconds (float) so SQLite and PostgreSQL behave the same; JSON columns hold small documents.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    # open (accepting inputs) -> queued -> running -> completed | failed | cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("top_k", sa.Integer, nullable=False),
+    sa.Column("stages", sa.JSON, nullable=False),
+    sa.Column("webhook_url", sa.Text),
+    # none | pending | delivered | failed
+    sa.Column("webhook_state", sa.String(16), nullable=False, server_default="none"),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_jobs_status_created", "status", "created_at"),
+)
+
+job_items = sa.Table(
+    "job_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("source_kind", sa.String(8), nullable=False),  # object (sha256 in the store) | uri | none
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger),
+    # pending -> running -> done | failed; pending -> cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # dispatches to the graph
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.UniqueConstraint("job_id", "idx", name="uq_job_items_job_idx"),
+    sa.Index("ix_job_items_job_status_idx", "job_id", "status", "idx"),
+)
+
+job_results = sa.Table(
+    "job_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # One result per item, ever: a re-run item whose result exists cannot record a second one.
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("job_items.id", ondelete="CASCADE"), nullable=False, unique=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # done | failed
+    sa.Column("model", sa.String(200)),
+    sa.Column("result", sa.JSON),
+    sa.Column("error_kind", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_job_results_job_idx", "job_id", "idx"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("detail", sa.JSON),
+    sa.Index("ix_job_events_job", "job_id", "id"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("delivery_id", sa.String(32), nullable=False),  # same for every attempt of one notification
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("delivered", sa.Boolean, nullable=False),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_webhook_deliveries_job", "job_id", "id"),
+)

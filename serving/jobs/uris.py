@@ -1,0 +1,83 @@
+"""Inputs named by URI: `file://` under one allow-listed root, `s3://` / `gs://` through fsspec when installed.
+
+URIs are checked when the job is submitted (a refused one is a 403 for the request) and again when the item
+is read (the file may have been replaced by a link since): symlinks are resolved first, so a link inside the
+root that points outside it is refused too. Any other scheme (http, ftp, ...) is refused: the server never
+fetches arbitrary URLs on a client's behalf.
+"""
+
+import os
+import stat
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from serving.errors import BadRequestError
+from serving.jobs.errors import ItemInputError, UriNotAllowedError
+
+REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+def _resolve_under(path: Path, root: Path) -> Path:
+    if not path.is_absolute():
+        raise UriNotAllowedError(f"file URI path must be absolute, got {str(path)!r}")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UriNotAllowedError(f"{str(path)!r} is outside the allowed root for file URIs")
+    return resolved
+
+
+def _file_path(uri: str, allowed_root: Path | None) -> Path:
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise UriNotAllowedError(f"file URI with a host is refused: {uri!r}")
+    if allowed_root is None:
+        raise UriNotAllowedError("file:// URIs are disabled on this server (IMGSERVE_BATCH_ALLOWED_ROOT is not set)")
+    return _resolve_under(Path(unquote(parts.path)), allowed_root)
+
+
+def check_uri(uri: str, allowed_root: Path | None) -> str:
+    """The URI if this server may read it; raises UriNotAllowedError (403) or BadRequestError (400)."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "file":
+        _file_path(uri, allowed_root)
+        return uri
+    if scheme in REMOTE_SCHEMES:
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except (ImportError, ValueError):
+            raise BadRequestError(f"{scheme}:// URIs need the {REMOTE_SCHEMES[scheme]} package on the server") from None
+        return uri
+    raise UriNotAllowedError(f"URI scheme {scheme or '(none)'!r} is not allowed; use file://, s3:// or gs://")
+
+
+def _read_local(path: Path, max_bytes: int) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)  # the resolved path has no link left to follow
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ItemInputError("invalid_input", f"{str(path)!r} is not a regular file")
+        return handle.read(max_bytes + 1)
+
+
+def read_uri(uri: str, allowed_root: Path | None, max_bytes: int) -> bytes:
+    """The bytes behind a URI (at most `max_bytes`); every failure is an ItemInputError for that item."""
+    try:
+        if urlsplit(uri).scheme.lower() == "file":
+            data = _read_local(_file_path(uri, allowed_root), max_bytes)
+        else:
+            check_uri(uri, allowed_root)
+            import fsspec
+
+            with fsspec.open(uri, "rb") as handle:
+                data = handle.read(max_bytes + 1)
+    except (UriNotAllowedError, BadRequestError) as exc:
+        raise ItemInputError("forbidden_uri", str(exc)) from None
+    except FileNotFoundError:
+        raise ItemInputError("missing_input", f"{uri!r} does not exist") from None
+    except OSError as exc:
+        raise ItemInputError("unreadable_input", f"cannot read {uri!r}: {exc}") from None
+    if len(data) > max_bytes:
+        raise ItemInputError("too_large", f"{uri!r} is larger than {max_bytes} bytes")
+    return data

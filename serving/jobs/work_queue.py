@@ -1,0 +1,201 @@
+"""The job store as the worker sees it: claim items, record each item's one result, finish jobs, webhooks.
+
+Exactly-once results over at-least-once dispatch: claiming an item marks it running and increments its
+`attempts` in the same transaction, before the graph is called; its result row is unique per item, so a
+re-run (an item in flight when the server died) can never record a second one.
+"""
+
+import logging
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
+from serving.jobs.store import add_event, job_counts, job_record
+from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
+
+logger = logging.getLogger("imgserve.jobs")
+
+
+class WorkQueue:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def requeue_orphans(self) -> dict[str, int]:
+        """Items left running by a previous worker process go back to pending; returns counts per job."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(job_items.c.job_id, sa.func.count())
+                .where(job_items.c.status == "running")
+                .group_by(job_items.c.job_id)
+            ).all()
+            if rows:
+                conn.execute(job_items.update().where(job_items.c.status == "running").values(status="pending"))
+            for job_id, count in rows:
+                add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "worker restarted"})
+        return {job_id: int(count) for job_id, count in rows}
+
+    def next_job(self) -> JobRecord | None:
+        """The oldest queued or running job (jobs run one after another, items of a job concurrently)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(jobs).where(jobs.c.status.in_(ACTIVE_JOB_STATES)).order_by(jobs.c.created_at).limit(1)
+            ).first()
+            return job_record(row, job_counts(conn, [row.id])[row.id]) if row else None
+
+    def mark_running(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(jobs.c.status, jobs.c.started_at).where(jobs.c.id == job_id)).first()
+            if row is None or row.status not in ACTIVE_JOB_STATES:
+                return
+            # Conditional: a cancel committed since the read must win (PostgreSQL re-checks the WHERE after locking).
+            changed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOB_STATES))
+                .values(status="running", started_at=row.started_at or time.time())
+            ).rowcount
+            if changed:
+                add_event(conn, job_id, "started" if row.status == "queued" else "resumed")
+
+    def claim(self, job_id: str, limit: int) -> list[ClaimedItem]:
+        """Up to `limit` pending items of a running job, in index order, marked running with attempts + 1."""
+        query = (
+            sa.select(job_items.c.id)
+            .join(jobs, jobs.c.id == job_items.c.job_id)
+            .where(job_items.c.job_id == job_id, job_items.c.status == "pending", jobs.c.status == "running")
+            .order_by(job_items.c.idx)
+            .limit(limit)
+        )
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(of=job_items, skip_locked=True)
+            ids = [row.id for row in conn.execute(query)]
+            if not ids:
+                return []
+            conn.execute(
+                job_items.update()
+                .where(job_items.c.id.in_(ids))
+                .values(status="running", attempts=job_items.c.attempts + 1, started_at=time.time())
+            )
+            rows = conn.execute(sa.select(job_items).where(job_items.c.id.in_(ids)).order_by(job_items.c.idx))
+            return [ClaimedItem(r.id, r.job_id, r.idx, r.name, r.source_kind, r.source, r.attempts) for r in rows]
+
+    def release(self, item: ClaimedItem) -> None:
+        """A transient failure: the item goes back to pending (its attempt stays counted)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                job_items.update()
+                .where(job_items.c.id == item.id, job_items.c.status == "running")
+                .values(status="pending")
+            )
+
+    def record(self, item: ClaimedItem, outcome: Outcome) -> bool:
+        """Write the item's result and final status together; False if it already had one (nothing changes)."""
+        now = time.time()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    job_results.insert().values(
+                        item_id=item.id,
+                        job_id=item.job_id,
+                        idx=item.idx,
+                        status=outcome.status,
+                        model=outcome.model,
+                        result=outcome.result,
+                        error_kind=outcome.error_kind,
+                        error=outcome.error,
+                        duration_ms=outcome.duration_ms,
+                        created_at=now,
+                    )
+                )
+                conn.execute(
+                    job_items.update().where(job_items.c.id == item.id).values(status=outcome.status, finished_at=now)
+                )
+        except IntegrityError:
+            logger.warning("item %s of job %s already has a result; the re-run's is dropped", item.idx, item.job_id)
+            return False
+        return True
+
+    def finish_if_done(self, job_id: str) -> JobRecord | None:
+        """Completed (or failed: no item succeeded) once no item is pending or running; None otherwise."""
+        with self.engine.begin() as conn:
+            counts, _, _ = job_counts(conn, [job_id])[job_id]
+            if counts["pending"] or counts["running"]:
+                return None
+            status = "failed" if counts["done"] == 0 else "completed"
+            row = conn.execute(sa.select(jobs.c.webhook_url).where(jobs.c.id == job_id)).first()
+            values: dict[str, Any] = {"status": status, "finished_at": time.time()}
+            if row is not None and row.webhook_url:
+                values["webhook_state"] = "pending"
+            changed = conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.status == "running").values(**values)
+            ).rowcount
+            if not changed:
+                return None  # cancelled meanwhile: the cancel already finished it
+            add_event(conn, job_id, status, {"done": counts["done"], "failed": counts["failed"]})
+        return self.job(job_id)
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        """A job-level failure (e.g. its model is no longer served): pending items are cancelled."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(jobs.c.webhook_url).where(jobs.c.id == job_id)).first()
+            values: dict[str, Any] = {"status": "failed", "error": error, "finished_at": time.time()}
+            if row is not None and row.webhook_url:
+                values["webhook_state"] = "pending"
+            conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOB_STATES)).values(**values)
+            )
+            conn.execute(
+                job_items.update()
+                .where(job_items.c.job_id == job_id, job_items.c.status == "pending")
+                .values(status="cancelled")
+            )
+            add_event(conn, job_id, "failed", {"error": error})
+
+    def job(self, job_id: str) -> JobRecord | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            return job_record(row, job_counts(conn, [job_id])[job_id]) if row else None
+
+    # ---- webhooks -----------------------------------------------------------------------------------
+    def pending_webhooks(self) -> list[JobRecord]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(jobs).where(jobs.c.webhook_state == "pending").order_by(jobs.c.finished_at))
+            rows = rows.all()
+            counts = job_counts(conn, [r.id for r in rows])
+        return [job_record(r, counts[r.id]) for r in rows]
+
+    def webhook_state(self, job_id: str) -> str | None:
+        with self.engine.begin() as conn:
+            return conn.execute(sa.select(jobs.c.webhook_state).where(jobs.c.id == job_id)).scalar_one_or_none()
+
+    def delivery_attempts(self, job_id: str, delivery_id: str) -> int:
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        webhook_deliveries.c.job_id == job_id, webhook_deliveries.c.delivery_id == delivery_id
+                    )
+                ).scalar_one()
+            )
+
+    def close_webhook(self, job_id: str, state: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.webhook_state == "pending").values(webhook_state=state)
+            )
+            add_event(conn, job_id, f"webhook_{state}")
+
+    def record_delivery(self, row: dict[str, Any], final_state: str | None) -> None:
+        """One delivery attempt; `final_state` (delivered | failed) closes the job's webhook."""
+        with self.engine.begin() as conn:
+            conn.execute(webhook_deliveries.insert().values(**row, at=time.time()))
+            if final_state:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == row["job_id"], jobs.c.webhook_state == "pending")
+                    .values(webhook_state=final_state)
+                )
+                add_event(conn, row["job_id"], f"webhook_{final_state}", {"attempts": row["attempt"]})

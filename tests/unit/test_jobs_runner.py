@@ -1,0 +1,175 @@
+"""The job loop with a fake service (no Ray): bounded concurrency, per-item errors, retries, webhooks."""
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from pipelines.errors import InvalidImageError
+from serving.errors import ModelUnavailableError, OverloadedError
+from serving.jobs import runner as runner_module
+from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.objects import ObjectStore
+from serving.jobs.records import JobSpec, NewItem
+from serving.jobs.results import csv_lines
+from serving.jobs.runner import JobRunner
+from serving.jobs.settings import JobSettings
+from serving.jobs.store import JobStore
+from serving.jobs.webhooks import SIGNATURE_HEADER, WebhookSender, verify
+from serving.jobs.work_queue import WorkQueue
+from serving.postprocess import Prediction
+from serving.service import Analysis, Classification
+
+pytestmark = pytest.mark.unit
+SECRET = "s3cret"
+
+
+class FakeService:
+    """Stands in for InferenceService.analyze: counts calls per input and the most in flight at once."""
+
+    def __init__(self, overload_once: frozenset[bytes] = frozenset()):
+        self.calls: Counter[bytes] = Counter()
+        self.active = self.max_active = 0
+        self.overload_once = overload_once
+
+    def served_entry(self, name: str | None) -> object:
+        if name != "m":
+            raise ModelUnavailableError(f"model '{name}' is not available")
+        return object()
+
+    async def analyze(self, images: list[bytes], model: str | None, k: int, fields: list[str] | None) -> list[Analysis]:
+        (data,) = images
+        self.calls[data] += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(0.005)
+        finally:
+            self.active -= 1
+        if data.startswith(b"bad"):
+            raise InvalidImageError("cannot decode image: truncated")
+        if data in self.overload_once and self.calls[data] == 1:
+            raise OverloadedError("server is overloaded")
+        return [Analysis(classification=Classification("m", [Prediction(data.decode(), 7, 0.5)], 1.0))]
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[sa.Engine, ObjectStore, JobSettings]:
+    settings = JobSettings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}",
+        object_store=str(tmp_path / "objects"),
+        concurrency=4,
+        webhook_secret=SECRET,
+        webhook_backoff_s=0.01,
+        webhook_max_attempts=3,
+    )
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    return engine, ObjectStore(settings.object_store), settings
+
+
+def _runner(
+    parts: tuple[sa.Engine, ObjectStore, JobSettings], service: FakeService, client: httpx.AsyncClient | None = None
+) -> JobRunner:
+    engine, objects, settings = parts
+    queue = WorkQueue(engine)
+    return JobRunner(queue, objects, service, settings, WebhookSender(queue, settings, client))
+
+
+def _submit(
+    parts: tuple[sa.Engine, ObjectStore, JobSettings], payloads: list[bytes], model: str = "m", hook: str | None = None
+) -> str:
+    engine, objects, _ = parts
+    items = [NewItem(f"{i}.jpg", "object", objects.put(p), len(p)) for i, p in enumerate(payloads)]
+    return JobStore(engine).create_job(JobSpec(model, 1, ("classification",), hook), items)
+
+
+def test_items_run_with_bounded_concurrency_and_fail_one_by_one(parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "RETRY_DELAY_S", 0.0)
+    payloads = [f"img{i}".encode() for i in range(30)] + [b"bad-one"]
+    service = FakeService(overload_once=frozenset({b"img3"}))
+    job_id = _submit(parts, payloads)
+    runner = _runner(parts, service)
+    job = JobStore(parts[0]).get_job(job_id)
+    finished = asyncio.run(runner.run_job(job))
+    assert finished is not None and finished.status == "completed"
+    assert finished.counts["done"] == 30 and finished.counts["failed"] == 1
+    assert 1 < service.max_active <= 4
+    assert service.calls[b"img3"] == 2 and finished.rerun_items == 1  # overloaded once, retried
+    rows = {r.name: r for r in JobStore(parts[0]).results_page(job_id)}
+    assert rows["30.jpg"].error_kind == "invalid_image" and "truncated" in (rows["30.jpg"].error or "")
+    assert rows["5.jpg"].result == {
+        "classification": {"model": "m", "predictions": [{"label": "img5", "index": 7, "score": 0.5}], "timing_ms": 1.0}
+    }
+    csv_text = csv_lines([rows["5.jpg"], rows["30.jpg"]])
+    assert csv_text.splitlines()[0] == "5,5.jpg,done,m,img5,0.500000,,"
+    assert csv_text.splitlines()[1].startswith("30,30.jpg,failed,m,,,invalid_image,")
+
+
+def test_unservable_model_fails_the_job(parts) -> None:
+    job_id = _submit(parts, [b"img"], model="gone")
+    runner = _runner(parts, FakeService())
+    assert asyncio.run(runner.run_job(JobStore(parts[0]).get_job(job_id))) is None
+    job = JobStore(parts[0]).get_job(job_id)
+    assert job.status == "failed" and "gone" in (job.error or "") and job.counts["cancelled"] == 1
+
+
+def test_restart_reruns_only_items_in_flight(parts) -> None:
+    job_id = _submit(parts, [f"img{i}".encode() for i in range(6)])
+    queue = WorkQueue(parts[0])
+    queue.mark_running(job_id)
+    queue.claim(job_id, 2)  # the previous worker died with these two in flight
+    service = FakeService()
+    runner = _runner(parts, service)
+    assert queue.requeue_orphans() == {job_id: 2}
+    finished = asyncio.run(runner.run_job(JobStore(parts[0]).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 6
+    assert finished.attempts == 8 and finished.rerun_items == 2
+    assert all(count == 1 for count in service.calls.values())
+
+
+def _hook_client(statuses: list[int], seen: list[httpx.Request]) -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(statuses[min(len(seen), len(statuses)) - 1])
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def test_webhook_is_signed_retried_and_recorded(parts) -> None:
+    seen: list[httpx.Request] = []
+    job_id = _submit(parts, [b"img0", b"img1"], hook="http://hooks.test/done")
+    runner = _runner(parts, FakeService(), _hook_client([500, 503, 200], seen))
+    store = JobStore(parts[0])
+    finished = asyncio.run(runner.run_job(store.get_job(job_id)))
+    assert finished is not None and finished.webhook_state == "pending"
+    assert asyncio.run(runner.webhooks.deliver(finished)) is True
+    assert len(seen) == 3
+    body = seen[-1].content
+    assert verify(body, SECRET.encode(), seen[-1].headers[SIGNATURE_HEADER])
+    assert not verify(body + b" ", SECRET.encode(), seen[-1].headers[SIGNATURE_HEADER])
+    document = json.loads(body)
+    assert document["job_id"] == job_id and document["status"] == "completed" and document["counts"]["done"] == 2
+    assert len({r.headers["X-Imgserve-Delivery"] for r in seen}) == 1
+    deliveries = store.deliveries([job_id])
+    assert [(d["attempt"], d["status_code"], d["delivered"]) for d in deliveries] == [
+        (1, 500, False),
+        (2, 503, False),
+        (3, 200, True),
+    ]
+    assert store.get_job(job_id).webhook_state == "delivered"
+    assert asyncio.run(runner.webhooks.deliver(store.get_job(job_id))) is False  # never twice
+    assert len(seen) == 3
+
+
+def test_webhook_permanent_4xx_stops_at_once(parts) -> None:
+    seen: list[httpx.Request] = []
+    job_id = _submit(parts, [b"img0"], hook="http://hooks.test/done")
+    runner = _runner(parts, FakeService(), _hook_client([404], seen))
+    finished = asyncio.run(runner.run_job(JobStore(parts[0]).get_job(job_id)))
+    assert finished is not None and asyncio.run(runner.webhooks.deliver(finished)) is False
+    assert len(seen) == 1 and JobStore(parts[0]).get_job(job_id).webhook_state == "failed"

@@ -1,0 +1,135 @@
+"""The job store on SQLite: migrations, one result per item, requeue after a crash, cancel, paging."""
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from serving.errors import BadRequestError, RequestTooLargeError
+from serving.jobs.database import create_store_engine, current_revision, head_revision, migrate
+from serving.jobs.errors import JobNotFoundError, JobStateError
+from serving.jobs.records import JobSpec, NewItem, Outcome
+from serving.jobs.store import JobStore
+from serving.jobs.work_queue import WorkQueue
+
+pytestmark = pytest.mark.unit
+SPEC = JobSpec("m", 3, ("classification",))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> sa.Engine:
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'db' / 'jobs.sqlite3'}")
+    migrate(engine)
+    return engine
+
+
+def _items(n: int) -> list[NewItem]:
+    return [NewItem(f"{i}.jpg", "object", f"{i:064x}", 10) for i in range(n)]
+
+
+def test_migrations_reach_head_and_are_idempotent(engine: sa.Engine) -> None:
+    migrate(engine)
+    assert current_revision(engine) == head_revision() == "0001"
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"jobs", "job_items", "job_results", "job_events", "webhook_deliveries"} <= tables
+
+
+def test_claim_record_finish(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(5))
+    job = queue.next_job()
+    assert job is not None and job.id == job_id and job.status == "queued"
+    queue.mark_running(job_id)
+    claimed = queue.claim(job_id, 3)
+    assert [c.idx for c in claimed] == [0, 1, 2] and all(c.attempts == 1 for c in claimed)
+    assert store.get_job(job_id).counts["running"] == 3
+    assert queue.record(claimed[0], Outcome("done", "m", {"classification": {}}))
+    assert not queue.record(claimed[0], Outcome("done", "m", {})), "a second result for one item is refused"
+    assert queue.finish_if_done(job_id) is None
+    for item in claimed[1:] + queue.claim(job_id, 10):
+        queue.record(item, Outcome("failed" if item.idx == 4 else "done", "m", error_kind="invalid_image"))
+    finished = queue.finish_if_done(job_id)
+    assert finished is not None and finished.status == "completed"
+    assert finished.counts["done"] == 4 and finished.counts["failed"] == 1 and finished.attempts == 5
+    rows = store.results_page(job_id)
+    assert [r.idx for r in rows] == [0, 1, 2, 3, 4]
+    assert [r.idx for r in store.results_page(job_id, after=1, limit=2)] == [2, 3]
+    assert [r.idx for r in store.results_page(job_id, status="failed")] == [4]
+    assert [e["event"] for e in store.events(job_id)] == ["created", "queued", "started", "completed"]
+
+
+def test_requeue_after_crash_reruns_only_in_flight_items(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(4))
+    queue.mark_running(job_id)
+    first = queue.claim(job_id, 2)
+    queue.record(first[0], Outcome("done", "m", {}))
+    # the worker dies here with item 1 in flight; a new one starts:
+    assert WorkQueue(engine).requeue_orphans() == {job_id: 1}
+    again = queue.claim(job_id, 10)
+    assert [(c.idx, c.attempts) for c in again] == [(1, 2), (2, 1), (3, 1)]
+    for item in again:
+        queue.record(item, Outcome("done", "m", {}))
+    finished = queue.finish_if_done(job_id)
+    assert finished is not None and finished.rerun_items == 1 and finished.attempts == 5
+    assert len(store.results_page(job_id)) == 4
+
+
+def test_cancel_drops_pending_items_and_refuses_twice(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(JobSpec("m", 1, ("classification",), "http://127.0.0.1:1/hook"), _items(4))
+    queue.mark_running(job_id)
+    in_flight = queue.claim(job_id, 1)
+    job = store.cancel_job(job_id)
+    assert job.status == "cancelled" and job.counts["cancelled"] == 3 and job.webhook_state == "pending"
+    assert queue.claim(job_id, 10) == []
+    assert queue.record(in_flight[0], Outcome("done", "m", {}))  # in-flight work still lands
+    assert queue.finish_if_done(job_id) is None
+    with pytest.raises(JobStateError):
+        store.cancel_job(job_id)
+    with pytest.raises(JobNotFoundError):
+        store.cancel_job("nope")
+
+
+def test_open_job_takes_items_until_started(engine: sa.Engine) -> None:
+    store = JobStore(engine, max_items=5)
+    job_id = store.create_job(SPEC, _items(2), start=False)
+    assert store.get_job(job_id).status == "open"
+    assert store.add_items(job_id, _items(2)) == 4
+    with pytest.raises(RequestTooLargeError):
+        store.add_items(job_id, _items(2))
+    store.start_job(job_id)
+    assert store.get_job(job_id).status == "queued"
+    assert [r.idx for r in WorkQueue(engine).claim(job_id, 10)] == []  # queued, not yet running
+    with pytest.raises(JobStateError):
+        store.add_items(job_id, _items(1))
+    with pytest.raises(BadRequestError):
+        store.create_job(SPEC, [])
+
+
+def test_intake_failures_have_their_result_at_once(engine: sa.Engine) -> None:
+    store = JobStore(engine)
+    items = [*_items(1), NewItem("../x.jpg", "none", "", None, "unsafe_entry", "refused")]
+    job_id = store.create_job(SPEC, items)
+    job = store.get_job(job_id)
+    assert job.counts["failed"] == 1 and job.counts["pending"] == 1 and job.total == 2
+    (row,) = store.results_page(job_id)
+    assert row.idx == 1 and row.error_kind == "unsafe_entry" and row.attempts == 0
+
+
+def test_list_is_newest_first_and_filters(engine: sa.Engine) -> None:
+    store = JobStore(engine)
+    ids = [store.create_job(SPEC, _items(1)) for _ in range(3)]
+    assert [j.id for j in store.list_jobs()] == ids[::-1]
+    store.cancel_job(ids[0])
+    assert [j.id for j in store.list_jobs(status="cancelled")] == [ids[0]]
+    assert len(store.list_jobs(limit=1, offset=1)) == 1
+
+
+def test_a_cancelled_job_is_never_marked_running_again(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(2))
+    store.cancel_job(job_id)
+    queue.mark_running(job_id)
+    assert store.get_job(job_id).status == "cancelled"
+    assert queue.next_job() is None

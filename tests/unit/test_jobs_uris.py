@@ -1,0 +1,94 @@
+"""URI inputs: file:// only under the allowed root (links resolved), remote schemes only with their fsspec package,
+and the content-addressed object store."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from serving.errors import BadRequestError
+from serving.jobs.errors import ItemInputError, UriNotAllowedError
+from serving.jobs.objects import ObjectStore
+from serving.jobs.uris import check_uri, read_uri
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "root" / "sub" / "a.jpg").write_bytes(b"image a")
+    (tmp_path / "outside.jpg").write_bytes(b"secret")
+    return tmp_path / "root"
+
+
+def test_file_uri_under_root_is_read(root: Path) -> None:
+    uri = (root / "sub" / "a.jpg").as_uri()
+    assert check_uri(uri, root) == uri
+    assert read_uri(uri, root, 1000) == b"image a"
+
+
+@pytest.mark.parametrize("suffix", ["/../outside.jpg", "/sub/../../outside.jpg"])
+def test_file_uri_escaping_the_root_is_refused(root: Path, suffix: str) -> None:
+    uri = "file://" + str(root) + suffix
+    with pytest.raises(UriNotAllowedError):
+        check_uri(uri, root)
+    with pytest.raises(ItemInputError) as caught:
+        read_uri(uri, root, 1000)
+    assert caught.value.kind == "forbidden_uri"
+
+
+def test_symlink_inside_root_pointing_outside_is_refused(root: Path) -> None:
+    os.symlink(root.parent / "outside.jpg", root / "link.jpg")
+    with pytest.raises(UriNotAllowedError):
+        check_uri((root / "link.jpg").as_uri(), root)
+
+
+def test_file_uris_are_refused_without_a_root(root: Path) -> None:
+    with pytest.raises(UriNotAllowedError, match="IMGSERVE_BATCH_ALLOWED_ROOT"):
+        check_uri((root / "sub" / "a.jpg").as_uri(), None)
+
+
+@pytest.mark.parametrize("uri", ["http://example.com/a.jpg", "ftp://x/y", "/plain/path.jpg", "file://otherhost/a.jpg"])
+def test_other_schemes_and_hosts_are_refused(root: Path, uri: str) -> None:
+    with pytest.raises(UriNotAllowedError):
+        check_uri(uri, root)
+
+
+def test_remote_scheme_without_its_package_is_a_400(root: Path) -> None:
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+
+        pytest.skip("s3fs is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BadRequestError, match="s3fs"):
+        check_uri("s3://bucket/key.jpg", root)
+
+
+def test_missing_and_oversized_files_are_item_errors(root: Path) -> None:
+    with pytest.raises(ItemInputError) as missing:
+        read_uri((root / "nope.jpg").as_uri(), root, 1000)
+    assert missing.value.kind == "missing_input"
+    with pytest.raises(ItemInputError) as large:
+        read_uri((root / "sub" / "a.jpg").as_uri(), root, 3)
+    assert large.value.kind == "too_large"
+
+
+def test_object_store_is_content_addressed_and_verified(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path / "objects"))
+    digest = store.put(b"hello")
+    assert digest == hashlib.sha256(b"hello").hexdigest()
+    assert store.put(b"hello") == digest and store.get(digest) == b"hello"
+    path = tmp_path / "objects" / "sha256" / digest[:2] / digest
+    assert path.is_file() and not list(path.parent.glob("*.part"))
+    path.write_bytes(b"tampered")
+    with pytest.raises(ItemInputError) as corrupt:
+        store.get(digest)
+    assert corrupt.value.kind == "corrupt_input"
+    with pytest.raises(ItemInputError):
+        store.get("0" * 64)
+    with pytest.raises(ValueError):
+        store.get("../../etc/passwd")
