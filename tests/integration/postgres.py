@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import _free_port
+from tests.integration.server_process import free_port
 
 DATABASE = "imgserve_test"
 
@@ -67,7 +67,7 @@ def running_postgres() -> Iterator[PostgresServer]:
     base = Path(tempfile.mkdtemp(prefix="imgserve-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         os.chown(base, server_user.pw_uid, server_user.pw_gid)
-    data, log, port = base / "data", base / "server.log", _free_port()
+    data, log, port = base / "data", base / "server.log", free_port()
     started = False
     try:
         _run(

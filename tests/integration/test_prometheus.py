@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import RunningServer
+from tests.integration.server_process import free_port
 from tests.paths import IMAGENET_SAMPLES, require
 from tests.unit.test_deploy_configs import (
     ALERTS,
@@ -43,19 +43,13 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": 
 SAMPLE_NAME = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)", re.MULTILINE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ray_metrics_port(server: RunningServer) -> int:
     """Ray's metrics export port of the server's node. The proxy logs its node id; each node's dashboard agent
     records its port in <session_dir>/metrics_export_port_<node_id> (session dirs of `imgserve serve` live
     under /tmp/imgserve-ray-*, serving/server.py)."""
     deadline = time.monotonic() + 30
     while True:
-        log = server.log_path.read_text(errors="replace")
+        log = server.log.read_text(errors="replace")
         starts = re.findall(r"Proxy starting on node ([0-9a-f]+) \(HTTP port: (\d+)", log)
         node_ids = [node for node, port in starts if int(port) == urlparse(server.http_url).port]
         patterns = [f"imgserve-ray-*/session_2*/metrics_export_port_{node}" for node in node_ids]
@@ -63,7 +57,7 @@ def ray_metrics_port(server: RunningServer) -> int:
         if files:
             return int(files[0].read_text().strip())
         if time.monotonic() > deadline:
-            pytest.fail(f"no Ray metrics export port for the server (proxy nodes {node_ids}) in {server.log_path}")
+            pytest.fail(f"no Ray metrics export port for the server (proxy nodes {node_ids}) in {server.log}")
         time.sleep(1)
 
 
@@ -117,7 +111,7 @@ def prometheus(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) 
         job.pop("file_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -1,0 +1,95 @@
+"""Per-stage autoscaling on a local Ray: under load the decode stage scales up, and back down when idle."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.server_process import ServerProcess
+from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
+
+pytestmark = pytest.mark.integration
+
+STAGE = "Decoder"
+
+
+def _aggressive_config() -> dict:
+    """The project's config with the decode stage tuned to react in seconds (small numbers for 2 cores)."""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == STAGE:
+            deployment["autoscaling_config"] = {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 1,
+                "downscale_delay_s": 4,
+                "look_back_period_s": 2,
+                "metrics_interval_s": 0.5,
+            }
+            deployment["max_ongoing_requests"] = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def scaling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    require(MOBILENET_DIR)
+    server = ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _running_replicas(url: str) -> int:
+    status = httpx.get(f"{url}/v1/status", timeout=10).json()
+    return status["applications"]["imgserve"]["deployments"][STAGE]["replicas"].get("RUNNING", 0)
+
+
+def test_decode_stage_scales_up_under_load_and_back_down(scaling_server: ServerProcess, tmp_path: Path) -> None:
+    url = scaling_server.http_url
+    photos = [p.read_bytes() for p in sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:64]]
+    timeline: list[tuple[float, int, str]] = []
+    start = time.monotonic()
+
+    def observe(phase: str) -> int:
+        replicas = _running_replicas(url)
+        timeline.append((round(time.monotonic() - start, 1), replicas, phase))
+        return replicas
+
+    assert observe("idle") == 1
+
+    async def load(seconds: float) -> int:
+        stop = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+            async def worker(offset: int) -> int:
+                sent, i = 0, offset
+                while time.monotonic() < stop:
+                    await client.post("/v1/classify", content=photos[i % len(photos)], params={"top_k": 1})
+                    sent, i = sent + 1, i + 8
+                return sent
+
+            async def watch() -> None:
+                while time.monotonic() < stop:
+                    await asyncio.to_thread(observe, "load")
+                    await asyncio.sleep(1.0)
+
+            counts, _ = await asyncio.gather(asyncio.gather(*(worker(k) for k in range(8))), watch())
+            return sum(counts)
+
+    sent = asyncio.run(load(40.0))
+    peak = max(r for _, r, phase in timeline if phase == "load")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and observe("cooldown") > 1:
+        time.sleep(2.0)
+    (tmp_path / "timeline.txt").write_text("\n".join(f"{t}s {r} {p}" for t, r, p in timeline))
+    print("replicas of", STAGE, "over time (s, running, phase):", timeline, "requests:", sent)
+    assert sent > 0
+    assert peak == 2, f"{STAGE} never scaled up under load: {timeline}"
+    assert timeline[-1][1] == 1, f"{STAGE} did not scale back down after the load: {timeline}"
