@@ -34,6 +34,11 @@ class AppArgs(BaseModel):
     default_model: str = Field(default="mobilenet_v2_imagenet", description="Model used when a request names none.")
     decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
+    decode_location: Literal["stage", "model"] = Field(
+        default="stage",
+        description="'stage': the Decoder deployment decodes (scales on its own, the cluster default); 'model': "
+        "classification requests are decoded inside the model replica, one hop fewer (small machines).",
+    )
     ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
     metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
     batch_jobs: bool = Field(default=True, description="Deploy the BatchWorker behind /v1/batch and /v1/jobs.")
@@ -63,9 +68,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         # Room for one batch executing and a full one queued behind it, so batches can fill.
         ongoing = 2 * entry.config.batching.max_batch_size
         models[name] = ModelDeployment.options(name=model_deployment_name(name), max_ongoing_requests=ongoing).bind(
-            name, backend_options
+            name, backend_options, options.decoder, options.reduced_decode
         )
     decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
     metadata = MetadataDeployment.bind() if options.metadata else None
     batch = BatchWorkerDeployment.bind(decoder, models, default.name, metadata) if options.batch_jobs else None
-    return IngressDeployment.bind(decoder, models, default.name, metadata, batch)
+    decode_in_model = options.decode_location == "model"
+    return IngressDeployment.bind(decoder, models, default.name, metadata, batch, decode_in_model)

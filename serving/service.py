@@ -58,6 +58,7 @@ class DecoderHandle(Protocol):
 
 class ModelHandle(Protocol):
     infer: _Method
+    infer_encoded: _Method
     metadata: _Method
 
 
@@ -105,11 +106,13 @@ class InferenceService:
         default_model: str,
         max_images_per_request: int = 256,
         metadata: MetadataHandle | None = None,
+        decode_in_model: bool = False,
     ):
         self.repository = repository
         self.decoder = decoder
         self.models = models
         self.metadata = metadata
+        self.decode_in_model = decode_in_model
         self.default_model = default_model
         self.max_images_per_request = max_images_per_request
         self._backend_info: dict[str, dict[str, Any]] = {}
@@ -169,9 +172,12 @@ class InferenceService:
 
     async def _classify_one(self, data: bytes, entry: ModelEntry, k: int) -> Classification:
         start = time.perf_counter()
-        decoded_ref = self.decoder.decode.remote(data, entry.name)
-        # The decode result goes straight from the decode replica to the model replica, not through here.
-        result = await await_stage(self.models[entry.name].infer.remote(decoded_ref))
+        model = self.models[entry.name]
+        if self.decode_in_model:
+            result = await await_stage(model.infer_encoded.remote(data))
+        else:
+            # The decode result goes straight from the decode replica to the model replica, not through here.
+            result = await await_stage(model.infer.remote(self.decoder.decode.remote(data, entry.name)))
         spec = entry.config.outputs[0]
         predictions = top_k(scores_from_output(result.outputs[spec.name], spec), entry.labels, k)
         stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}

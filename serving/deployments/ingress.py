@@ -30,11 +30,18 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         default_model: str,
         metadata: DeploymentHandle | None = None,
         batch_worker: DeploymentHandle | None = None,
+        decode_in_model: bool = False,
     ):
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)
         self.service = InferenceService(
-            repository, decoder, models, default_model, settings.max_images_per_request, metadata=metadata
+            repository,
+            decoder,
+            models,
+            default_model,
+            settings.max_images_per_request,
+            metadata=metadata,
+            decode_in_model=decode_in_model,
         )
         set_service(self.service, settings)
         # Batch jobs (/v1/batch, /v1/jobs) when the application has a BatchWorker.

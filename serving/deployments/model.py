@@ -6,6 +6,7 @@ queueing requests, and therefore forming the next batch, while one executes.
 """
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from pipelines.decode import DecodedImage
+from pipelines.decode import DecodedImage, DecoderName, decode_for_model
 from serving.backends import load_backend
 from serving.config.model_config import BatchingConfig
 from serving.config.settings import ServerSettings
@@ -40,7 +41,13 @@ def split_batch(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np
 
 
 class ModelServer:
-    def __init__(self, model_name: str, backend_options: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        backend_options: dict[str, dict[str, Any]] | None = None,
+        decoder: DecoderName = "pillow",
+        reduced_decode: bool = True,
+    ):
         settings = ServerSettings.from_env()
         self.entry = ModelRepository.scan(settings, check_backends=False).get(model_name)
         if not self.entry.available:
@@ -52,6 +59,11 @@ class ModelServer:
         self.input_dtype = np.dtype(OIP_TO_NUMPY[self.entry.config.input.dtype])
         self.batching = self.entry.config.batching
         self._apply_batching(self.batching)
+        # For `infer_encoded` (decode_location: model): decode here, saving a hop on small machines.
+        self.spec = self.entry.config.preprocess_spec()
+        self.limits = settings.decode_limits()
+        self.decoder: DecoderName = decoder
+        self.reduced_decode = reduced_decode
 
     def _apply_batching(self, batching: BatchingConfig) -> None:
         self.batching = batching
@@ -99,6 +111,17 @@ class ModelServer:
         if isinstance(item, DecodedImage):
             stage_ms["decode"] = item.decode_ms
         return ModelResult(outputs, stage_ms)
+
+    def _decode(self, data: bytes) -> DecodedImage:
+        start = time.perf_counter()
+        decoded = decode_for_model(data, self.spec, self.limits, self.decoder, self.reduced_decode)
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("decode", self.entry.name).observe(elapsed)
+        return dataclasses.replace(decoded, decode_ms=elapsed * 1000.0)
+
+    async def infer_encoded(self, data: bytes) -> ModelResult:
+        """Decode here (in a worker thread, overlapping the running batch), then join the dynamic batch."""
+        return await self.infer(await asyncio.to_thread(self._decode, data))
 
     def metadata(self) -> dict[str, Any]:
         """The chosen backend and batching, for model metadata."""
