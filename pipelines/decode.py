@@ -13,6 +13,7 @@ DALI (batched, CPU or GPU) lives in `pipelines.dali_decode`.
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,14 +119,23 @@ def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in _ORIENTATION_SWAPS_AXES else (width, height)
 
 
-def reduced_scale(image: Image.Image, orientation: int, spec: PreprocessSpec) -> int:
-    """Largest JPEG DCT scale (1, 2, 4, 8) that still leaves at least the resized size in each axis."""
+def reduced_scale(
+    image: Image.Image, orientation: int, specs: PreprocessSpec | Sequence[PreprocessSpec], min_long_side: int = 0
+) -> int:
+    """Largest JPEG DCT scale (1, 2, 4, 8) that still leaves every spec its resized size in each axis, and the
+    longer side at least `min_long_side` (or the original's, if smaller)."""
     if image.format not in ("JPEG", "MPO"):
         return 1
     up_w, up_h = upright_size(image, orientation)
-    need_w, need_h = spec.minimum_decode_size(up_w, up_h)
+    needs = [s.minimum_decode_size(up_w, up_h) for s in ([specs] if isinstance(specs, PreprocessSpec) else specs)]
+    long_need = min(min_long_side, max(up_w, up_h))
+
+    def fits(scale: int) -> bool:
+        w, h = up_w // scale, up_h // scale
+        return max(w, h) >= long_need and all(w >= nw and h >= nh for nw, nh in needs)
+
     scale = 1
-    while scale < 8 and up_w // (scale * 2) >= need_w and up_h // (scale * 2) >= need_h:
+    while scale < 8 and fits(scale * 2):
         scale *= 2
     return scale
 
@@ -173,16 +183,18 @@ class DecodedRGB:
 
 def decode_rgb(
     data: bytes,
-    spec: PreprocessSpec,
+    spec: PreprocessSpec | Sequence[PreprocessSpec],
     limits: DecodeLimits,
     decoder: DecoderName = "pillow",
     reduced: bool = True,
+    min_long_side: int = 0,
 ) -> DecodedRGB:
-    """Validate and decode to an upright RGB image, at reduced JPEG scale when `spec` allows."""
+    """Validate and decode to an upright RGB image, at reduced JPEG scale when every spec (and
+    `min_long_side`) allows."""
     header = open_validated(data, limits)
     orientation = exif_orientation(header)
     width, height = upright_size(header, orientation)  # before draft() shrinks header.size in place
-    scale = reduced_scale(header, orientation, spec) if reduced else 1
+    scale = reduced_scale(header, orientation, spec, min_long_side) if reduced else 1
     fmt = header.format or ""
     if decoder == "opencv" and fmt in ("JPEG", "MPO"):
         rgb = _load_rgb_opencv(data, scale)

@@ -1,0 +1,109 @@
+"""Sharpness and blur direction on the gray working image (float32, values in [0, 1]).
+
+The main measure is a directional, tile-pooled version of the re-blur "blur effect" of Crete-Roffet et
+al. (2007): blur the image again along a direction with a short line kernel and measure how much of the
+pixel-to-pixel variation along that direction disappears. A sharp image loses most of it (value near 1),
+an already blurred one loses little (near 0). Being a ratio, it does not depend on how much texture or
+contrast the scene has, unlike the variance of the Laplacian.
+
+Pooling: the image is cut into tiles; only tiles with enough variation take part, and the sharpness is
+that of the sharpest `TOP_FRACTION` of them. A portrait with a sharp face and a defocused background is
+sharp; a photo where nothing is in focus is blurry.
+
+Direction: the blur 1 - s(theta), measured along 0, 45, 90 and 135 degrees over all textured tiles, is
+fitted with a + b*cos(2(theta - phi)). Defocus blurs every direction alike (b ~ 0); motion blur removes
+detail along the motion only, so b/a (the anisotropy) is large and phi is the direction of motion.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+TILE = 32  # px of the working image
+REBLUR_LENGTH = 9  # px; longer than the blur a sharp working image has, shorter than a blurry one's
+MIN_TILE_VARIATION = 0.006  # mean |difference| per px in a tile (gray in [0, 1]) for it to count as textured
+TOP_FRACTION = 0.2  # share of textured tiles, sharpest first, that the sharpness is averaged over
+_DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx) for 0, 45, 90, 135 degrees
+
+
+@dataclass(frozen=True)
+class SharpnessMeasures:
+    """Sharpness measures of one gray working image; see `QualityMetrics` for units."""
+
+    laplacian_var: float
+    tenengrad: float
+    sharpness: float
+    sharpness_min_direction: float
+    blur_anisotropy: float
+    blur_direction_deg: float
+    textured_fraction: float
+
+
+def _line_kernel(dy: int, dx: int, length: int) -> np.ndarray:
+    kernel = np.zeros((length, length), np.float32)
+    c = length // 2
+    for t in range(-c, c + 1):
+        kernel[c + t * dy, c + t * dx] = 1.0
+    return kernel / kernel.sum()
+
+
+def _abs_step(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """|a(y+dy, x+dx) - a(y, x)| with zeros where the neighbour falls outside."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    y0, y1 = max(0, -dy), h - max(0, dy)
+    x0, x1 = max(0, -dx), w - max(0, dx)
+    out[y0:y1, x0:x1] = np.abs(a[y0 + dy : y1 + dy, x0 + dx : x1 + dx] - a[y0:y1, x0:x1])
+    return out
+
+
+def _tile_sums(m: np.ndarray, tile: int) -> np.ndarray:
+    th, tw = max(1, m.shape[0] // tile), max(1, m.shape[1] // tile)
+    ty, tx = min(tile, m.shape[0]), min(tile, m.shape[1])
+    return m[: th * ty, : tw * tx].reshape(th, ty, tw, tx).sum(axis=(1, 3))
+
+
+def directional_sharpness(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sharpness along 0/45/90/135 degrees: (sharpest tiles, all textured tiles, fraction of textured tiles)."""
+    kept, lost = [], []
+    for dy, dx in _DIRECTIONS:
+        reblurred = cv2.filter2D(gray, -1, _line_kernel(dy, dx, REBLUR_LENGTH), borderType=cv2.BORDER_REFLECT)
+        step = _abs_step(gray, dy, dx)
+        lost.append(_tile_sums(np.maximum(0.0, step - _abs_step(reblurred, dy, dx)), TILE))
+        kept.append(_tile_sums(step, TILE))
+    variation = np.stack(kept)  # 4 x tiles_y x tiles_x
+    removed = np.stack(lost)
+    tile_px = min(TILE, gray.shape[0]) * min(TILE, gray.shape[1])
+    textured = variation.mean(axis=0) / tile_px > MIN_TILE_VARIATION
+    textured_fraction = float(textured.mean())
+    if not textured.any():  # nothing to judge: pool over the whole image
+        whole = removed.sum(axis=(1, 2)) / np.maximum(variation.sum(axis=(1, 2)), 1e-9)
+        return whole, whole, textured_fraction
+    per_tile = removed[:, textured] / np.maximum(variation[:, textured], 1e-9)  # 4 x n
+    order = np.argsort(per_tile.mean(axis=0))[::-1]
+    top = order[: max(1, int(np.ceil(TOP_FRACTION * order.size)))]
+    return per_tile[:, top].mean(axis=1), per_tile.mean(axis=1), textured_fraction
+
+
+def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
+    """All sharpness measures of a float32 gray working image in [0, 1]."""
+    laplacian = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    s, s_all, textured_fraction = directional_sharpness(gray)
+    # Direction is judged on the blur (1 - sharpness) over all textured tiles: camera motion blurs the
+    # whole frame alike, and relative to the blur amount a strong defocus stays isotropic.
+    blur = 1.0 - s_all
+    cos_part, sin_part = (blur[0] - blur[2]) / 2.0, (blur[1] - blur[3]) / 2.0
+    amplitude = float(np.hypot(cos_part, sin_part))
+    direction = (np.degrees(np.arctan2(sin_part, cos_part)) / 2.0) % 180.0  # where the blur peaks
+    return SharpnessMeasures(
+        laplacian_var=float(laplacian.var()),
+        tenengrad=float(np.mean(gx * gx + gy * gy)),
+        sharpness=float(s.mean()),
+        sharpness_min_direction=float(s.min()),
+        blur_anisotropy=amplitude / max(float(blur.mean()), 1e-9),
+        blur_direction_deg=float(direction),
+        textured_fraction=textured_fraction,
+    )

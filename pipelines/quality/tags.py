@@ -1,0 +1,110 @@
+"""Quality tags from classical metrics, optionally combined with a learned model's per-tag probabilities.
+
+Rules come from the thresholds config (`thresholds.yaml`); the vocabulary and rules are documented in
+docs/QUALITY.md. Combination with a model, per tag, when `model_probs` has that tag:
+
+- classical evidence fires and the model gives p >= ``model.confirm``  -> tag (the model can veto);
+- the model alone gives p >= ``model.alone``                           -> tag (the model can add);
+- otherwise no tag. Tags the model does not cover stay purely classical.
+
+Confidence is a logistic function of how far the deciding metric is past its threshold (0.5 at the
+threshold, 0.73 one `scale` beyond it); with a model it is the larger of that and p.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from pipelines.quality.metrics import QualityMetrics
+from pipelines.quality.thresholds import Condition, TagRule, Thresholds, default_thresholds
+
+Evidence = dict[str, float | int | None]
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One quality tag on one image, with the evidence that produced it."""
+
+    name: str
+    confidence: float  # 0.5 .. 1
+    source: str  # "classical", "model" or "classical+model"
+    rule: str  # the rule in words, e.g. "noise_sigma > 3.5 or impulse_fraction > 0.004"
+    evidence: Evidence = field(default_factory=dict)  # metric values (and model_probability) behind the tag
+
+
+def condition_margin(condition: Condition, value: float) -> float:
+    """Signed distance past the threshold in units of `scale` (> 0 when the condition holds)."""
+    distance = value - condition.threshold if condition.op == ">" else condition.threshold - value
+    return distance / condition.scale
+
+
+def _confidence(margin: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, margin))))
+
+
+def evaluate_rule(rule: TagRule, values: dict[str, float | int | None]) -> tuple[bool, float]:
+    """(fires, confidence) of a rule's conditions alone, ignoring requires/excludes."""
+    margins = []
+    for condition in rule.conditions:
+        value = values.get(condition.metric)
+        margins.append(-math.inf if value is None else condition_margin(condition, float(value)))
+    holding = [m for m in margins if m > 0]
+    if rule.match == "all":
+        fires = len(holding) == len(margins)
+        return fires, _confidence(min(margins)) if fires else 0.0
+    return bool(holding), _confidence(max(holding)) if holding else 0.0
+
+
+def describe_rule(rule: TagRule) -> str:
+    """Human-readable form of a rule's conditions."""
+    joiner = " and " if rule.match == "all" else " or "
+    text = joiner.join(f"{c.metric} {c.op} {c.threshold:g}" for c in rule.conditions)
+    text += "".join(f" or {t}" for t in rule.implied_by)
+    extra = [f"with {r}" for r in rule.requires] + [f"not {e}" for e in rule.excludes]
+    return text if not extra else f"{text} ({', '.join(extra)})"
+
+
+def assign_tags(
+    metrics: QualityMetrics,
+    thresholds: Thresholds | None = None,
+    model_probs: dict[str, float] | None = None,
+) -> list[Tag]:
+    """Tags for one image, in the config's order. See the module docstring for the combination rules."""
+    return tags_from_values(metrics.as_dict(), thresholds, model_probs)
+
+
+def tags_from_values(
+    values: Evidence,
+    thresholds: Thresholds | None = None,
+    model_probs: dict[str, float] | None = None,
+) -> list[Tag]:
+    """`assign_tags` on a plain dict of metric values (e.g. metrics stored as JSON)."""
+    thresholds = thresholds or default_thresholds()
+    probs = model_probs or {}
+    combine = thresholds.model
+    fired: dict[str, Tag] = {}
+    for name in thresholds.decision_order():  # a tag after those it requires or excludes
+        rule = thresholds.tags[name]
+        classical, confidence = evaluate_rule(rule, values)
+        implied = [fired[t] for t in rule.implied_by if t in fired]
+        if implied and not classical:
+            classical, confidence = True, max(t.confidence for t in implied)
+        p = probs.get(name)
+        source = "classical"
+        if p is not None:
+            if classical and p >= combine.confirm:
+                confidence, source = max(confidence, p), "classical+model"
+            elif p >= combine.alone:
+                classical, confidence, source = True, p, "model"
+            else:
+                classical = False
+        if not classical:
+            continue
+        if any(r not in fired for r in rule.requires) or any(e in fired for e in rule.excludes):
+            continue
+        evidence: Evidence = {c.metric: values.get(c.metric) for c in rule.conditions}
+        for tag in implied:  # the implying tag's metrics, not its model probability
+            evidence.update({k: v for k, v in tag.evidence.items() if k != "model_probability"})
+        if p is not None:
+            evidence["model_probability"] = p
+        fired[name] = Tag(name, round(confidence, 4), source, describe_rule(rule), evidence)
+    return [fired[name] for name in thresholds.tags if name in fired]

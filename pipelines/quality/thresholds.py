@@ -1,0 +1,142 @@
+"""The versioned thresholds config (`thresholds.yaml`): tag rules, score penalties, level cut-offs.
+
+Every number that decides a tag or a score lives in the YAML, not in code, so that it can be
+calibrated on a user's own labelled photos (`pipelines.quality.calibrate`) and versioned: a report
+carries the `version` of the thresholds that produced it.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.quality.metrics import METRIC_NAMES
+
+DEFAULT_THRESHOLDS_PATH = Path(__file__).with_name("thresholds.yaml")
+LEVELS = ("LOW", "MEDIUM", "HIGH", "ULTRA")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Condition(_Frozen):
+    """One metric compared with a threshold."""
+
+    metric: str = Field(description="a `QualityMetrics` field name")
+    op: Literal["<", ">"] = Field(description="the condition holds when `metric op threshold`")
+    threshold: float = Field(description="decision value, in the metric's units")
+    scale: float = Field(gt=0, description="metric distance from the threshold that gives confidence 0.73")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {value!r}")
+        return value
+
+
+class TagRule(_Frozen):
+    """When a tag fires from classical metrics. The first condition is the one calibration tunes."""
+
+    description: str = Field(description="what the tag means, for the docs and API")
+    kind: Literal["defect", "positive", "info"] = Field(description="defects lower the score; positives praise")
+    match: Literal["any", "all"] = Field("any", description="combine conditions with OR (any) or AND (all)")
+    conditions: tuple[Condition, ...] = Field(min_length=1)
+    requires: tuple[str, ...] = Field((), description="tags that must also fire")
+    excludes: tuple[str, ...] = Field((), description="tags that suppress this one")
+    implied_by: tuple[str, ...] = Field((), description="tags that make this one fire too (motion_blur -> blurry)")
+
+    def references(self) -> set[str]:
+        """Tags this rule depends on."""
+        return set(self.requires) | set(self.excludes) | set(self.implied_by)
+
+
+class ModelCombination(_Frozen):
+    """How learned per-tag probabilities combine with classical evidence (used when probabilities are given)."""
+
+    confirm: float = Field(0.3, ge=0, le=1, description="classical tag is kept only if the model gives >= this")
+    alone: float = Field(0.85, ge=0, le=1, description="model probability that fires a tag without classical evidence")
+    score_weight: float = Field(0.5, ge=0, le=1, description="weight of the model's 0-100 score in the final score")
+
+
+class Penalty(_Frozen):
+    """Score penalty: severity ramps linearly from 0 at `best` to 1 at `worst` of `metric`."""
+
+    metric: str
+    best: float
+    worst: float
+    weight: float = Field(ge=0, le=1, description="share of the score lost at full severity")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {value!r}")
+        return value
+
+
+class ScoreConfig(_Frozen):
+    """Penalties per defect and the score cut-offs of the levels."""
+
+    penalties: dict[str, Penalty]
+    levels: dict[Literal["MEDIUM", "HIGH", "ULTRA"], float] = Field(description="lowest score of each level")
+
+    @model_validator(mode="after")
+    def _ordered_levels(self) -> "ScoreConfig":
+        if not 0 <= self.levels["MEDIUM"] <= self.levels["HIGH"] <= self.levels["ULTRA"] <= 100:
+            raise ValueError("levels must satisfy 0 <= MEDIUM <= HIGH <= ULTRA <= 100")
+        return self
+
+
+class Thresholds(_Frozen):
+    """The whole config file."""
+
+    version: int = Field(ge=1, description="bumped by every edit or calibration")
+    description: str = ""
+    working_max_side: int = Field(512, ge=64, description="longer side of the working image the metrics assume")
+    tags: dict[str, TagRule]
+    model: ModelCombination = ModelCombination()
+    score: ScoreConfig
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Thresholds":
+        for name, rule in self.tags.items():
+            unknown = rule.references() - set(self.tags)
+            if unknown:
+                raise ValueError(f"tag {name!r} refers to unknown tags {sorted(unknown)}")
+        self.decision_order()  # raises on a cycle
+        return self
+
+    def decision_order(self) -> tuple[str, ...]:
+        """Tag names ordered so that every tag comes after the tags it refers to."""
+        order: list[str] = []
+        pending = list(self.tags)
+        while pending:
+            ready = [n for n in pending if self.tags[n].references() <= set(order)]
+            if not ready:
+                raise ValueError(f"tags {pending} refer to each other in a cycle")
+            order += ready
+            pending = [n for n in pending if n not in ready]
+        return tuple(order)
+
+
+def load_thresholds(path: str | Path | None = None) -> Thresholds:
+    """Read and validate a thresholds YAML (the packaged default when `path` is None)."""
+    if path is None:
+        return default_thresholds()
+    return Thresholds.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+@lru_cache(maxsize=1)
+def default_thresholds() -> Thresholds:
+    """The packaged `thresholds.yaml`, parsed once."""
+    return Thresholds.model_validate(yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text()))
+
+
+def dump_thresholds(thresholds: Thresholds, path: str | Path) -> None:
+    """Write `thresholds` as YAML (fields in declaration order)."""
+    data = thresholds.model_dump(mode="json")
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, width=120))

@@ -1,0 +1,174 @@
+"""Quality tags: real blur photos, synthetic special cases, config validation, model combination, calibration."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from pydantic import ValidationError
+
+from pipelines.quality import analyze_quality
+from pipelines.quality.calibrate import calibrate, main
+from pipelines.quality.distortions import apply_distortion
+from pipelines.quality.metrics import compute_metrics
+from pipelines.quality.photo_files import load_photo
+from pipelines.quality.tags import assign_tags
+from pipelines.quality.thresholds import DEFAULT_THRESHOLDS_PATH, Thresholds, default_thresholds, load_thresholds
+from pipelines.quality.working_image import working_image
+from tests.paths import DATA
+
+pytestmark = pytest.mark.unit
+
+BLUR = DATA / "blur-samples"
+BLUR_PHOTOS = sorted(BLUR.glob("*.*")) if BLUR.is_dir() else []
+
+
+def _texture(size: tuple[int, int] = (384, 512), seed: int = 0) -> np.ndarray:
+    """A 'dead leaves'-like RGB texture: random discs at all scales, like natural image statistics."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = np.full((h, w, 3), 128, np.uint8)
+    for _ in range(1500):
+        r = int(max(2, min(h, w) / 4 * rng.random() ** 3))
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        colour = tuple(int(c) for c in rng.integers(20, 236, 3))
+        cv2.circle(img, centre, r, colour, -1, lineType=cv2.LINE_AA)
+    return img
+
+
+def _tags(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> set[str]:
+    return {t.name for t in analyze_quality(rgb, original_size).tags}
+
+
+@pytest.mark.skipif(not BLUR_PHOTOS, reason=f"real photos not found at {BLUR} (../shared/data is not in the repo)")
+@pytest.mark.parametrize("path", BLUR_PHOTOS, ids=lambda p: p.stem)
+def test_blur_samples_sharp_is_not_blurry_defocus_and_motion_are(path: Path) -> None:
+    photo = load_photo(path, draft_side=512)  # DCT-domain 1/2 decode of the 3-12 MP originals: fast
+    report = analyze_quality(photo.working, photo.original_size)
+    tags = {t.name for t in report.tags}
+    variant = path.stem.rsplit("_", 1)[1]
+    if variant == "S":
+        assert "blurry" not in tags and "motion_blur" not in tags, tags
+    else:
+        assert "blurry" in tags, tags
+        assert ("motion_blur" in tags) == (variant == "M"), tags  # defocus has no direction, shake has
+        blurry = next(t for t in report.tags if t.name == "blurry")
+        assert blurry.evidence["sharpness_min_direction"] == report.metrics.sharpness_min_direction
+
+
+def test_grayscale_photo() -> None:
+    gray = cv2.cvtColor(_texture(), cv2.COLOR_RGB2GRAY)
+    tags = _tags(np.repeat(gray[:, :, None], 3, axis=2), (4000, 3000))
+    assert "grayscale" in tags
+    assert "undersaturated" not in tags and "color_cast" not in tags
+    assert "grayscale" not in _tags(_texture(), (4000, 3000))
+
+
+def test_odd_aspect_ratio_and_low_resolution_use_the_original_size() -> None:
+    strip = _texture((120, 512))
+    assert "odd_aspect_ratio" in _tags(strip, (4096, 960))
+    assert "odd_aspect_ratio" not in _tags(_texture(), (4000, 3000))
+    small = cv2.resize(_texture(), (200, 150), interpolation=cv2.INTER_AREA)
+    tags = _tags(small)
+    assert "low_resolution" in tags
+    assert "low_resolution" not in _tags(_texture(), (4000, 3000))
+
+
+def test_low_information() -> None:
+    blank = np.full((300, 400, 3), 200, np.uint8)
+    tags = _tags(blank, (4000, 3000))
+    assert "low_information" in tags
+    assert "blurry" not in tags and "low_contrast" not in tags  # nothing to judge
+    two_tone = np.zeros((300, 400, 3), np.uint8)
+    two_tone[:, 200:] = 255
+    assert "low_information" in _tags(two_tone, (4000, 3000))
+    assert "low_information" not in _tags(_texture(), (4000, 3000))
+
+
+def test_tags_carry_evidence_and_confidence() -> None:
+    dark = (_texture().astype(np.float32) * 0.15).astype(np.uint8)
+    tag = next(t for t in analyze_quality(dark, (4000, 3000)).tags if t.name == "low_light")
+    assert tag.evidence["brightness_mean"] < 0.1
+    assert 0.5 < tag.confidence <= 1.0
+    assert tag.source == "classical" and "brightness_mean <" in tag.rule
+
+
+def test_model_probabilities_confirm_veto_and_add() -> None:
+    rgb = cv2.GaussianBlur(_texture(), (0, 0), 4)
+    metrics = compute_metrics(working_image(rgb), (4000, 3000))
+    alone = {t.name: t for t in assign_tags(metrics)}
+    assert "blurry" in alone and "noisy" not in alone
+    vetoed = {t.name for t in assign_tags(metrics, model_probs={"blurry": 0.1})}
+    assert "blurry" not in vetoed
+    both = {t.name: t for t in assign_tags(metrics, model_probs={"blurry": 0.95, "noisy": 0.9})}
+    assert both["blurry"].source == "classical+model" and both["blurry"].confidence >= 0.95
+    assert both["noisy"].source == "model" and both["noisy"].evidence["model_probability"] == 0.9
+    assert "noisy" not in {t.name for t in assign_tags(metrics, model_probs={"noisy": 0.5})}
+
+
+def test_default_thresholds_are_versioned_and_validated() -> None:
+    thresholds = default_thresholds()
+    assert thresholds.version >= 1
+    vocabulary = {
+        "blurry", "motion_blur", "noisy", "low_light", "overexposed", "low_contrast", "color_cast", "undersaturated",
+        "oversaturated", "compression_artifacts", "low_resolution", "odd_aspect_ratio", "grayscale",
+        "low_information", "sharp", "well_exposed",
+    }  # fmt: skip
+    assert vocabulary <= set(thresholds.tags)
+    raw = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    raw["tags"]["blurry"]["conditions"][0]["metric"] = "sharpnes"
+    with pytest.raises(ValidationError, match="unknown metric"):
+        Thresholds.model_validate(raw)
+    raw = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    raw["tags"]["blurry"]["requires"] = ["sharp"]  # sharp excludes blurry: neither can be decided first
+    with pytest.raises(ValidationError, match="cycle"):
+        Thresholds.model_validate(raw)
+    raw["tags"]["blurry"]["requires"] = ["crisp"]
+    with pytest.raises(ValidationError, match="unknown tags"):
+        Thresholds.model_validate(raw)
+
+
+def _write(folder: Path, name: str, rgb: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(folder / f"{name}.png")
+
+
+def test_calibration_separates_a_labelled_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        clean = _texture(seed=i + 10)
+        _write(tmp_path / "good", f"g{i}", clean)
+        _write(tmp_path / "blurry", f"b{i}", apply_distortion(clean, "gaussian_blur", 2 + i % 2, rng))
+        _write(tmp_path / "low_light", f"d{i}", apply_distortion(clean, "darken", 2, rng))
+    # a deliberately bad starting point: nothing is ever blurry, everything is dark
+    base = default_thresholds()
+    bad = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    bad["tags"]["blurry"]["conditions"][0]["threshold"] = 0.05
+    bad["tags"]["low_light"]["conditions"][0]["threshold"] = 0.95
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    new, report = calibrate(tmp_path, load_thresholds(tmp_path / "bad.yaml"))
+    assert new.version == base.version + 1
+    by_tag = {r.tag: r for r in report}
+    assert by_tag["blurry"].new_f1 == 1.0 and by_tag["low_light"].new_f1 == 1.0
+    for folder, tag in (("blurry", "blurry"), ("low_light", "low_light"), ("good", None)):
+        for path in sorted((tmp_path / folder).iterdir()):
+            photo = load_photo(path)
+            tags = {t.name for t in assign_tags(compute_metrics(photo.working, photo.original_size), new)}
+            assert (tag in tags) if tag else not tags & {"blurry", "low_light"}, (path.name, tags)
+
+
+def test_calibrate_command_writes_bumped_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        clean = _texture(seed=i)
+        _write(tmp_path / "data" / "good", f"g{i}", clean)
+        _write(
+            tmp_path / "data" / "noisy", f"n{i}", apply_distortion(clean, "white_noise", 4, np.random.default_rng(i))
+        )
+    out = tmp_path / "thresholds.yaml"
+    assert main([str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert load_thresholds(out).version == default_thresholds().version + 1
+    assert "noisy" in capsys.readouterr().out
+    (tmp_path / "data" / "not_a_tag").mkdir()
+    assert main([str(tmp_path / "data"), "--out", str(out)]) == 2
