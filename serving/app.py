@@ -17,6 +17,7 @@ from serving.deployments.decoder import DecoderDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.metadata import MetadataDeployment
 from serving.deployments.model import ModelDeployment
+from serving.deployments.quality import QualityDeployment
 from serving.jobs.worker import BatchWorkerDeployment
 from serving.repository import ModelRepository
 
@@ -41,6 +42,7 @@ class AppArgs(BaseModel):
     )
     ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
     metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
+    quality: bool = Field(default=True, description="Deploy the quality stage (classical metrics, score, tags).")
     batch_jobs: bool = Field(default=True, description="Deploy the BatchWorker behind /v1/batch and /v1/jobs.")
 
 
@@ -72,6 +74,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         )
     decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
     metadata = MetadataDeployment.bind() if options.metadata else None
-    batch = BatchWorkerDeployment.bind(decoder, models, default.name, metadata) if options.batch_jobs else None
+    quality = QualityDeployment.bind() if options.quality else None
+    batch = BatchWorkerDeployment.bind(decoder, models, default.name, metadata, quality) if options.batch_jobs else None
     decode_in_model = options.decode_location == "model"
-    return IngressDeployment.bind(decoder, models, default.name, metadata, batch, decode_in_model)
+    return IngressDeployment.bind(decoder, models, default.name, metadata, batch, decode_in_model, quality)

@@ -2,10 +2,8 @@
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,52 +60,17 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table_row(image: str, classification: "Classification | None", note: str = "") -> str:
-    """IMAGE, TOP LABEL, SCORE, then the top-k as `label (score)` cut to the terminal width."""
-    name = _short(Path(image).name, 32)
-    if classification is None or not classification.predictions:
-        return f"{name:32}  {'-':28}  {'-':>6}  {note}".rstrip()
-    top = classification.predictions[0]
-    pairs = ", ".join(f"{p.label.split(',')[0]} ({p.score:.3f})" for p in classification.predictions)
-    room = max(20, shutil.get_terminal_size((160, 24)).columns - 72)
-    return f"{name:32}  {_short(top.label, 28):28}  {top.score:6.3f}  {_short(pairs, room)}{note}"
-
-
-def _print_results(images: list[str], results: list[Any], as_json: bool) -> None:
-    from serving.client import Analysis
-
-    if as_json:
-        rows = []
-        for image, result in zip(images, results, strict=True):
-            if isinstance(result, Analysis):
-                classification = asdict(result.classification) if result.classification else None
-                rows.append({"image": image, "classification": classification, **result.extra})
-            else:
-                rows.append({"image": image, **asdict(result)})
-        print(json.dumps(rows, indent=2))
-        return
-    print(f"{'IMAGE':32}  {'TOP LABEL':28}  {'SCORE':>6}  TOP-K")
-    for image, result in zip(images, results, strict=True):
-        if isinstance(result, Analysis):
-            note = f"  [{', '.join(result.extra)}]" if result.extra else ""
-            print(_table_row(image, result.classification, note))
-        else:
-            print(_table_row(image, result))
-
-
 def _cmd_remote(args: argparse.Namespace) -> int:
     """`classify` and `analyze`: send the images to a running server, print a table or JSON."""
+    from serving.cli_output import expand_images, print_results, result_record, write_results
     from serving.client import Client, ImgServeError
 
     fields = [f.strip() for value in getattr(args, "fields", None) or () for f in value.split(",") if f.strip()] or None
+    images = expand_images(args.images)
     try:
         with Client(args.url, timeout=args.timeout) as client:
             results: list[Classification | Analysis] = []
-            for chunk in _chunks(args.images, IMAGES_PER_REQUEST):
+            for chunk in _chunks(images, IMAGES_PER_REQUEST):
                 if args.command == "classify":
                     results.extend(client.classify(chunk, args.model, args.top_k))
                 else:
@@ -118,13 +81,18 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     except (ImgServeError, OSError) as exc:
         print(f"imgserve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    _print_results(args.images, results, args.json)
+    records = [result_record(image, result) for image, result in zip(images, results, strict=True)]
+    if args.out:
+        write_results(Path(args.out), records)
+        print(f"wrote {len(records)} results to {args.out}")
+    else:
+        print_results(records, args.json)
     return 0
 
 
 def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     command = sub.add_parser(name, help=help_text)
-    command.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    command.add_argument("images", nargs="+", metavar="IMG", help="image files or folders (walked for images)")
     command.add_argument(
         "--url", default=DEFAULT_URL, help=f"server: http(s)://host:port or grpc://host:port (default {DEFAULT_URL})"
     )
@@ -132,8 +100,15 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
     command.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     command.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
     command.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    command.add_argument("--out", default=None, help="write results to FILE.csv (flat) or FILE.jsonl (full records)")
     command.set_defaults(func=_cmd_remote)
     return command
+
+
+def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
+    from pipelines.quality.calibrate import main as calibrate
+
+    return calibrate([args.folder, "--out", args.out, *(["--base", args.base] if args.base else [])])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.client.batch_cli import add_batch_command
 
     add_batch_command(sub, DEFAULT_URL)
+
+    quality = sub.add_parser("quality", help="quality thresholds")
+    quality_sub = quality.add_subparsers(dest="quality_command", required=True)
+    calibrate = quality_sub.add_parser(
+        "calibrate", help="fit tag thresholds on your labelled folder (good/ and one sub-folder per tag)"
+    )
+    calibrate.add_argument("folder", help="folder with good/ and one sub-folder per tag")
+    calibrate.add_argument("--out", required=True, help="thresholds YAML to write (use: IMGSERVE_QUALITY_THRESHOLDS)")
+    calibrate.add_argument("--base", default=None, help="thresholds to start from (default: the packaged ones)")
+    calibrate.set_defaults(func=_cmd_quality_calibrate)
     return parser
 
 

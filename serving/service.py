@@ -21,6 +21,7 @@ from serving.errors import (
     RequestTooLargeError,
 )
 from serving.postprocess import Prediction, scores_from_output, top_k
+from serving.quality_report import QUALITY_MODEL, anomaly_result, quality_result
 from serving.repository import ModelEntry, ModelRepository
 
 T = TypeVar("T")
@@ -66,6 +67,10 @@ class MetadataHandle(Protocol):
     extract: _Method
 
 
+class QualityHandle(Protocol):
+    metrics: _Method
+
+
 @dataclass(frozen=True)
 class Classification:
     """Top-k for one image."""
@@ -81,10 +86,12 @@ class Analysis:
     """Everything the selected stages say about one image; a stage that was not asked for is None."""
 
     classification: Classification | None = None
+    quality: dict[str, Any] | None = None  # score, level, tags with evidence, metrics (serving.quality_report)
+    anomaly: dict[str, Any] | None = None  # learned model: score, per-distortion probabilities
     metadata: dict[str, Any] | None = None  # pipelines.metadata.ImageMetadata.to_dict()
 
 
-ANALYSIS_FIELDS = ("classification", "metadata")
+ANALYSIS_FIELDS = ("classification", "quality", "anomaly", "metadata")
 
 
 @dataclass
@@ -107,12 +114,14 @@ class InferenceService:
         max_images_per_request: int = 256,
         metadata: MetadataHandle | None = None,
         decode_in_model: bool = False,
+        quality: QualityHandle | None = None,
     ):
         self.repository = repository
         self.decoder = decoder
         self.models = models
         self.metadata = metadata
         self.decode_in_model = decode_in_model
+        self.quality = quality
         self.default_model = default_model
         self.max_images_per_request = max_images_per_request
         self._backend_info: dict[str, dict[str, Any]] = {}
@@ -197,7 +206,13 @@ class InferenceService:
     @property
     def available_fields(self) -> tuple[str, ...]:
         """Analysis stages deployed in this application."""
-        return tuple(f for f in ANALYSIS_FIELDS if f != "metadata" or self.metadata is not None)
+        deployed = {
+            "classification": True,
+            "quality": self.quality is not None,
+            "anomaly": QUALITY_MODEL in self.models,
+            "metadata": self.metadata is not None,
+        }
+        return tuple(f for f in ANALYSIS_FIELDS if deployed[f])
 
     def analysis_fields(self, fields: list[str] | None) -> tuple[str, ...]:
         """The stages to run: all available when none are named; unknown names are a 400."""
@@ -218,22 +233,51 @@ class InferenceService:
         handle = self.metadata
         return await _gather_in_order([await_stage(handle.extract.remote(d)) for d in images])
 
+    async def _analyze_one(self, data: bytes, selected: tuple[str, ...], entry: ModelEntry, k: int) -> Analysis:
+        """Decode once for every consumer; the model(s), the quality metrics and metadata run in parallel."""
+        start = time.perf_counter()
+        use_model = ("quality" in selected or "anomaly" in selected) and QUALITY_MODEL in self.models
+        models = ([entry.name] if "classification" in selected else []) + ([QUALITY_MODEL] if use_model else [])
+        calls: dict[str, Awaitable[Any]] = {}
+        if models or "quality" in selected:
+            decoded = self.decoder.decode_analysis.remote(data, models, "quality" in selected)
+            if "classification" in selected:
+                calls["classification"] = self.models[entry.name].infer.remote(decoded)
+            if use_model:
+                calls["anomaly"] = self.models[QUALITY_MODEL].infer.remote(decoded)
+            if "quality" in selected:
+                calls["quality"] = self.quality.metrics.remote(decoded)  # type: ignore[union-attr]
+        if "metadata" in selected:
+            calls["metadata"] = self.metadata.extract.remote(data)  # type: ignore[union-attr]
+        done = dict(zip(calls, await asyncio.gather(*(await_stage(c) for c in calls.values())), strict=True))
+        classification = None
+        if "classification" in done:
+            result = done["classification"]
+            spec = entry.config.outputs[0]
+            predictions = top_k(scores_from_output(result.outputs[spec.name], spec), entry.labels, k)
+            stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}
+            record_stages(stage_ms)
+            classification = Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0, stage_ms)
+        anomaly = None
+        if "anomaly" in done:
+            anomaly = anomaly_result(done["anomaly"].outputs, self.repository.get(QUALITY_MODEL).labels)
+        return Analysis(
+            classification=classification,
+            quality=quality_result(done["quality"], anomaly) if "quality" in done else None,
+            anomaly=anomaly if "anomaly" in selected else None,
+            metadata=done.get("metadata"),
+        )
+
     async def analyze(
         self, images: list[bytes], model: str | None = None, k: int = 5, fields: list[str] | None = None
     ) -> list[Analysis]:
         """The selected stages per image, run concurrently, in request order."""
         selected = self.analysis_fields(fields)
+        entry = self.served_entry(model)
+        if "classification" in selected and entry.config.task != "classification":
+            raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
-        stages: dict[str, Awaitable[list[Any]]] = {}
-        if "classification" in selected:
-            stages["classification"] = self.classify(images, model, k)
-        if "metadata" in selected:
-            stages["metadata"] = self.extract_metadata(images)
-        done = dict(zip(stages, await asyncio.gather(*stages.values()), strict=True))
-        return [
-            Analysis(**{name: results[i] for name, results in done.items()})  # type: ignore[arg-type]
-            for i in range(len(images))
-        ]
+        return await _gather_in_order([self._analyze_one(d, selected, entry, k) for d in images])
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
     async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:

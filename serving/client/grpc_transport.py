@@ -37,13 +37,16 @@ def analysis_from_proto(message: Any) -> Analysis:
     """Stages this SDK predates (fields added to ImageAnalysis later) are kept in `extra` as JSON-like dicts."""
     extra: dict[str, Any] = {}
     for descriptor, value in message.ListFields():
-        if descriptor.name not in ("classification", "metadata"):
+        if descriptor.name not in ("classification", "metadata", "quality", "anomaly"):
             is_message = descriptor.message_type is not None
             extra[descriptor.name] = MessageToDict(value, preserving_proto_field_name=True) if is_message else value
     classification = classification_from_proto(message.classification) if message.HasField("classification") else None
     # A protobuf Struct carries every number as a double: whole numbers come back as floats (130167.0).
-    metadata = MessageToDict(message.metadata) if message.HasField("metadata") else None
-    return Analysis(classification, metadata, extra)
+    structs = {
+        name: MessageToDict(getattr(message, name)) if message.HasField(name) else None
+        for name in ("metadata", "quality", "anomaly")
+    }
+    return Analysis(classification, structs["metadata"], structs["quality"], structs["anomaly"], extra)
 
 
 def model_list_from_proto(message: Any) -> ModelList:

@@ -20,9 +20,10 @@ def classification_from_json(data: dict[str, Any]) -> Classification:
 def analysis_from_json(data: dict[str, Any]) -> Analysis:
     """Known stages become typed fields; keys this SDK predates are kept as they came in `extra`."""
     classification = data.get("classification")
-    extra = {key: value for key, value in data.items() if key not in ("classification", "metadata")}
+    known = ("classification", "metadata", "quality", "anomaly")
+    extra = {key: value for key, value in data.items() if key not in known}
     typed = classification_from_json(classification) if classification else None
-    return Analysis(typed, data.get("metadata"), extra)
+    return Analysis(typed, data.get("metadata"), data.get("quality"), data.get("anomaly"), extra)
 
 
 def model_list_from_json(data: dict[str, Any]) -> ModelList:

@@ -35,6 +35,8 @@ class Analysis:
 
     classification: Classification | None = None
     metadata: dict[str, Any] | None = None  # file, image, EXIF, GPS, XMP, IPTC, colours (docs/METADATA.md)
+    quality: dict[str, Any] | None = None  # score 0-100, level, tags with evidence, metrics (docs/QUALITY.md)
+    anomaly: dict[str, Any] | None = None  # learned model: anomaly score 0-1, per-distortion probabilities
     extra: dict[str, Any] = field(default_factory=dict)
 
 

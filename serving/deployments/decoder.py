@@ -7,7 +7,9 @@ import time
 import cv2
 from ray import serve
 
+from pipelines.analysis_decode import AnalysisImage, decode_for_analysis
 from pipelines.decode import DecodedImage, DecoderName, decode_for_model
+from pipelines.quality.working_image import WORKING_MAX_SIDE
 from serving.config.settings import ServerSettings
 from serving.metrics import STAGE_LATENCY
 from serving.repository import ModelRepository
@@ -29,6 +31,20 @@ class Decoder:
         elapsed = time.perf_counter() - start
         STAGE_LATENCY.labels("decode", model).observe(elapsed)
         return dataclasses.replace(decoded, decode_ms=elapsed * 1000.0)
+
+    def _decode_analysis(self, data: bytes, models: list[str], working: bool) -> AnalysisImage:
+        start = time.perf_counter()
+        specs = {name: self.specs[name] for name in models}
+        decoded = decode_for_analysis(
+            data, specs, self.limits, WORKING_MAX_SIDE if working else None, self.decoder, self.reduced
+        )
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("decode", ",".join(models)).observe(elapsed)
+        return dataclasses.replace(decoded, decode_ms=elapsed * 1000.0)
+
+    async def decode_analysis(self, data: bytes, models: list[str], working: bool) -> AnalysisImage:
+        """One decode for several models and (optionally) the quality stage's working image."""
+        return await asyncio.to_thread(self._decode_analysis, data, models, working)
 
     async def decode(self, data: bytes, model: str) -> DecodedImage:
         """Decode for `model`'s preprocessing; raises `ImageInputError` subclasses on bad input."""

@@ -31,6 +31,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         metadata: DeploymentHandle | None = None,
         batch_worker: DeploymentHandle | None = None,
         decode_in_model: bool = False,
+        quality: DeploymentHandle | None = None,
     ):
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)
@@ -42,6 +43,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             settings.max_images_per_request,
             metadata=metadata,
             decode_in_model=decode_in_model,
+            quality=quality,
         )
         set_service(self.service, settings)
         # Batch jobs (/v1/batch, /v1/jobs) when the application has a BatchWorker.

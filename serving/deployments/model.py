@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from pipelines.analysis_decode import AnalysisImage
 from pipelines.decode import DecodedImage, DecoderName, decode_for_model
 from serving.backends import load_backend
 from serving.config.model_config import BatchingConfig
@@ -102,13 +103,16 @@ class ModelServer:
             )
         return tensor
 
-    async def infer(self, item: DecodedImage | np.ndarray) -> ModelResult:
+    async def infer(self, item: DecodedImage | AnalysisImage | np.ndarray) -> ModelResult:
         """One image tensor (no batch axis), batched with concurrent callers; returns its outputs and timings."""
-        tensor = item.tensor if isinstance(item, DecodedImage) else item
+        if isinstance(item, AnalysisImage):
+            tensor = item.tensors[self.entry.name]
+        else:
+            tensor = item.tensor if isinstance(item, DecodedImage) else item
         enqueued = time.perf_counter()
         outputs, started, elapsed = await self._run_batch((self._check_tensor(tensor), enqueued))
         stage_ms = {"queue": (started - enqueued) * 1000.0, "model": elapsed * 1000.0}
-        if isinstance(item, DecodedImage):
+        if isinstance(item, (DecodedImage, AnalysisImage)):
             stage_ms["decode"] = item.decode_ms
         return ModelResult(outputs, stage_ms)
 

@@ -30,8 +30,10 @@ def analysis_proto(result: Analysis) -> Any:
     message = pb.ImageAnalysis()
     if result.classification is not None:
         message.classification.CopyFrom(classification_proto(result.classification))
-    if result.metadata is not None:
-        message.metadata.update(json.loads(json.dumps(result.metadata)))  # tuples -> lists, JSON types only
+    for name in ("quality", "anomaly", "metadata"):
+        value = getattr(result, name)
+        if value is not None:
+            getattr(message, name).update(json.loads(json.dumps(value)))  # tuples -> lists, JSON types only
     return message
 
 

@@ -81,7 +81,9 @@ async def analyze(
 
 def analysis_result(result: Analysis) -> AnalysisResult:
     classification = classify_result(result.classification) if result.classification else None
-    return AnalysisResult(classification=classification, metadata=result.metadata)
+    return AnalysisResult(
+        classification=classification, quality=result.quality, anomaly=result.anomaly, metadata=result.metadata
+    )
 
 
 @router.post("/metadata", response_model=MetadataResponse)

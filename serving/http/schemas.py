@@ -24,6 +24,12 @@ class ClassifyResponse(BaseModel):
 
 class AnalysisResult(BaseModel):
     classification: ClassifyResult | None = Field(default=None, description="Present when 'classification' ran.")
+    quality: dict[str, Any] | None = Field(
+        default=None, description="score 0-100, level, tags with evidence, metrics (docs/QUALITY.md)."
+    )
+    anomaly: dict[str, Any] | None = Field(
+        default=None, description="learned model: anomaly score 0-1 and per-distortion probabilities."
+    )
     metadata: dict[str, Any] | None = Field(
         default=None, description="Present when 'metadata' ran; fields and units in docs/METADATA.md."
     )

@@ -33,11 +33,12 @@ class BatchWorker:
         models: dict[str, DeploymentHandle],
         default_model: str,
         metadata: DeploymentHandle | None = None,
+        quality: DeploymentHandle | None = None,
     ):
         server = ServerSettings.from_env()
         self.settings = JobSettings.from_env()
         repository = ModelRepository.scan(server)
-        service = InferenceService(repository, decoder, models, default_model, metadata=metadata)
+        service = InferenceService(repository, decoder, models, default_model, metadata=metadata, quality=quality)
         engine = create_store_engine(self.settings.database_url)
         queue = WorkQueue(engine)
         self.runner = JobRunner(

@@ -188,9 +188,10 @@ def test_http_stream_keeps_server_errors_per_item() -> None:
     assert [r.request_id for r in results] == ["0", "1", "2"]
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error is not None and results[1].error.kind == "invalid_image"
-    assert results[0].analysis is not None and results[0].analysis.extra == {"quality": {"sharpness": 0.5}}
+    assert results[0].analysis is not None and results[0].analysis.quality == {"sharpness": 0.5}
 
 
 def test_analysis_keeps_unknown_stages_in_extra() -> None:
-    analysis = analysis_from_json({"classification": None, "anomaly": {"score": 0.1}})
-    assert analysis.classification is None and analysis.extra == {"anomaly": {"score": 0.1}}
+    analysis = analysis_from_json({"classification": None, "anomaly": {"score": 0.1}, "faces": {"count": 2}})
+    assert analysis.classification is None and analysis.anomaly == {"score": 0.1}
+    assert analysis.extra == {"faces": {"count": 2}}

@@ -103,7 +103,12 @@ def test_items_run_with_bounded_concurrency_and_fail_one_by_one(parts, monkeypat
     rows = {r.name: r for r in JobStore(parts[0]).results_page(job_id)}
     assert rows["30.jpg"].error_kind == "invalid_image" and "truncated" in (rows["30.jpg"].error or "")
     assert rows["5.jpg"].result == {
-        "classification": {"model": "m", "predictions": [{"label": "img5", "index": 7, "score": 0.5}], "timing_ms": 1.0}
+        "classification": {
+            "model": "m",
+            "predictions": [{"label": "img5", "index": 7, "score": 0.5}],
+            "timing_ms": 1.0,
+            "stage_ms": {},
+        }
     }
     csv_text = csv_lines([rows["5.jpg"], rows["30.jpg"]])
     assert csv_text.splitlines()[0] == "5,5.jpg,done,m,img5,0.500000,,"

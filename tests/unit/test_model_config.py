@@ -31,8 +31,8 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     return raw
 
 
-def test_both_committed_models_are_present() -> None:
-    assert COMMITTED == ["mobilenet_v2_imagenet", "resnet50"]
+def test_every_committed_model_is_present() -> None:
+    assert COMMITTED == ["mobilenet_v2_imagenet", "quality_net", "resnet50"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)

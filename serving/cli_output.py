@@ -1,0 +1,105 @@
+"""How the CLI shows results: a table, JSON, or a CSV / JSON lines file for a folder of images."""
+
+import csv
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from serving.client import Analysis, Classification
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
+CSV_COLUMNS = (
+    "image", "model", "top_label", "top_score", "quality_score", "quality_level", "quality_tags",
+    "anomaly_score", "format", "width", "height", "camera",
+)  # fmt: skip
+
+
+def expand_images(paths: list[str]) -> list[str]:
+    """Files as given; folders walked (sorted) for image files."""
+    images: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            images.append(str(path))
+    return images
+
+
+def result_record(image: str, result: Classification | Analysis) -> dict[str, Any]:
+    """Everything the server said about one image, JSON-ready."""
+    if isinstance(result, Classification):
+        return {"image": image, "classification": asdict(result)}
+    record: dict[str, Any] = {"image": image}
+    if result.classification is not None:
+        record["classification"] = asdict(result.classification)
+    for name in ("quality", "anomaly", "metadata"):
+        if getattr(result, name) is not None:
+            record[name] = getattr(result, name)
+    return {**record, **result.extra}
+
+
+def flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: the headline numbers of each stage that ran."""
+    classification, quality = record.get("classification") or {}, record.get("quality") or {}
+    metadata = record.get("metadata") or {}
+    top = (classification.get("predictions") or [{}])[0]
+    exif, image = metadata.get("exif") or {}, metadata.get("image") or {}
+    camera = " ".join(v for v in (exif.get("make"), exif.get("model")) if v)
+    return {
+        "image": record["image"],
+        "model": classification.get("model"),
+        "top_label": top.get("label"),
+        "top_score": top.get("score"),
+        "quality_score": quality.get("score"),
+        "quality_level": quality.get("level"),
+        "quality_tags": ";".join(tag["name"] for tag in quality.get("tags", [])),
+        "anomaly_score": (record.get("anomaly") or {}).get("score"),
+        "format": (metadata.get("file") or {}).get("format"),
+        "width": image.get("width"),
+        "height": image.get("height"),
+        "camera": camera or None,
+    }
+
+
+def write_results(path: Path, records: list[dict[str, Any]]) -> None:
+    """`.csv` (one flat row per image) or anything else as JSON lines (the full record per image)."""
+    with path.open("w", newline="") as out:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(flat_row(r) for r in records)
+        else:
+            out.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table_row(record: dict[str, Any]) -> str:
+    """IMAGE, TOP LABEL, SCORE, then quality and the top-k as `label (score)`, cut to the terminal width."""
+    row = flat_row(record)
+    name = _short(Path(record["image"]).name, 32)
+    label = _short(row["top_label"] or "-", 28)
+    score = f"{row['top_score']:6.3f}" if row["top_score"] is not None else f"{'-':>6}"
+    extra = []
+    if row["quality_score"] is not None:
+        extra.append(f"quality {row['quality_score']:.0f} {row['quality_level']} [{row['quality_tags']}]")
+    predictions = (record.get("classification") or {}).get("predictions") or []
+    if len(predictions) > 1:
+        extra.append(", ".join(f"{p['label'].split(',')[0]} ({p['score']:.3f})" for p in predictions))
+    if row["camera"]:
+        extra.append(row["camera"])
+    room = max(20, shutil.get_terminal_size((160, 24)).columns - 72)
+    return f"{name:32}  {label:28}  {score}  {_short('  '.join(extra), room)}".rstrip()
+
+
+def print_results(records: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return
+    print(f"{'IMAGE':32}  {'TOP LABEL':28}  {'SCORE':>6}  DETAILS")
+    for record in records:
+        print(table_row(record))
