@@ -30,7 +30,7 @@ def expand_images(paths: list[str]) -> list[str]:
 def result_record(image: str, result: Classification | Analysis) -> dict[str, Any]:
     """Everything the server said about one image, JSON-ready."""
     if isinstance(result, Classification):
-        return {"image": image, "classification": asdict(result)}
+        return {"image": image, **asdict(result)}
     record: dict[str, Any] = {"image": image}
     if result.classification is not None:
         record["classification"] = asdict(result.classification)
@@ -42,7 +42,8 @@ def result_record(image: str, result: Classification | Analysis) -> dict[str, An
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     """One CSV row: the headline numbers of each stage that ran."""
-    classification, quality = record.get("classification") or {}, record.get("quality") or {}
+    classification = record.get("classification") or (record if "predictions" in record else {})
+    quality = record.get("quality") or {}
     metadata = record.get("metadata") or {}
     top = (classification.get("predictions") or [{}])[0]
     exif, image = metadata.get("exif") or {}, metadata.get("image") or {}
@@ -87,7 +88,7 @@ def table_row(record: dict[str, Any]) -> str:
     extra = []
     if row["quality_score"] is not None:
         extra.append(f"quality {row['quality_score']:.0f} {row['quality_level']} [{row['quality_tags']}]")
-    predictions = (record.get("classification") or {}).get("predictions") or []
+    predictions = (record.get("classification") or record).get("predictions") or []
     if len(predictions) > 1:
         extra.append(", ".join(f"{p['label'].split(',')[0]} ({p['score']:.3f})" for p in predictions))
     if row["camera"]:
