@@ -44,6 +44,9 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's intra-op threads spin-wait between runs by default: with replicas sharing cores (decode, other
+        # models, Ray's own processes) the spinning burns the CPU the other stages need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         want_cuda = self.use_cuda if self.use_cuda is not None else "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
