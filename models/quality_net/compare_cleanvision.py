@@ -190,12 +190,15 @@ def compare(
         theirs_l = [bool(cleanvision[k][f"is_{issue}_issue"]) for k in labelled]
         p_ours, r_ours = precision_recall(ours_l, truth)
         p_theirs, r_theirs = precision_recall(theirs_l, truth)
+        unlabelled = [k not in labels for k in keys]
         rows.append(
             {
                 "type": issue,
                 "tag": tag,
                 "imgserve": int(sum(ours)),
                 "cleanvision": int(sum(theirs)),
+                "unlabelled_imgserve": int(sum(a and u for a, u in zip(ours, unlabelled, strict=True))),
+                "unlabelled_cleanvision": int(sum(b and u for b, u in zip(theirs, unlabelled, strict=True))),
                 "both": int(sum(a and b for a, b in zip(ours, theirs, strict=True))),
                 "agreement": float(np.mean(np.equal(ours, theirs))),
                 "kappa": cohen_kappa(ours, theirs),
@@ -210,17 +213,22 @@ def compare(
     return rows
 
 
+def _ratio(x: float) -> str:
+    return "-" if np.isnan(x) else f"{x:.2f}"
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     lines = [
-        "| CleanVision type / imgserve tag | imgserve flags | CleanVision flags | both | agreement | Cohen's kappa "
-        "| generated set: imgserve P / R | CleanVision P / R |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CleanVision type / imgserve tag | flagged: imgserve | CleanVision | both | agreement | Cohen's kappa "
+        "| unlabelled flagged: imgserve / CleanVision | generated: imgserve P / R | CleanVision P / R |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['type']} / {r['tag']} | {r['imgserve']} | {r['cleanvision']} | {r['both']} | {r['agreement']:.3f} | "
-            f"{r['kappa']:.2f} | {r['imgserve_precision']:.2f} / {r['imgserve_recall']:.2f} | "
-            f"{r['cleanvision_precision']:.2f} / {r['cleanvision_recall']:.2f} |"
+            f"{_ratio(r['kappa'])} | {r['unlabelled_imgserve']} / {r['unlabelled_cleanvision']} | "
+            f"{_ratio(r['imgserve_precision'])} / {_ratio(r['imgserve_recall'])} | "
+            f"{_ratio(r['cleanvision_precision'])} / {_ratio(r['cleanvision_recall'])} |"
         )
     return "\n".join(lines)
 

@@ -4,8 +4,9 @@
     python -m models.quality_net.evaluate_combined --photos 0:500 --validation --count 50 --cache /tmp/combined --tune
 
 The labelled set and its labels are those of `pipelines.quality.evaluate` (same photos for the same
---photos/--count/--seed, same distortion sequence, same expected/allowed tags, clean photos counted as negatives,
-distorted copies of a photo whose clean version already has the tag excluded - per path, from that path's tags).
+--photos/--count/--seed, same distortion sequence, same expected/allowed tags, clean photos counted as
+negatives). One change, so that all paths are scored on the same samples: the distorted copies of a photo whose
+clean version the classical OR the learned path tags are left out of that tag (evaluate.py: the classical only).
 Three paths on every sample:
 
 - classical: `tags_from_values(metrics, thresholds)` (no model);
@@ -35,6 +36,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from models.quality_net.card import write_card_section
+from models.quality_net.dataset import HELD_OUT_FROM, MODEL_DIR, VALIDATION_EVERY
 from pipelines.analysis_decode import decode_for_analysis
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.distortions import KINDS, apply_distortion
@@ -51,7 +54,6 @@ from serving.weights import sha256_of
 BLUR_SAMPLES = DEFAULT_PHOTOS.parent / "blur-samples"
 PATHS = ("classical", "learned", "combined")
 LEARNED_THRESHOLD = 0.5  # the model card's decision threshold
-VALIDATION_EVERY = 10  # quality_net's validation photos: sorted index % 10 == 9 (never trained on)
 Probs = dict[str, float]
 
 
@@ -148,16 +150,34 @@ def fired_tags(samples: Sequence[Sample], probs: Sequence[Probs], thresholds: Th
     }
 
 
-def tag_scores(samples: Sequence[Sample], fired: Sequence[set[str]], tags: Sequence[str] = EVALUATED_TAGS) -> dict:
-    """Per tag: positives, tp, fp, fn, precision, recall, f1, clean_tagged (the protocol of
-    `pipelines.quality.evaluate.tag_table`, on any path's tag sets)."""
-    clean_tags = {name: f for (name, kind, _, _), f in zip(samples, fired, strict=True) if kind == "clean"}
+def doubtful_clean_tags(samples: Sequence[Sample], probs: Sequence[Probs], thresholds: Thresholds) -> dict[str, set]:
+    """Per photo, the tags its clean version gets from the classical or the learned path. Their distorted copies are
+    left out of that tag's evaluation for every path (a dark photo made noisy is still dark), so the three paths,
+    and every (confirm, alone) with alone >= 0.5, are scored on the same samples: combined tags are a subset of
+    classical | learned."""
+    out: dict[str, set] = {}
+    for (name, kind, _, values), p in zip(samples, probs, strict=True):
+        if kind == "clean":
+            learned = {g for g, v in p.items() if v >= LEARNED_THRESHOLD}
+            out[name] = {t.name for t in tags_from_values(values, thresholds)} | learned
+    return out
+
+
+def tag_scores(
+    samples: Sequence[Sample],
+    fired: Sequence[set[str]],
+    doubtful: dict[str, set],
+    tags: Sequence[str] = EVALUATED_TAGS,
+) -> dict:
+    """Per tag: positives, tp, fp, fn, precision, recall, f1, clean_tagged, with the labels of
+    `pipelines.quality.evaluate.label` (clean photos are negatives) and the copies of `doubtful` photos left out."""
+    clean_fired = [f for (_, kind, _, _), f in zip(samples, fired, strict=True) if kind == "clean"]
     out = {}
     for tag in tags:
         tp = fp = fn = 0
         for (name, kind, level, _), got in zip(samples, fired, strict=True):
             truth = label(kind, level, tag)
-            if truth is False and kind != "clean" and tag in clean_tags.get(name, set()):
+            if truth is False and kind != "clean" and tag in doubtful.get(name, set()):
                 truth = None
             if truth is None:
                 continue
@@ -173,14 +193,15 @@ def tag_scores(samples: Sequence[Sample], fired: Sequence[set[str]], tags: Seque
             "precision": precision,
             "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "clean_tagged": sum(tag in f for f in clean_tags.values()) / max(1, len(clean_tags)),
+            "clean_tagged": sum(tag in f for f in clean_fired) / max(1, len(clean_fired)),
         }
     return out
 
 
 def evaluate_paths(samples: Sequence[Sample], probs: Sequence[Probs], thresholds: Thresholds) -> dict[str, dict]:
     """{path: {tag: scores}} for the three paths."""
-    return {path: tag_scores(samples, fired) for path, fired in fired_tags(samples, probs, thresholds).items()}
+    doubtful = doubtful_clean_tags(samples, probs, thresholds)
+    return {path: tag_scores(samples, f, doubtful) for path, f in fired_tags(samples, probs, thresholds).items()}
 
 
 def markdown_table(result: dict[str, dict]) -> str:
@@ -274,13 +295,14 @@ def tune(
     thresholds: Thresholds,
     blur: Sequence[ServedPhoto] = (),
     focus: Sequence[str] = ("blurry", "noisy"),
-    confirms: Sequence[float] = tuple(np.round(np.arange(0.0, 0.91, 0.05), 2)),
+    confirms: Sequence[float] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     alones: Sequence[float] = tuple(np.round(np.arange(0.5, 1.001, 0.05), 2)),
 ) -> list[dict]:
     """Combined-path F1 for every (confirm, alone) with confirm <= alone: mean F1 over `focus`, macro F1 over
     every evaluated tag, the F1 per tag and how many `blur` photos come out right. Order: every blur photo right
-    first, then best focus mean (to 4 decimals), then best macro F1."""
+    first, then best focus mean, then best macro F1."""
     rows = []
+    doubtful = doubtful_clean_tags(samples, probs, thresholds)
     for confirm in confirms:
         for alone in alones:
             if alone < confirm:
@@ -290,7 +312,7 @@ def tune(
                 {t.name for t in tags_from_values(m, candidate, pr)}
                 for (_, _, _, m), pr in zip(samples, probs, strict=True)
             ]
-            scores = tag_scores(samples, fired)
+            scores = tag_scores(samples, fired, doubtful)
             rows.append(
                 {
                     "confirm": float(confirm),
@@ -301,7 +323,7 @@ def tune(
                     "blur_ok": sum(r["ok"] for r in blur_samples(blur, candidate)),
                 }
             )
-    return sorted(rows, key=lambda r: (r["blur_ok"] < len(blur), -round(r["focus_f1"], 4), -r["macro_f1"]))
+    return sorted(rows, key=lambda r: (r["blur_ok"] < len(blur), -r["focus_f1"], -r["macro_f1"]))
 
 
 # --- data with caching ------------------------------------------------------------------------------------------
@@ -359,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200, help="photos drawn from the range")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--validation", action="store_true", help="draw only from quality_net's validation photos (index % 10 == 9)"
+        "--validation", action="store_true", help="draw only from quality_net's validation photos (index %% 10 == 9)"
     )
     parser.add_argument("--thresholds", type=Path, help="thresholds YAML (default: the packaged one)")
     parser.add_argument("--weights", type=Path, help="another quality_net ONNX file (default: the committed one)")
@@ -368,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tune", action="store_true", help="sweep model.confirm / model.alone on these photos")
     parser.add_argument("--blur-samples", action="store_true", help="also tag the blur-samples photos")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--card", action="store_true", help="write the table into MODEL_CARD.md (held-out runs)")
     args = parser.parse_args(argv)
 
     thresholds = load_thresholds(args.thresholds)
@@ -402,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "learned_threshold": LEARNED_THRESHOLD,
         "tags": {tag: {p: result[p][tag] for p in PATHS} for tag in EVALUATED_TAGS},
     }
-    blur = served_photos(entry, backend, sorted(BLUR_SAMPLES.glob("*.*")), thresholds.working_max_side)
+    blur = []
+    if args.tune or args.blur_samples:
+        blur = served_photos(entry, backend, sorted(BLUR_SAMPLES.glob("*.*")), thresholds.working_max_side)
     if args.tune:
         rows = tune(samples, probs, thresholds, blur)
         report["tuning"] = rows
@@ -420,6 +445,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nblur-samples: {sum(r['ok'] for r in rows)}/{len(rows)} as expected (S not blurry, F/M blurry)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.card:
+        if args.validation or start < HELD_OUT_FROM:
+            raise SystemExit("--card is for held-out runs (--photos from 500, without --validation)")
+        section = (
+            f"`python -m models.quality_net.evaluate_combined --photos {args.photos} --count {args.count} "
+            f"--seed {args.seed} --card`: {n_photos} held-out photos x (clean + {len(KINDS)} kinds x 5 levels) = "
+            f"{len(samples)} samples, thresholds version {thresholds.version} (model.confirm {combine.confirm:g}, "
+            f"model.alone {combine.alone:g}), ONNX sha256 `{sha256_of(entry.artifacts.onnx)[:12]}`.\n\n"
+            f"{markdown_table(result)}"
+        )
+        write_card_section(MODEL_DIR / "MODEL_CARD.md", "combined", section)
     return 0
 
 

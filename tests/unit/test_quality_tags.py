@@ -15,7 +15,13 @@ from pipelines.quality.distortions import apply_distortion
 from pipelines.quality.metrics import compute_metrics
 from pipelines.quality.photo_files import load_photo
 from pipelines.quality.tags import assign_tags
-from pipelines.quality.thresholds import DEFAULT_THRESHOLDS_PATH, Thresholds, default_thresholds, load_thresholds
+from pipelines.quality.thresholds import (
+    DEFAULT_THRESHOLDS_PATH,
+    ModelCombination,
+    Thresholds,
+    default_thresholds,
+    load_thresholds,
+)
 from pipelines.quality.working_image import working_image
 from tests.paths import DATA
 
@@ -98,14 +104,16 @@ def test_tags_carry_evidence_and_confidence() -> None:
 def test_model_probabilities_confirm_veto_and_add() -> None:
     rgb = cv2.GaussianBlur(_texture(), (0, 0), 4)
     metrics = compute_metrics(working_image(rgb), (4000, 3000))
-    alone = {t.name: t for t in assign_tags(metrics)}
+    # The mechanism, with explicit combination values (the shipped ones are tuned and may disable the veto).
+    limits = default_thresholds().model_copy(update={"model": ModelCombination(confirm=0.3, alone=0.85)})
+    alone = {t.name: t for t in assign_tags(metrics, limits)}
     assert "blurry" in alone and "noisy" not in alone
-    vetoed = {t.name for t in assign_tags(metrics, model_probs={"blurry": 0.1})}
+    vetoed = {t.name for t in assign_tags(metrics, limits, model_probs={"blurry": 0.1})}
     assert "blurry" not in vetoed
-    both = {t.name: t for t in assign_tags(metrics, model_probs={"blurry": 0.95, "noisy": 0.9})}
+    both = {t.name: t for t in assign_tags(metrics, limits, model_probs={"blurry": 0.95, "noisy": 0.9})}
     assert both["blurry"].source == "classical+model" and both["blurry"].confidence >= 0.95
     assert both["noisy"].source == "model" and both["noisy"].evidence["model_probability"] == 0.9
-    assert "noisy" not in {t.name for t in assign_tags(metrics, model_probs={"noisy": 0.5})}
+    assert "noisy" not in {t.name for t in assign_tags(metrics, limits, model_probs={"noisy": 0.5})}
 
 
 def test_default_thresholds_are_versioned_and_validated() -> None:
