@@ -7,6 +7,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # torch is pinned to the CPU build through constraints.txt so CPU machines never pull CUDA wheels.
 PIP_INSTALL := $(PIP) install -q -c constraints.txt
 STAMP := $(VENV)/.installed
+# serve_config.yaml: the per-stage graph (the default, and what KubeRay runs); on a small single machine
+# `make serve SERVE_CONFIG=serve_config.single_node.yaml` runs decode and models inside the Ingress replica.
+SERVE_CONFIG ?= serve_config.yaml
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench loadtest
 
@@ -24,7 +27,7 @@ models: venv
 	$(VENV)/bin/imgserve models prepare
 
 serve: models
-	$(VENV)/bin/imgserve serve --config serve_config.yaml
+	$(VENV)/bin/imgserve serve --config $(SERVE_CONFIG)
 
 test: venv
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -241,6 +241,9 @@ class InferenceService:
         calls: dict[str, Awaitable[Any]] = {}
         if models or "quality" in selected:
             decoded = self.decoder.decode_analysis.remote(data, models, "quality" in selected)
+            if isinstance(decoded, asyncio.Future):
+                # In-process decoder (model_location: ingress): remote stages need the value, not the local task.
+                decoded = await await_stage(decoded)
             if "classification" in selected:
                 calls["classification"] = self.models[entry.name].infer.remote(decoded)
             if use_model:

@@ -6,6 +6,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config.settings import ServerSettings
+from serving.deployments.in_process import InProcessStages
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
@@ -25,19 +26,25 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
 
     def __init__(
         self,
-        decoder: DeploymentHandle,
+        decoder: DeploymentHandle | None,
         models: dict[str, DeploymentHandle],
         default_model: str,
         metadata: DeploymentHandle | None = None,
         batch_worker: DeploymentHandle | None = None,
         decode_in_model: bool = False,
         quality: DeploymentHandle | None = None,
+        in_process: InProcessStages | None = None,
     ):
+        """`in_process` (model_location: ingress): build the decoder and models here instead of calling
+        deployments; classification then never leaves this replica."""
         settings = ServerSettings.from_env()
         repository = ModelRepository.scan(settings)
+        if in_process is not None:
+            decoder, models = in_process.build()  # type: ignore[assignment]
+            decode_in_model = True
         self.service = InferenceService(
             repository,
-            decoder,
+            decoder,  # type: ignore[arg-type]
             models,
             default_model,
             settings.max_images_per_request,

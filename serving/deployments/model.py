@@ -59,7 +59,12 @@ class ModelServer:
         self.input_shape = tuple(self.entry.config.input.shape)
         self.input_dtype = np.dtype(OIP_TO_NUMPY[self.entry.config.input.dtype])
         self.batching = self.entry.config.batching
-        self._apply_batching(self.batching)
+        # One @serve.batch queue per instance: Ray keeps the queue on the decorated function, so a class-level
+        # decorator would make two models living in one process (model_location: ingress) share batches.
+        self._run_batch = serve.batch(
+            max_batch_size=self.batching.max_batch_size,
+            batch_wait_timeout_s=self.batching.batch_wait_timeout_ms / 1000.0,
+        )(self._execute_batch)
         # For `infer_encoded` (decode_location: model): decode here, saving a hop on small machines.
         self.spec = self.entry.config.preprocess_spec()
         self.limits = settings.decode_limits()
@@ -76,8 +81,7 @@ class ModelServer:
         merged = {**self.batching.model_dump(), **(user_config.get("batching") or {})}
         self._apply_batching(BatchingConfig.model_validate(merged))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _run_batch(
+    async def _execute_batch(
         self, items: list[tuple[np.ndarray, float]]
     ) -> list[tuple[dict[str, np.ndarray], float, float]]:
         model = self.entry.name

@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config.settings import ServerSettings
+from serving.deployments.in_process import InProcessStages
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.objects import ObjectStore
 from serving.jobs.runner import JobRunner
@@ -29,16 +30,27 @@ logger = logging.getLogger("imgserve.jobs")
 class BatchWorker:
     def __init__(
         self,
-        decoder: DeploymentHandle,
+        decoder: DeploymentHandle | None,
         models: dict[str, DeploymentHandle],
         default_model: str,
         metadata: DeploymentHandle | None = None,
         quality: DeploymentHandle | None = None,
+        in_process: InProcessStages | None = None,
     ):
         server = ServerSettings.from_env()
         self.settings = JobSettings.from_env()
         repository = ModelRepository.scan(server)
-        service = InferenceService(repository, decoder, models, default_model, metadata=metadata, quality=quality)
+        if in_process is not None:  # model_location: ingress: this replica holds its own model copies too
+            decoder, models = in_process.build()  # type: ignore[assignment]
+        service = InferenceService(
+            repository,
+            decoder,  # type: ignore[arg-type]
+            models,
+            default_model,
+            metadata=metadata,
+            quality=quality,
+            decode_in_model=in_process is not None,
+        )
         engine = create_store_engine(self.settings.database_url)
         queue = WorkQueue(engine)
         self.runner = JobRunner(

@@ -119,6 +119,32 @@ def test_serve_config_validates_with_rays_schema() -> None:
     assert [app.name for app in schema.applications] == ["imgserve"]
 
 
+SINGLE_NODE_CONFIG = PROJECT_ROOT / "serve_config.single_node.yaml"
+
+
+def test_single_node_profile_is_the_default_config_with_in_process_models() -> None:
+    """serve_config.single_node.yaml differs from serve_config.yaml only where it must: model_location, the
+    in-process batching override, and no Decoder / model-* deployments (their work runs in the Ingress)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.app import AppArgs
+
+    default, single = yaml.safe_load(SERVE_CONFIG.read_text()), yaml.safe_load(SINGLE_NODE_CONFIG.read_text())
+    ServeDeploySchema.model_validate(single)
+    for key in ("proxy_location", "http_options", "grpc_options", "logging_config"):
+        assert single[key] == default[key], key
+    app, default_app = single["applications"][0], default["applications"][0]
+    args = AppArgs.model_validate(app["args"])
+    assert args.model_location == "ingress" and args.batching == {"batch_wait_timeout_ms": 0}
+    assert {k: v for k, v in app["args"].items() if k not in ("model_location", "batching")} == default_app["args"]
+    moved = {"Decoder"} | {d["name"] for d in default_app["deployments"] if d["name"].startswith("model-")}
+    single_deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(single_deployments) == {d["name"] for d in default_app["deployments"]} - moved
+    for deployment in default_app["deployments"]:
+        if deployment["name"] not in moved | {"Ingress"}:
+            assert single_deployments[deployment["name"]] == deployment, deployment["name"]
+
+
 def test_rendered_rayservice_is_current() -> None:
     rendered = deploy_render.render_files(SERVE_CONFIG, deploy_render.DEFAULT_TEMPLATE, OVERRIDES)
     assert RAYSERVICE.read_text() == rendered, (

@@ -248,3 +248,11 @@ def test_naive_server_classifies_a_real_photo() -> None:
         top = response.json()["predictions"][0]
         assert top["index"] == 1 and top["label"].startswith("tench,") and top["score"] > 0.5
         assert client.post("/classify", content=b"not an image").status_code == 400
+
+
+def test_steal_share_comes_from_proc_stat_deltas() -> None:
+    assert bench.steal_pct((100, 1000), (150, 1500)) == 10.0
+    assert bench.steal_pct((0, 0), (0, 0)) is None
+    steal, total = bench.cpu_times()
+    if Path("/proc/stat").exists():
+        assert total > 0 and 0 <= steal <= total
