@@ -127,7 +127,7 @@ def test_single_node_profile_is_the_default_config_with_in_process_models() -> N
     in-process batching override, and no Decoder / model-* deployments (their work runs in the Ingress)."""
     from ray.serve.schema import ServeDeploySchema
 
-    from serving.app import AppArgs
+    from serving.config.app_args import AppArgs
 
     default, single = yaml.safe_load(SERVE_CONFIG.read_text()), yaml.safe_load(SINGLE_NODE_CONFIG.read_text())
     ServeDeploySchema.model_validate(single)

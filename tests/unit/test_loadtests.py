@@ -256,3 +256,35 @@ def test_steal_share_comes_from_proc_stat_deltas() -> None:
     steal, total = bench.cpu_times()
     if Path("/proc/stat").exists():
         assert total > 0 and 0 <= steal <= total
+
+
+def test_quiet_gate_off_returns_at_once_and_on_waits_at_most_its_bound() -> None:
+    import time
+
+    off = bench.QuietGate(max_wait_s=0)
+    started = time.monotonic()
+    off.wait()
+    assert time.monotonic() - started < 0.05 and off.waited_s == 0
+    # Threshold -1 %: never quiet enough, so it must give up after max_wait_s (plus one sample).
+    stubborn = bench.QuietGate(max_steal_pct=-1, max_wait_s=0.2, sample_s=0.05)
+    started = time.monotonic()
+    stubborn.wait()
+    assert 0.2 <= time.monotonic() - started < 1.0 and stubborn.waited_s > 0
+
+
+def test_limit_rate_is_the_fastest_window() -> None:
+    import time
+
+    calls = []
+
+    def work(i: int) -> int:
+        calls.append(i)
+        time.sleep(0.001 if i < 40 else 0.02)  # fast first, then slow (as if the CPU were taken away)
+        return 1
+
+    quiet, bench.QUIET = bench.QUIET, bench.QuietGate(max_wait_s=0)
+    try:
+        rate = bench._rate(work, seconds=0.6, window_s=0.05)
+    finally:
+        bench.QUIET = quiet
+    assert rate > 200  # the fast phase (~1000/s at 1 ms), not the ~50/s average of the slow one
