@@ -16,6 +16,7 @@ from pipelines.quality.scoring import quality_level, score_quality
 from pipelines.quality.sharpness import measure_sharpness
 from pipelines.quality.working_image import native_crop, working_image, working_size
 from tests.paths import DATA
+from tests.unit.textures import dead_leaves_texture
 
 pytestmark = pytest.mark.unit
 
@@ -23,19 +24,6 @@ BLUR = DATA / "blur-samples"
 needs_blur_samples = pytest.mark.skipif(
     not BLUR.is_dir(), reason=f"real photos not found at {BLUR} (../shared/data is not part of the repo)"
 )
-
-
-def _texture(size: tuple[int, int] = (384, 512), seed: int = 0) -> np.ndarray:
-    """A 'dead leaves'-like RGB texture: random discs at all scales, like natural image statistics."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.full((h, w, 3), 128, np.uint8)
-    for _ in range(1500):
-        r = int(max(2, min(h, w) / 4 * rng.random() ** 3))
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        colour = tuple(int(c) for c in rng.integers(20, 236, 3))
-        cv2.circle(img, centre, r, colour, -1, lineType=cv2.LINE_AA)
-    return img
 
 
 def test_working_image_shrinks_long_side_and_never_enlarges() -> None:
@@ -50,7 +38,7 @@ def test_working_image_shrinks_long_side_and_never_enlarges() -> None:
 
 
 def test_metrics_have_documented_ranges_on_a_texture() -> None:
-    rgb = _texture()
+    rgb = dead_leaves_texture()
     m = compute_metrics(working_image(rgb), (rgb.shape[1], rgb.shape[0]))
     assert set(METRIC_NAMES) == {f.name for f in fields(m)}
     assert 0 <= m.sharpness_min_direction <= m.sharpness <= 1
@@ -62,7 +50,7 @@ def test_metrics_have_documented_ranges_on_a_texture() -> None:
 
 
 def test_noise_sigma_recovers_known_gaussian_noise() -> None:
-    clean = cv2.cvtColor(_texture(), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    clean = cv2.cvtColor(dead_leaves_texture(), cv2.COLOR_RGB2GRAY).astype(np.float32)
     rng = np.random.default_rng(3)
     assert noise_sigma(clean) < 1.0  # texture alone does not read as noise
     for sigma in (3.0, 6.0, 12.0):
@@ -71,7 +59,7 @@ def test_noise_sigma_recovers_known_gaussian_noise() -> None:
 
 
 def test_impulse_fraction_counts_salt_and_pepper() -> None:
-    gray = cv2.cvtColor(_texture(), cv2.COLOR_RGB2GRAY)
+    gray = cv2.cvtColor(dead_leaves_texture(), cv2.COLOR_RGB2GRAY)
     assert impulse_fraction(gray) < 0.001
     rng = np.random.default_rng(0)
     hit = rng.random(gray.shape) < 0.02
@@ -81,7 +69,7 @@ def test_impulse_fraction_counts_salt_and_pepper() -> None:
 
 
 def test_blockiness_finds_the_jpeg_grid_at_any_crop_offset() -> None:
-    rgb = _texture()
+    rgb = dead_leaves_texture()
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=10)
     jpeg = np.asarray(Image.open(buf).convert("L"))
@@ -94,7 +82,7 @@ def test_blockiness_finds_the_jpeg_grid_at_any_crop_offset() -> None:
 
 
 def test_motion_blur_has_anisotropy_and_direction_defocus_has_none() -> None:
-    gray = cv2.cvtColor(_texture(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    gray = cv2.cvtColor(dead_leaves_texture(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
     line = np.zeros((15, 15), np.float32)
     line[7, :] = 1 / 15  # horizontal motion
     moved = measure_sharpness(cv2.filter2D(gray, -1, line))
@@ -124,7 +112,7 @@ def test_metrics_do_not_depend_on_resolution(stem: str) -> None:
 
 
 def test_score_and_level() -> None:
-    rgb = _texture()
+    rgb = dead_leaves_texture()
     good = score_quality(compute_metrics(working_image(rgb), (4000, 3000)))
     blurred = cv2.GaussianBlur(rgb, (0, 0), 4)
     bad = score_quality(compute_metrics(working_image(blurred), (4000, 3000)))
@@ -138,7 +126,7 @@ def test_score_and_level() -> None:
 
 
 def test_analyze_quality_report() -> None:
-    report = analyze_quality(_texture(), (4000, 3000))
+    report = analyze_quality(dead_leaves_texture(), (4000, 3000))
     assert report.level in ("LOW", "MEDIUM", "HIGH", "ULTRA")
     assert report.thresholds_version >= 1
     assert report.metrics.megapixels == pytest.approx(12.0)

@@ -24,24 +24,12 @@ from pipelines.quality.thresholds import (
 )
 from pipelines.quality.working_image import working_image
 from tests.paths import DATA
+from tests.unit.textures import dead_leaves_texture
 
 pytestmark = pytest.mark.unit
 
 BLUR = DATA / "blur-samples"
 BLUR_PHOTOS = sorted(BLUR.glob("*.*")) if BLUR.is_dir() else []
-
-
-def _texture(size: tuple[int, int] = (384, 512), seed: int = 0) -> np.ndarray:
-    """A 'dead leaves'-like RGB texture: random discs at all scales, like natural image statistics."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.full((h, w, 3), 128, np.uint8)
-    for _ in range(1500):
-        r = int(max(2, min(h, w) / 4 * rng.random() ** 3))
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        colour = tuple(int(c) for c in rng.integers(20, 236, 3))
-        cv2.circle(img, centre, r, colour, -1, lineType=cv2.LINE_AA)
-    return img
 
 
 def _tags(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> set[str]:
@@ -65,21 +53,21 @@ def test_blur_samples_sharp_is_not_blurry_defocus_and_motion_are(path: Path) -> 
 
 
 def test_grayscale_photo() -> None:
-    gray = cv2.cvtColor(_texture(), cv2.COLOR_RGB2GRAY)
+    gray = cv2.cvtColor(dead_leaves_texture(), cv2.COLOR_RGB2GRAY)
     tags = _tags(np.repeat(gray[:, :, None], 3, axis=2), (4000, 3000))
     assert "grayscale" in tags
     assert "undersaturated" not in tags and "color_cast" not in tags
-    assert "grayscale" not in _tags(_texture(), (4000, 3000))
+    assert "grayscale" not in _tags(dead_leaves_texture(), (4000, 3000))
 
 
 def test_odd_aspect_ratio_and_low_resolution_use_the_original_size() -> None:
-    strip = _texture((120, 512))
+    strip = dead_leaves_texture((120, 512))
     assert "odd_aspect_ratio" in _tags(strip, (4096, 960))
-    assert "odd_aspect_ratio" not in _tags(_texture(), (4000, 3000))
-    small = cv2.resize(_texture(), (200, 150), interpolation=cv2.INTER_AREA)
+    assert "odd_aspect_ratio" not in _tags(dead_leaves_texture(), (4000, 3000))
+    small = cv2.resize(dead_leaves_texture(), (200, 150), interpolation=cv2.INTER_AREA)
     tags = _tags(small)
     assert "low_resolution" in tags
-    assert "low_resolution" not in _tags(_texture(), (4000, 3000))
+    assert "low_resolution" not in _tags(dead_leaves_texture(), (4000, 3000))
 
 
 def test_low_information() -> None:
@@ -90,11 +78,11 @@ def test_low_information() -> None:
     two_tone = np.zeros((300, 400, 3), np.uint8)
     two_tone[:, 200:] = 255
     assert "low_information" in _tags(two_tone, (4000, 3000))
-    assert "low_information" not in _tags(_texture(), (4000, 3000))
+    assert "low_information" not in _tags(dead_leaves_texture(), (4000, 3000))
 
 
 def test_tags_carry_evidence_and_confidence() -> None:
-    dark = (_texture().astype(np.float32) * 0.15).astype(np.uint8)
+    dark = (dead_leaves_texture().astype(np.float32) * 0.15).astype(np.uint8)
     tag = next(t for t in analyze_quality(dark, (4000, 3000)).tags if t.name == "low_light")
     assert tag.evidence["brightness_mean"] < 0.1
     assert 0.5 < tag.confidence <= 1.0
@@ -102,7 +90,7 @@ def test_tags_carry_evidence_and_confidence() -> None:
 
 
 def test_model_probabilities_confirm_veto_and_add() -> None:
-    rgb = cv2.GaussianBlur(_texture(), (0, 0), 4)
+    rgb = cv2.GaussianBlur(dead_leaves_texture(), (0, 0), 4)
     metrics = compute_metrics(working_image(rgb), (4000, 3000))
     # The mechanism, with explicit combination values (the shipped ones are tuned and may disable the veto).
     limits = default_thresholds().model_copy(update={"model": ModelCombination(confirm=0.3, alone=0.85)})
@@ -146,7 +134,7 @@ def _write(folder: Path, name: str, rgb: np.ndarray) -> None:
 def test_calibration_separates_a_labelled_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(6):
-        clean = _texture(seed=i + 10)
+        clean = dead_leaves_texture(seed=i + 10)
         _write(tmp_path / "good", f"g{i}", clean)
         _write(tmp_path / "blurry", f"b{i}", apply_distortion(clean, "gaussian_blur", 2 + i % 2, rng))
         _write(tmp_path / "low_light", f"d{i}", apply_distortion(clean, "darken", 2, rng))
@@ -169,7 +157,7 @@ def test_calibration_separates_a_labelled_folder(tmp_path: Path) -> None:
 
 def test_calibrate_command_writes_bumped_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(3):
-        clean = _texture(seed=i)
+        clean = dead_leaves_texture(seed=i)
         _write(tmp_path / "data" / "good", f"g{i}", clean)
         _write(
             tmp_path / "data" / "noisy", f"n{i}", apply_distortion(clean, "white_noise", 4, np.random.default_rng(i))
