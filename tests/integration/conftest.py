@@ -1,13 +1,14 @@
 """Start the real server once per test run: `imgserve serve` (local Ray + Ray Serve) on free ports."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from tests.integration.server_process import ServerProcess
-from tests.paths import MOBILENET_DIR, PROJECT_ROOT
+from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
 
@@ -16,6 +17,17 @@ TEST_ENV = {"IMGSERVE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024), "IMGSERVE_MAX_REQU
 MAX_QUEUED = 16
 
 RunningServer = ServerProcess  # what tests receive from the `server` fixture
+
+
+def server_env(tmp: Path) -> dict[str, str]:
+    """TEST_ENV plus a private build-output cache under the server's temp folder."""
+    return {**TEST_ENV, "IMGSERVE_CACHE_DIR": str(tmp / "cache")}
+
+
+def imagenet_truth() -> dict[str, int]:
+    """WordNet id -> the default model's class index (index 0 is background), from its wnids.txt."""
+    wnids = (require(MOBILENET_DIR) / "wnids.txt").read_text().split()
+    return {wnid: i + 1 for i, wnid in enumerate(wnids)}
 
 
 def _test_config() -> dict:
@@ -31,13 +43,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     if not MOBILENET_DIR.exists():
         pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
     tmp = tmp_path_factory.mktemp("server")
-    env = {**TEST_ENV, "IMGSERVE_CACHE_DIR": str(tmp / "cache")}
-    process = ServerProcess(tmp, _test_config(), env)
-    process.start()
-    try:
+    with ServerProcess(tmp, _test_config(), server_env(tmp)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")

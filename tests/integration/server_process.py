@@ -126,6 +126,13 @@ class ServerProcess:
             time.sleep(0.1)
         self.proc = None
 
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout_s: float = 60.0) -> None:
         """Ctrl-C (clean Serve and Ray shutdown), then SIGKILL whatever is left of the session."""
         if self.proc is None:

@@ -38,12 +38,8 @@ def _aggressive_config() -> dict:
 @pytest.fixture(scope="module")
 def scaling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     require(MOBILENET_DIR)
-    server = ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config())
-    server.start()
-    try:
+    with ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _running_replicas(url: str) -> int:

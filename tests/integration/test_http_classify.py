@@ -8,22 +8,18 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
+from tests.integration.conftest import imagenet_truth
+from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = pytest.mark.integration
 
 REFERENCE_TOP1 = 0.888  # model card: resize256_crop224, bilinear, these 1000 samples
 
 
-def _ground_truth() -> dict[str, int]:
-    wnids = (require(MOBILENET_DIR) / "wnids.txt").read_text().split()
-    return {wnid: i + 1 for i, wnid in enumerate(wnids)}  # index 0 is background
-
-
 def test_top1_on_1000_imagenet_samples_matches_reference(http: httpx.Client) -> None:
     files = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))
     assert len(files) == 1000
-    truth = _ground_truth()
+    truth = imagenet_truth()
 
     def top1(path: Path) -> tuple[str, int]:
         response = http.post("/v1/classify", content=path.read_bytes(), params={"top_k": 1})

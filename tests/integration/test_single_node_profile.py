@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from serving.client import Client
-from tests.integration.conftest import TEST_ENV
+from tests.integration.conftest import imagenet_truth, server_env
 from tests.integration.server_process import ServerProcess
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
@@ -29,23 +29,14 @@ def single_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     require(MOBILENET_DIR)
     tmp = tmp_path_factory.mktemp("single-node")
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.single_node.yaml").read_text())
-    process = ServerProcess(tmp, config, {**TEST_ENV, "IMGSERVE_CACHE_DIR": str(tmp / "cache")})
-    process.start()
-    try:
+    with ServerProcess(tmp, config, server_env(tmp)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
 def client(single_node: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=single_node.http_url, timeout=60) as http:
         yield http
-
-
-def _truth() -> dict[str, int]:
-    wnids = (require(MOBILENET_DIR) / "wnids.txt").read_text().split()
-    return {wnid: i + 1 for i, wnid in enumerate(wnids)}
 
 
 def test_only_the_ingress_runs_the_models(client: httpx.Client) -> None:
@@ -57,7 +48,7 @@ def test_only_the_ingress_runs_the_models(client: httpx.Client) -> None:
 
 def test_top1_on_real_photos_and_concurrent_requests_share_batches(client: httpx.Client) -> None:
     files = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:SAMPLE]
-    truth = _truth()
+    truth = imagenet_truth()
 
     def top1(path: Path) -> bool:
         response = client.post("/v1/classify", content=path.read_bytes(), params={"top_k": 1})
