@@ -41,7 +41,14 @@ from models.quality_net.dataset import HELD_OUT_FROM, MODEL_DIR, VALIDATION_EVER
 from pipelines.analysis_decode import decode_for_analysis
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.distortions import KINDS, apply_distortion
-from pipelines.quality.evaluate import DEFAULT_PHOTOS, EVALUATED_TAGS, Sample, label, load_rgb, select_photos
+from pipelines.quality.evaluate import (
+    DEFAULT_PHOTOS,
+    EVALUATED_TAGS,
+    Sample,
+    counted_hits,
+    load_rgb,
+    select_photos,
+)
 from pipelines.quality.metrics import compute_metrics
 from pipelines.quality.tags import tags_from_values
 from pipelines.quality.thresholds import ModelCombination, Thresholds, load_thresholds
@@ -170,18 +177,12 @@ def tag_scores(
     tags: Sequence[str] = EVALUATED_TAGS,
 ) -> dict:
     """Per tag: positives, tp, fp, fn, precision, recall, f1, clean_tagged, with the labels of
-    `pipelines.quality.evaluate.label` (clean photos are negatives) and the copies of `doubtful` photos left out."""
+    `pipelines.quality.evaluate.counted_hits` (clean photos are negatives; copies of `doubtful` photos left out)."""
     clean_fired = [f for (_, kind, _, _), f in zip(samples, fired, strict=True) if kind == "clean"]
     out = {}
     for tag in tags:
         tp = fp = fn = 0
-        for (name, kind, level, _), got in zip(samples, fired, strict=True):
-            truth = label(kind, level, tag)
-            if truth is False and kind != "clean" and tag in doubtful.get(name, set()):
-                truth = None
-            if truth is None:
-                continue
-            hit = tag in got
+        for _, truth, hit in counted_hits(samples, fired, tag, doubtful):
             tp, fp, fn = tp + (hit and truth), fp + (hit and not truth), fn + (truth and not hit)
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0

@@ -16,7 +16,7 @@ The set: photos of imagenet-samples chosen by file-name-sorted index (>= 500 is 
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -73,6 +73,20 @@ def label(kind: str, level: int, tag: str) -> bool | None:
     return False
 
 
+def counted_hits(
+    samples: Sequence[Sample], fired: Sequence[set[str]], tag: str, clean_tags: Mapping[str, set[str]]
+) -> Iterator[tuple[int, bool, bool]]:
+    """(level, truth, hit) for every sample that counts for `tag`: the truth of `label`, except that distorted
+    copies of a photo whose clean original already carries `tag` (`clean_tags[name]`) are left out — the
+    distortion did not cause the tag, so it is neither a true nor a false positive."""
+    for (name, kind, level, _), got in zip(samples, fired, strict=True):
+        truth = label(kind, level, tag)
+        if truth is False and kind != "clean" and tag in clean_tags.get(name, set()):
+            truth = None
+        if truth is not None:
+            yield level, truth, tag in got
+
+
 def tag_table(samples: Sequence[Sample], thresholds: Thresholds) -> list[dict[str, float | int | str]]:
     """Per-tag counts, precision, recall (overall and at levels 3/4/5) and share of clean photos tagged."""
     fired = [{t.name for t in tags_from_values(m, thresholds)} for _, _, _, m in samples]
@@ -81,13 +95,7 @@ def tag_table(samples: Sequence[Sample], thresholds: Thresholds) -> list[dict[st
     for tag in EVALUATED_TAGS:
         tp = fp = fn = 0
         by_level = {3: [0, 0], 4: [0, 0], 5: [0, 0]}
-        for (name, kind, level, _), tags in zip(samples, fired, strict=True):
-            truth = label(kind, level, tag)
-            if truth is False and kind != "clean" and tag in clean_tags.get(name, set()):
-                truth = None
-            if truth is None:
-                continue
-            hit = tag in tags
+        for level, truth, hit in counted_hits(samples, fired, tag, clean_tags):
             tp, fp, fn = tp + (hit and truth), fp + (hit and not truth), fn + (truth and not hit)
             if truth and level in by_level:
                 by_level[level][0] += hit
