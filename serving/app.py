@@ -58,7 +58,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         batch = None
         if options.batch_jobs:
             batch = BatchWorkerDeployment.bind(None, {}, default.name, metadata, quality, stages)
-        return IngressDeployment.bind(None, {}, default.name, metadata, batch, True, quality, stages)
+        return IngressDeployment.bind(
+            None, {}, default.name, metadata, batch, True, quality, stages, options.direct_ingress
+        )
     models = {}
     for name in servable:
         # Room for one batch executing and a full one queued behind it, so batches can fill.
@@ -69,4 +71,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     decoder = DecoderDeployment.bind(decoder=options.decoder, reduced_decode=options.reduced_decode)
     batch = BatchWorkerDeployment.bind(decoder, models, default.name, metadata, quality) if options.batch_jobs else None
     decode_in_model = options.decode_location == "model"
-    return IngressDeployment.bind(decoder, models, default.name, metadata, batch, decode_in_model, quality)
+    return IngressDeployment.bind(
+        decoder, models, default.name, metadata, batch, decode_in_model, quality, None, options.direct_ingress
+    )

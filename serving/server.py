@@ -14,17 +14,44 @@ from typing import Any
 
 import yaml
 
+from serving.config.app_args import DirectIngressOptions
+
 logger = logging.getLogger("imgserve.server")
 
 
 def load_serve_config(path: Path, http_port: int | None = None, grpc_port: int | None = None) -> dict[str, Any]:
-    """The YAML, with optional port overrides (tests run beside a developer's own server)."""
+    """The YAML, with optional port overrides (tests run beside a developer's own server): they move Ray Serve's
+    proxy and every application's direct listeners (`args.direct_ingress`) alike."""
     config = yaml.safe_load(path.read_text())
     if http_port is not None:
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None and "grpc_options" in config:
         config["grpc_options"]["port"] = grpc_port
+    for app in config.get("applications", []):
+        direct = (app.get("args") or {}).get("direct_ingress")
+        if direct is None:
+            continue
+        listeners = DirectIngressOptions.model_validate(direct)  # its defaults say which listeners are on
+        if http_port is not None and listeners.http_port is not None:
+            direct["http_port"] = http_port
+        if grpc_port is not None and listeners.grpc_port is not None:
+            direct["grpc_port"] = grpc_port
     return config
+
+
+def listening_at(config: dict[str, Any]) -> str:
+    """Where clients connect: the direct listeners when the proxy is disabled, else the proxy."""
+    if config.get("proxy_location") != "Disabled":
+        http = config.get("http_options") or {}
+        grpc = (config.get("grpc_options") or {}).get("port")
+        return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (grpc port {grpc})"
+    places = []
+    for app in config.get("applications", []):
+        direct = (app.get("args") or {}).get("direct_ingress")
+        if direct is not None:
+            listeners = DirectIngressOptions.model_validate(direct)
+            places.append(f"http://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port})")
+    return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
 
 
 def prepare_environment() -> str:
@@ -70,7 +97,8 @@ def run_server(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port))
+    raw_config = load_serve_config(config_path, http_port, grpc_port)
+    config = ServeDeploySchema.model_validate(raw_config)
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
@@ -88,8 +116,7 @@ def run_server(
         )
         client.deploy_apps(config)
         wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
-        http = config.http_options
-        print(f"imgserve is ready: http://{http.host}:{http.port} (grpc port {config.grpc_options.port})", flush=True)
+        print(f"imgserve is ready: {listening_at(raw_config)}", flush=True)
         while not stop.wait(1.0):
             pass
     finally:

@@ -5,6 +5,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class DirectIngressOptions(BaseModel):
+    """Listeners each Ingress replica opens itself (serving.deployments.direct_ingress): HTTP and gRPC clients
+    reach the replica without Ray Serve's proxy in between. Several replicas on one host share the ports
+    (SO_REUSEPORT: the kernel spreads connections over them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on ('0.0.0.0' for all).")
+    http_port: int | None = Field(default=8000, description="HTTP port (the FastAPI app); null = no HTTP listener.")
+    grpc_port: int | None = Field(default=9000, description="gRPC port (OIP + ImageService + Health); null = none.")
+    max_inflight: int = Field(
+        default=1024,
+        ge=1,
+        description="Requests a replica works on at once over all its listeners; beyond, new ones are answered "
+        "503 / RESOURCE_EXHAUSTED (kind 'overloaded') — the direct path's max_queued_requests.",
+    )
+
+
 class AppArgs(BaseModel):
     """`args:` of the application in serve_config.yaml."""
 
@@ -34,6 +52,11 @@ class AppArgs(BaseModel):
         "config.yaml `batching`); per-model deployments take the same mapping as `user_config: {batching: ...}`.",
     )
     ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
+    direct_ingress: DirectIngressOptions | None = Field(
+        default=None,
+        description="Ingress replicas serve HTTP/gRPC on their own listeners (no proxy hop per request). Pair with "
+        "`proxy_location: Disabled` to use the usual ports; null = clients go through Ray Serve's proxy.",
+    )
     metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
     quality: bool = Field(default=True, description="Deploy the quality stage (classical metrics, score, tags).")
     batch_jobs: bool = Field(default=True, description="Deploy the BatchWorker behind /v1/batch and /v1/jobs.")

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import grpc
 
 from serving.access_log import log_request, start_request
+from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
 from serving.errors import ErrorInfo, classify_error
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
 
@@ -25,7 +26,10 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
     code = "OK"
     INFLIGHT.labels("grpc").inc()
     try:
-        return await call(), None
+        if endpoint in UNLIMITED_GRPC_METHODS:
+            return await call(), None
+        with REPLICA_LIMIT.admit():
+            return await call(), None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
         info = classify_error(exc)
         code = info.grpc_code

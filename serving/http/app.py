@@ -14,7 +14,12 @@ from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error
 from serving.http import image_routes, job_routes, oip_routes
-from serving.http.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware, RequestMetricsMiddleware
+from serving.http.middleware import (
+    AdmissionMiddleware,
+    BodySizeLimitMiddleware,
+    InternalErrorMiddleware,
+    RequestMetricsMiddleware,
+)
 from serving.metrics import ERRORS, render_metrics
 from serving.repository import UnknownModelError
 
@@ -58,6 +63,7 @@ def create_http_app(settings: ServerSettings | None = None) -> FastAPI:
     # replicas arrive as RayError subclasses (usually also instances of the original class).
     for error_class in (ImageInputError, ServiceError, UnknownModelError, RayError, BackPressureError):
         app.add_exception_handler(error_class, _service_error)
+    app.add_middleware(AdmissionMiddleware)  # innermost of the four: a refusal is still counted and timed
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestMetricsMiddleware)

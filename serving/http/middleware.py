@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.access_log import log_request, start_request
-from serving.metrics import INFLIGHT, REQUEST_LATENCY, REQUESTS
+from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
+from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
 
 logger = logging.getLogger("imgserve.http")
 
@@ -52,6 +53,31 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class AdmissionMiddleware:
+    """Refuses a request with a JSON 503 (kind "overloaded") when the replica already has its limit of requests
+    in flight (serving.admission); health and metrics paths always pass."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in UNLIMITED_HTTP_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not REPLICA_LIMIT.try_enter():
+            error = REPLICA_LIMIT.overloaded()
+            ERRORS.labels("(admission)", error.kind).inc()
+            body = json.dumps({"error": str(error), "kind": error.kind}).encode()
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REPLICA_LIMIT.leave()
 
 
 class InternalErrorMiddleware:

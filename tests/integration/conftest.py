@@ -15,6 +15,9 @@ pytestmark = pytest.mark.integration
 # Small limits so the 413 paths are cheap to exercise; stage queues are bounded so overload shows.
 TEST_ENV = {"IMGSERVE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024), "IMGSERVE_MAX_REQUEST_BYTES": str(16 * 1024 * 1024)}
 MAX_QUEUED = 16
+# The single-node profile's direct listeners refuse beyond this many requests in flight: small enough that a
+# burst of a few hundred shows overload, above the 32 concurrent clients the batching test uses.
+SINGLE_NODE_MAX_INFLIGHT = 48
 
 RunningServer = ServerProcess  # what tests receive from the `server` fixture
 
@@ -44,6 +47,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
     tmp = tmp_path_factory.mktemp("server")
     with ServerProcess(tmp, _test_config(), server_env(tmp)) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def single_node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """serve_config.single_node.yaml: no proxy, the Ingress replica's own listeners, models in-process."""
+    if not MOBILENET_DIR.exists():
+        pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
+    tmp = tmp_path_factory.mktemp("single-node")
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.single_node.yaml").read_text())
+    config["applications"][0]["args"]["direct_ingress"]["max_inflight"] = SINGLE_NODE_MAX_INFLIGHT
+    with ServerProcess(tmp, config, server_env(tmp)) as process:
         yield process
 
 

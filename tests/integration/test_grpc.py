@@ -1,7 +1,11 @@
-"""gRPC ingress (Ray Serve's proxy): OIP with the unmodified Triton client, ImageService, health, status codes."""
+"""gRPC ingress: OIP with the unmodified Triton client, ImageService, health, status codes.
+
+Every test runs twice: against the default graph (Ray Serve's gRPC proxy in front of the Ingress) and against
+the single-node profile (the Ingress replica's own grpc.aio listener, serving.deployments.direct_ingress)."""
 
 import asyncio
 import queue
+from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -34,14 +38,26 @@ def _images() -> list[bytes]:
     return [(require(IMAGENET_SAMPLES) / name).read_bytes() for name in EXPECTED]
 
 
-@pytest.fixture(scope="module")
-def triton(server: RunningServer) -> triton_grpc.InferenceServerClient:
-    return triton_grpc.InferenceServerClient(server.grpc_target)
+@pytest.fixture(scope="module", params=["graph", "single_node"])
+def target(request: pytest.FixtureRequest) -> RunningServer:
+    """The server under test: the session's graph server (proxy) or the single-node one (direct listeners)."""
+    return request.getfixturevalue("server" if request.param == "graph" else "single_node_server")
 
 
 @pytest.fixture(scope="module")
-def channel(server: RunningServer) -> grpc.Channel:
-    with grpc.insecure_channel(server.grpc_target) as ch:
+def http(target: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=target.http_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def triton(target: RunningServer) -> triton_grpc.InferenceServerClient:
+    return triton_grpc.InferenceServerClient(target.grpc_target)
+
+
+@pytest.fixture(scope="module")
+def channel(target: RunningServer) -> grpc.Channel:
+    with grpc.insecure_channel(target.grpc_target) as ch:
         yield ch
 
 
@@ -60,14 +76,14 @@ def test_oip_health_and_metadata(triton: triton_grpc.InferenceServerClient) -> N
     assert index[MODEL] == "READY"
 
 
-def test_model_infer_raw_contents_equals_http(triton: triton_grpc.InferenceServerClient, server: RunningServer) -> None:
+def test_model_infer_raw_contents_equals_http(triton: triton_grpc.InferenceServerClient, target: RunningServer) -> None:
     batch = np.random.default_rng(0).uniform(-1, 1, size=(3, 3, 224, 224)).astype(np.float32)
     grpc_input = triton_grpc.InferInput("input", list(batch.shape), "FP32")
     grpc_input.set_data_from_numpy(batch)  # tritonclient.grpc sends raw_input_contents
     grpc_probs = triton.infer(MODEL, [grpc_input], outputs=[triton_grpc.InferRequestedOutput("probs")]).as_numpy(
         "probs"
     )
-    http_client = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    http_client = triton_http.InferenceServerClient(target.http_url.removeprefix("http://"))
     http_input = triton_http.InferInput("input", list(batch.shape), "FP32")
     http_input.set_data_from_numpy(batch, binary_data=True)
     http_probs = http_client.infer(MODEL, [http_input]).as_numpy("probs")
@@ -175,11 +191,11 @@ def test_status_codes(images_stub, triton: triton_grpc.InferenceServerClient) ->
         triton.get_model_metadata("no_such_model")
 
 
-def test_overload_is_resource_exhausted(server: RunningServer, images_stub) -> None:  # noqa: ANN001
+def test_overload_is_resource_exhausted(target: RunningServer, images_stub) -> None:  # noqa: ANN001
     data = _images()[0]
 
     async def burst() -> list[grpc.StatusCode]:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        async with grpc.aio.insecure_channel(target.grpc_target) as channel:
             stub = pb_grpc.ImageServiceStub(channel)
 
             async def one() -> grpc.StatusCode:

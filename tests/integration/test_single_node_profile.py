@@ -1,10 +1,13 @@
-"""serve_config.single_node.yaml for real: decode and the batched models inside the Ingress replica.
+"""serve_config.single_node.yaml for real: decode and the batched models inside the Ingress replica, which
+serves HTTP and gRPC on its own listeners (no Ray Serve proxy).
 
-The session `server` runs the default graph (serve_config.yaml); this module starts its own server on the
-single-machine profile and checks that the same API answers the same way: accuracy, analysis with every stage,
-gRPC, errors that leave the replica serving, and dynamic batching of concurrent requests in-process.
+The session `server` runs the default graph (serve_config.yaml); `single_node_server` runs this profile, and
+this module checks that the same API answers the same way: accuracy, analysis with every stage, gRPC, errors
+that leave the replica serving, dynamic batching of concurrent requests in-process, and backpressure on the
+direct listeners. tests/integration/test_grpc.py runs its whole suite against both servers.
 """
 
+import asyncio
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from serving.client import Client
-from tests.integration.conftest import imagenet_truth, server_env
+from tests.integration.conftest import SINGLE_NODE_MAX_INFLIGHT, imagenet_truth
 from tests.integration.server_process import ServerProcess
-from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
+from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +27,8 @@ SAMPLE = 200  # first sorted photos: enough to see a broken pipeline, cheap on 2
 
 
 @pytest.fixture(scope="module")
-def single_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    require(MOBILENET_DIR)
-    tmp = tmp_path_factory.mktemp("single-node")
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.single_node.yaml").read_text())
-    with ServerProcess(tmp, config, server_env(tmp)) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def client(single_node: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=single_node.http_url, timeout=60) as http:
+def client(single_node_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=single_node_server.http_url, timeout=60) as http:
         yield http
 
 
@@ -82,11 +75,39 @@ def test_analyze_runs_every_stage_from_one_request(client: httpx.Client) -> None
     assert result["metadata"]["image"]["width"] > 0
 
 
-def test_grpc_and_bad_input_leave_the_replica_serving(single_node: ServerProcess, client: httpx.Client) -> None:
+def test_grpc_and_bad_input_leave_the_replica_serving(single_node_server: ServerProcess, client: httpx.Client) -> None:
     photo = (require(IMAGENET_SAMPLES) / "n03249569_drum.JPEG").read_bytes()
     truncated = client.post("/v1/classify", content=photo[: len(photo) // 3])
     assert truncated.status_code == 400 and truncated.json()["error"]
     assert client.post("/v1/classify", content=b"not an image").status_code in (400, 415)
-    with Client(f"grpc://{single_node.grpc_target}") as grpc_client:
+    with Client(f"grpc://{single_node_server.grpc_target}") as grpc_client:
         [result] = grpc_client.classify([photo], top_k=1)
     assert result.top is not None and result.top.label.startswith("drum")
+
+
+def test_direct_listeners_refuse_overload_with_json_503_and_keep_serving(
+    single_node_server: ServerProcess, client: httpx.Client
+) -> None:
+    photo = (require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG").read_bytes()
+    before = _errors(client.get("/metrics").text)
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=single_node_server.http_url, timeout=120, limits=limits) as http:
+            requests = [http.post("/v1/classify", content=photo) for _ in range(6 * SINGLE_NODE_MAX_INFLIGHT)]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(burst())
+    statuses = {r.status_code for r in responses}
+    assert statuses == {200, 503}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(r.json()["kind"] == "overloaded" for r in refused)
+    assert _errors(client.get("/metrics").text) - before == len(refused)
+    # Probes are answered at any load, and the replica serves normally once the burst is over.
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.post("/v1/classify", content=photo).status_code == 200
+
+
+def _errors(text: str) -> float:
+    pattern = re.compile(r'^imgserve_errors_total\{endpoint="\(admission\)",kind="overloaded"\} ([0-9.e+]+)$', re.M)
+    return sum(float(m) for m in pattern.findall(text))

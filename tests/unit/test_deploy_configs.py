@@ -124,19 +124,25 @@ SINGLE_NODE_CONFIG = PROJECT_ROOT / "serve_config.single_node.yaml"
 
 def test_single_node_profile_is_the_default_config_with_in_process_models() -> None:
     """serve_config.single_node.yaml differs from serve_config.yaml only where it must: model_location, the
-    in-process batching override, and no Decoder / model-* deployments (their work runs in the Ingress)."""
+    in-process batching override, no Decoder / model-* deployments (their work runs in the Ingress), and the
+    Ingress's own listeners on the ports the proxy would have used, with the proxy disabled."""
     from ray.serve.schema import ServeDeploySchema
 
     from serving.config.app_args import AppArgs
 
     default, single = yaml.safe_load(SERVE_CONFIG.read_text()), yaml.safe_load(SINGLE_NODE_CONFIG.read_text())
     ServeDeploySchema.model_validate(single)
-    for key in ("proxy_location", "http_options", "grpc_options", "logging_config"):
-        assert single[key] == default[key], key
+    assert single["logging_config"] == default["logging_config"]
+    assert single["proxy_location"] == "Disabled" and "http_options" not in single and "grpc_options" not in single
     app, default_app = single["applications"][0], default["applications"][0]
     args = AppArgs.model_validate(app["args"])
     assert args.model_location == "ingress" and args.batching == {"batch_wait_timeout_ms": 0}
-    assert {k: v for k, v in app["args"].items() if k not in ("model_location", "batching")} == default_app["args"]
+    assert args.direct_ingress is not None
+    listeners = (args.direct_ingress.host, args.direct_ingress.http_port, args.direct_ingress.grpc_port)
+    proxy = (default["http_options"]["host"], default["http_options"]["port"], default["grpc_options"]["port"])
+    assert listeners == proxy
+    changed = ("model_location", "batching", "direct_ingress")
+    assert {k: v for k, v in app["args"].items() if k not in changed} == default_app["args"]
     moved = {"Decoder"} | {d["name"] for d in default_app["deployments"] if d["name"].startswith("model-")}
     single_deployments = {d["name"]: d for d in app["deployments"]}
     assert set(single_deployments) == {d["name"] for d in default_app["deployments"]} - moved

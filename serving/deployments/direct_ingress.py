@@ -1,0 +1,119 @@
+"""Listeners an Ingress replica opens itself, so clients reach it without Ray Serve's proxy in the data path.
+
+Through the proxy every request costs an extra process hop: the proxy parses HTTP/gRPC, routes, and makes an
+actor call to the replica, which unwraps it again. On a small machine that is several CPU-ms per request — more
+than decoding a web-size JPEG (BENCHMARKS.md). With `direct_ingress` in the application's args, each Ingress
+replica serves the same FastAPI app (uvicorn) and the same gRPC methods (grpc.aio: OIP, ImageService, Health)
+on its own event loop, the one Ray Serve runs the replica's requests on, so the in-process `@serve.batch`
+queues see requests from both paths.
+
+Ports are fixed (not allocated per replica) and opened with SO_REUSEPORT: replicas on one host share them and
+the kernel spreads connections over them; a replica that stops closes its listeners first, so its connections
+move to the others. Ray Serve still owns the replicas (placement, health checks, restarts, scaling); what the
+proxy did per request is done here: request size limits (the app's middleware, grpc's max message size),
+backpressure (serving.admission), metrics and access logs (the same edge code both paths run).
+"""
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2_grpc
+
+from serving.config.app_args import DirectIngressOptions
+from serving.grpc.stubs import ensure_generated
+
+logger = logging.getLogger("imgserve.direct_ingress")
+# Time in-flight requests get to finish when the replica stops.
+SHUTDOWN_GRACE_S = 10.0
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket other replicas on this host can bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class DirectListeners:
+    """The replica's HTTP and gRPC servers; `start` on the replica's event loop, `stop` when it shuts down."""
+
+    def __init__(self, options: DirectIngressOptions, max_message_bytes: int):
+        self.options = options
+        self.max_message_bytes = max_message_bytes
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self, servicer: Any, http_app: Any) -> None:
+        """Listen; raises (failing the replica's start) if a port cannot be bound."""
+        if self.options.grpc_port is not None:
+            await self._start_grpc(servicer)
+        if self.options.http_port is not None:
+            await self._start_http(http_app)
+        logger.info(
+            "direct ingress on %s: http %s, grpc %s",
+            self.options.host,
+            self.options.http_port,
+            self.options.grpc_port,
+        )
+
+    async def _start_grpc(self, servicer: Any) -> None:
+        ensure_generated()
+        from serving.grpc.generated import image_service_pb2_grpc, inference_pb2_grpc
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+            ]
+        )
+        # The Ingress has every RPC as a method named like it (what Ray's proxy calls too).
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        address = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
+        if server.add_insecure_port(f"{address}:{self.options.grpc_port}") == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {address}:{self.options.grpc_port}")
+        await server.start()
+        self._grpc = server
+
+    async def _start_http(self, http_app: Any) -> None:
+        assert self.options.http_port is not None
+        sock = reuse_port_socket(self.options.host, self.options.http_port)
+        config = uvicorn.Config(
+            http_app,
+            lifespan="off",
+            access_log=False,  # imgserve's access log (serving.access_log) records every request already
+            log_level="warning",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        server = uvicorn.Server(config)
+        self._http = server
+        self._http_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started:  # uvicorn is listening on the socket we bound; wait for its loop to run
+            if self._http_task.done():
+                self._http_task.result()  # raises what stopped it
+                raise RuntimeError("the HTTP listener stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to SHUTDOWN_GRACE_S), close."""
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            try:
+                await asyncio.wait_for(self._http_task, SHUTDOWN_GRACE_S + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        if self._grpc is not None:
+            await self._grpc.stop(SHUTDOWN_GRACE_S)
