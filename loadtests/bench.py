@@ -13,17 +13,19 @@ One run measures, one thing at a time (never two servers at once):
 - triton: loadtests/baselines/triton_server.py (NVIDIA Triton via PyTriton, dynamic batching, same decode and model
   in its Python callable), in its own venv loadtests/.venv-triton, created here on first use.
 - imgserve_http / imgserve_grpc: `imgserve serve --config serve_config.single_node.yaml` (decode and models in
-  the Ingress replica) on free ports, each started fresh; /v1/classify and ImageService.Classify with one image
-  per request. The ratios use the better of the two.
+  the Ingress replica, which serves HTTP and gRPC on its own listeners: no Ray Serve proxy) on free ports, each
+  started fresh; /v1/classify and ImageService.Classify with one image per request. The ratios use the better
+  of the two.
 - imgserve_graph_grpc: the same over gRPC with the default serve_config.yaml (per-stage graph: Ingress -> Decoder
   -> model deployments), to show what the actor hops cost on this machine.
 
 Every server gets the same closed-loop asyncio clients (`loadtests.closed_loop.run_level`) at each concurrency,
 on both mixes (`loadtests.images`: web = 1000 ImageNet JPEGs ~0.2 MP, camera = clean 3-12 MP photos). Per level:
 images/s, p50/p99 latency, errors, CPU steal (time the hypervisor gave other guests: a level with high steal
-measured a slower machine), the server's CPU seconds and peak RSS summed over its whole process tree
-(Ray's raylet, GCS and workers included), and the load generator's own CPU time (a generator using less than
-half a core is not the bottleneck). Results go to loadtests/results/bench.json and into BENCHMARKS.md.
+measured a slower machine), a speed probe before and after (ms per fixed single-thread JPEG decode: these VMs
+also slow down by up to ~2x without any steal), the server's CPU seconds and peak RSS summed over its whole
+process tree (Ray's raylet, GCS and workers included), and the load generator's own CPU time (a generator
+using less than half a core is not the bottleneck). Results go to loadtests/results/bench.json and into BENCHMARKS.md.
 """
 
 import argparse
@@ -152,46 +154,106 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     return round(100.0 * (after[0] - before[0]) / total, 1) if total > 0 else None
 
 
+def speed_probe_ms(rounds: int = 3) -> float:
+    """Machine speed now: median ms to decode and resize a fixed 500x375 JPEG on one thread (lower = faster).
+
+    On these shared VMs the same single-threaded work takes 3.3-6.2 ms from one minute to the next while CPU
+    steal stays near 0 (another guest on the sibling hyperthread or the memory bus does not show as steal), so a
+    level measured in a slow minute reports a slower machine. The probe is what the gate and the tables use to
+    see it; it costs ~0.1 s.
+    """
+    import io
+
+    from PIL import Image
+
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(8):
+            Image.open(io.BytesIO(_PROBE_JPEG)).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
+        samples.append((time.perf_counter() - started) * 1000 / 8)
+    return round(float(np.median(samples)), 2)
+
+
+def _probe_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:375, 0:500]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1) + rng.integers(0, 40, (375, 500, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+_PROBE_JPEG = _probe_jpeg()
+
+
 @dataclass
 class QuietGate:
-    """Before each measurement, wait (bounded) until the hypervisor steals at most `max_steal_pct` of the CPU.
+    """Before each measurement, wait (bounded) until the machine is quiet: the hypervisor steals at most
+    `max_steal_pct` of the CPU, and the speed probe (`speed_probe_ms`) is within `max_slowdown` of the fastest
+    probe seen in this run.
 
     On a shared virtual machine other guests can take most of the CPU for minutes at a time; a level measured
-    then reports a slower machine, not a slower server. The gate samples /proc/stat for `sample_s` and waits
-    while steal is above the threshold, for at most `max_wait_s` per measurement (then measures anyway: the
-    level's own `steal_pct` says how contended it was), and `max_total_wait_s` over the run. `max_wait_s` 0
-    turns it off.
+    then reports a slower machine, not a slower server. The gate samples /proc/stat for `sample_s`, probes the
+    speed, and waits while either is off, for at most `max_wait_s` per measurement (then measures anyway: the
+    level's own `steal_pct` and `probe_ms` say how contended it was), and `max_total_wait_s` over the run.
+    `max_wait_s` 0 turns the waiting off (the probe is still recorded).
     """
 
     max_steal_pct: float = 10.0
+    max_slowdown: float = 1.25
     max_wait_s: float = 60.0
     max_total_wait_s: float = 600.0  # over the whole run, so a machine that never calms down still finishes
     sample_s: float = 2.0
     waited_s: float = 0.0
+    fastest_probe_ms: float = float("inf")
 
-    def wait(self) -> None:
-        if self.max_wait_s <= 0:
-            return
+    def probe(self) -> float:
+        """One speed probe, remembered if it is the fastest so far."""
+        probe = speed_probe_ms()
+        self.fastest_probe_ms = min(self.fastest_probe_ms, probe)
+        return probe
+
+    def wait(self) -> float:
+        """Wait as above; returns the last speed probe (ms)."""
         started = time.monotonic()
         bound = min(self.max_wait_s, max(0.0, self.max_total_wait_s - self.waited_s))
         while True:
             before = cpu_times()
-            time.sleep(self.sample_s)
+            if self.max_wait_s > 0:
+                time.sleep(self.sample_s)
             steal = steal_pct(before, cpu_times())
-            if steal is None or steal <= self.max_steal_pct or time.monotonic() - started >= bound:
+            probe = self.probe()
+            quiet = (
+                steal is None or steal <= self.max_steal_pct
+            ) and probe <= self.fastest_probe_ms * self.max_slowdown
+            if self.max_wait_s <= 0 or quiet or time.monotonic() - started >= bound:
                 break
         waited = time.monotonic() - started - self.sample_s
         if waited > 0:
             self.waited_s += waited
         if waited >= 1:
-            log(f"waited {waited:.0f} s for CPU steal to fall to {self.max_steal_pct:.0f} % (now {steal} %)")
+            log(
+                f"waited {waited:.0f} s for a quiet machine: steal {steal} % (<= {self.max_steal_pct:.0f}), "
+                f"speed probe {probe} ms (fastest {self.fastest_probe_ms} ms, <= x{self.max_slowdown})"
+            )
+        return probe
 
 
 QUIET = QuietGate()
 
 
 def level_record(
-    result: LevelResult, cpu_s: float, peak_rss_mb: float, monitor_cpu_s: float = 0.0, steal: float | None = None
+    result: LevelResult,
+    cpu_s: float,
+    peak_rss_mb: float,
+    monitor_cpu_s: float = 0.0,
+    steal: float | None = None,
+    probe_ms: tuple[float, float] | None = None,
 ) -> dict:
     """One (server, mix, concurrency) entry of bench.json."""
     client_cpu = max(0.0, result.client_cpu_s - monitor_cpu_s)
@@ -209,7 +271,14 @@ def level_record(
         "client_cpu_s": round(client_cpu, 2),
         "client_cores": _finite(round(client_cpu / seconds, 3)),
         "steal_pct": steal,
+        # Speed probe just before and just after the level (ms, lower = faster machine): see speed_probe_ms.
+        "probe_ms": list(probe_ms) if probe_ms else None,
     }
+
+
+def _probe_cell(probe: list[float] | None) -> str:
+    """'before / after' of a level's speed probes ('–' for results from before the probe existed)."""
+    return f"{_fmt(probe[0], 2)} / {_fmt(probe[1], 2)}" if probe else "–"
 
 
 def _finite(value: float) -> float | None:
@@ -286,10 +355,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     if settings.get("quick") and machine.get("contended"):
         lines.append("")
     end = f", {machine['loadavg_end']} at the end" if machine.get("loadavg_end") else ""
+    slowdown = machine.get("slowdown_max")
+    speed = (
+        f"; speed probe {machine['probe_ms_range'][0]}-{machine['probe_ms_range'][1]} ms (slowest level x{slowdown})"
+        if machine.get("probe_ms_range")
+        else ""
+    )
     if machine.get("contended") and machine.get("max_steal_pct") is not None:
         lines.append(
-            f"> **Contended machine**: the hypervisor took up to {machine['max_steal_pct']} % of the CPU during "
-            "some levels (CPU steal column); compare servers only on levels with similar steal."
+            f"> **Contended machine**: CPU steal up to {machine['max_steal_pct']} %{speed}. Some levels ran on a "
+            "slower machine than others (steal and speed-probe columns); compare servers on levels with similar "
+            "probes."
         )
     elif machine.get("contended"):
         lines.append(
@@ -298,7 +374,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     elif machine.get("max_steal_pct") is not None:
         lines.append(
-            f"Quiet machine: CPU steal at most {machine['max_steal_pct']} % in any level (load average "
+            f"Quiet machine: CPU steal at most {machine['max_steal_pct']} % in any level{speed} (load average "
             f"{machine.get('loadavg_start')} at start{end}, the benchmark's own processes included)."
         )
     lines.append("")
@@ -321,10 +397,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     gate = settings.get("steal_gate") or {}
     if gate.get("max_wait_s_per_measurement"):
         lines.append("")
+        slowdown = (
+            f" and the speed probe was within x{gate['max_slowdown']} of the run's fastest"
+            if "max_slowdown" in gate
+            else ""
+        )
         lines.append(
-            f"CPU steal gate: before each measurement the run waited (at most {gate['max_wait_s_per_measurement']:.0f}"
-            f" s, 600 s per run) until the hypervisor stole <= {gate['max_steal_pct']:.0f} % of the CPU; it waited "
-            f"{gate.get('waited_s_total', 0):.0f} s in all. The steal column is what each level still saw."
+            "Quiet-machine gate: before each measurement the run waited (at most "
+            f"{gate['max_wait_s_per_measurement']:.0f} s, 600 s per run) until the hypervisor stole <= "
+            f"{gate['max_steal_pct']:.0f} % of the CPU{slowdown}; it "
+            f"waited {gate.get('waited_s_total', 0):.0f} s in all. The steal and probe columns are what each level saw "
+            "(probe: ms per fixed single-thread JPEG decode just before / after the level; lower = faster machine)."
         )
     lines.append("")
     for mix in MIX_NAMES:
@@ -338,9 +421,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| server | conc | images/s | p50 ms | p99 ms | errors | server CPU s | server cores | peak RSS MB "
-            "| client cores | CPU steal % |"
+            "| client cores | CPU steal % | speed probe ms |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in SERVERS:
             result = report["servers"].get(name)
             if result is None:
@@ -348,7 +431,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             levels = result.get(mix) or {}
             if not levels:
                 reason = _oneline(result.get("error") or "not run", 120)
-                lines.append(f"| {name} | – | not measured: {reason} | | | | | | | | |")
+                lines.append(f"| {name} | – | not measured: {reason} | | | | | | | | | |")
                 continue
             best = peak(levels)
             for conc in sorted(levels, key=int):
@@ -360,22 +443,22 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"| {name} | {conc} | {rate} | {_fmt(level['p50_ms'])} | {_fmt(level['p99_ms'])} | "
                     f"{level['errors']} | {_fmt(level.get('cpu_s'))} | {_fmt(level.get('server_cores'), 2)} | "
                     f"{_fmt(level.get('peak_rss_mb'), 0)} | {_fmt(level.get('client_cores'), 2)} | "
-                    f"{_fmt(level.get('steal_pct'))} |"
+                    f"{_fmt(level.get('steal_pct'))} | {_probe_cell(level.get('probe_ms'))} |"
                 )
         limit = report["limit"]
         model, decode = limit.get("model") or {}, (limit.get("decode") or {}).get(mix) or {}
         combined = (limit.get("combined") or {}).get(mix)
         lines.append(
             f"| limit: model only (ORT, batch {model.get('best_batch')}) | – | {_fmt(model.get('images_per_s'))} "
-            "| | | | | | | | |"
+            "| | | | | | | | | |"
         )
         lines.append(
-            f"| limit: decode+preprocess only (1 process) | – | {_fmt(decode.get('images_per_s'))} | | | | | | | | |"
+            f"| limit: decode+preprocess only (1 process) | – | {_fmt(decode.get('images_per_s'))} | | | | | | | | | |"
         )
-        lines.append(f"| limit: combined decode+model (serial) | – | {_fmt(combined)} | | | | | | | | |")
+        lines.append(f"| limit: combined decode+model (serial) | – | {_fmt(combined)} | | | | | | | | | |")
         parallel = (limit.get("parallel") or {}).get(mix)
         if parallel:
-            lines.append(f"| limit: decode on all cores + model (parallel) | – | {_fmt(parallel)} | | | | | | | | |")
+            lines.append(f"| limit: decode on all cores + model (parallel) | – | {_fmt(parallel)} | | | | | | | | | |")
         lines.append("")
     ratios, peaks = report["ratios"], report["peaks"]
     lines.append("#### Ratios (each server at its own peak concurrency, bold above)")
@@ -1031,18 +1114,20 @@ def measure_server(
             if warmup > 0:
                 asyncio.run(run_level(server.url, mix.images, max(concurrency), warmup, sender))
             for conc in concurrency:
-                QUIET.wait()
+                probe_before = QUIET.wait()
                 cpu0, _, mon0 = server.monitor.mark()
                 times0 = cpu_times()
                 level = asyncio.run(run_level(server.url, mix.images, conc, seconds, sender))
                 cpu1, peak_rss, mon1 = server.monitor.mark()
-                record = level_record(level, cpu1 - cpu0, peak_rss, mon1 - mon0, steal_pct(times0, cpu_times()))
+                steal = steal_pct(times0, cpu_times())
+                probes = (probe_before, QUIET.probe())
+                record = level_record(level, cpu1 - cpu0, peak_rss, mon1 - mon0, steal, probes)
                 result[mix_name][str(conc)] = record
                 log(
                     f"{server.name} {mix_name} c{conc}: {record['images_per_s']} img/s, p50 {record['p50_ms']} ms, "
                     f"p99 {record['p99_ms']} ms, errors {record['errors']}, server {record['server_cores']} cores "
                     f"{record['peak_rss_mb']:.0f} MB, client {record['client_cores']} cores, "
-                    f"steal {record['steal_pct']} %"
+                    f"steal {record['steal_pct']} %, speed probe {probes[0]}/{probes[1]} ms"
                 )
         result["processes"] = len(server.monitor.pids())
     except Exception as exc:  # noqa: BLE001 - one server failing must not lose the others' results
@@ -1073,6 +1158,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steal", type=float, default=10.0, help="wait before a measurement while CPU steal exceeds this %%"
     )
     parser.add_argument(
+        "--max-slowdown",
+        type=float,
+        default=1.25,
+        help="wait before a measurement while the speed probe is slower than this x the run's fastest",
+    )
+    parser.add_argument(
         "--steal-wait",
         type=float,
         default=None,
@@ -1094,6 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     web_limit = args.web_images or (100 if quick else None)
     camera_limit = args.camera_images or (8 if quick else None)
     QUIET.max_steal_pct = args.max_steal
+    QUIET.max_slowdown = args.max_slowdown
     QUIET.max_wait_s = args.steal_wait if args.steal_wait is not None else (0.0 if quick else 60.0)
     python_rel = (
         os.path.relpath(sys.executable, PROJECT_ROOT)
@@ -1143,6 +1235,18 @@ def main(argv: list[str] | None = None) -> int:
         # On a VM the load average counts the benchmark's own processes; steal says whether others took the CPU.
         machine["max_steal_pct"] = max(steals)
         machine["contended"] = max(steals) > QUIET.max_steal_pct
+    probes = [
+        probe
+        for result in servers.values()
+        for mix in MIX_NAMES
+        for level in (result.get(mix) or {}).values()
+        if isinstance(level, dict)
+        for probe in level.get("probe_ms") or []
+    ]
+    if probes:
+        machine["probe_ms_range"] = [min(probes), max(probes)]
+        machine["slowdown_max"] = round(max(probes) / min(probes), 2)
+        machine["contended"] = machine.get("contended", False) or machine["slowdown_max"] > QUIET.max_slowdown
     settings = {
         "quick": quick,
         "make_command": make_command,
@@ -1154,8 +1258,10 @@ def main(argv: list[str] | None = None) -> int:
         "imgserve": "the better of imgserve_http and imgserve_grpc at its peak (see peaks.<mix>.imgserve.server)",
         "imgserve_configs": IMGSERVE_CONFIGS,
         "steal_pct": "share of the machine's CPU time stolen by the hypervisor during the level (/proc/stat)",
+        "probe_ms": "speed probe before/after the level: ms per fixed single-thread JPEG decode (speed_probe_ms)",
         "steal_gate": {
             "max_steal_pct": QUIET.max_steal_pct,
+            "max_slowdown": QUIET.max_slowdown,
             "max_wait_s_per_measurement": QUIET.max_wait_s,
             "waited_s_total": round(QUIET.waited_s, 1),
         },

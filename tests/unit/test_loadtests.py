@@ -258,18 +258,47 @@ def test_steal_share_comes_from_proc_stat_deltas() -> None:
         assert total > 0 and 0 <= steal <= total
 
 
-def test_quiet_gate_off_returns_at_once_and_on_waits_at_most_its_bound() -> None:
+def test_quiet_gate_off_only_probes_and_on_waits_at_most_its_bound() -> None:
     import time
 
     off = bench.QuietGate(max_wait_s=0)
     started = time.monotonic()
-    off.wait()
-    assert time.monotonic() - started < 0.05 and off.waited_s == 0
+    probe = off.wait()
+    assert time.monotonic() - started < 1.0 and off.waited_s == 0
+    assert 0 < probe == off.fastest_probe_ms  # the probe is still taken and remembered
     # Threshold -1 %: never quiet enough, so it must give up after max_wait_s (plus one sample).
     stubborn = bench.QuietGate(max_steal_pct=-1, max_wait_s=0.2, sample_s=0.05)
     started = time.monotonic()
     stubborn.wait()
-    assert 0.2 <= time.monotonic() - started < 1.0 and stubborn.waited_s > 0
+    assert 0.2 <= time.monotonic() - started < 2.0 and stubborn.waited_s > 0
+    # A probe can never be faster than half the fastest: the speed condition alone keeps it waiting too.
+    slow = bench.QuietGate(max_steal_pct=100, max_slowdown=0.5, max_wait_s=0.2, sample_s=0.05)
+    started = time.monotonic()
+    slow.wait()
+    assert 0.2 <= time.monotonic() - started < 2.0 and slow.waited_s > 0
+
+
+def test_speed_probe_sees_a_slower_machine() -> None:
+    """Two busy threads on this process's cores make the single-thread probe slower (GIL + shared cores)."""
+    import threading
+
+    quiet = min(bench.speed_probe_ms() for _ in range(3))
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(10_000))  # holds the GIL: the probe's Python-level work waits for it
+
+    workers = [threading.Thread(target=spin) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        busy = bench.speed_probe_ms()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert busy > quiet
 
 
 def test_limit_rate_is_the_fastest_window() -> None:
