@@ -317,3 +317,16 @@ def test_limit_rate_is_the_fastest_window() -> None:
     finally:
         bench.QUIET = quiet
     assert rate > 200  # the fast phase (~1000/s at 1 ms), not the ~50/s average of the slow one
+
+
+def test_best_of_rounds_keeps_each_levels_fastest_round_and_every_rate() -> None:
+    def level(rate: float) -> dict:
+        return {"images_per_s": rate, "p50_ms": 1000 / rate}
+
+    first = {"web": {"1": level(50.0), "8": level(90.0)}, "startup_s": 3.0}
+    second = {"web": {"1": level(60.0), "8": level(80.0)}, "error": "RuntimeError: boom"}
+    merged = bench.best_of_rounds([first, second])
+    assert merged["web"]["1"]["images_per_s"] == 60.0 and merged["web"]["8"]["images_per_s"] == 90.0
+    assert merged["web"]["1"]["round_rates"] == [50.0, 60.0]
+    assert merged["rounds"] == 2 and merged["startup_s"] == 3.0 and "boom" in merged["error"]
+    assert bench.best_of_rounds([first]) == first  # one round: unchanged
