@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -26,9 +27,7 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
     code = "OK"
     INFLIGHT.labels("grpc").inc()
     try:
-        if endpoint in UNLIMITED_GRPC_METHODS:
-            return await call(), None
-        with REPLICA_LIMIT.admit():
+        with nullcontext() if endpoint in UNLIMITED_GRPC_METHODS else REPLICA_LIMIT.admit():
             return await call(), None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
         info = classify_error(exc)

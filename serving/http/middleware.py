@@ -18,6 +18,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+async def send_json_error(
+    send: Send, status: int, message: str, kind: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer with the JSON error body every imgserve error has: {"error": message, "kind": kind}."""
+    body = json.dumps({"error": message, "kind": kind}).encode()
+    start_headers = [(b"content-type", b"application/json"), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodySizeLimitMiddleware:
     """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`."""
 
@@ -27,9 +37,7 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, send: Send, size: str) -> None:
         message = f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
-        body = json.dumps({"error": message, "kind": "too_large"}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, message, "too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,10 +77,7 @@ class AdmissionMiddleware:
         if not REPLICA_LIMIT.try_enter():
             error = REPLICA_LIMIT.overloaded()
             ERRORS.labels("(admission)", error.kind).inc()
-            body = json.dumps({"error": str(error), "kind": error.kind}).encode()
-            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
-            await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
             return
         try:
             await self.app(scope, receive, send)
@@ -108,15 +113,7 @@ class InternalErrorMiddleware:
 
             info = classify_error(exc)
             ERRORS.labels(getattr(scope.get("route"), "path", "unmatched"), info.kind).inc()
-            body = json.dumps({"error": info.message, "kind": info.kind}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": info.http_status,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, info.http_status, info.message, info.kind)
 
 
 class RequestMetricsMiddleware:
