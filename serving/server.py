@@ -9,12 +9,16 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from serving.config.app_args import DirectIngressOptions
+
+if TYPE_CHECKING:
+    from ray.serve.schema import ServeDeploySchema
 
 logger = logging.getLogger("imgserve.server")
 
@@ -27,10 +31,7 @@ def load_serve_config(path: Path, http_port: int | None = None, grpc_port: int |
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None and "grpc_options" in config:
         config["grpc_options"]["port"] = grpc_port
-    for app in config.get("applications", []):
-        direct = (app.get("args") or {}).get("direct_ingress")
-        if direct is None:
-            continue
+    for direct in direct_ingress_args(app.get("args") for app in config.get("applications", [])):
         listeners = DirectIngressOptions.model_validate(direct)  # its defaults say which listeners are on
         if http_port is not None and listeners.http_port is not None:
             direct["http_port"] = http_port
@@ -39,18 +40,23 @@ def load_serve_config(path: Path, http_port: int | None = None, grpc_port: int |
     return config
 
 
-def listening_at(config: dict[str, Any]) -> str:
-    """Where clients connect: the direct listeners when the proxy is disabled, else the proxy."""
-    if config.get("proxy_location") != "Disabled":
-        http = config.get("http_options") or {}
-        grpc = (config.get("grpc_options") or {}).get("port")
-        return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} (grpc port {grpc})"
-    places = []
-    for app in config.get("applications", []):
-        direct = (app.get("args") or {}).get("direct_ingress")
+def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
+    """The `direct_ingress` mapping of every application's args that has one (the mapping itself, not a copy)."""
+    for args in app_args:
+        direct = (args or {}).get("direct_ingress")
         if direct is not None:
-            listeners = DirectIngressOptions.model_validate(direct)
-            places.append(f"http://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port})")
+            yield direct
+
+
+def listening_at(config: "ServeDeploySchema") -> str:
+    """Where clients connect: the direct listeners when the proxy is disabled, else the proxy."""
+    if config.proxy_location != "Disabled":
+        http = config.http_options
+        return f"http://{http.host}:{http.port} (grpc port {config.grpc_options.port})"
+    places = []
+    for direct in direct_ingress_args(app.args for app in config.applications):
+        listeners = DirectIngressOptions.model_validate(direct)
+        places.append(f"http://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port})")
     return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
 
 
@@ -97,8 +103,7 @@ def run_server(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    raw_config = load_serve_config(config_path, http_port, grpc_port)
-    config = ServeDeploySchema.model_validate(raw_config)
+    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port))
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
@@ -116,7 +121,7 @@ def run_server(
         )
         client.deploy_apps(config)
         wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
-        print(f"imgserve is ready: {listening_at(raw_config)}", flush=True)
+        print(f"imgserve is ready: {listening_at(config)}", flush=True)
         while not stop.wait(1.0):
             pass
     finally:

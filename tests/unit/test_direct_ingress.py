@@ -130,13 +130,15 @@ def test_start_fails_loudly_when_the_port_is_held_without_reuseport() -> None:
 
 
 def test_port_overrides_move_the_direct_listeners_and_the_banner_names_them(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
     single = load_serve_config(PROJECT_ROOT / "serve_config.single_node.yaml", http_port=18000, grpc_port=19000)
     direct = single["applications"][0]["args"]["direct_ingress"]
     assert (direct["http_port"], direct["grpc_port"]) == (18000, 19000)
-    assert listening_at(single) == "http://127.0.0.1:18000 (grpc port 19000)"
+    assert listening_at(ServeDeploySchema.model_validate(single)) == "http://127.0.0.1:18000 (grpc port 19000)"
     graph = load_serve_config(PROJECT_ROOT / "serve_config.yaml", http_port=18000, grpc_port=19000)
     assert "direct_ingress" not in graph["applications"][0]["args"]
-    assert listening_at(graph) == "http://127.0.0.1:18000 (grpc port 19000)"
+    assert listening_at(ServeDeploySchema.model_validate(graph)) == "http://127.0.0.1:18000 (grpc port 19000)"
     http_only = tmp_path / "http_only.yaml"
     http_only.write_text(
         "proxy_location: Disabled\napplications:\n  - name: a\n    import_path: x:y\n"
