@@ -1,6 +1,7 @@
 """Start the real server once per test run: `imgserve serve` (local Ray + Ray Serve) on free ports."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,24 +42,28 @@ def _test_config() -> dict:
     return config
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@contextmanager
+def started_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: dict) -> Iterator[ServerProcess]:
+    """`imgserve serve` on `config` in a fresh temp folder; skips when the default model's weights are absent."""
     if not MOBILENET_DIR.exists():
         pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
-    tmp = tmp_path_factory.mktemp("server")
-    with ServerProcess(tmp, _test_config(), server_env(tmp)) as process:
+    tmp = tmp_path_factory.mktemp(name)
+    with ServerProcess(tmp, config, server_env(tmp)) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with started_server(tmp_path_factory, "server", _test_config()) as process:
         yield process
 
 
 @pytest.fixture(scope="session")
 def single_node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """serve_config.single_node.yaml: no proxy, the Ingress replica's own listeners, models in-process."""
-    if not MOBILENET_DIR.exists():
-        pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
-    tmp = tmp_path_factory.mktemp("single-node")
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.single_node.yaml").read_text())
     config["applications"][0]["args"]["direct_ingress"]["max_inflight"] = SINGLE_NODE_MAX_INFLIGHT
-    with ServerProcess(tmp, config, server_env(tmp)) as process:
+    with started_server(tmp_path_factory, "single-node", config) as process:
         yield process
 
 

@@ -23,6 +23,8 @@ from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = pytest.mark.integration
 
+MODEL_LABEL = 'model="mobilenet_v2_imagenet"'
+OVERLOAD_LABELS = 'endpoint="(admission)",kind="overloaded"'
 SAMPLE = 200  # first sorted photos: enough to see a broken pipeline, cheap on 2 cores
 
 
@@ -53,14 +55,15 @@ def test_top1_on_real_photos_and_concurrent_requests_share_batches(client: httpx
     # The model card's 88.8 % is over all 1000; 200 photos leave room for sampling noise, not for a broken path.
     assert correct / len(files) >= 0.83, f"{correct}/{len(files)}"
     metrics = client.get("/metrics").text
-    count = _sample(metrics, "imgserve_batch_size_count")
-    total = _sample(metrics, "imgserve_batch_size_sum")
+    count = _sample(metrics, "imgserve_batch_size_count", MODEL_LABEL)
+    total = _sample(metrics, "imgserve_batch_size_sum", MODEL_LABEL)
     assert count > 0 and total >= SAMPLE
     assert total > count, "32 concurrent clients never shared a batch: in-process batching is not working"
 
 
-def _sample(text: str, name: str) -> float:
-    pattern = re.compile(rf'^{name}\{{model="mobilenet_v2_imagenet"\}} ([0-9.e+]+)$', re.M)
+def _sample(text: str, name: str, labels: str) -> float:
+    """The value of `name{labels}` (labels exactly as Prometheus prints them) in a /metrics page, 0 if absent."""
+    pattern = re.compile(rf"^{re.escape(name + '{' + labels + '}')} ([0-9.e+]+)$", re.M)
     return sum(float(m) for m in pattern.findall(text))
 
 
@@ -89,7 +92,7 @@ def test_direct_listeners_refuse_overload_with_json_503_and_keep_serving(
     single_node_server: ServerProcess, client: httpx.Client
 ) -> None:
     photo = (require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG").read_bytes()
-    before = _errors(client.get("/metrics").text)
+    before = _sample(client.get("/metrics").text, "imgserve_errors_total", OVERLOAD_LABELS)
 
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -102,12 +105,8 @@ def test_direct_listeners_refuse_overload_with_json_503_and_keep_serving(
     assert statuses == {200, 503}, statuses
     refused = [r for r in responses if r.status_code == 503]
     assert all(r.json()["kind"] == "overloaded" for r in refused)
-    assert _errors(client.get("/metrics").text) - before == len(refused)
+    after = _sample(client.get("/metrics").text, "imgserve_errors_total", OVERLOAD_LABELS)
+    assert after - before == len(refused)
     # Probes are answered at any load, and the replica serves normally once the burst is over.
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post("/v1/classify", content=photo).status_code == 200
-
-
-def _errors(text: str) -> float:
-    pattern = re.compile(r'^imgserve_errors_total\{endpoint="\(admission\)",kind="overloaded"\} ([0-9.e+]+)$', re.M)
-    return sum(float(m) for m in pattern.findall(text))
