@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,15 +286,22 @@ def _finite(value: float) -> float | None:
     return value if value is not None and np.isfinite(value) else None
 
 
-def generator_summary(servers: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The load generator's worst CPU use over all levels and whether it could have been the bottleneck."""
-    worst: tuple[float, str] = (0.0, "")
+def all_levels(servers: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(server, mix, concurrency, record) of every measured level in a report's `servers`."""
     for name, result in servers.items():
         for mix in MIX_NAMES:
             for conc, level in (result.get(mix) or {}).items():
-                cores = level.get("client_cores") or 0.0
-                if cores > worst[0]:
-                    worst = (cores, f"{name}/{mix}/c{conc}")
+                if isinstance(level, dict):
+                    yield name, mix, conc, level
+
+
+def generator_summary(servers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The load generator's worst CPU use over all levels and whether it could have been the bottleneck."""
+    worst: tuple[float, str] = (0.0, "")
+    for name, mix, conc, level in all_levels(servers):
+        cores = level.get("client_cores") or 0.0
+        if cores > worst[0]:
+            worst = (cores, f"{name}/{mix}/c{conc}")
     return {
         "max_client_cores": worst[0],
         "at": worst[1],
@@ -1150,26 +1157,15 @@ def measure_server(
 
 def summarise_contention(machine: dict[str, Any], servers: dict[str, Any]) -> None:
     """Set machine['max_steal_pct'], ['probe_ms_range'], ['slowdown_max'] and ['contended'] from the levels."""
-    steals = [
-        level["steal_pct"]
-        for result in servers.values()
-        for mix in MIX_NAMES
-        for level in (result.get(mix) or {}).values()
-        if isinstance(level, dict) and level.get("steal_pct") is not None
-    ]
+    levels = [level for _, _, _, level in all_levels(servers)]
+    steals = [level["steal_pct"] for level in levels if level.get("steal_pct") is not None]
     if steals:
         # On a VM the load average counts the benchmark's own processes; steal says whether others took the CPU.
         machine["max_steal_pct"] = max(steals)
         machine["contended"] = max(steals) > QUIET.max_steal_pct
     # The probe before each level (after the gate) says what machine the level ran on; the probe after it can
     # still see the server winding down (in-flight answers, Ray's metric pushes), so it is shown, not judged.
-    probes = [
-        level["probe_ms"][0]
-        for result in servers.values()
-        for mix in MIX_NAMES
-        for level in (result.get(mix) or {}).values()
-        if isinstance(level, dict) and level.get("probe_ms")
-    ]
+    probes = [level["probe_ms"][0] for level in levels if level.get("probe_ms")]
     if probes:
         machine["probe_ms_range"] = [min(probes), max(probes)]
         machine["slowdown_max"] = round(max(probes) / min(probes), 2)
