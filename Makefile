@@ -7,9 +7,11 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # torch is pinned to the CPU build through constraints.txt so CPU machines never pull CUDA wheels.
 PIP_INSTALL := $(PIP) install -q -c constraints.txt
 STAMP := $(VENV)/.installed
-# serve_config.yaml: the per-stage graph (the default, and what KubeRay runs); on a small single machine
-# `make serve SERVE_CONFIG=serve_config.single_node.yaml` runs decode and models inside the Ingress replica.
+# serve_config.yaml: the one serve config (the graph, what KubeRay runs). `imgserve serve` applies the placement it
+# chooses on top: local (every stage inside the Ingress replica, the fastest on one machine) unless Ray is a cluster;
+# `make serve PLACEMENT=graph` runs one deployment per stage instead.
 SERVE_CONFIG ?= serve_config.yaml
+PLACEMENT ?= auto
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench loadtest
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[dev,torch,heif,dali]'
+	$(PIP_INSTALL) -e '.[dev,torch,heif]'
 	$(PY) -m serving.grpc.stubs
 	touch $(STAMP)
 
@@ -27,7 +29,7 @@ models: venv
 	$(VENV)/bin/imgserve models prepare
 
 serve: models
-	$(VENV)/bin/imgserve serve --config $(SERVE_CONFIG)
+	$(VENV)/bin/imgserve serve --config $(SERVE_CONFIG) --placement $(PLACEMENT)
 
 test: venv
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -42,9 +44,10 @@ test-gpu: venv
 	$(PY) -m pytest tests/gpu $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check serving pipelines models tests loadtests
+	$(VENV)/bin/ruff check serving pipelines tooling tests loadtests
 
-# Side-by-side benchmark (naive server, Triton via PyTriton, imgserve HTTP/gRPC, hardware limit); see BENCHMARKS.md.
+# Side-by-side benchmark, `python -m loadtests.bench` (naive server, Triton via PyTriton, imgserve HTTP/gRPC with the
+# default placement as `make serve` runs it, imgserve gRPC with `--placement graph`, hardware limit); see BENCHMARKS.md.
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 

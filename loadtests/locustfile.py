@@ -92,11 +92,11 @@ PHOTOS = Photos()
 
 def oip_body(image: bytes) -> tuple[bytes, str]:
     """(body, JSON header length) of an OIP infer request carrying the preprocessed tensor of `image` in binary."""
-    from pipelines.decode import decode_for_model
+    from pipelines.decode import decode_image
     from serving.config.model_config import load_model_config
 
     spec = load_model_config(PROJECT_ROOT / "models" / MODEL / "config.yaml").preprocess_spec()
-    raw = decode_for_model(image, spec).tensor[None].astype("<f4").tobytes()
+    raw = decode_image(image, spec).tensor[None].astype("<f4").tobytes()
     header = {
         "inputs": [
             {

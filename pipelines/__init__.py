@@ -4,7 +4,7 @@ Nothing in this package imports Ray Serve, FastAPI or gRPC: the same functions s
 bulk jobs and the tests.
 """
 
-from pipelines.decode import DecodedImage, decode_for_model
+from pipelines.decode import DecodedImage, decode_image
 from pipelines.errors import ImageInputError, ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.limits import DecodeLimits
 from pipelines.preprocess import PreprocessSpec
@@ -17,5 +17,5 @@ __all__ = [
     "InvalidImageError",
     "PreprocessSpec",
     "UnsupportedFormatError",
-    "decode_for_model",
+    "decode_image",
 ]

@@ -8,12 +8,14 @@ header before any pixel is decoded):
 - ``opencv``: libjpeg-turbo via ``cv2.imdecode`` with ``IMREAD_REDUCED_COLOR_*`` for the same reduced
   scale; geometry and normalisation then go through the same Pillow code so numerics match.
 
-DALI (batched, CPU or GPU) lives in `pipelines.dali_decode`.
+`decode_image` is the one entry point: it validates, decodes once and produces exactly what the requested
+consumers need (a tensor per model, the quality stage's working image).
 """
 
 import io
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.limits import DecodeLimits
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
+from pipelines.quality.working_image import native_crop, working_image
 
 DecoderName = Literal["pillow", "opencv"]
 
@@ -46,18 +49,6 @@ _SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
     b"MM\x00*",  # TIFF big-endian
 )
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """One decoded image: the model tensor (no batch axis) plus what later stages need to know."""
-
-    tensor: np.ndarray
-    width: int  # upright original width, after EXIF orientation
-    height: int
-    format: str
-    decode_scale: int = 1  # 1, 2, 4 or 8 when JPEG was decoded at reduced scale
-    decode_ms: float = 0.0  # wall time of the decode, for per-request stage timings
 
 
 def _looks_like_supported_image(data: bytes) -> bool:
@@ -181,6 +172,30 @@ class DecodedRGB:
     scale: int
 
 
+SINGLE_TENSOR = "input"  # key of the one tensor when `decode_image` is given a single spec
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """What every stage needs from one image, decoded once; full-resolution pixels are not kept."""
+
+    tensors: dict[str, np.ndarray]  # model name (or SINGLE_TENSOR) -> model input, no batch axis
+    width: int  # upright original size, after EXIF orientation
+    height: int
+    format: str
+    decode_scale: int = 1  # 1, 2, 4 or 8 when JPEG was decoded at reduced scale
+    working: np.ndarray | None = None  # HxWx3 uint8 working image of the quality stage
+    native_gray: np.ndarray | None = None  # full-scale gray centre crop (blockiness); None after reduced decode
+    decode_ms: float = 0.0  # wall time of the decode
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """The tensor, when the image was decoded for exactly one model."""
+        if len(self.tensors) != 1:
+            raise ValueError(f"decoded for {len(self.tensors)} models ({sorted(self.tensors)}): name one")
+        return next(iter(self.tensors.values()))
+
+
 def decode_rgb(
     data: bytes,
     spec: PreprocessSpec | Sequence[PreprocessSpec],
@@ -203,15 +218,31 @@ def decode_rgb(
     return DecodedRGB(rgb, fmt, width, height, scale)
 
 
-def decode_for_model(
+def decode_image(
     data: bytes,
-    spec: PreprocessSpec,
+    specs: PreprocessSpec | Mapping[str, PreprocessSpec],
     limits: DecodeLimits | None = None,
+    working_max_side: int | None = None,
     decoder: DecoderName = "pillow",
     reduced: bool = True,
 ) -> DecodedImage:
-    """Bytes -> `DecodedImage` whose tensor follows `spec`; raises `ImageInputError` subclasses on bad input."""
-    limits = limits or DecodeLimits()
-    decoded = decode_rgb(data, spec, limits, decoder, reduced)
-    tensor = normalize(geometry_pil(decoded.rgb, spec), spec)
-    return DecodedImage(tensor, decoded.width, decoded.height, decoded.format, decoded.scale)
+    """Decode once for every consumer; raises `ImageInputError` subclasses on bad input.
+
+    `specs`: one model's preprocessing, or several by model name (a tensor each). `working_max_side`: also keep
+    the quality stage's working image (longer side at most this many px) and, after a full-scale decode, the
+    native-resolution gray crop blockiness needs. The reduced JPEG scale is the largest that satisfies every
+    consumer at once, so a 12 MP photo is still decoded at 1/4 or 1/8 scale when they all allow it.
+    """
+    named = {SINGLE_TENSOR: specs} if isinstance(specs, PreprocessSpec) else dict(specs)
+    start = time.perf_counter()
+    decoded = decode_rgb(data, list(named.values()), limits or DecodeLimits(), decoder, reduced, working_max_side or 0)
+    tensors = {name: normalize(geometry_pil(decoded.rgb, spec), spec) for name, spec in named.items()}
+    working = native = None
+    if working_max_side:
+        pixels = np.asarray(decoded.rgb, dtype=np.uint8)
+        working = working_image(pixels, working_max_side)
+        native = native_crop(pixels) if decoded.scale == 1 else None
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    return DecodedImage(
+        tensors, decoded.width, decoded.height, decoded.format, decoded.scale, working, native, elapsed_ms
+    )

@@ -1,8 +1,9 @@
 """Structured access log: one JSON line per request (request id, protocol, endpoint, model, status, latency,
 per-stage timings), written where `IMGSERVE_ACCESS_LOG` says: `stderr` (default), a file path, or `off`.
 
-The request id is Ray Serve's: taken from the client's `X-Request-Id` header (HTTP) or `request_id` metadata
-(gRPC), generated otherwise, and echoed back by Ray in the response header / trailing metadata.
+The request id is taken from the client's `X-Request-Id` header (HTTP) or `request_id` metadata (gRPC) and
+generated otherwise. Behind Ray Serve's proxy it is Ray's (the proxy echoes it); on the Ingress replica's own
+listeners the edges set it here (`start_request`) and echo it in the response header / trailing metadata.
 """
 
 import json
@@ -10,18 +11,28 @@ import logging
 import os
 import sys
 import time
+import uuid
 from contextvars import ContextVar
 from typing import Any
 
 _stages: ContextVar[dict[str, float] | None] = ContextVar("imgserve_stage_ms", default=None)
+_request_id: ContextVar[str] = ContextVar("imgserve_request_id", default="")
 _logger: logging.Logger | None = None
 
 
-def start_request() -> dict[str, float]:
-    """A fresh per-request stage-timing record, visible to the service layer running in this context."""
+def start_request(client_request_id: str | None = None) -> dict[str, float]:
+    """A fresh per-request stage-timing record, visible to the service layer running in this context; outside a
+    Ray Serve request (the direct listeners) also the request id: the client's, or a new one."""
     stages: dict[str, float] = {}
     _stages.set(stages)
+    if not ray_request_id():
+        _request_id.set(client_request_id or uuid.uuid4().hex)
     return stages
+
+
+def echoed_request_id() -> str | None:
+    """The id the edge must echo itself: set when no Ray proxy carries the request (None behind the proxy)."""
+    return None if ray_request_id() else _request_id.get() or None
 
 
 def record_stages(stage_ms: dict[str, float]) -> None:
@@ -32,13 +43,18 @@ def record_stages(stage_ms: dict[str, float]) -> None:
             stages[name] = max(stages.get(name, 0.0), round(ms, 3))
 
 
-def current_request_id() -> str:
+def ray_request_id() -> str:
+    """Ray Serve's request id when the request came through its proxy or a handle; '' otherwise."""
     try:
         from ray.serve.context import _get_serve_request_context
 
         return _get_serve_request_context().request_id or ""
     except Exception:  # noqa: BLE001 - outside a Serve request (tests, tools)
         return ""
+
+
+def current_request_id() -> str:
+    return ray_request_id() or _request_id.get()
 
 
 def _access_logger() -> logging.Logger | None:

@@ -17,7 +17,7 @@ IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large fold
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.server import run_server
 
-    run_server(Path(args.config), args.http_port, args.grpc_port, args.num_cpus)
+    run_server(Path(args.config), args.http_port, args.grpc_port, args.num_cpus, args.placement, args.ray_proxy)
     return 0
 
 
@@ -72,10 +72,10 @@ def _cmd_remote(args: argparse.Namespace) -> int:
             results: list[Classification | Analysis] = []
             for chunk in _chunks(images, IMAGES_PER_REQUEST):
                 if args.command == "classify":
-                    results.extend(client.classify(chunk, args.model, args.top_k))
+                    results.extend(client.classify(chunk, args.model, args.top_k, args.confidence_threshold))
                 else:
-                    results.extend(client.analyze(chunk, args.model, args.top_k, fields))
-    except ValueError as exc:  # a bad --url or --top-k
+                    results.extend(client.analyze(chunk, args.model, args.top_k, fields, args.confidence_threshold))
+    except ValueError as exc:  # a bad --url, --top-k or --confidence-threshold
         print(f"imgserve: error: {exc}", file=sys.stderr)
         return 2
     except (ImgServeError, OSError) as exc:
@@ -98,6 +98,13 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
     )
     command.add_argument("--model", default=None, help="model name (default: the server's default classifier)")
     command.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    command.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.0,
+        metavar="FLOAT",
+        help="leave out classes scoring below this, 0..1 (default 0: keep all top-k)",
+    )
     command.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
     command.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     command.add_argument("--out", default=None, help="write results to FILE.csv (flat) or FILE.jsonl (full records)")
@@ -106,7 +113,7 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
 
 
 def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
-    from pipelines.quality.calibrate import main as calibrate
+    from tooling.quality.calibrate import main as calibrate
 
     return calibrate([args.folder, "--out", args.out, *(["--base", args.base] if args.base else [])])
 
@@ -120,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=None, help="override http_options.port")
     serve.add_argument("--grpc-port", type=int, default=None, help="override grpc_options.port")
     serve.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default 2x cores, min 4)")
+    serve.add_argument(
+        "--placement",
+        choices=("auto", "local", "graph"),
+        default="auto",
+        help="where the stages run: local = all inside the Ingress replica (fastest on one machine), graph = one "
+        "deployment per stage (clusters); auto (default) = local unless RAY_ADDRESS names a cluster",
+    )
+    serve.add_argument(
+        "--ray-proxy",
+        action="store_true",
+        help="keep Ray Serve's HTTP/gRPC proxy in front of the Ingress, as KubeRay does (default: the Ingress "
+        "replica's own listeners on the same ports, one process hop fewer per request)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     models = sub.add_parser("models", help="inspect and prepare the model repository")

@@ -53,6 +53,11 @@ STAGE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram("imgserve_batch_size", "Items per executed model batch.", ["model"], buckets=BATCH_BUCKETS)
+STAGE_CALL_IMAGES = Histogram(
+    "imgserve_stage_call_images",
+    "Images an Ingress replica sent to the stage deployments in one call (graph placement).",
+    buckets=BATCH_BUCKETS,
+)
 BATCH_FILL = Histogram(
     "imgserve_batch_fill_ratio",
     "Executed batch size / max_batch_size.",

@@ -6,14 +6,15 @@ weights are missing, or that no preferred backend can load here, stays listed wi
 """
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.config.model_config import ModelConfig, load_model_config
+from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
 from serving.weights import WeightsError, locate_weights, sha256_of
 
 logger = logging.getLogger(__name__)
+__all__ = ["ModelArtifacts", "ModelEntry", "ModelRepository", "UnknownModelError", "exported_onnx_path"]
 
 
 class UnknownModelError(KeyError):
@@ -21,34 +22,6 @@ class UnknownModelError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
-
-
-@dataclass(frozen=True)
-class ModelArtifacts:
-    """Files a backend may load. Which are present decides which backends are possible."""
-
-    onnx: Path | None = None
-    torchscript: Path | None = None
-    state_dict: Path | None = None
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model as the server sees it: config, folder, labels, artefacts and (if not servable) why."""
-
-    config: ModelConfig
-    folder: Path
-    labels: tuple[str, ...] = ()
-    artifacts: ModelArtifacts = field(default_factory=ModelArtifacts)
-    unavailable_reason: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def available(self) -> bool:
-        return self.unavailable_reason is None
 
 
 def exported_onnx_path(config: ModelConfig, settings: ServerSettings) -> Path:

@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from serving.config.app_args import DirectIngressOptions
+from serving.config.app_args import DirectIngressOptions, Placement
+from serving.config.placement_overlay import apply_placement, choose_placement
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
@@ -23,10 +24,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("imgserve.server")
 
 
-def load_serve_config(path: Path, http_port: int | None = None, grpc_port: int | None = None) -> dict[str, Any]:
-    """The YAML, with optional port overrides (tests run beside a developer's own server): they move Ray Serve's
-    proxy and every application's direct listeners (`args.direct_ingress`) alike."""
+def load_serve_config(
+    path: Path,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    placement: Placement | None = None,
+    ray_proxy: bool = False,
+) -> dict[str, Any]:
+    """The YAML with `placement` applied (serving.config.placement_overlay) and optional port overrides (tests run
+    beside a developer's own server): they move Ray Serve's proxy and every direct listener alike."""
     config = yaml.safe_load(path.read_text())
+    if placement is not None:
+        config = apply_placement(config, placement, ray_proxy)
     if http_port is not None:
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None and "grpc_options" in config:
@@ -90,9 +99,16 @@ def wait_until_running(config: Any, stop: threading.Event, timeout_s: float) -> 
 
 
 def run_server(
-    config_path: Path, http_port: int | None = None, grpc_port: int | None = None, num_cpus: int | None = None
+    config_path: Path,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    num_cpus: int | None = None,
+    placement: Literal["auto"] | Placement = "auto",
+    ray_proxy: bool = False,
 ) -> None:
     """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM."""
+    chosen, why = choose_placement(placement)
+    print(f"imgserve: placement {chosen} ({why}); --placement local|graph chooses", flush=True)
     prepare_environment()
     from serving.grpc.stubs import ensure_generated
 
@@ -103,7 +119,7 @@ def run_server(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port))
+    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy))
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
     temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
@@ -121,7 +137,7 @@ def run_server(
         )
         client.deploy_apps(config)
         wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
-        print(f"imgserve is ready: {listening_at(config)}", flush=True)
+        print(f"imgserve is ready: {listening_at(config)} (placement {chosen})", flush=True)
         while not stop.wait(1.0):
             pass
     finally:

@@ -1,15 +1,15 @@
 """NVIDIA Triton baseline: PyTriton (tritonserver 2.51) with dynamic batching, JPEG decode + ONNX Runtime in Python.
 
-Runs in its own virtualenv (nvidia-pytriton 0.7.0 pins numpy<2); `loadtests/bench.py` creates it at
-loadtests/.venv-triton and starts this script with LD_LIBRARY_PATH holding the Python lib dir (the bundled
-tritonserver's Python stub links libpython3.11):
+Runs in its own virtualenv (nvidia-pytriton 0.7.0 pins numpy<2); `python -m loadtests.bench`
+(loadtests/bench/triton_venv.py) creates it at loadtests/.venv-triton and starts this script with
+LD_LIBRARY_PATH holding the Python lib dir (the bundled tritonserver's Python stub links libpython3.11):
 
     loadtests/.venv-triton/bin/python loadtests/baselines/triton_server.py --model M.onnx --http-port 8200
 
 Model `mobilenet_v2_imagenet`: input IMAGE (BYTES, [-1, 1], one encoded JPEG per row), outputs INDICES (INT64,
 [-1, 5]) and SCORES (FP32, [-1, 5]). Triton's dynamic batcher (max batch 32, preferred 8/16/32, 4 ms queue delay
 -- imgserve's own batching settings) groups requests; the Python callable decodes each image with the same
-Pillow preprocessing as imgserve (`pipelines.decode.decode_for_model`, pillow decoder): JPEG draft mode at
+Pillow preprocessing as imgserve (`pipelines.decode.decode_image`, pillow decoder): JPEG draft mode at
 1/2-1/8 scale when the photo is much larger than needed (off with --full-decode), EXIF orientation, RGB,
 shorter side 256 bilinear, centre crop 224, (x - 128) / 128, NCHW -- then one `InferenceSession.run` per batch.
 An image that does not decode gets index -1 (the client counts it as an error) without failing its batch.

@@ -1,7 +1,7 @@
 """The versioned thresholds config (`thresholds.yaml`): tag rules, score penalties, level cut-offs.
 
 Every number that decides a tag or a score lives in the YAML, not in code, so that it can be
-calibrated on a user's own labelled photos (`pipelines.quality.calibrate`) and versioned: a report
+calibrated on a user's own labelled photos (`tooling.quality.calibrate`) and versioned: a report
 carries the `version` of the thresholds that produced it.
 """
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from serving.repository import ModelEntry
+    from serving.config.model_entry import ModelEntry
 
 
 class BackendUnavailableError(RuntimeError):

@@ -8,7 +8,7 @@ import numpy as np
 from serving.backends.base import BackendInfo
 
 if TYPE_CHECKING:
-    from serving.repository import ModelEntry
+    from serving.config.model_entry import ModelEntry
 
 
 def default_intra_op_threads() -> int:

@@ -9,7 +9,7 @@ from serving.backends.tensorrt_backend import TensorRTBackend
 from serving.backends.torch_backend import TorchBackend
 
 if TYPE_CHECKING:
-    from serving.repository import ModelEntry
+    from serving.config.model_entry import ModelEntry
 
 logger = logging.getLogger(__name__)
 

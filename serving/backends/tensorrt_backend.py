@@ -17,7 +17,7 @@ import numpy as np
 from serving.backends.base import BackendInfo
 
 if TYPE_CHECKING:
-    from serving.repository import ModelEntry
+    from serving.config.model_entry import ModelEntry
 
 logger = logging.getLogger(__name__)
 

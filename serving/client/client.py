@@ -12,14 +12,26 @@ if TYPE_CHECKING:
 
 
 class Transport(Protocol):
-    def classify(self, images: list[NamedImage], model: str | None, top_k: int) -> list[Classification]: ...
+    def classify(
+        self, images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0
+    ) -> list[Classification]: ...
 
     def analyze(
-        self, images: list[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+        self,
+        images: list[NamedImage],
+        model: str | None,
+        top_k: int,
+        fields: list[str] | None,
+        confidence_threshold: float = 0.0,
     ) -> list[Analysis]: ...
 
     def stream(
-        self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+        self,
+        images: Iterable[NamedImage],
+        model: str | None,
+        top_k: int,
+        fields: list[str] | None,
+        confidence_threshold: float = 0.0,
     ) -> Iterator[StreamResult]: ...
 
     def models(self) -> ModelList: ...
@@ -33,10 +45,15 @@ class Client:
     Images are paths or encoded bytes, one or a list; every method returns one result per image, in order,
     with the same types on both transports. `timeout` is each call's deadline in seconds (streams have
     none); calls that fail with UNAVAILABLE are tried again up to `retries` times, waiting 0.1 s, 0.2 s, ...
-    Failures raise `ImgServeError`.
+    Failures raise `ImgServeError`; a bad argument (`top_k` < 1, `confidence_threshold` outside 0..1) raises
+    `ValueError` before anything is sent.
+
+    `top_k` is the most classes returned per image; `confidence_threshold` (0..1, default 0 = keep all
+    `top_k`) leaves out the classes scoring below it, so an image may come back with fewer, or none.
 
         with Client("grpc://127.0.0.1:9000") as client:
             top = client.classify("cat.jpg")[0].predictions[0]
+            sure = client.classify("cat.jpg", top_k=3, confidence_threshold=0.5)[0].predictions
     """
 
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 3):
@@ -60,17 +77,30 @@ class Client:
     def transport(self) -> str:
         return "grpc" if self.address.is_grpc else "http"
 
-    def classify(self, images: Images, model: str | None = None, top_k: int = 5) -> list[Classification]:
-        """Top-k per image (the server's default classifier unless `model` is given)."""
+    def classify(
+        self, images: Images, model: str | None = None, top_k: int = 5, confidence_threshold: float = 0.0
+    ) -> list[Classification]:
+        """Top-k per image (the server's default classifier unless `model` is given), without the classes
+        scoring below `confidence_threshold` (0..1; 0 keeps all top_k)."""
         batch = load_images(images)
-        return self._transport.classify(batch, model, _checked(top_k)) if batch else []
+        if not batch:
+            return []
+        return self._transport.classify(batch, model, _checked(top_k), _checked_threshold(confidence_threshold))
 
     def analyze(
-        self, images: Images, model: str | None = None, top_k: int = 5, fields: list[str] | None = None
+        self,
+        images: Images,
+        model: str | None = None,
+        top_k: int = 5,
+        fields: list[str] | None = None,
+        confidence_threshold: float = 0.0,
     ) -> list[Analysis]:
-        """The analysis stages named in `fields` (all the server has when None) per image."""
+        """The analysis stages named in `fields` (all the server has when None) per image; the classification
+        leaves out the classes scoring below `confidence_threshold` (0..1; 0 keeps all top_k)."""
         batch = load_images(images)
-        return self._transport.analyze(batch, model, _checked(top_k), fields) if batch else []
+        if not batch:
+            return []
+        return self._transport.analyze(batch, model, _checked(top_k), fields, _checked_threshold(confidence_threshold))
 
     def stream(
         self,
@@ -78,13 +108,16 @@ class Client:
         model: str | None = None,
         top_k: int = 5,
         fields: list[str] | None = None,
+        confidence_threshold: float = 0.0,
     ) -> Iterator[StreamResult]:
         """Analyze images as they come (any iterable, e.g. a camera generator); one result each, in order.
 
         An item may be `(request_id, image)`; otherwise its request_id is the path as given or its position.
         A bad image yields a result with `error` set and the stream goes on; losing the server raises.
+        `top_k`, `fields` and `confidence_threshold` apply to every image, as in `analyze`.
         """
-        return self._transport.stream(iter_stream_items(images), model, _checked(top_k), fields)
+        top_k, confidence_threshold = _checked(top_k), _checked_threshold(confidence_threshold)
+        return self._transport.stream(iter_stream_items(images), model, top_k, fields, confidence_threshold)
 
     def models(self) -> ModelList:
         """The server's default model and every model in its repository with its state."""
@@ -138,3 +171,9 @@ def _checked(top_k: int) -> int:
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     return top_k
+
+
+def _checked_threshold(confidence_threshold: float) -> float:
+    if not 0.0 <= confidence_threshold <= 1.0:  # NaN fails too
+        raise ValueError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
+    return float(confidence_threshold)

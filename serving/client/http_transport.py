@@ -42,11 +42,18 @@ def model_list_from_json(data: dict[str, Any]) -> ModelList:
     return ModelList(str(data["default_model"]), models)
 
 
-def _query(model: str | None, top_k: int, fields: list[str] | None = None) -> list[tuple[str, str | int]]:
-    params: list[tuple[str, str | int]] = [("top_k", top_k)]
+Params = list[tuple[str, str | int | float]]
+
+
+def _query(model: str | None, top_k: int, fields: list[str] | None = None, confidence_threshold: float = 0.0) -> Params:
+    """The options as query parameters; `confidence_threshold` only when set (> 0), so requests without it
+    are the same as before the option existed."""
+    params: Params = [("top_k", top_k)]
     if model:
         params.append(("model", model))
     params.extend(("fields", f) for f in fields or ())
+    if confidence_threshold > 0:
+        params.append(("confidence_threshold", confidence_threshold))
     return params
 
 
@@ -76,28 +83,40 @@ class HttpTransport:
 
         return with_retries(attempt, self.retries)
 
-    def _post_images(self, path: str, images: list[NamedImage], params: list[tuple[str, str | int]]) -> httpx.Response:
+    def _post_images(self, path: str, images: list[NamedImage], params: Params) -> httpx.Response:
         files = [("image", (PurePath(i.name).name or "image", i.data, "application/octet-stream")) for i in images]
         return self._send("POST", path, params=params, files=files)
 
-    def classify(self, images: list[NamedImage], model: str | None, top_k: int) -> list[Classification]:
-        response = self._post_images("/v1/classify", images, _query(model, top_k))
+    def classify(
+        self, images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0
+    ) -> list[Classification]:
+        response = self._post_images("/v1/classify", images, _query(model, top_k, None, confidence_threshold))
         return [classification_from_json(r) for r in _results(response, len(images))]
 
     def analyze(
-        self, images: list[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+        self,
+        images: list[NamedImage],
+        model: str | None,
+        top_k: int,
+        fields: list[str] | None,
+        confidence_threshold: float = 0.0,
     ) -> list[Analysis]:
-        response = self._post_images("/v1/analyze", images, _query(model, top_k, fields))
+        response = self._post_images("/v1/analyze", images, _query(model, top_k, fields, confidence_threshold))
         return [analysis_from_json(r) for r in _results(response, len(images))]
 
     def stream(
-        self, images: Iterable[NamedImage], model: str | None, top_k: int, fields: list[str] | None
+        self,
+        images: Iterable[NamedImage],
+        model: str | None,
+        top_k: int,
+        fields: list[str] | None,
+        confidence_threshold: float = 0.0,
     ) -> Iterator[StreamResult]:
         """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered
         belong to their item; a server that cannot be reached (after retries) ends the stream by raising."""
         for image in images:
             try:
-                analysis = self.analyze([image], model, top_k, fields)[0]
+                analysis = self.analyze([image], model, top_k, fields, confidence_threshold)[0]
             except ImgServeError as exc:
                 if exc.status is None:
                     raise

@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class DirectIngressOptions(BaseModel):
@@ -23,40 +23,78 @@ class DirectIngressOptions(BaseModel):
     )
 
 
+Placement = Literal["local", "graph"]
+
+
+class GraphCallOptions(BaseModel):
+    """How an Ingress replica calls the stage deployments in the graph placement (serving.placement.graph)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_images_per_call: int = Field(default=32, ge=1, le=1024, description="Most images sent in one stage call.")
+    concurrent_calls: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Stage calls one Ingress replica has in flight at once; images arriving meanwhile wait and go "
+        "together in the next call. 1 measured cheapest per image on 2 cores (BENCHMARKS.md); more lowers "
+        "latency where stage replicas have cores to spare.",
+    )
+    max_queued_images: int = Field(
+        default=1024,
+        ge=1,
+        description="Images that may wait in one Ingress replica for a stage call; beyond, requests get 503 / "
+        "RESOURCE_EXHAUSTED (kind 'overloaded'): the graph's backpressure, like a deployment's max_queued_requests.",
+    )
+
+
 class AppArgs(BaseModel):
-    """`args:` of the application in serve_config.yaml."""
+    """`args:` of the application in serve_config.yaml. Contradictory settings are rejected here, not at runtime."""
 
     model_config = ConfigDict(extra="forbid")
 
+    placement: Placement = Field(
+        default="graph",
+        description="Where the stages run. 'graph': the Decoder, Quality, Metadata and one batched deployment per "
+        "model, each scaling on its own (clusters; what KubeRay runs). 'local': every stage inside each Ingress "
+        "replica, no actor call per image (one machine; `imgserve serve` picks it when Ray is local). The serve "
+        "config must then list no stage deployments (`imgserve serve` removes them).",
+    )
     models: list[str] | Literal["all"] = Field(
         default="all", description="Models to deploy; 'all' = every servable one."
     )
     default_model: str = Field(default="mobilenet_v2_imagenet", description="Model used when a request names none.")
     decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
-    decode_location: Literal["stage", "model"] = Field(
-        default="stage",
-        description="'stage': the Decoder deployment decodes (scales on its own, the cluster default); 'model': "
-        "classification requests are decoded inside the model replica, one hop fewer (small machines).",
-    )
-    model_location: Literal["stage", "ingress"] = Field(
-        default="stage",
-        description="'stage': the Decoder and one batched deployment per model, each scaling on its own (the "
-        "graph; clusters); 'ingress': every Ingress replica decodes and runs the batched models in-process, no "
-        "actor call per image (single machines, where Ray's per-call CPU dominates); scale by Ingress replicas. "
-        "The serve config must then not list Decoder or model-* deployments.",
-    )
     batching: dict[str, Any] | None = Field(
         default=None,
-        description="model_location 'ingress' only: overrides of every model's batching block (keys of "
-        "config.yaml `batching`); per-model deployments take the same mapping as `user_config: {batching: ...}`.",
+        description="placement 'local' only: overrides of every model's batching block (keys of config.yaml "
+        "`batching`); in the graph, each model deployment takes the same mapping as `user_config: {batching: ...}`.",
     )
-    ort_threads: int | None = Field(default=None, description="ONNX Runtime intra-op threads per model replica.")
+    graph_calls: GraphCallOptions = Field(
+        default_factory=GraphCallOptions, description="placement 'graph': batching of the Ingress's stage calls."
+    )
+    ort_threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads per model stage.")
     direct_ingress: DirectIngressOptions | None = Field(
         default=None,
         description="Ingress replicas serve HTTP/gRPC on their own listeners (no proxy hop per request). Pair with "
         "`proxy_location: Disabled` to use the usual ports; null = clients go through Ray Serve's proxy.",
     )
-    metadata: bool = Field(default=True, description="Deploy the metadata stage (EXIF, GPS, XMP, colours).")
-    quality: bool = Field(default=True, description="Deploy the quality stage (classical metrics, score, tags).")
-    batch_jobs: bool = Field(default=True, description="Deploy the BatchWorker behind /v1/batch and /v1/jobs.")
+    metadata: bool = Field(default=True, description="Run the metadata stage (EXIF, GPS, XMP, colours).")
+    quality: bool = Field(default=True, description="Run the quality stage (classical metrics, score, tags).")
+    batch_jobs: bool = Field(
+        default=True,
+        description="Serve /v1/batch and /v1/jobs: the job loop runs in the Ingress (local) or the BatchWorker "
+        "deployment (graph).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppArgs":
+        if self.batching is not None and self.placement != "local":
+            raise ValueError(
+                "'batching' overrides apply to placement 'local'; in the graph set each model deployment's "
+                "user_config: {batching: ...}"
+            )
+        if isinstance(self.models, list) and self.default_model not in self.models:
+            raise ValueError(f"default_model '{self.default_model}' must be one of models {self.models}")
+        return self

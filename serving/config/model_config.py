@@ -7,6 +7,7 @@ Every field carries a description; `batching` is the only block that may change 
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +27,11 @@ class InputSpec(_Strict):
     dtype: Literal["FP32", "FP16", "UINT8"] = Field(description="Element type, in Open Inference Protocol names.")
     size: tuple[int, int] = Field(description="Spatial size (height, width) of one image.")
     channels: Literal[1, 3] = Field(default=3, description="Colour channels (RGB order when 3).")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The element type as numpy names it."""
+        return np.dtype({"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}[self.dtype])
 
     @property
     def shape(self) -> list[int]:

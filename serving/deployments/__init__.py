@@ -1,1 +1,1 @@
-"""Ray Serve deployments: thin wrappers around `pipelines` functions and `serving.backends`."""
+"""Ray Serve deployments: the Ingress and, in the graph placement, one thin deployment per stage."""

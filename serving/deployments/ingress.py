@@ -1,71 +1,56 @@
-"""The ingress deployment: the FastAPI app (HTTP) and the gRPC methods, over one shared service layer."""
+"""The Ingress deployment: the HTTP app and the gRPC methods over one service, built in the replica."""
 
 import logging
+from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from serving.admission import REPLICA_LIMIT
-from serving.config.app_args import DirectIngressOptions
 from serving.config.settings import ServerSettings
 from serving.deployments.direct_ingress import DirectListeners
-from serving.deployments.in_process import InProcessStages
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
-from serving.http.job_routes import set_job_service
-from serving.http.state import set_service
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
-from serving.repository import ModelRepository
-from serving.service import InferenceService
+from serving.jobs.worker import JobLoop
+from serving.placement import IngressConfig, build_service
 
 logger = logging.getLogger("imgserve.ingress")
-http_app = create_http_app()
 
 
 class Ingress(OipGrpcMethods, ImageGrpcMethods):
-    """HTTP routes come from the FastAPI app; gRPC methods (named as the RPCs) from the two mixins."""
+    """HTTP routes come from the FastAPI app built here; gRPC methods (named as the RPCs) from the two mixins."""
 
-    async def __init__(
-        self,
-        decoder: DeploymentHandle | None,
-        models: dict[str, DeploymentHandle],
-        default_model: str,
-        metadata: DeploymentHandle | None = None,
-        batch_worker: DeploymentHandle | None = None,
-        decode_in_model: bool = False,
-        quality: DeploymentHandle | None = None,
-        in_process: InProcessStages | None = None,
-        direct_ingress: DirectIngressOptions | None = None,
-    ):
-        """`in_process` (model_location: ingress): build the decoder and models here instead of calling
-        deployments; classification then never leaves this replica. `direct_ingress`: also listen for HTTP and
-        gRPC clients here (serving.deployments.direct_ingress), so they skip Ray Serve's proxy."""
+    async def __init__(self, config: IngressConfig, stages: Any = None, batch_worker: Any = None):
+        """`stages`: the graph's stage handles, or None to run every stage in this replica (placement local).
+        `batch_worker`: the graph's BatchWorker handle; in the local placement the job loop runs here."""
         settings = ServerSettings.from_env()
-        repository = ModelRepository.scan(settings)
-        if in_process is not None:
-            decoder, models = in_process.build()  # type: ignore[assignment]
-            decode_in_model = True
-        self.service = InferenceService(
-            repository,
-            decoder,  # type: ignore[arg-type]
-            models,
-            default_model,
-            settings.max_images_per_request,
-            metadata=metadata,
-            decode_in_model=decode_in_model,
-            quality=quality,
-        )
-        set_service(self.service, settings)
-        # Batch jobs (/v1/batch, /v1/jobs) when the application has a BatchWorker.
-        set_job_service(JobService(self.service, JobSettings.from_env(), batch_worker) if batch_worker else None)
+        self.service = build_service(config, stages)
+        self.job_loop: JobLoop | None = None
+        jobs = None
+        if config.batch_jobs:
+            if batch_worker is not None:
+                jobs = JobService(self.service, JobSettings.from_env(), lambda job_id: batch_worker.wake.remote(job_id))
+            else:  # local: the loop runs over this replica's stages, no second copy of the models
+                self.job_loop = JobLoop(self.service)
+                jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake)
+        self.http_app: FastAPI = create_http_app(self.service, jobs, settings)
         self.direct_listeners: DirectListeners | None = None
-        if direct_ingress is not None:
-            REPLICA_LIMIT.limit = direct_ingress.max_inflight
-            self.direct_listeners = DirectListeners(direct_ingress, settings.max_request_bytes)
-            await self.direct_listeners.start(self, http_app)
-        logger.info("ingress ready: models %s, default %s", sorted(models), default_model)
+        if config.direct_ingress is not None:
+            REPLICA_LIMIT.limit = config.direct_ingress.max_inflight
+            self.direct_listeners = DirectListeners(config.direct_ingress, settings.max_request_bytes)
+            await self.direct_listeners.start(self, self.http_app)
+        logger.info("ingress ready: placement %s, models %s", config.placement, self.service.pipeline.model_names)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Ray Serve asks for the HTTP app after the constructor: the one this replica built."""
+        return self.http_app
+
+    def check_health(self) -> None:
+        if self.job_loop is not None:
+            self.job_loop.check_health()
 
     async def __del__(self) -> None:
         """Ray Serve calls this when the replica stops: close the direct listeners, finishing what is in flight."""
@@ -73,4 +58,4 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             await self.direct_listeners.stop()  # type: ignore[union-attr]
 
 
-IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress(http_app)(Ingress))
+IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress()(Ingress))

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from serving.access_log import log_request, start_request
+from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
 from serving.errors import ErrorInfo, classify_error
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
@@ -20,10 +20,21 @@ def status_code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
-async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -> tuple[T | None, ErrorInfo | None]:
+def client_request_id(context: Any) -> str | None:
+    """The client's `request_id` metadata (behind Ray's proxy, Ray's own id wins: `start_request`)."""
+    metadata = getattr(context, "invocation_metadata", None)
+    for key, value in (metadata() if callable(metadata) else None) or ():
+        if key == "request_id" and isinstance(value, str):
+            return value[:128] or None
+    return None
+
+
+async def attempt(
+    endpoint: str, model: str, call: Callable[[], Awaitable[T]], request_id: str | None = None
+) -> tuple[T | None, ErrorInfo | None]:
     """Run `call`, counting and timing it; a failure comes back as its `ErrorInfo` instead of raising."""
     start = time.perf_counter()
-    stages = start_request()
+    stages = start_request(request_id)
     code = "OK"
     INFLIGHT.labels("grpc").inc()
     try:
@@ -45,12 +56,16 @@ async def attempt(endpoint: str, model: str, call: Callable[[], Awaitable[T]]) -
 async def answer(
     endpoint: str, model: str, context: Any, call: Callable[[], Awaitable[T]], empty: Callable[[], T]
 ) -> T:
-    """A unary RPC: on failure set the mapped status code and details on `context` and return `empty()`."""
-    result, error = await attempt(endpoint, model, call)
+    """A unary RPC: on failure set the mapped status code and details on `context` and return `empty()`. On the
+    direct listeners the request id goes back in the trailing metadata (Ray's proxy does that on its path)."""
+    result, error = await attempt(endpoint, model, call, client_request_id(context))
+    trailing = [("request_id", echo)] if (echo := echoed_request_id()) and context is not None else []
     if error is None:
+        if trailing:
+            context.set_trailing_metadata(trailing)
         return result  # type: ignore[return-value]
     if context is not None:
         context.set_code(status_code(error.grpc_code))
         context.set_details(error.message)
-        context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind)])  # the HTTP body's "kind"
+        context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *trailing])  # the HTTP body's "kind"
     return empty()

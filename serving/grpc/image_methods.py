@@ -9,11 +9,11 @@ from grpc_health.v1 import health_pb2
 
 from serving.grpc.edge import answer, attempt
 from serving.grpc.stubs import load
+from serving.requests import ImageOptions
 from serving.service import Analysis, Classification, InferenceService
 from serving.streaming import ordered_map
 
 pb = load("image_service_pb2")
-DEFAULT_TOP_K = 5
 HEALTH_SERVICES = {"", "inference.GRPCInferenceService", "imgserve.v1.ImageService"}
 
 
@@ -30,11 +30,21 @@ def analysis_proto(result: Analysis) -> Any:
     message = pb.ImageAnalysis()
     if result.classification is not None:
         message.classification.CopyFrom(classification_proto(result.classification))
+    document = result.to_dict()
     for name in ("quality", "anomaly", "metadata"):
-        value = getattr(result, name)
-        if value is not None:
-            getattr(message, name).update(json.loads(json.dumps(value)))  # tuples -> lists, JSON types only
+        if name in document:
+            getattr(message, name).update(json.loads(json.dumps(document[name])))  # tuples -> lists, JSON types only
     return message
+
+
+def request_options(request: Any, fields: bool = False) -> ImageOptions:
+    """The options of a Classify/Analyze/AnalyzeStream request (0 / empty fields mean the defaults)."""
+    return ImageOptions.parse(
+        model=request.model or None,
+        top_k=request.top_k or None,
+        confidence_threshold=request.confidence_threshold or None,
+        fields=list(request.fields) if fields else None,
+    )
 
 
 class ImageGrpcMethods:
@@ -42,9 +52,7 @@ class ImageGrpcMethods:
 
     async def Classify(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
         async def call() -> Any:
-            results = await self.service.classify(
-                list(request.images), request.model or None, request.top_k or DEFAULT_TOP_K
-            )
+            results = await self.service.classify(list(request.images), request_options(request))
             return pb.ClassifyResponse(results=[classification_proto(r) for r in results])
 
         return await answer(
@@ -53,9 +61,7 @@ class ImageGrpcMethods:
 
     async def Analyze(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
-            results = await self.service.analyze(
-                list(request.images), request.model or None, request.top_k or DEFAULT_TOP_K, list(request.fields)
-            )
+            results = await self.service.analyze(list(request.images), request_options(request, fields=True))
             return pb.AnalyzeResponse(results=[analysis_proto(r) for r in results])
 
         return await answer(
@@ -67,10 +73,7 @@ class ImageGrpcMethods:
 
         async def one(request: Any) -> Any:
             async def call() -> Any:
-                fields = list(request.fields)
-                results = await self.service.analyze(
-                    [request.image], request.model or None, request.top_k or DEFAULT_TOP_K, fields
-                )
+                results = await self.service.analyze([request.image], request_options(request, fields=True))
                 return analysis_proto(results[0])
 
             analysis, error = await attempt("AnalyzeStream", request.model or self.service.default_model, call)

@@ -20,8 +20,10 @@ from serving.http.middleware import (
     InternalErrorMiddleware,
     RequestMetricsMiddleware,
 )
+from serving.jobs.service import JobService
 from serving.metrics import ERRORS, render_metrics
 from serving.repository import UnknownModelError
+from serving.service import InferenceService
 
 logger = logging.getLogger("imgserve.http")
 
@@ -51,9 +53,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"error": f"invalid request: {details}", "kind": "bad_request"}, status_code=400)
 
 
-def create_http_app(settings: ServerSettings | None = None) -> FastAPI:
+def create_http_app(
+    service: InferenceService, jobs: JobService | None = None, settings: ServerSettings | None = None
+) -> FastAPI:
+    """The app of one Ingress replica (or a test): routes read `service` and `jobs` from `app.state`."""
     settings = settings or ServerSettings.from_env()
     app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
+    app.state.service = service
+    app.state.jobs = jobs
     app.include_router(oip_routes.router)
     app.include_router(image_routes.router)
     app.include_router(job_routes.router)

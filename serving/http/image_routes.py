@@ -1,4 +1,4 @@
-"""Image API: encoded images in (multipart field `image`, repeatable, or a raw body), results out."""
+"""Image API: encoded images in (raw body, multipart `image` fields, JSON base64: `serving.requests`), results out."""
 
 import asyncio
 from dataclasses import asdict
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
+from serving.http.dependencies import get_service
 from serving.http.schemas import (
     AnalysisResult,
     AnalyzeResponse,
@@ -17,17 +18,19 @@ from serving.http.schemas import (
     MetadataResponse,
     ModelsResponse,
 )
-from serving.http.state import get_service
 from serving.metrics import BYTES_RECEIVED, IMAGES
-from serving.service import Analysis, Classification, InferenceService
+from serving.requests import ImageOptions, parse_json_request
+from serving.service import InferenceService
 
 router = APIRouter(prefix="/v1", tags=["image API"])
 
 
-async def read_images(request: Request, max_images: int) -> list[bytes]:
-    """Images from a multipart form (field `image`, repeatable) or from the raw body."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+async def read_images(request: Request, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
+    """Images from multipart fields `image` (repeatable), a JSON body (`serving.requests`) or the raw body;
+    plus the options a JSON body carries."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    options: dict[str, Any] = {}
+    if content_type == "multipart/form-data":
         form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
         uploads = form.getlist("image")
         if not uploads:
@@ -37,59 +40,62 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
             if not isinstance(upload, UploadFile):
                 raise BadRequestError("multipart field 'image' must be a file, not a text value")
             images.append(await upload.read())
+    elif content_type == "application/json":
+        body = parse_json_request(await request.body())
+        images, options = body.encoded_images(), body.options
     else:
         images = [await request.body()]
     IMAGES.labels(request.url.path, "http").inc(len(images))
     BYTES_RECEIVED.labels("http").inc(sum(len(i) for i in images))
-    return images
+    return images, options
+
+
+def request_options(query: dict[str, Any], body_options: dict[str, Any]) -> ImageOptions:
+    """Query parameters, overridden by a JSON body's `options`."""
+    return ImageOptions.parse(**{**query, **body_options})
 
 
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(
     request: Request,
     model: str | None = Query(default=None, description="Model name; the server's default classifier if omitted."),
-    top_k: int = Query(default=5, ge=1, le=1000, description="How many classes to return per image."),
+    top_k: int | None = Query(default=None, description="How many classes to return per image (1-1000, default 5)."),
+    confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
     service: InferenceService = Depends(get_service),
 ) -> ClassifyResponse:
+    query = {"model": model, "top_k": top_k, "confidence_threshold": confidence_threshold}
     request.state.model = model or service.default_model
-    images = await read_images(request, service.max_images_per_request)
-    results = await service.classify(images, model, top_k)
-    return ClassifyResponse(results=[classify_result(r) for r in results])
-
-
-def classify_result(result: Classification) -> ClassifyResult:
-    predictions = [asdict(p) for p in result.predictions]
-    return ClassifyResult(
-        model=result.model, predictions=predictions, timing_ms=result.timing_ms, stage_ms=result.stage_ms
-    )
+    request_options(query, {})  # reject bad options before reading the body
+    images, body_options = await read_images(request, service.max_images_per_request)
+    options = request_options(query, body_options)
+    request.state.model = options.model or service.default_model
+    results = await service.classify(images, options)
+    return ClassifyResponse(results=[ClassifyResult.model_validate(asdict(r)) for r in results])
 
 
 @router.post("/analyze", response_model=AnalyzeResponse, response_model_exclude_none=True)
 async def analyze(
     request: Request,
     model: str | None = Query(default=None, description="Classifier; the server's default if omitted."),
-    top_k: int = Query(default=5, ge=1, le=1000),
+    top_k: int | None = Query(default=None, description="Classes per image (1-1000, default 5)."),
+    confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
     fields: list[str] | None = Query(default=None, description="Stages to run (repeatable); all when omitted."),
     service: InferenceService = Depends(get_service),
 ) -> AnalyzeResponse:
+    query = {"model": model, "top_k": top_k, "confidence_threshold": confidence_threshold, "fields": fields}
     request.state.model = model or service.default_model
-    service.analysis_fields(fields)  # reject unknown stages before reading the body
-    images = await read_images(request, service.max_images_per_request)
-    results = await service.analyze(images, model, top_k, fields)
-    return AnalyzeResponse(results=[analysis_result(r) for r in results])
-
-
-def analysis_result(result: Analysis) -> AnalysisResult:
-    classification = classify_result(result.classification) if result.classification else None
-    return AnalysisResult(
-        classification=classification, quality=result.quality, anomaly=result.anomaly, metadata=result.metadata
-    )
+    service.analysis_fields(request_options(query, {}).fields)  # reject bad options before reading the body
+    images, body_options = await read_images(request, service.max_images_per_request)
+    options = request_options(query, body_options)
+    request.state.model = options.model or service.default_model
+    results = await service.analyze(images, options)
+    return AnalyzeResponse(results=[AnalysisResult.model_validate(r.to_dict()) for r in results])
 
 
 @router.post("/metadata", response_model=MetadataResponse)
 async def metadata(request: Request, service: InferenceService = Depends(get_service)) -> MetadataResponse:
     """Metadata only: file, image, EXIF, GPS, XMP, IPTC and colours per image (no model runs)."""
-    images = await read_images(request, service.max_images_per_request)
+    images, _ = await read_images(request, service.max_images_per_request)
     return MetadataResponse(results=await service.extract_metadata(images))
 
 

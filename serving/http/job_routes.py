@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from serving.errors import BadRequestError, ModelUnavailableError
+from serving.errors import BadRequestError
+from serving.http.dependencies import get_job_service
 from serving.jobs.intake import InputPart
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
@@ -19,19 +20,6 @@ router = APIRouter(prefix="/v1", tags=["batch jobs"])
 PAGE = 500
 ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gtar", "application/x-gzip")
 IMAGE_FIELDS, ARCHIVE_FIELDS, URI_FIELDS = {"image", "images", "file"}, {"archive"}, {"uri", "uris"}
-
-_jobs: JobService | None = None
-
-
-def set_job_service(service: JobService | None) -> None:
-    global _jobs
-    _jobs = service
-
-
-def get_job_service() -> JobService:
-    if _jobs is None:
-        raise ModelUnavailableError("batch jobs are not enabled in this application")
-    return _jobs
 
 
 def _uri_lines(text: str) -> list[InputPart]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serving.access_log import log_request, start_request
+from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
 
@@ -116,6 +116,14 @@ class InternalErrorMiddleware:
             await send_json_error(send, info.http_status, info.message, info.kind)
 
 
+def request_header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (first one; latin-1 as ASGI sends them), or None."""
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return value.decode("latin-1")[:128] or None
+    return None
+
+
 class RequestMetricsMiddleware:
     """Counts every answered request by endpoint (route template), model and status; times it."""
 
@@ -127,7 +135,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        stages = start_request()
+        stages = start_request(request_header(scope, b"x-request-id"))
+        echo = echoed_request_id()
         recorded = False
 
         def record(status: int) -> None:
@@ -148,6 +157,8 @@ class RequestMetricsMiddleware:
             # Counted when the status line goes out, so a client never sees its answer before the metric moves.
             if message["type"] == "http.response.start":
                 record(message["status"])
+                if echo is not None and not any(k.lower() == b"x-request-id" for k, _ in message.get("headers", [])):
+                    message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", echo.encode())]}
             await send(message)
 
         INFLIGHT.labels("http").inc()

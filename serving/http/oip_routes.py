@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequestError, InvalidTensorError
-from serving.http.state import get_service
+from serving.http.dependencies import get_service
 from serving.oip import inference as oip
 from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw
 from serving.repository import UnknownModelError

@@ -21,6 +21,7 @@ from serving.jobs.settings import JobSettings
 from serving.jobs.uris import read_uri
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
+from serving.requests import ImageOptions
 
 logger = logging.getLogger("imgserve.jobs")
 RETRY_DELAY_S = 0.5
@@ -30,9 +31,7 @@ MAX_RETRY_DELAY_S = 10.0
 class AnalysisService(Protocol):
     """The part of `InferenceService` the worker uses (the same code path as `/v1/analyze`)."""
 
-    async def analyze(
-        self, images: list[bytes], model: str | None = None, k: int = 5, fields: list[str] | None = None
-    ) -> list[Any]: ...
+    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Any]: ...
 
     def served_entry(self, name: str | None) -> Any: ...
 
@@ -142,7 +141,8 @@ class JobRunner:
         BATCH_DISPATCHES.inc()
         try:
             data = await self._load(item)
-            analysis = (await self.service.analyze([data], job.model, job.top_k, list(job.stages)))[0]
+            options = ImageOptions(model=job.model, top_k=job.top_k, fields=list(job.stages))
+            analysis = (await self.service.analyze([data], options))[0]
             outcome = Outcome("done", job.model, analysis_document(analysis))
         except ItemInputError as exc:
             outcome = Outcome("failed", job.model, error_kind=exc.kind, error=exc.message)

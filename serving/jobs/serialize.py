@@ -30,6 +30,4 @@ def to_jsonable(value: Any) -> Any:
 
 def analysis_document(analysis: Any) -> dict[str, Any]:
     """The stages that ran, by field name (stages not selected are left out, as in `/v1/analyze`)."""
-    fields = dataclasses.fields(analysis) if dataclasses.is_dataclass(analysis) else ()
-    present = {f.name: getattr(analysis, f.name) for f in fields if getattr(analysis, f.name) is not None}
-    return to_jsonable(present)
+    return to_jsonable(analysis.to_dict())

@@ -7,7 +7,7 @@ so a lost wake-up (or a second ingress replica) only costs one poll interval.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,8 +35,9 @@ class BatchOptions:
 
 
 class JobService:
-    def __init__(self, inference: Any, settings: JobSettings, worker: Any | None = None):
-        self.inference, self.settings, self.worker = inference, settings, worker
+    def __init__(self, inference: Any, settings: JobSettings, wake: Callable[[str], Awaitable[None]] | None = None):
+        """`wake(job_id)`: tells the job loop there is work (the local loop, or the BatchWorker deployment)."""
+        self.inference, self.settings, self._wake = inference, settings, wake
         self.engine = create_store_engine(settings.database_url)
         self.store = JobStore(self.engine, settings.max_items)
         self._objects: ObjectStore | None = None
@@ -121,9 +122,9 @@ class JobService:
 
     async def wake(self, job_id: str) -> None:
         """Tell the worker there is work; best effort (it polls the store anyway)."""
-        if self.worker is None:
+        if self._wake is None:
             return
         try:
-            await asyncio.wait_for(self.worker.wake.remote(job_id), timeout=5)
+            await asyncio.wait_for(self._wake(job_id), timeout=5)
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not wake the batch worker for job %s: %r", job_id, exc)

@@ -9,6 +9,7 @@ from serving import __version__
 from serving.errors import InvalidTensorError
 from serving.oip.tensors import OIP_TO_NUMPY, oip_datatype
 from serving.postprocess import scores_from_output, top_k
+from serving.requests import ImageOptions
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
 SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
@@ -120,8 +121,12 @@ async def _infer_images(service: InferenceService, request: InferRequest) -> dic
         )
     images = [bytes(x) for x in images_in[0].data.reshape(-1)]
     k = _int_parameter(request.parameters, "top_k", DEFAULT_TOP_K)
-    results = await service.classify(images, request.parameters.get("model"), k)
-    width = max(len(r.predictions) for r in results)
+    model = request.parameters.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidTensorError(f"parameter 'model' must be a string, got {model!r}")
+    threshold = request.parameters.get("confidence_threshold")
+    results = await service.classify(images, ImageOptions.parse(model=model, top_k=k, confidence_threshold=threshold))
+    width = max(max(len(r.predictions) for r in results), 1)
     labels = np.full((len(results), width), b"", dtype=np.object_)
     scores = np.zeros((len(results), width), dtype=np.float32)
     indices = np.full((len(results), width), -1, dtype=np.int64)

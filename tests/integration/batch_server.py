@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.server_process import ServerProcess
+from loadtests.server_process import ServerProcess
 
 
 class BatchServer(ServerProcess):

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.server_process import ServerProcess
+from loadtests.server_process import ServerProcess
 from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 # Small limits so the 413 paths are cheap to exercise; stage queues are bounded so overload shows.
 TEST_ENV = {"IMGSERVE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024), "IMGSERVE_MAX_REQUEST_BYTES": str(16 * 1024 * 1024)}
 MAX_QUEUED = 16
-# The single-node profile's direct listeners refuse beyond this many requests in flight: small enough that a
-# burst of a few hundred shows overload, above the 32 concurrent clients the batching test uses.
-SINGLE_NODE_MAX_INFLIGHT = 48
+# The local placement's listeners refuse beyond this many requests in flight: small enough that a burst of a few
+# hundred shows overload, above the 32 concurrent clients the batching test uses.
+LOCAL_MAX_INFLIGHT = 48
 
 RunningServer = ServerProcess  # what tests receive from the `server` fixture
 
@@ -39,31 +39,37 @@ def _test_config() -> dict:
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] not in ("Ingress", "BatchWorker"):
             deployment["max_queued_requests"] = MAX_QUEUED
+    # The Ingress batches its stage calls: images beyond this many waiting for one are refused (503 overloaded).
+    config["applications"][0]["args"]["graph_calls"] = {"max_queued_images": MAX_QUEUED}
     return config
 
 
 @contextmanager
-def started_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: dict) -> Iterator[ServerProcess]:
+def started_server(
+    tmp_path_factory: pytest.TempPathFactory, name: str, config: dict, extra_args: list[str] | None = None
+) -> Iterator[ServerProcess]:
     """`imgserve serve` on `config` in a fresh temp folder; skips when the default model's weights are absent."""
     if not MOBILENET_DIR.exists():
         pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
     tmp = tmp_path_factory.mktemp(name)
-    with ServerProcess(tmp, config, server_env(tmp)) as process:
+    with ServerProcess(tmp, config, server_env(tmp), extra_args) as process:
         yield process
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with started_server(tmp_path_factory, "server", _test_config()) as process:
+    """The graph placement behind Ray Serve's proxy, as KubeRay runs it, with small queues."""
+    args = ["--placement", "graph", "--ray-proxy"]
+    with started_server(tmp_path_factory, "server", _test_config(), args) as process:
         yield process
 
 
 @pytest.fixture(scope="session")
-def single_node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """serve_config.single_node.yaml: no proxy, the Ingress replica's own listeners, models in-process."""
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.single_node.yaml").read_text())
-    config["applications"][0]["args"]["direct_ingress"]["max_inflight"] = SINGLE_NODE_MAX_INFLIGHT
-    with started_server(tmp_path_factory, "single-node", config) as process:
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """What `make serve` runs on one machine: serve_config.yaml, placement chosen by `imgserve serve` (local)."""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["direct_ingress"] = {"max_inflight": LOCAL_MAX_INFLIGHT}
+    with started_server(tmp_path_factory, "local", config) as process:
         yield process
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_process import free_port
+from loadtests.server_process import free_port
 
 DATABASE = "imgserve_test"
 

@@ -9,17 +9,20 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.server_process import ServerProcess
+from loadtests.server_process import ServerProcess
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
 
 STAGE = "Decoder"
+GRAPH = ["--placement", "graph"]  # per-stage autoscaling is the graph placement's
 
 
 def _aggressive_config() -> dict:
-    """The project's config with the decode stage tuned to react in seconds (small numbers for 2 cores)."""
+    """The project's config with the decode stage tuned to react in seconds (small numbers for 2 cores); the
+    Ingress sends small stage calls, several at once, so the decode stage sees concurrent calls to scale on."""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["graph_calls"] = {"max_images_per_call": 2, "concurrent_calls": 4}
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == STAGE:
             deployment["autoscaling_config"] = {
@@ -38,7 +41,7 @@ def _aggressive_config() -> dict:
 @pytest.fixture(scope="module")
 def scaling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     require(MOBILENET_DIR)
-    with ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config()) as server:
+    with ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config(), extra_args=GRAPH) as server:
         yield server
 
 

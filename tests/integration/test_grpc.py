@@ -1,7 +1,7 @@
 """gRPC ingress: OIP with the unmodified Triton client, ImageService, health, status codes.
 
 Every test runs twice: against the default graph (Ray Serve's gRPC proxy in front of the Ingress) and against
-the single-node profile (the Ingress replica's own grpc.aio listener, serving.deployments.direct_ingress)."""
+the local placement (both on the Ingress replica's own grpc.aio listener, serving.deployments.direct_ingress)."""
 
 import asyncio
 import queue
@@ -38,10 +38,10 @@ def _images() -> list[bytes]:
     return [(require(IMAGENET_SAMPLES) / name).read_bytes() for name in EXPECTED]
 
 
-@pytest.fixture(scope="module", params=["graph", "single_node"])
+@pytest.fixture(scope="module", params=["graph", "local"])
 def target(request: pytest.FixtureRequest) -> RunningServer:
-    """The server under test: the session's graph server (proxy) or the single-node one (direct listeners)."""
-    return request.getfixturevalue("server" if request.param == "graph" else "single_node_server")
+    """The server under test: the graph placement or the local one (both on the Ingress replica's listeners)."""
+    return request.getfixturevalue("server" if request.param == "graph" else "local_server")
 
 
 @pytest.fixture(scope="module")

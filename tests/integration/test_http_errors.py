@@ -106,7 +106,7 @@ def test_overload_gives_503_and_recovers(http: httpx.Client) -> None:
     responses = asyncio.run(burst())
     statuses = {r.status_code for r in responses}
     assert statuses <= {200, 503}
-    assert 503 in statuses, f"bounded stage queues (max_queued_requests={MAX_QUEUED}) should shed a 300-request burst"
+    assert 503 in statuses, f"bounded queues (max_queued_images={MAX_QUEUED}) should shed a 300-request burst"
     assert 200 in statuses
     for rejected in (r for r in responses if r.status_code == 503):
         _error(rejected, 503, "overloaded")

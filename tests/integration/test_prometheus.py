@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
+from loadtests.server_process import free_port
 from tests.integration.conftest import RunningServer
-from tests.integration.server_process import free_port
 from tests.paths import IMAGENET_SAMPLES, require
 from tests.unit.test_deploy_configs import (
     ALERTS,

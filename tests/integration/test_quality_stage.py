@@ -50,3 +50,26 @@ def test_all_stages_over_grpc(server: RunningServer) -> None:
     assert analysis.quality["level"] in {"LOW", "MEDIUM", "HIGH", "ULTRA"}
     assert 0 <= analysis.anomaly["score"] <= 1
     assert analysis.metadata["file"]["format"] == "JPEG"
+
+
+@pytest.mark.parametrize("placement", ["graph", "local"])
+def test_served_quality_is_the_verdict_function_bit_for_bit(placement: str, request: pytest.FixtureRequest) -> None:
+    """For real photos, the server's `quality` equals `pipelines.quality.quality_verdict` applied to the metrics of
+    the same decode and the learned model's served view, in both placements: one tested function, the served one."""
+    from pipelines.decode import decode_image
+    from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
+    from pipelines.quality.thresholds import default_thresholds
+    from serving.repository import ModelRepository
+
+    server = request.getfixturevalue("server" if placement == "graph" else "local_server")
+    spec = ModelRepository.scan(check_backends=False).get("quality_net").config.preprocess_spec()
+    thresholds = default_thresholds()
+    photos = [require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG"] + sorted(require(BLUR_SAMPLES).glob("*"))[:3]
+    with httpx.Client(base_url=server.http_url, timeout=60) as http:
+        for path in photos:
+            data = path.read_bytes()
+            served = _analyze(http, data, "quality,anomaly")
+            decoded = decode_image(data, {"quality_net": spec}, working_max_side=thresholds.working_max_side)
+            metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+            expected = quality_verdict(metrics, thresholds, LearnedQuality(**served["anomaly"])).to_dict()
+            assert served["quality"] == expected, path.name

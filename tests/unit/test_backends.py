@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.decode import decode_for_model
+from pipelines.decode import decode_image
 from serving.backends import BackendUnavailableError, backend_plan, load_backend
 from serving.backends.base import Backend
 from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.backends.tensorrt_backend import TensorRTBackend
 from serving.backends.torch_backend import TorchBackend
 from serving.config.model_config import ModelConfig
-from serving.deployments.model import split_batch
 from serving.repository import ModelArtifacts, ModelEntry
+from serving.stages.model import split_batch
 
 torch = pytest.importorskip("torch")
 
@@ -123,7 +123,7 @@ def test_decoded_images_feed_the_backend(loaded: Backend, tiny: TinyModel) -> No
     for shade in (0, 128, 255):
         buffer = io.BytesIO()
         Image.new("RGB", (64, 48), (shade, 255 - shade, 30)).save(buffer, "PNG")
-        tensors.append(decode_for_model(buffer.getvalue(), spec).tensor)
+        tensors.append(decode_image(buffer.getvalue(), spec).tensor)
     batch = np.stack(tensors)
     assert batch.shape == (3, 3, SIZE, SIZE) and batch.dtype == np.float32
     np.testing.assert_allclose(loaded.infer(batch)["logits"], eager(tiny, batch), atol=1e-4, rtol=0)

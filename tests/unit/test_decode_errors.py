@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.decode import DecoderName, decode_for_model
+from pipelines.decode import DecoderName, decode_image
 from pipelines.errors import ImageInputError, ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.limits import DecodeLimits
 from pipelines.preprocess import PreprocessSpec, reference_preprocess
@@ -26,7 +26,7 @@ PHOTO = "imagenet-samples/n01440764_tench.JPEG"
 
 
 def decode(data: bytes, decoder: DecoderName = "pillow", limits: DecodeLimits | None = None) -> None:
-    decode_for_model(data, SPEC, limits, decoder=decoder)
+    decode_image(data, SPEC, limits, decoder=decoder)
 
 
 def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -158,7 +158,7 @@ def test_lossless_formats_decode_to_the_source_pixels(photo: bytes, decoder: Dec
     source = Image.open(io.BytesIO(photo)).convert("RGB")
     expected = reference_preprocess(source, SPEC)
     for fmt, data in lossless_cases(source):
-        decoded = decode_for_model(data, SPEC, decoder=decoder)
+        decoded = decode_image(data, SPEC, decoder=decoder)
         assert (decoded.format, decoded.width, decoded.height) == (fmt, 500, 375)
         np.testing.assert_array_equal(decoded.tensor, expected, err_msg=fmt)
 
@@ -166,7 +166,7 @@ def test_lossless_formats_decode_to_the_source_pixels(photo: bytes, decoder: Dec
 @pytest.mark.parametrize(("fmt", "mode"), [("GIF", "P"), ("WEBP", "RGB"), ("PNG", "L"), ("PNG", "P")])
 def test_other_encodings_match_their_reference(photo: bytes, fmt: str, mode: str) -> None:
     data = encoded(Image.open(io.BytesIO(photo)).convert(mode), fmt)
-    decoded = decode_for_model(data, SPEC)
+    decoded = decode_image(data, SPEC)
     assert decoded.format == fmt
     np.testing.assert_array_equal(decoded.tensor, reference_preprocess(Image.open(io.BytesIO(data)), SPEC))
 
@@ -174,15 +174,15 @@ def test_other_encodings_match_their_reference(photo: bytes, fmt: str, mode: str
 def test_sixteen_bit_png_keeps_its_brightness(photo: bytes) -> None:
     grey = Image.open(io.BytesIO(photo)).convert("L")
     wide = Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257)  # the same picture at 16 bits
-    decoded = decode_for_model(encoded(wide, "PNG"), SPEC)
+    decoded = decode_image(encoded(wide, "PNG"), SPEC)
     assert abs(float(decoded.tensor.mean()) - float(reference_preprocess(grey, SPEC).mean())) < 0.02
 
 
 HEIC_CHECK = """
 import sys
-from pipelines.decode import decode_for_model
+from pipelines.decode import decode_image
 from pipelines.preprocess import PreprocessSpec
-print(decode_for_model(open(sys.argv[1], "rb").read(), PreprocessSpec()).format)
+print(decode_image(open(sys.argv[1], "rb").read(), PreprocessSpec()).format)
 """
 
 

@@ -119,36 +119,70 @@ def test_serve_config_validates_with_rays_schema() -> None:
     assert [app.name for app in schema.applications] == ["imgserve"]
 
 
-SINGLE_NODE_CONFIG = PROJECT_ROOT / "serve_config.single_node.yaml"
-
-
-def test_single_node_profile_is_the_default_config_with_in_process_models() -> None:
-    """serve_config.single_node.yaml differs from serve_config.yaml only where it must: model_location, the
-    in-process batching override, no Decoder / model-* deployments (their work runs in the Ingress), and the
-    Ingress's own listeners on the ports the proxy would have used, with the proxy disabled."""
+def test_local_placement_is_an_overlay_of_the_one_serve_config() -> None:
+    """`imgserve serve` on one machine applies the local placement to serve_config.yaml: the Ingress alone (its
+    replicas run every stage and the job loop), its own listeners on the ports the proxy would have used, the
+    proxy disabled, greedy batching; everything else as in the file. The graph placement keeps every deployment
+    and gets the same listeners."""
     from ray.serve.schema import ServeDeploySchema
 
     from serving.config.app_args import AppArgs
+    from serving.config.placement_overlay import apply_placement
 
-    default, single = yaml.safe_load(SERVE_CONFIG.read_text()), yaml.safe_load(SINGLE_NODE_CONFIG.read_text())
-    ServeDeploySchema.model_validate(single)
-    assert single["logging_config"] == default["logging_config"]
-    assert single["proxy_location"] == "Disabled" and "http_options" not in single and "grpc_options" not in single
-    app, default_app = single["applications"][0], default["applications"][0]
+    default = yaml.safe_load(SERVE_CONFIG.read_text())
+    local = apply_placement(default, "local")
+    ServeDeploySchema.model_validate(local)
+    assert local["proxy_location"] == "Disabled" and local["logging_config"] == default["logging_config"]
+    app, default_app = local["applications"][0], default["applications"][0]
     args = AppArgs.model_validate(app["args"])
-    assert args.model_location == "ingress" and args.batching == {"batch_wait_timeout_ms": 0}
+    assert args.placement == "local" and args.batching == {"batch_wait_timeout_ms": 0}
     assert args.direct_ingress is not None
     listeners = (args.direct_ingress.host, args.direct_ingress.http_port, args.direct_ingress.grpc_port)
     proxy = (default["http_options"]["host"], default["http_options"]["port"], default["grpc_options"]["port"])
     assert listeners == proxy
-    changed = ("model_location", "batching", "direct_ingress")
-    assert {k: v for k, v in app["args"].items() if k not in changed} == default_app["args"]
-    moved = {"Decoder"} | {d["name"] for d in default_app["deployments"] if d["name"].startswith("model-")}
-    single_deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(single_deployments) == {d["name"] for d in default_app["deployments"]} - moved
-    for deployment in default_app["deployments"]:
-        if deployment["name"] not in moved | {"Ingress"}:
-            assert single_deployments[deployment["name"]] == deployment, deployment["name"]
+    changed = ("placement", "batching", "direct_ingress")
+    assert {k: v for k, v in app["args"].items() if k not in changed} == {
+        k: v for k, v in default_app["args"].items() if k != "placement"
+    }
+    assert [d["name"] for d in app["deployments"]] == ["Ingress"]
+    assert app["deployments"][0]["ray_actor_options"]["num_cpus"] == 1
+    graph = apply_placement(default, "graph")
+    ServeDeploySchema.model_validate(graph)
+    graph_args = graph["applications"][0]["args"]
+    assert graph_args["placement"] == "graph" and graph_args["direct_ingress"] == app["args"]["direct_ingress"]
+    assert graph["proxy_location"] == "Disabled"
+    assert {**graph, "applications": None, "proxy_location": None} == {
+        **default,
+        "applications": None,
+        "proxy_location": None,
+    }
+    assert graph["applications"][0]["deployments"] == default_app["deployments"]
+    assert default == yaml.safe_load(SERVE_CONFIG.read_text()), "the overlay must not change its input"
+
+
+def test_auto_placement_is_local_unless_ray_is_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.config.placement_overlay import choose_placement
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert choose_placement("auto")[0] == "local"
+    assert choose_placement("graph")[0] == "graph"
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert choose_placement("auto")[0] == "graph"
+    assert choose_placement("local")[0] == "local"
+
+
+def test_app_args_reject_contradictions() -> None:
+    from pydantic import ValidationError
+
+    from serving.config.app_args import AppArgs
+
+    AppArgs.model_validate({"placement": "local", "batching": {"batch_wait_timeout_ms": 0}})
+    with pytest.raises(ValidationError, match="batching"):
+        AppArgs.model_validate({"placement": "graph", "batching": {"batch_wait_timeout_ms": 0}})
+    with pytest.raises(ValidationError, match="default_model"):
+        AppArgs.model_validate({"models": ["quality_net"], "default_model": "mobilenet_v2_imagenet"})
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate({"model_location": "ingress"})  # the old switch is gone, not silently ignored
 
 
 def test_rendered_rayservice_is_current() -> None:
@@ -341,3 +375,13 @@ def test_every_metric_in_dashboard_and_alerts_exists() -> None:
             if not ok:
                 unknown.append(f"{where}: {name}")
     assert not unknown, "metrics that do not exist:\n" + "\n".join(unknown)
+
+
+def test_ray_proxy_keeps_the_files_proxy_and_no_direct_listeners() -> None:
+    from serving.config.placement_overlay import apply_placement
+
+    default = yaml.safe_load(SERVE_CONFIG.read_text())
+    for placement in ("graph", "local"):
+        proxied = apply_placement(default, placement, ray_proxy=True)
+        assert proxied["proxy_location"] == default["proxy_location"]
+        assert "direct_ingress" not in proxied["applications"][0]["args"]

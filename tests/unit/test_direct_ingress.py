@@ -1,6 +1,6 @@
 """The Ingress replica's own listeners without Ray: admission limit, HTTP listener sharing a port, and the
 serve-config plumbing that moves them. The gRPC listener (generated stubs) is exercised for real in
-tests/integration/test_grpc.py against the single-node profile."""
+tests/integration/test_grpc.py against both placements."""
 
 import asyncio
 from collections.abc import Iterator
@@ -132,7 +132,7 @@ def test_start_fails_loudly_when_the_port_is_held_without_reuseport() -> None:
 def test_port_overrides_move_the_direct_listeners_and_the_banner_names_them(tmp_path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    single = load_serve_config(PROJECT_ROOT / "serve_config.single_node.yaml", http_port=18000, grpc_port=19000)
+    single = load_serve_config(PROJECT_ROOT / "serve_config.yaml", http_port=18000, grpc_port=19000, placement="local")
     direct = single["applications"][0]["args"]["direct_ingress"]
     assert (direct["http_port"], direct["grpc_port"]) == (18000, 19000)
     assert listening_at(ServeDeploySchema.model_validate(single)) == "http://127.0.0.1:18000 (grpc port 19000)"

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from pipelines.quality import analyze_quality
-from pipelines.quality.distortions import EXPECTED_TAGS, KINDS, LEVELS, apply_distortion, expected_tags
-from pipelines.quality.evaluate import label, tag_table
 from pipelines.quality.thresholds import default_thresholds
 from tests.paths import DATA
+from tooling.quality.distortions import EXPECTED_TAGS, KINDS, LEVELS, apply_distortion, expected_tags
+from tooling.quality.evaluate import label, tag_table
 
 pytestmark = pytest.mark.unit
 

@@ -22,6 +22,7 @@ from serving.jobs.store import JobStore
 from serving.jobs.webhooks import SIGNATURE_HEADER, WebhookSender, verify
 from serving.jobs.work_queue import WorkQueue
 from serving.postprocess import Prediction
+from serving.requests import ImageOptions
 from serving.service import Analysis, Classification
 
 pytestmark = pytest.mark.unit
@@ -41,7 +42,7 @@ class FakeService:
             raise ModelUnavailableError(f"model '{name}' is not available")
         return object()
 
-    async def analyze(self, images: list[bytes], model: str | None, k: int, fields: list[str] | None) -> list[Analysis]:
+    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
         (data,) = images
         self.calls[data] += 1
         self.active += 1

@@ -2,17 +2,25 @@
 
 import io
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests import bench
 from loadtests.baselines import naive_server, triton_server
+from loadtests.bench import limits, machine
+from loadtests.bench.cli import Plan, parse_args, settings_record
+from loadtests.bench.markdown import MD_BEGIN, MD_END, render_markdown, update_markdown
+from loadtests.bench.measure import best_of_rounds
+from loadtests.bench.report import build_report, compute_ratios, generator_summary, level_record, peak, write_json
+from loadtests.bench.servers import Server, build_servers, last_error
 from loadtests.closed_loop import LevelResult
 from loadtests.images import camera_candidates, decode_problem, load_mix, megapixels, select_camera, web_paths
-from pipelines.decode import decode_for_model
+from loadtests.server_process import ProcessSession, StartError, free_port, imgserve_command, session_pids
+from pipelines.decode import decode_image
 from pipelines.preprocess import reference_preprocess
 from tests.paths import DATA, IMAGENET_SAMPLES, MOBILENET_DIR, require
 
@@ -105,12 +113,12 @@ LIMIT = {"combined": {"web": 250.0, "camera": 100.0}}
 
 
 def test_peak_is_the_best_level() -> None:
-    assert bench.peak(levels(1.0, 3.0, 2.0)) == (8, 3.0)
-    assert bench.peak({}) is None and bench.peak(None) is None
+    assert peak(levels(1.0, 3.0, 2.0)) == (8, 3.0)
+    assert peak({}) is None and peak(None) is None
 
 
 def test_ratios_take_each_server_at_its_own_peak() -> None:
-    ratios, peaks = bench.compute_ratios(SERVERS, LIMIT)
+    ratios, peaks = compute_ratios(SERVERS, LIMIT)
     # web: imgserve = grpc at c32 (200) beats http's 190; naive peaks at c8 (25), triton at c32 (120).
     assert peaks["web"]["imgserve"] == {"server": "imgserve_grpc", "concurrency": 32, "images_per_s": 200.0}
     assert ratios["imgserve_vs_naive"] == 8.0
@@ -125,27 +133,66 @@ def test_ratios_take_each_server_at_its_own_peak() -> None:
 
 def test_ratios_are_null_when_a_server_was_not_measured() -> None:
     servers = {**SERVERS, "triton": {"web": {}, "camera": {}, "error": "tritonserver did not start"}}
-    ratios, peaks = bench.compute_ratios(servers, {})
+    ratios, peaks = compute_ratios(servers, {})
     assert ratios["imgserve_vs_triton"] is None and ratios["imgserve_vs_limit"] is None
     assert ratios["imgserve_vs_naive"] == 8.0
     assert "triton" not in peaks["web"]
 
 
+def with_c16(servers: dict[str, dict], **c16: dict) -> dict[str, dict]:
+    """`servers` with a web level at concurrency 16 added for the servers named."""
+    out = dict(servers)
+    for name, level in c16.items():
+        out[name] = {**servers.get(name, {}), "web": {**(servers.get(name) or {}).get("web", {}), "16": level}}
+    return out
+
+
+PLACEMENTS = with_c16(
+    SERVERS,
+    naive={"images_per_s": 24.0},
+    imgserve_http={"images_per_s": 150.0},
+    imgserve_grpc={"images_per_s": 160.0},
+    imgserve_graph_grpc={"images_per_s": 200.0, "server_cores": 2.0},
+)
+
+
+def test_placement_ratios_compare_the_default_placement_at_c16() -> None:
+    ratios, peaks = compute_ratios(PLACEMENTS, LIMIT)
+    # default placement at c16 = grpc's 160 (beats http's 150); the best of every placement at c16 is the graph's 200.
+    assert peaks["web"]["default_c16"] == {"server": "imgserve_grpc", "concurrency": 16, "images_per_s": 160.0}
+    assert peaks["web"]["best_c16"]["server"] == "imgserve_graph_grpc"
+    assert ratios["default_c16_vs_best_placement_c16"] == 0.8
+    assert ratios["default_c16_vs_naive_peak"] == 6.4  # naive's peak is still 25 at c8, not its c16 level
+    # graph: its peak is c16 (its only level), 2.0 cores / 200 img/s = 10 CPU-ms per image = 100 images per CPU-s.
+    assert peaks["web"]["graph_cpu"]["cpu_ms_per_image"] == 10.0
+    assert ratios["graph_images_per_cpu_s"] == 100.0
+    assert ratios["imgserve_vs_naive"] == 8.0  # the peak ratios ignore the graph placement
+    slower_graph = with_c16(PLACEMENTS, imgserve_graph_grpc={"images_per_s": 100.0, "server_cores": 2.0})
+    assert compute_ratios(slower_graph, LIMIT)[0]["default_c16_vs_best_placement_c16"] == 1.0
+
+
+def test_placement_ratios_are_null_without_c16_or_graph_levels() -> None:
+    ratios, peaks = compute_ratios(SERVERS, LIMIT)
+    assert ratios["default_c16_vs_best_placement_c16"] is None and ratios["default_c16_vs_naive_peak"] is None
+    assert ratios["graph_images_per_cpu_s"] is None
+    assert not {"default_c16", "best_c16", "graph_cpu"} & set(peaks["web"])
+
+
 def test_level_record_and_generator_verdict() -> None:
     result = LevelResult(8, 400, 2, 20.0, 19.9, 35.0, 80.0, client_cpu_s=3.0)
-    record = bench.level_record(result, cpu_s=30.0, peak_rss_mb=1234.56, monitor_cpu_s=1.0)
+    record = level_record(result, cpu_s=30.0, peak_rss_mb=1234.56, monitor_cpu_s=1.0)
     assert {"images_per_s", "p50_ms", "p99_ms", "errors", "cpu_s", "peak_rss_mb"} <= set(record)
     assert record["server_cores"] == 1.5 and record["client_cpu_s"] == 2.0 and record["client_cores"] == 0.1
     assert record["peak_rss_mb"] == 1234.6 and record["errors"] == 2
-    summary = bench.generator_summary({"naive": {"web": {"8": record}}})
+    summary = generator_summary({"naive": {"web": {"8": record}}})
     assert summary["bottleneck"] is False and summary["at"] == "naive/web/c8"
-    busy = bench.generator_summary({"naive": {"web": {"8": {**record, "client_cores": 0.7}}}})
+    busy = generator_summary({"naive": {"web": {"8": {**record, "client_cores": 0.7}}}})
     assert busy["bottleneck"] is True
 
 
 def test_level_record_without_answers_has_no_latency() -> None:
     result = LevelResult(1, 0, 0, 1.0, 0.0, float("nan"), float("nan"), 0.0)
-    record = bench.level_record(result, 0.0, 0.0)
+    record = level_record(result, 0.0, 0.0)
     assert record["p50_ms"] is None and record["p99_ms"] is None
 
 
@@ -154,7 +201,7 @@ def test_level_record_without_answers_has_no_latency() -> None:
 
 def report() -> dict:
     machine = {"date": "2026-01-01 00:00 UTC", "cpu_model": "Test CPU", "logical_cpus": 2, "contended": True}
-    return bench.build_report(
+    return build_report(
         machine={**machine, "loadavg_start": [3.0, 2.0, 1.0]},
         command=".venv/bin/python -m loadtests.bench --quick",
         mixes={"web": {"images": 1000, "median_kb": 104.6, "median_mp": 0.19, "mp_range": [0.0, 3.8]}},
@@ -180,7 +227,7 @@ def report() -> dict:
 
 def test_bench_json_schema(tmp_path: Path) -> None:
     out = tmp_path / "results" / "bench.json"
-    bench.write_json(report(), out)
+    write_json(report(), out)
     data = json.loads(out.read_text())
     assert {"machine", "command", "mixes", "servers", "limit", "ratios"} <= set(data)
     assert set(data["servers"]) == {"naive", "triton", "imgserve_http", "imgserve_grpc"}
@@ -194,7 +241,7 @@ def test_bench_json_schema(tmp_path: Path) -> None:
 
 
 def test_markdown_section_is_generated_and_replaced_in_place(tmp_path: Path) -> None:
-    section = bench.render_markdown(report())
+    section = render_markdown(report())
     assert "Smoke run" in section and "Contended machine" in section
     assert (
         "Command: `make bench BENCH_ARGS=--quick`, which runs `.venv/bin/python -m loadtests.bench --quick`" in section
@@ -205,19 +252,49 @@ def test_markdown_section_is_generated_and_replaced_in_place(tmp_path: Path) -> 
     assert "imgserve_http: a start attempt failed and it was started again: `imgserve_http exited" in section
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nHand-written method.\n")
-    bench.update_markdown(path, section)
-    bench.update_markdown(path, section.replace("200.0", "201.0"))
+    update_markdown(path, section)
+    update_markdown(path, section.replace("200.0", "201.0"))
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written method.\n")
-    assert text.count(bench.MD_BEGIN) == 1 and text.count(bench.MD_END) == 1
+    assert text.count(MD_BEGIN) == 1 and text.count(MD_END) == 1
     assert "**201.0**" in text and "**200.0**" not in text
+
+
+def test_markdown_renders_the_placement_ratios_and_imgserve_commands() -> None:
+    section = render_markdown(report())  # no c16 levels: the placement rows are there, empty
+    assert "| default_c16_vs_best_placement_c16 | – | – | – |" in section
+    assert "| default_c16_vs_naive_peak | – | – | naive c8: 25.0 |" in section
+    assert "imgserve servers" not in section  # a report from before the commands were recorded
+    data = report()
+    data["ratios"], data["peaks"] = compute_ratios(PLACEMENTS, LIMIT)
+    data["settings"]["imgserve_commands"] = {
+        "imgserve_http": "imgserve serve --config serve_config.yaml",
+        "imgserve_grpc": "imgserve serve --config serve_config.yaml",
+        "imgserve_graph_grpc": "imgserve serve --config serve_config.yaml --placement graph",
+    }
+    section = render_markdown(data)
+    assert (
+        "| default_c16_vs_best_placement_c16 | 0.80 | imgserve_grpc c16: 160.0 | imgserve_graph_grpc c16: 200.0 |"
+        in section
+    )
+    assert "| default_c16_vs_naive_peak | 6.40 | imgserve_grpc c16: 160.0 | naive c8: 25.0 |" in section
+    assert (
+        "| graph_images_per_cpu_s | 100.00 | imgserve_graph_grpc c16: 200.0 "
+        "| 2.00 server cores: 10.0 CPU-ms per image |" in section
+    )
+    assert (
+        "imgserve servers (on free ports, each started fresh): imgserve_http, imgserve_grpc: "
+        "`imgserve serve --config serve_config.yaml`; imgserve_graph_grpc: "
+        "`imgserve serve --config serve_config.yaml --placement graph`." in section
+    )
+    assert section.count("default_c16_vs_naive_peak") == 1  # in the placement table, not among the peak ratios
 
 
 def test_server_failures_are_reported_by_their_verdict_line() -> None:
     log = "INFO starting\nTraceback (most recent call last):\n  File x\nTimeoutError: Serve application isn't running\n"
-    assert bench.last_error(log) == "TimeoutError: Serve application isn't running"
-    assert bench.last_error("just a line\n\n") == "just a line"
-    assert bench.last_error("") == "(no output)"
+    assert last_error(log) == "TimeoutError: Serve application isn't running"
+    assert last_error("just a line\n\n") == "just a line"
+    assert last_error("") == "(no output)"
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -228,9 +305,9 @@ def test_baseline_preprocessing_matches_imgserve(mobilenet_spec) -> None:  # noq
     web = (IMAGENET_SAMPLES / "n01440764_tench.JPEG").read_bytes()
     reference = reference_preprocess(Image.open(io.BytesIO(web)), mobilenet_spec)
     np.testing.assert_array_equal(naive_server.preprocess(web)[0], reference)
-    np.testing.assert_array_equal(triton_server.preprocess(web), decode_for_model(web, mobilenet_spec).tensor)
+    np.testing.assert_array_equal(triton_server.preprocess(web), decode_image(web, mobilenet_spec).tensor)
     camera = (DATA / "blur-samples" / "176_HONOR-7X_S.jpg").read_bytes()  # 2048x1536: decoded at 1/4 scale
-    decoded = decode_for_model(camera, mobilenet_spec)
+    decoded = decode_image(camera, mobilenet_spec)
     assert decoded.decode_scale > 1
     np.testing.assert_array_equal(triton_server.preprocess(camera), decoded.tensor)
 
@@ -251,9 +328,9 @@ def test_naive_server_classifies_a_real_photo() -> None:
 
 
 def test_steal_share_comes_from_proc_stat_deltas() -> None:
-    assert bench.steal_pct((100, 1000), (150, 1500)) == 10.0
-    assert bench.steal_pct((0, 0), (0, 0)) is None
-    steal, total = bench.cpu_times()
+    assert machine.steal_pct((100, 1000), (150, 1500)) == 10.0
+    assert machine.steal_pct((0, 0), (0, 0)) is None
+    steal, total = machine.cpu_times()
     if Path("/proc/stat").exists():
         assert total > 0 and 0 <= steal <= total
 
@@ -261,18 +338,18 @@ def test_steal_share_comes_from_proc_stat_deltas() -> None:
 def test_quiet_gate_off_only_probes_and_on_waits_at_most_its_bound() -> None:
     import time
 
-    off = bench.QuietGate(max_wait_s=0)
+    off = machine.QuietGate(max_wait_s=0)
     started = time.monotonic()
     probe = off.wait()
     assert time.monotonic() - started < 1.0 and off.waited_s == 0
     assert 0 < probe == off.fastest_probe_ms  # the probe is still taken and remembered
     # Threshold -1 %: never quiet enough, so it must give up after max_wait_s (plus one sample).
-    stubborn = bench.QuietGate(max_steal_pct=-1, max_wait_s=0.2, sample_s=0.05)
+    stubborn = machine.QuietGate(max_steal_pct=-1, max_wait_s=0.2, sample_s=0.05)
     started = time.monotonic()
     stubborn.wait()
     assert 0.2 <= time.monotonic() - started < 2.0 and stubborn.waited_s > 0
     # A probe can never be faster than half the fastest: the speed condition alone keeps it waiting too.
-    slow = bench.QuietGate(max_steal_pct=100, max_slowdown=0.5, max_wait_s=0.2, sample_s=0.05)
+    slow = machine.QuietGate(max_steal_pct=100, max_slowdown=0.5, max_wait_s=0.2, sample_s=0.05)
     started = time.monotonic()
     slow.wait()
     assert 0.2 <= time.monotonic() - started < 2.0 and slow.waited_s > 0
@@ -282,7 +359,7 @@ def test_speed_probe_sees_a_slower_machine() -> None:
     """Two busy threads on this process's cores make the single-thread probe slower (GIL + shared cores)."""
     import threading
 
-    quiet = min(bench.speed_probe_ms() for _ in range(3))
+    quiet = min(machine.speed_probe_ms() for _ in range(3))
     stop = threading.Event()
 
     def spin() -> None:
@@ -293,7 +370,7 @@ def test_speed_probe_sees_a_slower_machine() -> None:
     for worker in workers:
         worker.start()
     try:
-        busy = bench.speed_probe_ms()
+        busy = machine.speed_probe_ms()
     finally:
         stop.set()
         for worker in workers:
@@ -311,11 +388,11 @@ def test_limit_rate_is_the_fastest_window() -> None:
         time.sleep(0.001 if i < 40 else 0.02)  # fast first, then slow (as if the CPU were taken away)
         return 1
 
-    quiet, bench.QUIET = bench.QUIET, bench.QuietGate(max_wait_s=0)
+    quiet, machine.QUIET = machine.QUIET, machine.QuietGate(max_wait_s=0)
     try:
-        rate = bench._rate(work, seconds=0.6, window_s=0.05)
+        rate = limits.fastest_rate(work, seconds=0.6, window_s=0.05)
     finally:
-        bench.QUIET = quiet
+        machine.QUIET = quiet
     assert rate > 200  # the fast phase (~1000/s at 1 ms), not the ~50/s average of the slow one
 
 
@@ -325,8 +402,71 @@ def test_best_of_rounds_keeps_each_levels_fastest_round_and_every_rate() -> None
 
     first = {"web": {"1": level(50.0), "8": level(90.0)}, "startup_s": 3.0}
     second = {"web": {"1": level(60.0), "8": level(80.0)}, "error": "RuntimeError: boom"}
-    merged = bench.best_of_rounds([first, second])
+    merged = best_of_rounds([first, second])
     assert merged["web"]["1"]["images_per_s"] == 60.0 and merged["web"]["8"]["images_per_s"] == 90.0
     assert merged["web"]["1"]["round_rates"] == [50.0, 60.0]
     assert merged["rounds"] == 2 and merged["startup_s"] == 3.0 and "boom" in merged["error"]
-    assert bench.best_of_rounds([first]) == first  # one round: unchanged
+    assert best_of_rounds([first]) == first  # one round: unchanged
+
+
+# ------------------------------------------------------------------------------------------------ server processes
+
+
+def test_imgserve_servers_run_serve_config_yaml_with_their_placement_args() -> None:
+    assert imgserve_command("c.yaml", 1, 2, ["--placement", "graph"])[1:] == [
+        "serve", "--config", "c.yaml", "--http-port", "1", "--grpc-port", "2", "--placement", "graph",
+    ]  # fmt: skip
+    http, graph = build_servers(["imgserve_http", "imgserve_graph_grpc"], Path("m.onnx"), Path("l.txt"), None)
+    assert http.args[:3] == ["serve", "--config", "serve_config.yaml"] and "--placement" not in http.args
+    assert graph.args[:3] == ["serve", "--config", "serve_config.yaml"] and graph.args[-2:] == ["--placement", "graph"]
+    assert http.url.startswith("http://") and graph.url.startswith("grpc://")
+
+
+def test_concurrency_16_is_always_measured_and_imgserve_commands_are_recorded() -> None:
+    assert Plan.from_args(parse_args([])).concurrency == [1, 8, 16, 32, 64]
+    assert Plan.from_args(parse_args(["--quick"])).concurrency == [1, 8, 16]
+    assert Plan.from_args(parse_args(["--concurrency", "32", "1"])).concurrency == [1, 16, 32]
+    settings = settings_record(Plan.from_args(parse_args([])), 1, "make bench", ["naive", "imgserve_graph_grpc"])
+    assert settings["imgserve_commands"] == {
+        "imgserve_graph_grpc": "imgserve serve --config serve_config.yaml --placement graph"
+    }
+
+
+def test_process_session_is_ready_by_url_and_stops_its_whole_session(tmp_path: Path) -> None:
+    import psutil
+
+    port = free_port()
+    serve = shlex.join([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(tmp_path)])
+    # The background sleep ignores SIGINT (a non-interactive shell's background job): only the SIGKILL of the
+    # session after the server's clean exit ends it.
+    session = ProcessSession(
+        ["sh", "-c", f"sleep 60 & exec {serve}"], log=tmp_path / "logs" / "s.log", ready_url=f"http://127.0.0.1:{port}/"
+    )
+    session.start(timeout_s=30)
+    assert session.proc is not None
+    sid = session.proc.pid
+    assert len(session_pids(sid)) == 2
+    assert session.stop(timeout_s=10) is True and session.proc is None
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    assert not [pid for pid in session_pids(sid) if alive(pid)]
+
+
+def test_start_failures_say_why_with_the_logs_verdict(tmp_path: Path) -> None:
+    crash = [sys.executable, "-c", "print('starting'); raise TimeoutError('Serve application is not running')"]
+    session = ProcessSession(crash, log=tmp_path / "crash.log", ready_url="http://127.0.0.1:9/", name="crash")
+    with pytest.raises(StartError, match="crash exited with 1") as failure:
+        session.start(timeout_s=30)
+    assert failure.value.reason == "exited with 1" and "starting" in str(failure.value) and session.proc is None
+    server = Server("broken", crash, url="http://127.0.0.1:9", ready_url="http://127.0.0.1:9/", start_timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match=r"^broken exited with 1: TimeoutError: Serve application is not run"):
+            server.start(tmp_path)
+        assert server.log_path == tmp_path / "broken.log"
+    finally:
+        server.stop()

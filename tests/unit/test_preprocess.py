@@ -1,4 +1,4 @@
-"""decode_for_model against the plain-Pillow reference on real photos: exact, reduced-scale and EXIF-oriented."""
+"""decode_image against the plain-Pillow reference on real photos: exact, reduced-scale and EXIF-oriented."""
 
 import io
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipelines.decode import DecodedImage, DecoderName, decode_for_model
+from pipelines.decode import DecodedImage, DecoderName, decode_image
 from pipelines.preprocess import PreprocessSpec, normalize, reference_preprocess
 
 pytestmark = pytest.mark.unit
@@ -46,7 +46,7 @@ def test_pillow_decoder_is_the_reference_exactly(shared_data: Path, mobilenet_sp
     data = photo(shared_data, name)
     reference = reference_preprocess(Image.open(io.BytesIO(data)), mobilenet_spec)
     for reduced in (False, True):  # these photos are too small for a reduced decode: both paths are full-size
-        decoded = decode_for_model(data, mobilenet_spec, decoder="pillow", reduced=reduced)
+        decoded = decode_image(data, mobilenet_spec, decoder="pillow", reduced=reduced)
         assert decoded.decode_scale == 1
         assert decoded.tensor.dtype == np.float32 and decoded.tensor.shape == (3, 224, 224)
         np.testing.assert_array_equal(decoded.tensor, reference)
@@ -58,7 +58,7 @@ def test_pillow_decoder_is_the_reference_exactly(shared_data: Path, mobilenet_sp
 def test_opencv_decoder_is_within_two_grey_levels(shared_data: Path, mobilenet_spec: PreprocessSpec, name: str) -> None:
     data = photo(shared_data, name)
     reference = reference_preprocess(Image.open(io.BytesIO(data)), mobilenet_spec)
-    decoded = decode_for_model(data, mobilenet_spec, decoder="opencv", reduced=False)
+    decoded = decode_image(data, mobilenet_spec, decoder="opencv", reduced=False)
     assert decoded.tensor.shape == reference.shape
     assert mean_abs(decoded.tensor, reference) <= OPENCV_MEAN_ABS
 
@@ -67,7 +67,7 @@ def test_opencv_decoder_on_cmyk_jpeg(shared_data: Path, mobilenet_spec: Preproce
     buffer = io.BytesIO()
     Image.open(io.BytesIO(photo(shared_data, PHOTOS[0]))).convert("CMYK").save(buffer, "JPEG", quality=95)
     reference = reference_preprocess(Image.open(buffer), mobilenet_spec)
-    decoded = decode_for_model(buffer.getvalue(), mobilenet_spec, decoder="opencv", reduced=False)
+    decoded = decode_image(buffer.getvalue(), mobilenet_spec, decoder="opencv", reduced=False)
     assert mean_abs(decoded.tensor, reference) <= OPENCV_MEAN_ABS
 
 
@@ -86,7 +86,7 @@ def test_reduced_decode_of_camera_photo(
 ) -> None:
     path = shared_data / CAMERA_PHOTO
     reference = reference_preprocess(Image.open(path), mobilenet_spec)
-    decoded = decode_for_model(path.read_bytes(), mobilenet_spec, decoder=decoder, reduced=True)
+    decoded = decode_image(path.read_bytes(), mobilenet_spec, decoder=decoder, reduced=True)
     assert decoded.decode_scale == 4  # 2048x1365 / 4 = 512x342 still covers the 384x256 resize
     assert_close_to_reference(decoded, reference)
 
@@ -108,7 +108,7 @@ def test_reduced_decode_respects_orientation(
 ) -> None:
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(rotated_large_jpeg)))
     reference = reference_preprocess(upright, mobilenet_spec)
-    decoded = decode_for_model(rotated_large_jpeg, mobilenet_spec, decoder=decoder, reduced=True)
+    decoded = decode_image(rotated_large_jpeg, mobilenet_spec, decoder=decoder, reduced=True)
     assert decoded.decode_scale == 4  # 2000/8 = 250 < 256, so 4 is the largest scale that keeps the resize
     assert_close_to_reference(decoded, reference)
     assert mean_abs(decoded.tensor, reference) < 0.01  # a smooth upscaled image loses almost nothing
@@ -124,7 +124,7 @@ def test_reduced_decode_respects_orientation(
 def test_reduced_decode_reports_original_size(
     rotated_large_jpeg: bytes, mobilenet_spec: PreprocessSpec, decoder: DecoderName
 ) -> None:
-    decoded = decode_for_model(rotated_large_jpeg, mobilenet_spec, decoder=decoder, reduced=True)
+    decoded = decode_image(rotated_large_jpeg, mobilenet_spec, decoder=decoder, reduced=True)
     assert (decoded.width, decoded.height) == (2000, 3000)
 
 
@@ -141,8 +141,7 @@ def test_every_exif_orientation_decodes_upright(
 ) -> None:
     folder = shared_data / "exif-samples" / "jpg" / "orientation"
     decoded = {
-        i: decode_for_model((folder / f"{kind}_{i}.jpg").read_bytes(), mobilenet_spec, decoder=decoder)
-        for i in range(1, 9)
+        i: decode_image((folder / f"{kind}_{i}.jpg").read_bytes(), mobilenet_spec, decoder=decoder) for i in range(1, 9)
     }
     upright = centred(decoded[1].tensor)
     wrong = [upright[:, :, ::-1], upright[:, ::-1, :], upright.transpose(0, 2, 1), np.rot90(upright, axes=(1, 2))]
@@ -172,6 +171,6 @@ def test_scaled_normalisation_and_layouts() -> None:
 
 
 def test_real_photo_tensor_stays_in_range(shared_data: Path, mobilenet_spec: PreprocessSpec) -> None:
-    tensor = decode_for_model(photo(shared_data, PHOTOS[1]), mobilenet_spec).tensor
+    tensor = decode_image(photo(shared_data, PHOTOS[1]), mobilenet_spec).tensor
     assert tensor.min() >= -1.0 and tensor.max() <= 0.9921875
     assert tensor.flags.c_contiguous

@@ -1,4 +1,4 @@
-"""Classical tags combined with quality_net (as `serving.quality_report` combines them) on held-out photos."""
+"""Classical tags combined with quality_net (as `pipelines.quality.quality_verdict` does) on held-out photos."""
 
 from pathlib import Path
 
@@ -7,14 +7,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from models.quality_net.evaluate_combined import infer_probs, load_model
 from pipelines.preprocess import geometry_pil, normalize
-from pipelines.quality.distortions import apply_distortion
-from pipelines.quality.evaluate import load_rgb
 from pipelines.quality.metrics import compute_metrics
 from pipelines.quality.tags import tags_from_values
 from pipelines.quality.thresholds import DEFAULT_THRESHOLDS_PATH, ModelCombination, default_thresholds
 from pipelines.quality.working_image import native_crop, working_image
+from tooling.quality.distortions import apply_distortion
+from tooling.quality.evaluate import load_rgb
+from tooling.quality_net.combined_inputs import infer_probs, load_model
 
 pytestmark = pytest.mark.unit
 

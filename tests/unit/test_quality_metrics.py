@@ -11,12 +11,12 @@ from PIL import Image
 from pipelines.quality import analyze_quality
 from pipelines.quality.metrics import METRIC_NAMES, compute_metrics
 from pipelines.quality.noise import blockiness, impulse_fraction, noise_sigma
-from pipelines.quality.photo_files import load_photo
 from pipelines.quality.scoring import quality_level, score_quality
 from pipelines.quality.sharpness import measure_sharpness
 from pipelines.quality.working_image import native_crop, working_image, working_size
 from tests.paths import DATA
 from tests.unit.textures import dead_leaves_texture
+from tooling.quality.photo_files import load_photo
 
 pytestmark = pytest.mark.unit
 

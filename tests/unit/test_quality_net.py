@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.quality_net.dataset import GROUP_NAMES, HELD_OUT_FROM, list_photos, load_upright, model_pixels, usable
-from pipelines.decode import decode_for_model
+from pipelines.decode import decode_image
 from pipelines.preprocess import normalize
-from pipelines.quality.distortions import apply_distortion
 from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.repository import ModelEntry, ModelRepository
 from tests.paths import IMAGENET_SAMPLES, require
+from tooling.quality.distortions import apply_distortion
+from tooling.quality_net.dataset import GROUP_NAMES, HELD_OUT_FROM, list_photos, load_upright, model_pixels, usable
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +61,7 @@ def test_output_shapes_for_any_batch(entry: ModelEntry, backend: OnnxRuntimeBack
 def test_training_preprocessing_is_what_the_decode_stage_serves(entry: ModelEntry, held_out: list[Path]) -> None:
     spec = entry.config.preprocess_spec()
     path = held_out[0]
-    served = decode_for_model(path.read_bytes(), spec).tensor
+    served = decode_image(path.read_bytes(), spec).tensor
     trained = normalize(model_pixels(load_upright(path, spec), spec), spec)
     np.testing.assert_array_equal(served, trained)
 

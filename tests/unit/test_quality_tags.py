@@ -10,10 +10,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipelines.quality import analyze_quality
-from pipelines.quality.calibrate import calibrate, main
-from pipelines.quality.distortions import apply_distortion
 from pipelines.quality.metrics import compute_metrics
-from pipelines.quality.photo_files import load_photo
 from pipelines.quality.tags import assign_tags
 from pipelines.quality.thresholds import (
     DEFAULT_THRESHOLDS_PATH,
@@ -25,6 +22,9 @@ from pipelines.quality.thresholds import (
 from pipelines.quality.working_image import working_image
 from tests.paths import DATA
 from tests.unit.textures import dead_leaves_texture
+from tooling.quality.calibrate import calibrate, main
+from tooling.quality.distortions import apply_distortion
+from tooling.quality.photo_files import load_photo
 
 pytestmark = pytest.mark.unit
 

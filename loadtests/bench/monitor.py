@@ -1,0 +1,109 @@
+"""CPU seconds and peak RSS of a server's whole process tree (Ray's daemons and workers included)."""
+
+import contextlib
+import re
+import threading
+import time
+from typing import Any
+
+RAY_TEMP_RE = re.compile(r"/tmp/imgserve-ray-[A-Za-z0-9_]+")
+
+
+class TreeMonitor:
+    """CPU seconds and summed RSS of a server's processes, sampled in a background thread.
+
+    Members: the root process and all its descendants, plus any process whose command line names the server's
+    Ray temp dir (/tmp/imgserve-ray-*, discovered from the descendants' command lines), so Ray workers count even
+    if they are re-parented. CPU is cumulative per pid (the last value seen), so processes that exit still count.
+    """
+
+    def __init__(self, root_pid: int, interval: float = 0.5, rescan_every: int = 4) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.root_pid = root_pid
+        self.interval = interval
+        self.rescan_every = rescan_every
+        self.markers: set[str] = set()
+        self.procs: dict[int, Any] = {}
+        self.cpu: dict[int, float] = {}
+        self.seen: set[int] = set()
+        self._lock = threading.Lock()
+        self._peak_rss = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.thread_cpu_s = 0.0
+
+    def _scan(self) -> None:
+        psutil = self._psutil
+        found: dict[int, Any] = {}
+        try:
+            root = psutil.Process(self.root_pid)
+            found[root.pid] = root
+            for child in root.children(recursive=True):
+                found[child.pid] = child
+        except psutil.Error:
+            pass
+        for proc in list(found.values()):
+            with contextlib.suppress(psutil.Error):
+                self.markers.update(RAY_TEMP_RE.findall(" ".join(proc.cmdline())))
+        if self.markers:
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = " ".join(proc.info.get("cmdline") or [])
+                if proc.pid not in found and any(marker in cmdline for marker in self.markers):
+                    found[proc.pid] = proc
+        with self._lock:
+            for pid, proc in found.items():
+                if pid not in self.procs:
+                    self.procs[pid] = proc
+            self.seen.update(found)
+
+    def sample(self) -> None:
+        psutil = self._psutil
+        rss = 0.0
+        with self._lock:
+            for pid, proc in list(self.procs.items()):
+                try:
+                    with proc.oneshot():
+                        times = proc.cpu_times()
+                        self.cpu[pid] = times.user + times.system
+                        rss += proc.memory_info().rss
+                except psutil.Error:
+                    self.procs.pop(pid, None)
+            self._peak_rss = max(self._peak_rss, rss / 2**20)
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.is_set():
+            started = time.thread_time()
+            if count % self.rescan_every == 0:
+                self._scan()
+            self.sample()
+            count += 1
+            self.thread_cpu_s += time.thread_time() - started
+            self._stop.wait(self.interval)
+
+    def start(self) -> "TreeMonitor":
+        self._scan()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="tree-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def mark(self) -> tuple[float, float, float]:
+        """(cumulative CPU s of the tree, peak RSS MB since the previous mark, monitor thread CPU s); resets peak."""
+        self._scan()
+        self.sample()
+        with self._lock:
+            total = sum(self.cpu.values())
+            peak_rss, self._peak_rss = self._peak_rss, 0.0
+        return total, peak_rss, self.thread_cpu_s
+
+    def pids(self) -> set[int]:
+        with self._lock:
+            return set(self.seen)

@@ -1,0 +1,93 @@
+"""The one quality verdict: metrics (+ the learned model's outputs) -> score, level and tags with evidence.
+
+The server returns exactly what `quality_verdict` returns (`QualityReport.to_dict()`), for every placement;
+the unit tests test this function, and an integration test checks the server's answer against it.
+"""
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.quality.metrics import QualityMetrics, compute_metrics
+from pipelines.quality.scoring import QualityScore, score_quality
+from pipelines.quality.tags import Tag, assign_tags
+from pipelines.quality.thresholds import Thresholds, default_thresholds
+from pipelines.quality.working_image import native_crop, working_image
+
+
+@dataclass(frozen=True)
+class LearnedQuality:
+    """The learned quality model's view of one image (the `anomaly` result)."""
+
+    score: float  # anomaly score: 0 pristine .. 1 severe (1 - model_quality)
+    model_quality: float  # the model's own quality estimate, 0 .. 1
+    probabilities: dict[str, float]  # per-distortion probabilities, by tag name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learned_quality(outputs: Mapping[str, np.ndarray], labels: tuple[str, ...]) -> LearnedQuality:
+    """The quality model's outputs (`score`: quality 0..1, `probs`: one per label) for one image."""
+    quality = float(np.asarray(outputs["score"]).reshape(-1)[0])
+    probs = np.asarray(outputs["probs"]).reshape(-1)
+    probabilities = {label: round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
+    return LearnedQuality(round(1.0 - quality, 4), round(quality, 4), probabilities)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """Everything the quality stage says about one image."""
+
+    score: float  # 0 .. 100
+    level: str  # LOW, MEDIUM, HIGH, ULTRA
+    tags: tuple[Tag, ...]
+    metrics: QualityMetrics
+    thresholds_version: int
+    detail: QualityScore  # classical/model parts of the score and the penalty severities
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object HTTP, gRPC and batch results carry as `quality` (docs/QUALITY.md)."""
+        return {
+            "score": self.score,
+            "level": self.level,
+            "tags": [asdict(tag) for tag in self.tags],
+            "classical_score": self.detail.classical_score,
+            "model_score": self.detail.model_score,
+            "thresholds_version": self.thresholds_version,
+            "metrics": self.metrics.as_dict(),
+        }
+
+
+def quality_verdict(
+    metrics: QualityMetrics, thresholds: Thresholds | None = None, learned: LearnedQuality | None = None
+) -> QualityReport:
+    """Score, level and tags of one image from its metrics; the learned model's view joins when given."""
+    thresholds = thresholds or default_thresholds()
+    model_score = learned.model_quality * 100.0 if learned else None
+    detail = score_quality(metrics, thresholds, model_score)
+    tags = tuple(assign_tags(metrics, thresholds, learned.probabilities if learned else None))
+    return QualityReport(detail.score, detail.level, tags, metrics, thresholds.version, detail)
+
+
+def analyze_quality(
+    rgb: np.ndarray,
+    original_size: tuple[int, int] | None = None,
+    thresholds: Thresholds | None = None,
+    learned: LearnedQuality | None = None,
+    native_gray: np.ndarray | None = None,
+) -> QualityReport:
+    """Metrics and verdict of an HxWx3 uint8 RGB image of any size (shrunk to the working image here).
+
+    `original_size` is the upright (width, height) of the photo as uploaded (default: `rgb`'s own size);
+    `native_gray` a gray crop of a full-scale decode for blockiness (default: taken from `rgb` when `rgb`
+    has the original size; otherwise blockiness is None).
+    """
+    thresholds = thresholds or default_thresholds()
+    size = original_size or (rgb.shape[1], rgb.shape[0])
+    if native_gray is None and (rgb.shape[1], rgb.shape[0]) == tuple(size):
+        native_gray = native_crop(rgb)
+    metrics = compute_metrics(working_image(rgb, thresholds.working_max_side), size, native_gray)
+    return quality_verdict(metrics, thresholds, learned)

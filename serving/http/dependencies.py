@@ -1,0 +1,18 @@
+"""FastAPI dependencies: the replica's service and job service, from `app.state` (set by `create_http_app`)."""
+
+from fastapi import Request
+
+from serving.errors import ModelUnavailableError
+from serving.jobs.service import JobService
+from serving.service import InferenceService
+
+
+def get_service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+def get_job_service(request: Request) -> JobService:
+    jobs = request.app.state.jobs
+    if jobs is None:
+        raise ModelUnavailableError("batch jobs are not enabled in this application")
+    return jobs

@@ -1,0 +1,81 @@
+"""Every form an image request takes, in one place: the options and the JSON body, for HTTP, gRPC, SDK and CLI.
+
+An image request is encoded images plus `ImageOptions`. Over HTTP the images come as a raw body, multipart
+fields named `image`, or the JSON form of the categorization API:
+
+    {"image": "<base64>", "options": {"model": "...", "confidence_threshold": 0.8, "top_k": 5}}
+    {"images": ["<base64>", ...], "options": {...}}
+
+Options may also be query parameters (`?top_k=3&confidence_threshold=0.5`); in the JSON form the body's
+`options` win. gRPC carries the same options as request fields.
+"""
+
+import base64
+import binascii
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serving.errors import BadRequestError
+
+DEFAULT_TOP_K = 5
+
+
+class ImageOptions(BaseModel):
+    """What to run on the images and how to answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(default=None, description="Classifier; the server's default when omitted.")
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=1000, description="Most classes returned per image.")
+    confidence_threshold: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Leave out classes scoring below this (0..1); 0 keeps all top_k."
+    )
+    fields: list[str] | None = Field(
+        default=None, description="Analysis stages to run (analyze only); all available when omitted."
+    )
+
+    @classmethod
+    def parse(cls, **values: Any) -> "ImageOptions":
+        """Validated options; an invalid value is a 400 naming the field (not a pydantic trace)."""
+        try:
+            return cls.model_validate({k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            raise BadRequestError(f"invalid options: {validation_summary(exc)}") from None
+
+
+class JsonImageRequest(BaseModel):
+    """The JSON body form: one base64 `image` or a list `images`, plus `options`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(default=None, description="One encoded image, base64.")
+    images: list[str] | None = Field(default=None, description="Several encoded images, base64, answered in order.")
+    options: dict[str, Any] = Field(default_factory=dict, description="`ImageOptions` fields.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "JsonImageRequest":
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of 'image' (base64) or 'images' (a list of base64 strings)")
+        return self
+
+    def encoded_images(self) -> list[bytes]:
+        items = [self.image] if self.image is not None else list(self.images or [])
+        images = []
+        for index, item in enumerate(items):
+            try:
+                images.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError):
+                raise BadRequestError(f"image {index} is not valid base64") from None
+        return images
+
+
+def validation_summary(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+def parse_json_request(body: bytes) -> JsonImageRequest:
+    try:
+        return JsonImageRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequestError(f"invalid JSON image request: {validation_summary(exc)}") from None

@@ -1,0 +1,116 @@
+"""Dynamic batching by contract: callers submit one item, a worker runs lists, each caller gets its own result.
+
+The same queue batches a model's tensors (`ModelStage`) and, in the graph placement, the images an Ingress
+replica sends to another stage in one actor call (`GraphPipeline`). The batch function takes a list and must
+return a list of the same length (checked); an element that is an exception fails only its own caller.
+By default batches run one at a time: while one executes, the next fills (Ray Serve's `@serve.batch` does the
+same); `max_concurrent_batches` lets several run at once (a batch that is mostly waiting on other processes).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from serving.errors import OverloadedError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Queued(Generic[T]):
+    """One submitted item and when it was queued (perf_counter seconds)."""
+
+    item: T
+    enqueued: float
+
+
+class BatchQueue(Generic[T, R]):
+    """`await queue.submit(item)` -> that item's result, computed in a batch with concurrent submitters."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Queued[T]]], Awaitable[list[R | BaseException]]],
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        max_concurrent_batches: int = 1,
+        max_queued: int | None = None,
+    ):
+        """`max_queued`: items that may wait for a batch; one more is refused with `OverloadedError` (503 /
+        RESOURCE_EXHAUSTED), the way a deployment's `max_queued_requests` sheds load. None: unbounded."""
+        self._run_batch = run_batch
+        self.max_concurrent_batches = max_concurrent_batches
+        self.max_queued = max_queued
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._running: set[asyncio.Task[None]] = set()
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self._queue: asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        """Change the batching at runtime (Ray Serve `reconfigure`); the next batch uses the new values."""
+        self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._slots = asyncio.Semaphore(self.max_concurrent_batches)
+            self._worker = loop.create_task(self._work())
+        assert self._queue is not None
+        if self.max_queued is not None and self._queue.qsize() >= self.max_queued:
+            raise OverloadedError(
+                f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
+            )
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.put_nowait((Queued(item, time.perf_counter()), future))
+        return await future
+
+    async def _collect(self) -> list[tuple[Queued[T], asyncio.Future[R]]]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.batch_wait_timeout_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            await self._slots.acquire()  # a free slot first: items queue (and batches grow) while all are busy
+            batch = await self._collect()
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: "asyncio.Task[None]") -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _run(self, batch: list[tuple[Queued[T], asyncio.Future[R]]]) -> None:
+        live = [(queued, future) for queued, future in batch if not future.cancelled()]
+        if live:
+            try:
+                results = await self._run_batch([queued for queued, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} inputs")
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: every caller gets the error
+                results = [exc] * len(live)
+            for (_, future), result in zip(live, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)

@@ -1,0 +1,101 @@
+"""The local placement: every stage in the calling process (the Ingress replica, a batch worker, a test).
+
+No actor call per image: decode and the CPU stages run in worker threads (Pillow, libjpeg, OpenCV and ONNX Runtime
+release the GIL), models batch the replica's concurrent requests in their own `BatchQueue`. On one machine this is
+the fastest placement (BENCHMARKS.md): Ray's per-call CPU costs more than decoding a web-size JPEG.
+"""
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.errors import ModelUnavailableError
+from serving.stages.decode import DecodeStage
+from serving.stages.metadata import MetadataStage
+from serving.stages.model import ModelStage
+from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
+from serving.stages.quality import QualityStage
+from serving.stages.settings import StageSettings
+
+T = TypeVar("T")
+
+
+async def gather_first_error(calls: dict[str, Awaitable[Any]]) -> dict[str, Any]:
+    """Run concurrently; wait for all, then raise the first failure (no task is left unretrieved)."""
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return dict(zip(calls, results, strict=True))
+
+
+class LocalPipeline:
+    def __init__(
+        self,
+        decode: DecodeStage,
+        models: dict[str, ModelStage],
+        quality: QualityStage | None = None,
+        metadata: MetadataStage | None = None,
+    ):
+        self.decode, self.models, self.quality, self.metadata = decode, models, quality, metadata
+        self.model_names = tuple(models)
+        self.has_quality = quality is not None
+        self.has_metadata = metadata is not None
+
+    async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
+        metadata = (
+            asyncio.ensure_future(asyncio.to_thread(self.metadata.extract, data))
+            if plan.metadata and self.metadata is not None
+            else None
+        )
+        try:
+            decoded = None
+            if plan.needs_decode:
+                decoded = await asyncio.to_thread(self.decode.decode, data, plan.models, plan.quality)
+        except BaseException:
+            if metadata is not None:
+                metadata.cancel()
+                await asyncio.gather(metadata, return_exceptions=True)
+            raise
+        calls: dict[str, Awaitable[Any]] = {}
+        if decoded is not None:
+            for name in plan.models:
+                calls[name] = self._model(name).infer(decoded.tensors[name])
+            if plan.quality and self.quality is not None:
+                calls["(quality)"] = asyncio.to_thread(self.quality.metrics, decoded)
+        if metadata is not None:
+            calls["(metadata)"] = metadata
+        done = await gather_first_error(calls)
+        return StageOutputs(
+            models={name: done[name] for name in plan.models},
+            quality=done.get("(quality)"),
+            metadata=done.get("(metadata)"),
+            decode_ms=decoded.decode_ms if decoded is not None else None,
+        )
+
+    def _model(self, name: str) -> ModelStage:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelUnavailableError(f"model '{name}' is not served by this pipeline") from None
+
+    async def infer_tensor(self, model: str, tensor: np.ndarray) -> ModelResult:
+        return await self._model(model).infer(tensor)
+
+    async def model_info(self, model: str) -> dict[str, Any]:
+        return self._model(model).info()
+
+
+def build_local_pipeline(settings: StageSettings) -> LocalPipeline:
+    """Load every servable model once and build the stages the settings ask for."""
+    models = {
+        name: ModelStage(entry, settings.backend_options, settings.batching) for name, entry in settings.models.items()
+    }
+    return LocalPipeline(
+        DecodeStage(settings),
+        models,
+        QualityStage() if settings.quality else None,
+        MetadataStage(settings.limits) if settings.metadata else None,
+    )

@@ -1,0 +1,101 @@
+"""The model stage: one model's `Backend` behind a dynamic batch queue. Tensors in, outputs out.
+
+Batch size and wait come from the model's config.yaml and change at runtime through `reconfigure` (Ray Serve's
+`user_config` in the graph placement). Batches run in a worker thread, so the event loop keeps queueing requests,
+and therefore forming the next batch, while one executes.
+"""
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from serving.backends import load_backend
+from serving.config.model_config import BatchingConfig
+from serving.config.model_entry import ModelEntry
+from serving.errors import InvalidTensorError
+from serving.metrics import BATCH_FILL, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
+from serving.stages.batching import BatchQueue, Queued
+from serving.stages.pipeline import ModelResult
+
+
+def split_batch(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """Per-item outputs from batched ones, checking the batch contract (one row per input)."""
+    for name, value in outputs.items():
+        if value.shape[0] != count:
+            raise RuntimeError(f"backend returned {value.shape[0]} rows for output '{name}' but the batch had {count}")
+    return [{name: value[i] for name, value in outputs.items()} for i in range(count)]
+
+
+class ModelStage:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        backend_options: dict[str, dict[str, Any]] | None = None,
+        batching: dict[str, Any] | None = None,
+    ):
+        if not entry.available:
+            raise RuntimeError(entry.unavailable_reason)
+        self.entry = entry
+        self.backend = load_backend(entry, backend_options)
+        info = self.backend.info()
+        MODEL_INFO.labels(entry.name, entry.config.version, info.name, info.device, info.precision).inc()
+        self.input_shape = tuple(entry.config.input.shape)
+        self.input_dtype = entry.config.input.numpy_dtype
+        self.batching = entry.config.batching
+        self._queue: BatchQueue[np.ndarray, ModelResult] = BatchQueue(
+            self._execute, self.batching.max_batch_size, self.batching.batch_wait_timeout_ms / 1000.0
+        )
+        if batching:
+            self.reconfigure({"batching": batching})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Runtime update of the batching block (`user_config: {batching: {...}}`)."""
+        merged = {**self.batching.model_dump(), **(user_config.get("batching") or {})}
+        self.batching = BatchingConfig.model_validate(merged)
+        self._queue.configure(self.batching.max_batch_size, self.batching.batch_wait_timeout_ms / 1000.0)
+
+    def check_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        if tuple(tensor.shape) != self.input_shape:
+            raise InvalidTensorError(
+                f"model '{self.entry.name}' input must have per-image shape {list(self.input_shape)}, "
+                f"got {list(tensor.shape)}"
+            )
+        if tensor.dtype != self.input_dtype:
+            raise InvalidTensorError(
+                f"model '{self.entry.name}' input must be {self.entry.config.input.dtype}, got numpy {tensor.dtype}"
+            )
+        return tensor
+
+    async def infer(self, tensor: np.ndarray) -> ModelResult:
+        """One image tensor (no batch axis), batched with concurrent callers."""
+        return await self._queue.submit(self.check_tensor(tensor))
+
+    async def _execute(self, items: list[Queued[np.ndarray]]) -> list[ModelResult | BaseException]:
+        model = self.entry.name
+        start = time.perf_counter()
+        for item in items:
+            QUEUE_WAIT.labels(model).observe(start - item.enqueued)
+        BATCH_SIZE.labels(model).observe(len(items))
+        BATCH_FILL.labels(model).observe(len(items) / self.batching.max_batch_size)
+        outputs = await asyncio.to_thread(self.backend.infer, np.stack([item.item for item in items]))
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("model", model).observe(elapsed)
+        model_ms = elapsed * 1000.0
+        return [
+            ModelResult(row, {"queue": (start - item.enqueued) * 1000.0, "model": model_ms})
+            for item, row in zip(items, split_batch(outputs, len(items)), strict=True)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """The chosen backend and batching, for model metadata."""
+        info = self.backend.info()
+        return {
+            "backend": info.name,
+            "device": info.device,
+            "platform": info.platform,
+            "precision": info.precision,
+            "detail": info.detail,
+            "batching": self.batching.model_dump(),
+        }

@@ -1,0 +1,58 @@
+"""The protocol between the service and the stages, whatever process the stages run in.
+
+The service asks for one image at a time with a `StagePlan` (which models, whether quality metrics and metadata)
+and gets `StageOutputs` back; a bad image raises its `ImageInputError`. OIP tensor requests go to the same model
+stage through `infer_tensor`. Batching across concurrent requests happens behind this protocol.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.quality import QualityMetrics
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one image needs: the models to run, the quality metrics, the metadata."""
+
+    models: tuple[str, ...] = ()
+    quality: bool = False
+    metadata: bool = False
+
+    @property
+    def needs_decode(self) -> bool:
+        return bool(self.models) or self.quality
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One item's outputs and where its time went (milliseconds: queue, model)."""
+
+    outputs: dict[str, np.ndarray]
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """What the stages said about one image; a stage that was not planned is absent/None."""
+
+    models: dict[str, ModelResult] = field(default_factory=dict)
+    quality: QualityMetrics | None = None
+    metadata: dict[str, Any] | None = None
+    decode_ms: float | None = None
+
+
+class ImagePipeline(Protocol):
+    """The stages as the service sees them (`LocalPipeline`, `GraphPipeline`)."""
+
+    model_names: tuple[str, ...]  # models served by this pipeline
+    has_quality: bool
+    has_metadata: bool
+
+    async def run(self, data: bytes, plan: StagePlan) -> StageOutputs: ...
+
+    async def infer_tensor(self, model: str, tensor: np.ndarray) -> ModelResult: ...
+
+    async def model_info(self, model: str) -> dict[str, Any]: ...

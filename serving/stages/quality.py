@@ -1,0 +1,18 @@
+"""The quality stage: classical metrics of the decode stage's working image (`pipelines.quality`)."""
+
+import time
+
+from pipelines.decode import DecodedImage
+from pipelines.quality import QualityMetrics, compute_metrics
+from serving.metrics import STAGE_LATENCY
+
+
+class QualityStage:
+    def metrics(self, decoded: DecodedImage) -> QualityMetrics:
+        """Sharpness, exposure, noise, colour, ... of one image decoded with a working image."""
+        if decoded.working is None:
+            raise ValueError("the image was decoded without a working image for the quality stage")
+        start = time.perf_counter()
+        metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+        STAGE_LATENCY.labels("quality", "").observe(time.perf_counter() - start)
+        return metrics

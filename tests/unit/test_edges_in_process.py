@@ -1,0 +1,221 @@
+"""The HTTP routes and gRPC methods over the local placement with tiny generated models: no Ray cluster.
+
+The same `InferenceService`, stages and FastAPI app the server runs, built by the same composition root
+(`serving.placement.compose`), driven by FastAPI's TestClient and by a real gRPC client on a local port.
+"""
+
+import asyncio
+import base64
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from loadtests.server_process import free_port
+from pipelines.decode import decode_image
+from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
+from serving.config.app_args import AppArgs, DirectIngressOptions
+from serving.config.settings import ServerSettings
+from serving.deployments.direct_ingress import DirectListeners
+from serving.grpc.image_methods import ImageGrpcMethods
+from serving.grpc.oip_methods import OipGrpcMethods
+from serving.grpc.stubs import ensure_generated
+from serving.http.app import create_http_app
+from serving.placement import IngressConfig, build_service, compose
+from serving.service import InferenceService
+from tests.unit.tiny_models import CLASSES, write_tiny_repository
+
+pytestmark = pytest.mark.unit
+
+
+def jpeg(color: tuple[int, int, int] = (200, 60, 30), size: tuple[int, int] = (96, 64)) -> bytes:
+    image = Image.new("RGB", size, color)
+    for x in range(0, size[0], 8):  # some texture, so the quality metrics have something to measure
+        image.paste((color[2], color[0], color[1]), (x, 0, x + 4, size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> IngressConfig:
+    root = tmp_path_factory.mktemp("tiny")
+    models = write_tiny_repository(root)
+    settings = ServerSettings(model_repository=models, weights_dir=root / "weights", cache_dir=root / "cache")
+    return compose(AppArgs(placement="local", default_model="tiny"), settings)
+
+
+@pytest.fixture(scope="module")
+def service(config: IngressConfig) -> InferenceService:
+    return build_service(config)
+
+
+@pytest.fixture(scope="module")
+def http(service: InferenceService) -> Iterator[TestClient]:
+    with TestClient(create_http_app(service)) as client:
+        yield client
+
+
+def test_classify_raw_body(http: TestClient) -> None:
+    response = http.post("/v1/classify", content=jpeg())
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    assert result["model"] == "tiny" and len(result["predictions"]) == 5
+    scores = [p["score"] for p in result["predictions"]]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1.0) < 1e-5
+    assert {p["label"] for p in result["predictions"]} == set(CLASSES)
+    assert set(result["stage_ms"]) == {"decode", "queue", "model"}
+
+
+def test_request_id_is_echoed_or_made(http: TestClient) -> None:
+    assert http.post("/v1/classify", content=jpeg(), headers={"X-Request-Id": "t-1"}).headers["x-request-id"] == "t-1"
+    made = http.post("/v1/classify", content=b"junk").headers["x-request-id"]
+    assert len(made) == 32 and made != http.get("/v2/health/live").headers["x-request-id"]
+
+
+def test_confidence_threshold_and_top_k(http: TestClient) -> None:
+    everything = http.post("/v1/classify", content=jpeg()).json()["results"][0]["predictions"]
+    cut = (everything[1]["score"] + everything[2]["score"]) / 2
+    kept = http.post("/v1/classify", params={"confidence_threshold": cut}, content=jpeg()).json()
+    assert kept["results"][0]["predictions"] == everything[:2]
+    top1 = http.post("/v1/classify", params={"top_k": 1}, content=jpeg()).json()["results"][0]["predictions"]
+    assert top1 == everything[:1]
+    for bad in ({"top_k": 0}, {"confidence_threshold": 1.5}, {"top_k": "x"}):
+        response = http.post("/v1/classify", params=bad, content=jpeg())
+        assert response.status_code == 400 and response.json()["kind"] == "bad_request", (bad, response.text)
+
+
+def test_json_base64_forms(http: TestClient) -> None:
+    raw = http.post("/v1/classify", content=jpeg()).json()["results"][0]["predictions"]
+    one = base64.b64encode(jpeg()).decode()
+    single = http.post("/v1/classify", json={"image": one, "options": {"top_k": 3}})
+    assert single.status_code == 200, single.text
+    assert single.json()["results"][0]["predictions"] == raw[:3]
+    cut = raw[0]["score"] - 1e-6
+    many = http.post("/v1/classify", json={"images": [one, one], "options": {"confidence_threshold": cut}})
+    assert [r["predictions"] for r in many.json()["results"]] == [raw[:1], raw[:1]]
+    body_wins = http.post("/v1/classify", params={"top_k": 1}, json={"image": one, "options": {"top_k": 2}})
+    assert len(body_wins.json()["results"][0]["predictions"]) == 2
+    analyzed = http.post("/v1/analyze", json={"image": one, "options": {"fields": ["classification"], "top_k": 1}})
+    assert set(analyzed.json()["results"][0]) == {"classification"}
+    for body in ({"image": "not base64!"}, {"image": one, "images": [one]}, {}, {"image": one, "options": {"x": 1}}):
+        response = http.post("/v1/classify", json=body)
+        assert response.status_code == 400 and response.json()["kind"] == "bad_request", (body, response.text)
+
+
+def test_analyze_answers_what_the_verdict_function_says(http: TestClient, config: IngressConfig) -> None:
+    """The served quality is `quality_verdict` of the metrics of the same decode, with the learned view."""
+    data = jpeg((40, 90, 160), (300, 200))
+    response = http.post("/v1/analyze", content=data)
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert set(result) == {"classification", "quality", "anomaly", "metadata"}
+    settings = config.stages
+    specs = {name: entry.config.preprocess_spec() for name, entry in settings.models.items()}
+    assert settings.thresholds is not None
+    decoded = decode_image(data, specs, settings.limits, settings.thresholds.working_max_side)
+    metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+    learned = LearnedQuality(**result["anomaly"])  # the model's answer as served (the model is tested elsewhere)
+    expected = quality_verdict(metrics, settings.thresholds, learned).to_dict()
+    assert result["quality"] == expected
+    assert result["metadata"]["image"]["width"] == 300
+
+
+def test_bad_input_is_a_clear_4xx(http: TestClient) -> None:
+    cases = [
+        ("/v1/classify", {}, b"not an image", 415, "unsupported_format"),
+        ("/v1/classify", {}, jpeg()[:40], 400, "invalid_image"),
+        ("/v1/classify", {"model": "nope"}, jpeg(), 404, "unknown_model"),
+        ("/v1/classify", {"model": "quality_net"}, jpeg(), 400, "bad_request"),
+        ("/v1/analyze", {"fields": "colour"}, jpeg(), 400, "bad_request"),
+        ("/v1/classify", {}, b"", 400, "invalid_image"),
+    ]
+    for path, params, body, status, kind in cases:
+        response = http.post(path, params=params, content=body)
+        assert response.status_code == status, (path, params, response.text)
+        assert response.json()["kind"] == kind, response.text
+    assert http.post("/v1/classify", content=jpeg()).status_code == 200  # still serving
+
+
+def test_multipart_reports_the_bad_image_index(http: TestClient) -> None:
+    files = [("image", ("a.jpg", jpeg())), ("image", ("b.jpg", b"\xff\xd8broken"))]
+    response = http.post("/v1/classify", files=files)
+    assert response.status_code == 400 and "image index 1" in response.json()["error"]
+
+
+def test_metadata_models_and_probes(http: TestClient) -> None:
+    meta = http.post("/v1/metadata", content=jpeg()).json()["results"][0]
+    assert meta["file"]["format"] == "JPEG"
+    models = http.get("/v1/models").json()
+    assert models["default_model"] == "tiny"
+    assert {m["name"]: m["state"] for m in models["models"]} == {"tiny": "READY", "quality_net": "READY"}
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    assert http.get("/v2/health/live").status_code == 200
+
+
+def test_oip_tensor_and_bytes_models(http: TestClient) -> None:
+    tensor = np.full((2, 3, 32, 32), 0.5, dtype=np.float32)
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(tensor.shape), "data": tensor.ravel().tolist()}]
+    }
+    response = http.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["name"] == "logits" and output["shape"] == [2, 5]
+    wrong = {"inputs": [{**body["inputs"][0], "shape": [1, 3, 8, 8], "data": [0.0] * 192}]}
+    assert http.post("/v2/models/tiny/infer", json=wrong).status_code == 400
+    metadata = http.get("/v2/models/classify").json()
+    assert metadata["inputs"][0]["datatype"] == "BYTES" and metadata["parameters"]["classifier"] == "tiny"
+    assert http.get("/v2/models/tiny/ready").json()["ready"] is True
+
+
+async def _with_call(method: Any, request: Any, request_id: str) -> tuple[Any, Any]:
+    call = method(request, metadata=(("request_id", request_id),))
+    return await call, call
+
+
+class GrpcIngress(OipGrpcMethods, ImageGrpcMethods):
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+
+def test_grpc_methods_on_a_real_channel(service: InferenceService) -> None:
+    ensure_generated()
+    from serving.grpc.generated import image_service_pb2, image_service_pb2_grpc
+
+    async def scenario() -> None:
+        port = free_port()
+        listeners = DirectListeners(DirectIngressOptions(http_port=None, grpc_port=port), 16 * 1024 * 1024)
+        await listeners.start(GrpcIngress(service), None)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = image_service_pb2_grpc.ImageServiceStub(channel)
+                reply, call = await _with_call(
+                    stub.Classify, image_service_pb2.ClassifyRequest(images=[jpeg()], top_k=3), "g-1"
+                )
+                assert ("request_id", "g-1") in tuple(await call.trailing_metadata())
+                predictions = reply.results[0].predictions
+                assert len(predictions) == 3 and reply.results[0].model == "tiny"
+                cut = predictions[0].score - 1e-6
+                reply = await stub.Classify(
+                    image_service_pb2.ClassifyRequest(images=[jpeg()], confidence_threshold=cut)
+                )
+                assert len(reply.results[0].predictions) == 1
+                analysis = await stub.Analyze(image_service_pb2.AnalyzeRequest(images=[jpeg()], fields=["quality"]))
+                assert analysis.results[0].quality["level"] in ("LOW", "MEDIUM", "HIGH", "ULTRA")
+                assert not analysis.results[0].HasField("classification")
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.Classify(image_service_pb2.ClassifyRequest(images=[b"\xff\xd8broken"]))
+                assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.Classify(image_service_pb2.ClassifyRequest(images=[jpeg()], model="nope"))
+                assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await listeners.stop()
+
+    asyncio.run(scenario())

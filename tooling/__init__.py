@@ -1,0 +1,1 @@
+"""Tooling that is not served: training, evaluation, calibration, data generation."""

@@ -1,0 +1,1 @@
+"""Quality tooling: threshold calibration and evaluation on labelled photos, synthetic distortion generation."""
