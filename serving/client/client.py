@@ -5,6 +5,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
+from serving.client.options import RequestOptions
 from serving.client.types import Analysis, Classification, ModelList, StreamResult
 
 if TYPE_CHECKING:
@@ -12,27 +13,11 @@ if TYPE_CHECKING:
 
 
 class Transport(Protocol):
-    def classify(
-        self, images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0
-    ) -> list[Classification]: ...
+    def classify(self, images: list[NamedImage], options: RequestOptions) -> list[Classification]: ...
 
-    def analyze(
-        self,
-        images: list[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> list[Analysis]: ...
+    def analyze(self, images: list[NamedImage], options: RequestOptions) -> list[Analysis]: ...
 
-    def stream(
-        self,
-        images: Iterable[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> Iterator[StreamResult]: ...
+    def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]: ...
 
     def models(self) -> ModelList: ...
 
@@ -85,7 +70,7 @@ class Client:
         batch = load_images(images)
         if not batch:
             return []
-        return self._transport.classify(batch, model, _checked(top_k), _checked_threshold(confidence_threshold))
+        return self._transport.classify(batch, RequestOptions(model, top_k, None, confidence_threshold))
 
     def analyze(
         self,
@@ -100,7 +85,8 @@ class Client:
         batch = load_images(images)
         if not batch:
             return []
-        return self._transport.analyze(batch, model, _checked(top_k), fields, _checked_threshold(confidence_threshold))
+        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold)
+        return self._transport.analyze(batch, options)
 
     def stream(
         self,
@@ -116,8 +102,8 @@ class Client:
         A bad image yields a result with `error` set and the stream goes on; losing the server raises.
         `top_k`, `fields` and `confidence_threshold` apply to every image, as in `analyze`.
         """
-        top_k, confidence_threshold = _checked(top_k), _checked_threshold(confidence_threshold)
-        return self._transport.stream(iter_stream_items(images), model, top_k, fields, confidence_threshold)
+        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold)  # checked before the stream
+        return self._transport.stream(iter_stream_items(images), options)
 
     def models(self) -> ModelList:
         """The server's default model and every model in its repository with its state."""
@@ -167,13 +153,5 @@ class Client:
         return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries})"
 
 
-def _checked(top_k: int) -> int:
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    return top_k
-
-
-def _checked_threshold(confidence_threshold: float) -> float:
-    if not 0.0 <= confidence_threshold <= 1.0:  # NaN fails too
-        raise ValueError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
-    return float(confidence_threshold)
+def _fields(fields: list[str] | None) -> tuple[str, ...] | None:
+    return None if fields is None else tuple(fields)

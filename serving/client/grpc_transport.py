@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from serving.client.errors import ImgServeError
 from serving.client.inputs import NamedImage
+from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
 from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
 from serving.grpc.stubs import load
@@ -56,57 +57,43 @@ def model_list_from_proto(message: Any) -> ModelList:
     return ModelList(message.default_model, models)
 
 
-def classify_request(images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0) -> Any:
+def classify_request(images: list[NamedImage], options: RequestOptions) -> Any:
     """The `ClassifyRequest` of one call (an unset model, or a threshold of 0, means the server's default)."""
     return pb.ClassifyRequest(
-        images=[i.data for i in images], model=model or "", top_k=top_k, confidence_threshold=confidence_threshold
-    )
-
-
-def analyze_request(
-    images: list[NamedImage],
-    model: str | None,
-    top_k: int,
-    fields: list[str] | None,
-    confidence_threshold: float = 0.0,
-) -> Any:
-    """The `AnalyzeRequest` of one call."""
-    return pb.AnalyzeRequest(
         images=[i.data for i in images],
-        model=model or "",
-        top_k=top_k,
-        fields=fields or [],
-        confidence_threshold=confidence_threshold,
+        model=options.model or "",
+        top_k=options.top_k,
+        confidence_threshold=options.confidence_threshold,
     )
+
+
+def analyze_request(images: list[NamedImage], options: RequestOptions) -> Any:
+    """The `AnalyzeRequest` of one call."""
+    return pb.AnalyzeRequest(images=[i.data for i in images], **_analysis_options(options))
+
+
+def _analysis_options(options: RequestOptions) -> dict[str, Any]:
+    """The option fields `AnalyzeRequest` and `AnalyzeStreamRequest` share."""
+    return {
+        "model": options.model or "",
+        "top_k": options.top_k,
+        "fields": list(options.fields or ()),
+        "confidence_threshold": options.confidence_threshold,
+    }
 
 
 class _RequestFeed:
     """The request iterator of a stream. gRPC drains it on its own thread, so a failure to read an input
     is kept here and re-raised to the caller once the answers to the images before it have arrived."""
 
-    def __init__(
-        self,
-        images: Iterable[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ):
-        self._images, self._model, self._top_k, self._fields = images, model or "", top_k, list(fields or ())
-        self._confidence_threshold = confidence_threshold
+    def __init__(self, images: Iterable[NamedImage], options: RequestOptions):
+        self._images, self._options = images, _analysis_options(options)
         self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[Any]:
         try:
             for image in self._images:
-                yield pb.AnalyzeStreamRequest(
-                    image=image.data,
-                    request_id=image.name,
-                    model=self._model,
-                    top_k=self._top_k,
-                    fields=self._fields,
-                    confidence_threshold=self._confidence_threshold,
-                )
+                yield pb.AnalyzeStreamRequest(image=image.data, request_id=image.name, **self._options)
         except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, see the class docstring
             self.error = exc
 
@@ -131,36 +118,18 @@ class GrpcTransport:
 
         return with_retries(attempt, self.retries)
 
-    def classify(
-        self, images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0
-    ) -> list[Classification]:
-        request = classify_request(images, model, top_k, confidence_threshold)
-        results = self._unary(self._stub.Classify, request).results
+    def classify(self, images: list[NamedImage], options: RequestOptions) -> list[Classification]:
+        results = self._unary(self._stub.Classify, classify_request(images, options)).results
         _check_count(len(images), len(results))
         return [classification_from_proto(r) for r in results]
 
-    def analyze(
-        self,
-        images: list[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> list[Analysis]:
-        request = analyze_request(images, model, top_k, fields, confidence_threshold)
-        results = self._unary(self._stub.Analyze, request).results
+    def analyze(self, images: list[NamedImage], options: RequestOptions) -> list[Analysis]:
+        results = self._unary(self._stub.Analyze, analyze_request(images, options)).results
         _check_count(len(images), len(results))
         return [analysis_from_proto(r) for r in results]
 
-    def stream(
-        self,
-        images: Iterable[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> Iterator[StreamResult]:
-        feed = _RequestFeed(images, model, top_k, fields, confidence_threshold)
+    def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
+        feed = _RequestFeed(images, options)
         call = self._stub.AnalyzeStream(iter(feed))
         try:
             for response in call:

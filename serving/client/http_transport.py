@@ -8,6 +8,7 @@ import httpx
 
 from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
 from serving.client.inputs import NamedImage
+from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
 from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
 
@@ -45,15 +46,16 @@ def model_list_from_json(data: dict[str, Any]) -> ModelList:
 Params = list[tuple[str, str | int | float]]
 
 
-def _query(model: str | None, top_k: int, fields: list[str] | None = None, confidence_threshold: float = 0.0) -> Params:
-    """The options as query parameters; `confidence_threshold` only when set (> 0), so requests without it
-    are the same as before the option existed."""
-    params: Params = [("top_k", top_k)]
-    if model:
-        params.append(("model", model))
-    params.extend(("fields", f) for f in fields or ())
-    if confidence_threshold > 0:
-        params.append(("confidence_threshold", confidence_threshold))
+def _query(options: RequestOptions, fields: bool = True) -> Params:
+    """The options as query parameters (no `fields` for classify); `confidence_threshold` only when set
+    (> 0), so requests without it are the same as before the option existed."""
+    params: Params = [("top_k", options.top_k)]
+    if options.model:
+        params.append(("model", options.model))
+    if fields:
+        params.extend(("fields", f) for f in options.fields or ())
+    if options.confidence_threshold > 0:
+        params.append(("confidence_threshold", options.confidence_threshold))
     return params
 
 
@@ -87,36 +89,20 @@ class HttpTransport:
         files = [("image", (PurePath(i.name).name or "image", i.data, "application/octet-stream")) for i in images]
         return self._send("POST", path, params=params, files=files)
 
-    def classify(
-        self, images: list[NamedImage], model: str | None, top_k: int, confidence_threshold: float = 0.0
-    ) -> list[Classification]:
-        response = self._post_images("/v1/classify", images, _query(model, top_k, None, confidence_threshold))
+    def classify(self, images: list[NamedImage], options: RequestOptions) -> list[Classification]:
+        response = self._post_images("/v1/classify", images, _query(options, fields=False))
         return [classification_from_json(r) for r in _results(response, len(images))]
 
-    def analyze(
-        self,
-        images: list[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> list[Analysis]:
-        response = self._post_images("/v1/analyze", images, _query(model, top_k, fields, confidence_threshold))
+    def analyze(self, images: list[NamedImage], options: RequestOptions) -> list[Analysis]:
+        response = self._post_images("/v1/analyze", images, _query(options))
         return [analysis_from_json(r) for r in _results(response, len(images))]
 
-    def stream(
-        self,
-        images: Iterable[NamedImage],
-        model: str | None,
-        top_k: int,
-        fields: list[str] | None,
-        confidence_threshold: float = 0.0,
-    ) -> Iterator[StreamResult]:
+    def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
         """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered
         belong to their item; a server that cannot be reached (after retries) ends the stream by raising."""
         for image in images:
             try:
-                analysis = self.analyze([image], model, top_k, fields, confidence_threshold)[0]
+                analysis = self.analyze([image], options)[0]
             except ImgServeError as exc:
                 if exc.status is None:
                     raise

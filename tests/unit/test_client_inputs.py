@@ -8,6 +8,7 @@ import pytest
 from serving.client import Client, ImgServeError
 from serving.client.http_transport import HttpTransport, analysis_from_json
 from serving.client.inputs import NamedImage, iter_stream_items, load_images, parse_url
+from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
 
 pytestmark = pytest.mark.unit
@@ -104,7 +105,7 @@ def test_http_errors_map_to_grpc_codes(status: int, kind: str, code: str, monkey
     calls: list[httpx.Request] = []
     transport = _transport(_failing(status, {"error": f"it went wrong: {kind}", "kind": kind}, calls))
     with pytest.raises(ImgServeError) as raised:
-        transport.classify([NamedImage("0", b"x")], None, 5)
+        transport.classify([NamedImage("0", b"x")], RequestOptions(None, 5))
     error = raised.value
     assert (error.code, error.kind, error.status) == (code, kind, status)
     assert error.message == f"it went wrong: {kind}" and code in str(error)
@@ -121,7 +122,9 @@ def test_non_json_error_body_still_maps() -> None:
 def test_only_unavailable_is_retried(status: int, kind: str) -> None:
     calls: list[httpx.Request] = []
     with pytest.raises(ImgServeError):
-        _transport(_failing(status, {"error": "no", "kind": kind}, calls)).classify([NamedImage("0", b"x")], None, 5)
+        _transport(_failing(status, {"error": "no", "kind": kind}, calls)).classify(
+            [NamedImage("0", b"x")], RequestOptions(None, 5)
+        )
     assert len(calls) == 1
 
 
@@ -145,7 +148,7 @@ def test_connection_error_is_retried_then_succeeds(monkeypatch: pytest.MonkeyPat
             raise httpx.ConnectError("connection refused", request=request)
         return httpx.Response(200, json=CLASSIFY_OK)
 
-    results = _transport(httpx.MockTransport(flaky)).classify([NamedImage("0", b"x")], "m", 1)
+    results = _transport(httpx.MockTransport(flaky)).classify([NamedImage("0", b"x")], RequestOptions("m", 1))
     assert len(calls) == 3
     assert results[0].predictions[0].label == "cat" and results[0].model == "m"
     assert calls[-1].url.params.get_list("model") == ["m"] and calls[-1].url.params["top_k"] == "1"
@@ -183,7 +186,9 @@ def test_http_stream_keeps_server_errors_per_item() -> None:
         return httpx.Response(200, json=body)
 
     results = list(
-        _transport(httpx.MockTransport(handle)).stream(iter_stream_items([b"a", b"corrupt", b"c"]), None, 5, None)
+        _transport(httpx.MockTransport(handle)).stream(
+            iter_stream_items([b"a", b"corrupt", b"c"]), RequestOptions(None, 5, None)
+        )
     )
     assert [r.request_id for r in results] == ["0", "1", "2"]
     assert [r.ok for r in results] == [True, False, True]

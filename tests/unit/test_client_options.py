@@ -12,6 +12,7 @@ from serving.client import Client
 from serving.client.grpc_transport import _RequestFeed, analyze_request, classify_request
 from serving.client.http_transport import HttpTransport
 from serving.client.inputs import NamedImage, iter_stream_items
+from serving.client.options import RequestOptions
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +42,7 @@ def _client(transport: HttpTransport) -> Client:
 # ---- HTTP: query parameters ---------------------------------------------------------------------------
 def test_http_classify_sends_threshold_when_set() -> None:
     calls: list[httpx.Request] = []
-    _recording(calls).classify([IMAGE], "m", 3, 0.5)
+    _recording(calls).classify([IMAGE], RequestOptions("m", 3, confidence_threshold=0.5))
     params = calls[0].url.params
     assert calls[0].url.path == "/v1/classify"
     assert params["confidence_threshold"] == "0.5" and params["top_k"] == "3" and params["model"] == "m"
@@ -52,9 +53,9 @@ def test_http_classify_query_is_unchanged_without_threshold(call: str) -> None:
     calls: list[httpx.Request] = []
     transport = _recording(calls)
     if call == "positional":
-        transport.classify([IMAGE], "m", 3)
+        transport.classify([IMAGE], RequestOptions("m", 3))
     elif call == "keyword_zero":
-        transport.classify([IMAGE], "m", 3, confidence_threshold=0.0)
+        transport.classify([IMAGE], RequestOptions("m", 3, confidence_threshold=0.0))
     else:
         _client(transport).classify(IMAGE.data, "m", 3)
     assert "confidence_threshold" not in calls[0].url.params
@@ -64,9 +65,9 @@ def test_http_classify_query_is_unchanged_without_threshold(call: str) -> None:
 def test_http_analyze_and_stream_send_threshold_with_fields() -> None:
     calls: list[httpx.Request] = []
     transport = _recording(calls)
-    transport.analyze([IMAGE], None, 5, ["classification", "quality"], 0.25)
-    list(transport.stream(iter_stream_items([b"a", b"b"]), None, 2, None, 0.75))
-    list(transport.stream(iter_stream_items([b"c"]), None, 2, None))
+    transport.analyze([IMAGE], RequestOptions(None, 5, ("classification", "quality"), 0.25))
+    list(transport.stream(iter_stream_items([b"a", b"b"]), RequestOptions(None, 2, None, 0.75)))
+    list(transport.stream(iter_stream_items([b"c"]), RequestOptions(None, 2, None)))
     analyze, *stream = calls
     assert analyze.url.path == "/v1/analyze"
     assert analyze.url.params.get_list("fields") == ["classification", "quality"]
@@ -88,33 +89,38 @@ def test_client_passes_threshold_to_the_transport_for_every_method() -> None:
 
 # ---- gRPC: request messages ---------------------------------------------------------------------------
 def test_grpc_classify_request_carries_threshold() -> None:
-    request = classify_request([IMAGE], "m", 3, 0.5)
+    request = classify_request([IMAGE], RequestOptions("m", 3, confidence_threshold=0.5))
     assert (list(request.images), request.model, request.top_k) == ([b"jpeg-bytes"], "m", 3)
     assert request.confidence_threshold == pytest.approx(0.5)
-    assert classify_request([IMAGE], None, 5).confidence_threshold == 0.0  # 0: the server's default
+    assert classify_request([IMAGE], RequestOptions(None, 5)).confidence_threshold == 0.0  # 0: the server's default
 
 
 def test_grpc_analyze_request_carries_threshold() -> None:
-    request = analyze_request([IMAGE], None, 4, ["classification"], 0.3)
+    request = analyze_request([IMAGE], RequestOptions(None, 4, ("classification",), 0.3))
     assert (request.model, request.top_k, list(request.fields)) == ("", 4, ["classification"])
     assert request.confidence_threshold == pytest.approx(0.3)  # a float field: 0.3 to float32 precision
-    assert analyze_request([IMAGE], None, 4, None).confidence_threshold == 0.0
+    assert analyze_request([IMAGE], RequestOptions(None, 4, None)).confidence_threshold == 0.0
 
 
 def test_grpc_stream_requests_carry_threshold() -> None:
-    feed = _RequestFeed(iter_stream_items([b"a", ("frame-7", b"b")]), "m", 2, ["quality"], 0.75)
+    feed = _RequestFeed(iter_stream_items([b"a", ("frame-7", b"b")]), RequestOptions("m", 2, ("quality",), 0.75))
     requests = list(feed)
     assert [(r.request_id, r.image) for r in requests] == [("0", b"a"), ("frame-7", b"b")]
     assert all(r.confidence_threshold == 0.75 and r.top_k == 2 and r.model == "m" for r in requests)
     assert feed.error is None
-    assert [r.confidence_threshold for r in _RequestFeed(iter_stream_items([b"a"]), None, 5, None)] == [0.0]
+    assert [r.confidence_threshold for r in _RequestFeed(iter_stream_items([b"a"]), RequestOptions(None, 5, None))] == [
+        0.0
+    ]
 
 
 def test_grpc_messages_serialize_unchanged_without_threshold() -> None:
     """Proto3 leaves a 0 float off the wire: a request without a threshold is byte-identical to before."""
-    with_zero = classify_request([IMAGE], "m", 3, 0.0).SerializeToString()
-    assert b"m" in with_zero and classify_request([IMAGE], "m", 3).SerializeToString() == with_zero
-    assert len(classify_request([IMAGE], "m", 3, 0.5).SerializeToString()) == len(with_zero) + 5  # tag + float32
+    with_zero = classify_request([IMAGE], RequestOptions("m", 3, confidence_threshold=0.0)).SerializeToString()
+    assert b"m" in with_zero and classify_request([IMAGE], RequestOptions("m", 3)).SerializeToString() == with_zero
+    assert (
+        len(classify_request([IMAGE], RequestOptions("m", 3, confidence_threshold=0.5)).SerializeToString())
+        == len(with_zero) + 5
+    )  # tag + float32
 
 
 # ---- client-side validation ---------------------------------------------------------------------------
