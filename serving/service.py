@@ -7,9 +7,8 @@ pipeline (whatever its placement), and its `StageOutputs` become one typed `Anal
 
 import asyncio
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -19,23 +18,12 @@ from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailable
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.repository import ModelEntry, ModelRepository
 from serving.requests import ImageOptions
+from serving.stages.concurrency import gather_or_raise
 from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan
 
-T = TypeVar("T")
 IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
 QUALITY_MODEL = "quality_net"  # the learned quality model, when served
 ANALYSIS_FIELDS = ("classification", "quality", "anomaly", "metadata")
-
-
-async def gather_in_order(calls: list[Awaitable[T]]) -> list[T]:
-    """Run concurrently; if any fails, raise the first failure in request order, noting its index."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for index, result in enumerate(results):
-        if isinstance(result, BaseException):
-            if len(results) > 1:
-                result.add_note(f"image index {index}")
-            raise result
-    return list(results)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -191,7 +179,8 @@ class InferenceService:
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
         plan = self._plan(selected, entry)
-        return await gather_in_order([self._analyze_one(data, plan, selected, entry, options) for data in images])
+        calls = [self._analyze_one(data, plan, selected, entry, options) for data in images]
+        return await gather_or_raise(calls, note_index=True)
 
     async def _analyze_one(
         self, data: bytes, plan: StagePlan, selected: tuple[str, ...], entry: ModelEntry, options: ImageOptions

@@ -15,6 +15,7 @@ from pipelines.decode import DecodedImage
 from pipelines.errors import ImageInputError
 from pipelines.quality import QualityMetrics
 from serving.config.model_entry import ModelEntry
+from serving.stages.concurrency import gather_or_raise
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import ModelStage
@@ -27,11 +28,7 @@ Decoded = DecodedImage | ImageInputError
 
 async def each(calls: list[Any]) -> list[Any]:
     """Run concurrently; an `ImageInputError` stays in its slot, anything else fails the call."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, ImageInputError):
-            raise result
-    return results
+    return await gather_or_raise(calls, keep=(ImageInputError,))
 
 
 async def _skip(error: ImageInputError) -> ImageInputError:

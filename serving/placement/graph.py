@@ -8,7 +8,6 @@ replica straight to the model and quality replicas (a `DeploymentResponse` passe
 working images never travel through the Ingress; only small outputs come back.
 """
 
-import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +20,7 @@ from serving.config.app_args import GraphCallOptions
 from serving.errors import ModelUnavailableError, OverloadedError
 from serving.metrics import STAGE_CALL_IMAGES
 from serving.stages.batching import BatchQueue, Queued
+from serving.stages.concurrency import gather_or_raise
 from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
 
 T = TypeVar("T")
@@ -96,10 +96,7 @@ class GraphPipeline:
         if describing:
             assert self.stages.metadata is not None
             calls["(metadata)"] = self.stages.metadata.extract_many.remote([items[i].item[0] for i in describing])
-        answers = await asyncio.gather(*(await_stage(call) for call in calls.values()), return_exceptions=True)
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
+        answers = await gather_or_raise([await_stage(call) for call in calls.values()])
         done = dict(zip(calls, answers, strict=True))
         decode_slot = {image: slot for slot, image in enumerate(decoding)}
         metadata_slot = {image: slot for slot, image in enumerate(describing)}

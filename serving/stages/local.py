@@ -7,28 +7,18 @@ the fastest placement (BENCHMARKS.md): Ray's per-call CPU costs more than decodi
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from serving.errors import ModelUnavailableError
+from serving.stages.concurrency import gather_or_raise
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import ModelStage
 from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
 from serving.stages.quality import QualityStage
 from serving.stages.settings import StageSettings
-
-T = TypeVar("T")
-
-
-async def gather_first_error(calls: dict[str, Awaitable[Any]]) -> dict[str, Any]:
-    """Run concurrently; wait for all, then raise the first failure (no task is left unretrieved)."""
-    results = await asyncio.gather(*calls.values(), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return dict(zip(calls, results, strict=True))
 
 
 class LocalPipeline:
@@ -67,7 +57,7 @@ class LocalPipeline:
                 calls["(quality)"] = asyncio.to_thread(self.quality.metrics, decoded)
         if metadata is not None:
             calls["(metadata)"] = metadata
-        done = await gather_first_error(calls)
+        done = dict(zip(calls, await gather_or_raise(list(calls.values())), strict=True))
         return StageOutputs(
             models={name: done[name] for name in plan.models},
             quality=done.get("(quality)"),
