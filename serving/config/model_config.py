@@ -68,7 +68,7 @@ class OutputSpec(_Strict):
 
 
 class BatchingConfig(_Strict):
-    """Dynamic batching (Ray Serve `@serve.batch`). Runtime-adjustable through the deployment's user_config."""
+    """Dynamic batching (`serving.stages.batching.BatchQueue`), runtime-adjustable via the deployment's user_config."""
 
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="Largest batch handed to the backend.")
     batch_wait_timeout_ms: float = Field(

@@ -4,7 +4,7 @@ Through the proxy every request costs an extra process hop: the proxy parses HTT
 actor call to the replica, which unwraps it again. On a small machine that is several CPU-ms per request — more
 than decoding a web-size JPEG (BENCHMARKS.md). With `direct_ingress` in the application's args, each Ingress
 replica serves the same FastAPI app (uvicorn) and the same gRPC methods (grpc.aio: OIP, ImageService, Health)
-on its own event loop, the one Ray Serve runs the replica's requests on, so the in-process `@serve.batch`
+on its own event loop, the one Ray Serve runs the replica's requests on, so the in-process batch queues
 queues see requests from both paths.
 
 Ports are fixed (not allocated per replica) and opened with SO_REUSEPORT: replicas on one host share them and

@@ -26,7 +26,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
     async def __init__(self, config: IngressConfig, stages: Any = None, batch_worker: Any = None):
         """`stages`: the graph's stage handles, or None to run every stage in this replica (placement local).
         `batch_worker`: the graph's BatchWorker handle; in the local placement the job loop runs here."""
-        settings = ServerSettings.from_env()
+        settings = config.settings or ServerSettings.from_env()
         self.service = build_service(config, stages)
         self.job_loop: JobLoop | None = None
         jobs = None

@@ -1,9 +1,9 @@
 """The graph placement's stage deployments: thin Ray Serve wrappers around the plain stages (`serving.stages`).
 
 Every method takes a list (the images one Ingress replica sent in one actor call) and returns a list of the same
-length; an image that failed to decode stays an `ImageInputError` in its slot, so one bad image fails only its own
-request. The decode result travels from the Decode replica to the model and quality replicas by reference, not
-through the Ingress.
+length; an image that failed (to decode, typically an `ImageInputError`) keeps its exception in its slot, so one bad
+image fails only its own request. The decode result travels from the Decode replica to the model and quality
+replicas by reference, not through the Ingress.
 """
 
 import asyncio
@@ -12,7 +12,6 @@ from typing import Any
 from ray import serve
 
 from pipelines.decode import DecodedImage
-from pipelines.errors import ImageInputError
 from pipelines.quality import QualityMetrics
 from serving.config.model_entry import ModelEntry
 from serving.stages.concurrency import gather_or_raise
@@ -23,15 +22,15 @@ from serving.stages.pipeline import ModelResult
 from serving.stages.quality import QualityStage
 from serving.stages.settings import StageSettings
 
-Decoded = DecodedImage | ImageInputError
+Decoded = DecodedImage | Exception
 
 
 async def each(calls: list[Any]) -> list[Any]:
-    """Run concurrently; an `ImageInputError` stays in its slot, anything else fails the call."""
-    return await gather_or_raise(calls, keep=(ImageInputError,))
+    """Run concurrently; a failure stays in its image's slot (a bad file fails its own request, never the call)."""
+    return await gather_or_raise(calls, keep=(Exception,))
 
 
-async def _skip(error: ImageInputError) -> ImageInputError:
+async def _skip(error: Exception) -> Exception:
     return error
 
 
@@ -55,12 +54,12 @@ class ModelServer:
         result = await self.stage.infer(decoded.tensors[self.stage.entry.name])
         return ModelResult(result.outputs, {"decode": decoded.decode_ms, **result.stage_ms})
 
-    async def infer_decoded(self, decoded: list[Decoded | None]) -> list[ModelResult | ImageInputError | None]:
+    async def infer_decoded(self, decoded: list[Decoded | None]) -> list[ModelResult | Exception | None]:
         """This model's outputs for every decoded image that has a tensor for it (None for the others)."""
         name = self.stage.entry.name
-        slots = [i for i, d in enumerate(decoded) if isinstance(d, ImageInputError) or (d and name in d.tensors)]
-        calls = [_skip(d) if isinstance(d, ImageInputError) else self._one(d) for d in (decoded[i] for i in slots)]
-        out: list[ModelResult | ImageInputError | None] = [None] * len(decoded)
+        slots = [i for i, d in enumerate(decoded) if isinstance(d, Exception) or (d and name in d.tensors)]
+        calls = [_skip(d) if isinstance(d, Exception) else self._one(d) for d in (decoded[i] for i in slots)]
+        out: list[ModelResult | Exception | None] = [None] * len(decoded)
         for index, result in zip(slots, await each(calls), strict=True):
             out[index] = result
         return out
@@ -77,14 +76,14 @@ class QualityServer:
     def __init__(self) -> None:
         self.stage = QualityStage()
 
-    async def metrics_many(self, decoded: list[Decoded | None]) -> list[QualityMetrics | ImageInputError | None]:
+    async def metrics_many(self, decoded: list[Decoded | None]) -> list[QualityMetrics | Exception | None]:
         """Metrics of every decoded image that carries a working image (None for the others)."""
         calls = []
         for item in decoded:
             if isinstance(item, DecodedImage) and item.working is not None:
                 calls.append(asyncio.to_thread(self.stage.metrics, item))
             else:
-                calls.append(_skip(item) if isinstance(item, ImageInputError) else _none())
+                calls.append(_skip(item) if isinstance(item, Exception) else _none())
         return await each(calls)
 
 
@@ -96,7 +95,7 @@ class MetadataServer:
     def __init__(self, settings: StageSettings):
         self.stage = MetadataStage(settings.limits)
 
-    async def extract_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageInputError]:
+    async def extract_many(self, images: list[bytes]) -> list[dict[str, Any] | Exception]:
         return await each([asyncio.to_thread(self.stage.extract, data) for data in images])
 
 

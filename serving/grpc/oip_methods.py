@@ -37,9 +37,7 @@ class OipGrpcMethods:
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
-            if request.name != oip.IMAGE_MODEL_NAME:
-                await self.service.backend_info(self.service.served_entry(request.name).name)
-            meta = oip.model_metadata(self.service, request.name)
+            meta = await oip.model_metadata(self.service, request.name)
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"],

@@ -47,9 +47,7 @@ def _known(service: InferenceService, model: str) -> None:
 @router.get("/models/{model}/versions/{version}")
 async def model_metadata(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     _known(service, model)
-    if model != IMAGE_MODEL_NAME:
-        await service.backend_info(service.served_entry(model).name)
-    return oip.model_metadata(service, model)
+    return await oip.model_metadata(service, model)
 
 
 @router.get("/models/{model}/ready")
@@ -66,7 +64,7 @@ async def model_ready(model: str, service: InferenceService = Depends(get_servic
 async def model_config(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
     _known(service, model)
-    meta = oip.model_metadata(service, model)
+    meta = await oip.model_metadata(service, model)
     batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model).config.batching
     return {
         "name": meta["name"],

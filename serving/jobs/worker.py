@@ -1,6 +1,6 @@
 """The batch-job loop (`serving.deployments.batch_worker.BatchWorker` runs it in the graph placement).
 
-`start_job_loop` builds the loop over an `InferenceService` (the same code path as `/v1/analyze`) and starts it
+`JobLoop` builds the loop over an `InferenceService` (the same code path as `/v1/analyze`) and starts it
 on the running event loop; it migrates the store (retrying while the database is down, without holding up the
 rest of the application), requeues items that were in flight when the previous worker died, and resumes
 unfinished jobs. In the local placement the Ingress replica runs it over its own in-process stages (no second

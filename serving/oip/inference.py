@@ -70,8 +70,9 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "imgserve", "version": __version__, "extensions": SERVER_EXTENSIONS}
 
 
-def model_metadata(service: InferenceService, name: str) -> dict[str, Any]:
-    """OIP model metadata; the image-level model describes its BYTES input."""
+async def model_metadata(service: InferenceService, name: str) -> dict[str, Any]:
+    """OIP model metadata (the platform from the model stage's backend); the image-level model describes its BYTES
+    input."""
     if name == IMAGE_MODEL_NAME:
         entry = service.served_entry(None)
         return {
@@ -84,7 +85,7 @@ def model_metadata(service: InferenceService, name: str) -> dict[str, Any]:
         }
     entry = service.served_entry(name)
     config = entry.config
-    info = service._backend_info.get(name, {})
+    info = await service.backend_info(entry.name)
     return {
         "name": config.name,
         "versions": [config.version],

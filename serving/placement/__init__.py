@@ -33,6 +33,7 @@ class IngressConfig:
     direct_ingress: DirectIngressOptions | None = None
     batch_jobs: bool = True
     graph_calls: GraphCallOptions | None = None
+    settings: ServerSettings | None = None  # read once where the application is built; replicas use this copy
 
 
 def compose(options: AppArgs, settings: ServerSettings | None = None) -> IngressConfig:
@@ -71,6 +72,7 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
         options.direct_ingress,
         options.batch_jobs,
         options.graph_calls,
+        settings,
     )
 
 
@@ -89,6 +91,6 @@ def build_service(config: IngressConfig, stages: object | None = None) -> Infere
         config.repository,
         build_pipeline(config, stages),
         config.default_model,
-        ServerSettings.from_env().max_images_per_request,
+        (config.settings or ServerSettings.from_env()).max_images_per_request,
         config.stages.thresholds,
     )

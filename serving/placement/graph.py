@@ -8,6 +8,8 @@ replica straight to the model and quality replicas (a `DeploymentResponse` passe
 working images never travel through the Ingress; only small outputs come back.
 """
 
+import asyncio
+import copy
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
@@ -17,11 +19,10 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from serving.config.app_args import GraphCallOptions
-from serving.errors import ModelUnavailableError, OverloadedError
+from serving.errors import OverloadedError
 from serving.metrics import STAGE_CALL_IMAGES
 from serving.stages.batching import BatchQueue, Queued
-from serving.stages.concurrency import gather_or_raise
-from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
+from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan, check_plan
 
 T = TypeVar("T")
 Item = tuple[bytes, StagePlan]
@@ -47,8 +48,10 @@ class GraphStages:
     metadata: DeploymentHandle | None = None
 
 
-def _pick(results: list[Any], index: int) -> Any:
-    """One image's slot of a stage's list answer; an exception there is that image's error."""
+def _pick(results: list[Any] | BaseException, index: int) -> Any:
+    """One image's slot of a stage's list answer; an exception there (or instead of the answer) is its error."""
+    if isinstance(results, BaseException):
+        raise copy.copy(results)
     value = results[index]
     if isinstance(value, BaseException):
         raise value
@@ -69,13 +72,11 @@ class GraphPipeline:
         }
 
     def _model(self, name: str) -> DeploymentHandle:
-        if name not in self.stages.models:
-            raise ModelUnavailableError(f"model '{name}' is not served by this pipeline")
+        check_plan(self, StagePlan(models=(name,)))
         return self.stages.models[name]
 
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
-        for name in plan.models:
-            self._model(name)
+        check_plan(self, plan)
         return await self._images.submit((data, plan))
 
     async def _run_images(self, items: list[Queued[Item]]) -> list[StageOutputs | BaseException]:
@@ -96,7 +97,8 @@ class GraphPipeline:
         if describing:
             assert self.stages.metadata is not None
             calls["(metadata)"] = self.stages.metadata.extract_many.remote([items[i].item[0] for i in describing])
-        answers = await gather_or_raise([await_stage(call) for call in calls.values()])
+        # A stage call that failed as a whole fails only the images that needed that stage (`_pick`).
+        answers = await asyncio.gather(*(await_stage(call) for call in calls.values()), return_exceptions=True)
         done = dict(zip(calls, answers, strict=True))
         decode_slot = {image: slot for slot, image in enumerate(decoding)}
         metadata_slot = {image: slot for slot, image in enumerate(describing)}

@@ -3,7 +3,7 @@
 `DecodeStage` (bytes -> `DecodedImage`), `ModelStage` (tensors -> outputs, dynamically batched), `QualityStage`
 (working image -> metrics) and `MetadataStage` (bytes -> EXIF/GPS/colours). `ImagePipeline` is the protocol the
 service calls; `LocalPipeline` runs the stages in the calling process, `serving.placement.graph.GraphPipeline`
-runs each as its own Ray Serve deployment. Which one is chosen once, in `serving.app` (`placement`).
+runs each as its own Ray Serve deployment. Which one is chosen once, in `serving.placement` (`build_pipeline`).
 """
 
 from serving.stages.batching import BatchQueue

@@ -8,10 +8,12 @@ same); `max_concurrent_batches` lets several run at once (a batch that is mostly
 """
 
 import asyncio
+import contextvars
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from serving.errors import OverloadedError
 
@@ -43,12 +45,11 @@ class BatchQueue(Generic[T, R]):
         self._run_batch = run_batch
         self.max_concurrent_batches = max_concurrent_batches
         self.max_queued = max_queued
-        self._slots = asyncio.Semaphore(max_concurrent_batches)
-        self._running: set[asyncio.Task[None]] = set()
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self._queue: asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         """Change the batching at runtime (Ray Serve `reconfigure`); the next batch uses the new values."""
@@ -57,60 +58,64 @@ class BatchQueue(Generic[T, R]):
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # A fresh queue and worker per event loop; the worker runs in an empty context, so no request's
+            # context variables (Ray's request context, the access log's) leak into other requests' batches.
             self._queue = asyncio.Queue()
-            self._slots = asyncio.Semaphore(self.max_concurrent_batches)
-            self._worker = loop.create_task(self._work())
-        assert self._queue is not None
-        if self.max_queued is not None and self._queue.qsize() >= self.max_queued:
+            work = self._work(self._queue, asyncio.Semaphore(self.max_concurrent_batches))
+            self._worker = loop.create_task(work, context=contextvars.Context())
+        if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
             raise OverloadedError(
                 f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
             )
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put_nowait((Queued(item, time.perf_counter()), future))
+        self._queue.put_nowait((Queued(item, time.perf_counter()), future))  # type: ignore[union-attr]
         return await future
 
-    async def _collect(self) -> list[tuple[Queued[T], asyncio.Future[R]]]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
+    async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any]:
+        batch = [await queue.get()]
         deadline = time.perf_counter() + self.batch_wait_timeout_s
         while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not queue.empty():
+                batch.append(queue.get_nowait())
                 continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
             except TimeoutError:
                 break
         return batch
 
-    async def _work(self) -> None:
+    async def _work(
+        self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]", slots: asyncio.Semaphore
+    ) -> None:
         while True:
-            await self._slots.acquire()  # a free slot first: items queue (and batches grow) while all are busy
-            batch = await self._collect()
+            await slots.acquire()  # a free slot first: items queue (and batches grow) while all are busy
+            batch = await self._collect(queue)
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: "asyncio.Task[None]") -> None:
-        self._running.discard(task)
-        self._slots.release()
+            task.add_done_callback(lambda done: (self._running.discard(done), slots.release()))
 
     async def _run(self, batch: list[tuple[Queued[T], asyncio.Future[R]]]) -> None:
         live = [(queued, future) for queued, future in batch if not future.cancelled()]
-        if live:
-            try:
-                results = await self._run_batch([queued for queued, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} inputs")
-            except Exception as exc:  # noqa: BLE001 - the whole batch failed: every caller gets the error
-                results = [exc] * len(live)
-            for (_, future), result in zip(live, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+        if not live:
+            return
+        try:
+            results = await self._run_batch([queued for queued, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} inputs")
+        except BaseException as exc:  # the whole batch failed: every caller gets its own copy of the error
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(copy.copy(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(live, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -1,4 +1,5 @@
-"""The local placement: every stage in the calling process (the Ingress replica, a batch worker, a test).
+"""The local placement: every stage in the calling process (the Ingress replica, which also runs the job loop over
+them; a test).
 
 No actor call per image: decode and the CPU stages run in worker threads (Pillow, libjpeg, OpenCV and ONNX Runtime
 release the GIL), models batch the replica's concurrent requests in their own `BatchQueue`. On one machine this is
@@ -11,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ModelUnavailableError
 from serving.stages.concurrency import gather_or_raise
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import ModelStage
-from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
+from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan, check_plan
 from serving.stages.quality import QualityStage
 from serving.stages.settings import StageSettings
 
@@ -35,6 +35,7 @@ class LocalPipeline:
         self.has_metadata = metadata is not None
 
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
+        check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
         metadata = (
             asyncio.ensure_future(asyncio.to_thread(self.metadata.extract, data))
             if plan.metadata and self.metadata is not None
@@ -66,10 +67,8 @@ class LocalPipeline:
         )
 
     def _model(self, name: str) -> ModelStage:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise ModelUnavailableError(f"model '{name}' is not served by this pipeline") from None
+        check_plan(self, StagePlan(models=(name,)))
+        return self.models[name]
 
     async def infer_tensor(self, model: str, tensor: np.ndarray) -> ModelResult:
         return await self._model(model).infer(tensor)

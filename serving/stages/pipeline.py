@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipelines.quality import QualityMetrics
+from serving.errors import ModelUnavailableError
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class StageOutputs:
     quality: QualityMetrics | None = None
     metadata: dict[str, Any] | None = None
     decode_ms: float | None = None
+
+
+def check_plan(pipeline: "ImagePipeline", plan: StagePlan) -> None:
+    """`ModelUnavailableError` (503) when the plan asks for a model or stage this pipeline does not run."""
+    missing = [f"model '{name}'" for name in plan.models if name not in pipeline.model_names]
+    missing += ["the quality stage"] if plan.quality and not pipeline.has_quality else []
+    missing += ["the metadata stage"] if plan.metadata and not pipeline.has_metadata else []
+    if missing:
+        raise ModelUnavailableError(f"{', '.join(missing)} not served by this application")
 
 
 class ImagePipeline(Protocol):

@@ -1,4 +1,4 @@
-"""What the stages are built from: decided once by the composition root (`serving.app`), handed to every replica."""
+"""What the stages are built from: decided once by the composition root (`serving.placement.compose`)."""
 
 from dataclasses import dataclass, field
 from typing import Any

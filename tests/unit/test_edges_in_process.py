@@ -221,3 +221,22 @@ def test_grpc_methods_on_a_real_channel(service: InferenceService) -> None:
             await server.stop(None)
 
     asyncio.run(scenario())
+
+
+def test_a_plan_for_a_stage_the_pipeline_lacks_is_refused_before_any_work(config: IngressConfig) -> None:
+    from dataclasses import replace
+
+    from serving.errors import ModelUnavailableError
+    from serving.stages.local import build_local_pipeline
+    from serving.stages.pipeline import StagePlan
+
+    pipeline = build_local_pipeline(replace(config.stages, metadata=False, quality=False))
+    for plan, missing in (
+        (StagePlan(metadata=True), "metadata stage"),
+        (StagePlan(quality=True), "quality stage"),
+        (StagePlan(models=("nope",)), "model 'nope'"),
+    ):
+        with pytest.raises(ModelUnavailableError, match=missing):
+            asyncio.run(pipeline.run(jpeg(), plan))
+    outputs = asyncio.run(pipeline.run(jpeg(), StagePlan(models=("tiny",))))
+    assert set(outputs.models) == {"tiny"} and outputs.quality is None and outputs.metadata is None
