@@ -7,7 +7,6 @@ from fastapi import FastAPI
 from ray import serve
 
 from serving.admission import REPLICA_LIMIT
-from serving.config.settings import ServerSettings
 from serving.deployments.direct_ingress import DirectListeners
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
@@ -26,7 +25,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
     async def __init__(self, config: IngressConfig, stages: Any = None, batch_worker: Any = None):
         """`stages`: the graph's stage handles, or None to run every stage in this replica (placement local).
         `batch_worker`: the graph's BatchWorker handle; in the local placement the job loop runs here."""
-        settings = config.settings or ServerSettings.from_env()
+        settings = config.settings
         self.service = build_service(config, stages)
         self.job_loop: JobLoop | None = None
         jobs = None

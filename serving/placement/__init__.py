@@ -29,11 +29,11 @@ class IngressConfig:
     repository: ModelRepository  # every model, with the reason an unavailable one is not served
     default_model: str
     stages: StageSettings
+    settings: ServerSettings  # read once where the application is built; replicas use this copy
     placement: str = "graph"
     direct_ingress: DirectIngressOptions | None = None
     batch_jobs: bool = True
     graph_calls: GraphCallOptions | None = None
-    settings: ServerSettings | None = None  # read once where the application is built; replicas use this copy
 
 
 def compose(options: AppArgs, settings: ServerSettings | None = None) -> IngressConfig:
@@ -68,11 +68,11 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
         repository,
         default.name,
         stages,
+        settings,
         options.placement,
         options.direct_ingress,
         options.batch_jobs,
         options.graph_calls,
-        settings,
     )
 
 
@@ -91,6 +91,6 @@ def build_service(config: IngressConfig, stages: object | None = None) -> Infere
         config.repository,
         build_pipeline(config, stages),
         config.default_model,
-        (config.settings or ServerSettings.from_env()).max_images_per_request,
+        config.settings.max_images_per_request,
         config.stages.thresholds,
     )
