@@ -2,6 +2,7 @@
 
     python -m loadtests.closed_loop --url http://127.0.0.1:8000 --concurrency 1 16 --seconds 20
     python -m loadtests.closed_loop --url grpc://127.0.0.1:9000 --concurrency 1 16 --seconds 20
+    IMGSERVE_API_KEY=isk_... python -m loadtests.closed_loop --url ...   # a server with IMGSERVE_AUTH=required
 
 Reports images/s, p50/p99 latency and errors per concurrency, as a table and (with --json) JSON.
 Clients are asyncio tasks over one connection pool per level, so the generator itself stays cheap:
@@ -10,6 +11,7 @@ it reports its own CPU time so a reader can check that it was not the bottleneck
 
 import argparse
 import asyncio
+import functools
 import json
 import resource
 import time
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from serving.client.auth import API_KEY_ENV, auth_headers, auth_metadata, resolve_api_key
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
 
@@ -50,9 +54,11 @@ SenderFactory = Callable[[str, int], AbstractAsyncContextManager[Send]]
 
 
 @asynccontextmanager
-async def http_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
+async def http_sender(url: str, concurrency: int, api_key: str | None = None) -> AsyncIterator[Send]:
+    """POST /v1/classify, one image, top_k 1; with `api_key`, `Authorization: Bearer <key>` on every request."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    headers = auth_headers(api_key)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
 
         async def send(image: bytes) -> bool:
             try:
@@ -64,7 +70,8 @@ async def http_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
 
 
 @asynccontextmanager
-async def grpc_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
+async def grpc_sender(url: str, concurrency: int, api_key: str | None = None) -> AsyncIterator[Send]:
+    """ImageService.Classify, one image, top_k 1; with `api_key`, `authorization: Bearer <key>` metadata."""
     import grpc
 
     from serving.grpc.stubs import load
@@ -72,15 +79,23 @@ async def grpc_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
     pb, pb_grpc = load("image_service_pb2"), load("image_service_pb2_grpc")
     async with grpc.aio.insecure_channel(url.removeprefix("grpc://")) as channel:
         stub = pb_grpc.ImageServiceStub(channel)
+        metadata = auth_metadata(api_key)
 
         async def send(image: bytes) -> bool:
             try:
-                await stub.Classify(pb.ClassifyRequest(images=[image], top_k=1), timeout=60)
+                await stub.Classify(pb.ClassifyRequest(images=[image], top_k=1), timeout=60, metadata=metadata)
                 return True
             except grpc.aio.AioRpcError:
                 return False
 
         yield send
+
+
+def keyed_sender(url: str, api_key: str | None) -> SenderFactory | None:
+    """http_sender or grpc_sender (by the URL) sending `api_key`; None without a key (run_level's default)."""
+    if not api_key:
+        return None
+    return functools.partial(grpc_sender if url.startswith("grpc://") else http_sender, api_key=api_key)
 
 
 async def run_level(
@@ -140,10 +155,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"sent as a Bearer token (default: ${API_KEY_ENV}; prefer the variable, flags show in ps)",
+    )
     args = parser.parse_args()
     images = load_images(args.images, args.limit)
-    asyncio.run(run_level(args.url, images, max(args.concurrency), args.warmup))
-    results = [asyncio.run(run_level(args.url, images, c, args.seconds)) for c in args.concurrency]
+    sender = keyed_sender(args.url, resolve_api_key(args.api_key))
+    asyncio.run(run_level(args.url, images, max(args.concurrency), args.warmup, sender))
+    results = [asyncio.run(run_level(args.url, images, c, args.seconds, sender)) for c in args.concurrency]
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

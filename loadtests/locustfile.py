@@ -21,6 +21,8 @@ were made). Environment:
     LOADTEST_IMAGES=N       distinct photos per mix (default: all)
     IMGSERVE_GRPC_TARGET=host:port (default: the --host's host name, port 9000)
     WAIT_MIN_S=0 WAIT_MAX_S=0.2   think time between a user's requests
+    IMGSERVE_API_KEY=isk_...      sent by every user (HTTP `Authorization: Bearer`, gRPC `authorization` metadata)
+                                  when set: a server with IMGSERVE_AUTH=required answers 401 without it
 """
 
 import gevent.monkey
@@ -49,6 +51,7 @@ if str(PROJECT_ROOT) not in sys.path:  # locust puts only this file's folder on 
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from loadtests.images import load_mix  # noqa: E402
+from serving.client.auth import auth_headers, auth_metadata, resolve_api_key  # noqa: E402
 
 MODEL = "mobilenet_v2_imagenet"
 SLO_MS = float(os.environ.get("SLO_MS", "1000"))
@@ -58,6 +61,7 @@ CAMERA_SHARE = float(os.environ.get("CAMERA_SHARE", "0.1"))
 IMAGE_LIMIT = int(os.environ["LOADTEST_IMAGES"]) if os.environ.get("LOADTEST_IMAGES") else None
 WAIT = between(float(os.environ.get("WAIT_MIN_S", "0")), float(os.environ.get("WAIT_MAX_S", "0.2")))
 TENSORS = 32  # distinct preprocessed tensors for the OIP task
+API_KEY = resolve_api_key(None)  # IMGSERVE_API_KEY, or None: no key sent
 
 logger = logging.getLogger("imgserve.locust")
 
@@ -120,6 +124,7 @@ def _load_images(environment: Environment, **_: object) -> None:
 @events.test_start.add_listener
 def _announce(environment: Environment, **_: object) -> None:
     logger.info("SLA: p99 <= %.0f ms and failures <= %.2f %%", SLO_MS, MAX_FAIL_RATIO * 100)
+    logger.info("API key: %s", "IMGSERVE_API_KEY is sent" if API_KEY else "none (IMGSERVE_API_KEY is not set)")
 
 
 def sla_violations(num_requests: int, fail_ratio: float, p99_ms: float) -> list[str]:
@@ -153,6 +158,9 @@ class ImageApiUser(HttpUser):
     weight = 3
     wait_time = WAIT
     host = os.environ.get("IMGSERVE_URL", "http://127.0.0.1:8000")
+
+    def on_start(self) -> None:
+        self.client.headers.update(auth_headers(API_KEY))  # every request of this user's session
 
     def _post(self, path: str, name: str, body: bytes, headers: dict[str, str], params: dict | None = None) -> None:
         with self.client.post(
@@ -196,6 +204,7 @@ class GrpcImageUser(User):
         self.pb = load("image_service_pb2")
         self.channel = grpc.insecure_channel(grpc_target(self.host))
         self.stub = load("image_service_pb2_grpc").ImageServiceStub(self.channel)
+        self.metadata = auth_metadata(API_KEY)
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -204,7 +213,7 @@ class GrpcImageUser(User):
         started = time.perf_counter()
         length, error = 0, None
         try:
-            length = method(request, timeout=60).ByteSize()
+            length = method(request, timeout=60, metadata=self.metadata).ByteSize()
         except grpc.RpcError as exc:
             error = exc
         self.environment.events.request.fire(

@@ -169,9 +169,14 @@ class ProcessSession:
         return exited
 
 
+def imgserve_cli() -> str:
+    """This venv's `imgserve` console command (else whichever `imgserve` is on PATH)."""
+    return shutil.which("imgserve", path=str(Path(sys.executable).parent)) or "imgserve"
+
+
 def imgserve_command(config: Path | str, http_port: int, grpc_port: int, extra_args: Sequence[str] = ()) -> list[str]:
     """`imgserve serve --config CONFIG --http-port H --grpc-port G [extra_args]` with this venv's `imgserve`."""
-    cli = shutil.which("imgserve", path=str(Path(sys.executable).parent)) or "imgserve"
+    cli = imgserve_cli()
     command = [cli, "serve", "--config", str(config), "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
     return command + list(extra_args)
 

@@ -17,8 +17,17 @@ IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large fold
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.server import run_server
 
-    run_server(Path(args.config), args.http_port, args.grpc_port, args.num_cpus, args.placement, args.ray_proxy)
-    return 0
+    return run_server(
+        Path(args.config),
+        args.http_port,
+        args.grpc_port,
+        args.num_cpus,
+        args.placement,
+        args.ray_proxy,
+        host=args.host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
@@ -64,22 +73,25 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     """`classify` and `analyze`: send the images to a running server, print a table or JSON."""
     from serving.cli_output import expand_images, print_results, result_record, write_results
     from serving.client import Client, ImgServeError
+    from serving.client.errors import error_line
 
     fields = [f.strip() for value in getattr(args, "fields", None) or () for f in value.split(",") if f.strip()] or None
     images = expand_images(args.images)
+    key_sent = False
     try:
-        with Client(args.url, timeout=args.timeout) as client:
+        with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
+            key_sent = client.authenticated
             results: list[Classification | Analysis] = []
             for chunk in _chunks(images, IMAGES_PER_REQUEST):
                 if args.command == "classify":
                     results.extend(client.classify(chunk, args.model, args.top_k, args.confidence_threshold))
                 else:
                     results.extend(client.analyze(chunk, args.model, args.top_k, fields, args.confidence_threshold))
-    except ValueError as exc:  # a bad --url, --top-k or --confidence-threshold
+    except ValueError as exc:  # a bad --url, --top-k, --confidence-threshold or --api-key
         print(f"imgserve: error: {exc}", file=sys.stderr)
         return 2
     except (ImgServeError, OSError) as exc:
-        print(f"imgserve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
         return 1
     records = [result_record(image, result) for image, result in zip(images, results, strict=True)]
     if args.out:
@@ -106,6 +118,13 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
         help="leave out classes scoring below this, 0..1 (default 0: keep all top-k)",
     )
     command.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    command.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="API key for a server with IMGSERVE_AUTH=required (default: $IMGSERVE_API_KEY; prefer the variable, "
+        "flags show in ps)",
+    )
     command.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     command.add_argument("--out", default=None, help="write results to FILE.csv (flat) or FILE.jsonl (full records)")
     command.set_defaults(func=_cmd_remote)
@@ -140,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep Ray Serve's HTTP/gRPC proxy in front of the Ingress, as KubeRay does (default: the Ingress "
         "replica's own listeners on the same ports, one process hop fewer per request)",
     )
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="interface the HTTP/gRPC listeners bind (and Ray's proxy with --ray-proxy); default: the config's "
+        "http_options.host, 127.0.0.1. Beyond loopback (e.g. 0.0.0.0) auth is required (IMGSERVE_AUTH=off is "
+        "refused) and Ray's token auth is on; Ray itself always listens on 127.0.0.1",
+    )
+    serve.add_argument(
+        "--tls-cert", default=None, metavar="FILE", help="PEM certificate: HTTPS and gRPC over TLS (IMGSERVE_TLS_CERT)"
+    )
+    serve.add_argument(
+        "--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert (IMGSERVE_TLS_KEY)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     models = sub.add_parser("models", help="inspect and prepare the model repository")
@@ -156,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.client.batch_cli import add_batch_command
 
     add_batch_command(sub, DEFAULT_URL)
+    from serving.cli_security import add_security_commands
+
+    add_security_commands(sub)
 
     quality = sub.add_parser("quality", help="quality thresholds")
     quality_sub = quality.add_subparsers(dest="quality_command", required=True)

@@ -56,6 +56,7 @@ class ErrorInfo:
     grpc_code: str
     kind: str
     message: str
+    retry_after_s: float | None = None  # rate limits and quotas: when to try again
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -73,7 +74,8 @@ def classify_error(exc: BaseException) -> ErrorInfo:
 
     original = unwrap(exc)
     if isinstance(original, (ImageInputError, ServiceError)):
-        return ErrorInfo(original.http_status, original.grpc_code, original.kind, str(original))
+        retry = getattr(original, "retry_after_s", None)
+        return ErrorInfo(original.http_status, original.grpc_code, original.kind, str(original), retry)
     if isinstance(original, UnknownModelError):
         return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
     if isinstance(original, BackPressureError):

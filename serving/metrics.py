@@ -83,6 +83,19 @@ MODEL_INFO = Gauge(
 )
 
 
+# Label values come only from names the replica knows: an unknown model name a client sends becomes "unknown",
+# so random `?model=` values cannot create new series without end. The Ingress registers its models.
+KNOWN_MODELS: set[str] = set()
+UNKNOWN_LABEL = "unknown"
+
+
+def model_label(name: str | None) -> str:
+    """`name` when it is a model this replica serves (or empty), else "unknown"."""
+    if not name:
+        return ""
+    return name if name in KNOWN_MODELS else UNKNOWN_LABEL
+
+
 class _OnlyImgserve(Collector):
     """Ray's own processes inherit PROMETHEUS_MULTIPROC_DIR too; `/metrics` serves imgserve's families only
     (Ray's metrics are scraped from Ray's metrics export port)."""
@@ -106,3 +119,13 @@ def render_metrics() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+AUDIT_DROPPED = Counter(
+    "imgserve_audit_dropped_total", "Audit entries of refused requests dropped because the writer was full."
+)
+AUTH_REFUSED = Counter(
+    "imgserve_auth_refused_total",
+    "Requests refused before any work: unauthenticated, permission_denied, rate_limited, quota_exceeded.",
+    ["tenant", "kind"],
+)

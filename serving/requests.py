@@ -34,6 +34,9 @@ class ImageOptions(BaseModel):
     fields: list[str] | None = Field(
         default=None, description="Analysis stages to run (analyze only); all available when omitted."
     )
+    anonymize: bool = Field(
+        default=False, description="Drop GPS and personal fields (names, places) from metadata results."
+    )
 
     @classmethod
     def parse(cls, **values: Any) -> "ImageOptions":

@@ -1,15 +1,24 @@
 """Start a local single-node Ray, deploy `serve_config.yaml` on it, and run until interrupted.
 
 This is what `make serve` runs. On a cluster the same file goes to `serve deploy` or KubeRay instead.
+
+Closed by default: every listener binds loopback unless `--host` says otherwise. Ray is started with a loopback node
+address (its GCS, raylet, object manager, agents and workers bind 127.0.0.1), and the two gRPC servers Ray Serve
+binds to every interface regardless are rebound in each Ray worker (`ray_worker_setup`). Before Ray starts, the
+server refuses to run with `IMGSERVE_AUTH=off` when any listener binds beyond loopback; Ray's own token auth is on
+whenever one does.
 """
 
 import logging
 import os
+import secrets
 import signal
+import ssl
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,11 +26,23 @@ import yaml
 
 from serving.config.app_args import DirectIngressOptions, Placement
 from serving.config.placement_overlay import apply_placement, choose_placement
+from serving.security.settings import SecuritySettings, is_loopback_host
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
 
 logger = logging.getLogger("imgserve.server")
+
+LOOPBACK = "127.0.0.1"
+# Run in every Ray worker of a local Ray (ray.init runtime_env); the env vars tell it where to bind.
+WORKER_SETUP_HOOK = "serving.server.ray_worker_setup"
+RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
+RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
+TOKEN_FILE = "ray_auth_token"
+
+
+class StartRefused(ValueError):
+    """The configuration is unsafe or cannot work: said before anything starts."""
 
 
 def load_serve_config(
@@ -30,9 +51,13 @@ def load_serve_config(
     grpc_port: int | None = None,
     placement: Placement | None = None,
     ray_proxy: bool = False,
+    host: str | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The YAML with `placement` applied (serving.config.placement_overlay) and optional port overrides (tests run
-    beside a developer's own server): they move Ray Serve's proxy and every direct listener alike."""
+    """The YAML with `placement` applied (serving.config.placement_overlay) and optional port and host overrides
+    (tests run beside a developer's own server): they move Ray Serve's proxy and every direct listener alike.
+    `tls` (cert, key) goes to every direct listener; Ray Serve's gRPC proxy cannot serve TLS, so a config without
+    direct listeners is refused."""
     config = yaml.safe_load(path.read_text())
     if placement is not None:
         config = apply_placement(config, placement, ray_proxy)
@@ -40,12 +65,25 @@ def load_serve_config(
         config.setdefault("http_options", {})["port"] = http_port
     if grpc_port is not None and "grpc_options" in config:
         config["grpc_options"]["port"] = grpc_port
-    for direct in direct_ingress_args(app.get("args") for app in config.get("applications", [])):
+    if host is not None:
+        config.setdefault("http_options", {})["host"] = host
+    directs = list(direct_ingress_args(app.get("args") for app in config.get("applications", [])))
+    for direct in directs:
         listeners = DirectIngressOptions.model_validate(direct)  # its defaults say which listeners are on
         if http_port is not None and listeners.http_port is not None:
             direct["http_port"] = http_port
         if grpc_port is not None and listeners.grpc_port is not None:
             direct["grpc_port"] = grpc_port
+        if host is not None:
+            direct["host"] = host
+        if tls is not None:
+            direct["tls_cert"], direct["tls_key"] = (str(Path(name).resolve()) for name in tls)
+    if tls is not None and (not directs or config.get("proxy_location") != "Disabled"):
+        raise StartRefused(
+            "TLS (--tls-cert/--tls-key) is served by the Ingress's own listeners; Ray Serve's proxy (--ray-proxy, "
+            "or a config with a proxy) cannot serve gRPC over TLS. Run without --ray-proxy, or terminate TLS in "
+            "front of the proxy."
+        )
     return config
 
 
@@ -65,17 +103,115 @@ def listening_at(config: "ServeDeploySchema") -> str:
     places = []
     for direct in direct_ingress_args(app.args for app in config.applications):
         listeners = DirectIngressOptions.model_validate(direct)
-        places.append(f"http://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port})")
+        scheme, tls = ("https", ", TLS") if listeners.tls else ("http", "")
+        places.append(f"{scheme}://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port}{tls})")
     return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
 
 
+def listener_binds(config: dict[str, Any], ray_address: str | None = None) -> list[tuple[str, str]]:
+    """(listener, host it binds) for everything the server opens. Ray started here (no `ray_address`) binds
+    loopback, Serve's gRPC proxy included (`ray_worker_setup`); on a Ray cluster, Serve binds every interface."""
+    if ray_address:
+        host = ray_address.split("://")[-1].rsplit(":", 1)[0] if ray_address not in ("auto", "local") else "unknown"
+        binds = [(f"Ray cluster (RAY_ADDRESS={ray_address})", host), ("Ray Serve replicas' gRPC servers", "::")]
+    else:
+        binds = [("Ray (GCS, raylet, object manager, agents, workers, Serve replicas)", LOOPBACK)]
+    for direct in direct_ingress_args(app.get("args") for app in config.get("applications", [])):
+        listeners = DirectIngressOptions.model_validate(direct)
+        if listeners.http_port is not None or listeners.grpc_port is not None:
+            binds.append(("imgserve listeners (direct_ingress)", listeners.host))
+    if config.get("proxy_location", "EveryNode") != "Disabled":
+        http_host = (config.get("http_options") or {}).get("host", LOOPBACK)
+        binds.append(("Ray Serve HTTP proxy", http_host))
+        grpc = config.get("grpc_options") or {}
+        if grpc.get("grpc_servicer_functions") and grpc.get("port", 9000) > 0:
+            binds.append(("Ray Serve gRPC proxy", "::" if ray_address else http_host))
+    return binds
+
+
+def resolve_auth(binds: list[tuple[str, str]], env: dict[str, str] | None = None) -> Literal["required", "off"]:
+    """IMGSERVE_AUTH for these listeners (serving.security.settings); StartRefused when auth is off but a
+    listener binds beyond loopback."""
+    try:
+        return SecuritySettings.from_env(env).effective_auth([host for _, host in binds])
+    except ValueError as exc:
+        exposed = "; ".join(f"{name} on {host}" for name, host in binds if not is_loopback_host(host))
+        raise StartRefused(f"{exc} Exposed: {exposed}.") from exc
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Load the pair once here, so a wrong file stops the start with a clear message, not a failing replica."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartRefused(f"cannot use --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+
+
 def prepare_environment() -> str:
-    """Env vars every Ray worker inherits: no auth token file, one Prometheus multiprocess directory."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Env vars every Ray worker inherits: no usage stats, one Prometheus multiprocess directory."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return metrics_dir
+
+
+def prepare_ray_network(exposed: bool, grpc_proxy_host: str, temp_dir: Path) -> str:
+    """Env vars for a Ray started here (read before `import ray`, inherited by its daemons and workers): a
+    loopback node address, where `ray_worker_setup` binds Serve's gRPC servers, and Ray's token auth whenever
+    the server is exposed (a generated token, 0600 in Ray's temp dir, unless RAY_AUTH_TOKEN/_PATH give one).
+    Returns RAY_AUTH_MODE."""
+    # Ray's switch for single-machine Ray (ray/_private/services.py get_node_ip_address): node IP 127.0.0.1, and
+    # Ray's C++ servers (GCS, raylet, object manager, core workers) listen on 127.0.0.1 only for that address.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[RAY_INTERNAL_HOST_ENV] = LOOPBACK
+    os.environ[RAY_GRPC_PROXY_HOST_ENV] = grpc_proxy_host
+    if exposed:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; RAY_AUTH_MODE=token still works
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        path = temp_dir / TOKEN_FILE  # not Ray's default ~/.ray/auth_token: one token per server, gone with it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return os.environ["RAY_AUTH_MODE"]
+
+
+def rebinding(add_port: Callable[[Any, str], int], host: str) -> Callable[[Any, str], int]:
+    """`add_port(server, address)` with a wildcard address ([::] or 0.0.0.0) moved to `host`."""
+    bracketed = f"[{host}]" if ":" in host else host
+
+    def add_port_on_host(server: Any, address: str) -> int:
+        for wildcard in ("[::]:", "0.0.0.0:"):
+            if address.startswith(wildcard):
+                address = f"{bracketed}:{address[len(wildcard) :]}"
+        return add_port(server, address)
+
+    return add_port_on_host
+
+
+def ray_worker_setup() -> None:
+    """Ray worker setup hook of `imgserve serve` on a local Ray. Ray Serve 2.60 binds two gRPC servers to every
+    interface with no setting to change it: each replica's inter-deployment server (`[::]:0`,
+    ray/serve/_private/replica.py) and the gRPC proxy (`[::]:<port>`, grpc_util.start_grpc_server). Rebind the
+    first to loopback and the second to the HTTP proxy's host. A Ray without these functions fails the worker's
+    start (the server does not come up) rather than listening on every interface."""
+    internal = os.environ.get(RAY_INTERNAL_HOST_ENV)
+    if internal:
+        from ray._common import tls_utils
+
+        tls_utils.add_port_to_grpc_server = rebinding(tls_utils.add_port_to_grpc_server, internal)
+        replica = sys.modules.get("ray.serve._private.replica")
+        if replica is not None:  # imported its own reference already
+            replica.add_port_to_grpc_server = tls_utils.add_port_to_grpc_server  # type: ignore[attr-defined]
+    proxy = os.environ.get(RAY_GRPC_PROXY_HOST_ENV)
+    if proxy:
+        from ray.serve._private import default_impl
+
+        default_impl.add_grpc_address = rebinding(default_impl.add_grpc_address, proxy)  # type: ignore[assignment]
 
 
 def wait_until_running(config: Any, stop: threading.Event, timeout_s: float) -> None:
@@ -105,11 +241,39 @@ def run_server(
     num_cpus: int | None = None,
     placement: Literal["auto"] | Placement = "auto",
     ray_proxy: bool = False,
-) -> None:
-    """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM."""
+    host: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> int:
+    """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM. Returns
+    the exit status: 2 when the configuration is refused (nothing was started)."""
     chosen, why = choose_placement(placement)
     print(f"imgserve: placement {chosen} ({why}); --placement local|graph chooses", flush=True)
+    ray_address = os.environ.get("RAY_ADDRESS") or None
+    try:
+        tls_cert = tls_cert or os.environ.get("IMGSERVE_TLS_CERT") or None
+        tls_key = tls_key or os.environ.get("IMGSERVE_TLS_KEY") or None
+        if (tls_cert is None) != (tls_key is None):
+            raise StartRefused("--tls-cert and --tls-key (IMGSERVE_TLS_CERT/IMGSERVE_TLS_KEY) go together")
+        tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+        if tls is not None:
+            check_tls_files(*tls)
+        raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
+        binds = listener_binds(raw, ray_address)
+        auth = resolve_auth(binds)
+    except StartRefused as exc:
+        print(f"imgserve: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    os.environ["IMGSERVE_AUTH"] = auth  # every replica inherits the resolved mode
     prepare_environment()
+    temp_dir = Path(tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp"))
+    init_options: dict[str, Any] = {}
+    if ray_address is None:
+        exposed = any(not is_loopback_host(bind) for _, bind in binds)
+        http_host = (raw.get("http_options") or {}).get("host", LOOPBACK)
+        ray_auth = prepare_ray_network(exposed, http_host, temp_dir)
+        init_options["runtime_env"] = {"worker_process_setup_hook": WORKER_SETUP_HOOK}
+        print(f"imgserve: Ray listens on {LOOPBACK} only (Ray token auth: {ray_auth})", flush=True)
     from serving.grpc.stubs import ensure_generated
 
     ensure_generated()  # the gRPC proxy imports the generated servicer functions named in the config
@@ -119,17 +283,24 @@ def run_server(
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy))
+    config = ServeDeploySchema.model_validate(raw)
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
-    temp_dir = tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp")
     ray.init(
-        num_cpus=cpus, include_dashboard=False, namespace="serve", _temp_dir=temp_dir, logging_level=logging.WARNING
+        num_cpus=cpus,
+        include_dashboard=False,
+        namespace="serve",
+        _temp_dir=str(temp_dir),
+        logging_level=logging.WARNING,
+        **init_options,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        node_ip = ray.util.get_node_ip_address()
+        if ray_address is None and not is_loopback_host(node_ip):
+            raise RuntimeError(f"Ray started on {node_ip}, not loopback: stopping (its listeners would be exposed)")
         client = serve_api.serve_start(
             http_options=config.http_options.model_dump(),
             grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
@@ -137,7 +308,8 @@ def run_server(
         )
         client.deploy_apps(config)
         wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
-        print(f"imgserve is ready: {listening_at(config)} (placement {chosen})", flush=True)
+        banner = "auth required" if auth == "required" else "auth OFF (loopback only)"
+        print(f"imgserve is ready: {listening_at(config)} (placement {chosen}, {banner})", flush=True)
         while not stop.wait(1.0):
             pass
     finally:
@@ -146,3 +318,5 @@ def run_server(
             serve.shutdown()
         finally:
             ray.shutdown()
+            (temp_dir / TOKEN_FILE).unlink(missing_ok=True)  # the generated Ray token, if any: gone with Ray
+    return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.metadata.anonymize import anonymize_metadata
 from pipelines.quality import LearnedQuality, QualityReport, Thresholds, learned_quality, quality_verdict
 from serving.access_log import record_stages
 from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
@@ -91,6 +92,9 @@ class InferenceService:
         self.max_images_per_request = max_images_per_request
         self.thresholds = thresholds
         self._backend_info: dict[str, dict[str, Any]] = {}
+        # The replica's SecurityGate (serving.security.gate), set by the ingress: charges images to the caller's
+        # daily quota and says whether its tenant forces anonymised metadata. None: no quotas.
+        self.gate: Any = None
 
     # ---- models -------------------------------------------------------------------------------------
     def served_entry(self, name: str | None) -> ModelEntry:
@@ -178,6 +182,10 @@ class InferenceService:
         if "classification" in selected and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
+        if self.gate is not None:
+            await self.gate.charge_images(len(images))
+            if "metadata" in selected and not options.anonymize and await self.gate.anonymize_forced():
+                options = options.model_copy(update={"anonymize": True})
         plan = self._plan(selected, entry)
         calls = [self._analyze_one(data, plan, selected, entry, options) for data in images]
         return await gather_or_raise(calls, note_index=True)
@@ -196,7 +204,10 @@ class InferenceService:
         quality = None
         if outputs.quality is not None:
             quality = quality_verdict(outputs.quality, self.thresholds, learned)
-        return Analysis(classification, quality, learned if "anomaly" in selected else None, outputs.metadata)
+        metadata = outputs.metadata
+        if metadata is not None and options.anonymize:
+            metadata = anonymize_metadata(metadata)
+        return Analysis(classification, quality, learned if "anomaly" in selected else None, metadata)
 
     def _classification(
         self, entry: ModelEntry, outputs: StageOutputs, options: ImageOptions, start: float
@@ -216,11 +227,11 @@ class InferenceService:
         options = (options or ImageOptions()).model_copy(update={"fields": ["classification"]})
         return [a.classification for a in await self.analyze(images, options)]  # type: ignore[misc]
 
-    async def extract_metadata(self, images: list[bytes]) -> list[dict[str, Any]]:
+    async def extract_metadata(self, images: list[bytes], anonymize: bool = False) -> list[dict[str, Any]]:
         """Metadata per image, in request order: `analyze` with the metadata stage alone."""
         if not self.pipeline.has_metadata:
             raise ModelUnavailableError("the metadata stage is not deployed in this application")
-        analyses = await self.analyze(images, ImageOptions(fields=["metadata"]))
+        analyses = await self.analyze(images, ImageOptions(fields=["metadata"], anonymize=anonymize))
         return [a.metadata for a in analyses]  # type: ignore[misc]
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
@@ -237,6 +248,8 @@ class InferenceService:
             raise InvalidTensorError("input has an empty batch")
         if batch.shape[0] > self.max_images_per_request:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
+        if self.gate is not None:
+            await self.gate.charge_images(int(batch.shape[0]))
         rows: list[ModelResult] = await asyncio.gather(
             *(self.pipeline.infer_tensor(entry.name, np.ascontiguousarray(row)) for row in batch)
         )

@@ -17,6 +17,11 @@ One run measures, one thing at a time (never two servers at once):
   ImageService.Classify with one image per request. The ratios use the better of the two.
 - imgserve_graph_grpc: the same over gRPC with `--placement graph` (per-stage graph: Ingress -> Decoder -> model
   deployments), to show what the actor hops cost on this machine.
+- imgserve_http_auth / imgserve_grpc_auth: imgserve_http / imgserve_grpc with `IMGSERVE_AUTH=required`, each start
+  with a database of its own (a temp SQLite file) holding one key made by `imgserve keys create --name bench --role
+  analyst --tenant bench`; the clients send it (`Authorization: Bearer`, gRPC `authorization` metadata). Each runs
+  right after its twin; the report's auth table sets single-image p50 (c1) and peak images/s side by side
+  (goal: p50 at most +0.5 ms). `--servers imgserve_grpc imgserve_grpc_auth` measures just one pair.
 
 Every server gets the same closed-loop asyncio clients (`loadtests.closed_loop.run_level`) at each concurrency
 (16 always among them: the placement ratios compare imgserve's placements at c16), on both mixes
@@ -28,6 +33,7 @@ process tree (Ray's raylet, GCS and workers included), and the load generator's 
 using less than half a core is not the bottleneck). Results go to loadtests/results/bench.json and into BENCHMARKS.md.
 
 Modules: machine (CPU steal, speed probe, quiet-machine gate, machine description), monitor (process-tree CPU and
-RSS), servers (the servers under test, on loadtests.server_process), senders (baseline clients), triton_venv,
-limits, measure (levels and rounds), report (peaks, ratios, bench.json), markdown (BENCHMARKS.md), cli.
+RSS), servers (the servers under test, on loadtests.server_process), auth (the *_auth servers' key), senders
+(baseline clients), triton_venv, limits, measure (levels and rounds), report (peaks, ratios, auth overhead,
+bench.json), markdown (BENCHMARKS.md), cli.
 """

@@ -12,6 +12,8 @@ from typing import Any
 import loadtests.bench
 from loadtests.bench import machine
 from loadtests.bench.catalog import (
+    AUTH_P50_GOAL_MS,
+    AUTH_PAIRS,
     BENCHMARKS_MD,
     CONCURRENCY,
     IMGSERVE_EXTRA_ARGS,
@@ -22,6 +24,7 @@ from loadtests.bench.catalog import (
     SERVERS,
     TRITON_VENV,
     imgserve_command_line,
+    key_command_line,
 )
 from loadtests.bench.console import log
 from loadtests.bench.limits import measure_limits
@@ -167,6 +170,22 @@ def settings_record(plan: Plan, rounds: int, make_command: str, servers: list[st
         "cpu_s": "user+system CPU seconds of the server's process tree during the level (psutil)",
         "peak_rss_mb": "highest sum of RSS over the server's process tree during the level, sampled every 0.5 s",
         "client": "loadtests.closed_loop.run_level: asyncio, one connection pool (HTTP) or channel (gRPC) per level",
+        **({"auth": auth_record(servers)} if any(name in AUTH_PAIRS for name in servers) else {}),
+    }
+
+
+def auth_record(servers: list[str]) -> dict[str, Any]:
+    """bench.json's `settings.auth`: how the auth-on servers differ from their twins (never the key itself)."""
+    return {
+        "pairs": {name: twin for name, twin in AUTH_PAIRS.items() if name in servers},
+        "key_command": key_command_line(),
+        "database": "a fresh SQLite file per start (IMGSERVE_DATABASE_URL in a temp folder), the key made in it "
+        "before the server starts, both removed when it stops",
+        "check": "after each start a call without the key must be refused (401 / UNAUTHENTICATED) and one with it "
+        "answered, else the server is recorded as not measured",
+        "client": "the same closed-loop clients, sending Authorization: Bearer <key> (HTTP) or authorization "
+        "metadata (gRPC) on every request",
+        "p50_goal_ms": AUTH_P50_GOAL_MS,
     }
 
 

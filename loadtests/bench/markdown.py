@@ -1,4 +1,4 @@
-"""The generated section of BENCHMARKS.md: machine, command, one table per mix, limits, ratios."""
+"""The generated section of BENCHMARKS.md: machine, command, one table per mix, limits, ratios, auth overhead."""
 
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,53 @@ def placement_table(ratios: dict[str, Any], peaks: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _peak_cell(entry: dict[str, Any] | None) -> str:
+    return f"c{entry['concurrency']}: {fmt(entry['images_per_s'])}" if entry else "–"
+
+
+def _signed(value: float | None, digits: int, unit: str) -> str:
+    return "–" if value is None else f"{value:+.{digits}f}{unit}"
+
+
+def auth_table(report: dict[str, Any]) -> list[str]:
+    """Auth on vs off: each *_auth server against its twin, single-image p50 (c1) and peak images/s, with the
+    differences; nothing for a report without *_auth servers (one from before they existed)."""
+    rows = report.get("auth_overhead") or []
+    auth = (report.get("settings") or {}).get("auth") or {}
+    pairs = auth.get("pairs") or {row["server"]: row["baseline"] for row in rows}
+    if not pairs:
+        return []
+    goal = auth.get("p50_goal_ms", rows[0]["p50_goal_ms"] if rows else None)
+    lines = ["#### Auth overhead: IMGSERVE_AUTH=required vs off", ""]
+    if auth.get("key_command"):
+        lines += [
+            f"Each auth server is its twin's command line with `IMGSERVE_AUTH=required`, a database of its own and one "
+            f"key made with `{auth['key_command']}` before it starts; its clients send the key on every request. After "
+            "each start a call without the key must be refused (401 / UNAUTHENTICATED). "
+            f"Goal: single-image p50 at most {fmt(goal, 1)} ms more with auth on.",
+            "",
+        ]
+    lines += [
+        "| auth on | auth off | mix | p50 c1 off ms | p50 c1 on ms | Δ p50 ms | peak off images/s | peak on images/s "
+        "| Δ peak | p50 goal |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        verdict = {True: "met", False: "**missed**", None: "–"}[row.get("p50_goal_met")]
+        lines.append(
+            f"| {row['server']} | {row['baseline']} | {row['mix']} | {fmt(row['p50_c1_off_ms'], 2)} | "
+            f"{fmt(row['p50_c1_on_ms'], 2)} | {_signed(row['p50_c1_delta_ms'], 2, '')} | "
+            f"{_peak_cell(row['peak_off'])} | {_peak_cell(row['peak_on'])} | "
+            f"{_signed(row['peak_change_pct'], 1, ' %')} | {verdict} |"
+        )
+    measured = {row["server"] for row in rows}
+    for name, twin in pairs.items():
+        if name not in measured:
+            reason = oneline(((report["servers"].get(name) or {}).get("error")) or "not run", 160)
+            lines.append(f"| {name} | {twin} | – | | | | | | | not measured: {reason} |")
+    return lines + [""]
+
+
 def footer_lines(report: dict[str, Any]) -> list[str]:
     """The load generator's verdict and every server failure (not measured, or started again)."""
     generator = report["generator"]
@@ -245,6 +292,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += mix_table(report, mix)
     lines += ratio_table(report["ratios"], report["peaks"])
     lines += placement_table(report["ratios"], report["peaks"])
+    lines += auth_table(report)
     lines += footer_lines(report)
     return "\n".join(lines)
 

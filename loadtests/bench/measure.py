@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench import machine
-from loadtests.bench.catalog import IMGSERVE_EXTRA_ARGS
+from loadtests.bench.catalog import IMGSERVE_ENV, IMGSERVE_EXTRA_ARGS
 from loadtests.bench.console import log, oneline
 from loadtests.bench.report import level_record
 from loadtests.bench.senders import make_triton_sender
@@ -68,12 +68,14 @@ def measure_server(
     result: dict[str, Any] = {mix: {} for mix in mixes}
     if server.name in IMGSERVE_EXTRA_ARGS:
         result["args"] = server.args
+    if server.name in IMGSERVE_ENV:
+        result["env"] = IMGSERVE_ENV[server.name]  # what sets it apart from its twin (never the key)
     try:
         start_server(server, log_dir, start_attempts, result)
         if server.name == "triton":
             sender = make_triton_sender(img for mix in mixes.values() for img in mix.images)
         else:
-            sender = server.sender
+            sender = server.client_sender  # an *_auth server's sender carries its key
         assert server.monitor is not None
         for mix_name, mix in mixes.items():
             if warmup > 0:

@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from loadtests.bench import machine
-from loadtests.bench.catalog import GRAPH_SERVER, IMGSERVE_EXTRA_ARGS, IMGSERVE_SERVERS, PLACEMENT_CONCURRENCY
+from loadtests.bench.catalog import (
+    AUTH_P50_GOAL_MS,
+    AUTH_PAIRS,
+    GRAPH_SERVER,
+    IMGSERVE_SERVERS,
+    PLACEMENT_CONCURRENCY,
+    PLACEMENT_SERVERS,
+)
 from loadtests.closed_loop import LevelResult
 from loadtests.images import MIX_NAMES
 
@@ -83,7 +90,7 @@ def placement_ratios(
     """
     figures: dict[str, Any] = {}
     default = _best_at(servers, IMGSERVE_SERVERS, PLACEMENT_CONCURRENCY)
-    best = _best_at(servers, IMGSERVE_EXTRA_ARGS, PLACEMENT_CONCURRENCY)
+    best = _best_at(servers, PLACEMENT_SERVERS, PLACEMENT_CONCURRENCY)
     if default:
         figures["default_c16"] = default
     if best:
@@ -134,6 +141,40 @@ def compute_ratios(
     ratios.update(placement)
     peaks["web"].update(figures)
     return ratios, peaks
+
+
+def auth_overhead(servers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Auth on vs off, per *_auth server and mix both it and its twin measured: the single-image p50 (concurrency
+    1) of each and the difference in ms (goal: at most AUTH_P50_GOAL_MS more), and each one's peak images/s with
+    the change in %. A figure either side lacks is None (and so is the verdict)."""
+    rows = []
+    for auth_name, plain_name in AUTH_PAIRS.items():
+        for mix in MIX_NAMES:
+            on, off = (servers.get(auth_name) or {}).get(mix), (servers.get(plain_name) or {}).get(mix)
+            if not on or not off:
+                continue
+            p50_on, p50_off = (on.get("1") or {}).get("p50_ms"), (off.get("1") or {}).get("p50_ms")
+            delta = round(p50_on - p50_off, 2) if p50_on is not None and p50_off is not None else None
+            peak_on, peak_off = peak(on), peak(off)
+            change = None
+            if peak_on and peak_off and peak_off[1] > 0:
+                change = round(100.0 * (peak_on[1] - peak_off[1]) / peak_off[1], 1)
+            rows.append(
+                {
+                    "server": auth_name,
+                    "baseline": plain_name,
+                    "mix": mix,
+                    "p50_c1_off_ms": p50_off,
+                    "p50_c1_on_ms": p50_on,
+                    "p50_c1_delta_ms": delta,
+                    "p50_goal_ms": AUTH_P50_GOAL_MS,
+                    "p50_goal_met": None if delta is None else delta <= AUTH_P50_GOAL_MS,
+                    "peak_off": {"concurrency": peak_off[0], "images_per_s": peak_off[1]} if peak_off else None,
+                    "peak_on": {"concurrency": peak_on[0], "images_per_s": peak_on[1]} if peak_on else None,
+                    "peak_change_pct": change,
+                }
+            )
+    return rows
 
 
 def finite(value: float | None) -> float | None:
@@ -221,7 +262,8 @@ def build_report(
     limit: dict[str, Any],
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """The bench.json document: machine, command, mixes, servers, limit, ratios (+ peaks, generator, settings)."""
+    """The bench.json document: machine, command, mixes, servers, limit, ratios (+ peaks, auth overhead, generator,
+    settings)."""
     ratios, peaks = compute_ratios(servers, limit)
     return {
         "machine": machine,
@@ -231,6 +273,7 @@ def build_report(
         "limit": limit,
         "ratios": ratios,
         "peaks": peaks,
+        "auth_overhead": auth_overhead(servers),
         "generator": generator_summary(servers),
         "settings": settings,
     }

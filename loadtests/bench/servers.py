@@ -7,12 +7,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.bench.catalog import IMGSERVE_EXTRA_ARGS, MODEL_NAME, SERVE_CONFIG
+from loadtests.bench.auth import BenchKey, verify_enforced
+from loadtests.bench.catalog import AUTH_PAIRS, IMGSERVE_ENV, IMGSERVE_EXTRA_ARGS, MODEL_NAME, SERVE_CONFIG, is_grpc
 from loadtests.bench.console import log, shown
 from loadtests.bench.monitor import TreeMonitor
 from loadtests.bench.senders import naive_sender
 from loadtests.bench.triton_venv import python_libdir
-from loadtests.closed_loop import SenderFactory
+from loadtests.closed_loop import SenderFactory, keyed_sender
 from loadtests.server_process import (
     PROJECT_ROOT,
     READY_PATH,
@@ -49,6 +50,7 @@ class Server:
     start_timeout: float = 300.0
     session: ProcessSession | None = None
     monitor: TreeMonitor | None = None
+    auth: BenchKey | None = None  # *_auth servers: a key made before each start, sent by their clients
 
     @property
     def args(self) -> list[str]:
@@ -59,13 +61,26 @@ class Server:
     def log_path(self) -> Path | None:
         return self.session.log if self.session else None
 
+    @property
+    def client_sender(self) -> SenderFactory | None:
+        """What the bench's clients send with: `sender`, or for an *_auth server the default sender with its key."""
+        if self.auth is not None and self.auth.value:
+            return keyed_sender(self.url, self.auth.value)
+        return self.sender
+
     def start(self, log_dir: Path) -> None:
-        """Start in a process session of its own, monitor its process tree from the first moment, wait ready."""
+        """Start in a process session of its own, monitor its process tree from the first moment, wait ready.
+        An *_auth server gets a fresh key and database first, and must then refuse a call without the key."""
+        env = dict(self.env)
+        if self.auth is not None:
+            self.auth.create(env)
+            env.update(self.auth.env())
+            log(f"{self.name}: made an analyst API key in a database of its own ({self.auth.database_url})")
         self.session = ProcessSession(
             self.command,
             log=log_dir / f"{self.name}.log",
             ready_url=self.ready_url,
-            env=self.env,
+            env=env,
             cwd=PROJECT_ROOT,
             stop_signal=self.stop_signal,
             name=self.name,
@@ -76,6 +91,11 @@ class Server:
         except StartError as exc:
             verdict = last_error(self.session.tail(lines=40))
             raise RuntimeError(f"{self.name} {exc.reason}: {verdict} (log: {shown(self.log_path)})") from None
+        if self.auth is not None and self.auth.value:
+            try:
+                verify_enforced(self.url, self.auth.value)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{self.name}: {exc}") from None
 
     def stop(self, timeout: float = 60.0) -> None:
         """Signal the server, wait, then SIGKILL whatever is left of its process session."""
@@ -85,6 +105,8 @@ class Server:
             self.monitor.stop()
         if not self.session.stop(timeout):
             log(f"{self.name}: no exit {timeout:.0f} s after signal {self.stop_signal}; killed its processes")
+        if self.auth is not None:
+            self.auth.cleanup()  # the key and its database go with the server
 
 
 def naive_server(model_path: Path, labels_path: Path) -> Server:
@@ -119,15 +141,18 @@ def triton_server(triton_python: Path, model_path: Path) -> Server:
 
 
 def imgserve_server(name: str) -> Server:
-    """`imgserve serve --config serve_config.yaml` (what `make serve` runs) plus the server's placement args."""
+    """`imgserve serve --config serve_config.yaml` (what `make serve` runs) plus the server's placement args; an
+    *_auth server also gets IMGSERVE_AUTH=required and a `BenchKey` (its database and key, made at start)."""
     http, grpc_port = free_port(), free_port()
     return Server(
         name,
         imgserve_command(SERVE_CONFIG, http, grpc_port, IMGSERVE_EXTRA_ARGS[name]),
-        url=f"grpc://127.0.0.1:{grpc_port}" if name.endswith("_grpc") else f"http://127.0.0.1:{http}",
-        ready_url=f"http://127.0.0.1:{http}{READY_PATH}",
+        url=f"grpc://127.0.0.1:{grpc_port}" if is_grpc(name) else f"http://127.0.0.1:{http}",
+        ready_url=f"http://127.0.0.1:{http}{READY_PATH}",  # the probes answer without a key
+        env=dict(IMGSERVE_ENV.get(name, {})),
         stop_signal=signal.SIGINT,
         start_timeout=300,
+        auth=BenchKey(name) if name in AUTH_PAIRS else None,
     )
 
 

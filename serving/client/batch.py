@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from serving.client.auth import auth_headers
 from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
 from serving.client.http_transport import analysis_from_json
 from serving.client.retry import with_retries
@@ -118,11 +119,24 @@ def _chunks(files: list[tuple[str, Path]], chunk_bytes: int) -> Iterator[list[tu
 
 
 class BatchClient:
+    """The batch-job routes; with `api_key`, every request carries `Authorization: Bearer <key>`."""
+
     def __init__(
-        self, base_url: str, timeout: float = 60.0, retries: int = 3, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ):
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._api_key = api_key
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
+        )
+
+    def __repr__(self) -> str:
+        return f"BatchClient({str(self._http.base_url)!r}, authenticated={self._api_key is not None})"
 
     def _send(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> httpx.Response:
         def attempt() -> httpx.Response:
@@ -131,7 +145,7 @@ class BatchClient:
             except httpx.TransportError as exc:
                 raise from_http_transport_error(exc) from exc
             if response.status_code >= 400:
-                raise from_http_response(response)
+                raise from_http_response(response, self._api_key)
             return response
 
         return with_retries(attempt, self.retries if retry else 0)
@@ -207,7 +221,7 @@ class BatchClient:
             with self._http.stream("GET", f"/v1/jobs/{_id(job)}/results", params=params) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise from_http_response(response)
+                    raise from_http_response(response, self._api_key)
                 for line in response.iter_lines():
                     if line.strip():
                         yield result_from_json(json.loads(line))

@@ -38,11 +38,14 @@ class ProgressBar:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from serving.client import Client, ImgServeError
+    from serving.client.errors import error_line
 
     stages = [s.strip() for value in args.stages or () for s in value.split(",") if s.strip()] or None
     out = Path(args.out)
+    key_sent = False
     try:
-        with Client(args.url, timeout=args.timeout) as client:
+        with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
+            key_sent = client.authenticated
             job = client.submit_batch(args.inputs, model=args.model, top_k=args.top_k, stages=stages)
             print(f"job {job.job_id}: {job.total} images submitted", file=sys.stderr)
             job = client.wait(job, poll_s=args.poll, on_progress=ProgressBar())
@@ -56,7 +59,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         print(f"imgserve: error: {exc}", file=sys.stderr)
         return 2
     except (ImgServeError, OSError) as exc:
-        print(f"imgserve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
         return 1
     print(f"job {job.job_id} {job.status}: {job.done} done, {job.failed} failed -> {out}", file=sys.stderr)
     return 0 if job.status == "completed" else 1
@@ -76,5 +79,11 @@ def add_batch_command(sub: Any, default_url: str) -> argparse.ArgumentParser:
     command.add_argument("--stages", action="append", help="stages to run, repeatable or comma-separated")
     command.add_argument("--poll", type=float, default=1.0, help="seconds between status polls (default 1)")
     command.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP call (default 120)")
+    command.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="API key (default: $IMGSERVE_API_KEY; prefer the variable, flags show in ps)",
+    )
     command.set_defaults(func=_cmd_batch)
     return command

@@ -4,6 +4,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from serving.client.auth import resolve_api_key
 from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
 from serving.client.options import RequestOptions
 from serving.client.types import Analysis, Classification, ModelList, StreamResult
@@ -33,6 +34,12 @@ class Client:
     Failures raise `ImgServeError`; a bad argument (`top_k` < 1, `confidence_threshold` outside 0..1) raises
     `ValueError` before anything is sent.
 
+    `api_key` goes with every call (`Authorization: Bearer <key>` over HTTP, `authorization` metadata over
+    gRPC, batch jobs included); None (the default) reads `IMGSERVE_API_KEY`, "" sends none. A server that
+    refuses it raises `AuthenticationError` (401 / UNAUTHENTICATED), `PermissionDeniedError` (403 /
+    PERMISSION_DENIED) or `RateLimitedError` (429 / RESOURCE_EXHAUSTED, with `retry_after` seconds). The key
+    is never shown: not in `repr(client)`, not in error messages.
+
     `top_k` is the most classes returned per image; `confidence_threshold` (0..1, default 0 = keep all
     `top_k`) leaves out the classes scoring below it, so an image may come back with fewer, or none.
 
@@ -41,11 +48,12 @@ class Client:
             sure = client.classify("cat.jpg", top_k=3, confidence_threshold=0.5)[0].predictions
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3):
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, api_key: str | None = None):
         if timeout <= 0 or retries < 0:
             raise ValueError(f"timeout must be > 0 and retries >= 0, got {timeout} and {retries}")
         self.address = parse_url(url)
         self.timeout, self.retries = timeout, retries
+        self._api_key = resolve_api_key(api_key)
         self._transport = self._connect()
         self._batch: BatchClient | None = None
 
@@ -53,14 +61,20 @@ class Client:
         if self.address.is_grpc:
             from serving.client.grpc_transport import GrpcTransport  # grpc and the stubs only when asked for
 
-            return GrpcTransport(self.address.target, self.timeout, self.retries, secure=self.address.scheme == "grpcs")
+            secure = self.address.scheme == "grpcs"
+            return GrpcTransport(self.address.target, self.timeout, self.retries, secure, api_key=self._api_key)
         from serving.client.http_transport import HttpTransport
 
-        return HttpTransport(self.address.base_url, self.timeout, self.retries)
+        return HttpTransport(self.address.base_url, self.timeout, self.retries, api_key=self._api_key)
 
     @property
     def transport(self) -> str:
         return "grpc" if self.address.is_grpc else "http"
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether calls carry an API key (the argument or IMGSERVE_API_KEY)."""
+        return self._api_key is not None
 
     def classify(
         self, images: Images, model: str | None = None, top_k: int = 5, confidence_threshold: float = 0.0
@@ -118,7 +132,9 @@ class Client:
         if self._batch is None:
             from serving.client.batch import BatchClient
 
-            self._batch = BatchClient(self.address.base_url, max(self.timeout, 60.0), self.retries)
+            self._batch = BatchClient(
+                self.address.base_url, max(self.timeout, 60.0), self.retries, api_key=self._api_key
+            )
         return self._batch
 
     def submit_batch(self, inputs: "BatchInputs", **options: Any) -> "BatchJob":
@@ -150,7 +166,8 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries})"
+        key = ", api_key=***" if self._api_key is not None else ""  # whether one is set, never the key
+        return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries}{key})"
 
 
 def _fields(fields: list[str] | None) -> tuple[str, ...] | None:

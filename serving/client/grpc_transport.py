@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from serving.client.errors import ImgServeError
+from serving.client.auth import auth_metadata, redact
+from serving.client.errors import ImgServeError, make_error, parse_retry_after
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
@@ -20,13 +21,19 @@ from serving.grpc.stubs import load
 pb = load("image_service_pb2")
 pb_grpc = load("image_service_pb2_grpc")
 KIND_METADATA = "imgserve-error-kind"  # trailing metadata set by serving.grpc.edge.answer
+RETRY_AFTER_METADATA = "retry-after"  # seconds, trailing metadata of a RESOURCE_EXHAUSTED rate_limited answer
 
 
-def error_from_rpc(exc: grpc.RpcError) -> ImgServeError:
+def error_from_rpc(exc: grpc.RpcError, api_key: str | None = None) -> ImgServeError:
+    """A failed call as `ImgServeError` (or its auth subclass): the code, the server's kind from the trailing
+    metadata (the code in lower case without one), and `retry-after` for a rate-limited call."""
     code = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"  # type: ignore[attr-defined]
     details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
     trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}  # type: ignore[attr-defined]
-    return ImgServeError(code, str(trailing.get(KIND_METADATA) or code.lower()), details or code)
+    kind = str(trailing.get(KIND_METADATA) or code.lower())
+    retry_after = trailing.get(RETRY_AFTER_METADATA)
+    retry_s = parse_retry_after(retry_after if isinstance(retry_after, str) else None)
+    return make_error(code, kind, redact(details or code, api_key), retry_after=retry_s)
 
 
 def classification_from_proto(message: Any) -> Classification:
@@ -100,10 +107,14 @@ class _RequestFeed:
 
 class GrpcTransport:
     """One channel per `Client`. Unary calls get `timeout` as their deadline and are retried on UNAVAILABLE;
-    a stream has no deadline (it may feed a camera for hours) and is not retried."""
+    a stream has no deadline (it may feed a camera for hours) and is not retried. With `api_key`, every call
+    (streams included) carries `authorization: Bearer <key>` metadata."""
 
-    def __init__(self, target: str, timeout: float, retries: int, secure: bool = False):
+    def __init__(self, target: str, timeout: float, retries: int, secure: bool = False, api_key: str | None = None):
         self.timeout, self.retries = timeout, retries
+        self._api_key = api_key
+        self._metadata = auth_metadata(api_key)
+        self._target = target
         self._channel = (
             grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
         )
@@ -112,9 +123,9 @@ class GrpcTransport:
     def _unary(self, method: Any, request: Any) -> Any:
         def attempt() -> Any:
             try:
-                return method(request, timeout=self.timeout)
+                return method(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
-                raise error_from_rpc(exc) from exc
+                raise error_from_rpc(exc, self._api_key) from exc
 
         return with_retries(attempt, self.retries)
 
@@ -130,16 +141,16 @@ class GrpcTransport:
 
     def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
         feed = _RequestFeed(images, options)
-        call = self._stub.AnalyzeStream(iter(feed))
+        call = self._stub.AnalyzeStream(iter(feed), metadata=self._metadata)
         try:
             for response in call:
                 if response.HasField("error"):
-                    error = ImgServeError(response.error.code, response.error.kind, response.error.message)
+                    error = make_error(response.error.code, response.error.kind, response.error.message)
                     yield StreamResult(response.request_id, error=error)
                 else:
                     yield StreamResult(response.request_id, analysis=analysis_from_proto(response.analysis))
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+            raise error_from_rpc(exc, self._api_key) from exc
         finally:
             call.cancel()  # a no-op once the stream is done; stops the server when the caller leaves early
         if feed.error is not None:
@@ -150,6 +161,9 @@ class GrpcTransport:
 
     def close(self) -> None:
         self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"GrpcTransport({self._target!r}, authenticated={self._api_key is not None})"
 
 
 def _check_count(sent: int, received: int) -> None:

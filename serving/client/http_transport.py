@@ -6,7 +6,15 @@ from typing import Any
 
 import httpx
 
-from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
+from serving.client.auth import auth_headers
+from serving.client.errors import (
+    AuthenticationError,
+    ImgServeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    from_http_response,
+    from_http_transport_error,
+)
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
@@ -44,6 +52,7 @@ def model_list_from_json(data: dict[str, Any]) -> ModelList:
 
 
 Params = list[tuple[str, str | int | float]]
+CALLER_REFUSALS = (AuthenticationError, PermissionDeniedError, RateLimitedError)  # about the caller, not an image
 
 
 def _query(options: RequestOptions, fields: bool = True) -> Params:
@@ -67,11 +76,27 @@ def _results(response: httpx.Response, expected: int) -> list[dict[str, Any]]:
 
 
 class HttpTransport:
-    """One httpx client per `Client`; every call retried on UNAVAILABLE (connection errors, 503 not overloaded)."""
+    """One httpx client per `Client`; every call retried on UNAVAILABLE (connection errors, 503 not overloaded).
 
-    def __init__(self, base_url: str, timeout: float, retries: int, transport: httpx.BaseTransport | None = None):
+    With `api_key`, every request carries `Authorization: Bearer <key>` (httpx shows the value as [secure]).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        retries: int,
+        transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
+    ):
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._api_key = api_key
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpTransport({str(self._http.base_url)!r}, authenticated={self._api_key is not None})"
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         def attempt() -> httpx.Response:
@@ -80,7 +105,7 @@ class HttpTransport:
             except httpx.TransportError as exc:
                 raise from_http_transport_error(exc) from exc
             if response.status_code >= 400:
-                raise from_http_response(response)
+                raise from_http_response(response, self._api_key)
             return response
 
         return with_retries(attempt, self.retries)
@@ -99,12 +124,13 @@ class HttpTransport:
 
     def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
         """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered
-        belong to their item; a server that cannot be reached (after retries) ends the stream by raising."""
+        belong to their item; a server that cannot be reached (after retries), or one that refuses the caller
+        (401, 403, 429: as a gRPC stream is refused when it opens), ends the stream by raising."""
         for image in images:
             try:
                 analysis = self.analyze([image], options)[0]
             except ImgServeError as exc:
-                if exc.status is None:
+                if exc.status is None or isinstance(exc, CALLER_REFUSALS):
                     raise
                 yield StreamResult(image.name, error=exc)
             else:

@@ -21,6 +21,22 @@ class DirectIngressOptions(BaseModel):
         description="Requests a replica works on at once over all its listeners; beyond, new ones are answered "
         "503 / RESOURCE_EXHAUSTED (kind 'overloaded') — the direct path's max_queued_requests.",
     )
+    tls_cert: str | None = Field(
+        default=None,
+        description="PEM certificate (chain) file: both listeners serve TLS (HTTPS, gRPC over TLS) with tls_key. "
+        "`imgserve serve --tls-cert` / IMGSERVE_TLS_CERT set it.",
+    )
+    tls_key: str | None = Field(default=None, description="PEM private key file of tls_cert (unencrypted).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "DirectIngressOptions":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 Placement = Literal["local", "graph"]

@@ -1,11 +1,12 @@
 """`serve_config.yaml` with a placement applied: the single-machine settings are an overlay, not a second file.
 
 `serve_config.yaml` is the graph (what KubeRay and `serve deploy` run). `imgserve serve` applies the placement it
-chose on top. Both placements get the Ingress replica's own HTTP/gRPC listeners on the config's ports
-(`direct_ingress`), so Ray's proxy is not in the data path (`proxy_location: Disabled`): on one machine the proxy
-hop costs several CPU-ms per request (BENCHMARKS.md); `imgserve serve --ray-proxy` keeps Ray's proxy, as KubeRay
-does. For `local` every imgserve application also gets `placement: local`, greedy batching, and only its Ingress
-deployment (the stage deployments and the BatchWorker do not exist there).
+chose on top. Both placements get the Ingress replica's own HTTP/gRPC listeners on the config's host and ports
+(`direct_ingress`; the host is http_options.host, 127.0.0.1 unless `imgserve serve --host` moves it), so Ray's
+proxy is not in the data path (`proxy_location: Disabled`): on one machine the proxy hop costs several CPU-ms per
+request (BENCHMARKS.md); `imgserve serve --ray-proxy` keeps Ray's proxy, as KubeRay does. For `local` every
+imgserve application also gets `placement: local`, greedy batching, and only its Ingress deployment (the stage
+deployments and the BatchWorker do not exist there).
 """
 
 import copy

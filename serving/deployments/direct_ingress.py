@@ -12,6 +12,9 @@ the kernel spreads connections over them; a replica that stops closes its listen
 move to the others. Ray Serve still owns the replicas (placement, health checks, restarts, scaling); what the
 proxy did per request is done here: request size limits (the app's middleware, grpc's max message size),
 backpressure (serving.admission), metrics and access logs (the same edge code both paths run).
+
+They bind `host` (127.0.0.1 unless configured: `imgserve serve --host`) and serve TLS when `tls_cert`/`tls_key`
+are set: HTTPS through uvicorn, gRPC with `grpc.ssl_server_credentials`.
 """
 
 import asyncio
@@ -43,6 +46,14 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def grpc_server_credentials(options: DirectIngressOptions) -> grpc.ServerCredentials | None:
+    """TLS credentials from the options' PEM files; None without TLS."""
+    if options.tls_cert is None or options.tls_key is None:
+        return None
+    with open(options.tls_key, "rb") as key, open(options.tls_cert, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
 class DirectListeners:
     """The replica's HTTP and gRPC servers; `start` on the replica's event loop, `stop` when it shuts down."""
 
@@ -60,10 +71,11 @@ class DirectListeners:
         if self.options.http_port is not None:
             await self._start_http(http_app)
         logger.info(
-            "direct ingress on %s: http %s, grpc %s",
+            "direct ingress on %s: http %s, grpc %s%s",
             self.options.host,
             self.options.http_port,
             self.options.grpc_port,
+            " (TLS)" if self.options.tls else "",
         )
 
     async def _start_grpc(self, servicer: Any) -> None:
@@ -82,8 +94,11 @@ class DirectListeners:
         image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         address = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
-        if server.add_insecure_port(f"{address}:{self.options.grpc_port}") == 0:
-            raise RuntimeError(f"cannot listen for gRPC on {address}:{self.options.grpc_port}")
+        target = f"{address}:{self.options.grpc_port}"
+        credentials = grpc_server_credentials(self.options)
+        port = server.add_insecure_port(target) if credentials is None else server.add_secure_port(target, credentials)
+        if port == 0:
+            raise RuntimeError(f"cannot listen for gRPC on {target}")
         await server.start()
         self._grpc = server
 
@@ -97,6 +112,8 @@ class DirectListeners:
             log_level="warning",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            ssl_certfile=self.options.tls_cert,
+            ssl_keyfile=self.options.tls_key,
         )
         server = uvicorn.Server(config)
         self._http = server

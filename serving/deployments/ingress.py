@@ -1,5 +1,6 @@
 """The Ingress deployment: the HTTP app and the gRPC methods over one service, built in the replica."""
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,10 +12,13 @@ from serving.deployments.direct_ingress import DirectListeners
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
+from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
 from serving.placement import IngressConfig, build_service
+from serving.security.gate import SecurityGate, build_gate, set_replica_gate
+from serving.security.settings import SecuritySettings
 
 logger = logging.getLogger("imgserve.ingress")
 
@@ -27,21 +31,30 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         `batch_worker`: the graph's BatchWorker handle; in the local placement the job loop runs here."""
         settings = config.settings
         self.service = build_service(config, stages)
+        self.gate = await asyncio.to_thread(ingress_gate, config)
+        set_replica_gate(self.gate)
+        self.service.gate = self.gate
         self.job_loop: JobLoop | None = None
         jobs = None
         if config.batch_jobs:
             if batch_worker is not None:
-                jobs = JobService(self.service, JobSettings.from_env(), lambda job_id: batch_worker.wake.remote(job_id))
+                wake = lambda job_id: batch_worker.wake.remote(job_id)  # noqa: E731
+                jobs = JobService(self.service, JobSettings.from_env(), wake, self.gate)
             else:  # local: the loop runs over this replica's stages, no second copy of the models
                 self.job_loop = JobLoop(self.service)
-                jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake)
-        self.http_app: FastAPI = create_http_app(self.service, jobs, settings)
+                jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake, self.gate)
+        self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
         self.direct_listeners: DirectListeners | None = None
         if config.direct_ingress is not None:
             REPLICA_LIMIT.limit = config.direct_ingress.max_inflight
             self.direct_listeners = DirectListeners(config.direct_ingress, settings.max_request_bytes)
             await self.direct_listeners.start(self, self.http_app)
-        logger.info("ingress ready: placement %s, models %s", config.placement, self.service.pipeline.model_names)
+        logger.info(
+            "ingress ready: placement %s, models %s, auth %s",
+            config.placement,
+            self.service.pipeline.model_names,
+            self.gate.mode,
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve asks for the HTTP app after the constructor: the one this replica built."""
@@ -55,6 +68,19 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         """Ray Serve calls this when the replica stops: close the direct listeners, finishing what is in flight."""
         if getattr(self, "direct_listeners", None) is not None:
             await self.direct_listeners.stop()  # type: ignore[union-attr]
+
+
+def ingress_gate(config: IngressConfig) -> SecurityGate:
+    """The replica's security gate. `imgserve serve` resolves IMGSERVE_AUTH before Ray starts; left at `auto`
+    (a hand-made `serve deploy`), auth is required unless the replica's own listeners bind loopback only."""
+
+    def engine() -> Any:
+        store = create_store_engine(JobSettings.from_env().database_url)
+        migrate(store)
+        return store
+
+    hosts = [config.direct_ingress.host] if config.direct_ingress is not None else ["(Ray Serve proxy)"]
+    return build_gate(SecuritySettings.from_env(), engine, hosts)
 
 
 IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress()(Ingress))

@@ -1,5 +1,6 @@
-"""What every gRPC method shares: status codes from exceptions, metrics."""
+"""What every gRPC method shares: the security gate, status codes from exceptions, metrics."""
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -10,7 +11,9 @@ import grpc
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
 from serving.errors import ErrorInfo, classify_error
-from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
+from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
+from serving.security.gate import replica_gate
+from serving.security.principal import grpc_role
 
 T = TypeVar("T")
 ERROR_KIND_METADATA = "imgserve-error-kind"
@@ -20,24 +23,55 @@ def status_code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
-def client_request_id(context: Any) -> str | None:
-    """The client's `request_id` metadata (behind Ray's proxy, Ray's own id wins: `start_request`)."""
+def invocation_value(context: Any, name: str, limit: int = 128) -> str | None:
+    """A request metadata value (the first one, at most `limit` characters), or None."""
     metadata = getattr(context, "invocation_metadata", None)
     for key, value in (metadata() if callable(metadata) else None) or ():
-        if key == "request_id" and isinstance(value, str):
-            return value[:128] or None
+        if key == name and isinstance(value, str):
+            return value[:limit] or None
     return None
 
 
+def client_request_id(context: Any) -> str | None:
+    """The client's `request_id` metadata (behind Ray's proxy, Ray's own id wins: `start_request`)."""
+    return invocation_value(context, "request_id")
+
+
+def peer_address(context: Any) -> str | None:
+    """`ipv4:1.2.3.4:5678` -> `1.2.3.4` (None when unknown)."""
+    peer = getattr(context, "peer", None)
+    text = peer() if callable(peer) else None
+    if not text or ":" not in text:
+        return None
+    address = text.split(":", 1)[1]
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+async def admit(endpoint: str, context: Any) -> None:
+    """The security gate for an RPC (serving.security.gate): raises 401/403/429 errors, mapped like any other."""
+    await replica_gate().admit(
+        invocation_value(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint
+    )
+
+
 async def attempt(
-    endpoint: str, model: str, call: Callable[[], Awaitable[T]], request_id: str | None = None
+    endpoint: str,
+    model: str,
+    call: Callable[[], Awaitable[T]],
+    request_id: str | None = None,
+    context: Any = None,
+    admitted: bool = False,
 ) -> tuple[T | None, ErrorInfo | None]:
-    """Run `call`, counting and timing it; a failure comes back as its `ErrorInfo` instead of raising."""
+    """Pass the gate (unless `admitted`: a stream's messages, admitted when the stream opened), run `call`, count
+    and time it; a failure comes back as its `ErrorInfo` instead of raising."""
     start = time.perf_counter()
     stages = start_request(request_id)
     code = "OK"
+    model = model_label(model)
     INFLIGHT.labels("grpc").inc()
     try:
+        if not admitted:
+            await admit(endpoint, context)
         with nullcontext() if endpoint in UNLIMITED_GRPC_METHODS else REPLICA_LIMIT.admit():
             return await call(), None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
@@ -58,7 +92,7 @@ async def answer(
 ) -> T:
     """A unary RPC: on failure set the mapped status code and details on `context` and return `empty()`. On the
     direct listeners the request id goes back in the trailing metadata (Ray's proxy does that on its path)."""
-    result, error = await attempt(endpoint, model, call, client_request_id(context))
+    result, error = await attempt(endpoint, model, call, client_request_id(context), context)
     trailing = [("request_id", echo)] if (echo := echoed_request_id()) and context is not None else []
     if error is None:
         if trailing:
@@ -67,5 +101,23 @@ async def answer(
     if context is not None:
         context.set_code(status_code(error.grpc_code))
         context.set_details(error.message)
+        if error.retry_after_s is not None:
+            trailing.append(("retry-after", str(max(1, math.ceil(error.retry_after_s)))))
         context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *trailing])  # the HTTP body's "kind"
     return empty()
+
+
+async def open_stream(endpoint: str, context: Any) -> bool:
+    """Admit a streaming RPC once, when it opens; on refusal set the status on `context` and return False."""
+    try:
+        await admit(endpoint, context)
+    except Exception as exc:  # noqa: BLE001 - a refusal becomes the stream's status
+        info = classify_error(exc)
+        ERRORS.labels(endpoint, info.kind).inc()
+        REQUESTS.labels(endpoint, "grpc", "", info.grpc_code).inc()
+        if context is not None:
+            context.set_code(status_code(info.grpc_code))
+            context.set_details(info.message)
+            context.set_trailing_metadata([(ERROR_KIND_METADATA, info.kind)])
+        return False
+    return True

@@ -7,7 +7,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from serving.grpc.edge import answer, attempt
+from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.stubs import load
 from serving.requests import ImageOptions
 from serving.service import Analysis, Classification, InferenceService
@@ -44,6 +44,7 @@ def request_options(request: Any, fields: bool = False) -> ImageOptions:
         top_k=request.top_k or None,
         confidence_threshold=request.confidence_threshold or None,
         fields=list(request.fields) if fields else None,
+        anonymize=bool(getattr(request, "anonymize", False)) or None,
     )
 
 
@@ -70,13 +71,16 @@ class ImageGrpcMethods:
 
     async def AnalyzeStream(self, requests: AsyncIterator[Any], grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
         """One response per image, in order, with its request id; a bad image gets `error`, the stream goes on."""
+        if not await open_stream("AnalyzeStream", grpc_context):
+            return
 
         async def one(request: Any) -> Any:
             async def call() -> Any:
                 results = await self.service.analyze([request.image], request_options(request, fields=True))
                 return analysis_proto(results[0])
 
-            analysis, error = await attempt("AnalyzeStream", request.model or self.service.default_model, call)
+            model = request.model or self.service.default_model
+            analysis, error = await attempt("AnalyzeStream", model, call, admitted=True)
             if error is not None:
                 failure = pb.Error(code=error.grpc_code, kind=error.kind, message=error.message)
                 return pb.AnalyzeStreamResponse(request_id=request.request_id, error=failure)

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serving import __version__
-from serving.grpc.edge import answer, attempt
+from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.oip_codec import pb, request_from_proto, response_to_proto
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
@@ -33,7 +33,10 @@ class OipGrpcMethods:
         return await answer("ModelReady", request.name, grpc_context, call, pb.ModelReadyResponse)
 
     async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return pb.ServerMetadataResponse(name="imgserve", version=__version__, extensions=SERVER_EXTENSIONS)
+        async def call() -> Any:
+            return pb.ServerMetadataResponse(name="imgserve", version=__version__, extensions=SERVER_EXTENSIONS)
+
+        return await answer("ServerMetadata", "", grpc_context, call, pb.ServerMetadataResponse)
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
@@ -61,9 +64,12 @@ class OipGrpcMethods:
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
         """One response per request, in order; a failed request answers with error_message, the stream goes on."""
+        if not await open_stream("ModelStreamInfer", grpc_context):
+            return
 
         async def one(request: Any) -> Any:
-            response, error = await attempt("ModelStreamInfer", request.model_name, lambda: self._infer(request))
+            call = lambda: self._infer(request)  # noqa: E731
+            response, error = await attempt("ModelStreamInfer", request.model_name, call, admitted=True)
             if error is not None:
                 return pb.ModelStreamInferResponse(error_message=f"{error.grpc_code}: {error.message}")
             return pb.ModelStreamInferResponse(infer_response=response)

@@ -1,6 +1,7 @@
 """The FastAPI application: routers, JSON error bodies, size limit and metrics middleware."""
 
 import logging
+import math
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +14,8 @@ from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error
-from serving.http import image_routes, job_routes, oip_routes
+from serving.http import audit_routes, image_routes, job_routes, oip_routes
+from serving.http.auth import AuthMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
     BodySizeLimitMiddleware,
@@ -21,8 +23,10 @@ from serving.http.middleware import (
     RequestMetricsMiddleware,
 )
 from serving.jobs.service import JobService
-from serving.metrics import ERRORS, render_metrics
+from serving.metrics import ERRORS, KNOWN_MODELS, render_metrics
 from serving.repository import UnknownModelError
+from serving.security.gate import SecurityGate
+from serving.security.settings import SecuritySettings
 from serving.service import InferenceService
 
 logger = logging.getLogger("imgserve.http")
@@ -39,7 +43,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     ERRORS.labels(_endpoint(request), info.kind).inc()
     if info.http_status >= 500 and info.kind == "internal":
         logger.exception("internal error on %s", request.url.path, exc_info=exc)
-    return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status)
+    headers = {"Retry-After": str(max(1, math.ceil(info.retry_after_s)))} if info.retry_after_s is not None else None
+    return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status, headers=headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -54,26 +59,45 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def create_http_app(
-    service: InferenceService, jobs: JobService | None = None, settings: ServerSettings | None = None
+    service: InferenceService,
+    jobs: JobService | None = None,
+    settings: ServerSettings | None = None,
+    gate: SecurityGate | None = None,
 ) -> FastAPI:
-    """The app of one Ingress replica (or a test): routes read `service` and `jobs` from `app.state`."""
+    """The app of one Ingress replica (or a test): routes read `service`, `jobs` and `gate` from `app.state`.
+    `gate` None: auth off (tests, tools)."""
     settings = settings or ServerSettings.from_env()
+    gate = gate or SecurityGate("off", None, SecuritySettings(auth="off"))
     app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
     app.state.service = service
     app.state.jobs = jobs
+    app.state.gate = gate
+    KNOWN_MODELS.update(service.repository.entries, service.pipeline.model_names)  # metrics label values
     app.include_router(oip_routes.router)
     app.include_router(image_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(audit_routes.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other
     # replicas arrive as RayError subclasses (usually also instances of the original class).
     for error_class in (ImageInputError, ServiceError, UnknownModelError, RayError, BackPressureError):
         app.add_exception_handler(error_class, _service_error)
-    app.add_middleware(AdmissionMiddleware)  # innermost of the four: a refusal is still counted and timed
+    app.add_middleware(AdmissionMiddleware)  # innermost: a refusal is still counted and timed
+    app.add_middleware(AuthMiddleware, gate=gate)  # before admission: a caller without a key holds no slot
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestMetricsMiddleware)
+    if gate.settings.cors_origins:  # off by default; outermost, so preflights are answered without credentials
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=gate.settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -4,6 +4,7 @@ from fastapi import Request
 
 from serving.errors import ModelUnavailableError
 from serving.jobs.service import JobService
+from serving.security.principal import ANONYMOUS, Principal
 from serving.service import InferenceService
 
 
@@ -16,3 +17,12 @@ def get_job_service(request: Request) -> JobService:
     if jobs is None:
         raise ModelUnavailableError("batch jobs are not enabled in this application")
     return jobs
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller the auth middleware admitted (serving.http.auth); ANONYMOUS when auth is off."""
+    return getattr(request.state, "principal", None) or ANONYMOUS
+
+
+def client_host(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -80,9 +80,16 @@ async def analyze(
     top_k: int | None = Query(default=None, description="Classes per image (1-1000, default 5)."),
     confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
     fields: list[str] | None = Query(default=None, description="Stages to run (repeatable); all when omitted."),
+    anonymize: bool | None = Query(default=None, description="Drop GPS and personal fields from metadata."),
     service: InferenceService = Depends(get_service),
 ) -> AnalyzeResponse:
-    query = {"model": model, "top_k": top_k, "confidence_threshold": confidence_threshold, "fields": fields}
+    query = {
+        "model": model,
+        "top_k": top_k,
+        "confidence_threshold": confidence_threshold,
+        "fields": fields,
+        "anonymize": anonymize,
+    }
     request.state.model = model or service.default_model
     service.analysis_fields(request_options(query, {}).fields)  # reject bad options before reading the body
     images, body_options = await read_images(request, service.max_images_per_request)
@@ -93,10 +100,14 @@ async def analyze(
 
 
 @router.post("/metadata", response_model=MetadataResponse)
-async def metadata(request: Request, service: InferenceService = Depends(get_service)) -> MetadataResponse:
+async def metadata(
+    request: Request,
+    anonymize: bool = Query(default=False, description="Drop GPS and personal fields (names, places)."),
+    service: InferenceService = Depends(get_service),
+) -> MetadataResponse:
     """Metadata only: file, image, EXIF, GPS, XMP, IPTC and colours per image (no model runs)."""
     images, _ = await read_images(request, service.max_images_per_request)
-    return MetadataResponse(results=await service.extract_metadata(images))
+    return MetadataResponse(results=await service.extract_metadata(images, anonymize))
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -10,11 +10,12 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import get_job_service
+from serving.http.dependencies import client_host, get_job_service, get_principal
 from serving.jobs.intake import InputPart
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
+from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["batch jobs"])
 PAGE = 500
@@ -80,35 +81,49 @@ async def submit_batch(
     stages: list[str] | None = Query(default=None, description="Stages (repeatable or comma-separated)."),
     webhook_url: str | None = Query(default=None, description="POSTed, signed, when the job ends."),
     start: bool = Query(default=True, description="false: leave the job open for POST /v1/jobs/{id}/items."),
+    anonymize: bool = Query(default=False, description="Drop GPS and personal fields from metadata results."),
     jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
 ) -> JSONResponse:
-    options = BatchOptions(model, top_k, stages, webhook_url)
-    jobs.spec(options)  # bad options are a 4xx before the body is read
+    options = BatchOptions(model, top_k, stages, webhook_url, anonymize)
+    await jobs.check(options)  # bad options (and refused webhook targets) are a 4xx before the body is read
     try:
         parts, body = await read_inputs(request, jobs)
         if body is not None:
             options = BatchOptions(
-                body.model or model, body.top_k or top_k, body.stages or stages, body.webhook_url or webhook_url
+                body.model or model,
+                body.top_k or top_k,
+                body.stages or stages,
+                body.webhook_url or webhook_url,
+                body.anonymize or anonymize,
             )
-        job = await jobs.submit(options, parts, start)
+        job = await jobs.submit(options, parts, start, principal, client_host(request))
     finally:
         await close_form(request)
     return _status(job_status(job, time.time()), 202)
 
 
 @router.post("/jobs/{job_id}/items", response_model=JobStatus)
-async def add_items(request: Request, job_id: str, jobs: JobService = Depends(get_job_service)) -> JSONResponse:
+async def add_items(
+    request: Request,
+    job_id: str,
+    jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
+) -> JSONResponse:
     try:
+        await jobs.get(job_id, principal)  # 404 before the body is read
         parts, _ = await read_inputs(request, jobs)
-        job = await jobs.add_items(job_id, parts)
+        job = await jobs.add_items(job_id, parts, principal)
     finally:
         await close_form(request)
     return _status(job_status(job, time.time()))
 
 
 @router.post("/jobs/{job_id}/start", status_code=202, response_model=JobStatus)
-async def start_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JSONResponse:
-    return _status(job_status(await jobs.start(job_id), time.time()), 202)
+async def start_job(
+    job_id: str, jobs: JobService = Depends(get_job_service), principal: Principal = Depends(get_principal)
+) -> JSONResponse:
+    return _status(job_status(await jobs.start(job_id, principal), time.time()), 202)
 
 
 @router.get("/jobs", response_model=JobList)
@@ -117,24 +132,40 @@ async def list_jobs(
     limit: int = Query(default=50, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
     jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
 ) -> JobList:
     now = time.time()
-    return JobList(jobs=[job_status(j, now) for j in await jobs.list_jobs(status, limit, offset)])
+    return JobList(jobs=[job_status(j, now) for j in await jobs.list_jobs(status, limit, offset, principal)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
-async def get_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobStatus:
-    return job_status(await jobs.get(job_id), time.time())
+async def get_job(
+    job_id: str, jobs: JobService = Depends(get_job_service), principal: Principal = Depends(get_principal)
+) -> JobStatus:
+    return job_status(await jobs.get(job_id, principal), time.time())
 
 
-@router.delete("/jobs/{job_id}", response_model=JobStatus)
-async def cancel_job(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobStatus:
-    return job_status(await jobs.cancel(job_id), time.time())
+@router.delete("/jobs/{job_id}", response_model=None)
+async def cancel_job(
+    request: Request,
+    job_id: str,
+    purge: bool = Query(
+        default=False, description="Erase the job now: inputs, results and events (admin; the audit entry stays)."
+    ),
+    jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
+) -> JobStatus | JSONResponse:
+    if purge:
+        report = await jobs.purge(job_id, principal, client_host(request))
+        return JSONResponse({"id": job_id, "purged": True, "items": report.items, "objects": report.objects})
+    return job_status(await jobs.cancel(job_id, principal, client_host(request)), time.time())
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEvents)
-async def job_events(job_id: str, jobs: JobService = Depends(get_job_service)) -> JobEvents:
-    events, deliveries = await jobs.events(job_id)
+async def job_events(
+    job_id: str, jobs: JobService = Depends(get_job_service), principal: Principal = Depends(get_principal)
+) -> JobEvents:
+    events, deliveries = await jobs.events(job_id, principal)
     return JobEvents(events=events, webhook_deliveries=deliveries)
 
 
@@ -146,8 +177,9 @@ async def job_results(
     limit: int | None = Query(default=None, ge=1, description="At most this many rows; all (streamed) if omitted."),
     status: str | None = Query(default=None, pattern="^(done|failed)$"),
     jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
 ) -> Response:
-    await jobs.get(job_id)  # 404 before the stream starts
+    await jobs.get(job_id, principal)  # 404 before the stream starts
     render = csv_lines if format == "csv" else jsonl_lines
 
     async def pages() -> AsyncIterator[str]:
@@ -155,7 +187,7 @@ async def job_results(
             yield csv_header()
         cursor, left = after, limit
         while left is None or left > 0:
-            rows = await jobs.results(job_id, cursor, min(PAGE, left or PAGE), status)
+            rows = await jobs.results(job_id, cursor, min(PAGE, left or PAGE), status, principal)
             if not rows:
                 return
             yield render(rows)

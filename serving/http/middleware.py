@@ -8,7 +8,7 @@ from typing import Any
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
-from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS
+from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
 logger = logging.getLogger("imgserve.http")
 
@@ -116,11 +116,11 @@ class InternalErrorMiddleware:
             await send_json_error(send, info.http_status, info.message, info.kind)
 
 
-def request_header(scope: Scope, name: bytes) -> str | None:
-    """A request header's value (first one; latin-1 as ASGI sends them), or None."""
+def request_header(scope: Scope, name: bytes, limit: int = 128) -> str | None:
+    """A request header's value (first one, at most `limit` characters; latin-1 as ASGI sends them), or None."""
     for key, value in scope.get("headers") or ():
         if key.lower() == name:
-            return value.decode("latin-1")[:128] or None
+            return value.decode("latin-1")[:limit] or None
     return None
 
 
@@ -147,7 +147,7 @@ class RequestMetricsMiddleware:
             if endpoint == "/metrics":
                 return
             state = scope.get("state") or {}
-            model = state.get("model") or (scope.get("path_params") or {}).get("model", "")
+            model = model_label(state.get("model") or (scope.get("path_params") or {}).get("model", ""))
             latency = time.perf_counter() - start
             REQUESTS.labels(endpoint, "http", model, str(status)).inc()
             REQUEST_LATENCY.labels(endpoint, "http", model).observe(latency)

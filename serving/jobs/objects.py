@@ -55,3 +55,21 @@ class ObjectStore:
 
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self._path(digest))
+
+    def delete(self, digest: str) -> None:
+        try:
+            self.fs.rm_file(self._path(digest))
+        except FileNotFoundError:
+            pass
+
+    def stored(self) -> dict[str, float]:
+        """Every stored object: digest -> modification time (UNIX seconds; 0 when the filesystem does not say)."""
+        found = self.fs.find(f"{self.root}/sha256", detail=True) if self.fs.exists(f"{self.root}/sha256") else {}
+        out: dict[str, float] = {}
+        for path, info in found.items():
+            digest = path.rsplit("/", 1)[-1]
+            if len(digest) != 64:
+                continue  # a .part file being written
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+            out[digest] = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+        return out

@@ -16,6 +16,7 @@ class JobSpec:
     top_k: int
     stages: tuple[str, ...]
     webhook_url: str | None = None
+    anonymize: bool = False  # drop GPS and personal fields from metadata results
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,12 @@ class JobRecord:
     counts: dict[str, int] = field(default_factory=dict)
     attempts: int = 0  # dispatches to the graph over all items
     rerun_items: int = 0  # items dispatched more than once (in flight at a restart, or retried)
+    tenant: str = "default"
+    anonymize: bool = False
 
     @property
     def spec(self) -> JobSpec:
-        return JobSpec(self.model, self.top_k, self.stages, self.webhook_url)
+        return JobSpec(self.model, self.top_k, self.stages, self.webhook_url, self.anonymize)
 
 
 @dataclass(frozen=True)

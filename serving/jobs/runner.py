@@ -141,7 +141,9 @@ class JobRunner:
         BATCH_DISPATCHES.inc()
         try:
             data = await self._load(item)
-            options = ImageOptions.parse(model=job.model, top_k=job.top_k, fields=list(job.stages))
+            options = ImageOptions.parse(
+                model=job.model, top_k=job.top_k, fields=list(job.stages), anonymize=job.anonymize or None
+            )
             analysis = (await self.service.analyze([data], options))[0]
             outcome = Outcome("done", job.model, analysis_document(analysis))
         except ItemInputError as exc:

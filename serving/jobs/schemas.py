@@ -1,9 +1,9 @@
 """Request and response models of the batch-job API (`/v1/batch`, `/v1/jobs`)."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from serving.jobs.records import JobRecord
 
@@ -16,6 +16,7 @@ class BatchRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=1000, description="Classes per image.")
     stages: list[str] | None = Field(default=None, description="Analysis stages; all the server has when omitted.")
     webhook_url: str | None = Field(default=None, description="POSTed (signed) when the job ends.")
+    anonymize: bool = Field(default=False, description="Drop GPS and personal fields from metadata results.")
 
 
 class JobCounts(BaseModel):
@@ -57,9 +58,37 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
+OUTCOME_CLASSES = ("2xx", "3xx", "4xx", "5xx", "no_response", "refused")
+
+
+class WebhookDelivery(BaseModel):
+    """One delivery attempt as the API shows it: its outcome only (no URL, no error text: not an oracle)."""
+
+    delivery_id: str = Field(description="The same for every attempt of one notification.")
+    event: str
+    attempt: int
+    outcome: Literal["delivered", "failed"]
+    status_class: str = Field(description="2xx, 3xx, 4xx or 5xx (the answer), no_response, or refused (the target).")
+    at: float = Field(description="UNIX seconds.")
+    duration_ms: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        """From a `webhook_deliveries` row: `error` holds the outcome class of a failed attempt."""
+        if not isinstance(row, dict) or "outcome" in row:
+            return row
+        code, error = row.get("status_code"), row.get("error")
+        if error in OUTCOME_CLASSES:
+            status = error
+        else:  # a delivered attempt, or a row written before outcome classes: never show its text
+            status = f"{code // 100}xx" if code else "no_response"
+        return {**row, "outcome": "delivered" if row.get("delivered") else "failed", "status_class": status}
+
+
 class JobEvents(BaseModel):
     events: list[dict[str, Any]]
-    webhook_deliveries: list[dict[str, Any]]
+    webhook_deliveries: list[WebhookDelivery]
 
 
 def _iso(ts: float | None) -> str | None:

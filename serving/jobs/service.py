@@ -10,16 +10,20 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.erasure import PurgeReport, purge_job
 from serving.jobs.errors import JobStoreUnavailableError
 from serving.jobs.intake import InputPart, Intake
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import JobRecord, JobSpec, ResultRecord
 from serving.jobs.settings import JobSettings
 from serving.jobs.store import JobStore
+from serving.security.audit import AuditEntry
+from serving.security.egress import check_webhook_url
+from serving.security.errors import PermissionDeniedError, QuotaExceededError
+from serving.security.principal import ANONYMOUS, Principal
 
 logger = logging.getLogger("imgserve.jobs")
 STAGE_ALIASES = {"classify": "classification"}
@@ -32,12 +36,23 @@ class BatchOptions:
     top_k: int = 5
     stages: list[str] | None = None
     webhook_url: str | None = None
+    anonymize: bool = False
 
 
 class JobService:
-    def __init__(self, inference: Any, settings: JobSettings, wake: Callable[[str], Awaitable[None]] | None = None):
-        """`wake(job_id)`: tells the job loop there is work (the local loop, or the BatchWorker deployment)."""
-        self.inference, self.settings, self._wake = inference, settings, wake
+    """Every method takes the caller (`principal`, from the security gate): jobs are created in its tenant, and
+    it reads, changes and erases only its tenant's (operators and admins read every tenant's)."""
+
+    def __init__(
+        self,
+        inference: Any,
+        settings: JobSettings,
+        wake: Callable[[str], Awaitable[None]] | None = None,
+        gate: Any = None,
+    ):
+        """`wake(job_id)`: tells the job loop there is work (the local loop, or the BatchWorker deployment).
+        `gate`: the replica's `SecurityGate` (quotas, forced anonymisation); None = no limits."""
+        self.inference, self.settings, self._wake, self.gate = inference, settings, wake, gate
         self.engine = create_store_engine(settings.database_url)
         self.store = JobStore(self.engine, settings.max_items)
         self._objects: ObjectStore | None = None
@@ -72,52 +87,105 @@ class JobService:
         stages = tuple(self.inference.analysis_fields([n for n in names if n] or DEFAULT_STAGES))
         if "classification" in stages and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
-        if options.webhook_url is not None:
-            parts = urlsplit(options.webhook_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise BadRequestError(f"webhook_url must be an http(s) URL, got {options.webhook_url!r}")
-        return JobSpec(entry.name, options.top_k, stages, options.webhook_url)
+        return JobSpec(entry.name, options.top_k, stages, options.webhook_url, options.anonymize)
 
-    async def submit(self, options: BatchOptions, parts: Sequence[InputPart], start: bool = True) -> JobRecord:
+    async def check(self, options: BatchOptions) -> JobSpec:
+        """`spec`, plus the webhook target: resolved, and refused (400) unless every address is public or
+        allow-listed (serving.security.egress; the resolver blocks, so it runs in a thread)."""
         spec = self.spec(options)
+        if options.webhook_url is not None:
+            await asyncio.to_thread(check_webhook_url, options.webhook_url, self.settings.webhook_allow_list())
+        return spec
+
+    async def _admit_items(self, principal: Principal, items: Sequence[Any]) -> None:
+        """Quotas of the caller's key and tenant: images per day, and bytes stored for the tenant."""
+        if self.gate is None or not self.gate.required:
+            return
+        await self.gate.charge_images(len(items))
+        policy = await self.gate.tenant_policy(principal.tenant)
+        if policy.quota_stored_bytes is not None:
+            stored = await asyncio.to_thread(self.store.stored_bytes, principal.tenant)
+            adding = sum(item.size_bytes or 0 for item in items if item.source_kind == "object")
+            if stored + adding > policy.quota_stored_bytes:
+                raise QuotaExceededError(
+                    f"tenant stored-bytes quota of {policy.quota_stored_bytes} reached ({stored} stored, "
+                    f"{adding} more sent): purge jobs or wait for retention",
+                    3600.0,
+                )
+
+    async def submit(
+        self,
+        options: BatchOptions,
+        parts: Sequence[InputPart],
+        start: bool = True,
+        principal: Principal = ANONYMOUS,
+        client: str | None = None,
+    ) -> JobRecord:
+        if self.gate is not None and await self.gate.anonymize_forced():
+            options = BatchOptions(options.model, options.top_k, options.stages, options.webhook_url, True)
+        spec = await self.check(options)
         store = await self.ready()
         items = await asyncio.to_thread(self._intake().items, parts)  # refused URIs: 4xx, nothing stored
-        job_id = await asyncio.to_thread(store.create_job, spec, items, start)
+        await self._admit_items(principal, items)
+        audit = AuditEntry.by(principal, "job.create", client)
+        job_id = await asyncio.to_thread(store.create_job, spec, items, start, principal.tenant, audit)
         if start:
             await self.wake(job_id)
         return await asyncio.to_thread(store.get_job, job_id)
 
-    async def add_items(self, job_id: str, parts: Sequence[InputPart]) -> JobRecord:
+    async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()
-        await asyncio.to_thread(store.get_job, job_id)  # 404 before reading the inputs
+        await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
         items = await asyncio.to_thread(self._intake().items, parts)
-        await asyncio.to_thread(store.add_items, job_id, items)
+        await self._admit_items(principal, items)
+        await asyncio.to_thread(store.add_items, job_id, items, principal.tenant)
         return await asyncio.to_thread(store.get_job, job_id)
 
-    async def start(self, job_id: str) -> JobRecord:
+    async def start(self, job_id: str, principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()
-        await asyncio.to_thread(store.start_job, job_id)
+        await asyncio.to_thread(store.start_job, job_id, principal.tenant)
         await self.wake(job_id)
         return await asyncio.to_thread(store.get_job, job_id)
 
-    async def cancel(self, job_id: str) -> JobRecord:
+    async def cancel(self, job_id: str, principal: Principal = ANONYMOUS, client: str | None = None) -> JobRecord:
         store = await self.ready()
-        job = await asyncio.to_thread(store.cancel_job, job_id)
+        audit = AuditEntry.by(principal, "job.cancel", client)
+        job = await asyncio.to_thread(store.cancel_job, job_id, principal.tenant, audit)
         await self.wake(job_id)
         return job
 
-    async def get(self, job_id: str) -> JobRecord:
-        return await asyncio.to_thread((await self.ready()).get_job, job_id)
+    async def purge(self, job_id: str, principal: Principal = ANONYMOUS, client: str | None = None) -> PurgeReport:
+        """Erase the job now: rows, results, events, deliveries and its unshared stored inputs (admins only)."""
+        if not principal.has("admin"):
+            raise PermissionDeniedError(f"purging a job needs the admin role; this key is {principal.role}")
+        await self.ready()
+        self._intake()  # opens the object store
+        audit = AuditEntry.by(principal, "job.purge", client)
+        report = await asyncio.to_thread(purge_job, self.engine, self._objects, job_id, principal.tenant, audit)
+        await self.wake(job_id)
+        return report
 
-    async def list_jobs(self, status: str | None, limit: int, offset: int) -> list[JobRecord]:
-        return await asyncio.to_thread((await self.ready()).list_jobs, status, limit, offset)
+    async def get(self, job_id: str, principal: Principal = ANONYMOUS) -> JobRecord:
+        return await asyncio.to_thread((await self.ready()).get_job, job_id, principal.read_scope())
 
-    async def results(self, job_id: str, after: int, limit: int, status: str | None) -> list[ResultRecord]:
-        return await asyncio.to_thread((await self.ready()).results_page, job_id, after, limit, status)
-
-    async def events(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def list_jobs(
+        self, status: str | None, limit: int, offset: int, principal: Principal = ANONYMOUS
+    ) -> list[JobRecord]:
         store = await self.ready()
-        await asyncio.to_thread(store.get_job, job_id)
+        return await asyncio.to_thread(store.list_jobs, status, limit, offset, principal.read_scope())
+
+    async def results(
+        self, job_id: str, after: int, limit: int, status: str | None, principal: Principal = ANONYMOUS
+    ) -> list[ResultRecord]:
+        store = await self.ready()
+        await asyncio.to_thread(store.get_job, job_id, principal.read_scope())
+        return await asyncio.to_thread(store.results_page, job_id, after, limit, status)
+
+    async def events(
+        self, job_id: str, principal: Principal = ANONYMOUS
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        store = await self.ready()
+        await asyncio.to_thread(store.get_job, job_id, principal.read_scope())
         return await asyncio.to_thread(store.events, job_id), await asyncio.to_thread(store.deliveries, [job_id])
 
     async def wake(self, job_id: str) -> None:

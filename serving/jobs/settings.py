@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from serving.config.settings import ServerSettings
+from serving.security.egress import EgressAllowList
 
 # Field -> environment variable. Store locations keep short names; the rest are IMGSERVE_BATCH_* / _WEBHOOK_*.
 ENV_NAMES = {
@@ -20,6 +21,7 @@ ENV_NAMES = {
     "max_compression_ratio": "IMGSERVE_BATCH_MAX_RATIO",
     "max_attempts": "IMGSERVE_BATCH_MAX_ATTEMPTS",
     "webhook_secret": "IMGSERVE_WEBHOOK_SECRET",
+    "webhook_allow": "IMGSERVE_WEBHOOK_ALLOW",
     "webhook_max_attempts": "IMGSERVE_WEBHOOK_MAX_ATTEMPTS",
     "webhook_backoff_s": "IMGSERVE_WEBHOOK_BACKOFF_S",
     "webhook_timeout_s": "IMGSERVE_WEBHOOK_TIMEOUT_S",
@@ -64,6 +66,12 @@ class JobSettings(BaseModel):
     )
     max_attempts: int = Field(default=3, ge=1, description="Dispatches of one item before an internal error is final.")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Webhook targets allowed to resolve to non-public addresses (IMGSERVE_WEBHOOK_ALLOW, "
+        "comma-separated): CIDRs or addresses (`10.0.0.0/8`, `::1`), `address:port` (`127.0.0.1:8080`, "
+        "`[::1]:8080`), host names or `name:port` (`hooks.internal:8443`). Empty: public addresses only.",
+    )
     webhook_max_attempts: int = Field(default=6, ge=1, description="Webhook delivery attempts before giving up.")
     webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook POST.")
@@ -72,6 +80,17 @@ class JobSettings(BaseModel):
     @classmethod
     def _driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _allow_csv(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allow_entries(cls, value: list[str]) -> list[str]:
+        EgressAllowList.parse(value)  # a bad entry is a ValueError at startup, not a surprise at delivery
+        return value
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "JobSettings":
@@ -88,3 +107,6 @@ class JobSettings(BaseModel):
 
     def secret_bytes(self) -> bytes | None:
         return self.webhook_secret.get_secret_value().encode() if self.webhook_secret else None
+
+    def webhook_allow_list(self) -> EgressAllowList:
+        return EgressAllowList.parse(self.webhook_allow)

@@ -6,6 +6,7 @@ All methods are synchronous (call them through `asyncio.to_thread`); each is one
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from serving.errors import BadRequestError, RequestTooLargeError
 from serving.jobs.errors import JobNotFoundError, JobStateError
 from serving.jobs.records import FINAL_JOB_STATES, ITEM_STATES, JobRecord, JobSpec, NewItem, ResultRecord
 from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
+from serving.security.audit import AuditEntry, write_entry
 
 
 def add_event(conn: sa.Connection, job_id: str, event: str, detail: dict[str, Any] | None = None) -> None:
@@ -60,6 +62,8 @@ def job_record(row: Any, counts: tuple[dict[str, int], int, int]) -> JobRecord:
         counts=counts[0],
         attempts=counts[1],
         rerun_items=counts[2],
+        tenant=row.tenant,
+        anonymize=bool(row.anonymize),
     )
 
 
@@ -116,8 +120,16 @@ class JobStore:
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(total=total))
         return total
 
-    def create_job(self, spec: JobSpec, items: Sequence[NewItem], start: bool = True) -> str:
-        """A new job with its first items; `start=False` leaves it open for more (`add_items`, `start_job`)."""
+    def create_job(
+        self,
+        spec: JobSpec,
+        items: Sequence[NewItem],
+        start: bool = True,
+        tenant: str = "default",
+        audit: AuditEntry | None = None,
+    ) -> str:
+        """A new job of `tenant` with its first items; `start=False` leaves it open for more (`add_items`,
+        `start_job`). `audit` is written in the same transaction, with the new job's id as its target."""
         if start and not items:
             raise BadRequestError("the batch has no inputs: send files, an archive or URIs")
         job_id = uuid.uuid4().hex
@@ -133,16 +145,23 @@ class JobStore:
                     webhook_state="none",
                     total=0,
                     created_at=time.time(),
+                    tenant=tenant,
+                    anonymize=spec.anonymize,
                 )
             )
             total = self._insert_items(conn, job_id, 0, items)
             add_event(conn, job_id, "created", {"items": total, "stages": list(spec.stages), "model": spec.model})
+            if audit is not None:
+                write_entry(conn, replace(audit, target=job_id, detail={"items": total}))
             if start:
                 add_event(conn, job_id, "queued", {"items": total})
         return job_id
 
-    def _locked_job(self, conn: sa.Connection, job_id: str) -> Any:
+    def _locked_job(self, conn: sa.Connection, job_id: str, tenant: str | None = None) -> Any:
+        """The job's row, locked; `tenant`: only that tenant's (another tenant's job is "not found", no oracle)."""
         query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = conn.execute(query).first()
@@ -150,19 +169,19 @@ class JobStore:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return row
 
-    def add_items(self, job_id: str, items: Sequence[NewItem]) -> int:
+    def add_items(self, job_id: str, items: Sequence[NewItem], tenant: str | None = None) -> int:
         """Append items to an open job; returns its new total."""
         with self.engine.begin() as conn:
-            job = self._locked_job(conn, job_id)
+            job = self._locked_job(conn, job_id, tenant)
             if job.status != "open":
                 raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
             total = self._insert_items(conn, job_id, job.total, items)
             add_event(conn, job_id, "items_added", {"items": len(items), "total": total})
             return total
 
-    def start_job(self, job_id: str) -> None:
+    def start_job(self, job_id: str, tenant: str | None = None) -> None:
         with self.engine.begin() as conn:
-            job = self._locked_job(conn, job_id)
+            job = self._locked_job(conn, job_id, tenant)
             if job.status != "open":
                 raise JobStateError(f"job {job_id} is {job.status}; only an open job can be started")
             if job.total == 0:
@@ -170,10 +189,10 @@ class JobStore:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(status="queued"))
             add_event(conn, job_id, "queued", {"items": job.total})
 
-    def cancel_job(self, job_id: str) -> JobRecord:
+    def cancel_job(self, job_id: str, tenant: str | None = None, audit: AuditEntry | None = None) -> JobRecord:
         """Stop a job: its pending items are cancelled; items already in flight still record their result."""
         with self.engine.begin() as conn:
-            job = self._locked_job(conn, job_id)
+            job = self._locked_job(conn, job_id, tenant)
             if job.status in FINAL_JOB_STATES:
                 raise JobStateError(f"job {job_id} is already {job.status}")
             values: dict[str, Any] = {"status": "cancelled", "finished_at": time.time()}
@@ -186,21 +205,31 @@ class JobStore:
                 .values(status="cancelled")
             ).rowcount
             add_event(conn, job_id, "cancelled", {"items_cancelled": dropped})
+            if audit is not None:
+                write_entry(conn, replace(audit, target=job_id, detail={"items_cancelled": dropped}))
         return self.get_job(job_id)
 
     # ---- reads --------------------------------------------------------------------------------------
-    def get_job(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job; `tenant`: only if it is that tenant's (else "not found")."""
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(query).first()
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
             return job_record(row, job_counts(conn, [job_id])[job_id])
 
-    def list_jobs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[JobRecord]:
-        """Newest first."""
+    def list_jobs(
+        self, status: str | None = None, limit: int = 50, offset: int = 0, tenant: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; `tenant`: that tenant's only."""
         query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
         if status:
             query = query.where(jobs.c.status == status)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
         with self.engine.begin() as conn:
             rows = conn.execute(query).all()
             counts = job_counts(conn, [r.id for r in rows])
@@ -225,6 +254,16 @@ class JobStore:
             ResultRecord(r.idx, r.name, r.status, r.model, r.result, r.error_kind, r.error, r.duration_ms, r.attempts)
             for r in rows
         ]
+
+    def stored_bytes(self, tenant: str) -> int:
+        """Bytes of stored inputs the tenant's jobs hold (shared objects count for each job that holds them)."""
+        query = (
+            sa.select(sa.func.coalesce(sa.func.sum(job_items.c.size_bytes), 0))
+            .join(jobs, jobs.c.id == job_items.c.job_id)
+            .where(jobs.c.tenant == tenant, job_items.c.source_kind == "object")
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.engine.begin() as conn:

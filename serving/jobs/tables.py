@@ -24,6 +24,8 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
+    sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),  # owner (serving.security)
+    sa.Column("anonymize", sa.Boolean, nullable=False, server_default=sa.false()),  # drop GPS/personal EXIF
     sa.Index("ix_jobs_status_created", "status", "created_at"),
 )
 

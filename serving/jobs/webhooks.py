@@ -1,11 +1,22 @@
 """Job webhooks: a signed JSON POST when a job ends (completed, failed, cancelled), retried with backoff.
 
-The body is signed with HMAC-SHA256 under the configured secret; the header is
-`X-Imgserve-Signature: sha256=<hex>`. Every attempt is a row in `webhook_deliveries`; the job's
-`webhook_state` turns `delivered` in the same transaction as the successful attempt, so a restarted worker
-resumes unfinished deliveries and never repeats a finished one. `X-Imgserve-Delivery` is the same for every
-attempt of one notification: receivers can drop the rare duplicate (a crash between the receiver's 2xx and
-our commit).
+Targets: the URL is checked when the job is submitted and again before every attempt
+(`serving.security.egress`): every address its host resolves to must be public, or allow-listed through
+`IMGSERVE_WEBHOOK_ALLOW`; the POST goes to one of those checked addresses (the original `Host` header, and for
+https the original name as SNI and for the certificate), so a DNS answer that changes after the check (DNS
+rebinding) reaches nothing. Redirects are never followed: a 3xx is a failed delivery. No proxy from the
+environment is used (a proxy would resolve the name again).
+
+Signatures: `X-Imgserve-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of f"{t}." + raw body>`, made afresh for
+every attempt with the job's secret (`secret_for(job)`; by default `IMGSERVE_WEBHOOK_SECRET`). Receivers check
+it with `verify`, which rejects timestamps more than `tolerance_s` away from now (replays).
+
+Every attempt is a row in `webhook_deliveries` holding only its outcome: the HTTP status class of the answer
+("2xx".."5xx"), or "no_response", or "refused" (the target failed the check; permanent). Never the error text
+of a connection: that would make `/events` an oracle for what answers where. The job's `webhook_state` turns
+`delivered` in the same transaction as the successful attempt, so a restarted worker resumes unfinished
+deliveries and never repeats a finished one. `X-Imgserve-Delivery` is the same for every attempt of one
+notification: receivers can drop the rare duplicate (a crash between the receiver's 2xx and our commit).
 """
 
 import asyncio
@@ -19,22 +30,54 @@ from typing import Any
 
 import httpx
 
+from serving.errors import BadRequestError
 from serving.jobs.records import JobRecord
 from serving.jobs.settings import JobSettings
 from serving.jobs.work_queue import WorkQueue
+from serving.security.egress import ResolvedTarget, Resolver, check_webhook_url
 
 logger = logging.getLogger("imgserve.jobs")
 SIGNATURE_HEADER = "X-Imgserve-Signature"
 RETRYABLE_4XX = {408, 425, 429}
+DEFAULT_TOLERANCE_S = 300
+SecretFor = Callable[[JobRecord], bytes | None]
 
 
-def sign(body: bytes, secret: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def _mac(body: bytes, secret: bytes, timestamp: int) -> str:
+    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, secret: bytes, header: str | None) -> bool:
-    """What a receiver does: recompute the signature over the raw body and compare in constant time."""
-    return header is not None and hmac.compare_digest(sign(body, secret), header)
+def sign(body: bytes, secret: bytes, timestamp: int | None = None) -> str:
+    """The signature header value: `t=<unix seconds>,v1=<hex HMAC-SHA256 over f"{t}." + body>`."""
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={t},v1={_mac(body, secret, t)}"
+
+
+def verify(
+    body: bytes, secret: bytes, header: str | None, tolerance_s: float = DEFAULT_TOLERANCE_S, now: float | None = None
+) -> bool:
+    """What a receiver does: the timestamp is within `tolerance_s` of now (else a replay, or a stale request) and
+    one `v1` signature matches the raw body, compared in constant time."""
+    if not header:
+        return False
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = _mac(body, secret, timestamp)
+    return any(hmac.compare_digest(expected, s) for s in signatures)
+
+
+def status_class(code: int) -> str:
+    return f"{code // 100}xx"
 
 
 def payload(job: JobRecord) -> dict[str, Any]:
@@ -54,6 +97,17 @@ def payload(job: JobRecord) -> dict[str, Any]:
     }
 
 
+def default_client(settings: JobSettings) -> httpx.AsyncClient:
+    """No redirects, no proxy from the environment, no kept-alive connections (each attempt connects to the
+    address it just checked, and a TLS connection verified for one name is never reused for another)."""
+    return httpx.AsyncClient(
+        timeout=settings.webhook_timeout_s,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -61,9 +115,17 @@ class WebhookSender:
         settings: JobSettings,
         client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        secret_for: SecretFor | None = None,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
     ):
-        self.queue, self.settings, self.sleep = queue, settings, sleep
-        self.client = client or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        """`secret_for(job)`: the job's signing secret (None: unsigned); the global secret unless given.
+        `resolver(host, port)`: addresses of a host (default getaddrinfo); `clock`: the signature's time."""
+        self.queue, self.settings, self.sleep, self.clock = queue, settings, sleep, clock
+        self.client = client or default_client(settings)
+        self.secret_for: SecretFor = secret_for or (lambda job: settings.secret_bytes())
+        self.resolver = resolver
+        self.allow = settings.webhook_allow_list()
 
     def _request(self, job: JobRecord) -> tuple[bytes, dict[str, str], str]:
         body = json.dumps(payload(job), sort_keys=True, separators=(",", ":")).encode()
@@ -74,24 +136,50 @@ class WebhookSender:
             "X-Imgserve-Event": f"job.{job.status}",
             "X-Imgserve-Delivery": delivery_id,
         }
-        secret = self.settings.secret_bytes()
-        if secret:
-            headers[SIGNATURE_HEADER] = sign(body, secret)
         return body, headers, delivery_id
 
-    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None, bool]:
-        """(status code, error, permanent failure) of one POST."""
+    async def _post(self, target: ResolvedTarget, body: bytes, headers: dict[str, str]) -> int | None:
+        """POST to the checked addresses in turn until one connects: its status code (the answer's body is never
+        read), or None when none answered."""
+        extensions = {"sni_hostname": target.server_name} if target.scheme == "https" else {}
+        headers = {**headers, "Host": target.host_header}
+        for address in target.addresses:
+            try:
+                async with self.client.stream(
+                    "POST",
+                    target.pinned_url(address),
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                    follow_redirects=False,
+                ) as response:
+                    return response.status_code
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                logger.info("webhook to %s (%s) did not connect: %r", target.host, address, exc)
+            except httpx.HTTPError as exc:
+                logger.info("webhook to %s (%s) got no answer: %r", target.host, address, exc)
+                return None
+        return None
+
+    async def _attempt(self, job: JobRecord, body: bytes, headers: dict[str, str]) -> tuple[int | None, str, bool]:
+        """(status code, outcome class, permanent failure) of one POST; the class is "2xx" when delivered."""
+        assert job.webhook_url is not None
         try:
-            response = await self.client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}", False
-        code = response.status_code
-        if 200 <= code < 300:
-            return code, None, False
-        return code, f"HTTP {code}", 400 <= code < 500 and code not in RETRYABLE_4XX
+            target = await asyncio.to_thread(check_webhook_url, job.webhook_url, self.allow, self.resolver)
+        except BadRequestError:
+            logger.warning("webhook of job %s refused: its target is not a public address now", job.id)
+            return None, "refused", True
+        secret = self.secret_for(job)
+        if secret:
+            headers = {**headers, SIGNATURE_HEADER: sign(body, secret, int(self.clock()))}
+        code = await self._post(target, body, headers)
+        if code is None:
+            return None, "no_response", False
+        permanent = 300 <= code < 400 or (400 <= code < 500 and code not in RETRYABLE_4XX)
+        return code, status_class(code), permanent
 
     async def deliver(self, job: JobRecord) -> bool:
-        """POST the job's final state until a 2xx, a permanent 4xx or the attempt limit; True if delivered."""
+        """POST the job's final state until a 2xx, a permanent failure or the attempt limit; True if delivered."""
         if not job.webhook_url or await asyncio.to_thread(self.queue.webhook_state, job.id) != "pending":
             return False
         body, headers, delivery_id = self._request(job)
@@ -101,8 +189,8 @@ class WebhookSender:
             if attempt > 1:
                 await self.sleep(self.settings.webhook_backoff_s * 2 ** (attempt - 2))
             start = time.perf_counter()
-            code, error, permanent = await self._attempt(job.webhook_url, body, headers)
-            delivered = error is None
+            code, outcome, permanent = await self._attempt(job, body, headers)
+            delivered = outcome == "2xx"
             final = "delivered" if delivered else "failed" if permanent or attempt == limit else None
             row = {
                 "job_id": job.id,
@@ -111,7 +199,7 @@ class WebhookSender:
                 "attempt": attempt,
                 "url": job.webhook_url,
                 "status_code": code,
-                "error": error,
+                "error": None if delivered else outcome,  # the outcome class only, never an error message
                 "delivered": delivered,
                 "duration_ms": (time.perf_counter() - start) * 1000.0,
             }

@@ -9,34 +9,82 @@ copy of the models); in the graph placement the `BatchWorker` deployment runs it
 
 import asyncio
 import logging
+import time
+
+import sqlalchemy as sa
 
 from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.erasure import sweep
 from serving.jobs.objects import ObjectStore
+from serving.jobs.records import JobRecord
 from serving.jobs.runner import AnalysisService, JobRunner
 from serving.jobs.settings import JobSettings
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
+from serving.security.settings import SecuritySettings
+from serving.security.tenants import TenantStore
 
 logger = logging.getLogger("imgserve.jobs")
+
+
+class TenantSecrets:
+    """The webhook signing secret of a job's tenant (`imgserve tenants webhook-secret`), cached for a minute;
+    a tenant without one signs with IMGSERVE_WEBHOOK_SECRET when that is set, else gets a secret made now."""
+
+    TTL_S = 60.0
+
+    def __init__(self, engine: sa.Engine, fallback: bytes | None):
+        self.store, self.fallback = TenantStore(engine), fallback
+        self._cache: dict[str, tuple[float, bytes]] = {}
+
+    def __call__(self, job: JobRecord) -> bytes:
+        cached = self._cache.get(job.tenant)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        secret = self.store.configured_secret(job.tenant) or self.fallback or self.store.webhook_secret(job.tenant)
+        self._cache[job.tenant] = (time.monotonic() + self.TTL_S, secret)
+        return secret
 
 
 class JobLoop:
     """A started `JobRunner` and its task."""
 
-    def __init__(self, service: AnalysisService, settings: JobSettings | None = None):
+    def __init__(
+        self,
+        service: AnalysisService,
+        settings: JobSettings | None = None,
+        security: SecuritySettings | None = None,
+    ):
         self.settings = settings or JobSettings.from_env()
-        engine = create_store_engine(self.settings.database_url)
+        self.security = security or SecuritySettings.from_env()
+        engine = self.engine = create_store_engine(self.settings.database_url)
         queue = WorkQueue(engine)
+        self.objects = ObjectStore(self.settings.object_store)
         self.runner = JobRunner(
             queue,
-            ObjectStore(self.settings.object_store),
+            self.objects,
             service,
             self.settings,
-            WebhookSender(queue, self.settings),
+            WebhookSender(queue, self.settings, secret_for=TenantSecrets(engine, self.settings.secret_bytes())),
             prepare=lambda: migrate(engine),
         )
         self.task = asyncio.get_running_loop().create_task(self.runner.run())
+        self.sweeper: asyncio.Task[None] | None = None
+        if self.security.retention_days is not None:
+            self.sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         logger.info("batch job loop started: concurrency %d, store %s", self.settings.concurrency, engine.url)
+
+    async def _sweep_forever(self) -> None:
+        """Retention (IMGSERVE_RETENTION_DAYS): purge expired jobs and orphaned objects, every sweep interval."""
+        assert self.security.retention_days is not None
+        retention_s = self.security.retention_days * 86400.0
+        while True:
+            try:
+                if self.runner.ready:
+                    await asyncio.to_thread(sweep, self.engine, self.objects, retention_s)
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                logger.exception("retention sweep failed")
+            await asyncio.sleep(self.security.retention_sweep_s)
 
     async def wake(self, job_id: str | None = None) -> None:
         """A job was submitted or cancelled: look at the store now."""

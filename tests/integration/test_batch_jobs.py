@@ -79,12 +79,14 @@ def _photos() -> list[Path]:
     return photos
 
 
-def _server_env(tmp: Path, database_url: str) -> dict[str, str]:
+def _server_env(tmp: Path, database_url: str, receiver: WebhookReceiver) -> dict[str, str]:
     return {
         "IMGSERVE_DATABASE_URL": database_url,
         "IMGSERVE_OBJECT_STORE": str(tmp / "objects"),
         "IMGSERVE_BATCH_ALLOWED_ROOT": str(require(IMAGENET_SAMPLES)),
         "IMGSERVE_WEBHOOK_SECRET": SECRET,
+        # the receiver is on loopback: webhook targets must be public unless allow-listed (this port only)
+        "IMGSERVE_WEBHOOK_ALLOW": f"127.0.0.1:{receiver.server.server_address[1]}",
         "IMGSERVE_BATCH_CONCURRENCY": str(CONCURRENCY),
         "IMGSERVE_BATCH_POLL_S": "1",
     }
@@ -150,13 +152,15 @@ def _item_rows(database_url: str, job_id: str) -> dict[int, tuple[str, int, int,
         engine.dispose()
 
 
-def _check_webhook(receiver: WebhookReceiver, path: str, job_id: str, done: int) -> None:
+def _check_webhook(receiver: WebhookReceiver, path: str, job_id: str, done: int, url: str) -> None:
     calls = receiver.wait_for(path)
     assert len(calls) == 1, f"expected exactly one webhook call, got {len(calls)}"
     _, headers, body = calls[0]
     assert verify(body, SECRET.encode(), headers.get(SIGNATURE_HEADER)), "webhook signature does not verify"
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "completed" and payload["counts"]["done"] == done
+    deliveries = httpx.get(f"{url}/v1/jobs/{job_id}/events").json()["webhook_deliveries"]
+    assert [(d["outcome"], d["status_class"]) for d in deliveries] == [("delivered", "2xx")], deliveries
 
 
 class LatencyProbe:
@@ -198,11 +202,11 @@ class LatencyProbe:
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BatchServer, str]]:
+def pg_server(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[tuple[BatchServer, str]]:
     require(MOBILENET_DIR)
     with running_postgres() as pg:
         tmp = tmp_path_factory.mktemp("batch-pg")
-        server = BatchServer(tmp, _server_env(tmp, pg.url))
+        server = BatchServer(tmp, _server_env(tmp, pg.url, receiver))
         server.start()
         try:
             yield server, pg.url
@@ -235,7 +239,7 @@ def test_1000_photos_on_postgresql_match_the_sync_endpoint(
         f"[pg] sync /v1/classify during the job: {busy.summary()}"
     )
     _check_against_sync(server.url, _results(server.url, job.job_id), photos)
-    _check_webhook(receiver, "/hook/pg1000", job.job_id, 1000)
+    _check_webhook(receiver, "/hook/pg1000", job.job_id, 1000, server.url)
     csv_text = httpx.get(f"{server.url}/v1/jobs/{job.job_id}/results", params={"format": "csv"}).text
     lines = csv_text.splitlines()
     assert lines[0] == "index,name,status,model,top1_label,top1_score,error_kind,error" and len(lines) == 1001
@@ -360,7 +364,7 @@ def test_uris_cli_list_and_cancel(pg_server: tuple[BatchServer, str], tmp_path: 
 def test_kill_and_restart_mid_job_on_sqlite(tmp_path: Path, receiver: WebhookReceiver) -> None:
     require(MOBILENET_DIR)
     database_url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    server = BatchServer(tmp_path, _server_env(tmp_path, database_url))
+    server = BatchServer(tmp_path, _server_env(tmp_path, database_url, receiver))
     photos = _photos()
     server.start()
     try:
@@ -393,6 +397,6 @@ def test_kill_and_restart_mid_job_on_sqlite(tmp_path: Path, receiver: WebhookRec
         events = [e["event"] for e in httpx.get(f"{server.url}/v1/jobs/{job.job_id}/events").json()["events"]]
         assert "items_requeued" in events and "resumed" in events and events.count("completed") == 1
         _check_against_sync(server.url, _results(server.url, job.job_id), photos)
-        _check_webhook(receiver, "/hook/restart", job.job_id, 1000)
+        _check_webhook(receiver, "/hook/restart", job.job_id, 1000, server.url)
     finally:
         server.stop()

@@ -110,6 +110,9 @@ def prometheus(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) 
     for job in config["scrape_configs"]:
         job.pop("file_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if "authorization" in job:  # the imgserve job's operator key: any token while this server runs auth off
+            (tmp / "operator.key").write_text("test-operator-key")
+            job["authorization"]["credentials_file"] = str(tmp / "operator.key")
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = tmp / "prometheus.log"

@@ -243,6 +243,125 @@ def test_rayservice_has_cpu_and_gpu_worker_groups_with_probes_and_ports() -> Non
     assert models and all(d["ray_actor_options"].get("num_gpus", 0) > 0 for d in models)
 
 
+def _manifest(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc and doc["kind"] == kind]
+
+
+def _ray_containers() -> dict[str, dict[str, Any]]:
+    """The Ray container (containers[0]) of the head and of every worker group, by group name."""
+    cluster = _rayservice()["spec"]["rayClusterConfig"]
+    groups = {"head": cluster["headGroupSpec"]}
+    groups |= {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    return {name: group["template"]["spec"]["containers"][0] for name, group in groups.items()}
+
+
+def test_rayservice_turns_ray_token_auth_and_imgserve_auth_on() -> None:
+    """Ray's token auth from a Secret (KubeRay's authOptions: it generates the Secret, sets RAY_AUTH_MODE=token
+    and RAY_AUTH_TOKEN on every Ray container, and authenticates its own dashboard calls); imgserve requires keys
+    on every Ray container (the replicas run there); nothing turns either off."""
+    cluster = _rayservice()["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    for name, container in _ray_containers().items():
+        env = {var["name"]: var for var in container["env"]}
+        assert env["IMGSERVE_AUTH"] == {"name": "IMGSERVE_AUTH", "value": "required"}, name
+        assert env.get("RAY_AUTH_MODE", {}).get("value", "token") == "token", name
+    assert "RAY_AUTH_MODE: disabled" not in RAYSERVICE.read_text()
+
+
+def test_rayservice_publishes_only_the_serve_ports() -> None:
+    """No Service of the manifest carries the dashboard or any other Ray port; the head's own Service (KubeRay's)
+    stays in-cluster (no LoadBalancer/NodePort)."""
+    spec = _rayservice()["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    serve_ports = {serve_config["http_options"]["port"], serve_config["grpc_options"]["port"]}
+    services = _manifest("Service")
+    assert services
+    for service in services:
+        ports = {port["port"] for port in service["spec"]["ports"]}
+        assert ports <= serve_ports and 8265 not in ports, service["metadata"]["name"]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    head = spec["rayClusterConfig"]["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and "headService" not in head
+    assert not _manifest("Ingress") and "serveService" not in spec
+
+
+def test_rayservice_network_policy() -> None:
+    """Ingress to the pods: the serve ports from anywhere, everything from the RayService's own Ray pods, the
+    dashboard from the KubeRay operator, the metrics ports from the monitoring namespace; nothing else."""
+    (policy,) = _manifest("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "imgserve"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    serve_config = yaml.safe_load(_rayservice()["spec"]["serveConfigV2"])
+    serve_ports = {serve_config["http_options"]["port"], serve_config["grpc_options"]["port"]}
+    rules = spec["ingress"]
+    open_rules = [rule for rule in rules if "from" not in rule]
+    assert len(open_rules) == 1 and {p["port"] for p in open_rules[0]["ports"]} == serve_ports
+    by_peer = {yaml.safe_dump(rule["from"], sort_keys=True): rule for rule in rules if "from" in rule}
+    ray_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "imgserve", "ray.io/is-ray-node": "yes"}}}]
+    assert "ports" not in by_peer[yaml.safe_dump(ray_pods, sort_keys=True)]  # Ray's ports: many are random
+    operator = [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
+    ]
+    assert [p["port"] for p in by_peer[yaml.safe_dump(operator, sort_keys=True)]["ports"]] == [8265]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert {p["port"] for p in by_peer[yaml.safe_dump(monitoring, sort_keys=True)]["ports"]} == {8080, 9400}
+    assert len(by_peer) == 3
+    # Every pod the policy selects is a pod of the RayService, and every Ray pod carries the selected label.
+    for container_group in _rayservice()["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        assert container_group["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "imgserve"
+
+
+def test_metrics_sidecar_answers_only_its_bearer_token(tmp_path: Path) -> None:
+    """The sidecar's own code, run here on a free loopback port: 401 without the Secret's token, 200 with it."""
+    import os
+    import sys
+    import time
+
+    import httpx
+
+    from loadtests.server_process import free_port
+
+    head = _rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    sidecar = next(c for c in head["containers"] if c["name"] == "imgserve-metrics")
+    assert {
+        "name": "IMGSERVE_METRICS_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "imgserve-metrics", "key": "token"}},
+    } in sidecar["env"]
+    port = free_port()
+    code = sidecar["args"][0]
+    assert 'make_server("", 9400,' in code
+    code = code.replace('make_server("", 9400,', f'make_server("127.0.0.1", {port},')
+    env = {**os.environ, "IMGSERVE_METRICS_TOKEN": "s3cret\n", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                refused = httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the sidecar did not start"
+                time.sleep(0.1)
+        assert refused.status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=2).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer s3cret"}, timeout=2).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_dockerfile_binds_beyond_loopback_only_with_auth_required() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    env_block = re.search(r"^ENV (.+?)(?<!\\)\n", text, re.MULTILINE | re.DOTALL)
+    assert env_block and "IMGSERVE_AUTH=required" in env_block.group(1)
+    (cmd,) = re.findall(r"^CMD (.+)$", text, re.MULTILINE)
+    args = json.loads(cmd)
+    assert args[:2] == ["imgserve", "serve"] and args[args.index("--host") + 1] == "0.0.0.0"
+    assert "serve_config.container.yaml" not in text and "IMGSERVE_AUTH=off" not in text
+
+
 def test_render_cli_check_mode(tmp_path: Path) -> None:
     out = tmp_path / "rayservice.yaml"
     assert deploy_render.main(["--serve-config", str(SERVE_CONFIG), "--out", str(out)]) == 0
@@ -269,19 +388,41 @@ def _promtool() -> str:
 
 @pytest.mark.parametrize("config", PROMETHEUS_CONFIGS, ids=lambda p: p.name)
 def test_promtool_check_config(config: Path, tmp_path: Path) -> None:
+    """A copy of the config is checked: promtool insists the bearer token files exist (an operator key / the
+    metrics Secret, made at deploy time), so they point at a file written here; everything else is as shipped."""
     promtool = _promtool()
-    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    parsed = yaml.safe_load(config.read_text())
+    parsed["rule_files"] = [str(config.parent / rule) for rule in parsed.get("rule_files", [])]
+    (tmp_path / "token").write_text("test-token")
+    for job in parsed["scrape_configs"]:
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(tmp_path / "token")
+    copy = tmp_path / config.name
+    copy.write_text(yaml.safe_dump(parsed))
+    result = subprocess.run([promtool, "check", "config", str(copy)], capture_output=True, text=True)
     if result.returncode != 0 and "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
         # Debian builds Prometheus without Kubernetes discovery: check everything else, with static targets.
-        parsed = yaml.safe_load(config.read_text())
-        parsed["rule_files"] = [str(config.parent / rule) for rule in parsed.get("rule_files", [])]
         for job in parsed["scrape_configs"]:
             if job.pop("kubernetes_sd_configs", None) is not None:
                 job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
-        copy = tmp_path / config.name
         copy.write_text(yaml.safe_dump(parsed))
         result = subprocess.run([promtool, "check", "config", str(copy)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_imgserve_scrape_jobs_send_a_bearer_token() -> None:
+    """/metrics needs an operator key (and the cluster's metrics sidecar its Secret's token): every imgserve job
+    sends one; Ray's metrics port (loopback locally, NetworkPolicy in the cluster) takes none."""
+    for config in PROMETHEUS_CONFIGS:
+        jobs = {job["job_name"]: job for job in yaml.safe_load(config.read_text())["scrape_configs"]}
+        auth = jobs["imgserve"]["authorization"]
+        assert auth["type"] == "Bearer" and Path(auth["credentials_file"]).is_absolute(), config.name
+    monitors = [doc for doc in yaml.safe_load_all((DEPLOY / "prometheus" / "kubernetes.yml").read_text()) if doc]
+    endpoints = {e["port"]: e for m in monitors if m["kind"] == "PodMonitor" for e in m["spec"]["podMetricsEndpoints"]}
+    assert endpoints["imgserve-metrics"]["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "imgserve-metrics", "key": "token"},
+    }
 
 
 def test_promtool_check_rules() -> None:

@@ -27,6 +27,12 @@ from serving.service import Analysis, Classification
 
 pytestmark = pytest.mark.unit
 SECRET = "s3cret"
+HOOK_ADDRESS = "93.184.215.14"  # what hooks.test "resolves" to: a public address (the mock transport connects nowhere)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    assert host == "hooks.test", host
+    return [HOOK_ADDRESS]
 
 
 class FakeService:
@@ -78,7 +84,7 @@ def _runner(
 ) -> JobRunner:
     engine, objects, settings = parts
     queue = WorkQueue(engine)
-    return JobRunner(queue, objects, service, settings, WebhookSender(queue, settings, client))
+    return JobRunner(queue, objects, service, settings, WebhookSender(queue, settings, client, resolver=_resolve))
 
 
 def _submit(
@@ -158,14 +164,17 @@ def test_webhook_is_signed_retried_and_recorded(parts) -> None:
     body = seen[-1].content
     assert verify(body, SECRET.encode(), seen[-1].headers[SIGNATURE_HEADER])
     assert not verify(body + b" ", SECRET.encode(), seen[-1].headers[SIGNATURE_HEADER])
+    assert seen[-1].headers[SIGNATURE_HEADER].startswith("t=")
+    # sent to the checked address, with the name the client gave as the Host header
+    assert seen[-1].url.host == HOOK_ADDRESS and seen[-1].headers["host"] == "hooks.test"
     document = json.loads(body)
     assert document["job_id"] == job_id and document["status"] == "completed" and document["counts"]["done"] == 2
     assert len({r.headers["X-Imgserve-Delivery"] for r in seen}) == 1
     deliveries = store.deliveries([job_id])
-    assert [(d["attempt"], d["status_code"], d["delivered"]) for d in deliveries] == [
-        (1, 500, False),
-        (2, 503, False),
-        (3, 200, True),
+    assert [(d["attempt"], d["status_code"], d["error"], d["delivered"]) for d in deliveries] == [
+        (1, 500, "5xx", False),
+        (2, 503, "5xx", False),
+        (3, 200, None, True),
     ]
     assert store.get_job(job_id).webhook_state == "delivered"
     assert asyncio.run(runner.webhooks.deliver(store.get_job(job_id))) is False  # never twice

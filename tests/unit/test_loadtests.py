@@ -1,7 +1,9 @@
 """The benchmark harness: image mixes, peak/ratio arithmetic, the bench.json/BENCHMARKS.md writers, the baselines."""
 
+import functools
 import io
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -12,12 +14,30 @@ from PIL import Image
 
 from loadtests.baselines import naive_server, triton_server
 from loadtests.bench import limits, machine
+from loadtests.bench.auth import BenchKey, parse_key, scrub, verify_enforced
+from loadtests.bench.catalog import (
+    AUTH_PAIRS,
+    IMGSERVE_ENV,
+    IMGSERVE_EXTRA_ARGS,
+    imgserve_command_line,
+    is_grpc,
+    key_command_line,
+)
+from loadtests.bench.catalog import SERVERS as SERVER_NAMES
 from loadtests.bench.cli import Plan, parse_args, settings_record
 from loadtests.bench.markdown import MD_BEGIN, MD_END, render_markdown, update_markdown
 from loadtests.bench.measure import best_of_rounds
-from loadtests.bench.report import build_report, compute_ratios, generator_summary, level_record, peak, write_json
+from loadtests.bench.report import (
+    auth_overhead,
+    build_report,
+    compute_ratios,
+    generator_summary,
+    level_record,
+    peak,
+    write_json,
+)
 from loadtests.bench.servers import Server, build_servers, last_error
-from loadtests.closed_loop import LevelResult
+from loadtests.closed_loop import LevelResult, grpc_sender, http_sender
 from loadtests.images import camera_candidates, decode_problem, load_mix, megapixels, select_camera, web_paths
 from loadtests.server_process import ProcessSession, StartError, free_port, imgserve_command, session_pids
 from pipelines.decode import decode_image
@@ -470,3 +490,222 @@ def test_start_failures_say_why_with_the_logs_verdict(tmp_path: Path) -> None:
         assert server.log_path == tmp_path / "broken.log"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ auth on vs off
+
+FAKE_KEY = "isk_0123456789ab_" + "k" * 43
+
+# A stand-in for `imgserve keys create`: records its arguments and the environment it got, prints the key last.
+FAKE_KEYS_CLI = """
+import json, os, sys
+with open(os.environ["FAKE_RECORD"], "w") as out:
+    json.dump({"argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith("IMGSERVE_")}}, out)
+print("created key for tenant bench (role analyst)")
+print("store it now, it is not shown again:")
+print(os.environ.get("FAKE_KEY_LINE", "@KEY@"))
+sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
+""".replace("@KEY@", FAKE_KEY)
+
+# A stand-in for an imgserve server: ready at once; /v1/models wants the fake key when IMGSERVE_AUTH=required.
+FAKE_SERVER = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        enforced = os.environ.get("IMGSERVE_AUTH") == "required"
+        if self.path.startswith("/v1/models") and enforced and self.headers.get("Authorization") != "Bearer @KEY@":
+            status, body = 401, {"error": "missing or invalid API key", "kind": "unauthenticated"}
+        else:
+            status, body = 200, {"default_model": "m", "models": []}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+""".replace("@KEY@", FAKE_KEY)
+
+
+def fake_keys(tmp_path: Path, server: str = "imgserve_grpc_auth") -> tuple[BenchKey, Path]:
+    script = tmp_path / "fake_keys.py"
+    script.write_text(FAKE_KEYS_CLI)
+    return BenchKey(server, cli=[sys.executable, str(script)]), tmp_path / "keys-record.json"
+
+
+def test_auth_servers_are_their_twins_with_auth_required() -> None:
+    assert AUTH_PAIRS == {"imgserve_http_auth": "imgserve_http", "imgserve_grpc_auth": "imgserve_grpc"}
+    for auth_name, twin in AUTH_PAIRS.items():
+        assert SERVER_NAMES.index(auth_name) == SERVER_NAMES.index(twin) + 1  # measured right after its twin
+        assert IMGSERVE_EXTRA_ARGS[auth_name] == IMGSERVE_EXTRA_ARGS[twin] == []
+        assert IMGSERVE_ENV[auth_name] == {"IMGSERVE_AUTH": "required"} and twin not in IMGSERVE_ENV
+        assert is_grpc(auth_name) == is_grpc(twin)
+    assert (
+        imgserve_command_line("imgserve_grpc_auth")
+        == "IMGSERVE_AUTH=required imgserve serve --config serve_config.yaml"
+    )
+    assert imgserve_command_line("imgserve_grpc") == "imgserve serve --config serve_config.yaml"
+    assert key_command_line() == "imgserve keys create --name bench --role analyst --tenant bench"
+    assert parse_args(["--servers", "imgserve_grpc", "imgserve_grpc_auth"]).servers == [
+        "imgserve_grpc",
+        "imgserve_grpc_auth",
+    ]
+
+
+def test_auth_servers_are_built_with_a_key_to_make_and_send() -> None:
+    names = ["imgserve_http", "imgserve_http_auth", "imgserve_grpc_auth"]
+    plain, http_auth, grpc_auth = build_servers(names, Path("m.onnx"), Path("l.txt"), None)
+    assert plain.auth is None and plain.env == {} and plain.client_sender is None
+    assert http_auth.url.startswith("http://") and grpc_auth.url.startswith("grpc://")
+    for server in (http_auth, grpc_auth):
+        assert server.args[3::2][:2] == ["--http-port", "--grpc-port"]
+        assert server.args[:3] + server.args[7:] == plain.args[:3] + plain.args[7:]  # the same but for the ports
+        assert server.env == {"IMGSERVE_AUTH": "required"}
+        assert server.auth is not None and server.auth.server == server.name and server.auth.value is None
+        assert server.client_sender is None  # no key before the start: nothing made yet, nothing to send
+        server.auth.value = FAKE_KEY  # what start() leaves there
+        sender = server.client_sender
+        assert isinstance(sender, functools.partial) and sender.keywords == {"api_key": FAKE_KEY}
+        assert sender.func is (grpc_sender if server is grpc_auth else http_sender)
+
+
+def test_bench_key_is_made_with_the_cli_in_a_database_of_its_own(tmp_path: Path) -> None:
+    key, record = fake_keys(tmp_path)
+    assert key.create({"FAKE_RECORD": str(record)}) == FAKE_KEY and key.value == FAKE_KEY
+    seen = json.loads(record.read_text())
+    assert seen["argv"] == ["keys", "create", "--name", "bench", "--role", "analyst", "--tenant", "bench"]
+    assert key.folder is not None and key.folder.is_dir()
+    assert seen["env"]["IMGSERVE_DATABASE_URL"] == f"sqlite:///{key.folder / 'jobs.sqlite3'}" == key.database_url
+    assert seen["env"]["IMGSERVE_AUTH"] == "required"
+    assert key.env() == {"IMGSERVE_AUTH": "required", "IMGSERVE_DATABASE_URL": key.database_url}
+    folder = key.folder
+    key.create({"FAKE_RECORD": str(record)})  # a second start: a fresh database
+    assert key.folder != folder and not folder.exists()
+    key.cleanup()
+    assert key.value is None and key.folder is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FAKE_EXIT": "2"}, "exited with 2: " + "isk_[redacted]"),
+        ({"FAKE_KEY_LINE": "ok"}, "did not print a key"),
+        ({"FAKE_KEY_LINE": "isk_with space"}, "cannot be sent as a Bearer token"),
+    ],
+)
+def test_bench_key_failures_say_why_without_the_key(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    key, record = fake_keys(tmp_path)
+    with pytest.raises(RuntimeError, match=re.escape(message)) as failure:
+        key.create({"FAKE_RECORD": str(record), **env})
+    assert FAKE_KEY.split("_", 2)[2] not in str(failure.value) and "imgserve_grpc_auth" in str(failure.value)
+    assert key.folder is None and key.value is None  # a failed start leaves no database behind
+    assert parse_key(f"noise\n{FAKE_KEY}\n\n") == FAKE_KEY
+    assert scrub(f"key {FAKE_KEY} refused") == "key isk_[redacted] refused"
+
+
+def test_auth_server_start_makes_the_key_passes_it_and_checks_it_is_enforced(tmp_path: Path) -> None:
+    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
+    key, record = fake_keys(tmp_path, "imgserve_http_auth")
+    port = free_port()
+    server = Server(
+        "imgserve_http_auth",
+        [sys.executable, str(tmp_path / "fake_server.py"), str(port)],
+        url=f"http://127.0.0.1:{port}",
+        ready_url=f"http://127.0.0.1:{port}/ready",
+        env={"FAKE_RECORD": str(record)},
+        start_timeout=30,
+        auth=key,
+    )
+    try:
+        server.start(tmp_path / "logs")  # the fake refuses /v1/models without the key only if it got IMGSERVE_AUTH
+        assert key.value == FAKE_KEY and key.folder is not None
+        assert isinstance(server.client_sender, functools.partial)
+        folder = key.folder
+    finally:
+        server.stop(timeout=10)
+    assert not folder.exists() and key.value is None and server.client_sender is None
+    # The same server without auth: a call without a key is answered, so the check refuses to measure it.
+    session = ProcessSession(
+        [sys.executable, str(tmp_path / "fake_server.py"), str(port)],
+        log=tmp_path / "off.log",
+        ready_url=f"http://127.0.0.1:{port}/ready",
+        env={"IMGSERVE_AUTH": "off"},
+    )
+    session.start(timeout_s=30)
+    try:
+        with pytest.raises(RuntimeError, match="auth is not enforced"):
+            verify_enforced(f"http://127.0.0.1:{port}", FAKE_KEY, timeout=5)
+        session.stop(timeout_s=10)
+        session.env["IMGSERVE_AUTH"] = "required"
+        session.start(timeout_s=30)
+        with pytest.raises(RuntimeError, match="the bench key was refused"):
+            verify_enforced(f"http://127.0.0.1:{port}", "isk_0123456789ab_" + "w" * 43, timeout=5)
+    finally:
+        session.stop(timeout_s=10)
+
+
+def auth_levels(p50_c1: float, *rates: float) -> dict[str, dict]:
+    out = levels(*rates)
+    out["1"]["p50_ms"] = p50_c1
+    return out
+
+
+AUTH_SERVERS = {
+    **SERVERS,
+    "imgserve_grpc": {"web": auth_levels(5.0, 45.0, 160.0, 200.0, 195.0)},
+    "imgserve_grpc_auth": {"web": auth_levels(5.3, 44.0, 158.0, 190.0, 196.0), "args": ["serve"]},
+    "imgserve_http_auth": {"web": {}, "camera": {}, "error": "RuntimeError: imgserve_http_auth: auth is not enforced"},
+}
+
+
+def test_auth_overhead_sets_p50_and_peak_side_by_side() -> None:
+    rows = auth_overhead(AUTH_SERVERS)
+    assert len(rows) == 1  # http_auth was not measured; grpc_auth has no camera levels
+    row = rows[0]
+    assert (row["server"], row["baseline"], row["mix"]) == ("imgserve_grpc_auth", "imgserve_grpc", "web")
+    assert (row["p50_c1_off_ms"], row["p50_c1_on_ms"], row["p50_c1_delta_ms"]) == (5.0, 5.3, 0.3)
+    assert row["p50_goal_ms"] == 0.5 and row["p50_goal_met"] is True
+    assert row["peak_off"] == {"concurrency": 32, "images_per_s": 200.0}
+    assert row["peak_on"] == {"concurrency": 64, "images_per_s": 196.0} and row["peak_change_pct"] == -2.0
+    slow = {**AUTH_SERVERS, "imgserve_grpc_auth": {"web": auth_levels(5.6, 44.0, 158.0, 190.0, 196.0)}}
+    assert auth_overhead(slow)[0]["p50_goal_met"] is False
+    assert auth_overhead(SERVERS) == []
+    # The auth servers change neither the headline ratios nor the placement comparison.
+    fast = with_c16(AUTH_SERVERS, imgserve_grpc={"images_per_s": 160.0}, imgserve_grpc_auth={"images_per_s": 999.0})
+    ratios, peaks = compute_ratios(fast, LIMIT)
+    assert (
+        peaks["web"]["imgserve"]["server"] == "imgserve_grpc" and peaks["web"]["best_c16"]["server"] == "imgserve_grpc"
+    )
+
+
+def test_markdown_shows_auth_on_vs_off() -> None:
+    assert "Auth overhead" not in render_markdown(report())  # a report without auth servers: no section
+    data = report()
+    data["servers"] = AUTH_SERVERS
+    data["auth_overhead"] = auth_overhead(AUTH_SERVERS)
+    servers = ["imgserve_grpc", "imgserve_grpc_auth", "imgserve_http", "imgserve_http_auth"]
+    data["settings"] = {**data["settings"], **settings_record(Plan.from_args(parse_args([])), 1, "make bench", servers)}
+    assert data["settings"]["auth"]["pairs"] == AUTH_PAIRS
+    assert data["settings"]["imgserve_commands"]["imgserve_grpc_auth"].startswith("IMGSERVE_AUTH=required imgserve")
+    section = render_markdown(data)
+    assert "#### Auth overhead: IMGSERVE_AUTH=required vs off" in section
+    assert "`imgserve keys create --name bench --role analyst --tenant bench`" in section
+    assert (
+        "| imgserve_grpc_auth | imgserve_grpc | web | 5.00 | 5.30 | +0.30 | c32: 200.0 | c64: 196.0 | -2.0 % | met |"
+        in section
+    )
+    assert (
+        "| imgserve_http_auth | imgserve_http | – | | | | | | | not measured: RuntimeError: imgserve_http_auth: auth"
+        in section
+    )
+    assert "| imgserve_grpc_auth | 1 | 44.0 | 5.3 |" in section  # and its levels in the mix table, after its twin's
+    assert section.index("| imgserve_grpc | 1 |") < section.index("| imgserve_grpc_auth | 1 |")
+    assert (
+        "imgserve_http_auth, imgserve_grpc_auth: `IMGSERVE_AUTH=required imgserve serve --config serve_config.yaml`"
+        in section
+    )

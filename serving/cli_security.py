@@ -1,0 +1,164 @@
+"""`imgserve keys` and `imgserve tenants`: manage API keys and tenants directly in the job database.
+
+The database (IMGSERVE_DATABASE_URL, default the SQLite file under IMGSERVE_CACHE_DIR) is the root of trust:
+whoever can write it can make keys, so these commands need no key themselves. Every change is audited
+(client "cli").
+"""
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _engine() -> Any:
+    from serving.jobs.database import create_store_engine, migrate
+    from serving.jobs.settings import JobSettings
+
+    engine = create_store_engine(JobSettings.from_env().database_url)
+    migrate(engine)
+    return engine
+
+
+def _audit(engine: Any, action: str, target: str, tenant: str, detail: dict[str, Any] | None = None) -> None:
+    from serving.security.audit import AuditEntry, write_entry
+
+    with engine.begin() as conn:
+        write_entry(conn, AuditEntry(action=action, client="cli", tenant=tenant, target=target, detail=detail))
+
+
+def _rate(text: str) -> float:
+    """`5`, `5/s`, `300/min`, `1000/h` -> requests per second."""
+    value, _, unit = text.partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}.get(unit.strip())
+    if per is None:
+        raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h, got {text!r}")
+    try:
+        return float(value) / per
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h, got {text!r}") from None
+
+
+def _quota(text: str) -> int:
+    value = text.split("/")[0]
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quota must look like 10000 or 10000/day, got {text!r}") from None
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from serving.security.keys import KeyStore
+
+    engine = _engine()
+    try:
+        record, key = KeyStore(engine).create(args.name, args.role, args.tenant, args.rate, args.burst, args.quota)
+    except ValueError as exc:
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
+    _audit(engine, "key.create", record.id, record.tenant, {"role": record.role, "name": record.name})
+    limits = f"rate {record.rate_per_s:g}/s burst {record.burst}" if record.rate_per_s else "no rate limit"
+    quota = f"quota {record.quota_images_per_day} images/day" if record.quota_images_per_day is not None else "no quota"
+    print(f"created key {record.id} ({record.name}): tenant {record.tenant}, role {record.role}, {limits}, {quota}")
+    print("the key is shown once; store it now (clients send it as 'Authorization: Bearer <key>'):")
+    print(key)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from serving.security.keys import KeyStore
+
+    records = KeyStore(_engine()).list(args.tenant, args.all)
+    if args.json:
+        print(json.dumps([r.public() for r in records], indent=2))
+        return 0
+    for r in records:
+        state = "revoked" if r.revoked_at else "active"
+        rate = f"{r.rate_per_s:g}/s" if r.rate_per_s else "-"
+        quota = str(r.quota_images_per_day) if r.quota_images_per_day is not None else "-"
+        print(f"{r.id}  {state:7}  {r.tenant:16} {r.role:9} rate {rate:8} quota {quota:10} {r.name}")
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from serving.security.keys import KeyStore
+
+    engine = _engine()
+    try:
+        record = KeyStore(engine).revoke(args.key_id)
+    except KeyError:
+        print(f"imgserve: error: no key with id {args.key_id!r}", file=sys.stderr)
+        return 1
+    _audit(engine, "key.revoke", record.id, record.tenant)
+    print(f"revoked key {record.id} ({record.name}); replicas stop accepting it within IMGSERVE_KEY_CACHE_S (5 s)")
+    return 0
+
+
+def _cmd_tenants_set(args: argparse.Namespace) -> int:
+    from serving.security.tenants import TenantStore
+
+    engine = _engine()
+    try:
+        policy = TenantStore(engine).update(
+            args.tenant, args.anonymize, args.quota_images, args.quota_bytes, clear_quotas=args.clear_quotas
+        )
+    except ValueError as exc:
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
+    _audit(engine, "tenant.update", policy.id, policy.id, policy.__dict__)
+    print(json.dumps(policy.__dict__))
+    return 0
+
+
+def _cmd_tenants_list(args: argparse.Namespace) -> int:
+    from serving.security.tenants import TenantStore
+
+    print(json.dumps(TenantStore(_engine()).list(), indent=2))
+    return 0
+
+
+def _cmd_tenants_secret(args: argparse.Namespace) -> int:
+    from serving.security.tenants import TenantStore
+
+    engine = _engine()
+    secret = TenantStore(engine).webhook_secret(args.tenant, rotate=args.rotate)
+    _audit(engine, "tenant.webhook_secret" + (".rotate" if args.rotate else ".read"), args.tenant, args.tenant)
+    print(f"webhook signing secret of tenant {args.tenant} (verify X-Imgserve-Signature with it):")
+    print(secret.decode())
+    return 0
+
+
+def add_security_commands(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys (create, list, revoke) in the job database")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key; printed once, as the last line")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--role", required=True, choices=("viewer", "analyst", "operator", "admin"))
+    create.add_argument("--tenant", required=True, help="the tenant whose jobs the key reads and makes")
+    create.add_argument("--rate", type=_rate, default=None, help="request rate limit: 5, 5/s, 300/min (default none)")
+    create.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: 1 s of --rate)")
+    create.add_argument("--quota", type=_quota, default=None, help="images per UTC day, e.g. 10000/day (default none)")
+    create.set_defaults(func=_cmd_keys_create)
+    listing = keys_sub.add_parser("list", help="keys (never the secrets)")
+    listing.add_argument("--tenant", default=None)
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="stop a key working (within IMGSERVE_KEY_CACHE_S seconds)")
+    revoke.add_argument("key_id", help="the key's id (isk_<id>_...), as `keys list` shows it")
+    revoke.set_defaults(func=_cmd_keys_revoke)
+
+    tenants = sub.add_parser("tenants", help="tenants' quotas, forced anonymisation, webhook secrets")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    update = tenants_sub.add_parser("set", help="change a tenant's settings")
+    update.add_argument("tenant")
+    update.add_argument("--anonymize", action=argparse.BooleanOptionalAction, default=None, help="force anonymize")
+    update.add_argument("--quota-images", type=_quota, default=None, help="images per UTC day for the tenant")
+    update.add_argument("--quota-bytes", type=int, default=None, help="bytes of batch inputs the tenant may store")
+    update.add_argument("--clear-quotas", action="store_true", help="remove both quotas")
+    update.set_defaults(func=_cmd_tenants_set)
+    tenants_sub.add_parser("list", help="tenants and their settings").set_defaults(func=_cmd_tenants_list)
+    secret = tenants_sub.add_parser("webhook-secret", help="print (or --rotate) the tenant's webhook signing secret")
+    secret.add_argument("tenant")
+    secret.add_argument("--rotate", action="store_true")
+    secret.set_defaults(func=_cmd_tenants_secret)

@@ -1,0 +1,36 @@
+"""`GET /v1/audit` (admin): the audit log, filtered and paged (serving.security.audit)."""
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from serving.errors import ModelUnavailableError
+from serving.security.audit import query_audit
+
+router = APIRouter(prefix="/v1", tags=["security"])
+
+
+@router.get("/audit")
+async def audit(
+    request: Request,
+    tenant: str | None = Query(default=None, max_length=64, description="Only this tenant's entries."),
+    action: str | None = Query(default=None, max_length=48, description="e.g. job.purge, or job.* / auth.*"),
+    key_id: str | None = Query(default=None, max_length=16),
+    outcome: str | None = Query(default=None, pattern="^(ok|denied|failed)$"),
+    since: float | None = Query(default=None, description="UNIX seconds, inclusive."),
+    until: float | None = Query(default=None, description="UNIX seconds, exclusive."),
+    after: int = Query(default=0, ge=0, description="Paging cursor: entries with a larger id (next_after)."),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Entries oldest first; pass `next_after` back as `after` for the next page (null: no more)."""
+    gate, jobs = request.app.state.gate, request.app.state.jobs
+    engine = gate.engine or (jobs.engine if jobs is not None else None)  # auth off: job actions are still logged
+    if engine is None:
+        raise ModelUnavailableError("no audit log: auth is off and batch jobs are disabled")
+    if jobs is not None:
+        await jobs.ready()  # migrated
+    if gate.audit_writer is not None:
+        await gate.audit_writer.flush()  # this replica's refusals are in before it answers
+    entries = await asyncio.to_thread(query_audit, engine, tenant, action, key_id, outcome, since, until, after, limit)
+    return {"entries": entries, "next_after": entries[-1]["id"] if len(entries) == limit else None}

@@ -1,0 +1,47 @@
+"""ASGI middleware: every HTTP request passes the security gate (serving.security.gate) before any work.
+
+Open: the liveness/readiness probes. A refused request gets imgserve's JSON error body: 401 (with
+`WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; the admitted principal is put in `scope["state"]`.
+"""
+
+import math
+from typing import Any
+
+from serving.http.middleware import Receive, Scope, Send, request_header, send_json_error
+from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from serving.security.gate import SecurityGate
+from serving.security.principal import http_role
+
+
+def client_address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def refusal_headers(error: Exception) -> tuple[tuple[bytes, bytes], ...]:
+    if isinstance(error, RateLimitedError):
+        return ((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()),)
+    if isinstance(error, UnauthenticatedError):
+        return ((b"www-authenticate", b'Bearer realm="imgserve"'),)
+    return ()
+
+
+class AuthMiddleware:
+    def __init__(self, app: Any, gate: SecurityGate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        role = http_role(scope.get("method", "GET"), path)
+        try:
+            principal = await self.gate.admit(
+                request_header(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
+            )
+        except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
+            await send_json_error(send, error.http_status, str(error), error.kind, refusal_headers(error))
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -1,0 +1,123 @@
+"""Erasure and retention: purge one job at once (right to erasure), sweep expired jobs, drop orphaned objects.
+
+A purge deletes the job's row, items, results, events and webhook deliveries in one transaction, with its audit
+entry (ids and counts only, never content); then the stored input objects no other job references. Objects are
+content-addressed and shared between jobs that sent the same bytes, so an object another job still needs stays.
+The sweeper (`IMGSERVE_RETENTION_DAYS`) purges finished jobs older than the retention (and open jobs never
+started), and deletes stored objects no job references that are older than an hour (inputs of refused
+submissions, or left by a crash); the hour keeps it clear of a submission still being written.
+"""
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import sqlalchemy as sa
+
+from serving.jobs.errors import JobNotFoundError
+from serving.jobs.objects import ObjectStore
+from serving.jobs.records import FINAL_JOB_STATES
+from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
+from serving.security.audit import AuditEntry, write_entry
+
+logger = logging.getLogger("imgserve.jobs")
+ORPHAN_GRACE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    jobs: int = 0
+    items: int = 0
+    objects: int = 0
+
+
+def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
+    digests = list(digests)
+    if not digests:
+        return set()
+    query = sa.select(job_items.c.source).where(job_items.c.source_kind == "object", job_items.c.source.in_(digests))
+    return {row.source for row in conn.execute(query)}
+
+
+def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str]]:
+    """(items deleted, digests of their stored inputs)."""
+    digests = {
+        row.source
+        for row in conn.execute(
+            sa.select(job_items.c.source).where(job_items.c.job_id == job_id, job_items.c.source_kind == "object")
+        )
+    }
+    conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.job_id == job_id))
+    conn.execute(job_events.delete().where(job_events.c.job_id == job_id))
+    conn.execute(job_results.delete().where(job_results.c.job_id == job_id))
+    items = conn.execute(job_items.delete().where(job_items.c.job_id == job_id)).rowcount
+    conn.execute(jobs.delete().where(jobs.c.id == job_id))
+    return int(items or 0), digests
+
+
+def purge_job(
+    engine: sa.Engine, objects: ObjectStore | None, job_id: str, tenant: str | None, audit: AuditEntry | None
+) -> PurgeReport:
+    """Erase one job (of `tenant`, when given: another tenant's job is "not found") and its unshared inputs."""
+    with engine.begin() as conn:
+        query = sa.select(jobs.c.id).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        if conn.execute(query).first() is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        items, digests = _delete_job_rows(conn, job_id)
+        orphaned = digests - _referenced(conn, digests)
+        if audit is not None:
+            write_entry(conn, replace(audit, target=job_id, detail={"items": items, "objects": len(orphaned)}))
+    if objects is not None:
+        for digest in orphaned:
+            objects.delete(digest)
+    return PurgeReport(1, items, len(orphaned))
+
+
+def expired_jobs(engine: sa.Engine, cutoff: float) -> list[tuple[str, str]]:
+    """(job id, tenant) of finished jobs that ended before `cutoff` and open jobs created before it."""
+    finished = sa.and_(jobs.c.status.in_(FINAL_JOB_STATES), jobs.c.finished_at < cutoff)
+    never_started = sa.and_(jobs.c.status == "open", jobs.c.created_at < cutoff)
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(jobs.c.id, jobs.c.tenant).where(sa.or_(finished, never_started)))
+        return [(row.id, row.tenant) for row in rows]
+
+
+def drop_orphaned_objects(engine: sa.Engine, objects: ObjectStore, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    stored = objects.stored()
+    old = [digest for digest, modified in stored.items() if now - modified > ORPHAN_GRACE_S]
+    dropped = 0
+    for start in range(0, len(old), 500):
+        chunk = old[start : start + 500]
+        with engine.begin() as conn:
+            keep = _referenced(conn, chunk)
+        for digest in chunk:
+            if digest not in keep:
+                objects.delete(digest)
+                dropped += 1
+    return dropped
+
+
+def sweep(engine: sa.Engine, objects: ObjectStore, retention_s: float, now: float | None = None) -> PurgeReport:
+    """Purge every expired job and drop orphaned objects; one audit entry per purged job, one for the sweep."""
+    now = time.time() if now is None else now
+    total = PurgeReport()
+    for job_id, tenant in expired_jobs(engine, now - retention_s):
+        entry = AuditEntry(action="job.expire", tenant=tenant, outcome="ok")
+        try:
+            report = purge_job(engine, objects, job_id, None, entry)
+        except JobNotFoundError:
+            continue  # purged meanwhile
+        total = PurgeReport(total.jobs + 1, total.items + report.items, total.objects + report.objects)
+    orphans = drop_orphaned_objects(engine, objects, now)
+    total = replace(total, objects=total.objects + orphans)
+    if total.jobs or total.objects:
+        with engine.begin() as conn:
+            write_entry(conn, AuditEntry(action="retention.sweep", detail=total.__dict__))
+        logger.info("retention sweep: %s", total)
+    return total

@@ -1,0 +1,131 @@
+"""The one check every request passes before any work: authenticate, authorise the role, rate-limit.
+
+The HTTP middleware (serving.http.auth) and the gRPC edge (serving.grpc.edge) both call `SecurityGate.admit`;
+the admitted `Principal` is kept in a context variable for the rest of the request (the service charges images
+to it, the job routes scope jobs by its tenant). Refusals are audited and counted.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Literal
+
+import sqlalchemy as sa
+
+from serving.errors import ServiceError
+from serving.security.audit import AuditEntry, AuditWriter
+from serving.security.authenticator import Authenticator
+from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from serving.security.limits import RateLimiter, UsageMeter
+from serving.security.principal import ANONYMOUS, Principal, Role
+from serving.security.settings import SecuritySettings
+from serving.security.tenants import TenantPolicy, TenantStore
+
+logger = logging.getLogger("imgserve.security")
+CURRENT_PRINCIPAL: ContextVar[Principal | None] = ContextVar("imgserve_principal", default=None)
+POLICY_CACHE_S = 5.0
+
+
+def current_principal() -> Principal:
+    """The caller of the request being handled (ANONYMOUS when auth is off or outside a request)."""
+    return CURRENT_PRINCIPAL.get() or ANONYMOUS
+
+
+class SecurityGate:
+    def __init__(self, mode: Literal["required", "off"], engine: sa.Engine | None, settings: SecuritySettings):
+        if mode == "required" and engine is None:
+            raise ValueError("auth required needs the key database")
+        self.mode, self.engine, self.settings = mode, engine, settings
+        self.authenticator = Authenticator(engine, settings) if engine is not None and mode == "required" else None
+        self.limiter = RateLimiter(engine) if engine is not None else None
+        self.usage = UsageMeter(engine) if engine is not None else None
+        self.audit_writer = AuditWriter(engine) if engine is not None else None
+        self.tenants = TenantStore(engine) if engine is not None else None
+        self._policies: dict[str, tuple[float, TenantPolicy]] = {}
+
+    @property
+    def required(self) -> bool:
+        return self.mode == "required"
+
+    def audit(self, entry: AuditEntry) -> None:
+        if self.audit_writer is not None:
+            self.audit_writer.add(entry)
+
+    def _refused(self, error: ServiceError, client: str | None, endpoint: str, who: Principal | None) -> None:
+        from serving.metrics import AUTH_REFUSED
+
+        AUTH_REFUSED.labels(who.tenant if who else "none", error.kind).inc()
+        self.audit(AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint))
+
+    async def admit(self, authorization: str | None, client: str | None, role: Role | None, endpoint: str) -> Principal:
+        """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited)."""
+        if role is None:
+            return ANONYMOUS  # an open probe: nothing is read or changed on anyone's behalf
+        if not self.required:
+            CURRENT_PRINCIPAL.set(ANONYMOUS)
+            return ANONYMOUS
+        assert self.authenticator is not None and self.limiter is not None
+        principal: Principal | None = None
+        try:
+            principal = await self.authenticator.authenticate(authorization)
+            if not principal.has(role):
+                raise PermissionDeniedError(f"this key's role ({principal.role}) cannot do this; it needs {role}")
+            await self.limiter.take(principal)
+        except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
+            self._refused(error, client, endpoint, principal)
+            raise
+        CURRENT_PRINCIPAL.set(principal)
+        return principal
+
+    async def tenant_policy(self, tenant: str) -> TenantPolicy:
+        if self.tenants is None:
+            return TenantPolicy(tenant)
+        cached = self._policies.get(tenant)
+        now = time.monotonic()
+        if cached is None or cached[0] <= now:
+            policy = await asyncio.to_thread(self.tenants.policy, tenant)
+            self._policies[tenant] = cached = (now + POLICY_CACHE_S, policy)
+        return cached[1]
+
+    async def charge_images(self, images: int) -> None:
+        """Count the current caller's images against its quotas (429 `quota_exceeded` when one would pass)."""
+        principal = CURRENT_PRINCIPAL.get()
+        if not self.required or self.usage is None or principal is None:
+            return  # auth off, or work the server does on its own (the batch loop: charged at submission)
+        policy = await self.tenant_policy(principal.tenant)
+        try:
+            await self.usage.charge(principal, images, policy.quota_images_per_day)
+        except RateLimitedError as error:
+            self._refused(error, None, "quota", principal)
+            raise
+
+    async def anonymize_forced(self) -> bool:
+        return (await self.tenant_policy(current_principal().tenant)).anonymize if self.required else False
+
+
+def build_gate(
+    settings: SecuritySettings, engine_factory: Callable[[], sa.Engine], bind_hosts: list[str]
+) -> SecurityGate:
+    """The gate of one replica: the key database (`engine_factory()`, migrated by the caller) is opened only when
+    auth is required."""
+    mode = settings.effective_auth(bind_hosts) if settings.auth == "auto" else settings.auth
+    if mode == "off":
+        return SecurityGate("off", None, settings)
+    return SecurityGate("required", engine_factory(), settings)
+
+
+_REPLICA_GATE: list[SecurityGate] = []
+
+
+def set_replica_gate(gate: SecurityGate) -> None:
+    """The gate the gRPC methods of this process use (the Ingress sets it; like serving.admission's limit)."""
+    _REPLICA_GATE[:] = [gate]
+
+
+def replica_gate() -> SecurityGate:
+    """This replica's gate; auth off until an Ingress sets one (in-process tests, tools)."""
+    if not _REPLICA_GATE:
+        _REPLICA_GATE.append(SecurityGate("off", None, SecuritySettings(auth="off")))
+    return _REPLICA_GATE[0]

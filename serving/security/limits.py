@@ -1,0 +1,171 @@
+"""Per-key rate limits (token buckets) and daily image quotas, with their state in the shared database.
+
+Rate limits: each key with a rate has one token bucket in `rate_buckets` (capacity `burst`, refilled at `rate_per_s`).
+A replica takes tokens from it in small leases (a tenth of a second's worth, at least one) and spends them
+locally, so the limit holds across every replica and process (they share the bucket row; the transaction that
+takes a lease is serialised by SQLite's write lock or PostgreSQL's row lock) while a fast key costs at most ~10
+database writes per second per replica. Leased tokens not spent within a second lapse, so a limit is never
+exceeded, only (slightly) under-used. Keys without a rate never touch the database here.
+
+Quotas: images are counted per key and UTC day in `usage_daily`. Counts are added in memory and written every
+second; a request is refused when the stored count plus what this replica has not written yet would pass the
+key's or the tenant's daily quota, so with N replicas a quota can be overshot by at most N seconds of traffic.
+"""
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from serving.security.errors import QuotaExceededError, RateLimitedError
+from serving.security.principal import Principal
+from serving.security.tables import rate_buckets, usage_daily
+
+logger = logging.getLogger("imgserve.security")
+LEASE_S = 0.1  # a lease is this many seconds of a key's rate (at least one token)
+LEASE_TTL_S = 1.0
+
+
+def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, object]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+@dataclass
+class _Lease:
+    tokens: int = 0
+    expires: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class RateLimiter:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self._leases: dict[str, _Lease] = {}
+
+    def _take_lease(self, key_id: str, rate: float, burst: int, want: int) -> tuple[int, float]:
+        """(tokens granted, seconds until one token is available when none were)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            _insert_ignore(conn, rate_buckets, {"key_id": key_id, "tokens": float(burst), "updated_at": now})
+            query = sa.select(rate_buckets).where(rate_buckets.c.key_id == key_id)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).one()
+            tokens = min(float(burst), row.tokens + max(0.0, now - row.updated_at) * rate)
+            granted = min(want, math.floor(tokens))
+            conn.execute(
+                rate_buckets.update()
+                .where(rate_buckets.c.key_id == key_id)
+                .values(tokens=tokens - granted, updated_at=now)
+            )
+        return granted, (0.0 if granted else (1.0 - tokens) / rate)
+
+    async def take(self, principal: Principal) -> None:
+        """Spend one request token of `principal`'s key; raises RateLimitedError when there is none."""
+        if principal.rate_per_s is None or principal.key_id is None:
+            return
+        lease = self._leases.setdefault(principal.key_id, _Lease())
+        async with lease.lock:
+            now = time.monotonic()
+            if lease.tokens <= 0 or now >= lease.expires:
+                rate, burst = principal.rate_per_s, principal.burst or max(1, int(principal.rate_per_s))
+                want = max(1, min(burst, int(rate * LEASE_S)))
+                granted, wait = await asyncio.to_thread(self._take_lease, principal.key_id, rate, burst, want)
+                if not granted:
+                    raise RateLimitedError(
+                        f"rate limit of {rate:g} requests/s for this key exceeded; retry after {wait:.2f} s", wait
+                    )
+                lease.tokens, lease.expires = granted, now + LEASE_TTL_S
+            lease.tokens -= 1
+
+
+def utc_day(now: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_utc_midnight(now: float | None = None) -> float:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - moment).total_seconds()
+
+
+class UsageMeter:
+    """Counts images per key and day; refuses a request that would pass the key's or tenant's daily quota."""
+
+    def __init__(self, engine: sa.Engine, flush_s: float = 1.0):
+        self.engine, self.flush_s = engine, flush_s
+        self._pending: dict[tuple[str, str, str], int] = {}  # (key id, tenant, day) -> images not written yet
+        self._stored_key: dict[tuple[str, str], int] = {}  # (key id, day) -> count at the last read
+        self._stored_tenant: dict[tuple[str, str], int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _read(self, key_id: str, tenant: str, day: str) -> tuple[int, int]:
+        with self.engine.begin() as conn:
+            by_key = conn.execute(
+                sa.select(usage_daily.c.images).where(usage_daily.c.key_id == key_id, usage_daily.c.day == day)
+            ).scalar()
+            by_tenant = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(usage_daily.c.images), 0)).where(
+                    usage_daily.c.tenant == tenant, usage_daily.c.day == day
+                )
+            ).scalar()
+        return int(by_key or 0), int(by_tenant or 0)
+
+    def _write(self, pending: dict[tuple[str, str, str], int]) -> None:
+        with self.engine.begin() as conn:
+            for (key_id, tenant, day), images in pending.items():
+                values = {"key_id": key_id, "day": day, "tenant": tenant, "images": 0}
+                _insert_ignore(conn, usage_daily, values)
+                conn.execute(
+                    usage_daily.update()
+                    .where(usage_daily.c.key_id == key_id, usage_daily.c.day == day)
+                    .values(images=usage_daily.c.images + images)
+                )
+
+    async def flush(self) -> None:
+        """Write the pending counts; forget the stored ones so the next check reads what every replica wrote."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            try:
+                await asyncio.to_thread(self._write, pending)
+            except Exception:  # noqa: BLE001 - keep the counts for the next flush
+                logger.exception("could not write usage counts")
+                for slot, images in pending.items():
+                    self._pending[slot] = self._pending.get(slot, 0) + images
+        self._stored_key.clear()
+        self._stored_tenant.clear()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def charge(self, principal: Principal, images: int, tenant_quota: int | None = None) -> None:
+        """Count `images` for the caller; QuotaExceededError (nothing counted) when a daily quota would pass."""
+        key_id = principal.key_id or f"{principal.source}:{principal.tenant}"
+        day = utc_day()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+        quotas = (principal.quota_images_per_day, tenant_quota)
+        if any(q is not None for q in quotas):
+            if (key_id, day) not in self._stored_key:
+                by_key, by_tenant = await asyncio.to_thread(self._read, key_id, principal.tenant, day)
+                self._stored_key[(key_id, day)], self._stored_tenant[(principal.tenant, day)] = by_key, by_tenant
+            pending_key = self._pending.get((key_id, principal.tenant, day), 0)
+            pending_tenant = sum(n for (_, t, d), n in self._pending.items() if t == principal.tenant and d == day)
+            used_key = self._stored_key[(key_id, day)] + pending_key
+            used_tenant = self._stored_tenant.get((principal.tenant, day), 0) + pending_tenant
+            for quota, used, whose in ((quotas[0], used_key, "key"), (quotas[1], used_tenant, "tenant")):
+                if quota is not None and used + images > quota:
+                    raise QuotaExceededError(
+                        f"daily quota of {quota} images for this {whose} reached ({used} used today, UTC)",
+                        seconds_to_utc_midnight(),
+                    )
+        slot = (key_id, principal.tenant, day)
+        self._pending[slot] = self._pending.get(slot, 0) + images

@@ -1,0 +1,88 @@
+"""Security settings, read from `IMGSERVE_*` environment variables.
+
+`IMGSERVE_AUTH`:
+- `required`: every route and RPC except the liveness/readiness probes needs an API key or a JWT.
+- `off`: no authentication. Allowed only while every listener (imgserve's and Ray's) binds loopback; the server
+  refuses to start otherwise, and its ready banner says auth is off.
+- unset (`auto`): `required` when any listener binds beyond loopback, else `off`.
+"""
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+AuthMode = Literal["auto", "required", "off"]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a bind address only this machine can reach: 127.0.0.0/8, ::1, `localhost`."""
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SecuritySettings(BaseModel):
+    """What protects the server. None of these change at runtime."""
+
+    model_config = ConfigDict(frozen=True)
+
+    auth: AuthMode = Field(default="auto", description="IMGSERVE_AUTH: required | off | auto (see module doc).")
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="IMGSERVE_JWT_PUBLIC_KEY_FILE: PEM public key (RS256/ES256/EdDSA) that signs JWTs."
+    )
+    jwks_file: Path | None = Field(default=None, description="IMGSERVE_JWKS_FILE: a JWKS document (keys by `kid`).")
+    jwt_issuer: str | None = Field(default=None, description="IMGSERVE_JWT_ISSUER: required `iss` claim, if set.")
+    jwt_audience: str | None = Field(default=None, description="IMGSERVE_JWT_AUDIENCE: required `aud` claim, if set.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="IMGSERVE_CORS_ORIGINS: comma-separated allowed origins; empty = CORS off."
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, description="IMGSERVE_RETENTION_DAYS: jobs older than this are deleted; unset = kept."
+    )
+    retention_sweep_s: float = Field(
+        default=600.0, gt=0, description="IMGSERVE_RETENTION_SWEEP_S: how often the sweeper looks for expired jobs."
+    )
+    key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="IMGSERVE_KEY_CACHE_S: how long a replica trusts a looked-up key (a revoke takes effect within).",
+    )
+
+    _cors = field_validator("cors_origins", mode="before")(_csv)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "SecuritySettings":
+        env = dict(os.environ if env is None else env)
+        values = {
+            name: env[f"IMGSERVE_{name.upper()}"]
+            for name in cls.model_fields
+            if env.get(f"IMGSERVE_{name.upper()}") not in (None, "")
+        }
+        return cls.model_validate(values)
+
+    def effective_auth(self, bind_hosts: list[str]) -> Literal["required", "off"]:
+        """The auth mode for a server whose listeners bind `bind_hosts`; raises ValueError for an exposed server
+        with auth explicitly off (the server must refuse to start)."""
+        exposed = sorted({h for h in bind_hosts if not is_loopback_host(h)})
+        if self.auth == "off" and exposed:
+            raise ValueError(
+                f"IMGSERVE_AUTH=off but listeners bind beyond loopback ({', '.join(exposed)}): anyone who can reach "
+                "them could use the server. Set IMGSERVE_AUTH=required (and create keys with `imgserve keys create`) "
+                "or bind 127.0.0.1."
+            )
+        if self.auth == "auto":
+            return "required" if exposed else "off"
+        return self.auth

@@ -1,0 +1,86 @@
+"""Tenants' settings: forced anonymisation, daily image and stored-bytes quotas, the webhook signing secret."""
+
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from serving.security.keys import ensure_tenant
+from serving.security.principal import check_tenant
+from serving.security.tables import tenants
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    id: str
+    anonymize: bool = False
+    quota_images_per_day: int | None = None
+    quota_stored_bytes: int | None = None
+
+
+class TenantStore:
+    """Synchronous (call through asyncio.to_thread on an event loop); cached reads live in the gate."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def policy(self, tenant: str) -> TenantPolicy:
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.id == tenant)).first()
+        if row is None:
+            return TenantPolicy(tenant)
+        return TenantPolicy(tenant, bool(row.anonymize), row.quota_images_per_day, row.quota_stored_bytes)
+
+    def update(
+        self,
+        tenant: str,
+        anonymize: bool | None = None,
+        quota_images_per_day: int | None = None,
+        quota_stored_bytes: int | None = None,
+        clear_quotas: bool = False,
+    ) -> TenantPolicy:
+        check_tenant(tenant)
+        values: dict[str, object] = {}
+        if anonymize is not None:
+            values["anonymize"] = anonymize
+        if quota_images_per_day is not None or clear_quotas:
+            values["quota_images_per_day"] = quota_images_per_day
+        if quota_stored_bytes is not None or clear_quotas:
+            values["quota_stored_bytes"] = quota_stored_bytes
+        with self.engine.begin() as conn:
+            ensure_tenant(conn, tenant)
+            if values:
+                conn.execute(tenants.update().where(tenants.c.id == tenant).values(**values))
+        return self.policy(tenant)
+
+    def configured_secret(self, tenant: str) -> bytes | None:
+        """The tenant's webhook secret if one was made, else None (never creates one)."""
+        with self.engine.begin() as conn:
+            secret = conn.execute(sa.select(tenants.c.webhook_secret).where(tenants.c.id == tenant)).scalar()
+        return str(secret).encode() if secret else None
+
+    def webhook_secret(self, tenant: str, rotate: bool = False) -> bytes:
+        """The tenant's webhook signing secret, made on first use (or replaced with `rotate`)."""
+        with self.engine.begin() as conn:
+            ensure_tenant(conn, tenant)
+            current = conn.execute(sa.select(tenants.c.webhook_secret).where(tenants.c.id == tenant)).scalar()
+            if current and not rotate:
+                return str(current).encode()
+            fresh = "whsec_" + secrets.token_urlsafe(32)
+            conn.execute(tenants.update().where(tenants.c.id == tenant).values(webhook_secret=fresh))
+            return fresh.encode()
+
+    def list(self) -> list[dict[str, object]]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(tenants).order_by(tenants.c.id)).all()
+        return [
+            {
+                "id": r.id,
+                "anonymize": bool(r.anonymize),
+                "quota_images_per_day": r.quota_images_per_day,
+                "quota_stored_bytes": r.quota_stored_bytes,
+                "webhook_secret": "set" if r.webhook_secret else None,
+                "created_at": r.created_at,
+            }
+            for r in rows
+        ]

@@ -1,0 +1,255 @@
+"""Auth, roles, tenants, rate limits, quotas, audit and metrics hygiene over the real FastAPI app and job store
+(SQLite in a temporary folder), with tiny generated models: no Ray cluster. The real-server version of these
+checks (keys made with the CLI, gRPC too) is tests/integration/test_security.py."""
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from serving.config.app_args import AppArgs
+from serving.config.settings import ServerSettings
+from serving.http.app import create_http_app
+from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.service import JobService
+from serving.jobs.settings import JobSettings
+from serving.jobs.tables import job_items, jobs
+from serving.placement import build_service, compose
+from serving.security.gate import SecurityGate
+from serving.security.keys import KeyStore
+from serving.security.settings import SecuritySettings
+from serving.security.tables import audit_log
+from tests.unit.test_edges_in_process import jpeg
+from tests.unit.tiny_models import write_tiny_repository
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("security")
+    settings = ServerSettings(
+        model_repository=write_tiny_repository(root), weights_dir=root / "weights", cache_dir=root / "cache"
+    )
+    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    job_settings = JobSettings(database_url=f"sqlite:///{root / 'jobs.sqlite3'}", object_store=str(root / "objects"))
+    engine = create_store_engine(job_settings.database_url)
+    migrate(engine)
+    gate = SecurityGate("required", engine, SecuritySettings(auth="required", key_cache_s=0))
+    service.gate = gate
+    job_service = JobService(service, job_settings, None, gate)
+    keys = KeyStore(engine)
+    made = {
+        name: keys.create(name, role, tenant, rate)[1]
+        for name, role, tenant, rate in (
+            ("a_viewer", "viewer", "a", None),
+            ("a_analyst", "analyst", "a", None),
+            ("a_admin", "admin", "a", None),
+            ("b_analyst", "analyst", "b", None),
+            ("b_admin", "admin", "b", None),
+            ("op", "operator", "ops", None),
+            ("slow", "analyst", "c", 5.0),
+            ("c_other", "analyst", "c2", None),
+        )
+    }
+    with TestClient(create_http_app(service, job_service, settings, gate)) as client:
+        yield {"http": client, "keys": made, "engine": engine, "root": root, "service": service}
+    service.gate = None
+
+
+def auth(world: dict[str, Any], name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {world['keys'][name]}"}
+
+
+ROUTES = [
+    ("POST", "/v1/classify"),
+    ("POST", "/v1/analyze"),
+    ("POST", "/v1/metadata"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/status"),
+    ("POST", "/v1/batch"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/0123"),
+    ("DELETE", "/v1/jobs/0123"),
+    ("GET", "/v1/jobs/0123/results"),
+    ("GET", "/v1/jobs/0123/events"),
+    ("GET", "/v1/audit"),
+    ("GET", "/metrics"),
+    ("GET", "/v2"),
+    ("GET", "/v2/models/tiny"),
+    ("POST", "/v2/models/tiny/infer"),
+    ("GET", "/docs"),
+    ("GET", "/no/such/route"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_needs_a_key(world: dict[str, Any], method: str, path: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer isk_000000000000_" + "x" * 43}, {"Authorization": "Basic x"}):
+        response = world["http"].request(method, path, headers=headers, content=jpeg())
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["kind"] == "unauthenticated"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_probes_stay_open(world: dict[str, Any]) -> None:
+    assert world["http"].get("/v2/health/live").status_code == 200
+    assert world["http"].get("/v2/health/ready").status_code == 200
+
+
+def test_roles(world: dict[str, Any]) -> None:
+    http = world["http"]
+    denied = http.post("/v1/classify", content=jpeg(), headers=auth(world, "a_viewer"))
+    assert denied.status_code == 403 and denied.json()["kind"] == "permission_denied"
+    assert http.get("/v1/models", headers=auth(world, "a_viewer")).status_code == 200
+    assert http.post("/v1/classify", content=jpeg(), headers=auth(world, "a_analyst")).status_code == 200
+    assert http.get("/metrics", headers=auth(world, "a_analyst")).status_code == 403
+    assert http.get("/metrics", headers=auth(world, "op")).status_code == 200
+    assert http.get("/v1/audit", headers=auth(world, "op")).status_code == 403
+    assert http.get("/v1/audit", headers=auth(world, "a_admin")).status_code == 200
+
+
+def test_revoked_key_stops_working(world: dict[str, Any]) -> None:
+    store = KeyStore(world["engine"])
+    record, key = store.create("temp", "analyst", "a")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert world["http"].get("/v1/models", headers=headers).status_code == 200
+    store.revoke(record.id)
+    assert world["http"].get("/v1/models", headers=headers).status_code == 401  # key_cache_s=0 in this gate
+
+
+def test_rate_limit_is_per_key(world: dict[str, Any]) -> None:
+    http = world["http"]
+    codes = [http.get("/v1/models", headers=auth(world, "slow")).status_code for _ in range(50)]
+    assert codes.count(429) > 0 and codes.count(200) >= 5, codes
+    refused = http.get("/v1/models", headers=auth(world, "slow"))
+    assert refused.status_code == 429 and refused.json()["kind"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert all(http.get("/v1/models", headers=auth(world, "c_other")).status_code == 200 for _ in range(20))
+
+
+def _submit(world: dict[str, Any], key: str, seed: int = 0) -> str:
+    files = [("image", (f"{i}.jpg", jpeg((i * 40, seed, 10)), "image/jpeg")) for i in range(2)]
+    response = world["http"].post("/v1/batch", files=files, headers=auth(world, key))
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def test_tenants_cannot_see_each_others_jobs(world: dict[str, Any]) -> None:
+    http = world["http"]
+    job = _submit(world, "a_analyst")
+    for name in ("b_analyst",):
+        headers = auth(world, name)
+        assert job not in [j["job_id"] for j in http.get("/v1/jobs", headers=headers).json()["jobs"]]
+        for method, path in (
+            ("GET", f"/v1/jobs/{job}"),
+            ("GET", f"/v1/jobs/{job}/results"),
+            ("GET", f"/v1/jobs/{job}/events"),
+            ("DELETE", f"/v1/jobs/{job}"),
+            ("POST", f"/v1/jobs/{job}/start"),
+        ):
+            response = http.request(method, path, headers=headers)
+            assert response.status_code == 404, (name, path, response.text)
+    # Admins read every tenant's jobs (operator and up), but change or erase only their own tenant's.
+    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "b_admin")).status_code == 200
+    assert http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "b_admin")).status_code == 404
+    assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "b_admin")).status_code == 404
+    assert job in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, "a_viewer")).json()["jobs"]]
+    assert job in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, "op")).json()["jobs"]]
+    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "op")).status_code == 200
+    assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "op")).status_code == 404  # changes: own tenant only
+    assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "a_analyst")).status_code == 200
+
+
+def test_purge_erases_rows_and_objects(world: dict[str, Any]) -> None:
+    http, engine = world["http"], world["engine"]
+    job = _submit(world, "a_analyst", seed=201)
+    other = _submit(world, "b_analyst", seed=202)
+    shared = jpeg((0, 201, 10))  # the first image of `job`, sent again in another job of another tenant
+    response = http.post(
+        "/v1/batch", files=[("image", ("s.jpg", shared, "image/jpeg"))], headers=auth(world, "b_analyst")
+    )
+    assert response.status_code == 202
+    with engine.begin() as conn:
+        digests = [r.source for r in conn.execute(sa.select(job_items.c.source).where(job_items.c.job_id == job))]
+    objects = world["root"] / "objects" / "sha256"
+    assert len(digests) == 2 and all((objects / d[:2] / d).exists() for d in digests)
+    assert http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "a_analyst")).status_code == 403
+    purged = http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "a_admin"))
+    assert purged.status_code == 200 and purged.json() == {"id": job, "purged": True, "items": 2, "objects": 1}
+    with engine.begin() as conn:
+        for table in ("jobs", "job_items", "job_results", "job_events", "webhook_deliveries"):
+            column = "id" if table == "jobs" else "job_id"
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {column} = :j"), {"j": job}).scalar() == 0
+        entry = conn.execute(sa.select(audit_log).where(audit_log.c.target == job, audit_log.c.action == "job.purge"))
+        assert len(entry.all()) == 1
+        assert conn.execute(sa.select(jobs.c.id).where(jobs.c.id == other)).first() is not None
+    kept = [d for d in digests if (objects / d[:2] / d).exists()]
+    assert len(kept) == 1  # the image another job still holds; the other one is gone
+    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "a_admin")).status_code == 404
+
+
+def test_audit_records_actions_and_refusals(world: dict[str, Any]) -> None:
+    http = world["http"]
+    since = time.time()
+    job = _submit(world, "b_analyst")
+    http.delete(f"/v1/jobs/{job}", headers=auth(world, "b_analyst"))
+    http.get("/v1/models")  # no key
+    http.post("/v1/classify", content=jpeg(), headers=auth(world, "a_viewer"))
+    entries = http.get(f"/v1/audit?since={since}", headers=auth(world, "a_admin")).json()["entries"]
+    actions = [(e["action"], e["target"]) for e in entries]
+    assert actions.count(("job.create", job)) == 1 and actions.count(("job.cancel", job)) == 1
+    assert ("auth.unauthenticated", "/v1/models") in actions
+    assert ("auth.permission_denied", "/v1/classify") in actions
+    text = str(entries)
+    assert all(key not in text for key in world["keys"].values())
+    paged = http.get(f"/v1/audit?since={since}&limit=1", headers=auth(world, "a_admin")).json()
+    assert len(paged["entries"]) == 1 and paged["next_after"] == paged["entries"][0]["id"]
+
+
+def test_anonymize_drops_gps_and_names(world: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 48), (90, 120, 200))
+    exif = Image.Exif()
+    gps = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    exif[0x8825] = gps
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    http, headers = world["http"], auth(world, "a_analyst")
+    plain = http.post("/v1/metadata", content=buffer.getvalue(), headers=headers).json()["results"][0]
+    assert plain["gps"]["latitude_deg"] == pytest.approx(52.52, abs=0.01)
+    hidden = http.post("/v1/metadata?anonymize=true", content=buffer.getvalue(), headers=headers).json()["results"][0]
+    assert hidden["gps"] is None and hidden["anonymized"] is True
+
+
+def test_quota_refuses_past_the_daily_images(world: dict[str, Any]) -> None:
+    record, key = KeyStore(world["engine"]).create("quota", "analyst", "q", quota_images_per_day=3)
+    headers = {"Authorization": f"Bearer {key}"}
+    codes = [world["http"].post("/v1/classify", content=jpeg(), headers=headers).status_code for _ in range(5)]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    refused = world["http"].post("/v1/classify", content=jpeg(), headers=headers)
+    assert refused.json()["kind"] == "quota_exceeded" and int(refused.headers["retry-after"]) >= 1
+
+
+def _series(http: TestClient, headers: dict[str, str]) -> int:
+    text = http.get("/metrics", headers=headers).text
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_random_model_names_add_no_series(world: dict[str, Any]) -> None:
+    http, op = world["http"], auth(world, "op")
+    headers = auth(world, "a_analyst")
+    http.post("/v1/classify?model=first-unknown", content=b"x", headers=headers)
+    http.get("/v2/models/first-unknown", headers=headers)
+    before = _series(http, op)
+    for i in range(10_000):
+        path = f"/v1/classify?model=random-{i}" if i % 2 else f"/v2/models/random-{i}"
+        response = http.post(path, content=b"x", headers=headers) if i % 2 else http.get(path, headers=headers)
+        assert response.status_code == 404
+    assert _series(http, op) == before

@@ -1,0 +1,160 @@
+"""The security parts on their own: keys, JWTs, roles, the shared rate-limit bucket, quotas, anonymisation."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pipelines.metadata.anonymize import anonymize_metadata
+from serving.jobs.database import create_store_engine, migrate
+from serving.security.authenticator import Authenticator
+from serving.security.errors import QuotaExceededError, RateLimitedError, UnauthenticatedError
+from serving.security.keys import KeyStore, parse_key
+from serving.security.limits import RateLimiter, UsageMeter
+from serving.security.principal import Principal, grpc_role, http_role
+from serving.security.settings import SecuritySettings, is_loopback_host
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def engine(tmp_path: Path):  # noqa: ANN201
+    store = create_store_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    migrate(store)
+    return store
+
+
+def test_keys_are_random_prefixed_and_stored_hashed(engine) -> None:  # noqa: ANN001
+    store = KeyStore(engine)
+    record, key = store.create("ci", "analyst", "acme")
+    assert key.startswith("isk_") and parse_key(key) == record.id and len(key) == 4 + 12 + 1 + 43
+    with engine.begin() as conn:
+        assert key not in str(conn.exec_driver_sql("SELECT * FROM api_keys").all())
+    assert store.verify(key) == record
+    assert store.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    store.revoke(record.id)
+    assert store.verify(key) is None
+    with pytest.raises(ValueError):
+        store.create("x", "root", "acme")
+    with pytest.raises(ValueError):
+        store.create("x", "admin", "../etc")
+
+
+def test_auth_modes_follow_the_binds() -> None:
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("[::1]")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.5") and not is_loopback_host("example")
+    auto = SecuritySettings()
+    assert auto.effective_auth(["127.0.0.1"]) == "off" and auto.effective_auth(["0.0.0.0"]) == "required"
+    with pytest.raises(ValueError, match="IMGSERVE_AUTH=off"):
+        SecuritySettings(auth="off").effective_auth(["127.0.0.1", "0.0.0.0"])
+    assert SecuritySettings(auth="required").effective_auth(["127.0.0.1"]) == "required"
+
+
+def test_route_policy_is_closed_by_default() -> None:
+    assert http_role("GET", "/v2/health/live") is None and grpc_role("Check") is None
+    assert http_role("GET", "/v1/jobs/abc") == "viewer" and http_role("POST", "/v1/classify") == "analyst"
+    assert http_role("GET", "/metrics") == "operator" and http_role("GET", "/v1/audit") == "admin"
+    assert http_role("PUT", "/v1/classify") == "admin" and http_role("GET", "/v1/something-new") == "admin"
+    assert grpc_role("Classify") == "analyst" and grpc_role("SomeNewRpc") == "admin"
+
+
+def _ec_keys(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "jwt.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def _hs256(claims: dict[str, object], secret: bytes) -> str:
+    """A hand-made HS256 token (PyJWT refuses to sign one with a PEM key, as a forger would not)."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + part(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + part(signature)
+
+
+def test_jwts_from_the_configured_issuer(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    private, public = _ec_keys(tmp_path)
+    settings = SecuritySettings(auth="required", jwt_public_key_file=public, jwt_issuer="https://idp")
+    auth = Authenticator(engine, settings)
+    claims = {"sub": "alice", "tenant": "acme", "role": "analyst", "iss": "https://idp", "exp": time.time() + 60}
+    principal = asyncio.run(auth.authenticate("Bearer " + jwt.encode(claims, private, algorithm="ES256")))
+    assert (principal.tenant, principal.role, principal.source) == ("acme", "analyst", "jwt")
+    other, _ = _ec_keys(tmp_path / "..")
+    forged = [
+        jwt.encode(claims, other, algorithm="ES256"),  # someone else's key
+        jwt.encode({**claims, "exp": time.time() - 5}, private, algorithm="ES256"),  # expired
+        jwt.encode({**claims, "iss": "https://evil"}, private, algorithm="ES256"),  # wrong issuer
+        jwt.encode({**claims, "role": "root"}, private, algorithm="ES256"),  # no such role
+        _hs256(claims, public.read_bytes()),  # the public key used as an HMAC secret (algorithm confusion)
+    ]
+    for token in forged:
+        with pytest.raises(UnauthenticatedError):
+            asyncio.run(auth.authenticate(f"Bearer {token}"))
+
+
+def test_rate_limit_is_shared_between_replicas(engine) -> None:  # noqa: ANN001
+    """Two limiters (two replicas) over one database: together they admit the burst, then the rate."""
+    key = Principal(key_id="k1", tenant="t", role="analyst", rate_per_s=5.0, burst=5)
+
+    async def burst() -> int:
+        replicas = [RateLimiter(engine), RateLimiter(engine)]
+        admitted = 0
+        for i in range(40):
+            try:
+                await replicas[i % 2].take(key)
+                admitted += 1
+            except RateLimitedError as error:
+                assert 0 < error.retry_after_s <= 0.2 + 1e-6 or error.retry_after_s <= 1
+        return admitted
+
+    start = time.monotonic()
+    admitted = asyncio.run(burst())
+    elapsed = time.monotonic() - start
+    assert 5 <= admitted <= 5 + 5 * elapsed + 1, (admitted, elapsed)
+
+
+def test_daily_quota(engine) -> None:  # noqa: ANN001
+    key = Principal(key_id="q1", tenant="t", role="analyst", quota_images_per_day=10)
+
+    async def run() -> None:
+        meter = UsageMeter(engine)
+        await meter.charge(key, 6)
+        await meter.flush()
+        other_replica = UsageMeter(engine)
+        await other_replica.charge(key, 4)
+        with pytest.raises(QuotaExceededError):
+            await other_replica.charge(key, 1)
+        with pytest.raises(QuotaExceededError):
+            await UsageMeter(engine).charge(Principal("q2", "t", "analyst"), 1, tenant_quota=6)
+
+    asyncio.run(run())
+
+
+def test_anonymize_drops_location_and_names() -> None:
+    document = {
+        "file": {"sha256": "ab"},
+        "exif": {"make": "Canon", "model": "EOS"},
+        "gps": {"latitude_deg": 1.0},
+        "xmp": {"creators": ["Ann"], "rating": 5, "title": "t", "description": "d"},
+        "iptc": {"by_line": ["Ann"], "city": "Oslo", "keywords": ["x"], "credit": "c", "copyright_notice": "(c)"},
+        "errors": ["gps.altitude: bad"],
+    }
+    out = anonymize_metadata(document)
+    assert out["gps"] is None and out["xmp"]["creators"] == [] and out["iptc"]["by_line"] == []
+    assert out["iptc"]["city"] is None and out["iptc"]["keywords"] == ["x"] and out["xmp"]["rating"] == 5
+    assert out["exif"] == document["exif"] and out["anonymized"] is True and out["errors"] == []
+    assert document["gps"] == {"latitude_deg": 1.0}  # the input is not changed
