@@ -214,6 +214,28 @@ def ray_worker_setup() -> None:
         default_impl.add_grpc_address = rebinding(default_impl.add_grpc_address, proxy)  # type: ignore[assignment]
 
 
+def print_key_hint() -> None:
+    """With auth required and no key yet, say how to make the first one (the database is the root of trust)."""
+    try:
+        from serving.jobs.database import create_store_engine, migrate
+        from serving.jobs.settings import JobSettings
+        from serving.security.keys import KeyStore
+
+        engine = create_store_engine(JobSettings.from_env().database_url)
+        migrate(engine)
+        active = KeyStore(engine).count_active()
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - the replicas report the database themselves
+        print(f"imgserve: cannot read API keys yet ({type(exc).__name__}: {exc})", flush=True)
+        return
+    if active == 0:
+        print(
+            "imgserve: auth is required and there is no API key yet: create one with\n"
+            "  imgserve keys create --name admin --role admin --tenant default",
+            flush=True,
+        )
+
+
 def wait_until_running(config: Any, stop: threading.Event, timeout_s: float) -> None:
     """Wait for every application to be RUNNING (Ray's own blocking deploy gives up after 60 s, too soon for a
     loaded 2-core machine); fail fast with Ray's message if one fails to deploy."""
@@ -265,6 +287,8 @@ def run_server(
         print(f"imgserve: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
     os.environ["IMGSERVE_AUTH"] = auth  # every replica inherits the resolved mode
+    if auth == "required":
+        print_key_hint()
     prepare_environment()
     temp_dir = Path(tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp"))
     init_options: dict[str, Any] = {}

@@ -93,13 +93,15 @@ class Client:
         top_k: int = 5,
         fields: list[str] | None = None,
         confidence_threshold: float = 0.0,
+        anonymize: bool = False,
     ) -> list[Analysis]:
         """The analysis stages named in `fields` (all the server has when None) per image; the classification
-        leaves out the classes scoring below `confidence_threshold` (0..1; 0 keeps all top_k)."""
+        leaves out the classes scoring below `confidence_threshold` (0..1; 0 keeps all top_k); `anonymize` drops
+        GPS and personal fields from the metadata."""
         batch = load_images(images)
         if not batch:
             return []
-        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold)
+        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold, anonymize)
         return self._transport.analyze(batch, options)
 
     def stream(
@@ -109,14 +111,15 @@ class Client:
         top_k: int = 5,
         fields: list[str] | None = None,
         confidence_threshold: float = 0.0,
+        anonymize: bool = False,
     ) -> Iterator[StreamResult]:
         """Analyze images as they come (any iterable, e.g. a camera generator); one result each, in order.
 
         An item may be `(request_id, image)`; otherwise its request_id is the path as given or its position.
         A bad image yields a result with `error` set and the stream goes on; losing the server raises.
-        `top_k`, `fields` and `confidence_threshold` apply to every image, as in `analyze`.
+        `top_k`, `fields`, `confidence_threshold` and `anonymize` apply to every image, as in `analyze`.
         """
-        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold)  # checked before the stream
+        options = RequestOptions(model, top_k, _fields(fields), confidence_threshold, anonymize)  # checked first
         return self._transport.stream(iter_stream_items(images), options)
 
     def models(self) -> ModelList:

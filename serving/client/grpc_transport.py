@@ -86,6 +86,7 @@ def _analysis_options(options: RequestOptions) -> dict[str, Any]:
         "top_k": options.top_k,
         "fields": list(options.fields or ()),
         "confidence_threshold": options.confidence_threshold,
+        "anonymize": options.anonymize,
     }
 
 

@@ -65,6 +65,8 @@ def _query(options: RequestOptions, fields: bool = True) -> Params:
         params.extend(("fields", f) for f in options.fields or ())
     if options.confidence_threshold > 0:
         params.append(("confidence_threshold", options.confidence_threshold))
+    if fields and options.anonymize:
+        params.append(("anonymize", "true"))
     return params
 
 

@@ -16,6 +16,7 @@ class RequestOptions:
     top_k: int = 5
     fields: tuple[str, ...] | None = None
     confidence_threshold: float = 0.0
+    anonymize: bool = False  # analyze/stream: drop GPS and personal fields from metadata
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -37,7 +37,7 @@ def client(local_server: ServerProcess) -> Iterator[httpx.Client]:
 
 def test_imgserve_serve_chose_the_local_placement_and_says_so(local_server: ServerProcess) -> None:
     log = local_server.tail(200_000)
-    assert "placement local (Ray is local" in log and "(placement local)" in log
+    assert "placement local (Ray is local" in log and "(placement local, auth OFF (loopback only))" in log
 
 
 def test_only_the_ingress_runs_the_models(client: httpx.Client) -> None:

@@ -143,6 +143,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PROMETHEUS_MULTIPROC_DIR")}
     env |= {MARKER: marker, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    # Left unset, a replica deployed on a cluster requires keys (it cannot see where the proxy binds); this test's
+    # nodes and proxy are on loopback, so it says so explicitly.
+    env["IMGSERVE_AUTH"] = "off"
     # Short temp dirs: Ray's unix socket paths live under them and must stay under ~107 characters.
     head_dir = Path(tempfile.mkdtemp(prefix="imgs-head-", dir="/tmp"))
     worker_dir = Path(tempfile.mkdtemp(prefix="imgs-wrk-", dir="/tmp"))

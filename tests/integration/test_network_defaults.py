@@ -130,7 +130,10 @@ def check_exposed(server: ServerProcess) -> None:
     listeners = session_listeners(sid)
     exposed = {(x.port, x.address) for x in listeners if not x.loopback}
     assert {port for port, _ in exposed} == {http_port, grpc_port}, show(listeners)
-    assert "auth required" in server.tail()
+    deadline = time.monotonic() + 60  # the banner comes once every application is RUNNING, after the probe answers
+    while "auth required" not in server.tail(200_000) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "auth required" in server.tail(200_000)
     # Ray's token auth: on, with a token file only this user can read; the GCS refuses a call without it.
     raylet = next(pid for pid in session_pids(sid) if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet")
     environ = dict(

@@ -339,3 +339,41 @@ def test_webhooks_to_loopback_are_refused_and_never_connect(secure: dict[str, An
             listener.accept()  # nobody connected
     finally:
         listener.close()
+
+
+def series(secure: dict[str, Any]) -> set[str]:
+    text = secure["http"].get("/metrics", headers=bearer(secure, "operator")).text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_random_model_names_leave_the_metrics_series_unchanged(secure: dict[str, Any]) -> None:
+    http, key = secure["http"], bearer(secure, "other")
+    metadata = [("authorization", key["Authorization"])]
+
+    def one(i: int) -> int:
+        if i % 2:
+            return http.post(f"/v1/classify?model=random-{i}", content=b"x", headers=key).status_code
+        return http.get(f"/v2/models/random-{i}/ready", headers=key).status_code
+
+    with grpc.insecure_channel(secure["server"].grpc_target) as channel:
+        stub = pb_grpc.ImageServiceStub(channel)
+
+        def rpc(i: int) -> grpc.StatusCode:
+            try:
+                stub.Classify(pb.ClassifyRequest(images=[b"x"], model=f"random-{i}"), metadata=metadata)
+            except grpc.RpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        for warm in range(2):  # every (endpoint, status) pair these requests produce exists once
+            one(warm), rpc(warm)
+        time.sleep(1)
+        before = series(secure)
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(one, range(10_000)))
+            rpcs = list(pool.map(rpc, range(200)))
+        assert set(codes) == {404} and set(rpcs) == {grpc.StatusCode.NOT_FOUND}
+        time.sleep(1)
+        after = series(secure)
+    assert after == before, sorted(after ^ before)[:10]
+    assert not any("random-" in s for s in after)

@@ -158,3 +158,13 @@ def test_cli_rejects_out_of_range_threshold(tmp_path: Path, capsys: pytest.Captu
     args = build_parser().parse_args(["classify", str(image), "--confidence-threshold", "1.5", "--url", "http://h:1"])
     assert args.func(args) == 2
     assert "confidence_threshold must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_anonymize_travels_on_both_transports() -> None:
+    from serving.client.grpc_transport import analyze_request
+    from serving.client.http_transport import _query
+
+    options = RequestOptions(fields=("metadata",), anonymize=True)
+    assert ("anonymize", "true") in _query(options)
+    assert ("anonymize", "true") not in _query(RequestOptions(fields=("metadata",)))
+    assert analyze_request([], options).anonymize is True

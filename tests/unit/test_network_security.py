@@ -305,8 +305,9 @@ def servicer() -> Any:
     return Servicer()
 
 
-def test_direct_listeners_serve_https_and_grpc_over_tls(tls_pair: tuple[Path, Path]) -> None:
-    cert, key = tls_pair
+def _tls_scenario(cert: Path, key: Path) -> tuple[int, Any, bool, bool]:
+    """Direct listeners with TLS, probed over HTTPS/gRPC-TLS and plain text. Runs in a fresh process: the listeners
+    load imgserve's generated OIP stubs, which cannot share a process with tritonclient's (other unit tests)."""
     http_port, grpc_port = free_port(), free_port()
     options = DirectIngressOptions(http_port=http_port, grpc_port=grpc_port, tls_cert=str(cert), tls_key=str(key))
     app = FastAPI()
@@ -336,10 +337,18 @@ def test_direct_listeners_serve_https_and_grpc_over_tls(tls_pair: tuple[Path, Pa
                     await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
                 except grpc.aio.AioRpcError:
                     insecure_failed = True
-            return status, health.status, plain_refused, insecure_failed
+            return status, int(health.status), plain_refused, insecure_failed
         finally:
             await listeners.stop()
 
-    status, health, plain_refused, insecure_failed = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_direct_listeners_serve_https_and_grpc_over_tls(tls_pair: tuple[Path, Path]) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        status, health, plain_refused, insecure_failed = pool.submit(_tls_scenario, *tls_pair).result(timeout=120)
     assert status == 200 and health == health_pb2.HealthCheckResponse.SERVING
     assert plain_refused and insecure_failed
