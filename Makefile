@@ -47,7 +47,8 @@ lint: venv
 	$(VENV)/bin/ruff check serving pipelines tooling tests loadtests
 
 # Side-by-side benchmark, `python -m loadtests.bench` (naive server, Triton via PyTriton, imgserve HTTP/gRPC with the
-# default placement as `make serve` runs it, imgserve gRPC with `--placement graph`, hardware limit); see BENCHMARKS.md.
+# default placement as `make serve` runs it, the same with IMGSERVE_AUTH=required (auth overhead), imgserve gRPC with
+# `--placement graph`, hardware limit); see BENCHMARKS.md.
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 

@@ -30,10 +30,19 @@ DEFAULT_SERVE_CONFIG = PROJECT_ROOT / "serve_config.yaml"
 READY_PATH = "/v2/health/ready"  # imgserve answers 200 here once the Serve application is running
 
 
+# Ports Ray's daemons take by default once Ray starts (GCS, dashboard, client server, dashboard agent, the
+# autoscaler's and the dashboard's metrics): free now, taken a moment later, so a server must not be given them.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 44217, 44227, 52365})
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, and not one Ray's daemons will take."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def session_pids(sid: int) -> list[int]:

@@ -17,6 +17,7 @@ from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
 from serving.placement import IngressConfig, build_service
+from serving.security.audit import AuditEntry, write_entry
 from serving.security.gate import SecurityGate, build_gate, set_replica_gate
 from serving.security.settings import SecuritySettings
 
@@ -80,7 +81,21 @@ def ingress_gate(config: IngressConfig) -> SecurityGate:
         return store
 
     hosts = [config.direct_ingress.host] if config.direct_ingress is not None else ["(Ray Serve proxy)"]
-    return build_gate(SecuritySettings.from_env(), engine, hosts)
+    settings = SecuritySettings.from_env()
+    gate = build_gate(settings, engine, hosts)
+    if gate.engine is not None:  # the configuration this replica serves with, in the audit log (no secrets in it)
+        detail = {
+            "placement": config.placement,
+            "default_model": config.default_model,
+            "listeners": hosts,
+            "tls": bool(config.direct_ingress and config.direct_ingress.tls),
+            "cors_origins": settings.cors_origins,
+            "retention_days": settings.retention_days,
+            "jwt": bool(settings.jwt_public_key_file or settings.jwks_file),
+        }
+        with gate.engine.begin() as conn:
+            write_entry(conn, AuditEntry(action="server.start", client="server", detail=detail))
+    return gate
 
 
 IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress()(Ingress))

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.server_process import RAY_DEFAULT_PORTS
 from serving.server import load_serve_config
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
@@ -87,11 +88,13 @@ class Cluster:
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+    """`count` distinct ports free now, none of them one Ray's daemons take by default."""
+    sockets = [socket.socket() for _ in range(count + len(RAY_DEFAULT_PORTS))]
     try:
         for s in sockets:
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        ports = [s.getsockname()[1] for s in sockets]
+        return [port for port in ports if port not in RAY_DEFAULT_PORTS][:count]
     finally:
         for s in sockets:
             s.close()

@@ -262,6 +262,8 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
     refusals = [e for e in entries if e["action"] == "auth.unauthenticated" and e["target"] == "/v1/models"]
     assert len(refusals) == 1 and refusals[0]["client"] == "127.0.0.1"
     assert all(secure["keys"][n] not in str(entries) for n in secure["keys"])
+    started = audit(secure, action="server.start")
+    assert len(started) == 1 and started[0]["detail"]["listeners"] == ["127.0.0.1"]  # one Ingress replica
     created = audit(secure, action="key.create")
     assert sorted(e["target"] for e in created) == sorted(k.split("_")[1] for k in secure["keys"].values())
 
