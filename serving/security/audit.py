@@ -4,10 +4,10 @@ Recorded: key create/revoke, tenant changes, job create/cancel/purge, retention 
 changes), and every refused request (401/403/429). Never image content, results or secrets; `detail` holds ids
 and counts only. Successful reads are not audited (they are in the access log and metrics).
 
-Job actions are written in the same transaction as the change itself (`write_entry` in the store's transaction), so an action
-without its entry cannot exist. Refusals are written by a small background writer (bounded: under a flood of bad
-requests, entries beyond `max_pending` are counted in `imgserve_audit_dropped_total` instead of queued), so an
-attacker cannot turn 401s into unbounded database writes.
+Job actions are written in the same transaction as the change itself (`write_entry` inside the store's transaction),
+so an action without its entry cannot exist. Refusals are written by a small background writer (bounded: under a
+flood of bad requests, entries beyond `max_pending` are counted in `imgserve_audit_dropped_total` instead of
+queued), so an attacker cannot turn 401s into unbounded database writes.
 """
 
 import asyncio

@@ -158,3 +158,21 @@ def test_anonymize_drops_location_and_names() -> None:
     assert out["iptc"]["city"] is None and out["iptc"]["keywords"] == ["x"] and out["xmp"]["rating"] == 5
     assert out["exif"] == document["exif"] and out["anonymized"] is True and out["errors"] == []
     assert document["gps"] == {"latitude_deg": 1.0}  # the input is not changed
+
+
+def test_jwks_keys_are_chosen_by_kid(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    private, _ = _ec_keys(tmp_path)
+    other, _ = _ec_keys(tmp_path / "..")
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256"}]}))
+    auth = Authenticator(engine, SecuritySettings(auth="required", jwks_file=jwks))
+    claims = {"sub": "svc", "imgserve_tenant": "acme", "imgserve_role": "viewer", "exp": time.time() + 60}
+    token = jwt.encode(claims, private, algorithm="ES256", headers={"kid": "k1"})
+    assert asyncio.run(auth.authenticate(f"Bearer {token}")).role == "viewer"
+    for bad in (
+        jwt.encode(claims, other, algorithm="ES256", headers={"kid": "k1"}),  # right kid, wrong key
+        jwt.encode(claims, private, algorithm="ES256", headers={"kid": "k9"}),  # unknown kid
+    ):
+        with pytest.raises(UnauthenticatedError):
+            asyncio.run(auth.authenticate(f"Bearer {bad}"))
