@@ -129,3 +129,18 @@ AUTH_REFUSED = Counter(
     "Requests refused before any work: unauthenticated, permission_denied, rate_limited, quota_exceeded.",
     ["tenant", "kind"],
 )
+
+# Quality verdicts (serving.quality_metrics records them): label values are bounded by the tenant list (made by
+# admins), the thresholds' tag vocabulary (anything else counts as "other") and the four levels.
+QUALITY_SCORE_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+QUALITY_IMAGES = Counter("imgserve_quality_images_total", "Images that got a quality verdict, by tenant.", ["tenant"])
+QUALITY_TAGS = Counter(
+    "imgserve_quality_tags_total", "Quality tags given, by tenant and tag (one per image and tag).", ["tenant", "tag"]
+)
+QUALITY_LEVELS = Counter("imgserve_quality_level_total", "Quality verdicts by tenant and level.", ["tenant", "level"])
+QUALITY_SCORE = Histogram(
+    "imgserve_quality_score",
+    "Quality score (0-100) of each image, by tenant.",
+    ["tenant"],
+    buckets=QUALITY_SCORE_BUCKETS,
+)

@@ -17,6 +17,7 @@ from pipelines.quality import LearnedQuality, QualityReport, Thresholds, learned
 from serving.access_log import record_stages
 from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
 from serving.postprocess import Prediction, scores_from_output, top_k
+from serving.quality_metrics import record_quality
 from serving.repository import ModelEntry, ModelRepository
 from serving.requests import ImageOptions
 from serving.stages.concurrency import gather_or_raise
@@ -204,6 +205,7 @@ class InferenceService:
         quality = None
         if outputs.quality is not None:
             quality = quality_verdict(outputs.quality, self.thresholds, learned)
+            record_quality(quality, self.thresholds)
         metadata = outputs.metadata
         if metadata is not None and options.anonymize:
             metadata = anonymize_metadata(metadata)

@@ -22,6 +22,8 @@ from serving.jobs.uris import read_uri
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
 from serving.requests import ImageOptions
+from serving.security.gate import CURRENT_PRINCIPAL
+from serving.security.principal import Principal
 
 logger = logging.getLogger("imgserve.jobs")
 RETRY_DELAY_S = 0.5
@@ -144,6 +146,9 @@ class JobRunner:
             options = ImageOptions.parse(
                 model=job.model, top_k=job.top_k, fields=list(job.stages), anonymize=job.anonymize or None
             )
+            # The job's tenant is the caller while its items run (quality metrics, forced anonymisation); its images
+            # were charged to the submitter's quota at submission.
+            CURRENT_PRINCIPAL.set(Principal(key_id=None, tenant=job.tenant, role="analyst", source="job"))
             analysis = (await self.service.analyze([data], options))[0]
             outcome = Outcome("done", job.model, analysis_document(analysis))
         except ItemInputError as exc:

@@ -92,7 +92,7 @@ class SecurityGate:
     async def charge_images(self, images: int) -> None:
         """Count the current caller's images against its quotas (429 `quota_exceeded` when one would pass)."""
         principal = CURRENT_PRINCIPAL.get()
-        if not self.required or self.usage is None or principal is None:
+        if not self.required or self.usage is None or principal is None or principal.source == "job":
             return  # auth off, or work the server does on its own (the batch loop: charged at submission)
         policy = await self.tenant_policy(principal.tenant)
         try:

@@ -37,7 +37,7 @@ class Principal:
     key_id: str | None
     tenant: str
     role: Role
-    source: Literal["key", "jwt", "anonymous"] = "key"
+    source: Literal["key", "jwt", "anonymous", "job"] = "key"  # job: the batch loop working for a job's tenant
     rate_per_s: float | None = None
     burst: int | None = None
     quota_images_per_day: int | None = None

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 PROMETHEUS_CONFIG = Path(ALERTS).parent / "prometheus.yml"
 GOOD_REQUESTS, BAD_REQUESTS = 7, 3
 UPDATE_ENV = "IMGSERVE_UPDATE_KNOWN_RAY_METRICS"
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s", "$tenant": ".*"}
 SAMPLE_NAME = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)", re.MULTILINE)
 
 

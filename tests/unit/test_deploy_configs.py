@@ -29,6 +29,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "imgserve.json"
 KNOWN_RAY_METRICS = DEPLOY / "grafana" / "known_ray_metrics.txt"
 PROMETHEUS_CONFIGS = [DEPLOY / "prometheus" / "prometheus.yml", DEPLOY / "prometheus" / "prometheus-kubernetes.yml"]
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"  # promtool rule unit tests
 # Series Prometheus itself attaches to every scrape target.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left"}
@@ -442,7 +443,38 @@ def test_every_alert_has_a_runbook_and_severity() -> None:
 def test_required_slo_alerts_exist() -> None:
     names = {name for name, _ in alert_exprs()}
     expected = {"ImgserveLatencyP99OverSLO", "ImgserveErrorRatioHigh", "ImgserveQueueGrowing"}
-    assert expected | {"ImgserveNoReadyReplicas", "ImgserveBatchFillLow"} <= names
+    assert expected | {"ImgserveNoReadyReplicas", "ImgserveBatchFillLow", "ImgserveQualityDrift"} <= names
+
+
+def test_quality_drift_alert_compares_the_hour_with_the_week_per_tenant_and_tag() -> None:
+    rules = {
+        rule.get("alert"): rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    }
+    drift = rules["ImgserveQualityDrift"]
+    assert drift["labels"]["severity"] == "warning" and drift["for"] == "15m"
+    expr = " ".join(drift["expr"].split())
+    for needle in (
+        "sum by (tenant, tag) (rate(imgserve_quality_tags_total[1h]))",
+        "sum by (tenant, tag) (rate(imgserve_quality_tags_total[7d]))",
+        "sum by (tenant) (rate(imgserve_quality_images_total[1h]))",
+        "sum by (tenant) (rate(imgserve_quality_images_total[7d]))",
+        "> 3 *",
+        "sum by (tenant) (increase(imgserve_quality_images_total[1h])) >= 100",
+    ):
+        assert needle in expr, needle
+    assert "{{ $labels.tag }}" in drift["annotations"]["summary"]
+    assert "{{ $labels.tenant }}" in drift["annotations"]["summary"]
+
+
+def test_promtool_rule_unit_tests() -> None:
+    """deploy/prometheus/alerts_test.yml: blurry rising from 5 % to 30 % of a tenant's images fires the drift
+    alert; a steady tenant, a low-volume one and a rare new tag do not."""
+    tests = yaml.safe_load(ALERTS_TEST.read_text())
+    assert tests["rule_files"] == [ALERTS.name]
+    tested = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"]}
+    assert "ImgserveQualityDrift" in tested
+    result = subprocess.run([_promtool(), "test", "rules", str(ALERTS_TEST)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # ---- Grafana ----
@@ -462,6 +494,9 @@ def test_dashboard_structure() -> None:
         assert title, f"panel {panel['id']} has no title"
         assert set(panel["gridPos"]) >= {"h", "w", "x", "y"}, title
         assert 0 <= panel["gridPos"]["x"] and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, title
+        if panel["type"] == "row":  # a row header: no query of its own
+            assert "targets" not in panel and panel["gridPos"]["w"] == 24, title
+            continue
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
         assert panel["targets"], f"{title} has no targets"
         ref_ids = [target["refId"] for target in panel["targets"]]
@@ -485,6 +520,39 @@ def test_dashboard_covers_the_required_views() -> None:
         "ray_node_gpus_utilization",
     ):
         assert needle in exprs, needle
+
+
+def test_dashboard_quality_row() -> None:
+    """A "Quality" row with tag shares over time, the score distribution, the level mix and the drift ratio, all
+    filtered by a tenant variable (default All)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    top = dashboard["panels"]
+    rows = [i for i, panel in enumerate(top) if panel["type"] == "row"]
+    (start,) = [i for i in rows if top[i]["title"] == "Quality"]
+    end = min([i for i in rows if i > start] or [len(top)])
+    quality = top[start + 1 : end]
+    row_y = top[start]["gridPos"]["y"]
+    assert quality and all(panel["gridPos"]["y"] > row_y for panel in quality)
+    assert all(panel["gridPos"]["y"] < row_y for panel in top[:start]), "the row must come after the panels above"
+    exprs = {panel["title"]: " ".join(t["expr"] for t in panel["targets"]) for panel in quality}
+    assert all('tenant=~"$tenant"' in expr for expr in exprs.values()), exprs
+    joined = " ".join(exprs.values())
+    for needle in (
+        "sum by (tag) (rate(imgserve_quality_tags_total",
+        "sum by (level) (rate(imgserve_quality_level_total",
+        "sum by (le) (increase(imgserve_quality_score_bucket",
+        "imgserve_quality_images_total",
+        "[7d]",
+    ):
+        assert needle in joined, needle
+    types = {panel["type"] for panel in quality}
+    assert {"timeseries", "heatmap"} <= types
+    heatmaps = [t for panel in quality if panel["type"] == "heatmap" for t in panel["targets"]]
+    assert heatmaps and all(t["format"] == "heatmap" for t in heatmaps)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    tenant = variables["tenant"]
+    assert tenant["includeAll"] and tenant["allValue"] == ".*" and tenant["current"]["value"] == ["$__all"]
+    assert "imgserve_quality_images_total" in tenant["query"]["query"]
 
 
 def test_promql_metric_names_parser() -> None:

@@ -1,0 +1,35 @@
+"""Quality verdicts in `/metrics`: how many images got one, their tags, levels and scores, per tenant.
+
+`record_quality` is called once per analysed image that got a quality verdict (HTTP, gRPC and batch jobs all
+run `InferenceService.analyze`). The tenant is the caller's (`serving.security.gate.current_principal`; "default"
+when auth is off; a batch job's items run as its tenant, serving.jobs.runner). Label values stay bounded: tenants
+are made by admins, tags outside the thresholds' vocabulary count as "other", levels are the four of
+`pipelines.quality.thresholds.LEVELS`. deploy/README.md ("Watching quality") shows how to read the series.
+"""
+
+from pipelines.quality import QualityReport, Thresholds, default_thresholds
+from pipelines.quality.thresholds import LEVELS
+from serving.metrics import QUALITY_IMAGES, QUALITY_LEVELS, QUALITY_SCORE, QUALITY_TAGS
+from serving.security.gate import current_principal
+
+OTHER = "other"
+
+
+def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
+    """Tag names that become label values: the packaged thresholds' tags plus those of the served thresholds
+    (an operator's file, fixed at start-up)."""
+    names = set(default_thresholds().tags)
+    if thresholds is not None:
+        names |= set(thresholds.tags)
+    return frozenset(names)
+
+
+def record_quality(report: QualityReport, thresholds: Thresholds | None = None) -> None:
+    """Count one image's quality verdict under the current caller's tenant."""
+    tenant = current_principal().tenant
+    vocabulary = tag_vocabulary(thresholds)
+    QUALITY_IMAGES.labels(tenant).inc()
+    QUALITY_LEVELS.labels(tenant, report.level if report.level in LEVELS else OTHER).inc()
+    QUALITY_SCORE.labels(tenant).observe(report.score)
+    for name in dict.fromkeys(tag.name if tag.name in vocabulary else OTHER for tag in report.tags):
+        QUALITY_TAGS.labels(tenant, name).inc()
