@@ -12,12 +12,9 @@ from typing import Any
 
 
 def _engine() -> Any:
-    from serving.jobs.database import create_store_engine, migrate
-    from serving.jobs.settings import JobSettings
+    from serving.jobs.database import open_job_database  # here: `imgserve classify` need not import alembic
 
-    engine = create_store_engine(JobSettings.from_env().database_url)
-    migrate(engine)
-    return engine
+    return open_job_database()
 
 
 def _audit(engine: Any, action: str, target: str, tenant: str, detail: dict[str, Any] | None = None) -> None:

@@ -217,12 +217,10 @@ def ray_worker_setup() -> None:
 def print_key_hint() -> None:
     """With auth required and no key yet, say how to make the first one (the database is the root of trust)."""
     try:
-        from serving.jobs.database import create_store_engine, migrate
-        from serving.jobs.settings import JobSettings
+        from serving.jobs.database import open_job_database
         from serving.security.keys import KeyStore
 
-        engine = create_store_engine(JobSettings.from_env().database_url)
-        migrate(engine)
+        engine = open_job_database()
         active = KeyStore(engine).count_active()
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - the replicas report the database themselves

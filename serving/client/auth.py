@@ -11,9 +11,6 @@ import os
 import re
 
 API_KEY_ENV = "IMGSERVE_API_KEY"
-# imgserve's own keys (`imgserve keys create`): isk_<12 hex key id>_<43 urlsafe base64 chars>. JWTs are accepted
-# by the server too, so anything printable goes; this only says whether a key looks like one of ours.
-KEY_PATTERN = re.compile(r"^isk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")
 _HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: no spaces, newlines or other control characters
 
 

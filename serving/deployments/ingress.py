@@ -12,7 +12,7 @@ from serving.deployments.direct_ingress import DirectListeners
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
-from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.database import open_job_database
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
@@ -75,14 +75,9 @@ def ingress_gate(config: IngressConfig) -> SecurityGate:
     """The replica's security gate. `imgserve serve` resolves IMGSERVE_AUTH before Ray starts; left at `auto`
     (a hand-made `serve deploy`), auth is required unless the replica's own listeners bind loopback only."""
 
-    def engine() -> Any:
-        store = create_store_engine(JobSettings.from_env().database_url)
-        migrate(store)
-        return store
-
     hosts = [config.direct_ingress.host] if config.direct_ingress is not None else ["(Ray Serve proxy)"]
     settings = SecuritySettings.from_env()
-    gate = build_gate(settings, engine, hosts)
+    gate = build_gate(settings, open_job_database, hosts)
     if gate.engine is not None:  # the configuration this replica serves with, in the audit log (no secrets in it)
         detail = {
             "placement": config.placement,

@@ -1,7 +1,8 @@
 """ASGI middleware: every HTTP request passes the security gate (serving.security.gate) before any work.
 
 Open: the liveness/readiness probes. A refused request gets imgserve's JSON error body: 401 (with
-`WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; the admitted principal is put in `scope["state"]`.
+`WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; the admitted caller is then
+`serving.security.gate.current_principal()` for the rest of the request.
 """
 
 import math
@@ -37,11 +38,10 @@ class AuthMiddleware:
         path = scope.get("path", "")
         role = http_role(scope.get("method", "GET"), path)
         try:
-            principal = await self.gate.admit(
+            await self.gate.admit(
                 request_header(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             await send_json_error(send, error.http_status, str(error), error.kind, refusal_headers(error))
             return
-        scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send)  # the caller is the gate's context variable from here on

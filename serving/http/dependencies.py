@@ -4,7 +4,8 @@ from fastapi import Request
 
 from serving.errors import ModelUnavailableError
 from serving.jobs.service import JobService
-from serving.security.principal import ANONYMOUS, Principal
+from serving.security.gate import current_principal
+from serving.security.principal import Principal
 from serving.service import InferenceService
 
 
@@ -19,9 +20,9 @@ def get_job_service(request: Request) -> JobService:
     return jobs
 
 
-def get_principal(request: Request) -> Principal:
+def get_principal() -> Principal:
     """The caller the auth middleware admitted (serving.http.auth); ANONYMOUS when auth is off."""
-    return getattr(request.state, "principal", None) or ANONYMOUS
+    return current_principal()
 
 
 def client_host(request: Request) -> str | None:

@@ -85,11 +85,11 @@ async def submit_batch(
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> JSONResponse:
-    options = BatchOptions(model, top_k, stages, webhook_url, anonymize)
-    await jobs.check(options)  # bad options (and refused webhook targets) are a 4xx before the body is read
+    # Bad options (and refused webhook targets) are a 4xx before the body is read.
+    spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize))
     try:
         parts, body = await read_inputs(request, jobs)
-        if body is not None:
+        if body is not None:  # a JSON body's fields override the query's: checked again
             options = BatchOptions(
                 body.model or model,
                 body.top_k or top_k,
@@ -97,7 +97,8 @@ async def submit_batch(
                 body.webhook_url or webhook_url,
                 body.anonymize or anonymize,
             )
-        job = await jobs.submit(options, parts, start, principal, client_host(request))
+            spec = await jobs.check(options)
+        job = await jobs.submit(spec, parts, start, principal, client_host(request))
     finally:
         await close_form(request)
     return _status(job_status(job, time.time()), 202)

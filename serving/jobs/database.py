@@ -43,6 +43,18 @@ def create_store_engine(url: str) -> sa.Engine:
     return engine
 
 
+def open_job_database(url: str | None = None) -> sa.Engine:
+    """The job database (`IMGSERVE_DATABASE_URL` unless `url`), migrated: what the keys CLI, the server's start-up
+    check and each Ingress replica's security gate open."""
+    if url is None:
+        from serving.jobs.settings import JobSettings
+
+        url = JobSettings.from_env().database_url
+    engine = create_store_engine(url)
+    migrate(engine)
+    return engine
+
+
 def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))

@@ -8,7 +8,7 @@ so a lost wake-up (or a second ingress replica) only costs one poll interval.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from serving.errors import BadRequestError
@@ -115,15 +115,15 @@ class JobService:
 
     async def submit(
         self,
-        options: BatchOptions,
+        spec: JobSpec,
         parts: Sequence[InputPart],
         start: bool = True,
         principal: Principal = ANONYMOUS,
         client: str | None = None,
     ) -> JobRecord:
+        """A new job of `spec` (from `check`, which the route calls before reading the inputs)."""
         if self.gate is not None and await self.gate.anonymize_forced():
-            options = BatchOptions(options.model, options.top_k, options.stages, options.webhook_url, True)
-        spec = await self.check(options)
+            spec = replace(spec, anonymize=True)
         store = await self.ready()
         items = await asyncio.to_thread(self._intake().items, parts)  # refused URIs: 4xx, nothing stored
         await self._admit_items(principal, items)

@@ -161,7 +161,9 @@ class WebhookSender:
                 return None
         return None
 
-    async def _attempt(self, job: JobRecord, body: bytes, headers: dict[str, str]) -> tuple[int | None, str, bool]:
+    async def _attempt(
+        self, job: JobRecord, body: bytes, headers: dict[str, str], secret: bytes | None
+    ) -> tuple[int | None, str, bool]:
         """(status code, outcome class, permanent failure) of one POST; the class is "2xx" when delivered."""
         assert job.webhook_url is not None
         try:
@@ -169,7 +171,6 @@ class WebhookSender:
         except BadRequestError:
             logger.warning("webhook of job %s refused: its target is not a public address now", job.id)
             return None, "refused", True
-        secret = self.secret_for(job)
         if secret:
             headers = {**headers, SIGNATURE_HEADER: sign(body, secret, int(self.clock()))}
         code = await self._post(target, body, headers)
@@ -183,13 +184,14 @@ class WebhookSender:
         if not job.webhook_url or await asyncio.to_thread(self.queue.webhook_state, job.id) != "pending":
             return False
         body, headers, delivery_id = self._request(job)
+        secret = await asyncio.to_thread(self.secret_for, job)  # may read the tenant's secret from the database
         made = await asyncio.to_thread(self.queue.delivery_attempts, job.id, delivery_id)
         limit = self.settings.webhook_max_attempts
         for attempt in range(made + 1, limit + 1):
             if attempt > 1:
                 await self.sleep(self.settings.webhook_backoff_s * 2 ** (attempt - 2))
             start = time.perf_counter()
-            code, outcome, permanent = await self._attempt(job, body, headers)
+            code, outcome, permanent = await self._attempt(job, body, headers, secret)
             delivered = outcome == "2xx"
             final = "delivered" if delivered else "failed" if permanent or attempt == limit else None
             row = {

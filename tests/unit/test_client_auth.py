@@ -50,7 +50,7 @@ REFUSALS = {
 
 
 def test_key_shape_used_here_is_the_documented_one() -> None:
-    from serving.client.auth import KEY_PATTERN
+    from serving.security.keys import KEY_PATTERN  # the server's own definition of a key
 
     assert KEY_PATTERN.match(KEY) and KEY_PATTERN.match(OTHER_KEY) and len(SECRET) == 43
 
