@@ -4,7 +4,7 @@ real classifier (skipped when ../shared/models is absent)."""
 import numpy as np
 import pytest
 
-from tooling.quality_mos.features import LAYERS, classifier_path, feature_session, pooled
+from tooling.quality_mos.features import LAYERS, classifier, feature_session, pooled
 from tooling.quality_mos.ridge import cross_validate, fit_ridge
 
 pytestmark = pytest.mark.unit
@@ -29,10 +29,10 @@ def test_pooled_is_mean_and_std_per_channel() -> None:
 
 
 def test_feature_session_takes_any_size() -> None:
-    model = classifier_path()
-    if not model.exists():
-        pytest.skip(f"{model} is absent: the classifier's weights are read from ../shared/models")
-    session = feature_session(model)
+    entry = classifier()
+    if entry.artifacts.onnx is None:
+        pytest.skip(f"{entry.name} is not available ({entry.unavailable_reason}): weights come from ../shared/models")
+    session = feature_session(entry.artifacts.onnx)
     for side in (96, 160):
         outputs = session.run(None, {"input": np.zeros((1, 3, side, side), np.float32)})
         assert len(outputs) == len(LAYERS) and pooled(outputs).shape == (7136,)

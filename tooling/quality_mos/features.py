@@ -2,7 +2,8 @@
 activation maps (from the first blocks, which see noise, blur and compression, to the last, which sees content),
 at the photo's own resolution instead of the classifier's 224x224.
 
-The classifier's ONNX file (../shared/models, third-party) is rewritten in memory: the input's height and width
+The classifier's ONNX file (../shared/models, third-party; found and verified through the model repository) is
+rewritten in memory: the input's height and width
 become free (every layer before the final pooling is convolutional) and the chosen activations become the
 outputs; nothing is written to disk.
 """
@@ -15,16 +16,17 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-from serving.config.settings import ServerSettings
+from serving.config.model_entry import ModelEntry
+from serving.repository import ModelRepository
 
+CLASSIFIER = "mobilenet_v2_imagenet"
 # Indices among the network's 35 Relu6 (Clip) outputs: blocks 1, 2, 4, 7, 11, 15 and the last 1x1 conv.
 LAYERS = (1, 4, 8, 14, 22, 30, 34)
-MEAN, STD = 128.0, 128.0  # the classifier's own input normalisation (models/mobilenet_v2_imagenet/config.yaml)
 
 
-def classifier_path(settings: ServerSettings | None = None) -> Path:
-    settings = settings or ServerSettings.from_env()
-    return settings.weights_dir / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.onnx"
+def classifier() -> ModelEntry:
+    """The served classifier's repository entry: its weights located and verified as the server does."""
+    return ModelRepository.scan(check_backends=False).get(CLASSIFIER)
 
 
 def feature_session(model: Path, threads: int = 1) -> ort.InferenceSession:
@@ -47,14 +49,16 @@ def feature_session(model: Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def photo_tensor(path: Path, side: int | None) -> np.ndarray:
-    """1 x 3 x H x W, normalised as the classifier expects; `side`: resized to side x side first (None: as is)."""
+def photo_tensor(entry: ModelEntry, path: Path, side: int | None) -> np.ndarray:
+    """1 x 3 x H x W, normalised as `entry`'s config says; `side`: resized to side x side first (None: as is)."""
     with Image.open(path) as image:
         rgb = image.convert("RGB")
         if side:
             rgb = rgb.resize((side, side), Image.Resampling.BILINEAR)
         pixels = np.asarray(rgb, dtype=np.float32)
-    return ((pixels - MEAN) / STD).transpose(2, 0, 1)[None]
+    p = entry.config.preprocessing
+    normalised = (pixels * p.scale - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    return normalised.astype(np.float32).transpose(2, 0, 1)[None]
 
 
 def pooled(outputs: Iterable[np.ndarray]) -> np.ndarray:
@@ -66,6 +70,8 @@ def pooled(outputs: Iterable[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def photo_features(session: ort.InferenceSession, paths: Iterable[Path], side: int | None) -> Iterator[np.ndarray]:
+def photo_features(
+    entry: ModelEntry, session: ort.InferenceSession, paths: Iterable[Path], side: int | None
+) -> Iterator[np.ndarray]:
     for path in paths:
-        yield pooled(session.run(None, {"input": photo_tensor(path, side)}))
+        yield pooled(session.run(None, {entry.config.input.name: photo_tensor(entry, path, side)}))

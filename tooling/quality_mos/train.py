@@ -19,7 +19,7 @@ import numpy as np
 
 from tooling.quality.biq import BIQ_FOLDER, load_biq, source, split
 from tooling.quality.real_photos import correlations
-from tooling.quality_mos.features import classifier_path, feature_session, photo_features
+from tooling.quality_mos.features import classifier, feature_session, photo_features
 from tooling.quality_mos.ridge import cross_validate, fit_ridge
 
 
@@ -33,15 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "mos.csv").exists():
         print(f"no {args.data / 'mos.csv'}: the BIQ2021 photos are read from ../shared/data", file=sys.stderr)
         return 2
-    model = classifier_path()
-    if not model.exists():
-        print(f"no {model}: the classifier's weights are read from ../shared/models", file=sys.stderr)
+    entry = classifier()
+    if not entry.available or entry.artifacts.onnx is None:
+        print(f"{entry.name} is not available: {entry.unavailable_reason or 'no ONNX file'}", file=sys.stderr)
         return 2
     train, held = split(load_biq(args.data))
-    session = feature_session(model, args.threads)
+    session = feature_session(entry.artifacts.onnx, args.threads)
     start = time.perf_counter()
-    x_train = np.stack(list(photo_features(session, [p for p, _ in train], args.side or None)))
-    x_held = np.stack(list(photo_features(session, [p for p, _ in held], args.side or None)))
+    x_train = np.stack(list(photo_features(entry, session, [p for p, _ in train], args.side or None)))
+    x_held = np.stack(list(photo_features(entry, session, [p for p, _ in held], args.side or None)))
     seconds = time.perf_counter() - start
     y_train, y_held = np.array([m for _, m in train]), np.array([m for _, m in held])
     cv = cross_validate(x_train, y_train)
