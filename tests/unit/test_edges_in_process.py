@@ -20,13 +20,12 @@ from loadtests.server_process import free_port
 from pipelines.decode import decode_image
 from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
 from serving.config.app_args import AppArgs
-from serving.config.settings import ServerSettings
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.stubs import ensure_generated
 from serving.http.app import create_http_app
 from serving.placement import IngressConfig, build_service, compose
 from serving.service import InferenceService
-from tests.unit.tiny_models import CLASSES, write_tiny_repository
+from tests.unit.tiny_models import CLASSES, tiny_settings
 
 pytestmark = pytest.mark.unit
 
@@ -42,10 +41,7 @@ def jpeg(color: tuple[int, int, int] = (200, 60, 30), size: tuple[int, int] = (9
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> IngressConfig:
-    root = tmp_path_factory.mktemp("tiny")
-    models = write_tiny_repository(root)
-    settings = ServerSettings(model_repository=models, weights_dir=root / "weights", cache_dir=root / "cache")
-    return compose(AppArgs(placement="local", default_model="tiny"), settings)
+    return compose(AppArgs(placement="local", default_model="tiny"), tiny_settings(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,15 @@ from PIL import Image, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.quality import QualityReport, Tag, analyze_quality, default_thresholds
-from serving.config.app_args import AppArgs
-from serving.config.settings import ServerSettings
 from serving.http.app import create_http_app
 from serving.metrics import QUALITY_SCORE_BUCKETS
-from serving.placement import build_service, compose
 from serving.quality_metrics import OTHER, record_quality, tag_vocabulary
 from serving.requests import ImageOptions
 from serving.security.gate import CURRENT_PRINCIPAL
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from tests.unit.test_edges_in_process import jpeg
-from tests.unit.tiny_models import write_tiny_repository
+from tests.unit.tiny_models import tiny_local_service
 
 pytestmark = pytest.mark.unit
 
@@ -67,11 +64,7 @@ def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> InferenceService:
-    root = tmp_path_factory.mktemp("tiny")
-    settings = ServerSettings(
-        model_repository=write_tiny_repository(root), weights_dir=root / "weights", cache_dir=root / "cache"
-    )
-    return build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    return tiny_local_service(tmp_path_factory.mktemp("tiny"))[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,17 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from serving.config.app_args import AppArgs
-from serving.config.settings import ServerSettings
 from serving.http.app import create_http_app
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.tables import job_items, jobs
-from serving.placement import build_service, compose
 from serving.security.gate import SecurityGate
 from serving.security.keys import KeyStore
 from serving.security.settings import SecuritySettings
 from serving.security.tables import audit_log
 from tests.unit.test_edges_in_process import jpeg
-from tests.unit.tiny_models import write_tiny_repository
+from tests.unit.tiny_models import tiny_local_service
 
 pytestmark = pytest.mark.unit
 
@@ -33,10 +30,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("security")
-    settings = ServerSettings(
-        model_repository=write_tiny_repository(root), weights_dir=root / "weights", cache_dir=root / "cache"
-    )
-    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    service, settings = tiny_local_service(root)
     job_settings = JobSettings(database_url=f"sqlite:///{root / 'jobs.sqlite3'}", object_store=str(root / "objects"))
     engine = create_store_engine(job_settings.database_url)
     migrate(engine)

@@ -502,18 +502,12 @@ async def _no_sleep(seconds: float) -> None:
 # ---- through the HTTP API ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, JobSettings]]:
-    from serving.config.app_args import AppArgs
-    from serving.config.settings import ServerSettings
     from serving.http.app import create_http_app
     from serving.jobs.service import JobService
-    from serving.placement import build_service, compose
-    from tests.unit.tiny_models import write_tiny_repository
+    from tests.unit.tiny_models import tiny_local_service
 
     root = tmp_path_factory.mktemp("tiny-hooks")
-    server = ServerSettings(
-        model_repository=write_tiny_repository(root), weights_dir=root / "weights", cache_dir=root / "cache"
-    )
-    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), server))
+    service, server = tiny_local_service(root)
     settings = _settings(root, [], database_url=f"sqlite:///{root / 'jobs.sqlite3'}")
     jobs = JobService(service, settings)
     with TestClient(create_http_app(service, jobs, server)) as client:

@@ -6,11 +6,15 @@ the service, the local placement and the edges can be tested without Ray and wit
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import yaml
 from onnx import TensorProto, helper
+
+if TYPE_CHECKING:
+    from serving.config.settings import ServerSettings
+    from serving.service import InferenceService
 
 CLASSES = ["cat", "dog", "fish", "bird", "frog"]
 QUALITY_TAGS = (Path(__file__).parents[2] / "models" / "quality_net" / "labels.txt").read_text().split()
@@ -102,3 +106,21 @@ def write_tiny_repository(root: Path) -> Path:
         (folder / "config.yaml").write_text(yaml.safe_dump(_config(name, task, digest, outputs)))
         (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     return models
+
+
+def tiny_settings(root: Path) -> "ServerSettings":
+    """Server settings over a tiny repository written under `root` (weights and build outputs there too)."""
+    from serving.config.settings import ServerSettings
+
+    return ServerSettings(
+        model_repository=write_tiny_repository(root), weights_dir=root / "weights", cache_dir=root / "cache"
+    )
+
+
+def tiny_local_service(root: Path) -> tuple["InferenceService", "ServerSettings"]:
+    """The local placement's `InferenceService` over the tiny models (default model "tiny"), and its settings."""
+    from serving.config.app_args import AppArgs
+    from serving.placement import build_service, compose
+
+    settings = tiny_settings(root)
+    return build_service(compose(AppArgs(placement="local", default_model="tiny"), settings)), settings
