@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
-.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench loadtest
+.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ lint: venv
 # `--placement graph`, hardware limit); see BENCHMARKS.md.
 bench: models
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
+
+# Quality-only throughput (/v1/analyze?fields=quality) of this tree against BASELINE_REF, both started here in turn.
+BASELINE_REF ?= 22a6545
+bench-quality: models
+	$(PY) -m loadtests.quality_throughput --baseline-ref $(BASELINE_REF) $(BENCH_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
 loadtest: venv

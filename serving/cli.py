@@ -132,6 +132,19 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
 
 
 def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
+    if (Path(args.folder) / "mos.csv").is_file():  # ratings: re-fit the learned score
+        from tooling.quality_mos.calibrate_mos import calibrate_mos
+
+        try:
+            result = calibrate_mos(Path(args.folder), Path(args.out))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"score re-fitted on {result['photos']} rated photos: cross-validated Spearman {result['cv_spearman']:.3f}"
+            f" (ridge alpha {result['alpha']:g}); wrote {args.out} as quality_mos version {result['version']}"
+        )
+        return 0
     from tooling.quality.calibrate import main as calibrate
 
     return calibrate([args.folder, "--out", args.out, *(["--base", args.base] if args.base else [])])
@@ -195,10 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     quality = sub.add_parser("quality", help="quality thresholds")
     quality_sub = quality.add_subparsers(dest="quality_command", required=True)
     calibrate = quality_sub.add_parser(
-        "calibrate", help="fit tag thresholds on your labelled folder (good/ and one sub-folder per tag)"
+        "calibrate",
+        help="fit tag thresholds on your labelled folder (good/ and one sub-folder per tag), or the learned score on "
+        "your rated photos (a folder with mos.csv: image,mos)",
     )
-    calibrate.add_argument("folder", help="folder with good/ and one sub-folder per tag")
-    calibrate.add_argument("--out", required=True, help="thresholds YAML to write (use: IMGSERVE_QUALITY_THRESHOLDS)")
+    calibrate.add_argument("folder", help="folder with good/ and one sub-folder per tag, or with mos.csv")
+    calibrate.add_argument(
+        "--out",
+        required=True,
+        help="labels: thresholds YAML to write (use: IMGSERVE_QUALITY_THRESHOLDS); ratings: model folder to write "
+        "(a versioned copy of models/quality_mos)",
+    )
     calibrate.add_argument("--base", default=None, help="thresholds to start from (default: the packaged ones)")
     calibrate.set_defaults(func=_cmd_quality_calibrate)
     return parser

@@ -11,6 +11,7 @@ from pathlib import Path
 from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
+from serving.feature_head import GRAPH_VERSION, write_quality_graph
 from serving.weights import WeightsError, locate_weights, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,31 @@ def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSetting
         return ModelArtifacts(onnx=weights)
     if config.weights.format == "torchscript":
         return ModelArtifacts(torchscript=weights)
+    if config.weights.format == "feature_head":
+        return ModelArtifacts(onnx=grafted_onnx(config, weights, settings), state_dict=weights)
     exported = exported_onnx_path(config, settings)
     return ModelArtifacts(onnx=exported if exported.is_file() else None, state_dict=weights)
+
+
+def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> Path:
+    """The feature-head model's ONNX in the cache directory, built here (in about a second) when absent.
+
+    The graph is a build output keyed by the head's sha256 and `GRAPH_VERSION`; the base model's weights are
+    located and verified like any other (a missing base raises `WeightsError`: the model is listed unavailable).
+    """
+    assert config.export is not None and config.export.base
+    target = settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-g{GRAPH_VERSION}.onnx"
+    if target.is_file():
+        return target
+    base_folder = settings.model_repository / config.export.base
+    try:
+        base = load_model_config(base_folder / "config.yaml")
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"base model '{config.export.base}' of '{config.name}' is not usable: {exc}") from exc
+    base_weights = locate_weights(base.name, base.weights, base_folder, settings.weights_dir)
+    score, probs = (next(o.name for o in config.outputs if o.name == n) for n in ("score", "probs"))
+    logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
+    return write_quality_graph(base_weights, head, config.input.size[0], score, probs, target)
 
 
 class ModelRepository:

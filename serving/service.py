@@ -24,7 +24,7 @@ from serving.stages.concurrency import gather_or_raise
 from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan
 
 IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
-QUALITY_MODEL = "quality_net"  # the learned quality model, when served
+QUALITY_MODEL = "quality_mos"  # the learned quality model (models/quality_mos), when served
 ANALYSIS_FIELDS = ("classification", "quality", "anomaly", "metadata")
 
 
@@ -201,7 +201,12 @@ class InferenceService:
             classification = self._classification(entry, outputs, options, start)
         learned = None
         if QUALITY_MODEL in outputs.models:
-            learned = learned_quality(outputs.models[QUALITY_MODEL].outputs, self.repository.get(QUALITY_MODEL).labels)
+            quality_entry = self.repository.get(QUALITY_MODEL)
+            learned = learned_quality(
+                outputs.models[QUALITY_MODEL].outputs,
+                quality_entry.labels,
+                f"{QUALITY_MODEL}:{quality_entry.config.version}",
+            )
         quality = None
         if outputs.quality is not None:
             quality = quality_verdict(outputs.quality, self.thresholds, learned)

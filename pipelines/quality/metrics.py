@@ -36,6 +36,7 @@ class QualityMetrics:
     blur_anisotropy: float  # directional modulation b/a of the blur; ~0 defocus, > 0.1 motion blur; 0 .. ~1.4
     blur_direction_deg: float  # direction the image is least sharp along (motion), degrees [0, 180), 0 = horizontal
     textured_fraction: float  # share of 32-px tiles with enough variation to judge sharpness; 0 .. 1
+    sharpest_region: tuple[float, float, float, float]  # (x0, y0, x1, y1) in 0..1: box of the sharpest tiles
     # exposure and contrast (working image luma)
     brightness_mean: float  # mean luma; 0 .. 1
     brightness_p05: float  # 5th percentile of luma; 0 .. 1
@@ -64,13 +65,15 @@ class QualityMetrics:
     chroma_noise_sigma: float  # the same on Cr/Cb (larger of the two), 0-255 units
     impulse_fraction: float  # share of pixels > 80 levels off their 3x3 median (salt & pepper); 0 .. 1
     blockiness: float | None  # JPEG 8x8 grid ratio at encoded resolution, 1.0 = none, > ~1.3 visible; None = unknown
+    blockiness_region: tuple[float, float, float, float] | None = None  # the native crop it was measured on
 
     def as_dict(self) -> dict[str, float | int | None]:
-        """Plain dict, e.g. for JSON responses and tag evidence."""
-        return asdict(self)
+        """Plain dict, e.g. for JSON responses and tag evidence (region boxes as lists, as JSON gives them back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-METRIC_NAMES: tuple[str, ...] = tuple(QualityMetrics.__dataclass_fields__)
+REGION_METRICS = frozenset({"sharpest_region", "blockiness_region"})  # boxes, not numbers: evidence only
+METRIC_NAMES: tuple[str, ...] = tuple(n for n in QualityMetrics.__dataclass_fields__ if n not in REGION_METRICS)
 
 
 def compute_metrics(
@@ -109,4 +112,11 @@ def compute_metrics(
         chroma_noise_sigma=chroma_noise_sigma(working_rgb),
         impulse_fraction=impulse_fraction(gray_u8),
         blockiness=block,
+        blockiness_region=None if block is None else _centre_box(native_gray.shape, (width, height)),
     )
+
+
+def _centre_box(crop_shape: tuple[int, ...], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred crop `native_crop` takes, as a box in 0..1 of the upright original."""
+    fx, fy = min(1.0, crop_shape[1] / size[0]), min(1.0, crop_shape[0] / size[1])
+    return (round((1 - fx) / 2, 3), round((1 - fy) / 2, 3), round((1 + fx) / 2, 3), round((1 + fy) / 2, 3))

@@ -26,14 +26,16 @@ def _tile_means(m: np.ndarray, tile: int) -> np.ndarray:
     th, tw = m.shape[0] // tile, m.shape[1] // tile
     if th == 0 or tw == 0:
         return np.array([m.mean()], np.float32)
-    return m[: th * tile, : tw * tile].reshape(th, tile, tw, tile).mean(axis=(1, 3)).ravel()
+    # cv2's area resize by an integer factor is the tile mean, in one C pass (~3x numpy's reshape-mean)
+    return cv2.resize(m[: th * tile, : tw * tile], (tw, th), interpolation=cv2.INTER_AREA).ravel()
 
 
 def residual_sigma(channel: np.ndarray, tile: int = NOISE_TILE) -> float:
     """Immerkaer sigma (0-255 units) of the flattest unclipped tiles of one float32 channel."""
     if min(channel.shape) < 3:
         return 0.0
-    residual = np.abs(cv2.filter2D(channel, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1])
+    residual = cv2.filter2D(channel, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]
+    np.abs(residual, out=residual)
     sigma = _tile_means(residual, tile) * _SIGMA_PER_MEAN_ABS
     level = _tile_means(channel[1:-1, 1:-1], tile)
     usable = (level > 8.0) & (level < 247.0)

@@ -38,6 +38,7 @@ class SharpnessMeasures:
     blur_anisotropy: float
     blur_direction_deg: float
     textured_fraction: float
+    sharpest_region: tuple[float, float, float, float]  # box (x0, y0, x1, y1), 0..1, of the tiles judged
 
 
 def _line_kernel(dy: int, dx: int, length: int) -> np.ndarray:
@@ -48,29 +49,64 @@ def _line_kernel(dy: int, dx: int, length: int) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+def _reblur(gray: np.ndarray, dy: int, dx: int, length: int) -> np.ndarray:
+    """Mean over a `length`-px line through each pixel along (dy, dx), borders reflected: `cv2.filter2D` with
+    `_line_kernel`, computed as a 1-D filter (0 and 90 degrees) or a sum of shifted copies (diagonals), ~5x faster
+    than the 9x9 kernel (same values up to float rounding)."""
+    if dy == 0 or dx == 0:
+        kernel = np.full((1, length) if dy == 0 else (length, 1), 1.0 / length, np.float32)
+        return cv2.filter2D(gray, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    c = length // 2
+    h, w = gray.shape
+    padded = cv2.copyMakeBorder(gray, c, c, c, c, cv2.BORDER_REFLECT)
+    out = np.zeros_like(gray)
+    for t in range(-c, c + 1):
+        out += padded[c + t * dy : c + t * dy + h, c + t * dx : c + t * dx + w]
+    return out * np.float32(1.0 / length)
+
+
 def _abs_step(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """|a(y+dy, x+dx) - a(y, x)| with zeros where the neighbour falls outside."""
     out = np.zeros_like(a)
     h, w = a.shape
     y0, y1 = max(0, -dy), h - max(0, dy)
     x0, x1 = max(0, -dx), w - max(0, dx)
-    out[y0:y1, x0:x1] = np.abs(a[y0 + dy : y1 + dy, x0 + dx : x1 + dx] - a[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = cv2.absdiff(a[y0 + dy : y1 + dy, x0 + dx : x1 + dx], a[y0:y1, x0:x1])
     return out
 
 
 def _tile_sums(m: np.ndarray, tile: int) -> np.ndarray:
+    """Sum over each full tile (a partial last row/column of tiles is dropped), float64."""
     th, tw = max(1, m.shape[0] // tile), max(1, m.shape[1] // tile)
     ty, tx = min(tile, m.shape[0]), min(tile, m.shape[1])
-    return m[: th * ty, : tw * tx].reshape(th, ty, tw, tx).sum(axis=(1, 3))
+    # cv2's area resize by an integer factor is the tile mean, in one C pass (numpy's reshape-sum is ~3x slower)
+    means = cv2.resize(m[: th * ty, : tw * tx], (tw, th), interpolation=cv2.INTER_AREA)
+    return means.reshape(th, tw).astype(np.float64) * (ty * tx)
 
 
-def directional_sharpness(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sharpness along 0/45/90/135 degrees: (sharpest tiles, all textured tiles, fraction of textured tiles)."""
+Region = tuple[float, float, float, float]
+WHOLE_FRAME: Region = (0.0, 0.0, 1.0, 1.0)
+
+
+def _tiles_box(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int]) -> Region:
+    """Bounding box, as fractions of the tile grid, of the tiles at (rows, cols)."""
+    th, tw = grid
+    return (
+        round(float(cols.min()) / tw, 3),
+        round(float(rows.min()) / th, 3),
+        round(float(cols.max() + 1) / tw, 3),
+        round(float(rows.max() + 1) / th, 3),
+    )
+
+
+def directional_sharpness(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, Region]:
+    """Sharpness along 0/45/90/135 degrees: (sharpest tiles, all textured tiles, fraction of textured tiles,
+    bounding box of the sharpest tiles: where the verdict was measured)."""
     kept, lost = [], []
     for dy, dx in _DIRECTIONS:
-        reblurred = cv2.filter2D(gray, -1, _line_kernel(dy, dx, REBLUR_LENGTH), borderType=cv2.BORDER_REFLECT)
+        reblurred = _reblur(gray, dy, dx, REBLUR_LENGTH)
         step = _abs_step(gray, dy, dx)
-        lost.append(_tile_sums(np.maximum(0.0, step - _abs_step(reblurred, dy, dx)), TILE))
+        lost.append(_tile_sums(cv2.max(cv2.subtract(step, _abs_step(reblurred, dy, dx)), 0.0), TILE))
         kept.append(_tile_sums(step, TILE))
     variation = np.stack(kept)  # 4 x tiles_y x tiles_x
     removed = np.stack(lost)
@@ -79,11 +115,13 @@ def directional_sharpness(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, flo
     textured_fraction = float(textured.mean())
     if not textured.any():  # nothing to judge: pool over the whole image
         whole = removed.sum(axis=(1, 2)) / np.maximum(variation.sum(axis=(1, 2)), 1e-9)
-        return whole, whole, textured_fraction
+        return whole, whole, textured_fraction, WHOLE_FRAME
     per_tile = removed[:, textured] / np.maximum(variation[:, textured], 1e-9)  # 4 x n
     order = np.argsort(per_tile.mean(axis=0))[::-1]
     top = order[: max(1, int(np.ceil(TOP_FRACTION * order.size)))]
-    return per_tile[:, top].mean(axis=1), per_tile.mean(axis=1), textured_fraction
+    rows, cols = np.nonzero(textured)
+    region = _tiles_box(rows[top], cols[top], textured.shape)
+    return per_tile[:, top].mean(axis=1), per_tile.mean(axis=1), textured_fraction, region
 
 
 def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
@@ -91,7 +129,7 @@ def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
     laplacian = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    s, s_all, textured_fraction = directional_sharpness(gray)
+    s, s_all, textured_fraction, region = directional_sharpness(gray)
     # Direction is judged on the blur (1 - sharpness) over all textured tiles: camera motion blurs the
     # whole frame alike, and relative to the blur amount a strong defocus stays isotropic.
     blur = 1.0 - s_all
@@ -106,4 +144,5 @@ def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
         blur_anisotropy=amplitude / max(float(blur.mean()), 1e-9),
         blur_direction_deg=float(direction),
         textured_fraction=textured_fraction,
+        sharpest_region=region,
     )

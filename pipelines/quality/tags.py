@@ -3,9 +3,11 @@
 Rules come from the thresholds config (`thresholds.yaml`); the vocabulary and rules are documented in
 docs/QUALITY.md. Combination with a model, per tag, when `model_probs` has that tag:
 
-- classical evidence fires and the model gives p >= ``model.confirm``  -> tag (the model can veto);
-- the model alone gives p >= ``model.alone``                           -> tag (the model can add);
-- otherwise no tag. Tags the model does not cover stay purely classical.
+- classical evidence fires and the model gives p >= ``confirm``  -> tag (the model can veto);
+- the model alone gives p >= ``alone``                           -> tag (the model can add);
+- or, for a tag with a learned ``stack``, its logistic of the model's logit and metrics >= ``fire_at``;
+- otherwise no tag. Tags the model does not cover stay purely classical. ``confirm``/``alone`` are per tag
+  (``model.tags``) or the block's defaults. A tag implied by another that fired (motion_blur -> blurry) fires.
 
 Confidence is a logistic function of how far the deciding metric is past its threshold (0.5 at the
 threshold, 0.73 one `scale` beyond it); with a model it is the larger of that and p.
@@ -15,9 +17,10 @@ import math
 from dataclasses import dataclass, field
 
 from pipelines.quality.metrics import QualityMetrics
+from pipelines.quality.sharpness import WHOLE_FRAME
 from pipelines.quality.thresholds import Condition, TagRule, Thresholds, default_thresholds
 
-Evidence = dict[str, float | int | None]
+Evidence = dict[str, float | int | list[float] | None]
 
 
 @dataclass(frozen=True)
@@ -90,21 +93,33 @@ def tags_from_values(
             classical, confidence = True, max(t.confidence for t in implied)
         p = probs.get(name)
         source = "classical"
-        if p is not None:
-            if classical and p >= combine.confirm:
+        stack = combine.stack_for(name) if p is not None else None
+        if p is not None and stack is not None:  # a learned decision from the probability and the metrics
+            stacked = stack.probability(values, p)
+            classical, confidence, source = stacked >= stack.fire_at, stacked, "classical+model"
+        elif p is not None:
+            confirm, alone = combine.for_tag(name)
+            if classical and p >= confirm:
                 confidence, source = max(confidence, p), "classical+model"
-            elif p >= combine.alone:
+            elif p >= alone:
                 classical, confidence, source = True, p, "model"
             else:
                 classical = False
+        if implied:  # an implying tag that fired decides (motion_blur is blurry), whatever this tag's own model says
+            classical, confidence = True, max(confidence if classical else 0.0, *(t.confidence for t in implied))
         if not classical:
             continue
         if any(r not in fired for r in rule.requires) or any(e in fired for e in rule.excludes):
             continue
         evidence: Evidence = {c.metric: values.get(c.metric) for c in rule.conditions}
+        if stack is not None:
+            evidence.update({t.metric: values.get(t.metric) for t in stack.terms})
+            evidence["combined_probability"] = round(confidence, 4)
         for tag in implied:  # the implying tag's metrics, not its model probability
             evidence.update({k: v for k, v in tag.evidence.items() if k != "model_probability"})
         if p is not None:
             evidence["model_probability"] = p
+        region = values.get(rule.region) if rule.region else WHOLE_FRAME
+        evidence["region"] = list(region) if region is not None else list(WHOLE_FRAME)
         fired[name] = Tag(name, round(confidence, 4), source, describe_rule(rule), evidence)
     return [fired[name] for name in thresholds.tags if name in fired]

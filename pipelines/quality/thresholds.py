@@ -5,14 +5,25 @@ calibrated on a user's own labelled photos (`tooling.quality.calibrate`) and ver
 carries the `version` of the thresholds that produced it.
 """
 
+import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.quality.metrics import METRIC_NAMES
+from pipelines.quality.metrics import METRIC_NAMES, REGION_METRICS
+
+
+def _known_metric(value: str) -> str:
+    if value not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {value!r}")
+    return value
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]  # a `QualityMetrics` number field
 
 DEFAULT_THRESHOLDS_PATH = Path(__file__).with_name("thresholds.yaml")
 LEVELS = ("LOW", "MEDIUM", "HIGH", "ULTRA")
@@ -25,17 +36,10 @@ class _Frozen(BaseModel):
 class Condition(_Frozen):
     """One metric compared with a threshold."""
 
-    metric: str = Field(description="a `QualityMetrics` field name")
+    metric: MetricName = Field(description="a `QualityMetrics` field name")
     op: Literal["<", ">"] = Field(description="the condition holds when `metric op threshold`")
     threshold: float = Field(description="decision value, in the metric's units")
     scale: float = Field(gt=0, description="metric distance from the threshold that gives confidence 0.73")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in METRIC_NAMES:
-            raise ValueError(f"unknown metric {value!r}")
-        return value
 
 
 class TagRule(_Frozen):
@@ -48,10 +52,58 @@ class TagRule(_Frozen):
     requires: tuple[str, ...] = Field((), description="tags that must also fire")
     excludes: tuple[str, ...] = Field((), description="tags that suppress this one")
     implied_by: tuple[str, ...] = Field((), description="tags that make this one fire too (motion_blur -> blurry)")
+    region: str | None = Field(
+        None, description="the metric holding where the tag was measured (a box); None: the whole frame"
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is not None and value not in REGION_METRICS:
+            raise ValueError(f"unknown region metric {value!r}; known: {sorted(REGION_METRICS)}")
+        return value
 
     def references(self) -> set[str]:
         """Tags this rule depends on."""
         return set(self.requires) | set(self.excludes) | set(self.implied_by)
+
+
+class StackTerm(_Frozen):
+    """One standardised metric in a stacked decision: weight * (value - mean) / scale."""
+
+    metric: MetricName
+    mean: float
+    scale: float = Field(gt=0)
+    weight: float
+
+
+class TagStack(_Frozen):
+    """A learned decision for one tag from the model's probability and the classical metrics (logistic):
+
+    p_tag = sigmoid(bias + model_weight * logit(model probability) + sum of terms); the tag fires at p_tag >= fire_at.
+    Fitted by `python -m tooling.quality_mos.tune` on the training part's out-of-fold predictions."""
+
+    bias: float
+    model_weight: float
+    terms: tuple[StackTerm, ...] = ()
+    fire_at: float = Field(ge=0, le=1)
+
+    def probability(self, values: Mapping[str, Any], model_probability: float) -> float:
+        p = min(max(model_probability, 1e-6), 1 - 1e-6)
+        z = self.bias + self.model_weight * math.log(p / (1 - p))
+        for term in self.terms:
+            value = values.get(term.metric)
+            if value is not None:
+                z += term.weight * (float(value) - term.mean) / term.scale
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+class TagCombination(_Frozen):
+    """One tag's own `confirm` / `alone` (overrides the block's defaults), or a learned `stack` (replaces them)."""
+
+    confirm: float = Field(1.0, ge=0, le=1)
+    alone: float = Field(1.0, ge=0, le=1)
+    stack: TagStack | None = None
 
 
 class ModelCombination(_Frozen):
@@ -60,22 +112,25 @@ class ModelCombination(_Frozen):
     confirm: float = Field(0.3, ge=0, le=1, description="classical tag is kept only if the model gives >= this")
     alone: float = Field(0.85, ge=0, le=1, description="model probability that fires a tag without classical evidence")
     score_weight: float = Field(0.5, ge=0, le=1, description="weight of the model's 0-100 score in the final score")
+    tags: dict[str, TagCombination] = Field(default_factory=dict, description="per-tag confirm/alone overrides")
+
+    def stack_for(self, name: str) -> TagStack | None:
+        own = self.tags.get(name)
+        return own.stack if own else None
+
+    def for_tag(self, name: str) -> tuple[float, float]:
+        """(confirm, alone) for tag `name`."""
+        own = self.tags.get(name)
+        return (own.confirm, own.alone) if own else (self.confirm, self.alone)
 
 
 class Penalty(_Frozen):
     """Score penalty: severity ramps linearly from 0 at `best` to 1 at `worst` of `metric`."""
 
-    metric: str
+    metric: MetricName
     best: float
     worst: float
     weight: float = Field(ge=0, le=1, description="share of the score lost at full severity")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in METRIC_NAMES:
-            raise ValueError(f"unknown metric {value!r}")
-        return value
 
 
 class ScoreConfig(_Frozen):
@@ -107,6 +162,9 @@ class Thresholds(_Frozen):
             unknown = rule.references() - set(self.tags)
             if unknown:
                 raise ValueError(f"tag {name!r} refers to unknown tags {sorted(unknown)}")
+        unknown_model_tags = set(self.model.tags) - set(self.tags)
+        if unknown_model_tags:
+            raise ValueError(f"model: combination for unknown tags {sorted(unknown_model_tags)}")
         self.decision_order()  # raises on a cycle
         return self
 

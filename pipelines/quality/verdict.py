@@ -24,17 +24,20 @@ class LearnedQuality:
     score: float  # anomaly score: 0 pristine .. 1 severe (1 - model_quality)
     model_quality: float  # the model's own quality estimate, 0 .. 1
     probabilities: dict[str, float]  # per-distortion probabilities, by tag name
+    model_version: str = ""  # "<model>:<version>" of the learned model that produced this
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def learned_quality(outputs: Mapping[str, np.ndarray], labels: tuple[str, ...]) -> LearnedQuality:
+def learned_quality(
+    outputs: Mapping[str, np.ndarray], labels: tuple[str, ...], model_version: str = ""
+) -> LearnedQuality:
     """The quality model's outputs (`score`: quality 0..1, `probs`: one per label) for one image."""
     quality = float(np.asarray(outputs["score"]).reshape(-1)[0])
     probs = np.asarray(outputs["probs"]).reshape(-1)
     probabilities = {label: round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
-    return LearnedQuality(round(1.0 - quality, 4), round(quality, 4), probabilities)
+    return LearnedQuality(round(1.0 - quality, 4), round(quality, 4), probabilities, model_version)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class QualityReport:
     metrics: QualityMetrics
     thresholds_version: int
     detail: QualityScore  # classical/model parts of the score and the penalty severities
+    model_version: str | None = None  # the learned model that joined the verdict ("quality_mos:1"), if any
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object HTTP, gRPC and batch results carry as `quality` (docs/QUALITY.md)."""
@@ -57,6 +61,7 @@ class QualityReport:
             "classical_score": self.detail.classical_score,
             "model_score": self.detail.model_score,
             "thresholds_version": self.thresholds_version,
+            "model_version": self.model_version,
             "metrics": self.metrics.as_dict(),
         }
 
@@ -69,7 +74,8 @@ def quality_verdict(
     model_score = learned.model_quality * 100.0 if learned else None
     detail = score_quality(metrics, thresholds, model_score)
     tags = tuple(assign_tags(metrics, thresholds, learned.probabilities if learned else None))
-    return QualityReport(detail.score, detail.level, tags, metrics, thresholds.version, detail)
+    version = (learned.model_version or None) if learned else None
+    return QualityReport(detail.score, detail.level, tags, metrics, thresholds.version, detail, version)
 
 
 def analyze_quality(

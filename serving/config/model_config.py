@@ -89,8 +89,9 @@ class BatchingConfig(_Strict):
 
 class WeightsSpec(_Strict):
     file: str = Field(description="File name looked up in the weights directory (IMGSERVE_WEIGHTS_DIR).")
-    format: Literal["onnx", "torchscript", "torchvision_state_dict"] = Field(
-        description="What the file holds; decides which backends can load it directly."
+    format: Literal["onnx", "torchscript", "torchvision_state_dict", "feature_head"] = Field(
+        description="What the file holds; decides which backends can load it directly. 'feature_head': linear heads "
+        "on another model's pooled activations (serving.feature_head), grafted into one ONNX graph at build time."
     )
     sha256: str = Field(
         description="Hex sha256 of the file. A prefix of at least 8 digits is accepted where the publisher only "
@@ -111,9 +112,23 @@ class WeightsSpec(_Strict):
 
 
 class ExportConfig(_Strict):
-    source: Literal["torchvision"] = Field(description="Where the architecture comes from at build time.")
-    architecture: str = Field(description="Constructor name, e.g. 'resnet50' for torchvision.models.resnet50.")
+    source: Literal["torchvision", "feature_head"] = Field(
+        description="torchvision: the architecture comes from torchvision; feature_head: the head file is grafted "
+        "onto the `base` model's ONNX graph (serving.feature_head)."
+    )
+    architecture: str = Field(
+        default="", description="Constructor name, e.g. 'resnet50' for torchvision.models.resnet50 (torchvision)."
+    )
+    base: str = Field(default="", description="The repository model whose ONNX graph carries the head (feature_head).")
     opset: int = Field(default=17, description="ONNX opset for the export.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "ExportConfig":
+        if self.source == "torchvision" and not self.architecture:
+            raise ValueError("a torchvision export needs `architecture`")
+        if self.source == "feature_head" and not self.base:
+            raise ValueError("a feature_head export needs `base` (the model whose graph carries the head)")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -62,14 +62,14 @@ def test_served_quality_is_the_verdict_function_bit_for_bit(placement: str, requ
     from serving.repository import ModelRepository
 
     server = request.getfixturevalue("server" if placement == "graph" else "local_server")
-    spec = ModelRepository.scan(check_backends=False).get("quality_net").config.preprocess_spec()
+    spec = ModelRepository.scan(check_backends=False).get("quality_mos").config.preprocess_spec()
     thresholds = default_thresholds()
     photos = [require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG"] + sorted(require(BLUR_SAMPLES).glob("*"))[:3]
     with httpx.Client(base_url=server.http_url, timeout=60) as http:
         for path in photos:
             data = path.read_bytes()
             served = _analyze(http, data, "quality,anomaly")
-            decoded = decode_image(data, {"quality_net": spec}, working_max_side=thresholds.working_max_side)
+            decoded = decode_image(data, {"quality_mos": spec}, working_max_side=thresholds.working_max_side)
             metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
             expected = quality_verdict(metrics, thresholds, LearnedQuality(**served["anomaly"])).to_dict()
             assert served["quality"] == expected, path.name

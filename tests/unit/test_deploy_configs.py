@@ -181,7 +181,7 @@ def test_app_args_reject_contradictions() -> None:
     with pytest.raises(ValidationError, match="batching"):
         AppArgs.model_validate({"placement": "graph", "batching": {"batch_wait_timeout_ms": 0}})
     with pytest.raises(ValidationError, match="default_model"):
-        AppArgs.model_validate({"models": ["quality_net"], "default_model": "mobilenet_v2_imagenet"})
+        AppArgs.model_validate({"models": ["quality_mos"], "default_model": "mobilenet_v2_imagenet"})
     with pytest.raises(ValidationError):
         AppArgs.model_validate({"model_location": "ingress"})  # the old switch is gone, not silently ignored
 

@@ -125,7 +125,7 @@ def test_bad_input_is_a_clear_4xx(http: TestClient) -> None:
         ("/v1/classify", {}, b"not an image", 415, "unsupported_format"),
         ("/v1/classify", {}, jpeg()[:40], 400, "invalid_image"),
         ("/v1/classify", {"model": "nope"}, jpeg(), 404, "unknown_model"),
-        ("/v1/classify", {"model": "quality_net"}, jpeg(), 400, "bad_request"),
+        ("/v1/classify", {"model": "quality_mos"}, jpeg(), 400, "bad_request"),
         ("/v1/analyze", {"fields": "colour"}, jpeg(), 400, "bad_request"),
         ("/v1/classify", {}, b"", 400, "invalid_image"),
     ]
@@ -147,7 +147,7 @@ def test_metadata_models_and_probes(http: TestClient) -> None:
     assert meta["file"]["format"] == "JPEG"
     models = http.get("/v1/models").json()
     assert models["default_model"] == "tiny"
-    assert {m["name"]: m["state"] for m in models["models"]} == {"tiny": "READY", "quality_net": "READY"}
+    assert {m["name"]: m["state"] for m in models["models"]} == {"tiny": "READY", "quality_mos": "READY"}
     assert http.get("/v2/health/ready").json() == {"ready": True}
     assert http.get("/v2/health/live").status_code == 200
 

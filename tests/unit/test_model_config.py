@@ -32,14 +32,14 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
 
 
 def test_every_committed_model_is_present() -> None:
-    assert COMMITTED == ["mobilenet_v2_imagenet", "quality_net", "resnet50"]
+    assert COMMITTED == ["mobilenet_v2_imagenet", "quality_mos", "resnet50"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_config_validates(name: str) -> None:
     config = load_model_config(MODELS_DIR / name / "config.yaml")
     assert config.name == name  # the repository requires name == folder name
-    assert config.input.shape == [3, 224, 224]
+    assert config.input.shape == [3, *config.input.size] and config.input.size[0] in (224, 256)
     assert config.preprocess_spec().output_size == tuple(config.input.size)
     assert max(config.batching.preferred_batch_sizes) <= config.batching.max_batch_size
     assert config.backends[-1] == "onnxruntime"  # the CPU fallback comes last in both

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from pipelines.quality import analyze_quality
-from pipelines.quality.metrics import METRIC_NAMES, compute_metrics
+from pipelines.quality.metrics import METRIC_NAMES, REGION_METRICS, compute_metrics
 from pipelines.quality.noise import blockiness, impulse_fraction, noise_sigma
 from pipelines.quality.scoring import quality_level, score_quality
 from pipelines.quality.sharpness import measure_sharpness
+from pipelines.quality.thresholds import default_thresholds
 from pipelines.quality.working_image import native_crop, working_image, working_size
 from tests.paths import DATA
 from tests.unit.textures import dead_leaves_texture
@@ -40,7 +41,10 @@ def test_working_image_shrinks_long_side_and_never_enlarges() -> None:
 def test_metrics_have_documented_ranges_on_a_texture() -> None:
     rgb = dead_leaves_texture()
     m = compute_metrics(working_image(rgb), (rgb.shape[1], rgb.shape[0]))
-    assert set(METRIC_NAMES) == {f.name for f in fields(m)}
+    assert set(METRIC_NAMES) | REGION_METRICS == {f.name for f in fields(m)}
+    x0, y0, x1, y1 = m.sharpest_region  # where sharpness was judged: a box inside the frame
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert m.blockiness_region == (0.0, 0.0, 1.0, 1.0)  # the working image is the original: measured on all of it
     assert 0 <= m.sharpness_min_direction <= m.sharpness <= 1
     assert 0 <= m.brightness_p05 <= m.brightness_p50 <= m.brightness_p95 <= 1
     assert 0 <= m.entropy_bits <= 8 and 0 <= m.contrast_rms <= 0.5
@@ -119,7 +123,8 @@ def test_score_and_level() -> None:
     assert 0 <= bad.score < good.score <= 100
     assert "blur" in bad.severities
     blended = score_quality(compute_metrics(working_image(rgb), (4000, 3000)), model_score=0.0)
-    assert blended.score == pytest.approx(good.classical_score * 0.5, abs=0.01)
+    weight = default_thresholds().model.score_weight
+    assert blended.score == pytest.approx(good.classical_score * (1 - weight), abs=0.01)
     assert [quality_level(s) for s in (10, 50, 70, 95)] == ["LOW", "MEDIUM", "HIGH", "ULTRA"]
     with pytest.raises(ValueError):
         score_quality(compute_metrics(working_image(rgb), (512, 384)), model_score=120)

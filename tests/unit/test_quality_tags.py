@@ -15,6 +15,9 @@ from pipelines.quality.tags import assign_tags
 from pipelines.quality.thresholds import (
     DEFAULT_THRESHOLDS_PATH,
     ModelCombination,
+    StackTerm,
+    TagCombination,
+    TagStack,
     Thresholds,
     default_thresholds,
     load_thresholds,
@@ -102,6 +105,42 @@ def test_model_probabilities_confirm_veto_and_add() -> None:
     assert both["blurry"].source == "classical+model" and both["blurry"].confidence >= 0.95
     assert both["noisy"].source == "model" and both["noisy"].evidence["model_probability"] == 0.9
     assert "noisy" not in {t.name for t in assign_tags(metrics, limits, model_probs={"noisy": 0.5})}
+
+
+def test_per_tag_combination_and_learned_stack() -> None:
+    dark = (dead_leaves_texture().astype(np.float32) * 0.15).astype(np.uint8)
+    metrics = compute_metrics(working_image(dark), (4000, 3000))
+    stack = TagStack(
+        bias=-2.0,
+        model_weight=1.0,
+        terms=(StackTerm(metric="brightness_mean", mean=0.4, scale=0.1, weight=-1.0),),
+        fire_at=0.5,
+    )
+    combine = ModelCombination(confirm=0.0, alone=0.5, tags={"low_light": TagCombination(stack=stack)})
+    limits = default_thresholds().model_copy(update={"model": combine})
+    # Very dark (brightness ~0.07: the term adds ~3.3): fires even with a doubtful model; evidence shows the inputs.
+    tag = next(t for t in assign_tags(metrics, limits, model_probs={"low_light": 0.3}) if t.name == "low_light")
+    expected = stack.probability(metrics.as_dict(), 0.3)
+    assert tag.source == "classical+model" and tag.confidence == pytest.approx(expected, abs=1e-4)
+    assert tag.evidence["combined_probability"] == pytest.approx(expected, abs=1e-4) and expected >= 0.5
+    assert tag.evidence["brightness_mean"] == metrics.brightness_mean and tag.evidence["region"] == [0, 0, 1, 1]
+    # A confident "not dark" model outweighs the metric: the stack learned both.
+    assert "low_light" not in {t.name for t in assign_tags(metrics, limits, model_probs={"low_light": 0.001})}
+    # Without a probability for the tag (no model served), the classical rule decides as before.
+    assert "low_light" in {t.name for t in assign_tags(metrics, limits)}
+    with pytest.raises(ValidationError, match="combination for unknown tags"):
+        Thresholds.model_validate({**default_thresholds().model_dump(), "model": {"tags": {"crisp": {}}}})
+
+
+def test_blur_evidence_says_where_it_was_measured() -> None:
+    rgb = dead_leaves_texture()
+    left_sharp = rgb.copy()
+    left_sharp[:, rgb.shape[1] // 2 :] = cv2.GaussianBlur(rgb, (0, 0), 6)[:, rgb.shape[1] // 2 :]
+    report = analyze_quality(left_sharp)
+    x0, y0, x1, y1 = report.metrics.sharpest_region
+    assert x1 <= 0.55 and (y0, y1) != (0.0, 0.0)  # the sharpest tiles are in the sharp left half
+    for tag in report.tags:
+        assert len(tag.evidence["region"]) == 4
 
 
 def test_default_thresholds_are_versioned_and_validated() -> None:

@@ -1,4 +1,4 @@
-"""A tiny model repository generated in a temp folder: a 5-class classifier and a stand-in `quality_net`.
+"""A tiny model repository generated in a temp folder: a 5-class classifier and a stand-in `quality_mos`.
 
 Real ONNX graphs run by ONNX Runtime (global average pool + matmul), small enough to build in milliseconds, so
 the service, the local placement and the edges can be tested without Ray and without third-party weights.
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from serving.service import InferenceService
 
 CLASSES = ["cat", "dog", "fish", "bird", "frog"]
-QUALITY_TAGS = (Path(__file__).parents[2] / "models" / "quality_net" / "labels.txt").read_text().split()
+QUALITY_TAGS = (Path(__file__).parents[2] / "models" / "quality_mos" / "labels.txt").read_text().split()
 SIZE = 32
 
 
@@ -85,12 +85,12 @@ def _config(name: str, task: str, sha256: str, outputs: list[dict[str, Any]]) ->
 
 
 def write_tiny_repository(root: Path) -> Path:
-    """`root/models` with `tiny` (the classifier) and `quality_net`; returns the models folder."""
+    """`root/models` with `tiny` (the classifier) and `quality_mos`; returns the models folder."""
     models = root / "models"
     for name, task, graph, outputs, labels in (
         ("tiny", "classification", classifier_graph(), [{"name": "logits", "shape": [5], "kind": "logits"}], CLASSES),
         (
-            "quality_net",
+            "quality_mos",
             "quality",
             quality_graph(),
             [

@@ -3,13 +3,10 @@
     python -m tooling.quality.real_photos                        # the held-out part (the one to report)
     python -m tooling.quality.real_photos --split train --json /tmp/biq-train.json
 
-Every photo of the split (`tooling.quality.biq`) goes through what a `/v1/analyze?fields=quality` request does when
-quality_net is served: `decode_image` with quality_net's preprocessing and the thresholds' working image (reduced
-JPEG decode allowed, `DecodeLimits()` defaults), `compute_metrics` on the working image, quality_net through the
-server's `OnnxRuntimeBackend` (`tooling.quality_net.combined_inputs.load_model` / `infer_probs`, batches of the
-config's max_batch_size), then `quality_verdict(metrics, thresholds, learned)`. The classical path alone
-(`quality_verdict(metrics, thresholds)`, what a server without quality_net returns) is reported next to it.
---no-model skips quality_net.
+Every photo of the split (`tooling.quality.biq`) goes through what a `/v1/analyze?fields=quality` request does
+(`tooling.quality.served`: decode with the learned model's preprocessing and the working image, metrics, quality_mos
+through the server's ONNX Runtime backend, `quality_verdict`). The classical path alone (what a server without the
+learned model returns) is reported next to it. --no-model skips the learned model.
 
 Reported: false alarms (share of photos with MOS >= 0.72 that get any `defect` tag, and per tag), any-defect rate
 per MOS band, Spearman/Pearson of the 0-100 score vs MOS (Spearman with a 95 % bootstrap interval), the same for the
@@ -32,12 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.decode import decode_image
-from pipelines.limits import DecodeLimits
-from pipelines.quality import LearnedQuality, QualityReport, compute_metrics, quality_verdict
+from pipelines.quality import QualityReport
 from pipelines.quality.thresholds import Thresholds, load_thresholds
-from serving.service import QUALITY_MODEL
 from tooling.quality.biq import BIQ_FOLDER, GOOD_MOS, load_biq, source, split
+from tooling.quality.served import served_quality
 
 MOS_BANDS = ((0.0, 0.4), (0.4, GOOD_MOS), (GOOD_MOS, 1.01))
 BOOTSTRAP = 2000
@@ -87,38 +82,19 @@ def log_laplacian_var(path: Path) -> float:
     return float(np.log(cv2.Laplacian(gray, cv2.CV_64F).var() + 1e-12))
 
 
-def evaluate_photos(rows: Sequence[tuple[Path, float]], thresholds: Thresholds, use_model: bool) -> list[dict]:
+def evaluate_photos(rows: Sequence[tuple[Path, float]], thresholds_path: Path | None, use_model: bool) -> list[dict]:
     """Per photo: name, source, MOS, served and classical-only verdicts (score, level, defect tags), baseline."""
-    entry = backend = None
-    if use_model:
-        from tooling.quality_net.combined_inputs import load_model
-
-        entry, backend = load_model(threads=1)
-    specs = {QUALITY_MODEL: entry.config.preprocess_spec()} if entry else {}
-    batch_size = entry.config.batching.max_batch_size if entry else 32
-    limits = DecodeLimits()
+    thresholds = load_thresholds(thresholds_path)
+    results = served_quality([p for p, _ in rows], thresholds_path, use_model)
     out: list[dict] = []
-    start = time.perf_counter()
-    for b in range(0, len(rows), batch_size):
-        chunk = rows[b : b + batch_size]
-        decoded = [decode_image(p.read_bytes(), specs, limits, thresholds.working_max_side) for p, _ in chunk]
-        learned: list[LearnedQuality | None] = [None] * len(chunk)
-        if entry is not None:
-            from tooling.quality_net.combined_inputs import infer_probs
-
-            tensor = np.stack([d.tensors[QUALITY_MODEL] for d in decoded])
-            learned = [LearnedQuality(**r) for r in infer_probs(backend, entry, tensor)]
-        for (path, mos), image, model in zip(chunk, decoded, learned, strict=True):
-            metrics = compute_metrics(image.working, (image.width, image.height), image.native_gray)
-            row = {"image": path.name, "source": source(path.name), "mos": mos, "decode_scale": image.decode_scale}
-            row["classical"] = _verdict(quality_verdict(metrics, thresholds), thresholds)
-            if model is not None:
-                row["served"] = _verdict(quality_verdict(metrics, thresholds, model), thresholds)
-                row["model_quality"] = model.model_quality
-            row["log_laplacian_var"] = log_laplacian_var(path)
-            out.append(row)
-        elapsed = time.perf_counter() - start
-        print(f"  {len(out)}/{len(rows)} photos ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+    for (path, mos), r in zip(rows, results, strict=True):
+        row = {"image": path.name, "source": source(path.name), "mos": mos, "decode_scale": r.decode_scale}
+        row["classical"] = _verdict(r.classical, thresholds)
+        if use_model:
+            row["served"] = _verdict(r.served, thresholds)
+            row["model_quality"] = r.model_quality
+        row["log_laplacian_var"] = log_laplacian_var(path)
+        out.append(row)
     return out
 
 
@@ -183,7 +159,7 @@ def markdown(report: dict) -> str:
         lo, hi = c["spearman_95"]
         alarms = f"{s['false_alarm_any']:.1%}"
         lines.append(f"| {key} score | {alarms} | {c['spearman']:.3f} ({lo:.2f}-{hi:.2f}) | {c['pearson']:.3f} |")
-    extra = {"quality_net model_quality alone": "model_quality", "log(var(Laplacian(gray)))": "log_laplacian_var"}
+    extra = {"quality_mos predicted MOS alone": "model_quality", "log(var(Laplacian(gray)))": "log_laplacian_var"}
     for label, key in extra.items():
         if key in report:
             c = report[key]
@@ -225,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=("held-out", "train"), default="held-out")
     parser.add_argument("--limit", type=int, help="only the first N photos of the split (smoke runs)")
     parser.add_argument("--thresholds", type=Path, help="thresholds YAML (default: the packaged one)")
-    parser.add_argument("--no-model", action="store_true", help="classical path only (no quality_net)")
+    parser.add_argument("--no-model", action="store_true", help="classical path only (no quality_mos)")
     parser.add_argument("--json", type=Path, help="write the summary and per-photo results here")
     args = parser.parse_args(argv)
 
@@ -235,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = held if args.split == "held-out" else train
     rows = rows[: args.limit] if args.limit else rows
     start = time.perf_counter()
-    photos = evaluate_photos(rows, thresholds, not args.no_model)
+    photos = evaluate_photos(rows, args.thresholds, not args.no_model)
     seconds = time.perf_counter() - start
     paths = ("served", "classical") if not args.no_model else ("classical",)
     defect_tags = [name for name, rule in thresholds.tags.items() if rule.kind == "defect"]

@@ -1,27 +1,56 @@
-"""Quality features from the served classifier: the mean and standard deviation of seven of MobileNetV2's
-activation maps (from the first blocks, which see noise, blur and compression, to the last, which sees content),
-at the photo's own resolution instead of the classifier's 224x224.
+"""What the served quality path sees of a photo, measured in bulk: the decode stage's tensor for `quality_mos`, the
+classifier's pooled activations (`serving.feature_head.feature_graph`, the same graph the served model is built
+from) and the classical metrics, for files or encoded bytes.
 
-The classifier's ONNX file (../shared/models, third-party; found and verified through the model repository) is
-rewritten in memory: the input's height and width
-become free (every layer before the final pooling is convolutional) and the chosen activations become the
-outputs; nothing is written to disk.
+    config = quality_config()                            # models/quality_mos/config.yaml
+    rows = measure_all(items, workers=2)                 # [Measured], items: paths or biq_synthetic.Sample
+
+Every item goes through `pipelines.decode.decode_image` with the model's preprocessing and the thresholds' working
+image (JPEG draft decoding allowed, `DecodeLimits()`), exactly as a `/v1/analyze?fields=quality` request; the
+features come from the classifier's ONNX graph cut and pooled by the code that builds the served model, so training
+and serving cannot drift apart.
 """
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image
 
+from pipelines.decode import decode_image
+from pipelines.limits import DecodeLimits
+from pipelines.quality import compute_metrics
+from pipelines.quality.thresholds import default_thresholds
+from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelEntry
+from serving.feature_head import feature_graph
 from serving.repository import ModelRepository
+from tooling.quality.biq_synthetic import Sample
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+QUALITY_MODEL_DIR = PROJECT_ROOT / "models" / "quality_mos"
 CLASSIFIER = "mobilenet_v2_imagenet"
-# Indices among the network's 35 Relu6 (Clip) outputs: blocks 1, 2, 4, 7, 11, 15 and the last 1x1 conv.
+# Indices among the classifier's 35 Relu6 (Clip) outputs: blocks 1, 2, 4, 7, 11, 15 and the last 1x1 conv.
 LAYERS = (1, 4, 8, 14, 22, 30, 34)
+CHUNK = 16  # items per worker task (one ONNX Runtime batch)
+
+Item = Path | Sample
+
+
+@dataclass(frozen=True)
+class Measured:
+    key: str
+    features: np.ndarray  # D float32
+    metrics: dict  # QualityMetrics.as_dict()
+
+
+def quality_config() -> ModelConfig:
+    return load_model_config(QUALITY_MODEL_DIR / "config.yaml")
 
 
 def classifier() -> ModelEntry:
@@ -29,49 +58,73 @@ def classifier() -> ModelEntry:
     return ModelRepository.scan(check_backends=False).get(CLASSIFIER)
 
 
-def feature_session(model: Path, threads: int = 1) -> ort.InferenceSession:
-    """An ORT session of the classifier that takes any H x W and returns the LAYERS activations."""
-    graph_model = onnx.load(str(model))
-    shape = graph_model.graph.input[0].type.tensor_type.shape
-    for axis, name in ((2, "H"), (3, "W")):
-        shape.dim[axis].ClearField("dim_value")
-        shape.dim[axis].dim_param = name
-    activations = [node.output[0] for node in graph_model.graph.node if node.op_type == "Clip"]
-    last = next(i for i, node in enumerate(graph_model.graph.node) if node.output[0] == activations[LAYERS[-1]])
-    del graph_model.graph.node[last + 1 :]  # the classifier's pooling and head: fixed to 7x7 maps, not needed
-    del graph_model.graph.output[:]
-    for index in LAYERS:
-        info = onnx.helper.make_tensor_value_info(activations[index], onnx.TensorProto.FLOAT, None)
-        graph_model.graph.output.append(info)
+def feature_session(model: Path, side: int | None, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # the free H x W makes ORT warn about the declared intermediate shapes
-    return ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.inter_op_num_threads = 1
+    graph = feature_graph(onnx.load(str(model)), LAYERS, side)
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def photo_tensor(entry: ModelEntry, path: Path, side: int | None) -> np.ndarray:
-    """1 x 3 x H x W, normalised as `entry`'s config says; `side`: resized to side x side first (None: as is)."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        if side:
-            rgb = rgb.resize((side, side), Image.Resampling.BILINEAR)
-        pixels = np.asarray(rgb, dtype=np.float32)
-    p = entry.config.preprocessing
-    normalised = (pixels * p.scale - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
-    return normalised.astype(np.float32).transpose(2, 0, 1)[None]
+def item_key(item: Item) -> str:
+    return item.key if isinstance(item, Sample) else f"{item.name}|file"
 
 
-def pooled(outputs: Iterable[np.ndarray]) -> np.ndarray:
-    """Per channel mean and standard deviation of each activation map, concatenated (one image)."""
-    parts = []
-    for activation in outputs:
-        flat = activation[0].reshape(activation.shape[1], -1)
-        parts.extend((flat.mean(axis=1), flat.std(axis=1)))
-    return np.concatenate(parts).astype(np.float32)
+def item_bytes(item: Item) -> bytes:
+    return item.encode() if isinstance(item, Sample) else item.read_bytes()
 
 
-def photo_features(
-    entry: ModelEntry, session: ort.InferenceSession, paths: Iterable[Path], side: int | None
-) -> Iterator[np.ndarray]:
-    for path in paths:
-        yield pooled(session.run(None, {entry.config.input.name: photo_tensor(entry, path, side)}))
+_SESSION: ort.InferenceSession | None = None
+
+
+def _measure_chunk(args: tuple[str, Sequence[Item]]) -> list[Measured]:
+    global _SESSION
+    model_path, items = args
+    cv2.setNumThreads(1)
+    config = quality_config()
+    if _SESSION is None:
+        _SESSION = feature_session(Path(model_path), config.input.size[0])
+    thresholds = default_thresholds()
+    specs = {config.name: config.preprocess_spec()}
+    decoded = [decode_image(item_bytes(i), specs, DecodeLimits(), thresholds.working_max_side) for i in items]
+    batch = np.stack([d.tensors[config.name] for d in decoded]).astype(np.float32)
+    features = _SESSION.run(None, {config.input.name: batch})[0]
+    return [
+        Measured(
+            item_key(i), f.astype(np.float32), compute_metrics(d.working, (d.width, d.height), d.native_gray).as_dict()
+        )
+        for i, d, f in zip(items, decoded, features, strict=True)
+    ]
+
+
+def measure_all(items: Sequence[Item], workers: int = 2, progress: bool = True) -> list[Measured]:
+    """Features and metrics of every item, in order (`workers` processes, one ORT/OpenCV thread each)."""
+    if not items:
+        return []
+    entry = classifier()
+    if not entry.available or entry.artifacts.onnx is None:
+        raise RuntimeError(f"{entry.name} is not available: {entry.unavailable_reason or 'no ONNX file'}")
+    chunks = [(str(entry.artifacts.onnx), items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)]
+    out: list[Measured] = []
+    with get_context("spawn").Pool(workers) as pool:
+        for done in pool.imap(_measure_chunk, chunks):
+            out.extend(done)
+            if progress and len(out) % (CHUNK * 20) < CHUNK:
+                print(f"  measured {len(out)}/{len(items)}", flush=True)
+    return out
+
+
+def measure_cached(items: Sequence[Item], cache: Path | None, workers: int = 2) -> list[Measured]:
+    """`measure_all`, kept in `cache` (an .npz + .json pair) and reused when the keys match."""
+    keys = [item_key(i) for i in items]
+    if cache is not None and cache.with_suffix(".json").is_file():
+        saved = json.loads(cache.with_suffix(".json").read_text())
+        if saved["keys"] == keys:
+            features = np.load(cache.with_suffix(".npz"))["features"]
+            return [Measured(k, f, m) for k, f, m in zip(keys, features, saved["metrics"], strict=True)]
+    measured = measure_all(items, workers)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache.with_suffix(".npz"), features=np.stack([m.features for m in measured]))
+        cache.with_suffix(".json").write_text(json.dumps({"keys": keys, "metrics": [m.metrics for m in measured]}))
+    return measured

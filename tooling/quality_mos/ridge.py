@@ -29,7 +29,11 @@ def fit_ridge(features: np.ndarray, targets: np.ndarray, alpha: float) -> RidgeH
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / scale
     bias = float(targets.mean())
-    weights = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (targets - bias))
+    centred = targets - bias
+    if z.shape[0] < z.shape[1]:  # fewer photos than features: the same solution from the n x n (dual) system
+        weights = z.T @ np.linalg.solve(z @ z.T + alpha * np.eye(z.shape[0]), centred)
+    else:
+        weights = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ centred)
     return RidgeHead(mean, scale, weights, bias, alpha)
 
 

@@ -1,0 +1,189 @@
+"""Issue #15's synthetic, resolution and blur-samples checks on the BIQ2021 held-out part, through the served path.
+
+    python -m tooling.quality.heldout_report [--limit N] [--json FILE]     # ~15 min on 2 cores
+
+1. Synthetic table: `biq_synthetic.synthetic_samples(held)` (every held-out photo at 0.25, 1 and 3 MP, clean + 4
+   distorted copies each), per tag precision / recall / F1 for the served verdict and the classical one, macro F1
+   over the seven scored tags, and blurry / noisy F1 per resolution. A distorted copy of a photo whose clean copy
+   (same resolution) the same path already tags is left out of that tag, as in `tooling.quality.evaluate`.
+2. Resolution independence: the clean copies at 0.25, 1, 3 and 12 MP (resized, re-encoded as JPEG 95): share of
+   photos whose tags are identical at all four (all tags, and defect tags only), and the spread of the score.
+3. blur-samples (../shared/data/blur-samples): every `_S` photo not blurry, every `_F` / `_M` blurry (served).
+
+Reporting only: never tune on what this prints (tooling.quality.biq).
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.quality.thresholds import Thresholds, load_thresholds
+from tooling.quality.biq import BIQ_FOLDER, load_biq, split
+from tooling.quality.biq_synthetic import RESOLUTIONS_MP, SCORED_TAGS, Sample, synthetic_samples
+from tooling.quality.served import ServedResult, served_quality
+
+BLUR_SAMPLES = BIQ_FOLDER.parent / "blur-samples"
+PATHS = ("served", "classical")
+RESOLUTION_CHECK_MP = (0.25, 1.0, 3.0, 12.0)
+
+
+def _tags(result: ServedResult, path: str) -> set[str]:
+    return {t.name for t in getattr(result, path).tags}
+
+
+def synthetic_table(samples: Sequence[Sample], results: Sequence[ServedResult], path: str) -> dict:
+    clean_tags = {
+        (s.path.name, s.megapixels): _tags(r, path) for s, r in zip(samples, results, strict=True) if s.kind is None
+    }
+    table: dict = {}
+    for tag in SCORED_TAGS:
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "positives": 0})
+        for s, r in zip(samples, results, strict=True):
+            label = s.label(tag)
+            if label == "excluded" or (s.kind is not None and tag in clean_tags[(s.path.name, s.megapixels)]):
+                continue
+            fired = tag in _tags(r, path)
+            for key in ("all", f"{s.megapixels:g}MP"):
+                c = counts[key]
+                c["positives"] += label == "positive"
+                c["tp"] += fired and label == "positive"
+                c["fp"] += fired and label == "negative"
+                c["fn"] += (not fired) and label == "positive"
+        table[tag] = {k: {**c, **_prf(c)} for k, c in counts.items()}
+    table["macro_f1"] = float(np.mean([table[t]["all"]["f1"] for t in SCORED_TAGS]))
+    return table
+
+
+def _prf(c: dict[str, int]) -> dict[str, float]:
+    precision = c["tp"] / max(c["tp"] + c["fp"], 1)
+    recall = c["tp"] / max(c["tp"] + c["fn"], 1)
+    return {"precision": precision, "recall": recall, "f1": 2 * c["tp"] / max(2 * c["tp"] + c["fp"] + c["fn"], 1)}
+
+
+def resolution_check(clean: Sequence[Sample], results: Sequence[ServedResult], thresholds: Thresholds) -> dict:
+    by_photo: dict[str, list[ServedResult]] = defaultdict(list)
+    for s, r in zip(clean, results, strict=True):
+        by_photo[s.path.name].append(r)
+    same_all = same_defects = 0
+    spreads = []
+    for rs in by_photo.values():
+        tag_sets = [frozenset(_tags(r, "served")) for r in rs]
+        defect_sets = [frozenset(t for t in ts if thresholds.tags[t].kind == "defect") for ts in tag_sets]
+        same_all += len(set(tag_sets)) == 1
+        same_defects += len(set(defect_sets)) == 1
+        scores = [r.served.score for r in rs]
+        spreads.append(max(scores) - min(scores))
+    n = max(len(by_photo), 1)
+    s = np.array(spreads)
+    return {
+        "photos": len(by_photo),
+        "resolutions_mp": list(RESOLUTION_CHECK_MP),
+        "identical_tags": same_all / n,
+        "identical_defect_tags": same_defects / n,
+        "score_spread_median": float(np.median(s)),
+        "score_spread_p95": float(np.percentile(s, 95)),
+        "score_spread_within_5": float((s <= 5).mean()),
+    }
+
+
+def blur_samples_check() -> list[dict]:
+    files = (
+        sorted(p for p in BLUR_SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        if BLUR_SAMPLES.is_dir()
+        else []
+    )
+    rows = []
+    for f, r in zip(files, served_quality(files, workers=1), strict=True):
+        variant = f.stem.rsplit("_", 1)[-1].upper()
+        tags = sorted(_tags(r, "served"))
+        right = ("blurry" in tags) == (variant in ("F", "M"))
+        rows.append({"photo": f.name, "tags": tags, "score": r.served.score, "right": right})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = ["| tag | " + " | ".join(f"{p} P / R / F1" for p in PATHS) + " | positives |", "| --- |" + " ---: |" * 3]
+    for tag in SCORED_TAGS:
+        cells = []
+        for p in PATHS:
+            a = report["synthetic"][p][tag]["all"]
+            cells.append(f"{a['precision']:.2f} / {a['recall']:.2f} / **{a['f1']:.3f}**")
+        lines.append(
+            f"| {tag} | " + " | ".join(cells) + f" | {report['synthetic']['served'][tag]['all']['positives']} |"
+        )
+    lines.append(
+        "| **macro F1** | " + " | ".join(f"**{report['synthetic'][p]['macro_f1']:.3f}**" for p in PATHS) + " | |"
+    )
+    lines += ["", "| F1 by resolution (served) | " + " | ".join(f"{m:g} MP" for m in RESOLUTIONS_MP) + " |"]
+    lines.append("| --- |" + " ---: |" * len(RESOLUTIONS_MP))
+    for tag in SCORED_TAGS:
+        row = report["synthetic"]["served"][tag]
+        lines.append(
+            f"| {tag} | "
+            + " | ".join(f"{row.get(f'{m:g}MP', {}).get('f1', float('nan')):.3f}" for m in RESOLUTIONS_MP)
+            + " |"
+        )
+    r = report["resolution"]
+    lines += [
+        "",
+        f"Resolution independence ({r['photos']} held-out photos at "
+        f"{', '.join(f'{m:g}' for m in r['resolutions_mp'])} MP): "
+        f"identical tags {r['identical_tags']:.1%}, identical defect tags {r['identical_defect_tags']:.1%}; "
+        f"score spread median {r['score_spread_median']:.1f}, 95th percentile {r['score_spread_p95']:.1f}, "
+        f"within 5 points {r['score_spread_within_5']:.1%}.",
+        "",
+        "blur-samples (served): "
+        + ", ".join(
+            f"{b['photo']} {'/'.join(b['tags']) or '-'} {b['score']:.0f}{'' if b['right'] else ' WRONG'}"
+            for b in report["blur_samples"]
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tooling.quality.heldout_report", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--folder", type=Path, default=BIQ_FOLDER)
+    parser.add_argument("--limit", type=int, help="only the first N held-out photos (smoke runs)")
+    parser.add_argument("--thresholds", type=Path)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    thresholds = load_thresholds(args.thresholds)
+    _, held = split(load_biq(args.folder))
+    held = held[: args.limit] if args.limit else held
+    start = time.perf_counter()
+    samples = list(synthetic_samples(held))
+    results = served_quality(samples, args.thresholds, workers=args.workers)
+    clean = [Sample(p, m, mp, None, 0, 0) for p, m in held for mp in RESOLUTION_CHECK_MP]
+    known = {s.key: r for s, r in zip(samples, results, strict=True)}
+    missing = [s for s in clean if s.key not in known]
+    known.update(
+        {s.key: r for s, r in zip(missing, served_quality(missing, args.thresholds, workers=args.workers), strict=True)}
+    )
+    report = {
+        "command": "python -m tooling.quality.heldout_report " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "photos": len(held),
+        "samples": len(samples),
+        "thresholds_version": thresholds.version,
+        "synthetic": {p: synthetic_table(samples, results, p) for p in PATHS},
+        "resolution": resolution_check(clean, [known[s.key] for s in clean], thresholds),
+        "blur_samples": blur_samples_check(),
+    }
+    report["seconds"] = round(time.perf_counter() - start)
+    print(markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
