@@ -87,11 +87,6 @@ def _neutral_cast(lightness: np.ndarray, a: np.ndarray, b: np.ndarray, chroma: n
     return float(a[mid][keep].mean()), float(b[mid][keep].mean())
 
 
-def _mean_std(channel: np.ndarray) -> tuple[float, float]:
-    mean, std = cv2.meanStdDev(channel)  # one pass, float64 accumulation (numpy: two passes)
-    return float(mean[0, 0]), float(std[0, 0])
-
-
 def measure_colour(rgb: np.ndarray) -> ColourMeasures:
     """Saturation, colourfulness and cast of an RGB uint8 image."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
@@ -101,16 +96,13 @@ def measure_colour(rgb: np.ndarray) -> ColourMeasures:
     x = rgb.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     rg, yb = r - g, 0.5 * (r + g) - b
-    (rg_mean, rg_std), (yb_mean, yb_std) = _mean_std(rg), _mean_std(yb)
-    bg_mean = _mean_std(b - g)[0]
     # Hasler & Suesstrunk (2003), 0-255 units: ~15 "slightly colourful" .. ~110 "extremely colourful".
-    colourfulness = float(np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean))
+    colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
-    x *= np.float32(1.0 / 255.0)  # in place: r, g, b above are views of x and are not used again
-    lab = cv2.cvtColor(x, cv2.COLOR_RGB2Lab)
+    lab = cv2.cvtColor(x / 255.0, cv2.COLOR_RGB2Lab)
     a, bb = lab[..., 1], lab[..., 2]
-    chroma = cv2.magnitude(np.ascontiguousarray(a), np.ascontiguousarray(bb))
-    (mean_a, a_std), (mean_b, b_std) = _mean_std(a), _mean_std(bb)
+    chroma = np.hypot(a, bb)
+    mean_a, mean_b = float(a.mean()), float(bb.mean())
     cast_a, cast_b = _neutral_cast(lab[..., 0], a, bb, chroma)
     return ColourMeasures(
         saturation_mean=float(sat.mean()),
@@ -123,8 +115,8 @@ def measure_colour(rgb: np.ndarray) -> ColourMeasures:
         cast_strength=float(np.hypot(cast_a, cast_b)),
         # Gasparini & Schettini (2004): a global cast is a mean chroma offset that is large next to the
         # spread of chroma; a scene full of one real colour has a large spread too.
-        cast_ratio=float(np.hypot(mean_a, mean_b)) / max(float(np.hypot(a_std, b_std)), 1.0),
+        cast_ratio=float(np.hypot(mean_a, mean_b)) / max(float(np.hypot(a.std(), bb.std())), 1.0),
         chroma_p99=float(np.percentile(chroma, 99)),
-        channel_offset_rg=rg_mean,
-        channel_offset_bg=bg_mean,
+        channel_offset_rg=float((r - g).mean()),
+        channel_offset_bg=float((b - g).mean()),
     )

@@ -101,6 +101,8 @@ class UsageMeter:
     def __init__(self, engine: sa.Engine, flush_s: float = 1.0):
         self.engine, self.flush_s = engine, flush_s
         self._pending: dict[tuple[str, str, str], int] = {}  # (key id, tenant, day) -> images not written yet
+        self._writing: dict[tuple[str, str, str], int] = {}  # counts a flush is writing now: still counted
+        self._flushes = 0  # finished flushes: a read that spans one is stale
         self._stored_key: dict[tuple[str, str], int] = {}  # (key id, day) -> count at the last read
         self._stored_tenant: dict[tuple[str, str], int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -131,6 +133,7 @@ class UsageMeter:
     async def flush(self) -> None:
         """Write the pending counts; forget the stored ones so the next check reads what every replica wrote."""
         pending, self._pending = self._pending, {}
+        self._writing = pending  # until the stored counts are re-read, `charge` must still see these
         if pending:
             try:
                 await asyncio.to_thread(self._write, pending)
@@ -138,6 +141,9 @@ class UsageMeter:
                 logger.exception("could not write usage counts")
                 for slot, images in pending.items():
                     self._pending[slot] = self._pending.get(slot, 0) + images
+        # No await between these: the written counts move from `_writing` to the next database read at once.
+        self._writing = {}
+        self._flushes += 1
         self._stored_key.clear()
         self._stored_tenant.clear()
 
@@ -154,11 +160,17 @@ class UsageMeter:
             self._task = asyncio.get_running_loop().create_task(self._flush_forever())
         quotas = (principal.quota_images_per_day, tenant_quota)
         if any(q is not None for q in quotas):
-            if (key_id, day) not in self._stored_key:
+            while (key_id, day) not in self._stored_key:
+                flushes = self._flushes
                 by_key, by_tenant = await asyncio.to_thread(self._read, key_id, principal.tenant, day)
-                self._stored_key[(key_id, day)], self._stored_tenant[(principal.tenant, day)] = by_key, by_tenant
-            pending_key = self._pending.get((key_id, principal.tenant, day), 0)
-            pending_tenant = sum(n for (_, t, d), n in self._pending.items() if t == principal.tenant and d == day)
+                if flushes == self._flushes:  # else a flush finished meanwhile: the read may miss what it wrote
+                    self._stored_key[(key_id, day)] = by_key
+                    self._stored_tenant[(principal.tenant, day)] = by_tenant
+            unstored = (self._pending, self._writing)
+            pending_key = sum(counts.get((key_id, principal.tenant, day), 0) for counts in unstored)
+            pending_tenant = sum(
+                n for counts in unstored for (_, t, d), n in counts.items() if t == principal.tenant and d == day
+            )
             used_key = self._stored_key[(key_id, day)] + pending_key
             used_tenant = self._stored_tenant.get((principal.tenant, day), 0) + pending_tenant
             for quota, used, whose in ((quotas[0], used_key, "key"), (quotas[1], used_tenant, "tenant")):

@@ -144,6 +144,34 @@ def test_daily_quota(engine) -> None:  # noqa: ANN001
     asyncio.run(run())
 
 
+def test_quota_counts_images_while_a_flush_is_writing_them(engine) -> None:  # noqa: ANN001
+    """The counts a flush is writing stay counted until the database read includes them (a CI run once let a
+    fourth image through a quota of 3 in that window)."""
+    key = Principal(key_id="q3", tenant="t", role="analyst", quota_images_per_day=3)
+
+    async def run() -> None:
+        meter = UsageMeter(engine)
+        await meter.charge(key, 3)
+        write = meter._write
+        writing = asyncio.Event()
+
+        def slow_write(pending: dict) -> None:  # noqa: ANN001
+            writing.set()
+            time.sleep(0.3)
+            write(pending)
+
+        meter._write = slow_write  # type: ignore[method-assign]
+        flush = asyncio.create_task(meter.flush())
+        await writing.wait()
+        with pytest.raises(QuotaExceededError):
+            await meter.charge(key, 1)  # during the write
+        await flush
+        with pytest.raises(QuotaExceededError):
+            await meter.charge(key, 1)  # after it: read back from the database
+
+    asyncio.run(run())
+
+
 def test_anonymize_drops_location_and_names() -> None:
     document = {
         "file": {"sha256": "ab"},
