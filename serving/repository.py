@@ -76,9 +76,10 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
     except (OSError, ValueError) as exc:
         raise WeightsError(f"base model '{config.export.base}' of '{config.name}' is not usable: {exc}") from exc
     base_weights = locate_weights(base.name, base.weights, base_folder, settings.weights_dir)
-    score, probs = (next(o.name for o in config.outputs if o.name == n) for n in ("score", "probs"))
+    if not {"score", "probs"} <= {o.name for o in config.outputs}:
+        raise WeightsError(f"'{config.name}': a feature-head model's outputs are 'score' and 'probs'")
     logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
-    return write_quality_graph(base_weights, head, config.input.size[0], score, probs, target)
+    return write_quality_graph(base_weights, head, config.input.size[0], "score", "probs", target)
 
 
 class ModelRepository:

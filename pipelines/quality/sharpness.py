@@ -41,18 +41,10 @@ class SharpnessMeasures:
     sharpest_region: tuple[float, float, float, float]  # box (x0, y0, x1, y1), 0..1, of the tiles judged
 
 
-def _line_kernel(dy: int, dx: int, length: int) -> np.ndarray:
-    kernel = np.zeros((length, length), np.float32)
-    c = length // 2
-    for t in range(-c, c + 1):
-        kernel[c + t * dy, c + t * dx] = 1.0
-    return kernel / kernel.sum()
-
-
 def _reblur(gray: np.ndarray, dy: int, dx: int, length: int) -> np.ndarray:
-    """Mean over a `length`-px line through each pixel along (dy, dx), borders reflected: `cv2.filter2D` with
-    `_line_kernel`, computed as a 1-D filter (0 and 90 degrees) or a sum of shifted copies (diagonals), ~5x faster
-    than the 9x9 kernel (same values up to float rounding)."""
+    """Mean over a `length`-px line through each pixel along (dy, dx), borders reflected: a 1-D filter (0 and 90
+    degrees) or a sum of shifted copies (diagonals), the same values up to float rounding as `cv2.filter2D` with a
+    `length` x `length` line kernel, ~5x faster."""
     if dy == 0 or dx == 0:
         kernel = np.full((1, length) if dy == 0 else (length, 1), 1.0 / length, np.float32)
         return cv2.filter2D(gray, -1, kernel, borderType=cv2.BORDER_REFLECT)

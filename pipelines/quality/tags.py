@@ -94,7 +94,7 @@ def tags_from_values(
         p = probs.get(name)
         source = "classical"
         stack = combine.stack_for(name) if p is not None else None
-        if p is not None and stack is not None:  # a learned decision from the probability and the metrics
+        if stack is not None:  # a learned decision from the probability and the metrics
             stacked = stack.probability(values, p)
             classical, confidence, source = stacked >= stack.fire_at, stacked, "classical+model"
         elif p is not None:
@@ -119,7 +119,6 @@ def tags_from_values(
             evidence.update({k: v for k, v in tag.evidence.items() if k != "model_probability"})
         if p is not None:
             evidence["model_probability"] = p
-        region = values.get(rule.region) if rule.region else WHOLE_FRAME
-        evidence["region"] = list(region) if region is not None else list(WHOLE_FRAME)
+        evidence["region"] = list((values.get(rule.region) if rule.region else None) or WHOLE_FRAME)
         fired[name] = Tag(name, round(confidence, 4), source, describe_rule(rule), evidence)
     return [fired[name] for name in thresholds.tags if name in fired]

@@ -37,7 +37,14 @@ import cv2
 import numpy as np
 
 from tooling.quality.biq import BIQ_FOLDER, GOOD_MOS, Row, load_biq, split
-from tooling.quality.biq_synthetic import RESOLUTIONS_MP, SCORED_TAGS, Sample, synthetic_samples
+from tooling.quality.biq_synthetic import (
+    RESOLUTIONS_MP,
+    SCORED_TAGS,
+    Sample,
+    clean_index,
+    synthetic_samples,
+    tag_counts,
+)
 from tooling.quality.real_photos import correlations, log_laplacian_var
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -132,27 +139,6 @@ def run_cleanvision(files: Sequence[Path], python: Path, cache: Path) -> tuple[s
 # --- counting -----------------------------------------------------------------------------------------------------
 
 
-def clean_index(samples: Sequence[Sample]) -> np.ndarray:
-    """For every sample, the index of the clean copy of the same photo at the same resolution."""
-    clean = {(s.path.name, s.megapixels): i for i, s in enumerate(samples) if s.kind is None}
-    return np.array([clean[(s.path.name, s.megapixels)] for s in samples])
-
-
-def tag_counts(labels: np.ndarray, flags: np.ndarray, clean_of: np.ndarray, distorted: np.ndarray) -> dict:
-    """TP/FP/FN, precision, recall, F1 of `flags` against `labels` ("positive"/"negative"/"excluded"), leaving out
-    excluded samples and distorted copies whose clean copy (`clean_of`) is flagged too."""
-    left_out = distorted & flags[clean_of]
-    counted = (labels != "excluded") & ~left_out
-    truth = labels == "positive"
-    tp = int(np.sum(counted & truth & flags))
-    fp = int(np.sum(counted & ~truth & flags))
-    fn = int(np.sum(counted & truth & ~flags))
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"positives": tp + fn, "tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
-
-
 def choose_threshold(train: Sequence[Row], photos: int = TRAIN_PHOTOS, seed: int = TRAIN_SEED) -> dict:
     """The log-Laplacian `blurry` threshold (tag when value < threshold) with the best F1 on training samples."""
     picks = np.sort(np.random.default_rng(seed).choice(len(train), size=min(photos, len(train)), replace=False))
@@ -199,13 +185,7 @@ def baseline_report(samples: Sequence[Sample], flags: dict[str, np.ndarray], def
         row["left_out_positives"] = int(np.sum(distorted & flags[tag][clean_of] & (labels == "positive")))
         row["without_leave_out"] = tag_counts(labels, flags[tag], clean_of, np.zeros(len(samples), bool))
         for res in RESOLUTIONS_MP:
-            part = mp == res
-            idx = np.flatnonzero(part)
-            remap = np.full(len(samples), -1)
-            remap[idx] = np.arange(len(idx))
-            row[f"f1_{res:g}"] = tag_counts(labels[part], flags[tag][part], remap[clean_of[part]], distorted[part])[
-                "f1"
-            ]
+            row[f"f1_{res:g}"] = tag_counts(labels, flags[tag], clean_of, distorted, among=mp == res)["f1"]
         table[tag] = row
     macro_all = sum(r["f1"] for r in table.values()) / len(SCORED_TAGS)
     macro_covered = sum(r["f1"] for r in table.values()) / max(len(table), 1)

@@ -100,6 +100,30 @@ class Sample:
         return "negative"
 
 
+def clean_index(samples: Sequence[Sample]) -> np.ndarray:
+    """For every sample, the index of the clean copy of the same photo at the same resolution."""
+    clean = {(s.path.name, s.megapixels): i for i, s in enumerate(samples) if s.kind is None}
+    return np.array([clean[(s.path.name, s.megapixels)] for s in samples])
+
+
+def tag_counts(
+    labels: np.ndarray, flags: np.ndarray, clean_of: np.ndarray, distorted: np.ndarray, among: np.ndarray | None = None
+) -> dict:
+    """TP/FP/FN, precision, recall, F1 of `flags` against `labels` ("positive"/"negative"/"excluded"), leaving out
+    excluded samples and distorted copies whose clean copy (`clean_of`, read only where `distorted`) is flagged too;
+    `among`: count only these samples (e.g. one resolution)."""
+    left_out = distorted & flags[np.where(distorted, clean_of, 0)]
+    counted = (labels != "excluded") & ~left_out & (True if among is None else among)
+    truth = labels == "positive"
+    tp = int(np.sum(counted & truth & flags))
+    fp = int(np.sum(counted & ~truth & flags))
+    fn = int(np.sum(counted & truth & ~flags))
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"positives": tp + fn, "tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+
+
 def _name_seed(name: str, seed: int) -> int:
     return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16)
 

@@ -25,7 +25,14 @@ import numpy as np
 
 from pipelines.quality.thresholds import Thresholds, load_thresholds
 from tooling.quality.biq import BIQ_FOLDER, load_biq, split
-from tooling.quality.biq_synthetic import RESOLUTIONS_MP, SCORED_TAGS, Sample, synthetic_samples
+from tooling.quality.biq_synthetic import (
+    RESOLUTIONS_MP,
+    SCORED_TAGS,
+    Sample,
+    clean_index,
+    synthetic_samples,
+    tag_counts,
+)
 from tooling.quality.served import ServedResult, served_quality
 
 BLUR_SAMPLES = BIQ_FOLDER.parent / "blur-samples"
@@ -38,32 +45,18 @@ def _tags(result: ServedResult, path: str) -> set[str]:
 
 
 def synthetic_table(samples: Sequence[Sample], results: Sequence[ServedResult], path: str) -> dict:
-    clean_tags = {
-        (s.path.name, s.megapixels): _tags(r, path) for s, r in zip(samples, results, strict=True) if s.kind is None
-    }
+    clean_of, distorted = clean_index(samples), np.array([s.kind is not None for s in samples])
+    resolution = np.array([s.megapixels for s in samples])
+    tags = [_tags(r, path) for r in results]
     table: dict = {}
     for tag in SCORED_TAGS:
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "positives": 0})
-        for s, r in zip(samples, results, strict=True):
-            label = s.label(tag)
-            if label == "excluded" or (s.kind is not None and tag in clean_tags[(s.path.name, s.megapixels)]):
-                continue
-            fired = tag in _tags(r, path)
-            for key in ("all", f"{s.megapixels:g}MP"):
-                c = counts[key]
-                c["positives"] += label == "positive"
-                c["tp"] += fired and label == "positive"
-                c["fp"] += fired and label == "negative"
-                c["fn"] += (not fired) and label == "positive"
-        table[tag] = {k: {**c, **_prf(c)} for k, c in counts.items()}
+        labels = np.array([s.label(tag) for s in samples])
+        flags = np.array([tag in t for t in tags])
+        table[tag] = {"all": tag_counts(labels, flags, clean_of, distorted)}
+        for mp in sorted(set(resolution)):
+            table[tag][f"{mp:g}MP"] = tag_counts(labels, flags, clean_of, distorted, among=resolution == mp)
     table["macro_f1"] = float(np.mean([table[t]["all"]["f1"] for t in SCORED_TAGS]))
     return table
-
-
-def _prf(c: dict[str, int]) -> dict[str, float]:
-    precision = c["tp"] / max(c["tp"] + c["fp"], 1)
-    recall = c["tp"] / max(c["tp"] + c["fn"], 1)
-    return {"precision": precision, "recall": recall, "f1": 2 * c["tp"] / max(2 * c["tp"] + c["fp"] + c["fn"], 1)}
 
 
 def resolution_check(clean: Sequence[Sample], results: Sequence[ServedResult], thresholds: Thresholds) -> dict:

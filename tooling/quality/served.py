@@ -10,10 +10,11 @@ the grafted ONNX graph from the repository) through the server's `OnnxRuntimeBac
 what a server without the model returns). Worker processes, one ORT/OpenCV thread each.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -29,7 +30,8 @@ from serving.service import QUALITY_MODEL
 from tooling.quality.biq_synthetic import Sample
 
 Item = Path | Sample | tuple[str, bytes]
-CHUNK = 16
+CHUNK = 16  # items per worker task (one ONNX Runtime batch)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -103,17 +105,21 @@ def served_quality(
     items: Sequence[Item], thresholds: Path | None = None, use_model: bool = True, workers: int = 2
 ) -> list[ServedResult]:
     """Served and classical verdicts of every item, in order."""
-    chunks = [
-        (str(thresholds) if thresholds else None, use_model, items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)
-    ]
-    out: list[ServedResult] = []
-    if workers <= 1:  # in this process (tests, small sets)
-        return [r for chunk in chunks for r in _chunk(chunk)]
+    path = str(thresholds) if thresholds else None
+    return map_chunks(_chunk, [(path, use_model, items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)], workers)
+
+
+def map_chunks(function: Callable[[Any], list[R]], chunks: Sequence[Any], workers: int) -> list[R]:
+    """`function` over `chunks` (each call returns a list), concatenated in order: in this process when `workers`
+    <= 1 (tests, small sets), else in that many spawned processes, printing progress every ~400 results."""
+    if workers <= 1:
+        return [r for chunk in chunks for r in function(chunk)]
+    out: list[R] = []
     with get_context("spawn").Pool(workers) as pool:
-        for done in pool.imap(_chunk, chunks):
+        for done in pool.imap(function, chunks):
             out.extend(done)
-            if len(out) % (CHUNK * 25) < CHUNK:
-                print(f"  {len(out)}/{len(items)}", flush=True)
+            if len(out) % (CHUNK * 25) < len(done):
+                print(f"  {len(out)} done", flush=True)
     return out
 
 

@@ -43,8 +43,7 @@ def calibrate_mos(folder: Path, out: Path, source: Path = QUALITY_MODEL_DIR, wor
     alpha = max(cv, key=lambda a: cv[a])
     ridge = fit_ridge(features, mos, alpha)
     head = FeatureHead.load(source / "head.npz")
-    weights = ridge.weights * head.scale / ridge.scale  # on the head's standardisation
-    bias = ridge.bias + float(ridge.weights @ ((head.mean - ridge.mean) / ridge.scale))
+    weights, bias = ridge.on_standardisation(head.mean, head.scale)
     new = FeatureHead(head.layers, head.mean, head.scale, weights, bias, head.tag_weights, head.tag_bias, head.labels)
     if out.resolve() != source.resolve():
         shutil.copytree(source, out, dirs_exist_ok=True)

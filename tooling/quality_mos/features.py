@@ -14,7 +14,6 @@ and serving cannot drift apart.
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -30,16 +29,13 @@ from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelEntry
 from serving.feature_head import feature_graph
 from serving.repository import ModelRepository
-from tooling.quality.biq_synthetic import Sample
+from tooling.quality.served import CHUNK, Item, item_bytes, item_key, map_chunks
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 QUALITY_MODEL_DIR = PROJECT_ROOT / "models" / "quality_mos"
 CLASSIFIER = "mobilenet_v2_imagenet"
 # Indices among the classifier's 35 Relu6 (Clip) outputs: blocks 1, 2, 4, 7, 11, 15 and the last 1x1 conv.
 LAYERS = (1, 4, 8, 14, 22, 30, 34)
-CHUNK = 16  # items per worker task (one ONNX Runtime batch)
-
-Item = Path | Sample
 
 
 @dataclass(frozen=True)
@@ -66,14 +62,6 @@ def feature_session(model: Path, side: int | None, threads: int = 1) -> ort.Infe
     return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def item_key(item: Item) -> str:
-    return item.key if isinstance(item, Sample) else f"{item.name}|file"
-
-
-def item_bytes(item: Item) -> bytes:
-    return item.encode() if isinstance(item, Sample) else item.read_bytes()
-
-
 _SESSION: ort.InferenceSession | None = None
 
 
@@ -97,7 +85,7 @@ def _measure_chunk(args: tuple[str, Sequence[Item]]) -> list[Measured]:
     ]
 
 
-def measure_all(items: Sequence[Item], workers: int = 2, progress: bool = True) -> list[Measured]:
+def measure_all(items: Sequence[Item], workers: int = 2) -> list[Measured]:
     """Features and metrics of every item, in order (`workers` processes, one ORT/OpenCV thread each)."""
     if not items:
         return []
@@ -105,13 +93,7 @@ def measure_all(items: Sequence[Item], workers: int = 2, progress: bool = True) 
     if not entry.available or entry.artifacts.onnx is None:
         raise RuntimeError(f"{entry.name} is not available: {entry.unavailable_reason or 'no ONNX file'}")
     chunks = [(str(entry.artifacts.onnx), items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)]
-    out: list[Measured] = []
-    with get_context("spawn").Pool(workers) as pool:
-        for done in pool.imap(_measure_chunk, chunks):
-            out.extend(done)
-            if progress and len(out) % (CHUNK * 20) < CHUNK:
-                print(f"  measured {len(out)}/{len(items)}", flush=True)
-    return out
+    return map_chunks(_measure_chunk, chunks, workers)
 
 
 def measure_cached(items: Sequence[Item], cache: Path | None, workers: int = 2) -> list[Measured]:

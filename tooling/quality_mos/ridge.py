@@ -23,6 +23,11 @@ class RidgeHead:
     def predict(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale) @ self.weights + self.bias
 
+    def on_standardisation(self, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
+        """(weights, bias) giving the same predictions on features standardised with `mean` and `scale` instead."""
+        weights = self.weights * scale / self.scale
+        return weights, self.bias + float(self.weights @ ((mean - self.mean) / self.scale))
+
 
 def fit_ridge(features: np.ndarray, targets: np.ndarray, alpha: float) -> RidgeHead:
     x = features.astype(np.float64)

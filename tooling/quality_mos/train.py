@@ -64,13 +64,6 @@ def tag_labels(labels: tuple[str, ...], originals: list, samples: list) -> tuple
     return np.array(rows_t), np.array(rows_m)
 
 
-def combine_standardisation(ridge, logistic) -> tuple[np.ndarray, float]:  # noqa: ANN001
-    """The ridge head re-expressed on the logistic heads' standardisation (FeatureHead has one)."""
-    weights = ridge.weights * logistic.scale / ridge.scale
-    bias = ridge.bias + float(ridge.weights @ ((logistic.mean - ridge.mean) / ridge.scale))
-    return weights, bias
-
-
 def check_graph(head: FeatureHead, features: np.ndarray, tensors: np.ndarray) -> float:
     """Largest difference between the grafted ONNX graph and the numpy heads on a few images."""
     config = quality_config()
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     l2 = min(losses, key=lambda v: losses[v])
     probs_oof = oof_by_l2[l2]
     logistic = fit_logistic(projection, components, targets, mask, l2)
-    score_w, score_b = combine_standardisation(ridge, logistic)
+    score_w, score_b = ridge.on_standardisation(logistic.mean, logistic.scale)  # FeatureHead has one
     head = FeatureHead(LAYERS, logistic.mean, logistic.scale, score_w, score_b, logistic.weights, logistic.bias, labels)
 
     report = {

@@ -27,7 +27,7 @@ from pipelines.quality.scoring import score_quality
 from pipelines.quality.tags import evaluate_rule
 from pipelines.quality.thresholds import Thresholds, load_thresholds
 from tooling.quality.biq import GOOD_MOS
-from tooling.quality.biq_synthetic import Sample
+from tooling.quality.biq_synthetic import Sample, tag_counts
 from tooling.quality.real_photos import spearman
 
 GRID = tuple(float(round(v, 2)) for v in np.arange(0.0, 1.0001, 0.05))
@@ -37,10 +37,6 @@ def classical_fires(thresholds: Thresholds, metrics: dict, tag: str) -> bool:
     rule = thresholds.tags[tag]
     fires = evaluate_rule(rule, metrics)[0]
     return fires or any(evaluate_rule(thresholds.tags[t], metrics)[0] for t in rule.implied_by)
-
-
-def f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
 def tune_tag(
@@ -56,31 +52,28 @@ def tune_tag(
     clean_of: index of each distorted copy's clean copy (-1 for the others): a copy whose clean copy is tagged is
     left out of the tag, as the held-out evaluation does."""
     best: dict | None = None
-    has_clean = clean_of >= 0
+    names = np.array(["excluded", "negative", "positive"])[label + 1]
+    distorted = clean_of >= 0
     for confirm in GRID:
         for alone in GRID:
             if alone < confirm:
                 continue
             fires = (classical & (p >= confirm)) | (p >= alone)
             alarms = float(fires[good].mean())
-            scored = (label >= 0) & ~(has_clean & fires[np.where(has_clean, clean_of, 0)])
-            tp = int((fires & scored & (label == 1)).sum())
-            fp = int((fires & scored & (label == 0)).sum())
-            fn = int((~fires & scored & (label == 1)).sum())
-            row = {"confirm": confirm, "alone": alone, "f1": f1(tp, fp, fn), "false_alarms": alarms, "tp": tp, "fp": fp}
+            c = tag_counts(names, fires, clean_of, distorted)
+            row = {
+                "confirm": confirm,
+                "alone": alone,
+                "f1": c["f1"],
+                "false_alarms": alarms,
+                "tp": c["tp"],
+                "fp": c["fp"],
+            }
             if alarms <= budget and (
                 best is None or (row["f1"], confirm, alone) > (best["f1"], best["confirm"], best["alone"])
             ):
                 best = row
-    classical_only = {
-        "f1": f1(
-            int((classical & (label == 1)).sum()),
-            int((classical & (label == 0)).sum()),
-            int((~classical & (label == 1)).sum()),
-        ),
-        "false_alarms": float(classical[good].mean()),
-    }
-    return {"tag": tag, "chosen": best, "classical": classical_only}
+    return {"tag": tag, "chosen": best}
 
 
 # Tags decided by a learned stack (model logit + these classical metrics) instead of confirm/alone: relative defects
