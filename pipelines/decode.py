@@ -25,6 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.limits import DecodeLimits
+from pipelines.native_crop import jpeg_centre_crop
+from pipelines.orientation import SWAPS_AXES
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.working_image import native_crop, working_image
 
@@ -48,7 +50,6 @@ _SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
     b"II*\x00",  # TIFF little-endian
     b"MM\x00*",  # TIFF big-endian
 )
-_ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
 
 
 def _looks_like_supported_image(data: bytes) -> bool:
@@ -107,7 +108,7 @@ def exif_orientation(image: Image.Image) -> int:
 def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
     """(width, height) as the viewer sees it, after EXIF orientation."""
     width, height = image.size
-    return (height, width) if orientation in _ORIENTATION_SWAPS_AXES else (width, height)
+    return (height, width) if orientation in SWAPS_AXES else (width, height)
 
 
 def reduced_scale(
@@ -170,6 +171,12 @@ class DecodedRGB:
     width: int  # upright full-resolution size, before any reduced-scale decode
     height: int
     scale: int
+    orientation: int = 1  # EXIF orientation the pixels were turned upright by
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the file's pixels as stored, before EXIF orientation."""
+        return (self.height, self.width) if self.orientation in SWAPS_AXES else (self.width, self.height)
 
 
 SINGLE_TENSOR = "input"  # key of the one tensor when `decode_image` is given a single spec
@@ -185,7 +192,7 @@ class DecodedImage:
     format: str
     decode_scale: int = 1  # 1, 2, 4 or 8 when JPEG was decoded at reduced scale
     working: np.ndarray | None = None  # HxWx3 uint8 working image of the quality stage
-    native_gray: np.ndarray | None = None  # full-scale gray centre crop (blockiness); None after reduced decode
+    native_rgb: np.ndarray | None = None  # full-resolution RGB centre crop (pixel-level quality metrics)
     decode_ms: float = 0.0  # wall time of the decode
 
     @property
@@ -215,7 +222,7 @@ def decode_rgb(
         rgb = _load_rgb_opencv(data, scale)
     else:
         rgb = _load_rgb_pillow(header, scale)
-    return DecodedRGB(rgb, fmt, width, height, scale)
+    return DecodedRGB(rgb, fmt, width, height, scale, orientation)
 
 
 def decode_image(
@@ -229,9 +236,10 @@ def decode_image(
     """Decode once for every consumer; raises `ImageInputError` subclasses on bad input.
 
     `specs`: one model's preprocessing, or several by model name (a tensor each). `working_max_side`: also keep
-    the quality stage's working image (longer side at most this many px) and, after a full-scale decode, the
-    native-resolution gray crop blockiness needs. The reduced JPEG scale is the largest that satisfies every
-    consumer at once, so a 12 MP photo is still decoded at 1/4 or 1/8 scale when they all allow it.
+    the quality stage's working image (longer side at most this many px) and the full-resolution centre crop its
+    pixel-level metrics need (after a reduced-scale JPEG decode, from a second decode of only the rows down to the
+    crop: `pipelines.native_crop`). The reduced JPEG scale is the largest that satisfies every consumer at once,
+    so a 12 MP photo is still decoded at 1/4 or 1/8 scale when they all allow it.
     """
     named = {SINGLE_TENSOR: specs} if isinstance(specs, PreprocessSpec) else dict(specs)
     start = time.perf_counter()
@@ -241,7 +249,10 @@ def decode_image(
     if working_max_side:
         pixels = np.asarray(decoded.rgb, dtype=np.uint8)
         working = working_image(pixels, working_max_side)
-        native = native_crop(pixels) if decoded.scale == 1 else None
+        if decoded.scale == 1:
+            native = native_crop(pixels)
+        else:
+            native = jpeg_centre_crop(data, decoded.stored_size, decoded.orientation)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
     return DecodedImage(
         tensors, decoded.width, decoded.height, decoded.format, decoded.scale, working, native, elapsed_ms

@@ -5,9 +5,9 @@ import io
 from PIL import ExifTags, Image, ImageCms
 
 from pipelines.metadata.result import ImageInfo
+from pipelines.orientation import SWAPS_AXES
 
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 MAX_COUNTED_PAGES = 1000  # Pillow walks a TIFF page chain in O(n^2): 50k hostile pages take ~20 s
 _MIME_OVERRIDES = {"MPO": "image/jpeg"}  # an MPO is a JPEG with extra pictures appended; browsers know image/jpeg
@@ -107,10 +107,10 @@ def read_image_info(image: Image.Image, data: bytes, errors: list[str]) -> Image
     if is_heif(image):
         quarter = _heif_quarter_turn(image)
         if quarter is None:
-            quarter = rotation in _SWAPS_AXES
+            quarter = rotation in SWAPS_AXES
         (width, height), upright = ((decoded_h, decoded_w) if quarter else image.size), image.size
     else:
-        (width, height), upright = image.size, ((decoded_h, decoded_w) if rotation in _SWAPS_AXES else image.size)
+        (width, height), upright = image.size, ((decoded_h, decoded_w) if rotation in SWAPS_AXES else image.size)
     try:
         frames, error = frame_count(image)
         if error:

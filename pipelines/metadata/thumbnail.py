@@ -12,17 +12,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageCms
 
+from pipelines.orientation import UPRIGHT_TRANSPOSE
+
 THUMBNAIL_SIZE = 128
 MAX_CACHED_ICC_BYTES = 64 * 1024
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _RESIZABLE = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
@@ -79,8 +72,8 @@ def upright_thumbnail(image: Image.Image, orientation: int | None, heif: bool, e
     if heif:  # pick an embedded thumbnail of >= 128 px when pillow-heif finds a matching one
         image.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    if not heif and orientation in _TRANSPOSE:  # libheif has rotated HEIF already
-        image = image.transpose(_TRANSPOSE[orientation])
+    if not heif and orientation in UPRIGHT_TRANSPOSE:  # libheif has rotated HEIF already
+        image = image.transpose(UPRIGHT_TRANSPOSE[orientation])
     target = _target_mode(image)
     srgb = True
     if icc:

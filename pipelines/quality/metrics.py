@@ -2,9 +2,11 @@
 
 All pixel statistics are taken on the normalised working image (`pipelines.quality.working_image`), so
 they describe the photo at display size and do not depend on the camera's resolution. Resolution and
-aspect ratio come from the original size. Blockiness needs the JPEG grid and so a crop at the encoded
-resolution (`native_crop`); when the working image *is* the original it is used directly, otherwise,
-without a crop, blockiness is ``None``.
+aspect ratio come from the original size. The pixel-level metrics need a crop at the resolution the file was stored
+at (`native_crop`): blockiness (the JPEG grid exists only there) and, for photos larger than the working image, the
+`native_*` noise metrics (per-pixel noise that the shrink to display size averages away: a 12 MP photo's grain is
+measured at 100 % zoom too). When the working image *is* the original it is used directly; without a crop these
+metrics are ``None``.
 """
 
 from dataclasses import asdict, dataclass
@@ -33,6 +35,7 @@ class QualityMetrics:
     tenengrad: float  # mean squared 3x3 Sobel gradient magnitude of luma; 0 .. ~2
     sharpness: float  # re-blur sharpness of the sharpest tiles, mean over 4 directions; 0 (blurred) .. 1
     sharpness_min_direction: float  # the same along the blurriest direction; 0 .. 1
+    coarse_sharpness: float  # sharpness_min_direction at 256 px (one octave down): resampling-independent; 0 .. 1
     blur_anisotropy: float  # directional modulation b/a of the blur; ~0 defocus, > 0.1 motion blur; 0 .. ~1.4
     blur_direction_deg: float  # direction the image is least sharp along (motion), degrees [0, 180), 0 = horizontal
     textured_fraction: float  # share of 32-px tiles with enough variation to judge sharpness; 0 .. 1
@@ -64,27 +67,31 @@ class QualityMetrics:
     noise_sigma: float  # luma noise standard deviation at working scale (Immerkaer), 0-255 units
     chroma_noise_sigma: float  # the same on Cr/Cb (larger of the two), 0-255 units
     impulse_fraction: float  # share of pixels > 80 levels off their 3x3 median (salt & pepper); 0 .. 1
+    # the same three on the full-resolution crop; None when the working image is the photo (nothing finer to see)
+    native_noise_sigma: float | None  # 0-255 units, per pixel of the file as stored
+    native_chroma_noise_sigma: float | None  # 0-255 units
+    native_impulse_fraction: float | None  # 0 .. 1
     blockiness: float | None  # JPEG 8x8 grid ratio at encoded resolution, 1.0 = none, > ~1.3 visible; None = unknown
-    blockiness_region: tuple[float, float, float, float] | None = None  # the native crop it was measured on
+    native_region: tuple[float, float, float, float] | None = None  # the native crop the pixel-level metrics saw
 
     def as_dict(self) -> dict[str, float | int | None]:
         """Plain dict, e.g. for JSON responses and tag evidence (region boxes as lists, as JSON gives them back)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-REGION_METRICS = frozenset({"sharpest_region", "blockiness_region"})  # boxes, not numbers: evidence only
+REGION_METRICS = frozenset({"sharpest_region", "native_region"})  # boxes, not numbers: evidence only
 METRIC_NAMES: tuple[str, ...] = tuple(n for n in QualityMetrics.__dataclass_fields__ if n not in REGION_METRICS)
 
 
 def compute_metrics(
     working_rgb: np.ndarray,
     original_size: tuple[int, int],
-    native_gray: np.ndarray | None = None,
+    native_rgb: np.ndarray | None = None,
 ) -> QualityMetrics:
     """Metrics of a working image (HxWx3 uint8) whose original was `original_size` = (width, height).
 
-    `native_gray` is an optional gray uint8 crop of a full-scale decode for blockiness (see `native_crop`).
-    A reduced-scale JPEG (draft) decode shrinks the 8x8 grid and weakens its edges: do not pass one.
+    `native_rgb` is an optional HxWx3 uint8 crop of a full-scale decode for the pixel-level metrics (see
+    `native_crop`). A reduced-scale JPEG (draft) decode averages noise and weakens the 8x8 grid: do not pass one.
     """
     if working_rgb.ndim != 3 or working_rgb.shape[2] != 3 or working_rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB working image, got {working_rgb.shape} {working_rgb.dtype}")
@@ -92,9 +99,14 @@ def compute_metrics(
     if width <= 0 or height <= 0:
         raise ValueError(f"original size must be positive, got {original_size}")
     gray_u8 = cv2.cvtColor(working_rgb, cv2.COLOR_RGB2GRAY)
-    if native_gray is None and working_rgb.shape[1] == width and working_rgb.shape[0] == height:
-        native_gray = gray_u8
-    block = None if native_gray is None or min(native_gray.shape) < 32 else blockiness(native_gray)
+    reduced = working_rgb.shape[1] != width or working_rgb.shape[0] != height
+    if native_rgb is not None and min(native_rgb.shape[:2]) < 32:
+        native_rgb = None
+    native_gray = gray_u8 if native_rgb is None and not reduced else None
+    if native_rgb is not None:
+        native_gray = cv2.cvtColor(native_rgb[:, :, :3], cv2.COLOR_RGB2GRAY)
+    block = None if native_gray is None else blockiness(native_gray)
+    fine = reduced and native_rgb is not None  # the crop shows pixels the working image averaged away
     sharp = measure_sharpness(gray_u8.astype(np.float32) / 255.0)
     tone = measure_tone(gray_u8)
     colour = measure_colour(working_rgb)
@@ -111,8 +123,11 @@ def compute_metrics(
         noise_sigma=noise_sigma(gray_u8.astype(np.float32)),
         chroma_noise_sigma=chroma_noise_sigma(working_rgb),
         impulse_fraction=impulse_fraction(gray_u8),
+        native_noise_sigma=noise_sigma(native_gray.astype(np.float32)) if fine else None,
+        native_chroma_noise_sigma=chroma_noise_sigma(native_rgb[:, :, :3]) if fine else None,
+        native_impulse_fraction=impulse_fraction(native_gray) if fine else None,
         blockiness=block,
-        blockiness_region=None if block is None else _centre_box(native_gray.shape, (width, height)),
+        native_region=None if native_gray is None else _centre_box(native_gray.shape, (width, height)),
     )
 
 

@@ -10,6 +10,12 @@ Pooling: the image is cut into tiles; only tiles with enough variation take part
 that of the sharpest `TOP_FRACTION` of them. A portrait with a sharp face and a defocused background is
 sharp; a photo where nothing is in focus is blurry.
 
+Coarse sharpness: the same min-direction measure on the image shrunk to `COARSE_SIDE` px. Detail in the top octave
+of the working image depends on how the photo was resampled on the way (a 0.3 MP original and its 12 MP enlargement,
+shrunk back, differ there by ~0.03), one octave lower it does not (~0.003, training photos at four sizes): it decides
+the positive `sharp` tag, so that the same photo uploaded at another size keeps its verdict (tiles of the same size in
+the photo: 16 px at 256 for 32 px at 512).
+
 Direction: the blur 1 - s(theta), measured along 0, 45, 90 and 135 degrees over all textured tiles, is
 fitted with a + b*cos(2(theta - phi)). Defocus blurs every direction alike (b ~ 0); motion blur removes
 detail along the motion only, so b/a (the anisotropy) is large and phi is the direction of motion.
@@ -24,6 +30,8 @@ TILE = 32  # px of the working image
 REBLUR_LENGTH = 9  # px; longer than the blur a sharp working image has, shorter than a blurry one's
 MIN_TILE_VARIATION = 0.006  # mean |difference| per px in a tile (gray in [0, 1]) for it to count as textured
 TOP_FRACTION = 0.2  # share of textured tiles, sharpest first, that the sharpness is averaged over
+COARSE_SIDE = 256  # px, longer side of the image `coarse_sharpness` is measured on (half the working image)
+COARSE_TILE = TILE // 2  # the same tiles of the photo, one octave down
 _DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx) for 0, 45, 90, 135 degrees
 
 
@@ -35,6 +43,7 @@ class SharpnessMeasures:
     tenengrad: float
     sharpness: float
     sharpness_min_direction: float
+    coarse_sharpness: float
     blur_anisotropy: float
     blur_direction_deg: float
     textured_fraction: float
@@ -91,18 +100,18 @@ def _tiles_box(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int]) -> Reg
     )
 
 
-def directional_sharpness(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, Region]:
+def directional_sharpness(gray: np.ndarray, tile: int = TILE) -> tuple[np.ndarray, np.ndarray, float, Region]:
     """Sharpness along 0/45/90/135 degrees: (sharpest tiles, all textured tiles, fraction of textured tiles,
-    bounding box of the sharpest tiles: where the verdict was measured)."""
+    bounding box of the sharpest tiles: where the verdict was measured), over `tile`-px tiles."""
     kept, lost = [], []
     for dy, dx in _DIRECTIONS:
         reblurred = _reblur(gray, dy, dx, REBLUR_LENGTH)
         step = _abs_step(gray, dy, dx)
-        lost.append(_tile_sums(cv2.max(cv2.subtract(step, _abs_step(reblurred, dy, dx)), 0.0), TILE))
-        kept.append(_tile_sums(step, TILE))
+        lost.append(_tile_sums(cv2.max(cv2.subtract(step, _abs_step(reblurred, dy, dx)), 0.0), tile))
+        kept.append(_tile_sums(step, tile))
     variation = np.stack(kept)  # 4 x tiles_y x tiles_x
     removed = np.stack(lost)
-    tile_px = min(TILE, gray.shape[0]) * min(TILE, gray.shape[1])
+    tile_px = min(tile, gray.shape[0]) * min(tile, gray.shape[1])
     textured = variation.mean(axis=0) / tile_px > MIN_TILE_VARIATION
     textured_fraction = float(textured.mean())
     if not textured.any():  # nothing to judge: pool over the whole image
@@ -122,6 +131,13 @@ def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     s, s_all, textured_fraction, region = directional_sharpness(gray)
+    h, w = gray.shape
+    shrink = COARSE_SIDE / max(h, w)
+    coarse = (
+        gray
+        if shrink >= 1
+        else cv2.resize(gray, (max(1, round(w * shrink)), max(1, round(h * shrink))), interpolation=cv2.INTER_AREA)
+    )
     # Direction is judged on the blur (1 - sharpness) over all textured tiles: camera motion blurs the
     # whole frame alike, and relative to the blur amount a strong defocus stays isotropic.
     blur = 1.0 - s_all
@@ -133,6 +149,7 @@ def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
         tenengrad=float(np.mean(gx * gx + gy * gy)),
         sharpness=float(s.mean()),
         sharpness_min_direction=float(s.min()),
+        coarse_sharpness=float(directional_sharpness(coarse, COARSE_TILE)[0].min()),
         blur_anisotropy=amplitude / max(float(blur.mean()), 1e-9),
         blur_direction_deg=float(direction),
         textured_fraction=textured_fraction,

@@ -3,7 +3,8 @@
 Rules come from the thresholds config (`thresholds.yaml`); the vocabulary and rules are documented in
 docs/QUALITY.md. Combination with a model, per tag, when `model_probs` has that tag:
 
-- classical evidence fires and the model gives p >= ``confirm``  -> tag (the model can veto);
+- classical evidence fires and the model gives p >= ``confirm``  -> tag (the model can veto, except pixel-level
+  evidence of a photo larger than the working image: noise or JPEG blocks the model's small input cannot show);
 - the model alone gives p >= ``alone``                           -> tag (the model can add);
 - or, for a tag with a learned ``stack``, its logistic of the model's logit and metrics >= ``fire_at``;
 - otherwise no tag. Tags the model does not cover stay purely classical. ``confirm``/``alone`` are per tag
@@ -57,6 +58,19 @@ def evaluate_rule(rule: TagRule, values: dict[str, float | int | None]) -> tuple
     return bool(holding), _confidence(max(holding)) if holding else 0.0
 
 
+def model_cannot_see(rule: TagRule, values: dict[str, float | int | None]) -> bool:
+    """True when a `pixel_level` condition holds on a photo that was shrunk for the working image: evidence finer
+    than anything the model's input shows, which its probability must not veto."""
+    scale = values.get("working_scale")
+    if scale is None or float(scale) >= 1.0:
+        return False
+    for condition in rule.conditions:
+        value = values.get(condition.metric)
+        if condition.pixel_level and value is not None and condition_margin(condition, float(value)) > 0:
+            return True
+    return False
+
+
 def describe_rule(rule: TagRule) -> str:
     """Human-readable form of a rule's conditions."""
     joiner = " and " if rule.match == "all" else " or "
@@ -99,7 +113,7 @@ def tags_from_values(
             classical, confidence, source = stacked >= stack.fire_at, stacked, "classical+model"
         elif p is not None:
             confirm, alone = combine.for_tag(name)
-            if classical and p >= confirm:
+            if classical and (p >= confirm or model_cannot_see(rule, values)):
                 confidence, source = max(confidence, p), "classical+model"
             elif p >= alone:
                 classical, confidence, source = True, p, "model"

@@ -40,6 +40,11 @@ class Condition(_Frozen):
     op: Literal["<", ">"] = Field(description="the condition holds when `metric op threshold`")
     threshold: float = Field(description="decision value, in the metric's units")
     scale: float = Field(gt=0, description="metric distance from the threshold that gives confidence 0.73")
+    pixel_level: bool = Field(
+        False,
+        description="the metric sees single pixels of the file as stored (noise, JPEG blocks): on a photo larger than"
+        " the working image the model, which sees it smaller still, cannot veto it",
+    )
 
 
 class TagRule(_Frozen):

@@ -83,17 +83,17 @@ def analyze_quality(
     original_size: tuple[int, int] | None = None,
     thresholds: Thresholds | None = None,
     learned: LearnedQuality | None = None,
-    native_gray: np.ndarray | None = None,
+    native_rgb: np.ndarray | None = None,
 ) -> QualityReport:
     """Metrics and verdict of an HxWx3 uint8 RGB image of any size (shrunk to the working image here).
 
     `original_size` is the upright (width, height) of the photo as uploaded (default: `rgb`'s own size);
-    `native_gray` a gray crop of a full-scale decode for blockiness (default: taken from `rgb` when `rgb`
-    has the original size; otherwise blockiness is None).
+    `native_rgb` a crop of a full-scale decode for the pixel-level metrics (default: taken from `rgb` when `rgb`
+    has the original size; otherwise they are None).
     """
     thresholds = thresholds or default_thresholds()
     size = original_size or (rgb.shape[1], rgb.shape[0])
-    if native_gray is None and (rgb.shape[1], rgb.shape[0]) == tuple(size):
-        native_gray = native_crop(rgb)
-    metrics = compute_metrics(working_image(rgb, thresholds.working_max_side), size, native_gray)
+    if native_rgb is None and (rgb.shape[1], rgb.shape[0]) == tuple(size):
+        native_rgb = native_crop(rgb)
+    metrics = compute_metrics(working_image(rgb, thresholds.working_max_side), size, native_rgb)
     return quality_verdict(metrics, thresholds, learned)

@@ -43,12 +43,14 @@ def working_image(rgb: np.ndarray, max_side: int = WORKING_MAX_SIDE) -> np.ndarr
 
 
 def native_crop(rgb_or_gray: np.ndarray, size: int = 256) -> np.ndarray:
-    """Centre crop (at most `size` x `size`) of the full-resolution decode, as gray uint8, for blockiness.
+    """Centre crop (at most `size` x `size`) of the full-resolution decode, as HxWx3 uint8 RGB, for the
+    pixel-level metrics (noise, impulses, JPEG blockiness).
 
-    JPEG's 8x8 block grid only exists at the resolution the file was encoded at; it is lost after
-    the working-image resize (and after a reduced-scale JPEG draft decode, which must not be used here).
+    Pixel noise and JPEG's 8x8 block grid only exist at the resolution the file was stored at; they are averaged
+    away by the working-image resize and by a reduced-scale JPEG draft decode (which must not be used here; the
+    server takes the same crop from a partial decode instead: `pipelines.native_crop`).
     """
-    gray = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray[:, :, :3], cv2.COLOR_RGB2GRAY)
-    height, width = gray.shape
+    rgb = rgb_or_gray if rgb_or_gray.ndim == 3 else np.repeat(rgb_or_gray[:, :, None], 3, axis=2)
+    height, width = rgb.shape[:2]
     top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
-    return np.ascontiguousarray(gray[top : top + size, left : left + size])
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size, :3])

@@ -13,6 +13,6 @@ class QualityStage:
         if decoded.working is None:
             raise ValueError("the image was decoded without a working image for the quality stage")
         start = time.perf_counter()
-        metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+        metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_rgb)
         STAGE_LATENCY.labels("quality", "").observe(time.perf_counter() - start)
         return metrics

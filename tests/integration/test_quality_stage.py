@@ -70,6 +70,6 @@ def test_served_quality_is_the_verdict_function_bit_for_bit(placement: str, requ
             data = path.read_bytes()
             served = _analyze(http, data, "quality,anomaly")
             decoded = decode_image(data, {"quality_mos": spec}, working_max_side=thresholds.working_max_side)
-            metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+            metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_rgb)
             expected = quality_verdict(metrics, thresholds, LearnedQuality(**served["anomaly"])).to_dict()
             assert served["quality"] == expected, path.name

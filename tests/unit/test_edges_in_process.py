@@ -113,7 +113,7 @@ def test_analyze_answers_what_the_verdict_function_says(http: TestClient, config
     specs = {name: entry.config.preprocess_spec() for name, entry in settings.models.items()}
     assert settings.thresholds is not None
     decoded = decode_image(data, specs, settings.limits, settings.thresholds.working_max_side)
-    metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_gray)
+    metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_rgb)
     learned = LearnedQuality(**result["anomaly"])  # the model's answer as served (the model is tested elsewhere)
     expected = quality_verdict(metrics, settings.thresholds, learned).to_dict()
     assert result["quality"] == expected

@@ -63,3 +63,20 @@ def test_strong_blur_and_noise_get_combined_tags() -> None:
         for tag, tags in (("blurry", blurred), ("noisy", noisy)):
             assert tags[tag].evidence["model_probability"] >= 0.5, (name, tag, tags[tag].evidence)
         assert results[3 * i].served.score > results[3 * i + 1].served.score, name
+
+
+def test_model_vetoes_pixel_level_evidence_only_where_it_could_see_it() -> None:
+    from pipelines.quality.tags import tags_from_values
+
+    # JPEG blocks measured at the file's own pixels: on a photo the working image shows at full size the model saw
+    # them too and may veto; on a 4x larger photo its 256-px input cannot show 8-px blocks, so it may not.
+    values = {"blockiness": 2.0, "working_scale": 1.0}
+    veto = {"compression_artifacts": 0.001}
+    assert "compression_artifacts" not in {t.name for t in tags_from_values(values, None, veto)}
+    values["working_scale"] = 0.25
+    tag = {t.name: t for t in tags_from_values(values, None, veto)}["compression_artifacts"]
+    assert tag.evidence["blockiness"] == 2.0 and tag.evidence["model_probability"] == 0.001
+    # a condition that is not pixel-level keeps the veto at any size
+    assert "low_contrast" not in {
+        t.name for t in tags_from_values({"contrast_spread": 0.1, "working_scale": 0.25}, None, {"low_contrast": 0.0})
+    }

@@ -100,7 +100,7 @@ def metrics_of_folder(folder: Path, progress: Callable[[str], None] | None = Non
     out = []
     for path in list_photos(folder):
         photo = load_photo(path)
-        metrics = compute_metrics(photo.working, photo.original_size, photo.native_gray)
+        metrics = compute_metrics(photo.working, photo.original_size, photo.native_rgb)
         out.append(metrics.as_dict())
         if progress:
             progress(str(path))

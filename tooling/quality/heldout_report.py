@@ -65,8 +65,11 @@ def resolution_check(clean: Sequence[Sample], results: Sequence[ServedResult], t
         by_photo[s.path.name].append(r)
     same_all = same_defects = 0
     spreads = []
+    differing: dict[str, int] = defaultdict(int)  # tag -> photos that have it at some sizes but not all
     for rs in by_photo.values():
         tag_sets = [frozenset(_tags(r, "served")) for r in rs]
+        for tag in frozenset.union(*tag_sets) - frozenset.intersection(*tag_sets):
+            differing[tag] += 1
         defect_sets = [frozenset(t for t in ts if thresholds.tags[t].kind == "defect") for ts in tag_sets]
         same_all += len(set(tag_sets)) == 1
         same_defects += len(set(defect_sets)) == 1
@@ -82,6 +85,7 @@ def resolution_check(clean: Sequence[Sample], results: Sequence[ServedResult], t
         "score_spread_median": float(np.median(s)),
         "score_spread_p95": float(np.percentile(s, 95)),
         "score_spread_within_5": float((s <= 5).mean()),
+        "photos_whose_tag_differs": dict(sorted(differing.items(), key=lambda kv: -kv[1])),
     }
 
 
@@ -129,7 +133,9 @@ def markdown(report: dict) -> str:
         f"{', '.join(f'{m:g}' for m in r['resolutions_mp'])} MP): "
         f"identical tags {r['identical_tags']:.1%}, identical defect tags {r['identical_defect_tags']:.1%}; "
         f"score spread median {r['score_spread_median']:.1f}, 95th percentile {r['score_spread_p95']:.1f}, "
-        f"within 5 points {r['score_spread_within_5']:.1%}.",
+        f"within 5 points {r['score_spread_within_5']:.1%}. Photos whose tag differs between sizes: "
+        + (", ".join(f"{t} {n}" for t, n in r["photos_whose_tag_differs"].items()) or "none")
+        + ".",
         "",
         "blur-samples (served): "
         + ", ".join(

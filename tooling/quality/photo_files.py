@@ -2,7 +2,7 @@
 
 The online server decodes through `pipelines.decode`; this is the same idea for local files: upright
 RGB (EXIF orientation applied), optionally a reduced-scale JPEG draft decode for speed, the working
-image, the original size and a gray crop that still carries the JPEG block grid.
+image, the original size and a full-resolution crop that still carries the noise and the JPEG block grid.
 """
 
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ class LoadedPhoto:
 
     working: np.ndarray  # HxWx3 uint8, longer side <= working max side
     original_size: tuple[int, int]  # (width, height) upright, of the file as stored
-    native_gray: np.ndarray | None  # gray crop with the JPEG grid; None after a reduced-scale decode
+    native_rgb: np.ndarray | None  # full-resolution crop (noise, JPEG grid); None after a reduced-scale decode
 
 
 def load_photo(path: str | Path, draft_side: int | None = None, max_side: int = WORKING_MAX_SIDE) -> LoadedPhoto:
@@ -36,8 +36,8 @@ def load_photo(path: str | Path, draft_side: int | None = None, max_side: int = 
         upright = ImageOps.exif_transpose(image).convert("RGB")
     rgb = np.asarray(upright)
     width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
-    gray = native_crop(rgb) if scale == 1 else None
-    return LoadedPhoto(working_image(rgb, max_side), (width, height), gray)
+    native = native_crop(rgb) if scale == 1 else None
+    return LoadedPhoto(working_image(rgb, max_side), (width, height), native)
 
 
 def list_photos(folder: str | Path) -> list[Path]:

@@ -40,6 +40,7 @@ class ServedResult:
     decode_scale: int
     metrics: dict
     model_quality: float | None
+    model_probs: dict[str, float] | None  # the model's per-tag probabilities (to re-tag with other thresholds)
     served: QualityReport
     classical: QualityReport
 
@@ -87,13 +88,14 @@ def _chunk(args: tuple[str | None, bool, Sequence[Item]]) -> list[ServedResult]:
         ]
     results = []
     for item, d, model in zip(items, decoded, learned, strict=True):
-        metrics = compute_metrics(d.working, (d.width, d.height), d.native_gray)
+        metrics = compute_metrics(d.working, (d.width, d.height), d.native_rgb)
         results.append(
             ServedResult(
                 item_key(item),
                 d.decode_scale,
                 metrics.as_dict(),
                 model.model_quality if model else None,
+                model.probabilities if model else None,
                 quality_verdict(metrics, thresholds, model),
                 quality_verdict(metrics, thresholds),
             )

@@ -79,7 +79,7 @@ def _measure_chunk(args: tuple[str, Sequence[Item]]) -> list[Measured]:
     features = _SESSION.run(None, {config.input.name: batch})[0]
     return [
         Measured(
-            item_key(i), f.astype(np.float32), compute_metrics(d.working, (d.width, d.height), d.native_gray).as_dict()
+            item_key(i), f.astype(np.float32), compute_metrics(d.working, (d.width, d.height), d.native_rgb).as_dict()
         )
         for i, d, f in zip(items, decoded, features, strict=True)
     ]

@@ -1,0 +1,74 @@
+"""A full-resolution centre crop of a large JPEG without decoding all of it.
+
+Pixel-level defects (sensor noise, salt-and-pepper pixels, JPEG 8x8 blocks) exist only at the resolution the file
+was stored at; the quality stage's working image (512 px) and a reduced-scale JPEG (draft) decode average them away.
+Decoding a 12 MP photo in full just to look at 256x256 of it would cost 2-4x the draft decode, so this decodes only
+the rows down to the bottom of the centre crop: the frame header (SOF) is rewritten to claim that many rows, libjpeg
+then stops producing rows there and skips the rest of each scan as extraneous data. The crop is bit-identical to the
+same crop of a full decode (one MCU row of margin keeps chroma upsampling the same) for baseline and progressive
+files; measured on 3-9 MP photos it costs about half a full decode.
+"""
+
+import io
+import struct
+
+import numpy as np
+from PIL import Image
+
+from pipelines.orientation import UPRIGHT_TRANSPOSE
+
+NATIVE_CROP = 256  # px, side of the crop
+_MCU_MARGIN = 16  # rows decoded below the crop: the tallest MCU, so upsampling sees the same neighbours
+# Start-of-frame markers (every JPEG coding process); C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_START_OF_SCAN = 0xDA
+_PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
+
+
+def jpeg_with_rows(data: bytes, rows: int) -> bytes | None:
+    """`data` with its first frame header claiming only the top `rows` rows; None if no frame header precedes
+    the first scan (not a JPEG this can shorten)."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _PARAMETERLESS:
+            i += 2
+            continue
+        if marker == _START_OF_SCAN:
+            return None
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF_MARKERS and i + 9 <= len(data):
+            (height,) = struct.unpack(">H", data[i + 5 : i + 7])
+            if height == 0 or rows >= height:
+                return None  # height defined later (DNL) or nothing to save
+            return data[: i + 5] + struct.pack(">H", rows) + data[i + 7 :]
+        i += 2 + length
+    return None
+
+
+def jpeg_centre_crop(
+    data: bytes, stored_size: tuple[int, int], orientation: int, size: int = NATIVE_CROP
+) -> np.ndarray | None:
+    """The upright centre crop (at most `size` x `size`, HxWx3 uint8 RGB) of a JPEG at full resolution, decoding only
+    the rows above its bottom. `stored_size` is the file's (width, height) before EXIF orientation. None when the
+    file cannot be shortened or the rows do not decode (the caller then goes without native-resolution metrics)."""
+    width, height = stored_size
+    crop_w, crop_h = min(size, width), min(size, height)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    shortened = jpeg_with_rows(data, top + crop_h + _MCU_MARGIN)
+    if shortened is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(shortened)) as image:
+            stripe = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError):
+        return None
+    crop = stripe.crop((left, top, left + crop_w, top + crop_h))
+    if orientation in UPRIGHT_TRANSPOSE:
+        crop = crop.transpose(UPRIGHT_TRANSPOSE[orientation])
+    return np.asarray(crop, dtype=np.uint8)
