@@ -5,8 +5,9 @@ was stored at; the quality stage's working image (512 px) and a reduced-scale JP
 Decoding a 12 MP photo in full just to look at 256x256 of it would cost 2-4x the draft decode, so this decodes only
 the rows down to the bottom of the centre crop: the frame header (SOF) is rewritten to claim that many rows, libjpeg
 then stops producing rows there and skips the rest of each scan as extraneous data. The crop is bit-identical to the
-same crop of a full decode (one MCU row of margin keeps chroma upsampling the same) for baseline and progressive
-files; measured on 3-9 MP photos it costs about half a full decode.
+same crop of a full decode, centred on the upright photo (one MCU row of margin keeps chroma upsampling the same),
+for baseline and progressive files and every EXIF orientation; measured on 3-9 MP photos it costs a third to a half
+of a full decode.
 """
 
 import io
@@ -15,9 +16,13 @@ import struct
 import numpy as np
 from PIL import Image
 
-from pipelines.orientation import UPRIGHT_TRANSPOSE
+from pipelines.orientation import FLIPS_STORED_X, FLIPS_STORED_Y, UPRIGHT_TRANSPOSE
 
 NATIVE_CROP = 256  # px, side of the crop
+# Most pixels the partial decode may produce (full-width rows down to the crop): ~96 MB of RGB. Beyond it (very large
+# or very wide photos) the crop is skipped and the pixel-level metrics are None, rather than a request paying more
+# memory than its reduced-scale decode by two orders of magnitude.
+MAX_DECODED_PIXELS = 32_000_000
 _MCU_MARGIN = 16  # rows decoded below the crop: the tallest MCU, so upsampling sees the same neighbours
 # Start-of-frame markers (every JPEG coding process); C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -26,8 +31,8 @@ _PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no len
 
 
 def jpeg_with_rows(data: bytes, rows: int) -> bytes | None:
-    """`data` with its first frame header claiming only the top `rows` rows; None if no frame header precedes
-    the first scan (not a JPEG this can shorten)."""
+    """`data` with its first frame header claiming only the top `rows` rows (`data` itself when it has no more);
+    None if no frame header precedes the first scan or its height is left to a later DNL marker."""
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -44,9 +49,9 @@ def jpeg_with_rows(data: bytes, rows: int) -> bytes | None:
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _SOF_MARKERS and i + 9 <= len(data):
             (height,) = struct.unpack(">H", data[i + 5 : i + 7])
-            if height == 0 or rows >= height:
-                return None  # height defined later (DNL) or nothing to save
-            return data[: i + 5] + struct.pack(">H", rows) + data[i + 7 :]
+            if height == 0:
+                return None
+            return data if rows >= height else data[: i + 5] + struct.pack(">H", rows) + data[i + 7 :]
         i += 2 + length
     return None
 
@@ -56,19 +61,25 @@ def jpeg_centre_crop(
 ) -> np.ndarray | None:
     """The upright centre crop (at most `size` x `size`, HxWx3 uint8 RGB) of a JPEG at full resolution, decoding only
     the rows above its bottom. `stored_size` is the file's (width, height) before EXIF orientation. None when the
-    file cannot be shortened or the rows do not decode (the caller then goes without native-resolution metrics)."""
+    frame header cannot be rewritten, the rows would exceed `MAX_DECODED_PIXELS` or they do not decode (the caller
+    then goes without native-resolution metrics)."""
     width, height = stored_size
     crop_w, crop_h = min(size, width), min(size, height)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    shortened = jpeg_with_rows(data, top + crop_h + _MCU_MARGIN)
+    # centred on the *upright* photo, as `native_crop` of a full decode: on a stored axis the orientation reverses,
+    # an odd margin leaves the extra pixel on the other side
+    left = (width - crop_w + (orientation in FLIPS_STORED_X)) // 2
+    top = (height - crop_h + (orientation in FLIPS_STORED_Y)) // 2
+    rows = min(height, top + crop_h + _MCU_MARGIN)
+    if width * rows > MAX_DECODED_PIXELS:
+        return None
+    shortened = jpeg_with_rows(data, rows)
     if shortened is None:
         return None
     try:
         with Image.open(io.BytesIO(shortened)) as image:
-            stripe = image.convert("RGB")
+            crop = image.crop((left, top, left + crop_w, top + crop_h)).convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError, IndexError):
         return None
-    crop = stripe.crop((left, top, left + crop_w, top + crop_h))
     if orientation in UPRIGHT_TRANSPOSE:
         crop = crop.transpose(UPRIGHT_TRANSPOSE[orientation])
     return np.asarray(crop, dtype=np.uint8)

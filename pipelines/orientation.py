@@ -13,3 +13,5 @@ UPRIGHT_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations whose upright width is the stored height
+FLIPS_STORED_X = frozenset({2, 3, 7, 8})  # orientations that reverse the stored x axis on the way upright
+FLIPS_STORED_Y = frozenset({3, 4, 6, 7})  # ... and the stored y axis

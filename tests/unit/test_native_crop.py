@@ -51,12 +51,33 @@ def test_partial_decode_crop_is_the_full_decode_crop(params: dict, orientation: 
     assert np.array_equal(reduced.native_rgb, _upright_full_crop(data))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_crop_is_centred_on_the_upright_photo_for_odd_sizes(orientation: int) -> None:
+    data = _jpeg(dead_leaves_texture((1101, 1501), seed=6), orientation, quality=90)
+    reduced = decode_image(data, {}, None, working_max_side=512)
+    assert reduced.decode_scale == 2 and reduced.native_rgb is not None
+    assert np.array_equal(reduced.native_rgb, _upright_full_crop(data))
+
+
+def test_short_wide_photo_is_decoded_whole_for_its_crop() -> None:
+    data = _jpeg(dead_leaves_texture((270, 3000), seed=7), quality=90)
+    reduced = decode_image(data, {}, None, working_max_side=512)
+    assert reduced.decode_scale > 1 and reduced.native_rgb is not None  # fewer rows than the crop needs: all of them
+    assert np.array_equal(reduced.native_rgb, _upright_full_crop(data))
+
+
 def test_crop_of_a_photo_smaller_than_the_crop_is_the_photo() -> None:
     rgb = dead_leaves_texture((200, 180), seed=1)
     data = _jpeg(rgb, quality=95)
     crop = jpeg_centre_crop(data, (180, 200), 1)
-    assert crop is None  # nothing to shorten: the caller decodes it in full anyway
-    assert native_crop(np.asarray(Image.open(io.BytesIO(data)))).shape == (200, 180, 3)
+    assert crop is not None and np.array_equal(crop, native_crop(np.asarray(Image.open(io.BytesIO(data)))))
+    assert crop.shape == (200, 180, 3)
+
+
+def test_crop_is_skipped_when_the_rows_above_it_are_too_many_pixels() -> None:
+    data = _jpeg(dead_leaves_texture((300, 400), seed=2), quality=90)
+    # the stored size says how many pixels the partial decode would produce: a 200,000 px wide strip is too many
+    assert jpeg_centre_crop(data, (200_000, 300), 1) is None
 
 
 def test_files_without_a_frame_before_the_scan_are_not_shortened() -> None:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = camera[camera[:, 0] > OLD_THRESHOLD, 1]  # coarse values of the camera photos version 3 called sharp
     agreement = {t: float(np.mean((coarse > t) == old)) for t in GRID}
     best_agreement = max(GRID, key=lambda t: agreement[t])
-    chosen = max((t for t in GRID if (kept > t).all()), default=best_agreement)
+    chosen = max((t for t in GRID if (kept > t).all()), default=best_agreement) if kept.size else best_agreement
     print(f"{len(stored)} training photos as stored: version 3 says sharp for {old.mean():.1%}")
     for p, (fine, coarse_value) in zip(sharp_camera, camera, strict=True):
         print(f"  {p.name}: {OLD_METRIC} {fine:.3f}, coarse_sharpness {coarse_value:.3f}")

@@ -24,7 +24,7 @@ import yaml
 
 from pipelines.quality.metrics import QualityMetrics
 from pipelines.quality.scoring import score_quality
-from pipelines.quality.tags import evaluate_rule
+from pipelines.quality.tags import evaluate_rule, model_cannot_see
 from pipelines.quality.thresholds import Thresholds, load_thresholds
 from tooling.quality.biq import GOOD_MOS
 from tooling.quality.biq_synthetic import Sample, tag_counts
@@ -47,10 +47,13 @@ def tune_tag(
     good: np.ndarray,
     budget: float,
     clean_of: np.ndarray,
+    unvetoed: np.ndarray | None = None,
 ) -> dict:
     """label: 1 positive, 0 negative, -1 excluded (synthetic only); good: the good stored photos (false alarms);
     clean_of: index of each distorted copy's clean copy (-1 for the others): a copy whose clean copy is tagged is
-    left out of the tag, as the held-out evaluation does."""
+    left out of the tag, as the held-out evaluation does; unvetoed: classical evidence the model may not veto
+    (`tags.model_cannot_see`: pixel-level, photo larger than the working image), as the served combination does."""
+    unvetoed = np.zeros_like(classical) if unvetoed is None else unvetoed
     best: dict | None = None
     names = np.array(["excluded", "negative", "positive"])[label + 1]
     distorted = clean_of >= 0
@@ -58,7 +61,7 @@ def tune_tag(
         for alone in GRID:
             if alone < confirm:
                 continue
-            fires = (classical & (p >= confirm)) | (p >= alone)
+            fires = (classical & ((p >= confirm) | unvetoed)) | (p >= alone)
             alarms = float(fires[good].mean())
             c = tag_counts(names, fires, clean_of, distorted)
             row = {
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         budget = budgets.get(tag, args.budget)
-        plain = tune_tag(tag, classical, probs[:, k], label, good, budget, clean_of)
+        unvetoed = np.array([model_cannot_see(thresholds.tags[tag], it["metrics"]) for it in items])
+        plain = tune_tag(tag, classical, probs[:, k], label, good, budget, clean_of, unvetoed)
         if tag in STACK_METRICS:  # the stack only where it does better out of fold
             stacked = tune_stack(tag, items, probs[:, k], label, good, budget, clean_of)
             f1 = {key: (r["chosen"] or {"f1": -1.0})["f1"] for key, r in (("plain", plain), ("stack", stacked))}
