@@ -69,8 +69,12 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 def classify_error(exc: BaseException) -> ErrorInfo:
-    """Map any exception to status codes; unknown exceptions are internal errors (500 / INTERNAL)."""
+    """Map any exception to status codes; unknown exceptions are internal errors (500 / INTERNAL) whose message is
+    generic: exception text (Ray actor addresses, SQL, file paths) goes to the server log, never to the client, who
+    gets the request id to quote instead."""
     from ray.serve.exceptions import BackPressureError
+
+    from serving.access_log import current_request_id
 
     original = unwrap(exc)
     if isinstance(original, (ImageInputError, ServiceError)):
@@ -80,4 +84,13 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
     if isinstance(original, BackPressureError):
         return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
-    return ErrorInfo(500, "INTERNAL", "internal", f"internal error: {type(original).__name__}: {original}")
+    if isinstance(original, RecursionError):  # only client JSON nests that deep (e.g. 200,000 '[')
+        return ErrorInfo(400, "INVALID_ARGUMENT", "bad_request", "request is nested too deeply to parse")
+    message = f"internal error (request id {current_request_id() or 'unknown'}); details are in the server log"
+    return ErrorInfo(500, "INTERNAL", "internal", message)
+
+
+def internal_detail(exc: BaseException) -> str:
+    """What an internal error was, for the server log only (`classify_error` does not tell the client)."""
+    original = unwrap(exc)
+    return f"{type(original).__name__}: {original}"

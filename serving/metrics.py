@@ -93,6 +93,8 @@ def model_label(name: str | None) -> str:
     """`name` when it is a model this replica serves (or empty), else "unknown"."""
     if not name:
         return ""
+    if not isinstance(name, str):  # a client's JSON can put a list or object where a name belongs
+        return UNKNOWN_LABEL
     return name if name in KNOWN_MODELS else UNKNOWN_LABEL
 
 

@@ -1,5 +1,6 @@
 """What every gRPC method shares: the security gate, status codes from exceptions, metrics."""
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -10,10 +11,12 @@ import grpc
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
-from serving.errors import ErrorInfo, classify_error
+from serving.errors import ErrorInfo, classify_error, internal_detail
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 from serving.security.gate import replica_gate
 from serving.security.principal import grpc_role
+
+logger = logging.getLogger("imgserve.grpc")
 
 T = TypeVar("T")
 ERROR_KIND_METADATA = "imgserve-error-kind"
@@ -78,6 +81,8 @@ async def attempt(
         info = classify_error(exc)
         code = info.grpc_code
         ERRORS.labels(endpoint, info.kind).inc()
+        if info.kind == "internal":
+            logger.error("internal error on %s: %s", endpoint, internal_detail(exc), exc_info=exc)
         return None, info
     finally:
         INFLIGHT.labels("grpc").dec()

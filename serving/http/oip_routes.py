@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from serving.errors import BadRequestError, InvalidTensorError
 from serving.http.dependencies import get_service
 from serving.oip import inference as oip
-from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw
+from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw, tensor_shape
 from serving.repository import UnknownModelError
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
@@ -95,7 +95,7 @@ async def repository_index(service: InferenceService = Depends(get_service)) -> 
 def parse_infer_request(model: str, body: bytes, header_length: str | None) -> oip.InferRequest:
     """JSON, or JSON header + binary tensors (binary tensor data extension), -> `InferRequest`."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise BadRequestError(f"{HEADER_LENGTH} is {header_length!r} but the body has {len(body)} bytes")
         split = int(header_length)
         head, binary = body[:split], body[split:]
@@ -105,13 +105,15 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
         payload = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"inference request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("inference request is nested too deeply to parse") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise BadRequestError("inference request must be a JSON object with an 'inputs' list")
     offset = 0
     inputs = []
     for item in payload["inputs"]:
         try:
-            name, datatype, shape = item["name"], item["datatype"], [int(d) for d in item["shape"]]
+            name, datatype, shape = item["name"], item["datatype"], tensor_shape(item["shape"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
         params = item.get("parameters") or {}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from serving.errors import classify_error
+from serving.errors import classify_error, internal_detail
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore
@@ -156,10 +156,12 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - every error becomes this item's result, or a retry
             info = classify_error(exc)
             if info.kind == "overloaded" or (info.kind == "internal" and item.attempts < self.settings.max_attempts):
-                logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, info.message)
+                logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, internal_detail(exc))
                 await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
                 await asyncio.to_thread(self.queue.release, item)
                 return
+            if info.kind == "internal":
+                logger.error("item %d of job %s failed: %s", item.idx, job.id, internal_detail(exc))
             outcome = Outcome("failed", job.model, error_kind=info.kind, error=info.message)
         elapsed = time.perf_counter() - start
         outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})

@@ -9,7 +9,7 @@ fetches arbitrary URLs on a client's behalf.
 import os
 import stat
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from serving.errors import BadRequestError
 from serving.jobs.errors import ItemInputError, UriNotAllowedError
@@ -26,18 +26,31 @@ def _resolve_under(path: Path, root: Path) -> Path:
     return resolved
 
 
+def _split(uri: str) -> SplitResult:
+    """`urlsplit`, with what it refuses (a malformed IPv6 host, ...) or a NUL byte as a client error (400)."""
+    if "\x00" in uri:
+        raise BadRequestError("URI contains a NUL byte")
+    try:
+        return urlsplit(uri)
+    except ValueError as exc:
+        raise BadRequestError(f"malformed URI {uri[:200]!r}: {exc}") from None
+
+
 def _file_path(uri: str, allowed_root: Path | None) -> Path:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     if parts.netloc not in ("", "localhost"):
         raise UriNotAllowedError(f"file URI with a host is refused: {uri!r}")
     if allowed_root is None:
         raise UriNotAllowedError("file:// URIs are disabled on this server (IMGSERVE_BATCH_ALLOWED_ROOT is not set)")
-    return _resolve_under(Path(unquote(parts.path)), allowed_root)
+    path = unquote(parts.path)
+    if "\x00" in path:  # %00: no file name holds one, and the OS calls would raise
+        raise BadRequestError("file URI path contains a NUL byte")
+    return _resolve_under(Path(path), allowed_root)
 
 
 def check_uri(uri: str, allowed_root: Path | None) -> str:
     """The URI if this server may read it; raises UriNotAllowedError (403) or BadRequestError (400)."""
-    scheme = urlsplit(uri).scheme.lower()
+    scheme = _split(uri).scheme.lower()
     if scheme == "file":
         _file_path(uri, allowed_root)
         return uri
@@ -64,7 +77,7 @@ def _read_local(path: Path, max_bytes: int) -> bytes:
 def read_uri(uri: str, allowed_root: Path | None, max_bytes: int) -> bytes:
     """The bytes behind a URI (at most `max_bytes`); every failure is an ItemInputError for that item."""
     try:
-        if urlsplit(uri).scheme.lower() == "file":
+        if _split(uri).scheme.lower() == "file":
             data = _read_local(_file_path(uri, allowed_root), max_bytes)
         else:
             check_uri(uri, allowed_root)

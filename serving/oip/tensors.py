@@ -34,6 +34,24 @@ def oip_datatype(array: np.ndarray) -> str:
         raise InvalidTensorError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
 
 
+MAX_DIMENSION = 2**31 - 1  # a dimension no real tensor reaches; bigger values are errors, not allocations
+
+
+def tensor_shape(value: object) -> list[int]:
+    """A client's `shape` as a list of ints; ValueError for anything else (floats such as 1e400 or 2.5, booleans,
+    strings, negative or absurd dimensions), before any size is computed from it."""
+    if not isinstance(value, list):
+        raise ValueError(f"shape must be a list of integers, got {type(value).__name__}")
+    shape = []
+    for d in value:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise ValueError(f"shape {value!r:.80} has a dimension that is not an integer: {d!r:.40}")
+        if not 0 <= d <= MAX_DIMENSION:
+            raise ValueError(f"shape dimension {d} is outside 0..{MAX_DIMENSION}")
+        shape.append(d)
+    return shape
+
+
 def element_count(shape: list[int]) -> int:
     if any(d < 0 for d in shape):
         raise InvalidTensorError(f"shape {shape} has a negative dimension")
@@ -70,6 +88,8 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
     """numpy array from OIP binary data (raw_input_contents / the binary tensor extension)."""
     count = element_count(shape)
     if datatype == "BYTES":
+        if count > len(raw) // 4:  # every element has a 4-byte length prefix: check before allocating for the shape
+            raise InvalidTensorError(f"BYTES tensor of shape {shape} needs at least {4 * count} bytes, got {len(raw)}")
         arr = np.empty(count, dtype=np.object_)
         arr[:] = deserialize_bytes_tensor(raw, count)
         return arr.reshape(shape)
@@ -92,8 +112,10 @@ def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray
         flat = list(np.asarray(data, dtype=np.object_).reshape(-1)) if count else []
         if len(flat) != count:
             raise InvalidTensorError(f"BYTES data has {len(flat)} elements but shape {shape} needs {count}")
+        if any(not isinstance(x, str | bytes) for x in flat):  # bytes(10**9) would allocate a gigabyte
+            raise InvalidTensorError("BYTES data elements must be strings")
         arr = np.empty(count, dtype=np.object_)
-        arr[:] = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in flat]
+        arr[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in flat]
         return arr.reshape(shape)
     try:
         arr = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])

@@ -1,0 +1,92 @@
+"""Issue #18's named probes for client input that used to reach a 500: each gets a 4xx naming what is wrong, and a
+500 never carries exception text. In-process app over the tiny models (no Ray cluster), as test_edges_in_process."""
+
+import json
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.config.app_args import AppArgs
+from serving.errors import BadRequestError, classify_error
+from serving.http.app import create_http_app
+from serving.jobs.errors import ItemInputError
+from serving.jobs.uris import check_uri, read_uri
+from serving.oip.tensors import array_from_json, tensor_shape
+from serving.placement import build_service, compose
+from tests.unit.tiny_models import tiny_settings
+
+pytestmark = pytest.mark.unit
+
+INFER = "/v2/models/tiny/infer"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    config = compose(AppArgs(placement="local", default_model="tiny"), tiny_settings(tmp_path_factory.mktemp("t")))
+    with TestClient(create_http_app(build_service(config)), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _error(response, status: int, kind: str) -> str:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["kind"] == kind
+    return body["error"]
+
+
+def test_shape_of_1e400_is_an_invalid_tensor(http: TestClient) -> None:
+    body = b'{"inputs":[{"name":"input","shape":[1e400,3],"datatype":"FP32","data":[1]}]}'
+    assert "not an integer" in _error(http.post(INFER, content=body, headers=JSON), 400, "invalid_tensor")
+
+
+def test_200000_open_brackets_are_a_bad_request(http: TestClient) -> None:
+    message = _error(http.post(INFER, content=b"[" * 200_000, headers=JSON), 400, "bad_request")
+    assert "nested too deeply" in message
+
+
+def test_non_ascii_digit_in_the_binary_header_length_is_a_bad_request(http: TestClient) -> None:
+    body = b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}'
+    # b"\xb2" is latin-1 for superscript two, which str.isdigit() accepts and int() refuses
+    headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": b"\xb2"}
+    _error(http.post(INFER, content=body + b"\x00" * 4, headers=headers), 400, "bad_request")
+
+
+@pytest.mark.parametrize("shape", ["[100000000000]", "[100000,100000]"])  # one absurd dimension; a product of 1e10
+def test_binary_bytes_tensor_with_a_huge_shape_is_refused_before_allocating(http: TestClient, shape: str) -> None:
+    head = f'{{"inputs":[{{"name":"input","shape":{shape},"datatype":"BYTES","parameters":{{"binary_data_size":8}}}}]}}'
+    headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    body = head.encode() + b"\x04\x00\x00\x00abcd"
+    _error(http.post(INFER, content=body, headers=headers), 400, "invalid_tensor")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing sized by the shape
+
+
+def test_shapes_and_bytes_elements_are_checked_strictly() -> None:
+    assert tensor_shape([1, 3, 224, 224]) == [1, 3, 224, 224]
+    for bad in ([2.5], [True], ["3"], [-1], [2**40], "1,2", None):
+        with pytest.raises(ValueError):
+            tensor_shape(bad)
+    with pytest.raises(ValueError, match="must be strings"):  # bytes(10**9) would allocate a gigabyte
+        array_from_json([10**9], "BYTES", [1])
+
+
+def test_nul_bytes_and_malformed_uris_are_client_errors(tmp_path: Path) -> None:
+    for uri in (f"file://{tmp_path}/a\x00b.jpg", f"file://{tmp_path}/a%00b.jpg", "s3://[broken/key"):
+        with pytest.raises(BadRequestError):
+            check_uri(uri, tmp_path)
+    with pytest.raises(ItemInputError) as caught:  # in a running job: that item fails, the job goes on
+        read_uri(f"file://{tmp_path}/a%00b.jpg", tmp_path, 100)
+    assert caught.value.kind == "forbidden_uri"
+
+
+def test_internal_errors_name_the_request_not_the_exception(http: TestClient) -> None:
+    info = classify_error(RuntimeError("ActorDiedError at 10.0.0.7:6379 pid=4242 [SQL: SELECT secret] /srv/keys"))
+    assert info.http_status == 500 and info.kind == "internal"
+    assert "request id" in info.message
+    for leak in ("10.0.0.7", "4242", "SQL", "/srv", "RuntimeError"):
+        assert leak not in info.message
+    assert json.dumps(info.message).isascii()
