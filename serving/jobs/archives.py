@@ -4,9 +4,15 @@ Entry names are only labels (inputs are stored by hash), but unsafe ones — abs
 links, devices — are still reported as failed items so a hostile archive is visible in the results.
 Zip bombs are stopped by caps on entry count, bytes per entry, total uncompressed bytes and the
 compression ratio; the caps are checked on declared sizes first and again on bytes actually read.
+Parsing itself is bounded too: a zip's entry count and central-directory size are read from its end record
+and checked before the central directory is parsed; tar pax / GNU long-name headers, which `tarfile` would
+read whole at their declared size, are refused above `MAX_TAR_HEADER_BYTES`; directories count as entries;
+and the small entries' ratio is capped together (big entries are capped one by one), so thousands of
+just-under-1-MiB entries cannot expand a small file to gigabytes.
 """
 
 import re
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -18,6 +24,8 @@ from serving.errors import RequestTooLargeError
 from serving.jobs.errors import InvalidArchiveError, ItemInputError
 
 RATIO_CHECK_BYTES = 1024 * 1024  # tiny entries may compress well legitimately; bombs are big by definition
+MAX_TAR_HEADER_BYTES = 1024 * 1024  # a pax or GNU long-name header this big holds no real path or attribute
+ZIP_DIRECTORY_BYTES_PER_ENTRY = 4096  # central-directory bytes allowed per permitted entry (name, extra, comment)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SYMLINK_MODE = 0o120000
 
@@ -84,18 +92,47 @@ def _too_large(name: str, why: str) -> ArchiveEntry:
     return ArchiveEntry(name, error=ItemInputError("too_large", f"archive entry {name!r} refused: {why}"))
 
 
+def _check_zip_directory(fileobj: BinaryIO, limits: ArchiveLimits) -> None:
+    """Entry count and central-directory size from the end record, before `zipfile` parses the directory."""
+    try:
+        end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]  # what ZipFile itself reads first
+    except (OSError, ValueError, struct.error) as exc:
+        raise InvalidArchiveError(f"damaged zip archive: {exc}") from None
+    fileobj.seek(0)
+    if end is None:
+        return  # ZipFile will say it is not a zip
+    entries, directory_bytes = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if entries > limits.max_entries:
+        raise RequestTooLargeError(f"archive has {entries} entries; the limit is {limits.max_entries}")
+    if directory_bytes > ZIP_DIRECTORY_BYTES_PER_ENTRY * max(limits.max_entries, 1):
+        raise RequestTooLargeError(f"archive's central directory is {directory_bytes} bytes (too many or too long)")
+
+
 def _zip_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
+    _check_zip_directory(fileobj, limits)
     try:
         archive = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InvalidArchiveError(f"damaged zip archive: {exc}") from None
     with archive:
-        infos = [i for i in archive.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+        listed = archive.infolist()
+        if len(listed) > limits.max_entries:  # directories included
+            raise RequestTooLargeError(f"archive has {len(listed)} entries; the limit is {limits.max_entries}")
+        infos = [i for i in listed if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
         budget = _Budget(limits)
-        if len(infos) > limits.max_entries:
-            raise RequestTooLargeError(f"archive has {len(infos)} entries; the limit is {limits.max_entries}")
-        if sum(i.file_size for i in infos) > limits.max_total_bytes:
+        declared = sum(i.file_size for i in infos)
+        if declared > limits.max_total_bytes:
             raise RequestTooLargeError(f"archive declares more than {limits.max_total_bytes} uncompressed bytes")
+        # Big entries are checked one by one (a bomb entry fails alone); the small ones escape that check, so
+        # together they must not expand more than the ratio either (thousands of just-under-1-MiB entries).
+        small = [i for i in infos if i.file_size < RATIO_CHECK_BYTES]
+        small_bytes = sum(i.file_size for i in small)
+        if small_bytes >= RATIO_CHECK_BYTES and small_bytes > limits.max_ratio * max(
+            sum(i.compress_size for i in small), 1
+        ):
+            raise RequestTooLargeError(
+                f"archive compression ratio over {limits.max_ratio:g} (zip bomb of small entries)"
+            )
         for info in infos:
             budget.entry()
             yield _zip_entry(archive, info, limits, budget)
@@ -127,11 +164,28 @@ def _zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveL
     return ArchiveEntry(name, data)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses pax / GNU long-name extension headers over `MAX_TAR_HEADER_BYTES` before `tarfile`
+    reads them whole into memory (a ~8 MB .tar.gz can declare an 8 GiB pax header)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extension = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+        if self.type in (*extension, tarfile.SOLARIS_XHDTYPE) and self.size > MAX_TAR_HEADER_BYTES:
+            raise _OversizedTarHeader(f"tar extension header of {self.size} bytes (limit {MAX_TAR_HEADER_BYTES})")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+class _OversizedTarHeader(tarfile.HeaderError):
+    pass
+
+
 def _tar_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
     compressed = fileobj.seek(0, 2) or 1
     fileobj.seek(0)
     try:
-        archive = tarfile.open(fileobj=fileobj, mode="r:*")
+        archive = tarfile.open(fileobj=fileobj, mode="r:*", tarinfo=_BoundedTarInfo)
+    except _OversizedTarHeader as exc:
+        raise RequestTooLargeError(str(exc)) from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise InvalidArchiveError(f"not a zip or tar archive ({exc})") from None
     budget = _Budget(limits)
@@ -139,13 +193,15 @@ def _tar_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEn
         while True:
             try:
                 member = archive.next()
+            except _OversizedTarHeader as exc:
+                raise RequestTooLargeError(str(exc)) from None
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise InvalidArchiveError(f"damaged tar archive after {budget.entries} entries: {exc}") from None
             if member is None:
                 return
+            budget.entry()  # directories too: millions of them cost parsing time like files do
             if member.isdir():
                 continue
-            budget.entry()
             # Skipped members are decompressed too, so their declared size counts against the budget.
             budget.spend(member.size)
             if budget.bytes >= RATIO_CHECK_BYTES and budget.bytes > limits.max_ratio * compressed:

@@ -1,7 +1,11 @@
 """Archive intake: entries read into memory with caps; traversal names, links and bombs refused."""
 
+import gzip
 import io
+import resource
+import struct
 import tarfile
+import time
 import zipfile
 
 import pytest
@@ -139,3 +143,58 @@ def test_gzip_tar_of_images_reads_back() -> None:
     archive = _tar([_file(name, payload) for name, payload in data.items()], mode="w:gz")
     entries = list(read_archive(archive, LIMITS))
     assert {e.name: e.data for e in entries} == data
+
+
+# Issue #18's archive probes: parsing itself is bounded, not only what is read.
+
+
+def _gzip_zeros_after(header: bytes, zeros: int) -> io.BytesIO:
+    """A .tar.gz whose first header is `header`, followed by `zeros` zero bytes, compressed as they stream."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as stream:
+        stream.write(header)
+        chunk = b"\0" * (1024 * 1024)
+        for _ in range(zeros // len(chunk)):
+            stream.write(chunk)
+    out.seek(0)
+    return out
+
+
+def test_huge_pax_header_is_a_413_without_reading_it() -> None:
+    declared = 512 * 1024 * 1024  # tarfile would read all of it into one bytes object
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, declared
+    archive = _gzip_zeros_after(info.tobuf(format=tarfile.GNU_FORMAT), declared)
+    assert len(archive.getvalue()) < 4 * 1024 * 1024  # a small upload
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(RequestTooLargeError, match="extension header"):
+        list(read_archive(archive, LIMITS))
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB
+
+
+def test_tar_directories_count_as_entries() -> None:
+    limits = ArchiveLimits(max_entries=50, max_total_bytes=10**6, max_entry_bytes=10**6, max_ratio=1000)
+    dirs = []
+    for i in range(60):
+        info = tarfile.TarInfo(f"d{i}")
+        info.type = tarfile.DIRTYPE
+        dirs.append((info, None))
+    with pytest.raises(RequestTooLargeError, match="more than 50 entries"):
+        list(read_archive(_tar(dirs), limits))
+
+
+def test_zip_end_record_claiming_two_million_entries_is_a_413_before_parsing() -> None:
+    # only an end-of-central-directory record: ZipFile would try to parse a 92 MB directory that is not there
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 92_000_000, 0, 0)
+    archive = io.BytesIO(b"PK\x03\x04" + b"\0" * 100 + end)
+    with pytest.raises(RequestTooLargeError, match="entries"):
+        list(read_archive(archive, LIMITS))
+
+
+def test_many_small_entries_cannot_add_up_to_a_bomb() -> None:
+    limits = ArchiveLimits(max_entries=1000, max_total_bytes=10**9, max_entry_bytes=2 * 1024 * 1024, max_ratio=50)
+    entries = {f"e{i}.bmp": b"\0" * (512 * 1024) for i in range(8)}  # each under the per-entry ratio check
+    with pytest.raises(RequestTooLargeError, match="small entries"):
+        list(read_archive(_zip(entries), limits))
