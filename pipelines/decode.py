@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - depends on the optional 'heif' extra
 
 # Magic numbers of the formats we support: unidentifiable bytes that start like one of these are a
 # corrupt image (400); anything else is not a supported image at all (415).
+_REDUCED_DECODE_FORMATS = frozenset({"JPEG", "MPO"})  # draft decode at 1/2..1/8 scale: no full-size buffer
 _SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
     b"\xff\xd8",  # JPEG
     b"\x89PNG\r\n\x1a\n",
@@ -93,7 +94,28 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
+    if image.format not in _REDUCED_DECODE_FORMATS and width * height > limits.max_full_decode_pixels:
+        raise ImageTooLargeError(
+            f"{image.format} image is {width}x{height} = {width * height} pixels; formats decoded at full size are"
+            f" limited to {limits.max_full_decode_pixels}"
+        )
+    _check_raw_size(image, data)
     return image
+
+
+def _check_raw_size(image: Image.Image, data: bytes) -> None:
+    """An uncompressed BMP must hold every row it declares: a 60-byte file declaring 10000x10000 would otherwise
+    cost a 300 MB allocation before the decoder notices the missing data."""
+    if image.format != "BMP" or image.info.get("compression", 0) not in (0, 3) or len(data) < 30:
+        return
+    header = int.from_bytes(data[14:18], "little")
+    bits = int.from_bytes(data[24:26] if header == 12 else data[28:30], "little")
+    width, height = image.size
+    needed = (width * bits + 31) // 32 * 4 * height
+    if len(data) < needed:
+        raise InvalidImageError(
+            f"BMP declares {width}x{height} at {bits} bits ({needed} bytes of pixels) but the file has {len(data)}"
+        )
 
 
 def exif_orientation(image: Image.Image) -> int:

@@ -12,4 +12,7 @@ class DecodeLimits:
 
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 100_000_000
+    # Formats other than JPEG decode at full size (JPEG decodes at 1/2..1/8 scale for the models): at 4 bytes a
+    # pixel, 40 MP is ~160 MB per request, where 100 MP of solid colour fits in a ~300 KB PNG.
+    max_full_decode_pixels: int = 40_000_000
     formats: frozenset[str] = field(default=DEFAULT_FORMATS)

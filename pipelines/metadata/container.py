@@ -54,9 +54,13 @@ def _heif_quarter_turn(image: Image.Image) -> bool | None:
     return any(kind == "irot" and angle in (90, 270) for kind, angle, *_ in transformations)
 
 
+SEEK_COUNTED_FORMATS = frozenset({"TIFF", "GIF"})  # frames found only by walking the file: counting is capped
+
+
 def frame_count(image: Image.Image) -> tuple[int, str | None]:
-    """(frames, error). GIF/PNG/WebP/HEIF/MPO counts are linear or read from a header; TIFF pages are capped."""
-    if image.format != "TIFF":
+    """(frames, error). PNG/WebP/HEIF/MPO counts are read from a header; TIFF pages and GIF frames are found only by
+    walking the file (a 30 MB GIF can hold 2 million frames), so at most `MAX_COUNTED_PAGES` are counted."""
+    if image.format not in SEEK_COUNTED_FORMATS:
         return int(getattr(image, "n_frames", 1)), None
     pages = 1
     try:
@@ -68,7 +72,7 @@ def frame_count(image: Image.Image) -> tuple[int, str | None]:
     finally:
         image.seek(0)
     if pages > MAX_COUNTED_PAGES:
-        return MAX_COUNTED_PAGES, f"image.frames: more than {MAX_COUNTED_PAGES} pages; counting stopped"
+        return MAX_COUNTED_PAGES, f"image.frames: more than {MAX_COUNTED_PAGES} frames; counting stopped"
     return pages, None
 
 

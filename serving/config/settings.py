@@ -38,6 +38,10 @@ class ServerSettings(BaseModel):
     max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
     max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
     max_pixels: int = Field(default=100_000_000, description="Largest width*height decoded (decompression bombs).")
+    max_full_decode_pixels: int = Field(
+        default=40_000_000,
+        description="Largest width*height of formats decoded at full size (all but JPEG, which decodes reduced).",
+    )
     max_images_per_request: int = Field(default=256, description="Most images in one classify request.")
 
     @classmethod
@@ -51,4 +55,8 @@ class ServerSettings(BaseModel):
 
     def decode_limits(self) -> DecodeLimits:
         """The decode stage's limits."""
-        return DecodeLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_pixels)
+        return DecodeLimits(
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_pixels,
+            max_full_decode_pixels=min(self.max_full_decode_pixels, self.max_pixels),
+        )

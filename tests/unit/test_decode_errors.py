@@ -195,3 +195,35 @@ def test_real_heic_decodes_in_a_fresh_process(shared_data: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-500:]
     assert result.stdout.strip() == "HEIF"
+
+
+# Issue #18's decode probes: what a header declares is checked before any pixel buffer is allocated.
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + idat + png_chunk(b"IEND", b"")
+
+
+def test_100_megapixel_png_is_413_before_decoding() -> None:
+    # a solid-colour 10000x10000 PNG is ~300 KB on the wire and 300-400 MB decoded: full-size formats have a lower cap
+    with pytest.raises(ImageTooLargeError, match="formats decoded at full size"):
+        decode(_png_header_only(10_000, 10_000))
+
+
+def _bmp_header_only(width: int, height: int) -> bytes:
+    file_header = b"BM" + struct.pack("<IHHI", 60, 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return file_header + info + b"\0" * 6  # 60 bytes
+
+
+def test_60_byte_bmp_declaring_10000x10000_is_refused_without_allocating() -> None:
+    with pytest.raises((ImageTooLargeError, InvalidImageError)):  # 100 MP: over the full-size cap first
+        decode(_bmp_header_only(10_000, 10_000))
+    with pytest.raises(InvalidImageError, match="declares 6000x6000"):  # under the cap: the missing rows
+        decode(_bmp_header_only(6000, 6000))
+    # and one that is complete still decodes
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 20, 30)).save(buffer, "BMP")
+    decode(buffer.getvalue())

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,20 @@ def test_orientation_samples_decode_to_the_same_upright_image(kind: str, decoder
         errors = [float(np.abs(transform(reference) - grey).mean()) for transform in _DIHEDRAL]
         assert int(np.argmin(errors)) == 0 and errors[0] * 4 < min(errors[1:]), (kind, index, errors)
         assert meta.file.phash is not None and hamming_distance(meta.file.phash, reference_hash) <= 6
+
+
+def _gif_with_frames(count: int) -> bytes:
+    """A 1x1 GIF of `count` frames, ~15 bytes each (issue #18's probe: 2 million frames in 30 MB)."""
+    screen = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00" + b"\x02\x02\x4c\x01\x00"  # descriptor, LZW data
+    return screen + frame * count + b"\x3b"
+
+
+@pytest.mark.timeout(30)
+def test_gif_with_two_million_frames_is_counted_only_to_the_cap() -> None:
+    data = _gif_with_frames(2_000_000)
+    start = time.perf_counter()
+    meta = extract_metadata(data, colors=False)
+    assert time.perf_counter() - start < 2.0
+    assert meta.image is not None and meta.image.frames == 1000 and meta.image.animated
+    assert any(e.startswith("image.frames:") and "counting stopped" in e for e in meta.errors)
