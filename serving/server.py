@@ -36,6 +36,7 @@ logger = logging.getLogger("imgserve.server")
 LOOPBACK = "127.0.0.1"
 # Run in every Ray worker of a local Ray (ray.init runtime_env); the env vars tell it where to bind.
 WORKER_SETUP_HOOK = "serving.server.ray_worker_setup"
+GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: max send/receive message bytes
 RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
 RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
 TOKEN_FILE = "ray_auth_token"
@@ -148,8 +149,13 @@ def check_tls_files(cert: str, key: str) -> None:
 
 
 def prepare_environment() -> str:
-    """Env vars every Ray worker inherits: no usage stats, one Prometheus multiprocess directory."""
+    """Env vars every Ray worker inherits: no usage stats, one Prometheus multiprocess directory, and Serve's gRPC
+    proxy limited to the HTTP body limit (Ray's default message limit is 2 GiB; the direct listeners already use
+    `max_request_bytes`). Read by a Ray started here; a cluster joined with --address keeps its own setting."""
+    from serving.config.settings import ServerSettings
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault(GRPC_MAX_MESSAGE_ENV, str(ServerSettings.from_env().max_request_bytes))
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return metrics_dir

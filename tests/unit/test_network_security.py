@@ -352,3 +352,14 @@ def test_direct_listeners_serve_https_and_grpc_over_tls(tls_pair: tuple[Path, Pa
         status, health, plain_refused, insecure_failed = pool.submit(_tls_scenario, *tls_pair).result(timeout=120)
     assert status == 200 and health == health_pb2.HealthCheckResponse.SERVING
     assert plain_refused and insecure_failed
+
+
+def test_serve_grpc_proxy_gets_the_http_body_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Ray's gRPC proxy would accept 2 GiB messages; the server caps it at IMGSERVE_MAX_REQUEST_BYTES like HTTP
+    monkeypatch.setenv(server.GRPC_MAX_MESSAGE_ENV, "unset")  # recorded, so the test leaves the environment as found
+    monkeypatch.delenv(server.GRPC_MAX_MESSAGE_ENV)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("IMGSERVE_MAX_REQUEST_BYTES", str(5 * 1024 * 1024))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    server.prepare_environment()
+    assert os.environ[server.GRPC_MAX_MESSAGE_ENV] == str(5 * 1024 * 1024)
