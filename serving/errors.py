@@ -36,6 +36,12 @@ class RequestTooLargeError(ServiceError):
     kind = "too_large"
 
 
+class RequestTimeoutError(ServiceError):
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+    kind = "timeout"
+
+
 class ModelUnavailableError(ServiceError):
     http_status = 503
     grpc_code = "UNAVAILABLE"

@@ -37,6 +37,9 @@ class ServerSettings(BaseModel):
     )
     max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
     max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
+    body_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Most seconds to receive a whole HTTP request body (408 after: slow uploads)."
+    )
     max_pixels: int = Field(default=100_000_000, description="Largest width*height decoded (decompression bombs).")
     max_full_decode_pixels: int = Field(
         default=40_000_000,

@@ -85,7 +85,9 @@ def create_http_app(
         app.add_exception_handler(error_class, _service_error)
     app.add_middleware(AdmissionMiddleware)  # innermost: a refusal is still counted and timed
     app.add_middleware(AuthMiddleware, gate=gate)  # before admission: a caller without a key holds no slot
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes, read_timeout_s=settings.body_read_timeout_s
+    )
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestMetricsMiddleware)
     if gate.settings.cors_origins:  # off by default; outermost, so preflights are answered without credentials

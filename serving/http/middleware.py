@@ -1,5 +1,6 @@
 """ASGI middleware: request-body size limit and per-request metrics."""
 
+import asyncio
 import json
 import logging
 import time
@@ -29,11 +30,13 @@ async def send_json_error(
 
 
 class BodySizeLimitMiddleware:
-    """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`."""
+    """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`, and 408 when
+    the whole body has not arrived within `read_timeout_s` (a slow upload must not hold an admission slot)."""
 
-    def __init__(self, app: Any, max_bytes: int):
+    def __init__(self, app: Any, max_bytes: int, read_timeout_s: float = 60.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def _reject(self, send: Send, size: str) -> None:
         message = f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
@@ -48,12 +51,23 @@ class BodySizeLimitMiddleware:
             await self._reject(send, declared.decode())
             return
         seen = 0
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body only a disconnect can come: wait for it as long as the app likes
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+            except TimeoutError:
+                from serving.errors import RequestTimeoutError
+
+                raise RequestTimeoutError(f"request body not received within {self.read_timeout_s:g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     from serving.errors import RequestTooLargeError
 

@@ -1,14 +1,17 @@
 """Issue #18's named probes for client input that used to reach a 500: each gets a 4xx naming what is wrong, and a
 500 never carries exception text. In-process app over the tiny models (no Ray cluster), as test_edges_in_process."""
 
+import asyncio
 import json
 import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from serving.admission import REPLICA_LIMIT
 from serving.config.app_args import AppArgs
 from serving.errors import BadRequestError, classify_error
 from serving.http.app import create_http_app
@@ -90,3 +93,32 @@ def test_internal_errors_name_the_request_not_the_exception(http: TestClient) ->
     for leak in ("10.0.0.7", "4242", "SQL", "/srv", "RuntimeError"):
         assert leak not in info.message
     assert json.dumps(info.message).isascii()
+
+
+def test_slow_upload_gets_408_and_frees_its_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
+    settings = tiny_settings(tmp_path_factory.mktemp("slow")).model_copy(update={"body_read_timeout_s": 0.3})
+    config = compose(AppArgs(placement="local", default_model="tiny"), settings)
+    app = create_http_app(build_service(config), settings=settings)
+    sent: list[dict] = []
+
+    async def trickle() -> dict:  # one byte, then nothing: a slowloris upload
+        if not sent and not getattr(trickle, "started", False):
+            trickle.started = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": b"x", "more_body": True}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
+        "headers": [(b"content-type", b"image/jpeg"), (b"host", b"test")], "http_version": "1.1",
+        "scheme": "http", "server": ("test", 80), "client": ("127.0.0.1", 1), "root_path": "",
+    }  # fmt: skip
+    start = time.perf_counter()
+    asyncio.run(asyncio.wait_for(app(scope, trickle, send), 10))
+    assert time.perf_counter() - start < 5
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["kind"] == "timeout"
+    assert REPLICA_LIMIT.inflight == 0  # the admission slot went back
