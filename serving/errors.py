@@ -4,6 +4,7 @@ Exceptions raised inside other Ray replicas arrive wrapped (RayTaskError); `unwr
 original so a corrupt image decoded in the decode stage still becomes a 400, not a 500.
 """
 
+import errno
 from dataclasses import dataclass
 
 from pipelines.errors import ImageInputError
@@ -40,6 +41,14 @@ class RequestTimeoutError(ServiceError):
     http_status = 408
     grpc_code = "DEADLINE_EXCEEDED"
     kind = "timeout"
+
+
+class StorageFullError(ServiceError):
+    """The server's own storage (object store, database disk) has no room: the client may retry later."""
+
+    http_status = 507
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "storage_full"
 
 
 class ModelUnavailableError(ServiceError):
@@ -90,6 +99,8 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
     if isinstance(original, BackPressureError):
         return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
+    if isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ErrorInfo(507, "RESOURCE_EXHAUSTED", "storage_full", "the server's storage is full; retry later")
     if isinstance(original, RecursionError):  # only client JSON nests that deep (e.g. 200,000 '[')
         return ErrorInfo(400, "INVALID_ARGUMENT", "bad_request", "request is nested too deeply to parse")
     message = f"internal error (request id {current_request_id() or 'unknown'}); details are in the server log"

@@ -38,9 +38,16 @@ class ObjectStore:
             return digest
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{path}.{uuid.uuid4().hex}.part"
-        with self.fs.open(temporary, "wb") as out:
-            out.write(data)
-        self.fs.mv(temporary, path)
+        try:
+            with self.fs.open(temporary, "wb") as out:
+                out.write(data)
+            self.fs.mv(temporary, path)
+        except BaseException:  # disk full, cancelled, ...: no partial file left behind
+            try:
+                self.fs.rm_file(temporary)
+            except OSError:
+                pass
+            raise
         return digest
 
     def get(self, digest: str) -> bytes:

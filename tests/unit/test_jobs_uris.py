@@ -1,13 +1,15 @@
 """URI inputs: file:// only under the allowed root (links resolved), remote schemes only with their fsspec package,
 and the content-addressed object store."""
 
+import errno
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from serving.errors import BadRequestError
+from serving.errors import BadRequestError, classify_error
 from serving.jobs.errors import ItemInputError, UriNotAllowedError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.uris import check_uri, read_uri
@@ -92,3 +94,29 @@ def test_object_store_is_content_addressed_and_verified(tmp_path: Path) -> None:
         store.get("0" * 64)
     with pytest.raises(ValueError):
         store.get("../../etc/passwd")
+
+
+def test_object_store_full_disk_is_a_507_with_no_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ObjectStore(str(tmp_path / "objects"))
+    real_open = store.fs.open
+
+    class FillsUp:  # writes part of the data for real, then the disk is full
+        def __init__(self, handle: Any):
+            self.handle = handle
+
+        def __enter__(self) -> "FillsUp":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> None:
+            self.handle.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device", "/srv/imgserve/objects/secret")
+
+    monkeypatch.setattr(store.fs, "open", lambda path, mode: FillsUp(real_open(path, mode)))
+    with pytest.raises(OSError) as full:
+        store.put(b"x" * 1000)
+    info = classify_error(full.value)
+    assert (info.http_status, info.kind) == (507, "storage_full") and "/srv" not in info.message
+    assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]  # no .part, no torn object
