@@ -12,6 +12,7 @@ them and nothing else on the machine (never a global `ray stop`).
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,14 +36,24 @@ READY_PATH = "/v2/health/ready"  # imgserve answers 200 here once the Serve appl
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 44217, 44227, 52365})
 
 
+# Below the kernel's ephemeral range (32768+ on Linux), where Ray's workers bind their gRPC servers on port 0,
+# and above Ray's worker port range (10002-19999): a port handed out here cannot be taken by a Ray process between
+# the check and the server's own bind (that race failed a restart test under load).
+TEST_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, and not one Ray's daemons will take."""
+    """A port free on 127.0.0.1 now, in `TEST_PORTS`, and not one Ray's daemons will take."""
     while True:
+        port = random.randrange(TEST_PORTS.start, TEST_PORTS.stop)
+        if port in RAY_DEFAULT_PORTS:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in RAY_DEFAULT_PORTS:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def session_pids(sid: int) -> list[int]:
