@@ -75,7 +75,7 @@ class JobRunner:
         while not self.ready:
             try:
                 await asyncio.to_thread(self.prepare)
-                self.requeued = await asyncio.to_thread(self.queue.requeue_orphans)
+                self.requeued = await asyncio.to_thread(self.queue.requeue_orphans, self.settings.max_attempts)
                 self.ready = True
             except Exception:  # noqa: BLE001 - the store may come up later; online serving is unaffected
                 logger.exception("job store not ready; retrying in %.0fs", delay)
@@ -158,7 +158,7 @@ class JobRunner:
             if info.kind == "overloaded" or (info.kind == "internal" and item.attempts < self.settings.max_attempts):
                 logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, internal_detail(exc))
                 await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
-                await asyncio.to_thread(self.queue.release, item)
+                await asyncio.to_thread(self.queue.release, item, info.kind != "overloaded")
                 return
             if info.kind == "internal":
                 logger.error("item %d of job %s failed: %s", item.idx, job.id, internal_detail(exc))

@@ -64,7 +64,11 @@ class JobSettings(BaseModel):
     max_image_bytes: int = Field(
         default=32 * 1024 * 1024, description="Largest single input (IMGSERVE_MAX_IMAGE_BYTES)."
     )
-    max_attempts: int = Field(default=3, ge=1, description="Dispatches of one item before an internal error is final.")
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Dispatches of one item before an internal error or a worker crash is final.",
+    )
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_allow: list[str] = Field(
         default_factory=list,

@@ -23,16 +23,37 @@ class WorkQueue:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
 
-    def requeue_orphans(self) -> dict[str, int]:
-        """Items left running by a previous worker process go back to pending; returns counts per job."""
+    def requeue_orphans(self, max_attempts: int | None = None) -> dict[str, int]:
+        """Items left running by a previous worker process go back to pending; returns counts per job.
+
+        An item that was in flight at `max_attempts` dispatches is a poison item (an input that kills the worker
+        every time): it ends `failed` with the reason instead of crash-looping the next worker too."""
+        now = time.time()
         with self.engine.begin() as conn:
+            running = job_items.c.status == "running"
+            poisoned = []
+            if max_attempts is not None:
+                poisoned = conn.execute(
+                    sa.select(job_items.c.id, job_items.c.job_id, job_items.c.idx, job_items.c.attempts, jobs.c.model)
+                    .join(jobs, jobs.c.id == job_items.c.job_id)
+                    .where(running, job_items.c.attempts >= max_attempts)
+                ).all()
+            for row in poisoned:
+                error = f"the worker stopped while processing it on each of {row.attempts} dispatches; given up"
+                conn.execute(
+                    job_results.insert().values(
+                        item_id=row.id, job_id=row.job_id, idx=row.idx, status="failed", model=row.model,
+                        result=None, error_kind="poison", error=error, duration_ms=None, created_at=now,
+                    )
+                )  # fmt: skip
+                done = {"status": "failed", "finished_at": now}
+                conn.execute(job_items.update().where(job_items.c.id == row.id).values(**done))
+                add_event(conn, row.job_id, "item_poisoned", {"idx": int(row.idx), "attempts": int(row.attempts)})
             rows = conn.execute(
-                sa.select(job_items.c.job_id, sa.func.count())
-                .where(job_items.c.status == "running")
-                .group_by(job_items.c.job_id)
+                sa.select(job_items.c.job_id, sa.func.count()).where(running).group_by(job_items.c.job_id)
             ).all()
             if rows:
-                conn.execute(job_items.update().where(job_items.c.status == "running").values(status="pending"))
+                conn.execute(job_items.update().where(running).values(status="pending"))
             for job_id, count in rows:
                 add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "worker restarted"})
         return {job_id: int(count) for job_id, count in rows}
@@ -82,13 +103,15 @@ class WorkQueue:
             rows = conn.execute(sa.select(job_items).where(job_items.c.id.in_(ids)).order_by(job_items.c.idx))
             return [ClaimedItem(r.id, r.job_id, r.idx, r.name, r.source_kind, r.source, r.attempts) for r in rows]
 
-    def release(self, item: ClaimedItem) -> None:
-        """A transient failure: the item goes back to pending (its attempt stays counted)."""
+    def release(self, item: ClaimedItem, counted: bool = True) -> None:
+        """A transient failure: the item goes back to pending. Its attempt stays counted unless `counted` is False
+        (the server was overloaded: the item was never really dispatched, and must not look like a poison item)."""
+        values: dict[str, Any] = {"status": "pending"}
+        if not counted:
+            values["attempts"] = job_items.c.attempts - 1
         with self.engine.begin() as conn:
             conn.execute(
-                job_items.update()
-                .where(job_items.c.id == item.id, job_items.c.status == "running")
-                .values(status="pending")
+                job_items.update().where(job_items.c.id == item.id, job_items.c.status == "running").values(**values)
             )
 
     def record(self, item: ClaimedItem, outcome: Outcome) -> bool:

@@ -133,3 +133,31 @@ def test_a_cancelled_job_is_never_marked_running_again(engine: sa.Engine) -> Non
     queue.mark_running(job_id)
     assert store.get_job(job_id).status == "cancelled"
     assert queue.next_job() is None
+
+
+def test_an_item_that_kills_every_worker_ends_failed_after_max_attempts(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(2))
+    queue.mark_running(job_id)
+    for attempt in (1, 2, 3):  # each time the worker dies with both items in flight
+        claimed = queue.claim(job_id, 10)
+        assert [c.attempts for c in claimed] == [attempt, attempt]
+        if attempt == 3:
+            queue.record(claimed[1], Outcome("done", "m", {}))  # this one finished before the third crash
+        requeued = WorkQueue(engine).requeue_orphans(max_attempts=3)
+        assert requeued == ({} if attempt == 3 else {job_id: 2})
+    assert queue.claim(job_id, 10) == []  # nothing left to crash-loop on
+    finished = queue.finish_if_done(job_id)
+    assert finished is not None and finished.counts["failed"] == 1 and finished.counts["done"] == 1
+    poisoned = store.results_page(job_id, status="failed")[0]
+    assert poisoned.idx == 0 and poisoned.error_kind == "poison" and "3 dispatches" in (poisoned.error or "")
+    assert "item_poisoned" in [e["event"] for e in store.events(job_id)]
+
+
+def test_overload_release_does_not_count_as_a_dispatch(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(1))
+    queue.mark_running(job_id)
+    for _ in range(5):  # refused five times by an overloaded graph: never really dispatched
+        queue.release(queue.claim(job_id, 1)[0], counted=False)
+    assert queue.claim(job_id, 1)[0].attempts == 1
