@@ -43,14 +43,6 @@ class RequestTimeoutError(ServiceError):
     kind = "timeout"
 
 
-class StorageFullError(ServiceError):
-    """The server's own storage (object store, database disk) has no room: the client may retry later."""
-
-    http_status = 507
-    grpc_code = "RESOURCE_EXHAUSTED"
-    kind = "storage_full"
-
-
 class ModelUnavailableError(ServiceError):
     http_status = 503
     grpc_code = "UNAVAILABLE"

@@ -100,11 +100,13 @@ def compute_metrics(
         raise ValueError(f"original size must be positive, got {original_size}")
     gray_u8 = cv2.cvtColor(working_rgb, cv2.COLOR_RGB2GRAY)
     reduced = working_rgb.shape[1] != width or working_rgb.shape[0] != height
-    if native_rgb is not None and min(native_rgb.shape[:2]) < 32:
-        native_rgb = None
-    native_gray = gray_u8 if native_rgb is None and not reduced else None
+    native_gray = None  # the pixels at the file's own resolution: the crop, else the working image if it is the photo
     if native_rgb is not None:
         native_gray = cv2.cvtColor(native_rgb[:, :, :3], cv2.COLOR_RGB2GRAY)
+    elif not reduced:
+        native_gray = gray_u8
+    if native_gray is not None and min(native_gray.shape) < 32:  # too small to find an 8-px grid in
+        native_gray = native_rgb = None
     block = None if native_gray is None else blockiness(native_gray)
     fine = reduced and native_rgb is not None  # the crop shows pixels the working image averaged away
     sharp = measure_sharpness(gray_u8.astype(np.float32) / 255.0)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipelines.quality.working_image import working_size
+
 TILE = 32  # px of the working image
 REBLUR_LENGTH = 9  # px; longer than the blur a sharp working image has, shorter than a blurry one's
 MIN_TILE_VARIATION = 0.006  # mean |difference| per px in a tile (gray in [0, 1]) for it to count as textured
@@ -131,13 +133,8 @@ def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     s, s_all, textured_fraction, region = directional_sharpness(gray)
-    h, w = gray.shape
-    shrink = COARSE_SIDE / max(h, w)
-    coarse = (
-        gray
-        if shrink >= 1
-        else cv2.resize(gray, (max(1, round(w * shrink)), max(1, round(h * shrink))), interpolation=cv2.INTER_AREA)
-    )
+    size = working_size(gray.shape[1], gray.shape[0], COARSE_SIDE)
+    coarse = gray if size == gray.shape[::-1] else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     # Direction is judged on the blur (1 - sharpness) over all textured tiles: camera motion blurs the
     # whole frame alike, and relative to the blur amount a strong defocus stays isotropic.
     blur = 1.0 - s_all

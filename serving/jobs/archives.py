@@ -25,6 +25,9 @@ from serving.jobs.errors import InvalidArchiveError, ItemInputError
 
 RATIO_CHECK_BYTES = 1024 * 1024  # tiny entries may compress well legitimately; bombs are big by definition
 MAX_TAR_HEADER_BYTES = 1024 * 1024  # a pax or GNU long-name header this big holds no real path or attribute
+_TAR_EXTENSION_TYPES = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+)  # headers whose data tarfile reads whole: long names, pax attributes
 ZIP_DIRECTORY_BYTES_PER_ENTRY = 4096  # central-directory bytes allowed per permitted entry (name, extra, comment)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SYMLINK_MODE = 0o120000
@@ -169,8 +172,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
     reads them whole into memory (a ~8 MB .tar.gz can declare an 8 GiB pax header)."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        extension = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
-        if self.type in (*extension, tarfile.SOLARIS_XHDTYPE) and self.size > MAX_TAR_HEADER_BYTES:
+        if self.type in _TAR_EXTENSION_TYPES and self.size > MAX_TAR_HEADER_BYTES:
             raise _OversizedTarHeader(f"tar extension header of {self.size} bytes (limit {MAX_TAR_HEADER_BYTES})")
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 

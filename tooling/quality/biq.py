@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BIQ_FOLDER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "biq2021-train"
+BLUR_SAMPLES = BIQ_FOLDER.parent / "blur-samples"  # phone/DSLR scenes, _S sharp, _F defocus, _M motion (not BIQ2021)
 SALT = b"imgserve-biq2021-heldout:"
 HELD_OUT_EVERY = 5  # one photo in five (~20 %)
 GOOD_MOS = 0.72  # issue #15: photos rated at least this are "good" (false-alarm denominator)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.quality.thresholds import Thresholds, load_thresholds
-from tooling.quality.biq import BIQ_FOLDER, load_biq, split
+from tooling.quality.biq import BIQ_FOLDER, BLUR_SAMPLES, load_biq, split
 from tooling.quality.biq_synthetic import (
     RESOLUTIONS_MP,
     SCORED_TAGS,
@@ -35,7 +35,6 @@ from tooling.quality.biq_synthetic import (
 )
 from tooling.quality.served import ServedResult, served_quality
 
-BLUR_SAMPLES = BIQ_FOLDER.parent / "blur-samples"
 PATHS = ("served", "classical")
 RESOLUTION_CHECK_MP = (0.25, 1.0, 3.0, 12.0)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from pipelines.quality.tags import tags_from_values
 from pipelines.quality.thresholds import Condition, Thresholds, default_thresholds
-from tooling.quality.biq import BIQ_FOLDER, GOOD_MOS, load_biq, split
+from tooling.quality.biq import BIQ_FOLDER, BLUR_SAMPLES, GOOD_MOS, load_biq, split
 from tooling.quality.biq_synthetic import Sample, clean_index, synthetic_samples, tag_counts
 from tooling.quality.served import ServedResult, served_quality
 
@@ -42,7 +42,7 @@ SCALES = {"native_noise_sigma": 1.5, "native_chroma_noise_sigma": 1.0, "native_i
 def camera_photos() -> list[Path]:
     data = BIQ_FOLDER.parent
     found = [p for p in (data / "exif-samples").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")]
-    found += sorted((data / "blur-samples").glob("*"))
+    found += sorted(BLUR_SAMPLES.glob("*"))
     return sorted(p for p in found if "invalid" not in p.parts and "corrupted" not in p.name)
 
 

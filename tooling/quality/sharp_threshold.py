@@ -21,14 +21,13 @@ import numpy as np
 
 from pipelines.decode import decode_image
 from pipelines.quality import compute_metrics
-from tooling.quality.biq import BIQ_FOLDER, load_biq, split
+from tooling.quality.biq import BLUR_SAMPLES, load_biq, split
 from tooling.quality.biq_synthetic import Sample
 from tooling.quality.served import map_chunks
 
 OLD_METRIC, OLD_THRESHOLD = "sharpness_min_direction", 0.82
 SIZES_MP = (0.25, 1.0, 3.0, 12.0)
 GRID = tuple(round(v, 4) for v in np.arange(0.75, 0.9001, 0.0025))
-BLUR_SAMPLES = BIQ_FOLDER.parent / "blur-samples"
 
 
 def _measure(items: Sequence[tuple[bytes | Sample, str]]) -> list[tuple[float, float]]:
