@@ -80,6 +80,7 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     generic: exception text (Ray actor addresses, SQL, file paths) goes to the server log, never to the client, who
     gets the request id to quote instead."""
     from ray.serve.exceptions import BackPressureError
+    from sqlalchemy import exc as sa_exc
 
     from serving.access_log import current_request_id
 
@@ -93,6 +94,10 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
     if isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT):
         return ErrorInfo(507, "RESOURCE_EXHAUSTED", "storage_full", "the server's storage is full; retry later")
+    if isinstance(original, (sa_exc.OperationalError, sa_exc.InterfaceError)):  # the job/key store is down
+        return ErrorInfo(
+            503, "UNAVAILABLE", "store_unavailable", "the server's database is unavailable; retry later", 5.0
+        )
     if isinstance(original, RecursionError):  # only client JSON nests that deep (e.g. 200,000 '[')
         return ErrorInfo(400, "INVALID_ARGUMENT", "bad_request", "request is nested too deeply to parse")
     message = f"internal error (request id {current_request_id() or 'unknown'}); details are in the server log"

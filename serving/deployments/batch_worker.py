@@ -22,11 +22,20 @@ class BatchWorker:
 
     async def stats(self) -> dict[str, Any]:
         runner = self.loop.runner
-        return {"ready": runner.ready, "in_flight": runner.in_flight, "requeued": runner.requeued}
+        return {
+            "ready": runner.ready,
+            "in_flight": runner.in_flight,
+            "requeued": runner.requeued,
+            "worker_id": runner.worker.id,
+            "store_down_s": runner.store.down_for(),
+        }
 
     def check_health(self) -> None:
-        """Serve restarts the replica if the job loop has died."""
-        self.loop.check_health()
+        """Serve restarts the replica if the job loop has died or the job store has been down too long."""
+        self.loop.check_health(restart_on_store_outage=True)
+
+    async def __del__(self) -> None:
+        await self.loop.stop()
 
 
 # The class stays importable under its own name so Ray pickles it by reference, not by value.

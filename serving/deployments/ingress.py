@@ -69,6 +69,8 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         """Ray Serve calls this when the replica stops: close the direct listeners, finishing what is in flight."""
         if getattr(self, "direct_listeners", None) is not None:
             await self.direct_listeners.stop()  # type: ignore[union-attr]
+        if getattr(self, "job_loop", None) is not None:
+            await self.job_loop.stop()  # type: ignore[union-attr]
 
 
 def ingress_gate(config: IngressConfig) -> SecurityGate:

@@ -14,7 +14,7 @@ from ray import serve
 from pipelines.decode import DecodedImage
 from pipelines.quality import QualityMetrics
 from serving.config.model_entry import ModelEntry
-from serving.stages.concurrency import gather_or_raise
+from serving.stages.concurrency import gather_or_raise, stage_thread
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import ModelStage
@@ -40,7 +40,7 @@ class DecodeServer:
 
     async def decode_many(self, items: list[tuple[bytes, tuple[str, ...], bool]]) -> list[Decoded]:
         """(bytes, models, working image?) per image -> `DecodedImage`, or the image's input error."""
-        return await each([asyncio.to_thread(self.stage.decode, *item) for item in items])
+        return await each([stage_thread(self.stage.decode, *item) for item in items])
 
 
 class ModelServer:
@@ -81,7 +81,7 @@ class QualityServer:
         calls = []
         for item in decoded:
             if isinstance(item, DecodedImage) and item.working is not None:
-                calls.append(asyncio.to_thread(self.stage.metrics, item))
+                calls.append(stage_thread(self.stage.metrics, item))
             else:
                 calls.append(_skip(item) if isinstance(item, Exception) else _none())
         return await each(calls)
@@ -96,7 +96,7 @@ class MetadataServer:
         self.stage = MetadataStage(settings.limits)
 
     async def extract_many(self, images: list[bytes]) -> list[dict[str, Any] | Exception]:
-        return await each([asyncio.to_thread(self.stage.extract, data) for data in images])
+        return await each([stage_thread(self.stage.extract, data) for data in images])
 
 
 # The classes stay importable under their own names so Ray pickles them by reference, not by value.

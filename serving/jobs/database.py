@@ -34,7 +34,10 @@ def create_store_engine(url: str) -> sa.Engine:
     """An engine for `url`; the SQLite file's folder is created when missing."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # connect_timeout: an unreachable server (not just a refused connection) fails a call in 10 s, not minutes.
+        return sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 10}
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(parsed, connect_args={"timeout": 30})

@@ -1,6 +1,6 @@
 """Prometheus metrics of batch jobs, recorded in the worker replica (multiprocess mode like the rest)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from serving.metrics import LATENCY_BUCKETS
 
@@ -14,3 +14,8 @@ BATCH_ITEM_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_JOBS = Counter("imgserve_batch_jobs_total", "Batch jobs finished, by final status.", ["status"])
+BATCH_STORE_UP = Gauge(
+    "imgserve_batch_store_up",
+    "1 while the batch worker's job store answers, 0 during an outage.",
+    multiprocess_mode="livemin",
+)

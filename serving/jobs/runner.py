@@ -15,12 +15,14 @@ from serving.errors import classify_error, internal_detail
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore
+from serving.jobs.outage import StoreCalls
 from serving.jobs.records import ClaimedItem, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
 from serving.jobs.settings import JobSettings
 from serving.jobs.uris import read_uri
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerRegistry
 from serving.requests import ImageOptions
 from serving.security.gate import CURRENT_PRINCIPAL
 from serving.security.principal import Principal
@@ -50,6 +52,7 @@ class JobRunner:
     def __init__(
         self,
         queue: WorkQueue,
+        workers: WorkerRegistry,
         objects: ObjectStore,
         service: AnalysisService,
         settings: JobSettings,
@@ -57,11 +60,15 @@ class JobRunner:
         prepare: Callable[[], None] = lambda: None,
     ):
         self.queue, self.objects, self.service, self.settings = queue, objects, service, settings
+        self.workers = workers
+        assert queue.worker is not None, "the runner's queue claims for a registered worker"
+        self.worker = queue.worker
         self.webhooks, self.prepare = webhooks, prepare
         self._work, self._webhook_work = asyncio.Event(), asyncio.Event()
         self._webhook_tasks: dict[str, asyncio.Task[bool]] = {}
         self.ready = False
         self.in_flight = 0
+        self.store = StoreCalls()
         self.requeued: dict[str, int] = {}
 
     def wake(self) -> None:
@@ -70,34 +77,50 @@ class JobRunner:
         self._webhook_work.set()
 
     async def run(self) -> None:
-        """Forever: migrate (retrying while the database is down), requeue orphans, then run jobs."""
-        delay = 1.0
-        while not self.ready:
-            try:
-                await asyncio.to_thread(self.prepare)
-                self.requeued = await asyncio.to_thread(self.queue.requeue_orphans, self.settings.max_attempts)
-                self.ready = True
-            except Exception:  # noqa: BLE001 - the store may come up later; online serving is unaffected
-                logger.exception("job store not ready; retrying in %.0fs", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        """Forever: migrate (retrying while the database is down), register, requeue dead workers' items, run jobs."""
+        await self.store.durable(self.prepare)
+        await self.store.durable(self.workers.heartbeat, self.worker)
+        self.requeued = await self.store.durable(self._requeue_orphans)
+        self.ready = True
         if self.requeued:
-            logger.info("resuming: %d in-flight items requeued", sum(self.requeued.values()))
-        webhook_loop = asyncio.create_task(self._webhook_loop())
+            logger.info("resuming: %d in-flight items of stopped workers requeued", sum(self.requeued.values()))
+        background = [asyncio.create_task(self._webhook_loop()), asyncio.create_task(self._heartbeat_loop())]
         try:
             while True:
                 await self._step()
         finally:
-            webhook_loop.cancel()
+            for task in background:
+                task.cancel()
+
+    def _requeue_orphans(self) -> dict[str, int]:
+        return self.queue.requeue_orphans(self.settings.max_attempts, self.settings.worker_stale_s)
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep this worker alive in the store; now and then requeue the items of workers that died meanwhile."""
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            await self.store.durable(self.workers.heartbeat, self.worker)
+            if time.monotonic() - last_sweep >= self.settings.worker_stale_s:
+                last_sweep = time.monotonic()
+                requeued = await self.store.durable(self._requeue_orphans)
+                if requeued:
+                    logger.info("requeued %d items of stopped workers", sum(requeued.values()))
+                    self.wake()
+
+    async def retire(self) -> None:
+        """A graceful stop: this worker's running items go back to pending at once (no wait for staleness)."""
+        released = await asyncio.to_thread(self.workers.retire, self.worker)
+        logger.info("batch worker %s retired; %d in-flight items released", self.worker.id, released)
 
     async def _step(self) -> None:
         try:
-            job = await asyncio.to_thread(self.queue.next_job)
+            job = await self.store.durable(self.queue.next_job)
             if job is None:
                 await _wait(self._work, self.settings.poll_interval_s)
                 return
             await self.run_job(job)
-        except Exception:  # noqa: BLE001 - a store outage must not end the loop
+        except Exception:  # noqa: BLE001 - a bug in one job must not end the loop
             logger.exception("batch loop error; retrying")
             await asyncio.sleep(self.settings.poll_interval_s)
 
@@ -106,24 +129,24 @@ class JobRunner:
         try:
             self.service.served_entry(job.model)
         except Exception as exc:  # noqa: BLE001 - unknown or unservable model: the whole job fails
-            await asyncio.to_thread(self.queue.fail_job, job.id, classify_error(exc).message)
+            await self.store.durable(self.queue.fail_job, job.id, classify_error(exc).message)
             BATCH_JOBS.labels("failed").inc()
             self._webhook_work.set()
             return None
-        await asyncio.to_thread(self.queue.mark_running, job.id)
+        await self.store.durable(self.queue.mark_running, job.id)
         limit = self.settings.concurrency
         running: set[asyncio.Task[None]] = set()
         while True:
             free = limit - len(running)
             if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
-                for item in await asyncio.to_thread(self.queue.claim, job.id, free):
+                for item in await self.store.durable(self.queue.claim, job.id, free):
                     running.add(asyncio.create_task(self._process(job, item)))
             if not running:
                 break
             self.in_flight = len(running)
             _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         self.in_flight = 0
-        finished = await asyncio.to_thread(self.queue.finish_if_done, job.id)
+        finished = await self.store.durable(self.queue.finish_if_done, job.id)
         if finished:
             BATCH_JOBS.labels(finished.status).inc()
             logger.info("job %s %s: %s", job.id, finished.status, finished.counts)
@@ -158,21 +181,22 @@ class JobRunner:
             if info.kind == "overloaded" or (info.kind == "internal" and item.attempts < self.settings.max_attempts):
                 logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, internal_detail(exc))
                 await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
-                await asyncio.to_thread(self.queue.release, item, info.kind != "overloaded")
+                await self.store.durable(self.queue.release, item, info.kind != "overloaded")
                 return
             if info.kind == "internal":
                 logger.error("item %d of job %s failed: %s", item.idx, job.id, internal_detail(exc))
             outcome = Outcome("failed", job.model, error_kind=info.kind, error=info.message)
         elapsed = time.perf_counter() - start
         outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})
-        await asyncio.to_thread(self.queue.record, item, outcome)
+        # Held until the store takes it: an outage delays the write, never loses it or runs the item again.
+        await self.store.durable(self.queue.record, item, outcome)
         BATCH_ITEMS.labels(outcome.status).inc()
         BATCH_ITEM_LATENCY.observe(elapsed)
 
     async def _webhook_loop(self) -> None:
         while True:
             try:
-                for job in await asyncio.to_thread(self.queue.pending_webhooks):
+                for job in await self.store.durable(self.queue.pending_webhooks):
                     task = self._webhook_tasks.get(job.id)
                     if task is None or task.done():
                         self._webhook_tasks[job.id] = asyncio.create_task(self.webhooks.deliver(job))

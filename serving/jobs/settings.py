@@ -20,6 +20,9 @@ ENV_NAMES = {
     "max_archive_bytes": "IMGSERVE_BATCH_MAX_ARCHIVE_BYTES",
     "max_compression_ratio": "IMGSERVE_BATCH_MAX_RATIO",
     "max_attempts": "IMGSERVE_BATCH_MAX_ATTEMPTS",
+    "heartbeat_s": "IMGSERVE_BATCH_HEARTBEAT_S",
+    "worker_stale_s": "IMGSERVE_BATCH_WORKER_STALE_S",
+    "unhealthy_after_s": "IMGSERVE_BATCH_UNHEALTHY_AFTER_S",
     "webhook_secret": "IMGSERVE_WEBHOOK_SECRET",
     "webhook_allow": "IMGSERVE_WEBHOOK_ALLOW",
     "webhook_max_attempts": "IMGSERVE_WEBHOOK_MAX_ATTEMPTS",
@@ -68,6 +71,19 @@ class JobSettings(BaseModel):
         default=3,
         ge=1,
         description="Dispatches of one item before an internal error or a worker crash is final.",
+    )
+    heartbeat_s: float = Field(default=2.0, gt=0, description="How often a job loop refreshes its worker heartbeat.")
+    worker_stale_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A worker on another host whose heartbeat is older than this is dead: its running items are "
+        "requeued (on the same host a worker is dead as soon as its process is gone).",
+    )
+    unhealthy_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The graph placement's BatchWorker reports unhealthy (Ray restarts it) once the job store has "
+        "failed for this long; writes are retried with backoff meanwhile.",
     )
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_allow: list[str] = Field(

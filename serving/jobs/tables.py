@@ -44,6 +44,7 @@ job_items = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # dispatches to the graph
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
+    sa.Column("worker_id", sa.String(32)),  # the job_workers row holding a running item
     sa.UniqueConstraint("job_id", "idx", name="uq_job_items_job_idx"),
     sa.Index("ix_job_items_job_status_idx", "job_id", "status", "idx"),
 )
@@ -92,4 +93,15 @@ webhook_deliveries = sa.Table(
     sa.Column("duration_ms", sa.Float),
     sa.Column("at", sa.Float, nullable=False),
     sa.Index("ix_webhook_deliveries_job", "job_id", "id"),
+)
+
+job_workers = sa.Table(
+    "job_workers",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("process_started_at", sa.Float, nullable=False),  # with pid: the same process, not a reused pid
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
 )

@@ -15,22 +15,28 @@ from sqlalchemy.exc import IntegrityError
 from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
 from serving.jobs.store import add_event, job_counts, job_record
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
+from serving.jobs.workers import WorkerIdentity, dead_workers
 
 logger = logging.getLogger("imgserve.jobs")
 
 
 class WorkQueue:
-    def __init__(self, engine: sa.Engine):
-        self.engine = engine
+    def __init__(self, engine: sa.Engine, worker: WorkerIdentity | None = None):
+        """`worker`: the job loop this queue claims for (its id is written on each claimed item)."""
+        self.engine, self.worker = engine, worker
 
-    def requeue_orphans(self, max_attempts: int | None = None) -> dict[str, int]:
-        """Items left running by a previous worker process go back to pending; returns counts per job.
+    def requeue_orphans(self, max_attempts: int | None = None, stale_after_s: float = 30.0) -> dict[str, int]:
+        """Items left running by dead workers (`serving.jobs.workers`) go back to pending; returns counts per job.
+        Items of live workers (heartbeat within `stale_after_s`, process still there) are left alone.
 
         An item that was in flight at `max_attempts` dispatches is a poison item (an input that kills the worker
         every time): it ends `failed` with the reason instead of crash-looping the next worker too."""
         now = time.time()
         with self.engine.begin() as conn:
-            running = job_items.c.status == "running"
+            dead = dead_workers(conn, stale_after_s, [self.worker.id] if self.worker else [])
+            running = (job_items.c.status == "running") & (
+                job_items.c.worker_id.is_(None) | job_items.c.worker_id.in_(dead)
+            )
             poisoned = []
             if max_attempts is not None:
                 poisoned = conn.execute(
@@ -53,9 +59,9 @@ class WorkQueue:
                 sa.select(job_items.c.job_id, sa.func.count()).where(running).group_by(job_items.c.job_id)
             ).all()
             if rows:
-                conn.execute(job_items.update().where(running).values(status="pending"))
+                conn.execute(job_items.update().where(running).values(status="pending", worker_id=None))
             for job_id, count in rows:
-                add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "worker restarted"})
+                add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "their worker stopped"})
         return {job_id: int(count) for job_id, count in rows}
 
     def next_job(self) -> JobRecord | None:
@@ -98,7 +104,12 @@ class WorkQueue:
             conn.execute(
                 job_items.update()
                 .where(job_items.c.id.in_(ids))
-                .values(status="running", attempts=job_items.c.attempts + 1, started_at=time.time())
+                .values(
+                    status="running",
+                    attempts=job_items.c.attempts + 1,
+                    started_at=time.time(),
+                    worker_id=self.worker.id if self.worker else None,
+                )
             )
             rows = conn.execute(sa.select(job_items).where(job_items.c.id.in_(ids)).order_by(job_items.c.idx))
             return [ClaimedItem(r.id, r.job_id, r.idx, r.name, r.source_kind, r.source, r.attempts) for r in rows]
@@ -106,7 +117,7 @@ class WorkQueue:
     def release(self, item: ClaimedItem, counted: bool = True) -> None:
         """A transient failure: the item goes back to pending. Its attempt stays counted unless `counted` is False
         (the server was overloaded: the item was never really dispatched, and must not look like a poison item)."""
-        values: dict[str, Any] = {"status": "pending"}
+        values: dict[str, Any] = {"status": "pending", "worker_id": None}
         if not counted:
             values["attempts"] = job_items.c.attempts - 1
         with self.engine.begin() as conn:

@@ -21,6 +21,7 @@ from serving.jobs.runner import AnalysisService, JobRunner
 from serving.jobs.settings import JobSettings
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerIdentity, WorkerRegistry
 from serving.security.settings import SecuritySettings
 from serving.security.tenants import TenantStore
 
@@ -58,10 +59,11 @@ class JobLoop:
         self.settings = settings or JobSettings.from_env()
         self.security = security or SecuritySettings.from_env()
         engine = self.engine = create_store_engine(self.settings.database_url)
-        queue = WorkQueue(engine)
+        queue = WorkQueue(engine, WorkerIdentity())
         self.objects = ObjectStore(self.settings.object_store)
         self.runner = JobRunner(
             queue,
+            WorkerRegistry(engine),
             self.objects,
             service,
             self.settings,
@@ -90,8 +92,24 @@ class JobLoop:
         """A job was submitted or cancelled: look at the store now."""
         self.runner.wake()
 
-    def check_health(self) -> None:
+    def check_health(self, restart_on_store_outage: bool = False) -> None:
+        """Raises (Ray restarts the replica) when the loop has died, or, with `restart_on_store_outage`, when the
+        job store has failed for longer than IMGSERVE_BATCH_UNHEALTHY_AFTER_S. The local placement's Ingress passes
+        False: restarting it would take online serving down for an outage online serving does not depend on."""
         if self.task.done():
             raise RuntimeError(
                 f"batch loop ended: {self.task.exception() if not self.task.cancelled() else 'cancelled'}"
             )
+        down_for = self.runner.store.down_for()
+        if restart_on_store_outage and down_for > self.settings.unhealthy_after_s:
+            raise RuntimeError(f"job store unavailable for {down_for:.0f}s")
+
+    async def stop(self) -> None:
+        """The replica is stopping: end the loop and hand this worker's in-flight items back at once."""
+        for task in (self.task, self.sweeper):
+            if task is not None:
+                task.cancel()
+        try:
+            await self.runner.retire()
+        except Exception:  # noqa: BLE001 - store down: the next worker requeues them once this one is stale
+            logger.warning("could not release this worker's items; they are requeued when it is seen dead")

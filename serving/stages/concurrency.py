@@ -1,8 +1,27 @@
-"""Run awaitables concurrently, wait for every one, then raise the first failure in order (none left unretrieved)."""
+"""Run awaitables concurrently, wait for every one, then raise the first failure in order (none left unretrieved);
+and the stages' own threads.
+
+Decode, model and quality/metadata calls run on `STAGE_THREADS`, not on the event loop's default executor: that one
+also carries database calls (the job loop, key lookups, audit and rate-limit writes), and a stalled database
+blocking all of its threads must not stall online inference.
+"""
 
 import asyncio
-from collections.abc import Awaitable, Sequence
-from typing import Any
+import contextvars
+import functools
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+STAGE_THREADS = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="imgserve-stage")
+
+
+async def stage_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread` on the stages' own executor (context variables go along, as with to_thread)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(STAGE_THREADS, call)
 
 
 async def gather_or_raise(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.stages.concurrency import gather_or_raise
+from serving.stages.concurrency import gather_or_raise, stage_thread
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import ModelStage
@@ -37,14 +37,14 @@ class LocalPipeline:
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
         check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
         metadata = (
-            asyncio.ensure_future(asyncio.to_thread(self.metadata.extract, data))
+            asyncio.ensure_future(stage_thread(self.metadata.extract, data))
             if plan.metadata and self.metadata is not None
             else None
         )
         try:
             decoded = None
             if plan.needs_decode:
-                decoded = await asyncio.to_thread(self.decode.decode, data, plan.models, plan.quality)
+                decoded = await stage_thread(self.decode.decode, data, plan.models, plan.quality)
         except BaseException:
             if metadata is not None:
                 metadata.cancel()
@@ -55,7 +55,7 @@ class LocalPipeline:
             for name in plan.models:
                 calls[name] = self._model(name).infer(decoded.tensors[name])
             if plan.quality and self.quality is not None:
-                calls["(quality)"] = asyncio.to_thread(self.quality.metrics, decoded)
+                calls["(quality)"] = stage_thread(self.quality.metrics, decoded)
         if metadata is not None:
             calls["(metadata)"] = metadata
         done = dict(zip(calls, await gather_or_raise(list(calls.values())), strict=True))

@@ -5,7 +5,6 @@ Batch size and wait come from the model's config.yaml and change at runtime thro
 and therefore forming the next batch, while one executes.
 """
 
-import asyncio
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from serving.config.model_entry import ModelEntry
 from serving.errors import InvalidTensorError
 from serving.metrics import BATCH_FILL, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
 from serving.stages.batching import BatchQueue, Queued
+from serving.stages.concurrency import stage_thread
 from serving.stages.pipeline import ModelResult
 
 
@@ -79,7 +79,7 @@ class ModelStage:
             QUEUE_WAIT.labels(model).observe(start - item.enqueued)
         BATCH_SIZE.labels(model).observe(len(items))
         BATCH_FILL.labels(model).observe(len(items) / self.batching.max_batch_size)
-        outputs = await asyncio.to_thread(self.backend.infer, np.stack([item.item for item in items]))
+        outputs = await stage_thread(self.backend.infer, np.stack([item.item for item in items]))
         elapsed = time.perf_counter() - start
         STAGE_LATENCY.labels("model", model).observe(elapsed)
         model_ms = elapsed * 1000.0

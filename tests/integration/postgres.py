@@ -37,6 +37,21 @@ class PostgresServer:
     url: str  # SQLAlchemy URL (psycopg 3 driver)
     port: int
     data_dir: Path
+    bin_dir: Path
+    options: str
+    log: Path
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open connections are dropped), as an outage would."""
+        _run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], self.log)
+
+    def start(self) -> None:
+        """Start it again on the same port and data."""
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        _run(
+            [pg_ctl, "-D", str(self.data_dir), "-o", self.options, "-l", str(self.log), "-w", "-t", "60", "start"],
+            self.log,
+        )
 
 
 def _as_server_user(command: list[str]) -> list[str]:
@@ -77,7 +92,8 @@ def running_postgres() -> Iterator[PostgresServer]:
         _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"], log)
         started = True
         _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE], log)
-        yield PostgresServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/{DATABASE}", port, data)
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/{DATABASE}"
+        yield PostgresServer(url, port, data, bin_dir, options, log)
     finally:
         if started:
             subprocess.run(

@@ -21,6 +21,7 @@ from serving.jobs.settings import JobSettings
 from serving.jobs.store import JobStore
 from serving.jobs.webhooks import SIGNATURE_HEADER, WebhookSender, verify
 from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerIdentity, WorkerRegistry
 from serving.postprocess import Prediction
 from serving.requests import ImageOptions
 from serving.service import Analysis, Classification
@@ -83,8 +84,9 @@ def _runner(
     parts: tuple[sa.Engine, ObjectStore, JobSettings], service: FakeService, client: httpx.AsyncClient | None = None
 ) -> JobRunner:
     engine, objects, settings = parts
-    queue = WorkQueue(engine)
-    return JobRunner(queue, objects, service, settings, WebhookSender(queue, settings, client, resolver=_resolve))
+    queue = WorkQueue(engine, WorkerIdentity())
+    webhooks = WebhookSender(queue, settings, client, resolver=_resolve)
+    return JobRunner(queue, WorkerRegistry(engine), objects, service, settings, webhooks)
 
 
 def _submit(

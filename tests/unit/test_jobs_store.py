@@ -29,9 +29,9 @@ def _items(n: int) -> list[NewItem]:
 
 def test_migrations_reach_head_and_are_idempotent(engine: sa.Engine) -> None:
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"jobs", "job_items", "job_results", "job_events", "webhook_deliveries"} <= tables
+    assert {"jobs", "job_items", "job_results", "job_events", "webhook_deliveries", "job_workers"} <= tables
 
 
 def test_claim_record_finish(engine: sa.Engine) -> None:

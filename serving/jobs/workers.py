@@ -1,0 +1,101 @@
+"""Which batch workers are alive: each job loop registers a row and heartbeats it; claims name their worker.
+
+A worker is dead when its heartbeat is older than `stale_after_s`, or, on the same host, when its process is
+gone (pid no longer running, or reused by a process started at another time): a replica restarted by Ray on the
+same node recovers its predecessor's items at once instead of waiting for the heartbeat to go stale. Orphan
+recovery (`WorkQueue.requeue_orphans`) requeues only the items of dead workers, never those of a live replica.
+"""
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psutil
+import sqlalchemy as sa
+
+from serving.jobs.tables import job_items, job_workers
+
+HOST = socket.gethostname()[:255]
+
+
+def _process_started_at(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """This process's job loop."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    host: str = HOST
+    pid: int = field(default_factory=os.getpid)
+    process_started_at: float = field(default_factory=lambda: _process_started_at(os.getpid()) or time.time())
+
+
+def is_dead(row: sa.Row, now: float, stale_after_s: float) -> bool:
+    """`row`: a job_workers row (None columns when an item names a worker with no row: dead)."""
+    if row.heartbeat_at is None or row.heartbeat_at < now - stale_after_s:
+        return True
+    if row.host != HOST:
+        return False  # another node: only its heartbeat can tell
+    started = _process_started_at(int(row.pid))
+    return started is None or abs(started - float(row.process_started_at)) > 1.0
+
+
+class WorkerRegistry:
+    """The job_workers table (synchronous: call through a thread from an event loop)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def heartbeat(self, worker: WorkerIdentity) -> None:
+        """Register `worker` or refresh its heartbeat (re-registers a worker judged dead while the store was down)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            touched = conn.execute(
+                job_workers.update().where(job_workers.c.id == worker.id).values(heartbeat_at=now)
+            ).rowcount
+            if not touched:
+                conn.execute(
+                    job_workers.insert().values(
+                        id=worker.id, host=worker.host, pid=worker.pid,
+                        process_started_at=worker.process_started_at, started_at=now, heartbeat_at=now,
+                    )
+                )  # fmt: skip
+
+    def retire(self, worker: WorkerIdentity) -> int:
+        """A graceful stop: the worker's running items go back to pending now; returns how many."""
+        with self.engine.begin() as conn:
+            released = conn.execute(
+                job_items.update()
+                .where(job_items.c.worker_id == worker.id, job_items.c.status == "running")
+                .values(status="pending", worker_id=None, attempts=job_items.c.attempts - 1)
+            ).rowcount
+            conn.execute(job_workers.delete().where(job_workers.c.id == worker.id))
+        return int(released)
+
+
+def dead_workers(conn: sa.Connection, stale_after_s: float, alive: Iterable[str] = ()) -> list[str]:
+    """Ids of dead workers that still hold running items, plus dead rows holding none (both are deleted by the
+    caller's transaction); `alive` are never judged dead (the caller itself)."""
+    now, keep = time.time(), set(alive)
+    holders = conn.execute(
+        sa.select(job_items.c.worker_id, job_workers.c.heartbeat_at, job_workers.c.host, job_workers.c.pid,
+                  job_workers.c.process_started_at)
+        .select_from(job_items.outerjoin(job_workers, job_workers.c.id == job_items.c.worker_id))
+        .where(job_items.c.status == "running", job_items.c.worker_id.is_not(None))
+        .distinct()
+    ).all()  # fmt: skip
+    rows = conn.execute(sa.select(job_workers.c.id.label("worker_id"), job_workers)).all()
+    dead = {
+        row.worker_id for row in [*holders, *rows] if row.worker_id not in keep and is_dead(row, now, stale_after_s)
+    }
+    if dead:
+        conn.execute(job_workers.delete().where(job_workers.c.id.in_(dead)))
+    return sorted(dead)
