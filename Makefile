@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
-.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest
+.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
+	fuzz fuzz-api
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,16 @@ bench: models
 BASELINE_REF ?= 22a6545
 bench-quality: models
 	$(PY) -m loadtests.quality_throughput --baseline-ref $(BASELINE_REF) $(BENCH_ARGS)
+
+# Fuzzing campaigns (docs/RELIABILITY.md): coverage-guided over the parsers (FUZZ_RUNS inputs per target, 7 targets),
+# then schemathesis + gRPC against a server it starts. CI replays the corpus and a 2,000-input campaign per target.
+FUZZ_RUNS ?= 150000
+fuzz: models
+	$(PY) -m tooling.fuzz.campaign --runs $(FUZZ_RUNS)
+	$(PY) -m tooling.fuzz.api $(FUZZ_API_ARGS)
+
+fuzz-api: models
+	$(PY) -m tooling.fuzz.api $(FUZZ_API_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
 loadtest: venv

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from pipelines.jpeg_markers import jpeg_scan_count, scan_limit
 from pipelines.limits import DecodeLimits
 from pipelines.native_crop import jpeg_centre_crop
-from pipelines.orientation import SWAPS_AXES
+from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.working_image import native_crop, working_image
 
@@ -81,8 +82,8 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise UnsupportedFormatError(
             f"unrecognised image format; supported: {', '.join(sorted(limits.formats))}"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImageError(f"image header is corrupt: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow raises on hostile bytes is the file's fault
+        raise InvalidImageError(f"image header is corrupt: {type(exc).__name__}: {exc}") from None
     if image.format not in limits.formats:
         raise UnsupportedFormatError(
             f"format {image.format} is not accepted; supported: {', '.join(sorted(limits.formats))}"
@@ -100,6 +101,13 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
             f" limited to {limits.max_full_decode_pixels}"
         )
     _check_raw_size(image, data)
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        scans, limit = jpeg_scan_count(data), scan_limit(width, height)
+        if scans > limit:
+            raise ImageTooLargeError(
+                f"progressive JPEG has {scans} scans; the limit for {width}x{height} is {limit} (each scan is a pass"
+                " over the whole image)"
+            )
     return image
 
 
@@ -154,18 +162,30 @@ def reduced_scale(
     return scale
 
 
-def _load_rgb_pillow(image: Image.Image, scale: int) -> Image.Image:
-    if scale > 1:
-        stored_w, stored_h = image.size
-        image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
     try:
-        image = ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, EOFError):
+        raise  # the pixels themselves do not decode
+    except Exception:  # noqa: BLE001 - an EXIF block Pillow cannot rewrite (fuzzing finds them): turn by the tag
+        transpose = UPRIGHT_TRANSPOSE.get(orientation)
+        return image.transpose(transpose) if transpose is not None else image.copy()
+
+
+def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.Image:
+    try:
+        if scale > 1:
+            stored_w, stored_h = image.size
+            image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
+        image = _upright(image, orientation)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
             image = image.point(lambda v: v / 256).convert("L")
         return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from None
+    except MemoryError:
+        raise  # the server's trouble (the pixel budgets were checked), not the file's
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow raises on hostile bytes is the file's fault
+        raise InvalidImageError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}") from None
 
 
 _CV2_REDUCED = {
@@ -243,7 +263,7 @@ def decode_rgb(
     if decoder == "opencv" and fmt in ("JPEG", "MPO"):
         rgb = _load_rgb_opencv(data, scale)
     else:
-        rgb = _load_rgb_pillow(header, scale)
+        rgb = _load_rgb_pillow(header, scale, orientation)
     return DecodedRGB(rgb, fmt, width, height, scale, orientation)
 
 

@@ -16,6 +16,7 @@ import struct
 import numpy as np
 from PIL import Image
 
+from pipelines.jpeg_markers import PARAMETERLESS, SOF_MARKERS, START_OF_SCAN
 from pipelines.orientation import FLIPS_STORED_X, FLIPS_STORED_Y, UPRIGHT_TRANSPOSE
 
 NATIVE_CROP = 256  # px, side of the crop
@@ -24,10 +25,6 @@ NATIVE_CROP = 256  # px, side of the crop
 # memory than its reduced-scale decode by two orders of magnitude.
 MAX_DECODED_PIXELS = 32_000_000
 _MCU_MARGIN = 16  # rows decoded below the crop: the tallest MCU, so upsampling sees the same neighbours
-# Start-of-frame markers (every JPEG coding process); C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_START_OF_SCAN = 0xDA
-_PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 
 
 def jpeg_with_rows(data: bytes, rows: int) -> bytes | None:
@@ -41,13 +38,13 @@ def jpeg_with_rows(data: bytes, rows: int) -> bytes | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in _PARAMETERLESS:
+        if marker in PARAMETERLESS:
             i += 2
             continue
-        if marker == _START_OF_SCAN:
+        if marker == START_OF_SCAN:
             return None
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _SOF_MARKERS and i + 9 <= len(data):
+        if marker in SOF_MARKERS and i + 9 <= len(data):
             (height,) = struct.unpack(">H", data[i + 5 : i + 7])
             if height == 0:
                 return None

@@ -7,7 +7,7 @@ import numpy as np
 from serving.errors import InvalidTensorError
 from serving.grpc.stubs import load
 from serving.oip import inference as oip
-from serving.oip.tensors import OIP_TO_NUMPY, array_from_raw, array_to_raw
+from serving.oip.tensors import OIP_TO_NUMPY, array_from_raw, array_to_raw, element_count, reshaped, tensor_shape
 
 pb = load("inference_pb2")
 
@@ -44,10 +44,10 @@ def _typed_contents(tensor: Any, shape: list[int]) -> np.ndarray:
         array[:] = values
     else:
         array = np.asarray(values, dtype=OIP_TO_NUMPY[tensor.datatype])
-    expected = int(np.prod(shape)) if shape else 1
+    expected = element_count(shape)  # exact: np.prod wraps around on absurd shapes
     if array.size != expected:
         raise InvalidTensorError(f"input '{tensor.name}' has {array.size} values but shape {shape} needs {expected}")
-    return array.reshape(shape)
+    return reshaped(array, shape)
 
 
 def request_from_proto(request: Any) -> oip.InferRequest:
@@ -56,7 +56,10 @@ def request_from_proto(request: Any) -> oip.InferRequest:
         raise InvalidTensorError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     inputs = []
     for i, tensor in enumerate(request.inputs):
-        shape = [int(d) for d in tensor.shape]
+        try:
+            shape = tensor_shape([int(d) for d in tensor.shape])
+        except ValueError as exc:
+            raise InvalidTensorError(f"input '{tensor.name}': {exc}") from None
         data = array_from_raw(raw[i], tensor.datatype, shape) if raw else _typed_contents(tensor, shape)
         inputs.append(oip.InferInput(tensor.name, tensor.datatype, shape, data))
     outputs = []

@@ -18,9 +18,9 @@ async def audit(
     action: str | None = Query(default=None, max_length=48, description="e.g. job.purge, or job.* / auth.*"),
     key_id: str | None = Query(default=None, max_length=16),
     outcome: str | None = Query(default=None, pattern="^(ok|denied|failed)$"),
-    since: float | None = Query(default=None, description="UNIX seconds, inclusive."),
-    until: float | None = Query(default=None, description="UNIX seconds, exclusive."),
-    after: int = Query(default=0, ge=0, description="Paging cursor: entries with a larger id (next_after)."),
+    since: float | None = Query(default=None, ge=0, le=1e11, description="UNIX seconds, inclusive."),
+    until: float | None = Query(default=None, ge=0, le=1e11, description="UNIX seconds, exclusive."),
+    after: int = Query(default=0, ge=0, le=2**62, description="Paging cursor: entries with a larger id (next_after)."),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Entries oldest first; pass `next_after` back as `after` for the next page (null: no more)."""

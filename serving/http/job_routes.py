@@ -131,7 +131,7 @@ async def start_job(
 async def list_jobs(
     status: str | None = Query(default=None),
     limit: int = Query(default=50, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> JobList:
@@ -174,7 +174,7 @@ async def job_events(
 async def job_results(
     job_id: str,
     format: str = Query(default="jsonl", pattern="^(jsonl|csv)$", description="jsonl (default) or csv."),
-    after: int = Query(default=-1, ge=-1, description="Only items with a larger index (paging cursor)."),
+    after: int = Query(default=-1, ge=-1, le=2**31 - 1, description="Only items with a larger index (paging cursor)."),
     limit: int | None = Query(default=None, ge=1, description="At most this many rows; all (streamed) if omitted."),
     status: str | None = Query(default=None, pattern="^(done|failed)$"),
     jobs: JobService = Depends(get_job_service),

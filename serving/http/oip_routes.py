@@ -43,15 +43,24 @@ def _known(service: InferenceService, model: str) -> None:
         service.repository.get(model)  # UnknownModelError -> 404
 
 
+# The versioned paths share the unversioned handlers (one version per model is served; the version is accepted and
+# not used yet); their path parameters are declared here so the OpenAPI document matches the routes.
+VERSIONED = {
+    "parameters": [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("model", "version")
+    ]
+}
+
+
 @router.get("/models/{model}")
-@router.get("/models/{model}/versions/{version}")
+@router.get("/models/{model}/versions/{version}", openapi_extra=VERSIONED)
 async def model_metadata(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     _known(service, model)
     return await oip.model_metadata(service, model)
 
 
 @router.get("/models/{model}/ready")
-@router.get("/models/{model}/versions/{version}/ready")
+@router.get("/models/{model}/versions/{version}/ready", openapi_extra=VERSIONED)
 async def model_ready(model: str, service: InferenceService = Depends(get_service)) -> Response:
     _known(service, model)
     if await service.model_ready(model):
@@ -60,7 +69,7 @@ async def model_ready(model: str, service: InferenceService = Depends(get_servic
 
 
 @router.get("/models/{model}/config")
-@router.get("/models/{model}/versions/{version}/config")
+@router.get("/models/{model}/versions/{version}/config", openapi_extra=VERSIONED)
 async def model_config(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
     _known(service, model)
@@ -176,7 +185,7 @@ def render_infer_response(response: oip.InferResponse) -> Response:
 
 
 @router.post("/models/{model}/infer")
-@router.post("/models/{model}/versions/{version}/infer")
+@router.post("/models/{model}/versions/{version}/infer", openapi_extra=VERSIONED)
 async def infer(model: str, request: Request, service: InferenceService = Depends(get_service)) -> Response:
     if model != IMAGE_MODEL_NAME and model not in service.repository.entries:
         raise UnknownModelError(

@@ -61,6 +61,14 @@ def element_count(shape: list[int]) -> int:
     return count
 
 
+def reshaped(array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """`array` in `shape`; a shape numpy cannot make (an empty tensor with absurd other dimensions) is the client's."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidTensorError(f"cannot make a tensor of shape {shape}: {exc}") from None
+
+
 def deserialize_bytes_tensor(raw: bytes, count: int) -> list[bytes]:
     """Split OIP binary BYTES data into `count` elements; rejects truncated or trailing data."""
     items: list[bytes] = []
@@ -92,7 +100,7 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
             raise InvalidTensorError(f"BYTES tensor of shape {shape} needs at least {4 * count} bytes, got {len(raw)}")
         arr = np.empty(count, dtype=np.object_)
         arr[:] = deserialize_bytes_tensor(raw, count)
-        return arr.reshape(shape)
+        return reshaped(arr, shape)
     if datatype not in OIP_TO_NUMPY:
         raise InvalidTensorError(f"unknown datatype '{datatype}'")
     dtype = np.dtype(OIP_TO_NUMPY[datatype]).newbyteorder("<")
@@ -100,7 +108,7 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
         raise InvalidTensorError(
             f"{datatype} tensor of shape {shape} needs {count * dtype.itemsize} bytes, got {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return reshaped(np.frombuffer(raw, dtype=dtype), shape)
 
 
 def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray:
@@ -109,21 +117,24 @@ def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray
         raise InvalidTensorError(f"unknown datatype '{datatype}'")
     count = element_count(shape)
     if datatype == "BYTES":
-        flat = list(np.asarray(data, dtype=np.object_).reshape(-1)) if count else []
+        try:
+            flat = list(np.asarray(data, dtype=np.object_).reshape(-1)) if count else []
+        except (TypeError, ValueError) as exc:  # ragged nesting
+            raise InvalidTensorError(f"BYTES data is not a regular array: {exc}") from None
         if len(flat) != count:
             raise InvalidTensorError(f"BYTES data has {len(flat)} elements but shape {shape} needs {count}")
         if any(not isinstance(x, str | bytes) for x in flat):  # bytes(10**9) would allocate a gigabyte
             raise InvalidTensorError("BYTES data elements must be strings")
         arr = np.empty(count, dtype=np.object_)
         arr[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in flat]
-        return arr.reshape(shape)
+        return reshaped(arr, shape)
     try:
         arr = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 3444...4 for a UINT8
         raise InvalidTensorError(f"data is not valid {datatype}: {exc}") from None
     if arr.size != count:
         raise InvalidTensorError(f"data has {arr.size} elements but shape {shape} needs {count}")
-    return arr.reshape(shape)
+    return reshaped(arr, shape)
 
 
 def array_to_raw(array: np.ndarray) -> bytes:
