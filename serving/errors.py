@@ -79,6 +79,7 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     """Map any exception to status codes; unknown exceptions are internal errors (500 / INTERNAL) whose message is
     generic: exception text (Ray actor addresses, SQL, file paths) goes to the server log, never to the client, who
     gets the request id to quote instead."""
+    from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError
     from sqlalchemy import exc as sa_exc
 
@@ -92,6 +93,9 @@ def classify_error(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
     if isinstance(original, BackPressureError):
         return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
+    if isinstance(original, RayActorError):  # a stage replica died (killed, OOM) or restarts: Serve replaces it
+        message = "a serving replica stopped while handling the request; retry"
+        return ErrorInfo(503, "UNAVAILABLE", "replica_unavailable", message, 1.0)
     if isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT):
         return ErrorInfo(507, "RESOURCE_EXHAUSTED", "storage_full", "the server's storage is full; retry later")
     if isinstance(original, (sa_exc.OperationalError, sa_exc.InterfaceError)):  # the job/key store is down

@@ -47,15 +47,18 @@ RATE_LIMIT_KINDS = (RATE_LIMITED, "quota_exceeded")  # RESOURCE_EXHAUSTED kinds 
 class ImgServeError(Exception):
     """A failed call: `code` (gRPC code name), `kind` (server's machine-readable kind), `message`, `status`.
 
-    `status` is the HTTP status over HTTP and None over gRPC or when no response arrived at all.
+    `status` is the HTTP status over HTTP and None over gRPC or when no response arrived at all. `retry_after`:
+    seconds the server asked to wait (its `Retry-After`: rate limits, a replica being replaced), None when it did
+    not say.
     """
 
-    def __init__(self, code: str, kind: str, message: str, status: int | None = None):
+    def __init__(self, code: str, kind: str, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(f"{code} ({kind}): {message}")
         self.code = code
         self.kind = kind
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -72,14 +75,7 @@ class PermissionDeniedError(ImgServeError):
 
 
 class RateLimitedError(ImgServeError):
-    """The key's rate limit or quota (HTTP 429 / gRPC RESOURCE_EXHAUSTED, kind rate_limited).
-
-    `retry_after`: seconds the server asked to wait (its `Retry-After`), None when it did not say.
-    """
-
-    def __init__(self, code: str, kind: str, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(code, kind, message, status)
-        self.retry_after = retry_after
+    """The key's rate limit or quota (HTTP 429 / gRPC RESOURCE_EXHAUSTED, kind rate_limited)."""
 
 
 def make_error(
@@ -92,7 +88,7 @@ def make_error(
         return PermissionDeniedError(code, kind, message, status)
     if status == 429 or (code == "RESOURCE_EXHAUSTED" and kind in RATE_LIMIT_KINDS):
         return RateLimitedError(code, kind, message, status, retry_after)
-    return ImgServeError(code, kind, message, status)
+    return ImgServeError(code, kind, message, status, retry_after)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

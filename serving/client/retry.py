@@ -8,6 +8,7 @@ from serving.client.errors import ImgServeError
 
 T = TypeVar("T")
 FIRST_BACKOFF_S = 0.1
+MAX_RETRY_AFTER_S = 10.0  # a longer Retry-After is not waited for: the call fails and the caller decides
 
 
 def with_retries(
@@ -16,7 +17,8 @@ def with_retries(
     sleep: Callable[[float], None] | None = None,
     first_backoff_s: float = FIRST_BACKOFF_S,
 ) -> T:
-    """Run `call`; on a retryable `ImgServeError` wait 0.1 s, 0.2 s, 0.4 s, ... and try again, `retries` times."""
+    """Run `call`; on a retryable `ImgServeError` wait 0.1 s, 0.2 s, 0.4 s, ... (or the server's Retry-After when
+    longer, at most 10 s) and try again, `retries` times."""
     delay = first_backoff_s
     for attempt in range(retries + 1):
         try:
@@ -24,6 +26,7 @@ def with_retries(
         except ImgServeError as exc:
             if not exc.retryable or attempt == retries:
                 raise
-        (sleep or time.sleep)(delay)
+            wait = max(delay, min(exc.retry_after or 0.0, MAX_RETRY_AFTER_S))  # the server's Retry-After, if longer
+        (sleep or time.sleep)(wait)
         delay *= 2
     raise AssertionError("unreachable")  # the loop returns or raises

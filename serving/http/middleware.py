@@ -77,26 +77,78 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+# Routes whose bodies are multipart uploads streamed to disk as they arrive (batch jobs): admitted at their start.
+STREAMED_UPLOAD_PREFIXES = ("/v1/batch", "/v1/jobs/")
+# Bytes all connections together may hold while their bodies arrive before admission (beyond: 503 overloaded).
+PREREAD_BUDGET_BYTES = 1024 * 1024 * 1024
+
+
+def _has_body(scope: Scope) -> bool:
+    headers = dict(scope.get("headers") or [])
+    length = headers.get(b"content-length")
+    return b"transfer-encoding" in headers or (length is not None and length not in (b"0", b""))
+
+
 class AdmissionMiddleware:
     """Refuses a request with a JSON 503 (kind "overloaded") when the replica already has its limit of requests
-    in flight (serving.admission); health and metrics paths always pass."""
+    in flight (serving.admission); health and metrics paths always pass.
 
-    def __init__(self, app: Any):
+    With a limit set (the direct listeners), a request's body is read *before* it takes a slot: a slow upload holds
+    a connection and the bytes it has sent (all of them together at most `PREREAD_BUDGET_BYTES`), never a slot, so
+    a thousand clients trickling bodies cannot starve the others (the body read timeout ends them with 408)."""
+
+    def __init__(self, app: Any, preread_budget_bytes: int = PREREAD_BUDGET_BYTES):
         self.app = app
+        self.budget = preread_budget_bytes
+        self.buffered = 0
+
+    async def _preread(self, receive: Receive) -> tuple[list[Message], int]:
+        """Every message up to the end of the body; (messages, bytes held against the budget)."""
+        messages: list[Message] = []
+        held = 0
+        try:
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    return messages, held
+                size = len(message.get("body", b""))
+                if self.buffered + size > self.budget:
+                    raise REPLICA_LIMIT.overloaded()
+                self.buffered += size
+                held += size
+                if not message.get("more_body", False):
+                    return messages, held
+        except BaseException:
+            self.buffered -= held
+            raise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in UNLIMITED_HTTP_PATHS:
+        path = scope.get("path") or ""
+        if scope["type"] != "http" or path in UNLIMITED_HTTP_PATHS:
             await self.app(scope, receive, send)
             return
-        if not REPLICA_LIMIT.try_enter():
-            error = REPLICA_LIMIT.overloaded()
-            ERRORS.labels("(admission)", error.kind).inc()
-            await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
-            return
+        held = 0
+        if REPLICA_LIMIT.limit is not None and _has_body(scope) and not path.startswith(STREAMED_UPLOAD_PREFIXES):
+            messages, held = await self._preread(receive)
+            upstream = receive
+
+            async def replay() -> Message:
+                return messages.pop(0) if messages else await upstream()
+
+            receive = replay
         try:
-            await self.app(scope, receive, send)
+            if not REPLICA_LIMIT.try_enter():
+                error = REPLICA_LIMIT.overloaded()
+                ERRORS.labels("(admission)", error.kind).inc()
+                await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
+                return
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                REPLICA_LIMIT.leave()
         finally:
-            REPLICA_LIMIT.leave()
+            self.buffered -= held
 
 
 class InternalErrorMiddleware:

@@ -30,6 +30,10 @@ from serving.security.principal import Principal
 logger = logging.getLogger("imgserve.jobs")
 RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 10.0
+# Error kinds an item is retried after: refused for load (not counted as a dispatch), or failed in a way that may be
+# the item's doing (a crash, a replica that died under it): counted, so a poison item ends after max_attempts.
+UNCOUNTED_RETRY_KINDS = frozenset({"overloaded", "store_unavailable"})
+COUNTED_RETRY_KINDS = frozenset({"internal", "replica_unavailable"})
 
 
 class AnalysisService(Protocol):
@@ -178,10 +182,11 @@ class JobRunner:
             outcome = Outcome("failed", job.model, error_kind=exc.kind, error=exc.message)
         except Exception as exc:  # noqa: BLE001 - every error becomes this item's result, or a retry
             info = classify_error(exc)
-            if info.kind == "overloaded" or (info.kind == "internal" and item.attempts < self.settings.max_attempts):
+            uncounted = info.kind in UNCOUNTED_RETRY_KINDS  # the item never really ran
+            if uncounted or (info.kind in COUNTED_RETRY_KINDS and item.attempts < self.settings.max_attempts):
                 logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, internal_detail(exc))
                 await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
-                await self.store.durable(self.queue.release, item, info.kind != "overloaded")
+                await self.store.durable(self.queue.release, item, not uncounted)
                 return
             if info.kind == "internal":
                 logger.error("item %d of job %s failed: %s", item.idx, job.id, internal_detail(exc))

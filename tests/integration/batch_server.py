@@ -13,9 +13,9 @@ from loadtests.server_process import ServerProcess
 
 
 class BatchServer(ServerProcess):
-    def __init__(self, tmp: Path, env: dict[str, str]):
+    def __init__(self, tmp: Path, env: dict[str, str], extra_args: list[str] | None = None):
         # The project's serve_config.yaml as it is (full stage queues): the batch tests measure real behaviour.
-        super().__init__(tmp, env={"IMGSERVE_CACHE_DIR": str(tmp / "cache"), **env})
+        super().__init__(tmp, env={"IMGSERVE_CACHE_DIR": str(tmp / "cache"), **env}, extra_args=extra_args)
 
     @property
     def url(self) -> str:

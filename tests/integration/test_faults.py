@@ -1,11 +1,17 @@
-"""Fault injection against the real server (#18): PostgreSQL stopped for 30 s in the middle of a 500-image job.
+"""Fault injection against one real server on a real PostgreSQL, its object store on a real 256 MB tmpfs (#18).
 
-What must hold: the job completes with exactly one result per item and no item left `running`; nothing is
-dispatched twice (the worker never died, it held its results); the worker process is idle during the outage
-(backoff, not a hot loop); online classification keeps answering 200 meanwhile; the job API answers a 503
-`store_unavailable` (no SQL, no path) while the store is down.
+PostgreSQL stopped for 30 s in the middle of a 500-image job: the job completes with exactly one result per item
+and no item left `running`; nothing is dispatched twice (the worker never died, it held its results); the worker
+process is idle during the outage (backoff, not a hot loop); online classification keeps answering 200 meanwhile;
+the job API answers a 503 `store_unavailable` (no SQL, no path) while the store is down.
+
+The object store's file system filled up: uploads answer 507 `storage_full` without a path, leave no `.part` file,
+and work again once space is freed. (Mounting a tmpfs needs root; without it that test skips and says so.)
 """
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,22 +49,39 @@ def _cpu_s(processes: list[psutil.Process]) -> float:
     return total
 
 
-@pytest.fixture
-def pg_batch_server(tmp_path: Path) -> Iterator[tuple[BatchServer, PostgresServer]]:
+def _mount_tmpfs(folder: Path, size_mb: int) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)], capture_output=True
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def pg_batch_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[BatchServer, PostgresServer, Path | None]]:
     require(MOBILENET_DIR)
+    tmp = tmp_path_factory.mktemp("faults")
+    store = tmp / "store"
+    mounted = _mount_tmpfs(store, 256)
     with running_postgres() as pg:
         env = {
             "IMGSERVE_DATABASE_URL": pg.url,
-            "IMGSERVE_OBJECT_STORE": str(tmp_path / "objects"),
+            "IMGSERVE_OBJECT_STORE": str(store / "objects"),
             "IMGSERVE_BATCH_CONCURRENCY": "8",
             "IMGSERVE_BATCH_POLL_S": "1",
         }
-        server = BatchServer(tmp_path, env)
+        server = BatchServer(tmp, env)
         server.start()
         try:
-            yield server, pg
+            yield server, pg, store if mounted else None
         finally:
             server.stop()
+            if mounted:
+                subprocess.run(["umount", "-l", str(store)], capture_output=True)
 
 
 def _wait_done(url: str, job_id: str, at_least: int, timeout_s: float) -> dict:
@@ -74,8 +97,10 @@ def _wait_done(url: str, job_id: str, at_least: int, timeout_s: float) -> dict:
     raise AssertionError(f"job {job_id} did not reach {at_least} finished items in {timeout_s}s")
 
 
-def test_postgresql_outage_mid_job_loses_nothing(pg_batch_server: tuple[BatchServer, PostgresServer]) -> None:
-    server, pg = pg_batch_server
+def test_postgresql_outage_mid_job_loses_nothing(
+    pg_batch_server: tuple[BatchServer, PostgresServer, Path | None],
+) -> None:
+    server, pg, _ = pg_batch_server
     photos = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:ITEMS]
     probe = photos[0].read_bytes()
     with Client(server.url) as client:
@@ -110,3 +135,43 @@ def test_postgresql_outage_mid_job_loses_nothing(pg_batch_server: tuple[BatchSer
     assert all(row[0] == "done" and row[2] == 1 for row in rows.values()), "exactly one result per item"
     assert all(row[1] == 1 for row in rows.values()), "no item dispatched twice: results were held, not redone"
     assert final["status"] == "completed" and final["counts"]["running"] == 0
+
+
+def _upload(url: str, photos: list[Path]) -> httpx.Response:
+    files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    return httpx.post(f"{url}/v1/batch", files=files, timeout=120)
+
+
+def test_full_object_store_answers_507_and_recovers(
+    pg_batch_server: tuple[BatchServer, PostgresServer, Path | None],
+) -> None:
+    server, _, store = pg_batch_server
+    if store is None:
+        pytest.skip("mounting a tmpfs needs root (mount -t tmpfs); the object store is on the ordinary disk")
+    photos = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[600:640]
+    filler = store / "filler"
+    free = shutil.disk_usage(store).free
+    with filler.open("wb") as out:  # leave ~1 MB: the first few photos fit, then the disk is full
+        out.truncate(0)
+        chunk = b"\0" * (1 << 20)
+        for _ in range(max(0, free // len(chunk) - 1)):
+            out.write(chunk)
+    try:
+        full = _upload(server.url, photos)
+        parts = [p for p in (store / "objects").rglob("*.part")]
+        online = httpx.post(f"{server.url}/v1/classify", content=photos[0].read_bytes(), timeout=30).status_code
+    finally:
+        filler.unlink()
+    again = _upload(server.url, photos)
+    print(
+        f"\n[disk full] upload of {len(photos)} photos: {full.status_code} {full.json()}; after freeing space: "
+        f"{again.status_code}; online classify while full: {online}"
+    )
+    assert full.status_code == 507 and full.json()["kind"] == "storage_full"
+    assert "/" not in full.json()["error"] and str(store) not in full.text
+    assert parts == [], "no partial file may be left behind"
+    assert online == 200
+    assert again.status_code == 202
+    job_id = again.json()["job_id"]
+    final = _wait_done(server.url, job_id, len(photos), 300)
+    assert final["counts"]["done"] == len(photos)

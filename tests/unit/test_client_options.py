@@ -168,3 +168,20 @@ def test_anonymize_travels_on_both_transports() -> None:
     assert ("anonymize", "true") in _query(options)
     assert ("anonymize", "true") not in _query(RequestOptions(fields=("metadata",)))
     assert analyze_request([], options).anonymize is True
+
+
+def test_retries_wait_for_the_servers_retry_after_when_it_is_longer() -> None:
+    from serving.client.errors import make_error
+    from serving.client.retry import with_retries
+
+    waits: list[float] = []
+    failures = iter([make_error("UNAVAILABLE", "replica_unavailable", "restarting", 503, 1.0)] * 2)
+
+    def call() -> str:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return "ok"
+
+    assert with_retries(call, retries=3, sleep=waits.append) == "ok"
+    assert waits == [1.0, 1.0]  # not 0.1 and 0.2: the replica is being replaced

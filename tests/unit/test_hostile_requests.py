@@ -7,18 +7,21 @@ import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.admission import REPLICA_LIMIT
 from serving.config.app_args import AppArgs
-from serving.errors import BadRequestError, classify_error
+from serving.errors import BadRequestError, OverloadedError, classify_error
 from serving.http.app import create_http_app
+from serving.http.middleware import AdmissionMiddleware
 from serving.jobs.errors import ItemInputError
 from serving.jobs.uris import check_uri, read_uri
 from serving.oip.tensors import array_from_json, tensor_shape
 from serving.placement import build_service, compose
+from tests.unit.test_edges_in_process import jpeg
 from tests.unit.tiny_models import tiny_settings
 
 pytestmark = pytest.mark.unit
@@ -122,3 +125,91 @@ def test_slow_upload_gets_408_and_frees_its_slot(tmp_path_factory: pytest.TempPa
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["kind"] == "timeout"
     assert REPLICA_LIMIT.inflight == 0  # the admission slot went back
+
+
+def _scope(headers: list[tuple[bytes, bytes]]) -> dict:
+    return {
+        "type": "http", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"",
+        "headers": [(b"host", b"test"), *headers], "http_version": "1.1",
+        "scheme": "http", "server": ("test", 80), "client": ("127.0.0.1", 1), "root_path": "",
+    }  # fmt: skip
+
+
+def test_slow_uploads_hold_no_admission_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ten bodies trickling in on a replica limited to one request in flight: a complete request is still served
+    (the slow ones hold connections, not the slot), and each slow one ends 408 at the read timeout."""
+    settings = tiny_settings(tmp_path_factory.mktemp("slowmany")).model_copy(update={"body_read_timeout_s": 1.0})
+    app = create_http_app(
+        build_service(compose(AppArgs(placement="local", default_model="tiny"), settings)), settings=settings
+    )
+    image = jpeg()
+
+    async def main() -> tuple[list[list[dict]], list[dict]]:
+        slow_sent: list[list[dict]] = [[] for _ in range(10)]
+
+        def trickling() -> Any:
+            state = {"sent": False}
+
+            async def receive() -> dict:
+                if not state["sent"]:
+                    state["sent"] = True
+                    return {"type": "http.request", "body": b"\xff", "more_body": True}
+                await asyncio.sleep(3600)
+                return {"type": "http.disconnect"}
+
+            return receive
+
+        def collect(box: list[dict]) -> Any:
+            async def send(message: dict) -> None:
+                box.append(message)
+
+            return send
+
+        declared = [(b"content-length", b"100000"), (b"content-type", b"image/jpeg")]
+        slow = [asyncio.create_task(app(_scope(declared), trickling(), collect(box))) for box in slow_sent]
+        await asyncio.sleep(0.2)
+        fast_sent: list[dict] = []
+
+        delivered = []
+
+        async def whole() -> dict:  # the body, then (as a server does) nothing until the client goes away
+            if not delivered:
+                delivered.append(True)
+                return {"type": "http.request", "body": image, "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        await app(_scope([(b"content-length", str(len(image)).encode())]), whole, collect(fast_sent))
+        await asyncio.gather(*slow)
+        return slow_sent, fast_sent
+
+    REPLICA_LIMIT.limit = 1
+    try:
+        slow_sent, fast_sent = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        REPLICA_LIMIT.limit = None
+    assert fast_sent[0]["status"] == 200, fast_sent
+    assert [box[0]["status"] for box in slow_sent] == [408] * 10
+    assert REPLICA_LIMIT.inflight == 0
+
+
+def test_bodies_waiting_for_admission_share_a_memory_budget() -> None:
+    async def inner(scope: dict, receive: Any, send: Any) -> None:
+        raise AssertionError("must not be reached")
+
+    middleware = AdmissionMiddleware(inner, preread_budget_bytes=1000)
+    sent: list[dict] = []
+
+    async def big() -> dict:
+        return {"type": "http.request", "body": b"x" * 600, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    REPLICA_LIMIT.limit = 4
+    try:
+        with pytest.raises(OverloadedError):
+            asyncio.run(middleware(_scope([(b"content-length", b"5000")]), big, send))
+    finally:
+        REPLICA_LIMIT.limit = None
+    assert middleware.buffered == 0 and REPLICA_LIMIT.inflight == 0
