@@ -14,7 +14,7 @@ SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
-	fuzz fuzz-api
+	fuzz fuzz-api bench-overload
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ fuzz: models
 
 fuzz-api: models
 	$(PY) -m tooling.fuzz.api $(FUZZ_API_ARGS)
+
+# 10x overload for 60 s against a server it starts (docs/RELIABILITY.md): only 200/503, admitted p99, memory, recovery.
+OVERLOAD_ARGS ?= --max-inflight 2
+bench-overload: models
+	$(PY) -m loadtests.overload $(OVERLOAD_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
 loadtest: venv

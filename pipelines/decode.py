@@ -102,10 +102,11 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         )
     _check_raw_size(image, data)
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
-        scans, limit = jpeg_scan_count(data), scan_limit(width, height)
+        limit = scan_limit(width, height)
+        scans = jpeg_scan_count(data, stop_after=limit)
         if scans > limit:
             raise ImageTooLargeError(
-                f"progressive JPEG has {scans} scans; the limit for {width}x{height} is {limit} (each scan is a pass"
+                f"progressive JPEG has more than {limit} scans, the limit for {width}x{height} (each scan is a pass"
                 " over the whole image)"
             )
     return image

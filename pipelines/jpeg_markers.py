@@ -1,43 +1,50 @@
 """JPEG marker-segment facts shared by the decoders: which markers are frames, scans, parameterless; how many scans a
 file has (progressive "scan bombs": thousands of tiny scans, each a pass over every block of the image)."""
 
+import re
 import struct
 
 # Start-of-frame markers (every JPEG coding process); C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 START_OF_SCAN = 0xDA
 PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
-_SOS, _EOI = b"\xff\xda", b"\xff\xd9"
+_EOI = b"\xff\xd9"
+# Inside entropy-coded data 0xFF is followed by 0x00 (stuffing), 0xD0-0xD7 (restart) or 0xFF (fill): anything else
+# is the marker that ends the scan.
+_MARKER_IN_ENTROPY_DATA = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
-def first_scan_offset(data: bytes) -> int | None:
-    """Offset of the first SOS marker, walking the header segments (their payloads may hold any bytes)."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker in PARAMETERLESS:
-            i += 2
-        elif marker == START_OF_SCAN:
-            return i
-        else:
-            i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
-
-
-def jpeg_scan_count(data: bytes) -> int:
-    """Scans of the file's first image. From the first SOS to the first EOI no segment payload can hide a marker
-    (entropy-coded 0xFF bytes are stuffed with 0x00), so counting SOS markers there is exact for any real file; an
-    EXIF thumbnail (before the first scan) and data after EOI (an MPO's second image, a motion photo's video) are
-    not counted. A hostile file with APPn segments between scans can only be over-counted."""
-    start = first_scan_offset(data)
-    if start is None:
-        return 0
-    end = data.find(_EOI, start)
-    return data.count(_SOS, start, end if end >= 0 else len(data))
+def jpeg_scan_count(data: bytes, stop_after: int = 1 << 30) -> int:
+    """Scans (SOS segments) of the file's first image as libjpeg reads them: segments are skipped by their lengths
+    (a marker inside a COM, APPn, DHT or SOS header is no marker), bytes between segments are skipped up to the next
+    0xFF (libjpeg warns and does the same), entropy-coded data runs to the next 0xFF that is not stuffing (FF00), a
+    restart marker or a fill byte; EOI ends the image. Counting stops past `stop_after`."""
+    i, n, scans = 2, len(data), 0
+    while i < n:
+        j = data.find(b"\xff", i)
+        if j < 0 or j + 1 >= n:
+            break
+        marker = data[j + 1]
+        if marker == 0xFF or marker == 0x00:  # a fill byte, or a stray stuffed pair outside a scan
+            i = j + 1 if marker == 0xFF else j + 2
+            continue
+        if marker == _EOI[1]:
+            break
+        if marker in PARAMETERLESS:
+            i = j + 2
+            continue
+        if j + 4 > n:
+            break
+        i = j + 2 + struct.unpack(">H", data[j + 2 : j + 4])[0]
+        if marker == START_OF_SCAN:
+            scans += 1
+            if scans > stop_after:
+                break
+            found = _MARKER_IN_ENTROPY_DATA.search(data, i)
+            if found is None:
+                break
+            i = found.start()
+    return scans
 
 
 def scan_limit(width: int, height: int) -> int:

@@ -6,10 +6,15 @@ request over the limit gets `OverloadedError` (HTTP 503 / gRPC RESOURCE_EXHAUSTE
 instead of queueing without end. Health and metrics endpoints are never refused (probes must see the replica).
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from serving.errors import OverloadedError
+
+# When the request being handled in this context was admitted (time.monotonic()); copied into stage threads.
+ADMITTED_AT: ContextVar[float | None] = ContextVar("imgserve_admitted_at", default=None)
 
 # Answered even at the limit: liveness/readiness probes and the Prometheus scrape.
 UNLIMITED_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -17,17 +22,51 @@ UNLIMITED_GRPC_METHODS = frozenset({"ServerLive", "ServerReady", "Check", "Watch
 
 
 class InflightLimit:
-    """A counter on the replica's event loop (every listener runs there, so no lock is needed)."""
+    """A counter on the replica's event loop (every listener runs there, so no lock is needed), and the longest an
+    admitted request may wait at each of its queues (`max_queue_wait_s`): for a CPU worker to start its decode, and
+    in the model's batch queue. One that waited longer is shed with 503 where it waited, so that under overload the
+    requests that are served are served on time."""
 
-    def __init__(self, limit: int | None = None):
+    def __init__(self, limit: int | None = None, max_queue_wait_s: float | None = None):
         self.limit = limit
+        self.max_queue_wait_s = max_queue_wait_s
         self.inflight = 0
 
+    def at_limit(self) -> bool:
+        return self.limit is not None and self.inflight >= self.limit
+
     def try_enter(self) -> bool:
-        if self.limit is not None and self.inflight >= self.limit:
+        if self.at_limit():
             return False
         self.inflight += 1
+        ADMITTED_AT.set(time.monotonic())
         return True
+
+    @staticmethod
+    def waive_queue_budget() -> None:
+        """For the rest of this request: no queue budget. A request of many images queues behind its own earlier
+        images (its decodes share the worker threads, its rows fill several batches), which is not overload."""
+        ADMITTED_AT.set(None)
+
+    def deadline(self) -> float | None:
+        """time.monotonic() by which an admitted request queued now must have started its batched model work (a
+        wait of at most `max_queue_wait_s` at this queue); None for other work (batch-job items) or no budget."""
+        if self.max_queue_wait_s is None or ADMITTED_AT.get() is None:
+            return None
+        return time.monotonic() + self.max_queue_wait_s
+
+    def check_queue_wait(self) -> None:
+        """Called in the stage thread as a request's first CPU work starts; raises `OverloadedError` if it has
+        waited longer than `max_queue_wait_s` since admission (work that is not an admitted request passes)."""
+        admitted = ADMITTED_AT.get()
+        if self.max_queue_wait_s is None or admitted is None:
+            return
+        waited = time.monotonic() - admitted
+        if waited > self.max_queue_wait_s:
+            raise OverloadedError(
+                f"server is overloaded: the request waited {waited * 1000:.0f} ms for a worker (limit "
+                f"{self.max_queue_wait_s * 1000:.0f} ms), retry later"
+            )
 
     def leave(self) -> None:
         self.inflight -= 1

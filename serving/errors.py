@@ -53,6 +53,7 @@ class OverloadedError(ServiceError):
     http_status = 503
     grpc_code = "RESOURCE_EXHAUSTED"
     kind = "overloaded"
+    retry_after_s = 1.0  # Retry-After: shed load comes back soon
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 from pipelines.metadata.anonymize import anonymize_metadata
 from pipelines.quality import LearnedQuality, QualityReport, Thresholds, learned_quality, quality_verdict
 from serving.access_log import record_stages
+from serving.admission import REPLICA_LIMIT
 from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.quality_metrics import record_quality
@@ -188,6 +189,8 @@ class InferenceService:
             if "metadata" in selected and not options.anonymize and await self.gate.anonymize_forced():
                 options = options.model_copy(update={"anonymize": True})
         plan = self._plan(selected, entry)
+        if len(images) > 1:
+            REPLICA_LIMIT.waive_queue_budget()
         calls = [self._analyze_one(data, plan, selected, entry, options) for data in images]
         return await gather_or_raise(calls, note_index=True)
 
@@ -257,6 +260,8 @@ class InferenceService:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
         if self.gate is not None:
             await self.gate.charge_images(int(batch.shape[0]))
+        if batch.shape[0] > 1:
+            REPLICA_LIMIT.waive_queue_budget()
         rows: list[ModelResult] = await asyncio.gather(
             *(self.pipeline.infer_tensor(entry.name, np.ascontiguousarray(row)) for row in batch)
         )

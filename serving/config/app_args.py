@@ -21,6 +21,14 @@ class DirectIngressOptions(BaseModel):
         description="Requests a replica works on at once over all its listeners; beyond, new ones are answered "
         "503 / RESOURCE_EXHAUSTED (kind 'overloaded') — the direct path's max_queued_requests.",
     )
+    max_queue_wait_ms: float | None = Field(
+        default=1000.0,
+        gt=0,
+        description="Queue budget of an admitted request at each of its queues: from admission until a CPU worker "
+        "starts its decode, and in the model's batch queue until its batch starts. A request over budget is answered "
+        "503 overloaded instead of late (Triton's queue policy with REJECT): served requests stay bounded in latency "
+        "under overload. null = no bound.",
+    )
     tls_cert: str | None = Field(
         default=None,
         description="PEM certificate (chain) file: both listeners serve TLS (HTTPS, gRPC over TLS) with tls_key. "

@@ -40,6 +40,12 @@ class ServerSettings(BaseModel):
     body_read_timeout_s: float = Field(
         default=60.0, gt=0, description="Most seconds to receive a whole HTTP request body (408 after: slow uploads)."
     )
+    header_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Most seconds for a request's head (request line and headers) to arrive on the direct HTTP "
+        "listener, from the connection opening or the request's first byte; the connection is closed after.",
+    )
     max_pixels: int = Field(default=100_000_000, description="Largest width*height decoded (decompression bombs).")
     max_full_decode_pixels: int = Field(
         default=40_000_000,

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from serving.config.app_args import DirectIngressOptions
 from serving.grpc.stubs import ensure_generated
+from serving.http.header_timeout import header_timeout_protocol
 
 logger = logging.getLogger("imgserve.direct_ingress")
 # Time in-flight requests get to finish when the replica stops.
@@ -57,9 +58,10 @@ def grpc_server_credentials(options: DirectIngressOptions) -> grpc.ServerCredent
 class DirectListeners:
     """The replica's HTTP and gRPC servers; `start` on the replica's event loop, `stop` when it shuts down."""
 
-    def __init__(self, options: DirectIngressOptions, max_message_bytes: int):
+    def __init__(self, options: DirectIngressOptions, max_message_bytes: int, header_read_timeout_s: float = 10.0):
         self.options = options
         self.max_message_bytes = max_message_bytes
+        self.header_read_timeout_s = header_read_timeout_s
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -111,6 +113,7 @@ class DirectListeners:
             access_log=False,  # imgserve's access log (serving.access_log) records every request already
             log_level="warning",
             timeout_keep_alive=30,
+            http=header_timeout_protocol(self.header_read_timeout_s),  # slowloris on headers: closed after it
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             ssl_certfile=self.options.tls_cert,
             ssl_keyfile=self.options.tls_key,

@@ -48,7 +48,11 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         self.direct_listeners: DirectListeners | None = None
         if config.direct_ingress is not None:
             REPLICA_LIMIT.limit = config.direct_ingress.max_inflight
-            self.direct_listeners = DirectListeners(config.direct_ingress, settings.max_request_bytes)
+            wait_ms = config.direct_ingress.max_queue_wait_ms
+            REPLICA_LIMIT.max_queue_wait_s = wait_ms / 1000.0 if wait_ms is not None else None
+            self.direct_listeners = DirectListeners(
+                config.direct_ingress, settings.max_request_bytes, settings.header_read_timeout_s
+            )
             await self.direct_listeners.start(self, self.http_app)
         logger.info(
             "ingress ready: placement %s, models %s, auth %s",

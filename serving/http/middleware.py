@@ -3,12 +3,14 @@
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
+from serving.errors import ServiceError, classify_error
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
 logger = logging.getLogger("imgserve.http")
@@ -24,7 +26,7 @@ async def send_json_error(
 ) -> None:
     """Answer with the JSON error body every imgserve error has: {"error": message, "kind": kind}."""
     body = json.dumps({"error": message, "kind": kind}).encode()
-    start_headers = [(b"content-type", b"application/json"), *headers]
+    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -81,6 +83,7 @@ class BodySizeLimitMiddleware:
 STREAMED_UPLOAD_PREFIXES = ("/v1/batch", "/v1/jobs/")
 # Bytes all connections together may hold while their bodies arrive before admission (beyond: 503 overloaded).
 PREREAD_BUDGET_BYTES = 1024 * 1024 * 1024
+DRAIN_ON_REFUSAL_BYTES = 8 * 1024 * 1024  # a refused body up to this size is read and dropped (keep-alive)
 
 
 def _has_body(scope: Scope) -> bool:
@@ -123,32 +126,65 @@ class AdmissionMiddleware:
             self.buffered -= held
             raise
 
+    async def _refuse(self, send: Send) -> None:
+        error = REPLICA_LIMIT.overloaded()
+        ERRORS.labels("(admission)", error.kind).inc()
+        await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
+
+    async def _refuse_unread(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """503 before the body is read (shedding must stay cheap); then a small body is read and dropped so the
+        keep-alive connection stays usable (a reconnect per refusal costs more), a big one closes it."""
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        small = declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES
+        if not small:
+            error = REPLICA_LIMIT.overloaded()
+            ERRORS.labels("(admission)", error.kind).inc()
+            close = ((b"retry-after", b"1"), (b"connection", b"close"))
+            await send_json_error(send, error.http_status, str(error), error.kind, close)
+            return
+        await self._refuse(send)
+        while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
+            pass
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") or ""
         if scope["type"] != "http" or path in UNLIMITED_HTTP_PATHS:
             await self.app(scope, receive, send)
             return
+        if REPLICA_LIMIT.at_limit():  # refused at once, before its body is read: shedding must stay cheap
+            await (self._refuse_unread(scope, receive, send) if _has_body(scope) else self._refuse(send))
+            return
         held = 0
         if REPLICA_LIMIT.limit is not None and _has_body(scope) and not path.startswith(STREAMED_UPLOAD_PREFIXES):
-            messages, held = await self._preread(receive)
+            try:
+                messages, held = await self._preread(receive)
+            except ServiceError as exc:  # 408 slow body, 413 too big, 503 budget: answered here, no traceback
+                await self._answer_unread(send, exc)
+                return
             upstream = receive
 
             async def replay() -> Message:
                 return messages.pop(0) if messages else await upstream()
 
             receive = replay
+        admitted = REPLICA_LIMIT.try_enter()
+        self.buffered -= held  # admitted or not, its body no longer waits for admission
+        if not admitted:
+            await self._refuse(send)
+            return
         try:
-            if not REPLICA_LIMIT.try_enter():
-                error = REPLICA_LIMIT.overloaded()
-                ERRORS.labels("(admission)", error.kind).inc()
-                await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
-                return
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                REPLICA_LIMIT.leave()
+            await self.app(scope, receive, send)
         finally:
-            self.buffered -= held
+            REPLICA_LIMIT.leave()
+
+    @staticmethod
+    async def _answer_unread(send: Send, exc: ServiceError) -> None:
+        info = classify_error(exc)
+        ERRORS.labels("(admission)", info.kind).inc()
+        headers = [(b"connection", b"close")]  # the rest of the body is not read: the connection cannot be reused
+        if info.retry_after_s is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(info.retry_after_s))).encode()))
+        await send_json_error(send, info.http_status, info.message, info.kind, tuple(headers))
 
 
 class InternalErrorMiddleware:

@@ -39,7 +39,7 @@ class StoreCalls:
         """Note a failure; returns how long to wait before the next try."""
         if self._since is None:
             self._since = time.monotonic()
-            logger.warning("job store unavailable (%s); retrying with backoff", type(exc).__name__)
+            logger.warning("job store unavailable (%s: %.300s); retrying with backoff", type(exc).__name__, exc)
             BATCH_STORE_UP.set(0)
         self.failures += 1
         return min(FIRST_DELAY_S * 2 ** min(self.failures - 1, 16), MAX_DELAY_S)

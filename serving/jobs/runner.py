@@ -32,8 +32,8 @@ RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 10.0
 # Error kinds an item is retried after: refused for load (not counted as a dispatch), or failed in a way that may be
 # the item's doing (a crash, a replica that died under it): counted, so a poison item ends after max_attempts.
-UNCOUNTED_RETRY_KINDS = frozenset({"overloaded", "store_unavailable"})
-COUNTED_RETRY_KINDS = frozenset({"internal", "replica_unavailable"})
+UNCOUNTED_RETRY_KINDS = frozenset({"overloaded"})
+COUNTED_RETRY_KINDS = frozenset({"internal", "replica_unavailable", "store_unavailable"})
 
 
 class AnalysisService(Protocol):
@@ -73,6 +73,8 @@ class JobRunner:
         self.ready = False
         self.in_flight = 0
         self.store = StoreCalls()
+        self.heartbeats = StoreCalls()
+        self.background: list[asyncio.Task[None]] = []
         self.requeued: dict[str, int] = {}
 
     def wake(self) -> None:
@@ -82,35 +84,46 @@ class JobRunner:
 
     async def run(self) -> None:
         """Forever: migrate (retrying while the database is down), register, requeue dead workers' items, run jobs."""
-        await self.store.durable(self.prepare)
-        await self.store.durable(self.workers.heartbeat, self.worker)
-        self.requeued = await self.store.durable(self._requeue_orphans)
-        self.ready = True
+        delay = 1.0
+        while not self.ready:
+            try:
+                await self.store.durable(self.prepare)
+                await self.store.durable(self.workers.heartbeat, self.worker)
+                self.requeued = await self.store.durable(self._requeue_orphans)
+                self.ready = True
+            except Exception:  # noqa: BLE001 - not an outage (a migration or permission error): log, retry
+                logger.exception("job store not ready; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         if self.requeued:
             logger.info("resuming: %d in-flight items of stopped workers requeued", sum(self.requeued.values()))
-        background = [asyncio.create_task(self._webhook_loop()), asyncio.create_task(self._heartbeat_loop())]
+        self.background = [asyncio.create_task(self._webhook_loop()), asyncio.create_task(self._heartbeat_loop())]
         try:
             while True:
                 await self._step()
         finally:
-            for task in background:
+            for task in self.background:
                 task.cancel()
 
     def _requeue_orphans(self) -> dict[str, int]:
         return self.queue.requeue_orphans(self.settings.max_attempts, self.settings.worker_stale_s)
 
     async def _heartbeat_loop(self) -> None:
-        """Keep this worker alive in the store; now and then requeue the items of workers that died meanwhile."""
+        """Keep this worker alive in the store; now and then requeue the items of workers that died meanwhile.
+        The heartbeat backs off on its own (`heartbeats`), not behind every item write that failed in an outage."""
         last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            await self.store.durable(self.workers.heartbeat, self.worker)
-            if time.monotonic() - last_sweep >= self.settings.worker_stale_s:
-                last_sweep = time.monotonic()
-                requeued = await self.store.durable(self._requeue_orphans)
-                if requeued:
-                    logger.info("requeued %d items of stopped workers", sum(requeued.values()))
-                    self.wake()
+            try:
+                await self.heartbeats.durable(self.workers.heartbeat, self.worker)
+                if time.monotonic() - last_sweep >= self.settings.worker_stale_s:
+                    last_sweep = time.monotonic()
+                    requeued = await self.heartbeats.durable(self._requeue_orphans)
+                    if requeued:
+                        logger.info("requeued %d items of stopped workers", sum(requeued.values()))
+                        self.wake()
+            except Exception:  # noqa: BLE001 - not an outage: the next beat tries again; the loop must not end
+                logger.exception("worker heartbeat failed")
 
     async def retire(self) -> None:
         """A graceful stop: this worker's running items go back to pending at once (no wait for staleness)."""
@@ -140,16 +153,20 @@ class JobRunner:
         await self.store.durable(self.queue.mark_running, job.id)
         limit = self.settings.concurrency
         running: set[asyncio.Task[None]] = set()
-        while True:
-            free = limit - len(running)
-            if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
-                for item in await self.store.durable(self.queue.claim, job.id, free):
-                    running.add(asyncio.create_task(self._process(job, item)))
-            if not running:
-                break
-            self.in_flight = len(running)
-            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        self.in_flight = 0
+        try:
+            while True:
+                free = limit - len(running)
+                if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
+                    for item in await self.store.durable(self.queue.claim, job.id, free):
+                        running.add(asyncio.create_task(self._process(job, item)))
+                if not running:
+                    break
+                self.in_flight = len(running)
+                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in running:  # the loop is stopping (replica shutdown): its items are handed back, not written
+                task.cancel()
+            self.in_flight = 0
         finished = await self.store.durable(self.queue.finish_if_done, job.id)
         if finished:
             BATCH_JOBS.labels(finished.status).inc()

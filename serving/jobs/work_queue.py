@@ -120,9 +120,12 @@ class WorkQueue:
         values: dict[str, Any] = {"status": "pending", "worker_id": None}
         if not counted:
             values["attempts"] = job_items.c.attempts - 1
+        held = job_items.c.worker_id == self.worker.id if self.worker else sa.true()  # not an item another took
         with self.engine.begin() as conn:
             conn.execute(
-                job_items.update().where(job_items.c.id == item.id, job_items.c.status == "running").values(**values)
+                job_items.update()
+                .where(job_items.c.id == item.id, job_items.c.status == "running", held)
+                .values(**values)
             )
 
     def record(self, item: ClaimedItem, outcome: Outcome) -> bool:

@@ -96,10 +96,9 @@ class JobLoop:
         """Raises (Ray restarts the replica) when the loop has died, or, with `restart_on_store_outage`, when the
         job store has failed for longer than IMGSERVE_BATCH_UNHEALTHY_AFTER_S. The local placement's Ingress passes
         False: restarting it would take online serving down for an outage online serving does not depend on."""
-        if self.task.done():
-            raise RuntimeError(
-                f"batch loop ended: {self.task.exception() if not self.task.cancelled() else 'cancelled'}"
-            )
+        for task in (self.task, *self.runner.background):
+            if task.done():
+                raise RuntimeError(f"batch loop ended: {task.exception() if not task.cancelled() else 'cancelled'}")
         down_for = self.runner.store.down_for()
         if restart_on_store_outage and down_for > self.settings.unhealthy_after_s:
             raise RuntimeError(f"job store unavailable for {down_for:.0f}s")

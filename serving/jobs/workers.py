@@ -1,8 +1,9 @@
 """Which batch workers are alive: each job loop registers a row and heartbeats it; claims name their worker.
 
-A worker is dead when its heartbeat is older than `stale_after_s`, or, on the same host, when its process is
-gone (pid no longer running, or reused by a process started at another time): a replica restarted by Ray on the
-same node recovers its predecessor's items at once instead of waiting for the heartbeat to go stale. Orphan
+On this host a worker is dead when its process is gone (pid no longer running, or reused by a process started at
+another time): a replica restarted by Ray on the same node recovers its predecessor's items at once, and a live
+one is never judged by a heartbeat that a store outage delayed. On another host, when its heartbeat is older than
+`stale_after_s`. Orphan
 recovery (`WorkQueue.requeue_orphans`) requeues only the items of dead workers, never those of a live replica.
 """
 
@@ -39,13 +40,15 @@ class WorkerIdentity:
 
 
 def is_dead(row: sa.Row, now: float, stale_after_s: float) -> bool:
-    """`row`: a job_workers row (None columns when an item names a worker with no row: dead)."""
-    if row.heartbeat_at is None or row.heartbeat_at < now - stale_after_s:
+    """`row`: a job_workers row (None columns when an item names a worker with no row: dead). On this host the
+    process decides (a heartbeat late because the store was down is no sign of death); elsewhere the heartbeat does
+    (hosts' clocks are assumed within a few seconds of each other, as NTP keeps them)."""
+    if row.heartbeat_at is None:
         return True
-    if row.host != HOST:
-        return False  # another node: only its heartbeat can tell
-    started = _process_started_at(int(row.pid))
-    return started is None or abs(started - float(row.process_started_at)) > 1.0
+    if row.host == HOST:
+        started = _process_started_at(int(row.pid))
+        return started is None or abs(started - float(row.process_started_at)) > 1.0
+    return row.heartbeat_at < now - stale_after_s
 
 
 class WorkerRegistry:

@@ -35,6 +35,8 @@ def oip_datatype(array: np.ndarray) -> str:
 
 
 MAX_DIMENSION = 2**31 - 1  # a dimension no real tensor reaches; bigger values are errors, not allocations
+MAX_RANK = 64  # numpy's own limit on dimensions
+MAX_ELEMENTS = 2**40  # more elements than any request body can hold at one byte each
 
 
 def tensor_shape(value: object) -> list[int]:
@@ -42,6 +44,8 @@ def tensor_shape(value: object) -> list[int]:
     strings, negative or absurd dimensions), before any size is computed from it."""
     if not isinstance(value, list):
         raise ValueError(f"shape must be a list of integers, got {type(value).__name__}")
+    if len(value) > MAX_RANK:
+        raise ValueError(f"shape has {len(value)} dimensions; at most {MAX_RANK}")
     shape = []
     for d in value:
         if isinstance(d, bool) or not isinstance(d, int):
@@ -53,11 +57,19 @@ def tensor_shape(value: object) -> list[int]:
 
 
 def element_count(shape: list[int]) -> int:
+    """Elements of `shape`, exactly; a count no request could carry is an `InvalidTensorError` (before any
+    message or allocation is sized by it)."""
+    if len(shape) > MAX_RANK:
+        raise InvalidTensorError(f"shape has {len(shape)} dimensions; at most {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise InvalidTensorError(f"shape {shape} has a negative dimension")
+    if 0 in shape:
+        return 0
     count = 1
     for d in shape:
         count *= d
+        if count > MAX_ELEMENTS:
+            raise InvalidTensorError(f"shape {shape[:8]}... has more than {MAX_ELEMENTS} elements")
     return count
 
 

@@ -23,10 +23,12 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Queued(Generic[T]):
-    """One submitted item and when it was queued (perf_counter seconds)."""
+    """One submitted item, when it was queued (perf_counter seconds) and by when (time.monotonic()) its batch must
+    start, None for no deadline."""
 
     item: T
     enqueued: float
+    deadline: float | None = None
 
 
 class BatchQueue(Generic[T, R]):
@@ -55,7 +57,9 @@ class BatchQueue(Generic[T, R]):
         """Change the batching at runtime (Ray Serve `reconfigure`); the next batch uses the new values."""
         self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, deadline: float | None = None) -> R:
+        """The item's result; `deadline` (time.monotonic()): if no batch has taken it by then, `OverloadedError`
+        (the request waited its whole queue budget: serving it late would only add to the overload)."""
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # A fresh queue and worker per event loop; the worker runs in an empty context, so no request's
@@ -68,7 +72,7 @@ class BatchQueue(Generic[T, R]):
                 f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
             )
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put_nowait((Queued(item, time.perf_counter()), future))  # type: ignore[union-attr]
+        self._queue.put_nowait((Queued(item, time.perf_counter(), deadline), future))  # type: ignore[union-attr]
         return await future
 
     async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any]:
@@ -98,7 +102,16 @@ class BatchQueue(Generic[T, R]):
             task.add_done_callback(lambda done: (self._running.discard(done), slots.release()))
 
     async def _run(self, batch: list[tuple[Queued[T], asyncio.Future[R]]]) -> None:
-        live = [(queued, future) for queued, future in batch if not future.cancelled()]
+        now = time.monotonic()
+        live = []
+        for queued, future in batch:
+            if future.cancelled():
+                continue
+            if queued.deadline is not None and now > queued.deadline:
+                late = (now - queued.deadline) * 1000.0
+                future.set_exception(OverloadedError(f"server is overloaded: queue budget exceeded by {late:.0f} ms"))
+                continue
+            live.append((queued, future))
         if not live:
             return
         try:

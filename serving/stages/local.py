@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.admission import REPLICA_LIMIT
 from serving.stages.concurrency import gather_or_raise, stage_thread
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
@@ -34,6 +35,10 @@ class LocalPipeline:
         self.has_quality = quality is not None
         self.has_metadata = metadata is not None
 
+    def _decode_admitted(self, data: bytes, models: tuple[str, ...], quality: bool) -> Any:
+        REPLICA_LIMIT.check_queue_wait()  # in the worker thread: a request that waited too long is shed here
+        return self.decode.decode(data, models, quality)
+
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
         check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
         metadata = (
@@ -44,7 +49,7 @@ class LocalPipeline:
         try:
             decoded = None
             if plan.needs_decode:
-                decoded = await stage_thread(self.decode.decode, data, plan.models, plan.quality)
+                decoded = await stage_thread(self._decode_admitted, data, plan.models, plan.quality)
         except BaseException:
             if metadata is not None:
                 metadata.cancel()

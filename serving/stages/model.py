@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.admission import REPLICA_LIMIT
 from serving.backends import load_backend
 from serving.config.model_config import BatchingConfig
 from serving.config.model_entry import ModelEntry
@@ -70,7 +71,7 @@ class ModelStage:
 
     async def infer(self, tensor: np.ndarray) -> ModelResult:
         """One image tensor (no batch axis), batched with concurrent callers."""
-        return await self._queue.submit(self.check_tensor(tensor))
+        return await self._queue.submit(self.check_tensor(tensor), REPLICA_LIMIT.deadline())
 
     async def _execute(self, items: list[Queued[np.ndarray]]) -> list[ModelResult | BaseException]:
         model = self.entry.name

@@ -19,7 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines.decode import decode_image
-from pipelines.errors import ImageTooLargeError
+from pipelines.errors import ImageTooLargeError, InvalidImageError
+from pipelines.jpeg_markers import jpeg_scan_count
 from pipelines.preprocess import PreprocessSpec
 from serving.config.app_args import AppArgs
 from serving.errors import RequestTooLargeError
@@ -151,7 +152,22 @@ def _progressive_scan_bomb(scans: int) -> bytes:
 
 def test_progressive_jpeg_of_thousands_of_scans_is_refused_from_its_markers() -> None:
     bomb = _progressive_scan_bomb(10_000)  # ~330 KB that would take over a minute to decode
-    _bounded(lambda: decode_image(bomb, PreprocessSpec()), 0.5, ImageTooLargeError, "10010 scans")
+    _bounded(lambda: decode_image(bomb, PreprocessSpec()), 0.5, ImageTooLargeError, "more than 166 scans")
+
+
+def test_scan_count_cannot_be_hidden_from_the_marker_walk() -> None:
+    """libjpeg skips junk between segments and reads a COM segment by its length: so does the count."""
+    bomb = _progressive_scan_bomb(300)
+    assert jpeg_scan_count(bomb) == 310
+    junk_in_header = bomb[:2] + b"\x00\x17" + bomb[2:]  # a stray byte pair before the first segment
+    com_with_eoi = b"\xff\xfe\x00\x06\xff\xd9\x00\x00"  # a comment holding the bytes of an EOI marker
+    sos = bomb.find(b"\xff\xda")
+    second = bomb.find(b"\xff\xda", sos + 2)
+    eoi_in_comment = bomb[:second] + com_with_eoi + bomb[second:]
+    for variant in (junk_in_header, eoi_in_comment):
+        assert jpeg_scan_count(variant) == 310
+        with pytest.raises((ImageTooLargeError, InvalidImageError)):  # Pillow's own header parse may refuse first
+            decode_image(variant, PreprocessSpec())
 
 
 def _solid_png(width: int, height: int) -> bytes:

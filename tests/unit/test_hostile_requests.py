@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from serving.admission import REPLICA_LIMIT
 from serving.config.app_args import AppArgs
-from serving.errors import BadRequestError, OverloadedError, classify_error
+from serving.errors import BadRequestError, classify_error
 from serving.http.app import create_http_app
 from serving.http.middleware import AdmissionMiddleware
 from serving.jobs.errors import ItemInputError
@@ -208,8 +208,9 @@ def test_bodies_waiting_for_admission_share_a_memory_budget() -> None:
 
     REPLICA_LIMIT.limit = 4
     try:
-        with pytest.raises(OverloadedError):
-            asyncio.run(middleware(_scope([(b"content-length", b"5000")]), big, send))
+        asyncio.run(middleware(_scope([(b"content-length", b"5000")]), big, send))
     finally:
         REPLICA_LIMIT.limit = None
+    assert sent[0]["status"] == 503 and dict(sent[0]["headers"])[b"retry-after"] == b"1"
+    assert json.loads(sent[1]["body"])["kind"] == "overloaded"
     assert middleware.buffered == 0 and REPLICA_LIMIT.inflight == 0

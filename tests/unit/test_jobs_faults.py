@@ -182,3 +182,19 @@ def test_claims_name_their_worker(parts) -> None:  # noqa: F811
     queue.claim(job_id, 1)
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT worker_id FROM job_items")).scalar() == worker.id
+
+
+def test_a_live_local_worker_is_not_judged_by_a_heartbeat_an_outage_delayed(parts) -> None:  # noqa: F811
+    engine = parts[0]
+    job_id = _submit(parts, [b"a", b"b"])
+    worker = WorkerIdentity()  # this process: alive
+    WorkerRegistry(engine).heartbeat(worker)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE job_workers SET heartbeat_at = :t"), {"t": time.time() - 600})
+    queue = WorkQueue(engine, worker)
+    queue.mark_running(job_id)
+    held = queue.claim(job_id, 2)
+    other = WorkQueue(engine, WorkerIdentity())
+    assert other.requeue_orphans(stale_after_s=15) == {}
+    other.release(held[0])  # not its item: nothing changes
+    assert JobStore(engine).get_job(job_id).counts["running"] == 2

@@ -42,7 +42,8 @@ def _child(target: str, args: list[str]) -> None:
     def one(data: bytes) -> None:
         check(target, data)
 
-    atheris.Setup([sys.argv[0], *args], one)
+    # libFuzzer re-runs argv[0] for -merge: a wrapper that lands back here (see `_wrapper`)
+    atheris.Setup([os.environ.get("IMGSERVE_FUZZ_ARGV0", sys.argv[0]), *args], one)
     atheris.Fuzz()
 
 
@@ -98,6 +99,17 @@ def run_target(target: str, runs: int, timeout_s: int, rss_limit_mb: int, max_le
     return figures
 
 
+def _wrapper(target: str) -> Path:
+    """An executable that runs this target's child process with the arguments libFuzzer gives it."""
+    script = WORK / target / "run-target"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        f'#!/bin/sh\ncd {ROOT}\nexec {sys.executable} -m tooling.fuzz.campaign --child {target} -- "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
 def merge(target: str) -> int:
     """Minimise seeds + grown corpus into the committed corpus (only inputs that add coverage); returns its size."""
     committed = CORPUS / target
@@ -107,7 +119,10 @@ def merge(target: str) -> int:
     grown.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "tooling.fuzz.campaign", "--child", target, "--"]
     command += ["-merge=1", "-max_len=16384", str(committed), str(seeds), str(grown)]
-    subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    env = {**os.environ, "IMGSERVE_FUZZ_ARGV0": str(_wrapper(target))}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        print(result.stderr[-2000:], file=sys.stderr)
     return len(list(committed.iterdir()))
 
 
