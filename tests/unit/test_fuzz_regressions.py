@@ -12,27 +12,21 @@ from pathlib import Path
 import pytest
 
 from tooling.fuzz.campaign import CORPUS, ROOT
-from tooling.fuzz.seeds import SEEDS
-from tooling.fuzz.targets import TARGETS, FuzzFinding, check
+
+TARGET_NAMES = ("archive", "decode", "jpeg_crop", "metadata", "oip_grpc", "oip_http", "xmp")
 
 pytestmark = pytest.mark.unit
 
 
-def _corpus(target: str) -> list[Path]:
-    folder = CORPUS / target
-    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-
-
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_seeds_and_regression_corpus_replay_clean(target: str) -> None:
-    inputs = [(name, data) for name, data in SEEDS[target]()]
-    inputs += [(path.name, path.read_bytes()) for path in _corpus(target)]
-    assert inputs
-    for name, data in inputs:
-        try:
-            check(target, data)
-        except FuzzFinding as exc:
-            raise AssertionError(f"{target}/{name}: {exc}") from exc
+def test_seeds_and_regression_corpus_replay_clean() -> None:
+    """In its own process: our OIP protos share the `inference` package with tritonclient's, which other tests load,
+    and one process cannot hold both in protobuf's default descriptor pool."""
+    command = [sys.executable, "-m", "tooling.fuzz.campaign", "--replay"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    replayed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(replayed) == set(TARGET_NAMES)
+    assert all(isinstance(count, int) and count > 0 for count in replayed.values()), replayed
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_findings_are_kept_as_regression_cases() -> None:
@@ -50,5 +44,5 @@ def test_a_short_coverage_guided_campaign_finds_nothing(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     figures = json.loads(summary.read_text())
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert {t["target"] for t in figures["targets"]} == set(TARGETS)
+    assert {t["target"] for t in figures["targets"]} == set(TARGET_NAMES)
     assert all(t["executions"] >= 2000 and not t["findings"] for t in figures["targets"]), figures

@@ -3,6 +3,7 @@
     python -m tooling.fuzz.campaign --runs 150000              # every target, one after another (`make fuzz`)
     python -m tooling.fuzz.campaign --target decode --runs 1000 # one target
     python -m tooling.fuzz.campaign --merge                     # fold the grown corpora into the committed one
+    python -m tooling.fuzz.campaign --replay                    # seeds + committed corpus only (CI)
 
 Each target runs in its own process, started from its seeds (`tooling.fuzz.seeds`), the committed regression
 corpus (`tests/fuzz/corpus/<target>/`) and the corpus earlier campaigns grew (`build/fuzz/<target>/corpus`).
@@ -110,6 +111,26 @@ def _wrapper(target: str) -> Path:
     return script
 
 
+def replay(targets: list[str]) -> dict[str, object]:
+    """Every seed and committed corpus input through its target, in this process: {target: inputs or finding}."""
+    from tooling.fuzz.seeds import SEEDS
+    from tooling.fuzz.targets import FuzzFinding, check
+
+    results: dict[str, object] = {}
+    for target in targets:
+        inputs = list(SEEDS[target]())
+        folder = CORPUS / target
+        inputs += [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()] if folder.is_dir() else []
+        results[target] = len(inputs)
+        for name, data in inputs:
+            try:
+                check(target, data)
+            except FuzzFinding as exc:
+                results[target] = f"{name}: {exc}"
+                break
+    return results
+
+
 def merge(target: str) -> int:
     """Minimise seeds + grown corpus into the committed corpus (only inputs that add coverage); returns its size."""
     committed = CORPUS / target
@@ -140,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-limit-mb", type=int, default=2048, help="memory bound of the campaign process")
     parser.add_argument("--max-len", type=int, default=65536, help="largest input libFuzzer makes")
     parser.add_argument("--merge", action="store_true", help="minimise the grown corpora into tests/fuzz/corpus")
+    parser.add_argument("--replay", action="store_true", help="run the seeds and the committed corpus only")
     parser.add_argument("--summary", type=Path, default=WORK / "summary.json")
     options = parser.parse_args(argv)
     targets = options.target or sorted(TARGETS)
+    if options.replay:
+        results = replay(targets)
+        print(json.dumps(results))
+        return 0 if all(isinstance(v, int) for v in results.values()) else 1
     if options.merge:
         for target in targets:
             print(f"{target}: {merge(target)} inputs in {CORPUS / target}")
