@@ -69,7 +69,7 @@ fuzz-api: models
 	$(PY) -m tooling.fuzz.api $(FUZZ_API_ARGS)
 
 # 10x overload for 60 s against a server it starts (docs/RELIABILITY.md): only 200/503, admitted p99, memory, recovery.
-OVERLOAD_ARGS ?= --max-inflight 2
+OVERLOAD_ARGS ?= --max-inflight 1 --rate 1000
 bench-overload: models
 	$(PY) -m loadtests.overload $(OVERLOAD_ARGS)
 

@@ -177,13 +177,19 @@ def rss_mb(pids: list[int]) -> int:
 
 
 async def measure(
-    url: str, images: list[bytes], factor: float, seconds: float, pids: list[int], concurrency: int
+    url: str,
+    images: list[bytes],
+    factor: float,
+    seconds: float,
+    pids: list[int],
+    concurrency: int,
+    fixed_rate: float | None = None,
 ) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        idle = await unloaded(client, images, 150)
+        idle = await unloaded(client, images, 400)
     capacity = await run_level(url, images, concurrency, 15.0)  # at most the admission limit: no refusals
     rss_before = rss_mb(pids)
-    rate = factor * capacity.images_per_s
+    rate = fixed_rate or factor * capacity.images_per_s
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     result = await overload(url, images, rate, seconds, pids)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -195,7 +201,7 @@ async def measure(
         "capacity_per_s": capacity.images_per_s,
         "capacity_concurrency": concurrency,
         "server_rss_before_mb": rss_before,
-        "factor": factor,
+        "factor": round(rate / capacity.images_per_s, 1),
         "target_per_s": round(rate, 1),
         "seconds": seconds,
         **result,
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--factor", type=float, default=10.0, help="offered load as a multiple of capacity")
+    parser.add_argument("--rate", type=float, help="offered requests/s instead (e.g. 10x the unlimited capacity)")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -228,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         concurrency = min(8, options.max_inflight or 8)
         pids = server_pids(server)
-        report = asyncio.run(measure(server.http_url, images, options.factor, options.seconds, pids, concurrency))
+        report = asyncio.run(
+            measure(server.http_url, images, options.factor, options.seconds, pids, concurrency, options.rate)
+        )
         report["max_inflight"] = options.max_inflight or 1024
         report["max_queue_wait_ms"] = options.max_queue_wait_ms or 1000.0
         report["server_alive"] = server.proc is not None and server.proc.poll() is None

@@ -21,6 +21,7 @@ from serving.http.middleware import (
     BodySizeLimitMiddleware,
     InternalErrorMiddleware,
     RequestMetricsMiddleware,
+    ShedMiddleware,
 )
 from serving.jobs.service import JobService
 from serving.metrics import ERRORS, KNOWN_MODELS, render_metrics
@@ -90,6 +91,7 @@ def create_http_app(
     )
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(ShedMiddleware)  # outside the metrics and auth layers: shedding must cost next to nothing
     if gate.settings.cors_origins:  # off by default; outermost, so preflights are answered without credentials
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -92,6 +92,40 @@ def _has_body(scope: Scope) -> bool:
     return b"transfer-encoding" in headers or (length is not None and length not in (b"0", b""))
 
 
+async def refuse_overloaded(scope: Scope, receive: Receive | None, send: Send) -> None:
+    """503 overloaded with `Retry-After: 1`. With `receive` (the body not read yet, shedding must stay cheap): a small
+    body is read and dropped after the answer so the keep-alive connection stays usable (a reconnect per refusal
+    costs more), a big one closes the connection."""
+    error = REPLICA_LIMIT.overloaded()
+    ERRORS.labels("(admission)", error.kind).inc()
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"retry-after", b"1"),)
+    drain = receive is not None and _has_body(scope)
+    if drain:
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if not (declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES):
+            headers, drain = (*headers, (b"connection", b"close")), False
+    await send_json_error(send, error.http_status, str(error), error.kind, headers)
+    while drain and (message := await receive())["type"] == "http.request" and message.get("more_body", False):  # type: ignore[misc]
+        pass
+
+
+class ShedMiddleware:
+    """The outermost layer: while the replica is at its admission limit, a request is answered 503 here, before
+    request ids, the access log, latency histograms and auth are spent on it (counted in
+    `imgserve_requests_total{endpoint="(shed)"}` and `imgserve_errors_total{endpoint="(admission)"}`, not written
+    to the access log). Under overload most requests take this path, and it costs the admitted ones little."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and REPLICA_LIMIT.at_limit() and scope.get("path") not in UNLIMITED_HTTP_PATHS:
+            REQUESTS.labels("(shed)", "http", "", "503").inc()
+            await refuse_overloaded(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class AdmissionMiddleware:
     """Refuses a request with a JSON 503 (kind "overloaded") when the replica already has its limit of requests
     in flight (serving.admission); health and metrics paths always pass.
@@ -126,33 +160,13 @@ class AdmissionMiddleware:
             self.buffered -= held
             raise
 
-    async def _refuse(self, send: Send) -> None:
-        error = REPLICA_LIMIT.overloaded()
-        ERRORS.labels("(admission)", error.kind).inc()
-        await send_json_error(send, error.http_status, str(error), error.kind, ((b"retry-after", b"1"),))
-
-    async def _refuse_unread(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """503 before the body is read (shedding must stay cheap); then a small body is read and dropped so the
-        keep-alive connection stays usable (a reconnect per refusal costs more), a big one closes it."""
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        small = declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES
-        if not small:
-            error = REPLICA_LIMIT.overloaded()
-            ERRORS.labels("(admission)", error.kind).inc()
-            close = ((b"retry-after", b"1"), (b"connection", b"close"))
-            await send_json_error(send, error.http_status, str(error), error.kind, close)
-            return
-        await self._refuse(send)
-        while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
-            pass
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") or ""
         if scope["type"] != "http" or path in UNLIMITED_HTTP_PATHS:
             await self.app(scope, receive, send)
             return
         if REPLICA_LIMIT.at_limit():  # refused at once, before its body is read: shedding must stay cheap
-            await (self._refuse_unread(scope, receive, send) if _has_body(scope) else self._refuse(send))
+            await refuse_overloaded(scope, receive, send)
             return
         held = 0
         if REPLICA_LIMIT.limit is not None and _has_body(scope) and not path.startswith(STREAMED_UPLOAD_PREFIXES):
@@ -170,7 +184,7 @@ class AdmissionMiddleware:
         admitted = REPLICA_LIMIT.try_enter()
         self.buffered -= held  # admitted or not, its body no longer waits for admission
         if not admitted:
-            await self._refuse(send)
+            await refuse_overloaded(scope, None, send)
             return
         try:
             await self.app(scope, receive, send)
