@@ -5,6 +5,7 @@ original so a corrupt image decoded in the decode stage still becomes a 400, not
 """
 
 import errno
+import math
 from dataclasses import dataclass
 
 from pipelines.errors import ImageInputError
@@ -65,6 +66,11 @@ class ErrorInfo:
     kind: str
     message: str
     retry_after_s: float | None = None  # rate limits and quotas: when to try again
+
+
+def retry_after_value(seconds: float) -> str:
+    """A `Retry-After` header (or gRPC trailing metadata) value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def unwrap(exc: BaseException) -> BaseException:

@@ -1,7 +1,6 @@
 """What every gRPC method shares: the security gate, status codes from exceptions, metrics."""
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -11,7 +10,7 @@ import grpc
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
-from serving.errors import ErrorInfo, classify_error, internal_detail
+from serving.errors import ErrorInfo, classify_error, internal_detail, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 from serving.security.gate import replica_gate
 from serving.security.principal import grpc_role
@@ -107,7 +106,7 @@ async def answer(
         context.set_code(status_code(error.grpc_code))
         context.set_details(error.message)
         if error.retry_after_s is not None:
-            trailing.append(("retry-after", str(max(1, math.ceil(error.retry_after_s)))))
+            trailing.append(("retry-after", retry_after_value(error.retry_after_s)))
         context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *trailing])  # the HTTP body's "kind"
     return empty()
 

@@ -1,7 +1,6 @@
 """The FastAPI application: routers, JSON error bodies, size limit and metrics middleware."""
 
 import logging
-import math
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
-from serving.errors import ServiceError, classify_error
+from serving.errors import ServiceError, classify_error, retry_after_value
 from serving.http import audit_routes, image_routes, job_routes, oip_routes
 from serving.http.auth import AuthMiddleware
 from serving.http.middleware import (
@@ -44,7 +43,7 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     ERRORS.labels(_endpoint(request), info.kind).inc()
     if info.http_status >= 500 and info.kind == "internal":
         logger.exception("internal error on %s", request.url.path, exc_info=exc)
-    headers = {"Retry-After": str(max(1, math.ceil(info.retry_after_s)))} if info.retry_after_s is not None else None
+    headers = {"Retry-After": retry_after_value(info.retry_after_s)} if info.retry_after_s is not None else None
     return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status, headers=headers)
 
 

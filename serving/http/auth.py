@@ -5,9 +5,9 @@ Open: the liveness/readiness probes. A refused request gets imgserve's JSON erro
 `serving.security.gate.current_principal()` for the rest of the request.
 """
 
-import math
 from typing import Any
 
+from serving.errors import retry_after_value
 from serving.http.middleware import Receive, Scope, Send, request_header, send_json_error
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
@@ -21,7 +21,7 @@ def client_address(scope: Scope) -> str | None:
 
 def refusal_headers(error: Exception) -> tuple[tuple[bytes, bytes], ...]:
     if isinstance(error, RateLimitedError):
-        return ((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()),)
+        return ((b"retry-after", retry_after_value(error.retry_after_s).encode()),)
     if isinstance(error, UnauthenticatedError):
         return ((b"www-authenticate", b'Bearer realm="imgserve"'),)
     return ()

@@ -3,14 +3,13 @@
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
-from serving.errors import ServiceError, classify_error
+from serving.errors import ErrorInfo, ServiceError, classify_error, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
 logger = logging.getLogger("imgserve.http")
@@ -92,19 +91,25 @@ def _has_body(scope: Scope) -> bool:
     return b"transfer-encoding" in headers or (length is not None and length not in (b"0", b""))
 
 
+async def send_error_info(send: Send, info: ErrorInfo, close: bool = False) -> None:
+    """`send_json_error` for a classified error, with its `Retry-After`; `close`: the request body was not read,
+    so the connection cannot carry another request."""
+    headers: list[tuple[bytes, bytes]] = [(b"connection", b"close")] if close else []
+    if info.retry_after_s is not None:
+        headers.append((b"retry-after", retry_after_value(info.retry_after_s).encode()))
+    await send_json_error(send, info.http_status, info.message, info.kind, tuple(headers))
+
+
 async def refuse_overloaded(scope: Scope, receive: Receive | None, send: Send) -> None:
     """503 overloaded with `Retry-After: 1`. With `receive` (the body not read yet, shedding must stay cheap): a small
     body is read and dropped after the answer so the keep-alive connection stays usable (a reconnect per refusal
     costs more), a big one closes the connection."""
-    error = REPLICA_LIMIT.overloaded()
-    ERRORS.labels("(admission)", error.kind).inc()
-    headers: tuple[tuple[bytes, bytes], ...] = ((b"retry-after", b"1"),)
-    drain = receive is not None and _has_body(scope)
-    if drain:
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if not (declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES):
-            headers, drain = (*headers, (b"connection", b"close")), False
-    await send_json_error(send, error.http_status, str(error), error.kind, headers)
+    info = classify_error(REPLICA_LIMIT.overloaded())
+    ERRORS.labels("(admission)", info.kind).inc()
+    unread = receive is not None and _has_body(scope)
+    declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+    drain = unread and declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES
+    await send_error_info(send, info, close=unread and not drain)
     while drain and (message := await receive())["type"] == "http.request" and message.get("more_body", False):  # type: ignore[misc]
         pass
 
@@ -165,15 +170,14 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or path in UNLIMITED_HTTP_PATHS:
             await self.app(scope, receive, send)
             return
-        if REPLICA_LIMIT.at_limit():  # refused at once, before its body is read: shedding must stay cheap
-            await refuse_overloaded(scope, receive, send)
-            return
-        held = 0
+        held = 0  # (a request arriving at the limit was already answered by ShedMiddleware, body unread)
         if REPLICA_LIMIT.limit is not None and _has_body(scope) and not path.startswith(STREAMED_UPLOAD_PREFIXES):
             try:
                 messages, held = await self._preread(receive)
             except ServiceError as exc:  # 408 slow body, 413 too big, 503 budget: answered here, no traceback
-                await self._answer_unread(send, exc)
+                info = classify_error(exc)
+                ERRORS.labels("(admission)", info.kind).inc()
+                await send_error_info(send, info, close=True)
                 return
             upstream = receive
 
@@ -190,15 +194,6 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             REPLICA_LIMIT.leave()
-
-    @staticmethod
-    async def _answer_unread(send: Send, exc: ServiceError) -> None:
-        info = classify_error(exc)
-        ERRORS.labels("(admission)", info.kind).inc()
-        headers = [(b"connection", b"close")]  # the rest of the body is not read: the connection cannot be reused
-        if info.retry_after_s is not None:
-            headers.append((b"retry-after", str(max(1, math.ceil(info.retry_after_s))).encode()))
-        await send_json_error(send, info.http_status, info.message, info.kind, tuple(headers))
 
 
 class InternalErrorMiddleware:

@@ -10,7 +10,7 @@ import pytest
 from serving.admission import ADMITTED_AT, InflightLimit
 from serving.errors import OverloadedError
 from serving.http import middleware
-from serving.http.middleware import AdmissionMiddleware
+from serving.http.middleware import ShedMiddleware
 from serving.stages.batching import BatchQueue, Queued
 
 pytestmark = pytest.mark.unit
@@ -75,7 +75,7 @@ def test_refusal_at_the_limit_answers_before_reading_the_body(
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(AdmissionMiddleware(inner)(_scope(length), receive, send))
+    asyncio.run(ShedMiddleware(inner)(_scope(length), receive, send))
     assert sent[0]["status"] == 503
     headers = dict(sent[0]["headers"])
     assert headers[b"retry-after"] == b"1" and (headers.get(b"connection") == b"close") == closes
