@@ -8,7 +8,7 @@ import struct
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 START_OF_SCAN = 0xDA
 PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
-_EOI = b"\xff\xd9"
+END_OF_IMAGE = 0xD9
 # Inside entropy-coded data 0xFF is followed by 0x00 (stuffing), 0xD0-0xD7 (restart) or 0xFF (fill): anything else
 # is the marker that ends the scan.
 _MARKER_IN_ENTROPY_DATA = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
@@ -25,10 +25,10 @@ def jpeg_scan_count(data: bytes, stop_after: int = 1 << 30) -> int:
         if j < 0 or j + 1 >= n:
             break
         marker = data[j + 1]
-        if marker == 0xFF or marker == 0x00:  # a fill byte, or a stray stuffed pair outside a scan
-            i = j + 1 if marker == 0xFF else j + 2
+        if marker in (0xFF, 0x00):  # a fill byte, or a stray stuffed pair outside a scan: not a marker
+            i = j + 1
             continue
-        if marker == _EOI[1]:
+        if marker == END_OF_IMAGE:
             break
         if marker in PARAMETERLESS:
             i = j + 2
