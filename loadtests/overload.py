@@ -29,7 +29,7 @@ import psutil
 import yaml
 
 from loadtests.closed_loop import DEFAULT_IMAGES, load_images, run_level
-from loadtests.server_process import DEFAULT_SERVE_CONFIG, ServerProcess
+from loadtests.server_process import DEFAULT_SERVE_CONFIG, ServerProcess, replica_processes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overload.json"
 CONNECTIONS = 256  # client connections; an arrival waits for a free one (and that wait counts in its latency)
@@ -160,10 +160,8 @@ def server_pids(server: ServerProcess) -> list[int]:
     assert server.proc is not None
     root = psutil.Process(server.proc.pid)
     pids = [root.pid] + [child.pid for child in root.children(recursive=True)]
-    for process in psutil.process_iter(["cmdline"]):  # Ray's workers are not always children of the CLI process
-        if "ServeReplica:imgserve" in " ".join(process.info["cmdline"] or []) and process.pid not in pids:
-            pids.append(process.pid)
-    return pids
+    # Ray's workers are not always children of the CLI process
+    return pids + [process.pid for process in replica_processes() if process.pid not in pids]
 
 
 def rss_mb(pids: list[int]) -> int:

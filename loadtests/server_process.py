@@ -69,6 +69,15 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def replica_processes(deployment: str = "") -> list[Any]:
+    """psutil processes of the imgserve application's Ray Serve replicas (process title
+    `ray::ServeReplica:imgserve:<deployment>`); every replica when `deployment` is empty."""
+    import psutil
+
+    title = f"ServeReplica:imgserve:{deployment}"
+    return [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+
+
 def read_tail(path: Path, chars: int = 4000, lines: int | None = None) -> str:
     """The end of a log file: its last `lines` lines when given, else its last `chars` characters."""
     if not path.exists():

@@ -4,8 +4,11 @@ Unlike the session `server` fixture, each instance has its own job store (IMGSER
 store and cache directory, so a restart finds exactly the state the killed server left behind.
 """
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -39,3 +42,40 @@ class BatchServer(ServerProcess):
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"/v1/jobs not answering after {timeout_s}s:\n{self.tail(3000)}")
+
+
+class ClientThreads:
+    """Threads running `targets` (each loops until `stopped()`) for the duration of a `with` block: the online
+    clients that keep a server busy while a test does something else to it."""
+
+    def __init__(self, targets: list[Callable[[], None]]):
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=target, daemon=True) for target in targets]
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def __enter__(self) -> Any:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def wait_for_finished_items(url: str, job_id: str, count: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    """The job's status once `count` of its items are done or failed. Answers other than 200 (a job store outage's
+    503, a replica being replaced) are waited out; the job must stay queued or running meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+        if response.status_code == 200:
+            state = response.json()
+            if state["counts"]["done"] + state["counts"]["failed"] >= count:
+                return state
+            assert state["status"] in ("queued", "running"), state
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not reach {count} finished items in {timeout_s}s")

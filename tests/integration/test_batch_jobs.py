@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from serving.client import Client
 from serving.jobs.webhooks import SIGNATURE_HEADER, verify
-from tests.integration.batch_server import BatchServer
+from tests.integration.batch_server import BatchServer, ClientThreads
 from tests.integration.postgres import running_postgres
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
@@ -163,20 +163,19 @@ def _check_webhook(receiver: WebhookReceiver, path: str, job_id: str, done: int,
     assert [(d["outcome"], d["status_class"]) for d in deliveries] == [("delivered", "2xx")], deliveries
 
 
-class LatencyProbe:
+class LatencyProbe(ClientThreads):
     """Sync /v1/classify calls from `workers` threads until stopped: the online latency while a job runs."""
 
     def __init__(self, url: str, workers: int = 2):
         self.url, self.workers = url, workers
         self.latencies: list[float] = []
         self.errors = 0
-        self._stop = threading.Event()
         self._data = (require(IMAGENET_SAMPLES) / PROBE_IMAGE).read_bytes()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+        super().__init__([self._run] * workers)
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as http:
-            while not self._stop.is_set():
+            while not self.stopped():
                 start = time.perf_counter()
                 response = http.post("/v1/classify", content=self._data, params={"top_k": 1})
                 if response.status_code == 200:
@@ -184,16 +183,6 @@ class LatencyProbe:
                 else:
                     self.errors += 1
                 time.sleep(0.05)
-
-    def __enter__(self) -> "LatencyProbe":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
     def summary(self) -> str:
         ms = np.array(self.latencies) * 1000.0

@@ -20,8 +20,9 @@ import httpx
 import psutil
 import pytest
 
+from loadtests.server_process import replica_processes
 from serving.client import Client
-from tests.integration.batch_server import BatchServer
+from tests.integration.batch_server import BatchServer, wait_for_finished_items
 from tests.integration.postgres import PostgresServer, running_postgres
 from tests.integration.test_batch_jobs import _item_rows
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
@@ -29,16 +30,6 @@ from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 pytestmark = pytest.mark.integration
 OUTAGE_S = 30.0
 ITEMS = 500
-
-
-def _replica_processes(server: BatchServer) -> list[psutil.Process]:
-    """The server's Ray Serve replica processes (the Ingress runs the job loop in the default local placement)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "ServeReplica" in cmdline and "Ingress" in cmdline:
-            found.append(process)
-    return found
 
 
 def _cpu_s(processes: list[psutil.Process]) -> float:
@@ -84,19 +75,6 @@ def pg_batch_server(
                 subprocess.run(["umount", "-l", str(store)], capture_output=True)
 
 
-def _wait_done(url: str, job_id: str, at_least: int, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
-        if response.status_code == 200:
-            state = response.json()
-            if state["counts"]["done"] + state["counts"]["failed"] >= at_least:
-                return state
-            assert state["status"] in ("queued", "running"), state
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not reach {at_least} finished items in {timeout_s}s")
-
-
 def test_postgresql_outage_mid_job_loses_nothing(
     pg_batch_server: tuple[BatchServer, PostgresServer, Path | None],
 ) -> None:
@@ -105,8 +83,8 @@ def test_postgresql_outage_mid_job_loses_nothing(
     probe = photos[0].read_bytes()
     with Client(server.url) as client:
         job = client.submit_batch(photos, top_k=1)
-    _wait_done(server.url, job.job_id, 100, 300)
-    replicas = _replica_processes(server)
+    wait_for_finished_items(server.url, job.job_id, 100)
+    replicas = replica_processes("Ingress")  # the local placement runs the job loop there
     assert replicas, "the Ingress replica process was not found"
 
     pg.stop()
@@ -120,7 +98,7 @@ def test_postgresql_outage_mid_job_loses_nothing(
     outage_s = time.monotonic() - stopped
     pg.start()
 
-    final = _wait_done(server.url, job.job_id, ITEMS, 300)
+    final = wait_for_finished_items(server.url, job.job_id, ITEMS)
     rows = _item_rows(pg.url, job.job_id)
     print(
         f"\n[pg outage] {outage_s:.0f}s outage: worker replica CPU {cpu_used:.2f}s ({100 * cpu_used / outage_s:.1f}% "
@@ -173,5 +151,5 @@ def test_full_object_store_answers_507_and_recovers(
     assert online == 200
     assert again.status_code == 202
     job_id = again.json()["job_id"]
-    final = _wait_done(server.url, job_id, len(photos), 300)
+    final = wait_for_finished_items(server.url, job_id, len(photos))
     assert final["counts"]["done"] == len(photos)

@@ -8,7 +8,6 @@ SDK clients (which retry UNAVAILABLE, waiting the server's Retry-After) never se
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,8 +16,9 @@ import httpx
 import psutil
 import pytest
 
+from loadtests.server_process import replica_processes
 from serving.client import Client
-from tests.integration.batch_server import BatchServer
+from tests.integration.batch_server import BatchServer, ClientThreads, wait_for_finished_items
 from tests.integration.test_batch_jobs import _item_rows
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 
@@ -28,14 +28,12 @@ CONCURRENCY = 8
 
 
 def _replica(deployment: str) -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if f"ServeReplica:imgserve:{deployment}" in cmdline:
-            return process
-    raise AssertionError(f"no replica process of {deployment}")
+    found = replica_processes(deployment)
+    assert found, f"no replica process of {deployment}"
+    return found[0]
 
 
-class OnlineLoad:
+class OnlineLoad(ClientThreads):
     """Raw HTTP clients (statuses counted) and SDK clients (failures counted) classifying until stopped."""
 
     def __init__(self, url: str, photo: bytes):
@@ -43,13 +41,11 @@ class OnlineLoad:
         self.raw: Counter[str] = Counter()
         self.sdk_ok = 0
         self.sdk_failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._raw, daemon=True) for _ in range(2)]
-        self._threads += [threading.Thread(target=self._sdk, daemon=True) for _ in range(2)]
+        super().__init__([self._raw, self._raw, self._sdk, self._sdk])
 
     def _raw(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as http:
-            while not self._stop.is_set():
+            while not self.stopped():
                 try:
                     self.raw[str(http.post("/v1/classify", content=self.photo).status_code)] += 1
                 except httpx.HTTPError as exc:
@@ -58,42 +54,13 @@ class OnlineLoad:
 
     def _sdk(self) -> None:
         with Client(self.url, timeout=60, retries=6) as client:
-            while not self._stop.is_set():
+            while not self.stopped():
                 try:
                     client.classify(self.photo)
                     self.sdk_ok += 1
                 except Exception as exc:  # noqa: BLE001 - counted, asserted on
                     self.sdk_failures.append(f"{type(exc).__name__}: {exc}"[:300])
                 time.sleep(0.05)
-
-    def __enter__(self) -> "OnlineLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
-def _done(url: str, job_id: str) -> dict:
-    for _ in range(20):
-        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
-        if response.status_code == 200:
-            return response.json()
-        time.sleep(0.5)
-    raise AssertionError(f"job status unavailable: {response.status_code} {response.text}")
-
-
-def _wait(url: str, job_id: str, done: int, timeout_s: float = 600) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = _done(url, job_id)
-        if state["counts"]["done"] + state["counts"]["failed"] >= done:
-            return state
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} stuck below {done}: {state['counts']}")
 
 
 def test_model_and_batch_worker_replicas_killed_under_load(tmp_path: Path) -> None:
@@ -112,14 +79,14 @@ def test_model_and_batch_worker_replicas_killed_under_load(tmp_path: Path) -> No
         with Client(server.url) as client:
             job = client.submit_batch(photos, top_k=1)
         with OnlineLoad(server.url, photos[-1].read_bytes()) as load:
-            _wait(server.url, job.job_id, 60)
+            wait_for_finished_items(server.url, job.job_id, 60, 600)
             model = _replica("model-mobilenet_v2_imagenet")
             os.kill(model.pid, signal.SIGKILL)
-            _wait(server.url, job.job_id, 200)
+            wait_for_finished_items(server.url, job.job_id, 200, 600)
             assert _replica("model-mobilenet_v2_imagenet").pid != model.pid, "Serve replaced the model replica"
             worker = _replica("BatchWorker")
             os.kill(worker.pid, signal.SIGKILL)
-            final = _wait(server.url, job.job_id, ITEMS)
+            final = wait_for_finished_items(server.url, job.job_id, ITEMS, 600)
             time.sleep(2)
         rows = _item_rows(database_url, job.job_id)
     finally:
