@@ -57,10 +57,8 @@ def tensor_shape(value: object) -> list[int]:
 
 
 def element_count(shape: list[int]) -> int:
-    """Elements of `shape`, exactly; a count no request could carry is an `InvalidTensorError` (before any
-    message or allocation is sized by it)."""
-    if len(shape) > MAX_RANK:
-        raise InvalidTensorError(f"shape has {len(shape)} dimensions; at most {MAX_RANK}")
+    """Elements of `shape` (at most `MAX_RANK` dimensions: `tensor_shape` checked it), exactly; a count no request
+    could carry is an `InvalidTensorError` before any message or allocation is sized by it."""
     if any(d < 0 for d in shape):
         raise InvalidTensorError(f"shape {shape} has a negative dimension")
     if 0 in shape:
