@@ -28,3 +28,10 @@ class ImageTooLargeError(ImageInputError):
 
     http_status = 413
     kind = "too_large"
+
+
+class InvalidOptionError(ImageInputError):
+    """An image operation's option is unknown, out of range or not supported by this server (e.g. AVIF without
+    its encoder)."""
+
+    kind = "invalid_option"

@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.cli_security import add_security_commands
 
     add_security_commands(sub)
+    from serving.cli_operations import add_operation_commands
+
+    add_operation_commands(sub)
 
     quality = sub.add_parser("quality", help="quality thresholds")
     quality_sub = quality.add_subparsers(dest="quality_command", required=True)

@@ -146,3 +146,11 @@ QUALITY_SCORE = Histogram(
     ["tenant"],
     buckets=QUALITY_SCORE_BUCKETS,
 )
+IMAGE_OPERATION_BYTES = Counter(
+    "imgserve_image_operation_bytes_total",
+    "Encoded bytes into and out of image operations (convert, enhance): out/in is the compression achieved.",
+    ["operation", "direction"],
+)
+ENHANCEMENT_STEPS = Counter(
+    "imgserve_enhancement_steps_total", "Enhancement operations applied, by operation and why.", ["operation", "reason"]
+)

@@ -151,10 +151,14 @@ def check_tls_files(cert: str, key: str) -> None:
 def prepare_environment() -> str:
     """Env vars every Ray worker inherits: no usage stats, one Prometheus multiprocess directory, and Serve's gRPC
     proxy limited to the HTTP body limit (Ray's default message limit is 2 GiB; the direct listeners already use
-    `max_request_bytes`). Read by a Ray started here; a cluster joined with --address keeps its own setting."""
+    `max_request_bytes`), and glibc's malloc arenas capped (`serving.memory`: MALLOC_ARENA_MAX is read when each
+    process starts). Read by a Ray started here; a cluster joined with --address keeps its own setting."""
     from serving.config.settings import ServerSettings
+    from serving.memory import arena_cap
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if arena_cap() > 0:
+        os.environ.setdefault("MALLOC_ARENA_MAX", str(arena_cap()))
     os.environ.setdefault(GRPC_MAX_MESSAGE_ENV, str(ServerSettings.from_env().max_request_bytes))
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -244,6 +244,15 @@ class InferenceService:
         analyses = await self.analyze(images, ImageOptions(fields=["metadata"], anonymize=anonymize))
         return [a.metadata for a in analyses]  # type: ignore[misc]
 
+    async def assess_quality(self, data: bytes) -> QualityReport:
+        """The quality verdict of one image (classical metrics and, when served, the learned model), not charged
+        to the caller's quota: image operations ask it before and after their work."""
+        if not self.pipeline.has_quality:
+            raise ModelUnavailableError("the quality stage is not deployed in this application")
+        entry = self.repository.get(self.default_model)
+        analysis = await self._analyze_one(data, self._plan(("quality",), entry), ("quality",), entry, ImageOptions())
+        return analysis.quality  # type: ignore[return-value]
+
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
     async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
         """A client-batched tensor: each row joins the model's dynamic batches, results are re-stacked."""

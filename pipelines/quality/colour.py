@@ -73,7 +73,7 @@ def measure_tone(gray_u8: np.ndarray) -> ToneMeasures:
     )
 
 
-def _neutral_cast(lightness: np.ndarray, a: np.ndarray, b: np.ndarray, chroma: np.ndarray) -> tuple[float, float]:
+def neutral_cast(lightness: np.ndarray, a: np.ndarray, b: np.ndarray, chroma: np.ndarray) -> tuple[float, float]:
     """Mean (a*, b*) of the least chromatic mid-tone pixels: the surfaces that should be grey.
 
     A real scene colour (grass, sky) leaves grey things grey; a cast shifts them all. Shadows and
@@ -119,7 +119,7 @@ def measure_colour(rgb: np.ndarray) -> ColourMeasures:
     a, bb = lab[..., 1], lab[..., 2]
     chroma = np.hypot(a, bb)
     mean_a, mean_b = float(a.mean()), float(bb.mean())
-    cast_a, cast_b = _neutral_cast(lab[..., 0], a, bb, chroma)
+    cast_a, cast_b = neutral_cast(lab[..., 0], a, bb, chroma)
     return ColourMeasures(
         saturation_mean=saturation_mean,
         saturation_p95=saturation_p95,

@@ -45,6 +45,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
                 self.job_loop = JobLoop(self.service)
                 jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake, self.gate)
         self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
+        self.image_operations = self.http_app.state.image_operations
         self.direct_listeners: DirectListeners | None = None
         if config.direct_ingress is not None:
             REPLICA_LIMIT.limit = config.direct_ingress.max_inflight

@@ -7,14 +7,19 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from pipelines.convert import ConvertOptions
+from pipelines.enhance import EnhanceOptions
+from pipelines.enhance.plan import MANUAL_FACTORS
 from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.stubs import load
+from serving.image_ops import ImageOperations
 from serving.requests import ImageOptions
 from serving.service import Analysis, Classification, InferenceService
 from serving.streaming import ordered_map
 
 pb = load("image_service_pb2")
 HEALTH_SERVICES = {"", "inference.GRPCInferenceService", "imgserve.v1.ImageService"}
+ENHANCE_OPTIONS = ("auto", "ops", *MANUAL_FACTORS)
 
 
 def classification_proto(result: Classification) -> Any:
@@ -48,8 +53,15 @@ def request_options(request: Any, fields: bool = False) -> ImageOptions:
     )
 
 
+def operation_response(data: bytes, content_type: str, report: dict[str, Any]) -> Any:
+    message = pb.ImageOperationResponse(image=data, content_type=content_type)
+    message.report.update(json.loads(json.dumps(report)))
+    return message
+
+
 class ImageGrpcMethods:
     service: InferenceService
+    image_operations: ImageOperations
 
     async def Classify(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
         async def call() -> Any:
@@ -105,6 +117,22 @@ class ImageGrpcMethods:
             return pb.ListModelsResponse(default_model=self.service.default_model, models=models)
 
         return await answer("ListModels", "", grpc_context, call, pb.ListModelsResponse)
+
+    async def Convert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            result = await self.image_operations.convert(request.image, ConvertOptions.parse(**request.options))
+            return operation_response(result.data, result.content_type, result.summary())
+
+        return await answer("Convert", "", grpc_context, call, pb.ImageOperationResponse)
+
+    async def Enhance(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            options = dict(request.options)
+            enhance = EnhanceOptions.parse(**{k: options.pop(k) for k in ENHANCE_OPTIONS if k in options})
+            outcome = await self.image_operations.enhance(request.image, enhance, ConvertOptions.parse(**options))
+            return operation_response(outcome.result.data, outcome.result.content_type, outcome.summary())
+
+        return await answer("Enhance", "", grpc_context, call, pb.ImageOperationResponse)
 
     # ---- grpc.health.v1.Health -----------------------------------------------------------------------
     async def _health(self, service_name: str) -> Any:

@@ -13,7 +13,7 @@ from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error, retry_after_value
-from serving.http import audit_routes, image_routes, job_routes, oip_routes
+from serving.http import audit_routes, image_routes, job_routes, oip_routes, operation_routes
 from serving.http.auth import AuthMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
@@ -22,6 +22,7 @@ from serving.http.middleware import (
     RequestMetricsMiddleware,
     ShedMiddleware,
 )
+from serving.image_ops import ImageOperations
 from serving.jobs.service import JobService
 from serving.metrics import ERRORS, KNOWN_MODELS, render_metrics
 from serving.repository import UnknownModelError
@@ -72,9 +73,11 @@ def create_http_app(
     app.state.service = service
     app.state.jobs = jobs
     app.state.gate = gate
+    app.state.image_operations = ImageOperations(service, settings.decode_limits())
     KNOWN_MODELS.update(service.repository.entries, service.pipeline.model_names)  # metrics label values
     app.include_router(oip_routes.router)
     app.include_router(image_routes.router)
+    app.include_router(operation_routes.router)
     app.include_router(job_routes.router)
     app.include_router(audit_routes.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

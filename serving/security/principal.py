@@ -72,6 +72,8 @@ GRPC_ROLES: dict[str, Role] = {
     "Classify": "analyst",
     "Analyze": "analyst",
     "AnalyzeStream": "analyst",
+    "Convert": "analyst",
+    "Enhance": "analyst",
 }
 
 # (method, path prefix or exact path) -> role; the first match wins. Anything not listed needs admin (closed
@@ -86,6 +88,10 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"POST"}), "/v1/classify", True, "analyst"),
     (frozenset({"POST"}), "/v1/analyze", True, "analyst"),
     (frozenset({"POST"}), "/v1/metadata", True, "analyst"),
+    (frozenset({"POST"}), "/v1/convert", True, "analyst"),
+    (frozenset({"POST"}), "/v1/enhance", True, "analyst"),
+    (frozenset({"GET"}), "/v1/formats", True, "viewer"),
+    (frozenset({"GET"}), "/v1/enhance/options", True, "viewer"),
     (frozenset({"POST"}), "/v1/batch", True, "analyst"),
     (frozenset({"POST", "DELETE"}), "/v1/jobs/", False, "analyst"),
     (frozenset({"POST"}), "/v2/models/", False, "analyst"),

@@ -16,15 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from loadtests.server_process import free_port
 from pipelines.decode import decode_image
 from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
 from serving.config.app_args import AppArgs
 from serving.grpc.image_methods import ImageGrpcMethods
-from serving.grpc.stubs import ensure_generated
 from serving.http.app import create_http_app
 from serving.placement import IngressConfig, build_service, compose
 from serving.service import InferenceService
+from tests.unit.grpc_local import image_service_stub
 from tests.unit.tiny_models import CLASSES, tiny_settings
 
 pytestmark = pytest.mark.unit
@@ -182,39 +181,28 @@ class GrpcIngress(ImageGrpcMethods):
 
 
 def test_grpc_methods_on_a_real_channel(service: InferenceService) -> None:
-    ensure_generated()
-    from serving.grpc.generated import image_service_pb2, image_service_pb2_grpc
+    from serving.grpc.generated import image_service_pb2
 
     async def scenario() -> None:
-        server = grpc.aio.server()
-        image_service_pb2_grpc.add_ImageServiceServicer_to_server(GrpcIngress(service), server)
-        port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = image_service_pb2_grpc.ImageServiceStub(channel)
-                reply, call = await _with_call(
-                    stub.Classify, image_service_pb2.ClassifyRequest(images=[jpeg()], top_k=3), "g-1"
-                )
-                assert ("request_id", "g-1") in tuple(await call.trailing_metadata())
-                predictions = reply.results[0].predictions
-                assert len(predictions) == 3 and reply.results[0].model == "tiny"
-                cut = predictions[0].score - 1e-6
-                reply = await stub.Classify(
-                    image_service_pb2.ClassifyRequest(images=[jpeg()], confidence_threshold=cut)
-                )
-                assert len(reply.results[0].predictions) == 1
-                analysis = await stub.Analyze(image_service_pb2.AnalyzeRequest(images=[jpeg()], fields=["quality"]))
-                assert analysis.results[0].quality["level"] in ("LOW", "MEDIUM", "HIGH", "ULTRA")
-                assert not analysis.results[0].HasField("classification")
-                with pytest.raises(grpc.aio.AioRpcError) as error:
-                    await stub.Classify(image_service_pb2.ClassifyRequest(images=[b"\xff\xd8broken"]))
-                assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                with pytest.raises(grpc.aio.AioRpcError) as error:
-                    await stub.Classify(image_service_pb2.ClassifyRequest(images=[jpeg()], model="nope"))
-                assert error.value.code() == grpc.StatusCode.NOT_FOUND
-        finally:
-            await server.stop(None)
+        async with image_service_stub(GrpcIngress(service)) as stub:
+            reply, call = await _with_call(
+                stub.Classify, image_service_pb2.ClassifyRequest(images=[jpeg()], top_k=3), "g-1"
+            )
+            assert ("request_id", "g-1") in tuple(await call.trailing_metadata())
+            predictions = reply.results[0].predictions
+            assert len(predictions) == 3 and reply.results[0].model == "tiny"
+            cut = predictions[0].score - 1e-6
+            reply = await stub.Classify(image_service_pb2.ClassifyRequest(images=[jpeg()], confidence_threshold=cut))
+            assert len(reply.results[0].predictions) == 1
+            analysis = await stub.Analyze(image_service_pb2.AnalyzeRequest(images=[jpeg()], fields=["quality"]))
+            assert analysis.results[0].quality["level"] in ("LOW", "MEDIUM", "HIGH", "ULTRA")
+            assert not analysis.results[0].HasField("classification")
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.Classify(image_service_pb2.ClassifyRequest(images=[b"\xff\xd8broken"]))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.Classify(image_service_pb2.ClassifyRequest(images=[jpeg()], model="nope"))
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
     asyncio.run(scenario())
 

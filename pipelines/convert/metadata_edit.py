@@ -1,0 +1,65 @@
+"""Metadata of an output image: kept, stripped, or anonymised (no GPS, no personal fields).
+
+Anonymising edits the EXIF block itself (Pillow's EXIF writer): the GPS directory and the tags that name a person
+or a device serial are removed; XMP and IPTC are dropped whole (either can repeat the location and the names).
+libvips mirrors EXIF tags as `exif-ifdN-*` fields and writes them back over the blob when saving, so the
+mirrored fields of removed tags are removed too.
+"""
+
+import pyvips
+from PIL import Image
+
+GPS_IFD = 0x8825
+EXIF_IFD = 0x8769
+PERSONAL_TAGS = {
+    0x013B: "Artist",
+    0x8298: "Copyright",
+    0xA430: "CameraOwnerName",
+    0xA431: "BodySerialNumber",
+    0xA435: "LensSerialNumber",
+    0xA420: "ImageUniqueID",
+    0x9C9D: "XPAuthor",
+}
+# libvips ForeignKeep flags
+KEEP_NONE, KEEP_EXIF, KEEP_XMP, KEEP_IPTC, KEEP_ICC, KEEP_OTHER = 0, 1, 2, 4, 8, 16
+KEEP_ALL = KEEP_EXIF | KEEP_XMP | KEEP_IPTC | KEEP_ICC | KEEP_OTHER
+
+
+def anonymized_exif(blob: bytes) -> bytes | None:
+    """The EXIF block without GPS and personal tags; None when it cannot be parsed (then it is dropped whole)."""
+    try:
+        exif = Image.Exif()
+        exif.load(blob[6:] if blob.startswith(b"Exif\x00\x00") else blob)
+        exif.get_ifd(EXIF_IFD)  # load the sub-IFD so its personal tags can be removed
+        exif.pop(GPS_IFD, None)
+        exif._ifds.pop(GPS_IFD, None)  # noqa: SLF001 - Pillow keeps loaded sub-IFDs here and writes them back
+        for tag in PERSONAL_TAGS:
+            exif.pop(tag, None)
+            exif.get_ifd(EXIF_IFD).pop(tag, None)
+        return b"Exif\x00\x00" + exif.tobytes()
+    except Exception:  # noqa: BLE001 - a broken EXIF block is dropped rather than copied
+        return None
+
+
+def anonymize_vips(image: pyvips.Image) -> pyvips.Image:
+    """A copy of `image` whose metadata carries no location or personal fields."""
+    out = image.copy()
+    for name in out.get_fields():
+        if name in ("xmp-data", "iptc-data") or name.startswith("exif-ifd3-"):
+            out.remove(name)
+        elif name.startswith("exif-") and any(f"-{tag_name}" in name for tag_name in PERSONAL_TAGS.values()):
+            out.remove(name)
+    if "exif-data" in out.get_fields():
+        blob = anonymized_exif(out.get("exif-data"))
+        if blob is None:
+            out.remove("exif-data")
+        else:
+            out.set_type(pyvips.GValue.blob_type, "exif-data", blob)
+    return out
+
+
+def keep_flags(metadata: str, icc: str) -> int:
+    """libvips `keep=` for the options: metadata keep/strip; the ICC profile kept only with icc=keep (after
+    conversion to sRGB the profile says nothing a viewer does not assume)."""
+    flags = KEEP_ALL & ~KEEP_ICC if metadata == "keep" else KEEP_NONE
+    return flags | (KEEP_ICC if icc == "keep" else 0)

@@ -1,0 +1,187 @@
+"""Load, resize and encode with libvips (pyvips): shrink-on-load, streaming, one pass.
+
+`load_vips` validates the file with the decode stage's limits (`pipelines.decode.open_validated`: bytes, pixels,
+progressive scans) before libvips sees it, then builds one `thumbnail` pipeline: reduced-scale JPEG/WebP decode,
+EXIF orientation applied (the tag is removed), colour conversion to sRGB (CMYK included) unless `icc=keep`.
+Nothing is computed until the encoder pulls the pixels, so a 12 MP JPEG to a 2048-px WebP never holds the full-size
+image in memory.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyvips
+from PIL import Image, ImageCms
+
+from pipelines.convert.formats import FORMATS
+from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
+from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
+from pipelines.decode import exif_orientation, open_validated, upright_size
+from pipelines.errors import ImageTooLargeError, InvalidImageError
+from pipelines.limits import DecodeLimits
+from pipelines.metadata.container import gif_frame_count
+
+pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
+UNBOUNDED = 10_000_000  # a thumbnail box that never shrinks
+ANIMATED_INPUTS = frozenset({"GIF", "WEBP"})
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    format: str  # Pillow's name of the input format
+    width: int  # upright size of the input
+    height: int
+    frames: int
+
+
+def target_box(width: int, height: int, options: ConvertOptions) -> tuple[int, int]:
+    """The box the output must fit in (aspect ratio kept): max_side, width and/or height; unbounded otherwise."""
+    box_w = min(v for v in (options.max_side, options.width, UNBOUNDED) if v is not None)
+    box_h = min(v for v in (options.max_side, options.height, UNBOUNDED) if v is not None)
+    if options.width is not None and options.height is None and options.max_side is None:
+        box_h = UNBOUNDED
+    return box_w, box_h
+
+
+def _frames(header: Image.Image, data: bytes) -> int:
+    if header.format == "GIF":
+        return max(1, gif_frame_count(data))
+    return int(getattr(header, "n_frames", 1))
+
+
+def needs_srgb_transform(header: Image.Image) -> bool:
+    """Whether the pixels must go through a colour transform to become sRGB: an embedded profile that is not sRGB.
+    (No profile means sRGB already; CMYK is converted by libvips' thumbnail anyway. A transform costs as much as
+    the whole resize: libvips applies it to every image given `export_profile`, so it is asked for only here.)"""
+    icc = header.info.get("icc_profile")
+    if not icc:
+        return False
+    try:
+        description = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+    except Exception:  # noqa: BLE001 - an unreadable profile: let libvips decide what it can use
+        return True
+    return "srgb" not in description.lower()
+
+
+def load_vips(
+    data: bytes, options: ConvertOptions, limits: DecodeLimits
+) -> tuple[pyvips.Image, SourceInfo, ConvertOptions]:
+    """A lazy libvips image of the input, upright, resized to the options' box; the options with the output
+    format filled in (the input's, when not given). Raises `ImageInputError`s."""
+    header = open_validated(data, limits)
+    options = options.resolved(header.format or "")
+    transform = options.icc == "srgb" and needs_srgb_transform(header)
+    width, height = upright_size(header, exif_orientation(header))
+    info = SourceInfo(
+        header.format or "", width, height, _frames(header, data) if header.format in ANIMATED_INPUTS else 1
+    )
+    header.close()
+    fmt = FORMATS[options.format or "jpeg"]
+    pages = info.frames if (options.animated and fmt.animation and info.frames > 1) else 1
+    if pages > 1 and width * height * pages > limits.max_full_decode_pixels:
+        raise ImageTooLargeError(
+            f"animation of {pages} frames of {width}x{height}: {width * height * pages} pixels in all; the limit is"
+            f" {limits.max_full_decode_pixels} (ask for animated=false to convert the first frame)"
+        )
+    box_w, box_h = target_box(width, height, options)
+    # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader): a truncated
+    # file is an error (400), as it is in the decode stage, not an image with a grey bottom.
+    loader = "fail_on=truncated" + (",n=-1" if pages > 1 else "")
+    kwargs: dict[str, object] = {
+        "height": box_h,
+        "size": "both" if options.upscale else "down",
+        "option_string": loader,
+    }
+    if transform:
+        kwargs["export_profile"] = "srgb"
+    try:
+        image = pyvips.Image.thumbnail_buffer(data, box_w, **kwargs)
+    except pyvips.Error as exc:
+        raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
+    return image, info, options
+
+
+def _vips_message(exc: pyvips.Error) -> str:
+    detail = (exc.detail or str(exc)).strip().splitlines()
+    return detail[-1] if detail else "libvips error"
+
+
+def _eight_bit(image: pyvips.Image) -> pyvips.Image:
+    if image.format in ("uchar", "char"):
+        return image
+    grey = image.interpretation in ("b-w", "grey16")
+    return image.colourspace("b-w" if grey else "srgb").cast("uchar")
+
+
+def prepare_for(image: pyvips.Image, options: ConvertOptions) -> pyvips.Image:
+    """Bit depth, alpha and metadata as the output format and options need them."""
+    fmt = FORMATS[options.format or "jpeg"]
+    if not fmt.high_bit_depth or image.format not in ("uchar", "ushort"):
+        image = _eight_bit(image)
+    if image.hasalpha() and not fmt.alpha:
+        image = image.flatten(background=list(options.background)).cast("uchar")
+    if options.anonymize and options.metadata == "keep":
+        image = anonymize_vips(image)
+    return image
+
+
+def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
+    """Encode a prepared image in `options.format`. Raises `InvalidImageError` when the pixels fail to decode."""
+    name = options.format or "jpeg"
+    keep = keep_flags(options.metadata, options.icc)
+    quality = options.quality or DEFAULT_QUALITY.get(name, 85)
+    effort = options.effort if options.effort is not None else DEFAULT_EFFORT.get(name)
+    try:
+        if FORMATS[name].engine == "pillow":
+            return _encode_pillow(image, options, quality)
+        if name == "jpeg":
+            return image.jpegsave_buffer(
+                Q=quality, interlace=options.progressive, optimize_coding=options.optimize,
+                subsample_mode=options.subsampling, keep=keep,
+            )  # fmt: skip
+        if name == "png":
+            compression = int(options.compression) if options.compression is not None else 6
+            return image.pngsave_buffer(compression=compression, interlace=options.progressive, keep=keep)
+        if name == "webp":
+            if options.lossless:
+                return image.webpsave_buffer(lossless=True, effort=effort, keep=keep)
+            return image.webpsave_buffer(Q=quality, effort=effort, keep=keep)
+        if name == "tiff":
+            return image.tiffsave_buffer(compression=options.compression or "deflate", Q=quality, keep=keep)
+        if name == "gif":
+            return image.gifsave_buffer(effort=effort, keep=keep)
+        if name == "avif":
+            if options.lossless:
+                return image.heifsave_buffer(compression="av1", lossless=True, effort=effort, keep=keep)
+            return image.heifsave_buffer(
+                compression="av1", Q=quality, effort=effort, subsample_mode=options.subsampling, keep=keep
+            )
+    except pyvips.Error as exc:
+        raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
+    raise AssertionError(f"no encoder for {name}")
+
+
+def to_pillow(image: pyvips.Image) -> Image.Image:
+    """An 8-bit RGB or RGBA Pillow image of a prepared libvips image."""
+    array = image.numpy()
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] in (1, 2):  # grey (+ alpha) -> RGB(A): BMP and HEIF writers want colour
+        array = np.concatenate([np.repeat(array[:, :, :1], 3, axis=2), array[:, :, 1:]], axis=2)
+    return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+
+
+def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -> bytes:
+    pil = to_pillow(image)
+    out = io.BytesIO()
+    exif = image.get("exif-data") if options.metadata == "keep" and "exif-data" in image.get_fields() else None
+    if exif is not None and options.anonymize:
+        exif = anonymized_exif(exif)
+    params: dict[str, object] = {"exif": exif} if exif else {}
+    if options.format == "heif":
+        params["quality"] = -1 if options.lossless else quality
+        pil.save(out, "HEIF", **params)
+    else:
+        pil.save(out, "BMP")
+    return out.getvalue()

@@ -1,0 +1,61 @@
+"""Enhance an encoded image: decode (libvips, as conversion does), run the steps on its pixels, encode.
+
+The output keeps the input's metadata (subject to the conversion options: strip, anonymise) and its alpha channel;
+an animated input is enhanced as its first frame.
+"""
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from pipelines.convert import ConvertResult
+from pipelines.convert.options import ConvertOptions
+from pipelines.convert.vips_io import encode_vips, load_vips, prepare_for
+from pipelines.enhance.plan import EnhanceOptions, apply_steps
+from pipelines.limits import DecodeLimits
+
+_METADATA_PREFIXES = ("exif-", "xmp-data", "iptc-data", "icc-profile-data")
+
+
+def _pixels(image: pyvips.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(HxWx3 uint8 RGB, HxWx1 alpha or None) of an 8-bit image with 1-4 bands."""
+    array = image.numpy()
+    if array.ndim == 2:
+        array = array[:, :, None]
+    colour_bands = 1 if array.shape[2] in (1, 2) else 3
+    rgb = array[:, :, :colour_bands]
+    alpha = array[:, :, colour_bands:] if array.shape[2] > colour_bands else None
+    if colour_bands == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return np.ascontiguousarray(rgb), alpha
+
+
+def _with_metadata(pixels: np.ndarray, source: pyvips.Image) -> pyvips.Image:
+    image = pyvips.Image.new_from_array(pixels).copy(interpretation="srgb")
+    for name in source.get_fields():
+        if name.startswith(_METADATA_PREFIXES):
+            image.set_type(source.get_typeof(name), name, source.get(name))
+    return image
+
+
+def enhance_image(
+    data: bytes,
+    options: EnhanceOptions,
+    convert: ConvertOptions,
+    limits: DecodeLimits,
+    tags: Sequence[str] = (),
+) -> tuple[ConvertResult, list[dict[str, Any]]]:
+    """The enhanced image, encoded as `convert` says, and the steps applied (name, reason, parameters).
+    `tags`: the quality stage's tags of the input, which auto mode reads. Raises `ImageInputError`s."""
+    image, source, convert = load_vips(data, replace(convert, animated=False), limits)
+    image = prepare_for(image, convert)
+    rgb, alpha = _pixels(image)
+    enhanced, applied = apply_steps(rgb, options.steps(tags))
+    if alpha is not None:
+        enhanced = np.concatenate([enhanced, alpha], axis=2)
+    encoded = encode_vips(_with_metadata(enhanced, image), convert)
+    height, width = enhanced.shape[:2]
+    return ConvertResult(encoded, convert.format or "jpeg", width, height, 1, source, len(data)), applied

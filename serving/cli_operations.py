@@ -1,0 +1,159 @@
+"""`imgserve convert DIR --to webp --quality 80 --out OUTDIR` and `imgserve enhance DIR --auto --out OUTDIR`.
+
+Files are processed in this process (no server needed) by the same code the server runs for `/v1/convert` and
+`/v1/enhance` (`pipelines.convert`, `pipelines.enhance`; enhance's quality verdicts from `serving.local_quality`),
+on `--workers` threads, with a progress bar. Outputs keep the input's relative path under OUTDIR, with the output
+format's extension and `--suffix` added to the name; originals are never overwritten. A per-file report (sizes,
+ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
+"""
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipelines.convert import FORMATS, ConvertOptions, ConvertResult, convert_image
+from pipelines.enhance import EnhanceOptions
+from pipelines.enhance.image import enhance_image
+from pipelines.errors import ImageInputError
+from pipelines.limits import DecodeLimits
+from serving.cli_output import expand_images
+from serving.memory import tune_malloc
+
+Work = Callable[[bytes], tuple[ConvertResult, dict[str, Any]]]
+
+
+def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
+    raw: dict[str, Any] = {
+        "format": args.to,
+        "quality": args.quality,
+        "lossless": args.lossless or None,
+        "max_side": args.max_side,
+        "width": args.width,
+        "height": args.height,
+        "metadata": "strip" if args.strip_metadata else None,
+        "anonymize": args.anonymize or None,
+    }
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        raw[key.strip()] = value.strip()
+    return ConvertOptions.parse(**raw)
+
+
+def _output_path(source: Path, root: Path | None, out: Path, suffix: str, result: ConvertResult) -> Path:
+    relative = source.relative_to(root) if root is not None else Path(source.name)
+    return out / relative.parent / f"{relative.stem}{suffix}{FORMATS[result.format].extension}"
+
+
+def _run(args: argparse.Namespace, label: str, work: Work) -> int:
+    tune_malloc()
+    files = [Path(p) for p in expand_images(args.paths)]
+    roots = {Path(p): Path(p) for p in args.paths if Path(p).is_dir()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    total_in = total_out = 0
+    start = time.perf_counter()
+
+    def one(path: Path) -> dict[str, Any]:
+        data = path.read_bytes()
+        result, extra = work(data)
+        root = next((r for r in roots if r in path.parents), None)
+        target = _output_path(path, root, out, args.suffix, result)
+        if target.resolve() == path.resolve():
+            raise ValueError(f"output {target} would overwrite its input: give --suffix or another --out")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.data)
+        return {"image": str(path), "output": str(target), **result.summary(), **extra}
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
+    with (
+        Progress(*columns, TimeRemainingColumn(), disable=args.quiet) as progress,
+        ThreadPoolExecutor(args.workers) as pool,
+        (out / "report.jsonl").open("w") as report,
+    ):
+        task = progress.add_task(label, total=len(files), rate="")
+        futures = [(path, pool.submit(one, path)) for path in files]
+        for path, future in futures:
+            try:
+                record = future.result()
+                total_in += record["input_bytes"]
+                total_out += record["output_bytes"]
+            except (ImageInputError, OSError, ValueError) as exc:
+                failed += 1
+                record = {"image": str(path), "error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
+            report.write(json.dumps(record) + "\n")
+            rate = (progress.tasks[0].completed + 1) / max(time.perf_counter() - start, 1e-6)
+            progress.update(task, advance=1, rate=f"{rate:.1f} img/s" + (f", {failed} failed" if failed else ""))
+    done = len(files) - failed
+    ratio = total_in / total_out if total_out else 0.0
+    print(f"{done} written to {out}, {failed} failed; {total_in} -> {total_out} bytes (ratio {ratio:.2f});"
+          f" report: {out / 'report.jsonl'}")  # fmt: skip
+    return 1 if failed and not done else 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    options = _conversion_options(args)
+    limits = DecodeLimits()
+    return _run(args, "convert", lambda data: (convert_image(data, options, limits), {}))
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from serving.local_quality import LocalQuality
+
+    convert = _conversion_options(args)
+    factors = {name: getattr(args, name) for name in ("brightness", "contrast", "saturation", "sharpness")}
+    options = EnhanceOptions.parse(auto=True if args.auto else None, ops=args.ops, **factors)
+    limits = DecodeLimits()
+    quality = LocalQuality(limits) if options.auto or args.scores else None
+
+    def work(data: bytes) -> tuple[ConvertResult, dict[str, Any]]:
+        before = quality.verdict(data) if quality else None
+        tags = [t.name for t in before.tags] if before else []
+        result, applied = enhance_image(data, options, convert, limits, tags)
+        extra: dict[str, Any] = {"operations": applied}
+        if quality is not None and before is not None:
+            after = quality.verdict(result.data)
+            extra |= {"score_before": before.score, "score_after": after.score, "tags_before": tags,
+                      "tags_after": [t.name for t in after.tags]}  # fmt: skip
+        return result, extra
+
+    return _run(args, "enhance", work)
+
+
+def _common(command: argparse.ArgumentParser, default_suffix: str) -> None:
+    command.add_argument("paths", nargs="+", help="image files and/or folders (walked recursively)")
+    command.add_argument("--out", required=True, help="output folder (relative paths are kept)")
+    command.add_argument("--to", default=None, help="output format (default: the input's)")
+    command.add_argument("--quality", type=int, default=None, help="1-100 for lossy formats")
+    command.add_argument("--lossless", action="store_true", help="lossless WebP/AVIF/HEIF")
+    command.add_argument("--max-side", type=int, default=None, help="fit inside this many pixels")
+    command.add_argument("--width", type=int, default=None)
+    command.add_argument("--height", type=int, default=None)
+    command.add_argument("--strip-metadata", action="store_true", help="drop EXIF/XMP/IPTC")
+    command.add_argument("--anonymize", action="store_true", help="drop GPS and personal metadata fields")
+    command.add_argument("--option", action="append", help="any other conversion option as key=value (repeatable)")
+    command.add_argument(
+        "--suffix", default=default_suffix, help=f"added to each output name (default {default_suffix!r})"
+    )
+    command.add_argument("--workers", type=int, default=2, help="threads (default 2)")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_operation_commands(sub: Any) -> None:
+    convert = sub.add_parser("convert", help="convert image files locally: format, quality, size, metadata")
+    _common(convert, "")
+    convert.set_defaults(func=_cmd_convert)
+    enhance = sub.add_parser("enhance", help="enhance image files locally: --auto from their quality tags, or manual")
+    _common(enhance, "_enhanced")
+    enhance.add_argument("--auto", action="store_true", help="fix what the quality stage tags (default without others)")
+    enhance.add_argument("--ops", default=None, help="comma-separated operations (see GET /v1/enhance/options)")
+    for name in ("brightness", "contrast", "saturation", "sharpness"):
+        enhance.add_argument(f"--{name}", type=float, default=None, help="factor 0.1-3.0")
+    enhance.add_argument("--scores", action="store_true", help="quality score before/after even for manual edits")
+    enhance.set_defaults(func=_cmd_enhance)

@@ -1,0 +1,84 @@
+"""Image operations (conversion, enhancement) as the HTTP routes, gRPC and batch jobs call them.
+
+The pixel work (`pipelines.convert`, `pipelines.enhance`) runs on the stages' own threads in the replica that
+received the request; enhancement asks the quality stage (wherever the placement runs it) for the verdict of the
+input, which auto mode reads, and of the output, so a caller sees what the change did.
+"""
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pipelines.convert import ConvertOptions, ConvertResult, convert_image
+from pipelines.enhance import EnhanceOptions
+from pipelines.enhance.image import enhance_image
+from pipelines.limits import DecodeLimits
+from pipelines.quality import QualityReport
+from serving.errors import ModelUnavailableError
+from serving.metrics import ENHANCEMENT_STEPS, IMAGE_OPERATION_BYTES, STAGE_LATENCY
+from serving.service import InferenceService
+from serving.stages.concurrency import stage_thread
+
+
+@dataclass(frozen=True)
+class EnhanceOutcome:
+    result: ConvertResult
+    applied: list[dict[str, Any]]  # operation, reason, parameters
+    before: QualityReport | None  # None when the quality stage is not served (manual enhancement only)
+    after: QualityReport | None
+
+    def summary(self) -> dict[str, Any]:
+        def verdict(report: QualityReport | None) -> dict[str, Any] | None:
+            if report is None:
+                return None
+            return {"score": report.score, "level": report.level, "tags": [t.name for t in report.tags]}
+
+        return {
+            **self.result.summary(),
+            "operations": self.applied,
+            "quality_before": verdict(self.before),
+            "quality_after": verdict(self.after),
+        }
+
+
+class ImageOperations:
+    def __init__(self, service: InferenceService, limits: DecodeLimits):
+        self.service = service
+        self.limits = limits
+
+    async def _forced_options(self, options: ConvertOptions) -> ConvertOptions:
+        gate = self.service.gate
+        if gate is not None:
+            await gate.charge_images(1)
+            if not options.anonymize and await gate.anonymize_forced():
+                options = replace(options, anonymize=True)
+        return options
+
+    async def convert(self, data: bytes, options: ConvertOptions) -> ConvertResult:
+        options = await self._forced_options(options)
+        start = time.perf_counter()
+        result = await stage_thread(convert_image, data, options, self.limits)
+        STAGE_LATENCY.labels("convert", "").observe(time.perf_counter() - start)
+        self._count("convert", result)
+        return result
+
+    async def enhance(self, data: bytes, options: EnhanceOptions, convert: ConvertOptions) -> EnhanceOutcome:
+        convert = await self._forced_options(convert)
+        has_quality = self.service.pipeline.has_quality
+        if options.auto and not has_quality:
+            raise ModelUnavailableError("auto enhancement reads the quality stage, which this application does not run")
+        before = await self.service.assess_quality(data) if has_quality else None
+        tags = [t.name for t in before.tags] if before is not None else []
+        start = time.perf_counter()
+        result, applied = await stage_thread(enhance_image, data, options, convert, self.limits, tags)
+        STAGE_LATENCY.labels("enhance", "").observe(time.perf_counter() - start)
+        after = await self.service.assess_quality(result.data) if has_quality else None
+        for step in applied:
+            ENHANCEMENT_STEPS.labels(step["operation"], step["reason"].split(" ")[0]).inc()
+        self._count("enhance", result)
+        return EnhanceOutcome(result, applied, before, after)
+
+    @staticmethod
+    def _count(operation: str, result: ConvertResult) -> None:
+        IMAGE_OPERATION_BYTES.labels(operation, "in").inc(result.input_bytes)
+        IMAGE_OPERATION_BYTES.labels(operation, "out").inc(result.output_bytes)

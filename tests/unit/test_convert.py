@@ -1,0 +1,198 @@
+"""Format conversion (`pipelines.convert`): every output format round-trips, lossless is lossless, options are
+checked, resize/orientation/colour/metadata/animation are handled."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from pipelines.convert import FORMATS, ConvertOptions, available_formats, convert_image
+from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
+from pipelines.limits import DecodeLimits
+from pipelines.metadata import extract_metadata
+from tests.paths import EXIF_SAMPLES, IMAGENET_SAMPLES, require
+
+pytestmark = pytest.mark.unit
+LIMITS = DecodeLimits()
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def textured(size: tuple[int, int] = (240, 160)) -> Image.Image:
+    rng = np.random.default_rng(1)
+    base = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    """A real camera-style JPEG (no embedded ICC profile, so sRGB conversion leaves its pixels alone)."""
+    path = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[5]
+    return path.read_bytes()
+
+
+def decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_round_trips(photo: bytes, fmt: str) -> None:
+    if fmt not in {f.name for f in available_formats()}:
+        pytest.skip(f"no {fmt} encoder installed here")
+    result = convert_image(photo, ConvertOptions.parse(format=fmt), LIMITS)
+    source = ImageOps.exif_transpose(decoded(photo))
+    out = decoded(result.data)
+    assert out.size == source.size == (result.width, result.height)
+    assert out.mode in ("RGB", "P"), out.mode  # GIF is palette
+    assert result.content_type == FORMATS[fmt].content_type
+    assert result.summary()["compression_ratio"] == pytest.approx(len(photo) / len(result.data), rel=1e-3)
+
+
+@pytest.mark.parametrize("fmt, options", [("png", {}), ("webp", {"lossless": True}), ("tiff", {}), ("bmp", {})])
+def test_lossless_outputs_are_pixel_identical(photo: bytes, fmt: str, options: dict) -> None:
+    reference = np.asarray(ImageOps.exif_transpose(decoded(photo)).convert("RGB"))
+    out = np.asarray(decoded(convert_image(photo, ConvertOptions.parse(format=fmt, **options), LIMITS).data))
+    assert out.shape == reference.shape and np.array_equal(out, reference)
+
+
+def test_jpeg_quality_orders_sizes(photo: bytes) -> None:
+    high = convert_image(photo, ConvertOptions.parse(format="jpeg", quality=95), LIMITS).output_bytes
+    low = convert_image(photo, ConvertOptions.parse(format="jpeg", quality=40), LIMITS).output_bytes
+    assert high > 2 * low
+
+
+def test_animated_gif_to_webp_keeps_every_frame() -> None:
+    frames = [Image.new("RGB", (64, 48), (i * 40, 100, 200 - i * 40)) for i in range(5)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = convert_image(out.getvalue(), ConvertOptions.parse(format="webp", max_side=32), LIMITS)
+    webp = decoded(result.data)
+    assert webp.format == "WEBP" and webp.is_animated and webp.n_frames == 5 == result.frames
+    assert webp.size == (32, 24)
+    first = convert_image(out.getvalue(), ConvertOptions.parse(format="png"), LIMITS)  # PNG: first frame
+    assert first.frames == 1 and np.asarray(decoded(first.data).convert("RGB"))[0, 0].tolist() == [0, 100, 200]
+    still = convert_image(out.getvalue(), ConvertOptions.parse(format="webp", animated=False), LIMITS)
+    assert not getattr(decoded(still.data), "is_animated", False)
+
+
+def test_animation_pixel_budget_applies() -> None:
+    frames = [Image.new("L", (400, 400), i) for i in range(0, 250, 10)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageTooLargeError, match="frames"):
+        convert_image(out.getvalue(), ConvertOptions.parse(format="webp"), DecodeLimits(max_full_decode_pixels=10**6))
+
+
+def test_cmyk_jpeg_becomes_rgb_with_the_right_colour() -> None:
+    red = encode(Image.new("CMYK", (80, 60), (0, 255, 255, 0)), "JPEG", quality=95)
+    out = decoded(convert_image(red, ConvertOptions.parse(format="png"), LIMITS).data)
+    r, g, b = np.asarray(out.convert("RGB"))[30, 40].tolist()
+    assert out.mode == "RGB" and r > 180 and g < 90 and b < 90  # red, not the inverted cyan of a raw CMYK read
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    ramp = np.linspace(0, 65535, 100 * 80).reshape(80, 100).astype(np.uint16)
+    data = encode(Image.fromarray(ramp), "PNG")
+    for fmt in ("jpeg", "png", "webp"):
+        out = np.asarray(decoded(convert_image(data, ConvertOptions.parse(format=fmt), LIMITS).data).convert("L"))
+        expected = (ramp / 257.0).round()
+        assert np.abs(out.astype(float) - expected).mean() < 2.0, fmt
+
+
+def test_alpha_is_flattened_onto_the_background_for_jpeg() -> None:
+    data = encode(Image.new("RGBA", (40, 40), (255, 0, 0, 0)), "PNG")
+    black = decoded(convert_image(data, ConvertOptions.parse(format="jpeg", background="000"), LIMITS).data)
+    white = decoded(convert_image(data, ConvertOptions.parse(format="jpeg"), LIMITS).data)
+    assert np.asarray(black).max() < 10 and np.asarray(white).min() > 245
+    kept = decoded(convert_image(data, ConvertOptions.parse(format="webp", lossless=True), LIMITS).data)
+    assert kept.mode == "RGBA" and np.asarray(kept)[..., 3].max() == 0
+
+
+def test_resize_fits_the_box_and_does_not_upscale(photo: bytes) -> None:
+    width, height = decoded(photo).size
+    fit = convert_image(photo, ConvertOptions.parse(format="jpeg", max_side=128), LIMITS)
+    assert max(fit.width, fit.height) == 128 and abs(fit.width / fit.height - width / height) < 0.02
+    narrow = convert_image(photo, ConvertOptions.parse(format="jpeg", width=100), LIMITS)
+    assert narrow.width == 100
+    same = convert_image(photo, ConvertOptions.parse(format="jpeg", max_side=10_000), LIMITS)
+    assert (same.width, same.height) == (width, height)
+    larger = convert_image(photo, ConvertOptions.parse(format="jpeg", max_side=2 * width, upscale=True), LIMITS)
+    assert max(larger.width, larger.height) == 2 * max(width, height)
+
+
+def test_exif_orientation_is_applied() -> None:
+    folder = require(EXIF_SAMPLES / "jpg" / "orientation")
+    upright = np.asarray(decoded((folder / "landscape_1.jpg").read_bytes()).convert("RGB")).astype(int)
+    for k in range(2, 9):
+        out = decoded(
+            convert_image((folder / f"landscape_{k}.jpg").read_bytes(), ConvertOptions(format="png"), LIMITS).data
+        )
+        pixels = np.asarray(out.convert("RGB")).astype(int)
+        assert pixels.shape == upright.shape, k
+        assert np.abs(pixels - upright).mean() < 8, k  # the same picture (re-encoded files differ a little)
+        assert np.abs(np.flipud(pixels) - upright).mean() > 20, k  # and not a mirrored one
+        assert out.getexif().get(0x0112, 1) == 1  # the tag is gone: no viewer turns it twice
+
+
+def test_metadata_kept_stripped_and_anonymised() -> None:
+    data = sorted(require(EXIF_SAMPLES / "jpg" / "gps").glob("*.jpg"))[0].read_bytes()
+    kept = extract_metadata(convert_image(data, ConvertOptions(format="jpeg"), LIMITS).data, LIMITS).to_dict()
+    assert kept["gps"] is not None and kept["exif"]["make"]
+    anonymous = convert_image(data, ConvertOptions(format="jpeg", anonymize=True), LIMITS).data
+    document = extract_metadata(anonymous, LIMITS).to_dict()
+    assert document["gps"] is None and document["exif"]["make"] == kept["exif"]["make"]
+    stripped = convert_image(data, ConvertOptions(format="jpeg", metadata="strip"), LIMITS).data
+    assert "exif" not in decoded(stripped).info
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"format": "jpeg2000"}, "not supported"),
+        ({"format": "jpeg", "quality": 0}, "out of range"),
+        ({"format": "jpeg", "quality": 101}, "out of range"),
+        ({"format": "png", "quality": 80}, "does not apply"),
+        ({"format": "jpeg", "lossless": True}, "lossless"),
+        ({"format": "webp", "effort": 9}, "out of range"),
+        ({"format": "tiff", "compression": "rar"}, "choose one of"),
+        ({"format": "jpeg", "compression": "lzw"}, "compression"),
+        ({"format": "jpeg", "max_side": 0}, "out of range"),
+        ({"format": "jpeg", "colour": "red"}, "unknown conversion options"),
+        ({"format": "jpeg", "background": "zz0000"}, "hex colour"),
+        ({"format": "jpeg", "upscale": "maybe"}, "true or false"),
+    ],
+)
+def test_bad_options_are_400_with_a_clear_message(options: dict, message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message) as error:
+        ConvertOptions.parse(**options)
+    assert error.value.http_status == 400
+
+
+def test_corrupt_and_truncated_inputs_are_errors(photo: bytes) -> None:
+    with pytest.raises(InvalidImageError):
+        convert_image(photo[: len(photo) // 2], ConvertOptions(format="png"), LIMITS)
+    with pytest.raises(ImageTooLargeError):
+        convert_image(photo, ConvertOptions(format="png"), DecodeLimits(max_pixels=1000))
+
+
+def test_wide_gamut_profiles_are_converted_to_srgb_or_kept() -> None:
+    data = require(IMAGENET_SAMPLES / "n01532829_house_finch.JPEG").read_bytes()  # Adobe RGB (1998)
+    raw = np.asarray(decoded(data).convert("RGB")).astype(int)
+    kept = decoded(convert_image(data, ConvertOptions(format="png", icc="keep"), LIMITS).data)
+    assert np.array_equal(np.asarray(kept.convert("RGB")), raw) and kept.info.get("icc_profile")
+    converted = decoded(convert_image(data, ConvertOptions(format="png"), LIMITS).data)
+    pixels = np.asarray(converted.convert("RGB")).astype(int)
+    assert not converted.info.get("icc_profile")  # sRGB is what a viewer assumes without one
+    assert np.abs(pixels - raw).mean() > 2  # Adobe RGB values mean more saturated colours in sRGB
+    plain = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[5].read_bytes()  # no profile: no transform at all
+    assert np.array_equal(
+        np.asarray(decoded(convert_image(plain, ConvertOptions(format="png"), LIMITS).data)),
+        np.asarray(decoded(plain).convert("RGB")),
+    )
