@@ -18,7 +18,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipelines.convert import FORMATS, ConvertOptions, ConvertResult, convert_image
-from pipelines.enhance import EnhanceOptions
+from pipelines.enhance import EnhanceOptions, should_revert
 from pipelines.enhance.image import enhance_image
 from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
@@ -119,6 +119,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {"operations": applied}
         if quality is not None and before is not None:
             after = quality.verdict(result.data)
+            if should_revert(options, applied, before.score, after.score):
+                result, _ = enhance_image(data, EnhanceOptions(), convert, limits, [])
+                after = quality.verdict(result.data)
+                extra = {"operations": [], "reverted": applied}
             extra |= {"score_before": before.score, "score_after": after.score, "tags_before": tags,
                       "tags_after": [t.name for t in after.tags]}  # fmt: skip
         return result, extra

@@ -6,11 +6,11 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 """
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines.convert import ConvertOptions, ConvertResult, convert_image
-from pipelines.enhance import EnhanceOptions
+from pipelines.enhance import EnhanceOptions, should_revert
 from pipelines.enhance.image import enhance_image
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
@@ -26,6 +26,7 @@ class EnhanceOutcome:
     applied: list[dict[str, Any]]  # operation, reason, parameters
     before: QualityReport | None  # None when the quality stage is not served (manual enhancement only)
     after: QualityReport | None
+    reverted: list[dict[str, Any]] = field(default_factory=list)  # auto steps undone: they lowered the score
 
     def summary(self) -> dict[str, Any]:
         def verdict(report: QualityReport | None) -> dict[str, Any] | None:
@@ -36,6 +37,7 @@ class EnhanceOutcome:
         return {
             **self.result.summary(),
             "operations": self.applied,
+            **({"reverted": self.reverted} if self.reverted else {}),
             "quality_before": verdict(self.before),
             "quality_after": verdict(self.after),
         }
@@ -47,7 +49,7 @@ class ImageOperations:
         self.limits = limits
 
     async def _forced_options(self, options: ConvertOptions) -> ConvertOptions:
-        gate = self.service.gate
+        gate = getattr(self.service, "gate", None)  # None: no quotas (a test's service, tools)
         if gate is not None:
             await gate.charge_images(1)
             if not options.anonymize and await gate.anonymize_forced():
@@ -73,10 +75,15 @@ class ImageOperations:
         result, applied = await stage_thread(enhance_image, data, options, convert, self.limits, tags)
         STAGE_LATENCY.labels("enhance", "").observe(time.perf_counter() - start)
         after = await self.service.assess_quality(result.data) if has_quality else None
+        reverted: list[dict[str, Any]] = []
+        if before is not None and after is not None and should_revert(options, applied, before.score, after.score):
+            reverted, applied = applied, []
+            result, _ = await stage_thread(enhance_image, data, EnhanceOptions(), convert, self.limits, [])
+            after = await self.service.assess_quality(result.data)
         for step in applied:
             ENHANCEMENT_STEPS.labels(step["operation"], step["reason"].split(" ")[0]).inc()
         self._count("enhance", result)
-        return EnhanceOutcome(result, applied, before, after)
+        return EnhanceOutcome(result, applied, before, after, reverted)
 
     @staticmethod
     def _count(operation: str, result: ConvertResult) -> None:

@@ -1,5 +1,13 @@
 """Image enhancement: pure array operations (`operations`) and the plans that choose them (`plan`)."""
 
-from pipelines.enhance.plan import AUTO_FIXES, OPERATIONS, EnhanceOptions, Step, apply_steps, describe_options
+from pipelines.enhance.plan import (
+    AUTO_FIXES,
+    OPERATIONS,
+    EnhanceOptions,
+    Step,
+    apply_steps,
+    describe_options,
+    should_revert,
+)
 
-__all__ = ["AUTO_FIXES", "OPERATIONS", "EnhanceOptions", "Step", "apply_steps", "describe_options"]
+__all__ = ["AUTO_FIXES", "OPERATIONS", "EnhanceOptions", "Step", "apply_steps", "describe_options", "should_revert"]

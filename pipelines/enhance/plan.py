@@ -185,11 +185,18 @@ def apply_steps(rgb: np.ndarray, steps: Sequence[Step]) -> tuple[np.ndarray, lis
     return rgb, applied
 
 
+def should_revert(options: EnhanceOptions, applied: Sequence[dict[str, Any]], before: float, after: float) -> bool:
+    """Auto mode's "do no harm" rule: when the quality stage scores the enhanced image lower than the input, the
+    caller returns the input (re-encoded as asked) instead, and reports the operations as reverted. Manual edits
+    are what the caller asked for and are never reverted."""
+    return options.auto and bool(applied) and after < before
+
+
 def describe_options() -> dict[str, Any]:
     """What `GET /v1/enhance/options` answers."""
     return {
         "operations": [{"name": o.name, "description": o.description} for o in OPERATIONS.values()],
         "manual_factors": {name: {"min": FACTOR_RANGE[0], "max": FACTOR_RANGE[1], "neutral": 1.0} for name in
                            MANUAL_FACTORS},
-        "auto": {"fixes": AUTO_FIXES, "order": list(OPERATIONS)},
+        "auto": {"fixes": AUTO_FIXES, "order": list(OPERATIONS), "reverted_when": "the quality score would fall"},
     }  # fmt: skip

@@ -16,7 +16,15 @@ RESOURCE_EXHAUSTED, `.retry_after` seconds), all subclasses of `ImgServeError`.
 from serving.client.batch import BatchJob, JobResult
 from serving.client.client import Client
 from serving.client.errors import AuthenticationError, ImgServeError, PermissionDeniedError, RateLimitedError
-from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+from serving.client.types import (
+    Analysis,
+    Classification,
+    ModelInfo,
+    ModelList,
+    OperationResult,
+    Prediction,
+    StreamResult,
+)
 
 __all__ = [
     "Analysis",
@@ -28,6 +36,7 @@ __all__ = [
     "JobResult",
     "ModelInfo",
     "ModelList",
+    "OperationResult",
     "PermissionDeniedError",
     "Prediction",
     "RateLimitedError",

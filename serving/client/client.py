@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from serving.client.auth import resolve_api_key
 from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
 from serving.client.options import RequestOptions
-from serving.client.types import Analysis, Classification, ModelList, StreamResult
+from serving.client.types import Analysis, Classification, ModelList, OperationResult, StreamResult
 
 if TYPE_CHECKING:
     from serving.client.batch import BatchClient, BatchInputs, BatchJob, JobResult
@@ -21,6 +21,8 @@ class Transport(Protocol):
     def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]: ...
 
     def models(self) -> ModelList: ...
+
+    def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult: ...
 
     def close(self) -> None: ...
 
@@ -126,6 +128,19 @@ class Client:
         """The server's default model and every model in its repository with its state."""
         return self._transport.models()
 
+    def convert(self, image: ImageInput, **options: Any) -> OperationResult:
+        """One image converted as `/v1/convert` does: `format`, `quality`, `max_side`, ... (GET /v1/formats).
+
+        webp = client.convert("photo.jpg", format="webp", quality=80, max_side=2048)
+        Path("photo.webp").write_bytes(webp.data); webp.report["compression_ratio"]
+        """
+        return self._transport.operate("convert", load_images(image)[0], _option_text(options))
+
+    def enhance(self, image: ImageInput, **options: Any) -> OperationResult:
+        """One image enhanced as `/v1/enhance` does: `auto=True` (the default without other options), manual
+        factors (`brightness=1.2`, ...), `ops="clahe,sharpen"`, and any conversion option for the output."""
+        return self._transport.operate("enhance", load_images(image)[0], _option_text(options))
+
     # ---- batch jobs (HTTP only) ---------------------------------------------------------------------
     @property
     def batch(self) -> "BatchClient":
@@ -171,6 +186,11 @@ class Client:
     def __repr__(self) -> str:
         key = ", api_key=***" if self._api_key is not None else ""  # whether one is set, never the key
         return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries}{key})"
+
+
+def _option_text(options: dict[str, Any]) -> dict[str, str]:
+    """Options as the server reads them (query parameters / gRPC map): booleans as true/false, None left out."""
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
 
 
 def _fields(fields: list[str] | None) -> tuple[str, ...] | None:

@@ -15,7 +15,15 @@ from serving.client.errors import ImgServeError, make_error, parse_retry_after
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
-from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+from serving.client.types import (
+    Analysis,
+    Classification,
+    ModelInfo,
+    ModelList,
+    OperationResult,
+    Prediction,
+    StreamResult,
+)
 from serving.grpc.stubs import load
 
 pb = load("image_service_pb2")
@@ -159,6 +167,12 @@ class GrpcTransport:
 
     def models(self) -> ModelList:
         return model_list_from_proto(self._unary(self._stub.ListModels, pb.ListModelsRequest()))
+
+    def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult:
+        method = self._stub.Convert if operation == "convert" else self._stub.Enhance
+        reply = self._unary(method, pb.ImageOperationRequest(image=image.data, options=options))
+        report = MessageToDict(reply.report)
+        return OperationResult(reply.image, reply.content_type, report)
 
     def close(self) -> None:
         self._channel.close()

@@ -1,5 +1,6 @@
 """The SDK over HTTP: `/v1/classify`, `/v1/analyze` and `/v1/models` with httpx (sync)."""
 
+import base64
 from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import Any
@@ -18,7 +19,15 @@ from serving.client.errors import (
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
-from serving.client.types import Analysis, Classification, ModelInfo, ModelList, Prediction, StreamResult
+from serving.client.types import (
+    Analysis,
+    Classification,
+    ModelInfo,
+    ModelList,
+    OperationResult,
+    Prediction,
+    StreamResult,
+)
 
 
 def classification_from_json(data: dict[str, Any]) -> Classification:
@@ -140,6 +149,12 @@ class HttpTransport:
 
     def models(self) -> ModelList:
         return model_list_from_json(self._send("GET", "/v1/models").json())
+
+    def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult:
+        response = self._send("POST", f"/v1/{operation}", params={**options, "report": "json"}, content=image.data)
+        report = response.json()
+        data = base64.b64decode(report.pop("image_base64"))
+        return OperationResult(data, report["content_type"], report)
 
     def close(self) -> None:
         self._http.close()

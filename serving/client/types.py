@@ -73,3 +73,13 @@ class ModelList:
 
     def get(self, name: str) -> ModelInfo | None:
         return next((m for m in self.models if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """A converted or enhanced image: its bytes, content type, and the server's report (sizes, compression ratio;
+    for enhance the operations applied and the quality before and after), the same over HTTP and gRPC."""
+
+    data: bytes
+    content_type: str
+    report: dict[str, Any]

@@ -12,6 +12,8 @@ from starlette.datastructures import UploadFile
 from serving.errors import BadRequestError
 from serving.http.dependencies import client_host, get_job_service, get_principal
 from serving.jobs.intake import InputPart
+from serving.jobs.operations import parse_pairs
+from serving.jobs.output_zip import zip_stream
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
@@ -82,11 +84,15 @@ async def submit_batch(
     webhook_url: str | None = Query(default=None, description="POSTed, signed, when the job ends."),
     start: bool = Query(default=True, description="false: leave the job open for POST /v1/jobs/{id}/items."),
     anonymize: bool = Query(default=False, description="Drop GPS and personal fields from metadata results."),
+    convert: str | None = Query(default=None, description="Convert every image: key=value,... (/v1/convert's)."),
+    enhance: str | None = Query(default=None, description="Enhance every image: key=value,... (/v1/enhance's)."),
+    output_suffix: str | None = Query(default=None, description="Added to output names."),
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> JSONResponse:
     # Bad options (and refused webhook targets) are a 4xx before the body is read.
-    spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize))
+    operations = {"convert": parse_pairs(convert), "enhance": parse_pairs(enhance), "output_suffix": output_suffix}
+    spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize, **operations))
     try:
         parts, body = await read_inputs(request, jobs)
         if body is not None:  # a JSON body's fields override the query's: checked again
@@ -96,6 +102,9 @@ async def submit_batch(
                 body.stages or stages,
                 body.webhook_url or webhook_url,
                 body.anonymize or anonymize,
+                body.convert if body.convert is not None else operations["convert"],
+                body.enhance if body.enhance is not None else operations["enhance"],
+                body.output_suffix if body.output_suffix is not None else operations["output_suffix"],
             )
             spec = await jobs.check(options)
         job = await jobs.submit(spec, parts, start, principal, client_host(request))
@@ -197,3 +206,18 @@ async def job_results(
 
     media = "text/csv" if format == "csv" else "application/x-ndjson"
     return StreamingResponse(pages(), media_type=media)
+
+
+@router.get("/jobs/{job_id}/outputs.zip")
+async def job_outputs(
+    job_id: str, jobs: JobService = Depends(get_job_service), principal: Principal = Depends(get_principal)
+) -> StreamingResponse:
+    """The outputs of the job's convert/enhance stage so far, as a zip streamed while it is written (stored, not
+    recompressed: images are compressed already)."""
+    await jobs.get(job_id, principal)  # 404 before the stream starts
+
+    async def pages(after: int) -> list[tuple[int, str, str]]:
+        return await jobs.outputs(job_id, after, PAGE, principal)
+
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-outputs.zip"'}
+    return StreamingResponse(zip_stream(pages, jobs.objects()), media_type="application/zip", headers=headers)

@@ -1,8 +1,9 @@
 """Erasure and retention: purge one job at once (right to erasure), sweep expired jobs, drop orphaned objects.
 
 A purge deletes the job's row, items, results, events and webhook deliveries in one transaction, with its audit
-entry (ids and counts only, never content); then the stored input objects no other job references. Objects are
-content-addressed and shared between jobs that sent the same bytes, so an object another job still needs stays.
+entry (ids and counts only, never content); then the stored input and output objects no other job references.
+Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
+stays.
 The sweeper (`IMGSERVE_RETENTION_DAYS`) purges finished jobs older than the retention (and open jobs never
 started), and deletes stored objects no job references that are older than an hour (inputs of refused
 submissions, or left by a crash); the hour keeps it clear of a submission still being written.
@@ -33,19 +34,29 @@ class PurgeReport:
 
 
 def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
+    """The digests some job still holds: as an item's stored input or as an image operation's output."""
     digests = list(digests)
     if not digests:
         return set()
-    query = sa.select(job_items.c.source).where(job_items.c.source_kind == "object", job_items.c.source.in_(digests))
-    return {row.source for row in conn.execute(query)}
+    inputs = sa.select(job_items.c.source).where(job_items.c.source_kind == "object", job_items.c.source.in_(digests))
+    outputs = sa.select(job_results.c.output_object).where(job_results.c.output_object.in_(digests))
+    return {row.source for row in conn.execute(inputs)} | {row.output_object for row in conn.execute(outputs)}
 
 
 def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str]]:
-    """(items deleted, digests of their stored inputs)."""
+    """(items deleted, digests of their stored inputs and outputs)."""
     digests = {
         row.source
         for row in conn.execute(
             sa.select(job_items.c.source).where(job_items.c.job_id == job_id, job_items.c.source_kind == "object")
+        )
+    }
+    digests |= {
+        row.output_object
+        for row in conn.execute(
+            sa.select(job_results.c.output_object).where(
+                job_results.c.job_id == job_id, job_results.c.output_object.is_not(None)
+            )
         )
     }
     conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.job_id == job_id))

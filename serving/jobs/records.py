@@ -17,6 +17,17 @@ class JobSpec:
     stages: tuple[str, ...]
     webhook_url: str | None = None
     anonymize: bool = False  # drop GPS and personal fields from metadata results
+    # image operations: {"convert": {raw options}, "enhance": {raw options} (optional), "suffix": "..."}; None: none
+    operations: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OutputTotals:
+    """The outputs of a job's image operations so far."""
+
+    count: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,10 +61,12 @@ class JobRecord:
     rerun_items: int = 0  # items dispatched more than once (in flight at a restart, or retried)
     tenant: str = "default"
     anonymize: bool = False
+    operations: dict[str, Any] | None = None
+    outputs: OutputTotals = field(default_factory=OutputTotals)
 
     @property
     def spec(self) -> JobSpec:
-        return JobSpec(self.model, self.top_k, self.stages, self.webhook_url, self.anonymize)
+        return JobSpec(self.model, self.top_k, self.stages, self.webhook_url, self.anonymize, self.operations)
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,17 @@ class Outcome:
     error_kind: str | None = None
     error: str | None = None
     duration_ms: float | None = None
+    output: "ItemOutput | None" = None
+
+
+@dataclass(frozen=True)
+class ItemOutput:
+    """What an item's image operation wrote to the object store."""
+
+    object: str  # sha256 of the output bytes
+    name: str  # file name in outputs.zip: the input's name, the suffix, the output format's extension
+    input_bytes: int
+    output_bytes: int
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from serving.errors import classify_error, internal_detail
+from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore
+from serving.jobs.operations import run_operations
 from serving.jobs.outage import StoreCalls
 from serving.jobs.records import ClaimedItem, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
@@ -76,6 +78,15 @@ class JobRunner:
         self.heartbeats = StoreCalls()
         self.background: list[asyncio.Task[None]] = []
         self.requeued: dict[str, int] = {}
+        self._image_operations: ImageOperations | None = None
+
+    def image_operations(self) -> ImageOperations:
+        """Conversion/enhancement over this worker's service, with the server's decode limits (made on first use)."""
+        if self._image_operations is None:
+            from serving.config.settings import ServerSettings
+
+            self._image_operations = ImageOperations(self.service, ServerSettings.from_env().decode_limits())  # type: ignore[arg-type]
+        return self._image_operations
 
     def wake(self) -> None:
         """New work (a job submitted or cancelled): look now instead of at the next poll."""
@@ -193,8 +204,13 @@ class JobRunner:
             # The job's tenant is the caller while its items run (quality metrics, forced anonymisation); its images
             # were charged to the submitter's quota at submission.
             CURRENT_PRINCIPAL.set(Principal(key_id=None, tenant=job.tenant, role="analyst", source="job"))
-            analysis = (await self.service.analyze([data], options))[0]
-            outcome = Outcome("done", job.model, analysis_document(analysis))
+            document = analysis_document((await self.service.analyze([data], options))[0]) if job.stages else {}
+            output = None
+            if job.operations:
+                document["output"], output = await run_operations(
+                    self.image_operations(), self.objects, job.operations, data, item.name, job.anonymize
+                )
+            outcome = Outcome("done", job.model, document, output=output)
         except ItemInputError as exc:
             outcome = Outcome("failed", job.model, error_kind=exc.kind, error=exc.message)
         except Exception as exc:  # noqa: BLE001 - every error becomes this item's result, or a retry

@@ -17,6 +17,15 @@ class BatchRequest(BaseModel):
     stages: list[str] | None = Field(default=None, description="Analysis stages; all the server has when omitted.")
     webhook_url: str | None = Field(default=None, description="POSTed (signed) when the job ends.")
     anonymize: bool = Field(default=False, description="Drop GPS and personal fields from metadata results.")
+    convert: dict[str, Any] | None = Field(
+        default=None, description='Convert every image: /v1/convert\'s options, e.g. {"format": "webp"}.'
+    )
+    enhance: dict[str, Any] | None = Field(
+        default=None, description='Enhance every image: /v1/enhance\'s options, e.g. {"auto": true}.'
+    )
+    output_suffix: str | None = Field(
+        default=None, description="Added to output names (convert '', enhance '_enhanced')."
+    )
 
 
 class JobCounts(BaseModel):
@@ -37,6 +46,15 @@ class JobTimings(BaseModel):
     images_per_s: float | None = Field(default=None, description="Items finished per second of running time.")
 
 
+class JobOutputs(BaseModel):
+    """Image operations' outputs so far (GET outputs_url downloads them as a zip)."""
+
+    count: int
+    input_bytes: int
+    output_bytes: int
+    compression_ratio: float | None = Field(description="input_bytes / output_bytes.")
+
+
 class JobStatus(BaseModel):
     job_id: str
     status: str = Field(description="open, queued, running, completed, failed or cancelled.")
@@ -52,6 +70,9 @@ class JobStatus(BaseModel):
     timings: JobTimings
     status_url: str
     results_url: str
+    operations: dict[str, Any] | None = Field(default=None, description="The job's convert/enhance options, if any.")
+    outputs: JobOutputs | None = None
+    outputs_url: str | None = None
 
 
 class JobList(BaseModel):
@@ -123,4 +144,19 @@ def job_status(job: JobRecord, now: float) -> JobStatus:
         timings=timings,
         status_url=f"/v1/jobs/{job.id}",
         results_url=f"/v1/jobs/{job.id}/results",
+        **_operation_fields(job),
     )
+
+
+def _operation_fields(job: JobRecord) -> dict[str, Any]:
+    if not job.operations:
+        return {}
+    totals = job.outputs
+    ratio = totals.input_bytes / totals.output_bytes if totals.output_bytes else None
+    outputs = JobOutputs(
+        count=totals.count,
+        input_bytes=totals.input_bytes,
+        output_bytes=totals.output_bytes,
+        compression_ratio=round(ratio, 4) if ratio else None,
+    )
+    return {"operations": job.operations, "outputs": outputs, "outputs_url": f"/v1/jobs/{job.id}/outputs.zip"}

@@ -17,6 +17,7 @@ from serving.jobs.erasure import PurgeReport, purge_job
 from serving.jobs.errors import JobStoreUnavailableError
 from serving.jobs.intake import InputPart, Intake
 from serving.jobs.objects import ObjectStore
+from serving.jobs.operations import OPERATION_STAGES, operation_spec
 from serving.jobs.records import JobRecord, JobSpec, ResultRecord
 from serving.jobs.settings import JobSettings
 from serving.jobs.store import JobStore
@@ -37,6 +38,9 @@ class BatchOptions:
     stages: list[str] | None = None
     webhook_url: str | None = None
     anonymize: bool = False
+    convert: dict[str, Any] | None = None  # image operations (serving.jobs.operations)
+    enhance: dict[str, Any] | None = None
+    output_suffix: str | None = None
 
 
 class JobService:
@@ -72,22 +76,28 @@ class JobService:
                     self._migrated = True
         return self.store
 
-    def _intake(self) -> Intake:
+    def objects(self) -> ObjectStore:
         if self._objects is None:
             self._objects = ObjectStore(self.settings.object_store)
-        return Intake(self._objects, self.settings)
+        return self._objects
+
+    def _intake(self) -> Intake:
+        return Intake(self.objects(), self.settings)
 
     def spec(self, options: BatchOptions) -> JobSpec:
         """The job's model and stages, checked now so a bad request is a 4xx and never a failed job."""
         entry = self.inference.served_entry(options.model)
         if options.top_k < 1:
             raise BadRequestError(f"top_k must be >= 1, got {options.top_k}")
-        requested = options.stages or DEFAULT_STAGES
-        names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in requested for n in item.split(",")]
-        stages = tuple(self.inference.analysis_fields([n for n in names if n] or DEFAULT_STAGES))
+        given = options.stages or []
+        names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in given for n in item.split(",") if n.strip()]
+        operations = operation_spec(names, options.convert, options.enhance, options.output_suffix)
+        analysis = [n for n in names if n not in OPERATION_STAGES]
+        # Analysis stages as asked; the classifier when nothing at all is asked; none for an operations-only job.
+        stages = tuple(self.inference.analysis_fields(analysis or DEFAULT_STAGES)) if analysis or not operations else ()
         if "classification" in stages and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
-        return JobSpec(entry.name, options.top_k, stages, options.webhook_url, options.anonymize)
+        return JobSpec(entry.name, options.top_k, stages, options.webhook_url, options.anonymize, operations)
 
     async def check(self, options: BatchOptions) -> JobSpec:
         """`spec`, plus the webhook target: resolved, and refused (400) unless every address is public or
@@ -180,6 +190,14 @@ class JobService:
         store = await self.ready()
         await asyncio.to_thread(store.get_job, job_id, principal.read_scope())
         return await asyncio.to_thread(store.results_page, job_id, after, limit, status)
+
+    async def outputs(
+        self, job_id: str, after: int, limit: int, principal: Principal = ANONYMOUS
+    ) -> list[tuple[int, str, str]]:
+        """A page of the job's image-operation outputs: (index, name, object digest)."""
+        store = await self.ready()
+        await asyncio.to_thread(store.get_job, job_id, principal.read_scope())
+        return await asyncio.to_thread(store.outputs_page, job_id, after, limit)
 
     async def events(
         self, job_id: str, principal: Principal = ANONYMOUS

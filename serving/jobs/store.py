@@ -13,7 +13,15 @@ import sqlalchemy as sa
 
 from serving.errors import BadRequestError, RequestTooLargeError
 from serving.jobs.errors import JobNotFoundError, JobStateError
-from serving.jobs.records import FINAL_JOB_STATES, ITEM_STATES, JobRecord, JobSpec, NewItem, ResultRecord
+from serving.jobs.records import (
+    FINAL_JOB_STATES,
+    ITEM_STATES,
+    JobRecord,
+    JobSpec,
+    NewItem,
+    OutputTotals,
+    ResultRecord,
+)
 from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
 from serving.security.audit import AuditEntry, write_entry
 
@@ -45,7 +53,27 @@ def job_counts(conn: sa.Connection, job_ids: Sequence[str]) -> dict[str, tuple[d
     return out
 
 
-def job_record(row: Any, counts: tuple[dict[str, int], int, int]) -> JobRecord:
+def output_totals(conn: sa.Connection, job_ids: Sequence[str]) -> dict[str, OutputTotals]:
+    """Per job: outputs written by image operations, and their bytes in and out."""
+    out = {j: OutputTotals() for j in job_ids}
+    if not job_ids:
+        return out
+    query = (
+        sa.select(
+            job_results.c.job_id,
+            sa.func.count(job_results.c.output_object),
+            sa.func.coalesce(sa.func.sum(job_results.c.input_bytes), 0),
+            sa.func.coalesce(sa.func.sum(job_results.c.output_bytes), 0),
+        )
+        .where(job_results.c.job_id.in_(job_ids), job_results.c.output_object.is_not(None))
+        .group_by(job_results.c.job_id)
+    )
+    for job_id, count, bytes_in, bytes_out in conn.execute(query):
+        out[job_id] = OutputTotals(int(count), int(bytes_in), int(bytes_out))
+    return out
+
+
+def job_record(row: Any, counts: tuple[dict[str, int], int, int], outputs: OutputTotals | None = None) -> JobRecord:
     return JobRecord(
         id=row.id,
         status=row.status,
@@ -64,6 +92,8 @@ def job_record(row: Any, counts: tuple[dict[str, int], int, int]) -> JobRecord:
         rerun_items=counts[2],
         tenant=row.tenant,
         anonymize=bool(row.anonymize),
+        operations=row.operations,
+        outputs=outputs or OutputTotals(),
     )
 
 
@@ -147,6 +177,7 @@ class JobStore:
                     created_at=time.time(),
                     tenant=tenant,
                     anonymize=spec.anonymize,
+                    operations=spec.operations,
                 )
             )
             total = self._insert_items(conn, job_id, 0, items)
@@ -219,7 +250,7 @@ class JobStore:
             row = conn.execute(query).first()
             if row is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
-            return job_record(row, job_counts(conn, [job_id])[job_id])
+            return job_record(row, job_counts(conn, [job_id])[job_id], output_totals(conn, [job_id])[job_id])
 
     def list_jobs(
         self, status: str | None = None, limit: int = 50, offset: int = 0, tenant: str | None = None
@@ -233,7 +264,8 @@ class JobStore:
         with self.engine.begin() as conn:
             rows = conn.execute(query).all()
             counts = job_counts(conn, [r.id for r in rows])
-        return [job_record(r, counts[r.id]) for r in rows]
+            outputs = output_totals(conn, [r.id for r in rows])
+        return [job_record(r, counts[r.id], outputs[r.id]) for r in rows]
 
     def results_page(
         self, job_id: str, after: int = -1, limit: int = 500, status: str | None = None
@@ -254,6 +286,17 @@ class JobStore:
             ResultRecord(r.idx, r.name, r.status, r.model, r.result, r.error_kind, r.error, r.duration_ms, r.attempts)
             for r in rows
         ]
+
+    def outputs_page(self, job_id: str, after: int = -1, limit: int = 500) -> list[tuple[int, str, str]]:
+        """(index, output name, output object) of items with an image-operation output and index > `after`."""
+        query = (
+            sa.select(job_results.c.idx, job_results.c.output_name, job_results.c.output_object)
+            .where(job_results.c.job_id == job_id, job_results.c.idx > after, job_results.c.output_object.is_not(None))
+            .order_by(job_results.c.idx)
+            .limit(limit)
+        )
+        with self.engine.begin() as conn:
+            return [(int(r.idx), str(r.output_name), str(r.output_object)) for r in conn.execute(query)]
 
     def stored_bytes(self, tenant: str) -> int:
         """Bytes of stored inputs the tenant's jobs hold (shared objects count for each job that holds them)."""

@@ -26,6 +26,7 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),  # owner (serving.security)
     sa.Column("anonymize", sa.Boolean, nullable=False, server_default=sa.false()),  # drop GPS/personal EXIF
+    sa.Column("operations", sa.JSON),  # image operations: {"convert": {...}, "enhance": {...}, "suffix": "..."}
     sa.Index("ix_jobs_status_created", "status", "created_at"),
 )
 
@@ -64,6 +65,11 @@ job_results = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("duration_ms", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
+    # image operations: the output in the object store (sha256), its file name, and the sizes in and out
+    sa.Column("output_object", sa.String(64)),
+    sa.Column("output_name", sa.Text),
+    sa.Column("input_bytes", sa.BigInteger),
+    sa.Column("output_bytes", sa.BigInteger),
     sa.Index("ix_job_results_job_idx", "job_id", "idx"),
 )
 

@@ -13,11 +13,24 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
-from serving.jobs.store import add_event, job_counts, job_record
+from serving.jobs.store import add_event, job_counts, job_record, output_totals
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
 from serving.jobs.workers import WorkerIdentity, dead_workers
 
 logger = logging.getLogger("imgserve.jobs")
+
+
+def output_columns(outcome: Outcome) -> dict[str, Any]:
+    """The job_results columns of an item's image-operation output (none when it has no output)."""
+    if outcome.output is None:
+        return {}
+    output = outcome.output
+    return {
+        "output_object": output.object,
+        "output_name": output.name,
+        "input_bytes": output.input_bytes,
+        "output_bytes": output.output_bytes,
+    }
 
 
 class WorkQueue:
@@ -145,6 +158,7 @@ class WorkQueue:
                         error=outcome.error,
                         duration_ms=outcome.duration_ms,
                         created_at=now,
+                        **output_columns(outcome),
                     )
                 )
                 conn.execute(
@@ -194,7 +208,11 @@ class WorkQueue:
     def job(self, job_id: str) -> JobRecord | None:
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
-            return job_record(row, job_counts(conn, [job_id])[job_id]) if row else None
+            return (
+                job_record(row, job_counts(conn, [job_id])[job_id], output_totals(conn, [job_id])[job_id])
+                if row
+                else None
+            )
 
     # ---- webhooks -----------------------------------------------------------------------------------
     def pending_webhooks(self) -> list[JobRecord]:

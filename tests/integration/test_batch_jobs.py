@@ -349,6 +349,43 @@ def test_uris_cli_list_and_cancel(pg_server: tuple[BatchServer, str], tmp_path: 
     assert len(rows) == 12 and {r["name"] for r in rows} == {p.name for p in photos[:12]}
 
 
+def test_convert_stage_outputs_zip(pg_server: tuple[BatchServer, str]) -> None:
+    """A convert-only job on PostgreSQL: every output named after its input, sized, totalled in the job status, and
+    downloadable as one streamed zip; a corrupt input fails alone."""
+    server, _ = pg_server
+    photos = _photos()[:6]
+    files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    files.append(("image", ("broken.jpg", b"\xff\xd8\xff\xe0 broken", "image/jpeg")))
+    params = {"stages": "convert", "convert": "format=webp,quality=70,max_side=128", "output_suffix": "_thumb"}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        submitted = http.post("/v1/batch", params=params, files=files)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert (
+            http.post(
+                "/v1/batch", params={"stages": "convert", "convert": "format=webp,quality=0"}, files=files[:1]
+            ).status_code
+            == 400
+        )
+        deadline = time.time() + 120
+        while (status := http.get(f"/v1/jobs/{job_id}").json())["status"] not in ("completed", "failed"):
+            assert time.time() < deadline, status
+            time.sleep(0.3)
+        assert status["counts"]["done"] == 6 and status["counts"]["failed"] == 1 and status["stages"] == []
+        outputs = status["outputs"]
+        assert outputs["count"] == 6 and outputs["input_bytes"] == sum(p.stat().st_size for p in photos)
+        assert outputs["compression_ratio"] > 5 and status["outputs_url"] == f"/v1/jobs/{job_id}/outputs.zip"
+        rows = [json.loads(line) for line in http.get(f"/v1/jobs/{job_id}/results").text.splitlines()]
+        done = [r for r in rows if r["status"] == "done"]
+        assert {r["result"]["output"]["name"] for r in done} == {f"{p.stem}_thumb.webp" for p in photos}
+        assert all(max(r["result"]["output"]["size"]) == 128 for r in done)
+        response = http.get(status["outputs_url"])
+        assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert sorted(archive.namelist()) == sorted(f"{p.stem}_thumb.webp" for p in photos)
+    assert sum(i.file_size for i in archive.infolist()) == outputs["output_bytes"]
+
+
 # ---- SQLite: kill -9 mid-job, restart, nothing lost or done twice ------------------------------------------
 def test_kill_and_restart_mid_job_on_sqlite(tmp_path: Path, receiver: WebhookReceiver) -> None:
     require(MOBILENET_DIR)

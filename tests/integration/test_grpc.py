@@ -211,3 +211,33 @@ def test_overload_is_resource_exhausted(target: RunningServer, images_stub) -> N
     assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
     assert images_stub.Classify(pb.ClassifyRequest(images=[data], top_k=1), timeout=60).results[0].predictions
+
+
+def test_convert_and_enhance_over_http_and_grpc(http: httpx.Client, images_stub, target: RunningServer) -> None:  # noqa: ANN001
+    """Image operations on the real server, both placements: the same options over both protocols give the same
+    facts, and enhancement reads the served quality stage (the graph's own deployment in the graph placement)."""
+    photo = (require(IMAGENET_SAMPLES) / next(iter(EXPECTED))).read_bytes()
+    options = {"format": "webp", "quality": "80", "max_side": "256"}
+    over_http = http.post("/v1/convert", params={**options, "report": "json"}, content=photo).json()
+    reply = images_stub.Convert(pb.ImageOperationRequest(image=photo, options=options))
+    assert reply.content_type == "image/webp" and over_http["content_type"] == "image/webp"
+    assert reply.report["size"] == over_http["size"] and max(over_http["size"]) == 256
+    assert reply.report["output_bytes"] == over_http["output_bytes"] == len(reply.image)
+    enhanced = http.post("/v1/enhance", params={"contrast": "1.3", "format": "png", "report": "json"}, content=photo)
+    assert enhanced.status_code == 200, enhanced.text
+    report = enhanced.json()
+    assert [o["operation"] for o in report["operations"]] == ["contrast"]
+    assert 0 <= report["quality_before"]["score"] <= 100 and 0 <= report["quality_after"]["score"] <= 100
+    with pytest.raises(grpc.RpcError) as error:
+        images_stub.Enhance(pb.ImageOperationRequest(image=photo, options={"brightness": "9"}))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert http.post("/v1/convert", params={"format": "bmp2"}, content=photo).status_code == 400
+    from serving.client import Client
+
+    for url in (target.http_url, f"grpc://{target.grpc_target}"):  # the SDK: same result over both transports
+        with Client(url) as client:
+            result = client.convert(photo, format="webp", quality=80, max_side=256)
+            assert result.content_type == "image/webp" and result.data == reply.image
+            assert result.report["compression_ratio"] == pytest.approx(len(photo) / len(reply.image), rel=1e-3)
+            enhanced_ = client.enhance(photo, contrast=1.3, format="png")
+            assert [o["operation"] for o in enhanced_.report["operations"]] == ["contrast"]

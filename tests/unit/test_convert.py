@@ -196,3 +196,12 @@ def test_wide_gamut_profiles_are_converted_to_srgb_or_kept() -> None:
         np.asarray(decoded(convert_image(plain, ConvertOptions(format="png"), LIMITS).data)),
         np.asarray(decoded(plain).convert("RGB")),
     )
+
+
+def test_outputs_are_bounded_like_full_size_decodes(photo: bytes) -> None:
+    small = DecodeLimits(max_full_decode_pixels=100_000)
+    with pytest.raises(ImageTooLargeError, match="max_side"):
+        convert_image(photo, ConvertOptions(format="png"), small)  # 600x399 = 239,400 pixels out
+    assert convert_image(photo, ConvertOptions(format="png", max_side=300), small).width == 300
+    with pytest.raises(ImageTooLargeError):
+        convert_image(photo, ConvertOptions(format="jpeg", max_side=16384, upscale=True), LIMITS)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.convert.options import ConvertOptions
-from pipelines.enhance import EnhanceOptions
+from pipelines.enhance import EnhanceOptions, should_revert
 from pipelines.enhance.image import enhance_image
 from pipelines.limits import DecodeLimits
 from pipelines.quality.thresholds import load_thresholds
@@ -64,6 +64,24 @@ def _enhance_all(inputs: list[tuple[str, bytes]], tags: list[list[str]]) -> list
     return out
 
 
+def _served_auto(inputs: list[tuple[str, bytes]], workers: int) -> tuple[list, list, list]:
+    """What the server's auto mode answers for each input: (verdict before, (key, output, applied), verdict after),
+    with the "do no harm" rule applied (`should_revert`: the plain re-encode when the score would fall)."""
+    thresholds = load_thresholds()
+    before = served_quality(inputs, workers=workers)
+    enhanced = _enhance_all(inputs, [defects(r.served, thresholds) for r in before])
+    after = served_quality([(k, d) for k, d, _ in enhanced], workers=workers)
+    options = EnhanceOptions(auto=True)
+    worse = [i for i, (b, a, e) in enumerate(zip(before, after, enhanced, strict=True))
+             if should_revert(options, e[2], b.served.score, a.served.score)]  # fmt: skip
+    if worse:
+        plain = _enhance_all([inputs[i] for i in worse], [[] for _ in worse])
+        rescored = served_quality([(k, d) for k, d, _ in plain], workers=workers)
+        for i, p, r in zip(worse, plain, rescored, strict=True):
+            enhanced[i], after[i] = (p[0], p[1], []), r
+    return before, enhanced, after
+
+
 def defect_table(photos: int, workers: int) -> dict:
     train, _ = split(load_biq())
     chosen = _spread([path for path, mos in train if mos >= TRAIN_MIN_MOS], photos)
@@ -76,12 +94,11 @@ def defect_table(photos: int, workers: int) -> dict:
                 inputs.append((f"{path.name}|{kind}|{level}", _jpeg(apply_distortion(rgb, kind, level, rng))))
                 kinds.append(kind)
     thresholds = load_thresholds()
-    before = served_quality(inputs, workers=workers)
-    enhanced = _enhance_all(inputs, [defects(r.served, thresholds) for r in before])
-    after = served_quality([(k, d) for k, d, _ in enhanced], workers=workers)
+    before, enhanced, after = _served_auto(inputs, workers)
     table: dict[str, dict] = defaultdict(lambda: defaultdict(int))
-    for kind, b, a in zip(kinds, before, after, strict=True):
+    for kind, b, a, (_, _, applied) in zip(kinds, before, after, enhanced, strict=True):
         tag = KIND_TAG[kind]
+        rose = bool(applied) and a.served.score > b.served.score  # an untouched (or reverted) copy did not rise
         row = table[kind]
         had = tag in defects(b.served, thresholds)
         gone = tag not in defects(a.served, thresholds)
@@ -89,8 +106,8 @@ def defect_table(photos: int, workers: int) -> dict:
         row["tagged_before"] += had
         row["tag_absent_after"] += gone
         row["tagged_and_fixed"] += had and gone
-        row["score_rose"] += a.served.score > b.served.score
-        row["tagged_and_rose"] += had and a.served.score > b.served.score
+        row["score_rose"] += rose
+        row["tagged_and_rose"] += had and rose
     report = {}
     for kind, row in table.items():
         report[kind] = {
@@ -115,11 +132,8 @@ def defect_table(photos: int, workers: int) -> dict:
 def good_table(workers: int) -> dict:
     _, held = split(load_biq())
     inputs = [(path.name, path.read_bytes()) for path, mos in held if mos >= GOOD_MOS]
-    thresholds = load_thresholds()
-    before = served_quality(inputs, workers=workers)
-    enhanced = _enhance_all(inputs, [defects(r.served, thresholds) for r in before])
+    before, enhanced, after = _served_auto(inputs, workers)
     plain = _enhance_all(inputs, [[] for _ in inputs])  # same decode and encode, no operation
-    after = served_quality([(k, d) for k, d, _ in enhanced], workers=workers)
     changed = noticeable = 0
     drops = []
     for (_, data, applied), (_, reference, _), b, a in zip(enhanced, plain, before, after, strict=True):

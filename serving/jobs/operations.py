@@ -1,0 +1,90 @@
+"""Image operations as batch-job stages: `convert` and `enhance`, their options checked at submission, run per item.
+
+A job carries `operations` = {"convert": {conversion options}, "enhance": {enhancement options} or None,
+"suffix": "..."}: the same options as `/v1/convert` and `/v1/enhance` (raw values, parsed by `pipelines.convert` and
+`pipelines.enhance`). Each item's output goes to the object store (content-addressed, so a re-run writes nothing
+twice) and is named after the input with the suffix and the output format's extension; `GET
+/v1/jobs/{id}/outputs.zip` streams them. The originals stay untouched in the store.
+"""
+
+import asyncio
+import re
+from dataclasses import replace
+from pathlib import PurePosixPath
+from typing import Any
+
+from pipelines.convert import FORMATS, ConvertOptions, ConvertResult
+from pipelines.enhance import EnhanceOptions
+from pipelines.errors import InvalidOptionError
+from serving.image_ops import ImageOperations
+from serving.jobs.objects import ObjectStore
+from serving.jobs.records import ItemOutput
+
+OPERATION_STAGES = ("convert", "enhance")
+DEFAULT_SUFFIX = {"convert": "", "enhance": "_enhanced"}
+_SUFFIX = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
+
+
+def parse_pairs(text: str | None) -> dict[str, str] | None:
+    """`format=webp,quality=80` (a query parameter) -> {"format": "webp", "quality": "80"}; None stays None."""
+    if text is None:
+        return None
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidOptionError(f"option {item!r}: expected key=value (e.g. format=webp,quality=80)")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def operation_spec(
+    stages: list[str], convert: dict[str, Any] | None, enhance: dict[str, Any] | None, suffix: str | None
+) -> dict[str, Any] | None:
+    """The job's `operations`, checked (400 on a bad option), or None when the job runs no image operation."""
+    enhancing = "enhance" in stages or enhance is not None
+    if not enhancing and "convert" not in stages and convert is None:
+        return None
+    convert = dict(convert or {})
+    ConvertOptions.parse(**convert)
+    enhance_options = dict(enhance or {}) if enhancing else None
+    if enhance_options is not None:
+        EnhanceOptions.parse(**enhance_options)
+    suffix = DEFAULT_SUFFIX["enhance" if enhancing else "convert"] if suffix is None else suffix
+    if not _SUFFIX.match(suffix):
+        raise InvalidOptionError(f"output_suffix={suffix!r}: up to 64 letters, digits, '.', '_' or '-'")
+    return {"convert": convert, "enhance": enhance_options, "suffix": suffix}
+
+
+def output_name(item_name: str, suffix: str, result: ConvertResult) -> str:
+    """The input's relative name (no absolute or parent parts), the suffix and the output format's extension."""
+    path = PurePosixPath(item_name.replace("\\", "/"))
+    parts = [p for p in path.parent.parts if p not in ("", ".", "..", "/")]
+    stem = path.stem or "image"
+    return "/".join([*parts, f"{stem}{suffix}{FORMATS[result.format].extension}"])
+
+
+async def run_operations(
+    operations: ImageOperations,
+    objects: ObjectStore,
+    spec: dict[str, Any],
+    data: bytes,
+    item_name: str,
+    anonymize: bool,
+) -> tuple[dict[str, Any], ItemOutput]:
+    """Run the job's operation on one item and store the output: (the result document's "output", the output)."""
+    convert = ConvertOptions.parse(**spec["convert"])
+    if anonymize:
+        convert = replace(convert, anonymize=True)
+    if spec.get("enhance") is not None:
+        outcome = await operations.enhance(data, EnhanceOptions.parse(**spec["enhance"]), convert)
+        result, summary = outcome.result, outcome.summary()
+    else:
+        result = await operations.convert(data, convert)
+        summary = result.summary()
+    digest = await asyncio.to_thread(objects.put, result.data)
+    name = output_name(item_name, spec["suffix"], result)
+    output = ItemOutput(digest, name, result.input_bytes, result.output_bytes)
+    return {**summary, "name": name, "object": digest}, output

@@ -1,0 +1,113 @@
+"""Convert/enhance as batch-job stages: options checked at submission, outputs stored once, named, totalled,
+downloadable as a streamed zip, and erased with the job."""
+
+import asyncio
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from pipelines.errors import InvalidOptionError
+from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.erasure import drop_orphaned_objects, purge_job
+from serving.jobs.objects import ObjectStore
+from serving.jobs.operations import operation_spec, output_name, parse_pairs
+from serving.jobs.output_zip import zip_stream
+from serving.jobs.records import JobSpec, NewItem
+from serving.jobs.runner import JobRunner
+from serving.jobs.settings import JobSettings
+from serving.jobs.store import JobStore
+from serving.jobs.webhooks import WebhookSender
+from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerIdentity, WorkerRegistry
+from serving.requests import ImageOptions
+
+pytestmark = pytest.mark.unit
+
+
+class NoAnalysis:
+    """The worker's service for an operations-only job: analyze must not be called; no quality stage."""
+
+    def served_entry(self, name: str | None) -> object:
+        return object()
+
+    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list:
+        raise AssertionError("an operations-only job runs no analysis")
+
+
+def jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[sa.Engine, ObjectStore, JobSettings]:
+    settings = JobSettings(database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", object_store=str(tmp_path / "o"))
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    return engine, ObjectStore(settings.object_store), settings
+
+
+def test_operation_spec_checks_options_up_front() -> None:
+    assert operation_spec(["classification"], None, None, None) is None
+    spec = operation_spec(["convert"], {"format": "webp", "quality": "80"}, None, None)
+    assert spec == {"convert": {"format": "webp", "quality": "80"}, "enhance": None, "suffix": ""}
+    assert operation_spec([], None, {"auto": True}, None)["suffix"] == "_enhanced"  # type: ignore[index]
+    for bad in ({"format": "jxl"}, {"quality": "0", "format": "jpeg"}):
+        with pytest.raises(InvalidOptionError):
+            operation_spec(["convert"], bad, None, None)
+    with pytest.raises(InvalidOptionError, match="output_suffix"):
+        operation_spec(["convert"], {}, None, "../x")
+    assert parse_pairs("format=webp, quality=80") == {"format": "webp", "quality": "80"}
+    with pytest.raises(InvalidOptionError, match="key=value"):
+        parse_pairs("webp")
+
+
+def test_output_names_stay_inside_the_archive() -> None:
+    from pipelines.convert import ConvertOptions, convert_image
+    from pipelines.limits import DecodeLimits
+
+    result = convert_image(jpeg(0), ConvertOptions(format="webp"), DecodeLimits())
+    assert output_name("holiday/IMG_1.JPG", "_web", result) == "holiday/IMG_1_web.webp"
+    assert output_name("../../etc/passwd", "", result) == "etc/passwd.webp"
+    assert output_name("/abs/a.png", "", result) == "abs/a.webp"
+
+
+def test_convert_job_stores_named_outputs_totals_and_a_zip(store) -> None:
+    engine, objects, settings = store
+    payloads = [jpeg(i) for i in range(5)] + [b"\xff\xd8 not really a jpeg"]
+    items = [NewItem(f"dir/{i}.jpg", "object", objects.put(p), len(p)) for i, p in enumerate(payloads)]
+    operations = operation_spec(["convert"], {"format": "png", "max_side": "100"}, None, "_small")
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 5 and finished.counts["failed"] == 1
+    rows = {r.name: r for r in JobStore(engine).results_page(job_id)}
+    output = rows["dir/0.jpg"].result["output"]  # type: ignore[index]
+    assert output["name"] == "dir/0_small.png" and output["size"] == [100, 67] and output["format"] == "png"
+    assert rows["dir/5.jpg"].status == "failed" and rows["dir/5.jpg"].error_kind == "invalid_image"
+    job = JobStore(engine).get_job(job_id)
+    assert job.outputs.count == 5 and job.outputs.input_bytes == sum(len(p) for p in payloads[:5])
+    assert job.outputs.output_bytes == sum(r.result["output"]["output_bytes"] for r in rows.values() if r.result)
+
+    async def pages(after: int) -> list[tuple[int, str, str]]:
+        return JobStore(engine).outputs_page(job_id, after, 2)  # small pages: the stream crosses page boundaries
+
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in zip_stream(pages, objects)])
+
+    archive = zipfile.ZipFile(io.BytesIO(asyncio.run(collect())))
+    assert sorted(archive.namelist()) == [f"dir/{i}_small.png" for i in range(5)]
+    assert Image.open(io.BytesIO(archive.read("dir/3_small.png"))).size == (100, 67)
+
+    # erased with the job (inputs and outputs), and never dropped as orphans while the job holds them
+    assert drop_orphaned_objects(engine, objects, now=1e12) == 0
+    report = purge_job(engine, objects, job_id, None, None)
+    assert report.objects == 11 and not objects.stored()
