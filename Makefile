@@ -14,7 +14,7 @@ SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
-	fuzz fuzz-api bench-overload
+	fuzz fuzz-api bench-overload bench-convert
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ fuzz-api: models
 OVERLOAD_ARGS ?= --max-inflight 1 --rate 1000
 bench-overload: models
 	$(PY) -m loadtests.overload $(OVERLOAD_ARGS)
+
+# Conversion speed and memory against a plain-Pillow baseline (libraries, bulk, online), ~7 minutes.
+bench-convert: models
+	$(PY) -m loadtests.convert_bench $(CONVERT_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
 loadtest: venv

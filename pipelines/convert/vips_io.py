@@ -15,6 +15,7 @@ import numpy as np
 import pyvips
 from PIL import Image, ImageCms
 
+from pipelines.convert import jpeg_fast
 from pipelines.convert.formats import FORMATS
 from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
@@ -84,11 +85,11 @@ def load_vips(
     header = open_validated(data, limits)
     options = options.resolved(header.format or "")
     transform = options.icc == "srgb" and needs_srgb_transform(header)
-    width, height = upright_size(header, exif_orientation(header))
+    orientation = exif_orientation(header)
+    width, height = upright_size(header, orientation)
     info = SourceInfo(
         header.format or "", width, height, _frames(header, data) if header.format in ANIMATED_INPUTS else 1
     )
-    header.close()
     fmt = FORMATS[options.format or "jpeg"]
     pages = info.frames if (options.animated and fmt.animation and info.frames > 1) else 1
     if pages > 1 and width * height * pages > limits.max_full_decode_pixels:
@@ -104,6 +105,9 @@ def load_vips(
             + (f" x {pages} frames" if pages > 1 else "")
             + f" = {out_w * out_h * pages} pixels; the limit is {limits.max_full_decode_pixels} (ask for max_side)"
         )
+    if jpeg_fast.applies(header, transform):
+        return jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h)), info, options
+    header.close()
     # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader): a truncated
     # file is an error (400), as it is in the decode stage, not an image with a grey bottom.
     loader = "fail_on=truncated" + (",n=-1" if pages > 1 else "")

@@ -205,3 +205,21 @@ def test_outputs_are_bounded_like_full_size_decodes(photo: bytes) -> None:
     assert convert_image(photo, ConvertOptions(format="png", max_side=300), small).width == 300
     with pytest.raises(ImageTooLargeError):
         convert_image(photo, ConvertOptions(format="jpeg", max_side=16384, upscale=True), LIMITS)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_fast_path_matches_pillow_and_keeps_exif(orientation: int) -> None:
+    """Plain JPEGs take the simplejpeg path: upright pixels exactly Pillow's, EXIF kept with orientation 1."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = orientation, "TestMake"
+    data = encode(textured((64, 48)), "JPEG", quality=90, exif=exif.tobytes())
+    header = Image.open(io.BytesIO(data))
+    from pipelines.convert import jpeg_fast
+
+    assert jpeg_fast.applies(header, needs_transform=False)
+    out = decoded(convert_image(data, ConvertOptions(format="png"), LIMITS).data)
+    reference = np.asarray(ImageOps.exif_transpose(decoded(data)).convert("RGB"))
+    assert np.array_equal(np.asarray(out.convert("RGB")), reference)
+    kept = decoded(convert_image(data, ConvertOptions(format="jpeg", max_side=32), LIMITS).data)
+    assert kept.getexif().get(0x0112) in (None, 1) and kept.getexif().get(0x010F) == "TestMake"
+    assert max(kept.size) == 32

@@ -1,0 +1,55 @@
+"""The fast path for JPEG inputs: libjpeg-turbo's scaled decode (simplejpeg), area resize (OpenCV), then libvips
+for everything after (bit depth, alpha, metadata, every output format).
+
+libvips' `thumbnail` also decodes JPEGs at reduced scale, but its Lanczos resize and its pipeline cost more than
+the decode itself for thumbnails: JPEG -> 512-px JPEG took 24 ms a camera photo through `thumbnail` and 16 ms
+here (BENCHMARKS.md, "Conversion"). Area averaging is the right filter for shrinking (every source pixel counts
+once, no ringing). The DCT and upsampling stay libjpeg-turbo's accurate ones, so without a resize the pixels are
+exactly Pillow's and libvips' decode.
+
+Taken only where it gives the same answer as the libvips path: a baseline or progressive JPEG (not MPO) in RGB or
+greyscale, no colour transform needed (no profile, or sRGB, or `icc=keep`), no IPTC block (the metadata this
+path carries over is EXIF, XMP and the ICC profile). Everything else goes through `thumbnail`.
+"""
+
+import cv2
+import numpy as np
+import pyvips
+import simplejpeg
+from PIL import Image
+
+from pipelines.errors import InvalidImageError
+from pipelines.orientation import SWAPS_AXES, upright_array
+
+
+def applies(header: Image.Image, needs_transform: bool) -> bool:
+    if header.format != "JPEG" or header.mode not in ("RGB", "L") or needs_transform:
+        return False
+    return not any(marker == "APP13" for marker, _ in getattr(header, "applist", []))
+
+
+def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:
+    """The JPEG upright at `size` (width, height: what `thumbnail` would give), with its EXIF, XMP and ICC profile
+    and orientation 1. Raises `InvalidImageError` on a corrupt or truncated file."""
+    width, height = size
+    stored_w, stored_h = (height, width) if orientation in SWAPS_AXES else (width, height)
+    grey = header.mode == "L"
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="GRAY" if grey else "RGB", min_width=stored_w, min_height=stored_h, strict=True
+        )
+    except ValueError as exc:
+        raise InvalidImageError(f"image could not be decoded: {exc}") from None
+    pixels = upright_array(pixels, orientation)
+    if pixels.shape[1] != width or pixels.shape[0] != height:
+        shrinking = pixels.shape[1] > width
+        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation="b-w" if grey else "srgb")
+    for field, key in (("exif-data", "exif"), ("xmp-data", "xmp"), ("icc-profile-data", "icc_profile")):
+        blob = header.info.get(key)
+        if isinstance(blob, bytes) and blob:
+            image.set_type(pyvips.GValue.blob_type, field, blob)
+    image.set_type(pyvips.GValue.gint_type, "orientation", 1)
+    return image
