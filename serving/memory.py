@@ -3,8 +3,10 @@
 glibc gives each thread that contends for malloc an arena of its own (up to 8 per core) and rarely returns their
 memory: image conversion on a few threads grew a process by ~2x the memory it needed (`python -m
 loadtests.convert_bench`, bulk: 211 MB of growth with glibc's default, 85 MB with two arenas, at the same speed).
-`imgserve serve` sets MALLOC_ARENA_MAX for the Ray it starts (every replica process inherits it);
-`tune_malloc` caps a running process through `mallopt` (the bulk CLI commands, before their threads exist).
+Classification is unaffected (c16 over HTTP: 90-99 images/s with the cap, 90-98 without; peak RSS 1.55-1.60 GB
+either way, same session). `imgserve serve` sets MALLOC_ARENA_MAX for the Ray it starts (every replica process
+inherits it); `tune_malloc` caps a running process through `mallopt` (the bulk CLI commands, before their
+threads exist).
 IMGSERVE_MALLOC_ARENAS: the cap (default 2; 0 leaves glibc's default).
 """
 
