@@ -163,7 +163,8 @@ def reduced_scale(
     return scale
 
 
-def _upright(image: Image.Image, orientation: int) -> Image.Image:
+def upright_image(image: Image.Image, orientation: int) -> Image.Image:
+    """The image turned upright by its EXIF orientation (by the tag alone when Pillow cannot rewrite the EXIF)."""
     try:
         return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, EOFError):
@@ -178,7 +179,7 @@ def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.
         if scale > 1:
             stored_w, stored_h = image.size
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
-        image = _upright(image, orientation)
+        image = upright_image(image, orientation)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
             image = image.point(lambda v: v / 256).convert("L")

@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyvips
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipelines.convert import FORMATS, ConvertOptions, ConvertResult, convert_image
-from pipelines.enhance import EnhanceOptions, should_revert
+from pipelines.enhance import EnhanceOptions, should_revert, without_auto
 from pipelines.enhance.image import enhance_image
+from pipelines.enhance.plan import auto_step
 from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
 from serving.cli_output import expand_images
@@ -84,7 +86,7 @@ def _run(args: argparse.Namespace, label: str, work: Work) -> int:
                 record = future.result()
                 total_in += record["input_bytes"]
                 total_out += record["output_bytes"]
-            except (ImageInputError, OSError, ValueError) as exc:
+            except (ImageInputError, OSError, ValueError, pyvips.Error) as exc:
                 failed += 1
                 record = {"image": str(path), "error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
             report.write(json.dumps(record) + "\n")
@@ -120,9 +122,11 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         if quality is not None and before is not None:
             after = quality.verdict(result.data)
             if should_revert(options, applied, before.score, after.score):
-                result, _ = enhance_image(data, EnhanceOptions(), convert, limits, [])
-                after = quality.verdict(result.data)
-                extra = {"operations": [], "reverted": applied}
+                plain, plain_applied = enhance_image(data, without_auto(options), convert, limits, [])
+                plain_after = quality.verdict(plain.data)
+                if plain_after.score > after.score:  # the auto steps, not the conversion, lowered the score
+                    reverted = [step for step in applied if auto_step(step)]
+                    result, after, extra = plain, plain_after, {"operations": plain_applied, "reverted": reverted}
             extra |= {"score_before": before.score, "score_after": after.score, "tags_before": tags,
                       "tags_after": [t.name for t in after.tags]}  # fmt: skip
         return result, extra

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines.convert import ConvertOptions, ConvertResult, convert_image
-from pipelines.enhance import EnhanceOptions, should_revert
+from pipelines.enhance import EnhanceOptions, should_revert, without_auto
 from pipelines.enhance.image import enhance_image
+from pipelines.enhance.plan import auto_step
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
 from serving.errors import ModelUnavailableError
@@ -77,9 +78,13 @@ class ImageOperations:
         after = await self.service.assess_quality(result.data) if has_quality else None
         reverted: list[dict[str, Any]] = []
         if before is not None and after is not None and should_revert(options, applied, before.score, after.score):
-            reverted, applied = applied, []
-            result, _ = await stage_thread(enhance_image, data, EnhanceOptions(), convert, self.limits, [])
-            after = await self.service.assess_quality(result.data)
+            plain, plain_applied = await stage_thread(
+                enhance_image, data, without_auto(options), convert, self.limits, []
+            )
+            plain_after = await self.service.assess_quality(plain.data)
+            if plain_after.score > after.score:  # the auto steps, not the conversion, lowered the score
+                reverted = [step for step in applied if auto_step(step)]
+                result, applied, after = plain, plain_applied, plain_after
         for step in applied:
             ENHANCEMENT_STEPS.labels(step["operation"], step["reason"].split(" ")[0]).inc()
         self._count("enhance", result)

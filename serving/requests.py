@@ -39,7 +39,7 @@ class ImageOptions(BaseModel):
     )
 
     @classmethod
-    def parse(cls, **values: Any) -> "ImageOptions":
+    def parse(cls, /, **values: Any) -> "ImageOptions":
         """Validated options; an invalid value is a 400 naming the field (not a pydantic trace)."""
         try:
             return cls.model_validate({k: v for k, v in values.items() if v is not None})

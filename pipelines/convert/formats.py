@@ -20,7 +20,7 @@ class OutputFormat:
     animation: bool  # keeps several frames
     lossy: bool  # takes `quality`
     lossless_option: bool  # takes `lossless=true`
-    high_bit_depth: bool  # keeps 16-bit samples
+    high_bit_depth: bool  # keeps 16-bit samples (none yet: 16-bit inputs are written with 8 bits, scaled)
     options: tuple[str, ...]  # format-specific options beyond the common ones
 
 
@@ -32,13 +32,13 @@ FORMATS: dict[str, OutputFormat] = {
             ("quality", "progressive", "optimize", "subsampling"),
         ),
         OutputFormat(
-            "png", "image/png", ".png", "vips", True, False, False, True, True, ("compression", "progressive")
+            "png", "image/png", ".png", "vips", True, False, False, True, False, ("compression", "progressive")
         ),
         OutputFormat(
             "webp", "image/webp", ".webp", "vips", True, True, True, True, False, ("quality", "lossless", "effort")
         ),
         OutputFormat(
-            "tiff", "image/tiff", ".tiff", "vips", True, False, True, True, True, ("quality", "compression")
+            "tiff", "image/tiff", ".tiff", "vips", True, False, True, True, False, ("quality", "compression")
         ),
         OutputFormat("bmp", "image/bmp", ".bmp", "pillow", True, False, False, True, False, ()),
         OutputFormat("gif", "image/gif", ".gif", "vips", True, True, False, False, False, ("effort",)),

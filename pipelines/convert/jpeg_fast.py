@@ -9,7 +9,8 @@ exactly Pillow's and libvips' decode.
 
 Taken only where it gives the same answer as the libvips path: a baseline or progressive JPEG (not MPO) in RGB or
 greyscale, no colour transform needed (no profile, or sRGB, or `icc=keep`), no IPTC block (the metadata this
-path carries over is EXIF, XMP and the ICC profile). Everything else goes through `thumbnail`.
+path carries over is EXIF, XMP and the ICC profile), and a decode (at the scale the output needs) within the
+full-decode pixel budget. Everything else goes through `thumbnail`, which streams.
 """
 
 import cv2
@@ -26,6 +27,15 @@ def applies(header: Image.Image, needs_transform: bool) -> bool:
     if header.format != "JPEG" or header.mode not in ("RGB", "L") or needs_transform:
         return False
     return not any(marker == "APP13" for marker, _ in getattr(header, "applist", []))
+
+
+def decoded_pixels(header: Image.Image, size: tuple[int, int], orientation: int) -> int:
+    """Pixels libjpeg-turbo decodes for an output of `size`: the smallest scale M/8 (M = 1..8) that covers it."""
+    width, height = size
+    stored_w, stored_h = (height, width) if orientation in SWAPS_AXES else (width, height)
+    full_w, full_h = header.size
+    m = max(1, min(8, max(-(-8 * stored_w // full_w), -(-8 * stored_h // full_h))))
+    return -(-full_w * m // 8) * -(-full_h * m // 8)
 
 
 def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:

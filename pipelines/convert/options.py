@@ -91,7 +91,7 @@ class ConvertOptions:
     animated: bool = True  # keep the frames of an animated GIF/WebP when the output format can
 
     @classmethod
-    def parse(cls, **raw: Any) -> "ConvertOptions":
+    def parse(cls, /, **raw: Any) -> "ConvertOptions":
         """From query parameters or JSON values; None means not given. Raises `InvalidOptionError`."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(k for k, v in raw.items() if k not in known and v is not None)
@@ -147,6 +147,11 @@ class ConvertOptions:
             raise InvalidOptionError("give either lossless=true or quality=, not both")
         if self.effort is not None and self.format not in EFFORT_RANGE:
             raise InvalidOptionError(f"effort= does not apply to format={self.format}")
+        if self.effort is not None and not EFFORT_RANGE[self.format][0] <= self.effort <= EFFORT_RANGE[self.format][1]:
+            low, high = EFFORT_RANGE[self.format]
+            raise InvalidOptionError(f"effort={self.effort} is out of range for format={self.format}: {low}..{high}")
+        if self.lossless and self.format == "tiff" and self.compression in ("jpeg", "webp"):
+            raise InvalidOptionError(f"lossless=true contradicts compression={self.compression} (lossy)")
         if self.optimize and self.format != "jpeg":
             raise InvalidOptionError("optimize= applies to format=jpeg only")
         if self.progressive and self.format not in ("jpeg", "png"):

@@ -19,10 +19,11 @@ from pipelines.convert import jpeg_fast
 from pipelines.convert.formats import FORMATS
 from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
+from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError
 from pipelines.limits import DecodeLimits
-from pipelines.metadata.container import gif_frame_count
+from pipelines.metadata.container import MAX_COUNTED_PAGES, gif_frame_count
 
 pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
 # libvips threads per image (IMGSERVE_VIPS_THREADS, default 1): requests and bulk files already run in parallel on
@@ -92,6 +93,10 @@ def load_vips(
     )
     fmt = FORMATS[options.format or "jpeg"]
     pages = info.frames if (options.animated and fmt.animation and info.frames > 1) else 1
+    if pages > MAX_COUNTED_PAGES:
+        raise ImageTooLargeError(
+            f"animation of more than {MAX_COUNTED_PAGES} frames (ask for animated=false to convert the first frame)"
+        )
     if pages > 1 and width * height * pages > limits.max_full_decode_pixels:
         raise ImageTooLargeError(
             f"animation of {pages} frames of {width}x{height}: {width * height * pages} pixels in all; the limit is"
@@ -105,12 +110,16 @@ def load_vips(
             + (f" x {pages} frames" if pages > 1 else "")
             + f" = {out_w * out_h * pages} pixels; the limit is {limits.max_full_decode_pixels} (ask for max_side)"
         )
-    if jpeg_fast.applies(header, transform):
+    if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
+        limits.max_full_decode_pixels
+    ):
         return jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h)), info, options
+    if header.format in PILLOW_INPUTS:
+        return load_with_pillow(header, orientation, (out_w, out_h)), info, options
     header.close()
     # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader): a truncated
     # file is an error (400), as it is in the decode stage, not an image with a grey bottom.
-    loader = "fail_on=truncated" + (",n=-1" if pages > 1 else "")
+    loader = "fail_on=truncated" + (f",n={pages}" if pages > 1 else "")
     kwargs: dict[str, object] = {
         "height": box_h,
         "size": "both" if options.upscale else "down",
@@ -195,15 +204,34 @@ def to_pillow(image: pyvips.Image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
 
 
+def upright_exif(blob: bytes | None) -> bytes | None:
+    """The EXIF block with orientation 1: the pixels are upright already, and HEIF writers turn the tag into a
+    rotation of their own (libvips does this through its `orientation` field; Pillow's writers need the block)."""
+    if not blob:
+        return blob
+    try:
+        exif = Image.Exif()
+        exif.load(blob[6:] if blob.startswith(b"Exif\x00\x00") else blob)
+        if exif.get(0x0112, 1) == 1:
+            return blob
+        exif[0x0112] = 1
+        return b"Exif\x00\x00" + exif.tobytes()
+    except Exception:  # noqa: BLE001 - an unreadable block is not copied
+        return None
+
+
 def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -> bytes:
     pil = to_pillow(image)
     out = io.BytesIO()
-    exif = image.get("exif-data") if options.metadata == "keep" and "exif-data" in image.get_fields() else None
-    if exif is not None and options.anonymize:
-        exif = anonymized_exif(exif)
+    fields = image.get_fields()
+    exif = image.get("exif-data") if options.metadata == "keep" and "exif-data" in fields else None
+    if exif is not None:
+        exif = upright_exif(anonymized_exif(exif) if options.anonymize else exif)
     params: dict[str, object] = {"exif": exif} if exif else {}
     if options.format == "heif":
         params["quality"] = -1 if options.lossless else quality
+        if options.icc == "keep" and "icc-profile-data" in fields:
+            params["icc_profile"] = image.get("icc-profile-data")
         pil.save(out, "HEIF", **params)
     else:
         pil.save(out, "BMP")

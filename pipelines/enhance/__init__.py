@@ -8,6 +8,16 @@ from pipelines.enhance.plan import (
     apply_steps,
     describe_options,
     should_revert,
+    without_auto,
 )
 
-__all__ = ["AUTO_FIXES", "OPERATIONS", "EnhanceOptions", "Step", "apply_steps", "describe_options", "should_revert"]
+__all__ = [
+    "AUTO_FIXES",
+    "OPERATIONS",
+    "EnhanceOptions",
+    "Step",
+    "apply_steps",
+    "describe_options",
+    "should_revert",
+    "without_auto",
+]

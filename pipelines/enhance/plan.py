@@ -108,7 +108,7 @@ class EnhanceOptions:
     factors: dict[str, float] = field(default_factory=dict)  # manual factor name -> value in FACTOR_RANGE
 
     @classmethod
-    def parse(cls, auto: Any = None, ops: Any = None, **factors: Any) -> "EnhanceOptions":
+    def parse(cls, /, auto: Any = None, ops: Any = None, **factors: Any) -> "EnhanceOptions":
         """From query parameters or JSON values (None: not given). Nothing given means auto."""
         unknown = sorted(k for k, v in factors.items() if k not in MANUAL_FACTORS and v is not None)
         if unknown:
@@ -186,10 +186,19 @@ def apply_steps(rgb: np.ndarray, steps: Sequence[Step]) -> tuple[np.ndarray, lis
 
 
 def should_revert(options: EnhanceOptions, applied: Sequence[dict[str, Any]], before: float, after: float) -> bool:
-    """Auto mode's "do no harm" rule: when the quality stage scores the enhanced image lower than the input, the
-    caller returns the input (re-encoded as asked) instead, and reports the operations as reverted. Manual edits
-    are what the caller asked for and are never reverted."""
-    return options.auto and bool(applied) and after < before
+    """Auto mode's "do no harm" rule, first half: the quality stage scored the enhanced image lower than the input
+    and auto steps ran. The caller then also makes the same output without the auto steps (`without_auto`: the
+    requested ops and factors kept, the conversion as asked) and returns whichever of the two scores higher, so a
+    drop that the resize or the encoding causes does not undo a fix. Manual edits are never reverted."""
+    return options.auto and any(auto_step(step) for step in applied) and after < before
+
+
+def auto_step(step: dict[str, Any]) -> bool:
+    return str(step.get("reason", "")).startswith("tag ")
+
+
+def without_auto(options: EnhanceOptions) -> EnhanceOptions:
+    return EnhanceOptions(False, options.ops, options.factors)
 
 
 def describe_options() -> dict[str, Any]:

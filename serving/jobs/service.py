@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipelines.enhance import EnhanceOptions
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import PurgeReport, purge_job
@@ -92,6 +93,10 @@ class JobService:
         given = options.stages or []
         names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in given for n in item.split(",") if n.strip()]
         operations = operation_spec(names, options.convert, options.enhance, options.output_suffix)
+        if operations and operations["enhance"] is not None and EnhanceOptions.parse(**operations["enhance"]).auto:
+            pipeline = getattr(self.inference, "pipeline", None)
+            if pipeline is not None and not pipeline.has_quality:
+                raise BadRequestError("enhance with auto needs the quality stage, which this application does not run")
         analysis = [n for n in names if n not in OPERATION_STAGES]
         # Analysis stages as asked; the classifier when nothing at all is asked; none for an operations-only job.
         stages = tuple(self.inference.analysis_fields(analysis or DEFAULT_STAGES)) if analysis or not operations else ()

@@ -299,14 +299,20 @@ class JobStore:
             return [(int(r.idx), str(r.output_name), str(r.output_object)) for r in conn.execute(query)]
 
     def stored_bytes(self, tenant: str) -> int:
-        """Bytes of stored inputs the tenant's jobs hold (shared objects count for each job that holds them)."""
-        query = (
+        """Bytes of stored inputs and image-operation outputs the tenant's jobs hold (shared objects count for each
+        job that holds them). Checked when inputs are submitted: outputs written since count from the next one."""
+        inputs = (
             sa.select(sa.func.coalesce(sa.func.sum(job_items.c.size_bytes), 0))
             .join(jobs, jobs.c.id == job_items.c.job_id)
             .where(jobs.c.tenant == tenant, job_items.c.source_kind == "object")
         )
+        outputs = (
+            sa.select(sa.func.coalesce(sa.func.sum(job_results.c.output_bytes), 0))
+            .join(jobs, jobs.c.id == job_results.c.job_id)
+            .where(jobs.c.tenant == tenant, job_results.c.output_object.is_not(None))
+        )
         with self.engine.begin() as conn:
-            return int(conn.execute(query).scalar() or 0)
+            return int(conn.execute(inputs).scalar() or 0) + int(conn.execute(outputs).scalar() or 0)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.engine.begin() as conn:

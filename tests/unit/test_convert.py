@@ -223,3 +223,53 @@ def test_jpeg_fast_path_matches_pillow_and_keeps_exif(orientation: int) -> None:
     kept = decoded(convert_image(data, ConvertOptions(format="jpeg", max_side=32), LIMITS).data)
     assert kept.getexif().get(0x0112) in (None, 1) and kept.getexif().get(0x010F) == "TestMake"
     assert max(kept.size) == 32
+
+
+def test_a_format_without_its_encoder_is_a_clear_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVIF asked of a server whose libvips has no AV1 encoder (simulated): 400 naming why, and /v1/formats says."""
+    from pipelines.convert import formats, options
+
+    missing = lambda name: "no AV1 encoder in this libvips" if name == "avif" else None  # noqa: E731
+    monkeypatch.setattr(options, "encoder_missing", missing)
+    monkeypatch.setattr(formats, "encoder_missing", missing)
+    with pytest.raises(InvalidOptionError, match="format=avif is not available on this server: no AV1 encoder") as err:
+        ConvertOptions.parse(format="avif")
+    assert err.value.http_status == 400
+    assert "avif" not in {f.name for f in formats.available_formats()}
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "HEIF"])
+def test_inputs_libvips_cannot_read_go_through_pillow(fmt: str) -> None:
+    import pipelines.decode  # noqa: F401 - registers the HEIF opener
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64x48, upright 48x64
+    data = encode(textured((64, 48)), fmt, **({"exif": exif.tobytes(), "quality": 90} if fmt == "HEIF" else {}))
+    out = decoded(convert_image(data, ConvertOptions(format="png", max_side=32), LIMITS).data)
+    assert out.size == ((24, 32) if fmt == "HEIF" else (32, 24))
+    heif = decoded(convert_image(data, ConvertOptions(format="heif"), LIMITS).data)  # written upright, tag reset
+    assert ImageOps.exif_transpose(heif).size == ((48, 64) if fmt == "HEIF" else (64, 48))
+
+
+def test_option_names_that_collide_with_python_are_just_unknown() -> None:
+    with pytest.raises(InvalidOptionError, match="unknown conversion options"):
+        ConvertOptions.parse(**{"cls": "x", "format": "png"})
+
+
+def test_effort_is_checked_against_the_inputs_format_too() -> None:
+    with pytest.raises(InvalidOptionError, match="effort=9 is out of range for format=webp"):
+        ConvertOptions.parse(effort=9).resolved("WEBP")
+    with pytest.raises(InvalidOptionError, match="lossless=true contradicts"):
+        ConvertOptions.parse(format="tiff", compression="jpeg", lossless=True)
+
+
+def test_too_many_animation_frames_are_refused() -> None:
+    from pipelines.metadata.container import MAX_COUNTED_PAGES
+
+    frames = [Image.new("L", (2, 2), i % 256) for i in range(MAX_COUNTED_PAGES + 5)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], optimize=False)
+    with pytest.raises(ImageTooLargeError, match="frames"):
+        convert_image(out.getvalue(), ConvertOptions(format="webp"), LIMITS)
+    first = convert_image(out.getvalue(), ConvertOptions(format="webp", animated=False), LIMITS)
+    assert first.frames == 1

@@ -151,3 +151,29 @@ def test_options_document_lists_every_operation() -> None:
     assert [o["name"] for o in document["operations"]] == list(OPERATIONS)
     assert document["manual_factors"]["brightness"] == {"min": 0.1, "max": 3.0, "neutral": 1.0}
     assert set(document["auto"]["fixes"].values()) <= set(OPERATIONS)
+
+
+def test_revert_rule_only_undoes_auto_steps() -> None:
+    from pipelines.enhance import should_revert, without_auto
+
+    options = EnhanceOptions.parse(auto=True, ops="sharpen", brightness=1.1)
+    applied = [{"operation": "exposure_up", "reason": "tag low_light"}, {"operation": "sharpen", "reason": "requested"}]
+    assert should_revert(options, applied, before=50.0, after=49.0)
+    assert not should_revert(options, applied, before=50.0, after=51.0)
+    assert not should_revert(options, applied[1:], before=50.0, after=40.0)  # manual edits are never reverted
+    assert not should_revert(EnhanceOptions.parse(ops="sharpen"), applied, before=50.0, after=40.0)
+    fallback = without_auto(options)
+    assert not fallback.auto and fallback.ops == ("sharpen",) and fallback.factors == {"brightness": 1.1}
+
+
+def test_enhancement_has_its_own_pixel_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.enhance import image as enhance_module
+    from pipelines.errors import ImageTooLargeError
+
+    monkeypatch.setattr(enhance_module, "MAX_ENHANCE_PIXELS", 1000)
+    data = png(np.zeros((40, 40, 3), dtype=np.uint8))
+    with pytest.raises(ImageTooLargeError, match="max_side"):
+        enhance_image(data, EnhanceOptions.parse(brightness=1.2), PNG, DecodeLimits())
+    small, _ = enhance_image(data, EnhanceOptions.parse(brightness=1.2), ConvertOptions(format="png", max_side=30),
+                             DecodeLimits())  # fmt: skip
+    assert small.width == 30

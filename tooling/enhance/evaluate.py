@@ -66,7 +66,8 @@ def _enhance_all(inputs: list[tuple[str, bytes]], tags: list[list[str]]) -> list
 
 def _served_auto(inputs: list[tuple[str, bytes]], workers: int) -> tuple[list, list, list]:
     """What the server's auto mode answers for each input: (verdict before, (key, output, applied), verdict after),
-    with the "do no harm" rule applied (`should_revert`: the plain re-encode when the score would fall)."""
+    with the "do no harm" rule applied (`should_revert`: when the score fell, the plain re-encode if it scores
+    higher than the enhanced image)."""
     thresholds = load_thresholds()
     before = served_quality(inputs, workers=workers)
     enhanced = _enhance_all(inputs, [defects(r.served, thresholds) for r in before])
@@ -74,11 +75,12 @@ def _served_auto(inputs: list[tuple[str, bytes]], workers: int) -> tuple[list, l
     options = EnhanceOptions(auto=True)
     worse = [i for i, (b, a, e) in enumerate(zip(before, after, enhanced, strict=True))
              if should_revert(options, e[2], b.served.score, a.served.score)]  # fmt: skip
-    if worse:
+    if worse:  # the same conversion without the auto steps; kept when it scores higher (as the server does)
         plain = _enhance_all([inputs[i] for i in worse], [[] for _ in worse])
         rescored = served_quality([(k, d) for k, d, _ in plain], workers=workers)
         for i, p, r in zip(worse, plain, rescored, strict=True):
-            enhanced[i], after[i] = (p[0], p[1], []), r
+            if r.served.score > after[i].served.score:
+                enhanced[i], after[i] = (p[0], p[1], []), r
     return before, enhanced, after
 
 

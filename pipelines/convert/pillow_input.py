@@ -1,0 +1,45 @@
+"""Inputs libvips cannot read in this install: BMP (no loader in the libvips wheel) and HEIF/HEIC (no HEVC decoder).
+
+Pillow decodes them (pillow-heif for HEIF; `pipelines.decode` registers it), turns them upright and hands the pixels
+to libvips, which resizes (Lanczos, as `thumbnail` does) and encodes like any other input. Both formats are decoded
+at full size, within the decode stage's full-decode pixel budget (checked by `open_validated` before this runs).
+"""
+
+import numpy as np
+import pyvips
+from PIL import Image
+
+from pipelines.decode import upright_image
+from pipelines.errors import InvalidImageError
+
+PILLOW_INPUTS = frozenset({"BMP", "HEIF"})
+
+
+def _pixels(image: Image.Image) -> tuple[np.ndarray, str]:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")  # scaled, not clipped (as the decode stage does)
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    array = np.asarray(image)
+    return (array[:, :, None] if array.ndim == 2 else array), ("b-w" if image.mode in ("L", "LA") else "srgb")
+
+
+def load_with_pillow(header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:
+    """The image upright at `size` (width, height), with its EXIF and ICC profile and orientation 1."""
+    try:
+        upright = upright_image(header, orientation)
+        pixels, interpretation = _pixels(upright)
+    except (OSError, SyntaxError, EOFError, ValueError) as exc:
+        raise InvalidImageError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}") from None
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation=interpretation)
+    width, height = size
+    if (image.width, image.height) != (width, height):
+        image = image.resize(width / image.width, vscale=height / image.height, kernel="lanczos3")
+    for field, key in (("exif-data", "exif"), ("icc-profile-data", "icc_profile")):
+        blob = header.info.get(key)
+        if isinstance(blob, bytes) and blob:
+            image.set_type(
+                pyvips.GValue.blob_type, field, blob if key != "exif" or blob[:4] == b"Exif" else b"Exif\x00\x00" + blob
+            )
+    image.set_type(pyvips.GValue.gint_type, "orientation", 1)
+    return image
