@@ -87,11 +87,17 @@ async def submit_batch(
     convert: str | None = Query(default=None, description="Convert every image: key=value,... (/v1/convert's)."),
     enhance: str | None = Query(default=None, description="Enhance every image: key=value,... (/v1/enhance's)."),
     output_suffix: str | None = Query(default=None, description="Added to output names."),
+    output_uri: str | None = Query(default=None, description="Also write outputs under this folder URI."),
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> JSONResponse:
     # Bad options (and refused webhook targets) are a 4xx before the body is read.
-    operations = {"convert": parse_pairs(convert), "enhance": parse_pairs(enhance), "output_suffix": output_suffix}
+    operations = {
+        "convert": parse_pairs(convert),
+        "enhance": parse_pairs(enhance),
+        "output_suffix": output_suffix,
+        "output_uri": output_uri,
+    }
     spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize, **operations))
     try:
         parts, body = await read_inputs(request, jobs)
@@ -105,6 +111,7 @@ async def submit_batch(
                 body.convert if body.convert is not None else operations["convert"],
                 body.enhance if body.enhance is not None else operations["enhance"],
                 body.output_suffix if body.output_suffix is not None else operations["output_suffix"],
+                body.output_uri if body.output_uri is not None else operations["output_uri"],
             )
             spec = await jobs.check(options)
         job = await jobs.submit(spec, parts, start, principal, client_host(request))

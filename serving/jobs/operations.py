@@ -4,13 +4,15 @@ A job carries `operations` = {"convert": {conversion options}, "enhance": {enhan
 "suffix": "..."}: the same options as `/v1/convert` and `/v1/enhance` (raw values, parsed by `pipelines.convert` and
 `pipelines.enhance`). Each item's output goes to the object store (content-addressed, so a re-run writes nothing
 twice) and is named after the input with the suffix and the output format's extension; `GET
-/v1/jobs/{id}/outputs.zip` streams them. The originals stay untouched in the store.
+/v1/jobs/{id}/outputs.zip` streams them. With a `destination` (`output_uri`: a folder under
+IMGSERVE_BATCH_OUTPUT_ROOT, or s3:// / gs://) each output is also written there under its name. The originals stay
+untouched in the store.
 """
 
 import asyncio
 import re
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipelines.convert import FORMATS, ConvertOptions, ConvertResult
@@ -19,6 +21,7 @@ from pipelines.errors import InvalidOptionError
 from serving.image_ops import ImageOperations
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import ItemOutput
+from serving.jobs.uris import check_destination, write_output
 
 OPERATION_STAGES = ("convert", "enhance")
 DEFAULT_SUFFIX = {"convert": "", "enhance": "_enhanced"}
@@ -41,9 +44,15 @@ def parse_pairs(text: str | None) -> dict[str, str] | None:
 
 
 def operation_spec(
-    stages: list[str], convert: dict[str, Any] | None, enhance: dict[str, Any] | None, suffix: str | None
+    stages: list[str],
+    convert: dict[str, Any] | None,
+    enhance: dict[str, Any] | None,
+    suffix: str | None,
+    destination: str | None = None,
+    output_root: Path | None = None,
 ) -> dict[str, Any] | None:
-    """The job's `operations`, checked (400 on a bad option), or None when the job runs no image operation."""
+    """The job's `operations`, checked (400 on a bad option, 403 on a destination this server may not write), or
+    None when the job runs no image operation. `destination`: a folder URI the outputs are also written to."""
     enhancing = "enhance" in stages or enhance is not None
     if not enhancing and "convert" not in stages and convert is None:
         return None
@@ -55,7 +64,10 @@ def operation_spec(
     suffix = DEFAULT_SUFFIX["enhance" if enhancing else "convert"] if suffix is None else suffix
     if not _SUFFIX.match(suffix):
         raise InvalidOptionError(f"output_suffix={suffix!r}: up to 64 letters, digits, '.', '_' or '-'")
-    return {"convert": convert, "enhance": enhance_options, "suffix": suffix}
+    spec: dict[str, Any] = {"convert": convert, "enhance": enhance_options, "suffix": suffix}
+    if destination:
+        spec["destination"] = check_destination(destination, output_root)
+    return spec
 
 
 def output_name(item_name: str, suffix: str, result: ConvertResult) -> str:
@@ -73,6 +85,7 @@ async def run_operations(
     data: bytes,
     item_name: str,
     anonymize: bool,
+    output_root: Path | None = None,
 ) -> tuple[dict[str, Any], ItemOutput]:
     """Run the job's operation on one item and store the output: (the result document's "output", the output)."""
     convert = ConvertOptions.parse(**spec["convert"])
@@ -87,4 +100,7 @@ async def run_operations(
     digest = await asyncio.to_thread(objects.put, result.data)
     name = output_name(item_name, spec["suffix"], result)
     output = ItemOutput(digest, name, result.input_bytes, result.output_bytes)
-    return {**summary, "name": name, "object": digest}, output
+    document = {**summary, "name": name, "object": digest}
+    if spec.get("destination"):
+        document["uri"] = await asyncio.to_thread(write_output, spec["destination"], name, result.data, output_root)
+    return document, output

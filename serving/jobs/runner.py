@@ -208,7 +208,13 @@ class JobRunner:
             output = None
             if job.operations:
                 document["output"], output = await run_operations(
-                    self.image_operations(), self.objects, job.operations, data, item.name, job.anonymize
+                    self.image_operations(),
+                    self.objects,
+                    job.operations,
+                    data,
+                    item.name,
+                    job.anonymize,
+                    self.settings.output_root,
                 )
             outcome = Outcome("done", job.model, document, output=output)
         except ItemInputError as exc:

@@ -26,6 +26,9 @@ class BatchRequest(BaseModel):
     output_suffix: str | None = Field(
         default=None, description="Added to output names (convert '', enhance '_enhanced')."
     )
+    output_uri: str | None = Field(
+        default=None, description="Also write outputs under this folder: file:// in the output root, s3://, gs://."
+    )
 
 
 class JobCounts(BaseModel):

@@ -42,6 +42,7 @@ class BatchOptions:
     convert: dict[str, Any] | None = None  # image operations (serving.jobs.operations)
     enhance: dict[str, Any] | None = None
     output_suffix: str | None = None
+    output_uri: str | None = None  # a folder the outputs are also written to
 
 
 class JobService:
@@ -92,7 +93,14 @@ class JobService:
             raise BadRequestError(f"top_k must be >= 1, got {options.top_k}")
         given = options.stages or []
         names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in given for n in item.split(",") if n.strip()]
-        operations = operation_spec(names, options.convert, options.enhance, options.output_suffix)
+        operations = operation_spec(
+            names,
+            options.convert,
+            options.enhance,
+            options.output_suffix,
+            options.output_uri,
+            self.settings.output_root,
+        )
         if operations and operations["enhance"] is not None and EnhanceOptions.parse(**operations["enhance"]).auto:
             pipeline = getattr(self.inference, "pipeline", None)
             if pipeline is not None and not pipeline.has_quality:

@@ -13,6 +13,7 @@ ENV_NAMES = {
     "database_url": "IMGSERVE_DATABASE_URL",
     "object_store": "IMGSERVE_OBJECT_STORE",
     "allowed_root": "IMGSERVE_BATCH_ALLOWED_ROOT",
+    "output_root": "IMGSERVE_BATCH_OUTPUT_ROOT",
     "concurrency": "IMGSERVE_BATCH_CONCURRENCY",
     "poll_interval_s": "IMGSERVE_BATCH_POLL_S",
     "max_items": "IMGSERVE_BATCH_MAX_ITEMS",
@@ -53,6 +54,10 @@ class JobSettings(BaseModel):
     )
     allowed_root: Path | None = Field(
         default=None, description="file:// URIs must resolve under this folder; unset = file:// URIs are refused."
+    )
+    output_root: Path | None = Field(
+        default=None,
+        description="file:// output destinations of image operations must resolve under this folder; unset = refused.",
     )
     concurrency: int = Field(default=8, ge=1, description="Job items in flight at once (bounds the load on the graph).")
     poll_interval_s: float = Field(default=2.0, gt=0, description="How often the worker looks for work unprompted.")

@@ -65,6 +65,51 @@ def check_uri(uri: str, allowed_root: Path | None) -> str:
     raise UriNotAllowedError(f"URI scheme {scheme or '(none)'!r} is not allowed; use file://, s3:// or gs://")
 
 
+def check_destination(uri: str, output_root: Path | None) -> str:
+    """An output destination (a folder URI) this server may write under: `file://` inside IMGSERVE_BATCH_OUTPUT_ROOT
+    (a root of its own: the input root is for reading), or `s3://` / `gs://`. Raises UriNotAllowedError (403) or
+    BadRequestError (400)."""
+    parts = _split(uri)
+    if parts.scheme.lower() == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UriNotAllowedError(f"file URI with a host is refused: {uri!r}")
+        if output_root is None:
+            raise UriNotAllowedError(
+                "file:// outputs are disabled on this server (IMGSERVE_BATCH_OUTPUT_ROOT is not set)"
+            )
+        _resolve_under(Path(unquote(parts.path)), output_root)
+        return uri.rstrip("/")
+    if parts.scheme.lower() in REMOTE_SCHEMES:
+        return check_uri(uri, None).rstrip("/")
+    raise UriNotAllowedError(
+        f"output URI scheme {parts.scheme or '(none)'!r} is not allowed; use file://, s3:// or gs://"
+    )
+
+
+def write_output(destination: str, name: str, data: bytes, output_root: Path | None) -> str:
+    """Write `data` as `name` (a relative path without `..`) under `destination`; returns the file's URI. Local
+    files are written to a temporary name and renamed into place (a re-run item rewrites the same bytes)."""
+    uri = f"{destination}/{name}"
+    try:
+        if _split(destination).scheme.lower() == "file":
+            assert output_root is not None  # check_destination refused file:// without it
+            target = _resolve_under(Path(unquote(_split(uri).path)), output_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+        else:
+            import fsspec
+
+            with fsspec.open(uri, "wb") as handle:
+                handle.write(data)
+    except (UriNotAllowedError, BadRequestError) as exc:
+        raise ItemInputError("forbidden_uri", str(exc)) from None
+    except OSError as exc:
+        raise ItemInputError("unwritable_output", f"cannot write {uri!r}: {exc}") from None
+    return uri
+
+
 def _read_local(path: Path, max_bytes: int) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)  # the resolved path has no link left to follow
     fd = os.open(path, flags)

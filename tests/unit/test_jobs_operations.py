@@ -111,3 +111,33 @@ def test_convert_job_stores_named_outputs_totals_and_a_zip(store) -> None:
     assert drop_orphaned_objects(engine, objects, now=1e12) == 0
     report = purge_job(engine, objects, job_id, None, None)
     assert report.objects == 11 and not objects.stored()
+
+
+def test_outputs_also_written_to_a_destination_inside_the_output_root(store, tmp_path: Path) -> None:
+    from serving.jobs.errors import UriNotAllowedError
+
+    engine, objects, settings = store
+    root = tmp_path / "exports"
+    root.mkdir()
+    settings = settings.model_copy(update={"output_root": root})
+    for refused, root_ in ((f"file://{tmp_path}/elsewhere", root), (f"file://{root}/web", None), ("http://x/y", root)):
+        with pytest.raises(UriNotAllowedError):
+            operation_spec(["convert"], {"format": "png"}, None, None, refused, root_)
+    (root / "escape").symlink_to(tmp_path)  # a link inside the root that leads out of it
+    with pytest.raises(UriNotAllowedError):
+        operation_spec(["convert"], {"format": "png"}, None, None, f"file://{root}/escape/x", root)
+    operations = operation_spec(
+        ["convert"], {"format": "png", "max_side": "50"}, None, "_s", f"file://{root}/web/", root
+    )
+    assert operations["destination"] == f"file://{root}/web"  # type: ignore[index]
+    items = [NewItem(f"album/{i}.jpg", "object", objects.put(jpeg(i)), 10) for i in range(3)]
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 3
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    assert written == [f"web/album/{i}_s.png" for i in range(3)]
+    row = JobStore(engine).results_page(job_id)[0]
+    assert row.result["output"]["uri"] == f"file://{root}/web/album/0_s.png"  # type: ignore[index]
+    assert Image.open(root / "web/album/0_s.png").size == (50, 33)
