@@ -14,11 +14,11 @@ full-decode pixel budget. Everything else goes through `thumbnail`, which stream
 """
 
 import cv2
-import numpy as np
 import pyvips
 import simplejpeg
 from PIL import Image
 
+from pipelines.convert.pillow_input import from_upright_pixels
 from pipelines.errors import InvalidImageError
 from pipelines.orientation import SWAPS_AXES, upright_array
 
@@ -56,10 +56,4 @@ def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[in
         pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation="b-w" if grey else "srgb")
-    for field, key in (("exif-data", "exif"), ("xmp-data", "xmp"), ("icc-profile-data", "icc_profile")):
-        blob = header.info.get(key)
-        if isinstance(blob, bytes) and blob:
-            image.set_type(pyvips.GValue.blob_type, field, blob)
-    image.set_type(pyvips.GValue.gint_type, "orientation", 1)
-    return image
+    return from_upright_pixels(pixels, "b-w" if grey else "srgb", header)

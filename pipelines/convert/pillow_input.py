@@ -24,6 +24,23 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, str]:
     return (array[:, :, None] if array.ndim == 2 else array), ("b-w" if image.mode in ("L", "LA") else "srgb")
 
 
+def from_upright_pixels(
+    pixels: np.ndarray, interpretation: str, header: Image.Image, keys: tuple[str, ...] = ("exif", "xmp", "icc_profile")
+) -> pyvips.Image:
+    """A libvips image of HxWxC upright pixels carrying the header's metadata blobs named by `keys` (Pillow's info
+    keys) and orientation 1 (the pixels are upright already)."""
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation=interpretation)
+    fields = {"exif": "exif-data", "xmp": "xmp-data", "icc_profile": "icc-profile-data"}
+    for key in keys:
+        blob = header.info.get(key)
+        if isinstance(blob, bytes) and blob:
+            if key == "exif" and blob[:4] != b"Exif":
+                blob = b"Exif\x00\x00" + blob  # libvips keeps the APP1 identifier in its EXIF blob
+            image.set_type(pyvips.GValue.blob_type, fields[key], blob)
+    image.set_type(pyvips.GValue.gint_type, "orientation", 1)
+    return image
+
+
 def load_with_pillow(header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:
     """The image upright at `size` (width, height), with its EXIF and ICC profile and orientation 1."""
     try:
@@ -31,15 +48,8 @@ def load_with_pillow(header: Image.Image, orientation: int, size: tuple[int, int
         pixels, interpretation = _pixels(upright)
     except (OSError, SyntaxError, EOFError, ValueError) as exc:
         raise InvalidImageError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}") from None
-    image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels)).copy(interpretation=interpretation)
+    image = from_upright_pixels(pixels, interpretation, header, keys=("exif", "icc_profile"))
     width, height = size
     if (image.width, image.height) != (width, height):
         image = image.resize(width / image.width, vscale=height / image.height, kernel="lanczos3")
-    for field, key in (("exif-data", "exif"), ("icc-profile-data", "icc_profile")):
-        blob = header.info.get(key)
-        if isinstance(blob, bytes) and blob:
-            image.set_type(
-                pyvips.GValue.blob_type, field, blob if key != "exif" or blob[:4] == b"Exif" else b"Exif\x00\x00" + blob
-            )
-    image.set_type(pyvips.GValue.gint_type, "orientation", 1)
     return image

@@ -23,7 +23,7 @@ from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError
 from pipelines.limits import DecodeLimits
-from pipelines.metadata.container import MAX_COUNTED_PAGES, gif_frame_count
+from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
 
 pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
 # libvips threads per image (IMGSERVE_VIPS_THREADS, default 1): requests and bulk files already run in parallel on
@@ -58,12 +58,6 @@ def output_size(width: int, height: int, box_w: int, box_h: int, upscale: bool) 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _frames(header: Image.Image, data: bytes) -> int:
-    if header.format == "GIF":
-        return max(1, gif_frame_count(data))
-    return int(getattr(header, "n_frames", 1))
-
-
 def needs_srgb_transform(header: Image.Image) -> bool:
     """Whether the pixels must go through a colour transform to become sRGB: an embedded profile that is not sRGB.
     (No profile means sRGB already; CMYK is converted by libvips' thumbnail anyway. A transform costs as much as
@@ -88,12 +82,12 @@ def load_vips(
     transform = options.icc == "srgb" and needs_srgb_transform(header)
     orientation = exif_orientation(header)
     width, height = upright_size(header, orientation)
-    info = SourceInfo(
-        header.format or "", width, height, _frames(header, data) if header.format in ANIMATED_INPUTS else 1
-    )
+    # frame_count stops at MAX_COUNTED_PAGES and says so: more is refused when the animation is to be kept
+    frames, too_many = frame_count(header, data) if header.format in ANIMATED_INPUTS else (1, None)
+    info = SourceInfo(header.format or "", width, height, frames)
     fmt = FORMATS[options.format or "jpeg"]
     pages = info.frames if (options.animated and fmt.animation and info.frames > 1) else 1
-    if pages > MAX_COUNTED_PAGES:
+    if pages > 1 and too_many:
         raise ImageTooLargeError(
             f"animation of more than {MAX_COUNTED_PAGES} frames (ask for animated=false to convert the first frame)"
         )
@@ -194,14 +188,20 @@ def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
     raise AssertionError(f"no encoder for {name}")
 
 
-def to_pillow(image: pyvips.Image) -> Image.Image:
-    """An 8-bit RGB or RGBA Pillow image of a prepared libvips image."""
+def colour_array(image: pyvips.Image) -> np.ndarray:
+    """HxWx3 (RGB) or HxWx4 (RGBA) uint8 pixels of a prepared libvips image: grey (+ alpha) becomes RGB(A)."""
     array = image.numpy()
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.shape[2] in (1, 2):  # grey (+ alpha) -> RGB(A): BMP and HEIF writers want colour
+    if array.shape[2] in (1, 2):
         array = np.concatenate([np.repeat(array[:, :, :1], 3, axis=2), array[:, :, 1:]], axis=2)
-    return Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+    return np.ascontiguousarray(array)
+
+
+def to_pillow(image: pyvips.Image) -> Image.Image:
+    """An 8-bit RGB or RGBA Pillow image of a prepared libvips image (BMP and HEIF writers want colour)."""
+    array = colour_array(image)
+    return Image.fromarray(array, "RGBA" if array.shape[2] == 4 else "RGB")
 
 
 def upright_exif(blob: bytes | None) -> bytes | None:

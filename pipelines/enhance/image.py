@@ -13,7 +13,7 @@ import pyvips
 
 from pipelines.convert import ConvertResult
 from pipelines.convert.options import ConvertOptions
-from pipelines.convert.vips_io import encode_vips, load_vips, prepare_for
+from pipelines.convert.vips_io import colour_array, encode_vips, load_vips, prepare_for
 from pipelines.enhance.plan import EnhanceOptions, apply_steps
 from pipelines.errors import ImageTooLargeError, InvalidImageError
 from pipelines.limits import DecodeLimits
@@ -26,15 +26,8 @@ _METADATA_PREFIXES = ("exif-", "xmp-data", "iptc-data", "icc-profile-data")
 
 def _pixels(image: pyvips.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """(HxWx3 uint8 RGB, HxWx1 alpha or None) of an 8-bit image with 1-4 bands."""
-    array = image.numpy()
-    if array.ndim == 2:
-        array = array[:, :, None]
-    colour_bands = 1 if array.shape[2] in (1, 2) else 3
-    rgb = array[:, :, :colour_bands]
-    alpha = array[:, :, colour_bands:] if array.shape[2] > colour_bands else None
-    if colour_bands == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
-    return np.ascontiguousarray(rgb), alpha
+    array = colour_array(image)
+    return np.ascontiguousarray(array[:, :, :3]), (array[:, :, 3:] if array.shape[2] == 4 else None)
 
 
 def _with_metadata(pixels: np.ndarray, source: pyvips.Image) -> pyvips.Image:
