@@ -50,12 +50,8 @@ class ImageOperations:
         self.limits = limits
 
     async def _forced_options(self, options: ConvertOptions) -> ConvertOptions:
-        gate = getattr(self.service, "gate", None)  # None: no quotas (a test's service, tools)
-        if gate is not None:
-            await gate.charge_images(1)
-            if not options.anonymize and await gate.anonymize_forced():
-                options = replace(options, anonymize=True)
-        return options
+        """The options after charging the image to the caller's quotas, with a tenant's forced anonymisation."""
+        return replace(options, anonymize=await self.service.charge(1, options.anonymize))
 
     async def convert(self, data: bytes, options: ConvertOptions) -> ConvertResult:
         options = await self._forced_options(options)

@@ -184,10 +184,8 @@ class InferenceService:
         if "classification" in selected and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
-        if self.gate is not None:
-            await self.gate.charge_images(len(images))
-            if "metadata" in selected and not options.anonymize and await self.gate.anonymize_forced():
-                options = options.model_copy(update={"anonymize": True})
+        if await self.charge(len(images), options.anonymize if "metadata" in selected else None):
+            options = options.model_copy(update={"anonymize": True})
         plan = self._plan(selected, entry)
         if len(images) > 1:
             REPLICA_LIMIT.waive_queue_budget()
@@ -244,6 +242,16 @@ class InferenceService:
         analyses = await self.analyze(images, ImageOptions(fields=["metadata"], anonymize=anonymize))
         return [a.metadata for a in analyses]  # type: ignore[misc]
 
+    async def charge(self, images: int, anonymize: bool | None = None) -> bool:
+        """Charge `images` to the caller's quotas (429 past one). Returns whether the results must be anonymised:
+        as asked (`anonymize`), or because the caller's tenant forces it; None: nothing in this request to anonymise."""
+        if self.gate is None:
+            return bool(anonymize)
+        await self.gate.charge_images(images)
+        if anonymize is None:
+            return False
+        return anonymize or await self.gate.anonymize_forced()
+
     async def assess_quality(self, data: bytes) -> QualityReport:
         """The quality verdict of one image (classical metrics and, when served, the learned model), not charged
         to the caller's quota: image operations ask it before and after their work."""
@@ -267,8 +275,7 @@ class InferenceService:
             raise InvalidTensorError("input has an empty batch")
         if batch.shape[0] > self.max_images_per_request:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
-        if self.gate is not None:
-            await self.gate.charge_images(int(batch.shape[0]))
+        await self.charge(int(batch.shape[0]))
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
         rows: list[ModelResult] = await asyncio.gather(

@@ -38,6 +38,9 @@ class NoAnalysis:
     async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list:
         raise AssertionError("an operations-only job runs no analysis")
 
+    async def charge(self, images: int, anonymize: bool | None = None) -> bool:
+        return bool(anonymize)  # no quotas
+
 
 def jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
     rng = np.random.default_rng(seed)
