@@ -14,13 +14,13 @@ SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
 .PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
-	fuzz fuzz-api bench-overload bench-convert
+	fuzz fuzz-api bench-overload bench-convert bench-collection
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[dev,torch,heif]'
+	$(PIP_INSTALL) -e '.[dev,torch,heif,s3]'
 	$(PY) -m serving.grpc.stubs
 	touch $(STAMP)
 
@@ -76,6 +76,12 @@ bench-overload: models
 # Conversion speed and memory against a plain-Pillow baseline (libraries, bulk, online), ~7 minutes.
 bench-convert: models
 	$(PY) -m loadtests.convert_bench $(CONVERT_ARGS)
+
+# Collection analysis (Ray Data CLI) against the same stages through /v1/batch, 5,000 images, then 20,000 for memory
+# growth; ~40 minutes here. Results: loadtests/results/collection.json, BENCHMARKS.md "Collections".
+COLLECTION_ARGS ?= --images 5000 --big 20000
+bench-collection: models
+	$(PY) -m loadtests.collection_bench $(COLLECTION_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
 loadtest: venv

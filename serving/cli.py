@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.cli_operations import add_operation_commands
 
     add_operation_commands(sub)
+    from serving.cli_collections import add_collection_commands
+
+    add_collection_commands(sub)
 
     quality = sub.add_parser("quality", help="quality thresholds")
     quality_sub = quality.add_subparsers(dest="quality_command", required=True)

@@ -171,9 +171,7 @@ class InferenceService:
             )
 
     def _plan(self, selected: tuple[str, ...], entry: ModelEntry) -> StagePlan:
-        learned = ("quality" in selected or "anomaly" in selected) and QUALITY_MODEL in self.pipeline.model_names
-        models = ([entry.name] if "classification" in selected else []) + ([QUALITY_MODEL] if learned else [])
-        return StagePlan(tuple(dict.fromkeys(models)), "quality" in selected, "metadata" in selected)
+        return stage_plan(selected, entry.name, self.pipeline.model_names)
 
     async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
         """The selected stages per image, run concurrently, in request order. A bad image fails the request
@@ -197,38 +195,7 @@ class InferenceService:
     ) -> Analysis:
         start = time.perf_counter()
         outputs = await self.pipeline.run(data, plan)
-        classification = None
-        if "classification" in selected:
-            classification = self._classification(entry, outputs, options, start)
-        learned = None
-        if QUALITY_MODEL in outputs.models:
-            quality_entry = self.repository.get(QUALITY_MODEL)
-            learned = learned_quality(
-                outputs.models[QUALITY_MODEL].outputs,
-                quality_entry.labels,
-                f"{QUALITY_MODEL}:{quality_entry.config.version}",
-            )
-        quality = None
-        if outputs.quality is not None:
-            quality = quality_verdict(outputs.quality, self.thresholds, learned)
-            record_quality(quality, self.thresholds)
-        metadata = outputs.metadata
-        if metadata is not None and options.anonymize:
-            metadata = anonymize_metadata(metadata)
-        return Analysis(classification, quality, learned if "anomaly" in selected else None, metadata)
-
-    def _classification(
-        self, entry: ModelEntry, outputs: StageOutputs, options: ImageOptions, start: float
-    ) -> Classification:
-        result = outputs.models[entry.name]
-        spec = entry.config.outputs[0]
-        predictions = top_k(scores_from_output(result.outputs[spec.name], spec), entry.labels, options.top_k)
-        predictions = [p for p in predictions if p.score >= options.confidence_threshold]
-        stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}
-        if outputs.decode_ms is not None:
-            stage_ms = {"decode": round(outputs.decode_ms, 3), **stage_ms}
-        record_stages(stage_ms)
-        return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0, stage_ms)
+        return analysis_from_outputs(outputs, self.repository, self.thresholds, selected, entry, options, start)
 
     async def classify(self, images: list[bytes], options: ImageOptions | None = None) -> list[Classification]:
         """Top-k per image, in request order: `analyze` with the classification stage alone."""
@@ -284,3 +251,60 @@ class InferenceService:
         for row in rows:
             record_stages(row.stage_ms)
         return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}
+
+
+def stage_plan(selected: tuple[str, ...], classifier: str, served: tuple[str, ...]) -> StagePlan:
+    """What the stages must do for the `selected` analysis fields: the classifier, the learned quality model when
+    it is served, the quality metrics, the metadata."""
+    learned = ("quality" in selected or "anomaly" in selected) and QUALITY_MODEL in served
+    models = ([classifier] if "classification" in selected else []) + ([QUALITY_MODEL] if learned else [])
+    return StagePlan(tuple(dict.fromkeys(models)), "quality" in selected, "metadata" in selected)
+
+
+def analysis_from_outputs(
+    outputs: StageOutputs,
+    repository: ModelRepository,
+    thresholds: Thresholds | None,
+    selected: tuple[str, ...],
+    entry: ModelEntry,
+    options: ImageOptions,
+    start: float,
+) -> Analysis:
+    """One image's `Analysis` from what its stages said: top-k, the learned quality, the verdict, (anonymised)
+    metadata. Shared by the service (every placement) and collection analysis on Ray Data."""
+    classification = None
+    if "classification" in selected:
+        classification = _classification(entry, outputs, options, start)
+    learned = None
+    if QUALITY_MODEL in outputs.models:
+        quality_entry = repository.get(QUALITY_MODEL)
+        learned = learned_quality(
+            outputs.models[QUALITY_MODEL].outputs,
+            quality_entry.labels,
+            f"{QUALITY_MODEL}:{quality_entry.config.version}",
+        )
+    quality = None
+    if outputs.quality is not None:
+        quality = quality_verdict(outputs.quality, thresholds, learned)
+        record_quality(quality, thresholds)
+    metadata = outputs.metadata
+    if metadata is not None and options.anonymize:
+        metadata = anonymize_metadata(metadata)
+    return Analysis(classification, quality, learned if "anomaly" in selected else None, metadata)
+
+
+def class_scores(entry: ModelEntry, outputs: StageOutputs) -> np.ndarray:
+    """The classifier's per-class scores (probabilities) for one image."""
+    spec = entry.config.outputs[0]
+    return scores_from_output(outputs.models[entry.name].outputs[spec.name], spec)
+
+
+def _classification(entry: ModelEntry, outputs: StageOutputs, options: ImageOptions, start: float) -> Classification:
+    result = outputs.models[entry.name]
+    predictions = top_k(class_scores(entry, outputs), entry.labels, options.top_k)
+    predictions = [p for p in predictions if p.score >= options.confidence_threshold]
+    stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}
+    if outputs.decode_ms is not None:
+        stage_ms = {"decode": round(outputs.decode_ms, 3), **stage_ms}
+    record_stages(stage_ms)
+    return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0, stage_ms)

@@ -13,7 +13,7 @@ from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error, retry_after_value
-from serving.http import audit_routes, image_routes, job_routes, oip_routes, operation_routes
+from serving.http import audit_routes, collection_routes, image_routes, job_routes, oip_routes, operation_routes
 from serving.http.auth import AuthMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
@@ -79,6 +79,7 @@ def create_http_app(
     app.include_router(image_routes.router)
     app.include_router(operation_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(collection_routes.router)
     app.include_router(audit_routes.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import FINAL_JOB_STATES
-from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
+from serving.jobs.tables import collections, job_events, job_items, job_results, jobs, webhook_deliveries
 from serving.security.audit import AuditEntry, write_entry
 
 logger = logging.getLogger("imgserve.jobs")
@@ -81,8 +81,11 @@ def purge_job(
             raise JobNotFoundError(f"no job with id {job_id!r}")
         items, digests = _delete_job_rows(conn, job_id)
         orphaned = digests - _referenced(conn, digests)
+        # Collections saved from the job hold copies of its results: erased with it (rows cascade).
+        saved = conn.execute(sa.delete(collections).where(collections.c.job_id == job_id)).rowcount or 0
         if audit is not None:
-            write_entry(conn, replace(audit, target=job_id, detail={"items": items, "objects": len(orphaned)}))
+            detail = {"items": items, "objects": len(orphaned), "collections": saved}
+            write_entry(conn, replace(audit, target=job_id, detail=detail))
     if objects is not None:
         for digest in orphaned:
             objects.delete(digest)

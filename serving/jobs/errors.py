@@ -48,3 +48,9 @@ class ItemInputError(ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class CollectionNotFoundError(ServiceError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "unknown_collection"

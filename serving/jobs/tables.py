@@ -4,6 +4,7 @@ Times are UNIX seconds (float) so SQLite and PostgreSQL behave the same; JSON co
 """
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
@@ -110,4 +111,68 @@ job_workers = sa.Table(
     sa.Column("process_started_at", sa.Float, nullable=False),  # with pid: the same process, not a reused pid
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
+)
+
+# JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+collections = sa.Table(
+    "collections",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),
+    sa.Column("name", sa.String(200), nullable=False),
+    # analyzing (a run is writing or was interrupted: `analyze` again resumes) -> ready
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("stages", sa.JSON, nullable=False),  # analysis fields: classification, quality, metadata
+    sa.Column("sources", sa.JSON, nullable=False),  # folders, archives, URIs (or "job:<id>")
+    sa.Column("job_id", sa.String(32)),  # saved from a batch job
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("tenant", "name", name="uq_collections_tenant_name"),
+)
+
+# One row per image: the filterable facts as columns (pipelines.collections.ImageRecord), the whole analysis
+# document beside them. `tags` is ",blurry,noisy," so one LIKE finds a tag on SQLite and PostgreSQL alike.
+collection_images = sa.Table(
+    "collection_images",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("collection_id", sa.String(32), sa.ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("location", sa.Text),  # where the file was read: a path, a URI, or an archive (with `member`)
+    sa.Column("member", sa.Text),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("phash", sa.String(16)),
+    sa.Column("format", sa.String(16)),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("mode", sa.String(16)),
+    sa.Column("make", sa.Text),
+    sa.Column("model", sa.Text),
+    sa.Column("lens_model", sa.Text),
+    sa.Column("taken_at", sa.String(40)),
+    sa.Column("iso", sa.Integer),
+    sa.Column("exposure_time_s", sa.Float),
+    sa.Column("f_number", sa.Float),
+    sa.Column("focal_length_mm", sa.Float),
+    sa.Column("latitude", sa.Float),
+    sa.Column("longitude", sa.Float),
+    sa.Column("dominant_hex", sa.String(7)),
+    sa.Column("quality_score", sa.Float),
+    sa.Column("quality_level", sa.String(8)),
+    sa.Column("tags", sa.Text, nullable=False, server_default=","),
+    sa.Column("top_label", sa.Text),
+    sa.Column("top_score", sa.Float),
+    sa.Column("class_probs", sa.JSON),  # [[class index, p], ...]: the classifier's highest probabilities
+    sa.Column("document", JSONDocument),  # the analysis document, as /v1/analyze answers it
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("collection_id", "name", name="uq_collection_images_name"),
+    sa.Index("ix_collection_images_score", "collection_id", "quality_score"),
+    sa.Index("ix_collection_images_level", "collection_id", "quality_level"),
+    sa.Index("ix_collection_images_camera", "collection_id", "model"),
+    sa.Index("ix_collection_images_taken", "collection_id", "taken_at"),
 )

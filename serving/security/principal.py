@@ -85,6 +85,8 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"GET"}), "/v1/models", True, "viewer"),
     (frozenset({"GET"}), "/v1/categories", True, "viewer"),
     (frozenset({"GET"}), "/v1/jobs", False, "viewer"),
+    (frozenset({"GET"}), "/v1/collections", False, "viewer"),
+    (frozenset({"DELETE"}), "/v1/collections/", False, "analyst"),
     (frozenset({"POST"}), "/v1/classify", True, "analyst"),
     (frozenset({"POST"}), "/v1/analyze", True, "analyst"),
     (frozenset({"POST"}), "/v1/metadata", True, "analyst"),

@@ -426,3 +426,65 @@ def test_kill_and_restart_mid_job_on_sqlite(tmp_path: Path, receiver: WebhookRec
         _check_webhook(receiver, "/hook/restart", job.job_id, 1000, server.url)
     finally:
         server.stop()
+
+
+# ---- collections on PostgreSQL ---------------------------------------------------------------------------
+def test_collections_over_http_on_postgresql(pg_server: tuple[BatchServer, str], tmp_path: Path) -> None:
+    """A collection made by the CLI (Ray Data) into PostgreSQL (JSONB documents) read over HTTP: list, filtered
+    pages, CSV export, report as JSON and HTML, 404s, delete; and a finished batch job saved as a
+    collection of its results."""
+    from tests.integration.collection_cli import cli_env, run_collection
+
+    server, database_url = pg_server
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in _photos()[:12]:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    env = {**cli_env(tmp_path / "unused.sqlite"), "IMGSERVE_DATABASE_URL": database_url}
+    run_collection(env, "analyze", str(folder), "--name", "web-sample")
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        listed = http.get("/v1/collections").json()["collections"]
+        (info,) = [c for c in listed if c["name"] == "web-sample"]
+        assert (info["images"], info["failed"], info["status"]) == (12, 1, "ready")
+        page = http.get(f"/v1/collections/{info['id']}/images", params={"limit": 5}).json()
+        assert len(page["images"]) == 5 and page["next"] is not None
+        rest = http.get(f"/v1/collections/{info['id']}/images", params={"after": page["next"], "limit": 50}).json()
+        assert len(page["images"]) + len(rest["images"]) == 13 and rest["next"] is None
+        failed = http.get("/v1/collections/web-sample/images", params={"failed": "true"}).json()["images"]
+        assert [i["name"] for i in failed] == ["broken.jpg"] and failed[0]["error"].startswith("invalid_image")
+        good = http.get("/v1/collections/web-sample/images", params={"min_score": 50, "analysis": "true"}).json()
+        assert good["images"] and all(i["quality_score"] >= 50 for i in good["images"])
+        assert good["images"][0]["analysis"]["classification"]["predictions"]  # the JSONB document, whole
+        exported = http.get("/v1/collections/web-sample/export", params={"format": "csv", "min_score": 50})
+        assert exported.headers["content-type"].startswith("text/csv")
+        assert len(exported.text.strip().splitlines()) == len(good["images"]) + 1
+        report = http.get("/v1/collections/web-sample/report", params={"format": "json"}).json()
+        assert report["images"] == 12 and report["formats"] == {"JPEG": 12} and report["failed"] == 1
+        html = http.get("/v1/collections/web-sample/report")
+        assert (
+            html.headers["content-type"].startswith("text/html")
+            and "default-src 'none'" in html.headers["content-security-policy"]
+        )
+        assert "web-sample" in html.text and "data:image/jpeg;base64," in html.text  # thumbnails read back
+        assert http.get("/v1/collections/nope").status_code == 404
+        assert http.get("/v1/collections/web-sample/images", params={"min_score": 101}).status_code in (400, 422)
+
+        files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in _photos()[20:24]]
+        submitted = http.post("/v1/batch", params={"stages": "quality,metadata"}, files=files)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        deadline = time.time() + 120
+        while http.get(f"/v1/jobs/{job_id}").json()["status"] not in ("completed", "failed"):
+            assert time.time() < deadline
+            time.sleep(0.3)
+        saved = http.post(f"/v1/jobs/{job_id}/collection", params={"name": "from-job"})
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["images"] == 4 and saved.json()["job_id"] == job_id
+        again = http.post(f"/v1/jobs/{job_id}/collection", params={"name": "from-job"}).json()
+        assert again["images"] == 4  # saving twice records each image once
+        job_report = http.get("/v1/collections/from-job/report", params={"format": "json"}).json()
+        assert job_report["images"] == 4 and sum(job_report["quality"]["levels"].values()) == 4
+
+        assert http.delete(f"/v1/collections/{info['id']}").json()["deleted"] is True
+        assert http.get(f"/v1/collections/{info['id']}").status_code == 404

@@ -103,6 +103,10 @@ HTTP_ROUTES = [
     ("POST", "/v1/jobs/x/start"),
     ("GET", "/v1/jobs/x/events"),
     ("GET", "/v1/jobs/x/results"),
+    ("GET", "/v1/collections"),
+    ("GET", "/v1/collections/x/report"),
+    ("DELETE", "/v1/collections/x"),
+    ("POST", "/v1/jobs/x/collection"),
     ("GET", "/v1/audit"),
     ("GET", "/metrics"),
     ("GET", "/v2"),
@@ -266,6 +270,33 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
     assert len(started) == 1 and started[0]["detail"]["listeners"] == ["127.0.0.1"]  # one Ingress replica
     created = audit(secure, action="key.create")
     assert sorted(e["target"] for e in created) == sorted(k.split("_")[1] for k in secure["keys"].values())
+
+
+def test_collections_are_tenant_scoped_and_erased_with_their_job(secure: dict[str, Any]) -> None:
+    http = secure["http"]
+    job = submit(secure, "a_analyst", 5)
+    wait_finished(secure, job, "a_analyst")
+    b = bearer(secure, "b_analyst")
+    assert http.post(f"/v1/jobs/{job}/collection", params={"name": "b-steal"}, headers=b).status_code == 404
+    saved = http.post(f"/v1/jobs/{job}/collection", params={"name": "a-shoot"}, headers=bearer(secure, "a_analyst"))
+    assert saved.status_code == 200 and saved.json()["images"] == 2, saved.text
+    collection = saved.json()["id"]
+    assert all(c["id"] != collection for c in http.get("/v1/collections", headers=b).json()["collections"])
+    for method, path in (
+        ("GET", f"/v1/collections/{collection}"),
+        ("GET", f"/v1/collections/{collection}/images"),
+        ("GET", f"/v1/collections/{collection}/export"),
+        ("GET", f"/v1/collections/{collection}/report"),
+        ("DELETE", f"/v1/collections/{collection}"),
+        ("GET", "/v1/collections/a-shoot"),
+    ):
+        assert http.request(method, path, headers=b).status_code == 404, (method, path)
+    viewer = bearer(secure, "a_viewer")
+    assert http.get(f"/v1/collections/{collection}/images", headers=viewer).json()["images"]
+    assert http.delete(f"/v1/collections/{collection}", headers=viewer).status_code == 403
+    # Purging the job erases the collection saved from it (a copy of its results).
+    assert http.delete(f"/v1/jobs/{job}?purge=true", headers=bearer(secure, "a_admin")).status_code == 200
+    assert http.get(f"/v1/collections/{collection}", headers=viewer).status_code == 404
 
 
 def stored_objects(secure: dict[str, Any]) -> set[str]:

@@ -3,6 +3,7 @@ and the content-addressed object store."""
 
 import errno
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -58,16 +59,13 @@ def test_other_schemes_and_hosts_are_refused(root: Path, uri: str) -> None:
         check_uri(uri, root)
 
 
-def test_remote_scheme_without_its_package_is_a_400(root: Path) -> None:
+@pytest.mark.parametrize(("scheme", "package"), [("s3", "s3fs"), ("gs", "gcsfs")])
+def test_remote_scheme_without_its_package_is_a_400(root: Path, scheme: str, package: str) -> None:
     pytest.importorskip("fsspec")
-    try:
-        import s3fs  # noqa: F401
-
-        pytest.skip("s3fs is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(BadRequestError, match="s3fs"):
-        check_uri("s3://bucket/key.jpg", root)
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here (make installs s3fs; gcsfs is not installed)")
+    with pytest.raises(BadRequestError, match=package):
+        check_uri(f"{scheme}://bucket/key.jpg", root)
 
 
 def test_missing_and_oversized_files_are_item_errors(root: Path) -> None:

@@ -1,0 +1,207 @@
+"""`imgserve collection ...`: analyse a folder, archive or bucket on Ray Data into a collection, then list, report,
+export and delete collections. They live in the job database (IMGSERVE_DATABASE_URL), the one the server reads, so
+`GET /v1/collections` shows what the CLI made."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ERROR_EXIT = 2  # as argparse: bad arguments or input
+
+DEFAULT_STAGES = "classification,quality,metadata"
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from serving.collections.store import CollectionStore
+    from serving.jobs.database import open_job_database
+
+    return CollectionStore(open_job_database(args.database_url))
+
+
+def _progress(total: int, skipped: int) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]analysing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("{task.fields[rate]:.1f} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = progress.add_task("analyse", total=total, completed=skipped, failed=0, rate=0.0)
+    return progress, task
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from serving.collections.analyze import analysis_setup, run_analysis
+    from serving.collections.sources import SourceError, list_sources
+    from serving.errors import BadRequestError
+
+    stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
+    try:
+        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize)
+        items = list_sources(args.sources)
+        store = _store(args)
+        info = store.open(args.name, setup.selected, args.sources, args.tenant)
+    except (SourceError, ValueError, BadRequestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ERROR_EXIT
+    progress, task = _progress(len(items), 0)
+
+    def show(stats: Any) -> None:
+        rate = (stats.done + stats.failed) / stats.seconds if stats.seconds else 0.0
+        progress.update(task, completed=stats.skipped + stats.done + stats.failed, failed=stats.failed, rate=rate)
+
+    with progress:
+        done = store.done_names(info.id)
+        progress.update(task, completed=sum(1 for item in items if item.name in done))
+        stats = run_analysis(items, setup, store, info.id, args.address, (1, args.max_actors), show)
+    final = store.get(info.id)
+    rate = (stats.done + stats.failed) / stats.seconds if stats.seconds and stats.done + stats.failed else 0.0
+    print(
+        f"collection {final.name} ({final.id}): {final.images} images, {final.failed} failed; this run analysed "
+        f"{stats.done + stats.failed} in {stats.seconds:.1f} s ({rate:.1f} img/s), {stats.skipped} already done"
+    )
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    infos = _store(args).list_collections(args.tenant)
+    if args.json:
+        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        return 0
+    for info in infos:
+        print(f"{info.id}  {info.name:30}  {info.status:10}  {info.images:7d} images  {info.failed:5d} failed")
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    from serving.jobs.errors import CollectionNotFoundError
+
+    store = _store(args)
+    try:
+        return store, store.get(args.collection, args.tenant)
+    except CollectionNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from serving.collections.reporting import collection_report, collection_report_html
+
+    found = _lookup(args)
+    if found is None:
+        return ERROR_EXIT
+    store, info = found
+    report = collection_report(store, info)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(collection_report_html(store, info, report), encoding="utf-8")
+    if not args.out and not args.json:
+        print(json.dumps(report, indent=2))
+    for insight in report["insights"]:
+        print(f"- {insight['text']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from serving.collections.export import csv_lines, jsonl_lines
+    from serving.collections.store import ImageFilter
+
+    found = _lookup(args)
+    if found is None:
+        return ERROR_EXIT
+    store, info = found
+    where = ImageFilter(
+        tag=args.tag,
+        level=args.level,
+        camera_model=args.camera_model,
+        min_score=args.min_score,
+        max_score=args.max_score,
+        taken_after=args.taken_after,
+        taken_before=args.taken_before,
+    )
+    lines = jsonl_lines if args.out.endswith(".jsonl") else csv_lines
+    with open(args.out, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(lines(store, info.id, where))
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    found = _lookup(args)
+    if found is None:
+        return ERROR_EXIT
+    store, info = found
+    store.delete(info.id, args.tenant)
+    print(f"deleted collection {info.name} ({info.id}, {info.images + info.failed} images)")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url", default=None, help="job database (default: $IMGSERVE_DATABASE_URL or the embedded SQLite)"
+    )
+    parser.add_argument("--tenant", default="default", help="owner of the collection (default: default)")
+
+
+def add_collection_commands(sub: Any) -> None:
+    collection = sub.add_parser("collection", help="analyse whole image collections on Ray Data; reports, exports")
+    commands = collection.add_subparsers(dest="collection_command", required=True)
+
+    analyze = commands.add_parser("analyze", help="analyse folders, archives or s3:// / gs:// URIs into a collection")
+    analyze.add_argument("sources", nargs="+", metavar="PATH_OR_URI", help="folders, zip/tar archives, files, URIs")
+    analyze.add_argument("--name", required=True, help="collection name; an existing one is resumed / extended")
+    analyze.add_argument("--stages", action="append", default=None, help=f"comma-separated (default {DEFAULT_STAGES})")
+    analyze.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray started here)")
+    analyze.add_argument("--model", default=None, help="classifier (default: the server's default model)")
+    analyze.add_argument("--max-actors", type=int, default=2, help="most model actors in the pool (default 2)")
+    analyze.add_argument(
+        "--anonymize", action="store_true", help="store metadata without GPS and personal fields (as /v1/analyze's)"
+    )
+    analyze.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per model actor (default 1)")
+    _common(analyze)
+    analyze.set_defaults(func=_cmd_analyze)
+
+    listing = commands.add_parser("list", help="collections and their image counts")
+    listing.add_argument("--json", action="store_true")
+    _common(listing)
+    listing.set_defaults(func=_cmd_list)
+
+    report = commands.add_parser("report", help="the collection's report: HTML (--out) and/or JSON (--json)")
+    report.add_argument("collection", help="collection name or id")
+    report.add_argument("--out", default=None, help="self-contained HTML file to write")
+    report.add_argument("--json", default=None, help="JSON file to write (default: print it when no --out)")
+    _common(report)
+    report.set_defaults(func=_cmd_report)
+
+    export = commands.add_parser("export", help="the (filtered) images as CSV or JSONL")
+    export.add_argument("collection", help="collection name or id")
+    export.add_argument("--out", required=True, help="FILE.csv (columns) or FILE.jsonl (records + analysis)")
+    export.add_argument("--tag", default=None)
+    export.add_argument("--level", default=None)
+    export.add_argument("--camera-model", default=None)
+    export.add_argument("--min-score", type=float, default=None)
+    export.add_argument("--max-score", type=float, default=None)
+    export.add_argument("--taken-after", default=None, help="ISO date, e.g. 2021-01-01")
+    export.add_argument("--taken-before", default=None)
+    _common(export)
+    export.set_defaults(func=_cmd_export)
+
+    delete = commands.add_parser("delete", help="delete a collection and its image records")
+    delete.add_argument("collection", help="collection name or id")
+    _common(delete)
+    delete.set_defaults(func=_cmd_delete)

@@ -1,0 +1,1 @@
+"""Collections: whole image collections analysed on Ray Data, stored as datasets, summarised and reported."""

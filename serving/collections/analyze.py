@@ -1,0 +1,332 @@
+"""Collection analysis on Ray Data: read and decode in tasks, models in an actor pool, records streamed to the store.
+
+    list_sources (driver) -> from_items -> map_batches(prepare_batch)            CPU tasks: read, metadata, decode,
+                                                                                quality metrics (the server's stages)
+                          -> map_batches(ModelRunner, concurrency=(1, N))       actors: the batched models, then the
+                                                                                verdict and top-k (the server's code)
+                          -> iter_batches (driver) -> CollectionStore.add      each image recorded once
+
+The stages are the server's own (`DecodeStage`, `MetadataStage`, `QualityStage`, the model backends and
+`analysis_from_outputs`), so a collection's records equal what `/v1/analyze` answers. Images already recorded in the
+collection are not listed again: an interrupted run is resumed by running the same command. `address` joins an
+existing Ray cluster (`ray start --head` + workers); the files must then be readable from every node (a shared
+folder, or `s3://` / `gs://`).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.collections.record import failed_record, record_from_document
+from pipelines.errors import ImageInputError
+from serving.backends import load_backend
+from serving.collections.sources import SourceItem, read_items
+from serving.collections.store import CollectionStore, RecordedImage
+from serving.config.app_args import AppArgs
+from serving.errors import ServiceError, classify_error
+from serving.jobs.serialize import analysis_document, to_jsonable
+from serving.placement import compose
+from serving.requests import ImageOptions
+from serving.service import analysis_from_outputs, class_scores, stage_plan
+from serving.stages.decode import DecodeStage
+from serving.stages.metadata import MetadataStage
+from serving.stages.model import split_batch
+from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan
+from serving.stages.quality import QualityStage
+from serving.stages.settings import StageSettings
+
+logger = logging.getLogger("imgserve.collections")
+STAGES = ("classification", "quality", "metadata")
+CLASS_PROBS = 16  # the classifier's highest probabilities kept per image: the feature space of outliers
+# Images per task and per model call. 8 keeps ONNX Runtime's activation arena small (an actor plateaus at ~0.5 GB
+# with batches of 8 and ~1.5 GB with 32, on mobilenet_v2 + quality_mos) at the same throughput on CPU.
+READ_BATCH = 8
+MODEL_BATCH = 8
+
+
+@dataclass(frozen=True)
+class AnalysisSetup:
+    """What the Ray Data stages are built from (pickled to the workers): the server's stage settings, restricted to
+    the models the plan runs."""
+
+    stages: StageSettings
+    plan: StagePlan
+    selected: tuple[str, ...]
+    classifier: str
+    max_bytes: int
+    anonymize: bool = False  # drop GPS and personal fields from the stored metadata
+
+    @property
+    def classifier_entry(self) -> Any:
+        return self.stages.models[self.classifier]
+
+
+def analysis_setup(
+    selected: Sequence[str], model: str | None = None, ort_threads: int = 1, anonymize: bool = False
+) -> AnalysisSetup:
+    unknown = sorted(set(selected) - set(STAGES))
+    if unknown or not selected:
+        raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    args = AppArgs(
+        default_model=model or AppArgs().default_model,
+        ort_threads=ort_threads,
+        quality="quality" in selected,
+        metadata="metadata" in selected,
+        batch_jobs=False,
+    )
+    config = compose(args)
+    served = tuple(config.stages.models)
+    fields = tuple(f for f in STAGES if f in selected)
+    plan = stage_plan(fields, config.default_model, served)
+    stages = dataclasses.replace(config.stages, models={n: config.stages.models[n] for n in plan.models})
+    max_bytes = config.settings.decode_limits().max_bytes
+    return AnalysisSetup(stages, plan, fields, config.default_model, max_bytes, anonymize)
+
+
+_CPU_STAGES: dict[tuple[Any, ...], tuple[DecodeStage, MetadataStage | None, QualityStage | None]] = {}
+
+
+def _cpu_stages(setup: AnalysisSetup) -> tuple[DecodeStage, MetadataStage | None, QualityStage | None]:
+    """The CPU stages, made once per worker process (tasks of one run reuse the process)."""
+    key = (setup.classifier, setup.plan, setup.selected)
+    if key not in _CPU_STAGES:
+        _CPU_STAGES[key] = (
+            DecodeStage(setup.stages),
+            MetadataStage(setup.stages.limits) if setup.plan.metadata else None,
+            QualityStage() if setup.plan.quality else None,
+        )
+    return _CPU_STAGES[key]
+
+
+def _input_shapes(setup: AnalysisSetup) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    return {
+        name: (tuple(entry.config.input.shape), np.dtype(entry.config.input.numpy_dtype))
+        for name, entry in setup.stages.models.items()
+    }
+
+
+def _error_text(exc: BaseException) -> str:
+    """An image's error as its record keeps it: the service's kind and message for bad images; for a file that
+    could not be read, what the OS or fsspec said (the paths are the caller's own)."""
+    if isinstance(exc, (ServiceError, ImageInputError)):
+        info = classify_error(exc)
+        return f"{info.kind}: {info.message}"
+    if isinstance(exc, (OSError, ValueError)):
+        return f"unreadable: {type(exc).__name__}: {exc}"
+    logger.exception("collection analysis: unexpected error", exc_info=exc)
+    return f"internal: {type(exc).__name__}"
+
+
+def prepare_batch(batch: dict[str, np.ndarray], setup: AnalysisSetup) -> dict[str, np.ndarray]:
+    """Ray Data task: read each file, extract metadata, decode once for the models and the quality metrics."""
+    decode, metadata_stage, quality_stage = _cpu_stages(setup)
+    rows = [{"location": str(loc), "member": str(m)} for loc, m in zip(batch["location"], batch["member"], strict=True)]
+    datas = read_items(rows, setup.max_bytes)
+    shapes = _input_shapes(setup)
+    count = len(rows)
+    tensors = {name: np.zeros((count, *shape), dtype) for name, (shape, dtype) in shapes.items()}
+    errors, metadata, metrics, decode_ms = [""] * count, [""] * count, [b""] * count, np.zeros(count)
+    for i, data in enumerate(datas):
+        try:
+            if isinstance(data, Exception):
+                raise data
+            if metadata_stage is not None:
+                metadata[i] = json.dumps(to_jsonable(metadata_stage.extract(data)))
+            if setup.plan.needs_decode:
+                decoded = decode.decode(data, setup.plan.models, setup.plan.quality)
+                decode_ms[i] = decoded.decode_ms
+                for name in setup.plan.models:
+                    tensors[name][i] = decoded.tensors[name]
+                if quality_stage is not None:
+                    metrics[i] = pickle.dumps(quality_stage.metrics(decoded))
+        except Exception as exc:  # noqa: BLE001 - one bad file is that image's error
+            errors[i] = _error_text(exc)
+    out = {
+        "name": batch["name"],
+        "error": np.array(errors, dtype=object),
+        "metadata": np.array(metadata, dtype=object),
+        "metrics": np.array(metrics, dtype=object),
+        "decode_ms": decode_ms,
+    }
+    out.update({f"tensor:{name}": value for name, value in tensors.items()})
+    return out
+
+
+class ModelRunner:
+    """Ray Data actor: the plan's models, loaded once per actor, run on whole batches; then each image's verdict,
+    top-k and record, exactly as the server builds them."""
+
+    def __init__(self, setup: AnalysisSetup):
+        self.setup = setup
+        self.backends = {
+            name: load_backend(entry, setup.stages.backend_options) for name, entry in setup.stages.models.items()
+        }
+        self.repository_entries = setup.stages.models
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(batch["name"])
+        ok = [i for i in range(count) if not batch["error"][i]]
+        per_item: list[dict[str, ModelResult]] = [{} for _ in range(count)]
+        for name, backend in self.backends.items():
+            if not ok:
+                break
+            started = time.perf_counter()
+            outputs = backend.infer(np.ascontiguousarray(batch[f"tensor:{name}"][ok]))
+            model_ms = (time.perf_counter() - started) * 1000.0 / len(ok)
+            for i, row in zip(ok, split_batch(outputs, len(ok)), strict=True):
+                per_item[i][name] = ModelResult(row, {"model": round(model_ms, 3)})
+        documents, errors, probs = [""] * count, list(batch["error"]), [""] * count
+        for i in ok:
+            try:
+                document, class_probs = self._document(batch, i, per_item[i])
+                documents[i], probs[i] = json.dumps(document), json.dumps(class_probs)
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = _error_text(exc)
+        return {
+            "name": batch["name"],
+            "error": np.array(errors, dtype=object),
+            "document": np.array(documents, dtype=object),
+            "class_probs": np.array(probs, dtype=object),
+        }
+
+    def _document(self, batch: dict[str, np.ndarray], i: int, models: dict[str, ModelResult]) -> tuple[dict, list]:
+        setup = self.setup
+        metadata = json.loads(batch["metadata"][i]) if batch["metadata"][i] else None
+        metrics = pickle.loads(batch["metrics"][i]) if batch["metrics"][i] else None  # noqa: S301 - our own task's
+        outputs = StageOutputs(models, metrics, metadata, float(batch["decode_ms"][i]))
+        entry = setup.classifier_entry if setup.classifier in setup.stages.models else None
+        analysis = analysis_from_outputs(
+            outputs, _Entries(setup.stages.models), setup.stages.thresholds, setup.selected, entry,
+            ImageOptions(anonymize=setup.anonymize), time.perf_counter(),
+        )  # fmt: skip
+        class_probs: list[list[float]] = []
+        if entry is not None and setup.classifier in models:
+            scores = class_scores(entry, outputs)
+            top = np.argsort(scores)[::-1][:CLASS_PROBS]
+            class_probs = [[int(k), round(float(scores[k]), 5)] for k in top]
+        return analysis_document(analysis), class_probs
+
+
+class _Entries:
+    """The part of `ModelRepository` that `analysis_from_outputs` reads (`get`), over the setup's entries."""
+
+    def __init__(self, entries: dict[str, Any]):
+        self.entries = entries
+
+    def get(self, name: str) -> Any:
+        return self.entries[name]
+
+
+def record_of(row: dict[str, Any], item: SourceItem) -> RecordedImage:
+    name = str(row["name"])
+    if row["error"]:
+        return RecordedImage(failed_record(name, str(row["error"])), None, item.location, item.member)
+    document = json.loads(row["document"])
+    probs = tuple((int(k), float(p)) for k, p in json.loads(row["class_probs"] or "[]"))
+    return RecordedImage(record_from_document(name, document, probs), document, item.location, item.member)
+
+
+@dataclass
+class RunStats:
+    listed: int
+    skipped: int  # already in the collection (resumed)
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def run_analysis(
+    items: Sequence[SourceItem],
+    setup: AnalysisSetup,
+    store: CollectionStore,
+    collection_id: str,
+    address: str | None = None,
+    model_actors: tuple[int, int] = (1, 2),
+    on_progress: Callable[[RunStats], None] = lambda stats: None,
+) -> RunStats:
+    """Analyse the items not yet in the collection on Ray Data and record each as it arrives."""
+    if address is None and "ray" not in sys.modules:
+        _prepare_local_ray()
+    import ray
+
+    done = store.done_names(collection_id)
+    todo = [item for item in items if item.name not in done]
+    stats = RunStats(listed=len(items), skipped=len(items) - len(todo))
+    by_name = {item.name: item for item in todo}
+    started = time.perf_counter()
+    if todo:
+        if not ray.is_initialized():
+            _init_ray(address)
+        for batch in _stream(todo, setup, model_actors):
+            rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+            images = [record_of(row, by_name[str(row["name"])]) for row in rows]
+            store.add(collection_id, images)
+            stats.done += sum(1 for image in images if image.record.ok)
+            stats.failed += sum(1 for image in images if not image.record.ok)
+            stats.seconds = time.perf_counter() - started
+            on_progress(stats)
+    store.finish(collection_id)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _prepare_local_ray() -> None:
+    """Env vars for a Ray started here, read when `ray` is imported and by every process it starts: loopback only
+    (as `imgserve serve` starts one), no usage stats, malloc arenas capped (serving.memory)."""
+    from serving.memory import arena_cap
+    from serving.server import LOOPBACK, prepare_ray_network
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if arena_cap() > 0:
+        os.environ.setdefault("MALLOC_ARENA_MAX", str(arena_cap()))
+    prepare_ray_network(False, LOOPBACK, Path(tempfile.gettempdir()))
+
+
+def _init_ray(address: str | None) -> None:
+    """Join `address`, or start a Ray on this machine (never an existing local one: `address="local"`), bound to
+    loopback; a Ray that would listen beyond it (imported before the env was set) is refused."""
+    import ray
+
+    if address is not None:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        return
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    from serving.server import LOOPBACK
+
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        ray.shutdown()
+        raise RuntimeError("the local Ray would listen beyond loopback: start the analysis in a fresh process")
+
+
+def _stream(
+    todo: Sequence[SourceItem], setup: AnalysisSetup, model_actors: tuple[int, int]
+) -> Iterator[dict[str, np.ndarray]]:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own
+    context.print_on_execution_start = False
+    dataset = ray.data.from_items([item.to_row() for item in todo], override_num_blocks=max(1, len(todo) // READ_BATCH))
+    dataset = dataset.map_batches(
+        prepare_batch, fn_kwargs={"setup": setup}, batch_size=READ_BATCH, batch_format="numpy", num_cpus=1
+    )
+    dataset = dataset.map_batches(
+        ModelRunner,
+        fn_constructor_kwargs={"setup": setup},
+        batch_size=MODEL_BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=model_actors[0], max_size=model_actors[1]),
+        num_cpus=1,
+    )
+    yield from dataset.iter_batches(batch_size=MODEL_BATCH, batch_format="numpy", prefetch_batches=1)

@@ -1,0 +1,48 @@
+"""A collection's images as CSV (the filterable columns) or JSONL (each record with its analysis document): the
+"filter my dataset before training" export, streamed a page at a time."""
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from serving.collections.store import RECORD_COLUMNS, CollectionStore, ImageFilter
+
+CSV_COLUMNS = (*RECORD_COLUMNS, "tags", "location", "member")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: text starting like a formula (file names and EXIF fields are
+    the uploader's) gets a leading apostrophe (OWASP's advice for CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_lines(store: CollectionStore, collection_id: str, where: ImageFilter) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for image in store.iter_images(collection_id, where, documents=False):
+        values = [getattr(image.record, name) for name in RECORD_COLUMNS]
+        values += [";".join(image.record.tags), image.location, image.member]
+        writer.writerow(["" if v is None else _cell(v) for v in values])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def jsonl_lines(store: CollectionStore, collection_id: str, where: ImageFilter) -> Iterator[str]:
+    for image in store.iter_images(collection_id, where):
+        record = asdict(image.record)
+        record["class_probs"] = [list(pair) for pair in image.record.class_probs]
+        yield (
+            json.dumps({**record, "location": image.location, "member": image.member, "analysis": image.document})
+            + "\n"
+        )

@@ -1,0 +1,56 @@
+"""A stored collection's report: the JSON (`pipelines.collections.report.build_report` over its records) and the
+self-contained HTML with thumbnails of the images it shows, read again from where they were analysed."""
+
+import base64
+import io
+import logging
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from pipelines.collections.report import build_report, report_image_names
+from pipelines.collections.report_html import render_report_html
+from serving.collections.sources import read_items
+from serving.collections.store import CollectionInfo, CollectionStore
+
+logger = logging.getLogger("imgserve.collections")
+THUMBNAIL_SIDE = 160
+THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024  # files read back for thumbnails; larger ones get the placeholder
+
+
+def collection_report(store: CollectionStore, info: CollectionInfo) -> dict[str, Any]:
+    report = build_report(info.name, list(store.records(info.id)))
+    report["collection"] = {"id": info.id, "status": info.status, "stages": info.stages, "sources": info.sources}
+    return report
+
+
+def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
+    """A small upright JPEG of `data` as a data URI (JPEGs are decoded at reduced scale)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (side * 2, side * 2))
+        upright = ImageOps.exif_transpose(image)
+        upright.thumbnail((side, side))
+        out = io.BytesIO()
+        upright.convert("RGB").save(out, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def report_thumbnails(store: CollectionStore, info: CollectionInfo, names: list[str]) -> dict[str, str]:
+    """Thumbnails of `names` that can still be read; the others are left out (the report draws a placeholder)."""
+    located = store.locations(info.id, names)
+    wanted = [name for name in names if name in located]
+    rows = [{"location": located[n][0], "member": located[n][1]} for n in wanted]
+    out: dict[str, str] = {}
+    for name, data in zip(wanted, read_items(rows, THUMBNAIL_MAX_BYTES), strict=True):
+        if isinstance(data, Exception):
+            continue
+        try:
+            out[name] = thumbnail_uri(data)
+        except Exception:  # noqa: BLE001 - a file that changed or is corrupt now: no thumbnail
+            logger.info("no thumbnail for %s", name)
+    return out
+
+
+def collection_report_html(store: CollectionStore, info: CollectionInfo, report: dict[str, Any] | None = None) -> str:
+    report = report or collection_report(store, info)
+    return render_report_html(report, report_thumbnails(store, info, report_image_names(report)))

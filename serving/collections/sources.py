@@ -1,0 +1,186 @@
+"""What a collection is read from: folders, zip/tar archives, single files and fsspec URIs (`s3://`, `gs://`, ...).
+
+`list_sources` runs once on the driver and names every image (`SourceItem`: a display name unique in the run and
+where to read it); `read_items` runs in the Ray Data tasks and reads a batch of them, opening each archive once per
+batch. A file that cannot be read becomes that item's error, not the run's.
+"""
+
+import os
+import posixpath
+import tarfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif", ".mpo"}
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+class SourceError(ValueError):
+    """A source that cannot be listed (missing folder, unknown scheme): the run stops before it starts."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    name: str  # unique in the run: the path under its source (prefixed with the source's name when there are several)
+    location: str  # a local path or an fsspec URI
+    member: str | None = None  # the entry inside the archive at `location`
+
+    def to_row(self) -> dict[str, Any]:
+        return {"name": self.name, "location": self.location, "member": self.member or ""}
+
+
+def is_image_name(name: str) -> bool:
+    return posixpath.splitext(name.lower())[1] in IMAGE_EXTENSIONS
+
+
+def is_archive_name(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def is_uri(source: str) -> bool:
+    scheme = urlsplit(source).scheme
+    return len(scheme) > 1  # not a Windows drive letter
+
+
+def _open(location: str, mode: str = "rb") -> Any:
+    if is_uri(location):
+        import fsspec
+
+        return fsspec.open(location, mode).open()
+    return open(location, mode)  # noqa: SIM115 - closed by the caller
+
+
+def _archive_members(location: str) -> list[str]:
+    with _open(location) as handle:
+        if location.lower().endswith(".zip"):
+            with zipfile.ZipFile(handle) as archive:
+                return [i.filename for i in archive.infolist() if not i.is_dir() and is_image_name(i.filename)]
+        with tarfile.open(fileobj=handle, mode="r:*") as archive:
+            return [m.name for m in archive.getmembers() if m.isfile() and is_image_name(m.name)]
+
+
+def _local_files(root: str) -> Iterator[str]:
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            yield os.path.join(folder, name)
+
+
+def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
+    """(name, item) for each image in one source: a folder's images are named by their path under it (after
+    `prefix`), a single file or archive by its own name."""
+    if is_uri(source):
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(source)
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if fs.isfile(path):
+            yield from _expand_file(posixpath.basename(path), f"{protocol}://{path}")
+            return
+        base = path.rstrip("/")
+        found = sorted(fs.find(base))
+        if not found and not fs.isdir(base):
+            raise SourceError(f"{source}: no such object or prefix")
+        for found_path in found:
+            yield from _expand_file(prefix + posixpath.relpath(found_path, base), f"{protocol}://{found_path}")
+        return
+    if os.path.isdir(source):
+        for path in _local_files(source):
+            yield from _expand_file(prefix + os.path.relpath(path, source).replace(os.sep, "/"), path)
+        return
+    if os.path.isfile(source):
+        yield from _expand_file(os.path.basename(source), source)
+        return
+    raise SourceError(f"{source}: no such file or folder")
+
+
+def _expand_file(relative: str, location: str) -> Iterator[tuple[str, SourceItem]]:
+    if is_archive_name(location):
+        for member in _archive_members(location):
+            name = f"{relative}/{member}"
+            yield name, SourceItem(name, location, member)
+    elif is_image_name(location):
+        yield relative, SourceItem(relative, location)
+
+
+def source_label(source: str) -> str:
+    return posixpath.basename(source.rstrip("/").rstrip(os.sep)) or source
+
+
+def list_sources(sources: Sequence[str]) -> list[SourceItem]:
+    """Every image of every source, in a stable order; with several sources each name starts with its source's."""
+    items: list[SourceItem] = []
+    for source in sources:
+        prefix = f"{source_label(source)}/" if len(sources) > 1 else ""
+        items.extend(item for _, item in _expand(source, prefix))
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise SourceError(f"two inputs are both named {item.name!r}: give sources with different names")
+        seen.add(item.name)
+    return items
+
+
+def read_items(rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes | Exception]:
+    """The bytes of each row (`SourceItem.to_row`), or the error reading it; an archive is opened once."""
+    out: list[bytes | Exception] = [b""] * len(rows)
+    by_archive: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["member"]:
+            by_archive.setdefault(row["location"], []).append(i)
+            continue
+        try:
+            with _open(row["location"]) as handle:
+                out[i] = _bounded_read(handle, max_bytes)
+        except Exception as exc:  # noqa: BLE001 - the item's error
+            out[i] = exc
+    for location, indexes in by_archive.items():
+        wanted = {rows[i]["member"]: i for i in indexes}
+        try:
+            for member, data in _read_members(location, set(wanted), max_bytes):
+                out[wanted.pop(member)] = data
+            for i in wanted.values():
+                out[i] = FileNotFoundError(f"{rows[i]['member']} is not in {location}")
+        except Exception as exc:  # noqa: BLE001 - the archive's error is each of its items'
+            for i in wanted.values():
+                out[i] = exc
+    return out
+
+
+def _bounded_read(handle: Any, max_bytes: int) -> bytes:
+    data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"file larger than the {max_bytes:,}-byte limit")
+    return data
+
+
+def _read_members(location: str, members: set[str], max_bytes: int) -> Iterator[tuple[str, bytes | Exception]]:
+    with _open(location) as handle:
+        if location.lower().endswith(".zip"):
+            with zipfile.ZipFile(handle) as archive:
+                for member in members:
+                    try:
+                        with archive.open(member) as entry:
+                            yield member, _bounded_read(entry, max_bytes)
+                    except Exception as exc:  # noqa: BLE001
+                        yield member, exc
+            return
+        with tarfile.open(fileobj=handle, mode="r|*") as archive:  # streamed: one pass even when compressed
+            for info in archive:
+                if not members:
+                    return  # all found: the rest of the stream is not read
+                if info.name in members and info.isfile():
+                    members.discard(info.name)
+                    entry = archive.extractfile(info)
+                    try:
+                        yield info.name, _bounded_read(entry, max_bytes) if entry else FileNotFoundError(info.name)
+                    except Exception as exc:  # noqa: BLE001
+                        yield info.name, exc

@@ -1,0 +1,293 @@
+"""Collections in the job database: one `collections` row per dataset, one `collection_images` row per image.
+
+Each image is recorded once: `(collection_id, name)` is unique, so a resumed or repeated run never records an image
+twice. An analysed image's row is final; a failed one is replaced when a later run analyses it (the next run tries
+failed images again: a network error is not a verdict). Reads are tenant-scoped like jobs: another tenant's
+collection is "not found".
+"""
+
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pipelines.collections.record import ImageRecord
+from serving.errors import BadRequestError
+from serving.jobs.errors import CollectionNotFoundError
+from serving.jobs.tables import collection_images, collections
+
+NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
+RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: str
+    tenant: str
+    name: str
+    status: str
+    stages: list[str]
+    sources: list[str]
+    job_id: str | None
+    created_at: float
+    updated_at: float
+    images: int = 0
+    failed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """The `/v1/collections/{id}/images` filters; None: not filtered on."""
+
+    tag: str | None = None
+    level: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    taken_after: str | None = None
+    taken_before: str | None = None
+    format: str | None = None
+    label: str | None = None
+    failed: bool | None = None
+
+    def clauses(self) -> list[sa.ColumnElement[bool]]:
+        c = collection_images.c
+        out: list[sa.ColumnElement[bool]] = []
+        if self.tag is not None:
+            out.append(c.tags.contains(f",{self.tag},", autoescape=True))
+        pairs = (
+            (c.quality_level, self.level and self.level.upper()),
+            (c.make, self.camera_make),
+            (c.model, self.camera_model),
+            (c.format, self.format and self.format.upper()),
+            (c.top_label, self.label),
+        )
+        out += [column == value for column, value in pairs if value is not None]
+        if self.min_score is not None:
+            out.append(c.quality_score >= self.min_score)
+        if self.max_score is not None:
+            out.append(c.quality_score <= self.max_score)
+        if self.taken_after is not None:
+            out.append(c.taken_at >= self.taken_after)
+        if self.taken_before is not None:
+            out.append(c.taken_at < self.taken_before)
+        if self.failed is not None:
+            out.append(c.ok == (not self.failed))
+        return out
+
+
+@dataclass(frozen=True)
+class RecordedImage:
+    """One analysed image as stored: its record, its analysis document (None when it failed) and where it was read."""
+
+    record: ImageRecord
+    document: dict[str, Any] | None = None
+    location: str | None = None
+    member: str | None = None
+
+
+def record_row(collection_id: str, image: RecordedImage, now: float) -> dict[str, Any]:
+    record, document = image.record, image.document
+    row = {name: getattr(record, name) for name in RECORD_COLUMNS}
+    row.update(
+        collection_id=collection_id,
+        location=image.location,
+        member=image.member or None,
+        tags="," + "".join(f"{tag}," for tag in record.tags),
+        class_probs=[list(pair) for pair in record.class_probs] or None,
+        document=document,
+        created_at=now,
+    )
+    return row
+
+
+def row_record(row: Any) -> ImageRecord:
+    values = {name: getattr(row, name) for name in RECORD_COLUMNS}
+    tags = tuple(t for t in (row.tags or "").split(",") if t)
+    probs = tuple((int(i), float(p)) for i, p in row.class_probs or ())
+    return ImageRecord(**values, tags=tags, class_probs=probs)
+
+
+class CollectionStore:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def _info(self, conn: sa.Connection, row: Any) -> CollectionInfo:
+        c = collection_images.c
+        counts = conn.execute(sa.select(c.ok, sa.func.count()).where(c.collection_id == row.id).group_by(c.ok)).all()
+        by_ok = {bool(ok): n for ok, n in counts}
+        return CollectionInfo(
+            row.id, row.tenant, row.name, row.status, list(row.stages), list(row.sources), row.job_id,
+            row.created_at, row.updated_at, by_ok.get(True, 0), by_ok.get(False, 0),
+        )  # fmt: skip
+
+    def open(
+        self,
+        name: str,
+        stages: Sequence[str],
+        sources: Sequence[str],
+        tenant: str = "default",
+        job_id: str | None = None,
+    ) -> CollectionInfo:
+        """The tenant's collection `name`, created when new (status analyzing); an existing one is reopened to add
+        to (its stages must match: a collection's images are analysed alike)."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise BadRequestError(
+                "a collection name is 1 to 200 characters, without '/' or control characters, not starting with a space"
+            )
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(collections).where(collections.c.tenant == tenant, collections.c.name == name)
+            ).first()
+            if row is None:
+                values = dict(
+                    id=uuid.uuid4().hex, tenant=tenant, name=name, status="analyzing", stages=list(stages),
+                    sources=list(sources), job_id=job_id, created_at=now, updated_at=now,
+                )  # fmt: skip
+                conn.execute(sa.insert(collections).values(**values))
+                row = conn.execute(sa.select(collections).where(collections.c.id == values["id"])).one()
+            else:
+                if sorted(row.stages) != sorted(stages):
+                    raise BadRequestError(
+                        f"collection {name!r} was analysed with stages {sorted(row.stages)}, not {sorted(stages)}"
+                    )
+                merged = list(dict.fromkeys([*row.sources, *sources]))
+                conn.execute(
+                    sa.update(collections)
+                    .where(collections.c.id == row.id)
+                    .values(status="analyzing", sources=merged, updated_at=now)
+                )
+                row = conn.execute(sa.select(collections).where(collections.c.id == row.id)).one()
+            return self._info(conn, row)
+
+    def done_names(self, collection_id: str) -> set[str]:
+        """Names analysed already (failed ones are not: a run tries them again)."""
+        c = collection_images.c
+        with self.engine.connect() as conn:
+            query = sa.select(c.name).where(c.collection_id == collection_id, c.ok == sa.true())
+            return set(conn.execute(query).scalars())
+
+    def add(self, collection_id: str, items: Sequence[RecordedImage]) -> int:
+        """Record analysed images: a name not yet there is added, a failed one replaced, an analysed one kept.
+        Returns how many rows were written."""
+        if not items:
+            return 0
+        now = time.time()
+        rows = [record_row(collection_id, item, now) for item in items]
+        with self.engine.begin() as conn:
+            insert = (
+                postgresql.insert(collection_images)
+                if conn.dialect.name == "postgresql"
+                else sqlite.insert(collection_images)
+            )
+            replace_failed = {
+                column: insert.excluded[column] for column in rows[0] if column not in ("collection_id", "name")
+            }
+            statement = insert.on_conflict_do_update(
+                index_elements=["collection_id", "name"],
+                set_=replace_failed,
+                where=collection_images.c.ok == sa.false(),
+            )
+            result = conn.execute(statement, rows)
+            conn.execute(sa.update(collections).where(collections.c.id == collection_id).values(updated_at=now))
+            return max(0, result.rowcount or 0)
+
+    def finish(self, collection_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(collections)
+                .where(collections.c.id == collection_id)
+                .values(status="ready", updated_at=time.time())
+            )
+
+    def _row(self, conn: sa.Connection, ref: str, tenant: str | None) -> Any:
+        query = sa.select(collections).where(sa.or_(collections.c.id == ref, collections.c.name == ref))
+        if tenant is not None:
+            query = query.where(collections.c.tenant == tenant)
+        rows = conn.execute(query).all()
+        match = next((r for r in rows if r.id == ref), rows[0] if len(rows) == 1 else None)
+        if match is None:
+            raise CollectionNotFoundError(f"collection {ref!r} not found")
+        return match
+
+    def get(self, ref: str, tenant: str | None = None) -> CollectionInfo:
+        """By id or name; `tenant`: only that tenant's."""
+        with self.engine.connect() as conn:
+            return self._info(conn, self._row(conn, ref, tenant))
+
+    def list_collections(self, tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[CollectionInfo]:
+        query = sa.select(collections).order_by(collections.c.created_at.desc()).limit(limit).offset(offset)
+        if tenant is not None:
+            query = query.where(collections.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [self._info(conn, row) for row in conn.execute(query).all()]
+
+    def delete(self, ref: str, tenant: str | None = None) -> CollectionInfo:
+        with self.engine.begin() as conn:
+            row = self._row(conn, ref, tenant)
+            info = self._info(conn, row)
+            conn.execute(sa.delete(collection_images).where(collection_images.c.collection_id == row.id))
+            conn.execute(sa.delete(collections).where(collections.c.id == row.id))
+            return info
+
+    def images(
+        self,
+        collection_id: str,
+        where: ImageFilter = ImageFilter(),
+        after: int = 0,
+        limit: int = 100,
+        documents: bool = True,
+    ) -> list[tuple[int, RecordedImage]]:
+        """A page of images in recording order (keyset: ids above `after`), with their analysis documents unless
+        `documents` is False."""
+        c = collection_images.c
+        columns = [col for col in collection_images.c if documents or col.name != "document"]
+        query = (
+            sa.select(*columns)
+            .where(c.collection_id == collection_id, c.id > after, *where.clauses())
+            .order_by(c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            return [
+                (r.id, RecordedImage(row_record(r), r.document if documents else None, r.location, r.member))
+                for r in rows
+            ]
+
+    def iter_images(
+        self, collection_id: str, where: ImageFilter = ImageFilter(), page: int = 1000, documents: bool = True
+    ) -> Iterator[RecordedImage]:
+        """Every matching image, read a page at a time (bounded memory)."""
+        after = 0
+        while True:
+            rows = self.images(collection_id, where, after, page, documents)
+            yield from (image for _, image in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def records(self, collection_id: str, where: ImageFilter = ImageFilter()) -> Iterator[ImageRecord]:
+        return (image.record for image in self.iter_images(collection_id, where, documents=False))
+
+    def locations(self, collection_id: str, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Where each named image was read (location, archive member or ""), for the report's thumbnails."""
+        c = collection_images.c
+        out: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(names), 500):
+                query = sa.select(c.name, c.location, c.member).where(
+                    c.collection_id == collection_id, c.name.in_(names[start : start + 500]), c.location.is_not(None)
+                )
+                out.update({row.name: (row.location, row.member or "") for row in conn.execute(query)})
+        return out

@@ -1,0 +1,153 @@
+"""Collections over HTTP: list, one, its images (filtered, paged), export, report (HTML or JSON), delete, and a
+finished batch job saved as a collection. Tenant-scoped like jobs: another tenant's collection is a 404."""
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from serving.collections.export import csv_lines, jsonl_lines
+from serving.collections.from_job import save_job_as_collection
+from serving.collections.reporting import collection_report, collection_report_html
+from serving.collections.store import CollectionStore, ImageFilter
+from serving.http.dependencies import get_job_service, get_principal
+from serving.jobs.service import JobService
+from serving.security.principal import Principal
+
+router = APIRouter(prefix="/v1", tags=["collections"])
+
+
+async def get_collection_store(jobs: JobService = Depends(get_job_service)) -> CollectionStore:
+    await jobs.ready()  # migrated
+    return CollectionStore(jobs.engine)
+
+
+def image_filter(
+    tag: str | None = Query(default=None, description="Quality tag, e.g. blurry."),
+    level: str | None = Query(default=None, description="Quality level: LOW, MEDIUM, HIGH, ULTRA."),
+    camera_make: str | None = Query(default=None),
+    camera_model: str | None = Query(default=None),
+    min_score: float | None = Query(default=None, ge=0, le=100),
+    max_score: float | None = Query(default=None, ge=0, le=100),
+    taken_after: str | None = Query(default=None, max_length=40, description="ISO date/time (inclusive)."),
+    taken_before: str | None = Query(default=None, max_length=40, description="ISO date/time (exclusive)."),
+    file_format: str | None = Query(default=None, max_length=16, description="File format, e.g. JPEG."),
+    label: str | None = Query(default=None, description="Top class label."),
+    failed: bool | None = Query(default=None, description="true: only images that could not be analysed."),
+) -> ImageFilter:
+    return ImageFilter(
+        tag,
+        level,
+        camera_make,
+        camera_model,
+        min_score,
+        max_score,
+        taken_after,
+        taken_before,
+        file_format,
+        label,
+        failed,
+    )
+
+
+@router.get("/collections")
+async def list_collections(
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    infos = await asyncio.to_thread(store.list_collections, principal.read_scope(), limit, offset)
+    return {"collections": [info.to_dict() for info in infos]}
+
+
+@router.get("/collections/{ref}")
+async def get_collection(
+    ref: str, store: CollectionStore = Depends(get_collection_store), principal: Principal = Depends(get_principal)
+) -> dict[str, Any]:
+    return (await asyncio.to_thread(store.get, ref, principal.read_scope())).to_dict()
+
+
+@router.get("/collections/{ref}/images")
+async def collection_images(
+    ref: str,
+    after: int = Query(default=0, ge=0, le=2**62, description="Paging cursor: `next` of the previous page."),
+    limit: int = Query(default=100, ge=1, le=1000),
+    analysis: bool = Query(default=False, description="Include each image's full analysis document."),
+    where: ImageFilter = Depends(image_filter),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    info = await asyncio.to_thread(store.get, ref, principal.read_scope())
+    rows = await asyncio.to_thread(store.images, info.id, where, after, limit)
+    images = []
+    for row_id, image in rows:
+        item = {**image.record.__dict__, "tags": list(image.record.tags), "id": row_id}
+        item.pop("class_probs")
+        if analysis:
+            item["analysis"] = image.document
+        images.append(item)
+    return {"collection": info.id, "images": images, "next": rows[-1][0] if len(rows) == limit else None}
+
+
+@router.get("/collections/{ref}/export")
+async def export_collection(
+    ref: str,
+    format: str = Query(default="csv", pattern="^(csv|jsonl)$"),
+    where: ImageFilter = Depends(image_filter),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> StreamingResponse:
+    info = await asyncio.to_thread(store.get, ref, principal.read_scope())
+    where.clauses()  # a bad filter is a 400 before the stream starts
+    lines = csv_lines if format == "csv" else jsonl_lines
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    # A synchronous iterator: Starlette drains it in its thread pool, so database pages never block the event loop.
+    return StreamingResponse(lines(store, info.id, where), media_type=media, headers=_attachment(info.name, format))
+
+
+def _attachment(name: str, extension: str) -> dict[str, str]:
+    """Content-Disposition for a download named after the collection: an ASCII fallback plus the UTF-8 name."""
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}.{extension}\"; "
+            f"filename*=UTF-8''{quote(name)}.{extension}"}  # fmt: skip
+
+
+@router.get("/collections/{ref}/report", response_model=None)
+async def collection_report_route(
+    ref: str,
+    format: str = Query(default="html", pattern="^(html|json)$"),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> HTMLResponse | JSONResponse:
+    info = await asyncio.to_thread(store.get, ref, principal.read_scope())
+    report = await asyncio.to_thread(collection_report, store, info)
+    if format == "json":
+        return JSONResponse(report)
+    html = await asyncio.to_thread(collection_report_html, store, info, report)
+    return HTMLResponse(
+        html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"}
+    )
+
+
+@router.delete("/collections/{ref}")
+async def delete_collection(
+    ref: str, store: CollectionStore = Depends(get_collection_store), principal: Principal = Depends(get_principal)
+) -> dict[str, Any]:
+    info = await asyncio.to_thread(store.delete, ref, principal.tenant)
+    return {**info.to_dict(), "deleted": True}
+
+
+@router.post("/jobs/{job_id}/collection")
+async def save_job(
+    job_id: str,
+    name: str = Query(min_length=1, max_length=200, description="Collection to create (or add the job's images to)."),
+    jobs: JobService = Depends(get_job_service),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    job_store = await jobs.ready()
+    info = await asyncio.to_thread(save_job_as_collection, job_store, store, job_id, name, principal.tenant)
+    return info.to_dict()

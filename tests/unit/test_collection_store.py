@@ -1,0 +1,149 @@
+"""The collection store (SQLite here; PostgreSQL in tests/integration), sources listing and the exports."""
+
+import csv
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipelines.collections.record import ImageRecord, failed_record
+from serving.collections.export import csv_lines, jsonl_lines
+from serving.collections.sources import SourceError, list_sources, read_items
+from serving.collections.store import CollectionStore, ImageFilter, RecordedImage
+from serving.errors import BadRequestError
+from serving.jobs.database import open_job_database
+from serving.jobs.errors import CollectionNotFoundError
+from serving.security.principal import http_role
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CollectionStore:
+    return CollectionStore(open_job_database(f"sqlite:///{tmp_path}/jobs.sqlite"))
+
+
+def _image(name: str, **fields: object) -> RecordedImage:
+    return RecordedImage(ImageRecord(name, **fields), {"quality": {"score": fields.get("quality_score")}}, f"/x/{name}")
+
+
+def _fill(store: CollectionStore, tenant: str = "default") -> str:
+    info = store.open("holiday", ["quality", "metadata"], ["/x"], tenant)
+    store.add(
+        info.id,
+        [
+            _image("a.jpg", tags=("blurry", "low_light"), quality_score=20.0, quality_level="LOW", model="EOS 80D",
+                   taken_at="2023-01-05T10:00:00", format="JPEG"),
+            _image("b.jpg", tags=("sharp",), quality_score=80.0, quality_level="HIGH", model="EOS 80D",
+                   taken_at="2023-06-05T10:00:00", format="JPEG"),
+            _image("c_d.png", tags=("blurryish",), quality_score=50.0, quality_level="MEDIUM", model="D750",
+                   format="PNG"),
+            RecordedImage(failed_record("bad.jpg", "unsupported_format: not an image")),
+        ],
+    )  # fmt: skip
+    return info.id
+
+
+def _names(store: CollectionStore, collection_id: str, where: ImageFilter) -> list[str]:
+    return [image.record.name for _, image in store.images(collection_id, where)]
+
+
+def test_filters(store: CollectionStore) -> None:
+    cid = _fill(store)
+    assert _names(store, cid, ImageFilter(tag="blurry")) == ["a.jpg"]  # not "blurryish"
+    assert _names(store, cid, ImageFilter(tag="b_urry")) == []  # LIKE wildcards are escaped
+    assert _names(store, cid, ImageFilter(camera_model="EOS 80D", min_score=50)) == ["b.jpg"]
+    assert _names(store, cid, ImageFilter(taken_after="2023-03-01")) == ["b.jpg"]
+    assert _names(store, cid, ImageFilter(level="low")) == ["a.jpg"]
+    assert _names(store, cid, ImageFilter(format="png")) == ["c_d.png"]
+    assert _names(store, cid, ImageFilter(failed=True)) == ["bad.jpg"]
+    page = store.images(cid, ImageFilter(), after=0, limit=2)
+    assert [i.record.name for _, i in page] == ["a.jpg", "b.jpg"]
+    rest = store.images(cid, ImageFilter(), after=page[-1][0], limit=10)
+    assert [i.record.name for _, i in rest] == ["c_d.png", "bad.jpg"]
+
+
+def test_each_image_recorded_once_and_resume_lists_done(store: CollectionStore) -> None:
+    cid = _fill(store)
+    assert store.done_names(cid) == {"a.jpg", "b.jpg", "c_d.png"}  # the failed one is tried again
+    assert store.add(cid, [_image("a.jpg", quality_score=99.0), _image("new.jpg")]) == 1
+    (record,) = [i.record for _, i in store.images(cid) if i.record.name == "a.jpg"]
+    assert record.quality_score == 20.0  # an analysed image's first result stands
+    info = store.get("holiday")
+    assert (info.images, info.failed, info.status) == (4, 1, "analyzing")
+    store.add(cid, [_image("bad.jpg", quality_score=61.0)])  # analysed on a later run: replaces the failure
+    info = store.get("holiday")
+    assert (info.images, info.failed) == (5, 0) and "bad.jpg" in store.done_names(cid)
+    assert len(store.images(cid, limit=100)) == 5
+    store.finish(cid)
+    assert store.get(cid).status == "ready"
+
+
+def test_reopen_with_other_stages_is_refused(store: CollectionStore) -> None:
+    _fill(store)
+    with pytest.raises(BadRequestError):
+        store.open("holiday", ["classification"], ["/y"])
+    assert store.open("holiday", ["metadata", "quality"], ["/y"]).sources == ["/x", "/y"]
+
+
+def test_tenants_do_not_see_each_other(store: CollectionStore) -> None:
+    cid = _fill(store, "acme")
+    with pytest.raises(CollectionNotFoundError):
+        store.get(cid, "globex")
+    with pytest.raises(CollectionNotFoundError):
+        store.delete(cid, "globex")
+    assert store.list_collections("globex") == [] and len(store.list_collections("acme")) == 1
+    assert store.list_collections(None)[0].id == cid  # operators read every tenant
+    assert store.delete("holiday", "acme").images == 3
+    with pytest.raises(CollectionNotFoundError):
+        store.get(cid)
+    assert store.images(cid) == []
+
+
+def test_exports(store: CollectionStore) -> None:
+    cid = _fill(store)
+    rows = list(csv.DictReader(io.StringIO("".join(csv_lines(store, cid, ImageFilter(tag="blurry"))))))
+    assert [(r["name"], r["tags"], r["quality_score"], r["location"]) for r in rows] == [
+        ("a.jpg", "blurry;low_light", "20.0", "/x/a.jpg")
+    ]
+    lines = [json.loads(line) for line in jsonl_lines(store, cid, ImageFilter(max_score=60))]
+    assert [line["name"] for line in lines] == ["a.jpg", "c_d.png"]
+    assert lines[0]["analysis"] == {"quality": {"score": 20.0}}
+
+
+def test_roles() -> None:
+    assert http_role("GET", "/v1/collections") == "viewer"
+    assert http_role("GET", "/v1/collections/x/report") == "viewer"
+    assert http_role("DELETE", "/v1/collections/x") == "analyst"
+    assert http_role("POST", "/v1/jobs/x/collection") == "analyst"
+
+
+def test_sources_folders_archives_and_names(tmp_path: Path) -> None:
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "1.jpg").write_bytes(b"one")
+    (tmp_path / "a" / "sub" / "2.PNG").write_bytes(b"two")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    with zipfile.ZipFile(tmp_path / "a" / "more.zip", "w") as archive:
+        archive.writestr("z/3.jpg", b"three")
+        archive.writestr("readme.md", b"no")
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as archive:
+        info = tarfile.TarInfo("t/4.webp")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"four"))
+    items = list_sources([str(tmp_path / "a")])
+    assert [i.name for i in items] == ["1.jpg", "more.zip/z/3.jpg", "sub/2.PNG"]
+    both = list_sources([str(tmp_path / "a"), str(tmp_path / "b.tar.gz")])
+    assert [i.name for i in both][-1] == "b.tar.gz/t/4.webp" and both[0].name == "a/1.jpg"
+    datas = read_items([i.to_row() for i in both], max_bytes=5)
+    assert datas == [b"one", b"three", b"two", b"four"]
+    too_big = read_items([both[1].to_row()], max_bytes=4)[0]
+    assert isinstance(too_big, ValueError)
+    missing = read_items([{"location": str(tmp_path / "gone.jpg"), "member": ""}], max_bytes=10)[0]
+    assert isinstance(missing, FileNotFoundError)
+    with pytest.raises(SourceError):
+        list_sources([str(tmp_path / "nowhere")])
+    (tmp_path / "other" / "a").mkdir(parents=True)
+    (tmp_path / "other" / "a" / "1.jpg").write_bytes(b"same name")
+    with pytest.raises(SourceError, match="both named"):
+        list_sources([str(tmp_path / "a"), str(tmp_path / "other" / "a")])
