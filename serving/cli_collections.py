@@ -146,7 +146,9 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     if found is None:
         return ERROR_EXIT
     store, info = found
-    store.delete(info.id, args.tenant)
+    from serving.security.audit import AuditEntry
+
+    store.delete(info.id, args.tenant, AuditEntry(action="collection.delete", client="cli", tenant=args.tenant))
     print(f"deleted collection {info.name} ({info.id}, {info.images + info.failed} images)")
     return 0
 

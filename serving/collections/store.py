@@ -6,6 +6,7 @@ failed images again: a network error is not a verdict). Reads are tenant-scoped 
 collection is "not found".
 """
 
+import dataclasses
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ from pipelines.collections.record import ImageRecord
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections
+from serving.security.audit import AuditEntry, write_entry
 
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
@@ -232,12 +234,16 @@ class CollectionStore:
         with self.engine.connect() as conn:
             return [self._info(conn, row) for row in conn.execute(query).all()]
 
-    def delete(self, ref: str, tenant: str | None = None) -> CollectionInfo:
+    def delete(self, ref: str, tenant: str | None = None, audit: AuditEntry | None = None) -> CollectionInfo:
+        """Delete the collection and its rows; `audit` is written in the same transaction."""
         with self.engine.begin() as conn:
             row = self._row(conn, ref, tenant)
             info = self._info(conn, row)
             conn.execute(sa.delete(collection_images).where(collection_images.c.collection_id == row.id))
             conn.execute(sa.delete(collections).where(collections.c.id == row.id))
+            if audit is not None:
+                detail = {"name": info.name, "images": info.images + info.failed}
+                write_entry(conn, dataclasses.replace(audit, target=info.id, detail=detail))
             return info
 
     def images(

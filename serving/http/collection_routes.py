@@ -5,15 +5,16 @@ import asyncio
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from serving.collections.export import csv_lines, jsonl_lines
 from serving.collections.from_job import save_job_as_collection
 from serving.collections.reporting import collection_report, collection_report_html
 from serving.collections.store import CollectionStore, ImageFilter
-from serving.http.dependencies import get_job_service, get_principal
+from serving.http.dependencies import client_host, get_job_service, get_principal
 from serving.jobs.service import JobService
+from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["collections"])
@@ -134,9 +135,13 @@ async def collection_report_route(
 
 @router.delete("/collections/{ref}")
 async def delete_collection(
-    ref: str, store: CollectionStore = Depends(get_collection_store), principal: Principal = Depends(get_principal)
+    request: Request,
+    ref: str,
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
 ) -> dict[str, Any]:
-    info = await asyncio.to_thread(store.delete, ref, principal.tenant)
+    audit = AuditEntry.by(principal, "collection.delete", client_host(request))
+    info = await asyncio.to_thread(store.delete, ref, principal.tenant, audit)
     return {**info.to_dict(), "deleted": True}
 
 

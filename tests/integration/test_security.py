@@ -294,6 +294,10 @@ def test_collections_are_tenant_scoped_and_erased_with_their_job(secure: dict[st
     viewer = bearer(secure, "a_viewer")
     assert http.get(f"/v1/collections/{collection}/images", headers=viewer).json()["images"]
     assert http.delete(f"/v1/collections/{collection}", headers=viewer).status_code == 403
+    copy = http.post(f"/v1/jobs/{job}/collection", params={"name": "a-copy"}, headers=bearer(secure, "a_analyst"))
+    assert http.delete("/v1/collections/a-copy", headers=bearer(secure, "a_analyst")).status_code == 200
+    deleted = [e for e in audit(secure, action="collection.delete") if e["target"] == copy.json()["id"]]
+    assert len(deleted) == 1 and deleted[0]["tenant"] == "tenant-a" and deleted[0]["detail"]["images"] == 2
     # Purging the job erases the collection saved from it (a copy of its results).
     assert http.delete(f"/v1/jobs/{job}?purge=true", headers=bearer(secure, "a_admin")).status_code == 200
     assert http.get(f"/v1/collections/{collection}", headers=viewer).status_code == 404
