@@ -3,8 +3,10 @@ export and delete collections. They live in the job database (IMGSERVE_DATABASE_
 `GET /v1/collections` shows what the CLI made."""
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +90,28 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lookup(args: argparse.Namespace) -> tuple[Any, Any] | None:
-    from serving.jobs.errors import CollectionNotFoundError
+def _on_collection(command: Callable[[argparse.Namespace, Any, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """`command(args, store, info)` for the collection named by `args.collection` (a name or an id) in
+    `args.tenant`; an unknown one is an error message and exit 2."""
 
-    store = _store(args)
-    try:
-        return store, store.get(args.collection, args.tenant)
-    except CollectionNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    def run(args: argparse.Namespace) -> int:
+        from serving.jobs.errors import CollectionNotFoundError
+
+        store = _store(args)
+        try:
+            info = store.get(args.collection, args.tenant)
+        except CollectionNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return ERROR_EXIT
+        return command(args, store, info)
+
+    return run
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+@_on_collection
+def _cmd_report(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.collections.reporting import collection_report, collection_report_html
 
-    found = _lookup(args)
-    if found is None:
-        return ERROR_EXIT
-    store, info = found
     report = collection_report(store, info)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -118,22 +124,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+@_on_collection
+def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.collections.export import csv_lines, jsonl_lines
     from serving.collections.store import ImageFilter
 
-    found = _lookup(args)
-    if found is None:
-        return ERROR_EXIT
-    store, info = found
+    # The filters this command offers, by ImageFilter's own field names (--camera-model is camera_model).
     where = ImageFilter(
-        tag=args.tag,
-        level=args.level,
-        camera_model=args.camera_model,
-        min_score=args.min_score,
-        max_score=args.max_score,
-        taken_after=args.taken_after,
-        taken_before=args.taken_before,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ImageFilter) if hasattr(args, f.name)}
     )
     lines = jsonl_lines if args.out.endswith(".jsonl") else csv_lines
     with open(args.out, "w", encoding="utf-8", newline="") as handle:
@@ -141,11 +139,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_delete(args: argparse.Namespace) -> int:
-    found = _lookup(args)
-    if found is None:
-        return ERROR_EXIT
-    store, info = found
+@_on_collection
+def _cmd_delete(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.security.audit import AuditEntry
 
     store.delete(info.id, args.tenant, AuditEntry(action="collection.delete", client="cli", tenant=args.tenant))

@@ -16,13 +16,14 @@ from pipelines.collections.insights import find_insights
 from pipelines.collections.outliers import find_outliers
 from pipelines.collections.record import ImageRecord
 from pipelines.collections.report_html import MAX_DUPLICATE_GROUPS, THUMBNAILS_PER_GROUP
-from pipelines.collections.summary import collection_summary, location_clusters, location_label, locations
+from pipelines.collections.summary import collection_summary, location_clusters, location_label
 
 
 def build_report(name: str, records: Sequence[ImageRecord], generated_at: datetime | None = None) -> dict[str, Any]:
     ok = [r for r in records if r.ok]
     clusters = location_clusters(ok)
-    labels = {c["cluster"]: location_label(c) for c in locations(ok, clusters)}
+    summary = collection_summary(records, clusters)
+    labels = {c["cluster"]: location_label(c) for c in summary["locations"]}
 
     def location_of(record: ImageRecord) -> str | None:
         cluster = clusters.get(record.name)
@@ -31,7 +32,7 @@ def build_report(name: str, records: Sequence[ImageRecord], generated_at: dateti
     return {
         "name": name,
         "generated_at": (generated_at or datetime.now(UTC)).isoformat(timespec="seconds"),
-        **collection_summary(records, clusters),
+        **summary,
         "duplicates": near_duplicate_groups(ok),
         "exact_duplicates": exact_duplicate_groups(ok),
         "outliers": [asdict(o) for o in find_outliers(ok)],
