@@ -13,6 +13,7 @@ from PIL import Image
 from pipelines.decode import open_validated
 from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
+from pipelines.metadata.camera_facts import complete_camera_facts
 from pipelines.metadata.colors import color_info
 from pipelines.metadata.container import is_heif, mime_type, read_image_info
 from pipelines.metadata.exif import read_exif
@@ -90,6 +91,8 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
         gps = _guarded("gps", errors, lambda: read_gps(image))
         xmp = _guarded("xmp", errors, lambda: read_xmp(image))
         iptc = _guarded("iptc", errors, lambda: read_iptc(image))
+        completed = _guarded("camera_facts", errors, lambda: (complete_camera_facts(image, exif, xmp), []))
+        exif = completed if completed is not None else exif
         thumb = None
         pixels = image.width * image.height
         if pixels > limits.max_pixels:

@@ -5,7 +5,7 @@ Every field that the file does not state is ``None`` (or an empty tuple); nothin
 it could not be read, in which case `ImageMetadata.errors` says why.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -60,6 +60,10 @@ class ExifInfo:
     exposure_program: str | None = None  # manual | normal | aperture_priority | shutter_priority | ...
     exposure_mode: str | None = None  # auto | manual | auto_bracket
     exposure_bias_ev: float | None = None  # EV
+    # Camera facts that standard EXIF lacks, read from another block: field name -> where, e.g.
+    # {"iso": "canon_makernote"}. Sources: canon/casio/olympus/reconyx_makernote, canon_ciff (APP0),
+    # olympus_picture_info (APP12), xmp. Empty when every value above is standard EXIF.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class XmpInfo:
     creators: tuple[str, ...] = ()  # dc:creator
     title: str | None = None  # dc:title (x-default)
     description: str | None = None  # dc:description (x-default)
+    datetime_original: str | None = None  # exif:DateTimeOriginal, ISO 8601 (offset kept when stated)
 
 
 @dataclass(frozen=True)

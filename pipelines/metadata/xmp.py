@@ -8,6 +8,7 @@ larger than `MAX_XMP_BYTES`.
 
 import re
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from typing import Any
 
 from PIL import Image
@@ -19,6 +20,7 @@ MAX_XMP_BYTES = 1024 * 1024  # a JPEG APP1 packet is <= 64 KiB; larger ones are 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 XMP = "http://ns.adobe.com/xap/1.0/"
 DC = "http://purl.org/dc/elements/1.1/"
+EXIF = "http://ns.adobe.com/exif/1.0/"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 _FORBIDDEN = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 
@@ -60,6 +62,17 @@ def _properties(root: ET.Element) -> dict[str, list[str]]:
     return found
 
 
+def xmp_datetime(value: str | None) -> tuple[str | None, str | None]:
+    """(ISO 8601, error) from an XMP date-time; a date without a time of day is not a capture time (None)."""
+    if value is None or "T" not in value:
+        return None, None
+    try:
+        stamp = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None, f"not an XMP date-time: {value[:40]!r}"
+    return stamp.isoformat(), None
+
+
 def parse_xmp(packet: bytes) -> tuple[XmpInfo | None, list[str]]:
     """`XmpInfo` from one packet (None when it has none of our properties); errors say what was refused."""
     if len(packet) > MAX_XMP_BYTES:
@@ -87,6 +100,9 @@ def parse_xmp(packet: bytes) -> tuple[XmpInfo | None, list[str]]:
         except ValueError:
             errors.append(f"xmp.rating: not a number: {rating!r}")
             rating = None
+    taken, error = xmp_datetime(one(f"{{{EXIF}}}DateTimeOriginal"))
+    if error:
+        errors.append(f"xmp.datetime_original: {error}")
     info = XmpInfo(
         rating=rating,
         label=one(f"{{{XMP}}}Label"),
@@ -95,6 +111,7 @@ def parse_xmp(packet: bytes) -> tuple[XmpInfo | None, list[str]]:
         creators=tuple(props.get(f"{{{DC}}}creator", ())),
         title=one(f"{{{DC}}}title"),
         description=one(f"{{{DC}}}description"),
+        datetime_original=taken,
     )
     return (None if info == XmpInfo() else info), errors
 

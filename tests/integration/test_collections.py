@@ -41,9 +41,9 @@ def _stored_count(database: Path) -> int:
 def _exiftool(paths: list[Path], tmp: Path) -> list[dict[str, Any]]:
     argfile = tmp / "exiftool.args"
     argfile.write_text("\n".join(str(p) for p in paths) + "\n")
-    # Standard EXIF (IFD0, the Exif IFD, the GPS IFD), as docs/METADATA.md's asserted comparison: values that exist
-    # only in maker notes or other blocks (one Canon CIFF file's Make/Model) are not read by imgserve yet.
-    tags = ["-EXIF:Make", "-EXIF:Model", "-EXIF:DateTimeOriginal", "-GPS:GPSLatitude", "-GPS:GPSLongitude"]
+    # ExifTool's own pick for camera and date (standard EXIF, else maker notes, Canon CIFF, Olympus APP12, XMP: what
+    # imgserve reads too, docs/METADATA.md), and the GPS IFD.
+    tags = ["-Make", "-Model", "-DateTimeOriginal", "-GPS:GPSLatitude", "-GPS:GPSLongitude"]
     out = subprocess.run(["exiftool", "-json", "-n", *tags, "-@", str(argfile)], capture_output=True, timeout=300)
     return json.loads(out.stdout)
 

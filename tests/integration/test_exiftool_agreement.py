@@ -5,8 +5,10 @@ Two tables are printed (run with `-s` to see them):
 - **standard tags** (asserted, >= 99% per field): exiftool's value from the group whose meaning matches the
   field: EXIF (IFD0/Exif/GPS IFDs), XMP for an orientation EXIF lacks, Composite for signed GPS, File (JPEG
   SOF, HEIF ispe) or EXIF IFD0 (TIFF) for the main image's size. This is what our fields promise.
-- **exiftool's pick** (reported, not asserted): the value plain `exiftool -n -j` prints, which may come from
-  maker notes, Olympus APP12 or a Composite ISO computed from Canon maker notes; we do not read maker notes.
+- **exiftool's pick** (asserted >= 99% over all fields together): the value plain `exiftool -n -j` prints, which
+  may come from maker notes, Canon CIFF, Olympus APP12 or a Composite ISO computed from Canon maker notes. imgserve
+  reads those blocks when standard EXIF lacks the field (pipelines/metadata/camera_facts.py); where both state a
+  value it keeps the standard one, which is where the remaining differences are (Kodak DC240).
 
 No server is needed, so the module is a unit test despite its folder.
 """
@@ -62,7 +64,7 @@ FIELDS: dict[str, Field] = {
     "DateTimeOriginal": Field(_exif("datetime_original"), "datetime", ("EXIF",)),
     "ExposureTime": Field(_exif("exposure_time_s"), "number", ("EXIF",)),
     "FNumber": Field(_exif("f_number"), "number", ("EXIF",)),
-    "ISO": Field(_exif("iso"), "integer", ("EXIF",)),
+    "ISO": Field(_exif("iso"), "iso", ("EXIF",)),
     "FocalLength": Field(_exif("focal_length_mm"), "number", ("EXIF",)),
     "Orientation": Field(_image("orientation"), "integer", ("EXIF", "XMP")),
     "GPSLatitude": Field(_gps("latitude_deg"), "degrees", ("Composite",)),
@@ -155,6 +157,8 @@ def agree(kind: str, theirs: Any, ours: Any) -> bool:
         return False
     if kind == "integer":
         return expected == float(ours)
+    if kind == "iso":  # an integer in EXIF; ExifTool's Canon Composite ISO is unrounded with -n (64.84, prints 65)
+        return round(expected) == ours
     if kind == "degrees":
         return abs(expected - float(ours)) <= GPS_TOLERANCE_DEG
     return math.isclose(expected, float(ours), rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-9)
@@ -251,10 +255,12 @@ def test_standard_tags_agree_with_exiftool(
     print(_table("standard tags (asserted)", scoped))
     print("\n".join(scoped_misses))
     print()
-    print(_table("exiftool's pick, maker notes included (reported)", plain))
+    print(_table("exiftool's pick, maker notes included (asserted over all fields)", plain))
     print("\n".join(plain_misses))
     below = {tag: counts for tag, counts in scoped.items() if counts[0] and counts[1] / counts[0] < TARGET}
     assert not below, f"fields under {TARGET:.0%} agreement: {below}\n" + "\n".join(scoped_misses)
+    reported, matched = sum(r for r, _ in plain.values()), sum(m for _, m in plain.values())
+    assert matched >= TARGET * reported, f"{matched}/{reported} of exiftool's picks\n" + "\n".join(plain_misses)
 
 
 def test_other_extracted_fields_agree_with_exiftool(
