@@ -44,6 +44,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
                 "task": entry.config.task,
                 "backend": backend,
                 "state": "READY" if entry.available else "UNAVAILABLE",
+                "cpu_precision": "int8" if entry.artifacts.onnx_int8 else "fp32",  # serving.quantize
                 "reason": entry.unavailable_reason,
             }
         )
@@ -51,7 +52,10 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:28} {row['state']:12} {row['backend'] or '-':12} {row['reason'] or ''}")
+            print(
+                f"{row['name']:28} {row['state']:12} {row['backend'] or '-':12} {row['cpu_precision']:5} "
+                f"{row['reason'] or ''}"
+            )
     return 0
 
 
@@ -192,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_sub.add_parser("list", help="models, their state and chosen backend")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_cmd_models_list)
-    prepare = models_sub.add_parser("prepare", help="verify weights; export torchvision models to ONNX where possible")
+    prepare = models_sub.add_parser(
+        "prepare", help="verify weights; export torchvision models to ONNX; build and check INT8 variants"
+    )
     prepare.set_defaults(func=_cmd_models_prepare)
 
     _add_remote_command(sub, "classify", "classify images with a running server (top-k per image)")

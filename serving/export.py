@@ -5,17 +5,21 @@ file is missing the model is skipped with the reason; it is never served with ra
 """
 
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from serving.config.settings import ServerSettings
+from serving.quantize import build_int8, read_int8_report
 from serving.repository import ModelEntry, ModelRepository, exported_onnx_path
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PrepareResult:
     model: str
-    status: str  # "ready", "exported", "skipped"
+    status: str  # "ready", "exported", "built", "skipped"
     detail: str
 
 
@@ -72,8 +76,35 @@ def prepare_model(entry: ModelEntry, settings: ServerSettings) -> PrepareResult:
     return PrepareResult(entry.name, "exported", f"ONNX written to {target}")
 
 
+def prepare_int8(entry: ModelEntry, settings: ServerSettings) -> PrepareResult | None:
+    """Build (once) and check the INT8 variant of a model that configures one; None when it does not."""
+    config = entry.config
+    if config.int8 is None:
+        return None
+    name = f"{entry.name} (int8)"
+    if entry.artifacts.onnx is None:
+        return PrepareResult(name, "skipped", "no float ONNX to quantise")
+    report = read_int8_report(config, settings)
+    if report is None:
+        try:
+            logger.info("building the INT8 variant of %s (about a minute)", entry.name)
+            report = build_int8(config, entry.artifacts.onnx, settings)
+        except (OSError, ValueError) as exc:  # missing calibration/check photos: float is served
+            return PrepareResult(name, "skipped", f"not built ({exc}); float is served")
+        status = "built"
+    else:
+        status = "ready"
+    served = "served on CPU" if report.passed and config.int8.serve else "float is served"
+    return PrepareResult(name, status, f"{report.summary()}; {served}")
+
+
 def prepare_repository(settings: ServerSettings | None = None) -> list[PrepareResult]:
     """Prepare every model; never raises for a model that simply cannot be built here."""
     settings = settings or ServerSettings.from_env()
     repository = ModelRepository.scan(settings, check_backends=False)
-    return [prepare_model(entry, settings) for entry in repository.entries.values()]
+    results = []
+    for entry in repository.entries.values():
+        results.append(prepare_model(entry, settings))
+        if (int8 := prepare_int8(entry, settings)) is not None:
+            results.append(int8)
+    return results

@@ -12,6 +12,7 @@ from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
 from serving.feature_head import GRAPH_VERSION, write_quality_graph
+from serving.quantize import served_int8
 from serving.weights import WeightsError, locate_weights, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSetting
     """Verified weights -> artefacts; raises `WeightsError` when the weights are missing or wrong."""
     weights = locate_weights(config.name, config.weights, folder, settings.weights_dir)
     if config.weights.format == "onnx":
-        return ModelArtifacts(onnx=weights)
+        return ModelArtifacts(onnx=weights, onnx_int8=served_int8(config, settings))
     if config.weights.format == "torchscript":
         return ModelArtifacts(torchscript=weights)
     if config.weights.format == "feature_head":

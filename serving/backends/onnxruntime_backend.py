@@ -25,6 +25,7 @@ class OnnxRuntimeBackend:
         self._session = None
         self._input_name = ""
         self._output_names: list[str] = []
+        self._precision = "fp32"
 
     @classmethod
     def unavailable_reason(cls, entry: "ModelEntry") -> str | None:
@@ -50,7 +51,10 @@ class OnnxRuntimeBackend:
         available = ort.get_available_providers()
         want_cuda = self.use_cuda if self.use_cuda is not None else "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(entry.artifacts.onnx), options, providers=providers)
+        # The INT8 variant is built and checked for ORT's CPU kernels; on a GPU the float graph runs.
+        int8 = entry.artifacts.onnx_int8 if not want_cuda else None
+        self._precision = "int8" if int8 is not None else "fp32"
+        self._session = ort.InferenceSession(str(int8 or entry.artifacts.onnx), options, providers=providers)
         self._input_name = self._session.get_inputs()[0].name
         self._output_names = [o.name for o in self._session.get_outputs()]
 
@@ -69,6 +73,7 @@ class OnnxRuntimeBackend:
             name=self.name,
             device=device,
             platform="onnxruntime_onnx",
+            precision=self._precision,
             detail=f"providers={','.join(providers)} intra_op_threads={self.intra_op_threads}",
         )
 

@@ -131,6 +131,35 @@ class ExportConfig(_Strict):
         return self
 
 
+class CalibrationData(_Strict):
+    folder: str = Field(description="Photos to calibrate activation ranges on, relative to IMGSERVE_DATA_DIR.")
+    images: int = Field(default=300, ge=8, le=10_000, description="How many (a fixed, seeded sample of the folder).")
+
+
+class AccuracyCheck(_Strict):
+    folder: str = Field(
+        description="Labelled photos, relative to IMGSERVE_DATA_DIR: a file named '<class id>_...' has that class."
+    )
+    class_ids: str = Field(
+        description="File in the model's weights folder listing the class ids, one per line, in output order."
+    )
+    first_index: int = Field(default=0, ge=0, description="Output index of the file's first class (1 with background).")
+
+
+class Int8Config(_Strict):
+    """Static INT8 quantisation of the float ONNX (QDQ, uint8 activations, int8 per-channel weights, MinMax)."""
+
+    serve: bool = Field(
+        default=True,
+        description="Serve the INT8 variant on CPU when it is built and passed its check; false serves float.",
+    )
+    calibration: CalibrationData = Field(description="Photos the activation ranges come from (not the check's).")
+    accuracy: AccuracyCheck = Field(description="The photos top-1 is checked on, float against INT8.")
+    min_top1_ratio: float = Field(
+        default=0.99, gt=0, le=1, description="INT8 top-1 must be at least this share of float's (MLPerf: 0.99)."
+    )
+
+
 class ModelConfig(_Strict):
     """One servable model: what it takes, how to feed it, how to batch and run it, where its weights are."""
 
@@ -148,6 +177,11 @@ class ModelConfig(_Strict):
     )
     weights: WeightsSpec = Field(description="The weights file and how to verify it.")
     export: ExportConfig | None = Field(default=None, description="Build-time export to ONNX (torchvision models).")
+    int8: Int8Config | None = Field(
+        default=None,
+        description="An INT8 variant built from the float ONNX by `imgserve models prepare` and served on CPU when "
+        "it passed its accuracy check (serving.quantize).",
+    )
 
     @model_validator(mode="after")
     def _crop_matches_input(self) -> "ModelConfig":

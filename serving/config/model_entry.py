@@ -10,7 +10,8 @@ from serving.config.model_config import ModelConfig
 class ModelArtifacts:
     """Files a backend may load. Which are present decides which backends are possible."""
 
-    onnx: Path | None = None
+    onnx: Path | None = None  # float
+    onnx_int8: Path | None = None  # built, checked INT8 variant that ONNX Runtime serves on CPU (serving.quantize)
     torchscript: Path | None = None
     state_dict: Path | None = None
 

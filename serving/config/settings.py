@@ -18,6 +18,10 @@ def _default_weights_dir() -> Path:
     return Path(platformdirs.user_cache_dir("imgserve")) / "weights"
 
 
+def _default_data_dir() -> Path:
+    return PROJECT_ROOT.parent / "shared" / "data"
+
+
 class ServerSettings(BaseModel):
     """Where models, weights and build outputs live, and the request limits. None of these change at runtime."""
 
@@ -30,6 +34,11 @@ class ServerSettings(BaseModel):
         default_factory=_default_weights_dir,
         description="Where third-party weights are looked up (IMGSERVE_WEIGHTS_DIR); default ../shared/models when "
         "present, else the user cache.",
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Photos that build steps read (INT8 calibration and its accuracy check; IMGSERVE_DATA_DIR); "
+        "default ../shared/data.",
     )
     cache_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_cache_dir("imgserve")),

@@ -1,0 +1,209 @@
+"""The INT8 variant of a float ONNX classifier: built by `imgserve models prepare`, checked, then served on CPU.
+
+Static quantisation with ONNX Runtime's own tool (`quantize_static`): QDQ format, uint8 activations and int8
+per-channel weights (the pair ORT's x86 kernels run fastest without VNNI), MinMax activation ranges from photos
+of `int8.calibration` (a seeded sample, decoded and preprocessed exactly as the server does). The result is
+checked on `int8.accuracy` (other photos, with known classes): top-1 of float and INT8 side by side, their
+top-1 agreement and model-only throughput, written next to the model as JSON. The repository serves the INT8
+file only when that report says it passed (`min_top1_ratio` of float's top-1, MLPerf's 99 % rule).
+
+Both files live in the cache directory: build outputs, never committed.
+"""
+
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.decode import decode_image
+from pipelines.errors import ImageInputError
+from pipelines.preprocess import PreprocessSpec
+from serving.config.model_config import ModelConfig
+from serving.config.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+QUANT_VERSION = 1  # bump when the recipe changes: old builds are then ignored and rebuilt
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+BATCH = 16
+THROUGHPUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """What the build measured; `passed` decides whether the INT8 file is served."""
+
+    model: str
+    float_top1: float
+    int8_top1: float
+    top1_agreement: float  # share of photos where float and INT8 pick the same class
+    images: int  # photos the check ran on
+    check_folder: str
+    calibration_folder: str
+    calibration_images: int
+    float_images_per_s: float  # model only, batch 16, this machine, during the build
+    int8_images_per_s: float
+    min_top1_ratio: float
+    passed: bool
+    onnxruntime: str
+    quant_version: int = QUANT_VERSION
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED (needs >= {self.min_top1_ratio:.0%} of float's top-1)"
+        return (
+            f"INT8 top-1 {self.int8_top1:.1%} vs float {self.float_top1:.1%} on {self.images} photos "
+            f"(agreement {self.top1_agreement:.1%}), {self.int8_images_per_s:.0f} vs {self.float_images_per_s:.0f} "
+            f"img/s: {verdict}"
+        )
+
+
+def int8_paths(config: ModelConfig, settings: ServerSettings) -> tuple[Path, Path]:
+    """(INT8 ONNX, its report) in the cache directory, keyed by the float weights and the recipe version."""
+    stem = settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-int8-q{QUANT_VERSION}"
+    return stem.with_suffix(".onnx"), stem.with_suffix(".json")
+
+
+def read_int8_report(config: ModelConfig, settings: ServerSettings) -> Int8Report | None:
+    """The report of a finished build, or None (never built, an older recipe, or unreadable)."""
+    _, report = int8_paths(config, settings)
+    try:
+        fields = json.loads(report.read_text())
+        return Int8Report(**fields) if fields.get("quant_version") == QUANT_VERSION else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def served_int8(config: ModelConfig, settings: ServerSettings) -> Path | None:
+    """The INT8 file to serve on CPU: configured, built and passed; None means float."""
+    if config.int8 is None or not config.int8.serve:
+        return None
+    onnx, _ = int8_paths(config, settings)
+    report = read_int8_report(config, settings)
+    return onnx if report is not None and report.passed and onnx.is_file() else None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _tensors(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[int]]:
+    """The server's own decode + preprocessing of each photo; indices of those that decoded."""
+    tensors, kept = [], []
+    for index, path in enumerate(paths):
+        try:
+            tensors.append(decode_image(path.read_bytes(), spec).tensor)
+        except ImageInputError as exc:
+            logger.warning("skipping %s: %s", path.name, exc)
+            continue
+        kept.append(index)
+    return np.stack(tensors), kept
+
+
+def _labelled(config: ModelConfig, settings: ServerSettings, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    assert config.int8 is not None
+    check = config.int8.accuracy
+    ids = (settings.weights_dir / config.name / check.class_ids).read_text().split()
+    index_of = {class_id: check.first_index + i for i, class_id in enumerate(ids)}
+    paths = [p for p in _images(settings.data_dir / check.folder) if p.name.split("_", 1)[0] in index_of]
+    if not paths:
+        raise FileNotFoundError(f"no photos named '<class id>_...' in {settings.data_dir / check.folder}")
+    tensors, kept = _tensors(paths, spec)
+    return tensors, np.array([index_of[paths[i].name.split("_", 1)[0]] for i in kept])
+
+
+def _session(path: Path):  # noqa: ANN202 - onnxruntime is imported lazily
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _predict(session, tensors: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    name = session.get_inputs()[0].name
+    outputs = [session.run(None, {name: tensors[i : i + BATCH]})[0] for i in range(0, len(tensors), BATCH)]
+    return np.concatenate(outputs).argmax(axis=1)
+
+
+def _images_per_s(session, tensors: np.ndarray) -> float:  # noqa: ANN001
+    name, batch = session.get_inputs()[0].name, tensors[:BATCH]
+    session.run(None, {name: batch})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < THROUGHPUT_SECONDS:
+        session.run(None, {name: batch})
+        done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
+def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) -> Int8Report:
+    """Quantise `float_onnx`, check it, write the INT8 file and its report to the cache directory."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    assert config.int8 is not None
+    recipe, spec = config.int8, config.preprocess_spec()
+    folder = settings.data_dir / recipe.calibration.folder
+    photos = _images(folder)
+    if len(photos) < recipe.calibration.images:
+        raise FileNotFoundError(f"{folder}: {len(photos)} photos, the calibration needs {recipe.calibration.images}")
+    sample = sorted(random.Random(0).sample(photos, recipe.calibration.images))
+    calibration, _ = _tensors(sample, spec)
+    input_name = config.input.name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(range(0, len(calibration), BATCH))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self._batches, None)
+            return None if start is None else {input_name: calibration[start : start + BATCH]}
+
+    target, report_path = int8_paths(config, settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        prepared, quantised = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
+        quant_pre_process(str(float_onnx), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantised),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        tensors, labels = _labelled(config, settings, spec)
+        float_session, int8_session = _session(float_onnx), _session(quantised)
+        float_pred, int8_pred = _predict(float_session, tensors), _predict(int8_session, tensors)
+        float_top1, int8_top1 = float(np.mean(float_pred == labels)), float(np.mean(int8_pred == labels))
+        report = Int8Report(
+            model=config.name,
+            float_top1=float_top1,
+            int8_top1=int8_top1,
+            top1_agreement=float(np.mean(float_pred == int8_pred)),
+            images=len(labels),
+            check_folder=recipe.accuracy.folder,
+            calibration_folder=recipe.calibration.folder,
+            calibration_images=len(calibration),
+            float_images_per_s=_images_per_s(float_session, tensors),
+            int8_images_per_s=_images_per_s(int8_session, tensors),
+            min_top1_ratio=recipe.min_top1_ratio,
+            passed=int8_top1 >= recipe.min_top1_ratio * float_top1,
+            onnxruntime=ort.__version__,
+        )
+        quantised.replace(target)
+    report_path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
