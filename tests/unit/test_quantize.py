@@ -1,0 +1,66 @@
+"""Which classifier file the repository serves on CPU: the INT8 build only when configured, built and passed."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from serving.config.model_config import load_model_config
+from serving.config.settings import PROJECT_ROOT, ServerSettings
+from serving.quantize import QUANT_VERSION, Int8Report, int8_paths, read_int8_report, served_int8
+
+pytestmark = pytest.mark.unit
+
+CONFIG = load_model_config(PROJECT_ROOT / "models" / "mobilenet_v2_imagenet" / "config.yaml")
+
+
+def _report(passed: bool, version: int = QUANT_VERSION) -> Int8Report:
+    return Int8Report(
+        model=CONFIG.name, float_top1=0.89, int8_top1=0.89 if passed else 0.80, top1_agreement=0.96, images=1000,
+        check_folder="imagenet-samples", calibration_folder="biq2021-train/images", calibration_images=300,
+        float_images_per_s=160.0, int8_images_per_s=320.0, min_top1_ratio=0.99, passed=passed,
+        onnxruntime="test", quant_version=version,
+    )  # fmt: skip
+
+
+def _built(tmp_path: Path, report: Int8Report | None, onnx: bool = True) -> ServerSettings:
+    settings = ServerSettings(cache_dir=tmp_path)
+    model, report_path = int8_paths(CONFIG, settings)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    if onnx:
+        model.write_bytes(b"not read by this test")
+    if report is not None:
+        report_path.write_text(json.dumps(asdict(report)))
+    return settings
+
+
+def test_the_default_classifier_configures_an_int8_variant_checked_on_other_photos() -> None:
+    assert CONFIG.int8 is not None and CONFIG.int8.serve and CONFIG.int8.min_top1_ratio == 0.99
+    assert CONFIG.int8.calibration.folder.split("/")[0] != CONFIG.int8.accuracy.folder.split("/")[0]
+
+
+def test_served_only_when_built_and_passed(tmp_path: Path) -> None:
+    assert (
+        served_int8(CONFIG, _built(tmp_path / "passed", _report(True)))
+        == int8_paths(CONFIG, ServerSettings(cache_dir=tmp_path / "passed"))[0]
+    )
+    assert served_int8(CONFIG, _built(tmp_path / "failed", _report(False))) is None
+    assert served_int8(CONFIG, _built(tmp_path / "never", None)) is None
+    assert served_int8(CONFIG, _built(tmp_path / "no-file", _report(True), onnx=False)) is None
+    old = _built(tmp_path / "old", _report(True, version=QUANT_VERSION - 1))
+    assert read_int8_report(CONFIG, old) is None and served_int8(CONFIG, old) is None  # an older recipe: rebuilt
+
+
+def test_serve_false_is_the_one_line_back_to_float(tmp_path: Path) -> None:
+    assert CONFIG.int8 is not None
+    settings = _built(tmp_path, _report(True))
+    float_config = CONFIG.model_copy(update={"int8": CONFIG.int8.model_copy(update={"serve": False})})
+    assert served_int8(float_config, settings) is None
+    assert served_int8(CONFIG.model_copy(update={"int8": None}), settings) is None
+
+
+def test_an_unreadable_report_is_no_report(tmp_path: Path) -> None:
+    settings = _built(tmp_path, None)
+    int8_paths(CONFIG, settings)[1].write_text("{not json")
+    assert read_int8_report(CONFIG, settings) is None and served_int8(CONFIG, settings) is None
