@@ -1,4 +1,5 @@
-"""Per-stage autoscaling on a local Ray: under load the decode stage scales up, and back down when idle."""
+"""Per-stage autoscaling on a local Ray: under load the decode stage and the classifier's model deployment each scale
+up, and back down when idle (one server per stage, the other stages left as serve_config.yaml has them)."""
 
 import asyncio
 import time
@@ -14,17 +15,17 @@ from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
 
-STAGE = "Decoder"
+STAGES = ["Decoder", "model-mobilenet_v2_imagenet"]
 GRAPH = ["--placement", "graph"]  # per-stage autoscaling is the graph placement's
 
 
-def _aggressive_config() -> dict:
-    """The project's config with the decode stage tuned to react in seconds (small numbers for 2 cores); the
-    Ingress sends small stage calls, several at once, so the decode stage sees concurrent calls to scale on."""
+def _aggressive_config(stage: str) -> dict:
+    """The project's config with one stage tuned to react in seconds (small numbers for 2 cores); the Ingress sends
+    small stage calls, several at once, so the stage sees concurrent calls to scale on."""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
     config["applications"][0]["args"]["graph_calls"] = {"max_images_per_call": 2, "concurrent_calls": 4}
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == STAGE:
+        if deployment["name"] == stage:
             deployment["autoscaling_config"] = {
                 "min_replicas": 1,
                 "max_replicas": 2,
@@ -35,29 +36,35 @@ def _aggressive_config() -> dict:
                 "metrics_interval_s": 0.5,
             }
             deployment["max_ongoing_requests"] = 2
+            deployment["ray_actor_options"] = {"num_cpus": 0.25}  # room for a second replica on a small machine
     return config
 
 
-@pytest.fixture(scope="module")
-def scaling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=STAGES)
+def scaling_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, str]]:
+    """A graph-placement server with the stage `request.param` set to scale in seconds, and that stage's name."""
     require(MOBILENET_DIR)
-    with ServerProcess(tmp_path_factory.mktemp("autoscaling"), _aggressive_config(), extra_args=GRAPH) as server:
-        yield server
+    config = _aggressive_config(request.param)
+    with ServerProcess(tmp_path_factory.mktemp("autoscaling"), config, extra_args=GRAPH) as server:
+        yield server, request.param
 
 
-def _running_replicas(url: str) -> int:
+def _running_replicas(url: str, stage: str) -> int:
     status = httpx.get(f"{url}/v1/status", timeout=10).json()
-    return status["applications"]["imgserve"]["deployments"][STAGE]["replicas"].get("RUNNING", 0)
+    return status["applications"]["imgserve"]["deployments"][stage]["replicas"].get("RUNNING", 0)
 
 
-def test_decode_stage_scales_up_under_load_and_back_down(scaling_server: ServerProcess, tmp_path: Path) -> None:
-    url = scaling_server.http_url
+def test_stage_scales_up_under_load_and_back_down(scaling_server: tuple[ServerProcess, str], tmp_path: Path) -> None:
+    server, stage = scaling_server
+    url = server.http_url
     photos = [p.read_bytes() for p in sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:64]]
     timeline: list[tuple[float, int, str]] = []
     start = time.monotonic()
 
     def observe(phase: str) -> int:
-        replicas = _running_replicas(url)
+        replicas = _running_replicas(url, stage)
         timeline.append((round(time.monotonic() - start, 1), replicas, phase))
         return replicas
 
@@ -88,7 +95,7 @@ def test_decode_stage_scales_up_under_load_and_back_down(scaling_server: ServerP
     while time.monotonic() < deadline and observe("cooldown") > 1:
         time.sleep(2.0)
     (tmp_path / "timeline.txt").write_text("\n".join(f"{t}s {r} {p}" for t, r, p in timeline))
-    print("replicas of", STAGE, "over time (s, running, phase):", timeline, "requests:", sent)
+    print("replicas of", stage, "over time (s, running, phase):", timeline, "requests:", sent)
     assert sent > 0
-    assert peak == 2, f"{STAGE} never scaled up under load: {timeline}"
-    assert timeline[-1][1] == 1, f"{STAGE} did not scale back down after the load: {timeline}"
+    assert peak == 2, f"{stage} never scaled up under load: {timeline}"
+    assert timeline[-1][1] == 1, f"{stage} did not scale back down after the load: {timeline}"

@@ -1,5 +1,7 @@
 """Open Inference Protocol over HTTP, driven by the unmodified Triton client (tritonclient.http 2.73)."""
 
+import os
+
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
@@ -24,8 +26,10 @@ def client(server: RunningServer) -> triton_http.InferenceServerClient:
 
 
 @pytest.fixture(scope="module")
-def batch_and_reference() -> tuple[np.ndarray, np.ndarray]:
-    repository = ModelRepository.scan(ServerSettings.from_env())
+def batch_and_reference(server: RunningServer) -> tuple[np.ndarray, np.ndarray]:
+    # The server's own settings (its cache directory): the reference runs the model file the server serves, float
+    # or the INT8 build (serving.quantize), whatever this machine's user cache holds.
+    repository = ModelRepository.scan(ServerSettings.from_env({**os.environ, **server.env}))
     entry = repository.get(MODEL)
     spec = entry.config.preprocess_spec()
     batch = np.stack([reference_preprocess(Image.open(require(IMAGENET_SAMPLES) / p), spec) for p in PHOTOS])
