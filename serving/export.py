@@ -89,8 +89,8 @@ def prepare_int8(entry: ModelEntry, settings: ServerSettings) -> PrepareResult |
         try:
             logger.info("building the INT8 variant of %s (about a minute)", entry.name)
             report = build_int8(config, entry.artifacts.onnx, settings)
-        except (OSError, ValueError) as exc:  # missing calibration/check photos: float is served
-            return PrepareResult(name, "skipped", f"not built ({exc}); float is served")
+        except Exception as exc:  # noqa: BLE001 - missing photos or a quantiser failure: float is served, not a crash
+            return PrepareResult(name, "skipped", f"not built ({type(exc).__name__}: {exc}); float is served")
         status = "built"
     else:
         status = "ready"

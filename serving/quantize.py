@@ -104,10 +104,12 @@ def _tensors(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[
     return np.stack(tensors), kept
 
 
-def _labelled(config: ModelConfig, settings: ServerSettings, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(
+    config: ModelConfig, settings: ServerSettings, spec: PreprocessSpec, weights_folder: Path
+) -> tuple[np.ndarray, np.ndarray]:
     assert config.int8 is not None
     check = config.int8.accuracy
-    ids = (settings.weights_dir / config.name / check.class_ids).read_text().split()
+    ids = (weights_folder / check.class_ids).read_text().split()
     index_of = {class_id: check.first_index + i for i, class_id in enumerate(ids)}
     paths = [p for p in _images(settings.data_dir / check.folder) if p.name.split("_", 1)[0] in index_of]
     if not paths:
@@ -185,7 +187,7 @@ def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) 
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )
-        tensors, labels = _labelled(config, settings, spec)
+        tensors, labels = _labelled(config, settings, spec, float_onnx.parent)
         float_session, int8_session = _session(float_onnx), _session(quantised)
         float_pred, int8_pred = _predict(float_session, tensors), _predict(int8_session, tensors)
         float_top1, int8_top1 = float(np.mean(float_pred == labels)), float(np.mean(int8_pred == labels))

@@ -152,7 +152,7 @@ READERS: dict[str, Callable[[bytes, str, int, int], Facts]] = {
 def read_maker_note(exif_block: bytes, make: str | None) -> tuple[Facts, str | None]:
     """(facts, source) from the maker note of an EXIF block; ({}, None) when there is nothing to read."""
     tiff = exif_tiff(exif_block)
-    if tiff is None:
+    if tiff is None or len(tiff) < 8:
         return {}, None
     endian = "<" if tiff[:2] == b"II" else ">"
     exif_ifd = _entry(tiff, endian, struct.unpack_from(endian + "L", tiff, 4)[0], EXIF_IFD_POINTER)

@@ -8,7 +8,9 @@ import pytest
 
 from serving.config.model_config import load_model_config
 from serving.config.settings import PROJECT_ROOT, ServerSettings
+from serving.export import prepare_repository
 from serving.quantize import QUANT_VERSION, Int8Report, int8_paths, read_int8_report, served_int8
+from tests.paths import MOBILENET_DIR, require
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +66,12 @@ def test_an_unreadable_report_is_no_report(tmp_path: Path) -> None:
     settings = _built(tmp_path, None)
     int8_paths(CONFIG, settings)[1].write_text("{not json")
     assert read_int8_report(CONFIG, settings) is None and served_int8(CONFIG, settings) is None
+
+
+def test_without_calibration_photos_prepare_skips_and_float_is_served(tmp_path: Path) -> None:
+    require(MOBILENET_DIR)
+    settings = ServerSettings(cache_dir=tmp_path / "cache", data_dir=tmp_path / "no-photos")
+    results = {r.model: r for r in prepare_repository(settings)}
+    skipped = results[f"{CONFIG.name} (int8)"]
+    assert skipped.status == "skipped" and "float is served" in skipped.detail and "no-photos" in skipped.detail
+    assert served_int8(CONFIG, settings) is None
