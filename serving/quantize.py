@@ -23,13 +23,13 @@ import numpy as np
 from pipelines.decode import decode_image
 from pipelines.errors import ImageInputError
 from pipelines.preprocess import PreprocessSpec
+from serving.collections.sources import is_image_name
 from serving.config.model_config import ModelConfig
 from serving.config.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 QUANT_VERSION = 1  # bump when the recipe changes: old builds are then ignored and rebuilt
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 BATCH = 16
 THROUGHPUT_SECONDS = 3.0
 
@@ -88,7 +88,7 @@ def served_int8(config: ModelConfig, settings: ServerSettings) -> Path | None:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
 
 
 def _tensors(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[int]]:

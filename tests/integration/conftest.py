@@ -1,6 +1,7 @@
 """Start the real server once per test run: `imgserve serve` (local Ray + Ray Serve) on free ports."""
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,26 @@ def imagenet_truth() -> dict[str, int]:
     """WordNet id -> the default model's class index (index 0 is background), from its wnids.txt."""
     wnids = (require(MOBILENET_DIR) / "wnids.txt").read_text().split()
     return {wnid: i + 1 for i, wnid in enumerate(wnids)}
+
+
+def correct_top1(client: httpx.Client, files: list[Path], workers: int) -> int:
+    """How many of the ImageNet sample photos `files` the server's top class gets right, `workers` at a time."""
+    truth = imagenet_truth()
+
+    def top1(path: Path) -> bool:
+        response = client.post("/v1/classify", content=path.read_bytes(), params={"top_k": 1})
+        response.raise_for_status()
+        return response.json()["results"][0]["predictions"][0]["index"] == truth[path.name.split("_")[0]]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(top1, files))
+
+
+def local_config() -> dict:
+    """What `make serve` deploys (serve_config.yaml, the local placement) with the test's admission limit."""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["direct_ingress"] = {"max_inflight": LOCAL_MAX_INFLIGHT}
+    return config
 
 
 def _test_config() -> dict:
@@ -67,9 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """What `make serve` runs on one machine: serve_config.yaml, placement chosen by `imgserve serve` (local)."""
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["direct_ingress"] = {"max_inflight": LOCAL_MAX_INFLIGHT}
-    with started_server(tmp_path_factory, "local", config) as process:
+    with started_server(tmp_path_factory, "local", local_config()) as process:
         yield process
 
 

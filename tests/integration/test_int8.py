@@ -5,19 +5,17 @@ cache. Calibration photos (BIQ2021) and check photos (the 1000 ImageNet samples)
 """
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from loadtests.server_process import ServerProcess
 from serving.config.settings import ServerSettings
 from serving.export import prepare_repository
 from serving.quantize import int8_paths, read_int8_report, served_int8
 from serving.repository import ModelRepository
-from tests.integration.conftest import LOCAL_MAX_INFLIGHT, imagenet_truth, server_env
+from tests.integration.conftest import correct_top1, local_config, server_env
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
@@ -73,9 +71,7 @@ def test_a_failed_check_is_not_served(built: tuple[Path, ServerSettings]) -> Non
 @pytest.fixture(scope="module")
 def int8_server(built: tuple[Path, ServerSettings]) -> Iterator[ServerProcess]:
     folder, _ = built
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["direct_ingress"] = {"max_inflight": LOCAL_MAX_INFLIGHT}
-    with ServerProcess(folder, config, server_env(folder)) as process:
+    with ServerProcess(folder, local_config(), server_env(folder)) as process:
         yield process
 
 
@@ -83,15 +79,7 @@ def test_served_int8_classifies_the_1000_photos_over_http(int8_server: ServerPro
     with httpx.Client(base_url=int8_server.http_url, timeout=60) as http:
         models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
         assert models[MODEL]["backend"]["precision"] == "int8", models[MODEL]
-        truth = imagenet_truth()
         files = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))
-
-        def top1(path: Path) -> bool:
-            response = http.post("/v1/classify", content=path.read_bytes(), params={"top_k": 1})
-            response.raise_for_status()
-            return response.json()["results"][0]["predictions"][0]["index"] == truth[path.name.split("_")[0]]
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            correct = sum(pool.map(top1, files))
+        correct = correct_top1(http, files, workers=16)
     print(f"INT8 top-1 over HTTP: {correct / len(files):.3f}")
     assert len(files) == 1000 and correct / len(files) >= MIN_TOP1

@@ -11,15 +11,13 @@ tests/integration/test_grpc.py runs its whole suite against both servers.
 import asyncio
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from loadtests.server_process import ServerProcess
 from serving.client import Client
-from tests.integration.conftest import LOCAL_MAX_INFLIGHT, imagenet_truth
+from tests.integration.conftest import LOCAL_MAX_INFLIGHT, correct_top1
 from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = pytest.mark.integration
@@ -49,15 +47,7 @@ def test_only_the_ingress_runs_the_models(client: httpx.Client) -> None:
 
 def test_top1_on_real_photos_and_concurrent_requests_share_batches(client: httpx.Client) -> None:
     files = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:SAMPLE]
-    truth = imagenet_truth()
-
-    def top1(path: Path) -> bool:
-        response = client.post("/v1/classify", content=path.read_bytes(), params={"top_k": 1})
-        response.raise_for_status()
-        return response.json()["results"][0]["predictions"][0]["index"] == truth[path.name.split("_")[0]]
-
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        correct = sum(pool.map(top1, files))
+    correct = correct_top1(client, files, workers=32)
     # The model card's 88.8 % is over all 1000; 200 photos leave room for sampling noise, not for a broken path.
     assert correct / len(files) >= 0.83, f"{correct}/{len(files)}"
     metrics = client.get("/metrics").text
