@@ -23,7 +23,6 @@ import numpy as np
 from pipelines.decode import decode_image
 from pipelines.errors import ImageInputError
 from pipelines.preprocess import PreprocessSpec
-from serving.collections.sources import is_image_name
 from serving.config.model_config import ModelConfig
 from serving.config.settings import ServerSettings
 
@@ -32,6 +31,9 @@ logger = logging.getLogger(__name__)
 QUANT_VERSION = 1  # bump when the recipe changes: old builds are then ignored and rebuilt
 BATCH = 16
 THROUGHPUT_SECONDS = 3.0
+# Not serving.collections.sources.is_image_name: the repository imports this module, and that package imports
+# serving.errors, which imports the repository (tests/unit/test_layout.py forbids the cycle).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def served_int8(config: ModelConfig, settings: ServerSettings) -> Path | None:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
 
 
 def _tensors(paths: list[Path], spec: PreprocessSpec) -> tuple[np.ndarray, list[int]]:
