@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", help="verify weights; export torchvision models to ONNX; build and check INT8 variants"
     )
     prepare.set_defaults(func=_cmd_models_prepare)
+    from serving.cli_training import add_training_commands
+
+    add_training_commands(sub, models_sub, DEFAULT_URL)
 
     _add_remote_command(sub, "classify", "classify images with a running server (top-k per image)")
     analyze = _add_remote_command(sub, "analyze", "analyze images with a running server (selected stages)")

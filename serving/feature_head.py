@@ -71,8 +71,11 @@ class FeatureHead:
         return score, 1.0 / (1.0 + np.exp(-(z @ self.tag_weights + self.tag_bias)))
 
 
-def _cut_with_pooling(base: onnx.ModelProto, layers: tuple[int, ...], side: int | None) -> onnx.ModelProto:
-    """`base` cut after its deepest chosen activation, input side fixed (or free when None), output `features`."""
+def _cut_with_pooling(
+    base: onnx.ModelProto, layers: tuple[int, ...], side: int | None, with_std: bool = True
+) -> onnx.ModelProto:
+    """`base` cut after its deepest chosen activation, input side fixed (or free when None), output `features`:
+    per chosen map its mean over the image, and its standard deviation unless `with_std` is False."""
     graph_model = onnx.ModelProto()
     graph_model.CopyFrom(base)
     graph = graph_model.graph
@@ -96,9 +99,12 @@ def _cut_with_pooling(base: onnx.ModelProto, layers: tuple[int, ...], side: int 
     pooled = []
     for index in layers:
         a, tag = activations[index], f"pool{index}"
+        graph.node.append(helper.make_node("ReduceMean", [a], [f"{tag}_mean"], axes=[2, 3], keepdims=0))
+        if not with_std:
+            pooled.append(f"{tag}_mean")
+            continue
         graph.node.extend(
             [
-                helper.make_node("ReduceMean", [a], [f"{tag}_mean"], axes=[2, 3], keepdims=0),
                 helper.make_node("Mul", [a, a], [f"{tag}_sq"]),
                 helper.make_node("ReduceMean", [f"{tag}_sq"], [f"{tag}_m2"], axes=[2, 3], keepdims=0),
                 helper.make_node("Mul", [f"{tag}_mean", f"{tag}_mean"], [f"{tag}_mean2"]),
@@ -113,9 +119,11 @@ def _cut_with_pooling(base: onnx.ModelProto, layers: tuple[int, ...], side: int 
     return graph_model
 
 
-def feature_graph(base: onnx.ModelProto, layers: tuple[int, ...], side: int | None = None) -> onnx.ModelProto:
+def feature_graph(
+    base: onnx.ModelProto, layers: tuple[int, ...], side: int | None = None, with_std: bool = True
+) -> onnx.ModelProto:
     """The classifier cut to its pooled activations: input N x 3 x side x side -> `features` N x D."""
-    return _cut_with_pooling(base, layers, side)
+    return _cut_with_pooling(base, layers, side, with_std)
 
 
 def quality_graph(base: onnx.ModelProto, head: FeatureHead, side: int, score: str, probs: str) -> onnx.ModelProto:
@@ -167,8 +175,13 @@ GRAPH_VERSION = 1  # bump when quality_graph changes what it writes: cached expo
 def write_quality_graph(base_onnx: Path, head_file: Path, side: int, score: str, probs: str, target: Path) -> Path:
     """Build the grafted model from the verified files and write it atomically to `target`."""
     model = quality_graph(onnx.load(str(base_onnx)), FeatureHead.load(head_file), side, score, probs)
+    return save_atomically(model, target)
+
+
+def save_atomically(model: onnx.ModelProto, target: Path) -> Path:
+    """Write `model` to `target` through a private temporary file (concurrent builders never share one)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # concurrent builders never share one
+    tmp = target.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     onnx.save(model, str(tmp))
     tmp.replace(target)
     return target

@@ -8,11 +8,15 @@ weights are missing, or that no preferred backend can load here, stays listed wi
 import logging
 from pathlib import Path
 
+import onnx
+
 from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
-from serving.feature_head import GRAPH_VERSION, write_quality_graph
+from serving.feature_head import GRAPH_VERSION, save_atomically, write_quality_graph
+from serving.model_versions import POLICY_FILE, model_roots, scan_model_folder
 from serving.quantize import served_int8
+from serving.trained_head import HEAD_GRAPH_VERSION, ClassifierHead, classifier_graph, embedding_graph
 from serving.weights import WeightsError, locate_weights, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,51 @@ def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines)
 
 
+def scan_entry(config: ModelConfig, folder: Path, settings: ServerSettings, check_backends: bool) -> ModelEntry:
+    """One version's entry: labels and verified artefacts, or the reason it cannot be served here."""
+    from serving.backends.registry import backend_plan  # local import: backends import this module
+
+    labels = read_labels(config, folder)
+    try:
+        artifacts = resolve_artifacts(config, folder, settings)
+    except WeightsError as exc:
+        return ModelEntry(config, folder, labels, unavailable_reason=str(exc))
+    entry = ModelEntry(config, folder, labels, artifacts)
+    if check_backends:
+        chosen, reasons = backend_plan(entry)
+        if chosen is None:
+            return ModelEntry(config, folder, labels, artifacts, "no backend can run it here: " + "; ".join(reasons))
+    return entry
+
+
+def scan_model(
+    root: Path, settings: ServerSettings, check_backends: bool
+) -> tuple[ModelEntry | None, dict[str, ModelEntry]] | None:
+    """(served version's entry or None, every version's entry) of the model folder `root`; None: no model there.
+
+    Versions the policy does not serve are listed with that reason and their artefacts are not built."""
+    folder = scan_model_folder(root)
+    if folder is None:
+        return None
+    configs: dict[str, tuple[ModelConfig, Path]] = {}
+    for version, path in folder.versions.items():
+        config = load_model_config(path / "config.yaml")
+        if config.name != root.name:
+            raise ValueError(f"{path / 'config.yaml'}: name '{config.name}' must equal the folder name '{root.name}'")
+        if folder.versioned and config.version != version:
+            raise ValueError(f"{path / 'config.yaml'}: version '{config.version}' must equal its folder '{version}'")
+        configs[config.version] = (config, path)
+    served = folder.served_versions[:1] if folder.versioned else list(configs)
+    entries: dict[str, ModelEntry] = {}
+    for version, (config, path) in configs.items():
+        if version in served:
+            entries[version] = scan_entry(config, path, settings, check_backends)
+        else:
+            reason = f"version {version} is not served: {POLICY_FILE} serves {served or 'none'}"
+            entries[version] = ModelEntry(config, path, read_labels(config, path), unavailable_reason=reason)
+    return (entries[served[0]] if served else None), entries
+
+
 def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSettings) -> ModelArtifacts:
     """Verified weights -> artefacts; raises `WeightsError` when the weights are missing or wrong."""
     weights = locate_weights(config.name, config.weights, folder, settings.weights_dir)
@@ -55,20 +104,33 @@ def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSetting
         return ModelArtifacts(onnx=weights, onnx_int8=served_int8(config, settings))
     if config.weights.format == "torchscript":
         return ModelArtifacts(torchscript=weights)
-    if config.weights.format == "feature_head":
+    if config.weights.format in ("feature_head", "classifier_head"):
         return ModelArtifacts(onnx=grafted_onnx(config, weights, settings), state_dict=weights)
+    if config.weights.format == "embedding":
+        return ModelArtifacts(onnx=embedding_onnx(config, weights, settings))
     exported = exported_onnx_path(config, settings)
     return ModelArtifacts(onnx=exported if exported.is_file() else None, state_dict=weights)
 
 
+def embedding_onnx(config: ModelConfig, classifier: Path, settings: ServerSettings) -> Path:
+    """The embedding model's ONNX (the verified classifier cut to its penultimate layer), built when absent."""
+    target = settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-e{HEAD_GRAPH_VERSION}.onnx"
+    if not target.is_file():
+        logger.info("building %s from %s", target.name, classifier.name)
+        save_atomically(embedding_graph(onnx.load(str(classifier)), config.input.size[0]), target)
+    return target
+
+
 def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> Path:
-    """The feature-head model's ONNX in the cache directory, built here (in about a second) when absent.
+    """A head model's ONNX (feature head or trained classifier head) in the cache directory, built here (in about a
+    second) when absent.
 
     The graph is a build output keyed by the head's sha256 and `GRAPH_VERSION`; the base model's weights are
     located and verified like any other (a missing base raises `WeightsError`: the model is listed unavailable).
     """
     assert config.export is not None and config.export.base
-    target = settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-g{GRAPH_VERSION}.onnx"
+    version = GRAPH_VERSION if config.weights.format == "feature_head" else f"c{HEAD_GRAPH_VERSION}"
+    target = settings.cache_dir / "onnx" / f"{config.name}-{config.weights.sha256[:8]}-g{version}.onnx"
     if target.is_file():
         return target
     base_folder = settings.model_repository / config.export.base
@@ -77,6 +139,21 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
     except (OSError, ValueError) as exc:
         raise WeightsError(f"base model '{config.export.base}' of '{config.name}' is not usable: {exc}") from exc
     base_weights = locate_weights(base.name, base.weights, base_folder, settings.weights_dir)
+    if config.weights.format == "classifier_head":
+        logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
+        try:
+            trained = ClassifierHead.load(head)
+        except (OSError, ValueError, KeyError) as exc:
+            raise WeightsError(
+                f"'{config.name}' version {config.version}: head {head.name} is unreadable: {exc}"
+            ) from exc
+        if len(trained.labels) != config.outputs[0].shape[-1]:
+            raise WeightsError(
+                f"'{config.name}': the head has {len(trained.labels)} classes, the config's output "
+                f"{config.outputs[0].shape[-1]}"
+            )
+        graph = classifier_graph(onnx.load(str(base_weights)), trained, config.input.size[0], config.outputs[0].name)
+        return save_atomically(graph, target)
     if not {"score", "probs"} <= {o.name for o in config.outputs}:
         raise WeightsError(f"'{config.name}': a feature-head model's outputs are 'score' and 'probs'")
     logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
@@ -84,45 +161,77 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
 
 
 class ModelRepository:
-    """All models under `settings.model_repository`, keyed by name."""
+    """All models under `settings.model_repository` and `settings.trained_models`, keyed by name.
 
-    def __init__(self, entries: dict[str, ModelEntry], settings: ServerSettings):
+    `entries` holds each model's served version (the newest its version policy allows); `versions` every version
+    found, with the reason a version is not served.
+    """
+
+    def __init__(
+        self,
+        entries: dict[str, ModelEntry],
+        settings: ServerSettings,
+        versions: dict[str, dict[str, ModelEntry]] | None = None,
+    ):
         self.entries = entries
         self.settings = settings
+        self.versions = versions if versions is not None else {n: {e.version: e} for n, e in entries.items()}
 
     @classmethod
     def scan(cls, settings: ServerSettings | None = None, check_backends: bool = True) -> "ModelRepository":
-        """Read every `*/config.yaml`; invalid configs raise, missing weights mark the model unavailable."""
-        from serving.backends.registry import backend_plan  # local import: backends import this module
-
+        """Read every model folder; invalid configs raise, missing weights mark the model unavailable."""
         settings = settings or ServerSettings.from_env()
         entries: dict[str, ModelEntry] = {}
-        for config_path in sorted(settings.model_repository.glob("*/config.yaml")):
-            folder = config_path.parent
-            config = load_model_config(config_path)
-            if config.name != folder.name:
-                raise ValueError(f"{config_path}: name '{config.name}' must equal the folder name '{folder.name}'")
-            labels = read_labels(config, folder)
-            try:
-                artifacts = resolve_artifacts(config, folder, settings)
-            except WeightsError as exc:
-                entries[config.name] = ModelEntry(config, folder, labels, unavailable_reason=str(exc))
-                continue
-            entry = ModelEntry(config, folder, labels, artifacts)
-            if check_backends:
-                chosen, reasons = backend_plan(entry)
-                if chosen is None:
-                    entry = ModelEntry(
-                        config, folder, labels, artifacts, "no backend can run it here: " + "; ".join(reasons)
-                    )
-            entries[config.name] = entry
-        return cls(entries, settings)
+        versions: dict[str, dict[str, ModelEntry]] = {}
+        for root in (settings.model_repository, settings.trained_models):
+            for folder_path in model_roots(root):
+                scanned = scan_model(folder_path, settings, check_backends)
+                if scanned is None:
+                    continue
+                served, all_versions = scanned
+                name = folder_path.name
+                if name in versions:
+                    raise ValueError(f"model '{name}' is in both {settings.model_repository} and {root}")
+                versions[name] = all_versions
+                if served is not None:
+                    entries[name] = served
+        return cls(entries, settings, versions)
+
+    def rescan(self, name: str) -> tuple[ModelEntry, dict[str, ModelEntry]]:
+        """One model read again from disk (model control): its served version and all versions.
+        `UnknownModelError` when no folder of that name holds a config; invalid configs raise `ValueError`."""
+        for root in (self.settings.model_repository, self.settings.trained_models):
+            if (root / name).is_dir():
+                scanned = scan_model(root / name, self.settings, check_backends=True)
+                if scanned is not None and scanned[0] is not None:
+                    return scanned[0], scanned[1]
+                if scanned is not None:
+                    raise UnknownModelError(f"model '{name}': its version policy serves no version")
+        raise UnknownModelError(f"unknown model '{name}': no folder of that name holds a config.yaml")
+
+    def refresh_versions(self, name: str) -> None:
+        """Read which versions `name` has on disk again (a training job registered one), leaving what is served."""
+        for root in (self.settings.model_repository, self.settings.trained_models):
+            scanned = scan_model(root / name, self.settings, check_backends=False) if (root / name).is_dir() else None
+            if scanned is not None:
+                self.versions[name] = scanned[1]
+                return
+
+    def replace(self, name: str, served: ModelEntry | None, versions: dict[str, ModelEntry]) -> None:
+        """Record a rescanned model (the served entry None: unloaded, still listed)."""
+        self.versions[name] = versions
+        if served is None:
+            self.entries.pop(name, None)
+        else:
+            self.entries[name] = served
 
     def get(self, name: str) -> ModelEntry:
-        """The entry, or `UnknownModelError` listing the known names."""
+        """The served entry, or `UnknownModelError` listing the known names (or saying the model is not loaded)."""
         try:
             return self.entries[name]
         except KeyError:
+            if name in self.versions:
+                raise UnknownModelError(f"model '{name}' is not loaded") from None
             raise UnknownModelError(
                 f"unknown model '{name}'; known models: {', '.join(sorted(self.entries))}"
             ) from None

@@ -17,9 +17,10 @@ from pipelines.quality import LearnedQuality, QualityReport, Thresholds, learned
 from serving.access_log import record_stages
 from serving.admission import REPLICA_LIMIT
 from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
+from serving.model_versions import recorded_accuracy
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.quality_metrics import record_quality
-from serving.repository import ModelEntry, ModelRepository
+from serving.repository import ModelEntry, ModelRepository, UnknownModelError
 from serving.requests import ImageOptions
 from serving.stages.concurrency import gather_or_raise
 from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan
@@ -77,6 +78,7 @@ class ModelStatus:
     state: str  # "READY", "UNAVAILABLE"
     reason: str | None = None
     backend: dict[str, Any] = field(default_factory=dict)
+    versions: list[dict[str, Any]] = field(default_factory=list)  # every version: version, state, reason, accuracy
 
 
 class InferenceService:
@@ -99,13 +101,29 @@ class InferenceService:
         self.gate: Any = None
 
     # ---- models -------------------------------------------------------------------------------------
-    def served_entry(self, name: str | None) -> ModelEntry:
-        """The repository entry for a served model: 404 if unknown, 503 if known but not servable here."""
+    def served_entry(self, name: str | None, version: str = "") -> ModelEntry:
+        """The repository entry for a served model: 404 if unknown or `version` (when given) is not the loaded one,
+        503 if known but not servable here."""
         entry = self.repository.get(name or self.default_model)
+        if version and version != entry.version:
+            raise UnknownModelError(f"model '{entry.name}' version {version} is not loaded (loaded: {entry.version})")
         if entry.name not in self.pipeline.model_names:
             reason = entry.unavailable_reason or "not deployed in this application"
             raise ModelUnavailableError(f"model '{entry.name}' is not available: {reason}")
         return entry
+
+    def check_loaded(self, name: str, version: str | None = None) -> None:
+        """404 (`UnknownModelError`) for an unknown or unloaded model, or a version of it other than the loaded one;
+        the image-level model `classify` is always there."""
+        if name == IMAGE_MODEL_NAME:
+            return
+        entry = self.repository.get(name)
+        if version and version != entry.version:
+            raise UnknownModelError(f"model '{name}' version {version} is not loaded (loaded: {entry.version})")
+
+    def forget_backend_info(self, name: str) -> None:
+        """After a model is loaded or unloaded: its backend report is asked for again."""
+        self._backend_info.pop(name, None)
 
     async def backend_info(self, name: str) -> dict[str, Any]:
         """The model stage's backend report (cached: it does not change for a replica set)."""
@@ -114,16 +132,48 @@ class InferenceService:
         return self._backend_info[name]
 
     async def model_statuses(self) -> list[ModelStatus]:
+        """One status per model (its served version, or its newest when none is loaded), every version listed."""
         statuses = []
-        for name, entry in sorted(self.repository.entries.items()):
-            config = entry.config
-            if name in self.pipeline.model_names:
+        for name, versions in sorted(self.repository.versions.items()):
+            served = self.repository.entries.get(name)
+            rows = [self._version_row(name, entry, served) for _, entry in sorted(versions.items(), key=_version_key)]
+            if served is not None and served.version not in versions:  # listed before a refresh: still served
+                rows.append(self._version_row(name, served, served))
+            if served is not None and name in self.pipeline.model_names:
                 info = await self.backend_info(name)
-                statuses.append(ModelStatus(name, config.version, config.task, "READY", None, info))
+                statuses.append(ModelStatus(name, served.version, served.config.task, "READY", None, info, rows))
             else:
-                reason = entry.unavailable_reason or "not deployed in this application"
-                statuses.append(ModelStatus(name, config.version, config.task, "UNAVAILABLE", reason))
+                shown = served or max(versions.values(), key=lambda e: _version_key((e.version, e)))
+                reason = rows[-1]["reason"] if served is None else None
+                reason = reason or shown.unavailable_reason or "not deployed in this application"
+                statuses.append(ModelStatus(name, shown.version, shown.config.task, "UNAVAILABLE", reason, {}, rows))
         return statuses
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: one row per model version (name, version, state, reason when not READY)."""
+        rows = []
+        for status in await self.model_statuses():
+            for version in status.versions:
+                if ready_only and version["state"] != "READY":
+                    continue
+                row = {"name": status.name, "version": version["version"], "state": version["state"]}
+                rows.append({**row, "reason": version["reason"]} if version["reason"] else row)
+        return rows
+
+    def _version_row(self, name: str, entry: ModelEntry, served: ModelEntry | None) -> dict[str, Any]:
+        ready = served is not None and served.version == entry.version and name in self.pipeline.model_names
+        if ready:
+            reason = None
+        elif served is None and entry.available:
+            reason = "not loaded"
+        else:
+            reason = entry.unavailable_reason or "not deployed in this application"
+        return {
+            "version": entry.version,
+            "state": "READY" if ready else "UNAVAILABLE",
+            "reason": reason,
+            "accuracy": recorded_accuracy(entry.folder),
+        }
 
     async def model_ready(self, name: str) -> bool:
         target = self.default_model if name == IMAGE_MODEL_NAME else self.repository.get(name).name
@@ -251,6 +301,12 @@ class InferenceService:
         for row in rows:
             record_stages(row.stage_ms)
         return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}
+
+
+def _version_key(item: tuple[str, Any]) -> tuple[int, str]:
+    """Versions in numeric order where they are numbers (Triton's), by text otherwise."""
+    version = item[0]
+    return (int(version), "") if version.isdigit() else (-1, version)
 
 
 def stage_plan(selected: tuple[str, ...], classifier: str, served: tuple[str, ...]) -> StagePlan:

@@ -16,6 +16,7 @@ RESOURCE_EXHAUSTED, `.retry_after` seconds), all subclasses of `ImgServeError`.
 from serving.client.batch import BatchJob, JobResult
 from serving.client.client import Client
 from serving.client.errors import AuthenticationError, ImgServeError, PermissionDeniedError, RateLimitedError
+from serving.client.training import TrainingJob
 from serving.client.types import (
     Analysis,
     Classification,
@@ -41,4 +42,5 @@ __all__ = [
     "Prediction",
     "RateLimitedError",
     "StreamResult",
+    "TrainingJob",
 ]

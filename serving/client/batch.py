@@ -7,7 +7,6 @@ body limit and the job still runs as one.
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 import httpx
 
-from serving.client.auth import auth_headers
 from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
 from serving.client.http_transport import analysis_from_json
-from serving.client.retry import with_retries
+from serving.client.routes import HttpRoutes, poll_until
 from serving.client.types import Analysis
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -118,37 +116,8 @@ def _chunks(files: list[tuple[str, Path]], chunk_bytes: int) -> Iterator[list[tu
         yield chunk
 
 
-class BatchClient:
+class BatchClient(HttpRoutes):
     """The batch-job routes; with `api_key`, every request carries `Authorization: Bearer <key>`."""
-
-    def __init__(
-        self,
-        base_url: str,
-        timeout: float = 60.0,
-        retries: int = 3,
-        transport: httpx.BaseTransport | None = None,
-        api_key: str | None = None,
-    ):
-        self.retries = retries
-        self._api_key = api_key
-        self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
-        )
-
-    def __repr__(self) -> str:
-        return f"BatchClient({str(self._http.base_url)!r}, authenticated={self._api_key is not None})"
-
-    def _send(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> httpx.Response:
-        def attempt() -> httpx.Response:
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                raise from_http_transport_error(exc) from exc
-            if response.status_code >= 400:
-                raise from_http_response(response, self._api_key)
-            return response
-
-        return with_retries(attempt, self.retries if retry else 0)
 
     def _upload(self, path: str, chunk: list[tuple[str, Path]], params: dict[str, Any]) -> dict[str, Any]:
         files = [("image", (name, p.read_bytes(), "application/octet-stream")) for name, p in chunk]
@@ -203,16 +172,7 @@ class BatchClient:
         on_progress: Callable[[BatchJob], None] | None = None,
     ) -> BatchJob:
         """Poll until the job is completed, failed or cancelled; TimeoutError after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            state = self.job(job)
-            if on_progress:
-                on_progress(state)
-            if state.finished:
-                return state
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {state.job_id} still {state.status} after {timeout}s")
-            time.sleep(poll_s)
+        return poll_until(lambda: self.job(job), lambda s: s.finished, poll_s, timeout, on_progress, f"job {_id(job)}")
 
     def results(self, job: BatchJob | str, status: str | None = None) -> Iterator[JobResult]:
         """Every recorded result in index order, streamed (JSON lines)."""
@@ -239,9 +199,6 @@ class BatchClient:
             if exc.status == 409:
                 return None
             raise
-
-    def close(self) -> None:
-        self._http.close()
 
 
 def _id(job: BatchJob | str) -> str:

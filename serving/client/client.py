@@ -11,6 +11,7 @@ from serving.client.types import Analysis, Classification, ModelList, OperationR
 
 if TYPE_CHECKING:
     from serving.client.batch import BatchClient, BatchInputs, BatchJob, JobResult
+    from serving.client.training import TrainingClient
 
 
 class Transport(Protocol):
@@ -58,6 +59,7 @@ class Client:
         self._api_key = resolve_api_key(api_key)
         self._transport = self._connect()
         self._batch: BatchClient | None = None
+        self._training: TrainingClient | None = None
 
     def _connect(self) -> Transport:
         if self.address.is_grpc:
@@ -170,8 +172,23 @@ class Client:
         """Every recorded result of a batch job, in index order."""
         return self.batch.results(job)
 
+    @property
+    def training(self) -> "TrainingClient":
+        """Training jobs and model control (HTTP): submit, wait, cancel; load, unload, promote versions."""
+        if self.address.is_grpc:
+            raise ValueError("training jobs and model control are served over HTTP: use an http(s):// server URL")
+        if self._training is None:
+            from serving.client.training import TrainingClient
+
+            self._training = TrainingClient(
+                self.address.base_url, max(self.timeout, 60.0), self.retries, api_key=self._api_key
+            )
+        return self._training
+
     def close(self) -> None:
         self._transport.close()
+        if self._training is not None:
+            self._training.close()
         if self._batch is not None:
             self._batch.close()
 

@@ -7,18 +7,15 @@ from typing import Any
 
 import httpx
 
-from serving.client.auth import auth_headers
 from serving.client.errors import (
     AuthenticationError,
     ImgServeError,
     PermissionDeniedError,
     RateLimitedError,
-    from_http_response,
-    from_http_transport_error,
 )
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
-from serving.client.retry import with_retries
+from serving.client.routes import HttpRoutes
 from serving.client.types import (
     Analysis,
     Classification,
@@ -86,40 +83,11 @@ def _results(response: httpx.Response, expected: int) -> list[dict[str, Any]]:
     return results
 
 
-class HttpTransport:
+class HttpTransport(HttpRoutes):
     """One httpx client per `Client`; every call retried on UNAVAILABLE (connection errors, 503 not overloaded).
 
     With `api_key`, every request carries `Authorization: Bearer <key>` (httpx shows the value as [secure]).
     """
-
-    def __init__(
-        self,
-        base_url: str,
-        timeout: float,
-        retries: int,
-        transport: httpx.BaseTransport | None = None,
-        api_key: str | None = None,
-    ):
-        self.retries = retries
-        self._api_key = api_key
-        self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
-        )
-
-    def __repr__(self) -> str:
-        return f"HttpTransport({str(self._http.base_url)!r}, authenticated={self._api_key is not None})"
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        def attempt() -> httpx.Response:
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                raise from_http_transport_error(exc) from exc
-            if response.status_code >= 400:
-                raise from_http_response(response, self._api_key)
-            return response
-
-        return with_retries(attempt, self.retries)
 
     def _post_images(self, path: str, images: list[NamedImage], params: Params) -> httpx.Response:
         files = [("image", (PurePath(i.name).name or "image", i.data, "application/octet-stream")) for i in images]
@@ -155,6 +123,3 @@ class HttpTransport:
         report = response.json()
         data = base64.b64decode(report.pop("image_base64"))
         return OperationResult(data, report["content_type"], report)
-
-    def close(self) -> None:
-        self._http.close()

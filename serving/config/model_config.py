@@ -89,9 +89,13 @@ class BatchingConfig(_Strict):
 
 class WeightsSpec(_Strict):
     file: str = Field(description="File name looked up in the weights directory (IMGSERVE_WEIGHTS_DIR).")
-    format: Literal["onnx", "torchscript", "torchvision_state_dict", "feature_head"] = Field(
-        description="What the file holds; decides which backends can load it directly. 'feature_head': linear heads "
-        "on another model's pooled activations (serving.feature_head), grafted into one ONNX graph at build time."
+    format: Literal["onnx", "torchscript", "torchvision_state_dict", "feature_head", "embedding", "classifier_head"] = (
+        Field(
+            description="What the file holds; decides which backends can load it directly. 'feature_head': linear "
+            "heads on another model's pooled activations (serving.feature_head), grafted into one ONNX graph at build "
+            "time. 'embedding': a classifier's ONNX file, served cut to its pooled penultimate layer. "
+            "'classifier_head': a softmax layer trained on the `base` model's embedding (serving.trained_head)."
+        )
     )
     sha256: str = Field(
         description="Hex sha256 of the file. A prefix of at least 8 digits is accepted where the publisher only "
@@ -112,7 +116,7 @@ class WeightsSpec(_Strict):
 
 
 class ExportConfig(_Strict):
-    source: Literal["torchvision", "feature_head"] = Field(
+    source: Literal["torchvision", "feature_head", "classifier_head"] = Field(
         description="torchvision: the architecture comes from torchvision; feature_head: the head file is grafted "
         "onto the `base` model's ONNX graph (serving.feature_head)."
     )
@@ -126,8 +130,8 @@ class ExportConfig(_Strict):
     def _source_fields(self) -> "ExportConfig":
         if self.source == "torchvision" and not self.architecture:
             raise ValueError("a torchvision export needs `architecture`")
-        if self.source == "feature_head" and not self.base:
-            raise ValueError("a feature_head export needs `base` (the model whose graph carries the head)")
+        if self.source in ("feature_head", "classifier_head") and not self.base:
+            raise ValueError(f"a {self.source} export needs `base` (the model whose graph carries the head)")
         return self
 
 
@@ -165,7 +169,7 @@ class ModelConfig(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="Model name used in URLs and metrics.")
     version: str = Field(default="1", description="Model version string reported in metadata.")
-    task: Literal["classification", "quality"] = Field(description="What the outputs mean.")
+    task: Literal["classification", "quality", "embedding"] = Field(description="What the outputs mean.")
     description: str = Field(default="", description="One line for humans.")
     input: InputSpec = Field(description="The image tensor the model takes.")
     preprocessing: PreprocessingConfig = Field(description="Pixels -> tensor, applied by the decode stage.")

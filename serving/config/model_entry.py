@@ -31,5 +31,9 @@ class ModelEntry:
         return self.config.name
 
     @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
     def available(self) -> bool:
         return self.unavailable_reason is None

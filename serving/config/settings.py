@@ -44,6 +44,12 @@ class ServerSettings(BaseModel):
         default_factory=lambda: Path(platformdirs.user_cache_dir("imgserve")),
         description="Build outputs: ONNX exports, TensorRT engines (IMGSERVE_CACHE_DIR). Never committed.",
     )
+    trained_models_dir: Path | None = Field(
+        default=None,
+        description="Model versions made by training jobs, laid out like the repository (`<name>/<version>/`; "
+        "IMGSERVE_TRAINED_MODELS_DIR); default <cache dir>/trained-models, beside the job database. Written by the "
+        "server; on a cluster, a volume every replica mounts.",
+    )
     max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
     max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
     body_read_timeout_s: float = Field(
@@ -70,6 +76,11 @@ class ServerSettings(BaseModel):
             name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
         }
         return cls.model_validate(values)
+
+    @property
+    def trained_models(self) -> Path:
+        """Where training jobs register model versions (`trained_models_dir` or its default)."""
+        return self.trained_models_dir or self.cache_dir / "trained-models"
 
     def decode_limits(self) -> DecodeLimits:
         """The decode stage's limits."""

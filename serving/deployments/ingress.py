@@ -46,6 +46,8 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
                 jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake, self.gate)
         self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
         self.image_operations = self.http_app.state.image_operations
+        if self.http_app.state.training is not None:  # jobs a stopped server left unfinished run again
+            asyncio.get_running_loop().create_task(self.http_app.state.training.resume())
         self.direct_listeners: DirectListeners | None = None
         if config.direct_ingress is not None:
             REPLICA_LIMIT.limit = config.direct_ingress.max_inflight

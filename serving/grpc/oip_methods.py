@@ -6,8 +6,11 @@ from typing import Any
 from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.oip_codec import pb, request_from_proto, response_to_proto
+from serving.model_control import check_control_parameters, load_model, unload_model
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
+from serving.security.audit import AuditEntry
+from serving.security.gate import current_principal, replica_gate
 from serving.service import InferenceService
 from serving.streaming import ordered_map
 
@@ -26,8 +29,7 @@ class OipGrpcMethods:
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
-            if request.name != oip.IMAGE_MODEL_NAME:
-                self.service.repository.get(request.name)  # NOT_FOUND for unknown names
+            self.service.check_loaded(request.name, request.version)  # NOT_FOUND for unknown names and versions
             return pb.ModelReadyResponse(ready=await self.service.model_ready(request.name))
 
         return await answer("ModelReady", request.name, grpc_context, call, pb.ModelReadyResponse)
@@ -40,6 +42,7 @@ class OipGrpcMethods:
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            self.service.check_loaded(request.name, request.version)
             meta = await oip.model_metadata(self.service, request.name)
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -53,8 +56,7 @@ class OipGrpcMethods:
         return await answer("ModelMetadata", request.name, grpc_context, call, pb.ModelMetadataResponse)
 
     async def _infer(self, request: Any) -> Any:
-        if request.model_name != oip.IMAGE_MODEL_NAME:
-            self.service.repository.get(request.model_name)
+        self.service.check_loaded(request.model_name, request.model_version)
         return response_to_proto(await oip.infer(self.service, request_from_proto(request)))
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
@@ -79,11 +81,38 @@ class OipGrpcMethods:
 
     async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
-            statuses = await self.service.model_statuses()
-            if request.ready:
-                statuses = [s for s in statuses if s.state == "READY"]
             index = pb.RepositoryIndexResponse.ModelIndex
-            models = [index(name=s.name, version=s.version, state=s.state, reason=s.reason or "") for s in statuses]
-            return pb.RepositoryIndexResponse(models=models)
+            rows = await self.service.repository_index(request.ready)
+            return pb.RepositoryIndexResponse(models=[index(**row) for row in rows])
 
         return await answer("RepositoryIndex", "", grpc_context, call, pb.RepositoryIndexResponse)
+
+    def _check_no_parameters(self, request: Any) -> None:
+        check_control_parameters(set(request.parameters))
+
+    async def RepositoryModelLoad(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            self._check_no_parameters(request)
+            version = await load_model(self.service, request.model_name)
+            audit_model_control("model.load", request.model_name, {"version": version})
+            return pb.RepositoryModelLoadResponse()
+
+        return await answer(
+            "RepositoryModelLoad", request.model_name, grpc_context, call, pb.RepositoryModelLoadResponse
+        )
+
+    async def RepositoryModelUnload(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        async def call() -> Any:
+            self._check_no_parameters(request)
+            await unload_model(self.service, request.model_name)
+            audit_model_control("model.unload", request.model_name, {})
+            return pb.RepositoryModelUnloadResponse()
+
+        return await answer(
+            "RepositoryModelUnload", request.model_name, grpc_context, call, pb.RepositoryModelUnloadResponse
+        )
+
+
+def audit_model_control(action: str, model: str, detail: dict[str, Any]) -> None:
+    """Model control over gRPC in the audit log, by the caller the gate admitted."""
+    replica_gate().audit(AuditEntry.by(current_principal(), action, None, target=model, detail=detail))

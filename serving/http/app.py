@@ -13,7 +13,16 @@ from pipelines.errors import ImageInputError
 from serving import __version__
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error, retry_after_value
-from serving.http import audit_routes, collection_routes, image_routes, job_routes, oip_routes, operation_routes
+from serving.http import (
+    audit_routes,
+    collection_routes,
+    image_routes,
+    job_routes,
+    model_routes,
+    oip_routes,
+    operation_routes,
+    training_routes,
+)
 from serving.http.auth import AuthMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
@@ -29,6 +38,7 @@ from serving.repository import UnknownModelError
 from serving.security.gate import SecurityGate
 from serving.security.settings import SecuritySettings
 from serving.service import InferenceService
+from serving.training.service import TrainingService
 
 logger = logging.getLogger("imgserve.http")
 
@@ -72,6 +82,7 @@ def create_http_app(
     app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
     app.state.service = service
     app.state.jobs = jobs
+    app.state.training = TrainingService(service, jobs) if jobs is not None else None
     app.state.gate = gate
     app.state.image_operations = ImageOperations(service, settings.decode_limits())
     KNOWN_MODELS.update(service.repository.entries, service.pipeline.model_names)  # metrics label values
@@ -81,6 +92,8 @@ def create_http_app(
     app.include_router(job_routes.router)
     app.include_router(collection_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(model_routes.router)
+    app.include_router(training_routes.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other

@@ -10,7 +10,6 @@ from serving.errors import BadRequestError, InvalidTensorError
 from serving.http.dependencies import get_service
 from serving.oip import inference as oip
 from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw, tensor_shape
-from serving.repository import UnknownModelError
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
@@ -38,13 +37,9 @@ async def ready(service: InferenceService = Depends(get_service)) -> Response:
     return _not_ready("not every model is ready")
 
 
-def _known(service: InferenceService, model: str) -> None:
-    if model != IMAGE_MODEL_NAME:
-        service.repository.get(model)  # UnknownModelError -> 404
-
-
-# The versioned paths share the unversioned handlers (one version per model is served; the version is accepted and
-# not used yet); their path parameters are declared here so the OpenAPI document matches the routes.
+# The versioned paths share the unversioned handlers: one version per model is loaded at a time (its version policy
+# chooses it), and a request for another version is a 404; their path parameters are declared here so the OpenAPI
+# document matches the routes.
 VERSIONED = {
     "parameters": [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("model", "version")
@@ -54,15 +49,19 @@ VERSIONED = {
 
 @router.get("/models/{model}")
 @router.get("/models/{model}/versions/{version}", openapi_extra=VERSIONED)
-async def model_metadata(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
-    _known(service, model)
+async def model_metadata(
+    model: str, version: str | None = None, service: InferenceService = Depends(get_service)
+) -> dict[str, Any]:
+    service.check_loaded(model, version)
     return await oip.model_metadata(service, model)
 
 
 @router.get("/models/{model}/ready")
 @router.get("/models/{model}/versions/{version}/ready", openapi_extra=VERSIONED)
-async def model_ready(model: str, service: InferenceService = Depends(get_service)) -> Response:
-    _known(service, model)
+async def model_ready(
+    model: str, version: str | None = None, service: InferenceService = Depends(get_service)
+) -> Response:
+    service.check_loaded(model, version)
     if await service.model_ready(model):
         return JSONResponse({"name": model, "ready": True})
     return _not_ready(f"model '{model}' is not ready")
@@ -70,9 +69,11 @@ async def model_ready(model: str, service: InferenceService = Depends(get_servic
 
 @router.get("/models/{model}/config")
 @router.get("/models/{model}/versions/{version}/config", openapi_extra=VERSIONED)
-async def model_config(model: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+async def model_config(
+    model: str, version: str | None = None, service: InferenceService = Depends(get_service)
+) -> dict[str, Any]:
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
-    _known(service, model)
+    service.check_loaded(model, version)
     meta = await oip.model_metadata(service, model)
     batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model).config.batching
     return {
@@ -94,11 +95,14 @@ async def model_config(model: str, service: InferenceService = Depends(get_servi
 
 
 @router.post("/repository/index")
-async def repository_index(service: InferenceService = Depends(get_service)) -> list[dict[str, Any]]:
-    return [
-        {"name": s.name, "version": s.version, "state": s.state, **({"reason": s.reason} if s.reason else {})}
-        for s in await service.model_statuses()
-    ]
+async def repository_index(request: Request, service: InferenceService = Depends(get_service)) -> list[dict[str, Any]]:
+    """One row per model version; `{"ready": true}` in the body lists only the loaded ones (Triton's index)."""
+    body = await request.body()
+    try:
+        ready = bool(json.loads(body).get("ready")) if body.strip() else False
+    except (ValueError, AttributeError):
+        raise BadRequestError("the repository index body must be empty or a JSON object") from None
+    return await service.repository_index(ready)
 
 
 def parse_infer_request(model: str, body: bytes, header_length: str | None) -> oip.InferRequest:
@@ -186,11 +190,10 @@ def render_infer_response(response: oip.InferResponse) -> Response:
 
 @router.post("/models/{model}/infer")
 @router.post("/models/{model}/versions/{version}/infer", openapi_extra=VERSIONED)
-async def infer(model: str, request: Request, service: InferenceService = Depends(get_service)) -> Response:
-    if model != IMAGE_MODEL_NAME and model not in service.repository.entries:
-        raise UnknownModelError(
-            f"unknown model '{model}'; known models: {', '.join(sorted(service.repository.entries))}"
-        )
+async def infer(
+    model: str, request: Request, version: str | None = None, service: InferenceService = Depends(get_service)
+) -> Response:
+    service.check_loaded(model, version)
     parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
     response = await oip.infer(service, parsed)
     return render_infer_response(response)

@@ -50,6 +50,11 @@ class ModelOut(BaseModel):
     state: str = Field(description="READY or UNAVAILABLE.")
     reason: str | None = Field(default=None, description="Why an UNAVAILABLE model is not served here.")
     backend: dict[str, Any] = Field(default_factory=dict, description="Chosen backend, device and batching.")
+    versions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every version on disk: version, state (READY, UNAVAILABLE), reason, and the validation "
+        "accuracy a training job recorded for it (null for models that were not trained here).",
+    )
 
 
 class ModelsResponse(BaseModel):

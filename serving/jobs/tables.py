@@ -176,3 +176,39 @@ collection_images = sa.Table(
     sa.Index("ix_collection_images_camera", "collection_id", "model"),
     sa.Index("ix_collection_images_taken", "collection_id", "taken_at"),
 )
+
+# Training jobs (serving.training) and the versions they registered (the model registry).
+training_jobs = sa.Table(
+    "training_jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),
+    sa.Column("created_by", sa.String(64)),
+    sa.Column("model", sa.String(200), nullable=False),
+    # queued -> running -> completed | failed | cancelled
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("progress", sa.JSON),
+    sa.Column("result", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_training_jobs_tenant_created", "tenant", "created_at"),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),
+    sa.Column("created_by", sa.String(64)),
+    sa.Column("training_job", sa.String(32)),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("promoted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
+)

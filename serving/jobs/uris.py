@@ -36,7 +36,7 @@ def _split(uri: str) -> SplitResult:
         raise BadRequestError(f"malformed URI {uri[:200]!r}: {exc}") from None
 
 
-def _file_path(uri: str, allowed_root: Path | None) -> Path:
+def file_uri_path(uri: str, allowed_root: Path | None) -> Path:
     parts = _split(uri)
     if parts.netloc not in ("", "localhost"):
         raise UriNotAllowedError(f"file URI with a host is refused: {uri!r}")
@@ -52,7 +52,7 @@ def check_uri(uri: str, allowed_root: Path | None) -> str:
     """The URI if this server may read it; raises UriNotAllowedError (403) or BadRequestError (400)."""
     scheme = _split(uri).scheme.lower()
     if scheme == "file":
-        _file_path(uri, allowed_root)
+        file_uri_path(uri, allowed_root)
         return uri
     if scheme in REMOTE_SCHEMES:
         import fsspec
@@ -123,7 +123,7 @@ def read_uri(uri: str, allowed_root: Path | None, max_bytes: int) -> bytes:
     """The bytes behind a URI (at most `max_bytes`); every failure is an ItemInputError for that item."""
     try:
         if _split(uri).scheme.lower() == "file":
-            data = _read_local(_file_path(uri, allowed_root), max_bytes)
+            data = _read_local(file_uri_path(uri, allowed_root), max_bytes)
         else:
             check_uri(uri, allowed_root)
             import fsspec

@@ -3,8 +3,9 @@
 Roles are ordered; each includes the rights of the ones before it:
 - viewer: read its own tenant's jobs and results, list models;
 - analyst: + classify / analyze / metadata / OIP inference / batch jobs (submit, add items, start, cancel);
-- operator: + `/metrics`, `/v1/status`, read every tenant's jobs;
-- admin: + keys, the audit log, purge.
+- operator: + `/metrics`, `/v1/status`, read every tenant's jobs, training jobs (a version they register is served
+  to everyone only when it is promoted);
+- admin: + keys, the audit log, purge, model control (load, unload, promote).
 Changes to a job (cancel, purge) stay inside the caller's tenant whatever the role; another tenant's job is a 404.
 """
 
@@ -86,6 +87,8 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"GET"}), "/v1/categories", True, "viewer"),
     (frozenset({"GET"}), "/v1/jobs", False, "viewer"),
     (frozenset({"GET"}), "/v1/collections", False, "viewer"),
+    (frozenset({"GET"}), "/v1/training-jobs", False, "viewer"),
+    (frozenset({"POST"}), "/v1/training-jobs", False, "operator"),
     (frozenset({"DELETE"}), "/v1/collections/", False, "analyst"),
     (frozenset({"POST"}), "/v1/classify", True, "analyst"),
     (frozenset({"POST"}), "/v1/analyze", True, "analyst"),

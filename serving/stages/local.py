@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from serving.admission import REPLICA_LIMIT
+from serving.config.model_entry import ModelEntry
 from serving.stages.concurrency import gather_or_raise, stage_thread
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
@@ -29,8 +30,10 @@ class LocalPipeline:
         models: dict[str, ModelStage],
         quality: QualityStage | None = None,
         metadata: MetadataStage | None = None,
+        settings: StageSettings | None = None,
     ):
         self.decode, self.models, self.quality, self.metadata = decode, models, quality, metadata
+        self.settings = settings
         self.model_names = tuple(models)
         self.has_quality = quality is not None
         self.has_metadata = metadata is not None
@@ -41,6 +44,7 @@ class LocalPipeline:
 
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
         check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
+        stages = {name: self.models[name] for name in plan.models}  # a model reloaded meanwhile: this one finishes
         metadata = (
             asyncio.ensure_future(stage_thread(self.metadata.extract, data))
             if plan.metadata and self.metadata is not None
@@ -57,8 +61,8 @@ class LocalPipeline:
             raise
         calls: dict[str, Awaitable[Any]] = {}
         if decoded is not None:
-            for name in plan.models:
-                calls[name] = self._model(name).infer(decoded.tensors[name])
+            for name, stage in stages.items():
+                calls[name] = stage.infer(decoded.tensors[name])
             if plan.quality and self.quality is not None:
                 calls["(quality)"] = stage_thread(self.quality.metrics, decoded)
         if metadata is not None:
@@ -81,6 +85,21 @@ class LocalPipeline:
     async def model_info(self, model: str) -> dict[str, Any]:
         return self._model(model).info()
 
+    async def load_model(self, entry: ModelEntry) -> None:
+        """Serve `entry` (a new model, or a new version of a served one) from now on. The backend loads in a worker
+        thread while requests go on; then the name points to the new stage in one step, and requests that already
+        hold the old stage finish on it (its batch queue drains, then it is freed)."""
+        settings = self.settings or StageSettings(models={})
+        stage = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
+        self.decode.specs[entry.name] = entry.config.preprocess_spec()
+        self.models = {**self.models, entry.name: stage}
+        self.model_names = tuple(self.models)
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving `name`: new requests get 404; requests holding its stage finish."""
+        self.models = {n: stage for n, stage in self.models.items() if n != name}
+        self.model_names = tuple(self.models)
+
 
 def build_local_pipeline(settings: StageSettings) -> LocalPipeline:
     """Load every servable model once and build the stages the settings ask for."""
@@ -92,4 +111,5 @@ def build_local_pipeline(settings: StageSettings) -> LocalPipeline:
         models,
         QualityStage() if settings.quality else None,
         MetadataStage(settings.limits) if settings.metadata else None,
+        settings,
     )

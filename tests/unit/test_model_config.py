@@ -32,7 +32,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
 
 
 def test_every_committed_model_is_present() -> None:
-    assert COMMITTED == ["mobilenet_v2_imagenet", "quality_mos", "resnet50"]
+    assert COMMITTED == ["mobilenet_v2_embedding", "mobilenet_v2_imagenet", "quality_mos", "resnet50"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)

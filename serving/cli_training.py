@@ -1,0 +1,120 @@
+"""`imgserve train DATASET --model NAME` (a training job on a running server, with a progress line) and
+`imgserve models load|unload|promote` (model control on a running server)."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving.client.batch_cli import BAR_WIDTH
+
+
+def _dataset_uri(dataset: str) -> str:
+    """A local folder becomes a file:// URI (the server must be allowed to read it: IMGSERVE_BATCH_ALLOWED_ROOT)."""
+    if "://" in dataset:
+        return dataset
+    return Path(dataset).resolve().as_uri()
+
+
+def _progress(job: Any) -> None:
+    filled = int(BAR_WIDTH * job.done / job.total) if job.total else 0
+    line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {job.phase or job.status} {job.done}/{job.total}"
+    print(f"\r{line}", end="\n" if job.finished else "", file=sys.stderr, flush=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from serving.client import Client, ImgServeError
+    from serving.client.errors import error_line
+
+    key_sent = False
+    try:
+        with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
+            key_sent = client.authenticated
+            job = client.training.submit(
+                args.model,
+                _dataset_uri(args.dataset),
+                validation_fraction=args.validation_fraction,
+                max_train_per_class=args.max_train_per_class,
+                promote=args.promote,
+            )
+            print(f"training job {job.job_id} for model {args.model}", file=sys.stderr)
+            if args.no_wait:
+                return 0
+            job = client.training.wait(job, poll_s=args.poll, on_progress=_progress)
+    except (ImgServeError, OSError) as exc:
+        print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
+        return 1
+    if job.status != "completed":
+        print(f"training job {job.job_id} {job.status}: {job.error or ''}", file=sys.stderr)
+        return 1
+    result = job.result or {}
+    print(json.dumps(result, indent=2) if args.json else _summary(result))
+    return 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    validation = result.get("validation") or {}
+    lines = [
+        f"model {result.get('model')} version {result.get('version')}: validation accuracy "
+        f"{validation.get('accuracy', 0):.3f} on {validation.get('images', 0)} images"
+        + (" (promoted and served)" if result.get("loaded") else " (promoted)" if result.get("promoted") else ""),
+    ]
+    for row in validation.get("per_class", []):
+        lines.append(f"  {row['label']:24s} precision {row['precision']:.3f} recall {row['recall']:.3f}")
+    seconds = result.get("seconds") or {}
+    lines.append(f"features {seconds.get('features')} s, fit {seconds.get('fit')} s, total {seconds.get('total')} s")
+    return "\n".join(lines)
+
+
+def _cmd_model_control(args: argparse.Namespace) -> int:
+    from serving.client import Client, ImgServeError
+    from serving.client.errors import error_line
+
+    key_sent = False
+    try:
+        with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
+            key_sent = client.authenticated
+            if args.models_command == "promote":
+                answer = client.training.promote(args.model, args.version)
+            elif args.models_command == "load":
+                answer = client.training.load(args.model)
+            else:
+                answer = client.training.unload(args.model)
+    except (ImgServeError, OSError) as exc:
+        print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer))
+    return 0
+
+
+def _remote_options(command: argparse.ArgumentParser, default_url: str) -> None:
+    command.add_argument("--url", default=default_url, help=f"server http(s)://host:port (default {default_url})")
+    command.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP call (default 120)")
+    command.add_argument("--api-key", default=None, metavar="KEY", help="API key (default: $IMGSERVE_API_KEY)")
+
+
+def add_training_commands(sub: Any, models_sub: Any, default_url: str) -> None:
+    train = sub.add_parser("train", help="train a classifier of your own categories on a running server")
+    train.add_argument(
+        "dataset", help="folder with one sub-folder per category (local path the server can read, or s3://, gs://)"
+    )
+    train.add_argument("--model", required=True, help="model to create or add a version to")
+    train.add_argument("--validation-fraction", type=float, default=None, help="held out per category (0.2)")
+    train.add_argument("--max-train-per-class", type=int, default=None, help="train on at most N per category")
+    train.add_argument("--promote", choices=("if_better", "always", "never"), default=None)
+    train.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    train.add_argument("--poll", type=float, default=1.0, help="seconds between status polls (default 1)")
+    train.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    _remote_options(train, default_url)
+    train.set_defaults(func=_cmd_train)
+    for name, text in (("load", "load or reload a model"), ("unload", "stop serving a model")):
+        command = models_sub.add_parser(name, help=f"{text} on a running server (admin)")
+        command.add_argument("model")
+        _remote_options(command, default_url)
+        command.set_defaults(func=_cmd_model_control)
+    promote = models_sub.add_parser("promote", help="serve one version of a model from now on (admin; rollback too)")
+    promote.add_argument("model")
+    promote.add_argument("version")
+    _remote_options(promote, default_url)
+    promote.set_defaults(func=_cmd_model_control)

@@ -1,0 +1,65 @@
+"""Training jobs over HTTP: `POST /v1/training-jobs` (202 + the job), list, one, cancel. Tenant-scoped like batch
+jobs; submitting needs the operator role (a trained version may be served to everyone), reading the viewer role."""
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from serving.errors import ModelUnavailableError
+from serving.http.dependencies import client_host, get_principal
+from serving.security.audit import AuditEntry
+from serving.security.principal import Principal
+from serving.training.service import TrainingRequest, TrainingService
+
+router = APIRouter(prefix="/v1", tags=["training jobs"])
+
+
+def get_training(request: Request) -> TrainingService:
+    training = getattr(request.app.state, "training", None)
+    if training is None:
+        raise ModelUnavailableError("training jobs need the job store, which is not enabled in this application")
+    return training
+
+
+@router.post("/training-jobs", status_code=202)
+async def submit(
+    body: TrainingRequest,
+    request: Request,
+    training: TrainingService = Depends(get_training),
+    principal: Principal = Depends(get_principal),
+) -> JSONResponse:
+    """Train a classifier on a labelled dataset (one folder per category); the result is a new version of
+    `model`, served when it is promoted (see `promote`). Poll the returned `status_url`."""
+    job = await training.submit(body, principal)
+    detail = {"model": body.model, "dataset": body.dataset}
+    request.app.state.gate.audit(
+        AuditEntry.by(principal, "training.create", client_host(request), target=job.id, detail=detail)
+    )
+    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/v1/training-jobs/{job.id}"})
+
+
+@router.get("/training-jobs")
+async def list_jobs(
+    training: TrainingService = Depends(get_training), principal: Principal = Depends(get_principal)
+) -> dict[str, Any]:
+    return {"training_jobs": [job.to_dict() for job in await training.list_jobs(principal)]}
+
+
+@router.get("/training-jobs/{job_id}")
+async def get_job(
+    job_id: str, training: TrainingService = Depends(get_training), principal: Principal = Depends(get_principal)
+) -> dict[str, Any]:
+    return (await training.get(job_id, principal)).to_dict()
+
+
+@router.post("/training-jobs/{job_id}/cancel")
+async def cancel(
+    job_id: str,
+    request: Request,
+    training: TrainingService = Depends(get_training),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    job = await training.cancel(job_id, principal)
+    request.app.state.gate.audit(AuditEntry.by(principal, "training.cancel", client_host(request), target=job_id))
+    return job.to_dict()

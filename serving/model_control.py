@@ -1,0 +1,91 @@
+"""Model control without a restart (Triton's model-control extension): load, reload and unload a model.
+
+`load` reads the model's folder again (its version policy picks the version), builds the backend beside the one
+serving, and switches in one step: requests already holding the old version finish on it. A model that fails to
+load (missing or corrupt weights, a config error, a backend that cannot open the graph) is refused with the reason
+and whatever was served before stays served. Only the local placement, where the models live in the Ingress
+replica, can swap a model in place; the graph placement changes its model deployments by redeploying
+(`serve deploy`), and says so.
+"""
+
+import asyncio
+import logging
+
+from serving.errors import BadRequestError, ServiceError
+from serving.metrics import KNOWN_MODELS
+from serving.repository import UnknownModelError
+from serving.service import InferenceService
+
+logger = logging.getLogger("imgserve.models")
+
+
+class ModelControlUnsupportedError(ServiceError):
+    http_status = 501
+    grpc_code = "UNIMPLEMENTED"
+    kind = "unsupported"
+
+
+class ModelLoadError(ServiceError):
+    """The model could not be loaded; what was served before is untouched."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    kind = "model_load_failed"
+
+
+IGNORED_PARAMETERS = frozenset({"unload_dependents"})  # tritonclient sends it; imgserve has no ensembles to unload
+
+
+def check_control_parameters(names: set[str]) -> None:
+    """Triton's load can carry config overrides and model files; imgserve loads what its folders hold, and refuses
+    them rather than ignoring them."""
+    refused = sorted(names - IGNORED_PARAMETERS)
+    if refused:
+        raise BadRequestError(f"load/unload parameters {refused} are not supported (config overrides, model files)")
+
+
+def _pipeline(service: InferenceService):  # noqa: ANN202 - LocalPipeline, without importing the local stages here
+    pipeline = service.pipeline
+    if not hasattr(pipeline, "load_model"):
+        raise ModelControlUnsupportedError(
+            "model control (load/unload) needs the local placement; the graph placement's model deployments "
+            "change by redeploying the application (serve deploy)"
+        )
+    return pipeline
+
+
+async def load_model(service: InferenceService, name: str) -> str:
+    """Load (or reload) `name` as its version policy says; returns the version now served."""
+    pipeline = _pipeline(service)
+    try:
+        served, versions = await asyncio.to_thread(service.repository.rescan, name)
+    except UnknownModelError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"failed to load '{name}': {exc}") from None
+    if not served.available:
+        raise ModelLoadError(f"failed to load '{name}' version {served.version}: {served.unavailable_reason}")
+    try:
+        await pipeline.load_model(served)
+    except Exception as exc:  # noqa: BLE001 - any backend failure (a corrupt graph, an unsupported op) is the reason
+        logger.warning("model %s version %s failed to load: %s", name, served.version, exc)
+        raise ModelLoadError(
+            f"failed to load '{name}' version {served.version}: {type(exc).__name__}: {str(exc)[:500]}"
+        ) from None
+    service.repository.replace(name, served, versions)
+    service.forget_backend_info(name)
+    KNOWN_MODELS.add(name)
+    logger.info("model %s version %s loaded", name, served.version)
+    return served.version
+
+
+async def unload_model(service: InferenceService, name: str) -> None:
+    """Stop serving `name` (it stays listed, UNAVAILABLE, and can be loaded again)."""
+    pipeline = _pipeline(service)
+    entry = service.repository.get(name)  # 404 for unknown or already unloaded models
+    if entry.name == service.default_model:
+        raise BadRequestError(f"'{name}' is the default model and cannot be unloaded")
+    await pipeline.unload_model(name)
+    service.repository.replace(name, None, service.repository.versions[name])
+    service.forget_backend_info(name)
+    logger.info("model %s unloaded", name)

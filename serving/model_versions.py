@@ -1,0 +1,120 @@
+"""Model versions on disk and which of them a server serves (Triton's layout and version policies).
+
+Two layouts are read, in the repository (`models/`) and in the trained-models folder alike:
+
+- **flat**: `<name>/config.yaml` (+ labels, card, committed weights): one version, the config's `version`;
+- **versioned**: `<name>/<version>/config.yaml` for every version (a positive integer, as in Triton), and an
+  optional `<name>/versions.yaml` holding the version policy:
+
+      policy: latest      # serve the highest `count` versions (the default, count 1)
+      count: 1
+      # or
+      policy: specific    # serve exactly these versions (none: the model is registered, not served)
+      versions: ["3"]
+
+A training job writes a new version folder; promoting a version writes `specific: [that version]`.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+POLICY_FILE = "versions.yaml"
+METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
+
+
+class VersionPolicy(BaseModel):
+    """Which versions are served: the newest `count`, or a `specific` list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["latest", "specific"] = "latest"
+    count: int = Field(default=1, ge=1, le=16)
+    versions: list[str] = Field(default_factory=list)
+
+    def served(self, available: list[str]) -> list[str]:
+        """The versions to serve among `available`, newest first."""
+        ordered = sorted(available, key=int, reverse=True)
+        if self.policy == "latest":
+            return ordered[: self.count]
+        return [v for v in ordered if v in self.versions]
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One model's folder: its versions' config files and its policy."""
+
+    name: str
+    root: Path  # <repository>/<name>
+    versions: dict[str, Path] = field(default_factory=dict)  # version -> its folder (flat: the model folder)
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    versioned: bool = False
+
+    @property
+    def served_versions(self) -> list[str]:
+        if not self.versioned:
+            return list(self.versions)
+        return self.policy.served(list(self.versions))
+
+
+def read_policy(root: Path) -> VersionPolicy:
+    path = root / POLICY_FILE
+    if not path.is_file():
+        return VersionPolicy()
+    try:
+        return VersionPolicy.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def write_policy(root: Path, policy: VersionPolicy) -> None:
+    """Replace `<name>/versions.yaml` atomically."""
+    tmp = root / f".{POLICY_FILE}.tmp"
+    tmp.write_text(yaml.safe_dump(policy.model_dump(exclude_defaults=False), sort_keys=False))
+    tmp.replace(root / POLICY_FILE)
+
+
+def scan_model_folder(root: Path, flat_version: str | None = None) -> ModelFolder | None:
+    """The model at `root`, or None when it holds no config. `flat_version`: the flat config's version string."""
+    if (root / "config.yaml").is_file():
+        return ModelFolder(root.name, root, {flat_version or "1": root})
+    versions = {
+        child.name: child
+        for child in root.iterdir()
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / "config.yaml").is_file()
+    }
+    if not versions:
+        return None
+    return ModelFolder(root.name, root, versions, read_policy(root), versioned=True)
+
+
+def model_roots(repository: Path) -> list[Path]:
+    """Sub-folders of a repository that may hold a model, by name."""
+    if not repository.is_dir():
+        return []
+    return sorted(child for child in repository.iterdir() if child.is_dir() and not child.name.startswith("."))
+
+
+def next_version(root: Path) -> str:
+    """The version a new folder under `root` gets: one more than the highest there (1 for a new model)."""
+    existing = [int(c.name) for c in root.iterdir() if c.is_dir() and c.name.isdigit()] if root.is_dir() else []
+    return str(max(existing, default=0) + 1)
+
+
+def read_metrics(folder: Path) -> dict[str, Any] | None:
+    """A version's recorded metrics (training jobs write them), or None."""
+    try:
+        return json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_accuracy(folder: Path) -> float | None:
+    """The validation accuracy a training job recorded for the version in `folder`, or None."""
+    metrics = read_metrics(folder) or {}
+    accuracy = (metrics.get("validation") or {}).get("accuracy")
+    return float(accuracy) if isinstance(accuracy, (int, float)) else None

@@ -1,0 +1,91 @@
+"""A labelled dataset: images in one folder per category, read where collections read (a folder or fsspec prefix),
+and its fixed split into training and validation images."""
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
+from serving.errors import BadRequestError
+from serving.jobs.uris import check_uri, file_uri_path
+
+SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: validation sets stay comparable across runs
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    name: str  # unique in the dataset: its path under the source, e.g. "dogs/beagle.jpg"
+    label: str  # the first folder of `name`
+    location: str  # a local path or an fsspec URI
+    member: str | None = None  # inside an archive at `location`
+
+    def to_row(self) -> dict[str, str]:
+        return SourceItem(self.name, self.location, self.member).to_row()
+
+
+def label_of(name: str) -> str | None:
+    """The category of an image named `<category>/.../<file>`; None for a file at the top of the source."""
+    parts = name.split("/")
+    return parts[0] if len(parts) >= 2 and parts[0] else None
+
+
+def source_location(source: str, allowed_root: Path | None) -> str:
+    """What `list_sources` reads for a dataset URI the server may read: a local path for file://, else the URI."""
+    check_uri(source, allowed_root)
+    if source.lower().startswith("file:"):
+        return str(file_uri_path(source, allowed_root))
+    return source
+
+
+def labelled_images(source: str, allowed_root: Path | None) -> tuple[list[LabelledImage], int]:
+    """(images with a category, count of images without one), from `<source>/<category>/**/<image>`."""
+    try:
+        items = list_sources([source_location(source, allowed_root)])
+    except (SourceError, OSError) as exc:
+        raise BadRequestError(f"dataset {source!r} cannot be listed: {exc}") from None
+    if not items:
+        raise BadRequestError(f"dataset {source!r} holds no images")
+    local_root = allowed_root.resolve() if allowed_root is not None and not is_uri(items[0].location) else None
+    images, unlabelled = [], 0
+    for item in items:
+        if local_root is not None and not Path(item.location).resolve().is_relative_to(local_root):
+            raise BadRequestError(f"{item.name!r} is a link to outside the allowed root; copy the file instead")
+        label = label_of(item.name)
+        if label is None:
+            unlabelled += 1
+        else:
+            images.append(LabelledImage(item.name, label, item.location, item.member))
+    return images, unlabelled
+
+
+def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[str]:
+    """The categories, sorted; a dataset with fewer than two, or a category too small to split, is refused."""
+    counts = Counter(image.label for image in images)
+    if len(counts) < 2:
+        raise BadRequestError(f"a dataset needs at least two categories (folders), found {sorted(counts)}")
+    small = sorted(label for label, n in counts.items() if n < min_per_class)
+    if small:
+        raise BadRequestError(f"categories {small} have fewer than {min_per_class} images: one is kept for validation")
+    return sorted(counts)
+
+
+def _rank(image: LabelledImage) -> str:
+    return hashlib.sha256(f"{SPLIT_SALT}:{image.name}".encode()).hexdigest()
+
+
+def split(
+    images: list[LabelledImage], validation_fraction: float, max_train_per_class: int | None = None
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(training, validation): in each category, images ranked by a salted hash of their name; the first
+    `validation_fraction` (at least one) validate. The same dataset always splits the same way, whatever else the
+    request changes (a training cap takes the first of the training part in the same ranking), so two versions
+    trained on it are compared on the same validation images."""
+    train: list[LabelledImage] = []
+    validation: list[LabelledImage] = []
+    for label in sorted({image.label for image in images}):
+        ranked = sorted((image for image in images if image.label == label), key=_rank)
+        held = min(len(ranked) - 1, max(1, round(len(ranked) * validation_fraction)))
+        validation.extend(ranked[:held])
+        train.extend(ranked[held:][:max_train_per_class] if max_train_per_class else ranked[held:])
+    return train, validation

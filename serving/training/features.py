@@ -1,0 +1,110 @@
+"""Training features: each image's embedding from the served backbone, through the same decode and batched model
+stage as a request, cached per image content so a retrain (new labels, another split) computes nothing again."""
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serving.collections.sources import read_items
+from serving.config.model_entry import ModelEntry
+from serving.service import InferenceService
+from serving.stages.pipeline import StagePlan
+from serving.trained_head import EMBEDDING, HEAD_GRAPH_VERSION
+from serving.training.dataset import LabelledImage
+
+logger = logging.getLogger("imgserve.training")
+READ_CHUNK = 32  # images read from the source at a time
+
+
+class FeatureCache:
+    """`<cache dir>/features/<backbone key>/<sha256[:2]>/<sha256>.npy`: one embedding per distinct image content.
+
+    The key names the backbone's weights, its graph version and its preprocessing: a change to any of them is a new
+    folder, never a stale feature."""
+
+    def __init__(self, cache_dir: Path, backbone: ModelEntry):
+        config = backbone.config
+        recipe = json.dumps([config.weights.sha256, config.preprocessing.model_dump(), HEAD_GRAPH_VERSION])
+        key = f"{backbone.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+        self.root = cache_dir / "features" / key
+
+    def _path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        path = self._path(digest)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, digest: str, features: np.ndarray) -> None:
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{id(features)}.tmp")
+        with tmp.open("wb") as handle:
+            np.save(handle, features.astype(np.float32), allow_pickle=False)
+        tmp.replace(path)
+
+
+class FeatureResult:
+    """Embeddings of the images that could be read and decoded, and why the others could not."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, np.ndarray] = {}  # image name -> embedding
+        self.errors: dict[str, str] = {}  # image name -> reason
+        self.computed = 0  # embeddings computed now (the rest came from the cache)
+
+
+async def embed_images(
+    service: InferenceService,
+    backbone: ModelEntry,
+    images: Sequence[LabelledImage],
+    cache: FeatureCache,
+    max_bytes: int,
+    concurrency: int = 16,
+    progress: Callable[[int], Awaitable[None]] | None = None,
+    cancelled: Callable[[], Awaitable[bool]] | None = None,
+) -> FeatureResult:
+    """Every image's embedding: from the cache, else decoded and run through `backbone`'s model stage (batched with
+    whatever else the server is doing). An unreadable or undecodable image is recorded in `errors`, not fatal."""
+    result = FeatureResult()
+    plan = StagePlan(models=(backbone.name,))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(image: LabelledImage, data: bytes | Exception) -> None:
+        if isinstance(data, Exception):
+            result.errors[image.name] = f"unreadable: {data}"
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        cached = await asyncio.to_thread(cache.get, digest)
+        if cached is not None:
+            result.features[image.name] = cached
+            return
+        async with gate:
+            try:
+                outputs = await service.pipeline.run(data, plan)
+            except Exception as exc:  # noqa: BLE001 - the image's own failure (not an image, too large, ...)
+                result.errors[image.name] = f"{type(exc).__name__}: {exc}"
+                return
+        embedding = np.asarray(outputs.models[backbone.name].outputs[EMBEDDING], np.float32)
+        await asyncio.to_thread(cache.put, digest, embedding)
+        result.features[image.name] = embedding
+        result.computed += 1
+
+    done = 0
+    for start in range(0, len(images), READ_CHUNK):
+        if cancelled is not None and await cancelled():
+            break
+        chunk = images[start : start + READ_CHUNK]
+        contents = await asyncio.to_thread(read_items, [image.to_row() for image in chunk], max_bytes)
+        await asyncio.gather(*(one(image, data) for image, data in zip(chunk, contents, strict=True)))
+        done += len(chunk)
+        if progress is not None:
+            await progress(done)
+    return result

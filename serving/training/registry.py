@@ -1,0 +1,143 @@
+"""A trained head becomes a model version: `<trained models>/<name>/<version>/` with config.yaml, labels.txt, the
+head, metrics.json and a model card written from what the job did. Versions are never overwritten; which one is
+served is the model's version policy (serving.model_versions)."""
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.config.model_config import load_model_config
+from serving.config.model_entry import ModelEntry
+from serving.model_versions import METRICS_FILE, VersionPolicy, next_version, read_policy, write_policy
+from serving.trained_head import ClassifierHead
+from serving.training.softmax import ValidationReport
+
+HEAD_FILE = "head.npz"
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What a model card says about how a version was made."""
+
+    job_id: str
+    dataset: str
+    backbone: str  # the embedding model the features came from
+    base: str  # the classifier whose graph carries the head
+    train_images: int
+    validation_images: int
+    skipped_images: int
+    validation_fraction: float
+    max_train_per_class: int | None
+    l2: float
+    seconds: float
+    created_by: str
+    tenant: str
+
+
+def version_config(name: str, version: str, base: ModelEntry, labels: list[str], head_sha: str) -> dict[str, Any]:
+    """The new version's config.yaml: the base classifier's input and preprocessing, K probabilities out."""
+    base_config = base.config
+    return {
+        "name": name,
+        "version": version,
+        "task": "classification",
+        "description": f"{len(labels)} categories trained on {base_config.name}'s penultimate layer",
+        "input": base_config.input.model_dump(),
+        "preprocessing": base_config.preprocessing.model_dump(),
+        "outputs": [{"name": "probs", "dtype": "FP32", "shape": [len(labels)], "kind": "probabilities"}],
+        "labels": "labels.txt",
+        "batching": base_config.batching.model_dump(),
+        "backends": ["onnxruntime"],
+        "weights": {"file": HEAD_FILE, "format": "classifier_head", "sha256": head_sha, "committed": True},
+        "export": {"source": "classifier_head", "base": base_config.name, "opset": 13},
+    }
+
+
+def model_card(name: str, version: str, recipe: TrainingRecipe, report: ValidationReport) -> str:
+    rows = "\n".join(f"| {m.label} | {m.support} | {m.precision:.3f} | {m.recall:.3f} |" for m in report.per_class)
+    return f"""# {name}, version {version}
+
+Trained by imgserve training job `{recipe.job_id}` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+by `{recipe.created_by}` (tenant `{recipe.tenant}`).
+
+## Data
+
+- Dataset: `{recipe.dataset}`, one folder per category ({len(report.labels)} categories: {", ".join(report.labels)}).
+- Split: {recipe.train_images} training and {recipe.validation_images} validation images; validation is a fixed
+  {recipe.validation_fraction:.0%} of each category chosen by a salted hash of the image name (the same images for
+  every version trained on this dataset){
+        f"; training capped at {recipe.max_train_per_class} images per category" if recipe.max_train_per_class else ""
+    }.
+- {recipe.skipped_images} images could not be read or decoded and were left out.
+
+## Recipe
+
+- Features: `{recipe.backbone}` (the penultimate layer of `{recipe.base}`), computed by the server's own decode and
+  batched model stage, cached per image content.
+- Head: multinomial logistic regression on standardised features, class-balanced, L2 {recipe.l2:g} (chosen by 3-fold
+  cross-validation on the training images only). Served as `{recipe.base}`'s graph cut at that layer + the head +
+  softmax.
+- Training took {recipe.seconds:.1f} s.
+
+## Results on the validation images
+
+Accuracy {report.accuracy:.3f}, balanced accuracy {report.balanced_accuracy:.3f} on {report.images} images.
+
+| category | images | precision | recall |
+| --- | ---: | ---: | ---: |
+{rows}
+
+Confusion matrix (rows: true category, columns: predicted, in the order above) is in `{METRICS_FILE}`.
+"""
+
+
+def register_version(
+    root: Path,
+    name: str,
+    base: ModelEntry,
+    head: ClassifierHead,
+    recipe: TrainingRecipe,
+    report: ValidationReport,
+) -> str:
+    """Write the next version of `name` under `root` (a temporary folder renamed into place: a scan never sees half
+    a version) and return its version string. The config is validated before the rename."""
+    model_root = root / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_root)
+    staging = model_root / f".staging-{recipe.job_id}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    head.save(staging / HEAD_FILE)
+    head_sha = hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest()
+    (staging / "labels.txt").write_text("".join(f"{label}\n" for label in head.labels), encoding="utf-8")
+    config = version_config(name, version, base, list(head.labels), head_sha)
+    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    load_model_config(staging / "config.yaml")  # what the server will read: refuse to register an invalid one
+    metrics = {"version": version, "job_id": recipe.job_id, "validation": report.to_dict(), "recipe": recipe.__dict__}
+    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (staging / "MODEL_CARD.md").write_text(model_card(name, version, recipe, report), encoding="utf-8")
+    staging.rename(model_root / version)
+    return version
+
+
+def promote(root: Path, name: str, version: str) -> None:
+    """Serve exactly `version` of `name` from now on (the policy file; model control loads it)."""
+    if not (root / name / version / "config.yaml").is_file():
+        raise FileNotFoundError(f"model '{name}' has no version {version}")
+    write_policy(root / name, VersionPolicy(policy="specific", versions=[version]))
+
+
+def served_version(root: Path, name: str) -> str | None:
+    """The version the policy serves now (before this job's new one is considered), or None for a new model."""
+    model_root = root / name
+    if not model_root.is_dir():
+        return None
+    versions = [c.name for c in model_root.iterdir() if c.is_dir() and c.name.isdigit()]
+    served = read_policy(model_root).served(versions) if versions else []
+    return served[0] if served else None

@@ -1,0 +1,290 @@
+"""Training jobs as the API sees them: submit (checked now, so a bad request is a 4xx, never a failed job), read,
+list, cancel; and the runner that turns a labelled dataset into a registered, possibly served, model version.
+
+One job runs at a time per replica (they share the model stage with online traffic); jobs left queued or running
+by a stopped server run again when it starts (features are cached, so a rerun costs little).
+"""
+
+import asyncio
+import contextvars
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.config.model_entry import ModelEntry
+from serving.errors import BadRequestError, classify_error, internal_detail
+from serving.jobs.service import JobService
+from serving.model_versions import VersionPolicy, write_policy
+from serving.security.principal import Principal
+from serving.service import InferenceService
+from serving.trained_head import ClassifierHead
+from serving.training.dataset import check_classes, labelled_images, split
+from serving.training.features import FeatureCache, embed_images
+from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
+from serving.training.softmax import train_head, validation_report
+from serving.training.store import TrainingJob, TrainingStore
+
+logger = logging.getLogger("imgserve.training")
+DEFAULT_BACKBONE = "mobilenet_v2_embedding"
+
+
+class TrainingRequest(BaseModel):
+    """`POST /v1/training-jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Model to add a version to (or create).")
+    dataset: str = Field(
+        max_length=4096,
+        description="Folder of one sub-folder per category: file:// under IMGSERVE_BATCH_ALLOWED_ROOT, s3:// or gs://.",
+    )
+    validation_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Held out of each category.")
+    max_train_per_class: int | None = Field(default=None, ge=1, description="Train on at most this many per category.")
+    backbone: str = Field(default=DEFAULT_BACKBONE, description="Embedding model the features come from.")
+    promote: Literal["if_better", "always", "never"] = Field(
+        default="if_better",
+        description="Serve the new version: when it beats the served one on the same validation images (a new "
+        "model: always), always, or never (registered only; promote it later).",
+    )
+
+
+def base_classifier(service: InferenceService, backbone: ModelEntry) -> ModelEntry:
+    """The repository classifier whose ONNX file the embedding model cuts (same verified weights file)."""
+    for entry in service.repository.entries.values():
+        if entry.config.weights.format == "onnx" and entry.config.weights.sha256 == backbone.config.weights.sha256:
+            return entry
+    raise BadRequestError(f"no served classifier carries the weights of backbone '{backbone.name}'")
+
+
+class TrainingService:
+    def __init__(self, service: InferenceService, jobs: JobService):
+        self.service, self.jobs = service, jobs
+        self.settings = service.repository.settings
+        self._one_at_a_time = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def store(self) -> TrainingStore:
+        await self.jobs.ready()  # migrated
+        return TrainingStore(self.jobs.engine)
+
+    def _backbone(self, name: str) -> ModelEntry:
+        entry = self.service.served_entry(name)
+        if entry.config.task != "embedding":
+            raise BadRequestError(f"backbone '{name}' is a {entry.config.task} model, not an embedding model")
+        return entry
+
+    async def submit(self, request: TrainingRequest, principal: Principal) -> TrainingJob:
+        existing = self.service.repository.versions.get(request.model)
+        if existing and not any(e.folder.is_relative_to(self.settings.trained_models) for e in existing.values()):
+            raise BadRequestError(f"'{request.model}' is a repository model; training adds versions to trained models")
+        backbone = self._backbone(request.backbone)
+        base_classifier(self.service, backbone)
+        images, _ = await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+        check_classes(images)
+        store = await self.store()
+        body = request.model_dump()
+        job = await asyncio.to_thread(store.create, principal.tenant, principal.key_id, request.model, body)
+        self.schedule(job.id)
+        return job
+
+    def schedule(self, job_id: str) -> None:
+        # A fresh context: the job must not inherit the submitting request's admission time (its queue budget would
+        # refuse every image once it ran out) nor its caller.
+        task = asyncio.get_running_loop().create_task(self.run(job_id), context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume(self) -> None:
+        """Run again the jobs a stopped server left queued or running."""
+        try:
+            store = await self.store()
+            for job_id in await asyncio.to_thread(store.unfinished):
+                self.schedule(job_id)
+        except Exception:  # noqa: BLE001 - the store is down: nothing to resume now, requests will say why
+            logger.warning("could not resume training jobs", exc_info=True)
+
+    async def get(self, job_id: str, principal: Principal) -> TrainingJob:
+        store = await self.store()
+        return await asyncio.to_thread(store.get, job_id, principal.read_scope())
+
+    async def list_jobs(self, principal: Principal) -> list[TrainingJob]:
+        store = await self.store()
+        return await asyncio.to_thread(store.list_jobs, principal.read_scope())
+
+    async def cancel(self, job_id: str, principal: Principal) -> TrainingJob:
+        store = await self.store()
+        return await asyncio.to_thread(store.cancel, job_id, principal.tenant)
+
+    async def run(self, job_id: str) -> None:
+        async with self._one_at_a_time:
+            store = await self.store()
+            if not await asyncio.to_thread(store.start, job_id):
+                return  # cancelled while queued
+            job = await asyncio.to_thread(store.get, job_id)
+            try:
+                result = await self._train(store, job)
+            except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the server goes on
+                info = classify_error(exc)
+                message = info.message if info.kind != "internal" else f"internal error: {internal_detail(exc)}"
+                logger.warning("training job %s failed: %s", job_id, internal_detail(exc))
+                await asyncio.to_thread(store.finish, job_id, "failed", None, message)
+                return
+            if result is not None:
+                await asyncio.to_thread(store.finish, job_id, "completed", result)
+
+    async def _train(self, store: TrainingStore, job: TrainingJob) -> dict[str, Any] | None:
+        """The job's work; None when it was cancelled on the way."""
+        started = time.perf_counter()
+        request = TrainingRequest.model_validate(job.request)
+        backbone = self._backbone(request.backbone)
+        base = base_classifier(self.service, backbone)
+        images, unlabelled = await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+        labels = check_classes(images)
+        train, validation = split(images, request.validation_fraction, request.max_train_per_class)
+        wanted = train + validation
+        await asyncio.to_thread(store.progress, job.id, "features", 0, len(wanted))
+
+        async def report_progress(done: int) -> None:
+            await asyncio.to_thread(store.progress, job.id, "features", done, len(wanted))
+
+        async def check_cancelled() -> bool:
+            return await asyncio.to_thread(store.is_cancelled, job.id)
+
+        cache = FeatureCache(self.settings.cache_dir, backbone)
+        features = await embed_images(
+            self.service,
+            backbone,
+            wanted,
+            cache,
+            self.settings.max_image_bytes,
+            progress=report_progress,
+            cancelled=check_cancelled,
+        )
+        if await check_cancelled():
+            return None
+        feature_seconds = time.perf_counter() - started
+        train = [image for image in train if image.name in features.features]
+        validation = [image for image in validation if image.name in features.features]
+        if features.errors:
+            example = next(iter(features.errors.items()))
+            logger.warning("training job %s: %d images left out, e.g. %s: %s", job.id, len(features.errors), *example)
+        if not train or not validation or {i.label for i in train} != set(labels):
+            example = "; ".join(f"{name}: {why}" for name, why in list(features.errors.items())[:3])
+            raise BadRequestError(f"{len(features.errors)} of {len(wanted)} images could not be used ({example})")
+        x = np.stack([features.features[image.name] for image in train])
+        y = np.array([labels.index(image.label) for image in train])
+        await asyncio.to_thread(store.progress, job.id, "training", 0, len(train))
+        fit_started = time.perf_counter()
+        head, l2 = await fit_on_ray(x, y, labels)
+        fit_seconds = time.perf_counter() - fit_started
+        xv = np.stack([features.features[image.name] for image in validation])
+        yv = np.array([labels.index(image.label) for image in validation])
+        report = validation_report(head.predict(xv), yv, labels)
+        current = served_version(self.settings.trained_models, request.model)
+        current_accuracy = self._current_accuracy(request.model, current, xv, yv, labels)
+        promoted = decide_promotion(request.promote, current, current_accuracy, report.accuracy)
+        if await check_cancelled():
+            return None
+        model_root = self.settings.trained_models / request.model
+        if current is not None and not promoted:  # pin what is served before a newer folder appears
+            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[current]))
+        elif current is None and not promoted:
+            model_root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))
+        recipe = TrainingRecipe(
+            job_id=job.id,
+            dataset=request.dataset,
+            backbone=backbone.name,
+            base=base.name,
+            train_images=len(train),
+            validation_images=len(validation),
+            skipped_images=len(features.errors),
+            validation_fraction=request.validation_fraction,
+            max_train_per_class=request.max_train_per_class,
+            l2=l2,
+            seconds=round(time.perf_counter() - started, 2),
+            created_by=job.created_by or "anonymous",
+            tenant=job.tenant,
+        )
+        version = await asyncio.to_thread(
+            register_version, self.settings.trained_models, request.model, base, head, recipe, report
+        )
+        if promoted:
+            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[version]))
+        metrics = {"validation": report.to_dict(), "current_version_accuracy": current_accuracy}
+        await asyncio.to_thread(store.record_version, request.model, version, job, labels, metrics, promoted)
+        loaded, load_error = False, None
+        if promoted:
+            loaded, load_error = await self._load(request.model)
+        else:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
+            await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
+        return {
+            "model": request.model,
+            "version": version,
+            "labels": labels,
+            "promoted": promoted,
+            "loaded": loaded,
+            "load_error": load_error,
+            "previous_version": current,
+            "previous_version_accuracy": current_accuracy,
+            "validation": report.to_dict(),
+            "images": {
+                "train": len(train),
+                "validation": len(validation),
+                "skipped": features.errors,
+                "unlabelled": unlabelled,
+                "features_computed": features.computed,
+                "features_cached": len(features.features) - features.computed,
+            },
+            "seconds": {
+                "features": round(feature_seconds, 2),
+                "fit": round(fit_seconds, 2),
+                "total": round(time.perf_counter() - started, 2),
+            },
+            "l2": l2,
+        }
+
+    def _current_accuracy(
+        self, model: str, current: str | None, xv: np.ndarray, yv: np.ndarray, labels: list[str]
+    ) -> float | None:
+        """The served version's accuracy on this job's validation images (None: no such version, or other labels)."""
+        if current is None:
+            return None
+        try:
+            head = ClassifierHead.load(self.settings.trained_models / model / current / HEAD_FILE)
+        except (OSError, ValueError, KeyError):
+            return None
+        if sorted(head.labels) != labels:
+            return None
+        order = [head.labels.index(label) for label in labels]
+        return validation_report(head.predict(xv)[:, order], yv, labels).accuracy
+
+    async def _load(self, model: str) -> tuple[bool, str | None]:
+        from serving.model_control import load_model  # local: model_control imports the service layer
+
+        try:
+            await load_model(self.service, model)
+        except Exception as exc:  # noqa: BLE001 - registered but not loaded (e.g. the graph placement): say why
+            return False, classify_error(exc).message
+        return True, None
+
+
+def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float) -> bool:
+    if rule == "never":
+        return False
+    if rule == "always" or current is None:
+        return True
+    return current_accuracy is not None and accuracy > current_accuracy  # other labels: not comparable, not promoted
+
+
+async def fit_on_ray(x: np.ndarray, y: np.ndarray, labels: list[str]) -> tuple[ClassifierHead, float]:
+    """`train_head` as a Ray task when Ray runs here (a CPU worker, off the serving replica), else in a thread."""
+    import ray
+
+    if not ray.is_initialized():
+        return await asyncio.to_thread(train_head, x, y, labels)
+    task = ray.remote(num_cpus=1)(train_head)
+    return await task.remote(x, y, labels)

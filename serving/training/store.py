@@ -1,0 +1,156 @@
+"""Training jobs and registered versions in the job database (`training_jobs`, `model_versions`).
+
+Synchronous, one short transaction per call (call through `asyncio.to_thread`). Reads are tenant-scoped like batch
+jobs: another tenant's training job is "not found". A job's final state is never overwritten: a job cancelled while
+it runs stays cancelled when its runner stops.
+"""
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from serving.errors import ServiceError
+from serving.jobs.errors import JobStateError
+from serving.jobs.tables import model_versions, training_jobs
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+class TrainingJobNotFoundError(ServiceError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "unknown_training_job"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    id: str
+    tenant: str
+    created_by: str | None
+    model: str
+    status: str
+    request: dict[str, Any]
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status_url": f"/v1/training-jobs/{self.id}"}
+
+
+def _job(row: Any) -> TrainingJob:
+    return TrainingJob(**{c.name: row._mapping[c.name] for c in training_jobs.columns})
+
+
+class TrainingStore:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def create(self, tenant: str, created_by: str | None, model: str, request: dict[str, Any]) -> TrainingJob:
+        job_id = uuid.uuid4().hex
+        values = {
+            "id": job_id,
+            "tenant": tenant,
+            "created_by": created_by,
+            "model": model,
+            "status": "queued",
+            "request": request,
+            "progress": {"phase": "queued", "done": 0, "total": 0},
+            "created_at": time.time(),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(training_jobs.insert().values(**values))
+        return self.get(job_id)
+
+    def get(self, job_id: str, tenant: str | None = None) -> TrainingJob:
+        """The job; `tenant` given: only that tenant's (another's is not found)."""
+        query = sa.select(training_jobs).where(training_jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(training_jobs.c.tenant == tenant)
+        with self.engine.begin() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise TrainingJobNotFoundError(f"no training job {job_id!r}")
+        return _job(row)
+
+    def list_jobs(self, tenant: str | None, limit: int = 100) -> list[TrainingJob]:
+        query = sa.select(training_jobs).order_by(training_jobs.c.created_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(training_jobs.c.tenant == tenant)
+        with self.engine.begin() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def unfinished(self) -> list[str]:
+        """Jobs queued or running (a server that stopped mid-job runs them again: features are cached)."""
+        query = sa.select(training_jobs.c.id).where(training_jobs.c.status.in_(("queued", "running")))
+        with self.engine.begin() as conn:
+            return [row.id for row in conn.execute(query.order_by(training_jobs.c.created_at))]
+
+    def _update(self, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                training_jobs.update()
+                .where(training_jobs.c.id == job_id, training_jobs.c.status.in_(allowed))
+                .values(**values)
+            )
+        return done.rowcount == 1
+
+    def start(self, job_id: str) -> bool:
+        return self._update(job_id, ("queued", "running"), status="running", started_at=time.time(), error=None)
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        self._update(job_id, ("running",), progress={"phase": phase, "done": done, "total": total})
+
+    def finish(self, job_id: str, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        """Record the outcome unless the job already ended (cancelled meanwhile); True when recorded."""
+        assert status in FINAL
+        return self._update(
+            job_id, ("queued", "running"), status=status, result=result, error=error, finished_at=time.time()
+        )
+
+    def cancel(self, job_id: str, tenant: str | None) -> TrainingJob:
+        job = self.get(job_id, tenant)
+        if job.status in FINAL:
+            raise JobStateError(f"training job {job_id} is already {job.status}")
+        self._update(job_id, ("queued", "running"), status="cancelled", finished_at=time.time())
+        return self.get(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.get(job_id).status == "cancelled"
+
+    def record_version(
+        self,
+        model: str,
+        version: str,
+        job: TrainingJob,
+        labels: list[str],
+        metrics: dict[str, Any],
+        promoted: bool,
+    ) -> None:
+        with self.engine.begin() as conn:
+            if promoted:
+                conn.execute(model_versions.update().where(model_versions.c.model == model).values(promoted=False))
+            conn.execute(
+                model_versions.insert().values(
+                    model=model,
+                    version=version,
+                    tenant=job.tenant,
+                    created_by=job.created_by,
+                    training_job=job.id,
+                    labels=labels,
+                    metrics=metrics,
+                    promoted=promoted,
+                    created_at=time.time(),
+                )
+            )
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        query = sa.select(model_versions).where(model_versions.c.model == model).order_by(model_versions.c.id)
+        with self.engine.begin() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,1 @@
+"""Data builders and evaluation for training jobs (serving.training): not served."""
