@@ -77,6 +77,13 @@ def _cmd_model_control(args: argparse.Namespace) -> int:
             key_sent = client.authenticated
             if args.models_command == "promote":
                 answer = client.training.promote(args.model, args.version)
+            elif args.models_command == "canary" and args.stop:
+                answer = client.training.end_canary(args.model)
+            elif args.models_command == "canary":
+                if not args.version or args.percent is None:
+                    print("imgserve: error: a canary needs VERSION and --percent (or --stop)", file=sys.stderr)
+                    return 2
+                answer = client.training.canary(args.model, args.version, args.percent)
             elif args.models_command == "load":
                 answer = client.training.load(args.model)
             else:
@@ -118,3 +125,10 @@ def add_training_commands(sub: Any, models_sub: Any, default_url: str) -> None:
     promote.add_argument("version")
     _remote_options(promote, default_url)
     promote.set_defaults(func=_cmd_model_control)
+    canary = models_sub.add_parser("canary", help="send a share of a model's requests to another version (admin)")
+    canary.add_argument("model")
+    canary.add_argument("version", nargs="?", default=None)
+    canary.add_argument("--percent", type=float, default=None, help="share of the model's requests, e.g. 5")
+    canary.add_argument("--stop", action="store_true", help="end the split: all requests to the served version")
+    _remote_options(canary, default_url)
+    canary.set_defaults(func=_cmd_model_control)

@@ -82,6 +82,12 @@ MODEL_INFO = Gauge(
     multiprocess_mode="livesum",
 )
 
+MODEL_VERSION_REQUESTS = Counter(
+    "imgserve_model_version_requests_total",
+    "Inference requests by the model version that answered them (a canary split shows here).",
+    ["model", "version"],
+)
+
 
 # Label values come only from names the replica knows: an unknown model name a client sends becomes "unknown",
 # so random `?model=` values cannot create new series without end. The Ingress registers its models.

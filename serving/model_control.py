@@ -46,7 +46,7 @@ def check_control_parameters(names: set[str]) -> None:
 
 def _pipeline(service: InferenceService):  # noqa: ANN202 - LocalPipeline, without importing the local stages here
     pipeline = service.pipeline
-    if not hasattr(pipeline, "load_model"):
+    if not hasattr(pipeline, "swap_models"):
         raise ModelControlUnsupportedError(
             "model control (load/unload) needs the local placement; the graph placement's model deployments "
             "change by redeploying the application (serve deploy)"
@@ -55,37 +55,47 @@ def _pipeline(service: InferenceService):  # noqa: ANN202 - LocalPipeline, witho
 
 
 async def load_model(service: InferenceService, name: str) -> str:
-    """Load (or reload) `name` as its version policy says; returns the version now served."""
+    """Load (or reload) `name` as its version policy says, with its canary version when the policy splits traffic;
+    returns the version now served. Nothing changes unless every version it needs loads."""
     pipeline = _pipeline(service)
     try:
-        served, versions = await asyncio.to_thread(service.repository.rescan, name)
+        scanned = await asyncio.to_thread(service.repository.rescan, name)
     except UnknownModelError:
         raise
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"failed to load '{name}': {exc}") from None
-    if not served.available:
-        raise ModelLoadError(f"failed to load '{name}' version {served.version}: {served.unavailable_reason}")
+    wanted = [e for e in (scanned.served, scanned.canary) if e is not None]
+    for entry in wanted:
+        if not entry.available:
+            raise ModelLoadError(f"failed to load '{name}' version {entry.version}: {entry.unavailable_reason}")
+    old_canary = service.repository.canaries.get(name)
+    stale = (old_canary[0].key,) if old_canary and old_canary[0].key not in {e.key for e in wanted} else ()
     try:
-        await pipeline.load_model(served)
+        await pipeline.swap_models(wanted, stale)
     except Exception as exc:  # noqa: BLE001 - any backend failure (a corrupt graph, an unsupported op) is the reason
-        logger.warning("model %s version %s failed to load: %s", name, served.version, exc)
+        logger.warning("model %s failed to load: %s", name, exc)
         raise ModelLoadError(
-            f"failed to load '{name}' version {served.version}: {type(exc).__name__}: {str(exc)[:500]}"
+            f"failed to load '{name}' version {scanned.served.version}: {type(exc).__name__}: "  # type: ignore[union-attr]
+            f"{str(exc)[:500]}"
         ) from None
-    service.repository.replace(name, served, versions)
+    service.repository.replace(name, scanned)
     service.forget_backend_info(name)
     KNOWN_MODELS.add(name)
-    logger.info("model %s version %s loaded", name, served.version)
+    served = scanned.served
+    assert served is not None
+    canary = f" (+ version {scanned.canary.version} on {scanned.canary_percent:g} %)" if scanned.canary else ""
+    logger.info("model %s version %s loaded%s", name, served.version, canary)
     return served.version
 
 
 async def unload_model(service: InferenceService, name: str) -> None:
-    """Stop serving `name` (it stays listed, UNAVAILABLE, and can be loaded again)."""
+    """Stop serving `name` and its canary (it stays listed, UNAVAILABLE, and can be loaded again)."""
     pipeline = _pipeline(service)
     entry = service.repository.get(name)  # 404 for unknown or already unloaded models
     if entry.name == service.default_model:
         raise BadRequestError(f"'{name}' is the default model and cannot be unloaded")
-    await pipeline.unload_model(name)
-    service.repository.replace(name, None, service.repository.versions[name])
+    canary = service.repository.canaries.get(name)
+    await pipeline.swap_models([], (name, *((canary[0].key,) if canary else ())))
+    service.repository.replace(name, None)
     service.forget_backend_info(name)
     logger.info("model %s unloaded", name)

@@ -11,6 +11,9 @@ Two layouts are read, in the repository (`models/`) and in the trained-models fo
       # or
       policy: specific    # serve exactly these versions (none: the model is registered, not served)
       versions: ["3"]
+      canary:             # optional: another version takes this share of the model's requests
+        version: "4"
+        percent: 5
 
 A training job writes a new version folder; promoting a version writes `specific: [that version]`.
 """
@@ -27,14 +30,24 @@ POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
 
 
+class CanarySplit(BaseModel):
+    """A second version answering `percent` of the model's requests (the rest go to the served version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^[1-9][0-9]*$")
+    percent: float = Field(gt=0, lt=100)
+
+
 class VersionPolicy(BaseModel):
-    """Which versions are served: the newest `count`, or a `specific` list."""
+    """Which versions are served: the newest `count`, or a `specific` list; optionally a canary split."""
 
     model_config = ConfigDict(extra="forbid")
 
     policy: Literal["latest", "specific"] = "latest"
     count: int = Field(default=1, ge=1, le=16)
     versions: list[str] = Field(default_factory=list)
+    canary: CanarySplit | None = None
 
     def served(self, available: list[str]) -> list[str]:
         """The versions to serve among `available`, newest first."""
@@ -74,7 +87,7 @@ def read_policy(root: Path) -> VersionPolicy:
 def write_policy(root: Path, policy: VersionPolicy) -> None:
     """Replace `<name>/versions.yaml` atomically."""
     tmp = root / f".{POLICY_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(policy.model_dump(exclude_defaults=False), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(policy.model_dump(exclude_none=True), sort_keys=False))
     tmp.replace(root / POLICY_FILE)
 
 

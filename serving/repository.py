@@ -5,7 +5,9 @@ weights are missing, or that no preferred backend can load here, stays listed wi
 `/v1/models` can say why it is not served instead of silently hiding it.
 """
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -69,12 +71,19 @@ def scan_entry(config: ModelConfig, folder: Path, settings: ServerSettings, chec
     return entry
 
 
-def scan_model(
-    root: Path, settings: ServerSettings, check_backends: bool
-) -> tuple[ModelEntry | None, dict[str, ModelEntry]] | None:
-    """(served version's entry or None, every version's entry) of the model folder `root`; None: no model there.
+@dataclass(frozen=True)
+class ScannedModel:
+    """One model folder as read: the served version, a canary version and its share, every version's entry."""
 
-    Versions the policy does not serve are listed with that reason and their artefacts are not built."""
+    served: ModelEntry | None
+    versions: dict[str, ModelEntry]
+    canary: ModelEntry | None = None  # keyed "<name>@<version>" (ModelEntry.key)
+    canary_percent: float = 0.0
+
+
+def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> ScannedModel | None:
+    """The model folder `root`, or None when no model is there. Versions the policy does not serve are listed with
+    that reason and their artefacts are not built."""
     folder = scan_model_folder(root)
     if folder is None:
         return None
@@ -87,14 +96,20 @@ def scan_model(
             raise ValueError(f"{path / 'config.yaml'}: version '{config.version}' must equal its folder '{version}'")
         configs[config.version] = (config, path)
     served = folder.served_versions[:1] if folder.versioned else list(configs)
+    split = folder.policy.canary if folder.versioned else None
+    if split is not None and (split.version not in configs or split.version in served or not served):
+        raise ValueError(f"{root / POLICY_FILE}: canary version {split.version} must exist and differ from {served}")
     entries: dict[str, ModelEntry] = {}
     for version, (config, path) in configs.items():
-        if version in served:
+        if version in served or (split is not None and version == split.version):
             entries[version] = scan_entry(config, path, settings, check_backends)
         else:
             reason = f"version {version} is not served: {POLICY_FILE} serves {served or 'none'}"
             entries[version] = ModelEntry(config, path, read_labels(config, path), unavailable_reason=reason)
-    return (entries[served[0]] if served else None), entries
+    if split is None:
+        return ScannedModel(entries[served[0]] if served else None, entries)
+    canary = dataclasses.replace(entries[split.version], stage_key=f"{root.name}@{split.version}")
+    return ScannedModel(entries[served[0]], entries, canary, split.percent)
 
 
 def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSettings) -> ModelArtifacts:
@@ -172,39 +187,36 @@ class ModelRepository:
         entries: dict[str, ModelEntry],
         settings: ServerSettings,
         versions: dict[str, dict[str, ModelEntry]] | None = None,
+        canaries: dict[str, tuple[ModelEntry, float]] | None = None,
     ):
         self.entries = entries
         self.settings = settings
         self.versions = versions if versions is not None else {n: {e.version: e} for n, e in entries.items()}
+        self.canaries = canaries or {}  # name -> (canary version's entry, percent of the model's requests)
 
     @classmethod
     def scan(cls, settings: ServerSettings | None = None, check_backends: bool = True) -> "ModelRepository":
         """Read every model folder; invalid configs raise, missing weights mark the model unavailable."""
         settings = settings or ServerSettings.from_env()
-        entries: dict[str, ModelEntry] = {}
-        versions: dict[str, dict[str, ModelEntry]] = {}
+        repository = cls({}, settings, {})
         for root in (settings.model_repository, settings.trained_models):
             for folder_path in model_roots(root):
                 scanned = scan_model(folder_path, settings, check_backends)
                 if scanned is None:
                     continue
-                served, all_versions = scanned
-                name = folder_path.name
-                if name in versions:
-                    raise ValueError(f"model '{name}' is in both {settings.model_repository} and {root}")
-                versions[name] = all_versions
-                if served is not None:
-                    entries[name] = served
-        return cls(entries, settings, versions)
+                if folder_path.name in repository.versions:
+                    raise ValueError(f"model '{folder_path.name}' is in both {settings.model_repository} and {root}")
+                repository.replace(folder_path.name, scanned)
+        return repository
 
-    def rescan(self, name: str) -> tuple[ModelEntry, dict[str, ModelEntry]]:
-        """One model read again from disk (model control): its served version and all versions.
-        `UnknownModelError` when no folder of that name holds a config; invalid configs raise `ValueError`."""
+    def rescan(self, name: str) -> ScannedModel:
+        """One model read again from disk (model control). `UnknownModelError` when no folder of that name holds a
+        config or its policy serves no version; invalid configs and policies raise `ValueError`."""
         for root in (self.settings.model_repository, self.settings.trained_models):
             if (root / name).is_dir():
                 scanned = scan_model(root / name, self.settings, check_backends=True)
-                if scanned is not None and scanned[0] is not None:
-                    return scanned[0], scanned[1]
+                if scanned is not None and scanned.served is not None:
+                    return scanned
                 if scanned is not None:
                     raise UnknownModelError(f"model '{name}': its version policy serves no version")
         raise UnknownModelError(f"unknown model '{name}': no folder of that name holds a config.yaml")
@@ -214,16 +226,20 @@ class ModelRepository:
         for root in (self.settings.model_repository, self.settings.trained_models):
             scanned = scan_model(root / name, self.settings, check_backends=False) if (root / name).is_dir() else None
             if scanned is not None:
-                self.versions[name] = scanned[1]
+                self.versions[name] = scanned.versions
                 return
 
-    def replace(self, name: str, served: ModelEntry | None, versions: dict[str, ModelEntry]) -> None:
-        """Record a rescanned model (the served entry None: unloaded, still listed)."""
-        self.versions[name] = versions
-        if served is None:
+    def replace(self, name: str, scanned: ScannedModel | None) -> None:
+        """Record a (re)scanned model; None: unloaded (still listed with its versions)."""
+        self.canaries.pop(name, None)
+        if scanned is None or scanned.served is None:
             self.entries.pop(name, None)
         else:
-            self.entries[name] = served
+            self.entries[name] = scanned.served
+        if scanned is not None:
+            self.versions[name] = scanned.versions
+            if scanned.canary is not None:
+                self.canaries[name] = (scanned.canary, scanned.canary_percent)
 
     def get(self, name: str) -> ModelEntry:
         """The served entry, or `UnknownModelError` listing the known names (or saying the model is not loaded)."""

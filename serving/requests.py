@@ -27,6 +27,11 @@ class ImageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = Field(default=None, description="Classifier; the server's default when omitted.")
+    model_version: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,9}$",
+        description="A loaded version of the model (the served one or its canary); omitted: the model's routing.",
+    )
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=1000, description="Most classes returned per image.")
     confidence_threshold: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Leave out classes scoring below this (0..1); 0 keeps all top_k."

@@ -17,7 +17,7 @@ from pipelines.quality import LearnedQuality, QualityReport, Thresholds, learned
 from serving.access_log import record_stages
 from serving.admission import REPLICA_LIMIT
 from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
-from serving.model_versions import recorded_accuracy
+from serving.metrics import MODEL_VERSION_REQUESTS, model_label
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.quality_metrics import record_quality
 from serving.repository import ModelEntry, ModelRepository, UnknownModelError
@@ -38,6 +38,7 @@ class Classification:
     predictions: list[Prediction]
     timing_ms: float
     stage_ms: dict[str, float] = field(default_factory=dict)  # decode, queue, model
+    model_version: str = ""  # the version that answered (a canary split sends some requests to another)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Analysis:
             predictions = [{"label": p.label, "index": p.index, "score": p.score} for p in c.predictions]
             out["classification"] = {
                 "model": c.model,
+                "model_version": c.model_version,
                 "predictions": predictions,
                 "timing_ms": c.timing_ms,
                 "stage_ms": c.stage_ms,
@@ -68,17 +70,6 @@ class Analysis:
         if self.metadata is not None:
             out["metadata"] = self.metadata
         return out
-
-
-@dataclass
-class ModelStatus:
-    name: str
-    version: str
-    task: str
-    state: str  # "READY", "UNAVAILABLE"
-    reason: str | None = None
-    backend: dict[str, Any] = field(default_factory=dict)
-    versions: list[dict[str, Any]] = field(default_factory=list)  # every version: version, state, reason, accuracy
 
 
 class InferenceService:
@@ -96,21 +87,42 @@ class InferenceService:
         self.max_images_per_request = max_images_per_request
         self.thresholds = thresholds
         self._backend_info: dict[str, dict[str, Any]] = {}
+        self._canary_credit: dict[str, float] = {}
         # The replica's SecurityGate (serving.security.gate), set by the ingress: charges images to the caller's
         # daily quota and says whether its tenant forces anonymised metadata. None: no quotas.
         self.gate: Any = None
 
     # ---- models -------------------------------------------------------------------------------------
     def served_entry(self, name: str | None, version: str = "") -> ModelEntry:
-        """The repository entry for a served model: 404 if unknown or `version` (when given) is not the loaded one,
-        503 if known but not servable here."""
+        """The repository entry for a served model (its canary version's when `version` names it): 404 if unknown
+        or `version` is not loaded, 503 if known but not servable here."""
         entry = self.repository.get(name or self.default_model)
-        if version and version != entry.version:
+        canary = self.repository.canaries.get(entry.name)
+        if version and canary is not None and version == canary[0].version:
+            entry = canary[0]
+        elif version and version != entry.version:
             raise UnknownModelError(f"model '{entry.name}' version {version} is not loaded (loaded: {entry.version})")
-        if entry.name not in self.pipeline.model_names:
+        if entry.key not in self.pipeline.model_names:
             reason = entry.unavailable_reason or "not deployed in this application"
             raise ModelUnavailableError(f"model '{entry.name}' is not available: {reason}")
         return entry
+
+    def routed_entry(self, name: str | None, version: str = "") -> ModelEntry:
+        """The version that answers this inference request: the one asked for, else the canary version on its
+        share of the model's requests (a deterministic interleave: exactly `percent` of every 100/percent requests),
+        else the served version. Counted per version (`imgserve_model_version_requests_total`)."""
+        entry = self.served_entry(name, version)
+        canary = self.repository.canaries.get(entry.name)
+        if not version and canary is not None and self._canary_turn(entry.name, canary[1]):
+            entry = canary[0]
+        MODEL_VERSION_REQUESTS.labels(model_label(entry.name), entry.version).inc()
+        return entry
+
+    def _canary_turn(self, name: str, percent: float) -> bool:
+        credit = self._canary_credit.get(name, 0.0) + percent
+        turn = credit >= 100.0
+        self._canary_credit[name] = credit - 100.0 if turn else credit
+        return turn
 
     def check_loaded(self, name: str, version: str | None = None) -> None:
         """404 (`UnknownModelError`) for an unknown or unloaded model, or a version of it other than the loaded one;
@@ -118,7 +130,8 @@ class InferenceService:
         if name == IMAGE_MODEL_NAME:
             return
         entry = self.repository.get(name)
-        if version and version != entry.version:
+        canary = self.repository.canaries.get(name)
+        if version and version != entry.version and (canary is None or version != canary[0].version):
             raise UnknownModelError(f"model '{name}' version {version} is not loaded (loaded: {entry.version})")
 
     def forget_backend_info(self, name: str) -> None:
@@ -131,50 +144,6 @@ class InferenceService:
             self._backend_info[name] = await self.pipeline.model_info(name)
         return self._backend_info[name]
 
-    async def model_statuses(self) -> list[ModelStatus]:
-        """One status per model (its served version, or its newest when none is loaded), every version listed."""
-        statuses = []
-        for name, versions in sorted(self.repository.versions.items()):
-            served = self.repository.entries.get(name)
-            rows = [self._version_row(name, entry, served) for _, entry in sorted(versions.items(), key=_version_key)]
-            if served is not None and served.version not in versions:  # listed before a refresh: still served
-                rows.append(self._version_row(name, served, served))
-            if served is not None and name in self.pipeline.model_names:
-                info = await self.backend_info(name)
-                statuses.append(ModelStatus(name, served.version, served.config.task, "READY", None, info, rows))
-            else:
-                shown = served or max(versions.values(), key=lambda e: _version_key((e.version, e)))
-                reason = rows[-1]["reason"] if served is None else None
-                reason = reason or shown.unavailable_reason or "not deployed in this application"
-                statuses.append(ModelStatus(name, shown.version, shown.config.task, "UNAVAILABLE", reason, {}, rows))
-        return statuses
-
-    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """Triton's repository index: one row per model version (name, version, state, reason when not READY)."""
-        rows = []
-        for status in await self.model_statuses():
-            for version in status.versions:
-                if ready_only and version["state"] != "READY":
-                    continue
-                row = {"name": status.name, "version": version["version"], "state": version["state"]}
-                rows.append({**row, "reason": version["reason"]} if version["reason"] else row)
-        return rows
-
-    def _version_row(self, name: str, entry: ModelEntry, served: ModelEntry | None) -> dict[str, Any]:
-        ready = served is not None and served.version == entry.version and name in self.pipeline.model_names
-        if ready:
-            reason = None
-        elif served is None and entry.available:
-            reason = "not loaded"
-        else:
-            reason = entry.unavailable_reason or "not deployed in this application"
-        return {
-            "version": entry.version,
-            "state": "READY" if ready else "UNAVAILABLE",
-            "reason": reason,
-            "accuracy": recorded_accuracy(entry.folder),
-        }
-
     async def model_ready(self, name: str) -> bool:
         target = self.default_model if name == IMAGE_MODEL_NAME else self.repository.get(name).name
         if target not in self.pipeline.model_names:
@@ -186,7 +155,8 @@ class InferenceService:
         return True
 
     async def server_ready(self) -> bool:
-        results = await asyncio.gather(*(self.model_ready(name) for name in self.pipeline.model_names))
+        served = [name for name in self.pipeline.model_names if name in self.repository.entries]  # not canary keys
+        results = await asyncio.gather(*(self.model_ready(name) for name in served))
         return bool(results) and all(results)
 
     # ---- images -------------------------------------------------------------------------------------
@@ -221,14 +191,14 @@ class InferenceService:
             )
 
     def _plan(self, selected: tuple[str, ...], entry: ModelEntry) -> StagePlan:
-        return stage_plan(selected, entry.name, self.pipeline.model_names)
+        return stage_plan(selected, entry.key, self.pipeline.model_names)
 
     async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
         """The selected stages per image, run concurrently, in request order. A bad image fails the request
         with its index."""
         options = options or ImageOptions()
         selected = self.analysis_fields(options.fields)
-        entry = self.served_entry(options.model)
+        entry = self.routed_entry(options.model, options.model_version or "")
         if "classification" in selected and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
@@ -279,9 +249,12 @@ class InferenceService:
         return analysis.quality  # type: ignore[return-value]
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
-    async def infer_tensor(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """A client-batched tensor: each row joins the model's dynamic batches, results are re-stacked."""
-        entry = self.served_entry(model)
+    async def infer_tensor(self, model: str, batch: np.ndarray, version: str = "") -> dict[str, np.ndarray]:
+        """A client-batched tensor for `model` (routed: `routed_entry`)."""
+        return await self.infer_on(self.routed_entry(model, version), batch)
+
+    async def infer_on(self, entry: ModelEntry, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """A client-batched tensor on one routed version: each row joins its dynamic batches, results re-stacked."""
         expected = entry.config.input.shape
         if batch.ndim != len(expected) + 1:
             raise InvalidTensorError(
@@ -296,17 +269,11 @@ class InferenceService:
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
         rows: list[ModelResult] = await asyncio.gather(
-            *(self.pipeline.infer_tensor(entry.name, np.ascontiguousarray(row)) for row in batch)
+            *(self.pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
         )
         for row in rows:
             record_stages(row.stage_ms)
         return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}
-
-
-def _version_key(item: tuple[str, Any]) -> tuple[int, str]:
-    """Versions in numeric order where they are numbers (Triton's), by text otherwise."""
-    version = item[0]
-    return (int(version), "") if version.isdigit() else (-1, version)
 
 
 def stage_plan(selected: tuple[str, ...], classifier: str, served: tuple[str, ...]) -> StagePlan:
@@ -352,15 +319,16 @@ def analysis_from_outputs(
 def class_scores(entry: ModelEntry, outputs: StageOutputs) -> np.ndarray:
     """The classifier's per-class scores (probabilities) for one image."""
     spec = entry.config.outputs[0]
-    return scores_from_output(outputs.models[entry.name].outputs[spec.name], spec)
+    return scores_from_output(outputs.models[entry.key].outputs[spec.name], spec)
 
 
 def _classification(entry: ModelEntry, outputs: StageOutputs, options: ImageOptions, start: float) -> Classification:
-    result = outputs.models[entry.name]
+    result = outputs.models[entry.key]
     predictions = top_k(class_scores(entry, outputs), entry.labels, options.top_k)
     predictions = [p for p in predictions if p.score >= options.confidence_threshold]
     stage_ms = {name: round(ms, 3) for name, ms in result.stage_ms.items()}
     if outputs.decode_ms is not None:
         stage_ms = {"decode": round(outputs.decode_ms, 3), **stage_ms}
     record_stages(stage_ms)
-    return Classification(entry.name, predictions, (time.perf_counter() - start) * 1000.0, stage_ms)
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    return Classification(entry.name, predictions, elapsed_ms, stage_ms, entry.version)

@@ -29,7 +29,9 @@ from serving.client.types import (
 
 def classification_from_json(data: dict[str, Any]) -> Classification:
     predictions = tuple(Prediction(str(p["label"]), int(p["index"]), float(p["score"])) for p in data["predictions"])
-    return Classification(str(data["model"]), predictions, float(data["timing_ms"]))
+    return Classification(
+        str(data["model"]), predictions, float(data["timing_ms"]), str(data.get("model_version") or "")
+    )
 
 
 def analysis_from_json(data: dict[str, Any]) -> Analysis:

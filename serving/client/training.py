@@ -104,6 +104,14 @@ class TrainingClient(HttpRoutes):
         """Serve exactly `version` of `model` from now on (admin); promoting an older version is a rollback."""
         return self._send("POST", f"/v1/models/{model}/versions/{version}/promote", retry=False).json()
 
+    def canary(self, model: str, version: str, percent: float) -> dict[str, Any]:
+        """Send `percent` of `model`'s requests to `version` (admin); end it with `end_canary` or `promote`."""
+        body = {"version": version, "percent": percent}
+        return self._send("POST", f"/v1/models/{model}/canary", retry=False, json=body).json()
+
+    def end_canary(self, model: str) -> dict[str, Any]:
+        return self._send("DELETE", f"/v1/models/{model}/canary", retry=False).json()
+
 
 def _id(job: TrainingJob | str) -> str:
     return job if isinstance(job, str) else job.job_id

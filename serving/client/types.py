@@ -23,6 +23,7 @@ class Classification:
     model: str
     predictions: tuple[Prediction, ...]
     timing_ms: float
+    model_version: str = ""  # the version that answered over HTTP (a canary split routes some requests); "" on gRPC
 
     @property
     def top(self) -> Prediction | None:

@@ -25,10 +25,16 @@ class ModelEntry:
     labels: tuple[str, ...] = ()
     artifacts: ModelArtifacts = field(default_factory=ModelArtifacts)
     unavailable_reason: str | None = None
+    stage_key: str | None = None  # where the stages hold it: the name, or "<name>@<version>" for a canary version
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def key(self) -> str:
+        """The model stage's key in a pipeline: the name for the served version, name@version for a canary."""
+        return self.stage_key or self.config.name
 
     @property
     def version(self) -> str:

@@ -13,6 +13,7 @@ from pipelines.enhance.plan import MANUAL_FACTORS
 from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.stubs import load
 from serving.image_ops import ImageOperations
+from serving.model_status import model_statuses
 from serving.requests import ImageOptions
 from serving.service import Analysis, Classification, InferenceService
 from serving.streaming import ordered_map
@@ -112,7 +113,7 @@ class ImageGrpcMethods:
                     reason=s.reason or "",
                     backend=str(s.backend.get("backend", "")),
                 )
-                for s in await self.service.model_statuses()
+                for s in await model_statuses(self.service)
             ]
             return pb.ListModelsResponse(default_model=self.service.default_model, models=models)
 

@@ -7,6 +7,7 @@ from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream
 from serving.grpc.oip_codec import pb, request_from_proto, response_to_proto
 from serving.model_control import check_control_parameters, load_model, unload_model
+from serving.model_status import repository_index
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
 from serving.security.audit import AuditEntry
@@ -57,7 +58,9 @@ class OipGrpcMethods:
 
     async def _infer(self, request: Any) -> Any:
         self.service.check_loaded(request.model_name, request.model_version)
-        return response_to_proto(await oip.infer(self.service, request_from_proto(request)))
+        parsed = request_from_proto(request)
+        parsed.version = request.model_version
+        return response_to_proto(await oip.infer(self.service, parsed))
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         return await answer(
@@ -82,7 +85,7 @@ class OipGrpcMethods:
     async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
             index = pb.RepositoryIndexResponse.ModelIndex
-            rows = await self.service.repository_index(request.ready)
+            rows = await repository_index(self.service, request.ready)
             return pb.RepositoryIndexResponse(models=[index(**row) for row in rows])
 
         return await answer("RepositoryIndex", "", grpc_context, call, pb.RepositoryIndexResponse)

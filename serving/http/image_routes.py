@@ -19,6 +19,7 @@ from serving.http.schemas import (
     ModelsResponse,
 )
 from serving.metrics import BYTES_RECEIVED, IMAGES
+from serving.model_status import model_statuses
 from serving.requests import ImageOptions, parse_json_request
 from serving.service import InferenceService
 
@@ -59,11 +60,13 @@ def request_options(query: dict[str, Any], body_options: dict[str, Any]) -> Imag
 async def classify(
     request: Request,
     model: str | None = Query(default=None, description="Model name; the server's default classifier if omitted."),
+    model_version: str | None = Query(default=None, description="A loaded version; omitted: the model's routing."),
     top_k: int | None = Query(default=None, description="How many classes to return per image (1-1000, default 5)."),
     confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
     service: InferenceService = Depends(get_service),
 ) -> ClassifyResponse:
-    query = {"model": model, "top_k": top_k, "confidence_threshold": confidence_threshold}
+    query = {"model": model, "model_version": model_version, "top_k": top_k}
+    query["confidence_threshold"] = confidence_threshold
     request.state.model = model or service.default_model
     request_options(query, {})  # reject bad options before reading the body
     images, body_options = await read_images(request, service.max_images_per_request)
@@ -77,6 +80,7 @@ async def classify(
 async def analyze(
     request: Request,
     model: str | None = Query(default=None, description="Classifier; the server's default if omitted."),
+    model_version: str | None = Query(default=None, description="A loaded version; omitted: the model's routing."),
     top_k: int | None = Query(default=None, description="Classes per image (1-1000, default 5)."),
     confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
     fields: list[str] | None = Query(default=None, description="Stages to run (repeatable); all when omitted."),
@@ -85,6 +89,7 @@ async def analyze(
 ) -> AnalyzeResponse:
     query = {
         "model": model,
+        "model_version": model_version,
         "top_k": top_k,
         "confidence_threshold": confidence_threshold,
         "fields": fields,
@@ -112,7 +117,7 @@ async def metadata(
 
 @router.get("/models", response_model=ModelsResponse)
 async def models(service: InferenceService = Depends(get_service)) -> ModelsResponse:
-    statuses = await service.model_statuses()
+    statuses = await model_statuses(service)
     return ModelsResponse(default_model=service.default_model, models=[asdict(s) for s in statuses])
 
 

@@ -3,14 +3,16 @@
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
 from serving.http.dependencies import client_host, get_principal, get_service
 from serving.model_control import check_control_parameters, load_model, unload_model
-from serving.model_versions import VersionPolicy, scan_model_folder, write_policy
+from serving.model_versions import CanarySplit, VersionPolicy, read_policy, scan_model_folder, write_policy
 from serving.repository import UnknownModelError
 from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
@@ -67,6 +69,30 @@ async def unload(
     return {"name": model, "state": "UNAVAILABLE"}
 
 
+async def _versioned_root(service: InferenceService, model: str, version: str) -> tuple[Path, VersionPolicy]:
+    """The model's folder and current policy; 404 for an unknown model or version, 400 for a flat model."""
+    if model not in service.repository.versions:
+        raise UnknownModelError(f"unknown model '{model}'")
+    root = next(iter(service.repository.versions[model].values())).folder.parent
+    folder = await asyncio.to_thread(scan_model_folder, root)
+    if folder is None or not folder.versioned:
+        raise BadRequestError(f"model '{model}' is not laid out in version folders (<name>/<version>/)")
+    if version and version not in folder.versions:
+        raise UnknownModelError(f"model '{model}' has no version {version}; versions: {sorted(folder.versions)}")
+    return root, folder.policy
+
+
+async def _apply_policy(service: InferenceService, model: str, root: Path, policy: VersionPolicy) -> str:
+    """Write the model's new policy and load what it says; a policy whose versions cannot load is not kept."""
+    previous = await asyncio.to_thread(read_policy, root)
+    await asyncio.to_thread(write_policy, root, policy)
+    try:
+        return await load_model(service, model)
+    except Exception:
+        await asyncio.to_thread(write_policy, root, previous)
+        raise
+
+
 @router.post("/v1/models/{model}/versions/{version}/promote")
 async def promote(
     model: str,
@@ -75,22 +101,52 @@ async def promote(
     service: InferenceService = Depends(get_service),
     principal: Principal = Depends(get_principal),
 ) -> dict[str, Any]:
-    """Serve exactly `version` of a versioned model from now on (also how a promotion is rolled back: promote the
-    older version). Writes the model's version policy, then loads it."""
-    if model not in service.repository.versions:
-        raise UnknownModelError(f"unknown model '{model}'")
-    root = service.repository.versions[model][next(iter(service.repository.versions[model]))].folder.parent
-    folder = await asyncio.to_thread(scan_model_folder, root)
-    if folder is None or not folder.versioned:
-        raise BadRequestError(f"model '{model}' is not laid out in version folders (<name>/<version>/)")
-    if version not in folder.versions:
-        raise UnknownModelError(f"model '{model}' has no version {version}; versions: {sorted(folder.versions)}")
-    previous = folder.policy
-    await asyncio.to_thread(write_policy, root, VersionPolicy(policy="specific", versions=[version]))
-    try:
-        served = await load_model(service, model)
-    except Exception:
-        await asyncio.to_thread(write_policy, root, previous)  # a version that cannot load is not promoted
-        raise
+    """Serve exactly `version` of a versioned model from now on, ending any canary split (also how a promotion is
+    rolled back: promote the older version). Writes the model's version policy, then loads it."""
+    root, _ = await _versioned_root(service, model, version)
+    served = await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[version]))
     _audit(request, principal, "model.promote", model, {"version": served})
     return {"name": model, "version": served, "state": "READY"}
+
+
+class CanaryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="The version to try on part of the traffic.")
+    percent: float = Field(gt=0, lt=100, description="Its share of the model's requests, e.g. 5.")
+
+
+@router.post("/v1/models/{model}/canary")
+async def start_canary(
+    model: str,
+    body: CanaryRequest,
+    request: Request,
+    service: InferenceService = Depends(get_service),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    """Send `percent` of the model's requests to `version`, the rest to the version served now; per-version request
+    counts in `imgserve_model_version_requests_total`. End it by promoting either version or with DELETE."""
+    root, _ = await _versioned_root(service, model, body.version)
+    served = service.repository.get(model).version
+    if body.version == served:
+        raise BadRequestError(f"version {served} of '{model}' is the served one; a canary is another version")
+    split = CanarySplit(version=body.version, percent=body.percent)
+    policy = VersionPolicy(policy="specific", versions=[served], canary=split)
+    await _apply_policy(service, model, root, policy)
+    _audit(request, principal, "model.canary", model, {"version": body.version, "percent": body.percent})
+    return {"name": model, "version": served, "canary": split.model_dump()}
+
+
+@router.delete("/v1/models/{model}/canary")
+async def stop_canary(
+    model: str,
+    request: Request,
+    service: InferenceService = Depends(get_service),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    """End the split: every request goes to the served version again (the canary version stays registered)."""
+    root, _ = await _versioned_root(service, model, "")
+    served = service.repository.get(model).version
+    await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[served]))
+    _audit(request, principal, "model.canary_end", model, {"version": served})
+    return {"name": model, "version": served, "canary": None}

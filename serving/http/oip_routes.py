@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from serving.errors import BadRequestError, InvalidTensorError
 from serving.http.dependencies import get_service
+from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
 from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw, tensor_shape
 from serving.service import IMAGE_MODEL_NAME, InferenceService
@@ -102,7 +103,7 @@ async def repository_index(request: Request, service: InferenceService = Depends
         ready = bool(json.loads(body).get("ready")) if body.strip() else False
     except (ValueError, AttributeError):
         raise BadRequestError("the repository index body must be empty or a JSON object") from None
-    return await service.repository_index(ready)
+    return await model_repository_index(service, ready)
 
 
 def parse_infer_request(model: str, body: bytes, header_length: str | None) -> oip.InferRequest:
@@ -195,5 +196,6 @@ async def infer(
 ) -> Response:
     service.check_loaded(model, version)
     parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
+    parsed.version = version or ""
     response = await oip.infer(service, parsed)
     return render_infer_response(response)

@@ -13,6 +13,7 @@ class PredictionOut(BaseModel):
 
 class ClassifyResult(BaseModel):
     model: str = Field(description="Model that answered.")
+    model_version: str = Field(default="", description="Its version that answered (canary splits route some).")
     predictions: list[PredictionOut] = Field(description="Top-k, best first.")
     timing_ms: float = Field(description="Server time for this image: decode, queue, model, post-processing.")
     stage_ms: dict[str, float] = Field(default_factory=dict, description="Where the time went: decode, queue, model.")

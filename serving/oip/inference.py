@@ -41,6 +41,7 @@ class InferRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)  # empty: every output
     parameters: dict[str, Any] = field(default_factory=dict)
     binary_outputs: bool = False  # how outputs not listed in `outputs` are returned (binary_data_output)
+    version: str = ""  # the version path segment / model_version field; empty: the model's routing (canary split)
 
 
 @dataclass
@@ -144,7 +145,7 @@ async def infer(service: InferenceService, request: InferRequest) -> InferRespon
     if request.model == IMAGE_MODEL_NAME:
         outputs, version, labels, spec_by_name = await _infer_images(service, request), "1", (), {}
     else:
-        entry = service.served_entry(request.model)
+        entry = service.routed_entry(request.model, request.version)
         expected = entry.config.input
         if len(request.inputs) != 1 or request.inputs[0].name != expected.name:
             names = [i.name for i in request.inputs]
@@ -153,7 +154,7 @@ async def infer(service: InferenceService, request: InferRequest) -> InferRespon
         if tensor.datatype != expected.dtype:
             raise InvalidTensorError(f"input '{expected.name}' must be {expected.dtype}, got {tensor.datatype}")
         want = np.dtype(OIP_TO_NUMPY[expected.dtype])
-        outputs = await service.infer_tensor(entry.name, np.ascontiguousarray(tensor.data, dtype=want))
+        outputs = await service.infer_on(entry, np.ascontiguousarray(tensor.data, dtype=want))
         version, labels = entry.config.version, entry.labels
         spec_by_name = {o.name: o for o in entry.config.outputs}
     requested = request.outputs or [RequestedOutput(name, request.binary_outputs) for name in outputs]

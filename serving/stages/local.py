@@ -85,19 +85,18 @@ class LocalPipeline:
     async def model_info(self, model: str) -> dict[str, Any]:
         return self._model(model).info()
 
-    async def load_model(self, entry: ModelEntry) -> None:
-        """Serve `entry` (a new model, or a new version of a served one) from now on. The backend loads in a worker
-        thread while requests go on; then the name points to the new stage in one step, and requests that already
-        hold the old stage finish on it (its batch queue drains, then it is freed)."""
+    async def swap_models(self, load: list[ModelEntry], remove: tuple[str, ...] = ()) -> None:
+        """Serve `load` (new models, new versions, canary versions: each under its `key`) and stop serving the keys
+        in `remove`, in one step once every backend has loaded (in worker threads, while requests go on). Requests
+        that already hold a replaced or removed stage finish on it (its batch queue drains, then it is freed).
+        A backend that fails to load raises before anything changed."""
         settings = self.settings or StageSettings(models={})
-        stage = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
-        self.decode.specs[entry.name] = entry.config.preprocess_spec()
-        self.models = {**self.models, entry.name: stage}
-        self.model_names = tuple(self.models)
-
-    async def unload_model(self, name: str) -> None:
-        """Stop serving `name`: new requests get 404; requests holding its stage finish."""
-        self.models = {n: stage for n, stage in self.models.items() if n != name}
+        built = {}
+        for entry in load:
+            built[entry.key] = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
+        for entry in load:
+            self.decode.specs[entry.key] = entry.config.preprocess_spec()
+        self.models = {**{k: stage for k, stage in self.models.items() if k not in remove}, **built}
         self.model_names = tuple(self.models)
 
 

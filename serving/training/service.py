@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.service import JobService
-from serving.model_versions import VersionPolicy, write_policy
+from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.trained_head import ClassifierHead
@@ -189,8 +189,9 @@ class TrainingService:
         if await check_cancelled():
             return None
         model_root = self.settings.trained_models / request.model
-        if current is not None and not promoted:  # pin what is served before a newer folder appears
-            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[current]))
+        if current is not None and not promoted:  # pin what is served (and any canary) before a newer folder appears
+            pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
+            await asyncio.to_thread(write_policy, model_root, pinned)
         elif current is None and not promoted:
             model_root.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))

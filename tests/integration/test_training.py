@@ -146,11 +146,18 @@ def closed_loop(http_url: str, model: str, image: bytes, stop: threading.Event, 
     return codes
 
 
-def test_a_new_version_is_promoted_and_rolled_back_under_load_with_no_failed_request(
-    world: World, everyday: dict[str, Any]
-) -> None:
+@pytest.fixture(scope="module")
+def second_version(world: World, everyday: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 of `everyday` (20 photos per category), registered but not promoted."""
     job = train(world.http, model="everyday", dataset=world.dataset, max_train_per_class=20, promote="never")
     assert job["status"] == "completed", job["error"]
+    return job
+
+
+def test_a_new_version_is_promoted_and_rolled_back_under_load_with_no_failed_request(
+    world: World, second_version: dict[str, Any]
+) -> None:
+    job = second_version
     assert job["result"]["version"] == "2" and not job["result"]["promoted"]
     models = {m["name"]: m for m in world.http.get("/v1/models").json()["models"]}
     versions = {v["version"]: v for v in models["everyday"]["versions"]}
@@ -178,6 +185,59 @@ def test_a_new_version_is_promoted_and_rolled_back_under_load_with_no_failed_req
     assert len(codes) > 20 and set(codes) == {200}
     assert world.http.get("/v2/models/everyday/versions/1/ready").status_code == 200
     assert world.http.get("/v2/models/everyday/versions/2/ready").status_code == 404
+
+
+def version_counts(http: httpx.Client, model: str) -> dict[str, float]:
+    """imgserve_model_version_requests_total for `model`, by version, from the server's /metrics."""
+    counts: dict[str, float] = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("imgserve_model_version_requests_total{") and f'model="{model}"' in line:
+            version = line.split('version="')[1].split('"')[0]
+            counts[version] = counts.get(version, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_a_ten_percent_canary_gets_ten_percent_and_promotion_and_rollback_need_no_restart(
+    world: World, second_version: dict[str, Any]
+) -> None:
+    assert world.http.post("/v1/models/everyday/versions/1/promote").status_code == 200
+    started = world.http.post("/v1/models/everyday/canary", json={"version": "2", "percent": 10})
+    assert started.status_code == 200, started.text
+    models = {m["name"]: m for m in world.http.get("/v1/models").json()["models"]}
+    versions = {v["version"]: v for v in models["everyday"]["versions"]}
+    assert versions["1"]["traffic_percent"] == 90 and versions["2"]["traffic_percent"] == 10
+    assert (
+        versions["2"]["state"] == "READY" and world.http.get("/v2/models/everyday/versions/2/ready").status_code == 200
+    )
+    before = version_counts(world.http, "everyday")
+    image = world.held_out["vehicles"][0].read_bytes()
+
+    def answered_by(_: int) -> str:
+        response = world.http.post("/v1/classify", params={"model": "everyday", "top_k": 1}, content=image)
+        response.raise_for_status()
+        return response.json()["results"][0]["model_version"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(answered_by, range(2000)))
+    share = answers.count("2") / len(answers)
+    after = version_counts(world.http, "everyday")
+    counted = {v: after.get(v, 0.0) - before.get(v, 0.0) for v in ("1", "2")}
+    print(f"canary 10 %: {answers.count('2')} of {len(answers)} requests to version 2 ({share:.3f}); metrics {counted}")
+    assert 0.08 <= share <= 0.12 and set(answers) == {"1", "2"}
+    assert counted == {"1": answers.count("1"), "2": answers.count("2")}
+    # A version asked for by number bypasses the split.
+    pinned = world.http.post("/v1/classify", params={"model": "everyday", "model_version": "2"}, content=image)
+    assert pinned.json()["results"][0]["model_version"] == "2"
+    # Promote the canary, then roll back, without a restart: every request follows.
+    assert world.http.post("/v1/models/everyday/versions/2/promote").json()["version"] == "2"
+    assert {answered_by(i) for i in range(20)} == {"2"}
+    assert world.http.post("/v1/models/everyday/versions/1/promote").json()["version"] == "1"
+    assert {answered_by(i) for i in range(20)} == {"1"}
+    assert world.http.get("/v2/models/everyday/versions/2/ready").status_code == 404
+    # A canary can also just end.
+    assert world.http.post("/v1/models/everyday/canary", json={"version": "2", "percent": 50}).status_code == 200
+    assert world.http.delete("/v1/models/everyday/canary").status_code == 200
+    assert {answered_by(i) for i in range(10)} == {"1"}
 
 
 def test_unload_answers_404_and_not_found_while_other_models_serve(world: World, everyday: dict[str, Any]) -> None:

@@ -115,6 +115,7 @@ def test_items_run_with_bounded_concurrency_and_fail_one_by_one(parts, monkeypat
     assert rows["5.jpg"].result == {
         "classification": {
             "model": "m",
+            "model_version": "",
             "predictions": [{"label": "img5", "index": 7, "score": 0.5}],
             "timing_ms": 1.0,
             "stage_ms": {},

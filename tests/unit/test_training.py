@@ -158,6 +158,16 @@ def test_version_policies_and_layouts(tmp_path: Path) -> None:
         read_policy(model)
 
 
+def test_a_canary_policy_is_checked() -> None:
+    policy = VersionPolicy.model_validate(
+        {"policy": "specific", "versions": ["1"], "canary": {"version": "2", "percent": 5}}
+    )
+    assert policy.canary is not None and policy.canary.percent == 5
+    for bad in ({"version": "2", "percent": 0}, {"version": "2", "percent": 100}, {"version": "x", "percent": 5}):
+        with pytest.raises(ValueError):
+            VersionPolicy.model_validate({"policy": "specific", "versions": ["1"], "canary": bad})
+
+
 def test_promotion_rule() -> None:
     assert decide_promotion("if_better", None, None, 0.5)  # a new model is served
     assert decide_promotion("if_better", "1", 0.80, 0.85) and not decide_promotion("if_better", "1", 0.85, 0.85)
