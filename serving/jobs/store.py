@@ -287,6 +287,21 @@ class JobStore:
             for r in rows
         ]
 
+    def input_sources(self, job_id: str) -> dict[str, tuple[str, str]]:
+        """Each item's (source kind, source) by the name `save_job_as_collection` gives its image (the item name,
+        or `name#index` for a repeated name)."""
+        query = (
+            sa.select(job_items.c.idx, job_items.c.name, job_items.c.source_kind, job_items.c.source)
+            .where(job_items.c.job_id == job_id)
+            .order_by(job_items.c.idx)
+        )
+        out: dict[str, tuple[str, str]] = {}
+        with self.engine.begin() as conn:
+            for row in conn.execute(query):
+                name = row.name if row.name not in out else f"{row.name}#{row.idx}"
+                out[name] = (row.source_kind, row.source)
+        return out
+
     def outputs_page(self, job_id: str, after: int = -1, limit: int = 500) -> list[tuple[int, str, str]]:
         """(index, output name, output object) of items with an image-operation output and index > `after`."""
         query = (

@@ -3,10 +3,12 @@ and its fixed split into training and validation images."""
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
+from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
 from serving.jobs.uris import check_uri, file_uri_path
 
@@ -16,9 +18,10 @@ SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: valida
 @dataclass(frozen=True)
 class LabelledImage:
     name: str  # unique in the dataset: its path under the source, e.g. "dogs/beagle.jpg"
-    label: str  # the first folder of `name`
-    location: str  # a local path or an fsspec URI
+    label: str  # the first folder of `name`, or the label the request gave it
+    location: str  # kind "file": a local path or an fsspec URI; "object": a job input's sha256; "uri": a job's URI
     member: str | None = None  # inside an archive at `location`
+    kind: str = "file"  # file (read where collections read) | object (the job object store) | uri (a job's input)
 
     def to_row(self) -> dict[str, str]:
         return SourceItem(self.name, self.location, self.member).to_row()
@@ -89,3 +92,28 @@ def split(
         validation.extend(ranked[:held])
         train.extend(ranked[held:][:max_train_per_class] if max_train_per_class else ranked[held:])
     return train, validation
+
+
+def collection_dataset(
+    images: Iterable[RecordedImage],
+    labels: dict[str, str] | None,
+    job_inputs: dict[str, tuple[str, str]],
+) -> tuple[list[LabelledImage], int]:
+    """(labelled images, count left out) of an analysed collection: each image labelled by `labels` (name ->
+    category; images it does not name are left out) or, without it, by the first folder of its name. Images are
+    read where the collection read them, or, for a collection saved from a batch job, from that job's inputs
+    (`job_inputs`: name -> (source kind, source))."""
+    out, left_out = [], 0
+    for image in images:
+        name = image.record.name
+        label = labels.get(name) if labels is not None else label_of(name)
+        if label is None:
+            left_out += 1
+        elif image.location:
+            out.append(LabelledImage(name, label, image.location, image.member or None))
+        elif name in job_inputs and job_inputs[name][0] in ("object", "uri"):
+            kind, source = job_inputs[name]
+            out.append(LabelledImage(name, label, source, None, kind))
+        else:
+            left_out += 1  # nowhere to read it from (a purged job's inputs)
+    return out, left_out

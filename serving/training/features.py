@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.collections.sources import read_items
 from serving.config.model_entry import ModelEntry
 from serving.service import InferenceService
 from serving.stages.pipeline import StagePlan
@@ -66,13 +65,14 @@ async def embed_images(
     backbone: ModelEntry,
     images: Sequence[LabelledImage],
     cache: FeatureCache,
-    max_bytes: int,
+    read: Callable[[list[LabelledImage]], list[bytes | Exception]],
     concurrency: int = 16,
     progress: Callable[[int], Awaitable[None]] | None = None,
     cancelled: Callable[[], Awaitable[bool]] | None = None,
 ) -> FeatureResult:
     """Every image's embedding: from the cache, else decoded and run through `backbone`'s model stage (batched with
-    whatever else the server is doing). An unreadable or undecodable image is recorded in `errors`, not fatal."""
+    whatever else the server is doing); `read` fetches a chunk's bytes (or each image's error). An unreadable or
+    undecodable image is recorded in `errors`, not fatal."""
     result = FeatureResult()
     plan = StagePlan(models=(backbone.name,))
     gate = asyncio.Semaphore(concurrency)
@@ -102,7 +102,7 @@ async def embed_images(
         if cancelled is not None and await cancelled():
             break
         chunk = images[start : start + READ_CHUNK]
-        contents = await asyncio.to_thread(read_items, [image.to_row() for image in chunk], max_bytes)
+        contents = await asyncio.to_thread(read, list(chunk))
         await asyncio.gather(*(one(image, data) for image, data in zip(chunk, contents, strict=True)))
         done += len(chunk)
         if progress is not None:

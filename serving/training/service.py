@@ -12,16 +12,19 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.collections.sources import read_items
+from serving.collections.store import CollectionStore, ImageFilter
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.service import JobService
+from serving.jobs.uris import read_uri
 from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.trained_head import ClassifierHead
-from serving.training.dataset import check_classes, labelled_images, split
+from serving.training.dataset import LabelledImage, check_classes, collection_dataset, labelled_images, split
 from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
 from serving.training.softmax import train_head, validation_report
@@ -37,9 +40,18 @@ class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Model to add a version to (or create).")
-    dataset: str = Field(
+    dataset: str | None = Field(
+        default=None,
         max_length=4096,
         description="Folder of one sub-folder per category: file:// under IMGSERVE_BATCH_ALLOWED_ROOT, s3:// or gs://.",
+    )
+    collection: str | None = Field(
+        default=None, max_length=200, description="Or an analysed collection of the caller's tenant (id or name)."
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="With `collection`: image name -> category (images not named are left out); without it the "
+        "first folder of each image's name is its category.",
     )
     validation_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Held out of each category.")
     max_train_per_class: int | None = Field(default=None, ge=1, description="Train on at most this many per category.")
@@ -49,6 +61,20 @@ class TrainingRequest(BaseModel):
         description="Serve the new version: when it beats the served one on the same validation images (a new "
         "model: always), always, or never (registered only; promote it later).",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TrainingRequest":
+        if (self.dataset is None) == (self.collection is None):
+            raise ValueError("give exactly one of 'dataset' (a folder URI) or 'collection'")
+        if self.labels is not None and self.collection is None:
+            raise ValueError("'labels' go with a 'collection' (a folder's labels are its sub-folders)")
+        if self.labels is not None and (len(self.labels) > 1_000_000 or any(not v for v in self.labels.values())):
+            raise ValueError("'labels' maps at most 1,000,000 image names to non-empty categories")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.dataset or f"collection:{self.collection}"
 
 
 def base_classifier(service: InferenceService, backbone: ModelEntry) -> ModelEntry:
@@ -82,7 +108,7 @@ class TrainingService:
             raise BadRequestError(f"'{request.model}' is a repository model; training adds versions to trained models")
         backbone = self._backbone(request.backbone)
         base_classifier(self.service, backbone)
-        images, _ = await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+        images, _ = await self._dataset(request, principal.tenant)
         check_classes(images)
         store = await self.store()
         body = request.model_dump()
@@ -141,7 +167,7 @@ class TrainingService:
         request = TrainingRequest.model_validate(job.request)
         backbone = self._backbone(request.backbone)
         base = base_classifier(self.service, backbone)
-        images, unlabelled = await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+        images, unlabelled = await self._dataset(request, job.tenant)
         labels = check_classes(images)
         train, validation = split(images, request.validation_fraction, request.max_train_per_class)
         wanted = train + validation
@@ -159,7 +185,7 @@ class TrainingService:
             backbone,
             wanted,
             cache,
-            self.settings.max_image_bytes,
+            self.read_images,
             progress=report_progress,
             cancelled=check_cancelled,
         )
@@ -197,7 +223,7 @@ class TrainingService:
             await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))
         recipe = TrainingRecipe(
             job_id=job.id,
-            dataset=request.dataset,
+            dataset=request.source,
             backbone=backbone.name,
             base=base.name,
             train_images=len(train),
@@ -247,6 +273,35 @@ class TrainingService:
             },
             "l2": l2,
         }
+
+    async def _dataset(self, request: TrainingRequest, tenant: str) -> tuple[list[LabelledImage], int]:
+        """(labelled images, images left out) of the request's folder or collection."""
+        if request.dataset is not None:
+            return await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+        assert request.collection is not None
+        store = CollectionStore(self.jobs.engine)
+        info = await asyncio.to_thread(store.get, request.collection, tenant)
+        job_store = await self.jobs.ready()
+        inputs = await asyncio.to_thread(job_store.input_sources, info.job_id) if info.job_id else {}
+        recorded = await asyncio.to_thread(lambda: list(store.iter_images(info.id, ImageFilter(failed=False))))
+        return collection_dataset(recorded, request.labels, inputs)
+
+    def read_images(self, images: list[LabelledImage]) -> list[bytes | Exception]:
+        """The bytes of each image, wherever it is (a folder or fsspec URI, a job's object store or input URI)."""
+        limit = self.settings.max_image_bytes
+        out: list[bytes | Exception] = [b""] * len(images)
+        files = [i for i, image in enumerate(images) if image.kind == "file"]
+        for i, data in zip(files, read_items([images[i].to_row() for i in files], limit), strict=True):
+            out[i] = data
+        for i, image in enumerate(images):
+            try:
+                if image.kind == "object":
+                    out[i] = self.jobs.objects().get(image.location)
+                elif image.kind == "uri":
+                    out[i] = read_uri(image.location, self.jobs.settings.allowed_root, limit)
+            except Exception as exc:  # noqa: BLE001 - the image's own error (purged, missing, refused)
+                out[i] = exc
+        return out
 
     def _current_accuracy(
         self, model: str, current: str | None, xv: np.ndarray, yv: np.ndarray, labels: list[str]

@@ -258,6 +258,38 @@ def test_unload_answers_404_and_not_found_while_other_models_serve(world: World,
     assert world.http.post("/v1/classify", params={"model": "everyday10"}, content=image).status_code == 200
 
 
+def test_training_from_a_collection_saved_from_a_batch_job(world: World, everyday: dict[str, Any]) -> None:
+    """A collection (here saved from a batch job, whose inputs live in the job's object store) with a label per
+    image given in the request."""
+    chosen = {category: world.held_out[category][:6] for category in ("dogs", "birds", "food", "reptiles_amphibians")}
+    files = [("image", (path.name, path.read_bytes(), "image/jpeg")) for paths in chosen.values() for path in paths]
+    submitted = world.http.post("/v1/batch", files=files)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while world.http.get(f"/v1/jobs/{job_id}").json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    saved = world.http.post(f"/v1/jobs/{job_id}/collection", params={"name": "labelled-batch"})
+    assert saved.status_code == 200, saved.text
+    labels = {path.name: category for category, paths in chosen.items() for path in paths}
+    labels.pop(chosen["dogs"][0].name)  # an image without a label is left out
+    job = train(world.http, model="from_collection", collection="labelled-batch", labels=labels)
+    assert job["status"] == "completed", job["error"]
+    result = job["result"]
+    assert result["images"]["train"] + result["images"]["validation"] == 23 and result["images"]["skipped"] == {}
+    assert result["images"]["unlabelled"] == 1 and result["labels"] == sorted(chosen)
+    assert job["request"]["collection"] == "labelled-batch" and result["loaded"]
+    image = world.held_out["birds"][-1].read_bytes()  # not among the 6 birds it was trained on
+    answer = world.http.post("/v1/classify", params={"model": "from_collection", "top_k": 1}, content=image).json()
+    print(f"from a collection: validation {result['validation']['accuracy']}, unseen bird -> {answer}")
+    assert answer["results"][0]["model"] == "from_collection"
+    # Both sources at once, or labels without a collection, are a 400.
+    both = {"model": "x", "dataset": world.dataset, "collection": "labelled-batch"}
+    assert world.http.post("/v1/training-jobs", json=both).status_code == 400
+    assert world.http.post("/v1/training-jobs", json={"model": "x", "collection": "nope"}).status_code == 404
+
+
 def _corrupt_copy(source: Path, target: Path, version: str) -> None:
     """A version folder like `source` whose head file is garbage with a matching sha256 (so only loading finds out)."""
     shutil.copytree(source, target)
