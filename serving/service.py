@@ -198,8 +198,10 @@ class InferenceService:
         with its index."""
         options = options or ImageOptions()
         selected = self.analysis_fields(options.fields)
-        entry = self.routed_entry(options.model, options.model_version or "")
-        if "classification" in selected and entry.config.task != "classification":
+        version = options.model_version or ""
+        classifying = "classification" in selected  # only requests the model answers take part in a canary split
+        entry = self.routed_entry(options.model, version) if classifying else self.served_entry(options.model, version)
+        if classifying and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
         if await self.charge(len(images), options.anonymize if "metadata" in selected else None):
