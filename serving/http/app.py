@@ -10,7 +10,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import ImageInputError
-from serving import __version__
+from serving import __version__, ui
 from serving.config.settings import ServerSettings
 from serving.errors import ServiceError, classify_error, retry_after_value
 from serving.http import (
@@ -94,6 +94,7 @@ def create_http_app(
     app.include_router(audit_routes.router)
     app.include_router(model_routes.router)
     app.include_router(training_routes.router)
+    app.include_router(ui.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other

@@ -1,4 +1,5 @@
-"""`GET /v1/audit` (admin): the audit log, filtered and paged (serving.security.audit)."""
+"""`GET /v1/audit` (admin): the audit log, filtered and paged (serving.security.audit); `GET /v1/whoami` (any
+key): the caller as the server sees it (what the web UI shows and which of its controls a role gets)."""
 
 import asyncio
 from typing import Any
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from serving.errors import ModelUnavailableError
 from serving.security.audit import query_audit
+from serving.security.gate import current_principal
 
 router = APIRouter(prefix="/v1", tags=["security"])
 
@@ -34,3 +36,14 @@ async def audit(
         await gate.audit_writer.flush()  # this replica's refusals are in before it answers
     entries = await asyncio.to_thread(query_audit, engine, tenant, action, key_id, outcome, since, until, after, limit)
     return {"entries": entries, "next_after": entries[-1]["id"] if len(entries) == limit else None}
+
+
+@router.get("/whoami")
+async def whoami(request: Request) -> dict[str, Any]:
+    principal = current_principal()
+    return {
+        "key_id": principal.key_id,
+        "tenant": principal.tenant,
+        "role": principal.role,
+        "auth": request.app.state.gate.mode,
+    }

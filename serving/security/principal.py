@@ -84,6 +84,7 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"GET"}), "/v1/status", True, "operator"),
     (frozenset({"GET"}), "/v1/audit", True, "admin"),
     (frozenset({"GET"}), "/v1/models", True, "viewer"),
+    (frozenset({"GET"}), "/v1/whoami", True, "viewer"),
     (frozenset({"GET"}), "/v1/categories", True, "viewer"),
     (frozenset({"GET"}), "/v1/jobs", False, "viewer"),
     (frozenset({"GET"}), "/v1/collections", False, "viewer"),
@@ -107,10 +108,13 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
 
 
 def http_role(method: str, path: str) -> Role | None:
-    """The role a request needs; None for the open probes. HEAD is treated as GET."""
+    """The role a request needs; None for the open probes and the web UI's static pages (they hold no data: every
+    figure they show comes from the API with the person's key). HEAD is treated as GET."""
     if path in OPEN_HTTP_PATHS:
         return None
     method = "GET" if method == "HEAD" else method
+    if method == "GET" and (path == "/ui" or path.startswith("/ui/")):
+        return None
     for methods, pattern, exact, role in _HTTP_RULES:
         if method in methods and (path == pattern if exact else path.startswith(pattern)):
             return role

@@ -1,15 +1,19 @@
 """Start the real server once per test run: `imgserve serve` (local Ray + Ray Serve) on free ports."""
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from loadtests.server_process import ServerProcess
+from loadtests.server_process import ServerProcess, free_port
 from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
@@ -63,6 +67,52 @@ def _test_config() -> dict:
     # The Ingress batches its stage calls: images beyond this many waiting for one are refused (503 overloaded).
     config["applications"][0]["args"]["graph_calls"] = {"max_queued_images": MAX_QUEUED}
     return config
+
+
+HOOK_PORT = free_port()
+KEYS = {  # name: (role, tenant, extra CLI args)
+    "a_viewer": ("viewer", "tenant-a", []),
+    "a_analyst": ("analyst", "tenant-a", []),
+    "a_admin": ("admin", "tenant-a", []),
+    "b_analyst": ("analyst", "tenant-b", []),
+    "b_admin": ("admin", "tenant-b", []),
+    "operator": ("operator", "ops", []),
+    "limited": ("analyst", "tenant-c", ["--rate", "5/s"]),
+    "other": ("analyst", "tenant-d", []),
+}
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`imgserve serve` with IMGSERVE_AUTH=required and the keys of `KEYS` made with the CLI (the security tests and
+    the web UI's browser tests share it)."""
+    if not MOBILENET_DIR.exists():
+        pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
+    tmp = tmp_path_factory.mktemp("secure")
+    env = {
+        **server_env(tmp),
+        "IMGSERVE_AUTH": "required",
+        "IMGSERVE_KEY_CACHE_S": "1",
+        "IMGSERVE_RETENTION_DAYS": "1",
+        "IMGSERVE_RETENTION_SWEEP_S": "2",
+        "IMGSERVE_WEBHOOK_ALLOW": f"127.0.0.1:{HOOK_PORT}",  # tenant A's hook (nobody listens: delivery fails)
+    }
+    keys = {}
+    for name, (role, tenant, extra) in KEYS.items():
+        output = cli(env, "keys", "create", "--name", name, "--role", role, "--tenant", tenant, *extra)
+        keys[name] = output.strip().splitlines()[-1]  # the key is the last line
+        assert keys[name].startswith("isk_")
+    with ServerProcess(tmp, None, env) as server:
+        with httpx.Client(base_url=server.http_url, timeout=60) as http:
+            yield {"server": server, "http": http, "keys": keys, "env": env, "db": tmp / "cache" / "jobs.sqlite3"}
 
 
 @contextmanager

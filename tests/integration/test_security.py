@@ -6,12 +6,8 @@ every action leaves exactly one audit entry; purge leaves no row and no stored o
 of the running server deletes an expired job.
 """
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,10 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtests.server_process import ServerProcess, free_port
 from serving.grpc.stubs import load
-from tests.integration.conftest import server_env
-from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
+from tests.integration.conftest import HOOK_PORT
+from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = pytest.mark.integration
 
@@ -36,48 +31,6 @@ pb = load("image_service_pb2")
 pb_grpc = load("image_service_pb2_grpc")
 oip, oip_grpc = service_pb2, service_pb2_grpc  # Triton's own OIP stubs (ours conflict with them in one process)
 MODEL = "mobilenet_v2_imagenet"
-HOOK_PORT = free_port()
-KEYS = {  # name: (role, tenant, extra CLI args)
-    "a_viewer": ("viewer", "tenant-a", []),
-    "a_analyst": ("analyst", "tenant-a", []),
-    "a_admin": ("admin", "tenant-a", []),
-    "b_analyst": ("analyst", "tenant-b", []),
-    "b_admin": ("admin", "tenant-b", []),
-    "operator": ("operator", "ops", []),
-    "limited": ("analyst", "tenant-c", ["--rate", "5/s"]),
-    "other": ("analyst", "tenant-d", []),
-}
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "serving.cli", *args], env={**os.environ, **env}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    if not MOBILENET_DIR.exists():
-        pytest.skip(f"{MOBILENET_DIR} is absent: the default model's weights are read from ../shared/models")
-    tmp = tmp_path_factory.mktemp("secure")
-    env = {
-        **server_env(tmp),
-        "IMGSERVE_AUTH": "required",
-        "IMGSERVE_KEY_CACHE_S": "1",
-        "IMGSERVE_RETENTION_DAYS": "1",
-        "IMGSERVE_RETENTION_SWEEP_S": "2",
-        "IMGSERVE_WEBHOOK_ALLOW": f"127.0.0.1:{HOOK_PORT}",  # tenant A's hook (nobody listens: delivery fails)
-    }
-    keys = {}
-    for name, (role, tenant, extra) in KEYS.items():
-        output = cli(env, "keys", "create", "--name", name, "--role", role, "--tenant", tenant, *extra)
-        keys[name] = output.strip().splitlines()[-1]  # the key is the last line
-        assert keys[name].startswith("isk_")
-    with ServerProcess(tmp, None, env) as server:
-        with httpx.Client(base_url=server.http_url, timeout=60) as http:
-            yield {"server": server, "http": http, "keys": keys, "env": env, "db": tmp / "cache" / "jobs.sqlite3"}
 
 
 def bearer(world: dict[str, Any], name: str) -> dict[str, str]:
@@ -117,6 +70,16 @@ HTTP_ROUTES = [
     ("POST", f"/v2/models/{MODEL}/infer"),
     ("GET", "/docs"),
     ("GET", "/openapi.json"),
+    ("GET", "/v1/whoami"),
+    ("POST", "/v1/training-jobs"),
+    ("GET", "/v1/training-jobs"),
+    ("POST", "/v1/training-jobs/x/cancel"),
+    ("POST", f"/v1/models/{MODEL}/load"),
+    ("POST", f"/v1/models/{MODEL}/versions/1/promote"),
+    ("POST", f"/v1/models/{MODEL}/canary"),
+    ("DELETE", f"/v1/models/{MODEL}/canary"),
+    ("POST", f"/v2/repository/models/{MODEL}/load"),
+    ("POST", f"/v2/repository/models/{MODEL}/unload"),
 ]
 
 
@@ -142,6 +105,7 @@ def test_no_key_is_unauthenticated_on_every_grpc_method(secure: dict[str, Any]) 
             "ModelMetadata": lambda: infer.ModelMetadata(oip.ModelMetadataRequest(name=MODEL)),
             "ModelReady": lambda: infer.ModelReady(oip.ModelReadyRequest(name=MODEL)),
             "RepositoryIndex": lambda: infer.RepositoryIndex(oip.RepositoryIndexRequest()),
+            "RepositoryModelLoad": lambda: infer.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL)),
             "ModelInfer": lambda: infer.ModelInfer(oip.ModelInferRequest(model_name=MODEL)),
             "ModelStreamInfer": lambda: list(infer.ModelStreamInfer(iter([oip.ModelInferRequest(model_name=MODEL)]))),
         }
@@ -159,6 +123,27 @@ def test_no_key_is_unauthenticated_on_every_grpc_method(secure: dict[str, Any]) 
         viewer = [("authorization", f"Bearer {secure['keys']['a_viewer']}")]
         with pytest.raises(grpc.RpcError) as denied:
             images.Classify(pb.ClassifyRequest(images=[image()]), metadata=viewer)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_training_and_model_control_need_their_roles(secure: dict[str, Any]) -> None:
+    http = secure["http"]
+    body = {"model": "parcels", "dataset": "file:///nowhere"}
+    assert http.post("/v1/training-jobs", json=body, headers=bearer(secure, "a_analyst")).status_code == 403
+    for name in ("operator", "a_analyst"):  # model control is the admin's
+        assert http.post(f"/v2/repository/models/{MODEL}/unload", headers=bearer(secure, name)).status_code == 403
+        assert http.post(f"/v1/models/{MODEL}/versions/1/promote", headers=bearer(secure, name)).status_code == 403
+    refused = http.post("/v1/training-jobs", json=body, headers=bearer(secure, "operator"))
+    assert refused.status_code == 403 and "file://" in refused.json()["error"]  # no allowed root on this server
+    assert http.get("/v1/training-jobs", headers=bearer(secure, "a_viewer")).json() == {"training_jobs": []}
+    me = http.get("/v1/whoami", headers=bearer(secure, "a_viewer")).json()
+    assert (me["role"], me["tenant"], me["auth"]) == ("viewer", "tenant-a", "required") and me["key_id"]
+    assert http.get("/ui").status_code == 200  # the UI's static page: no data, no key needed
+    with grpc.insecure_channel(secure["server"].grpc_target) as channel:
+        infer = oip_grpc.GRPCInferenceServiceStub(channel)
+        analyst = [("authorization", f"Bearer {secure['keys']['a_analyst']}")]
+        with pytest.raises(grpc.RpcError) as denied:
+            infer.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name=MODEL), metadata=analyst)
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

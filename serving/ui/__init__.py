@@ -1,0 +1,44 @@
+"""The web UI at `/ui`: a few plain pages (HTML, CSS, one ES module) shipped in this package, no build step, no CDN.
+
+The pages are static and hold no data, so they load without a key; every figure on them comes from the same `/v1`
+and `/v2` routes a script calls, with the API key the person signed in with (kept in the tab's sessionStorage) as
+`Authorization: Bearer`. The server's own answer decides what a role sees. A strict Content-Security-Policy allows
+nothing but this origin (and the `blob:`/`data:` images the pages make from the files a person picks).
+"""
+
+from importlib import resources
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+router = APIRouter(tags=["web UI"], include_in_schema=False)
+
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _read(name: str) -> bytes:
+    return resources.files("serving.ui").joinpath("static", name).read_bytes()
+
+
+@router.get("/ui")
+@router.get("/ui/")
+async def index() -> HTMLResponse:
+    return HTMLResponse(_read("index.html"), headers=HEADERS)
+
+
+@router.get("/ui/{asset}")
+async def asset(asset: str) -> Response:
+    """Only the listed files: no path is ever joined from the request."""
+    if asset not in ASSETS:
+        raise HTTPException(status_code=404, detail=f"no UI asset {asset[:100]!r}")
+    return Response(_read(asset), media_type=ASSETS[asset], headers=HEADERS)

@@ -1,0 +1,41 @@
+"""The web UI's pages as the server hands them out: static, open, strictly confined (no data, no other origin)."""
+
+import re
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from serving import ui
+from serving.security.principal import http_role
+
+
+def _client() -> TestClient:
+    app = FastAPI()
+    app.include_router(ui.router)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_pages_are_served_with_a_strict_policy() -> None:
+    client = _client()
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert client.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/ui/app.css").headers["content-type"].startswith("text/css")
+    assert client.get("/ui/server.py").status_code == 404 and client.get("/ui/%2E%2E%2Fapp.py").status_code == 404
+
+
+def test_the_pages_load_nothing_from_elsewhere_and_never_write_markup_from_data() -> None:
+    client = _client()
+    html, js = client.get("/ui").text, client.get("/ui/app.js").text
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no CDN, no other origin
+    assert "<script>" not in html and " on" not in re.sub(r"\s+", " ", html).replace(" only", "")  # no inline code
+    assert "innerHTML" not in js and "eval(" not in js and "http://" not in js and "https://" not in js
+
+
+def test_only_reading_the_pages_is_open() -> None:
+    assert http_role("GET", "/ui") is None and http_role("GET", "/ui/app.js") is None
+    assert http_role("HEAD", "/ui/") is None
+    assert http_role("POST", "/ui") == "admin"  # nothing else under /ui is open
+    assert http_role("GET", "/uix") == "admin" and http_role("GET", "/v1/whoami") == "viewer"
