@@ -209,25 +209,29 @@ class ModelRepository:
                 repository.replace(folder_path.name, scanned)
         return repository
 
+    def _scan_one(self, name: str, check_backends: bool) -> ScannedModel | None:
+        """The model folder `name` in the repository or the trained-models folder, read again; None: neither."""
+        for root in (self.settings.model_repository, self.settings.trained_models):
+            scanned = scan_model(root / name, self.settings, check_backends) if (root / name).is_dir() else None
+            if scanned is not None:
+                return scanned
+        return None
+
     def rescan(self, name: str) -> ScannedModel:
         """One model read again from disk (model control). `UnknownModelError` when no folder of that name holds a
         config or its policy serves no version; invalid configs and policies raise `ValueError`."""
-        for root in (self.settings.model_repository, self.settings.trained_models):
-            if (root / name).is_dir():
-                scanned = scan_model(root / name, self.settings, check_backends=True)
-                if scanned is not None and scanned.served is not None:
-                    return scanned
-                if scanned is not None:
-                    raise UnknownModelError(f"model '{name}': its version policy serves no version")
-        raise UnknownModelError(f"unknown model '{name}': no folder of that name holds a config.yaml")
+        scanned = self._scan_one(name, check_backends=True)
+        if scanned is None:
+            raise UnknownModelError(f"unknown model '{name}': no folder of that name holds a config.yaml")
+        if scanned.served is None:
+            raise UnknownModelError(f"model '{name}': its version policy serves no version")
+        return scanned
 
     def refresh_versions(self, name: str) -> None:
         """Read which versions `name` has on disk again (a training job registered one), leaving what is served."""
-        for root in (self.settings.model_repository, self.settings.trained_models):
-            scanned = scan_model(root / name, self.settings, check_backends=False) if (root / name).is_dir() else None
-            if scanned is not None:
-                self.versions[name] = scanned.versions
-                return
+        scanned = self._scan_one(name, check_backends=False)
+        if scanned is not None:
+            self.versions[name] = scanned.versions
 
     def replace(self, name: str, scanned: ScannedModel | None) -> None:
         """Record a (re)scanned model; None: unloaded (still listed with its versions)."""

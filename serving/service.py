@@ -93,15 +93,21 @@ class InferenceService:
         self.gate: Any = None
 
     # ---- models -------------------------------------------------------------------------------------
-    def served_entry(self, name: str | None, version: str = "") -> ModelEntry:
-        """The repository entry for a served model (its canary version's when `version` names it): 404 if unknown
-        or `version` is not loaded, 503 if known but not servable here."""
-        entry = self.repository.get(name or self.default_model)
+    def loaded_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The loaded version of `name` (its canary version's when `version` names it); 404 (`UnknownModelError`)
+        for an unknown or unloaded model, or a version of it that is neither."""
+        entry = self.repository.get(name)
         canary = self.repository.canaries.get(entry.name)
         if version and canary is not None and version == canary[0].version:
-            entry = canary[0]
-        elif version and version != entry.version:
+            return canary[0]
+        if version and version != entry.version:
             raise UnknownModelError(f"model '{entry.name}' version {version} is not loaded (loaded: {entry.version})")
+        return entry
+
+    def served_entry(self, name: str | None, version: str = "") -> ModelEntry:
+        """`loaded_entry` of a model this pipeline runs (the default model when `name` is None); 503 if it is known
+        but not servable here."""
+        entry = self.loaded_entry(name or self.default_model, version)
         if entry.key not in self.pipeline.model_names:
             reason = entry.unavailable_reason or "not deployed in this application"
             raise ModelUnavailableError(f"model '{entry.name}' is not available: {reason}")
@@ -127,12 +133,8 @@ class InferenceService:
     def check_loaded(self, name: str, version: str | None = None) -> None:
         """404 (`UnknownModelError`) for an unknown or unloaded model, or a version of it other than the loaded one;
         the image-level model `classify` is always there."""
-        if name == IMAGE_MODEL_NAME:
-            return
-        entry = self.repository.get(name)
-        canary = self.repository.canaries.get(name)
-        if version and version != entry.version and (canary is None or version != canary[0].version):
-            raise UnknownModelError(f"model '{name}' version {version} is not loaded (loaded: {entry.version})")
+        if name != IMAGE_MODEL_NAME:
+            self.loaded_entry(name, version)
 
     def forget_backend_info(self, name: str) -> None:
         """After a model is loaded or unloaded: its backend report is asked for again."""

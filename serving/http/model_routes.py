@@ -10,20 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import client_host, get_principal, get_service
+from serving.http.dependencies import audit, get_principal, get_service
 from serving.model_control import check_control_parameters, load_model, unload_model
 from serving.model_versions import CanarySplit, VersionPolicy, read_policy, scan_model_folder, write_policy
 from serving.repository import UnknownModelError
-from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
 from serving.service import InferenceService
 
 router = APIRouter(tags=["model control"])
-
-
-def _audit(request: Request, principal: Principal, action: str, model: str, detail: dict[str, Any]) -> None:
-    entry = AuditEntry.by(principal, action, client_host(request), target=model, detail=detail)
-    request.app.state.gate.audit(entry)
 
 
 async def refuse_parameters(request: Request) -> None:
@@ -51,7 +45,7 @@ async def load(
     version served before stays served."""
     await refuse_parameters(request)
     version = await load_model(service, model)
-    _audit(request, principal, "model.load", model, {"version": version})
+    audit(request, principal, "model.load", model, {"version": version})
     return {"name": model, "version": version, "state": "READY"}
 
 
@@ -65,7 +59,7 @@ async def unload(
 ) -> dict[str, Any]:
     await refuse_parameters(request)
     await unload_model(service, model)
-    _audit(request, principal, "model.unload", model, {})
+    audit(request, principal, "model.unload", model, {})
     return {"name": model, "state": "UNAVAILABLE"}
 
 
@@ -105,7 +99,7 @@ async def promote(
     rolled back: promote the older version). Writes the model's version policy, then loads it."""
     root, _ = await _versioned_root(service, model, version)
     served = await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[version]))
-    _audit(request, principal, "model.promote", model, {"version": served})
+    audit(request, principal, "model.promote", model, {"version": served})
     return {"name": model, "version": served, "state": "READY"}
 
 
@@ -133,7 +127,7 @@ async def start_canary(
     split = CanarySplit(version=body.version, percent=body.percent)
     policy = VersionPolicy(policy="specific", versions=[served], canary=split)
     await _apply_policy(service, model, root, policy)
-    _audit(request, principal, "model.canary", model, {"version": body.version, "percent": body.percent})
+    audit(request, principal, "model.canary", model, {"version": body.version, "percent": body.percent})
     return {"name": model, "version": served, "canary": split.model_dump()}
 
 
@@ -148,5 +142,5 @@ async def stop_canary(
     root, _ = await _versioned_root(service, model, "")
     served = service.repository.get(model).version
     await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[served]))
-    _audit(request, principal, "model.canary_end", model, {"version": served})
+    audit(request, principal, "model.canary_end", model, {"version": served})
     return {"name": model, "version": served, "canary": None}

@@ -7,8 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from serving.errors import ModelUnavailableError
-from serving.http.dependencies import client_host, get_principal
-from serving.security.audit import AuditEntry
+from serving.http.dependencies import audit, get_principal
 from serving.security.principal import Principal
 from serving.training.service import TrainingRequest, TrainingService
 
@@ -32,10 +31,7 @@ async def submit(
     """Train a classifier on a labelled dataset (one folder per category); the result is a new version of
     `model`, served when it is promoted (see `promote`). Poll the returned `status_url`."""
     job = await training.submit(body, principal)
-    detail = {"model": body.model, "dataset": body.dataset}
-    request.app.state.gate.audit(
-        AuditEntry.by(principal, "training.create", client_host(request), target=job.id, detail=detail)
-    )
+    audit(request, principal, "training.create", job.id, {"model": body.model, "dataset": body.dataset})
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/v1/training-jobs/{job.id}"})
 
 
@@ -61,5 +57,5 @@ async def cancel(
     principal: Principal = Depends(get_principal),
 ) -> dict[str, Any]:
     job = await training.cancel(job_id, principal)
-    request.app.state.gate.audit(AuditEntry.by(principal, "training.cancel", client_host(request), target=job_id))
+    audit(request, principal, "training.cancel", job_id)
     return job.to_dict()

@@ -8,11 +8,13 @@ crash); reads verify the hash.
 import hashlib
 import os
 import uuid
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from serving.jobs.errors import ItemInputError
+from serving.jobs.uris import read_uri
 
 
 class ObjectStore:
@@ -83,3 +85,15 @@ class ObjectStore:
             modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
             out[digest] = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
         return out
+
+
+def read_job_input(
+    source_kind: str, source: str, objects: ObjectStore, allowed_root: Path | None, max_bytes: int
+) -> bytes:
+    """The bytes of one batch-job input: an object in the store (by sha256) or a URI this server may read; an
+    ItemInputError otherwise. The job runner and training on a collection saved from a job both read through it."""
+    if source_kind == "object":
+        return objects.get(source)
+    if source_kind == "uri":
+        return read_uri(source, allowed_root, max_bytes)
+    raise ItemInputError("invalid_input", f"item has no input ({source_kind})")

@@ -15,13 +15,12 @@ from serving.errors import classify_error, internal_detail
 from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
-from serving.jobs.objects import ObjectStore
+from serving.jobs.objects import ObjectStore, read_job_input
 from serving.jobs.operations import run_operations
 from serving.jobs.outage import StoreCalls
 from serving.jobs.records import ClaimedItem, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
 from serving.jobs.settings import JobSettings
-from serving.jobs.uris import read_uri
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
 from serving.jobs.workers import WorkerRegistry
@@ -186,12 +185,8 @@ class JobRunner:
         return finished
 
     async def _load(self, item: ClaimedItem) -> bytes:
-        if item.source_kind == "object":
-            return await asyncio.to_thread(self.objects.get, item.source)
-        if item.source_kind == "uri":
-            root, limit = self.settings.allowed_root, self.settings.max_image_bytes
-            return await asyncio.to_thread(read_uri, item.source, root, limit)
-        raise ItemInputError("invalid_input", f"item has no input ({item.source_kind})")
+        root, limit = self.settings.allowed_root, self.settings.max_image_bytes
+        return await asyncio.to_thread(read_job_input, item.source_kind, item.source, self.objects, root, limit)
 
     async def _process(self, job: JobRecord, item: ClaimedItem) -> None:
         start = time.perf_counter()

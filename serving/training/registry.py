@@ -2,7 +2,6 @@
 head, metrics.json and a model card written from what the job did. Versions are never overwritten; which one is
 served is the model's version policy (serving.model_versions)."""
 
-import hashlib
 import json
 import shutil
 import time
@@ -14,9 +13,10 @@ import yaml
 
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
-from serving.model_versions import METRICS_FILE, VersionPolicy, next_version, read_policy, write_policy
+from serving.model_versions import METRICS_FILE, VersionPolicy, next_version, scan_model_folder, write_policy
 from serving.trained_head import ClassifierHead
 from serving.training.softmax import ValidationReport
+from serving.weights import sha256_of
 
 HEAD_FILE = "head.npz"
 
@@ -114,7 +114,7 @@ def register_version(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     head.save(staging / HEAD_FILE)
-    head_sha = hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest()
+    head_sha = sha256_of(staging / HEAD_FILE)
     (staging / "labels.txt").write_text("".join(f"{label}\n" for label in head.labels), encoding="utf-8")
     config = version_config(name, version, base, list(head.labels), head_sha)
     (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -135,9 +135,6 @@ def promote(root: Path, name: str, version: str) -> None:
 
 def served_version(root: Path, name: str) -> str | None:
     """The version the policy serves now (before this job's new one is considered), or None for a new model."""
-    model_root = root / name
-    if not model_root.is_dir():
-        return None
-    versions = [c.name for c in model_root.iterdir() if c.is_dir() and c.name.isdigit()]
-    served = read_policy(model_root).served(versions) if versions else []
+    folder = scan_model_folder(root / name) if (root / name).is_dir() else None
+    served = folder.served_versions if folder is not None else []
     return served[0] if served else None

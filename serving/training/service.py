@@ -18,8 +18,8 @@ from serving.collections.sources import read_items
 from serving.collections.store import CollectionStore, ImageFilter
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
+from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
-from serving.jobs.uris import read_uri
 from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
@@ -283,22 +283,22 @@ class TrainingService:
         info = await asyncio.to_thread(store.get, request.collection, tenant)
         job_store = await self.jobs.ready()
         inputs = await asyncio.to_thread(job_store.input_sources, info.job_id) if info.job_id else {}
-        recorded = await asyncio.to_thread(lambda: list(store.iter_images(info.id, ImageFilter(failed=False))))
+        images = store.iter_images(info.id, ImageFilter(failed=False), documents=False)  # names and places only
+        recorded = await asyncio.to_thread(list, images)
         return collection_dataset(recorded, request.labels, inputs)
 
     def read_images(self, images: list[LabelledImage]) -> list[bytes | Exception]:
         """The bytes of each image, wherever it is (a folder or fsspec URI, a job's object store or input URI)."""
-        limit = self.settings.max_image_bytes
+        limit, root, objects = self.settings.max_image_bytes, self.jobs.settings.allowed_root, self.jobs.objects()
         out: list[bytes | Exception] = [b""] * len(images)
         files = [i for i, image in enumerate(images) if image.kind == "file"]
         for i, data in zip(files, read_items([images[i].to_row() for i in files], limit), strict=True):
             out[i] = data
         for i, image in enumerate(images):
+            if image.kind == "file":
+                continue
             try:
-                if image.kind == "object":
-                    out[i] = self.jobs.objects().get(image.location)
-                elif image.kind == "uri":
-                    out[i] = read_uri(image.location, self.jobs.settings.allowed_root, limit)
+                out[i] = read_job_input(image.kind, image.location, objects, root, limit)
             except Exception as exc:  # noqa: BLE001 - the image's own error (purged, missing, refused)
                 out[i] = exc
         return out
