@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
-.PHONY: venv serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
+.PHONY: venv ui serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
 	fuzz fuzz-api bench-overload bench-convert bench-collection
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
@@ -26,13 +26,23 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 
 venv: $(STAMP)
 
+# The web UI's npm packages (serving/ui/package.json, exact versions, no dependencies of their own): map outlines.
+# Without npm the UI still works; its maps draw without coastlines.
+UI_STAMP := serving/ui/node_modules/.installed
+$(UI_STAMP): serving/ui/package.json
+	@if command -v npm >/dev/null; then \
+		cd serving/ui && npm install --no-audit --no-fund --no-package-lock --silent && touch node_modules/.installed; \
+	else echo "warning: npm not found: the web UI's maps draw without coastlines"; fi
+
+ui: $(UI_STAMP)
+
 models: venv
 	$(VENV)/bin/imgserve models prepare
 
-serve: models
+serve: models ui
 	$(VENV)/bin/imgserve serve --config $(SERVE_CONFIG) --placement $(PLACEMENT)
 
-test: venv
+test: venv ui
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: venv
@@ -84,7 +94,7 @@ bench-collection: models
 	$(PY) -m loadtests.collection_bench $(COLLECTION_ARGS)
 
 # Locust against a running server (make serve in another terminal); fails if p99 > SLO_MS or errors > 0.1%.
-loadtest: venv
+loadtest: venv ui
 	mkdir -p loadtests/results
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host http://127.0.0.1:8000 \
 		--csv loadtests/results/locust --html loadtests/results/locust.html

@@ -11,7 +11,10 @@ from PIL import Image, ImageOps
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
 from serving.collections.sources import read_items
-from serving.collections.store import CollectionInfo, CollectionStore
+from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
+from serving.jobs.errors import ImageNotFoundError
+from serving.jobs.objects import read_job_input
+from serving.jobs.service import JobService
 
 logger = logging.getLogger("imgserve.collections")
 THUMBNAIL_SIDE = 160
@@ -24,15 +27,39 @@ def collection_report(store: CollectionStore, info: CollectionInfo) -> dict[str,
     return report
 
 
-def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
-    """A small upright JPEG of `data` as a data URI (JPEGs are decoded at reduced scale)."""
+def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small upright JPEG of `data` (JPEGs are decoded at reduced scale)."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (side * 2, side * 2))
         upright = ImageOps.exif_transpose(image)
         upright.thumbnail((side, side))
         out = io.BytesIO()
         upright.convert("RGB").save(out, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+    return out.getvalue()
+
+
+def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
+    """`thumbnail_jpeg` as a data URI."""
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(data, side)).decode()
+
+
+def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobService) -> bytes:
+    """The file of one analysed image, read again where it was read (a folder, archive member or fsspec URI) or,
+    for a collection saved from a batch job, from that job's inputs; ImageNotFoundError when it cannot be."""
+    name = image.record.name
+    if image.location:
+        row = {"location": image.location, "member": image.member or ""}
+        data = read_items([row], THUMBNAIL_MAX_BYTES)[0]
+    elif info.job_id and (source := jobs.store.input_source(info.job_id, name)):
+        try:
+            data = read_job_input(*source, jobs.objects(), jobs.settings.allowed_root, THUMBNAIL_MAX_BYTES)
+        except Exception as exc:  # noqa: BLE001 - purged, missing or refused: the same answer
+            data = exc
+    else:
+        data = FileNotFoundError(name)
+    if isinstance(data, Exception):
+        raise ImageNotFoundError(f"image {name!r} can no longer be read where it was analysed")
+    return data
 
 
 def report_thumbnails(store: CollectionStore, info: CollectionInfo, names: list[str]) -> dict[str, str]:

@@ -271,6 +271,16 @@ class CollectionStore:
                 for r in rows
             ]
 
+    def image(self, collection_id: str, image_id: int) -> RecordedImage | None:
+        """One image (without its analysis document) by the `id` its listing gives; None if the collection has no
+        such image."""
+        c = collection_images.c
+        columns = [col for col in collection_images.c if col.name != "document"]
+        query = sa.select(*columns).where(c.collection_id == collection_id, c.id == image_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else RecordedImage(row_record(row), None, row.location, row.member)
+
     def iter_images(
         self, collection_id: str, where: ImageFilter = ImageFilter(), page: int = 1000, documents: bool = True
     ) -> Iterator[RecordedImage]:

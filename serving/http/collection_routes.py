@@ -6,13 +6,19 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from serving.collections.export import csv_lines, jsonl_lines
 from serving.collections.from_job import save_job_as_collection
-from serving.collections.reporting import collection_report, collection_report_html
+from serving.collections.reporting import (
+    collection_report,
+    collection_report_html,
+    recorded_image_bytes,
+    thumbnail_jpeg,
+)
 from serving.collections.store import CollectionStore, ImageFilter
 from serving.http.dependencies import client_host, get_job_service, get_principal
+from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.service import JobService
 from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
@@ -91,6 +97,29 @@ async def collection_images(
             item["analysis"] = image.document
         images.append(item)
     return {"collection": info.id, "images": images, "next": rows[-1][0] if len(rows) == limit else None}
+
+
+@router.get("/collections/{ref}/images/{image_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
+async def image_thumbnail(
+    ref: str,
+    image_id: int,
+    side: int = Query(default=160, ge=16, le=512, description="Longest side in pixels."),
+    jobs: JobService = Depends(get_job_service),
+    store: CollectionStore = Depends(get_collection_store),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """A small upright JPEG of one image (its `id` in the listing), read again where it was analysed; 404 when the
+    file is gone. For browsing a collection as a grid (the web UI's Collections page)."""
+    info = await asyncio.to_thread(store.get, ref, principal.read_scope())
+    image = await asyncio.to_thread(store.image, info.id, image_id)
+    if image is None:
+        raise ImageNotFoundError(f"collection {info.id} has no image {image_id}")
+    data = await asyncio.to_thread(recorded_image_bytes, image, info, jobs)
+    try:
+        jpeg = await asyncio.to_thread(thumbnail_jpeg, data, side)
+    except Exception:  # noqa: BLE001 - the file changed since, or no longer decodes
+        raise ImageNotFoundError(f"image {image.record.name!r} no longer decodes") from None
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/collections/{ref}/export")

@@ -1,6 +1,8 @@
-"""Batch jobs over HTTP: `POST /v1/batch` (202 + job id), `/v1/jobs` status, results, cancel, list."""
+"""Batch jobs over HTTP: `POST /v1/batch` (202 + job id), `/v1/jobs` status, live progress, results, cancel, list."""
 
+import asyncio
 import io
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -184,6 +186,53 @@ async def job_events(
 ) -> JobEvents:
     events, deliveries = await jobs.events(job_id, principal)
     return JobEvents(events=events, webhook_deliveries=deliveries)
+
+
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+HEARTBEAT_S = 15.0
+
+
+def _progress_key(status: dict[str, object]) -> str:
+    """What a progress event is about: the status without the fields that change with the clock alone."""
+    return json.dumps({k: v for k, v in status.items() if k != "timings"}, sort_keys=True, default=str)
+
+
+@router.get("/jobs/{job_id}/progress", responses={200: {"content": {"text/event-stream": {}}}})
+async def job_progress(
+    request: Request,
+    job_id: str,
+    interval: float = Query(default=0.5, ge=0.1, le=10, description="Seconds between looks at the job."),
+    jobs: JobService = Depends(get_job_service),
+    principal: Principal = Depends(get_principal),
+) -> StreamingResponse:
+    """Server-sent events (text/event-stream): an `event: progress` with the job's status (as GET /v1/jobs/{id})
+    each time it changes, a comment line every 15 s while nothing does, and `event: end` once the job is finished
+    (completed, failed or cancelled), after which the stream closes. The server looks at the job every `interval`
+    seconds; a client holds one connection instead of polling. A browser reads it with `fetch` (EventSource cannot
+    send an Authorization header)."""
+    first = await jobs.get(job_id, principal)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[str]:
+        job, last_key, last_sent = first, "", time.monotonic()
+        while True:
+            status = job_status(job, time.time()).model_dump()
+            key = _progress_key(status)
+            if key != last_key:
+                yield f"event: progress\ndata: {json.dumps(status, default=str)}\n\n"
+                last_key, last_sent = key, time.monotonic()
+            elif time.monotonic() - last_sent >= HEARTBEAT_S:
+                yield ": still running\n\n"
+                last_sent = time.monotonic()
+            if status["status"] in FINAL_STATES:
+                yield f"event: end\ndata: {json.dumps({'job_id': job_id, 'status': status['status']})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(interval)
+            job = await jobs.get(job_id, principal)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/jobs/{job_id}/results")

@@ -54,3 +54,11 @@ class CollectionNotFoundError(ServiceError):
     http_status = 404
     grpc_code = "NOT_FOUND"
     kind = "unknown_collection"
+
+
+class ImageNotFoundError(ServiceError):
+    """No such image in the collection, or it can no longer be read from where it was analysed."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "unknown_image"

@@ -302,6 +302,18 @@ class JobStore:
                 out[name] = (row.source_kind, row.source)
         return out
 
+    def input_source(self, job_id: str, name: str) -> tuple[str, str] | None:
+        """(source kind, source) of the item `input_sources` names `name` (`name#index` for a repeated name)."""
+        base, _, index = name.rpartition("#")
+        query = sa.select(job_items.c.source_kind, job_items.c.source).where(job_items.c.job_id == job_id)
+        if base and index.isdigit():
+            query = query.where(job_items.c.idx == int(index), job_items.c.name == base)
+        else:
+            query = query.where(job_items.c.name == name).order_by(job_items.c.idx).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (row.source_kind, row.source)
+
     def outputs_page(self, job_id: str, after: int = -1, limit: int = 500) -> list[tuple[int, str, str]]:
         """(index, output name, output object) of items with an image-operation output and index > `after`."""
         query = (

@@ -13,7 +13,13 @@ from fastapi.responses import HTMLResponse, Response
 
 router = APIRouter(tags=["web UI"], include_in_schema=False)
 
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+MODULES = ("app", "core", "analyze", "operations", "jobs", "collections", "server", "map")  # ES modules, one per page
+ASSETS = {"app.css": "text/css; charset=utf-8", **{f"{m}.js": "text/javascript; charset=utf-8" for m in MODULES}}
+# Natural Earth 1:110m land (public domain) from the world-atlas npm package, installed by `make ui` (a build output,
+# not a commit). Without it the maps draw the graticule and the points only.
+LAND = ("node_modules", "world-atlas", "land-110m.json")
+EMPTY_TOPOLOGY = b'{"type":"Topology","objects":{},"arcs":[]}'
+
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -34,6 +40,13 @@ def _read(name: str) -> bytes:
 @router.get("/ui/")
 async def index() -> HTMLResponse:
     return HTMLResponse(_read("index.html"), headers=HEADERS)
+
+
+@router.get("/ui/land-110m.json")
+async def land() -> Response:
+    path = resources.files("serving.ui").joinpath(*LAND)
+    body = path.read_bytes() if path.is_file() else EMPTY_TOPOLOGY
+    return Response(body, media_type="application/json", headers={**HEADERS, "Cache-Control": "max-age=86400"})
 
 
 @router.get("/ui/{asset}")

@@ -56,6 +56,8 @@ HTTP_ROUTES = [
     ("POST", "/v1/jobs/x/start"),
     ("GET", "/v1/jobs/x/events"),
     ("GET", "/v1/jobs/x/results"),
+    ("GET", "/v1/jobs/x/progress"),
+    ("GET", "/v1/collections/x/images/1/thumbnail"),
     ("GET", "/v1/collections"),
     ("GET", "/v1/collections/x/report"),
     ("DELETE", "/v1/collections/x"),

@@ -1,17 +1,26 @@
-"""The web UI (issue #20, first pages) in a real browser (Debian's headless Chromium) against the security tests'
-server (keys required): sign in, analyze a real photo and see its top class and quality, the server page, the
-admin's audit page; a viewer key gets no admin control; no console error, no request leaves the server's origin.
+"""The web UI (issue #20) in a real browser (Debian's headless Chromium) against the security tests' server (keys
+required): sign in, analyze a real photo (top class, quality, the measured region over it, a GPS map), the server page
+with live charts, the admin's audit page; convert a photo to WebP and download a file that decodes; submit a 50-image
+job and see its progress reach 100 % live (server-sent events, no reload, no polling), save it as a collection, open
+its report, filter by a tag and export; a viewer key gets no admin or analyst control; no console error, no request
+leaves the server's origin.
 
 With IMGSERVE_UI_SCREENSHOTS=<folder> each page is saved there as a PNG (docs/ui/ holds the committed ones).
 """
 
+import csv
+import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from PIL import ExifTags, Image
+from PIL.TiffImagePlugin import IFDRational
 
 from tests.paths import IMAGENET_SAMPLES, require
 from tooling.collections.browser import console_messages, devtools_events, make_driver, missing_browser
@@ -23,10 +32,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 WIDTH, HEIGHT = 1280, 900
 PHOTO = "n04335435_streetcar.JPEG"
+JOB_IMAGES = 50
+LAND = Path(__file__).resolve().parents[2] / "serving" / "ui" / "node_modules" / "world-atlas" / "land-110m.json"
 
 
 @pytest.fixture(scope="module")
-def world(secure: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def world(secure: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The security tests' server (keys required), its tenant-a admin and viewer keys, one browser."""
     reason = missing_browser()
     if reason:
@@ -35,7 +46,7 @@ def world(secure: dict[str, Any]) -> Iterator[dict[str, Any]]:
     keys = {"admin": secure["keys"]["a_admin"], "viewer": secure["keys"]["a_viewer"]}
     driver = make_driver(WIDTH, HEIGHT)
     try:
-        yield {"server": secure["server"], "keys": keys, "driver": driver}
+        yield {"server": secure["server"], "keys": keys, "driver": driver, "tmp": tmp_path_factory.mktemp("ui")}
     finally:
         driver.quit()
 
@@ -53,6 +64,53 @@ def screenshot(driver: "WebDriver", name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.png").write_bytes(png)
+
+
+def downloads_to(driver: "WebDriver", folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+    return folder
+
+
+def downloaded(folder: Path, suffix: str, timeout: float = 30.0) -> Path:
+    """The file the browser finished saving in `folder` (Chromium writes `.crdownload` until it is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [f for f in folder.iterdir() if f.name.endswith(suffix)]
+        if done and not any(f.name.endswith(".crdownload") for f in folder.iterdir()):
+            return done[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {suffix} file downloaded into {folder}: {sorted(f.name for f in folder.iterdir())}")
+
+
+def request_urls(driver: "WebDriver") -> list[str]:
+    """The URLs the page requested since the last look."""
+    events = devtools_events(driver, "Network.requestWillBeSent")
+    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+
+
+def clean_and_local(driver: "WebDriver", url: str) -> None:
+    """No console error or warning since the last look, and every request the page made went to the server."""
+    bad = [m for m in console_messages(driver) if m["level"] in ("SEVERE", "WARNING")]
+    assert not bad, bad
+    requests = request_urls(driver)
+    outside = [u for u in requests if not u.startswith((url, "blob:", "data:"))]
+    assert requests and not outside, outside
+
+
+def geotagged_photo(folder: Path) -> Path:
+    """A real photo with GPS coordinates written into its EXIF here (the shared samples carry none)."""
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {
+        1: "N",
+        2: (IFDRational(48, 1), IFDRational(51, 1), IFDRational(2400, 100)),
+        3: "E",
+        4: (IFDRational(2, 1), IFDRational(21, 1), IFDRational(300, 100)),
+    }
+    path = folder / "geotagged.jpg"
+    with Image.open(require(IMAGENET_SAMPLES) / PHOTO) as image:
+        image.save(path, "JPEG", quality=92, exif=exif)
+    return path
 
 
 def sign_in(driver: "WebDriver", url: str, key: str) -> None:
@@ -93,14 +151,45 @@ def test_admin_signs_in_analyzes_a_photo_and_sees_the_server(world: dict[str, An
     decoded = "const i = document.querySelector('.preview img'); return i.complete && i.naturalWidth"
     assert driver.execute_script(decoded) > 0
     assert driver.find_element(By.ID, "download-json").is_enabled()
+    # Each tag measured in part of the image (its evidence names a region) is drawn as a box over it.
+    regions = driver.execute_script(
+        "return [...document.querySelectorAll('.tags li')].filter(li => li.textContent.includes('box on the image'))"
+        ".length"
+    )
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".preview .region")) == regions
+
+    driver.find_element(By.ID, "files").send_keys(str(geotagged_photo(world["tmp"])))
+    wait_for(driver, "return document.querySelectorAll('.result:not([aria-busy]) svg.map circle.point').length === 1")
+    gps = driver.find_element(By.CSS_SELECTOR, ".result .meta").text
+    assert "48.85667, 2.35083" in gps  # 48 51 24 N, 2 21 3 E
+    point = driver.find_element(By.CSS_SELECTOR, "svg.map circle.point")
+    assert abs(float(point.get_attribute("cx")) - (180 + 2.35083)) < 0.01  # equirectangular, 1 unit per degree
+    assert abs(float(point.get_attribute("cy")) - (90 - 48.85667)) < 0.01
+    if LAND.is_file():  # `make ui` installed the outlines: land is drawn from them, with no tile server
+        wait_for(driver, "return document.querySelector('svg.map path.land').getAttribute('d').length > 10000")
+    driver.execute_script("window.scrollTo(0, 0)")
     screenshot(driver, "analyze")
 
-    driver.get(f"{url}/ui#/server")
-    wait_for(driver, "return document.querySelectorAll('#models-table tbody tr').length > 0")
-    rows = driver.find_element(By.ID, "models-table").text
-    assert "mobilenet_v2_imagenet" in rows and "READY" in rows
-    wait_for(driver, "return document.querySelectorAll('#deployments-table tbody tr').length > 0")
-    assert "Ingress" in driver.find_element(By.ID, "deployments-table").text
+    stop = threading.Event()
+    traffic = threading.Thread(target=analyze_until, args=(url, world["keys"]["admin"], stop), daemon=True)
+    traffic.start()
+    try:
+        driver.get(f"{url}/ui#/server")
+        wait_for(driver, "return document.querySelectorAll('#models-table tbody tr').length > 0")
+        rows = driver.find_element(By.ID, "models-table").text
+        assert "mobilenet_v2_imagenet" in rows and "READY" in rows
+        wait_for(driver, "return document.querySelectorAll('#deployments-table tbody tr').length > 0")
+        assert "Ingress" in driver.find_element(By.ID, "deployments-table").text
+        # Live charts from the server's own /metrics: requests/s, p50/p99 and quality-tag rates move under traffic.
+        wait_for(driver, "return document.querySelectorAll('#charts figure').length === 4")
+        wait_for(driver, "return document.querySelectorAll('#charts path.line').length >= 5", timeout=90)
+        lines = "return document.querySelector('#charts figure:first-child path.line').getAttribute('d')"
+        wait_for(driver, lines + ".split('L').length >= 4", timeout=90)  # a few intervals drawn
+        latest = driver.find_element(By.CSS_SELECTOR, "#charts figure:nth-child(2) figcaption").text
+        assert "p50" in latest and "p99" in latest and "— ms" not in latest, latest
+    finally:
+        stop.set()
+        traffic.join(timeout=30)
     screenshot(driver, "server")
 
     driver.get(f"{url}/ui#/audit")
@@ -108,15 +197,113 @@ def test_admin_signs_in_analyzes_a_photo_and_sees_the_server(world: dict[str, An
     assert "auth.unauthenticated" in driver.find_element(By.ID, "audit-table").text  # the wrong key, newest first
     screenshot(driver, "audit")
 
-    bad = [m for m in console_messages(driver) if m["level"] in ("SEVERE", "WARNING")]
-    assert not bad, bad
-    events = devtools_events(driver, "Network.requestWillBeSent")
-    requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
-    outside = [u for u in requests if not u.startswith((url, "blob:", "data:"))]
-    assert requests and not outside, outside
+    clean_and_local(driver, url)
 
 
-def test_a_viewer_gets_no_admin_control(world: dict[str, Any]) -> None:
+def admin_on(world: dict[str, Any], page: str, ready: str) -> tuple["WebDriver", str, Path]:
+    """The browser signed in as the admin on `page` once `ready` (a JS expression) holds; (driver, server URL,
+    the folder its downloads go to)."""
+    driver, url = world["driver"], world["server"].http_url
+    folder = downloads_to(driver, world["tmp"] / f"{page}-downloads")
+    sign_in(driver, url, world["keys"]["admin"])
+    driver.get(f"{url}/ui#/{page}")
+    wait_for(driver, f"return {ready}")
+    return driver, url, folder
+
+
+def analyze_until(url: str, key: str, stop: threading.Event) -> None:
+    """Closed-loop /v1/analyze requests until `stop` (the Server page's charts need traffic to draw)."""
+    photos = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[:20]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            http.post("/v1/analyze", files={"image": photos[i % len(photos)].read_bytes()})
+
+
+def test_convert_to_webp_and_download_a_file_that_decodes(world: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver, url, folder = admin_on(world, "convert", "document.querySelector('#convert-format').options.length > 0")
+    driver.find_element(By.ID, "convert-file").send_keys(str(require(IMAGENET_SAMPLES) / PHOTO))
+    Select(driver.find_element(By.ID, "convert-format")).select_by_value("webp")
+    driver.find_element(By.CSS_SELECTOR, "#convert-form input[value=auto]").click()  # enhance too: scores shown
+    driver.find_element(By.CSS_SELECTOR, "#convert-form button[type=submit]").click()
+    wait_for(driver, "return document.querySelector('#convert-download')")
+    sides = driver.find_element(By.ID, "convert-result").text
+    assert "Before" in sides and "After" in sides and "WEBP" in sides and "compression" in sides and "quality" in sides
+    after = "const i = document.querySelectorAll('.side img')[1]; return i.complete && i.naturalWidth"
+    assert wait_for(driver, after) > 0
+    screenshot(driver, "convert")
+    driver.find_element(By.ID, "convert-download").click()
+    path = downloaded(folder, ".webp")
+    with Image.open(path) as image:
+        assert image.format == "WEBP"
+        image.load()  # decodes to the end
+        assert image.size == Image.open(require(IMAGENET_SAMPLES) / PHOTO).size
+    clean_and_local(driver, url)
+
+
+def test_a_50_image_job_progresses_live_and_its_collection_filters_by_tag(world: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, url, folder = admin_on(world, "jobs", "!document.querySelector('#job-form').hidden")
+    driver.execute_script("window.notReloaded = true")
+    photos = sorted(require(IMAGENET_SAMPLES).glob("*.JPEG"))[100 : 100 + JOB_IMAGES]
+    driver.find_element(By.ID, "job-files").send_keys("\n".join(str(p) for p in photos))
+    devtools_events(driver)  # only what follows the submit is counted below
+    driver.find_element(By.CSS_SELECTOR, "#job-form button[type=submit]").click()
+    seen: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1] < 100):
+        value = driver.execute_script("const p = document.querySelector('#job-progress'); return p && p.value")
+        if value is not None and (not seen or seen[-1] != value):
+            seen.append(int(value))
+        time.sleep(0.05)
+    assert seen and seen[-1] == 100, seen
+    assert seen == sorted(seen)  # it only moves forward
+    assert driver.execute_script("return window.notReloaded === true")  # the same page throughout
+    assert f"{JOB_IMAGES} of {JOB_IMAGES} finished" in driver.find_element(By.ID, "job-progress-text").text
+    wait_for(driver, f"return document.querySelectorAll('#job-results tbody tr').length === {JOB_IMAGES}")
+    job_id = driver.execute_script("return document.querySelector('#job-detail').dataset.job")
+    urls = request_urls(driver)
+    assert sum(f"/v1/jobs/{job_id}/progress" in u for u in urls) == 1, urls  # one event stream...
+    assert sum(u.endswith(f"/v1/jobs/{job_id}") for u in urls) <= 1, urls  # ...and no polling of the job
+    screenshot(driver, "jobs")
+
+    name = f"ui-{job_id[:8]}"
+    driver.find_element(By.ID, "job-collection-name").send_keys(name)
+    driver.find_element(By.ID, "job-save").click()
+    wait_for(driver, "return document.querySelector('#job-message').textContent.includes('Saved')")
+    driver.get(f"{url}/ui#/collections")
+    listed = "return [...document.querySelectorAll('#collections-list a')].map(a => a.textContent)"
+    wait_for(driver, f"{listed}.includes('{name}')")
+    driver.find_element(By.LINK_TEXT, name).click()
+    wait_for(driver, "return document.querySelectorAll('#collection-grid .tile').length > 0")
+    assert f"{JOB_IMAGES} analysed" in driver.find_element(By.ID, "collection-report").text
+    chips = driver.execute_script("return [...document.querySelectorAll('.chip')].map(c => c.textContent)")
+    counted = [(tag, int(n)) for tag, n in (c.rsplit(" ", 1) for c in chips)]
+    tag, count = max((pair for pair in counted if pair[1] <= 12), key=lambda pair: pair[1])  # a page of them
+    driver.find_element(By.CSS_SELECTOR, f".chip[data-tag='{tag}']").click()
+    wait_for(driver, f"return document.querySelector('#collection-status').textContent.includes('tag {tag}')")
+    tiles = driver.find_elements(By.CSS_SELECTOR, "#collection-grid .tile")
+    assert len(tiles) == int(count)
+    assert all(tag in tile.find_element(By.CSS_SELECTOR, ".tile-tags").text.split(" · ") for tile in tiles)
+    thumbs = "return [...document.querySelectorAll('#collection-grid img')].every(i => i.complete && i.naturalWidth)"
+    wait_for(driver, thumbs)
+    tiles[0].click()
+    wait_for(driver, "return document.querySelector('#image-detail .result .level')")
+    assert tag in driver.find_element(By.CSS_SELECTOR, "#image-detail .tags").text
+    driver.execute_script("window.scrollTo(0, 0)")
+    screenshot(driver, "collections")
+    driver.find_element(By.ID, "collection-export").click()
+    rows = list(csv.DictReader(io.StringIO(downloaded(folder, ".csv").read_text())))
+    assert len(rows) == int(count) and all(tag in row["tags"] for row in rows)
+    clean_and_local(driver, url)
+
+
+def test_a_viewer_gets_no_admin_or_analyst_control(world: dict[str, Any]) -> None:
     from selenium.webdriver.common.by import By
 
     driver, url = world["driver"], world["server"].http_url
@@ -124,10 +311,15 @@ def test_a_viewer_gets_no_admin_control(world: dict[str, Any]) -> None:
     driver.execute_script("sessionStorage.clear()")
     sign_in(driver, url, world["keys"]["viewer"])
     assert "viewer" in driver.find_element(By.ID, "who").text
-    assert not driver.find_elements(By.CSS_SELECTOR, "[data-role=admin]")
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-role=admin], [data-role=analyst], #job-purge, #job-cancel")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page=convert]")
+    driver.get(f"{url}/ui#/jobs")
+    wait_for(driver, "return document.querySelector('#jobs-list').children.length > 0")
+    assert not driver.find_element(By.ID, "job-form").is_displayed()  # a viewer cannot submit
     driver.get(f"{url}/ui#/server")
     wait_for(driver, "return document.querySelector('#deployments-note').textContent.length > 0")
     assert "operator" in driver.find_element(By.ID, "deployments-note").text  # /v1/status is refused to a viewer
+    assert not driver.find_elements(By.CSS_SELECTOR, "#charts figure")  # /metrics too
 
 
 def test_the_pages_need_no_key_and_carry_a_strict_policy(world: dict[str, Any]) -> None:

@@ -1,0 +1,116 @@
+// Shared by the pages: the signed-in key, DOM helpers and the one way this UI talks to the server (its own
+// /v1 and /v2 routes, with the key as a Bearer token). Every value shown is set with textContent, never parsed as
+// HTML: file names, labels and tags cannot inject markup.
+
+export const KEY = "imgserve.apiKey";
+export const ROLES = ["viewer", "analyst", "operator", "admin"];
+export const state = { me: null };
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "text") node.textContent = value;
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+export function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error || `HTTP ${status}`);
+    this.status = status;
+    this.kind = body?.kind || "";
+  }
+}
+
+function authorized(options) {
+  const key = sessionStorage.getItem(KEY);
+  const headers = new Headers(options.headers || {});
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  return { ...options, headers };
+}
+
+export async function request(path, options = {}) {
+  const response = await fetch(path, authorized(options));
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  return response;
+}
+
+export async function api(path, options = {}) {
+  return (await request(path, options)).json();
+}
+
+export const can = (role) => Boolean(state.me) && ROLES.indexOf(state.me.role) >= ROLES.indexOf(role);
+
+export function saveBlob(name, blob) {
+  const link = el("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+export function download(name, type, text) {
+  saveBlob(name, new Blob([text], { type }));
+}
+
+export async function downloadFrom(path, name) {
+  saveBlob(name, await (await request(path)).blob());
+}
+
+export function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+export function bytes(n) {
+  if (n == null) return "—";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(2)} MiB`;
+}
+
+export function errorText(error) {
+  return `${error.kind || "error"}: ${error.message}`;
+}
+
+// Server-sent events read with fetch (EventSource cannot send the Authorization header): calls onEvent(name, data)
+// for each event until the server ends the stream or `signal` aborts it.
+export async function readEvents(path, onEvent, signal) {
+  const response = await request(path, { signal, headers: { Accept: "text/event-stream" } });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+export function table(head, rows) {
+  const body = el("tbody");
+  for (const row of rows) body.append(row);
+  return el("table", { class: "card" }, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col", text: h })))), body);
+}

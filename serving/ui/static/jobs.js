@@ -1,0 +1,144 @@
+// Jobs: submit images or archives as a batch job (POST /v1/batch), watch one job's progress live over server-sent
+// events (GET /v1/jobs/{id}/progress), see its per-item results, cancel, purge, save as a collection, download.
+
+import { $, api, can, downloadFrom, el, errorText, readEvents, request, table } from "./core.js";
+
+const FINAL = new Set(["completed", "failed", "cancelled"]);
+let watching = null; // AbortController of the open progress stream
+
+export async function showJobs() {
+  $("#job-form").hidden = !can("analyst");
+  await listJobs();
+  const id = new URLSearchParams(location.hash.split("?")[1] || "").get("job");
+  if (id) await openJob(id);
+}
+
+async function listJobs() {
+  const answer = await api("/v1/jobs?limit=20");
+  const rows = answer.jobs.map((job) => {
+    const link = el("a", { href: `#/jobs?job=${encodeURIComponent(job.job_id)}`, text: job.job_id });
+    return el("tr", {}, el("th", { scope: "row" }, link), el("td", { text: job.status }),
+      el("td", { text: `${job.counts.done + job.counts.failed} / ${job.counts.total}` }), el("td", { text: job.stages.join(", ") }),
+      el("td", { text: job.timings.created_at.replace("T", " ").slice(0, 19) }));
+  });
+  $("#jobs-list").replaceChildren(rows.length ? table(["Job", "Status", "Finished", "Stages", "Created (UTC)"], rows)
+    : el("p", { class: "hint", text: "No jobs yet." }));
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const status = $("#job-status");
+  const files = [...$("#job-files").files];
+  if (!files.length) { status.textContent = "Choose images or an archive first."; return; }
+  const form = new FormData();
+  for (const file of files) form.append(/\.(zip|tar|tgz|tar\.gz)$/i.test(file.name) ? "archive" : "image", file, file.name);
+  const params = new URLSearchParams();
+  const stages = [...document.querySelectorAll("#job-stages input:checked")].map((box) => box.value);
+  if (stages.length) params.set("stages", stages.join(","));
+  if ($("#job-convert").value) params.set("convert", `format=${$("#job-convert").value}`);
+  status.textContent = `Uploading ${files.length} file(s)…`;
+  try {
+    const job = await api(`/v1/batch?${params}`, { method: "POST", body: form });
+    status.textContent = `Job ${job.job_id} accepted.`;
+    $("#job-form").reset();
+    location.hash = `#/jobs?job=${encodeURIComponent(job.job_id)}`;
+  } catch (error) {
+    status.textContent = errorText(error);
+  }
+}
+
+function renderJob(job) {
+  const finished = job.counts.done + job.counts.failed;
+  const percent = Math.round((job.progress || 0) * 100);
+  const bar = $("#job-progress");
+  bar.value = percent;
+  bar.textContent = `${percent} %`;
+  $("#job-progress-text").textContent = `${percent} % · ${finished} of ${job.counts.total} finished (${job.counts.failed} failed) · ${job.status}` +
+    (job.timings.images_per_s ? ` · ${job.timings.images_per_s.toFixed(1)} images/s` : "");
+  show("#job-cancel", !FINAL.has(job.status));
+  show("#job-purge", true);
+  show("#job-outputs", job.outputs_url && job.outputs?.count);
+  show("#job-save", job.status === "completed");
+}
+
+// Controls a role may not use are not in the page at all (removed at sign-in); the others are shown when they apply.
+function show(selector, visible) {
+  const control = $(selector);
+  if (control) control.hidden = !visible;
+}
+
+async function openJob(id) {
+  watching?.abort();
+  const panel = $("#job-detail");
+  panel.hidden = false;
+  panel.dataset.job = id;
+  $("#job-title").textContent = `Job ${id}`;
+  $("#job-results").replaceChildren();
+  $("#job-message").textContent = "";
+  const job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
+  renderJob(job);
+  if (FINAL.has(job.status)) { await showResults(id); return; }
+  watching = new AbortController();
+  const ended = readEvents(`/v1/jobs/${encodeURIComponent(id)}/progress`, (name, data) => {
+    if (name === "progress") renderJob(data);
+  }, watching.signal);
+  ended.then(async () => { if (panel.dataset.job === id) { await showResults(id); await listJobs(); } })
+    .catch((error) => { if (error.name !== "AbortError") $("#job-message").textContent = errorText(error); });
+}
+
+async function showResults(id) {
+  const text = await (await request(`/v1/jobs/${encodeURIComponent(id)}/results?format=jsonl&limit=200`)).text();
+  const rows = text.split("\n").filter(Boolean).map((line) => JSON.parse(line)).map((item) => {
+    const top = item.result?.classification?.predictions?.[0];
+    const quality = item.result?.quality;
+    return el("tr", {}, el("td", { text: String(item.index) }), el("th", { scope: "row", text: item.name }), el("td", { text: item.status }),
+      el("td", { text: top ? `${top.label} (${(top.score * 100).toFixed(0)} %)` : item.error ? `${item.error.kind}: ${item.error.message}` : "" }),
+      el("td", { text: quality ? `${quality.score.toFixed(0)} ${quality.level}` : "" }),
+      el("td", { text: (quality?.tags || []).map((t) => t.name).join(", ") }));
+  });
+  $("#job-results").replaceChildren(table(["#", "Image", "Status", "Top class", "Quality", "Tags"], rows));
+}
+
+async function act(action) {
+  const id = $("#job-detail").dataset.job;
+  const message = $("#job-message");
+  try {
+    if (action === "cancel") renderJob(await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
+    if (action === "purge") {
+      await api(`/v1/jobs/${encodeURIComponent(id)}?purge=true`, { method: "DELETE" });
+      watching?.abort();
+      $("#job-detail").hidden = true;
+      location.hash = "#/jobs";
+      await listJobs();
+    }
+    if (action === "save") {
+      const name = $("#job-collection-name").value.trim() || `job ${id}`;
+      const info = await api(`/v1/jobs/${encodeURIComponent(id)}/collection?name=${encodeURIComponent(name)}`, { method: "POST" });
+      message.textContent = `Saved as collection “${info.name}” (${info.images} images).`;
+    }
+  } catch (error) {
+    message.textContent = errorText(error);
+  }
+}
+
+export function wireJobs() {
+  $("#job-form").addEventListener("submit", submit);
+  $("#job-cancel").addEventListener("click", () => act("cancel"));
+  $("#job-purge").addEventListener("click", () => {
+    if (confirm("Erase this job now: inputs, results and events?")) act("purge");
+  });
+  $("#job-save").addEventListener("click", () => act("save"));
+  $("#job-csv").addEventListener("click", () => {
+    const id = $("#job-detail").dataset.job;
+    downloadFrom(`/v1/jobs/${encodeURIComponent(id)}/results?format=csv`, `${id}.csv`).catch((e) => { $("#job-message").textContent = errorText(e); });
+  });
+  $("#job-outputs").addEventListener("click", () => {
+    const id = $("#job-detail").dataset.job;
+    downloadFrom(`/v1/jobs/${encodeURIComponent(id)}/outputs.zip`, `${id}-outputs.zip`).catch((e) => { $("#job-message").textContent = errorText(e); });
+  });
+}
+
+export function leaveJobs() {
+  watching?.abort();
+  watching = null;
+}

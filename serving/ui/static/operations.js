@@ -1,0 +1,101 @@
+// Enhance and convert: one image through POST /v1/enhance (auto or manual) or POST /v1/convert; the original and
+// the result side by side with sizes, compression ratio and (enhance) the quality score before and after, from the
+// answer's X-Imgserve-* headers; the result downloads as the file the server wrote.
+
+import { $, api, bytes, el, errorText, request, saveBlob } from "./core.js";
+
+const FACTORS = ["brightness", "contrast", "saturation", "sharpness"];
+let loaded = false;
+let output = null;
+
+export async function showConvert() {
+  if (loaded) return;
+  const [formats, options] = await Promise.all([api("/v1/formats"), api("/v1/enhance/options")]);
+  const select = $("#convert-format");
+  for (const format of formats.output) {
+    const option = el("option", { value: format.format, text: format.format.toUpperCase(), disabled: !format.available });
+    if (!format.available) option.title = format.reason || "not available";
+    if (format.format === "webp") option.selected = true;
+    select.append(option);
+  }
+  const ops = $("#manual-ops");
+  for (const op of options.operations) {
+    const id = `op-${op.name}`;
+    ops.append(el("label", { for: id, title: op.description }, el("input", { type: "checkbox", id, value: op.name }), ` ${op.name.replaceAll("_", " ")}`));
+  }
+  loaded = true;
+}
+
+function query() {
+  const params = new URLSearchParams();
+  const mode = new FormData($("#convert-form")).get("enhance");
+  params.set("format", $("#convert-format").value);
+  const lossy = !["png", "bmp", "gif", "tiff"].includes($("#convert-format").value);
+  if (lossy) params.set("quality", $("#convert-quality").value);
+  if ($("#convert-max-side").value) params.set("max_side", $("#convert-max-side").value);
+  if (mode === "auto") params.set("auto", "true");
+  if (mode === "manual") {
+    for (const name of FACTORS) if ($(`#factor-${name}`).value !== "1") params.set(name, $(`#factor-${name}`).value);
+    const ops = [...document.querySelectorAll("#manual-ops input:checked")].map((box) => box.value);
+    if (ops.length) params.set("ops", ops.join(","));
+  }
+  return { mode, params };
+}
+
+function saving(before, after) {
+  const change = (after - before) / before;
+  return change <= 0 ? `${(-change * 100).toFixed(0)} % smaller` : `${(change * 100).toFixed(0)} % larger`;
+}
+
+function figure(caption, src, lines) {
+  return el("figure", { class: "side" }, el("img", { src, alt: caption }), el("figcaption", {}, el("strong", { text: caption }),
+    ...lines.filter(Boolean).map((line) => el("span", { text: line }))));
+}
+
+async function run(event) {
+  event.preventDefault();
+  const file = $("#convert-file").files[0];
+  const status = $("#convert-status");
+  const out = $("#convert-result");
+  if (!file) { status.textContent = "Choose an image first."; return; }
+  const { mode, params } = query();
+  const path = `/v1/${mode === "none" ? "convert" : "enhance"}?${params}`;
+  const form = new FormData();
+  form.append("image", file, file.name);
+  status.textContent = "Working…";
+  out.replaceChildren();
+  try {
+    const response = await request(path, { method: "POST", body: form });
+    const blob = await response.blob();
+    const h = (name) => response.headers.get(`X-Imgserve-${name}`);
+    const extension = (h("Format") || "img").replace("jpeg", "jpg");
+    const name = `${file.name.replace(/\.[^.]+$/, "")}.${extension}`;
+    output = { name, blob };
+    const ratio = Number(h("Compression-Ratio"));
+    const before = h("Score-Before");
+    const after = h("Score-After");
+    out.append(
+      figure("Before", URL.createObjectURL(file), [bytes(file.size), before && `quality ${before} · ${h("Tags-Before")}`]),
+      figure("After", URL.createObjectURL(blob), [`${bytes(Number(h("Output-Bytes")))} · ${h("Size")} ${h("Format")?.toUpperCase()}`,
+        `compression ${ratio.toFixed(2)}:1 (${saving(file.size, blob.size)})`,
+        after && `quality ${after} · ${h("Tags-After")}`, mode !== "none" && `applied: ${h("Operations")}`]),
+    );
+    out.append(el("button", { type: "button", id: "convert-download", text: `Download ${name}` }));
+    $("#convert-download").addEventListener("click", () => saveBlob(output.name, output.blob));
+    status.textContent = `Done: ${name}, ${bytes(blob.size)}`;
+  } catch (error) {
+    status.textContent = errorText(error);
+  }
+}
+
+export function wireConvert() {
+  $("#convert-form").addEventListener("submit", run);
+  $("#convert-form").addEventListener("change", () => {
+    $("#manual-controls").hidden = new FormData($("#convert-form")).get("enhance") !== "manual";
+  });
+  $("#convert-quality").addEventListener("input", () => { $("#convert-quality-value").textContent = $("#convert-quality").value; });
+  for (const name of FACTORS) {
+    const input = $(`#factor-${name}`);
+    input.addEventListener("input", () => { $(`#factor-${name}-value`).textContent = Number(input.value).toFixed(2); });
+  }
+}
