@@ -1,4 +1,4 @@
-"""Batch jobs from the SDK (HTTP): submit files or a folder, poll, stream results, cancel.
+"""Batch jobs from the SDK (HTTP): submit files or a folder, poll or watch live, stream results, cancel.
 
 Large inputs go up in chunks of about `chunk_bytes`: the job is created open (`?start=false`), each further
 chunk is added (`POST /v1/jobs/{id}/items`), then it is started, so no single request nears the server's
@@ -173,6 +173,29 @@ class BatchClient(HttpRoutes):
     ) -> BatchJob:
         """Poll until the job is completed, failed or cancelled; TimeoutError after `timeout` seconds."""
         return poll_until(lambda: self.job(job), lambda s: s.finished, poll_s, timeout, on_progress, f"job {_id(job)}")
+
+    def watch(self, job: BatchJob | str, timeout: float | None = None) -> Iterator[BatchJob]:
+        """The job's state each time it changes, pushed by the server (server-sent events from
+        `GET /v1/jobs/{id}/progress`, one connection, no polling) until it is completed, failed or cancelled; the
+        last one yielded is the final state. `timeout`: most seconds to wait between two changes."""
+        read = httpx.Timeout(self._http.timeout.connect, read=timeout)
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{_id(job)}/progress", timeout=read) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise from_http_response(response, self._api_key)
+                event, data = "message", []
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        if event == "progress":
+                            yield job_from_json(json.loads("\n".join(data)))
+                        event, data = "message", []
+        except httpx.TransportError as exc:
+            raise from_http_transport_error(exc) from exc
 
     def results(self, job: BatchJob | str, status: str | None = None) -> Iterator[JobResult]:
         """Every recorded result in index order, streamed (JSON lines)."""

@@ -168,6 +168,10 @@ class Client:
         """Poll a batch job until it is completed, failed or cancelled (options: poll_s, timeout, on_progress)."""
         return self.batch.wait(job, **options)
 
+    def watch(self, job: "BatchJob | str", timeout: float | None = None) -> "Iterator[BatchJob]":
+        """A batch job's state each time it changes, pushed by the server (server-sent events), until it ends."""
+        return self.batch.watch(job, timeout)
+
     def job_results(self, job: "BatchJob | str") -> "Iterator[JobResult]":
         """Every recorded result of a batch job, in index order."""
         return self.batch.results(job)

@@ -101,7 +101,9 @@ def write_output(destination: str, name: str, data: bytes, output_root: Path | N
         else:
             import fsspec
 
-            with fsspec.open(uri, "wb") as handle:
+            # auto_mkdir=False: object stores have no folders, and s3fs's "make the parent" creates a missing *bucket*
+            # (a mistyped destination would quietly become a new bucket instead of failing the item).
+            with fsspec.open(uri, "wb", auto_mkdir=False) as handle:
                 handle.write(data)
     except (UriNotAllowedError, BadRequestError) as exc:
         raise ItemInputError("forbidden_uri", str(exc)) from None

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -146,3 +147,48 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.http_url, timeout=60) as client:
         yield client
+
+
+MOTO = PROJECT_ROOT / ".venv" / "bin" / "moto_server"
+MOTO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A real S3 API server (moto in server mode) on a free port: {"endpoint", "env" (credentials and the endpoint
+    for boto3 and fsspec), "client" (boto3)}. Skips when moto, boto3 or s3fs is absent."""
+    if not MOTO.exists():
+        pytest.skip(f"{MOTO} is absent: moto[server] comes with the dev extras")
+    pytest.importorskip("s3fs", reason="s3fs comes with the s3 extra that make installs")
+    boto3 = pytest.importorskip("boto3", reason="boto3 comes with the dev extras")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "moto.log"
+    with log_path.open("wb") as log:
+        moto = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or moto.poll() is not None:
+                    pytest.fail(f"moto_server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+        env = {**MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        yield {"endpoint": endpoint, "env": env, "client": client}
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)

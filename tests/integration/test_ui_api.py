@@ -1,5 +1,6 @@
 """The two routes the web UI added to the API (issue #20), on the security tests' server (keys required, tenants):
-a job's live progress as server-sent events, and a collection image's thumbnail."""
+a job's live progress as server-sent events (raw, and through the SDK's `Client.watch`), and a collection image's
+thumbnail."""
 
 import io
 import json
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from serving.client import Client
 from tests.paths import IMAGENET_SAMPLES, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -55,6 +57,13 @@ def test_progress_streams_until_the_job_ends_and_thumbnails_stay_in_the_tenant(s
     assert len(set(json.dumps(d, sort_keys=True) for _, d in live[:-1])) == len(live) - 1  # only changes are sent
     again = events(http, f"/v1/jobs/{job}/progress", bearer(secure, "a_viewer"))  # a finished job: its state, the end
     assert [name for name, _ in again] == ["progress", "end"] and again[0][1]["progress"] == 1.0
+
+    # The SDK reads the same stream: states as they change, the last one final.
+    with Client(secure["server"].http_url, api_key=secure["keys"]["a_analyst"]) as client:
+        submitted_again = client.submit_batch(photos[:8])
+        states = list(client.watch(submitted_again))
+    assert states[-1].status == "completed" and states[-1].done == 8
+    assert [s.progress for s in states] == sorted(s.progress for s in states)
 
     saved = http.post(f"/v1/jobs/{job}/collection?name=thumbs-{job[:8]}", headers=bearer(secure, "a_analyst"))
     assert saved.status_code == 200, saved.text

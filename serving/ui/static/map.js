@@ -30,7 +30,14 @@ function ringPath(ring, arcs) {
     const arc = index >= 0 ? arcs[index] : arcs[~index].slice().reverse();
     points.push(...(points.length ? arc.slice(1) : arc));
   }
-  return "M" + points.map((p) => project(p).map((v) => v.toFixed(2)).join(",")).join("L") + "Z";
+  // A ring that crosses the antimeridian jumps from +180 to -180: start a new subpath there instead of drawing a
+  // line across the whole map.
+  let path = "";
+  points.forEach((point, i) => {
+    const jump = i > 0 && Math.abs(point[0] - points[i - 1][0]) > 180;
+    path += (i === 0 || jump ? "M" : "L") + project(point).map((v) => v.toFixed(2)).join(",");
+  });
+  return path + "Z";
 }
 
 async function landPath() {
