@@ -21,6 +21,13 @@ UNLIMITED_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metri
 UNLIMITED_GRPC_METHODS = frozenset({"ServerLive", "ServerReady", "Check", "Watch"})
 
 
+def holds_no_slot(path: str) -> bool:
+    """Requests that never take an admission slot: the probes and the scrape, and a job's progress stream (it lives
+    as long as the job and costs a database read every half second; `serving.http.job_routes` bounds how many are
+    open per replica instead, so open dashboards can never crowd out inference)."""
+    return path in UNLIMITED_HTTP_PATHS or (path.startswith("/v1/jobs/") and path.endswith("/progress"))
+
+
 class InflightLimit:
     """A counter on the replica's event loop (every listener runs there, so no lock is needed), and the longest an
     admitted request may wait at each of its queues (`max_queue_wait_s`): for a CPU worker to start its decode, and

@@ -7,6 +7,7 @@ body limit and the job still runs as one.
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from serving.client.types import Analysis
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 FINAL_STATES = ("completed", "failed", "cancelled")
 CHUNK_BYTES = 32 * 1024 * 1024
+HEARTBEAT_GRACE_S = 60.0  # the server sends a comment every 15 s: a read this long with nothing is a dead stream
 BatchInputs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 
@@ -177,23 +179,49 @@ class BatchClient(HttpRoutes):
     def watch(self, job: BatchJob | str, timeout: float | None = None) -> Iterator[BatchJob]:
         """The job's state each time it changes, pushed by the server (server-sent events from
         `GET /v1/jobs/{id}/progress`, one connection, no polling) until it is completed, failed or cancelled; the
-        last one yielded is the final state. `timeout`: most seconds to wait between two changes."""
-        read = httpx.Timeout(self._http.timeout.connect, read=timeout)
+        last one yielded is the final state. A stream cut before the end is opened again (up to 5 times in a row);
+        an error the server sends (the job purged, the key revoked) is raised. TimeoutError when the job has not
+        changed for `timeout` seconds."""
+        cuts, changed = 0, time.monotonic()
+        while True:
+            for event, data in self._progress_events(_id(job), timeout, changed):
+                if event == "progress":
+                    cuts, changed = 0, time.monotonic()
+                    yield job_from_json(data)
+                elif event == "end":
+                    return
+                elif event == "error":
+                    message = data.get("error", "progress stream failed")
+                    raise ImgServeError("UNAVAILABLE", data.get("kind", "error"), message)
+            cuts += 1
+            if cuts > 5:
+                message = f"the progress stream of job {_id(job)} keeps ending early"
+                raise ImgServeError("UNAVAILABLE", "unavailable", message)
+
+    def _progress_events(self, job_id: str, timeout: float | None, changed: float) -> Iterator[tuple[str, Any]]:
+        """(event, data) of one progress stream until it closes; heartbeats count toward `timeout` as silence."""
+        read = httpx.Timeout(self._http.timeout.connect, read=HEARTBEAT_GRACE_S if timeout is None else timeout)
         try:
-            with self._http.stream("GET", f"/v1/jobs/{_id(job)}/progress", timeout=read) as response:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/progress", timeout=read) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise from_http_response(response, self._api_key)
                 event, data = "message", []
                 for line in response.iter_lines():
+                    if timeout is not None and time.monotonic() - changed > timeout:
+                        raise TimeoutError(f"job {job_id} did not change for {timeout:.0f} s")
                     if line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].strip())
                     elif not line and data:
+                        yield event, json.loads("\n".join(data))
                         if event == "progress":
-                            yield job_from_json(json.loads("\n".join(data)))
+                            changed = time.monotonic()
                         event, data = "message", []
+        except httpx.ReadTimeout:
+            if timeout is not None and time.monotonic() - changed > timeout:
+                raise TimeoutError(f"job {job_id} did not change for {timeout:.0f} s") from None
         except httpx.TransportError as exc:
             raise from_http_transport_error(exc) from exc
 

@@ -5,7 +5,7 @@ import asyncio
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from serving.collections.export import csv_lines, jsonl_lines
@@ -102,7 +102,7 @@ async def collection_images(
 @router.get("/collections/{ref}/images/{image_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
 async def image_thumbnail(
     ref: str,
-    image_id: int,
+    image_id: int = Path(ge=0, le=2**62),
     side: int = Query(default=160, ge=16, le=512, description="Longest side in pixels."),
     jobs: JobService = Depends(get_job_service),
     store: CollectionStore = Depends(get_collection_store),

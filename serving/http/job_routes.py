@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from serving.errors import BadRequestError
+from serving.errors import BadRequestError, OverloadedError, classify_error
 from serving.http.dependencies import client_host, get_job_service, get_principal
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
@@ -19,6 +19,7 @@ from serving.jobs.output_zip import zip_stream
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
+from serving.security.gate import replica_gate
 from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["batch jobs"])
@@ -190,11 +191,18 @@ async def job_events(
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 HEARTBEAT_S = 15.0
+RECHECK_KEY_S = 5.0  # a revoked key's stream ends within this (IMGSERVE_KEY_CACHE_S is the rest of the API's bound)
+MAX_PROGRESS_STREAMS = 64  # open progress streams per replica; they hold no admission slot (serving.admission)
+_open_streams = 0
 
 
 def _progress_key(status: dict[str, object]) -> str:
     """What a progress event is about: the status without the fields that change with the clock alone."""
     return json.dumps({k: v for k, v in status.items() if k != "timings"}, sort_keys=True, default=str)
+
+
+def _event(name: str, data: dict[str, object]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
 @router.get("/jobs/{job_id}/progress", responses={200: {"content": {"text/event-stream": {}}}})
@@ -207,29 +215,49 @@ async def job_progress(
 ) -> StreamingResponse:
     """Server-sent events (text/event-stream): an `event: progress` with the job's status (as GET /v1/jobs/{id})
     each time it changes, a comment line every 15 s while nothing does, and `event: end` once the job is finished
-    (completed, failed or cancelled), after which the stream closes. The server looks at the job every `interval`
-    seconds; a client holds one connection instead of polling. A browser reads it with `fetch` (EventSource cannot
-    send an Authorization header)."""
+    (completed, failed or cancelled), after which the stream closes. If the job can no longer be read (purged, the
+    store down) or the key is revoked, an `event: error` ({kind, error}) ends the stream instead; a stream that
+    ends with neither was cut and can be opened again. The server looks at the job every `interval` seconds; a
+    client holds one connection instead of polling. A browser reads it with `fetch` (EventSource cannot send an
+    Authorization header). Streams hold no admission slot; at most 64 are open per replica (503 beyond)."""
+    global _open_streams
     first = await jobs.get(job_id, principal)  # 404 before the stream starts
+    if _open_streams >= MAX_PROGRESS_STREAMS:
+        raise OverloadedError(f"{MAX_PROGRESS_STREAMS} progress streams are open on this replica; poll the job instead")
+    authorization = request.headers.get("authorization")
+    gate = replica_gate()
 
     async def events() -> AsyncIterator[str]:
-        job, last_key, last_sent = first, "", time.monotonic()
-        while True:
-            status = job_status(job, time.time()).model_dump()
-            key = _progress_key(status)
-            if key != last_key:
-                yield f"event: progress\ndata: {json.dumps(status, default=str)}\n\n"
-                last_key, last_sent = key, time.monotonic()
-            elif time.monotonic() - last_sent >= HEARTBEAT_S:
-                yield ": still running\n\n"
-                last_sent = time.monotonic()
-            if status["status"] in FINAL_STATES:
-                yield f"event: end\ndata: {json.dumps({'job_id': job_id, 'status': status['status']})}\n\n"
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(interval)
-            job = await jobs.get(job_id, principal)
+        global _open_streams
+        _open_streams += 1
+        job, last_key, last_sent, key_checked = first, "", time.monotonic(), time.monotonic()
+        try:
+            while True:
+                status = job_status(job, time.time()).model_dump()
+                key = _progress_key(status)
+                if key != last_key:
+                    yield _event("progress", status)
+                    last_key, last_sent = key, time.monotonic()
+                elif time.monotonic() - last_sent >= HEARTBEAT_S:
+                    yield ": still running\n\n"
+                    last_sent = time.monotonic()
+                if status["status"] in FINAL_STATES:
+                    yield _event("end", {"job_id": job_id, "status": status["status"]})
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(interval)
+                try:
+                    if gate.required and time.monotonic() - key_checked >= RECHECK_KEY_S:
+                        await gate.authenticator.authenticate(authorization)  # type: ignore[union-attr]
+                        key_checked = time.monotonic()
+                    job = await jobs.get(job_id, principal)
+                except Exception as exc:  # noqa: BLE001 - purged, store down, key revoked: said, then the end
+                    info = classify_error(exc)
+                    yield _event("error", {"job_id": job_id, "kind": info.kind, "error": info.message})
+                    return
+        finally:
+            _open_streams -= 1
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

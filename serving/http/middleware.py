@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.access_log import echoed_request_id, log_request, start_request
-from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS
+from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, holds_no_slot
 from serving.errors import ErrorInfo, ServiceError, classify_error, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
@@ -167,7 +167,7 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") or ""
-        if scope["type"] != "http" or path in UNLIMITED_HTTP_PATHS:
+        if scope["type"] != "http" or holds_no_slot(path):
             await self.app(scope, receive, send)
             return
         held = 0  # (a request arriving at the limit was already answered by ShedMiddleware, body unread)

@@ -98,7 +98,7 @@ def clean_and_local(driver: "WebDriver", url: str) -> None:
     assert requests and not outside, outside
 
 
-def sign_in(driver: "WebDriver", url: str, key: str) -> None:
+def sign_in(driver: "WebDriver", url: str, key: str, role: str = "admin") -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{url}/ui#/signin")
@@ -107,7 +107,9 @@ def sign_in(driver: "WebDriver", url: str, key: str) -> None:
     field.clear()
     field.send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "#signin-form button[type=submit]").click()
-    wait_for(driver, "return !document.querySelector('#page-analyze').hidden")
+    wait_for(driver, f"return document.querySelector('#who').textContent.startsWith('{role} ')")
+    home = "#page-collections" if role == "viewer" else "#page-analyze"  # a viewer cannot analyze
+    wait_for(driver, f"return !document.querySelector('{home}').hidden")
 
 
 def test_admin_signs_in_analyzes_a_photo_and_sees_the_server(world: dict[str, Any]) -> None:
@@ -249,6 +251,7 @@ def test_a_50_image_job_progresses_live_and_its_collection_filters_by_tag(world:
         time.sleep(0.05)
     assert seen and seen[-1] == 100, seen
     assert seen == sorted(seen)  # it only moves forward
+    assert any(0 < value < 100 for value in seen), seen  # it moved while the job ran, not only at the end
     assert driver.execute_script("return window.notReloaded === true")  # the same page throughout
     assert f"{JOB_IMAGES} of {JOB_IMAGES} finished" in driver.find_element(By.ID, "job-progress-text").text
     wait_for(driver, f"return document.querySelectorAll('#job-results tbody tr').length === {JOB_IMAGES}")
@@ -295,7 +298,7 @@ def test_a_viewer_gets_no_admin_or_analyst_control(world: dict[str, Any]) -> Non
     driver, url = world["driver"], world["server"].http_url
     driver.get(f"{url}/ui")
     driver.execute_script("sessionStorage.clear()")
-    sign_in(driver, url, world["keys"]["viewer"])
+    sign_in(driver, url, world["keys"]["viewer"], "viewer")
     assert "viewer" in driver.find_element(By.ID, "who").text
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-role=admin], [data-role=analyst], #job-purge, #job-cancel")
     assert not driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page=convert]")
@@ -306,6 +309,8 @@ def test_a_viewer_gets_no_admin_or_analyst_control(world: dict[str, Any]) -> Non
     wait_for(driver, "return document.querySelector('#deployments-note').textContent.length > 0")
     assert "operator" in driver.find_element(By.ID, "deployments-note").text  # /v1/status is refused to a viewer
     assert not driver.find_elements(By.CSS_SELECTOR, "#charts figure")  # /metrics too
+    sign_in(driver, url, world["keys"]["admin"])  # another key in the same page: its controls come back
+    assert driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page=audit]") and driver.find_elements(By.ID, "job-purge")
 
 
 def test_the_pages_need_no_key_and_carry_a_strict_policy(world: dict[str, Any]) -> None:

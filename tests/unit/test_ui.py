@@ -28,10 +28,14 @@ def test_pages_are_served_with_a_strict_policy() -> None:
 
 def test_the_pages_load_nothing_from_elsewhere_and_never_write_markup_from_data() -> None:
     client = _client()
-    html, js = client.get("/ui").text, client.get("/ui/app.js").text
+    html = client.get("/ui").text
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no CDN, no other origin
     assert "<script>" not in html and " on" not in re.sub(r"\s+", " ", html).replace(" only", "")  # no inline code
-    assert "innerHTML" not in js and "eval(" not in js and "http://" not in js and "https://" not in js
+    for module in ui.MODULES:
+        js = client.get(f"/ui/{module}.js").text.replace('"http://www.w3.org/2000/svg"', "SVG_NS")  # a name, no fetch
+        assert js.startswith("//"), module  # the module itself, not a 404 body
+        for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "new Function", "http://", "https://"):
+            assert banned not in js, (module, banned)
 
 
 def test_only_reading_the_pages_is_open() -> None:
@@ -39,3 +43,11 @@ def test_only_reading_the_pages_is_open() -> None:
     assert http_role("HEAD", "/ui/") is None
     assert http_role("POST", "/ui") == "admin"  # nothing else under /ui is open
     assert http_role("GET", "/uix") == "admin" and http_role("GET", "/v1/whoami") == "viewer"
+
+
+def test_progress_streams_hold_no_admission_slot() -> None:
+    from serving.admission import holds_no_slot
+
+    assert holds_no_slot("/v1/jobs/abc/progress") and holds_no_slot("/metrics")
+    assert not holds_no_slot("/v1/jobs/abc") and not holds_no_slot("/v1/analyze")
+    assert not holds_no_slot("/v1/collections/x/progress")  # only a job's stream

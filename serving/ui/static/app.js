@@ -9,6 +9,7 @@ import { showCollections, wireCollections } from "./collections.js";
 import { leaveServer, showServer } from "./server.js";
 
 // ---- sign in -------------------------------------------------------------------------------------
+const removed = []; // [placeholder comment, control] of the controls the signed-in role may not use
 async function signIn(key) {
   if (key) sessionStorage.setItem(KEY, key);
   else sessionStorage.removeItem(KEY);
@@ -27,10 +28,15 @@ function showIdentity() {
   $("#nav").hidden = !me;
   $("#signout").hidden = !me;
   $("#who").textContent = me ? `${me.role} · tenant ${me.tenant}${me.key_id ? ` · key ${me.key_id}` : ""}` : "";
+  // Controls a role may not use are removed, not just hidden: a viewer's page has no admin link or button at all.
+  // A comment keeps each one's place, so signing in again with another key puts back what that key may use.
+  for (const [mark, control] of removed.splice(0)) mark.replaceWith(control);
   for (const control of document.querySelectorAll("[data-role]")) {
-    // Controls a role may not use are removed, not just hidden: a viewer's page has no admin link or button at all.
     const allowed = me && ROLES.indexOf(me.role) >= ROLES.indexOf(control.dataset.role);
-    if (!allowed) control.remove();
+    if (allowed) continue;
+    const mark = document.createComment(`${control.dataset.role} control`);
+    control.replaceWith(mark);
+    removed.push([mark, control]);
   }
 }
 
@@ -46,9 +52,11 @@ const pages = {
 };
 const leave = [leaveJobs, leaveServer];
 
+// A viewer cannot analyze: its first page is Collections.
+const home = () => (state.me && state.me.role === "viewer" ? "collections" : "analyze");
+
 async function route() {
-  let page = (location.hash.replace(/^#\//, "") || "analyze").split("?")[0];
-  if (!(page in pages)) page = "analyze";
+  let page = location.hash.replace(/^#\//, "").split("?")[0];
   if (!state.me && page !== "signin") {
     try {
       await signIn(sessionStorage.getItem(KEY) || "");
@@ -56,12 +64,16 @@ async function route() {
       page = "signin";
     }
   }
+  if (!(page in pages)) page = home();
   for (const stop of leave) stop();
   for (const section of document.querySelectorAll(".page")) section.hidden = section.id !== `page-${page}`;
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
+  const heading = $(`#page-${page} h1`);
+  heading.tabIndex = -1;
+  heading.focus({ preventScroll: true }); // a screen reader hears where it is; Tab continues from the page
   if (pages[page]) await pages[page]();
 }
 
@@ -90,7 +102,7 @@ function wire() {
     try {
       await signIn($("#api-key").value.trim());
       $("#api-key").value = "";
-      location.hash = "#/analyze";
+      location.hash = `#/${home()}`;
     } catch (error) {
       $("#signin-error").textContent = error.status === 401 ? "That key was not accepted." : error.message;
     }

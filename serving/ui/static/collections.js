@@ -8,6 +8,7 @@ import { worldMap } from "./map.js";
 
 const PAGE = 48;
 let current = null; // { id, name, next }
+let loads = 0; // bumped by each fresh load: an older load's answer is dropped, not mixed into the grid
 const thumbnails = new Map(); // image id -> object URL (kept while the page is open)
 
 export async function showCollections() {
@@ -85,7 +86,7 @@ async function thumbnail(image, img) {
     }
     img.src = thumbnails.get(image.id);
   } catch {
-    img.alt = `${image.name} (file no longer readable)`;
+    img.alt = "file no longer readable";
     img.classList.add("missing");
   }
 }
@@ -93,16 +94,18 @@ async function thumbnail(image, img) {
 async function loadImages(fresh) {
   const grid = $("#collection-grid");
   const status = $("#collection-status");
-  if (fresh) { grid.replaceChildren(); current.next = null; }
+  if (fresh) { loads += 1; grid.replaceChildren(); current.next = null; }
+  const load = loads;
   const params = filters();
   params.set("limit", String(PAGE));
   if (!fresh && current.next) params.set("after", String(current.next));
   try {
     const answer = await api(`/v1/collections/${encodeURIComponent(current.id)}/images?${params}`);
+    if (load !== loads) return; // the filter changed meanwhile
     current.next = answer.next;
     const pending = [];
     for (const image of answer.images) {
-      const img = el("img", { alt: image.name, width: 160, height: 160 });
+      const img = el("img", { alt: "", width: 160, height: 160 }); // the tile's text names it
       const caption = [image.quality_score != null ? `${image.quality_score.toFixed(0)}` : "", ...(image.tags || [])].filter(Boolean).join(" · ");
       const tile = el("button", { type: "button", class: "tile", "data-name": image.name, title: image.name }, img,
         el("span", { class: "tile-name", text: image.name }), el("span", { class: "tile-tags", text: caption || (image.ok ? "" : "failed") }));
@@ -112,13 +115,21 @@ async function loadImages(fresh) {
     }
     status.textContent = `${grid.children.length} image(s) shown${current.next ? " (more below)" : ""}` + (params.get("tag") ? ` · tag ${params.get("tag")}` : "");
     $("#collection-more").hidden = !current.next;
-    for (let i = 0; i < pending.length; i += 6) await Promise.all(pending.slice(i, i + 6).map(([image, img]) => thumbnail(image, img)));
+    for (let i = 0; i < pending.length && load === loads; i += 6) await Promise.all(pending.slice(i, i + 6).map(([image, img]) => thumbnail(image, img)));
   } catch (error) {
     status.textContent = errorText(error);
   }
 }
 
 async function openImage(image) {
+  try {
+    await showImage(image);
+  } catch (error) {
+    $("#collection-status").textContent = errorText(error);
+  }
+}
+
+async function showImage(image) {
   const detail = $("#image-detail");
   const answer = await api(`/v1/collections/${encodeURIComponent(current.id)}/images?after=${image.id - 1}&limit=1&analysis=true`);
   const item = answer.images[0];

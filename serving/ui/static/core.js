@@ -85,27 +85,36 @@ export function errorText(error) {
 }
 
 // Server-sent events read with fetch (EventSource cannot send the Authorization header): calls onEvent(name, data)
-// for each event until the server ends the stream or `signal` aborts it.
+// for each event until the server closes the stream or `signal` aborts it. Returns the last event's name: "end" or
+// "error" when the server ended it on purpose, anything else when the stream was cut (the caller may open it again).
 export async function readEvents(path, onEvent, signal) {
   const response = await request(path, { signal, headers: { Accept: "text/event-stream" } });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value;
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let name = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) name = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+  let last = null;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return last;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+        }
+        if (data.length) {
+          last = name;
+          onEvent(name, JSON.parse(data.join("\n")));
+        }
       }
-      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
     }
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 

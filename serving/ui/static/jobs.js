@@ -5,6 +5,8 @@ import { $, api, can, downloadFrom, el, errorText, readEvents, request, table } 
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 let watching = null; // AbortController of the open progress stream
+let opened = 0; // bumped by each openJob and by leaving the page
+let lastStatus = null;
 
 export async function showJobs() {
   $("#job-form").hidden = !can("analyst");
@@ -48,6 +50,10 @@ async function submit(event) {
 }
 
 function renderJob(job) {
+  if (job.status !== lastStatus) { // announced once per change of state, not every half second
+    $("#job-status").textContent = `Job ${job.job_id}: ${job.status}`;
+    lastStatus = job.status;
+  }
   const finished = job.counts.done + job.counts.failed;
   const percent = Math.round((job.progress || 0) * 100);
   const bar = $("#job-progress");
@@ -69,21 +75,38 @@ function show(selector, visible) {
 
 async function openJob(id) {
   watching?.abort();
+  const generation = (opened += 1); // a later openJob or leaving the page makes this one stale
   const panel = $("#job-detail");
   panel.hidden = false;
   panel.dataset.job = id;
   $("#job-title").textContent = `Job ${id}`;
   $("#job-results").replaceChildren();
   $("#job-message").textContent = "";
+  lastStatus = null;
   const job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
+  if (generation !== opened) return;
   renderJob(job);
   if (FINAL.has(job.status)) { await showResults(id); return; }
   watching = new AbortController();
-  const ended = readEvents(`/v1/jobs/${encodeURIComponent(id)}/progress`, (name, data) => {
-    if (name === "progress") renderJob(data);
-  }, watching.signal);
-  ended.then(async () => { if (panel.dataset.job === id) { await showResults(id); await listJobs(); } })
-    .catch((error) => { if (error.name !== "AbortError") $("#job-message").textContent = errorText(error); });
+  const { signal } = watching;
+  for (let cuts = 0; cuts < 5 && !signal.aborted; cuts += 1) {
+    let ended = null;
+    try {
+      ended = await readEvents(`/v1/jobs/${encodeURIComponent(id)}/progress`, (name, data) => {
+        if (generation !== opened || data.job_id !== id) return;
+        if (name === "progress") { renderJob(data); cuts = 0; }
+        if (name === "error") $("#job-message").textContent = `${data.kind}: ${data.error}`;
+      }, signal);
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      $("#job-message").textContent = errorText(error);
+      return;
+    }
+    if (generation !== opened) return;
+    if (ended === "end") { await showResults(id); await listJobs(); return; }
+    if (ended === "error") return;
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // cut before the end: open it again
+  }
 }
 
 async function showResults(id) {
@@ -139,6 +162,7 @@ export function wireJobs() {
 }
 
 export function leaveJobs() {
+  opened += 1;
   watching?.abort();
   watching = null;
 }

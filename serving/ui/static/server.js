@@ -7,12 +7,16 @@ import { $, api, can, el, errorText, request, svg } from "./core.js";
 const SAMPLE_MS = 2000;
 const KEEP = 150; // samples: 5 minutes
 // The inference endpoints, as deploy/prometheus/alerts.yml and the Grafana dashboard select them (plus image operations).
-const INFERENCE = /^(\/v1\/(classify|analyze|metadata|convert|enhance)|\/v2\/models\/.+\/infer|Classify|Analyze|AnalyzeStream|ModelInfer|ModelStreamInfer|Convert|Enhance)$/;
+// "(shed)": requests refused at the admission limit before routing (503), counted so overload shows as errors.
+const INFERENCE = /^(\/v1\/(classify|analyze|metadata|convert|enhance)|\/v2\/models\/.+\/infer|Classify|Analyze|AnalyzeStream|ModelInfer|ModelStreamInfer|Convert|Enhance|\(shed\))$/;
 let samples = [];
 let timer = null;
+let shown = 0; // bumped by each showServer and by leaving: a page left while loading starts no timer
 
 export async function showServer() {
+  const generation = (shown += 1);
   const listing = await api("/v1/models");
+  if (generation !== shown) return;
   const body = $("#models-table tbody");
   body.replaceChildren();
   for (const model of listing.models) {
@@ -42,10 +46,11 @@ export async function showServer() {
   } catch (error) {
     $("#deployments-note").textContent = `Replica counts unavailable: ${errorText(error)}`;
   }
-  startCharts();
+  if (generation === shown) startCharts();
 }
 
 export function leaveServer() {
+  shown += 1;
   clearInterval(timer);
   timer = null;
 }
