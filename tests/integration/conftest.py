@@ -1,9 +1,9 @@
 """Start the real server once per test run: `imgserve serve` (local Ray + Ray Serve) on free ports."""
 
 import os
+import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.server_process import ServerProcess, free_port
+from loadtests.server_process import ProcessSession, ServerProcess, free_port
 from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
 
 pytestmark = pytest.mark.integration
@@ -167,19 +167,15 @@ def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
     boto3 = pytest.importorskip("boto3", reason="boto3 comes with the dev extras")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "moto.log"
-    with log_path.open("wb") as log:
-        moto = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    moto = ProcessSession(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        log=tmp_path / "moto.log",
+        ready_url=endpoint,  # moto answers the bucket listing at /
+        stop_signal=signal.SIGTERM,
+        name="moto_server",
+    )
+    moto.start(timeout_s=60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(endpoint, timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or moto.poll() is not None:
-                    pytest.fail(f"moto_server did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.3)
         env = {**MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
         client = boto3.client(
             "s3",
@@ -190,5 +186,4 @@ def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
         yield {"endpoint": endpoint, "env": env, "client": client}
     finally:
-        moto.terminate()
-        moto.wait(timeout=30)
+        moto.stop(timeout_s=30)

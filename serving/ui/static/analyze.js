@@ -19,7 +19,7 @@ export async function showAnalyze() {
   }
 }
 
-export const isImage = (file) => file.type.startsWith("image/") || /\.(jpe?g|png|webp|tiff?|bmp|gif|heic|heif|avif)$/i.test(file.name);
+const isImage = (file) => file.type.startsWith("image/") || /\.(jpe?g|png|webp|tiff?|bmp|gif|heic|heif|avif)$/i.test(file.name);
 
 async function analyzeFiles(files) {
   const images = [...files].filter(isImage);

@@ -5,7 +5,7 @@ import { svg } from "./core.js";
 
 const WIDTH = 360;
 const HEIGHT = 180;
-let land = null;
+let land = null; // Promise of the land's SVG path
 
 const project = ([lon, lat]) => [lon + 180, 90 - lat];
 
@@ -40,18 +40,19 @@ function ringPath(ring, arcs) {
   return path + "Z";
 }
 
-async function landPath() {
-  if (land !== null) return land;
-  const topology = await (await fetch("/ui/land-110m.json")).json();
-  const arcs = decodeArcs(topology);
-  const parts = [];
-  for (const object of Object.values(topology.objects || {})) {
-    for (const geometry of object.geometries || [object]) {
-      const polygons = geometry.type === "Polygon" ? [geometry.arcs] : geometry.type === "MultiPolygon" ? geometry.arcs : [];
-      for (const polygon of polygons) for (const ring of polygon) parts.push(ringPath(ring, arcs));
+// Fetched and decoded once per page, however many maps are drawing at the same time.
+function landPath() {
+  land ??= fetch("/ui/land-110m.json").then((answer) => answer.json()).then((topology) => {
+    const arcs = decodeArcs(topology);
+    const parts = [];
+    for (const object of Object.values(topology.objects || {})) {
+      for (const geometry of object.geometries || [object]) {
+        const polygons = geometry.type === "Polygon" ? [geometry.arcs] : geometry.type === "MultiPolygon" ? geometry.arcs : [];
+        for (const polygon of polygons) for (const ring of polygon) parts.push(ringPath(ring, arcs));
+      }
     }
-  }
-  land = parts.join("");
+    return parts.join("");
+  });
   return land;
 }
 
