@@ -7,30 +7,27 @@ format's extension and `--suffix` added to the name; originals are never overwri
 ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyvips
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+# Only the parser is built on every `imgserve` start (`imgserve serve` included): the image libraries load when a
+# convert/enhance command runs.
+if TYPE_CHECKING:
+    from pipelines.convert import ConvertOptions, ConvertResult
 
-from pipelines.convert import FORMATS, ConvertOptions, ConvertResult, convert_image
-from pipelines.enhance import EnhanceOptions, should_revert, without_auto
-from pipelines.enhance.image import enhance_image
-from pipelines.enhance.plan import auto_step
-from pipelines.errors import ImageInputError
-from pipelines.limits import DecodeLimits
-from serving.cli_output import expand_images
-from serving.memory import tune_malloc
-
-Work = Callable[[bytes], tuple[ConvertResult, dict[str, Any]]]
+    Work = Callable[[bytes], tuple[ConvertResult, dict[str, Any]]]
 
 
 def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
+    from pipelines.convert import ConvertOptions
+
     raw: dict[str, Any] = {
         "format": args.to,
         "quality": args.quality,
@@ -48,11 +45,20 @@ def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
 
 
 def _output_path(source: Path, root: Path | None, out: Path, suffix: str, result: ConvertResult) -> Path:
+    from pipelines.convert import FORMATS
+
     relative = source.relative_to(root) if root is not None else Path(source.name)
     return out / relative.parent / f"{relative.stem}{suffix}{FORMATS[result.format].extension}"
 
 
 def _run(args: argparse.Namespace, label: str, work: Work) -> int:
+    import pyvips
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipelines.errors import ImageInputError
+    from serving.cli_output import expand_images
+    from serving.memory import tune_malloc
+
     tune_malloc()
     files = [Path(p) for p in expand_images(args.paths)]
     roots = {Path(p): Path(p) for p in args.paths if Path(p).is_dir()}
@@ -100,12 +106,19 @@ def _run(args: argparse.Namespace, label: str, work: Work) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from pipelines.convert import convert_image
+    from pipelines.limits import DecodeLimits
+
     options = _conversion_options(args)
     limits = DecodeLimits()
     return _run(args, "convert", lambda data: (convert_image(data, options, limits), {}))
 
 
 def _cmd_enhance(args: argparse.Namespace) -> int:
+    from pipelines.enhance import EnhanceOptions, should_revert, without_auto
+    from pipelines.enhance.image import enhance_image
+    from pipelines.enhance.plan import auto_step
+    from pipelines.limits import DecodeLimits
     from serving.local_quality import LocalQuality
 
     convert = _conversion_options(args)

@@ -18,18 +18,31 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
 from serving.config.app_args import DirectIngressOptions, Placement
 from serving.config.placement_overlay import apply_placement, choose_placement
+from serving.local_ray import (
+    LEAN_ENV,
+    LEAN_SYSTEM_CONFIG,
+    WorkerLogFollower,
+    block_unused_modules,
+    lean_ray_enabled,
+    logs_dir,
+    trim_head_processes,
+)
 from serving.security.settings import SecuritySettings, is_loopback_host
-
-if TYPE_CHECKING:
-    from ray.serve.schema import ServeDeploySchema
+from serving.serve_control import (
+    SignalFlag,
+    deploy_serve,
+    direct_ingress_args,
+    run_in_worker,
+    shutdown_serve,
+)
 
 logger = logging.getLogger("imgserve.server")
 
@@ -86,27 +99,6 @@ def load_serve_config(
             "front of the proxy."
         )
     return config
-
-
-def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
-    """The `direct_ingress` mapping of every application's args that has one (the mapping itself, not a copy)."""
-    for args in app_args:
-        direct = (args or {}).get("direct_ingress")
-        if direct is not None:
-            yield direct
-
-
-def listening_at(config: "ServeDeploySchema") -> str:
-    """Where clients connect: the direct listeners when the proxy is disabled, else the proxy."""
-    if config.proxy_location != "Disabled":
-        http = config.http_options
-        return f"http://{http.host}:{http.port} (grpc port {config.grpc_options.port})"
-    places = []
-    for direct in direct_ingress_args(app.args for app in config.applications):
-        listeners = DirectIngressOptions.model_validate(direct)
-        scheme, tls = ("https", ", TLS") if listeners.tls else ("http", "")
-        places.append(f"{scheme}://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port}{tls})")
-    return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
 
 
 def listener_binds(config: dict[str, Any], ray_address: str | None = None) -> list[tuple[str, str]]:
@@ -209,6 +201,8 @@ def ray_worker_setup() -> None:
     ray/serve/_private/replica.py) and the gRPC proxy (`[::]:<port>`, grpc_util.start_grpc_server). Rebind the
     first to loopback and the second to the HTTP proxy's host. A Ray without these functions fails the worker's
     start (the server does not come up) rather than listening on every interface."""
+    if lean_ray_enabled():
+        block_unused_modules()
     internal = os.environ.get(RAY_INTERNAL_HOST_ENV)
     if internal:
         from ray._common import tls_utils
@@ -242,26 +236,6 @@ def print_key_hint() -> None:
             "  imgserve keys create --name admin --role admin --tenant default",
             flush=True,
         )
-
-
-def wait_until_running(config: Any, stop: threading.Event, timeout_s: float) -> None:
-    """Wait for every application to be RUNNING (Ray's own blocking deploy gives up after 60 s, too soon for a
-    loaded 2-core machine); fail fast with Ray's message if one fails to deploy."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    names = [app.name for app in config.applications]
-    while not stop.is_set():
-        statuses = serve.status().applications
-        states = {name: statuses[name].status if name in statuses else "NOT_STARTED" for name in names}
-        failed = [name for name, state in states.items() if state in ("DEPLOY_FAILED", "UNHEALTHY")]
-        if failed:
-            raise RuntimeError(f"application(s) {failed} failed to deploy: {statuses[failed[0]].message}")
-        if all(state == "RUNNING" for state in states.values()):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"applications not RUNNING after {timeout_s:.0f}s: {states}")
-        time.sleep(0.5)
 
 
 def run_server(
@@ -310,14 +284,13 @@ def run_server(
 
     ensure_generated()  # the gRPC proxy imports the generated servicer functions named in the config
     import ray
-    from ray import serve
-    from ray.serve._private import api as serve_api
-    from ray.serve.config import gRPCOptions
-    from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(raw)
     # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    lean = ray_address is None and lean_ray_enabled()
+    if lean:
+        init_options["_system_config"] = LEAN_SYSTEM_CONFIG
+        block_unused_modules()
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
@@ -326,29 +299,33 @@ def run_server(
         logging_level=logging.WARNING,
         **init_options,
     )
-    stop = threading.Event()
+    stop = SignalFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop.request)
+    logs_done = threading.Event()
+    if lean:
+        print(f"imgserve: stopped Ray's {', '.join(trim_head_processes())} (one machine; {LEAN_ENV}=0 keeps them)")
+        worker_logs = logs_dir()
+        if worker_logs is not None:
+            WorkerLogFollower(worker_logs, logs_done).start()
     try:
         node_ip = ray.util.get_node_ip_address()
         if ray_address is None and not is_loopback_host(node_ip):
             raise RuntimeError(f"Ray started on {node_ip}, not loopback: stopping (its listeners would be exposed)")
-        client = serve_api.serve_start(
-            http_options=config.http_options.model_dump(),
-            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-            proxy_location=config.proxy_location,
-        )
-        client.deploy_apps(config)
-        wait_until_running(config, stop, timeout_s=float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600")))
+        timeout_s = float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600"))
+        where = run_in_worker(deploy_serve, stop, raw, timeout_s)  # Serve's imports stay out of this process
+        if where is None:
+            return 0
         banner = "auth required" if auth == "required" else "auth OFF (loopback only)"
-        print(f"imgserve is ready: {listening_at(config)} (placement {chosen}, {banner})", flush=True)
-        while not stop.wait(1.0):
-            pass
+        print(f"imgserve is ready: {where} (placement {chosen}, {banner})", flush=True)
+        while not stop.is_set():
+            time.sleep(0.5)
     finally:
         print("imgserve: shutting down", flush=True)
         try:
-            serve.shutdown()
+            run_in_worker(shutdown_serve, None)
         finally:
             ray.shutdown()
+            logs_done.set()
             (temp_dir / TOKEN_FILE).unlink(missing_ok=True)  # the generated Ray token, if any: gone with Ray
     return 0

@@ -15,7 +15,8 @@ from serving.config.app_args import DirectIngressOptions
 from serving.deployments.direct_ingress import DirectListeners, reuse_port_socket
 from serving.errors import OverloadedError
 from serving.http.middleware import AdmissionMiddleware
-from serving.server import listening_at, load_serve_config
+from serving.serve_control import listening_at
+from serving.server import load_serve_config
 from tests.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit

@@ -15,7 +15,13 @@ SOURCE_ROOTS = ("serving", "pipelines", "tooling", "loadtests")
 
 
 def _modules(root: str) -> list[Path]:
-    return [p for p in (PROJECT_ROOT / root).rglob("*.py") if "generated" not in p.parts]
+    """The project's own modules: not generated code, not a virtualenv (loadtests/.venv-triton, node_modules)."""
+    return [
+        p
+        for p in (PROJECT_ROOT / root).rglob("*.py")
+        if "generated" not in p.parts
+        and not any(part.startswith(".") or part == "node_modules" for part in p.relative_to(PROJECT_ROOT).parts)
+    ]
 
 
 def _imports(path: Path) -> set[str]:

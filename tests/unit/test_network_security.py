@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from serving import server
+from serving import serve_control, server
 from serving.cli import build_parser
 from serving.config.app_args import DirectIngressOptions
 from serving.deployments.direct_ingress import DirectListeners, reuse_port_socket
@@ -141,7 +141,7 @@ def test_tls_goes_to_the_direct_listeners_and_the_banner_says_https(tls_pair: tu
     config = load_serve_config(SERVE_CONFIG, 18000, 19000, placement="local", tls=(cert, key))
     direct = DirectIngressOptions.model_validate(config["applications"][0]["args"]["direct_ingress"])
     assert direct.tls and (direct.tls_cert, direct.tls_key) == (cert, key)
-    banner = server.listening_at(ServeDeploySchema.model_validate(config))
+    banner = serve_control.listening_at(ServeDeploySchema.model_validate(config))
     assert banner == "https://127.0.0.1:18000 (grpc port 19000, TLS)"
 
 

@@ -1,0 +1,166 @@
+"""The single-machine Ray under `imgserve serve`, without the Ray processes one machine never uses.
+
+`ray.init` on one machine starts, beside the GCS, the raylet and its two agents (which the raylet needs):
+
+- the autoscaler monitor (~85 MB): it scales *nodes* from a cluster config; there is none here (Serve's replica
+  autoscaling lives in the Serve controller and is unaffected);
+- the dashboard head (~120 MB): with `include_dashboard=False` it loads only the usage-stats module;
+- the log monitor (~80 MB): it ships workers' stdout/stderr to the driver; `WorkerLogFollower` below does that
+  job in a thread of the driver instead;
+- prestarted idle workers (~80 MB each) for tasks this server never submits: actors start their own.
+
+In this process and every Ray worker (the worker setup hook), `block_unused_modules` makes pandas and pyarrow
+unimportable: Ray Serve imports pandas in each of its processes only to register a DataFrame encoder (for
+deployments that return DataFrames; imgserve's return none), and Ray's serializer imports pyarrow on the first
+remote call only to register Ray Data's Arrow serializers (no Ray Data runs in the server; `imgserve collection
+analyze` starts its own Ray). About 75 + 27 MB per process: the controller, every replica, this one.
+
+Together about 0.5 GB of a ~1.7 GB server (BENCHMARKS.md "Memory"). `IMGSERVE_LEAN_RAY=0` keeps them all (for a
+`ray status` that reads the autoscaler's view, for instance). A server joining an existing cluster (`--address`)
+changes nothing there.
+"""
+
+import logging
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+logger = logging.getLogger("imgserve.server")
+
+LEAN_ENV = "IMGSERVE_LEAN_RAY"
+# ray.init(_system_config=...): no pool of idle workers waiting for tasks when the driver connects.
+LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+WORKER_LOG = re.compile(r"^worker-[0-9a-f]+-[0-9a-f]+-(?P<pid>\d+)\.(?P<stream>out|err)$")
+# Marker lines Ray writes into a worker's log files (ray_constants.LOG_PREFIX_*): metadata, not output.
+ACTOR_NAME = ":actor_name:"
+TASK_NAME = ":task_name:"
+MARKERS = (":job_id:", ":event_summary:", ":info_message:")
+MAX_READ = 1 << 20
+
+
+def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
+    return (os.environ if env is None else env).get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+UNUSED_MODULES = ("pandas", "pyarrow")
+
+
+def block_unused_modules() -> list[str]:
+    """Make `import pandas` / `import pyarrow` raise ModuleNotFoundError in this process (both Ray Serve and Ray
+    take their no-pandas / no-pyarrow path); a module already imported is left alone. The names blocked."""
+    blocked = []
+    for name in UNUSED_MODULES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment] - the import system's "not importable" marker
+            blocked.append(name)
+    return blocked
+
+
+def trim_head_processes() -> list[str]:
+    """Stop the head processes listed above in the Ray this process started; the names of those stopped."""
+    import ray
+
+    node = ray._private.worker._global_node  # noqa: SLF001 - the node object ray.init started
+    if node is None or not node.head:
+        return []
+    stopped = []
+    for name, kill in (
+        ("autoscaler monitor", node.kill_monitor),
+        ("dashboard head", node.kill_dashboard),
+        ("log monitor", node.kill_log_monitor),
+    ):
+        try:
+            kill(check_alive=False)
+            stopped.append(name)
+        except Exception as error:  # noqa: BLE001 - a process that cannot be stopped only costs memory
+            logger.warning("could not stop Ray's %s: %s", name, error)
+    return stopped
+
+
+def logs_dir() -> Path | None:
+    import ray
+
+    node = ray._private.worker._global_node  # noqa: SLF001
+    return Path(node.get_logs_dir_path()) if node is not None else None
+
+
+@dataclass
+class FollowedFile:
+    pid: str
+    out: TextIO
+    offset: int = 0
+    name: str = ""
+    partial: str = ""
+
+
+class WorkerLogFollower(threading.Thread):
+    """Prints what Ray workers write to stdout/stderr, as Ray's log monitor does: `(ActorName pid=N) line`.
+
+    Ray redirects each worker's stdout and stderr to `logs/worker-<id>-<job>-<pid>.{out,err}`; this thread reads
+    what is new in each every `interval` seconds and writes whole lines to this process's stdout or stderr."""
+
+    def __init__(self, directory: Path, stop: threading.Event, interval: float = 0.25) -> None:
+        super().__init__(name="imgserve-worker-logs", daemon=True)
+        self.directory = directory
+        self.stop_event = stop
+        self.interval = interval
+        self.files: dict[Path, FollowedFile] = {}
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.poll()
+        self.poll()
+
+    def poll(self) -> None:
+        try:
+            paths = [p for p in self.directory.iterdir() if WORKER_LOG.match(p.name)]
+        except OSError:
+            return
+        for path in paths:
+            followed = self.files.get(path)
+            if followed is None:
+                match = WORKER_LOG.match(path.name)
+                assert match is not None
+                stream = sys.stdout if match["stream"] == "out" else sys.stderr
+                followed = self.files[path] = FollowedFile(pid=match["pid"], out=stream)
+            self.read_new(path, followed)
+
+    def read_new(self, path: Path, followed: FollowedFile) -> None:
+        try:
+            with path.open("rb") as handle:
+                if handle.seek(0, os.SEEK_END) < followed.offset:  # truncated: start over
+                    followed.offset, followed.partial = 0, ""
+                handle.seek(followed.offset)
+                data = handle.read(MAX_READ)
+        except OSError:
+            return
+        if not data:
+            return
+        followed.offset += len(data)
+        text = followed.partial + data.decode("utf-8", errors="replace")
+        *lines, followed.partial = text.split("\n")
+        for line in lines:
+            self.emit(followed, line)
+        try:
+            followed.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def emit(self, followed: FollowedFile, line: str) -> None:
+        if line.startswith(ACTOR_NAME):
+            followed.name = line[len(ACTOR_NAME) :].strip()
+            return
+        if line.startswith(TASK_NAME):
+            followed.name = followed.name or line[len(TASK_NAME) :].strip()
+            return
+        if line.startswith(MARKERS) or not line.strip():
+            return
+        prefix = f"({followed.name} pid={followed.pid})" if followed.name else f"(pid={followed.pid})"
+        try:
+            followed.out.write(f"{prefix} {line}\n")
+        except (OSError, ValueError):
+            pass

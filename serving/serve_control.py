@@ -1,0 +1,115 @@
+"""Deploying and stopping Ray Serve from a short-lived Ray worker, so `imgserve serve`'s own process stays small.
+
+Importing Ray Serve costs a process ~110 MB it keeps for its whole life. The `imgserve serve` process only starts
+Ray and waits for a signal, so the two things that need Serve (deploy the config and wait until it runs; shut it
+down) run as Ray tasks with `max_calls=1`: each in a worker that exits when the task returns.
+"""
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from serving.config.app_args import DirectIngressOptions
+
+if TYPE_CHECKING:
+    from ray.serve.schema import ServeDeploySchema
+
+
+def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
+    """The `direct_ingress` mapping of every application's args that has one (the mapping itself, not a copy)."""
+    for args in app_args:
+        direct = (args or {}).get("direct_ingress")
+        if direct is not None:
+            yield direct
+
+
+def listening_at(config: "ServeDeploySchema") -> str:
+    """Where clients connect: the direct listeners when the proxy is disabled, else the proxy."""
+    if config.proxy_location != "Disabled":
+        http = config.http_options
+        return f"http://{http.host}:{http.port} (grpc port {config.grpc_options.port})"
+    places = []
+    for direct in direct_ingress_args(app.args for app in config.applications):
+        listeners = DirectIngressOptions.model_validate(direct)
+        scheme, tls = ("https", ", TLS") if listeners.tls else ("http", "")
+        places.append(f"{scheme}://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port}{tls})")
+    return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
+
+
+class SignalFlag:
+    """Set by a SIGINT/SIGTERM handler, read by the main loop. A plain attribute, not a `threading.Event`: a handler
+    runs on the main thread between two bytecodes, and one calling `Event.set` while the main thread is inside
+    that event's `wait` or `set` (a second Ctrl-C, or `pkill` reaching the process twice) waits for a lock the
+    main thread already holds, and the server hangs for good."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, *_: object) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+def wait_until_running(config: Any, timeout_s: float) -> None:
+    """Wait for every application to be RUNNING (Ray's own blocking deploy gives up after 60 s, too soon for a
+    loaded 2-core machine); fail fast with Ray's message if one fails to deploy."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    names = [app.name for app in config.applications]
+    while True:
+        statuses = serve.status().applications
+        states = {name: statuses[name].status if name in statuses else "NOT_STARTED" for name in names}
+        failed = [name for name, state in states.items() if state in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise RuntimeError(f"application(s) {failed} failed to deploy: {statuses[failed[0]].message}")
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not RUNNING after {timeout_s:.0f}s: {states}")
+        time.sleep(0.5)
+
+
+def deploy_serve(raw: dict[str, Any], timeout_s: float) -> str:
+    """Start Serve with the config's proxy options, deploy its applications, wait until they run; where clients
+    connect (`listening_at`)."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(raw)
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        proxy_location=config.proxy_location,
+    )
+    client.deploy_apps(config)
+    wait_until_running(config, timeout_s)
+    return listening_at(config)
+
+
+def shutdown_serve() -> None:
+    from ray import serve
+
+    serve.shutdown()
+
+
+def run_in_worker(function: Any, stop: SignalFlag | None, *args: Any) -> Any:
+    """`function(*args)` in a fresh Ray worker that exits afterwards; None if `stop` is set first (the task is
+    then cancelled). An exception raised there is raised here as itself, without Ray's wrapping."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    ref = ray.remote(num_cpus=0, max_calls=1)(function).remote(*args)
+    while stop is None or not stop.is_set():
+        ready, _ = ray.wait([ref], timeout=0.5)
+        if ready:
+            try:
+                return ray.get(ref)
+            except RayTaskError as error:
+                cause = error.cause if isinstance(error.cause, BaseException) else None
+                raise (cause or RuntimeError(str(error))) from None
+    ray.cancel(ref, force=True)
+    return None
