@@ -15,6 +15,7 @@ MODEL_NAME = "mobilenet_v2_imagenet"
 SERVERS = (
     "naive",
     "triton",
+    "triton_int8",
     "imgserve_http",
     "imgserve_http_auth",
     "imgserve_grpc",
@@ -32,6 +33,7 @@ IMGSERVE_EXTRA_ARGS: dict[str, list[str]] = {
     "imgserve_grpc_auth": [],
     "imgserve_graph_grpc": ["--placement", "graph"],
 }
+TRITON_SERVERS = ("triton", "triton_int8")  # float ONNX / the INT8 variant imgserve serves on CPU
 IMGSERVE_SERVERS = ("imgserve_http", "imgserve_grpc")  # the ratios' imgserve: the default placement
 PLACEMENT_SERVERS = ("imgserve_http", "imgserve_grpc", "imgserve_graph_grpc")  # one per placement and edge
 GRAPH_SERVER = "imgserve_graph_grpc"

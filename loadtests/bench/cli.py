@@ -22,6 +22,7 @@ from loadtests.bench.catalog import (
     QUICK_CONCURRENCY,
     RESULTS_DIR,
     SERVERS,
+    TRITON_SERVERS,
     TRITON_VENV,
     imgserve_command_line,
     key_command_line,
@@ -198,19 +199,33 @@ def render_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def int8_model_path() -> Path | None:
+    """The INT8 ONNX file imgserve serves on CPU (built by `make models`), for Triton to serve the same model."""
+    from loadtests.baselines.naive_server import MODEL_NAME
+    from serving.repository import ModelRepository
+
+    entry = ModelRepository.scan().entries.get(MODEL_NAME)
+    return entry.artifacts.onnx_int8 if entry is not None else None
+
+
 def measure_servers(
     args: argparse.Namespace, plan: Plan, mixes: dict[str, Mix], model: Path, labels: Path
 ) -> dict[str, dict[str, Any]]:
     """Every server requested, in rounds; a Triton that cannot be set up is recorded with its reason."""
-    triton_python, triton_reason = (None, None)
-    if "triton" in args.servers:
-        triton_python, triton_reason = ensure_triton_venv(args.triton_venv, create=not plan.quick)
-        if triton_reason:
-            log(f"triton: skipped: {triton_reason}")
-    built = build_servers(args.servers, model, labels, triton_python)
+    triton_python, reasons = None, {}
+    tritons = [name for name in args.servers if name in TRITON_SERVERS]
+    if tritons:
+        triton_python, why = ensure_triton_venv(args.triton_venv, create=not plan.quick)
+        reasons = dict.fromkeys(tritons, why) if why else {}
+    int8 = int8_model_path()
+    if "triton_int8" in tritons and int8 is None and "triton_int8" not in reasons:
+        reasons["triton_int8"] = "no INT8 variant of the model is built (`make models` builds it)"
+    for name, why in reasons.items():
+        log(f"{name}: skipped: {why}")
+    built = build_servers(args.servers, model, labels, triton_python, int8)
     servers = measure_rounds(built, args.rounds, mixes, plan.concurrency, plan.seconds, plan.warmup, LOG_DIR)
-    if "triton" in args.servers and triton_reason:
-        servers["triton"] = {**{m: {} for m in mixes}, "error": triton_reason}
+    for name, why in reasons.items():
+        servers[name] = {**{m: {} for m in mixes}, "error": why}
     return {name: servers[name] for name in SERVERS if name in servers}
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench import machine
-from loadtests.bench.catalog import IMGSERVE_ENV, IMGSERVE_EXTRA_ARGS
+from loadtests.bench.catalog import IMGSERVE_ENV, IMGSERVE_EXTRA_ARGS, TRITON_SERVERS
 from loadtests.bench.console import log, oneline
 from loadtests.bench.report import level_record
 from loadtests.bench.senders import make_triton_sender
@@ -72,7 +72,7 @@ def measure_server(
         result["env"] = IMGSERVE_ENV[server.name]  # what sets it apart from its twin (never the key)
     try:
         start_server(server, log_dir, start_attempts, result)
-        if server.name == "triton":
+        if server.name in TRITON_SERVERS:
             sender = make_triton_sender(img for mix in mixes.values() for img in mix.images)
         else:
             sender = server.client_sender  # an *_auth server's sender carries its key

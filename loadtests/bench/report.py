@@ -132,9 +132,11 @@ def compute_ratios(
     ratios = {
         "imgserve_vs_naive": ratio(rate("web", "imgserve"), rate("web", "naive")),
         "imgserve_vs_triton": ratio(rate("web", "imgserve"), rate("web", "triton")),
+        "imgserve_vs_triton_int8": ratio(rate("web", "imgserve"), rate("web", "triton_int8")),
         "imgserve_vs_limit": ratio(rate("web", "imgserve"), rate("web", "limit")),
         "camera_imgserve_vs_naive": ratio(rate("camera", "imgserve"), rate("camera", "naive")),
         "camera_imgserve_vs_triton": ratio(rate("camera", "imgserve"), rate("camera", "triton")),
+        "camera_imgserve_vs_triton_int8": ratio(rate("camera", "imgserve"), rate("camera", "triton_int8")),
         "camera_imgserve_vs_limit": ratio(rate("camera", "imgserve"), rate("camera", "limit")),
     }
     placement, figures = placement_ratios(servers, peaks["web"])

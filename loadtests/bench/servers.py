@@ -124,13 +124,13 @@ def naive_server(model_path: Path, labels_path: Path) -> Server:
     )
 
 
-def triton_server(triton_python: Path, model_path: Path) -> Server:
+def triton_server(triton_python: Path, model_path: Path, name: str = "triton") -> Server:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     libdir = python_libdir(triton_python)
     ld_path = ":".join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
     script = PROJECT_ROOT / "loadtests" / "baselines" / "triton_server.py"
     return Server(
-        "triton",
+        name,
         [str(triton_python), str(script), "--model", str(model_path), "--http-port", str(http)]
         + ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
         url=f"http://127.0.0.1:{http}",
@@ -156,14 +156,19 @@ def imgserve_server(name: str) -> Server:
     )
 
 
-def build_servers(names: list[str], model_path: Path, labels_path: Path, triton_python: Path | None) -> list[Server]:
-    """The servers named, in order; triton only when its venv is there (`triton_python`)."""
+def build_servers(
+    names: list[str], model_path: Path, labels_path: Path, triton_python: Path | None, int8_path: Path | None = None
+) -> list[Server]:
+    """The servers named, in order; triton only when its venv is there (`triton_python`), triton_int8 only when
+    the INT8 variant is built too (`int8_path`)."""
     servers: list[Server] = []
     for name in names:
         if name == "naive":
             servers.append(naive_server(model_path, labels_path))
         elif name == "triton" and triton_python is not None:
             servers.append(triton_server(triton_python, model_path))
+        elif name == "triton_int8" and triton_python is not None and int8_path is not None:
+            servers.append(triton_server(triton_python, int8_path, name))
         elif name in IMGSERVE_EXTRA_ARGS:
             servers.append(imgserve_server(name))
     return servers
