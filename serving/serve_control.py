@@ -96,14 +96,16 @@ def shutdown_serve() -> None:
     serve.shutdown()
 
 
-def run_in_worker(function: Any, stop: SignalFlag | None, *args: Any) -> Any:
-    """`function(*args)` in a fresh Ray worker that exits afterwards; None if `stop` is set first (the task is
-    then cancelled). An exception raised there is raised here as itself, without Ray's wrapping."""
+def run_in_worker(function: Any, stop: SignalFlag | None, *args: Any, timeout_s: float | None = None) -> Any:
+    """`function(*args)` in a fresh Ray worker that exits afterwards; None if `stop` is set first or `timeout_s`
+    passes (the task is then cancelled). An exception raised there is raised here as itself, without Ray's
+    wrapping."""
     import ray
     from ray.exceptions import RayTaskError
 
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     ref = ray.remote(num_cpus=0, max_calls=1)(function).remote(*args)
-    while stop is None or not stop.is_set():
+    while (stop is None or not stop.is_set()) and (deadline is None or time.monotonic() < deadline):
         ready, _ = ray.wait([ref], timeout=0.5)
         if ready:
             try:

@@ -53,6 +53,7 @@ GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: 
 RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
 RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
 TOKEN_FILE = "ray_auth_token"
+SHUTDOWN_TIMEOUT_S = 90.0  # Serve drains replicas gracefully; after this Ray is stopped regardless
 
 
 class StartRefused(ValueError):
@@ -323,7 +324,8 @@ def run_server(
     finally:
         print("imgserve: shutting down", flush=True)
         try:
-            run_in_worker(shutdown_serve, None)
+            # Bounded: a Ray that lost its raylet never runs the task, and the process must still exit.
+            run_in_worker(shutdown_serve, None, timeout_s=SHUTDOWN_TIMEOUT_S)
         finally:
             ray.shutdown()
             logs_done.set()
