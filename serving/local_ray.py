@@ -15,9 +15,10 @@ deployments that return DataFrames; imgserve's return none), and Ray's serialize
 remote call only to register Ray Data's Arrow serializers (no Ray Data runs in the server; `imgserve collection
 analyze` starts its own Ray). About 75 + 27 MB per process: the controller, every replica, this one.
 
-Together about 0.5 GB of a ~1.7 GB server (BENCHMARKS.md "Memory"). `IMGSERVE_LEAN_RAY=0` keeps them all (for a
-`ray status` that reads the autoscaler's view, for instance). A server joining an existing cluster (`--address`)
-changes nothing there.
+With Serve kept out of the `imgserve serve` process (serving.serve_control), the idle server goes from 1.56 to
+0.87 GB (BENCHMARKS.md "Memory (issue #19)"). `IMGSERVE_LEAN_RAY=0` keeps Ray's defaults (for a `ray status` that
+reads the autoscaler's view, for instance). A server joining an existing cluster (`RAY_ADDRESS`) changes nothing
+there.
 """
 
 import logging
