@@ -109,7 +109,7 @@ class WorkerLogFollower(threading.Thread):
         self.directory = directory
         self.stop_event = stop
         self.interval = interval
-        self.files: dict[Path, FollowedFile] = {}
+        self.files: dict[str, FollowedFile] = {}  # by file name
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
@@ -117,24 +117,31 @@ class WorkerLogFollower(threading.Thread):
         self.poll()
 
     def poll(self) -> None:
+        """Read the files that grew since the last poll; one directory scan, no open for a file that did not."""
         try:
-            paths = [p for p in self.directory.iterdir() if WORKER_LOG.match(p.name)]
+            entries = list(os.scandir(self.directory))
         except OSError:
             return
-        for path in paths:
-            followed = self.files.get(path)
+        for entry in entries:
+            followed = self.files.get(entry.name)
             if followed is None:
-                match = WORKER_LOG.match(path.name)
-                assert match is not None
+                match = WORKER_LOG.match(entry.name)
+                if match is None:
+                    continue
                 stream = sys.stdout if match["stream"] == "out" else sys.stderr
-                followed = self.files[path] = FollowedFile(pid=match["pid"], out=stream)
-            self.read_new(path, followed)
+                followed = self.files[entry.name] = FollowedFile(pid=match["pid"], out=stream)
+            try:
+                size = entry.stat().st_size
+            except OSError:
+                continue
+            if size != followed.offset:
+                self.read_new(Path(entry.path), followed, size)
 
-    def read_new(self, path: Path, followed: FollowedFile) -> None:
+    def read_new(self, path: Path, followed: FollowedFile, size: int) -> None:
+        if size < followed.offset:  # truncated: start over
+            followed.offset, followed.partial = 0, ""
         try:
             with path.open("rb") as handle:
-                if handle.seek(0, os.SEEK_END) < followed.offset:  # truncated: start over
-                    followed.offset, followed.partial = 0, ""
                 handle.seek(followed.offset)
                 data = handle.read(MAX_READ)
         except OSError:

@@ -217,7 +217,7 @@ def measure_servers(
     if tritons:
         triton_python, why = ensure_triton_venv(args.triton_venv, create=not plan.quick)
         reasons = dict.fromkeys(tritons, why) if why else {}
-    int8 = int8_model_path()
+    int8 = int8_model_path() if "triton_int8" in tritons else None
     if "triton_int8" in tritons and int8 is None and "triton_int8" not in reasons:
         reasons["triton_int8"] = "no INT8 variant of the model is built (`make models` builds it)"
     for name, why in reasons.items():
