@@ -49,16 +49,19 @@ def _progress(total: int, skipped: int) -> Any:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.analyze import analysis_setup, run_analysis
+    from serving.collections.operations import output_label, output_plan
     from serving.collections.sources import SourceError, list_sources
-    from serving.errors import BadRequestError
+    from serving.errors import ServiceError
 
     stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
     try:
-        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize)
+        # Options and destination first: a mistyped one stops the run before any model or Ray starts.
+        outputs = output_plan(args.convert, args.enhance, args.suffix, args.out, stages, args.sources)
+        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         items = list_sources(args.sources)
         store = _store(args)
         info = store.open(args.name, setup.selected, args.sources, args.tenant)
-    except (SourceError, ValueError, BadRequestError) as exc:
+    except (SourceError, ValueError, ServiceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ERROR_EXIT
     progress, task = _progress(len(items), 0)
@@ -77,6 +80,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         f"collection {final.name} ({final.id}): {final.images} images, {final.failed} failed; this run analysed "
         f"{stats.done + stats.failed} in {stats.seconds:.1f} s ({rate:.1f} img/s), {stats.skipped} already done"
     )
+    if outputs is not None:
+        ratio = f"{stats.ratio:.2f}" if stats.ratio else "-"
+        print(
+            f"outputs: {stats.outputs} written to {output_label(outputs)}, {stats.outputs_failed} failed; "
+            f"{stats.input_bytes} -> {stats.output_bytes} bytes (ratio {ratio})"
+        )
     return 0
 
 
@@ -170,6 +179,36 @@ def add_collection_commands(sub: Any) -> None:
         "--anonymize", action="store_true", help="store metadata without GPS and personal fields (as /v1/analyze's)"
     )
     analyze.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime threads per model actor (default 1)")
+    operations = analyze.add_argument_group(
+        "image operations",
+        "convert and/or enhance each analysed image, with batch jobs' options (docs/IMAGE_OPERATIONS.md); a collection"
+        " has no object store, so the outputs are written to --out (required with them); originals are untouched",
+    )
+    operations.add_argument(
+        "--convert",
+        default=None,
+        metavar="K=V,...",
+        help="conversion options, e.g. format=webp,quality=80,max_side=2048",
+    )
+    operations.add_argument(
+        "--enhance",
+        default=None,
+        metavar="K=V,...",
+        help="enhancement: auto=true (fixes what the quality stage tags; needs it) or brightness=1.2,ops=clahe,...;"
+        " the output is written with --convert's options",
+    )
+    operations.add_argument(
+        "--suffix",
+        default=None,
+        help="added to each output's name (default: '' with --convert, '_enhanced' with --enhance)",
+    )
+    operations.add_argument(
+        "--out",
+        default=None,
+        metavar="FOLDER_OR_URI",
+        help="where outputs go, named as in the collection + suffix + the format's extension: a local folder (created;"
+        " not inside a source) or s3:// / gs://",
+    )
     _common(analyze)
     analyze.set_defaults(func=_cmd_analyze)
 

@@ -1,44 +1,59 @@
 """Collection analysis on Ray Data: read and decode in tasks, models in an actor pool, records streamed to the store.
 
     list_sources (driver) -> from_items -> map_batches(prepare_batch)            CPU tasks: read, metadata, decode,
-                                                                                quality metrics (the server's stages)
+                                                                                quality metrics (the server's stages);
+                                                                                --convert only: convert the file's
+                                                                                bytes, write the output
                           -> map_batches(ModelRunner, concurrency=(1, N))       actors: the batched models, then the
-                                                                                verdict and top-k (the server's code)
-                          -> iter_batches (driver) -> CollectionStore.add      each image recorded once
+                                                                                verdict and top-k (the server's code);
+                                                                                --enhance: enhance (+ convert) after
+                                                                                the verdict, write the output
+                          -> iter_batches (driver) -> CollectionStore.add      each image recorded once, with its
+                                                                                output's entry (sizes, ratio, steps)
 
 The stages are the server's own (`DecodeStage`, `MetadataStage`, `QualityStage`, the model backends and
 `analysis_from_outputs`), so a collection's records equal what `/v1/analyze` answers. Images already recorded in the
 collection are not listed again: an interrupted run is resumed by running the same command. `address` joins an
 existing Ray cluster (`ray start --head` + workers); the files must then be readable from every node (a shared
-folder, or `s3://` / `gs://`).
+folder, or `s3://` / `gs://`), and a local `--out` folder writable from every node.
+
+Image operations (`serving.collections.operations`, batch jobs' options and code): a conversion alone runs in
+`prepare_batch`, from the bytes it read anyway. Enhancement runs in `ModelRunner`, after the verdict: auto mode reads
+the input's quality tags, and its "do no harm" rule scores the output with the quality stage and model the actor
+already holds (a CPU stage after it would load the quality model again in every worker). Only the file's compressed
+bytes travel from one stage to the other (re-decoded there, as `ImageOperations` does), never decoded pixels; Ray
+Data fuses the two stages into the actors on one machine anyway. Outputs are written where they are made; only
+their JSON entry reaches the driver.
 """
 
 import dataclasses
 import json
 import logging
-import os
 import pickle
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.collections.record import failed_record, record_from_document
 from pipelines.errors import ImageInputError
+from pipelines.quality import QualityReport
 from serving.backends import load_backend
+from serving.collections.operations import OutputPlan, make_output
+from serving.collections.ray_session import init_ray, prepare_local_ray
+from serving.collections.run_stats import RunStats
 from serving.collections.sources import SourceItem, read_items
 from serving.collections.store import CollectionStore, RecordedImage
 from serving.config.app_args import AppArgs
 from serving.errors import ServiceError, classify_error
+from serving.jobs.errors import ItemInputError
 from serving.jobs.serialize import analysis_document, to_jsonable
 from serving.placement import compose
 from serving.requests import ImageOptions
-from serving.service import analysis_from_outputs, class_scores, stage_plan
+from serving.service import QUALITY_MODEL, analysis_from_outputs, class_scores, stage_plan
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
 from serving.stages.model import split_batch
@@ -65,7 +80,8 @@ class AnalysisSetup:
     selected: tuple[str, ...]
     classifier: str
     max_bytes: int
-    anonymize: bool = False  # drop GPS and personal fields from the stored metadata
+    anonymize: bool = False  # drop GPS and personal fields from the stored metadata (and the outputs')
+    outputs: OutputPlan | None = None  # --convert / --enhance: what to write where
 
     @property
     def classifier_entry(self) -> Any:
@@ -73,7 +89,11 @@ class AnalysisSetup:
 
 
 def analysis_setup(
-    selected: Sequence[str], model: str | None = None, ort_threads: int = 1, anonymize: bool = False
+    selected: Sequence[str],
+    model: str | None = None,
+    ort_threads: int = 1,
+    anonymize: bool = False,
+    outputs: OutputPlan | None = None,
 ) -> AnalysisSetup:
     unknown = sorted(set(selected) - set(STAGES))
     if unknown or not selected:
@@ -91,7 +111,7 @@ def analysis_setup(
     plan = stage_plan(fields, config.default_model, served)
     stages = dataclasses.replace(config.stages, models={n: config.stages.models[n] for n in plan.models})
     max_bytes = config.settings.decode_limits().max_bytes
-    return AnalysisSetup(stages, plan, fields, config.default_model, max_bytes, anonymize)
+    return AnalysisSetup(stages, plan, fields, config.default_model, max_bytes, anonymize, outputs)
 
 
 _CPU_STAGES: dict[tuple[Any, ...], tuple[DecodeStage, MetadataStage | None, QualityStage | None]] = {}
@@ -122,14 +142,34 @@ def _error_text(exc: BaseException) -> str:
     if isinstance(exc, (ServiceError, ImageInputError)):
         info = classify_error(exc)
         return f"{info.kind}: {info.message}"
+    if isinstance(exc, ItemInputError):  # an output that could not be written (write_output)
+        return f"{exc.kind}: {exc.message}"
     if isinstance(exc, (OSError, ValueError)):
         return f"unreadable: {type(exc).__name__}: {exc}"
     logger.exception("collection analysis: unexpected error", exc_info=exc)
     return f"internal: {type(exc).__name__}"
 
 
+def _output(
+    setup: AnalysisSetup,
+    data: bytes,
+    name: str,
+    assess: Callable[[bytes], QualityReport] | None = None,
+    before: QualityReport | None = None,
+) -> str:
+    """The image's output made and written: its entry as JSON, `{"error": ...}` when the operation failed (the
+    image's analysis stands)."""
+    assert setup.outputs is not None
+    try:
+        entry = make_output(setup.outputs, data, name, setup.stages.limits, setup.anonymize, assess, before)
+    except Exception as exc:  # noqa: BLE001 - one image's failed output is that image's output error
+        entry = {"error": _error_text(exc)}
+    return json.dumps(entry)
+
+
 def prepare_batch(batch: dict[str, np.ndarray], setup: AnalysisSetup) -> dict[str, np.ndarray]:
-    """Ray Data task: read each file, extract metadata, decode once for the models and the quality metrics."""
+    """Ray Data task: read each file, extract metadata, decode once for the models and the quality metrics; with
+    --convert alone, convert and write it; for --enhance, pass its bytes on."""
     decode, metadata_stage, quality_stage = _cpu_stages(setup)
     rows = [{"location": str(loc), "member": str(m)} for loc, m in zip(batch["location"], batch["member"], strict=True)]
     datas = read_items(rows, setup.max_bytes)
@@ -137,6 +177,7 @@ def prepare_batch(batch: dict[str, np.ndarray], setup: AnalysisSetup) -> dict[st
     count = len(rows)
     tensors = {name: np.zeros((count, *shape), dtype) for name, (shape, dtype) in shapes.items()}
     errors, metadata, metrics, decode_ms = [""] * count, [""] * count, [b""] * count, np.zeros(count)
+    outputs, carried = [""] * count, [b""] * count
     for i, data in enumerate(datas):
         try:
             if isinstance(data, Exception):
@@ -152,20 +193,28 @@ def prepare_batch(batch: dict[str, np.ndarray], setup: AnalysisSetup) -> dict[st
                     metrics[i] = pickle.dumps(quality_stage.metrics(decoded))
         except Exception as exc:  # noqa: BLE001 - one bad file is that image's error
             errors[i] = _error_text(exc)
+        if setup.outputs is not None and not errors[i] and isinstance(data, bytes):
+            if setup.outputs.enhancing:
+                carried[i] = data
+            else:
+                outputs[i] = _output(setup, data, str(batch["name"][i]))
     out = {
         "name": batch["name"],
         "error": np.array(errors, dtype=object),
         "metadata": np.array(metadata, dtype=object),
         "metrics": np.array(metrics, dtype=object),
         "decode_ms": decode_ms,
+        "output": np.array(outputs, dtype=object),
     }
+    if setup.outputs is not None and setup.outputs.enhancing:
+        out["data"] = np.array(carried, dtype=object)
     out.update({f"tensor:{name}": value for name, value in tensors.items()})
     return out
 
 
 class ModelRunner:
     """Ray Data actor: the plan's models, loaded once per actor, run on whole batches; then each image's verdict,
-    top-k and record, exactly as the server builds them."""
+    top-k and record, exactly as the server builds them; with --enhance, each image's enhanced output."""
 
     def __init__(self, setup: AnalysisSetup):
         self.setup = setup
@@ -187,20 +236,47 @@ class ModelRunner:
             for i, row in zip(ok, split_batch(outputs, len(ok)), strict=True):
                 per_item[i][name] = ModelResult(row, {"model": round(model_ms, 3)})
         documents, errors, probs = [""] * count, list(batch["error"]), [""] * count
+        written = list(batch["output"])
+        enhancing = self.setup.outputs is not None and self.setup.outputs.enhancing
         for i in ok:
             try:
-                document, class_probs = self._document(batch, i, per_item[i])
+                document, class_probs, quality = self._document(batch, i, per_item[i])
                 documents[i], probs[i] = json.dumps(document), json.dumps(class_probs)
             except Exception as exc:  # noqa: BLE001
                 errors[i] = _error_text(exc)
+                continue
+            if enhancing:
+                assess = self.quality_of if self.setup.plan.quality else None
+                written[i] = _output(self.setup, bytes(batch["data"][i]), str(batch["name"][i]), assess, quality)
         return {
             "name": batch["name"],
             "error": np.array(errors, dtype=object),
             "document": np.array(documents, dtype=object),
             "class_probs": np.array(probs, dtype=object),
+            "output": np.array(written, dtype=object),
         }
 
-    def _document(self, batch: dict[str, np.ndarray], i: int, models: dict[str, ModelResult]) -> tuple[dict, list]:
+    def quality_of(self, data: bytes) -> QualityReport:
+        """The verdict of one more image (an enhanced output) by the same stages and model as the analysed ones'."""
+        decode, _, quality_stage = _cpu_stages(self.setup)
+        assert quality_stage is not None
+        models = tuple(name for name in self.backends if name == QUALITY_MODEL)
+        decoded = decode.decode(data, models, True)
+        results = {
+            name: ModelResult(split_batch(self.backends[name].infer(decoded.tensors[name][None]), 1)[0])
+            for name in models
+        }
+        outputs = StageOutputs(results, quality_stage.metrics(decoded), None, decoded.decode_ms)
+        analysis = analysis_from_outputs(
+            outputs, _Entries(self.setup.stages.models), self.setup.stages.thresholds, ("quality",), None,
+            ImageOptions(), time.perf_counter(),
+        )  # fmt: skip
+        assert analysis.quality is not None
+        return analysis.quality
+
+    def _document(
+        self, batch: dict[str, np.ndarray], i: int, models: dict[str, ModelResult]
+    ) -> tuple[dict, list, QualityReport | None]:
         setup = self.setup
         metadata = json.loads(batch["metadata"][i]) if batch["metadata"][i] else None
         metrics = pickle.loads(batch["metrics"][i]) if batch["metrics"][i] else None  # noqa: S301 - our own task's
@@ -215,7 +291,7 @@ class ModelRunner:
             scores = class_scores(entry, outputs)
             top = np.argsort(scores)[::-1][:CLASS_PROBS]
             class_probs = [[int(k), round(float(scores[k]), 5)] for k in top]
-        return analysis_document(analysis), class_probs
+        return analysis_document(analysis), class_probs, analysis.quality
 
 
 class _Entries:
@@ -229,21 +305,17 @@ class _Entries:
 
 
 def record_of(row: dict[str, Any], item: SourceItem) -> RecordedImage:
+    """The image's record; its output's entry (if one was made) is its document's `output`, as a job result's."""
     name = str(row["name"])
+    output = json.loads(row["output"]) if row.get("output") else None
     if row["error"]:
-        return RecordedImage(failed_record(name, str(row["error"])), None, item.location, item.member)
+        failed = {"output": output} if output else None  # written before the analysis failed
+        return RecordedImage(failed_record(name, str(row["error"])), failed, item.location, item.member)
     document = json.loads(row["document"])
+    if output:
+        document["output"] = output
     probs = tuple((int(k), float(p)) for k, p in json.loads(row["class_probs"] or "[]"))
     return RecordedImage(record_from_document(name, document, probs), document, item.location, item.member)
-
-
-@dataclass
-class RunStats:
-    listed: int
-    skipped: int  # already in the collection (resumed)
-    done: int = 0
-    failed: int = 0
-    seconds: float = 0.0
 
 
 def run_analysis(
@@ -257,7 +329,7 @@ def run_analysis(
 ) -> RunStats:
     """Analyse the items not yet in the collection on Ray Data and record each as it arrives."""
     if address is None and "ray" not in sys.modules:
-        _prepare_local_ray()
+        prepare_local_ray()
     import ray
 
     done = store.done_names(collection_id)
@@ -267,46 +339,17 @@ def run_analysis(
     started = time.perf_counter()
     if todo:
         if not ray.is_initialized():
-            _init_ray(address)
+            init_ray(address)
         for batch in _stream(todo, setup, model_actors):
             rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
             images = [record_of(row, by_name[str(row["name"])]) for row in rows]
             store.add(collection_id, images)
-            stats.done += sum(1 for image in images if image.record.ok)
-            stats.failed += sum(1 for image in images if not image.record.ok)
+            stats.count(images)
             stats.seconds = time.perf_counter() - started
             on_progress(stats)
     store.finish(collection_id)
     stats.seconds = time.perf_counter() - started
     return stats
-
-
-def _prepare_local_ray() -> None:
-    """Env vars for a Ray started here, read when `ray` is imported and by every process it starts: loopback only
-    (as `imgserve serve` starts one), no usage stats, malloc arenas capped (serving.memory)."""
-    from serving.memory import arena_cap
-    from serving.server import LOOPBACK, prepare_ray_network
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if arena_cap() > 0:
-        os.environ.setdefault("MALLOC_ARENA_MAX", str(arena_cap()))
-    prepare_ray_network(False, LOOPBACK, Path(tempfile.gettempdir()))
-
-
-def _init_ray(address: str | None) -> None:
-    """Join `address`, or start a Ray on this machine (never an existing local one: `address="local"`), bound to
-    loopback; a Ray that would listen beyond it (imported before the env was set) is refused."""
-    import ray
-
-    if address is not None:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        return
-    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    from serving.server import LOOPBACK
-
-    if ray.util.get_node_ip_address() != LOOPBACK:
-        ray.shutdown()
-        raise RuntimeError("the local Ray would listen beyond loopback: start the analysis in a fresh process")
 
 
 def _stream(
