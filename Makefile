@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[dev,torch,heif,s3]'
+	$(PIP_INSTALL) -e '.[dev,torch,heif,s3,gcs]'
 	$(PY) -m serving.grpc.stubs
 	touch $(STAMP)
 

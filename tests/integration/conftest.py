@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import fsspec
 import httpx
 import pytest
 import yaml
@@ -150,6 +152,7 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 MOTO = PROJECT_ROOT / ".venv" / "bin" / "moto_server"
+GCS_EMULATOR = PROJECT_ROOT / ".venv" / "bin" / "gcp-storage-emulator"
 MOTO_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -157,26 +160,113 @@ MOTO_CREDENTIALS = {
 }
 
 
+class S3Server:
+    """moto's S3 API server, checked through boto3 (not through s3fs, the code under test)."""
+
+    scheme = "s3"
+
+    def __init__(self, endpoint: str, client: Any) -> None:
+        self.endpoint = endpoint
+        self.client = client  # boto3
+        # Credentials and the endpoint for boto3 and fsspec (FSSPEC_S3_*: s3fs's endpoint_url).
+        self.env = {**MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+
+    def use_here(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point this process's fsspec at the server (fsspec reads FSSPEC_* only when imported)."""
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": self.endpoint})
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(Bucket=bucket)
+
+    def upload(self, path: Path, bucket: str, key: str) -> None:
+        self.client.upload_file(str(path), bucket, key)
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        listed = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(entry["Key"] for entry in listed.get("Contents", []))
+
+    def read(self, bucket: str, key: str) -> bytes:
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def buckets(self) -> list[str]:
+        return [bucket["Name"] for bucket in self.client.list_buckets()["Buckets"]]
+
+
+class GcsServer:
+    """gcp-storage-emulator, checked through its JSON API with httpx (not through gcsfs, the code under test)."""
+
+    scheme = "gs"
+
+    def __init__(self, endpoint: str, tmp: Path) -> None:
+        self.endpoint = endpoint
+        self.http = httpx.Client(base_url=endpoint, timeout=30)
+        # gcsfs sends every call to STORAGE_EMULATOR_HOST when it is set, with Google default credentials, else none
+        # (anonymous). The other three keep this machine's Google credentials and the GCE metadata probe out of it.
+        self.env = {
+            "STORAGE_EMULATOR_HOST": endpoint,
+            "GOOGLE_APPLICATION_CREDENTIALS": "",
+            "CLOUDSDK_CONFIG": str(tmp / "gcloud"),
+            "NO_GCE_CHECK": "true",
+        }
+
+    def use_here(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point this process's gcsfs at the emulator (read on each call)."""
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+
+    def _ok(self, response: httpx.Response) -> httpx.Response:
+        response.raise_for_status()
+        return response
+
+    def create_bucket(self, bucket: str) -> None:
+        self._ok(self.http.post("/storage/v1/b", params={"project": "test"}, json={"name": bucket}))
+
+    def upload(self, path: Path, bucket: str, key: str) -> None:
+        params = {"uploadType": "media", "name": key}
+        self._ok(self.http.post(f"/upload/storage/v1/b/{bucket}/o", params=params, content=path.read_bytes()))
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        listed = self._ok(self.http.get(f"/storage/v1/b/{bucket}/o", params={"prefix": prefix})).json()
+        return sorted(entry["name"] for entry in listed.get("items", []))
+
+    def read(self, bucket: str, key: str) -> bytes:
+        return self._ok(
+            self.http.get(f"/storage/v1/b/{bucket}/o/{quote(key, safe='')}", params={"alt": "media"})
+        ).content
+
+    def buckets(self) -> list[str]:
+        listed = self._ok(self.http.get("/storage/v1/b", params={"project": "test"})).json()
+        return [bucket["name"] for bucket in listed.get("items", [])]
+
+
+ObjectServer = S3Server | GcsServer
+
+
+@contextmanager
+def _server_process(command: list[str], log: Path, name: str) -> Iterator[str]:
+    """`command` (which takes the free port as its last argument) started and ready; yields its endpoint."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    process = ProcessSession(
+        [*command, str(port)], log=log, ready_url=endpoint, stop_signal=signal.SIGTERM, name=name
+    )  # both answer 200 at /
+    process.start(timeout_s=60)
+    try:
+        yield endpoint
+    finally:
+        process.stop(timeout_s=30)
+
+
 @pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A real S3 API server (moto in server mode) on a free port: {"endpoint", "env" (credentials and the endpoint
-    for boto3 and fsspec), "client" (boto3)}. Skips when moto, boto3 or s3fs is absent."""
+def moto_s3(tmp_path: Path) -> Iterator[S3Server]:
+    """A real S3 API server (moto in server mode) on a free port. Skips when moto, boto3 or s3fs is absent."""
     if not MOTO.exists():
         pytest.skip(f"{MOTO} is absent: moto[server] comes with the dev extras")
     pytest.importorskip("s3fs", reason="s3fs comes with the s3 extra that make installs")
     boto3 = pytest.importorskip("boto3", reason="boto3 comes with the dev extras")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = ProcessSession(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-        log=tmp_path / "moto.log",
-        ready_url=endpoint,  # moto answers the bucket listing at /
-        stop_signal=signal.SIGTERM,
-        name="moto_server",
-    )
-    moto.start(timeout_s=60)
-    try:
-        env = {**MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint}
+    with _server_process([str(MOTO), "-H", "127.0.0.1", "-p"], tmp_path / "moto.log", "moto_server") as endpoint:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -184,6 +274,25 @@ def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        yield {"endpoint": endpoint, "env": env, "client": client}
-    finally:
-        moto.stop(timeout_s=30)
+        yield S3Server(endpoint, client)
+
+
+@pytest.fixture
+def gcs_emulator(tmp_path: Path) -> Iterator[GcsServer]:
+    """A real GCS JSON API server (gcp-storage-emulator, in memory) on a free port. Skips when it or gcsfs is absent."""
+    if not GCS_EMULATOR.exists():
+        pytest.skip(f"{GCS_EMULATOR} is absent: gcp-storage-emulator comes with the dev extras")
+    pytest.importorskip("gcsfs", reason="gcsfs comes with the gcs extra that make installs")
+    command = [str(GCS_EMULATOR), "start", "--host", "127.0.0.1", "--in-memory", "--port"]
+    with _server_process(command, tmp_path / "gcs-emulator.log", "gcp-storage-emulator") as endpoint:
+        server = GcsServer(endpoint, tmp_path)
+        try:
+            yield server
+        finally:
+            server.http.close()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_server(request: pytest.FixtureRequest) -> ObjectServer:
+    """`moto_s3`, then `gcs_emulator`: a test taking it runs once per scheme."""
+    return request.getfixturevalue({"s3": "moto_s3", "gs": "gcs_emulator"}[request.param])

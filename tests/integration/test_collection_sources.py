@@ -1,13 +1,15 @@
-"""The same collection command over `s3://` (a real S3 API server: moto in server mode) and against a two-node
-local Ray cluster (`ray start --head` + a worker) gives the same records as over the folder on this machine."""
+"""The same collection command over `s3://` and `gs://` (real API servers: moto in server mode, gcp-storage-emulator)
+and against a two-node local Ray cluster (`ray start --head` + a worker) gives the same records as over the folder on
+this machine (analysed once for the module)."""
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import pytest
 
 from tests.integration.collection_cli import cli_env, comparable, run_collection, stored_rows
+from tests.integration.conftest import ObjectServer
 from tests.integration.test_multinode import cluster  # noqa: F401 - the two-node cluster fixture
 from tests.paths import EXIF_SAMPLES, IMAGENET_SAMPLES, MOBILENET_DIR, require
 
@@ -33,27 +35,37 @@ def _assert_same(database: Path, a: str, b: str) -> None:
     assert sum(1 for row in rows_a.values() if not row["ok"]) == 1
 
 
-def test_s3_gives_the_same_records_as_the_folder(tmp_path: Path, moto_s3: dict[str, Any]) -> None:
+class Analysed(NamedTuple):
+    folder: Path
+    database: Path  # holds the folder's collection, "folder"
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> Analysed:
+    """The photos analysed from their folder once; each test adds its own collection to the same database."""
     require(MOBILENET_DIR)
-    folder = _photos(tmp_path / "photos")
-    s3 = moto_s3["client"]
-    s3.create_bucket(Bucket="photos")
-    for path in sorted(folder.iterdir()):
-        s3.upload_file(str(path), "photos", f"shoot/{path.name}")
-    env = cli_env(tmp_path / "jobs.sqlite", **moto_s3["env"])
-    run_collection(env, "analyze", "s3://photos/shoot", "--name", "s3")
-    run_collection(env, "analyze", str(folder), "--name", "folder")
-    _assert_same(tmp_path / "jobs.sqlite", "s3", "folder")
-    assert all(
-        row["location"].startswith("s3://photos/shoot/") for row in stored_rows(tmp_path / "jobs.sqlite", "s3").values()
+    tmp = tmp_path_factory.mktemp("sources")
+    folder, database = _photos(tmp / "photos"), tmp / "jobs.sqlite"
+    run_collection(cli_env(database), "analyze", str(folder), "--name", "folder")
+    return Analysed(folder, database)
+
+
+def test_remote_source_gives_the_same_records_as_the_folder(analysed: Analysed, object_server: ObjectServer) -> None:
+    scheme = object_server.scheme
+    object_server.create_bucket("photos")
+    for path in sorted(analysed.folder.iterdir()):
+        object_server.upload(path, "photos", f"shoot/{path.name}")
+    run_collection(
+        cli_env(analysed.database, **object_server.env), "analyze", f"{scheme}://photos/shoot", "--name", scheme
     )
+    _assert_same(analysed.database, scheme, "folder")
+    locations = [row["location"] for row in stored_rows(analysed.database, scheme).values()]
+    assert all(location.startswith(f"{scheme}://photos/shoot/") for location in locations)
 
 
-def test_two_node_cluster_gives_the_same_records(cluster, tmp_path: Path) -> None:  # noqa: F811
-    folder = _photos(tmp_path / "photos")
-    database = tmp_path / "jobs.sqlite"
-    run_collection(cli_env(database), "analyze", str(folder), "--name", "local")
-    env = {**cluster.env, **{k: v for k, v in cli_env(database).items() if k.startswith("IMGSERVE_")}}
-    result = run_collection(env, "analyze", str(folder), "--name", "cluster", "--address", cluster.address)
+def test_two_node_cluster_gives_the_same_records(analysed: Analysed, cluster) -> None:  # noqa: F811 - folder first
+    env = {**cluster.env, **{k: v for k, v in cli_env(analysed.database).items() if k.startswith("IMGSERVE_")}}
+    args = ["analyze", str(analysed.folder), "--name", "cluster", "--address", cluster.address]
+    result = run_collection(env, *args)
     assert "10 images, 1 failed" in result.stdout, result.stdout[-1000:]
-    _assert_same(database, "local", "cluster")
+    _assert_same(analysed.database, "folder", "cluster")

@@ -1,13 +1,12 @@
-"""A batch job's convert outputs written to an `s3://` destination (`output_uri`), on a real S3 API server (moto in
-server mode): every output lands once under the destination with the job's names, decodes to the asked size, and is
-recorded with its URI; a destination that cannot be written fails each item with a clear kind and creates nothing."""
+"""A batch job's convert outputs written to an `s3://` or `gs://` destination (`output_uri`), on a real S3 API server
+(moto in server mode) and a real GCS JSON API server (gcp-storage-emulator): every output lands once under the
+destination with the job's names, decodes to the asked size, and is recorded with its URI; a destination that cannot be
+written fails each item with a clear kind and creates nothing."""
 
 import asyncio
 import io
 from pathlib import Path
-from typing import Any
 
-import fsspec
 import pytest
 from PIL import Image
 
@@ -21,6 +20,7 @@ from serving.jobs.store import JobStore
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
 from serving.jobs.workers import WorkerIdentity, WorkerRegistry
+from tests.integration.conftest import ObjectServer
 from tests.unit.test_jobs_operations import NoAnalysis, jpeg
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -41,31 +41,27 @@ def run_convert_job(tmp_path: Path, destination: str, count: int) -> tuple[JobSt
     return store, job_id
 
 
-def test_outputs_go_to_an_s3_destination(tmp_path: Path, moto_s3: dict[str, Any], monkeypatch) -> None:
-    for name, value in moto_s3["env"].items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": moto_s3["endpoint"]})  # read at import otherwise
-    s3 = moto_s3["client"]
-    s3.create_bucket(Bucket="exports")
+def test_outputs_go_to_a_remote_destination(tmp_path: Path, object_server: ObjectServer, monkeypatch) -> None:
+    object_server.use_here(monkeypatch)
+    remote, scheme = object_server, object_server.scheme
+    remote.create_bucket("exports")
 
-    store, job_id = run_convert_job(tmp_path, "s3://exports/albums/", 4)
+    store, job_id = run_convert_job(tmp_path, f"{scheme}://exports/albums/", 4)
     job = store.get_job(job_id)
     assert job.status == "completed" and job.counts["done"] == 4, job.counts
-    listed = s3.list_objects_v2(Bucket="exports", Prefix="albums/")
-    keys = sorted(entry["Key"] for entry in listed["Contents"])
-    assert keys == [f"albums/trip/day{i}_web.webp" for i in range(4)]
-    body = s3.get_object(Bucket="exports", Key="albums/trip/day2_web.webp")["Body"].read()
+    assert remote.keys("exports", "albums/") == [f"albums/trip/day{i}_web.webp" for i in range(4)]
+    body = remote.read("exports", "albums/trip/day2_web.webp")
     with Image.open(io.BytesIO(body)) as image:
         assert image.format == "WEBP" and image.size == (120, 90)
     rows = {row.name: row for row in store.results_page(job_id)}
-    assert rows["trip/day2.jpg"].result["output"]["uri"] == "s3://exports/albums/trip/day2_web.webp"
+    assert rows["trip/day2.jpg"].result["output"]["uri"] == f"{scheme}://exports/albums/trip/day2_web.webp"
     assert rows["trip/day2.jpg"].result["output"]["output_bytes"] == len(body)
 
     # A bucket that does not exist: each item fails with the reason (and no bucket is made), the job ends.
-    store, job_id = run_convert_job(tmp_path / "missing", "s3://no-such-bucket/x", 2)
+    store, job_id = run_convert_job(tmp_path / "missing", f"{scheme}://no-such-bucket/x", 2)
     failed = store.results_page(job_id)
     job = store.get_job(job_id)
     assert job.status == "failed" and job.counts["failed"] == 2, job.counts  # every item failed
     assert {row.error_kind for row in failed} == {"unwritable_output"}
     assert all("no-such-bucket" in (row.error or "") for row in failed)
-    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["exports"]  # no bucket was made for it
+    assert remote.buckets() == ["exports"]  # no bucket was made for it
