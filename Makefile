@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 SERVE_CONFIG ?= serve_config.yaml
 PLACEMENT ?= auto
 
-.PHONY: venv ui serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality loadtest \
+.PHONY: venv ui serve test test-unit test-integration test-gpu lint models clean deploy-render bench bench-quality bench-ort-batch loadtest \
 	fuzz fuzz-api bench-overload bench-convert bench-collection
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
@@ -82,6 +82,10 @@ fuzz-api: models
 OVERLOAD_ARGS ?= --max-inflight 1 --rate 1000
 bench-overload: models
 	$(PY) -m loadtests.overload $(OVERLOAD_ARGS)
+
+# Images per ONNX Runtime call on the CPU (IMGSERVE_ORT_RUN_BATCH): speed and arena memory at 32, 16 and 8, ~2 min.
+bench-ort-batch: models
+	$(PY) -m loadtests.ort_run_batch
 
 # Conversion speed and memory against a plain-Pillow baseline (libraries, bulk, online), ~7 minutes.
 bench-convert: models

@@ -170,6 +170,7 @@ def settings_record(plan: Plan, rounds: int, make_command: str, servers: list[st
         },
         "cpu_s": "user+system CPU seconds of the server's process tree during the level (psutil)",
         "peak_rss_mb": "highest sum of RSS over the server's process tree during the level, sampled every 0.5 s",
+        "peak_rss_by_process": "that peak split by process (Ray process title or executable), MB",
         "client": "loadtests.closed_loop.run_level: asyncio, one connection pool (HTTP) or channel (gRPC) per level",
         **({"auth": auth_record(servers)} if any(name in AUTH_PAIRS for name in servers) else {}),
     }

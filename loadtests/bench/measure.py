@@ -46,6 +46,8 @@ def measure_level(server: Server, mix: Mix, conc: int, seconds: float, sender: S
     steal = machine.steal_pct(times0, machine.cpu_times())
     probes = (probe_before, machine.QUIET.probe())
     record = level_record(level, cpu1 - cpu0, peak_rss, mon1 - mon0, steal, probes)
+    parts = sorted(server.monitor.last_peak_parts.items(), key=lambda kv: -kv[1])
+    record["peak_rss_by_process"] = {label: round(mb, 1) for label, mb in parts}
     log(
         f"{server.name} {mix.name} c{conc}: {record['images_per_s']} img/s, p50 {record['p50_ms']} ms, "
         f"p99 {record['p99_ms']} ms, errors {record['errors']}, server {record['server_cores']} cores "

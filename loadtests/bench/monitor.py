@@ -30,6 +30,8 @@ class TreeMonitor:
         self.seen: set[int] = set()
         self._lock = threading.Lock()
         self._peak_rss = 0.0
+        self._peak_parts: dict[str, float] = {}  # process label -> MB, at the moment of the peak
+        self.last_peak_parts: dict[str, float] = {}  # the same for the span `mark` closed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.thread_cpu_s = 0.0
@@ -60,17 +62,20 @@ class TreeMonitor:
 
     def sample(self) -> None:
         psutil = self._psutil
-        rss = 0.0
+        parts: dict[str, float] = {}
         with self._lock:
             for pid, proc in list(self.procs.items()):
                 try:
                     with proc.oneshot():
                         times = proc.cpu_times()
                         self.cpu[pid] = times.user + times.system
-                        rss += proc.memory_info().rss
+                        label = _label(proc)
+                        parts[label] = parts.get(label, 0.0) + proc.memory_info().rss / 2**20
                 except psutil.Error:
                     self.procs.pop(pid, None)
-            self._peak_rss = max(self._peak_rss, rss / 2**20)
+            total = sum(parts.values())
+            if total > self._peak_rss:
+                self._peak_rss, self._peak_parts = total, parts
 
     def _run(self) -> None:
         count = 0
@@ -102,8 +107,19 @@ class TreeMonitor:
         with self._lock:
             total = sum(self.cpu.values())
             peak_rss, self._peak_rss = self._peak_rss, 0.0
+            self.last_peak_parts, self._peak_parts = self._peak_parts, {}
         return total, peak_rss, self.thread_cpu_s
 
     def pids(self) -> set[int]:
         with self._lock:
             return set(self.seen)
+
+
+def _label(proc: Any) -> str:
+    """What a process is, for the per-process peak: Ray's process title (`ray::ServeReplica:imgserve:Ingress`,
+    `ray::ServeController`, ...) or the executable's name (raylet, gcs_server, python)."""
+    cmdline = proc.cmdline()
+    first = cmdline[0] if cmdline else proc.name()
+    if first.startswith("ray::"):
+        return first.split(" ")[0]
+    return first.rsplit("/", 1)[-1]

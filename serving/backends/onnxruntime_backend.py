@@ -16,12 +16,30 @@ def default_intra_op_threads() -> int:
     return int(os.environ.get("IMGSERVE_ORT_THREADS", "0")) or (os.cpu_count() or 1)
 
 
+# Images per ONNX Runtime call on the CPU provider. The dynamic batcher still gathers up to the model's
+# max_batch_size (the queueing is unchanged); the backend runs that batch in slices of this many. ORT's CPU arena
+# keeps the activations of the largest call for good, and a CPU gains nothing from large calls (`make
+# bench-ort-batch`, 2026-12-02: mobilenet_v2 INT8 ~500 img/s at 32, 16 or 8 per call, arena 109 vs 25 MB;
+# quality_mos 134 vs 139 img/s, arena 891 vs 217 MB). On a GPU the whole batch is one call.
+CPU_RUN_BATCH = 8
+
+
+def default_cpu_run_batch() -> int:
+    """IMGSERVE_ORT_RUN_BATCH (0: the whole batch in one call), else CPU_RUN_BATCH."""
+    raw = os.environ.get("IMGSERVE_ORT_RUN_BATCH")
+    return CPU_RUN_BATCH if raw is None or raw == "" else int(raw)
+
+
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
 
-    def __init__(self, intra_op_threads: int | None = None, use_cuda: bool | None = None):
+    def __init__(
+        self, intra_op_threads: int | None = None, use_cuda: bool | None = None, cpu_run_batch: int | None = None
+    ):
         self.intra_op_threads = intra_op_threads or default_intra_op_threads()
         self.use_cuda = use_cuda
+        self.cpu_run_batch = default_cpu_run_batch() if cpu_run_batch is None else cpu_run_batch
+        self._run_batch = 0  # images per session.run once loaded; 0: the whole batch
         self._session = None
         self._input_name = ""
         self._output_names: list[str] = []
@@ -55,13 +73,20 @@ class OnnxRuntimeBackend:
         int8 = entry.artifacts.onnx_int8 if not want_cuda else None
         self._precision = "int8" if int8 is not None else "fp32"
         self._session = ort.InferenceSession(str(int8 or entry.artifacts.onnx), options, providers=providers)
+        self._run_batch = 0 if want_cuda else max(0, self.cpu_run_batch)
         self._input_name = self._session.get_inputs()[0].name
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeError("backend is not loaded")
-        results = self._session.run(self._output_names, {self._input_name: batch})
+        step = self._run_batch or len(batch)
+        if len(batch) <= step:
+            results = self._session.run(self._output_names, {self._input_name: batch})
+        else:
+            feeds = ({self._input_name: batch[i : i + step]} for i in range(0, len(batch), step))
+            parts = [self._session.run(self._output_names, feed) for feed in feeds]
+            results = [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
         return {
             name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, results, strict=True)
         }
@@ -74,7 +99,8 @@ class OnnxRuntimeBackend:
             device=device,
             platform="onnxruntime_onnx",
             precision=self._precision,
-            detail=f"providers={','.join(providers)} intra_op_threads={self.intra_op_threads}",
+            detail=f"providers={','.join(providers)} intra_op_threads={self.intra_op_threads}"
+            + (f" run_batch={self._run_batch}" if self._run_batch else ""),
         )
 
     def close(self) -> None:

@@ -136,6 +136,29 @@ def test_batched_rows_equal_single_rows(loaded: Backend) -> None:
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("run_batch", [1, 3, 7, 0])
+def test_cpu_runs_a_batch_in_slices_with_the_same_result(tiny: TinyModel, run_batch: int) -> None:
+    """ONNX Runtime on the CPU runs a batch in calls of `cpu_run_batch` images (0: one call): same rows, in order."""
+    backend = OnnxRuntimeBackend(intra_op_threads=1, cpu_run_batch=run_batch)
+    backend.load(entry_for(tiny, ["onnxruntime"]))
+    session, calls = backend._session, []
+
+    class CountingSession:  # the real session, each call's image count recorded
+        def run(self, names: list[str], feed: dict[str, np.ndarray]) -> Any:
+            calls.append(len(next(iter(feed.values()))))
+            return session.run(names, feed)
+
+    backend._session = CountingSession()
+    batch = batch_of(7, seed=5)
+    outputs = backend.infer(batch)
+    assert calls == ([min(run_batch, 7 - i) for i in range(0, 7, run_batch)] if run_batch else [7])
+    assert outputs["logits"].shape == (7, CLASSES) and outputs["logits"].dtype == np.float32
+    np.testing.assert_allclose(outputs["logits"], eager(tiny, batch), atol=1e-4, rtol=0)
+    backend._session = session
+    assert ("run_batch=" in backend.info().detail) == (run_batch > 0)
+    backend.close()
+
+
 def test_info_reports_runtime(loaded: Backend) -> None:
     info = loaded.info()
     assert info.name == loaded.name

@@ -3,8 +3,10 @@
 import functools
 import io
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from loadtests.bench.catalog import SERVERS as SERVER_NAMES
 from loadtests.bench.cli import Plan, parse_args, settings_record
 from loadtests.bench.markdown import MD_BEGIN, MD_END, render_markdown, update_markdown
 from loadtests.bench.measure import best_of_rounds
+from loadtests.bench.monitor import TreeMonitor
 from loadtests.bench.report import (
     auth_overhead,
     build_report,
@@ -709,3 +712,22 @@ def test_markdown_shows_auth_on_vs_off() -> None:
         "imgserve_http_auth, imgserve_grpc_auth: `IMGSERVE_AUTH=required imgserve serve --config serve_config.yaml`"
         in section
     )
+
+
+def test_tree_monitor_splits_its_peak_by_process() -> None:
+    """The bench's memory figure comes with the processes that made it: the per-process split adds up to the
+    peak, and a child holding 60 MB shows up under its executable's name."""
+    hold = "import sys, time; b = bytearray(b'x') * (60 * 2**20); print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        monitor = TreeMonitor(os.getpid(), interval=0.1).start()
+        _, peak, _ = monitor.mark()
+        monitor.stop()
+    finally:
+        child.kill()
+        child.wait()
+    parts = monitor.last_peak_parts
+    assert sum(parts.values()) == pytest.approx(peak, abs=0.5)
+    label = Path(sys.executable).name
+    assert parts.get(label, 0.0) >= 60, parts
