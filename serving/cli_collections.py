@@ -49,7 +49,7 @@ def _progress(total: int, skipped: int) -> Any:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.analyze import analysis_setup, run_analysis
-    from serving.collections.operations import output_label, output_plan
+    from serving.collections.operations import output_label, output_plan, prepare_destination
     from serving.collections.sources import SourceError, list_sources
     from serving.errors import ServiceError
 
@@ -61,6 +61,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         items = list_sources(args.sources)
         store = _store(args)
         info = store.open(args.name, setup.selected, args.sources, args.tenant)
+        if outputs is not None:
+            outputs = prepare_destination(outputs, [item.name for item in items])
+            setup = dataclasses.replace(setup, outputs=outputs)
     except (SourceError, ValueError, ServiceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ERROR_EXIT

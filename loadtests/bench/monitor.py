@@ -118,7 +118,10 @@ class TreeMonitor:
 def _label(proc: Any) -> str:
     """What a process is, for the per-process peak: Ray's process title (`ray::ServeReplica:imgserve:Ingress`,
     `ray::ServeController`, ...) or the executable's name (raylet, gcs_server, python)."""
-    cmdline = proc.cmdline()
+    try:
+        cmdline = proc.cmdline()
+    except Exception:  # noqa: BLE001 - a command line we may not read: the name is enough to count it
+        cmdline = []
     first = cmdline[0] if cmdline else proc.name()
     if first.startswith("ray::"):
         return first.split(" ")[0]

@@ -27,7 +27,12 @@ CPU_RUN_BATCH = 8
 def default_cpu_run_batch() -> int:
     """IMGSERVE_ORT_RUN_BATCH (0: the whole batch in one call), else CPU_RUN_BATCH."""
     raw = os.environ.get("IMGSERVE_ORT_RUN_BATCH")
-    return CPU_RUN_BATCH if raw is None or raw == "" else int(raw)
+    if raw is None or raw.strip() == "":
+        return CPU_RUN_BATCH
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ValueError(f"IMGSERVE_ORT_RUN_BATCH={raw!r}: expected a whole number of images (0: one call)") from None
 
 
 class OnnxRuntimeBackend:

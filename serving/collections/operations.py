@@ -20,12 +20,11 @@ image on the next run): DEST inside a source is refused up front, and each outpu
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from pipelines.convert import ConvertOptions, ConvertResult
 from pipelines.enhance import EnhanceOptions
 from pipelines.errors import InvalidOptionError
 from pipelines.limits import DecodeLimits
@@ -33,7 +32,7 @@ from pipelines.quality import QualityReport
 from serving.collections.sources import is_uri
 from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
-from serving.jobs.operations import operation_spec, output_name, parse_pairs
+from serving.jobs.operations import apply_operation, operation_spec, output_name, parse_pairs
 from serving.jobs.uris import write_output
 
 NO_DESTINATION = (
@@ -49,6 +48,7 @@ class OutputPlan:
     spec: dict[str, Any]  # operation_spec's: convert, enhance (None: convert only), suffix, destination
     root: Path | None  # a local destination's folder: write_output writes nothing outside it
     protected: tuple[str, ...] = ()  # the local sources (resolved) and source URIs: no output lands inside one
+    renamed: dict[str, str] = field(default_factory=dict)  # image name -> the name its output is named after
 
     @property
     def enhancing(self) -> bool:
@@ -93,7 +93,9 @@ def output_plan(
         )
     if not out:
         raise ValueError(NO_DESTINATION)
-    protected = tuple(s.rstrip("/") if is_uri(s) else str(Path(s).expanduser().resolve()) for s in sources)
+    protected = tuple(
+        s.rstrip("/") if is_uri(s) and not s.lower().startswith("file:") else str(_local_folder(s)) for s in sources
+    )
     root = None
     if is_uri(out) and not out.lower().startswith("file:"):
         destination = out.rstrip("/")
@@ -109,9 +111,31 @@ def output_plan(
         )
     spec = operation_spec([], convert_raw, enhance_raw, suffix, destination, root)
     assert spec is not None
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)  # an unusable folder fails the run now, not every image later
     return OutputPlan(spec, root, protected)
+
+
+def prepare_destination(plan: OutputPlan, names: Sequence[str]) -> OutputPlan:
+    """The plan for these images, just before the run: a local folder is created (an unusable one fails the run now,
+    not every image later), and images whose outputs would share a name get names that keep them apart.
+
+    Outputs are named after the image without its extension, so `IMG_1.HEIC` and `IMG_1.JPG` (a phone's pair), or
+    `a.jpg` and `a.png`, would both be written as `IMG_1.webp`: the second would silently replace the first. Those
+    images (every image of such a group, chosen over all the sources' images so that a resumed run names them alike)
+    keep their extension in the stem: `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`."""
+    if plan.root is not None:
+        plan.root.mkdir(parents=True, exist_ok=True)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        path = PurePosixPath(name.replace("\\", "/"))
+        groups.setdefault((str(path.parent), path.stem), []).append(name)
+    renamed = {}
+    for members in groups.values():
+        if len(members) > 1:
+            for name in members:
+                path = PurePosixPath(name.replace("\\", "/"))
+                extension = path.suffix.lstrip(".") or "noext"
+                renamed[name] = str(path.with_name(f"{path.stem}_{extension}{path.suffix}"))
+    return replace(plan, renamed=renamed)
 
 
 @dataclass(frozen=True)
@@ -140,20 +164,6 @@ class _WorkerService:
         return self.assess(data)
 
 
-async def _operate(
-    operations: ImageOperations, spec: dict[str, Any], data: bytes, anonymize: bool
-) -> tuple[ConvertResult, dict[str, Any]]:
-    """As `serving.jobs.operations.run_operations` runs a job's operation: (the output, its summary)."""
-    convert = ConvertOptions.parse(**spec["convert"])
-    if anonymize:
-        convert = replace(convert, anonymize=True)
-    if spec.get("enhance") is not None:
-        outcome = await operations.enhance(data, EnhanceOptions.parse(**spec["enhance"]), convert)
-        return outcome.result, outcome.summary()
-    result = await operations.convert(data, convert)
-    return result, result.summary()
-
-
 def make_output(
     plan: OutputPlan,
     data: bytes,
@@ -167,8 +177,8 @@ def make_output(
     record's `output` entry. `assess`: the quality verdict of an image (enhancement; None: not served), `before`:
     the input's, already made. Raises the operation's or the write's error."""
     operations = ImageOperations(_WorkerService(assess, data, before), limits)  # type: ignore[arg-type]
-    result, summary = asyncio.run(_operate(operations, plan.spec, data, anonymize))
-    relative = output_name(name, plan.spec["suffix"], result)
+    result, summary = asyncio.run(apply_operation(operations, plan.spec, data, anonymize))
+    relative = output_name(plan.renamed.get(name, name), plan.spec["suffix"], result)
     if plan.root is not None:
         target = os.path.realpath(plan.root / relative)
         destination_name = quote(relative)  # a file URI's path: '#', '?' and '%' in names stay names

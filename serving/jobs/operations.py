@@ -78,6 +78,20 @@ def output_name(item_name: str, suffix: str, result: ConvertResult) -> str:
     return "/".join([*parts, f"{stem}{suffix}{FORMATS[result.format].extension}"])
 
 
+async def apply_operation(
+    operations: ImageOperations, spec: dict[str, Any], data: bytes, anonymize: bool
+) -> tuple[ConvertResult, dict[str, Any]]:
+    """The operation `spec` names (enhance, else convert) on one image: (the output, its summary)."""
+    convert = ConvertOptions.parse(**spec["convert"])
+    if anonymize:
+        convert = replace(convert, anonymize=True)
+    if spec.get("enhance") is not None:
+        outcome = await operations.enhance(data, EnhanceOptions.parse(**spec["enhance"]), convert)
+        return outcome.result, outcome.summary()
+    result = await operations.convert(data, convert)
+    return result, result.summary()
+
+
 async def run_operations(
     operations: ImageOperations,
     objects: ObjectStore,
@@ -88,15 +102,7 @@ async def run_operations(
     output_root: Path | None = None,
 ) -> tuple[dict[str, Any], ItemOutput]:
     """Run the job's operation on one item and store the output: (the result document's "output", the output)."""
-    convert = ConvertOptions.parse(**spec["convert"])
-    if anonymize:
-        convert = replace(convert, anonymize=True)
-    if spec.get("enhance") is not None:
-        outcome = await operations.enhance(data, EnhanceOptions.parse(**spec["enhance"]), convert)
-        result, summary = outcome.result, outcome.summary()
-    else:
-        result = await operations.convert(data, convert)
-        summary = result.summary()
+    result, summary = await apply_operation(operations, spec, data, anonymize)
     digest = await asyncio.to_thread(objects.put, result.data)
     name = output_name(item_name, spec["suffix"], result)
     output = ItemOutput(digest, name, result.input_bytes, result.output_bytes)

@@ -139,7 +139,7 @@ def test_batched_rows_equal_single_rows(loaded: Backend) -> None:
 @pytest.mark.parametrize("run_batch", [1, 3, 7, 0])
 def test_cpu_runs_a_batch_in_slices_with_the_same_result(tiny: TinyModel, run_batch: int) -> None:
     """ONNX Runtime on the CPU runs a batch in calls of `cpu_run_batch` images (0: one call): same rows, in order."""
-    backend = OnnxRuntimeBackend(intra_op_threads=1, cpu_run_batch=run_batch)
+    backend = OnnxRuntimeBackend(intra_op_threads=1, use_cuda=False, cpu_run_batch=run_batch)
     backend.load(entry_for(tiny, ["onnxruntime"]))
     session, calls = backend._session, []
 

@@ -8,6 +8,7 @@ import io
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,9 @@ from pipelines.errors import InvalidOptionError
 from serving import cli
 from serving.collections import analyze
 from serving.collections.analyze import RunStats, analysis_setup, prepare_batch, record_of
-from serving.collections.operations import NO_DESTINATION, output_plan
+from serving.collections.operations import NO_DESTINATION, output_plan, prepare_destination
 from serving.collections.sources import list_sources
-from serving.jobs.operations import operation_spec, parse_pairs
+from serving.jobs.operations import operation_spec, output_name, parse_pairs
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 
 
@@ -52,6 +53,7 @@ def _jobs_message(convert: str | None, enhance: str | None, suffix: str | None) 
         (["--out", "OUT"], lambda: "--out and --suffix go with --convert and/or --enhance"),
         (["--enhance", "auto=true", "--stages", "metadata", "--out", "OUT"], lambda: "auto enhancement reads"),
         (["--convert", "format=webp", "--out", "SRC/web"], lambda: "is inside the source"),
+        (["FILE_SOURCE", "--convert", "format=webp", "--out", "SRC/web"], lambda: "is inside the source"),
     ],
     ids=[
         "format",
@@ -63,6 +65,7 @@ def _jobs_message(convert: str | None, enhance: str | None, suffix: str | None) 
         "out-alone",
         "auto-no-quality",
         "out-in-source",
+        "out-in-file-uri-source",
     ],  # fmt: skip
 )
 def test_bad_options_stop_the_run_before_any_work_with_the_jobs_messages(
@@ -75,13 +78,35 @@ def test_bad_options_stop_the_run_before_any_work_with_the_jobs_messages(
     monkeypatch.setattr(analyze, "run_analysis", no_work)
     source = tmp_path / "src"
     source.mkdir()
-    flags = [f.replace("SRC", str(source)).replace("OUT", str(tmp_path / "out")) for f in flags]
+    sources = [source.as_uri()] if flags[0] == "FILE_SOURCE" else [str(source)]  # a file:// source is a folder too
+    flags = [f.replace("SRC", str(source)).replace("OUT", str(tmp_path / "out")) for f in flags if f != "FILE_SOURCE"]
     database = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    code = cli.main(["collection", "analyze", str(source), "--name", "c", "--database-url", database, *flags])
+    code = cli.main(["collection", "analyze", *sources, "--name", "c", "--database-url", database, *flags])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected() in err, err
     assert not (tmp_path / "out").exists() and not (source / "web").exists()
+
+
+@pytest.mark.unit
+def test_images_whose_outputs_would_share_a_name_keep_their_extension(tmp_path: Path) -> None:
+    """`IMG_1.HEIC` and `IMG_1.JPG` both convert to `IMG_1.webp`: each keeps its extension in the output's name, so
+    neither replaces the other; images without a twin keep the plain name; the local folder is created."""
+    out = tmp_path / "web"
+    plan = output_plan("format=webp", None, None, str(out), ["metadata"], [str(tmp_path / "src")])
+    assert plan is not None and not out.exists()
+    names = ["a/IMG_1.HEIC", "a/IMG_1.JPG", "b/IMG_1.JPG", "c.png", "c.jpg"]
+    ready = prepare_destination(plan, names)
+    assert out.is_dir()
+    assert ready.renamed == {
+        "a/IMG_1.HEIC": "a/IMG_1_HEIC.HEIC",
+        "a/IMG_1.JPG": "a/IMG_1_JPG.JPG",
+        "c.png": "c_png.png",
+        "c.jpg": "c_jpg.jpg",
+    }
+    webp = SimpleNamespace(format="webp")  # all output_name reads of a ConvertResult
+    outputs = [output_name(ready.renamed.get(n, n), "", webp) for n in names]  # type: ignore[arg-type]
+    assert len(set(outputs)) == len(names) and "b/IMG_1.webp" in outputs
 
 
 @pytest.mark.unit

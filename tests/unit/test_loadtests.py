@@ -714,11 +714,13 @@ def test_markdown_shows_auth_on_vs_off() -> None:
     )
 
 
-def test_tree_monitor_splits_its_peak_by_process() -> None:
+def test_tree_monitor_splits_its_peak_by_process(tmp_path: Path) -> None:
     """The bench's memory figure comes with the processes that made it: the per-process split adds up to the
-    peak, and a child holding 60 MB shows up under its executable's name."""
+    peak, and a child holding 60 MB shows up under its executable's name (a link named for this test)."""
+    child_python = tmp_path / "imgserve-monitor-child"
+    child_python.symlink_to(sys.executable)
     hold = "import sys, time; b = bytearray(b'x') * (60 * 2**20); print('ready', flush=True); time.sleep(60)"
-    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([str(child_python), "-S", "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         monitor = TreeMonitor(os.getpid(), interval=0.1).start()
@@ -729,5 +731,4 @@ def test_tree_monitor_splits_its_peak_by_process() -> None:
         child.wait()
     parts = monitor.last_peak_parts
     assert sum(parts.values()) == pytest.approx(peak, abs=0.5)
-    label = Path(sys.executable).name
-    assert parts.get(label, 0.0) >= 60, parts
+    assert parts.get("imgserve-monitor-child", 0.0) >= 60, parts
