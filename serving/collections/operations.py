@@ -63,6 +63,11 @@ def _inside(target: str, protected: Sequence[str]) -> str | None:
     return next((p for p in protected if target == p or target.startswith(p.rstrip("/") + "/")), None)
 
 
+def _is_remote(location: str) -> bool:
+    """An fsspec URI other than `file://` (which names a local folder)."""
+    return is_uri(location) and not location.lower().startswith("file:")
+
+
 def _local_folder(out: str) -> Path:
     path = unquote(urlsplit(out).path) if out.lower().startswith("file:") else out
     return Path(path).expanduser().resolve()
@@ -93,11 +98,9 @@ def output_plan(
         )
     if not out:
         raise ValueError(NO_DESTINATION)
-    protected = tuple(
-        s.rstrip("/") if is_uri(s) and not s.lower().startswith("file:") else str(_local_folder(s)) for s in sources
-    )
+    protected = tuple(s.rstrip("/") if _is_remote(s) else str(_local_folder(s)) for s in sources)
     root = None
-    if is_uri(out) and not out.lower().startswith("file:"):
+    if _is_remote(out):
         destination = out.rstrip("/")
     else:
         root = _local_folder(out)
@@ -124,17 +127,16 @@ def prepare_destination(plan: OutputPlan, names: Sequence[str]) -> OutputPlan:
     keep their extension in the stem: `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`."""
     if plan.root is not None:
         plan.root.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[tuple[str, PurePosixPath]]] = {}
     for name in names:
         path = PurePosixPath(name.replace("\\", "/"))
-        groups.setdefault((str(path.parent), path.stem), []).append(name)
-    renamed = {}
-    for members in groups.values():
-        if len(members) > 1:
-            for name in members:
-                path = PurePosixPath(name.replace("\\", "/"))
-                extension = path.suffix.lstrip(".") or "noext"
-                renamed[name] = str(path.with_name(f"{path.stem}_{extension}{path.suffix}"))
+        groups.setdefault((str(path.parent), path.stem), []).append((name, path))
+    renamed = {
+        name: str(path.with_name(f"{path.stem}_{path.suffix.lstrip('.') or 'noext'}{path.suffix}"))
+        for members in groups.values()
+        if len(members) > 1
+        for name, path in members
+    }
     return replace(plan, renamed=renamed)
 
 
