@@ -179,10 +179,14 @@ def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.
         if scale > 1:
             stored_w, stored_h = image.size
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
-        image = upright_image(image, orientation)
+        if orientation in UPRIGHT_TRANSPOSE:
+            image = upright_image(image, orientation)  # exif_transpose copies: only when there is a turn to make
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
             image = image.point(lambda v: v / 256).convert("L")
+        if image.mode == "RGB":
+            image.load()  # decode here (errors are the file's), without convert()'s copy of the pixels
+            return image
         return image.convert("RGB")
     except MemoryError:
         raise  # the server's trouble (the pixel budgets were checked), not the file's

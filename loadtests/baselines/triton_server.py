@@ -40,14 +40,19 @@ def _resized(width: int, height: int) -> tuple[int, int]:
     return max(1, int(round(width * RESIZE / height))), RESIZE
 
 
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: treat as upright, as imgserve does
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def preprocess(data: bytes, reduced: bool = True) -> np.ndarray:
-    """Encoded image -> float32 [3, 224, 224], numerically imgserve's pillow decode path."""
+    """Encoded image -> float32 [3, 224, 224], numerically imgserve's pillow decode path (array-equal)."""
     image = Image.open(io.BytesIO(data))
+    orientation = _orientation(image)
     if reduced and image.format in ("JPEG", "MPO"):
-        try:
-            orientation = image.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - broken EXIF: treat as upright, as imgserve does
-            orientation = 1
         stored_w, stored_h = image.size
         up_w, up_h = (stored_h, stored_w) if orientation in _SWAPS_AXES else (stored_w, stored_h)
         need_w, need_h = _resized(up_w, up_h)
@@ -56,13 +61,23 @@ def preprocess(data: bytes, reduced: bool = True) -> np.ndarray:
             scale *= 2
         if scale > 1:
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    size = _resized(*image.size)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        image.load()
+    else:
+        image = image.convert("RGB")
+    # Resample only the crop's source rectangle (the resize-then-crop result, without the cropped-away columns).
+    width, height = image.size
+    size = _resized(width, height)
     left, top = int(round((size[0] - CROP) / 2.0)), int(round((size[1] - CROP) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + CROP, top + CROP)), dtype=np.float32)
-    return np.ascontiguousarray(((pixels - 128.0) / 128.0).transpose(2, 0, 1))
+    sx, sy = width / size[0], height / size[1]
+    box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
+    pixels = np.asarray(image.resize((CROP, CROP), Image.Resampling.BILINEAR, box=box))
+    tensor = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
+    tensor *= np.float32(1.0 / 128.0)
+    tensor -= np.float32(1.0)
+    return tensor
 
 
 def _interrupt(*_: object) -> None:
