@@ -31,7 +31,7 @@ async def get_collection_store(jobs: JobService = Depends(get_job_service)) -> C
     return CollectionStore(jobs.engine)
 
 
-def image_filter(
+async def image_filter(
     tag: str | None = Query(default=None, description="Quality tag, e.g. blurry."),
     level: str | None = Query(default=None, description="Quality level: LOW, MEDIUM, HIGH, ULTRA."),
     camera_make: str | None = Query(default=None),

@@ -46,7 +46,7 @@ HELP = {
 }
 
 
-def conversion_query(
+async def conversion_query(
     format: str | None = Query(default=None, description=HELP["format"]),
     quality: int | None = Query(default=None, description=HELP["quality"]),
     lossless: bool | None = Query(default=None, description=HELP["lossless"]),
@@ -104,7 +104,7 @@ def _report_form(report: str | None) -> str:
     return form
 
 
-def get_operations(request: Request) -> ImageOperations:
+async def get_operations(request: Request) -> ImageOperations:
     return request.app.state.image_operations
 
 

@@ -14,7 +14,7 @@ from serving.training.service import TrainingRequest, TrainingService
 router = APIRouter(prefix="/v1", tags=["training jobs"])
 
 
-def get_training(request: Request) -> TrainingService:
+async def get_training(request: Request) -> TrainingService:
     training = getattr(request.app.state, "training", None)
     if training is None:
         raise ModelUnavailableError("training jobs need the job store, which is not enabled in this application")
