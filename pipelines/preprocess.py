@@ -80,12 +80,12 @@ def crop_box(width: int, height: int, crop: tuple[int, int] | None) -> tuple[int
     return left, top, left + cw, top + ch
 
 
-def _affine(spec: PreprocessSpec, layout: str) -> tuple[np.ndarray, np.ndarray]:
-    """(gain, offset) with `(x * scale - mean) / std == x * gain - offset`, shaped to broadcast over `layout`."""
+def _affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, offset) with `(x * scale - mean) / std == x * gain - offset`, shaped to broadcast over the layout."""
     std = np.asarray(spec.std, dtype=np.float64)
     gain = (spec.scale / std).astype(np.float32)
     offset = (np.asarray(spec.mean, dtype=np.float64) / std).astype(np.float32)
-    if layout == "NCHW":
+    if spec.layout == "NCHW":
         return gain.reshape(3, 1, 1), offset.reshape(3, 1, 1)
     return gain, offset
 
@@ -98,7 +98,7 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.dtype == "uint8":
         return np.ascontiguousarray(out)
     x = out.astype(np.float32, order="C")  # the one float copy, contiguous in the model's layout
-    gain, offset = _affine(spec, spec.layout)
+    gain, offset = _affine(spec)
     x *= gain
     x -= offset
     return x.astype(np.float16) if spec.dtype == "float16" else x
