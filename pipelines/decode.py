@@ -171,7 +171,7 @@ def upright_image(image: Image.Image, orientation: int) -> Image.Image:
         raise  # the pixels themselves do not decode
     except Exception:  # noqa: BLE001 - an EXIF block Pillow cannot rewrite (fuzzing finds them): turn by the tag
         transpose = UPRIGHT_TRANSPOSE.get(orientation)
-        return image.transpose(transpose) if transpose is not None else image.copy()
+        return image.transpose(transpose) if transpose is not None else image
 
 
 def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.Image:
