@@ -25,7 +25,12 @@ async def ordered_map(
     async def read() -> None:
         try:
             async for item in source:
-                await queue.put(asyncio.ensure_future(handle(item)))
+                future = asyncio.ensure_future(handle(item))
+                try:
+                    await queue.put(future)
+                except asyncio.CancelledError:
+                    future.cancel()  # the stream ended while this item waited for room: nobody will read it
+                    raise
         finally:
             await queue.put(None)
 
@@ -35,4 +40,10 @@ async def ordered_map(
             yield await future
         await reader  # surface a failure of the source itself
     finally:
+        # The stream ended early (the client cancelled or went away, or a handler raised): the items still in
+        # flight have no one to answer, so they are cancelled rather than left to hold batch slots and queue room.
         reader.cancel()
+        while not queue.empty():
+            pending = queue.get_nowait()
+            if pending is not None:
+                pending.cancel()

@@ -68,12 +68,27 @@ class BatchQueue(Generic[T, R]):
             work = self._work(self._queue, asyncio.Semaphore(self.max_concurrent_batches))
             self._worker = loop.create_task(work, context=contextvars.Context())
         if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
+            self._drop_abandoned(self._queue)  # type: ignore[arg-type]
+        if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
             raise OverloadedError(
                 f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
             )
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((Queued(item, time.perf_counter(), deadline), future))  # type: ignore[union-attr]
         return await future
+
+    @staticmethod
+    def _drop_abandoned(queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> None:
+        """Take out items whose callers gave up (a cancelled request: its future is cancelled). They would sit in
+        the queue until a batch collects them and skips them, and meanwhile count against `max_queued`, refusing
+        live requests while nothing is waiting. Order is kept. Runs only when the queue is at its bound."""
+        live = []
+        while not queue.empty():
+            entry = queue.get_nowait()
+            if not entry[1].cancelled():
+                live.append(entry)
+        for entry in live:
+            queue.put_nowait(entry)
 
     async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any]:
         batch = [await queue.get()]

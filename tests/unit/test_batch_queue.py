@@ -75,3 +75,30 @@ def test_reconfigure_changes_the_next_batches_and_waiting_fills_them() -> None:
 
     asyncio.run(scenario())
     assert sizes[:2] == [2, 2] and sizes[-1] == 2
+
+
+def test_cancelled_callers_do_not_hold_queue_room() -> None:
+    release = asyncio.Event()
+
+    async def gated(items: list[Queued[int]]) -> list[int | BaseException]:
+        await release.wait()
+        return [q.item for q in items]
+
+    async def scenario() -> tuple[int, list[int]]:
+        queue: BatchQueue[int, int] = BatchQueue(gated, 1, 0.0, max_queued=3)
+        running = asyncio.ensure_future(queue.submit(0))  # taken by the (blocked) first batch
+        await asyncio.sleep(0.01)
+        abandoned = [asyncio.ensure_future(queue.submit(i)) for i in (1, 2, 3)]  # the queue is now full
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError):
+            await queue.submit(99)  # full of live callers: refused
+        for task in abandoned[:2]:
+            task.cancel()
+        await asyncio.sleep(0)
+        late = [asyncio.ensure_future(queue.submit(i)) for i in (4, 5)]  # room left by the two cancelled callers
+        await asyncio.sleep(0.01)
+        release.set()
+        return await running, list(await asyncio.gather(abandoned[2], *late))
+
+    first, rest = asyncio.run(scenario())
+    assert first == 0 and rest == [3, 4, 5]
