@@ -164,14 +164,16 @@ def reduced_scale(
 
 
 def upright_image(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned upright by its EXIF orientation (by the tag alone when Pillow cannot rewrite the EXIF)."""
+    """The image turned upright by its EXIF orientation (`exif_orientation`; by the tag alone when Pillow cannot
+    rewrite the EXIF). An image with nothing to turn is returned as it is: exif_transpose would copy it."""
+    if orientation not in UPRIGHT_TRANSPOSE:
+        return image
     try:
         return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, EOFError):
         raise  # the pixels themselves do not decode
     except Exception:  # noqa: BLE001 - an EXIF block Pillow cannot rewrite (fuzzing finds them): turn by the tag
-        transpose = UPRIGHT_TRANSPOSE.get(orientation)
-        return image.transpose(transpose) if transpose is not None else image
+        return image.transpose(UPRIGHT_TRANSPOSE[orientation])
 
 
 def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.Image:
@@ -179,8 +181,7 @@ def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.
         if scale > 1:
             stored_w, stored_h = image.size
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
-        if orientation in UPRIGHT_TRANSPOSE:
-            image = upright_image(image, orientation)  # exif_transpose copies: only when there is a turn to make
+        image = upright_image(image, orientation)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
             image = image.point(lambda v: v / 256).convert("L")

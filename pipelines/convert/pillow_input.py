@@ -9,7 +9,7 @@ import numpy as np
 import pyvips
 from PIL import Image
 
-from pipelines.decode import UPRIGHT_TRANSPOSE, upright_image
+from pipelines.decode import upright_image
 from pipelines.errors import InvalidImageError
 
 PILLOW_INPUTS = frozenset({"BMP", "HEIF"})
@@ -44,8 +44,7 @@ def from_upright_pixels(
 def load_with_pillow(header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:
     """The image upright at `size` (width, height), with its EXIF and ICC profile and orientation 1."""
     try:
-        # exif_transpose copies even when there is nothing to turn: only call it when there is
-        upright = upright_image(header, orientation) if orientation in UPRIGHT_TRANSPOSE else header
+        upright = upright_image(header, orientation)
         pixels, interpretation = _pixels(upright)
     except (OSError, SyntaxError, EOFError, ValueError) as exc:
         raise InvalidImageError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}") from None
