@@ -69,10 +69,10 @@ class BatchQueue(Generic[T, R]):
             self._worker = loop.create_task(work, context=contextvars.Context())
         if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
             self._drop_abandoned(self._queue)  # type: ignore[arg-type]
-        if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
-            raise OverloadedError(
-                f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
-            )
+            if self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
+                raise OverloadedError(
+                    f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
+                )
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((Queued(item, time.perf_counter(), deadline), future))  # type: ignore[union-attr]
         return await future
