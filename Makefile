@@ -87,7 +87,9 @@ bench-overload: models
 bench-ort-batch: models
 	$(PY) -m loadtests.ort_run_batch
 
-# Conversion speed and memory against a plain-Pillow baseline (libraries, bulk, online), ~7 minutes.
+# Conversion speed and memory against a plain-Pillow baseline (libraries, bulk, online), ~7 minutes; the figures
+# BENCHMARKS.md's "Conversion" section quotes go to loadtests/results/convert.json.
+CONVERT_ARGS ?= --json loadtests/results/convert.json
 bench-convert: models
 	$(PY) -m loadtests.convert_bench $(CONVERT_ARGS)
 
