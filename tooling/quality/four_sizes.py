@@ -16,8 +16,7 @@ from pathlib import Path
 
 from pipelines.quality.thresholds import load_thresholds
 from tooling.quality.biq import BIQ_FOLDER, load_biq, split
-from tooling.quality.biq_synthetic import Sample
-from tooling.quality.heldout_report import RESOLUTION_CHECK_MP, resolution_check
+from tooling.quality.heldout_report import resolution_check, resolution_copies
 from tooling.quality.served import served_quality
 
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     train, _ = split(load_biq(args.folder))
     train = train[: args.photos] if args.photos else train
-    clean = [Sample(p, mos, mp, None, 0, 0) for p, mos in train for mp in RESOLUTION_CHECK_MP]
+    clean = resolution_copies(train)
     results = served_quality(clean, args.thresholds, workers=args.workers)
     print(json.dumps(resolution_check(clean, results, load_thresholds(args.thresholds)), indent=1))
     return 0

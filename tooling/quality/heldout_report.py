@@ -39,6 +39,11 @@ PATHS = ("served", "classical")
 RESOLUTION_CHECK_MP = (0.25, 1.0, 3.0, 12.0)
 
 
+def resolution_copies(rows: Sequence[tuple[Path, float]]) -> list[Sample]:
+    """The clean copies of each (photo, MOS) at every size of the resolution check, photo by photo."""
+    return [Sample(path, mos, mp, None, 0, 0) for path, mos in rows for mp in RESOLUTION_CHECK_MP]
+
+
 def _tags(result: ServedResult, path: str) -> set[str]:
     return {t.name for t in getattr(result, path).tags}
 
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     samples = list(synthetic_samples(held))
     results = served_quality(samples, args.thresholds, workers=args.workers)
-    clean = [Sample(p, m, mp, None, 0, 0) for p, m in held for mp in RESOLUTION_CHECK_MP]
+    clean = resolution_copies(held)
     known = {s.key: r for s, r in zip(samples, results, strict=True)}
     missing = [s for s in clean if s.key not in known]
     known.update(

@@ -23,10 +23,10 @@ from pipelines.decode import decode_image
 from pipelines.quality import compute_metrics
 from tooling.quality.biq import BLUR_SAMPLES, load_biq, split
 from tooling.quality.biq_synthetic import Sample
+from tooling.quality.heldout_report import RESOLUTION_CHECK_MP, resolution_copies
 from tooling.quality.served import map_chunks
 
 OLD_METRIC, OLD_THRESHOLD = "sharpness_min_direction", 0.82
-SIZES_MP = (0.25, 1.0, 3.0, 12.0)
 GRID = tuple(round(v, 4) for v in np.arange(0.75, 0.9001, 0.0025))
 
 
@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     resized = train[1::2][: args.sizes]
     sharp_camera = sorted(BLUR_SAMPLES.glob("*_S.*"))
     items: list[tuple[bytes | Sample, str]] = [(p.read_bytes(), p.name) for p, _ in stored]
-    items += [(Sample(p, mos, mp, None, 0, 0), p.name) for p, mos in resized for mp in SIZES_MP]
+    items += [(s, s.path.name) for s in resolution_copies(resized)]
     items += [(p.read_bytes(), p.name) for p in sharp_camera]
     chunks = [items[i : i + 16] for i in range(0, len(items), 16)]
     measured = np.array(map_chunks(_measure, chunks, args.workers))
     old, coarse = measured[: len(stored), 0] > OLD_THRESHOLD, measured[: len(stored), 1]
     camera = measured[len(items) - len(sharp_camera) :]
-    by_size = measured[len(stored) : len(items) - len(sharp_camera)].reshape(len(resized), len(SIZES_MP), 2)
+    by_size = measured[len(stored) : len(items) - len(sharp_camera)].reshape(len(resized), len(RESOLUTION_CHECK_MP), 2)
     kept = camera[camera[:, 0] > OLD_THRESHOLD, 1]  # coarse values of the camera photos version 3 called sharp
     agreement = {t: float(np.mean((coarse > t) == old)) for t in GRID}
     best_agreement = max(GRID, key=lambda t: agreement[t])
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(stored)} training photos as stored: version 3 says sharp for {old.mean():.1%}")
     for p, (fine, coarse_value) in zip(sharp_camera, camera, strict=True):
         print(f"  {p.name}: {OLD_METRIC} {fine:.3f}, coarse_sharpness {coarse_value:.3f}")
-    print(f"{len(resized)} other training photos at {SIZES_MP} MP: sharp differs between sizes for")
+    print(f"{len(resized)} other training photos at {RESOLUTION_CHECK_MP} MP: sharp differs between sizes for")
     print(f"  version 3 ({OLD_METRIC} > {OLD_THRESHOLD}): {flip_rate(by_size[:, :, 0], OLD_THRESHOLD):.1%}")
     for name, t in (("best agreement on BIQ2021", best_agreement), ("chosen", chosen)):
         share = np.mean(coarse > t)
