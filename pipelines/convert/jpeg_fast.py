@@ -26,8 +26,9 @@ from pipelines.orientation import SWAPS_AXES, upright_array
 # After the scaled decode the shrink left is below 2 unless even the 1/8 scale is over twice the output (small
 # thumbnails), and mostly 1.05-1.25 for a 2048-px output. There bilinear's two-pixel kernel covers every source pixel
 # and lands as close to a Lanczos resize of the full decode as OpenCV's area filter (PSNR within 0.5 dB either way on
-# the camera mix), which is slow at fractional ratios: WebP at 2048 px went from 109 to 104 ms a camera photo. Near a
-# shrink of 2 bilinear starts to skip pixels (2.4 dB worse at 1.97): area from 1.5 up.
+# the camera mix), which is slow at fractional ratios: WebP at 2048 px took 126 ms a camera photo against 137 (one
+# thread, alternated in one process; BENCHMARKS.md, "Conversion"). Near a shrink of 2 bilinear starts to skip pixels
+# (2.4 dB worse at 1.97): area from 1.5 up.
 LINEAR_MAX_SHRINK = 1.5
 
 
