@@ -111,6 +111,7 @@ def test_images_whose_outputs_would_share_a_name_keep_their_extension(tmp_path: 
 
 @pytest.mark.unit
 def test_convert_runs_in_the_read_task_and_a_failed_output_is_that_images_output_error(tmp_path: Path) -> None:
+    require(MOBILENET_DIR)  # analysis_setup composes the application, whose default model needs these weights
     source, out = tmp_path / "album", tmp_path / "web"
     (source / "sub").mkdir(parents=True)
     originals = {"a.jpg": _photo(0, (320, 240)), "sub/b.png": _photo(1, (200, 300), "PNG"), "c.jpg": b"\xff\xd8 no"}
