@@ -171,6 +171,8 @@ def settings_record(plan: Plan, rounds: int, make_command: str, servers: list[st
         "cpu_s": "user+system CPU seconds of the server's process tree during the level (psutil)",
         "peak_rss_mb": "highest sum of RSS over the server's process tree during the level, sampled every 0.5 s",
         "peak_rss_by_process": "that peak split by process (Ray process title or executable), MB",
+        "pss_at_peak_mb": "summed PSS of the tree at the moment of that peak (a page shared by several processes "
+        "counted once in all, split between them; /proc/PID/smaps_rollup), MB; null where unreadable",
         "client": "loadtests.closed_loop.run_level: asyncio, one connection pool (HTTP) or channel (gRPC) per level",
         **({"auth": auth_record(servers)} if any(name in AUTH_PAIRS for name in servers) else {}),
     }

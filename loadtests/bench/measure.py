@@ -48,10 +48,12 @@ def measure_level(server: Server, mix: Mix, conc: int, seconds: float, sender: S
     record = level_record(level, cpu1 - cpu0, peak_rss, mon1 - mon0, steal, probes)
     parts = sorted(server.monitor.last_peak_parts.items(), key=lambda kv: -kv[1])
     record["peak_rss_by_process"] = {label: round(mb, 1) for label, mb in parts}
+    pss = server.monitor.last_peak_pss
+    record["pss_at_peak_mb"] = round(pss, 1) if pss is not None else None
     log(
         f"{server.name} {mix.name} c{conc}: {record['images_per_s']} img/s, p50 {record['p50_ms']} ms, "
         f"p99 {record['p99_ms']} ms, errors {record['errors']}, server {record['server_cores']} cores "
-        f"{record['peak_rss_mb']:.0f} MB, client {record['client_cores']} cores, "
+        f"{record['peak_rss_mb']:.0f} MB (PSS {record['pss_at_peak_mb']}), client {record['client_cores']} cores, "
         f"steal {record['steal_pct']} %, speed probe {probes[0]}/{probes[1]} ms"
     )
     return record

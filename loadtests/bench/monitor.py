@@ -1,4 +1,11 @@
-"""CPU seconds and peak RSS of a server's whole process tree (Ray's daemons and workers included)."""
+"""CPU seconds and peak RSS of a server's whole process tree (Ray's daemons and workers included).
+
+RSS summed over processes counts a shared page once per process that maps it: each of imgserve's Ray processes
+maps the same ~50 MB of library code (libraylet, grpc, numpy), which the sum counts five or six times. At every new
+peak of that sum the monitor also reads the tree's PSS (proportional set size, Linux `smaps_rollup`: a shared page
+split between the processes that map it), so a report can give the memory the tree really holds at that moment
+beside the RSS sum. Only at a new peak: reading PSS walks every page table, too slow for every sample.
+"""
 
 import contextlib
 import re
@@ -32,6 +39,8 @@ class TreeMonitor:
         self._peak_rss = 0.0
         self._peak_parts: dict[str, float] = {}  # process label -> MB, at the moment of the peak
         self.last_peak_parts: dict[str, float] = {}  # the same for the span `mark` closed
+        self._peak_pss: float | None = None  # summed PSS MB at the moment of the RSS peak (None: not readable)
+        self.last_peak_pss: float | None = None  # the same for the span `mark` closed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.thread_cpu_s = 0.0
@@ -76,6 +85,7 @@ class TreeMonitor:
             total = sum(parts.values())
             if total > self._peak_rss:
                 self._peak_rss, self._peak_parts = total, parts
+                self._peak_pss = tree_pss_mb(self.procs)
 
     def _run(self) -> None:
         count = 0
@@ -108,11 +118,35 @@ class TreeMonitor:
             total = sum(self.cpu.values())
             peak_rss, self._peak_rss = self._peak_rss, 0.0
             self.last_peak_parts, self._peak_parts = self._peak_parts, {}
+            self.last_peak_pss, self._peak_pss = self._peak_pss, None
         return total, peak_rss, self.thread_cpu_s
 
     def pids(self) -> set[int]:
         with self._lock:
             return set(self.seen)
+
+
+def pss_mb(pid: int) -> float | None:
+    """A process's PSS in MB from /proc/PID/smaps_rollup; None where there is none (not Linux, gone, no access)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def tree_pss_mb(procs: dict[int, Any]) -> float | None:
+    """Summed PSS of `procs` (pid -> process) in MB; None if any process's PSS could not be read."""
+    total = 0.0
+    for pid in list(procs):
+        pss = pss_mb(pid)
+        if pss is None:
+            return None
+        total += pss
+    return total
 
 
 def _label(proc: Any) -> str:

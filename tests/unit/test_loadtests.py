@@ -732,3 +732,24 @@ def test_tree_monitor_splits_its_peak_by_process(tmp_path: Path) -> None:
     parts = monitor.last_peak_parts
     assert sum(parts.values()) == pytest.approx(peak, abs=0.5)
     assert parts.get("imgserve-monitor-child", 0.0) >= 60, parts
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="PSS needs Linux's /proc/PID/smaps_rollup")
+def test_tree_monitor_reads_pss_at_its_peak(tmp_path: Path) -> None:
+    """Beside the RSS sum (a page shared by N processes counted N times) the monitor gives the tree's PSS at the
+    moment of its peak: two children holding 60 MB each are in it in full, and the pages every process shares
+    (the interpreter, libc) count once in all, so the PSS sum is below the RSS sum."""
+    hold = "import sys, time; b = bytearray(b'x') * (60 * 2**20); print('ready', flush=True); time.sleep(60)"
+    children = [subprocess.Popen([sys.executable, "-S", "-c", hold], stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        monitor = TreeMonitor(os.getpid(), interval=0.1).start()
+        _, peak, _ = monitor.mark()
+        monitor.stop()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    pss = monitor.last_peak_pss
+    assert pss is not None and 120 <= pss < peak, (pss, peak)
