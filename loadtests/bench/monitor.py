@@ -126,26 +126,20 @@ class TreeMonitor:
             return set(self.seen)
 
 
-def pss_mb(pid: int) -> float | None:
-    """A process's PSS in MB from /proc/PID/smaps_rollup; None where there is none (not Linux, gone, no access)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def tree_pss_mb(procs: dict[int, Any]) -> float | None:
-    """Summed PSS of `procs` (pid -> process) in MB; None if any process's PSS could not be read."""
+    """Summed PSS of `procs` (pid -> psutil process) in MB; None if any process's PSS could not be read (gone, no
+    access, or a platform whose psutil has no PSS)."""
+    import psutil
+
     total = 0.0
-    for pid in list(procs):
-        pss = pss_mb(pid)
+    for proc in list(procs.values()):
+        try:
+            pss = getattr(proc.memory_full_info(), "pss", None)  # Linux: /proc/PID/smaps_rollup
+        except psutil.Error:
+            return None
         if pss is None:
             return None
-        total += pss
+        total += pss / 2**20
     return total
 
 

@@ -734,7 +734,7 @@ def test_tree_monitor_splits_its_peak_by_process(tmp_path: Path) -> None:
     assert parts.get("imgserve-monitor-child", 0.0) >= 60, parts
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="PSS needs Linux's /proc/PID/smaps_rollup")
+@pytest.mark.skipif(sys.platform != "linux", reason="psutil reads PSS from /proc on Linux only")
 def test_tree_monitor_reads_pss_at_its_peak(tmp_path: Path) -> None:
     """Beside the RSS sum (a page shared by N processes counted N times) the monitor gives the tree's PSS at the
     moment of its peak: two children holding 60 MB each are in it in full, and the pages every process shares
