@@ -16,9 +16,10 @@ remote call only to register Ray Data's Arrow serializers (no Ray Data runs in t
 analyze` starts its own Ray). About 75 + 27 MB per process: the controller, every replica, this one.
 
 With Serve kept out of the `imgserve serve` process (serving.serve_control), the idle server goes from 1.56 to
-0.87 GB (BENCHMARKS.md "Memory (issue #19)"). `IMGSERVE_LEAN_RAY=0` keeps Ray's defaults (for a `ray status` that
-reads the autoscaler's view, for instance). A server joining an existing cluster (`RAY_ADDRESS`) changes nothing
-there.
+0.87 GB (BENCHMARKS.md "Memory (issue #19)"). Once the application runs, `imgserve serve` also replaces itself
+(Ray's driver, ~120 MB) with `serving.ray_supervisor` (~15 MB), which keeps Ray's processes as its children.
+`IMGSERVE_LEAN_RAY=0` keeps Ray's defaults (for a `ray status` that reads the autoscaler's view, for instance). A
+server joining an existing cluster (`RAY_ADDRESS`) changes nothing there.
 """
 
 import logging
@@ -89,6 +90,22 @@ def logs_dir() -> Path | None:
     return Path(node.get_logs_dir_path()) if node is not None else None
 
 
+class SignalFlag:
+    """Set by a SIGINT/SIGTERM handler, read by the main loop. A plain attribute, not a `threading.Event`: a handler
+    runs on the main thread between two bytecodes, and one calling `Event.set` while the main thread is inside
+    that event's `wait` or `set` (a second Ctrl-C, or `pkill` reaching the process twice) waits for a lock the
+    main thread already holds, and the server hangs for good."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, *_: object) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
 @dataclass
 class FollowedFile:
     pid: str
@@ -110,6 +127,25 @@ class WorkerLogFollower(threading.Thread):
         self.stop_event = stop
         self.interval = interval
         self.files: dict[str, FollowedFile] = {}  # by file name
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Where each file was read up to (and the actor named in it): `resume` continues from there in another
+        process (serving.ray_supervisor)."""
+        return {name: {"offset": f.offset, "name": f.name, "partial": f.partial} for name, f in self.files.items()}
+
+    def resume(self, snapshot: dict[str, dict[str, object]]) -> None:
+        for file_name, state in snapshot.items():
+            match = WORKER_LOG.match(file_name)
+            if match is None:
+                continue
+            stream = sys.stdout if match["stream"] == "out" else sys.stderr
+            self.files[file_name] = FollowedFile(
+                pid=match["pid"],
+                out=stream,
+                offset=int(state.get("offset", 0)),  # type: ignore[call-overload]
+                name=str(state.get("name", "")),
+                partial=str(state.get("partial", "")),
+            )
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):

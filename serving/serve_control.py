@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from serving.config.app_args import DirectIngressOptions
+from serving.local_ray import SignalFlag
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
@@ -34,22 +35,6 @@ def listening_at(config: "ServeDeploySchema") -> str:
         scheme, tls = ("https", ", TLS") if listeners.tls else ("http", "")
         places.append(f"{scheme}://{listeners.host}:{listeners.http_port} (grpc port {listeners.grpc_port}{tls})")
     return ", ".join(places) or "no listener (proxy disabled, no direct_ingress): deployment handles only"
-
-
-class SignalFlag:
-    """Set by a SIGINT/SIGTERM handler, read by the main loop. A plain attribute, not a `threading.Event`: a handler
-    runs on the main thread between two bytecodes, and one calling `Event.set` while the main thread is inside
-    that event's `wait` or `set` (a second Ctrl-C, or `pkill` reaching the process twice) waits for a lock the
-    main thread already holds, and the server hangs for good."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def request(self, *_: object) -> None:
-        self.requested = True
-
-    def is_set(self) -> bool:
-        return self.requested
 
 
 def wait_until_running(config: Any, timeout_s: float) -> None:

@@ -29,15 +29,16 @@ from serving.config.placement_overlay import apply_placement, choose_placement
 from serving.local_ray import (
     LEAN_ENV,
     LEAN_SYSTEM_CONFIG,
+    SignalFlag,
     WorkerLogFollower,
     block_unused_modules,
     lean_ray_enabled,
     logs_dir,
     trim_head_processes,
 )
+from serving.ray_supervisor import SERVE_SHUTDOWN_TIMEOUT_S
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
-    SignalFlag,
     deploy_serve,
     direct_ingress_args,
     run_in_worker,
@@ -53,7 +54,6 @@ GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: 
 RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
 RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
 TOKEN_FILE = "ray_auth_token"
-SHUTDOWN_TIMEOUT_S = 90.0  # Serve drains replicas gracefully; after this Ray is stopped regardless
 
 
 class StartRefused(ValueError):
@@ -239,6 +239,26 @@ def print_key_hint() -> None:
         )
 
 
+def hand_over_to_supervisor(follower: WorkerLogFollower, logs_done: threading.Event, temp_dir: Path) -> None:
+    """Replace this process (Ray's driver, ~120 MB) with `serving.ray_supervisor` (~20 MB), which keeps Ray's
+    processes as its children, prints the workers' output on from where `follower` stopped, and stops Serve and
+    Ray on SIGINT/SIGTERM."""
+    import ray
+
+    from serving.ray_supervisor import SupervisorState, exec_supervisor
+
+    logs_done.set()
+    follower.join(timeout=5)
+    token = temp_dir / TOKEN_FILE
+    state = SupervisorState(
+        gcs_address=ray.get_runtime_context().gcs_address,
+        logs_dir=str(follower.directory),
+        log_offsets=follower.snapshot(),
+        token_file=str(token) if token.exists() else "",
+    )
+    exec_supervisor(state, temp_dir / "supervisor.json")
+
+
 def run_server(
     config_path: Path,
     http_port: int | None = None,
@@ -304,11 +324,14 @@ def run_server(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop.request)
     logs_done = threading.Event()
+    follower: WorkerLogFollower | None = None
     if lean:
         print(f"imgserve: stopped Ray's {', '.join(trim_head_processes())} (one machine; {LEAN_ENV}=0 keeps them)")
         worker_logs = logs_dir()
         if worker_logs is not None:
-            WorkerLogFollower(worker_logs, logs_done).start()
+            follower = WorkerLogFollower(worker_logs, logs_done)
+            follower.start()
+    handed_over = False
     try:
         node_ip = ray.util.get_node_ip_address()
         if ray_address is None and not is_loopback_host(node_ip):
@@ -319,13 +342,18 @@ def run_server(
             return 0
         banner = "auth required" if auth == "required" else "auth OFF (loopback only)"
         print(f"imgserve is ready: {where} (placement {chosen}, {banner})", flush=True)
+        if lean and follower is not None and not stop.is_set():
+            handed_over = True
+            hand_over_to_supervisor(follower, logs_done, temp_dir)  # does not return
         while not stop.is_set():
             time.sleep(0.5)
     finally:
+        if handed_over:  # execv failed: stop Ray here
+            logger.error("could not hand over to serving.ray_supervisor; stopping")
         print("imgserve: shutting down", flush=True)
         try:
             # Bounded: a Ray that lost its raylet never runs the task, and the process must still exit.
-            run_in_worker(shutdown_serve, None, timeout_s=SHUTDOWN_TIMEOUT_S)
+            run_in_worker(shutdown_serve, None, timeout_s=SERVE_SHUTDOWN_TIMEOUT_S)
         finally:
             ray.shutdown()
             logs_done.set()

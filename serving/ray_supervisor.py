@@ -1,0 +1,184 @@
+"""What `imgserve serve` becomes once the application runs on a Ray it started: a small process without Ray in it.
+
+The process that calls `ray.init` holds Ray's core worker and Ray's Python modules (~120 MB) for its whole life,
+though after the deploy it only waits for a signal. So once Serve reports the application RUNNING, `imgserve
+serve` replaces itself (`os.execv`, same PID) with this module:
+
+- Ray's GCS and raylet stay its children (they were started by this PID, and Ray's fate sharing, a parent-death
+  signal, still ends them if this process is killed);
+- it prints the workers' output (`WorkerLogFollower`, from where the driver's follower stopped) and waits for
+  SIGINT/SIGTERM, or for the raylet or GCS to exit;
+- then it shuts Serve down from a short-lived driver (`python -m serving.ray_supervisor shutdown-serve ADDRESS`,
+  what `serve shutdown` does) and stops the Ray processes it started: SIGTERM to its children, then SIGKILL to
+  whatever of their tree is left.
+
+The Serve controller and replicas are detached actors: the deploying job ending does not stop them (as with
+`serve deploy`). `IMGSERVE_LEAN_RAY=0`, or a Ray joined with RAY_ADDRESS, keeps the driver instead.
+BENCHMARKS.md "Memory (issue #19)" has the figures.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from serving.local_ray import SignalFlag, WorkerLogFollower
+
+# Serve drains replicas gracefully; Ray is stopped after this regardless (IMGSERVE_SHUTDOWN_TIMEOUT_S)
+SERVE_SHUTDOWN_TIMEOUT_S = float(os.environ.get("IMGSERVE_SHUTDOWN_TIMEOUT_S", "90"))
+RAY_STOP_GRACE_S = 1.0  # the raylet and the GCS: SIGTERM, then SIGKILL after this (as ray.shutdown does)
+RAY_STOP_TIMEOUT_S = 10.0  # then agents and workers left: SIGTERM, then SIGKILL after this
+
+
+@dataclass
+class SupervisorState:
+    """What the driver hands over through `execv`: written to a JSON file in Ray's temp folder."""
+
+    gcs_address: str
+    logs_dir: str
+    log_offsets: dict[str, int] = field(default_factory=dict)
+    token_file: str = ""
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> "SupervisorState":
+        return cls(**json.loads(path.read_text()))
+
+
+def exec_supervisor(state: SupervisorState, state_path: Path) -> None:
+    """Replace this process with the supervisor (does not return). Output is flushed first: execv drops buffers."""
+    state.write(state_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "serving.ray_supervisor", "supervise", str(state_path)])
+
+
+def ray_died() -> str | None:
+    """Reap exited children (they are Ray's GCS and raylet); the name of one that exited, else None."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return "every Ray process"
+        if pid == 0:
+            return None
+        return f"Ray process {pid} (status {status})"
+
+
+def shutdown_serve(gcs_address: str, timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> bool:
+    """`serve.shutdown()` from a fresh driver; False when it failed or timed out (Ray is stopped regardless)."""
+    command = [sys.executable, "-m", "serving.ray_supervisor", "shutdown-serve", gcs_address]
+    try:
+        return subprocess.run(command, timeout=timeout_s, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        print(f"imgserve: Serve did not shut down within {timeout_s:.0f}s; stopping Ray", flush=True)
+        return False
+
+
+def stop_ray_processes(grace_s: float = RAY_STOP_GRACE_S, timeout_s: float = RAY_STOP_TIMEOUT_S) -> int:
+    """Stop the Ray this process started, as `ray.shutdown()` does: its children, the raylet first and then the
+    GCS, each SIGTERM then SIGKILL after `grace_s`; then any process left under them (agents, workers: they end
+    with the raylet) SIGTERM, and SIGKILL after `timeout_s`. The number of processes that had to be killed."""
+    import psutil
+
+    me = psutil.Process()
+    tree = me.children(recursive=True)
+    killed = 0
+    for child in sorted(me.children(), key=lambda p: 0 if "raylet" in _name(p) else 1):
+        try:
+            child.terminate()
+            child.wait(timeout=grace_s)
+        except psutil.TimeoutExpired:
+            child.kill()
+            killed += 1
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=0)
+    for process in alive:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=timeout_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return killed + len(alive)
+
+
+def _name(process: "psutil.Process") -> str:  # noqa: F821 - psutil is imported where it is used
+    try:
+        return process.name()
+    except Exception:  # noqa: BLE001 - gone already
+        return ""
+
+
+def supervise(state_path: Path) -> int:
+    state = SupervisorState.read(state_path)
+    stop = SignalFlag()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop.request)
+    logs_done = threading.Event()
+    follower = WorkerLogFollower(Path(state.logs_dir), logs_done)
+    follower.resume(state.log_offsets)
+    follower.start()
+    status = 0
+    try:
+        while not stop.is_set():
+            died = ray_died()
+            if died is not None:
+                print(f"imgserve: {died} exited: stopping", file=sys.stderr, flush=True)
+                status = 1
+                break
+            time.sleep(0.5)
+    finally:
+        print("imgserve: shutting down", flush=True)
+        started = time.monotonic()
+        try:
+            if status == 0:
+                shutdown_serve(state.gcs_address)
+                print(f"imgserve: Serve stopped in {time.monotonic() - started:.1f}s", flush=True)
+        finally:
+            started = time.monotonic()
+            killed = stop_ray_processes()
+            print(f"imgserve: Ray stopped in {time.monotonic() - started:.1f}s ({killed} killed)", flush=True)
+            logs_done.set()
+            follower.join(timeout=2)
+            if state.token_file:
+                Path(state.token_file).unlink(missing_ok=True)  # the generated Ray token: gone with Ray
+            state_path.unlink(missing_ok=True)
+    return status
+
+
+def shutdown_serve_main(gcs_address: str) -> int:
+    import ray
+    from ray import serve
+
+    ray.init(address=gcs_address, namespace="serve", logging_level=logging.WARNING, log_to_driver=False)
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "supervise":
+        return supervise(Path(argv[1]))
+    if len(argv) == 2 and argv[0] == "shutdown-serve":
+        return shutdown_serve_main(argv[1])
+    print("usage: python -m serving.ray_supervisor supervise STATE_FILE | shutdown-serve GCS_ADDRESS", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
