@@ -53,12 +53,25 @@ class SupervisorState:
         return cls(**json.loads(path.read_text()))
 
 
-def exec_supervisor(state: SupervisorState, state_path: Path) -> None:
-    """Replace this process with the supervisor (does not return). Output is flushed first: execv drops buffers."""
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def exec_supervisor(state: SupervisorState, state_path: Path, stop: SignalFlag) -> None:
+    """Replace this process with the supervisor; returns only if `stop` was set first. Output is flushed first
+    (execv drops buffers). SIGINT/SIGTERM are blocked from the last look at `stop` to the supervisor's handlers:
+    a blocked signal stays pending across execv and reaches them, so a Ctrl-C during the hand-over is not lost."""
     state.write(state_path)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "serving.ray_supervisor", "supervise", str(state_path)])
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if stop.is_set():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        state_path.unlink(missing_ok=True)
+        return
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "serving.ray_supervisor", "supervise", str(state_path)])
+    finally:  # execv failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def ray_died() -> str | None:
@@ -127,8 +140,9 @@ def _name(process: "psutil.Process") -> str:  # noqa: F821 - psutil is imported 
 def supervise(state_path: Path) -> int:
     state = SupervisorState.read(state_path)
     stop = SignalFlag()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, stop.request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by exec_supervisor; a pending one lands now
     logs_done = threading.Event()
     follower = WorkerLogFollower(Path(state.logs_dir), logs_done)
     follower.resume(state.log_offsets)

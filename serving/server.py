@@ -239,10 +239,12 @@ def print_key_hint() -> None:
         )
 
 
-def hand_over_to_supervisor(follower: WorkerLogFollower, logs_done: threading.Event, temp_dir: Path) -> None:
-    """Replace this process (Ray's driver, ~120 MB) with `serving.ray_supervisor` (~20 MB), which keeps Ray's
+def hand_over_to_supervisor(
+    follower: WorkerLogFollower, logs_done: threading.Event, temp_dir: Path, stop: SignalFlag
+) -> None:
+    """Replace this process (Ray's driver, ~120 MB) with `serving.ray_supervisor` (~15 MB), which keeps Ray's
     processes as its children, prints the workers' output on from where `follower` stopped, and stops Serve and
-    Ray on SIGINT/SIGTERM."""
+    Ray on SIGINT/SIGTERM. Returns only if a stop was asked for meanwhile (the caller then stops as before)."""
     import ray
 
     from serving.ray_supervisor import SupervisorState, exec_supervisor
@@ -256,7 +258,7 @@ def hand_over_to_supervisor(follower: WorkerLogFollower, logs_done: threading.Ev
         log_offsets=follower.snapshot(),
         token_file=str(token) if token.exists() else "",
     )
-    exec_supervisor(state, temp_dir / "supervisor.json")
+    exec_supervisor(state, temp_dir / "supervisor.json", stop)
 
 
 def run_server(
@@ -344,11 +346,11 @@ def run_server(
         print(f"imgserve is ready: {where} (placement {chosen}, {banner})", flush=True)
         if lean and follower is not None and not stop.is_set():
             handed_over = True
-            hand_over_to_supervisor(follower, logs_done, temp_dir)  # does not return
+            hand_over_to_supervisor(follower, logs_done, temp_dir, stop)  # returns only if a stop came first
         while not stop.is_set():
             time.sleep(0.5)
     finally:
-        if handed_over:  # execv failed: stop Ray here
+        if handed_over and not stop.is_set():  # execv failed: stop Ray here
             logger.error("could not hand over to serving.ray_supervisor; stopping")
         print("imgserve: shutting down", flush=True)
         try:

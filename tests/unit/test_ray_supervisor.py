@@ -140,3 +140,34 @@ def test_supervisor_stops_when_a_ray_process_exits(tmp_path: Path) -> None:
     assert process.returncode == 1, err
     assert f"Ray process {sleeper.pid} (status 0) exited: stopping" in err
     assert "imgserve: shutting down" in out
+
+
+def test_a_stop_asked_for_during_the_hand_over_is_not_lost(tmp_path: Path) -> None:
+    """A SIGTERM that arrives while exec_supervisor has the stop signals blocked stays pending across execv: the
+    supervisor stops on it as soon as its handlers are in place (without the unblock it would run on)."""
+    state = tmp_path / "supervisor.json"
+    SupervisorState(gcs_address="127.0.0.1:1", logs_dir=str(tmp_path)).write(state)
+    launcher = (
+        "import os, signal, subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"os.execv(sys.executable, [sys.executable, '-m', 'serving.ray_supervisor', 'supervise', {str(state)!r}])\n"
+    )
+    env = {**os.environ, "IMGSERVE_SHUTDOWN_TIMEOUT_S": "10"}
+    done = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, env=env, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "imgserve: Ray stopped" in done.stdout
+
+
+def test_no_hand_over_once_a_stop_was_asked_for(tmp_path: Path) -> None:
+    """exec_supervisor returns (the driver then stops Ray itself) and leaves no state file behind."""
+    from serving.local_ray import SignalFlag
+    from serving.ray_supervisor import exec_supervisor
+
+    stop = SignalFlag()
+    stop.request()
+    state = tmp_path / "supervisor.json"
+    exec_supervisor(SupervisorState(gcs_address="127.0.0.1:1", logs_dir=str(tmp_path)), state, stop)
+    assert not state.exists()
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
