@@ -9,8 +9,8 @@ serve` replaces itself (`os.execv`, same PID) with this module:
 - it prints the workers' output (`WorkerLogFollower`, from where the driver's follower stopped) and waits for
   SIGINT/SIGTERM, or for the raylet or GCS to exit;
 - then it shuts Serve down from a short-lived driver (`python -m serving.ray_supervisor shutdown-serve ADDRESS`,
-  what `serve shutdown` does) and stops the Ray processes it started: SIGTERM to its children, then SIGKILL to
-  whatever of their tree is left.
+  what `serve shutdown` does) and stops the Ray processes it started as `ray.shutdown()` does: the raylet, then
+  the GCS, then whatever of their tree is left.
 
 The Serve controller and replicas are detached actors: the deploying job ending does not stop them (as with
 `serve deploy`). `IMGSERVE_LEAN_RAY=0`, or a Ray joined with RAY_ADDRESS, keeps the driver instead.
@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from serving.local_ray import SignalFlag, WorkerLogFollower
 
 # Serve drains replicas gracefully; Ray is stopped after this regardless (IMGSERVE_SHUTDOWN_TIMEOUT_S)
@@ -42,7 +44,7 @@ class SupervisorState:
 
     gcs_address: str
     logs_dir: str
-    log_offsets: dict[str, int] = field(default_factory=dict)
+    log_offsets: dict[str, dict[str, object]] = field(default_factory=dict)  # WorkerLogFollower.snapshot()
     token_file: str = ""
 
     def write(self, path: Path) -> None:
@@ -75,18 +77,15 @@ def exec_supervisor(state: SupervisorState, state_path: Path, stop: SignalFlag) 
 
 
 def ray_died() -> str | None:
-    """Reap exited children (they are Ray's GCS and raylet); the name of one that exited, else None."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return "every Ray process"
-        if pid == 0:
-            return None
-        return f"Ray process {pid} (status {status})"
+    """Reap an exited child (the children are Ray's GCS and raylet): which one it was, else None."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return "every Ray process"
+    return None if pid == 0 else f"Ray process {pid} (status {status})"
 
 
-def shutdown_serve(gcs_address: str, timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> bool:
+def shutdown_serve_in_new_driver(gcs_address: str, timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> bool:
     """`serve.shutdown()` from a fresh driver; False when it failed or timed out (Ray is stopped regardless)."""
     command = [sys.executable, "-m", "serving.ray_supervisor", "shutdown-serve", gcs_address]
     try:
@@ -100,8 +99,6 @@ def stop_ray_processes(grace_s: float = RAY_STOP_GRACE_S, timeout_s: float = RAY
     """Stop the Ray this process started, as `ray.shutdown()` does: its children, the raylet first and then the
     GCS, each SIGTERM then SIGKILL after `grace_s`; then any process left under them (agents, workers: they end
     with the raylet) SIGTERM, and SIGKILL after `timeout_s`. The number of processes that had to be killed."""
-    import psutil
-
     me = psutil.Process()
     tree = me.children(recursive=True)
     killed = 0
@@ -130,10 +127,10 @@ def stop_ray_processes(grace_s: float = RAY_STOP_GRACE_S, timeout_s: float = RAY
     return killed + len(alive)
 
 
-def _name(process: "psutil.Process") -> str:  # noqa: F821 - psutil is imported where it is used
+def _name(process: psutil.Process) -> str:
     try:
         return process.name()
-    except Exception:  # noqa: BLE001 - gone already
+    except psutil.Error:  # gone already
         return ""
 
 
@@ -160,8 +157,7 @@ def supervise(state_path: Path) -> int:
         print("imgserve: shutting down", flush=True)
         started = time.monotonic()
         try:
-            if status == 0:
-                shutdown_serve(state.gcs_address)
+            if status == 0 and shutdown_serve_in_new_driver(state.gcs_address):
                 print(f"imgserve: Serve stopped in {time.monotonic() - started:.1f}s", flush=True)
         finally:
             started = time.monotonic()
@@ -177,10 +173,11 @@ def supervise(state_path: Path) -> int:
 
 def shutdown_serve_main(gcs_address: str) -> int:
     import ray
-    from ray import serve
+
+    from serving.serve_control import shutdown_serve
 
     ray.init(address=gcs_address, namespace="serve", logging_level=logging.WARNING, log_to_driver=False)
-    serve.shutdown()
+    shutdown_serve()
     ray.shutdown()
     return 0
 
