@@ -48,6 +48,29 @@ def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
     return (os.environ if env is None else env).get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+EVENT_LOOP_ENV = "IMGSERVE_EVENT_LOOP"
+
+
+def install_event_loop_policy(env: dict[str, str] | None = None) -> str:
+    """Make the event loops this process creates from now on uvloop's (`IMGSERVE_EVENT_LOOP=uvloop`, the default)
+    or asyncio's own (`asyncio`); returns which. Called in every Ray worker of `imgserve serve`'s local Ray (the
+    setup hook), before Ray Serve creates a replica's loop: the Ingress replica's HTTP and gRPC listeners, routes
+    and batch queues all run on that one loop, and uvloop's costs less per request (HTTP web mix at 32 clients,
+    alternating A/B: 239-244 against 225-226 img/s, BENCHMARKS.md)."""
+    choice = (os.environ if env is None else env).get(EVENT_LOOP_ENV, "uvloop").strip().lower()
+    if choice not in ("uvloop", "asyncio"):
+        raise ValueError(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, not {choice!r}")
+    import asyncio
+
+    if choice == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(None)
+    return choice
+
+
 UNUSED_MODULES = ("pandas", "pyarrow")
 
 

@@ -32,6 +32,7 @@ from serving.local_ray import (
     SignalFlag,
     WorkerLogFollower,
     block_unused_modules,
+    install_event_loop_policy,
     lean_ray_enabled,
     logs_dir,
     trim_head_processes,
@@ -204,6 +205,7 @@ def ray_worker_setup() -> None:
     start (the server does not come up) rather than listening on every interface."""
     if lean_ray_enabled():
         block_unused_modules()
+    install_event_loop_policy()
     internal = os.environ.get(RAY_INTERNAL_HOST_ENV)
     if internal:
         from ray._common import tls_utils

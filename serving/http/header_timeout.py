@@ -4,6 +4,10 @@ uvicorn times out idle keep-alive connections only. A client that opens a connec
 byte a minute, or nothing at all, holds the connection and its buffers forever. This is uvicorn's httptools protocol
 with one addition: the whole request head must arrive within `header_timeout_s` of the connection opening or of the
 request's first byte, or the connection is closed. The body has its own deadline (`BodySizeLimitMiddleware`).
+
+It also sends each response's head and the start of its body in one write (`ResponseHeadCork`): uvicorn writes them
+separately, two sends per answer, each a syscall under the GIL on the replica's event loop (~11 % of that loop's
+GIL time on the web mix, py-spy) and a second segment the client wakes up for.
 """
 
 import asyncio
@@ -12,6 +16,46 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.metrics import ERRORS
+
+
+class ResponseHeadCork:
+    """The transport as one response sees it: the response head (the first write) is held until the body's first
+    write, and both go in one `writelines` (one send, one TCP segment for a small answer, one wake-up of the
+    client) instead of two. A head whose body does not follow in the same loop iteration (a stream) goes out on
+    the next one."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._head = data
+            self._loop.call_soon(self.flush)
+        elif self._head is not None:
+            head, self._head = self._head, None
+            self._transport.writelines((head, data))
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -45,6 +89,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        self.cycle.transport = ResponseHeadCork(self.transport, self.loop)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -5,13 +5,16 @@ complete request on the same kind of connection is answered, and so is the next 
 import asyncio
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import uvicorn
 
-from serving.http.header_timeout import header_timeout_protocol
+from serving.http.header_timeout import ResponseHeadCork, header_timeout_protocol
 
 pytestmark = pytest.mark.unit
+T = TypeVar("T")
 
 
 async def _app(scope: dict, receive: object, send: object) -> None:
@@ -40,35 +43,115 @@ def _closed_within(connection: socket.socket, seconds: float) -> float | None:
     return time.monotonic() - start if data == b"" else None
 
 
-def test_slow_or_silent_request_heads_are_cut_at_the_deadline() -> None:
-    async def main() -> tuple[float | None, float | None, bytes, bytes]:
+def _with_server(app: object, header_timeout_s: float, probe: Callable[[int], T]) -> T:
+    """`probe(port)` run in a thread against a real uvicorn server of `app` on a free local port."""
+
+    async def main() -> T:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        config = uvicorn.Config(_app, lifespan="off", log_level="warning", http=header_timeout_protocol(0.5))
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", http=header_timeout_protocol(header_timeout_s)
+        )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[listener]))
         while not server.started:
             await asyncio.sleep(0.01)
-
-        def probe() -> tuple[float | None, float | None, bytes, bytes]:
-            silent = socket.create_connection(("127.0.0.1", port))
-            half = socket.create_connection(("127.0.0.1", port))
-            half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-            fine = socket.create_connection(("127.0.0.1", port))
-            fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            first = _response(fine)
-            time.sleep(0.8)  # past the deadline, but a keep-alive connection between requests is not cut by it
-            fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            second = _response(fine)
-            return _closed_within(silent, 3), _closed_within(half, 3), first, second
-
         try:
-            return await asyncio.to_thread(probe)
+            return await asyncio.to_thread(probe, port)
         finally:
             server.should_exit = True
             await task
 
-    silent, half, first, second = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_slow_or_silent_request_heads_are_cut_at_the_deadline() -> None:
+    def probe(port: int) -> tuple[float | None, float | None, bytes, bytes]:
+        silent = socket.create_connection(("127.0.0.1", port))
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = _response(fine)
+        time.sleep(0.8)  # past the deadline, but a keep-alive connection between requests is not cut by it
+        fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = _response(fine)
+        return _closed_within(silent, 3), _closed_within(half, 3), first, second
+
+    silent, half, first, second = _with_server(_app, 0.5, probe)
     assert silent is not None and half is not None, "both slow connections must be closed by the server"
     assert b" 200 " in first and b" 200 " in second
+
+
+class _RecordingTransport:
+    """Records what reaches the transport, write by write."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+
+    def writelines(self, chunks: tuple[bytes, ...]) -> None:
+        self.sends.append(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_head_and_its_body_leave_in_one_send() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        transport = _RecordingTransport()
+        cork = ResponseHeadCork(transport, loop)  # type: ignore[arg-type]
+        cork.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert transport.sends == []  # held for the body
+        cork.write(b"ok")
+        cork.write(b"more")
+        loop.run_until_complete(asyncio.sleep(0))  # the flush scheduled for the head finds nothing to send
+        assert transport.sends == [b"HTTP/1.1 200 OK\r\n\r\nok", b"more"]
+    finally:
+        loop.close()
+
+
+def test_a_head_whose_body_does_not_follow_goes_out_on_the_next_loop_iteration_or_at_close() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        streamed, closed = _RecordingTransport(), _RecordingTransport()
+        ResponseHeadCork(streamed, loop).write(b"head")  # type: ignore[arg-type]
+        loop.run_until_complete(asyncio.sleep(0))
+        assert streamed.sends == [b"head"]
+        cork = ResponseHeadCork(closed, loop)  # type: ignore[arg-type]
+        cork.write(b"head")
+        cork.close()
+        assert closed.sends == [b"head"] and closed.closed
+    finally:
+        loop.close()
+
+
+async def _slow_stream(scope: dict, receive: object, send: object) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})  # type: ignore[operator]
+    await asyncio.sleep(0.5)
+    await send({"type": "http.response.body", "body": b"late", "more_body": False})  # type: ignore[operator]
+
+
+def test_on_a_real_server_a_streamed_head_is_not_held_until_its_body() -> None:
+    def probe(port: int) -> tuple[bytes, bytes]:
+        connection = socket.create_connection(("127.0.0.1", port))
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.settimeout(0.3)  # the body comes 0.5 s after the head
+        head = connection.recv(1000)
+        connection.settimeout(3)
+        rest = b""
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += connection.recv(1000)
+        return head, rest
+
+    head, rest = _with_server(_slow_stream, 5, probe)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"late" not in head
+    assert b"late" in rest

@@ -8,7 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from serving.local_ray import WorkerLogFollower, lean_ray_enabled
+import pytest
+
+from serving.local_ray import WorkerLogFollower, install_event_loop_policy, lean_ray_enabled
 
 
 def follow_once(directory: Path) -> tuple[str, str]:
@@ -88,3 +90,23 @@ def test_a_module_already_imported_is_left_alone() -> None:
     blocked, failures = blocked_in_fresh_python("import pyarrow")
     assert blocked == ["pandas"]
     assert failures == ["import of pandas halted; None in sys.modules"]
+
+
+def test_the_event_loop_policy_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    import asyncio
+
+    import uvloop
+
+    try:
+        assert install_event_loop_policy({}) == "uvloop"
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, uvloop.Loop)
+        loop.close()
+        assert install_event_loop_policy({"IMGSERVE_EVENT_LOOP": "asyncio"}) == "asyncio"
+        loop = asyncio.new_event_loop()
+        assert not isinstance(loop, uvloop.Loop)
+        loop.close()
+        with pytest.raises(ValueError, match="uvloop or asyncio"):
+            install_event_loop_policy({"IMGSERVE_EVENT_LOOP": "trio"})
+    finally:
+        asyncio.set_event_loop_policy(None)
