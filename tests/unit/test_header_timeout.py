@@ -1,6 +1,8 @@
 """The direct HTTP listener's deadline for request heads (#18, slowloris on headers), on a real uvicorn server
 listening on a local port: a connection that sends nothing, or half a request head, is closed at the deadline; a
-complete request on the same kind of connection is answered, and so is the next one on its keep-alive connection."""
+complete request on the same kind of connection is answered, and so is the next one on its keep-alive connection.
+Also the same protocol's `ResponseHeadCork`: a response's head and body leave in one send, a streamed head is not
+held back until its body."""
 
 import asyncio
 import socket
