@@ -51,15 +51,22 @@ def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
 EVENT_LOOP_ENV = "IMGSERVE_EVENT_LOOP"
 
 
+def event_loop_choice(env: dict[str, str] | None = None) -> str:
+    """`IMGSERVE_EVENT_LOOP`: "uvloop" (default) or "asyncio"; ValueError for anything else (`imgserve serve`
+    refuses to start with it rather than failing in every Ray worker's setup hook)."""
+    choice = (os.environ if env is None else env).get(EVENT_LOOP_ENV, "uvloop").strip().lower()
+    if choice not in ("uvloop", "asyncio"):
+        raise ValueError(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, not {choice!r}")
+    return choice
+
+
 def install_event_loop_policy(env: dict[str, str] | None = None) -> str:
     """Make the event loops this process creates from now on uvloop's (`IMGSERVE_EVENT_LOOP=uvloop`, the default)
     or asyncio's own (`asyncio`); returns which. Called in every Ray worker of `imgserve serve`'s local Ray (the
     setup hook), before Ray Serve creates a replica's loop: the Ingress replica's HTTP and gRPC listeners, routes
     and batch queues all run on that one loop, and uvloop's costs less per request (HTTP web mix at 32 clients,
     alternating A/B: 239-244 against 225-226 img/s, BENCHMARKS.md)."""
-    choice = (os.environ if env is None else env).get(EVENT_LOOP_ENV, "uvloop").strip().lower()
-    if choice not in ("uvloop", "asyncio"):
-        raise ValueError(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, not {choice!r}")
+    choice = event_loop_choice(env)
     import asyncio
 
     if choice == "uvloop":

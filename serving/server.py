@@ -32,6 +32,7 @@ from serving.local_ray import (
     SignalFlag,
     WorkerLogFollower,
     block_unused_modules,
+    event_loop_choice,
     install_event_loop_policy,
     lean_ray_enabled,
     logs_dir,
@@ -290,6 +291,10 @@ def run_server(
         raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
         binds = listener_binds(raw, ray_address)
         auth = resolve_auth(binds)
+        try:
+            event_loop_choice()
+        except ValueError as exc:
+            raise StartRefused(str(exc)) from None
     except StartRefused as exc:
         print(f"imgserve: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2

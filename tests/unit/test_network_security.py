@@ -103,20 +103,35 @@ def test_host_override_moves_every_direct_listener_and_the_proxy_host() -> None:
         resolve_auth(binds, env={"IMGSERVE_AUTH": "off"})
 
 
-def test_refusal_happens_before_anything_starts(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def nothing_may_start(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A local server whose start fails the test if it gets past its checks."""
+
     def must_not_run(*_: Any) -> str:
         raise AssertionError("the server went on after refusing")
 
-    monkeypatch.setenv("IMGSERVE_AUTH", "off")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(server, "prepare_environment", must_not_run)
     monkeypatch.setattr(server, "prepare_ray_network", must_not_run)
+    return monkeypatch
+
+
+def test_refusal_happens_before_anything_starts(
+    nothing_may_start: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nothing_may_start.setenv("IMGSERVE_AUTH", "off")
     assert server.run_server(SERVE_CONFIG, host="0.0.0.0") == 2
     err = capsys.readouterr().err
     assert "refusing to start" in err and "0.0.0.0" in err
     assert os.environ["IMGSERVE_AUTH"] == "off"  # not rewritten: nothing was exported
+
+
+def test_an_unknown_event_loop_is_refused_before_anything_starts(
+    nothing_may_start: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nothing_may_start.setenv("IMGSERVE_EVENT_LOOP", "trio")
+    assert server.run_server(SERVE_CONFIG) == 2
+    assert "IMGSERVE_EVENT_LOOP must be uvloop or asyncio, not 'trio'" in capsys.readouterr().err
 
 
 def test_tls_is_refused_with_rays_proxy_and_with_a_half_pair(
