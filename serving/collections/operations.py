@@ -21,7 +21,7 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -32,7 +32,7 @@ from pipelines.quality import QualityReport
 from serving.collections.sources import is_uri
 from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
-from serving.jobs.operations import apply_operation, operation_spec, output_name, parse_pairs
+from serving.jobs.operations import apply_operation, names_kept_apart, operation_spec, output_name, parse_pairs
 from serving.jobs.uris import write_output
 
 NO_DESTINATION = (
@@ -119,25 +119,11 @@ def output_plan(
 
 def prepare_destination(plan: OutputPlan, names: Sequence[str]) -> OutputPlan:
     """The plan for these images, just before the run: a local folder is created (an unusable one fails the run now,
-    not every image later), and images whose outputs would share a name get names that keep them apart.
-
-    Outputs are named after the image without its extension, so `IMG_1.HEIC` and `IMG_1.JPG` (a phone's pair), or
-    `a.jpg` and `a.png`, would both be written as `IMG_1.webp`: the second would silently replace the first. Those
-    images (every image of such a group, chosen over all the sources' images so that a resumed run names them alike)
-    keep their extension in the stem: `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`."""
+    not every image later), and images whose outputs would share a name get names that keep them apart
+    (`names_kept_apart`: `IMG_1.HEIC` and `IMG_1.JPG` write `IMG_1_HEIC.webp` and `IMG_1_JPG.webp`)."""
     if plan.root is not None:
         plan.root.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[str, str], list[tuple[str, PurePosixPath]]] = {}
-    for name in names:
-        path = PurePosixPath(name.replace("\\", "/"))
-        groups.setdefault((str(path.parent), path.stem), []).append((name, path))
-    renamed = {
-        name: str(path.with_name(f"{path.stem}_{path.suffix.lstrip('.') or 'noext'}{path.suffix}"))
-        for members in groups.values()
-        if len(members) > 1
-        for name, path in members
-    }
-    return replace(plan, renamed=renamed)
+    return replace(plan, renamed=names_kept_apart(names))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """A zip of a job's outputs, written as it is sent: no temporary file, memory bounded by one output at a time.
 
 Python's `zipfile` writes to a stream that cannot seek by putting each entry's sizes in a data descriptor after its
-data; `_Chunks` is that stream, emptied after every entry. Two outputs with the same name (inputs named alike in
-different folders of an archive) get the item index in front of the second one's name.
+data; `_Chunks` is that stream, emptied after every entry. Outputs are named apart when the job runs
+(`job_output_bases`); should two names still match, the second gets its item index in front of it.
 """
 
 import asyncio

@@ -16,7 +16,7 @@ from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore, read_job_input
-from serving.jobs.operations import run_operations
+from serving.jobs.operations import job_output_bases, run_operations
 from serving.jobs.outage import StoreCalls
 from serving.jobs.records import ClaimedItem, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
@@ -161,6 +161,8 @@ class JobRunner:
             self._webhook_work.set()
             return None
         await self.store.durable(self.queue.mark_running, job.id)
+        # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
+        bases = job_output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
         running: set[asyncio.Task[None]] = set()
         try:
@@ -168,7 +170,7 @@ class JobRunner:
                 free = limit - len(running)
                 if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
                     for item in await self.store.durable(self.queue.claim, job.id, free):
-                        running.add(asyncio.create_task(self._process(job, item)))
+                        running.add(asyncio.create_task(self._process(job, item, bases.get(item.idx, item.name))))
                 if not running:
                     break
                 self.in_flight = len(running)
@@ -188,7 +190,8 @@ class JobRunner:
         root, limit = self.settings.allowed_root, self.settings.max_image_bytes
         return await asyncio.to_thread(read_job_input, item.source_kind, item.source, self.objects, root, limit)
 
-    async def _process(self, job: JobRecord, item: ClaimedItem) -> None:
+    async def _process(self, job: JobRecord, item: ClaimedItem, output_base: str) -> None:
+        """Run one item and record its result; `output_base`: the name its output is named after."""
         start = time.perf_counter()
         BATCH_DISPATCHES.inc()
         try:
@@ -207,7 +210,7 @@ class JobRunner:
                     self.objects,
                     job.operations,
                     data,
-                    item.name,
+                    output_base,
                     job.anonymize,
                     self.settings.output_root,
                 )

@@ -15,7 +15,7 @@ from pipelines.errors import InvalidOptionError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import drop_orphaned_objects, purge_job
 from serving.jobs.objects import ObjectStore
-from serving.jobs.operations import operation_spec, output_name, parse_pairs
+from serving.jobs.operations import job_output_bases, operation_spec, output_name, parse_pairs
 from serving.jobs.output_zip import zip_stream
 from serving.jobs.records import JobSpec, NewItem
 from serving.jobs.runner import JobRunner
@@ -144,3 +144,50 @@ def test_outputs_also_written_to_a_destination_inside_the_output_root(store, tmp
     row = JobStore(engine).results_page(job_id)[0]
     assert row.result["output"]["uri"] == f"file://{root}/web/album/0_s.png"  # type: ignore[index]
     assert Image.open(root / "web/album/0_s.png").size == (50, 33)
+
+
+def test_job_outputs_that_would_share_a_name_are_named_apart() -> None:
+    """A phone's pair (`IMG_1.HEIC`, `IMG_1.JPG`) keeps its extensions; a name given twice gets its item index from
+    the second time on; names with no twin (in another folder too) are left alone. The order items arrive in does
+    not matter: the rule is over all of the job's items."""
+    items = [(0, "a/IMG_1.HEIC"), (1, "a/IMG_1.JPG"), (2, "b/IMG_1.JPG"), (3, "x.jpg"), (4, "x.jpg"), (5, "/a/y.png")]
+    items += [(6, "a\\y.jpg")]  # the same output folder once output names drop the root and read a backslash as a slash
+    bases = job_output_bases(items)
+    assert bases == {0: "a/IMG_1_HEIC.HEIC", 1: "a/IMG_1_JPG.JPG", 4: "4_x.jpg", 5: "/a/y_png.png", 6: "a/y_jpg.jpg"}
+    assert job_output_bases(list(reversed(items))) == bases
+
+
+def test_twin_inputs_keep_both_outputs_at_a_destination_and_in_the_zip(store, tmp_path: Path) -> None:
+    """Two inputs whose outputs would share a name (`IMG_1.HEIC` and `IMG_1.JPG` -> `IMG_1.png`): a real job writes
+    both to the destination, under the names its results and its zip give them."""
+    engine, objects, settings = store
+    root = tmp_path / "exports"
+    root.mkdir()
+    settings = settings.model_copy(update={"output_root": root})
+    operations = operation_spec(["convert"], {"format": "png", "max_side": "40"}, None, None, f"file://{root}", root)
+    names = ["trip/IMG_1.JPG", "trip/IMG_1.jpeg", "trip/IMG_2.JPG", "trip/IMG_2.JPG"]
+    payloads = [jpeg(10 + i) for i in range(len(names))]
+    items = [NewItem(n, "object", objects.put(p), len(p)) for n, p in zip(names, payloads, strict=True)]
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 4
+    expected = ["trip/3_IMG_2.png", "trip/IMG_1_JPG.png", "trip/IMG_1_jpeg.png", "trip/IMG_2.png"]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == expected
+    results = sorted(JobStore(engine).results_page(job_id), key=lambda row: row.idx)
+    assert [row.result["output"]["name"] for row in results] == [  # type: ignore[index]
+        "trip/IMG_1_JPG.png", "trip/IMG_1_jpeg.png", "trip/IMG_2.png", "trip/3_IMG_2.png"
+    ]  # fmt: skip
+    for row, payload in zip(results, payloads, strict=True):  # each output is its own input's, none replaced
+        written = np.asarray(Image.open(root / row.result["output"]["name"]).convert("RGB"))  # type: ignore[index]
+        expected_pixels = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB").resize(written.shape[1::-1]))
+        assert np.abs(written.astype(int) - expected_pixels.astype(int)).mean() < 40
+
+    async def pages(after: int) -> list[tuple[int, str, str]]:
+        return JobStore(engine).outputs_page(job_id, after, 10)
+
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in zip_stream(pages, objects)])
+
+    assert sorted(zipfile.ZipFile(io.BytesIO(asyncio.run(collect()))).namelist()) == expected
