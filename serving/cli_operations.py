@@ -1,10 +1,11 @@
 """`imgserve convert DIR --to webp --quality 80 --out OUTDIR` and `imgserve enhance DIR --auto --out OUTDIR`.
 
 Files are processed in this process (no server needed) by the same code the server runs for `/v1/convert` and
-`/v1/enhance` (`pipelines.convert`, `pipelines.enhance`; enhance's quality verdicts from `serving.local_quality`),
-on `--workers` threads, with a progress bar. Outputs keep the input's relative path under OUTDIR, with the output
-format's extension and `--suffix` added to the name; originals are never overwritten. A per-file report (sizes,
-ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
+`/v1/enhance` (`pipelines.convert`, `pipelines.enhance`; enhance's quality verdicts from `serving.local_quality`), on
+`--workers` threads, with a progress bar. Outputs keep the input's relative path under OUTDIR, with the output
+format's extension and `--suffix` added to the name; inputs whose outputs would share a name are named apart
+(`IMG_1.HEIC`, `IMG_1.JPG` -> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`); originals are never overwritten. A per-file report
+(sizes, ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
 """
 
 from __future__ import annotations
@@ -44,35 +45,38 @@ def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
     return ConvertOptions.parse(**raw)
 
 
-def _output_path(source: Path, root: Path | None, out: Path, suffix: str, result: ConvertResult) -> Path:
-    from pipelines.convert import FORMATS
-
-    relative = source.relative_to(root) if root is not None else Path(source.name)
-    return out / relative.parent / f"{relative.stem}{suffix}{FORMATS[result.format].extension}"
+def _relative_names(files: list[Path], roots: list[Path]) -> list[str]:
+    """Each file's name under OUTDIR: its path below the folder argument it was found in, else its own name."""
+    names = []
+    for path in files:
+        root = next((r for r in roots if r in path.parents), None)
+        names.append((path.relative_to(root) if root is not None else Path(path.name)).as_posix())
+    return names
 
 
 def _run(args: argparse.Namespace, label: str, work: Work) -> int:
     import pyvips
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pipelines.convert.names import output_bases, output_name
     from pipelines.errors import ImageInputError
     from serving.cli_output import expand_images
     from serving.memory import tune_malloc
 
     tune_malloc()
     files = [Path(p) for p in expand_images(args.paths)]
-    roots = {Path(p): Path(p) for p in args.paths if Path(p).is_dir()}
+    names = _relative_names(files, [Path(p) for p in args.paths if Path(p).is_dir()])
+    bases = output_bases(list(enumerate(names)))  # IMG_1.HEIC and IMG_1.JPG must not both write IMG_1.webp
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     total_in = total_out = 0
     start = time.perf_counter()
 
-    def one(path: Path) -> dict[str, Any]:
+    def one(index: int, path: Path) -> dict[str, Any]:
         data = path.read_bytes()
         result, extra = work(data)
-        root = next((r for r in roots if r in path.parents), None)
-        target = _output_path(path, root, out, args.suffix, result)
+        target = out / output_name(bases.get(index, names[index]), args.suffix, result)
         if target.resolve() == path.resolve():
             raise ValueError(f"output {target} would overwrite its input: give --suffix or another --out")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +90,7 @@ def _run(args: argparse.Namespace, label: str, work: Work) -> int:
         (out / "report.jsonl").open("w") as report,
     ):
         task = progress.add_task(label, total=len(files), rate="")
-        futures = [(path, pool.submit(one, path)) for path in files]
+        futures = [(path, pool.submit(one, index, path)) for index, path in enumerate(files)]
         for path, future in futures:
             try:
                 record = future.result()

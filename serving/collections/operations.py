@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from pipelines.convert.names import names_kept_apart, output_name
 from pipelines.enhance import EnhanceOptions
 from pipelines.errors import InvalidOptionError
 from pipelines.limits import DecodeLimits
@@ -32,7 +33,7 @@ from pipelines.quality import QualityReport
 from serving.collections.sources import is_uri
 from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
-from serving.jobs.operations import apply_operation, names_kept_apart, operation_spec, output_name, parse_pairs
+from serving.jobs.operations import apply_operation, operation_spec, parse_pairs
 from serving.jobs.uris import write_output
 
 NO_DESTINATION = (

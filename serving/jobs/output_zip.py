@@ -2,7 +2,7 @@
 
 Python's `zipfile` writes to a stream that cannot seek by putting each entry's sizes in a data descriptor after its
 data; `_Chunks` is that stream, emptied after every entry. Outputs are named apart when the job runs
-(`job_output_bases`); should two names still match, the second gets its item index in front of it.
+(`pipelines.convert.names.output_bases`); should two names still match, the second gets its item index in front of it.
 """
 
 import asyncio

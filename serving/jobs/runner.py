@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pipelines.convert.names import output_bases
 from serving.errors import classify_error, internal_detail
 from serving.image_ops import ImageOperations
 from serving.jobs.errors import ItemInputError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore, read_job_input
-from serving.jobs.operations import job_output_bases, run_operations
+from serving.jobs.operations import run_operations
 from serving.jobs.outage import StoreCalls
 from serving.jobs.records import ClaimedItem, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
@@ -162,7 +163,7 @@ class JobRunner:
             return None
         await self.store.durable(self.queue.mark_running, job.id)
         # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
-        bases = job_output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
+        bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
         running: set[asyncio.Task[None]] = set()
         try:

@@ -100,7 +100,7 @@ class WorkQueue:
                 add_event(conn, job_id, "started" if row.status == "queued" else "resumed")
 
     def item_names(self, job_id: str) -> list[tuple[int, str]]:
-        """(index, name) of every item of a job: what its outputs are named after (`job_output_bases`)."""
+        """(index, name) of every item of a job: what its outputs are named after (`output_bases`)."""
         query = sa.select(job_items.c.idx, job_items.c.name).where(job_items.c.job_id == job_id)
         with self.engine.connect() as conn:
             return [(int(row.idx), str(row.name)) for row in conn.execute(query)]

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from pipelines.convert.names import output_name
 from pipelines.errors import InvalidOptionError
 from serving import cli
 from serving.collections import analyze
 from serving.collections.analyze import RunStats, analysis_setup, prepare_batch, record_of
 from serving.collections.operations import NO_DESTINATION, output_plan, prepare_destination
 from serving.collections.sources import list_sources
-from serving.jobs.operations import operation_spec, output_name, parse_pairs
+from serving.jobs.operations import operation_spec, parse_pairs
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 
 

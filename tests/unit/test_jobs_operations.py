@@ -11,11 +11,12 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from pipelines.convert.names import output_bases, output_name
 from pipelines.errors import InvalidOptionError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import drop_orphaned_objects, purge_job
 from serving.jobs.objects import ObjectStore
-from serving.jobs.operations import job_output_bases, operation_spec, output_name, parse_pairs
+from serving.jobs.operations import operation_spec, parse_pairs
 from serving.jobs.output_zip import zip_stream
 from serving.jobs.records import JobSpec, NewItem
 from serving.jobs.runner import JobRunner
@@ -152,9 +153,9 @@ def test_job_outputs_that_would_share_a_name_are_named_apart() -> None:
     not matter: the rule is over all of the job's items."""
     items = [(0, "a/IMG_1.HEIC"), (1, "a/IMG_1.JPG"), (2, "b/IMG_1.JPG"), (3, "x.jpg"), (4, "x.jpg"), (5, "/a/y.png")]
     items += [(6, "a\\y.jpg")]  # the same output folder once output names drop the root and read a backslash as a slash
-    bases = job_output_bases(items)
+    bases = output_bases(items)
     assert bases == {0: "a/IMG_1_HEIC.HEIC", 1: "a/IMG_1_JPG.JPG", 4: "4_x.jpg", 5: "/a/y_png.png", 6: "a/y_jpg.jpg"}
-    assert job_output_bases(list(reversed(items))) == bases
+    assert output_bases(list(reversed(items))) == bases
 
 
 def test_twin_inputs_keep_both_outputs_at_a_destination_and_in_the_zip(store, tmp_path: Path) -> None:
