@@ -18,7 +18,7 @@ def photo(path: Path, colour: tuple[int, int, int], fmt: str) -> None:
     Image.new("RGB", (64, 48), colour).save(path, fmt)
 
 
-def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path) -> None:
     """A phone's pair (`IMG_1.HEIC`-like: `IMG_1.png` beside `IMG_1.jpg`) and the same file name in two folders given
     as separate arguments: every input gets its own output (none replaced), folders are kept below a folder
     argument, and the report names each output."""
@@ -30,7 +30,6 @@ def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path, capsys: pyt
     photo(other / "x/IMG_2.jpg", (30, 220, 220), "JPEG")
     args = ["convert", str(source), str(other / "IMG_2.jpg"), str(other / "x/IMG_2.jpg"), "--to", "png"]
     assert main([*args, "--out", str(out), "--quiet"]) == 0
-    assert "5 written" in capsys.readouterr().out
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["4_IMG_2.png", "IMG_2.png", "trip/IMG_1_jpg.png", "trip/IMG_1_png.png", "trip/IMG_2.png"]
     report = [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
