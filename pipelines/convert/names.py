@@ -24,6 +24,12 @@ def output_name(item_name: str, suffix: str, result: ConvertResult) -> str:
     return "/".join([*parts, f"{stem}{suffix}{FORMATS[result.format].extension}"])
 
 
+def _output_key(name: str) -> tuple[str, ...]:
+    """What an output's name is made of, up to the suffix and extension every output of a run shares."""
+    parts, path = _relative(name)
+    return (*parts, path.stem or "image")
+
+
 def names_kept_apart(names: Sequence[str]) -> dict[str, str]:
     """Input name -> the name its output is named after, for the inputs whose outputs would otherwise share a name.
 
@@ -33,8 +39,7 @@ def names_kept_apart(names: Sequence[str]) -> dict[str, str]:
     extension in the stem: `IMG_1_HEIC.HEIC`, `IMG_1_JPG.JPG` (-> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`)."""
     groups: dict[tuple[str, ...], list[tuple[str, PurePosixPath]]] = {}
     for name in names:
-        parts, path = _relative(name)
-        groups.setdefault((*parts, path.stem or "image"), []).append((name, path))
+        groups.setdefault(_output_key(name), []).append((name, _relative(name)[1]))
     return {
         name: str(path.with_name(f"{path.stem}_{path.suffix.lstrip('.') or 'noext'}{path.suffix}"))
         for members in groups.values()
@@ -45,19 +50,19 @@ def names_kept_apart(names: Sequence[str]) -> dict[str, str]:
 
 def output_bases(items: Sequence[tuple[int, str]]) -> dict[int, str]:
     """Item index -> the name its output is named after, for the items (a batch job's, a CLI run's files) whose outputs
-    would share a name:
-    `names_kept_apart`, and an input name given twice (two URIs ending alike, or an archive listing a name twice)
-    gets its item index in front of the file name from the second time on (`3_IMG_1.jpg`). Chosen over all the items
-    (a job's are fixed once it runs), so every worker and every resumed run names them alike."""
+    would otherwise share a name: `names_kept_apart`, and where two names still meet (an input name given twice: two
+    URIs ending alike, an archive listing a name twice) the later item's index goes in front of its file name
+    (`3_IMG_1.jpg`), again if that name is taken too. Chosen over all the items in index order (a job's are fixed once
+    it runs), so every worker and every resumed run names them alike."""
     renamed = names_kept_apart([name for _, name in items])
-    seen: set[str] = set()
+    taken: set[tuple[str, ...]] = set()
     bases: dict[int, str] = {}
     for index, name in sorted(items):
         base = renamed.get(name, name)
-        if base in seen:
+        while _output_key(base) in taken:
             parts, path = _relative(base)
-            bases[index] = "/".join([*parts, f"{index}_{path.name}"])
-        elif base != name:
+            base = "/".join([*parts, f"{index}_{path.name}"])
+        taken.add(_output_key(base))
+        if base != name:
             bases[index] = base
-        seen.add(base)
     return bases

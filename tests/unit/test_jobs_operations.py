@@ -5,6 +5,7 @@ import asyncio
 import io
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -156,6 +157,12 @@ def test_job_outputs_that_would_share_a_name_are_named_apart() -> None:
     bases = output_bases(items)
     assert bases == {0: "a/IMG_1_HEIC.HEIC", 1: "a/IMG_1_JPG.JPG", 4: "4_x.jpg", 5: "/a/y_png.png", 6: "a/y_jpg.jpg"}
     assert output_bases(list(reversed(items))) == bases
+    # item 1's index form meets item 2's own name: item 2 moves on too, and no two outputs share a name
+    names = ["x.jpg", "x.jpg", "1_x.png", "1_x.png"]
+    more = output_bases(list(enumerate(names)))
+    assert more == {1: "1_x.jpg", 2: "2_1_x.png", 3: "3_1_x.png"}
+    webp = SimpleNamespace(format="webp")  # all output_name reads of a ConvertResult
+    assert len({output_name(more.get(i, n), "", webp) for i, n in enumerate(names)}) == 4  # type: ignore[arg-type]
 
 
 def test_twin_inputs_keep_both_outputs_at_a_destination_and_in_the_zip(store, tmp_path: Path) -> None:
