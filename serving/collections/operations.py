@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from pipelines.convert.names import names_kept_apart, output_name
+from pipelines.convert.names import output_bases, output_name
 from pipelines.enhance import EnhanceOptions
 from pipelines.errors import InvalidOptionError
 from pipelines.limits import DecodeLimits
@@ -121,10 +121,11 @@ def output_plan(
 def prepare_destination(plan: OutputPlan, names: Sequence[str]) -> OutputPlan:
     """The plan for these images, just before the run: a local folder is created (an unusable one fails the run now,
     not every image later), and images whose outputs would share a name get names that keep them apart
-    (`names_kept_apart`: `IMG_1.HEIC` and `IMG_1.JPG` write `IMG_1_HEIC.webp` and `IMG_1_JPG.webp`)."""
+    (`output_bases`: `IMG_1.HEIC` and `IMG_1.JPG` write `IMG_1_HEIC.webp` and `IMG_1_JPG.webp`)."""
     if plan.root is not None:
         plan.root.mkdir(parents=True, exist_ok=True)
-    return replace(plan, renamed=names_kept_apart(names))
+    bases = output_bases(list(enumerate(names)))
+    return replace(plan, renamed={names[index]: base for index, base in bases.items()})
 
 
 @dataclass(frozen=True)
