@@ -29,8 +29,9 @@ from serving.config.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 # Bump when the recipe changes: old builds are then ignored and rebuilt. 2: calibration and the accuracy check use
-# the served preprocessing (only the crop resampled, fused normalisation).
-QUANT_VERSION = 2
+# the served preprocessing (only the crop resampled, fused normalisation). 3: `uint8_weight_convs` (the stem's
+# weights in uint8: no 16-bit saturation on CPUs without VNNI).
+QUANT_VERSION = 3
 BATCH = 16
 THROUGHPUT_SECONDS = 3.0
 # Not serving.collections.sources.is_image_name: the repository imports this module, and that package imports
@@ -56,6 +57,8 @@ class Int8Report:
     passed: bool
     onnxruntime: str
     quant_version: int = QUANT_VERSION
+    uint8_weight_convs: int = 0
+    cpu_vnni: bool | None = None  # whether the building CPU has VNNI (int8 dot products without 16-bit saturation)
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else f"FAILED (needs >= {self.min_top1_ratio:.0%} of float's top-1)"
@@ -146,6 +149,28 @@ def _images_per_s(session, tensors: np.ndarray) -> float:  # noqa: ANN001
     return done / (time.perf_counter() - start)
 
 
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU has AVX-512 VNNI or AVX-VNNI (None: not an x86 Linux that says)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags.split()))
+
+
+def uint8_weight_overrides(model_path: Path, count: int) -> dict[str, list[dict[str, object]]]:
+    """ORT's `TensorQuantOverrides` giving the weights of the first `count` Conv nodes (graph order) uint8."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    if count == 0:
+        return {}
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    convs = [node.input[1] for node in graph.node if node.op_type == "Conv" and node.input[1] in weights]
+    return {name: [{"quant_type": QuantType.QUInt8, "symmetric": False}] for name in convs[:count]}
+
+
 def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) -> Int8Report:
     """Quantise `float_onnx`, check it, write the INT8 file and its report to the cache directory."""
     import onnxruntime as ort
@@ -181,6 +206,7 @@ def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) 
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         prepared, quantised = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         quant_pre_process(str(float_onnx), str(prepared))
+        overrides = uint8_weight_overrides(prepared, recipe.uint8_weight_convs)
         quantize_static(
             str(prepared),
             str(quantised),
@@ -190,6 +216,7 @@ def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) 
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"TensorQuantOverrides": overrides} if overrides else {},
         )
         tensors, labels = _labelled(config, settings, spec, float_onnx.parent)
         float_session, int8_session = _session(float_onnx), _session(quantised)
@@ -209,6 +236,8 @@ def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) 
             min_top1_ratio=recipe.min_top1_ratio,
             passed=int8_top1 >= recipe.min_top1_ratio * float_top1,
             onnxruntime=ort.__version__,
+            uint8_weight_convs=recipe.uint8_weight_convs,
+            cpu_vnni=cpu_has_vnni(),
         )
         quantised.replace(target)
     report_path.write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -162,6 +162,13 @@ class Int8Config(_Strict):
     min_top1_ratio: float = Field(
         default=0.99, gt=0, le=1, description="INT8 top-1 must be at least this share of float's (MLPerf: 0.99)."
     )
+    uint8_weight_convs: int = Field(
+        default=0,
+        ge=0,
+        description="The first N Conv nodes in graph order get uint8 weights instead of int8. On x86 without VNNI, "
+        "ONNX Runtime's uint8 x int8 kernels add pairs of products in 16 bits (VPMADDUBSW), which saturates where "
+        "inputs are large (a network's stem sees the whole pixel range); uint8 x uint8 kernels do not saturate.",
+    )
 
 
 class ModelConfig(_Strict):

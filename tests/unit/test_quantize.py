@@ -75,3 +75,55 @@ def test_without_calibration_photos_prepare_skips_and_float_is_served(tmp_path: 
     skipped = results[f"{CONFIG.name} (int8)"]
     assert skipped.status == "skipped" and "float is served" in skipped.detail and "no-photos" in skipped.detail
     assert served_int8(CONFIG, settings) is None
+
+
+def _three_convs(path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, c, 3, 3)).astype(np.float32), f"w{i}") for i, c in
+               enumerate((3, 4, 4))]  # fmt: skip
+    nodes = [helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"], pads=[1, 1, 1, 1]) for i in range(3)]
+    graph = helper.make_graph(
+        nodes,
+        "three",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("x3", TensorProto.FLOAT, [1, 4, 8, 8])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_the_first_convs_get_uint8_weights_in_the_quantised_graph(tmp_path: Path) -> None:
+    """`uint8_weight_convs`: the first N Conv nodes' weights are quantised to uint8 (no 16-bit saturation on CPUs
+    without VNNI), the others to int8, in the file ONNX Runtime writes."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from serving.quantize import cpu_has_vnni, uint8_weight_overrides
+
+    source, target = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    _three_convs(source)
+    overrides = uint8_weight_overrides(source, 2)
+    assert list(overrides) == ["w0", "w1"] and uint8_weight_overrides(source, 0) == {}
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(1)
+            self.left = [{"x0": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+
+        def get_next(self) -> dict | None:
+            return self.left.pop() if self.left else None
+
+    quantize_static(
+        str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, extra_options={"TensorQuantOverrides": overrides},
+    )  # fmt: skip
+    graph = onnx.load(str(target)).graph
+    kinds = {i.name: i.data_type for i in graph.initializer if i.name.startswith("w") and i.name.endswith("quantized")}
+    assert kinds == {"w0_quantized": onnx.TensorProto.UINT8, "w1_quantized": onnx.TensorProto.UINT8,
+                     "w2_quantized": onnx.TensorProto.INT8}, kinds  # fmt: skip
+    assert cpu_has_vnni() in (True, False, None)
