@@ -194,6 +194,12 @@ training_jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
+    # The process running the job (serving.jobs.workers.WorkerIdentity) and its last progress report: another
+    # replica takes a running job over only when that process is dead (0007).
+    sa.Column("runner_host", sa.String(255)),
+    sa.Column("runner_pid", sa.Integer),
+    sa.Column("runner_started_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
     sa.Index("ix_training_jobs_tenant_created", "tenant", "created_at"),
 )
 

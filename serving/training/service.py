@@ -148,7 +148,7 @@ class TrainingService:
         async with self._one_at_a_time:
             store = await self.store()
             if not await asyncio.to_thread(store.start, job_id):
-                return  # cancelled while queued
+                return  # cancelled while queued, already finished, or run by another live process
             job = await asyncio.to_thread(store.get, job_id)
             try:
                 result = await self._train(store, job)

@@ -7,7 +7,8 @@ it runs stays cancelled when its runner stops.
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,8 +16,11 @@ import sqlalchemy as sa
 from serving.errors import ServiceError
 from serving.jobs.errors import JobStateError
 from serving.jobs.tables import model_versions, training_jobs
+from serving.jobs.workers import WorkerIdentity, is_dead
 
 FINAL = ("completed", "failed", "cancelled")
+THIS_PROCESS = WorkerIdentity()
+RUNNER_STALE_S = 300.0  # a runner on another host is dead when its last progress report is older than this
 
 
 class TrainingJobNotFoundError(ServiceError):
@@ -45,7 +49,7 @@ class TrainingJob:
 
 
 def _job(row: Any) -> TrainingJob:
-    return TrainingJob(**{c.name: row._mapping[c.name] for c in training_jobs.columns})
+    return TrainingJob(**{f.name: row._mapping[f.name] for f in fields(TrainingJob)})
 
 
 class TrainingStore:
@@ -101,11 +105,50 @@ class TrainingStore:
             )
         return done.rowcount == 1
 
-    def start(self, job_id: str) -> bool:
-        return self._update(job_id, ("queued", "running"), status="running", started_at=time.time(), error=None)
+    def start(self, job_id: str, runner: WorkerIdentity = THIS_PROCESS) -> bool:
+        """Claim the job for `runner`: a queued one, or a running one whose runner is dead (a stopped server's job
+        runs again), never one a live process runs (a replica starting while another trains, or this process twice).
+        One transaction compares and sets, so of two replicas claiming at once one wins."""
+        c = training_jobs.c
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(
+                    c.status, c.started_at, c.runner_host, c.runner_pid, c.runner_started_at, c.heartbeat_at
+                ).where(c.id == job_id)
+            ).first()
+            if row is None or row.status not in ("queued", "running"):
+                return False
+            claim = [c.id == job_id, c.status == row.status]
+            if row.status == "running":
+                holder = SimpleNamespace(
+                    heartbeat_at=row.heartbeat_at,
+                    host=row.runner_host,
+                    pid=row.runner_pid or 0,
+                    process_started_at=row.runner_started_at or 0.0,
+                )
+                if row.runner_pid is not None and not is_dead(holder, time.time(), RUNNER_STALE_S):
+                    return False
+                claim.append(c.started_at == row.started_at if row.started_at is not None else c.started_at.is_(None))
+            now = time.time()
+            done = conn.execute(
+                training_jobs.update()
+                .where(*claim)
+                .values(
+                    status="running",
+                    started_at=now,
+                    error=None,
+                    runner_host=runner.host,
+                    runner_pid=runner.pid,
+                    runner_started_at=runner.process_started_at,
+                    heartbeat_at=now,
+                )
+            )
+        return done.rowcount == 1
 
     def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
-        self._update(job_id, ("running",), progress={"phase": phase, "done": done, "total": total})
+        self._update(
+            job_id, ("running",), progress={"phase": phase, "done": done, "total": total}, heartbeat_at=time.time()
+        )
 
     def finish(self, job_id: str, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
         """Record the outcome unless the job already ended (cancelled meanwhile); True when recorded."""

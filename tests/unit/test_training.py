@@ -1,6 +1,8 @@
 """Training pieces without a server: the dataset split, the softmax head and its report, the served graphs (ONNX
 Runtime against numpy), version policies, and the training-job store."""
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,13 @@ from onnx import TensorProto, helper, numpy_helper
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.errors import JobStateError
+from serving.jobs.workers import HOST, WorkerIdentity
 from serving.model_versions import VersionPolicy, next_version, read_policy, scan_model_folder, write_policy
 from serving.trained_head import ClassifierHead, classifier_graph, embedding_graph
 from serving.training.dataset import LabelledImage, check_classes, label_of, split
 from serving.training.service import decide_promotion
 from serving.training.softmax import train_head, validation_report
-from serving.training.store import TrainingJobNotFoundError, TrainingStore
+from serving.training.store import RUNNER_STALE_S, THIS_PROCESS, TrainingJobNotFoundError, TrainingStore
 
 
 def _images(counts: dict[str, int]) -> list[LabelledImage]:
@@ -173,6 +176,33 @@ def test_promotion_rule() -> None:
     assert decide_promotion("if_better", "1", 0.80, 0.85) and not decide_promotion("if_better", "1", 0.85, 0.85)
     assert not decide_promotion("if_better", "1", None, 0.99)  # other labels: not comparable
     assert decide_promotion("always", "1", 0.9, 0.1) and not decide_promotion("never", None, None, 1.0)
+
+
+def test_a_training_job_runs_once_while_its_runner_lives_and_again_when_it_died(tmp_path: Path) -> None:
+    """Two Ingress replicas: one runs a job; the other, starting meanwhile, resumes unfinished jobs and must not run
+    it too. A job whose runner died (a stopped server) is taken over."""
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    migrate(engine)
+    store = TrainingStore(engine)
+    other_replica = WorkerIdentity(host=HOST, pid=os.getppid())  # what matters is whether the holder lives
+    job = store.create("acme", None, "parcels", {})
+    assert store.start(job.id)  # this process runs it
+    assert not store.start(job.id, other_replica) and not store.start(job.id)  # a live runner: nobody else, not twice
+    dead = store.create("acme", None, "parcels", {})
+    gone = WorkerIdentity(host=HOST, pid=4_000_000, process_started_at=1.0)  # no such process (pid_max is 4194304)
+    assert store.start(dead.id, gone)
+    assert store.start(dead.id, THIS_PROCESS) and not store.start(dead.id, gone)  # taken over once
+    elsewhere = store.create("acme", None, "parcels", {})
+    assert store.start(elsewhere.id, WorkerIdentity(host="another-host", pid=7, process_started_at=1.0))
+    assert not store.start(elsewhere.id)  # another host's runner reported progress just now
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE training_jobs SET heartbeat_at = :at WHERE id = :id"),
+            {"at": time.time() - RUNNER_STALE_S - 1, "id": elsewhere.id},
+        )
+    assert store.start(elsewhere.id)  # silent for longer than RUNNER_STALE_S: dead
+    store.finish(job.id, "completed", {})
+    assert not store.start(job.id) and set(store.unfinished()) == {dead.id, elsewhere.id}
 
 
 def test_training_job_store_scopes_tenants_and_keeps_final_states(tmp_path: Path) -> None:
