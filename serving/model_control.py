@@ -13,6 +13,7 @@ import logging
 
 from serving.errors import BadRequestError, ServiceError
 from serving.metrics import KNOWN_MODELS
+from serving.model_versions import model_state
 from serving.repository import UnknownModelError
 from serving.service import InferenceService
 
@@ -56,8 +57,23 @@ def _pipeline(service: InferenceService):  # noqa: ANN202 - LocalPipeline, witho
 
 async def load_model(service: InferenceService, name: str) -> str:
     """Load (or reload) `name` as its version policy says, with its canary version when the policy splits traffic;
-    returns the version now served. Nothing changes unless every version it needs loads."""
+    returns the version now served. Nothing changes unless every version it needs loads. One load or unload at a
+    time per replica: the API, training jobs and the poll loop (`serving.model_poll`) share `service.model_lock`."""
+    async with service.model_lock:
+        return await load_unlocked(service, name)
+
+
+async def unload_model(service: InferenceService, name: str) -> None:
+    """Stop serving `name` and its canary (it stays listed, UNAVAILABLE, and can be loaded again)."""
+    async with service.model_lock:
+        await unload_unlocked(service, name)
+
+
+async def load_unlocked(service: InferenceService, name: str) -> str:
+    """`load_model` for a caller that holds `service.model_lock`."""
     pipeline = _pipeline(service)
+    # The folder's state is read before the folder itself: a change made in between is seen by the next poll.
+    state = await asyncio.to_thread(model_state, service.repository.settings, name)
     try:
         scanned = await asyncio.to_thread(service.repository.rescan, name)
     except UnknownModelError:
@@ -79,6 +95,7 @@ async def load_model(service: InferenceService, name: str) -> str:
             f"{str(exc)[:500]}"
         ) from None
     service.repository.replace(name, scanned)
+    service.model_states[name] = state
     service.forget_backend_info(name)
     KNOWN_MODELS.add(name)
     served = scanned.served
@@ -88,14 +105,17 @@ async def load_model(service: InferenceService, name: str) -> str:
     return served.version
 
 
-async def unload_model(service: InferenceService, name: str) -> None:
-    """Stop serving `name` and its canary (it stays listed, UNAVAILABLE, and can be loaded again)."""
+async def unload_unlocked(service: InferenceService, name: str) -> None:
+    """`unload_model` for a caller that holds `service.model_lock`. The unload lasts until the model's folder
+    changes (the poll loop compares the folder with the state recorded here)."""
     pipeline = _pipeline(service)
     entry = service.repository.get(name)  # 404 for unknown or already unloaded models
     if entry.name == service.default_model:
         raise BadRequestError(f"'{name}' is the default model and cannot be unloaded")
+    state = await asyncio.to_thread(model_state, service.repository.settings, name)
     canary = service.repository.canaries.get(name)
     await pipeline.swap_models([], (name, *((canary[0].key,) if canary else ())))
     service.repository.replace(name, None)
+    service.model_states[name] = state
     service.forget_backend_info(name)
     logger.info("model %s unloaded", name)

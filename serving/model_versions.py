@@ -21,10 +21,13 @@ A training job writes a new version folder; promoting a version writes `specific
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from serving.config.settings import ServerSettings
 
 POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
@@ -131,3 +134,84 @@ def recorded_accuracy(folder: Path) -> float | None:
     metrics = read_metrics(folder) or {}
     accuracy = (metrics.get("validation") or {}).get("accuracy")
     return float(accuracy) if isinstance(accuracy, (int, float)) else None
+
+
+# ---- what the poll loop compares (serving.model_poll) --------------------------------------------------------
+@dataclass(frozen=True)
+class FolderState:
+    """What a model folder says is served, and the files that serving would read (a change in any reloads)."""
+
+    served: tuple[str, ...]  # the served version (empty: none), then the canary version if any
+    canary_percent: float
+    files: tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of the served versions' files
+    versions: tuple[str, ...]  # every version folder (a new unserved one only changes the listing)
+    error: str = ""  # the folder cannot be read (an invalid policy): loading says why
+
+    def same_serving(self, other: "FolderState | None") -> bool:
+        """Whether `other` serves the same versions from the same files (only the listing may differ)."""
+        return other is not None and (self.served, self.canary_percent, self.files, self.error) == (
+            other.served,
+            other.canary_percent,
+            other.files,
+            other.error,
+        )
+
+
+def _file_stats(folders: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    stats = []
+    for folder in folders:
+        for child in sorted(folder.iterdir()):
+            if child.is_file() and not child.name.startswith("."):
+                info = child.stat()
+                stats.append((str(child), info.st_mtime_ns, info.st_size))
+    return tuple(stats)
+
+
+def folder_state(root: Path) -> FolderState | None:
+    """The state of the model folder `root`; None when no model is there (removed, or no config)."""
+    try:
+        folder: ModelFolder | None = scan_model_folder(root) if root.is_dir() else None
+    except ValueError as exc:  # an invalid versions.yaml
+        return FolderState((), 0.0, (), (), error=str(exc))
+    except OSError:
+        return None
+    if folder is None:
+        return None
+    served = folder.served_versions[:1]
+    canary = folder.policy.canary if folder.versioned else None
+    if canary is not None:
+        served = [*served, canary.version]
+    try:
+        files = _file_stats([folder.versions[v] for v in served if v in folder.versions])
+    except OSError:  # a version folder went away while it was read: the next poll sees the result
+        return None
+    return FolderState(
+        tuple(served),
+        canary.percent if canary is not None else 0.0,
+        files,
+        tuple(sorted(folder.versions, key=lambda v: int(v) if v.isdigit() else 0)),
+    )
+
+
+def model_folder(settings: "ServerSettings", name: str) -> Path | None:
+    """The folder holding model `name`: the repository's, else the trained-models folder's; None: neither."""
+    for root in (settings.model_repository, settings.trained_models):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def read_states(settings: "ServerSettings", names: set[str]) -> dict[str, FolderState | None]:
+    """The state of every model in `names` and of every model folder in the trained-models folder (a model a
+    training job made on another replica is new here)."""
+    wanted = set(names) | {root.name for root in model_roots(settings.trained_models)}
+    states: dict[str, FolderState | None] = {}
+    for name in sorted(wanted):
+        folder = model_folder(settings, name)
+        states[name] = folder_state(folder) if folder is not None else None
+    return states
+
+
+def model_state(settings: "ServerSettings", name: str) -> FolderState | None:
+    folder = model_folder(settings, name)
+    return folder_state(folder) if folder is not None else None

@@ -88,6 +88,11 @@ class InferenceService:
         self.thresholds = thresholds
         self._backend_info: dict[str, dict[str, Any]] = {}
         self._canary_credit: dict[str, float] = {}
+        # Model control: one load or unload at a time, and each model folder's state (serving.model_poll.FolderState,
+        # or None: no folder) when this replica last loaded, unloaded or tried to load it; the poll loop acts on
+        # folders whose state differs.
+        self.model_lock = asyncio.Lock()
+        self.model_states: dict[str, Any] = {}
         # The replica's SecurityGate (serving.security.gate), set by the ingress: charges images to the caller's
         # daily quota and says whether its tenant forces anonymised metadata. None: no quotas.
         self.gate: Any = None

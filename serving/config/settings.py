@@ -50,6 +50,13 @@ class ServerSettings(BaseModel):
         "IMGSERVE_TRAINED_MODELS_DIR); default <cache dir>/trained-models, beside the job database. Written by the "
         "server; on a cluster, a volume every replica mounts.",
     )
+    model_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between reads of the model folders by every Ingress replica of the local placement "
+        "(IMGSERVE_MODEL_POLL_S): a load, promotion, canary or training made through one replica reaches the others "
+        "within this time (serving/model_poll.py). 0: only explicit loads change what a replica serves.",
+    )
     max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
     max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
     body_read_timeout_s: float = Field(

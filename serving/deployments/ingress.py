@@ -16,6 +16,7 @@ from serving.jobs.database import open_job_database
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
+from serving.model_poll import ModelPoller
 from serving.placement import IngressConfig, build_service
 from serving.security.audit import AuditEntry, write_entry
 from serving.security.gate import SecurityGate, build_gate, set_replica_gate
@@ -48,6 +49,10 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         self.image_operations = self.http_app.state.image_operations
         if self.http_app.state.training is not None:  # jobs a stopped server left unfinished run again
             asyncio.get_running_loop().create_task(self.http_app.state.training.resume())
+        self.model_poller: ModelPoller | None = None
+        if stages is None and settings.model_poll_s > 0:  # local placement: the models live in this replica
+            self.model_poller = ModelPoller(self.service, settings, settings.model_poll_s)
+            await self.model_poller.start()
         self.direct_listeners: DirectListeners | None = None
         if config.direct_ingress is not None:
             REPLICA_LIMIT.limit = config.direct_ingress.max_inflight
@@ -78,6 +83,8 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             await self.direct_listeners.stop()  # type: ignore[union-attr]
         if getattr(self, "job_loop", None) is not None:
             await self.job_loop.stop()  # type: ignore[union-attr]
+        if getattr(self, "model_poller", None) is not None:
+            await self.model_poller.stop()  # type: ignore[union-attr]
 
 
 def ingress_gate(config: IngressConfig) -> SecurityGate:
