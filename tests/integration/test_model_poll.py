@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.server_process import ServerProcess, replica_processes
+from loadtests.server_process import ServerProcess, replica_processes, session_pids
 from tests.integration.conftest import local_config, server_env
 from tests.integration.test_training import train
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
@@ -78,10 +78,15 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoReplicas]:
     config["applications"][0]["deployments"][0]["num_replicas"] = 2
     assert config["applications"][0]["deployments"][0]["name"] == "Ingress"
     with ServerProcess(tmp, config, env) as server:
+        assert server.proc is not None
+
+        def replicas() -> int:  # this server's only: an earlier test's server may still be stopping
+            return len({p.pid for p in replica_processes("Ingress")} & set(session_pids(server.proc.pid)))
+
         deadline = time.monotonic() + 120
-        while len(replica_processes("Ingress")) < 2 and time.monotonic() < deadline:
+        while replicas() < 2 and time.monotonic() < deadline:
             time.sleep(1)
-        assert len(replica_processes("Ingress")) == 2, server.tail()
+        assert replicas() == 2, server.tail()
         photo = held_out_split(photos["vehicles"], 0.3)[1][0]
         world = TwoReplicas(server, (data_root / "everyday").as_uri(), photo)
         yield world
