@@ -7,12 +7,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, holds_no_slot
 from serving.errors import ErrorInfo, ServiceError, classify_error, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
 logger = logging.getLogger("imgserve.http")
+
+# The status a request whose client went away before its answer is counted and logged with (nginx's "client closed
+# request"): nothing is sent, and it is not a server error, so it must not show up as a 5xx on a dashboard.
+CLIENT_CLOSED_REQUEST = 499
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -179,6 +185,8 @@ class AdmissionMiddleware:
                 ERRORS.labels("(admission)", info.kind).inc()
                 await send_error_info(send, info, close=True)
                 return
+            if messages and messages[-1]["type"] == "http.disconnect":
+                raise ClientDisconnect()  # gone before its body arrived: no slot, nothing to answer
             upstream = receive
 
             async def replay() -> Message:
@@ -215,6 +223,8 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            raise  # the client left; RequestMetricsMiddleware counts it (499), nobody is there to answer
         except Exception as exc:  # noqa: BLE001 - last line of defence: the replica keeps serving
             logger.exception("unhandled error on %s", scope.get("path"))
             if started:
@@ -275,6 +285,9 @@ class RequestMetricsMiddleware:
         INFLIGHT.labels("http").inc()
         try:
             await self.app(scope, receive, capture)
+        except ClientDisconnect:  # the client closed the connection before its answer (e.g. mid-upload)
+            if not recorded:
+                record(CLIENT_CLOSED_REQUEST)
         finally:
             INFLIGHT.labels("http").dec()
             if not recorded:  # the app failed before answering: the server will send a 500

@@ -2,6 +2,7 @@
 over the replica's 48-request admission limit) while other clients classify (#18): the slow uploads hold sockets
 and their few bytes, never admission slots, so every other client still gets 200."""
 
+import json
 import resource
 import socket
 import time
@@ -53,3 +54,11 @@ def test_1100_slow_body_connections_leave_other_clients_served(local_server: Ser
         f"20 other requests: {sorted(set(statuses))}, worst {max(latencies) * 1000:.0f} ms"
     )
     assert statuses == [200] * 20
+    # The uploads whose clients went away are counted 499 (client closed request), none of them as a 500.
+    deadline, gone = time.monotonic() + 30, []
+    while len(gone) < SLOW_CONNECTIONS and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lines = [json.loads(line) for line in local_server.access_log.read_text().splitlines() if line.strip()]
+        gone = [line for line in lines if line["protocol"] == "http" and line["status"] == "499"]
+    assert len(gone) >= SLOW_CONNECTIONS, f"{len(gone)} uploads counted 499"
+    assert not [line for line in lines if line["status"] == "500"]
