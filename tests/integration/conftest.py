@@ -30,6 +30,44 @@ LOCAL_MAX_INFLIGHT = 48
 
 RunningServer = ServerProcess  # what tests receive from the `server` fixture
 
+# The servers many test modules share (fixtures of the same names below). An idle server still costs CPU (Serve's
+# controller, the replicas' metrics loops: ~0.3 of a core for the graph placement), so the modules using them run
+# first and each server stops right after the last test that uses it, not at the end of the run.
+SHARED_SERVERS = ("server", "local_server", "secure")
+_running: dict[str, ServerProcess] = {}  # shared fixture name -> its server, while it runs
+
+
+def _shared_group(fixturenames: set[str]) -> int:
+    """Where a module runs: with the graph server's users, the local server's, the secured server's, or after."""
+    return next((i for i, name in enumerate(SHARED_SERVERS) if name in fixturenames), len(SHARED_SERVERS))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules using a shared server first, grouped by server; each module's tests stay together and in order."""
+    here = Path(__file__).parent
+    positions = [i for i, item in enumerate(items) if Path(item.path).parent == here]
+    if not positions:
+        return
+    modules: dict[Path, list[pytest.Item]] = {}
+    for i in positions:
+        modules.setdefault(Path(items[i].path), []).append(items[i])
+    used = {path: set().union(*(set(item.fixturenames) for item in tests)) for path, tests in modules.items()}
+    ordered = [item for path in sorted(modules, key=lambda m: _shared_group(used[m])) for item in modules[path]]
+    for i, item in zip(positions, ordered, strict=True):
+        items[i] = item
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop a shared server once no test left in the run uses it (its fixture's own teardown then finds it
+    stopped)."""
+    if not _running:
+        return
+    later = item.session.items[item.session.items.index(item) + 1 :] if nextitem is not None else []
+    for name in [n for n in _running if n in item.fixturenames]:
+        if not any(name in other.fixturenames for other in later):
+            _running.pop(name).stop()
+
 
 def server_env(tmp: Path) -> dict[str, str]:
     """TEST_ENV plus a private build-output cache under the server's temp folder."""
@@ -93,7 +131,7 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`imgserve serve` with IMGSERVE_AUTH=required and the keys of `KEYS` made with the CLI (the security tests and
     the web UI's browser tests share it)."""
@@ -114,8 +152,10 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         keys[name] = output.strip().splitlines()[-1]  # the key is the last line
         assert keys[name].startswith("isk_")
     with ServerProcess(tmp, None, env) as server:
+        _running["secure"] = server
         with httpx.Client(base_url=server.http_url, timeout=60) as http:
             yield {"server": server, "http": http, "keys": keys, "env": env, "db": tmp / "cache" / "jobs.sqlite3"}
+        _running.pop("secure", None)
 
 
 @contextmanager
@@ -130,22 +170,26 @@ def started_server(
         yield process
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The graph placement behind Ray Serve's proxy, as KubeRay runs it, with small queues."""
     args = ["--placement", "graph", "--ray-proxy"]
     with started_server(tmp_path_factory, "server", _test_config(), args) as process:
+        _running["server"] = process
         yield process
+        _running.pop("server", None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """What `make serve` runs on one machine: serve_config.yaml, placement chosen by `imgserve serve` (local)."""
     with started_server(tmp_path_factory, "local", local_config()) as process:
+        _running["local_server"] = process
         yield process
+        _running.pop("local_server", None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.http_url, timeout=60) as client:
         yield client

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("placement", ["graph", "local"])
-def test_a_batch_job_runs_each_item_once(placement: str, request: pytest.FixtureRequest) -> None:
-    server: ServerProcess = request.getfixturevalue("server" if placement == "graph" else "local_server")
+def test_a_batch_job_runs_each_item_once(placement: str, server: ServerProcess, local_server: ServerProcess) -> None:
+    server = server if placement == "graph" else local_server
     photo = (require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG").read_bytes()
     files = [("image", (f"p{i}.jpg", photo)) for i in range(3)] + [("image", ("bad.jpg", b"\xff\xd8broken"))]
     with httpx.Client(base_url=server.http_url, timeout=60) as client:

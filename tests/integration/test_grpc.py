@@ -39,9 +39,9 @@ def _images() -> list[bytes]:
 
 
 @pytest.fixture(scope="module", params=["graph", "local"])
-def target(request: pytest.FixtureRequest) -> RunningServer:
+def target(request: pytest.FixtureRequest, server: RunningServer, local_server: RunningServer) -> RunningServer:
     """The server under test: the graph placement or the local one (both on the Ingress replica's listeners)."""
-    return request.getfixturevalue("server" if request.param == "graph" else "local_server")
+    return server if request.param == "graph" else local_server
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,9 @@ def test_all_stages_over_grpc(server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("placement", ["graph", "local"])
-def test_served_quality_is_the_verdict_function_bit_for_bit(placement: str, request: pytest.FixtureRequest) -> None:
+def test_served_quality_is_the_verdict_function_bit_for_bit(
+    placement: str, server: RunningServer, local_server: RunningServer
+) -> None:
     """For real photos, the server's `quality` equals `pipelines.quality.quality_verdict` applied to the metrics of
     the same decode and the learned model's served view, in both placements: one tested function, the served one."""
     from pipelines.decode import decode_image
@@ -61,7 +63,7 @@ def test_served_quality_is_the_verdict_function_bit_for_bit(placement: str, requ
     from pipelines.quality.thresholds import default_thresholds
     from serving.repository import ModelRepository
 
-    server = request.getfixturevalue("server" if placement == "graph" else "local_server")
+    server = server if placement == "graph" else local_server
     spec = ModelRepository.scan(check_backends=False).get("quality_mos").config.preprocess_spec()
     thresholds = default_thresholds()
     photos = [require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG"] + sorted(require(BLUR_SAMPLES).glob("*"))[:3]

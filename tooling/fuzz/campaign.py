@@ -2,6 +2,7 @@
 
     python -m tooling.fuzz.campaign --runs 150000              # every target, one after another (`make fuzz`)
     python -m tooling.fuzz.campaign --target decode --runs 1000 # one target
+    python -m tooling.fuzz.campaign --runs 2000 --jobs 2        # two targets at a time (the CI test's form)
     python -m tooling.fuzz.campaign --merge                     # fold the grown corpora into the committed one
     python -m tooling.fuzz.campaign --replay                    # seeds + committed corpus only (CI)
 
@@ -20,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="minimise the grown corpora into tests/fuzz/corpus")
     parser.add_argument("--replay", action="store_true", help="run the seeds and the committed corpus only")
     parser.add_argument("--summary", type=Path, default=WORK / "summary.json")
+    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once (each in its own process)")
     options = parser.parse_args(argv)
     targets = options.target or sorted(TARGETS)
     if options.replay:
@@ -177,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             print(f"{target}: {merge(target)} inputs in {CORPUS / target}")
         return 0
-    results = []
-    for target in targets:
+
+    def campaign(target: str) -> dict[str, object]:
         figures = run_target(target, options.runs, options.timeout, options.rss_limit_mb, options.max_len)
-        results.append(figures)
         print(json.dumps({k: v for k, v in figures.items() if k != "log_tail"}), flush=True)
         if "log_tail" in figures:
             print(figures["log_tail"], file=sys.stderr)
+        return figures
+
+    # Each target's campaign is a child process with its own work folder: several can run at once.
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        results = list(pool.map(campaign, targets))
     total = sum(int(r["executions"]) for r in results)  # type: ignore[call-overload]
     failed = [r["target"] for r in results if r["exit_code"] != 0 or r["findings"]]
     options.summary.parent.mkdir(parents=True, exist_ok=True)
