@@ -1,5 +1,6 @@
 """What every gRPC method shares: the security gate, status codes from exceptions, metrics."""
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,9 @@ async def attempt(
             await admit(endpoint, context)
         with nullcontext() if endpoint in UNLIMITED_GRPC_METHODS else REPLICA_LIMIT.admit():
             return await call(), None
+    except asyncio.CancelledError:  # the client cancelled or its deadline passed: counted as such, not as OK
+        code = "CANCELLED"
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status, the replica keeps serving
         info = classify_error(exc)
         code = info.grpc_code

@@ -15,10 +15,12 @@ from fastapi.testclient import TestClient
 from serving.admission import REPLICA_LIMIT
 from serving.config.app_args import AppArgs
 from serving.errors import BadRequestError, classify_error
+from serving.grpc.edge import attempt
 from serving.http.app import create_http_app
 from serving.http.middleware import AdmissionMiddleware
 from serving.jobs.errors import ItemInputError
 from serving.jobs.uris import check_uri, read_uri
+from serving.metrics import REQUESTS
 from serving.oip.tensors import array_from_json, tensor_shape
 from serving.placement import build_service, compose
 from tests.unit.test_edges_in_process import jpeg
@@ -216,6 +218,12 @@ def test_bodies_waiting_for_admission_share_a_memory_budget() -> None:
     assert middleware.buffered == 0 and REPLICA_LIMIT.inflight == 0
 
 
+def _requests_with_status(status: str) -> float:
+    """imgserve_requests_total over every endpoint, protocol and model (before routing the endpoint is "unmatched")."""
+    samples = REQUESTS.collect()[0].samples
+    return sum(s.value for s in samples if s.name.endswith("_total") and s.labels["status"] == status)
+
+
 @pytest.mark.parametrize("limit", [None, 4], ids=["no-limit", "admission-limit"])
 def test_a_client_gone_mid_upload_is_counted_499_not_a_server_error(
     limit: int | None, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
@@ -223,8 +231,6 @@ def test_a_client_gone_mid_upload_is_counted_499_not_a_server_error(
     """A client that closes its connection before its body arrived: nothing is sent, no traceback is logged, and
     the request is counted with status 499 (before: an "unhandled error" traceback and a 500 in /metrics and the
     access log for each of them, 1,100 of them in the slow-upload integration test)."""
-    from serving.metrics import REQUESTS
-
     settings = tiny_settings(tmp_path_factory.mktemp("gone"))
     app = create_http_app(build_service(compose(AppArgs(placement="local", default_model="tiny"), settings)))
     parts = [{"type": "http.request", "body": b"\xff\xd8", "more_body": True}, {"type": "http.disconnect"}]
@@ -237,17 +243,35 @@ def test_a_client_gone_mid_upload_is_counted_499_not_a_server_error(
     async def send(message: dict) -> None:
         sent.append(message)
 
-    def count(status: str) -> float:  # over every endpoint label: before routing the endpoint is "unmatched"
-        samples = REQUESTS.collect()[0].samples
-        return sum(s.value for s in samples if s.name.endswith("_total") and s.labels["status"] == status)
-
-    before, errors_before = count("499"), count("500")
+    before, errors_before = _requests_with_status("499"), _requests_with_status("500")
     REPLICA_LIMIT.limit = limit
     try:
         asyncio.run(asyncio.wait_for(app(_scope([(b"content-length", b"100000")]), receive, send), 10))
     finally:
         REPLICA_LIMIT.limit = None
     assert sent == []
-    assert count("499") == before + 1 and count("500") == errors_before
+    assert _requests_with_status("499") == before + 1 and _requests_with_status("500") == errors_before
     assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
     assert REPLICA_LIMIT.inflight == 0
+
+
+def test_a_cancelled_rpc_is_counted_cancelled_not_ok() -> None:
+    """A gRPC call the client cancels (or whose deadline passes) mid-way: the handler's task is cancelled, and the
+    request is counted with status CANCELLED (before: "OK", with the latency of the part that ran)."""
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def slow() -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        task = asyncio.create_task(attempt("/imgserve.ImageService/Classify", "tiny", slow, admitted=True))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    cancelled, ok = _requests_with_status("CANCELLED"), _requests_with_status("OK")
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert _requests_with_status("CANCELLED") == cancelled + 1 and _requests_with_status("OK") == ok
