@@ -14,7 +14,6 @@ consumers need (a tensor per model, the quality stage's working image).
 
 import io
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +29,7 @@ from pipelines.native_crop import jpeg_centre_crop
 from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.working_image import native_crop, working_image
+from pipelines.warning_capture import captured_warnings
 
 DecoderName = Literal["pillow", "opencv"]
 
@@ -69,8 +69,7 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with captured_warnings():  # e.g. DecompressionBombWarning: the limits below decide, not Pillow's warning
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {exc}") from None

@@ -3,7 +3,6 @@
 import dataclasses
 import hashlib
 import sys
-import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeVar
@@ -23,6 +22,7 @@ from pipelines.metadata.phash import phash
 from pipelines.metadata.result import ColorInfo, FileInfo, ImageMetadata
 from pipelines.metadata.thumbnail import Thumbnail, upright_thumbnail
 from pipelines.metadata.xmp import read_xmp
+from pipelines.warning_capture import captured_warnings
 
 T = TypeVar("T")
 MAX_MESSAGE_CHARS = 300
@@ -46,8 +46,7 @@ def _message(section: str, text: str) -> str:
 
 def _guarded(section: str, errors: list[str], read: Callable[[], tuple[T | None, list[str]]]) -> T | None:
     """Run one section reader; its exceptions and warnings become messages in `errors`, never propagate."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings() as caught:
         try:
             value, problems = read()
         except Exception as exc:  # noqa: BLE001 - hostile input must cost one section, not the request
@@ -75,8 +74,7 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
     errors: list[str] = []
     size, digest = len(data), hashlib.sha256(data).hexdigest()
     register_heif()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings() as caught:
         try:
             image = _open(data, limits)
         except ImageInputError as exc:
