@@ -14,6 +14,7 @@ consumers need (a tensor per model, the quality stage's working image).
 
 import io
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -69,8 +70,11 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     try:
-        with captured_warnings():  # e.g. DecompressionBombWarning: the limits below decide, not Pillow's warning
+        with captured_warnings() as caught:
             image = Image.open(io.BytesIO(data))
+        for warning in caught:  # the limits below decide, not Pillow's DecompressionBombWarning; the rest go on
+            if not issubclass(warning.category, Image.DecompressionBombWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image has too many pixels (decompression bomb?): {exc}") from None
     except UnidentifiedImageError:

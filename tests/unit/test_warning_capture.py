@@ -57,3 +57,22 @@ def test_parallel_decodes_and_metadata_leave_the_warning_machinery_as_it_was() -
     assert warnings.filters == filters
     with pytest.warns(UserWarning, match="still shown"):  # a warning outside any capture is not swallowed
         warnings.warn("still shown", UserWarning, stacklevel=1)
+
+
+def test_opening_drops_only_the_decompression_bomb_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_validated ignores Pillow's DecompressionBombWarning (its own limits decide) and lets other warnings
+    through, as it did with catch_warnings + simplefilter("ignore", DecompressionBombWarning)."""
+    from PIL import Image
+
+    original = Image.open
+
+    def warning_open(*args: object, **kwargs: object) -> Image.Image:
+        warnings.warn("bomb", Image.DecompressionBombWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", warning_open)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        open_validated(jpeg(), DecodeLimits())
+    assert [(w.category, str(w.message)) for w in seen] == [(UserWarning, "something else")]
