@@ -7,12 +7,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import ImageInputError
 from serving import __version__, ui
 from serving.config.settings import ServerSettings
-from serving.errors import ServiceError, classify_error, retry_after_value
+from serving.errors import ServiceError, classify_error, internal_detail, retry_after_value
 from serving.http import (
     audit_routes,
     collection_routes,
@@ -54,6 +55,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     ERRORS.labels(_endpoint(request), info.kind).inc()
     if info.http_status >= 500 and info.kind == "internal":
         logger.exception("internal error on %s", request.url.path, exc_info=exc)
+    elif info.http_status >= 500 and info.kind != "overloaded":  # a known outage: one line, no traceback
+        logger.warning("%s on %s: %.300s", info.kind, request.url.path, internal_detail(exc))
     headers = {"Retry-After": retry_after_value(info.retry_after_s)} if info.retry_after_s is not None else None
     return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status, headers=headers)
 
@@ -99,7 +102,9 @@ def create_http_app(
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     # Specific classes, not `Exception`: Starlette re-raises after an `Exception` handler. Errors from other
     # replicas arrive as RayError subclasses (usually also instances of the original class).
-    for error_class in (ImageInputError, ServiceError, UnknownModelError, RayError, BackPressureError):
+    # The store's connection errors are an outage of the job/key database (503 store_unavailable, Retry-After).
+    handled = (ImageInputError, ServiceError, UnknownModelError, RayError, BackPressureError)
+    for error_class in (*handled, sa_exc.OperationalError, sa_exc.InterfaceError):
         app.add_exception_handler(error_class, _service_error)
     app.add_middleware(AdmissionMiddleware)  # innermost: a refusal is still counted and timed
     app.add_middleware(AuthMiddleware, gate=gate)  # before admission: a caller without a key holds no slot

@@ -226,15 +226,20 @@ class InternalErrorMiddleware:
         except ClientDisconnect:
             raise  # the client left; RequestMetricsMiddleware counts it (499), nobody is there to answer
         except Exception as exc:  # noqa: BLE001 - last line of defence: the replica keeps serving
-            logger.exception("unhandled error on %s", scope.get("path"))
-            if started:
-                return
-            from serving.errors import classify_error
+            from serving.errors import classify_error, internal_detail, retry_after_value
             from serving.metrics import ERRORS
 
             info = classify_error(exc)
+            if info.kind == "internal":
+                logger.exception("unhandled error on %s", scope.get("path"))
+            else:  # a known condition (an outage, a full disk) that reached here: one line, no traceback
+                logger.warning("%s on %s: %.300s", info.kind, scope.get("path"), internal_detail(exc))
+            if started:
+                return
             ERRORS.labels(getattr(scope.get("route"), "path", "unmatched"), info.kind).inc()
-            await send_json_error(send, info.http_status, info.message, info.kind)
+            retry = info.retry_after_s
+            headers = ((b"retry-after", retry_after_value(retry).encode()),) if retry is not None else ()
+            await send_json_error(send, info.http_status, info.message, info.kind, headers)
 
 
 def request_header(scope: Scope, name: bytes, limit: int = 128) -> str | None:

@@ -106,7 +106,10 @@ def test_postgresql_outage_mid_job_loses_nothing(
         f"{during.json().get('kind')}; online /v1/classify {online}; final {final['counts']}"
     )
     assert during.status_code == 503 and during.json()["kind"] == "store_unavailable"
+    assert int(during.headers["retry-after"]) >= 1
     assert "SELECT" not in during.text and "/" not in during.json()["error"]
+    # an outage is one warning line per failing request, not a traceback as an unhandled error
+    assert "unhandled error" not in server.log.read_text(errors="replace")
     assert online == [200] * 5, "online inference must not depend on the job store"
     assert cpu_used / outage_s < 0.2, "the worker must back off, not spin, while the store is down"
     assert len(rows) == ITEMS

@@ -1,0 +1,63 @@
+"""A job store that fails while the server runs, over the real FastAPI app (SQLite in a temporary folder, tiny
+models, no Ray): the job API answers 503 `store_unavailable` with Retry-After, and the replica logs one line per
+failure, not a traceback as an unhandled error (a PostgreSQL outage used to put ~80 lines per request into the
+log: tests/integration/test_faults.py's server log)."""
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from serving.http.app import create_http_app
+from serving.jobs.database import create_store_engine
+from serving.jobs.service import JobService
+from serving.jobs.settings import JobSettings
+from tests.unit.test_edges_in_process import jpeg
+from tests.unit.tiny_models import tiny_local_service
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    service, settings = tiny_local_service(tmp_path)
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    job_settings = JobSettings(database_url=url, object_store=str(tmp_path / "objects"))
+    with TestClient(create_http_app(service, JobService(service, job_settings), settings)) as client:
+        yield {"http": client, "engine": create_store_engine(url)}
+
+
+def _lose_the_jobs_table(engine: sa.Engine) -> None:
+    """A real store failure: every query on `jobs` now raises sqlalchemy's OperationalError (no such table)."""
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE jobs RENAME TO jobs_gone"))
+
+
+def test_job_api_answers_503_with_retry_after_and_no_traceback_while_the_store_fails(
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    http = world["http"]
+    submitted = http.post("/v1/batch", files=[("image", ("a.jpg", jpeg(), "image/jpeg"))])
+    assert submitted.status_code == 202, submitted.text
+    job = submitted.json()["job_id"]
+    _lose_the_jobs_table(world["engine"])
+    caplog.set_level(logging.WARNING)
+    answers = [
+        http.get(f"/v1/jobs/{job}"),
+        http.get("/v1/jobs"),
+        http.post("/v1/batch", files=[("image", ("b.jpg", jpeg(), "image/jpeg"))]),
+    ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["kind"] == "store_unavailable"
+        assert "jobs_gone" not in answer.text and "SELECT" not in answer.text  # no SQL or schema to the client
+        assert float(answer.headers["retry-after"]) > 0
+    assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()], [
+        r.getMessage() for r in caplog.records
+    ]
+    assert any("store" in r.getMessage() for r in caplog.records)  # the outage is still in the log, one line each
+    assert http.post("/v1/classify", content=jpeg()).status_code == 200  # online inference goes on
