@@ -4,13 +4,14 @@ key): the caller as the server sees it (what the web UI shows and which of its c
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from serving.errors import ModelUnavailableError
+from serving.http.dependencies import reject_unknown_query
 from serving.security.audit import query_audit
 from serving.security.gate import current_principal
 
-router = APIRouter(prefix="/v1", tags=["security"])
+router = APIRouter(prefix="/v1", tags=["security"], dependencies=[Depends(reject_unknown_query)])
 
 
 @router.get("/audit")

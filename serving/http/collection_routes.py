@@ -17,13 +17,13 @@ from serving.collections.reporting import (
     thumbnail_jpeg,
 )
 from serving.collections.store import CollectionStore, ImageFilter
-from serving.http.dependencies import client_host, get_job_service, get_principal
+from serving.http.dependencies import client_host, get_job_service, get_principal, reject_unknown_query
 from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.service import JobService
 from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
 
-router = APIRouter(prefix="/v1", tags=["collections"])
+router = APIRouter(prefix="/v1", tags=["collections"], dependencies=[Depends(reject_unknown_query)])
 
 
 async def get_collection_store(jobs: JobService = Depends(get_job_service)) -> CollectionStore:

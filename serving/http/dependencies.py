@@ -7,8 +7,10 @@ for `get_service`)."""
 from typing import Any
 
 from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
-from serving.errors import ModelUnavailableError
+from serving.errors import BadRequestError, ModelUnavailableError
 from serving.jobs.service import JobService
 from serving.security.audit import AuditEntry
 from serving.security.gate import current_principal
@@ -30,6 +32,38 @@ async def get_job_service(request: Request) -> JobService:
 async def get_principal() -> Principal:
     """The caller the auth middleware admitted (serving.http.auth); ANONYMOUS when auth is off."""
     return current_principal()
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+_DECLARED: dict[int, tuple[APIRoute, frozenset[str]]] = {}  # id(route) -> (route, names); routes are not hashable
+
+
+def declared_query_parameters(route: APIRoute) -> frozenset[str]:
+    """The query parameters a route (its endpoint and every dependency) declares, worked out once per route."""
+    known = _DECLARED.get(id(route))
+    if known is None or known[0] is not route:
+        known = _DECLARED[id(route)] = (route, frozenset(_query_names(route.dependant)))
+    return known[1]
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """400 for a query parameter the route does not take: a misspelt option (`?to=webp`, `?topk=3`, `?field=`) would
+    otherwise be ignored and the request served with the default, as a JSON body's unknown `options` are not. The
+    `/v1` routers use it; `/v2` does not (Triton clients may add their own query parameters, Triton ignores them)."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = declared_query_parameters(route)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        names = ", ".join(repr(name[:40]) for name in unknown[:5])
+        accepted = ", ".join(sorted(known)) or "none"
+        raise BadRequestError(f"unknown query parameter {names} for {request.method} {route.path}; known: {accepted}")
 
 
 def client_host(request: Request) -> str | None:

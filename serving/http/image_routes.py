@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import get_service
+from serving.http.dependencies import get_service, reject_unknown_query
 from serving.http.schemas import (
     AnalysisResult,
     AnalyzeResponse,
@@ -23,7 +23,7 @@ from serving.model_status import model_statuses
 from serving.requests import ImageOptions, parse_json_request
 from serving.service import InferenceService
 
-router = APIRouter(prefix="/v1", tags=["image API"])
+router = APIRouter(prefix="/v1", tags=["image API"], dependencies=[Depends(reject_unknown_query)])
 
 
 async def read_images(request: Request, max_images: int) -> tuple[list[bytes], dict[str, Any]]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError, OverloadedError, classify_error
-from serving.http.dependencies import client_host, get_job_service, get_principal
+from serving.http.dependencies import client_host, get_job_service, get_principal, reject_unknown_query
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
 from serving.jobs.output_zip import zip_stream
@@ -22,7 +22,7 @@ from serving.jobs.service import BatchOptions, JobService
 from serving.security.gate import replica_gate
 from serving.security.principal import Principal
 
-router = APIRouter(prefix="/v1", tags=["batch jobs"])
+router = APIRouter(prefix="/v1", tags=["batch jobs"], dependencies=[Depends(reject_unknown_query)])
 PAGE = 500
 ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gtar", "application/x-gzip")
 IMAGE_FIELDS, ARCHIVE_FIELDS, URI_FIELDS = {"image", "images", "file"}, {"archive"}, {"uri", "uris"}

@@ -17,10 +17,11 @@ from pipelines.convert.formats import encoder_missing
 from pipelines.enhance import EnhanceOptions, describe_options
 from pipelines.limits import DEFAULT_FORMATS
 from serving.errors import BadRequestError
+from serving.http.dependencies import reject_unknown_query
 from serving.http.image_routes import read_images
 from serving.image_ops import ImageOperations
 
-router = APIRouter(prefix="/v1", tags=["image operations"])
+router = APIRouter(prefix="/v1", tags=["image operations"], dependencies=[Depends(reject_unknown_query)])
 REPORT_FORMS = ("image", "json")
 
 

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from serving.errors import ModelUnavailableError
-from serving.http.dependencies import audit, get_principal
+from serving.http.dependencies import audit, get_principal, reject_unknown_query
 from serving.security.principal import Principal
 from serving.training.service import TrainingRequest, TrainingService
 
-router = APIRouter(prefix="/v1", tags=["training jobs"])
+router = APIRouter(prefix="/v1", tags=["training jobs"], dependencies=[Depends(reject_unknown_query)])
 
 
 async def get_training(request: Request) -> TrainingService:

@@ -275,3 +275,25 @@ def test_a_cancelled_rpc_is_counted_cancelled_not_ok() -> None:
     cancelled, ok = _requests_with_status("CANCELLED"), _requests_with_status("OK")
     asyncio.run(asyncio.wait_for(main(), 10))
     assert _requests_with_status("CANCELLED") == cancelled + 1 and _requests_with_status("OK") == ok
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "misspelt"),
+    [
+        ("/v1/convert", "to=webp&quality=80", "to"),  # served as JPEG (the input's format) before
+        ("/v1/enhance", "brightnes=1.5", "brightnes"),  # served auto-enhanced before
+        ("/v1/classify", "topk=3", "topk"),  # served with top_k 5 before
+        ("/v1/analyze", "field=quality", "field"),  # every stage ran before
+    ],
+)
+def test_a_misspelt_query_option_is_a_bad_request_not_ignored(
+    http: TestClient, path: str, query: str, misspelt: str
+) -> None:
+    """A JSON body's unknown `options` were refused while the same option as a query parameter was dropped and the
+    request served with the default: now both are a 400 that names the parameter and what the route takes."""
+    message = _error(http.post(f"{path}?{query}", content=jpeg()), 400, "bad_request")
+    assert repr(misspelt) in message and "known:" in message
+    known = {"/v1/convert": "format=webp", "/v1/enhance": "brightness=1.5", "/v1/classify": "top_k=3"}
+    if path in known:  # the right spelling is served
+        assert http.post(f"{path}?{known[path]}", content=jpeg()).status_code == 200
+    assert http.get("/v2/models/tiny/ready?client_tag=1").status_code == 200  # /v2 leaves extra parameters alone
