@@ -104,18 +104,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _on_collection(command: Callable[[argparse.Namespace, Any, Any], int]) -> Callable[[argparse.Namespace], int]:
     """`command(args, store, info)` for the collection named by `args.collection` (a name or an id) in
-    `args.tenant`; an unknown one is an error message and exit 2."""
+    `args.tenant`; an unknown one, or a filter that cannot match (ImageFilter), is an error message and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from serving.errors import BadRequestError
         from serving.jobs.errors import CollectionNotFoundError
 
         store = _store(args)
         try:
-            info = store.get(args.collection, args.tenant)
-        except CollectionNotFoundError as exc:
+            return command(args, store, store.get(args.collection, args.tenant))
+        except (CollectionNotFoundError, BadRequestError) as exc:  # no such collection; a bad filter
             print(f"error: {exc}", file=sys.stderr)
             return ERROR_EXIT
-        return command(args, store, info)
 
     return run
 

@@ -7,6 +7,7 @@ collection is "not found".
 """
 
 import dataclasses
+import os
 import re
 import time
 import uuid
@@ -18,12 +19,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.collections.record import ImageRecord
+from pipelines.quality.thresholds import LEVELS, default_thresholds, load_thresholds
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections
 from serving.security.audit import AuditEntry, write_entry
 
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
+# An ISO 8601 date or date-time prefix, as EXIF dates are stored (2024, 2024-05, 2024-05-01, 2024-05-01T10:00, ...;
+# an offset is accepted, dates are compared as the camera's local time)
+TAKEN_PATTERN = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?)?")
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
 
@@ -45,6 +50,21 @@ class CollectionInfo:
         return asdict(self)
 
 
+_KNOWN_TAGS: frozenset[str] | None = None
+
+
+def known_tags() -> frozenset[str]:
+    """Tag names a filter may ask for: the packaged thresholds' and those of the served file
+    (`IMGSERVE_QUALITY_THRESHOLDS`), as the server tags images."""
+    global _KNOWN_TAGS
+    if _KNOWN_TAGS is None:
+        served = os.environ.get("IMGSERVE_QUALITY_THRESHOLDS")
+        _KNOWN_TAGS = frozenset(default_thresholds().tags) | (
+            frozenset(load_thresholds(served).tags) if served else frozenset()
+        )
+    return _KNOWN_TAGS
+
+
 @dataclass(frozen=True)
 class ImageFilter:
     """The `/v1/collections/{id}/images` filters; None: not filtered on."""
@@ -60,6 +80,24 @@ class ImageFilter:
     format: str | None = None
     label: str | None = None
     failed: bool | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse filters that could only match nothing by mistake (a misspelt tag or level, a date in another
+        format compared as text): a data team would read the empty answer as "no such images"."""
+        if self.tag is not None and self.tag not in known_tags():
+            raise BadRequestError(
+                f"tag={self.tag[:60]!r} is not a quality tag; known: {', '.join(sorted(known_tags()))}"
+            )
+        if self.level is not None and self.level.upper() not in LEVELS:
+            raise BadRequestError(f"level={self.level[:60]!r}: choose one of {', '.join(LEVELS)}")
+        for name in ("taken_after", "taken_before"):
+            value = getattr(self, name)
+            if value is not None:
+                if TAKEN_PATTERN.fullmatch(value) is None:
+                    raise BadRequestError(
+                        f"{name}={value[:60]!r}: expected an ISO date such as 2024-05-01 or 2024-05-01T10:30"
+                    )
+                object.__setattr__(self, name, value.replace(" ", "T"))  # stored dates use the T separator
 
     def clauses(self) -> list[sa.ColumnElement[bool]]:
         c = collection_images.c

@@ -37,7 +37,7 @@ def _fill(store: CollectionStore, tenant: str = "default") -> str:
                    taken_at="2023-01-05T10:00:00", format="JPEG"),
             _image("b.jpg", tags=("sharp",), quality_score=80.0, quality_level="HIGH", model="EOS 80D",
                    taken_at="2023-06-05T10:00:00", format="JPEG"),
-            _image("c_d.png", tags=("blurryish",), quality_score=50.0, quality_level="MEDIUM", model="D750",
+            _image("c_d.png", tags=("blurryish", "low-light"), quality_score=50.0, quality_level="MEDIUM", model="D750",
                    format="PNG"),
             RecordedImage(failed_record("bad.jpg", "unsupported_format: not an image")),
         ],
@@ -52,7 +52,7 @@ def _names(store: CollectionStore, collection_id: str, where: ImageFilter) -> li
 def test_filters(store: CollectionStore) -> None:
     cid = _fill(store)
     assert _names(store, cid, ImageFilter(tag="blurry")) == ["a.jpg"]  # not "blurryish"
-    assert _names(store, cid, ImageFilter(tag="b_urry")) == []  # LIKE wildcards are escaped
+    assert _names(store, cid, ImageFilter(tag="low_light")) == ["a.jpg"]  # LIKE's "_" is escaped: not "low-light"
     assert _names(store, cid, ImageFilter(camera_model="EOS 80D", min_score=50)) == ["b.jpg"]
     assert _names(store, cid, ImageFilter(taken_after="2023-03-01")) == ["b.jpg"]
     assert _names(store, cid, ImageFilter(level="low")) == ["a.jpg"]
@@ -62,6 +62,32 @@ def test_filters(store: CollectionStore) -> None:
     assert [i.record.name for _, i in page] == ["a.jpg", "b.jpg"]
     rest = store.images(cid, ImageFilter(), after=page[-1][0], limit=10)
     assert [i.record.name for _, i in rest] == ["c_d.png", "bad.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [
+        ({"tag": "blury"}, "is not a quality tag"),
+        ({"level": "GOOD"}, "choose one of LOW, MEDIUM, HIGH, ULTRA"),
+        ({"taken_after": "05/01/2023"}, "expected an ISO date"),
+        ({"taken_before": "yesterday"}, "expected an ISO date"),
+    ],
+)
+def test_a_filter_that_cannot_match_is_refused_not_an_empty_page(
+    store: CollectionStore, where: dict[str, str], named: str
+) -> None:
+    """A misspelt tag or level, or a date in another form (compared as text with the stored ISO dates), used to
+    give an empty or wrong page that reads as "no such images"."""
+    with pytest.raises(BadRequestError, match=named):
+        ImageFilter(**where)
+
+
+def test_dates_filter_by_prefix_and_with_a_space_or_offset(store: CollectionStore) -> None:
+    cid = _fill(store)
+    assert _names(store, cid, ImageFilter(taken_after="2023-06")) == ["b.jpg"]
+    assert _names(store, cid, ImageFilter(taken_after="2023-06-05 09:00")) == ["b.jpg"]
+    assert _names(store, cid, ImageFilter(taken_after="2023-06-05 11:00")) == []  # as ...T11:00, not ' ' < 'T'
+    assert _names(store, cid, ImageFilter(taken_before="2023-06-05T09:00:00+02:00")) == ["a.jpg"]
 
 
 def test_each_image_recorded_once_and_resume_lists_done(store: CollectionStore) -> None:
