@@ -16,6 +16,7 @@ from serving.http.dependencies import client_host, get_job_service, get_principa
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
 from serving.jobs.output_zip import zip_stream
+from serving.jobs.records import JOB_STATES
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
@@ -148,7 +149,7 @@ async def start_job(
 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
-    status: str | None = Query(default=None),
+    status: str | None = Query(default=None, pattern=f"^({'|'.join(JOB_STATES)})$", description="Only this state."),
     limit: int = Query(default=50, ge=1, le=1000),
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
     jobs: JobService = Depends(get_job_service),

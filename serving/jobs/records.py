@@ -6,6 +6,7 @@ from typing import Any
 ITEM_STATES = ("pending", "running", "done", "failed", "cancelled")
 ACTIVE_JOB_STATES = ("queued", "running")
 FINAL_JOB_STATES = ("completed", "failed", "cancelled")
+JOB_STATES = ("open", *ACTIVE_JOB_STATES, *FINAL_JOB_STATES)  # "open": submitted with start=false
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""A job store that fails while the server runs, over the real FastAPI app (SQLite in a temporary folder, tiny
-models, no Ray): the job API answers 503 `store_unavailable` with Retry-After, and the replica logs one line per
-failure, not a traceback as an unhandled error (a PostgreSQL outage used to put ~80 lines per request into the
-log: tests/integration/test_faults.py's server log)."""
+"""The job API over the real FastAPI app (SQLite in a temporary folder, tiny models, no Ray).
+
+A job store that fails while the server runs: the job API answers 503 `store_unavailable` with Retry-After, and the
+replica logs one line per failure, not a traceback as an unhandled error (a PostgreSQL outage used to put ~80 lines
+per request into the log: tests/integration/test_faults.py's server log)."""
 
 import logging
 from collections.abc import Iterator
@@ -61,3 +62,13 @@ def test_job_api_answers_503_with_retry_after_and_no_traceback_while_the_store_f
     ]
     assert any("store" in r.getMessage() for r in caplog.records)  # the outage is still in the log, one line each
     assert http.post("/v1/classify", content=jpeg()).status_code == 200  # online inference goes on
+
+
+def test_listing_jobs_by_a_state_that_does_not_exist_is_a_bad_request(world: dict[str, Any]) -> None:
+    """?status=runing used to answer an empty list, which reads as "nothing is running"."""
+    http = world["http"]
+    assert http.post("/v1/batch", files=[("image", ("a.jpg", jpeg(), "image/jpeg"))]).status_code == 202
+    refused = http.get("/v1/jobs", params={"status": "runing"})
+    assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
+    states = {job["status"] for job in http.get("/v1/jobs").json()["jobs"]}
+    assert len(http.get("/v1/jobs", params={"status": states.pop()}).json()["jobs"]) == 1
