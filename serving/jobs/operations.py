@@ -56,6 +56,11 @@ def operation_spec(
     None when the job runs no image operation. `destination`: a folder URI the outputs are also written to."""
     enhancing = "enhance" in stages or enhance is not None
     if not enhancing and "convert" not in stages and convert is None:
+        given = [name for name, value in (("output_suffix", suffix), ("output_uri", destination)) if value is not None]
+        if given:  # else the job would run and write nothing where the caller expects its outputs
+            raise InvalidOptionError(
+                f"{' and '.join(given)}: this job makes no outputs (add stages=convert, convert=... or enhance=...)"
+            )
         return None
     convert = dict(convert or {})
     ConvertOptions.parse(**convert)

@@ -69,6 +69,11 @@ def test_operation_spec_checks_options_up_front() -> None:
             operation_spec(["convert"], bad, None, None)
     with pytest.raises(InvalidOptionError, match="output_suffix"):
         operation_spec(["convert"], {}, None, "../x")
+    # where outputs go, on a job that makes none, was ignored: the job ran and wrote nothing where asked
+    with pytest.raises(InvalidOptionError, match="output_uri: this job makes no outputs"):
+        operation_spec(["quality"], None, None, None, "s3://bucket/web")
+    with pytest.raises(InvalidOptionError, match="output_suffix: this job makes no outputs"):
+        operation_spec(["classification"], None, None, "_web")
     assert parse_pairs("format=webp, quality=80") == {"format": "webp", "quality": "80"}
     with pytest.raises(InvalidOptionError, match="key=value"):
         parse_pairs("webp")
