@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.errors import ImageInputError
 from serving import __version__, ui
 from serving.config.settings import ServerSettings
-from serving.errors import ServiceError, classify_error, internal_detail, retry_after_value
+from serving.errors import ServiceError, classify_error, retry_after_value
 from serving.http import (
     audit_routes,
     collection_routes,
@@ -31,6 +31,7 @@ from serving.http.middleware import (
     InternalErrorMiddleware,
     RequestMetricsMiddleware,
     ShedMiddleware,
+    log_answered_error,
 )
 from serving.image_ops import ImageOperations
 from serving.jobs.service import JobService
@@ -53,10 +54,7 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     info = classify_error(exc)
     message = info.message + "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
     ERRORS.labels(_endpoint(request), info.kind).inc()
-    if info.http_status >= 500 and info.kind == "internal":
-        logger.exception("internal error on %s", request.url.path, exc_info=exc)
-    elif info.http_status >= 500 and info.kind != "overloaded":  # a known outage: one line, no traceback
-        logger.warning("%s on %s: %.300s", info.kind, request.url.path, internal_detail(exc))
+    log_answered_error(info, request.url.path, exc)
     headers = {"Retry-After": retry_after_value(info.retry_after_s)} if info.retry_after_s is not None else None
     return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status, headers=headers)
 

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, holds_no_slot
-from serving.errors import ErrorInfo, ServiceError, classify_error, retry_after_value
+from serving.errors import ErrorInfo, ServiceError, classify_error, internal_detail, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
 logger = logging.getLogger("imgserve.http")
@@ -204,6 +204,15 @@ class AdmissionMiddleware:
             REPLICA_LIMIT.leave()
 
 
+def log_answered_error(info: ErrorInfo, path: str, exc: BaseException, what: str = "internal error") -> None:
+    """The server log's line for an error answered to a client: a traceback for an internal error, one line for a
+    known outage (store down, full disk, replica gone), nothing for client errors and overload (counted instead)."""
+    if info.kind == "internal":
+        logger.error("%s on %s", what, path, exc_info=exc)
+    elif info.http_status >= 500 and info.kind != "overloaded":
+        logger.warning("%s on %s: %.300s", info.kind, path, internal_detail(exc))
+
+
 class InternalErrorMiddleware:
     """Turns an exception no handler claimed into a JSON 500 (and logs it) instead of a bare text page."""
 
@@ -226,14 +235,8 @@ class InternalErrorMiddleware:
         except ClientDisconnect:
             raise  # the client left; RequestMetricsMiddleware counts it (499), nobody is there to answer
         except Exception as exc:  # noqa: BLE001 - last line of defence: the replica keeps serving
-            from serving.errors import classify_error, internal_detail, retry_after_value
-            from serving.metrics import ERRORS
-
             info = classify_error(exc)
-            if info.kind == "internal":
-                logger.exception("unhandled error on %s", scope.get("path"))
-            else:  # a known condition (an outage, a full disk) that reached here: one line, no traceback
-                logger.warning("%s on %s: %.300s", info.kind, scope.get("path"), internal_detail(exc))
+            log_answered_error(info, str(scope.get("path")), exc, "unhandled error")
             if started:
                 return
             ERRORS.labels(getattr(scope.get("route"), "path", "unmatched"), info.kind).inc()

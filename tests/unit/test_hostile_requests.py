@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import logging
 import resource
 import time
 from collections.abc import Iterator
@@ -98,6 +99,27 @@ def test_internal_errors_name_the_request_not_the_exception(http: TestClient) ->
     for leak in ("10.0.0.7", "4242", "SQL", "/srv", "RuntimeError"):
         assert leak not in info.message
     assert json.dumps(info.message).isascii()
+
+
+def test_the_server_log_has_a_traceback_for_internal_errors_and_one_line_for_outages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from serving.http.middleware import log_answered_error
+
+    caplog.set_level(logging.INFO)
+    cases = {
+        "internal": RuntimeError("a bug"),
+        "store": OperationalError("SELECT 1", {}, OSError("connection refused")),
+        "client": BadRequestError("top_k must be >= 1"),
+    }
+    for name, exc in cases.items():
+        caplog.clear()
+        log_answered_error(classify_error(exc), f"/v1/{name}", exc)
+        records = [(r.levelno, r.exc_info is not None) for r in caplog.records]
+        expected = {"internal": [(logging.ERROR, True)], "store": [(logging.WARNING, False)], "client": []}[name]
+        assert records == expected, (name, caplog.text)
 
 
 def test_slow_upload_gets_408_and_frees_its_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
