@@ -60,7 +60,9 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
         try:
             payload = BatchRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise BadRequestError(f"invalid batch request: {exc.errors()[0]['msg']}") from None
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise BadRequestError(f"invalid batch request: {where + ': ' if where else ''}{first['msg']}") from None
         return [InputPart("uri", uri) for uri in payload.uris], payload
     if content_type == "text/uri-list":
         return _uri_lines(body.decode("utf-8", errors="replace")), None

@@ -3,13 +3,16 @@
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.jobs.records import JobRecord
 
 
 class BatchRequest(BaseModel):
-    """JSON body of `POST /v1/batch` (URIs); fields given here override the query parameters."""
+    """JSON body of `POST /v1/batch` (URIs); fields given here override the query parameters. An unknown field is a
+    400 (a misspelt `stage` or `topk` would otherwise be dropped and the job run with the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     uris: list[str] = Field(default_factory=list, description="file:// (under the allowed root), s3:// or gs:// URIs.")
     model: str | None = Field(default=None, description="Model; the server's default classifier if omitted.")

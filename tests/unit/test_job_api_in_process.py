@@ -72,3 +72,10 @@ def test_listing_jobs_by_a_state_that_does_not_exist_is_a_bad_request(world: dic
     assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
     states = {job["status"] for job in http.get("/v1/jobs").json()["jobs"]}
     assert len(http.get("/v1/jobs", params={"status": states.pop()}).json()["jobs"]) == 1
+
+
+def test_an_unknown_field_of_a_json_batch_request_is_named_in_a_400(world: dict[str, Any]) -> None:
+    """{"uris": [...], "stage": [...]} ran the job with the default stages: the misspelt field was dropped."""
+    refused = world["http"].post("/v1/batch", json={"uris": ["s3://bucket/a.jpg"], "stage": ["quality"]})
+    assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
+    assert "stage" in refused.json()["error"] and "Extra inputs" in refused.json()["error"]
