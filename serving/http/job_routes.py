@@ -151,7 +151,8 @@ async def start_job(
 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
-    status: str | None = Query(default=None, pattern=f"^({'|'.join(JOB_STATES)})$", description="Only this state."),
+    # empty means not given, as for the other options (what an HTML form sends)
+    status: str | None = Query(default=None, pattern=f"^({'|'.join(JOB_STATES)})?$", description="Only this state."),
     limit: int = Query(default=50, ge=1, le=1000),
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
     jobs: JobService = Depends(get_job_service),
