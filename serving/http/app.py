@@ -120,7 +120,7 @@ def create_http_app(
             allow_origins=gate.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "retry-after"],
+            expose_headers=["x-request-id", "retry-after", *operation_routes.RESULT_HEADERS],
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -23,6 +23,15 @@ from serving.image_ops import ImageOperations
 
 router = APIRouter(prefix="/v1", tags=["image operations"], dependencies=[Depends(reject_unknown_query)])
 REPORT_FORMS = ("image", "json")
+# The facts an image answer carries in its headers: exposed to cross-origin pages too (CORS), which otherwise see
+# only the safelisted response headers and would have to ask for report=json to read them.
+RESULT_HEADERS = tuple(
+    f"x-imgserve-{name}"
+    for name in (
+        "input-bytes", "output-bytes", "compression-ratio", "size", "format", "operations", "operations-detail",
+        "score-before", "score-after", "tags-before", "tags-after",
+    )
+) + ("content-disposition",)  # fmt: skip
 
 
 HELP = {

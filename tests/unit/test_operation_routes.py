@@ -163,3 +163,20 @@ def test_grpc_convert_and_enhance(service: InferenceService) -> None:
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in error.value.details()
 
     asyncio.run(scenario())
+
+
+def test_a_cross_origin_page_can_read_the_result_headers(service: InferenceService) -> None:
+    """With CORS on, a browser shows a page of another origin only the safelisted response headers and those in
+    Access-Control-Expose-Headers: the sizes, ratio and scores were not among them."""
+    from serving.security.gate import SecurityGate
+    from serving.security.settings import SecuritySettings
+
+    origin = "https://app.example"
+    gate = SecurityGate("off", None, SecuritySettings(auth="off", cors_origins=[origin]))
+    with TestClient(create_http_app(service, gate=gate)) as client:
+        answer = client.post("/v1/enhance", params={"brightness": "1.2"}, content=photo(), headers={"Origin": origin})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == origin
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    sent = {h.lower() for h in answer.headers if h.lower().startswith("x-imgserve-")}
+    assert sent and sent <= exposed, sent - exposed
+    assert {"x-request-id", "content-disposition"} <= exposed
