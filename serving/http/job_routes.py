@@ -61,7 +61,7 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
             payload = BatchRequest.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
+            where = ".".join(str(part) for part in first["loc"])[:80]  # a client's field name: bounded
             raise BadRequestError(f"invalid batch request: {where + ': ' if where else ''}{first['msg']}") from None
         return [InputPart("uri", uri) for uri in payload.uris], payload
     if content_type == "text/uri-list":

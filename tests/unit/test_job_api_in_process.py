@@ -79,3 +79,6 @@ def test_an_unknown_field_of_a_json_batch_request_is_named_in_a_400(world: dict[
     refused = world["http"].post("/v1/batch", json={"uris": ["s3://bucket/a.jpg"], "stage": ["quality"]})
     assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
     assert "stage" in refused.json()["error"] and "Extra inputs" in refused.json()["error"]
+    long_name = "x" * 10_000
+    refused = world["http"].post("/v1/batch", json={"uris": ["s3://bucket/a.jpg"], long_name: 1})
+    assert refused.status_code == 400 and len(refused.json()["error"]) < 200  # the name is not echoed whole
