@@ -7,21 +7,12 @@ are made by admins, tags outside the thresholds' vocabulary count as "other", le
 `pipelines.quality.thresholds.LEVELS`. deploy/README.md ("Watching quality") shows how to read the series.
 """
 
-from pipelines.quality import QualityReport, Thresholds, default_thresholds
-from pipelines.quality.thresholds import LEVELS
+from pipelines.quality import QualityReport, Thresholds
+from pipelines.quality.thresholds import LEVELS, tag_vocabulary
 from serving.metrics import QUALITY_IMAGES, QUALITY_LEVELS, QUALITY_SCORE, QUALITY_TAGS
 from serving.security.gate import current_principal
 
 OTHER = "other"
-
-
-def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
-    """Tag names that become label values: the packaged thresholds' tags plus those of the served thresholds
-    (an operator's file, fixed at start-up)."""
-    names = set(default_thresholds().tags)
-    if thresholds is not None:
-        names |= set(thresholds.tags)
-    return frozenset(names)
 
 
 def record_quality(report: QualityReport, thresholds: Thresholds | None = None) -> None:

@@ -199,6 +199,15 @@ def default_thresholds() -> Thresholds:
     return Thresholds.model_validate(yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text()))
 
 
+def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
+    """Every tag name the server can give: the packaged thresholds' tags plus those of the served thresholds
+    (an operator's file, fixed at start-up). Metrics label values and collection filters are checked against it."""
+    names = set(default_thresholds().tags)
+    if thresholds is not None:
+        names |= set(thresholds.tags)
+    return frozenset(names)
+
+
 def dump_thresholds(thresholds: Thresholds, path: str | Path) -> None:
     """Write `thresholds` as YAML (fields in declaration order)."""
     data = thresholds.model_dump(mode="json")

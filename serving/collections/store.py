@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.collections.record import ImageRecord
-from pipelines.quality.thresholds import LEVELS, default_thresholds, load_thresholds
+from pipelines.quality.thresholds import LEVELS, load_thresholds, tag_vocabulary
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections
@@ -50,19 +51,11 @@ class CollectionInfo:
         return asdict(self)
 
 
-_KNOWN_TAGS: frozenset[str] | None = None
-
-
+@cache
 def known_tags() -> frozenset[str]:
-    """Tag names a filter may ask for: the packaged thresholds' and those of the served file
-    (`IMGSERVE_QUALITY_THRESHOLDS`), as the server tags images."""
-    global _KNOWN_TAGS
-    if _KNOWN_TAGS is None:
-        served = os.environ.get("IMGSERVE_QUALITY_THRESHOLDS")
-        _KNOWN_TAGS = frozenset(default_thresholds().tags) | (
-            frozenset(load_thresholds(served).tags) if served else frozenset()
-        )
-    return _KNOWN_TAGS
+    """Tag names a filter may ask for: those the server gives with its thresholds (`IMGSERVE_QUALITY_THRESHOLDS`,
+    read as serving.placement reads it)."""
+    return tag_vocabulary(load_thresholds(os.environ.get("IMGSERVE_QUALITY_THRESHOLDS") or None))
 
 
 @dataclass(frozen=True)

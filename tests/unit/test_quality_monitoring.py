@@ -13,9 +13,10 @@ from PIL import Image, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.quality import QualityReport, Tag, analyze_quality, default_thresholds
+from pipelines.quality.thresholds import tag_vocabulary
 from serving.http.app import create_http_app
 from serving.metrics import QUALITY_SCORE_BUCKETS
-from serving.quality_metrics import OTHER, record_quality, tag_vocabulary
+from serving.quality_metrics import OTHER, record_quality
 from serving.requests import ImageOptions
 from serving.security.gate import CURRENT_PRINCIPAL
 from serving.security.principal import Principal
