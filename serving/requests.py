@@ -79,7 +79,8 @@ class JsonImageRequest(BaseModel):
 
 
 def validation_summary(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    """Each error as `where: what`; `where` holds client-chosen names (an unknown field), so it is bounded."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])[:80] or 'body'}: {e['msg']}" for e in exc.errors())
 
 
 def parse_json_request(body: bytes) -> JsonImageRequest:

@@ -20,6 +20,7 @@ from serving.jobs.records import JOB_STATES
 from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
+from serving.requests import validation_summary
 from serving.security.gate import replica_gate
 from serving.security.principal import Principal
 
@@ -60,9 +61,7 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
         try:
             payload = BatchRequest.model_validate_json(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])[:80]  # a client's field name: bounded
-            raise BadRequestError(f"invalid batch request: {where + ': ' if where else ''}{first['msg']}") from None
+            raise BadRequestError(f"invalid batch request: {validation_summary(exc)}") from None
         return [InputPart("uri", uri) for uri in payload.uris], payload
     if content_type == "text/uri-list":
         return _uri_lines(body.decode("utf-8", errors="replace")), None

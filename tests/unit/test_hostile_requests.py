@@ -319,3 +319,8 @@ def test_a_misspelt_query_option_is_a_bad_request_not_ignored(
     if path in known:  # the right spelling is served
         assert http.post(f"{path}?{known[path]}", content=jpeg()).status_code == 200
     assert http.get("/v2/models/tiny/ready?client_tag=1").status_code == 200  # /v2 leaves extra parameters alone
+
+
+def test_an_unknown_json_field_is_named_but_not_echoed_whole(http: TestClient) -> None:
+    message = _error(http.post("/v1/classify", json={"image": "", "x" * 10_000: 1}), 400, "bad_request")
+    assert "xxxx" in message and len(message) < 300
