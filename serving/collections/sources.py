@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from serving.regular_files import is_regular_file, open_regular_file
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif", ".mpo"}
 )
@@ -47,12 +49,12 @@ def is_uri(source: str) -> bool:
     return len(scheme) > 1  # not a Windows drive letter
 
 
-def _open(location: str, mode: str = "rb") -> Any:
+def _open(location: str) -> Any:
     if is_uri(location):
         import fsspec
 
-        return fsspec.open(location, mode).open()
-    return open(location, mode)  # noqa: SIM115 - closed by the caller
+        return fsspec.open(location, "rb").open()
+    return open_regular_file(location)  # closed by the caller
 
 
 def _archive_members(location: str) -> list[str]:
@@ -68,7 +70,9 @@ def _local_files(root: str) -> Iterator[str]:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
-            yield os.path.join(folder, name)
+            path = os.path.join(folder, name)
+            if is_regular_file(path):  # not a FIFO, socket or device named like an image
+                yield path
 
 
 def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:

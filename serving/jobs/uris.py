@@ -7,12 +7,12 @@ fetches arbitrary URLs on a client's behalf.
 """
 
 import os
-import stat
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from serving.errors import BadRequestError
 from serving.jobs.errors import ItemInputError, UriNotAllowedError
+from serving.regular_files import NotARegularFileError, open_regular_file
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
@@ -113,11 +113,11 @@ def write_output(destination: str, name: str, data: bytes, output_root: Path | N
 
 
 def _read_local(path: Path, max_bytes: int) -> bytes:
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)  # the resolved path has no link left to follow
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ItemInputError("invalid_input", f"{str(path)!r} is not a regular file")
+    try:
+        handle = open_regular_file(path, follow_links=False)  # the resolved path has no link left to follow
+    except NotARegularFileError as exc:
+        raise ItemInputError("invalid_input", str(exc)) from None
+    with handle:
         return handle.read(max_bytes + 1)
 
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from serving.collections.store import CollectionStore, ImageFilter, RecordedImag
 from serving.errors import BadRequestError
 from serving.jobs.database import open_job_database
 from serving.jobs.errors import CollectionNotFoundError
+from serving.regular_files import NotARegularFileError
 from serving.security.principal import http_role
 
 
@@ -167,6 +169,16 @@ def test_sources_folders_archives_and_names(tmp_path: Path) -> None:
     assert isinstance(too_big, ValueError)
     missing = read_items([{"location": str(tmp_path / "gone.jpg"), "member": ""}], max_bytes=10)[0]
     assert isinstance(missing, FileNotFoundError)
+    # A FIFO named like an image is not listed, and reading one (named directly) is an error at once: opening it
+    # used to wait for a writer forever.
+    os.mkfifo(tmp_path / "a" / "pipe.jpg")
+    assert [i.name for i in list_sources([str(tmp_path / "a")])] == ["1.jpg", "more.zip/z/3.jpg", "sub/2.PNG"]
+    fifo, folder = read_items(
+        [{"location": str(tmp_path / "a" / "pipe.jpg"), "member": ""}, {"location": str(tmp_path / "a"), "member": ""}],
+        max_bytes=10,
+    )
+    assert isinstance(fifo, NotARegularFileError) and "not a regular file" in str(fifo)
+    assert isinstance(folder, NotARegularFileError) and "is a folder" in str(folder)
     with pytest.raises(SourceError):
         list_sources([str(tmp_path / "nowhere")])
     (tmp_path / "other" / "a").mkdir(parents=True)

@@ -79,6 +79,14 @@ def test_missing_and_oversized_files_are_item_errors(root: Path) -> None:
     with pytest.raises(ItemInputError) as large:
         read_uri((root / "sub" / "a.jpg").as_uri(), root, 3)
     assert large.value.kind == "too_large"
+    (root / "sub" / "folder.jpg").mkdir()
+    with pytest.raises(ItemInputError) as folder:
+        read_uri((root / "sub" / "folder.jpg").as_uri(), root, 1000)
+    assert folder.value.kind == "invalid_input" and str(folder.value).endswith("folder.jpg' is a folder"), folder.value
+    os.mkfifo(root / "sub" / "pipe.jpg")
+    with pytest.raises(ItemInputError) as pipe:
+        read_uri((root / "sub" / "pipe.jpg").as_uri(), root, 1000)
+    assert pipe.value.kind == "invalid_input" and "not a regular file" in str(pipe.value)
 
 
 def test_object_store_is_content_addressed_and_verified(tmp_path: Path) -> None:
