@@ -94,6 +94,23 @@ def split(
     return train, validation
 
 
+def usable_images(
+    train: list[LabelledImage], validation: list[LabelledImage], labels: list[str], errors: dict[str, str]
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(training, validation) without the images that could not be read or decoded (`errors`: name -> why). A
+    category left with no training image, or a dataset left with no validation image, is refused with the categories
+    and the first reasons, since a head cannot learn a category it has no example of."""
+    usable_train = [image for image in train if image.name not in errors]
+    usable_validation = [image for image in validation if image.name not in errors]
+    untrained = sorted(set(labels) - {image.label for image in usable_train})
+    if not untrained and usable_validation:
+        return usable_train, usable_validation
+    where = f"categories {untrained} have no usable training image" if untrained else "no validation image is usable"
+    examples = "; ".join(f"{name}: {why}" for name, why in list(errors.items())[:3])
+    total = len(train) + len(validation)
+    raise BadRequestError(f"{where}: {len(errors)} of {total} images could not be used ({examples})")
+
+
 def collection_dataset(
     images: Iterable[RecordedImage],
     labels: dict[str, str] | None,

@@ -24,7 +24,14 @@ from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.trained_head import ClassifierHead
-from serving.training.dataset import LabelledImage, check_classes, collection_dataset, labelled_images, split
+from serving.training.dataset import (
+    LabelledImage,
+    check_classes,
+    collection_dataset,
+    labelled_images,
+    split,
+    usable_images,
+)
 from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
 from serving.training.softmax import train_head, validation_report
@@ -192,20 +199,17 @@ class TrainingService:
         if await check_cancelled():
             return None
         feature_seconds = time.perf_counter() - started
-        train = [image for image in train if image.name in features.features]
-        validation = [image for image in validation if image.name in features.features]
         if features.errors:
             example = next(iter(features.errors.items()))
             logger.warning("training job %s: %d images left out, e.g. %s: %s", job.id, len(features.errors), *example)
-        if not train or not validation or {i.label for i in train} != set(labels):
-            example = "; ".join(f"{name}: {why}" for name, why in list(features.errors.items())[:3])
-            raise BadRequestError(f"{len(features.errors)} of {len(wanted)} images could not be used ({example})")
+        train, validation = usable_images(train, validation, labels, features.errors)
         x = np.stack([features.features[image.name] for image in train])
         y = np.array([labels.index(image.label) for image in train])
         await asyncio.to_thread(store.progress, job.id, "training", 0, len(train))
         fit_started = time.perf_counter()
         head, l2 = await fit_on_ray(x, y, labels)
         fit_seconds = time.perf_counter() - fit_started
+        await asyncio.to_thread(store.progress, job.id, "training", len(train), len(train))
         xv = np.stack([features.features[image.name] for image in validation])
         yv = np.array([labels.index(image.label) for image in validation])
         report = validation_report(head.predict(xv), yv, labels)

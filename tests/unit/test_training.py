@@ -18,7 +18,7 @@ from serving.jobs.errors import JobStateError
 from serving.jobs.workers import HOST, WorkerIdentity
 from serving.model_versions import VersionPolicy, next_version, read_policy, scan_model_folder, write_policy
 from serving.trained_head import ClassifierHead, classifier_graph, embedding_graph
-from serving.training.dataset import LabelledImage, check_classes, label_of, split
+from serving.training.dataset import LabelledImage, check_classes, label_of, split, usable_images
 from serving.training.service import decide_promotion
 from serving.training.softmax import train_head, validation_report
 from serving.training.store import RUNNER_STALE_S, THIS_PROCESS, TrainingJobNotFoundError, TrainingStore
@@ -54,6 +54,22 @@ def test_datasets_too_small_to_split_are_refused() -> None:
     with pytest.raises(BadRequestError, match="fewer than 2"):
         check_classes(_images({"a": 5, "b": 1}))
     assert check_classes(_images({"b": 2, "a": 3})) == ["a", "b"]
+
+
+def test_unreadable_images_are_left_out_and_a_category_left_without_examples_is_named() -> None:
+    train, validation = split(_images({"a": 5, "b": 2, "c": 3}), 0.2)
+    b_train = next(i.name for i in train if i.label == "b")
+    a_train = next(i.name for i in train if i.label == "a")
+    errors = {a_train: "InvalidImageError: truncated"}
+    kept_train, kept_validation = usable_images(train, validation, ["a", "b", "c"], errors)
+    assert a_train not in {i.name for i in kept_train} and len(kept_train) == len(train) - 1
+    assert kept_validation == validation
+    errors[b_train] = "InvalidImageError: image data is corrupt"
+    with pytest.raises(BadRequestError, match=r"categories \['b'\] have no usable training image: 2 of 10 images") as e:
+        usable_images(train, validation, ["a", "b", "c"], errors)
+    assert "corrupt" in str(e.value)
+    with pytest.raises(BadRequestError, match="no validation image is usable"):
+        usable_images(train, validation, ["a", "b", "c"], {i.name: "unreadable" for i in validation})
 
 
 def test_the_head_separates_separable_classes_and_the_report_counts_right() -> None:
