@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when the recipe changes: old builds are then ignored and rebuilt. 2: calibration and the accuracy check use
 # the served preprocessing (only the crop resampled, fused normalisation). 3: `uint8_weight_convs` (the stem's
-# weights in uint8: no 16-bit saturation on CPUs without VNNI).
-QUANT_VERSION = 3
+# weights in uint8: no 16-bit saturation on CPUs without VNNI). 4: the output head (logits, softmax) in float.
+QUANT_VERSION = 4
 BATCH = 16
 THROUGHPUT_SECONDS = 3.0
 # Not serving.collections.sources.is_image_name: the repository imports this module, and that package imports
@@ -171,6 +171,28 @@ def uint8_weight_overrides(model_path: Path, count: int) -> dict[str, list[dict[
     return {name: [{"quant_type": QuantType.QUInt8, "symmetric": False}] for name in convs[:count]}
 
 
+def output_head_nodes(model_path: Path) -> list[str]:
+    """The nodes from the last Conv/Gemm/MatMul to the graph's outputs (logits, reshape, softmax), kept in float.
+
+    Quantised, ORT's QDQ Softmax writes probabilities in steps of 1/255 (every class below 0.2 % reads 0.0, so the
+    top-k after the first few classes came out in index order) and the logits in steps of ~0.1. The head is one 1x1
+    conv on pooled features: a rounding error of the model's cost in float."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    head: list[str] = []
+    pending = [output.name for output in graph.output]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is None or node.name in head:
+            continue
+        head.append(node.name)
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            pending.extend(name for name in node.input if name in producer)
+    return head
+
+
 def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) -> Int8Report:
     """Quantise `float_onnx`, check it, write the INT8 file and its report to the cache directory."""
     import onnxruntime as ort
@@ -216,6 +238,7 @@ def build_int8(config: ModelConfig, float_onnx: Path, settings: ServerSettings) 
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=output_head_nodes(prepared),
             extra_options={"TensorQuantOverrides": overrides} if overrides else {},
         )
         tensors, labels = _labelled(config, settings, spec, float_onnx.parent)

@@ -83,3 +83,10 @@ def test_served_int8_classifies_the_1000_photos_over_http(int8_server: ServerPro
         correct = correct_top1(http, files, workers=16)
     print(f"INT8 top-1 over HTTP: {correct / len(files):.3f}")
     assert len(files) == 1000 and correct / len(files) >= MIN_TOP1
+    # Scores are the model's probabilities, not rounded to 1/255: every one of the top 5 is above zero and they are
+    # in order (quantised, the streetcar's 4th and 5th classes read 0.0 and came in index order: background, tench).
+    with httpx.Client(base_url=int8_server.http_url, timeout=60) as http:
+        photo = require(IMAGENET_SAMPLES) / "n04335435_streetcar.JPEG"
+        response = http.post("/v1/classify", params={"top_k": 5}, content=photo.read_bytes())
+    scores = [p["score"] for p in response.json()["results"][0]["predictions"]]
+    assert all(score > 0 for score in scores) and scores == sorted(scores, reverse=True), scores

@@ -127,3 +127,60 @@ def test_the_first_convs_get_uint8_weights_in_the_quantised_graph(tmp_path: Path
     assert kinds == {"w0_quantized": onnx.TensorProto.UINT8, "w1_quantized": onnx.TensorProto.UINT8,
                      "w2_quantized": onnx.TensorProto.INT8}, kinds  # fmt: skip
     assert cpu_has_vnni() in (True, False, None)
+
+
+def test_the_output_head_stays_float_so_probabilities_are_not_rounded_to_1_255(tmp_path: Path) -> None:
+    """Quantised, ORT's QDQ Softmax wrote probabilities in steps of 1/255 (every class under 0.2 % read 0.0);
+    `output_head_nodes` (the last conv and what follows it) are left out of quantisation."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from serving.quantize import output_head_nodes
+
+    rng = np.random.default_rng(0)
+    source, target = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["h"], name="body", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["h"], ["pooled"], name="pool"),
+        helper.make_node("Conv", ["pooled", "w1"], ["logits4d"], name="logits"),
+        helper.make_node("Reshape", ["logits4d", "shape"], ["logits"], name="flatten"),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    initializers = [
+        numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.normal(size=(50, 8, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([-1, 50], np.int64), "shape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 50])], initializers,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    assert output_head_nodes(source) == ["softmax", "flatten", "logits"]
+    inputs = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = list(inputs)
+
+        def get_next(self) -> dict | None:
+            return self.left.pop() if self.left else None
+
+    def probabilities(exclude: list[str]) -> np.ndarray:
+        quantize_static(
+            str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude,
+        )  # fmt: skip
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        return session.run(None, inputs[0])[0][0]
+
+    def on_a_1_255_grid(p: np.ndarray) -> bool:
+        return bool(np.allclose(p * 255, np.round(p * 255), atol=1e-3))
+
+    assert on_a_1_255_grid(probabilities([]))  # what the served model did before
+    kept = probabilities(output_head_nodes(source))
+    assert not on_a_1_255_grid(kept) and np.all(kept > 0)
+    assert [n.op_type for n in onnx.load(str(target)).graph.node][-3:] == ["Conv", "Reshape", "Softmax"]
