@@ -51,7 +51,8 @@ def export_torchvision_onnx(entry: ModelEntry, target: Path) -> Path:
 
 
 def prepare_model(entry: ModelEntry, settings: ServerSettings) -> PrepareResult:
-    if entry.config.weights.format == "feature_head":  # grafted by the repository scan itself (serving.feature_head)
+    # Heads (the quality model's, a trained classifier's) are grafted onto their base by the repository scan itself.
+    if entry.config.weights.format in ("feature_head", "classifier_head"):
         if entry.artifacts.onnx is not None:
             return PrepareResult(entry.name, "ready", f"grafted ONNX at {entry.artifacts.onnx}")
         return PrepareResult(entry.name, "skipped", entry.unavailable_reason or "unavailable")

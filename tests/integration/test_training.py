@@ -24,6 +24,9 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from loadtests.server_process import ServerProcess
+from serving.config.settings import ServerSettings
+from serving.export import prepare_model
+from serving.repository import ModelRepository
 from tests.integration.conftest import local_config, server_env
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 from tooling.training.everyday_categories import categorised_photos, held_out_split, write_category_folders
@@ -115,6 +118,10 @@ def test_trained_model_classifies_unseen_photos_at_least_90_percent(world: World
         p.name for p in folder.iterdir()
     }
     assert "Accuracy" in (folder / "MODEL_CARD.md").read_text()
+    # `imgserve models prepare` lists it as ready (it said "torchvision is not importable here; not exported").
+    settings = ServerSettings(cache_dir=world.trained.parent)
+    prepared = prepare_model(ModelRepository.scan(settings, check_backends=False).get("everyday"), settings)
+    assert prepared.status == "ready" and "grafted ONNX" in prepared.detail, prepared
     models = {m["name"]: m for m in world.http.get("/v1/models").json()["models"]}
     assert (
         models["everyday"]["state"] == "READY" and models["everyday"]["versions"][0]["accuracy"] == report["accuracy"]
