@@ -3,15 +3,18 @@
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from serving.cli_output import ImageFailure
     from serving.client import Analysis, Classification
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large folders go in several calls
+# Error kinds that belong to one image (serving.errors, pipelines.errors): that image's row, not the command's end.
+PER_IMAGE_ERRORS = frozenset({"invalid_image", "unsupported_format", "too_large"})
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -73,9 +76,44 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+def _image_failure(exc: Exception) -> "ImageFailure | None":
+    """The failure of the one image a call sent, when the error is that image's own (not the request's, the
+    server's or the key's): a file that cannot be read here, or one the server cannot decode or takes as too large."""
+    from serving.cli_output import ImageFailure
+    from serving.client import ImgServeError
+
+    if isinstance(exc, ImgServeError) and exc.kind in PER_IMAGE_ERRORS:
+        return ImageFailure(exc.kind, exc.message)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return ImageFailure("unreadable_file", f"{exc.strerror or exc}: {exc.filename}")
+    return None
+
+
+def _chunk_results(call: "Callable[[list[str]], list[Any]]", chunk: list[str]) -> list[Any]:
+    """`call(chunk)`; when one image of it is bad (a request fails as a whole), each image alone, so the bad ones
+    become their own failures and the rest are answered. Any other error stops the command."""
+    try:
+        return call(chunk)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is one image's own failure
+        if _image_failure(exc) is None:
+            raise
+    results: list[Any] = []
+    for image in chunk:
+        try:
+            results.extend(call([image]))
+        except Exception as exc:  # noqa: BLE001 - as above
+            failure = _image_failure(exc)
+            if failure is None:
+                raise
+            results.append(failure)
+    return results
+
+
 def _cmd_remote(args: argparse.Namespace) -> int:
-    """`classify` and `analyze`: send the images to a running server, print a table or JSON."""
-    from serving.cli_output import expand_images, print_results, result_record, write_results
+    """`classify` and `analyze`: send the images to a running server, print a table or JSON. An image the server
+    cannot use (or a file that cannot be read) is reported in its row and the others go on; the command fails when
+    none succeeded."""
+    from serving.cli_output import ImageFailure, expand_images, print_results, result_record, write_results
     from serving.client import Client, ImgServeError
     from serving.client.errors import error_line
 
@@ -85,12 +123,15 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     try:
         with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
             key_sent = client.authenticated
-            results: list[Classification | Analysis] = []
-            for chunk in _chunks(images, IMAGES_PER_REQUEST):
+
+            def call(chunk: list[str]) -> list[Any]:
                 if args.command == "classify":
-                    results.extend(client.classify(chunk, args.model, args.top_k, args.confidence_threshold))
-                else:
-                    results.extend(client.analyze(chunk, args.model, args.top_k, fields, args.confidence_threshold))
+                    return client.classify(chunk, args.model, args.top_k, args.confidence_threshold)
+                return client.analyze(chunk, args.model, args.top_k, fields, args.confidence_threshold)
+
+            results: list[Classification | Analysis | ImageFailure] = []
+            for chunk in _chunks(images, IMAGES_PER_REQUEST):
+                results.extend(_chunk_results(call, chunk))
     except ValueError as exc:  # a bad --url, --top-k, --confidence-threshold or --api-key
         print(f"imgserve: error: {exc}", file=sys.stderr)
         return 2
@@ -103,7 +144,10 @@ def _cmd_remote(args: argparse.Namespace) -> int:
         print(f"wrote {len(records)} results to {args.out}")
     else:
         print_results(records, args.json)
-    return 0
+    failed = sum(isinstance(result, ImageFailure) for result in results)
+    if failed:
+        print(f"imgserve: {failed} of {len(images)} images failed (see their rows)", file=sys.stderr)
+    return 1 if failed and failed == len(images) else 0
 
 
 def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 import csv
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,16 @@ from serving.client import Analysis, Classification
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 CSV_COLUMNS = (
     "image", "model", "top_label", "top_score", "quality_score", "quality_level", "quality_tags",
-    "anomaly_score", "format", "width", "height", "camera",
+    "anomaly_score", "format", "width", "height", "camera", "error",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """One image the server could not use (or a file that could not be read): its row says why."""
+
+    kind: str
+    message: str
 
 
 def expand_images(paths: list[str]) -> list[str]:
@@ -27,8 +35,10 @@ def expand_images(paths: list[str]) -> list[str]:
     return images
 
 
-def result_record(image: str, result: Classification | Analysis) -> dict[str, Any]:
+def result_record(image: str, result: Classification | Analysis | ImageFailure) -> dict[str, Any]:
     """Everything the server said about one image, JSON-ready."""
+    if isinstance(result, ImageFailure):
+        return {"image": image, "error": asdict(result)}
     if isinstance(result, Classification):
         return {"image": image, **asdict(result)}
     record: dict[str, Any] = {"image": image}
@@ -61,6 +71,7 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
         "width": image.get("width"),
         "height": image.get("height"),
         "camera": camera or None,
+        "error": f"{record['error']['kind']}: {record['error']['message']}" if "error" in record else None,
     }
 
 
@@ -93,6 +104,8 @@ def table_row(record: dict[str, Any]) -> str:
         extra.append(", ".join(f"{p['label'].split(',')[0]} ({p['score']:.3f})" for p in predictions))
     if row["camera"]:
         extra.append(row["camera"])
+    if row["error"]:
+        extra.append(f"error {row['error']}")
     room = max(20, shutil.get_terminal_size((160, 24)).columns - 72)
     return f"{name:32}  {label:28}  {score}  {_short('  '.join(extra), room)}".rstrip()
 

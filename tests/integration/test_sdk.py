@@ -1,5 +1,6 @@
 """The Python SDK (`serving.client`) and the `imgserve classify` CLI against the real server, over both transports."""
 
+import csv
 import itertools
 import json
 import subprocess
@@ -151,6 +152,32 @@ def test_cli_table_and_unknown_model(server: RunningServer) -> None:
     assert failed.returncode == 1 and failed.stdout == ""
     message = failed.stderr.strip()
     assert "\n" not in message and "NOT_FOUND" in message and "no_such_model" in message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_reports_a_bad_image_in_its_row_and_answers_the_others(
+    server: RunningServer, transport: str, tmp_path: Path
+) -> None:
+    """A folder with one truncated photo and one text file named like a photo: the command answered nothing
+    before (the server refuses a request with a bad image as a whole); each bad file is now its own row."""
+    good = _paths()[:2]
+    (tmp_path / "photos").mkdir()
+    for path in good:
+        (tmp_path / "photos" / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "photos" / "cut.jpg").write_bytes(good[0].read_bytes()[:4000])
+    (tmp_path / "photos" / "notes.png").write_text("not an image")
+    out = tmp_path / "results.csv"
+    done = _cli("analyze", str(tmp_path / "photos"), "--url", _url(server, transport), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "2 of 4 images failed" in done.stderr
+    rows = {Path(row["image"]).name: row for row in csv.DictReader(out.open())}
+    assert rows["cut.jpg"]["error"].startswith("invalid_image: ") and rows["notes.png"]["error"].startswith(
+        "unsupported_format: "
+    )
+    for path, label in zip(good, EXPECTED.values(), strict=False):
+        assert rows[path.name]["error"] == "" and rows[path.name]["top_label"].startswith(label)
+    only_bad = _cli("classify", str(tmp_path / "photos" / "notes.png"), "--url", _url(server, transport), "--json")
+    assert only_bad.returncode == 1 and json.loads(only_bad.stdout)[0]["error"]["kind"] == "unsupported_format"
 
 
 def test_error_kind_and_metadata_match_across_transports(server: RunningServer) -> None:
