@@ -95,8 +95,11 @@ def _chunk_results(call: "Callable[[list[str]], list[Any]]", chunk: list[str]) -
     try:
         return call(chunk)
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is one image's own failure
-        if _image_failure(exc) is None:
+        failure = _image_failure(exc)
+        if failure is None:
             raise
+        if len(chunk) == 1:
+            return [failure]
     results: list[Any] = []
     for image in chunk:
         try:
