@@ -55,7 +55,12 @@ const leave = [leaveJobs, leaveServer];
 // A viewer cannot analyze: its first page is Collections.
 const home = () => (state.me && state.me.role === "viewer" ? "collections" : "analyze");
 
+// Navigations can overlap (the first load still asking who the stored key is when the address changes): only the
+// latest one may choose the page, or a slow earlier one would hide the page asked for after it.
+let navigation = 0;
+
 async function route() {
+  const mine = ++navigation;
   let page = location.hash.replace(/^#\//, "").split("?")[0];
   if (!state.me && page !== "signin") {
     try {
@@ -63,6 +68,7 @@ async function route() {
     } catch {
       page = "signin";
     }
+    if (mine !== navigation) return;
   }
   if (!(page in pages)) page = home();
   for (const stop of leave) stop();
