@@ -38,6 +38,7 @@ from serving.local_ray import (
     logs_dir,
     trim_head_processes,
 )
+from serving.port_check import busy_listeners
 from serving.ray_supervisor import SERVE_SHUTDOWN_TIMEOUT_S
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
@@ -295,6 +296,12 @@ def run_server(
             event_loop_choice()
         except ValueError as exc:
             raise StartRefused(str(exc)) from None
+        busy = busy_listeners(raw) if ray_address is None else []  # on a cluster, the nodes' ports are not ours
+        if busy:
+            raise StartRefused(
+                f"{'; '.join(busy)}: already in use (another `imgserve serve`, or another program). Stop it, or "
+                "choose other ports with --http-port/--grpc-port"
+            )
     except StartRefused as exc:
         print(f"imgserve: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -378,3 +378,26 @@ def test_serve_grpc_proxy_gets_the_http_body_limit(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     server.prepare_environment()
     assert os.environ[server.GRPC_MAX_MESSAGE_ENV] == str(5 * 1024 * 1024)
+
+
+def test_ports_another_server_listens_on_are_refused_before_anything_starts(
+    nothing_may_start: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `imgserve serve` on the same ports used to bind them too (the replicas' SO_REUSEPORT) and share
+    connections with the first server without a word."""
+    from loadtests.server_process import free_port
+    from serving.deployments.direct_ingress import reuse_port_socket
+    from serving.port_check import port_in_use
+
+    http_port, grpc_port = free_port(), free_port()
+    assert not port_in_use("127.0.0.1", http_port)
+    held = reuse_port_socket("127.0.0.1", http_port)  # what a running server's replica holds
+    try:
+        assert port_in_use("127.0.0.1", http_port) and not port_in_use("127.0.0.1", grpc_port)
+        assert server.run_server(SERVE_CONFIG, http_port=http_port, grpc_port=grpc_port) == 2
+        err = capsys.readouterr().err
+        assert f"HTTP port {http_port} on 127.0.0.1: already in use" in err and "--http-port" in err, err
+        assert str(grpc_port) not in err
+    finally:
+        held.close()
+    assert not port_in_use("127.0.0.1", http_port)
