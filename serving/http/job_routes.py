@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError, OverloadedError, classify_error
 from serving.http.dependencies import client_host, get_job_service, get_principal, reject_unknown_query
+from serving.jobs.errors import JobNotFoundError
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
 from serving.jobs.output_zip import zip_stream
@@ -284,7 +285,10 @@ async def job_results(
             yield csv_header()
         cursor, left = after, limit
         while left is None or left > 0:
-            rows = await jobs.results(job_id, cursor, min(PAGE, left or PAGE), status, principal)
+            try:
+                rows = await jobs.results(job_id, cursor, min(PAGE, left or PAGE), status, principal)
+            except JobNotFoundError:  # purged while it was read: the rows sent stand, the stream ends
+                return
             if not rows:
                 return
             yield render(rows)
@@ -304,7 +308,10 @@ async def job_outputs(
     await jobs.get(job_id, principal)  # 404 before the stream starts
 
     async def pages(after: int) -> list[tuple[int, str, str]]:
-        return await jobs.outputs(job_id, after, PAGE, principal)
+        try:
+            return await jobs.outputs(job_id, after, PAGE, principal)
+        except JobNotFoundError:  # purged while it was read: the archive closes with the outputs written so far
+            return []
 
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-outputs.zip"'}
     return StreamingResponse(zip_stream(pages, jobs.objects()), media_type="application/zip", headers=headers)

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from serving.http.app import create_http_app
 from serving.jobs.database import create_store_engine
+from serving.jobs.records import ResultRecord
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from tests.unit.test_edges_in_process import jpeg
@@ -28,8 +29,9 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     service, settings = tiny_local_service(tmp_path)
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     job_settings = JobSettings(database_url=url, object_store=str(tmp_path / "objects"))
-    with TestClient(create_http_app(service, JobService(service, job_settings), settings)) as client:
-        yield {"http": client, "engine": create_store_engine(url)}
+    jobs = JobService(service, job_settings)
+    with TestClient(create_http_app(service, jobs, settings)) as client:
+        yield {"http": client, "engine": create_store_engine(url), "jobs": jobs}
 
 
 def _lose_the_jobs_table(engine: sa.Engine) -> None:
@@ -82,3 +84,29 @@ def test_an_unknown_field_of_a_json_batch_request_is_named_in_a_400(world: dict[
     long_name = "x" * 10_000
     refused = world["http"].post("/v1/batch", json={"uris": ["s3://bucket/a.jpg"], long_name: 1})
     assert refused.status_code == 400 and len(refused.json()["error"]) < 200  # the name is not echoed whole
+
+
+def test_results_of_a_job_purged_while_they_stream_end_cleanly(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API fuzzer purged a job while another request streamed its results: the next page raised
+    JobNotFoundError after the response had started, the replica logged an unhandled error and the client got a
+    broken connection. The stream now ends after the rows already sent."""
+    http = world["http"]
+    job = http.post("/v1/batch", files=[("image", ("a.jpg", jpeg(), "image/jpeg"))]).json()["job_id"]
+    read_page = JobService.results
+    pages: list[int] = []
+
+    async def purged_after_the_first_page(self: JobService, *args: Any, **kwargs: Any) -> Any:
+        pages.append(1)
+        if len(pages) == 1:  # a page of one row (the tiny job does not run here: no worker in this process)
+            return [ResultRecord(0, "a.jpg", "done", "tiny", {}, None, None, 1.0, 1)]
+        await self.purge(job)  # meanwhile, an admin purges the job: the real store then has no such job
+        return await read_page(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobService, "results", purged_after_the_first_page)
+    caplog.set_level(logging.WARNING)
+    answer = http.get(f"/v1/jobs/{job}/results")
+    assert answer.status_code == 200 and len(answer.text.splitlines()) == 1, answer.text
+    assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()]
+    assert http.get(f"/v1/jobs/{job}").status_code == 404
