@@ -30,6 +30,17 @@ SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusC
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "", "fp32", "X" * 300]
 
 
+def private_state(tmp: Path) -> dict[str, str]:
+    """Where the campaign's server keeps what the fuzzer changes: its own job database, object store and trained
+    models under `tmp`. The build outputs (ONNX, INT8) stay in the user's cache: reading them changes nothing. With
+    the defaults, the fuzzer's DELETE ...?purge=true and canary requests reached the user's own jobs and models."""
+    return {
+        "IMGSERVE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite3'}",
+        "IMGSERVE_OBJECT_STORE": str(tmp / "objects"),
+        "IMGSERVE_TRAINED_MODELS_DIR": str(tmp / "trained-models"),
+    }
+
+
 def run_schemathesis(url: str, max_examples: int, seed: int, har: Path, max_time_s: int | None) -> dict[str, Any]:
     """The schemathesis CLI against `url`; returns request and status counts from its HAR log."""
     command = [
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.url is None:
         from loadtests.server_process import ServerProcess
 
-        server = ServerProcess(Path(tempfile.mkdtemp(prefix="imgserve-fuzz-")))
+        tmp = Path(tempfile.mkdtemp(prefix="imgserve-fuzz-"))
+        server = ServerProcess(tmp, env=private_state(tmp))
         server.start()
         options.url, options.grpc = server.http_url, server.grpc_target
     try:
