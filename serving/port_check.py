@@ -9,36 +9,51 @@ count (SO_REUSEADDR).
 
 import errno
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 from serving.config.app_args import DirectIngressOptions
 from serving.serve_control import direct_ingress_args
 
 WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+LOOPBACK = "127.0.0.1"
 
 
-def listener_ports(config: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """(what, host, port) of every listener `config` opens on this machine."""
-    ports: list[tuple[str, str, int]] = []
+class Listener(NamedTuple):
+    what: str  # "HTTP" / "gRPC" for an Ingress replica's own listener, else the Ray Serve proxy's name
+    host: str
+    port: int
+    direct: bool  # opened by the Ingress replicas themselves (serving.deployments.direct_ingress)
+
+
+def listener_ports(config: dict[str, Any]) -> list[Listener]:
+    """Every listener `config` opens: the Ingress replicas' own, then Ray Serve's proxies unless disabled. The one
+    walk of the config's listeners: the start's port check and its exposure check (serving.server.listener_binds)
+    both read it."""
+    ports: list[Listener] = []
     for direct in direct_ingress_args(app.get("args") for app in config.get("applications", [])):
         listeners = DirectIngressOptions.model_validate(direct)
         for what, port in (("HTTP", listeners.http_port), ("gRPC", listeners.grpc_port)):
-            if port:
-                ports.append((what, listeners.host, port))
+            if port is not None:
+                ports.append(Listener(what, listeners.host, port, direct=True))
     if config.get("proxy_location", "EveryNode") != "Disabled":
         http = config.get("http_options") or {}
-        host = http.get("host", "127.0.0.1")
-        ports.append(("Ray Serve HTTP proxy", host, int(http.get("port", 8000))))
+        host = http.get("host", LOOPBACK)
+        ports.append(Listener("Ray Serve HTTP proxy", host, int(http.get("port", 8000)), direct=False))
         grpc = config.get("grpc_options") or {}
         if grpc.get("grpc_servicer_functions") and int(grpc.get("port", 9000)) > 0:
-            ports.append(("Ray Serve gRPC proxy", host, int(grpc.get("port", 9000))))
+            ports.append(Listener("Ray Serve gRPC proxy", host, int(grpc.get("port", 9000)), direct=False))
     return ports
+
+
+def socket_family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address (bracketed or not), else AF_INET."""
+    return socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
 
 
 def port_in_use(host: str, port: int) -> bool:
     """Whether something listens on (host, port); an address this machine cannot bind at all is left to the
     listener itself to report."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    family = socket_family(host)
     address = host.strip("[]") if host not in WILDCARDS else ("::" if family == socket.AF_INET6 else "0.0.0.0")
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,4 +66,8 @@ def port_in_use(host: str, port: int) -> bool:
 
 def busy_listeners(config: dict[str, Any]) -> list[str]:
     """One line per listener of `config` whose port is taken."""
-    return [f"{what} port {port} on {host}" for what, host, port in listener_ports(config) if port_in_use(host, port)]
+    return [
+        f"{what} port {port} on {host}"
+        for what, host, port, _ in listener_ports(config)
+        if port and port_in_use(host, port)  # port 0: the kernel picks a free one
+    ]

@@ -38,7 +38,7 @@ from serving.local_ray import (
     logs_dir,
     trim_head_processes,
 )
-from serving.port_check import busy_listeners
+from serving.port_check import LOOPBACK, busy_listeners, listener_ports
 from serving.ray_supervisor import SERVE_SHUTDOWN_TIMEOUT_S
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
@@ -50,7 +50,6 @@ from serving.serve_control import (
 
 logger = logging.getLogger("imgserve.server")
 
-LOOPBACK = "127.0.0.1"
 # Run in every Ray worker of a local Ray (ray.init runtime_env); the env vars tell it where to bind.
 WORKER_SETUP_HOOK = "serving.server.ray_worker_setup"
 GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: max send/receive message bytes
@@ -113,16 +112,15 @@ def listener_binds(config: dict[str, Any], ray_address: str | None = None) -> li
         binds = [(f"Ray cluster (RAY_ADDRESS={ray_address})", host), ("Ray Serve replicas' gRPC servers", "::")]
     else:
         binds = [("Ray (GCS, raylet, object manager, agents, workers, Serve replicas)", LOOPBACK)]
-    for direct in direct_ingress_args(app.get("args") for app in config.get("applications", [])):
-        listeners = DirectIngressOptions.model_validate(direct)
-        if listeners.http_port is not None or listeners.grpc_port is not None:
-            binds.append(("imgserve listeners (direct_ingress)", listeners.host))
-    if config.get("proxy_location", "EveryNode") != "Disabled":
-        http_host = (config.get("http_options") or {}).get("host", LOOPBACK)
-        binds.append(("Ray Serve HTTP proxy", http_host))
-        grpc = config.get("grpc_options") or {}
-        if grpc.get("grpc_servicer_functions") and grpc.get("port", 9000) > 0:
-            binds.append(("Ray Serve gRPC proxy", "::" if ray_address else http_host))
+    for listener in listener_ports(config):
+        if listener.direct:
+            bind = ("imgserve listeners (direct_ingress)", listener.host)
+        elif listener.what == "Ray Serve gRPC proxy" and ray_address:
+            bind = (listener.what, "::")
+        else:
+            bind = (listener.what, listener.host)
+        if bind not in binds:
+            binds.append(bind)
     return binds
 
 

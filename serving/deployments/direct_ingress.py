@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2_grpc
 from serving.config.app_args import DirectIngressOptions
 from serving.grpc.stubs import ensure_generated
 from serving.http.header_timeout import header_timeout_protocol
+from serving.port_check import socket_family
 
 logger = logging.getLogger("imgserve.direct_ingress")
 # Time in-flight requests get to finish when the replica stops.
@@ -37,8 +38,7 @@ SHUTDOWN_GRACE_S = 10.0
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket other replicas on this host can bind too (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(socket_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
