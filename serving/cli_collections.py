@@ -50,7 +50,7 @@ def _progress(total: int, skipped: int) -> Any:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.analyze import analysis_setup, run_analysis
     from serving.collections.operations import output_label, output_plan, prepare_destination
-    from serving.collections.sources import SourceError, list_sources
+    from serving.collections.sources import SourceError, list_sources, resolved_source
     from serving.errors import ServiceError
 
     stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
@@ -58,9 +58,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         # Options and destination first: a mistyped one stops the run before any model or Ray starts.
         outputs = output_plan(args.convert, args.enhance, args.suffix, args.out, stages, args.sources)
         setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
-        items = list_sources(args.sources)
+        items = list_sources(args.sources, args.prefix)
         store = _store(args)
-        info = store.open(args.name, setup.selected, args.sources, args.tenant)
+        clashes = store.names_recorded_elsewhere(args.name, args.tenant, {item.name: item.place for item in items})
+        if clashes:
+            raise SourceError(_clash_message(args.name, clashes, {item.name: item.place for item in items}))
+        info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
         if outputs is not None:
             outputs = prepare_destination(outputs, [item.name for item in items])
             setup = dataclasses.replace(setup, outputs=outputs)
@@ -90,6 +93,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"{stats.input_bytes} -> {stats.output_bytes} bytes (ratio {ratio})"
         )
     return 0
+
+
+def _clash_message(collection: str, clashes: dict[str, str], places: dict[str, str]) -> str:
+    name, recorded = next(iter(clashes.items()))
+    return (
+        f"collection {collection!r} already has {len(clashes)} image(s) of this run's names read from elsewhere, "
+        f"e.g. {name!r} from {recorded} (this run reads {places[name]}). Names are unique in a collection, so they "
+        "would be taken as analysed and never read: give this run's names a prefix (--prefix NAME), or analyse "
+        "into another collection"
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -174,6 +187,12 @@ def add_collection_commands(sub: Any) -> None:
     analyze = commands.add_parser("analyze", help="analyse folders, archives or s3:// / gs:// URIs into a collection")
     analyze.add_argument("sources", nargs="+", metavar="PATH_OR_URI", help="folders, zip/tar archives, files, URIs")
     analyze.add_argument("--name", required=True, help="collection name; an existing one is resumed / extended")
+    analyze.add_argument(
+        "--prefix",
+        default="",
+        help="start this run's image names with PREFIX/ (to add a folder whose file names the collection already "
+        "has from another folder; a resumed run needs the same prefix)",
+    )
     analyze.add_argument("--stages", action="append", default=None, help=f"comma-separated (default {DEFAULT_STAGES})")
     analyze.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray started here)")
     analyze.add_argument("--model", default=None, help="classifier (default: the server's default model)")

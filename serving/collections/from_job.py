@@ -5,10 +5,13 @@ The job's results already are `/v1/analyze` documents, so nothing is analysed ag
 top-k only, not the classifier's wider output, so such a collection has no feature-space outliers.
 """
 
+from collections.abc import Iterator
+
 from pipelines.collections.record import failed_record, record_from_document
 from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
-from serving.jobs.errors import JobStateError
-from serving.jobs.records import FINAL_JOB_STATES
+from serving.errors import BadRequestError
+from serving.jobs.errors import CollectionNotFoundError, JobStateError
+from serving.jobs.records import FINAL_JOB_STATES, ResultRecord
 from serving.jobs.store import JobStore
 
 PAGE = 500
@@ -20,23 +23,52 @@ def save_job_as_collection(
     job = jobs.get_job(job_id, tenant)
     if job.status not in FINAL_JOB_STATES:
         raise JobStateError(f"job {job_id} is {job.status}; save it as a collection when it has finished")
-    info = store.open(name, list(job.stages), [f"job:{job_id}"], tenant, job_id)
-    seen: set[str] = set()  # saving again records nothing new: the names are the same and already there
-    after = -1
-    while True:
-        page = jobs.results_page(job_id, after, PAGE)
+    source = f"job:{job_id}"
+    if source not in _sources(store, name, tenant):  # saving the job again records nothing new: that is fine
+        taken = store.recorded_names(name, tenant, _item_names(jobs, job_id))
+        if taken:  # names are unique in a collection: this job's results would be taken as recorded and dropped
+            raise BadRequestError(
+                f"collection {name!r} already has {len(taken)} image(s) of this job's names from elsewhere, e.g. "
+                f"{taken[0]!r}; save the job as another collection"
+            )
+    info = store.open(name, list(job.stages), [source], tenant, job_id)
+    for page in _named_pages(jobs, job_id):
         images = []
-        for result in page:
-            item_name = result.name if result.name not in seen else f"{result.name}#{result.idx}"
-            seen.add(item_name)
+        for item_name, result in page:
             if result.status == "done" and result.result is not None:
                 record = record_from_document(item_name, result.result)
             else:
                 record = failed_record(item_name, f"{result.error_kind}: {result.error}")
             images.append(RecordedImage(record, result.result))  # inputs live in the job's object store
         store.add(info.id, images)
-        if len(page) < PAGE:
-            break
-        after = page[-1].idx
     store.finish(info.id)
     return store.get(info.id)
+
+
+def _named_pages(jobs: JobStore, job_id: str) -> Iterator[list[tuple[str, ResultRecord]]]:
+    """The job's results a page at a time, each with its name in the collection (unique: a repeated item name gets
+    `#<index>`)."""
+    seen: set[str] = set()
+    after = -1
+    while True:
+        page = jobs.results_page(job_id, after, PAGE)
+        named = []
+        for result in page:
+            item_name = result.name if result.name not in seen else f"{result.name}#{result.idx}"
+            seen.add(item_name)
+            named.append((item_name, result))
+        yield named
+        if len(page) < PAGE:
+            return
+        after = page[-1].idx
+
+
+def _sources(store: CollectionStore, name: str, tenant: str) -> list[str]:
+    try:
+        return store.get(name, tenant).sources
+    except CollectionNotFoundError:
+        return []
+
+
+def _item_names(jobs: JobStore, job_id: str) -> list[str]:
+    return [item_name for page in _named_pages(jobs, job_id) for item_name, _ in page]

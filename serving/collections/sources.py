@@ -5,6 +5,7 @@ where to read it); `read_items` runs in the Ray Data tasks and reads a batch of 
 batch. A file that cannot be read becomes that item's error, not the run's.
 """
 
+import dataclasses
 import os
 import posixpath
 import tarfile
@@ -34,6 +35,15 @@ class SourceItem:
 
     def to_row(self) -> dict[str, Any]:
         return {"name": self.name, "location": self.location, "member": self.member or ""}
+
+    @property
+    def place(self) -> str:
+        return place(self.location, self.member)
+
+
+def place(location: str, member: str | None) -> str:
+    """Where an image was read, in one string: the path or URI, and the member inside an archive."""
+    return f"{location} ({member})" if member else location
 
 
 def is_image_name(name: str) -> bool:
@@ -119,12 +129,21 @@ def source_label(source: str) -> str:
     return posixpath.basename(source.rstrip("/").rstrip(os.sep)) or source
 
 
-def list_sources(sources: Sequence[str]) -> list[SourceItem]:
-    """Every image of every source, in a stable order; with several sources each name starts with its source's."""
+def resolved_source(source: str) -> str:
+    """A local source as an absolute path, a URI as given: what a collection records, so the same folder named
+    from another working directory is the same source."""
+    return source if is_uri(source) else os.path.abspath(source)
+
+
+def list_sources(sources: Sequence[str], prefix: str = "") -> list[SourceItem]:
+    """Every image of every source, in a stable order; with several sources each name starts with its source's,
+    and every name with `prefix` + "/" when one is given. Local items are located by absolute path."""
     items: list[SourceItem] = []
-    for source in sources:
-        prefix = f"{source_label(source)}/" if len(sources) > 1 else ""
-        items.extend(item for _, item in _expand(source, prefix))
+    for source in map(resolved_source, sources):
+        label = f"{source_label(source)}/" if len(sources) > 1 else ""
+        items.extend(item for _, item in _expand(source, label))
+    if prefix.strip("/"):
+        items = [dataclasses.replace(item, name=f"{prefix.strip('/')}/{item.name}") for item in items]
     seen: set[str] = set()
     for item in items:
         if item.name in seen:

@@ -11,7 +11,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.collections.record import ImageRecord
 from pipelines.quality.thresholds import LEVELS, load_thresholds, tag_vocabulary
+from serving.collections.sources import is_uri, place
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections
@@ -202,6 +203,40 @@ class CollectionStore:
                 )
                 row = conn.execute(sa.select(collections).where(collections.c.id == row.id)).one()
             return self._info(conn, row)
+
+    def names_recorded_elsewhere(self, name: str, tenant: str, wanted: Mapping[str, str]) -> dict[str, str]:
+        """Of `wanted` (image name -> where this run reads it, `sources.place`), the names the tenant's collection
+        `name` already records as read from another place, with that place. Names are unique in a collection, so
+        such an image would be taken as analysed already and never read. Rows whose place cannot be compared
+        (saved before places were absolute: a relative path; saved from a batch job: none) are left out."""
+        clashes: dict[str, str] = {}
+        for image in self._recorded(name, tenant, list(wanted)):
+            recorded = place(image.location, image.member) if image.location else ""
+            if (os.path.isabs(recorded) or is_uri(recorded)) and recorded != wanted[image.name]:
+                clashes[image.name] = recorded
+        return clashes
+
+    def recorded_names(self, name: str, tenant: str, names: Sequence[str]) -> list[str]:
+        """Which of `names` the tenant's collection `name` records (analysed or failed); none when it is new."""
+        return [image.name for image in self._recorded(name, tenant, names)]
+
+    def _recorded(self, name: str, tenant: str, names: Sequence[str]) -> list[Any]:
+        c = collection_images.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(collections.c.id).where(collections.c.tenant == tenant, collections.c.name == name)
+            ).first()
+            if row is None:
+                return []
+            return [
+                image
+                for start in range(0, len(names), 500)
+                for image in conn.execute(
+                    sa.select(c.name, c.location, c.member).where(
+                        c.collection_id == row.id, c.name.in_(names[start : start + 500])
+                    )
+                )
+            ]
 
     def done_names(self, collection_id: str) -> set[str]:
         """Names analysed already (failed ones are not: a run tries them again)."""

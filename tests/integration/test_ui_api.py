@@ -69,6 +69,16 @@ def test_progress_streams_until_the_job_ends_and_thumbnails_stay_in_the_tenant(s
     saved = http.post(f"/v1/jobs/{job}/collection?name=thumbs-{job[:8]}", headers=bearer(secure, "a_analyst"))
     assert saved.status_code == 200, saved.text
     collection = saved.json()["id"]
+    again = http.post(f"/v1/jobs/{job}/collection?name=thumbs-{job[:8]}", headers=bearer(secure, "a_analyst"))
+    assert again.status_code == 200 and again.json()["images"] == saved.json()["images"] == len(photos)
+    # Another job with the same file names: its results would have been taken as recorded already and dropped.
+    other = http.post("/v1/batch?stages=classification,quality", files=files[:2], headers=bearer(secure, "a_analyst"))
+    other_job = other.json()["job_id"]
+    assert events(http, f"/v1/jobs/{other_job}/progress?interval=0.1", bearer(secure, "a_viewer"))[-1][1]["status"] == (
+        "completed"
+    )
+    clash = http.post(f"/v1/jobs/{other_job}/collection?name=thumbs-{job[:8]}", headers=bearer(secure, "a_analyst"))
+    assert clash.status_code == 400 and "already has 2 image(s)" in clash.json()["error"], clash.text
     listing = http.get(f"/v1/collections/{collection}/images?limit=3", headers=bearer(secure, "a_viewer")).json()
     image_id = listing["images"][0]["id"]
     path = f"/v1/collections/{collection}/images/{image_id}/thumbnail"

@@ -185,3 +185,43 @@ def test_sources_folders_archives_and_names(tmp_path: Path) -> None:
     (tmp_path / "other" / "a" / "1.jpg").write_bytes(b"same name")
     with pytest.raises(SourceError, match="both named"):
         list_sources([str(tmp_path / "a"), str(tmp_path / "other" / "a")])
+
+
+def test_a_name_the_collection_has_from_another_folder_is_refused_not_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two folders with an IMG_0001.jpg each, analysed into one collection one after the other: the second one's
+    photo was taken as analysed already (names are unique in a collection) and never read, without a word."""
+    from serving.cli import main
+
+    for year in ("2023", "2024"):
+        (tmp_path / year).mkdir()
+        (tmp_path / year / "IMG_0001.jpg").write_bytes(year.encode())
+    database = f"sqlite:///{tmp_path}/jobs.sqlite"
+    store = CollectionStore(open_job_database(database))
+    (first,) = list_sources([str(tmp_path / "2023")])
+    assert first.location == str(tmp_path / "2023" / "IMG_0001.jpg")
+    info = store.open("holiday", ["metadata"], [str(tmp_path / "2023")])
+    store.add(info.id, [RecordedImage(ImageRecord(first.name), {}, first.location)])
+
+    (second,) = list_sources([str(tmp_path / "2024")])
+    assert store.names_recorded_elsewhere("holiday", "default", {first.name: first.place}) == {}  # a resumed run
+    assert store.names_recorded_elsewhere("holiday", "default", {second.name: second.place}) == {
+        "IMG_0001.jpg": first.location
+    }
+    assert store.names_recorded_elsewhere("other", "default", {second.name: second.place}) == {}
+    assert store.names_recorded_elsewhere("holiday", "acme", {second.name: second.place}) == {}
+    (prefixed,) = list_sources([str(tmp_path / "2024")], prefix="2024/")
+    assert prefixed.name == "2024/IMG_0001.jpg"
+    assert store.names_recorded_elsewhere("holiday", "default", {prefixed.name: prefixed.place}) == {}
+
+    # The same folder named from another working directory is the same source (places are absolute).
+    monkeypatch.chdir(tmp_path / "2024")
+    (relative,) = list_sources(["../2023"])
+    assert relative.place == first.place
+    argv = ["collection", "analyze", "../2024", "--database-url", database, "--name", "holiday", "--stages", "metadata"]
+    assert main(argv) == 2  # refused before anything is analysed or recorded
+    err = capsys.readouterr().err
+    assert "already has 1 image(s)" in err and str(tmp_path / "2024" / "IMG_0001.jpg") in err and "--prefix" in err
+    after = store.get("holiday")
+    assert (after.images, after.sources, after.status) == (1, [str(tmp_path / "2023")], "analyzing")
