@@ -137,9 +137,11 @@ class InferenceService:
 
     def check_loaded(self, name: str, version: str | None = None) -> None:
         """404 (`UnknownModelError`) for an unknown or unloaded model, or a version of it other than the loaded one;
-        the image-level model `classify` is always there."""
+        the image-level model `classify` is always there, as version 1."""
         if name != IMAGE_MODEL_NAME:
             self.loaded_entry(name, version)
+        elif version not in (None, "", "1"):
+            raise UnknownModelError(f"model '{name}' version {version} is not loaded (loaded: 1)")
 
     def forget_backend_info(self, name: str) -> None:
         """After a model is loaded or unloaded: its backend report is asked for again."""

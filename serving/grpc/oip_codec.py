@@ -7,7 +7,7 @@ import numpy as np
 from serving.errors import InvalidTensorError
 from serving.grpc.stubs import load
 from serving.oip import inference as oip
-from serving.oip.tensors import OIP_TO_NUMPY, array_from_raw, array_to_raw, element_count, reshaped, tensor_shape
+from serving.oip.tensors import array_from_json, array_from_raw, array_to_raw, integer_parameter, tensor_shape
 
 pb = load("inference_pb2")
 
@@ -38,16 +38,10 @@ def _typed_contents(tensor: Any, shape: list[int]) -> np.ndarray:
     field = _CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise InvalidTensorError(f"datatype {tensor.datatype} must be sent in raw_input_contents")
-    values = list(getattr(tensor.contents, field))
-    if tensor.datatype == "BYTES":
-        array = np.empty(len(values), dtype=np.object_)
-        array[:] = values
-    else:
-        array = np.asarray(values, dtype=OIP_TO_NUMPY[tensor.datatype])
-    expected = element_count(shape)  # exact: np.prod wraps around on absurd shapes
-    if array.size != expected:
-        raise InvalidTensorError(f"input '{tensor.name}' has {array.size} values but shape {shape} needs {expected}")
-    return reshaped(array, shape)
+    try:  # the JSON path's checks: the count against the shape, values the datatype cannot hold (300 as UINT8)
+        return array_from_json(list(getattr(tensor.contents, field)), tensor.datatype, shape)
+    except InvalidTensorError as exc:
+        raise InvalidTensorError(f"input '{tensor.name}': {exc}") from None
 
 
 def request_from_proto(request: Any) -> oip.InferRequest:
@@ -65,7 +59,8 @@ def request_from_proto(request: Any) -> oip.InferRequest:
     outputs = []
     for out in request.outputs:
         params = {k: parameter_value(v) for k, v in out.parameters.items()}
-        outputs.append(oip.RequestedOutput(out.name, True, int(params.get("classification") or 0)))
+        classes = integer_parameter(params.get("classification") or 0, f"output {out.name!r}: classification")
+        outputs.append(oip.RequestedOutput(out.name, True, classes))
     parameters = {k: parameter_value(v) for k, v in request.parameters.items()}
     return oip.InferRequest(request.model_name, inputs, request.id, outputs, parameters, binary_outputs=True)
 

@@ -44,7 +44,7 @@ class OipGrpcMethods:
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
             self.service.check_loaded(request.name, request.version)
-            meta = await oip.model_metadata(self.service, request.name)
+            meta = await oip.model_metadata(self.service, request.name, request.version)
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"],

@@ -10,7 +10,14 @@ from serving.errors import BadRequestError, InvalidTensorError
 from serving.http.dependencies import get_service
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
-from serving.oip.tensors import array_from_json, array_from_raw, array_to_json, array_to_raw, tensor_shape
+from serving.oip.tensors import (
+    array_from_json,
+    array_from_raw,
+    array_to_json,
+    array_to_raw,
+    integer_parameter,
+    tensor_shape,
+)
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
@@ -54,7 +61,7 @@ async def model_metadata(
     model: str, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> dict[str, Any]:
     service.check_loaded(model, version)
-    return await oip.model_metadata(service, model)
+    return await oip.model_metadata(service, model, version)
 
 
 @router.get("/models/{model}/ready")
@@ -68,6 +75,11 @@ async def model_ready(
     return _not_ready(f"model '{model}' is not ready")
 
 
+def config_data_type(datatype: str) -> str:
+    """A model configuration's data type for an OIP datatype: Triton names BYTES `TYPE_STRING` there."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
 @router.get("/models/{model}/config")
 @router.get("/models/{model}/versions/{version}/config", openapi_extra=VERSIONED)
 async def model_config(
@@ -75,18 +87,19 @@ async def model_config(
 ) -> dict[str, Any]:
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
     service.check_loaded(model, version)
-    meta = await oip.model_metadata(service, model)
-    batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model).config.batching
+    meta = await oip.model_metadata(service, model, version)
+    batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model, version or "").config.batching
     return {
         "name": meta["name"],
         "platform": meta["platform"],
         "max_batch_size": batching.max_batch_size,
         "input": [
-            {"name": i["name"], "data_type": "TYPE_" + i["datatype"].replace("FP", "FP"), "dims": i["shape"][1:]}
+            {"name": i["name"], "data_type": config_data_type(i["datatype"]), "dims": i["shape"][1:]}
             for i in meta["inputs"]
         ],
         "output": [
-            {"name": o["name"], "data_type": "TYPE_" + o["datatype"], "dims": o["shape"][1:]} for o in meta["outputs"]
+            {"name": o["name"], "data_type": config_data_type(o["datatype"]), "dims": o["shape"][1:]}
+            for o in meta["outputs"]
         ],
         "dynamic_batching": {
             "preferred_batch_size": batching.preferred_batch_sizes,
@@ -132,10 +145,7 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
             raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
         params = item.get("parameters") or {}
         if "binary_data_size" in params:
-            try:
-                size = int(params["binary_data_size"])
-            except (TypeError, ValueError):
-                raise InvalidTensorError(f"input '{name}': binary_data_size must be an integer") from None
+            size = integer_parameter(params["binary_data_size"], f"input '{name}': binary_data_size")
             if offset + size > len(binary):
                 raise InvalidTensorError(
                     f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain"
@@ -156,10 +166,14 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
         for item in payload.get("outputs") or []:
             params = item.get("parameters") or {}
             binary = bool(params.get("binary_data", binary_default))
-            outputs.append(oip.RequestedOutput(str(item["name"]), binary, int(params.get("classification", 0))))
+            classes = integer_parameter(params.get("classification", 0), f"output {item['name']!r}: classification")
+            outputs.append(oip.RequestedOutput(str(item["name"]), binary, classes))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidTensorError(f"malformed 'outputs' or 'parameters': {type(exc).__name__}: {exc}") from None
-    request = oip.InferRequest(model, inputs, str(payload.get("id", "")), outputs, parameters, binary_default)
+    request_id = payload.get("id") or ""
+    if not isinstance(request_id, str):
+        raise InvalidTensorError(f"'id' must be a string, got {request_id!r}")
+    request = oip.InferRequest(model, inputs, request_id, outputs, parameters, binary_default)
     return request
 
 
@@ -179,9 +193,9 @@ def render_infer_response(response: oip.InferResponse) -> Response:
             entry["data"] = array_to_json(out.data)
         outputs.append(entry)
     body["outputs"] = outputs
+    head = json.dumps(body).encode()  # NaN and Infinity as Triton writes them (JSONResponse refuses them: a 500)
     if not blobs:
-        return JSONResponse(body)
-    head = json.dumps(body).encode()
+        return Response(head, media_type="application/json")
     return Response(
         head + b"".join(blobs),
         media_type="application/octet-stream",

@@ -7,7 +7,7 @@ import numpy as np
 
 from serving import __version__
 from serving.errors import InvalidTensorError
-from serving.oip.tensors import OIP_TO_NUMPY, oip_datatype
+from serving.oip.tensors import OIP_TO_NUMPY, integer_parameter, oip_datatype
 from serving.postprocess import scores_from_output, top_k
 from serving.requests import ImageOptions
 from serving.service import IMAGE_MODEL_NAME, InferenceService
@@ -71,9 +71,10 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "imgserve", "version": __version__, "extensions": SERVER_EXTENSIONS}
 
 
-async def model_metadata(service: InferenceService, name: str) -> dict[str, Any]:
-    """OIP model metadata (the platform from the model stage's backend); the image-level model describes its BYTES
-    input."""
+async def model_metadata(service: InferenceService, name: str, version: str | None = None) -> dict[str, Any]:
+    """OIP model metadata of `version` (default: the loaded one; a canary's when it names it), the platform from the
+    model stage's backend, `versions` every version served (loaded, canary); the image-level model describes its
+    BYTES input."""
     if name == IMAGE_MODEL_NAME:
         entry = service.served_entry(None)
         return {
@@ -84,12 +85,14 @@ async def model_metadata(service: InferenceService, name: str) -> dict[str, Any]
             "outputs": [{"name": n, "datatype": t, "shape": [-1, -1]} for n, t in IMAGE_OUTPUTS.items()],
             "parameters": {"classifier": entry.name, "top_k": DEFAULT_TOP_K},
         }
-    entry = service.served_entry(name)
+    entry = service.served_entry(name, version or "")
+    loaded = service.loaded_entry(name)
+    canary = service.repository.canaries.get(loaded.name)
     config = entry.config
     info = await service.backend_info(entry.name)
     return {
         "name": config.name,
-        "versions": [config.version],
+        "versions": [loaded.version, *([canary[0].version] if canary else [])],
         "platform": info.get("platform", "onnxruntime_onnx"),
         "inputs": [{"name": config.input.name, "datatype": config.input.dtype, "shape": [-1, *config.input.shape]}],
         "outputs": [{"name": o.name, "datatype": o.dtype, "shape": [-1, *o.shape]} for o in config.outputs],
@@ -108,11 +111,7 @@ def _classification_strings(scores: np.ndarray, labels: tuple[str, ...], k: int,
 
 
 def _int_parameter(parameters: dict[str, Any], name: str, default: int) -> int:
-    value = parameters.get(name, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidTensorError(f"parameter '{name}' must be an integer, got {value!r}") from None
+    return integer_parameter(parameters.get(name, default), f"parameter '{name}'")
 
 
 async def _infer_images(service: InferenceService, request: InferRequest) -> dict[str, np.ndarray]:

@@ -121,6 +121,15 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
     return reshaped(np.frombuffer(raw, dtype=dtype), shape)
 
 
+def integer_parameter(value: object, what: str) -> int:
+    """`value` as an int, or InvalidTensorError (400 / INVALID_ARGUMENT) naming `what`: text, null, and the
+    OverflowError of an infinite number (JSON 1e400, a gRPC double_param inf) alike."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidTensorError(f"{what} must be an integer, got {value!r}") from None
+
+
 def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray:
     """numpy array from OIP JSON `data` (flat or nested, row-major)."""
     if datatype not in OIP_TO_NUMPY:

@@ -101,6 +101,7 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"POST"}), "/v1/batch", True, "analyst"),
     (frozenset({"POST", "DELETE"}), "/v1/jobs/", False, "analyst"),
     (frozenset({"POST"}), "/v2/models/", False, "analyst"),
+    (frozenset({"POST"}), "/v2/repository/index", True, "viewer"),  # Triton's list of models (gRPC: viewer too)
     (frozenset({"GET"}), "/v2", False, "viewer"),
     (frozenset({"GET"}), "/docs", True, "viewer"),
     (frozenset({"GET"}), "/openapi.json", True, "viewer"),

@@ -189,6 +189,33 @@ def test_status_codes(images_stub, triton: triton_grpc.InferenceServerClient) ->
         triton.infer(MODEL, [wrong])
     with pytest.raises(InferenceServerException, match="NOT_FOUND"):
         triton.get_model_metadata("no_such_model")
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+        triton.get_model_metadata("classify", model_version="99")  # the image-level model is version 1 only
+
+
+def test_oip_values_out_of_range_are_invalid_argument(channel: grpc.Channel) -> None:
+    """Typed contents the datatype cannot hold and a non-integer `classification` were INTERNAL errors (an
+    OverflowError / ValueError escaped); tritonclient always sends raw contents, so the messages are built here."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+    too_big = service_pb2.InferTensorContents(uint_contents=[300])
+    uint8 = service_pb2.ModelInferRequest(
+        model_name=MODEL, inputs=[tensor(name="input", datatype="UINT8", shape=[1], contents=too_big)]
+    )
+    assert _code(lambda: stub.ModelInfer(uint8)) == grpc.StatusCode.INVALID_ARGUMENT
+    wanted = service_pb2.ModelInferRequest.InferRequestedOutputTensor(
+        name="probs", parameters={"classification": service_pb2.InferParameter(string_param="two")}
+    )
+    zeros = np.zeros((1, 3, 8, 8), np.float32)
+    named = service_pb2.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[tensor(name="input", datatype="FP32", shape=list(zeros.shape))],
+        raw_input_contents=[zeros.tobytes()],
+        outputs=[wanted],
+    )
+    assert _code(lambda: stub.ModelInfer(named)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_overload_is_resource_exhausted(target: RunningServer, images_stub) -> None:  # noqa: ANN001

@@ -222,6 +222,8 @@ def test_a_ten_percent_canary_gets_ten_percent_and_promotion_and_rollback_need_n
     assert (
         versions["2"]["state"] == "READY" and world.http.get("/v2/models/everyday/versions/2/ready").status_code == 200
     )
+    # OIP metadata names both served versions (it said ["1"] and described version 1 when asked for 2)
+    assert world.http.get("/v2/models/everyday/versions/2").json()["versions"] == ["1", "2"]
     before = version_counts(world.http, "everyday")
     image = world.held_out["vehicles"][0].read_bytes()
 
@@ -251,6 +253,7 @@ def test_a_ten_percent_canary_gets_ten_percent_and_promotion_and_rollback_need_n
     assert world.http.post("/v1/models/everyday/canary", json={"version": "2", "percent": 50}).status_code == 200
     assert world.http.delete("/v1/models/everyday/canary").status_code == 200
     assert {answered_by(i) for i in range(10)} == {"1"}
+    assert world.http.get("/v2/models/everyday").json()["versions"] == ["1"]
 
 
 def test_unload_answers_404_and_not_found_while_other_models_serve(world: World, everyday: dict[str, Any]) -> None:

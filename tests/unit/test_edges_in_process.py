@@ -7,6 +7,7 @@ The same `InferenceService`, stages and FastAPI app the server runs, built by th
 import asyncio
 import base64
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
 from serving.config.app_args import AppArgs
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.http.app import create_http_app
+from serving.oip.tensors import serialize_bytes_tensor
 from serving.placement import IngressConfig, build_service, compose
 from serving.service import InferenceService
 from tests.unit.grpc_local import image_service_stub
@@ -151,6 +153,20 @@ def test_metadata_models_and_probes(http: TestClient) -> None:
     assert http.get("/v2/health/live").status_code == 200
 
 
+def image_infer(http: TestClient, path: str) -> Any:
+    """One JPEG to the image-level model, as tritonclient sends it (the binary tensor extension)."""
+    tensor = serialize_bytes_tensor(np.array([jpeg()], dtype=np.object_))
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "IMAGE", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(tensor)}}
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"}
+    return http.post(path, content=head + tensor, headers=headers)
+
+
 def test_oip_tensor_and_bytes_models(http: TestClient) -> None:
     tensor = np.full((2, 3, 32, 32), 0.5, dtype=np.float32)
     body = {
@@ -165,6 +181,14 @@ def test_oip_tensor_and_bytes_models(http: TestClient) -> None:
     metadata = http.get("/v2/models/classify").json()
     assert metadata["inputs"][0]["datatype"] == "BYTES" and metadata["parameters"]["classifier"] == "tiny"
     assert http.get("/v2/models/tiny/ready").json()["ready"] is True
+    config = http.get("/v2/models/classify/config").json()
+    assert config["input"][0]["data_type"] == "TYPE_STRING"  # Triton's name for BYTES in a model configuration
+    assert http.get("/v2/models/classify/versions/1").status_code == 200
+    for path in ("", "/ready", "/config"):  # the image-level model has one version, as its metadata says
+        assert http.get(f"/v2/models/classify/versions/99{path}").status_code == 404, path
+    unknown = image_infer(http, "/v2/models/classify/versions/99/infer")
+    assert unknown.status_code == 404 and unknown.json()["kind"] == "unknown_model"
+    assert image_infer(http, "/v2/models/classify/versions/1/infer").status_code == 200
 
 
 async def _with_call(method: Any, request: Any, request_id: str) -> tuple[Any, Any]:

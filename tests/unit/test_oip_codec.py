@@ -120,8 +120,20 @@ X_INPUT = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}
         {"inputs": [X_INPUT], "outputs": [{"name": "y", "parameters": {"classification": "top"}}]},
         {"inputs": [X_INPUT], "parameters": ["not", "a", "dict"]},
         {"inputs": [{**X_INPUT, "data": None, "parameters": {"binary_data_size": "four"}}]},
+        # 1e400 reads as infinity: int() raised OverflowError, which was a 500
+        {"inputs": [{**X_INPUT, "data": None, "parameters": {"binary_data_size": float("inf")}}]},
+        {"inputs": [X_INPUT], "outputs": [{"name": "y", "parameters": {"classification": float("inf")}}]},
+        {"inputs": [X_INPUT], "id": 7},
     ],
-    ids=["output-without-name", "classification-not-int", "parameters-not-object", "binary-size-not-int"],
+    ids=[
+        "output-without-name",
+        "classification-not-int",
+        "parameters-not-object",
+        "binary-size-not-int",
+        "binary-size-infinite",
+        "classification-infinite",
+        "id-not-a-string",
+    ],
 )
 def test_malformed_optional_fields_are_client_errors(payload: dict[str, object]) -> None:
     try:
@@ -165,3 +177,17 @@ def test_render_json_and_binary() -> None:
     rendered = render_infer_response(binary)
     header_length = int(rendered.headers["inference-header-content-length"])
     assert bytes(rendered.body)[header_length:] == ARRAYS["UINT8"].tobytes()
+
+
+def test_a_null_id_is_no_id() -> None:
+    body = json.dumps({"inputs": [X_INPUT], "id": None}).encode()
+    assert parse_infer_request("m", body, None).id == ""  # was echoed back as "None"
+
+
+def test_nan_and_infinity_in_json_outputs_are_written_as_triton_writes_them() -> None:
+    """JSONResponse refuses them (a 500 for a model that overflowed, or NaN sent in); Triton answers 200."""
+    values = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
+    rendered = render_infer_response(oip.InferResponse("m", "1", "", [oip.InferOutput("fp32", values)]))
+    assert rendered.media_type == "application/json"
+    (output,) = json.loads(bytes(rendered.body))["outputs"]  # Python's json reads NaN/Infinity, as tritonclient does
+    assert np.isnan(output["data"][0]) and output["data"][1:] == [np.inf, -np.inf, 1.5]

@@ -64,6 +64,9 @@ def test_route_policy_is_closed_by_default() -> None:
     assert http_role("GET", "/metrics") == "operator" and http_role("GET", "/v1/audit") == "admin"
     assert http_role("PUT", "/v1/classify") == "admin" and http_role("GET", "/v1/something-new") == "admin"
     assert grpc_role("Classify") == "analyst" and grpc_role("SomeNewRpc") == "admin"
+    # Triton's model list: viewers over gRPC, so viewers over HTTP too (it was admin-only there)
+    assert http_role("POST", "/v2/repository/index") == grpc_role("RepositoryIndex") == "viewer"
+    assert http_role("POST", "/v2/repository/models/m/load") == "admin"
 
 
 def _ec_keys(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
