@@ -9,6 +9,7 @@ and a revoked key stops working everywhere within that time. Unknown well-formed
 """
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -69,7 +70,16 @@ class JwtVerifier:
             raise
         except (jwt.PyJWTError, ValueError) as exc:
             raise UnauthenticatedError(f"invalid JWT: {exc}") from None
-        return Principal(key_id=f"jwt:{str(claims['sub'])[:12]}", tenant=tenant, role=role, source="jwt")
+        return Principal(key_id=jwt_key_id(claims, tenant), tenant=tenant, role=role, source="jwt")
+
+
+def jwt_key_id(claims: dict[str, Any], tenant: str) -> str:
+    """The id a JWT caller's rate limit, quota and audit entries go by: `jwt:` and 12 hex digits of the issuer,
+    subject and tenant (16 characters, the key-id column's size). It was `jwt:` + the subject's first 12
+    characters, so `svc-account-a` in one tenant and `svc-account-b` in another shared a rate bucket and a daily
+    quota row (counted against whichever tenant came first)."""
+    identity = "\0".join((str(claims.get("iss") or ""), str(claims["sub"]), tenant))
+    return "jwt:" + hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 class Authenticator:

@@ -33,7 +33,8 @@ def check_tenant(tenant: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller. `key_id` is the API key's public id (or `jwt:<sub>`); never the secret."""
+    """An authenticated caller. `key_id` is the API key's public id (a JWT's: `authenticator.jwt_key_id`); never
+    the secret."""
 
     key_id: str | None
     tenant: str

@@ -96,6 +96,14 @@ def test_jwts_from_the_configured_issuer(engine, tmp_path: Path) -> None:  # noq
     claims = {"sub": "alice", "tenant": "acme", "role": "analyst", "iss": "https://idp", "exp": time.time() + 60}
     principal = asyncio.run(auth.authenticate("Bearer " + jwt.encode(claims, private, algorithm="ES256")))
     assert (principal.tenant, principal.role, principal.source) == ("acme", "analyst", "jwt")
+    # Callers go by issuer, subject and tenant: two service accounts whose subjects share 12 characters, in two
+    # tenants, shared one rate bucket and one quota row.
+    ids = {
+        asyncio.run(auth.authenticate("Bearer " + jwt.encode({**claims, **extra}, private, algorithm="ES256"))).key_id
+        for extra in ({"sub": "svc-account-tenant-c"}, {"sub": "svc-account-tenant-d"}, {"tenant": "globex"})
+    }
+    again = asyncio.run(auth.authenticate("Bearer " + jwt.encode(claims, private, algorithm="ES256"))).key_id
+    assert len(ids | {principal.key_id}) == 4 and again == principal.key_id and len(again) == 16
     other, _ = _ec_keys(tmp_path / "..")
     forged = [
         jwt.encode(claims, other, algorithm="ES256"),  # someone else's key
