@@ -50,10 +50,10 @@ def peer_address(context: Any) -> str | None:
     return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
 
 
-async def admit(endpoint: str, context: Any) -> None:
+async def admit(endpoint: str, context: Any, rate: bool = True) -> None:
     """The security gate for an RPC (serving.security.gate): raises 401/403/429 errors, mapped like any other."""
     await replica_gate().admit(
-        invocation_value(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint
+        invocation_value(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint, rate
     )
 
 
@@ -63,18 +63,17 @@ async def attempt(
     call: Callable[[], Awaitable[T]],
     request_id: str | None = None,
     context: Any = None,
-    admitted: bool = False,
 ) -> tuple[T | None, ErrorInfo | None]:
-    """Pass the gate (unless `admitted`: a stream's messages, admitted when the stream opened), run `call`, count
-    and time it; a failure comes back as its `ErrorInfo` instead of raising."""
+    """Pass the gate (a stream's every message too: its key is checked again, so a revoked key stops within the
+    key cache's seconds, and each message is a request of the rate limit), run `call`, count and time it; a
+    failure comes back as its `ErrorInfo` instead of raising."""
     start = time.perf_counter()
     stages = start_request(request_id)
     code = "OK"
     model = model_label(model)
     INFLIGHT.labels("grpc").inc()
     try:
-        if not admitted:
-            await admit(endpoint, context)
+        await admit(endpoint, context)
         with nullcontext() if endpoint in UNLIMITED_GRPC_METHODS else REPLICA_LIMIT.admit():
             return await call(), None
     except asyncio.CancelledError:  # the client cancelled or its deadline passed: counted as such, not as OK
@@ -116,9 +115,10 @@ async def answer(
 
 
 async def open_stream(endpoint: str, context: Any) -> bool:
-    """Admit a streaming RPC once, when it opens; on refusal set the status on `context` and return False."""
+    """Check a streaming RPC's key and role when it opens (its messages are admitted one by one: `attempt`); on
+    refusal set the status on `context` and return False."""
     try:
-        await admit(endpoint, context)
+        await admit(endpoint, context, rate=False)
     except Exception as exc:  # noqa: BLE001 - a refusal becomes the stream's status
         info = classify_error(exc)
         ERRORS.labels(endpoint, info.kind).inc()

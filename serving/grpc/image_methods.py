@@ -93,7 +93,7 @@ class ImageGrpcMethods:
                 return analysis_proto(results[0])
 
             model = request.model or self.service.default_model
-            analysis, error = await attempt("AnalyzeStream", model, call, admitted=True)
+            analysis, error = await attempt("AnalyzeStream", model, call, context=grpc_context)
             if error is not None:
                 failure = pb.Error(code=error.grpc_code, kind=error.kind, message=error.message)
                 return pb.AnalyzeStreamResponse(request_id=request.request_id, error=failure)

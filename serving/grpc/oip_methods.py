@@ -74,7 +74,7 @@ class OipGrpcMethods:
 
         async def one(request: Any) -> Any:
             call = lambda: self._infer(request)  # noqa: E731
-            response, error = await attempt("ModelStreamInfer", request.model_name, call, admitted=True)
+            response, error = await attempt("ModelStreamInfer", request.model_name, call, context=grpc_context)
             if error is not None:
                 return pb.ModelStreamInferResponse(error_message=f"{error.grpc_code}: {error.message}")
             return pb.ModelStreamInferResponse(infer_response=response)

@@ -59,8 +59,12 @@ class SecurityGate:
         AUTH_REFUSED.labels(who.tenant if who else "none", error.kind).inc()
         self.audit(AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint))
 
-    async def admit(self, authorization: str | None, client: str | None, role: Role | None, endpoint: str) -> Principal:
-        """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited)."""
+    async def admit(
+        self, authorization: str | None, client: str | None, role: Role | None, endpoint: str, rate: bool = True
+    ) -> Principal:
+        """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited). `rate=False`
+        (a gRPC stream opening) checks the key and role without spending a request of the rate limit: each of
+        the stream's messages is admitted as a request of its own."""
         if role is None:
             return ANONYMOUS  # an open probe: nothing is read or changed on anyone's behalf
         if not self.required:
@@ -72,7 +76,8 @@ class SecurityGate:
             principal = await self.authenticator.authenticate(authorization)
             if not principal.has(role):
                 raise PermissionDeniedError(f"this key's role ({principal.role}) cannot do this; it needs {role}")
-            await self.limiter.take(principal)
+            if rate:
+                await self.limiter.take(principal)
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             self._refused(error, client, endpoint, principal)
             raise

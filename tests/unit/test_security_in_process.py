@@ -54,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
     }
     with TestClient(create_http_app(service, job_service, settings, gate)) as client:
-        yield {"http": client, "keys": made, "engine": engine, "root": root, "service": service}
+        yield {"http": client, "keys": made, "engine": engine, "root": root, "service": service, "gate": gate}
     service.gate = None
 
 
@@ -266,3 +266,47 @@ def test_random_model_names_add_no_series(world: dict[str, Any]) -> None:
     codes = http.portal.call(ten_thousand_unknown_names)
     assert len(codes) == 10_000 and set(codes) == {404}
     assert _series(http, op) == before
+
+
+def test_a_grpc_streams_messages_pass_the_rate_limit_and_a_revoked_key_stops_them(world: dict[str, Any]) -> None:
+    """Each message of AnalyzeStream is a request: the key's rate limit applies to it, and a key revoked while the
+    stream is open stops answering (the key cache is off here). Admitted once when the stream opened, a 1/s key
+    got 40 analyses in 0.8 s, 20 of them after its revocation."""
+    import grpc
+
+    from serving.grpc.generated import image_service_pb2 as pb
+    from serving.security.gate import set_replica_gate
+    from tests.unit.grpc_local import image_service_stub
+    from tests.unit.test_edges_in_process import GrpcIngress
+
+    keys = KeyStore(world["engine"])
+    record, key = keys.create("streamer", "analyst", "s", 1.0, burst=2)
+    metadata = (("authorization", f"Bearer {key}"),)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async def messages(count: int, revoke_after: int | None = None) -> Any:
+            for i in range(count):
+                if i == revoke_after:
+                    keys.revoke(record.id)
+                yield pb.AnalyzeStreamRequest(image=jpeg(), request_id=str(i), fields=["quality"])
+
+        async with image_service_stub(GrpcIngress(world["service"])) as stub:
+            limited = [reply.error.code or "OK" async for reply in stub.AnalyzeStream(messages(10), metadata=metadata)]
+            await asyncio.sleep(2.1)  # the bucket refills
+            revoked = [
+                reply.error.code or "OK"
+                async for reply in stub.AnalyzeStream(messages(6, revoke_after=2), metadata=metadata)
+            ]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # a new stream with the revoked key: refused at once
+                async for _ in stub.AnalyzeStream(messages(1), metadata=metadata):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        return limited, revoked
+
+    set_replica_gate(world["gate"])
+    try:
+        limited, revoked = asyncio.run(scenario())
+    finally:
+        set_replica_gate(SecurityGate("off", None, SecuritySettings(auth="off")))
+    assert limited[:2] == ["OK", "OK"] and "RESOURCE_EXHAUSTED" in limited and len(limited) == 10, limited
+    assert revoked[2:] == ["UNAUTHENTICATED"] * 4, revoked  # (the first two may be read after the revocation too)
