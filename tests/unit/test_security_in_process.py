@@ -283,20 +283,30 @@ def test_a_grpc_streams_messages_pass_the_rate_limit_and_a_revoked_key_stops_the
     record, key = keys.create("streamer", "analyst", "s", 1.0, burst=2)
     metadata = (("authorization", f"Bearer {key}"),)
 
+    def message(i: int) -> Any:
+        return pb.AnalyzeStreamRequest(image=jpeg(), request_id=str(i), fields=["quality"])
+
     async def scenario() -> tuple[list[str], list[str]]:
-        async def messages(count: int, revoke_after: int | None = None) -> Any:
+        async def messages(count: int) -> Any:
             for i in range(count):
-                if i == revoke_after:
-                    keys.revoke(record.id)
-                yield pb.AnalyzeStreamRequest(image=jpeg(), request_id=str(i), fields=["quality"])
+                yield message(i)
+
+        first_answered = asyncio.Event()
+
+        async def revoked_after_the_first(count: int) -> Any:
+            yield message(0)
+            await first_answered.wait()
+            keys.revoke(record.id)
+            for i in range(1, count):
+                yield message(i)
 
         async with image_service_stub(GrpcIngress(world["service"])) as stub:
             limited = [reply.error.code or "OK" async for reply in stub.AnalyzeStream(messages(10), metadata=metadata)]
             await asyncio.sleep(2.1)  # the bucket refills
-            revoked = [
-                reply.error.code or "OK"
-                async for reply in stub.AnalyzeStream(messages(6, revoke_after=2), metadata=metadata)
-            ]
+            revoked = []
+            async for reply in stub.AnalyzeStream(revoked_after_the_first(5), metadata=metadata):
+                revoked.append(reply.error.code or "OK")
+                first_answered.set()
             with pytest.raises(grpc.aio.AioRpcError) as refused:  # a new stream with the revoked key: refused at once
                 async for _ in stub.AnalyzeStream(messages(1), metadata=metadata):
                     pass
