@@ -288,7 +288,7 @@ def test_a_cancelled_rpc_is_counted_cancelled_not_ok() -> None:
             started.set()
             await asyncio.sleep(3600)
 
-        task = asyncio.create_task(attempt("/imgserve.ImageService/Classify", "tiny", slow, admitted=True))
+        task = asyncio.create_task(attempt("/imgserve.ImageService/Classify", "tiny", slow))  # auth off: admitted
         await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
