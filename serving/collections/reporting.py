@@ -52,7 +52,7 @@ def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobSe
         data = read_items([row], THUMBNAIL_MAX_BYTES)[0]
     elif info.job_id and (source := jobs.store.input_source(info.job_id, name)):
         try:
-            data = read_job_input(*source, jobs.objects(), jobs.settings.allowed_root, THUMBNAIL_MAX_BYTES)
+            data = read_job_input(*source, jobs.objects(), jobs.settings.read_root(info.tenant), THUMBNAIL_MAX_BYTES)
         except Exception as exc:  # noqa: BLE001 - purged, missing or refused: the same answer
             data = exc
     else:

@@ -104,7 +104,7 @@ async def submit_batch(
         "output_suffix": output_suffix,
         "output_uri": output_uri,
     }
-    spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize, **operations))
+    spec = await jobs.check(BatchOptions(model, top_k, stages, webhook_url, anonymize, **operations), principal.tenant)
     try:
         parts, body = await read_inputs(request, jobs)
         if body is not None:  # a JSON body's fields override the query's: checked again
@@ -119,7 +119,7 @@ async def submit_batch(
                 body.output_suffix if body.output_suffix is not None else operations["output_suffix"],
                 body.output_uri if body.output_uri is not None else operations["output_uri"],
             )
-            spec = await jobs.check(options)
+            spec = await jobs.check(options, principal.tenant)
         job = await jobs.submit(spec, parts, start, principal, client_host(request))
     finally:
         await close_form(request)

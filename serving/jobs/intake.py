@@ -35,8 +35,9 @@ def _stored(objects: ObjectStore, name: str, data: bytes) -> NewItem:
 
 
 class Intake:
-    def __init__(self, objects: ObjectStore, settings: JobSettings):
+    def __init__(self, objects: ObjectStore, settings: JobSettings, tenant: str):
         self.objects, self.settings = objects, settings
+        self.allowed_root = settings.read_root(tenant)
         self.limits = ArchiveLimits(
             max_entries=settings.max_items,
             max_total_bytes=settings.max_archive_bytes,
@@ -48,7 +49,7 @@ class Intake:
         """Request-level checks before anything is stored: every URI must be allowed (else 403/400)."""
         for part in parts:
             if part.kind == "uri":
-                check_uri(part.name, self.settings.allowed_root)
+                check_uri(part.name, self.allowed_root)
 
     def items(self, parts: Sequence[InputPart]) -> list[NewItem]:
         self.check(parts)

@@ -187,8 +187,8 @@ class JobRunner:
         self._webhook_work.set()
         return finished
 
-    async def _load(self, item: ClaimedItem) -> bytes:
-        root, limit = self.settings.allowed_root, self.settings.max_image_bytes
+    async def _load(self, job: JobRecord, item: ClaimedItem) -> bytes:
+        root, limit = self.settings.read_root(job.tenant), self.settings.max_image_bytes
         return await asyncio.to_thread(read_job_input, item.source_kind, item.source, self.objects, root, limit)
 
     async def _process(self, job: JobRecord, item: ClaimedItem, output_base: str) -> None:
@@ -196,7 +196,7 @@ class JobRunner:
         start = time.perf_counter()
         BATCH_DISPATCHES.inc()
         try:
-            data = await self._load(item)
+            data = await self._load(job, item)
             options = ImageOptions.parse(
                 model=job.model, top_k=job.top_k, fields=list(job.stages), anonymize=job.anonymize or None
             )
@@ -213,7 +213,7 @@ class JobRunner:
                     data,
                     output_base,
                     job.anonymize,
-                    self.settings.output_root,
+                    self.settings.write_root(job.tenant),
                 )
             outcome = Outcome("done", job.model, document, output=output)
         except ItemInputError as exc:

@@ -25,7 +25,7 @@ from serving.jobs.store import JobStore
 from serving.security.audit import AuditEntry
 from serving.security.egress import check_webhook_url
 from serving.security.errors import PermissionDeniedError, QuotaExceededError
-from serving.security.principal import ANONYMOUS, Principal
+from serving.security.principal import ANONYMOUS, DEFAULT_TENANT, Principal
 
 logger = logging.getLogger("imgserve.jobs")
 STAGE_ALIASES = {"classify": "classification"}
@@ -83,10 +83,10 @@ class JobService:
             self._objects = ObjectStore(self.settings.object_store)
         return self._objects
 
-    def _intake(self) -> Intake:
-        return Intake(self.objects(), self.settings)
+    def _intake(self, tenant: str) -> Intake:
+        return Intake(self.objects(), self.settings, tenant)
 
-    def spec(self, options: BatchOptions) -> JobSpec:
+    def spec(self, options: BatchOptions, tenant: str = DEFAULT_TENANT) -> JobSpec:
         """The job's model and stages, checked now so a bad request is a 4xx and never a failed job."""
         entry = self.inference.served_entry(options.model)
         if options.top_k < 1:
@@ -99,7 +99,7 @@ class JobService:
             options.enhance,
             options.output_suffix,
             options.output_uri,
-            self.settings.output_root,
+            self.settings.write_root(tenant),
         )
         if operations and operations["enhance"] is not None and EnhanceOptions.parse(**operations["enhance"]).auto:
             pipeline = getattr(self.inference, "pipeline", None)
@@ -112,10 +112,10 @@ class JobService:
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         return JobSpec(entry.name, options.top_k, stages, options.webhook_url, options.anonymize, operations)
 
-    async def check(self, options: BatchOptions) -> JobSpec:
+    async def check(self, options: BatchOptions, tenant: str = DEFAULT_TENANT) -> JobSpec:
         """`spec`, plus the webhook target: resolved, and refused (400) unless every address is public or
         allow-listed (serving.security.egress; the resolver blocks, so it runs in a thread)."""
-        spec = self.spec(options)
+        spec = self.spec(options, tenant)
         if options.webhook_url is not None:
             await asyncio.to_thread(check_webhook_url, options.webhook_url, self.settings.webhook_allow_list())
         return spec
@@ -148,7 +148,9 @@ class JobService:
         if self.gate is not None and await self.gate.anonymize_forced():
             spec = replace(spec, anonymize=True)
         store = await self.ready()
-        items = await asyncio.to_thread(self._intake().items, parts)  # refused URIs: 4xx, nothing stored
+        items = await asyncio.to_thread(
+            self._intake(principal.tenant).items, parts
+        )  # refused URIs: 4xx, nothing stored
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
         job_id = await asyncio.to_thread(store.create_job, spec, items, start, principal.tenant, audit)
@@ -159,7 +161,7 @@ class JobService:
     async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()
         await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
-        items = await asyncio.to_thread(self._intake().items, parts)
+        items = await asyncio.to_thread(self._intake(principal.tenant).items, parts)
         await self._admit_items(principal, items)
         await asyncio.to_thread(store.add_items, job_id, items, principal.tenant)
         return await asyncio.to_thread(store.get_job, job_id)
@@ -182,7 +184,7 @@ class JobService:
         if not principal.has("admin"):
             raise PermissionDeniedError(f"purging a job needs the admin role; this key is {principal.role}")
         await self.ready()
-        self._intake()  # opens the object store
+        self.objects()  # opens the object store
         audit = AuditEntry.by(principal, "job.purge", client)
         report = await asyncio.to_thread(purge_job, self.engine, self._objects, job_id, principal.tenant, audit)
         await self.wake(job_id)

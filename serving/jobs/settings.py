@@ -7,6 +7,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from serving.config.settings import ServerSettings
 from serving.security.egress import EgressAllowList
+from serving.security.principal import check_tenant
+
+TENANT_FOLDER = "{tenant}"
+
+
+def tenant_folder(root: Path | None, tenant: str) -> Path | None:
+    """`root` for `tenant`: a root naming `{tenant}` (IMGSERVE_BATCH_ALLOWED_ROOT=/data/{tenant}) is each tenant's
+    own folder, so one tenant's jobs can neither read another's files nor overwrite its outputs; a root without it
+    is shared by every tenant (a single-team server)."""
+    if root is None or TENANT_FOLDER not in str(root):
+        return root
+    return Path(str(root).replace(TENANT_FOLDER, check_tenant(tenant)))
+
 
 # Field -> environment variable. Store locations keep short names; the rest are IMGSERVE_BATCH_* / _WEBHOOK_*.
 ENV_NAMES = {
@@ -53,11 +66,14 @@ class JobSettings(BaseModel):
         "default <cache dir>/objects; s3://bucket/prefix with s3fs installed."
     )
     allowed_root: Path | None = Field(
-        default=None, description="file:// URIs must resolve under this folder; unset = file:// URIs are refused."
+        default=None,
+        description="file:// URIs must resolve under this folder ('{tenant}' in it: each tenant's own); unset = "
+        "file:// URIs are refused.",
     )
     output_root: Path | None = Field(
         default=None,
-        description="file:// output destinations of image operations must resolve under this folder; unset = refused.",
+        description="file:// output destinations of image operations must resolve under this folder ('{tenant}' in "
+        "it: each tenant's own); unset = refused.",
     )
     concurrency: int = Field(default=8, ge=1, description="Job items in flight at once (bounds the load on the graph).")
     poll_interval_s: float = Field(default=2.0, gt=0, description="How often the worker looks for work unprompted.")
@@ -135,3 +151,11 @@ class JobSettings(BaseModel):
 
     def webhook_allow_list(self) -> EgressAllowList:
         return EgressAllowList.parse(self.webhook_allow)
+
+    def read_root(self, tenant: str) -> Path | None:
+        """Where `tenant`'s file:// inputs (batch items, training datasets) must be."""
+        return tenant_folder(self.allowed_root, tenant)
+
+    def write_root(self, tenant: str) -> Path | None:
+        """Where `tenant`'s file:// output destinations must be."""
+        return tenant_folder(self.output_root, tenant)

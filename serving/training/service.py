@@ -7,6 +7,7 @@ by a stopped server run again when it starts (features are cached, so a rerun co
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from typing import Any, Literal
@@ -192,7 +193,7 @@ class TrainingService:
             backbone,
             wanted,
             cache,
-            self.read_images,
+            functools.partial(self.read_images, tenant=job.tenant),
             progress=report_progress,
             cancelled=check_cancelled,
         )
@@ -281,7 +282,7 @@ class TrainingService:
     async def _dataset(self, request: TrainingRequest, tenant: str) -> tuple[list[LabelledImage], int]:
         """(labelled images, images left out) of the request's folder or collection."""
         if request.dataset is not None:
-            return await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.allowed_root)
+            return await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.read_root(tenant))
         assert request.collection is not None
         store = CollectionStore(self.jobs.engine)
         info = await asyncio.to_thread(store.get, request.collection, tenant)
@@ -291,9 +292,9 @@ class TrainingService:
         recorded = await asyncio.to_thread(list, images)
         return collection_dataset(recorded, request.labels, inputs)
 
-    def read_images(self, images: list[LabelledImage]) -> list[bytes | Exception]:
+    def read_images(self, images: list[LabelledImage], tenant: str) -> list[bytes | Exception]:
         """The bytes of each image, wherever it is (a folder or fsspec URI, a job's object store or input URI)."""
-        limit, root, objects = self.settings.max_image_bytes, self.jobs.settings.allowed_root, self.jobs.objects()
+        limit, root, objects = self.settings.max_image_bytes, self.jobs.settings.read_root(tenant), self.jobs.objects()
         out: list[bytes | Exception] = [b""] * len(images)
         files = [i for i, image in enumerate(images) if image.kind == "file"]
         for i, data in zip(files, read_items([images[i].to_row() for i in files], limit), strict=True):
