@@ -8,7 +8,7 @@ import numpy as np
 from serving import __version__
 from serving.errors import InvalidTensorError
 from serving.oip.tensors import OIP_TO_NUMPY, integer_parameter, oip_datatype
-from serving.postprocess import scores_from_output, top_k
+from serving.postprocess import top_k
 from serving.requests import ImageOptions
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
@@ -99,11 +99,15 @@ async def model_metadata(service: InferenceService, name: str, version: str | No
     }
 
 
-def _classification_strings(scores: np.ndarray, labels: tuple[str, ...], k: int, kind_spec: Any) -> np.ndarray:
+def _classification_strings(values: np.ndarray, labels: tuple[str, ...], k: int, spec: Any) -> np.ndarray:
+    """Triton's classification extension: each row's k highest values as `<value>:<index>[:<label>]`, the value
+    being the output's own (a logits output's logit, as Triton writes it) and the label the model's only on its
+    classification outputs (logits, probabilities): a `raw` output such as a score has no labels of its own."""
+    labelled = spec.kind in ("logits", "probabilities")
     rows = []
-    for row in scores:
-        preds = top_k(scores_from_output(row, kind_spec), labels, k)
-        rows.append([f"{p.score:f}:{p.index}:{p.label}".encode() for p in preds])
+    for row in values:
+        preds = top_k(np.asarray(row, dtype=np.float64).reshape(-1), labels if labelled else (), k)
+        rows.append([(f"{p.score:f}:{p.index}" + (f":{p.label}" if labelled else "")).encode() for p in preds])
     out = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=np.object_)
     for i, row in enumerate(rows):
         out[i, :] = row

@@ -191,6 +191,26 @@ def test_oip_tensor_and_bytes_models(http: TestClient) -> None:
     assert image_infer(http, "/v2/models/classify/versions/1/infer").status_code == 200
 
 
+def test_oip_classification_extension_writes_the_outputs_own_values_and_labels(http: TestClient) -> None:
+    """`<value>:<index>:<label>` with the output's own value (Triton's; it wrote a softmax of the logits) and the
+    model's labels only on classification outputs (quality_mos's `score` got the first tag, "blurry")."""
+    tensor = np.full((1, 3, 32, 32), 0.5, dtype=np.float32)
+    inputs = [{"name": "input", "datatype": "FP32", "shape": list(tensor.shape), "data": tensor.ravel().tolist()}]
+    logits = http.post("/v2/models/tiny/infer", json={"inputs": inputs}).json()["outputs"][0]["data"]
+    body = {"inputs": inputs, "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}
+    (top,) = http.post("/v2/models/tiny/infer", json=body).json()["outputs"]
+    assert top["datatype"] == "BYTES" and top["shape"] == [1, 2]
+    best = int(np.argmax(logits))
+    value, index, label = top["data"][0].split(":")
+    assert (int(index), label) == (best, CLASSES[best]) and float(value) == pytest.approx(logits[best], abs=1e-5)
+    meta = http.get("/v2/models/quality_mos").json()["inputs"][0]
+    shape = [1, *meta["shape"][1:]]
+    quality_input = {**meta, "shape": shape, "data": [0.5] * int(np.prod(shape))}
+    body = {"inputs": [quality_input], "outputs": [{"name": "score", "parameters": {"classification": 1}}]}
+    (score,) = http.post("/v2/models/quality_mos/infer", json=body).json()["outputs"]
+    assert score["data"][0].count(":") == 1 and score["data"][0].endswith(":0")
+
+
 async def _with_call(method: Any, request: Any, request_id: str) -> tuple[Any, Any]:
     call = method(request, metadata=(("request_id", request_id),))
     return await call, call
