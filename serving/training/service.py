@@ -22,6 +22,7 @@ from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
 from serving.model_versions import VersionPolicy, read_policy, write_policy
+from serving.security.errors import PermissionDeniedError
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.trained_head import ClassifierHead
@@ -114,11 +115,16 @@ class TrainingService:
         existing = self.service.repository.versions.get(request.model)
         if existing and not any(e.folder.is_relative_to(self.settings.trained_models) for e in existing.values()):
             raise BadRequestError(f"'{request.model}' is a repository model; training adds versions to trained models")
+        store = await self.store()
+        owners = {str(v["tenant"]) for v in await asyncio.to_thread(store.versions, request.model)}
+        if owners - {principal.tenant}:  # a new version would replace what another tenant's requests are answered by
+            raise PermissionDeniedError(
+                f"model '{request.model}' was trained by another tenant; train yours under another name"
+            )
         backbone = self._backbone(request.backbone)
         base_classifier(self.service, backbone)
         images, _ = await self._dataset(request, principal.tenant)
         check_classes(images)
-        store = await self.store()
         body = request.model_dump()
         job = await asyncio.to_thread(store.create, principal.tenant, principal.key_id, request.model, body)
         self.schedule(job.id)
