@@ -181,7 +181,10 @@ async def cancel_job(
 ) -> JobStatus | JSONResponse:
     if purge:
         report = await jobs.purge(job_id, principal, client_host(request))
-        return JSONResponse({"id": job_id, "purged": True, "items": report.items, "objects": report.objects})
+        # `objects`: the job's own stored inputs and outputs, no longer held for it. How many of them were deleted
+        # is not said: one kept because another job holds the same bytes would tell the caller that some job,
+        # maybe another tenant's, stored that exact file (the audit entry has the count).
+        return JSONResponse({"id": job_id, "purged": True, "items": report.items, "objects": report.inputs})
     return job_status(await jobs.cancel(job_id, principal, client_host(request)), time.time())
 
 

@@ -30,7 +30,8 @@ ORPHAN_GRACE_S = 3600.0
 class PurgeReport:
     jobs: int = 0
     items: int = 0
-    objects: int = 0
+    objects: int = 0  # stored objects deleted (an object another job still holds is kept)
+    inputs: int = 0  # the purged jobs' distinct stored objects, deleted or kept: what the caller may be told
 
 
 def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
@@ -89,7 +90,7 @@ def purge_job(
     if objects is not None:
         for digest in orphaned:
             objects.delete(digest)
-    return PurgeReport(1, items, len(orphaned))
+    return PurgeReport(1, items, len(orphaned), len(digests))
 
 
 def expired_jobs(engine: sa.Engine, cutoff: float) -> list[tuple[str, str]]:
