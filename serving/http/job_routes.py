@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -200,7 +201,9 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 HEARTBEAT_S = 15.0
 RECHECK_KEY_S = 5.0  # a revoked key's stream ends within this (IMGSERVE_KEY_CACHE_S is the rest of the API's bound)
 MAX_PROGRESS_STREAMS = 64  # open progress streams per replica; they hold no admission slot (serving.admission)
+MAX_TENANT_PROGRESS_STREAMS = 16  # of which one tenant may hold: one tenant's streams cannot lock out the others
 _open_streams = 0
+_tenant_streams: Counter[str] = Counter()
 
 
 def _progress_key(status: dict[str, object]) -> str:
@@ -226,17 +229,21 @@ async def job_progress(
     store down) or the key is revoked, an `event: error` ({kind, error}) ends the stream instead; a stream that
     ends with neither was cut and can be opened again. The server looks at the job every `interval` seconds; a
     client holds one connection instead of polling. A browser reads it with `fetch` (EventSource cannot send an
-    Authorization header). Streams hold no admission slot; at most 64 are open per replica (503 beyond)."""
+    Authorization header). Streams hold no admission slot; at most 64 are open per replica and 16 per tenant (503
+    beyond)."""
     global _open_streams
     first = await jobs.get(job_id, principal)  # 404 before the stream starts
-    if _open_streams >= MAX_PROGRESS_STREAMS:
-        raise OverloadedError(f"{MAX_PROGRESS_STREAMS} progress streams are open on this replica; poll the job instead")
+    tenant = principal.tenant
+    if _open_streams >= MAX_PROGRESS_STREAMS or _tenant_streams[tenant] >= MAX_TENANT_PROGRESS_STREAMS:
+        held = "" if _open_streams >= MAX_PROGRESS_STREAMS else " of your tenant"
+        raise OverloadedError(f"too many progress streams{held} are open on this replica; poll the job instead")
     authorization = request.headers.get("authorization")
     gate = replica_gate()
 
     async def events() -> AsyncIterator[str]:
         global _open_streams
         _open_streams += 1
+        _tenant_streams[tenant] += 1
         job, last_key, last_sent, key_checked = first, "", time.monotonic(), time.monotonic()
         try:
             while True:
@@ -265,6 +272,7 @@ async def job_progress(
                     return
         finally:
             _open_streams -= 1
+            _tenant_streams[tenant] -= 1
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
