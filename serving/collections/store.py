@@ -207,12 +207,15 @@ class CollectionStore:
     def names_recorded_elsewhere(self, name: str, tenant: str, wanted: Mapping[str, str]) -> dict[str, str]:
         """Of `wanted` (image name -> where this run reads it, `sources.place`), the names the tenant's collection
         `name` already records as read from another place, with that place. Names are unique in a collection, so
-        such an image would be taken as analysed already and never read. Rows whose place cannot be compared
-        (saved before places were absolute: a relative path; saved from a batch job: none) are left out."""
+        such an image would be taken as analysed already and never read. A row saved from a batch job has no place
+        (always a clash); one recorded before places were absolute (a relative path) cannot be compared."""
         clashes: dict[str, str] = {}
         for image in self._recorded(name, tenant, list(wanted)):
-            recorded = place(image.location, image.member) if image.location else ""
-            if (os.path.isabs(recorded) or is_uri(recorded)) and recorded != wanted[image.name]:
+            if not image.location:
+                clashes[image.name] = "a batch job saved into the collection"
+            elif (recorded := place(image.location, image.member)) != wanted[image.name] and (
+                os.path.isabs(recorded) or is_uri(recorded)
+            ):
                 clashes[image.name] = recorded
         return clashes
 

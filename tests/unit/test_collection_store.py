@@ -214,6 +214,11 @@ def test_a_name_the_collection_has_from_another_folder_is_refused_not_skipped(
     (prefixed,) = list_sources([str(tmp_path / "2024")], prefix="2024/")
     assert prefixed.name == "2024/IMG_0001.jpg"
     assert store.names_recorded_elsewhere("holiday", "default", {prefixed.name: prefixed.place}) == {}
+    saved = store.open("from-a-job", ["metadata"], ["job:0123"])
+    store.add(saved.id, [RecordedImage(ImageRecord(second.name), {})])  # saved from a batch job: no place
+    assert store.names_recorded_elsewhere("from-a-job", "default", {second.name: second.place}) == {
+        second.name: "a batch job saved into the collection"
+    }
 
     # The same folder named from another working directory is the same source (places are absolute).
     monkeypatch.chdir(tmp_path / "2024")
