@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.client import Analysis, Classification
+from serving.spreadsheet import safe_cell
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 CSV_COLUMNS = (
@@ -81,7 +82,7 @@ def write_results(path: Path, records: list[dict[str, Any]]) -> None:
         if path.suffix.lower() == ".csv":
             writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-            writer.writerows(flat_row(r) for r in records)
+            writer.writerows({k: safe_cell(v) for k, v in flat_row(r).items()} for r in records)
         else:
             out.writelines(json.dumps(r) + "\n" for r in records)
 

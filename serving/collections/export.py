@@ -8,19 +8,9 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from serving.collections.store import RECORD_COLUMNS, CollectionStore, ImageFilter
+from serving.spreadsheet import safe_cell
 
 CSV_COLUMNS = (*RECORD_COLUMNS, "tags", "location", "member")
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: object) -> object:
-    """A CSV cell that a spreadsheet will not run: text starting like a formula (file names and EXIF fields are
-    the uploader's) gets a leading apostrophe (OWASP's advice for CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def csv_lines(store: CollectionStore, collection_id: str, where: ImageFilter) -> Iterator[str]:
@@ -30,7 +20,7 @@ def csv_lines(store: CollectionStore, collection_id: str, where: ImageFilter) ->
     for image in store.iter_images(collection_id, where, documents=False):
         values = [getattr(image.record, name) for name in RECORD_COLUMNS]
         values += [";".join(image.record.tags), image.location, image.member]
-        writer.writerow(["" if v is None else _cell(v) for v in values])
+        writer.writerow([safe_cell(v) for v in values])
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from serving.jobs.records import ResultRecord
+from serving.spreadsheet import safe_cell
 
 CSV_COLUMNS = ["index", "name", "status", "model", "top1_label", "top1_score", "error_kind", "error"]
 
@@ -47,7 +48,6 @@ def csv_lines(rows: Iterable[ResultRecord]) -> str:
     writer = csv.writer(buffer)
     for row in rows:
         label, score = _top1(row)
-        writer.writerow(
-            [row.idx, row.name, row.status, row.model or "", label, score, row.error_kind or "", row.error or ""]
-        )
+        cells = [row.idx, row.name, row.status, row.model, label, score, row.error_kind, row.error]
+        writer.writerow([safe_cell(cell) for cell in cells])  # names, labels and errors are the uploader's
     return buffer.getvalue()

@@ -69,8 +69,11 @@ export async function downloadFrom(path, name) {
 }
 
 export function csvCell(value) {
-  const text = value === null || value === undefined ? "" : String(value);
-  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  // Text starting like a formula gets a leading apostrophe, as the server's CSVs do (serving/spreadsheet.py):
+  // EXIF fields and labels are the uploader's, and a spreadsheet would run "=HYPERLINK(...)".
+  let text = value === null || value === undefined ? "" : String(value);
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
 export function bytes(n) {
