@@ -219,11 +219,15 @@ def _node_ports(ports: list[int]) -> list[str]:
 
 
 def _cluster_config(http_port: int, grpc_port: int) -> dict:
-    """serve_config.yaml on free ports, with the model deployment pinned to the worker node."""
+    """serve_config.yaml on free ports, with the model deployment pinned to the worker node and every other
+    deployment to the head: left to the scheduler, two of them (the decoder, the embedding model) could take the
+    worker's 2 CPUs first, and the pinned model replica then never started (CI once: "taken more than 30s to be
+    scheduled", the deploy timed out)."""
     config = load_serve_config(PROJECT_ROOT / "serve_config.yaml", http_port, grpc_port)
     (app,) = config["applications"]
-    model = next(d for d in app["deployments"] if d["name"] == MODEL_DEPLOYMENT)
-    model.setdefault("ray_actor_options", {})["resources"] = {"worker_node": 0.01}
+    for deployment in app["deployments"]:
+        place = {"worker_node": 0.01} if deployment["name"] == MODEL_DEPLOYMENT else {"head": 0.01}
+        deployment.setdefault("ray_actor_options", {})["resources"] = place
     return config
 
 
