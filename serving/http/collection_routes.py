@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from pipelines.collections.report_html import CSP as REPORT_CSP
 from serving.collections.export import csv_lines, jsonl_lines
 from serving.collections.from_job import save_job_as_collection
 from serving.collections.reporting import (
@@ -157,9 +158,11 @@ async def collection_report_route(
     if format == "json":
         return JSONResponse(report)
     html = await asyncio.to_thread(collection_report_html, store, info, report)
-    return HTMLResponse(
-        html, headers={"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"}
-    )
+    headers = {  # the report's own <meta> policy, plus what only a header can say (framing, sniffing)
+        "Content-Security-Policy": f"{REPORT_CSP}; frame-ancestors 'none'; base-uri 'none'",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return HTMLResponse(html, headers=headers)
 
 
 @router.delete("/collections/{ref}")

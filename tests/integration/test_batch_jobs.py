@@ -465,6 +465,8 @@ def test_collections_over_http_on_postgresql(pg_server: tuple[BatchServer, str],
         assert (
             html.headers["content-type"].startswith("text/html")
             and "default-src 'none'" in html.headers["content-security-policy"]
+            and "frame-ancestors 'none'" in html.headers["content-security-policy"]  # not framed by another site
+            and html.headers["x-content-type-options"] == "nosniff"
         )
         assert "web-sample" in html.text and "data:image/jpeg;base64," in html.text  # thumbnails read back
         assert http.get("/v1/collections/nope").status_code == 404

@@ -70,7 +70,7 @@ async function route() {
     }
     if (mine !== navigation) return;
   }
-  if (!(page in pages)) page = home();
+  if (!Object.hasOwn(pages, page)) page = home(); // "#/constructor" is `in` every object: a blank page
   for (const stop of leave) stop();
   for (const section of document.querySelectorAll(".page")) section.hidden = section.id !== `page-${page}`;
   for (const link of document.querySelectorAll("#nav a")) {
