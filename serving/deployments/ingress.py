@@ -12,6 +12,7 @@ from serving.deployments.direct_ingress import DirectListeners
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
 from serving.http.app import create_http_app
+from serving.http.host_guard import LoopbackHostGuard
 from serving.jobs.database import open_job_database
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
@@ -61,7 +62,9 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             self.direct_listeners = DirectListeners(
                 config.direct_ingress, settings.max_request_bytes, settings.header_read_timeout_s
             )
-            await self.direct_listeners.start(self, self.http_app)
+            # With auth off, only requests addressed to a loopback name (DNS rebinding, cross-site posts)
+            http_app = self.http_app if self.gate.required else LoopbackHostGuard(self.http_app)
+            await self.direct_listeners.start(self, http_app)
         logger.info(
             "ingress ready: placement %s, models %s, auth %s",
             config.placement,

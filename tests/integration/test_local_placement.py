@@ -106,3 +106,14 @@ def test_direct_listeners_refuse_overload_with_json_503_and_keep_serving(
     # Probes are answered at any load, and the replica serves normally once the burst is over.
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post("/v1/classify", content=photo).status_code == 200
+
+
+def test_with_auth_off_only_loopback_hosts_and_origins_are_answered(local_server: ServerProcess) -> None:
+    """DNS rebinding and cross-site posts reach a loopback server through a browser; with no key to ask for, the
+    listener answers only requests addressed to a loopback name (serving/http/host_guard.py)."""
+    url = local_server.http_url
+    assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+    rebound = httpx.get(f"{url}/v1/jobs", headers={"Host": "rebound.example"}, timeout=30)
+    assert rebound.status_code == 403 and rebound.json()["kind"] == "forbidden_host", rebound.text
+    posted = httpx.post(f"{url}/v1/batch", headers={"Origin": "https://evil.example"}, files=[], timeout=30)
+    assert posted.status_code == 403 and posted.json()["kind"] == "forbidden_host", posted.text

@@ -1,0 +1,70 @@
+"""With auth off, the direct HTTP listener answers only requests addressed to this machine by a loopback name.
+
+Auth is off only when every listener binds loopback (serving.security.settings), but a web page the developer
+opens can still reach http://127.0.0.1:8000 through the browser: a cross-site form POST (a batch job submitted in
+their name), and with DNS rebinding (a name the page's author controls, first resolved to their server, then to
+127.0.0.1) same-origin reads of the answers: jobs, results, outputs, collections. Without a key to ask for, the
+`Host` and `Origin` headers tell such requests apart, as Jupyter and webpack's dev server check them: a `Host`
+that is not `localhost`, a loopback address or a name in IMGSERVE_ALLOWED_HOSTS, or an `Origin` whose host is none
+of those, is a 403 `forbidden_host`. Servers with auth on need no such check (a key is asked for); Ray Serve's
+proxy (`--ray-proxy`) is not guarded here.
+"""
+
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from serving.security.settings import is_loopback_host
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ALLOWED_HOSTS_ENV = "IMGSERVE_ALLOWED_HOSTS"
+
+
+def allowed_extra_hosts(env: dict[str, str] | None = None) -> frozenset[str]:
+    """Host names besides loopback ones (IMGSERVE_ALLOWED_HOSTS, comma-separated; `*` lets every host through)."""
+    value = (os.environ if env is None else env).get(ALLOWED_HOSTS_ENV, "")
+    return frozenset(name.strip().lower() for name in value.split(",") if name.strip())
+
+
+def _host_name(authority: str) -> str:
+    """`example.com:8000` -> `example.com`, `[::1]:8000` -> `::1`."""
+    return (urlsplit(f"//{authority}").hostname or "").lower()
+
+
+class LoopbackHostGuard:
+    def __init__(self, app: ASGIApp, extra_hosts: frozenset[str] | None = None):
+        self.app = app
+        self.extra = allowed_extra_hosts() if extra_hosts is None else extra_hosts
+
+    def allowed(self, name: str) -> bool:
+        return "*" in self.extra or name in self.extra or (bool(name) and is_loopback_host(name))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        host = _host_name(headers.get("host", ""))
+        origin = headers.get("origin")
+        refused = None
+        if not self.allowed(host):
+            refused = f"Host {host or '(none)'!r}"
+        elif origin is not None and not self.allowed(_host_name(urlsplit(origin).netloc) if "//" in origin else ""):
+            refused = f"Origin {origin[:200]!r}"
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"{refused} is not this machine: with auth off this server answers requests to localhost or a loopback "
+            f"address only (a web page cannot reach it through the browser); add names to {ALLOWED_HOSTS_ENV}"
+        )
+        body = json.dumps({"error": message, "kind": "forbidden_host"}).encode()
+        content = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 403, "headers": content})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,49 @@
+"""With auth off, the direct HTTP listener refuses requests addressed to another host or sent from another
+origin (DNS rebinding, cross-site posts from a page the developer opens). The real-server check is in
+tests/integration/test_local_placement.py."""
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from serving.http.host_guard import LoopbackHostGuard, allowed_extra_hosts
+
+pytestmark = pytest.mark.unit
+
+
+def _client(extra: frozenset[str] = frozenset()) -> TestClient:
+    app = FastAPI()
+
+    @app.api_route("/v1/jobs", methods=["GET", "POST"])
+    def jobs() -> dict[str, str]:
+        return {"jobs": "the developer's"}
+
+    return TestClient(LoopbackHostGuard(app, extra), base_url="http://127.0.0.1:8000")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "127.0.0.2", "LOCALHOST"])
+def test_loopback_names_pass(host: str) -> None:
+    assert _client().get("/v1/jobs", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "rebound.example:8000"},  # DNS rebinding: the attacker's name, resolved to 127.0.0.1
+        {"Host": ""},
+        {"Host": "127.0.0.1:8000", "Origin": "https://evil.example"},  # a cross-site form post
+        {"Host": "127.0.0.1:8000", "Origin": "null"},  # a sandboxed frame or a file:// page
+    ],
+)
+def test_another_host_or_origin_is_refused(headers: dict[str, str]) -> None:
+    answer = _client().post("/v1/jobs", headers=headers)
+    assert answer.status_code == 403 and answer.json()["kind"] == "forbidden_host", answer.text
+    assert "the developer's" not in answer.text
+
+
+def test_same_origin_and_allowed_names_pass() -> None:
+    client = _client(allowed_extra_hosts({"IMGSERVE_ALLOWED_HOSTS": " Devbox.lan , other"}))
+    assert client.post("/v1/jobs", headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200  # the web UI
+    assert client.get("/v1/jobs", headers={"Host": "devbox.lan:8000"}).status_code == 200
+    assert client.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 403
+    assert _client(frozenset({"*"})).get("/v1/jobs", headers={"Host": "anything"}).status_code == 200
