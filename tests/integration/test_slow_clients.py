@@ -26,7 +26,7 @@ def test_1100_slow_body_connections_leave_other_clients_served(local_server: Ser
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     address = urlsplit(local_server.http_url)
     head = (
-        b"POST /v1/classify HTTP/1.1\r\nHost: imgserve\r\nContent-Type: image/jpeg\r\n"
+        b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"  # loopback (host_guard)
         b"Content-Length: 1000000\r\n\r\n\xff\xd8"
     )
     sockets: list[socket.socket] = []
