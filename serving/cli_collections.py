@@ -55,19 +55,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
     try:
-        # Options and destination first: a mistyped one stops the run before any model or Ray starts.
+        # Options, sources and destination first: a mistyped one, or names the collection has from elsewhere,
+        # stop the run before any model or Ray starts.
         outputs = output_plan(args.convert, args.enhance, args.suffix, args.out, stages, args.sources)
-        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         items = list_sources(args.sources, args.prefix)
         store = _store(args)
         clashes = store.names_recorded_elsewhere(args.name, args.tenant, {item.name: item.place for item in items})
         if clashes:
             raise SourceError(_clash_message(args.name, clashes, {item.name: item.place for item in items}))
+        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
         if outputs is not None:
             outputs = prepare_destination(outputs, [item.name for item in items])
             setup = dataclasses.replace(setup, outputs=outputs)
-    except (SourceError, ValueError, ServiceError, OSError) as exc:
+    except (SourceError, ValueError, ServiceError, OSError, RuntimeError) as exc:  # RuntimeError: no default model
         print(f"error: {exc}", file=sys.stderr)
         return ERROR_EXIT
     progress, task = _progress(len(items), 0)
