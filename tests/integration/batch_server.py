@@ -79,3 +79,18 @@ def wait_for_finished_items(url: str, job_id: str, count: int, timeout_s: float 
             assert state["status"] in ("queued", "running"), state
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not reach {count} finished items in {timeout_s}s")
+
+
+def wait_for_job_end(url: str, job_id: str, count: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    """The job's status once its `count` items are finished and it has ended. The runner writes a job's end in a
+    transaction of its own just after its last item's result, so a poll can see every item done and the job still
+    `running`; a job that stays so for 30 s after its last item is a failure."""
+    state = wait_for_finished_items(url, job_id, count, timeout_s)
+    deadline = time.monotonic() + 30.0
+    while state["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job_id} finished its items but is still {state['status']}: {state}"
+        time.sleep(0.2)
+        response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+        if response.status_code == 200:
+            state = response.json()
+    return state

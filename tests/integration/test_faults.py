@@ -22,7 +22,7 @@ import pytest
 
 from loadtests.server_process import replica_processes
 from serving.client import Client
-from tests.integration.batch_server import BatchServer, wait_for_finished_items
+from tests.integration.batch_server import BatchServer, wait_for_finished_items, wait_for_job_end
 from tests.integration.postgres import PostgresServer, running_postgres
 from tests.integration.test_batch_jobs import _item_rows
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
@@ -98,7 +98,7 @@ def test_postgresql_outage_mid_job_loses_nothing(
     outage_s = time.monotonic() - stopped
     pg.start()
 
-    final = wait_for_finished_items(server.url, job.job_id, ITEMS)
+    final = wait_for_job_end(server.url, job.job_id, ITEMS)
     rows = _item_rows(pg.url, job.job_id)
     print(
         f"\n[pg outage] {outage_s:.0f}s outage: worker replica CPU {cpu_used:.2f}s ({100 * cpu_used / outage_s:.1f}% "

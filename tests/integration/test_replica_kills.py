@@ -18,7 +18,7 @@ import pytest
 
 from loadtests.server_process import replica_processes
 from serving.client import Client
-from tests.integration.batch_server import BatchServer, ClientThreads, wait_for_finished_items
+from tests.integration.batch_server import BatchServer, ClientThreads, wait_for_finished_items, wait_for_job_end
 from tests.integration.test_batch_jobs import _item_rows
 from tests.paths import IMAGENET_SAMPLES, MOBILENET_DIR, require
 
@@ -86,7 +86,7 @@ def test_model_and_batch_worker_replicas_killed_under_load(tmp_path: Path) -> No
             assert _replica("model-mobilenet_v2_imagenet").pid != model.pid, "Serve replaced the model replica"
             worker = _replica("BatchWorker")
             os.kill(worker.pid, signal.SIGKILL)
-            final = wait_for_finished_items(server.url, job.job_id, ITEMS, 600)
+            final = wait_for_job_end(server.url, job.job_id, ITEMS, 600)
             time.sleep(2)
         rows = _item_rows(database_url, job.job_id)
     finally:
