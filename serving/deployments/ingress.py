@@ -63,7 +63,11 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
                 config.direct_ingress, settings.max_request_bytes, settings.header_read_timeout_s
             )
             # With auth off, only requests addressed to a loopback name (DNS rebinding, cross-site posts)
-            http_app = self.http_app if self.gate.required else LoopbackHostGuard(self.http_app)
+            http_app = (
+                self.http_app
+                if self.gate.required
+                else LoopbackHostGuard(self.http_app, self.gate.settings.allowed_hosts)
+            )
             await self.direct_listeners.start(self, http_app)
         logger.info(
             "ingress ready: placement %s, models %s, auth %s",

@@ -11,8 +11,7 @@ proxy (`--ray-proxy`) is not guarded here.
 """
 
 import json
-import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,24 +22,19 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ALLOWED_HOSTS_ENV = "IMGSERVE_ALLOWED_HOSTS"
 
-
-def allowed_extra_hosts(env: dict[str, str] | None = None) -> frozenset[str]:
-    """Host names besides loopback ones (IMGSERVE_ALLOWED_HOSTS, comma-separated; `*` lets every host through)."""
-    value = (os.environ if env is None else env).get(ALLOWED_HOSTS_ENV, "")
-    return frozenset(name.strip().lower() for name in value.split(",") if name.strip())
-
-
-def _host_name(authority: str) -> str:
-    """`example.com:8000` -> `example.com`, `[::1]:8000` -> `::1`."""
-    return (urlsplit(f"//{authority}").hostname or "").lower()
+def _host_name(url: str) -> str:
+    """`//example.com:8000` or `https://example.com` -> `example.com`, `//[::1]:8000` -> `::1`; `null` -> ``."""
+    return (urlsplit(url).hostname or "").lower() if "//" in url else ""
 
 
 class LoopbackHostGuard:
-    def __init__(self, app: ASGIApp, extra_hosts: frozenset[str] | None = None):
+    """`extra_hosts`: names besides loopback ones (SecuritySettings.allowed_hosts, IMGSERVE_ALLOWED_HOSTS); `*`
+    lets every host through."""
+
+    def __init__(self, app: ASGIApp, extra_hosts: Iterable[str] = ()):
         self.app = app
-        self.extra = allowed_extra_hosts() if extra_hosts is None else extra_hosts
+        self.extra = frozenset(name.lower() for name in extra_hosts)
 
     def allowed(self, name: str) -> bool:
         return "*" in self.extra or name in self.extra or (bool(name) and is_loopback_host(name))
@@ -49,20 +43,24 @@ class LoopbackHostGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        host = _host_name(headers.get("host", ""))
-        origin = headers.get("origin")
+        host, origin = b"", None
+        for key, value in scope["headers"]:  # ASGI servers give header names in lower case
+            if key == b"host":
+                host = value
+            elif key == b"origin":
+                origin = value.decode("latin-1")
+        host_name = _host_name("//" + host.decode("latin-1"))
         refused = None
-        if not self.allowed(host):
-            refused = f"Host {host or '(none)'!r}"
-        elif origin is not None and not self.allowed(_host_name(urlsplit(origin).netloc) if "//" in origin else ""):
+        if not self.allowed(host_name):
+            refused = f"Host {host_name or '(none)'!r}"
+        elif origin is not None and not self.allowed(_host_name(origin)):
             refused = f"Origin {origin[:200]!r}"
         if refused is None:
             await self.app(scope, receive, send)
             return
         message = (
             f"{refused} is not this machine: with auth off this server answers requests to localhost or a loopback "
-            f"address only (a web page cannot reach it through the browser); add names to {ALLOWED_HOSTS_ENV}"
+            "address only (a web page cannot reach it through the browser); add names to IMGSERVE_ALLOWED_HOSTS"
         )
         body = json.dumps({"error": message, "kind": "forbidden_host"}).encode()
         content = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -55,6 +55,11 @@ class SecuritySettings(BaseModel):
     retention_sweep_s: float = Field(
         default=600.0, gt=0, description="IMGSERVE_RETENTION_SWEEP_S: how often the sweeper looks for expired jobs."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="IMGSERVE_ALLOWED_HOSTS: with auth off, host names besides loopback ones that HTTP requests may be "
+        "addressed to (Host, Origin), comma-separated; `*`: any (serving/http/host_guard.py).",
+    )
     key_cache_s: float = Field(
         default=5.0,
         ge=0,
@@ -62,6 +67,7 @@ class SecuritySettings(BaseModel):
     )
 
     _cors = field_validator("cors_origins", mode="before")(_csv)
+    _hosts = field_validator("allowed_hosts", mode="before")(_csv)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "SecuritySettings":

@@ -2,16 +2,19 @@
 origin (DNS rebinding, cross-site posts from a page the developer opens). The real-server check is in
 tests/integration/test_local_placement.py."""
 
+from collections.abc import Iterable
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serving.http.host_guard import LoopbackHostGuard, allowed_extra_hosts
+from serving.http.host_guard import LoopbackHostGuard
+from serving.security.settings import SecuritySettings
 
 pytestmark = pytest.mark.unit
 
 
-def _client(extra: frozenset[str] = frozenset()) -> TestClient:
+def _client(extra: Iterable[str] = ()) -> TestClient:
     app = FastAPI()
 
     @app.api_route("/v1/jobs", methods=["GET", "POST"])
@@ -42,7 +45,7 @@ def test_another_host_or_origin_is_refused(headers: dict[str, str]) -> None:
 
 
 def test_same_origin_and_allowed_names_pass() -> None:
-    client = _client(allowed_extra_hosts({"IMGSERVE_ALLOWED_HOSTS": " Devbox.lan , other"}))
+    client = _client(SecuritySettings.from_env({"IMGSERVE_ALLOWED_HOSTS": " Devbox.lan , other"}).allowed_hosts)
     assert client.post("/v1/jobs", headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200  # the web UI
     assert client.get("/v1/jobs", headers={"Host": "devbox.lan:8000"}).status_code == 200
     assert client.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 403
