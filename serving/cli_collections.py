@@ -60,9 +60,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         outputs = output_plan(args.convert, args.enhance, args.suffix, args.out, stages, args.sources)
         items = list_sources(args.sources, args.prefix)
         store = _store(args)
-        clashes = store.names_recorded_elsewhere(args.name, args.tenant, {item.name: item.place for item in items})
+        places = {item.name: item.place for item in items}
+        clashes = store.names_recorded_elsewhere(args.name, args.tenant, places)
         if clashes:
-            raise SourceError(_clash_message(args.name, clashes, {item.name: item.place for item in items}))
+            raise SourceError(_clash_message(args.name, clashes, places))
         setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
         if outputs is not None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pipelines.collections.record import failed_record, record_from_document
 from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
 from serving.errors import BadRequestError
-from serving.jobs.errors import CollectionNotFoundError, JobStateError
+from serving.jobs.errors import JobStateError
 from serving.jobs.records import FINAL_JOB_STATES, ResultRecord
 from serving.jobs.store import JobStore
 
@@ -24,7 +24,7 @@ def save_job_as_collection(
     if job.status not in FINAL_JOB_STATES:
         raise JobStateError(f"job {job_id} is {job.status}; save it as a collection when it has finished")
     source = f"job:{job_id}"
-    if source not in _sources(store, name, tenant):  # saving the job again records nothing new: that is fine
+    if source not in store.recorded_sources(name, tenant):  # saving the job again records nothing new: that is fine
         taken = store.recorded_names(name, tenant, _item_names(jobs, job_id))
         if taken:  # names are unique in a collection: this job's results would be taken as recorded and dropped
             raise BadRequestError(
@@ -61,13 +61,6 @@ def _named_pages(jobs: JobStore, job_id: str) -> Iterator[list[tuple[str, Result
         if len(page) < PAGE:
             return
         after = page[-1].idx
-
-
-def _sources(store: CollectionStore, name: str, tenant: str) -> list[str]:
-    try:
-        return store.get(name, tenant).sources
-    except CollectionNotFoundError:
-        return []
 
 
 def _item_names(jobs: JobStore, job_id: str) -> list[str]:

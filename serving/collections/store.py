@@ -180,9 +180,7 @@ class CollectionStore:
             )
         now = time.time()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(collections).where(collections.c.tenant == tenant, collections.c.name == name)
-            ).first()
+            row = _by_name(conn, name, tenant)
             if row is None:
                 values = dict(
                     id=uuid.uuid4().hex, tenant=tenant, name=name, status="analyzing", stages=list(stages),
@@ -223,23 +221,16 @@ class CollectionStore:
         """Which of `names` the tenant's collection `name` records (analysed or failed); none when it is new."""
         return [image.name for image in self._recorded(name, tenant, names)]
 
-    def _recorded(self, name: str, tenant: str, names: Sequence[str]) -> list[Any]:
-        c = collection_images.c
+    def recorded_sources(self, name: str, tenant: str) -> list[str]:
+        """The sources the tenant's collection `name` was made from (folders, URIs, `job:<id>`); none when it is new."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(collections.c.id).where(collections.c.tenant == tenant, collections.c.name == name)
-            ).first()
-            if row is None:
-                return []
-            return [
-                image
-                for start in range(0, len(names), 500)
-                for image in conn.execute(
-                    sa.select(c.name, c.location, c.member).where(
-                        c.collection_id == row.id, c.name.in_(names[start : start + 500])
-                    )
-                )
-            ]
+            row = _by_name(conn, name, tenant)
+        return [] if row is None else list(row.sources)
+
+    def _recorded(self, name: str, tenant: str, names: Sequence[str]) -> list[Any]:
+        with self.engine.connect() as conn:
+            row = _by_name(conn, name, tenant)
+            return [] if row is None else _named_images(conn, row.id, names)
 
     def done_names(self, collection_id: str) -> set[str]:
         """Names analysed already (failed ones are not: a run tries them again)."""
@@ -367,12 +358,27 @@ class CollectionStore:
 
     def locations(self, collection_id: str, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Where each named image was read (location, archive member or ""), for the report's thumbnails."""
-        c = collection_images.c
-        out: dict[str, tuple[str, str]] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(names), 500):
-                query = sa.select(c.name, c.location, c.member).where(
-                    c.collection_id == collection_id, c.name.in_(names[start : start + 500]), c.location.is_not(None)
-                )
-                out.update({row.name: (row.location, row.member or "") for row in conn.execute(query)})
-        return out
+            rows = _named_images(conn, collection_id, names, located_only=True)
+        return {row.name: (row.location, row.member or "") for row in rows}
+
+
+def _by_name(conn: sa.Connection, name: str, tenant: str) -> Any:
+    """The tenant's collection row named `name` (by name only: `get` takes an id too), or None."""
+    query = sa.select(collections).where(collections.c.tenant == tenant, collections.c.name == name)
+    return conn.execute(query).first()
+
+
+def _named_images(
+    conn: sa.Connection, collection_id: str, names: Sequence[str], located_only: bool = False
+) -> list[Any]:
+    """The collection's rows (name, location, member) of `names`, queried 500 names at a time; `located_only`: those
+    read from a place (a batch job's saved rows have none)."""
+    c = collection_images.c
+    rows: list[Any] = []
+    for start in range(0, len(names), 500):
+        query = sa.select(c.name, c.location, c.member).where(
+            c.collection_id == collection_id, c.name.in_(names[start : start + 500])
+        )
+        rows.extend(conn.execute(query.where(c.location.is_not(None)) if located_only else query))
+    return rows
