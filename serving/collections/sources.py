@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from serving.jobs.archives import TAR_NAMES
 from serving.regular_files import is_regular_file, open_regular_file
 
 IMAGE_EXTENSIONS = frozenset(
@@ -72,7 +73,7 @@ def _archive_members(location: str) -> list[str]:
         if location.lower().endswith(".zip"):
             with zipfile.ZipFile(handle) as archive:
                 return [i.filename for i in archive.infolist() if not i.is_dir() and is_image_name(i.filename)]
-        with tarfile.open(fileobj=handle, mode="r:*") as archive:
+        with tarfile.open(fileobj=handle, mode="r:*", **TAR_NAMES) as archive:
             return [m.name for m in archive.getmembers() if m.isfile() and is_image_name(m.name)]
 
 
@@ -196,7 +197,7 @@ def _read_members(location: str, members: set[str], max_bytes: int) -> Iterator[
                     except Exception as exc:  # noqa: BLE001
                         yield member, exc
             return
-        with tarfile.open(fileobj=handle, mode="r|*") as archive:  # streamed: one pass even when compressed
+        with tarfile.open(fileobj=handle, mode="r|*", **TAR_NAMES) as archive:  # streamed: one pass even compressed
             for info in archive:
                 if not members:
                     return  # all found: the rest of the stream is not read

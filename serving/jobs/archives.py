@@ -27,6 +27,9 @@ _TAR_EXTENSION_TYPES = frozenset(
     {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
 )  # headers whose data tarfile reads whole: long names, pax attributes
 ZIP_DIRECTORY_BYTES_PER_ENTRY = 4096  # central-directory bytes allowed per permitted entry (name, extra, comment)
+# A tar name that is not UTF-8 (old tar tools write Latin-1) is read with U+FFFD: tarfile's default surrogate escapes
+# are no text a database or a JSON answer can hold.
+TAR_NAMES: dict[str, str] = {"encoding": "utf-8", "errors": "replace"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SYMLINK_MODE = 0o120000
 
@@ -184,7 +187,7 @@ def _tar_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEn
     compressed = fileobj.seek(0, 2) or 1
     fileobj.seek(0)
     try:
-        archive = tarfile.open(fileobj=fileobj, mode="r:*", tarinfo=_BoundedTarInfo)
+        archive = tarfile.open(fileobj=fileobj, mode="r:*", tarinfo=_BoundedTarInfo, **TAR_NAMES)
     except _OversizedTarHeader as exc:
         raise RequestTooLargeError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - TarError, EOFError, zlib.error, ...: the archive's fault

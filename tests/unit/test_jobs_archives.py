@@ -198,3 +198,17 @@ def test_many_small_entries_cannot_add_up_to_a_bomb() -> None:
     entries = {f"e{i}.bmp": b"\0" * (512 * 1024) for i in range(8)}  # each under the per-entry ratio check
     with pytest.raises(RequestTooLargeError, match="small entries"):
         list(read_archive(_zip(entries), limits))
+
+
+def test_a_tar_entry_name_that_is_not_utf8_is_read_with_a_replacement_character() -> None:
+    """Latin-1 names, as older tar tools write them: the name used to keep a lone surrogate, which the job store
+    cannot encode (POST /v1/batch answered 500 after storing the entry)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        info = tarfile.TarInfo("photos/caf\u00e9.jpg")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    buffer.seek(0)
+    [entry] = list(read_archive(buffer, LIMITS))
+    assert entry.name == "photos/caf\ufffd.jpg" and entry.data == b"abc"
+    entry.name.encode("utf-8")  # no surrogate left
