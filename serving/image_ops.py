@@ -13,6 +13,7 @@ from pipelines.convert import ConvertOptions, ConvertResult, convert_image
 from pipelines.enhance import EnhanceOptions, should_revert, without_auto
 from pipelines.enhance.image import enhance_image
 from pipelines.enhance.plan import auto_step
+from pipelines.errors import ImageTooLargeError
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
 from serving.errors import ModelUnavailableError
@@ -71,20 +72,29 @@ class ImageOperations:
         start = time.perf_counter()
         result, applied = await stage_thread(enhance_image, data, options, convert, self.limits, tags)
         STAGE_LATENCY.labels("enhance", "").observe(time.perf_counter() - start)
-        after = await self.service.assess_quality(result.data) if has_quality else None
+        after = await self._output_quality(result.data) if has_quality else None
         reverted: list[dict[str, Any]] = []
         if before is not None and after is not None and should_revert(options, applied, before.score, after.score):
             plain, plain_applied = await stage_thread(
                 enhance_image, data, without_auto(options), convert, self.limits, []
             )
-            plain_after = await self.service.assess_quality(plain.data)
-            if plain_after.score > after.score:  # the auto steps, not the conversion, lowered the score
+            plain_after = await self._output_quality(plain.data)
+            if plain_after is not None and plain_after.score > after.score:  # the auto steps lowered the score
                 reverted = [step for step in applied if auto_step(step)]
                 result, applied, after = plain, plain_applied, plain_after
         for step in applied:
             ENHANCEMENT_STEPS.labels(step["operation"], step["reason"].split(" ")[0]).inc()
         self._count("enhance", result)
         return EnhanceOutcome(result, applied, before, after, reverted)
+
+    async def _output_quality(self, data: bytes) -> QualityReport | None:
+        """The quality of an output, or None when it is larger than an input may be (a BMP or uncompressed TIFF of a
+        large photo). The size limit guards what clients send; the output is the server's own and is answered
+        without a score after, not refused with a 413 for the client's request."""
+        try:
+            return await self.service.assess_quality(data)
+        except ImageTooLargeError:
+            return None
 
     @staticmethod
     def _count(operation: str, result: ConvertResult) -> None:

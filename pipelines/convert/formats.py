@@ -40,7 +40,8 @@ FORMATS: dict[str, OutputFormat] = {
         OutputFormat(
             "tiff", "image/tiff", ".tiff", "vips", True, False, True, True, False, ("quality", "compression")
         ),
-        OutputFormat("bmp", "image/bmp", ".bmp", "pillow", True, False, False, True, False, ()),
+        # No alpha: a 32-bit BMP's fourth byte is "reserved" to readers (transparent areas showed black).
+        OutputFormat("bmp", "image/bmp", ".bmp", "pillow", False, False, False, True, False, ()),
         OutputFormat("gif", "image/gif", ".gif", "vips", True, True, False, False, False, ("effort",)),
         OutputFormat(
             "avif", "image/avif", ".avif", "vips", True, False, True, True, False,

@@ -97,7 +97,9 @@ def load_vips(
             f" {limits.max_full_decode_pixels} (ask for animated=false to convert the first frame)"
         )
     box_w, box_h = target_box(width, height, options)
-    out_w, out_h = output_size(width, height, box_w, box_h, options.upscale)
+    # upscale without max_side, width or height is no resize (not a fit to the unbounded box)
+    upscale = options.upscale and min(box_w, box_h) < UNBOUNDED
+    out_w, out_h = output_size(width, height, box_w, box_h, upscale)
     if out_w * out_h * pages > limits.max_full_decode_pixels:
         raise ImageTooLargeError(
             f"the output would be {out_w}x{out_h}"
@@ -116,7 +118,7 @@ def load_vips(
     loader = "fail_on=truncated" + (f",n={pages}" if pages > 1 else "")
     kwargs: dict[str, object] = {
         "height": box_h,
-        "size": "both" if options.upscale else "down",
+        "size": "both" if upscale else "down",
         "option_string": loader,
     }
     if transform:
@@ -155,6 +157,7 @@ def prepare_for(image: pyvips.Image, options: ConvertOptions) -> pyvips.Image:
 def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
     """Encode a prepared image in `options.format`. Raises `InvalidImageError` when the pixels fail to decode."""
     name = options.format or "jpeg"
+    image = _upright_metadata(image)
     keep = keep_flags(options.metadata, options.icc)
     quality = options.quality or DEFAULT_QUALITY.get(name, 85)
     effort = options.effort if options.effort is not None else DEFAULT_EFFORT.get(name)
@@ -186,6 +189,25 @@ def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
     except pyvips.Error as exc:
         raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
     raise AssertionError(f"no encoder for {name}")
+
+
+def _upright_metadata(image: pyvips.Image) -> pyvips.Image:
+    """`image` with orientation 1 in its `orientation` field and EXIF block. Its pixels are upright (the load turns
+    them), but an EXIF block set on it again (enhancement copies the input's metadata onto its new pixels,
+    anonymisation writes an edited block) is parsed again by libvips, orientation included, and the saver would write
+    that back: viewers then turned the image a second time."""
+    fields = image.get_fields()
+    blob = image.get("exif-data") if "exif-data" in fields else None
+    upright = upright_exif(blob)
+    if upright is blob and ("orientation" not in fields or image.get("orientation") == 1):
+        return image
+    image = image.copy()
+    if blob is not None and upright is None:  # unreadable: not copied (as the Pillow-written formats do)
+        image.remove("exif-data")
+    elif upright is not blob:
+        image.set_type(pyvips.GValue.blob_type, "exif-data", upright)
+    image.set_type(pyvips.GValue.gint_type, "orientation", 1)  # after the block: setting it re-reads the block
+    return image
 
 
 def colour_array(image: pyvips.Image) -> np.ndarray:
@@ -230,6 +252,8 @@ def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -
     params: dict[str, object] = {"exif": exif} if exif else {}
     if options.format == "heif":
         params["quality"] = -1 if options.lossless else quality
+        if options.lossless:  # RGB as it is: full-resolution chroma and the identity matrix (no YCbCr rounding)
+            params.update(chroma=444, matrix_coefficients=0)
         if options.icc == "keep" and "icc-profile-data" in fields:
             params["icc_profile"] = image.get("icc-profile-data")
         pil.save(out, "HEIF", **params)

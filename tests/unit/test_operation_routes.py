@@ -180,3 +180,26 @@ def test_a_cross_origin_page_can_read_the_result_headers(service: InferenceServi
     sent = {h.lower() for h in answer.headers if h.lower().startswith("x-imgserve-")}
     assert sent and sent <= exposed, sent - exposed
     assert {"x-request-id", "content-disposition"} <= exposed
+
+
+def test_an_enhanced_output_larger_than_an_input_may_be_is_answered_without_a_score_after(tmp_path: Path) -> None:
+    """A BMP of the photo is over the (lowered) input limit: the score after used to re-read it under that limit and
+    the request was a 413, while /v1/convert of the same request answered 200."""
+    from pipelines.convert import ConvertOptions
+    from pipelines.enhance import EnhanceOptions
+    from serving.config.app_args import AppArgs
+    from serving.placement import build_service, compose
+    from tests.unit.tiny_models import tiny_settings
+
+    settings = tiny_settings(tmp_path).model_copy(update={"max_image_bytes": 1_000_000})
+    small_limit = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    operations = ImageOperations(small_limit, settings.decode_limits())
+    data = photo(size=(800, 600))
+    assert len(data) < 1_000_000
+    outcome = asyncio.run(
+        operations.enhance(data, EnhanceOptions.parse(brightness=1.1), ConvertOptions.parse(format="bmp"))
+    )
+    assert outcome.result.output_bytes > 1_000_000 and Image.open(io.BytesIO(outcome.result.data)).size == (800, 600)
+    assert outcome.before is not None and outcome.after is None
+    small = asyncio.run(operations.enhance(data, EnhanceOptions.parse(brightness=1.1), ConvertOptions.parse()))
+    assert small.after is not None  # a JPEG output is still scored
