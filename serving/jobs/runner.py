@@ -79,6 +79,7 @@ class JobRunner:
         self.background: list[asyncio.Task[None]] = []
         self.requeued: dict[str, int] = {}
         self._image_operations: ImageOperations | None = None
+        self._joined: set[str] = set()  # the job this loop marked running last (one "started"/"resumed" per join)
 
     def image_operations(self) -> ImageOperations:
         """Conversion/enhancement over this worker's service, with the server's decode limits (made on first use)."""
@@ -161,31 +162,55 @@ class JobRunner:
             BATCH_JOBS.labels("failed").inc()
             self._webhook_work.set()
             return None
-        await self.store.durable(self.queue.mark_running, job.id)
+        if job.id not in self._joined:
+            await self.store.durable(self.queue.mark_running, job.id)
+            self._joined = {job.id}  # only the job at hand: a loop works on one job at a time
         # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
         bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
-        running: set[asyncio.Task[None]] = set()
+        running: dict[asyncio.Task[None], ClaimedItem] = {}
+        claimed = 0
         try:
             while True:
                 free = limit - len(running)
                 if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
                     for item in await self.store.durable(self.queue.claim, job.id, free):
-                        running.add(asyncio.create_task(self._process(job, item, bases.get(item.idx, item.name))))
+                        task = asyncio.create_task(self._process(job, item, bases.get(item.idx, item.name)))
+                        running[task] = item
+                        claimed += 1
                 if not running:
                     break
                 self.in_flight = len(running)
-                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    item = running.pop(task)
+                    if not task.cancelled() and task.exception() is not None:  # a bug: the item must not stay running
+                        await self._item_died(job, item, task.exception())
         finally:
             for task in running:  # the loop is stopping (replica shutdown): its items are handed back, not written
                 task.cancel()
             self.in_flight = 0
         finished = await self.store.durable(self.queue.finish_if_done, job.id)
         if finished:
+            self._joined.discard(job.id)
             BATCH_JOBS.labels(finished.status).inc()
             logger.info("job %s %s: %s", job.id, finished.status, finished.counts)
+        elif not claimed:  # its items are running on another loop (or were cancelled): look again at the next poll
+            await _wait(self._work, self.settings.poll_interval_s)
         self._webhook_work.set()
         return finished
+
+    async def _item_died(self, job: JobRecord, item: ClaimedItem, error: BaseException | None) -> None:
+        """An item whose task raised (not its result: even a failed result could not be stored) is handed back after
+        a delay, and given up (failed, without a result row) at the job's attempt limit, instead of staying running
+        under a live worker, its job never finishing."""
+        given_up = item.attempts >= self.settings.max_attempts
+        logger.error("item %d of job %s: %r; %s", item.idx, job.id, error, "given up" if given_up else "handed back")
+        if given_up:
+            await self.store.durable(self.queue.give_up, item, f"could not be processed or recorded: {error!r}"[:500])
+            return
+        await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
+        await self.store.durable(self.queue.release, item)
 
     async def _load(self, job: JobRecord, item: ClaimedItem) -> bytes:
         root, limit = self.settings.read_root(job.tenant), self.settings.max_image_bytes
@@ -232,7 +257,16 @@ class JobRunner:
         elapsed = time.perf_counter() - start
         outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})
         # Held until the store takes it: an outage delays the write, never loses it or runs the item again.
-        await self.store.durable(self.queue.record, item, outcome)
+        try:
+            await self.store.durable(self.queue.record, item, outcome)
+        except Exception as exc:  # noqa: BLE001 - not an outage: the store refused this result (a value it cannot hold)
+            detail = internal_detail(exc)
+            logger.error("item %d of job %s: its result could not be stored: %s", item.idx, job.id, detail)
+            outcome = Outcome(
+                "failed", job.model, error_kind="internal", error="the item's result could not be stored",
+                duration_ms=outcome.duration_ms,
+            )  # fmt: skip
+            await self.store.durable(self.queue.record, item, outcome)
         BATCH_ITEMS.labels(outcome.status).inc()
         BATCH_ITEM_LATENCY.observe(elapsed)
 

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
+from serving.jobs.records import ACTIVE_JOB_STATES, FINAL_JOB_STATES, ClaimedItem, JobRecord, Outcome
 from serving.jobs.store import add_event, job_counts, job_record, output_totals
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
 from serving.jobs.workers import WorkerIdentity, dead_workers
@@ -72,17 +72,26 @@ class WorkQueue:
                 sa.select(job_items.c.job_id, sa.func.count()).where(running).group_by(job_items.c.job_id)
             ).all()
             if rows:
-                conn.execute(job_items.update().where(running).values(status="pending", worker_id=None))
+                conn.execute(job_items.update().where(running).values(status=_back_status(), worker_id=None))
             for job_id, count in rows:
                 add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "their worker stopped"})
         return {job_id: int(count) for job_id, count in rows}
 
     def next_job(self) -> JobRecord | None:
-        """The oldest queued or running job (jobs run one after another, items of a job concurrently)."""
+        """The oldest queued or running job with work for this loop (jobs run one after another, items of a job
+        concurrently): one whose remaining items are all running on other loops is passed over (another loop may
+        start the next job meanwhile); one with none left running is not (it has to be finished)."""
+        item = job_items.c
+        pending = sa.exists().where(item.job_id == jobs.c.id, item.status == "pending")
+        running = sa.exists().where(item.job_id == jobs.c.id, item.status == "running")
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.status.in_(ACTIVE_JOB_STATES), pending | ~running)
+            .order_by(jobs.c.created_at)
+            .limit(1)
+        )
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(jobs).where(jobs.c.status.in_(ACTIVE_JOB_STATES)).order_by(jobs.c.created_at).limit(1)
-            ).first()
+            row = conn.execute(query).first()
             return job_record(row, job_counts(conn, [row.id])[row.id]) if row else None
 
     def mark_running(self, job_id: str) -> None:
@@ -134,9 +143,10 @@ class WorkQueue:
             return [ClaimedItem(r.id, r.job_id, r.idx, r.name, r.source_kind, r.source, r.attempts) for r in rows]
 
     def release(self, item: ClaimedItem, counted: bool = True) -> None:
-        """A transient failure: the item goes back to pending. Its attempt stays counted unless `counted` is False
-        (the server was overloaded: the item was never really dispatched, and must not look like a poison item)."""
-        values: dict[str, Any] = {"status": "pending", "worker_id": None}
+        """A transient failure: the item goes back to pending (cancelled when its job has ended meanwhile). Its
+        attempt stays counted unless `counted` is False (the server was overloaded: the item was never really
+        dispatched, and must not look like a poison item)."""
+        values: dict[str, Any] = {"status": _back_status(), "worker_id": None}
         if not counted:
             values["attempts"] = job_items.c.attempts - 1
         held = job_items.c.worker_id == self.worker.id if self.worker else sa.true()  # not an item another took
@@ -146,6 +156,16 @@ class WorkQueue:
                 .where(job_items.c.id == item.id, job_items.c.status == "running", held)
                 .values(**values)
             )
+
+    def give_up(self, item: ClaimedItem, error: str) -> None:
+        """The item ends failed without a result row: not even a failed result could be stored for it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                job_items.update()
+                .where(job_items.c.id == item.id, job_items.c.status == "running")
+                .values(status="failed", finished_at=time.time(), worker_id=None)
+            )
+            add_event(conn, item.job_id, "item_given_up", {"idx": item.idx, "error": error})
 
     def record(self, item: ClaimedItem, outcome: Outcome) -> bool:
         """Write the item's result and final status together; False if it already had one (nothing changes)."""
@@ -260,3 +280,10 @@ class WorkQueue:
                     .values(webhook_state=final_state)
                 )
                 add_event(conn, row["job_id"], f"webhook_{final_state}", {"attempts": row["attempt"]})
+
+
+def _back_status() -> Any:
+    """The status an item handed back takes: pending, or cancelled when its job has ended (a cancel while it ran):
+    nothing claims items of an ended job, so `pending` would stay in its counts for ever."""
+    ended = sa.select(jobs.c.status).where(jobs.c.id == job_items.c.job_id).scalar_subquery().in_(FINAL_JOB_STATES)
+    return sa.case((ended, "cancelled"), else_="pending")

@@ -192,3 +192,75 @@ def test_webhook_permanent_4xx_stops_at_once(parts) -> None:
     finished = asyncio.run(runner.run_job(JobStore(parts[0]).get_job(job_id)))
     assert finished is not None and asyncio.run(runner.webhooks.deliver(finished)) is False
     assert len(seen) == 1 and JobStore(parts[0]).get_job(job_id).webhook_state == "failed"
+
+
+def test_a_second_loop_passes_over_a_job_whose_items_another_loop_holds(parts) -> None:
+    """Two job loops on one store (two Ingress replicas): while one holds a job's last items, the other used to pick
+    that job again and again without a pause (hundreds of store calls a second), writing a 'resumed' event each time.
+    It now starts the next job; the held job keeps its one 'started' event."""
+    first = _submit(parts, [b"img0", b"img1"])
+    second = _submit(parts, [b"img2"])
+    holder = WorkQueue(parts[0], WorkerIdentity())
+    holder.mark_running(first)
+    assert len(holder.claim(first, 2)) == 2  # every remaining item of the first job is in flight on the other loop
+    runner = _runner(parts, FakeService())
+    calls = Counter[str]()
+    next_job = runner.queue.next_job
+
+    def counted() -> object:
+        calls["next_job"] += 1
+        return next_job()
+
+    runner.queue.next_job = counted  # type: ignore[method-assign]
+
+    async def steps() -> None:
+        for _ in range(5):
+            await runner._step()
+
+    asyncio.run(asyncio.wait_for(steps(), 30))
+    store = JobStore(parts[0])
+    assert store.get_job(second).status == "completed", "the next job ran while the first one's items were held"
+    events = Counter(e["event"] for e in store.events(first))
+    assert events["started"] == 1 and events["resumed"] == 0, events
+    assert store.get_job(first).counts["running"] == 2
+
+
+def test_an_item_whose_result_cannot_be_stored_fails_instead_of_staying_running(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result the store refuses with an error that is not an outage (PostgreSQL's json column and a NaN token): the
+    item stayed running under a live worker, its job never finished and every later job waited behind it."""
+    monkeypatch.setattr(runner_module, "RETRY_DELAY_S", 0.0)
+    job_id = _submit(parts, [b"img0", b"img1"])
+    runner = _runner(parts, FakeService())
+    record = runner.queue.record
+    refused = {"img1": 0}
+
+    def refusing(item, outcome):  # type: ignore[no-untyped-def]
+        if item.name == "1.jpg" and outcome.result is not None:
+            refused["img1"] += 1
+            raise sa.exc.DataError("INSERT INTO job_results ...", {}, Exception('Token "NaN" is invalid'))
+        return record(item, outcome)
+
+    runner.queue.record = refusing  # type: ignore[method-assign]
+    finished = asyncio.run(asyncio.wait_for(runner.run_job(JobStore(parts[0]).get_job(job_id)), 30))
+    assert finished is not None and finished.status == "completed" and refused["img1"] == 1
+    rows = {r.name: r for r in JobStore(parts[0]).results_page(job_id)}
+    assert rows["0.jpg"].status == "done" and rows["1.jpg"].status == "failed"
+    assert rows["1.jpg"].error_kind == "internal" and "could not be stored" in (rows["1.jpg"].error or "")
+
+
+def test_items_handed_back_after_a_cancel_are_cancelled_not_pending(parts) -> None:
+    """Items in flight at a cancel that then hit a transient error (overloaded) went back to pending in a cancelled
+    job, which nothing claims: the finished job showed pending items for ever. The same for a dead worker's items."""
+    job_id = _submit(parts, [f"img{i}".encode() for i in range(4)])
+    queue = WorkQueue(parts[0], WorkerIdentity())
+    queue.mark_running(job_id)
+    held = queue.claim(job_id, 3)
+    JobStore(parts[0]).cancel_job(job_id)
+    queue.release(held[0])  # overloaded after the cancel
+    queue.release(held[1], counted=False)
+    orphans = WorkQueue(parts[0])  # no worker: its items count as a dead worker's
+    assert orphans.requeue_orphans() == {job_id: 1}
+    counts = JobStore(parts[0]).get_job(job_id).counts
+    assert counts["pending"] == 0 and counts["running"] == 0 and counts["cancelled"] == 4, counts
