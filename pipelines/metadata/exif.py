@@ -60,7 +60,7 @@ def exif_datetime(value: Any, subsec: Any = None, offset: Any = None) -> tuple[s
         return None, f"invalid date-time {raw!r}: {exc}"
     result = stamp.isoformat()
     fraction = tv.text(subsec)
-    if fraction is not None and fraction.isdigit():
+    if fraction is not None and fraction.isascii() and fraction.isdigit():  # not '²' (a Latin-1 byte 0xB2)
         result += f".{fraction}"
     zone = tv.text(offset)
     if zone is not None and _OFFSET.match(zone):

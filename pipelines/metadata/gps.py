@@ -1,7 +1,7 @@
 """The EXIF GPS IFD into `GpsInfo` (signed decimal degrees, metres, ISO 8601 UTC)."""
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from PIL import ExifTags, Image
@@ -54,14 +54,17 @@ def _timestamp(gps: Mapping[int, Any]) -> tuple[str | None, str | None]:
     try:
         year, month, day = (int(part) for part in date.replace("-", ":").split(":"))
         hours, minutes, seconds = time if len(time) == 3 else (time + (0.0, 0.0))[:3]
-        whole = int(seconds)
-        stamp = datetime(year, month, day, int(hours), int(minutes), whole, tzinfo=UTC)
-    except (ValueError, TypeError) as exc:
+        if not 0 <= seconds < 60:
+            raise ValueError(f"seconds {seconds} out of range")
+        # milliseconds rounded on the whole time: 59.9996 s is the next minute, not ':591.000'
+        stamp = datetime(year, month, day, int(hours), int(minutes), tzinfo=UTC) + timedelta(
+            milliseconds=round(seconds * 1000)
+        )
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: a year or hour of 2**31
         return None, f"gps.timestamp_utc: invalid {date!r} {time!r}: {exc}"
     iso = stamp.strftime("%Y-%m-%dT%H:%M:%S")
-    fraction = round(seconds - whole, 3)
-    if fraction:
-        iso += f"{fraction:.3f}".lstrip("0")
+    if stamp.microsecond:
+        iso += f".{stamp.microsecond // 1000:03d}"
     return iso + "Z", None
 
 

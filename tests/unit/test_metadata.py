@@ -18,6 +18,7 @@ from pipelines.decode import decode_rgb
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import ImageMetadata, extract_metadata, hamming_distance
 from pipelines.metadata.container import MAX_COUNTED_PAGES, gif_frame_count
+from pipelines.metadata.exif import exif_datetime
 from pipelines.metadata.phash import _dct_matrix, phash
 from pipelines.metadata.xmp import MAX_XMP_BYTES, parse_xmp
 from pipelines.preprocess import PreprocessSpec
@@ -113,6 +114,37 @@ def test_gps_is_signed_decimal_degrees_and_metres() -> None:
     assert gps.altitude_m == pytest.approx(-12.0)  # GPSAltitudeRef 1: below sea level
     assert gps.timestamp_utc == "2024-02-29T01:02:03.500Z"
     assert (gps.img_direction_deg, gps.img_direction_ref) == (pytest.approx(180.0), "true")
+
+
+@pytest.mark.parametrize(
+    "time, date, expected",
+    [
+        ((IFDRational(23, 1), IFDRational(59, 1), IFDRational(599996, 10000)), "2024:02:29", "2024-03-01T00:00:00Z"),
+        ((IFDRational(20, 1), IFDRational(47, 1), IFDRational(7999600, 1000000)), "2021:04:11", "2021-04-11T20:47:08Z"),
+        ((IFDRational(20, 1), IFDRational(47, 1), IFDRational(7240, 1000)), "2021:04:11", "2021-04-11T20:47:07.240Z"),
+    ],
+)
+def test_gps_seconds_round_on_the_whole_time(time: tuple, date: str, expected: str) -> None:
+    """59.9996 s used to give ':591.000Z' (the rounded fraction written after the whole seconds)."""
+    exif = _camera_exif()
+    exif[ExifTags.IFD.GPSInfo] = {**exif[ExifTags.IFD.GPSInfo], 7: time, 29: date}
+    gps = extract_metadata(_encode(_gradient(), "JPEG", exif=exif.tobytes())).gps
+    assert gps is not None and gps.timestamp_utc == expected
+
+
+def test_a_gps_time_out_of_range_keeps_the_coordinates() -> None:
+    """An hour of 2**31 raised OverflowError, which dropped the whole GPS section, coordinates included."""
+    exif = _camera_exif()
+    exif[ExifTags.IFD.GPSInfo] = {**exif[ExifTags.IFD.GPSInfo], 7: (IFDRational(2**31, 1),) * 3}
+    meta = extract_metadata(_encode(_gradient(), "JPEG", exif=exif.tobytes()))
+    assert meta.gps is not None and meta.gps.latitude_deg == pytest.approx(-(33 + 51 / 60 + 35.46 / 3600), abs=1e-9)
+    assert meta.gps.timestamp_utc is None and any(e.startswith("gps.timestamp_utc: invalid") for e in meta.errors)
+
+
+def test_sub_seconds_that_are_not_ascii_digits_are_left_out() -> None:
+    """A SubSecTime byte 0xB2 reads as '²', which str.isdigit accepts: the date-time was '...T10:00:00.²'."""
+    assert exif_datetime("2020:01:01 10:00:00", "\u00b2") == ("2020-01-01T10:00:00", None)
+    assert exif_datetime("2020:01:01 10:00:00", "25") == ("2020-01-01T10:00:00.25", None)
 
 
 def test_gps_without_reference_is_not_guessed() -> None:
