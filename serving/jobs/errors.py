@@ -34,9 +34,12 @@ class InvalidArchiveError(ServiceError):
 
 
 class JobStoreUnavailableError(ServiceError):
+    """The job store could not be opened (migrated): the same answer as an outage while it runs."""
+
     http_status = 503
     grpc_code = "UNAVAILABLE"
-    kind = "jobs_unavailable"
+    kind = "store_unavailable"
+    retry_after_s = 5.0
 
 
 class ItemInputError(ValueError):

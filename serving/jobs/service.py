@@ -72,9 +72,10 @@ class JobService:
                 if not self._migrated:
                     try:
                         await asyncio.to_thread(migrate, self.engine)
-                    except Exception as exc:  # noqa: BLE001 - any database failure is "not available now"
+                    except Exception:  # noqa: BLE001 - any database failure is "not available now"
                         logger.exception("job store unavailable")
-                        raise JobStoreUnavailableError(f"the job store is unavailable: {exc}") from None
+                        # the driver's text (a host, an address, a path) goes to the log only
+                        raise JobStoreUnavailableError("the server's database is unavailable; retry later") from None
                     self._migrated = True
         return self.store
 

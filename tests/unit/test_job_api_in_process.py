@@ -66,6 +66,19 @@ def test_job_api_answers_503_with_retry_after_and_no_traceback_while_the_store_f
     assert http.post("/v1/classify", content=jpeg()).status_code == 200  # online inference goes on
 
 
+def test_a_job_store_that_cannot_be_opened_is_the_same_503_as_an_outage(tmp_path: Path) -> None:
+    """It answered 503 `jobs_unavailable` without Retry-After, with the driver's text (on PostgreSQL: the database
+    server's host name and address)."""
+    service, settings = tiny_local_service(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    job_settings = JobSettings(database_url=f"sqlite:///{tmp_path / 'a-folder'}", object_store=str(tmp_path / "o"))
+    with TestClient(create_http_app(service, JobService(service, job_settings), settings)) as http:
+        answer = http.get("/v1/jobs")
+    assert answer.status_code == 503 and answer.json()["kind"] == "store_unavailable", answer.text
+    assert answer.headers["retry-after"] == "5"
+    assert "sqlite" not in answer.text.lower() and str(tmp_path) not in answer.text
+
+
 def test_listing_jobs_by_a_state_that_does_not_exist_is_a_bad_request(world: dict[str, Any]) -> None:
     """?status=runing used to answer an empty list, which reads as "nothing is running"."""
     http = world["http"]
