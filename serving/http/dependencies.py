@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
-from serving.errors import BadRequestError, ModelUnavailableError
+from serving.errors import BadRequestError, ModelUnavailableError, RequestTooLargeError
 from serving.jobs.service import JobService
 from serving.security.audit import AuditEntry
 from serving.security.gate import current_principal
@@ -75,3 +77,15 @@ def audit(
 ) -> None:
     """One audit entry for what `principal` just did, through the replica's gate (written in the background)."""
     request.app.state.gate.audit(AuditEntry.by(principal, action, client_host(request), target=target, detail=detail))
+
+
+async def multipart_form(request: Request, max_files: int, max_fields: int) -> FormData:
+    """The request's multipart form. Starlette answers a form it cannot take with a bare 400: too many files or
+    fields is a 413 `too_large` (as too many images is everywhere else), a malformed body a 400 `bad_request`."""
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields)
+    except HTTPException as exc:
+        detail = str(exc.detail)
+        if detail.startswith(("Too many files", "Too many fields")):
+            raise RequestTooLargeError(f"multipart request: {detail}") from None
+        raise BadRequestError(f"multipart request: {detail}") from None

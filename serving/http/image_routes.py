@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import get_service, reject_unknown_query
+from serving.http.dependencies import get_service, multipart_form, reject_unknown_query
 from serving.http.schemas import (
     AnalysisResult,
     AnalyzeResponse,
@@ -32,7 +32,7 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     options: dict[str, Any] = {}
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+        form = await multipart_form(request, max_images + 1, max_images + 16)
         uploads = form.getlist("image")
         if not uploads:
             raise BadRequestError("multipart request has no field named 'image'")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError, OverloadedError, classify_error
-from serving.http.dependencies import client_host, get_job_service, get_principal, reject_unknown_query
+from serving.http.dependencies import client_host, get_job_service, get_principal, multipart_form, reject_unknown_query
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
@@ -46,7 +46,7 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         limit = jobs.settings.max_files_per_request
-        form = await request.form(max_files=limit, max_fields=limit)
+        form = await multipart_form(request, limit, limit)
         request.state.batch_form = form
         parts: list[InputPart] = []
         for key, value in form.multi_items():
