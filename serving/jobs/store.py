@@ -270,11 +270,19 @@ class JobStore:
     def results_page(
         self, job_id: str, after: int = -1, limit: int = 500, status: str | None = None
     ) -> list[ResultRecord]:
-        """Recorded results with index > `after`, in index order."""
+        """Recorded results with index > `after`, in index order. While items are still pending or running, only
+        those before the first of them: results are written in the order items finish, and an index cursor must not
+        step over an item that finishes after a later one."""
+        unfinished = (
+            sa.select(sa.func.min(job_items.c.idx))
+            .where(job_items.c.job_id == job_id, job_items.c.status.in_(("pending", "running")))
+            .scalar_subquery()
+        )
         query = (
             sa.select(job_results, job_items.c.name, job_items.c.attempts)
             .join(job_items, job_items.c.id == job_results.c.item_id)
             .where(job_results.c.job_id == job_id, job_results.c.idx > after)
+            .where(sa.or_(unfinished.is_(None), job_results.c.idx < unfinished))
             .order_by(job_results.c.idx)
             .limit(limit)
         )

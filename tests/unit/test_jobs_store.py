@@ -64,6 +64,26 @@ def test_claim_record_finish(engine: sa.Engine) -> None:
     assert [e["event"] for e in store.events(job_id)] == ["created", "queued", "started", "completed"]
 
 
+def test_an_index_cursor_never_steps_over_an_item_that_finishes_late(engine: sa.Engine) -> None:
+    """Items finish out of order: a client paging with `after` = the last index it saw got [0, 2], then nothing
+    after 2, and never saw item 1. A running job's results are answered up to its first unfinished item."""
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(4))
+    queue.mark_running(job_id)
+    items = {item.idx: item for item in queue.claim(job_id, 3)}
+    queue.record(items[0], Outcome("done", "m", {}))
+    queue.record(items[2], Outcome("done", "m", {}))
+    assert [r.idx for r in store.results_page(job_id)] == [0]  # 1 runs, 2 waits behind it
+    seen = [r.idx for r in store.results_page(job_id)]
+    queue.record(items[1], Outcome("done", "m", {}))
+    seen += [r.idx for r in store.results_page(job_id, after=seen[-1])]
+    assert seen == [0, 1, 2]  # item 3 is still pending
+    for item in queue.claim(job_id, 1):
+        queue.record(item, Outcome("failed", "m", error_kind="invalid_image"))
+    seen += [r.idx for r in store.results_page(job_id, after=seen[-1])]
+    assert seen == [0, 1, 2, 3]
+
+
 def test_requeue_after_crash_reruns_only_in_flight_items(engine: sa.Engine) -> None:
     store, queue = JobStore(engine), WorkQueue(engine)
     job_id = store.create_job(SPEC, _items(4))
@@ -119,7 +139,13 @@ def test_intake_failures_have_their_result_at_once(engine: sa.Engine) -> None:
     job_id = store.create_job(SPEC, items)
     job = store.get_job(job_id)
     assert job.counts["failed"] == 1 and job.counts["pending"] == 1 and job.total == 2
-    (row,) = store.results_page(job_id)
+    # recorded at once; answered once the items before it are finished (an index cursor must not step over item 0)
+    assert store.results_page(job_id) == []
+    queue = WorkQueue(engine)
+    queue.mark_running(job_id)
+    (first,) = queue.claim(job_id, 5)
+    queue.record(first, Outcome("done", "m", {}))
+    _, row = store.results_page(job_id)
     assert row.idx == 1 and row.error_kind == "unsafe_entry" and row.attempts == 0
 
 
