@@ -4,8 +4,8 @@ A purge deletes the job's row, items, results, events and webhook deliveries in 
 entry (ids and counts only, never content); then the stored input and output objects no other job references.
 Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
 stays.
-The sweeper (`IMGSERVE_RETENTION_DAYS`) purges finished jobs older than the retention (and open jobs never
-started), and deletes stored objects no job references that are older than an hour (inputs of refused
+The sweeper purges, with `IMGSERVE_RETENTION_DAYS`, finished jobs older than the retention (and open jobs never
+started), and, always, deletes stored objects no job references that are older than an hour (inputs of refused
 submissions, or left by a crash); the hour keeps it clear of a submission still being written.
 """
 

@@ -126,16 +126,29 @@ class JobService:
         if self.gate is None or not self.gate.required:
             return
         await self.gate.charge_images(len(items))
+        await self._check_stored_bytes(principal, sum(i.size_bytes or 0 for i in items if i.source_kind == "object"))
+
+    async def _check_stored_bytes(self, principal: Principal, adding: int) -> None:
+        """The tenant's stored-bytes quota. Checked with the request's upload sizes before anything is stored (a
+        tenant over its quota wrote every refused request's files to the store first), and with the stored items'
+        sizes after (archives expand)."""
+        if self.gate is None or not self.gate.required:
+            return
         policy = await self.gate.tenant_policy(principal.tenant)
         if policy.quota_stored_bytes is not None:
             stored = await asyncio.to_thread(self.store.stored_bytes, principal.tenant)
-            adding = sum(item.size_bytes or 0 for item in items if item.source_kind == "object")
             if stored + adding > policy.quota_stored_bytes:
                 raise QuotaExceededError(
                     f"tenant stored-bytes quota of {policy.quota_stored_bytes} reached ({stored} stored, "
                     f"{adding} more sent): purge jobs or wait for retention",
                     3600.0,
                 )
+
+    async def _intake_items(self, principal: Principal, parts: Sequence[InputPart]) -> list[Any]:
+        """The request's items, stored; refused URIs and a stored-bytes quota the uploads alone pass are refused
+        before anything is stored."""
+        await self._check_stored_bytes(principal, sum(_upload_bytes(part) for part in parts))
+        return await asyncio.to_thread(self._intake(principal.tenant).items, parts)
 
     async def submit(
         self,
@@ -149,9 +162,7 @@ class JobService:
         if self.gate is not None and await self.gate.anonymize_forced():
             spec = replace(spec, anonymize=True)
         store = await self.ready()
-        items = await asyncio.to_thread(
-            self._intake(principal.tenant).items, parts
-        )  # refused URIs: 4xx, nothing stored
+        items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
         job_id = await asyncio.to_thread(store.create_job, spec, items, start, principal.tenant, audit)
@@ -162,7 +173,7 @@ class JobService:
     async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()
         await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
-        items = await asyncio.to_thread(self._intake(principal.tenant).items, parts)
+        items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
         await asyncio.to_thread(store.add_items, job_id, items, principal.tenant)
         return await asyncio.to_thread(store.get_job, job_id)
@@ -230,3 +241,13 @@ class JobService:
             await asyncio.wait_for(self._wake(job_id), timeout=5)
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not wake the batch worker for job %s: %r", job_id, exc)
+
+
+def _upload_bytes(part: InputPart) -> int:
+    """The size of an uploaded file or archive as sent (0 for a URI)."""
+    if part.file is None:
+        return 0
+    position = part.file.tell()
+    size = part.file.seek(0, 2)
+    part.file.seek(position)
+    return size

@@ -14,7 +14,7 @@ import time
 import sqlalchemy as sa
 
 from serving.jobs.database import create_store_engine, migrate
-from serving.jobs.erasure import sweep
+from serving.jobs.erasure import drop_orphaned_objects, sweep
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import JobRecord
 from serving.jobs.runner import AnalysisService, JobRunner
@@ -71,19 +71,19 @@ class JobLoop:
             prepare=lambda: migrate(engine),
         )
         self.task = asyncio.get_running_loop().create_task(self.runner.run())
-        self.sweeper: asyncio.Task[None] | None = None
-        if self.security.retention_days is not None:
-            self.sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self.sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         logger.info("batch job loop started: concurrency %d, store %s", self.settings.concurrency, engine.url)
 
     async def _sweep_forever(self) -> None:
-        """Retention (IMGSERVE_RETENTION_DAYS): purge expired jobs and orphaned objects, every sweep interval."""
-        assert self.security.retention_days is not None
-        retention_s = self.security.retention_days * 86400.0
+        """Every sweep interval: drop orphaned objects (what refused or failed submissions stored; no job holds
+        them), and with retention (IMGSERVE_RETENTION_DAYS) purge expired jobs first."""
+        days = self.security.retention_days
         while True:
             try:
-                if self.runner.ready:
-                    await asyncio.to_thread(sweep, self.engine, self.objects, retention_s)
+                if self.runner.ready and days is not None:
+                    await asyncio.to_thread(sweep, self.engine, self.objects, days * 86400.0)
+                elif self.runner.ready:
+                    await asyncio.to_thread(drop_orphaned_objects, self.engine, self.objects)
             except Exception:  # noqa: BLE001 - the next sweep tries again
                 logger.exception("retention sweep failed")
             await asyncio.sleep(self.security.retention_sweep_s)
