@@ -55,6 +55,9 @@ ALIASES = {"jpg": "jpeg", "tif": "tiff", "heic": "heif"}
 FROM_PILLOW = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp", "GIF": "gif"}
 FROM_PILLOW |= {"AVIF": "avif", "HEIF": "heif"}
 TIFF_COMPRESSION = ("none", "deflate", "lzw", "jpeg", "webp", "zstd", "packbits")
+# The most pixels a side an encoder takes (WebP's 14-bit sizes; libheif's AV1 encoder here): a larger output is a 400
+# naming the limit, not an encoder failure reported as an undecodable image.
+MAX_OUTPUT_SIDE = {"webp": 16383, "avif": 16384}
 
 
 @functools.cache
@@ -76,6 +79,21 @@ def encoder_missing(name: str) -> str | None:
         except ImportError:
             return "pillow-heif is not installed (pip install 'imgserve[heif]')"
     return None
+
+
+@functools.cache
+def tiff_compressions() -> tuple[str, ...]:
+    """The TIFF compressions this libvips' libtiff writes (the pyvips wheel's has no zstd)."""
+    import pyvips
+
+    written = []
+    for name in TIFF_COMPRESSION:
+        try:
+            pyvips.Image.black(8, 8, bands=3).tiffsave_buffer(compression=name)
+            written.append(name)
+        except pyvips.Error:
+            pass
+    return tuple(written)
 
 
 def available_formats() -> list[OutputFormat]:

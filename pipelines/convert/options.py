@@ -7,7 +7,14 @@ options and the CLI, so parsing accepts strings as well as typed values.
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from pipelines.convert.formats import ALIASES, FORMATS, FROM_PILLOW, TIFF_COMPRESSION, encoder_missing
+from pipelines.convert.formats import (
+    ALIASES,
+    FORMATS,
+    FROM_PILLOW,
+    TIFF_COMPRESSION,
+    encoder_missing,
+    tiff_compressions,
+)
 from pipelines.errors import InvalidOptionError
 
 MAX_TARGET_SIDE = 16384
@@ -115,6 +122,11 @@ class ConvertOptions:
             text = str(given["compression"]).strip().lower()
             if fmt == "tiff":
                 values["compression"] = _choice("compression", text, TIFF_COMPRESSION)
+                if values["compression"] not in tiff_compressions():
+                    raise InvalidOptionError(
+                        f"compression={text} is not available on this server (its libtiff does not write it); "
+                        f"available: {', '.join(tiff_compressions())}"
+                    )
             elif fmt == "png":
                 values["compression"] = str(_int("compression", text, 0, 9))
             else:
@@ -152,6 +164,12 @@ class ConvertOptions:
             raise InvalidOptionError(f"effort={self.effort} is out of range for format={self.format}: {low}..{high}")
         if self.lossless and self.format == "tiff" and self.compression in ("jpeg", "webp"):
             raise InvalidOptionError(f"lossless=true contradicts compression={self.compression} (lossy)")
+        if self.quality is not None and self.format == "tiff" and self.compression not in ("jpeg", "webp"):
+            raise InvalidOptionError(
+                f"quality= applies to format=tiff with compression=jpeg or webp, not {self.compression or 'deflate'}"
+            )
+        if self.lossless and self.subsampling != "auto":
+            raise InvalidOptionError("subsampling= does not apply to lossless=true (it keeps full chroma)")
         if self.optimize and self.format != "jpeg":
             raise InvalidOptionError("optimize= applies to format=jpeg only")
         if self.progressive and self.format not in ("jpeg", "png"):

@@ -16,12 +16,12 @@ import pyvips
 from PIL import Image, ImageCms
 
 from pipelines.convert import jpeg_fast
-from pipelines.convert.formats import FORMATS
+from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE
 from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.decode import exif_orientation, open_validated, upright_size
-from pipelines.errors import ImageTooLargeError, InvalidImageError
+from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
 
@@ -100,6 +100,12 @@ def load_vips(
     # upscale without max_side, width or height is no resize (not a fit to the unbounded box)
     upscale = options.upscale and min(box_w, box_h) < UNBOUNDED
     out_w, out_h = output_size(width, height, box_w, box_h, upscale)
+    side_limit = MAX_OUTPUT_SIDE.get(fmt.name)
+    if side_limit is not None and max(out_w, out_h) > side_limit:
+        raise InvalidOptionError(
+            f"{fmt.name} images are at most {side_limit} pixels a side; the output would be {out_w}x{out_h} "
+            "(ask for max_side)"
+        )
     if out_w * out_h * pages > limits.max_full_decode_pixels:
         raise ImageTooLargeError(
             f"the output would be {out_w}x{out_h}"
@@ -109,7 +115,10 @@ def load_vips(
     if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
         limits.max_full_decode_pixels
     ):
-        return jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h)), info, options
+        try:
+            return jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h)), info, options
+        except InvalidImageError:
+            pass  # its strict decoder refuses libjpeg's warnings too (stray bytes before a marker): libvips decides
     if header.format in PILLOW_INPUTS:
         return load_with_pillow(header, orientation, (out_w, out_h)), info, options
     header.close()
@@ -177,7 +186,10 @@ def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
                 return image.webpsave_buffer(lossless=True, effort=effort, keep=keep)
             return image.webpsave_buffer(Q=quality, effort=effort, keep=keep)
         if name == "tiff":
-            return image.tiffsave_buffer(compression=options.compression or "deflate", Q=quality, keep=keep)
+            compression = options.compression or "deflate"
+            if compression == "webp" and image.bands < 3:  # WebP in TIFF holds RGB(A) only
+                image = image.colourspace("srgb")
+            return image.tiffsave_buffer(compression=compression, Q=quality, keep=keep)
         if name == "gif":
             return image.gifsave_buffer(effort=effort, keep=keep)
         if name == "avif":
@@ -242,6 +254,16 @@ def upright_exif(blob: bytes | None) -> bytes | None:
         return None
 
 
+def _rgb_profile(data: bytes) -> bytes | None:
+    """An ICC profile fit for RGB pixels, or None: a CMYK or grey profile (the pixels became RGB) or one that does
+    not parse is not written into a HEIF, as libvips' savers drop them."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - unreadable
+        return None
+    return data if profile.profile.xcolor_space.strip() == "RGB" else None
+
+
 def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -> bytes:
     pil = to_pillow(image)
     out = io.BytesIO()
@@ -255,7 +277,9 @@ def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -
         if options.lossless:  # RGB as it is: full-resolution chroma and the identity matrix (no YCbCr rounding)
             params.update(chroma=444, matrix_coefficients=0)
         if options.icc == "keep" and "icc-profile-data" in fields:
-            params["icc_profile"] = image.get("icc-profile-data")
+            profile = _rgb_profile(image.get("icc-profile-data"))
+            if profile is not None:
+                params["icc_profile"] = profile
         pil.save(out, "HEIF", **params)
     else:
         pil.save(out, "BMP")

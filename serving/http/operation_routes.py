@@ -42,7 +42,7 @@ HELP = {
     "optimize": "JPEG: optimised Huffman tables (smaller, slower).",
     "effort": "Encoder effort: webp 0-6 (2), gif 1-10 (7), avif 0-9 (4).",
     "subsampling": "Chroma subsampling for jpeg/avif: auto, on (4:2:0), off (4:4:4).",
-    "compression": "png: zlib level 0-9; tiff: none, deflate, lzw, jpeg, webp, zstd, packbits.",
+    "compression": "png: zlib level 0-9; tiff: none, deflate, lzw, jpeg, webp, zstd, packbits (where libtiff has it).",
     "max_side": "Fit inside max_side x max_side (aspect kept).",
     "width": "Fit to this width (and height, when given).",
     "height": "Fit to this height (and width, when given).",

@@ -5,9 +5,11 @@ import io
 
 import numpy as np
 import pytest
+import pyvips
 from PIL import Image, ImageOps
 
 from pipelines.convert import FORMATS, ConvertOptions, available_formats, convert_image
+from pipelines.convert.formats import TIFF_COMPRESSION, tiff_compressions
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import extract_metadata
@@ -179,6 +181,9 @@ def test_metadata_kept_stripped_and_anonymised() -> None:
         ({"format": "jpeg", "quality": 101}, "out of range"),
         ({"format": "png", "quality": 80}, "does not apply"),
         ({"format": "jpeg", "lossless": True}, "lossless"),
+        ({"format": "tiff", "quality": 5}, "compression=jpeg or webp, not deflate"),  # was ignored
+        ({"format": "tiff", "quality": 5, "compression": "lzw"}, "not lzw"),
+        ({"format": "avif", "lossless": True, "subsampling": "on"}, "subsampling= does not apply"),  # was ignored
         ({"format": "webp", "effort": 9}, "out of range"),
         ({"format": "tiff", "compression": "rar"}, "choose one of"),
         ({"format": "jpeg", "compression": "lzw"}, "compression"),
@@ -197,6 +202,21 @@ def test_bad_options_are_400_with_a_clear_message(options: dict, message: str) -
 def test_corrupt_and_truncated_inputs_are_errors(photo: bytes) -> None:
     with pytest.raises(InvalidImageError):
         convert_image(photo[: len(photo) // 2], ConvertOptions(format="png"), LIMITS)
+    for options in (ConvertOptions(format="png"), ConvertOptions(format="png", max_side=64)):
+        with pytest.raises(InvalidImageError):  # the fast JPEG path's fallback still refuses truncation
+            convert_image(photo[: len(photo) // 2], options, LIMITS)
+
+
+def test_a_jpeg_with_stray_bytes_before_its_end_marker_converts(photo: bytes) -> None:
+    """A common, harmless defect (libjpeg: "extraneous bytes before marker 0xd9") that Pillow, libvips and the
+    classify path read: /v1/convert refused it with a 400, the fast JPEG decoder being strict about warnings."""
+    assert photo.endswith(b"\xff\xd9")
+    stray = photo[:-2] + b"\x00\x00\x00\x00\xff\xd9"
+    size = ImageOps.exif_transpose(decoded(photo)).size
+    for options in (ConvertOptions(format="png"), ConvertOptions(format="webp", max_side=64)):
+        result = convert_image(stray, options, LIMITS)
+        assert max(result.width, result.height) == (64 if options.max_side else max(size))
+        assert decoded(result.data).size == (result.width, result.height)
     with pytest.raises(ImageTooLargeError):
         convert_image(photo, ConvertOptions(format="png"), DecodeLimits(max_pixels=1000))
 
@@ -315,3 +335,36 @@ def test_too_many_animation_frames_are_refused() -> None:
         convert_image(out.getvalue(), ConvertOptions(format="webp"), LIMITS)
     first = convert_image(out.getvalue(), ConvertOptions(format="webp", animated=False), LIMITS)
     assert first.frames == 1
+
+
+def test_encoder_limits_are_option_errors_that_say_what_to_do(photo: bytes) -> None:
+    """They were 400 invalid_image 'image could not be decoded: ...' for a valid image: the encoder's failure."""
+    wide = encode(Image.new("RGB", (20000, 40), (10, 200, 30)), "PNG")
+    for fmt in ("webp", "avif"):
+        if fmt not in {f.name for f in available_formats()}:
+            continue
+        with pytest.raises(InvalidOptionError, match="pixels a side.*max_side"):
+            convert_image(wide, ConvertOptions.parse(format=fmt), LIMITS)
+        assert convert_image(wide, ConvertOptions.parse(format=fmt, max_side=4000), LIMITS).width == 4000
+    for name in TIFF_COMPRESSION:
+        if name in tiff_compressions():
+            grey = encode(Image.new("L", (32, 24), 90), "PNG")  # WebP in TIFF needs RGB: grey is made RGB
+            out = convert_image(grey, ConvertOptions.parse(format="tiff", compression=name), LIMITS).data
+            assert pyvips.Image.new_from_buffer(out, "").width == 32  # Pillow reads no WebP-in-TIFF
+        else:
+            with pytest.raises(InvalidOptionError, match=f"compression={name} is not available"):
+                ConvertOptions.parse(format="tiff", compression=name)
+
+
+def test_heif_keeps_only_an_rgb_profile_that_parses() -> None:
+    """icc=keep copied any profile into a HEIF as it was: a CMYK JPEG's CMYK profile over its (now RGB) pixels, or
+    a broken one. libvips' savers drop those; a profile fit for RGB is kept."""
+    if "heif" not in {f.name for f in available_formats()}:
+        pytest.skip("no heif encoder installed here")
+    rgb = pyvips.Image.new_from_array(np.full((24, 32, 3), 120, np.uint8)).copy(interpretation="srgb")
+    cmyk = rgb.icc_export(output_profile="cmyk").jpegsave_buffer(keep=31)  # CMYK pixels and a CMYK profile
+    broken = encode(Image.new("RGB", (32, 24), (200, 40, 40)), "JPEG", icc_profile=b"\0" * 200)
+    wide = require(IMAGENET_SAMPLES / "n01532829_house_finch.JPEG").read_bytes()  # Adobe RGB (1998)
+    for data, kept in ((cmyk, False), (broken, False), (wide, True)):
+        heif = decoded(convert_image(data, ConvertOptions(format="heif", icc="keep"), LIMITS).data)
+        assert heif.mode == "RGB" and bool(heif.info.get("icc_profile")) is kept
