@@ -30,17 +30,26 @@ _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 
 
 def parse_pairs(text: str | None) -> dict[str, str] | None:
-    """`format=webp,quality=80` (a query parameter) -> {"format": "webp", "quality": "80"}; None stays None."""
+    """`format=webp,quality=80` (a query parameter) -> {"format": "webp", "quality": "80"}; None stays None. An item
+    without `=` continues the value before it (a list: `ops=clahe,sharpen,brightness=1.2` -> ops "clahe,sharpen");
+    a key given twice is an error (the last one used to win silently)."""
     if text is None:
         return None
     pairs: dict[str, str] = {}
+    last: str | None = None
     for item in text.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep:
-            raise InvalidOptionError(f"option {item!r}: expected key=value (e.g. format=webp,quality=80)")
-        pairs[key.strip()] = value.strip()
+            if last is None:
+                raise InvalidOptionError(f"option {item!r}: expected key=value (e.g. format=webp,quality=80)")
+            pairs[last] += "," + item.strip()
+            continue
+        last = key.strip()
+        if last in pairs:
+            raise InvalidOptionError(f"option {last!r} is given twice")
+        pairs[last] = value.strip()
     return pairs
 
 

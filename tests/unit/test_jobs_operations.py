@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from pipelines.convert.names import output_bases, output_name
+from pipelines.enhance import EnhanceOptions
 from pipelines.errors import InvalidOptionError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import drop_orphaned_objects, purge_job
@@ -77,6 +78,12 @@ def test_operation_spec_checks_options_up_front() -> None:
     assert parse_pairs("format=webp, quality=80") == {"format": "webp", "quality": "80"}
     with pytest.raises(InvalidOptionError, match="key=value"):
         parse_pairs("webp")
+    # a list value: `ops=clahe,sharpen` was a 400 ("option 'sharpen'"), and a repeated key silently kept the last
+    assert parse_pairs("ops=clahe,sharpen,brightness=1.2") == {"ops": "clahe,sharpen", "brightness": "1.2"}
+    spec = operation_spec(["enhance"], None, parse_pairs("ops=clahe,sharpen"), None)
+    assert spec is not None and EnhanceOptions.parse(**spec["enhance"]).ops == ("clahe", "sharpen"), spec
+    with pytest.raises(InvalidOptionError, match="given twice"):
+        parse_pairs("ops=clahe,ops=sharpen")
 
 
 def test_output_names_stay_inside_the_archive() -> None:
