@@ -10,6 +10,7 @@ tests/integration/test_grpc.py runs its whole suite against both servers.
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -34,7 +35,11 @@ def client(local_server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def test_imgserve_serve_chose_the_local_placement_and_says_so(local_server: ServerProcess) -> None:
-    log = local_server.tail(200_000)
+    # The replica answers /v2/health/ready (the fixture's readiness) a moment before `imgserve serve` prints its
+    # ready banner (once serve.run returns): wait for the line, do not race it.
+    deadline = time.monotonic() + 60
+    while "imgserve is ready" not in (log := local_server.tail(200_000)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "placement local (Ray is local" in log and "(placement local, auth OFF (loopback only))" in log
 
 
