@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from serving.errors import BadRequestError, RequestTooLargeError
 from serving.jobs.errors import JobNotFoundError, JobStateError
 from serving.jobs.records import (
+    ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
     ITEM_STATES,
     JobRecord,
@@ -270,26 +271,22 @@ class JobStore:
     def results_page(
         self, job_id: str, after: int = -1, limit: int = 500, status: str | None = None
     ) -> list[ResultRecord]:
-        """Recorded results with index > `after`, in index order. While items are still pending or running, only
-        those before the first of them: results are written in the order items finish, and an index cursor must not
-        step over an item that finishes after a later one."""
-        unfinished = (
-            sa.select(sa.func.min(job_items.c.idx))
-            .where(job_items.c.job_id == job_id, job_items.c.status.in_(("pending", "running")))
-            .scalar_subquery()
-        )
+        """Recorded results with index > `after`, in index order. While the job is queued or running, only those
+        before its first unfinished item: results are written in the order items finish, and an index cursor must
+        not step over an item that finishes after a later one. An ended job's results are all answered (items in
+        flight at a cancel may still add theirs)."""
         query = (
             sa.select(job_results, job_items.c.name, job_items.c.attempts)
             .join(job_items, job_items.c.id == job_results.c.item_id)
             .where(job_results.c.job_id == job_id, job_results.c.idx > after)
-            .where(sa.or_(unfinished.is_(None), job_results.c.idx < unfinished))
             .order_by(job_results.c.idx)
             .limit(limit)
         )
         if status:
             query = query.where(job_results.c.status == status)
         with self.engine.begin() as conn:
-            rows = conn.execute(query).all()
+            frontier = _first_unfinished(conn, job_id)
+            rows = conn.execute(query if frontier is None else query.where(job_results.c.idx < frontier)).all()
         return [
             ResultRecord(r.idx, r.name, r.status, r.model, r.result, r.error_kind, r.error, r.duration_ms, r.attempts)
             for r in rows
@@ -362,3 +359,18 @@ class JobStore:
         )
         with self.engine.begin() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _first_unfinished(conn: sa.Connection, job_id: str) -> int | None:
+    """The index of an active job's first pending or running item (None: the job has ended, or none is left). One
+    exact-status lookup each, which the (job_id, status, idx) index answers on SQLite and PostgreSQL alike."""
+    state = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+    if state not in ACTIVE_JOB_STATES:
+        return None
+    firsts = [
+        conn.execute(
+            sa.select(sa.func.min(job_items.c.idx)).where(job_items.c.job_id == job_id, job_items.c.status == status)
+        ).scalar()
+        for status in ("pending", "running")
+    ]
+    return min((idx for idx in firsts if idx is not None), default=None)

@@ -84,6 +84,22 @@ def test_an_index_cursor_never_steps_over_an_item_that_finishes_late(engine: sa.
     assert seen == [0, 1, 2, 3]
 
 
+def test_an_ended_jobs_results_are_all_answered(engine: sa.Engine) -> None:
+    """A job cancelled with item 0 still in flight: its other results are answered (a collection saved from it has
+    them), not held behind an item that may never finish in an ended job."""
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(3))
+    queue.mark_running(job_id)
+    first, *rest = queue.claim(job_id, 3)
+    for item in rest:
+        queue.record(item, Outcome("done", "m", {}))
+    assert store.results_page(job_id) == []  # running: item 0 first
+    store.cancel_job(job_id)
+    assert [r.idx for r in store.results_page(job_id)] == [1, 2]
+    queue.record(first, Outcome("done", "m", {}))  # in flight at the cancel: its result still counts
+    assert [r.idx for r in store.results_page(job_id)] == [0, 1, 2]
+
+
 def test_requeue_after_crash_reruns_only_in_flight_items(engine: sa.Engine) -> None:
     store, queue = JobStore(engine), WorkQueue(engine)
     job_id = store.create_job(SPEC, _items(4))
@@ -133,7 +149,7 @@ def test_open_job_takes_items_until_started(engine: sa.Engine) -> None:
         store.create_job(SPEC, [])
 
 
-def test_intake_failures_have_their_result_at_once(engine: sa.Engine) -> None:
+def test_intake_failures_are_recorded_at_once_and_answered_in_index_order(engine: sa.Engine) -> None:
     store = JobStore(engine)
     items = [*_items(1), NewItem("../x.jpg", "none", "", None, "unsafe_entry", "refused")]
     job_id = store.create_job(SPEC, items)
