@@ -168,7 +168,7 @@ class JobRunner:
         # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
         bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
-        running: dict[asyncio.Task[None], ClaimedItem] = {}
+        running: dict[asyncio.Task[None], ClaimedItem | None] = {}  # None: the hand-back of an item whose task died
         claimed = 0
         try:
             while True:
@@ -184,8 +184,11 @@ class JobRunner:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     item = running.pop(task)
-                    if not task.cancelled() and task.exception() is not None:  # a bug: the item must not stay running
-                        await self._item_died(job, item, task.exception())
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None and item is not None:  # a bug: the item must not stay running
+                        running[asyncio.create_task(self._item_died(job, item, error))] = None  # the loop goes on
+                    elif error is not None:
+                        logger.error("job %s: handing an item back failed: %r", job.id, error)
         finally:
             for task in running:  # the loop is stopping (replica shutdown): its items are handed back, not written
                 task.cancel()
