@@ -44,10 +44,11 @@ class LoopbackHostGuard:
             await self.app(scope, receive, send)
             return
         host, origin = b"", None
-        for key, value in scope["headers"]:  # ASGI servers give header names in lower case
-            if key == b"host":
+        for key, value in scope["headers"]:  # lower case by ASGI's rule; not trusted to every server
+            name = key.lower()
+            if name == b"host":
                 host = value
-            elif key == b"origin":
+            elif name == b"origin":
                 origin = value.decode("latin-1")
         host_name = _host_name("//" + host.decode("latin-1"))
         refused = None

@@ -50,3 +50,25 @@ def test_same_origin_and_allowed_names_pass() -> None:
     assert client.get("/v1/jobs", headers={"Host": "devbox.lan:8000"}).status_code == 200
     assert client.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 403
     assert _client(frozenset({"*"})).get("/v1/jobs", headers={"Host": "anything"}).status_code == 200
+
+
+def test_header_names_are_matched_in_any_case() -> None:
+    """ASGI servers give lower-case names, but the guard does not rely on it: an `Origin` spelled with a capital
+    letter passed before (raw ASGI scope)."""
+    import asyncio
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+
+    def status(headers: list[tuple[bytes, bytes]]) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(LoopbackHostGuard(app)({"type": "http", "headers": headers}, None, send))  # type: ignore[arg-type]
+        return sent[0]["status"]
+
+    assert status([(b"Host", b"localhost")]) == 200
+    assert status([(b"host", b"localhost"), (b"Origin", b"https://evil.example")]) == 403
+    assert status([(b"HOST", b"rebound.example")]) == 403
