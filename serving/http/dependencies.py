@@ -11,6 +11,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from serving.errors import BadRequestError, ModelUnavailableError, RequestTooLargeError
 from serving.jobs.service import JobService
@@ -84,8 +85,8 @@ async def multipart_form(request: Request, max_files: int, max_fields: int) -> F
     fields is a 413 `too_large` (as too many images is everywhere else), a malformed body a 400 `bad_request`."""
     try:
         return await request.form(max_files=max_files, max_fields=max_fields)
-    except HTTPException as exc:
-        detail = str(exc.detail)
-        if detail.startswith(("Too many files", "Too many fields")):
+    except (HTTPException, MultiPartException) as exc:  # HTTPException when the scope has an app, as here
+        detail = str(exc.detail if isinstance(exc, HTTPException) else exc.message)
+        if detail.startswith(("Too many files", "Too many fields", "Part exceeded maximum size")):
             raise RequestTooLargeError(f"multipart request: {detail}") from None
         raise BadRequestError(f"multipart request: {detail}") from None

@@ -90,6 +90,8 @@ def test_too_many_files_is_413_too_large_and_a_malformed_form_400_bad_request(tm
         many = http.post("/v1/batch", files=files)
         assert many.status_code == 413 and many.json()["kind"] == "too_large", many.text
         assert "Too many files" in many.json()["error"]
+        huge_field = http.post("/v1/batch", files=[("uri", (None, "s3://b/" + "x" * 1_100_000))])
+        assert huge_field.status_code == 413 and huge_field.json()["kind"] == "too_large", huge_field.text
         body = b'--B\r\nContent-Disposition: form-data; name="image"\r\n\r\nno closing boundary'
         for path in ("/v1/batch", "/v1/classify"):
             broken = http.post(path, content=body, headers={"content-type": "multipart/form-data; boundary=X"})
