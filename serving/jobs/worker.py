@@ -83,7 +83,9 @@ class JobLoop:
                 if self.runner.ready and days is not None:
                     await asyncio.to_thread(sweep, self.engine, self.objects, days * 86400.0)
                 elif self.runner.ready:
-                    await asyncio.to_thread(drop_orphaned_objects, self.engine, self.objects)
+                    dropped = await asyncio.to_thread(drop_orphaned_objects, self.engine, self.objects)
+                    if dropped:
+                        logger.info("sweep: %d stored objects no job holds were deleted", dropped)
             except Exception:  # noqa: BLE001 - the next sweep tries again
                 logger.exception("retention sweep failed")
             await asyncio.sleep(self.security.retention_sweep_s)
