@@ -45,7 +45,10 @@ def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
     """Labels, one per output index; empty when the model has none."""
     if not config.labels:
         return ()
-    lines = (folder / config.labels).read_text(encoding="utf-8").splitlines()
+    # one label per "\n"-ended line: str.splitlines also splits at U+2028, \x1c-\x1e and others a label may hold
+    lines = (folder / config.labels).read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     expected = config.outputs[0].shape[-1]
     if len(lines) != expected:
         raise ValueError(
@@ -105,7 +108,11 @@ def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> Sc
             entries[version] = scan_entry(config, path, settings, check_backends)
         else:
             reason = f"version {version} is not served: {POLICY_FILE} serves {served or 'none'}"
-            entries[version] = ModelEntry(config, path, read_labels(config, path), unavailable_reason=reason)
+            try:
+                labels = read_labels(config, path)
+            except (OSError, ValueError) as exc:  # a broken version that is not served must not stop the others
+                labels, reason = (), f"{reason}; its labels cannot be read: {exc}"
+            entries[version] = ModelEntry(config, path, labels, unavailable_reason=reason)
     if split is None:
         return ScannedModel(entries[served[0]] if served else None, entries)
     canary = dataclasses.replace(entries[split.version], stage_key=f"{root.name}@{split.version}")

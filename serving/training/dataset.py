@@ -2,6 +2,7 @@
 and its fixed split into training and validation images."""
 
 import hashlib
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,9 +63,32 @@ def labelled_images(source: str, allowed_root: Path | None) -> tuple[list[Labell
     return images, unlabelled
 
 
+def check_label(label: str) -> None:
+    """A category name is served as one line of labels.txt and answered as a label: it is refused blank, with
+    leading or trailing spaces, or with a control, format or line/paragraph separator character (U+2028 split it
+    into two labels, and the model could not load: every model was down at the next start)."""
+    if not label.strip():
+        raise BadRequestError(f"category {label!r} is blank")
+    if label != label.strip():
+        raise BadRequestError(f"category {label!r} starts or ends with spaces")
+    odd = [c for c in label if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
+    if odd:
+        raise BadRequestError(f"category {label!r} holds a control or line-break character ({ascii(odd[0])})")
+
+
 def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[str]:
-    """The categories, sorted; a dataset with fewer than two, or a category too small to split, is refused."""
+    """The categories, sorted; a dataset with fewer than two, a category name `check_label` refuses, two names
+    that differ only in case or Unicode form (almost always a labelling mistake, and two outputs with one label to
+    a reader), or a category too small to split, is refused."""
     counts = Counter(image.label for image in images)
+    for label in counts:
+        check_label(label)
+    folded: dict[str, str] = {}
+    for label in sorted(counts):
+        key = unicodedata.normalize("NFC", label).casefold()
+        if key in folded:
+            raise BadRequestError(f"categories {folded[key]!r} and {label!r} differ only in case: merge or rename one")
+        folded[key] = label
     if len(counts) < 2:
         raise BadRequestError(f"a dataset needs at least two categories (folders), found {sorted(counts)}")
     small = sorted(label for label, n in counts.items() if n < min_per_class)
@@ -111,6 +135,19 @@ def usable_images(
     raise BadRequestError(f"{where}: {len(errors)} of {total} images could not be used ({examples})")
 
 
+def without_copies_of_training(
+    train: list[LabelledImage], validation: list[LabelledImage], digests: dict[str, str]
+) -> tuple[list[LabelledImage], int]:
+    """The validation images whose bytes are not those of a training image, and how many were left out. The split
+    goes by name, so a file stored twice (`IMG_7.jpg`, `IMG_7 (1).jpg`) could sit on both sides and the held-out
+    accuracy (and `promote: if_better`) was partly measured on training images."""
+    trained = {digests[image.name] for image in train if image.name in digests}
+    kept = [image for image in validation if digests.get(image.name) not in trained]
+    if not kept:
+        raise BadRequestError("no validation image is left: every one is a copy of a training image")
+    return kept, len(validation) - len(kept)
+
+
 def collection_dataset(
     images: Iterable[RecordedImage],
     labels: dict[str, str] | None,
@@ -121,8 +158,10 @@ def collection_dataset(
     read where the collection read them, or, for a collection saved from a batch job, from that job's inputs
     (`job_inputs`: name -> (source kind, source))."""
     out, left_out = [], 0
+    seen: set[str] = set()
     for image in images:
         name = image.record.name
+        seen.add(name)
         label = labels.get(name) if labels is not None else label_of(name)
         if label is None:
             left_out += 1
@@ -133,4 +172,10 @@ def collection_dataset(
             out.append(LabelledImage(name, label, source, None, kind))
         else:
             left_out += 1  # nowhere to read it from (a purged job's inputs)
+    unknown = sorted(set(labels or ()) - seen)
+    if unknown:  # a mistyped name would silently drop its image, and a whole category could vanish
+        raise BadRequestError(
+            f"{len(unknown)} labelled name(s) are not in the collection, e.g. {unknown[:3]}: names are as the "
+            "collection lists them (GET /v1/collections/{id}/images)"
+        )
     return out, left_out

@@ -58,6 +58,7 @@ class FeatureResult:
         self.features: dict[str, np.ndarray] = {}  # image name -> embedding
         self.errors: dict[str, str] = {}  # image name -> reason
         self.computed = 0  # embeddings computed now (the rest came from the cache)
+        self.digests: dict[str, str] = {}  # image name -> sha256 of its bytes (copies under two names share one)
 
 
 async def embed_images(
@@ -82,6 +83,7 @@ async def embed_images(
             result.errors[image.name] = f"unreadable: {data}"
             return
         digest = hashlib.sha256(data).hexdigest()
+        result.digests[image.name] = digest
         cached = await asyncio.to_thread(cache.get, digest)
         if cached is not None:
             result.features[image.name] = cached

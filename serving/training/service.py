@@ -33,6 +33,7 @@ from serving.training.dataset import (
     labelled_images,
     split,
     usable_images,
+    without_copies_of_training,
 )
 from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
@@ -210,6 +211,7 @@ class TrainingService:
             example = next(iter(features.errors.items()))
             logger.warning("training job %s: %d images left out, e.g. %s: %s", job.id, len(features.errors), *example)
         train, validation = usable_images(train, validation, labels, features.errors)
+        validation, copies = without_copies_of_training(train, validation, features.digests)
         x = np.stack([features.features[image.name] for image in train])
         y = np.array([labels.index(image.label) for image in train])
         await asyncio.to_thread(store.progress, job.id, "training", 0, len(train))
@@ -273,6 +275,7 @@ class TrainingService:
                 "train": len(train),
                 "validation": len(validation),
                 "skipped": features.errors,
+                "validation_copies_of_training": copies,
                 "unlabelled": unlabelled,
                 "features_computed": features.computed,
                 "features_cached": len(features.features) - features.computed,

@@ -245,3 +245,63 @@ def test_training_job_store_scopes_tenants_and_keeps_final_states(tmp_path: Path
     assert [(r["version"], r["promoted"]) for r in rows] == [("1", False), ("2", True)]
     with engine.begin() as conn:
         assert conn.execute(sa.text("select count(*) from training_jobs")).scalar() == 2
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        ("dam\u2028aged", "line-break"),  # labels.txt split it in two: the model never loaded, nor did the server
+        ("a\x1cb", "control"),
+        ("dog ", "spaces"),
+        (" ", "blank"),
+    ],
+)
+def test_category_names_that_cannot_be_served_as_one_label_are_refused(label: str, message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        check_classes(_images({"intact": 3, label: 3}))
+
+
+def test_categories_differing_only_in_case_are_refused() -> None:
+    """`dog` and `Dog` trained as two classes, answered with two outputs a reader cannot tell apart."""
+    with pytest.raises(BadRequestError, match="differ only in case"):
+        check_classes(_images({"dog": 3, "Dog": 3, "cat": 3}))
+
+
+def test_labels_files_split_only_at_newlines(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from serving.repository import read_labels
+
+    (tmp_path / "labels.txt").write_text("caf\u00e9 \u00e0 la\x85carte\nintact\r\n", encoding="utf-8")
+    config = SimpleNamespace(labels="labels.txt", outputs=[SimpleNamespace(name="probs", shape=[1, 2])])
+    assert read_labels(config, tmp_path) == ("caf\u00e9 \u00e0 la\x85carte", "intact")  # type: ignore[arg-type]
+
+
+def test_a_validation_image_whose_bytes_are_in_training_is_left_out() -> None:
+    """The split goes by name: a file stored twice ('IMG_7.jpg', 'IMG_7 (1).jpg') could sit on both sides, and the
+    held-out accuracy was partly measured on training images (14 of 20 in the review's probe)."""
+    from serving.training.dataset import without_copies_of_training
+
+    train, validation = split(_images({"a": 10, "b": 10}), 0.2)
+    digests = {image.name: f"{i:064x}" for i, image in enumerate(train + validation)}
+    digests[validation[0].name] = digests[train[0].name]  # the same bytes under another name
+    kept, copies = without_copies_of_training(train, validation, digests)
+    assert copies == 1 and validation[0] not in kept and len(kept) == len(validation) - 1
+    for image in validation:
+        digests[image.name] = digests[train[0].name]
+    with pytest.raises(BadRequestError, match="every one is a copy"):
+        without_copies_of_training(train, validation, digests)
+
+
+def test_labels_naming_images_the_collection_does_not_hold_are_refused() -> None:
+    """A mistyped name was dropped in silence, and with it a whole category ('left out: 0')."""
+    from pipelines.collections.record import ImageRecord
+    from serving.collections.store import RecordedImage
+    from serving.training.dataset import collection_dataset
+
+    images = [RecordedImage(ImageRecord(name=f"{i}.jpg"), None, f"/d/{i}.jpg") for i in range(4)]
+    labels = {"0.jpg": "box", "1.jpg": "box", "2.jpg": "envelope", "IMG_3.jpg": "damaged"}
+    with pytest.raises(BadRequestError, match=r"1 labelled name\(s\) are not in the collection, e.g. \['IMG_3.jpg'\]"):
+        collection_dataset(images, labels, {})
+    used, left_out = collection_dataset(images, {k: v for k, v in labels.items() if k != "IMG_3.jpg"}, {})
+    assert len(used) == 3 and left_out == 1
