@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from PIL import Image
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.collections.record import ImageRecord
@@ -29,8 +30,11 @@ from serving.security.audit import AuditEntry, write_entry
 
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
 # An ISO 8601 date or date-time prefix, as EXIF dates are stored (2024, 2024-05, 2024-05-01, 2024-05-01T10:00, ...;
-# an offset is accepted, dates are compared as the camera's local time)
-TAKEN_PATTERN = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?)?")
+# an offset is accepted and dropped: dates are compared as the camera's local time, as text)
+TAKEN_PATTERN = re.compile(
+    r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(?P<offset>Z|[+-]\d{2}:?\d{2})?)?)?)?"
+)
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
 
@@ -87,11 +91,20 @@ class ImageFilter:
         for name in ("taken_after", "taken_before"):
             value = getattr(self, name)
             if value is not None:
-                if TAKEN_PATTERN.fullmatch(value) is None:
+                match = TAKEN_PATTERN.fullmatch(value)
+                if match is None:
                     raise BadRequestError(
                         f"{name}={value[:60]!r}: expected an ISO date such as 2024-05-01 or 2024-05-01T10:30"
                     )
-                object.__setattr__(self, name, value.replace(" ", "T"))  # stored dates use the T separator
+                # Stored dates use the T separator. The offset goes: compared as text, 'Z' sorted after every digit
+                # (taken_after=...T10Z matched nothing) and '+' before them (an exclusive bound let its own second in).
+                local = value[: match.start("offset")] if match.group("offset") else value
+                object.__setattr__(self, name, local.replace(" ", "T"))
+        if self.format is not None:
+            name = FORMAT_ALIASES.get(self.format.upper(), self.format.upper())
+            if name not in _pillow_formats():
+                raise BadRequestError(f"file_format={self.format[:60]!r} is not an image format (e.g. jpeg, png)")
+            object.__setattr__(self, "format", name)
 
     def clauses(self) -> list[sa.ColumnElement[bool]]:
         c = collection_images.c
@@ -102,7 +115,7 @@ class ImageFilter:
             (c.quality_level, self.level and self.level.upper()),
             (c.make, self.camera_make),
             (c.model, self.camera_model),
-            (c.format, self.format and self.format.upper()),
+            (c.format, self.format),
             (c.top_label, self.label),
         )
         out += [column == value for column, value in pairs if value is not None]
@@ -278,6 +291,9 @@ class CollectionStore:
             query = query.where(collections.c.tenant == tenant)
         rows = conn.execute(query).all()
         match = next((r for r in rows if r.id == ref), rows[0] if len(rows) == 1 else None)
+        if match is None and rows:  # a name several tenants use, asked across tenants (an operator): not a 404
+            tenants = sorted(r.tenant for r in rows)
+            raise BadRequestError(f"collection name {ref!r} is used by tenants {tenants}: ask for it by its id")
         if match is None:
             raise CollectionNotFoundError(f"collection {ref!r} not found")
         return match
@@ -382,3 +398,10 @@ def _named_images(
         )
         rows.extend(conn.execute(query.where(c.location.is_not(None)) if located_only else query))
     return rows
+
+
+@cache
+def _pillow_formats() -> frozenset[str]:
+    """Pillow's format names, as records store them (JPEG, PNG, MPO, ...; HEIF and AVIF from their plugins)."""
+    Image.init()
+    return frozenset(Image.OPEN) | frozenset(Image.SAVE) | {"HEIF", "AVIF"}

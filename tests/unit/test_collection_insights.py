@@ -80,3 +80,16 @@ def test_every_reported_insight_passes_its_test() -> None:
 def test_small_groups_are_not_reported() -> None:
     records = _collection(3, {"B1": 1.0}, per_camera=MIN_GROUP - 1)
     assert all(i["evidence"]["group"] != "Blurmatic B1" for i in find_insights(records))
+
+
+def test_copies_of_one_file_count_once() -> None:
+    """One blurry photo stored 20 times from camera B1, beside 180 photos of other cameras: reported as "blurry: 100 %
+    of photos from Blurmatic B1 ... p < 0.001" before; one photo's worth of evidence is no finding."""
+    import dataclasses
+
+    records = [r for r in _collection(5, {}) if r.model != "B1"]
+    copy = next(r for r in _collection(5, {"B1": 1.0}) if r.model == "B1")
+    copies = [dataclasses.replace(copy, name=f"B1/copy{i}.jpg", sha256="ab" * 32) for i in range(20)]
+    assert all(i["evidence"]["group"] != "Blurmatic B1" for i in find_insights(records + copies))
+    distinct = [dataclasses.replace(c, sha256=f"{i:064x}") for i, c in enumerate(copies)]
+    assert any(i["evidence"]["group"] == "Blurmatic B1" for i in find_insights(records + distinct))

@@ -90,6 +90,19 @@ def test_dates_filter_by_prefix_and_with_a_space_or_offset(store: CollectionStor
     assert _names(store, cid, ImageFilter(taken_after="2023-06-05 09:00")) == ["b.jpg"]
     assert _names(store, cid, ImageFilter(taken_after="2023-06-05 11:00")) == []  # as ...T11:00, not ' ' < 'T'
     assert _names(store, cid, ImageFilter(taken_before="2023-06-05T09:00:00+02:00")) == ["a.jpg"]
+    # an offset is dropped (local time, as stored): 'Z' sorted after the digits, '+' before them, as text
+    assert _names(store, cid, ImageFilter(taken_after="2023-06-05T10Z")) == ["b.jpg"]  # was none
+    assert _names(store, cid, ImageFilter(taken_before="2023-06-05T10:00:00+02:00")) == ["a.jpg"]  # b is not before
+    assert _names(store, cid, ImageFilter(taken_before="2023-06-05T10:00:00Z")) == ["a.jpg"]
+
+
+def test_file_format_filter_takes_aliases_and_refuses_what_is_no_format(store: CollectionStore) -> None:
+    """file_format=jpg answered an empty page (records say JPEG), as did any misspelling."""
+    cid = _fill(store)
+    for value in ("jpeg", "JPEG", "jpg"):
+        assert _names(store, cid, ImageFilter(format=value)) == ["a.jpg", "b.jpg"], value
+    with pytest.raises(BadRequestError, match="not an image format"):
+        ImageFilter(format="bogus")
 
 
 def test_each_image_recorded_once_and_resume_lists_done(store: CollectionStore) -> None:
@@ -230,3 +243,12 @@ def test_a_name_the_collection_has_from_another_folder_is_refused_not_skipped(
     assert "already has 1 image(s)" in err and str(tmp_path / "2024" / "IMG_0001.jpg") in err and "--prefix" in err
     after = store.get("holiday")
     assert (after.images, after.sources, after.status) == (1, [str(tmp_path / "2023")], "analyzing")
+
+
+def test_a_name_two_tenants_use_asked_across_tenants_says_so(store: CollectionStore) -> None:
+    """An operator (no tenant scope) asking for 'holiday' that two tenants have got a 404 "not found"."""
+    first = store.open("holiday", ["quality"], ["/a"], "acme")
+    store.open("holiday", ["quality"], ["/b"], "globex")
+    with pytest.raises(BadRequestError, match=r"used by tenants \['acme', 'globex'\]: ask for it by its id"):
+        store.get("holiday")
+    assert store.get(first.id).tenant == "acme" and store.get("holiday", "acme").id == first.id
