@@ -65,30 +65,34 @@ def labelled_images(source: str, allowed_root: Path | None) -> tuple[list[Labell
 
 def check_label(label: str) -> None:
     """A category name is served as one line of labels.txt and answered as a label: it is refused blank, with
-    leading or trailing spaces, or with a control, format or line/paragraph separator character (U+2028 split it
-    into two labels, and the model could not load: every model was down at the next start)."""
+    leading or trailing spaces, or with a control character, a lone surrogate or a line/paragraph separator (U+2028
+    split it into two labels, and the model could not load: every model was down at the next start). Format
+    characters stay allowed: emoji sequences and Persian or Hindi words need U+200D / U+200C."""
     if not label.strip():
         raise BadRequestError(f"category {label!r} is blank")
     if label != label.strip():
         raise BadRequestError(f"category {label!r} starts or ends with spaces")
-    odd = [c for c in label if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
+    odd = [c for c in label if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")]
     if odd:
         raise BadRequestError(f"category {label!r} holds a control or line-break character ({ascii(odd[0])})")
 
 
 def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[str]:
-    """The categories, sorted; a dataset with fewer than two, a category name `check_label` refuses, two names
-    that differ only in case or Unicode form (almost always a labelling mistake, and two outputs with one label to
-    a reader), or a category too small to split, is refused."""
+    """The categories, sorted; a dataset with fewer than two, a category name `check_label` refuses, two names that
+    are the same text in another Unicode form (café composed and decomposed: two outputs a reader cannot tell
+    apart), or a category too small to split, is refused. Names differing in case are distinct categories (A and a
+    in handwriting data)."""
     counts = Counter(image.label for image in images)
     for label in counts:
         check_label(label)
-    folded: dict[str, str] = {}
+    normal: dict[str, str] = {}
     for label in sorted(counts):
-        key = unicodedata.normalize("NFC", label).casefold()
-        if key in folded:
-            raise BadRequestError(f"categories {folded[key]!r} and {label!r} differ only in case: merge or rename one")
-        folded[key] = label
+        key = unicodedata.normalize("NFC", label)
+        if key in normal:
+            raise BadRequestError(
+                f"categories {normal[key]!r} and {label!r} are the same text in two Unicode forms: merge them"
+            )
+        normal[key] = label
     if len(counts) < 2:
         raise BadRequestError(f"a dataset needs at least two categories (folders), found {sorted(counts)}")
     small = sorted(label for label, n in counts.items() if n < min_per_class)
@@ -162,6 +166,9 @@ def collection_dataset(
     for image in images:
         name = image.record.name
         seen.add(name)
+        if not image.record.ok:  # it failed analysis: nothing to learn from
+            left_out += 1
+            continue
         label = labels.get(name) if labels is not None else label_of(name)
         if label is None:
             left_out += 1

@@ -297,7 +297,8 @@ class TrainingService:
         info = await asyncio.to_thread(store.get, request.collection, tenant)
         job_store = await self.jobs.ready()
         inputs = await asyncio.to_thread(job_store.input_sources, info.job_id) if info.job_id else {}
-        images = store.iter_images(info.id, ImageFilter(failed=False), documents=False)  # names and places only
+        # names and places only; failed images too: a label for one is left out, not taken for a mistyped name
+        images = store.iter_images(info.id, ImageFilter(), documents=False)
         recorded = await asyncio.to_thread(list, images)
         return collection_dataset(recorded, request.labels, inputs)
 

@@ -261,10 +261,14 @@ def test_category_names_that_cannot_be_served_as_one_label_are_refused(label: st
         check_classes(_images({"intact": 3, label: 3}))
 
 
-def test_categories_differing_only_in_case_are_refused() -> None:
-    """`dog` and `Dog` trained as two classes, answered with two outputs a reader cannot tell apart."""
-    with pytest.raises(BadRequestError, match="differ only in case"):
-        check_classes(_images({"dog": 3, "Dog": 3, "cat": 3}))
+def test_categories_in_two_unicode_forms_are_refused_and_real_names_are_not() -> None:
+    """'caf\u00e9' composed and decomposed would be two outputs a reader cannot tell apart; names with emoji
+    sequences (U+200D), Persian (U+200C), case pairs (A, a) or a space inside are categories like any other."""
+    with pytest.raises(BadRequestError, match="two Unicode forms"):
+        check_classes(_images({"caf\u00e9": 3, "cafe\u0301": 3}))
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    names = ["\U0001f469\u200d\U0001f373", persian, "A", "a", "golden retriever"]
+    assert check_classes(_images({name: 3 for name in names})) == sorted(names)
 
 
 def test_labels_files_split_only_at_newlines(tmp_path: Path) -> None:
@@ -300,8 +304,10 @@ def test_labels_naming_images_the_collection_does_not_hold_are_refused() -> None
     from serving.training.dataset import collection_dataset
 
     images = [RecordedImage(ImageRecord(name=f"{i}.jpg"), None, f"/d/{i}.jpg") for i in range(4)]
+    images.append(RecordedImage(ImageRecord(name="failed.jpg", ok=False)))  # listed by the collection too
     labels = {"0.jpg": "box", "1.jpg": "box", "2.jpg": "envelope", "IMG_3.jpg": "damaged"}
     with pytest.raises(BadRequestError, match=r"1 labelled name\(s\) are not in the collection, e.g. \['IMG_3.jpg'\]"):
         collection_dataset(images, labels, {})
-    used, left_out = collection_dataset(images, {k: v for k, v in labels.items() if k != "IMG_3.jpg"}, {})
-    assert len(used) == 3 and left_out == 1
+    labels = {k: v for k, v in labels.items() if k != "IMG_3.jpg"} | {"failed.jpg": "box"}
+    used, left_out = collection_dataset(images, labels, {})
+    assert [i.name for i in used] == ["0.jpg", "1.jpg", "2.jpg"] and left_out == 2  # 3.jpg unlabelled, failed.jpg
