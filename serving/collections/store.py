@@ -34,7 +34,10 @@ NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
 TAKEN_PATTERN = re.compile(
     r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(?P<offset>Z|[+-]\d{2}:?\d{2})?)?)?)?"
 )
-FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
+FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "JFIF": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "HIF": "HEIF"}
+# Records keep Pillow's format name: a camera JPEG with multi-picture data (many Fujifilm, Nikon, Sony files, gain-map
+# JPEGs) is "MPO"; asking for JPEG finds both.
+FORMAT_MEMBERS = {"JPEG": ("JPEG", "MPO")}
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
 
@@ -103,7 +106,10 @@ class ImageFilter:
         if self.format is not None:
             name = FORMAT_ALIASES.get(self.format.upper(), self.format.upper())
             if name not in _pillow_formats():
-                raise BadRequestError(f"file_format={self.format[:60]!r} is not an image format (e.g. jpeg, png)")
+                raise BadRequestError(
+                    f"file_format={self.format[:60]!r} is not an image format (e.g. jpeg or jpg, png, tiff, webp, "
+                    "heif, gif, bmp, mpo)"
+                )
             object.__setattr__(self, "format", name)
 
     def clauses(self) -> list[sa.ColumnElement[bool]]:
@@ -115,10 +121,11 @@ class ImageFilter:
             (c.quality_level, self.level and self.level.upper()),
             (c.make, self.camera_make),
             (c.model, self.camera_model),
-            (c.format, self.format),
             (c.top_label, self.label),
         )
         out += [column == value for column, value in pairs if value is not None]
+        if self.format is not None:
+            out.append(c.format.in_(FORMAT_MEMBERS.get(self.format, (self.format,))))
         if self.min_score is not None:
             out.append(c.quality_score >= self.min_score)
         if self.max_score is not None:

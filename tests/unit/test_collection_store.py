@@ -99,8 +99,10 @@ def test_dates_filter_by_prefix_and_with_a_space_or_offset(store: CollectionStor
 def test_file_format_filter_takes_aliases_and_refuses_what_is_no_format(store: CollectionStore) -> None:
     """file_format=jpg answered an empty page (records say JPEG), as did any misspelling."""
     cid = _fill(store)
+    store.add(cid, [_image("camera.jpg", format="MPO")])  # a camera JPEG with multi-picture data
     for value in ("jpeg", "JPEG", "jpg"):
-        assert _names(store, cid, ImageFilter(format=value)) == ["a.jpg", "b.jpg"], value
+        assert _names(store, cid, ImageFilter(format=value)) == ["a.jpg", "b.jpg", "camera.jpg"], value
+    assert _names(store, cid, ImageFilter(format="mpo")) == ["camera.jpg"]
     with pytest.raises(BadRequestError, match="not an image format"):
         ImageFilter(format="bogus")
 
