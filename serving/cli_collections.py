@@ -154,7 +154,7 @@ def _cmd_report(args: argparse.Namespace, store: Any, info: Any) -> int:
 @_on_collection
 def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.collections.export import csv_lines, jsonl_lines
-    from serving.collections.store import ImageFilter
+    from serving.collections.filters import ImageFilter
 
     # The filters this command offers, by ImageFilter's own field names (--camera-model is camera_model).
     where = ImageFilter(

@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 
-from serving.collections.store import RECORD_COLUMNS, CollectionStore, ImageFilter
+from serving.collections.filters import ImageFilter
+from serving.collections.store import RECORD_COLUMNS, CollectionStore
 from serving.spreadsheet import safe_cell
 
 CSV_COLUMNS = (*RECORD_COLUMNS, "tags", "location", "member")

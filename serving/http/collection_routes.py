@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from pipelines.collections.report_html import CSP as REPORT_CSP
 from serving.collections.export import csv_lines, jsonl_lines
+from serving.collections.filters import ImageFilter
 from serving.collections.from_job import save_job_as_collection
 from serving.collections.reporting import (
     collection_report,
@@ -17,7 +18,7 @@ from serving.collections.reporting import (
     recorded_image_bytes,
     thumbnail_jpeg,
 )
-from serving.collections.store import CollectionStore, ImageFilter
+from serving.collections.store import CollectionStore
 from serving.http.dependencies import client_host, get_job_service, get_principal, reject_unknown_query
 from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.service import JobService

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.collections.filters import ImageFilter
 from serving.collections.sources import read_items
-from serving.collections.store import CollectionStore, ImageFilter
+from serving.collections.store import CollectionStore
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.objects import read_job_input

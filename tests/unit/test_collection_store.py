@@ -12,8 +12,9 @@ import pytest
 
 from pipelines.collections.record import ImageRecord, failed_record
 from serving.collections.export import csv_lines, jsonl_lines
+from serving.collections.filters import ImageFilter
 from serving.collections.sources import SourceError, list_sources, read_items
-from serving.collections.store import CollectionStore, ImageFilter, RecordedImage
+from serving.collections.store import CollectionStore, RecordedImage
 from serving.errors import BadRequestError
 from serving.jobs.database import open_job_database
 from serving.jobs.errors import CollectionNotFoundError

@@ -1,0 +1,111 @@
+"""The filters of a collection's image listing and export (`GET /v1/collections/{id}/images`): checked when made
+(a filter that could only match nothing by mistake is a 400), and turned into SQL clauses on `collection_images`."""
+
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import sqlalchemy as sa
+from PIL import Image
+
+from pipelines.quality.thresholds import LEVELS, load_thresholds, tag_vocabulary
+from serving.errors import BadRequestError
+from serving.jobs.tables import collection_images
+
+# An ISO 8601 date or date-time prefix, as EXIF dates are stored (2024, 2024-05, 2024-05-01, 2024-05-01T10:00, ...;
+# an offset is accepted and dropped: dates are compared as the camera's local time, as text)
+TAKEN_PATTERN = re.compile(
+    r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(?P<offset>Z|[+-]\d{2}:?\d{2})?)?)?)?"
+)
+FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "JFIF": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "HIF": "HEIF"}
+# Records keep Pillow's format name: a camera JPEG with multi-picture data (many Fujifilm, Nikon, Sony files, gain-map
+# JPEGs) is "MPO"; asking for JPEG finds both.
+FORMAT_MEMBERS = {"JPEG": ("JPEG", "MPO")}
+
+
+@cache
+def known_tags() -> frozenset[str]:
+    """Tag names a filter may ask for: those the server gives with its thresholds (`IMGSERVE_QUALITY_THRESHOLDS`,
+    read as serving.placement reads it)."""
+    return tag_vocabulary(load_thresholds(os.environ.get("IMGSERVE_QUALITY_THRESHOLDS") or None))
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """The `/v1/collections/{id}/images` filters; None: not filtered on."""
+
+    tag: str | None = None
+    level: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    taken_after: str | None = None
+    taken_before: str | None = None
+    format: str | None = None
+    label: str | None = None
+    failed: bool | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse filters that could only match nothing by mistake (a misspelt tag or level, a date in another
+        format compared as text): a data team would read the empty answer as "no such images"."""
+        if self.tag is not None and self.tag not in known_tags():
+            raise BadRequestError(
+                f"tag={self.tag[:60]!r} is not a quality tag; known: {', '.join(sorted(known_tags()))}"
+            )
+        if self.level is not None and self.level.upper() not in LEVELS:
+            raise BadRequestError(f"level={self.level[:60]!r}: choose one of {', '.join(LEVELS)}")
+        for name in ("taken_after", "taken_before"):
+            value = getattr(self, name)
+            if value is not None:
+                match = TAKEN_PATTERN.fullmatch(value)
+                if match is None:
+                    raise BadRequestError(
+                        f"{name}={value[:60]!r}: expected an ISO date such as 2024-05-01 or 2024-05-01T10:30"
+                    )
+                # Stored dates use the T separator. The offset goes: compared as text, 'Z' sorted after every digit
+                # (taken_after=...T10Z matched nothing) and '+' before them (an exclusive bound let its own second in).
+                local = value[: match.start("offset")] if match.group("offset") else value
+                object.__setattr__(self, name, local.replace(" ", "T"))
+        if self.format is not None:
+            name = FORMAT_ALIASES.get(self.format.upper(), self.format.upper())
+            if name not in _pillow_formats():
+                raise BadRequestError(
+                    f"file_format={self.format[:60]!r} is not an image format (e.g. jpeg or jpg, png, tiff, webp, "
+                    "heif, gif, bmp, mpo)"
+                )
+            object.__setattr__(self, "format", name)
+
+    def clauses(self) -> list[sa.ColumnElement[bool]]:
+        c = collection_images.c
+        out: list[sa.ColumnElement[bool]] = []
+        if self.tag is not None:
+            out.append(c.tags.contains(f",{self.tag},", autoescape=True))
+        pairs = (
+            (c.quality_level, self.level and self.level.upper()),
+            (c.make, self.camera_make),
+            (c.model, self.camera_model),
+            (c.top_label, self.label),
+        )
+        out += [column == value for column, value in pairs if value is not None]
+        if self.format is not None:
+            out.append(c.format.in_(FORMAT_MEMBERS.get(self.format, (self.format,))))
+        if self.min_score is not None:
+            out.append(c.quality_score >= self.min_score)
+        if self.max_score is not None:
+            out.append(c.quality_score <= self.max_score)
+        if self.taken_after is not None:
+            out.append(c.taken_at >= self.taken_after)
+        if self.taken_before is not None:
+            out.append(c.taken_at < self.taken_before)
+        if self.failed is not None:
+            out.append(c.ok == (not self.failed))
+        return out
+
+
+@cache
+def _pillow_formats() -> frozenset[str]:
+    """Pillow's format names, as records store them (JPEG, PNG, MPO, ...; HEIF and AVIF from their plugins)."""
+    Image.init()
+    return frozenset(Image.OPEN) | frozenset(Image.SAVE) | {"HEIF", "AVIF"}
