@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.npy_lock import NPY_READ
+
 FEATURES = "features"
 
 
@@ -52,7 +54,7 @@ class FeatureHead:
 
     @classmethod
     def load(cls, path: Path) -> "FeatureHead":
-        with np.load(path, allow_pickle=False) as data:
+        with NPY_READ, np.load(path, allow_pickle=False) as data:
             return cls(
                 layers=tuple(int(i) for i in data["layers"]),
                 mean=data["mean"],

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from serving.feature_head import FEATURES, feature_graph
+from serving.npy_lock import NPY_READ
 
 EMBEDDING = "embedding"
 HEAD_GRAPH_VERSION = 1  # bump when the graphs below change what they compute: cached builds are keyed by it
@@ -53,7 +54,7 @@ class ClassifierHead:
 
     @classmethod
     def load(cls, path: Path) -> "ClassifierHead":
-        with np.load(path, allow_pickle=False) as data:
+        with NPY_READ, np.load(path, allow_pickle=False) as data:
             head = cls(
                 mean=data["mean"],
                 scale=data["scale"],

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.config.model_entry import ModelEntry
+from serving.npy_lock import NPY_READ
 from serving.service import InferenceService
 from serving.stages.pipeline import StagePlan
 from serving.trained_head import EMBEDDING, HEAD_GRAPH_VERSION
@@ -38,7 +39,8 @@ class FeatureCache:
     def get(self, digest: str) -> np.ndarray | None:
         path = self._path(digest)
         try:
-            return np.load(path, allow_pickle=False)
+            with NPY_READ:
+                return np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
 
