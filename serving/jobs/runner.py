@@ -79,7 +79,7 @@ class JobRunner:
         self.background: list[asyncio.Task[None]] = []
         self.requeued: dict[str, int] = {}
         self._image_operations: ImageOperations | None = None
-        self._joined: set[str] = set()  # the job this loop marked running last (one "started"/"resumed" per join)
+        self._joined: str | None = None  # the job this loop marked running (one "started"/"resumed" per join)
 
     def image_operations(self) -> ImageOperations:
         """Conversion/enhancement over this worker's service, with the server's decode limits (made on first use)."""
@@ -162,9 +162,9 @@ class JobRunner:
             BATCH_JOBS.labels("failed").inc()
             self._webhook_work.set()
             return None
-        if job.id not in self._joined:
+        if job.id != self._joined:  # a loop works on one job at a time
             await self.store.durable(self.queue.mark_running, job.id)
-            self._joined = {job.id}  # only the job at hand: a loop works on one job at a time
+            self._joined = job.id
         # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
         bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
@@ -195,7 +195,7 @@ class JobRunner:
             self.in_flight = 0
         finished = await self.store.durable(self.queue.finish_if_done, job.id)
         if finished:
-            self._joined.discard(job.id)
+            self._joined = None
             BATCH_JOBS.labels(finished.status).inc()
             logger.info("job %s %s: %s", job.id, finished.status, finished.counts)
         elif not claimed:  # its items are running on another loop (or were cancelled): look again at the next poll
@@ -212,8 +212,12 @@ class JobRunner:
         if given_up:
             await self.store.durable(self.queue.give_up, item, f"could not be processed or recorded: {error!r}"[:500])
             return
+        await self._hand_back(item)
+
+    async def _hand_back(self, item: ClaimedItem, counted: bool = True) -> None:
+        """The item back to pending after a delay that grows with its attempts (`WorkQueue.release`)."""
         await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
-        await self.store.durable(self.queue.release, item)
+        await self.store.durable(self.queue.release, item, counted)
 
     async def _load(self, job: JobRecord, item: ClaimedItem) -> bytes:
         root, limit = self.settings.read_root(job.tenant), self.settings.max_image_bytes
@@ -251,8 +255,7 @@ class JobRunner:
             uncounted = info.kind in UNCOUNTED_RETRY_KINDS  # the item never really ran
             if uncounted or (info.kind in COUNTED_RETRY_KINDS and item.attempts < self.settings.max_attempts):
                 logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, internal_detail(exc))
-                await asyncio.sleep(min(RETRY_DELAY_S * item.attempts, MAX_RETRY_DELAY_S))
-                await self.store.durable(self.queue.release, item, not uncounted)
+                await self._hand_back(item, not uncounted)
                 return
             if info.kind == "internal":
                 logger.error("item %d of job %s failed: %s", item.idx, job.id, internal_detail(exc))
