@@ -24,6 +24,7 @@ from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
+from pipelines.orientation import SWAPS_AXES
 
 pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
 # libvips threads per image (IMGSERVE_VIPS_THREADS, default 1): requests and bulk files already run in parallel on
@@ -125,18 +126,46 @@ def load_vips(
     # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader): a truncated
     # file is an error (400), as it is in the decode stage, not an image with a grey bottom.
     loader = "fail_on=truncated" + (f",n={pages}" if pages > 1 else "")
+    # libvips turns an animation's whole strip of frames, not each frame: frames are turned one by one below
+    turn_pages = pages > 1 and orientation != 1
+    if turn_pages and orientation in SWAPS_AXES:
+        box_w, box_h = box_h, box_w  # the box of the stored (sideways) frames
     kwargs: dict[str, object] = {
         "height": box_h,
         "size": "both" if upscale else "down",
         "option_string": loader,
+        "no_rotate": turn_pages,
     }
     if transform:
         kwargs["export_profile"] = "srgb"
     try:
         image = pyvips.Image.thumbnail_buffer(data, box_w, **kwargs)
+        if turn_pages:
+            image = _upright_pages(image, orientation)
     except pyvips.Error as exc:
         raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
     return image, info, options
+
+
+# orientation -> the libvips operations that turn one stored frame upright (as `UPRIGHT_TRANSPOSE` does in Pillow)
+_UPRIGHT_OPS: dict[int, tuple[str, ...]] = {
+    2: ("fliphor",), 3: ("d180",), 4: ("flipver",), 5: ("d90", "fliphor"),
+    6: ("d90",), 7: ("d270", "fliphor"), 8: ("d270",),
+}  # fmt: skip
+
+
+def _upright_pages(image: pyvips.Image, orientation: int) -> pyvips.Image:
+    """An animation (frames stacked top to bottom, `page-height` each) with every frame turned upright."""
+    page_height = image.get("page-height") if "page-height" in image.get_fields() else image.height
+    frames = []
+    for top in range(0, image.height - page_height + 1, page_height):
+        frame = image.crop(0, top, image.width, page_height)
+        for op in _UPRIGHT_OPS[orientation]:
+            frame = getattr(frame, op)() if op.startswith("flip") else frame.rot(op)
+        frames.append(frame)
+    upright = pyvips.Image.arrayjoin(frames, across=1).copy()
+    upright.set_type(pyvips.GValue.gint_type, "page-height", frames[0].height)
+    return upright
 
 
 def _vips_message(exc: pyvips.Error) -> str:

@@ -12,6 +12,7 @@ from pipelines.convert import ConvertOptions, convert_image
 from pipelines.enhance.image import enhance_image
 from pipelines.enhance.plan import EnhanceOptions
 from pipelines.limits import DecodeLimits
+from pipelines.orientation import UPRIGHT_TRANSPOSE
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +59,47 @@ def test_enhanced_and_anonymised_outputs_are_upright_once(source: str, orientati
         assert np.abs(shown - expected).mean() < 25, f"{path}: turned the wrong way"
         if out == "jpeg":  # the rest of the block is kept: only the orientation changed
             assert Image.open(io.BytesIO(encoded)).getexif().get(0x010F) == "Camera maker", path
+
+
+def _animated_sideways(orientation: int) -> tuple[bytes, list[np.ndarray]]:
+    """A lossless 3-frame WebP, 60x30 stored, each frame its own colour with a green left third; and each frame
+    as a viewer shows it (Pillow's exif_transpose of that frame)."""
+    frames, shown = [], []
+    for colour in ((255, 0, 0), (0, 0, 255), (255, 255, 0)):
+        pixels = np.zeros((30, 60, 3), np.uint8)
+        pixels[:] = colour
+        pixels[:, :20] = (0, 255, 0)
+        frames.append(Image.fromarray(pixels))
+        shown.append(
+            np.asarray(frames[-1].transpose(UPRIGHT_TRANSPOSE[orientation]) if orientation != 1 else frames[-1])
+        )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    frames[0].save(
+        out, "WEBP", save_all=True, append_images=frames[1:], duration=100, exif=exif.tobytes(), lossless=True
+    )
+    return out.getvalue(), shown
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_animation_is_turned_upright_frame_by_frame(orientation: int) -> None:
+    """libvips turned an animation's whole strip of frames: orientation 6 was not applied at all, 3 reversed the
+    frame order and 8 mixed frames."""
+    data, shown = _animated_sideways(orientation)
+    result = convert_image(data, ConvertOptions.parse(format="webp", lossless=True), DecodeLimits())
+    output = Image.open(io.BytesIO(result.data))
+    assert output.getexif().get(0x0112, 1) == 1
+    assert output.n_frames == 3 and result.frames == 3
+    assert (result.width, result.height) == output.size == shown[0].shape[1::-1]
+    for index, expected in enumerate(shown):
+        output.seek(index)
+        assert np.array_equal(np.asarray(output.convert("RGB")), expected), f"frame {index}"
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_an_animation_stored_sideways_fits_the_box_upright(orientation: int) -> None:
+    data, _ = _animated_sideways(orientation)
+    result = convert_image(data, ConvertOptions.parse(format="webp", width=15), DecodeLimits())
+    output = Image.open(io.BytesIO(result.data))
+    assert output.size == (result.width, result.height) == (15, 30) and output.n_frames == 3
