@@ -26,13 +26,14 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 
 venv: $(STAMP)
 
-# The web UI's npm packages (serving/ui/package.json, exact versions, no dependencies of their own): map outlines.
-# Without npm the UI still works; its maps draw without coastlines.
+# The web UI's npm packages (serving/ui/package.json, exact versions): map outlines and Swagger UI for /docs.
+# Install scripts are not run (swagger-ui-dist's one dependency, @scarf/scarf, is an install-time usage ping).
+# Without npm the UI still works; its maps draw without coastlines and /docs points at /openapi.json.
 UI_STAMP := serving/ui/node_modules/.installed
 $(UI_STAMP): serving/ui/package.json
 	@if command -v npm >/dev/null; then \
-		cd serving/ui && npm install --no-audit --no-fund --no-package-lock --silent && touch node_modules/.installed; \
-	else echo "warning: npm not found: the web UI's maps draw without coastlines"; fi
+		cd serving/ui && npm install --no-audit --no-fund --no-package-lock --ignore-scripts --silent && touch node_modules/.installed; \
+	else echo "warning: npm not found: the web UI's maps draw without coastlines, /docs has no Swagger UI"; fi
 
 ui: $(UI_STAMP)
 

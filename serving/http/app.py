@@ -80,7 +80,14 @@ def create_http_app(
     `gate` None: auth off (tests, tools)."""
     settings = settings or ServerSettings.from_env()
     gate = gate or SecurityGate("off", None, SecuritySettings(auth="off"))
-    app = FastAPI(title="imgserve", version=__version__, description="Image inference: classification over HTTP")
+    # /docs is the UI package's own Swagger page (assets served here, not from a CDN); no ReDoc
+    app = FastAPI(
+        title="imgserve",
+        version=__version__,
+        description="Image inference and analysis: classification, quality, metadata, conversion, batch jobs",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
     app.state.jobs = jobs
     app.state.training = TrainingService(service, jobs) if jobs is not None else None

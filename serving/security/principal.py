@@ -104,18 +104,17 @@ _HTTP_RULES: tuple[tuple[frozenset[str], str, bool, Role], ...] = (
     (frozenset({"POST"}), "/v2/models/", False, "analyst"),
     (frozenset({"POST"}), "/v2/repository/index", True, "viewer"),  # Triton's list of models (gRPC: viewer too)
     (frozenset({"GET"}), "/v2", False, "viewer"),
-    (frozenset({"GET"}), "/docs", True, "viewer"),
     (frozenset({"GET"}), "/openapi.json", True, "viewer"),
 )
 
 
 def http_role(method: str, path: str) -> Role | None:
-    """The role a request needs; None for the open probes and the web UI's static pages (they hold no data: every
-    figure they show comes from the API with the person's key). HEAD is treated as GET."""
+    """The role a request needs; None for the open probes, the web UI's static pages and /docs (they hold no data:
+    every figure they show comes from the API with the person's key). HEAD is treated as GET."""
     if path in OPEN_HTTP_PATHS:
         return None
     method = "GET" if method == "HEAD" else method
-    if method == "GET" and (path == "/ui" or path.startswith("/ui/")):
+    if method == "GET" and (path in ("/ui", "/docs") or path.startswith("/ui/")):
         return None
     for methods, pattern, exact, role in _HTTP_RULES:
         if method in methods and (path == pattern if exact else path.startswith(pattern)):

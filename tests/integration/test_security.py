@@ -70,7 +70,6 @@ HTTP_ROUTES = [
     ("GET", f"/v2/models/{MODEL}/config"),
     ("GET", "/v2/repository/index"),
     ("POST", f"/v2/models/{MODEL}/infer"),
-    ("GET", "/docs"),
     ("GET", "/openapi.json"),
     ("GET", "/v1/whoami"),
     ("POST", "/v1/training-jobs"),

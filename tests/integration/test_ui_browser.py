@@ -343,3 +343,34 @@ def test_the_pages_need_no_key_and_carry_a_strict_policy(world: dict[str, Any]) 
     assert httpx.get(f"{url}/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(f"{url}/ui/..%2Fconfig.yaml").status_code == 404
     assert httpx.get(f"{url}/v1/whoami").status_code == 401  # the data behind the pages needs the key
+
+
+def test_the_api_reference_renders_from_this_server_with_the_signed_in_key(world: dict[str, Any]) -> None:
+    """/docs is Swagger UI served by imgserve (FastAPI's default page loads it from a CDN); the description needs a
+    viewer key: the page uses the UI's signed-in key, or asks for one."""
+    from selenium.webdriver.common.by import By
+
+    if not (Path(__file__).resolve().parents[2] / "serving/ui/node_modules/swagger-ui-dist").is_dir():
+        pytest.skip("swagger-ui-dist is not installed (make ui; needs npm)")
+    driver, url = world["driver"], world["server"].http_url
+    driver.get(f"{url}/ui")
+    driver.execute_script("sessionStorage.clear()")
+    console_messages(driver), request_urls(driver)  # forget the UI's own
+    driver.get(f"{url}/docs")
+    wait_for(driver, "return !document.querySelector('#docs-key').hidden")  # no key: the page asks for one
+    refused = [m["message"] for m in console_messages(driver) if m["level"] in ("SEVERE", "WARNING")]
+    assert all("/openapi.json" in m and "401" in m for m in refused), refused
+    driver.find_element(By.ID, "docs-api-key").send_keys(world["keys"]["viewer"])
+    driver.find_element(By.CSS_SELECTOR, "#docs-key button[type=submit]").click()
+    wait_for(driver, "return document.querySelectorAll('.opblock').length > 20")
+    paths = driver.execute_script(
+        "return [...document.querySelectorAll('.opblock-summary-path')].map(e => e.getAttribute('data-path'))"
+    )
+    assert "/v1/classify" in paths and "/v1/batch" in paths, paths
+    screenshot(driver, "docs")
+    bad = [m for m in console_messages(driver) if m["level"] in ("SEVERE", "WARNING")]
+    assert not bad, bad  # a Content-Security-Policy refusal would be one
+    outside = [u for u in request_urls(driver) if not u.startswith((url, "blob:", "data:"))]
+    assert not outside, outside
+    driver.refresh()  # the key is kept for the tab, as the UI keeps it
+    wait_for(driver, "return document.querySelectorAll('.opblock').length > 20")

@@ -84,7 +84,7 @@ ROUTES = [
     ("GET", "/v2"),
     ("GET", "/v2/models/tiny"),
     ("POST", "/v2/models/tiny/infer"),
-    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
     ("GET", "/no/such/route"),
 ]
 
@@ -101,6 +101,15 @@ def test_every_route_needs_a_key(world: dict[str, Any], method: str, path: str) 
 def test_probes_stay_open(world: dict[str, Any]) -> None:
     assert world["http"].get("/v2/health/live").status_code == 200
     assert world["http"].get("/v2/health/ready").status_code == 200
+
+
+def test_the_api_reference_page_is_open_and_its_description_needs_a_viewer(world: dict[str, Any]) -> None:
+    http = world["http"]
+    page = http.get("/docs")  # the page holds no data (the UI package's, not FastAPI's CDN page)
+    assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
+    assert http.get("/redoc").status_code == 401  # no second, CDN-loaded reference
+    described = http.get("/openapi.json", headers=auth(world, "a_viewer"))
+    assert described.status_code == 200 and "/v1/classify" in described.json()["paths"]
 
 
 def test_roles(world: dict[str, Any]) -> None:
