@@ -24,9 +24,10 @@ class UnsupportedFormatError(ImageInputError):
 
 
 class ImageTooLargeError(ImageInputError):
-    """Too many bytes or too many pixels (decompression bombs)."""
+    """Too many bytes or too many pixels (decompression bombs). RESOURCE_EXHAUSTED on gRPC, as every `too_large`."""
 
     http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
     kind = "too_large"
 
 

@@ -6,7 +6,7 @@ original so a corrupt image decoded in the decode stage still becomes a 400, not
 
 import errno
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.errors import ImageInputError
 from serving.repository import UnknownModelError
@@ -57,6 +57,11 @@ class OverloadedError(ServiceError):
     retry_after_s = 1.0  # Retry-After: shed load comes back soon
 
 
+# An error message quotes client text (a model name, an option value): bounded, so a 20,000-character name cannot
+# make the answer huge, nor push a gRPC status past the 8 KiB metadata limit, where the status itself is lost.
+MAX_MESSAGE_CHARS = 1000
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """What the edge needs to answer an error."""
@@ -85,14 +90,28 @@ def unwrap(exc: BaseException) -> BaseException:
 def classify_error(exc: BaseException) -> ErrorInfo:
     """Map any exception to status codes; unknown exceptions are internal errors (500 / INTERNAL) whose message is
     generic: exception text (Ray actor addresses, SQL, file paths) goes to the server log, never to the client, who
-    gets the request id to quote instead."""
+    gets the request id to quote instead. The message carries the exception's notes (which image of a list failed:
+    "(image index 3)") and is at most `MAX_MESSAGE_CHARS` long, whatever client text it quotes."""
+    original = unwrap(exc)
+    info = _mapped(original)
+    if info.kind == "internal":
+        return info
+    notes = dict.fromkeys([*getattr(exc, "__notes__", []), *getattr(original, "__notes__", [])])
+    message = info.message + "".join(f" ({note})" for note in notes)
+    return replace(info, message=bounded_message(message))
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "\u2026"
+
+
+def _mapped(original: BaseException) -> ErrorInfo:
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError
     from sqlalchemy import exc as sa_exc
 
     from serving.access_log import current_request_id
 
-    original = unwrap(exc)
     if isinstance(original, (ImageInputError, ServiceError)):
         retry = getattr(original, "retry_after_s", None)
         return ErrorInfo(original.http_status, original.grpc_code, original.kind, str(original), retry)

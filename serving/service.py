@@ -193,7 +193,9 @@ class InferenceService:
 
     def _check_image_count(self, images: list[bytes]) -> None:
         if not images:
-            raise BadRequestError("no image in the request: send a raw image body or multipart field 'image'")
+            raise BadRequestError(
+                "no image in the request (HTTP: a raw image body or multipart field 'image'; gRPC: `images`)"
+            )
         if len(images) > self.max_images_per_request:
             raise RequestTooLargeError(
                 f"{len(images)} images in one request; the limit is {self.max_images_per_request}"

@@ -124,8 +124,13 @@ class GrpcTransport:
         self._api_key = api_key
         self._metadata = auth_metadata(api_key)
         self._target = target
+        # gRPC's default receive limit is 4 MiB: a PNG or BMP of a photo is larger. The server bounds its answers
+        # (IMGSERVE_MAX_REQUEST_BYTES, refused as too_large beyond), so the client takes what it sends.
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self._channel = (
-            grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
+            grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            if secure
+            else grpc.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.ImageServiceStub(self._channel)
 

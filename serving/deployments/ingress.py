@@ -48,6 +48,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
                 jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake, self.gate)
         self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
         self.image_operations = self.http_app.state.image_operations
+        self.max_message_bytes = settings.max_request_bytes  # the gRPC listeners' send limit (serving/server.py)
         if self.http_app.state.training is not None:  # jobs a stopped server left unfinished run again
             asyncio.get_running_loop().create_task(self.http_app.state.training.resume())
         self.model_poller: ModelPoller | None = None

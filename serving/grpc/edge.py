@@ -26,6 +26,18 @@ def status_code(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
+DETAILS_BYTES = 1500  # percent-encoded in the grpc-message trailer (non-ASCII x3): well inside the 8 KiB soft limit
+
+
+def status_details(message: str) -> str:
+    """A status message that always gets through: past the peer's metadata limit a status is replaced by
+    RESOURCE_EXHAUSTED "Stream removed", its code and kind lost (`classify_error` bounds characters; this bytes)."""
+    encoded = message.encode()
+    if len(encoded) <= DETAILS_BYTES:
+        return message
+    return encoded[: DETAILS_BYTES - 3].decode(errors="ignore") + "\u2026"
+
+
 def invocation_value(context: Any, name: str, limit: int = 128) -> str | None:
     """A request metadata value (the first one, at most `limit` characters), or None."""
     metadata = getattr(context, "invocation_metadata", None)
@@ -107,7 +119,7 @@ async def answer(
         return result  # type: ignore[return-value]
     if context is not None:
         context.set_code(status_code(error.grpc_code))
-        context.set_details(error.message)
+        context.set_details(status_details(error.message))
         if error.retry_after_s is not None:
             trailing.append(("retry-after", retry_after_value(error.retry_after_s)))
         context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *trailing])  # the HTTP body's "kind"
@@ -125,7 +137,7 @@ async def open_stream(endpoint: str, context: Any) -> bool:
         REQUESTS.labels(endpoint, "grpc", "", info.grpc_code).inc()
         if context is not None:
             context.set_code(status_code(info.grpc_code))
-            context.set_details(info.message)
+            context.set_details(status_details(info.message))
             context.set_trailing_metadata([(ERROR_KIND_METADATA, info.kind)])
         return False
     return True

@@ -1,7 +1,9 @@
 """`imgserve.v1.ImageService` and `grpc.health.v1.Health` RPCs, called on the ingress by Ray Serve's proxy."""
 
 import asyncio
+import itertools
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +12,9 @@ from grpc_health.v1 import health_pb2
 from pipelines.convert import ConvertOptions
 from pipelines.enhance import EnhanceOptions
 from pipelines.enhance.plan import MANUAL_FACTORS
-from serving.grpc.edge import answer, attempt, open_stream
+from serving.config.settings import ServerSettings
+from serving.errors import RequestTooLargeError, ServiceError
+from serving.grpc.edge import answer, attempt, client_request_id, open_stream
 from serving.grpc.stubs import load
 from serving.image_ops import ImageOperations
 from serving.model_status import model_statuses
@@ -29,6 +33,7 @@ def classification_proto(result: Classification) -> Any:
         predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
         timing_ms=result.timing_ms,
         stage_ms=result.stage_ms,
+        model_version=result.model_version,
     )
 
 
@@ -47,6 +52,7 @@ def request_options(request: Any, fields: bool = False) -> ImageOptions:
     """The options of a Classify/Analyze/AnalyzeStream request (0 / empty fields mean the defaults)."""
     return ImageOptions.parse(
         model=request.model or None,
+        model_version=request.model_version or None,
         top_k=request.top_k or None,
         confidence_threshold=request.confidence_threshold or None,
         fields=list(request.fields) if fields else None,
@@ -54,7 +60,24 @@ def request_options(request: Any, fields: bool = False) -> ImageOptions:
     )
 
 
-def operation_response(data: bytes, content_type: str, report: dict[str, Any]) -> Any:
+class UnknownServiceError(ServiceError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "not_found"
+
+
+# Room left in a message for the report (a few kilobytes) beside the image.
+REPORT_ALLOWANCE_BYTES = 64 * 1024
+
+
+def operation_response(data: bytes, content_type: str, report: dict[str, Any], max_message_bytes: int) -> Any:
+    """The answer of Convert/Enhance, or `too_large` when the image would not fit in one message (the transport
+    would fail the call with a bare "Sent message larger than max" after all the work)."""
+    if len(data) + REPORT_ALLOWANCE_BYTES > max_message_bytes:
+        raise RequestTooLargeError(
+            f"the output image is {len(data)} bytes, more than a gRPC answer of this server holds"
+            f" ({max_message_bytes} bytes); ask for max_side or a compressed format, or use HTTP"
+        )
     message = pb.ImageOperationResponse(image=data, content_type=content_type)
     message.report.update(json.loads(json.dumps(report)))
     return message
@@ -63,6 +86,8 @@ def operation_response(data: bytes, content_type: str, report: dict[str, Any]) -
 class ImageGrpcMethods:
     service: InferenceService
     image_operations: ImageOperations
+    # the largest message this server's gRPC listeners send (Ray's proxy and the direct listener: max_request_bytes)
+    max_message_bytes: int = ServerSettings.model_fields["max_request_bytes"].default
 
     async def Classify(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
         async def call() -> Any:
@@ -86,6 +111,8 @@ class ImageGrpcMethods:
         """One response per image, in order, with its request id; a bad image gets `error`, the stream goes on."""
         if not await open_stream("AnalyzeStream", grpc_context):
             return
+        stream_id = client_request_id(grpc_context) or uuid.uuid4().hex
+        frames = itertools.count()
 
         async def one(request: Any) -> Any:
             async def call() -> Any:
@@ -93,14 +120,20 @@ class ImageGrpcMethods:
                 return analysis_proto(results[0])
 
             model = request.model or self.service.default_model
-            analysis, error = await attempt("AnalyzeStream", model, call, context=grpc_context)
+            # the log (and an internal error's message) says which frame of which stream
+            frame_id = f"{stream_id}/{request.request_id[:128] or next(frames)}"
+            analysis, error = await attempt("AnalyzeStream", model, call, frame_id, grpc_context)
             if error is not None:
-                failure = pb.Error(code=error.grpc_code, kind=error.kind, message=error.message)
+                failure = pb.Error(
+                    code=error.grpc_code, kind=error.kind, message=error.message, retry_after_s=error.retry_after_s or 0
+                )
                 return pb.AnalyzeStreamResponse(request_id=request.request_id, error=failure)
             return pb.AnalyzeStreamResponse(request_id=request.request_id, analysis=analysis)
 
         async for response in ordered_map(requests, one):
             yield response
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([("request_id", stream_id)])
 
     async def ListModels(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
@@ -122,7 +155,7 @@ class ImageGrpcMethods:
     async def Convert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
             result = await self.image_operations.convert(request.image, ConvertOptions.parse(**request.options))
-            return operation_response(result.data, result.content_type, result.summary())
+            return operation_response(result.data, result.content_type, result.summary(), self.max_message_bytes)
 
         return await answer("Convert", "", grpc_context, call, pb.ImageOperationResponse)
 
@@ -131,7 +164,8 @@ class ImageGrpcMethods:
             options = dict(request.options)
             enhance = EnhanceOptions.parse(**{k: options.pop(k) for k in ENHANCE_OPTIONS if k in options})
             outcome = await self.image_operations.enhance(request.image, enhance, ConvertOptions.parse(**options))
-            return operation_response(outcome.result.data, outcome.result.content_type, outcome.summary())
+            data, content_type = outcome.result.data, outcome.result.content_type
+            return operation_response(data, content_type, outcome.summary(), self.max_message_bytes)
 
         return await answer("Enhance", "", grpc_context, call, pb.ImageOperationResponse)
 
@@ -144,9 +178,15 @@ class ImageGrpcMethods:
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Check(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await answer(
-            "Check", "", grpc_context, lambda: self._health(request.service), health_pb2.HealthCheckResponse
-        )
+        """The health protocol: `Check` of a service this server does not know fails with NOT_FOUND (`Watch`
+        answers SERVICE_UNKNOWN and keeps watching)."""
+
+        async def call() -> Any:
+            if request.service not in HEALTH_SERVICES:
+                raise UnknownServiceError(f"no health status for service {request.service[:200]!r}")
+            return await self._health(request.service)
+
+        return await answer("Check", "", grpc_context, call, health_pb2.HealthCheckResponse)
 
     async def Watch(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
         """Sends the status now and again whenever it changes (checked every second) until the client leaves."""

@@ -51,12 +51,11 @@ def _endpoint(request: Request) -> str:
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    info = classify_error(exc)
-    message = info.message + "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
+    info = classify_error(exc)  # its message names the failed image of a list ("image index i"), as on gRPC
     ERRORS.labels(_endpoint(request), info.kind).inc()
     log_answered_error(info, request.url.path, exc)
     headers = {"Retry-After": retry_after_value(info.retry_after_s)} if info.retry_after_s is not None else None
-    return JSONResponse({"error": message, "kind": info.kind}, status_code=info.http_status, headers=headers)
+    return JSONResponse({"error": info.message, "kind": info.kind}, status_code=info.http_status, headers=headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
