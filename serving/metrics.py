@@ -5,6 +5,7 @@ replica on the node writes to one directory and the ingress's `/metrics` serves 
 """
 
 import os
+import re
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
@@ -46,6 +47,14 @@ REQUEST_LATENCY = Histogram(
 ERRORS = Counter("imgserve_errors_total", "Errors by kind (invalid_image, too_large, ...).", ["endpoint", "kind"])
 IMAGES = Counter("imgserve_images_total", "Images received.", ["endpoint", "protocol"])
 BYTES_RECEIVED = Counter("imgserve_request_bytes_total", "Encoded image bytes received.", ["protocol"])
+
+
+def count_images(endpoint: str, protocol: str, images: list[bytes]) -> None:
+    """Images (and their bytes) received by the image API: /v1 routes and `imgserve.v1.ImageService` methods."""
+    IMAGES.labels(endpoint, protocol).inc(len(images))
+    BYTES_RECEIVED.labels(protocol).inc(sum(len(image) for image in images))
+
+
 STAGE_LATENCY = Histogram(
     "imgserve_stage_latency_seconds",
     "Time spent in one stage for one item or batch.",
@@ -115,12 +124,39 @@ class _OnlyImgserve(Collector):
         return (family for family in self.inner.collect() if family.name.startswith("imgserve_"))
 
 
+LIVE_GAUGE_FILE = re.compile(r"^gauge_live(?:sum|min|max|mostrecent)_(\d+)\.db$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of processes that are gone (a restarted or scaled-down replica, one killed by the OOM
+    killer): `imgserve_model_info` counted them on, `imgserve_inflight_requests` kept their requests in flight and
+    `imgserve_batch_store_up` their last outage. The renderer shares the writers' process namespace (one machine, or
+    one Ray pod's container); counters and histograms of dead processes stay, as they must."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(directory):
+        match = LIVE_GAUGE_FILE.match(name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
+
+
 def render_metrics() -> tuple[bytes, str]:
     """Exposition text for `/metrics`: every process's metrics in multiprocess mode, else this process's."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
         from prometheus_client import multiprocess
 
+        forget_dead_processes(directory)
         registry = CollectorRegistry()
         registry.register(_OnlyImgserve(multiprocess.MultiProcessCollector(None, path=directory)))
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -143,7 +179,9 @@ AUTH_REFUSED = Counter(
 QUALITY_SCORE_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 QUALITY_IMAGES = Counter("imgserve_quality_images_total", "Images that got a quality verdict, by tenant.", ["tenant"])
 QUALITY_TAGS = Counter(
-    "imgserve_quality_tags_total", "Quality tags given, by tenant and tag (one per image and tag).", ["tenant", "tag"]
+    "imgserve_quality_tags_total",
+    "Quality tags given, by tenant, tag and the tag's kind (defect, positive, info): one per image and tag.",
+    ["tenant", "tag", "kind"],
 )
 QUALITY_LEVELS = Counter("imgserve_quality_level_total", "Quality verdicts by tenant and level.", ["tenant", "level"])
 QUALITY_SCORE = Histogram(

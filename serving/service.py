@@ -221,7 +221,11 @@ class InferenceService:
         if len(images) > 1:
             REPLICA_LIMIT.waive_queue_budget()
         calls = [self._analyze_one(data, plan, selected, entry, options) for data in images]
-        return await gather_or_raise(calls, note_index=True)
+        analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
+        for analysis in analyses:  # counted once answered (a failed request's images are sent again, fixed)
+            if analysis.quality is not None:
+                record_quality(analysis.quality, self.thresholds)
+        return analyses
 
     async def _analyze_one(
         self, data: bytes, plan: StagePlan, selected: tuple[str, ...], entry: ModelEntry, options: ImageOptions
@@ -254,7 +258,8 @@ class InferenceService:
 
     async def assess_quality(self, data: bytes) -> QualityReport:
         """The quality verdict of one image (classical metrics and, when served, the learned model), not charged
-        to the caller's quota: image operations ask it before and after their work."""
+        to the caller's quota nor counted in the quality series: image operations ask it before and after their
+        work (the series are what callers' images are like, not the server's own outputs)."""
         if not self.pipeline.has_quality:
             raise ModelUnavailableError("the quality stage is not deployed in this application")
         entry = self.repository.get(self.default_model)
@@ -322,7 +327,6 @@ def analysis_from_outputs(
     quality = None
     if outputs.quality is not None:
         quality = quality_verdict(outputs.quality, thresholds, learned)
-        record_quality(quality, thresholds)
     metadata = outputs.metadata
     if metadata is not None and options.anonymize:
         metadata = anonymize_metadata(metadata)

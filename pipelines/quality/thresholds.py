@@ -208,6 +208,14 @@ def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
     return frozenset(names)
 
 
+def tag_kinds(thresholds: Thresholds | None = None) -> dict[str, str]:
+    """Every tag `tag_vocabulary` names with its kind (defect, positive, info); the served thresholds win."""
+    kinds = {name: rule.kind for name, rule in default_thresholds().tags.items()}
+    if thresholds is not None:
+        kinds |= {name: rule.kind for name, rule in thresholds.tags.items()}
+    return kinds
+
+
 def dump_thresholds(thresholds: Thresholds, path: str | Path) -> None:
     """Write `thresholds` as YAML (fields in declaration order)."""
     data = thresholds.model_dump(mode="json")

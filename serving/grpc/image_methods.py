@@ -17,6 +17,7 @@ from serving.errors import RequestTooLargeError, ServiceError
 from serving.grpc.edge import answer, attempt, client_request_id, open_stream
 from serving.grpc.stubs import load
 from serving.image_ops import ImageOperations
+from serving.metrics import count_images
 from serving.model_status import model_statuses
 from serving.requests import ImageOptions
 from serving.service import Analysis, Classification, InferenceService
@@ -91,6 +92,7 @@ class ImageGrpcMethods:
 
     async def Classify(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
         async def call() -> Any:
+            count_images("Classify", "grpc", list(request.images))
             results = await self.service.classify(list(request.images), request_options(request))
             return pb.ClassifyResponse(results=[classification_proto(r) for r in results])
 
@@ -100,6 +102,7 @@ class ImageGrpcMethods:
 
     async def Analyze(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            count_images("Analyze", "grpc", list(request.images))
             results = await self.service.analyze(list(request.images), request_options(request, fields=True))
             return pb.AnalyzeResponse(results=[analysis_proto(r) for r in results])
 
@@ -116,6 +119,7 @@ class ImageGrpcMethods:
 
         async def one(request: Any) -> Any:
             async def call() -> Any:
+                count_images("AnalyzeStream", "grpc", [request.image])
                 results = await self.service.analyze([request.image], request_options(request, fields=True))
                 return analysis_proto(results[0])
 
@@ -154,6 +158,7 @@ class ImageGrpcMethods:
 
     async def Convert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            count_images("Convert", "grpc", [request.image])
             result = await self.image_operations.convert(request.image, ConvertOptions.parse(**request.options))
             return operation_response(result.data, result.content_type, result.summary(), self.max_message_bytes)
 
@@ -161,6 +166,7 @@ class ImageGrpcMethods:
 
     async def Enhance(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            count_images("Enhance", "grpc", [request.image])
             options = dict(request.options)
             enhance = EnhanceOptions.parse(**{k: options.pop(k) for k in ENHANCE_OPTIONS if k in options})
             outcome = await self.image_operations.enhance(request.image, enhance, ConvertOptions.parse(**options))

@@ -8,7 +8,8 @@ Open: the liveness/readiness probes. A refused request gets imgserve's JSON erro
 from typing import Any
 
 from serving.errors import retry_after_value
-from serving.http.middleware import Receive, Scope, Send, request_header, send_json_error
+from serving.http.middleware import Receive, Scope, Send, request_header, route_template, send_json_error
+from serving.metrics import ERRORS
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
 from serving.security.principal import http_role
@@ -42,6 +43,7 @@ class AuthMiddleware:
                 request_header(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
+            ERRORS.labels(route_template(scope), error.kind).inc()  # every error, as the routes count theirs
             await send_json_error(send, error.http_status, str(error), error.kind, refusal_headers(error))
             return
         await self.app(scope, receive, send)  # the caller is the gate's context variable from here on

@@ -18,7 +18,7 @@ from serving.http.schemas import (
     MetadataResponse,
     ModelsResponse,
 )
-from serving.metrics import BYTES_RECEIVED, IMAGES
+from serving.metrics import count_images
 from serving.model_status import model_statuses
 from serving.requests import ImageOptions, parse_json_request
 from serving.service import InferenceService
@@ -46,8 +46,7 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
         images, options = body.encoded_images(), body.options
     else:
         images = [await request.body()]
-    IMAGES.labels(request.url.path, "http").inc(len(images))
-    BYTES_RECEIVED.labels("http").inc(sum(len(i) for i in images))
+    count_images(request.url.path, "http", images)
     return images, options
 
 

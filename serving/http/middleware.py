@@ -4,10 +4,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, holds_no_slot
@@ -253,6 +254,30 @@ def request_header(scope: Scope, name: bytes, limit: int = 128) -> str | None:
     return None
 
 
+def route_template(scope: Scope) -> str:
+    """The endpoint label of a request: its route's template, also for a request answered before routing (a refused
+    key, a shed request), found by matching the app's routes; "unmatched" when no route matches."""
+    route = scope.get("route")
+    if route is not None:
+        return getattr(route, "path", None) or "unmatched"
+    router = getattr(scope.get("app"), "router", None)
+    probe = dict(scope)  # matching may write FastAPI's routing context into the scope it is given
+    for candidate in _leaf_routes(getattr(router, "routes", ())):
+        if candidate.matches(probe)[0] == Match.FULL:
+            return getattr(candidate, "path", None) or "unmatched"
+    return "unmatched"
+
+
+def _leaf_routes(routes: Any) -> Iterator[Any]:
+    """The routes themselves: FastAPI keeps an included router as one entry (`original_router` holds its routes)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
 class RequestMetricsMiddleware:
     """Counts every answered request by endpoint (route template), model and status; times it."""
 
@@ -271,8 +296,7 @@ class RequestMetricsMiddleware:
         def record(status: int) -> None:
             nonlocal recorded
             recorded = True
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = route_template(scope)
             if endpoint == "/metrics":
                 return
             state = scope.get("state") or {}

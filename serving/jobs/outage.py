@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from serving.jobs.metrics import BATCH_STORE_UP
+from serving.jobs.metrics import batch_store_up
 
 logger = logging.getLogger("imgserve.jobs")
 T = TypeVar("T")
@@ -29,7 +29,7 @@ class StoreCalls:
     def __init__(self) -> None:
         self.failures = 0
         self._since: float | None = None
-        BATCH_STORE_UP.set(1)
+        batch_store_up().set(1)
 
     def down_for(self) -> float:
         """Seconds since the first failure of the current outage (0 when the store answers)."""
@@ -40,14 +40,14 @@ class StoreCalls:
         if self._since is None:
             self._since = time.monotonic()
             logger.warning("job store unavailable (%s: %.300s); retrying with backoff", type(exc).__name__, exc)
-            BATCH_STORE_UP.set(0)
+            batch_store_up().set(0)
         self.failures += 1
         return min(FIRST_DELAY_S * 2 ** min(self.failures - 1, 16), MAX_DELAY_S)
 
     def succeeded(self) -> None:
         if self._since is not None:
             logger.warning("job store back after %.1fs", self.down_for())
-            BATCH_STORE_UP.set(1)
+            batch_store_up().set(1)
         self._since, self.failures = None, 0
 
     async def durable(self, fn: Callable[..., T], *args: Any) -> T:

@@ -96,8 +96,11 @@ class LocalPipeline:
             built[entry.key] = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
         for entry in load:
             self.decode.specs[entry.key] = entry.config.preprocess_spec()
+        retired = [stage for key, stage in self.models.items() if key in remove or key in built]
         self.models = {**{k: stage for k, stage in self.models.items() if k not in remove}, **built}
         self.model_names = tuple(self.models)
+        for stage in retired:
+            stage.retire()
 
 
 def build_local_pipeline(settings: StageSettings) -> LocalPipeline:

@@ -41,7 +41,10 @@ class ModelStage:
         self.entry = entry
         self.backend = load_backend(entry, backend_options)
         info = self.backend.info()
-        MODEL_INFO.labels(entry.name, entry.config.version, info.name, info.device, info.precision).inc()
+        self._info_labels: tuple[str, ...] | None = (
+            entry.name, entry.config.version, info.name, info.device, info.precision,
+        )  # fmt: skip
+        MODEL_INFO.labels(*self._info_labels).inc()
         self.input_shape = tuple(entry.config.input.shape)
         self.input_dtype = entry.config.input.numpy_dtype
         self.batching = entry.config.batching
@@ -50,6 +53,13 @@ class ModelStage:
         )
         if batching:
             self.reconfigure({"batching": batching})
+
+    def retire(self) -> None:
+        """No longer served (unloaded, or replaced by another version): `imgserve_model_info` counts it off. Requests
+        that hold it still finish on it."""
+        if self._info_labels is not None:
+            MODEL_INFO.labels(*self._info_labels).dec()
+            self._info_labels = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Runtime update of the batching block (`user_config: {batching: {...}}`)."""

@@ -454,8 +454,8 @@ def test_quality_drift_alert_compares_the_hour_with_the_week_per_tenant_and_tag(
     assert drift["labels"]["severity"] == "warning" and drift["for"] == "15m"
     expr = " ".join(drift["expr"].split())
     for needle in (
-        "sum by (tenant, tag) (rate(imgserve_quality_tags_total[1h]))",
-        "sum by (tenant, tag) (rate(imgserve_quality_tags_total[7d]))",
+        'sum by (tenant, tag) (rate(imgserve_quality_tags_total{kind="defect"}[1h]))',
+        'sum by (tenant, tag) (rate(imgserve_quality_tags_total{kind="defect"}[7d]))',
         "sum by (tenant) (rate(imgserve_quality_images_total[1h]))",
         "sum by (tenant) (rate(imgserve_quality_images_total[7d]))",
         "> 3 *",

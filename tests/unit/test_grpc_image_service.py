@@ -225,3 +225,28 @@ def test_a_classification_names_its_version_and_a_client_can_pin_one(service: In
 
     asyncio.run(scenario())
 
+
+def test_images_received_over_grpc_are_counted(service: InferenceService) -> None:
+    """`imgserve_images_total` and `imgserve_request_bytes_total` counted only the HTTP routes' images: the
+    dashboard's images/s left out every gRPC client."""
+    from prometheus_client import REGISTRY
+
+    def counted(endpoint: str) -> float:
+        return REGISTRY.get_sample_value("imgserve_images_total", {"endpoint": endpoint, "protocol": "grpc"}) or 0.0
+
+    def received() -> float:
+        return REGISTRY.get_sample_value("imgserve_request_bytes_total", {"protocol": "grpc"}) or 0.0
+
+    images = [jpeg(), jpeg((64, 64)), jpeg((32, 48))]
+    before = {name: counted(name) for name in ("Classify", "Analyze", "Convert")}, received()
+
+    async def scenario() -> None:
+        async with image_service_stub(GrpcIngress(service)) as stub:
+            await stub.Classify(pb().ClassifyRequest(images=images))
+            await stub.Analyze(pb().AnalyzeRequest(images=images[:2], fields=["quality"]))
+            await stub.Convert(pb().ImageOperationRequest(image=images[0], options={"format": "png"}))
+
+    asyncio.run(scenario())
+    moved = {name: counted(name) - value for name, value in before[0].items()}
+    assert moved == {"Classify": 3, "Analyze": 2, "Convert": 1}
+    assert received() - before[1] == sum(map(len, images)) + len(images[0]) + len(images[1]) + len(images[0])

@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.quality import QualityReport, Tag, analyze_quality, default_thresholds
-from pipelines.quality.thresholds import tag_vocabulary
+from pipelines.quality.thresholds import tag_kinds, tag_vocabulary
 from serving.http.app import create_http_app
 from serving.metrics import QUALITY_SCORE_BUCKETS
 from serving.quality_metrics import OTHER, record_quality
@@ -81,8 +81,10 @@ def check_moved(after: Samples, before: Samples, qualities: list[dict], tenant: 
     for level in ("LOW", "MEDIUM", "HIGH", "ULTRA"):
         assert delta(after, before, "imgserve_quality_level_total", tenant=tenant, level=level) == levels[level]
     tags = Counter(tag["name"] for q in qualities for tag in q["tags"])
-    for tag in tag_vocabulary() | {OTHER}:
-        assert delta(after, before, "imgserve_quality_tags_total", tenant=tenant, tag=tag) == tags[tag], tag
+    kinds = tag_kinds()
+    for tag in set(kinds) | {OTHER}:
+        kind = kinds.get(tag, OTHER)
+        assert delta(after, before, "imgserve_quality_tags_total", tenant=tenant, tag=tag, kind=kind) == tags[tag], tag
     histogram = "imgserve_quality_score"
     assert delta(after, before, f"{histogram}_count", tenant=tenant) == len(qualities)
     total = delta(after, before, f"{histogram}_sum", tenant=tenant)
@@ -115,8 +117,9 @@ def test_stages_without_quality_count_nothing(http: TestClient) -> None:
     assert scrape(http) == before
 
 
-def test_batch_path_counts_under_the_default_tenant(http: TestClient, service: InferenceService) -> None:
-    """Batch jobs call `analyze` outside any request: no principal, so the images count under "default"."""
+def test_analyze_outside_a_request_counts_under_the_default_tenant(http: TestClient, service: InferenceService) -> None:
+    """`analyze` with no caller (no principal) counts under "default". (A batch job's items run as the job's tenant:
+    serving.jobs.runner sets it.)"""
     before = scrape(http)
     analyses = asyncio.run(service.analyze(photos()[:2], ImageOptions(fields=["quality"])))
     qualities = [a.quality.to_dict() for a in analyses if a.quality is not None]
@@ -147,3 +150,26 @@ def test_vocabulary_is_the_thresholds_tags() -> None:
     assert {"blurry", "noisy", "low_light"} <= tag_vocabulary()
     custom = default_thresholds().model_copy(update={"tags": {**default_thresholds().tags, "glare": None}})
     assert "glare" in tag_vocabulary(custom)  # type: ignore[arg-type]
+
+
+def test_tags_carry_their_kind_so_alerts_can_watch_defects_only(http: TestClient) -> None:
+    """The drift alert watched every tag: a refocused camera (more `sharp`) fired it. `kind` tells them apart."""
+    kinds = tag_kinds()
+    assert kinds["blurry"] == "defect" and kinds["sharp"] == "positive" and "info" in kinds.values()
+    http.post("/v1/analyze?fields=quality", files=[("image", ("a.jpg", data, "image/jpeg")) for data in photos()])
+    seen = {dict(labels)["tag"]: dict(labels)["kind"] for name, labels in scrape(http) if name.endswith("tags_total")}
+    assert seen and all(kind == kinds.get(tag, OTHER) for tag, kind in seen.items()), seen
+
+
+def test_image_operations_and_failed_requests_count_nothing(http: TestClient) -> None:
+    """/v1/enhance asked the quality stage 2-3 times per image (its input, its output, the revert candidate) and each
+    verdict was counted as an analysed image; a multi-image request that failed on its last image had counted the
+    others, which the client then sends again."""
+    before = scrape(http)
+    assert http.post("/v1/enhance?auto=true", content=photos()[2]).status_code == 200
+    assert http.post("/v1/enhance?brightness=1.3", content=photos()[0]).status_code == 200
+    assert http.post("/v1/convert?format=png", content=photos()[0]).status_code == 200
+    files = [("image", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate([*photos()[:3], b"\xff\xd8bad"])]
+    failed = http.post("/v1/analyze?fields=quality", files=files)
+    assert failed.status_code == 400 and failed.json()["error"].endswith("(image index 3)")
+    assert scrape(http) == before

@@ -398,3 +398,23 @@ def test_a_tenant_over_its_stored_bytes_quota_stores_nothing(world: dict[str, An
         assert stored() == before
     finally:
         tenants.update("c2", clear_quotas=True)
+
+
+def test_a_refused_request_counts_under_its_route_and_as_an_error(world: dict[str, Any]) -> None:
+    """Refusals are answered before routing: they were counted under endpoint "unmatched" and never in
+    `imgserve_errors_total`, so a rate-limited client's 429s did not show as errors of the route it called."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    requests = {"endpoint": "/v1/classify", "protocol": "http", "model": "", "status": "401"}
+    errors = {"endpoint": "/v1/classify", "kind": "unauthenticated"}
+    denied = {"endpoint": "/v1/jobs/{job_id}", "kind": "permission_denied"}
+    before = value("imgserve_requests_total", **requests), value("imgserve_errors_total", **errors)
+    before_denied = value("imgserve_errors_total", **denied)
+    assert world["http"].post("/v1/classify", content=jpeg()).status_code == 401
+    assert world["http"].delete("/v1/jobs/0123", headers=auth(world, "a_viewer")).status_code == 403
+    assert value("imgserve_requests_total", **requests) - before[0] == 1
+    assert value("imgserve_errors_total", **errors) - before[1] == 1
+    assert value("imgserve_errors_total", **denied) - before_denied == 1
