@@ -115,13 +115,20 @@ def _cmd_tenants_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_tenants_secret(args: argparse.Namespace) -> int:
-    from serving.security.tenants import TenantStore
+    from serving.security.tenants import ROTATION_GRACE_S, TenantStore
 
     engine = _engine()
     secret = TenantStore(engine).webhook_secret(args.tenant, rotate=args.rotate)
     _audit(engine, "tenant.webhook_secret" + (".rotate" if args.rotate else ".read"), args.tenant, args.tenant)
     print(f"webhook signing secret of tenant {args.tenant} (verify X-Imgserve-Signature with it):")
     print(secret.decode())
+    if args.rotate:
+        hours = ROTATION_GRACE_S / 3600
+        print(
+            f"for the next {hours:g} h deliveries carry a signature with this secret and one with the replaced one:"
+            " switch your receiver to this secret within that time",
+            file=sys.stderr,
+        )
     return 0
 
 

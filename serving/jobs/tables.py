@@ -20,6 +20,9 @@ jobs = sa.Table(
     sa.Column("webhook_url", sa.Text),
     # none | pending | delivered | failed
     sa.Column("webhook_state", sa.String(16), nullable=False, server_default="none"),
+    # the job loop making the current delivery attempt, until when (0008): one POST at a time per notification
+    sa.Column("webhook_owner", sa.String(96)),
+    sa.Column("webhook_lease_until", sa.Float),
     sa.Column("total", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),

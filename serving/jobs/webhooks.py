@@ -15,7 +15,8 @@ Every attempt is a row in `webhook_deliveries` holding only its outcome: the HTT
 ("2xx".."5xx"), or "no_response", or "refused" (the target failed the check; permanent). Never the error text
 of a connection: that would make `/events` an oracle for what answers where. The job's `webhook_state` turns
 `delivered` in the same transaction as the successful attempt, so a restarted worker resumes unfinished
-deliveries and never repeats a finished one. `X-Imgserve-Delivery` is the same for every attempt of one
+deliveries and never repeats a finished one; each attempt is claimed by one job loop (`deliver`), so replicas
+sharing the store do not POST a notification twice. `X-Imgserve-Delivery` is the same for every attempt of one
 notification: receivers can drop the rare duplicate (a crash between the receiver's 2xx and our commit).
 """
 
@@ -24,7 +25,10 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,17 +44,21 @@ logger = logging.getLogger("imgserve.jobs")
 SIGNATURE_HEADER = "X-Imgserve-Signature"
 RETRYABLE_4XX = {408, 425, 429}
 DEFAULT_TOLERANCE_S = 300
-SecretFor = Callable[[JobRecord], bytes | None]
+CLAIM_MARGIN_S = 30.0  # a claim outlasts its attempt (bounded by webhook_timeout_s) by this much
+Secrets = bytes | tuple[bytes, ...] | None  # a job's signing secret(s): after a rotation, the new and the old
+SecretFor = Callable[[JobRecord], Secrets]
 
 
 def _mac(body: bytes, secret: bytes, timestamp: int) -> str:
     return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def sign(body: bytes, secret: bytes, timestamp: int | None = None) -> str:
-    """The signature header value: `t=<unix seconds>,v1=<hex HMAC-SHA256 over f"{t}." + body>`."""
+def sign(body: bytes, secret: bytes | tuple[bytes, ...], timestamp: int | None = None) -> str:
+    """The signature header value: `t=<unix seconds>,v1=<hex HMAC-SHA256 over f"{t}." + body>`, one `v1` per
+    secret (a receiver accepts the delivery when one matches its secret)."""
     t = int(time.time()) if timestamp is None else int(timestamp)
-    return f"t={t},v1={_mac(body, secret, t)}"
+    keys = (secret,) if isinstance(secret, bytes) else secret
+    return ",".join([f"t={t}", *(f"v1={_mac(body, key, t)}" for key in keys)])
 
 
 def verify(
@@ -126,6 +134,7 @@ class WebhookSender:
         self.secret_for: SecretFor = secret_for or (lambda job: settings.secret_bytes())
         self.resolver = resolver
         self.allow = settings.webhook_allow_list()
+        self.owner = f"{socket.gethostname()[:48]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # this loop, in claims
 
     def _request(self, job: JobRecord) -> tuple[bytes, dict[str, str], str]:
         body = json.dumps(payload(job), sort_keys=True, separators=(",", ":")).encode()
@@ -162,7 +171,7 @@ class WebhookSender:
         return None
 
     async def _attempt(
-        self, job: JobRecord, body: bytes, headers: dict[str, str], secret: bytes | None
+        self, job: JobRecord, body: bytes, headers: dict[str, str], secret: Secrets
     ) -> tuple[int | None, str, bool]:
         """(status code, outcome class, permanent failure) of one POST; the class is "2xx" when delivered."""
         assert job.webhook_url is not None
@@ -173,23 +182,39 @@ class WebhookSender:
             return None, "refused", True
         if secret:
             headers = {**headers, SIGNATURE_HEADER: sign(body, secret, int(self.clock()))}
-        code = await self._post(target, body, headers)
+        try:  # the whole attempt: httpx's timeout bounds each read, and a receiver may trickle its answer
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                code = await self._post(target, body, headers)
+        except TimeoutError:
+            logger.info("webhook to %s: no complete answer within %.0f s", target.host, self.settings.webhook_timeout_s)
+            code = None
         if code is None:
             return None, "no_response", False
         permanent = 300 <= code < 400 or (400 <= code < 500 and code not in RETRYABLE_4XX)
         return code, status_class(code), permanent
 
     async def deliver(self, job: JobRecord) -> bool:
-        """POST the job's final state until a 2xx, a permanent failure or the attempt limit; True if delivered."""
+        """POST the job's final state until a 2xx, a permanent failure or the attempt limit; True if delivered.
+        Each attempt is claimed first (`WorkQueue.claim_webhook`, for one attempt's time): while another job loop
+        holds the notification this one leaves it, so two replicas never POST it both; one that died is taken
+        over when its claim runs out. The attempt number is counted after the claim."""
         if not job.webhook_url or await asyncio.to_thread(self.queue.webhook_state, job.id) != "pending":
             return False
         body, headers, delivery_id = self._request(job)
         secret = await asyncio.to_thread(self.secret_for, job)  # may read the tenant's secret from the database
-        made = await asyncio.to_thread(self.queue.delivery_attempts, job.id, delivery_id)
         limit = self.settings.webhook_max_attempts
-        for attempt in range(made + 1, limit + 1):
-            if attempt > 1:
-                await self.sleep(self.settings.webhook_backoff_s * 2 ** (attempt - 2))
+        lease_s = self.settings.webhook_timeout_s + CLAIM_MARGIN_S
+        while True:
+            made = await asyncio.to_thread(self.queue.delivery_attempts, job.id, delivery_id)
+            if made >= limit:
+                break
+            if made:
+                await self.sleep(self.settings.webhook_backoff_s * 2 ** (made - 1))
+            if not await asyncio.to_thread(self.queue.claim_webhook, job.id, self.owner, lease_s):
+                return False  # another loop is delivering it
+            attempt = await asyncio.to_thread(self.queue.delivery_attempts, job.id, delivery_id) + 1
+            if attempt > limit:
+                break
             start = time.perf_counter()
             code, outcome, permanent = await self._attempt(job, body, headers, secret)
             delivered = outcome == "2xx"

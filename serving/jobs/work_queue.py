@@ -262,12 +262,27 @@ class WorkQueue:
                 ).scalar_one()
             )
 
+    def claim_webhook(self, job_id: str, owner: str, lease_s: float, now: float | None = None) -> bool:
+        """Take the job's pending delivery for one attempt (`lease_s`): False while another loop holds it."""
+        now = time.time() if now is None else now
+        free = sa.or_(jobs.c.webhook_owner.is_(None), jobs.c.webhook_owner == owner, jobs.c.webhook_lease_until < now)
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.webhook_state == "pending", free)
+                .values(webhook_owner=owner, webhook_lease_until=now + lease_s)
+            )
+            return claimed.rowcount == 1
+
     def close_webhook(self, job_id: str, state: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                jobs.update().where(jobs.c.id == job_id, jobs.c.webhook_state == "pending").values(webhook_state=state)
+            closed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.webhook_state == "pending")
+                .values(webhook_state=state, **RELEASED)
             )
-            add_event(conn, job_id, f"webhook_{state}")
+            if closed.rowcount == 1:  # once, whichever loop gets here first
+                add_event(conn, job_id, f"webhook_{state}")
 
     def record_delivery(self, row: dict[str, Any], final_state: str | None) -> None:
         """One delivery attempt; `final_state` (delivered | failed) closes the job's webhook."""
@@ -277,9 +292,12 @@ class WorkQueue:
                 conn.execute(
                     jobs.update()
                     .where(jobs.c.id == row["job_id"], jobs.c.webhook_state == "pending")
-                    .values(webhook_state=final_state)
+                    .values(webhook_state=final_state, **RELEASED)
                 )
                 add_event(conn, row["job_id"], f"webhook_{final_state}", {"attempts": row["attempt"]})
+
+
+RELEASED = {"webhook_owner": None, "webhook_lease_until": None}  # a delivery that ended holds no claim
 
 
 def _back_status() -> Any:

@@ -9,7 +9,6 @@ copy of the models); in the graph placement the `BatchWorker` deployment runs it
 
 import asyncio
 import logging
-import time
 
 import sqlalchemy as sa
 
@@ -29,22 +28,19 @@ logger = logging.getLogger("imgserve.jobs")
 
 
 class TenantSecrets:
-    """The webhook signing secret of a job's tenant (`imgserve tenants webhook-secret`), cached for a minute;
-    a tenant without one signs with IMGSERVE_WEBHOOK_SECRET when that is set, else gets a secret made now."""
-
-    TTL_S = 60.0
+    """The webhook signing secrets of a job's tenant (`imgserve tenants webhook-secret`), read for every delivery
+    (a rotation takes effect at once; a cache kept signing with the replaced secret, and receivers refused those
+    deliveries for good): its secret, and for a day after a rotation the replaced one too. A tenant without one
+    signs with IMGSERVE_WEBHOOK_SECRET when that is set, else gets a secret made now."""
 
     def __init__(self, engine: sa.Engine, fallback: bytes | None):
         self.store, self.fallback = TenantStore(engine), fallback
-        self._cache: dict[str, tuple[float, bytes]] = {}
 
-    def __call__(self, job: JobRecord) -> bytes:
-        cached = self._cache.get(job.tenant)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        secret = self.store.configured_secret(job.tenant) or self.fallback or self.store.webhook_secret(job.tenant)
-        self._cache[job.tenant] = (time.monotonic() + self.TTL_S, secret)
-        return secret
+    def __call__(self, job: JobRecord) -> tuple[bytes, ...]:
+        own = self.store.signing_secrets(job.tenant)
+        if own:
+            return own
+        return (self.fallback or self.store.webhook_secret(job.tenant),)
 
 
 class JobLoop:

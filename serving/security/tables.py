@@ -28,6 +28,9 @@ tenants = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("webhook_secret", sa.Text),
+    # the secret `--rotate` replaced and when (0008): deliveries are signed with both for a grace period
+    sa.Column("previous_webhook_secret", sa.Text),
+    sa.Column("webhook_secret_rotated_at", sa.Float),
     sa.Column("anonymize", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("quota_images_per_day", sa.BigInteger),
     sa.Column("quota_stored_bytes", sa.BigInteger),

@@ -1,6 +1,7 @@
 """Tenants' settings: forced anonymisation, daily image and stored-bytes quotas, the webhook signing secret."""
 
 import secrets
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -8,6 +9,10 @@ import sqlalchemy as sa
 from serving.security.keys import ensure_tenant
 from serving.security.principal import check_tenant
 from serving.security.tables import tenants
+
+# After `imgserve tenants webhook-secret T --rotate`, deliveries carry a signature with the new secret and one with
+# the old for this long: receivers switch to the new secret without rejecting a delivery meanwhile.
+ROTATION_GRACE_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,31 @@ class TenantStore:
         return str(secret).encode() if secret else None
 
     def webhook_secret(self, tenant: str, rotate: bool = False) -> bytes:
-        """The tenant's webhook signing secret, made on first use (or replaced with `rotate`)."""
+        """The tenant's webhook signing secret, made on first use (or replaced with `rotate`: the replaced one is
+        kept, and signs too, for `ROTATION_GRACE_S`)."""
         with self.engine.begin() as conn:
             ensure_tenant(conn, tenant)
             current = conn.execute(sa.select(tenants.c.webhook_secret).where(tenants.c.id == tenant)).scalar()
             if current and not rotate:
                 return str(current).encode()
             fresh = "whsec_" + secrets.token_urlsafe(32)
-            conn.execute(tenants.update().where(tenants.c.id == tenant).values(webhook_secret=fresh))
+            values: dict[str, object] = {"webhook_secret": fresh}
+            if current:
+                values |= {"previous_webhook_secret": current, "webhook_secret_rotated_at": time.time()}
+            conn.execute(tenants.update().where(tenants.c.id == tenant).values(**values))
             return fresh.encode()
+
+    def signing_secrets(self, tenant: str, now: float | None = None) -> tuple[bytes, ...]:
+        """The secrets a delivery of `tenant` is signed with: its own (none when it has none), then the one its last
+        rotation replaced while that is less than `ROTATION_GRACE_S` old."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.id == tenant)).first()
+        if row is None or not row.webhook_secret:
+            return ()
+        now = time.time() if now is None else now
+        recent = row.webhook_secret_rotated_at is not None and now - row.webhook_secret_rotated_at < ROTATION_GRACE_S
+        previous = (str(row.previous_webhook_secret).encode(),) if recent and row.previous_webhook_secret else ()
+        return (str(row.webhook_secret).encode(), *previous)
 
     def list(self) -> list[dict[str, object]]:
         with self.engine.begin() as conn:
