@@ -122,6 +122,12 @@ def _cmd_remote(args: argparse.Namespace) -> int:
 
     fields = [f.strip() for value in getattr(args, "fields", None) or () for f in value.split(",") if f.strip()] or None
     images = expand_images(args.images)
+    if not images:
+        print(f"imgserve: error: no image files in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+    if args.out and not Path(args.out).resolve().parent.is_dir():  # found out before the work, not after it
+        print(f"imgserve: error: --out {args.out}: its folder does not exist", file=sys.stderr)
+        return 2
     key_sent = False
     try:
         with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
@@ -143,7 +149,11 @@ def _cmd_remote(args: argparse.Namespace) -> int:
         return 1
     records = [result_record(image, result) for image, result in zip(images, results, strict=True)]
     if args.out:
-        write_results(Path(args.out), records)
+        try:
+            write_results(Path(args.out), records)
+        except OSError as exc:
+            print(f"imgserve: error: could not write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {len(records)} results to {args.out}")
     else:
         print_results(records, args.json)

@@ -45,6 +45,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (ImgServeError, OSError) as exc:
         print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad --url or --timeout, as classify and batch answer it
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
     if job.status != "completed":
         print(f"training job {job.job_id} {job.status}: {job.error or ''}", file=sys.stderr)
         return 1
@@ -91,6 +94,9 @@ def _cmd_model_control(args: argparse.Namespace) -> int:
     except (ImgServeError, OSError) as exc:
         print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad --url or --timeout, as classify and batch answer it
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(answer))
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error
+from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error, make_error
 from serving.client.http_transport import analysis_from_json
 from serving.client.routes import HttpRoutes, poll_until
 from serving.client.types import Analysis
@@ -148,8 +148,11 @@ class BatchClient(HttpRoutes):
             for chunk in chunks[1:]:
                 self._upload(f"/v1/jobs/{job.job_id}/items", chunk, {})
             return job_from_json(self._send("POST", f"/v1/jobs/{job.job_id}/start", retry=False).json())
-        except BaseException:
-            self.cancel(job.job_id)  # do not leave a half-uploaded job open
+        except BaseException as failure:
+            try:
+                self.cancel(job.job_id)  # do not leave a half-uploaded job open
+            except Exception as cancel_error:  # noqa: BLE001 - the upload's failure is the one to raise
+                failure.add_note(f"the half-uploaded job {job.job_id} could not be cancelled either: {cancel_error}")
             raise
 
     def submit_uris(
@@ -190,9 +193,10 @@ class BatchClient(HttpRoutes):
                     yield job_from_json(data)
                 elif event == "end":
                     return
-                elif event == "error":
+                elif event == "error":  # with the code a plain call gets (a revoked key, a purged job: not retryable)
+                    kind = data.get("kind", "error")
                     message = data.get("error", "progress stream failed")
-                    raise ImgServeError("UNAVAILABLE", data.get("kind", "error"), message)
+                    raise make_error(data.get("code") or "UNAVAILABLE", kind, message)
             cuts += 1
             if cuts > 5:
                 message = f"the progress stream of job {_id(job)} keeps ending early"

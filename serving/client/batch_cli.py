@@ -23,9 +23,10 @@ def progress_line(job: BatchJob) -> str:
 class ProgressBar:
     """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every `every_s` seconds."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 5.0):
-        self.stream, self.every_s, self._last = stream, every_s, 0.0
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, every_s: float = 5.0):
+        # sys.stderr when called, not when this module was imported (a redirected stderr may be closed by now)
+        self.stream, self.every_s, self._last = stream or sys.stderr, every_s, 0.0
+        self.tty = self.stream.isatty()
 
     def __call__(self, job: BatchJob) -> None:
         if self.tty:

@@ -9,6 +9,9 @@ from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_it
 from serving.client.options import RequestOptions
 from serving.client.types import Analysis, Classification, ModelList, OperationResult, StreamResult
 
+DEFAULT_TIMEOUT_S = 30.0  # a call's deadline unless the caller gives one
+LONG_CALL_TIMEOUT_S = 60.0  # batch, training and model-control calls, unless the caller gives one
+
 if TYPE_CHECKING:
     from serving.client.batch import BatchClient, BatchInputs, BatchJob, JobResult
     from serving.client.training import TrainingClient
@@ -51,11 +54,15 @@ class Client:
             sure = client.classify("cat.jpg", top_k=3, confidence_threshold=0.5)[0].predictions
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, api_key: str | None = None):
-        if timeout <= 0 or retries < 0:
+    def __init__(self, url: str, timeout: float | None = None, retries: int = 3, api_key: str | None = None):
+        """`timeout`: each call's deadline in seconds; not given: 30 s, and 60 s for batch, training and model-control
+        calls (uploads and model loads take longer). A given timeout holds for every call."""
+        if (timeout is not None and timeout <= 0) or retries < 0:
             raise ValueError(f"timeout must be > 0 and retries >= 0, got {timeout} and {retries}")
         self.address = parse_url(url)
-        self.timeout, self.retries = timeout, retries
+        self.timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
+        self._long_timeout = max(DEFAULT_TIMEOUT_S, LONG_CALL_TIMEOUT_S) if timeout is None else timeout
+        self.retries = retries
         self._api_key = resolve_api_key(api_key)
         self._transport = self._connect()
         self._batch: BatchClient | None = None
@@ -152,9 +159,7 @@ class Client:
         if self._batch is None:
             from serving.client.batch import BatchClient
 
-            self._batch = BatchClient(
-                self.address.base_url, max(self.timeout, 60.0), self.retries, api_key=self._api_key
-            )
+            self._batch = BatchClient(self.address.base_url, self._long_timeout, self.retries, api_key=self._api_key)
         return self._batch
 
     def submit_batch(self, inputs: "BatchInputs", **options: Any) -> "BatchJob":
@@ -185,7 +190,7 @@ class Client:
             from serving.client.training import TrainingClient
 
             self._training = TrainingClient(
-                self.address.base_url, max(self.timeout, 60.0), self.retries, api_key=self._api_key
+                self.address.base_url, self._long_timeout, self.retries, api_key=self._api_key
             )
         return self._training
 

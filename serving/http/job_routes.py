@@ -268,7 +268,8 @@ async def job_progress(
                     job = await jobs.get(job_id, principal)
                 except Exception as exc:  # noqa: BLE001 - purged, store down, key revoked: said, then the end
                     info = classify_error(exc)
-                    yield _event("error", {"job_id": job_id, "kind": info.kind, "error": info.message})
+                    failure = {"job_id": job_id, "code": info.grpc_code, "kind": info.kind, "error": info.message}
+                    yield _event("error", failure)
                     return
         finally:
             _open_streams -= 1
