@@ -19,6 +19,8 @@ A training job writes a new version folder; promoting a version writes `specific
 """
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -89,13 +91,40 @@ def read_policy(root: Path) -> VersionPolicy:
 
 def write_policy(root: Path, policy: VersionPolicy) -> None:
     """Replace `<name>/versions.yaml` atomically."""
-    tmp = root / f".{POLICY_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(policy.model_dump(exclude_none=True), sort_keys=False))
-    tmp.replace(root / POLICY_FILE)
+    _replace_policy(root, yaml.safe_dump(policy.model_dump(exclude_none=True), sort_keys=False).encode())
 
 
-def scan_model_folder(root: Path, flat_version: str | None = None) -> ModelFolder | None:
-    """The model at `root`, or None when it holds no config. `flat_version`: the flat config's version string."""
+def _replace_policy(root: Path, data: bytes) -> None:
+    """Write through a temporary file of this writer's own (a shared name let two writers replace each other's
+    half-written file, or find it gone)."""
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{POLICY_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, root / POLICY_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def policy_bytes(root: Path) -> bytes | None:
+    """The policy file as it is (None: there is none), to put back with `restore_policy`, readable or not."""
+    try:
+        return (root / POLICY_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def restore_policy(root: Path, data: bytes | None) -> None:
+    if data is None:
+        (root / POLICY_FILE).unlink(missing_ok=True)
+    else:
+        _replace_policy(root, data)
+
+
+def scan_model_folder(root: Path, flat_version: str | None = None, policy: bool = True) -> ModelFolder | None:
+    """The model at `root`, or None when it holds no config. `flat_version`: the flat config's version string.
+    `policy` False: the versions without reading the policy file (which raises ValueError when unreadable)."""
     if (root / "config.yaml").is_file():
         return ModelFolder(root.name, root, {flat_version or "1": root})
     versions = {
@@ -105,7 +134,7 @@ def scan_model_folder(root: Path, flat_version: str | None = None) -> ModelFolde
     }
     if not versions:
         return None
-    return ModelFolder(root.name, root, versions, read_policy(root), versioned=True)
+    return ModelFolder(root.name, root, versions, read_policy(root) if policy else VersionPolicy(), versioned=True)
 
 
 def model_roots(repository: Path) -> list[Path]:

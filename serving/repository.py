@@ -90,16 +90,20 @@ def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> Sc
     folder = scan_model_folder(root)
     if folder is None:
         return None
+    split = folder.policy.canary if folder.versioned else None
+    wanted = set(folder.served_versions[:1]) | ({split.version} if split is not None else set())
     configs: dict[str, tuple[ModelConfig, Path]] = {}
+    unreadable: dict[str, tuple[Path, str]] = {}  # versions not served whose config cannot be read (a copy going on)
     for version, path in folder.versions.items():
-        config = load_model_config(path / "config.yaml")
-        if config.name != root.name:
-            raise ValueError(f"{path / 'config.yaml'}: name '{config.name}' must equal the folder name '{root.name}'")
-        if folder.versioned and config.version != version:
-            raise ValueError(f"{path / 'config.yaml'}: version '{config.version}' must equal its folder '{version}'")
+        try:
+            config = version_config(root, path, version if folder.versioned else None)
+        except (OSError, ValueError) as exc:
+            if not folder.versioned or version in wanted:
+                raise
+            unreadable[version] = (path, str(exc))
+            continue
         configs[config.version] = (config, path)
     served = folder.served_versions[:1] if folder.versioned else list(configs)
-    split = folder.policy.canary if folder.versioned else None
     if split is not None and (split.version not in configs or split.version in served or not served):
         raise ValueError(f"{root / POLICY_FILE}: canary version {split.version} must exist and differ from {served}")
     entries: dict[str, ModelEntry] = {}
@@ -113,10 +117,26 @@ def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> Sc
             except (OSError, ValueError) as exc:  # a broken version that is not served must not stop the others
                 labels, reason = (), f"{reason}; its labels cannot be read: {exc}"
             entries[version] = ModelEntry(config, path, labels, unavailable_reason=reason)
+    template = next(iter(configs.values()), None)
+    for version, (path, problem) in unreadable.items():  # listed, never loaded: a readable version's config stands in
+        if template is not None:
+            reason = f"version {version} is not served and its config.yaml cannot be read: {problem}"
+            stand_in = template[0].model_copy(update={"version": version})
+            entries[version] = ModelEntry(stand_in, path, (), unavailable_reason=reason)
     if split is None:
         return ScannedModel(entries[served[0]] if served else None, entries)
     canary = dataclasses.replace(entries[split.version], stage_key=f"{root.name}@{split.version}")
     return ScannedModel(entries[served[0]], entries, canary, split.percent)
+
+
+def version_config(root: Path, path: Path, version: str | None) -> ModelConfig:
+    """A version folder's config, checked against its model folder's name and (versioned) its folder's version."""
+    config = load_model_config(path / "config.yaml")
+    if config.name != root.name:
+        raise ValueError(f"{path / 'config.yaml'}: name '{config.name}' must equal the folder name '{root.name}'")
+    if version is not None and config.version != version:
+        raise ValueError(f"{path / 'config.yaml'}: version '{config.version}' must equal its folder '{version}'")
+    return config
 
 
 def resolve_artifacts(config: ModelConfig, folder: Path, settings: ServerSettings) -> ModelArtifacts:
@@ -208,7 +228,14 @@ class ModelRepository:
         repository = cls({}, settings, {})
         for root in (settings.model_repository, settings.trained_models):
             for folder_path in model_roots(root):
-                scanned = scan_model(folder_path, settings, check_backends)
+                try:
+                    scanned = scan_model(folder_path, settings, check_backends)
+                except (OSError, ValueError):
+                    if root != settings.trained_models:
+                        raise  # the operator's repository: a configuration error, said at start
+                    # a trained model made through the API: the others serve; loading this one says why it cannot
+                    logger.exception("trained model %s cannot be read; the other models are served", folder_path.name)
+                    continue
                 if scanned is None:
                     continue
                 if folder_path.name in repository.versions:

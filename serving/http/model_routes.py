@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
 from serving.http.dependencies import audit, get_principal, get_service
-from serving.model_control import check_control_parameters, load_model, unload_model
-from serving.model_versions import CanarySplit, VersionPolicy, read_policy, scan_model_folder, write_policy
+from serving.model_control import check_control_parameters, load_model, load_unlocked, unload_model
+from serving.model_versions import (
+    CanarySplit,
+    VersionPolicy,
+    policy_bytes,
+    restore_policy,
+    scan_model_folder,
+    write_policy,
+)
 from serving.repository import UnknownModelError
 from serving.security.principal import Principal
 from serving.service import InferenceService
 
 router = APIRouter(tags=["model control"])
+logger = logging.getLogger("imgserve.models")
 
 
 async def refuse_parameters(request: Request) -> None:
@@ -68,7 +77,11 @@ async def _versioned_root(service: InferenceService, model: str, version: str) -
     if model not in service.repository.versions:
         raise UnknownModelError(f"unknown model '{model}'")
     root = next(iter(service.repository.versions[model].values())).folder.parent
-    folder = await asyncio.to_thread(scan_model_folder, root)
+    try:
+        folder = await asyncio.to_thread(scan_model_folder, root)
+    except ValueError as exc:  # an unreadable versions.yaml: the new policy replaces it (the API can repair it)
+        logger.warning("model %s: replacing its unreadable version policy: %s", model, exc)
+        folder = await asyncio.to_thread(scan_model_folder, root, None, False)
     if folder is None or not folder.versioned:
         raise BadRequestError(f"model '{model}' is not laid out in version folders (<name>/<version>/)")
     if version and version not in folder.versions:
@@ -77,14 +90,18 @@ async def _versioned_root(service: InferenceService, model: str, version: str) -
 
 
 async def _apply_policy(service: InferenceService, model: str, root: Path, policy: VersionPolicy) -> str:
-    """Write the model's new policy and load what it says; a policy whose versions cannot load is not kept."""
-    previous = await asyncio.to_thread(read_policy, root)
-    await asyncio.to_thread(write_policy, root, policy)
-    try:
-        return await load_model(service, model)
-    except Exception:
-        await asyncio.to_thread(write_policy, root, previous)
-        raise
+    """Write the model's new policy and load what it says; a policy whose versions cannot load is not kept (the
+    file is put back as it was). Under the replica's model lock from the read to the load: two calls at once each
+    load their own policy (they loaded each other's, restored each other's, or answered 200 for a version that
+    could not load)."""
+    async with service.model_lock:
+        previous = await asyncio.to_thread(policy_bytes, root)
+        await asyncio.to_thread(write_policy, root, policy)
+        try:
+            return await load_unlocked(service, model)
+        except Exception:
+            await asyncio.to_thread(restore_policy, root, previous)
+            raise
 
 
 @router.post("/v1/models/{model}/versions/{version}/promote")

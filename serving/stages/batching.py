@@ -31,6 +31,9 @@ class Queued(Generic[T]):
     deadline: float | None = None
 
 
+_CLOSED = object()  # queued by `BatchQueue.close`
+
+
 class BatchQueue(Generic[T, R]):
     """`await queue.submit(item)` -> that item's result, computed in a batch with concurrent submitters."""
 
@@ -52,6 +55,7 @@ class BatchQueue(Generic[T, R]):
         self._queue: asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         """Change the batching at runtime (Ray Serve `reconfigure`); the next batch uses the new values."""
@@ -75,7 +79,17 @@ class BatchQueue(Generic[T, R]):
                 )
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((Queued(item, time.perf_counter(), deadline), future))  # type: ignore[union-attr]
+        if self._closed:  # a caller that held the stage before it was closed: served, then the worker ends
+            self._queue.put_nowait(_CLOSED)  # type: ignore[union-attr, arg-type]
         return await future
+
+    def close(self) -> None:
+        """Nothing more is expected (a model stage swapped out): the worker batches what is queued, then ends,
+        instead of waiting for ever and being destroyed pending when the stage is freed. A late submission (a
+        request that held the stage) is still served."""
+        self._closed = True
+        if self._queue is not None and self._worker is not None and not self._worker.done():
+            self._queue.put_nowait(_CLOSED)  # type: ignore[arg-type]
 
     @staticmethod
     def _drop_abandoned(queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> None:
@@ -85,25 +99,35 @@ class BatchQueue(Generic[T, R]):
         live = []
         while not queue.empty():
             entry = queue.get_nowait()
-            if not entry[1].cancelled():
+            if entry is _CLOSED or not entry[1].cancelled():
                 live.append(entry)
         for entry in live:
             queue.put_nowait(entry)
 
-    async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any]:
-        batch = [await queue.get()]
+    async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any] | None:
+        """The next batch; None once closed with nothing left."""
+        first = await queue.get()
+        while first is _CLOSED:
+            if queue.empty():
+                return None
+            first = queue.get_nowait()
+        batch = [first]
         deadline = time.perf_counter() + self.batch_wait_timeout_s
         while len(batch) < self.max_batch_size:
             if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+                item = queue.get_nowait()
+            else:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is _CLOSED:  # after this batch
+                queue.put_nowait(item)
                 break
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
-                break
+            batch.append(item)
         return batch
 
     async def _work(
@@ -112,6 +136,8 @@ class BatchQueue(Generic[T, R]):
         while True:
             await slots.acquire()  # a free slot first: items queue (and batches grow) while all are busy
             batch = await self._collect(queue)
+            if batch is None:
+                return
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)  # keep a reference until it is done
             task.add_done_callback(lambda done: (self._running.discard(done), slots.release()))

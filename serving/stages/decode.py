@@ -18,11 +18,15 @@ class DecodeStage:
         self.reduced = settings.reduced_decode
         cv2.setNumThreads(opencv_threads)  # stages share cores: no hidden thread pools
 
-    def decode(self, data: bytes, models: tuple[str, ...], working: bool) -> DecodedImage:
-        """One decode for `models` (a tensor each) and, when `working`, the quality stage's working image."""
+    def decode(
+        self, data: bytes, models: tuple[str, ...], working: bool, specs: dict[str, PreprocessSpec] | None = None
+    ) -> DecodedImage:
+        """One decode for `models` (a tensor each) and, when `working`, the quality stage's working image. `specs`:
+        the models' preprocessing as the caller's model stages have it (a version swapped in meanwhile may have
+        another input size); by default the stage's current ones."""
         decoded = decode_image(
             data,
-            {name: self.specs[name] for name in models},
+            specs if specs is not None else {name: self.specs[name] for name in models},
             self.limits,
             self.working_max_side if working else None,
             self.decoder,

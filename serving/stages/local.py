@@ -38,13 +38,15 @@ class LocalPipeline:
         self.has_quality = quality is not None
         self.has_metadata = metadata is not None
 
-    def _decode_admitted(self, data: bytes, models: tuple[str, ...], quality: bool) -> Any:
+    def _decode_admitted(self, data: bytes, stages: dict[str, ModelStage], quality: bool) -> Any:
         REPLICA_LIMIT.check_queue_wait()  # in the worker thread: a request that waited too long is shed here
-        return self.decode.decode(data, models, quality)
+        specs = {name: stage.preprocess for name, stage in stages.items()}
+        return self.decode.decode(data, tuple(stages), quality, specs)
 
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
         check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
-        stages = {name: self.models[name] for name in plan.models}  # a model reloaded meanwhile: this one finishes
+        # a model reloaded meanwhile: this one finishes, decoded for its own input (a new version's may differ)
+        stages = {name: self.models[name] for name in plan.models}
         metadata = (
             asyncio.ensure_future(stage_thread(self.metadata.extract, data))
             if plan.metadata and self.metadata is not None
@@ -53,7 +55,7 @@ class LocalPipeline:
         try:
             decoded = None
             if plan.needs_decode:
-                decoded = await stage_thread(self._decode_admitted, data, plan.models, plan.quality)
+                decoded = await stage_thread(self._decode_admitted, data, stages, plan.quality)
         except BaseException:
             if metadata is not None:
                 metadata.cancel()

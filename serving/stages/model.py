@@ -45,6 +45,7 @@ class ModelStage:
             entry.name, entry.config.version, info.name, info.device, info.precision,
         )  # fmt: skip
         MODEL_INFO.labels(*self._info_labels).inc()
+        self.preprocess = entry.config.preprocess_spec()  # how images are made into this version's input
         self.input_shape = tuple(entry.config.input.shape)
         self.input_dtype = entry.config.input.numpy_dtype
         self.batching = entry.config.batching
@@ -60,6 +61,7 @@ class ModelStage:
         if self._info_labels is not None:
             MODEL_INFO.labels(*self._info_labels).dec()
             self._info_labels = None
+        self._queue.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Runtime update of the batching block (`user_config: {batching: {...}}`)."""

@@ -229,32 +229,34 @@ class TrainingService:
         if await check_cancelled():
             return None
         model_root = self.settings.trained_models / request.model
-        if current is not None and not promoted:  # pin what is served (and any canary) before a newer folder appears
-            pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
-            await asyncio.to_thread(write_policy, model_root, pinned)
-        elif current is None and not promoted:
-            model_root.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))
-        recipe = TrainingRecipe(
-            job_id=job.id,
-            dataset=request.source,
-            backbone=backbone.name,
-            base=base.name,
-            train_images=len(train),
-            validation_images=len(validation),
-            skipped_images=len(features.errors),
-            validation_fraction=request.validation_fraction,
-            max_train_per_class=request.max_train_per_class,
-            l2=l2,
-            seconds=round(time.perf_counter() - started, 2),
-            created_by=job.created_by or "anonymous",
-            tenant=job.tenant,
-        )
-        version = await asyncio.to_thread(
-            register_version, self.settings.trained_models, request.model, base, head, recipe, report
-        )
-        if promoted:
-            await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[version]))
+        async with self.service.model_lock:  # the version policy: one writer at a time (model control too)
+            # pin what is served (and any canary) before a newer folder appears
+            if current is not None and not promoted:
+                pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
+                await asyncio.to_thread(write_policy, model_root, pinned)
+            elif current is None and not promoted:
+                model_root.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))
+            recipe = TrainingRecipe(
+                job_id=job.id,
+                dataset=request.source,
+                backbone=backbone.name,
+                base=base.name,
+                train_images=len(train),
+                validation_images=len(validation),
+                skipped_images=len(features.errors),
+                validation_fraction=request.validation_fraction,
+                max_train_per_class=request.max_train_per_class,
+                l2=l2,
+                seconds=round(time.perf_counter() - started, 2),
+                created_by=job.created_by or "anonymous",
+                tenant=job.tenant,
+            )
+            version = await asyncio.to_thread(
+                register_version, self.settings.trained_models, request.model, base, head, recipe, report
+            )
+            if promoted:
+                await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[version]))
         metrics = {"validation": report.to_dict(), "current_version_accuracy": current_accuracy}
         await asyncio.to_thread(store.record_version, request.model, version, job, labels, metrics, promoted)
         loaded, load_error = False, None
