@@ -12,17 +12,9 @@ import yaml
 
 from serving.http.app import create_http_app
 from serving.model_versions import VersionPolicy, read_policy, write_policy
-from tests.unit.tiny_models import tiny_local_service
+from tests.unit.tiny_models import tiny_local_service, versioned_copy
 
 pytestmark = pytest.mark.unit
-
-
-def versioned_copy(source: Path, root: Path, version: str) -> None:
-    folder = root / version
-    shutil.copytree(source, folder)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    config.update(name=root.name, version=version)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 @pytest.fixture
@@ -134,30 +126,13 @@ def test_a_half_copied_version_that_is_not_served_stops_nothing(world: tuple, tm
 
 def _wider_version(source: Path, root: Path, version: str, size: int) -> None:
     """A version of the tiny classifier taking `size` x `size` images (another backbone resolution)."""
-    import hashlib
 
-    from onnx import TensorProto, helper
-
-    from tests.unit.tiny_models import CLASSES
+    from tests.unit.tiny_models import _save, classifier_graph
 
     versioned_copy(source, root, version)
     folder = root / version
-    w = helper.make_tensor("w", TensorProto.FLOAT, [3, len(CLASSES)], [0.5 * (i % 7) for i in range(3 * len(CLASSES))])
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "wider",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    (folder / "model.onnx").write_bytes(model.SerializeToString())
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    config["weights"]["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    config["weights"]["sha256"] = _save(classifier_graph(size), folder / "model.onnx")
     config["input"]["size"] = [size, size]
     config["preprocessing"]["resize"]["size"] = [size, size]
     config["preprocessing"]["crop"] = [size, size]

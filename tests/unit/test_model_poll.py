@@ -6,12 +6,10 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
 from serving.model_control import unload_model
 from serving.model_poll import ModelPoller
 from serving.model_versions import CanarySplit, FolderState, VersionPolicy, folder_state, write_policy
-from tests.unit.tiny_models import tiny_local_service
+from tests.unit.tiny_models import tiny_local_service, versioned_copy
 
 
 def _version(root: Path, version: str, head: bytes = b"head") -> None:
@@ -75,14 +73,6 @@ def test_no_model_an_invalid_policy_and_a_policy_that_serves_none(tmp_path: Path
     assert none is not None and none.served == () and not none.error and none.versions == ("1",)
 
 
-def _versioned_copy(source: Path, root: Path, version: str) -> None:
-    folder = root / version
-    shutil.copytree(source, folder)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    config.update(name=root.name, version=version)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-
-
 def test_the_poll_loop_follows_a_folder_that_another_replica_changes(tmp_path: Path) -> None:
     """A replica's poller over the local placement's real service (tiny ONNX models): a new trained model is loaded,
     a promotion followed, an unload through this replica kept until the folder changes, a policy that cannot load
@@ -95,7 +85,7 @@ def test_the_poll_loop_follows_a_folder_that_another_replica_changes(tmp_path: P
         assert await poller.poll_once() == []  # nothing changed since the replica was built
         root = settings.trained_models / "parcels"
         for version in ("1", "2"):
-            _versioned_copy(settings.model_repository / "tiny", root, version)
+            versioned_copy(settings.model_repository / "tiny", root, version)
         write_policy(root, VersionPolicy(policy="specific", versions=["1"]))
         assert await poller.poll_once() == ["parcels"]  # another replica trained it
         assert service.served_entry("parcels").version == "1" and await poller.poll_once() == []

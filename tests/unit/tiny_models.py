@@ -28,7 +28,7 @@ def _save(graph: Any, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def classifier_graph() -> Any:
+def classifier_graph(size: int = SIZE) -> Any:
     weights = helper.make_tensor("w", TensorProto.FLOAT, [3, len(CLASSES)], [0.5 * (i % 7) for i in range(15)])
     return helper.make_graph(
         [
@@ -37,7 +37,7 @@ def classifier_graph() -> Any:
             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
         ],
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
         [weights],
     )
@@ -124,3 +124,14 @@ def tiny_local_service(root: Path) -> tuple["InferenceService", "ServerSettings"
 
     settings = tiny_settings(root)
     return build_service(compose(AppArgs(placement="local", default_model="tiny"), settings)), settings
+
+
+def versioned_copy(source: Path, root: Path, version: str) -> None:
+    """A copy of the model folder `source` as version `version` of the versioned model at `root`."""
+    import shutil
+
+    folder = root / version
+    shutil.copytree(source, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config.update(name=root.name, version=version)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
