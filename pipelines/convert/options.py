@@ -26,8 +26,9 @@ DEFAULT_QUALITY = {"jpeg": 85, "webp": 80, "tiff": 85, "avif": 50, "heif": 80}
 DEFAULT_EFFORT = {"webp": 2, "gif": 7, "avif": 4}
 EFFORT_RANGE = {"webp": (0, 6), "gif": (1, 10), "avif": (0, 9)}
 SUBSAMPLING = {"auto": "auto", "on": "on", "420": "on", "4:2:0": "on", "off": "off", "444": "off", "4:4:4": "off"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# the spellings HTTP's typed query parameters take (pydantic's), so gRPC's text options read alike
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
 def _bool(name: str, value: Any) -> bool:

@@ -368,3 +368,11 @@ def test_heif_keeps_only_an_rgb_profile_that_parses() -> None:
     for data, kept in ((cmyk, False), (broken, False), (wide, True)):
         heif = decoded(convert_image(data, ConvertOptions(format="heif", icc="keep"), LIMITS).data)
         assert heif.mode == "RGB" and bool(heif.info.get("icc_profile")) is kept
+
+
+def test_text_options_read_booleans_as_http_query_parameters_do() -> None:
+    """gRPC's options are text: `lossless=t` and `upscale=y` were refused there and taken over HTTP."""
+    for text, value in (("t", True), ("y", True), ("YES", True), ("f", False), ("n", False), ("Off", False)):
+        assert ConvertOptions.parse(format="webp", lossless=text).lossless is value
+    with pytest.raises(InvalidOptionError, match="expected true or false"):
+        ConvertOptions.parse(format="webp", lossless="maybe")
