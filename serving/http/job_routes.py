@@ -23,7 +23,6 @@ from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
 from serving.requests import validation_summary
-from serving.security.gate import replica_gate
 from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["batch jobs"], dependencies=[Depends(reject_unknown_query)])
@@ -238,7 +237,7 @@ async def job_progress(
         held = "" if _open_streams >= MAX_PROGRESS_STREAMS else " of your tenant"
         raise OverloadedError(f"too many progress streams{held} are open on this replica; poll the job instead")
     authorization = request.headers.get("authorization")
-    gate = replica_gate()
+    gate = request.app.state.gate  # this app's gate (the replica's, in a server)
 
     async def events() -> AsyncIterator[str]:
         global _open_streams

@@ -418,3 +418,27 @@ def test_a_refused_request_counts_under_its_route_and_as_an_error(world: dict[st
     assert value("imgserve_requests_total", **requests) - before[0] == 1
     assert value("imgserve_errors_total", **errors) - before[1] == 1
     assert value("imgserve_errors_total", **denied) - before_denied == 1
+
+
+def test_a_progress_stream_ended_by_a_revoked_key_says_unauthenticated(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's error event carries the status code a plain call gets: the SDK raised every such end as a
+    retryable UNAVAILABLE, so a retry loop kept reopening the stream with a revoked key."""
+    import json
+
+    from serving.http import job_routes
+
+    monkeypatch.setattr(job_routes, "RECHECK_KEY_S", 0.0)
+    store = KeyStore(world["engine"])
+    record, key = store.create("watcher", "analyst", "a")
+    headers = {"Authorization": f"Bearer {key}"}
+    files = [("image", ("0.jpg", jpeg((1, 2, 3)), "image/jpeg"))]
+    job = world["http"].post("/v1/batch?start=false", files=files, headers=headers).json()["job_id"]  # stays open
+    with world["http"].stream("GET", f"/v1/jobs/{job}/progress", headers=headers) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("event: progress")
+        store.revoke(record.id)
+        ended = [line for line in lines if line.startswith("data: ") and '"code"' in line]
+    failure = json.loads(ended[0].removeprefix("data: "))
+    assert failure["code"] == "UNAUTHENTICATED" and failure["kind"] == "unauthenticated"
