@@ -71,3 +71,15 @@ def busy_listeners(config: dict[str, Any]) -> list[str]:
         for what, host, port, _ in listener_ports(config)
         if port and port_in_use(host, port)  # port 0: the kernel picks a free one
     ]
+
+
+def shared_ports(config: dict[str, Any]) -> list[str]:
+    """Listeners of `config` that would share one port (the HTTP and the gRPC listener given the same number: both
+    bind it through SO_REUSEPORT, the server says it is ready, and every gRPC call fails)."""
+    seen: dict[int, str] = {}
+    clashes = []
+    for what, _, port, _ in listener_ports(config):
+        if port and port in seen:
+            clashes.append(f"{seen[port]} and {what} both on port {port}")
+        seen.setdefault(port, what)
+    return clashes

@@ -76,13 +76,19 @@ def exec_supervisor(state: SupervisorState, state_path: Path, stop: SignalFlag) 
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def ray_died() -> str | None:
-    """Reap an exited child (the children are Ray's GCS and raylet): which one it was, else None."""
-    try:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return "every Ray process"
-    return None if pid == 0 else f"Ray process {pid} (status {status})"
+def ray_died(ray_pids: frozenset[int] | None = None) -> str | None:
+    """Reap exited children: which of Ray's (`ray_pids`, the GCS and raylet this process inherited; None: any
+    child) ended, else None. Other children are reaped and let go: as PID 1 of a container, orphans of the whole
+    tree become this process's children, and one of them ending is no reason to stop the server."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return "every Ray process"
+        if pid == 0:
+            return None
+        if ray_pids is None or pid in ray_pids:
+            return f"Ray process {pid} (status {status})"
 
 
 def shutdown_serve_in_new_driver(gcs_address: str, timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> bool:
@@ -145,9 +151,10 @@ def supervise(state_path: Path) -> int:
     follower.resume(state.log_offsets)
     follower.start()
     status = 0
+    ray_pids = frozenset(child.pid for child in psutil.Process().children())  # the GCS and raylet, from the driver
     try:
         while not stop.is_set():
-            died = ray_died()
+            died = ray_died(ray_pids)
             if died is not None:
                 print(f"imgserve: {died} exited: stopping", file=sys.stderr, flush=True)
                 status = 1

@@ -38,7 +38,7 @@ from serving.local_ray import (
     logs_dir,
     trim_head_processes,
 )
-from serving.port_check import LOOPBACK, busy_listeners, listener_ports
+from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
 from serving.ray_supervisor import SERVE_SHUTDOWN_TIMEOUT_S
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
@@ -140,6 +140,17 @@ def check_tls_files(cert: str, key: str) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise StartRefused(f"cannot use --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+
+
+def ray_metrics_port() -> int | None:
+    """IMGSERVE_RAY_METRICS_PORT: the port of Ray's own metrics (`ray_serve_*`) on a Ray started here, for a
+    Prometheus target that survives restarts (deploy/README.md); unset: a port Ray picks."""
+    value = os.environ.get("IMGSERVE_RAY_METRICS_PORT", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise StartRefused(f"IMGSERVE_RAY_METRICS_PORT={value!r}: expected a port number (1-65535)")
+    return int(value)
 
 
 def prepare_environment() -> str:
@@ -287,6 +298,13 @@ def run_server(
         tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         if tls is not None:
             check_tls_files(*tls)
+        from serving.config.settings import ServerSettings
+
+        try:  # IMGSERVE_* settings every replica reads: a bad value is said here, by its variable, not in a replica
+            ServerSettings.from_env()
+        except ValueError as exc:
+            raise StartRefused(str(exc)) from None
+        ray_metrics_port()
         raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
         binds = listener_binds(raw, ray_address)
         auth = resolve_auth(binds)
@@ -294,6 +312,9 @@ def run_server(
             event_loop_choice()
         except ValueError as exc:
             raise StartRefused(str(exc)) from None
+        clashes = shared_ports(raw)
+        if clashes:
+            raise StartRefused(f"{'; '.join(clashes)}: give each listener its own port (--http-port/--grpc-port)")
         busy = busy_listeners(raw) if ray_address is None else []  # on a cluster, the nodes' ports are not ours
         if busy:
             raise StartRefused(
@@ -326,14 +347,13 @@ def run_server(
     if lean:
         init_options["_system_config"] = LEAN_SYSTEM_CONFIG
         block_unused_modules()
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        namespace="serve",
-        _temp_dir=str(temp_dir),
-        logging_level=logging.WARNING,
-        **init_options,
-    )
+    if ray_address is None:  # a Ray of our own: its CPU budget, dashboard, session folder and metrics port
+        init_options |= {"num_cpus": cpus, "include_dashboard": False, "_temp_dir": str(temp_dir)}
+        if metrics_port := ray_metrics_port():
+            init_options["_metrics_export_port"] = metrics_port
+    elif num_cpus:  # joining a cluster: its nodes say what they have (Ray refuses num_cpus here)
+        print("imgserve: --num-cpus is ignored when joining a Ray cluster (RAY_ADDRESS)", file=sys.stderr)
+    ray.init(namespace="serve", logging_level=logging.WARNING, **init_options)
     stop = SignalFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop.request)

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.limits import DecodeLimits
 
@@ -57,8 +57,8 @@ class ServerSettings(BaseModel):
         "(IMGSERVE_MODEL_POLL_S): a load, promotion, canary or training made through one replica reaches the others "
         "within this time (serving/model_poll.py). 0: only explicit loads change what a replica serves.",
     )
-    max_image_bytes: int = Field(default=32 * 1024 * 1024, description="Largest single encoded image accepted.")
-    max_request_bytes: int = Field(default=128 * 1024 * 1024, description="Largest HTTP request body accepted.")
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Largest single encoded image accepted.")
+    max_request_bytes: int = Field(default=128 * 1024 * 1024, gt=0, description="Largest HTTP request body accepted.")
     body_read_timeout_s: float = Field(
         default=60.0, gt=0, description="Most seconds to receive a whole HTTP request body (408 after: slow uploads)."
     )
@@ -68,12 +68,15 @@ class ServerSettings(BaseModel):
         description="Most seconds for a request's head (request line and headers) to arrive on the direct HTTP "
         "listener, from the connection opening or the request's first byte; the connection is closed after.",
     )
-    max_pixels: int = Field(default=100_000_000, description="Largest width*height decoded (decompression bombs).")
+    max_pixels: int = Field(
+        default=100_000_000, gt=0, description="Largest width*height decoded (decompression bombs)."
+    )
     max_full_decode_pixels: int = Field(
         default=40_000_000,
+        gt=0,
         description="Largest width*height of formats decoded at full size (all but JPEG, which decodes reduced).",
     )
-    max_images_per_request: int = Field(default=256, description="Most images in one classify request.")
+    max_images_per_request: int = Field(default=256, gt=0, description="Most images in one classify request.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServerSettings":
@@ -82,7 +85,17 @@ class ServerSettings(BaseModel):
         values = {
             name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
         }
-        return cls.model_validate(values)
+        empty = [f"IMGSERVE_{name.upper()}" for name, value in values.items() if not value.strip()]
+        if empty:  # an empty path would be the current folder, an empty number a parse error: neither is meant
+            raise ValueError(f"{', '.join(empty)} is set but empty: unset it for the default, or give a value")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:  # named by the variable the operator set, not the field
+            problems = "; ".join(
+                f"IMGSERVE_{str(error['loc'][0]).upper()}={values.get(str(error['loc'][0]))!r}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ValueError(f"invalid setting: {problems}") from None
 
     @property
     def trained_models(self) -> Path:

@@ -420,7 +420,7 @@ def test_imgserve_scrape_jobs_send_a_bearer_token() -> None:
         assert auth["type"] == "Bearer" and Path(auth["credentials_file"]).is_absolute(), config.name
     monitors = [doc for doc in yaml.safe_load_all((DEPLOY / "prometheus" / "kubernetes.yml").read_text()) if doc]
     endpoints = {e["port"]: e for m in monitors if m["kind"] == "PodMonitor" for e in m["spec"]["podMetricsEndpoints"]}
-    assert endpoints["imgserve-metrics"]["authorization"] == {
+    assert endpoints["app-metrics"]["authorization"] == {
         "type": "Bearer",
         "credentials": {"name": "imgserve-metrics", "key": "token"},
     }
@@ -594,3 +594,27 @@ def test_ray_proxy_keeps_the_files_proxy_and_no_direct_listeners() -> None:
         proxied = apply_placement(default, placement, ray_proxy=True)
         assert proxied["proxy_location"] == default["proxy_location"]
         assert "direct_ingress" not in proxied["applications"][0]["args"]
+
+
+def test_every_port_name_is_a_valid_kubernetes_port_name() -> None:
+    """The metrics sidecar's port was named `imgserve-metrics`: 16 characters, and Kubernetes refuses a pod whose
+    port name is longer than 15 (IANA_SVC_NAME), so no pod of the RayService could be created."""
+    import re
+
+    valid = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$")
+    cluster = _rayservice()["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    names = {p["name"] for t in templates for c in t["spec"]["containers"] for p in c.get("ports", [])}
+    assert "app-metrics" in names and all(valid.match(name) for name in names), names
+    for path in (DEPLOY / "prometheus" / "kubernetes.yml", DEPLOY / "prometheus" / "prometheus-kubernetes.yml"):
+        assert "app-metrics" in path.read_text(), path  # the scrape configs find the sidecar by that name
+
+
+def test_the_grpc_proxy_on_kubernetes_has_the_servers_message_limit() -> None:
+    """Without RAY_SERVE_GRPC_MAX_MESSAGE_SIZE Ray's proxy takes 2 GiB messages, not IMGSERVE_MAX_REQUEST_BYTES."""
+    from serving.config.settings import ServerSettings
+
+    for name, container in _ray_containers().items():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        limit = ServerSettings.model_fields["max_request_bytes"].default
+        assert env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(limit), name

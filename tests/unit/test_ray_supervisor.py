@@ -171,3 +171,24 @@ def test_no_hand_over_once_a_stop_was_asked_for(tmp_path: Path) -> None:
     exec_supervisor(SupervisorState(gcs_address="127.0.0.1:1", logs_dir=str(tmp_path)), state, stop)
     assert not state.exists()
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
+
+
+def test_a_child_that_is_not_rays_ending_does_not_stop_the_server() -> None:
+    """In a container the supervisor is PID 1: orphans of the whole tree become its children, and the first one to
+    end stopped the server ("Ray process 5 exited: stopping")."""
+    import subprocess
+    import sys
+    import time
+
+    from serving.ray_supervisor import ray_died
+
+    ray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        subprocess.Popen([sys.executable, "-c", "pass"])  # not Ray's: ends at once and is not waited for here
+        time.sleep(1.0)
+        assert ray_died(frozenset({ray.pid})) is None  # reaped and let go
+        ray.kill()
+        time.sleep(0.5)
+        assert f"Ray process {ray.pid}" in (ray_died(frozenset({ray.pid})) or "")
+    finally:
+        ray.kill()

@@ -1,0 +1,91 @@
+"""`imgserve serve` refuses a bad configuration before starting anything, in one line naming what to change, and
+joins an existing Ray cluster (RAY_ADDRESS) without the arguments only a Ray of its own takes."""
+
+import os
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from tests.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.unit
+
+
+class RayStarted(Exception):
+    """ray.init was reached."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[dict[str, object]]]:
+    """ray.init records its arguments and stops the start there; the cache (key store) in a temporary folder. The
+    environment is put back whole afterwards: the start sets variables for Ray's workers (the Prometheus
+    multiprocess folder among them) that would change every later test of the session."""
+    import ray
+
+    calls: list[dict[str, object]] = []
+
+    def init(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise RayStarted
+
+    saved = dict(os.environ)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv("IMGSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        yield calls
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "said"),
+    [
+        ({"IMGSERVE_MAX_REQUEST_BYTES": "-1"}, [], "IMGSERVE_MAX_REQUEST_BYTES='-1'"),
+        ({"IMGSERVE_MAX_PIXELS": "lots"}, [], "IMGSERVE_MAX_PIXELS='lots'"),
+        ({"IMGSERVE_TRAINED_MODELS_DIR": ""}, [], "IMGSERVE_TRAINED_MODELS_DIR is set but empty"),
+        ({}, ["--http-port", "18123", "--grpc-port", "18123"], "both on port 18123"),
+    ],
+)
+def test_a_bad_configuration_is_refused_before_anything_starts(
+    no_ray: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict, argv: list, said: str
+) -> None:
+    """Were: every HTTP request a 413 (a negative size limit), a traceback in the replicas, the job database in the
+    current folder (an empty path), or HTTP and gRPC bound to one port and every gRPC call failing."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ports = argv or ["--http-port", "18125", "--grpc-port", "18126"]
+    assert main(["serve", *ports]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and no_ray == []
+
+
+def test_joining_a_ray_cluster_passes_no_arguments_of_a_ray_of_its_own(
+    no_ray: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`RAY_ADDRESS=<cluster> imgserve serve` always failed: Ray refuses num_cpus when joining a cluster."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(RayStarted):
+        main(["serve", "--http-port", "18127", "--grpc-port", "18128"])
+    (options,) = no_ray
+    assert not {"num_cpus", "include_dashboard", "_temp_dir", "_system_config"} & set(options), options
+
+
+def test_what_serve_imports_at_start_is_a_dependency_not_a_dev_extra() -> None:
+    """psutil (the supervisor) came only with the dev extras: a plain install could not start the server."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    assert any(requirement.startswith("psutil") for requirement in project["dependencies"])
+
+
+def test_the_documented_ray_metrics_port_is_the_one_ray_gets(no_ray: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/README.md's `IMGSERVE_RAY_METRICS_PORT=8080 make serve` was read by nothing: the port stayed random."""
+    monkeypatch.setenv("IMGSERVE_RAY_METRICS_PORT", "18129")
+    with pytest.raises(RayStarted):
+        main(["serve", "--http-port", "18130", "--grpc-port", "18131"])
+    assert no_ray[0]["_metrics_export_port"] == 18129
+    monkeypatch.setenv("IMGSERVE_RAY_METRICS_PORT", "eighty")
+    assert main(["serve", "--http-port", "18130", "--grpc-port", "18131"]) == 2
