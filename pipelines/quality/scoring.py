@@ -11,6 +11,7 @@ A defect-free photo scores 100; each defect removes at most its weight's share o
 several defects compound. The level is the highest one whose cut-off (``score.levels``) the score reaches.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from pipelines.quality.metrics import QualityMetrics
@@ -55,6 +56,8 @@ def score_quality(
     for name, p in thresholds.score.penalties.items():
         classical *= 1.0 - p.weight * severities[name]
     score = classical
+    if model_score is not None and not math.isfinite(model_score):
+        model_score = None  # a broken model (NaN weights) must not take every quality verdict down: classical only
     if model_score is not None:
         if not 0.0 <= model_score <= 100.0:
             raise ValueError(f"model_score must be in [0, 100], got {model_score}")

@@ -4,6 +4,8 @@ The server returns exactly what `quality_verdict` returns (`QualityReport.to_dic
 the unit tests test this function, and an integration test checks the server's answer against it.
 """
 
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,6 +17,9 @@ from pipelines.quality.scoring import QualityScore, score_quality
 from pipelines.quality.tags import Tag, assign_tags
 from pipelines.quality.thresholds import Thresholds, default_thresholds
 from pipelines.quality.working_image import native_crop, working_image
+
+logger = logging.getLogger("imgserve.quality")
+_BROKEN_MODELS: set[str] = set()  # versions already reported as answering non-finite values
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,17 @@ class LearnedQuality:
 
 def learned_quality(
     outputs: Mapping[str, np.ndarray], labels: tuple[str, ...], model_version: str = ""
-) -> LearnedQuality:
-    """The quality model's outputs (`score`: quality 0..1, `probs`: one per label) for one image."""
+) -> LearnedQuality | None:
+    """The quality model's outputs (`score`: quality 0..1, `probs`: one per label) for one image; None when they
+    are not finite numbers (a broken model, e.g. a head fitted on a NaN rating): the verdict is then the classical
+    one, as without the model, instead of every quality request failing."""
     quality = float(np.asarray(outputs["score"]).reshape(-1)[0])
     probs = np.asarray(outputs["probs"]).reshape(-1)
+    if not (math.isfinite(quality) and np.all(np.isfinite(probs))):
+        if model_version not in _BROKEN_MODELS:
+            logger.error("quality model %s answers non-finite values: verdicts are classical only", model_version)
+        _BROKEN_MODELS.add(model_version)
+        return None
     probabilities = {label: round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
     return LearnedQuality(round(1.0 - quality, 4), round(quality, 4), probabilities, model_version)
 

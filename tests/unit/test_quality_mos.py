@@ -1,6 +1,8 @@
 """The learned quality model's parts: the ridge head, the logistic heads, the grafted ONNX graph (checked against
 the numpy heads on the real classifier, skipped when ../shared/models is absent) and the committed head."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -112,3 +114,52 @@ def test_calibrate_on_rated_photos_writes_a_new_model_version(tmp_path) -> None:
     before, after = FeatureHead.load(QUALITY_MODEL_DIR / "head.npz"), FeatureHead.load(out / "head.npz")
     assert np.array_equal(before.tag_weights, after.tag_weights)  # tags untouched
     assert not np.array_equal(before.score_weights, after.score_weights)
+
+
+def _rated(folder: Path, rows: list[tuple[str, str]], header: str = "image,mos", bom: bool = False) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, _ in rows:
+        Image.new("RGB", (8, 8), (len(name) * 9 % 255, 40, 40)).save(folder / name)
+    text = header + "\n" + "".join(f"{name},{mos}\n" for name, mos in rows)
+    (folder / "mos.csv").write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [("nan", "not a number from 0 to 1"), ("3.5", "1-5 as (r - 1) / 4"), ("-0.1", "from 0 to 1"), ("good", "'good'")],
+)
+def test_ratings_that_would_break_the_served_score_are_refused(tmp_path: Path, bad: str, said: str) -> None:
+    """A NaN rating fitted a head whose every score was NaN (every quality request then failed with 500); a 1-5
+    scale gave one score for every photo."""
+    from tooling.quality_mos.calibrate_mos import read_ratings
+
+    rows = [(f"p{i}.png", f"{i / 30:.3f}") for i in range(24)]
+    rows[5] = ("p5.png", bad)
+    with pytest.raises(ValueError, match="line 7") as error:
+        read_ratings(_rated(tmp_path / "rated", rows))
+    assert said in str(error.value)
+
+
+def test_ratings_files_as_spreadsheets_write_them_are_read_and_repeats_refused(tmp_path: Path) -> None:
+    from tooling.quality_mos.calibrate_mos import read_ratings
+
+    rows = [(f"p{i}.png", f"{i / 30:.3f}") for i in range(24)]
+    assert len(read_ratings(_rated(tmp_path / "a", rows, header="Image,MOS", bom=True))) == 24
+    with pytest.raises(ValueError, match="rated twice"):
+        read_ratings(_rated(tmp_path / "b", [*rows, rows[0]]))
+    with pytest.raises(ValueError, match="same rating"):
+        read_ratings(_rated(tmp_path / "c", [(name, "0.5") for name, _ in rows]))
+
+
+def test_a_model_answering_nan_leaves_the_classical_verdict(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipelines.quality import learned_quality
+
+    labels = ("blurry", "noisy")
+    assert learned_quality({"score": np.array([np.nan]), "probs": np.array([0.1, 0.2])}, labels, "q:9") is None
+    assert learned_quality({"score": np.array([0.5]), "probs": np.array([np.inf, 0.2])}, labels, "q:9") is None
+    assert learned_quality({"score": np.array([0.5]), "probs": np.array([0.1, 0.2])}, labels, "q:9") is not None
