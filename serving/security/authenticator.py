@@ -11,6 +11,7 @@ and a revoked key stops working everywhere within that time. Unknown well-formed
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -23,6 +24,7 @@ from serving.security.principal import Principal, check_role, check_tenant
 from serving.security.settings import SecuritySettings
 from serving.security.tables import api_keys
 
+logger = logging.getLogger("imgserve.security")
 JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 CACHE_ENTRIES = 10_000
 
@@ -37,23 +39,61 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class JwtVerifier:
+    """Checks JWTs against a public key file or a JWKS file. The JWKS file is read again when it changes (looked at
+    every `JWKS_RECHECK_S` and whenever a token names a key id not known yet), so an identity provider's key
+    rotation needs no restart, and a key removed from the file stops working. Keys that do not sign (`use: enc`)
+    or that this library cannot read are left out, with a warning, instead of stopping the server."""
+
+    JWKS_RECHECK_S = 5.0
+
     def __init__(self, settings: SecuritySettings):
         import jwt
 
         self._jwt = jwt
         self.issuer, self.audience = settings.jwt_issuer, settings.jwt_audience
+        self._public_key = settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None
+        self._jwks_file = settings.jwks_file
+        self._jwks_stamp: tuple[float, int] | None = None
+        self._checked = 0.0
         self._keys: dict[str | None, Any] = {}
-        if settings.jwt_public_key_file is not None:
-            self._keys[None] = settings.jwt_public_key_file.read_text()
-        if settings.jwks_file is not None:
-            for jwk in json.loads(settings.jwks_file.read_text()).get("keys", []):
-                self._keys[jwk.get("kid")] = jwt.PyJWK(jwk).key
+        self._load_keys()
+
+    def _load_keys(self) -> None:
+        keys: dict[str | None, Any] = {None: self._public_key} if self._public_key else {}
+        if self._jwks_file is not None:
+            stat = self._jwks_file.stat()
+            self._jwks_stamp = (stat.st_mtime, stat.st_size)
+            for jwk in json.loads(self._jwks_file.read_text()).get("keys", []):
+                if jwk.get("use", "sig") != "sig":
+                    continue  # an encryption key (Keycloak publishes one beside its signing keys)
+                try:
+                    keys[jwk.get("kid")] = self._jwt.PyJWK(jwk).key
+                except Exception as exc:  # noqa: BLE001 - one unusable key must not stop the others
+                    logger.warning("JWKS key %r left out: %s", jwk.get("kid"), exc)
+        self._keys = keys
+
+    def _refresh(self, kid: str | None) -> None:
+        """Read the JWKS file again if it changed (at most every JWKS_RECHECK_S, or at once for an unknown kid)."""
+        if self._jwks_file is None:
+            return
+        now = time.monotonic()
+        if kid in self._keys and now - self._checked < self.JWKS_RECHECK_S:
+            return
+        self._checked = now
+        try:
+            stat = self._jwks_file.stat()
+            if (stat.st_mtime, stat.st_size) != self._jwks_stamp:
+                self._load_keys()
+        except (OSError, ValueError) as exc:  # a file being rewritten: keep the keys read last
+            logger.warning("JWKS file %s could not be read again: %s", self._jwks_file, exc)
 
     def principal(self, token: str) -> Principal:
         jwt = self._jwt
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self._keys.get(kid) or self._keys.get(None)
+            self._refresh(kid)
+            # a kid names one key of the JWKS; the public key file (no JWKS) signs whatever kid a token carries
+            key = self._keys.get(kid) if kid is not None and self._jwks_file is not None else self._keys.get(None)
             if key is None:
                 raise UnauthenticatedError("JWT signed by an unknown key")
             claims = jwt.decode(
@@ -64,13 +104,21 @@ class JwtVerifier:
                 audience=self.audience,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
-            tenant = check_tenant(str(claims.get("imgserve_tenant") or claims.get("tenant") or ""))
-            role = check_role(str(claims.get("imgserve_role") or claims.get("role") or ""))
+            tenant = check_tenant(_text_claim(claims, "imgserve_tenant", "tenant"))
+            role = check_role(_text_claim(claims, "imgserve_role", "role"))
         except UnauthenticatedError:
             raise
-        except (jwt.PyJWTError, ValueError) as exc:
-            raise UnauthenticatedError(f"invalid JWT: {exc}") from None
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:  # TypeError: a key of another type than `alg`
+            raise UnauthenticatedError(f"invalid JWT: {str(exc)[:200]}") from None
         return Principal(key_id=jwt_key_id(claims, tenant), tenant=tenant, role=role, source="jwt")
+
+
+def _text_claim(claims: dict[str, Any], *names: str) -> str:
+    """The first of `names` present, as a string ("tenant": true was the tenant "True")."""
+    value = next((claims[name] for name in names if claims.get(name) not in (None, "")), "")
+    if not isinstance(value, str):
+        raise ValueError(f"claim {names[-1]} must be a string, got {type(value).__name__}")
+    return value
 
 
 def jwt_key_id(claims: dict[str, Any], tenant: str) -> str:

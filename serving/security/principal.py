@@ -26,7 +26,7 @@ def check_role(role: str) -> Role:
 
 
 def check_tenant(tenant: str) -> str:
-    if not TENANT_PATTERN.match(tenant):
+    if not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant):  # `$` also matched before a final "\n"
         raise ValueError(f"tenant must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit), got {tenant!r}")
     return tenant
 

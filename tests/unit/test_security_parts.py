@@ -215,3 +215,50 @@ def test_jwks_keys_are_chosen_by_kid(engine, tmp_path: Path) -> None:  # noqa: A
     ):
         with pytest.raises(UnauthenticatedError):
             asyncio.run(auth.authenticate(f"Bearer {bad}"))
+
+
+def _unsigned(header: dict[str, object], claims: dict[str, object]) -> str:
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join((part(json.dumps(header).encode()), part(json.dumps(claims).encode()), part(b"garbage" * 20)))
+
+
+def _jwk(public_pem: bytes, kid: str, **extra: str) -> dict[str, object]:
+    key = serialization.load_pem_public_key(public_pem)
+    return {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key)), "kid": kid, "use": "sig", **extra}
+
+
+def test_a_jwks_is_read_again_when_it_changes_and_keys_it_cannot_use_are_left_out(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """The JWKS was read once at start (a rotated-in key refused, a removed one working until restart); an
+    encryption key in it (Keycloak publishes one) stopped the server from starting; a token whose algorithm does not
+    match its key's type was a 500; a kid the JWKS does not hold fell back to a key without kid; a tenant claim
+    `true` was the tenant "True"."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, first_public = _ec_keys(tmp_path / "a")
+    second, second_public = _ec_keys(tmp_path / "b")
+    jwks = tmp_path / "jwks.json"
+    encryption = {"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc1", "n": "sXch", "e": "AQAB"}
+    jwks.write_text(json.dumps({"keys": [_jwk(first_public.read_bytes(), "k1"), encryption]}))
+    auth = Authenticator(engine, SecuritySettings(auth="required", jwks_file=jwks))  # starts despite the enc key
+    auth.jwt.JWKS_RECHECK_S = 0.0  # type: ignore[union-attr]
+    claims = {"sub": "alice", "tenant": "acme", "role": "analyst", "exp": time.time() + 60}
+
+    def token(key: object, kid: str, **changes: object) -> str:
+        return "Bearer " + jwt.encode({**claims, **changes}, key, algorithm="ES256", headers={"kid": kid})
+
+    assert asyncio.run(auth.authenticate(token(first, "k1"))).tenant == "acme"
+    time.sleep(0.01)
+    jwks.write_text(json.dumps({"keys": [_jwk(second_public.read_bytes(), "k2")]}))  # the IdP rotated its key
+    assert asyncio.run(auth.authenticate(token(second, "k2"))).tenant == "acme"
+    refused = [
+        token(first, "k1"),  # removed from the JWKS
+        token(second, "k9"),  # a kid the JWKS does not hold
+        token(second, "k2", tenant=True),
+        token(second, "k2", tenant="acme\n"),
+        "Bearer " + _unsigned({"alg": "RS256", "kid": "k2"}, claims),  # an RSA algorithm for an EC key: was a 500
+    ]
+    for bearer in refused:
+        with pytest.raises(UnauthenticatedError):
+            asyncio.run(auth.authenticate(bearer))
