@@ -8,7 +8,7 @@ top-k only, not the classifier's wider output, so such a collection has no featu
 from collections.abc import Iterator
 
 from pipelines.collections.record import failed_record, record_from_document
-from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
+from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage, job_location
 from serving.errors import BadRequestError
 from serving.jobs.errors import JobStateError
 from serving.jobs.records import FINAL_JOB_STATES, ResultRecord
@@ -39,7 +39,8 @@ def save_job_as_collection(
                 record = record_from_document(item_name, result.result)
             else:
                 record = failed_record(item_name, f"{result.error_kind}: {result.error}")
-            images.append(RecordedImage(record, result.result))  # inputs live in the job's object store
+            # where it was read: this job's inputs (a purge of the job finds and erases it by that)
+            images.append(RecordedImage(record, result.result, job_location(job_id)))
         store.add(info.id, images)
     store.finish(info.id)
     return store.get(info.id)

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
 from serving.collections.sources import read_items
-from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
+from serving.collections.store import JOB_LOCATION, CollectionInfo, CollectionStore, RecordedImage
 from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
@@ -47,10 +47,12 @@ def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobSe
     """The file of one analysed image, read again where it was read (a folder, archive member or fsspec URI) or,
     for a collection saved from a batch job, from that job's inputs; ImageNotFoundError when it cannot be."""
     name = image.record.name
-    if image.location:
+    saved_from = image.location.removeprefix(JOB_LOCATION) if image.location else None
+    if image.location and saved_from == image.location:  # read from a folder, an archive or a URI
         row = {"location": image.location, "member": image.member or ""}
         data = read_items([row], THUMBNAIL_MAX_BYTES)[0]
-    elif info.job_id and (source := jobs.store.input_source(info.job_id, name)):
+    # saved from a batch job: that job's inputs (no location: saved before locations named the job, its first job)
+    elif (job_id := saved_from or info.job_id) and (source := jobs.store.input_source(job_id, name)):
         try:
             data = read_job_input(*source, jobs.objects(), jobs.settings.read_root(info.tenant), THUMBNAIL_MAX_BYTES)
         except Exception as exc:  # noqa: BLE001 - purged, missing or refused: the same answer

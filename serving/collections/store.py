@@ -48,6 +48,13 @@ class CollectionInfo:
         return asdict(self)
 
 
+JOB_LOCATION = "job:"  # the location of an image saved from a batch job: "job:<job id>"
+
+
+def job_location(job_id: str) -> str:
+    return JOB_LOCATION + job_id
+
+
 @dataclass(frozen=True)
 class RecordedImage:
     """One analysed image as stored: its record, its analysis document (None when it failed) and where it was read."""
@@ -138,7 +145,7 @@ class CollectionStore:
         (always a clash); one recorded before places were absolute (a relative path) cannot be compared."""
         clashes: dict[str, str] = {}
         for image in self._recorded(name, tenant, list(wanted)):
-            if not image.location:
+            if not image.location or image.location.startswith(JOB_LOCATION):
                 clashes[image.name] = "a batch job saved into the collection"
             elif (recorded := place(image.location, image.member)) != wanted[image.name] and (
                 os.path.isabs(recorded) or is_uri(recorded)

@@ -19,7 +19,15 @@ import sqlalchemy as sa
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import FINAL_JOB_STATES
-from serving.jobs.tables import collections, job_events, job_items, job_results, jobs, webhook_deliveries
+from serving.jobs.tables import (
+    collection_images,
+    collections,
+    job_events,
+    job_items,
+    job_results,
+    jobs,
+    webhook_deliveries,
+)
 from serving.security.audit import AuditEntry, write_entry
 
 logger = logging.getLogger("imgserve.jobs")
@@ -82,8 +90,7 @@ def purge_job(
             raise JobNotFoundError(f"no job with id {job_id!r}")
         items, digests = _delete_job_rows(conn, job_id)
         orphaned = digests - _referenced(conn, digests)
-        # Collections saved from the job hold copies of its results: erased with it (rows cascade).
-        saved = conn.execute(sa.delete(collections).where(collections.c.job_id == job_id)).rowcount or 0
+        saved = _erase_saved_copies(conn, job_id)
         if audit is not None:
             detail = {"items": items, "objects": len(orphaned), "collections": saved}
             write_entry(conn, replace(audit, target=job_id, detail=detail))
@@ -91,6 +98,34 @@ def purge_job(
         for digest in orphaned:
             objects.delete(digest)
     return PurgeReport(1, items, len(orphaned), len(digests))
+
+
+def _erase_saved_copies(conn: sa.Connection, job_id: str) -> int:
+    """Collections hold copies of the results of the jobs saved into them: the job's rows go with it (located
+    `job:<id>`, or without location in a collection first saved from it, as recorded before), and a collection left
+    without images goes too. A second job saved into a collection kept its rows after its purge. Returns how many
+    collections were changed or erased."""
+    marker = f"job:{job_id}"
+    touched = 0
+    for row in conn.execute(sa.select(collections.c.id, collections.c.job_id, collections.c.sources)).all():
+        if marker not in (row.sources or []) and row.job_id != job_id:
+            continue
+        mine = collection_images.c.location == marker
+        if row.job_id == job_id:
+            mine = sa.or_(mine, collection_images.c.location.is_(None))
+        conn.execute(sa.delete(collection_images).where(collection_images.c.collection_id == row.id, mine))
+        left = conn.execute(sa.select(sa.func.count()).where(collection_images.c.collection_id == row.id)).scalar_one()
+        if not left:
+            conn.execute(sa.delete(collections).where(collections.c.id == row.id))
+        else:
+            sources = [source for source in row.sources or [] if source != marker]
+            others = [source.removeprefix("job:") for source in sources if source.startswith("job:")]
+            first_job = row.job_id if row.job_id != job_id else (others[0] if others else None)
+            conn.execute(
+                sa.update(collections).where(collections.c.id == row.id).values(sources=sources, job_id=first_job)
+            )
+        touched += 1
+    return touched
 
 
 def expired_jobs(engine: sa.Engine, cutoff: float) -> list[tuple[str, str]]:

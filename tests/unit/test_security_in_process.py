@@ -18,7 +18,7 @@ from serving.http.app import create_http_app
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
-from serving.jobs.tables import job_items, jobs
+from serving.jobs.tables import collection_images, job_items, jobs
 from serving.security.gate import SecurityGate
 from serving.security.keys import KeyStore
 from serving.security.settings import SecuritySettings
@@ -442,3 +442,36 @@ def test_a_progress_stream_ended_by_a_revoked_key_says_unauthenticated(
         ended = [line for line in lines if line.startswith("data: ") and '"code"' in line]
     failure = json.loads(ended[0].removeprefix("data: "))
     assert failure["code"] == "UNAUTHENTICATED" and failure["kind"] == "unauthenticated"
+
+
+def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_second(world: dict[str, Any]) -> None:
+    """A collection keeps the first job saved into it; purging a second job saved there answered purged but left its
+    images and analysis documents in the collection (and retention missed them the same way)."""
+    http, engine = world["http"], world["engine"]
+    from serving.jobs.records import Outcome
+    from serving.jobs.work_queue import WorkQueue
+
+    first, second = _submit(world, "a_analyst", seed=211), _submit(world, "a_analyst", seed=212)
+    with engine.begin() as conn:  # the second job's items named apart from the first's (names are unique)
+        conn.execute(sa.update(job_items).where(job_items.c.job_id == second).values(name="y-" + job_items.c.name))
+    queue = WorkQueue(engine)
+    for job in (first, second):  # the jobs run (no job loop in this world): each item done
+        queue.mark_running(job)
+        for item in queue.claim(job, 10):
+            queue.record(item, Outcome("done", "tiny", {"classification": {"model": "tiny", "predictions": []}}))
+        assert queue.finish_if_done(job) is not None
+    for job in (first, second):
+        saved = http.post(f"/v1/jobs/{job}/collection?name=site-photos", headers=auth(world, "a_analyst"))
+        assert saved.status_code == 200, saved.text
+
+    def images() -> list[str]:
+        with engine.begin() as conn:
+            rows = conn.execute(sa.select(collection_images.c.name)).all()
+        return sorted(row.name for row in rows)
+
+    assert images() == ["0.jpg", "1.jpg", "y-0.jpg", "y-1.jpg"]
+    assert http.delete(f"/v1/jobs/{second}?purge=true", headers=auth(world, "a_admin")).status_code == 200
+    assert images() == ["0.jpg", "1.jpg"]
+    assert http.delete(f"/v1/jobs/{first}?purge=true", headers=auth(world, "a_admin")).status_code == 200
+    listed = http.get("/v1/collections", headers=auth(world, "a_analyst")).json()
+    assert images() == [] and "site-photos" not in str(listed)
