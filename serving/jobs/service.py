@@ -125,8 +125,10 @@ class JobService:
         """Quotas of the caller's key and tenant: images per day, and bytes stored for the tenant."""
         if self.gate is None or not self.gate.required:
             return
-        await self.gate.charge_images(len(items))
+        # bytes first: a request refused for them (an archive that expands past the quota) used up images of the
+        # day too. Its stored files are no job's: the orphan sweep deletes them (IMGSERVE_RETENTION_SWEEP_S).
         await self._check_stored_bytes(principal, sum(i.size_bytes or 0 for i in items if i.source_kind == "object"))
+        await self.gate.charge_images(len(items))
 
     async def _check_stored_bytes(self, principal: Principal, adding: int) -> None:
         """The tenant's stored-bytes quota. Checked with the request's upload sizes before anything is stored (a

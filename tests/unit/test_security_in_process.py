@@ -396,8 +396,41 @@ def test_a_tenant_over_its_stored_bytes_quota_stores_nothing(world: dict[str, An
             answer = world["http"].post("/v1/batch", files=files, headers=auth(world, "c_other"))
             assert answer.status_code == 429 and answer.json()["kind"] == "quota_exceeded", answer.text
         assert stored() == before
+        # An archive small on the wire expands past the quota once stored: refused without using images of the day
+        import io
+        import zipfile
+
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for i in range(4):
+                zipped.writestr(f"{i}.png", _flat_png(200 + i))  # under 1 MiB in all: no ratio check
+        tenants.update("c2", quota_images_per_day=4, quota_stored_bytes=10_000)  # the zip passes on the wire
+        world["gate"]._policies.clear()  # the replica's policy cache
+        answer = world["http"].post(
+            "/v1/batch",
+            content=archive.getvalue(),
+            headers={**auth(world, "c_other"), "content-type": "application/zip"},
+        )
+        assert answer.status_code == 429 and "stored-bytes" in answer.json()["error"], answer.text
+        tenants.update("c2", quota_stored_bytes=10**9)
+        world["gate"]._policies.clear()
+        four = [("image", (f"{i}.jpg", jpeg((i, 7, 7)), "image/jpeg")) for i in range(4)]
+        answer = world["http"].post("/v1/batch", files=four, headers=auth(world, "c_other"))
+        assert answer.status_code == 202, answer.text  # the refused archive used none of the day's 4 images
     finally:
         tenants.update("c2", clear_quotas=True)
+        world["gate"]._policies.clear()
+
+
+def _flat_png(side: int) -> bytes:
+    """An uncompressed PNG (side * side * 3 bytes of pixels): a zip of a few of them is larger than the quota."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (side % 255, 20, 20)).save(out, "PNG", compress_level=0)
+    return out.getvalue()
 
 
 def test_a_refused_request_counts_under_its_route_and_as_an_error(world: dict[str, Any]) -> None:
