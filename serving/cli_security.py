@@ -7,6 +7,7 @@ whoever can write it can make keys, so these commands need no key themselves. Ev
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -31,17 +32,35 @@ def _rate(text: str) -> float:
     if per is None:
         raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h, got {text!r}")
     try:
-        return float(value) / per
+        rate = float(value) / per
     except ValueError:
-        raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h, got {text!r}") from None
+        rate = math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h (> 0), got {text!r}")
+    return rate
 
 
 def _quota(text: str) -> int:
-    value = text.split("/")[0]
+    """`10000` or `10000/day`: images per UTC day (another period was stored as per day without a word)."""
+    value, _, unit = text.partition("/")
     try:
-        return int(value)
+        quota = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"quota must look like 10000 or 10000/day, got {text!r}") from None
+        quota = -1
+    if unit.strip().lower() not in ("", "d", "day") or quota < 0:
+        raise argparse.ArgumentTypeError(f"quota is images per UTC day, like 10000 or 10000/day, got {text!r}")
+    return quota
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (a negative burst made the key unlimited, a negative quota meant nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -140,7 +159,7 @@ def add_security_commands(sub: Any) -> None:
     create.add_argument("--role", required=True, choices=("viewer", "analyst", "operator", "admin"))
     create.add_argument("--tenant", required=True, help="the tenant whose jobs the key reads and makes")
     create.add_argument("--rate", type=_rate, default=None, help="request rate limit: 5, 5/s, 300/min (default none)")
-    create.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: 1 s of --rate)")
+    create.add_argument("--burst", type=_count, default=None, help="requests allowed at once (default: 1 s of --rate)")
     create.add_argument("--quota", type=_quota, default=None, help="images per UTC day, e.g. 10000/day (default none)")
     create.set_defaults(func=_cmd_keys_create)
     listing = keys_sub.add_parser("list", help="keys (never the secrets)")
@@ -158,7 +177,7 @@ def add_security_commands(sub: Any) -> None:
     update.add_argument("tenant")
     update.add_argument("--anonymize", action=argparse.BooleanOptionalAction, default=None, help="force anonymize")
     update.add_argument("--quota-images", type=_quota, default=None, help="images per UTC day for the tenant")
-    update.add_argument("--quota-bytes", type=int, default=None, help="bytes of batch inputs the tenant may store")
+    update.add_argument("--quota-bytes", type=_count, default=None, help="bytes of batch inputs the tenant may store")
     update.add_argument("--clear-quotas", action="store_true", help="remove both quotas")
     update.set_defaults(func=_cmd_tenants_set)
     tenants_sub.add_parser("list", help="tenants and their settings").set_defaults(func=_cmd_tenants_list)

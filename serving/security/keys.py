@@ -7,6 +7,7 @@ SHA-256 is the right hash for a 256-bit random secret (no dictionary to slow dow
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -115,8 +116,10 @@ class KeyStore:
         check_tenant(tenant)
         if not name or len(name) > 128:
             raise ValueError("name must be 1-128 characters")
-        if rate_per_s is not None and rate_per_s <= 0:
+        if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
             raise ValueError("rate must be > 0 requests/s")
+        if burst is not None and burst < 1:  # a negative burst made the key unlimited
+            raise ValueError("burst must be at least 1 request")
         if quota_images_per_day is not None and quota_images_per_day < 0:
             raise ValueError("quota must be >= 0 images/day")
         if rate_per_s is not None and burst is None:

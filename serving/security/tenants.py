@@ -45,6 +45,8 @@ class TenantStore:
         clear_quotas: bool = False,
     ) -> TenantPolicy:
         check_tenant(tenant)
+        if any(quota is not None and quota < 0 for quota in (quota_images_per_day, quota_stored_bytes)):
+            raise ValueError("quotas are counts: 0 or more")
         values: dict[str, object] = {}
         if anonymize is not None:
             values["anonymize"] = anonymize

@@ -131,3 +131,28 @@ def test_the_table_shows_control_characters_in_names_escaped() -> None:
     row = table_row(record)
     assert "\n" not in row and "\x1b" not in row and "\r" not in row
     assert "line\\nbreak\\x1b[31mRED.jpg" in row and "cat\\r" in row
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--quota", "1000/hour"],
+        ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--rate", "1/s", "--burst", "-1"],
+        ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--rate", "inf"],
+        ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "acme\n"],
+        ["tenants", "update", "t", "--quota-bytes", "-5"],
+    ],
+)
+def test_key_and_tenant_values_that_would_mean_something_else_are_refused(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--quota 1000/hour` was stored as 1000 a day, `--burst -1` made the key unlimited, `--rate inf` was a
+    traceback, a tenant name could end in a newline, a negative stored-bytes quota was taken."""
+    monkeypatch.setenv("IMGSERVE_CACHE_DIR", str(tmp_path))
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_:  # argparse refuses a value of the wrong form itself
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error" in err and "created key" not in err
