@@ -25,8 +25,10 @@ async def audit(
     until: float | None = Query(default=None, ge=0, le=1e11, description="UNIX seconds, exclusive."),
     after: int = Query(default=0, ge=0, le=2**62, description="Paging cursor: entries with a larger id (next_after)."),
     limit: int = Query(default=100, ge=1, le=1000),
+    newest: bool = Query(default=False, description="The latest `limit` entries, newest first (no paging)."),
 ) -> dict[str, Any]:
-    """Entries oldest first; pass `next_after` back as `after` for the next page (null: no more)."""
+    """Entries oldest first; pass `next_after` back as `after` for the next page (null: no more). With `newest`,
+    the latest entries, newest first."""
     gate, jobs = request.app.state.gate, request.app.state.jobs
     engine = gate.engine or (jobs.engine if jobs is not None else None)  # auth off: job actions are still logged
     if engine is None:
@@ -35,8 +37,11 @@ async def audit(
         await jobs.ready()  # migrated
     if gate.audit_writer is not None:
         await gate.audit_writer.flush()  # this replica's refusals are in before it answers
-    entries = await asyncio.to_thread(query_audit, engine, tenant, action, key_id, outcome, since, until, after, limit)
-    return {"entries": entries, "next_after": entries[-1]["id"] if len(entries) == limit else None}
+    entries = await asyncio.to_thread(
+        query_audit, engine, tenant, action, key_id, outcome, since, until, after, limit, newest
+    )
+    more = len(entries) == limit and not newest
+    return {"entries": entries, "next_after": entries[-1]["id"] if more else None}
 
 
 @router.get("/whoami")

@@ -78,9 +78,13 @@ def query_audit(
     until: float | None = None,
     after_id: int = 0,
     limit: int = 100,
+    newest: bool = False,
 ) -> list[dict[str, Any]]:
-    """Entries oldest first, with id > `after_id` (the paging cursor)."""
-    query = sa.select(audit_log).where(audit_log.c.id > after_id).order_by(audit_log.c.id).limit(limit)
+    """Entries oldest first, with id > `after_id` (the paging cursor); `newest`: the latest `limit` ones, newest
+    first (what a person looking at recent activity wants; the oldest-first page showed a week-old flood)."""
+    # newest by time: refusals are written in batches, so a later id can be an earlier entry
+    order = (audit_log.c.at.desc(), audit_log.c.id.desc()) if newest else (audit_log.c.id,)
+    query = sa.select(audit_log).where(audit_log.c.id > after_id).order_by(*order).limit(limit)
     for column, value in (
         (audit_log.c.tenant, tenant),
         (audit_log.c.key_id, key_id),

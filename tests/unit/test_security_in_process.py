@@ -508,3 +508,17 @@ def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_sec
     assert http.delete(f"/v1/jobs/{first}?purge=true", headers=auth(world, "a_admin")).status_code == 200
     listed = http.get("/v1/collections", headers=auth(world, "a_analyst")).json()
     assert images() == [] and "site-photos" not in str(listed)
+
+
+def test_the_latest_audit_entries_come_first_when_asked(world: dict[str, Any]) -> None:
+    """The web UI's audit page asked for a week oldest first and showed the end of the first 1000: after a flood of
+    refused requests, an administrator's purge seconds ago was not on it."""
+    http = world["http"]
+    for _ in range(30):
+        http.get("/v1/models")  # refused: no key (audited)
+    job = _submit(world, "a_analyst", seed=221)
+    assert http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "a_admin")).status_code == 200
+    page = http.get("/v1/audit?newest=true&limit=5", headers=auth(world, "a_admin")).json()
+    times = [entry["at"] for entry in page["entries"]]
+    assert page["entries"][0]["action"] == "job.purge" and times == sorted(times, reverse=True)
+    assert page["next_after"] is None
