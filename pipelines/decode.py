@@ -179,15 +179,43 @@ def upright_image(image: Image.Image, orientation: int) -> Image.Image:
         return image.transpose(UPRIGHT_TRANSPOSE[orientation])
 
 
+DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grey as 8-bit grey, scaled (Pillow's conversion clips 16-bit values, `point` does
+    not take I;16B/L, and a 0-1 float image came out black). Float images in 0..1 are scaled by 255; integers
+    above 255 are taken as 16-bit."""
+    values = np.asarray(image, dtype=np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    if image.mode == "F" and top <= 1.0:
+        values = values * 255.0
+    elif top > 255.0:
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """What a viewer shows of a transparent image on a white page: the colours under transparent pixels are
+    not the picture (a fully transparent PNG was tagged low_light from its hidden black). Opaque images pass."""
+    rgba = image.convert("RGBA")
+    if rgba.getextrema()[3][0] == 255:
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.Image:
     try:
         if scale > 1:
             stored_w, stored_h = image.size
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
         image = upright_image(image, orientation)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # Pillow's RGB conversion clips 16-bit values instead of scaling them: scale to 8 bits first.
-            image = image.point(lambda v: v / 256).convert("L")
+        if image.mode in DEEP_GREY_MODES:
+            image = _eight_bit_grey(image)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            image = _on_white(image)
         if image.mode == "RGB":
             image.load()  # decode here (errors are the file's), without convert()'s copy of the pixels
             return image

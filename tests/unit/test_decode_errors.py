@@ -233,3 +233,40 @@ def test_60_byte_bmp_declaring_10000x10000_is_refused_without_allocating() -> No
     buffer = io.BytesIO()
     Image.new("RGB", (30, 20), (10, 20, 30)).save(buffer, "BMP")
     decode(buffer.getvalue())
+
+
+def _tiff(mode: str, values: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes(mode, (values.shape[1], values.shape[0]), values.tobytes()).save(out, "TIFF")
+    return out.getvalue()
+
+
+def test_deep_grey_images_decode_scaled_to_eight_bits() -> None:
+    """A 16-bit TIFF stored big- or little-endian (Pillow modes I;16B / I;16L) was a 400 "corrupt" (Pillow's `point`
+    does not take them) and a float TIFF of 0-1 values decoded black."""
+    ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
+    cases = {
+        "I;16B": _tiff("I;16B", (ramp * 65535).astype(">u2")),
+        "I;16L": _tiff("I;16", (ramp * 65535).astype("<u2")),
+        "F": _tiff("F", ramp.astype("<f4")),
+    }
+    for name, data in cases.items():
+        assert Image.open(io.BytesIO(data)).mode.startswith(name[:3]), name
+        working = decode_image(data, SPEC, working_max_side=512).working
+        assert abs(float(working.mean()) - 127.5) < 3 and working.max() >= 250, name
+
+
+def test_transparent_pixels_are_shown_on_white_not_their_hidden_colour() -> None:
+    """The colours under transparent pixels are not the picture: a fully transparent PNG (black underneath) was
+    tagged low_light."""
+    clear = np.zeros((48, 64, 4), np.uint8)  # transparent black
+    half = clear.copy()
+    half[:, :32] = (200, 30, 30, 255)  # an opaque red half
+    for pixels, expected_mean in ((clear, 255.0), (half, None)):
+        out = io.BytesIO()
+        Image.fromarray(pixels, "RGBA").save(out, "PNG")
+        working = decode_image(out.getvalue(), SPEC, working_max_side=512).working
+        if expected_mean is not None:
+            assert float(working.mean()) == expected_mean
+        else:
+            assert tuple(working[10, 50]) == (255, 255, 255) and tuple(working[10, 5]) == (200, 30, 30)
