@@ -50,6 +50,20 @@ def graph_stages(config: IngressConfig) -> GraphStages:
     )
 
 
+def deployment_names(args: dict[str, Any] | None = None) -> set[str]:
+    """The deployments `build_app(args)` makes: serve_config.yaml may configure only these (Ray Serve refuses a
+    config naming one the application does not build, e.g. `Metadata` with `metadata: false`, or the model
+    deployment of a model left out)."""
+    config = compose(AppArgs.model_validate(args or {}))
+    names = {IngressDeployment.name}
+    if config.placement != "local":
+        names |= {DecodeDeployment.name, *(model_deployment_name(m) for m in config.stages.models)}
+        names |= {QualityDeployment.name} if config.stages.quality else set()
+        names |= {MetadataDeployment.name} if config.stages.metadata else set()
+        names |= {BatchWorkerDeployment.name} if config.batch_jobs else set()
+    return names
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = compose(AppArgs.model_validate(args or {}))
     logger.info("placement %s: models %s", config.placement, sorted(config.stages.models))

@@ -64,6 +64,9 @@ def deploy_serve(raw: dict[str, Any], timeout_s: float) -> str:
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    dropped = configure_built_deployments_only(raw)
+    if dropped:
+        print(f"imgserve: not deploying {', '.join(dropped)}: the application's args leave them out", flush=True)
     config = ServeDeploySchema.model_validate(raw)
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
@@ -73,6 +76,21 @@ def deploy_serve(raw: dict[str, Any], timeout_s: float) -> str:
     client.deploy_apps(config)
     wait_until_running(config, timeout_s)
     return listening_at(config)
+
+
+def configure_built_deployments_only(raw: dict[str, Any]) -> list[str]:
+    """Drop, in place, the deployment settings of imgserve applications that name a deployment their args do not
+    build (`metadata: false`, a model left out): Ray Serve refuses the whole config otherwise. Returns them."""
+    from serving.app import deployment_names
+
+    dropped = []
+    for app in raw.get("applications", []):
+        if app.get("import_path") != "serving.app:build_app" or not app.get("deployments"):
+            continue
+        built = deployment_names(app.get("args"))
+        dropped += [d["name"] for d in app["deployments"] if d.get("name") not in built]
+        app["deployments"] = [d for d in app["deployments"] if d.get("name") in built]
+    return dropped
 
 
 def shutdown_serve() -> None:

@@ -89,3 +89,24 @@ def test_the_documented_ray_metrics_port_is_the_one_ray_gets(no_ray: list, monke
     assert no_ray[0]["_metrics_export_port"] == 18129
     monkeypatch.setenv("IMGSERVE_RAY_METRICS_PORT", "eighty")
     assert main(["serve", "--http-port", "18130", "--grpc-port", "18131"]) == 2
+
+
+def test_the_graph_placement_deploys_only_the_deployments_its_args_build() -> None:
+    """serve_config.yaml configures every stage deployment; with `metadata: false` (or a model left out) Ray Serve
+    refused the whole config: "Deployment 'Metadata' does not exist"."""
+    import copy
+
+    from serving.serve_control import configure_built_deployments_only
+    from serving.server import load_serve_config
+
+    graph = load_serve_config(PROJECT_ROOT / "serve_config.yaml", placement="graph")
+    assert configure_built_deployments_only(copy.deepcopy(graph)) == []
+    for args, left_out in (
+        ({"metadata": False}, {"Metadata"}),
+        ({"quality": False, "batch_jobs": False}, {"Quality", "BatchWorker"}),
+    ):
+        config = copy.deepcopy(graph)
+        config["applications"][0]["args"].update(args)
+        assert set(configure_built_deployments_only(config)) == left_out
+        names = {d["name"] for d in config["applications"][0]["deployments"]}
+        assert not names & left_out and {"Ingress", "Decoder"} <= names
