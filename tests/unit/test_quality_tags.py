@@ -207,3 +207,19 @@ def test_calibrate_command_writes_bumped_yaml(tmp_path: Path, capsys: pytest.Cap
     assert "noisy" in capsys.readouterr().out
     (tmp_path / "data" / "not_a_tag").mkdir()
     assert main([str(tmp_path / "data"), "--out", str(out)]) == 2
+
+
+def test_calibrating_a_tag_the_learned_model_decides_says_where_it_applies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With quality_mos served, low_light (and four more) are decided by the learned combination: the command
+    printed "F1 0.750 -> 1.000" and nothing the server served changed."""
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        clean = dead_leaves_texture(seed=i + 20)
+        _write(tmp_path / "data" / "good", f"g{i}", clean)
+        _write(tmp_path / "data" / "low_light", f"d{i}", apply_distortion(clean, "darken", 3, rng))
+    assert default_thresholds().model.stack_for("low_light") is not None
+    assert main([str(tmp_path / "data"), "--out", str(tmp_path / "t.yaml")]) == 0
+    note = capsys.readouterr().err
+    assert "low_light" in note and "where no model is served" in note

@@ -159,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r.tag:24} {r.metric:26} {r.old_threshold:9.4g} {r.new_threshold:9.4g} "
             f"{r.old_f1:7.3f} {r.new_f1:7.3f} {r.positives:5d} {r.negatives:5d}"
         )
+    stacked = [r.tag for r in report if new.model.stack_for(r.tag) is not None]
+    if stacked:  # said, not silent: the calibrated number would seem to take effect and does not
+        print(
+            f"note: with the learned model served (quality_mos), {', '.join(stacked)} are decided by its learned "
+            "combination of probability and metrics: these thresholds apply where no model is served. Re-fit the "
+            "model on your photos to move those (docs/QUALITY.md)",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out} (version {new.version})")
     return 0
 
