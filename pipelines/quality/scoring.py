@@ -63,8 +63,9 @@ def score_quality(
             raise ValueError(f"model_score must be in [0, 100], got {model_score}")
         weight = thresholds.model.score_weight
         score = (1.0 - weight) * classical + weight * model_score
+    score = round(score, 2)  # the level of the score answered (84.999 was HIGH while the answer said 85.0)
     return QualityScore(
-        score=round(score, 2),
+        score=score,
         level=quality_level(score, thresholds),
         classical_score=round(classical, 2),
         model_score=model_score,

@@ -80,3 +80,21 @@ def test_model_vetoes_pixel_level_evidence_only_where_it_could_see_it() -> None:
     assert "low_contrast" not in {
         t.name for t in tags_from_values({"contrast_spread": 0.1, "working_scale": 0.25}, None, {"low_contrast": 0.0})
     }
+
+
+def test_the_level_is_the_one_of_the_score_answered() -> None:
+    """The level was decided on the unrounded score: an answer could say score 85.0 and level HIGH (ULTRA from 85)."""
+    from pipelines.quality import analyze_quality
+    from pipelines.quality.scoring import quality_level, score_quality
+
+    metrics = analyze_quality(np.full((64, 64, 3), 128, np.uint8)).metrics
+    thresholds = default_thresholds()
+    weight = thresholds.model.score_weight
+    classical = score_quality(metrics, None, None).classical_score
+    for cut in thresholds.score.levels.values():
+        for target in (cut - 0.004, cut - 0.001, cut, cut + 0.003):  # just under a band's start rounds onto it
+            model_score = (target - (1 - weight) * classical) / weight
+            if not 0 <= model_score <= 100:
+                continue
+            detail = score_quality(metrics, None, model_score)
+            assert detail.level == quality_level(detail.score), (target, detail.score, detail.level)
