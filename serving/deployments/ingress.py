@@ -93,6 +93,10 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             await self.job_loop.stop()  # type: ignore[union-attr]
         if getattr(self, "model_poller", None) is not None:
             await self.model_poller.stop()  # type: ignore[union-attr]
+        gate = getattr(self, "gate", None)  # audit entries and image counts still in memory: written, not lost
+        for pending in (getattr(gate, "audit_writer", None), getattr(gate, "usage", None)):
+            if pending is not None:
+                await pending.flush()
 
 
 def ingress_gate(config: IngressConfig) -> SecurityGate:

@@ -134,5 +134,10 @@ class AuditWriter:
             logger.exception("could not write %d audit entries", len(entries))
 
     async def _write_soon(self) -> None:
-        await asyncio.sleep(self.interval_s)
-        await self.flush()
+        """Write what is pending every interval until nothing is: an entry added while a write was running was
+        left pending until the next entry came (the task was still running when it was added)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
+            if not self._pending:
+                return

@@ -262,3 +262,31 @@ def test_a_jwks_is_read_again_when_it_changes_and_keys_it_cannot_use_are_left_ou
     for bearer in refused:
         with pytest.raises(UnauthenticatedError):
             asyncio.run(auth.authenticate(bearer))
+
+
+def test_an_audit_entry_added_during_a_write_is_written_too(engine) -> None:  # noqa: ANN001
+    """An entry queued while the writer was writing the previous batch stayed in memory until another entry came
+    (and was lost at a stop)."""
+    import threading
+
+    from serving.security.audit import AuditEntry, AuditWriter, query_audit
+
+    writer = AuditWriter(engine, interval_s=0.01)
+    writing = threading.Event()
+    original = writer._write
+
+    def slow_write(entries: list) -> None:
+        writing.set()
+        time.sleep(0.2)
+        original(entries)
+
+    writer._write = slow_write  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        writer.add(AuditEntry(action="auth.first", client="t"))
+        await asyncio.to_thread(writing.wait, 5)
+        writer.add(AuditEntry(action="auth.second", client="t"))  # while the first batch is being written
+        await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    assert [e["action"] for e in query_audit(engine, action="auth.*")] == ["auth.first", "auth.second"]
