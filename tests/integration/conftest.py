@@ -120,6 +120,7 @@ KEYS = {  # name: (role, tenant, extra CLI args)
     "operator": ("operator", "ops", []),
     "limited": ("analyst", "tenant-c", ["--rate", "5/s"]),
     "other": ("analyst", "tenant-d", []),
+    "trickle": ("viewer", "tenant-e", ["--rate", "1/s"]),  # burst 1: the web UI's sign-in uses it up
 }
 
 

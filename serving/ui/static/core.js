@@ -41,8 +41,17 @@ function authorized(options) {
   return { ...options, headers };
 }
 
+const RETRY_WITHIN_S = 5; // a GET refused by the key's rate limit is sent again once when the server says this soon
+
 export async function request(path, options = {}) {
-  const response = await fetch(path, authorized(options));
+  let response = await fetch(path, authorized(options));
+  const wait = Number(response.headers.get("Retry-After"));
+  if (response.status === 429 && (options.method || "GET") === "GET" && wait > 0 && wait <= RETRY_WITHIN_S) {
+    // a key allowed one request at a time (rate under 2/s) spent it on the sign-in check: the page's first
+    // figures were a 429 error
+    await new Promise((resume) => setTimeout(resume, wait * 1000));
+    response = await fetch(path, authorized(options));
+  }
   if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
   return response;
 }
