@@ -299,11 +299,13 @@ def run_server(
         if tls is not None:
             check_tls_files(*tls)
         from serving.config.settings import ServerSettings
+        from serving.jobs.settings import JobSettings
 
-        try:  # IMGSERVE_* settings every replica reads: a bad value is said here, by its variable, not in a replica
+        try:  # IMGSERVE_* settings every replica reads: a bad value is said here, not in a replica after the start
             ServerSettings.from_env()
+            JobSettings.from_env()
         except ValueError as exc:
-            raise StartRefused(str(exc)) from None
+            raise StartRefused(" ".join(str(exc).split())[:600]) from None
         ray_metrics_port()
         raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
         binds = listener_binds(raw, ray_address)

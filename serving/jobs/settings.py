@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from serving.config.settings import ServerSettings
 from serving.security.egress import EgressAllowList
@@ -144,7 +144,14 @@ class JobSettings(BaseModel):
             "max_image_bytes": server.max_image_bytes,
         }
         values.update({field: env[name] for field, name in ENV_NAMES.items() if env.get(name)})
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:  # named by the variable the operator set
+            problems = "; ".join(
+                f"{ENV_NAMES.get(str(e['loc'][0]), e['loc'][0])}={values.get(str(e['loc'][0]))!r}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ValueError(f"invalid setting: {problems}") from None
 
     def secret_bytes(self) -> bytes | None:
         return self.webhook_secret.get_secret_value().encode() if self.webhook_secret else None
