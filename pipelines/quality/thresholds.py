@@ -30,7 +30,8 @@ LEVELS = ("LOW", "MEDIUM", "HIGH", "ULTRA")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: a NaN threshold silently disabled its tag, an infinite one made it fire on every image
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Condition(_Frozen):
@@ -146,6 +147,9 @@ class ScoreConfig(_Frozen):
 
     @model_validator(mode="after")
     def _ordered_levels(self) -> "ScoreConfig":
+        missing = {"MEDIUM", "HIGH", "ULTRA"} - set(self.levels)
+        if missing:  # was a bare KeyError
+            raise ValueError(f"levels must give MEDIUM, HIGH and ULTRA; missing {sorted(missing)}")
         if not 0 <= self.levels["MEDIUM"] <= self.levels["HIGH"] <= self.levels["ULTRA"] <= 100:
             raise ValueError("levels must satisfy 0 <= MEDIUM <= HIGH <= ULTRA <= 100")
         return self

@@ -223,3 +223,16 @@ def test_calibrating_a_tag_the_learned_model_decides_says_where_it_applies(
     assert main([str(tmp_path / "data"), "--out", str(tmp_path / "t.yaml")]) == 0
     note = capsys.readouterr().err
     assert "low_light" in note and "where no model is served" in note
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_thresholds_file_with_a_non_finite_number_is_refused(value: float) -> None:
+    """A NaN threshold silently disabled its tag and an infinite one made it fire on every image."""
+    raw = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    raw["tags"]["blurry"]["conditions"][0]["threshold"] = value
+    with pytest.raises(ValidationError, match="finite"):
+        Thresholds.model_validate(raw)
+    raw = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    del raw["score"]["levels"]["MEDIUM"]
+    with pytest.raises(ValidationError, match="missing"):
+        Thresholds.model_validate(raw)
