@@ -236,3 +236,25 @@ def test_a_thresholds_file_with_a_non_finite_number_is_refused(value: float) -> 
     del raw["score"]["levels"]["MEDIUM"]
     with pytest.raises(ValidationError, match="missing"):
         Thresholds.model_validate(raw)
+
+
+def test_calibration_folders_are_read_as_a_person_leaves_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file named .jpg that is not an image was a traceback; a hidden folder (.ipynb_checkpoints) was taken as a
+    tag and failed the run; an empty good/ ran with no negatives and no word."""
+    data = tmp_path / "data"
+    for i in range(2):
+        clean = dead_leaves_texture(seed=i + 30)
+        _write(data / "good", f"g{i}", clean)
+        _write(data / "noisy", f"n{i}", apply_distortion(clean, "white_noise", 4, np.random.default_rng(i)))
+    (data / ".ipynb_checkpoints").mkdir()
+    assert main([str(data), "--out", str(tmp_path / "a.yaml")]) == 0
+    (data / "noisy" / "notes.jpg").write_text("not an image")
+    assert main([str(data), "--out", str(tmp_path / "b.yaml")]) == 2
+    assert "notes.jpg: not a readable image" in capsys.readouterr().err
+    (data / "noisy" / "notes.jpg").unlink()
+    for photo in (data / "good").iterdir():
+        photo.unlink()
+    assert main([str(data), "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "holds no photo" in capsys.readouterr().err

@@ -99,7 +99,10 @@ def metrics_of_folder(folder: Path, progress: Callable[[str], None] | None = Non
     """Metric dicts of every photo directly in `folder`."""
     out = []
     for path in list_photos(folder):
-        photo = load_photo(path)
+        try:
+            photo = load_photo(path)
+        except Exception as exc:  # noqa: BLE001 - whatever a file that is not a readable image raises
+            raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
         metrics = compute_metrics(photo.working, photo.original_size, photo.native_rgb)
         out.append(metrics.as_dict())
         if progress:
@@ -115,7 +118,10 @@ def calibrate(
     root = Path(folder)
     if not (root / "good").is_dir():
         raise ValueError(f"{root} has no good/ folder of photos without defects")
-    by_tag = {d.name: metrics_of_folder(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    # hidden folders (.ipynb_checkpoints, .git) are no tag
+    by_tag = {d.name: metrics_of_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if not by_tag["good"]:
+        raise ValueError(f"{root / 'good'} holds no photo: without good photos a threshold cannot be tuned")
     unknown = set(by_tag) - set(thresholds.tags) - {"good"}
     if unknown:
         raise ValueError(f"folders {sorted(unknown)} are not tags; known: {', '.join(thresholds.tags)}")
