@@ -19,6 +19,7 @@ BENCHMARKS.md "Memory (issue #19)" has the figures.
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -32,8 +33,20 @@ import psutil
 
 from serving.local_ray import SignalFlag, WorkerLogFollower
 
-# Serve drains replicas gracefully; Ray is stopped after this regardless (IMGSERVE_SHUTDOWN_TIMEOUT_S)
-SERVE_SHUTDOWN_TIMEOUT_S = float(os.environ.get("IMGSERVE_SHUTDOWN_TIMEOUT_S", "90"))
+
+def serve_shutdown_timeout_s() -> float:
+    """IMGSERVE_SHUTDOWN_TIMEOUT_S (default 90): how long Serve drains replicas gracefully; Ray is stopped after
+    this regardless. 0 or less turned the drain off: refused (`imgserve serve` checks it before starting)."""
+    text = os.environ.get("IMGSERVE_SHUTDOWN_TIMEOUT_S", "90")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"IMGSERVE_SHUTDOWN_TIMEOUT_S={text!r}: expected seconds > 0")
+    return value
+
+
 RAY_STOP_GRACE_S = 1.0  # the raylet and the GCS: SIGTERM, then SIGKILL after this (as ray.shutdown does)
 RAY_STOP_TIMEOUT_S = 10.0  # then agents and workers left: SIGTERM, then SIGKILL after this
 
@@ -91,8 +104,9 @@ def ray_died(ray_pids: frozenset[int] | None = None) -> str | None:
             return f"Ray process {pid} (status {status})"
 
 
-def shutdown_serve_in_new_driver(gcs_address: str, timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> bool:
+def shutdown_serve_in_new_driver(gcs_address: str, timeout_s: float | None = None) -> bool:
     """`serve.shutdown()` from a fresh driver; False when it failed or timed out (Ray is stopped regardless)."""
+    timeout_s = serve_shutdown_timeout_s() if timeout_s is None else timeout_s
     command = [sys.executable, "-m", "serving.ray_supervisor", "shutdown-serve", gcs_address]
     try:
         return subprocess.run(command, timeout=timeout_s, check=False).returncode == 0

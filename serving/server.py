@@ -39,7 +39,7 @@ from serving.local_ray import (
     trim_head_processes,
 )
 from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
-from serving.ray_supervisor import SERVE_SHUTDOWN_TIMEOUT_S
+from serving.ray_supervisor import serve_shutdown_timeout_s
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
@@ -304,6 +304,7 @@ def run_server(
         try:  # IMGSERVE_* settings every replica reads: a bad value is said here, not in a replica after the start
             ServerSettings.from_env()
             JobSettings.from_env()
+            serve_shutdown_timeout_s()
         except ValueError as exc:
             raise StartRefused(" ".join(str(exc).split())[:600]) from None
         ray_metrics_port()
@@ -389,7 +390,7 @@ def run_server(
         print("imgserve: shutting down", flush=True)
         try:
             # Bounded: a Ray that lost its raylet never runs the task, and the process must still exit.
-            run_in_worker(shutdown_serve, None, timeout_s=SERVE_SHUTDOWN_TIMEOUT_S)
+            run_in_worker(shutdown_serve, None, timeout_s=serve_shutdown_timeout_s())
         finally:
             ray.shutdown()
             logs_done.set()

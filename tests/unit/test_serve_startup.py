@@ -49,6 +49,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[dic
         ({"IMGSERVE_MAX_PIXELS": "lots"}, [], "IMGSERVE_MAX_PIXELS='lots'"),
         ({"IMGSERVE_TRAINED_MODELS_DIR": ""}, [], "IMGSERVE_TRAINED_MODELS_DIR is set but empty"),
         ({"IMGSERVE_BATCH_CONCURRENCY": "-3"}, [], "IMGSERVE_BATCH_CONCURRENCY='-3'"),
+        ({"IMGSERVE_SHUTDOWN_TIMEOUT_S": "0"}, [], "IMGSERVE_SHUTDOWN_TIMEOUT_S='0'"),
         ({"IMGSERVE_WEBHOOK_TIMEOUT_S": "soon"}, [], "IMGSERVE_WEBHOOK_TIMEOUT_S='soon'"),
         ({}, ["--http-port", "18123", "--grpc-port", "18123"], "both on port 18123"),
     ],
