@@ -46,7 +46,7 @@ def error_from_rpc(exc: grpc.RpcError, api_key: str | None = None) -> ImgServeEr
 
 def classification_from_proto(message: Any) -> Classification:
     predictions = tuple(Prediction(p.label, p.index, p.score) for p in message.predictions)
-    return Classification(message.model, predictions, message.timing_ms)
+    return Classification(message.model, predictions, message.timing_ms, message.model_version)
 
 
 def analysis_from_proto(message: Any) -> Analysis:

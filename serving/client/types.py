@@ -23,7 +23,7 @@ class Classification:
     model: str
     predictions: tuple[Prediction, ...]
     timing_ms: float
-    model_version: str = ""  # the version that answered over HTTP (a canary split routes some requests); "" on gRPC
+    model_version: str = ""  # the version that answered (a canary split routes some requests to another)
 
     @property
     def top(self) -> Prediction | None:

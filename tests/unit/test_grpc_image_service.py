@@ -250,3 +250,22 @@ def test_images_received_over_grpc_are_counted(service: InferenceService) -> Non
     moved = {name: counted(name) - value for name, value in before[0].items()}
     assert moved == {"Classify": 3, "Analyze": 2, "Convert": 1}
     assert received() - before[1] == sum(map(len, images)) + len(images[0]) + len(images[1]) + len(images[0])
+
+
+def test_the_sdk_over_grpc_names_the_version_that_answered(service: InferenceService) -> None:
+    from serving.client import Client
+    from serving.grpc.generated import image_service_pb2_grpc
+    from tests.unit.grpc_local import free_port
+
+    async def scenario() -> str:
+        server = grpc.aio.server()
+        image_service_pb2_grpc.add_ImageServiceServicer_to_server(GrpcIngress(service), server)
+        port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+        await server.start()
+        try:
+            result = await asyncio.to_thread(lambda: Client(f"grpc://127.0.0.1:{port}").classify([jpeg()]))
+            return result[0].model_version
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) != ""
