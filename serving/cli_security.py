@@ -25,6 +25,9 @@ def _audit(engine: Any, action: str, target: str, tenant: str, detail: dict[str,
         write_entry(conn, AuditEntry(action=action, client="cli", tenant=tenant, target=target, detail=detail))
 
 
+MAX_COUNT = 2**62  # quotas and bursts are stored as BIGINT
+
+
 def _rate(text: str) -> float:
     """`5`, `5/s`, `300/min`, `1000/h` -> requests per second."""
     value, _, unit = text.partition("/")
@@ -47,7 +50,7 @@ def _quota(text: str) -> int:
         quota = int(value)
     except ValueError:
         quota = -1
-    if unit.strip().lower() not in ("", "d", "day") or quota < 0:
+    if unit.strip().lower() not in ("", "d", "day") or not 0 <= quota <= MAX_COUNT:
         raise argparse.ArgumentTypeError(f"quota is images per UTC day, like 10000 or 10000/day, got {text!r}")
     return quota
 
@@ -58,8 +61,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    if not 0 <= value <= MAX_COUNT:  # the database's BIGINT (99999999999999999999 was an OverflowError)
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_COUNT}, got {text!r}")
     return value
 
 

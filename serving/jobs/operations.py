@@ -77,7 +77,7 @@ def operation_spec(
     if enhance_options is not None:
         EnhanceOptions.parse(**enhance_options)
     suffix = DEFAULT_SUFFIX["enhance" if enhancing else "convert"] if suffix is None else suffix
-    if not _SUFFIX.match(suffix):
+    if not _SUFFIX.fullmatch(suffix):
         raise InvalidOptionError(f"output_suffix={suffix!r}: up to 64 letters, digits, '.', '_' or '-'")
     spec: dict[str, Any] = {"convert": convert, "enhance": enhance_options, "suffix": suffix}
     if destination:

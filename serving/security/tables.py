@@ -50,7 +50,6 @@ audit_log = sa.Table(
     sa.Column("target", sa.String(128)),
     sa.Column("outcome", sa.String(16), nullable=False),  # ok | denied | failed
     sa.Column("detail", sa.JSON),
-    sa.Index("ix_audit_log_at", "at"),  # 0008: read by time (newest first, since/until)
 )
 
 rate_buckets = sa.Table(

@@ -209,3 +209,23 @@ def test_overload_release_does_not_count_as_a_dispatch(engine: sa.Engine) -> Non
     for _ in range(5):  # refused five times by an overloaded graph: never really dispatched
         queue.release(queue.claim(job_id, 1)[0], counted=False)
     assert queue.claim(job_id, 1)[0].attempts == 1
+
+
+def test_downgrading_the_webhook_claims_keeps_the_jobs(engine: sa.Engine) -> None:
+    """0008's downgrade rebuilt `jobs` (batch mode drops and recreates it) and with foreign keys on that deleted
+    every job's items and results by cascade."""
+    from alembic import command
+
+    from serving.jobs.database import _alembic_config
+
+    migrate(engine)
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, ("classification",), None), _items(2))
+    config = _alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+    assert current_revision(engine) == "0007"
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM job_items WHERE job_id = :j"), {"j": job_id}).scalar() == 2
+    migrate(engine)
+    assert current_revision(engine) == "0008"
