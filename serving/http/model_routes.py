@@ -4,6 +4,7 @@
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,18 @@ async def _versioned_root(service: InferenceService, model: str, version: str) -
     return root, folder.policy
 
 
-async def _apply_policy(service: InferenceService, model: str, root: Path, policy: VersionPolicy) -> str:
-    """Write the model's new policy and load what it says; a policy whose versions cannot load is not kept (the
-    file is put back as it was). Under the replica's model lock from the read to the load: two calls at once each
-    load their own policy (they loaded each other's, restored each other's, or answered 200 for a version that
-    could not load)."""
+async def _apply_policy(
+    service: InferenceService, model: str, root: Path, policy: Callable[[str], VersionPolicy]
+) -> str:
+    """Write the model's new policy, `policy(the version served now)`, and load what it says; a policy whose
+    versions cannot load is not kept (the file is put back as it was). Under the replica's model lock from the
+    read of the served version to the load: two calls at once each load their own policy (they loaded each other's,
+    restored each other's, answered 200 for a version that could not load, or a canary call undid a promotion)."""
     async with service.model_lock:
+        served = service.repository.get(model).version
+        policy_now = policy(served)
         previous = await asyncio.to_thread(policy_bytes, root)
-        await asyncio.to_thread(write_policy, root, policy)
+        await asyncio.to_thread(write_policy, root, policy_now)
         try:
             return await load_unlocked(service, model)
         except Exception:
@@ -115,7 +120,7 @@ async def promote(
     """Serve exactly `version` of a versioned model from now on, ending any canary split (also how a promotion is
     rolled back: promote the older version). Writes the model's version policy, then loads it."""
     root, _ = await _versioned_root(service, model, version)
-    served = await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[version]))
+    served = await _apply_policy(service, model, root, lambda _: VersionPolicy(policy="specific", versions=[version]))
     audit(request, principal, "model.promote", model, {"version": served})
     return {"name": model, "version": served, "state": "READY"}
 
@@ -138,12 +143,14 @@ async def start_canary(
     """Send `percent` of the model's requests to `version`, the rest to the version served now; per-version request
     counts in `imgserve_model_version_requests_total`. End it by promoting either version or with DELETE."""
     root, _ = await _versioned_root(service, model, body.version)
-    served = service.repository.get(model).version
-    if body.version == served:
-        raise BadRequestError(f"version {served} of '{model}' is the served one; a canary is another version")
     split = CanarySplit(version=body.version, percent=body.percent)
-    policy = VersionPolicy(policy="specific", versions=[served], canary=split)
-    await _apply_policy(service, model, root, policy)
+
+    def canary_beside(served: str) -> VersionPolicy:
+        if body.version == served:
+            raise BadRequestError(f"version {served} of '{model}' is the served one; a canary is another version")
+        return VersionPolicy(policy="specific", versions=[served], canary=split)
+
+    served = await _apply_policy(service, model, root, canary_beside)
     audit(request, principal, "model.canary", model, {"version": body.version, "percent": body.percent})
     return {"name": model, "version": served, "canary": split.model_dump()}
 
@@ -157,7 +164,6 @@ async def stop_canary(
 ) -> dict[str, Any]:
     """End the split: every request goes to the served version again (the canary version stays registered)."""
     root, _ = await _versioned_root(service, model, "")
-    served = service.repository.get(model).version
-    await _apply_policy(service, model, root, VersionPolicy(policy="specific", versions=[served]))
+    served = await _apply_policy(service, model, root, lambda now: VersionPolicy(policy="specific", versions=[now]))
     audit(request, principal, "model.canary_end", model, {"version": served})
     return {"name": model, "version": served, "canary": None}

@@ -209,3 +209,22 @@ def test_a_closed_batch_queue_serves_late_items_and_its_worker_ends() -> None:
         assert queue._worker.done()  # no worker waits for ever (destroyed pending at the next swap)
 
     asyncio.run(scenario())
+
+
+def test_ending_a_canary_during_a_promotion_does_not_undo_it(world: tuple) -> None:
+    """Ending (or starting) a canary read the served version before taking the model lock: with a promotion at the
+    same time, it wrote back the version served before it, and both answered 200."""
+    app, service, root = world
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+            assert (await http.post("/v1/models/parcels/load")).status_code == 200
+            promote, stop = await asyncio.gather(
+                http.post("/v1/models/parcels/versions/2/promote"), http.delete("/v1/models/parcels/canary")
+            )
+            assert promote.status_code == stop.status_code == 200
+            assert service.served_entry("parcels").version == "2" and read_policy(root).versions == ["2"]
+            assert stop.json()["version"] == "2"
+
+    asyncio.run(scenario())
