@@ -184,15 +184,17 @@ DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 def _eight_bit_grey(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float grey as 8-bit grey, scaled (Pillow's conversion clips 16-bit values, `point` does
-    not take I;16B/L, and a 0-1 float image came out black). Float images in 0..1 are scaled by 255; integers
-    above 255 are taken as 16-bit."""
-    values = np.asarray(image, dtype=np.float64)
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    not take I;16B/L, and a 0-1 float image came out black). 16-bit modes are scaled by their depth whatever the
+    values (a dark 16-bit photo stays dark); 32-bit integers above 255 are taken as 16-bit (Pillow opens 16-bit
+    PNGs as I), floats in 0..1 are scaled by 255."""
+    if image.mode.startswith("I;16"):  # the high byte: as the v / 256 this replaced, in a pass over 2 bytes a pixel
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+    values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     top = float(values.max(initial=0.0))
     if image.mode == "F" and top <= 1.0:
-        values = values * 255.0
+        values *= 255.0
     elif top > 255.0:
-        values = values / 257.0
+        values /= 257.0
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 

@@ -270,3 +270,10 @@ def test_transparent_pixels_are_shown_on_white_not_their_hidden_colour() -> None
             assert float(working.mean()) == expected_mean
         else:
             assert tuple(working[10, 50]) == (255, 255, 255) and tuple(working[10, 5]) == (200, 30, 30)
+
+
+def test_a_dark_sixteen_bit_image_stays_dark() -> None:
+    """The 8-bit scaling was chosen from the pixel values: a dark 16-bit TIFF (max 180 of 65535) became mid-grey."""
+    dark = (np.linspace(0, 180, 64 * 48).reshape(48, 64)).astype(">u2")
+    working = decode_image(_tiff("I;16B", dark), SPEC, working_max_side=512).working
+    assert working.max() <= 1
