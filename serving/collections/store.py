@@ -23,7 +23,7 @@ from serving.collections.filters import ImageFilter
 from serving.collections.sources import is_uri, place
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
-from serving.jobs.tables import collection_images, collections
+from serving.jobs.tables import JOB_LOCATION, collection_images, collections
 from serving.security.audit import AuditEntry, write_entry
 
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
@@ -46,9 +46,6 @@ class CollectionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-JOB_LOCATION = "job:"  # the location of an image saved from a batch job: "job:<job id>"
 
 
 def job_location(job_id: str) -> str:

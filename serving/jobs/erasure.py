@@ -20,6 +20,7 @@ from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import FINAL_JOB_STATES
 from serving.jobs.tables import (
+    JOB_LOCATION,
     collection_images,
     collections,
     job_events,
@@ -81,16 +82,18 @@ def purge_job(
 ) -> PurgeReport:
     """Erase one job (of `tenant`, when given: another tenant's job is "not found") and its unshared inputs."""
     with engine.begin() as conn:
-        query = sa.select(jobs.c.id).where(jobs.c.id == job_id)
+        query = sa.select(jobs.c.id, jobs.c.tenant).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        if conn.execute(query).first() is None:
+        found = conn.execute(query).first()
+        if found is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
+        names = _saved_names(conn, job_id)
         items, digests = _delete_job_rows(conn, job_id)
         orphaned = digests - _referenced(conn, digests)
-        saved = _erase_saved_copies(conn, job_id)
+        saved = _erase_saved_copies(conn, job_id, found.tenant, names)
         if audit is not None:
             detail = {"items": items, "objects": len(orphaned), "collections": saved}
             write_entry(conn, replace(audit, target=job_id, detail=detail))
@@ -100,26 +103,46 @@ def purge_job(
     return PurgeReport(1, items, len(orphaned), len(digests))
 
 
-def _erase_saved_copies(conn: sa.Connection, job_id: str) -> int:
-    """Collections hold copies of the results of the jobs saved into them: the job's rows go with it (located
-    `job:<id>`, or without location in a collection first saved from it, as recorded before), and a collection left
-    without images goes too. A second job saved into a collection kept its rows after its purge. Returns how many
+def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:
+    """The names the job's images have in a collection it is saved into (`save_job_as_collection`: the item name,
+    `name#index` for a repeated one)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for row in conn.execute(
+        sa.select(job_items.c.idx, job_items.c.name).where(job_items.c.job_id == job_id).order_by(job_items.c.idx)
+    ):
+        names.append(row.name if row.name not in seen else f"{row.name}#{row.idx}")
+        seen.add(row.name)
+    return names
+
+
+def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: list[str]) -> int:
+    """Collections hold copies of the results of the jobs saved into them: the job's rows go with it, and a
+    collection left without images goes too. Rows are found by their location `job:<id>`, or, saved before rows
+    carried it (no location), by the job's image names (unique in a collection). A second job saved into a
+    collection kept its rows after its purge. Only the job's tenant's collections are looked at. Returns how many
     collections were changed or erased."""
-    marker = f"job:{job_id}"
+    marker = JOB_LOCATION + job_id
     touched = 0
-    for row in conn.execute(sa.select(collections.c.id, collections.c.job_id, collections.c.sources)).all():
+    mine_by_tenant = sa.select(collections.c.id, collections.c.job_id, collections.c.sources).where(
+        collections.c.tenant == tenant
+    )
+    for row in conn.execute(mine_by_tenant).all():
         if marker not in (row.sources or []) and row.job_id != job_id:
             continue
-        mine = collection_images.c.location == marker
-        if row.job_id == job_id:
-            mine = sa.or_(mine, collection_images.c.location.is_(None))
-        conn.execute(sa.delete(collection_images).where(collection_images.c.collection_id == row.id, mine))
-        left = conn.execute(sa.select(sa.func.count()).where(collection_images.c.collection_id == row.id)).scalar_one()
+        in_collection = collection_images.c.collection_id == row.id
+        conn.execute(sa.delete(collection_images).where(in_collection, collection_images.c.location == marker))
+        for start in range(0, len(names), 500):
+            legacy = sa.and_(
+                collection_images.c.location.is_(None), collection_images.c.name.in_(names[start : start + 500])
+            )
+            conn.execute(sa.delete(collection_images).where(in_collection, legacy))
+        left = conn.execute(sa.select(sa.func.count()).where(in_collection)).scalar_one()
         if not left:
             conn.execute(sa.delete(collections).where(collections.c.id == row.id))
         else:
             sources = [source for source in row.sources or [] if source != marker]
-            others = [source.removeprefix("job:") for source in sources if source.startswith("job:")]
+            others = [source.removeprefix(JOB_LOCATION) for source in sources if source.startswith(JOB_LOCATION)]
             first_job = row.job_id if row.job_id != job_id else (others[0] if others else None)
             conn.execute(
                 sa.update(collections).where(collections.c.id == row.id).values(sources=sources, job_id=first_job)

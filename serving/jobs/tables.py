@@ -137,6 +137,8 @@ collections = sa.Table(
 
 # One row per image: the filterable facts as columns (pipelines.collections.ImageRecord), the whole analysis
 # document beside them. `tags` is ",blurry,noisy," so one LIKE finds a tag on SQLite and PostgreSQL alike.
+JOB_LOCATION = "job:"  # collection_images.location of an image saved from a batch job: "job:<job id>"
+
 collection_images = sa.Table(
     "collection_images",
     metadata,

@@ -477,14 +477,20 @@ def test_a_progress_stream_ended_by_a_revoked_key_says_unauthenticated(
     assert failure["code"] == "UNAUTHENTICATED" and failure["kind"] == "unauthenticated"
 
 
-def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_second(world: dict[str, Any]) -> None:
+@pytest.mark.parametrize("legacy", [False, True])
+def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_second(
+    world: dict[str, Any], legacy: bool
+) -> None:
     """A collection keeps the first job saved into it; purging a second job saved there answered purged but left its
     images and analysis documents in the collection (and retention missed them the same way)."""
     http, engine = world["http"], world["engine"]
     from serving.jobs.records import Outcome
+
+    name = "legacy-photos" if legacy else "site-photos"
     from serving.jobs.work_queue import WorkQueue
 
-    first, second = _submit(world, "a_analyst", seed=211), _submit(world, "a_analyst", seed=212)
+    seed = 231 if legacy else 211
+    first, second = _submit(world, "a_analyst", seed=seed), _submit(world, "a_analyst", seed=seed + 1)
     with engine.begin() as conn:  # the second job's items named apart from the first's (names are unique)
         conn.execute(sa.update(job_items).where(job_items.c.job_id == second).values(name="y-" + job_items.c.name))
     queue = WorkQueue(engine)
@@ -494,8 +500,11 @@ def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_sec
             queue.record(item, Outcome("done", "tiny", {"classification": {"model": "tiny", "predictions": []}}))
         assert queue.finish_if_done(job) is not None
     for job in (first, second):
-        saved = http.post(f"/v1/jobs/{job}/collection?name=site-photos", headers=auth(world, "a_analyst"))
+        saved = http.post(f"/v1/jobs/{job}/collection?name={name}", headers=auth(world, "a_analyst"))
         assert saved.status_code == 200, saved.text
+    if legacy:  # saved before rows named the job they came from (no location)
+        with engine.begin() as conn:
+            conn.execute(sa.update(collection_images).values(location=None))
 
     def images() -> list[str]:
         with engine.begin() as conn:
@@ -507,7 +516,7 @@ def test_purging_a_job_erases_its_images_from_a_collection_it_was_saved_into_sec
     assert images() == ["0.jpg", "1.jpg"]
     assert http.delete(f"/v1/jobs/{first}?purge=true", headers=auth(world, "a_admin")).status_code == 200
     listed = http.get("/v1/collections", headers=auth(world, "a_analyst")).json()
-    assert images() == [] and "site-photos" not in str(listed)
+    assert images() == [] and name not in str(listed)
 
 
 def test_the_latest_audit_entries_come_first_when_asked(world: dict[str, Any]) -> None:
