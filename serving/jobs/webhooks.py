@@ -182,12 +182,7 @@ class WebhookSender:
             return None, "refused", True
         if secret:
             headers = {**headers, SIGNATURE_HEADER: sign(body, secret, int(self.clock()))}
-        try:  # the whole attempt: httpx's timeout bounds each read, and a receiver may trickle its answer
-            async with asyncio.timeout(self.settings.webhook_timeout_s):
-                code = await self._post(target, body, headers)
-        except TimeoutError:
-            logger.info("webhook to %s: no complete answer within %.0f s", target.host, self.settings.webhook_timeout_s)
-            code = None
+        code = await self._post(target, body, headers)
         if code is None:
             return None, "no_response", False
         permanent = 300 <= code < 400 or (400 <= code < 500 and code not in RETRYABLE_4XX)
@@ -201,7 +196,6 @@ class WebhookSender:
         if not job.webhook_url or await asyncio.to_thread(self.queue.webhook_state, job.id) != "pending":
             return False
         body, headers, delivery_id = self._request(job)
-        secret = await asyncio.to_thread(self.secret_for, job)  # may read the tenant's secret from the database
         limit = self.settings.webhook_max_attempts
         lease_s = self.settings.webhook_timeout_s + CLAIM_MARGIN_S
         while True:
@@ -216,7 +210,17 @@ class WebhookSender:
             if attempt > limit:
                 break
             start = time.perf_counter()
-            code, outcome, permanent = await self._attempt(job, body, headers, secret)
+            # read for every attempt (a retry after a rotation signs with the new secret too); may read the database
+            secret = await asyncio.to_thread(self.secret_for, job)
+            try:  # the whole attempt, the target's address check included: httpx's timeout bounds each read only,
+                # a receiver may trickle its answer, and the claim lasts the timeout plus CLAIM_MARGIN_S
+                async with asyncio.timeout(self.settings.webhook_timeout_s):
+                    code, outcome, permanent = await self._attempt(job, body, headers, secret)
+            except TimeoutError:
+                logger.info(
+                    "webhook of job %s: no complete answer within %.0f s", job.id, self.settings.webhook_timeout_s
+                )
+                code, outcome, permanent = None, "no_response", False
             delivered = outcome == "2xx"
             final = "delivered" if delivered else "failed" if permanent or attempt == limit else None
             row = {

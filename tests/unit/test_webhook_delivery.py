@@ -136,3 +136,23 @@ def test_after_a_rotation_deliveries_verify_with_the_old_secret_and_the_new(tmp_
     assert not verify(b"{}", b"whsec_someone_else", header)
     later = tenants.signing_secrets("default", now=time.time() + ROTATION_GRACE_S + 1)
     assert later == (new,)
+
+
+def test_the_address_check_counts_in_the_attempt_time(tmp_path: Path) -> None:
+    """The target's address check (DNS) ran outside the attempt's time limit: a hanging resolver could outlast the
+    delivery's claim, and a second loop POST the same notification meanwhile."""
+    store, queue, settings, job_id = _world(tmp_path, webhook_timeout_s=0.5, webhook_backoff_s=0.01)
+    _ended(store, queue, job_id)
+
+    def slow_resolve(host: str, port: int) -> list[str]:
+        time.sleep(2.0)
+        return ["93.184.215.14"]
+
+    async def scenario() -> bool:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
+        return await WebhookSender(queue, settings, client, resolver=slow_resolve).deliver(store.get_job(job_id))
+
+    start = time.monotonic()
+    assert asyncio.run(scenario()) is False
+    assert time.monotonic() - start < 5.5  # three attempts of at most 0.5 s (the threads finish on their own)
+    assert [d["error"] for d in store.deliveries([job_id])] == ["no_response"] * 3
