@@ -92,8 +92,10 @@ class JwtVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             self._refresh(kid)
-            # a kid names one key of the JWKS; the public key file (no JWKS) signs whatever kid a token carries
-            key = self._keys.get(kid) if kid is not None and self._jwks_file is not None else self._keys.get(None)
+            # A kid names one key of a JWKS whose keys have ids; a JWKS without ids (one key written by hand) and the
+            # public key file sign whatever kid a token carries.
+            named = kid is not None and any(name is not None for name in self._keys)
+            key = self._keys.get(kid) if named else self._keys.get(None)
             if key is None:
                 raise UnauthenticatedError("JWT signed by an unknown key")
             claims = jwt.decode(

@@ -290,3 +290,17 @@ def test_an_audit_entry_added_during_a_write_is_written_too(engine) -> None:  # 
 
     asyncio.run(scenario())
     assert [e["action"] for e in query_audit(engine, action="auth.*")] == ["auth.first", "auth.second"]
+
+
+def test_a_jwks_without_key_ids_accepts_a_token_naming_one(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """A hand-made JWKS of one key without `kid` must not lock out tokens that carry a kid (only a JWKS whose keys
+    have ids decides by kid)."""
+    private, public = _ec_keys(tmp_path)
+    jwk = _jwk(public.read_bytes(), "unused")
+    del jwk["kid"]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    auth = Authenticator(engine, SecuritySettings(auth="required", jwks_file=jwks))
+    claims = {"sub": "alice", "tenant": "acme", "role": "analyst", "exp": time.time() + 60}
+    token = jwt.encode(claims, private, algorithm="ES256", headers={"kid": "idp-key-7"})
+    assert asyncio.run(auth.authenticate(f"Bearer {token}")).tenant == "acme"
