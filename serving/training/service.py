@@ -230,6 +230,8 @@ class TrainingService:
             return None
         model_root = self.settings.trained_models / request.model
         async with self.service.model_lock:  # the version policy: one writer at a time (model control too)
+            if current is not None:  # what is served now (a promotion during the fit must not be undone below)
+                current = served_version(self.settings.trained_models, request.model) or current
             # pin what is served (and any canary) before a newer folder appears
             if current is not None and not promoted:
                 pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
