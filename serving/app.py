@@ -21,15 +21,10 @@ from serving.config.app_args import AppArgs
 from serving.deployments.batch_worker import BatchWorkerDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.stages import DecodeDeployment, MetadataDeployment, ModelDeployment, QualityDeployment
-from serving.placement import IngressConfig, compose
+from serving.placement import IngressConfig, compose, model_deployment_name
 from serving.placement.graph import GraphStages
 
 logger = logging.getLogger("imgserve.app")
-
-
-def model_deployment_name(model: str) -> str:
-    """Deployment name of a model's batched stage (what serve_config.yaml configures)."""
-    return f"model-{model}"
 
 
 def graph_stages(config: IngressConfig) -> GraphStages:
@@ -48,20 +43,6 @@ def graph_stages(config: IngressConfig) -> GraphStages:
         quality=QualityDeployment.bind() if settings.quality else None,  # type: ignore[arg-type]
         metadata=MetadataDeployment.bind(settings) if settings.metadata else None,  # type: ignore[arg-type]
     )
-
-
-def deployment_names(args: dict[str, Any] | None = None) -> set[str]:
-    """The deployments `build_app(args)` makes: serve_config.yaml may configure only these (Ray Serve refuses a
-    config naming one the application does not build, e.g. `Metadata` with `metadata: false`, or the model
-    deployment of a model left out)."""
-    config = compose(AppArgs.model_validate(args or {}))
-    names = {IngressDeployment.name}
-    if config.placement != "local":
-        names |= {DecodeDeployment.name, *(model_deployment_name(m) for m in config.stages.models)}
-        names |= {QualityDeployment.name} if config.stages.quality else set()
-        names |= {MetadataDeployment.name} if config.stages.metadata else set()
-        names |= {BatchWorkerDeployment.name} if config.batch_jobs else set()
-    return names
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

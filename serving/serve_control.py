@@ -81,7 +81,7 @@ def deploy_serve(raw: dict[str, Any], timeout_s: float) -> str:
 def configure_built_deployments_only(raw: dict[str, Any]) -> list[str]:
     """Drop, in place, the deployment settings of imgserve applications that name a deployment their args do not
     build (`metadata: false`, a model left out): Ray Serve refuses the whole config otherwise. Returns them."""
-    from serving.app import deployment_names
+    from serving.placement import deployment_names
 
     dropped = []
     for app in raw.get("applications", []):

@@ -94,3 +94,22 @@ def build_service(config: IngressConfig, stages: object | None = None) -> Infere
         config.settings.max_images_per_request,
         config.stages.thresholds,
     )
+
+
+def model_deployment_name(model: str) -> str:
+    """Deployment name of a model's batched stage (what serve_config.yaml configures)."""
+    return f"model-{model}"
+
+
+def deployment_names(args: dict | None = None) -> set[str]:
+    """The deployments `serving.app.build_app(args)` makes (named in serving/deployments; a unit test builds the app
+    and compares): serve_config.yaml may configure only these (Ray Serve refuses a config naming one the
+    application does not build, e.g. `Metadata` with `metadata: false`, or the deployment of a model left out)."""
+    config = compose(AppArgs.model_validate(args or {}))
+    names = {"Ingress"}
+    if config.placement != "local":
+        names |= {"Decoder", *(model_deployment_name(m) for m in config.stages.models)}
+        names |= {"Quality"} if config.stages.quality else set()
+        names |= {"Metadata"} if config.stages.metadata else set()
+        names |= {"BatchWorker"} if config.batch_jobs else set()
+    return names

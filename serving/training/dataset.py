@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
-from serving.collections.store import RecordedImage
+from serving.collections.store import JOB_LOCATION, RecordedImage
 from serving.errors import BadRequestError
 from serving.jobs.uris import check_uri, file_uri_path
 
@@ -155,12 +155,14 @@ def without_copies_of_training(
 def collection_dataset(
     images: Iterable[RecordedImage],
     labels: dict[str, str] | None,
-    job_inputs: dict[str, tuple[str, str]],
+    job_inputs: dict[str, dict[str, tuple[str, str]]],
+    first_job: str | None = None,
 ) -> tuple[list[LabelledImage], int]:
     """(labelled images, count left out) of an analysed collection: each image labelled by `labels` (name ->
     category; images it does not name are left out) or, without it, by the first folder of its name. Images are
-    read where the collection read them, or, for a collection saved from a batch job, from that job's inputs
-    (`job_inputs`: name -> (source kind, source))."""
+    read where the collection read them, or, for images saved from a batch job (location `job:<id>`; without a
+    location, saved before images named their job: `first_job`), from that job's inputs (`job_inputs`: job id ->
+    name -> (source kind, source))."""
     out, left_out = [], 0
     seen: set[str] = set()
     for image in images:
@@ -170,12 +172,14 @@ def collection_dataset(
             left_out += 1
             continue
         label = labels.get(name) if labels is not None else label_of(name)
+        saved_from = image.location.removeprefix(JOB_LOCATION) if image.location else first_job
+        job_source = job_inputs.get(saved_from or "", {}).get(name)
         if label is None:
             left_out += 1
-        elif image.location:
+        elif image.location and not image.location.startswith(JOB_LOCATION):
             out.append(LabelledImage(name, label, image.location, image.member or None))
-        elif name in job_inputs and job_inputs[name][0] in ("object", "uri"):
-            kind, source = job_inputs[name]
+        elif job_source is not None and job_source[0] in ("object", "uri"):
+            kind, source = job_source
             out.append(LabelledImage(name, label, source, None, kind))
         else:
             left_out += 1  # nowhere to read it from (a purged job's inputs)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.collections.filters import ImageFilter
 from serving.collections.sources import read_items
-from serving.collections.store import CollectionStore
+from serving.collections.store import JOB_LOCATION, CollectionStore
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.objects import read_job_input
@@ -301,11 +301,13 @@ class TrainingService:
         store = CollectionStore(self.jobs.engine)
         info = await asyncio.to_thread(store.get, request.collection, tenant)
         job_store = await self.jobs.ready()
-        inputs = await asyncio.to_thread(job_store.input_sources, info.job_id) if info.job_id else {}
+        saved = {s.removeprefix(JOB_LOCATION) for s in info.sources if s.startswith(JOB_LOCATION)}
+        saved |= {info.job_id} if info.job_id else set()
+        inputs = {job: await asyncio.to_thread(job_store.input_sources, job) for job in saved}  # each saved job's
         # names and places only; failed images too: a label for one is left out, not taken for a mistyped name
         images = store.iter_images(info.id, ImageFilter(), documents=False)
         recorded = await asyncio.to_thread(list, images)
-        return collection_dataset(recorded, request.labels, inputs)
+        return collection_dataset(recorded, request.labels, inputs, info.job_id)
 
     def read_images(self, images: list[LabelledImage], tenant: str) -> list[bytes | Exception]:
         """The bytes of each image, wherever it is (a folder or fsspec URI, a job's object store or input URI)."""

@@ -153,8 +153,11 @@ def test_analyze_stream_one_response_per_image_in_order(images_stub) -> None:  #
 def test_health_service(channel: grpc.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
-    unknown = stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
-    assert unknown.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    # the health protocol: Check of a service the server does not know fails with NOT_FOUND (Watch answers
+    # SERVICE_UNKNOWN); it answered OK / SERVICE_UNKNOWN before
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _code(call) -> grpc.StatusCode:  # noqa: ANN001

@@ -224,7 +224,7 @@ def test_ending_a_canary_during_a_promotion_does_not_undo_it(world: tuple) -> No
                 http.post("/v1/models/parcels/versions/2/promote"), http.delete("/v1/models/parcels/canary")
             )
             assert promote.status_code == stop.status_code == 200
+            # whichever call took the lock first, the promotion stands (ending the canary first answers version 1)
             assert service.served_entry("parcels").version == "2" and read_policy(root).versions == ["2"]
-            assert stop.json()["version"] == "2"
 
     asyncio.run(scenario())

@@ -181,5 +181,5 @@ def test_settings_from_process_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     settings = ServerSettings.from_env()
     assert settings.weights_dir == tmp_path and settings.max_images_per_request == 3
     monkeypatch.setenv("IMGSERVE_MAX_PIXELS", "many")
-    with pytest.raises(ValueError, match="max_pixels"):
+    with pytest.raises(ValueError, match="IMGSERVE_MAX_PIXELS"):  # named by the variable to change
         ServerSettings.from_env()
