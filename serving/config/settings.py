@@ -1,7 +1,9 @@
 """Server-wide settings, read from `IMGSERVE_*` environment variables with documented defaults."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,6 +22,16 @@ def _default_weights_dir() -> Path:
 
 def _default_data_dir() -> Path:
     return PROJECT_ROOT.parent / "shared" / "data"
+
+
+def settings_error(exc: ValidationError, values: dict[str, Any], variable: Callable[[str], str]) -> ValueError:
+    """A settings model's validation error named by the environment variables the operator set (`variable(field)`),
+    with the values given, instead of by the model's fields."""
+    problems = "; ".join(
+        f"{variable(str(error['loc'][0]))}={values.get(str(error['loc'][0]))!r}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return ValueError(f"invalid setting: {problems}")
 
 
 class ServerSettings(BaseModel):
@@ -90,12 +102,8 @@ class ServerSettings(BaseModel):
             raise ValueError(f"{', '.join(empty)} is set but empty: unset it for the default, or give a value")
         try:
             return cls.model_validate(values)
-        except ValidationError as exc:  # named by the variable the operator set, not the field
-            problems = "; ".join(
-                f"IMGSERVE_{str(error['loc'][0]).upper()}={values.get(str(error['loc'][0]))!r}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise ValueError(f"invalid setting: {problems}") from None
+        except ValidationError as exc:
+            raise settings_error(exc, values, lambda field: f"IMGSERVE_{field.upper()}") from None
 
     @property
     def trained_models(self) -> Path:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from serving.config.settings import ServerSettings
+from serving.config.settings import ServerSettings, settings_error
 from serving.security.egress import EgressAllowList
 from serving.security.principal import check_tenant
 
@@ -146,12 +146,8 @@ class JobSettings(BaseModel):
         values.update({field: env[name] for field, name in ENV_NAMES.items() if env.get(name)})
         try:
             return cls.model_validate(values)
-        except ValidationError as exc:  # named by the variable the operator set
-            problems = "; ".join(
-                f"{ENV_NAMES.get(str(e['loc'][0]), e['loc'][0])}={values.get(str(e['loc'][0]))!r}: {e['msg']}"
-                for e in exc.errors()
-            )
-            raise ValueError(f"invalid setting: {problems}") from None
+        except ValidationError as exc:
+            raise settings_error(exc, values, lambda field: ENV_NAMES.get(field, field)) from None
 
     def secret_bytes(self) -> bytes | None:
         return self.webhook_secret.get_secret_value().encode() if self.webhook_secret else None

@@ -60,12 +60,6 @@ class TenantStore:
                 conn.execute(tenants.update().where(tenants.c.id == tenant).values(**values))
         return self.policy(tenant)
 
-    def configured_secret(self, tenant: str) -> bytes | None:
-        """The tenant's webhook secret if one was made, else None (never creates one)."""
-        with self.engine.begin() as conn:
-            secret = conn.execute(sa.select(tenants.c.webhook_secret).where(tenants.c.id == tenant)).scalar()
-        return str(secret).encode() if secret else None
-
     def webhook_secret(self, tenant: str, rotate: bool = False) -> bytes:
         """The tenant's webhook signing secret, made on first use (or replaced with `rotate`: the replaced one is
         kept, and signs too, for `ROTATION_GRACE_S`)."""
