@@ -8,11 +8,12 @@ top-k only, not the classifier's wider output, so such a collection has no featu
 from collections.abc import Iterator
 
 from pipelines.collections.record import failed_record, record_from_document
-from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage, job_location
+from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
 from serving.errors import BadRequestError
 from serving.jobs.errors import JobStateError
-from serving.jobs.records import FINAL_JOB_STATES, ResultRecord
+from serving.jobs.records import FINAL_JOB_STATES, ResultRecord, saved_name
 from serving.jobs.store import JobStore
+from serving.jobs.tables import job_location
 
 PAGE = 500
 
@@ -23,7 +24,7 @@ def save_job_as_collection(
     job = jobs.get_job(job_id, tenant)
     if job.status not in FINAL_JOB_STATES:
         raise JobStateError(f"job {job_id} is {job.status}; save it as a collection when it has finished")
-    source = f"job:{job_id}"
+    source = job_location(job_id)
     if source not in store.recorded_sources(name, tenant):  # saving the job again records nothing new: that is fine
         taken = store.recorded_names(name, tenant, _item_names(jobs, job_id))
         if taken:  # names are unique in a collection: this job's results would be taken as recorded and dropped
@@ -55,9 +56,7 @@ def _named_pages(jobs: JobStore, job_id: str) -> Iterator[list[tuple[str, Result
         page = jobs.results_page(job_id, after, PAGE)
         named = []
         for result in page:
-            item_name = result.name if result.name not in seen else f"{result.name}#{result.idx}"
-            seen.add(item_name)
-            named.append((item_name, result))
+            named.append((saved_name(result.name, result.idx, seen), result))
         yield named
         if len(page) < PAGE:
             return

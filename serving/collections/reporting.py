@@ -11,10 +11,11 @@ from PIL import Image, ImageOps
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
 from serving.collections.sources import read_items
-from serving.collections.store import JOB_LOCATION, CollectionInfo, CollectionStore, RecordedImage
+from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
 from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
+from serving.jobs.tables import located_job
 
 logger = logging.getLogger("imgserve.collections")
 THUMBNAIL_SIDE = 160
@@ -47,8 +48,8 @@ def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobSe
     """The file of one analysed image, read again where it was read (a folder, archive member or fsspec URI) or,
     for a collection saved from a batch job, from that job's inputs; ImageNotFoundError when it cannot be."""
     name = image.record.name
-    saved_from = image.location.removeprefix(JOB_LOCATION) if image.location else None
-    if image.location and saved_from == image.location:  # read from a folder, an archive or a URI
+    saved_from = located_job(image.location)
+    if image.location and saved_from is None:  # read from a folder, an archive or a URI
         row = {"location": image.location, "member": image.member or ""}
         data = read_items([row], THUMBNAIL_MAX_BYTES)[0]
     # saved from a batch job: that job's inputs (no location: saved before locations named the job, its first job)

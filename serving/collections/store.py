@@ -23,7 +23,7 @@ from serving.collections.filters import ImageFilter
 from serving.collections.sources import is_uri, place
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
-from serving.jobs.tables import JOB_LOCATION, collection_images, collections
+from serving.jobs.tables import collection_images, collections, located_job
 from serving.security.audit import AuditEntry, write_entry
 
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
@@ -46,10 +46,6 @@ class CollectionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def job_location(job_id: str) -> str:
-    return JOB_LOCATION + job_id
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ class CollectionStore:
         (always a clash); one recorded before places were absolute (a relative path) cannot be compared."""
         clashes: dict[str, str] = {}
         for image in self._recorded(name, tenant, list(wanted)):
-            if not image.location or image.location.startswith(JOB_LOCATION):
+            if not image.location or located_job(image.location):
                 clashes[image.name] = "a batch job saved into the collection"
             elif (recorded := place(image.location, image.member)) != wanted[image.name] and (
                 os.path.isabs(recorded) or is_uri(recorded)

@@ -18,15 +18,16 @@ import sqlalchemy as sa
 
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
-from serving.jobs.records import FINAL_JOB_STATES
+from serving.jobs.records import FINAL_JOB_STATES, saved_name
 from serving.jobs.tables import (
-    JOB_LOCATION,
     collection_images,
     collections,
     job_events,
     job_items,
+    job_location,
     job_results,
     jobs,
+    located_job,
     webhook_deliveries,
 )
 from serving.security.audit import AuditEntry, write_entry
@@ -106,14 +107,9 @@ def purge_job(
 def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:
     """The names the job's images have in a collection it is saved into (`save_job_as_collection`: the item name,
     `name#index` for a repeated one)."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for row in conn.execute(
-        sa.select(job_items.c.idx, job_items.c.name).where(job_items.c.job_id == job_id).order_by(job_items.c.idx)
-    ):
-        names.append(row.name if row.name not in seen else f"{row.name}#{row.idx}")
-        seen.add(row.name)
-    return names
+    taken: set[str] = set()
+    query = sa.select(job_items.c.idx, job_items.c.name).where(job_items.c.job_id == job_id).order_by(job_items.c.idx)
+    return [saved_name(row.name, row.idx, taken) for row in conn.execute(query)]
 
 
 def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: list[str]) -> int:
@@ -122,7 +118,7 @@ def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: li
     carried it (no location), by the job's image names (unique in a collection). A second job saved into a
     collection kept its rows after its purge. Only the job's tenant's collections are looked at. Returns how many
     collections were changed or erased."""
-    marker = JOB_LOCATION + job_id
+    marker = job_location(job_id)
     touched = 0
     mine_by_tenant = sa.select(collections.c.id, collections.c.job_id, collections.c.sources).where(
         collections.c.tenant == tenant
@@ -142,7 +138,7 @@ def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: li
             conn.execute(sa.delete(collections).where(collections.c.id == row.id))
         else:
             sources = [source for source in row.sources or [] if source != marker]
-            others = [source.removeprefix(JOB_LOCATION) for source in sources if source.startswith(JOB_LOCATION)]
+            others = [job for job in map(located_job, sources) if job]
             first_job = row.job_id if row.job_id != job_id else (others[0] if others else None)
             conn.execute(
                 sa.update(collections).where(collections.c.id == row.id).values(sources=sources, job_id=first_job)

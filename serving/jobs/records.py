@@ -117,3 +117,11 @@ class ResultRecord:
     error: str | None
     duration_ms: float | None
     attempts: int
+
+
+def saved_name(name: str, idx: int, taken: set[str]) -> str:
+    """The name item `idx` (called `name`) gets in a collection its job is saved into: its own, or `name#idx` when
+    `taken` (the names given so far, in index order) has it: names are unique in a collection. Adds it to `taken`."""
+    chosen = name if name not in taken else f"{name}#{idx}"
+    taken.add(chosen)
+    return chosen

@@ -22,6 +22,7 @@ from serving.jobs.records import (
     NewItem,
     OutputTotals,
     ResultRecord,
+    saved_name,
 )
 from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
 from serving.security.audit import AuditEntry, write_entry
@@ -301,10 +302,10 @@ class JobStore:
             .order_by(job_items.c.idx)
         )
         out: dict[str, tuple[str, str]] = {}
+        taken: set[str] = set()
         with self.engine.begin() as conn:
             for row in conn.execute(query):
-                name = row.name if row.name not in out else f"{row.name}#{row.idx}"
-                out[name] = (row.source_kind, row.source)
+                out[saved_name(row.name, row.idx, taken)] = (row.source_kind, row.source)
         return out
 
     def input_source(self, job_id: str, name: str) -> tuple[str, str] | None:

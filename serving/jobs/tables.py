@@ -139,6 +139,17 @@ collections = sa.Table(
 # document beside them. `tags` is ",blurry,noisy," so one LIKE finds a tag on SQLite and PostgreSQL alike.
 JOB_LOCATION = "job:"  # collection_images.location of an image saved from a batch job: "job:<job id>"
 
+
+def job_location(job_id: str) -> str:
+    """The location (and collection source) of images saved from the batch job `job_id`."""
+    return JOB_LOCATION + job_id
+
+
+def located_job(location: str | None) -> str | None:
+    """The job id of a location `job:<id>`; None for any other (a folder, an archive, a URI) or none."""
+    return location.removeprefix(JOB_LOCATION) if location and location.startswith(JOB_LOCATION) else None
+
+
 collection_images = sa.Table(
     "collection_images",
     metadata,

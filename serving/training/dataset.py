@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
-from serving.collections.store import JOB_LOCATION, RecordedImage
+from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
+from serving.jobs.tables import located_job
 from serving.jobs.uris import check_uri, file_uri_path
 
 SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: validation sets stay comparable across runs
@@ -172,11 +173,11 @@ def collection_dataset(
             left_out += 1
             continue
         label = labels.get(name) if labels is not None else label_of(name)
-        saved_from = image.location.removeprefix(JOB_LOCATION) if image.location else first_job
+        saved_from = located_job(image.location) if image.location else first_job
         job_source = job_inputs.get(saved_from or "", {}).get(name)
         if label is None:
             left_out += 1
-        elif image.location and not image.location.startswith(JOB_LOCATION):
+        elif image.location and saved_from is None:
             out.append(LabelledImage(name, label, image.location, image.member or None))
         elif job_source is not None and job_source[0] in ("object", "uri"):
             kind, source = job_source

@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.collections.filters import ImageFilter
 from serving.collections.sources import read_items
-from serving.collections.store import JOB_LOCATION, CollectionStore
+from serving.collections.store import CollectionStore
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
+from serving.jobs.tables import located_job
 from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.errors import PermissionDeniedError
 from serving.security.principal import Principal
@@ -301,7 +302,7 @@ class TrainingService:
         store = CollectionStore(self.jobs.engine)
         info = await asyncio.to_thread(store.get, request.collection, tenant)
         job_store = await self.jobs.ready()
-        saved = {s.removeprefix(JOB_LOCATION) for s in info.sources if s.startswith(JOB_LOCATION)}
+        saved = {job for job in map(located_job, info.sources) if job}
         saved |= {info.job_id} if info.job_id else set()
         inputs = {job: await asyncio.to_thread(job_store.input_sources, job) for job in saved}  # each saved job's
         # names and places only; failed images too: a label for one is left out, not taken for a mistyped name
