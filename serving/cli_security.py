@@ -154,6 +154,34 @@ def _cmd_tenants_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tenants_erase(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(
+            f"imgserve: error: this deletes every job, collection, training job, trained model version, key and"
+            f" usage count of tenant {args.tenant!r} for good; run it again with --yes",
+            file=sys.stderr,
+        )
+        return 2
+    from serving.config.settings import ServerSettings
+    from serving.jobs.objects import ObjectStore
+    from serving.jobs.settings import JobSettings
+    from serving.jobs.tenant_erasure import erase_tenant
+    from serving.security.audit import AuditEntry
+
+    engine = _engine()
+    objects = ObjectStore(JobSettings.from_env().object_store)
+    trained_models = ServerSettings.from_env().trained_models
+    entry = AuditEntry(action="tenant.erase", client="cli")
+    report = erase_tenant(engine, objects, trained_models, args.tenant, entry, erase_audit=args.audit)
+    print(json.dumps(report.__dict__))
+    if report.model_folders_removed:
+        print(
+            f"removed model folders under {trained_models}: replicas stop serving them within IMGSERVE_MODEL_POLL_S",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def add_security_commands(sub: Any) -> None:
     keys = sub.add_parser("keys", help="API keys (create, list, revoke) in the job database")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -188,3 +216,10 @@ def add_security_commands(sub: Any) -> None:
     secret.add_argument("tenant")
     secret.add_argument("--rotate", action="store_true")
     secret.set_defaults(func=_cmd_tenants_secret)
+    erase = tenants_sub.add_parser(
+        "erase", help="delete everything stored for a tenant: jobs, collections, training, trained models, keys"
+    )
+    erase.add_argument("tenant")
+    erase.add_argument("--yes", action="store_true", help="really erase (nothing is deleted without it)")
+    erase.add_argument("--audit", action="store_true", help="delete the tenant's audit entries too")
+    erase.set_defaults(func=_cmd_tenants_erase)

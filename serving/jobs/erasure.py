@@ -5,8 +5,10 @@ entry (ids and counts only, never content); then the stored input and output obj
 Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
 stays.
 The sweeper purges, with `IMGSERVE_RETENTION_DAYS`, finished jobs older than the retention (and open jobs never
-started), and, always, deletes stored objects no job references that are older than an hour (inputs of refused
-submissions, or left by a crash); the hour keeps it clear of a submission still being written.
+started), finished training jobs older than it and daily usage counts of days before it, and, always, deletes
+stored objects no job references that are older than an hour (inputs of refused submissions, or left by a crash);
+the hour keeps it clear of a submission still being written. Model versions (served), keys and the audit log are
+not swept; `imgserve tenants erase` (serving.jobs.tenant_erasure) removes all of a tenant's.
 """
 
 import logging
@@ -20,6 +22,7 @@ from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import FINAL_JOB_STATES, saved_name
 from serving.jobs.tables import (
+    TRAINING_FINAL_STATES,
     collection_images,
     collections,
     job_events,
@@ -28,9 +31,11 @@ from serving.jobs.tables import (
     job_results,
     jobs,
     located_job,
+    training_jobs,
     webhook_deliveries,
 )
 from serving.security.audit import AuditEntry, write_entry
+from serving.security.tables import usage_daily
 
 logger = logging.getLogger("imgserve.jobs")
 ORPHAN_GRACE_S = 3600.0
@@ -42,6 +47,8 @@ class PurgeReport:
     items: int = 0
     objects: int = 0  # stored objects deleted (an object another job still holds is kept)
     inputs: int = 0  # the purged jobs' distinct stored objects, deleted or kept: what the caller may be told
+    training_jobs: int = 0  # (sweeps) finished training jobs expired
+    usage_rows: int = 0  # (sweeps) daily usage counts of expired days
 
 
 def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
@@ -156,6 +163,18 @@ def expired_jobs(engine: sa.Engine, cutoff: float) -> list[tuple[str, str]]:
         return [(row.id, row.tenant) for row in rows]
 
 
+def _expire_training_and_usage(engine: sa.Engine, cutoff: float) -> tuple[int, int]:
+    """Delete training jobs that ended before `cutoff` (their requests name datasets and labels; the model versions
+    they registered stay: they are served) and usage counts of UTC days before the cutoff's (today's, which quotas
+    read, is never before it). Returns (training jobs, usage rows) deleted."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(cutoff))
+    ended = sa.and_(training_jobs.c.status.in_(TRAINING_FINAL_STATES), training_jobs.c.finished_at < cutoff)
+    with engine.begin() as conn:
+        training = conn.execute(training_jobs.delete().where(ended)).rowcount
+        usage = conn.execute(usage_daily.delete().where(usage_daily.c.day < day)).rowcount
+    return int(training or 0), int(usage or 0)
+
+
 def drop_orphaned_objects(engine: sa.Engine, objects: ObjectStore, now: float | None = None) -> int:
     now = time.time() if now is None else now
     stored = objects.stored()
@@ -183,9 +202,10 @@ def sweep(engine: sa.Engine, objects: ObjectStore, retention_s: float, now: floa
         except JobNotFoundError:
             continue  # purged meanwhile
         total = PurgeReport(total.jobs + 1, total.items + report.items, total.objects + report.objects)
+    training, usage = _expire_training_and_usage(engine, now - retention_s)
     orphans = drop_orphaned_objects(engine, objects, now)
-    total = replace(total, objects=total.objects + orphans)
-    if total.jobs or total.objects:
+    total = replace(total, objects=total.objects + orphans, training_jobs=training, usage_rows=usage)
+    if total.jobs or total.objects or total.training_jobs or total.usage_rows:
         with engine.begin() as conn:
             write_entry(conn, AuditEntry(action="retention.sweep", detail=total.__dict__))
         logger.info("retention sweep: %s", total)

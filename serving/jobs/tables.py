@@ -194,6 +194,7 @@ collection_images = sa.Table(
 )
 
 # Training jobs (serving.training) and the versions they registered (the model registry).
+TRAINING_FINAL_STATES = ("completed", "failed", "cancelled")  # a training job's states that never change again
 training_jobs = sa.Table(
     "training_jobs",
     metadata,

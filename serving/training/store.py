@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from serving.errors import ServiceError
 from serving.jobs.errors import JobStateError
+from serving.jobs.tables import TRAINING_FINAL_STATES as FINAL
 from serving.jobs.tables import model_versions, training_jobs
 from serving.jobs.workers import WorkerIdentity, is_dead
 
-FINAL = ("completed", "failed", "cancelled")
 THIS_PROCESS = WorkerIdentity()
 RUNNER_STALE_S = 300.0  # a runner on another host is dead when its last progress report is older than this
 
