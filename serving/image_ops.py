@@ -6,20 +6,66 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 """
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
 
 from pipelines.convert import ConvertOptions, ConvertResult, convert_image
 from pipelines.enhance import EnhanceOptions, should_revert, without_auto
 from pipelines.enhance.image import enhance_image
-from pipelines.enhance.plan import auto_step
+from pipelines.enhance.plan import MANUAL_FACTORS, auto_step
 from pipelines.errors import ImageTooLargeError
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
-from serving.errors import ModelUnavailableError
+from serving.errors import BadRequestError, ModelUnavailableError
 from serving.metrics import ENHANCEMENT_STEPS, IMAGE_OPERATION_BYTES, STAGE_LATENCY
 from serving.service import InferenceService
 from serving.stages.concurrency import stage_thread
+
+REPORT_FORMS = ("image", "json")  # HTTP's answer: the image with X-Imgserve-* headers, or JSON with it as base64
+ENHANCE_OPTION_NAMES = ("auto", "ops", *MANUAL_FACTORS)
+# The conversion options HTTP declares as integers (`quality: int | None` ...): their values are read the way
+# pydantic reads a typed query parameter, whatever carried them, so "80.0" (or 80.0 in JSON) is 80 everywhere
+# and "80.5" is refused everywhere (gRPC's text map refused "80.0" that HTTP's query accepted).
+INTEGER_OPTIONS = frozenset(name for name, hint in get_type_hints(ConvertOptions).items() if hint in (int, int | None))
+_INTEGER: TypeAdapter[int] = TypeAdapter(int)
+
+
+def _integer(value: Any) -> Any:
+    """`value` as HTTP's typed query parameter reads it; left as it is (for `ConvertOptions.parse` to refuse with
+    its own message) when it is no integer."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return _INTEGER.validate_python(value)
+    except ValidationError:
+        return value
+
+
+@dataclass(frozen=True)
+class OperationOptions:
+    """The options of one conversion or enhancement, parsed the same way whichever transport carried them (HTTP
+    query parameters and a JSON body's `options`, gRPC's text map)."""
+
+    convert: ConvertOptions
+    enhance: EnhanceOptions | None  # None: a conversion
+    report: str  # one of REPORT_FORMS: how HTTP answers (gRPC answers always carry the image and the report)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], enhancing: bool) -> "OperationOptions":
+        """From option name -> value (text or JSON; None: not given). Raises `InvalidOptionError` or
+        `BadRequestError` (400 / INVALID_ARGUMENT)."""
+        given = {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
+        report = given.pop("report", None)
+        form = str(report or "image").lower()
+        if form not in REPORT_FORMS:
+            raise BadRequestError(f"report={report!r}: choose {' or '.join(REPORT_FORMS)}")
+        enhance = None
+        if enhancing:
+            enhance = EnhanceOptions.parse(**{name: given.pop(name) for name in ENHANCE_OPTION_NAMES if name in given})
+        return cls(ConvertOptions.parse(**given), enhance, form)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ replica, can swap a model in place; the graph placement changes its model deploy
 
 import asyncio
 import logging
+from pathlib import Path
 
 from serving.errors import BadRequestError, ServiceError
 from serving.metrics import KNOWN_MODELS
-from serving.model_versions import model_state
+from serving.model_versions import VersionPolicy, model_state, policy_bytes, restore_policy, write_policy
 from serving.repository import UnknownModelError
 from serving.service import InferenceService
 
@@ -103,6 +104,23 @@ async def load_unlocked(service: InferenceService, name: str) -> str:
     canary = f" (+ version {scanned.canary.version} on {scanned.canary_percent:g} %)" if scanned.canary else ""
     logger.info("model %s version %s loaded%s", name, served.version, canary)
     return served.version
+
+
+async def apply_policy_unlocked(service: InferenceService, name: str, root: Path, policy: VersionPolicy) -> str:
+    """Write `policy` to the folder `root` of model `name` and load what it says; returns the version now served.
+    For a caller that holds `service.model_lock` from its read of what is served to here. A policy whose versions
+    cannot load is not kept: the file is put back byte for byte (or removed when there was none) and the load's
+    error raised, so the folder never names a version that does not load (every replica's poll would try it, and a
+    replica starting later would leave the model out). A placement that cannot load models here (the graph: its
+    model deployments change by redeploying) is refused before the file is touched."""
+    _pipeline(service)
+    previous = await asyncio.to_thread(policy_bytes, root)
+    await asyncio.to_thread(write_policy, root, policy)
+    try:
+        return await load_unlocked(service, name)
+    except Exception:
+        await asyncio.to_thread(restore_policy, root, previous)
+        raise
 
 
 async def unload_unlocked(service: InferenceService, name: str) -> None:

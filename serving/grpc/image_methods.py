@@ -9,14 +9,11 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from pipelines.convert import ConvertOptions
-from pipelines.enhance import EnhanceOptions
-from pipelines.enhance.plan import MANUAL_FACTORS
 from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
 from serving.grpc.edge import answer, attempt, client_request_id, open_stream
 from serving.grpc.stubs import load
-from serving.image_ops import ImageOperations
+from serving.image_ops import ImageOperations, OperationOptions
 from serving.metrics import count_images
 from serving.model_status import model_statuses
 from serving.requests import ImageOptions
@@ -25,7 +22,6 @@ from serving.streaming import ordered_map
 
 pb = load("image_service_pb2")
 HEALTH_SERVICES = {"", "inference.GRPCInferenceService", "imgserve.v1.ImageService"}
-ENHANCE_OPTIONS = ("auto", "ops", *MANUAL_FACTORS)
 
 
 def classification_proto(result: Classification) -> Any:
@@ -157,9 +153,13 @@ class ImageGrpcMethods:
         return await answer("ListModels", "", grpc_context, call, pb.ListModelsResponse)
 
     async def Convert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """Options as /v1/convert takes them (`OperationOptions`); `report=json` is accepted and changes nothing: a
+        gRPC answer always carries the image and the report, which HTTP's `report=json` moves into its body."""
+
         async def call() -> Any:
             count_images("Convert", "grpc", [request.image])
-            result = await self.image_operations.convert(request.image, ConvertOptions.parse(**request.options))
+            options = OperationOptions.parse(request.options, enhancing=False)
+            result = await self.image_operations.convert(request.image, options.convert)
             return operation_response(result.data, result.content_type, result.summary(), self.max_message_bytes)
 
         return await answer("Convert", "", grpc_context, call, pb.ImageOperationResponse)
@@ -167,9 +167,9 @@ class ImageGrpcMethods:
     async def Enhance(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
             count_images("Enhance", "grpc", [request.image])
-            options = dict(request.options)
-            enhance = EnhanceOptions.parse(**{k: options.pop(k) for k in ENHANCE_OPTIONS if k in options})
-            outcome = await self.image_operations.enhance(request.image, enhance, ConvertOptions.parse(**options))
+            options = OperationOptions.parse(request.options, enhancing=True)
+            assert options.enhance is not None
+            outcome = await self.image_operations.enhance(request.image, options.enhance, options.convert)
             data, content_type = outcome.result.data, outcome.result.content_type
             return operation_response(data, content_type, outcome.summary(), self.max_message_bytes)
 

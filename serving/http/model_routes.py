@@ -13,14 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
 from serving.http.dependencies import audit, get_principal, get_service
-from serving.model_control import check_control_parameters, load_model, load_unlocked, unload_model
+from serving.model_control import apply_policy_unlocked, check_control_parameters, load_model, unload_model
 from serving.model_versions import (
     CanarySplit,
     VersionPolicy,
-    policy_bytes,
-    restore_policy,
     scan_model_folder,
-    write_policy,
 )
 from serving.repository import UnknownModelError
 from serving.security.principal import Principal
@@ -99,14 +96,7 @@ async def _apply_policy(
     restored each other's, answered 200 for a version that could not load, or a canary call undid a promotion)."""
     async with service.model_lock:
         served = service.repository.get(model).version
-        policy_now = policy(served)
-        previous = await asyncio.to_thread(policy_bytes, root)
-        await asyncio.to_thread(write_policy, root, policy_now)
-        try:
-            return await load_unlocked(service, model)
-        except Exception:
-            await asyncio.to_thread(restore_policy, root, previous)
-            raise
+        return await apply_policy_unlocked(service, model, root, policy(served))
 
 
 @router.post("/v1/models/{model}/versions/{version}/promote")

@@ -12,17 +12,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from pipelines.convert import FORMATS, ConvertOptions, ConvertResult
+from pipelines.convert import FORMATS, ConvertResult
 from pipelines.convert.formats import encoder_missing
-from pipelines.enhance import EnhanceOptions, describe_options
+from pipelines.enhance import describe_options
 from pipelines.limits import DEFAULT_FORMATS
 from serving.errors import BadRequestError
 from serving.http.dependencies import reject_unknown_query
 from serving.http.image_routes import read_images
-from serving.image_ops import ImageOperations
+from serving.image_ops import ImageOperations, OperationOptions
 
 router = APIRouter(prefix="/v1", tags=["image operations"], dependencies=[Depends(reject_unknown_query)])
-REPORT_FORMS = ("image", "json")
 # The facts an image answer carries in its headers: exposed to cross-origin pages too (CORS), which otherwise see
 # only the safelisted response headers and would have to ask for report=json to read them.
 RESULT_HEADERS = tuple(
@@ -86,10 +85,6 @@ async def _one_image(request: Request, query: dict[str, Any]) -> tuple[bytes, di
     return images[0], {**query, **body_options}
 
 
-def _split(options: dict[str, Any], names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}
-
-
 def _headers(result: ConvertResult) -> dict[str, str]:
     return {
         "X-Imgserve-Input-Bytes": str(result.input_bytes),
@@ -107,13 +102,6 @@ def _answer(result: ConvertResult, summary: dict[str, Any], headers: dict[str, s
     return Response(result.data, media_type=result.content_type, headers=headers)
 
 
-def _report_form(report: str | None) -> str:
-    form = (report or "image").lower()
-    if form not in REPORT_FORMS:
-        raise BadRequestError(f"report={report!r}: choose image or json")
-    return form
-
-
 async def get_operations(request: Request) -> ImageOperations:
     return request.app.state.image_operations
 
@@ -126,11 +114,12 @@ async def convert(
     operations: ImageOperations = Depends(get_operations),
 ) -> Response:
     """Convert one image: format, quality, resize, orientation, colour profile, metadata."""
-    form = _report_form(report)
-    ConvertOptions.parse(**query)  # reject bad options before reading the body
-    data, raw = await _one_image(request, query)
-    result = await operations.convert(data, ConvertOptions.parse(**raw))
-    return _answer(result, result.summary(), _headers(result), form)
+    given = {**query, "report": report}
+    OperationOptions.parse(given, enhancing=False)  # reject bad options before reading the body
+    data, raw = await _one_image(request, given)
+    options = OperationOptions.parse(raw, enhancing=False)
+    result = await operations.convert(data, options.convert)
+    return _answer(result, result.summary(), _headers(result), options.report)
 
 
 @router.post("/enhance", response_class=Response, responses={200: {"content": {"image/*": {}}}})
@@ -147,15 +136,14 @@ async def enhance(
     operations: ImageOperations = Depends(get_operations),
 ) -> Response:  # fmt: skip
     """Enhance one image, automatically (from its quality tags) or by hand; the quality score before and after."""
-    form = _report_form(report)
     factors = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "sharpness": sharpness}
-    enhance_raw = {"auto": auto, "ops": ops, **factors}
-    EnhanceOptions.parse(**enhance_raw)
-    ConvertOptions.parse(**query)
-    given = {k: v for k, v in enhance_raw.items() if v is not None}
-    data, raw = await _one_image(request, {**given, **query})
-    enhance_part, convert_part = _split(raw, ("auto", "ops", *factors))
-    outcome = await operations.enhance(data, EnhanceOptions.parse(**enhance_part), ConvertOptions.parse(**convert_part))
+    enhance_raw = {"auto": auto, "ops": ops, **factors, "report": report}
+    given = {**{k: v for k, v in enhance_raw.items() if v is not None}, **query}
+    OperationOptions.parse(given, enhancing=True)  # reject bad options before reading the body
+    data, raw = await _one_image(request, given)
+    options = OperationOptions.parse(raw, enhancing=True)
+    assert options.enhance is not None
+    outcome = await operations.enhance(data, options.enhance, options.convert)
     headers = _headers(outcome.result)
     headers["X-Imgserve-Operations"] = ",".join(step["operation"] for step in outcome.applied) or "none"
     for name, report_ in (("Before", outcome.before), ("After", outcome.after)):
@@ -163,7 +151,7 @@ async def enhance(
             headers[f"X-Imgserve-Score-{name}"] = f"{report_.score:.1f}"
             headers[f"X-Imgserve-Tags-{name}"] = ",".join(t.name for t in report_.tags) or "none"
     headers["X-Imgserve-Operations-Detail"] = json.dumps(outcome.applied, separators=(",", ":"))
-    return _answer(outcome.result, outcome.summary(), headers, form)
+    return _answer(outcome.result, outcome.summary(), headers, options.report)
 
 
 @router.get("/formats")

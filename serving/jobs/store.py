@@ -33,7 +33,9 @@ def add_event(conn: sa.Connection, job_id: str, event: str, detail: dict[str, An
 
 
 def job_counts(conn: sa.Connection, job_ids: Sequence[str]) -> dict[str, tuple[dict[str, int], int, int]]:
-    """Per job: items by status, total dispatches, and items dispatched more than once."""
+    """Per job: items by status, total dispatches, and items dispatched more than once. A pending item of an ended
+    job counts as cancelled: nothing claims it any more (a store from before hand-backs cancelled such items left
+    them pending, and they showed as work waiting for ever)."""
     out: dict[str, tuple[dict[str, int], int, int]] = {j: ({s: 0 for s in ITEM_STATES}, 0, 0) for j in job_ids}
     if not job_ids:
         return out
@@ -41,16 +43,19 @@ def job_counts(conn: sa.Connection, job_ids: Sequence[str]) -> dict[str, tuple[d
         sa.select(
             job_items.c.job_id,
             job_items.c.status,
+            jobs.c.status,
             sa.func.count(),
             sa.func.coalesce(sa.func.sum(job_items.c.attempts), 0),
             sa.func.sum(sa.case((job_items.c.attempts > 1, 1), else_=0)),
         )
+        .join(jobs, jobs.c.id == job_items.c.job_id)
         .where(job_items.c.job_id.in_(job_ids))
-        .group_by(job_items.c.job_id, job_items.c.status)
+        .group_by(job_items.c.job_id, job_items.c.status, jobs.c.status)
     )
-    for job_id, status, count, attempts, reruns in conn.execute(query):
+    for job_id, status, job_status, count, attempts, reruns in conn.execute(query):
         counts, total_attempts, total_reruns = out[job_id]
-        counts[status] = int(count)
+        counted = "cancelled" if status == "pending" and job_status in FINAL_JOB_STATES else status
+        counts[counted] += int(count)
         out[job_id] = (counts, total_attempts + int(attempts), total_reruns + int(reruns or 0))
     return out
 

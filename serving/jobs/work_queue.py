@@ -12,10 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from serving.jobs.records import ACTIVE_JOB_STATES, FINAL_JOB_STATES, ClaimedItem, JobRecord, Outcome
+from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
 from serving.jobs.store import add_event, job_counts, job_record, output_totals
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
-from serving.jobs.workers import WorkerIdentity, dead_workers
+from serving.jobs.workers import WorkerIdentity, dead_workers, handed_back_status
 
 logger = logging.getLogger("imgserve.jobs")
 
@@ -72,7 +72,7 @@ class WorkQueue:
                 sa.select(job_items.c.job_id, sa.func.count()).where(running).group_by(job_items.c.job_id)
             ).all()
             if rows:
-                conn.execute(job_items.update().where(running).values(status=_back_status(), worker_id=None))
+                conn.execute(job_items.update().where(running).values(status=handed_back_status(), worker_id=None))
             for job_id, count in rows:
                 add_event(conn, job_id, "items_requeued", {"items": int(count), "reason": "their worker stopped"})
         return {job_id: int(count) for job_id, count in rows}
@@ -146,7 +146,7 @@ class WorkQueue:
         """A transient failure: the item goes back to pending (cancelled when its job has ended meanwhile). Its
         attempt stays counted unless `counted` is False (the server was overloaded: the item was never really
         dispatched, and must not look like a poison item)."""
-        values: dict[str, Any] = {"status": _back_status(), "worker_id": None}
+        values: dict[str, Any] = {"status": handed_back_status(), "worker_id": None}
         if not counted:
             values["attempts"] = job_items.c.attempts - 1
         held = job_items.c.worker_id == self.worker.id if self.worker else sa.true()  # not an item another took
@@ -298,10 +298,3 @@ class WorkQueue:
 
 
 RELEASED = {"webhook_owner": None, "webhook_lease_until": None}  # a delivery that ended holds no claim
-
-
-def _back_status() -> Any:
-    """The status an item handed back takes: pending, or cancelled when its job has ended (a cancel while it ran):
-    nothing claims items of an ended job, so `pending` would stay in its counts for ever."""
-    ended = sa.select(jobs.c.status).where(jobs.c.id == job_items.c.job_id).scalar_subquery().in_(FINAL_JOB_STATES)
-    return sa.case((ended, "cancelled"), else_="pending")

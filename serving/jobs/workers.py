@@ -13,11 +13,13 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import sqlalchemy as sa
 
-from serving.jobs.tables import job_items, job_workers
+from serving.jobs.records import FINAL_JOB_STATES
+from serving.jobs.tables import job_items, job_workers, jobs
 
 HOST = socket.gethostname()[:255]
 
@@ -78,10 +80,17 @@ class WorkerRegistry:
             released = conn.execute(
                 job_items.update()
                 .where(job_items.c.worker_id == worker.id, job_items.c.status == "running")
-                .values(status="pending", worker_id=None, attempts=job_items.c.attempts - 1)
+                .values(status=handed_back_status(), worker_id=None, attempts=job_items.c.attempts - 1)
             ).rowcount
             conn.execute(job_workers.delete().where(job_workers.c.id == worker.id))
         return int(released)
+
+
+def handed_back_status() -> Any:
+    """The status an item handed back takes: pending, or cancelled when its job has ended (a cancel while it ran):
+    nothing claims items of an ended job, so `pending` would stay in its counts for ever."""
+    ended = sa.select(jobs.c.status).where(jobs.c.id == job_items.c.job_id).scalar_subquery().in_(FINAL_JOB_STATES)
+    return sa.case((ended, "cancelled"), else_="pending")
 
 
 def dead_workers(conn: sa.Connection, stale_after_s: float, alive: Iterable[str] = ()) -> list[str]:

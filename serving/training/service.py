@@ -10,6 +10,7 @@ import contextvars
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -258,14 +259,12 @@ class TrainingService:
             version = await asyncio.to_thread(
                 register_version, self.settings.trained_models, request.model, base, head, recipe, report
             )
-            if promoted:
-                await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[version]))
+            loaded, load_error = False, None
+            if promoted:  # loaded under the same lock hold; a version that does not load is registered, not promoted
+                promoted, loaded, load_error = await self._promote(request.model, model_root, version)
         metrics = {"validation": report.to_dict(), "current_version_accuracy": current_accuracy}
         await asyncio.to_thread(store.record_version, request.model, version, job, labels, metrics, promoted)
-        loaded, load_error = False, None
-        if promoted:
-            loaded, load_error = await self._load(request.model)
-        else:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
+        if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
             await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
         return {
             "model": request.model,
@@ -341,14 +340,20 @@ class TrainingService:
         order = [head.labels.index(label) for label in labels]
         return validation_report(head.predict(xv)[:, order], yv, labels).accuracy
 
-    async def _load(self, model: str) -> tuple[bool, str | None]:
-        from serving.model_control import load_model  # local: model_control imports the service layer
+    async def _promote(self, model: str, root: Path, version: str) -> tuple[bool, bool, str | None]:
+        """(promoted, loaded, why not loaded), for a caller holding the model lock. The policy names `version` only
+        once it loaded here, or where this placement cannot load models (the graph: served from the next deploy)."""
+        from serving.model_control import ModelControlUnsupportedError, apply_policy_unlocked  # imports the service
 
+        policy = VersionPolicy(policy="specific", versions=[version])
         try:
-            await load_model(self.service, model)
-        except Exception as exc:  # noqa: BLE001 - registered but not loaded (e.g. the graph placement): say why
-            return False, classify_error(exc).message
-        return True, None
+            await apply_policy_unlocked(self.service, model, root, policy)
+        except ModelControlUnsupportedError as exc:
+            await asyncio.to_thread(write_policy, root, policy)
+            return True, False, classify_error(exc).message
+        except Exception as exc:  # noqa: BLE001 - the policy was put back: registered, not promoted; say why
+            return False, False, classify_error(exc).message
+        return True, True, None
 
 
 def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float) -> bool:

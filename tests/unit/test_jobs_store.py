@@ -10,7 +10,9 @@ from serving.jobs.database import create_store_engine, current_revision, head_re
 from serving.jobs.errors import JobNotFoundError, JobStateError
 from serving.jobs.records import JobSpec, NewItem, Outcome
 from serving.jobs.store import JobStore
+from serving.jobs.tables import job_items
 from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerIdentity, WorkerRegistry
 
 pytestmark = pytest.mark.unit
 SPEC = JobSpec("m", 3, ("classification",))
@@ -229,3 +231,37 @@ def test_downgrading_the_webhook_claims_keeps_the_jobs(engine: sa.Engine) -> Non
         assert conn.execute(sa.text("SELECT count(*) FROM job_items WHERE job_id = :j"), {"j": job_id}).scalar() == 2
     migrate(engine)
     assert current_revision(engine) == "0008"
+
+
+def test_old_pending_items_of_ended_jobs_are_not_counted_as_pending(engine: sa.Engine) -> None:
+    store, queue = JobStore(engine), WorkQueue(engine)
+    cancelled, failed, active = (store.create_job(SPEC, _items(3)) for _ in range(3))
+    for job_id in (cancelled, failed, active):
+        queue.mark_running(job_id)
+    store.cancel_job(cancelled)
+    queue.fail_job(failed, "its model is no longer served")
+    with engine.begin() as conn:  # rows as a store from before the hand-back fix left them
+        conn.execute(job_items.update().where(job_items.c.job_id.in_([cancelled, failed])).values(status="pending"))
+    for job_id in (cancelled, failed):
+        job = store.get_job(job_id)
+        assert job.counts["pending"] == 0 and job.counts["cancelled"] == 3, (job.status, job.counts)
+    listed = {job.id: job for job in store.list_jobs()}
+    assert listed[cancelled].counts["pending"] == 0 and listed[failed].counts["pending"] == 0
+    assert listed[active].counts["pending"] == 3  # a job that runs still has its items waiting
+    assert queue.job(active).counts["pending"] == 3  # type: ignore[union-attr]
+
+
+def test_a_graceful_stop_does_not_hand_back_items_of_a_job_that_ended_meanwhile(engine: sa.Engine) -> None:
+    worker = WorkerIdentity()
+    store, queue, registry = JobStore(engine), WorkQueue(engine, worker), WorkerRegistry(engine)
+    registry.heartbeat(worker)
+    ended, running = store.create_job(SPEC, _items(2)), store.create_job(SPEC, _items(2))
+    for job_id in (ended, running):
+        queue.mark_running(job_id)
+        assert len(queue.claim(job_id, 10)) == 2
+    store.cancel_job(ended)  # the in-flight items may still record; the worker stops instead
+    assert registry.retire(worker) == 4
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.select(job_items.c.job_id, job_items.c.status).distinct()).all())
+    assert statuses == {ended: "cancelled", running: "pending"}
+    assert [c.attempts for c in queue.claim(running, 10)] == [1, 1]  # the stop's hand-back is not a dispatch
