@@ -30,12 +30,10 @@ MAX_COUNT = 2**62  # quotas and bursts are stored as BIGINT
 
 def _rate(text: str) -> float:
     """`5`, `5/s`, `300/min`, `1000/h` -> requests per second."""
-    value, _, unit = text.partition("/")
-    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}.get(unit.strip())
-    if per is None:
-        raise argparse.ArgumentTypeError(f"rate must look like 5, 5/s, 300/min or 1000/h, got {text!r}")
+    from serving.security.settings import requests_per_second
+
     try:
-        rate = float(value) / per
+        rate = requests_per_second(text)
     except ValueError:
         rate = math.nan
     if not math.isfinite(rate) or rate <= 0:

@@ -9,7 +9,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from pipelines.enhance import EnhanceOptions
 from serving.errors import BadRequestError
@@ -22,6 +23,7 @@ from serving.jobs.operations import OPERATION_STAGES, operation_spec
 from serving.jobs.records import JobRecord, JobSpec, ResultRecord
 from serving.jobs.settings import JobSettings
 from serving.jobs.store import JobStore
+from serving.jobs.stored_bytes import quota_error
 from serving.security.audit import AuditEntry
 from serving.security.egress import check_webhook_url
 from serving.security.errors import PermissionDeniedError, QuotaExceededError
@@ -30,6 +32,7 @@ from serving.security.principal import ANONYMOUS, DEFAULT_TENANT, Principal
 logger = logging.getLogger("imgserve.jobs")
 STAGE_ALIASES = {"classify": "classification"}
 DEFAULT_STAGES = ["classification"]  # bulk jobs run what is asked for; the classifier unless told otherwise
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,20 @@ class JobService:
         if policy.quota_stored_bytes is not None:
             stored = await asyncio.to_thread(self.store.stored_bytes, principal.tenant)
             if stored + adding > policy.quota_stored_bytes:
-                raise QuotaExceededError(
-                    f"tenant stored-bytes quota of {policy.quota_stored_bytes} reached ({stored} stored, "
-                    f"{adding} more sent): purge jobs or wait for retention",
-                    3600.0,
-                )
+                raise quota_error(policy.quota_stored_bytes, stored, adding)
+
+    async def _write_within_quota(self, principal: Principal, images: int, write: Callable[[int | None], T]) -> T:
+        """`write(quota)` in a thread: it adds items in one transaction that checks the tenant's stored-bytes quota
+        first (serving.jobs.stored_bytes: the checks above read before writing, so requests sent together passed
+        them together). When it refuses, the `images` the request was charged are given back."""
+        quota = None
+        if self.gate is not None and self.gate.required:
+            quota = (await self.gate.tenant_policy(principal.tenant)).quota_stored_bytes
+        try:
+            return await asyncio.to_thread(write, quota)
+        except QuotaExceededError:
+            await self.gate.refund_images(images)
+            raise
 
     async def _intake_items(self, principal: Principal, parts: Sequence[InputPart]) -> list[Any]:
         """The request's items, stored; refused URIs and a stored-bytes quota the uploads alone pass are refused
@@ -167,7 +179,9 @@ class JobService:
         items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
-        job_id = await asyncio.to_thread(store.create_job, spec, items, start, principal.tenant, audit)
+        job_id = await self._write_within_quota(
+            principal, len(items), partial(store.create_job, spec, items, start, principal.tenant, audit)
+        )
         if start:
             await self.wake(job_id)
         return await asyncio.to_thread(store.get_job, job_id)
@@ -177,7 +191,7 @@ class JobService:
         await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
         items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
-        await asyncio.to_thread(store.add_items, job_id, items, principal.tenant)
+        await self._write_within_quota(principal, len(items), partial(store.add_items, job_id, items, principal.tenant))
         return await asyncio.to_thread(store.get_job, job_id)
 
     async def start(self, job_id: str, principal: Principal = ANONYMOUS) -> JobRecord:

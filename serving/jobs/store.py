@@ -24,6 +24,7 @@ from serving.jobs.records import (
     ResultRecord,
     saved_name,
 )
+from serving.jobs.stored_bytes import charge_stored_bytes, stored_bytes
 from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
 from serving.security.audit import AuditEntry, write_entry
 
@@ -164,13 +165,16 @@ class JobStore:
         start: bool = True,
         tenant: str = "default",
         audit: AuditEntry | None = None,
+        quota_stored_bytes: int | None = None,
     ) -> str:
         """A new job of `tenant` with its first items; `start=False` leaves it open for more (`add_items`,
-        `start_job`). `audit` is written in the same transaction, with the new job's id as its target."""
+        `start_job`). `audit` is written in the same transaction, with the new job's id as its target. Refused
+        (QuotaExceededError, nothing written) when the items would take the tenant past `quota_stored_bytes`."""
         if start and not items:
             raise BadRequestError("the batch has no inputs: send files, an archive or URIs")
         job_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
+            charge_stored_bytes(conn, tenant, items, quota_stored_bytes)
             conn.execute(
                 jobs.insert().values(
                     id=job_id,
@@ -207,12 +211,15 @@ class JobStore:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return row
 
-    def add_items(self, job_id: str, items: Sequence[NewItem], tenant: str | None = None) -> int:
-        """Append items to an open job; returns its new total."""
+    def add_items(
+        self, job_id: str, items: Sequence[NewItem], tenant: str | None = None, quota_stored_bytes: int | None = None
+    ) -> int:
+        """Append items to an open job; returns its new total (`quota_stored_bytes`: as `create_job`)."""
         with self.engine.begin() as conn:
             job = self._locked_job(conn, job_id, tenant)
             if job.status != "open":
                 raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
+            charge_stored_bytes(conn, job.tenant, items, quota_stored_bytes)
             total = self._insert_items(conn, job_id, job.total, items)
             add_event(conn, job_id, "items_added", {"items": len(items), "total": total})
             return total
@@ -337,20 +344,9 @@ class JobStore:
             return [(int(r.idx), str(r.output_name), str(r.output_object)) for r in conn.execute(query)]
 
     def stored_bytes(self, tenant: str) -> int:
-        """Bytes of stored inputs and image-operation outputs the tenant's jobs hold (shared objects count for each
-        job that holds them). Checked when inputs are submitted: outputs written since count from the next one."""
-        inputs = (
-            sa.select(sa.func.coalesce(sa.func.sum(job_items.c.size_bytes), 0))
-            .join(jobs, jobs.c.id == job_items.c.job_id)
-            .where(jobs.c.tenant == tenant, job_items.c.source_kind == "object")
-        )
-        outputs = (
-            sa.select(sa.func.coalesce(sa.func.sum(job_results.c.output_bytes), 0))
-            .join(jobs, jobs.c.id == job_results.c.job_id)
-            .where(jobs.c.tenant == tenant, job_results.c.output_object.is_not(None))
-        )
+        """Bytes the tenant's jobs store (serving.jobs.stored_bytes)."""
         with self.engine.begin() as conn:
-            return int(conn.execute(inputs).scalar() or 0) + int(conn.execute(outputs).scalar() or 0)
+            return stored_bytes(conn, tenant)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.engine.begin() as conn:

@@ -7,13 +7,16 @@ and counts only. Successful reads are not audited (they are in the access log an
 Job actions are written in the same transaction as the change itself (`write_entry` inside the store's transaction),
 so an action without its entry cannot exist. Refusals are written by a small background writer (bounded: under a
 flood of bad requests, entries beyond `max_pending` are counted in `imgserve_audit_dropped_total` instead of
-queued), so an attacker cannot turn 401s into unbounded database writes.
+queued). A refusal naming no known caller (no credentials, an unknown key, a bad JWT) is written when it is the
+first of its client address and action in `REPEAT_WINDOW_S`; the next ones are counted and written as one entry
+(`detail.repeated`: how many, `detail.since`) when the window ends or the log is read, so an attacker cannot turn
+401s into a row each. Refusals of known keys (revoked, wrong secret, role, rate) are written one by one.
 """
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +25,8 @@ from serving.security.principal import Principal
 from serving.security.tables import audit_log
 
 logger = logging.getLogger("imgserve.security")
+REPEAT_WINDOW_S = 60.0
+MAX_REPEAT_SOURCES = 10_000  # client addresses counted at once; past it, new ones share one count (client "*")
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,56 @@ def query_audit(
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
+@dataclass
+class _Repeats:
+    """Refusals of one client address and action since the written one that opened the window."""
+
+    opened: float  # time.monotonic() of the written one
+    since: float  # time of the first refusal not written yet
+    count: int = 0
+    last: AuditEntry | None = None
+
+
 class AuditWriter:
     """Buffers entries and writes them in batches from a background task."""
 
-    def __init__(self, engine: sa.Engine, max_pending: int = 10_000, interval_s: float = 0.25):
-        self.engine, self.max_pending, self.interval_s = engine, max_pending, interval_s
+    def __init__(
+        self, engine: sa.Engine, max_pending: int = 10_000, interval_s: float = 0.25, window_s: float = REPEAT_WINDOW_S
+    ):
+        self.engine, self.max_pending, self.interval_s, self.window_s = engine, max_pending, interval_s, window_s
         self._pending: list[AuditEntry] = []
+        self._repeats: dict[tuple[str | None, str], _Repeats] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def add_repeated(self, entry: AuditEntry) -> None:
+        """`entry` if it is the first of its client address and action in the window, else counted (see above)."""
+        group = (entry.client, entry.action)
+        if group not in self._repeats and len(self._repeats) >= MAX_REPEAT_SOURCES:
+            group = ("*", entry.action)
+        repeats = self._repeats.get(group)
+        if repeats is None:
+            self._repeats[group] = _Repeats(time.monotonic(), entry.at)
+            self.add(entry)
+            return
+        if repeats.count == 0:
+            repeats.since = entry.at
+        repeats.count += 1
+        repeats.last = entry
+        self._keep_writing()
+
+    def _repeated_entries(self, everything: bool) -> list[AuditEntry]:
+        """The counts of the windows that ended (`everything`: of all), as entries; ended windows are closed."""
+        now = time.monotonic()
+        out: list[AuditEntry] = []
+        for group, repeats in list(self._repeats.items()):
+            ended = now - repeats.opened >= self.window_s
+            if repeats.last is not None and repeats.count and (ended or everything):
+                detail = {"repeated": repeats.count, "since": repeats.since}
+                out.append(replace(repeats.last, client=group[0], detail=detail))
+                repeats.count, repeats.last = 0, None
+            if ended:
+                del self._repeats[group]
+        return out
 
     def add(self, entry: AuditEntry) -> None:
         from serving.metrics import AUDIT_DROPPED
@@ -117,6 +165,9 @@ class AuditWriter:
             AUDIT_DROPPED.inc()
             return
         self._pending.append(entry)
+        self._keep_writing()
+
+    def _keep_writing(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._write_soon())
 
@@ -124,8 +175,10 @@ class AuditWriter:
         with self.engine.begin() as conn:
             conn.execute(audit_log.insert(), [entry.row() for entry in entries])
 
-    async def flush(self) -> None:
+    async def flush(self, counts: bool = True) -> None:
+        """Write what is pending; `counts`: with the refusals counted so far (False: of the windows that ended)."""
         entries, self._pending = self._pending, []
+        entries += self._repeated_entries(everything=counts)
         if not entries:
             return
         try:
@@ -138,6 +191,6 @@ class AuditWriter:
         left pending until the next entry came (the task was still running when it was added)."""
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.flush()
-            if not self._pending:
+            await self.flush(counts=False)
+            if not self._pending and not self._repeats:
                 return

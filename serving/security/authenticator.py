@@ -1,11 +1,14 @@
 """Who is calling: an API key (`Bearer isk_...`) looked up in the database, or a JWT checked against a configured
 public key / JWKS, with role and tenant from its claims.
 
-Lookups are cached per replica for `key_cache_s` (default 5 s): the hot path costs a dict lookup and one SHA-256,
-and a revoked key stops working everywhere within that time. Unknown well-formed keys are cached as refusals too
-(bounded), so guessing costs the guesser, not the database. JWTs must be signed with an asymmetric algorithm
-(RS256/ES256/EdDSA; no HS256, so a public key can never be used as an HMAC secret) and carry `exp`; claims
-`tenant` and `role` (or `imgserve_tenant` / `imgserve_role`) name the tenant and role, `sub` the caller.
+Keys are cached per replica by key id for `key_cache_s` (default 5 s; least recently used evicted first): the hot
+path costs a dict lookup and one SHA-256, a wrong secret for a known id is refused from the cache, and a revoked key
+stops working everywhere within that time. A key whose id no key has is refused from the replica's list of key ids
+(serving.security.key_ids) without a lookup, so guessing costs the guesser, not the database. JWTs must be signed
+with an asymmetric algorithm (RS256/ES256/EdDSA; no HS256, so a public key can never be used as an HMAC secret) and
+carry `exp`, checked with `jwt_leeway_s` of clock leeway; claims `tenant` and `role` (or `imgserve_tenant` /
+`imgserve_role`) name the tenant and role, `sub` the caller, whose requests are rate-limited by `jwt_rate` /
+`jwt_burst` (shared by every replica, like a key's rate).
 """
 
 import asyncio
@@ -19,7 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from serving.security.errors import UnauthenticatedError
-from serving.security.keys import KeyStore, key_hash, parse_key
+from serving.security.key_ids import KnownKeyIds
+from serving.security.keys import KeyStore, StoredKey, parse_key
 from serving.security.principal import Principal, check_role, check_tenant
 from serving.security.settings import SecuritySettings
 from serving.security.tables import api_keys
@@ -51,6 +55,7 @@ class JwtVerifier:
 
         self._jwt = jwt
         self.issuer, self.audience = settings.jwt_issuer, settings.jwt_audience
+        self.leeway_s, self.limits = settings.jwt_leeway_s, settings.jwt_limits()
         self._public_key = settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None
         self._jwks_file = settings.jwks_file
         self._jwks_stamp: tuple[float, int] | None = None
@@ -104,6 +109,7 @@ class JwtVerifier:
                 algorithms=JWT_ALGORITHMS,
                 issuer=self.issuer,
                 audience=self.audience,
+                leeway=self.leeway_s,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
             tenant = check_tenant(_text_claim(claims, "imgserve_tenant", "tenant"))
@@ -112,7 +118,9 @@ class JwtVerifier:
             raise
         except (jwt.PyJWTError, ValueError, TypeError) as exc:  # TypeError: a key of another type than `alg`
             raise UnauthenticatedError(f"invalid JWT: {str(exc)[:200]}") from None
-        return Principal(key_id=jwt_key_id(claims, tenant), tenant=tenant, role=role, source="jwt")
+        rate, burst = self.limits or (None, None)
+        key_id = jwt_key_id(claims, tenant)
+        return Principal(key_id=key_id, tenant=tenant, role=role, source="jwt", rate_per_s=rate, burst=burst)
 
 
 def _text_claim(claims: dict[str, Any], *names: str) -> str:
@@ -137,32 +145,38 @@ class Authenticator:
         self.keys = KeyStore(engine)
         self.ttl_s = settings.key_cache_s
         self.jwt = JwtVerifier(settings) if settings.jwt_public_key_file or settings.jwks_file else None
-        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self.known_ids = KnownKeyIds(self.keys.ids)
+        self._cache: OrderedDict[str, tuple[float, StoredKey | None]] = OrderedDict()  # key id -> (until, key)
 
-    def _lookup(self, key: str) -> Principal | None:
-        record = self.keys.verify(key)
-        return None if record is None else record.principal()
+    async def _stored(self, key_id: str) -> StoredKey | None:
+        """The key named `key_id` (cached), or None when there is none."""
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now:
+            self._cache.move_to_end(key_id)  # least recently used first out: guesses cannot evict live keys
+            return cached[1]
+        if not await self.known_ids.may_exist(key_id):
+            return None  # not cached either: a flood of guesses would push live keys out
+        stored = await asyncio.to_thread(self.keys.stored, key_id)
+        self._cache[key_id] = (now + self.ttl_s, stored)
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return stored
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
-        if parse_key(token) is None:
+        key_id = parse_key(token)
+        if key_id is None:
             if self.jwt is not None and token.count(".") == 2:
                 return self.jwt.principal(token)
             raise UnauthenticatedError("invalid API key")
-        digest = key_hash(token)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is None or cached[0] <= now:
-            principal = await asyncio.to_thread(self._lookup, token)
-            self._cache[digest] = (now + self.ttl_s, principal)
-            self._cache.move_to_end(digest)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        else:
-            principal = cached[1]
-        if principal is None:
+        stored = await self._stored(key_id)
+        if stored is None:
             raise UnauthenticatedError("invalid or revoked API key")
-        return principal
+        if not stored.accepts(token):  # the same answer: whether an id exists is not told
+            raise UnauthenticatedError("invalid or revoked API key", key_id=key_id)
+        return stored.record.principal()
 
 
 def has_keys(engine: sa.Engine) -> bool:

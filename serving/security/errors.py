@@ -4,9 +4,16 @@ from serving.errors import ServiceError
 
 
 class UnauthenticatedError(ServiceError):
+    """`key_id`: the id of an existing API key refused (revoked, or a wrong secret), for the audit log; None when the
+    credentials name no known key (those refusals are counted per client address instead of written one by one)."""
+
     http_status = 401
     grpc_code = "UNAUTHENTICATED"
     kind = "unauthenticated"
+
+    def __init__(self, message: str, key_id: str | None = None):
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class PermissionDeniedError(ServiceError):

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Literal
 
 import sqlalchemy as sa
@@ -54,10 +55,17 @@ class SecurityGate:
             self.audit_writer.add(entry)
 
     def _refused(self, error: ServiceError, client: str | None, endpoint: str, who: Principal | None) -> None:
+        """Counted, and audited: one by one for a known caller (or key id), counted per client address for
+        credentials that name no one (serving.security.audit `add_repeated`)."""
         from serving.metrics import AUTH_REFUSED
 
         AUTH_REFUSED.labels(who.tenant if who else "none", error.kind).inc()
-        self.audit(AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint))
+        entry = AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint)
+        key_id = error.key_id if isinstance(error, UnauthenticatedError) else None
+        if who is not None or key_id is not None or self.audit_writer is None:
+            self.audit(replace(entry, key_id=key_id) if who is None else entry)
+        else:
+            self.audit_writer.add_repeated(entry)
 
     async def admit(
         self, authorization: str | None, client: str | None, role: Role | None, endpoint: str, rate: bool = True
@@ -105,6 +113,12 @@ class SecurityGate:
         except RateLimitedError as error:
             self._refused(error, None, "quota", principal)
             raise
+
+    async def refund_images(self, images: int) -> None:
+        """Give back `images` that `charge_images` counted for a request refused after it (stored-bytes quota)."""
+        principal = CURRENT_PRINCIPAL.get()
+        if self.required and self.usage is not None and principal is not None and principal.source != "job":
+            self.usage.refund(principal, images)
 
     async def anonymize_forced(self) -> bool:
         return (await self.tenant_policy(current_principal().tenant)).anonymize if self.required else False

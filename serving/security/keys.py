@@ -76,6 +76,27 @@ class KeyRecord:
         }
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """A key's record and the SHA-256 of the whole key: what a replica caches to check a key without the database."""
+
+    record: KeyRecord
+    secret_sha256: str
+
+    def accepts(self, key: str) -> bool:
+        """True when `key` is this key and it is not revoked."""
+        return self.record.revoked_at is None and hmac.compare_digest(self.secret_sha256, key_hash(key))
+
+
+# Keys this process made: a replica's list of key ids (serving.security.key_ids) is read again when it changes, so a
+# key works at once in the process that made it.
+_made_here = [0]
+
+
+def keys_made_here() -> int:
+    return _made_here[0]
+
+
 def _record(row: sa.Row) -> KeyRecord:
     return KeyRecord(
         row.id,
@@ -141,6 +162,7 @@ class KeyStore:
                 )
             )
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+        _made_here[0] += 1
         return _record(row), key
 
     def revoke(self, key_id: str) -> KeyRecord:
@@ -155,6 +177,12 @@ class KeyStore:
             raise KeyError(key_id)
         return _record(row)
 
+    def ids(self, limit: int) -> list[str]:
+        """Ids of the keys, revoked ones too (their use is refused under their id), at most `limit` of them."""
+        query = sa.select(api_keys.c.id).limit(limit)
+        with self.engine.begin() as conn:
+            return [str(key_id) for key_id in conn.execute(query).scalars()]
+
     def list(self, tenant: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
         query = sa.select(api_keys).order_by(api_keys.c.created_at)
         if tenant is not None:
@@ -168,15 +196,14 @@ class KeyStore:
         with self.engine.begin() as conn:
             return int(conn.execute(sa.select(sa.func.count()).where(api_keys.c.revoked_at.is_(None))).scalar() or 0)
 
+    def stored(self, key_id: str) -> StoredKey | None:
+        """The key named `key_id` (revoked ones too), or None."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        return None if row is None else StoredKey(_record(row), row.secret_sha256)
+
     def verify(self, key: str) -> KeyRecord | None:
         """The active key `key` is, or None (malformed, unknown, wrong secret or revoked)."""
         key_id = parse_key(key)
-        if key_id is None:
-            return None
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
-        if row is None or row.revoked_at is not None:
-            return None
-        if not hmac.compare_digest(row.secret_sha256, key_hash(key)):
-            return None
-        return _record(row)
+        stored = None if key_id is None else self.stored(key_id)
+        return stored.record if stored is not None and stored.accepts(key) else None

@@ -5,7 +5,8 @@ A replica takes tokens from it in small leases (a tenth of a second's worth, at 
 locally, so the limit holds across every replica and process (they share the bucket row; the transaction that
 takes a lease is serialised by SQLite's write lock or PostgreSQL's row lock) while a fast key costs at most ~10
 database writes per second per replica. Leased tokens not spent within a second lapse, so a limit is never
-exceeded, only (slightly) under-used. Keys without a rate never touch the database here.
+exceeded, only (slightly) under-used. Keys without a rate never touch the database here. A JWT caller has the bucket
+of its `jwt:` id, with the server's IMGSERVE_JWT_RATE / IMGSERVE_JWT_BURST (serving.security.settings).
 
 Quotas: images are counted per key and UTC day in `usage_daily`. Counts are added in memory and written every
 second; a request is refused when the stored count plus what this replica has not written yet would pass the
@@ -79,7 +80,9 @@ class RateLimiter:
                 granted, wait = await asyncio.to_thread(self._take_lease, principal.key_id, rate, burst, want)
                 if not granted:
                     raise RateLimitedError(
-                        f"rate limit of {rate:g} requests/s for this key exceeded; retry after {wait:.2f} s", wait
+                        f"rate limit of {rate:g} requests/s for this {'key' if principal.source == 'key' else 'caller'}"
+                        f" exceeded; retry after {wait:.2f} s",
+                        wait,
                     )
                 lease.tokens, lease.expires = granted, now + LEASE_TTL_S
             lease.tokens -= 1
@@ -93,6 +96,10 @@ def seconds_to_utc_midnight(now: float | None = None) -> float:
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (midnight - moment).total_seconds()
+
+
+def _usage_id(principal: Principal) -> str:
+    return principal.key_id or f"{principal.source}:{principal.tenant}"
 
 
 class UsageMeter:
@@ -152,9 +159,14 @@ class UsageMeter:
             await asyncio.sleep(self.flush_s)
             await self.flush()
 
+    def refund(self, principal: Principal, images: int) -> None:
+        """Take back `images` that `charge` counted (a request refused after it); written with the next flush."""
+        slot = (_usage_id(principal), principal.tenant, utc_day())
+        self._pending[slot] = self._pending.get(slot, 0) - images
+
     async def charge(self, principal: Principal, images: int, tenant_quota: int | None = None) -> None:
         """Count `images` for the caller; QuotaExceededError (nothing counted) when a daily quota would pass."""
-        key_id = principal.key_id or f"{principal.source}:{principal.tenant}"
+        key_id = _usage_id(principal)
         day = utc_day()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_forever())

@@ -8,6 +8,7 @@
 """
 
 import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 AuthMode = Literal["auto", "required", "off"]
+JWT_MIN_BURST = 10  # the default burst of a JWT caller at a low rate: a web page sends a few requests at once
 
 
 def is_loopback_host(host: str) -> bool:
@@ -32,6 +34,23 @@ def _csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+RATE_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def requests_per_second(text: str) -> float:
+    """`5`, `5/s`, `300/min`, `1000/h` -> requests per second (ValueError otherwise); `imgserve keys create --rate`
+    and IMGSERVE_JWT_RATE read rates alike."""
+    count, _, unit = text.partition("/")
+    per = RATE_UNITS.get(unit.strip().lower())
+    if per is None:
+        raise ValueError(f"a rate looks like 5, 5/s, 300/min or 1000/h, got {text!r}")
+    return float(count) / per
+
+
+def _per_second(value: object) -> object:
+    return requests_per_second(value) if isinstance(value, str) else value
 
 
 class SecuritySettings(BaseModel):
@@ -65,9 +84,38 @@ class SecuritySettings(BaseModel):
         ge=0,
         description="IMGSERVE_KEY_CACHE_S: how long a replica trusts a looked-up key (a revoke takes effect within).",
     )
+    jwt_rate: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="IMGSERVE_JWT_RATE: requests per second each JWT caller (issuer, subject and tenant) may make, "
+        "shared by every replica like a key's `--rate` (`50`, `50/s`, `600/min`, `1000/h`); 0 (the default, as a key "
+        "made without --rate) = no limit.",
+    )
+    jwt_burst: int | None = Field(
+        default=None,
+        ge=1,
+        description="IMGSERVE_JWT_BURST: requests a JWT caller may send at once; unset = one second's worth of "
+        "IMGSERVE_JWT_RATE, at least 10 (a web page's first requests).",
+    )
+    jwt_leeway_s: float = Field(
+        default=30.0,
+        ge=0,
+        allow_inf_nan=False,
+        le=300,
+        description="IMGSERVE_JWT_LEEWAY_S: seconds of clock difference with the identity provider allowed when "
+        "checking a JWT's `exp`, `nbf` and `iat` (an expired token works this much longer).",
+    )
 
     _cors = field_validator("cors_origins", mode="before")(_csv)
     _hosts = field_validator("allowed_hosts", mode="before")(_csv)
+    _jwt_rate = field_validator("jwt_rate", mode="before")(_per_second)
+
+    def jwt_limits(self) -> tuple[float, int] | None:
+        """(requests/s, burst) of each JWT caller's rate limit; None = not limited."""
+        if self.jwt_rate == 0:
+            return None
+        return self.jwt_rate, self.jwt_burst or max(JWT_MIN_BURST, math.ceil(self.jwt_rate))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "SecuritySettings":

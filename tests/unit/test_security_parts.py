@@ -107,7 +107,7 @@ def test_jwts_from_the_configured_issuer(engine, tmp_path: Path) -> None:  # noq
     other, _ = _ec_keys(tmp_path / "..")
     forged = [
         jwt.encode(claims, other, algorithm="ES256"),  # someone else's key
-        jwt.encode({**claims, "exp": time.time() - 5}, private, algorithm="ES256"),  # expired
+        jwt.encode({**claims, "exp": time.time() - 300}, private, algorithm="ES256"),  # expired (past the leeway)
         jwt.encode({**claims, "iss": "https://evil"}, private, algorithm="ES256"),  # wrong issuer
         jwt.encode({**claims, "role": "root"}, private, algorithm="ES256"),  # no such role
         _hs256(claims, public.read_bytes()),  # the public key used as an HMAC secret (algorithm confusion)

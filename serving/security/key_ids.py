@@ -1,0 +1,67 @@
+"""The ids of the API keys, held by each replica so that a well-formed key whose id no key has is refused without a
+database lookup (a flood of random `isk_` keys cost one SELECT each: a cache of refusals only helps a repeated key).
+
+The list is read again when a key names an id not in it: at once when this process made a key since the last
+read, else at most `RELOAD_BURST` times in a row and then once per `RELOAD_EVERY_S`. So a key made with
+`imgserve keys create` works at its first request on every replica, except while unknown ids are arriving faster
+than that (a flood, or a client with a mistyped key): then within `RELOAD_EVERY_S`. Past `MAX_IDS` keys the list is
+not kept and every well-formed key is looked up, as before.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from serving.security.keys import keys_made_here
+
+logger = logging.getLogger("imgserve.security")
+RELOAD_EVERY_S = 0.25
+RELOAD_BURST = 3
+MAX_IDS = 200_000
+
+
+class KnownKeyIds:
+    def __init__(
+        self,
+        load: Callable[[int], list[str]],
+        reload_every_s: float = RELOAD_EVERY_S,
+        burst: int = RELOAD_BURST,
+        max_ids: int = MAX_IDS,
+    ):
+        """`load(limit)`: the ids of the keys in the database, at most `limit` of them."""
+        self._load, self.reload_every_s, self.burst, self.max_ids = load, reload_every_s, burst, max_ids
+        self._ids: frozenset[str] = frozenset()
+        self._unbounded = False  # more than `max_ids` keys: every id may exist
+        self._made_here = -1  # keys_made_here() at the last read (-1: never read)
+        self._reloads = 0  # reads started
+        self._tokens, self._refilled = float(burst), time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _may_reload(self) -> bool:
+        if self._made_here != keys_made_here():
+            return True  # never read, or this process made a key since
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) / self.reload_every_s)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def may_exist(self, key_id: str) -> bool:
+        """False when no key has `key_id` (read again first when allowed); True when one may."""
+        if self._unbounded or key_id in self._ids:
+            return True
+        reloads = self._reloads
+        async with self._lock:
+            # A read that started after this id arrived has finished meanwhile: it answers for this id too.
+            if self._reloads == reloads and self._may_reload():
+                self._reloads += 1
+                made_here = keys_made_here()
+                ids = await asyncio.to_thread(self._load, self.max_ids + 1)
+                self._made_here, self._unbounded = made_here, len(ids) > self.max_ids
+                self._ids = frozenset() if self._unbounded else frozenset(ids)
+                if self._unbounded:
+                    logger.warning("more than %d API keys: unknown key ids are looked up one by one", self.max_ids)
+        return self._unbounded or key_id in self._ids
