@@ -4,8 +4,9 @@
     python -m serving.deploy_render --check --out deploy/kuberay/rayservice.yaml   # exit 1 when it is stale
 
 serveConfigV2 is serve_config.yaml with the cluster overrides of deploy/kuberay/serve_overrides.yaml merged in
-(mappings key by key, named list entries by `name`), validated with Ray's own ServeDeploySchema. Template lines
-starting with `## ` are notes for template editors and are dropped; `"@@NAME@@"` placeholders are filled.
+(mappings key by key, named list entries by `name`), validated with Ray's own ServeDeploySchema and, for the keys
+that schema ignores when misspelt, with serving.serve_file. Template lines starting with `## ` are notes for
+template editors and are dropped; `"@@NAME@@"` placeholders are filled.
 """
 
 import argparse
@@ -53,10 +54,13 @@ def _named_list(value: Any) -> bool:
 
 
 def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The Serve config the cluster runs, checked against Ray's own schema."""
+    """The Serve config the cluster runs, checked against Ray's own schema (and for unknown keys, which it drops)."""
     from ray.serve.schema import ServeDeploySchema
 
+    from serving.serve_file import check_keys
+
     merged = merge_config(serve_config, overrides or {})
+    check_keys(merged, "serveConfigV2 (the serve config with the cluster overrides)")
     ServeDeploySchema.model_validate(merged)
     return merged
 

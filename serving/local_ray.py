@@ -23,6 +23,7 @@ server joining an existing cluster (`RAY_ADDRESS`) changes nothing there.
 """
 
 import logging
+import math
 import os
 import re
 import sys
@@ -42,6 +43,19 @@ ACTOR_NAME = ":actor_name:"
 TASK_NAME = ":task_name:"
 MARKERS = (":job_id:", ":event_summary:", ":info_message:")
 MAX_READ = 1 << 20
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """The seconds > 0 in environment variable `name` (`default` when unset); ValueError naming the variable for
+    anything else (`imgserve serve` checks its timeouts before starting Ray)."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={text!r}: expected seconds > 0")
+    return value
 
 
 def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
@@ -121,7 +135,7 @@ def logs_dir() -> Path | None:
 
 
 class SignalFlag:
-    """Set by a SIGINT/SIGTERM handler, read by the main loop. A plain attribute, not a `threading.Event`: a handler
+    """Set by a stop-signal handler, read by the main loop. A plain attribute, not a `threading.Event`: a handler
     runs on the main thread between two bytecodes, and one calling `Event.set` while the main thread is inside
     that event's `wait` or `set` (a second Ctrl-C, or `pkill` reaching the process twice) waits for a lock the
     main thread already holds, and the server hangs for good."""

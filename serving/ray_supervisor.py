@@ -7,7 +7,7 @@ serve` replaces itself (`os.execv`, same PID) with this module:
 - Ray's GCS and raylet stay its children (they were started by this PID, and Ray's fate sharing, a parent-death
   signal, still ends them if this process is killed);
 - it prints the workers' output (`WorkerLogFollower`, from where the driver's follower stopped) and waits for
-  SIGINT/SIGTERM, or for the raylet or GCS to exit;
+  SIGINT/SIGTERM/SIGHUP, or for the raylet or GCS to exit;
 - then it shuts Serve down from a short-lived driver (`python -m serving.ray_supervisor shutdown-serve ADDRESS`,
   what `serve shutdown` does) and stops the Ray processes it started as `ray.shutdown()` does: the raylet, then
   the GCS, then whatever of their tree is left.
@@ -19,7 +19,6 @@ BENCHMARKS.md "Memory (issue #19)" has the figures.
 
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -31,20 +30,13 @@ from pathlib import Path
 
 import psutil
 
-from serving.local_ray import SignalFlag, WorkerLogFollower
+from serving.local_ray import SignalFlag, WorkerLogFollower, seconds_from_env
 
 
 def serve_shutdown_timeout_s() -> float:
     """IMGSERVE_SHUTDOWN_TIMEOUT_S (default 90): how long Serve drains replicas gracefully; Ray is stopped after
     this regardless. 0 or less turned the drain off: refused (`imgserve serve` checks it before starting)."""
-    text = os.environ.get("IMGSERVE_SHUTDOWN_TIMEOUT_S", "90")
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"IMGSERVE_SHUTDOWN_TIMEOUT_S={text!r}: expected seconds > 0")
-    return value
+    return seconds_from_env("IMGSERVE_SHUTDOWN_TIMEOUT_S", 90)
 
 
 RAY_STOP_GRACE_S = 1.0  # the raylet and the GCS: SIGTERM, then SIGKILL after this (as ray.shutdown does)
@@ -68,12 +60,13 @@ class SupervisorState:
         return cls(**json.loads(path.read_text()))
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# SIGHUP too (the terminal closing, `kill -HUP`): its default action ends the process without stopping Ray.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def exec_supervisor(state: SupervisorState, state_path: Path, stop: SignalFlag) -> None:
     """Replace this process with the supervisor; returns only if `stop` was set first. Output is flushed first
-    (execv drops buffers). SIGINT/SIGTERM are blocked from the last look at `stop` to the supervisor's handlers:
+    (execv drops buffers). The STOP_SIGNALS are blocked from the last look at `stop` to the supervisor's handlers:
     a blocked signal stays pending across execv and reaches them, so a Ctrl-C during the hand-over is not lost."""
     state.write(state_path)
     sys.stdout.flush()

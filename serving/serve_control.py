@@ -10,10 +10,17 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from serving.config.app_args import DirectIngressOptions
-from serving.local_ray import SignalFlag
+from serving.local_ray import SignalFlag, seconds_from_env
 
 if TYPE_CHECKING:
     from ray.serve.schema import ServeDeploySchema
+
+
+def deploy_timeout_s() -> float:
+    """IMGSERVE_DEPLOY_TIMEOUT_S (default 600): how long `imgserve serve` waits for every application to be RUNNING
+    (model builds on first start: ONNX export, INT8 calibration, TensorRT engines). Anything but seconds > 0 is
+    refused (`imgserve serve` checks it before starting Ray)."""
+    return seconds_from_env("IMGSERVE_DEPLOY_TIMEOUT_S", 600)
 
 
 def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:

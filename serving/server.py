@@ -39,14 +39,16 @@ from serving.local_ray import (
     trim_head_processes,
 )
 from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
-from serving.ray_supervisor import serve_shutdown_timeout_s
+from serving.ray_supervisor import STOP_SIGNALS, serve_shutdown_timeout_s
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
+    deploy_timeout_s,
     direct_ingress_args,
     run_in_worker,
     shutdown_serve,
 )
+from serving.serve_file import StartRefused, check_keys, check_start
 
 logger = logging.getLogger("imgserve.server")
 
@@ -56,10 +58,6 @@ GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: 
 RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
 RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
 TOKEN_FILE = "ray_auth_token"
-
-
-class StartRefused(ValueError):
-    """The configuration is unsafe or cannot work: said before anything starts."""
 
 
 def load_serve_config(
@@ -74,8 +72,9 @@ def load_serve_config(
     """The YAML with `placement` applied (serving.config.placement_overlay) and optional port and host overrides
     (tests run beside a developer's own server): they move Ray Serve's proxy and every direct listener alike.
     `tls` (cert, key) goes to every direct listener; Ray Serve's gRPC proxy cannot serve TLS, so a config without
-    direct listeners is refused."""
+    direct listeners is refused, as is a key Ray Serve or imgserve does not know (serving.serve_file)."""
     config = yaml.safe_load(path.read_text())
+    check_keys(config, str(path))
     if placement is not None:
         config = apply_placement(config, placement, ray_proxy)
     if http_port is not None:
@@ -257,7 +256,7 @@ def hand_over_to_supervisor(
 ) -> None:
     """Replace this process (Ray's driver, ~120 MB) with `serving.ray_supervisor` (~15 MB), which keeps Ray's
     processes as its children, prints the workers' output on from where `follower` stopped, and stops Serve and
-    Ray on SIGINT/SIGTERM. Returns only if a stop was asked for meanwhile (the caller then stops as before)."""
+    Ray on SIGINT/SIGTERM/SIGHUP. Returns only if a stop was asked for meanwhile (the caller then stops as before)."""
     import ray
 
     from serving.ray_supervisor import SupervisorState, exec_supervisor
@@ -285,7 +284,7 @@ def run_server(
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> int:
-    """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM. Returns
+    """Blocking: start Ray + Serve, deploy, print where it listens, shut down cleanly on SIGINT/SIGTERM/SIGHUP. Returns
     the exit status: 2 when the configuration is refused (nothing was started)."""
     chosen, why = choose_placement(placement)
     print(f"imgserve: placement {chosen} ({why}); --placement local|graph chooses", flush=True)
@@ -305,10 +304,12 @@ def run_server(
             ServerSettings.from_env()
             JobSettings.from_env()
             serve_shutdown_timeout_s()
+            deploy_timeout_s()
         except ValueError as exc:
             raise StartRefused(" ".join(str(exc).split())[:600]) from None
         ray_metrics_port()
         raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
+        check_start(raw)  # a listener to connect to, valid args, batch waits within the queue budget
         binds = listener_binds(raw, ray_address)
         auth = resolve_auth(binds)
         try:
@@ -358,7 +359,7 @@ def run_server(
         print("imgserve: --num-cpus is ignored when joining a Ray cluster (RAY_ADDRESS)", file=sys.stderr)
     ray.init(namespace="serve", logging_level=logging.WARNING, **init_options)
     stop = SignalFlag()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, stop.request)
     logs_done = threading.Event()
     follower: WorkerLogFollower | None = None
@@ -373,8 +374,7 @@ def run_server(
         node_ip = ray.util.get_node_ip_address()
         if ray_address is None and not is_loopback_host(node_ip):
             raise RuntimeError(f"Ray started on {node_ip}, not loopback: stopping (its listeners would be exposed)")
-        timeout_s = float(os.environ.get("IMGSERVE_DEPLOY_TIMEOUT_S", "600"))
-        where = run_in_worker(deploy_serve, stop, raw, timeout_s)  # Serve's imports stay out of this process
+        where = run_in_worker(deploy_serve, stop, raw, deploy_timeout_s())  # Serve's imports stay out of here
         if where is None:
             return 0
         banner = "auth required" if auth == "required" else "auth OFF (loopback only)"

@@ -1,5 +1,6 @@
 """`args:` of the imgserve application in serve_config.yaml (pure pydantic: importable without Ray Serve)."""
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -122,3 +123,33 @@ class AppArgs(BaseModel):
         if isinstance(self.models, list) and self.default_model not in self.models:
             raise ValueError(f"default_model '{self.default_model}' must be one of models {self.models}")
         return self
+
+    def batch_queue_budget_ms(self) -> float | None:
+        """The queue budget that bounds the models' batch queues: `direct_ingress.max_queue_wait_ms` where the models
+        run in the Ingress replica that admits the requests (placement local, serving.admission); None where none
+        does (no direct listeners, or the graph: a model deployment's batch queue has no budget)."""
+        if self.placement != "local" or self.direct_ingress is None:
+            return None
+        return self.direct_ingress.max_queue_wait_ms
+
+
+def check_batch_waits(args: AppArgs, model_waits: Mapping[str, tuple[float, str]]) -> None:
+    """ValueError when a batch wait is not below the queue budget (`AppArgs.batch_queue_budget_ms`). A request alone
+    in its batch waits `batch_wait_timeout_ms` for company before its batch starts, and is answered 503 once it
+    waited its budget: each lone request would be refused. `model_waits`: model -> (its config's
+    batching.batch_wait_timeout_ms, where that is set); `args.batching`'s value, when given, replaces them all."""
+    budget = args.batch_queue_budget_ms()
+    if budget is None:
+        return
+    override = (args.batching or {}).get("batch_wait_timeout_ms")
+    if isinstance(override, int | float):
+        waits = [("args.batching.batch_wait_timeout_ms", float(override), "every model's, serve config")]
+    else:
+        waits = [(f"batching.batch_wait_timeout_ms of model '{m}'", w, where) for m, (w, where) in model_waits.items()]
+    over = [f"{name}={wait:g} ({where})" for name, wait, where in sorted(waits) if wait >= budget]
+    if over:
+        raise ValueError(
+            f"{'; '.join(over)} is not below args.direct_ingress.max_queue_wait_ms={budget:g}, the queue budget "
+            "of a request: one alone in its batch waits for company past its budget and is always answered 503. "
+            "Lower the batch wait, or raise max_queue_wait_ms (null: no budget)"
+        )

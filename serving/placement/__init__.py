@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from pipelines.quality.thresholds import load_thresholds
-from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions
+from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
 from serving.config.settings import ServerSettings
 from serving.repository import ModelRepository
 from serving.service import InferenceService
@@ -53,6 +53,11 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
             servable[name] = entry
         else:
             logger.warning("model %s is not deployed: %s", name, entry.unavailable_reason)
+    # `imgserve serve` refuses this before starting (serving.serve_file); here for a config deployed otherwise
+    check_batch_waits(
+        options,
+        {n: (e.config.batching.batch_wait_timeout_ms, str(e.folder / "config.yaml")) for n, e in servable.items()},
+    )
     stages = StageSettings(
         models=servable,
         limits=settings.decode_limits(),

@@ -1,5 +1,7 @@
-"""Shared fixtures for the unit tests: the real-data folder and the committed model specs."""
+"""Shared fixtures for the unit tests: real-data folder, committed model specs, a start stopped at ray.init."""
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,31 @@ def mobilenet_config() -> ModelConfig:
 @pytest.fixture(scope="session")
 def mobilenet_spec(mobilenet_config: ModelConfig) -> PreprocessSpec:
     return mobilenet_config.preprocess_spec()
+
+
+class RayStarted(Exception):
+    """ray.init was reached."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[dict[str, object]]]:
+    """ray.init records its arguments and stops the start there; the cache (key store) in a temporary folder. The
+    environment is put back whole afterwards: the start sets variables for Ray's workers (the Prometheus
+    multiprocess folder among them) that would change every later test of the session."""
+    import ray
+
+    calls: list[dict[str, object]] = []
+
+    def init(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise RayStarted
+
+    saved = dict(os.environ)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv("IMGSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        yield calls
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from serving.local_ray import WorkerLogFollower
 from serving.ray_supervisor import SupervisorState
@@ -106,9 +107,12 @@ def start_supervisor(state: Path, child_seconds: float) -> tuple[subprocess.Pope
         time.sleep(0.05)
 
 
-def test_supervisor_stops_its_children_on_sigterm(tmp_path: Path) -> None:
-    """SIGTERM: the child is stopped and the supervisor exits 0 (the Serve shutdown driver finds no Ray at the
-    GCS address and is given up after IMGSERVE_SHUTDOWN_TIMEOUT_S); the state file and the token are removed."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
+def test_supervisor_stops_its_children_on_a_stop_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """SIGTERM (and SIGHUP: the terminal closing, `kill -HUP`, some process managers' stop, which used to end the
+    supervisor by its default action, leaving Ray, the token and the state file behind): the child is stopped and
+    the supervisor exits 0 (the Serve shutdown driver finds no Ray at the GCS address and is given up after
+    IMGSERVE_SHUTDOWN_TIMEOUT_S); the state file and the token are removed."""
     token = tmp_path / "ray_auth_token"
     token.write_text("secret")
     state = tmp_path / "supervisor.json"
@@ -116,14 +120,18 @@ def test_supervisor_stops_its_children_on_sigterm(tmp_path: Path) -> None:
     process, sleeper = start_supervisor(state, 600)
     try:
         time.sleep(1.0)  # its signal handlers are set
-        os.kill(process.pid, signal.SIGTERM)
-        out, err = process.communicate(timeout=120)
+        os.kill(process.pid, stop_signal)
+        process.wait(timeout=120)
+        child_left = sleeper.is_running() and sleeper.status() != psutil.STATUS_ZOMBIE
     finally:
         if process.poll() is None:
             process.kill()
+        if sleeper.is_running():  # left behind (it holds the output pipes) when the supervisor died uncleanly
+            sleeper.kill()
+    out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+    assert not child_left
     assert "imgserve: shutting down" in out and "imgserve: Ray stopped" in out
-    assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
     assert not state.exists() and not token.exists()
 
 

@@ -1,45 +1,15 @@
 """`imgserve serve` refuses a bad configuration before starting anything, in one line naming what to change, and
 joins an existing Ray cluster (RAY_ADDRESS) without the arguments only a Ray of its own takes."""
 
-import os
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from serving.cli import main
 from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
+from tests.unit.conftest import RayStarted
 
 pytestmark = pytest.mark.unit
-
-
-class RayStarted(Exception):
-    """ray.init was reached."""
-
-
-@pytest.fixture
-def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[dict[str, object]]]:
-    """ray.init records its arguments and stops the start there; the cache (key store) in a temporary folder. The
-    environment is put back whole afterwards: the start sets variables for Ray's workers (the Prometheus
-    multiprocess folder among them) that would change every later test of the session."""
-    import ray
-
-    calls: list[dict[str, object]] = []
-
-    def init(*args: object, **kwargs: object) -> None:
-        calls.append(kwargs)
-        raise RayStarted
-
-    saved = dict(os.environ)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setenv("IMGSERVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    try:
-        yield calls
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,199 @@
+"""serve_config.yaml as imgserve reads it: what Ray Serve's own schema does not check, said before anything starts.
+
+- `check_keys`: Ray Serve's schema ignores keys it does not know, so a misspelt one (`max_ongoing_request:`)
+  silently dropped its setting. Every mapping imgserve or Ray Serve reads is checked against its known keys (Ray
+  Serve's from `ray.serve.schema`, copied below without importing Serve; imgserve's application args from
+  serving.config.app_args); an unknown key is refused with its path and the closest known key.
+- `check_start`: on the config `imgserve serve` is about to deploy (its placement applied): a config nobody can
+  connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, and a model
+  batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`).
+
+`imgserve serve` (serving.server) reports each as "imgserve: refusing to start: ..."; the KubeRay renderer
+(serving.deploy_render) refuses to render.
+"""
+
+import difflib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
+from serving.config.model_config import BatchingConfig, load_model_config
+from serving.config.placement_overlay import IMPORT_PATH
+from serving.config.settings import ServerSettings
+from serving.model_versions import model_roots, scan_model_folder
+
+
+class StartRefused(ValueError):
+    """The configuration is unsafe or cannot work: said before anything starts."""
+
+
+# Ray Serve 2.60's schema, mapping by mapping (tests/unit/test_serve_file_ops.py compares them with ray.serve.schema).
+SERVE_DEPLOY_KEYS = frozenset(
+    {"applications", "controller_options", "grpc_options", "http_options", "logging_config", "proxy_location"}
+    | {"target_capacity", "tracing_config"}
+)
+HTTP_OPTIONS_KEYS = frozenset(
+    {"host", "keep_alive_timeout_s", "port", "request_timeout_s", "root_path", "ssl_ca_certs", "ssl_certfile"}
+    | {"ssl_keyfile", "ssl_keyfile_password"}
+)
+GRPC_OPTIONS_KEYS = frozenset({"enable_reflection", "grpc_servicer_functions", "port", "request_timeout_s"})
+LOGGING_CONFIG_KEYS = frozenset(
+    {"additional_log_standard_attrs", "enable_access_log", "encoding", "log_level", "logs_dir"}
+)
+APPLICATION_KEYS = frozenset(
+    {"args", "autoscaling_policy", "deployments", "external_scaler_enabled", "host", "import_path"}
+    | {"logging_config", "name", "port", "route_prefix", "runtime_env"}
+)
+DEPLOYMENT_KEYS = frozenset(
+    {"autoscaling_config", "backpressure_config", "deployment_actors", "gang_scheduling_config"}
+    | {"graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s", "health_check_period_s"}
+    | {"health_check_timeout_s", "logging_config", "max_ongoing_requests", "max_queued_requests"}
+    | {"max_replicas_per_node", "max_surge_percent", "name", "num_replicas", "placement_group_bundle_label_selector"}
+    | {"placement_group_bundles", "placement_group_strategy", "ray_actor_options", "request_router_config"}
+    | {"rolling_update_percentage", "user_config"}
+)
+AUTOSCALING_CONFIG_KEYS = frozenset(
+    {"aggregation_function", "downscale_delay_s", "downscale_smoothing_factor", "downscale_to_zero_delay_s"}
+    | {"downscaling_factor", "initial_replicas", "look_back_period_s", "max_replicas", "metrics_interval_s"}
+    | {"min_replicas", "policy", "smoothing_factor", "target_ongoing_requests", "upscale_delay_s"}
+    | {"upscale_smoothing_factor", "upscaling_factor"}
+)
+RAY_ACTOR_OPTIONS_KEYS = frozenset(
+    {"accelerator_type", "fallback_strategy", "label_selector", "memory", "num_cpus", "num_gpus", "resources"}
+    | {"runtime_env"}
+)
+
+# A spec: the keys a mapping may have, each with the spec of its value (a mapping, or a list of mappings) or None
+# when the value is not checked further (free-form, or a scalar).
+Spec = dict[str, "Spec | None"]
+
+
+def _keys(names: frozenset[str], **nested: Spec) -> Spec:
+    return {name: nested.get(name) for name in names}
+
+
+def _model_keys(model: type[BaseModel]) -> Spec:
+    return dict.fromkeys(model.model_fields)
+
+
+LOGGING_CONFIG = _keys(LOGGING_CONFIG_KEYS)
+BATCHING = _model_keys(BatchingConfig)
+IMGSERVE_ARGS = _model_keys(AppArgs) | {
+    "direct_ingress": _model_keys(DirectIngressOptions),
+    "graph_calls": _model_keys(GraphCallOptions),
+    "batching": BATCHING,
+}
+DEPLOYMENT = _keys(
+    DEPLOYMENT_KEYS,
+    autoscaling_config=_keys(AUTOSCALING_CONFIG_KEYS),
+    ray_actor_options=_keys(RAY_ACTOR_OPTIONS_KEYS),
+    logging_config=LOGGING_CONFIG,
+)
+MODEL_DEPLOYMENT = DEPLOYMENT | {"user_config": {"batching": BATCHING}}  # serving.stages.model: reconfigure
+SERVE_CONFIG = _keys(
+    SERVE_DEPLOY_KEYS,
+    http_options=_keys(HTTP_OPTIONS_KEYS),
+    grpc_options=_keys(GRPC_OPTIONS_KEYS),
+    logging_config=LOGGING_CONFIG,
+    applications=_keys(APPLICATION_KEYS, deployments=DEPLOYMENT, logging_config=LOGGING_CONFIG),
+)
+
+
+def unknown_keys(value: Any, spec: Spec, path: str = "") -> Iterator[str]:
+    """'<path> (did you mean <key>?)' for every key of `value` (a mapping, or a list of them) that `spec` lacks,
+    depth first. imgserve's own application gets its args and model deployments checked too."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            name = item.get("name") if isinstance(item, dict) else None
+            yield from unknown_keys(item, spec, f"{path}[{name if isinstance(name, str) else index}]")
+        return
+    if not isinstance(value, dict):
+        return
+    imgserve_app = value.get("import_path") == IMPORT_PATH and "deployments" in spec
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in spec:
+            close = difflib.get_close_matches(str(key), list(spec), n=1, cutoff=0.6)
+            yield f"{where}{f' (did you mean {close[0]}?)' if close else ''}"
+            continue
+        nested = spec[key]
+        if imgserve_app and key == "args":
+            nested = IMGSERVE_ARGS
+        if imgserve_app and key == "deployments" and isinstance(item, list):
+            for index, deployment in enumerate(item):
+                name = deployment.get("name") if isinstance(deployment, dict) else None
+                model = isinstance(name, str) and name.startswith("model-")
+                yield from unknown_keys(
+                    deployment, MODEL_DEPLOYMENT if model else DEPLOYMENT, f"{where}[{name or index}]"
+                )
+            continue
+        if nested is not None:
+            yield from unknown_keys(item, nested, where)
+
+
+def check_keys(config: Any, source: str) -> None:
+    """StartRefused naming every key of the serve config (`source`: the file, for the message) that Ray Serve or
+    imgserve does not know: Ray Serve would drop it without a word."""
+    if not isinstance(config, dict):
+        raise StartRefused(f"{source}: expected a mapping of Ray Serve settings, not {type(config).__name__}")
+    unknown = list(unknown_keys(config, SERVE_CONFIG))
+    if unknown:
+        raise StartRefused(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {'; '.join(unknown)}. Ray Serve ignores keys it "
+            "does not know, so the setting would be silently dropped: correct or remove it"
+        )
+
+
+def imgserve_apps(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [app for app in config.get("applications") or [] if app.get("import_path") == IMPORT_PATH]
+
+
+def check_start(config: dict[str, Any], settings: ServerSettings | None = None) -> None:
+    """StartRefused for a config (placement applied) that `imgserve serve` cannot usefully deploy: no listener at
+    all, application args the application would refuse, or a batch wait over the queue budget."""
+    apps = imgserve_apps(config)
+    for app in apps:
+        try:
+            args = AppArgs.model_validate(app.get("args") or {})
+            BatchingConfig.model_validate(args.batching or {})  # the overrides' values, as each model will
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
+            raise StartRefused(f"application '{app.get('name')}' args: {problems}") from None
+        if args.batch_queue_budget_ms() is not None:
+            try:
+                check_batch_waits(args, model_batch_waits(settings or ServerSettings.from_env(), args.models))
+            except ValueError as exc:
+                raise StartRefused(str(exc)) from None
+    direct = [app for app in apps if (app.get("args") or {}).get("direct_ingress") is not None]
+    listeners = [DirectIngressOptions.model_validate(app["args"]["direct_ingress"]) for app in direct]
+    if config.get("proxy_location") == "Disabled" and not any(d.http_port or d.grpc_port for d in listeners):
+        nulls = [app.get("name") for app in apps if "direct_ingress" in (app.get("args") or {}) and app not in direct]
+        why = f"args.direct_ingress is null in application(s) {nulls}" if nulls else "no direct_ingress listener"
+        raise StartRefused(
+            f"{why} and Ray Serve's proxy is disabled: no client could connect. Remove `direct_ingress: null` (the "
+            "Ingress's own listeners on the config's ports), or run with --ray-proxy (Ray Serve's proxy)"
+        )
+
+
+def model_batch_waits(settings: ServerSettings, models: list[str] | str) -> dict[str, tuple[float, str]]:
+    """Model -> (the longest batching.batch_wait_timeout_ms of its versions, that config file), for the models in
+    the repository and the trained-models folder (`models`: a list, or 'all'). A config that cannot be read is
+    left to the application's own scan, which names it."""
+    waits: dict[str, tuple[float, str]] = {}
+    for root in (settings.model_repository, settings.trained_models):
+        for folder_path in model_roots(root):
+            if models != "all" and folder_path.name not in models:
+                continue
+            try:
+                folder = scan_model_folder(folder_path, policy=False)
+                paths = [] if folder is None else [Path(path) / "config.yaml" for path in folder.versions.values()]
+                for path in paths:
+                    wait = load_model_config(path).batching.batch_wait_timeout_ms
+                    if wait > waits.get(folder_path.name, (-1.0, ""))[0]:
+                        waits[folder_path.name] = (wait, str(path))
+            except (OSError, ValueError):
+                continue
+    return waits
