@@ -30,14 +30,15 @@ class QualityMetrics:
     short_side: int  # px, min(width, height)
     aspect_ratio: float  # long side / short side, >= 1
     working_scale: float  # working long side / original long side, (0, 1]
-    # sharpness (working image)
+    # sharpness (working image); the five directional ones are None on a working image under 16 px on its short side
+    # (a strip: no 2-D sharpness to measure, no blur verdict; sharpness.MIN_SIDE)
     laplacian_var: float  # variance of the 3x3 Laplacian of luma; 0 .. ~0.2, typical 0.005-0.1 when sharp
     tenengrad: float  # mean squared 3x3 Sobel gradient magnitude of luma; 0 .. ~2
-    sharpness: float  # re-blur sharpness of the sharpest tiles, mean over 4 directions; 0 (blurred) .. 1
-    sharpness_min_direction: float  # the same along the blurriest direction; 0 .. 1
-    coarse_sharpness: float  # sharpness_min_direction at 256 px (one octave down): resampling-independent; 0 .. 1
-    blur_anisotropy: float  # directional modulation b/a of the blur; ~0 defocus, > 0.1 motion blur; 0 .. ~1.4
-    blur_direction_deg: float  # direction the image is least sharp along (motion), degrees [0, 180), 0 = horizontal
+    sharpness: float | None  # re-blur sharpness of the sharpest tiles, mean over 4 directions; 0 (blurred) .. 1
+    sharpness_min_direction: float | None  # the same along the blurriest direction; 0 .. 1
+    coarse_sharpness: float | None  # sharpness_min_direction at 256 px (one octave down, resampling-proof); 0 .. 1
+    blur_anisotropy: float | None  # directional modulation b/a of the blur; ~0 defocus, > 0.1 motion blur; 0 .. ~1.4
+    blur_direction_deg: float | None  # direction least sharp along (motion), degrees [0, 180), 0 = horizontal
     textured_fraction: float  # share of 32-px tiles with enough variation to judge sharpness; 0 .. 1
     sharpest_region: tuple[float, float, float, float]  # (x0, y0, x1, y1) in 0..1: box of the sharpest tiles
     # exposure and contrast (working image luma)

@@ -19,6 +19,11 @@ the photo: 16 px at 256 for 32 px at 512).
 Direction: the blur 1 - s(theta), measured along 0, 45, 90 and 135 degrees over all textured tiles, is
 fitted with a + b*cos(2(theta - phi)). Defocus blurs every direction alike (b ~ 0); motion blur removes
 detail along the motion only, so b/a (the anisotropy) is large and phi is the direction of motion.
+
+Thin strips: every measure above is 2-D (9-px re-blur lines along four directions, 32-px tiles). A working image
+under `MIN_SIDE` px on its short side (a banner of aspect ratio above ~32:1 at 512 px; a 1-px line of a ~340:1 one)
+has no 2-D sharpness to measure: a sharp texture 1-12 px high reads as blurred (0) or smeared along one direction
+(anisotropy 0.2-0.5), so the directional measures are None there (no blur or sharp verdict) instead of a number.
 """
 
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ MIN_TILE_VARIATION = 0.006  # mean |difference| per px in a tile (gray in [0, 1]
 TOP_FRACTION = 0.2  # share of textured tiles, sharpest first, that the sharpness is averaged over
 COARSE_SIDE = 256  # px, longer side of the image `coarse_sharpness` is measured on (half the working image)
 COARSE_TILE = TILE // 2  # the same tiles of the photo, one octave down
+MIN_SIDE = TILE // 2  # px: a thinner working image has no 2-D sharpness to measure (module docstring)
 _DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx) for 0, 45, 90, 135 degrees
 
 
@@ -43,11 +49,12 @@ class SharpnessMeasures:
 
     laplacian_var: float
     tenengrad: float
-    sharpness: float
-    sharpness_min_direction: float
-    coarse_sharpness: float
-    blur_anisotropy: float
-    blur_direction_deg: float
+    # None on a strip thinner than MIN_SIDE: nothing 2-D to judge
+    sharpness: float | None
+    sharpness_min_direction: float | None
+    coarse_sharpness: float | None
+    blur_anisotropy: float | None
+    blur_direction_deg: float | None
     textured_fraction: float
     sharpest_region: tuple[float, float, float, float]  # box (x0, y0, x1, y1), 0..1, of the tiles judged
 
@@ -128,10 +135,22 @@ def directional_sharpness(gray: np.ndarray, tile: int = TILE) -> tuple[np.ndarra
 
 
 def measure_sharpness(gray: np.ndarray) -> SharpnessMeasures:
-    """All sharpness measures of a float32 gray working image in [0, 1]."""
+    """All sharpness measures of a float32 gray working image in [0, 1] (directional ones None on a thin strip)."""
     laplacian = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    if min(gray.shape) < MIN_SIDE:
+        return SharpnessMeasures(
+            laplacian_var=float(laplacian.var()),
+            tenengrad=float(np.mean(gx * gx + gy * gy)),
+            sharpness=None,
+            sharpness_min_direction=None,
+            coarse_sharpness=None,
+            blur_anisotropy=None,
+            blur_direction_deg=None,
+            textured_fraction=0.0,
+            sharpest_region=WHOLE_FRAME,
+        )
     s, s_all, textured_fraction, region = directional_sharpness(gray)
     size = working_size(gray.shape[1], gray.shape[0], COARSE_SIDE)
     coarse = gray if size == gray.shape[::-1] else cv2.resize(gray, size, interpolation=cv2.INTER_AREA)

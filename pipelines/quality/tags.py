@@ -6,7 +6,9 @@ docs/QUALITY.md. Combination with a model, per tag, when `model_probs` has that 
 - classical evidence fires and the model gives p >= ``confirm``  -> tag (the model can veto, except pixel-level
   evidence of a photo larger than the working image: noise or JPEG blocks the model's small input cannot show);
 - the model alone gives p >= ``alone``                           -> tag (the model can add);
-- or, for a tag with a learned ``stack``, its logistic of the model's logit and metrics >= ``fire_at``;
+- or, for a tag with a learned ``stack``, its logistic of the model's logit and metrics >= ``fire_at``: the stack
+  decides, and the tag's `rule` says so (its probability against ``fire_at``, then the classical rule, whose metrics
+  stay in the evidence with the stack's);
 - otherwise no tag. Tags the model does not cover stay purely classical. ``confirm``/``alone`` are per tag
   (``model.tags``) or the block's defaults. A tag implied by another that fired (motion_blur -> blurry) fires.
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pipelines.quality.metrics import QualityMetrics
 from pipelines.quality.sharpness import WHOLE_FRAME
-from pipelines.quality.thresholds import Condition, TagRule, Thresholds, default_thresholds
+from pipelines.quality.thresholds import Condition, TagRule, TagStack, Thresholds, default_thresholds
 
 Evidence = dict[str, float | int | list[float] | None]
 
@@ -31,7 +33,7 @@ class Tag:
     name: str
     confidence: float  # 0.5 .. 1
     source: str  # "classical", "model" or "classical+model"
-    rule: str  # the rule in words, e.g. "noise_sigma > 3.5 or impulse_fraction > 0.004"
+    rule: str  # the rule that decided, in words, e.g. "noise_sigma > 3.5 or impulse_fraction > 0.004"
     evidence: Evidence = field(default_factory=dict)  # metric values (and model_probability) behind the tag
 
 
@@ -80,6 +82,16 @@ def describe_rule(rule: TagRule) -> str:
     return text if not extra else f"{text} ({', '.join(extra)})"
 
 
+def describe_stack(stack: TagStack, probability: float, classical_rule: str) -> str:
+    """The rule of a tag its learned stack decided: the stack's probability against `fire_at`, its inputs, and the
+    classical rule it replaced (whose metrics stay in the evidence)."""
+    inputs = ", ".join(["logit(model_probability)", *(t.metric for t in stack.terms)])
+    return (
+        f"learned stack: p {probability:.4f} >= fire_at {stack.fire_at:g} (logistic of {inputs}); "
+        f"classical rule, not deciding here: {classical_rule}"
+    )
+
+
 def assign_tags(
     metrics: QualityMetrics,
     thresholds: Thresholds | None = None,
@@ -108,6 +120,7 @@ def tags_from_values(
         p = probs.get(name)
         source = "classical"
         stack = combine.stack_for(name) if p is not None else None
+        stacked = 0.0
         if stack is not None:  # a learned decision from the probability and the metrics
             stacked = stack.probability(values, p)
             classical, confidence, source = stacked >= stack.fire_at, stacked, "classical+model"
@@ -126,13 +139,17 @@ def tags_from_values(
         if any(r not in fired for r in rule.requires) or any(e in fired for e in rule.excludes):
             continue
         evidence: Evidence = {c.metric: values.get(c.metric) for c in rule.conditions}
+        described = describe_rule(rule)
         if stack is not None:
             evidence.update({t.metric: values.get(t.metric) for t in stack.terms})
-            evidence["combined_probability"] = round(confidence, 4)
+            evidence["combined_probability"] = round(stacked, 4)
+            evidence["fire_at"] = stack.fire_at
+            if stacked >= stack.fire_at:  # the stack decided (below fire_at, a tag implying this one did)
+                described = describe_stack(stack, stacked, described)
         for tag in implied:  # the implying tag's metrics, not its model probability
             evidence.update({k: v for k, v in tag.evidence.items() if k != "model_probability"})
         if p is not None:
             evidence["model_probability"] = p
         evidence["region"] = list((values.get(rule.region) if rule.region else None) or WHOLE_FRAME)
-        fired[name] = Tag(name, round(confidence, 4), source, describe_rule(rule), evidence)
+        fired[name] = Tag(name, round(confidence, 4), source, described, evidence)
     return [fired[name] for name in thresholds.tags if name in fired]

@@ -2,10 +2,15 @@
 
 Every number that decides a tag or a score lives in the YAML, not in code, so that it can be
 calibrated on a user's own labelled photos (`tooling.quality.calibrate`) and versioned: a report
-carries the `version` of the thresholds that produced it.
+carries the `version` of the thresholds that produced it. An edited file has a number (`version: 4`); a calibration
+writes ``"<number>+<digest>"`` (`calibrated_version`), the digest being that of everything that decides a verdict,
+so two calibrations from the same base tell apart whenever their thresholds differ.
 """
 
+import hashlib
+import json
 import math
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +32,8 @@ MetricName = Annotated[str, AfterValidator(_known_metric)]  # a `QualityMetrics`
 
 DEFAULT_THRESHOLDS_PATH = Path(__file__).with_name("thresholds.yaml")
 LEVELS = ("LOW", "MEDIUM", "HIGH", "ULTRA")
+VERSION_FORM = re.compile(r"[1-9][0-9]*(\+[0-9a-f]{8,64})?")  # 4, or "5+1f3a9c0e" from a calibration
+DIGEST_CHARS = 8
 
 
 class _Frozen(BaseModel):
@@ -158,12 +165,37 @@ class ScoreConfig(_Frozen):
 class Thresholds(_Frozen):
     """The whole config file."""
 
-    version: int = Field(ge=1, description="bumped by every edit or calibration")
+    version: Annotated[int, Field(ge=1)] | str = Field(
+        description="a number bumped by every edit, or '<number>+<digest>' written by a calibration"
+    )
     description: str = ""
     working_max_side: int = Field(512, ge=64, description="longer side of the working image the metrics assume")
     tags: dict[str, TagRule]
     model: ModelCombination = ModelCombination()
     score: ScoreConfig
+
+    @field_validator("version")
+    @classmethod
+    def _version_form(cls, value: int | str) -> int | str:
+        if isinstance(value, str):
+            if not VERSION_FORM.fullmatch(value):
+                raise ValueError(f"version must be a number or '<number>+<hex digest>', got {value!r}")
+            return int(value) if value.isdigit() else value
+        return value
+
+    @property
+    def version_number(self) -> int:
+        """The number part of `version` (4 for both 4 and "4+1f3a9c0e")."""
+        return int(str(self.version).split("+", 1)[0])
+
+    def content_digest(self) -> str:
+        """Short sha256 of everything that decides a verdict (all but `version` and `description`)."""
+        data = self.model_dump(mode="json", exclude={"version", "description"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:DIGEST_CHARS]
+
+    def calibrated_version(self) -> str:
+        """The version a calibration that produced these thresholds writes: the base's number + 1 and the digest."""
+        return f"{self.version_number + 1}+{self.content_digest()}"
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Thresholds":

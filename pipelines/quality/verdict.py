@@ -60,7 +60,7 @@ class QualityReport:
     level: str  # LOW, MEDIUM, HIGH, ULTRA
     tags: tuple[Tag, ...]
     metrics: QualityMetrics
-    thresholds_version: int
+    thresholds_version: int | str  # the thresholds' `version`: 4, or "5+1f3a9c0e" from a calibration
     detail: QualityScore  # classical/model parts of the score and the penalty severities
     model_version: str | None = None  # the learned model that joined the verdict ("quality_mos:1"), if any
 

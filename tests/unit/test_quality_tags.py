@@ -184,7 +184,8 @@ def test_calibration_separates_a_labelled_folder(tmp_path: Path) -> None:
     bad["tags"]["low_light"]["conditions"][0]["threshold"] = 0.95
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     new, report = calibrate(tmp_path, load_thresholds(tmp_path / "bad.yaml"))
-    assert new.version == base.version + 1
+    # the base's number + 1 and the digest of what was calibrated (two calibrations that differ tell apart)
+    assert new.version == f"{base.version_number + 1}+{new.content_digest()}"
     by_tag = {r.tag: r for r in report}
     assert by_tag["blurry"].new_f1 == 1.0 and by_tag["low_light"].new_f1 == 1.0
     for folder, tag in (("blurry", "blurry"), ("low_light", "low_light"), ("good", None)):
@@ -203,7 +204,8 @@ def test_calibrate_command_writes_bumped_yaml(tmp_path: Path, capsys: pytest.Cap
         )
     out = tmp_path / "thresholds.yaml"
     assert main([str(tmp_path / "data"), "--out", str(out)]) == 0
-    assert load_thresholds(out).version == default_thresholds().version + 1
+    written = load_thresholds(out)
+    assert written.version == f"{default_thresholds().version_number + 1}+{written.content_digest()}"
     assert "noisy" in capsys.readouterr().out
     (tmp_path / "data" / "not_a_tag").mkdir()
     assert main([str(tmp_path / "data"), "--out", str(out)]) == 2

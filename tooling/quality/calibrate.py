@@ -9,7 +9,9 @@ For each tag folder, in the config's order, the *first* condition of the tag's r
 midpoint between observed metric values is tried and the one with the best F1 (positives = the tag's
 folder, negatives = good/, or also the other tags' folders with ``--negatives all``) wins; ties take the
 middle of the best range. Other conditions, requires/excludes and the score are kept. The result is
-written as a new YAML with ``version`` bumped by one.
+written as a new YAML whose ``version`` is ``"<base number + 1>+<digest>"`` (`Thresholds.calibrated_version`): the
+digest of the calibrated thresholds, so two calibrations of the same base that differ have different versions, and
+every result they produce names which (`thresholds_version`).
 
     python -m tooling.quality.calibrate FOLDER --out thresholds.yaml [--base OLD.yaml] [--negatives all]
 """
@@ -113,8 +115,9 @@ def metrics_of_folder(folder: Path, progress: Callable[[str], None] | None = Non
 def calibrate(
     folder: str | Path, base: Thresholds | None = None, negatives: str = "good"
 ) -> tuple[Thresholds, list[TagCalibration]]:
-    """New thresholds (version + 1) tuned on `folder`; see the module docstring for the layout."""
+    """New thresholds ("<number + 1>+<digest>") tuned on `folder`; see the module docstring for the layout."""
     thresholds = base or load_thresholds()
+    base_version = thresholds.version
     root = Path(folder)
     if not (root / "good").is_dir():
         raise ValueError(f"{root} has no good/ folder of photos without defects")
@@ -141,8 +144,10 @@ def calibrate(
             new, new_f1 = old, old_f1
         metric = thresholds.tags[tag].conditions[0].metric
         report.append(TagCalibration(tag, metric, old, new, old_f1, new_f1, len(by_tag[tag]), len(neg)))
-    description = f"calibrated on {root.name} from version {thresholds.version}"
-    return thresholds.model_copy(update={"version": thresholds.version + 1, "description": description}), report
+    description = f"calibrated on {root.name} from version {base_version}"
+    return thresholds.model_copy(
+        update={"version": thresholds.calibrated_version(), "description": description}
+    ), report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
