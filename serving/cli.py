@@ -15,6 +15,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large folders go in several calls
 # Error kinds that belong to one image (serving.errors, pipelines.errors): that image's row, not the command's end.
 PER_IMAGE_ERRORS = frozenset({"invalid_image", "unsupported_format", "too_large"})
+# The error kind of the rows of images a command-stopping error left unanswered (send them again to resume).
+NOT_ANSWERED = "not_answered"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -115,7 +117,9 @@ def _chunk_results(call: "Callable[[list[str]], list[Any]]", chunk: list[str]) -
 def _cmd_remote(args: argparse.Namespace) -> int:
     """`classify` and `analyze`: send the images to a running server, print a table or JSON. An image the server
     cannot use (or a file that cannot be read) is reported in its row and the others go on; the command fails when
-    none succeeded."""
+    none succeeded. An error that stops the command (the server gone after the retries, a timeout, a refused key)
+    keeps what was answered before it: those rows are printed or written, the others say `not_answered`, and the
+    command fails."""
     from serving.cli_output import ImageFailure, expand_images, print_results, result_record, write_results
     from serving.client import Client, ImgServeError
     from serving.client.errors import error_line
@@ -129,6 +133,8 @@ def _cmd_remote(args: argparse.Namespace) -> int:
         print(f"imgserve: error: --out {args.out}: its folder does not exist", file=sys.stderr)
         return 2
     key_sent = False
+    results: list[Classification | Analysis | ImageFailure] = []
+    stopped_by: ImgServeError | OSError | None = None
     try:
         with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
             key_sent = client.authenticated
@@ -138,7 +144,6 @@ def _cmd_remote(args: argparse.Namespace) -> int:
                     return client.classify(chunk, args.model, args.top_k, args.confidence_threshold)
                 return client.analyze(chunk, args.model, args.top_k, fields, args.confidence_threshold)
 
-            results: list[Classification | Analysis | ImageFailure] = []
             for chunk in _chunks(images, IMAGES_PER_REQUEST):
                 results.extend(_chunk_results(call, chunk))
     except ValueError as exc:  # a bad --url, --top-k, --confidence-threshold or --api-key
@@ -146,7 +151,11 @@ def _cmd_remote(args: argparse.Namespace) -> int:
         return 2
     except (ImgServeError, OSError) as exc:
         print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
-        return 1
+        if not results:
+            return 1
+        stopped_by = exc  # the answers already received are kept: written below, the rest marked unanswered
+        reason = f"not answered: the command stopped at an error: {error_line(exc, key_sent)}"
+        results += [ImageFailure(NOT_ANSWERED, reason)] * (len(images) - len(results))
     records = [result_record(image, result) for image, result in zip(images, results, strict=True)]
     if args.out:
         try:
@@ -158,6 +167,14 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     else:
         print_results(records, args.json)
     failed = sum(isinstance(result, ImageFailure) for result in results)
+    if stopped_by is not None:
+        unanswered = sum(isinstance(r, ImageFailure) and r.kind == NOT_ANSWERED for r in results)
+        print(
+            f"imgserve: {unanswered} of {len(images)} images were not answered (rows with error {NOT_ANSWERED}); "
+            f"{failed - unanswered} failed on their own; the other results are kept",
+            file=sys.stderr,
+        )
+        return 1
     if failed:
         print(f"imgserve: {failed} of {len(images)} images failed (see their rows)", file=sys.stderr)
     return 1 if failed and failed == len(images) else 0

@@ -1,12 +1,13 @@
 """Batch jobs from the SDK (HTTP): submit files or a folder, poll or watch live, stream results, cancel.
 
-Large inputs go up in chunks of about `chunk_bytes`: the job is created open (`?start=false`), each further
-chunk is added (`POST /v1/jobs/{id}/items`), then it is started, so no single request nears the server's
-body limit and the job still runs as one.
+Large inputs go up in chunks of about `chunk_bytes` and at most `chunk_files` files: the job is created open
+(`?start=false`), each further chunk is added (`POST /v1/jobs/{id}/items`), then it is started, so no single
+request nears the server's body limit or its files-per-request limit, and the job still runs as one.
 """
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from serving.client.types import Analysis
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 FINAL_STATES = ("completed", "failed", "cancelled")
 CHUNK_BYTES = 32 * 1024 * 1024
+# Files per upload request: a tenth of the server's default IMGSERVE_BATCH_MAX_FILES_PER_REQUEST (10,000), which no
+# endpoint reports; a server configured lower names its limit in the 413 and the upload is split again to fit it.
+CHUNK_FILES = 1000
+SERVER_FILE_LIMIT = re.compile(r"Too many files\. Maximum number of files is (\d+)")
 HEARTBEAT_GRACE_S = 60.0  # the server sends a comment every 15 s: a read this long with nothing is a dead stream
 BatchInputs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
@@ -104,18 +109,20 @@ def batch_files(inputs: BatchInputs) -> list[tuple[str, Path]]:
     return files
 
 
-def _chunks(files: list[tuple[str, Path]], chunk_bytes: int) -> Iterator[list[tuple[str, Path]]]:
-    chunk: list[tuple[str, Path]] = []
+def _first_chunk(files: list[tuple[str, Path]], chunk_bytes: int, chunk_files: int) -> list[tuple[str, Path]]:
+    """The leading files that fit one request: about `chunk_bytes` (one file at least) and `chunk_files` at most."""
     size = 0
-    for name, path in files:
-        length = path.stat().st_size
-        if chunk and size + length > chunk_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, path))
-        size += length
-    if chunk:
-        yield chunk
+    for count, (_, path) in enumerate(files[:chunk_files]):
+        size += path.stat().st_size
+        if count and size > chunk_bytes:
+            return files[:count]
+    return files[:chunk_files]
+
+
+def server_file_limit(error: ImgServeError) -> int | None:
+    """The files-per-request limit a server's 413 names (its multipart parser's "Too many files" message)."""
+    found = SERVER_FILE_LIMIT.search(error.message) if error.kind == "too_large" else None
+    return int(found.group(1)) if found else None
 
 
 class BatchClient(HttpRoutes):
@@ -133,26 +140,47 @@ class BatchClient(HttpRoutes):
         stages: list[str] | None = None,
         webhook_url: str | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        chunk_files: int = CHUNK_FILES,
     ) -> BatchJob:
         """Upload image files and/or folders as one job and start it."""
         files = batch_files(inputs)
         if not files:
             raise ValueError("no image files to submit")
+        if chunk_files < 1:
+            raise ValueError(f"chunk_files must be at least 1, got {chunk_files}")
         params: dict[str, Any] = {"top_k": top_k, "stages": stages or [], "model": model, "webhook_url": webhook_url}
         params = {k: v for k, v in params.items() if v not in (None, [])}
-        chunks = list(_chunks(files, chunk_bytes))
-        if len(chunks) == 1:
-            return job_from_json(self._upload("/v1/batch", chunks[0], params))
-        job = job_from_json(self._upload("/v1/batch", chunks[0], {**params, "start": "false"}))
+        job: BatchJob | None = None
         try:
-            for chunk in chunks[1:]:
-                self._upload(f"/v1/jobs/{job.job_id}/items", chunk, {})
+            while files:
+                chunk = _first_chunk(files, chunk_bytes, chunk_files)
+                last = len(chunk) == len(files)
+                try:
+                    if job is None:  # the first chunk creates the job: started at once when it is the only one
+                        job = job_from_json(
+                            self._upload("/v1/batch", chunk, params if last else {**params, "start": "false"})
+                        )
+                        if last:
+                            return job
+                    else:
+                        self._upload(f"/v1/jobs/{job.job_id}/items", chunk, {})
+                except ImgServeError as exc:  # refused before any of it was taken: split again at its limit
+                    limit = server_file_limit(exc)
+                    if limit is None or not 0 < limit < len(chunk):
+                        raise
+                    chunk_files = limit
+                    continue
+                files = files[len(chunk) :]
+            assert job is not None  # files was not empty
             return job_from_json(self._send("POST", f"/v1/jobs/{job.job_id}/start", retry=False).json())
         except BaseException as failure:
-            try:
-                self.cancel(job.job_id)  # do not leave a half-uploaded job open
-            except Exception as cancel_error:  # noqa: BLE001 - the upload's failure is the one to raise
-                failure.add_note(f"the half-uploaded job {job.job_id} could not be cancelled either: {cancel_error}")
+            if job is not None:
+                try:
+                    self.cancel(job.job_id)  # do not leave a half-uploaded job open
+                except Exception as cancel_error:  # noqa: BLE001 - the upload's failure is the one to raise
+                    failure.add_note(
+                        f"the half-uploaded job {job.job_id} could not be cancelled either: {cancel_error}"
+                    )
             raise
 
     def submit_uris(

@@ -43,7 +43,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for value in args.stages or () for s in value.split(",") if s.strip()] or None
     out = Path(args.out)
+    if out.is_dir() or not out.resolve().parent.is_dir():  # found out before the upload and the wait, not after
+        print(f"imgserve: error: --out {args.out}: not a file in an existing folder", file=sys.stderr)
+        return 2
     key_sent = False
+    job: BatchJob | None = None
     try:
         with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
             key_sent = client.authenticated
@@ -58,12 +62,20 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                         handle.write(_json_line(result.raw))
     except (ValueError, FileNotFoundError) as exc:
         print(f"imgserve: error: {exc}", file=sys.stderr)
+        _where_results_are(job)
         return 2
     except (ImgServeError, OSError) as exc:
         print(f"imgserve: error: {error_line(exc, key_sent)}", file=sys.stderr)
+        _where_results_are(job)
         return 1
     print(f"job {job.job_id} {job.status}: {job.done} done, {job.failed} failed -> {out}", file=sys.stderr)
     return 0 if job.status == "completed" else 1
+
+
+def _where_results_are(job: BatchJob | None) -> None:
+    """After a failure once the job has ended (its results could not be fetched or saved): where they are."""
+    if job is not None and job.finished:
+        print(f"imgserve: job {job.job_id} is {job.status}: GET /v1/jobs/{job.job_id}/results", file=sys.stderr)
 
 
 def _json_line(data: dict[str, Any]) -> str:

@@ -165,7 +165,7 @@ class Client:
     def submit_batch(self, inputs: "BatchInputs", **options: Any) -> "BatchJob":
         """Upload image files and/or folders (walked for images) as one batch job; returns at once (202).
 
-        Options: model, top_k, stages, webhook_url, chunk_bytes.
+        Options: model, top_k, stages, webhook_url, chunk_bytes, chunk_files (files per upload request).
         """
         return self.batch.submit(inputs, **options)
 

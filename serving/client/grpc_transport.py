@@ -159,7 +159,8 @@ class GrpcTransport:
         try:
             for response in call:
                 if response.HasField("error"):
-                    error = make_error(response.error.code, response.error.kind, response.error.message)
+                    item = response.error  # retry_after_s 0: the server did not say
+                    error = make_error(item.code, item.kind, item.message, retry_after=item.retry_after_s or None)
                     yield StreamResult(response.request_id, error=error)
                 else:
                     yield StreamResult(response.request_id, analysis=analysis_from_proto(response.analysis))

@@ -18,15 +18,16 @@ def with_retries(
     first_backoff_s: float = FIRST_BACKOFF_S,
 ) -> T:
     """Run `call`; on a retryable `ImgServeError` wait 0.1 s, 0.2 s, 0.4 s, ... (or the server's Retry-After when
-    longer, at most 10 s) and try again, `retries` times."""
+    longer) and try again, `retries` times. A Retry-After over 10 s is raised at once, with its `retry_after`."""
     delay = first_backoff_s
     for attempt in range(retries + 1):
         try:
             return call()
         except ImgServeError as exc:
-            if not exc.retryable or attempt == retries:
+            asked = exc.retry_after or 0.0
+            if not exc.retryable or attempt == retries or asked > MAX_RETRY_AFTER_S:
                 raise
-            wait = max(delay, min(exc.retry_after or 0.0, MAX_RETRY_AFTER_S))  # the server's Retry-After, if longer
+            wait = max(delay, asked)  # the server's Retry-After, if longer
         (sleep or time.sleep)(wait)
         delay *= 2
     raise AssertionError("unreachable")  # the loop returns or raises

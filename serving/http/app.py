@@ -125,8 +125,15 @@ def create_http_app(
             CORSMiddleware,
             allow_origins=gate.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "retry-after", *operation_routes.RESULT_HEADERS],
+            # the OIP binary tensor extension's header both ways, and a compressed OIP body's Content-Encoding
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-request-id",
+                "content-encoding",
+                oip_routes.HEADER_LENGTH,
+            ],
+            expose_headers=["x-request-id", "retry-after", oip_routes.HEADER_LENGTH, *operation_routes.RESULT_HEADERS],
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -1,13 +1,16 @@
 """Open Inference Protocol (KServe v2) over HTTP/REST, with the binary tensor data extension."""
 
 import json
+import zlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.errors import BadRequestError, InvalidTensorError
+from serving.config.settings import ServerSettings
+from serving.errors import BadRequestError, InvalidTensorError, RequestTooLargeError
 from serving.http.dependencies import get_service
+from serving.http.middleware import BodySizeLimitMiddleware
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
 from serving.oip.tensors import (
@@ -22,6 +25,15 @@ from serving.service import IMAGE_MODEL_NAME, InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
+# Request bodies compressed as tritonclient's request_compression_algorithm sends them: zlib's window bits for each
+# Content-Encoding ("deflate" is the zlib format, RFC 9110 8.4.1.2, which tritonclient writes).
+CONTENT_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+INFLATE_STEP_BYTES = 1024 * 1024
+
+
+class UnsupportedContentEncodingError(BadRequestError):
+    http_status = 415
+    kind = "unsupported_encoding"
 
 
 def _not_ready(message: str) -> JSONResponse:
@@ -119,8 +131,77 @@ async def repository_index(request: Request, service: InferenceService = Depends
     return await model_repository_index(service, ready)
 
 
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _json_object(value: object, what: str) -> dict[str, Any]:
+    """`value` when it is a JSON object (absent: an empty one); any other JSON type is the client's error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidTensorError(f"{what} must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _bool_parameter(value: object, what: str) -> bool:
+    """A true/false parameter (binary_data, binary_data_output): the string "false" is not taken as true."""
+    if not isinstance(value, bool):
+        raise InvalidTensorError(f"{what} must be true or false, got {value!r:.40}")
+    return value
+
+
+def _parse_input(item: object, position: int, binary: bytes, offset: int) -> tuple[oip.InferInput, int]:
+    """One entry of `inputs`, each field checked for its JSON type, and the binary data offset after it."""
+    if not isinstance(item, dict):
+        raise InvalidTensorError(f"inputs[{position}] must be a JSON object, got {_json_type(item)}")
+    try:
+        name, datatype, shape = item["name"], item["datatype"], tensor_shape(item["shape"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
+    if not isinstance(name, str):
+        raise InvalidTensorError(f"inputs[{position}]: 'name' must be a string, got {_json_type(name)}")
+    if not isinstance(datatype, str):
+        raise InvalidTensorError(f"input '{name}': 'datatype' must be a string, got {_json_type(datatype)}")
+    params = _json_object(item.get("parameters"), f"input '{name}': 'parameters'")
+    if "binary_data_size" in params:
+        size = integer_parameter(params["binary_data_size"], f"input '{name}': binary_data_size")
+        if size < 0 or offset + size > len(binary):
+            raise InvalidTensorError(f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain")
+        data = array_from_raw(binary[offset : offset + size], datatype, shape)
+        return oip.InferInput(name, datatype, shape, data), offset + size
+    if "data" not in item:
+        raise InvalidTensorError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+    if not isinstance(item["data"], list):
+        raise InvalidTensorError(f"input '{name}': 'data' must be a JSON array, got {_json_type(item['data'])}")
+    return oip.InferInput(name, datatype, shape, array_from_json(item["data"], datatype, shape)), offset
+
+
+def _parse_outputs(value: object, binary_default: bool) -> list[oip.RequestedOutput]:
+    """The request's `outputs` (absent: every output, as `binary_default` says)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidTensorError(f"'outputs' must be a JSON array, got {_json_type(value)}")
+    outputs = []
+    for position, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidTensorError(f"outputs[{position}] must be a JSON object, got {_json_type(item)}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidTensorError(f"outputs[{position}] needs a string 'name', got {_json_type(name)}")
+        params = _json_object(item.get("parameters"), f"output '{name}': 'parameters'")
+        binary = _bool_parameter(params.get("binary_data", binary_default), f"output '{name}': binary_data")
+        classes = integer_parameter(params.get("classification", 0), f"output '{name}': classification")
+        outputs.append(oip.RequestedOutput(name, binary, classes))
+    return outputs
+
+
 def parse_infer_request(model: str, body: bytes, header_length: str | None) -> oip.InferRequest:
-    """JSON, or JSON header + binary tensors (binary tensor data extension), -> `InferRequest`."""
+    """JSON, or JSON header + binary tensors (binary tensor data extension), -> `InferRequest`. A field of the wrong
+    JSON type (parameters that are not an object, a datatype that is not a string, ...) is a 400 naming it."""
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise BadRequestError(f"{HEADER_LENGTH} is {header_length!r} but the body has {len(body)} bytes")
@@ -138,43 +219,57 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
         raise BadRequestError("inference request must be a JSON object with an 'inputs' list")
     offset = 0
     inputs = []
-    for item in payload["inputs"]:
-        try:
-            name, datatype, shape = item["name"], item["datatype"], tensor_shape(item["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidTensorError(f"each input needs name, datatype and shape: {exc}") from None
-        params = item.get("parameters") or {}
-        if "binary_data_size" in params:
-            size = integer_parameter(params["binary_data_size"], f"input '{name}': binary_data_size")
-            if offset + size > len(binary):
-                raise InvalidTensorError(
-                    f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain"
-                )
-            data = array_from_raw(binary[offset : offset + size], datatype, shape)
-            offset += size
-        elif "data" in item:
-            data = array_from_json(item["data"], datatype, shape)
-        else:
-            raise InvalidTensorError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
-        inputs.append(oip.InferInput(name, datatype, shape, data))
+    for position, item in enumerate(payload["inputs"]):
+        tensor, offset = _parse_input(item, position, binary, offset)
+        inputs.append(tensor)
     if offset != len(binary):
         raise InvalidTensorError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    try:
-        parameters = dict(payload.get("parameters") or {})
-        binary_default = bool(parameters.get("binary_data_output", False))
-        outputs = []
-        for item in payload.get("outputs") or []:
-            params = item.get("parameters") or {}
-            binary = bool(params.get("binary_data", binary_default))
-            classes = integer_parameter(params.get("classification", 0), f"output {item['name']!r}: classification")
-            outputs.append(oip.RequestedOutput(str(item["name"]), binary, classes))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidTensorError(f"malformed 'outputs' or 'parameters': {type(exc).__name__}: {exc}") from None
+    parameters = dict(_json_object(payload.get("parameters"), "the request's 'parameters'"))
+    binary_default = _bool_parameter(parameters.get("binary_data_output", False), "parameter 'binary_data_output'")
+    outputs = _parse_outputs(payload.get("outputs"), binary_default)
     request_id = payload.get("id") or ""
     if not isinstance(request_id, str):
         raise InvalidTensorError(f"'id' must be a string, got {request_id!r}")
-    request = oip.InferRequest(model, inputs, request_id, outputs, parameters, binary_default)
-    return request
+    return oip.InferRequest(model, inputs, request_id, outputs, parameters, binary_default)
+
+
+def body_limit(request: Request) -> int:
+    """The app's request body limit (its `BodySizeLimitMiddleware`'s), which a decompressed body is held to too."""
+    for middleware in request.app.user_middleware:
+        if middleware.cls is BodySizeLimitMiddleware:
+            return int(middleware.kwargs["max_bytes"])
+    return int(ServerSettings.model_fields["max_request_bytes"].default)
+
+
+def decoded_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    """`body` without its Content-Encoding (gzip or deflate; none or identity: as it is), inflated a step at a
+    time: more than `max_bytes` decompressed is a 413 as soon as it is seen, so a zip bomb of a few kilobytes
+    costs no more memory than a plain body at the limit. Other encodings are a 415 naming the ones taken."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return body
+    if len(codings) > 1 or codings[0] not in CONTENT_DECODERS:
+        raise UnsupportedContentEncodingError(
+            f"Content-Encoding {content_encoding!r:.60} is not supported; send gzip, deflate or an uncompressed body"
+        )
+    inflater = zlib.decompressobj(CONTENT_DECODERS[codings[0]])
+    decoded = bytearray()
+    pending = body
+    try:
+        while True:
+            step = inflater.decompress(pending, min(INFLATE_STEP_BYTES, max_bytes + 1 - len(decoded)))
+            decoded += step
+            if len(decoded) > max_bytes:
+                raise RequestTooLargeError(f"request body decompresses to more than the limit of {max_bytes} bytes")
+            pending = inflater.unconsumed_tail
+            if not step and not pending:
+                break
+    except zlib.error as exc:
+        raise BadRequestError(f"request body is not valid {codings[0]} data: {exc}") from None
+    if not inflater.eof or inflater.unused_data:
+        raise BadRequestError(f"request body is not one complete {codings[0]} stream")
+    return bytes(decoded)
 
 
 def render_infer_response(response: oip.InferResponse) -> Response:
@@ -209,7 +304,8 @@ async def infer(
     model: str, request: Request, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> Response:
     service.check_loaded(model, version)
-    parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
+    body = decoded_body(await request.body(), request.headers.get("content-encoding"), body_limit(request))
+    parsed = parse_infer_request(model, body, request.headers.get(HEADER_LENGTH))
     parsed.version = version or ""
     response = await oip.infer(service, parsed)
     return render_infer_response(response)

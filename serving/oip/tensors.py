@@ -102,6 +102,12 @@ def serialize_bytes_tensor(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
+def check_datatype(datatype: object) -> None:
+    """InvalidTensorError unless `datatype` names an OIP datatype (a client's JSON list or object is not one)."""
+    if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
+        raise InvalidTensorError(f"unknown datatype {datatype!r:.40}")
+
+
 def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
     """numpy array from OIP binary data (raw_input_contents / the binary tensor extension)."""
     count = element_count(shape)
@@ -111,8 +117,7 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
         arr = np.empty(count, dtype=np.object_)
         arr[:] = deserialize_bytes_tensor(raw, count)
         return reshaped(arr, shape)
-    if datatype not in OIP_TO_NUMPY:
-        raise InvalidTensorError(f"unknown datatype '{datatype}'")
+    check_datatype(datatype)
     dtype = np.dtype(OIP_TO_NUMPY[datatype]).newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
         raise InvalidTensorError(
@@ -132,8 +137,7 @@ def integer_parameter(value: object, what: str) -> int:
 
 def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray:
     """numpy array from OIP JSON `data` (flat or nested, row-major)."""
-    if datatype not in OIP_TO_NUMPY:
-        raise InvalidTensorError(f"unknown datatype '{datatype}'")
+    check_datatype(datatype)
     count = element_count(shape)
     if datatype == "BYTES":
         try:
