@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 ERROR_EXIT = 2  # as argparse: bad arguments or input
 
 DEFAULT_STAGES = "classification,quality,metadata"
+
+
+def terminal_text(text: str) -> str:
+    """`text` to print on a terminal: control and format characters (ESC, BEL, C1, bidi overrides) as `\\x..`
+    escapes, so text that photos supply (a camera's Make in an insight) cannot run escape sequences."""
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -85,7 +92,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     final = store.get(info.id)
     rate = (stats.done + stats.failed) / stats.seconds if stats.seconds and stats.done + stats.failed else 0.0
     print(
-        f"collection {final.name} ({final.id}): {final.images} images, {final.failed} failed; this run analysed "
+        f"collection {terminal_text(final.name)} ({final.id}): {final.images} images, {final.failed} failed; "
+        "this run analysed "
         f"{stats.done + stats.failed} in {stats.seconds:.1f} s ({rate:.1f} img/s), {stats.skipped} already done"
     )
     if outputs is not None:
@@ -113,7 +121,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0
     for info in infos:
-        print(f"{info.id}  {info.name:30}  {info.status:10}  {info.images:7d} images  {info.failed:5d} failed")
+        name = terminal_text(info.name)
+        print(f"{info.id}  {name:30}  {info.status:10}  {info.images:7d} images  {info.failed:5d} failed")
     return 0
 
 
@@ -143,12 +152,26 @@ def _cmd_report(args: argparse.Namespace, store: Any, info: Any) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(collection_report_html(store, info, report), encoding="utf-8")
+        html = collection_report_html(store, info, report, *_image_readers(args))
+        Path(args.out).write_text(html, encoding="utf-8")
     if not args.out and not args.json:
         print(json.dumps(report, indent=2))
     for insight in report["insights"]:
-        print(f"- {insight['text']}", file=sys.stderr)
+        print(f"- {terminal_text(insight['text'])}", file=sys.stderr)
     return 0
+
+
+def _image_readers(args: argparse.Namespace) -> tuple[Any, Any]:
+    """What the HTML report's thumbnails are read and decoded with, as the server does: the job service of this
+    database (the inputs of a batch job a collection was saved from) and the server's decode limits."""
+    from serving.config.settings import ServerSettings
+    from serving.jobs.service import JobService
+    from serving.jobs.settings import JobSettings
+
+    settings = JobSettings.from_env()
+    if args.database_url:
+        settings = settings.model_copy(update={"database_url": args.database_url})
+    return JobService(None, settings), ServerSettings.from_env().decode_limits()
 
 
 @_on_collection
@@ -171,7 +194,7 @@ def _cmd_delete(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.security.audit import AuditEntry
 
     store.delete(info.id, args.tenant, AuditEntry(action="collection.delete", client="cli", tenant=args.tenant))
-    print(f"deleted collection {info.name} ({info.id}, {info.images + info.failed} images)")
+    print(f"deleted collection {terminal_text(info.name)} ({info.id}, {info.images + info.failed} images)")
     return 0
 
 

@@ -44,10 +44,12 @@ WHITE_BALANCES = {0: "auto", 1: "manual"}
 
 _DATETIME = re.compile(r"^(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 _OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
+MAX_SUBSEC_DIGITS = 9  # nanoseconds: no camera writes more; the string stays within collection_images.taken_at
 
 
 def exif_datetime(value: Any, subsec: Any = None, offset: Any = None) -> tuple[str | None, str | None]:
-    """(ISO 8601 string, error) from an EXIF 'YYYY:MM:DD HH:MM:SS' plus optional sub-seconds and offset."""
+    """(ISO 8601 string, error) from an EXIF 'YYYY:MM:DD HH:MM:SS' plus optional sub-seconds and offset; the error
+    says why the date-time is None, or which part of it was left out (sub-seconds of more than 9 digits)."""
     raw = tv.text(value)
     if raw is None or not raw.strip("0: -"):
         return None, None  # absent, or the EXIF spelling of "unknown" (blanks / zeros)
@@ -59,13 +61,16 @@ def exif_datetime(value: Any, subsec: Any = None, offset: Any = None) -> tuple[s
     except ValueError as exc:
         return None, f"invalid date-time {raw!r}: {exc}"
     result = stamp.isoformat()
-    fraction = tv.text(subsec)
+    fraction, error = tv.text(subsec), None
     if fraction is not None and fraction.isascii() and fraction.isdigit():  # not '²' (a Latin-1 byte 0xB2)
-        result += f".{fraction}"
+        if len(fraction) <= MAX_SUBSEC_DIGITS:
+            result += f".{fraction}"
+        else:
+            error = f"sub-seconds of {len(fraction)} digits (more than {MAX_SUBSEC_DIGITS}) left out"
     zone = tv.text(offset)
     if zone is not None and _OFFSET.match(zone):
         result += zone
-    return result, None
+    return result, error
 
 
 def read_exif(image: Image.Image) -> tuple[ExifInfo | None, list[str]]:

@@ -19,6 +19,7 @@ from pipelines.metadata.exif import read_exif
 from pipelines.metadata.gps import read_gps
 from pipelines.metadata.iptc import read_iptc
 from pipelines.metadata.phash import phash
+from pipelines.metadata.plausible import plausible_metadata
 from pipelines.metadata.result import ColorInfo, FileInfo, ImageMetadata
 from pipelines.metadata.thumbnail import Thumbnail, upright_thumbnail
 from pipelines.metadata.xmp import read_xmp
@@ -103,8 +104,9 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
         file = FileInfo(size_bytes=size, sha256=digest, format=image.format, mime=mime_type(image), phash=hashed)
     finally:
         image.close()
-    return ImageMetadata(
-        file=file, image=info, exif=exif, gps=gps, xmp=xmp, iptc=iptc, colors=stats, errors=tuple(errors)
+    # Whatever block a value came from: finite numbers, an ISO and dates that fit, no control characters.
+    return plausible_metadata(
+        ImageMetadata(file=file, image=info, exif=exif, gps=gps, xmp=xmp, iptc=iptc, colors=stats, errors=tuple(errors))
     )
 
 

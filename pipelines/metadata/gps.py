@@ -12,31 +12,52 @@ from pipelines.metadata.result import GpsInfo
 LAT_REF, LAT, LON_REF, LON, ALT_REF, ALT, TIME = 1, 2, 3, 4, 5, 6, 7
 DIRECTION_REF, DIRECTION, DATE = 16, 17, 29
 _DIRECTION_REFS = {"T": "true", "M": "magnetic"}
+_PARTS = ("degrees", "minutes", "seconds")
 
 
-def _degrees(value: Any) -> float | None:
-    """Degrees from (d, m, s) rationals; writers also store (d, m) or a single decimal value."""
-    parts = tv.numbers(value)
-    if parts is None or len(parts) > 3 or any(part < 0 for part in parts):
-        return None
-    return sum(part / 60**i for i, part in enumerate(parts))
+def _undefined(part: Any) -> bool:
+    """A rational 0/0: EXIF's way of leaving a part unset (a camera that writes no seconds)."""
+    return getattr(part, "numerator", None) == 0 and getattr(part, "denominator", None) == 0
+
+
+def _degrees(value: Any) -> tuple[float | None, list[str]]:
+    """(degrees, notes) from (d, m, s) rationals; writers also store (d, m) or a single decimal value. Read as
+    exiftool's ToDegrees reads them: an undefined (0/0) minutes or seconds part counts as 0, and minutes or seconds
+    of 60 or more are summed as they are; each is noted. Undefined degrees, a part n/0 or a negative part: None."""
+    items = tuple(value) if isinstance(value, tuple | list) else (value,)
+    if not items or len(items) > 3:
+        return None, []
+    parts, notes = [], []
+    for index, item in enumerate(items):
+        number = tv.number(item)
+        if number is None and index > 0 and _undefined(item):
+            number = 0.0
+            notes.append(f"{_PARTS[index]} 0/0 (undefined) read as 0")
+        if number is None or number < 0:
+            return None, []
+        if index > 0 and number >= 60:
+            notes.append(f"{_PARTS[index]} {number:g} is not below 60; summed as it is (as exiftool does)")
+        parts.append(number)
+    return sum(part / 60**i for i, part in enumerate(parts)), notes
 
 
 def _coordinate(
     gps: Mapping[int, Any], tag: int, ref_tag: int, signs: dict[str, int], limit: float, name: str
-) -> tuple[float | None, str | None]:
+) -> tuple[float | None, list[str]]:
+    """(signed degrees, messages) of one coordinate; the messages say why it is None, or what was read oddly."""
     if tag not in gps:
-        return None, None
-    magnitude = _degrees(gps[tag])
+        return None, []
+    magnitude, notes = _degrees(gps[tag])
     if magnitude is None:
-        return None, f"gps.{name}: unreadable value {gps[tag]!r}"
+        return None, [f"gps.{name}: unreadable value {gps[tag]!r}"]
+    messages = [f"gps.{name}: {note}" for note in notes]
     ref = (tv.text(gps.get(ref_tag)) or "").upper()[:1]
     if ref not in signs:
         # Without N/S (E/W) the sign is unknown; exiftool also omits its signed Composite value then.
-        return None, f"gps.{name}: reference {gps.get(ref_tag)!r} is missing or invalid"
+        return None, [*messages, f"gps.{name}: reference {gps.get(ref_tag)!r} is missing or invalid"]
     if magnitude > limit:
-        return None, f"gps.{name}: {magnitude} is out of range"
-    return signs[ref] * magnitude, None
+        return None, [*messages, f"gps.{name}: {magnitude} is out of range"]
+    return signs[ref] * magnitude, messages
 
 
 def _altitude(gps: Mapping[int, Any]) -> float | None:
@@ -75,10 +96,10 @@ def read_gps(image: Image.Image) -> tuple[GpsInfo | None, list[str]]:
     if not gps:
         return None, []
     errors: list[str] = []
-    latitude, error_lat = _coordinate(gps, LAT, LAT_REF, {"N": 1, "S": -1}, 90.0, "latitude_deg")
-    longitude, error_lon = _coordinate(gps, LON, LON_REF, {"E": 1, "W": -1}, 180.0, "longitude_deg")
+    latitude, messages_lat = _coordinate(gps, LAT, LAT_REF, {"N": 1, "S": -1}, 90.0, "latitude_deg")
+    longitude, messages_lon = _coordinate(gps, LON, LON_REF, {"E": 1, "W": -1}, 180.0, "longitude_deg")
     timestamp, error_time = _timestamp(gps)
-    errors += [error for error in (error_lat, error_lon, error_time) if error]
+    errors += [*messages_lat, *messages_lon, *([error_time] if error_time else [])]
     direction = tv.number(gps.get(DIRECTION))
     if direction is not None and not 0 <= direction <= 360:
         errors.append(f"gps.img_direction_deg: {direction} is out of range")

@@ -10,6 +10,7 @@ Read the way ExifTool reads them (Image::ExifTool::CanonRaw, ::APP12), so the va
 Every offset is bounds-checked and the walk is depth- and count-limited; hostile bytes yield no facts.
 """
 
+import math
 import re
 import struct
 from datetime import UTC, datetime
@@ -95,7 +96,7 @@ def read_picture_info(segment: bytes) -> Facts:
         facts["exposure_time_s"] = int(values["shutter"]) / 1e6  # microseconds
     aperture = values.get("fnumber", "").upper().removeprefix("F")
     try:
-        if float(aperture) > 0:
+        if math.isfinite(float(aperture)) and float(aperture) > 0:  # not "inf" or "nan"
             facts["f_number"] = float(aperture)
     except ValueError:
         pass

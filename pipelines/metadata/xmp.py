@@ -6,6 +6,7 @@ with the standard library after refusing any DOCTYPE/ENTITY (the entity-expansio
 larger than `MAX_XMP_BYTES`.
 """
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime
@@ -70,6 +71,9 @@ def xmp_datetime(value: str | None) -> tuple[str | None, str | None]:
         stamp = datetime.fromisoformat(value.strip())
     except ValueError:
         return None, f"not an XMP date-time: {value[:40]!r}"
+    offset = stamp.utcoffset()
+    if offset is not None and offset.total_seconds() % 60:  # XMP's are ±HH:MM; Python also reads seconds, micros
+        return None, f"offset of {value[:60]!r} is not whole minutes"
     return stamp.isoformat(), None
 
 
@@ -98,7 +102,10 @@ def parse_xmp(packet: bytes) -> tuple[XmpInfo | None, list[str]]:
         try:
             rating = float(rating)
         except ValueError:
-            errors.append(f"xmp.rating: not a number: {rating!r}")
+            errors.append(f"xmp.rating: not a number: {rating[:40]!r}")
+            rating = None
+        if rating is not None and not math.isfinite(rating):  # "NaN", "Infinity", "1e999": not JSON
+            errors.append(f"xmp.rating: not a finite number: {rating}")
             rating = None
     taken, error = xmp_datetime(one(f"{{{EXIF}}}DateTimeOriginal"))
     if error:

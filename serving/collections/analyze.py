@@ -305,17 +305,21 @@ class _Entries:
 
 
 def record_of(row: dict[str, Any], item: SourceItem) -> RecordedImage:
-    """The image's record; its output's entry (if one was made) is its document's `output`, as a job result's."""
-    name = str(row["name"])
-    output = json.loads(row["output"]) if row.get("output") else None
-    if row["error"]:
-        failed = {"output": output} if output else None  # written before the analysis failed
-        return RecordedImage(failed_record(name, str(row["error"])), failed, item.location, item.member)
-    document = json.loads(row["document"])
-    if output:
-        document["output"] = output
-    probs = tuple((int(k), float(p)) for k, p in json.loads(row["class_probs"] or "[]"))
-    return RecordedImage(record_from_document(name, document, probs), document, item.location, item.member)
+    """The image's record; its output's entry (if one was made) is its document's `output`, as a job result's. A
+    row that cannot be made a record (it should not happen) is that image's failure, not the batch's."""
+    name, location = str(row["name"]), item.stored_location
+    try:
+        output = json.loads(row["output"]) if row.get("output") else None
+        if row["error"]:
+            failed = {"output": output} if output else None  # written before the analysis failed
+            return RecordedImage(failed_record(name, str(row["error"])), failed, location, item.member)
+        document = json.loads(row["document"])
+        if output:
+            document["output"] = output
+        probs = tuple((int(k), float(p)) for k, p in json.loads(row["class_probs"] or "[]"))
+        return RecordedImage(record_from_document(name, document, probs), document, location, item.member)
+    except Exception as exc:  # noqa: BLE001 - one image's record
+        return RecordedImage(failed_record(name, _error_text(exc)), None, location, item.member)
 
 
 def run_analysis(
@@ -343,8 +347,8 @@ def run_analysis(
         for batch in _stream(todo, setup, model_actors):
             rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
             images = [record_of(row, by_name[str(row["name"])]) for row in rows]
-            store.add(collection_id, images)
-            stats.count(images)
+            _, recorded = store.add_each(collection_id, images)  # an image no column holds: recorded as failed
+            stats.count(recorded)
             stats.seconds = time.perf_counter() - started
             on_progress(stats)
     store.finish(collection_id)

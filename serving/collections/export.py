@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from serving.collections.filters import ImageFilter
+from serving.collections.storable import finite_json
 from serving.collections.store import RECORD_COLUMNS, CollectionStore
 from serving.spreadsheet import safe_cell
 
@@ -33,7 +34,5 @@ def jsonl_lines(store: CollectionStore, collection_id: str, where: ImageFilter) 
     for image in store.iter_images(collection_id, where):
         record = asdict(image.record)
         record["class_probs"] = [list(pair) for pair in image.record.class_probs]
-        yield (
-            json.dumps({**record, "location": image.location, "member": image.member, "analysis": image.document})
-            + "\n"
-        )
+        line = {**record, "location": image.location, "member": image.member, "analysis": image.document}
+        yield json.dumps(finite_json(line), allow_nan=False) + "\n"  # strict JSON: NaN/Infinity are no JSON

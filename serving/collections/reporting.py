@@ -1,16 +1,22 @@
 """A stored collection's report: the JSON (`pipelines.collections.report.build_report` over its records) and the
-self-contained HTML with thumbnails of the images it shows, read again from where they were analysed."""
+self-contained HTML with thumbnails of the images it shows, read again from where they were analysed (a folder, an
+archive, a URI, or the inputs of the batch job the collection was saved from). Thumbnails decode within the server's
+decode limits (`DecodeLimits`: bytes, pixels, formats), as analysis does."""
 
 import base64
 import io
 import logging
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
+from pipelines.collections.record import ImageRecord
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
+from pipelines.decode import open_validated
+from pipelines.limits import DecodeLimits
 from serving.collections.sources import read_items
+from serving.collections.storable import finite_json
 from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
 from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.objects import read_job_input
@@ -20,17 +26,19 @@ from serving.jobs.tables import located_job
 logger = logging.getLogger("imgserve.collections")
 THUMBNAIL_SIDE = 160
 THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024  # files read back for thumbnails; larger ones get the placeholder
+DEFAULT_LIMITS = DecodeLimits()  # the server's defaults; the server passes its own
 
 
 def collection_report(store: CollectionStore, info: CollectionInfo) -> dict[str, Any]:
     report = build_report(info.name, list(store.records(info.id)))
     report["collection"] = {"id": info.id, "status": info.status, "stages": info.stages, "sources": info.sources}
-    return report
+    return finite_json(report)  # a value stored before NaN/infinity were refused must not fail the JSON answer
 
 
-def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A small upright JPEG of `data` (JPEGs are decoded at reduced scale)."""
-    with Image.open(io.BytesIO(data)) as image:
+def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
+    """A small upright JPEG of `data` (JPEGs are decoded at reduced scale). The header is checked against `limits`
+    before any pixel is decoded: ImageTooLargeError (413) for an image over them, as /v1/analyze answers."""
+    with open_validated(data, limits) as image:
         image.draft("RGB", (side * 2, side * 2))
         upright = ImageOps.exif_transpose(image)
         upright.thumbnail((side, side))
@@ -39,9 +47,9 @@ def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
     return out.getvalue()
 
 
-def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
+def thumbnail_uri(data: bytes, side: int = THUMBNAIL_SIDE, limits: DecodeLimits = DEFAULT_LIMITS) -> str:
     """`thumbnail_jpeg` as a data URI."""
-    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(data, side)).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(data, side, limits)).decode()
 
 
 def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobService) -> bytes:
@@ -65,22 +73,47 @@ def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobSe
     return data
 
 
-def report_thumbnails(store: CollectionStore, info: CollectionInfo, names: list[str]) -> dict[str, str]:
-    """Thumbnails of `names` that can still be read; the others are left out (the report draws a placeholder)."""
+def report_thumbnails(
+    store: CollectionStore,
+    info: CollectionInfo,
+    names: list[str],
+    jobs: JobService | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> dict[str, str]:
+    """Thumbnails of `names` that can still be read; the others are left out (the report draws a placeholder).
+    Files are read in one batch (an archive opened once); images saved from a batch job from that job's inputs
+    (`recorded_image_bytes`; none without `jobs`)."""
     located = store.locations(info.id, names)
-    wanted = [name for name in names if name in located]
-    rows = [{"location": located[n][0], "member": located[n][1]} for n in wanted]
+    files = [n for n in names if n in located and located[n][0] and located_job(located[n][0]) is None]
+    rows = [{"location": located[n][0], "member": located[n][1]} for n in files]
+    found: dict[str, bytes | Exception] = dict(zip(files, read_items(rows, THUMBNAIL_MAX_BYTES), strict=True))
+    for name in names:
+        if jobs is not None and name in located and name not in found:  # saved from a batch job
+            image = RecordedImage(ImageRecord(name), None, located[name][0] or None)
+            try:
+                found[name] = recorded_image_bytes(image, info, jobs)
+            except ImageNotFoundError as exc:
+                found[name] = exc
     out: dict[str, str] = {}
-    for name, data in zip(wanted, read_items(rows, THUMBNAIL_MAX_BYTES), strict=True):
+    for name, data in found.items():
         if isinstance(data, Exception):
             continue
         try:
-            out[name] = thumbnail_uri(data)
-        except Exception:  # noqa: BLE001 - a file that changed or is corrupt now: no thumbnail
+            out[name] = thumbnail_uri(data, limits=limits)
+        except Exception:  # noqa: BLE001 - a file that changed, is corrupt now, or is over the limits: no thumbnail
             logger.info("no thumbnail for %s", name)
     return out
 
 
-def collection_report_html(store: CollectionStore, info: CollectionInfo, report: dict[str, Any] | None = None) -> str:
+def collection_report_html(
+    store: CollectionStore,
+    info: CollectionInfo,
+    report: dict[str, Any] | None = None,
+    jobs: JobService | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> str:
+    """The HTML report; `jobs` reads the inputs of a batch job the collection was saved from, `limits` bounds the
+    thumbnails' decoding (the server's)."""
     report = report or collection_report(store, info)
-    return render_report_html(report, report_thumbnails(store, info, report_image_names(report)))
+    thumbnails = report_thumbnails(store, info, report_image_names(report), jobs, limits)
+    return render_report_html(report, thumbnails)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from serving.collections.storable import local_path, storable_location, storable_text
 from serving.jobs.archives import TAR_NAMES
 from serving.regular_files import is_regular_file, open_regular_file
 
@@ -35,11 +36,17 @@ class SourceItem:
     member: str | None = None  # the entry inside the archive at `location`
 
     def to_row(self) -> dict[str, Any]:
-        return {"name": self.name, "location": self.location, "member": self.member or ""}
+        return {"name": self.name, "location": self.stored_location, "member": self.member or ""}
+
+    @property
+    def stored_location(self) -> str:
+        """`location` as a collection records it (and Ray Data carries it): a path that is not UTF-8 encoded
+        (`storable.storable_location`); `read_items` reads either."""
+        return storable_location(self.location)
 
     @property
     def place(self) -> str:
-        return place(self.location, self.member)
+        return place(self.stored_location, self.member)
 
 
 def place(location: str, member: str | None) -> str:
@@ -61,6 +68,9 @@ def is_uri(source: str) -> bool:
 
 
 def _open(location: str) -> Any:
+    raw_path = local_path(location)
+    if raw_path is not None:  # a stored path that is not UTF-8
+        return open_regular_file(raw_path)
     if is_uri(location):
         import fsspec
 
@@ -98,23 +108,32 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
             raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         if fs.isfile(path):
-            yield from _expand_file(posixpath.basename(path), f"{protocol}://{path}")
+            yield from _expand_file(storable_text(posixpath.basename(path)), _uri_location(protocol, path))
             return
         base = path.rstrip("/")
         found = sorted(fs.find(base))
         if not found and not fs.isdir(base):
             raise SourceError(f"{source}: no such object or prefix")
         for found_path in found:
-            yield from _expand_file(prefix + posixpath.relpath(found_path, base), f"{protocol}://{found_path}")
+            relative = storable_text(posixpath.relpath(found_path, base))
+            yield from _expand_file(prefix + relative, _uri_location(protocol, found_path))
         return
     if os.path.isdir(source):
         for path in _local_files(source):
-            yield from _expand_file(prefix + os.path.relpath(path, source).replace(os.sep, "/"), path)
+            relative = os.path.relpath(path, source).replace(os.sep, "/")
+            yield from _expand_file(prefix + storable_text(relative), path)
         return
     if os.path.isfile(source):
-        yield from _expand_file(os.path.basename(source), source)
+        yield from _expand_file(storable_text(os.path.basename(source)), source)
         return
     raise SourceError(f"{source}: no such file or folder")
+
+
+def _uri_location(protocol: str, path: str) -> str:
+    """Where to read a listed object: its URI, or for a local (file://) path that is not UTF-8 its stored form."""
+    if protocol in ("file", "local") and storable_text(path) != path:
+        return storable_location(path)
+    return f"{protocol}://{path}"
 
 
 def _expand_file(relative: str, location: str) -> Iterator[tuple[str, SourceItem]]:
@@ -127,20 +146,24 @@ def _expand_file(relative: str, location: str) -> Iterator[tuple[str, SourceItem
 
 
 def source_label(source: str) -> str:
-    return posixpath.basename(source.rstrip("/").rstrip(os.sep)) or source
+    return storable_text(posixpath.basename(source.rstrip("/").rstrip(os.sep)) or source)
+
+
+def _absolute(source: str) -> str:
+    return source if is_uri(source) else os.path.abspath(source)
 
 
 def resolved_source(source: str) -> str:
     """A local source as an absolute path, a URI as given: what a collection records, so the same folder named
-    from another working directory is the same source."""
-    return source if is_uri(source) else os.path.abspath(source)
+    from another working directory is the same source (a path that is not UTF-8: `storable_location`)."""
+    return storable_location(_absolute(source))
 
 
 def list_sources(sources: Sequence[str], prefix: str = "") -> list[SourceItem]:
     """Every image of every source, in a stable order; with several sources each name starts with its source's,
     and every name with `prefix` + "/" when one is given. Local items are located by absolute path."""
     items: list[SourceItem] = []
-    for source in map(resolved_source, sources):
+    for source in map(_absolute, sources):
         label = f"{source_label(source)}/" if len(sources) > 1 else ""
         items.extend(item for _, item in _expand(source, label))
     if prefix.strip("/"):

@@ -7,6 +7,7 @@ collection is "not found".
 """
 
 import dataclasses
+import logging
 import os
 import re
 import time
@@ -18,14 +19,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipelines.collections.record import ImageRecord
+from pipelines.collections.record import ImageRecord, failed_record
 from serving.collections.filters import ImageFilter
 from serving.collections.sources import is_uri, place
+from serving.collections.storable import finite_json, storable_text
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections, located_job
 from serving.security.audit import AuditEntry, write_entry
 
+logger = logging.getLogger("imgserve.collections")
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
@@ -59,18 +62,23 @@ class RecordedImage:
 
 
 def record_row(collection_id: str, image: RecordedImage, now: float) -> dict[str, Any]:
+    """The image's row, as every store can hold it: text without lone surrogates, None for NaN and infinities."""
     record, document = image.record, image.document
-    row = {name: getattr(record, name) for name in RECORD_COLUMNS}
+    row = {name: _storable(getattr(record, name)) for name in RECORD_COLUMNS}
     row.update(
         collection_id=collection_id,
-        location=image.location,
-        member=image.member or None,
-        tags="," + "".join(f"{tag}," for tag in record.tags),
-        class_probs=[list(pair) for pair in record.class_probs] or None,
-        document=document,
+        location=_storable(image.location),
+        member=_storable(image.member) or None,
+        tags="," + "".join(f"{storable_text(tag)}," for tag in record.tags),
+        class_probs=finite_json([list(pair) for pair in record.class_probs]) or None,
+        document=finite_json(document),
         created_at=now,
     )
     return row
+
+
+def _storable(value: Any) -> Any:
+    return storable_text(value) if isinstance(value, str) else finite_json(value)
 
 
 def row_record(row: Any) -> ImageRecord:
@@ -170,7 +178,33 @@ class CollectionStore:
 
     def add(self, collection_id: str, items: Sequence[RecordedImage]) -> int:
         """Record analysed images: a name not yet there is added, a failed one replaced, an analysed one kept.
-        Returns how many rows were written."""
+        Returns how many rows were written (`add_each` says which images were stored as failed)."""
+        return self.add_each(collection_id, items)[0]
+
+    def add_each(self, collection_id: str, items: Sequence[RecordedImage]) -> tuple[int, list[RecordedImage]]:
+        """`add`, and the images as recorded. The batch is one statement; when the database refuses it (a value no
+        column holds), each image is written alone, and one it refuses is recorded as failed with the reason, so
+        one bad row never costs the others. A database that refuses even that (it is down) raises."""
+        try:
+            return self._insert(collection_id, items), list(items)
+        except Exception:  # noqa: BLE001 - which row? each is tried alone below
+            logger.info("collection %s: a batch of %d was refused; storing one by one", collection_id, len(items))
+        written, recorded = 0, []
+        for item in items:
+            try:
+                written += self._insert(collection_id, [item])
+            except Exception as exc:  # noqa: BLE001 - this image's values: it becomes a failed record saying why
+                if not item.record.ok:
+                    raise
+                cause = getattr(exc, "orig", None) or exc  # the driver's error, without SQLAlchemy's statement
+                reason = f"unstorable: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
+                logger.warning("collection %s: %r %s", collection_id, item.record.name, reason)
+                item = RecordedImage(failed_record(item.record.name, reason), None, item.location, item.member)
+                written += self._insert(collection_id, [item])
+            recorded.append(item)
+        return written, recorded
+
+    def _insert(self, collection_id: str, items: Sequence[RecordedImage]) -> int:
         if not items:
             return 0
         now = time.time()
@@ -289,10 +323,11 @@ class CollectionStore:
         return (image.record for image in self.iter_images(collection_id, where, documents=False))
 
     def locations(self, collection_id: str, names: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """Where each named image was read (location, archive member or ""), for the report's thumbnails."""
+        """Where each named image was read (location, archive member or ""), for the report's thumbnails: a path or
+        URI, `job:<id>` for an image saved from a batch job, "" for one saved before images named their job."""
         with self.engine.connect() as conn:
-            rows = _named_images(conn, collection_id, names, located_only=True)
-        return {row.name: (row.location, row.member or "") for row in rows}
+            rows = _named_images(conn, collection_id, names)
+        return {row.name: (row.location or "", row.member or "") for row in rows}
 
 
 def _by_name(conn: sa.Connection, name: str, tenant: str) -> Any:
@@ -301,16 +336,13 @@ def _by_name(conn: sa.Connection, name: str, tenant: str) -> Any:
     return conn.execute(query).first()
 
 
-def _named_images(
-    conn: sa.Connection, collection_id: str, names: Sequence[str], located_only: bool = False
-) -> list[Any]:
-    """The collection's rows (name, location, member) of `names`, queried 500 names at a time; `located_only`: those
-    read from a place (a batch job's saved rows have none)."""
+def _named_images(conn: sa.Connection, collection_id: str, names: Sequence[str]) -> list[Any]:
+    """The collection's rows (name, location, member) of `names`, queried 500 names at a time."""
     c = collection_images.c
     rows: list[Any] = []
     for start in range(0, len(names), 500):
         query = sa.select(c.name, c.location, c.member).where(
             c.collection_id == collection_id, c.name.in_(names[start : start + 500])
         )
-        rows.extend(conn.execute(query.where(c.location.is_not(None)) if located_only else query))
+        rows.extend(conn.execute(query))
     return rows

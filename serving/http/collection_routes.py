@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from pipelines.collections.report_html import CSP as REPORT_CSP
+from pipelines.errors import ImageTooLargeError
+from pipelines.limits import DecodeLimits
 from serving.collections.export import csv_lines, jsonl_lines
 from serving.collections.filters import ImageFilter
 from serving.collections.from_job import save_job_as_collection
@@ -31,6 +33,11 @@ router = APIRouter(prefix="/v1", tags=["collections"], dependencies=[Depends(rej
 async def get_collection_store(jobs: JobService = Depends(get_job_service)) -> CollectionStore:
     await jobs.ready()  # migrated
     return CollectionStore(jobs.engine)
+
+
+async def get_decode_limits(request: Request) -> DecodeLimits:
+    """The server's decode limits (bytes, pixels, formats): thumbnails decode within them, as analysis does."""
+    return request.app.state.image_operations.limits
 
 
 async def image_filter(
@@ -109,16 +116,20 @@ async def image_thumbnail(
     jobs: JobService = Depends(get_job_service),
     store: CollectionStore = Depends(get_collection_store),
     principal: Principal = Depends(get_principal),
+    limits: DecodeLimits = Depends(get_decode_limits),
 ) -> Response:
     """A small upright JPEG of one image (its `id` in the listing), read again where it was analysed; 404 when the
-    file is gone. For browsing a collection as a grid (the web UI's Collections page)."""
+    file is gone, 413 when it is over the server's decode limits (pixels, bytes). For browsing a collection as a
+    grid (the web UI's Collections page)."""
     info = await asyncio.to_thread(store.get, ref, principal.read_scope())
     image = await asyncio.to_thread(store.image, info.id, image_id)
     if image is None:
         raise ImageNotFoundError(f"collection {info.id} has no image {image_id}")
     data = await asyncio.to_thread(recorded_image_bytes, image, info, jobs)
     try:
-        jpeg = await asyncio.to_thread(thumbnail_jpeg, data, side)
+        jpeg = await asyncio.to_thread(thumbnail_jpeg, data, side, limits)
+    except ImageTooLargeError:
+        raise  # 413, checked from the header before any pixel is decoded
     except Exception:  # noqa: BLE001 - the file changed since, or no longer decodes
         raise ImageNotFoundError(f"image {image.record.name!r} no longer decodes") from None
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
@@ -151,14 +162,16 @@ def _attachment(name: str, extension: str) -> dict[str, str]:
 async def collection_report_route(
     ref: str,
     format: str = Query(default="html", pattern="^(html|json)$"),
+    jobs: JobService = Depends(get_job_service),
     store: CollectionStore = Depends(get_collection_store),
     principal: Principal = Depends(get_principal),
+    limits: DecodeLimits = Depends(get_decode_limits),
 ) -> HTMLResponse | JSONResponse:
     info = await asyncio.to_thread(store.get, ref, principal.read_scope())
     report = await asyncio.to_thread(collection_report, store, info)
     if format == "json":
         return JSONResponse(report)
-    html = await asyncio.to_thread(collection_report_html, store, info, report)
+    html = await asyncio.to_thread(collection_report_html, store, info, report, jobs, limits)
     headers = {  # the report's own <meta> policy, plus what only a header can say (framing, sniffing)
         "Content-Security-Policy": f"{REPORT_CSP}; frame-ancestors 'none'; base-uri 'none'",
         "X-Content-Type-Options": "nosniff",
