@@ -254,7 +254,8 @@ async def job_progress(
                 elif time.monotonic() - last_sent >= HEARTBEAT_S:
                     yield ": still running\n\n"
                     last_sent = time.monotonic()
-                if status["status"] in FINAL_STATES:
+                # an ended job's items still in flight (a cancel lets them record) end the stream when they have
+                if status["status"] in FINAL_STATES and not status["counts"]["running"]:
                     yield _event("end", {"job_id": job_id, "status": status["status"]})
                     return
                 if await request.is_disconnected():

@@ -8,7 +8,9 @@ Parsing itself is bounded too: a zip's entry count and central-directory size ar
 and checked before the central directory is parsed; tar pax / GNU long-name headers, which `tarfile` would
 read whole at their declared size, are refused above `MAX_TAR_HEADER_BYTES`; directories count as entries;
 and the small entries' ratio is capped together (big entries are capped one by one), so thousands of
-just-under-1-MiB entries cannot expand a small file to gigabytes.
+just-under-1-MiB entries cannot expand a small file to gigabytes; a zip's entries may not overlap and what it
+inflates is capped against the whole file too; and one request's archives share one cap (`ExpansionBudget`).
+The kind is decided by the leading bytes (tar header, else zip signature), never by a zip end record near the end.
 """
 
 import re
@@ -62,18 +64,50 @@ def unsafe_name_reason(name: str) -> str | None:
     return None
 
 
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip starts with its first entry (or, empty, its end record)
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """A tar header block: 512 bytes whose checksum field matches them (what `tarfile` itself checks)."""
+    if len(block) < tarfile.BLOCKSIZE or not block.strip(b"\0"):
+        return False
+    try:
+        declared = tarfile.nti(block[148:156])
+    except tarfile.HeaderError:
+        return False
+    return declared in tarfile.calc_chksums(block[: tarfile.BLOCKSIZE])
+
+
 def is_zip(fileobj: BinaryIO) -> bool:
+    """A zip by its leading signature, never by an end record found near the end of the file: a plain tar whose
+    last member is a zip (a .docx, .jar, .epub ...) ends with that zip's end record, and `zipfile.is_zipfile` and
+    `ZipFile` (which accepts data before a zip) read the whole tar as that one member."""
     fileobj.seek(0)
-    result = zipfile.is_zipfile(fileobj)
+    head = fileobj.read(tarfile.BLOCKSIZE)
     fileobj.seek(0)
-    return result
+    return not _is_tar_header(head) and head.startswith(ZIP_SIGNATURES)
+
+
+class ExpansionBudget:
+    """Uncompressed bytes one request may read from all its archives together (413 when exceeded): each archive's
+    own cap times the number of archives a request may carry would be terabytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+
+    def spend(self, size: int) -> None:
+        self.bytes += size
+        if self.bytes > self.max_bytes:
+            raise RequestTooLargeError(
+                f"the request's archives expand to more than {self.max_bytes} bytes together (limit per request)"
+            )
 
 
 class _Budget:
     """Running totals of one archive against its limits (413 for the whole request when exceeded)."""
 
-    def __init__(self, limits: ArchiveLimits):
-        self.limits, self.entries, self.bytes = limits, 0, 0
+    def __init__(self, limits: ArchiveLimits, request: ExpansionBudget | None = None):
+        self.limits, self.entries, self.bytes, self.request = limits, 0, 0, request
 
     def entry(self) -> None:
         self.entries += 1
@@ -86,6 +120,8 @@ class _Budget:
             raise RequestTooLargeError(
                 f"archive expands to more than {self.limits.max_total_bytes} bytes (limit of uncompressed input)"
             )
+        if self.request is not None:
+            self.request.spend(size)
 
 
 def _unsafe(name: str, reason: str) -> ArchiveEntry:
@@ -110,10 +146,38 @@ def _check_zip_directory(fileobj: BinaryIO, limits: ArchiveLimits) -> None:
         raise RequestTooLargeError(f"archive has {entries} entries; the limit is {limits.max_entries}")
     if directory_bytes > ZIP_DIRECTORY_BYTES_PER_ENTRY * max(limits.max_entries, 1):
         raise RequestTooLargeError(f"archive's central directory is {directory_bytes} bytes (too many or too long)")
+    # Where the directory is vs where the end record says it is: data before the zip (ZipFile would shift every
+    # offset past it and read only the last of two zips put together) is no archive this server reads.
+    prepended = end[zipfile._ECD_LOCATION] - directory_bytes - end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        prepended -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    if prepended != 0:
+        raise InvalidArchiveError("zip archive with data before its first entry (two archives put together?)")
 
 
-def _zip_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
+def _inflated(info: zipfile.ZipInfo, limits: ArchiveLimits) -> bool:
+    """Whether an entry is read at all (`_zip_entry` refuses the rest by their declared sizes, unread)."""
+    if info.file_size > limits.max_entry_bytes:
+        return False
+    return info.file_size < RATIO_CHECK_BYTES or info.file_size <= limits.max_ratio * max(info.compress_size, 1)
+
+
+def _check_no_overlap(listed: list[zipfile.ZipInfo]) -> None:
+    """Each entry's compressed data is its own: a central directory can list one deflated entry many times
+    (overlapping entries), each within the ratio, the archive far over it."""
+    end = -1
+    for info in sorted(listed, key=lambda i: i.header_offset):
+        if info.header_offset < end:
+            raise RequestTooLargeError(f"archive entry {info.filename!r} overlaps another entry (zip bomb)")
+        end = info.header_offset + zipfile.sizeFileHeader + info.compress_size  # type: ignore[attr-defined]
+
+
+def _zip_entries(
+    fileobj: BinaryIO, limits: ArchiveLimits, request: ExpansionBudget | None = None
+) -> Iterator[ArchiveEntry]:
     _check_zip_directory(fileobj, limits)
+    archive_bytes = fileobj.seek(0, 2)
+    fileobj.seek(0)
     try:
         archive = zipfile.ZipFile(fileobj)
     except Exception as exc:  # noqa: BLE001 - BadZipFile, "zip file version 23.6", ...: the archive's fault
@@ -124,10 +188,14 @@ def _zip_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEn
             raise RequestTooLargeError(f"archive has {len(listed)} entries; the limit is {limits.max_entries}")
         # not ZipInfo.is_dir(): it indexes the name, and a hostile entry's name can be empty
         infos = [i for i in listed if not i.filename.endswith("/") and not i.filename.startswith("__MACOSX/")]
-        budget = _Budget(limits)
+        _check_no_overlap(listed)
+        budget = _Budget(limits, request)
         declared = sum(i.file_size for i in infos)
         if declared > limits.max_total_bytes:
             raise RequestTooLargeError(f"archive declares more than {limits.max_total_bytes} uncompressed bytes")
+        inflated = sum(i.file_size for i in infos if _inflated(i, limits))
+        if request is not None and request.bytes + inflated > request.max_bytes:
+            request.spend(inflated)  # refused before anything is inflated
         # Big entries are checked one by one (a bomb entry fails alone); the small ones escape that check, so
         # together they must not expand more than the ratio either (thousands of just-under-1-MiB entries).
         small = [i for i in infos if i.file_size < RATIO_CHECK_BYTES]
@@ -138,6 +206,9 @@ def _zip_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEn
             raise RequestTooLargeError(
                 f"archive compression ratio over {limits.max_ratio:g} (zip bomb of small entries)"
             )
+        # And what is inflated, against the whole file: compressed sizes are declared, and can be forged.
+        if inflated >= RATIO_CHECK_BYTES and inflated > limits.max_ratio * max(archive_bytes, 1):
+            raise RequestTooLargeError(f"archive compression ratio over {limits.max_ratio:g} (zip bomb)")
         for info in infos:
             budget.entry()
             yield _zip_entry(archive, info, limits, budget)
@@ -183,7 +254,9 @@ class _OversizedTarHeader(tarfile.HeaderError):
     pass
 
 
-def _tar_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
+def _tar_entries(
+    fileobj: BinaryIO, limits: ArchiveLimits, request: ExpansionBudget | None = None
+) -> Iterator[ArchiveEntry]:
     compressed = fileobj.seek(0, 2) or 1
     fileobj.seek(0)
     try:
@@ -192,7 +265,7 @@ def _tar_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEn
         raise RequestTooLargeError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - TarError, EOFError, zlib.error, ...: the archive's fault
         raise InvalidArchiveError(f"not a zip or tar archive ({type(exc).__name__}: {exc})") from None
-    budget = _Budget(limits)
+    budget = _Budget(limits, request)
     with archive:
         while True:
             try:
@@ -232,8 +305,11 @@ def _tar_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, limits: Archiv
     return ArchiveEntry(name, data)
 
 
-def read_archive(fileobj: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
-    """Entries of a zip or (optionally compressed) tar archive, in archive order, directories left out."""
+def read_archive(
+    fileobj: BinaryIO, limits: ArchiveLimits, request: ExpansionBudget | None = None
+) -> Iterator[ArchiveEntry]:
+    """Entries of a zip or (optionally compressed) tar archive, in archive order, directories left out; `request`:
+    what the request's archives may still expand to, shared by all of them."""
     if is_zip(fileobj):
-        return _zip_entries(fileobj, limits)
-    return _tar_entries(fileobj, limits)
+        return _zip_entries(fileobj, limits, request)
+    return _tar_entries(fileobj, limits, request)

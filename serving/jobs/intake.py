@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from serving.jobs.archives import ArchiveLimits, read_archive
+from serving.jobs.archives import ArchiveLimits, ExpansionBudget, read_archive
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import NewItem
 from serving.jobs.settings import JobSettings
@@ -37,7 +37,7 @@ def _stored(objects: ObjectStore, name: str, data: bytes) -> NewItem:
 class Intake:
     def __init__(self, objects: ObjectStore, settings: JobSettings, tenant: str):
         self.objects, self.settings = objects, settings
-        self.allowed_root = settings.read_root(tenant)
+        self.allowed_root, self.remote = settings.read_root(tenant), settings.remote_access(tenant)
         self.limits = ArchiveLimits(
             max_entries=settings.max_items,
             max_total_bytes=settings.max_archive_bytes,
@@ -46,21 +46,23 @@ class Intake:
         )
 
     def check(self, parts: Sequence[InputPart]) -> None:
-        """Request-level checks before anything is stored: every URI must be allowed (else 403/400)."""
+        """Request-level checks before anything is stored: every URI must be allowed (else 403/400): file:// under
+        the tenant's root, s3:// / gs:// under its allowed prefixes."""
         for part in parts:
             if part.kind == "uri":
-                check_uri(part.name, self.allowed_root)
+                check_uri(part.name, self.allowed_root, self.remote)
 
     def items(self, parts: Sequence[InputPart]) -> list[NewItem]:
         self.check(parts)
         items: list[NewItem] = []
+        expansion = ExpansionBudget(self.settings.max_request_archive_bytes)
         for part in parts:
             if part.kind == "uri":
                 items.append(NewItem(part.name[:MAX_NAME], "uri", part.name))
             elif part.kind == "image":
                 items.append(self._image(part))
             else:
-                items.extend(self._archive(part))
+                items.extend(self._archive(part, expansion))
         return items
 
     def _image(self, part: InputPart) -> NewItem:
@@ -71,10 +73,10 @@ class Intake:
             return _failed(part.name, "too_large", f"{part.name!r} is larger than {limit} bytes")
         return _stored(self.objects, part.name, data)
 
-    def _archive(self, part: InputPart) -> list[NewItem]:
+    def _archive(self, part: InputPart, expansion: ExpansionBudget) -> list[NewItem]:
         assert part.file is not None
         items = []
-        for entry in read_archive(part.file, self.limits):
+        for entry in read_archive(part.file, self.limits, expansion):
             name = f"{part.name}/{entry.name}" if part.name else entry.name
             if entry.error is not None or entry.data is None:
                 kind = entry.error.kind if entry.error else "invalid_input"

@@ -14,6 +14,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from serving.jobs.errors import ItemInputError
+from serving.jobs.remote_access import RemoteAccess
 from serving.jobs.uris import read_uri
 
 
@@ -88,12 +89,18 @@ class ObjectStore:
 
 
 def read_job_input(
-    source_kind: str, source: str, objects: ObjectStore, allowed_root: Path | None, max_bytes: int
+    source_kind: str,
+    source: str,
+    objects: ObjectStore,
+    allowed_root: Path | None,
+    max_bytes: int,
+    remote: RemoteAccess | None = None,
 ) -> bytes:
     """The bytes of one batch-job input: an object in the store (by sha256) or a URI this server may read; an
-    ItemInputError otherwise. The job runner and training on a collection saved from a job both read through it."""
+    ItemInputError otherwise. The job runner and training on a collection saved from a job both read through it.
+    `remote`: the s3:// / gs:// locations the job's tenant may read (`JobSettings.remote_access`; None: any)."""
     if source_kind == "object":
         return objects.get(source)
     if source_kind == "uri":
-        return read_uri(source, allowed_root, max_bytes)
+        return read_uri(source, allowed_root, max_bytes, remote)
     raise ItemInputError("invalid_input", f"item has no input ({source_kind})")

@@ -22,7 +22,8 @@ from pipelines.errors import InvalidOptionError
 from serving.image_ops import ImageOperations
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import ItemOutput
-from serving.jobs.uris import check_destination, write_output
+from serving.jobs.remote_access import RemoteAccess
+from serving.jobs.uris import check_destination, write_named_output
 
 OPERATION_STAGES = ("convert", "enhance")
 DEFAULT_SUFFIX = {"convert": "", "enhance": "_enhanced"}
@@ -60,9 +61,11 @@ def operation_spec(
     suffix: str | None,
     destination: str | None = None,
     output_root: Path | None = None,
+    remote: RemoteAccess | None = None,
 ) -> dict[str, Any] | None:
     """The job's `operations`, checked (400 on a bad option, 403 on a destination this server may not write), or
-    None when the job runs no image operation. `destination`: a folder URI the outputs are also written to."""
+    None when the job runs no image operation. `destination`: a folder URI the outputs are also written to (`remote`:
+    the s3:// / gs:// locations the tenant may write; None: any)."""
     enhancing = "enhance" in stages or enhance is not None
     if not enhancing and "convert" not in stages and convert is None:
         given = [name for name, value in (("output_suffix", suffix), ("output_uri", destination)) if value is not None]
@@ -81,7 +84,7 @@ def operation_spec(
         raise InvalidOptionError(f"output_suffix={suffix!r}: up to 64 letters, digits, '.', '_' or '-'")
     spec: dict[str, Any] = {"convert": convert, "enhance": enhance_options, "suffix": suffix}
     if destination:
-        spec["destination"] = check_destination(destination, output_root)
+        spec["destination"] = check_destination(destination, output_root, remote)
     return spec
 
 
@@ -107,6 +110,7 @@ async def run_operations(
     item_name: str,
     anonymize: bool,
     output_root: Path | None = None,
+    remote: RemoteAccess | None = None,
 ) -> tuple[dict[str, Any], ItemOutput]:
     """Run the job's operation on one item and store the output: (the result document's "output", the output)."""
     result, summary = await apply_operation(operations, spec, data, anonymize)
@@ -115,5 +119,7 @@ async def run_operations(
     output = ItemOutput(digest, name, result.input_bytes, result.output_bytes)
     document = {**summary, "name": name, "object": digest}
     if spec.get("destination"):
-        document["uri"] = await asyncio.to_thread(write_output, spec["destination"], name, result.data, output_root)
+        document["uri"] = await asyncio.to_thread(
+            write_named_output, spec["destination"], name, result.data, output_root, remote
+        )
     return document, output

@@ -220,8 +220,12 @@ class JobRunner:
         await self.store.durable(self.queue.release, item, counted)
 
     async def _load(self, job: JobRecord, item: ClaimedItem) -> bytes:
-        root, limit = self.settings.read_root(job.tenant), self.settings.max_image_bytes
-        return await asyncio.to_thread(read_job_input, item.source_kind, item.source, self.objects, root, limit)
+        root, limit, remote = (
+            self.settings.read_root(job.tenant),
+            self.settings.max_image_bytes,
+            self.settings.remote_access(job.tenant),
+        )
+        return await asyncio.to_thread(read_job_input, item.source_kind, item.source, self.objects, root, limit, remote)
 
     async def _process(self, job: JobRecord, item: ClaimedItem, output_base: str) -> None:
         """Run one item and record its result; `output_base`: the name its output is named after."""
@@ -246,6 +250,7 @@ class JobRunner:
                     output_base,
                     job.anonymize,
                     self.settings.write_root(job.tenant),
+                    self.settings.remote_access(job.tenant),
                 )
             outcome = Outcome("done", job.model, document, output=output)
         except ItemInputError as exc:

@@ -16,7 +16,7 @@ from pipelines.enhance import EnhanceOptions
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import PurgeReport, purge_job
-from serving.jobs.errors import JobStoreUnavailableError
+from serving.jobs.errors import JobStateError, JobStoreUnavailableError
 from serving.jobs.intake import InputPart, Intake
 from serving.jobs.objects import ObjectStore
 from serving.jobs.operations import OPERATION_STAGES, operation_spec
@@ -26,7 +26,7 @@ from serving.jobs.store import JobStore
 from serving.jobs.stored_bytes import quota_error
 from serving.security.audit import AuditEntry
 from serving.security.egress import check_webhook_url
-from serving.security.errors import PermissionDeniedError, QuotaExceededError
+from serving.security.errors import PermissionDeniedError
 from serving.security.principal import ANONYMOUS, DEFAULT_TENANT, Principal
 
 logger = logging.getLogger("imgserve.jobs")
@@ -104,6 +104,7 @@ class JobService:
             options.output_suffix,
             options.output_uri,
             self.settings.write_root(tenant),
+            self.settings.remote_access(tenant),
         )
         if operations and operations["enhance"] is not None and EnhanceOptions.parse(**operations["enhance"]).auto:
             pipeline = getattr(self.inference, "pipeline", None)
@@ -148,14 +149,16 @@ class JobService:
     async def _write_within_quota(self, principal: Principal, images: int, write: Callable[[int | None], T]) -> T:
         """`write(quota)` in a thread: it adds items in one transaction that checks the tenant's stored-bytes quota
         first (serving.jobs.stored_bytes: the checks above read before writing, so requests sent together passed
-        them together). When it refuses, the `images` the request was charged are given back."""
+        them together). When it refuses (that quota, more items than a job holds, a job no longer open, the store
+        unavailable: nothing is written), the `images` the request was charged are given back."""
         quota = None
         if self.gate is not None and self.gate.required:
             quota = (await self.gate.tenant_policy(principal.tenant)).quota_stored_bytes
         try:
             return await asyncio.to_thread(write, quota)
-        except QuotaExceededError:
-            await self.gate.refund_images(images)
+        except Exception:
+            if self.gate is not None and self.gate.required:
+                await self.gate.refund_images(images)
             raise
 
     async def _intake_items(self, principal: Principal, parts: Sequence[InputPart]) -> list[Any]:
@@ -188,7 +191,9 @@ class JobService:
 
     async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()
-        await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
+        job = await asyncio.to_thread(store.get_job, job_id, principal.tenant)  # 404 before reading the inputs
+        if job.status != "open":  # and 409 before storing them (the store checks again as it writes)
+            raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
         items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
         await self._write_within_quota(principal, len(items), partial(store.add_items, job_id, items, principal.tenant))

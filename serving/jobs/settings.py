@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from serving.config.settings import ServerSettings, settings_error
+from serving.jobs.remote_access import RemoteAccess, check_prefix
 from serving.security.egress import EgressAllowList
 from serving.security.principal import check_tenant
 
@@ -27,11 +28,13 @@ ENV_NAMES = {
     "object_store": "IMGSERVE_OBJECT_STORE",
     "allowed_root": "IMGSERVE_BATCH_ALLOWED_ROOT",
     "output_root": "IMGSERVE_BATCH_OUTPUT_ROOT",
+    "allowed_remote": "IMGSERVE_BATCH_ALLOWED_REMOTE",
     "concurrency": "IMGSERVE_BATCH_CONCURRENCY",
     "poll_interval_s": "IMGSERVE_BATCH_POLL_S",
     "max_items": "IMGSERVE_BATCH_MAX_ITEMS",
     "max_files_per_request": "IMGSERVE_BATCH_MAX_FILES_PER_REQUEST",
     "max_archive_bytes": "IMGSERVE_BATCH_MAX_ARCHIVE_BYTES",
+    "max_request_archive_bytes": "IMGSERVE_BATCH_MAX_REQUEST_ARCHIVE_BYTES",
     "max_compression_ratio": "IMGSERVE_BATCH_MAX_RATIO",
     "max_attempts": "IMGSERVE_BATCH_MAX_ATTEMPTS",
     "heartbeat_s": "IMGSERVE_BATCH_HEARTBEAT_S",
@@ -75,6 +78,12 @@ class JobSettings(BaseModel):
         description="file:// output destinations of image operations must resolve under this folder ('{tenant}' in "
         "it: each tenant's own); unset = refused.",
     )
+    allowed_remote: list[str] | None = Field(
+        default=None,
+        description="s3:// / gs:// prefixes a tenant's inputs and output_uri must be under (IMGSERVE_BATCH_ALLOWED_"
+        "REMOTE, comma-separated; '{tenant}' in one: the job's tenant; '*': anywhere; 'none': nowhere). Unset: "
+        "anywhere for the default tenant (a server without tenants), nowhere for the others. Never the object store.",
+    )
     concurrency: int = Field(default=8, ge=1, description="Job items in flight at once (bounds the load on the graph).")
     poll_interval_s: float = Field(default=2.0, gt=0, description="How often the worker looks for work unprompted.")
     max_items: int = Field(default=100_000, ge=1, description="Most items in one job.")
@@ -82,8 +91,16 @@ class JobSettings(BaseModel):
     max_archive_bytes: int = Field(
         default=4 * 1024**3, ge=1, description="Most uncompressed bytes read from one archive (zip bombs)."
     )
+    max_request_archive_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        description="Most uncompressed bytes read from all the archives of one request together (zip bombs).",
+    )
     max_compression_ratio: float = Field(
-        default=100.0, gt=1, description="Largest uncompressed/compressed ratio of an archive entry (zip bombs)."
+        default=100.0,
+        gt=1,
+        description="Largest uncompressed/compressed ratio of a big archive entry, of the small entries together "
+        "and of a whole archive (zip bombs).",
     )
     max_image_bytes: int = Field(
         default=32 * 1024 * 1024, description="Largest single input (IMGSERVE_MAX_IMAGE_BYTES)."
@@ -122,10 +139,17 @@ class JobSettings(BaseModel):
     def _driver(cls, value: str) -> str:
         return normalize_database_url(value)
 
-    @field_validator("webhook_allow", mode="before")
+    @field_validator("webhook_allow", "allowed_remote", mode="before")
     @classmethod
     def _allow_csv(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_remote")
+    @classmethod
+    def _remote_entries(cls, value: list[str] | None) -> list[str] | None:
+        if value is None or value == ["none"]:
+            return None if value is None else []
+        return [check_prefix(entry) for entry in value]
 
     @field_validator("webhook_allow")
     @classmethod
@@ -162,3 +186,7 @@ class JobSettings(BaseModel):
     def write_root(self, tenant: str) -> Path | None:
         """Where `tenant`'s file:// output destinations must be."""
         return tenant_folder(self.output_root, tenant)
+
+    def remote_access(self, tenant: str) -> RemoteAccess:
+        """Which s3:// / gs:// locations `tenant`'s inputs and output destinations may be."""
+        return RemoteAccess.for_tenant(self.allowed_remote, tenant, self.object_store)

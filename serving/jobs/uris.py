@@ -8,10 +8,11 @@ fetches arbitrary URLs on a client's behalf.
 
 import os
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from serving.errors import BadRequestError
 from serving.jobs.errors import ItemInputError, UriNotAllowedError
+from serving.jobs.remote_access import RemoteAccess
 from serving.regular_files import NotARegularFileError, open_regular_file
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -48,13 +49,16 @@ def file_uri_path(uri: str, allowed_root: Path | None) -> Path:
     return _resolve_under(Path(path), allowed_root)
 
 
-def check_uri(uri: str, allowed_root: Path | None) -> str:
-    """The URI if this server may read it; raises UriNotAllowedError (403) or BadRequestError (400)."""
+def check_uri(uri: str, allowed_root: Path | None, remote: RemoteAccess | None = None) -> str:
+    """The URI if this server may read it; raises UriNotAllowedError (403) or BadRequestError (400). `remote`: the
+    s3:// / gs:// locations the caller's tenant may name (None: any; a client's URIs always pass its tenant's)."""
     scheme = _split(uri).scheme.lower()
     if scheme == "file":
         file_uri_path(uri, allowed_root)
         return uri
     if scheme in REMOTE_SCHEMES:
+        if remote is not None:
+            remote.check(uri)
         import fsspec
 
         try:
@@ -65,10 +69,10 @@ def check_uri(uri: str, allowed_root: Path | None) -> str:
     raise UriNotAllowedError(f"URI scheme {scheme or '(none)'!r} is not allowed; use file://, s3:// or gs://")
 
 
-def check_destination(uri: str, output_root: Path | None) -> str:
+def check_destination(uri: str, output_root: Path | None, remote: RemoteAccess | None = None) -> str:
     """An output destination (a folder URI) this server may write under: `file://` inside IMGSERVE_BATCH_OUTPUT_ROOT
     (a root of its own: the input root is for reading), or `s3://` / `gs://`. Raises UriNotAllowedError (403) or
-    BadRequestError (400)."""
+    BadRequestError (400). `remote`: as `check_uri`'s."""
     parts = _split(uri)
     if parts.scheme.lower() == "file":
         if parts.netloc not in ("", "localhost"):
@@ -77,18 +81,24 @@ def check_destination(uri: str, output_root: Path | None) -> str:
             raise UriNotAllowedError(
                 "file:// outputs are disabled on this server (IMGSERVE_BATCH_OUTPUT_ROOT is not set)"
             )
+        if parts.query or parts.fragment:  # every output would be written to the folder before the '?' or '#'
+            raise BadRequestError(f"output URI {uri!r} has a query or fragment: percent-encode '?' as %3F, '#' as %23")
         _resolve_under(Path(unquote(parts.path)), output_root)
         return uri.rstrip("/")
     if parts.scheme.lower() in REMOTE_SCHEMES:
-        return check_uri(uri, None).rstrip("/")
+        return check_uri(uri, None, remote).rstrip("/")
     raise UriNotAllowedError(
         f"output URI scheme {parts.scheme or '(none)'!r} is not allowed; use file://, s3:// or gs://"
     )
 
 
-def write_output(destination: str, name: str, data: bytes, output_root: Path | None) -> str:
-    """Write `data` as `name` (a relative path without `..`) under `destination`; returns the file's URI. Local
-    files are written to a temporary name and renamed into place (a re-run item rewrites the same bytes)."""
+def write_output(
+    destination: str, name: str, data: bytes, output_root: Path | None, remote: RemoteAccess | None = None
+) -> str:
+    """Write `data` as `name` under `destination`; returns the file's URI. `name` is a relative path in the URI's
+    own form (a file URI's path is percent-decoded: pass `quote(name)`, or use `write_named_output`, which does).
+    Local files are written to a temporary name and renamed into place (a re-run item rewrites the same bytes).
+    `remote`: as `check_uri`'s, checked again at each write (the setting may have changed since the submission)."""
     uri = f"{destination}/{name}"
     try:
         if _split(destination).scheme.lower() == "file":
@@ -101,15 +111,31 @@ def write_output(destination: str, name: str, data: bytes, output_root: Path | N
         else:
             import fsspec
 
-            # auto_mkdir=False: object stores have no folders, and s3fs's "make the parent" creates a missing *bucket*
-            # (a mistyped destination would quietly become a new bucket instead of failing the item).
-            with fsspec.open(uri, "wb", auto_mkdir=False) as handle:
+            if remote is not None:
+                remote.check(uri)
+            # The folder is parsed, the name is not: a key is the name as it is (fsspec would read '::' in a whole
+            # URI as a chain of filesystems). auto_mkdir is off for object stores: s3fs's "make the parent" creates
+            # a missing *bucket*, so a mistyped destination would quietly become a new bucket instead of failing.
+            filesystem, folder = fsspec.core.url_to_fs(destination)
+            with filesystem.open(f"{folder}/{name}", "wb") as handle:
                 handle.write(data)
     except (UriNotAllowedError, BadRequestError) as exc:
         raise ItemInputError("forbidden_uri", str(exc)) from None
     except OSError as exc:
         raise ItemInputError("unwritable_output", f"cannot write {uri!r}: {exc}") from None
     return uri
+
+
+def write_named_output(
+    destination: str, name: str, data: bytes, output_root: Path | None, remote: RemoteAccess | None = None
+) -> str:
+    """`write_output` of an output named `name`, taken literally: '#', '?' and '%' in a name are part of it, never a
+    fragment, a query or an escape (a file URI's path is percent-encoded), so the URI returned names the file
+    written. `name` is a relative path without empty, '.' or '..' parts (an item error otherwise)."""
+    if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ItemInputError("forbidden_uri", f"output name {name!r} is not a plain relative path")
+    local = _split(destination).scheme.lower() == "file"
+    return write_output(destination, quote(name) if local else name, data, output_root, remote)
 
 
 def _read_local(path: Path, max_bytes: int) -> bytes:
@@ -121,13 +147,14 @@ def _read_local(path: Path, max_bytes: int) -> bytes:
         return handle.read(max_bytes + 1)
 
 
-def read_uri(uri: str, allowed_root: Path | None, max_bytes: int) -> bytes:
-    """The bytes behind a URI (at most `max_bytes`); every failure is an ItemInputError for that item."""
+def read_uri(uri: str, allowed_root: Path | None, max_bytes: int, remote: RemoteAccess | None = None) -> bytes:
+    """The bytes behind a URI (at most `max_bytes`); every failure is an ItemInputError for that item. `remote`: as
+    `check_uri`'s, checked again when the item is read."""
     try:
         if _split(uri).scheme.lower() == "file":
             data = _read_local(file_uri_path(uri, allowed_root), max_bytes)
         else:
-            check_uri(uri, allowed_root)
+            check_uri(uri, allowed_root, remote)
             import fsspec
 
             with fsspec.open(uri, "rb") as handle:

@@ -242,9 +242,12 @@ class WorkQueue:
 
     # ---- webhooks -----------------------------------------------------------------------------------
     def pending_webhooks(self) -> list[JobRecord]:
+        """Jobs whose notification is due: ended, and none of their items still in flight (a job cancelled while
+        items ran is notified once they have recorded, handed back or been given up, so its counts add up)."""
+        in_flight = sa.exists().where(job_items.c.job_id == jobs.c.id, job_items.c.status == "running")
+        query = sa.select(jobs).where(jobs.c.webhook_state == "pending", ~in_flight).order_by(jobs.c.finished_at)
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(jobs).where(jobs.c.webhook_state == "pending").order_by(jobs.c.finished_at))
-            rows = rows.all()
+            rows = conn.execute(query).all()
             counts = job_counts(conn, [r.id for r in rows])
         return [job_record(r, counts[r.id]) for r in rows]
 

@@ -1,0 +1,79 @@
+"""Output names at a file:// destination are names, never URI syntax: '#', '?' and '%xx' in an input's name used to
+decide where its output went ('IMG #1.jpg' and 'IMG #2.jpg' both became the file 'IMG ', '%2e%2e/' climbed out of
+the destination), and the URI reported for it named no file."""
+
+import asyncio
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from serving.errors import BadRequestError
+from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.errors import ItemInputError
+from serving.jobs.objects import ObjectStore
+from serving.jobs.operations import operation_spec
+from serving.jobs.records import JobSpec, NewItem
+from serving.jobs.runner import JobRunner
+from serving.jobs.settings import JobSettings
+from serving.jobs.store import JobStore
+from serving.jobs.uris import write_named_output
+from serving.jobs.webhooks import WebhookSender
+from serving.jobs.work_queue import WorkQueue
+from serving.jobs.workers import WorkerIdentity, WorkerRegistry
+from tests.unit.test_jobs_operations import NoAnalysis, jpeg
+
+pytestmark = pytest.mark.unit
+
+NAMES = ["IMG #1.jpg", "IMG #2.jpg", "what?.jpg", "50%25 off.jpg", "%2e%2e/escaped.jpg", "%2e%2e/team/over.jpg"]
+
+
+def test_job_outputs_are_written_under_their_literal_names(tmp_path: Path) -> None:
+    settings = JobSettings(database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", object_store=str(tmp_path / "o"))
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    objects = ObjectStore(settings.object_store)
+    root = tmp_path / "exports"
+    (root / "team").mkdir(parents=True)
+    (root / "team" / "over.png").write_bytes(b"another job's output")
+    settings = settings.model_copy(update={"output_root": root})
+    operations = operation_spec(
+        ["convert"], {"format": "png", "max_side": "20"}, None, None, f"file://{root}/web", root
+    )
+    items = [NewItem(name, "object", objects.put(jpeg(i)), 10) for i, name in enumerate(NAMES)]
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == len(NAMES)
+
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    expected = ["IMG #1.png", "IMG #2.png", "what?.png", "50%25 off.png", "%2e%2e/escaped.png", "%2e%2e/team/over.png"]
+    assert written == sorted(["team/over.png", *(f"web/{name}" for name in expected)])
+    assert (root / "team" / "over.png").read_bytes() == b"another job's output"  # nothing outside the destination
+    for row in JobStore(engine).results_page(job_id):
+        uri = row.result["output"]["uri"]  # type: ignore[index]
+        assert (Path(unquote(urlsplit(uri).path))).is_file(), uri  # the reported URI names the file written
+        assert Path(unquote(urlsplit(uri).path)) == root / "web" / row.result["output"]["name"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["../x.png", "/abs.png", "a//b.png", "a/./b.png"])
+def test_a_name_that_is_not_a_plain_relative_path_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ItemInputError) as caught:
+        write_named_output(f"file://{tmp_path}/web", name, b"x", tmp_path)
+    assert caught.value.kind == "forbidden_uri" and not any(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "#frag"])
+def test_a_destination_with_a_query_or_fragment_is_refused(tmp_path: Path, suffix: str) -> None:
+    with pytest.raises(BadRequestError, match="query or fragment"):
+        operation_spec(["convert"], {"format": "png"}, None, None, f"file://{tmp_path}/web{suffix}", tmp_path)
+
+
+def test_remote_names_are_keys_as_they_are(tmp_path: Path) -> None:
+    """An object-store key is the name itself (memory:// stands in for s3://): no URI parsing, no fsspec chaining."""
+    import fsspec
+
+    uri = write_named_output("memory://bucket/web", "IMG #1 50%25::x.png", b"data", None)
+    assert uri == "memory://bucket/web/IMG #1 50%25::x.png"
+    assert fsspec.filesystem("memory").cat_file("/bucket/web/IMG #1 50%25::x.png") == b"data"
