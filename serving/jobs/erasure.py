@@ -3,7 +3,8 @@
 A purge deletes the job's row, items, results, events and webhook deliveries in one transaction, with its audit
 entry (ids and counts only, never content); then the stored input and output objects no other job references.
 Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
-stays.
+stays, and so does an input stored again after the purged job's last inputs (a submission of the same bytes still
+being taken in has no row yet): the orphan sweep deletes it later if nothing comes to hold it.
 The sweeper purges, with `IMGSERVE_RETENTION_DAYS`, finished jobs older than the retention (and open jobs never
 started), finished training jobs older than it and daily usage counts of days before it, and, always, deletes
 stored objects no job references that are older than an hour (inputs of refused submissions, or left by a crash);
@@ -61,15 +62,23 @@ def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
     return {row.source for row in conn.execute(inputs)} | {row.output_object for row in conn.execute(outputs)}
 
 
-def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str]]:
-    """(items deleted, digests of their stored inputs and outputs)."""
-    digests = {
+def _inputs_until(conn: sa.Connection, job_id: str) -> float:
+    """When the job's last inputs were stored: its `created` or latest `items_added` event (0: none recorded)."""
+    query = sa.select(sa.func.max(job_events.c.at)).where(
+        job_events.c.job_id == job_id, job_events.c.event.in_(("created", "items_added"))
+    )
+    return float(conn.execute(query).scalar() or 0.0)
+
+
+def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str], set[str]]:
+    """(items deleted, digests of their stored inputs, digests of their stored outputs)."""
+    inputs = {
         row.source
         for row in conn.execute(
             sa.select(job_items.c.source).where(job_items.c.job_id == job_id, job_items.c.source_kind == "object")
         )
     }
-    digests |= {
+    outputs = {
         row.output_object
         for row in conn.execute(
             sa.select(job_results.c.output_object).where(
@@ -82,7 +91,14 @@ def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str]]:
     conn.execute(job_results.delete().where(job_results.c.job_id == job_id))
     items = conn.execute(job_items.delete().where(job_items.c.job_id == job_id)).rowcount
     conn.execute(jobs.delete().where(jobs.c.id == job_id))
-    return int(items or 0), digests
+    return int(items or 0), inputs, outputs
+
+
+def _stored_again_since(objects: ObjectStore, digests: set[str], since: float) -> set[str]:
+    """The inputs some submission stored again after `since` (the purged job's last inputs): one still being taken
+    in holds them without a row yet (ObjectStore.put refreshes an existing object); the orphan sweep decides later.
+    A store whose clock runs ahead of the database's keeps the job's own inputs for the sweep too: the safe side."""
+    return {digest for digest in digests if (objects.modified(digest) or 0.0) > since}
 
 
 def purge_job(
@@ -99,16 +115,20 @@ def purge_job(
         if found is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         names = _saved_names(conn, job_id)
-        items, digests = _delete_job_rows(conn, job_id)
+        inputs_until = _inputs_until(conn, job_id)
+        items, inputs, outputs = _delete_job_rows(conn, job_id)
+        digests = inputs | outputs
         orphaned = digests - _referenced(conn, digests)
         saved = _erase_saved_copies(conn, job_id, found.tenant, names)
         if audit is not None:
             detail = {"items": items, "objects": len(orphaned), "collections": saved}
             write_entry(conn, replace(audit, target=job_id, detail=detail))
+    deleted = 0
     if objects is not None:
-        for digest in orphaned:
+        for digest in orphaned - _stored_again_since(objects, orphaned & inputs, inputs_until):
             objects.delete(digest)
-    return PurgeReport(1, items, len(orphaned), len(digests))
+            deleted += 1
+    return PurgeReport(1, items, deleted, len(digests))
 
 
 def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:

@@ -36,8 +36,12 @@ class ObjectStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         if self.fs.exists(path):
-            if self._local:  # stored before: fresh again, so the orphan sweep's grace covers the new reference too
+            # stored before: fresh again, so the orphan sweep's grace and a purge racing this submission
+            # (serving.jobs.erasure: an object modified after the purged job's inputs is kept) cover it too
+            if self._local:
                 os.utime(path)
+            else:  # object stores have no touch: written again (its LastModified is the time of this write)
+                self.fs.pipe_file(path, data)
             return digest
         if not self._local:
             self.fs.pipe_file(path, data)
@@ -75,6 +79,13 @@ class ObjectStore:
         except FileNotFoundError:
             pass
 
+    def modified(self, digest: str) -> float | None:
+        """When the object was last stored (UNIX seconds), None when it is not there or the filesystem does not say."""
+        try:
+            return _modified(self.fs.info(self._path(digest))) or None
+        except FileNotFoundError:
+            return None
+
     def stored(self) -> dict[str, float]:
         """Every stored object: digest -> modification time (UNIX seconds; 0 when the filesystem does not say)."""
         found = self.fs.find(f"{self.root}/sha256", detail=True) if self.fs.exists(f"{self.root}/sha256") else {}
@@ -83,9 +94,14 @@ class ObjectStore:
             digest = path.rsplit("/", 1)[-1]
             if len(digest) != 64:
                 continue  # a .part file being written
-            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
-            out[digest] = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            out[digest] = _modified(info)
         return out
+
+
+def _modified(info: dict) -> float:
+    """An fsspec `info` entry's modification time in UNIX seconds (0 when the filesystem does not say)."""
+    modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    return modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
 
 
 def read_job_input(

@@ -3,6 +3,7 @@ downloadable as a streamed zip, and erased with the job."""
 
 import asyncio
 import io
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -236,3 +237,18 @@ def test_outputs_zip_leaves_out_an_output_gone_between_its_page_and_its_bytes(
     archive = zipfile.ZipFile(io.BytesIO(asyncio.run(collect())))
     assert archive.testzip() is None and sorted(archive.namelist()) == ["0.jpg", "2.jpg"]
     assert archive.read("2.jpg") == jpeg(2)
+
+
+def test_a_purge_keeps_an_input_a_submission_being_taken_in_stored_again(store) -> None:
+    """Were: purging an old job deleted the object a new submission of the same bytes had just stored (it has no row
+    until the request is taken in): the new job was accepted and its item failed missing_input."""
+    engine, objects, settings = store
+    photo = jpeg(7)
+    spec = JobSpec("m", 1, ("classification",))
+    old = JobStore(engine).create_job(spec, [NewItem("old.jpg", "object", objects.put(photo), len(photo))])
+    time.sleep(0.01)
+    again = objects.put(photo)  # a new submission's intake: stored again, no job row yet
+    report = purge_job(engine, objects, old, None, None)
+    assert report.objects == 0 and objects.exists(again)  # the orphan sweep decides once the grace is over
+    new = JobStore(engine).create_job(spec, [NewItem("new.jpg", "object", again, len(photo))])
+    assert purge_job(engine, objects, new, None, None).objects == 1 and not objects.exists(again)
