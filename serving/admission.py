@@ -28,6 +28,17 @@ def holds_no_slot(path: str) -> bool:
     return path in UNLIMITED_HTTP_PATHS or (path.startswith("/v1/jobs/") and path.endswith("/progress"))
 
 
+# Work nobody needs once its client has gone: inference and image operations change no state, so the direct
+# listeners cancel them when their connection closes (their slot and batch-queue place go to the next request, as
+# Ray Serve's proxy does for its own requests). Other requests (model control, jobs, training) run to their end.
+ABANDONED_WHEN_CLIENT_GOES = frozenset({"/v1/classify", "/v1/analyze", "/v1/metadata", "/v1/convert", "/v1/enhance"})
+
+
+def abandoned_when_client_goes(path: str) -> bool:
+    """Whether the request on `path` is cancelled when its client disconnects (see ABANDONED_WHEN_CLIENT_GOES)."""
+    return path in ABANDONED_WHEN_CLIENT_GOES or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
 class InflightLimit:
     """A counter on the replica's event loop (every listener runs there, so no lock is needed), and the longest an
     admitted request may wait at each of its queues (`max_queue_wait_s`): for a CPU worker to start its decode, and

@@ -1,19 +1,77 @@
 """ONNX Runtime: the CPU default, with the CUDA execution provider where a GPU and the GPU build exist."""
 
+import math
 import os
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from serving.backends.base import BackendInfo
 
 if TYPE_CHECKING:
+    from serving.config.model_config import ModelConfig
     from serving.config.model_entry import ModelEntry
+
+# The config's element types as ONNX Runtime names them (NodeArg.type).
+ORT_TYPES = {
+    "FP32": "tensor(float)",
+    "FP16": "tensor(float16)",
+    "UINT8": "tensor(uint8)",
+    "INT64": "tensor(int64)",
+    "BYTES": "tensor(string)",
+}
+
+
+CGROUP_V1_QUOTA, CGROUP_V1_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a Kubernetes static CPU policy), bounded by the
+    cgroup CPU quota rounded up (a container limited to 2 CPUs on a 64-core node: 2, not 64)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs this container's cgroup may use: cgroup v2 `cpu.max` ("200000 100000": 2), else v1's
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`; None without a quota ("max", -1) or a cgroup file."""
+    try:
+        quota, period = _read("/sys/fs/cgroup/cpu.max").split()
+    except (OSError, ValueError):
+        try:
+            quota, period = _read(CGROUP_V1_QUOTA), _read(CGROUP_V1_PERIOD)
+        except OSError:
+            return None
+    try:
+        cpus = float(quota) / float(period)
+    except (ValueError, ZeroDivisionError):  # "max": no quota
+        return None
+    return cpus if cpus > 0 else None
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as handle:
+        return handle.read().strip()
 
 
 def default_intra_op_threads() -> int:
-    """Threads per session: IMGSERVE_ORT_THREADS, else every core (callers sharing cores should set it)."""
-    return int(os.environ.get("IMGSERVE_ORT_THREADS", "0")) or (os.cpu_count() or 1)
+    """Threads per session: IMGSERVE_ORT_THREADS (a whole number; 0 or unset: the default), else every CPU this
+    process may use (`usable_cpus`; callers sharing cores should set it)."""
+    raw = os.environ.get("IMGSERVE_ORT_THREADS", "").strip()
+    try:
+        threads = int(raw) if raw else 0
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ValueError(
+            f"IMGSERVE_ORT_THREADS={raw!r}: expected a whole number of threads, 0 or more (0: one per CPU)"
+        )
+    return threads or usable_cpus()
 
 
 # Images per ONNX Runtime call on the CPU provider. The dynamic batcher still gathers up to the model's
@@ -41,6 +99,8 @@ class OnnxRuntimeBackend:
     def __init__(
         self, intra_op_threads: int | None = None, use_cuda: bool | None = None, cpu_run_batch: int | None = None
     ):
+        if intra_op_threads is not None and intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be 0 or more (0: one per CPU), got {intra_op_threads}")
         self.intra_op_threads = intra_op_threads or default_intra_op_threads()
         self.use_cuda = use_cuda
         self.cpu_run_batch = default_cpu_run_batch() if cpu_run_batch is None else cpu_run_batch
@@ -78,8 +138,9 @@ class OnnxRuntimeBackend:
         int8 = entry.artifacts.onnx_int8 if not want_cuda else None
         self._precision = "int8" if int8 is not None else "fp32"
         self._session = ort.InferenceSession(str(int8 or entry.artifacts.onnx), options, providers=providers)
-        self._run_batch = 0 if want_cuda else max(0, self.cpu_run_batch)
-        self._input_name = self._session.get_inputs()[0].name
+        fixed_batch = check_graph(entry.config, self._session.get_inputs(), self._session.get_outputs())
+        self._run_batch = fixed_batch or (0 if want_cuda else max(0, self.cpu_run_batch))
+        self._input_name = entry.config.input.name
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,3 +171,64 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self._session = None
+
+
+def _shape(dims: Sequence[Any]) -> str:
+    """A graph tensor's shape as `[N,3,32,32]` (a named or unknown axis by its name, or `?`)."""
+    return "[" + ",".join(str(d) if d is not None else "?" for d in dims) + "]"
+
+
+def _dims_differ(expected: Sequence[int], graph: Sequence[Any]) -> bool:
+    """Whether a config's per-item shape contradicts a graph tensor's shape (batch axis first): another rank, or a
+    fixed axis of another size. A named or unknown axis takes any size; no shape at all (ONNX Runtime's `[]` for an
+    unknown rank) is not checked."""
+    if not graph:
+        return False
+    items = list(graph)[1:]
+    return len(items) != len(expected) or any(
+        isinstance(g, int) and g != e for g, e in zip(items, expected, strict=True)
+    )
+
+
+def check_graph(config: "ModelConfig", inputs: Sequence[Any], outputs: Sequence[Any]) -> int:
+    """Compare `config` with the graph's inputs and outputs (ONNX Runtime NodeArgs: name, shape, type). Raises
+    ValueError naming every difference (a model that loads but fails each request is worse than one refused at
+    load); returns the graph's fixed batch size when its batch axis is fixed at 1 (run one image per call), else 0."""
+    spec = config.input
+    problems: list[str] = []
+    graph_inputs = {i.name: i for i in inputs}
+    graph = graph_inputs.get(spec.name)
+    described = ", ".join(f"'{i.name}' {_shape(i.shape)} {i.type}" for i in inputs)
+    fixed_batch = 0
+    if graph is None:
+        problems.append(f"input '{spec.name}' is not a graph input (the graph takes {described})")
+    else:
+        wanted = f"config input '{spec.name}' [N,{','.join(map(str, spec.shape))}] {spec.dtype} {spec.layout}"
+        if _dims_differ(spec.shape, graph.shape) or graph.type != ORT_TYPES[spec.dtype]:
+            problems.append(f"{wanted} does not match graph input '{graph.name}' {_shape(graph.shape)} {graph.type}")
+        batch = graph.shape[0] if graph.shape else None
+        if isinstance(batch, int) and batch != 1:
+            problems.append(
+                f"graph input '{graph.name}' has its batch axis fixed at {batch}: export it with a "
+                "dynamic batch axis (batches of 1 to max_batch_size are run)"
+            )
+        fixed_batch = 1 if batch == 1 else 0
+    problems += [
+        f"graph input '{name}' is not fed (only '{spec.name}' is)"
+        for name in graph_inputs
+        if name != spec.name and graph is not None
+    ]
+    graph_outputs = {o.name: o for o in outputs}
+    for output in config.outputs:
+        found = graph_outputs.get(output.name)
+        if found is None:
+            names = ", ".join(f"'{name}'" for name in graph_outputs)
+            problems.append(f"output '{output.name}' is not a graph output (the graph's: {names})")
+        elif _dims_differ(output.shape, found.shape):
+            problems.append(
+                f"config output '{output.name}' [N,{','.join(map(str, output.shape))}] does not match "
+                f"the graph's {_shape(found.shape)}"
+            )
+    if problems:
+        raise ValueError(f"config.yaml does not match the ONNX graph: {'; '.join(problems)}")
+    return fixed_batch

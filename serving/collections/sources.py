@@ -58,6 +58,18 @@ def is_image_name(name: str) -> bool:
     return posixpath.splitext(name.lower())[1] in IMAGE_EXTENSIONS
 
 
+def is_hidden_part(part: str) -> bool:
+    """A file or folder name that holds no photos of the folder's own: hidden (`.thumbnails`, `.DS_Store`, macOS's
+    AppleDouble `._photo.jpg`), Synology's `@eaDir` thumbnails, or the `__MACOSX` folder of a zip made on a Mac."""
+    return part.startswith((".", "@")) or part == "__MACOSX"
+
+
+def is_hidden_path(relative: str) -> bool:
+    """Whether a path under a folder (or inside an archive) lies in or is a hidden part: left out of listings, so it
+    never becomes an image, nor a training category."""
+    return any(is_hidden_part(part) for part in relative.replace(os.sep, "/").split("/"))
+
+
 def is_archive_name(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
@@ -82,15 +94,17 @@ def _archive_members(location: str) -> list[str]:
     with _open(location) as handle:
         if location.lower().endswith(".zip"):
             with zipfile.ZipFile(handle) as archive:
-                return [i.filename for i in archive.infolist() if not i.is_dir() and is_image_name(i.filename)]
-        with tarfile.open(fileobj=handle, mode="r:*", **TAR_NAMES) as archive:
-            return [m.name for m in archive.getmembers() if m.isfile() and is_image_name(m.name)]
+                names = [i.filename for i in archive.infolist() if not i.is_dir()]
+        else:
+            with tarfile.open(fileobj=handle, mode="r:*", **TAR_NAMES) as archive:
+                names = [m.name for m in archive.getmembers() if m.isfile()]
+    return [name for name in names if is_image_name(name) and not is_hidden_path(name)]
 
 
 def _local_files(root: str) -> Iterator[str]:
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
+        dirs[:] = sorted(name for name in dirs if not is_hidden_part(name))  # not walked into
+        for name in sorted(name for name in files if not is_hidden_part(name)):
             path = os.path.join(folder, name)
             if is_regular_file(path):  # not a FIFO, socket or device named like an image
                 yield path
@@ -116,6 +130,8 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
             raise SourceError(f"{source}: no such object or prefix")
         for found_path in found:
             relative = storable_text(posixpath.relpath(found_path, base))
+            if is_hidden_path(relative):
+                continue
             yield from _expand_file(prefix + relative, _uri_location(protocol, found_path))
         return
     if os.path.isdir(source):

@@ -5,7 +5,7 @@ Every field carries a description; `batching` is the only block that may change 
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
@@ -15,6 +15,9 @@ from pipelines.preprocess import PreprocessSpec
 
 BackendName = Literal["tensorrt", "torch", "onnxruntime"]
 TensorDType = Literal["FP32", "FP16", "UINT8", "INT64", "BYTES"]
+# (height, width) in pixels: an image has at least one of each (0 or a negative size fails every request in PIL)
+PixelSize = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class _Strict(BaseModel):
@@ -25,7 +28,7 @@ class InputSpec(_Strict):
     name: str = Field(description="Tensor name the model graph expects (e.g. 'input').")
     layout: Literal["NCHW", "NHWC"] = Field(description="Memory layout of the image tensor, batch axis first.")
     dtype: Literal["FP32", "FP16", "UINT8"] = Field(description="Element type, in Open Inference Protocol names.")
-    size: tuple[int, int] = Field(description="Spatial size (height, width) of one image.")
+    size: PixelSize = Field(description="Spatial size (height, width) of one image.")
     channels: Literal[1, 3] = Field(default=3, description="Colour channels (RGB order when 3).")
 
     @property
@@ -44,7 +47,7 @@ class ResizeSpec(_Strict):
     policy: Literal["shorter_side", "exact", "none"] = Field(
         description="'shorter_side' scales so the shorter side equals size[0] keeping aspect; 'exact' to (h, w)."
     )
-    size: tuple[int, int] = Field(description="Target (height, width); shorter_side uses only the first value.")
+    size: PixelSize = Field(description="Target (height, width); shorter_side uses only the first value.")
     interpolation: Literal["bilinear", "bicubic", "nearest", "area"] = Field(
         default="bilinear", description="Resampling filter (Pillow semantics: antialiased when shrinking)."
     )
@@ -52,10 +55,12 @@ class ResizeSpec(_Strict):
 
 class PreprocessingConfig(_Strict):
     resize: ResizeSpec = Field(description="Resize applied to the upright (EXIF-oriented) RGB image.")
-    crop: tuple[int, int] | None = Field(default=None, description="Centre crop (height, width) after resize.")
-    scale: float = Field(default=1.0, description="Pixels (0..255) are multiplied by this first.")
+    crop: PixelSize | None = Field(default=None, description="Centre crop (height, width) after resize.")
+    scale: float = Field(default=1.0, gt=0, description="Pixels (0..255) are multiplied by this first.")
     mean: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="Subtracted per RGB channel.")
-    std: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="Divisor per RGB channel.")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        default=(1.0, 1.0, 1.0), description="Divisor per RGB channel (0 would make every value inf or NaN)."
+    )
 
 
 class OutputSpec(_Strict):

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from serving.access_log import echoed_request_id, log_request, start_request
-from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, holds_no_slot
+from serving.admission import REPLICA_LIMIT, UNLIMITED_HTTP_PATHS, abandoned_when_client_goes, holds_no_slot
 from serving.errors import ErrorInfo, ServiceError, classify_error, internal_detail, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 
@@ -178,6 +178,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         held = 0  # (a request arriving at the limit was already answered by ShedMiddleware, body unread)
+        upstream, read_ahead = receive, False
         if REPLICA_LIMIT.limit is not None and _has_body(scope) and not path.startswith(STREAMED_UPLOAD_PREFIXES):
             try:
                 messages, held = await self._preread(receive)
@@ -188,7 +189,7 @@ class AdmissionMiddleware:
                 return
             if messages and messages[-1]["type"] == "http.disconnect":
                 raise ClientDisconnect()  # gone before its body arrived: no slot, nothing to answer
-            upstream = receive
+            read_ahead = True
 
             async def replay() -> Message:
                 return messages.pop(0) if messages else await upstream()
@@ -200,9 +201,54 @@ class AdmissionMiddleware:
             await refuse_overloaded(scope, None, send)
             return
         try:
-            await self.app(scope, receive, send)
+            if read_ahead and abandoned_when_client_goes(path):
+                await run_until_client_goes(self.app, scope, receive, upstream, send)
+            else:
+                await self.app(scope, receive, send)
         finally:
             REPLICA_LIMIT.leave()
+
+
+async def run_until_client_goes(app: Any, scope: Scope, receive: Receive, upstream: Receive, send: Send) -> None:
+    """Run `app` on a request whose whole body was read ahead (`receive` replays it) and cancel it when the client
+    disconnects before its answer: its admission slot is freed, its batch-queue entry is skipped, and it is counted
+    and logged as 499 (ClientDisconnect). `upstream` (the connection's own receive, which nobody else reads once the
+    body is in) is watched for the disconnect meanwhile."""
+    gone = asyncio.Event()
+    answered = False
+    app_read_body = False
+
+    async def app_receive() -> Message:
+        nonlocal app_read_body
+        if app_read_body:  # after the body only a disconnect can come (Starlette's disconnect listeners wait here)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+        message = await receive()
+        app_read_body = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal answered
+        answered = answered or (message["type"] == "http.response.body" and not message.get("more_body", False))
+        await send(message)
+
+    task = asyncio.ensure_future(app(scope, app_receive, tracking_send))
+
+    async def watch() -> None:
+        if (await upstream())["type"] == "http.disconnect" and not answered:  # (servers say so once answered too)
+            gone.set()
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if gone.is_set() and (current is None or not current.cancelling()):
+            raise ClientDisconnect() from None  # the client left: RequestMetricsMiddleware counts a 499
+        raise
+    finally:
+        watcher.cancel()
 
 
 def log_answered_error(info: ErrorInfo, path: str, exc: BaseException, what: str = "internal error") -> None:

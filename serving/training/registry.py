@@ -2,6 +2,7 @@
 head, metrics.json and a model card written from what the job did. Versions are never overwritten; which one is
 served is the model's version policy (serving.model_versions)."""
 
+import errno
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from serving.training.softmax import ValidationReport
 from serving.weights import sha256_of
 
 HEAD_FILE = "head.npz"
+VERSION_ATTEMPTS = 20  # version numbers tried when other replicas register versions of the same model at once
 
 
 @dataclass(frozen=True)
@@ -106,24 +108,52 @@ def register_version(
     report: ValidationReport,
 ) -> str:
     """Write the next version of `name` under `root` (a temporary folder renamed into place: a scan never sees half
-    a version) and return its version string. The config is validated before the rename."""
+    a version) and return its version string. The config is validated before the rename. Replicas sharing the
+    trained-models volume may register a version of the same model at once: the rename is what allocates the number
+    (it fails when that version's folder exists), so the one that loses writes its files for the next number and
+    tries again. The temporary folder never stays behind."""
     model_root = root / name
     model_root.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_root)
     staging = model_root / f".staging-{recipe.job_id}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    head.save(staging / HEAD_FILE)
-    head_sha = sha256_of(staging / HEAD_FILE)
-    (staging / "labels.txt").write_text("".join(f"{label}\n" for label in head.labels), encoding="utf-8")
-    config = version_config(name, version, base, list(head.labels), head_sha)
+    try:
+        head.save(staging / HEAD_FILE)
+        head_sha = sha256_of(staging / HEAD_FILE)
+        (staging / "labels.txt").write_text("".join(f"{label}\n" for label in head.labels), encoding="utf-8")
+        for _ in range(VERSION_ATTEMPTS):
+            version = next_version(model_root)
+            _write_version_files(staging, name, version, base, list(head.labels), head_sha, recipe, report)
+            try:
+                staging.rename(model_root / version)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                continue  # another replica took this number meanwhile
+            return version
+        raise RuntimeError(f"model '{name}': no free version number after {VERSION_ATTEMPTS} attempts")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_version_files(
+    staging: Path,
+    name: str,
+    version: str,
+    base: ModelEntry,
+    labels: list[str],
+    head_sha: str,
+    recipe: TrainingRecipe,
+    report: ValidationReport,
+) -> None:
+    """The files of `staging` that name its version: config.yaml (validated as the server will read it), metrics,
+    model card."""
+    config = version_config(name, version, base, labels, head_sha)
     (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     load_model_config(staging / "config.yaml")  # what the server will read: refuse to register an invalid one
     metrics = {"version": version, "job_id": recipe.job_id, "validation": report.to_dict(), "recipe": recipe.__dict__}
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (staging / "MODEL_CARD.md").write_text(model_card(name, version, recipe, report), encoding="utf-8")
-    staging.rename(model_root / version)
-    return version
 
 
 def promote(root: Path, name: str, version: str) -> None:

@@ -20,7 +20,7 @@ from serving.collections.filters import ImageFilter
 from serving.collections.sources import read_items
 from serving.collections.store import CollectionStore
 from serving.config.model_entry import ModelEntry
-from serving.errors import BadRequestError, classify_error, internal_detail
+from serving.errors import BadRequestError, classify_error, internal_detail, unwrap
 from serving.jobs.objects import read_job_input
 from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
@@ -40,7 +40,8 @@ from serving.training.dataset import (
 )
 from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
-from serving.training.softmax import train_head, validation_report
+from serving.training.runner import JobLease, fit_on_ray
+from serving.training.softmax import FitStoppedError, validation_report
 from serving.training.store import TrainingJob, TrainingStore
 
 logger = logging.getLogger("imgserve.training")
@@ -165,22 +166,28 @@ class TrainingService:
     async def run(self, job_id: str) -> None:
         async with self._one_at_a_time:
             store = await self.store()
-            if not await asyncio.to_thread(store.start, job_id):
+            claim = await asyncio.to_thread(store.claim, job_id)
+            if claim is None:
                 return  # cancelled while queued, already finished, or run by another live process
             job = await asyncio.to_thread(store.get, job_id)
             try:
-                result = await self._train(store, job)
+                async with JobLease(store, job_id, claim) as lease:
+                    result = await self._train(store, job, lease)
+            except FitStoppedError:
+                result = None  # cancelled (or taken over) during the fit: the job's state is not this runner's
             except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the server goes on
                 info = classify_error(exc)
-                message = info.message if info.kind != "internal" else f"internal error: {internal_detail(exc)}"
+                # an internal error's text is for the server log (it may name server paths), not for the client
+                kind = type(unwrap(exc)).__name__
+                message = info.message if info.kind != "internal" else f"internal error ({kind}), see the server log"
                 logger.warning("training job %s failed: %s", job_id, internal_detail(exc))
-                await asyncio.to_thread(store.finish, job_id, "failed", None, message)
+                await asyncio.to_thread(store.finish, job_id, "failed", None, message, claim)
                 return
             if result is not None:
-                await asyncio.to_thread(store.finish, job_id, "completed", result)
+                await asyncio.to_thread(store.finish, job_id, "completed", result, None, claim)
 
-    async def _train(self, store: TrainingStore, job: TrainingJob) -> dict[str, Any] | None:
-        """The job's work; None when it was cancelled on the way."""
+    async def _train(self, store: TrainingStore, job: TrainingJob, lease: JobLease) -> dict[str, Any] | None:
+        """The job's work; None when it was cancelled (or taken over by another runner) on the way."""
         started = time.perf_counter()
         request = TrainingRequest.model_validate(job.request)
         backbone = self._backbone(request.backbone)
@@ -195,7 +202,7 @@ class TrainingService:
             await asyncio.to_thread(store.progress, job.id, "features", done, len(wanted))
 
         async def check_cancelled() -> bool:
-            return await asyncio.to_thread(store.is_cancelled, job.id)
+            return not await lease.holds()
 
         cache = FeatureCache(self.settings.cache_dir, backbone)
         features = await embed_images(
@@ -219,7 +226,7 @@ class TrainingService:
         y = np.array([labels.index(image.label) for image in train])
         await asyncio.to_thread(store.progress, job.id, "training", 0, len(train))
         fit_started = time.perf_counter()
-        head, l2 = await fit_on_ray(x, y, labels)
+        head, l2 = await fit_on_ray(x, y, labels, lease.lost)
         fit_seconds = time.perf_counter() - fit_started
         await asyncio.to_thread(store.progress, job.id, "training", len(train), len(train))
         xv = np.stack([features.features[image.name] for image in validation])
@@ -232,6 +239,8 @@ class TrainingService:
             return None
         model_root = self.settings.trained_models / request.model
         async with self.service.model_lock:  # the version policy: one writer at a time (model control too)
+            if not await asyncio.to_thread(store.begin_registration, job.id, lease.claim):
+                return None  # cancelled while it waited for the lock: nothing is registered, nothing promoted
             if current is not None:  # what is served now (a promotion during the fit must not be undone below)
                 current = served_version(self.settings.trained_models, request.model) or current
             # pin what is served (and any canary) before a newer folder appears
@@ -362,13 +371,3 @@ def decide_promotion(rule: str, current: str | None, current_accuracy: float | N
     if rule == "always" or current is None:
         return True
     return current_accuracy is not None and accuracy > current_accuracy  # other labels: not comparable, not promoted
-
-
-async def fit_on_ray(x: np.ndarray, y: np.ndarray, labels: list[str]) -> tuple[ClassifierHead, float]:
-    """`train_head` as a Ray task when Ray runs here (a CPU worker, off the serving replica), else in a thread."""
-    import ray
-
-    if not ray.is_initialized():
-        return await asyncio.to_thread(train_head, x, y, labels)
-    task = ray.remote(num_cpus=1)(train_head)
-    return await task.remote(x, y, labels)

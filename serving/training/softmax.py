@@ -2,6 +2,7 @@
 deterministic), with class-balanced weights and an L2 penalty chosen by cross-validation on the training part only,
 and the validation report: accuracy, per-class precision and recall, the confusion matrix."""
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -10,11 +11,22 @@ from serving.trained_head import ClassifierHead
 
 L2_GRID = (1e-3, 1e-2, 1e-1)  # penalty per weight, relative to the mean loss
 STEPS = 400
+StopCheck = Callable[[], bool]  # True once the fit should stop (the job was cancelled): checked between steps
 
 
-def _fit(x: np.ndarray, y: np.ndarray, k: int, l2: float, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:
+class FitStoppedError(Exception):
+    """The fit stopped before its end because its `should_stop` said so."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _fit(
+    x: np.ndarray, y: np.ndarray, k: int, l2: float, steps: int = STEPS, should_stop: StopCheck = _never
+) -> tuple[np.ndarray, np.ndarray]:
     """(weights D x K, bias K) minimising class-balanced cross-entropy + l2/2 * |W|^2 with Adam (convex: the
-    result does not depend on the start, which is zero)."""
+    result does not depend on the start, which is zero). Raises `FitStoppedError` once `should_stop()`."""
     n, d = x.shape
     counts = np.bincount(y, minlength=k).astype(np.float64)
     sample_weight = (n / (k * np.maximum(counts, 1)))[y] / n
@@ -23,6 +35,8 @@ def _fit(x: np.ndarray, y: np.ndarray, k: int, l2: float, steps: int = STEPS) ->
     m_w, v_w, m_b, v_b = np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)
     rate, beta1, beta2 = 0.05, 0.9, 0.999
     for step in range(1, steps + 1):
+        if should_stop():
+            raise FitStoppedError("the fit was stopped")
         z = x @ w + b
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -47,7 +61,7 @@ def _folds(y: np.ndarray, count: int) -> list[np.ndarray]:
     return [np.flatnonzero(fold == i) for i in range(count)]
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, k: int) -> float:
+def choose_l2(x: np.ndarray, y: np.ndarray, k: int, should_stop: StopCheck = _never) -> float:
     """The penalty with the best balanced accuracy in 3-fold cross-validation on the training part."""
     folds = _folds(y, 3)
     best, best_score = L2_GRID[-1], -1.0
@@ -57,7 +71,7 @@ def choose_l2(x: np.ndarray, y: np.ndarray, k: int) -> float:
             if len(held) == 0:
                 continue
             keep = np.setdiff1d(np.arange(len(y)), held)
-            w, b = _fit(x[keep], y[keep], k, l2)
+            w, b = _fit(x[keep], y[keep], k, l2, should_stop=should_stop)
             predicted = np.argmax(x[held] @ w + b, axis=1)
             per_class = [np.mean(predicted[y[held] == c] == c) for c in np.unique(y[held])]
             scores.append(float(np.mean(per_class)))
@@ -67,13 +81,16 @@ def choose_l2(x: np.ndarray, y: np.ndarray, k: int) -> float:
     return best
 
 
-def train_head(features: np.ndarray, y: np.ndarray, labels: list[str]) -> tuple[ClassifierHead, float]:
-    """(the fitted head, the chosen L2 penalty) from raw embeddings N x D and class indices into `labels`."""
+def train_head(
+    features: np.ndarray, y: np.ndarray, labels: list[str], should_stop: StopCheck = _never
+) -> tuple[ClassifierHead, float]:
+    """(the fitted head, the chosen L2 penalty) from raw embeddings N x D and class indices into `labels`; raises
+    `FitStoppedError` within one step of `should_stop()` turning true."""
     mean = features.mean(axis=0)
     scale = features.std(axis=0) + 1e-6
     x = (features - mean) / scale
-    l2 = choose_l2(x, y, len(labels))
-    w, b = _fit(x, y, len(labels), l2)
+    l2 = choose_l2(x, y, len(labels), should_stop)
+    w, b = _fit(x, y, len(labels), l2, should_stop=should_stop)
     return ClassifierHead(mean, scale, w.astype(np.float32), b.astype(np.float32), tuple(labels)), l2
 
 

@@ -20,7 +20,8 @@ from serving.jobs.tables import model_versions, training_jobs
 from serving.jobs.workers import WorkerIdentity, is_dead
 
 THIS_PROCESS = WorkerIdentity()
-RUNNER_STALE_S = 300.0  # a runner on another host is dead when its last progress report is older than this
+RUNNER_STALE_S = 300.0  # a runner on another host is dead when its last heartbeat is older than this
+REGISTERING = "registering"  # the progress phase from which a job can no longer be cancelled
 
 
 class TrainingJobNotFoundError(ServiceError):
@@ -96,19 +97,24 @@ class TrainingStore:
         with self.engine.begin() as conn:
             return [row.id for row in conn.execute(query.order_by(training_jobs.c.created_at))]
 
-    def _update(self, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+    def _update(self, job_id: str, allowed: tuple[str, ...], *conditions: Any, **values: Any) -> bool:
         with self.engine.begin() as conn:
             done = conn.execute(
                 training_jobs.update()
-                .where(training_jobs.c.id == job_id, training_jobs.c.status.in_(allowed))
+                .where(training_jobs.c.id == job_id, training_jobs.c.status.in_(allowed), *conditions)
                 .values(**values)
             )
         return done.rowcount == 1
 
     def start(self, job_id: str, runner: WorkerIdentity = THIS_PROCESS) -> bool:
+        """`claim`, True when this runner got the job."""
+        return self.claim(job_id, runner) is not None
+
+    def claim(self, job_id: str, runner: WorkerIdentity = THIS_PROCESS) -> float | None:
         """Claim the job for `runner`: a queued one, or a running one whose runner is dead (a stopped server's job
         runs again), never one a live process runs (a replica starting while another trains, or this process twice).
-        One transaction compares and sets, so of two replicas claiming at once one wins."""
+        One transaction compares and sets, so of two replicas claiming at once one wins. Returns the claim (the
+        job's new `started_at`, which names this run in `heartbeat`, `begin_registration` and `finish`), or None."""
         c = training_jobs.c
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -117,7 +123,7 @@ class TrainingStore:
                 ).where(c.id == job_id)
             ).first()
             if row is None or row.status not in ("queued", "running"):
-                return False
+                return None
             claim = [c.id == job_id, c.status == row.status]
             if row.status == "running":
                 holder = SimpleNamespace(
@@ -127,9 +133,9 @@ class TrainingStore:
                     process_started_at=row.runner_started_at or 0.0,
                 )
                 if row.runner_pid is not None and not is_dead(holder, time.time(), RUNNER_STALE_S):
-                    return False
+                    return None
                 claim.append(c.started_at == row.started_at if row.started_at is not None else c.started_at.is_(None))
-            now = time.time()
+            now = max(time.time(), (row.started_at or 0.0) + 1e-3)  # a new claim never equals the one it replaces
             done = conn.execute(
                 training_jobs.update()
                 .where(*claim)
@@ -143,25 +149,57 @@ class TrainingStore:
                     heartbeat_at=now,
                 )
             )
-        return done.rowcount == 1
+        return now if done.rowcount == 1 else None
+
+    def heartbeat(self, job_id: str, claim: float) -> bool:
+        """The runner holding `claim` is alive; False when it no longer runs the job (cancelled, or taken over after
+        its heartbeat went stale): it must stop, register nothing and record nothing."""
+        return self._update(job_id, ("running",), training_jobs.c.started_at == claim, heartbeat_at=time.time())
+
+    def begin_registration(self, job_id: str, claim: float) -> bool:
+        """The point of no return, under the model lock: False when the job was cancelled or taken over (register
+        nothing); True, and from now on `cancel` is refused, so a registered version always has a completed job."""
+        progress = {"phase": REGISTERING, "done": 0, "total": 1}
+        return self._update(
+            job_id, ("running",), training_jobs.c.started_at == claim, progress=progress, heartbeat_at=time.time()
+        )
 
     def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
         self._update(
             job_id, ("running",), progress={"phase": phase, "done": done, "total": total}, heartbeat_at=time.time()
         )
 
-    def finish(self, job_id: str, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
-        """Record the outcome unless the job already ended (cancelled meanwhile); True when recorded."""
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        claim: float | None = None,
+    ) -> bool:
+        """Record the outcome unless the job already ended (cancelled meanwhile) or, with `claim`, another runner
+        took it over; True when recorded."""
         assert status in FINAL
+        mine = () if claim is None else (training_jobs.c.started_at == claim,)
         return self._update(
-            job_id, ("queued", "running"), status=status, result=result, error=error, finished_at=time.time()
+            job_id, ("queued", "running"), *mine, status=status, result=result, error=error, finished_at=time.time()
         )
 
     def cancel(self, job_id: str, tenant: str | None) -> TrainingJob:
+        """Cancel a queued or running job; refused (409) once it ended, or once it registers its version."""
         job = self.get(job_id, tenant)
         if job.status in FINAL:
             raise JobStateError(f"training job {job_id} is already {job.status}")
-        self._update(job_id, ("queued", "running"), status="cancelled", finished_at=time.time())
+        phase = sa.func.coalesce(training_jobs.c.progress["phase"].as_string(), "")
+        if not self._update(
+            job_id, ("queued", "running"), phase != REGISTERING, status="cancelled", finished_at=time.time()
+        ):
+            job = self.get(job_id)
+            if job.status != "cancelled":
+                raise JobStateError(
+                    f"training job {job_id} is {job.status if job.status in FINAL else 'registering its version'}: "
+                    "too late to cancel (unload or replace the version instead)"
+                )
         return self.get(job_id)
 
     def is_cancelled(self, job_id: str) -> bool:

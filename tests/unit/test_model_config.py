@@ -94,6 +94,13 @@ def test_nhwc_uint8_input_maps_to_spec() -> None:
         ("backends", [], "at least 1 item"),
         ("outputs", [], "at least 1 item"),
         ("batching.max_batch_size", 0, "greater than or equal to 1"),
+        ("input.size", [0, 0], "input.size.0\n  Input should be greater than or equal to 1"),
+        ("input.size", [-5, -5], "input.size.0\n  Input should be greater than or equal to 1"),
+        ("preprocessing.crop", [224, 0], "preprocessing.crop.1\n  Input should be greater than or equal to 1"),
+        ("preprocessing.resize.size", [0, 0], "preprocessing.resize.size.0\n  Input should be greater than or equal"),
+        ("preprocessing.std", [0.0, 0.0, 0.0], "preprocessing.std.0\n  Input should be greater than 0"),
+        ("preprocessing.std", [1.0, 1.0, -1.0], "preprocessing.std.2\n  Input should be greater than 0"),
+        ("preprocessing.scale", 0, "preprocessing.scale\n  Input should be greater than 0"),
     ],
 )
 def test_invalid_config_is_rejected_with_reason(path: str, value: Any, message: str) -> None:
