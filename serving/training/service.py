@@ -305,6 +305,8 @@ class TrainingService:
     async def _dataset(self, request: TrainingRequest, tenant: str) -> tuple[list[LabelledImage], int]:
         """(labelled images, images left out) of the request's folder or collection."""
         if request.dataset is not None:
+            if "://" in request.dataset and not request.dataset.startswith("file://"):  # as batch jobs' inputs
+                self.jobs.settings.remote_access(tenant).check(request.dataset)
             return await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.read_root(tenant))
         assert request.collection is not None
         store = CollectionStore(self.jobs.engine)
@@ -321,6 +323,7 @@ class TrainingService:
     def read_images(self, images: list[LabelledImage], tenant: str) -> list[bytes | Exception]:
         """The bytes of each image, wherever it is (a folder or fsspec URI, a job's object store or input URI)."""
         limit, root, objects = self.settings.max_image_bytes, self.jobs.settings.read_root(tenant), self.jobs.objects()
+        remote = self.jobs.settings.remote_access(tenant)
         out: list[bytes | Exception] = [b""] * len(images)
         files = [i for i, image in enumerate(images) if image.kind == "file"]
         for i, data in zip(files, read_items([images[i].to_row() for i in files], limit), strict=True):
@@ -329,7 +332,7 @@ class TrainingService:
             if image.kind == "file":
                 continue
             try:
-                out[i] = read_job_input(image.kind, image.location, objects, root, limit)
+                out[i] = read_job_input(image.kind, image.location, objects, root, limit, remote)
             except Exception as exc:  # noqa: BLE001 - the image's own error (purged, missing, refused)
                 out[i] = exc
         return out

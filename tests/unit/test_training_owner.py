@@ -34,3 +34,16 @@ def test_another_tenant_cannot_train_a_version_of_a_tenants_model(tmp_path: Path
         assert not isinstance(owner.value, PermissionDeniedError)
 
     asyncio.run(scenario())
+
+
+def test_a_tenant_cannot_train_on_a_bucket_it_may_not_name(tmp_path: Path) -> None:
+    """Were: a training dataset s3:// / gs:// was listed and read with the server's credentials for any tenant,
+    though batch jobs keep each tenant to IMGSERVE_BATCH_ALLOWED_REMOTE (unset: none for a named tenant)."""
+    from serving.jobs.errors import UriNotAllowedError
+
+    service, _ = tiny_local_service(tmp_path)
+    settings = JobSettings(database_url=f"sqlite:///{tmp_path}/jobs.sqlite3", object_store=str(tmp_path / "o"))
+    training = TrainingService(service, JobService(service, settings))
+    request = TrainingRequest(model="parcels", dataset="s3://another-tenants-bucket/photos")
+    with pytest.raises(UriNotAllowedError, match="may not name s3"):  # before anything is listed or read
+        asyncio.run(training._dataset(request, "globex"))
