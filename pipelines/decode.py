@@ -131,12 +131,40 @@ def _check_raw_size(image: Image.Image, data: bytes) -> None:
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """EXIF orientation tag (1..8); 1 when absent or unreadable."""
+    """EXIF orientation tag (1..8); 1 when absent or unreadable. Read from the header alone: a PNG's orientation
+    counts only from chunks before its image data (eXIf, or Pillow's XMP / raw-profile fallbacks), as libvips, the
+    PNG specification and browsers read it. Pillow's PNG `getexif()` decodes the whole image when no eXIf came before
+    IDAT, to parse every chunk after it (a 32 MB file of 1.5 M text chunks took 6.5 s)."""
     try:
-        value = image.getexif().get(0x0112, 1)
+        exif = Image.Image.getexif(image) if image.format == "PNG" else image.getexif()
+        value = exif.get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not fail the decode
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+PNG_TRAILER_PARSED = 64 * 1024  # bytes of chunks after a PNG's image data that Pillow may walk through
+
+
+def _png_image_data_end(header: Image.Image, data: bytes) -> int:
+    """Offset just past a PNG's run of IDAT chunks (consecutive, by the specification), from Pillow's first one."""
+    position = header.tile[0].offset - 8 if header.tile else len(data)
+    while data[position + 4 : position + 8] == b"IDAT":
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    return position
+
+
+def without_png_trailer(header: Image.Image, data: bytes, limits: DecodeLimits) -> Image.Image:
+    """The PNG opened again without the many chunks after its image data, which Pillow's `load()` parses in Python
+    (1.5 M tiny text chunks: 6-8 s) and which change neither the pixels nor the orientation (`exif_orientation`)."""
+    if header.format != "PNG":
+        return header
+    end = _png_image_data_end(header, data)
+    if end > len(data) or len(data) - end <= PNG_TRAILER_PARSED:
+        return header  # truncated (Pillow's decode says so) or little to walk
+    header.close()
+    return open_validated(data[:end] + _PNG_IEND, limits)
 
 
 def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
@@ -180,21 +208,51 @@ def upright_image(image: Image.Image, orientation: int) -> Image.Image:
 
 
 DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+SampleType = tuple[Literal["uint", "int", "float"], int]  # kind of number and bits a sample
+_TIFF_SAMPLE_KINDS: dict[int, Literal["uint", "int", "float"]] = {1: "uint", 2: "int", 3: "float"}
 
 
-def _eight_bit_grey(image: Image.Image) -> Image.Image:
+def eight_bit_scale(sample: SampleType | None, top: float) -> tuple[float, float]:
+    """(multiplier, divisor) that turn deep samples into 8-bit ones (then rounded and clipped to 0..255), the one
+    rule of the decode stage and of conversion (`pipelines.convert.deep_samples`): floats in 0..1 times 255; unsigned
+    n-bit integers by 255 / (2^n - 1); signed ones from 0..2^(n-1) - 1 (negative values are black). Where the type
+    is not known (Pillow's mode I of a 16-bit PNG) or a float goes above 1: values above 255 are taken as 16-bit,
+    others as 8-bit. `top`: the largest value (read only for floats and unknown types)."""
+    if sample is not None and sample[0] == "float" and top <= 1.0:
+        return 255.0, 1.0
+    if sample is not None and sample[0] == "uint":
+        return 255.0, float(2 ** sample[1] - 1)
+    if sample is not None and sample[0] == "int":
+        return 255.0, float(2 ** (sample[1] - 1) - 1)
+    return 1.0, (257.0 if top > 255.0 else 1.0)
+
+
+def tiff_sample_type(image: Image.Image) -> SampleType | None:
+    """(kind, bits) of a TIFF's samples from its SampleFormat and BitsPerSample tags; None for other formats."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None
+    kind, bits = tags.get(339, 1), tags.get(258, 8)
+    kind, bits = (kind[0] if isinstance(kind, tuple) else kind), (bits[0] if isinstance(bits, tuple) else bits)
+    return (_TIFF_SAMPLE_KINDS[kind], int(bits)) if kind in _TIFF_SAMPLE_KINDS and isinstance(bits, int) else None
+
+
+def _eight_bit_grey(image: Image.Image, sample: SampleType | None = None) -> Image.Image:
     """16-bit, 32-bit and float grey as 8-bit grey, scaled (Pillow's conversion clips 16-bit values, `point` does
     not take I;16B/L, and a 0-1 float image came out black). 16-bit modes are scaled by their depth whatever the
-    values (a dark 16-bit photo stays dark); 32-bit integers above 255 are taken as 16-bit (Pillow opens 16-bit
-    PNGs as I), floats in 0..1 are scaled by 255."""
+    values (a dark 16-bit photo stays dark); other modes by `eight_bit_scale` (`sample`: the file's sample type,
+    where known: a 32-bit or signed 16-bit TIFF, both Pillow's mode I)."""
     if image.mode.startswith("I;16"):  # the high byte: as the v / 256 this replaced, in a pass over 2 bytes a pixel
         return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
-    values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    top = float(values.max(initial=0.0))
-    if image.mode == "F" and top <= 1.0:
-        values *= 255.0
-    elif top > 255.0:
-        values /= 257.0
+    raw = np.asarray(image)
+    if sample == ("uint", 32) and raw.dtype == np.int32:
+        raw = raw.view(np.uint32)  # Pillow holds unsigned 32-bit samples in mode I's signed integers
+    values = np.nan_to_num(raw.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if image.mode == "F" and sample is None:
+        sample = ("float", 32)
+    multiplier, divisor = eight_bit_scale(sample, float(values.max(initial=0.0)))
+    values *= multiplier
+    values /= divisor
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
@@ -213,9 +271,10 @@ def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.
         if scale > 1:
             stored_w, stored_h = image.size
             image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
+        sample = tiff_sample_type(image)
         image = upright_image(image, orientation)
         if image.mode in DEEP_GREY_MODES:
-            image = _eight_bit_grey(image)
+            image = _eight_bit_grey(image, sample)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             image = _on_white(image)
         if image.mode == "RGB":
@@ -295,7 +354,7 @@ def decode_rgb(
 ) -> DecodedRGB:
     """Validate and decode to an upright RGB image, at reduced JPEG scale when every spec (and
     `min_long_side`) allows."""
-    header = open_validated(data, limits)
+    header = without_png_trailer(open_validated(data, limits), data, limits)
     orientation = exif_orientation(header)
     width, height = upright_size(header, orientation)  # before draft() shrinks header.size in place
     scale = reduced_scale(header, orientation, spec, min_long_side) if reduced else 1

@@ -15,4 +15,10 @@ class DecodeLimits:
     # Formats other than JPEG decode at full size (JPEG decodes at 1/2..1/8 scale for the models): at 4 bytes a
     # pixel, 40 MP is ~160 MB per request, where 100 MP of solid colour fits in a ~300 KB PNG.
     max_full_decode_pixels: int = 40_000_000
+    # Output pixels (times frames) of the slow encoders (`pipelines.convert.formats.SLOW_ENCODERS`: AVIF, HEIF, GIF
+    # take 20-100x JPEG's time a pixel; 40 MP took 19-42 s of CPU and ~1 GB), as image proxies cap them.
+    max_slow_encode_pixels: int = 16_000_000
+    # Enhancement holds several float32 copies of the image (Lab conversions): 25 MP took 5 s and 1.1 GB for two
+    # operations. 16 MP still enhances a 4608x3456 photo at full size.
+    max_enhance_pixels: int = 16_000_000
     formats: frozenset[str] = field(default=DEFAULT_FORMATS)

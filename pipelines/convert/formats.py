@@ -22,6 +22,7 @@ class OutputFormat:
     lossless_option: bool  # takes `lossless=true`
     high_bit_depth: bool  # keeps 16-bit samples (none yet: 16-bit inputs are written with 8 bits, scaled)
     options: tuple[str, ...]  # format-specific options beyond the common ones
+    icc_profile: bool = True  # carries an ICC profile (`icc=keep`); BMP and GIF as written here do not
 
 
 FORMATS: dict[str, OutputFormat] = {
@@ -41,8 +42,10 @@ FORMATS: dict[str, OutputFormat] = {
             "tiff", "image/tiff", ".tiff", "vips", True, False, True, True, False, ("quality", "compression")
         ),
         # No alpha: a 32-bit BMP's fourth byte is "reserved" to readers (transparent areas showed black).
-        OutputFormat("bmp", "image/bmp", ".bmp", "pillow", False, False, False, True, False, ()),
-        OutputFormat("gif", "image/gif", ".gif", "vips", True, True, False, False, False, ("effort",)),
+        OutputFormat("bmp", "image/bmp", ".bmp", "pillow", False, False, False, True, False, (), icc_profile=False),
+        OutputFormat(
+            "gif", "image/gif", ".gif", "vips", True, True, False, False, False, ("effort",), icc_profile=False
+        ),
         OutputFormat(
             "avif", "image/avif", ".avif", "vips", True, False, True, True, False,
             ("quality", "lossless", "effort", "subsampling"),
@@ -58,6 +61,9 @@ TIFF_COMPRESSION = ("none", "deflate", "lzw", "jpeg", "webp", "zstd", "packbits"
 # The most pixels a side an encoder takes (WebP's 14-bit sizes; libheif's AV1 encoder here): a larger output is a 400
 # naming the limit, not an encoder failure reported as an undecodable image.
 MAX_OUTPUT_SIDE = {"webp": 16383, "avif": 16384}
+# Encoders that take 20-100x JPEG's or WebP's time a pixel: their output is bounded by
+# `DecodeLimits.max_slow_encode_pixels` (a 6300x6300 PNG to AVIF took 42 s, to GIF 26 s, to HEIF 19 s).
+SLOW_ENCODERS = frozenset({"avif", "heif", "gif"})
 
 
 @functools.cache

@@ -177,6 +177,12 @@ class ConvertOptions:
             raise InvalidOptionError("progressive= applies to format=jpeg or format=png only")
         if self.subsampling != "auto" and self.format not in ("jpeg", "avif"):
             raise InvalidOptionError("subsampling= applies to format=jpeg or format=avif only")
+        if self.icc == "keep" and not spec.icc_profile:
+            carriers = ", ".join(name for name, f in FORMATS.items() if f.icc_profile)
+            raise InvalidOptionError(
+                f"icc=keep: format={self.format} cannot carry a colour profile, so its pixels would be shown as sRGB;"
+                f" ask for icc=srgb (converted to sRGB) or one of {carriers}"
+            )
 
     def resolved(self, input_format: str) -> "ConvertOptions":
         """With `format` filled in from the input's Pillow format name when it was not given."""

@@ -9,6 +9,7 @@ image in memory.
 
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +17,12 @@ import pyvips
 from PIL import Image, ImageCms
 
 from pipelines.convert import jpeg_fast
-from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE
+from pipelines.convert.deep_samples import deep_samples, scaled_to_eight_bit
+from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE, SLOW_ENCODERS
 from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
+from pipelines.convert.truncation import gif_is_complete, loader_options
 from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
 from pipelines.limits import DecodeLimits
@@ -113,6 +116,13 @@ def load_vips(
             + (f" x {pages} frames" if pages > 1 else "")
             + f" = {out_w * out_h * pages} pixels; the limit is {limits.max_full_decode_pixels} (ask for max_side)"
         )
+    if fmt.name in SLOW_ENCODERS and out_w * out_h * pages > limits.max_slow_encode_pixels:
+        raise ImageTooLargeError(
+            f"the {fmt.name} output would be {out_w}x{out_h}"
+            + (f" x {pages} frames" if pages > 1 else "")
+            + f" = {out_w * out_h * pages} pixels; {', '.join(sorted(SLOW_ENCODERS))} outputs (slow encoders) are"
+            f" limited to {limits.max_slow_encode_pixels} (ask for max_side, or another format)"
+        )
     if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
         limits.max_full_decode_pixels
     ):
@@ -122,10 +132,12 @@ def load_vips(
             pass  # its strict decoder refuses libjpeg's warnings too (stray bytes before a marker): libvips decides
     if header.format in PILLOW_INPUTS:
         return load_with_pillow(header, orientation, (out_w, out_h)), info, options
+    deep = deep_samples(header)
     header.close()
-    # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader): a truncated
-    # file is an error (400), as it is in the decode stage, not an image with a grey bottom.
-    loader = "fail_on=truncated" + (f",n={pages}" if pages > 1 else "")
+    if pages > 1 and info.format == "GIF" and not gif_is_complete(data):
+        raise InvalidImageError(f"GIF animation is truncated: it ends inside its blocks, after {pages} frames began")
+    # The loader's options go in option_string (thumbnail's own fail_on does not reach the loader)
+    loader = loader_options(info.format, pages)
     # libvips turns an animation's whole strip of frames, not each frame: frames are turned one by one below
     turn_pages = pages > 1 and orientation != 1
     if turn_pages and orientation in SWAPS_AXES:
@@ -139,11 +151,15 @@ def load_vips(
     if transform:
         kwargs["export_profile"] = "srgb"
     try:
-        image = pyvips.Image.thumbnail_buffer(data, box_w, **kwargs)
+        if deep:  # scaled to 8 bits first (the whole image: its largest value decides the scale), then resized
+            source = scaled_to_eight_bit(pyvips.Image.new_from_buffer(data, loader, access="random"))
+            image = source.thumbnail_image(box_w, **{k: v for k, v in kwargs.items() if k != "option_string"})
+        else:
+            image = pyvips.Image.thumbnail_buffer(data, box_w, **kwargs)
         if turn_pages:
             image = _upright_pages(image, orientation)
     except pyvips.Error as exc:
-        raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
+        raise InvalidImageError(f"image could not be decoded: {vips_message(exc)}") from None
     return image, info, options
 
 
@@ -168,9 +184,16 @@ def _upright_pages(image: pyvips.Image, orientation: int) -> pyvips.Image:
     return upright
 
 
-def _vips_message(exc: pyvips.Error) -> str:
-    detail = (exc.detail or str(exc)).strip().splitlines()
-    return detail[-1] if detail else "libvips error"
+# lines libvips adds on top of the cause when a saver or an operation fails because its input did not decode
+_WRAPPER_LINE = re.compile(r"unable to write to target|^unable to call ")
+
+
+def vips_message(exc: pyvips.Error) -> str:
+    """The informative line of a libvips error: the first that is not a wrapper of the one before it (a truncated PNG
+    written as PNG said only "vips2png: unable to write to target target")."""
+    lines = [line.strip() for line in (exc.detail or str(exc)).strip().splitlines() if line.strip()]
+    causes = [line for line in lines if not _WRAPPER_LINE.search(line)]
+    return (causes or lines or ["libvips error"])[0]
 
 
 def _eight_bit(image: pyvips.Image) -> pyvips.Image:
@@ -228,7 +251,7 @@ def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
                 compression="av1", Q=quality, effort=effort, subsample_mode=options.subsampling, keep=keep
             )
     except pyvips.Error as exc:
-        raise InvalidImageError(f"image could not be decoded: {_vips_message(exc)}") from None
+        raise InvalidImageError(f"image could not be decoded: {vips_message(exc)}") from None
     raise AssertionError(f"no encoder for {name}")
 
 
@@ -253,9 +276,8 @@ def _upright_metadata(image: pyvips.Image) -> pyvips.Image:
 
 def colour_array(image: pyvips.Image) -> np.ndarray:
     """HxWx3 (RGB) or HxWx4 (RGBA) uint8 pixels of a prepared libvips image: grey (+ alpha) becomes RGB(A)."""
-    array = image.numpy()
-    if array.ndim == 2:
-        array = array[:, :, None]
+    # reshaped: numpy() drops a band axis of 1, and a 1x1 one-band image comes back as a 0-d array
+    array = np.asarray(image.numpy()).reshape(image.height, image.width, image.bands)
     if array.shape[2] in (1, 2):
         array = np.concatenate([np.repeat(array[:, :, :1], 3, axis=2), array[:, :, 1:]], axis=2)
     return np.ascontiguousarray(array)

@@ -13,14 +13,11 @@ import pyvips
 
 from pipelines.convert import ConvertResult
 from pipelines.convert.options import ConvertOptions
-from pipelines.convert.vips_io import colour_array, encode_vips, load_vips, prepare_for
+from pipelines.convert.vips_io import colour_array, encode_vips, load_vips, prepare_for, vips_message
 from pipelines.enhance.plan import EnhanceOptions, apply_steps
 from pipelines.errors import ImageTooLargeError, InvalidImageError
 from pipelines.limits import DecodeLimits
 
-# Enhancement holds a few float32 copies of the image (Lab conversions): 25 MP is ~300 MB each. Larger inputs are
-# enhanced with `max_side` (a 413 says so).
-MAX_ENHANCE_PIXELS = 25_000_000
 _METADATA_PREFIXES = ("exif-", "xmp-data", "iptc-data", "icc-profile-data")
 
 
@@ -48,16 +45,17 @@ def enhance_image(
     """The enhanced image, encoded as `convert` says, and the steps applied (name, reason, parameters).
     `tags`: the quality stage's tags of the input, which auto mode reads. Raises `ImageInputError`s."""
     image, source, convert = load_vips(data, replace(convert, animated=False), limits)
-    if image.width * image.height > MAX_ENHANCE_PIXELS:
+    # Enhancement holds a few float32 copies of the image (Lab conversions): larger inputs are enhanced with max_side
+    if image.width * image.height > limits.max_enhance_pixels:
         raise ImageTooLargeError(
             f"enhancing {image.width}x{image.height} = {image.width * image.height} pixels; the limit is"
-            f" {MAX_ENHANCE_PIXELS} (ask for max_side)"
+            f" {limits.max_enhance_pixels} (ask for max_side)"
         )
     image = prepare_for(image, convert)
     try:
         rgb, alpha = _pixels(image)
     except pyvips.Error as exc:  # the pixels are read here: a file whose header was fine but whose data is not
-        raise InvalidImageError(f"image could not be decoded: {str(exc).strip().splitlines()[-1]}") from None
+        raise InvalidImageError(f"image could not be decoded: {vips_message(exc)}") from None
     enhanced, applied = apply_steps(rgb, options.steps(tags))
     if alpha is not None:
         enhanced = np.concatenate([enhanced, alpha], axis=2)

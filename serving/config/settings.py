@@ -88,6 +88,15 @@ class ServerSettings(BaseModel):
         gt=0,
         description="Largest width*height of formats decoded at full size (all but JPEG, which decodes reduced).",
     )
+    max_slow_encode_pixels: int = Field(
+        default=16_000_000,
+        gt=0,
+        description="Largest output width*height (times frames) of the slow encoders: AVIF, HEIF, GIF (40 MP took "
+        "40-48 s and ~1 GB); 413 beyond.",
+    )
+    max_enhance_pixels: int = Field(
+        default=16_000_000, gt=0, description="Largest width*height enhanced (413 with the hint to use max_side)."
+    )
     max_images_per_request: int = Field(default=256, gt=0, description="Most images in one classify request.")
 
     @classmethod
@@ -116,4 +125,6 @@ class ServerSettings(BaseModel):
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_pixels,
             max_full_decode_pixels=min(self.max_full_decode_pixels, self.max_pixels),
+            max_slow_encode_pixels=self.max_slow_encode_pixels,
+            max_enhance_pixels=self.max_enhance_pixels,
         )

@@ -166,14 +166,13 @@ def test_revert_rule_only_undoes_auto_steps() -> None:
     assert not fallback.auto and fallback.ops == ("sharpen",) and fallback.factors == {"brightness": 1.1}
 
 
-def test_enhancement_has_its_own_pixel_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.enhance import image as enhance_module
+def test_enhancement_has_its_own_pixel_bound() -> None:
     from pipelines.errors import ImageTooLargeError
 
-    monkeypatch.setattr(enhance_module, "MAX_ENHANCE_PIXELS", 1000)
+    limits = DecodeLimits(max_enhance_pixels=1000)  # DecodeLimits.max_enhance_pixels (was the module's constant)
     data = png(np.zeros((40, 40, 3), dtype=np.uint8))
     with pytest.raises(ImageTooLargeError, match="max_side"):
-        enhance_image(data, EnhanceOptions.parse(brightness=1.2), PNG, DecodeLimits())
+        enhance_image(data, EnhanceOptions.parse(brightness=1.2), PNG, limits)
     small, _ = enhance_image(data, EnhanceOptions.parse(brightness=1.2), ConvertOptions(format="png", max_side=30),
-                             DecodeLimits())  # fmt: skip
+                             limits)  # fmt: skip
     assert small.width == 30

@@ -128,5 +128,5 @@ def test_the_metrics_sidecar_sees_the_replicas_pids_and_drops_the_gauges_of_gone
         (sidecar,) = [c for c in spec["containers"] if c["name"] == "imgserve-metrics"]
         assert spec.get("shareProcessNamespace") is True, name  # the PIDs in the multiprocess file names are its own
         script = "\n".join(sidecar["args"])
-        assert "forget_dead_processes(os.environ[\"PROMETHEUS_MULTIPROC_DIR\"])" in script, name
+        assert 'forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])' in script, name
         compile(script, f"{name} sidecar", "exec")  # the inline program is valid Python
