@@ -11,6 +11,7 @@ from pathlib import Path
 from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
 from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
+from serving.jobs.remote_access import RemoteAccess
 from serving.jobs.tables import located_job
 from serving.jobs.uris import check_uri, file_uri_path
 
@@ -35,18 +36,21 @@ def label_of(name: str) -> str | None:
     return parts[0] if len(parts) >= 2 and parts[0] else None
 
 
-def source_location(source: str, allowed_root: Path | None) -> str:
-    """What `list_sources` reads for a dataset URI the server may read: a local path for file://, else the URI."""
-    check_uri(source, allowed_root)
+def source_location(source: str, allowed_root: Path | None, remote: RemoteAccess | None = None) -> str:
+    """What `list_sources` reads for a dataset URI the server may read (the tenant's `remote` locations for s3:// and
+    gs://, as batch inputs): a local path for file://, else the URI."""
+    check_uri(source, allowed_root, remote)
     if source.lower().startswith("file:"):
         return str(file_uri_path(source, allowed_root))
     return source
 
 
-def labelled_images(source: str, allowed_root: Path | None) -> tuple[list[LabelledImage], int]:
+def labelled_images(
+    source: str, allowed_root: Path | None, remote: RemoteAccess | None = None
+) -> tuple[list[LabelledImage], int]:
     """(images with a category, count of images without one), from `<source>/<category>/**/<image>`."""
     try:
-        items = list_sources([source_location(source, allowed_root)])
+        items = list_sources([source_location(source, allowed_root, remote)])
     except (SourceError, OSError) as exc:
         raise BadRequestError(f"dataset {source!r} cannot be listed: {exc}") from None
     if not items:

@@ -243,11 +243,12 @@ class TrainingService:
                 return None  # cancelled while it waited for the lock: nothing is registered, nothing promoted
             if current is not None:  # what is served now (a promotion during the fit must not be undone below)
                 current = served_version(self.settings.trained_models, request.model) or current
-            # pin what is served (and any canary) before a newer folder appears
-            if current is not None and not promoted:
+            # pin what is served (and any canary) before a newer folder appears: kept when not promoting, and what
+            # a promotion whose version does not load puts back ("latest" would then name the broken version)
+            if current is not None:
                 pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
                 await asyncio.to_thread(write_policy, model_root, pinned)
-            elif current is None and not promoted:
+            else:
                 model_root.mkdir(parents=True, exist_ok=True)
                 await asyncio.to_thread(write_policy, model_root, VersionPolicy(policy="specific", versions=[]))
             recipe = TrainingRecipe(
@@ -305,9 +306,8 @@ class TrainingService:
     async def _dataset(self, request: TrainingRequest, tenant: str) -> tuple[list[LabelledImage], int]:
         """(labelled images, images left out) of the request's folder or collection."""
         if request.dataset is not None:
-            if "://" in request.dataset and not request.dataset.startswith("file://"):  # as batch jobs' inputs
-                self.jobs.settings.remote_access(tenant).check(request.dataset)
-            return await asyncio.to_thread(labelled_images, request.dataset, self.jobs.settings.read_root(tenant))
+            root, remote = self.jobs.settings.read_root(tenant), self.jobs.settings.remote_access(tenant)
+            return await asyncio.to_thread(labelled_images, request.dataset, root, remote)
         assert request.collection is not None
         store = CollectionStore(self.jobs.engine)
         info = await asyncio.to_thread(store.get, request.collection, tenant)

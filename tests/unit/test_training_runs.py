@@ -80,7 +80,10 @@ class World:
             return None
 
         jobs = SimpleNamespace(
-            ready=ready, engine=engine, settings=SimpleNamespace(read_root=lambda tenant: root), objects=lambda: None
+            ready=ready,
+            engine=engine,
+            settings=SimpleNamespace(read_root=lambda tenant: root, remote_access=lambda tenant: None),
+            objects=lambda: None,
         )
         self.training = TrainingService(self.service, jobs)  # type: ignore[arg-type]
         self.store = TrainingStore(engine)
