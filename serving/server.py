@@ -297,6 +297,7 @@ def run_server(
         tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         if tls is not None:
             check_tls_files(*tls)
+        from serving.backends.onnxruntime_backend import default_intra_op_threads
         from serving.config.settings import ServerSettings
         from serving.jobs.settings import JobSettings
 
@@ -305,6 +306,7 @@ def run_server(
             JobSettings.from_env()
             serve_shutdown_timeout_s()
             deploy_timeout_s()
+            default_intra_op_threads()  # IMGSERVE_ORT_THREADS
         except ValueError as exc:
             raise StartRefused(" ".join(str(exc).split())[:600]) from None
         ray_metrics_port()

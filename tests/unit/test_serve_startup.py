@@ -20,6 +20,7 @@ pytestmark = pytest.mark.unit
         ({"IMGSERVE_TRAINED_MODELS_DIR": ""}, [], "IMGSERVE_TRAINED_MODELS_DIR is set but empty"),
         ({"IMGSERVE_BATCH_CONCURRENCY": "-3"}, [], "IMGSERVE_BATCH_CONCURRENCY='-3'"),
         ({"IMGSERVE_SHUTDOWN_TIMEOUT_S": "0"}, [], "IMGSERVE_SHUTDOWN_TIMEOUT_S='0'"),
+        ({"IMGSERVE_ORT_THREADS": "-4"}, [], "IMGSERVE_ORT_THREADS='-4'"),
         ({"IMGSERVE_WEBHOOK_TIMEOUT_S": "soon"}, [], "IMGSERVE_WEBHOOK_TIMEOUT_S='soon'"),
         ({}, ["--http-port", "18123", "--grpc-port", "18123"], "both on port 18123"),
     ],
