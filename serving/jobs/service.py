@@ -126,18 +126,16 @@ class JobService:
         return spec
 
     async def _admit_items(self, principal: Principal, items: Sequence[Any]) -> None:
-        """Quotas of the caller's key and tenant: images per day, and bytes stored for the tenant."""
+        """The caller's daily image quotas (key and tenant). The stored bytes of the items (archives expand) are
+        checked where they are written (`_write_within_quota`), which gives the images back when it refuses; the
+        refused request's stored files are no job's: the orphan sweep deletes them (IMGSERVE_RETENTION_SWEEP_S)."""
         if self.gate is None or not self.gate.required:
             return
-        # bytes first: a request refused for them (an archive that expands past the quota) used up images of the
-        # day too. Its stored files are no job's: the orphan sweep deletes them (IMGSERVE_RETENTION_SWEEP_S).
-        await self._check_stored_bytes(principal, sum(i.size_bytes or 0 for i in items if i.source_kind == "object"))
         await self.gate.charge_images(len(items))
 
     async def _check_stored_bytes(self, principal: Principal, adding: int) -> None:
-        """The tenant's stored-bytes quota. Checked with the request's upload sizes before anything is stored (a
-        tenant over its quota wrote every refused request's files to the store first), and with the stored items'
-        sizes after (archives expand)."""
+        """The tenant's stored-bytes quota, checked with the request's upload sizes before anything is stored (a
+        tenant over its quota wrote every refused request's files to the store first)."""
         if self.gate is None or not self.gate.required:
             return
         policy = await self.gate.tenant_policy(principal.tenant)
@@ -146,16 +144,16 @@ class JobService:
             if stored + adding > policy.quota_stored_bytes:
                 raise quota_error(policy.quota_stored_bytes, stored, adding)
 
-    async def _write_within_quota(self, principal: Principal, images: int, write: Callable[[int | None], T]) -> T:
-        """`write(quota)` in a thread: it adds items in one transaction that checks the tenant's stored-bytes quota
-        first (serving.jobs.stored_bytes: the checks above read before writing, so requests sent together passed
-        them together). When it refuses (that quota, more items than a job holds, a job no longer open, the store
-        unavailable: nothing is written), the `images` the request was charged are given back."""
+    async def _write_within_quota(self, principal: Principal, images: int, write: Callable[..., T]) -> T:
+        """`write(quota_stored_bytes=quota)` in a thread: it adds items in one transaction that checks the tenant's
+        stored-bytes quota first (serving.jobs.stored_bytes: a check that reads before writing let requests sent
+        together pass it together). When it refuses (that quota, more items than a job holds, a job no longer open,
+        the store unavailable: nothing is written), the `images` the request was charged are given back."""
         quota = None
         if self.gate is not None and self.gate.required:
             quota = (await self.gate.tenant_policy(principal.tenant)).quota_stored_bytes
         try:
-            return await asyncio.to_thread(write, quota)
+            return await asyncio.to_thread(partial(write, quota_stored_bytes=quota))
         except Exception:
             if self.gate is not None and self.gate.required:
                 await self.gate.refund_images(images)
