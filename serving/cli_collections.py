@@ -6,20 +6,15 @@ import argparse
 import dataclasses
 import json
 import sys
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from serving.spreadsheet import terminal_text
+
 ERROR_EXIT = 2  # as argparse: bad arguments or input
 
 DEFAULT_STAGES = "classification,quality,metadata"
-
-
-def terminal_text(text: str) -> str:
-    """`text` to print on a terminal: control and format characters (ESC, BEL, C1, bidi overrides) as `\\x..`
-    escapes, so text that photos supply (a camera's Make in an insight) cannot run escape sequences."""
-    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 
 def _store(args: argparse.Namespace) -> Any:

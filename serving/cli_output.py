@@ -2,14 +2,13 @@
 
 import csv
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from serving.client import Analysis, Classification
-from serving.spreadsheet import safe_cell
+from serving.spreadsheet import safe_cell, terminal_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 CSV_COLUMNS = (
@@ -88,13 +87,10 @@ def write_results(path: Path, records: list[dict[str, Any]]) -> None:
             out.writelines(json.dumps(r) + "\n" for r in records)
 
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def _short(text: str, width: int) -> str:
     """`text` for one table cell: control characters (a newline splitting the row, an escape sequence driving the
     terminal: file names and labels are anyone's) shown escaped, cut to `width`."""
-    text = CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    text = terminal_text(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

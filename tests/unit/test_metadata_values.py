@@ -132,7 +132,7 @@ def test_control_characters_are_removed_from_metadata_text() -> None:
 
 
 def test_the_cli_prints_insights_without_terminal_escapes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from serving.cli_collections import terminal_text
+    from serving.spreadsheet import terminal_text
 
     assert terminal_text("a\x1b[2J\x07b\u202ec caf\u00e9") == "a\\x1b[2J\\x07b\\u202ec caf\u00e9"
     url = f"sqlite:///{tmp_path}/jobs.sqlite"
