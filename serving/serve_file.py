@@ -30,7 +30,7 @@ class StartRefused(ValueError):
     """The configuration is unsafe or cannot work: said before anything starts."""
 
 
-# Ray Serve 2.60's schema, mapping by mapping (tests/unit/test_serve_file_ops.py compares them with ray.serve.schema).
+# Ray Serve 2.60's schema, mapping by mapping (tests/unit/test_serve_file.py compares them with ray.serve.schema).
 SERVE_DEPLOY_KEYS = frozenset(
     {"applications", "controller_options", "grpc_options", "http_options", "logging_config", "proxy_location"}
     | {"target_capacity", "tracing_config"}

@@ -91,6 +91,7 @@ def create_http_app(
     app.state.jobs = jobs
     app.state.training = TrainingService(service, jobs) if jobs is not None else None
     app.state.gate = gate
+    app.state.max_request_bytes = settings.max_request_bytes  # a decompressed OIP body is held to it too
     app.state.image_operations = ImageOperations(service, settings.decode_limits())
     KNOWN_MODELS.update(service.repository.entries, service.pipeline.model_names)  # metrics label values
     app.include_router(oip_routes.router)

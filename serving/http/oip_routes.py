@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from serving.config.settings import ServerSettings
 from serving.errors import BadRequestError, InvalidTensorError, RequestTooLargeError
 from serving.http.dependencies import get_service
-from serving.http.middleware import BodySizeLimitMiddleware
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
 from serving.oip.tensors import (
@@ -234,11 +233,9 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
 
 
 def body_limit(request: Request) -> int:
-    """The app's request body limit (its `BodySizeLimitMiddleware`'s), which a decompressed body is held to too."""
-    for middleware in request.app.user_middleware:
-        if middleware.cls is BodySizeLimitMiddleware:
-            return int(middleware.kwargs["max_bytes"])
-    return int(ServerSettings.model_fields["max_request_bytes"].default)
+    """The app's request body limit (`BodySizeLimitMiddleware`'s), which a decompressed body is held to too."""
+    default = ServerSettings.model_fields["max_request_bytes"].default
+    return int(getattr(request.app.state, "max_request_bytes", default))
 
 
 def decoded_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
