@@ -42,7 +42,7 @@ from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
 from serving.training.runner import JobLease, fit_on_ray
 from serving.training.softmax import FitStoppedError, validation_report
-from serving.training.store import TrainingJob, TrainingStore
+from serving.training.store import REGISTERING, TrainingJob, TrainingStore
 
 logger = logging.getLogger("imgserve.training")
 DEFAULT_BACKBONE = "mobilenet_v2_embedding"
@@ -274,6 +274,7 @@ class TrainingService:
                 promoted, loaded, load_error = await self._promote(request.model, model_root, version)
         metrics = {"validation": report.to_dict(), "current_version_accuracy": current_accuracy}
         await asyncio.to_thread(store.record_version, request.model, version, job, labels, metrics, promoted)
+        await asyncio.to_thread(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase, complete
         if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
             await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
         return {

@@ -97,12 +97,9 @@ def test_trained_model_classifies_unseen_photos_at_least_90_percent(world: World
     result = everyday["result"]
     assert result["version"] == "1" and result["promoted"] and result["loaded"], result
     assert result["images"]["skipped"] == {} and result["images"]["train"] + result["images"]["validation"] == 277
-    # A finished job's progress is its last phase, complete (it stayed at "training 0/N" before).
-    assert everyday["progress"] == {
-        "phase": "training",
-        "done": result["images"]["train"],
-        "total": result["images"]["train"],
-    }
+    # A finished job's progress is its last phase, complete (it stayed at "training 0/N" before); the last phase is
+    # the registration of the version (after it, the job can no longer be cancelled).
+    assert everyday["progress"] == {"phase": "registering", "done": 1, "total": 1}
     report = result["validation"]
     assert len(report["confusion"]) == 10 and sum(map(sum, report["confusion"])) == report["images"]
     assert {m["label"] for m in report["per_class"]} == set(world.held_out)
