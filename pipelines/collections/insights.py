@@ -149,8 +149,16 @@ def _p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.0f} %" if rate >= 0.01 or rate == 0 else f"{rate * 100:.1f} %"
+def percent_text(rate: float, decimals: int = 0) -> str:
+    """A rate as people read it: `decimals` decimals from 1 % to 99 %, at least one near 0 and 100 %, and never
+    "0 %" or "100 %" for a rate that is not exactly that (199 of 200 is "99.5 %"; 9,999 of 10,000 is "> 99.9 %")."""
+    if rate in (0, 1):
+        return f"{rate * 100:.{decimals}f} %"
+    if rate < 0.001:
+        return "< 0.1 %"
+    if rate > 0.999:
+        return "> 99.9 %"
+    return f"{rate * 100:.{decimals if 0.01 <= rate <= 0.99 else max(decimals, 1)}f} %"
 
 
 def find_insights(
@@ -223,7 +231,7 @@ def _sentence(e: dict[str, Any], by_name: dict[str, Factor]) -> str:
     subject = by_name[e["factor"]].phrase.format(group=e["group"])
     times = f"{e['ratio']:.1f}x as common" if e["ratio"] is not None else "none in the rest"
     return (
-        f"{e['tag']}: {_pct(e['rate'])} of {subject} vs {_pct(e['rest_rate'])} of the rest ({times}; "
+        f"{e['tag']}: {percent_text(e['rate'])} of {subject} vs {percent_text(e['rest_rate'])} of the rest ({times}; "
         f"{e['n']:,} vs {e['rest_n']:,} photos, {_p_text(e['p_value'])})"
     )
 

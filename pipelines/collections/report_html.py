@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from pipelines.collections.insights import percent_text
 from pipelines.collections.svg_charts import bar_chart, column_chart, fmt, scatter_map, timeline_chart, truncate
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -125,7 +126,7 @@ def camera_label(make: str | None, model: str | None) -> str:
 
 
 def _pct(rate: float | None) -> str:
-    return "–" if rate is None else f"{100 * rate:.1f}%"
+    return "–" if rate is None else percent_text(rate, 1)
 
 
 def _header(report: Mapping[str, Any]) -> str:

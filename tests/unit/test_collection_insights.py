@@ -4,7 +4,14 @@ import random
 
 import pytest
 
-from pipelines.collections.insights import MIN_GROUP, find_insights, fisher_exact_p, rate_test_p, two_proportion_p
+from pipelines.collections.insights import (
+    MIN_GROUP,
+    find_insights,
+    fisher_exact_p,
+    percent_text,
+    rate_test_p,
+    two_proportion_p,
+)
 from pipelines.collections.record import ImageRecord
 
 CAMERAS = [("Canon", "EOS 80D"), ("NIKON", "D750"), ("SONY", "ILCE-7M3"), ("Blurmatic", "B1")]
@@ -93,3 +100,20 @@ def test_copies_of_one_file_count_once() -> None:
     assert all(i["evidence"]["group"] != "Blurmatic B1" for i in find_insights(records + copies))
     distinct = [dataclasses.replace(c, sha256=f"{i:064x}") for i, c in enumerate(copies)]
     assert any(i["evidence"]["group"] == "Blurmatic B1" for i in find_insights(records + distinct))
+
+
+@pytest.mark.parametrize(
+    ("rate", "decimals", "text"),
+    [
+        (0.996, 0, "99.6 %"),  # was "100 %": 249 of 250 blurry read as all of them
+        (0.9996, 1, "> 99.9 %"),  # the HTML report's one decimal rounded it to "100.0%"
+        (0.0004, 0, "< 0.1 %"),
+        (0.004, 0, "0.4 %"),
+        (1.0, 0, "100 %"),
+        (0.0, 1, "0.0 %"),
+        (0.35, 0, "35 %"),
+        (0.35, 1, "35.0 %"),
+    ],
+)
+def test_rates_near_0_and_100_percent_are_not_rounded_to_them(rate: float, decimals: int, text: str) -> None:
+    assert percent_text(rate, decimals) == text

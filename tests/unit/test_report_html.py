@@ -121,9 +121,9 @@ def test_thumbnails_and_placeholders(html: str) -> None:
 
 
 def test_numbers_and_capping(html: str) -> None:
-    assert "p = 0.0012" in html and "rate 35.0% of n = 40" in html and "ratio 3.50×" in html
+    assert "p = 0.0012" in html and "rate 35.0 % of n = 40" in html and "ratio 3.50×" in html
     assert "Mean quality score: 58.4 / 100" in html
-    assert re.search(r"<td style=\"background: hsl\(4, 75%, \d+%\)\">35\.0%</td>", html)
+    assert re.search(r"<td style=\"background: hsl\(4, 75%, \d+%\)\">35\.0 %</td>", html)
     # 25 lenses: 19 bars and one "other" summing the 6 smallest; the long names truncated, in full in the tooltip
     assert "<title>other (6): 51 images</title>" in html
     assert "<title>Lens 0 24-70mm f/2.8 with a long marketing name: 30 images</title>" in html
