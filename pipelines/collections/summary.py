@@ -18,6 +18,7 @@ QUALITY_LEVELS = ("LOW", "MEDIUM", "HIGH", "ULTRA")
 SCORE_BINS = 10
 SQUARE_TOLERANCE = 0.02  # |w/h - 1| within 2 %: square
 LOCATION_RADIUS_KM = 25.0  # photos within this distance of a cluster's first photo join it
+KM_PER_DEGREE = 111.2  # of latitude, and of longitude at the equator (the mean Earth radius of haversine_km)
 WORST_PER_TAG = 6
 
 
@@ -102,9 +103,28 @@ def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
 
 
+def _cell(point: tuple[float, float]) -> tuple[int, int]:
+    """The 1-degree grid cell of a point; longitude wrapped into [-180, 180) (180 E is 180 W)."""
+    return math.floor(point[0]), (math.floor(point[1]) + 180) % 360 - 180
+
+
+def _cells_within(point: tuple[float, float], radius_km: float) -> set[tuple[int, int]]:
+    """Every grid cell that may hold a point within `radius_km` of `point`: enough cells east and west for the
+    narrow longitude degrees near the poles (1 degree is 23 km at 78 N), wrapping across the antimeridian."""
+    lat_cells = math.ceil(radius_km / KM_PER_DEGREE)
+    farthest = math.radians(min(89.99, abs(point[0]) + lat_cells + 1))  # the cells' latitude nearest a pole
+    lon_cells = min(180, math.ceil(radius_km / (KM_PER_DEGREE * math.cos(farthest))))
+    row, column = _cell(point)
+    return {
+        (row + dy, (column + dx + 180) % 360 - 180)
+        for dy in range(-lat_cells, lat_cells + 1)
+        for dx in range(-lon_cells, lon_cells + 1)
+    }
+
+
 def location_clusters(records: Sequence[ImageRecord], radius_km: float = LOCATION_RADIUS_KM) -> dict[str, int]:
     """Cluster index (0 = the largest) of each geotagged image: leader clustering on a 1-degree grid, so each
-    photo is compared with the leaders of its own and neighbouring cells only."""
+    photo is compared with the leaders of the cells within `radius_km` only."""
     leaders: list[tuple[float, float]] = []
     grid: dict[tuple[int, int], list[int]] = defaultdict(list)
     membership: dict[str, int] = {}
@@ -112,23 +132,28 @@ def location_clusters(records: Sequence[ImageRecord], radius_km: float = LOCATIO
         if record.latitude is None or record.longitude is None:
             continue
         point = (record.latitude, record.longitude)
-        cell = (math.floor(point[0]), math.floor(point[1]))
         near = (
             leader
-            for dy in (-1, 0, 1)
-            for dx in (-1, 0, 1)
-            for leader in grid.get((cell[0] + dy, cell[1] + dx), ())
+            for cell in _cells_within(point, radius_km)
+            for leader in grid.get(cell, ())
             if haversine_km(leaders[leader], point) <= radius_km
         )
-        found = next(near, None)
+        found = min(near, default=None)  # the first leader made, whatever order the cells come in
         if found is None:
             found = len(leaders)
             leaders.append(point)
-            grid[cell].append(found)
+            grid[_cell(point)].append(found)
         membership[record.name] = found
     by_size = [leader for leader, _ in Counter(membership.values()).most_common()]
     rank = {leader: i for i, leader in enumerate(by_size)}
     return {name: rank[leader] for name, leader in membership.items()}
+
+
+def _mean_longitude(longitudes: Sequence[float]) -> float:
+    """The circular mean: 179.9 E and 179.9 W average to 180, not to 0 (the other side of the Earth)."""
+    radians = [math.radians(lon) for lon in longitudes]
+    mean = math.degrees(math.atan2(sum(map(math.sin, radians)), sum(map(math.cos, radians))))
+    return 180.0 if round(mean, 4) == -180.0 else mean
 
 
 def locations(records: Sequence[ImageRecord], clusters: dict[str, int]) -> list[dict[str, Any]]:
@@ -143,7 +168,7 @@ def locations(records: Sequence[ImageRecord], clusters: dict[str, int]) -> list[
             {
                 "cluster": index,
                 "latitude": round(sum(r.latitude for r in group) / len(group), 4),  # type: ignore[misc]
-                "longitude": round(sum(r.longitude for r in group) / len(group), 4),  # type: ignore[misc]
+                "longitude": round(_mean_longitude([r.longitude for r in group]), 4),  # type: ignore[misc]
                 "count": len(group),
                 "names": [r.name for r in group[:5]],
             }

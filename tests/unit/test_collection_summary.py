@@ -1,8 +1,10 @@
 """Collection summaries from records: counts, categories, dates, locations, quality distribution, the report."""
 
+import pytest
+
 from pipelines.collections.record import ImageRecord, failed_record, record_from_document
 from pipelines.collections.report import build_report, report_image_names
-from pipelines.collections.summary import collection_summary, location_clusters
+from pipelines.collections.summary import collection_summary, location_clusters, locations
 
 
 def _records() -> list[ImageRecord]:
@@ -80,3 +82,25 @@ def test_record_from_an_analysis_document() -> None:
     assert (record.make, record.model, record.iso, record.width, record.height) == ("Canon", "EOS 80D", 800, 30, 20)
     assert record.tags == ("noisy", "sharp") and record.top_label == "tench" and record.class_probs == ((1, 0.9),)
     assert (record.latitude, record.longitude, record.phash) == (1.5, -2.5, "00ff00ff00ff00ff")
+
+
+def _geotagged(*points: tuple[float, float]) -> list[ImageRecord]:
+    return [ImageRecord(f"{i}.jpg", latitude=lat, longitude=lon) for i, (lat, lon) in enumerate(points)]
+
+
+def test_location_clusters_join_across_the_antimeridian() -> None:
+    # Taveuni, Fiji: 11 km apart on either side of 180 degrees were two clusters, the one "near 0.00 E" (Africa)
+    records = _geotagged((-16.8, 179.95), (-16.8, -179.95), (-16.81, 179.99))
+    clusters = location_clusters(records)
+    assert len(set(clusters.values())) == 1
+    (summary,) = locations(records, clusters)
+    assert abs(summary["longitude"]) > 179.9 and summary["latitude"] == pytest.approx(-16.8033, abs=1e-3)
+
+
+def test_location_clusters_near_the_poles_look_far_enough_east_and_west() -> None:
+    # Svalbard, 78.2 N: a degree of longitude is 23 km there, so photos 23 km apart can be two grid cells apart
+    records = _geotagged((78.2, 15.99), (78.2, 17.01))
+    assert len(set(location_clusters(records).values())) == 1
+    # and photos farther apart than the radius stay apart, also across the antimeridian
+    far = _geotagged((0.0, 179.9), (0.0, -179.7))  # 44 km
+    assert len(set(location_clusters(far).values())) == 2
