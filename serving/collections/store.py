@@ -29,7 +29,8 @@ from serving.jobs.tables import collection_images, collections, located_job
 from serving.security.audit import AuditEntry, write_entry
 
 logger = logging.getLogger("imgserve.collections")
-NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f\s][^/\x00-\x1f\x7f]{0,199}")
+# 1-200 characters, no '/' or C0/C1 control characters, no white space at either end ("trip " and "trip" look alike)
+NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f-\x9f\s](?:[^/\x00-\x1f\x7f-\x9f]{0,198}[^/\x00-\x1f\x7f-\x9f\s])?")
 RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
 
@@ -113,7 +114,8 @@ class CollectionStore:
         to (its stages must match: a collection's images are analysed alike)."""
         if not NAME_PATTERN.fullmatch(name):
             raise BadRequestError(
-                "a collection name is 1 to 200 characters, without '/' or control characters, not starting with a space"
+                "a collection name is 1 to 200 characters, without '/' or control characters,"
+                " not starting or ending with a space"
             )
         now = time.time()
         with self.engine.begin() as conn:

@@ -255,3 +255,15 @@ def test_a_name_two_tenants_use_asked_across_tenants_says_so(store: CollectionSt
     with pytest.raises(BadRequestError, match=r"used by tenants \['acme', 'globex'\]: ask for it by its id"):
         store.get("holiday")
     assert store.get(first.id).tenant == "acme" and store.get("holiday", "acme").id == first.id
+
+
+@pytest.mark.parametrize("name", ["trip ", " trip", "trip\u00a0", "tr/ip", "trip\x85", "", "x" * 201])
+def test_collection_names_people_cannot_tell_apart_or_type_are_refused(store: CollectionStore, name: str) -> None:
+    # "trip " was accepted beside "trip": two collections listed alike, and typing the name found the other one
+    with pytest.raises(BadRequestError, match="1 to 200 characters"):
+        store.open(name, ["quality"], ["/x"])
+
+
+@pytest.mark.parametrize("name", ["t", "trip 2023", "Île de Ré", "x" * 200, "旅行 写真"])
+def test_collection_names_with_inner_spaces_and_letters_are_kept(store: CollectionStore, name: str) -> None:
+    assert store.open(name, ["quality"], ["/x"]).name == name
