@@ -1,10 +1,10 @@
 """Which batch workers are alive: each job loop registers a row and heartbeats it; claims name their worker.
 
-On this host a worker is dead when its process is gone (pid no longer running, or reused by a process started at
-another time): a replica restarted by Ray on the same node recovers its predecessor's items at once, and a live
-one is never judged by a heartbeat that a store outage delayed. On another host, when its heartbeat is older than
-`stale_after_s`. Orphan
-recovery (`WorkQueue.requeue_orphans`) requeues only the items of dead workers, never those of a live replica.
+On this host (the same machine boot and PID namespace: `HOST`) a worker is dead when its process is gone (pid no
+longer running, or reused by a process started at another time): a replica restarted by Ray on the same node
+recovers its predecessor's items at once, and a live one is never judged by a heartbeat that a store outage
+delayed. Elsewhere, when its heartbeat is older than `stale_after_s`. Orphan recovery (`WorkQueue.requeue_orphans`)
+requeues only the items of dead workers, never those of a live replica.
 """
 
 import os
@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -21,7 +22,21 @@ import sqlalchemy as sa
 from serving.jobs.records import FINAL_JOB_STATES
 from serving.jobs.tables import job_items, job_workers, jobs
 
-HOST = socket.gethostname()[:255]
+
+def _host_key() -> str:
+    """Where this process's pids mean something: the host name, this machine's boot and its PID namespace. A host
+    name alone is not enough: pods on the host network all have the node's name, and each has its own PID namespace,
+    where the other pods' pids look gone (their live items were requeued and run twice)."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(f"pidns:{os.stat('/proc/self/ns/pid').st_ino}")
+    except OSError:  # not Linux: the host name is what there is
+        pass
+    return " ".join(parts)[:255]
+
+
+HOST = _host_key()
 
 
 def _process_started_at(pid: int) -> float | None:

@@ -6,6 +6,7 @@ raises, injected in front of the real queue methods.
 """
 
 import asyncio
+import socket
 import subprocess
 import threading
 import time
@@ -105,6 +106,18 @@ def test_orphan_recovery_requeues_only_dead_workers_items(parts) -> None:  # noq
     assert dead_here.id not in workers and stale_elsewhere.id not in workers
     events = [e for e in JobStore(engine).events(job_id) if e["event"] == "items_requeued"]
     assert events and events[-1]["detail"]["reason"] == "their worker stopped"
+
+
+def test_a_worker_in_another_pid_namespace_of_this_host_is_judged_by_its_heartbeat(parts) -> None:  # noqa: F811
+    """Pods on the host network share the node's host name, each in its own PID namespace: a live pod's pid looks
+    gone from another pod, whose loop requeued its running items (run twice) when host names were compared."""
+    engine = parts[0]
+    job_id = _submit(parts, [b"a", b"b"])
+    neighbour_pod = WorkerIdentity(host=socket.gethostname(), pid=_dead_pid())  # same name, pid not in our namespace
+    WorkerRegistry(engine).heartbeat(neighbour_pod)
+    WorkQueue(engine).mark_running(job_id)
+    assert len(WorkQueue(engine, neighbour_pod).claim(job_id, 2)) == 2
+    assert WorkQueue(engine, WorkerIdentity()).requeue_orphans(max_attempts=3, stale_after_s=30) == {}
 
 
 def test_a_retiring_worker_hands_its_items_back_uncounted(parts) -> None:  # noqa: F811
