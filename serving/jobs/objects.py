@@ -7,6 +7,7 @@ crash); reads verify the hash.
 
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -38,10 +39,7 @@ class ObjectStore:
         if self.fs.exists(path):
             # stored before: fresh again, so the orphan sweep's grace and a purge racing this submission
             # (serving.jobs.erasure: an object modified after the purged job's inputs is kept) cover it too
-            if self._local:
-                os.utime(path)
-            else:  # object stores have no touch: written again (its LastModified is the time of this write)
-                self.fs.pipe_file(path, data)
+            self._refresh(path, data)
             return digest
         if not self._local:
             self.fs.pipe_file(path, data)
@@ -59,6 +57,17 @@ class ObjectStore:
                 pass
             raise
         return digest
+
+    def _refresh(self, path: str, data: bytes) -> None:
+        """Make a stored object's modification time now. Object stores have no touch: on S3 the object is copied
+        onto itself with new metadata (a server-side copy, which sets LastModified; the bytes are not uploaded
+        again); elsewhere (GCS, other fsspec filesystems) it is written again."""
+        if self._local:
+            os.utime(path)
+        elif "s3" in _protocols(self.fs):
+            self.fs.setxattr(path, imgserve_stored_at=f"{time.time():.3f}")
+        else:
+            self.fs.pipe_file(path, data)
 
     def get(self, digest: str) -> bytes:
         """The bytes stored under `digest`; a missing or damaged object is an item error."""
@@ -96,6 +105,11 @@ class ObjectStore:
                 continue  # a .part file being written
             out[digest] = _modified(info)
         return out
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _modified(info: dict) -> float:
