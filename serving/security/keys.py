@@ -177,9 +177,12 @@ class KeyStore:
             raise KeyError(key_id)
         return _record(row)
 
-    def ids(self, limit: int) -> list[str]:
-        """Ids of the keys, revoked ones too (their use is refused under their id), at most `limit` of them."""
+    def ids(self, limit: int, since: float | None = None) -> list[str]:
+        """Ids of the keys, revoked ones too (their use is refused under their id), at most `limit` of them; with
+        `since` (UNIX seconds), only those made at or after it."""
         query = sa.select(api_keys.c.id).limit(limit)
+        if since is not None:
+            query = query.where(api_keys.c.created_at >= since)
         with self.engine.begin() as conn:
             return [str(key_id) for key_id in conn.execute(query).scalars()]
 
