@@ -235,21 +235,18 @@ def default_thresholds() -> Thresholds:
     return Thresholds.model_validate(yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text()))
 
 
-def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
-    """Every tag name the server can give: the packaged thresholds' tags plus those of the served thresholds
-    (an operator's file, fixed at start-up). Metrics label values and collection filters are checked against it."""
-    names = set(default_thresholds().tags)
-    if thresholds is not None:
-        names |= set(thresholds.tags)
-    return frozenset(names)
-
-
 def tag_kinds(thresholds: Thresholds | None = None) -> dict[str, str]:
-    """Every tag `tag_vocabulary` names with its kind (defect, positive, info); the served thresholds win."""
+    """Every tag name the server can give, with its kind (defect, positive, info): the packaged thresholds' tags plus
+    those of the served thresholds (an operator's file, fixed at start-up), whose kinds win."""
     kinds = {name: rule.kind for name, rule in default_thresholds().tags.items()}
     if thresholds is not None:
         kinds |= {name: rule.kind for name, rule in thresholds.tags.items()}
     return kinds
+
+
+def tag_vocabulary(thresholds: Thresholds | None = None) -> frozenset[str]:
+    """The names of `tag_kinds`: metrics label values and collection filters are checked against it."""
+    return frozenset(tag_kinds(thresholds))
 
 
 def dump_thresholds(thresholds: Thresholds, path: str | Path) -> None:

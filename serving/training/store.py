@@ -202,9 +202,6 @@ class TrainingStore:
                 )
         return self.get(job_id)
 
-    def is_cancelled(self, job_id: str) -> bool:
-        return self.get(job_id).status == "cancelled"
-
     def record_version(
         self,
         model: str,

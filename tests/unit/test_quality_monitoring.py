@@ -148,8 +148,9 @@ def test_record_quality_uses_the_callers_tenant_and_bounds_tags(http: TestClient
 def test_vocabulary_is_the_thresholds_tags() -> None:
     assert tag_vocabulary() == frozenset(default_thresholds().tags)
     assert {"blurry", "noisy", "low_light"} <= tag_vocabulary()
-    custom = default_thresholds().model_copy(update={"tags": {**default_thresholds().tags, "glare": None}})
-    assert "glare" in tag_vocabulary(custom)  # type: ignore[arg-type]
+    glare = default_thresholds().tags["blurry"]  # any rule: the vocabulary reads names (and kinds)
+    custom = default_thresholds().model_copy(update={"tags": {**default_thresholds().tags, "glare": glare}})
+    assert "glare" in tag_vocabulary(custom) and tag_kinds(custom)["glare"] == "defect"
 
 
 def test_tags_carry_their_kind_so_alerts_can_watch_defects_only(http: TestClient) -> None:
