@@ -24,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.decode import decode_image
+from pipelines.errors import ImageInputError
+from pipelines.limits import DecodeLimits
 from pipelines.quality.metrics import compute_metrics
 from pipelines.quality.tags import evaluate_rule, tags_from_values
 from pipelines.quality.thresholds import Thresholds, dump_thresholds, load_thresholds
-from tooling.quality.photo_files import list_photos, load_photo
+from tooling.quality.photo_files import list_photos
 
 Values = dict[str, float | int | None]
 MAX_CANDIDATES = 400
@@ -97,15 +100,19 @@ def best_threshold(
     return float(candidates[best[len(best) // 2]]), float(scores.max()), f1_at(first.threshold)
 
 
-def metrics_of_folder(folder: Path, progress: Callable[[str], None] | None = None) -> list[Values]:
-    """Metric dicts of every photo directly in `folder`."""
+def metrics_of_folder(
+    folder: Path, thresholds: Thresholds, progress: Callable[[str], None] | None = None
+) -> list[Values]:
+    """Metric dicts of every photo directly in `folder`, decoded as the server decodes them (`decode_image`: reduced
+    JPEG decode, orientation, colour profile, `thresholds.working_max_side`), so a calibrated threshold is compared
+    with the values the server will measure (a full decode gave camera photos other noise estimates)."""
     out = []
     for path in list_photos(folder):
         try:
-            photo = load_photo(path)
-        except Exception as exc:  # noqa: BLE001 - whatever a file that is not a readable image raises
-            raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-        metrics = compute_metrics(photo.working, photo.original_size, photo.native_rgb)
+            photo = decode_image(path.read_bytes(), {}, DecodeLimits(), thresholds.working_max_side)
+        except ImageInputError as exc:  # not an image, or one the server refuses too
+            raise ValueError(f"{path}: not a readable image ({exc})") from None
+        metrics = compute_metrics(photo.working, (photo.width, photo.height), photo.native_rgb)
         out.append(metrics.as_dict())
         if progress:
             progress(str(path))
@@ -122,7 +129,8 @@ def calibrate(
     if not (root / "good").is_dir():
         raise ValueError(f"{root} has no good/ folder of photos without defects")
     # hidden folders (.ipynb_checkpoints, .git) are no tag
-    by_tag = {d.name: metrics_of_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    by_tag = {d.name: metrics_of_folder(d, thresholds) for d in folders}
     if not by_tag["good"]:
         raise ValueError(f"{root / 'good'} holds no photo: without good photos a threshold cannot be tuned")
     unknown = set(by_tag) - set(thresholds.tags) - {"good"}
