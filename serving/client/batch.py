@@ -3,12 +3,18 @@
 Large inputs go up in chunks of about `chunk_bytes` and at most `chunk_files` files: the job is created open
 (`?start=false`), each further chunk is added (`POST /v1/jobs/{id}/items`), then it is started, so no single
 request nears the server's body limit or its files-per-request limit, and the job still runs as one.
+
+The request that creates the job carries an `Idempotency-Key` (a uuid4 per `submit`, or the caller's), so it is
+retried like any call (UNAVAILABLE: a connection lost after the server took the job in) and a retry answers the job
+the first try made instead of making a second one. Adding items and starting are not retried: a lost answer there
+is not known to have been ignored, and the job is cancelled instead of being left half-uploaded.
 """
 
 import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,7 @@ CHUNK_BYTES = 32 * 1024 * 1024
 # endpoint reports; a server configured lower names its limit in the 413 and the upload is split again to fit it.
 CHUNK_FILES = 1000
 SERVER_FILE_LIMIT = re.compile(r"Too many files\. Maximum number of files is (\d+)")
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # serving.jobs.idempotency's (the SDK imports nothing of the server)
 HEARTBEAT_GRACE_S = 60.0  # the server sends a comment every 15 s: a read this long with nothing is a dead stream
 BatchInputs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
@@ -128,9 +135,14 @@ def server_file_limit(error: ImgServeError) -> int | None:
 class BatchClient(HttpRoutes):
     """The batch-job routes; with `api_key`, every request carries `Authorization: Bearer <key>`."""
 
-    def _upload(self, path: str, chunk: list[tuple[str, Path]], params: dict[str, Any]) -> dict[str, Any]:
+    def _upload(
+        self, path: str, chunk: list[tuple[str, Path]], params: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """POST the chunk's files; retried only with an idempotency key (a retry cannot make a second job)."""
         files = [("image", (name, p.read_bytes(), "application/octet-stream")) for name, p in chunk]
-        return self._send("POST", path, retry=False, params=params, files=files).json()
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        retry = idempotency_key is not None
+        return self._send("POST", path, retry=retry, params=params, files=files, headers=headers).json()
 
     def submit(
         self,
@@ -141,8 +153,11 @@ class BatchClient(HttpRoutes):
         webhook_url: str | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         chunk_files: int = CHUNK_FILES,
+        idempotency_key: str | None = None,
     ) -> BatchJob:
-        """Upload image files and/or folders as one job and start it."""
+        """Upload image files and/or folders as one job and start it. `idempotency_key`: the job-creating request's
+        key (default: a new uuid4); pass your own to make a submission that your process repeats after a crash
+        answer the same job (the key lasts as long as that job)."""
         files = batch_files(inputs)
         if not files:
             raise ValueError("no image files to submit")
@@ -150,6 +165,7 @@ class BatchClient(HttpRoutes):
             raise ValueError(f"chunk_files must be at least 1, got {chunk_files}")
         params: dict[str, Any] = {"top_k": top_k, "stages": stages or [], "model": model, "webhook_url": webhook_url}
         params = {k: v for k, v in params.items() if v not in (None, [])}
+        key = idempotency_key or new_idempotency_key()
         job: BatchJob | None = None
         try:
             while files:
@@ -157,9 +173,9 @@ class BatchClient(HttpRoutes):
                 last = len(chunk) == len(files)
                 try:
                     if job is None:  # the first chunk creates the job: started at once when it is the only one
-                        job = job_from_json(
-                            self._upload("/v1/batch", chunk, params if last else {**params, "start": "false"})
-                        )
+                        # a 413 below is a refusal before the job was written: the key is still unused
+                        chunk_params = params if last else {**params, "start": "false"}
+                        job = job_from_json(self._upload("/v1/batch", chunk, chunk_params, key))
                         if last:
                             return job
                     else:
@@ -184,11 +200,18 @@ class BatchClient(HttpRoutes):
             raise
 
     def submit_uris(
-        self, uris: list[str], model: str | None = None, top_k: int = 5, stages: list[str] | None = None
+        self,
+        uris: list[str],
+        model: str | None = None,
+        top_k: int = 5,
+        stages: list[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchJob:
-        """A job over inputs the server reads itself (file:// under its allowed root, s3://, gs://)."""
+        """A job over inputs the server reads itself (file:// under its allowed root, s3://, gs://); retried with
+        an idempotency key (`idempotency_key`, default a new uuid4) as `submit`'s first request is."""
         body = {"uris": uris, "model": model, "top_k": top_k, "stages": stages}
-        return job_from_json(self._send("POST", "/v1/batch", retry=False, json=body).json())
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
+        return job_from_json(self._send("POST", "/v1/batch", json=body, headers=headers).json())
 
     def job(self, job: BatchJob | str) -> BatchJob:
         return job_from_json(self._send("GET", f"/v1/jobs/{_id(job)}").json())
@@ -282,6 +305,11 @@ class BatchClient(HttpRoutes):
             if exc.status == 409:
                 return None
             raise
+
+
+def new_idempotency_key() -> str:
+    """A key for one logical submission, reused by its own retries only."""
+    return str(uuid.uuid4())
 
 
 def _id(job: BatchJob | str) -> str:

@@ -165,7 +165,8 @@ class Client:
     def submit_batch(self, inputs: "BatchInputs", **options: Any) -> "BatchJob":
         """Upload image files and/or folders (walked for images) as one batch job; returns at once (202).
 
-        Options: model, top_k, stages, webhook_url, chunk_bytes, chunk_files (files per upload request).
+        Options: model, top_k, stages, webhook_url, chunk_bytes, chunk_files (files per upload request),
+        idempotency_key (the job-creating request's `Idempotency-Key`; default a new uuid4, reused by its retries).
         """
         return self.batch.submit(inputs, **options)
 

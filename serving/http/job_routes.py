@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from serving.errors import BadRequestError, OverloadedError, classify_error
 from serving.http.dependencies import client_host, get_job_service, get_principal, multipart_form, reject_unknown_query
 from serving.jobs.errors import JobNotFoundError
+from serving.jobs.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, parse_idempotency_key
 from serving.jobs.intake import InputPart
 from serving.jobs.operations import parse_pairs
 from serving.jobs.output_zip import zip_stream
@@ -29,6 +30,12 @@ router = APIRouter(prefix="/v1", tags=["batch jobs"], dependencies=[Depends(reje
 PAGE = 500
 ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gtar", "application/x-gzip")
 IMAGE_FIELDS, ARCHIVE_FIELDS, URI_FIELDS = {"image", "images", "file"}, {"archive"}, {"uri", "uris"}
+IDEMPOTENCY_KEY = Header(  # a module-level parameter (ruff B008): FastAPI reads every value of the header
+    default=None,
+    alias=IDEMPOTENCY_HEADER,
+    description="1-255 printable ASCII characters (a uuid4): a retry with the same key and request answers the job "
+    "the first one made (header Idempotent-Replayed: true); a different request with it is a 422.",
+)
 
 
 def _uri_lines(text: str) -> list[InputPart]:
@@ -94,10 +101,12 @@ async def submit_batch(
     enhance: str | None = Query(default=None, description="Enhance every image: key=value,... (/v1/enhance's)."),
     output_suffix: str | None = Query(default=None, description="Added to output names."),
     output_uri: str | None = Query(default=None, description="Also write outputs under this folder URI."),
+    idempotency_key: list[str] | None = IDEMPOTENCY_KEY,
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> JSONResponse:
-    # Bad options (and refused webhook targets) are a 4xx before the body is read.
+    # Bad options, a bad Idempotency-Key (and refused webhook targets) are a 4xx before the body is read.
+    key = parse_idempotency_key(idempotency_key or [])
     operations = {
         "convert": parse_pairs(convert),
         "enhance": parse_pairs(enhance),
@@ -120,10 +129,13 @@ async def submit_batch(
                 body.output_uri if body.output_uri is not None else operations["output_uri"],
             )
             spec = await jobs.check(options, principal.tenant)
-        job = await jobs.submit(spec, parts, start, principal, client_host(request))
+        submitted = await jobs.submit_with_key(spec, parts, start, principal, client_host(request), key)
     finally:
         await close_form(request)
-    return _status(job_status(job, time.time()), 202)
+    answer = _status(job_status(submitted.job, time.time()), 202)
+    if submitted.replayed:  # the job an earlier request with this key made: nothing stored or charged again
+        answer.headers[REPLAYED_HEADER] = "true"
+    return answer
 
 
 @router.post("/jobs/{job_id}/items", response_model=JobStatus)

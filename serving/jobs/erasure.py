@@ -1,7 +1,8 @@
 """Erasure and retention: purge one job at once (right to erasure), sweep expired jobs, drop orphaned objects.
 
 A purge deletes the job's row, items, results, events and webhook deliveries in one transaction, with its audit
-entry (ids and counts only, never content); then the stored input and output objects no other job references.
+entry (ids and counts only, never content); then the stored input and output objects no other job references. The
+job's `Idempotency-Key` is in its row, so it goes too: a later request with that key makes a new job.
 Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
 stays, and so does an input stored again after the purged job's last inputs (a submission of the same bytes still
 being taken in has no row yet): the orphan sweep deletes it later if nothing comes to hold it.

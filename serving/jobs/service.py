@@ -12,11 +12,14 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
+
 from pipelines.enhance import EnhanceOptions
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import PurgeReport, purge_job
 from serving.jobs.errors import JobStateError, JobStoreUnavailableError
+from serving.jobs.idempotency import IdempotencyClaim, Submission, keyed_job, request_fingerprint
 from serving.jobs.intake import InputPart, Intake
 from serving.jobs.objects import ObjectStore
 from serving.jobs.operations import OPERATION_STAGES, operation_spec
@@ -172,8 +175,10 @@ class JobService:
         start: bool = True,
         principal: Principal = ANONYMOUS,
         client: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> JobRecord:
-        """A new job of `spec` (from `check`, which the route calls before reading the inputs)."""
+        """A new job of `spec` (from `check`, which the route calls before reading the inputs); `idempotency`: the
+        request's key and fingerprint, written with the job (`submit_with_key`)."""
         if self.gate is not None and await self.gate.anonymize_forced():
             spec = replace(spec, anonymize=True)
         store = await self.ready()
@@ -181,11 +186,40 @@ class JobService:
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
         job_id = await self._write_within_quota(
-            principal, len(items), partial(store.create_job, spec, items, start, principal.tenant, audit)
+            principal,
+            len(items),
+            partial(store.create_job, spec, items, start, principal.tenant, audit, idempotency=idempotency),
         )
         if start:
             await self.wake(job_id)
         return await asyncio.to_thread(store.get_job, job_id)
+
+    async def submit_with_key(
+        self,
+        spec: JobSpec,
+        parts: Sequence[InputPart],
+        start: bool = True,
+        principal: Principal = ANONYMOUS,
+        client: str | None = None,
+        key: str | None = None,
+    ) -> Submission:
+        """`submit`, idempotent under the client's `key` (serving.jobs.idempotency): the tenant's job made with the
+        same key and the same request is answered again, replayed (nothing stored, no quota charged); a different
+        request with that key is a 422. Of two requests sent together with one key, the one whose job is written
+        second gets its images back and answers the first one's job."""
+        if key is None:
+            return Submission(await self.submit(spec, parts, start, principal, client))
+        store = await self.ready()
+        claim = IdempotencyClaim(key, await asyncio.to_thread(request_fingerprint, spec, parts, start))
+        earlier = await asyncio.to_thread(keyed_job, self.engine, principal.tenant, claim)
+        if earlier is None:
+            try:
+                return Submission(await self.submit(spec, parts, start, principal, client, claim))
+            except sa.exc.IntegrityError:
+                earlier = await asyncio.to_thread(keyed_job, self.engine, principal.tenant, claim)
+                if earlier is None:
+                    raise  # not the key's unique index
+        return Submission(await asyncio.to_thread(store.get_job, earlier), replayed=True)
 
     async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
         store = await self.ready()

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from serving.errors import BadRequestError, RequestTooLargeError
 from serving.jobs.errors import JobNotFoundError, JobStateError
+from serving.jobs.idempotency import IdempotencyClaim
 from serving.jobs.records import (
     ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
@@ -166,10 +167,12 @@ class JobStore:
         tenant: str = "default",
         audit: AuditEntry | None = None,
         quota_stored_bytes: int | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> str:
         """A new job of `tenant` with its first items; `start=False` leaves it open for more (`add_items`,
         `start_job`). `audit` is written in the same transaction, with the new job's id as its target. Refused
-        (QuotaExceededError, nothing written) when the items would take the tenant past `quota_stored_bytes`."""
+        (QuotaExceededError, nothing written) when the items would take the tenant past `quota_stored_bytes`, and
+        (IntegrityError, nothing written) when the tenant has a job with the `idempotency` key already."""
         if start and not items:
             raise BadRequestError("the batch has no inputs: send files, an archive or URIs")
         job_id = uuid.uuid4().hex
@@ -189,6 +192,7 @@ class JobStore:
                     tenant=tenant,
                     anonymize=spec.anonymize,
                     operations=spec.operations,
+                    **(idempotency.columns() if idempotency else {}),
                 )
             )
             total = self._insert_items(conn, job_id, 0, items)

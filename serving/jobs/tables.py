@@ -31,7 +31,12 @@ jobs = sa.Table(
     sa.Column("tenant", sa.String(64), nullable=False, server_default="default"),  # owner (serving.security)
     sa.Column("anonymize", sa.Boolean, nullable=False, server_default=sa.false()),  # drop GPS/personal EXIF
     sa.Column("operations", sa.JSON),  # image operations: {"convert": {...}, "enhance": {...}, "suffix": "..."}
+    # the client's Idempotency-Key of the request that made the job, and that request's fingerprint (0009;
+    # serving.jobs.idempotency): one job per tenant and key, freed when the job is purged
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_fingerprint", sa.String(64)),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
+    sa.Index("ux_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
 )
 
 job_items = sa.Table(

@@ -3,7 +3,7 @@
 What goes, in this order (each step is its own transaction; a failed step can be re-run, the command is idempotent):
 
 - its batch jobs, each purged like `DELETE /v1/jobs/{id}?purge=true` (rows, results, events, webhook deliveries,
-  collection copies and the stored inputs/outputs no other tenant's job holds);
+  collection copies and the stored inputs/outputs no other tenant's job holds; the idempotency keys they carry);
 - its collections and their image rows (names, metadata, GPS, quality results);
 - its training jobs (their requests name datasets and labels);
 - the model versions it trained: the `model_versions` rows and the version folders under the trained-models folder
