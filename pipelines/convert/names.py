@@ -4,8 +4,10 @@ and names kept apart where two inputs would otherwise write the same output (bat
 Names only, no I/O: the batch worker, collections and `imgserve convert` / `enhance` share them.
 """
 
+import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from pipelines.convert import ConvertResult
 from pipelines.convert.formats import FORMATS
@@ -48,21 +50,46 @@ def names_kept_apart(names: Sequence[str]) -> dict[str, str]:
     }
 
 
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _uri_names(names: Sequence[str]) -> dict[str, str]:
+    """URI input name -> the name its output is named after: its path (the bucket too, for object stores) below the
+    deepest folder all the URI inputs share, so `file:///data/trip/a.jpg` and `file:///data/trip/day2/b.jpg` write
+    `a<suffix>.webp` and `day2/b<suffix>.webp` (they wrote `file:/data/trip/...`: a folder named `file:`)."""
+    paths: dict[str, list[str]] = {}
+    for name in names:
+        if _URI.match(name) and name not in paths:
+            parts = urlsplit(name)
+            path = PurePosixPath(unquote(parts.path))
+            paths[name] = [p for p in (parts.netloc, *path.parts) if p not in ("", ".", "..", "/")] or ["image"]
+    if not paths:
+        return {}
+    folders = [parts[:-1] for parts in paths.values()]
+    shared = 0
+    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    return {name: "/".join(parts[shared:]) for name, parts in paths.items()}
+
+
 def output_bases(items: Sequence[tuple[int, str]]) -> dict[int, str]:
     """Item index -> the name its output is named after, for the items (a batch job's, a CLI run's files) whose outputs
-    would otherwise share a name: `names_kept_apart`, and where two names still meet (an input name given twice: two
-    URIs ending alike, an archive listing a name twice) the later item's index goes in front of its file name
-    (`3_IMG_1.jpg`), again if that name is taken too. Chosen over all the items in index order (a job's are fixed once
-    it runs), so every worker and every resumed run names them alike."""
-    renamed = names_kept_apart([name for _, name in items])
+    would otherwise share a name or be named after a URI (`_uri_names`): `names_kept_apart`, and where two names still
+    meet (an input name given twice: two URIs ending alike, an archive listing a name twice) the later item's index
+    goes in front of its file name (`3_IMG_1.jpg`), again if that name is taken too. Chosen over all the items in
+    index order (a job's are fixed once it runs), so every worker and every resumed run names them alike."""
+    from_uris = _uri_names([name for _, name in items])
+    shown = [(index, from_uris.get(name, name)) for index, name in items]
+    renamed = names_kept_apart([name for _, name in shown])
+    original = dict(items)
     taken: set[tuple[str, ...]] = set()
     bases: dict[int, str] = {}
-    for index, name in sorted(items):
+    for index, name in sorted(shown):
         base = renamed.get(name, name)
         while _output_key(base) in taken:
             parts, path = _relative(base)
             base = "/".join([*parts, f"{index}_{path.name}"])
         taken.add(_output_key(base))
-        if base != name:
+        if base != original[index]:
             bases[index] = base
     return bases

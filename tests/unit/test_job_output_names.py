@@ -77,3 +77,38 @@ def test_remote_names_are_keys_as_they_are(tmp_path: Path) -> None:
     uri = write_named_output("memory://bucket/web", "IMG #1 50%25::x.png", b"data", None)
     assert uri == "memory://bucket/web/IMG #1 50%25::x.png"
     assert fsspec.filesystem("memory").cat_file("/bucket/web/IMG #1 50%25::x.png") == b"data"
+
+
+def test_outputs_of_uri_inputs_are_named_below_the_folder_the_inputs_share(tmp_path: Path) -> None:
+    """A job of file:// URIs wrote `<destination>/file:/<the whole source path>`: the item's name is its URI, and the
+    output name kept the scheme and every folder of the source."""
+    source = tmp_path / "in" / "parcels"
+    for folder, index in (("box", 1), ("bag", 2), ("bag/small", 3)):
+        (source / folder).mkdir(parents=True, exist_ok=True)
+        (source / folder / f"photo {index}.jpg").write_bytes(jpeg(index))
+    root = tmp_path / "exports"
+    settings = JobSettings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}",
+        object_store=str(tmp_path / "o"),
+        allowed_root=tmp_path / "in",
+        output_root=root,
+    )
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    operations = operation_spec(["convert"], {"format": "png", "max_side": "20"}, None, None, f"file://{root}", root)
+    uris = [
+        f"file://{source}/box/photo%201.jpg",
+        f"file://{source}/bag/photo 2.jpg",
+        f"file://{source}/bag/small/photo 3.jpg",
+    ]
+    items = [NewItem(uri, "uri", uri) for uri in uris]
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    objects = ObjectStore(settings.object_store)
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 3, finished
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert written == ["bag/photo 2.png", "bag/small/photo 3.png", "box/photo 1.png"]
+    names = sorted(row.result["output"]["name"] for row in JobStore(engine).results_page(job_id))  # type: ignore[index]
+    assert names == written  # the results and outputs.zip name them alike
