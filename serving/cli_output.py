@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from serving.client import Analysis, Classification
+from serving.client.batch import IMAGE_SUFFIXES
 from serving.spreadsheet import safe_cell, terminal_text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 CSV_COLUMNS = (
     "image", "model", "top_label", "top_score", "quality_score", "quality_level", "quality_tags",
     "anomaly_score", "format", "width", "height", "camera", "error",
