@@ -1,8 +1,9 @@
-"""The batch worker's loop: take the oldest active job, run its items through the graph, record each once.
+"""The batch worker's loop: take the next active job, run its items through the graph, record each once.
 
 At most `concurrency` items are in flight at any time, whatever the job size, so a big job adds a bounded
 load to the decode and model stages and online requests keep their latency. Items fail one by one (their
-error is their result); a job fails as a whole only when its model is no longer served.
+error is their result); a job fails as a whole only when its model is no longer served. Tenants share the loop
+in turns (`run_job`, `WorkQueue.next_job`): one tenant's big job does not hold another's small one for hours.
 """
 
 import asyncio
@@ -79,7 +80,9 @@ class JobRunner:
         self.background: list[asyncio.Task[None]] = []
         self.requeued: dict[str, int] = {}
         self._image_operations: ImageOperations | None = None
-        self._joined: str | None = None  # the job this loop marked running (one "started"/"resumed" per join)
+        # Jobs this loop marked running: one "started"/"resumed" event per job and loop, not one per turn (a job
+        # taking turns with other tenants' jobs would fill its events with "resumed"). Cleared when the loop idles.
+        self._joined: set[str] = set()
 
     def image_operations(self) -> ImageOperations:
         """Conversion/enhancement over this worker's service, with the server's decode limits (made on first use)."""
@@ -145,7 +148,8 @@ class JobRunner:
     async def _step(self) -> None:
         try:
             job = await self.store.durable(self.queue.next_job)
-            if job is None:
+            if job is None:  # idle: the jobs it joined have ended or run on other loops
+                self._joined.clear()
                 await _wait(self._work, self.settings.poll_interval_s)
                 return
             await self.run_job(job)
@@ -154,7 +158,11 @@ class JobRunner:
             await asyncio.sleep(self.settings.poll_interval_s)
 
     async def run_job(self, job: JobRecord) -> JobRecord | None:
-        """Process every pending item of `job`; returns the finished job (None if it was cancelled)."""
+        """One turn of `job`: its pending items, until `settings.items_per_turn()` are claimed and another tenant
+        has work waiting (`WorkQueue.other_tenant_waiting`; checked at the end of each turn's worth, so a tenant
+        alone runs on). Then it claims no more, lets the items in flight record their results, and returns, and the
+        loop's next `next_job` picks whose turn it is. Returns the finished job (None if it was cancelled, or it has
+        items left for a later turn)."""
         try:
             self.service.served_entry(job.model)
         except Exception as exc:  # noqa: BLE001 - unknown or unservable model: the whole job fails
@@ -162,22 +170,26 @@ class JobRunner:
             BATCH_JOBS.labels("failed").inc()
             self._webhook_work.set()
             return None
-        if job.id != self._joined:  # a loop works on one job at a time
+        if job.id not in self._joined:
             await self.store.durable(self.queue.mark_running, job.id)
-            self._joined = job.id
+            self._joined.add(job.id)
         # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
         bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
         limit = self.settings.concurrency
         running: dict[asyncio.Task[None], ClaimedItem | None] = {}  # None: the hand-back of an item whose task died
-        claimed = 0
+        claimed, turn_ends_at, turn_over = 0, self.settings.items_per_turn(), False
         try:
             while True:
                 free = limit - len(running)
-                if free > 0 and (not running or free >= max(1, limit // 2)):  # claim in chunks, not one by one
+                # claim in chunks, not one by one; none once its turn is over
+                if not turn_over and free > 0 and (not running or free >= max(1, limit // 2)):
                     for item in await self.store.durable(self.queue.claim, job.id, free):
                         task = asyncio.create_task(self._process(job, item, bases.get(item.idx, item.name)))
                         running[task] = item
                         claimed += 1
+                    if claimed >= turn_ends_at:  # its turn is up: it goes on only if no other tenant is waiting
+                        turn_over = await self.store.durable(self.queue.other_tenant_waiting, job.tenant)
+                        turn_ends_at = claimed + self.settings.items_per_turn()
                 if not running:
                     break
                 self.in_flight = len(running)
@@ -195,9 +207,11 @@ class JobRunner:
             self.in_flight = 0
         finished = await self.store.durable(self.queue.finish_if_done, job.id)
         if finished:
-            self._joined = None
+            self._joined.discard(job.id)
             BATCH_JOBS.labels(finished.status).inc()
             logger.info("job %s %s: %s", job.id, finished.status, finished.counts)
+        elif turn_over:
+            logger.debug("job %s: its turn is over after %d items; another tenant has work waiting", job.id, claimed)
         elif not claimed:  # its items are running on another loop (or were cancelled): look again at the next poll
             await _wait(self._work, self.settings.poll_interval_s)
         self._webhook_work.set()

@@ -11,6 +11,7 @@ from serving.security.egress import EgressAllowList
 from serving.security.principal import check_tenant
 
 TENANT_FOLDER = "{tenant}"
+TURNS_OF_CONCURRENCY = 4  # the default turn: this many rounds of `concurrency` items
 
 
 def tenant_folder(root: Path | None, tenant: str) -> Path | None:
@@ -30,6 +31,7 @@ ENV_NAMES = {
     "output_root": "IMGSERVE_BATCH_OUTPUT_ROOT",
     "allowed_remote": "IMGSERVE_BATCH_ALLOWED_REMOTE",
     "concurrency": "IMGSERVE_BATCH_CONCURRENCY",
+    "turn_items": "IMGSERVE_BATCH_TURN_ITEMS",
     "poll_interval_s": "IMGSERVE_BATCH_POLL_S",
     "max_items": "IMGSERVE_BATCH_MAX_ITEMS",
     "max_files_per_request": "IMGSERVE_BATCH_MAX_FILES_PER_REQUEST",
@@ -85,6 +87,12 @@ class JobSettings(BaseModel):
         "anywhere for the default tenant (a server without tenants), nowhere for the others. Never the object store.",
     )
     concurrency: int = Field(default=8, ge=1, description="Job items in flight at once (bounds the load on the graph).")
+    turn_items: int | None = Field(
+        default=None,
+        ge=1,
+        description="Items a job loop claims for one job before it lets another tenant with work waiting have a turn "
+        "(fair sharing between tenants; alone, a job runs on). Unset: 4 x concurrency.",
+    )
     poll_interval_s: float = Field(default=2.0, gt=0, description="How often the worker looks for work unprompted.")
     max_items: int = Field(default=100_000, ge=1, description="Most items in one job.")
     max_files_per_request: int = Field(default=10_000, ge=1, description="Most multipart files in one request.")
@@ -172,6 +180,11 @@ class JobSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise settings_error(exc, values, lambda field: ENV_NAMES.get(field, field)) from None
+
+    def items_per_turn(self) -> int:
+        """`turn_items`, or a few rounds of `concurrency` where unset (a turn shorter than that drains the items in
+        flight too often, one much longer keeps other tenants waiting)."""
+        return self.turn_items if self.turn_items is not None else TURNS_OF_CONCURRENCY * self.concurrency
 
     def secret_bytes(self) -> bytes | None:
         return self.webhook_secret.get_secret_value().encode() if self.webhook_secret else None

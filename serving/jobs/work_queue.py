@@ -5,6 +5,7 @@ Exactly-once results over at-least-once dispatch: claiming an item marks it runn
 re-run (an item in flight when the server died) can never record a second one.
 """
 
+import itertools
 import logging
 import time
 from typing import Any
@@ -18,6 +19,10 @@ from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
 from serving.jobs.workers import WorkerIdentity, dead_workers, handed_back_status
 
 logger = logging.getLogger("imgserve.jobs")
+NEVER_SERVED = -1  # below every turn number: a tenant the loop has not served yet goes first
+# Tenants whose last turn a loop remembers: the ones served longest ago are forgotten first, which puts them with the
+# never-served tenants, still ahead of every remembered one (the order barely changes; the query stays small).
+REMEMBERED_TENANTS = 256
 
 
 def output_columns(outcome: Outcome) -> dict[str, Any]:
@@ -37,6 +42,8 @@ class WorkQueue:
     def __init__(self, engine: sa.Engine, worker: WorkerIdentity | None = None):
         """`worker`: the job loop this queue claims for (its id is written on each claimed item)."""
         self.engine, self.worker = engine, worker
+        self._turns = itertools.count()
+        self._last_served: dict[str, int] = {}  # tenant -> the turn `next_job` last gave it
 
     def requeue_orphans(self, max_attempts: int | None = None, stale_after_s: float = 30.0) -> dict[str, int]:
         """Items left running by dead workers (`serving.jobs.workers`) go back to pending; returns counts per job.
@@ -78,21 +85,42 @@ class WorkQueue:
         return {job_id: int(count) for job_id, count in rows}
 
     def next_job(self) -> JobRecord | None:
-        """The oldest queued or running job with work for this loop (jobs run one after another, items of a job
-        concurrently): one whose remaining items are all running on other loops is passed over (another loop may
-        start the next job meanwhile); one with none left running is not (it has to be finished)."""
+        """The next queued or running job with work for this loop; its tenant has the turn. Tenants take turns
+        (`JobRunner.run_job` ends a turn when another tenant has work waiting): the one this loop served least
+        recently goes first, one it never served before any it did; within a tenant, and between tenants never
+        served, the oldest job first. The turns are kept in memory, per queue (one per job loop): with several loops
+        each rotates on its own, and a restarted loop, or one that found no work, starts afresh.
+
+        A job whose remaining items are all running on other loops is passed over (another loop may start the next
+        job meanwhile); one with none left running is not (it has to be finished)."""
         item = job_items.c
         pending = sa.exists().where(item.job_id == jobs.c.id, item.status == "pending")
         running = sa.exists().where(item.job_id == jobs.c.id, item.status == "running")
+        order: list[Any] = [jobs.c.created_at]
+        if self._last_served:
+            order.insert(0, sa.case(self._last_served, value=jobs.c.tenant, else_=NEVER_SERVED))
         query = (
-            sa.select(jobs)
-            .where(jobs.c.status.in_(ACTIVE_JOB_STATES), pending | ~running)
-            .order_by(jobs.c.created_at)
-            .limit(1)
+            sa.select(jobs).where(jobs.c.status.in_(ACTIVE_JOB_STATES), pending | ~running).order_by(*order).limit(1)
         )
         with self.engine.begin() as conn:
             row = conn.execute(query).first()
-            return job_record(row, job_counts(conn, [row.id])[row.id]) if row else None
+            if row is None:
+                self._last_served.clear()  # nothing to share
+                return None
+            self._last_served.pop(row.tenant, None)  # the dict stays in turn order
+            self._last_served[row.tenant] = next(self._turns)
+            while len(self._last_served) > REMEMBERED_TENANTS:
+                del self._last_served[next(iter(self._last_served))]
+            return job_record(row, job_counts(conn, [row.id])[row.id])
+
+    def other_tenant_waiting(self, tenant: str) -> bool:
+        """Whether a queued or running job of another tenant has pending items (work a turn could go to)."""
+        pending = sa.exists().where(job_items.c.job_id == jobs.c.id, job_items.c.status == "pending")
+        query = (
+            sa.select(jobs.c.id).where(jobs.c.status.in_(ACTIVE_JOB_STATES), jobs.c.tenant != tenant, pending).limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def mark_running(self, job_id: str) -> None:
         with self.engine.begin() as conn:
