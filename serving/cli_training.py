@@ -52,22 +52,60 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"training job {job.job_id} {job.status}: {job.error or ''}", file=sys.stderr)
         return 1
     result = job.result or {}
-    print(json.dumps(result, indent=2) if args.json else _summary(result))
+    print(
+        json.dumps(result, indent=2) if args.json else training_summary(result, args.promote or SERVER_DEFAULT_PROMOTE)
+    )
     return 0
 
 
-def _summary(result: dict[str, Any]) -> str:
+# What the server does when `--promote` is not given (serving.training.service.TrainingRequest.promote).
+SERVER_DEFAULT_PROMOTE = "if_better"
+
+
+def training_summary(result: dict[str, Any], rule: str) -> str:
+    """A finished training job's result for a person: the version made, its validation, whether it is now served
+    (and why not), the time taken. `rule`: the job's `--promote` rule."""
     validation = result.get("validation") or {}
     lines = [
         f"model {result.get('model')} version {result.get('version')}: validation accuracy "
-        f"{validation.get('accuracy', 0):.3f} on {validation.get('images', 0)} images"
-        + (" (promoted and served)" if result.get("loaded") else " (promoted)" if result.get("promoted") else ""),
+        f"{validation.get('accuracy', 0):.3f} on {validation.get('images', 0)} images",
     ]
     for row in validation.get("per_class", []):
         lines.append(f"  {row['label']:24s} precision {row['precision']:.3f} recall {row['recall']:.3f}")
+    lines.append(promotion_line(result, rule))
     seconds = result.get("seconds") or {}
     lines.append(f"features {seconds.get('features')} s, fit {seconds.get('fit')} s, total {seconds.get('total')} s")
     return "\n".join(lines)
+
+
+def promotion_line(result: dict[str, Any], rule: str) -> str:
+    """Whether the new version is served now, and why (or why not), from what the training job reported."""
+    version, previous = result.get("version"), result.get("previous_version")
+    accuracy = (result.get("validation") or {}).get("accuracy", 0.0)
+    previous_accuracy = result.get("previous_version_accuracy")
+    if result.get("promoted"):
+        if rule == "always":
+            why = "--promote always"
+        elif previous is None:
+            why = "the model's first version"
+        else:
+            why = f"accuracy {accuracy:.3f} beats version {previous}'s {previous_accuracy:.3f}"
+        if result.get("loaded"):
+            return f"version {version} is now served (promoted: {why})"
+        return f"version {version} is promoted but not served yet: {result.get('load_error') or 'not loaded'}"
+    if result.get("load_error"):
+        why = f"it did not load: {result['load_error']}"
+    elif rule == "never":
+        why = "--promote never"
+    elif previous_accuracy is None:
+        why = f"its accuracy cannot be compared with version {previous}'s (other categories)"
+    else:
+        why = f"accuracy {accuracy:.3f} does not beat version {previous}'s {previous_accuracy:.3f} (--promote {rule})"
+    still = f"version {previous} still is" if previous is not None else "no version is"
+    return (
+        f"version {version} is registered but not served; {still} ({why}). "
+        f"`imgserve models promote {result.get('model')} {version}` serves it"
+    )
 
 
 def _cmd_model_control(args: argparse.Namespace) -> int:

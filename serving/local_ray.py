@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -43,6 +44,18 @@ ACTOR_NAME = ":actor_name:"
 TASK_NAME = ":task_name:"
 MARKERS = (":job_id:", ":event_summary:", ":info_message:")
 MAX_READ = 1 << 20
+# The folder `imgserve serve` makes for a Ray of its own (serving.server: tempfile.mkdtemp in /tmp): Ray's session
+# (logs, sockets), the generated Ray token and the supervisor's state file.
+RAY_TEMP_PREFIX = "imgserve-ray-"
+
+
+def remove_ray_temp_dir(folder: Path) -> bool:
+    """Remove the server's Ray folder `folder` once its Ray has stopped (never while Ray runs: its sockets and logs
+    are in use). A folder not named as the server names it is left alone. Whether it is gone."""
+    if not folder.name.startswith(RAY_TEMP_PREFIX):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def seconds_from_env(name: str, default: float) -> float:

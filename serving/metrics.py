@@ -99,9 +99,12 @@ MODEL_VERSION_REQUESTS = Counter(
 
 
 # Label values come only from names the replica knows: an unknown model name a client sends becomes "unknown",
-# so random `?model=` values cannot create new series without end. The Ingress registers its models.
-KNOWN_MODELS: set[str] = set()
+# so random `?model=` values cannot create new series without end. The Ingress registers its models; the OIP
+# image-level model (`serving.service.IMAGE_MODEL_NAME`, BYTES of encoded images in) is served by every Ingress.
+IMAGE_LEVEL_MODEL = "classify"
+KNOWN_MODELS: set[str] = {IMAGE_LEVEL_MODEL}
 UNKNOWN_LABEL = "unknown"
+CANARY_KEY_SEPARATOR = "@"  # a canary version's stage key is "<name>@<version>" (ModelEntry.key)
 
 
 def model_label(name: str | None) -> str:
@@ -111,6 +114,14 @@ def model_label(name: str | None) -> str:
     if not isinstance(name, str):  # a client's JSON can put a list or object where a name belongs
         return UNKNOWN_LABEL
     return name if name in KNOWN_MODELS else UNKNOWN_LABEL
+
+
+def decode_model_label(models: tuple[str, ...]) -> str:
+    """The decode stage's `model` label: the request's primary model, the first it planned (the classifier; the
+    learned quality model when an analysis asks for quality alone), by name (a canary version's stage key without
+    its version); "" when no model needs a tensor. One served model's name, so the series stay few (one per model,
+    not one per combination of models or per version)."""
+    return models[0].partition(CANARY_KEY_SEPARATOR)[0] if models else ""
 
 
 class _OnlyImgserve(Collector):

@@ -97,7 +97,8 @@ async def load_unlocked(service: InferenceService, name: str) -> str:
         ) from None
     service.repository.replace(name, scanned)
     service.model_states[name] = state
-    service.forget_backend_info(name)
+    for key in {name, *stale, *(e.key for e in wanted)}:  # canary versions' stages are reported under their keys
+        service.forget_backend_info(key)
     KNOWN_MODELS.add(name)
     served = scanned.served
     assert served is not None
@@ -135,5 +136,6 @@ async def unload_unlocked(service: InferenceService, name: str) -> None:
     await pipeline.swap_models([], (name, *((canary[0].key,) if canary else ())))
     service.repository.replace(name, None)
     service.model_states[name] = state
-    service.forget_backend_info(name)
+    for key in (name, *((canary[0].key,) if canary else ())):
+        service.forget_backend_info(key)
     logger.info("model %s unloaded", name)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from serving.local_ray import SignalFlag, WorkerLogFollower, seconds_from_env
+from serving.local_ray import SignalFlag, WorkerLogFollower, remove_ray_temp_dir, seconds_from_env
 
 
 def serve_shutdown_timeout_s() -> float:
@@ -182,7 +182,18 @@ def supervise(state_path: Path) -> int:
             if state.token_file:
                 Path(state.token_file).unlink(missing_ok=True)  # the generated Ray token: gone with Ray
             state_path.unlink(missing_ok=True)
+            clean_up_ray_folder(state_path.parent, status == 0 and not follower.is_alive())
     return status
+
+
+def clean_up_ray_folder(folder: Path, clean_stop: bool) -> None:
+    """The server's Ray folder (where the driver wrote the state file) after Ray stopped: removed after a stop that
+    was asked for once no process is left under this one; kept, and named, after Ray ended on its own (its logs say
+    why) or when something of Ray's is still running."""
+    if clean_stop and not psutil.Process().children(recursive=True) and remove_ray_temp_dir(folder):
+        return
+    if folder.exists():
+        print(f"imgserve: Ray's logs are kept in {folder}", file=sys.stderr, flush=True)
 
 
 def shutdown_serve_main(gcs_address: str) -> int:

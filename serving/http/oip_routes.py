@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.config.model_config import BatchingConfig
 from serving.config.settings import ServerSettings
 from serving.errors import BadRequestError, InvalidTensorError, RequestTooLargeError
 from serving.http.dependencies import get_service
@@ -99,7 +100,9 @@ async def model_config(
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
     service.check_loaded(model, version)
     meta = await oip.model_metadata(service, model, version)
-    batching = service.served_entry(None if model == IMAGE_MODEL_NAME else model, version or "").config.batching
+    entry = service.served_entry(None if model == IMAGE_MODEL_NAME else model, version or "")
+    # the stage's own batching (config.yaml with the serve config's overrides), as /v1/models reports it
+    batching = BatchingConfig.model_validate((await service.backend_info(entry.key))["batching"])
     return {
         "name": meta["name"],
         "platform": meta["platform"],

@@ -6,16 +6,19 @@ scan again. `build_pipeline` is the switch: no stage handles -> `LocalPipeline` 
 `GraphStages` handles -> `GraphPipeline` (each stage its own deployment).
 """
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 
 from pipelines.quality.thresholds import load_thresholds
 from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
+from serving.config.model_entry import ModelEntry
 from serving.config.settings import ServerSettings
 from serving.repository import ModelRepository
 from serving.service import InferenceService
-from serving.stages.local import build_local_pipeline
+from serving.stages.local import LocalPipeline, build_local_pipeline
+from serving.stages.model import ModelStage
 from serving.stages.pipeline import ImagePipeline
 from serving.stages.settings import StageSettings
 
@@ -53,6 +56,7 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
             servable[name] = entry
         else:
             logger.warning("model %s is not deployed: %s", name, entry.unavailable_reason)
+    servable |= canary_stages(repository, servable)
     # `imgserve serve` refuses this before starting (serving.serve_file); here for a config deployed otherwise
     check_batch_waits(
         options,
@@ -81,20 +85,86 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
     )
 
 
+def canary_stages(repository: ModelRepository, served: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+    """The canary versions of the `served` models (a split kept in `versions.yaml`), keyed by their stage key
+    ("<name>@<version>", as model control loads them at runtime: `serving.model_control.load_unlocked`), so every
+    placement builds them beside the served versions. A canary that cannot be served here is dropped from
+    `repository.canaries` with the reason: all of its model's requests go to the served version, never a 503."""
+    stages = {}
+    for name, (entry, percent) in list(repository.canaries.items()):
+        if name not in served:  # the model itself is not deployed (logged above): nothing to split
+            del repository.canaries[name]
+        elif not entry.available:
+            del repository.canaries[name]
+            logger.warning(
+                "model %s: canary version %s (%g %% of its requests) is not served, version %s answers them all: %s",
+                name,
+                entry.version,
+                percent,
+                served[name].version,
+                entry.unavailable_reason,
+            )
+        else:
+            stages[entry.key] = entry
+    return stages
+
+
+def build_local_stages(settings: StageSettings) -> LocalPipeline:
+    """Every stage in this process: the served versions (a failure raises), then each canary version under its key,
+    as model control adds one (`LocalPipeline.swap_models`). A canary whose backend fails to load is left out with
+    the reason, as a failed load at runtime leaves what was served (`drop_unbuilt_canaries` then ends its split)."""
+    canaries = {key: entry for key, entry in settings.models.items() if key != entry.name}
+    served = {key: entry for key, entry in settings.models.items() if key not in canaries}
+    pipeline = build_local_pipeline(dataclasses.replace(settings, models=served))
+    built = {}
+    for key, entry in canaries.items():
+        try:
+            built[key] = ModelStage(entry, settings.backend_options, settings.batching)
+        except Exception as exc:  # noqa: BLE001 - any backend failure (a corrupt graph, an unsupported op)
+            logger.warning(
+                "model %s: canary version %s did not load: %s: %s",
+                entry.name,
+                entry.version,
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            continue
+        pipeline.decode.specs[key] = entry.config.preprocess_spec()
+    if not built:
+        return pipeline
+    models = {**pipeline.models, **built}
+    return LocalPipeline(pipeline.decode, models, pipeline.quality, pipeline.metadata, pipeline.settings)
+
+
 def build_pipeline(config: IngressConfig, stages: object | None = None) -> ImagePipeline:
     """The placement switch: `stages` is None (local) or the graph's `GraphStages` handles."""
     if stages is None:
-        return build_local_pipeline(config.stages)
+        return build_local_stages(config.stages)
     from serving.placement.graph import GraphPipeline, GraphStages
 
     assert isinstance(stages, GraphStages)
     return GraphPipeline(stages, config.graph_calls)
 
 
+def drop_unbuilt_canaries(repository: ModelRepository, pipeline: ImagePipeline) -> None:
+    """Canary splits whose version has no stage in `pipeline` end, with a log line: the routing
+    (`InferenceService.routed_entry`) would send their share to a stage that is not there (a 503)."""
+    for name, (entry, _) in list(repository.canaries.items()):
+        if entry.key not in pipeline.model_names:
+            del repository.canaries[name]
+            logger.warning(
+                "model %s: canary version %s is not served here; the served version answers every request",
+                name,
+                entry.version,
+            )
+
+
 def build_service(config: IngressConfig, stages: object | None = None) -> InferenceService:
+    pipeline = build_pipeline(config, stages)
+    drop_unbuilt_canaries(config.repository, pipeline)
     return InferenceService(
         config.repository,
-        build_pipeline(config, stages),
+        pipeline,
         config.default_model,
         config.settings.max_images_per_request,
         config.stages.thresholds,

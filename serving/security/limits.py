@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from serving.errors import retry_after_value
 from serving.security.errors import QuotaExceededError, RateLimitedError
 from serving.security.principal import Principal
 from serving.security.tables import rate_buckets, usage_daily
@@ -81,7 +82,7 @@ class RateLimiter:
                 if not granted:
                     raise RateLimitedError(
                         f"rate limit of {rate:g} requests/s for this {'key' if principal.source == 'key' else 'caller'}"
-                        f" exceeded; retry after {wait:.2f} s",
+                        f" exceeded; retry after {retry_after_value(wait)} s",  # what the Retry-After header says
                         wait,
                     )
                 lease.tokens, lease.expires = granted, now + LEASE_TTL_S

@@ -5,7 +5,7 @@ import cv2
 from pipelines.decode import DecodedImage, decode_image
 from pipelines.preprocess import PreprocessSpec
 from pipelines.quality.thresholds import default_thresholds
-from serving.metrics import STAGE_LATENCY
+from serving.metrics import STAGE_LATENCY, decode_model_label
 from serving.stages.settings import StageSettings
 
 
@@ -32,5 +32,5 @@ class DecodeStage:
             self.decoder,
             self.reduced,
         )
-        STAGE_LATENCY.labels("decode", ",".join(models)).observe(decoded.decode_ms / 1000.0)
+        STAGE_LATENCY.labels("decode", decode_model_label(models)).observe(decoded.decode_ms / 1000.0)
         return decoded

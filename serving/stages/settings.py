@@ -13,7 +13,7 @@ from serving.config.model_entry import ModelEntry
 class StageSettings:
     """Ready model entries (weights verified once at start-up) and the options of each stage."""
 
-    models: dict[str, ModelEntry]  # the servable models, by name
+    models: dict[str, ModelEntry]  # the servable models by stage key: the name, "<name>@<version>" for a canary
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     thresholds: Thresholds | None = None  # quality thresholds (working image size, tags, score); None: packaged
     decoder: DecoderName = "pillow"
