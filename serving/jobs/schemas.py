@@ -63,6 +63,7 @@ class JobOutputs(BaseModel):
 
 class JobStatus(BaseModel):
     job_id: str
+    tenant: str = Field(description="Whose job: operators and admins read every tenant's jobs, change only their own.")
     status: str = Field(description="open, queued, running, completed, failed or cancelled.")
     model: str
     top_k: int
@@ -137,6 +138,7 @@ def job_status(job: JobRecord, now: float) -> JobStatus:
     )
     return JobStatus(
         job_id=job.id,
+        tenant=job.tenant,
         status=job.status,
         model=job.model,
         top_k=job.top_k,

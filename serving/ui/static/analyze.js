@@ -1,11 +1,12 @@
-// Analyze: images picked or dropped here go to POST /v1/analyze one by one; each answer is drawn as a card (top
+// Analyze: images picked or dropped here go to POST /v1/analyze, a few at a time; each answer is drawn as a card (top
 // classes, quality with the region each defect was measured in drawn over the image, metadata, GPS map, palette).
 
-import { $, api, csvCell, download, el, errorText } from "./core.js";
+import { $, api, csvCell, download, el, errorText, inPool } from "./core.js";
 import { worldMap } from "./map.js";
 
 const results = [];
 const WHOLE_FRAME = "0,0,1,1";
+const AT_ONCE = 3; // uploads in flight: a dropped folder stays inside a key's rate and the admission limit
 
 export async function showAnalyze() {
   const select = $("#model");
@@ -25,29 +26,49 @@ async function analyzeFiles(files) {
   const images = [...files].filter(isImage);
   if (!images.length) return;
   const status = $("#analyze-status");
-  let done = 0;
+  let analyzed = 0;
+  let failed = 0;
   status.textContent = `Analyzing ${images.length} image(s)…`;
   const model = $("#model").value;
-  await Promise.all(images.map(async (file) => {
+  const cards = images.map((file) => {
     const card = el("article", { class: "card result", "aria-busy": "true" }, el("h2", { text: file.name }));
     $("#results").prepend(card);
+    return [file, card];
+  });
+  await inPool(cards, AT_ONCE, async ([file, card]) => {
     const form = new FormData();
     form.append("image", file, file.name);
     try {
-      const answer = await api(`/v1/analyze?top_k=3${model ? `&model=${encodeURIComponent(model)}` : ""}`, { method: "POST", body: form });
+      // an analysis changes nothing: one refused for the key's rate is sent again after the server's Retry-After
+      const answer = await api(`/v1/analyze?top_k=3${model ? `&model=${encodeURIComponent(model)}` : ""}`, { method: "POST", body: form, retry: true });
       const result = answer.results[0];
       results.push({ name: file.name, result });
-      renderResult(card, URL.createObjectURL(file), file.name, result);
+      const src = URL.createObjectURL(file);
+      renderResult(card, src, file.name, result);
+      const preview = card.querySelector(".preview img"); // drawn once loaded: the file's URL is let go then
+      for (const done of ["load", "error"]) preview.addEventListener(done, () => URL.revokeObjectURL(src), { once: true });
+      analyzed += 1;
     } catch (error) {
       card.append(el("p", { class: "error", role: "alert", text: errorText(error) }));
+      failed += 1;
     } finally {
       card.removeAttribute("aria-busy");
-      done += 1;
-      status.textContent = `${done} of ${images.length} analyzed`;
+      const left = images.length - analyzed - failed;
+      status.textContent = `${analyzed} analyzed, ${failed} failed${left ? `, ${left} to go` : ""}`;
       $("#download-json").disabled = $("#download-csv").disabled = results.length === 0;
     }
-  }));
+  });
 }
+
+// An exposure as a camera shows it: whole or decimal seconds from 1 s, or under it, 1/N when the time is (close to)
+// a unit fraction and decimal seconds otherwise (0.4 s is not "1/3 s").
+export function exposureText(t) {
+  if (t >= 1) return `${+t.toFixed(1)} s`;
+  const n = 1 / t;
+  return Math.abs(n - Math.round(n)) <= 0.02 * n ? `1/${Math.round(n)} s` : `${+t.toPrecision(2)} s`;
+}
+
+const number = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(3));
 
 // The box a tag's evidence names (x0, y0, x1, y1 in 0..1 of the upright image), drawn over the preview.
 function regionBox(tag) {
@@ -61,7 +82,7 @@ function regionBox(tag) {
 
 function evidenceText(evidence) {
   return Object.entries(evidence || {}).filter(([k]) => k !== "region")
-    .map(([k, v]) => `${k} = ${typeof v === "number" ? v.toFixed(3) : Array.isArray(v) ? v.map((x) => Number(x).toFixed(2)).join("–") : v}`)
+    .map(([k, v]) => `${k} = ${typeof v === "number" ? number(v) : Array.isArray(v) ? v.map((x) => Number(x).toFixed(2)).join("–") : v}`)
     .join(", ");
 }
 
@@ -110,7 +131,7 @@ function renderMetadata(facts, meta) {
   const camera = [exif.make, exif.model].filter(Boolean).join(" ");
   if (camera) rows.push(["Camera", camera]);
   if (exif.lens_model) rows.push(["Lens", exif.lens_model]);
-  const exposure = [exif.exposure_time_s && `1/${Math.round(1 / exif.exposure_time_s)} s`, exif.f_number && `f/${exif.f_number}`,
+  const exposure = [exif.exposure_time_s > 0 && exposureText(exif.exposure_time_s), exif.f_number && `f/${exif.f_number}`,
     exif.iso && `ISO ${exif.iso}`, exif.focal_length_mm && `${exif.focal_length_mm} mm`].filter(Boolean).join(" · ");
   if (exposure) rows.push(["Exposure", exposure]);
   if (exif.datetime_original) rows.push(["Taken", exif.datetime_original]);

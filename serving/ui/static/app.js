@@ -1,11 +1,11 @@
 // imgserve web UI: sign in, the page router and the audit page. Plain DOM, no framework, no network but this
 // server's own /v1 and /v2 routes (and its /metrics for the charts). Each page lives in its own module.
 
-import { $, KEY, ROLES, api, el, errorText, state } from "./core.js";
+import { $, KEY, ROLES, api, can, el, errorText, state } from "./core.js";
 import { showAnalyze, wireAnalyze } from "./analyze.js";
 import { showConvert, wireConvert } from "./operations.js";
 import { leaveJobs, showJobs, wireJobs } from "./jobs.js";
-import { showCollections, wireCollections } from "./collections.js";
+import { leaveCollections, showCollections, wireCollections } from "./collections.js";
 import { leaveServer, showServer } from "./server.js";
 
 // ---- sign in -------------------------------------------------------------------------------------
@@ -13,6 +13,7 @@ const removed = []; // [placeholder comment, control] of the controls the signed
 async function signIn(key) {
   if (key) sessionStorage.setItem(KEY, key);
   else sessionStorage.removeItem(KEY);
+  state.me = null; // a refused key is not "a key that stopped working" (core.js request)
   try {
     state.me = await api("/v1/whoami");
   } catch (error) {
@@ -50,10 +51,13 @@ const pages = {
   server: showServer,
   audit: showAudit,
 };
-const leave = [leaveJobs, leaveServer];
+const leave = [leaveJobs, leaveServer, leaveCollections];
+// Pages a role below this cannot use (their links are removed at sign-in): the address alone leads home.
+const needs = { analyze: "analyst", convert: "analyst", audit: "admin" };
 
 // A viewer cannot analyze: its first page is Collections.
 const home = () => (state.me && state.me.role === "viewer" ? "collections" : "analyze");
+const NO_LONGER_ACCEPTED = "Your key is no longer accepted: sign in with another.";
 
 // Navigations can overlap (the first load still asking who the stored key is when the address changes): only the
 // latest one may choose the page, or a slow earlier one would hide the page asked for after it.
@@ -62,15 +66,19 @@ let navigation = 0;
 async function route() {
   const mine = ++navigation;
   let page = location.hash.replace(/^#\//, "").split("?")[0];
+  $("#page-error").textContent = ""; // an earlier page's error is not this page's
   if (!state.me && page !== "signin") {
+    const stored = sessionStorage.getItem(KEY) || "";
     try {
-      await signIn(sessionStorage.getItem(KEY) || "");
-    } catch {
+      await signIn(stored);
+    } catch (error) {
+      if (stored && error.status === 401) $("#signin-error").textContent = NO_LONGER_ACCEPTED;
       page = "signin";
     }
     if (mine !== navigation) return;
   }
   if (!Object.hasOwn(pages, page)) page = home(); // "#/constructor" is `in` every object: a blank page
+  if (needs[page] && !can(needs[page])) page = home();
   for (const stop of leave) stop();
   for (const section of document.querySelectorAll(".page")) section.hidden = section.id !== `page-${page}`;
   for (const link of document.querySelectorAll("#nav a")) {
@@ -80,7 +88,11 @@ async function route() {
   const heading = $(`#page-${page} h1`);
   heading.tabIndex = -1;
   heading.focus({ preventScroll: true }); // a screen reader hears where it is; Tab continues from the page
-  if (pages[page]) await pages[page]();
+  try {
+    if (pages[page]) await pages[page]();
+  } catch (error) {
+    if (mine === navigation) throw error; // a page already left says nothing on the one shown now
+  }
 }
 
 async function showAudit() {
@@ -95,9 +107,17 @@ async function showAudit() {
 }
 
 // ---- wiring --------------------------------------------------------------------------------------
+// A page that could not load says why in one place every page shows (#page-error, cleared by each navigation).
 function showError(error) {
-  const page = document.querySelector(".page:not([hidden]) .status") || $("#analyze-status");
-  page.textContent = errorText(error);
+  $("#page-error").textContent = errorText(error);
+}
+
+// The stored key stopped working mid-session (core.js request dropped it): back to sign-in, saying why.
+function keyRefused() {
+  showIdentity();
+  $("#page-error").textContent = "";
+  $("#signin-error").textContent = NO_LONGER_ACCEPTED;
+  location.hash = "#/signin";
 }
 
 function wire() {
@@ -122,6 +142,7 @@ function wire() {
   wireJobs();
   wireCollections();
   window.addEventListener("hashchange", () => route().catch(showError));
+  window.addEventListener("imgserve:key-refused", keyRefused);
 }
 
 wire();

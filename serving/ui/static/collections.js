@@ -7,9 +7,12 @@ import { renderResult } from "./analyze.js";
 import { worldMap } from "./map.js";
 
 const PAGE = 48;
-let current = null; // { id, name, next }
+let current = null; // { id, name, next, params: the filters the grid was loaded with (More and the export use them) }
+let opens = 0; // bumped by each openCollection and by leaving: an older report does not replace a newer one
 let loads = 0; // bumped by each fresh load: an older load's answer is dropped, not mixed into the grid
-const thumbnails = new Map(); // image id -> object URL (kept while the page is open)
+let loading = false; // a page of the grid is on its way: More waits for it (a double click asked for it twice)
+const thumbnails = new Map(); // "collection id/image id" -> object URL (kept while the collection is open)
+let detailUrl = null; // the opened image's larger thumbnail
 
 export async function showCollections() {
   const answer = await api("/v1/collections?limit=100");
@@ -28,9 +31,25 @@ function option(value, text, selected = false) {
   return el("option", { value, text, selected });
 }
 
+// Object URLs of the thumbnails shown: let go when another collection opens or the page is left.
+function forgetPictures() {
+  for (const url of [...thumbnails.values(), detailUrl]) if (url) URL.revokeObjectURL(url);
+  thumbnails.clear();
+  detailUrl = null;
+}
+
+export function leaveCollections() {
+  opens += 1;
+  loads += 1;
+  forgetPictures();
+}
+
 async function openCollection(ref) {
+  const generation = ++opens;
   const report = await api(`/v1/collections/${encodeURIComponent(ref)}/report?format=json`);
-  current = { id: report.collection.id, name: report.name, next: null };
+  if (generation !== opens) return; // another collection was opened meanwhile
+  if (current?.id !== report.collection.id) forgetPictures();
+  current = { id: report.collection.id, name: report.name, next: null, params: new URLSearchParams() };
   $("#collection-title").textContent = report.name;
   const quality = report.quality || {};
   const facts = [
@@ -78,13 +97,15 @@ function filters() {
   return params;
 }
 
-async function thumbnail(image, img) {
+async function thumbnail(image, img, load) {
+  const key = `${current.id}/${image.id}`; // image ids are a collection's own (and may come back after a delete)
   try {
-    if (!thumbnails.has(image.id)) {
+    if (!thumbnails.has(key)) {
       const blob = await (await request(`/v1/collections/${encodeURIComponent(current.id)}/images/${image.id}/thumbnail`)).blob();
-      thumbnails.set(image.id, URL.createObjectURL(blob));
+      if (load !== loads) return; // the grid was replaced or the page left: the URL would never be let go
+      if (!thumbnails.has(key)) thumbnails.set(key, URL.createObjectURL(blob));
     }
-    img.src = thumbnails.get(image.id);
+    img.src = thumbnails.get(key);
   } catch {
     img.alt = "file no longer readable";
     img.classList.add("missing");
@@ -94,14 +115,20 @@ async function thumbnail(image, img) {
 async function loadImages(fresh) {
   const grid = $("#collection-grid");
   const status = $("#collection-status");
-  if (fresh) { loads += 1; grid.replaceChildren(); current.next = null; }
+  const more = $("#collection-more");
+  if (!fresh && (loading || !current.next)) return; // More clicked again before its page came
+  if (fresh) { loads += 1; grid.replaceChildren(); current.next = null; current.params = filters(); }
   const load = loads;
-  const params = filters();
+  const params = new URLSearchParams(current.params); // the submitted filters, not what the form says now
   params.set("limit", String(PAGE));
-  if (!fresh && current.next) params.set("after", String(current.next));
+  if (!fresh) params.set("after", String(current.next));
+  loading = true;
+  more.disabled = true;
   try {
     const answer = await api(`/v1/collections/${encodeURIComponent(current.id)}/images?${params}`);
     if (load !== loads) return; // the filter changed meanwhile
+    loading = false;
+    more.disabled = false;
     current.next = answer.next;
     const pending = [];
     for (const image of answer.images) {
@@ -114,9 +141,12 @@ async function loadImages(fresh) {
       pending.push([image, img]);
     }
     status.textContent = `${grid.children.length} image(s) shown${current.next ? " (more below)" : ""}` + (params.get("tag") ? ` · tag ${params.get("tag")}` : "");
-    $("#collection-more").hidden = !current.next;
-    for (let i = 0; i < pending.length && load === loads; i += 6) await Promise.all(pending.slice(i, i + 6).map(([image, img]) => thumbnail(image, img)));
+    more.hidden = !current.next;
+    for (let i = 0; i < pending.length && load === loads; i += 6) await Promise.all(pending.slice(i, i + 6).map(([image, img]) => thumbnail(image, img, load)));
   } catch (error) {
+    if (load !== loads) return;
+    loading = false;
+    more.disabled = false;
     status.textContent = errorText(error);
   }
 }
@@ -136,10 +166,11 @@ async function showImage(image) {
   const card = el("article", { class: "card result" }, el("h2", { text: image.name }));
   detail.replaceChildren(card);
   if (!item?.analysis) { card.append(el("p", { class: "error", text: item?.error || "no analysis stored for this image" })); return; }
-  let src = thumbnails.get(image.id) || "";
+  let src = thumbnails.get(`${current.id}/${image.id}`) || "";
   try {
     const blob = await (await request(`/v1/collections/${encodeURIComponent(current.id)}/images/${image.id}/thumbnail?side=512`)).blob();
-    src = URL.createObjectURL(blob);
+    if (detailUrl) URL.revokeObjectURL(detailUrl);
+    src = detailUrl = URL.createObjectURL(blob);
   } catch { /* the grid's thumbnail, or none */ }
   renderResult(card, src, image.name, item.analysis);
   if (item.latitude != null && item.longitude != null && !item.analysis.metadata?.gps) card.append(worldMap([{ lat: item.latitude, lon: item.longitude }]));
@@ -151,7 +182,7 @@ export function wireCollections() {
   $("#collection-filters").addEventListener("reset", () => setTimeout(() => loadImages(true)));
   $("#collection-more").addEventListener("click", () => loadImages(false));
   $("#collection-export").addEventListener("click", () => {
-    downloadFrom(`/v1/collections/${encodeURIComponent(current.id)}/export?format=csv&${filters()}`, `${current.name}.csv`)
+    downloadFrom(`/v1/collections/${encodeURIComponent(current.id)}/export?format=csv&${current.params}`, `${current.name}.csv`)
       .catch((error) => { $("#collection-status").textContent = errorText(error); });
   });
 }

@@ -41,19 +41,39 @@ function authorized(options) {
   return { ...options, headers };
 }
 
-const RETRY_WITHIN_S = 5; // a GET refused by the key's rate limit is sent again once when the server says this soon
+const RETRY_WITHIN_S = 5; // a request refused by the key's rate limit is sent again once when the server says this soon
 
+// A GET, or a request the caller marks `retry: true` (it changes nothing, e.g. an analysis), refused by the key's rate
+// limit is sent once more after the server's short Retry-After. A 401 while signed in means the key stopped working
+// (revoked, expired, new keys): the key is dropped and "imgserve:key-refused" sent, for the app to ask for another.
 export async function request(path, options = {}) {
-  let response = await fetch(path, authorized(options));
+  const { retry = false, ...init } = options;
+  let response = await fetch(path, authorized(init));
   const wait = Number(response.headers.get("Retry-After"));
-  if (response.status === 429 && (options.method || "GET") === "GET" && wait > 0 && wait <= RETRY_WITHIN_S) {
+  const repeatable = retry || (init.method || "GET") === "GET";
+  if (response.status === 429 && repeatable && wait > 0 && wait <= RETRY_WITHIN_S) {
     // a key allowed one request at a time (rate under 2/s) spent it on the sign-in check: the page's first
     // figures were a 429 error
     await new Promise((resume) => setTimeout(resume, wait * 1000));
-    response = await fetch(path, authorized(options));
+    response = await fetch(path, authorized(init));
+  }
+  if (response.status === 401 && state.me && sessionStorage.getItem(KEY)) {
+    sessionStorage.removeItem(KEY);
+    state.me = null;
+    window.dispatchEvent(new Event("imgserve:key-refused"));
   }
   if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
   return response;
+}
+
+// Runs `work(item)` for every item, at most `size` at a time (each worker takes the next item when it is done):
+// a folder of photos dropped at once would otherwise meet the key's rate and the server's admission limit together.
+export async function inPool(items, size, work) {
+  const queue = [...items];
+  const worker = async () => {
+    while (queue.length) await work(queue.shift());
+  };
+  await Promise.all(Array.from({ length: Math.min(size, queue.length) }, worker));
 }
 
 export async function api(path, options = {}) {
@@ -67,6 +87,7 @@ export function saveBlob(name, blob) {
   document.body.append(link);
   link.click();
   link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000); // the download has read it by then
 }
 
 export function download(name, type, text) {

@@ -1,9 +1,10 @@
 // Jobs: submit images or archives as a batch job (POST /v1/batch), watch one job's progress live over server-sent
 // events (GET /v1/jobs/{id}/progress), see its per-item results, cancel, purge, save as a collection, download.
 
-import { $, api, can, downloadFrom, el, errorText, readEvents, request, table } from "./core.js";
+import { $, api, can, downloadFrom, el, errorText, readEvents, request, state, table } from "./core.js";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
+const ROWS = 200; // result rows shown; the CSV download has them all
 let watching = null; // AbortController of the open progress stream
 let opened = 0; // bumped by each openJob and by leaving the page
 let lastStatus = null;
@@ -15,17 +16,23 @@ export async function showJobs() {
   if (id) await openJob(id);
 }
 
+// Operators and admins read every tenant's jobs (but change only their own): their list says whose each one is.
 async function listJobs() {
   const answer = await api("/v1/jobs?limit=20");
+  const tenants = can("operator");
   const rows = answer.jobs.map((job) => {
     const link = el("a", { href: `#/jobs?job=${encodeURIComponent(job.job_id)}`, text: job.job_id });
-    return el("tr", {}, el("th", { scope: "row" }, link), el("td", { text: job.status }),
+    return el("tr", {}, el("th", { scope: "row" }, link), tenants ? el("td", { class: "tenant", text: job.tenant ?? "—" }) : null,
+      el("td", { text: job.status }),
       el("td", { text: `${job.counts.done + job.counts.failed} / ${job.counts.total}` }), el("td", { text: job.stages.join(", ") }),
       el("td", { text: job.timings.created_at.replace("T", " ").slice(0, 19) }));
   });
-  $("#jobs-list").replaceChildren(rows.length ? table(["Job", "Status", "Finished", "Stages", "Created (UTC)"], rows)
-    : el("p", { class: "hint", text: "No jobs yet." }));
+  const head = ["Job", ...(tenants ? ["Tenant"] : []), "Status", "Finished", "Stages", "Created (UTC)"];
+  $("#jobs-list").replaceChildren(rows.length ? table(head, rows) : el("p", { class: "hint", text: "No jobs yet." }));
 }
+
+// Cancel, purge and save act inside the caller's tenant only: another tenant's job (an operator may read it) has none.
+const ownJob = (job) => job.tenant === undefined || job.tenant === state.me?.tenant;
 
 async function submit(event) {
   event.preventDefault();
@@ -61,10 +68,13 @@ function renderJob(job) {
   bar.textContent = `${percent} %`;
   $("#job-progress-text").textContent = `${percent} % · ${finished} of ${job.counts.total} finished (${job.counts.failed} failed) · ${job.status}` +
     (job.timings.images_per_s ? ` · ${job.timings.images_per_s.toFixed(1)} images/s` : "");
-  show("#job-cancel", !FINAL.has(job.status));
-  show("#job-purge", true);
+  const own = ownJob(job);
+  show("#job-cancel", own && !FINAL.has(job.status));
+  show("#job-purge", own);
   show("#job-outputs", job.outputs_url && job.outputs?.count);
-  show("#job-save", job.status === "completed");
+  show("#job-save", own && job.status === "completed");
+  show("#job-save-row", own);
+  if (job.error) $("#job-message").textContent = `Job failed: ${job.error}`; // the whole job's reason, e.g. its model is gone
 }
 
 // Controls a role may not use are not in the page at all (removed at sign-in); the others are shown when they apply.
@@ -86,15 +96,16 @@ async function openJob(id) {
   const job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
   if (generation !== opened) return;
   renderJob(job);
-  if (FINAL.has(job.status)) { await showResults(id); return; }
+  if (FINAL.has(job.status)) { await showResults(id, job.counts.total); return; }
   watching = new AbortController();
   const { signal } = watching;
+  let total = job.counts.total;
   for (let cuts = 0; cuts < 5 && !signal.aborted; cuts += 1) {
     let ended = null;
     try {
       ended = await readEvents(`/v1/jobs/${encodeURIComponent(id)}/progress`, (name, data) => {
         if (generation !== opened || data.job_id !== id) return;
-        if (name === "progress") { renderJob(data); cuts = 0; }
+        if (name === "progress") { renderJob(data); total = data.counts.total; cuts = 0; }
         if (name === "error") $("#job-message").textContent = `${data.kind}: ${data.error}`;
       }, signal);
     } catch (error) {
@@ -103,15 +114,17 @@ async function openJob(id) {
       return;
     }
     if (generation !== opened) return;
-    if (ended === "end") { await showResults(id); await listJobs(); return; }
+    if (ended === "end") { await showResults(id, total); await listJobs(); return; }
     if (ended === "error") return;
     await new Promise((resolve) => setTimeout(resolve, 1000)); // cut before the end: open it again
   }
 }
 
-async function showResults(id) {
-  const text = await (await request(`/v1/jobs/${encodeURIComponent(id)}/results?format=jsonl&limit=200`)).text();
-  const rows = text.split("\n").filter(Boolean).map((line) => JSON.parse(line)).map((item) => {
+async function showResults(id, total) {
+  const text = await (await request(`/v1/jobs/${encodeURIComponent(id)}/results?format=jsonl&limit=${ROWS + 1}`)).text();
+  const items = text.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+  const more = items.length > ROWS; // one row past the table's: there are more than it shows
+  const rows = items.slice(0, ROWS).map((item) => {
     const top = item.result?.classification?.predictions?.[0];
     const quality = item.result?.quality;
     return el("tr", {}, el("td", { text: String(item.index) }), el("th", { scope: "row", text: item.name }), el("td", { text: item.status }),
@@ -119,7 +132,8 @@ async function showResults(id) {
       el("td", { text: quality ? `${quality.score.toFixed(0)} ${quality.level}` : "" }),
       el("td", { text: (quality?.tags || []).map((t) => t.name).join(", ") }));
   });
-  $("#job-results").replaceChildren(table(["#", "Image", "Status", "Top class", "Quality", "Tags"], rows));
+  $("#job-results").replaceChildren(table(["#", "Image", "Status", "Top class", "Quality", "Tags"], rows),
+    more ? el("p", { class: "hint", id: "job-results-more", text: `First ${ROWS} of ${total} results: download the CSV for all of them.` }) : null);
 }
 
 async function act(action) {

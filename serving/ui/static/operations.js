@@ -7,6 +7,8 @@ import { $, api, bytes, el, errorText, request, saveBlob } from "./core.js";
 const FACTORS = ["brightness", "contrast", "saturation", "sharpness"];
 let loaded = false;
 let output = null;
+let runs = 0; // bumped by each run: an earlier run's late answer does not replace a later one's
+let shownUrls = []; // object URLs of the pictures shown: let go when the next run replaces them
 
 export async function showConvert() {
   if (loaded) return;
@@ -34,12 +36,25 @@ function query() {
   if (lossy) params.set("quality", $("#convert-quality").value);
   if ($("#convert-max-side").value) params.set("max_side", $("#convert-max-side").value);
   if (mode === "auto") params.set("auto", "true");
+  let changes = 0;
   if (mode === "manual") {
-    for (const name of FACTORS) if ($(`#factor-${name}`).value !== "1") params.set(name, $(`#factor-${name}`).value);
+    params.set("auto", "false"); // no option at all would be read as auto (pipelines/enhance/plan.py)
+    for (const name of FACTORS) {
+      if ($(`#factor-${name}`).value === "1") continue;
+      params.set(name, $(`#factor-${name}`).value);
+      changes += 1;
+    }
     const ops = [...document.querySelectorAll("#manual-ops input:checked")].map((box) => box.value);
     if (ops.length) params.set("ops", ops.join(","));
+    changes += ops.length;
   }
-  return { mode, params };
+  return { mode, params, changes };
+}
+
+function showPictures(...urls) {
+  for (const url of shownUrls) URL.revokeObjectURL(url);
+  shownUrls = urls;
+  return urls;
 }
 
 function saving(before, after) {
@@ -58,15 +73,22 @@ async function run(event) {
   const status = $("#convert-status");
   const out = $("#convert-result");
   if (!file) { status.textContent = "Choose an image first."; return; }
-  const { mode, params } = query();
+  const { mode, params, changes } = query();
+  if (mode === "manual" && !changes) {
+    status.textContent = "Manual: nothing to change. Move a slider or tick an operation (or choose None or Automatic).";
+    return;
+  }
+  const mine = ++runs;
   const path = `/v1/${mode === "none" ? "convert" : "enhance"}?${params}`;
   const form = new FormData();
   form.append("image", file, file.name);
   status.textContent = "Working…";
   out.replaceChildren();
+  showPictures();
   try {
     const response = await request(path, { method: "POST", body: form });
     const blob = await response.blob();
+    if (mine !== runs) return;
     const h = (name) => response.headers.get(`X-Imgserve-${name}`);
     const extension = (h("Format") || "img").replace("jpeg", "jpg");
     const name = `${file.name.replace(/\.[^.]+$/, "")}.${extension}`;
@@ -74,9 +96,10 @@ async function run(event) {
     const ratio = Number(h("Compression-Ratio"));
     const before = h("Score-Before");
     const after = h("Score-After");
+    const [beforeUrl, afterUrl] = showPictures(URL.createObjectURL(file), URL.createObjectURL(blob));
     out.append(
-      figure("Before", URL.createObjectURL(file), [bytes(file.size), before && `quality ${before} · ${h("Tags-Before")}`]),
-      figure("After", URL.createObjectURL(blob), [`${bytes(Number(h("Output-Bytes")))} · ${h("Size")} ${h("Format")?.toUpperCase()}`,
+      figure("Before", beforeUrl, [bytes(file.size), before && `quality ${before} · ${h("Tags-Before")}`]),
+      figure("After", afterUrl, [`${bytes(Number(h("Output-Bytes")))} · ${h("Size")} ${h("Format")?.toUpperCase()}`,
         `compression ${ratio.toFixed(2)}:1 (${saving(file.size, blob.size)})`,
         after && `quality ${after} · ${h("Tags-After")}`, mode !== "none" && `applied: ${h("Operations")}`]),
     );
@@ -84,7 +107,7 @@ async function run(event) {
     $("#convert-download").addEventListener("click", () => saveBlob(output.name, output.blob));
     status.textContent = `Done: ${name}, ${bytes(blob.size)}`;
   } catch (error) {
-    status.textContent = errorText(error);
+    if (mine === runs) status.textContent = errorText(error);
   }
 }
 
