@@ -115,6 +115,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0
+    if not infos:  # said on stderr: stdout stays a listing (empty) for scripts
+        print(f"no collections in tenant {terminal_text(args.tenant)}", file=sys.stderr)
     for info in infos:
         name = terminal_text(info.name)
         print(f"{info.id}  {name:30}  {info.status:10}  {info.images:7d} images  {info.failed:5d} failed")

@@ -10,7 +10,8 @@ Reading a folder is a `versions.yaml` read and a few `stat` calls: no weights ar
 A state that fails to load is tried once (logged) and then left until the folder changes again; the version served
 before stays served, as with an explicit load. An unload through the API is per replica and lasts until the
 model's folder changes; to take a model out of service everywhere, promote another version, serve none
-(`policy: specific` with no versions) or remove its folder.
+(`policy: specific` with no versions) or remove its folder. A model whose folder is removed also leaves the listing
+(`/v1/models`, the repository index) at the next poll, as in Triton's poll mode (the default model excepted).
 """
 
 import asyncio
@@ -70,15 +71,28 @@ class ModelPoller:
         states = await asyncio.to_thread(read_states, self.settings, set(self.service.repository.versions))
         acted = []
         for name, state in states.items():
-            if name in self.service.model_states and self.service.model_states[name] == state:
+            known = self.service.model_states.get(name, ...)
+            if known == state and not self._gone(name, state):
                 continue
             async with self.service.model_lock:  # checked again under the lock: an API call may have just acted
                 if await self._follow(name, state):
                     acted.append(name)
         return acted
 
+    def _gone(self, name: str, state: FolderState | None) -> bool:
+        """Whether `name` is listed though its folder is gone (the default model stays: it is never unloaded)."""
+        return state is None and name in self.service.repository.versions and name != self.service.default_model
+
     async def _follow(self, name: str, state: FolderState | None) -> bool:
         service, repository = self.service, self.service.repository
+        if self._gone(name, state):  # out of service and out of the listing, as in Triton's poll mode
+            if name in repository.entries:
+                with contextlib.suppress(UnknownModelError):
+                    await unload_unlocked(service, name)
+            repository.forget(name)
+            service.model_states.pop(name, None)
+            logger.info("model %s removed: its folder is gone", name)
+            return True
         known = service.model_states.get(name, ...)
         if known == state:
             return False
@@ -87,7 +101,7 @@ class ModelPoller:
             if name in repository.versions:  # only the list of versions changed (one registered, not promoted)
                 await asyncio.to_thread(repository.refresh_versions, name)
             return False
-        if state is None or (not state.served and not state.error):  # removed, or its policy serves no version
+        if state is None or (not state.served and not state.error):  # removed (the default model), or serves none
             if name not in repository.entries or name == service.default_model:
                 return False
             with contextlib.suppress(UnknownModelError):

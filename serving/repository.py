@@ -279,6 +279,12 @@ class ModelRepository:
             if scanned.canary is not None:
                 self.canaries[name] = (scanned.canary, scanned.canary_percent)
 
+    def forget(self, name: str) -> None:
+        """Drop `name` from the listing: its folder is gone (the poll loop, as Triton's poll mode does)."""
+        self.entries.pop(name, None)
+        self.versions.pop(name, None)
+        self.canaries.pop(name, None)
+
     def get(self, name: str) -> ModelEntry:
         """The served entry, or `UnknownModelError` listing the known names (or saying the model is not loaded)."""
         try:

@@ -30,6 +30,10 @@ pb = load("image_service_pb2")
 pb_grpc = load("image_service_pb2_grpc")
 KIND_METADATA = "imgserve-error-kind"  # trailing metadata set by serving.grpc.edge.answer
 RETRY_AFTER_METADATA = "retry-after"  # seconds, trailing metadata of a RESOURCE_EXHAUSTED rate_limited answer
+# The Convert/Enhance report's integers (pipelines.convert `ConvertResult.summary`, which HTTP sends as JSON): a
+# protobuf Struct carries every number as a double, so they came back as 1420341.0 and [2048.0, 1365.0] over gRPC.
+# Only these: the report's other numbers are floats on HTTP too, whole or not (a factor of 2.0, a score of 100.0).
+REPORT_INTEGERS = frozenset({"frames", "input_bytes", "output_bytes", "size", "input_size"})
 
 
 def error_from_rpc(exc: grpc.RpcError, api_key: str | None = None) -> ImgServeError:
@@ -177,14 +181,28 @@ class GrpcTransport:
     def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult:
         method = self._stub.Convert if operation == "convert" else self._stub.Enhance
         reply = self._unary(method, pb.ImageOperationRequest(image=image.data, options=options))
-        report = MessageToDict(reply.report)
-        return OperationResult(reply.image, reply.content_type, report)
+        return OperationResult(reply.image, reply.content_type, report_from_proto(reply.report))
 
     def close(self) -> None:
         self._channel.close()
 
     def __repr__(self) -> str:
         return f"GrpcTransport({self._target!r}, authenticated={self._api_key is not None})"
+
+
+def report_from_proto(report: Any) -> dict[str, Any]:
+    """A Convert/Enhance report (a protobuf Struct) with the types HTTP's JSON report has: `REPORT_INTEGERS` as
+    ints (a whole double is an int again), every other value as the Struct holds it."""
+    values: dict[str, Any] = MessageToDict(report)
+    for name in REPORT_INTEGERS & values.keys():
+        values[name] = _whole(values[name])
+    return values
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _check_count(sent: int, received: int) -> None:

@@ -95,6 +95,7 @@ async def attempt(
         info = classify_error(exc)
         code = info.grpc_code
         ERRORS.labels(endpoint, info.kind).inc()
+        replica_gate().audit_refusal(exc, peer_address(context), endpoint)  # a service's 403, as the gate's
         if info.kind == "internal":
             logger.error("internal error on %s: %s", endpoint, internal_detail(exc), exc_info=exc)
         return None, info

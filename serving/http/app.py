@@ -24,7 +24,7 @@ from serving.http import (
     operation_routes,
     training_routes,
 )
-from serving.http.auth import AuthMiddleware
+from serving.http.auth import AuthMiddleware, client_address
 from serving.http.middleware import (
     AdmissionMiddleware,
     BodySizeLimitMiddleware,
@@ -53,6 +53,8 @@ def _endpoint(request: Request) -> str:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     info = classify_error(exc)  # its message names the failed image of a list ("image index i"), as on gRPC
     ERRORS.labels(_endpoint(request), info.kind).inc()
+    # a role refusal raised inside a service (purge needs an admin) is audited as the gate's are
+    request.app.state.gate.audit_refusal(exc, client_address(request.scope), request.url.path[:128])
     log_answered_error(info, request.url.path, exc)
     headers = {"Retry-After": retry_after_value(info.retry_after_s)} if info.retry_after_s is not None else None
     return JSONResponse({"error": info.message, "kind": info.kind}, status_code=info.http_status, headers=headers)

@@ -175,7 +175,7 @@ class Authenticator:
         if stored is None:
             raise UnauthenticatedError("invalid or revoked API key")
         if not stored.accepts(token):  # the same answer: whether an id exists is not told
-            raise UnauthenticatedError("invalid or revoked API key", key_id=key_id)
+            raise UnauthenticatedError("invalid or revoked API key", key_id=key_id, tenant=stored.record.tenant)
         return stored.record.principal()
 
 

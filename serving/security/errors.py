@@ -4,22 +4,28 @@ from serving.errors import ServiceError
 
 
 class UnauthenticatedError(ServiceError):
-    """`key_id`: the id of an existing API key refused (revoked, or a wrong secret), for the audit log; None when the
-    credentials name no known key (those refusals are counted per client address instead of written one by one)."""
+    """`key_id`, `tenant`: the id and tenant of an existing API key refused (revoked, or a wrong secret), for the
+    audit log; None when the credentials name no known key (those refusals are counted per client address instead
+    of written one by one)."""
 
     http_status = 401
     grpc_code = "UNAUTHENTICATED"
     kind = "unauthenticated"
 
-    def __init__(self, message: str, key_id: str | None = None):
+    def __init__(self, message: str, key_id: str | None = None, tenant: str | None = None):
         super().__init__(message)
-        self.key_id = key_id
+        self.key_id, self.tenant = key_id, tenant
 
 
 class PermissionDeniedError(ServiceError):
+    """A known caller whose role (or tenant) may not do this. Raised by the security gate, or inside a service (purging
+    a job needs an admin, another tenant's model name): `audited` is set once it is in the audit log, so the edge
+    that answers it (serving.security.gate `audit_refusal`) writes each refusal once."""
+
     http_status = 403
     grpc_code = "PERMISSION_DENIED"
     kind = "permission_denied"
+    audited = False
 
 
 class RateLimitedError(ServiceError):

@@ -15,7 +15,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from serving.errors import ServiceError
+from serving.errors import ServiceError, unwrap
 from serving.security.audit import AuditEntry, AuditWriter
 from serving.security.authenticator import Authenticator
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
@@ -59,13 +59,25 @@ class SecurityGate:
         credentials that name no one (serving.security.audit `add_repeated`)."""
         from serving.metrics import AUTH_REFUSED
 
-        AUTH_REFUSED.labels(who.tenant if who else "none", error.kind).inc()
+        # a revoked key or a wrong secret names a known key: its id and tenant (a tenant's audit shows them)
+        key_id, key_tenant = (error.key_id, error.tenant) if isinstance(error, UnauthenticatedError) else (None, None)
+        AUTH_REFUSED.labels(who.tenant if who else key_tenant or "none", error.kind).inc()
         entry = AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint)
-        key_id = error.key_id if isinstance(error, UnauthenticatedError) else None
+        if isinstance(error, PermissionDeniedError):
+            error.audited = True
         if who is not None or key_id is not None or self.audit_writer is None:
-            self.audit(replace(entry, key_id=key_id) if who is None else entry)
+            self.audit(replace(entry, key_id=key_id, tenant=key_tenant) if who is None else entry)
         else:
             self.audit_writer.add_repeated(entry)
+
+    def audit_refusal(self, error: BaseException, client: str | None, endpoint: str) -> None:
+        """Audit a role refusal raised past the gate, inside a service (purging a job needs an admin, a model name
+        another tenant trained), as the gate audits its own: `auth.permission_denied` with the caller's key id,
+        tenant and role. The edges call it for every error they answer; the gate's own refusals and other errors
+        are left alone, so each refusal is written once."""
+        original = unwrap(error)
+        if isinstance(original, PermissionDeniedError) and not original.audited:
+            self._refused(original, client, endpoint, CURRENT_PRINCIPAL.get())
 
     async def admit(
         self, authorization: str | None, client: str | None, role: Role | None, endpoint: str, rate: bool = True
