@@ -63,23 +63,47 @@ def _uri_names(names: Sequence[str]) -> dict[str, str]:
             parts = urlsplit(name)
             path = PurePosixPath(unquote(parts.path))
             paths[name] = [p for p in (parts.netloc, *path.parts) if p not in ("", ".", "..", "/")] or ["image"]
-    if not paths:
-        return {}
-    folders = [parts[:-1] for parts in paths.values()]
+    return _below_shared_folder(paths)
+
+
+def shared_folder_depth(folders: Sequence[Sequence[str]]) -> int:
+    """How many leading folders all the given folder lists share (0 for none, or no lists). Output names (below) and
+    training categories (`serving.training.dataset`) both start below them."""
     shared = 0
-    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+    while folders and all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
         shared += 1
+    return shared
+
+
+def _below_shared_folder(paths: dict[str, list[str]]) -> dict[str, str]:
+    """Name -> its path (parts, the file's last) below the deepest folder all the paths share."""
+    shared = shared_folder_depth([parts[:-1] for parts in paths.values()])
     return {name: "/".join(parts[shared:]) for name, parts in paths.items()}
 
 
-def output_bases(items: Sequence[tuple[int, str]]) -> dict[int, str]:
+def _job_names(names: Sequence[str]) -> dict[str, str]:
+    """Name (a URI's already below the URIs' shared folder) -> its path below the deepest folder all a batch job's
+    inputs share: one uploaded `photos.zip` writes `2024/IMG_1<suffix>.webp`, not `photos.zip/2024/...` (a folder
+    that cannot be unzipped next to the upload itself); two archives keep their own names apart."""
+    paths: dict[str, list[str]] = {}
+    for name in names:
+        parts, path = _relative(name)
+        paths[name] = [*parts, path.name if path.name not in ("", ".", "..") else "image"]
+    return _below_shared_folder(paths)
+
+
+def output_bases(items: Sequence[tuple[int, str]], below_shared_folder: bool = False) -> dict[int, str]:
     """Item index -> the name its output is named after, for the items (a batch job's, a CLI run's files) whose outputs
     would otherwise share a name or be named after a URI (`_uri_names`): `names_kept_apart`, and where two names still
     meet (an input name given twice: two URIs ending alike, an archive listing a name twice) the later item's index
     goes in front of its file name (`3_IMG_1.jpg`), again if that name is taken too. Chosen over all the items in
-    index order (a job's are fixed once it runs), so every worker and every resumed run names them alike."""
+    index order (a job's are fixed once it runs), so every worker and every resumed run names them alike.
+    `below_shared_folder` (batch jobs): every name below the deepest folder all the items share (`_job_names`)."""
     from_uris = _uri_names([name for _, name in items])
     shown = [(index, from_uris.get(name, name)) for index, name in items]
+    if below_shared_folder:
+        below = _job_names([name for _, name in shown])
+        shown = [(index, below[name]) for index, name in shown]
     renamed = names_kept_apart([name for _, name in shown])
     original = dict(items)
     taken: set[tuple[str, ...]] = set()

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from serving.collections.storable import local_path, storable_location, storable_text
-from serving.jobs.archives import TAR_NAMES
+from serving.jobs.archives import TAR_NAMES, is_hidden_part, is_hidden_path
 from serving.regular_files import is_regular_file, open_regular_file
 
 IMAGE_EXTENSIONS = frozenset(
@@ -56,18 +56,6 @@ def place(location: str, member: str | None) -> str:
 
 def is_image_name(name: str) -> bool:
     return posixpath.splitext(name.lower())[1] in IMAGE_EXTENSIONS
-
-
-def is_hidden_part(part: str) -> bool:
-    """A file or folder name that holds no photos of the folder's own: hidden (`.thumbnails`, `.DS_Store`, macOS's
-    AppleDouble `._photo.jpg`), Synology's `@eaDir` thumbnails, or the `__MACOSX` folder of a zip made on a Mac."""
-    return part.startswith((".", "@")) or part == "__MACOSX"
-
-
-def is_hidden_path(relative: str) -> bool:
-    """Whether a path under a folder (or inside an archive) lies in or is a hidden part: left out of listings, so it
-    never becomes an image, nor a training category."""
-    return any(is_hidden_part(part) for part in relative.replace(os.sep, "/").split("/"))
 
 
 def is_archive_name(name: str) -> bool:

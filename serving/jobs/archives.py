@@ -64,6 +64,25 @@ def unsafe_name_reason(name: str) -> str | None:
     return None
 
 
+def is_hidden_part(part: str) -> bool:
+    """A file or folder name that holds no photos of the folder's own: hidden (`.thumbnails`, `.DS_Store`, macOS's
+    AppleDouble `._photo.jpg`), Synology's `@eaDir` thumbnails, or the `__MACOSX` folder of a zip made on a Mac."""
+    return part.startswith((".", "@")) or part == "__MACOSX"
+
+
+def is_hidden_path(relative: str) -> bool:
+    """Whether a path under a folder or inside an archive lies in or is a hidden part: datasets, collections and
+    batch uploads leave it out, so it never becomes an image, nor a training category. `.` (a tar made with
+    `tar -C photos -cf p.tar .` names every member `./...`) and empty parts are no folder of their own."""
+    return any(is_hidden_part(part) for part in re.split(r"[\\/]", relative) if part not in ("", "."))
+
+
+def is_skipped_entry(name: str) -> bool:
+    """An archive entry or upload a batch leaves out without a trace: a hidden one (`is_hidden_path`) whose name is
+    safe; an unsafe one (`../.x`) stays a failed item, so a hostile archive is visible in the results."""
+    return is_hidden_path(name) and unsafe_name_reason(name) is None
+
+
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip starts with its first entry (or, empty, its end record)
 
 
@@ -187,7 +206,7 @@ def _zip_entries(
         if len(listed) > limits.max_entries:  # directories included
             raise RequestTooLargeError(f"archive has {len(listed)} entries; the limit is {limits.max_entries}")
         # not ZipInfo.is_dir(): it indexes the name, and a hostile entry's name can be empty
-        infos = [i for i in listed if not i.filename.endswith("/") and not i.filename.startswith("__MACOSX/")]
+        infos = [i for i in listed if not i.filename.endswith("/") and not is_skipped_entry(i.filename)]
         _check_no_overlap(listed)
         budget = _Budget(limits, request)
         declared = sum(i.file_size for i in infos)
@@ -283,7 +302,8 @@ def _tar_entries(
             budget.spend(member.size)
             if budget.bytes >= RATIO_CHECK_BYTES and budget.bytes > limits.max_ratio * compressed:
                 raise RequestTooLargeError(f"archive compression ratio over {limits.max_ratio:g} (zip bomb)")
-            yield _tar_entry(archive, member, limits)
+            if not is_skipped_entry(member.name):
+                yield _tar_entry(archive, member, limits)
 
 
 def _tar_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, limits: ArchiveLimits) -> ArchiveEntry:
@@ -308,8 +328,9 @@ def _tar_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, limits: Archiv
 def read_archive(
     fileobj: BinaryIO, limits: ArchiveLimits, request: ExpansionBudget | None = None
 ) -> Iterator[ArchiveEntry]:
-    """Entries of a zip or (optionally compressed) tar archive, in archive order, directories left out; `request`:
-    what the request's archives may still expand to, shared by all of them."""
+    """Entries of a zip or (optionally compressed) tar archive, in archive order, directories and hidden or system
+    entries (`is_skipped_entry`) left out; `request`: what the request's archives may still expand to, shared by all
+    of them."""
     if is_zip(fileobj):
         return _zip_entries(fileobj, limits, request)
     return _tar_entries(fileobj, limits, request)

@@ -1,5 +1,7 @@
 """Inputs of a batch request -> job items: uploads and archive entries go to the object store by hash,
-URIs are checked against the allow-list and kept as URIs (read when the item runs).
+URIs are checked against the allow-list and kept as URIs (read when the item runs). Uploads and archive entries with a
+hidden or system name (`._x.jpg`, `@eaDir/...`, `.DS_Store`, `__MACOSX/...`: `archives.is_skipped_entry`, the rule
+datasets and collections list by) become no item.
 
 Blocking (file reads, hashing, store writes): call through `asyncio.to_thread`.
 """
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from serving.jobs.archives import ArchiveLimits, ExpansionBudget, read_archive
+from serving.jobs.archives import ArchiveLimits, ExpansionBudget, is_skipped_entry, read_archive
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import NewItem
 from serving.jobs.settings import JobSettings
@@ -60,7 +62,8 @@ class Intake:
             if part.kind == "uri":
                 items.append(NewItem(part.name[:MAX_NAME], "uri", part.name))
             elif part.kind == "image":
-                items.append(self._image(part))
+                if not is_skipped_entry(part.name):  # a client's folder walk sends `birds/._x.jpg` as it found it
+                    items.append(self._image(part))
             else:
                 items.extend(self._archive(part, expansion))
         return items

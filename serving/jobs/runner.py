@@ -173,8 +173,13 @@ class JobRunner:
         if job.id not in self._joined:
             await self.store.durable(self.queue.mark_running, job.id)
             self._joined.add(job.id)
-        # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items
-        bases = output_bases(await self.store.durable(self.queue.item_names, job.id)) if job.operations else {}
+        # outputs that would share a name (IMG_1.HEIC and IMG_1.JPG -> IMG_1.webp) are named apart, over all items,
+        # and below the folder they all share (one uploaded photos.zip writes 2024/a.webp, not photos.zip/2024/...)
+        bases = (
+            output_bases(await self.store.durable(self.queue.item_names, job.id), below_shared_folder=True)
+            if job.operations
+            else {}
+        )
         limit = self.settings.concurrency
         running: dict[asyncio.Task[None], ClaimedItem | None] = {}  # None: the hand-back of an item whose task died
         claimed, turn_ends_at, turn_over = 0, self.settings.items_per_turn(), False

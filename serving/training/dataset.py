@@ -4,10 +4,11 @@ and its fixed split into training and validation images."""
 import hashlib
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.convert.names import shared_folder_depth
 from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
 from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
@@ -21,7 +22,7 @@ SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: valida
 @dataclass(frozen=True)
 class LabelledImage:
     name: str  # unique in the dataset: its path under the source, e.g. "dogs/beagle.jpg"
-    label: str  # the first folder of `name`, or the label the request gave it
+    label: str  # the first folder of `name` (below any every image shares, in a collection), or the request's label
     location: str  # kind "file": a local path or an fsspec URI; "object": a job input's sha256; "uri": a job's URI
     member: str | None = None  # inside an archive at `location`
     kind: str = "file"  # file (read where collections read) | object (the job object store) | uri (a job's input)
@@ -30,10 +31,22 @@ class LabelledImage:
         return SourceItem(self.name, self.location, self.member).to_row()
 
 
-def label_of(name: str) -> str | None:
-    """The category of an image named `<category>/.../<file>`; None for a file at the top of the source."""
-    parts = name.split("/")
+def _name_parts(name: str) -> list[str]:
+    """A name's folders and file; `.` is none (a tar made with `tar -C photos -cf p.tar .` names members `./...`)."""
+    return [part for part in name.split("/") if part != "."]
+
+
+def label_of(name: str, below: int = 0) -> str | None:
+    """The category of an image named `<category>/.../<file>` (after its first `below` folders); None for a file at
+    the top."""
+    parts = _name_parts(name)[below:]
     return parts[0] if len(parts) >= 2 and parts[0] else None
+
+
+def shared_folders(names: Iterable[str]) -> int:
+    """How many leading folders all the names share: a collection saved from a job of one uploaded archive names
+    every image `parcels.zip/...`, and that archive's name (or a parent every image is under) is no category."""
+    return shared_folder_depth([_name_parts(name)[:-1] for name in names])
 
 
 def source_location(source: str, allowed_root: Path | None, remote: RemoteAccess | None = None) -> str:
@@ -56,11 +69,13 @@ def labelled_images(
     if not items:
         raise BadRequestError(f"dataset {source!r} holds no images")
     local_root = allowed_root.resolve() if allowed_root is not None and not is_uri(items[0].location) else None
+    # every image in one archive (the dataset is a .zip): the folders inside it are the categories, not its name
+    one_archive = all(item.member is not None and item.location == items[0].location for item in items)
     images, unlabelled = [], 0
     for item in items:
         if local_root is not None and not Path(item.location).resolve().is_relative_to(local_root):
             raise BadRequestError(f"{item.name!r} is a link to outside the allowed root; copy the file instead")
-        label = label_of(item.name)
+        label = label_of(item.member if one_archive and item.member is not None else item.name)
         if label is None:
             unlabelled += 1
         else:
@@ -158,25 +173,27 @@ def without_copies_of_training(
 
 
 def collection_dataset(
-    images: Iterable[RecordedImage],
+    images: Sequence[RecordedImage],
     labels: dict[str, str] | None,
     job_inputs: dict[str, dict[str, tuple[str, str]]],
     first_job: str | None = None,
 ) -> tuple[list[LabelledImage], int]:
     """(labelled images, count left out) of an analysed collection: each image labelled by `labels` (name ->
-    category; images it does not name are left out) or, without it, by the first folder of its name. Images are
+    category; images it does not name are left out) or, without it, by the first folder of its name below the folders
+    all its analysed images share (`shared_folders`: an uploaded archive's name is no category). Images are
     read where the collection read them, or, for images saved from a batch job (location `job:<id>`; without a
     location, saved before images named their job: `first_job`), from that job's inputs (`job_inputs`: job id ->
     name -> (source kind, source))."""
     out, left_out = [], 0
     seen: set[str] = set()
+    below = shared_folders(image.record.name for image in images if image.record.ok) if labels is None else 0
     for image in images:
         name = image.record.name
         seen.add(name)
         if not image.record.ok:  # it failed analysis: nothing to learn from
             left_out += 1
             continue
-        label = labels.get(name) if labels is not None else label_of(name)
+        label = labels.get(name) if labels is not None else label_of(name, below)
         saved_from = located_job(image.location) if image.location else first_job
         job_source = job_inputs.get(saved_from or "", {}).get(name)
         if label is None:

@@ -65,7 +65,8 @@ class TrainingRequest(BaseModel):
     labels: dict[str, str] | None = Field(
         default=None,
         description="With `collection`: image name -> category (images not named are left out); without it the "
-        "first folder of each image's name is its category.",
+        "first folder of each image's name is its category, below the folders all its images share (an uploaded "
+        "archive's name is none).",
     )
     validation_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Held out of each category.")
     max_train_per_class: int | None = Field(default=None, ge=1, description="Train on at most this many per category.")

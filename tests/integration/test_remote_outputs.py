@@ -49,12 +49,13 @@ def test_outputs_go_to_a_remote_destination(tmp_path: Path, object_server: Objec
     store, job_id = run_convert_job(tmp_path, f"{scheme}://exports/albums/", 4)
     job = store.get_job(job_id)
     assert job.status == "completed" and job.counts["done"] == 4, job.counts
-    assert remote.keys("exports", "albums/") == [f"albums/trip/day{i}_web.webp" for i in range(4)]
-    body = remote.read("exports", "albums/trip/day2_web.webp")
+    # named below trip/, the folder all the job's inputs share
+    assert remote.keys("exports", "albums/") == [f"albums/day{i}_web.webp" for i in range(4)]
+    body = remote.read("exports", "albums/day2_web.webp")
     with Image.open(io.BytesIO(body)) as image:
         assert image.format == "WEBP" and image.size == (120, 90)
     rows = {row.name: row for row in store.results_page(job_id)}
-    assert rows["trip/day2.jpg"].result["output"]["uri"] == f"{scheme}://exports/albums/trip/day2_web.webp"
+    assert rows["trip/day2.jpg"].result["output"]["uri"] == f"{scheme}://exports/albums/day2_web.webp"
     assert rows["trip/day2.jpg"].result["output"]["output_bytes"] == len(body)
 
     # A bucket that does not exist: each item fails with the reason (and no bucket is made), the job ends.

@@ -3,16 +3,21 @@ decide where its output went ('IMG #1.jpg' and 'IMG #2.jpg' both became the file
 the destination), and the URI reported for it named no file."""
 
 import asyncio
+import io
+import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from pipelines.convert.names import output_bases
 from serving.errors import BadRequestError
 from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.errors import ItemInputError
+from serving.jobs.intake import InputPart, Intake
 from serving.jobs.objects import ObjectStore
 from serving.jobs.operations import operation_spec
+from serving.jobs.output_zip import zip_stream
 from serving.jobs.records import JobSpec, NewItem
 from serving.jobs.runner import JobRunner
 from serving.jobs.settings import JobSettings
@@ -112,3 +117,69 @@ def test_outputs_of_uri_inputs_are_named_below_the_folder_the_inputs_share(tmp_p
     assert written == ["bag/photo 2.png", "bag/small/photo 3.png", "box/photo 1.png"]
     names = sorted(row.result["output"]["name"] for row in JobStore(engine).results_page(job_id))  # type: ignore[index]
     assert names == written  # the results and outputs.zip name them alike
+
+
+def test_batch_outputs_are_named_below_the_folder_all_the_jobs_inputs_share() -> None:
+    """One uploaded archive named every output `photos.zip/...`: unzipping outputs.zip next to the upload failed
+    ('photos.zip exists but is not directory'). Collections and the CLI keep their names (no `below_shared_folder`)."""
+    one_archive = [(0, "photos.zip/2024/IMG_1.jpg"), (1, "photos.zip/IMG_2.HEIC"), (2, "photos.zip/2024/b/c.png")]
+    assert output_bases(one_archive, below_shared_folder=True) == {
+        0: "2024/IMG_1.jpg",
+        1: "IMG_2.HEIC",
+        2: "2024/b/c.png",
+    }
+    assert output_bases(one_archive) == {}  # a collection's or the CLI's names, as they were
+    two_archives = [(0, "a.zip/x/1.jpg"), (1, "b.zip/x/1.jpg")]
+    assert output_bases(two_archives, below_shared_folder=True) == {}  # kept apart by their archives' names
+    assert output_bases([(0, "a.jpg")], below_shared_folder=True) == {}  # a lone upload: a_web.webp, as before
+    # uploads beside an archive: nothing shared; URIs first go below the folder the URIs share, as before
+    mixed = [(0, "a.jpg"), (1, "p.zip/d/a.jpg"), (2, "file:///data/trip/b.jpg"), (3, "file:///data/trip/c/d.jpg")]
+    assert output_bases(mixed, below_shared_folder=True) == {2: "b.jpg", 3: "c/d.jpg"}
+    # names that meet once the shared folder is gone are still kept apart
+    twins = [(0, "p.zip/IMG_1.JPG"), (1, "p.zip/IMG_1.HEIC"), (2, "p.zip/x.jpg"), (3, "p.zip/x.jpg")]
+    assert output_bases(twins, below_shared_folder=True) == {
+        0: "IMG_1_JPG.JPG", 1: "IMG_1_HEIC.HEIC", 2: "x.jpg", 3: "3_x.jpg"
+    }  # fmt: skip
+
+
+def test_outputs_of_one_uploaded_archive_unzip_next_to_it(tmp_path: Path) -> None:
+    """A real job of one uploaded archive: the result's output name, the outputs.zip entry and the file written at
+    output_uri are one name, below the archive's own."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as upload:
+        for name, seed in (("2024/IMG_1.jpg", 1), ("2024/day 2/IMG_2.jpg", 2), ("IMG_3.jpg", 3), ("._IMG_3.jpg", 4)):
+            upload.writestr(name, jpeg(seed))
+    buffer.seek(0)
+    root = tmp_path / "exports"
+    settings = JobSettings(
+        database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", object_store=str(tmp_path / "o"), output_root=root
+    )
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    objects = ObjectStore(settings.object_store)
+    items = Intake(objects, settings, "default").items([InputPart("archive", "photos.zip", buffer)])
+    operations = operation_spec(["convert"], {"format": "png", "max_side": "20"}, None, "_web", f"file://{root}", root)
+    job_id = JobStore(engine).create_job(JobSpec("m", 1, (), None, False, operations), items)
+    queue = WorkQueue(engine, WorkerIdentity())
+    runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
+    finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+    assert finished is not None and finished.counts["done"] == 3, finished
+
+    expected = ["2024/IMG_1_web.png", "2024/day 2/IMG_2_web.png", "IMG_3_web.png"]
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert written == expected
+    results = JobStore(engine).results_page(job_id)
+    assert sorted(row.result["output"]["name"] for row in results) == expected  # type: ignore[index]
+
+    async def pages(after: int) -> list[tuple[int, str, str]]:
+        return JobStore(engine).outputs_page(job_id, after, 10)
+
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in zip_stream(pages, objects)])
+
+    outputs = zipfile.ZipFile(io.BytesIO(asyncio.run(collect())))
+    assert sorted(outputs.namelist()) == expected
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "photos.zip").write_bytes(buffer.getvalue())  # the upload, where outputs.zip is unzipped
+    outputs.extractall(tmp_path / "here")
+    assert (tmp_path / "here" / "2024" / "IMG_1_web.png").is_file()

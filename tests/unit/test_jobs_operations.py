@@ -109,7 +109,7 @@ def test_convert_job_stores_named_outputs_totals_and_a_zip(store) -> None:
     assert finished is not None and finished.counts["done"] == 5 and finished.counts["failed"] == 1
     rows = {r.name: r for r in JobStore(engine).results_page(job_id)}
     output = rows["dir/0.jpg"].result["output"]  # type: ignore[index]
-    assert output["name"] == "dir/0_small.png" and output["size"] == [100, 67] and output["format"] == "png"
+    assert output["name"] == "0_small.png" and output["size"] == [100, 67] and output["format"] == "png"
     assert rows["dir/5.jpg"].status == "failed" and rows["dir/5.jpg"].error_kind == "invalid_image"
     job = JobStore(engine).get_job(job_id)
     assert job.outputs.count == 5 and job.outputs.input_bytes == sum(len(p) for p in payloads[:5])
@@ -122,8 +122,8 @@ def test_convert_job_stores_named_outputs_totals_and_a_zip(store) -> None:
         return b"".join([chunk async for chunk in zip_stream(pages, objects)])
 
     archive = zipfile.ZipFile(io.BytesIO(asyncio.run(collect())))
-    assert sorted(archive.namelist()) == [f"dir/{i}_small.png" for i in range(5)]
-    assert Image.open(io.BytesIO(archive.read("dir/3_small.png"))).size == (100, 67)
+    assert sorted(archive.namelist()) == [f"{i}_small.png" for i in range(5)]  # below the folder all inputs share
+    assert Image.open(io.BytesIO(archive.read("3_small.png"))).size == (100, 67)
 
     # erased with the job (inputs and outputs), and never dropped as orphans while the job holds them
     assert drop_orphaned_objects(engine, objects, now=1e12) == 0
@@ -155,10 +155,10 @@ def test_outputs_also_written_to_a_destination_inside_the_output_root(store, tmp
     finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
     assert finished is not None and finished.counts["done"] == 3
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
-    assert written == [f"web/album/{i}_s.png" for i in range(3)]
+    assert written == [f"web/{i}_s.png" for i in range(3)]  # below the folder all the job's inputs share
     row = JobStore(engine).results_page(job_id)[0]
-    assert row.result["output"]["uri"] == f"file://{root}/web/album/0_s.png"  # type: ignore[index]
-    assert Image.open(root / "web/album/0_s.png").size == (50, 33)
+    assert row.result["output"]["uri"] == f"file://{root}/web/0_s.png"  # type: ignore[index]
+    assert Image.open(root / "web/0_s.png").size == (50, 33)
 
 
 def test_job_outputs_that_would_share_a_name_are_named_apart() -> None:
@@ -194,11 +194,11 @@ def test_twin_inputs_keep_both_outputs_at_a_destination_and_in_the_zip(store, tm
     runner = JobRunner(queue, WorkerRegistry(engine), objects, NoAnalysis(), settings, WebhookSender(queue, settings))
     finished = asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
     assert finished is not None and finished.counts["done"] == 4
-    expected = ["trip/3_IMG_2.png", "trip/IMG_1_JPG.png", "trip/IMG_1_jpeg.png", "trip/IMG_2.png"]
+    expected = ["3_IMG_2.png", "IMG_1_JPG.png", "IMG_1_jpeg.png", "IMG_2.png"]  # below trip/, which all share
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == expected
     results = sorted(JobStore(engine).results_page(job_id), key=lambda row: row.idx)
     assert [row.result["output"]["name"] for row in results] == [  # type: ignore[index]
-        "trip/IMG_1_JPG.png", "trip/IMG_1_jpeg.png", "trip/IMG_2.png", "trip/3_IMG_2.png"
+        "IMG_1_JPG.png", "IMG_1_jpeg.png", "IMG_2.png", "3_IMG_2.png"
     ]  # fmt: skip
     for row, payload in zip(results, payloads, strict=True):  # each output is its own input's, none replaced
         written = np.asarray(Image.open(root / row.result["output"]["name"]).convert("RGB"))  # type: ignore[index]
