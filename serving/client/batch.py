@@ -26,6 +26,7 @@ from serving.client.errors import ImgServeError, from_http_response, from_http_t
 from serving.client.http_transport import analysis_from_json
 from serving.client.routes import HttpRoutes, poll_until
 from serving.client.types import Analysis
+from serving.hidden_names import is_hidden_path
 
 # the file names taken as images in a folder (HEIF/AVIF: the server decodes them with its heif extra); the CLI and
 # the calibration tools list folders with it too
@@ -105,13 +106,20 @@ def result_from_json(data: dict[str, Any]) -> JobResult:
 
 
 def batch_files(inputs: BatchInputs) -> list[tuple[str, Path]]:
-    """(name, path) per image: folders are walked (sorted, image suffixes only, names relative to the folder)."""
+    """(name, path) per image: folders are walked (sorted, image suffixes only, hidden and system names left out as
+    the server leaves them out, names relative to the folder)."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     files: list[tuple[str, Path]] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not is_hidden_path(p.relative_to(path).as_posix())
+            )  # hidden and system files (`._x.jpg`, `@eaDir/`) are not sent: the server would skip them
             files.extend((p.relative_to(path).as_posix(), p) for p in found)
         elif path.is_file():
             files.append((path.name, path))

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from serving.collections.storable import local_path, storable_location, storable_text
-from serving.jobs.archives import TAR_NAMES, is_hidden_part, is_hidden_path
+from serving.hidden_names import is_hidden_part, is_hidden_path
+from serving.jobs.archives import TAR_NAMES
 from serving.regular_files import is_regular_file, open_regular_file
 
 IMAGE_EXTENSIONS = frozenset(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from serving.errors import RequestTooLargeError
+from serving.hidden_names import is_hidden_path
 from serving.jobs.errors import InvalidArchiveError, ItemInputError
 
 RATIO_CHECK_BYTES = 1024 * 1024  # tiny entries may compress well legitimately; bombs are big by definition
@@ -62,19 +63,6 @@ def unsafe_name_reason(name: str) -> str | None:
     if ".." in re.split(r"[\\/]", name):
         return "'..' path component"
     return None
-
-
-def is_hidden_part(part: str) -> bool:
-    """A file or folder name that holds no photos of the folder's own: hidden (`.thumbnails`, `.DS_Store`, macOS's
-    AppleDouble `._photo.jpg`), Synology's `@eaDir` thumbnails, or the `__MACOSX` folder of a zip made on a Mac."""
-    return part.startswith((".", "@")) or part == "__MACOSX"
-
-
-def is_hidden_path(relative: str) -> bool:
-    """Whether a path under a folder or inside an archive lies in or is a hidden part: datasets, collections and
-    batch uploads leave it out, so it never becomes an image, nor a training category. `.` (a tar made with
-    `tar -C photos -cf p.tar .` names every member `./...`) and empty parts are no folder of their own."""
-    return any(is_hidden_part(part) for part in re.split(r"[\\/]", relative) if part not in ("", "."))
 
 
 def is_skipped_entry(name: str) -> bool:

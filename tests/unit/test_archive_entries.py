@@ -92,7 +92,25 @@ def test_unsafe_names_are_still_reported_not_skipped(tmp_path: Path) -> None:
 
 
 def test_the_rule_is_the_datasets_one() -> None:
-    from serving.jobs.archives import is_hidden_path  # one rule, where archives (and sources.py) read it
+    from serving.hidden_names import is_hidden_path  # one rule: archives, sources.py and the SDK read it
 
     assert is_hidden_path("a/@eaDir/x.jpg") and is_hidden_path("__MACOSX/a.jpg") and is_hidden_path("._a.jpg")
     assert not is_hidden_path("./a/b.jpg") and not is_hidden_path("a/b.c.jpg") and not is_hidden_path("a@b/c.jpg")
+
+
+def test_the_sdk_does_not_upload_what_the_server_would_skip(tmp_path) -> None:  # noqa: ANN001
+    from serving.client.batch import batch_files
+
+    for name in ("birds/a.jpg", "birds/._a.jpg", "@eaDir/birds/thumb.jpg", ".thumbnails/b.jpg", "fish/b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [name for name, _ in batch_files(tmp_path)] == ["birds/a.jpg", "fish/b.png"]
+
+
+def test_the_cli_does_not_send_what_the_server_would_skip(tmp_path) -> None:  # noqa: ANN001
+    from serving.cli_output import expand_images
+
+    for name in ("birds/a.jpg", "birds/._a.jpg", "@eaDir/birds/thumb.jpg", "fish/b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_images([str(tmp_path)]) == [str(tmp_path / "birds/a.jpg"), str(tmp_path / "fish/b.png")]
