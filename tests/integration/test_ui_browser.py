@@ -10,6 +10,7 @@ With IMGSERVE_UI_SCREENSHOTS=<folder> each page is saved there as a PNG (docs/ui
 
 import csv
 import io
+import json
 import os
 import threading
 import time
@@ -62,6 +63,13 @@ def wait_for(driver: "WebDriver", script: str, timeout: float = 60.0) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: d.execute_script(script))
+
+
+def click_link(driver: "WebDriver", text: str) -> None:
+    """Click the link reading `text`, found and clicked in one script: the collections list drawn again between a
+    find and a click made the element found stale (a CI run failed so)."""
+    script = f"const a = [...document.querySelectorAll('a')].find(e => e.textContent === {json.dumps(text)});"
+    wait_for(driver, script + " if (a) a.click(); return Boolean(a);")
 
 
 def screenshot(driver: "WebDriver", name: str) -> None:
@@ -275,7 +283,7 @@ def test_a_50_image_job_progresses_live_and_its_collection_filters_by_tag(world:
     driver.get(f"{url}/ui#/collections")
     listed = "return [...document.querySelectorAll('#collections-list a')].map(a => a.textContent)"
     wait_for(driver, f"{listed}.includes('{name}')")
-    driver.find_element(By.LINK_TEXT, name).click()
+    click_link(driver, name)
     wait_for(driver, "return document.querySelectorAll('#collection-grid .tile').length > 0")
     assert f"{JOB_IMAGES} analysed" in driver.find_element(By.ID, "collection-report").text
     chips = driver.execute_script("return [...document.querySelectorAll('.chip')].map(c => c.textContent)")
@@ -646,7 +654,7 @@ def test_more_adds_each_page_once_with_the_filters_the_grid_was_loaded_with(
 
     driver, url, _ = admin_on(world, "collections", "document.querySelector('#collections-list').children.length")
     folder = downloads_to(driver, world["tmp"] / "more-downloads")
-    driver.find_element(By.LINK_TEXT, big_job["collection"]).click()
+    click_link(driver, big_job["collection"])
     more = "return document.querySelectorAll('#collection-grid .tile').length === 48"
     wait_for(driver, more + " && !document.querySelector('#collection-more').hidden")
     driver.execute_script(
@@ -691,9 +699,9 @@ def test_a_failed_jobs_reason_is_shown_and_an_older_collection_does_not_replace_
     wait_for(driver, "return document.querySelector('#collections-list').children.length > 0")
     other = big_job["collection2"]
     spy_fetch(driver, delays=[{"path": "/report", "ms": 2500}])  # the first collection's report comes late
-    driver.find_element(By.LINK_TEXT, big_job["collection"]).click()
+    click_link(driver, big_job["collection"])
     time.sleep(0.3)
-    driver.find_element(By.LINK_TEXT, other).click()
+    click_link(driver, other)
     wait_for(driver, f"return document.querySelector('#collection-title').textContent === {other!r}")
     time.sleep(3.5)
     assert driver.find_element(By.ID, "collection-title").text == other
