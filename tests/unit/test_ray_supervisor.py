@@ -86,7 +86,7 @@ def test_stop_ends_every_process_under_it_and_kills_those_ignoring_sigterm() -> 
     assert done.stdout.split() == ["0", "1", "False"]
 
 
-def start_supervisor(state: Path, child_seconds: float) -> tuple[subprocess.Popen[str], psutil.Process]:
+def launch_supervisor(state: Path, child_seconds: float) -> subprocess.Popen[str]:
     """The supervisor exec'd by a process that first started one child standing in for the raylet (a sleep)."""
     launcher = (
         "import os, subprocess, sys\n"
@@ -94,9 +94,14 @@ def start_supervisor(state: Path, child_seconds: float) -> tuple[subprocess.Pope
         f"os.execv(sys.executable, [sys.executable, '-m', 'serving.ray_supervisor', 'supervise', {str(state)!r}])\n"
     )
     env = {**os.environ, "IMGSERVE_SHUTDOWN_TIMEOUT_S": "10"}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
+
+
+def start_supervisor(state: Path, child_seconds: float) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """`launch_supervisor`, once the supervisor runs with its child."""
+    process = launch_supervisor(state, child_seconds)
     deadline = time.monotonic() + 30
     while True:
         me = psutil.Process(process.pid)

@@ -6,7 +6,6 @@ on its own the folder stays (its logs say why) and the supervisor says where it 
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from serving.local_ray import RAY_TEMP_PREFIX, remove_ray_temp_dir
 from serving.ray_supervisor import SupervisorState
+from tests.unit.test_ray_supervisor import launch_supervisor
 
 pytestmark = pytest.mark.unit
 
@@ -33,16 +33,8 @@ def ray_temp_dir(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def supervise(state: Path, child_seconds: float, stop: bool) -> subprocess.CompletedProcess[str]:
-    """The supervisor exec'd by a process that first started a child standing in for the raylet (a sleep)."""
-    launcher = (
-        "import os, subprocess, sys\n"
-        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep({child_seconds})'])\n"
-        f"os.execv(sys.executable, [sys.executable, '-m', 'serving.ray_supervisor', 'supervise', {str(state)!r}])\n"
-    )
-    env = {**os.environ, "IMGSERVE_SHUTDOWN_TIMEOUT_S": "10"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    """The supervisor (`launch_supervisor`) run to its end; with `stop`, stopped by SIGINT once it runs."""
+    process = launch_supervisor(state, child_seconds)
     try:
         if stop:
             deadline = time.monotonic() + 30
