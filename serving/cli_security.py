@@ -89,6 +89,9 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.public() for r in records], indent=2))
         return 0
+    if not records:  # said on stderr: a script reading the table still gets no lines
+        which = f"tenant {args.tenant!r}" if args.tenant else "any tenant"
+        print(f"no {'' if args.all else 'active '}keys for {which} ('imgserve keys create' makes one)", file=sys.stderr)
     for r in records:
         state = "revoked" if r.revoked_at else "active"
         rate = f"{r.rate_per_s:g}/s" if r.rate_per_s else "-"

@@ -156,3 +156,22 @@ def test_key_and_tenant_values_that_would_mean_something_else_are_refused(
     assert code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error" in err and "created key" not in err
+
+
+def test_keys_list_says_when_there_are_no_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imgserve keys list` printed nothing at all on an empty database: no way to tell it from a hang or a bad
+    database URL. It says so on stderr; the table on stdout stays empty for scripts, and `--json` prints []."""
+    monkeypatch.setenv("IMGSERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("IMGSERVE_DATABASE_URL", raising=False)
+    assert cli_main(["keys", "list", "--tenant", "acme"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no active keys for tenant 'acme'" in err
+    assert cli_main(["keys", "list", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    assert cli_main(["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "acme"]) == 0
+    capsys.readouterr()
+    assert cli_main(["keys", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "acme" in out and err == ""
