@@ -16,10 +16,10 @@ from pipelines.convert import ConvertOptions, ConvertResult, convert_image
 from pipelines.enhance import EnhanceOptions, should_revert, without_auto
 from pipelines.enhance.image import enhance_image
 from pipelines.enhance.plan import MANUAL_FACTORS, auto_step
-from pipelines.errors import ImageTooLargeError
+from pipelines.errors import ImageTooLargeError, InvalidOptionError
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
-from serving.errors import BadRequestError, ModelUnavailableError
+from serving.errors import ModelUnavailableError
 from serving.metrics import ENHANCEMENT_STEPS, IMAGE_OPERATION_BYTES, STAGE_LATENCY
 from serving.service import InferenceService
 from serving.stages.concurrency import stage_thread
@@ -55,13 +55,13 @@ class OperationOptions:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], enhancing: bool) -> "OperationOptions":
-        """From option name -> value (text or JSON; None: not given). Raises `InvalidOptionError` or
-        `BadRequestError` (400 / INVALID_ARGUMENT)."""
+        """From option name -> value (text or JSON; None: not given). Raises `InvalidOptionError` (400 /
+        INVALID_ARGUMENT, kind `invalid_option`) for any option, `report` included."""
         given = {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
         report = given.pop("report", None)
         form = str(report or "image").lower()
         if form not in REPORT_FORMS:
-            raise BadRequestError(f"report={report!r}: choose {' or '.join(REPORT_FORMS)}")
+            raise InvalidOptionError(f"report={report!r}: choose {' or '.join(REPORT_FORMS)}")
         enhance = None
         if enhancing:
             enhance = EnhanceOptions.parse(**{name: given.pop(name) for name in ENHANCE_OPTION_NAMES if name in given})

@@ -21,7 +21,8 @@ from serving.http.dependencies import reject_unknown_query
 from serving.http.image_routes import read_images
 from serving.image_ops import ImageOperations, OperationOptions
 
-router = APIRouter(prefix="/v1", tags=["image operations"], dependencies=[Depends(reject_unknown_query)])
+OPERATIONS_TAG = "image operations"
+router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG], dependencies=[Depends(reject_unknown_query)])
 # The facts an image answer carries in its headers: exposed to cross-origin pages too (CORS), which otherwise see
 # only the safelisted response headers and would have to ask for report=json to read them.
 RESULT_HEADERS = tuple(

@@ -17,7 +17,6 @@ from PIL import Image
 
 from pipelines.errors import InvalidOptionError
 from pipelines.limits import DecodeLimits
-from serving.errors import BadRequestError
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.http.app import create_http_app
 from serving.image_ops import INTEGER_OPTIONS, ImageOperations, OperationOptions
@@ -57,7 +56,7 @@ def test_integral_numbers_are_integers_and_report_is_an_option() -> None:
         with pytest.raises(InvalidOptionError, match="quality="):
             OperationOptions.parse({"format": "webp", "quality": quality}, enhancing=False)
     assert OperationOptions.parse({"report": "JSON"}, enhancing=False).report == "json"
-    with pytest.raises(BadRequestError, match="choose image or json"):
+    with pytest.raises(InvalidOptionError, match="choose image or json"):
         OperationOptions.parse({"report": "xml"}, enhancing=False)
     enhanced = OperationOptions.parse({"ops": "clahe", "brightness": "1.5", "width": "64.0"}, enhancing=True)
     assert enhanced.enhance is not None and enhanced.enhance.ops == ("clahe",)

@@ -81,12 +81,15 @@ def test_json_body_options_override_the_query(http: TestClient) -> None:
         ({"format": "png", "lossless": "true", "quality": 50}, "does not apply"),
         ({"format": "jpeg", "report": "xml"}, "report"),
         ({"format": "jpeg", "max_side": "big"}, "max_side"),
+        ({"format": "jpeg", "quality": "80.5"}, "quality"),
     ],
 )
 def test_bad_conversion_options_are_400(http: TestClient, params: dict, message: str) -> None:
+    """Every bad option is `invalid_option`, as over gRPC and in a JSON body; a wrongly typed query value
+    (`quality=80.5`, which FastAPI refuses before the route runs) was `bad_request`."""
     response = http.post("/v1/convert", params=params, content=photo())
     assert response.status_code == 400, response.text
-    assert message in response.json()["error"]
+    assert message in response.json()["error"] and response.json()["kind"] == "invalid_option"
 
 
 def test_bad_images_are_4xx_json(http: TestClient) -> None:
@@ -128,7 +131,12 @@ def test_enhance_manual_json_report(http: TestClient) -> None:
 @pytest.mark.parametrize("params", [{"brightness": 3.1}, {"contrast": 0.0}, {"ops": "magic"}, {"sharpness": "x"}])
 def test_bad_enhancement_options_are_400(http: TestClient, params: dict) -> None:
     response = http.post("/v1/enhance", params=params, content=photo())
-    assert response.status_code == 400 and response.json()["kind"] in ("invalid_option", "bad_request")
+    assert response.status_code == 400 and response.json()["kind"] == "invalid_option"
+
+
+def test_a_wrongly_typed_query_elsewhere_stays_bad_request(http: TestClient) -> None:
+    response = http.get("/v1/formats", params={"x": "1"})
+    assert response.status_code == 400 and response.json()["kind"] == "bad_request"
 
 
 def test_formats_and_enhance_options(http: TestClient) -> None:
