@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from serving.errors import BadRequestError
 from serving.jobs.archives import ArchiveLimits, ExpansionBudget, is_skipped_entry, read_archive
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import NewItem
@@ -34,6 +35,18 @@ def _failed(name: str, kind: str, message: str) -> NewItem:
 
 def _stored(objects: ObjectStore, name: str, data: bytes) -> NewItem:
     return NewItem(name[:MAX_NAME], "object", objects.put(data), len(data))
+
+
+def refuse_only_hidden_uploads(parts: Sequence[InputPart], items: Sequence[NewItem]) -> None:
+    """A 400 that names why a request of nothing but hidden-named uploads (`-F image=@.x.jpg`) has no input, instead
+    of "the batch has no inputs" after the file was sent."""
+    hidden = [part.name for part in parts if part.kind == "image" and is_skipped_entry(part.name)]
+    if hidden and not items:
+        raise BadRequestError(
+            f"{hidden[0][:200]!r}{f' and {len(hidden) - 1} more' if len(hidden) > 1 else ''}: hidden or system names"
+            " (starting with '.' or '@', or under __MACOSX/) are left out of batches, as folder walks leave them out;"
+            " rename the file to send it"
+        )
 
 
 class Intake:

@@ -20,7 +20,7 @@ from serving.jobs.database import create_store_engine, migrate
 from serving.jobs.erasure import PurgeReport, purge_job
 from serving.jobs.errors import JobStateError, JobStoreUnavailableError
 from serving.jobs.idempotency import IdempotencyClaim, Submission, keyed_job, request_fingerprint
-from serving.jobs.intake import InputPart, Intake
+from serving.jobs.intake import InputPart, Intake, refuse_only_hidden_uploads
 from serving.jobs.objects import ObjectStore
 from serving.jobs.operations import OPERATION_STAGES, operation_spec
 from serving.jobs.records import JobRecord, JobSpec, ResultRecord
@@ -183,6 +183,8 @@ class JobService:
             spec = replace(spec, anonymize=True)
         store = await self.ready()
         items = await self._intake_items(principal, parts)
+        if start:
+            refuse_only_hidden_uploads(parts, items)
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
         job_id = await self._write_within_quota(

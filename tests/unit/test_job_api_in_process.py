@@ -142,3 +142,18 @@ def test_results_of_a_job_purged_while_they_stream_end_cleanly(
     assert answer.status_code == 200 and len(answer.text.splitlines()) == 1, answer.text
     assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()]
     assert http.get(f"/v1/jobs/{job}").status_code == 404
+
+
+def test_a_batch_of_only_hidden_named_uploads_says_why_it_has_no_input(world: dict[str, Any]) -> None:
+    """`curl -F image=@.x.jpg /v1/batch` answered "the batch has no inputs: send files..." after the file was sent:
+    hidden names are left out (as folder walks leave them out) and the 400 now says so; with one ordinary file
+    beside it the job runs on that one."""
+    http = world["http"]
+    refused = http.post("/v1/batch", files=[("image", (".x.jpg", jpeg(), "image/jpeg"))])
+    assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
+    assert "'.x.jpg'" in refused.json()["error"] and "hidden" in refused.json()["error"]
+    files = [("image", (name, jpeg(), "image/jpeg")) for name in ("._a.jpg", "@eaDir/b.jpg")]
+    assert "and 1 more" in http.post("/v1/batch", files=files).json()["error"]
+    files.append(("image", ("c.jpg", jpeg(), "image/jpeg")))
+    accepted = http.post("/v1/batch", files=files)
+    assert accepted.status_code == 202 and accepted.json()["counts"]["total"] == 1, accepted.text
