@@ -34,6 +34,34 @@ RETRY_AFTER_METADATA = "retry-after"  # seconds, trailing metadata of a RESOURCE
 # protobuf Struct carries every number as a double, so they came back as 1420341.0 and [2048.0, 1365.0] over gRPC.
 # Only these: the report's other numbers are floats on HTTP too, whole or not (a factor of 2.0, a score of 100.0).
 REPORT_INTEGERS = frozenset({"frames", "input_bytes", "output_bytes", "size", "input_size"})
+# The same for the analysis stages, at any depth of their Struct: the integer fields of the dataclasses the server
+# sends (pipelines.metadata.result; pipelines.quality's report and metrics, whose names the tags' evidence uses too).
+# No name is an integer in one place of a stage and a float in another (tests/unit/test_sdk_transport_parity.py).
+ANALYSIS_INTEGERS: dict[str, frozenset[str]] = {
+    "metadata": frozenset(
+        {
+            "size_bytes",
+            "width",
+            "height",
+            "upright_width",
+            "upright_height",
+            "bands",
+            "bit_depth",
+            "frames",
+            "orientation",
+            "iso",
+            "focal_length_35mm_equiv_mm",
+            "flash",
+            "rgb",
+            "mean_rgb",
+            "sample_size",
+        }
+    ),
+    "quality": frozenset({"width", "height", "short_side", "thresholds_version"}),
+    "anomaly": frozenset(),
+}
+# Failures the gRPC library reports itself (no kind from the server), with the kind HTTP gives the same failure.
+TOO_LARGE_DETAILS = "larger than max"  # "Received message larger than max (N vs. M)": HTTP's 413 too_large
 
 
 def error_from_rpc(exc: grpc.RpcError, api_key: str | None = None) -> ImgServeError:
@@ -42,10 +70,23 @@ def error_from_rpc(exc: grpc.RpcError, api_key: str | None = None) -> ImgServeEr
     code = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"  # type: ignore[attr-defined]
     details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
     trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}  # type: ignore[attr-defined]
-    kind = str(trailing.get(KIND_METADATA) or code.lower())
+    kind = str(trailing.get(KIND_METADATA) or library_kind(code, details or ""))
     retry_after = trailing.get(RETRY_AFTER_METADATA)
     retry_s = parse_retry_after(retry_after if isinstance(retry_after, str) else None)
     return make_error(code, kind, redact(details or code, api_key), retry_after=retry_s)
+
+
+def library_kind(code: str, details: str) -> str:
+    """The kind of a status the server did not set (the gRPC library's own, a proxy's): as the HTTP transport names
+    the same failure where there is one (no server reached: `connection`, imgserve's own UNAVAILABLE always names
+    its kind; a deadline passed: `timeout`; a message over the limit: `too_large`), else the code in lower case."""
+    if code == "UNAVAILABLE":
+        return "connection"
+    if code == "DEADLINE_EXCEEDED":
+        return "timeout"
+    if code == "RESOURCE_EXHAUSTED" and TOO_LARGE_DETAILS in details:
+        return "too_large"
+    return code.lower()
 
 
 def classification_from_proto(message: Any) -> Classification:
@@ -61,9 +102,11 @@ def analysis_from_proto(message: Any) -> Analysis:
             is_message = descriptor.message_type is not None
             extra[descriptor.name] = MessageToDict(value, preserving_proto_field_name=True) if is_message else value
     classification = classification_from_proto(message.classification) if message.HasField("classification") else None
-    # A protobuf Struct carries every number as a double: whole numbers come back as floats (130167.0).
+    # A protobuf Struct carries every number as a double: the stages' integers are ints again (ANALYSIS_INTEGERS).
     structs = {
-        name: MessageToDict(getattr(message, name)) if message.HasField(name) else None
+        name: with_integers(MessageToDict(getattr(message, name)), ANALYSIS_INTEGERS[name])
+        if message.HasField(name)
+        else None
         for name in ("metadata", "quality", "anomaly")
     }
     return Analysis(classification, structs["metadata"], structs["quality"], structs["anomaly"], extra)
@@ -197,6 +240,16 @@ def report_from_proto(report: Any) -> dict[str, Any]:
     for name in REPORT_INTEGERS & values.keys():
         values[name] = _whole(values[name])
     return values
+
+
+def with_integers(value: Any, integers: frozenset[str]) -> Any:
+    """`value` (a Struct as dicts and lists) with the whole numbers under the keys `integers` names, at any depth,
+    as ints: the types HTTP's JSON has."""
+    if isinstance(value, dict):
+        return {k: _whole(v) if k in integers else with_integers(v, integers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_integers(item, integers) for item in value]
+    return value
 
 
 def _whole(value: Any) -> Any:
