@@ -27,6 +27,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2_grpc
 
 from serving.config.app_args import DirectIngressOptions
+from serving.grpc.malformed import MalformedRequestInterceptor
 from serving.grpc.stubs import ensure_generated
 from serving.http.header_timeout import header_timeout_protocol
 from serving.port_check import socket_family
@@ -53,6 +54,19 @@ def grpc_server_credentials(options: DirectIngressOptions) -> grpc.ServerCredent
         return None
     with open(options.tls_key, "rb") as key, open(options.tls_cert, "rb") as cert:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def grpc_server(max_message_bytes: int) -> grpc.aio.Server:
+    """The direct gRPC listener's server, before its servicers: port shared by the replicas, message limits, and
+    malformed messages refused INVALID_ARGUMENT `bad_request` (serving.grpc.malformed)."""
+    return grpc.aio.server(
+        interceptors=[MalformedRequestInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
 
 
 class DirectListeners:
@@ -84,13 +98,7 @@ class DirectListeners:
         ensure_generated()
         from serving.grpc.generated import image_service_pb2_grpc, inference_pb2_grpc
 
-        server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-            ]
-        )
+        server = grpc_server(self.max_message_bytes)
         # The Ingress has every RPC as a method named like it (what Ray's proxy calls too).
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
