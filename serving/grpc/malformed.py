@@ -104,7 +104,11 @@ def guarded(handler: grpc.RpcMethodHandler, endpoint: str) -> grpc.RpcMethodHand
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Every method of the server refuses a message it cannot parse with INVALID_ARGUMENT `bad_request`."""
+    """Every method of the server refuses a message it cannot parse with INVALID_ARGUMENT `bad_request`. A method's
+    guarded handler is made once (its handler is the same object on every call)."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -114,4 +118,8 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return guarded(handler, handler_call_details.method.rsplit("/", 1)[-1][:64])
+        method = handler_call_details.method
+        made = self._guarded.get(method)
+        if made is None or made[0] is not handler:
+            made = self._guarded[method] = (handler, guarded(handler, method.rsplit("/", 1)[-1][:64]))
+        return made[1]
