@@ -185,6 +185,24 @@ class WorkQueue:
                 .values(**values)
             )
 
+    def release_unheld(self, job_id: str) -> int:
+        """Items of the job running under this worker once its loop holds none of them (it runs one job at a time):
+        claimed by a claim whose answer was lost (the commit went through, the connection dropped; `claim` was
+        retried) and never run. Back to pending, their dispatch not counted; a live worker's items are never
+        requeued otherwise, and the job would not finish. Returns how many (normally none)."""
+        if self.worker is None:
+            return 0
+        mine = (job_items.c.job_id == job_id) & (job_items.c.status == "running")
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    job_items.update()
+                    .where(mine, job_items.c.worker_id == self.worker.id)
+                    .values(status=handed_back_status(), worker_id=None, attempts=job_items.c.attempts - 1)
+                ).rowcount
+                or 0
+            )
+
     def give_up(self, item: ClaimedItem, error: str) -> None:
         """The item ends failed without a result row: not even a failed result could be stored for it."""
         with self.engine.begin() as conn:
