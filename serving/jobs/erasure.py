@@ -205,6 +205,9 @@ def drop_orphaned_objects(engine: sa.Engine, objects: ObjectStore, now: float | 
         chunk = old[start : start + 500]
         with engine.begin() as conn:
             keep = _referenced(conn, chunk)
+        # stored again since the listing (a submission still being taken in holds it without a row yet): kept, as a
+        # purge keeps it (`_stored_again_since`); a later sweep decides
+        keep |= {digest for digest in set(chunk) - keep if (objects.modified(digest) or 0.0) > stored[digest]}
         for digest in chunk:
             if digest not in keep:
                 objects.delete(digest)

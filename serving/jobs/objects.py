@@ -39,8 +39,11 @@ class ObjectStore:
         if self.fs.exists(path):
             # stored before: fresh again, so the orphan sweep's grace and a purge racing this submission
             # (serving.jobs.erasure: an object modified after the purged job's inputs is kept) cover it too
-            self._refresh(path, data)
-            return digest
+            try:
+                self._refresh(path, data)
+                return digest
+            except FileNotFoundError:  # deleted since (a purge, the sweep; s3fs's listing cache said it was there)
+                self.fs.invalidate_cache(path)
         if not self._local:
             self.fs.pipe_file(path, data)
             return digest
@@ -89,9 +92,13 @@ class ObjectStore:
             pass
 
     def modified(self, digest: str) -> float | None:
-        """When the object was last stored (UNIX seconds), None when it is not there or the filesystem does not say."""
+        """When the object was last stored (UNIX seconds), None when it is not there or the filesystem does not say.
+        Asked of the store itself: s3fs and gcsfs answer `info` from the listing `stored()` cached, which a re-store
+        (`_refresh`: a copy onto itself, or a write in another process) does not update."""
+        path = self._path(digest)
+        self.fs.invalidate_cache(path)
         try:
-            return _modified(self.fs.info(self._path(digest))) or None
+            return _modified(self.fs.info(path)) or None
         except FileNotFoundError:
             return None
 
