@@ -29,7 +29,7 @@ from serving.jobs.store import JobStore
 from serving.jobs.stored_bytes import quota_error
 from serving.security.audit import AuditEntry
 from serving.security.egress import check_webhook_url
-from serving.security.errors import PermissionDeniedError
+from serving.security.errors import PermissionDeniedError, QuotaExceededError
 from serving.security.principal import ANONYMOUS, DEFAULT_TENANT, Principal
 
 logger = logging.getLogger("imgserve.jobs")
@@ -217,10 +217,11 @@ class JobService:
         if earlier is None:
             try:
                 return Submission(await self.submit(spec, parts, start, principal, client, claim))
-            except sa.exc.IntegrityError:
+            except (sa.exc.IntegrityError, QuotaExceededError):
+                # the key's unique index, or a quota the winner's job filled: the winner's job answers (or a 422)
                 earlier = await asyncio.to_thread(keyed_job, self.engine, principal.tenant, claim)
                 if earlier is None:
-                    raise  # not the key's unique index
+                    raise  # not the key's unique index, or a quota refusal of its own
         return Submission(await asyncio.to_thread(store.get_job, earlier), replayed=True)
 
     async def add_items(self, job_id: str, parts: Sequence[InputPart], principal: Principal = ANONYMOUS) -> JobRecord:
