@@ -59,6 +59,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     try:
         # Options, sources and destination first: a mistyped one, or names the collection has from elsewhere,
         # stop the run before any model or Ray starts.
+        if args.max_actors < 1:  # Ray's actor pool refused it only once the run had started (a traceback)
+            raise ValueError(f"--max-actors {args.max_actors}: at least 1 model actor is needed")
         outputs = output_plan(args.convert, args.enhance, args.suffix, args.out, stages, args.sources)
         items = list_sources(args.sources, args.prefix)
         store = _store(args)
@@ -66,13 +68,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         clashes = store.names_recorded_elsewhere(args.name, args.tenant, places)
         if clashes:
             raise SourceError(_clash_message(args.name, clashes, places))
+        renamed = store.recorded_under_other_names(args.name, args.tenant, places)
+        if renamed:
+            raise SourceError(_renamed_message(args.name, renamed, places))
         setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
-        info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
-        if outputs is not None:
+        if outputs is not None:  # before the collection is opened: a run that cannot start leaves it as it was
             outputs = prepare_destination(outputs, [item.name for item in items])
             setup = dataclasses.replace(setup, outputs=outputs)
+        info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
     except (SourceError, ValueError, ServiceError, OSError, RuntimeError) as exc:  # RuntimeError: no default model
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_text(str(exc))}", file=sys.stderr)  # paths and archive members: anyone's text
         return ERROR_EXIT
     progress, task = _progress(len(items), 0)
 
@@ -110,8 +115,27 @@ def _clash_message(collection: str, clashes: dict[str, str], places: dict[str, s
     )
 
 
+def _renamed_message(collection: str, renamed: dict[str, str], places: dict[str, str]) -> str:
+    name, recorded = next(iter(renamed.items()))
+    return (
+        f"collection {collection!r} already records {len(renamed)} of this run's file(s) under other names, e.g. "
+        f"{places[name]} as {recorded!r} (this run names it {name!r}): analysed again, each would count twice. Give "
+        "the sources (and --prefix) the collection was made with, or only the sources it does not have yet"
+    )
+
+
+def _all_collections(store: Any, tenant: str, page: int = 1000) -> list[Any]:
+    """Every collection of `tenant`, newest first (the store answers a page at a time)."""
+    infos: list[Any] = []
+    while True:
+        batch = store.list_collections(tenant, page, len(infos))
+        infos.extend(batch)
+        if len(batch) < page:
+            return infos
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    infos = _store(args).list_collections(args.tenant)
+    infos = _all_collections(_store(args), args.tenant)
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0

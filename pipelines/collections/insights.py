@@ -41,7 +41,7 @@ class Factor:
 
 
 def _iso_group(r: ImageRecord) -> str | None:
-    if r.iso is None:
+    if r.iso is None or r.iso <= 0:  # many cameras write ISO 0 for "not known": no group, as shutter and aperture
         return None
     return (
         "ISO 200 or less"

@@ -54,6 +54,10 @@ class ImageFilter:
             raise BadRequestError(
                 f"tag={self.tag[:60]!r} is not a quality tag; known: {', '.join(sorted(known_tags()))}"
             )
+        for name in ("camera_make", "camera_model", "label"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():  # recorded names are never blank (None when not stated)
+                raise BadRequestError(f"{name}={value[:60]!r} is blank: leave it out to list every image")
         if self.level is not None and self.level.upper() not in LEVELS:
             raise BadRequestError(f"level={self.level[:60]!r}: choose one of {', '.join(LEVELS)}")
         for name in ("taken_after", "taken_before"):

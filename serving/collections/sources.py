@@ -174,10 +174,17 @@ def list_sources(sources: Sequence[str], prefix: str = "") -> list[SourceItem]:
     if prefix.strip("/"):
         items = [dataclasses.replace(item, name=f"{prefix.strip('/')}/{item.name}") for item in items]
     seen: set[str] = set()
+    places: dict[str, str] = {}  # where each image is read -> its name: overlapping sources list a file twice
     for item in items:
         if item.name in seen:
             raise SourceError(f"two inputs are both named {item.name!r}: give sources with different names")
+        if item.place in places:
+            raise SourceError(
+                f"{item.place} is listed twice, as {places[item.place]!r} and {item.name!r}: it would be analysed and"
+                " counted twice; give sources that do not overlap (a folder, not also a folder inside it)"
+            )
         seen.add(item.name)
+        places[item.place] = item.name
     return items
 
 

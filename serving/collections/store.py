@@ -85,7 +85,9 @@ def _storable(value: Any) -> Any:
 def row_record(row: Any) -> ImageRecord:
     values = {name: getattr(row, name) for name in RECORD_COLUMNS}
     tags = tuple(t for t in (row.tags or "").split(",") if t)
-    probs = tuple((int(i), float(p)) for i, p in row.class_probs or ())
+    # A probability stored as null (NaN/infinity: `finite_json`) is left out: float(None) made every read of the
+    # collection (listing, export, report) fail for one image's output.
+    probs = tuple((int(i), float(p)) for i, p in row.class_probs or () if p is not None)
     return ImageRecord(**values, tags=tags, class_probs=probs)
 
 
@@ -117,6 +119,14 @@ class CollectionStore:
                 "a collection name is 1 to 200 characters, without '/' or control characters,"
                 " not starting or ending with a space"
             )
+        try:
+            return self._open(name, stages, sources, tenant, job_id)
+        except sa.exc.IntegrityError:  # made by another run (or request) in the same instant: reopen that one
+            return self._open(name, stages, sources, tenant, job_id)
+
+    def _open(
+        self, name: str, stages: Sequence[str], sources: Sequence[str], tenant: str, job_id: str | None
+    ) -> CollectionInfo:
         now = time.time()
         with self.engine.begin() as conn:
             row = _by_name(conn, name, tenant)
@@ -155,6 +165,24 @@ class CollectionStore:
             ):
                 clashes[image.name] = recorded
         return clashes
+
+    def recorded_under_other_names(self, name: str, tenant: str, wanted: Mapping[str, str]) -> dict[str, str]:
+        """Of `wanted` (image name -> where this run reads it, `sources.place`), the images the tenant's collection
+        `name` already records from that very place under another name (another set of sources, or another
+        --prefix, names the same files differently), with that name: analysed again, each would count twice."""
+        by_place = {where: image for image, where in wanted.items()}
+        c = collection_images.c
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            row = _by_name(conn, name, tenant)
+            if row is None:
+                return found
+            query = sa.select(c.name, c.location, c.member).where(c.collection_id == row.id, c.location.is_not(None))
+            for image in conn.execute(query):
+                mine = by_place.get(place(image.location, image.member))
+                if mine is not None and mine != image.name:
+                    found[mine] = image.name
+        return found
 
     def recorded_names(self, name: str, tenant: str, names: Sequence[str]) -> list[str]:
         """Which of `names` the tenant's collection `name` records (analysed or failed); none when it is new."""

@@ -117,3 +117,12 @@ def test_copies_of_one_file_count_once() -> None:
 )
 def test_rates_near_0_and_100_percent_are_not_rounded_to_them(rate: float, decimals: int, text: str) -> None:
     assert percent_text(rate, decimals) == text
+
+
+def test_iso_zero_is_not_known_not_a_low_iso_group() -> None:
+    """Many cameras write ISO 0 for "not known": it made an "ISO 200 or less" group of photos whose ISO is unknown,
+    which an insight could then name. Shutter and aperture already treated values <= 0 as not known."""
+    from pipelines.collections.insights import _iso_group
+
+    assert _iso_group(ImageRecord("a", iso=0)) is None and _iso_group(ImageRecord("b", iso=-1)) is None
+    assert _iso_group(ImageRecord("c", iso=100)) == "ISO 200 or less"
