@@ -5,8 +5,9 @@
 
 HTTP: schemathesis generates valid and invalid requests per operation (examples, coverage and fuzzing phases) and
 checks `not_a_server_error`: no 5xx for anything a client sends. gRPC: seeded random requests per method (mutated
-images, bad model names, shapes, datatypes, counts, raw contents); a finding is any INTERNAL, UNKNOWN or DATA_LOSS
-status. Figures (requests, statuses) go to `build/fuzz/api.json`; the schemathesis HAR log beside it.
+images, bad model names, shapes, datatypes, counts, raw contents; a tenth as mutated message bytes that may not parse);
+a finding is any INTERNAL, UNKNOWN or DATA_LOSS status. Figures (requests, statuses) go to `build/fuzz/api.json`; the
+schemathesis HAR log beside it.
 """
 
 import argparse
@@ -27,6 +28,7 @@ from tooling.fuzz.seeds import SEEDS
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "fuzz"
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
+RAW_SHARE = 0.1  # of gRPC requests sent as mutated message bytes (truncated, bad UTF-8, wrong wire types)
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "", "fp32", "X" * 300]
 
 
@@ -139,8 +141,14 @@ def run_grpc(target: str, requests: int, seed: int) -> dict[str, Any]:
                 method = rng.choice(["ModelMetadata", "ModelReady"])
                 message = getattr(oip_pb, f"{method}Request")(name=_text(rng), version=_text(rng)[:20])
                 stub = oip_stub
+            raw = rng.random() < RAW_SHARE  # the message's bytes mutated: not always a valid protobuf any more
             try:
-                getattr(stub, method)(message, timeout=60)
+                if raw:
+                    service = "imgserve.v1.ImageService" if stub is image_stub else "inference.GRPCInferenceService"
+                    channel.unary_unary(f"/{service}/{method}")(_mutate(rng, message.SerializeToString()), timeout=60)
+                    method = f"{method} (raw)"
+                else:
+                    getattr(stub, method)(message, timeout=60)
                 code = grpc.StatusCode.OK
             except grpc.RpcError as exc:
                 code = exc.code()
