@@ -82,6 +82,8 @@ def promotion_line(result: dict[str, Any], rule: str) -> str:
     """Whether the new version is served now, and why (or why not), from what the training job reported."""
     version, previous = result.get("version"), result.get("previous_version")
     accuracy = (result.get("validation") or {}).get("accuracy", 0.0)
+    if result.get("accuracy_compared") is not None:  # both on the validation images the previous did not train on
+        accuracy = result["accuracy_compared"]
     previous_accuracy = result.get("previous_version_accuracy")
     if result.get("promoted"):
         if rule == "always":

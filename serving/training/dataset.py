@@ -2,7 +2,11 @@
 and its fixed split into training and validation images."""
 
 import hashlib
+import lzma
+import tarfile
 import unicodedata
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +21,9 @@ from serving.jobs.tables import located_job
 from serving.jobs.uris import check_uri, file_uri_path
 
 SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: validation sets stay comparable across runs
+MAX_CATEGORIES = 1000  # the head's fit holds images x categories arrays: far more categories would exhaust memory
+# what listing a corrupt archive raises beside OSError (a truncated gzip stream, a zip without its directory)
+UNREADABLE_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ def labelled_images(
         items = list_sources([source_location(source, allowed_root, remote)])
     except (SourceError, OSError) as exc:
         raise BadRequestError(f"dataset {source!r} cannot be listed: {exc}") from None
+    except UNREADABLE_ARCHIVE as exc:  # a corrupt or truncated .zip / .tgz in it: the client's data, not a 500
+        raise BadRequestError(f"dataset {source!r} holds an archive that cannot be read: {exc}") from None
     if not items:
         raise BadRequestError(f"dataset {source!r} holds no images")
     local_root = allowed_root.resolve() if allowed_root is not None and not is_uri(items[0].location) else None
@@ -98,10 +107,10 @@ def check_label(label: str) -> None:
 
 
 def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[str]:
-    """The categories, sorted; a dataset with fewer than two, a category name `check_label` refuses, two names that
-    are the same text in another Unicode form (café composed and decomposed: two outputs a reader cannot tell
-    apart), or a category too small to split, is refused. Names differing in case are distinct categories (A and a
-    in handwriting data)."""
+    """The categories, sorted; a dataset with fewer than two or more than `MAX_CATEGORIES`, a category name
+    `check_label` refuses, two names that are the same text in another Unicode form (café composed and decomposed:
+    two outputs a reader cannot tell apart), or a category too small to split, is refused. Names differing in case
+    are distinct categories (A and a in handwriting data)."""
     counts = Counter(image.label for image in images)
     for label in counts:
         check_label(label)
@@ -115,6 +124,8 @@ def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[s
         normal[key] = label
     if len(counts) < 2:
         raise BadRequestError(f"a dataset needs at least two categories (folders), found {sorted(counts)}")
+    if len(counts) > MAX_CATEGORIES:
+        raise BadRequestError(f"a dataset has at most {MAX_CATEGORIES} categories, found {len(counts)}")
     small = sorted(label for label, n in counts.items() if n < min_per_class)
     if small:
         raise BadRequestError(f"categories {small} have fewer than {min_per_class} images: one is kept for validation")

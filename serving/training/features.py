@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.config.model_entry import ModelEntry
+from serving.errors import classify_error, internal_detail, unwrap
+from serving.jobs.errors import ItemInputError
 from serving.npy_lock import NPY_READ
 from serving.service import InferenceService
 from serving.stages.pipeline import StagePlan
@@ -53,6 +55,28 @@ class FeatureCache:
         tmp.replace(path)
 
 
+def read_error(exc: Exception) -> str:
+    """Why an image could not be read, as the job's result tells the client: an OSError's reason without its path
+    (a server path: the object store, a resolved link), anything else as it reads (a corrupt archive member, the
+    size limit, a purged job input)."""
+    if isinstance(exc, ItemInputError):
+        return exc.message
+    if isinstance(exc, OSError):
+        logger.info("training image unreadable: %s", exc)
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
+def model_error(exc: Exception) -> str:
+    """Why an image could not be run through the backbone, as the job's result tells the client: the error's own
+    message (not an image, too large, overloaded); an internal error's text (paths, Ray addresses) only in the log."""
+    info = classify_error(exc)
+    if info.kind == "internal":
+        logger.warning("training image failed: %s", internal_detail(exc))
+        return f"{type(unwrap(exc)).__name__}: internal error, see the server log"
+    return f"{type(unwrap(exc)).__name__}: {info.message}"
+
+
 class FeatureResult:
     """Embeddings of the images that could be read and decoded, and why the others could not."""
 
@@ -82,7 +106,7 @@ async def embed_images(
 
     async def one(image: LabelledImage, data: bytes | Exception) -> None:
         if isinstance(data, Exception):
-            result.errors[image.name] = f"unreadable: {data}"
+            result.errors[image.name] = f"unreadable: {read_error(data)}"
             return
         digest = hashlib.sha256(data).hexdigest()
         result.digests[image.name] = digest
@@ -94,7 +118,7 @@ async def embed_images(
             try:
                 outputs = await service.pipeline.run(data, plan)
             except Exception as exc:  # noqa: BLE001 - the image's own failure (not an image, too large, ...)
-                result.errors[image.name] = f"{type(exc).__name__}: {exc}"
+                result.errors[image.name] = model_error(exc)
                 return
         embedding = np.asarray(outputs.models[backbone.name].outputs[EMBEDDING], np.float32)
         await asyncio.to_thread(cache.put, digest, embedding)

@@ -6,6 +6,7 @@ import errno
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,20 @@ import yaml
 
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
-from serving.model_versions import METRICS_FILE, VersionPolicy, next_version, scan_model_folder, write_policy
+from serving.model_versions import (
+    METRICS_FILE,
+    VersionPolicy,
+    next_version,
+    read_metrics,
+    scan_model_folder,
+    write_policy,
+)
 from serving.trained_head import ClassifierHead
 from serving.training.softmax import ValidationReport
 from serving.weights import sha256_of
 
 HEAD_FILE = "head.npz"
+TRAINED_ON_FILE = "trained_on.txt"  # the sha256 of each training image's bytes, one a line (serving.training.compare)
 VERSION_ATTEMPTS = 20  # version numbers tried when other replicas register versions of the same model at once
 
 
@@ -106,23 +115,29 @@ def register_version(
     head: ClassifierHead,
     recipe: TrainingRecipe,
     report: ValidationReport,
+    taken: Iterable[str] = (),
+    trained_on: Iterable[str] = (),
 ) -> str:
     """Write the next version of `name` under `root` (a temporary folder renamed into place: a scan never sees half
     a version) and return its version string. The config is validated before the rename. Replicas sharing the
     trained-models volume may register a version of the same model at once: the rename is what allocates the number
     (it fails when that version's folder exists), so the one that loses writes its files for the next number and
-    tries again. The temporary folder never stays behind."""
+    tries again. `taken`: numbers the job database has recorded for the model, whose folders may have been removed
+    since (a number is never given twice: its row would collide). `trained_on`: the training images' sha256. The
+    temporary folder never stays behind."""
     model_root = root / name
     model_root.mkdir(parents=True, exist_ok=True)
     staging = model_root / f".staging-{recipe.job_id}"
+    first_free = 1 + max((int(v) for v in taken if v.isdecimal()), default=0)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         head.save(staging / HEAD_FILE)
         head_sha = sha256_of(staging / HEAD_FILE)
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in head.labels), encoding="utf-8")
+        (staging / TRAINED_ON_FILE).write_text("".join(f"{d}\n" for d in sorted(set(trained_on))), encoding="ascii")
         for _ in range(VERSION_ATTEMPTS):
-            version = next_version(model_root)
+            version = str(max(int(next_version(model_root)), first_free))
             _write_version_files(staging, name, version, base, list(head.labels), head_sha, recipe, report)
             try:
                 staging.rename(model_root / version)
@@ -154,6 +169,18 @@ def _write_version_files(
     metrics = {"version": version, "job_id": recipe.job_id, "validation": report.to_dict(), "recipe": recipe.__dict__}
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (staging / "MODEL_CARD.md").write_text(model_card(name, version, recipe, report), encoding="utf-8")
+
+
+def version_of_job(model_root: Path, job_id: str) -> str | None:
+    """The version a run of `job_id` registered, or None. A server that stopped after the rename (while it loaded the
+    version, or before the job was recorded completed) runs the job again: that run finishes this version rather than
+    adding a copy of it."""
+    if not model_root.is_dir():
+        return None
+    for child in sorted(model_root.iterdir()):
+        if child.name.isdecimal() and (read_metrics(child) or {}).get("job_id") == job_id:
+            return child.name
+    return None
 
 
 def promote(root: Path, name: str, version: str) -> None:

@@ -28,7 +28,7 @@ from serving.model_versions import VersionPolicy, read_policy, write_policy
 from serving.security.errors import PermissionDeniedError
 from serving.security.principal import Principal
 from serving.service import InferenceService
-from serving.trained_head import ClassifierHead
+from serving.training.compare import Comparison, compare_with_served
 from serving.training.dataset import (
     LabelledImage,
     check_classes,
@@ -39,8 +39,8 @@ from serving.training.dataset import (
     without_copies_of_training,
 )
 from serving.training.features import FeatureCache, embed_images
-from serving.training.registry import HEAD_FILE, TrainingRecipe, register_version, served_version
-from serving.training.runner import JobLease, fit_on_ray
+from serving.training.registry import TrainingRecipe, register_version, served_version, version_of_job
+from serving.training.runner import JobLease, fit_on_ray, until_stored
 from serving.training.softmax import FitStoppedError, validation_report
 from serving.training.store import REGISTERING, TrainingJob, TrainingStore
 
@@ -122,11 +122,7 @@ class TrainingService:
         if existing and not any(e.folder.is_relative_to(self.settings.trained_models) for e in existing.values()):
             raise BadRequestError(f"'{request.model}' is a repository model; training adds versions to trained models")
         store = await self.store()
-        owners = {str(v["tenant"]) for v in await asyncio.to_thread(store.versions, request.model)}
-        if owners - {principal.tenant}:  # a new version would replace what another tenant's requests are answered by
-            raise PermissionDeniedError(
-                f"model '{request.model}' was trained by another tenant; train yours under another name"
-            )
+        await owned_versions(store, request.model, principal.tenant)
         backbone = self._backbone(request.backbone)
         base_classifier(self.service, backbone)
         images, _ = await self._dataset(request, principal.tenant)
@@ -170,7 +166,7 @@ class TrainingService:
             claim = await asyncio.to_thread(store.claim, job_id)
             if claim is None:
                 return  # cancelled while queued, already finished, or run by another live process
-            job = await asyncio.to_thread(store.get, job_id)
+            job = await until_stored(store.get, job_id)
             try:
                 async with JobLease(store, job_id, claim) as lease:
                     result = await self._train(store, job, lease)
@@ -182,15 +178,17 @@ class TrainingService:
                 kind = type(unwrap(exc)).__name__
                 message = info.message if info.kind != "internal" else f"internal error ({kind}), see the server log"
                 logger.warning("training job %s failed: %s", job_id, internal_detail(exc))
-                await asyncio.to_thread(store.finish, job_id, "failed", None, message, claim)
+                await until_stored(store.finish, job_id, "failed", None, message, claim)
                 return
             if result is not None:
-                await asyncio.to_thread(store.finish, job_id, "completed", result, None, claim)
+                await until_stored(store.finish, job_id, "completed", result, None, claim)
 
     async def _train(self, store: TrainingStore, job: TrainingJob, lease: JobLease) -> dict[str, Any] | None:
         """The job's work; None when it was cancelled (or taken over by another runner) on the way."""
         started = time.perf_counter()
+        resumed = (job.progress or {}).get("phase") == REGISTERING  # its last runner stopped while registering
         request = TrainingRequest.model_validate(job.request)
+        await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it meanwhile
         backbone = self._backbone(request.backbone)
         base = base_classifier(self.service, backbone)
         images, unlabelled = await self._dataset(request, job.tenant)
@@ -233,17 +231,29 @@ class TrainingService:
         xv = np.stack([features.features[image.name] for image in validation])
         yv = np.array([labels.index(image.label) for image in validation])
         report = validation_report(head.predict(xv), yv, labels)
+        held_out = [features.digests[image.name] for image in validation]
+
+        def against(version: str | None) -> Comparison:  # the new version and `version`, on images neither trained on
+            folder = None if version is None else self.settings.trained_models / request.model / version
+            return compare_with_served(folder, head, xv, yv, labels, held_out)
+
         current = served_version(self.settings.trained_models, request.model)
-        current_accuracy = self._current_accuracy(request.model, current, xv, yv, labels)
-        promoted = decide_promotion(request.promote, current, current_accuracy, report.accuracy)
+        compared = against(current)
+        promoted = decide_promotion(request.promote, current, compared.current, compared.new)
         if await check_cancelled():
             return None
         model_root = self.settings.trained_models / request.model
         async with self.service.model_lock:  # the version policy: one writer at a time (model control too)
+            recorded = await owned_versions(store, request.model, job.tenant)  # checked again: it ran a while
             if not await asyncio.to_thread(store.begin_registration, job.id, lease.claim):
                 return None  # cancelled while it waited for the lock: nothing is registered, nothing promoted
-            if current is not None:  # what is served now (a promotion during the fit must not be undone below)
-                current = served_version(self.settings.trained_models, request.model) or current
+            served_now = served_version(self.settings.trained_models, request.model)  # by another replica too
+            if served_now is not None and served_now != current:  # promoted during the fit: must not be undone
+                current = served_now  # below, and is what the new version has to beat
+                compared = against(current)
+                promoted = decide_promotion(request.promote, current, compared.current, compared.new)
+            reused = await asyncio.to_thread(version_of_job, model_root, job.id) if resumed else None
+            promoted = promoted or (reused is not None and reused == current)  # the stopped run promoted it
             # pin what is served (and any canary) before a newer folder appears: kept when not promoting, and what
             # a promotion whose version does not load puts back ("latest" would then name the broken version)
             if current is not None:
@@ -267,15 +277,18 @@ class TrainingService:
                 created_by=job.created_by or "anonymous",
                 tenant=job.tenant,
             )
-            version = await asyncio.to_thread(
-                register_version, self.settings.trained_models, request.model, base, head, recipe, report
+            taken = [str(row["version"]) for row in recorded]  # a removed folder's number stays its row's
+            trained_on = [features.digests[image.name] for image in train]
+            register = functools.partial(register_version, taken=taken, trained_on=trained_on)
+            version = reused or await asyncio.to_thread(
+                register, self.settings.trained_models, request.model, base, head, recipe, report
             )
             loaded, load_error = False, None
             if promoted:  # loaded under the same lock hold; a version that does not load is registered, not promoted
                 promoted, loaded, load_error = await self._promote(request.model, model_root, version)
-        metrics = {"validation": report.to_dict(), "current_version_accuracy": current_accuracy}
-        await asyncio.to_thread(store.record_version, request.model, version, job, labels, metrics, promoted)
-        await asyncio.to_thread(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase, complete
+        metrics = {"validation": report.to_dict(), "current_version_accuracy": compared.current}
+        await until_stored(store.record_version, request.model, version, job, labels, metrics, promoted)
+        await until_stored(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase, complete
         if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
             await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
         return {
@@ -286,7 +299,9 @@ class TrainingService:
             "loaded": loaded,
             "load_error": load_error,
             "previous_version": current,
-            "previous_version_accuracy": current_accuracy,
+            "previous_version_accuracy": compared.current,  # on the validation images it did not train on
+            "accuracy_compared": compared.new,  # the new version's on those images
+            "images_compared": compared.images,
             "validation": report.to_dict(),
             "images": {
                 "train": len(train),
@@ -339,21 +354,6 @@ class TrainingService:
                 out[i] = exc
         return out
 
-    def _current_accuracy(
-        self, model: str, current: str | None, xv: np.ndarray, yv: np.ndarray, labels: list[str]
-    ) -> float | None:
-        """The served version's accuracy on this job's validation images (None: no such version, or other labels)."""
-        if current is None:
-            return None
-        try:
-            head = ClassifierHead.load(self.settings.trained_models / model / current / HEAD_FILE)
-        except (OSError, ValueError, KeyError):
-            return None
-        if sorted(head.labels) != labels:
-            return None
-        order = [head.labels.index(label) for label in labels]
-        return validation_report(head.predict(xv)[:, order], yv, labels).accuracy
-
     async def _promote(self, model: str, root: Path, version: str) -> tuple[bool, bool, str | None]:
         """(promoted, loaded, why not loaded), for a caller holding the model lock. The policy names `version` only
         once it loaded here, or where this placement cannot load models (the graph: served from the next deploy)."""
@@ -370,9 +370,19 @@ class TrainingService:
         return True, True, None
 
 
-def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float) -> bool:
+async def owned_versions(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
+    """The model's recorded versions; refused (403) when another tenant trained any: a new version would replace
+    what the owner's requests are answered by."""
+    recorded = await asyncio.to_thread(store.versions, model)
+    if {str(row["tenant"]) for row in recorded} - {tenant}:
+        raise PermissionDeniedError(f"model '{model}' was trained by another tenant; train yours under another name")
+    return recorded
+
+
+def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float | None) -> bool:
     if rule == "never":
         return False
     if rule == "always" or current is None:
         return True
-    return current_accuracy is not None and accuracy > current_accuracy  # other labels: not comparable, not promoted
+    # other labels (or no validation image the served version did not train on): not comparable, not promoted
+    return current_accuracy is not None and accuracy is not None and accuracy > current_accuracy

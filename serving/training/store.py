@@ -211,9 +211,15 @@ class TrainingStore:
         metrics: dict[str, Any],
         promoted: bool,
     ) -> None:
+        """Record the version `job` registered; a rerun of the job (its runner stopped before it finished) updates
+        the row its first run wrote."""
+        c = model_versions.c
         with self.engine.begin() as conn:
             if promoted:
-                conn.execute(model_versions.update().where(model_versions.c.model == model).values(promoted=False))
+                conn.execute(model_versions.update().where(c.model == model).values(promoted=False))
+            mine = (c.model == model, c.version == version, c.training_job == job.id)
+            if conn.execute(model_versions.update().where(*mine).values(metrics=metrics, promoted=promoted)).rowcount:
+                return
             conn.execute(
                 model_versions.insert().values(
                     model=model,
