@@ -42,7 +42,7 @@ from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import TrainingRecipe, register_version, served_version, version_of_job
 from serving.training.runner import JobLease, fit_on_ray, until_stored
 from serving.training.softmax import FitStoppedError, validation_report
-from serving.training.store import REGISTERING, TrainingJob, TrainingStore
+from serving.training.store import REGISTERING, THIS_PROCESS, TrainingJob, TrainingStore
 
 logger = logging.getLogger("imgserve.training")
 DEFAULT_BACKBONE = "mobilenet_v2_embedding"
@@ -163,7 +163,9 @@ class TrainingService:
     async def run(self, job_id: str) -> None:
         async with self._one_at_a_time:
             store = await self.store()
-            claim = await asyncio.to_thread(store.claim, job_id)
+            # retried through a store outage; holding the lock, this process runs no job, so one it holds already
+            # is its own claim whose answer was lost (not retaken, the job would stay running under a live runner)
+            claim = await until_stored(store.claim, job_id, THIS_PROCESS, True)
             if claim is None:
                 return  # cancelled while queued, already finished, or run by another live process
             job = await until_stored(store.get, job_id)

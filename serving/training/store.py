@@ -110,11 +110,13 @@ class TrainingStore:
         """`claim`, True when this runner got the job."""
         return self.claim(job_id, runner) is not None
 
-    def claim(self, job_id: str, runner: WorkerIdentity = THIS_PROCESS) -> float | None:
+    def claim(self, job_id: str, runner: WorkerIdentity = THIS_PROCESS, retake_own: bool = False) -> float | None:
         """Claim the job for `runner`: a queued one, or a running one whose runner is dead (a stopped server's job
         runs again), never one a live process runs (a replica starting while another trains, or this process twice).
-        One transaction compares and sets, so of two replicas claiming at once one wins. Returns the claim (the
-        job's new `started_at`, which names this run in `heartbeat`, `begin_registration` and `finish`), or None."""
+        `retake_own`: also one `runner` itself holds, for a caller that knows it runs no job now (a claim whose
+        commit went through but whose answer was lost, retried). One transaction compares and sets, so of two
+        replicas claiming at once one wins. Returns the claim (the job's new `started_at`, which names this run in
+        `heartbeat`, `begin_registration` and `finish`), or None."""
         c = training_jobs.c
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -132,7 +134,12 @@ class TrainingStore:
                     pid=row.runner_pid or 0,
                     process_started_at=row.runner_started_at or 0.0,
                 )
-                if row.runner_pid is not None and not is_dead(holder, time.time(), RUNNER_STALE_S):
+                own = retake_own and (holder.host, holder.pid, holder.process_started_at) == (
+                    runner.host,
+                    runner.pid,
+                    runner.process_started_at,
+                )
+                if row.runner_pid is not None and not own and not is_dead(holder, time.time(), RUNNER_STALE_S):
                     return None
                 claim.append(c.started_at == row.started_at if row.started_at is not None else c.started_at.is_(None))
             now = max(time.time(), (row.started_at or 0.0) + 1e-3)  # a new claim never equals the one it replaces

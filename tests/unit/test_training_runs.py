@@ -21,6 +21,7 @@ from PIL import Image
 
 import serving.jobs.workers as workers
 import serving.training.registry as registry
+import serving.training.runner as runner_module
 import serving.training.softmax as softmax
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
@@ -275,5 +276,37 @@ def test_a_failed_registration_leaves_no_staging_folder_and_no_server_path(
         assert final.status == "failed" and final.error is not None
         assert str(tmp_path) not in final.error and "OSError" in final.error
         assert [p.name for p in (world.trained / "parcels").iterdir() if p.name.startswith(".staging")] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_whose_answer_was_lost_is_retried_and_the_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store went away as a job was claimed: the claim was not retried (the job stayed queued in a live
+    server until a restart), and a retry of a claim whose commit went through found the job running under this live
+    process and gave up (running for ever). The claim is retried and its own lost claim retaken."""
+    import sqlalchemy as sa
+
+    world = World(tmp_path)
+    real_claim = world.store.claim
+    calls: list[str] = []
+
+    def lost_answer(job_id: str, *args: Any) -> float | None:
+        calls.append(job_id)
+        if len(calls) == 1:  # committed, then the connection dropped before the answer
+            real_claim(job_id, *args)
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return real_claim(job_id, *args)
+
+    monkeypatch.setattr(TrainingStore, "claim", lambda self, job_id, *args: lost_answer(job_id, *args))
+    monkeypatch.setattr(runner_module, "FIRST_DELAY_S", 0.01)
+
+    async def scenario() -> None:
+        job = await world.submit()
+        await world.finished()
+        final = await asyncio.to_thread(world.store.get, job.id)
+        assert final.status == "completed", (final.status, final.error)
+        assert len(calls) == 2 and world.on_disk() == ["1", "versions.yaml"]
 
     asyncio.run(scenario())
