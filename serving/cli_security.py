@@ -8,6 +8,7 @@ whoever can write it can make keys, so these commands need no key themselves. Ev
 import argparse
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -100,14 +101,26 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+KEY_ID_IN = re.compile(r"^(?:isk_)?([0-9a-f]{12})(?:_|$)")
+
+
+def _key_id(text: str) -> str:
+    """The key id in what `keys revoke` is given: the id `keys list` shows, or the whole key (a leaked key is what
+    one has at hand: it was looked up as an id, not found, and printed back, secret and all, in the error)."""
+    match = KEY_ID_IN.match(text.strip())
+    return match.group(1) if match else text
+
+
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from serving.security.keys import KeyStore
 
     engine = _engine()
+    key_id = _key_id(args.key_id)
     try:
-        record = KeyStore(engine).revoke(args.key_id)
+        record = KeyStore(engine).revoke(key_id)
     except KeyError:
-        print(f"imgserve: error: no key with id {args.key_id!r}", file=sys.stderr)
+        shown = key_id if len(key_id) <= 16 else key_id[:16] + "..."  # never the rest of a mistyped key
+        print(f"imgserve: error: no key with id {shown!r}", file=sys.stderr)
         return 1
     _audit(engine, "key.revoke", record.id, record.tenant)
     print(f"revoked key {record.id} ({record.name}); replicas stop accepting it within IMGSERVE_KEY_CACHE_S (5 s)")
@@ -200,7 +213,7 @@ def add_security_commands(sub: Any) -> None:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_cmd_keys_list)
     revoke = keys_sub.add_parser("revoke", help="stop a key working (within IMGSERVE_KEY_CACHE_S seconds)")
-    revoke.add_argument("key_id", help="the key's id (isk_<id>_...), as `keys list` shows it")
+    revoke.add_argument("key_id", help="the key's id (isk_<id>_...), as `keys list` shows it, or the whole key")
     revoke.set_defaults(func=_cmd_keys_revoke)
 
     tenants = sub.add_parser("tenants", help="tenants' quotas, forced anonymisation, webhook secrets")

@@ -68,7 +68,14 @@ class JwtVerifier:
         if self._jwks_file is not None:
             stat = self._jwks_file.stat()
             self._jwks_stamp = (stat.st_mtime, stat.st_size)
-            for jwk in json.loads(self._jwks_file.read_text()).get("keys", []):
+            document = json.loads(self._jwks_file.read_text())
+            jwks = document.get("keys") if isinstance(document, dict) else None
+            if not isinstance(jwks, list):  # `[]`, `null`: an AttributeError, a 500 for the token that read it
+                raise ValueError(f"{self._jwks_file} is not a JWKS document (an object with a list of `keys`)")
+            for jwk in jwks:
+                if not isinstance(jwk, dict):
+                    logger.warning("JWKS entry left out: a %s, not an object", type(jwk).__name__)
+                    continue
                 if jwk.get("use", "sig") != "sig":
                     continue  # an encryption key (Keycloak publishes one beside its signing keys)
                 try:

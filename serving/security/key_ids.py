@@ -5,7 +5,8 @@ The list is read again when a key names an id not in it: at once when this proce
 read, else at most `RELOAD_BURST` times in a row and then once per `RELOAD_EVERY_S`. So a key made with
 `imgserve keys create` works at its first request on every replica, except while unknown ids are arriving faster
 than that (a flood, or a client with a mistyped key): then within `RELOAD_EVERY_S`. Past `MAX_IDS` keys the list is
-not kept and every well-formed key is looked up, as before.
+not kept and every well-formed key is looked up, as before; every id is read again each `FULL_READ_EVERY_S`, so the
+list is kept again once keys are deleted below `MAX_IDS`.
 
 A read after the first asks only for keys made since the last read (less `CLOCK_MARGIN_S`, for hosts whose clocks
 differ): a flood made each replica read every id 4 times a second (200,000 ids on SQLite: 120-160 ms each, about half
@@ -62,14 +63,23 @@ class KnownKeyIds:
         self._tokens -= 1
         return True
 
+    def _full_read_due(self) -> bool:
+        return time.monotonic() - self._full_read_at >= self.full_read_every_s
+
     async def may_exist(self, key_id: str) -> bool:
         """False when no key has `key_id` (read again first when allowed); True when one may."""
-        if self._unbounded or key_id in self._ids:
+        if key_id in self._ids or (self._unbounded and not self._full_read_due()):
             return True
         reloads = self._reloads
         async with self._lock:
+            # Past `max_ids`, every id is read again once per `full_read_every_s`: once keys were deleted below it,
+            # the list is kept again (it was never read again, and every unknown id cost a lookup until a restart).
+            if self._unbounded:
+                if self._full_read_due():
+                    self._reloads += 1
+                    await self._read()
             # A read that started after this id arrived has finished meanwhile: it answers for this id too.
-            if self._reloads == reloads and self._may_reload():
+            elif self._reloads == reloads and self._may_reload():
                 self._reloads += 1
                 await self._read()
         return self._unbounded or key_id in self._ids
@@ -84,7 +94,8 @@ class KnownKeyIds:
             self._ids, self._full_read_at = set(ids), now
         else:
             self._ids.update(ids)
-        self._unbounded = len(self._ids) > self.max_ids
+        was_unbounded, self._unbounded = self._unbounded, len(self._ids) > self.max_ids
         if self._unbounded:
             self._ids = set()
-            logger.warning("more than %d API keys: unknown key ids are looked up one by one", self.max_ids)
+            if not was_unbounded:  # not again at each full read
+                logger.warning("more than %d API keys: unknown key ids are looked up one by one", self.max_ids)

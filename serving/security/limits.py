@@ -5,8 +5,10 @@ A replica takes tokens from it in small leases (a tenth of a second's worth, at 
 locally, so the limit holds across every replica and process (they share the bucket row; the transaction that
 takes a lease is serialised by SQLite's write lock or PostgreSQL's row lock) while a fast key costs at most ~10
 database writes per second per replica. Leased tokens not spent within a second lapse, so a limit is never
-exceeded, only (slightly) under-used. Keys without a rate never touch the database here. A JWT caller has the bucket
-of its `jwt:` id, with the server's IMGSERVE_JWT_RATE / IMGSERVE_JWT_BURST (serving.security.settings).
+exceeded, only (slightly) under-used. The bucket's time only moves forward, so replicas whose clocks differ (by up
+to `MAX_CLOCK_SKEW_S`) refill it at its rate, not faster. Keys without a rate never touch the database here. A JWT
+caller has the bucket of its `jwt:` id, with the server's IMGSERVE_JWT_RATE / IMGSERVE_JWT_BURST
+(serving.security.settings).
 
 Quotas: images are counted per key and UTC day in `usage_daily`. Counts are added in memory and written every
 second; a request is refused when the stored count plus what this replica has not written yet would pass the
@@ -31,6 +33,7 @@ from serving.security.tables import rate_buckets, usage_daily
 logger = logging.getLogger("imgserve.security")
 LEASE_S = 0.1  # a lease is this many seconds of a key's rate (at least one token)
 LEASE_TTL_S = 1.0
+MAX_CLOCK_SKEW_S = 60.0  # replicas' clocks this far apart share a bucket exactly (see `_take_lease`)
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, object]) -> None:
@@ -59,14 +62,20 @@ class RateLimiter:
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
             row = conn.execute(query).one()
+            # A replica whose clock is behind the last writer's adds nothing and keeps the later time: moving it back
+            # let the replica ahead count the difference again at its next lease (two replicas 0.5 s apart, leasing
+            # in turn, admitted every request of a key). More than MAX_CLOCK_SKEW_S behind: a clock stepped back,
+            # whose time the bucket starts again from (an hour's step must not stop the key for an hour).
+            behind = row.updated_at - now
+            stamp = row.updated_at if 0.0 < behind <= MAX_CLOCK_SKEW_S else now
             tokens = min(float(burst), row.tokens + max(0.0, now - row.updated_at) * rate)
             granted = min(want, math.floor(tokens))
             conn.execute(
                 rate_buckets.update()
                 .where(rate_buckets.c.key_id == key_id)
-                .values(tokens=tokens - granted, updated_at=now)
+                .values(tokens=tokens - granted, updated_at=stamp)
             )
-        return granted, (0.0 if granted else (1.0 - tokens) / rate)
+        return granted, (0.0 if granted else (1.0 - tokens) / rate + (stamp - now))
 
     async def take(self, principal: Principal) -> None:
         """Spend one request token of `principal`'s key; raises RateLimitedError when there is none."""
