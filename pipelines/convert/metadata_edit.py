@@ -1,7 +1,8 @@
 """Metadata of an output image: kept, stripped, or anonymised (no GPS, no personal fields).
 
-Anonymising edits the EXIF block itself (Pillow's EXIF writer): the GPS directory and the tags that name a person
-or a device serial are removed; XMP and IPTC are dropped whole (either can repeat the location and the names).
+Anonymising edits the EXIF block itself (Pillow's EXIF writer): the GPS directory, the tags that name a person
+or a device serial, free-text comments and the maker note are removed; XMP, IPTC and PNG text chunks are dropped
+whole (any can repeat the location and the names).
 libvips mirrors EXIF tags as `exif-ifdN-*` fields and writes them back over the blob when saving, so the
 mirrored fields of removed tags are removed too.
 """
@@ -19,6 +20,10 @@ PERSONAL_TAGS = {
     0xA435: "LensSerialNumber",
     0xA420: "ImageUniqueID",
     0x9C9D: "XPAuthor",
+    # free text and the maker's private block (serial numbers, owner names, some makers' locations)
+    0x927C: "MakerNote",
+    0x9286: "UserComment",
+    0x9C9C: "XPComment",
 }
 # libvips ForeignKeep flags
 KEEP_NONE, KEEP_EXIF, KEEP_XMP, KEEP_IPTC, KEEP_ICC, KEEP_OTHER = 0, 1, 2, 4, 8, 16
@@ -45,7 +50,8 @@ def anonymize_vips(image: pyvips.Image) -> pyvips.Image:
     """A copy of `image` whose metadata carries no location or personal fields."""
     out = image.copy()
     for name in out.get_fields():
-        if name in ("xmp-data", "iptc-data") or name.startswith("exif-ifd3-"):
+        # PNG text chunks (png-comment-N-Author, -Comment, ...) are free text, as XMP and IPTC are
+        if name in ("xmp-data", "iptc-data") or name.startswith(("exif-ifd3-", "png-comment-")):
             out.remove(name)
         elif name.startswith("exif-") and any(f"-{tag_name}" in name for tag_name in PERSONAL_TAGS.values()):
             out.remove(name)

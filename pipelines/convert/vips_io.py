@@ -331,7 +331,13 @@ def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -
             profile = _rgb_profile(image.get("icc-profile-data"))
             if profile is not None:
                 params["icc_profile"] = profile
-        pil.save(out, "HEIF", **params)
+        try:
+            pil.save(out, "HEIF", **params)
+        except RuntimeError as exc:  # x265 refuses sizes beyond its levels' limits: 8000x2, 16x16000 (not 4000x4)
+            raise InvalidOptionError(
+                f"the heif encoder cannot write a {pil.width}x{pil.height} image ({exc}); ask for max_side, or another"
+                " format"
+            ) from None
     else:
         pil.save(out, "BMP")
     return out.getvalue()
