@@ -2,8 +2,13 @@
 
 What goes, in this order (each step is its own transaction; a failed step can be re-run, the command is idempotent):
 
-- its batch jobs, each purged like `DELETE /v1/jobs/{id}?purge=true` (rows, results, events, webhook deliveries,
-  collection copies and the stored inputs/outputs no other tenant's job holds; the idempotency keys they carry);
+- first its API keys are revoked (every replica refuses them within IMGSERVE_KEY_CACHE_S), so the tenant's clients
+  stop adding what the steps below delete; its JWT callers cannot be revoked here (disable them at the identity
+  provider before erasing);
+- its batch jobs, listed again after each pass until none is left (a submission that was being taken in when the
+  keys were revoked lands after the first listing), each purged like `DELETE /v1/jobs/{id}?purge=true` (rows,
+  results, events, webhook deliveries, collection copies and the stored inputs/outputs no other tenant's job holds;
+  the idempotency keys they carry);
 - its collections and their image rows (names, metadata, GPS, quality results);
 - its training jobs (their requests name datasets and labels);
 - the model versions it trained: the `model_versions` rows and the version folders under the trained-models folder
@@ -17,6 +22,7 @@ written last either way.
 """
 
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +34,8 @@ from serving.jobs.objects import ObjectStore
 from serving.jobs.tables import collection_images, collections, jobs, model_versions, training_jobs
 from serving.security.audit import AuditEntry, write_entry
 from serving.security.tables import api_keys, audit_log, rate_buckets, tenants, usage_daily
+
+PURGE_PASSES = 5
 
 
 @dataclass
@@ -59,6 +67,12 @@ def erase_tenant(
 ) -> TenantErasure:
     """Delete everything stored for `tenant` (see the module docstring); `audit` is the erasure's own entry."""
     report = TenantErasure(tenant)
+    with engine.begin() as conn:  # its clients stop first: a key kept working through a long purge made new jobs
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.tenant == tenant, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        )
     _purge_jobs(engine, objects, tenant, report)
     with engine.begin() as conn:
         in_tenant = sa.select(collections.c.id).where(collections.c.tenant == tenant)
@@ -94,16 +108,21 @@ def _deleted(conn: sa.Connection, statement: sa.Delete, where: sa.ColumnElement[
 
 
 def _purge_jobs(engine: sa.Engine, objects: ObjectStore | None, tenant: str, report: TenantErasure) -> None:
-    with engine.connect() as conn:
-        job_ids = [row.id for row in conn.execute(sa.select(jobs.c.id).where(jobs.c.tenant == tenant))]
-    for job_id in job_ids:
-        try:
-            purged = purge_job(engine, objects, job_id, tenant, None)
-        except JobNotFoundError:
-            continue  # purged meanwhile (retention, an admin)
-        report.jobs += 1
-        report.job_items += purged.items
-        report.objects += purged.objects
+    """Purge the tenant's jobs, listing them again until a listing finds none (at most `PURGE_PASSES` listings: a
+    JWT caller still submitting cannot keep the command running)."""
+    for _ in range(PURGE_PASSES):
+        with engine.connect() as conn:
+            job_ids = [row.id for row in conn.execute(sa.select(jobs.c.id).where(jobs.c.tenant == tenant))]
+        if not job_ids:
+            return
+        for job_id in job_ids:
+            try:
+                purged = purge_job(engine, objects, job_id, tenant, None)
+            except JobNotFoundError:
+                continue  # purged meanwhile (retention, an admin)
+            report.jobs += 1
+            report.job_items += purged.items
+            report.objects += purged.objects
 
 
 def _remove_versions(trained_models: Path, trained: list[tuple[str, str]]) -> list[str]:

@@ -153,3 +153,30 @@ def test_cli_erase_needs_yes_and_reports_what_it_deleted(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["keys"] == 1
     assert _count(engine, api_keys, api_keys.c.tenant == "acme") == 0
+
+
+def test_erase_revokes_the_keys_first_and_purges_jobs_made_while_it_ran(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant's keys were deleted in the last step and its jobs listed once at the start: a key kept working
+    through a long purge, and a job its client submitted meanwhile survived the erasure."""
+    import serving.jobs.tenant_erasure as tenant_erasure
+
+    engine, objects, trained = world
+    _, key = KeyStore(engine).create("late", "analyst", "acme")
+    seen: list[bool] = []
+    real_purge = tenant_erasure.purge_job
+
+    def purge_while_a_client_submits(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        record = KeyStore(engine).verify(key)
+        seen.append(record is not None and record.revoked_at is None)
+        if len(seen) == 1:  # a submission that was being taken in lands after the first listing
+            JobStore(engine).create_job(
+                JobSpec("m", 1, ()), [NewItem("late.jpg", "uri", "file:///late.jpg")], tenant="acme"
+            )
+        return real_purge(*args, **kwargs)
+
+    monkeypatch.setattr(tenant_erasure, "purge_job", purge_while_a_client_submits)
+    report = erase_tenant(engine, objects, trained, "acme", AuditEntry(action="tenant.erase", client="cli"))
+    assert seen and not any(seen)  # the key was revoked before the first job was purged
+    assert report.jobs == 2
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.tenant == "acme")).scalar() == 0
