@@ -366,6 +366,10 @@ class RequestMetricsMiddleware:
         except ClientDisconnect:  # the client closed the connection before its answer (e.g. mid-upload)
             if not recorded:
                 record(CLIENT_CLOSED_REQUEST)
+        except asyncio.CancelledError:  # behind Ray's proxy a client that leaves cancels this task: a 499, not a 500
+            if not recorded:
+                record(CLIENT_CLOSED_REQUEST)
+            raise
         finally:
             INFLIGHT.labels("http").dec()
             if not recorded:  # the app failed before answering: the server will send a 500

@@ -119,3 +119,41 @@ def test_an_answered_request_is_not_cancelled_by_the_disconnect_that_follows(slo
 
     assert asyncio.run(asyncio.wait_for(_classify(app, after_answer), 20)) == [200]
     assert batches == [1] and _requests_with_status("499") == gone_before and REPLICA_LIMIT.inflight == 0
+
+
+def test_a_request_cancelled_inside_the_app_is_counted_499_not_500() -> None:
+    """Behind Ray's proxy a client that leaves cancels the replica's ASGI task: the metrics middleware counted that
+    request as status 500 (a server error in the throughput panels and the access log, where a direct listener says
+    499 for the same disconnect)."""
+    from serving.http.middleware import RequestMetricsMiddleware
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(10)
+
+    async def scenario() -> None:
+        app = RequestMetricsMiddleware(slow)
+        scope = {"type": "http", "path": "/v1/cancelled-probe", "method": "POST", "headers": []}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            pass
+
+        task = asyncio.ensure_future(app(scope, receive, send))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    def count(status: str) -> float:
+        return sum(
+            sample.value
+            for metric in REQUESTS.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels["status"] == status
+        )
+
+    before_500, before_499 = count("500"), count("499")
+    asyncio.run(scenario())
+    assert count("500") == before_500 and count("499") == before_499 + 1
