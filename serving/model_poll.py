@@ -20,7 +20,7 @@ import logging
 
 from serving.config.settings import ServerSettings
 from serving.model_control import load_unlocked, unload_unlocked
-from serving.model_versions import FolderState, read_states
+from serving.model_versions import FolderState, model_state, read_states
 from serving.repository import UnknownModelError
 from serving.service import InferenceService
 
@@ -74,7 +74,8 @@ class ModelPoller:
             known = self.service.model_states.get(name, ...)
             if known == state and not self._gone(name, state):
                 continue
-            async with self.service.model_lock:  # checked again under the lock: an API call may have just acted
+            async with self.service.model_lock:  # read again under the lock: an API call may have acted meanwhile
+                state = await asyncio.to_thread(model_state, self.settings, name)
                 if await self._follow(name, state):
                     acted.append(name)
         return acted

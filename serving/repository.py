@@ -202,6 +202,11 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
     return write_quality_graph(base_weights, head, config.input.size[0], "score", "probs", target)
 
 
+def is_folder_name(name: str) -> bool:
+    """Whether `name` names a folder inside a repository rather than a path (`..`, `a/b`, `/abs`)."""
+    return name not in ("", ".", "..") and Path(name).name == name
+
+
 class ModelRepository:
     """All models under `settings.model_repository` and `settings.trained_models`, keyed by name.
 
@@ -244,7 +249,11 @@ class ModelRepository:
         return repository
 
     def _scan_one(self, name: str, check_backends: bool) -> ScannedModel | None:
-        """The model folder `name` in the repository or the trained-models folder, read again; None: neither."""
+        """The model folder `name` in the repository or the trained-models folder, read again; None: neither, or a
+        name that is not a folder name (model control's text from a client: `/elsewhere/m` or `../../m` would load
+        a folder outside both, whose config says it is `m`, into the stage of the model `m`)."""
+        if not is_folder_name(name):
+            return None
         for root in (self.settings.model_repository, self.settings.trained_models):
             scanned = scan_model(root / name, self.settings, check_backends) if (root / name).is_dir() else None
             if scanned is not None:

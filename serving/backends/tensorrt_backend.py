@@ -1,7 +1,7 @@
 """TensorRT (10.x API): an FP16 engine built from the model's ONNX with a dynamic-batch optimisation profile.
 
 Engines are cached under `<cache_dir>/tensorrt/`, keyed by the ONNX file's hash, the GPU name, the
-TensorRT version and the batch profile, because a serialized engine is only valid for that triple.
+TensorRT version, the batch profile and the precision: a serialized engine is only valid for those.
 Device buffers are torch CUDA tensors, so no extra CUDA binding package is needed.
 """
 
@@ -23,11 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def engine_cache_path(
-    cache_dir: Path, model: str, onnx_sha256: str, gpu_name: str, trt_version: str, max_batch: int
+    cache_dir: Path, model: str, onnx_sha256: str, gpu_name: str, trt_version: str, max_batch: int, fp16: bool = True
 ) -> Path:
-    """Where the engine for this (model file, GPU, TensorRT version, profile) lives."""
+    """Where the engine for this (model file, GPU, TensorRT version, profile, precision) lives."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
-    return cache_dir / "tensorrt" / f"{model}-{onnx_sha256[:12]}-{gpu}-trt{trt_version}-fp16-b{max_batch}.engine"
+    precision = "fp16" if fp16 else "fp32"
+    return cache_dir / "tensorrt" / f"{model}-{onnx_sha256[:12]}-{gpu}-trt{trt_version}-{precision}-b{max_batch}.engine"
 
 
 class TensorRTBackend:
@@ -102,6 +103,7 @@ class TensorRTBackend:
             torch.cuda.get_device_name(0),
             trt.__version__,
             self._max_batch,
+            self.fp16,
         )
         data = path.read_bytes() if path.is_file() else self._build_engine(trt, entry, path)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

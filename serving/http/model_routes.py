@@ -88,15 +88,23 @@ async def _versioned_root(service: InferenceService, model: str, version: str) -
 
 
 async def _apply_policy(
-    service: InferenceService, model: str, root: Path, policy: Callable[[str], VersionPolicy]
+    service: InferenceService, model: str, root: Path, policy: Callable[[str | None], VersionPolicy]
 ) -> str:
-    """Write the model's new policy, `policy(the version served now)`, and load what it says; a policy whose
-    versions cannot load is not kept (the file is put back as it was). Under the replica's model lock from the
-    read of the served version to the load: two calls at once each load their own policy (they loaded each other's,
-    restored each other's, answered 200 for a version that could not load, or a canary call undid a promotion)."""
+    """Write the model's new policy, `policy(the version served now)` (None: the model serves none, unloaded or by
+    its policy: a promotion serves one again), and load what it says; a policy whose versions cannot load is not
+    kept (the file is put back as it was). Under the replica's model lock from the read of the served version to
+    the load: two calls at once each load their own policy (they loaded each other's, restored each other's,
+    answered 200 for a version that could not load, or a canary call undid a promotion)."""
     async with service.model_lock:
-        served = service.repository.get(model).version
-        return await apply_policy_unlocked(service, model, root, policy(served))
+        served = service.repository.entries.get(model)
+        return await apply_policy_unlocked(service, model, root, policy(served.version if served else None))
+
+
+def _served(model: str, served: str | None) -> str:
+    """The version served now, which a canary splits traffic with; 404 when the model serves none."""
+    if served is None:
+        raise UnknownModelError(f"model '{model}' is not loaded: promote a version to serve it")
+    return served
 
 
 @router.post("/v1/models/{model}/versions/{version}/promote")
@@ -135,7 +143,8 @@ async def start_canary(
     root, _ = await _versioned_root(service, model, body.version)
     split = CanarySplit(version=body.version, percent=body.percent)
 
-    def canary_beside(served: str) -> VersionPolicy:
+    def canary_beside(now: str | None) -> VersionPolicy:
+        served = _served(model, now)
         if body.version == served:
             raise BadRequestError(f"version {served} of '{model}' is the served one; a canary is another version")
         return VersionPolicy(policy="specific", versions=[served], canary=split)
@@ -154,6 +163,8 @@ async def stop_canary(
 ) -> dict[str, Any]:
     """End the split: every request goes to the served version again (the canary version stays registered)."""
     root, _ = await _versioned_root(service, model, "")
-    served = await _apply_policy(service, model, root, lambda now: VersionPolicy(policy="specific", versions=[now]))
+    served = await _apply_policy(
+        service, model, root, lambda now: VersionPolicy(policy="specific", versions=[_served(model, now)])
+    )
     audit(request, principal, "model.canary_end", model, {"version": served})
     return {"name": model, "version": served, "canary": None}

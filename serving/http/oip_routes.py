@@ -100,7 +100,8 @@ async def model_config(
     """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
     service.check_loaded(model, version)
     meta = await oip.model_metadata(service, model, version)
-    entry = service.served_entry(None if model == IMAGE_MODEL_NAME else model, version or "")
+    # the image-level model is version 1 whatever version its classifier serves
+    entry = service.served_entry(None) if model == IMAGE_MODEL_NAME else service.served_entry(model, version or "")
     # the stage's own batching (config.yaml with the serve config's overrides), as /v1/models reports it
     batching = BatchingConfig.model_validate((await service.backend_info(entry.key))["batching"])
     return {
@@ -127,9 +128,11 @@ async def repository_index(request: Request, service: InferenceService = Depends
     """One row per model version; `{"ready": true}` in the body lists only the loaded ones (Triton's index)."""
     body = await request.body()
     try:
-        ready = bool(json.loads(body).get("ready")) if body.strip() else False
+        ready = json.loads(body).get("ready", False) if body.strip() else False
     except (ValueError, AttributeError):
         raise BadRequestError("the repository index body must be empty or a JSON object") from None
+    if not isinstance(ready, bool):  # the string "false" is not taken as true
+        raise BadRequestError(f"the repository index's 'ready' must be true or false, got {ready!r:.40}")
     return await model_repository_index(service, ready)
 
 
@@ -205,16 +208,18 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
     """JSON, or JSON header + binary tensors (binary tensor data extension), -> `InferRequest`. A field of the wrong
     JSON type (parameters that are not an object, a datatype that is not a string, ...) is a 400 naming it."""
     if header_length is not None:
-        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise BadRequestError(f"{HEADER_LENGTH} is {header_length!r} but the body has {len(body)} bytes")
+        digits = header_length.isascii() and header_length.isdigit()
+        # int() of more than 4300 digits raises ValueError (a 500): no body is 10**18 bytes long
+        if not digits or len(header_length.lstrip("0")) > 18 or int(header_length) > len(body):
+            raise BadRequestError(f"{HEADER_LENGTH} is {header_length!r:.40} but the body has {len(body)} bytes")
         split = int(header_length)
         head, binary = body[:split], body[split:]
     else:
         head, binary = body, b""
     try:
         payload = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"inference request is not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer literal past int()'s 4300 digits
+        raise BadRequestError(f"inference request is not valid JSON: {str(exc)[:200]}") from None
     except RecursionError:
         raise BadRequestError("inference request is nested too deeply to parse") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):

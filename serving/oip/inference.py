@@ -89,7 +89,7 @@ async def model_metadata(service: InferenceService, name: str, version: str | No
     loaded = service.loaded_entry(name)
     canary = service.repository.canaries.get(loaded.name)
     config = entry.config
-    info = await service.backend_info(entry.name)
+    info = await service.backend_info(entry.key)  # a canary version's own stage (`<name>@<version>`)
     return {
         "name": config.name,
         "versions": [loaded.version, *([canary[0].version] if canary else [])],

@@ -127,12 +127,15 @@ def array_from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
 
 
 def integer_parameter(value: object, what: str) -> int:
-    """`value` as an int, or InvalidTensorError (400 / INVALID_ARGUMENT) naming `what`: text, null, and the
-    OverflowError of an infinite number (JSON 1e400, a gRPC double_param inf) alike."""
+    """`value` as an int, or InvalidTensorError (400 / INVALID_ARGUMENT) naming `what`: text, null, a boolean, a
+    fraction (a binary_data_size of 4.9 split the body at 4) and the OverflowError of an infinite number (JSON 1e400,
+    a gRPC double_param inf) alike."""
     try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
         return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError):
-        raise InvalidTensorError(f"{what} must be an integer, got {value!r}") from None
+        raise InvalidTensorError(f"{what} must be an integer, got {value!r:.40}") from None
 
 
 def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray:
@@ -151,13 +154,46 @@ def array_from_json(data: object, datatype: str, shape: list[int]) -> np.ndarray
         arr = np.empty(count, dtype=np.object_)
         arr[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in flat]
         return reshaped(arr, shape)
-    try:
-        arr = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 3444...4 for a UINT8
-        raise InvalidTensorError(f"data is not valid {datatype}: {exc}") from None
+    arr = _numeric_json(data, datatype)
     if arr.size != count:
         raise InvalidTensorError(f"data has {arr.size} elements but shape {shape} needs {count}")
     return reshaped(arr, shape)
+
+
+JSON_KINDS = {"U": "strings", "b": "true or false"}  # numpy's kind of a JSON array that is not all numbers
+
+
+def _numeric_json(data: object, datatype: str) -> np.ndarray:
+    """JSON `data` as a `datatype` array: numbers only (BOOL: true and false only), an integer type's whole and
+    within its range. numpy alone reads null as NaN, "2.5" as 2.5, true as 1.0 and 2.7 as 2 for an INT32: a tensor of
+    values the client never sent, answered 200."""
+    target = np.dtype(OIP_TO_NUMPY[datatype])
+    try:
+        values = np.asarray(data)
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged nesting
+        raise InvalidTensorError(f"data is not valid {datatype}: {exc}") from None
+    kind = values.dtype.kind if values.size else target.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidTensorError("data is not valid BOOL: its elements must be true or false")
+        return values.astype(target)
+    if kind not in "iuf":
+        found = JSON_KINDS.get(kind, "null, objects or integers past 64 bits")
+        raise InvalidTensorError(f"data is not valid {datatype}: its elements must be numbers, not {found}")
+    if target.kind in "iu":
+        if kind in "iu":  # integers already: their range checked, converted without parsing the list again
+            info = np.iinfo(target)
+            if values.size and (values.min() < info.min or values.max() > info.max):
+                raise InvalidTensorError(f"data is not valid {datatype}: a value is outside {info.min}..{info.max}")
+            return values.astype(target)
+        if not (np.isfinite(values).all() and (values == np.trunc(values)).all()):
+            raise InvalidTensorError(f"data is not valid {datatype}: its elements must be whole numbers")
+        try:  # from the JSON values, exactly (`values` may be float64: [2**64 - 1, 0]); out of range raises
+            return np.asarray(data, dtype=target)
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: 3444...4 for a UINT8
+            raise InvalidTensorError(f"data is not valid {datatype}: {exc}") from None
+    with np.errstate(over="ignore"):  # FP16 of 1e6: infinity, as numpy and Triton convert it
+        return values.astype(target)
 
 
 def array_to_raw(array: np.ndarray) -> bytes:

@@ -93,9 +93,15 @@ class LocalPipeline:
         that already hold a replaced or removed stage finish on it (its batch queue drains, then it is freed).
         A backend that fails to load raises before anything changed."""
         settings = self.settings or StageSettings(models={})
-        built = {}
-        for entry in load:
-            built[entry.key] = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
+        built: dict[str, ModelStage] = {}
+        try:
+            for entry in load:
+                stage = await asyncio.to_thread(ModelStage, entry, settings.backend_options, settings.batching)
+                built[entry.key] = stage
+        except BaseException:
+            for stage in built.values():  # never served: counted off `imgserve_model_info` again
+                stage.retire()
+            raise
         for entry in load:
             self.decode.specs[entry.key] = entry.config.preprocess_spec()
         retired = [stage for key, stage in self.models.items() if key in remove or key in built]
