@@ -24,12 +24,15 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (sa.exc.OperationalError, sa.exc
 
 
 class StoreCalls:
-    """The worker's store calls, retried with shared exponential backoff while the store is down."""
+    """The worker's store calls, retried with shared exponential backoff while the store is down. `gauge`: whether
+    they report `imgserve_batch_store_up` (the batch worker's do; a training job's last writes only retry)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: bool = True) -> None:
         self.failures = 0
         self._since: float | None = None
-        batch_store_up().set(1)
+        self.gauge = gauge
+        if gauge:
+            batch_store_up().set(1)
 
     def down_for(self) -> float:
         """Seconds since the first failure of the current outage (0 when the store answers)."""
@@ -40,14 +43,16 @@ class StoreCalls:
         if self._since is None:
             self._since = time.monotonic()
             logger.warning("job store unavailable (%s: %.300s); retrying with backoff", type(exc).__name__, exc)
-            batch_store_up().set(0)
+            if self.gauge:
+                batch_store_up().set(0)
         self.failures += 1
         return min(FIRST_DELAY_S * 2 ** min(self.failures - 1, 16), MAX_DELAY_S)
 
     def succeeded(self) -> None:
         if self._since is not None:
             logger.warning("job store back after %.1fs", self.down_for())
-            batch_store_up().set(1)
+            if self.gauge:
+                batch_store_up().set(1)
         self._since, self.failures = None, 0
 
     async def durable(self, fn: Callable[..., T], *args: Any) -> T:

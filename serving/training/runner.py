@@ -5,13 +5,10 @@ over), and the fit stopped within a step once the job is cancelled or its claim 
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.jobs.outage import FIRST_DELAY_S, MAX_DELAY_S, STORE_ERRORS
 from serving.trained_head import ClassifierHead
 from serving.training import store as training_store
 from serving.training.softmax import FitStoppedError, train_head
@@ -20,7 +17,6 @@ from serving.training.store import TrainingStore
 logger = logging.getLogger("imgserve.training")
 HEARTBEAT_S = 5.0  # at most this long between heartbeats (and before a cancel during the fit is seen)
 RAY_POLL_S = 0.5  # how often a fit running as a Ray task is checked for a stop
-T = TypeVar("T")
 
 
 def heartbeat_interval() -> float:
@@ -62,20 +58,6 @@ class JobLease:
         if self._beating is not None:
             self._beating.cancel()
             await asyncio.gather(self._beating, return_exceptions=True)
-
-
-async def until_stored(call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)` in a thread, tried again with backoff while the job store is down. For a job's last writes
-    (its version's row, its outcome): were they lost, the job stayed running under this live runner, which nobody
-    takes over, and could not be cancelled either once it registered. Each is safe to repeat."""
-    delay = FIRST_DELAY_S
-    while True:
-        try:
-            return await asyncio.to_thread(call, *args)
-        except STORE_ERRORS as exc:
-            logger.warning("training: job store unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, MAX_DELAY_S)
 
 
 async def fit_on_ray(

@@ -22,6 +22,7 @@ from serving.collections.store import CollectionStore
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail, unwrap
 from serving.jobs.objects import read_job_input
+from serving.jobs.outage import StoreCalls
 from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
 from serving.model_versions import VersionPolicy, read_policy, write_policy
@@ -40,7 +41,7 @@ from serving.training.dataset import (
 )
 from serving.training.features import FeatureCache, embed_images
 from serving.training.registry import TrainingRecipe, register_version, served_version, version_of_job
-from serving.training.runner import JobLease, fit_on_ray, until_stored
+from serving.training.runner import JobLease, fit_on_ray
 from serving.training.softmax import FitStoppedError, validation_report
 from serving.training.store import REGISTERING, THIS_PROCESS, TrainingJob, TrainingStore
 
@@ -106,6 +107,8 @@ class TrainingService:
         self.settings = service.repository.settings
         self._one_at_a_time = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # a job's claim and last writes, retried through a store outage (it stayed queued, or running for ever)
+        self._store_calls = StoreCalls(gauge=False)
 
     async def store(self) -> TrainingStore:
         await self.jobs.ready()  # migrated
@@ -165,10 +168,10 @@ class TrainingService:
             store = await self.store()
             # retried through a store outage; holding the lock, this process runs no job, so one it holds already
             # is its own claim whose answer was lost (not retaken, the job would stay running under a live runner)
-            claim = await until_stored(store.claim, job_id, THIS_PROCESS, True)
+            claim = await self._store_calls.durable(store.claim, job_id, THIS_PROCESS, True)
             if claim is None:
                 return  # cancelled while queued, already finished, or run by another live process
-            job = await until_stored(store.get, job_id)
+            job = await self._store_calls.durable(store.get, job_id)
             try:
                 async with JobLease(store, job_id, claim) as lease:
                     result = await self._train(store, job, lease)
@@ -180,10 +183,10 @@ class TrainingService:
                 kind = type(unwrap(exc)).__name__
                 message = info.message if info.kind != "internal" else f"internal error ({kind}), see the server log"
                 logger.warning("training job %s failed: %s", job_id, internal_detail(exc))
-                await until_stored(store.finish, job_id, "failed", None, message, claim)
+                await self._store_calls.durable(store.finish, job_id, "failed", None, message, claim)
                 return
             if result is not None:
-                await until_stored(store.finish, job_id, "completed", result, None, claim)
+                await self._store_calls.durable(store.finish, job_id, "completed", result, None, claim)
 
     async def _train(self, store: TrainingStore, job: TrainingJob, lease: JobLease) -> dict[str, Any] | None:
         """The job's work; None when it was cancelled (or taken over by another runner) on the way."""
@@ -289,8 +292,8 @@ class TrainingService:
             if promoted:  # loaded under the same lock hold; a version that does not load is registered, not promoted
                 promoted, loaded, load_error = await self._promote(request.model, model_root, version)
         metrics = {"validation": report.to_dict(), "current_version_accuracy": compared.current}
-        await until_stored(store.record_version, request.model, version, job, labels, metrics, promoted)
-        await until_stored(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase, complete
+        await self._store_calls.durable(store.record_version, request.model, version, job, labels, metrics, promoted)
+        await self._store_calls.durable(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase
         if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
             await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
         return {

@@ -284,10 +284,10 @@ def test_a_job_store_outage_as_a_job_ends_delays_its_outcome_and_does_not_leave_
 ) -> None:
     """Were: a failed write of a job's outcome (the store down for a moment) ended the runner's task and left the job
     running under this live process, which no replica takes over, and too late to cancel once it registered."""
-    import serving.training.runner as runner
+    import serving.jobs.outage as outage
 
     world = World(tmp_path)
-    monkeypatch.setattr(runner, "FIRST_DELAY_S", 0.01, raising=False)  # (raising: absent before the fix)
+    monkeypatch.setattr(outage, "FIRST_DELAY_S", 0.01)  # the retries' first wait
     real_finish, real_record = TrainingStore.finish, TrainingStore.record_version
     failures: list[str] = []
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import serving.jobs.outage as outage
 import serving.jobs.workers as workers
 import serving.training.registry as registry
-import serving.training.runner as runner_module
 import serving.training.softmax as softmax
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
@@ -300,7 +300,7 @@ def test_a_claim_whose_answer_was_lost_is_retried_and_the_job_runs(
         return real_claim(job_id, *args)
 
     monkeypatch.setattr(TrainingStore, "claim", lambda self, job_id, *args: lost_answer(job_id, *args))
-    monkeypatch.setattr(runner_module, "FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(outage, "FIRST_DELAY_S", 0.01)
 
     async def scenario() -> None:
         job = await world.submit()
