@@ -13,6 +13,7 @@ from typing import Any
 from serving.spreadsheet import terminal_text
 
 ERROR_EXIT = 2  # as argparse: bad arguments or input
+RUN_FAILED_EXIT = 1  # the run started and could not finish
 
 DEFAULT_STAGES = "classification,quality,metadata"
 
@@ -54,6 +55,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.operations import output_label, output_plan, prepare_destination
     from serving.collections.sources import SourceError, list_sources, resolved_source
     from serving.errors import ServiceError
+    from serving.jobs.errors import CollectionNotFoundError
 
     stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
     try:
@@ -85,11 +87,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         rate = (stats.done + stats.failed) / stats.seconds if stats.seconds else 0.0
         progress.update(task, completed=stats.skipped + stats.done + stats.failed, failed=stats.failed, rate=rate)
 
-    with progress:
-        done = store.done_names(info.id)
-        progress.update(task, completed=sum(1 for item in items if item.name in done))
-        stats = run_analysis(items, setup, store, info.id, args.address, (1, args.max_actors), show)
-    final = store.get(info.id)
+    try:
+        with progress:
+            done = store.done_names(info.id)
+            progress.update(task, completed=sum(1 for item in items if item.name in done))
+            stats = run_analysis(items, setup, store, info.id, args.address, (1, args.max_actors), show)
+        final = store.get(info.id)
+    except CollectionNotFoundError:  # deleted (`collection delete`, DELETE /v1/collections/...) during the run
+        name = terminal_text(info.name)
+        print(
+            f"error: collection {name} ({info.id}) was deleted while this run recorded into it; stopped",
+            file=sys.stderr,
+        )
+        return RUN_FAILED_EXIT
     rate = (stats.done + stats.failed) / stats.seconds if stats.seconds and stats.done + stats.failed else 0.0
     print(
         f"collection {terminal_text(final.name)} ({final.id}): {final.images} images, {final.failed} failed; "
@@ -200,10 +210,7 @@ def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
     from serving.collections.export import csv_lines, jsonl_lines
     from serving.collections.filters import ImageFilter
 
-    # The filters this command offers, by ImageFilter's own field names (--camera-model is camera_model).
-    where = ImageFilter(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ImageFilter) if hasattr(args, f.name)}
-    )
+    where = ImageFilter.from_parameters(vars(args))  # the options `_filter_options` added, by their public names
     lines = jsonl_lines if args.out.endswith(".jsonl") else csv_lines
     with open(args.out, "w", encoding="utf-8", newline="") as handle:
         handle.writelines(lines(store, info.id, where))
@@ -224,6 +231,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--database-url", default=None, help="job database (default: $IMGSERVE_DATABASE_URL or the embedded SQLite)"
     )
     parser.add_argument("--tenant", default="default", help="owner of the collection (default: default)")
+
+
+def _filter_options(parser: argparse.ArgumentParser) -> None:
+    """The image filters of GET /v1/collections/{id}/export as options: --camera-make for camera_make, --failed /
+    --no-failed for failed=true/false."""
+    from serving.collections.filter_parameters import FILTER_PARAMETERS
+
+    filters = parser.add_argument_group("filters", "as the HTTP export's query parameters (docs/COLLECTIONS.md)")
+    for parameter in FILTER_PARAMETERS:
+        option = "--" + parameter.name.replace("_", "-")
+        if parameter.kind is bool:
+            filters.add_argument(option, action=argparse.BooleanOptionalAction, default=None, help=parameter.help)
+        else:
+            filters.add_argument(option, type=parameter.kind, default=None, help=parameter.help)
 
 
 def add_collection_commands(sub: Any) -> None:
@@ -295,13 +316,7 @@ def add_collection_commands(sub: Any) -> None:
     export = commands.add_parser("export", help="the (filtered) images as CSV or JSONL")
     export.add_argument("collection", help="collection name or id")
     export.add_argument("--out", required=True, help="FILE.csv (columns) or FILE.jsonl (records + analysis)")
-    export.add_argument("--tag", default=None)
-    export.add_argument("--level", default=None)
-    export.add_argument("--camera-model", default=None)
-    export.add_argument("--min-score", type=float, default=None)
-    export.add_argument("--max-score", type=float, default=None)
-    export.add_argument("--taken-after", default=None, help="ISO date, e.g. 2021-01-01")
-    export.add_argument("--taken-before", default=None)
+    _filter_options(export)
     _common(export)
     export.set_defaults(func=_cmd_export)
 

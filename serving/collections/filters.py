@@ -1,15 +1,19 @@
-"""The filters of a collection's image listing and export (`GET /v1/collections/{id}/images`): checked when made
-(a filter that could only match nothing by mistake is a 400), and turned into SQL clauses on `collection_images`."""
+"""The filters of a collection's image listing and export (`GET /v1/collections/{id}/images`, `.../export`,
+`imgserve collection export`): made from their public names (`FILTER_PARAMETERS`), checked when made (a filter that
+could only match nothing by mistake is a 400), and turned into SQL clauses on `collection_images`."""
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 from PIL import Image
 
 from pipelines.quality.thresholds import LEVELS, load_thresholds, tag_vocabulary
+from serving.collections.filter_parameters import FILTER_PARAMETERS
 from serving.errors import BadRequestError
 from serving.jobs.tables import collection_images
 
@@ -22,6 +26,7 @@ FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "JFIF": "JPEG", "TIF": "TIFF", "
 # Records keep Pillow's format name: a camera JPEG with multi-picture data (many Fujifilm, Nikon, Sony files, gain-map
 # JPEGs) is "MPO"; asking for JPEG finds both.
 FORMAT_MEMBERS = {"JPEG": ("JPEG", "MPO")}
+SCORE_RANGE = (0.0, 100.0)  # quality scores
 
 
 @cache
@@ -47,6 +52,12 @@ class ImageFilter:
     label: str | None = None
     failed: bool | None = None
 
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> "ImageFilter":
+        """The filter from values by their public names (`FILTER_PARAMETERS`: query parameters, the CLI's options;
+        `file_format` sets `format`); other keys are ignored, None is not filtered on."""
+        return cls(**{parameter.field: values.get(parameter.name) for parameter in FILTER_PARAMETERS})
+
     def __post_init__(self) -> None:
         """Refuse filters that could only match nothing by mistake (a misspelt tag or level, a date in another
         format compared as text): a data team would read the empty answer as "no such images"."""
@@ -58,6 +69,10 @@ class ImageFilter:
             value = getattr(self, name)
             if value is not None and not value.strip():  # recorded names are never blank (None when not stated)
                 raise BadRequestError(f"{name}={value[:60]!r} is blank: leave it out to list every image")
+        for name in ("min_score", "max_score"):  # the HTTP route's bounds, for every caller (the CLI's options)
+            score = getattr(self, name)
+            if score is not None and not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:  # NaN too
+                raise BadRequestError(f"{name}={score}: quality scores are {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}")
         if self.level is not None and self.level.upper() not in LEVELS:
             raise BadRequestError(f"level={self.level[:60]!r}: choose one of {', '.join(LEVELS)}")
         for name in ("taken_after", "taken_before"):

@@ -4,14 +4,24 @@ A file name that is not UTF-8 (old cameras, Windows shares, old zips) reaches Py
 (os.walk, os.listdir), which no UTF-8 column or Arrow string accepts. Its display name is stored with U+FFFD, as tar
 names are read (`serving.jobs.archives.TAR_NAMES`); where the file is read from is stored reversibly
 (`storable_location`), so the run reads it and a report shows it later. NaN and infinities are not JSON: documents
-are stored and answered with None in their place.
+are stored and answered with None in their place. A capture time is stored in one ISO 8601 form of at most 35
+characters (`storable_taken_at`), whatever produced the analysis document.
 """
 
 import math
 import os
+import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+# A capture time as an analysis document may state it: a date, a time of day, sub-seconds, an offset (Z, ±HH, ±HHMM,
+# ±HH:MM, or with seconds as Python's isoformat writes them: ±HH:MM:SS[.ffffff])
+TAKEN_AT_PATTERN = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})(?:[T ](?P<minute>\d{2}:\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?"
+    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?)?)?"
+)
+MAX_FRACTION_DIGITS = 9  # nanoseconds, as `pipelines.metadata.exif` keeps EXIF sub-seconds
 # A local path that is not UTF-8, as its bytes percent-encoded: "fsbytes:///photos/caf%E9.jpg"
 RAW_PATH_PREFIX = "fsbytes://"
 
@@ -45,6 +55,41 @@ def local_path(location: str) -> str | None:
     if not location.startswith(RAW_PATH_PREFIX):
         return None
     return os.fsdecode(unquote_to_bytes(location.removeprefix(RAW_PATH_PREFIX)))
+
+
+def storable_taken_at(value: str | None) -> str | None:
+    """A capture time in the one form `collection_images.taken_at` (VARCHAR(40)) holds and its filters compare as
+    text: YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS with sub-seconds cut to 9 digits and an offset as ±HH:MM (Z is +00:00),
+    at most 35 characters. An offset that is not whole minutes (not ISO 8601: "+05:30:15") is left out (the camera's
+    local time, which the filters compare, stands); a value that is no ISO date is None (the analysis document keeps
+    both as read)."""
+    match = TAKEN_AT_PATTERN.fullmatch(value.strip()) if value is not None else None
+    if match is None:
+        return None
+    date, minute, second, fraction, offset = match.group("date", "minute", "second", "fraction", "offset")
+    text = date if minute is None else f"{date}T{minute}:{second or '00'}"
+    try:
+        datetime.fromisoformat(text)  # a real day and time of day
+    except ValueError:
+        return None
+    if minute is None:
+        return date
+    if fraction:
+        text += "." + fraction[:MAX_FRACTION_DIGITS]
+    return text + _minutes_offset(offset)
+
+
+def _minutes_offset(offset: str | None) -> str:
+    """`offset` as ±HH:MM; "" when there is none, or it is not whole minutes or not a UTC offset at all."""
+    if not offset:
+        return ""
+    if offset == "Z":
+        return "+00:00"
+    digits = offset[1:].replace(":", "")
+    hours, minutes, seconds = digits[:2], digits[2:4] or "00", digits[4:]
+    if seconds.strip("0.,") or int(hours) > 23 or int(minutes) > 59:
+        return ""
+    return f"{offset[0]}{hours}:{minutes}"
 
 
 def finite_json(value: Any) -> Any:

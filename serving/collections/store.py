@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from pipelines.collections.record import ImageRecord, failed_record
 from serving.collections.filters import ImageFilter
 from serving.collections.sources import is_uri, place
-from serving.collections.storable import finite_json, storable_text
+from serving.collections.storable import finite_json, storable_taken_at, storable_text
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections, located_job
@@ -70,6 +70,7 @@ def record_row(collection_id: str, image: RecordedImage, now: float) -> dict[str
         collection_id=collection_id,
         location=_storable(image.location),
         member=_storable(image.member) or None,
+        taken_at=storable_taken_at(record.taken_at),  # one ISO form that fits the column, whatever made the document
         tags="," + "".join(f"{storable_text(tag)}," for tag in record.tags),
         class_probs=finite_json([list(pair) for pair in record.class_probs]) or None,
         document=finite_json(document),
@@ -217,6 +218,8 @@ class CollectionStore:
         one bad row never costs the others. A database that refuses even that (it is down) raises."""
         try:
             return self._insert(collection_id, items), list(items)
+        except CollectionNotFoundError:  # deleted during the run: no image of it can be stored
+            raise
         except Exception:  # noqa: BLE001 - which row? each is tried alone below
             logger.info("collection %s: a batch of %d was refused; storing one by one", collection_id, len(items))
         written, recorded = 0, []
@@ -224,7 +227,7 @@ class CollectionStore:
             try:
                 written += self._insert(collection_id, [item])
             except Exception as exc:  # noqa: BLE001 - this image's values: it becomes a failed record saying why
-                if not item.record.ok:
+                if not item.record.ok or isinstance(exc, CollectionNotFoundError):
                     raise
                 cause = getattr(exc, "orig", None) or exc  # the driver's error, without SQLAlchemy's statement
                 reason = f"unstorable: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
@@ -240,6 +243,7 @@ class CollectionStore:
         now = time.time()
         rows = [record_row(collection_id, item, now) for item in items]
         with self.engine.begin() as conn:
+            _touch(conn, collection_id, updated_at=now)  # first: a deleted collection is said, not a foreign key error
             insert = (
                 postgresql.insert(collection_images)
                 if conn.dialect.name == "postgresql"
@@ -254,16 +258,11 @@ class CollectionStore:
                 where=collection_images.c.ok == sa.false(),
             )
             result = conn.execute(statement, rows)
-            conn.execute(sa.update(collections).where(collections.c.id == collection_id).values(updated_at=now))
             return max(0, result.rowcount or 0)
 
     def finish(self, collection_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(collections)
-                .where(collections.c.id == collection_id)
-                .values(status="ready", updated_at=time.time())
-            )
+            _touch(conn, collection_id, status="ready", updated_at=time.time())
 
     def _row(self, conn: sa.Connection, ref: str, tenant: str | None) -> Any:
         query = sa.select(collections).where(sa.or_(collections.c.id == ref, collections.c.name == ref))
@@ -358,6 +357,13 @@ class CollectionStore:
         with self.engine.connect() as conn:
             rows = _named_images(conn, collection_id, names)
         return {row.name: (row.location or "", row.member or "") for row in rows}
+
+
+def _touch(conn: sa.Connection, collection_id: str, **values: Any) -> None:
+    """Update the collection's row; CollectionNotFoundError when it is gone (deleted while a run records into it)."""
+    result = conn.execute(sa.update(collections).where(collections.c.id == collection_id).values(**values))
+    if result.rowcount == 0:
+        raise CollectionNotFoundError(f"collection {collection_id} was deleted while images were recorded into it")
 
 
 def _by_name(conn: sa.Connection, name: str, tenant: str) -> Any:

@@ -53,19 +53,9 @@ async def image_filter(
     label: str | None = Query(default=None, description="Top class label."),
     failed: bool | None = Query(default=None, description="true: only images that could not be analysed."),
 ) -> ImageFilter:
-    return ImageFilter(
-        tag,
-        level,
-        camera_make,
-        camera_model,
-        min_score,
-        max_score,
-        taken_after,
-        taken_before,
-        file_format,
-        label,
-        failed,
-    )
+    """The filter by the parameters' public names (`FILTER_PARAMETERS`, which `imgserve collection export`'s options
+    are made from too; a unit test keeps the two lists the same)."""
+    return ImageFilter.from_parameters(locals())
 
 
 @router.get("/collections")
