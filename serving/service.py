@@ -23,7 +23,7 @@ from serving.quality_metrics import record_quality
 from serving.repository import ModelEntry, ModelRepository, UnknownModelError
 from serving.requests import ImageOptions
 from serving.stages.concurrency import gather_or_raise
-from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan
+from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan, held_stages
 
 IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
 QUALITY_MODEL = "quality_mos"  # the learned quality model (models/quality_mos), when served
@@ -70,6 +70,18 @@ class Analysis:
         if self.metadata is not None:
             out["metadata"] = self.metadata
         return out
+
+
+@dataclass(frozen=True)
+class HeldModels:
+    """What one image request runs on, taken in one step with its routing (`InferenceService._hold`): the classifier
+    version that answers, the learned quality model's version, and the stages as they were then. A promotion, reload
+    or unload while the request waits changes none of them, so an answer's version, labels and scores are one
+    version's."""
+
+    entry: ModelEntry  # the routed classifier version (the default model's when not classifying)
+    quality: ModelEntry | None  # the served `quality_mos`, if any
+    pipeline: ImagePipeline
 
 
 class InferenceService:
@@ -201,8 +213,15 @@ class InferenceService:
                 f"{len(images)} images in one request; the limit is {self.max_images_per_request}"
             )
 
-    def _plan(self, selected: tuple[str, ...], entry: ModelEntry) -> StagePlan:
-        return stage_plan(selected, entry.key, self.pipeline.model_names)
+    def _hold(self, entry: ModelEntry) -> HeldModels:
+        """`HeldModels` for a request just routed to `entry`: call it with no await since the routing."""
+        quality = self.repository.entries.get(QUALITY_MODEL)
+        held = [entry, *([quality] if quality is not None else [])]
+        return HeldModels(entry, quality, held_stages(self.pipeline, held))
+
+    @staticmethod
+    def _plan(selected: tuple[str, ...], held: HeldModels) -> StagePlan:
+        return stage_plan(selected, held.entry.key, held.pipeline.model_names)
 
     async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
         """The selected stages per image, run concurrently, in request order. A bad image fails the request
@@ -215,12 +234,13 @@ class InferenceService:
         if classifying and entry.config.task != "classification":
             raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
         self._check_image_count(images)
+        held = self._hold(entry)  # before the first await: a model swapped from here on does not answer this request
         if await self.charge(len(images), options.anonymize if "metadata" in selected else None):
             options = options.model_copy(update={"anonymize": True})
-        plan = self._plan(selected, entry)
+        plan = self._plan(selected, held)
         if len(images) > 1:
             REPLICA_LIMIT.waive_queue_budget()
-        calls = [self._analyze_one(data, plan, selected, entry, options) for data in images]
+        calls = [self._analyze_one(data, plan, selected, held, options) for data in images]
         analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
         for analysis in analyses:  # counted once answered (a failed request's images are sent again, fixed)
             if analysis.quality is not None:
@@ -228,11 +248,13 @@ class InferenceService:
         return analyses
 
     async def _analyze_one(
-        self, data: bytes, plan: StagePlan, selected: tuple[str, ...], entry: ModelEntry, options: ImageOptions
+        self, data: bytes, plan: StagePlan, selected: tuple[str, ...], held: HeldModels, options: ImageOptions
     ) -> Analysis:
         start = time.perf_counter()
-        outputs = await self.pipeline.run(data, plan)
-        return analysis_from_outputs(outputs, self.repository, self.thresholds, selected, entry, options, start)
+        outputs = await held.pipeline.run(data, plan)
+        return analysis_from_outputs(
+            outputs, self.repository, self.thresholds, selected, held.entry, options, start, held.quality
+        )
 
     async def classify(self, images: list[bytes], options: ImageOptions | None = None) -> list[Classification]:
         """Top-k per image, in request order: `analyze` with the classification stage alone."""
@@ -262,8 +284,8 @@ class InferenceService:
         work (the series are what callers' images are like, not the server's own outputs)."""
         if not self.pipeline.has_quality:
             raise ModelUnavailableError("the quality stage is not deployed in this application")
-        entry = self.repository.get(self.default_model)
-        analysis = await self._analyze_one(data, self._plan(("quality",), entry), ("quality",), entry, ImageOptions())
+        held = self._hold(self.repository.get(self.default_model))
+        analysis = await self._analyze_one(data, self._plan(("quality",), held), ("quality",), held, ImageOptions())
         return analysis.quality  # type: ignore[return-value]
 
     # ---- tensors (Open Inference Protocol) ----------------------------------------------------------
@@ -272,7 +294,8 @@ class InferenceService:
         return await self.infer_on(self.routed_entry(model, version), batch)
 
     async def infer_on(self, entry: ModelEntry, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """A client-batched tensor on one routed version: each row joins its dynamic batches, results re-stacked."""
+        """A client-batched tensor on one routed version: each row joins its dynamic batches, results re-stacked.
+        Route `entry` with no await before this call: a version swapped out in between is a 503 to retry."""
         expected = entry.config.input.shape
         if batch.ndim != len(expected) + 1:
             raise InvalidTensorError(
@@ -283,11 +306,12 @@ class InferenceService:
             raise InvalidTensorError("input has an empty batch")
         if batch.shape[0] > self.max_images_per_request:
             raise RequestTooLargeError(f"batch of {batch.shape[0]}; the limit is {self.max_images_per_request}")
+        pipeline = held_stages(self.pipeline, [entry])  # as in `analyze`: the routed version runs every row
         await self.charge(int(batch.shape[0]))
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
         rows: list[ModelResult] = await asyncio.gather(
-            *(self.pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
+            *(pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
         )
         for row in rows:
             record_stages(row.stage_ms)
@@ -310,15 +334,17 @@ def analysis_from_outputs(
     entry: ModelEntry,
     options: ImageOptions,
     start: float,
+    quality_entry: ModelEntry | None = None,
 ) -> Analysis:
     """One image's `Analysis` from what its stages said: top-k, the learned quality, the verdict, (anonymised)
-    metadata. Shared by the service (every placement) and collection analysis on Ray Data."""
+    metadata. Shared by the service (every placement) and collection analysis on Ray Data. `quality_entry`: the
+    `quality_mos` version that ran (default: the repository's)."""
     classification = None
     if "classification" in selected:
         classification = _classification(entry, outputs, options, start)
     learned = None
     if QUALITY_MODEL in outputs.models:
-        quality_entry = repository.get(QUALITY_MODEL)
+        quality_entry = quality_entry or repository.get(QUALITY_MODEL)
         learned = learned_quality(
             outputs.models[QUALITY_MODEL].outputs,
             quality_entry.labels,

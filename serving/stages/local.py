@@ -7,13 +7,14 @@ the fastest placement (BENCHMARKS.md): Ray's per-call CPU costs more than decodi
 """
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import numpy as np
 
 from serving.admission import REPLICA_LIMIT
 from serving.config.model_entry import ModelEntry
+from serving.errors import ModelUnavailableError
 from serving.stages.concurrency import gather_or_raise, stage_thread
 from serving.stages.decode import DecodeStage
 from serving.stages.metadata import MetadataStage
@@ -45,7 +46,7 @@ class LocalPipeline:
 
     async def run(self, data: bytes, plan: StagePlan) -> StageOutputs:
         check_plan(self, plan)  # before any work starts, so nothing is left running on a refusal
-        # a model reloaded meanwhile: this one finishes, decoded for its own input (a new version's may differ)
+        # a model reloaded meanwhile (`hold`): this one finishes, decoded for its own input (a new version's may differ)
         stages = {name: self.models[name] for name in plan.models}
         metadata = (
             asyncio.ensure_future(stage_thread(self.metadata.extract, data))
@@ -86,6 +87,19 @@ class LocalPipeline:
 
     async def model_info(self, model: str) -> dict[str, Any]:
         return self._model(model).info()
+
+    def hold(self, routed: Iterable[ModelEntry]) -> "LocalPipeline":
+        """The stages as they are now, for one request whose model versions were `routed` (`held_stages`): a swap
+        afterwards does not change them, and a stage it retires still finishes what it is given. A routed version
+        that is no longer the one served under its key (swapped before the request held it) is a 503 to retry."""
+        for entry in routed:
+            stage = self.models.get(entry.key)
+            if stage is not None and stage.entry != entry:
+                raise ModelUnavailableError(
+                    f"model '{entry.name}' version {entry.version} was replaced (now version {stage.entry.version}) "
+                    "while the request was routed, retry"
+                )
+        return LocalPipeline(self.decode, dict(self.models), self.quality, self.metadata, self.settings)
 
     async def swap_models(self, load: list[ModelEntry], remove: tuple[str, ...] = ()) -> None:
         """Serve `load` (new models, new versions, canary versions: each under its `key`) and stop serving the keys

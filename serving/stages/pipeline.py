@@ -5,12 +5,14 @@ and gets `StageOutputs` back; a bad image raises its `ImageInputError`. OIP tens
 stage through `infer_tensor`. Batching across concurrent requests happens behind this protocol.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from pipelines.quality import QualityMetrics
+from serving.config.model_entry import ModelEntry
 from serving.errors import ModelUnavailableError
 
 
@@ -55,7 +57,8 @@ def check_plan(pipeline: "ImagePipeline", plan: StagePlan) -> None:
 
 
 class ImagePipeline(Protocol):
-    """The stages as the service sees them (`LocalPipeline`, `GraphPipeline`)."""
+    """The stages as the service sees them (`LocalPipeline`, `GraphPipeline`). A pipeline that swaps models in place
+    also has `hold(routed) -> ImagePipeline` (see `held_stages`)."""
 
     model_names: tuple[str, ...]  # models served by this pipeline
     has_quality: bool
@@ -66,3 +69,12 @@ class ImagePipeline(Protocol):
     async def infer_tensor(self, model: str, tensor: np.ndarray) -> ModelResult: ...
 
     async def model_info(self, model: str) -> dict[str, Any]: ...
+
+
+def held_stages(pipeline: ImagePipeline, routed: Iterable[ModelEntry]) -> ImagePipeline:
+    """The stages one request runs on, taken in the same step as its model versions were `routed` (no await in
+    between). A pipeline that swaps models in place (`LocalPipeline.hold`) gives a view that a later promotion,
+    reload or unload does not change, so the version that answers is the routed one, labels and scores alike; one
+    whose model stages never change under it (the graph placement: they change by redeploying) is its own."""
+    hold = getattr(pipeline, "hold", None)
+    return hold(routed) if hold is not None else pipeline
