@@ -64,7 +64,8 @@ SERVER_DEFAULT_PROMOTE = "if_better"
 
 def training_summary(result: dict[str, Any], rule: str) -> str:
     """A finished training job's result for a person: the version made, its validation, whether it is now served
-    (and why not), the time taken. `rule`: the job's `--promote` rule."""
+    (and why not), the images left out (how many, the first few and why), the time taken. `rule`: the job's
+    `--promote` rule."""
     validation = result.get("validation") or {}
     lines = [
         f"model {result.get('model')} version {result.get('version')}: validation accuracy "
@@ -73,6 +74,11 @@ def training_summary(result: dict[str, Any], rule: str) -> str:
     for row in validation.get("per_class", []):
         lines.append(f"  {row['label']:24s} precision {row['precision']:.3f} recall {row['recall']:.3f}")
     lines.append(promotion_line(result, rule))
+    skipped = (result.get("images") or {}).get("skipped") or {}
+    if skipped:  # unreadable, undecodable, or the same image in two categories: the dataset's owner may fix them
+        examples = "; ".join(f"{name}: {why}" for name, why in list(skipped.items())[:3])
+        more = "; ... (--json lists them all)" if len(skipped) > 3 else ""
+        lines.append(f"{len(skipped)} images left out: {examples}{more}")
     seconds = result.get("seconds") or {}
     lines.append(f"features {seconds.get('features')} s, fit {seconds.get('fit')} s, total {seconds.get('total')} s")
     return "\n".join(lines)

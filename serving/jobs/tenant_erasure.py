@@ -88,7 +88,7 @@ def erase_tenant(
             )
         ]
     if trained_models is not None:
-        report.model_folders_removed = _remove_versions(trained_models, trained)
+        report.model_folders_removed = remove_versions(trained_models, trained)
     with engine.begin() as conn:
         report.model_versions = _deleted(conn, model_versions.delete(), model_versions.c.tenant == tenant)
         keys = sa.select(api_keys.c.id).where(api_keys.c.tenant == tenant)
@@ -125,7 +125,7 @@ def _purge_jobs(engine: sa.Engine, objects: ObjectStore | None, tenant: str, rep
             report.objects += purged.objects
 
 
-def _remove_versions(trained_models: Path, trained: list[tuple[str, str]]) -> list[str]:
+def remove_versions(trained_models: Path, trained: list[tuple[str, str]]) -> list[str]:
     """Delete the version folders the tenant trained; a model folder left without versions goes (and with it its
     version policy). Returns the model folders removed. Names come from the database: each must be one path part
     under `trained_models`, never a way out of it."""

@@ -62,3 +62,14 @@ def compare_with_served(
     x, y = xv[unseen], yv[unseen]
     current = validation_report(served.predict(x)[:, order], y, labels).accuracy
     return Comparison(current, validation_report(head.predict(x), y, labels).accuracy, int(unseen.sum()))
+
+
+def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float | None) -> bool:
+    """Whether a new version is served under the job's `promote` rule, given the served version (`current`) and both
+    versions' accuracy on the images compared."""
+    if rule == "never":
+        return False
+    if rule == "always" or current is None:
+        return True
+    # other labels (or no validation image the served version did not train on): not comparable, not promoted
+    return current_accuracy is not None and accuracy is not None and accuracy > current_accuracy

@@ -33,6 +33,9 @@ class LabelledImage:
     location: str  # kind "file": a local path or an fsspec URI; "object": a job input's sha256; "uri": a job's URI
     member: str | None = None  # inside an archive at `location`
     kind: str = "file"  # file (read where collections read) | object (the job object store) | uri (a job's input)
+    # what the split ranks it by when not `name`: its path inside a dataset that is one archive, whose own file name
+    # is no part of the image (renamed `parcels-2024.zip`, the dataset keeps its validation images)
+    split_key: str | None = None
 
     def to_row(self) -> dict[str, str]:
         return SourceItem(self.name, self.location, self.member).to_row()
@@ -84,11 +87,12 @@ def labelled_images(
     for item in items:
         if local_root is not None and not Path(item.location).resolve().is_relative_to(local_root):
             raise BadRequestError(f"{item.name!r} is a link to outside the allowed root; copy the file instead")
-        label = label_of(item.member if one_archive and item.member is not None else item.name)
+        inside = "/".join(_name_parts(item.member)) if one_archive and item.member is not None else None
+        label = label_of(inside or item.name)
         if label is None:
             unlabelled += 1
         else:
-            images.append(LabelledImage(item.name, label, item.location, item.member))
+            images.append(LabelledImage(item.name, label, item.location, item.member, split_key=inside))
     return images, unlabelled
 
 
@@ -133,13 +137,14 @@ def check_classes(images: list[LabelledImage], min_per_class: int = 2) -> list[s
 
 
 def _rank(image: LabelledImage) -> str:
-    return hashlib.sha256(f"{SPLIT_SALT}:{image.name}".encode()).hexdigest()
+    return hashlib.sha256(f"{SPLIT_SALT}:{image.split_key or image.name}".encode()).hexdigest()
 
 
 def split(
     images: list[LabelledImage], validation_fraction: float, max_train_per_class: int | None = None
 ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(training, validation): in each category, images ranked by a salted hash of their name; the first
+    """(training, validation): in each category, images ranked by a salted hash of their name (in a one-archive
+    dataset, of their path inside the archive); the first
     `validation_fraction` (at least one) validate. The same dataset always splits the same way, whatever else the
     request changes (a training cap takes the first of the training part in the same ranking), so two versions
     trained on it are compared on the same validation images."""
@@ -168,6 +173,26 @@ def usable_images(
     examples = "; ".join(f"{name}: {why}" for name, why in list(errors.items())[:3])
     total = len(train) + len(validation)
     raise BadRequestError(f"{where}: {len(errors)} of {total} images could not be used ({examples})")
+
+
+def labelled_in_two_categories(images: Iterable[LabelledImage], digests: dict[str, str]) -> dict[str, str]:
+    """Why each image whose bytes (`digests`: name -> sha256) are also in another category is left out (name ->
+    reason): the fit would take both labels as the right answer for it. Every copy goes, since which category is
+    right is the dataset owner's call; copies within one category are no contradiction and stay."""
+    by_digest: dict[str, list[LabelledImage]] = {}
+    for image in images:
+        if image.name in digests:
+            by_digest.setdefault(digests[image.name], []).append(image)
+    reasons: dict[str, str] = {}
+    for copies in by_digest.values():
+        if len({image.label for image in copies}) < 2:
+            continue
+        for image in copies:
+            others = [copy for copy in copies if copy.label != image.label]
+            where = ", ".join(f"{copy.name!r} in {copy.label!r}" for copy in others[:3])
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            reasons[image.name] = f"labelled in two categories: the same image is also {where}{more}"
+    return reasons
 
 
 def without_copies_of_training(

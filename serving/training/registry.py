@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
+from serving.errors import ServiceError
 from serving.model_versions import (
     METRICS_FILE,
+    POLICY_FILE,
     VersionPolicy,
     next_version,
     read_metrics,
+    read_policy,
     scan_model_folder,
     write_policy,
 )
@@ -30,6 +34,46 @@ from serving.weights import sha256_of
 HEAD_FILE = "head.npz"
 TRAINED_ON_FILE = "trained_on.txt"  # the sha256 of each training image's bytes, one a line (serving.training.compare)
 VERSION_ATTEMPTS = 20  # version numbers tried when other replicas register versions of the same model at once
+
+
+class VersionPolicyError(ServiceError):
+    """A trained model's `versions.yaml` cannot be read: a file for its operator to repair, not a server fault."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
+    kind = "invalid_version_policy"
+
+
+def _policy_error(name: str, exc: Exception) -> VersionPolicyError:
+    """What is wrong with model `name`'s policy file and how to repair it, naming the file by its place in the
+    trained-models folder (never the server's path)."""
+    cause = exc.__cause__ or exc
+    mark = getattr(cause, "problem_mark", None)
+    if isinstance(cause, yaml.MarkedYAMLError) and mark is not None:
+        wrong = f"it is not valid YAML ({cause.problem} at line {mark.line + 1}, column {mark.column + 1})"
+    elif isinstance(cause, yaml.YAMLError):
+        wrong = f"it is not valid YAML ({str(cause).splitlines()[0]})"
+    elif isinstance(cause, UnicodeDecodeError):
+        wrong = "it is not UTF-8 text"
+    elif isinstance(cause, ValidationError):
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in cause.errors()[:3])
+        wrong = f"it is not a version policy ({fields})"
+    else:
+        wrong = f"it cannot be read ({type(cause).__name__})"
+    return VersionPolicyError(
+        f"model '{name}': its version policy {name}/{POLICY_FILE} (in the trained-models folder) is unusable: {wrong}."
+        f" Repair it, then run the job again: `imgserve models promote {name} VERSION` (admin) rewrites it, or"
+        f' correct it (policy: latest | specific, versions: ["N"]), or delete it to serve the newest version'
+    )
+
+
+def model_policy(root: Path, name: str) -> VersionPolicy:
+    """The version policy of `<root>/<name>`; `VersionPolicyError` when its file is not one (an OSError is the
+    disk's, a server fault)."""
+    try:
+        return read_policy(root / name)
+    except ValueError as exc:
+        raise _policy_error(name, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -85,7 +129,8 @@ by `{recipe.created_by}` (tenant `{recipe.tenant}`).
   every version trained on this dataset){
         f"; training capped at {recipe.max_train_per_class} images per category" if recipe.max_train_per_class else ""
     }.
-- {recipe.skipped_images} images could not be read or decoded and were left out.
+- {recipe.skipped_images} images were left out: they could not be read or decoded, or the same image is in two
+  categories.
 
 ## Recipe
 
@@ -191,7 +236,11 @@ def promote(root: Path, name: str, version: str) -> None:
 
 
 def served_version(root: Path, name: str) -> str | None:
-    """The version the policy serves now (before this job's new one is considered), or None for a new model."""
-    folder = scan_model_folder(root / name) if (root / name).is_dir() else None
+    """The version the policy serves now (before this job's new one is considered), or None for a new model;
+    `VersionPolicyError` when the policy file cannot be read."""
+    try:
+        folder = scan_model_folder(root / name) if (root / name).is_dir() else None
+    except ValueError as exc:  # only the policy raises it (an OSError is the disk's, a server fault)
+        raise _policy_error(name, exc) from exc
     served = folder.served_versions if folder is not None else []
     return served[0] if served else None

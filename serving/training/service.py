@@ -25,22 +25,24 @@ from serving.jobs.objects import read_job_input
 from serving.jobs.outage import StoreCalls
 from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
-from serving.model_versions import VersionPolicy, read_policy, write_policy
+from serving.jobs.tenant_erasure import remove_versions
+from serving.model_versions import VersionPolicy, write_policy
 from serving.security.errors import PermissionDeniedError
 from serving.security.principal import Principal
 from serving.service import InferenceService
-from serving.training.compare import Comparison, compare_with_served
+from serving.training.compare import Comparison, compare_with_served, decide_promotion
 from serving.training.dataset import (
     LabelledImage,
     check_classes,
     collection_dataset,
     labelled_images,
+    labelled_in_two_categories,
     split,
     usable_images,
     without_copies_of_training,
 )
 from serving.training.features import FeatureCache, embed_images
-from serving.training.registry import TrainingRecipe, register_version, served_version, version_of_job
+from serving.training.registry import TrainingRecipe, model_policy, register_version, served_version, version_of_job
 from serving.training.runner import JobLease, fit_on_ray
 from serving.training.softmax import FitStoppedError, validation_report
 from serving.training.store import REGISTERING, THIS_PROCESS, TrainingJob, TrainingStore
@@ -194,6 +196,7 @@ class TrainingService:
         resumed = (job.progress or {}).get("phase") == REGISTERING  # its last runner stopped while registering
         request = TrainingRequest.model_validate(job.request)
         await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it meanwhile
+        served_version(self.settings.trained_models, request.model)  # an unreadable policy fails it now, not after
         backbone = self._backbone(request.backbone)
         base = base_classifier(self.service, backbone)
         images, unlabelled = await self._dataset(request, job.tenant)
@@ -221,10 +224,11 @@ class TrainingService:
         if await check_cancelled():
             return None
         feature_seconds = time.perf_counter() - started
-        if features.errors:
-            example = next(iter(features.errors.items()))
-            logger.warning("training job %s: %d images left out, e.g. %s: %s", job.id, len(features.errors), *example)
-        train, validation = usable_images(train, validation, labels, features.errors)
+        skipped = {**labelled_in_two_categories(wanted, features.digests), **features.errors}  # name -> why
+        if skipped:
+            example = next(iter(skipped.items()))
+            logger.warning("training job %s: %d images left out, e.g. %s: %s", job.id, len(skipped), *example)
+        train, validation = usable_images(train, validation, labels, skipped)
         validation, copies = without_copies_of_training(train, validation, features.digests)
         x = np.stack([features.features[image.name] for image in train])
         y = np.array([labels.index(image.label) for image in train])
@@ -262,7 +266,8 @@ class TrainingService:
             # pin what is served (and any canary) before a newer folder appears: kept when not promoting, and what
             # a promotion whose version does not load puts back ("latest" would then name the broken version)
             if current is not None:
-                pinned = read_policy(model_root).model_copy(update={"policy": "specific", "versions": [current]})
+                policy = model_policy(self.settings.trained_models, request.model)
+                pinned = policy.model_copy(update={"policy": "specific", "versions": [current]})
                 await asyncio.to_thread(write_policy, model_root, pinned)
             else:
                 model_root.mkdir(parents=True, exist_ok=True)
@@ -274,7 +279,7 @@ class TrainingService:
                 base=base.name,
                 train_images=len(train),
                 validation_images=len(validation),
-                skipped_images=len(features.errors),
+                skipped_images=len(skipped),
                 validation_fraction=request.validation_fraction,
                 max_train_per_class=request.max_train_per_class,
                 l2=l2,
@@ -292,7 +297,10 @@ class TrainingService:
             if promoted:  # loaded under the same lock hold; a version that does not load is registered, not promoted
                 promoted, loaded, load_error = await self._promote(request.model, model_root, version)
         metrics = {"validation": report.to_dict(), "current_version_accuracy": compared.current}
-        await self._store_calls.durable(store.record_version, request.model, version, job, labels, metrics, promoted)
+        record = (store.record_version, request.model, version, job, labels, metrics, promoted)
+        if not await self._store_calls.durable(*record):  # its tenant was erased meanwhile: so is this version
+            await asyncio.to_thread(remove_versions, self.settings.trained_models, [(request.model, version)])
+            return None
         await self._store_calls.durable(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase
         if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
             await asyncio.to_thread(self.service.repository.refresh_versions, request.model)
@@ -311,7 +319,7 @@ class TrainingService:
             "images": {
                 "train": len(train),
                 "validation": len(validation),
-                "skipped": features.errors,
+                "skipped": skipped,
                 "validation_copies_of_training": copies,
                 "unlabelled": unlabelled,
                 "features_computed": features.computed,
@@ -382,12 +390,3 @@ async def owned_versions(store: TrainingStore, model: str, tenant: str) -> list[
     if {str(row["tenant"]) for row in recorded} - {tenant}:
         raise PermissionDeniedError(f"model '{model}' was trained by another tenant; train yours under another name")
     return recorded
-
-
-def decide_promotion(rule: str, current: str | None, current_accuracy: float | None, accuracy: float | None) -> bool:
-    if rule == "never":
-        return False
-    if rule == "always" or current is None:
-        return True
-    # other labels (or no validation image the served version did not train on): not comparable, not promoted
-    return current_accuracy is not None and accuracy is not None and accuracy > current_accuracy

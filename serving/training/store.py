@@ -217,16 +217,23 @@ class TrainingStore:
         labels: list[str],
         metrics: dict[str, Any],
         promoted: bool,
-    ) -> None:
+    ) -> bool:
         """Record the version `job` registered; a rerun of the job (its runner stopped before it finished) updates
-        the row its first run wrote."""
+        the row its first run wrote. False, recording nothing, when the job's row is gone: its tenant was erased
+        (`imgserve tenants erase`, in another process) after the version's folder was written, and the runner must
+        remove the folder. The job's row is written first, which takes its lock: the erasure deletes the tenant's
+        jobs and then lists its versions in one transaction, so it either finds this row or waits for it to be
+        committed and then finds it (and removes the version itself)."""
         c = model_versions.c
         with self.engine.begin() as conn:
+            touch = training_jobs.update().where(training_jobs.c.id == job.id)
+            if not conn.execute(touch.values(heartbeat_at=training_jobs.c.heartbeat_at)).rowcount:
+                return False
             if promoted:
                 conn.execute(model_versions.update().where(c.model == model).values(promoted=False))
             mine = (c.model == model, c.version == version, c.training_job == job.id)
             if conn.execute(model_versions.update().where(*mine).values(metrics=metrics, promoted=promoted)).rowcount:
-                return
+                return True
             conn.execute(
                 model_versions.insert().values(
                     model=model,
@@ -240,6 +247,7 @@ class TrainingStore:
                     created_at=time.time(),
                 )
             )
+        return True
 
     def versions(self, model: str) -> list[dict[str, Any]]:
         query = sa.select(model_versions).where(model_versions.c.model == model).order_by(model_versions.c.id)
