@@ -31,6 +31,18 @@ ENHANCE_OPTION_NAMES = ("auto", "ops", *MANUAL_FACTORS)
 # and "80.5" is refused everywhere (gRPC's text map refused "80.0" that HTTP's query accepted).
 INTEGER_OPTIONS = frozenset(name for name, hint in get_type_hints(ConvertOptions).items() if hint in (int, int | None))
 _INTEGER: TypeAdapter[int] = TypeAdapter(int)
+# One rule for an empty option value, whichever transport carried it: empty ("", or a JSON null) means the option
+# was not given and its default applies. `?quality=` (what an HTML form sends for a field left blank), a JSON body's
+# `{"quality": ""}` and gRPC's `options["quality"] = ""` are all the same request as no quality at all; HTTP's typed
+# query parameters refused `?quality=` with a 400 that the other two did not (`serving.http.operation_routes`
+# reads its query through `not_given`); `ConvertOptions.parse` and `EnhanceOptions.parse` skip such values. A name
+# that is no option is still refused with an empty value (`?bogus=`, `{"bogus": ""}`).
+EMPTY_OPTION_VALUES = (None, "")
+
+
+def not_given(value: Any) -> bool:
+    """Whether an option's value means "not given" (`EMPTY_OPTION_VALUES`): a bool or number is always given."""
+    return isinstance(value, str | None) and value in EMPTY_OPTION_VALUES
 
 
 def _integer(value: Any) -> Any:
@@ -55,7 +67,7 @@ class OperationOptions:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], enhancing: bool) -> "OperationOptions":
-        """From option name -> value (text or JSON; None: not given). Raises `InvalidOptionError` (400 /
+        """From option name -> value (text or JSON; empty, "" or None: not given). Raises `InvalidOptionError` (400 /
         INVALID_ARGUMENT, kind `invalid_option`) for any option, `report` included."""
         given = {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
         report = given.pop("report", None)

@@ -127,7 +127,9 @@ class Client:
         """Analyze images as they come (any iterable, e.g. a camera generator); one result each, in order.
 
         An item may be `(request_id, image)`; otherwise its request_id is the path as given or its position.
-        A bad image yields a result with `error` set and the stream goes on; losing the server raises.
+        A bad image, or one the key's rate limit or quota refuses (`RateLimitedError`, with the server's
+        `retry_after`), yields a result with `error` set and the stream goes on, over both transports; losing the
+        server, or a key or role the server refuses (`AuthenticationError`, `PermissionDeniedError`), raises.
         `top_k`, `fields`, `confidence_threshold` and `anonymize` apply to every image, as in `analyze`.
         """
         options = RequestOptions(model, top_k, _fields(fields), confidence_threshold, anonymize)  # checked first
@@ -142,6 +144,8 @@ class Client:
 
         webp = client.convert("photo.jpg", format="webp", quality=80, max_side=2048)
         Path("photo.webp").write_bytes(webp.data); webp.report["compression_ratio"]
+
+        Over HTTP the image comes as itself and the report from its `X-Imgserve-*` headers (no base64).
         """
         return self._transport.operate("convert", load_images(image)[0], _option_text(options))
 

@@ -1,4 +1,5 @@
-"""The SDK over HTTP: `/v1/classify`, `/v1/analyze` and `/v1/models` with httpx (sync)."""
+"""The SDK over HTTP: `/v1/classify`, `/v1/analyze`, `/v1/models`, `/v1/convert` and `/v1/enhance` with httpx
+(sync)."""
 
 import base64
 from collections.abc import Iterable, Iterator
@@ -7,12 +8,7 @@ from typing import Any
 
 import httpx
 
-from serving.client.errors import (
-    AuthenticationError,
-    ImgServeError,
-    PermissionDeniedError,
-    RateLimitedError,
-)
+from serving.client.errors import AuthenticationError, ImgServeError, PermissionDeniedError
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.routes import HttpRoutes
@@ -60,7 +56,10 @@ def model_list_from_json(data: dict[str, Any]) -> ModelList:
 
 
 Params = list[tuple[str, str | int | float]]
-CALLER_REFUSALS = (AuthenticationError, PermissionDeniedError, RateLimitedError)  # about the caller, not an image
+# Refusals that end a stream: the key or its role, which gRPC's AnalyzeStream checks when it opens. A rate limit or
+# quota (429, `RateLimitedError`) is not one of them: gRPC admits each message of a stream as a request of its own
+# and answers a refused one as that item's error, the stream going on; over HTTP, one call per item, so does this.
+CALLER_REFUSALS = (AuthenticationError, PermissionDeniedError)
 
 
 def _query(options: RequestOptions, fields: bool = True) -> Params:
@@ -104,9 +103,11 @@ class HttpTransport(HttpRoutes):
         return [analysis_from_json(r) for r in _results(response, len(images))]
 
     def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
-        """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered
-        belong to their item; a server that cannot be reached (after retries), or one that refuses the caller
-        (401, 403, 429: as a gRPC stream is refused when it opens), ends the stream by raising."""
+        """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered belong to
+        their item, a rate limit's 429 included (a `RateLimitedError` with the server's `retry_after`, as over gRPC;
+        the next item is sent at once: waiting is the caller's decision); a server that cannot be reached (after
+        retries), or one that refuses the caller's key or role (401, 403: as a gRPC stream is refused when it opens),
+        ends the stream by raising."""
         for image in images:
             try:
                 analysis = self.analyze([image], options)[0]
@@ -121,7 +122,46 @@ class HttpTransport(HttpRoutes):
         return model_list_from_json(self._send("GET", "/v1/models").json())
 
     def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult:
+        """A conversion is asked for as the image itself (`report=image`), its report read from the `X-Imgserve-*`
+        headers: no base64 (a third more bytes) nor a JSON parse of a multi-megabyte string. An enhancement's report
+        has facts no header carries (the quality levels, the scores to two decimals, the reverted auto steps), so
+        it is asked for as `report=json`, the image in base64."""
+        if operation == "convert":
+            response = self._send("POST", "/v1/convert", params={**options, "report": "image"}, content=image.data)
+            try:
+                report = conversion_report_from_headers(response.headers)
+            except (KeyError, ValueError) as exc:  # a proxy that drops or mangles them
+                raise ImgServeError(
+                    "INTERNAL", "bad_response", f"conversion answer without its headers: {exc}"
+                ) from None
+            return OperationResult(response.content, report["content_type"], report)
         response = self._send("POST", f"/v1/{operation}", params={**options, "report": "json"}, content=image.data)
         report = response.json()
         data = base64.b64decode(report.pop("image_base64"))
         return OperationResult(data, report["content_type"], report)
+
+
+def conversion_report_from_headers(headers: httpx.Headers) -> dict[str, Any]:
+    """The report `/v1/convert?report=json` answers (`ConvertResult.summary`), with its keys, order and types, from
+    the image answer's headers. A server older than the `X-Imgserve-Input-*` and `-Frames` headers leaves those
+    facts out of it."""
+    report: dict[str, Any] = {}
+    if "x-imgserve-input-format" in headers:
+        report["input_format"] = headers["x-imgserve-input-format"]
+    report["format"] = headers["x-imgserve-format"]
+    report["content_type"] = headers["content-type"]
+    if "x-imgserve-input-size" in headers:
+        report["input_size"] = _size(headers["x-imgserve-input-size"])
+    report["size"] = _size(headers["x-imgserve-size"])
+    if "x-imgserve-frames" in headers:
+        report["frames"] = int(headers["x-imgserve-frames"])
+    report["input_bytes"] = int(headers["x-imgserve-input-bytes"])
+    report["output_bytes"] = int(headers["x-imgserve-output-bytes"])
+    report["compression_ratio"] = float(headers["x-imgserve-compression-ratio"])
+    return report
+
+
+def _size(text: str) -> list[int]:
+    """`"320x240"` -> `[320, 240]`, as the JSON report has a size."""
+    width, height = text.split("x")
+    return [int(width), int(height)]

@@ -1,16 +1,19 @@
 """Image operations over HTTP: `/v1/convert`, `/v1/enhance` (one image in, one image out) and what they support.
 
 The answer is the image itself with `X-Imgserve-*` headers (sizes, compression ratio, operations, quality before
-and after), or with `report=json` a JSON document carrying the same facts and the image as base64. Options are query
+and after), or with `report=json` a JSON document carrying the same facts and the image as base64. The headers hold
+every fact of a conversion's report; an enhancement's JSON report adds the quality levels, the scores to two
+decimals (one in the headers) and the auto steps it reverted. Options are query
 parameters (or a JSON body's `options`): `pipelines.convert.options` and `pipelines.enhance.plan` say what each does.
 """
 
 import base64
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 
 from pipelines.convert import FORMATS, ConvertResult
 from pipelines.convert.formats import encoder_missing
@@ -19,7 +22,7 @@ from pipelines.limits import DEFAULT_FORMATS
 from serving.errors import BadRequestError
 from serving.http.dependencies import reject_unknown_query
 from serving.http.image_routes import read_images
-from serving.image_ops import ImageOperations, OperationOptions
+from serving.image_ops import ImageOperations, OperationOptions, not_given
 
 OPERATIONS_TAG = "image operations"
 router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG], dependencies=[Depends(reject_unknown_query)])
@@ -28,11 +31,22 @@ router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG], dependencies=[Depends(re
 RESULT_HEADERS = tuple(
     f"x-imgserve-{name}"
     for name in (
-        "input-bytes", "output-bytes", "compression-ratio", "size", "format", "operations", "operations-detail",
-        "score-before", "score-after", "tags-before", "tags-after",
+        "input-bytes", "output-bytes", "compression-ratio", "size", "format", "input-format", "input-size", "frames",
+        "operations", "operations-detail", "score-before", "score-after", "tags-before", "tags-after",
     )
 ) + ("content-disposition",)  # fmt: skip
 
+
+def _empty_as_none(value: Any) -> Any:
+    """`?quality=` as not given (`serving.image_ops.EMPTY_OPTION_VALUES`) rather than a 400 for "not an integer"."""
+    return None if not_given(value) else value
+
+
+# The typed query options (a str option's "" reaches `OperationOptions.parse`, which reads it as not given too).
+EMPTY_IS_NOT_GIVEN = BeforeValidator(_empty_as_none)
+QueryInt = Annotated[int | None, EMPTY_IS_NOT_GIVEN]
+QueryBool = Annotated[bool | None, EMPTY_IS_NOT_GIVEN]
+QueryFloat = Annotated[float | None, EMPTY_IS_NOT_GIVEN]
 
 HELP = {
     "format": "Output format (jpeg, png, webp, tiff, bmp, gif, avif, heif); the input's when omitted.",
@@ -57,42 +71,49 @@ HELP = {
 
 
 async def conversion_query(
-    format: str | None = Query(default=None, description=HELP["format"]),
-    quality: int | None = Query(default=None, description=HELP["quality"]),
-    lossless: bool | None = Query(default=None, description=HELP["lossless"]),
-    progressive: bool | None = Query(default=None, description=HELP["progressive"]),
-    optimize: bool | None = Query(default=None, description=HELP["optimize"]),
-    effort: int | None = Query(default=None, description=HELP["effort"]),
-    subsampling: str | None = Query(default=None, description=HELP["subsampling"]),
-    compression: str | None = Query(default=None, description=HELP["compression"]),
-    max_side: int | None = Query(default=None, description=HELP["max_side"]),
-    width: int | None = Query(default=None, description=HELP["width"]),
-    height: int | None = Query(default=None, description=HELP["height"]),
-    upscale: bool | None = Query(default=None, description=HELP["upscale"]),
-    icc: str | None = Query(default=None, description=HELP["icc"]),
-    metadata: str | None = Query(default=None, description=HELP["metadata"]),
-    anonymize: bool | None = Query(default=None, description=HELP["anonymize"]),
-    background: str | None = Query(default=None, description=HELP["background"]),
-    animated: bool | None = Query(default=None, description=HELP["animated"]),
+    format: Annotated[str | None, Query(description=HELP["format"])] = None,
+    quality: Annotated[QueryInt, Query(description=HELP["quality"])] = None,
+    lossless: Annotated[QueryBool, Query(description=HELP["lossless"])] = None,
+    progressive: Annotated[QueryBool, Query(description=HELP["progressive"])] = None,
+    optimize: Annotated[QueryBool, Query(description=HELP["optimize"])] = None,
+    effort: Annotated[QueryInt, Query(description=HELP["effort"])] = None,
+    subsampling: Annotated[str | None, Query(description=HELP["subsampling"])] = None,
+    compression: Annotated[str | None, Query(description=HELP["compression"])] = None,
+    max_side: Annotated[QueryInt, Query(description=HELP["max_side"])] = None,
+    width: Annotated[QueryInt, Query(description=HELP["width"])] = None,
+    height: Annotated[QueryInt, Query(description=HELP["height"])] = None,
+    upscale: Annotated[QueryBool, Query(description=HELP["upscale"])] = None,
+    icc: Annotated[str | None, Query(description=HELP["icc"])] = None,
+    metadata: Annotated[str | None, Query(description=HELP["metadata"])] = None,
+    anonymize: Annotated[QueryBool, Query(description=HELP["anonymize"])] = None,
+    background: Annotated[str | None, Query(description=HELP["background"])] = None,
+    animated: Annotated[QueryBool, Query(description=HELP["animated"])] = None,
 ) -> dict[str, Any]:  # fmt: skip
     return {k: v for k, v in locals().items() if v is not None}
 
 
 async def _one_image(request: Request, query: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The one image of the request and its options: query parameters, overridden by a JSON body's `options`."""
+    """The one image of the request and its options: query parameters, overridden by a JSON body's `options` (an
+    empty one, "" or null, is not given: the query's value of it stands)."""
     images, body_options = await read_images(request, 1)
     if len(images) != 1:
         raise BadRequestError(f"{len(images)} images sent: image operations take exactly one (use /v1/batch for many)")
-    return images[0], {**query, **body_options}
+    overrides = {name: value for name, value in body_options.items() if not (not_given(value) and name in query)}
+    return images[0], {**query, **overrides}
 
 
 def _headers(result: ConvertResult) -> dict[str, str]:
+    """Every fact of `result.summary()` (the JSON report of a conversion), so that the image answer carries them all
+    (the SDK reads a conversion's report from them: serving.client.http_transport)."""
     return {
         "X-Imgserve-Input-Bytes": str(result.input_bytes),
         "X-Imgserve-Output-Bytes": str(result.output_bytes),
         "X-Imgserve-Compression-Ratio": f"{result.ratio:.4f}",
         "X-Imgserve-Size": f"{result.width}x{result.height}",
         "X-Imgserve-Format": result.format,
+        "X-Imgserve-Input-Format": result.source.format.lower(),
+        "X-Imgserve-Input-Size": f"{result.source.width}x{result.source.height}",
+        "X-Imgserve-Frames": str(result.frames),
         "Content-Disposition": f'inline; filename="image{FORMATS[result.format].extension}"',
     }
 
@@ -111,7 +132,7 @@ async def get_operations(request: Request) -> ImageOperations:
 async def convert(
     request: Request,
     query: dict[str, Any] = Depends(conversion_query),
-    report: str | None = Query(default=None, description="image (default): the image; json: facts and base64."),
+    report: Annotated[str | None, Query(description="image (default): the image; json: facts and base64.")] = None,
     operations: ImageOperations = Depends(get_operations),
 ) -> Response:
     """Convert one image: format, quality, resize, orientation, colour profile, metadata."""
@@ -126,14 +147,14 @@ async def convert(
 @router.post("/enhance", response_class=Response, responses={200: {"content": {"image/*": {}}}})
 async def enhance(
     request: Request,
-    auto: bool | None = Query(default=None, description=HELP["auto"]),
-    ops: str | None = Query(default=None, description="Comma-separated operations (GET /v1/enhance/options)."),
-    brightness: float | None = Query(default=None, description="0.1-3.0; 1 leaves it as it is."),
-    contrast: float | None = Query(default=None, description="0.1-3.0."),
-    saturation: float | None = Query(default=None, description="0.1-3.0."),
-    sharpness: float | None = Query(default=None, description="0.1-3.0."),
+    auto: Annotated[QueryBool, Query(description=HELP["auto"])] = None,
+    ops: Annotated[str | None, Query(description="Comma-separated operations (GET /v1/enhance/options).")] = None,
+    brightness: Annotated[QueryFloat, Query(description="0.1-3.0; 1 leaves it as it is.")] = None,
+    contrast: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
+    saturation: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
+    sharpness: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
     query: dict[str, Any] = Depends(conversion_query),
-    report: str | None = Query(default=None, description="image (default) or json."),
+    report: Annotated[str | None, Query(description="image (default) or json.")] = None,
     operations: ImageOperations = Depends(get_operations),
 ) -> Response:  # fmt: skip
     """Enhance one image, automatically (from its quality tags) or by hand; the quality score before and after."""

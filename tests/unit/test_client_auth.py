@@ -163,9 +163,18 @@ def grpc_server() -> Iterator[Recorder]:
         return pb.ListModelsResponse(default_model="m", models=[pb.ModelState(name="m", state="READY")])
 
     def analyze_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        _grpc_refuse(recorder, context)
+        if recorder.refuse != "rate_limited":  # the key and role are checked when the stream opens
+            _grpc_refuse(recorder, context)
+        else:
+            recorder.seen.append(dict(context.invocation_metadata()).get("authorization"))
         for request in requests:
-            yield pb.AnalyzeStreamResponse(request_id=request.request_id)
+            if recorder.refuse == "rate_limited":  # each message is a request of the rate limit: its own error
+                _, code, _, message = REFUSALS["rate_limited"]
+                retry_s = float(recorder.retry_after or 0)
+                error = pb.Error(code=code, kind="rate_limited", message=message, retry_after_s=retry_s)
+                yield pb.AnalyzeStreamResponse(request_id=request.request_id, error=error)
+            else:
+                yield pb.AnalyzeStreamResponse(request_id=request.request_id)
 
     def unary(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(fn, request.FromString, response.SerializeToString)
@@ -268,14 +277,29 @@ def test_refusals_become_typed_errors(server: Recorder, kind: str) -> None:
     assert SECRET not in str(error) and SECRET not in repr(error) and SECRET not in repr(error.__cause__)
 
 
-@pytest.mark.parametrize("kind", sorted(REFUSALS))
+@pytest.mark.parametrize("kind", ["permission_denied", "unauthenticated"])
 def test_a_refused_stream_raises_the_typed_error(server: Recorder, kind: str) -> None:
-    """A refusal is about the caller, not an image: it ends the stream on both transports (gRPC refuses the
-    stream when it opens; over HTTP, one call per image, the first refused call ends it)."""
+    """A refused key or role is about the caller, not an image: it ends the stream on both transports (gRPC
+    refuses the stream when it opens; over HTTP, one call per image, the first refused call ends it)."""
     server.refuse = kind
     with Client(server.url, retries=0, api_key=KEY) as client, pytest.raises(REFUSALS[kind][2]):
         list(client.stream([b"a", b"b", b"c"]))
     assert len(server.seen) == 1
+
+
+def test_a_rate_limited_stream_item_is_its_error_and_the_stream_goes_on(server: Recorder) -> None:
+    """The rate limit counts a stream's messages one by one: over gRPC a refused one is that item's error and the
+    stream goes on (the server's AnalyzeStream); over HTTP the first 429 ended the stream by raising. Now both
+    yield every item, each with a `RateLimitedError` carrying the server's Retry-After."""
+    server.refuse = "rate_limited"
+    with Client(server.url, retries=0, api_key=KEY) as client:
+        results = list(client.stream([b"a", ("frame-2", b"b"), b"c"]))
+    assert [r.request_id for r in results] == ["0", "frame-2", "2"]
+    for result in results:
+        assert not result.ok and isinstance(result.error, RateLimitedError)
+        assert result.error.code == "RESOURCE_EXHAUSTED" and result.error.kind == "rate_limited"
+        assert result.error.retry_after == 3.0
+    assert len(server.seen) == (3 if server.url.startswith("http") else 1)  # HTTP: one call per image
 
 
 def test_rate_limit_without_retry_after_has_none(server: Recorder) -> None:
