@@ -6,7 +6,8 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, get_type_hints
 
@@ -112,16 +113,31 @@ class ImageOperations:
         """The options after charging the image to the caller's quotas, with a tenant's forced anonymisation."""
         return replace(options, anonymize=await self.service.charge(1, options.anonymize))
 
+    @asynccontextmanager
+    async def _refunded_on_server_error(self) -> AsyncIterator[None]:
+        """The work after `_forced_options` charged the image: a server-side failure gives it back (a 5xx; a client
+        error such as an undecodable image keeps the charge: serving.security.gate `refund_failed`)."""
+        try:
+            yield
+        except Exception as error:
+            await self.service.refund_failed(1, error)
+            raise
+
     async def convert(self, data: bytes, options: ConvertOptions) -> ConvertResult:
         options = await self._forced_options(options)
         start = time.perf_counter()
-        result = await stage_thread(convert_image, data, options, self.limits)
+        async with self._refunded_on_server_error():
+            result = await stage_thread(convert_image, data, options, self.limits)
         STAGE_LATENCY.labels("convert", "").observe(time.perf_counter() - start)
         self._count("convert", result)
         return result
 
     async def enhance(self, data: bytes, options: EnhanceOptions, convert: ConvertOptions) -> EnhanceOutcome:
         convert = await self._forced_options(convert)
+        async with self._refunded_on_server_error():
+            return await self._enhance_charged(data, options, convert)
+
+    async def _enhance_charged(self, data: bytes, options: EnhanceOptions, convert: ConvertOptions) -> EnhanceOutcome:
         has_quality = self.service.pipeline.has_quality
         if options.auto and not has_quality:
             raise ModelUnavailableError("auto enhancement reads the quality stage, which this application does not run")

@@ -241,7 +241,11 @@ class InferenceService:
         if len(images) > 1:
             REPLICA_LIMIT.waive_queue_budget()
         calls = [self._analyze_one(data, plan, selected, held, options) for data in images]
-        analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
+        try:
+            analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
+        except Exception as error:
+            await self.refund_failed(len(images), error)
+            raise
         for analysis in analyses:  # counted once answered (a failed request's images are sent again, fixed)
             if analysis.quality is not None:
                 record_quality(analysis.quality, self.thresholds)
@@ -278,6 +282,12 @@ class InferenceService:
             return False
         return anonymize or await self.gate.anonymize_forced()
 
+    async def refund_failed(self, images: int, error: BaseException) -> None:
+        """Give back what `charge` counted when the work then failed on the server's side (a 5xx; a client error keeps
+        the charge: serving.security.gate `refund_failed`)."""
+        if self.gate is not None:
+            await self.gate.refund_failed(images, error)
+
     async def assess_quality(self, data: bytes) -> QualityReport:
         """The quality verdict of one image (classical metrics and, when served, the learned model), not charged
         to the caller's quota nor counted in the quality series: image operations ask it before and after their
@@ -310,9 +320,13 @@ class InferenceService:
         await self.charge(int(batch.shape[0]))
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
-        rows: list[ModelResult] = await asyncio.gather(
-            *(pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
-        )
+        try:
+            rows: list[ModelResult] = await asyncio.gather(
+                *(pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
+            )
+        except Exception as error:
+            await self.refund_failed(int(batch.shape[0]), error)
+            raise
         for row in rows:
             record_stages(row.stage_ms)
         return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}

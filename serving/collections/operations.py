@@ -147,6 +147,9 @@ class _WorkerService:
     async def charge(self, images: int, anonymize: bool | None = None) -> bool:
         return bool(anonymize)
 
+    async def refund_failed(self, images: int, error: BaseException) -> None:
+        return None  # nothing was charged
+
     async def assess_quality(self, data: bytes) -> QualityReport:
         if data is self.data and self.before is not None:
             return self.before

@@ -1,8 +1,10 @@
-"""ASGI middleware: every HTTP request passes the security gate (serving.security.gate) before any work.
+"""ASGI middleware: every HTTP request and WebSocket connection passes the security gate (serving.security.gate)
+before any work.
 
 Open: the liveness/readiness probes. A refused request gets imgserve's JSON error body: 401 (with
-`WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; the admitted caller is then
-`serving.security.gate.current_principal()` for the rest of the request.
+`WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; a refused WebSocket handshake is closed with code 1008
+(policy violation; the server answers the upgrade with 403). The admitted caller is then
+`serving.security.gate.current_principal()` for the rest of the request. Other scopes (lifespan) carry no request.
 """
 
 from typing import Any
@@ -13,6 +15,8 @@ from serving.metrics import ERRORS
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
 from serving.security.principal import http_role
+
+WS_POLICY_VIOLATION = 1008  # RFC 6455 close code for a refused WebSocket
 
 
 def client_address(scope: Scope) -> str | None:
@@ -33,17 +37,21 @@ class AuthMiddleware:
         self.app, self.gate = app, gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # a WebSocket route, added one day, must not skip the gate
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        role = http_role(scope.get("method", "GET"), path)
+        websocket = scope["type"] == "websocket"
+        role = http_role("GET" if websocket else scope.get("method", "GET"), path)  # a handshake is a GET
         try:
             await self.gate.admit(
                 request_header(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             ERRORS.labels(route_template(scope), error.kind).inc()  # every error, as the routes count theirs
-            await send_json_error(send, error.http_status, str(error), error.kind, refusal_headers(error))
+            if websocket:  # closed before it is accepted: the server refuses the upgrade (403)
+                await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": error.kind})
+            else:
+                await send_json_error(send, error.http_status, str(error), error.kind, refusal_headers(error))
             return
         await self.app(scope, receive, send)  # the caller is the gate's context variable from here on

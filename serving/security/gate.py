@@ -15,7 +15,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from serving.errors import ServiceError, unwrap
+from serving.errors import ServiceError, classify_error, unwrap
 from serving.security.audit import AuditEntry, AuditWriter
 from serving.security.authenticator import Authenticator
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
@@ -131,6 +131,14 @@ class SecurityGate:
         principal = CURRENT_PRINCIPAL.get()
         if self.required and self.usage is not None and principal is not None and principal.source != "job":
             self.usage.refund(principal, images)
+
+    async def refund_failed(self, images: int, error: BaseException) -> None:
+        """Give back the `images` a synchronous request was charged when it then failed on the server's side: a 5xx
+        answer (internal, model_unavailable, overloaded, replica_unavailable, store_unavailable, storage_full), which
+        the client did not cause and will send again. A client error (4xx: a bad image, a tensor of the wrong shape)
+        keeps the charge, as does a request whose client went away (cancelled, not answered)."""
+        if classify_error(error).http_status >= 500:
+            await self.refund_images(images)
 
     async def anonymize_forced(self) -> bool:
         return (await self.tenant_policy(current_principal().tenant)).anonymize if self.required else False

@@ -8,11 +8,16 @@ database writes per second per replica. Leased tokens not spent within a second 
 exceeded, only (slightly) under-used. The bucket's time only moves forward, so replicas whose clocks differ (by up
 to `MAX_CLOCK_SKEW_S`) refill it at its rate, not faster. Keys without a rate never touch the database here. A JWT
 caller has the bucket of its `jwt:` id, with the server's IMGSERVE_JWT_RATE / IMGSERVE_JWT_BURST
-(serving.security.settings).
+(serving.security.settings). A replica keeps a key's lease only while it can hold tokens: lapsed leases are dropped
+every `LEASE_SWEEP_S`, so its memory follows the keys in use, not every key seen since it started (the limiter is
+reached only after authentication: made-up key ids never get a lease). Dropping a lapsed lease loses nothing and
+cannot refill a bucket early, since the bucket is the database row.
 
 Quotas: images are counted per key and UTC day in `usage_daily`. Counts are added in memory and written every
 second; a request is refused when the stored count plus what this replica has not written yet would pass the
 key's or the tenant's daily quota, so with N replicas a quota can be overshot by at most N seconds of traffic.
+A synchronous request is charged before its work; `SecurityGate.refund_failed` (serving.security.gate) is how the
+code doing the work gives the images back when it fails on the server's side (a 5xx); a client error keeps the charge.
 """
 
 import asyncio
@@ -34,6 +39,7 @@ logger = logging.getLogger("imgserve.security")
 LEASE_S = 0.1  # a lease is this many seconds of a key's rate (at least one token)
 LEASE_TTL_S = 1.0
 MAX_CLOCK_SKEW_S = 60.0  # replicas' clocks this far apart share a bucket exactly (see `_take_lease`)
+LEASE_SWEEP_S = 10.0  # how often a replica drops the leases of keys idle past LEASE_TTL_S
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, object]) -> None:
@@ -47,11 +53,26 @@ class _Lease:
     expires: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def lapsed(self, now: float) -> bool:
+        """Holds no token that may still be spent, and no request is using it: dropping it changes nothing."""
+        return (self.tokens <= 0 or now >= self.expires) and not self.lock.locked()
+
 
 class RateLimiter:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, _Lease] = {}  # key id -> its lease, while it can hold tokens (see `_sweep`)
+        self._next_sweep = 0.0
+
+    def _sweep(self, now: float) -> None:
+        """Drop the lapsed leases, at most every LEASE_SWEEP_S (a pass over the dict, amortised over requests).
+        A request that was waiting on a dropped lease's lock goes on with it; the next one makes a new lease: at
+        worst two leases of one key ask the database at once, which grants each only tokens the bucket has."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + LEASE_SWEEP_S
+        for key_id in [key_id for key_id, lease in self._leases.items() if lease.lapsed(now)]:
+            del self._leases[key_id]
 
     def _take_lease(self, key_id: str, rate: float, burst: int, want: int) -> tuple[int, float]:
         """(tokens granted, seconds until one token is available when none were)."""
@@ -81,6 +102,7 @@ class RateLimiter:
         """Spend one request token of `principal`'s key; raises RateLimitedError when there is none."""
         if principal.rate_per_s is None or principal.key_id is None:
             return
+        self._sweep(time.monotonic())
         lease = self._leases.setdefault(principal.key_id, _Lease())
         async with lease.lock:
             now = time.monotonic()
