@@ -6,6 +6,9 @@ job's `Idempotency-Key` is in its row, so it goes too: a later request with that
 Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
 stays, and so does an input stored again after the purged job's last inputs (a submission of the same bytes still
 being taken in has no row yet): the orphan sweep deletes it later if nothing comes to hold it.
+Items of the job in flight at its purge, on any replica, leave nothing behind: each checks that its job is still
+there before it writes its output, and one whose result then finds no item removes what it wrote (the file at the
+job's `output_uri`, and the stored output it created: `drop_unrecorded_output`; serving.jobs.runner).
 The sweeper purges, with `IMGSERVE_RETENTION_DAYS`, finished jobs older than the retention (and open jobs never
 started), finished training jobs older than it and daily usage counts of days before it, and, always, deletes
 stored objects no job references that are older than an hour (inputs of refused submissions, or left by a crash);
@@ -115,6 +118,11 @@ def purge_job(
         found = conn.execute(query).first()
         if found is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
+        if conn.dialect.name == "postgresql":
+            # its items too: a result being written now (its insert holds its item's key) lands before the outputs
+            # are read below, and one not yet begun waits, then finds no item (the runner removes what it wrote);
+            # a claim skips them (SKIP LOCKED), then finds none
+            conn.execute(sa.select(job_items.c.id).where(job_items.c.job_id == job_id).with_for_update())
         names = _saved_names(conn, job_id)
         inputs_until = _inputs_until(conn, job_id)
         items, inputs, outputs = _delete_job_rows(conn, job_id)
@@ -130,6 +138,19 @@ def purge_job(
             objects.delete(digest)
             deleted += 1
     return PurgeReport(1, items, deleted, len(digests))
+
+
+def drop_unrecorded_output(engine: sa.Engine, objects: ObjectStore, digest: str, created_at: float) -> bool:
+    """An output an item of a purged job stored (creating it: `created_at`, its modification time then) and could
+    not record: deleted unless a row holds it or the same bytes were stored again since (another item's output or a
+    submission's input, which may have no row yet: the orphan sweep decides later). True if it was deleted."""
+    with engine.begin() as conn:
+        if _referenced(conn, [digest]):
+            return False
+    if _stored_again_since(objects, {digest}, created_at):
+        return False
+    objects.delete(digest)
+    return True
 
 
 def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:

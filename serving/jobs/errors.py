@@ -53,6 +53,10 @@ class ItemInputError(ValueError):
         return self.message
 
 
+class JobPurgedError(RuntimeError):
+    """The item's job was purged while the item ran: nothing of the item may be written any more (never a result)."""
+
+
 class CollectionNotFoundError(ServiceError):
     http_status = 404
     grpc_code = "NOT_FOUND"

@@ -34,6 +34,17 @@ class ObjectStore:
 
     def put(self, data: bytes) -> str:
         """Store `data` (once) and return its sha256 hex digest."""
+        return self._store(data)[0]
+
+    def put_new(self, data: bytes) -> tuple[str, float | None]:
+        """`put`, and the object's modification time when this call created it (None: it was stored before, or the
+        filesystem does not say; one more `info` call then): an item's output, which it deletes again if its job
+        was purged meanwhile and nothing stored the same bytes since (serving.jobs.erasure.drop_unrecorded_output)."""
+        digest, created = self._store(data)
+        return digest, self.modified(digest) if created else None
+
+    def _store(self, data: bytes) -> tuple[str, bool]:
+        """(digest, whether this call created the object)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         if self.fs.exists(path):
@@ -41,12 +52,16 @@ class ObjectStore:
             # (serving.jobs.erasure: an object modified after the purged job's inputs is kept) cover it too
             try:
                 self._refresh(path, data)
-                return digest
+                return digest, False
             except FileNotFoundError:  # deleted since (a purge, the sweep; s3fs's listing cache said it was there)
                 self.fs.invalidate_cache(path)
+        self._create(path, data)
+        return digest, True
+
+    def _create(self, path: str, data: bytes) -> None:
         if not self._local:
             self.fs.pipe_file(path, data)
-            return digest
+            return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{path}.{uuid.uuid4().hex}.part"
         try:
@@ -59,7 +74,6 @@ class ObjectStore:
             except OSError:
                 pass
             raise
-        return digest
 
     def _refresh(self, path: str, data: bytes) -> None:
         """Make a stored object's modification time now. Object stores have no touch: on S3 the object is copied

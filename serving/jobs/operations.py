@@ -11,6 +11,7 @@ there under its name. The originals stay untouched in the store.
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,17 @@ async def run_operations(
     anonymize: bool,
     output_root: Path | None = None,
     remote: RemoteAccess | None = None,
+    before_writing: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[dict[str, Any], ItemOutput]:
-    """Run the job's operation on one item and store the output: (the result document's "output", the output)."""
+    """Run the job's operation on one item and store the output: (the result document's "output", the output).
+    `before_writing`: awaited once the output is made, before anything is written (it raises to write nothing:
+    the job was purged meanwhile)."""
     result, summary = await apply_operation(operations, spec, data, anonymize)
-    digest = await asyncio.to_thread(objects.put, result.data)
+    if before_writing is not None:
+        await before_writing()
+    digest, created_at = await asyncio.to_thread(objects.put_new, result.data)
     name = output_name(item_name, spec["suffix"], result)
-    output = ItemOutput(digest, name, result.input_bytes, result.output_bytes)
+    output = ItemOutput(digest, name, result.input_bytes, result.output_bytes, created_at)
     document = {**summary, "name": name, "object": digest}
     if spec.get("destination"):
         document["uri"] = await asyncio.to_thread(

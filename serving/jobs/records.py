@@ -104,6 +104,9 @@ class ItemOutput:
     name: str  # file name in outputs.zip: the input's name, the suffix, the output format's extension
     input_bytes: int
     output_bytes: int
+    # the object's modification time when this item's store call created it; None when the same bytes were stored
+    # before (another job's): an output left by an item of a purged job is deleted only when the item made it
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)

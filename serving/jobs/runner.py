@@ -4,25 +4,30 @@ At most `concurrency` items are in flight at any time, whatever the job size, so
 load to the decode and model stages and online requests keep their latency. Items fail one by one (their
 error is their result); a job fails as a whole only when its model is no longer served. Tenants share the loop
 in turns (`run_job`, `WorkQueue.next_job`): one tenant's big job does not hold another's small one for hours.
+An item of a job purged while it runs (here or from another replica) leaves nothing written after the purge: it
+checks its job is there before writing its output, and removes what it wrote if its result finds the job gone.
 """
 
 import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from pipelines.convert.names import output_bases
 from serving.errors import classify_error, internal_detail
 from serving.image_ops import ImageOperations
-from serving.jobs.errors import ItemInputError
+from serving.jobs.erasure import drop_unrecorded_output
+from serving.jobs.errors import ItemInputError, JobPurgedError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore, read_job_input
 from serving.jobs.operations import run_operations
 from serving.jobs.outage import StoreCalls
-from serving.jobs.records import ClaimedItem, JobRecord, Outcome
+from serving.jobs.records import ClaimedItem, ItemOutput, JobRecord, Outcome
 from serving.jobs.serialize import analysis_document
 from serving.jobs.settings import JobSettings
+from serving.jobs.uris import remove_named_output
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
 from serving.jobs.workers import WorkerRegistry
@@ -279,8 +284,12 @@ class JobRunner:
                     job.anonymize,
                     self.settings.write_root(job.tenant),
                     self.settings.remote_access(job.tenant),
+                    partial(self._ensure_not_purged, item),
                 )
             outcome = Outcome("done", job.model, document, output=output)
+        except JobPurgedError:
+            logger.info("item %d of job %s: the job was purged while the item ran; nothing written", item.idx, job.id)
+            return
         except ItemInputError as exc:
             outcome = Outcome("failed", job.model, error_kind=exc.kind, error=exc.message)
         except Exception as exc:  # noqa: BLE001 - every error becomes this item's result, or a retry
@@ -297,7 +306,7 @@ class JobRunner:
         outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})
         # Held until the store takes it: an outage delays the write, never loses it or runs the item again.
         try:
-            await self.store.durable(self.queue.record, item, outcome)
+            recorded = await self.store.durable(self.queue.record, item, outcome)
         except Exception as exc:  # noqa: BLE001 - not an outage: the store refused this result (a value it cannot hold)
             detail = internal_detail(exc)
             logger.error("item %d of job %s: its result could not be stored: %s", item.idx, job.id, detail)
@@ -305,9 +314,41 @@ class JobRunner:
                 "failed", job.model, error_kind="internal", error="the item's result could not be stored",
                 duration_ms=outcome.duration_ms,
             )  # fmt: skip
-            await self.store.durable(self.queue.record, item, outcome)
+            recorded = await self.store.durable(self.queue.record, item, outcome)
+        if not recorded and outcome.output is not None and not await self.store.durable(self.queue.item_exists, item):
+            await self._discard_output(job, item, outcome.output)
+            return
         BATCH_ITEMS.labels(outcome.status).inc()
         BATCH_ITEM_LATENCY.observe(elapsed)
+
+    async def _ensure_not_purged(self, item: ClaimedItem) -> None:
+        """Raises JobPurgedError once the item's job is gone: checked before its output is written anywhere."""
+        if not await self.store.durable(self.queue.item_exists, item):
+            raise JobPurgedError(f"job {item.job_id} was purged")
+
+    async def _discard_output(self, job: JobRecord, item: ClaimedItem, output: ItemOutput) -> None:
+        """What an item wrote before its result found its job purged (a purge from any replica, after the item's
+        `_ensure_not_purged`): its file at the job's destination (if still its bytes) and the stored output it created
+        (if nothing holds it). An item re-run after its result was recorded keeps its output: its item is there."""
+        destination = (job.operations or {}).get("destination")
+        write_root, remote = self.settings.write_root(job.tenant), self.settings.remote_access(job.tenant)
+        try:
+            removed = bool(destination) and await asyncio.to_thread(
+                remove_named_output, destination, output.name, output.object, write_root, remote
+            )
+            if output.created_at is not None:
+                await self.store.durable(
+                    drop_unrecorded_output, self.queue.engine, self.objects, output.object, output.created_at
+                )
+        except Exception:  # noqa: BLE001 - the stored output is an orphan the sweep drops within the hour
+            logger.exception("item %d of job %s: removing the output of the purged job failed", item.idx, job.id)
+            return
+        logger.info(
+            "item %d of job %s: its job was purged meanwhile; output removed (at the destination: %s)",
+            item.idx,
+            job.id,
+            removed,
+        )
 
     async def _webhook_loop(self) -> None:
         while True:

@@ -6,6 +6,7 @@ root that points outside it is refused too. Any other scheme (http, ftp, ...) is
 fetches arbitrary URLs on a client's behalf.
 """
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import SplitResult, quote, unquote, urlsplit
@@ -136,6 +137,37 @@ def write_named_output(
         raise ItemInputError("forbidden_uri", f"output name {name!r} is not a plain relative path")
     local = _split(destination).scheme.lower() == "file"
     return write_output(destination, quote(name) if local else name, data, output_root, remote)
+
+
+def remove_named_output(
+    destination: str, name: str, digest: str, output_root: Path | None, remote: RemoteAccess | None = None
+) -> bool:
+    """Delete the output `write_named_output` wrote as `name` under `destination` if the file there still holds
+    those bytes (sha256 `digest`; a file written over since is someone else's); True if one was deleted. Refused
+    and unreadable locations are left alone (False): the write there failed too, or the folder changed hands."""
+    local = _split(destination).scheme.lower() == "file"
+    uri = f"{destination}/{quote(name) if local else name}"
+    try:
+        if local:
+            if output_root is None:
+                return False
+            target = _resolve_under(Path(unquote(_split(uri).path)), output_root)
+            if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+                return False
+            target.unlink()
+            return True
+        import fsspec
+
+        if remote is not None:
+            remote.check(uri)
+        filesystem, folder = fsspec.core.url_to_fs(destination)  # as `write_output`: the name is not parsed
+        path = f"{folder}/{name}"
+        if hashlib.sha256(filesystem.cat_file(path)).hexdigest() != digest:
+            return False
+        filesystem.rm_file(path)
+        return True
+    except (UriNotAllowedError, BadRequestError, OSError):  # FileNotFoundError included: nothing left to remove
+        return False
 
 
 def _read_local(path: Path, max_bytes: int) -> bytes:

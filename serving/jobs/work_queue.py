@@ -236,10 +236,17 @@ class WorkQueue:
                 conn.execute(
                     job_items.update().where(job_items.c.id == item.id).values(status=outcome.status, finished_at=now)
                 )
-        except IntegrityError:
-            logger.warning("item %s of job %s already has a result; the re-run's is dropped", item.idx, item.job_id)
+        except IntegrityError:  # its unique result, or no item to hold it (`item_exists` tells which)
+            logger.warning(
+                "item %s of job %s has a result already, or was purged: this one is dropped", item.idx, item.job_id
+            )
             return False
         return True
+
+    def item_exists(self, item: ClaimedItem) -> bool:
+        """Whether the item is still in the store: False once its job was purged (its rows went in one go)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(job_items.c.id).where(job_items.c.id == item.id)).first() is not None
 
     def finish_if_done(self, job_id: str) -> JobRecord | None:
         """Completed (or failed: no item succeeded) once no item is pending or running; None otherwise."""
