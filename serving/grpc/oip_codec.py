@@ -74,3 +74,23 @@ def response_to_proto(response: oip.InferResponse) -> Any:
         message.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
         message.raw_output_contents.append(array_to_raw(out.data))
     return message
+
+
+def model_config_to_proto(config: dict[str, Any]) -> Any:
+    """`serving.oip.model_config.model_config`'s answer (Triton's JSON) as a `ModelConfigResponse`: the data type
+    names are the `DataType` enum's, so each field reads in tritonclient as it does over HTTP."""
+    batching = config["dynamic_batching"]
+    message = pb.ModelConfig(
+        name=config["name"],
+        platform=config["platform"],
+        max_batch_size=config["max_batch_size"],
+        dynamic_batching=pb.ModelDynamicBatching(
+            preferred_batch_size=batching["preferred_batch_size"],
+            max_queue_delay_microseconds=batching["max_queue_delay_microseconds"],
+        ),
+    )
+    for tensor in config["input"]:
+        message.input.add(name=tensor["name"], data_type=pb.DataType.Value(tensor["data_type"]), dims=tensor["dims"])
+    for tensor in config["output"]:
+        message.output.add(name=tensor["name"], data_type=pb.DataType.Value(tensor["data_type"]), dims=tensor["dims"])
+    return pb.ModelConfigResponse(config=message)

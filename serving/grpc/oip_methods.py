@@ -5,11 +5,12 @@ from typing import Any
 
 from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream
-from serving.grpc.oip_codec import pb, request_from_proto, response_to_proto
+from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
 from serving.model_control import check_control_parameters, load_model, unload_model
 from serving.model_status import repository_index
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
+from serving.oip.model_config import model_config
 from serving.security.audit import AuditEntry
 from serving.security.gate import current_principal, replica_gate
 from serving.service import InferenceService
@@ -55,6 +56,14 @@ class OipGrpcMethods:
             )
 
         return await answer("ModelMetadata", request.name, grpc_context, call, pb.ModelMetadataResponse)
+
+    async def ModelConfig(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """Triton's model configuration: what `GET /v2/models/{name}[/versions/{version}]/config` answers."""
+
+        async def call() -> Any:
+            return model_config_to_proto(await model_config(self.service, request.name, request.version))
+
+        return await answer("ModelConfig", request.name, grpc_context, call, pb.ModelConfigResponse)
 
     async def _infer(self, request: Any) -> Any:
         self.service.check_loaded(request.model_name, request.model_version)

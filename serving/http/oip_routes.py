@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.config.model_config import BatchingConfig
 from serving.config.settings import ServerSettings
 from serving.errors import BadRequestError, InvalidTensorError, RequestTooLargeError
 from serving.http.dependencies import get_service
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
+from serving.oip.model_config import model_config as oip_model_config
 from serving.oip.tensors import (
     array_from_json,
     array_from_raw,
@@ -21,7 +21,7 @@ from serving.oip.tensors import (
     integer_parameter,
     tensor_shape,
 )
-from serving.service import IMAGE_MODEL_NAME, InferenceService
+from serving.service import InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
@@ -87,40 +87,13 @@ async def model_ready(
     return _not_ready(f"model '{model}' is not ready")
 
 
-def config_data_type(datatype: str) -> str:
-    """A model configuration's data type for an OIP datatype: Triton names BYTES `TYPE_STRING` there."""
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
 @router.get("/models/{model}/config")
 @router.get("/models/{model}/versions/{version}/config", openapi_extra=VERSIONED)
 async def model_config(
     model: str, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> dict[str, Any]:
-    """Triton-style model configuration (name, platform, max_batch_size, dynamic batching)."""
-    service.check_loaded(model, version)
-    meta = await oip.model_metadata(service, model, version)
-    # the image-level model is version 1 whatever version its classifier serves
-    entry = service.served_entry(None) if model == IMAGE_MODEL_NAME else service.served_entry(model, version or "")
-    # the stage's own batching (config.yaml with the serve config's overrides), as /v1/models reports it
-    batching = BatchingConfig.model_validate((await service.backend_info(entry.key))["batching"])
-    return {
-        "name": meta["name"],
-        "platform": meta["platform"],
-        "max_batch_size": batching.max_batch_size,
-        "input": [
-            {"name": i["name"], "data_type": config_data_type(i["datatype"]), "dims": i["shape"][1:]}
-            for i in meta["inputs"]
-        ],
-        "output": [
-            {"name": o["name"], "data_type": config_data_type(o["datatype"]), "dims": o["shape"][1:]}
-            for o in meta["outputs"]
-        ],
-        "dynamic_batching": {
-            "preferred_batch_size": batching.preferred_batch_sizes,
-            "max_queue_delay_microseconds": int(batching.batch_wait_timeout_ms * 1000),
-        },
-    }
+    """Triton-style model configuration (name, platform, max_batch_size, dynamic batching): gRPC's ModelConfig."""
+    return await oip_model_config(service, model, version)
 
 
 @router.post("/repository/index")

@@ -66,6 +66,7 @@ OPEN_GRPC_METHODS = frozenset({"ServerLive", "ServerReady", "Check", "Watch"})
 GRPC_ROLES: dict[str, Role] = {
     "ServerMetadata": "viewer",
     "ModelMetadata": "viewer",
+    "ModelConfig": "viewer",
     "ModelReady": "viewer",
     "RepositoryIndex": "viewer",
     "ListModels": "viewer",

@@ -104,6 +104,7 @@ def test_no_key_is_unauthenticated_on_every_grpc_method(secure: dict[str, Any]) 
             "ListModels": lambda: images.ListModels(pb.ListModelsRequest()),
             "ServerMetadata": lambda: infer.ServerMetadata(oip.ServerMetadataRequest()),
             "ModelMetadata": lambda: infer.ModelMetadata(oip.ModelMetadataRequest(name=MODEL)),
+            "ModelConfig": lambda: infer.ModelConfig(oip.ModelConfigRequest(name=MODEL)),
             "ModelReady": lambda: infer.ModelReady(oip.ModelReadyRequest(name=MODEL)),
             "RepositoryIndex": lambda: infer.RepositoryIndex(oip.RepositoryIndexRequest()),
             "RepositoryModelLoad": lambda: infer.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL)),

@@ -66,6 +66,8 @@ def test_route_policy_is_closed_by_default() -> None:
     assert grpc_role("Classify") == "analyst" and grpc_role("SomeNewRpc") == "admin"
     # Triton's model list: viewers over gRPC, so viewers over HTTP too (it was admin-only there)
     assert http_role("POST", "/v2/repository/index") == grpc_role("RepositoryIndex") == "viewer"
+    # Triton's model configuration: what GET /v2/models/{m}/config needs (gRPC's ModelConfig was admin-only)
+    assert http_role("GET", "/v2/models/m/config") == grpc_role("ModelConfig") == "viewer"
     assert http_role("POST", "/v2/repository/models/m/load") == "admin"
 
 
