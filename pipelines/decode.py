@@ -24,15 +24,20 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from pipelines.full_size import load_full_size, rgb_array
 from pipelines.jpeg_markers import jpeg_scan_count, scan_limit
 from pipelines.limits import DecodeLimits
 from pipelines.native_crop import jpeg_centre_crop
 from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE
+from pipelines.pixel_modes import SampleType as SampleType  # re-exported: pipelines.convert.deep_samples
+from pipelines.pixel_modes import eight_bit_scale as eight_bit_scale
+from pipelines.pixel_modes import tiff_sample_type, to_rgb
 from pipelines.preprocess import PreprocessSpec, geometry_pil, normalize
 from pipelines.quality.working_image import native_crop, working_image
 from pipelines.warning_capture import captured_warnings
 
 DecoderName = Literal["pillow", "opencv"]
+DecodedPixels = tuple[Image.Image, np.ndarray | None]  # upright RGB, and its HxWx3 array where the decode made one
 
 try:  # HEIF/AVIF are accepted only where the plugin is installed; without it such files get 415.
     import pillow_heif
@@ -207,80 +212,14 @@ def upright_image(image: Image.Image, orientation: int) -> Image.Image:
         return image.transpose(UPRIGHT_TRANSPOSE[orientation])
 
 
-DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-SampleType = tuple[Literal["uint", "int", "float"], int]  # kind of number and bits a sample
-_TIFF_SAMPLE_KINDS: dict[int, Literal["uint", "int", "float"]] = {1: "uint", 2: "int", 3: "float"}
-
-
-def eight_bit_scale(sample: SampleType | None, top: float) -> tuple[float, float]:
-    """(multiplier, divisor) that turn deep samples into 8-bit ones (then rounded and clipped to 0..255), the one
-    rule of the decode stage and of conversion (`pipelines.convert.deep_samples`): floats in 0..1 times 255; unsigned
-    n-bit integers by 255 / (2^n - 1); signed ones from 0..2^(n-1) - 1 (negative values are black). Where the type
-    is not known (Pillow's mode I of a 16-bit PNG) or a float goes above 1: values above 255 are taken as 16-bit,
-    others as 8-bit. `top`: the largest value (read only for floats and unknown types)."""
-    if sample is not None and sample[0] == "float" and top <= 1.0:
-        return 255.0, 1.0
-    if sample is not None and sample[0] == "uint":
-        return 255.0, float(2 ** sample[1] - 1)
-    if sample is not None and sample[0] == "int":
-        return 255.0, float(2 ** (sample[1] - 1) - 1)
-    return 1.0, (257.0 if top > 255.0 else 1.0)
-
-
-def tiff_sample_type(image: Image.Image) -> SampleType | None:
-    """(kind, bits) of a TIFF's samples from its SampleFormat and BitsPerSample tags; None for other formats."""
-    tags = getattr(image, "tag_v2", None)
-    if tags is None:
-        return None
-    kind, bits = tags.get(339, 1), tags.get(258, 8)
-    kind, bits = (kind[0] if isinstance(kind, tuple) else kind), (bits[0] if isinstance(bits, tuple) else bits)
-    return (_TIFF_SAMPLE_KINDS[kind], int(bits)) if kind in _TIFF_SAMPLE_KINDS and isinstance(bits, int) else None
-
-
-def _eight_bit_grey(image: Image.Image, sample: SampleType | None = None) -> Image.Image:
-    """16-bit, 32-bit and float grey as 8-bit grey, scaled (Pillow's conversion clips 16-bit values, `point` does
-    not take I;16B/L, and a 0-1 float image came out black). 16-bit modes are scaled by their depth whatever the
-    values (a dark 16-bit photo stays dark); other modes by `eight_bit_scale` (`sample`: the file's sample type,
-    where known: a 32-bit or signed 16-bit TIFF, both Pillow's mode I)."""
-    if image.mode.startswith("I;16"):  # the high byte: as the v / 256 this replaced, in a pass over 2 bytes a pixel
-        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
-    raw = np.asarray(image)
-    if sample == ("uint", 32) and raw.dtype == np.int32:
-        raw = raw.view(np.uint32)  # Pillow holds unsigned 32-bit samples in mode I's signed integers
-    # one float copy, worked on in place (a copy a step took 20 bytes a pixel: 800 MB for a 40 MP float TIFF)
-    values = np.nan_to_num(raw.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    if image.mode == "F" and sample is None:
-        sample = ("float", 32)
-    multiplier, divisor = eight_bit_scale(sample, float(values.max(initial=0.0)))
-    values *= multiplier
-    values /= divisor
-    return Image.fromarray(np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8), "L")
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """What a viewer shows of a transparent image on a white page: the colours under transparent pixels are
-    not the picture (a fully transparent PNG was tagged low_light from its hidden black). Opaque images pass."""
-    rgba = image if image.mode == "RGBA" else image.convert("RGBA")  # convert() would copy an RGBA image
-    if rgba.getextrema()[3][0] == 255:
-        return rgba.convert("RGB")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-
-
-def _load_rgb_pillow(image: Image.Image, scale: int, orientation: int) -> Image.Image:
+def _load_rgb_pillow(image: Image.Image, data: bytes, scale: int, orientation: int) -> DecodedPixels:
     try:
-        if scale > 1:
-            stored_w, stored_h = image.size
-            image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
+        if scale == 1:
+            return load_full_size(image, data, orientation)
+        stored_w, stored_h = image.size
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, (stored_w // scale, stored_h // scale))
         sample = tiff_sample_type(image)
-        image = upright_image(image, orientation)
-        if image.mode in DEEP_GREY_MODES:
-            image = _eight_bit_grey(image, sample)
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            image = _on_white(image)
-        if image.mode == "RGB":
-            image.load()  # decode here (errors are the file's), without convert()'s copy of the pixels
-            return image
-        return image.convert("RGB")
+        return to_rgb(upright_image(image, orientation), sample), None
     except MemoryError:
         raise  # the server's trouble (the pixel budgets were checked), not the file's
     except Exception as exc:  # noqa: BLE001 - whatever Pillow raises on hostile bytes is the file's fault
@@ -295,12 +234,12 @@ _CV2_REDUCED = {
 }
 
 
-def _load_rgb_opencv(data: bytes, scale: int) -> Image.Image:
+def _load_rgb_opencv(data: bytes, scale: int) -> DecodedPixels:
     # IMREAD_COLOR applies the EXIF orientation, like ImageOps.exif_transpose does for Pillow.
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _CV2_REDUCED[scale])
     if bgr is None:
         raise InvalidImageError("image data is corrupt or truncated (OpenCV could not decode it)")
-    return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), None
 
 
 @dataclass(frozen=True)
@@ -313,6 +252,7 @@ class DecodedRGB:
     height: int
     scale: int
     orientation: int = 1  # EXIF orientation the pixels were turned upright by
+    pixels: np.ndarray | None = None  # `rgb` as HxWx3 uint8, where the decode made it (`pipelines.full_size`)
 
     @property
     def stored_size(self) -> tuple[int, int]:
@@ -360,10 +300,10 @@ def decode_rgb(
     scale = reduced_scale(header, orientation, spec, min_long_side) if reduced else 1
     fmt = header.format or ""
     if decoder == "opencv" and fmt in ("JPEG", "MPO"):
-        rgb = _load_rgb_opencv(data, scale)
+        rgb, pixels = _load_rgb_opencv(data, scale)
     else:
-        rgb = _load_rgb_pillow(header, scale, orientation)
-    return DecodedRGB(rgb, fmt, width, height, scale, orientation)
+        rgb, pixels = _load_rgb_pillow(header, data, scale, orientation)
+    return DecodedRGB(rgb, fmt, width, height, scale, orientation, pixels)
 
 
 def decode_image(
@@ -388,7 +328,7 @@ def decode_image(
     tensors = {name: normalize(geometry_pil(decoded.rgb, spec), spec) for name, spec in named.items()}
     working = native = None
     if working_max_side:
-        pixels = np.asarray(decoded.rgb, dtype=np.uint8)
+        pixels = decoded.pixels if decoded.pixels is not None else rgb_array(decoded.rgb)
         working = working_image(pixels, working_max_side)
         if decoded.scale == 1:
             native = native_crop(pixels)

@@ -12,8 +12,10 @@ class DecodeLimits:
 
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 100_000_000
-    # Formats other than JPEG decode at full size (JPEG decodes at 1/2..1/8 scale for the models): at 4 bytes a
-    # pixel, 40 MP is ~160 MB per request, where 100 MP of solid colour fits in a ~300 KB PNG.
+    # Formats other than JPEG decode at full size (JPEG decodes at 1/2..1/8 scale for the models), where 100 MP of
+    # solid colour fits in a ~300 KB PNG. A full-size decode peaks at ~7 bytes a pixel (the decoder's 4-byte buffer
+    # and one HxWx3 array: `pipelines.full_size`), 8 for WebP (libwebp's buffers) and EXIF-turned TIFF (Pillow turns
+    # it as it loads): measured at 40 MP, ~280 MB per request, ~305 MB for an RGBA WebP.
     max_full_decode_pixels: int = 40_000_000
     # Output pixels (times frames) of the slow encoders (`pipelines.convert.formats.SLOW_ENCODERS`: AVIF, HEIF, GIF
     # take 20-100x JPEG's time a pixel; 40 MP took 19-42 s of CPU and ~1 GB), as image proxies cap them.
