@@ -45,6 +45,9 @@ class NoAnalysis:
     async def charge(self, images: int, anonymize: bool | None = None) -> bool:
         return bool(anonymize)  # no quotas
 
+    async def refund_failed(self, images: int, error: BaseException) -> None:
+        return None  # nothing was charged
+
 
 def jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
     rng = np.random.default_rng(seed)
