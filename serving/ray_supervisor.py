@@ -182,18 +182,43 @@ def supervise(state_path: Path) -> int:
             if state.token_file:
                 Path(state.token_file).unlink(missing_ok=True)  # the generated Ray token: gone with Ray
             state_path.unlink(missing_ok=True)
-            clean_up_ray_folder(state_path.parent, status == 0 and not follower.is_alive())
+            clean_stop = status == 0 and not follower.is_alive() and not psutil.Process().children(recursive=True)
+            clean_up_ray_folder(state_path.parent, clean_stop)
     return status
 
 
-def clean_up_ray_folder(folder: Path, clean_stop: bool) -> None:
-    """The server's Ray folder (where the driver wrote the state file) after Ray stopped: removed after a stop that
-    was asked for once no process is left under this one; kept, and named, after Ray ended on its own (its logs say
-    why) or when something of Ray's is still running."""
-    if clean_stop and not psutil.Process().children(recursive=True) and remove_ray_temp_dir(folder):
-        return
+def ray_folder_users(folder: Path) -> list[psutil.Process]:
+    """The processes, other than this one, whose command line names `folder`: Ray starts its GCS, raylet, agents and
+    workers with paths in its session folder (--temp-dir, --session-dir, --log_dir), so while one runs, a Ray still
+    uses the folder. (This supervisor's own command line names its state file there.)"""
+    path = str(folder)
+    return [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if process.pid != os.getpid()
+        and any(arg.endswith(path) or f"{path}/" in arg for arg in process.info["cmdline"] or ())
+    ]
+
+
+def clean_up_ray_folder(
+    folder: Path, clean_stop: bool, own_ray: bool = True, token: Path | None = None, wait_s: float = RAY_STOP_TIMEOUT_S
+) -> bool:
+    """The server's Ray folder once its Ray was stopped (here, or by `ray.shutdown()` in a driver that kept Ray:
+    `IMGSERVE_LEAN_RAY=0`, a stop before the hand-over). The generated Ray `token` is removed in any case (gone with
+    Ray). The folder is removed after a stop that was asked for, or at any stop when no Ray was started in it
+    (`own_ray` False: a server joining a cluster with RAY_ADDRESS, whose logs stay in the cluster's own folder), once
+    no process names it (Ray's last processes are given `wait_s` to exit). Kept, and named, after Ray ended on its
+    own (its logs say why) or while something of Ray's still runs in it. Whether it is gone."""
+    if token is not None:
+        token.unlink(missing_ok=True)
+    if clean_stop or not own_ray:
+        _, running = psutil.wait_procs(ray_folder_users(folder), timeout=wait_s)
+        if not running and remove_ray_temp_dir(folder):
+            return True
     if folder.exists():
         print(f"imgserve: Ray's logs are kept in {folder}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def shutdown_serve_main(gcs_address: str) -> int:

@@ -39,7 +39,7 @@ from serving.local_ray import (
     trim_head_processes,
 )
 from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
-from serving.ray_supervisor import STOP_SIGNALS, serve_shutdown_timeout_s
+from serving.ray_supervisor import STOP_SIGNALS, clean_up_ray_folder, serve_shutdown_timeout_s
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
@@ -152,7 +152,7 @@ def ray_metrics_port() -> int | None:
     return int(value)
 
 
-def prepare_environment() -> str:
+def prepare_environment(folder: Path | None = None) -> str:
     """Env vars every Ray worker inherits: no usage stats, one Prometheus multiprocess directory, and Serve's gRPC
     proxy limited to the HTTP body limit (Ray's default message limit is 2 GiB; the direct listeners already use
     `max_request_bytes`), and glibc's malloc arenas capped (`serving.memory`: MALLOC_ARENA_MAX is read when each
@@ -164,7 +164,7 @@ def prepare_environment() -> str:
     if arena_cap() > 0:
         os.environ.setdefault("MALLOC_ARENA_MAX", str(arena_cap()))
     os.environ.setdefault(GRPC_MAX_MESSAGE_ENV, str(ServerSettings.from_env().max_request_bytes))
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-")
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="imgserve-metrics-", dir=folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return metrics_dir
 
@@ -333,8 +333,8 @@ def run_server(
     os.environ["IMGSERVE_AUTH"] = auth  # every replica inherits the resolved mode
     if auth == "required":
         print_key_hint()
-    prepare_environment()
     temp_dir = Path(tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp"))
+    prepare_environment(temp_dir)  # its metrics folder inside Ray's: removed with it
     init_options: dict[str, Any] = {}
     if ray_address is None:
         exposed = any(not is_loopback_host(bind) for _, bind in binds)
@@ -396,5 +396,5 @@ def run_server(
         finally:
             ray.shutdown()
             logs_done.set()
-            (temp_dir / TOKEN_FILE).unlink(missing_ok=True)  # the generated Ray token, if any: gone with Ray
+            clean_up_ray_folder(temp_dir, stop.is_set(), own_ray=ray_address is None, token=temp_dir / TOKEN_FILE)
     return 0
