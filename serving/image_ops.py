@@ -37,7 +37,7 @@ _INTEGER: TypeAdapter[int] = TypeAdapter(int)
 # `{"quality": ""}` and gRPC's `options["quality"] = ""` are all the same request as no quality at all; HTTP's typed
 # query parameters refused `?quality=` with a 400 that the other two did not (`serving.http.operation_routes`
 # reads its query through `not_given`); `ConvertOptions.parse` and `EnhanceOptions.parse` skip such values. A name
-# that is no option is still refused with an empty value (`?bogus=`, `{"bogus": ""}`).
+# that is no option is refused whatever its value (`?bogus=`, `{"bogus": ""}`, `{"bogus": null}`).
 EMPTY_OPTION_VALUES = (None, "")
 
 

@@ -100,9 +100,10 @@ class ConvertOptions:
 
     @classmethod
     def parse(cls, /, **raw: Any) -> "ConvertOptions":
-        """From query parameters or JSON values; None means not given. Raises `InvalidOptionError`."""
+        """From query parameters or JSON values; None (or "") means not given. Raises `InvalidOptionError`, for a
+        name that is no option whatever its value (None too: `{"bogus": null}` is refused as `?bogus=` is)."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k, v in raw.items() if k not in known and v is not None)
+        unknown = sorted(k for k in raw if k not in known)
         if unknown:
             raise InvalidOptionError(f"unknown conversion options {unknown}; known: {', '.join(sorted(known))}")
         given = {k: v for k, v in raw.items() if v is not None and v != ""}

@@ -109,8 +109,9 @@ class EnhanceOptions:
 
     @classmethod
     def parse(cls, /, auto: Any = None, ops: Any = None, **factors: Any) -> "EnhanceOptions":
-        """From query parameters or JSON values (None: not given). Nothing given means auto."""
-        unknown = sorted(k for k, v in factors.items() if k not in MANUAL_FACTORS and v is not None)
+        """From query parameters or JSON values (None or "": not given; a name that is no option is refused whatever
+        its value). Nothing given means auto."""
+        unknown = sorted(k for k in factors if k not in MANUAL_FACTORS)
         if unknown:
             raise InvalidOptionError(
                 f"unknown enhancement options {unknown}; manual factors: {', '.join(MANUAL_FACTORS)}"

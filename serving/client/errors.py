@@ -78,6 +78,12 @@ class RateLimitedError(ImgServeError):
     """The key's rate limit or quota (HTTP 429 / gRPC RESOURCE_EXHAUSTED, kind rate_limited)."""
 
 
+# Refusals that end a stream on both transports: the caller's key or role, not an image (gRPC's AnalyzeStream ends
+# with the status; over HTTP, one call per image, the 401/403 is raised). A rate limit or quota (`RateLimitedError`)
+# is not one of them: it is the item's error and the stream goes on.
+CALLER_REFUSALS = (AuthenticationError, PermissionDeniedError)
+
+
 def make_error(
     code: str, kind: str, message: str, status: int | None = None, retry_after: float | None = None
 ) -> ImgServeError:

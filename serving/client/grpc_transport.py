@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from serving.client.auth import auth_metadata, redact
-from serving.client.errors import ImgServeError, make_error, parse_retry_after
+from serving.client.errors import CALLER_REFUSALS, ImgServeError, make_error, parse_retry_after
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
@@ -201,6 +201,9 @@ class GrpcTransport:
         return [analysis_from_proto(r) for r in results]
 
     def stream(self, images: Iterable[NamedImage], options: RequestOptions) -> Iterator[StreamResult]:
+        """An item's error is its `StreamResult`'s, the stream going on (a rate-limited message's too), except a
+        refusal of the caller's key or role (`CALLER_REFUSALS`), which is raised, as over HTTP: the server ends the
+        stream with it (an older one answered it as each later item's error)."""
         feed = _RequestFeed(images, options)
         call = self._stub.AnalyzeStream(iter(feed), metadata=self._metadata)
         try:
@@ -208,6 +211,8 @@ class GrpcTransport:
                 if response.HasField("error"):
                     item = response.error  # retry_after_s 0: the server did not say
                     error = make_error(item.code, item.kind, item.message, retry_after=item.retry_after_s or None)
+                    if isinstance(error, CALLER_REFUSALS):
+                        raise error
                     yield StreamResult(response.request_id, error=error)
                 else:
                     yield StreamResult(response.request_id, analysis=analysis_from_proto(response.analysis))

@@ -1,14 +1,14 @@
 """The SDK over HTTP: `/v1/classify`, `/v1/analyze`, `/v1/models`, `/v1/convert` and `/v1/enhance` with httpx
-(sync)."""
+(sync). Convert and enhance ask for the image itself and read their report from its `X-Imgserve-*` headers."""
 
-import base64
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import Any
 
 import httpx
 
-from serving.client.errors import AuthenticationError, ImgServeError, PermissionDeniedError
+from serving.client.errors import CALLER_REFUSALS, ImgServeError
 from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.routes import HttpRoutes
@@ -56,10 +56,6 @@ def model_list_from_json(data: dict[str, Any]) -> ModelList:
 
 
 Params = list[tuple[str, str | int | float]]
-# Refusals that end a stream: the key or its role, which gRPC's AnalyzeStream checks when it opens. A rate limit or
-# quota (429, `RateLimitedError`) is not one of them: gRPC admits each message of a stream as a request of its own
-# and answers a refused one as that item's error, the stream going on; over HTTP, one call per item, so does this.
-CALLER_REFUSALS = (AuthenticationError, PermissionDeniedError)
 
 
 def _query(options: RequestOptions, fields: bool = True) -> Params:
@@ -106,8 +102,8 @@ class HttpTransport(HttpRoutes):
         """No streaming route over HTTP: one `/v1/analyze` call per image. Errors the server answered belong to
         their item, a rate limit's 429 included (a `RateLimitedError` with the server's `retry_after`, as over gRPC;
         the next item is sent at once: waiting is the caller's decision); a server that cannot be reached (after
-        retries), or one that refuses the caller's key or role (401, 403: as a gRPC stream is refused when it opens),
-        ends the stream by raising."""
+        retries), or one that refuses the caller's key or role (401, 403: `CALLER_REFUSALS`, as a gRPC stream ends
+        with the status), ends the stream by raising."""
         for image in images:
             try:
                 analysis = self.analyze([image], options)[0]
@@ -122,23 +118,17 @@ class HttpTransport(HttpRoutes):
         return model_list_from_json(self._send("GET", "/v1/models").json())
 
     def operate(self, operation: str, image: NamedImage, options: dict[str, str]) -> OperationResult:
-        """A conversion is asked for as the image itself (`report=image`), its report read from the `X-Imgserve-*`
-        headers: no base64 (a third more bytes) nor a JSON parse of a multi-megabyte string. An enhancement's report
-        has facts no header carries (the quality levels, the scores to two decimals, the reverted auto steps), so
-        it is asked for as `report=json`, the image in base64."""
-        if operation == "convert":
-            response = self._send("POST", "/v1/convert", params={**options, "report": "image"}, content=image.data)
-            try:
-                report = conversion_report_from_headers(response.headers)
-            except (KeyError, ValueError) as exc:  # a proxy that drops or mangles them
-                raise ImgServeError(
-                    "INTERNAL", "bad_response", f"conversion answer without its headers: {exc}"
-                ) from None
-            return OperationResult(response.content, report["content_type"], report)
-        response = self._send("POST", f"/v1/{operation}", params={**options, "report": "json"}, content=image.data)
-        report = response.json()
-        data = base64.b64decode(report.pop("image_base64"))
-        return OperationResult(data, report["content_type"], report)
+        """Asked for as the image itself (`report=image`), its report read from the `X-Imgserve-*` headers: no
+        base64 (a third more bytes) nor a JSON parse of a multi-megabyte string. The report is the one
+        `report=json` answers, keys, order and types (`REPORT_FROM_HEADERS`)."""
+        response = self._send("POST", f"/v1/{operation}", params={**options, "report": "image"}, content=image.data)
+        try:
+            report = REPORT_FROM_HEADERS[operation](response.headers)
+        except (KeyError, ValueError, TypeError) as exc:  # a proxy that drops or mangles them
+            raise ImgServeError(
+                "INTERNAL", "bad_response", f"{operation} answer without its headers: {exc!r}"
+            ) from None
+        return OperationResult(response.content, report["content_type"], report)
 
 
 def conversion_report_from_headers(headers: httpx.Headers) -> dict[str, Any]:
@@ -159,6 +149,42 @@ def conversion_report_from_headers(headers: httpx.Headers) -> dict[str, Any]:
     report["output_bytes"] = int(headers["x-imgserve-output-bytes"])
     report["compression_ratio"] = float(headers["x-imgserve-compression-ratio"])
     return report
+
+
+def enhancement_report_from_headers(headers: httpx.Headers) -> dict[str, Any]:
+    """The report `/v1/enhance?report=json` answers (`EnhanceOutcome.summary`), with its keys, order and types, from
+    the image answer's headers: the conversion's facts, the operations, the reverted auto steps (when there are
+    any) and the quality verdicts before and after (None without the quality stage). From a server older than
+    `X-Imgserve-Quality` and `-Reverted`, the verdicts are what the score and tags headers say (the score to one
+    decimal, no level) and the reverted steps are left out."""
+    report = conversion_report_from_headers(headers)
+    report["operations"] = _json_list(headers["x-imgserve-operations-detail"])
+    if "x-imgserve-quality" not in headers:
+        report["quality_before"], report["quality_after"] = (_verdict(headers, name) for name in ("before", "after"))
+        return report
+    if reverted := _json_list(headers["x-imgserve-reverted"]):
+        report["reverted"] = reverted
+    quality = json.loads(headers["x-imgserve-quality"])
+    report["quality_before"], report["quality_after"] = quality["before"], quality["after"]
+    return report
+
+
+REPORT_FROM_HEADERS = {"convert": conversion_report_from_headers, "enhance": enhancement_report_from_headers}
+
+
+def _json_list(text: str) -> list[Any]:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError(f"expected a JSON list, got {text[:80]!r}")
+    return value
+
+
+def _verdict(headers: httpx.Headers, name: str) -> dict[str, Any] | None:
+    """An older server's `X-Imgserve-Score-<name>` and `-Tags-<name>` as a verdict; None when it sent none."""
+    if f"x-imgserve-score-{name}" not in headers:
+        return None
+    tags = headers[f"x-imgserve-tags-{name}"]
+    return {"score": float(headers[f"x-imgserve-score-{name}"]), "tags": [] if tags == "none" else tags.split(",")}
 
 
 def _size(text: str) -> list[int]:

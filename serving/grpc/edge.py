@@ -20,6 +20,20 @@ logger = logging.getLogger("imgserve.grpc")
 
 T = TypeVar("T")
 ERROR_KIND_METADATA = "imgserve-error-kind"
+# A stream's message refused at admission for these is refused for its caller (the key unknown, revoked or expired;
+# its role): no later message could pass, so the stream ends with the status (`CallerRefusedError`), as it would
+# have been refused when it opened and as the SDK's stream over HTTP ends on a 401/403. A rate limit or quota
+# (RESOURCE_EXHAUSTED) stays the message's own error: the next one may pass.
+CALLER_REFUSAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+
+class CallerRefusedError(Exception):
+    """A stream's message refused at admission for its caller (`CALLER_REFUSAL_CODES`): the stream ends with `error`
+    as its status (`end_with_error`)."""
+
+    def __init__(self, error: ErrorInfo):
+        super().__init__(error.message)
+        self.error = error
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -75,17 +89,21 @@ async def attempt(
     call: Callable[[], Awaitable[T]],
     request_id: str | None = None,
     context: Any = None,
+    stream: bool = False,
 ) -> tuple[T | None, ErrorInfo | None]:
     """Pass the gate (a stream's every message too: its key is checked again, so a revoked key stops within the
     key cache's seconds, and each message is a request of the rate limit), run `call`, count and time it; a
-    failure comes back as its `ErrorInfo` instead of raising."""
+    failure comes back as its `ErrorInfo` instead of raising, except a `stream` message's admission refused for its
+    caller, which raises `CallerRefusedError` (counted and audited alike) to end the stream."""
     start = time.perf_counter()
     stages = start_request(request_id)
     code = "OK"
     model = model_label(model)
     INFLIGHT.labels("grpc").inc()
+    admitted = False
     try:
         await admit(endpoint, context)
+        admitted = True
         with nullcontext() if endpoint in UNLIMITED_GRPC_METHODS else REPLICA_LIMIT.admit():
             return await call(), None
     except asyncio.CancelledError:  # the client cancelled or its deadline passed: counted as such, not as OK
@@ -98,6 +116,8 @@ async def attempt(
         replica_gate().audit_refusal(exc, peer_address(context), endpoint)  # a service's 403, as the gate's
         if info.kind == "internal":
             logger.error("internal error on %s: %s", endpoint, internal_detail(exc), exc_info=exc)
+        if stream and not admitted and info.grpc_code in CALLER_REFUSAL_CODES:
+            raise CallerRefusedError(info) from exc
         return None, info
     finally:
         INFLIGHT.labels("grpc").dec()
@@ -118,13 +138,21 @@ async def answer(
         if trailing:
             context.set_trailing_metadata(trailing)
         return result  # type: ignore[return-value]
-    if context is not None:
-        context.set_code(status_code(error.grpc_code))
-        context.set_details(status_details(error.message))
-        if error.retry_after_s is not None:
-            trailing.append(("retry-after", retry_after_value(error.retry_after_s)))
-        context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *trailing])  # the HTTP body's "kind"
+    end_with_error(context, error, trailing)
     return empty()
+
+
+def end_with_error(context: Any, error: ErrorInfo, trailing: list[tuple[str, str]] | None = None) -> None:
+    """Set `error` as the call's status on `context` (None: none to set): code, details, the kind (the HTTP body's
+    "kind") and a rate limit's retry-after in the trailing metadata, with `trailing`."""
+    if context is None:
+        return
+    context.set_code(status_code(error.grpc_code))
+    context.set_details(status_details(error.message))
+    extra = list(trailing or ())
+    if error.retry_after_s is not None:
+        extra.append(("retry-after", retry_after_value(error.retry_after_s)))
+    context.set_trailing_metadata([(ERROR_KIND_METADATA, error.kind), *extra])
 
 
 async def open_stream(endpoint: str, context: Any) -> bool:
@@ -136,9 +164,6 @@ async def open_stream(endpoint: str, context: Any) -> bool:
         info = classify_error(exc)
         ERRORS.labels(endpoint, info.kind).inc()
         REQUESTS.labels(endpoint, "grpc", "", info.grpc_code).inc()
-        if context is not None:
-            context.set_code(status_code(info.grpc_code))
-            context.set_details(status_details(info.message))
-            context.set_trailing_metadata([(ERROR_KIND_METADATA, info.kind)])
+        end_with_error(context, info)
         return False
     return True

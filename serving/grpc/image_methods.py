@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2
 
 from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
-from serving.grpc.edge import answer, attempt, client_request_id, open_stream
+from serving.grpc.edge import CallerRefusedError, answer, attempt, client_request_id, end_with_error, open_stream
 from serving.grpc.stubs import load
 from serving.image_ops import ImageOperations, OperationOptions
 from serving.metrics import count_images
@@ -107,7 +107,9 @@ class ImageGrpcMethods:
         )
 
     async def AnalyzeStream(self, requests: AsyncIterator[Any], grpc_context: Any = None) -> AsyncIterator[Any]:  # noqa: N802
-        """One response per image, in order, with its request id; a bad image gets `error`, the stream goes on."""
+        """One response per image, in order, with its request id; a bad image (or a rate-limited message) gets
+        `error`, the stream goes on. A message refused for its caller (the key revoked or expired, its role) ends
+        the stream with that status after the answers before it (`CallerRefusedError`)."""
         if not await open_stream("AnalyzeStream", grpc_context):
             return
         stream_id = client_request_id(grpc_context) or uuid.uuid4().hex
@@ -122,7 +124,7 @@ class ImageGrpcMethods:
             model = request.model or self.service.default_model
             # the log (and an internal error's message) says which frame of which stream
             frame_id = f"{stream_id}/{request.request_id[:128] or next(frames)}"
-            analysis, error = await attempt("AnalyzeStream", model, call, frame_id, grpc_context)
+            analysis, error = await attempt("AnalyzeStream", model, call, frame_id, grpc_context, stream=True)
             if error is not None:
                 failure = pb.Error(
                     code=error.grpc_code, kind=error.kind, message=error.message, retry_after_s=error.retry_after_s or 0
@@ -130,8 +132,12 @@ class ImageGrpcMethods:
                 return pb.AnalyzeStreamResponse(request_id=request.request_id, error=failure)
             return pb.AnalyzeStreamResponse(request_id=request.request_id, analysis=analysis)
 
-        async for response in ordered_map(requests, one):
-            yield response
+        try:
+            async for response in ordered_map(requests, one):
+                yield response
+        except CallerRefusedError as refused:
+            end_with_error(grpc_context, refused.error, [("request_id", stream_id)])
+            return
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([("request_id", stream_id)])
 

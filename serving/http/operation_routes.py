@@ -2,9 +2,11 @@
 
 The answer is the image itself with `X-Imgserve-*` headers (sizes, compression ratio, operations, quality before
 and after), or with `report=json` a JSON document carrying the same facts and the image as base64. The headers hold
-every fact of a conversion's report; an enhancement's JSON report adds the quality levels, the scores to two
-decimals (one in the headers) and the auto steps it reverted. Options are query
-parameters (or a JSON body's `options`): `pipelines.convert.options` and `pipelines.enhance.plan` say what each does.
+every fact of the report, an enhancement's included: `X-Imgserve-Quality` carries its verdicts before and after as
+the JSON report has them (scores unrounded, levels, tags; `X-Imgserve-Score-*` round to one decimal for reading) and
+`X-Imgserve-Reverted` the auto steps it undid (the SDK reads both reports from the headers:
+serving.client.http_transport). Options are query parameters (or a JSON body's `options`): `pipelines.convert.options`
+and `pipelines.enhance.plan` say what each does.
 """
 
 import base64
@@ -22,7 +24,7 @@ from pipelines.limits import DEFAULT_FORMATS
 from serving.errors import BadRequestError
 from serving.http.dependencies import reject_unknown_query
 from serving.http.image_routes import read_images
-from serving.image_ops import ImageOperations, OperationOptions, not_given
+from serving.image_ops import EnhanceOutcome, ImageOperations, OperationOptions, not_given
 
 OPERATIONS_TAG = "image operations"
 router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG], dependencies=[Depends(reject_unknown_query)])
@@ -33,6 +35,7 @@ RESULT_HEADERS = tuple(
     for name in (
         "input-bytes", "output-bytes", "compression-ratio", "size", "format", "input-format", "input-size", "frames",
         "operations", "operations-detail", "score-before", "score-after", "tags-before", "tags-after",
+        "level-before", "level-after", "quality", "reverted",
     )
 ) + ("content-disposition",)  # fmt: skip
 
@@ -118,6 +121,28 @@ def _headers(result: ConvertResult) -> dict[str, str]:
     }
 
 
+def _compact(value: Any) -> str:
+    """A JSON header value (ASCII: a header carries no other text)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _enhancement_headers(outcome: EnhanceOutcome, summary: dict[str, Any]) -> dict[str, str]:
+    """Every fact of an enhancement's JSON report (`summary`, `EnhanceOutcome.summary`): the conversion's, the
+    operations, the verdicts before and after (`X-Imgserve-Quality`, as the report has them; the score, level and
+    tags headers say the same for reading) and the reverted auto steps (always there: `[]` when none)."""
+    headers = _headers(outcome.result)
+    headers["X-Imgserve-Operations"] = ",".join(step["operation"] for step in outcome.applied) or "none"
+    for name, report_ in (("Before", outcome.before), ("After", outcome.after)):
+        if report_ is not None:
+            headers[f"X-Imgserve-Score-{name}"] = f"{report_.score:.1f}"
+            headers[f"X-Imgserve-Level-{name}"] = report_.level
+            headers[f"X-Imgserve-Tags-{name}"] = ",".join(t.name for t in report_.tags) or "none"
+    headers["X-Imgserve-Operations-Detail"] = _compact(summary["operations"])
+    headers["X-Imgserve-Quality"] = _compact({"before": summary["quality_before"], "after": summary["quality_after"]})
+    headers["X-Imgserve-Reverted"] = _compact(summary.get("reverted", []))
+    return headers
+
+
 def _answer(result: ConvertResult, summary: dict[str, Any], headers: dict[str, str], report: str) -> Response:
     if report == "json":
         return JSONResponse({**summary, "image_base64": base64.b64encode(result.data).decode()})
@@ -166,14 +191,8 @@ async def enhance(
     options = OperationOptions.parse(raw, enhancing=True)
     assert options.enhance is not None
     outcome = await operations.enhance(data, options.enhance, options.convert)
-    headers = _headers(outcome.result)
-    headers["X-Imgserve-Operations"] = ",".join(step["operation"] for step in outcome.applied) or "none"
-    for name, report_ in (("Before", outcome.before), ("After", outcome.after)):
-        if report_ is not None:
-            headers[f"X-Imgserve-Score-{name}"] = f"{report_.score:.1f}"
-            headers[f"X-Imgserve-Tags-{name}"] = ",".join(t.name for t in report_.tags) or "none"
-    headers["X-Imgserve-Operations-Detail"] = json.dumps(outcome.applied, separators=(",", ":"))
-    return _answer(outcome.result, outcome.summary(), headers, options.report)
+    summary = outcome.summary()
+    return _answer(outcome.result, summary, _enhancement_headers(outcome, summary), options.report)
 
 
 @router.get("/formats")

@@ -1,8 +1,9 @@
 """The SDK's `convert` over HTTP asks for the image itself and reads its report from the `X-Imgserve-*` headers: it
 asked for `report=json`, the image as base64 in JSON (a third more bytes, and a JSON parse of a multi-megabyte
-string). The result must be what the JSON answer gave, byte for byte and type for type. `enhance` stays on JSON:
-its report has facts no header carries (quality levels, two-decimal scores, reverted auto steps). In process: the
-HTTP app over the tiny models (serving.http.app, not serving.app), the SDK's transport on a TestClient."""
+string). The result must be what the JSON answer gave, byte for byte and type for type. `enhance` does the same
+since `X-Imgserve-Quality` and `-Reverted` carry what only its JSON report had (quality levels, two-decimal scores,
+reverted auto steps: tests/unit/test_sdk_enhance_headers_ops2.py). In process: the HTTP app over the tiny models
+(serving.http.app, not serving.app), the SDK's transport on a TestClient."""
 
 import base64
 import io
@@ -106,15 +107,15 @@ def test_an_animations_frames_come_from_the_headers(http: TestClient) -> None:
     assert expected.report["frames"] == 3 and typed(result.report) == typed(expected.report)
 
 
-def test_enhance_keeps_the_json_report(http: TestClient, sent: list[httpx.Request]) -> None:
+def test_enhance_reads_the_image_answer_too(http: TestClient, sent: list[httpx.Request]) -> None:
     options = {"brightness": "1.4", "format": "png"}
     data = photo()
     expected = from_json_answer(http, "enhance", data, options)
     sent.clear()
     result = sdk(http).operate("enhance", NamedImage("photo.jpg", data), options)
-    assert [r.url.params.get("report") for r in sent] == ["json"]
+    assert [r.url.params.get("report") for r in sent] == ["image"]  # was "json": the headers lacked facts
     assert result.data == expected.data and typed(result.report) == typed(expected.report)
-    assert result.report["quality_before"]["level"]  # a fact no header carries
+    assert result.report["quality_before"]["level"]  # a fact only the JSON report carried
 
 
 def test_every_fact_of_a_conversion_report_has_a_header(http: TestClient) -> None:
