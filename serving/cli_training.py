@@ -1,5 +1,6 @@
-"""`imgserve train DATASET --model NAME` (a training job on a running server, with a progress line) and
-`imgserve models load|unload|promote` (model control on a running server)."""
+"""`imgserve train DATASET --model NAME` (a training job on a running server, with a progress line),
+`imgserve models load|unload|promote|canary|delete-version` (model control on a running server) and
+`imgserve training-jobs delete JOB_ID` (a finished training job's record)."""
 
 import argparse
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.client.batch_cli import BAR_WIDTH
+from serving.spreadsheet import terminal_text
 
 
 def _dataset_uri(dataset: str) -> str:
@@ -72,11 +74,13 @@ def training_summary(result: dict[str, Any], rule: str) -> str:
         f"{validation.get('accuracy', 0):.3f} on {validation.get('images', 0)} images",
     ]
     for row in validation.get("per_class", []):
-        lines.append(f"  {row['label']:24s} precision {row['precision']:.3f} recall {row['recall']:.3f}")
+        label = terminal_text(str(row["label"]))  # a dataset's folder name: anyone's text
+        lines.append(f"  {label:24s} precision {row['precision']:.3f} recall {row['recall']:.3f}")
     lines.append(promotion_line(result, rule))
     skipped = (result.get("images") or {}).get("skipped") or {}
     if skipped:  # unreadable, undecodable, or the same image in two categories: the dataset's owner may fix them
-        examples = "; ".join(f"{name}: {why}" for name, why in list(skipped.items())[:3])
+        # file names, archive members and reasons quoting them: anyone's text, escaped for the terminal
+        examples = terminal_text("; ".join(f"{name}: {why}" for name, why in list(skipped.items())[:3]))
         more = "; ... (--json lists them all)" if len(skipped) > 3 else ""
         lines.append(f"{len(skipped)} images left out: {examples}{more}")
     seconds = result.get("seconds") or {}
@@ -116,6 +120,9 @@ def promotion_line(result: dict[str, Any], rule: str) -> str:
     )
 
 
+TRAINING_JOB_DELETE = "training-jobs delete"  # `imgserve training-jobs delete`, answered as model control commands
+
+
 def _cmd_model_control(args: argparse.Namespace) -> int:
     from serving.client import Client, ImgServeError
     from serving.client.errors import error_line
@@ -133,6 +140,10 @@ def _cmd_model_control(args: argparse.Namespace) -> int:
                     print("imgserve: error: a canary needs VERSION and --percent (or --stop)", file=sys.stderr)
                     return 2
                 answer = client.training.canary(args.model, args.version, args.percent)
+            elif args.models_command == "delete-version":
+                answer = client.training.delete_version(args.model, args.version)
+            elif args.models_command == TRAINING_JOB_DELETE:
+                answer = client.training.delete(args.job_id)
             elif args.models_command == "load":
                 answer = client.training.load(args.model)
             else:
@@ -184,3 +195,18 @@ def add_training_commands(sub: Any, models_sub: Any, default_url: str) -> None:
     canary.add_argument("--stop", action="store_true", help="end the split: all requests to the served version")
     _remote_options(canary, default_url)
     canary.set_defaults(func=_cmd_model_control)
+    delete = models_sub.add_parser(
+        "delete-version", help="delete a version of a trained model (admin; not the served one or a canary)"
+    )
+    delete.add_argument("model")
+    delete.add_argument("version")
+    _remote_options(delete, default_url)
+    delete.set_defaults(func=_cmd_model_control)
+    jobs = sub.add_parser("training-jobs", help="training jobs on a running server")
+    jobs_sub = jobs.add_subparsers(dest="training_jobs_command", required=True)
+    forget = jobs_sub.add_parser(
+        "delete", help="delete a finished training job's record (admin; its version stays; cancel a running one first)"
+    )
+    forget.add_argument("job_id")
+    _remote_options(forget, default_url)
+    forget.set_defaults(func=_cmd_model_control, models_command=TRAINING_JOB_DELETE)

@@ -15,7 +15,8 @@ Two layouts are read, in the repository (`models/`) and in the trained-models fo
         version: "4"
         percent: 5
 
-A training job writes a new version folder; promoting a version writes `specific: [that version]`.
+A training job writes a new version folder; promoting a version writes `specific: [that version]`. Deleting a version
+(`DELETE /v1/models/{m}/versions/{v}`) adds its number to `<name>/.deleted_versions`: it is never given again.
 """
 
 import json
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
+RETIRED_FILE = ".deleted_versions"  # numbers of the versions deleted from a model folder, one a line
 
 
 class CanarySplit(BaseModel):
@@ -145,9 +147,29 @@ def model_roots(repository: Path) -> list[Path]:
 
 
 def next_version(root: Path) -> str:
-    """The version a new folder under `root` gets: one more than the highest there (1 for a new model)."""
-    existing = [int(c.name) for c in root.iterdir() if c.is_dir() and c.name.isdigit()] if root.is_dir() else []
-    return str(max(existing, default=0) + 1)
+    """The version a new folder under `root` gets: one more than the highest there or deleted from there
+    (`retire_version`), 1 for a new model."""
+    if not root.is_dir():
+        return "1"
+    existing = [int(c.name) for c in root.iterdir() if c.is_dir() and c.name.isdigit()]
+    return str(max([*existing, *retired_versions(root)], default=0) + 1)
+
+
+def retired_versions(root: Path) -> list[int]:
+    """The versions deleted from the model folder `root` (their numbers are never given again)."""
+    try:
+        text = (root / RETIRED_FILE).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [int(line) for line in text.split() if line.isdecimal()]
+
+
+def retire_version(root: Path, version: str) -> None:
+    """Record that `version` is deleted from the model folder `root` before its folder goes, so `next_version`
+    never gives its number again. One appended line: replicas deleting versions of one model at once each add
+    theirs (a file replaced whole could lose one)."""
+    with open(root / RETIRED_FILE, "a", encoding="ascii") as marker:
+        marker.write(f"{int(version)}\n")
 
 
 def read_metrics(folder: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ read, wait for it, and load, unload or promote model versions.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from serving.client.routes import HttpRoutes, poll_until
 
@@ -111,6 +112,15 @@ class TrainingClient(HttpRoutes):
 
     def end_canary(self, model: str) -> dict[str, Any]:
         return self._send("DELETE", f"/v1/models/{model}/canary", retry=False).json()
+
+    def delete_version(self, model: str, version: str) -> dict[str, Any]:
+        """Delete a version that is neither served nor a canary (admin); its number is never given again."""
+        path = f"/v1/models/{quote(model, safe='')}/versions/{quote(str(version), safe='')}"
+        return self._send("DELETE", path, retry=False).json()
+
+    def delete(self, job: TrainingJob | str) -> dict[str, Any]:
+        """Delete a finished training job's record (admin); the version it registered stays."""
+        return self._send("DELETE", f"/v1/training-jobs/{quote(_id(job), safe='')}", retry=False).json()
 
 
 def _id(job: TrainingJob | str) -> str:

@@ -1,5 +1,6 @@
 """Model control over HTTP (admin): Triton's `/v2/repository/models/{m}/load|unload` (so `tritonclient.http`'s
-`load_model` / `unload_model` work unchanged) and the `/v1` equivalents, plus promoting a version."""
+`load_model` / `unload_model` work unchanged) and the `/v1` equivalents, plus promoting, trying (canary) and deleting
+a version."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
 from serving.http.dependencies import audit, get_principal, get_service
+from serving.http.training_routes import get_training
 from serving.model_control import apply_policy_unlocked, check_control_parameters, load_model, unload_model
 from serving.model_versions import (
     CanarySplit,
@@ -22,6 +24,8 @@ from serving.model_versions import (
 from serving.repository import UnknownModelError
 from serving.security.principal import Principal
 from serving.service import InferenceService
+from serving.training.deletion import delete_version as delete_trained_version
+from serving.training.service import TrainingService
 
 router = APIRouter(tags=["model control"])
 logger = logging.getLogger("imgserve.models")
@@ -168,3 +172,23 @@ async def stop_canary(
     )
     audit(request, principal, "model.canary_end", model, {"version": served})
     return {"name": model, "version": served, "canary": None}
+
+
+@router.delete("/v1/models/{model}/versions/{version}")
+async def delete_version(
+    model: str,
+    version: str,
+    request: Request,
+    training: TrainingService = Depends(get_training),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    """Delete a version of a trained model of the caller's tenant: its folder and its registry row (its training job
+    stays). 409 for the version served or tried as a canary (promote another version first) or one a training job
+    is still registering; 404 for an unknown model or version, or another tenant's model. Its number is never given
+    again; a model left with no version is removed (its folder; every replica drops it at its next model poll)."""
+    store = await training.store()
+    deleted = await delete_trained_version(training.service, store, model, version, principal.tenant)
+    audit(
+        request, principal, "model.delete_version", model, {"version": version, "model_removed": deleted.model_removed}
+    )
+    return deleted.to_dict()

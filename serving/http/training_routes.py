@@ -1,6 +1,9 @@
-"""Training jobs over HTTP: `POST /v1/training-jobs` (202 + the job), list, one, cancel. Tenant-scoped like batch
-jobs; submitting needs the operator role (a trained version may be served to everyone), reading the viewer role."""
+"""Training jobs over HTTP: `POST /v1/training-jobs` (202 + the job), list, one, cancel, delete. Tenant-scoped like
+batch jobs; submitting and cancelling need the operator role (a trained version may be served to everyone), reading
+the viewer role; deleting a finished job's record needs the admin role (routes not listed in
+`serving.security.principal` are admin's)."""
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -59,3 +62,19 @@ async def cancel(
     job = await training.cancel(job_id, principal)
     audit(request, principal, "training.cancel", job_id)
     return job.to_dict()
+
+
+@router.delete("/training-jobs/{job_id}")
+async def delete(
+    job_id: str,
+    request: Request,
+    training: TrainingService = Depends(get_training),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    """Delete a finished (completed, failed or cancelled) training job of the caller's tenant; the version it
+    registered stays (`DELETE /v1/models/{model}/versions/{version}` deletes that). 409 for a queued or running job
+    (cancel it first), 404 for an unknown job or another tenant's."""
+    store = await training.store()
+    job = await asyncio.to_thread(store.delete, job_id, principal.tenant)
+    audit(request, principal, "training.delete", job_id, {"model": job.model, "status": job.status})
+    return {"id": job.id, "model": job.model, "status": job.status, "deleted": True}

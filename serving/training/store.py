@@ -1,8 +1,9 @@
 """Training jobs and registered versions in the job database (`training_jobs`, `model_versions`).
 
 Synchronous, one short transaction per call (call through `asyncio.to_thread`). Reads are tenant-scoped like batch
-jobs: another tenant's training job is "not found". A job's final state is never overwritten: a job cancelled while
-it runs stays cancelled when its runner stops.
+jobs: another tenant's training job is "not found", to changes (cancel, delete) whatever the caller's role. A job's
+final state is never overwritten: a job cancelled while it runs stays cancelled when its runner stops. Only a
+finished job's row can be deleted; the version it registered stays.
 """
 
 import time
@@ -209,6 +210,24 @@ class TrainingStore:
                 )
         return self.get(job_id)
 
+    def delete(self, job_id: str, tenant: str) -> TrainingJob:
+        """Delete a finished (completed, failed, cancelled) job's row, inside `tenant`; the version it registered
+        stays. A queued or running job is refused (409: cancel it first); the status is checked in the delete
+        itself, so a job that starts meanwhile is never deleted under its runner."""
+        job = self.get(job_id, tenant)
+        c = training_jobs.c
+        with self.engine.begin() as conn:
+            done = conn.execute(training_jobs.delete().where(c.id == job_id, c.tenant == tenant, c.status.in_(FINAL)))
+        if done.rowcount != 1:
+            job = self.get(job_id, tenant)  # 404 when deleted meanwhile
+            if job.status in FINAL:  # it finished meanwhile: a final state never changes again
+                return self.delete(job_id, tenant)
+            raise JobStateError(
+                f"training job {job_id} is {job.status}: only a finished job can be deleted; cancel it first "
+                f"(POST /v1/training-jobs/{job_id}/cancel) and delete it once it is cancelled"
+            )
+        return job
+
     def record_version(
         self,
         model: str,
@@ -248,6 +267,12 @@ class TrainingStore:
                 )
             )
         return True
+
+    def delete_version(self, model: str, version: str) -> bool:
+        """Delete the row of `version` of `model` (its folder is the caller's); False when there was none."""
+        c = model_versions.c
+        with self.engine.begin() as conn:
+            return bool(conn.execute(model_versions.delete().where(c.model == model, c.version == version)).rowcount)
 
     def versions(self, model: str) -> list[dict[str, Any]]:
         query = sa.select(model_versions).where(model_versions.c.model == model).order_by(model_versions.c.id)
