@@ -98,14 +98,19 @@ Region = tuple[float, float, float, float]
 WHOLE_FRAME: Region = (0.0, 0.0, 1.0, 1.0)
 
 
-def _tiles_box(rows: np.ndarray, cols: np.ndarray, grid: tuple[int, int]) -> Region:
-    """Bounding box, as fractions of the tile grid, of the tiles at (rows, cols)."""
-    th, tw = grid
+def _tiles_box(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...], tile: int) -> Region:
+    """Bounding box, as fractions of an image of `shape` (h, w), of the `_tile_sums` tiles at (rows, cols).
+
+    A tile's edges are its pixel edges over the image's size, not its index over the grid's: the grid covers only
+    the full tiles (a partial last row/column is dropped), so on a side that is not a multiple of `tile` the grid
+    is shorter than the image and index fractions would stretch it over the whole frame (up to a tile off)."""
+    h, w = shape
+    ty, tx = min(tile, h), min(tile, w)
     return (
-        round(float(cols.min()) / tw, 3),
-        round(float(rows.min()) / th, 3),
-        round(float(cols.max() + 1) / tw, 3),
-        round(float(rows.max() + 1) / th, 3),
+        round(float(cols.min()) * tx / w, 3),
+        round(float(rows.min()) * ty / h, 3),
+        round(float(cols.max() + 1) * tx / w, 3),
+        round(float(rows.max() + 1) * ty / h, 3),
     )
 
 
@@ -130,7 +135,7 @@ def directional_sharpness(gray: np.ndarray, tile: int = TILE) -> tuple[np.ndarra
     order = np.argsort(per_tile.mean(axis=0))[::-1]
     top = order[: max(1, int(np.ceil(TOP_FRACTION * order.size)))]
     rows, cols = np.nonzero(textured)
-    region = _tiles_box(rows[top], cols[top], textured.shape)
+    region = _tiles_box(rows[top], cols[top], gray.shape, tile)
     return per_tile[:, top].mean(axis=1), per_tile.mean(axis=1), textured_fraction, region
 
 
