@@ -53,6 +53,7 @@ def _progress(total: int, skipped: int) -> Any:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.analyze import analysis_setup, run_analysis
     from serving.collections.operations import output_label, output_plan, prepare_destination
+    from serving.collections.refresh import pruned_images, refresh_plan
     from serving.collections.sources import SourceError, list_sources, resolved_source
     from serving.errors import ServiceError
     from serving.jobs.errors import CollectionNotFoundError
@@ -73,6 +74,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         renamed = store.recorded_under_other_names(args.name, args.tenant, places)
         if renamed:
             raise SourceError(_renamed_message(args.name, renamed, places))
+        pruned = pruned_images(store, args.name, args.tenant, args.sources, items) if args.prune else []
         setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         if outputs is not None:  # before the collection is opened: a run that cannot start leaves it as it was
             outputs = prepare_destination(outputs, [item.name for item in items])
@@ -88,10 +90,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         progress.update(task, completed=stats.skipped + stats.done + stats.failed, failed=stats.failed, rate=rate)
 
     try:
+        removed = store.remove(info.id, pruned) if pruned else 0
+        refresh = refresh_plan(store, info.id, items, setup.max_bytes) if args.refresh else None
+        if refresh is not None:
+            store.confirm(info.id, refresh.unchanged, refresh.read_since)
+        changed = refresh.changed if refresh is not None else frozenset()
         with progress:
-            done = store.done_names(info.id)
+            done = store.done_names(info.id) - changed
             progress.update(task, completed=sum(1 for item in items if item.name in done))
-            stats = run_analysis(items, setup, store, info.id, args.address, (1, args.max_actors), show)
+            stats = run_analysis(items, setup, store, info.id, args.address, (1, args.max_actors), show, changed)
         final = store.get(info.id)
     except CollectionNotFoundError:  # deleted (`collection delete`, DELETE /v1/collections/...) during the run
         name = terminal_text(info.name)
@@ -106,6 +113,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         "this run analysed "
         f"{stats.done + stats.failed} in {stats.seconds:.1f} s ({rate:.1f} img/s), {stats.skipped} already done"
     )
+    if refresh is not None:
+        print(
+            f"refresh: {len(changed)} changed since their analysis, analysed again (each replacing its record); "
+            f"{len(refresh.unchanged)} touched but with the same bytes, kept"
+        )
+    if args.prune:
+        print(f"prune: {removed} no longer in the sources, removed")
     if outputs is not None:
         ratio = f"{stats.ratio:.2f}" if stats.ratio else "-"
         print(
@@ -259,6 +273,18 @@ def add_collection_commands(sub: Any) -> None:
         default="",
         help="start this run's image names with PREFIX/ (to add a folder whose file names the collection already "
         "has from another folder; a resumed run needs the same prefix)",
+    )
+    analyze.add_argument(
+        "--refresh",
+        action="store_true",
+        help="also analyse again the recorded images whose files changed since (another size, or changed after their"
+        " analysis and another sha256); each replaces its record",
+    )
+    analyze.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the recorded images whose files were inside these sources and are no longer there (the other"
+        " sources' images are kept); refused where that cannot be told",
     )
     analyze.add_argument("--stages", action="append", default=None, help=f"comma-separated (default {DEFAULT_STAGES})")
     analyze.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray started here)")

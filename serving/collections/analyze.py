@@ -13,9 +13,10 @@
 
 The stages are the server's own (`DecodeStage`, `MetadataStage`, `QualityStage`, the model backends and
 `analysis_from_outputs`), so a collection's records equal what `/v1/analyze` answers. Images already recorded in the
-collection are not listed again: an interrupted run is resumed by running the same command. `address` joins an
-existing Ray cluster (`ray start --head` + workers); the files must then be readable from every node (a shared
-folder, or `s3://` / `gs://`), and a local `--out` folder writable from every node.
+collection are not listed again (but those `--refresh` found changed since, `serving.collections.refresh`, which
+replace their rows): an interrupted run is resumed by running the same command. `address` joins an existing Ray
+cluster (`ray start --head` + workers); the files must then be readable from every node (a shared folder, or
+`s3://` / `gs://`), and a local `--out` folder writable from every node.
 
 Image operations (`serving.collections.operations`, batch jobs' options and code): a conversion alone runs in
 `prepare_batch`, from the bytes it read anyway. Enhancement runs in `ModelRunner`, after the verdict: auto mode reads
@@ -32,7 +33,7 @@ import logging
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,16 +331,19 @@ def run_analysis(
     address: str | None = None,
     model_actors: tuple[int, int] = (1, 2),
     on_progress: Callable[[RunStats], None] = lambda stats: None,
+    changed: Collection[str] = frozenset(),
 ) -> RunStats:
-    """Analyse the items not yet in the collection on Ray Data and record each as it arrives."""
+    """Analyse the items not yet in the collection, and those `changed` since their analysis (--refresh: each
+    replaces its row), on Ray Data and record each as it arrives."""
     if address is None and "ray" not in sys.modules:
         prepare_local_ray()
     import ray
 
     done = store.done_names(collection_id)
-    todo = [item for item in items if item.name not in done]
+    todo = [item for item in items if item.name not in done or item.name in changed]
     stats = RunStats(listed=len(items), skipped=len(items) - len(todo))
     by_name = {item.name: item for item in todo}
+    read_since = time.time()  # every file is read after it: a later --refresh compares change times with it
     started = time.perf_counter()
     if todo:
         if not ray.is_initialized():
@@ -347,7 +351,7 @@ def run_analysis(
         for batch in _stream(todo, setup, model_actors):
             rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
             images = [record_of(row, by_name[str(row["name"])]) for row in rows]
-            _, recorded = store.add_each(collection_id, images)  # an image no column holds: recorded as failed
+            _, recorded = store.add_each(collection_id, images, changed, read_since)  # unstorable: a failed record
             stats.count(recorded)
             stats.seconds = time.perf_counter() - started
             on_progress(stats)

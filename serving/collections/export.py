@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from serving.collections.filters import ImageFilter
+from serving.collections.rows import RECORD_COLUMNS
 from serving.collections.storable import finite_json
-from serving.collections.store import RECORD_COLUMNS, CollectionStore
+from serving.collections.store import CollectionStore
 from serving.spreadsheet import safe_cell
 
 CSV_COLUMNS = (*RECORD_COLUMNS, "tags", "location", "member")

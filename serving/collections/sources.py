@@ -1,17 +1,20 @@
 """What a collection is read from: folders, zip/tar archives, single files and fsspec URIs (`s3://`, `gs://`, ...).
 
-`list_sources` runs once on the driver and names every image (`SourceItem`: a display name unique in the run and
-where to read it); `read_items` runs in the Ray Data tasks and reads a batch of them, opening each archive once per
-batch. A file that cannot be read becomes that item's error, not the run's.
+`list_sources` runs once on the driver and names every image (`SourceItem`: a display name unique in the run, where
+to read it, and its size and change time as the listing says them: `FileState`); `read_items` runs in the Ray Data
+tasks and reads a batch of them, opening each archive once per batch. A file that cannot be read becomes that item's
+error, not the run's. `current_digests` reads them again on the driver, one at a time, for `--refresh`.
 """
 
 import dataclasses
+import hashlib
 import os
 import posixpath
 import tarfile
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,10 +34,21 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class FileState:
+    """What a listing says of a file without reading it: its size (an archive member's own) and when it last changed:
+    the later of a local file's mtime and ctime (ctime cannot be set back: `touch -d`, `cp -p` and `rsync -a` set
+    mtime only), an object's LastModified (set by every upload), an archive member's archive's; None: not said."""
+
+    size: int | None
+    changed_at: float | None
+
+
+@dataclass(frozen=True)
 class SourceItem:
     name: str  # unique in the run: the path under its source (prefixed with the source's name when there are several)
     location: str  # a local path or an fsspec URI
     member: str | None = None  # the entry inside the archive at `location`
+    state: FileState | None = field(default=None, compare=False)  # as listed; None: not listed (made by hand)
 
     def to_row(self) -> dict[str, Any]:
         return {"name": self.name, "location": self.stored_location, "member": self.member or ""}
@@ -79,15 +93,46 @@ def _open(location: str) -> Any:
     return open_regular_file(location)  # closed by the caller
 
 
-def _archive_members(location: str) -> list[str]:
+def _archive_members(location: str) -> list[tuple[str, int]]:
+    """The archive's images: (member, size)."""
     with _open(location) as handle:
         if location.lower().endswith(".zip"):
             with zipfile.ZipFile(handle) as archive:
-                names = [i.filename for i in archive.infolist() if not i.is_dir()]
+                members = [(i.filename, i.file_size) for i in archive.infolist() if not i.is_dir()]
         else:
             with tarfile.open(fileobj=handle, mode="r:*", **TAR_NAMES) as archive:
-                names = [m.name for m in archive.getmembers() if m.isfile()]
-    return [name for name in names if is_image_name(name) and not is_hidden_path(name)]
+                members = [(m.name, m.size) for m in archive.getmembers() if m.isfile()]
+    return [(name, size) for name, size in members if is_image_name(name) and not is_hidden_path(name)]
+
+
+def _local_state(path: str) -> FileState | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return FileState(info.st_size, max(info.st_mtime, info.st_ctime))
+
+
+def _object_state(info: dict[str, Any]) -> FileState:
+    """A listed object's state from fsspec's details: s3fs says LastModified, gcsfs and local file:// mtime (and
+    `created`: the ctime), memory:// created."""
+    times = [_seconds(info.get(key)) for key in ("LastModified", "mtime", "updated", "created")]
+    known = [t for t in times if t is not None]
+    size = info.get("size")
+    return FileState(size if isinstance(size, int) else None, max(known) if known else None)
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def _local_files(root: str) -> Iterator[str]:
@@ -109,29 +154,35 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
             fs, path = fsspec.core.url_to_fs(source)
         except (ImportError, ValueError) as exc:
             raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        protocol = _protocol(fs)
         if fs.isfile(path):
-            yield from _expand_file(storable_text(posixpath.basename(path)), _uri_location(protocol, path))
+            name, state = storable_text(posixpath.basename(path)), _object_state(fs.info(path))
+            yield from _expand_file(name, _uri_location(protocol, path), state)
             return
         base = path.rstrip("/")
-        found = sorted(fs.find(base))
+        found = fs.find(base, detail=True)  # the listing's own sizes and times: no request per object
         if not found and not fs.isdir(base):
             raise SourceError(f"{source}: no such object or prefix")
-        for found_path in found:
+        for found_path in sorted(found):
             relative = storable_text(posixpath.relpath(found_path, base))
             if is_hidden_path(relative):
                 continue
-            yield from _expand_file(prefix + relative, _uri_location(protocol, found_path))
+            state = _object_state(found[found_path])
+            yield from _expand_file(prefix + relative, _uri_location(protocol, found_path), state)
         return
     if os.path.isdir(source):
         for path in _local_files(source):
             relative = os.path.relpath(path, source).replace(os.sep, "/")
-            yield from _expand_file(prefix + storable_text(relative), path)
+            yield from _expand_file(prefix + storable_text(relative), path, _local_state(path))
         return
     if os.path.isfile(source):
-        yield from _expand_file(storable_text(os.path.basename(source)), source)
+        yield from _expand_file(storable_text(os.path.basename(source)), source, _local_state(source))
         return
     raise SourceError(f"{source}: no such file or folder")
+
+
+def _protocol(fs: Any) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def _uri_location(protocol: str, path: str) -> str:
@@ -141,13 +192,14 @@ def _uri_location(protocol: str, path: str) -> str:
     return f"{protocol}://{path}"
 
 
-def _expand_file(relative: str, location: str) -> Iterator[tuple[str, SourceItem]]:
+def _expand_file(relative: str, location: str, state: FileState | None) -> Iterator[tuple[str, SourceItem]]:
     if is_archive_name(location):
-        for member in _archive_members(location):
+        changed_at = state.changed_at if state else None  # a member changes with its archive
+        for member, size in _archive_members(location):
             name = f"{relative}/{member}"
-            yield name, SourceItem(name, location, member)
+            yield name, SourceItem(name, location, member, FileState(size, changed_at))
     elif is_image_name(location):
-        yield relative, SourceItem(relative, location)
+        yield relative, SourceItem(relative, location, None, state)
 
 
 def source_label(source: str) -> str:
@@ -162,6 +214,17 @@ def resolved_source(source: str) -> str:
     """A local source as an absolute path, a URI as given: what a collection records, so the same folder named
     from another working directory is the same source (a path that is not UTF-8: `storable_location`)."""
     return storable_location(_absolute(source))
+
+
+def source_root(source: str) -> str:
+    """What the locations of a source's images start with (`SourceItem.stored_location`): a local source's absolute
+    path (`resolved_source`), a URI's protocol and path as its listing writes them (gcs://b/x lists gs://b/x/...)."""
+    if not is_uri(source):
+        return resolved_source(source)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(source)
+    return _uri_location(_protocol(fs), path.rstrip("/"))
 
 
 def list_sources(sources: Sequence[str], prefix: str = "") -> list[SourceItem]:
@@ -212,6 +275,26 @@ def read_items(rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes | E
             for i in wanted.values():
                 out[i] = exc
     return out
+
+
+def current_digests(items: Sequence[SourceItem], max_bytes: int) -> Iterator[tuple[str, str | None]]:
+    """(name, sha256 of its bytes now, None when it cannot be read) for each item, one file in memory at a time; an
+    archive is read once for all its members."""
+    by_archive: dict[str, dict[str, str]] = {}  # location -> member -> name
+    for item in items:
+        if item.member:
+            by_archive.setdefault(item.stored_location, {})[item.member] = item.name
+            continue
+        (data,) = read_items([item.to_row()], max_bytes)
+        yield item.name, None if isinstance(data, Exception) else hashlib.sha256(data).hexdigest()
+    for location, names in by_archive.items():
+        wanted = dict(names)
+        try:
+            for member, data in _read_members(location, set(wanted), max_bytes):
+                yield wanted.pop(member), None if isinstance(data, Exception) else hashlib.sha256(data).hexdigest()
+        except Exception:  # noqa: BLE001 - an archive that cannot be read: none of its members can be told unchanged
+            pass
+        yield from ((name, None) for name in wanted.values())
 
 
 def _bounded_read(handle: Any, max_bytes: int) -> bytes:

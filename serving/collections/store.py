@@ -1,9 +1,11 @@
 """Collections in the job database: one `collections` row per dataset, one `collection_images` row per image.
 
 Each image is recorded once: `(collection_id, name)` is unique, so a resumed or repeated run never records an image
-twice. An analysed image's row is final; a failed one is replaced when a later run analyses it (the next run tries
-failed images again: a network error is not a verdict). Reads are tenant-scoped like jobs: another tenant's
-collection is "not found".
+twice. An analysed image's row is kept; a failed one is replaced when a later run analyses it (the next run tries
+failed images again: a network error is not a verdict). `collection analyze --refresh` replaces the row of an image
+whose file changed (`add_each(replace=...)`: the same row, never a second one), `--prune` removes those of files
+gone from their sources (`remove`); `serving.collections.refresh` decides which. Reads are tenant-scoped like jobs:
+another tenant's collection is "not found".
 """
 
 import dataclasses
@@ -12,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.collections.record import ImageRecord, failed_record
 from serving.collections.filters import ImageFilter
+from serving.collections.rows import RecordedFile, RecordedImage, record_row, row_record
 from serving.collections.sources import is_uri, place
-from serving.collections.storable import finite_json, storable_taken_at, storable_text
 from serving.errors import BadRequestError
 from serving.jobs.errors import CollectionNotFoundError
 from serving.jobs.tables import collection_images, collections, located_job
@@ -31,7 +33,6 @@ from serving.security.audit import AuditEntry, write_entry
 logger = logging.getLogger("imgserve.collections")
 # 1-200 characters, no '/' or C0/C1 control characters, no white space at either end ("trip " and "trip" look alike)
 NAME_PATTERN = re.compile(r"[^/\x00-\x1f\x7f-\x9f\s](?:[^/\x00-\x1f\x7f-\x9f]{0,198}[^/\x00-\x1f\x7f-\x9f\s])?")
-RECORD_COLUMNS = tuple(f for f in ImageRecord.__dataclass_fields__ if f not in ("tags", "class_probs"))
 
 
 @dataclass(frozen=True)
@@ -50,46 +51,6 @@ class CollectionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class RecordedImage:
-    """One analysed image as stored: its record, its analysis document (None when it failed) and where it was read."""
-
-    record: ImageRecord
-    document: dict[str, Any] | None = None
-    location: str | None = None
-    member: str | None = None
-
-
-def record_row(collection_id: str, image: RecordedImage, now: float) -> dict[str, Any]:
-    """The image's row, as every store can hold it: text without lone surrogates, None for NaN and infinities."""
-    record, document = image.record, image.document
-    row = {name: _storable(getattr(record, name)) for name in RECORD_COLUMNS}
-    row.update(
-        collection_id=collection_id,
-        location=_storable(image.location),
-        member=_storable(image.member) or None,
-        taken_at=storable_taken_at(record.taken_at),  # one ISO form that fits the column, whatever made the document
-        tags="," + "".join(f"{storable_text(tag)}," for tag in record.tags),
-        class_probs=finite_json([list(pair) for pair in record.class_probs]) or None,
-        document=finite_json(document),
-        created_at=now,
-    )
-    return row
-
-
-def _storable(value: Any) -> Any:
-    return storable_text(value) if isinstance(value, str) else finite_json(value)
-
-
-def row_record(row: Any) -> ImageRecord:
-    values = {name: getattr(row, name) for name in RECORD_COLUMNS}
-    tags = tuple(t for t in (row.tags or "").split(",") if t)
-    # A probability stored as null (NaN/infinity: `finite_json`) is left out: float(None) made every read of the
-    # collection (listing, export, report) fail for one image's output.
-    probs = tuple((int(i), float(p)) for i, p in row.class_probs or () if p is not None)
-    return ImageRecord(**values, tags=tags, class_probs=probs)
 
 
 class CollectionStore:
@@ -189,6 +150,12 @@ class CollectionStore:
         """Which of `names` the tenant's collection `name` records (analysed or failed); none when it is new."""
         return [image.name for image in self._recorded(name, tenant, names)]
 
+    def find(self, name: str, tenant: str) -> CollectionInfo | None:
+        """The tenant's collection `name` (by name only: `get` takes an id too); None when there is none yet."""
+        with self.engine.connect() as conn:
+            row = _by_name(conn, name, tenant)
+            return None if row is None else self._info(conn, row)
+
     def recorded_sources(self, name: str, tenant: str) -> list[str]:
         """The sources the tenant's collection `name` was made from (folders, URIs, `job:<id>`); none when it is new."""
         with self.engine.connect() as conn:
@@ -212,12 +179,21 @@ class CollectionStore:
         Returns how many rows were written (`add_each` says which images were stored as failed)."""
         return self.add_each(collection_id, items)[0]
 
-    def add_each(self, collection_id: str, items: Sequence[RecordedImage]) -> tuple[int, list[RecordedImage]]:
-        """`add`, and the images as recorded. The batch is one statement; when the database refuses it (a value no
-        column holds), each image is written alone, and one it refuses is recorded as failed with the reason, so
-        one bad row never costs the others. A database that refuses even that (it is down) raises."""
+    def add_each(
+        self,
+        collection_id: str,
+        items: Sequence[RecordedImage],
+        replace: Collection[str] = frozenset(),
+        read_since: float | None = None,
+    ) -> tuple[int, list[RecordedImage]]:
+        """`add`, and the images as recorded; the analysed images named in `replace` (their files changed: --refresh)
+        are replaced too, in their own rows. `read_since`: a time at or before the files were read (the run's start;
+        default now), which `--refresh` compares their change times with. The batch is one statement; when the
+        database refuses it (a value no column holds), each image is written alone, and one it refuses is recorded
+        as failed with the reason, so one bad row never costs the others. A database that refuses even that (it is
+        down) raises."""
         try:
-            return self._insert(collection_id, items), list(items)
+            return self._insert(collection_id, items, replace, read_since), list(items)
         except CollectionNotFoundError:  # deleted during the run: no image of it can be stored
             raise
         except Exception:  # noqa: BLE001 - which row? each is tried alone below
@@ -225,7 +201,7 @@ class CollectionStore:
         written, recorded = 0, []
         for item in items:
             try:
-                written += self._insert(collection_id, [item])
+                written += self._insert(collection_id, [item], replace, read_since)
             except Exception as exc:  # noqa: BLE001 - this image's values: it becomes a failed record saying why
                 if not item.record.ok or isinstance(exc, CollectionNotFoundError):
                     raise
@@ -233,15 +209,20 @@ class CollectionStore:
                 reason = f"unstorable: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
                 logger.warning("collection %s: %r %s", collection_id, item.record.name, reason)
                 item = RecordedImage(failed_record(item.record.name, reason), None, item.location, item.member)
-                written += self._insert(collection_id, [item])
+                written += self._insert(collection_id, [item], replace, read_since)
             recorded.append(item)
         return written, recorded
 
-    def _insert(self, collection_id: str, items: Sequence[RecordedImage]) -> int:
+    def _insert(
+        self, collection_id: str, items: Sequence[RecordedImage], replace: Collection[str], read_since: float | None
+    ) -> int:
         if not items:
             return 0
         now = time.time()
-        rows = [record_row(collection_id, item, now) for item in items]
+        rows = [record_row(collection_id, item, now if read_since is None else read_since) for item in items]
+        c = collection_images.c
+        replaced = [row["name"] for row in rows if row["name"] in replace]
+        replaceable = sa.or_(c.ok == sa.false(), *(c.name == name for name in replaced))  # a few: no IN list
         with self.engine.begin() as conn:
             _touch(conn, collection_id, updated_at=now)  # first: a deleted collection is said, not a foreign key error
             insert = (
@@ -249,16 +230,42 @@ class CollectionStore:
                 if conn.dialect.name == "postgresql"
                 else sqlite.insert(collection_images)
             )
-            replace_failed = {
-                column: insert.excluded[column] for column in rows[0] if column not in ("collection_id", "name")
-            }
+            values = {column: insert.excluded[column] for column in rows[0] if column not in ("collection_id", "name")}
             statement = insert.on_conflict_do_update(
-                index_elements=["collection_id", "name"],
-                set_=replace_failed,
-                where=collection_images.c.ok == sa.false(),
+                index_elements=["collection_id", "name"], set_=values, where=replaceable
             )
             result = conn.execute(statement, rows)
             return max(0, result.rowcount or 0)
+
+    def recorded_files(self, collection_id: str, page: int = 5000) -> Iterator[RecordedFile]:
+        """What each row says of its file (`RecordedFile`), in recording order, read a page at a time."""
+        c, after = collection_images.c, 0
+        columns = (c.id, c.name, c.ok, c.location, c.member, c.size_bytes, c.sha256, c.created_at)
+        while True:
+            query = sa.select(*columns).where(c.collection_id == collection_id, c.id > after).order_by(c.id)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.limit(page)).all()
+            for r in rows:
+                yield RecordedFile(r.name, bool(r.ok), r.location, r.member, r.size_bytes, r.sha256, r.created_at)
+            if len(rows) < page:
+                return
+            after = rows[-1].id
+
+    def remove(self, collection_id: str, names: Sequence[str]) -> int:
+        """Delete the images `names` (their files are gone: --prune) in one transaction; how many there were."""
+        with self.engine.begin() as conn:
+            _touch(conn, collection_id, updated_at=time.time())
+            deletes = (sa.delete(collection_images).where(*mine) for mine in _named(collection_id, names))
+            return sum(max(0, conn.execute(statement).rowcount or 0) for statement in deletes)
+
+    def confirm(self, collection_id: str, names: Sequence[str], read_since: float) -> None:
+        """The analysed images `names` were read again from `read_since` on and had the sha256 recorded (--refresh):
+        their rows say so (`created_at`), so a later --refresh does not read them again while they stay as they are."""
+        c = collection_images.c
+        with self.engine.begin() as conn:
+            for mine in _named(collection_id, names):
+                newer = sa.update(collection_images).where(*mine, c.ok == sa.true(), c.created_at < read_since)
+                conn.execute(newer.values(created_at=read_since))
 
     def finish(self, collection_id: str) -> None:
         with self.engine.begin() as conn:
@@ -372,13 +379,15 @@ def _by_name(conn: sa.Connection, name: str, tenant: str) -> Any:
     return conn.execute(query).first()
 
 
-def _named_images(conn: sa.Connection, collection_id: str, names: Sequence[str]) -> list[Any]:
-    """The collection's rows (name, location, member) of `names`, queried 500 names at a time."""
+def _named(collection_id: str, names: Sequence[str]) -> Iterator[tuple[sa.ColumnElement[bool], ...]]:
+    """The conditions that select the collection's rows of `names`, 500 names at a time."""
     c = collection_images.c
-    rows: list[Any] = []
     for start in range(0, len(names), 500):
-        query = sa.select(c.name, c.location, c.member).where(
-            c.collection_id == collection_id, c.name.in_(names[start : start + 500])
-        )
-        rows.extend(conn.execute(query))
-    return rows
+        yield c.collection_id == collection_id, c.name.in_(names[start : start + 500])
+
+
+def _named_images(conn: sa.Connection, collection_id: str, names: Sequence[str]) -> list[Any]:
+    """The collection's rows (name, location, member) of `names`."""
+    c = collection_images.c
+    queries = (sa.select(c.name, c.location, c.member).where(*mine) for mine in _named(collection_id, names))
+    return [row for query in queries for row in conn.execute(query)]
