@@ -2,7 +2,7 @@
 asked for `report=json`, the image as base64 in JSON (a third more bytes, and a JSON parse of a multi-megabyte
 string). The result must be what the JSON answer gave, byte for byte and type for type. `enhance` does the same
 since `X-Imgserve-Quality` and `-Reverted` carry what only its JSON report had (quality levels, two-decimal scores,
-reverted auto steps: tests/unit/test_sdk_enhance_headers_ops2.py). In process: the HTTP app over the tiny models
+reverted auto steps: tests/unit/test_sdk_enhance_headers.py). In process: the HTTP app over the tiny models
 (serving.http.app, not serving.app), the SDK's transport on a TestClient."""
 
 import base64

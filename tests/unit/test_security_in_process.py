@@ -287,7 +287,7 @@ def test_a_grpc_streams_messages_pass_the_rate_limit_and_a_revoked_key_stops_the
     """Each message of AnalyzeStream is a request: the key's rate limit applies to it, and a key revoked while the
     stream is open ends the stream with UNAUTHENTICATED (the key cache is off here). Admitted once when the stream
     opened, a 1/s key got 40 analyses in 0.8 s, 20 of them after its revocation; then each later message got its own
-    UNAUTHENTICATED error and the stream went on (tests/unit/test_stream_caller_refusal_ops2.py)."""
+    UNAUTHENTICATED error and the stream went on (tests/unit/test_stream_caller_refusal.py)."""
     import grpc
 
     from serving.grpc.generated import image_service_pb2 as pb
