@@ -234,8 +234,8 @@ class CollectionStore:
             statement = insert.on_conflict_do_update(
                 index_elements=["collection_id", "name"], set_=values, where=replaceable
             )
-            result = conn.execute(statement, rows)
-            return max(0, result.rowcount or 0)
+            # the rows inserted or updated (not those the WHERE kept); an executemany's rowcount is 0 on PostgreSQL
+            return len(conn.execute(statement.returning(c.id), rows).all())
 
     def recorded_files(self, collection_id: str, page: int = 5000) -> Iterator[RecordedFile]:
         """What each row says of its file (`RecordedFile`), in recording order, read a page at a time."""
@@ -299,7 +299,12 @@ class CollectionStore:
     def delete(self, ref: str, tenant: str | None = None, audit: AuditEntry | None = None) -> CollectionInfo:
         """Delete the collection and its rows; `audit` is written in the same transaction."""
         with self.engine.begin() as conn:
-            row = self._row(conn, ref, tenant)
+            # Locked first, as a run recording into it does (`_touch`; no deadlock): a run holding it commits, then
+            # its images are counted (a new statement sees them), one after waits and finds it gone.
+            found = sa.select(collections).where(collections.c.id == self._row(conn, ref, tenant).id)
+            row = conn.execute(found.with_for_update()).first()
+            if row is None:  # deleted by another request while this one waited
+                raise CollectionNotFoundError(f"collection {ref!r} not found")
             info = self._info(conn, row)
             conn.execute(sa.delete(collection_images).where(collection_images.c.collection_id == row.id))
             conn.execute(sa.delete(collections).where(collections.c.id == row.id))

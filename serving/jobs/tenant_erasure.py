@@ -76,6 +76,10 @@ def erase_tenant(
     _purge_jobs(engine, objects, tenant, report)
     with engine.begin() as conn:
         in_tenant = sa.select(collections.c.id).where(collections.c.tenant == tenant)
+        # its collections' rows locked first, as a run recording into one does (`CollectionStore.delete` too): a run
+        # holding one commits, then its images are counted and deleted; one after waits and finds it gone (deleting
+        # the images first deadlocked with a run trying a failed image again, and missed a run's last images)
+        conn.execute(in_tenant.order_by(collections.c.id).with_for_update())
         report.collection_images = _deleted(
             conn, collection_images.delete(), collection_images.c.collection_id.in_(in_tenant)
         )

@@ -12,8 +12,8 @@ connection, named by `application_name`). A deadlock would surface as an actor's
   erasure either waits for the version's commit and removes the row and its folder, or the job waits for the
   erasure's commit, finds its row gone and records nothing (returns False).
 - A collection deleted (`CollectionStore.delete`) while a run records images into it (`add_each`): the delete either
-  waits for the images and removes them with the collection, or the run waits for the delete and raises
-  CollectionNotFoundError (never a foreign key error).
+  waits for the images and removes (and counts) them with the collection, or the run waits for the delete and raises
+  CollectionNotFoundError (never a foreign key error). Both lock the collection's row first.
 """
 
 import threading
@@ -382,31 +382,25 @@ def test_a_delete_waits_for_images_being_recorded_and_removes_them(db: Database,
     db.waits_for("delete", "insert")
     gate.release.set()
     assert [image.record.name for image in inserting.outcome()[1]] == ["a.jpg"]
-    # the delete counted (and deleted) only the image it saw; the late one went with the row (ON DELETE CASCADE)
-    assert deleting.outcome().images == 1
+    # the delete locked the collection's row after the run's commit: it counted and deleted both images
+    assert deleting.outcome().images == 2
     assert _collection_rows(db.engines[0], collection_id) == (0, 0)
 
 
-def test_images_recorded_between_the_deletes_two_statements_go_with_the_collection(db: Database) -> None:
-    """The delete removed the images it saw, not yet the collection's row: the run's images commit, then go."""
-    run, deleter = db.engine("insert"), db.engine("delete")
-    collection_id = _collection(db.engines[0])
-    gate = hold_after(deleter, "DELETE FROM collection_images")
-    db.gates.append(gate)
-    deleting = Actor("delete", lambda: CollectionStore(deleter).delete(collection_id, TENANT))
-    deleting.start()
-    gate.wait_reached()
-    CollectionStore(run).add_each(collection_id, _images())
-    assert _collection_rows(db.engines[0], collection_id) == (1, 1)
-    gate.release.set()
-    assert deleting.outcome().id == collection_id
-    assert _collection_rows(db.engines[0], collection_id) == (0, 0)
+DELETE_HELD = {
+    "the delete locked the collection and deleted its images": ("DELETE FROM collection_images",),
+    "the delete removed everything, at its commit": (),
+}
 
 
-def test_images_recorded_while_the_delete_holds_the_collection_wait_then_find_it_gone(db: Database) -> None:
+@pytest.mark.parametrize("held_at", list(DELETE_HELD))
+def test_images_recorded_while_the_delete_holds_the_collection_wait_then_find_it_gone(
+    db: Database, held_at: str
+) -> None:
     run, deleter = db.engine("insert"), db.engine("delete")
     collection_id = _collection(db.engines[0])
-    gate = hold_at_commit(deleter)
+    words = DELETE_HELD[held_at]
+    gate = hold_after(deleter, *words) if words else hold_at_commit(deleter)
     db.gates.append(gate)
     deleting = Actor("delete", lambda: CollectionStore(deleter).delete(collection_id, TENANT))
     deleting.start()
