@@ -163,7 +163,8 @@ def test_a_tenant_erasure_while_a_run_tries_a_failed_image_again_is_no_deadlock(
     """As the delete above, for `imgserve tenants erase`: it deleted the tenant's images before it locked their
     collections' rows, and deadlocked with a run holding its collection's row and about to upsert a failed image."""
     run, eraser = db.engine("insert"), db.engine("erase")
-    collection_id = CollectionStore(db.engines[0]).open("erased", ["metadata"], ["/x"], TENANT).id
+    tenant = "erased"  # its own: the module's database keeps the other tests' collections of TENANT
+    collection_id = CollectionStore(db.engines[0]).open("erased", ["metadata"], ["/x"], tenant).id
     CollectionStore(db.engines[0]).add(collection_id, [_failed("a.jpg")])
     gate = hold_after(run, "UPDATE collections")
     db.gates.append(gate)
@@ -171,7 +172,7 @@ def test_a_tenant_erasure_while_a_run_tries_a_failed_image_again_is_no_deadlock(
     inserting.start()
     gate.wait_reached()
     entry = AuditEntry(action="tenant.erase", client="cli")
-    erasing = Actor("erase", lambda: erase_tenant(eraser, None, None, TENANT, entry))
+    erasing = Actor("erase", lambda: erase_tenant(eraser, None, None, tenant, entry))
     erasing.start()
     db.waits_for("erase", "insert")
     gate.release.set()
