@@ -15,6 +15,10 @@ serve` replaces itself (`os.execv`, same PID) with this module:
 The Serve controller and replicas are detached actors: the deploying job ending does not stop them (as with
 `serve deploy`). `IMGSERVE_LEAN_RAY=0`, or a Ray joined with RAY_ADDRESS, keeps the driver instead.
 BENCHMARKS.md "Memory (issue #19)" has the figures.
+
+The server's Ray folder (/tmp/imgserve-ray-XXXX) is looked after here too: made for the start (`new_ray_folder`,
+which cleans up after a start that fails), cleaned up at the stop by whichever process stops Ray
+(`clean_up_ray_folder`).
 """
 
 import json
@@ -23,14 +27,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
-from serving.local_ray import SignalFlag, WorkerLogFollower, remove_ray_temp_dir, seconds_from_env
+from serving.local_ray import RAY_TEMP_PREFIX, SignalFlag, WorkerLogFollower, remove_ray_temp_dir, seconds_from_env
 
 
 def serve_shutdown_timeout_s() -> float:
@@ -41,6 +48,7 @@ def serve_shutdown_timeout_s() -> float:
 
 RAY_STOP_GRACE_S = 1.0  # the raylet and the GCS: SIGTERM, then SIGKILL after this (as ray.shutdown does)
 RAY_STOP_TIMEOUT_S = 10.0  # then agents and workers left: SIGTERM, then SIGKILL after this
+TOKEN_FILE = "ray_auth_token"  # the Ray token `imgserve serve` generates, in its Ray folder
 
 
 @dataclass
@@ -80,6 +88,26 @@ def exec_supervisor(state: SupervisorState, state_path: Path, stop: SignalFlag) 
         os.execv(sys.executable, [sys.executable, "-m", "serving.ray_supervisor", "supervise", str(state_path)])
     finally:  # execv failed
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def hand_over_to_supervisor(
+    follower: WorkerLogFollower, logs_done: threading.Event, temp_dir: Path, stop: SignalFlag
+) -> None:
+    """Replace this process (Ray's driver, ~120 MB) with the supervisor (~15 MB), which keeps Ray's processes as its
+    children, prints the workers' output on from where `follower` stopped, and stops Serve and Ray on
+    SIGINT/SIGTERM/SIGHUP. Returns only if a stop was asked for meanwhile (the caller then stops as before)."""
+    import ray
+
+    logs_done.set()
+    follower.join(timeout=5)
+    token = temp_dir / TOKEN_FILE
+    state = SupervisorState(
+        gcs_address=ray.get_runtime_context().gcs_address,
+        logs_dir=str(follower.directory),
+        log_offsets=follower.snapshot(),
+        token_file=str(token) if token.exists() else "",
+    )
+    exec_supervisor(state, temp_dir / "supervisor.json", stop)
 
 
 def ray_died(ray_pids: frozenset[int] | None = None) -> str | None:
@@ -219,6 +247,30 @@ def clean_up_ray_folder(
         print(f"imgserve: Ray's logs are kept in {folder}", file=sys.stderr, flush=True)
         return False
     return True
+
+
+@contextmanager
+def new_ray_folder(own_ray: bool) -> Iterator[Path]:
+    """Make the server's Ray folder (/tmp/imgserve-ray-XXXX: the Prometheus multiprocess folder, the generated Ray
+    token, the session folder of a Ray started here) for the start in the with-block, which ends once Ray runs and
+    the server's stop (`clean_up_ray_folder` in the driver or the supervisor) takes the folder over. A start that
+    raises in the block (`ray.init` failing: a RAY_ADDRESS that cannot be reached, a port in use; a step before it)
+    stops whatever Ray it started (`ray.shutdown()`, nothing when none) and removes the folder, unless a Ray of our
+    own (`own_ray`) made its session folder there: the GCS or raylet that did not come up says why in its logs, so
+    the folder is kept and named, as after a Ray that ended on its own. With RAY_ADDRESS no Ray runs in the folder
+    (removed), and a Ctrl-C during the start is a stop asked for (removed)."""
+    folder = Path(tempfile.mkdtemp(prefix=RAY_TEMP_PREFIX, dir="/tmp"))
+    try:
+        yield folder
+    except BaseException as exc:
+        try:
+            if "ray" in sys.modules:  # imported: ray.init may have started Ray's processes before it raised
+                sys.modules["ray"].shutdown()
+        finally:
+            ray_wrote_logs = own_ray and any(folder.glob("session_*"))
+            clean_stop = isinstance(exc, KeyboardInterrupt) or not ray_wrote_logs
+            clean_up_ray_folder(folder, clean_stop, own_ray=own_ray, token=folder / TOKEN_FILE)
+        raise
 
 
 def shutdown_serve_main(gcs_address: str) -> int:

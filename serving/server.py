@@ -39,7 +39,14 @@ from serving.local_ray import (
     trim_head_processes,
 )
 from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
-from serving.ray_supervisor import STOP_SIGNALS, clean_up_ray_folder, serve_shutdown_timeout_s
+from serving.ray_supervisor import (
+    STOP_SIGNALS,
+    TOKEN_FILE,
+    clean_up_ray_folder,
+    hand_over_to_supervisor,
+    new_ray_folder,
+    serve_shutdown_timeout_s,
+)
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
@@ -57,7 +64,6 @@ WORKER_SETUP_HOOK = "serving.server.ray_worker_setup"
 GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: max send/receive message bytes
 RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
 RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
-TOKEN_FILE = "ray_auth_token"
 
 
 def load_serve_config(
@@ -251,28 +257,6 @@ def print_key_hint() -> None:
         )
 
 
-def hand_over_to_supervisor(
-    follower: WorkerLogFollower, logs_done: threading.Event, temp_dir: Path, stop: SignalFlag
-) -> None:
-    """Replace this process (Ray's driver, ~120 MB) with `serving.ray_supervisor` (~15 MB), which keeps Ray's
-    processes as its children, prints the workers' output on from where `follower` stopped, and stops Serve and
-    Ray on SIGINT/SIGTERM/SIGHUP. Returns only if a stop was asked for meanwhile (the caller then stops as before)."""
-    import ray
-
-    from serving.ray_supervisor import SupervisorState, exec_supervisor
-
-    logs_done.set()
-    follower.join(timeout=5)
-    token = temp_dir / TOKEN_FILE
-    state = SupervisorState(
-        gcs_address=ray.get_runtime_context().gcs_address,
-        logs_dir=str(follower.directory),
-        log_offsets=follower.snapshot(),
-        token_file=str(token) if token.exists() else "",
-    )
-    exec_supervisor(state, temp_dir / "supervisor.json", stop)
-
-
 def run_server(
     config_path: Path,
     http_port: int | None = None,
@@ -333,44 +317,45 @@ def run_server(
     os.environ["IMGSERVE_AUTH"] = auth  # every replica inherits the resolved mode
     if auth == "required":
         print_key_hint()
-    temp_dir = Path(tempfile.mkdtemp(prefix="imgserve-ray-", dir="/tmp"))
-    prepare_environment(temp_dir)  # its metrics folder inside Ray's: removed with it
-    init_options: dict[str, Any] = {}
-    if ray_address is None:
-        exposed = any(not is_loopback_host(bind) for _, bind in binds)
-        http_host = (raw.get("http_options") or {}).get("host", LOOPBACK)
-        ray_auth = prepare_ray_network(exposed, http_host, temp_dir)
-        init_options["runtime_env"] = {"worker_process_setup_hook": WORKER_SETUP_HOOK}
-        print(f"imgserve: Ray listens on {LOOPBACK} only (Ray token auth: {ray_auth})", flush=True)
-    from serving.grpc.stubs import ensure_generated
+    # Removed should the start fail before Ray runs; a Ray of our own that failed keeps its logs (new_ray_folder)
+    with new_ray_folder(own_ray=ray_address is None) as temp_dir:
+        prepare_environment(temp_dir)  # its metrics folder inside Ray's: removed with it
+        init_options: dict[str, Any] = {}
+        if ray_address is None:
+            exposed = any(not is_loopback_host(bind) for _, bind in binds)
+            http_host = (raw.get("http_options") or {}).get("host", LOOPBACK)
+            ray_auth = prepare_ray_network(exposed, http_host, temp_dir)
+            init_options["runtime_env"] = {"worker_process_setup_hook": WORKER_SETUP_HOOK}
+            print(f"imgserve: Ray listens on {LOOPBACK} only (Ray token auth: {ray_auth})", flush=True)
+        from serving.grpc.stubs import ensure_generated
 
-    ensure_generated()  # the gRPC proxy imports the generated servicer functions named in the config
-    import ray
+        ensure_generated()  # the gRPC proxy imports the generated servicer functions named in the config
+        import ray
 
-    # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
-    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
-    lean = ray_address is None and lean_ray_enabled()
-    if lean:
-        init_options["_system_config"] = LEAN_SYSTEM_CONFIG
-        block_unused_modules()
-    if ray_address is None:  # a Ray of our own: its CPU budget, dashboard, session folder and metrics port
-        init_options |= {"num_cpus": cpus, "include_dashboard": False, "_temp_dir": str(temp_dir)}
-        if metrics_port := ray_metrics_port():
-            init_options["_metrics_export_port"] = metrics_port
-    elif num_cpus:  # joining a cluster: its nodes say what they have (Ray refuses num_cpus here)
-        print("imgserve: --num-cpus is ignored when joining a Ray cluster (RAY_ADDRESS)", file=sys.stderr)
-    ray.init(namespace="serve", logging_level=logging.WARNING, **init_options)
-    stop = SignalFlag()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop.request)
-    logs_done = threading.Event()
-    follower: WorkerLogFollower | None = None
-    if lean:
-        print(f"imgserve: stopped Ray's {', '.join(trim_head_processes())} (one machine; {LEAN_ENV}=0 keeps them)")
-        worker_logs = logs_dir()
-        if worker_logs is not None:
-            follower = WorkerLogFollower(worker_logs, logs_done)
-            follower.start()
+        # Ray's CPUs are a scheduling budget, not cores: replicas ask fractions, real threads are set per stage.
+        cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+        lean = ray_address is None and lean_ray_enabled()
+        if lean:
+            init_options["_system_config"] = LEAN_SYSTEM_CONFIG
+            block_unused_modules()
+        if ray_address is None:  # a Ray of our own: its CPU budget, dashboard, session folder and metrics port
+            init_options |= {"num_cpus": cpus, "include_dashboard": False, "_temp_dir": str(temp_dir)}
+            if metrics_port := ray_metrics_port():
+                init_options["_metrics_export_port"] = metrics_port
+        elif num_cpus:  # joining a cluster: its nodes say what they have (Ray refuses num_cpus here)
+            print("imgserve: --num-cpus is ignored when joining a Ray cluster (RAY_ADDRESS)", file=sys.stderr)
+        ray.init(namespace="serve", logging_level=logging.WARNING, **init_options)
+        stop = SignalFlag()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop.request)
+        logs_done = threading.Event()
+        follower: WorkerLogFollower | None = None
+        if lean:
+            print(f"imgserve: stopped Ray's {', '.join(trim_head_processes())} (one machine; {LEAN_ENV}=0 keeps them)")
+            worker_logs = logs_dir()
+            if worker_logs is not None:
+                follower = WorkerLogFollower(worker_logs, logs_done)
+                follower.start()
     handed_over = False
     try:
         node_ip = ray.util.get_node_ip_address()
