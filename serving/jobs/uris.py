@@ -9,6 +9,7 @@ fetches arbitrary URLs on a client's behalf.
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from serving.errors import BadRequestError
@@ -102,29 +103,41 @@ def write_output(
     `remote`: as `check_uri`'s, checked again at each write (the setting may have changed since the submission)."""
     uri = f"{destination}/{name}"
     try:
-        if _split(destination).scheme.lower() == "file":
-            assert output_root is not None  # check_destination refused file:// without it
-            target = _resolve_under(Path(unquote(_split(uri).path)), output_root)
+        filesystem, path = _output_place(destination, name, output_root, remote)
+        if filesystem is None:
+            target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
             temporary.write_bytes(data)
             os.replace(temporary, target)
         else:
-            import fsspec
-
-            if remote is not None:
-                remote.check(uri)
-            # The folder is parsed, the name is not: a key is the name as it is (fsspec would read '::' in a whole
-            # URI as a chain of filesystems). auto_mkdir is off for object stores: s3fs's "make the parent" creates
-            # a missing *bucket*, so a mistyped destination would quietly become a new bucket instead of failing.
-            filesystem, folder = fsspec.core.url_to_fs(destination)
-            with filesystem.open(f"{folder}/{name}", "wb") as handle:
+            with filesystem.open(path, "wb") as handle:
                 handle.write(data)
     except (UriNotAllowedError, BadRequestError) as exc:
         raise ItemInputError("forbidden_uri", str(exc)) from None
     except OSError as exc:
         raise ItemInputError("unwritable_output", f"cannot write {uri!r}: {exc}") from None
     return uri
+
+
+def _output_place(
+    destination: str, name: str, output_root: Path | None, remote: RemoteAccess | None
+) -> tuple[Any, str]:
+    """Where `write_output` puts `name` (in the URI's own form) under `destination`: (None, a local path under
+    `output_root`) for file://, else (its fsspec filesystem, the key). Raises UriNotAllowedError / BadRequestError
+    for a place refused. `remote`: as `check_uri`'s, checked again each time (the setting may have changed)."""
+    if _split(destination).scheme.lower() == "file":
+        assert output_root is not None  # check_destination refused file:// without it
+        return None, str(_resolve_under(Path(unquote(_split(f"{destination}/{name}").path)), output_root))
+    import fsspec
+
+    if remote is not None:
+        remote.check(f"{destination}/{name}")
+    # The folder is parsed, the name is not: a key is the name as it is (fsspec would read '::' in a whole URI as a
+    # chain of filesystems). auto_mkdir is off for object stores: s3fs's "make the parent" creates a missing
+    # *bucket*, so a mistyped destination would quietly become a new bucket instead of failing.
+    filesystem, folder = fsspec.core.url_to_fs(destination)
+    return filesystem, f"{folder}/{name}"
 
 
 def write_named_output(
@@ -146,25 +159,17 @@ def remove_named_output(
     those bytes (sha256 `digest`; a file written over since is someone else's); True if one was deleted. Refused
     and unreadable locations are left alone (False): the write there failed too, or the folder changed hands."""
     local = _split(destination).scheme.lower() == "file"
-    uri = f"{destination}/{quote(name) if local else name}"
+    if local and output_root is None:
+        return False
     try:
-        if local:
-            if output_root is None:
-                return False
-            target = _resolve_under(Path(unquote(_split(uri).path)), output_root)
-            if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
-                return False
-            target.unlink()
-            return True
-        import fsspec
-
-        if remote is not None:
-            remote.check(uri)
-        filesystem, folder = fsspec.core.url_to_fs(destination)  # as `write_output`: the name is not parsed
-        path = f"{folder}/{name}"
-        if hashlib.sha256(filesystem.cat_file(path)).hexdigest() != digest:
+        filesystem, path = _output_place(destination, quote(name) if local else name, output_root, remote)
+        held = Path(path).read_bytes() if filesystem is None else filesystem.cat_file(path)
+        if hashlib.sha256(held).hexdigest() != digest:
             return False
-        filesystem.rm_file(path)
+        if filesystem is None:
+            Path(path).unlink()
+        else:
+            filesystem.rm_file(path)
         return True
     except (UriNotAllowedError, BadRequestError, OSError):  # FileNotFoundError included: nothing left to remove
         return False
