@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
 RETIRED_FILE = ".deleted_versions"  # numbers of the versions deleted from a model folder, one a line
+# a version a client names (a canary to start, a version to delete): a version folder's name, 1 to 999,999,999
+VERSION_NAME = r"^[1-9][0-9]{0,8}$"
 
 
 class CanarySplit(BaseModel):

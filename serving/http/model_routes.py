@@ -17,6 +17,7 @@ from serving.http.dependencies import audit, get_principal, get_service
 from serving.http.training_routes import get_training
 from serving.model_control import apply_policy_unlocked, check_control_parameters, load_model, unload_model
 from serving.model_versions import (
+    VERSION_NAME,
     CanarySplit,
     VersionPolicy,
     scan_model_folder,
@@ -130,7 +131,7 @@ async def promote(
 class CanaryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(pattern=r"^[1-9][0-9]{0,8}$", description="The version to try on part of the traffic.")
+    version: str = Field(pattern=VERSION_NAME, description="The version to try on part of the traffic.")
     percent: float = Field(gt=0, lt=100, description="Its share of the model's requests, e.g. 5.")
 
 

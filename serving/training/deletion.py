@@ -22,13 +22,13 @@ from typing import Any
 from serving.errors import BadRequestError, ServiceError
 from serving.jobs.tables import TRAINING_FINAL_STATES
 from serving.jobs.tenant_erasure import remove_versions
-from serving.model_versions import read_metrics, retire_version, scan_model_folder
+from serving.model_versions import VERSION_NAME, read_metrics, retire_version, scan_model_folder
 from serving.repository import UnknownModelError, is_folder_name
 from serving.service import InferenceService
 from serving.training.registry import model_policy
 from serving.training.store import TrainingJobNotFoundError, TrainingStore
 
-VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")  # a version folder's name (as a canary's version is checked)
+VERSION_PATTERN = re.compile(VERSION_NAME)  # a version folder's name, as a canary's version is checked
 DELETING_PREFIX = ".deleting-"  # a version folder on its way out: hidden from every scan while it is removed
 
 
