@@ -309,19 +309,23 @@ def test_a_grpc_streams_messages_pass_the_rate_limit_and_a_revoked_key_stops_the
 
         first_answered = asyncio.Event()
 
-        async def revoked_after_the_first(count: int) -> Any:
+        async def revoked_after_the_first() -> Any:
             yield message(0)
             await first_answered.wait()
             keys.revoke(record.id)
-            for i in range(1, count):
-                yield message(i)
+            yield message(1)
+            # No write races the end of the stream: grpcio's asyncio client reports INTERNAL ("Internal error from
+            # Core") instead of the server's status when a write fails as the call ends (grpc/grpc#36066; its
+            # sync client, which the SDK uses, reports the server's). tests/unit/test_stream_caller_refusal.py
+            # checks that nothing sent after the refusal is admitted.
+            await asyncio.Event().wait()
 
         async with image_service_stub(GrpcIngress(world["service"])) as stub:
             limited = [reply.error.code or "OK" async for reply in stub.AnalyzeStream(messages(10), metadata=metadata)]
             await asyncio.sleep(2.1)  # the bucket refills
             revoked = []
             with pytest.raises(grpc.aio.AioRpcError) as ended:  # the revoked key ends the stream
-                async for reply in stub.AnalyzeStream(revoked_after_the_first(5), metadata=metadata):
+                async for reply in stub.AnalyzeStream(revoked_after_the_first(), metadata=metadata):
                     revoked.append(reply.error.code or "OK")
                     first_answered.set()
             assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
