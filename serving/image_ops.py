@@ -6,8 +6,7 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 """
 
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, get_type_hints
 
@@ -22,6 +21,7 @@ from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
 from serving.errors import ModelUnavailableError
 from serving.metrics import ENHANCEMENT_STEPS, IMAGE_OPERATION_BYTES, STAGE_LATENCY
+from serving.refunds import refunded_on_server_error
 from serving.service import InferenceService
 from serving.stages.concurrency import stage_thread
 
@@ -113,20 +113,10 @@ class ImageOperations:
         """The options after charging the image to the caller's quotas, with a tenant's forced anonymisation."""
         return replace(options, anonymize=await self.service.charge(1, options.anonymize))
 
-    @asynccontextmanager
-    async def _refunded_on_server_error(self) -> AsyncIterator[None]:
-        """The work after `_forced_options` charged the image: a server-side failure gives it back (a 5xx; a client
-        error such as an undecodable image keeps the charge: serving.security.gate `refund_failed`)."""
-        try:
-            yield
-        except Exception as error:
-            await self.service.refund_failed(1, error)
-            raise
-
     async def convert(self, data: bytes, options: ConvertOptions) -> ConvertResult:
         options = await self._forced_options(options)
         start = time.perf_counter()
-        async with self._refunded_on_server_error():
+        async with refunded_on_server_error(self.service, 1):  # charged by `_forced_options`
             result = await stage_thread(convert_image, data, options, self.limits)
         STAGE_LATENCY.labels("convert", "").observe(time.perf_counter() - start)
         self._count("convert", result)
@@ -134,7 +124,7 @@ class ImageOperations:
 
     async def enhance(self, data: bytes, options: EnhanceOptions, convert: ConvertOptions) -> EnhanceOutcome:
         convert = await self._forced_options(convert)
-        async with self._refunded_on_server_error():
+        async with refunded_on_server_error(self.service, 1):  # charged by `_forced_options`
             return await self._enhance_charged(data, options, convert)
 
     async def _enhance_charged(self, data: bytes, options: EnhanceOptions, convert: ConvertOptions) -> EnhanceOutcome:

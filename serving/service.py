@@ -20,6 +20,7 @@ from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailable
 from serving.metrics import MODEL_VERSION_REQUESTS, model_label
 from serving.postprocess import Prediction, scores_from_output, top_k
 from serving.quality_metrics import record_quality
+from serving.refunds import refunded_on_server_error
 from serving.repository import ModelEntry, ModelRepository, UnknownModelError
 from serving.requests import ImageOptions
 from serving.stages.concurrency import gather_or_raise
@@ -241,11 +242,8 @@ class InferenceService:
         if len(images) > 1:
             REPLICA_LIMIT.waive_queue_budget()
         calls = [self._analyze_one(data, plan, selected, held, options) for data in images]
-        try:
+        async with refunded_on_server_error(self, len(images)):
             analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
-        except Exception as error:
-            await self.refund_failed(len(images), error)
-            raise
         for analysis in analyses:  # counted once answered (a failed request's images are sent again, fixed)
             if analysis.quality is not None:
                 record_quality(analysis.quality, self.thresholds)
@@ -320,13 +318,10 @@ class InferenceService:
         await self.charge(int(batch.shape[0]))
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
-        try:
+        async with refunded_on_server_error(self, int(batch.shape[0])):
             rows: list[ModelResult] = await asyncio.gather(
                 *(pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
             )
-        except Exception as error:
-            await self.refund_failed(int(batch.shape[0]), error)
-            raise
         for row in rows:
             record_stages(row.stage_ms)
         return {spec.name: np.stack([row.outputs[spec.name] for row in rows]) for spec in entry.config.outputs}
