@@ -1,5 +1,5 @@
 """`imgserve train DATASET --model NAME` (a training job on a running server, with a progress line),
-`imgserve models load|unload|promote|canary|delete-version` (model control on a running server) and
+`imgserve models load|unload|promote|canary|delete-version|delete` (model control on a running server) and
 `imgserve training-jobs delete JOB_ID` (a finished training job's record)."""
 
 import argparse
@@ -142,6 +142,8 @@ def _cmd_model_control(args: argparse.Namespace) -> int:
                 answer = client.training.canary(args.model, args.version, args.percent)
             elif args.models_command == "delete-version":
                 answer = client.training.delete_version(args.model, args.version)
+            elif args.models_command == "delete":
+                answer = client.training.delete_model(args.model)
             elif args.models_command == TRAINING_JOB_DELETE:
                 answer = client.training.delete(args.job_id)
             elif args.models_command == "load":
@@ -202,6 +204,12 @@ def add_training_commands(sub: Any, models_sub: Any, default_url: str) -> None:
     delete.add_argument("version")
     _remote_options(delete, default_url)
     delete.set_defaults(func=_cmd_model_control)
+    delete_model = models_sub.add_parser(
+        "delete", help="delete a trained model with every version (admin; it stops being served)"
+    )
+    delete_model.add_argument("model")
+    _remote_options(delete_model, default_url)
+    delete_model.set_defaults(func=_cmd_model_control)
     jobs = sub.add_parser("training-jobs", help="training jobs on a running server")
     jobs_sub = jobs.add_subparsers(dest="training_jobs_command", required=True)
     forget = jobs_sub.add_parser(

@@ -16,12 +16,17 @@ Two layouts are read, in the repository (`models/`) and in the trained-models fo
         percent: 5
 
 A training job writes a new version folder; promoting a version writes `specific: [that version]`. Deleting a version
-(`DELETE /v1/models/{m}/versions/{v}`) adds its number to `<name>/.deleted_versions`: it is never given again.
+(`DELETE /v1/models/{m}/versions/{v}`) adds its number to `<name>/.deleted_versions`: it is never given again. A model
+folder removed by a deletion (its last version, or the whole model) leaves the highest number it gave in
+`<trained models>/.retired-models/<name>` (one JSON line per removal, with the tenant that removed it): a model
+trained later under that name goes on from there. The folder is hidden: never listed, scanned or polled as a model;
+tenant erasure removes the tenant's lines.
 """
 
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
 RETIRED_FILE = ".deleted_versions"  # numbers of the versions deleted from a model folder, one a line
+RETIRED_MODELS_DIR = ".retired-models"  # beside the model folders: the highest number of each removed model folder
 # a version a client names (a canary to start, a version to delete): a version folder's name, 1 to 999,999,999
 VERSION_NAME = r"^[1-9][0-9]{0,8}$"
 
@@ -150,11 +156,72 @@ def model_roots(repository: Path) -> list[Path]:
 
 def next_version(root: Path) -> str:
     """The version a new folder under `root` gets: one more than the highest there or deleted from there
-    (`retire_version`), 1 for a new model."""
+    (`retire_version`), or given by an earlier folder of that name a deletion removed (`record_removed_model`); 1 for
+    a new name."""
+    removed = removed_model_highest(root)
     if not root.is_dir():
-        return "1"
+        return str(removed + 1)
     existing = [int(c.name) for c in root.iterdir() if c.is_dir() and c.name.isdigit()]
-    return str(max([*existing, *retired_versions(root)], default=0) + 1)
+    return str(max([*existing, *retired_versions(root), removed]) + 1)
+
+
+def _removed_model_record(root: Path) -> Path:
+    return root.parent / RETIRED_MODELS_DIR / root.name
+
+
+def _removed_model_lines(record: Path) -> list[dict[str, Any]]:
+    try:
+        text = record.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    lines = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash: the others still count
+        if isinstance(entry, dict) and isinstance(entry.get("highest"), int):
+            lines.append(entry)
+    return lines
+
+
+def removed_model_highest(root: Path) -> int:
+    """The highest version number earlier folders at `root` gave before a deletion removed them (0: none)."""
+    return max((int(entry["highest"]) for entry in _removed_model_lines(_removed_model_record(root))), default=0)
+
+
+def record_removed_model(root: Path, tenant: str, taken: Iterable[str] = ()) -> None:
+    """Before the model folder `root` is removed by a deletion: keep the highest number it gave (its versions, its
+    retired numbers, `taken`: the numbers the job database recorded) where `next_version` reads it, so no number of
+    the name is given twice. One appended line (replicas removing at once each add theirs)."""
+    highest = max([int(next_version(root)) - 1, *(int(v) for v in taken if v.isdecimal())])
+    if highest <= 0:
+        return
+    record = _removed_model_record(root)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"highest": highest, "tenant": tenant}) + "\n")
+
+
+def forget_removed_models(trained_models: Path, tenant: str) -> list[str]:
+    """Tenant erasure: drop `tenant`'s lines from the removed models' records (a record left empty goes); returns
+    the names whose record changed."""
+    folder = trained_models / RETIRED_MODELS_DIR
+    changed = []
+    for record in sorted(folder.iterdir()) if folder.is_dir() else []:
+        lines = _removed_model_lines(record)
+        kept = [entry for entry in lines if entry.get("tenant") != tenant]
+        if len(kept) == len(lines):
+            continue
+        changed.append(record.name)
+        if not kept:
+            record.unlink(missing_ok=True)
+            continue
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("".join(json.dumps(entry) + "\n" for entry in kept))
+        os.replace(tmp, record)
+    return changed
 
 
 def retired_versions(root: Path) -> list[int]:

@@ -118,6 +118,11 @@ class TrainingClient(HttpRoutes):
         path = f"/v1/models/{quote(model, safe='')}/versions/{quote(str(version), safe='')}"
         return self._send("DELETE", path, retry=False).json()
 
+    def delete_model(self, model: str) -> dict[str, Any]:
+        """Delete a trained model with every version (admin): it stops being served (on every replica within the
+        server's model poll interval); its version numbers are never given again under that name."""
+        return self._send("DELETE", f"/v1/models/{quote(model, safe='')}", retry=False).json()
+
     def delete(self, job: TrainingJob | str) -> dict[str, Any]:
         """Delete a finished training job's record (admin); the version it registered stays."""
         return self._send("DELETE", f"/v1/training-jobs/{quote(_id(job), safe='')}", retry=False).json()

@@ -1,8 +1,9 @@
 """Model control over HTTP (admin): Triton's `/v2/repository/models/{m}/load|unload` (so `tritonclient.http`'s
 `load_model` / `unload_model` work unchanged) and the `/v1` equivalents, plus promoting, trying (canary) and deleting
-a version."""
+a version or a whole trained model."""
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from serving.model_versions import (
 from serving.repository import UnknownModelError
 from serving.security.principal import Principal
 from serving.service import InferenceService
+from serving.training.deletion import delete_model as delete_trained_model
 from serving.training.deletion import delete_version as delete_trained_version
+from serving.training.folder_lock import TrainedModelsLock
 from serving.training.service import TrainingService
 
 router = APIRouter(tags=["model control"])
@@ -99,8 +102,14 @@ async def _apply_policy(
     its policy: a promotion serves one again), and load what it says; a policy whose versions cannot load is not
     kept (the file is put back as it was). Under the replica's model lock from the read of the served version to
     the load: two calls at once each load their own policy (they loaded each other's, restored each other's,
-    answered 200 for a version that could not load, or a canary call undid a promotion)."""
-    async with service.model_lock:
+    answered 200 for a version that could not load, or a canary call undid a promotion). A trained model's policy is
+    also written under the trained-models folder's lock (`TrainedModelsLock`): a training job registering a version
+    on another replica meanwhile pinned the version it had read as served, undoing the promotion."""
+    trained_models = service.repository.settings.trained_models
+    async with contextlib.AsyncExitStack() as locks:
+        await locks.enter_async_context(service.model_lock)
+        if root.is_relative_to(trained_models):
+            await locks.enter_async_context(TrainedModelsLock(trained_models))
         served = service.repository.entries.get(model)
         return await apply_policy_unlocked(service, model, root, policy(served.version if served else None))
 
@@ -192,4 +201,22 @@ async def delete_version(
     audit(
         request, principal, "model.delete_version", model, {"version": version, "model_removed": deleted.model_removed}
     )
+    return deleted.to_dict()
+
+
+@router.delete("/v1/models/{model}")
+async def delete_model(
+    model: str,
+    request: Request,
+    training: TrainingService = Depends(get_training),
+    principal: Principal = Depends(get_principal),
+) -> dict[str, Any]:
+    """Delete a trained model of the caller's tenant with every version: this replica stops serving it at once, the
+    others at their next model poll (IMGSERVE_MODEL_POLL_S); its folder and registry rows go (its training jobs
+    stay), and its version numbers are never given again under that name. 409 while a training job of the tenant for
+    the model has not finished (cancel it or wait); 404 for an unknown model, another tenant's, or a repository
+    model (the default classifier among them)."""
+    store = await training.store()
+    deleted = await delete_trained_model(training.service, store, model, principal.tenant)
+    audit(request, principal, "model.delete", model, {"versions": deleted.versions})
     return deleted.to_dict()

@@ -12,7 +12,9 @@ What goes, in this order (each step is its own transaction; a failed step can be
 - its collections and their image rows (names, metadata, GPS, quality results);
 - its training jobs (their requests name datasets and labels);
 - the model versions it trained: the `model_versions` rows and the version folders under the trained-models folder
-  (a model left with no version loses its folder, so every replica stops serving it at its next model poll);
+  (a model left with no version loses its folder, so every replica stops serving it at its next model poll), and its
+  lines in the records of the highest numbers its deleted models gave (`.retired-models/`, which keep a name's
+  numbers from being given twice);
 - its API keys (they stop working within IMGSERVE_KEY_CACHE_S), their rate buckets and daily usage counts;
 - the tenant's own row (quotas, webhook secrets, anonymisation).
 
@@ -32,6 +34,7 @@ from serving.jobs.erasure import purge_job
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.tables import collection_images, collections, jobs, model_versions, training_jobs
+from serving.model_versions import forget_removed_models
 from serving.security.audit import AuditEntry, write_entry
 from serving.security.tables import api_keys, audit_log, rate_buckets, tenants, usage_daily
 
@@ -51,6 +54,7 @@ class TenantErasure:
     training_jobs: int = 0
     model_versions: int = 0
     model_folders_removed: list[str] = field(default_factory=list)
+    retired_model_records: int = 0  # the deleted models' number records it had lines in
     keys: int = 0
     usage_rows: int = 0
     audit_entries: int = 0
@@ -93,6 +97,7 @@ def erase_tenant(
         ]
     if trained_models is not None:
         report.model_folders_removed = remove_versions(trained_models, trained)
+        report.retired_model_records = len(forget_removed_models(trained_models, tenant))
     with engine.begin() as conn:
         report.model_versions = _deleted(conn, model_versions.delete(), model_versions.c.tenant == tenant)
         keys = sa.select(api_keys.c.id).where(api_keys.c.tenant == tenant)

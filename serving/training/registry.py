@@ -2,6 +2,7 @@
 head, metrics.json and a model card written from what the job did. Versions are never overwritten; which one is
 served is the model's version policy (serving.model_versions)."""
 
+import asyncio
 import errno
 import json
 import shutil
@@ -27,8 +28,10 @@ from serving.model_versions import (
     scan_model_folder,
     write_policy,
 )
+from serving.security.errors import PermissionDeniedError
 from serving.trained_head import ClassifierHead
 from serving.training.softmax import ValidationReport
+from serving.training.store import TrainingStore
 from serving.weights import sha256_of
 
 HEAD_FILE = "head.npz"
@@ -244,3 +247,12 @@ def served_version(root: Path, name: str) -> str | None:
         raise _policy_error(name, exc) from exc
     served = folder.served_versions if folder is not None else []
     return served[0] if served else None
+
+
+async def owned_versions(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
+    """The model's recorded versions; refused (403) when another tenant trained any: a new version would replace
+    what the owner's requests are answered by."""
+    recorded = await asyncio.to_thread(store.versions, model)
+    if {str(row["tenant"]) for row in recorded} - {tenant}:
+        raise PermissionDeniedError(f"model '{model}' was trained by another tenant; train yours under another name")
+    return recorded

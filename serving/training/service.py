@@ -27,7 +27,6 @@ from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
 from serving.jobs.tenant_erasure import remove_versions
 from serving.model_versions import VersionPolicy, write_policy
-from serving.security.errors import PermissionDeniedError
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.training.compare import Comparison, compare_with_served, decide_promotion
@@ -41,8 +40,17 @@ from serving.training.dataset import (
     usable_images,
     without_copies_of_training,
 )
+from serving.training.deletion import forget_if_removed
 from serving.training.features import FeatureCache, embed_images
-from serving.training.registry import TrainingRecipe, model_policy, register_version, served_version, version_of_job
+from serving.training.folder_lock import TrainedModelsLock
+from serving.training.registry import (
+    TrainingRecipe,
+    model_policy,
+    owned_versions,
+    register_version,
+    served_version,
+    version_of_job,
+)
 from serving.training.runner import JobLease, fit_on_ray
 from serving.training.softmax import FitStoppedError, validation_report
 from serving.training.store import REGISTERING, THIS_PROCESS, TrainingJob, TrainingStore
@@ -252,7 +260,9 @@ class TrainingService:
         if await check_cancelled():
             return None
         model_root = self.settings.trained_models / request.model
-        async with self.service.model_lock:  # the version policy: one writer at a time (model control too)
+        # the version policy: one writer at a time, on this replica (model control too) and across replicas (a job
+        # finishing on another meanwhile registers after this one, against the version this one promoted)
+        async with self.service.model_lock, TrainedModelsLock(self.settings.trained_models):
             recorded = await owned_versions(store, request.model, job.tenant)  # checked again: it ran a while
             if not await asyncio.to_thread(store.begin_registration, job.id, lease.claim):
                 return None  # cancelled while it waited for the lock: nothing is registered, nothing promoted
@@ -300,6 +310,7 @@ class TrainingService:
         record = (store.record_version, request.model, version, job, labels, metrics, promoted)
         if not await self._store_calls.durable(*record):  # its tenant was erased meanwhile: so is this version
             await asyncio.to_thread(remove_versions, self.settings.trained_models, [(request.model, version)])
+            await forget_if_removed(self.service, request.model)  # served here since its promotion: not until a poll
             return None
         await self._store_calls.durable(store.progress, job.id, REGISTERING, 1, 1)  # a finished job's last phase
         if not promoted:  # listed (UNAVAILABLE, with its accuracy) until someone promotes it
@@ -381,12 +392,3 @@ class TrainingService:
         except Exception as exc:  # noqa: BLE001 - the policy was put back: registered, not promoted; say why
             return False, False, classify_error(exc).message
         return True, True, None
-
-
-async def owned_versions(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
-    """The model's recorded versions; refused (403) when another tenant trained any: a new version would replace
-    what the owner's requests are answered by."""
-    recorded = await asyncio.to_thread(store.versions, model)
-    if {str(row["tenant"]) for row in recorded} - {tenant}:
-        raise PermissionDeniedError(f"model '{model}' was trained by another tenant; train yours under another name")
-    return recorded

@@ -274,6 +274,19 @@ class TrainingStore:
         with self.engine.begin() as conn:
             return bool(conn.execute(model_versions.delete().where(c.model == model, c.version == version)).rowcount)
 
+    def delete_model_versions(self, model: str, tenant: str) -> int:
+        """Delete every row of `model` that `tenant` trained (its folder is the caller's); how many went."""
+        c = model_versions.c
+        with self.engine.begin() as conn:
+            return int(conn.execute(model_versions.delete().where(c.model == model, c.tenant == tenant)).rowcount or 0)
+
+    def unfinished_for_model(self, model: str, tenant: str) -> list[TrainingJob]:
+        """`tenant`'s training jobs for `model` that have not finished (queued or running), oldest first."""
+        c = training_jobs.c
+        query = sa.select(training_jobs).where(c.model == model, c.tenant == tenant, c.status.not_in(FINAL))
+        with self.engine.begin() as conn:
+            return [_job(row) for row in conn.execute(query.order_by(c.created_at))]
+
     def versions(self, model: str) -> list[dict[str, Any]]:
         query = sa.select(model_versions).where(model_versions.c.model == model).order_by(model_versions.c.id)
         with self.engine.begin() as conn:
