@@ -136,7 +136,10 @@ class ImageOperations:
         start = time.perf_counter()
         result, applied = await stage_thread(enhance_image, data, options, convert, self.limits, tags)
         STAGE_LATENCY.labels("enhance", "").observe(time.perf_counter() - start)
-        after = await self._output_quality(result.data) if has_quality else None
+        if result.data is data:  # nothing applied and no conversion asked: the input itself, scored already
+            after = before
+        else:
+            after = await self._output_quality(result.data) if has_quality else None
         reverted: list[dict[str, Any]] = []
         if before is not None and after is not None and should_revert(options, applied, before.score, after.score):
             plain, plain_applied = await stage_thread(
