@@ -120,7 +120,15 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     none succeeded. An error that stops the command (the server gone after the retries, a timeout, a refused key)
     keeps what was answered before it: those rows are printed or written, the others say `not_answered`, and the
     command fails."""
-    from serving.cli_output import ImageFailure, expand_images, print_results, result_record, write_results
+    from serving.cli_output import (
+        RESULT_SUFFIXES,
+        ImageFailure,
+        expand_images,
+        out_problem,
+        print_results,
+        result_record,
+        write_results,
+    )
     from serving.client import Client, ImgServeError
     from serving.client.errors import error_line
 
@@ -129,8 +137,9 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     if not images:
         print(f"imgserve: error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
-    if args.out and not Path(args.out).resolve().parent.is_dir():  # found out before the work, not after it
-        print(f"imgserve: error: --out {args.out}: its folder does not exist", file=sys.stderr)
+    problem = out_problem(args.out, RESULT_SUFFIXES) if args.out else None
+    if problem is not None:  # found out before the work, not after it
+        print(f"imgserve: error: {problem}", file=sys.stderr)
         return 2
     key_sent = False
     results: list[Classification | Analysis | ImageFailure] = []

@@ -3,6 +3,7 @@ export and delete collections. They live in the job database (IMGSERVE_DATABASE_
 `GET /v1/collections` shows what the CLI made."""
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -16,6 +17,7 @@ ERROR_EXIT = 2  # as argparse: bad arguments or input
 RUN_FAILED_EXIT = 1  # the run started and could not finish
 
 DEFAULT_STAGES = "classification,quality,metadata"
+EXPORT_SUFFIXES = (".csv", ".jsonl")  # `collection export --out`: the file types serving.collections.export writes
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -53,7 +55,7 @@ def _progress(total: int, skipped: int) -> Any:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.analyze import analysis_setup, run_analysis
     from serving.collections.operations import output_label, output_plan, prepare_destination
-    from serving.collections.refresh import pruned_images, refresh_plan
+    from serving.collections.refresh import CHANGE_SLACK_S, pruned_images, refresh_plan
     from serving.collections.sources import SourceError, list_sources, resolved_source
     from serving.errors import ServiceError
     from serving.jobs.errors import CollectionNotFoundError
@@ -113,10 +115,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         "this run analysed "
         f"{stats.done + stats.failed} in {stats.seconds:.1f} s ({rate:.1f} img/s), {stats.skipped} already done"
     )
-    if refresh is not None:
+    if refresh is not None:  # unchanged: a change time that cannot rule out a change after the analysis read them
         print(
             f"refresh: {len(changed)} changed since their analysis, analysed again (each replacing its record); "
-            f"{len(refresh.unchanged)} touched but with the same bytes, kept"
+            f"{len(refresh.unchanged)} read again to check (changed within {CHANGE_SLACK_S:g} s of their analysis or"
+            " later): the same bytes, kept"
         )
     if args.prune:
         print(f"prune: {removed} no longer in the sources, removed")
@@ -221,13 +224,25 @@ def _image_readers(args: argparse.Namespace) -> tuple[Any, Any]:
 
 @_on_collection
 def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
+    from serving.cli_output import out_problem
     from serving.collections.export import csv_lines, jsonl_lines
     from serving.collections.filters import ImageFilter
 
     where = ImageFilter.from_parameters(vars(args))  # the options `_filter_options` added, by their public names
-    lines = jsonl_lines if args.out.endswith(".jsonl") else csv_lines
-    with open(args.out, "w", encoding="utf-8", newline="") as handle:
-        handle.writelines(lines(store, info.id, where))
+    problem = out_problem(args.out, EXPORT_SUFFIXES)  # q.xlsx got CSV: any suffix but .jsonl did
+    if problem is not None:
+        print(f"error: {terminal_text(problem)}", file=sys.stderr)
+        return ERROR_EXIT
+    jsonl = Path(args.out).suffix.lower() == ".jsonl"
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as handle:
+            handle.writelines((jsonl_lines if jsonl else csv_lines)(store, info.id, where))
+        with open(args.out, encoding="utf-8", newline="") as written:  # a CSV cell may hold a newline
+            rows = sum(1 for _ in written) if jsonl else max(0, sum(1 for _ in csv.reader(written)) - 1)
+    except OSError as exc:
+        print(f"error: could not write {terminal_text(args.out)}: {exc.strerror or exc}", file=sys.stderr)
+        return RUN_FAILED_EXIT
+    print(f"exported {rows} images to {terminal_text(args.out)}")
     return 0
 
 

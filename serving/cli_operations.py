@@ -6,17 +6,23 @@ Files are processed in this process (no server needed) by the same code the serv
 format's extension and `--suffix` added to the name; inputs whose outputs would share a name are named apart
 (`IMG_1.HEIC`, `IMG_1.JPG` -> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`); originals are never overwritten. A per-file report
 (sizes, ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
+A bad option value or input (an unknown format, a quality out of range, a missing path) is one line `imgserve: error:
+...` and exit 2 before any file is read or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from serving.spreadsheet import terminal_text
 
 # Only the parser is built on every `imgserve` start (`imgserve serve` included): the image libraries load when a
 # convert/enhance command runs.
@@ -24,6 +30,31 @@ if TYPE_CHECKING:
     from pipelines.convert import ConvertOptions, ConvertResult
 
     Work = Callable[[bytes], tuple[ConvertResult, dict[str, Any]]]
+
+USAGE_EXIT = 2  # as argparse and the other commands: a bad option or input
+
+
+class UsageError(ValueError):
+    """A bad option or input of `convert` / `enhance`, found before any file is read or written."""
+
+
+def _usage_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`command(args)`, where a bad option value (pipelines' InvalidOptionError: an unknown format, a quality out of
+    range, an unknown operation) or input (UsageError: a missing path) is one line `imgserve: error: ...` and exit 2,
+    as argparse's and the server-backed commands' mistakes are, not a traceback. Both are raised before any file is
+    read or written; one image's own errors are that image's report line (`_run`)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from pipelines.errors import InvalidOptionError
+
+        try:
+            return command(args)
+        except (InvalidOptionError, UsageError) as exc:
+            print(f"imgserve: error: {terminal_text(str(exc))}", file=sys.stderr)  # paths: anyone's text
+            return USAGE_EXIT
+
+    return run
 
 
 def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
@@ -40,7 +71,9 @@ def _conversion_options(args: argparse.Namespace) -> ConvertOptions:
         "anonymize": args.anonymize or None,
     }
     for item in args.option or []:
-        key, _, value = item.partition("=")
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise UsageError(f"--option {item!r}: expected KEY=VALUE (e.g. --option effort=6)")
         raw[key.strip()] = value.strip()
     return ConvertOptions.parse(**raw)
 
@@ -54,22 +87,44 @@ def _relative_names(files: list[Path], roots: list[Path]) -> list[str]:
     return names
 
 
-def _run(args: argparse.Namespace, label: str, work: Work) -> int:
+def _input_files(args: argparse.Namespace) -> list[Path]:
+    """The image files of the path arguments (folders walked), and the checks of what the run will write to; a
+    UsageError (exit 2) before anything is written: an earlier run's outputs and report.jsonl stay as they were."""
+    from serving.cli_output import expand_images
+
+    if args.workers < 1:  # ThreadPoolExecutor refused it only once the outputs' folder had been made (a traceback)
+        raise UsageError(f"--workers {args.workers}: at least 1 thread is needed")
+    missing = next((path for path in args.paths if not Path(path).exists()), None)
+    if missing is not None:  # as `imgserve batch` says it; it was one failed image with no reason on screen
+        raise UsageError(f"no such file or folder: {missing}")
+    files = [Path(p) for p in expand_images(args.paths)]
+    if not files:
+        raise UsageError(f"no image files in {' '.join(args.paths)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} is not a folder")
+    return files
+
+
+def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) -> int:
     import pyvips
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipelines.convert.names import output_bases, output_name
     from pipelines.errors import ImageInputError
-    from serving.cli_output import expand_images
     from serving.memory import tune_malloc
 
     tune_malloc()
-    files = [Path(p) for p in expand_images(args.paths)]
     names = _relative_names(files, [Path(p) for p in args.paths if Path(p).is_dir()])
     bases = output_bases(list(enumerate(names)))  # IMG_1.HEIC and IMG_1.JPG must not both write IMG_1.webp
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"imgserve: error: could not make --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     failed = 0
+    first_failure = ""
     total_in = total_out = 0
     start = time.perf_counter()
 
@@ -99,6 +154,7 @@ def _run(args: argparse.Namespace, label: str, work: Work) -> int:
             except (ImageInputError, OSError, ValueError, pyvips.Error) as exc:
                 failed += 1
                 record = {"image": str(path), "error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
+                first_failure = first_failure or f"{path}: {exc}"
             report.write(json.dumps(record) + "\n")
             rate = (progress.tasks[0].completed + 1) / max(time.perf_counter() - start, 1e-6)
             progress.update(task, advance=1, rate=f"{rate:.1f} img/s" + (f", {failed} failed" if failed else ""))
@@ -106,18 +162,26 @@ def _run(args: argparse.Namespace, label: str, work: Work) -> int:
     ratio = total_in / total_out if total_out else 0.0
     print(f"{done} written to {out}, {failed} failed; {total_in} -> {total_out} bytes (ratio {ratio:.2f});"
           f" report: {out / 'report.jsonl'}")  # fmt: skip
+    if failed:  # the reasons are in the report; the first one on screen
+        print(
+            f"imgserve: {failed} of {len(files)} images failed (see report.jsonl), e.g. {terminal_text(first_failure)}",
+            file=sys.stderr,
+        )
     return 1 if failed and not done else 0
 
 
+@_usage_errors
 def _cmd_convert(args: argparse.Namespace) -> int:
     from pipelines.convert import convert_image
     from pipelines.limits import DecodeLimits
 
     options = _conversion_options(args)
+    files = _input_files(args)
     limits = DecodeLimits()
-    return _run(args, "convert", lambda data: (convert_image(data, options, limits), {}))
+    return _run(args, "convert", files, lambda data: (convert_image(data, options, limits), {}))
 
 
+@_usage_errors
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from pipelines.enhance import EnhanceOptions, should_revert, without_auto
     from pipelines.enhance.image import enhance_image
@@ -128,6 +192,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     convert = _conversion_options(args)
     factors = {name: getattr(args, name) for name in ("brightness", "contrast", "saturation", "sharpness")}
     options = EnhanceOptions.parse(auto=True if args.auto else None, ops=args.ops, **factors)
+    files = _input_files(args)  # before the quality model loads
     limits = DecodeLimits()
     quality = LocalQuality(limits) if options.auto or args.scores else None
 
@@ -148,7 +213,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                       "tags_after": [t.name for t in after.tags]}  # fmt: skip
         return result, extra
 
-    return _run(args, "enhance", work)
+    return _run(args, "enhance", files, work)
 
 
 def _common(command: argparse.ArgumentParser, default_suffix: str) -> None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ CSV_COLUMNS = (
     "image", "model", "top_label", "top_score", "quality_score", "quality_level", "quality_tags",
     "anomaly_score", "format", "width", "height", "camera", "error",
 )  # fmt: skip
+RESULT_SUFFIXES = (".csv", ".jsonl")  # what `write_results` writes: no spreadsheet library is installed for .xlsx
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,21 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def out_problem(out: str, suffixes: Sequence[str]) -> str | None:
+    """Why the file `out` cannot be written, told before the work: a file type not among `suffixes` (`q.xlsx` got
+    JSON lines), or a folder that does not exist; None when it can be."""
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        return f"--out {out}: not a {' or '.join(suffixes)} file (the file types this command writes)"
+    if not path.resolve().parent.is_dir():
+        return f"--out {out}: its folder does not exist"
+    return None
+
+
 def write_results(path: Path, records: list[dict[str, Any]]) -> None:
-    """`.csv` (one flat row per image) or anything else as JSON lines (the full record per image)."""
+    """`.csv` (one flat row per image) or `.jsonl` (the full record per image); ValueError for another suffix."""
+    if path.suffix.lower() not in RESULT_SUFFIXES:
+        raise ValueError(f"{path}: not a {' or '.join(RESULT_SUFFIXES)} file")
     with path.open("w", newline="") as out:
         if path.suffix.lower() == ".csv":
             writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
