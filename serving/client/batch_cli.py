@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 from serving.client.batch import BatchJob
 
+OUT_SUFFIXES = (".csv", ".jsonl")  # the results files `imgserve batch --out` writes
+
 BAR_WIDTH = 30
 
 
@@ -45,6 +47,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() or not out.resolve().parent.is_dir():  # found out before the upload and the wait, not after
         print(f"imgserve: error: --out {args.out}: not a file in an existing folder", file=sys.stderr)
+        return 2
+    if out.suffix.lower() not in OUT_SUFFIXES:  # results.xlsx got JSON lines
+        print(f"imgserve: error: --out {args.out}: not a {' or '.join(OUT_SUFFIXES)} file", file=sys.stderr)
         return 2
     key_sent = False
     job: BatchJob | None = None

@@ -20,7 +20,9 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("out", ["missing/results.jsonl", "."], ids=["folder-missing", "a-folder"])
+@pytest.mark.parametrize(
+    "out", ["missing/results.jsonl", ".", "results.xlsx", "results"], ids=["folder-missing", "a-folder", "xlsx", "bare"]
+)
 def test_an_out_path_that_cannot_be_written_is_refused_before_any_upload(
     canned: Canned,  # noqa: F811 - the fixture
     image: Path,
