@@ -7,7 +7,7 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -27,9 +27,10 @@ from serving.stages.concurrency import stage_thread
 
 REPORT_FORMS = ("image", "json")  # HTTP's answer: the image with X-Imgserve-* headers, or JSON with it as base64
 ENHANCE_OPTION_NAMES = ("auto", "ops", *MANUAL_FACTORS)
-# The conversion options HTTP declares as integers (`quality: int | None` ...): their values are read the way
-# pydantic reads a typed query parameter, whatever carried them, so "80.0" (or 80.0 in JSON) is 80 everywhere
-# and "80.5" is refused everywhere (gRPC's text map refused "80.0" that HTTP's query accepted).
+CONVERT_OPTION_NAMES = tuple(f.name for f in fields(ConvertOptions))
+# The conversion options typed as integers (`quality: int | None` ...): their values are read the way pydantic
+# reads an integer, whatever carried them (HTTP's query as text, a JSON body, gRPC's text map), so "80.0" (or 80.0
+# in JSON) is 80 everywhere and "80.5" is refused everywhere.
 INTEGER_OPTIONS = frozenset(name for name, hint in get_type_hints(ConvertOptions).items() if hint in (int, int | None))
 _INTEGER: TypeAdapter[int] = TypeAdapter(int)
 # One rule for an empty option value, whichever transport carried it: empty ("", or a JSON null) means the option
@@ -70,6 +71,11 @@ class OperationOptions:
     def parse(cls, raw: Mapping[str, Any], enhancing: bool) -> "OperationOptions":
         """From option name -> value (text or JSON; empty, "" or None: not given). Raises `InvalidOptionError` (400 /
         INVALID_ARGUMENT, kind `invalid_option`) for any option, `report` included."""
+        known = {*CONVERT_OPTION_NAMES, "report", *(ENHANCE_OPTION_NAMES if enhancing else ())}
+        unknown = sorted(name for name in raw if name not in known)
+        if unknown:  # named with every option this operation takes (ConvertOptions.parse knew only its own)
+            noun = "enhancement" if enhancing else "conversion"
+            raise InvalidOptionError(f"unknown {noun} options {unknown}; known: {', '.join(sorted(known))}")
         given = {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
         report = given.pop("report", None)
         form = str(report or "image").lower()

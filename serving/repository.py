@@ -300,7 +300,10 @@ class ModelRepository:
             return self.entries[name]
         except KeyError:
             if name in self.versions:
-                raise UnknownModelError(f"model '{name}' is not loaded") from None
+                raise UnknownModelError(  # 404, as Triton answers a model with no loaded version
+                    f"model '{name}' is not loaded: an admin serves it again with `imgserve models load {name}` "
+                    f"(POST /v1/models/{name}/load) or by promoting one of its versions"
+                ) from None
             raise UnknownModelError(
                 f"unknown model '{name}'; known models: {', '.join(sorted(self.entries))}"
             ) from None

@@ -4,11 +4,15 @@ Dependencies that do not block are `async def`: FastAPI runs a plain `def` depen
 hand-off per request (with py-spy, ~16 % of the Ingress replica's GIL time on the web mix went to that hand-off
 for `get_service`)."""
 
-from typing import Any
+import types
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import WithJsonSchema
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -19,6 +23,19 @@ from serving.security.audit import AuditEntry
 from serving.security.gate import current_principal
 from serving.security.principal import Principal
 from serving.service import InferenceService
+
+
+def _documented_as(json_type: str) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"type": json_type}, {"type": "null"}]})
+
+
+# An option's query value as the client wrote it, for the parser every transport shares (`OperationOptions.parse`,
+# `ImageOptions.parse`) to read and refuse in its own words: a typed FastAPI parameter answered `?quality=high` with
+# pydantic's (`query.quality: Input should be a valid integer`), gRPC's options map with the parser's
+# (`quality='high': expected an integer from 1 to 100`). The OpenAPI document still says the option's type.
+QueryInt = Annotated[str | None, _documented_as("integer")]
+QueryFloat = Annotated[str | None, _documented_as("number")]
+QueryBool = Annotated[str | None, _documented_as("boolean")]
 
 
 async def get_service(request: Request) -> InferenceService:
@@ -37,36 +54,87 @@ async def get_principal() -> Principal:
     return current_principal()
 
 
-def _query_names(dependant: Dependant) -> set[str]:
-    return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+def _query_fields(dependant: Dependant) -> list[Any]:  # FastAPI's ModelField
+    return [*dependant.query_params, *(f for d in dependant.dependencies for f in _query_fields(d))]
 
 
-_DECLARED: dict[int, tuple[APIRoute, frozenset[str]]] = {}  # id(route) -> (route, names); routes are not hashable
+_SEQUENCES = (list, tuple, set, frozenset)
 
 
-def declared_query_parameters(route: APIRoute) -> frozenset[str]:
-    """The query parameters a route (its endpoint and every dependency) declares, worked out once per route."""
+def _takes_many(annotation: Any) -> bool:
+    """Whether a query parameter's annotation is a sequence (`list[str] | None`): FastAPI then reads every value
+    of a repeated parameter; of any other it keeps the last."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType, Annotated):
+        return any(_takes_many(arg) for arg in get_args(annotation)[: 1 if origin is Annotated else None])
+    return (origin or annotation) in _SEQUENCES
+
+
+@dataclass(frozen=True)
+class DeclaredQuery:
+    """The query parameters a route (its endpoint and every dependency) declares."""
+
+    names: frozenset[str]
+    repeatable: frozenset[str]  # list parameters (`fields`, `stages`): FastAPI reads every value, by design
+
+
+_DECLARED: dict[int, tuple[APIRoute, DeclaredQuery]] = {}  # id(route) -> (route, declared); routes are not hashable
+
+
+def declared_query_parameters(route: APIRoute) -> DeclaredQuery:
+    """What a route declares, worked out once per route (`_takes_many`: which parameters may repeat)."""
     known = _DECLARED.get(id(route))
     if known is None or known[0] is not route:
-        known = _DECLARED[id(route)] = (route, frozenset(_query_names(route.dependant)))
+        fields = _query_fields(route.dependant)
+        repeatable = (f.alias for f in fields if _takes_many(f.field_info.annotation))
+        declared = DeclaredQuery(frozenset(f.alias for f in fields), frozenset(repeatable))
+        known = _DECLARED[id(route)] = (route, declared)
     return known[1]
+
+
+def _declared(request: Request) -> DeclaredQuery | None:
+    route = request.scope.get("route")
+    return declared_query_parameters(route) if isinstance(route, APIRoute) and request.query_params else None
+
+
+def undeclared_query(request: Request) -> dict[str, str]:
+    """The query parameters the request's route does not take, name -> value (the last, if repeated)."""
+    declared = _declared(request)
+    if declared is None:
+        return {}
+    return {name: request.query_params[name] for name in sorted(set(request.query_params) - declared.names)}
+
+
+def repeated_query(request: Request) -> list[str]:
+    """The declared parameters that take one value but were given more than once (`?top_k=3&top_k=4`)."""
+    declared = _declared(request)
+    if declared is None:
+        return []
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    return sorted(name for name, count in counts.items() if count > 1 and name not in declared.repeatable)
+
+
+def repeated_message(request: Request, names: list[str], noun: str) -> str:
+    """`{noun} 'top_k' is given 2 times; it takes one value` (for each name, client text: bounded)."""
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    given = "; ".join(f"{noun} {name[:40]!r} is given {counts[name]} times" for name in names[:5])
+    return f"{given}; {'each takes' if len(names) > 1 else 'it takes'} one value"
 
 
 async def reject_unknown_query(request: Request) -> None:
     """400 for a query parameter the route does not take: a misspelt option (`?to=webp`, `?topk=3`, `?field=`) would
-    otherwise be ignored and the request served with the default, as a JSON body's unknown `options` are not. The
-    `/v1` routers use it; `/v2` does not (Triton clients may add their own query parameters, Triton ignores them)."""
-    if not request.query_params:
-        return
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
-    known = declared_query_parameters(route)
-    unknown = sorted(set(request.query_params) - known)
+    otherwise be ignored and the request served with the default, as a JSON body's unknown `options` are not; and for
+    one that takes a single value given twice (FastAPI would keep the last, silently). The `/v1` routers use it;
+    `/v2` does not (Triton clients may add their own query parameters, Triton ignores them)."""
+    unknown = undeclared_query(request)
     if unknown:
-        names = ", ".join(repr(name[:40]) for name in unknown[:5])
-        accepted = ", ".join(sorted(known)) or "none"
+        route = request.scope["route"]  # an APIRoute: `undeclared_query` read what it declares
+        names = ", ".join(repr(name[:40]) for name in list(unknown)[:5])
+        accepted = ", ".join(sorted(declared_query_parameters(route).names)) or "none"
         raise BadRequestError(f"unknown query parameter {names} for {request.method} {route.path}; known: {accepted}")
+    repeated = repeated_query(request)
+    if repeated:
+        raise BadRequestError(repeated_message(request, repeated, "query parameter"))
 
 
 def client_host(request: Request) -> str | None:

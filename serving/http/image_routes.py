@@ -2,13 +2,13 @@
 
 import asyncio
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import get_service, multipart_form, reject_unknown_query
+from serving.http.dependencies import QueryBool, QueryFloat, QueryInt, get_service, multipart_form, reject_unknown_query
 from serving.http.schemas import (
     AnalysisResult,
     AnalyzeResponse,
@@ -51,7 +51,8 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
 
 
 def request_options(query: dict[str, Any], body_options: dict[str, Any]) -> ImageOptions:
-    """Query parameters, overridden by a JSON body's `options`."""
+    """Query parameters (as the client wrote them: `ImageOptions.parse` reads and refuses them as it does a JSON
+    body's or gRPC's), overridden by a JSON body's `options`."""
     return ImageOptions.parse(**{**query, **body_options})
 
 
@@ -60,8 +61,8 @@ async def classify(
     request: Request,
     model: str | None = Query(default=None, description="Model name; the server's default classifier if omitted."),
     model_version: str | None = Query(default=None, description="A loaded version; omitted: the model's routing."),
-    top_k: int | None = Query(default=None, description="How many classes to return per image (1-1000, default 5)."),
-    confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
+    top_k: Annotated[QueryInt, Query(description="How many classes to return per image (1-1000, default 5).")] = None,
+    confidence_threshold: Annotated[QueryFloat, Query(description="Leave out classes scoring below this.")] = None,
     service: InferenceService = Depends(get_service),
 ) -> ClassifyResponse:
     query = {"model": model, "model_version": model_version, "top_k": top_k}
@@ -80,10 +81,10 @@ async def analyze(
     request: Request,
     model: str | None = Query(default=None, description="Classifier; the server's default if omitted."),
     model_version: str | None = Query(default=None, description="A loaded version; omitted: the model's routing."),
-    top_k: int | None = Query(default=None, description="Classes per image (1-1000, default 5)."),
-    confidence_threshold: float | None = Query(default=None, description="Leave out classes scoring below this."),
+    top_k: Annotated[QueryInt, Query(description="Classes per image (1-1000, default 5).")] = None,
+    confidence_threshold: Annotated[QueryFloat, Query(description="Leave out classes scoring below this.")] = None,
     fields: list[str] | None = Query(default=None, description="Stages to run (repeatable); all when omitted."),
-    anonymize: bool | None = Query(default=None, description="Drop GPS and personal fields from metadata."),
+    anonymize: Annotated[QueryBool, Query(description="Drop GPS and personal fields from metadata.")] = None,
     service: InferenceService = Depends(get_service),
 ) -> AnalyzeResponse:
     query = {
@@ -106,12 +107,13 @@ async def analyze(
 @router.post("/metadata", response_model=MetadataResponse)
 async def metadata(
     request: Request,
-    anonymize: bool = Query(default=False, description="Drop GPS and personal fields (names, places)."),
+    anonymize: Annotated[QueryBool, Query(description="Drop GPS and personal fields (names, places).")] = None,
     service: InferenceService = Depends(get_service),
 ) -> MetadataResponse:
     """Metadata only: file, image, EXIF, GPS, XMP, IPTC and colours per image (no model runs)."""
+    anonymizing = ImageOptions.parse(anonymize=anonymize).anonymize
     images, _ = await read_images(request, service.max_images_per_request)
-    return MetadataResponse(results=await service.extract_metadata(images, anonymize))
+    return MetadataResponse(results=await service.extract_metadata(images, anonymizing))
 
 
 @router.get("/models", response_model=ModelsResponse)

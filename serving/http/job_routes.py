@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from serving.errors import BadRequestError, OverloadedError, classify_error
+from serving.errors import BadRequestError, OverloadedError, ServiceError, classify_error
 from serving.http.dependencies import client_host, get_job_service, get_principal, multipart_form, reject_unknown_query
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, parse_idempotency_key
@@ -36,6 +36,14 @@ IDEMPOTENCY_KEY = Header(  # a module-level parameter (ruff B008): FastAPI reads
     description="1-255 printable ASCII characters (a uuid4): a retry with the same key and request answers the job "
     "the first one made (header Idempotent-Replayed: true); a different request with it is a 422.",
 )
+
+
+class NoOutputsError(ServiceError):
+    """outputs.zip of a job without a convert/enhance stage: it has no outputs to zip, now or ever."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "no_outputs"
 
 
 def _uri_lines(text: str) -> list[InputPart]:
@@ -328,8 +336,13 @@ async def job_outputs(
     job_id: str, jobs: JobService = Depends(get_job_service), principal: Principal = Depends(get_principal)
 ) -> StreamingResponse:
     """The outputs of the job's convert/enhance stage so far, as a zip streamed while it is written (stored, not
-    recompressed: images are compressed already)."""
-    await jobs.get(job_id, principal)  # 404 before the stream starts
+    recompressed: images are compressed already). A job without such a stage has none: a 404 `no_outputs`, not an
+    empty zip that reads as "nothing written yet"."""
+    job = await jobs.get(job_id, principal)  # 404 before the stream starts
+    if not job.operations:
+        raise NoOutputsError(
+            f"job {job_id} has no outputs: only a convert or enhance stage writes them, and it has neither"
+        )
 
     async def pages(after: int) -> list[tuple[int, str, str]]:
         try:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.config.settings import ServerSettings
-from serving.errors import BadRequestError, InvalidTensorError, RequestTooLargeError
+from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
 from serving.http.dependencies import get_service
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
@@ -37,7 +37,10 @@ class UnsupportedContentEncodingError(BadRequestError):
 
 
 def _not_ready(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=503)
+    """A readiness probe's "no": 503 with the `{error, kind}` body of every error (`model_unavailable`, as a request
+    to a model that is known but not servable gets), answered here rather than raised, so that probes polling a
+    starting server are neither counted as errors nor logged."""
+    return JSONResponse({"error": message, "kind": ModelUnavailableError.kind}, status_code=503)
 
 
 @router.get("")

@@ -15,19 +15,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator
 
 from pipelines.convert import FORMATS, ConvertResult
 from pipelines.convert.formats import encoder_missing
 from pipelines.enhance import describe_options
+from pipelines.errors import InvalidOptionError
 from pipelines.limits import DEFAULT_FORMATS
 from serving.errors import BadRequestError
-from serving.http.dependencies import reject_unknown_query
+from serving.http.dependencies import (
+    QueryBool,
+    QueryFloat,
+    QueryInt,
+    reject_unknown_query,
+    repeated_message,
+    repeated_query,
+    undeclared_query,
+)
 from serving.http.image_routes import read_images
 from serving.image_ops import EnhanceOutcome, ImageOperations, OperationOptions, not_given
 
 OPERATIONS_TAG = "image operations"
-router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG], dependencies=[Depends(reject_unknown_query)])
+router = APIRouter(prefix="/v1", tags=[OPERATIONS_TAG])
 # The facts an image answer carries in its headers: exposed to cross-origin pages too (CORS), which otherwise see
 # only the safelisted response headers and would have to ask for report=json to read them.
 RESULT_HEADERS = tuple(
@@ -39,17 +47,6 @@ RESULT_HEADERS = tuple(
     )
 ) + ("content-disposition",)  # fmt: skip
 
-
-def _empty_as_none(value: Any) -> Any:
-    """`?quality=` as not given (`serving.image_ops.EMPTY_OPTION_VALUES`) rather than a 400 for "not an integer"."""
-    return None if not_given(value) else value
-
-
-# The typed query options (a str option's "" reaches `OperationOptions.parse`, which reads it as not given too).
-EMPTY_IS_NOT_GIVEN = BeforeValidator(_empty_as_none)
-QueryInt = Annotated[int | None, EMPTY_IS_NOT_GIVEN]
-QueryBool = Annotated[bool | None, EMPTY_IS_NOT_GIVEN]
-QueryFloat = Annotated[float | None, EMPTY_IS_NOT_GIVEN]
 
 HELP = {
     "format": "Output format (jpeg, png, webp, tiff, bmp, gif, avif, heif); the input's when omitted.",
@@ -74,6 +71,7 @@ HELP = {
 
 
 async def conversion_query(
+    request: Request,
     format: Annotated[str | None, Query(description=HELP["format"])] = None,
     quality: Annotated[QueryInt, Query(description=HELP["quality"])] = None,
     lossless: Annotated[QueryBool, Query(description=HELP["lossless"])] = None,
@@ -92,7 +90,15 @@ async def conversion_query(
     background: Annotated[str | None, Query(description=HELP["background"])] = None,
     animated: Annotated[QueryBool, Query(description=HELP["animated"])] = None,
 ) -> dict[str, Any]:  # fmt: skip
-    return {k: v for k, v in locals().items() if v is not None}
+    """The conversion options of the query as the client wrote them, for `OperationOptions.parse` to read as it reads
+    gRPC's options map, and any parameter the route does not take: an unknown option, which that parser refuses as
+    over gRPC (`unknown conversion options ['fromat']`, `invalid_option`). An empty value is not given
+    (`serving.image_ops.EMPTY_OPTION_VALUES`); an option given twice is refused, not read as its last value."""
+    given = {name: value for name, value in locals().items() if name != "request" and not not_given(value)}
+    repeated = repeated_query(request)
+    if repeated:
+        raise InvalidOptionError(repeated_message(request, repeated, "option"))
+    return {**given, **undeclared_query(request)}
 
 
 async def _one_image(request: Request, query: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -185,7 +191,7 @@ async def enhance(
     """Enhance one image, automatically (from its quality tags) or by hand; the quality score before and after."""
     factors = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "sharpness": sharpness}
     enhance_raw = {"auto": auto, "ops": ops, **factors, "report": report}
-    given = {**{k: v for k, v in enhance_raw.items() if v is not None}, **query}
+    given = {**{k: v for k, v in enhance_raw.items() if not not_given(v)}, **query}
     OperationOptions.parse(given, enhancing=True)  # reject bad options before reading the body
     data, raw = await _one_image(request, given)
     options = OperationOptions.parse(raw, enhancing=True)
@@ -195,7 +201,7 @@ async def enhance(
     return _answer(outcome.result, summary, _enhancement_headers(outcome, summary), options.report)
 
 
-@router.get("/formats")
+@router.get("/formats", dependencies=[Depends(reject_unknown_query)])
 async def formats() -> dict[str, Any]:
     """Output formats this server writes (and why one is unavailable), their options, and the input formats."""
     listed = []
@@ -219,7 +225,7 @@ async def formats() -> dict[str, Any]:
     return {"output": listed, "input": sorted(f.lower() for f in DEFAULT_FORMATS)}
 
 
-@router.get("/enhance/options")
+@router.get("/enhance/options", dependencies=[Depends(reject_unknown_query)])
 async def enhance_options() -> dict[str, Any]:
     """Enhancement operations, manual factors and the auto plan (tag -> operation, in order)."""
     return describe_options()
