@@ -3,10 +3,12 @@
 Two CPU decoders share one validation step (format allow-list, byte and pixel limits read from the
 header before any pixel is decoded):
 
-- ``pillow`` (the reference): JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the model input is
-  much smaller than the photo, then EXIF orientation, RGB, resize, crop, normalise.
+- ``pillow`` (the reference): a JPEG decodes at 1/2, 1/4 or 1/8 scale when the model input is much smaller
+  than the photo (libjpeg-turbo through `pipelines.jpeg_markers.decode_jpeg_checked`: Pillow's draft decode's pixels,
+  and a damaged file is refused rather than filled with grey), then EXIF orientation, RGB, resize, crop, normalise.
 - ``opencv``: libjpeg-turbo via ``cv2.imdecode`` with ``IMREAD_REDUCED_COLOR_*`` for the same reduced
-  scale; geometry and normalisation then go through the same Pillow code so numerics match.
+  scale (the JPEG data checked first: `pipelines.jpeg_markers.check_jpeg_data`); geometry and normalisation then go
+  through the same Pillow code so numerics match.
 
 `decode_image` is the one entry point: it validates, decodes once and produces exactly what the requested
 consumers need (a tensor per model, the quality stage's working image).
@@ -25,10 +27,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.full_size import load_full_size, rgb_array
-from pipelines.jpeg_markers import jpeg_scan_count, scan_limit
+from pipelines.jpeg_markers import check_jpeg_data, decode_jpeg_checked, jpeg_scan_count, scan_limit
 from pipelines.limits import DecodeLimits
 from pipelines.native_crop import jpeg_centre_crop
-from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE
+from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE, upright_array
 from pipelines.pixel_modes import SampleType as SampleType  # re-exported: pipelines.convert.deep_samples
 from pipelines.pixel_modes import eight_bit_scale as eight_bit_scale
 from pipelines.pixel_modes import tiff_sample_type, to_rgb
@@ -38,6 +40,11 @@ from pipelines.warning_capture import captured_warnings
 
 DecoderName = Literal["pillow", "opencv"]
 DecodedPixels = tuple[Image.Image, np.ndarray | None]  # upright RGB, and its HxWx3 array where the decode made one
+
+# `DecodeLimits` governs image sizes: `open_validated` checks every image's size from its header before a pixel is
+# decoded, and every open of client bytes goes through it. Pillow's own bomb check (an error at 2 x 89,478,485
+# pixels, run inside `Image.open`) was a hidden cap under a larger IMGSERVE_MAX_PIXELS, answered in Pillow's words.
+Image.MAX_IMAGE_PIXELS = None
 
 try:  # HEIF/AVIF are accepted only where the plugin is installed; without it such files get 415.
     import pillow_heif
@@ -212,7 +219,26 @@ def upright_image(image: Image.Image, orientation: int) -> Image.Image:
         return image.transpose(UPRIGHT_TRANSPOSE[orientation])
 
 
+def _load_jpeg_checked(image: Image.Image, data: bytes, scale: int, orientation: int) -> DecodedPixels | None:
+    """A JPEG (an MPO's first picture) decoded at 1/`scale` by the shared rule on lost data (`decode_jpeg_checked`:
+    libjpeg-turbo: the pixels of Pillow's draft decode, no slower); None where Pillow is to decode it (a CMYK file,
+    checked first; a harmless libjpeg warning)."""
+    if image.mode not in ("RGB", "L"):
+        check_jpeg_data(data, image.mode)
+        return None
+    width, height = image.size
+    stored = decode_jpeg_checked(data, "RGB", scale, -(-width // scale), -(-height // scale))
+    if stored is None:
+        return None
+    pixels = np.ascontiguousarray(upright_array(stored, orientation))
+    return Image.fromarray(pixels), pixels
+
+
 def _load_rgb_pillow(image: Image.Image, data: bytes, scale: int, orientation: int) -> DecodedPixels:
+    if image.format in _REDUCED_DECODE_FORMATS:
+        decoded = _load_jpeg_checked(image, data, scale, orientation)
+        if decoded is not None:
+            return decoded
     try:
         if scale == 1:
             return load_full_size(image, data, orientation)
@@ -300,6 +326,7 @@ def decode_rgb(
     scale = reduced_scale(header, orientation, spec, min_long_side) if reduced else 1
     fmt = header.format or ""
     if decoder == "opencv" and fmt in ("JPEG", "MPO"):
+        check_jpeg_data(data, header.mode)
         rgb, pixels = _load_rgb_opencv(data, scale)
     else:
         rgb, pixels = _load_rgb_pillow(header, data, scale, orientation)

@@ -16,11 +16,10 @@ full-decode pixel budget. Everything else goes through `thumbnail`, which stream
 
 import cv2
 import pyvips
-import simplejpeg
 from PIL import Image
 
 from pipelines.convert.pillow_input import from_upright_pixels
-from pipelines.errors import InvalidImageError
+from pipelines.jpeg_markers import decode_jpeg_checked
 from pipelines.orientation import SWAPS_AXES, upright_array
 
 # After the scaled decode the shrink left is below 2 unless even the 1/8 scale is over twice the output (small
@@ -55,18 +54,16 @@ def _interpolation(shrink: float) -> int:
     return cv2.INTER_LINEAR if shrink <= LINEAR_MAX_SHRINK else cv2.INTER_AREA
 
 
-def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image:
+def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image | None:
     """The JPEG upright at `size` (width, height: what `thumbnail` would give), with its EXIF, XMP and ICC profile
-    and orientation 1. Raises `InvalidImageError` on a corrupt or truncated file."""
+    and orientation 1. Raises `InvalidImageError` where libjpeg loses data (truncated or damaged: the decode stage's
+    rule, `pipelines.jpeg_markers.decode_jpeg_checked`); None where libvips is to decode it (a harmless warning)."""
     width, height = size
     stored_w, stored_h = (height, width) if orientation in SWAPS_AXES else (width, height)
     grey = header.mode == "L"
-    try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="GRAY" if grey else "RGB", min_width=stored_w, min_height=stored_h, strict=True
-        )
-    except ValueError as exc:
-        raise InvalidImageError(f"image could not be decoded: {exc}") from None
+    pixels = decode_jpeg_checked(data, "GRAY" if grey else "RGB", min_width=stored_w, min_height=stored_h)
+    if pixels is None:
+        return None
     pixels = upright_array(pixels, orientation)
     if pixels.shape[1] != width or pixels.shape[0] != height:
         pixels = cv2.resize(pixels, (width, height), interpolation=_interpolation(pixels.shape[1] / width))

@@ -25,6 +25,7 @@ from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
 from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
+from pipelines.jpeg_markers import check_jpeg_data
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
 from pipelines.orientation import SWAPS_AXES
@@ -126,10 +127,12 @@ def load_vips(
     if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
         limits.max_full_decode_pixels
     ):
-        try:
-            return jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h)), info, options
-        except InvalidImageError:
-            pass  # its strict decoder refuses libjpeg's warnings too (stray bytes before a marker): libvips decides
+        fast = jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h))
+        if fast is not None:
+            return fast, info, options
+        # a harmless libjpeg warning (stray bytes between segments): libvips decodes it
+    elif header.format in ("JPEG", "MPO"):  # libvips' fail_on=truncated lets lost data through: the decode stage's rule
+        check_jpeg_data(data, header.mode)
     if header.format in PILLOW_INPUTS:
         return load_with_pillow(header, orientation, (out_w, out_h)), info, options
     deep = deep_samples(header)

@@ -65,7 +65,7 @@ def test_empty_bytes(decoder: DecoderName) -> None:
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("fraction", [0.4, 0.9])
 def test_truncated_jpeg(photo: bytes, decoder: DecoderName, fraction: float) -> None:
-    with pytest.raises(InvalidImageError, match="corrupt or truncated"):
+    with pytest.raises(InvalidImageError, match="JPEG data ends early: the image is truncated or damaged"):
         decode(photo[: int(len(photo) * fraction)], decoder)
 
 
@@ -125,7 +125,7 @@ def test_too_many_pixels(photo: bytes) -> None:
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_decompression_bomb(png_bomb: bytes, decoder: DecoderName) -> None:
     assert len(png_bomb) < 100_000
-    with pytest.raises(ImageTooLargeError, match="too many pixels"):
+    with pytest.raises(ImageTooLargeError, match="^image is 20000x20000 = 400000000 pixels; the limit is 100000000$"):
         decode(png_bomb, decoder)
 
 

@@ -61,7 +61,7 @@ def test_gif_completeness_walks_the_blocks_when_the_file_does_not_end_in_the_tra
 
 
 @pytest.mark.parametrize(
-    ("source", "cause"), [("PNG", "libpng read error"), ("JPEG", "premature end of JPEG"), ("TIFF", "Read error")]
+    ("source", "cause"), [("PNG", "libpng read error"), ("JPEG", "JPEG data ends early"), ("TIFF", "Read error")]
 )
 def test_the_message_names_the_cause_not_the_saver(source: str, cause: str) -> None:
     """libvips' last line was the saver's: "vips2png: unable to write to target target"."""
