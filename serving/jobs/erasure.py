@@ -3,17 +3,28 @@
 A purge deletes the job's row, items, results, events and webhook deliveries in one transaction, with its audit
 entry (ids and counts only, never content); then the stored input and output objects no other job references. The
 job's `Idempotency-Key` is in its row, so it goes too: a later request with that key makes a new job.
-Objects are content-addressed and shared between jobs that sent the same bytes, so an object another job still needs
-stays, and so does an input stored again after the purged job's last inputs (a submission of the same bytes still
-being taken in has no row yet): the orphan sweep deletes it later if nothing comes to hold it.
+Objects are content-addressed and shared between jobs that sent (or made) the same bytes, and a writer stores its
+object before the row that references it exists. The rule that keeps every referenced object in the store is one
+lock per digest (serving.jobs.objects): a deleter (a purge, an item of a purged job dropping its output, the orphan
+sweep, tenant erasure through the purge) deletes an object only in a short transaction that holds the digest's lock
+exclusively, checks that no row references it, and deletes it before committing (`_drop_unreferenced`); a writer
+(a submission's inputs, an item's output) records its references holding the lock shared and, still holding it,
+checks the object is there and stores the bytes again if a deleter removed it meanwhile (`hold_objects`). Either the
+deleter ran wholly before the writer's check, or it waits for the writer's commit and finds the reference: object
+times do not decide anything (object stores keep them to the second). A purge still leaves an input stored again
+after the purged job's last inputs to the orphan sweep (`_stored_again_since`): not needed for correctness, it spares
+the submission taking it in writing the bytes again.
 Items of the job in flight at its purge, on any replica, leave nothing behind: each checks that its job is still
 there before it writes its output, and one whose result then finds no item removes what it wrote (the file at the
-job's `output_uri`, and the stored output it created: `drop_unrecorded_output`; serving.jobs.runner).
+job's `output_uri`, and the stored output unless a row references it: `drop_unrecorded_output`; serving.jobs.runner).
+Collections saved from a job (`save_job_as_collection`) hold no object themselves: their images are read through the
+job's items, and the purge erases the job's rows in them (`_erase_saved_copies`).
 The sweeper purges, with `IMGSERVE_RETENTION_DAYS`, finished jobs older than the retention (and open jobs never
 started), finished training jobs older than it and daily usage counts of days before it, and, always, deletes
-stored objects no job references that are older than an hour (inputs of refused submissions, or left by a crash);
-the hour keeps it clear of a submission still being written. Model versions (served), keys and the audit log are
-not swept; `imgserve tenants erase` (serving.jobs.tenant_erasure) removes all of a tenant's.
+stored objects no job references that are older than an hour (inputs of refused submissions, or left by a crash),
+each under its lock as a purge deletes; the hour spares a submission still being written storing its bytes again.
+Model versions (served), keys and the audit log are not swept; `imgserve tenants erase` (serving.jobs.tenant_erasure)
+removes all of a tenant's.
 """
 
 import logging
@@ -24,7 +35,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from serving.jobs.errors import JobNotFoundError
-from serving.jobs.objects import ObjectStore
+from serving.jobs.objects import ObjectStore, forget_object, lock_for_delete
 from serving.jobs.records import FINAL_JOB_STATES, saved_name
 from serving.jobs.tables import (
     TRAINING_FINAL_STATES,
@@ -99,9 +110,11 @@ def _delete_job_rows(conn: sa.Connection, job_id: str) -> tuple[int, set[str], s
 
 
 def _stored_again_since(objects: ObjectStore, digests: set[str], since: float) -> set[str]:
-    """The inputs some submission stored again after `since` (the purged job's last inputs): one still being taken
-    in holds them without a row yet (ObjectStore.put refreshes an existing object); the orphan sweep decides later.
-    A store whose clock runs ahead of the database's keeps the job's own inputs for the sweep too: the safe side."""
+    """The inputs some submission stored again after `since` (the purged job's last inputs; ObjectStore.put refreshes
+    an existing object): left to the orphan sweep, which spares a submission still being taken in writing them again.
+    Only a saving: within a second (object stores keep whole seconds) it sees nothing, and the digest lock keeps the
+    submission's inputs either way. A store whose clock runs ahead of the database's leaves the job's own inputs to
+    the sweep too."""
     return {digest for digest in digests if (objects.modified(digest) or 0.0) > since}
 
 
@@ -134,23 +147,28 @@ def purge_job(
             write_entry(conn, replace(audit, target=job_id, detail=detail))
     deleted = 0
     if objects is not None:
-        for digest in orphaned - _stored_again_since(objects, orphaned & inputs, inputs_until):
-            objects.delete(digest)
-            deleted += 1
+        for digest in sorted(orphaned - _stored_again_since(objects, orphaned & inputs, inputs_until)):
+            deleted += _drop_unreferenced(engine, objects, digest)
     return PurgeReport(1, items, deleted, len(digests))
 
 
-def drop_unrecorded_output(engine: sa.Engine, objects: ObjectStore, digest: str, created_at: float) -> bool:
-    """An output an item of a purged job stored (creating it: `created_at`, its modification time then) and could
-    not record: deleted unless a row holds it or the same bytes were stored again since (another item's output or a
-    submission's input, which may have no row yet: the orphan sweep decides later). True if it was deleted."""
+def _drop_unreferenced(engine: sa.Engine, objects: ObjectStore, digest: str) -> bool:
+    """Delete the object unless a row references it, in one transaction holding the digest's lock exclusively from
+    the check to the delete (the module docstring's rule). True if it was deleted."""
     with engine.begin() as conn:
+        lock_for_delete(conn, digest)
         if _referenced(conn, [digest]):
             return False
-    if _stored_again_since(objects, {digest}, created_at):
-        return False
-    objects.delete(digest)
+        objects.delete(digest)
+        forget_object(conn, digest)
     return True
+
+
+def drop_unrecorded_output(engine: sa.Engine, objects: ObjectStore, digest: str) -> bool:
+    """An output an item of a purged job stored and could not record: deleted unless a row references it. Another
+    item storing the same bytes, its result not yet recorded, stores them again as it records (`hold_objects`).
+    True if it was deleted."""
+    return _drop_unreferenced(engine, objects, digest)
 
 
 def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:
@@ -226,13 +244,12 @@ def drop_orphaned_objects(engine: sa.Engine, objects: ObjectStore, now: float | 
         chunk = old[start : start + 500]
         with engine.begin() as conn:
             keep = _referenced(conn, chunk)
-        # stored again since the listing (a submission still being taken in holds it without a row yet): kept, as a
-        # purge keeps it (`_stored_again_since`); a later sweep decides
+        # stored again since the listing (a submission still being taken in): left to a later sweep, as a purge
+        # leaves it (`_stored_again_since`; what keeps it safe is the lock `_drop_unreferenced` takes)
         keep |= {digest for digest in set(chunk) - keep if (objects.modified(digest) or 0.0) > stored[digest]}
         for digest in chunk:
             if digest not in keep:
-                objects.delete(digest)
-                dropped += 1
+                dropped += _drop_unreferenced(engine, objects, digest)
     return dropped
 
 

@@ -6,7 +6,8 @@ datasets and collections list by) become no item.
 Blocking (file reads, hashing, store writes): call through `asyncio.to_thread`.
 """
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
@@ -80,6 +81,28 @@ class Intake:
             else:
                 items.extend(self._archive(part, expansion))
         return items
+
+    def ensure_stored(self, parts: Sequence[InputPart], digests: Sequence[str]) -> None:
+        """Each object `items(parts)` stored, checked in the store (a HEAD or stat each), and the bytes of those a
+        deleter removed since stored again, read again from the request's files (rare: a purge or the orphan sweep
+        deleted them between the intake and its rows). Called under the digests' locks as the items are written
+        (serving.jobs.objects.hold_objects)."""
+        missing = self.objects.missing(digests)
+        for part in parts:
+            if not missing:
+                return
+            if part.file is None:
+                continue
+            part.file.seek(0)
+            entries: Iterable[bytes]
+            if part.kind == "image":
+                entries = [part.file.read(self.settings.max_image_bytes + 1)]
+            else:
+                budget = ExpansionBudget(self.settings.max_request_archive_bytes)
+                entries = (entry.data for entry in read_archive(part.file, self.limits, budget) if entry.data)
+            for data in entries:
+                if hashlib.sha256(data).hexdigest() in missing:
+                    missing.discard(self.objects.store_again(data))
 
     def _image(self, part: InputPart) -> NewItem:
         assert part.file is not None

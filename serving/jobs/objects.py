@@ -3,20 +3,35 @@
 Keys are `sha256/ab/abcdef...`; client-supplied names never become paths, so no input can be written
 outside the store. Local writes go to a temporary name and are renamed into place (no torn objects after a
 crash); reads verify the hash.
+
+Objects are shared by every job that sent (or made) the same bytes, and a writer stores its object before the row that
+references it exists. What orders a writer against a deleter (serving.jobs.erasure) is the digest's lock, a row of
+`stored_objects` (`hold_objects`, `lock_for_delete`): a writer records its references holding it shared and checks,
+still holding it, that each object is there (storing it again if not); a deleter checks references and deletes the
+object holding it exclusively. So a deleter either runs wholly before the writer's check, which then stores the bytes
+again, or after the writer's commit, and finds the reference.
 """
 
 import hashlib
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+import sqlalchemy as sa
 from fsspec.implementations.local import LocalFileSystem
+from sqlalchemy.dialects import postgresql, sqlite
 
 from serving.jobs.errors import ItemInputError
 from serving.jobs.remote_access import RemoteAccess
+from serving.jobs.tables import stored_objects
 from serving.jobs.uris import read_uri
+
+LOCK_CHUNK = 500  # digests per statement when a writer takes its locks
+CHECK_THREADS = 16  # HEADs at once when a writer checks its objects on an object store
 
 
 class ObjectStore:
@@ -36,12 +51,30 @@ class ObjectStore:
         """Store `data` (once) and return its sha256 hex digest."""
         return self._store(data)[0]
 
-    def put_new(self, data: bytes) -> tuple[str, float | None]:
-        """`put`, and the object's modification time when this call created it (None: it was stored before, or the
-        filesystem does not say; one more `info` call then): an item's output, which it deletes again if its job
-        was purged meanwhile and nothing stored the same bytes since (serving.jobs.erasure.drop_unrecorded_output)."""
-        digest, created = self._store(data)
-        return digest, self.modified(digest) if created else None
+    def store_again(self, data: bytes) -> str:
+        """Write `data` whatever a listing cache says: a writer's object a deleter removed before the writer's
+        references were recorded (`hold_objects`)."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        self.fs.invalidate_cache(path)
+        self._create(path, data)
+        return digest
+
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        """The digests whose object is not in the store now, asked of the store itself (not a listing cache): a stat
+        each on local disk, a HEAD each on an object store (`CHECK_THREADS` at once)."""
+        paths = {digest: self._path(digest) for digest in digests}
+        if self._local:
+            return {digest for digest, path in paths.items() if not os.path.exists(path)}
+
+        def gone(digest: str) -> bool:
+            self.fs.invalidate_cache(paths[digest])
+            return not self.fs.exists(paths[digest])
+
+        if len(paths) <= 1:
+            return {digest for digest in paths if gone(digest)}
+        with ThreadPoolExecutor(min(CHECK_THREADS, len(paths))) as pool:
+            return {digest for digest, absent in zip(paths, pool.map(gone, paths), strict=True) if absent}
 
     def _store(self, data: bytes) -> tuple[str, bool]:
         """(digest, whether this call created the object)."""
@@ -126,6 +159,50 @@ class ObjectStore:
                 continue  # a .part file being written
             out[digest] = _modified(info)
         return out
+
+
+def hold_objects(
+    conn: sa.Connection, digests: Iterable[str], ensure_stored: Callable[[list[str]], None] | None
+) -> None:
+    """A writer's side of the digests' locks, in the transaction that records its references to them, before them:
+    the locks are taken shared (PostgreSQL: the `stored_objects` rows FOR SHARE, made when missing; SQLite: the
+    transaction's BEGIN IMMEDIATE already excludes every deleter), then `ensure_stored(digests)` checks each object is
+    in the store and stores again those a deleter removed since the writer stored them (the writer still has the
+    bytes). Once it commits, a deleter waiting on a lock finds the references; so an object is in the store whenever
+    a committed row references it (an item claimed, a result read). None: the caller cannot check (no store at hand)."""
+    ordered = sorted(set(digests))
+    if not ordered:
+        return
+    for start in range(0, len(ordered), LOCK_CHUNK):
+        _lock(conn, ordered[start : start + LOCK_CHUNK], exclusive=False)
+    if ensure_stored is not None:
+        ensure_stored(ordered)
+
+
+def lock_for_delete(conn: sa.Connection, digest: str) -> None:
+    """A deleter's side: the digest's lock, exclusive, held until the caller's transaction ends. Check references and
+    delete the object while holding it (serving.jobs.erasure), then `forget_object`."""
+    _lock(conn, [digest], exclusive=True)
+
+
+def forget_object(conn: sa.Connection, digest: str) -> None:
+    """The digest's lock row, once its object is deleted (under `lock_for_delete`)."""
+    conn.execute(stored_objects.delete().where(stored_objects.c.digest == digest))
+
+
+def _lock(conn: sa.Connection, digests: Sequence[str], exclusive: bool) -> None:
+    """Lock the rows of `digests` (sorted: writers taking many never deadlock), made first where missing. A row a
+    deleter deleted while this waited for it is made again (READ COMMITTED skips a row deleted under its lock)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    pending = list(digests)
+    while pending:
+        conn.execute(insert(stored_objects).values([{"digest": d} for d in pending]).on_conflict_do_nothing())
+        query = sa.select(stored_objects.c.digest).where(stored_objects.c.digest.in_(pending))
+        locked = {
+            row.digest
+            for row in conn.execute(query.order_by(stored_objects.c.digest).with_for_update(read=not exclusive))
+        }
+        pending = [digest for digest in pending if digest not in locked]
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

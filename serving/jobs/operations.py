@@ -13,6 +13,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +121,19 @@ async def run_operations(
     result, summary = await apply_operation(operations, spec, data, anonymize)
     if before_writing is not None:
         await before_writing()
-    digest, created_at = await asyncio.to_thread(objects.put_new, result.data)
+    digest = await asyncio.to_thread(objects.put, result.data)
     name = output_name(item_name, spec["suffix"], result)
-    output = ItemOutput(digest, name, result.input_bytes, result.output_bytes, created_at)
+    ensure_stored = partial(_ensure_stored, objects, digest, result.data)
+    output = ItemOutput(digest, name, result.input_bytes, result.output_bytes, ensure_stored)
     document = {**summary, "name": name, "object": digest}
     if spec.get("destination"):
         document["uri"] = await asyncio.to_thread(
             write_named_output, spec["destination"], name, result.data, output_root, remote
         )
     return document, output
+
+
+def _ensure_stored(objects: ObjectStore, digest: str, data: bytes) -> None:
+    """The item's output stored again if a deleter removed it since `run_operations` stored it (one HEAD or stat)."""
+    if objects.missing([digest]):
+        objects.store_again(data)

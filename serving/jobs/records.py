@@ -1,5 +1,6 @@
 """Plain records passed between the job store and its callers (no SQLAlchemy objects leave the store)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,9 +105,9 @@ class ItemOutput:
     name: str  # file name in outputs.zip: the input's name, the suffix, the output format's extension
     input_bytes: int
     output_bytes: int
-    # the object's modification time when this item's store call created it; None when the same bytes were stored
-    # before (another job's): an output left by an item of a purged job is deleted only when the item made it
-    created_at: float | None = None
+    # checks the object is still in the store and stores the bytes again if not, called under the digest's lock as
+    # the result is recorded (serving.jobs.objects.hold_objects): a purge may have deleted it since it was stored
+    ensure_stored: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -328,18 +328,15 @@ class JobRunner:
 
     async def _discard_output(self, job: JobRecord, item: ClaimedItem, output: ItemOutput) -> None:
         """What an item wrote before its result found its job purged (a purge from any replica, after the item's
-        `_ensure_not_purged`): its file at the job's destination (if still its bytes) and the stored output it created
-        (if nothing holds it). An item re-run after its result was recorded keeps its output: its item is there."""
+        `_ensure_not_purged`): its file at the job's destination (if still its bytes) and the stored output (if no row
+        references it). An item re-run after its result was recorded keeps its output: its item is there."""
         destination = (job.operations or {}).get("destination")
         write_root, remote = self.settings.write_root(job.tenant), self.settings.remote_access(job.tenant)
         try:
             removed = bool(destination) and await asyncio.to_thread(
                 remove_named_output, destination, output.name, output.object, write_root, remote
             )
-            if output.created_at is not None:
-                await self.store.durable(
-                    drop_unrecorded_output, self.queue.engine, self.objects, output.object, output.created_at
-                )
+            await self.store.durable(drop_unrecorded_output, self.queue.engine, self.objects, output.object)
         except Exception:  # noqa: BLE001 - the stored output is an orphan the sweep drops within the hour
             logger.exception("item %d of job %s: removing the output of the purged job failed", item.idx, job.id)
             return

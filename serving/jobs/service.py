@@ -187,10 +187,20 @@ class JobService:
             refuse_only_hidden_uploads(parts, items)
         await self._admit_items(principal, items)
         audit = AuditEntry.by(principal, "job.create", client)
+        ensure_stored = partial(self._intake(principal.tenant).ensure_stored, parts)
         job_id = await self._write_within_quota(
             principal,
             len(items),
-            partial(store.create_job, spec, items, start, principal.tenant, audit, idempotency=idempotency),
+            partial(
+                store.create_job,
+                spec,
+                items,
+                start,
+                principal.tenant,
+                audit,
+                idempotency=idempotency,
+                ensure_stored=ensure_stored,
+            ),
         )
         if start:
             await self.wake(job_id)
@@ -231,7 +241,9 @@ class JobService:
             raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
         items = await self._intake_items(principal, parts)
         await self._admit_items(principal, items)
-        await self._write_within_quota(principal, len(items), partial(store.add_items, job_id, items, principal.tenant))
+        ensure_stored = partial(self._intake(principal.tenant).ensure_stored, parts)
+        add = partial(store.add_items, job_id, items, principal.tenant, ensure_stored=ensure_stored)
+        await self._write_within_quota(principal, len(items), add)
         return await asyncio.to_thread(store.get_job, job_id)
 
     async def start(self, job_id: str, principal: Principal = ANONYMOUS) -> JobRecord:

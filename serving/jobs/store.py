@@ -5,7 +5,7 @@ All methods are synchronous (call them through `asyncio.to_thread`); each is one
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from serving.errors import BadRequestError, RequestTooLargeError
 from serving.jobs.errors import JobNotFoundError, JobStateError
 from serving.jobs.idempotency import IdempotencyClaim
+from serving.jobs.objects import hold_objects
 from serving.jobs.records import (
     ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
@@ -28,6 +29,8 @@ from serving.jobs.records import (
 from serving.jobs.stored_bytes import charge_stored_bytes, stored_bytes
 from serving.jobs.tables import job_events, job_items, job_results, jobs, webhook_deliveries
 from serving.security.audit import AuditEntry, write_entry
+
+EnsureStored = Callable[[list[str]], None]  # a writer's check of its stored objects (serving.jobs.objects.hold_objects)
 
 
 def add_event(conn: sa.Connection, job_id: str, event: str, detail: dict[str, Any] | None = None) -> None:
@@ -168,15 +171,19 @@ class JobStore:
         audit: AuditEntry | None = None,
         quota_stored_bytes: int | None = None,
         idempotency: IdempotencyClaim | None = None,
+        ensure_stored: EnsureStored | None = None,
     ) -> str:
         """A new job of `tenant` with its first items; `start=False` leaves it open for more (`add_items`,
         `start_job`). `audit` is written in the same transaction, with the new job's id as its target. Refused
         (QuotaExceededError, nothing written) when the items would take the tenant past `quota_stored_bytes`, and
-        (IntegrityError, nothing written) when the tenant has a job with the `idempotency` key already."""
+        (IntegrityError, nothing written) when the tenant has a job with the `idempotency` key already.
+        `ensure_stored(digests)`: checks the items' stored inputs are still there, storing again any a purge deleted
+        since the intake, under their locks (serving.jobs.objects.hold_objects; `Intake.ensure_stored`)."""
         if start and not items:
             raise BadRequestError("the batch has no inputs: send files, an archive or URIs")
         job_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
+            hold_objects(conn, _stored_inputs(items), ensure_stored)
             charge_stored_bytes(conn, tenant, items, quota_stored_bytes)
             conn.execute(
                 jobs.insert().values(
@@ -216,10 +223,17 @@ class JobStore:
         return row
 
     def add_items(
-        self, job_id: str, items: Sequence[NewItem], tenant: str | None = None, quota_stored_bytes: int | None = None
+        self,
+        job_id: str,
+        items: Sequence[NewItem],
+        tenant: str | None = None,
+        quota_stored_bytes: int | None = None,
+        ensure_stored: EnsureStored | None = None,
     ) -> int:
-        """Append items to an open job; returns its new total (`quota_stored_bytes`: as `create_job`)."""
+        """Append items to an open job; returns its new total (`quota_stored_bytes`, `ensure_stored`: as
+        `create_job`)."""
         with self.engine.begin() as conn:
+            hold_objects(conn, _stored_inputs(items), ensure_stored)  # the digests' locks first, as every writer
             job = self._locked_job(conn, job_id, tenant)
             if job.status != "open":
                 raise JobStateError(f"job {job_id} is {job.status}; items can only be added while it is open")
@@ -365,6 +379,10 @@ class JobStore:
         )
         with self.engine.begin() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _stored_inputs(items: Sequence[NewItem]) -> list[str]:
+    return [item.source for item in items if item.source_kind == "object"]
 
 
 def _first_unfinished(conn: sa.Connection, job_id: str) -> int | None:

@@ -80,7 +80,12 @@ job_results = sa.Table(
     sa.Column("input_bytes", sa.BigInteger),
     sa.Column("output_bytes", sa.BigInteger),
     sa.Index("ix_job_results_job_idx", "job_id", "idx"),
+    sa.Index("ix_job_results_output_object", "output_object"),  # a deleter's check for references (0010)
 )
+
+# One row per stored object some writer or deleter took the lock of (0010; serving.jobs.objects.hold_objects): the row
+# is the digest's lock, shared by a writer recording references, exclusive for a deleter; deleted with the object.
+stored_objects = sa.Table("stored_objects", metadata, sa.Column("digest", sa.String(64), primary_key=True))
 
 job_events = sa.Table(
     "job_events",

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from serving.jobs.objects import hold_objects
 from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
 from serving.jobs.store import add_event, job_counts, job_record, output_totals
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
@@ -214,10 +215,15 @@ class WorkQueue:
             add_event(conn, item.job_id, "item_given_up", {"idx": item.idx, "error": error})
 
     def record(self, item: ClaimedItem, outcome: Outcome) -> bool:
-        """Write the item's result and final status together; False if it already had one (nothing changes)."""
+        """Write the item's result and final status together; False if it already had one (nothing changes). An
+        image-operation output is in the store when its result commits (serving.jobs.objects.hold_objects)."""
         now = time.time()
+        output = outcome.output
         try:
             with self.engine.begin() as conn:
+                if output is not None:  # its lock first, then its object checked (and stored again if a purge took it)
+                    ensure = output.ensure_stored
+                    hold_objects(conn, [output.object], None if ensure is None else lambda _digests: ensure())
                 conn.execute(
                     job_results.insert().values(
                         item_id=item.id,

@@ -313,7 +313,7 @@ def test_the_migration_adds_the_keys_and_downgrades_keeping_the_jobs(tmp_path: P
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}")
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0009"
+    assert current_revision(engine) == head_revision() == "0010"
     indexes = {ix["name"]: ix for ix in sa.inspect(engine).get_indexes("jobs")}
     assert indexes["ux_jobs_tenant_idempotency_key"]["unique"]
     assert indexes["ux_jobs_tenant_idempotency_key"]["column_names"] == ["tenant", "idempotency_key"]
@@ -336,5 +336,5 @@ def test_the_migration_adds_the_keys_and_downgrades_keeping_the_jobs(tmp_path: P
         assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 3
         assert conn.execute(sa.text("SELECT count(*) FROM job_items WHERE job_id = :j"), {"j": keyed}).scalar() == 1
     migrate(engine)
-    assert current_revision(engine) == "0009"
+    assert current_revision(engine) == "0010"
     assert {"idempotency_key", "request_fingerprint"} <= {c["name"] for c in sa.inspect(engine).get_columns("jobs")}

@@ -31,7 +31,7 @@ def _items(n: int) -> list[NewItem]:
 
 def test_migrations_reach_head_and_are_idempotent(engine: sa.Engine) -> None:
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0009"
+    assert current_revision(engine) == head_revision() == "0010"
     tables = set(sa.inspect(engine).get_table_names())
     assert {"jobs", "job_items", "job_results", "job_events", "webhook_deliveries", "job_workers"} <= tables
     assert {"collections", "collection_images"} <= tables
