@@ -233,7 +233,7 @@ class InferenceService:
         classifying = "classification" in selected  # only requests the model answers take part in a canary split
         entry = self.routed_entry(options.model, version) if classifying else self.served_entry(options.model, version)
         if classifying and entry.config.task != "classification":
-            raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
+            raise BadRequestError(f"model '{entry.name}' is not a classifier (its task is {entry.config.task})")
         self._check_image_count(images)
         held = self._hold(entry)  # before the first await: a model swapped from here on does not answer this request
         if await self.charge(len(images), options.anonymize if "metadata" in selected else None):

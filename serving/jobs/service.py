@@ -117,7 +117,7 @@ class JobService:
         # Analysis stages as asked; the classifier when nothing at all is asked; none for an operations-only job.
         stages = tuple(self.inference.analysis_fields(analysis or DEFAULT_STAGES)) if analysis or not operations else ()
         if "classification" in stages and entry.config.task != "classification":
-            raise BadRequestError(f"model '{entry.name}' is a {entry.config.task} model, not a classifier")
+            raise BadRequestError(f"model '{entry.name}' is not a classifier (its task is {entry.config.task})")
         return JobSpec(entry.name, options.top_k, stages, options.webhook_url, options.anonymize, operations)
 
     async def check(self, options: BatchOptions, tenant: str = DEFAULT_TENANT) -> JobSpec:
