@@ -231,6 +231,7 @@ def _load_jpeg_checked(image: Image.Image, data: bytes, scale: int, orientation:
     if stored is None:
         return None
     pixels = np.ascontiguousarray(upright_array(stored, orientation))
+    del stored  # an EXIF-turned copy was made: the stored pixels go before Pillow's image (~7 bytes a pixel at most)
     return Image.fromarray(pixels), pixels
 
 

@@ -86,14 +86,28 @@ _LOST_DATA: tuple[tuple[str, str], ...] = (  # libjpeg's message (part) -> the s
 )
 
 
-def lost_data(message: str) -> str | None:
+def _padding_before_end(data: bytes, count: int) -> bool:
+    """Whether the `count` bytes before the first image's end marker are padding (all 0x00 or 0xFF): some encoders and
+    editors pad a complete scan (public reports of visually intact photos with "N extraneous bytes before marker
+    0xd9"), while a damaged scan leaves coded data there. The first FFD9 after the first SOS is the first image's end:
+    coded data never holds FFD9 (an FF in it is stuffed as FF00), so an MPO's later pictures come after it."""
+    scan = data.find(b"\xff\xda")
+    end = data.find(b"\xff\xd9", scan + 2) if scan >= 0 else -1
+    return end >= count and set(data[end - count : end]) <= {0x00, 0xFF}
+
+
+def lost_data(message: str, data: bytes = b"") -> str | None:
     """The server's words for a libjpeg warning (or error) that means pixels were lost; None for any other message
-    (a warning that loses nothing, or an error another decoder may get past)."""
+    (a warning that loses nothing, or an error another decoder may get past). `data`: the file, to tell padding
+    before its end marker from a damaged scan's leftovers."""
     for libjpeg_text, ours in _LOST_DATA:
         if libjpeg_text in message:
             return ours
     stray = _EXTRANEOUS.search(message)
-    if stray and stray.group(2) in _AFTER_SCAN_MARKERS and int(stray.group(1)) > MAX_STRAY_BYTES_AFTER_SCAN:
+    count = int(stray.group(1)) if stray else 0
+    if stray and stray.group(2) in _AFTER_SCAN_MARKERS and count > MAX_STRAY_BYTES_AFTER_SCAN:
+        if stray.group(2) == "0xd9" and _padding_before_end(data, count):
+            return None
         return (
             f"JPEG data is corrupt: {stray.group(1)} bytes of a scan were left over after its last block (the coded"
             " data is damaged)"
@@ -114,7 +128,7 @@ def decode_jpeg_checked(
             data, colorspace=colours, min_factor=min_factor, min_width=min_width, min_height=min_height, strict=True
         )
     except ValueError as exc:
-        damage = lost_data(str(exc))
+        damage = lost_data(str(exc), data)
         if damage:
             raise InvalidImageError(damage) from None
         return None
@@ -122,5 +136,6 @@ def decode_jpeg_checked(
 
 def check_jpeg_data(data: bytes, pillow_mode: str) -> None:
     """Refuse a JPEG whose data libjpeg reads with loss (`lost_data`), for decoders that do not say (OpenCV, libvips):
-    a decode at 1/8 scale, which still reads every coded block."""
-    decode_jpeg_checked(data, "CMYK" if pillow_mode == "CMYK" else "RGB", min_factor=8)
+    a decode at 1/8 scale, which still reads every coded block. (simplejpeg applies `min_factor` only with a minimum
+    size: without one it decodes at full size.)"""
+    decode_jpeg_checked(data, "CMYK" if pillow_mode == "CMYK" else "RGB", min_factor=8, min_width=1, min_height=1)

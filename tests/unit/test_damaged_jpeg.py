@@ -123,3 +123,18 @@ def test_real_photos_decode_to_pillows_pixels_at_every_scale_and_orientation() -
             expected = np.asarray(ImageOps.exif_transpose(reference).convert("RGB"))
             assert decoded.pixels is not None and np.array_equal(decoded.pixels, expected)
             assert np.array_equal(np.asarray(decoded.rgb), expected)
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF])
+def test_padding_before_the_end_marker_is_not_damage(photo: bytes, fill: int) -> None:
+    """Encoders and editors that pad a complete scan (16 zero bytes before EOI) made libjpeg warn "16 extraneous bytes
+    before marker 0xd9" on intact photos; the more-than-8-bytes rule refused them.
+    Leftover coded data is still damage."""
+    clean = photo
+    end = clean.rindex(b"\xff\xd9")
+    padded = clean[:end] + bytes([fill]) * 16 + clean[end:]
+    for decoder in ("pillow", "opencv"):
+        decode_image(padded, PreprocessSpec(), decoder=decoder)  # no InvalidImageError
+    leftover = clean[:end] + bytes(range(1, 17)) + clean[end:]
+    with pytest.raises(InvalidImageError, match="left over"):
+        decode_image(leftover, PreprocessSpec())
