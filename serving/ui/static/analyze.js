@@ -22,13 +22,21 @@ export async function showAnalyze() {
 
 const isImage = (file) => file.type.startsWith("image/") || /\.(jpe?g|png|webp|tiff?|bmp|gif|heic|heif|avif)$/i.test(file.name);
 
+// Files that are not images are not sent; the status line names them (up to 3), or a drop would seem to do nothing.
+function skippedText(files) {
+  if (!files.length) return "";
+  const names = files.slice(0, 3).map((file) => file.name).join(", ") + (files.length > 3 ? ` and ${files.length - 3} more` : "");
+  return ` · skipped ${files.length} file(s) that are not an image: ${names}`;
+}
+
 async function analyzeFiles(files) {
   const images = [...files].filter(isImage);
-  if (!images.length) return;
+  const skipped = skippedText([...files].filter((file) => !isImage(file)));
   const status = $("#analyze-status");
+  if (!images.length) { status.textContent = skipped ? `Nothing to analyze${skipped}` : ""; return; }
   let analyzed = 0;
   let failed = 0;
-  status.textContent = `Analyzing ${images.length} image(s)…`;
+  status.textContent = `Analyzing ${images.length} image(s)…${skipped}`;
   const model = $("#model").value;
   const cards = images.map((file) => {
     const card = el("article", { class: "card result", "aria-busy": "true" }, el("h2", { text: file.name }));
@@ -54,7 +62,7 @@ async function analyzeFiles(files) {
     } finally {
       card.removeAttribute("aria-busy");
       const left = images.length - analyzed - failed;
-      status.textContent = `${analyzed} analyzed, ${failed} failed${left ? `, ${left} to go` : ""}`;
+      status.textContent = `${analyzed} analyzed, ${failed} failed${left ? `, ${left} to go` : ""}${skipped}`;
       $("#download-json").disabled = $("#download-csv").disabled = results.length === 0;
     }
   });

@@ -97,7 +97,15 @@ function filters() {
   return params;
 }
 
+// A tile with no picture: `why` is its alt text (the tile's own text names the image).
+function noPicture(img, why) {
+  img.alt = why;
+  img.classList.add("missing");
+}
+
 async function thumbnail(image, img, load) {
+  // a failed record never decoded: asking for its thumbnail is a 404 (a console error in the browser)
+  if (!image.ok) { noPicture(img, "analysis failed: no picture"); return; }
   const key = `${current.id}/${image.id}`; // image ids are a collection's own (and may come back after a delete)
   try {
     if (!thumbnails.has(key)) {
@@ -107,8 +115,7 @@ async function thumbnail(image, img, load) {
     }
     img.src = thumbnails.get(key);
   } catch {
-    img.alt = "file no longer readable";
-    img.classList.add("missing");
+    noPicture(img, "file no longer readable");
   }
 }
 

@@ -132,8 +132,9 @@ async function showResults(id, total) {
       el("td", { text: quality ? `${quality.score.toFixed(0)} ${quality.level}` : "" }),
       el("td", { text: (quality?.tags || []).map((t) => t.name).join(", ") }));
   });
-  $("#job-results").replaceChildren(table(["#", "Image", "Status", "Top class", "Quality", "Tags"], rows),
-    more ? el("p", { class: "hint", id: "job-results-more", text: `First ${ROWS} of ${total} results: download the CSV for all of them.` }) : null);
+  // replaceChildren, unlike el(), would write a null as the text "null": the hint is passed only when there is one
+  const hint = more ? [el("p", { class: "hint", id: "job-results-more", text: `First ${ROWS} of ${total} results: download the CSV for all of them.` })] : [];
+  $("#job-results").replaceChildren(table(["#", "Image", "Status", "Top class", "Quality", "Tags"], rows), ...hint);
 }
 
 async function act(action) {
