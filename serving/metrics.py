@@ -81,6 +81,13 @@ QUEUE_WAIT = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+BATCH_QUEUE_DEPTH = Gauge(
+    "imgserve_batch_queue_depth",
+    "Items waiting in a model's batch queue for a batch to take them (every placement: where the model runs), summed "
+    "over the node's replicas.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
 INFLIGHT = Gauge(
     "imgserve_inflight_requests", "Requests being handled at the ingress.", ["protocol"], multiprocess_mode="livesum"
 )
@@ -150,9 +157,10 @@ def _alive(pid: int) -> bool:
 
 def forget_dead_processes(directory: str) -> None:
     """Drop the live gauges of processes that are gone (a restarted or scaled-down replica, one killed by the OOM
-    killer): `imgserve_model_info` counted them on, `imgserve_inflight_requests` kept their requests in flight and
-    `imgserve_batch_store_up` their last outage. The renderer shares the writers' process namespace (one machine, or
-    one Ray pod's container); counters and histograms of dead processes stay, as they must."""
+    killer): `imgserve_model_info` counted them on, `imgserve_inflight_requests` and `imgserve_batch_queue_depth`
+    kept their requests in flight and queued, and `imgserve_batch_store_up` their last outage. The renderer shares
+    the writers' process namespace (one machine, or one Ray pod's container); counters and histograms of dead
+    processes stay, as they must."""
     from prometheus_client import multiprocess
 
     for name in os.listdir(directory):

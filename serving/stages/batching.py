@@ -13,9 +13,12 @@ import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from serving.errors import OverloadedError
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,9 +47,13 @@ class BatchQueue(Generic[T, R]):
         batch_wait_timeout_s: float,
         max_concurrent_batches: int = 1,
         max_queued: int | None = None,
+        depth: "Gauge | None" = None,
     ):
         """`max_queued`: items that may wait for a batch; one more is refused with `OverloadedError` (503 /
-        RESOURCE_EXHAUSTED), the way a deployment's `max_queued_requests` sheds load. None: unbounded."""
+        RESOURCE_EXHAUSTED), the way a deployment's `max_queued_requests` sheds load. None: unbounded.
+        `depth`: a gauge (one labelled child) that counts the items waiting for a batch, up as one is queued and
+        down as a batch takes it or it is dropped (`imgserve_batch_queue_depth`)."""
+        self._depth = depth
         self._run_batch = run_batch
         self.max_concurrent_batches = max_concurrent_batches
         self.max_queued = max_queued
@@ -68,17 +75,21 @@ class BatchQueue(Generic[T, R]):
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # A fresh queue and worker per event loop; the worker runs in an empty context, so no request's
             # context variables (Ray's request context, the access log's) leak into other requests' batches.
+            if self._queue is not None and self._worker is not None and self._worker.done():
+                self._count_taken(self._discard(self._queue))  # nothing takes them any more
             self._queue = asyncio.Queue()
             work = self._work(self._queue, asyncio.Semaphore(self.max_concurrent_batches))
             self._worker = loop.create_task(work, context=contextvars.Context())
         if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
-            self._drop_abandoned(self._queue)  # type: ignore[arg-type]
+            self._count_taken(self._drop_abandoned(self._queue))  # type: ignore[arg-type]
             if self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
                 raise OverloadedError(
                     f"server is overloaded: {self.max_queued} items already wait for a batch, retry later"
                 )
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((Queued(item, time.perf_counter(), deadline), future))  # type: ignore[union-attr]
+        if self._depth is not None:
+            self._depth.inc()
         if self._closed:  # a caller that held the stage before it was closed: served, then the worker ends
             self._queue.put_nowait(_CLOSED)  # type: ignore[union-attr, arg-type]
         return await future
@@ -91,18 +102,36 @@ class BatchQueue(Generic[T, R]):
         if self._queue is not None and self._worker is not None and not self._worker.done():
             self._queue.put_nowait(_CLOSED)  # type: ignore[arg-type]
 
+    def _count_taken(self, items: int) -> None:
+        """`items` left the queue (taken into a batch, dropped): the depth gauge goes down by as many."""
+        if self._depth is not None and items:
+            self._depth.dec(items)
+
     @staticmethod
-    def _drop_abandoned(queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> None:
+    def _discard(queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> int:
+        """Empty a queue no worker reads any more; the number of items (not close markers) it held."""
+        items = 0
+        while not queue.empty():
+            items += queue.get_nowait() is not _CLOSED
+        return items
+
+    @staticmethod
+    def _drop_abandoned(queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> int:
         """Take out items whose callers gave up (a cancelled request: its future is cancelled). They would sit in
         the queue until a batch collects them and skips them, and meanwhile count against `max_queued`, refusing
-        live requests while nothing is waiting. Order is kept. Runs only when the queue is at its bound."""
+        live requests while nothing is waiting. Order is kept. Runs only when the queue is at its bound. Returns
+        how many were taken out."""
         live = []
+        dropped = 0
         while not queue.empty():
             entry = queue.get_nowait()
             if entry is _CLOSED or not entry[1].cancelled():
                 live.append(entry)
+            else:
+                dropped += 1
         for entry in live:
             queue.put_nowait(entry)
+        return dropped
 
     async def _collect(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> list[Any] | None:
         """The next batch; None once closed with nothing left."""
@@ -111,6 +140,7 @@ class BatchQueue(Generic[T, R]):
             if queue.empty():
                 return None
             first = queue.get_nowait()
+        self._count_taken(1)
         batch = [first]
         deadline = time.perf_counter() + self.batch_wait_timeout_s
         while len(batch) < self.max_batch_size:
@@ -128,6 +158,7 @@ class BatchQueue(Generic[T, R]):
                 queue.put_nowait(item)
                 break
             batch.append(item)
+            self._count_taken(1)
         return batch
 
     async def _work(

@@ -15,7 +15,7 @@ from serving.backends import load_backend
 from serving.config.model_config import BatchingConfig
 from serving.config.model_entry import ModelEntry
 from serving.errors import InvalidTensorError
-from serving.metrics import BATCH_FILL, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
+from serving.metrics import BATCH_FILL, BATCH_QUEUE_DEPTH, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
 from serving.stages.batching import BatchQueue, Queued
 from serving.stages.concurrency import stage_thread
 from serving.stages.pipeline import ModelResult
@@ -50,7 +50,10 @@ class ModelStage:
         self.input_dtype = entry.config.input.numpy_dtype
         self.batching = entry.config.batching
         self._queue: BatchQueue[np.ndarray, ModelResult] = BatchQueue(
-            self._execute, self.batching.max_batch_size, self.batching.batch_wait_timeout_ms / 1000.0
+            self._execute,
+            self.batching.max_batch_size,
+            self.batching.batch_wait_timeout_ms / 1000.0,
+            depth=BATCH_QUEUE_DEPTH.labels(entry.name),
         )
         if batching:
             self.reconfigure({"batching": batching})
