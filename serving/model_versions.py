@@ -23,10 +23,12 @@ trained later under that name goes on from there. The folder is hidden: never li
 tenant erasure removes the tenant's lines.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +43,7 @@ POLICY_FILE = "versions.yaml"
 METRICS_FILE = "metrics.json"  # what a training job measured for the version (serving.training.registry)
 RETIRED_FILE = ".deleted_versions"  # numbers of the versions deleted from a model folder, one a line
 RETIRED_MODELS_DIR = ".retired-models"  # beside the model folders: the highest number of each removed model folder
+RECORDS_LOCK = ".lock"  # in RETIRED_MODELS_DIR: appends and erasure's rewrites one at a time
 # a version a client names (a canary to start, a version to delete): a version folder's name, 1 to 999,999,999
 VERSION_NAME = r"^[1-9][0-9]{0,8}$"
 
@@ -199,16 +202,36 @@ def record_removed_model(root: Path, tenant: str, taken: Iterable[str] = ()) -> 
         return
     record = _removed_model_record(root)
     record.parent.mkdir(parents=True, exist_ok=True)
-    with open(record, "a", encoding="utf-8") as out:
+    with _records_locked(record.parent), open(record, "a", encoding="utf-8") as out:
         out.write(json.dumps({"highest": highest, "tenant": tenant}) + "\n")
+
+
+@contextlib.contextmanager
+def _records_locked(folder: Path) -> Iterator[None]:
+    """An exclusive `flock` on the removed models' records (`<folder>/.lock`), for an append (a deletion, on any
+    replica) and for tenant erasure's rewrite, which would otherwise drop a line appended between its read and its
+    replace. Its own lock, not the trained-models folder's: erasure (the CLI) never waits on a registration."""
+    fd = os.open(folder / RECORDS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def forget_removed_models(trained_models: Path, tenant: str) -> list[str]:
     """Tenant erasure: drop `tenant`'s lines from the removed models' records (a record left empty goes); returns
     the names whose record changed."""
     folder = trained_models / RETIRED_MODELS_DIR
+    if not folder.is_dir():
+        return []
+    with _records_locked(folder):
+        return _forget_tenant_lines(folder, tenant)
+
+
+def _forget_tenant_lines(folder: Path, tenant: str) -> list[str]:
     changed = []
-    for record in sorted(folder.iterdir()) if folder.is_dir() else []:
+    for record in sorted(r for r in folder.iterdir() if not r.name.startswith(".")):
         lines = _removed_model_lines(record)
         kept = [entry for entry in lines if entry.get("tenant") != tenant]
         if len(kept) == len(lines):

@@ -26,9 +26,9 @@ from serving.model_versions import (
 from serving.repository import UnknownModelError
 from serving.security.principal import Principal
 from serving.service import InferenceService
+from serving.trained_models_lock import TrainedModelsLock
 from serving.training.deletion import delete_model as delete_trained_model
 from serving.training.deletion import delete_version as delete_trained_version
-from serving.training.folder_lock import TrainedModelsLock
 from serving.training.service import TrainingService
 
 router = APIRouter(tags=["model control"])

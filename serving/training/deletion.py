@@ -5,7 +5,7 @@ version the model serves or tries as a canary, by its version policy or in this 
 first), and for one whose training job has not finished (its rerun would register it again). The check and the
 removal run under the replica's model lock, as a promotion, a canary call, the model poll and a training job's
 registration do, so none of them can serve the version while it goes, and under the trained-models folder's lock
-(`serving.training.folder_lock`), as another replica's promotions and registrations are; a promotion that takes
+(`serving.trained_models_lock`), as another replica's promotions and registrations are; a promotion that takes
 neither (an operator's edit of `versions.yaml`) is caught by a second check once the folder is out of reach. Its
 number is retired before its folder goes (`serving.model_versions.retire_version`): the model's next version never
 takes it. A model left with no version
@@ -38,7 +38,7 @@ from serving.model_control import unload_unlocked
 from serving.model_versions import VERSION_NAME, read_metrics, record_removed_model, retire_version, scan_model_folder
 from serving.repository import UnknownModelError, is_folder_name
 from serving.service import InferenceService
-from serving.training.folder_lock import TrainedModelsLock
+from serving.trained_models_lock import TrainedModelsLock
 from serving.training.registry import model_policy
 from serving.training.store import TrainingJobNotFoundError, TrainingStore
 

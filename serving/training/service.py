@@ -29,6 +29,7 @@ from serving.jobs.tenant_erasure import remove_versions
 from serving.model_versions import VersionPolicy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
+from serving.trained_models_lock import TrainedModelsLock
 from serving.training.compare import Comparison, compare_with_served, decide_promotion
 from serving.training.dataset import (
     LabelledImage,
@@ -42,7 +43,6 @@ from serving.training.dataset import (
 )
 from serving.training.deletion import forget_if_removed
 from serving.training.features import FeatureCache, embed_images
-from serving.training.folder_lock import TrainedModelsLock
 from serving.training.registry import (
     TrainingRecipe,
     model_policy,

@@ -89,10 +89,13 @@ def test_tenant_erasure_removes_the_tenants_number_records(world: dict[str, Any]
     versioned_copy(service.repository.settings.model_repository / "tiny", other, "1")
     store.record_version("other", "1", _job(store, "globex", "other", "completed", "1"), ["a"], {}, False)
     asyncio.run(deletion.delete_model(service, store, "other", "globex"))
-    assert sorted(p.name for p in (trained / RETIRED_MODELS_DIR).iterdir()) == ["other", "parcels"]
+    assert sorted(p.name for p in (trained / RETIRED_MODELS_DIR).iterdir() if not p.name.startswith(".")) == [
+        "other",
+        "parcels",
+    ]
     report = erase_tenant(world["engine"], None, trained, "acme", AuditEntry(action="tenant.erase"))
     assert report.retired_model_records == 1
-    assert sorted(p.name for p in (trained / RETIRED_MODELS_DIR).iterdir()) == ["other"]
+    assert sorted(p.name for p in (trained / RETIRED_MODELS_DIR).iterdir() if not p.name.startswith(".")) == ["other"]
     assert "acme" not in (trained / RETIRED_MODELS_DIR / "other").read_text()
     assert next_version(trained / "parcels") == "1" and next_version(trained / "other") == "2"
 
@@ -181,3 +184,24 @@ def test_a_version_removed_by_an_erasure_stops_being_served_here_at_once(world: 
     with pytest.raises(UnknownModelError):
         service.served_entry("parcels")
     assert "parcels" not in _names(world)
+
+
+def test_erasure_rewrite_and_a_deletions_append_of_the_records_take_turns(tmp_path: Path) -> None:
+    """Tenant erasure rewrites `.retired-models/<name>` (read, filter, replace): a line another replica appended in
+    between was lost, and that name's numbers could be given again. Both hold the records' own lock."""
+    import threading
+
+    from serving.model_versions import RETIRED_MODELS_DIR, _records_locked, forget_removed_models, record_removed_model
+
+    (tmp_path / "cats" / "3").mkdir(parents=True)
+    record_removed_model(tmp_path / "cats", "tenant-a")
+    appended = threading.Event()
+    with _records_locked(tmp_path / RETIRED_MODELS_DIR):  # as erasure between its read and its replace
+        worker = threading.Thread(target=lambda: (record_removed_model(tmp_path / "cats", "tenant-b"), appended.set()))
+        worker.start()
+        assert not appended.wait(0.3)  # the append waits for the lock
+    worker.join(5)
+    assert appended.is_set()
+    assert forget_removed_models(tmp_path, "tenant-a") == ["cats"]
+    lines = (tmp_path / RETIRED_MODELS_DIR / "cats").read_text().splitlines()
+    assert [json.loads(line)["tenant"] for line in lines] == ["tenant-b"]

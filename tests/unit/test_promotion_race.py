@@ -4,7 +4,7 @@ served version: the one registered second (the higher number), which was compare
 Were: each replica's model lock is its own (an asyncio lock), so both read version 1 as served, both pinned it, each
 registered its own number and each promoted its own: the model ended on whichever wrote its policy last, and either
 job could have put back the version the other had just promoted. Registration and promotion now also hold the
-trained-models folder's lock (`serving.training.folder_lock`), a real `flock` taken here by two threads, each a
+trained-models folder's lock (`serving.trained_models_lock`), a real `flock` taken here by two threads, each a
 replica with its own event loop and model lock, sharing one trained-models folder and one job database."""
 
 import asyncio
@@ -20,7 +20,7 @@ import pytest
 
 import serving.training.service as training_service
 from serving.model_versions import read_policy
-from serving.training.folder_lock import TrainedModelsLock
+from serving.trained_models_lock import TrainedModelsLock
 from serving.training.service import TrainingRequest, TrainingService
 from tests.paths import PROJECT_ROOT
 from tests.unit.test_training_runs import OWNER, World, _register_one
@@ -89,7 +89,7 @@ def test_the_lock_excludes_another_process_and_is_freed_when_it_exits(tmp_path: 
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from serving.training.folder_lock import TrainedModelsLock\n"
+            "import sys, time; from pathlib import Path; from serving.trained_models_lock import TrainedModelsLock\n"
             "with TrainedModelsLock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.readline()",
             str(tmp_path),
         ],
