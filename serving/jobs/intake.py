@@ -13,6 +13,7 @@ from typing import BinaryIO, Literal
 
 from serving.errors import BadRequestError
 from serving.jobs.archives import ArchiveLimits, ExpansionBudget, is_skipped_entry, read_archive
+from serving.jobs.errors import JobStoreUnavailableError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import NewItem
 from serving.jobs.settings import JobSettings
@@ -103,6 +104,10 @@ class Intake:
             for data in entries:
                 if hashlib.sha256(data).hexdigest() in missing:
                     missing.discard(self.objects.store_again(data))
+        if missing:  # not found in the request again: its rows would name objects that are gone
+            raise JobStoreUnavailableError(
+                f"{len(missing)} stored inputs of this request were removed while it was taken in; send it again"
+            )
 
     def _image(self, part: InputPart) -> NewItem:
         assert part.file is not None

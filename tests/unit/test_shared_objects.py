@@ -257,3 +257,24 @@ def test_a_new_jobs_inputs_are_in_the_store_when_its_items_can_be_claimed(
     sa.event.listen(engine, "commit", lambda conn: at_commit.append(not objects.missing([_digest(photo)])))
     JobStore(engine).create_job(SPEC, items, ensure_stored=lambda digests: intake.ensure_stored(parts, digests))
     assert at_commit == [True]
+
+
+def test_an_input_that_cannot_be_stored_again_refuses_the_request(tmp_path: Path) -> None:
+    """A deleter removed an object the request stored, and the request's parts no longer give those bytes: its rows
+    would name a missing object, so the submission is refused as retryable (503) instead of committed."""
+    from serving.jobs.errors import JobStoreUnavailableError
+    from serving.jobs.intake import InputPart, Intake
+    from serving.jobs.objects import ObjectStore
+    from serving.jobs.settings import JobSettings
+
+    settings = JobSettings(database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", object_store=str(tmp_path / "o"))
+    intake = Intake(ObjectStore(settings.object_store), settings, "default")
+    part = InputPart("image", "a.jpg", io.BytesIO(b"the bytes as stored"))
+    (item,) = intake.items([part])
+    intake.objects.delete(item.source)
+    intake.ensure_stored([part], [item.source])  # read again from the request: stored again
+    assert not intake.objects.missing([item.source])
+    intake.objects.delete(item.source)
+    changed = InputPart("image", "a.jpg", io.BytesIO(b"other bytes"))
+    with pytest.raises(JobStoreUnavailableError, match="send it again"):
+        intake.ensure_stored([changed], [item.source])
