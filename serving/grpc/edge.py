@@ -52,13 +52,17 @@ def status_details(message: str) -> str:
     return encoded[: DETAILS_BYTES - 3].decode(errors="ignore") + "\u2026"
 
 
+def invocation_values(context: Any, name: str, limit: int = 128) -> list[str]:
+    """Every value of a request metadata key, in order (each at most `limit` characters)."""
+    metadata = getattr(context, "invocation_metadata", None)
+    entries = (metadata() if callable(metadata) else None) or ()
+    return [value[:limit] for key, value in entries if key == name and isinstance(value, str)]
+
+
 def invocation_value(context: Any, name: str, limit: int = 128) -> str | None:
     """A request metadata value (the first one, at most `limit` characters), or None."""
-    metadata = getattr(context, "invocation_metadata", None)
-    for key, value in (metadata() if callable(metadata) else None) or ():
-        if key == name and isinstance(value, str):
-            return value[:limit] or None
-    return None
+    values = invocation_values(context, name, limit)
+    return values[0] or None if values else None
 
 
 def client_request_id(context: Any) -> str | None:
@@ -79,7 +83,7 @@ def peer_address(context: Any) -> str | None:
 async def admit(endpoint: str, context: Any, rate: bool = True) -> None:
     """The security gate for an RPC (serving.security.gate): raises 401/403/429 errors, mapped like any other."""
     await replica_gate().admit(
-        invocation_value(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint, rate
+        invocation_values(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint, rate
     )
 
 

@@ -1,7 +1,8 @@
 """ASGI middleware: every HTTP request and WebSocket connection passes the security gate (serving.security.gate)
 before any work.
 
-Open: the liveness/readiness probes. A refused request gets imgserve's JSON error body: 401 (with
+Open: the liveness/readiness probes. A request with more than one `Authorization` header is refused (401). A refused
+request gets imgserve's JSON error body: 401 (with
 `WWW-Authenticate: Bearer`), 403, or 429 with `Retry-After`; a refused WebSocket handshake is closed with code 1008
 (policy violation; the server answers the upgrade with 403). The admitted caller is then
 `serving.security.gate.current_principal()` for the rest of the request. Other scopes (lifespan) carry no request.
@@ -10,7 +11,7 @@ Open: the liveness/readiness probes. A refused request gets imgserve's JSON erro
 from typing import Any
 
 from serving.errors import retry_after_value
-from serving.http.middleware import Receive, Scope, Send, request_header, route_template, send_json_error
+from serving.http.middleware import Receive, Scope, Send, request_header_values, route_template, send_json_error
 from serving.metrics import ERRORS
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
@@ -45,7 +46,7 @@ class AuthMiddleware:
         role = http_role("GET" if websocket else scope.get("method", "GET"), path)  # a handshake is a GET
         try:
             await self.gate.admit(
-                request_header(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
+                request_header_values(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             ERRORS.labels(route_template(scope), error.kind).inc()  # every error, as the routes count theirs

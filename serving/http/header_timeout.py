@@ -89,6 +89,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self.parser.should_upgrade() and self._should_upgrade():
+            # a WebSocket handshake: uvicorn hands the connection to its WebSocket protocol, no cycle was made
+            # (setting the cork on none failed inside the parser: every upgrade got a plain-text 400)
+            return
         self.cycle.transport = ResponseHeadCork(self.transport, self.loop)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -300,6 +300,11 @@ def request_header(scope: Scope, name: bytes, limit: int = 128) -> str | None:
     return None
 
 
+def request_header_values(scope: Scope, name: bytes, limit: int = 128) -> list[str]:
+    """Every value of a request header, in order (each at most `limit` characters; latin-1 as ASGI sends them)."""
+    return [value.decode("latin-1")[:limit] for key, value in scope.get("headers") or () if key.lower() == name]
+
+
 def route_template(scope: Scope) -> str:
     """The endpoint label of a request: its route's template, also for a request answered before routing (a refused
     key, a shed request), found by matching the app's routes; "unmatched" when no route matches."""

@@ -33,6 +33,19 @@ JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 CACHE_ENTRIES = 10_000
 
 
+def one_authorization(values: list[str]) -> str | None:
+    """The request's one `Authorization` header (or gRPC `authorization` metadata entry); None when it has none.
+    Two or more are refused: servers, proxies and frameworks disagree on which one counts (the first, the last, or
+    all joined with commas), so a request must not pass on whichever this server happens to read (a second key, or
+    garbage, behind a valid one was ignored)."""
+    if len(values) > 1:
+        raise UnauthenticatedError(
+            f"ambiguous credentials: {len(values)} Authorization headers were sent; send exactly one "
+            "'Authorization: Bearer <api key or JWT>'"
+        )
+    return values[0] if values else None
+
+
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise UnauthenticatedError("missing credentials: send 'Authorization: Bearer <api key or JWT>'")

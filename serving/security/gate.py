@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from serving.errors import ServiceError, classify_error, unwrap
 from serving.security.audit import AuditEntry, AuditWriter
-from serving.security.authenticator import Authenticator
+from serving.security.authenticator import Authenticator, one_authorization
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.limits import RateLimiter, UsageMeter
 from serving.security.principal import ANONYMOUS, Principal, Role
@@ -80,9 +80,15 @@ class SecurityGate:
             self._refused(original, client, endpoint, CURRENT_PRINCIPAL.get())
 
     async def admit(
-        self, authorization: str | None, client: str | None, role: Role | None, endpoint: str, rate: bool = True
+        self,
+        authorization: str | list[str] | None,
+        client: str | None,
+        role: Role | None,
+        endpoint: str,
+        rate: bool = True,
     ) -> Principal:
-        """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited). `rate=False`
+        """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited). `authorization`:
+        the request's header value, or every value it sent (the edges pass all: more than one is a 401). `rate=False`
         (a gRPC stream opening) checks the key and role without spending a request of the rate limit: each of
         the stream's messages is admitted as a request of its own."""
         if role is None:
@@ -93,7 +99,8 @@ class SecurityGate:
         assert self.authenticator is not None and self.limiter is not None
         principal: Principal | None = None
         try:
-            principal = await self.authenticator.authenticate(authorization)
+            credentials = one_authorization(authorization) if isinstance(authorization, list) else authorization
+            principal = await self.authenticator.authenticate(credentials)
             if not principal.has(role):
                 raise PermissionDeniedError(f"this key's role ({principal.role}) cannot do this; it needs {role}")
             if rate:
