@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from serving.collections.storable import local_path, storable_location, storable_text
 from serving.hidden_names import is_hidden_part, is_hidden_path
 from serving.jobs.archives import TAR_NAMES
+from serving.jobs.errors import storage_client_errors, storage_error_text
 from serving.regular_files import is_regular_file, open_regular_file
 
 IMAGE_EXTENSIONS = frozenset(
@@ -149,26 +150,9 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
     `prefix`), a single file or archive by its own name."""
     if is_uri(source):
         try:
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(source)
-        except (ImportError, ValueError) as exc:
-            raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
-        protocol = _protocol(fs)
-        if fs.isfile(path):
-            name, state = storable_text(posixpath.basename(path)), _object_state(fs.info(path))
-            yield from _expand_file(name, _uri_location(protocol, path), state)
-            return
-        base = path.rstrip("/")
-        found = fs.find(base, detail=True)  # the listing's own sizes and times: no request per object
-        if not found and not fs.isdir(base):
-            raise SourceError(f"{source}: no such object or prefix")
-        for found_path in sorted(found):
-            relative = storable_text(posixpath.relpath(found_path, base))
-            if is_hidden_path(relative):
-                continue
-            state = _object_state(found[found_path])
-            yield from _expand_file(prefix + relative, _uri_location(protocol, found_path), state)
+            yield from _expand_uri(source, prefix)
+        except storage_client_errors() as exc:  # no credentials for the store: not an OSError, was a 500/traceback
+            raise SourceError(f"{source}: cannot be listed: {storage_error_text(exc)}") from None
         return
     if os.path.isdir(source):
         for path in _local_files(source):
@@ -179,6 +163,31 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
         yield from _expand_file(storable_text(os.path.basename(source)), source, _local_state(source))
         return
     raise SourceError(f"{source}: no such file or folder")
+
+
+def _expand_uri(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
+    """`_expand` of an fsspec URI: one object (or archive), or every object under a prefix."""
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(source)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
+    protocol = _protocol(fs)
+    if fs.isfile(path):
+        name, state = storable_text(posixpath.basename(path)), _object_state(fs.info(path))
+        yield from _expand_file(name, _uri_location(protocol, path), state)
+        return
+    base = path.rstrip("/")
+    found = fs.find(base, detail=True)  # the listing's own sizes and times: no request per object
+    if not found and not fs.isdir(base):
+        raise SourceError(f"{source}: no such object or prefix")
+    for found_path in sorted(found):
+        relative = storable_text(posixpath.relpath(found_path, base))
+        if is_hidden_path(relative):
+            continue
+        state = _object_state(found[found_path])
+        yield from _expand_file(prefix + relative, _uri_location(protocol, found_path), state)
 
 
 def _protocol(fs: Any) -> str:

@@ -1,6 +1,18 @@
 """Errors of the batch-job API; service errors, so the HTTP edge answers them as JSON with their status."""
 
+import functools
+import importlib
+
 from serving.errors import ServiceError
+
+# What the object-store clients raise, beside OSError, for a location they cannot use: botocore's BotoCoreError
+# (NoCredentialsError, PartialCredentialsError, ...) and an untranslated ClientError, google.auth's GoogleAuthError
+# (DefaultCredentialsError, RefreshError) and gcsfs's HttpError. None is an OSError: they were internal errors (500).
+_STORAGE_CLIENT_ERRORS = {
+    "botocore.exceptions": ("BotoCoreError", "ClientError"),
+    "google.auth.exceptions": ("GoogleAuthError",),
+    "gcsfs.retry": ("HttpError",),
+}
 
 
 class JobNotFoundError(ServiceError):
@@ -69,3 +81,28 @@ class ImageNotFoundError(ServiceError):
     http_status = 404
     grpc_code = "NOT_FOUND"
     kind = "unknown_image"
+
+
+@functools.cache
+def storage_client_errors() -> tuple[type[Exception], ...]:
+    """The exception classes of the installed object-store clients that mean "this location cannot be used" (no or
+    wrong credentials, a refused request); imported on the first failure, so a server without s3fs / gcsfs never
+    loads them. Use as `except storage_client_errors() as exc` (evaluated only when an exception is matched)."""
+    found: list[type[Exception]] = []
+    for module_name, names in _STORAGE_CLIENT_ERRORS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.extend(getattr(module, name) for name in names if hasattr(module, name))
+    return tuple(found)
+
+
+def storage_error_text(exc: BaseException) -> str:
+    """A client-facing reason for an object-store failure: what the client raised and its message, with a hint when
+    the server has no credentials for the store (the first thing to check)."""
+    name = type(exc).__name__
+    text = f"{name}: {exc}" if str(exc) else name
+    if "Credentials" in name or "credentials" in str(exc).lower():
+        return f"{text} (the server has no usable credentials for this object store)"
+    return text

@@ -6,14 +6,26 @@ bucket, the server's own input store) and overwrite another tenant's exports. IM
 URI prefixes (folders: `s3://exports/{tenant}` covers `s3://exports/acme/...`, never `s3://exports/acme2/...`),
 `{tenant}` standing for the job's tenant. Unset, the `default` tenant (a server without tenants: no keys, or keys
 without one) may name any location, as before there was a setting, and every other tenant none.
+
+Each read or write of one object is bounded by IMGSERVE_REMOTE_TIMEOUT_S, the storage client's own retries included:
+gcsfs retries an unreachable host six times with backoff (about 49 s per item, during which the tenant's next job
+waited), botocore's defaults allow minutes; past the bound the item fails (`unreadable_input` / `unwritable_output`).
 """
 
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from serving.jobs.errors import UriNotAllowedError
 from serving.security.principal import DEFAULT_TENANT, check_tenant
 
+logger = logging.getLogger("imgserve.jobs")
 ANY_REMOTE = "*"
+REMOTE_TIMEOUT_ENV = "IMGSERVE_REMOTE_TIMEOUT_S"
+DEFAULT_REMOTE_TIMEOUT_S = 20.0
+MAX_REMOTE_TIMEOUT_S = 3600.0
 TENANT_PLACEHOLDER = "{tenant}"
 _SCHEME_ALIASES = {"gcs": "gs"}
 
@@ -76,3 +88,67 @@ class RemoteAccess:
 
 def _under(location: str, folder: str) -> bool:
     return location == folder or location.startswith(folder + "/")
+
+
+def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """IMGSERVE_REMOTE_TIMEOUT_S: the longest one s3:// / gs:// object read or write may take, every retry of the
+    storage client included (default 20 s). A value that is not a number of seconds in (0, 3600] is logged and the
+    default used: an item must not fail for the server's setting."""
+    raw = (os.environ if env is None else env).get(REMOTE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REMOTE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_REMOTE_TIMEOUT_S:
+        logger.warning(
+            "%s=%r is not seconds in (0, %g]; using %g",
+            REMOTE_TIMEOUT_ENV,
+            raw,
+            MAX_REMOTE_TIMEOUT_S,
+            DEFAULT_REMOTE_TIMEOUT_S,
+        )
+        return DEFAULT_REMOTE_TIMEOUT_S
+    return value
+
+
+def _bounded(filesystem: Any, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`await call(*args)` on the loop of an async fsspec filesystem (s3fs, gcsfs), cancelled after
+    `remote_timeout_s` with a TimeoutError (an OSError) that names the setting."""
+    from fsspec.asyn import sync
+    from fsspec.exceptions import FSTimeoutError
+
+    timeout = remote_timeout_s()
+    try:
+        return sync(filesystem.loop, call, *args, timeout=timeout)
+    except FSTimeoutError:
+        raise TimeoutError(f"no answer from the object store within {timeout:g} s ({REMOTE_TIMEOUT_ENV})") from None
+
+
+def read_remote(filesystem: Any, path: str, max_bytes: int) -> bytes:
+    """The first `max_bytes` + 1 bytes of the object at `path` (enough to tell it is too large); for an async
+    filesystem in one bounded call: its size, then that range (S3 refuses a range of an empty object: none asked)."""
+    from fsspec.asyn import AsyncFileSystem
+
+    if not isinstance(filesystem, AsyncFileSystem):
+        with filesystem.open(path, "rb") as handle:
+            return bytes(handle.read(max_bytes + 1))
+
+    async def read() -> bytes:
+        if (await filesystem._info(path)).get("size") == 0:
+            return b""
+        return bytes(await filesystem._cat_file(path, start=0, end=max_bytes + 1))
+
+    return bytes(_bounded(filesystem, read))
+
+
+def write_remote(filesystem: Any, path: str, data: bytes) -> None:
+    """Write `data` as the object at `path`; for an async filesystem in one bounded call."""
+    from fsspec.asyn import AsyncFileSystem
+
+    if not isinstance(filesystem, AsyncFileSystem):
+        with filesystem.open(path, "wb") as handle:
+            handle.write(data)
+        return
+    _bounded(filesystem, filesystem._pipe_file, path, data)

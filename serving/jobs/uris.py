@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from serving.errors import BadRequestError
-from serving.jobs.errors import ItemInputError, UriNotAllowedError
-from serving.jobs.remote_access import RemoteAccess
+from serving.jobs.errors import ItemInputError, UriNotAllowedError, storage_client_errors, storage_error_text
+from serving.jobs.remote_access import RemoteAccess, read_remote, write_remote
 from serving.regular_files import NotARegularFileError, open_regular_file
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -111,12 +111,13 @@ def write_output(
             temporary.write_bytes(data)
             os.replace(temporary, target)
         else:
-            with filesystem.open(path, "wb") as handle:
-                handle.write(data)
+            write_remote(filesystem, path, data)
     except (UriNotAllowedError, BadRequestError) as exc:
         raise ItemInputError("forbidden_uri", str(exc)) from None
     except OSError as exc:
         raise ItemInputError("unwritable_output", f"cannot write {uri!r}: {exc}") from None
+    except storage_client_errors() as exc:  # no credentials for the store: not an OSError
+        raise ItemInputError("unwritable_output", f"cannot write {uri!r}: {storage_error_text(exc)}") from None
     return uri
 
 
@@ -173,6 +174,8 @@ def remove_named_output(
         return True
     except (UriNotAllowedError, BadRequestError, OSError):  # FileNotFoundError included: nothing left to remove
         return False
+    except storage_client_errors():  # no credentials: the write there failed too
+        return False
 
 
 def _read_local(path: Path, max_bytes: int) -> bytes:
@@ -194,14 +197,16 @@ def read_uri(uri: str, allowed_root: Path | None, max_bytes: int, remote: Remote
             check_uri(uri, allowed_root, remote)
             import fsspec
 
-            with fsspec.open(uri, "rb") as handle:
-                data = handle.read(max_bytes + 1)
+            filesystem, path = fsspec.core.url_to_fs(uri)
+            data = read_remote(filesystem, path, max_bytes)
     except (UriNotAllowedError, BadRequestError) as exc:
         raise ItemInputError("forbidden_uri", str(exc)) from None
     except FileNotFoundError:
         raise ItemInputError("missing_input", f"{uri!r} does not exist") from None
     except OSError as exc:
         raise ItemInputError("unreadable_input", f"cannot read {uri!r}: {exc}") from None
+    except storage_client_errors() as exc:  # no credentials for the store: not an OSError
+        raise ItemInputError("unreadable_input", f"cannot read {uri!r}: {storage_error_text(exc)}") from None
     if len(data) > max_bytes:
         raise ItemInputError("too_large", f"{uri!r} is larger than {max_bytes} bytes")
     return data

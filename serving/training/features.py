@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.config.model_entry import ModelEntry
-from serving.errors import classify_error, internal_detail, unwrap
+from serving.errors import BadRequestError, classify_error, internal_detail
 from serving.jobs.errors import ItemInputError
 from serving.npy_lock import NPY_READ
 from serving.service import InferenceService
@@ -55,6 +55,19 @@ class FeatureCache:
         tmp.replace(path)
 
 
+def embedding_backbone(service: InferenceService, name: str) -> ModelEntry:
+    """The served embedding model `name` to train on: 404 for an unknown model; 400 for a model of another task,
+    told before whether this server can run it (a classifier whose weights are missing is the client's mistake,
+    not a 503); 503 for an embedding model that is not available here."""
+    entry = service.loaded_entry(name)
+    if entry.config.task != "embedding":
+        raise BadRequestError(
+            f"backbone '{name}' is not an embedding model (its task is {entry.config.task}): name a model whose task"
+            " is embedding (GET /v1/models lists each model's task)"
+        )
+    return service.served_entry(name)
+
+
 def read_error(exc: Exception) -> str:
     """Why an image could not be read, as the job's result tells the client: an OSError's reason without its path
     (a server path: the object store, a resolved link), anything else as it reads (a corrupt archive member, the
@@ -69,12 +82,13 @@ def read_error(exc: Exception) -> str:
 
 def model_error(exc: Exception) -> str:
     """Why an image could not be run through the backbone, as the job's result tells the client: the error's own
-    message (not an image, too large, overloaded); an internal error's text (paths, Ray addresses) only in the log."""
+    message (not an image, too large, overloaded) after its kind, as a batch item's error reads (`unsupported_format:
+    ...`, not the Python class name); an internal error's text (paths, Ray addresses) only in the log."""
     info = classify_error(exc)
     if info.kind == "internal":
         logger.warning("training image failed: %s", internal_detail(exc))
-        return f"{type(unwrap(exc)).__name__}: internal error, see the server log"
-    return f"{type(unwrap(exc)).__name__}: {info.message}"
+        return "internal: internal error, see the server log"
+    return f"{info.kind}: {info.message}"
 
 
 class FeatureResult:

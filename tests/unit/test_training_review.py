@@ -274,8 +274,8 @@ def test_why_an_image_was_left_out_names_no_server_path_or_address(tmp_path: Pat
     result = asyncio.run(embed_images(service, backbone, images, cache, read))  # type: ignore[arg-type]
     assert result.errors == {
         "a/0.jpg": "unreadable: Permission denied",
-        "a/1.jpg": "InvalidImageError: cannot identify image file",
-        "b/0.jpg": "RuntimeError: internal error, see the server log",
+        "a/1.jpg": "invalid_image: cannot identify image file",
+        "b/0.jpg": "internal: internal error, see the server log",
     }
 
 

@@ -126,6 +126,8 @@ def calibrate(
     thresholds = base or load_thresholds()
     base_version = thresholds.version
     root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root} does not exist" if not root.exists() else f"{root} is not a folder")
     if not (root / "good").is_dir():
         raise ValueError(f"{root} has no good/ folder of photos without defects")
     # hidden folders (.ipynb_checkpoints, .git) are no tag
