@@ -75,12 +75,6 @@ def _looks_like_supported_image(data: bytes) -> bool:
     return data.startswith(_SUPPORTED_SIGNATURES)
 
 
-def decodes_at_full_size(image_format: str | None) -> bool:
-    """Whether a decode of this format builds a full-size buffer (all but JPEG's reduced DCT scales): such images
-    are held to `DecodeLimits.max_full_decode_pixels`."""
-    return image_format not in _REDUCED_DECODE_FORMATS
-
-
 def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Open lazily (header only) and enforce the limits; raises an `ImageInputError` subclass."""
     if not data:
@@ -116,7 +110,7 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
-    if decodes_at_full_size(image.format) and width * height > limits.max_full_decode_pixels:
+    if image.format not in _REDUCED_DECODE_FORMATS and width * height > limits.max_full_decode_pixels:
         raise ImageTooLargeError(
             f"{image.format} image is {width}x{height} = {width * height} pixels; formats decoded at full size are"
             f" limited to {limits.max_full_decode_pixels}"

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from PIL import Image
 
-from pipelines.decode import decodes_at_full_size, open_validated
+from pipelines.decode import open_validated
 from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.camera_facts import complete_camera_facts
@@ -60,36 +60,16 @@ def _guarded(section: str, errors: list[str], read: Callable[[], tuple[T | None,
     return value
 
 
-def header_limits(limits: DecodeLimits) -> DecodeLimits:
-    """The limits a metadata read opens a file with: its bytes, format and header are checked, not its pixel counts.
-    Those gate only the thumbnail decode (`pixels_not_decoded`): headers of huge images are still safe to read. A
-    PNG or TIFF over `max_full_decode_pixels` was refused whole, header and EXIF included."""
-    return dataclasses.replace(limits, max_pixels=sys.maxsize, max_full_decode_pixels=sys.maxsize)
-
-
-def pixels_not_decoded(image: Image.Image, limits: DecodeLimits) -> str | None:
-    """Why the thumbnail of `image` is not decoded (the `pixels` error), or None when it may be."""
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        return f"pixels: {width}x{height} exceeds {limits.max_pixels} pixels; not decoded"
-    if decodes_at_full_size(image.format) and width * height > limits.max_full_decode_pixels:
-        return (
-            f"pixels: {image.format} {width}x{height} exceeds {limits.max_full_decode_pixels} pixels (formats"
-            " decoded at full size); not decoded"
-        )
-    return None
-
-
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
-    return open_validated(data, header_limits(limits))
+    # Pixel limits gate only the thumbnail decode: headers of huge images are still safe to read.
+    return open_validated(data, dataclasses.replace(limits, max_pixels=sys.maxsize))
 
 
 def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bool = True) -> ImageMetadata:
     """Read file, image, EXIF, GPS, XMP, IPTC and (optionally) colour facts from encoded image bytes.
 
     Never raises for bad input: whatever cannot be read is None and explained in `errors`. The only pixels
-    decoded are one thumbnail of at most 128 px (JPEG at reduced DCT scale), skipped beyond `limits.max_pixels`
-    (and, for formats decoded at full size, beyond `limits.max_full_decode_pixels`).
+    decoded are one thumbnail of at most 128 px (JPEG at reduced DCT scale), skipped beyond `limits.max_pixels`.
     """
     limits = limits or DecodeLimits()
     errors: list[str] = []
@@ -113,8 +93,9 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
         completed = _guarded("camera_facts", errors, lambda: (complete_camera_facts(image, exif, xmp), []))
         exif = completed if completed is not None else exif
         thumb = None
-        if (skipped := pixels_not_decoded(image, limits)) is not None:
-            errors.append(skipped)
+        pixels = image.width * image.height
+        if pixels > limits.max_pixels:
+            errors.append(f"pixels: {image.width}x{image.height} exceeds {limits.max_pixels} pixels; not decoded")
         else:
             orientation = info.orientation if info else None
             thumb = _guarded("pixels", errors, lambda: (_thumbnail(image, orientation, errors), []))

@@ -1,12 +1,13 @@
 """The metadata stage: file, EXIF, GPS, XMP, IPTC and colours from the raw bytes (`pipelines.metadata`)."""
 
+import dataclasses
+import sys
 import time
 from typing import Any
 
 from pipelines.decode import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import extract_metadata
-from pipelines.metadata.extract import header_limits
 from serving.metrics import STAGE_LATENCY
 
 
@@ -20,7 +21,7 @@ class MetadataStage:
         start = time.perf_counter()
         # A file that is not a readable image at all is a request error (4xx), like in the other stages;
         # anything less (a broken EXIF block, a huge image) is reported per section inside the result.
-        open_validated(data, header_limits(self.limits)).close()
+        open_validated(data, dataclasses.replace(self.limits, max_pixels=sys.maxsize)).close()
         result = extract_metadata(data, self.limits, colors=self.colors).to_dict()
         STAGE_LATENCY.labels("metadata", "").observe(time.perf_counter() - start)
         return result
