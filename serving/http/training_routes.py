@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from serving.errors import ModelUnavailableError
 from serving.http.dependencies import audit, get_principal, reject_unknown_query
 from serving.security.principal import Principal
-from serving.training.features import embedding_backbone
 from serving.training.service import TrainingRequest, TrainingService
 
 router = APIRouter(prefix="/v1", tags=["training jobs"], dependencies=[Depends(reject_unknown_query)])
@@ -34,7 +33,6 @@ async def submit(
 ) -> JSONResponse:
     """Train a classifier on a labelled dataset (one folder per category); the result is a new version of
     `model`, served when it is promoted (see `promote`). Poll the returned `status_url`."""
-    embedding_backbone(training.service, body.backbone)  # a classifier named as backbone: 400 even when unavailable
     job = await training.submit(body, principal)
     audit(request, principal, "training.create", job.id, {"model": body.model, "dataset": body.dataset})
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/v1/training-jobs/{job.id}"})

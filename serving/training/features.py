@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.config.model_entry import ModelEntry
-from serving.errors import BadRequestError, classify_error, internal_detail
+from serving.errors import BadRequestError, ModelUnavailableError, classify_error, internal_detail
 from serving.jobs.errors import ItemInputError
 from serving.npy_lock import NPY_READ
 from serving.service import InferenceService
@@ -59,13 +59,18 @@ def embedding_backbone(service: InferenceService, name: str) -> ModelEntry:
     """The served embedding model `name` to train on: 404 for an unknown model; 400 for a model of another task,
     told before whether this server can run it (a classifier whose weights are missing is the client's mistake,
     not a 503); 503 for an embedding model that is not available here."""
-    entry = service.loaded_entry(name)
+    try:
+        entry = service.served_entry(name)
+    except ModelUnavailableError:
+        entry = service.loaded_entry(name)  # known here, not servable: a classifier is still the client's mistake
+        if entry.config.task == "embedding":
+            raise
     if entry.config.task != "embedding":
         raise BadRequestError(
             f"backbone '{name}' is not an embedding model (its task is {entry.config.task}): name a model whose task"
             " is embedding (GET /v1/models lists each model's task)"
         )
-    return service.served_entry(name)
+    return entry
 
 
 def read_error(exc: Exception) -> str:

@@ -42,7 +42,7 @@ from serving.training.dataset import (
     without_copies_of_training,
 )
 from serving.training.deletion import forget_if_removed
-from serving.training.features import FeatureCache, embed_images
+from serving.training.features import FeatureCache, embed_images, embedding_backbone
 from serving.training.registry import (
     TrainingRecipe,
     model_policy,
@@ -125,10 +125,7 @@ class TrainingService:
         return TrainingStore(self.jobs.engine)
 
     def _backbone(self, name: str) -> ModelEntry:
-        entry = self.service.served_entry(name)
-        if entry.config.task != "embedding":
-            raise BadRequestError(f"backbone '{name}' is a {entry.config.task} model, not an embedding model")
-        return entry
+        return embedding_backbone(self.service, name)  # after the owner check: another tenant's name is a 403 first
 
     async def submit(self, request: TrainingRequest, principal: Principal) -> TrainingJob:
         existing = self.service.repository.versions.get(request.model)
