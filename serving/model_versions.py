@@ -23,18 +23,18 @@ trained later under that name goes on from there. The folder is hidden: never li
 tenant erasure removes the tenant's lines.
 """
 
-import contextlib
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from serving.trained_models_lock import TrainedModelsLock
 
 if TYPE_CHECKING:
     from serving.config.settings import ServerSettings
@@ -202,21 +202,8 @@ def record_removed_model(root: Path, tenant: str, taken: Iterable[str] = ()) -> 
         return
     record = _removed_model_record(root)
     record.parent.mkdir(parents=True, exist_ok=True)
-    with _records_locked(record.parent), open(record, "a", encoding="utf-8") as out:
+    with _records_lock(record.parent), open(record, "a", encoding="utf-8") as out:
         out.write(json.dumps({"highest": highest, "tenant": tenant}) + "\n")
-
-
-@contextlib.contextmanager
-def _records_locked(folder: Path) -> Iterator[None]:
-    """An exclusive `flock` on the removed models' records (`<folder>/.lock`), for an append (a deletion, on any
-    replica) and for tenant erasure's rewrite, which would otherwise drop a line appended between its read and its
-    replace. Its own lock, not the trained-models folder's: erasure (the CLI) never waits on a registration."""
-    fd = os.open(folder / RECORDS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def forget_removed_models(trained_models: Path, tenant: str) -> list[str]:
@@ -225,8 +212,15 @@ def forget_removed_models(trained_models: Path, tenant: str) -> list[str]:
     folder = trained_models / RETIRED_MODELS_DIR
     if not folder.is_dir():
         return []
-    with _records_locked(folder):
+    with _records_lock(folder):
         return _forget_tenant_lines(folder, tenant)
+
+
+def _records_lock(folder: Path) -> TrainedModelsLock:
+    """An exclusive `flock` on the removed models' records (`<folder>/.lock`), for an append (a deletion, on any
+    replica) and for tenant erasure's rewrite, which would otherwise drop a line appended between its read and its
+    replace. Its own lock, not the trained-models folder's: erasure (the CLI) never waits on a registration."""
+    return TrainedModelsLock(folder, RECORDS_LOCK)
 
 
 def _forget_tenant_lines(folder: Path, tenant: str) -> list[str]:

@@ -27,10 +27,12 @@ WAIT_STEP_S = 0.02  # how often a replica waiting for the lock tries again (the 
 
 
 class TrainedModelsLock:
-    """`async with TrainedModelsLock(trained_models):` (or `with` in a thread of its own): the exclusive lock."""
+    """`async with TrainedModelsLock(trained_models):` (or `with` in a thread of its own): the exclusive lock.
+    `lock_file`: another lock in that folder, for writers that must not wait on this one (the removed models'
+    records, `serving.model_versions`)."""
 
-    def __init__(self, trained_models: Path):
-        self.path = trained_models / LOCK_FILE
+    def __init__(self, trained_models: Path, lock_file: str = LOCK_FILE):
+        self.path = trained_models / lock_file
         self._fd: int | None = None
 
     def _open(self) -> int:

@@ -191,12 +191,12 @@ def test_erasure_rewrite_and_a_deletions_append_of_the_records_take_turns(tmp_pa
     between was lost, and that name's numbers could be given again. Both hold the records' own lock."""
     import threading
 
-    from serving.model_versions import RETIRED_MODELS_DIR, _records_locked, forget_removed_models, record_removed_model
+    from serving.model_versions import RETIRED_MODELS_DIR, _records_lock, forget_removed_models, record_removed_model
 
     (tmp_path / "cats" / "3").mkdir(parents=True)
     record_removed_model(tmp_path / "cats", "tenant-a")
     appended = threading.Event()
-    with _records_locked(tmp_path / RETIRED_MODELS_DIR):  # as erasure between its read and its replace
+    with _records_lock(tmp_path / RETIRED_MODELS_DIR):  # as erasure between its read and its replace
         worker = threading.Thread(target=lambda: (record_removed_model(tmp_path / "cats", "tenant-b"), appended.set()))
         worker.start()
         assert not appended.wait(0.3)  # the append waits for the lock
