@@ -39,7 +39,7 @@ from serving.model_versions import VERSION_NAME, read_metrics, record_removed_mo
 from serving.repository import UnknownModelError, is_folder_name
 from serving.service import InferenceService
 from serving.trained_models_lock import TrainedModelsLock
-from serving.training.registry import model_policy
+from serving.training.registry import model_policy, owned_versions
 from serving.training.store import TrainingJobNotFoundError, TrainingStore
 
 VERSION_PATTERN = re.compile(VERSION_NAME)  # a version folder's name, as a canary's version is checked
@@ -82,10 +82,7 @@ def _trained_model_name(service: InferenceService, model: str) -> bool:
 
 async def _owned_rows(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
     """The model's rows; another tenant's model is unknown (404), as if it did not exist."""
-    rows = await asyncio.to_thread(store.versions, model)
-    if {str(row["tenant"]) for row in rows} - {tenant}:
-        raise UnknownModelError(f"unknown model '{model}'")
-    return rows
+    return await owned_versions(store, model, tenant, UnknownModelError(f"unknown model '{model}'"))
 
 
 async def delete_version(

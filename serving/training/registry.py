@@ -249,10 +249,14 @@ def served_version(root: Path, name: str) -> str | None:
     return served[0] if served else None
 
 
-async def owned_versions(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
-    """The model's recorded versions; refused (403) when another tenant trained any: a new version would replace
-    what the owner's requests are answered by."""
+async def owned_versions(
+    store: TrainingStore, model: str, tenant: str, refusal: Exception | None = None
+) -> list[dict[str, Any]]:
+    """The model's recorded versions; `refusal` raised when another tenant trained any (default 403: a new version
+    would replace what the owner's requests are answered by; a deletion passes a 404, as if it did not exist)."""
     recorded = await asyncio.to_thread(store.versions, model)
     if {str(row["tenant"]) for row in recorded} - {tenant}:
-        raise PermissionDeniedError(f"model '{model}' was trained by another tenant; train yours under another name")
+        raise refusal or PermissionDeniedError(
+            f"model '{model}' was trained by another tenant; train yours under another name"
+        )
     return recorded
