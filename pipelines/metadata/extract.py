@@ -10,7 +10,7 @@ from typing import TypeVar
 from PIL import Image
 
 from pipelines.decode import open_validated
-from pipelines.errors import ImageInputError
+from pipelines.errors import ImageInputError, InvalidImageError
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.camera_facts import complete_camera_facts
 from pipelines.metadata.colors import color_info
@@ -27,6 +27,7 @@ from pipelines.warning_capture import captured_warnings
 
 T = TypeVar("T")
 MAX_MESSAGE_CHARS = 300
+PIXEL_FIELDS_WITHHELD = "phash and colors not computed"
 
 
 @lru_cache(maxsize=1)
@@ -98,7 +99,7 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
             errors.append(f"pixels: {image.width}x{image.height} exceeds {limits.max_pixels} pixels; not decoded")
         else:
             orientation = info.orientation if info else None
-            thumb = _guarded("pixels", errors, lambda: (_thumbnail(image, orientation, errors), []))
+            thumb = _guarded("pixels", errors, lambda: _thumbnail(image, data, orientation, errors))
         hashed = _guarded("phash", errors, lambda: (phash(thumb.image), [])) if thumb else None
         stats = _guarded("colors", errors, lambda: _colors(thumb)) if thumb and colors else None
         file = FileInfo(size_bytes=size, sha256=digest, format=image.format, mime=mime_type(image), phash=hashed)
@@ -110,8 +111,15 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
     )
 
 
-def _thumbnail(image: Image.Image, orientation: int | None, errors: list[str]) -> Thumbnail:
-    return upright_thumbnail(image, orientation, is_heif(image), errors)
+def _thumbnail(
+    image: Image.Image, data: bytes, orientation: int | None, errors: list[str]
+) -> tuple[Thumbnail | None, list[str]]:
+    """The thumbnail, or none where the JPEG data is damaged: libjpeg would fill what it lost with grey, and the
+    phash and colours of grey are not the photo's. Said in the decoders' words (their 400 `invalid_image`)."""
+    try:
+        return upright_thumbnail(image, data, orientation, is_heif(image), errors), []
+    except InvalidImageError as exc:
+        return None, [_message("pixels", f"{exc}; {PIXEL_FIELDS_WITHHELD}")]
 
 
 def _colors(thumb: Thumbnail) -> tuple[ColorInfo, list[str]]:

@@ -1,20 +1,26 @@
 """One small upright sRGB thumbnail per file, the only pixels metadata ever decodes.
 
-JPEG is decoded at 1/2..1/8 scale (`Image.draft`, via `Image.thumbnail`), HEIF from its embedded thumbnail
-when pillow-heif finds a matching one; other formats decode once and shrink. The perceptual hash and the
-colour statistics both read this thumbnail.
+JPEG is decoded at 1/2..1/8 scale, the scale `Image.thumbnail`'s draft picks, by the decoders' one rule on lost
+data (`pipelines.jpeg_markers.decode_jpeg_checked`: libjpeg-turbo in strict mode, the same pixels as Pillow's draft
+decode): a damaged JPEG raises `InvalidImageError` instead of giving a thumbnail Pillow filled with grey. HEIF comes
+from its embedded thumbnail when pillow-heif finds a matching one; other formats decode once and shrink. The
+perceptual hash and the colour statistics both read this thumbnail.
 """
 
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageCms
 
+from pipelines.jpeg_markers import check_jpeg_data, decode_jpeg_checked
 from pipelines.orientation import UPRIGHT_TRANSPOSE
 
 THUMBNAIL_SIZE = 128
+REDUCING_GAP = 2.0  # Image.thumbnail's: the DCT scale leaves the final resize at least this factor to shrink
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # an MPO's first picture is the JPEG stream its bytes start with
 MAX_CACHED_ICC_BYTES = 64 * 1024
 _RESIZABLE = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
 
@@ -70,15 +76,60 @@ def _apply_icc(image: Image.Image, icc: bytes, target: str) -> Image.Image:
     return _icc_transform(icc, image.mode, target).apply(image)
 
 
-def upright_thumbnail(image: Image.Image, orientation: int | None, heif: bool, errors: list[str]) -> Thumbnail:
-    """Decode `image` (opened, not loaded) to a bounded upright thumbnail; may raise on corrupt pixel data."""
+def _thumbnail_size(width: int, height: int) -> tuple[int, int] | None:
+    """The size `Image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))` gives a `width` x `height` image (its aspect
+    rounding); None where the image already fits."""
+    if width <= THUMBNAIL_SIZE and height <= THUMBNAIL_SIZE:
+        return None
+    aspect, side = width / height, THUMBNAIL_SIZE
+    if aspect <= 1:
+        exact = side * aspect
+        return max(min(math.floor(exact), math.ceil(exact), key=lambda n: abs(aspect - n / side)), 1), side
+    exact = side / aspect
+    return side, max(min(math.floor(exact), math.ceil(exact), key=lambda n: 0 if n == 0 else abs(aspect - side / n)), 1)
+
+
+def _jpeg_thumbnail(image: Image.Image, data: bytes) -> Image.Image | None:
+    """A JPEG's thumbnail as `Image.thumbnail` makes it (draft scale 1/2..1/8, then a bicubic resize of the scaled
+    image's exact extent), its pixels decoded by `decode_jpeg_checked`: one entropy decode, which raises
+    `InvalidImageError` where libjpeg lost data. None where Pillow is to decode it: a CMYK file (checked first, at
+    1/8 scale), or a harmless libjpeg warning."""
+    if image.mode not in ("RGB", "L"):
+        check_jpeg_data(data, image.mode)
+        return None
+    width, height = image.size
+    final = _thumbnail_size(width, height)
+    scale = 1
+    if final is not None:  # Image.draft's choice: the largest of 8, 4, 2 not above the shrink to twice the size
+        shrink = min(width // int(THUMBNAIL_SIZE * REDUCING_GAP), height // int(THUMBNAIL_SIZE * REDUCING_GAP))
+        scale = next(s for s in (8, 4, 2, 1) if shrink >= s or s == 1)
+    colours = "GRAY" if image.mode == "L" else "RGB"
+    pixels = decode_jpeg_checked(data, colours, scale, -(-width // scale), -(-height // scale))
+    if pixels is None:
+        return None
+    decoded = Image.fromarray(pixels[:, :, 0] if image.mode == "L" else pixels)  # L or RGB, as Pillow's
+    if final is None or decoded.size == final:
+        return decoded
+    box = (0.0, 0.0, width / scale, height / scale)  # the draft's box: the stored pixels' extent at this scale
+    return decoded.resize(final, Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
+
+
+def upright_thumbnail(
+    image: Image.Image, data: bytes, orientation: int | None, heif: bool, errors: list[str]
+) -> Thumbnail:
+    """Decode `image` (opened from `data`, not loaded) to a bounded upright thumbnail; may raise on corrupt pixel
+    data (`InvalidImageError` for a JPEG that libjpeg reads with loss)."""
     icc = image.info.get("icc_profile")
-    if image.mode not in _RESIZABLE:
-        image.load()
-        image = _to_8bit(image)
-    if heif:  # pick an embedded thumbnail of >= 128 px when pillow-heif finds a matching one
-        image.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    jpeg = _jpeg_thumbnail(image, data) if image.format in _JPEG_FORMATS else None
+    if jpeg is not None:
+        image = jpeg
+    else:
+        if image.mode not in _RESIZABLE:
+            image.load()
+            image = _to_8bit(image)
+        if heif:  # pick an embedded thumbnail of >= 128 px when pillow-heif finds a matching one
+            image.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
     if not heif and orientation in UPRIGHT_TRANSPOSE:  # libheif has rotated HEIF already
         image = image.transpose(UPRIGHT_TRANSPOSE[orientation])
     target = _target_mode(image)
