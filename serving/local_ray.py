@@ -44,8 +44,9 @@ ACTOR_NAME = ":actor_name:"
 TASK_NAME = ":task_name:"
 MARKERS = (":job_id:", ":event_summary:", ":info_message:")
 MAX_READ = 1 << 20
-# The folder `imgserve serve` makes for a Ray of its own (serving.server: tempfile.mkdtemp in /tmp): Ray's session
-# (logs, sockets), the generated Ray token and the supervisor's state file.
+# The folder `imgserve serve` makes for a Ray of its own (serving.ray_supervisor new_ray_folder, in /tmp): Ray's
+# session (logs, sockets), the generated Ray token, the supervisor's state file and the server's lock; the folders
+# of servers no longer running are swept at each start (serving.ray_folders).
 RAY_TEMP_PREFIX = "imgserve-ray-"
 
 

@@ -17,8 +17,9 @@ The Serve controller and replicas are detached actors: the deploying job ending 
 BENCHMARKS.md "Memory (issue #19)" has the figures.
 
 The server's Ray folder (/tmp/imgserve-ray-XXXX) is looked after here too: made for the start (`new_ray_folder`,
-which cleans up after a start that fails), cleaned up at the stop by whichever process stops Ray
-(`clean_up_ray_folder`).
+which first sweeps the folders of servers no longer running, holds the folder's lock for the server's whole life
+and cleans up after a start that fails), cleaned up at the stop by whichever process stops Ray
+(`clean_up_ray_folder`). serving.ray_folders says which folders the sweep removes.
 """
 
 import json
@@ -38,6 +39,13 @@ from pathlib import Path
 import psutil
 
 from serving.local_ray import RAY_TEMP_PREFIX, SignalFlag, WorkerLogFollower, remove_ray_temp_dir, seconds_from_env
+from serving.ray_folders import (
+    RAY_FOLDER_BASE,
+    hold_ray_folder,
+    mark_kept_for_logs,
+    ray_folder_users,
+    sweep_ray_folders,
+)
 
 
 def serve_shutdown_timeout_s() -> float:
@@ -215,19 +223,6 @@ def supervise(state_path: Path) -> int:
     return status
 
 
-def ray_folder_users(folder: Path) -> list[psutil.Process]:
-    """The processes, other than this one, whose command line names `folder`: Ray starts its GCS, raylet, agents and
-    workers with paths in its session folder (--temp-dir, --session-dir, --log_dir), so while one runs, a Ray still
-    uses the folder. (This supervisor's own command line names its state file there.)"""
-    path = str(folder)
-    return [
-        process
-        for process in psutil.process_iter(["cmdline"])
-        if process.pid != os.getpid()
-        and any(arg.endswith(path) or f"{path}/" in arg for arg in process.info["cmdline"] or ())
-    ]
-
-
 def clean_up_ray_folder(
     folder: Path, clean_stop: bool, own_ray: bool = True, token: Path | None = None, wait_s: float = RAY_STOP_TIMEOUT_S
 ) -> bool:
@@ -236,7 +231,8 @@ def clean_up_ray_folder(
     Ray). The folder is removed after a stop that was asked for, or at any stop when no Ray was started in it
     (`own_ray` False: a server joining a cluster with RAY_ADDRESS, whose logs stay in the cluster's own folder), once
     no process names it (Ray's last processes are given `wait_s` to exit). Kept, and named, after Ray ended on its
-    own (its logs say why) or while something of Ray's still runs in it. Whether it is gone."""
+    own (its logs say why: marked kept for its logs, which the sweep at later starts honours for a while) or while
+    something of Ray's still runs in it (the next start's sweep removes it once nothing does). Whether it is gone."""
     if token is not None:
         token.unlink(missing_ok=True)
     if clean_stop or not own_ray:
@@ -244,13 +240,15 @@ def clean_up_ray_folder(
         if not running and remove_ray_temp_dir(folder):
             return True
     if folder.exists():
+        if not clean_stop and own_ray:
+            mark_kept_for_logs(folder)
         print(f"imgserve: Ray's logs are kept in {folder}", file=sys.stderr, flush=True)
         return False
     return True
 
 
 @contextmanager
-def new_ray_folder(own_ray: bool) -> Iterator[Path]:
+def new_ray_folder(own_ray: bool, base: Path | None = None) -> Iterator[Path]:
     """Make the server's Ray folder (/tmp/imgserve-ray-XXXX: the Prometheus multiprocess folder, the generated Ray
     token, the session folder of a Ray started here) for the start in the with-block, which ends once Ray runs and
     the server's stop (`clean_up_ray_folder` in the driver or the supervisor) takes the folder over. A start that
@@ -258,8 +256,13 @@ def new_ray_folder(own_ray: bool) -> Iterator[Path]:
     stops whatever Ray it started (`ray.shutdown()`, nothing when none) and removes the folder, unless a Ray of our
     own (`own_ray`) made its session folder there: the GCS or raylet that did not come up says why in its logs, so
     the folder is kept and named, as after a Ray that ended on its own. With RAY_ADDRESS no Ray runs in the folder
-    (removed), and a Ctrl-C during the start is a stop asked for (removed)."""
-    folder = Path(tempfile.mkdtemp(prefix=RAY_TEMP_PREFIX, dir="/tmp"))
+    (removed), and a Ctrl-C during the start is a stop asked for (removed). Made in `base` (RAY_FOLDER_BASE, /tmp),
+    after sweeping there the folders of servers no longer running; its lock (`hold_ray_folder`) stays held until
+    this process ends (across the hand-over to the supervisor), or until a start that fails here has cleaned up."""
+    base = RAY_FOLDER_BASE if base is None else base
+    sweep_ray_folders(base)
+    folder = Path(tempfile.mkdtemp(prefix=RAY_TEMP_PREFIX, dir=base))
+    lock_fd = hold_ray_folder(folder)
     try:
         yield folder
     except BaseException as exc:
@@ -269,7 +272,11 @@ def new_ray_folder(own_ray: bool) -> Iterator[Path]:
         finally:
             ray_wrote_logs = own_ray and any(folder.glob("session_*"))
             clean_stop = isinstance(exc, KeyboardInterrupt) or not ray_wrote_logs
-            clean_up_ray_folder(folder, clean_stop, own_ray=own_ray, token=folder / TOKEN_FILE)
+            try:
+                clean_up_ray_folder(folder, clean_stop, own_ray=own_ray, token=folder / TOKEN_FILE)
+            finally:
+                if lock_fd is not None:
+                    os.close(lock_fd)  # no server runs from it: a later start may sweep what was kept
         raise
 
 

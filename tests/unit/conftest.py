@@ -1,6 +1,8 @@
 """Shared fixtures for the unit tests: real-data folder, committed model specs, a start stopped at ray.init."""
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +39,19 @@ class RayStarted(Exception):
 
 
 @pytest.fixture
-def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[dict[str, object]]]:
+def ray_folder_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where `imgserve serve` makes (and sweeps) its Ray folders in this test: a short folder of its own, not /tmp
+    (a start's sweep would look at a developer's real folders; short because Ray's socket paths must be)."""
+    base = Path(tempfile.mkdtemp(prefix="isr-", dir="/tmp"))
+    monkeypatch.setattr("serving.ray_supervisor.RAY_FOLDER_BASE", base)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ray_folder_base: Path) -> Iterator[list[dict[str, object]]]:
     """ray.init records its arguments and stops the start there; the cache (key store) in a temporary folder. The
     environment is put back whole afterwards: the start sets variables for Ray's workers (the Prometheus
     multiprocess folder among them) that would change every later test of the session."""

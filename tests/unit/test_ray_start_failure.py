@@ -47,7 +47,7 @@ class StartFailed(Exception):
 
 
 @pytest.fixture
-def made_folders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+def made_folders(monkeypatch: pytest.MonkeyPatch, ray_folder_base: Path) -> Iterator[list[Path]]:
     """The Ray folders run_server makes (recorded where it prepares the environment in them), in a clean
     environment; any left at the end is removed so that a failing test leaves nothing in /tmp."""
     for name in SERVER_ENV:
