@@ -13,6 +13,7 @@ schemathesis HAR log beside it.
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT / "api.json")
     options = parser.parse_args(argv)
     options.out.parent.mkdir(parents=True, exist_ok=True)
-    server = None
+    server, tmp = None, None
     if options.url is None:
         from loadtests.server_process import ServerProcess
 
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = http["status_5xx"] or http["exit_code"] or (grpc_figures and grpc_figures["faults"]) or not alive
     if failed:
         print(http["output_tail"], (grpc_figures or {}).get("faults", [])[:20], file=sys.stderr)
+    if tmp is not None and not failed:  # the server's state and log: kept, and named, only where something failed
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp is not None:
+        print(f"the server's log and state are kept in {tmp}", file=sys.stderr)
     total = http["requests"] + (grpc_figures["requests"] if grpc_figures else 0)
     faults = len((grpc_figures or {}).get("faults", []))
     print(f"{total} API requests; 5xx: {http['status_5xx']}; gRPC faults: {faults}")
