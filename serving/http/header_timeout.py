@@ -5,12 +5,15 @@ byte a minute, or nothing at all, holds the connection and its buffers forever. 
 with one addition: the whole request head must arrive within `header_timeout_s` of the connection opening or of the
 request's first byte, or the connection is closed. The body has its own deadline (`BodySizeLimitMiddleware`).
 
+A request httptools cannot parse gets the JSON error format (400 `bad_request`) instead of uvicorn's plain text.
+
 It also sends each response's head and the start of its body in one write (`ResponseHeadCork`): uvicorn writes them
 separately, two sends per answer, each a syscall under the GIL on the replica's event loop (~11 % of that loop's
 GIL time on the web mix, py-spy) and a second segment the client wakes up for.
 """
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -58,6 +61,14 @@ class ResponseHeadCork:
         return getattr(self._transport, name)
 
 
+MALFORMED_REQUEST_BODY = json.dumps(
+    {
+        "error": "malformed HTTP request: the request line, a header or the body's framing could not be parsed",
+        "kind": "bad_request",
+    }
+).encode()
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
 
@@ -94,6 +105,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             # (setting the cork on none failed inside the parser: every upgrade got a plain-text 400)
             return
         self.cycle.transport = ResponseHeadCork(self.transport, self.loop)  # type: ignore[assignment]
+
+    def send_400_response(self, msg: str) -> None:
+        """What httptools cannot parse (a negative or doubled Content-Length, Content-Length with chunked, a bad
+        chunk size, a control character or an obs-fold in a header): uvicorn answers it with a plain-text 400; here
+        it is the JSON every other refusal is, counted, and the connection closed (its framing cannot be trusted)."""
+        ERRORS.labels("(listener)", "bad_request").inc()
+        body = MALFORMED_REQUEST_BODY
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

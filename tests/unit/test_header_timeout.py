@@ -5,6 +5,7 @@ Also the same protocol's `ResponseHeadCork`: a response's head and body leave in
 held back until its body."""
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -157,3 +158,34 @@ def test_on_a_real_server_a_streamed_head_is_not_held_until_its_body() -> None:
     head, rest = _with_server(_slow_stream, 5, probe)
     assert head.startswith(b"HTTP/1.1 200 ") and b"late" not in head
     assert b"late" in rest
+
+
+MALFORMED_REQUESTS = {
+    "negative length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "length and chunked": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "bad chunk size": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "control character in a header": b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\x01b\r\n\r\n",
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
+def test_a_request_the_http_parser_refuses_gets_the_json_error_format(request_bytes: bytes) -> None:
+    """uvicorn answers what httptools cannot parse with a plain-text 400; the listener answers it as every other
+    refusal: a JSON body with `error` and `kind`, and the connection closed (its framing cannot be trusted)."""
+
+    def probe(port: int) -> bytes:
+        connection = socket.create_connection(("127.0.0.1", port))
+        connection.sendall(request_bytes)
+        connection.settimeout(3)
+        data = b""
+        while chunk := connection.recv(4096):
+            data += chunk
+        return data
+
+    answer = _with_server(_app, 5.0, probe)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/json" in head.lower(), head
+    payload = json.loads(body)
+    assert payload["kind"] == "bad_request" and "malformed HTTP request" in payload["error"], payload
