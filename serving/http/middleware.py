@@ -362,7 +362,10 @@ class RequestMetricsMiddleware:
             if message["type"] == "http.response.start":
                 record(message["status"])
                 if echo is not None and not any(k.lower() == b"x-request-id" for k, _ in message.get("headers", [])):
-                    message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", echo.encode())]}
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", []), (b"x-request-id", echo.encode("latin-1"))],
+                    }
             await send(message)
 
         INFLIGHT.labels("http").inc()
