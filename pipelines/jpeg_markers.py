@@ -8,11 +8,15 @@ lost its sync (damaged bytes leave the decoder done before the data is, "N extra
 short of it, "premature end of data segment"). Pillow and OpenCV say nothing of it. Measured: none of the 3,096
 JPEGs under ../shared/data (ImageNet samples, BIQ2021, ~40 camera and phone models, blur samples) makes libjpeg warn at
 all, while a random byte changed in a photo's scan data shows up as one of these warnings in about half the cases.
+libjpeg-turbo's API stops at the first warning, harmless ones too (stray bytes between header segments, an unknown
+JFIF revision or Adobe transform: libjpeg reads past them), so a file with one is read again without it, to the end.
 """
 
 import re
 import struct
-from typing import Literal
+from collections.abc import Iterator
+from itertools import islice
+from typing import Literal, NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -29,36 +33,56 @@ END_OF_IMAGE = 0xD9
 _MARKER_IN_ENTROPY_DATA = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
-def jpeg_scan_count(data: bytes, stop_after: int = 1 << 30) -> int:
-    """Scans (SOS segments) of the file's first image as libjpeg reads them: segments are skipped by their lengths
-    (a marker inside a COM, APPn, DHT or SOS header is no marker), bytes between segments are skipped up to the next
-    0xFF (libjpeg warns and does the same), entropy-coded data runs to the next 0xFF that is not stuffing (FF00), a
-    restart marker or a fill byte; EOI ends the image. Counting stops past `stop_after`."""
-    i, n, scans = 2, len(data), 0
+class Marker(NamedTuple):
+    """A marker of the file's first image: `code` at `position` (its 0xFF), after bytes libjpeg skipped from `gap`
+    (a gap between segments, or fill bytes; empty where the marker follows its segment or scan at once)."""
+
+    gap: int
+    position: int
+    code: int
+
+
+def jpeg_markers(data: bytes) -> Iterator[Marker]:
+    """The markers of the file's first image as libjpeg reads them: segments are skipped by their lengths (a marker
+    inside a COM, APPn, DHT or SOS header is no marker), bytes between segments are skipped up to the next 0xFF
+    (libjpeg warns and does the same), entropy-coded data runs to the next 0xFF that is not stuffing (FF00), a restart
+    marker or a fill byte; EOI ends the image."""
+    i = gap = 2
+    n = len(data)
     while i < n:
         j = data.find(b"\xff", i)
         if j < 0 or j + 1 >= n:
-            break
-        marker = data[j + 1]
-        if marker in (0xFF, 0x00):  # a fill byte, or a stray stuffed pair outside a scan: not a marker
+            return
+        code = data[j + 1]
+        if code in (0xFF, 0x00):  # a fill byte, or a stray stuffed pair outside a scan: not a marker
             i = j + 1
             continue
-        if marker == END_OF_IMAGE:
-            break
-        if marker in PARAMETERLESS:
+        if code not in PARAMETERLESS and code != END_OF_IMAGE and j + 4 > n:
+            return
+        yield Marker(gap, j, code)
+        if code == END_OF_IMAGE:
+            return
+        if code in PARAMETERLESS:
             i = j + 2
-            continue
-        if j + 4 > n:
-            break
-        i = j + 2 + struct.unpack(">H", data[j + 2 : j + 4])[0]
-        if marker == START_OF_SCAN:
+        else:
+            i = j + 2 + struct.unpack(">H", data[j + 2 : j + 4])[0]
+            if code == START_OF_SCAN:
+                found = _MARKER_IN_ENTROPY_DATA.search(data, i)
+                if found is None:
+                    return
+                i = found.start()
+        gap = i
+
+
+def jpeg_scan_count(data: bytes, stop_after: int = 1 << 30) -> int:
+    """Scans (SOS segments) of the file's first image as libjpeg reads them (`jpeg_markers`). Counting stops past
+    `stop_after`."""
+    scans = 0
+    for marker in jpeg_markers(data):
+        if marker.code == START_OF_SCAN:
             scans += 1
             if scans > stop_after:
                 break
-            found = _MARKER_IN_ENTROPY_DATA.search(data, i)
-            if found is None:
-                break
-            i = found.start()
     return scans
 
 
@@ -71,11 +95,13 @@ def scan_limit(width: int, height: int) -> int:
 
 JpegColours = Literal["RGB", "GRAY", "CMYK"]
 TRUNCATED = "JPEG data ends early: the image is truncated or damaged"
-# More bytes than this left over after a scan's coded blocks mean the decoder lost its way in them (a damaged byte
-# changed how the rest was read). A few stray bytes before the end marker are an encoder's quirk (webcams' MJPEG
-# frames), and stray bytes between header segments lose nothing: both stay accepted.
+# Bytes left over after coded data (a scan's, or a restart interval's, before its RSTn) mean the decoder lost its way
+# in it: a damaged byte changed how the rest was read. Measured on photos with one random byte changed: a restart
+# interval leaves 1 to thousands of bytes, a progressive scan often 8 or fewer. Only a few stray bytes before the end
+# marker are an encoder's quirk (webcams' MJPEG frames), and bytes between header segments lose nothing (libjpeg
+# skips them: `jpeg_markers`): both stay accepted.
 MAX_STRAY_BYTES_AFTER_SCAN = 8
-_AFTER_SCAN_MARKERS = ("0xd9", "0xda")  # EOI, or the next scan's SOS
+_RESTART = range(0xD0, 0xD8)
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker (0x[0-9a-f]{2})")
 _LOST_DATA: tuple[tuple[str, str], ...] = (  # libjpeg's message (part) -> the server's words
     ("premature end of data segment", TRUNCATED),
@@ -84,6 +110,35 @@ _LOST_DATA: tuple[tuple[str, str], ...] = (  # libjpeg's message (part) -> the s
     ("bad arithmetic code", "JPEG data is corrupt (bad arithmetic code): part of the image is damaged"),
     ("instead of RST", "JPEG data is corrupt (restart markers out of sequence): part of the image is lost"),
 )
+# Harmless warnings libjpeg goes on after, besides stray bytes, and the header field it reads past (`_repaired`).
+_JFIF_REVISION = "unknown JFIF revision number"  # APP0 "JFIF\0" major version other than 1 or 2
+_ADOBE_TRANSFORM = "Unknown Adobe color transform code"  # APP14 "Adobe" transform: libjpeg assumes YCbCr / YCCK
+_HARMLESS_KINDS = 3  # stray bytes between segments, JFIF revision, Adobe transform: a repair round each at most
+# A photo has tens of markers (a few hundred in a progressive file with tables per scan); stray bytes after more are
+# taken for damage rather than walked to (10 MB of empty COM segments: 2.5 M markers, 3 s of Python a walk).
+_MAX_MARKERS_SEARCHED = 10_000
+
+
+def _skipped_count(gap: bytes) -> int:
+    """libjpeg's count of the bytes it skipped before a marker: fill bytes (0xFF) before it not, a pair FF00 as 2."""
+    return len(gap) - gap.count(0xFF) + gap.count(b"\xff\x00")
+
+
+def _gaps_between_segments(data: bytes) -> list[Marker]:
+    """The markers with bytes libjpeg skips before them (warning "N extraneous bytes before marker") between header
+    segments: a stray byte, a segment length that is wrong. Bytes left over in coded data are no gap here. Only the
+    first `_MAX_MARKERS_SEARCHED` markers are looked at."""
+    markers = islice(jpeg_markers(data), _MAX_MARKERS_SEARCHED)
+    return [marker for marker in markers if _skipped_count(data[marker.gap : marker.position])]
+
+
+def _between_segments(data: bytes, count: int, code: int) -> bool:
+    """Whether libjpeg's "`count` extraneous bytes before marker `code`" are bytes between header segments (the file's
+    markers tell); without the file, the marker: EOI, SOS and RSTn follow coded data."""
+    if not data:
+        return code not in (END_OF_IMAGE, START_OF_SCAN, *_RESTART)
+    gaps = _gaps_between_segments(data)
+    return any(gap.code == code and _skipped_count(data[gap.gap : gap.position]) == count for gap in gaps)
 
 
 def _padding_before_end(data: bytes, count: int) -> bool:
@@ -98,21 +153,73 @@ def _padding_before_end(data: bytes, count: int) -> bool:
 
 def lost_data(message: str, data: bytes = b"") -> str | None:
     """The server's words for a libjpeg warning (or error) that means pixels were lost; None for any other message
-    (a warning that loses nothing, or an error another decoder may get past). `data`: the file, to tell padding
-    before its end marker from a damaged scan's leftovers."""
+    (a warning that loses nothing, or an error another decoder may get past). `data`: the file, to tell bytes between
+    header segments and padding before its end marker from a damaged scan's leftovers."""
     for libjpeg_text, ours in _LOST_DATA:
         if libjpeg_text in message:
             return ours
     stray = _EXTRANEOUS.search(message)
-    count = int(stray.group(1)) if stray else 0
-    if stray and stray.group(2) in _AFTER_SCAN_MARKERS and count > MAX_STRAY_BYTES_AFTER_SCAN:
-        if stray.group(2) == "0xd9" and _padding_before_end(data, count):
-            return None
-        return (
-            f"JPEG data is corrupt: {stray.group(1)} bytes of a scan were left over after its last block (the coded"
-            " data is damaged)"
-        )
+    if stray is None:
+        return None
+    count, code = int(stray.group(1)), int(stray.group(2), 16)
+    if _between_segments(data, count, code):
+        return None
+    if code == END_OF_IMAGE and (count <= MAX_STRAY_BYTES_AFTER_SCAN or _padding_before_end(data, count)):
+        return None
+    where = "a restart interval" if code in _RESTART else "a scan"
+    return (
+        f"JPEG data is corrupt: {count} bytes of {where} were left over after its last block"
+        " (the coded data is damaged)"
+    )
+
+
+def _with_field(data: bytes, code: int, identifier: bytes, offset: int, value: int) -> bytes | None:
+    """`data` with the byte at `offset` from each `code` segment named `identifier` set to `value`; None if none."""
+    patched = bytearray(data)
+    for marker in jpeg_markers(data):
+        start = marker.position + 4
+        if marker.code == code and data[start : start + len(identifier)] == identifier and start + offset < len(data):
+            patched[start + offset] = value
+    return bytes(patched) if patched != data else None
+
+
+def _repaired(data: bytes, message: str) -> bytes | None:
+    """A copy of `data` without the harmless defect that libjpeg's warning `message` is about, as libjpeg reads past
+    it: bytes between segments dropped, a header field it does not know set to what it assumes. None where there is
+    nothing to repair (stray bytes before the end marker: the whole image was read; another message)."""
+    if _EXTRANEOUS.search(message):
+        pieces, start = [], 0
+        for gap in _gaps_between_segments(data):
+            pieces.append(data[start : gap.gap])
+            start = gap.position
+        return b"".join([*pieces, data[start:]]) if pieces else None
+    if _JFIF_REVISION in message:
+        return _with_field(data, 0xE0, b"JFIF\x00", 5, 1)
+    if _ADOBE_TRANSFORM in message:
+        frame = next((m.position for m in jpeg_markers(data) if m.code in SOF_MARKERS), -1)
+        components = data[frame + 9] if 0 <= frame < len(data) - 9 else 3
+        return _with_field(data, 0xEE, b"Adobe", 11, 2 if components == 4 else 1)
     return None
+
+
+def _check_past_harmless_warnings(data: bytes, message: str, colours: JpegColours) -> None:
+    """Raise `InvalidImageError` where libjpeg loses data after the harmless warning `message` that stopped the strict
+    decode of `data` (libjpeg-turbo's API stops at the first warning of any kind, so the rest went unchecked): the
+    defect is removed from a copy (`_repaired`) and the copy decoded strictly again, at 1/8 scale (every coded block
+    is still read), a round for each harmless kind. Only files with such a warning pay for it."""
+    for _ in range(_HARMLESS_KINDS):
+        repaired = _repaired(data, message)
+        if repaired is None:
+            return
+        try:
+            simplejpeg.decode_jpeg(repaired, colorspace=colours, min_factor=8, min_width=1, min_height=1, strict=True)
+            return
+        except ValueError as exc:
+            message = str(exc)
+        damage = lost_data(message, repaired)
+        if damage:
+            raise InvalidImageError(damage)
+        data = repaired
 
 
 def decode_jpeg_checked(
@@ -120,18 +227,21 @@ def decode_jpeg_checked(
 ) -> np.ndarray | None:
     """The JPEG's pixels (HxWxC uint8) by libjpeg-turbo (simplejpeg) at the smallest DCT scale M/8 that keeps at least
     `min_width` x `min_height` and shrinks by at least `min_factor` (accurate DCT and upsampling: Pillow's and
-    libvips' pixels). Raises `InvalidImageError` where libjpeg warns of lost data (`lost_data`). None where libjpeg
-    stops at anything else (a harmless warning: libjpeg-turbo's API stops at the first one; a conversion it does not
-    offer): the caller's own decoder then decodes it, as it did every file before this check."""
+    libvips' pixels). Raises `InvalidImageError` where libjpeg warns of lost data (`lost_data`), also after a harmless
+    warning (`_check_past_harmless_warnings`). None where libjpeg stops at anything else (a harmless warning:
+    libjpeg-turbo's API stops at the first one; a conversion it does not offer): the caller's own decoder then decodes
+    it, as it did every file before this check."""
     try:
         return simplejpeg.decode_jpeg(
             data, colorspace=colours, min_factor=min_factor, min_width=min_width, min_height=min_height, strict=True
         )
     except ValueError as exc:
-        damage = lost_data(str(exc), data)
-        if damage:
-            raise InvalidImageError(damage) from None
-        return None
+        message = str(exc)
+    damage = lost_data(message, data)
+    if damage:
+        raise InvalidImageError(damage)
+    _check_past_harmless_warnings(data, message, colours)
+    return None
 
 
 def check_jpeg_data(data: bytes, pillow_mode: str) -> None:
