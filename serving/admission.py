@@ -10,11 +10,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from serving.errors import OverloadedError
 
 # When the request being handled in this context was admitted (time.monotonic()); copied into stage threads.
 ADMITTED_AT: ContextVar[float | None] = ContextVar("imgserve_admitted_at", default=None)
+
+
+@dataclass
+class FirstWork:
+    """Whether the request admitted at `admitted_at` has started its first CPU work. One object per admission,
+    shared by reference by every copy of the request's context (its stage threads, the tasks it gathers), so a
+    start seen in a worker thread is seen by the request's later stages too: an enhancement's decode of its output,
+    after it decoded and enhanced its input, is the request's own work, not a wait for a worker."""
+
+    admitted_at: float
+    started: bool = False
+
+
+FIRST_WORK: ContextVar[FirstWork | None] = ContextVar("imgserve_first_work", default=None)
 
 # Answered even at the limit: liveness/readiness probes and the Prometheus scrape.
 UNLIMITED_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -41,9 +56,10 @@ def abandoned_when_client_goes(path: str) -> bool:
 
 class InflightLimit:
     """A counter on the replica's event loop (every listener runs there, so no lock is needed), and the longest an
-    admitted request may wait at each of its queues (`max_queue_wait_s`): for a CPU worker to start its decode, and
-    in the model's batch queue. One that waited longer is shed with 503 where it waited, so that under overload the
-    requests that are served are served on time."""
+    admitted request may wait at each of its queues (`max_queue_wait_s`): for a CPU worker to start its first
+    decode, and in the model's batch queue. One that waited longer is shed with 503 where it waited, so that under
+    overload the requests that are served are served on time; one that has started its work is never shed for the
+    time that work took."""
 
     def __init__(self, limit: int | None = None, max_queue_wait_s: float | None = None):
         self.limit = limit
@@ -57,7 +73,9 @@ class InflightLimit:
         if self.at_limit():
             return False
         self.inflight += 1
-        ADMITTED_AT.set(time.monotonic())
+        now = time.monotonic()
+        ADMITTED_AT.set(now)
+        FIRST_WORK.set(FirstWork(now))
         return True
 
     @staticmethod
@@ -74,10 +92,17 @@ class InflightLimit:
         return time.monotonic() + self.max_queue_wait_s
 
     def check_queue_wait(self) -> None:
-        """Called in the stage thread as a request's first CPU work starts; raises `OverloadedError` if it has
-        waited longer than `max_queue_wait_s` since admission (work that is not an admitted request passes)."""
+        """Called in the stage thread as a request's decode starts; raises `OverloadedError` if it is the request's
+        first and it has waited longer than `max_queue_wait_s` since admission. Work that is not an admitted request
+        passes, and so does every later decode of a request that has started (an enhancement decodes its input,
+        then its output: the time between is its own work, not a wait for a worker)."""
         admitted = ADMITTED_AT.get()
         if self.max_queue_wait_s is None or admitted is None:
+            return
+        first = FIRST_WORK.get()
+        if first is not None and first.admitted_at != admitted:  # ADMITTED_AT set without `try_enter`
+            first = None  # no start to record: every decode is checked
+        if first is not None and first.started:
             return
         waited = time.monotonic() - admitted
         if waited > self.max_queue_wait_s:
@@ -85,6 +110,8 @@ class InflightLimit:
                 f"server is overloaded: the request waited {waited * 1000:.0f} ms for a worker (limit "
                 f"{self.max_queue_wait_s * 1000:.0f} ms), retry later"
             )
+        if first is not None:
+            first.started = True
 
     def leave(self) -> None:
         self.inflight -= 1

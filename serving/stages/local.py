@@ -40,7 +40,7 @@ class LocalPipeline:
         self.has_metadata = metadata is not None
 
     def _decode_admitted(self, data: bytes, stages: dict[str, ModelStage], quality: bool) -> Any:
-        REPLICA_LIMIT.check_queue_wait()  # in the worker thread: a request that waited too long is shed here
+        REPLICA_LIMIT.check_queue_wait()  # in the worker thread: one that waited too long for its first is shed
         specs = {name: stage.preprocess for name, stage in stages.items()}
         return self.decode.decode(data, tuple(stages), quality, specs)
 
