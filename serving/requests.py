@@ -26,7 +26,11 @@ class ImageOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str | None = Field(default=None, description="Classifier; the server's default when omitted.")
+    model: str | None = Field(
+        default=None,
+        min_length=1,  # `?model=` is a malformed request, not the default (gRPC's empty `model` is "not given")
+        description="Classifier; the server's default when omitted.",
+    )
     model_version: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,9}$",

@@ -33,6 +33,10 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
     options: dict[str, Any] = {}
     if content_type == "multipart/form-data":
         form = await multipart_form(request, max_images + 1, max_images + 16)
+        unexpected = sorted(set(form.keys()) - {"image"})
+        if unexpected:  # `-F anonymize=true` would otherwise be dropped and the request served without it
+            names = ", ".join(repr(name[:40]) for name in unexpected[:5])
+            raise BadRequestError(f"unexpected multipart field {names}: send images as 'image', options in the query")
         uploads = form.getlist("image")
         if not uploads:
             raise BadRequestError("multipart request has no field named 'image'")
@@ -52,7 +56,9 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
 
 def request_options(query: dict[str, Any], body_options: dict[str, Any]) -> ImageOptions:
     """Query parameters (as the client wrote them: `ImageOptions.parse` reads and refuses them as it does a JSON
-    body's or gRPC's), overridden by a JSON body's `options`."""
+    body's or gRPC's), overridden by a JSON body's `options`. Every route reads a body's options with it: an unknown
+    or invalid one is a 400 everywhere; a valid one the route does not use (`top_k` on /v1/metadata, `anonymize` on
+    /v1/classify) is accepted and changes nothing, as `top_k` on `/v1/analyze?fields=metadata` does."""
     return ImageOptions.parse(**{**query, **body_options})
 
 
@@ -111,9 +117,11 @@ async def metadata(
     service: InferenceService = Depends(get_service),
 ) -> MetadataResponse:
     """Metadata only: file, image, EXIF, GPS, XMP, IPTC and colours per image (no model runs)."""
-    anonymizing = ImageOptions.parse(anonymize=anonymize).anonymize
-    images, _ = await read_images(request, service.max_images_per_request)
-    return MetadataResponse(results=await service.extract_metadata(images, anonymizing))
+    query = {"anonymize": anonymize}
+    request_options(query, {})  # reject bad options before reading the body
+    images, body_options = await read_images(request, service.max_images_per_request)
+    options = request_options(query, body_options)
+    return MetadataResponse(results=await service.extract_metadata(images, options.anonymize))
 
 
 @router.get("/models", response_model=ModelsResponse)
@@ -148,7 +156,7 @@ def serve_status() -> dict[str, Any]:
 async def categories(
     request: Request, model: str | None = Query(default=None), service: InferenceService = Depends(get_service)
 ) -> CategoriesResponse:
-    entry = service.repository.get(model or service.default_model)
+    entry = service.repository.get(ImageOptions.parse(model=model).model or service.default_model)  # `?model=`: 400
     request.state.model = entry.name
     return CategoriesResponse(
         model=entry.name, categories=[{"index": i, "label": label} for i, label in enumerate(entry.labels)]
