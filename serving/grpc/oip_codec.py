@@ -7,7 +7,14 @@ import numpy as np
 from serving.errors import InvalidTensorError
 from serving.grpc.stubs import load
 from serving.oip import inference as oip
-from serving.oip.tensors import array_from_json, array_from_raw, array_to_raw, integer_parameter, tensor_shape
+from serving.oip.tensors import (
+    array_from_json,
+    array_from_raw,
+    array_to_raw,
+    integer_parameter,
+    one_data_source,
+    tensor_shape,
+)
 
 pb = load("inference_pb2")
 
@@ -34,12 +41,30 @@ def parameter_value(param: Any) -> Any:
     return getattr(param, which) if which else None
 
 
+def _contents_fields(tensor: Any) -> list[str]:
+    """The typed `contents` fields an input sets (with values: proto3 cannot tell an empty list from none)."""
+    return [field.name for field, _ in tensor.contents.ListFields()]
+
+
 def _typed_contents(tensor: Any, shape: list[int]) -> np.ndarray:
     field = _CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise InvalidTensorError(f"datatype {tensor.datatype} must be sent in raw_input_contents")
+    one_data_source(tensor.name, [f"contents.{name}" for name in _contents_fields(tensor)])
+    wrong = [name for name in _contents_fields(tensor) if name != field]
+    if wrong:  # Triton: "unexpected explicit tensor data ... expected datatype"; read as empty, it said "0 elements"
+        raise InvalidTensorError(
+            f"input '{tensor.name}' is {tensor.datatype}: its values go in contents.{field}, not contents.{wrong[0]}"
+        )
     try:  # the JSON path's checks: the count against the shape, values the datatype cannot hold (300 as UINT8)
         return array_from_json(list(getattr(tensor.contents, field)), tensor.datatype, shape)
+    except InvalidTensorError as exc:
+        raise InvalidTensorError(f"input '{tensor.name}': {exc}") from None
+
+
+def _raw_contents(tensor: Any, raw: bytes, shape: list[int]) -> np.ndarray:
+    try:  # the input's name in the message, as `_typed_contents` gives it
+        return array_from_raw(raw, tensor.datatype, shape)
     except InvalidTensorError as exc:
         raise InvalidTensorError(f"input '{tensor.name}': {exc}") from None
 
@@ -54,7 +79,9 @@ def request_from_proto(request: Any) -> oip.InferRequest:
             shape = tensor_shape([int(d) for d in tensor.shape])
         except ValueError as exc:
             raise InvalidTensorError(f"input '{tensor.name}': {exc}") from None
-        data = array_from_raw(raw[i], tensor.datatype, shape) if raw else _typed_contents(tensor, shape)
+        if raw:  # Triton: "unexpected explicit tensor data ..., binary data was already supplied"
+            one_data_source(tensor.name, ["raw_input_contents", *(f"contents.{f}" for f in _contents_fields(tensor))])
+        data = _raw_contents(tensor, raw[i], shape) if raw else _typed_contents(tensor, shape)
         inputs.append(oip.InferInput(tensor.name, tensor.datatype, shape, data))
     outputs = []
     for out in request.outputs:

@@ -2,8 +2,10 @@
 
 import json
 import zlib
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -19,6 +21,7 @@ from serving.oip.tensors import (
     array_to_json,
     array_to_raw,
     integer_parameter,
+    one_data_source,
     tensor_shape,
 )
 from serving.service import InferenceService
@@ -134,6 +137,14 @@ def _bool_parameter(value: object, what: str) -> bool:
     return value
 
 
+def _named(name: str, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """`read()`, its `InvalidTensorError` naming the input, as the gRPC codec's do."""
+    try:
+        return read()
+    except InvalidTensorError as exc:
+        raise InvalidTensorError(f"input '{name}': {exc}") from None
+
+
 def _parse_input(item: object, position: int, binary: bytes, offset: int) -> tuple[oip.InferInput, int]:
     """One entry of `inputs`, each field checked for its JSON type, and the binary data offset after it."""
     if not isinstance(item, dict):
@@ -147,17 +158,20 @@ def _parse_input(item: object, position: int, binary: bytes, offset: int) -> tup
     if not isinstance(datatype, str):
         raise InvalidTensorError(f"input '{name}': 'datatype' must be a string, got {_json_type(datatype)}")
     params = _json_object(item.get("parameters"), f"input '{name}': 'parameters'")
+    sources = ["'data'"] if item.get("data") is not None else []  # Triton would read the binary data only
+    one_data_source(name, [*sources, "a binary_data_size parameter"] if "binary_data_size" in params else sources)
     if "binary_data_size" in params:
         size = integer_parameter(params["binary_data_size"], f"input '{name}': binary_data_size")
         if size < 0 or offset + size > len(binary):
             raise InvalidTensorError(f"input '{name}' says {size} binary bytes but only {len(binary) - offset} remain")
-        data = array_from_raw(binary[offset : offset + size], datatype, shape)
+        data = _named(name, lambda: array_from_raw(binary[offset : offset + size], datatype, shape))
         return oip.InferInput(name, datatype, shape, data), offset + size
     if "data" not in item:
         raise InvalidTensorError(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     if not isinstance(item["data"], list):
         raise InvalidTensorError(f"input '{name}': 'data' must be a JSON array, got {_json_type(item['data'])}")
-    return oip.InferInput(name, datatype, shape, array_from_json(item["data"], datatype, shape)), offset
+    data = _named(name, lambda: array_from_json(item["data"], datatype, shape))
+    return oip.InferInput(name, datatype, shape, data), offset
 
 
 def _parse_outputs(value: object, binary_default: bool) -> list[oip.RequestedOutput]:
@@ -269,7 +283,9 @@ def render_infer_response(response: oip.InferResponse) -> Response:
             entry["data"] = array_to_json(out.data)
         outputs.append(entry)
     body["outputs"] = outputs
-    head = json.dumps(body).encode()  # NaN and Infinity as Triton writes them (JSONResponse refuses them: a 500)
+    # strict JSON (RFC 8259): `oip.infer` answers an output of NaN or infinity asked for as JSON with a 422
+    # (non_finite_output); one that got here anyway is a server fault, never a body JavaScript or Go cannot parse
+    head = json.dumps(body, allow_nan=False).encode()
     if not blobs:
         return Response(head, media_type="application/json")
     return Response(

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from serving import __version__
-from serving.errors import InvalidTensorError
+from serving.errors import InvalidTensorError, ServiceError
 from serving.oip.tensors import OIP_TO_NUMPY, integer_parameter, oip_datatype
 from serving.postprocess import top_k
 from serving.requests import ImageOptions
@@ -16,6 +16,15 @@ SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 IMAGE_INPUT = "IMAGE"
 IMAGE_OUTPUTS = {"LABELS": "BYTES", "SCORES": "FP32", "INDICES": "INT64"}
 DEFAULT_TOP_K = 5
+
+
+class NonFiniteOutputError(ServiceError):
+    """A JSON output holding NaN or an infinity (a model overflowing on finite but extreme inputs): JSON has no such
+    numbers (RFC 8259; JavaScript's JSON.parse and Go's encoding/json refuse a bare NaN). Binary outputs carry them."""
+
+    http_status = 422
+    grpc_code = "INVALID_ARGUMENT"  # never over gRPC, whose outputs are raw bytes
+    kind = "non_finite_output"
 
 
 @dataclass
@@ -141,10 +150,31 @@ async def _infer_images(service: InferenceService, request: InferRequest) -> dic
     return {"LABELS": labels, "SCORES": scores, "INDICES": indices}
 
 
+def _check_requested_outputs(outputs: list[RequestedOutput]) -> None:
+    """Before the model runs: a classification count below 0 is the client's error, not "no classification"."""
+    for output in outputs:
+        if output.classification < 0:
+            raise InvalidTensorError(
+                f"output '{output.name}': classification must be a number of classes, 1 or more (0: none), "
+                f"got {output.classification}"
+            )
+
+
+def _json_output(name: str, data: np.ndarray) -> np.ndarray:
+    """`data` of an output answered as JSON numbers, or `NonFiniteOutputError` when it holds NaN or an infinity."""
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise NonFiniteOutputError(
+            f"output '{name}' holds NaN or infinity (the model overflowed on this input), which JSON cannot carry: "
+            'request it as binary data ("binary_data": true) to receive the values as they are'
+        )
+    return data
+
+
 async def infer(service: InferenceService, request: InferRequest) -> InferResponse:
     """Run an OIP inference request against a tensor model or the image-level model."""
     if not request.inputs:
         raise InvalidTensorError("request has no inputs")
+    _check_requested_outputs(request.outputs)
     if request.model == IMAGE_MODEL_NAME:
         outputs, version, labels, spec_by_name = await _infer_images(service, request), "1", (), {}
     else:
@@ -170,5 +200,5 @@ async def infer(service: InferenceService, request: InferRequest) -> InferRespon
             if req.name not in spec_by_name:
                 raise InvalidTensorError(f"output '{req.name}' does not support the classification extension")
             data = _classification_strings(data, labels, req.classification, spec_by_name[req.name])
-        result.append(InferOutput(req.name, data, req.binary))
+        result.append(InferOutput(req.name, data if req.binary else _json_output(req.name, data), req.binary))
     return InferResponse(request.model, version, request.id, result)

@@ -184,10 +184,13 @@ def test_a_null_id_is_no_id() -> None:
     assert parse_infer_request("m", body, None).id == ""  # was echoed back as "None"
 
 
-def test_nan_and_infinity_in_json_outputs_are_written_as_triton_writes_them() -> None:
-    """JSONResponse refuses them (a 500 for a model that overflowed, or NaN sent in); Triton answers 200."""
+def test_nan_and_infinity_are_never_written_as_json() -> None:
+    """Triton writes a bare NaN, which JavaScript's JSON.parse and Go's encoding/json refuse (RFC 8259 has none):
+    `oip.infer` answers such a JSON output with a 422 `non_finite_output`; one reaching the encoder is refused there
+    (a server fault), and a binary output carries the values as they are."""
     values = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
-    rendered = render_infer_response(oip.InferResponse("m", "1", "", [oip.InferOutput("fp32", values)]))
-    assert rendered.media_type == "application/json"
-    (output,) = json.loads(bytes(rendered.body))["outputs"]  # Python's json reads NaN/Infinity, as tritonclient does
-    assert np.isnan(output["data"][0]) and output["data"][1:] == [np.inf, -np.inf, 1.5]
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        render_infer_response(oip.InferResponse("m", "1", "", [oip.InferOutput("fp32", values)]))
+    rendered = render_infer_response(oip.InferResponse("m", "1", "", [oip.InferOutput("fp32", values, binary=True)]))
+    split = int(rendered.headers["inference-header-content-length"])
+    assert bytes(rendered.body)[split:] == values.tobytes()
