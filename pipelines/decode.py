@@ -116,6 +116,7 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
             f" limited to {limits.max_full_decode_pixels}"
         )
     _check_raw_size(image, data)
+    check_png_palette(image)
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
         limit = scan_limit(width, height)
         scans = jpeg_scan_count(data, stop_after=limit)
@@ -125,6 +126,16 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
                 " over the whole image)"
             )
     return image
+
+
+def check_png_palette(header: Image.Image) -> None:
+    """A PNG of palette colours (colour type 3) must carry its palette (PLTE, before the image data): without it the
+    pixels are indices into nothing. libvips refuses such a file with only "unable to call thumbnail_buffer"
+    and Pillow decodes it as black: every route refuses it here, in the API's words."""
+    if header.format == "PNG" and header.mode == "P" and header.palette is None:
+        raise InvalidImageError(
+            "PNG image uses a palette (colour type 3) but has no PLTE chunk before its data: its colours are undefined"
+        )
 
 
 def _check_raw_size(image: Image.Image, data: bytes) -> None:

@@ -1,13 +1,24 @@
 """Find and verify model weight files. Third-party weights live outside git, in a weights directory."""
 
 import hashlib
+import logging
 from pathlib import Path
 
 from serving.config.model_config import WeightsSpec
 
+logger = logging.getLogger(__name__)
+
 
 class WeightsError(RuntimeError):
-    """A weights file is missing or is not the file the config names; the message says how to fix it."""
+    """A weights file is missing or is not the file the config names; the message says how to fix it.
+
+    The message is what API answers carry (a model's unavailable reason: a 503, `/v2/repository/index`), so it
+    names files by name only; `detail` is the operator's version with the server's paths, written to the server
+    log when the error is raised (at start, or when a model is loaded), never sent to a client."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -33,14 +44,25 @@ def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_
     source = f"download it from {spec.source_url}" if spec.source_url else "obtain it from the model's publisher"
     if found is None:
         looked = ", ".join(str(p) for p in candidates)
-        raise WeightsError(
-            f"model '{model_name}': weights file '{spec.file}' (sha256 {spec.sha256}) not found; looked in {looked}. "
-            f"To fix: {source} and put it in {weights_dir / model_name}/ or set IMGSERVE_WEIGHTS_DIR."
+        missing = f"model '{model_name}': weights file '{spec.file}' (sha256 {spec.sha256}) not found"
+        folder = "the model's folder" if spec.committed else f"the weights directory's '{model_name}' folder"
+        raise _logged(
+            f"{missing} on the server. To fix: {source} and put it in {folder} (the server log names the paths "
+            "looked in), or set IMGSERVE_WEIGHTS_DIR.",
+            f"{missing}; looked in {looked}. To fix: {source} and put it in {weights_dir / model_name}/ or set "
+            "IMGSERVE_WEIGHTS_DIR.",
         )
     actual = sha256_of(found)
     if not actual.startswith(spec.sha256):
-        raise WeightsError(
-            f"model '{model_name}': weights file {found} has sha256 {actual}, expected {spec.sha256}; it is corrupt or "
-            f"a different version. To fix: {source} again."
+        wrong = f"has sha256 {actual}, expected {spec.sha256}; it is corrupt or a different version. To fix: {source}"
+        raise _logged(
+            f"model '{model_name}': weights file '{found.name}' {wrong} again (the server log names its path).",
+            f"model '{model_name}': weights file {found} {wrong} again.",
         )
     return found
+
+
+def _logged(message: str, detail: str) -> WeightsError:
+    """The error answering clients with `message`; `detail`, with the paths, goes to the server log now."""
+    logger.warning("%s", detail)
+    return WeightsError(message, detail)

@@ -196,7 +196,8 @@ def vips_message(exc: pyvips.Error) -> str:
     written as PNG said only "vips2png: unable to write to target target")."""
     lines = [line.strip() for line in (exc.detail or str(exc)).strip().splitlines() if line.strip()]
     causes = [line for line in lines if not _WRAPPER_LINE.search(line)]
-    return (causes or lines or ["libvips error"])[0]
+    # a bare wrapper ("unable to call thumbnail_buffer") names libvips' internals, not the file's fault
+    return causes[0] if causes else "its data is invalid or incomplete"
 
 
 def _eight_bit(image: pyvips.Image) -> pyvips.Image:

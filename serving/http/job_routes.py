@@ -24,6 +24,7 @@ from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
 from serving.requests import validation_summary
+from serving.security.errors import RateLimitedError
 from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["batch jobs"], dependencies=[Depends(reject_unknown_query)])
@@ -221,6 +222,7 @@ HEARTBEAT_S = 15.0
 RECHECK_KEY_S = 5.0  # a revoked key's stream ends within this (IMGSERVE_KEY_CACHE_S is the rest of the API's bound)
 MAX_PROGRESS_STREAMS = 64  # open progress streams per replica; they hold no admission slot (serving.admission)
 MAX_TENANT_PROGRESS_STREAMS = 16  # of which one tenant may hold: one tenant's streams cannot lock out the others
+TENANT_STREAMS_RETRY_AFTER_S = 5.0  # a tenant at its cap: its own streams end as its jobs do (or it polls)
 _open_streams = 0
 _tenant_streams: Counter[str] = Counter()
 
@@ -248,14 +250,20 @@ async def job_progress(
     store down) or the key is revoked, an `event: error` ({kind, error}) ends the stream instead; a stream that
     ends with neither was cut and can be opened again. The server looks at the job every `interval` seconds; a
     client holds one connection instead of polling. A browser reads it with `fetch` (EventSource cannot send an
-    Authorization header). Streams hold no admission slot; at most 64 are open per replica and 16 per tenant (503
-    beyond)."""
+    Authorization header). Streams hold no admission slot; at most 64 are open per replica (beyond: 503
+    `overloaded`, the server's capacity) and 16 of them per tenant (beyond: 429 `rate_limited` with Retry-After,
+    the caller's own limit, which is not a server error)."""
     global _open_streams
     first = await jobs.get(job_id, principal)  # 404 before the stream starts
     tenant = principal.tenant
-    if _open_streams >= MAX_PROGRESS_STREAMS or _tenant_streams[tenant] >= MAX_TENANT_PROGRESS_STREAMS:
-        held = "" if _open_streams >= MAX_PROGRESS_STREAMS else " of your tenant"
-        raise OverloadedError(f"too many progress streams{held} are open on this replica; poll the job instead")
+    if _open_streams >= MAX_PROGRESS_STREAMS:
+        raise OverloadedError("too many progress streams are open on this replica; poll the job instead")
+    if _tenant_streams[tenant] >= MAX_TENANT_PROGRESS_STREAMS:
+        raise RateLimitedError(
+            f"your tenant already has {MAX_TENANT_PROGRESS_STREAMS} progress streams open on this replica, its"
+            " limit; poll the job instead, or close one",
+            TENANT_STREAMS_RETRY_AFTER_S,
+        )
     authorization = request.headers.get("authorization")
     gate = request.app.state.gate  # this app's gate (the replica's, in a server)
 

@@ -73,6 +73,17 @@ def write_entry(conn: sa.Connection, entry: AuditEntry) -> None:
     conn.execute(audit_log.insert().values(**entry.row()))
 
 
+def action_filter(action: str) -> sa.ColumnElement[bool]:
+    """The audit query's `action` condition: the action itself, or with one `*` at the end every action that starts
+    with the text before it. Every other character is literal (a `*` elsewhere, SQL's `%` and `_` too), so the
+    answer is the same on SQLite and PostgreSQL: a prefix is compared as a substring, not with LIKE (whose `%` and
+    `_` are wildcards, and whose case rule differs between the two)."""
+    if not action.endswith("*"):
+        return audit_log.c.action == action
+    prefix = action[:-1]
+    return sa.func.substr(audit_log.c.action, 1, len(prefix)) == prefix
+
+
 def query_audit(
     engine: sa.Engine,
     tenant: str | None = None,
@@ -98,7 +109,7 @@ def query_audit(
         if value is not None:
             query = query.where(column == value)
     if action is not None:
-        query = query.where(audit_log.c.action.like(action.replace("*", "%")))
+        query = query.where(action_filter(action))
     if since is not None:
         query = query.where(audit_log.c.at >= since)
     if until is not None:

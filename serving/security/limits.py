@@ -58,6 +58,17 @@ class _Lease:
         return (self.tokens <= 0 or now >= self.expires) and not self.lock.locked()
 
 
+def quota_refusal(quota: int, used: int, images: int, whose: str) -> str:
+    """Why a request of `images` is refused: the daily quota is used up, or this request would exceed it (a request of
+    several images when fewer are left: the quota is not used up yet, and a smaller request still passes)."""
+    if used >= quota:
+        return f"daily quota of {quota} images for this {whose} is used up ({used} used today, UTC)"
+    return (
+        f"this request's {images} images would exceed the daily quota of {quota} images for this {whose} ({used} used"
+        f" today, {quota - used} left, UTC)"
+    )
+
+
 class RateLimiter:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
@@ -219,9 +230,6 @@ class UsageMeter:
             used_tenant = self._stored_tenant.get((principal.tenant, day), 0) + pending_tenant
             for quota, used, whose in ((quotas[0], used_key, "key"), (quotas[1], used_tenant, "tenant")):
                 if quota is not None and used + images > quota:
-                    raise QuotaExceededError(
-                        f"daily quota of {quota} images for this {whose} reached ({used} used today, UTC)",
-                        seconds_to_utc_midnight(),
-                    )
+                    raise QuotaExceededError(quota_refusal(quota, used, images, whose), seconds_to_utc_midnight())
         slot = (key_id, principal.tenant, day)
         self._pending[slot] = self._pending.get(slot, 0) + images
