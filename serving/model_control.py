@@ -6,16 +6,24 @@ load (missing or corrupt weights, a config error, a backend that cannot open the
 and whatever was served before stays served. Only the local placement, where the models live in the Ingress
 replica, can swap a model in place; the graph placement changes its model deployments by redeploying
 (`serve deploy`), and says so.
+
+Who may control which model (`controlled_versions`, for every transport and for deletion): a trained model is the
+tenant's that trained it, another tenant's is unknown (404, the refusal audited by the edge); a repository model is
+shared by every tenant, and only the server's own tenant (`default`) may control it (403).
 """
 
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any, Protocol
 
+from serving.config.settings import ServerSettings
 from serving.errors import BadRequestError, ServiceError
 from serving.metrics import KNOWN_MODELS
 from serving.model_versions import VersionPolicy, model_state, policy_bytes, restore_policy, write_policy
-from serving.repository import UnknownModelError
+from serving.repository import UnknownModelError, is_folder_name
+from serving.security.errors import PermissionDeniedError
+from serving.security.principal import DEFAULT_TENANT
 from serving.service import InferenceService
 
 logger = logging.getLogger("imgserve.models")
@@ -33,6 +41,54 @@ class ModelLoadError(ServiceError):
     http_status = 400
     grpc_code = "INVALID_ARGUMENT"
     kind = "model_load_failed"
+
+
+class TrainedVersions(Protocol):
+    """The job store's record of each trained model's versions and the tenant that trained each
+    (`serving.training.store.TrainingStore`)."""
+
+    def versions(self, model: str) -> list[dict[str, Any]]: ...
+
+
+class HiddenModelError(UnknownModelError):
+    """Another tenant's trained model, answered as an unknown one (404 `unknown model 'm'`, deletion's words for a
+    name no model has). `refusal` is what it is, for the audit log: the edge that answers it passes it to the
+    gate's `audit_refusal` (`auth.permission_denied` with the caller's key, tenant and role, as a 403 is)."""
+
+    def __init__(self, model: str):
+        super().__init__(f"unknown model '{model}'")
+        self.refusal = PermissionDeniedError(f"model '{model}' was trained by another tenant")
+
+
+async def owned_versions(
+    store: TrainedVersions, model: str, tenant: str, refusal: Exception | None = None
+) -> list[dict[str, Any]]:
+    """The model's recorded versions; `refusal` raised when another tenant trained any (default 403: a new version
+    would replace what the owner's requests are answered by; model control passes a `HiddenModelError`)."""
+    recorded = await asyncio.to_thread(store.versions, model)
+    if {str(row["tenant"]) for row in recorded} - {tenant}:
+        raise refusal or PermissionDeniedError(
+            f"model '{model}' was trained by another tenant; train yours under another name"
+        )
+    return recorded
+
+
+async def controlled_versions(
+    settings: ServerSettings, store: TrainedVersions | None, model: str, tenant: str
+) -> list[dict[str, Any]]:
+    """The tenant rule of every model-control action (load, unload, promote, canary, deleting a version or the
+    model) for a caller of `tenant`; returns the model's recorded versions. A trained model is its tenant's:
+    another tenant's is a `HiddenModelError`. A repository model (the default classifier among them) is shared by
+    every tenant: only the server's own tenant (`default`: keys made without a tenant, and every caller with auth
+    off) may control it, a 403 for the others. `store`: None where the application has no job store (nothing was
+    trained through it). A trained model's folder no row records (put there by hand) is any admin's, as before."""
+    shared = is_folder_name(model) and (settings.model_repository / model).is_dir()
+    if shared and tenant != DEFAULT_TENANT:
+        raise PermissionDeniedError(
+            f"'{model}' is a repository model, shared by every tenant: only the server's operators (tenant "
+            f"'{DEFAULT_TENANT}') may load, unload, promote or try versions of it"
+        )
+    return await owned_versions(store, model, tenant, HiddenModelError(model)) if store is not None else []
 
 
 IGNORED_PARAMETERS = frozenset({"unload_dependents"})  # tritonclient sends it; imgserve has no ensembles to unload

@@ -4,9 +4,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serving import __version__
-from serving.grpc.edge import answer, attempt, open_stream
+from serving.grpc.edge import answer, attempt, open_stream, peer_address
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
-from serving.model_control import check_control_parameters, load_model, unload_model
+from serving.model_control import (
+    HiddenModelError,
+    check_control_parameters,
+    controlled_versions,
+    load_model,
+    unload_model,
+)
 from serving.model_status import repository_index
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
@@ -102,8 +108,22 @@ class OipGrpcMethods:
     def _check_no_parameters(self, request: Any) -> None:
         check_control_parameters(set(request.parameters))
 
+    async def _check_tenant(self, method: str, model: str, grpc_context: Any) -> None:
+        """Model control's tenant rule, as over HTTP (`serving.http.model_routes.tenant_rule`): another tenant's
+        trained model is NOT_FOUND and audited as the refusal it is; a repository model is the server's own
+        tenant's (PERMISSION_DENIED for the others). Who trained what is in the store of the Ingress's training
+        service, where it has one."""
+        training = getattr(getattr(getattr(self, "http_app", None), "state", None), "training", None)
+        store = await training.store() if training is not None else None
+        try:
+            await controlled_versions(self.service.repository.settings, store, model, current_principal().tenant)
+        except HiddenModelError as exc:
+            replica_gate().audit_refusal(exc.refusal, peer_address(grpc_context), method)
+            raise
+
     async def RepositoryModelLoad(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            await self._check_tenant("RepositoryModelLoad", request.model_name, grpc_context)
             self._check_no_parameters(request)
             version = await load_model(self.service, request.model_name)
             audit_model_control("model.load", request.model_name, {"version": version})
@@ -115,6 +135,7 @@ class OipGrpcMethods:
 
     async def RepositoryModelUnload(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
+            await self._check_tenant("RepositoryModelUnload", request.model_name, grpc_context)
             self._check_no_parameters(request)
             await unload_model(self.service, request.model_name)
             audit_model_control("model.unload", request.model_name, {})

@@ -1,12 +1,14 @@
 """Model control over HTTP (admin): Triton's `/v2/repository/models/{m}/load|unload` (so `tritonclient.http`'s
 `load_model` / `unload_model` work unchanged) and the `/v1` equivalents, plus promoting, trying (canary) and deleting
-a version or a whole trained model."""
+a version or a whole trained model. Every action passes one tenant rule (`serving.model_control.controlled_versions`):
+a trained model is its tenant's (another tenant's is unknown, 404, and the refusal audited),
+a repository model is the server's own tenant's (`default`; 403 for the others)."""
 
 import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,16 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequestError
-from serving.http.dependencies import audit, get_principal, get_service
+from serving.http.dependencies import audit, client_host, get_principal, get_service
 from serving.http.training_routes import get_training
-from serving.model_control import apply_policy_unlocked, check_control_parameters, load_model, unload_model
+from serving.model_control import (
+    HiddenModelError,
+    apply_policy_unlocked,
+    check_control_parameters,
+    controlled_versions,
+    load_model,
+    unload_model,
+)
 from serving.model_versions import (
     VERSION_NAME,
     CanarySplit,
@@ -48,8 +57,26 @@ async def refuse_parameters(request: Request) -> None:
     check_control_parameters(names)
 
 
-@router.post("/v2/repository/models/{model}/load")
-@router.post("/v1/models/{model}/load")
+@contextlib.contextmanager
+def refusal_audited(request: Request) -> Iterator[None]:
+    """Another tenant's model answers as an unknown one (404) and is audited as the refusal it is, as a 403 is."""
+    try:
+        yield
+    except HiddenModelError as exc:
+        request.app.state.gate.audit_refusal(exc.refusal, client_host(request), request.url.path[:128])
+        raise
+
+
+async def tenant_rule(model: str, request: Request, principal: Principal = Depends(get_principal)) -> None:
+    """Model control's tenant rule, checked before anything is read from the body or the model's folder."""
+    training: TrainingService | None = getattr(request.app.state, "training", None)
+    store = await training.store() if training is not None else None
+    with refusal_audited(request):
+        await controlled_versions(request.app.state.service.repository.settings, store, model, principal.tenant)
+
+
+@router.post("/v2/repository/models/{model}/load", dependencies=[Depends(tenant_rule)])
+@router.post("/v1/models/{model}/load", dependencies=[Depends(tenant_rule)])
 async def load(
     model: str,
     request: Request,
@@ -64,8 +91,8 @@ async def load(
     return {"name": model, "version": version, "state": "READY"}
 
 
-@router.post("/v2/repository/models/{model}/unload")
-@router.post("/v1/models/{model}/unload")
+@router.post("/v2/repository/models/{model}/unload", dependencies=[Depends(tenant_rule)])
+@router.post("/v1/models/{model}/unload", dependencies=[Depends(tenant_rule)])
 async def unload(
     model: str,
     request: Request,
@@ -121,7 +148,7 @@ def _served(model: str, served: str | None) -> str:
     return served
 
 
-@router.post("/v1/models/{model}/versions/{version}/promote")
+@router.post("/v1/models/{model}/versions/{version}/promote", dependencies=[Depends(tenant_rule)])
 async def promote(
     model: str,
     version: str,
@@ -144,7 +171,7 @@ class CanaryRequest(BaseModel):
     percent: float = Field(gt=0, lt=100, description="Its share of the model's requests, e.g. 5.")
 
 
-@router.post("/v1/models/{model}/canary")
+@router.post("/v1/models/{model}/canary", dependencies=[Depends(tenant_rule)])
 async def start_canary(
     model: str,
     body: CanaryRequest,
@@ -168,7 +195,7 @@ async def start_canary(
     return {"name": model, "version": served, "canary": split.model_dump()}
 
 
-@router.delete("/v1/models/{model}/canary")
+@router.delete("/v1/models/{model}/canary", dependencies=[Depends(tenant_rule)])
 async def stop_canary(
     model: str,
     request: Request,
@@ -197,7 +224,8 @@ async def delete_version(
     is still registering; 404 for an unknown model or version, or another tenant's model. Its number is never given
     again; a model left with no version is removed (its folder; every replica drops it at its next model poll)."""
     store = await training.store()
-    deleted = await delete_trained_version(training.service, store, model, version, principal.tenant)
+    with refusal_audited(request):
+        deleted = await delete_trained_version(training.service, store, model, version, principal.tenant)
     audit(
         request, principal, "model.delete_version", model, {"version": version, "model_removed": deleted.model_removed}
     )
@@ -217,6 +245,7 @@ async def delete_model(
     the model has not finished (cancel it or wait); 404 for an unknown model, another tenant's, or a repository
     model (the default classifier among them)."""
     store = await training.store()
-    deleted = await delete_trained_model(training.service, store, model, principal.tenant)
+    with refusal_audited(request):
+        deleted = await delete_trained_model(training.service, store, model, principal.tenant)
     audit(request, principal, "model.delete", model, {"versions": deleted.versions})
     return deleted.to_dict()

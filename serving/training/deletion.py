@@ -13,7 +13,8 @@ loses its folder, as in tenant erasure (`remove_versions`): this replica drops i
 others at their next model poll; the highest number the folder gave stays in the trained-models folder
 (`serving.model_versions.record_removed_model`), so a model trained later under that name never takes a number a
 client has already seen. Tenant-scoped: a model another tenant trained is unknown (404), like a name or version that
-does not exist.
+does not exist (`serving.model_control.controlled_versions`, model control's tenant rule; the edge audits the
+refusal).
 
 Deleting a whole trained model (`DELETE /v1/models/{m}`, `imgserve models delete`) is the same under the same locks:
 refused (409) while a training job of the caller's tenant for the model has not finished; this replica stops serving
@@ -34,12 +35,12 @@ from typing import Any
 from serving.errors import BadRequestError, ServiceError
 from serving.jobs.tables import TRAINING_FINAL_STATES
 from serving.jobs.tenant_erasure import remove_versions
-from serving.model_control import unload_unlocked
+from serving.model_control import controlled_versions, unload_unlocked
 from serving.model_versions import VERSION_NAME, read_metrics, record_removed_model, retire_version, scan_model_folder
 from serving.repository import UnknownModelError, is_folder_name
 from serving.service import InferenceService
 from serving.trained_models_lock import TrainedModelsLock
-from serving.training.registry import model_policy, owned_versions
+from serving.training.registry import model_policy
 from serving.training.store import TrainingJobNotFoundError, TrainingStore
 
 VERSION_PATTERN = re.compile(VERSION_NAME)  # a version folder's name, as a canary's version is checked
@@ -80,11 +81,6 @@ def _trained_model_name(service: InferenceService, model: str) -> bool:
     return is_folder_name(model) and not model.startswith(".") and not (settings.model_repository / model).is_dir()
 
 
-async def _owned_rows(store: TrainingStore, model: str, tenant: str) -> list[dict[str, Any]]:
-    """The model's rows; another tenant's model is unknown (404), as if it did not exist."""
-    return await owned_versions(store, model, tenant, UnknownModelError(f"unknown model '{model}'"))
-
-
 async def delete_version(
     service: InferenceService, store: TrainingStore, model: str, version: str, tenant: str
 ) -> DeletedVersion:
@@ -98,7 +94,7 @@ async def delete_version(
             "are deleted here)"
         )
     async with service.model_lock, TrainedModelsLock(settings.trained_models):
-        rows = await _owned_rows(store, model, tenant)
+        rows = await controlled_versions(settings, store, model, tenant)  # model control's tenant rule
         root = settings.trained_models / model
         on_disk = bool(VERSION_PATTERN.fullmatch(version)) and (root / version).is_dir()
         row = next((r for r in rows if str(r["version"]) == version), None)
@@ -129,7 +125,7 @@ async def delete_model(service: InferenceService, store: TrainingStore, model: s
         raise UnknownModelError(f"unknown model '{model}'")
     trained_models = service.repository.settings.trained_models
     async with service.model_lock, TrainedModelsLock(trained_models):
-        rows = await _owned_rows(store, model, tenant)
+        rows = await controlled_versions(service.repository.settings, store, model, tenant)
         root = trained_models / model
         folder = scan_model_folder(root, None, False) if root.is_dir() else None
         if not rows and folder is None:

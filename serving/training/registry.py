@@ -2,7 +2,6 @@
 head, metrics.json and a model card written from what the job did. Versions are never overwritten; which one is
 served is the model's version policy (serving.model_versions)."""
 
-import asyncio
 import errno
 import json
 import shutil
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from serving.config.model_config import load_model_config
 from serving.config.model_entry import ModelEntry
-from serving.errors import ServiceError
+from serving.errors import BadRequestError, ServiceError
 from serving.model_versions import (
     METRICS_FILE,
     POLICY_FILE,
@@ -28,10 +27,10 @@ from serving.model_versions import (
     scan_model_folder,
     write_policy,
 )
-from serving.security.errors import PermissionDeniedError
+from serving.repository import ModelRepository
+from serving.service import IMAGE_MODEL_NAME
 from serving.trained_head import ClassifierHead
 from serving.training.softmax import ValidationReport
-from serving.training.store import TrainingStore
 from serving.weights import sha256_of
 
 HEAD_FILE = "head.npz"
@@ -249,14 +248,12 @@ def served_version(root: Path, name: str) -> str | None:
     return served[0] if served else None
 
 
-async def owned_versions(
-    store: TrainingStore, model: str, tenant: str, refusal: Exception | None = None
-) -> list[dict[str, Any]]:
-    """The model's recorded versions; `refusal` raised when another tenant trained any (default 403: a new version
-    would replace what the owner's requests are answered by; a deletion passes a 404, as if it did not exist)."""
-    recorded = await asyncio.to_thread(store.versions, model)
-    if {str(row["tenant"]) for row in recorded} - {tenant}:
-        raise refusal or PermissionDeniedError(
-            f"model '{model}' was trained by another tenant; train yours under another name"
-        )
-    return recorded
+def check_trainable_name(repository: ModelRepository, model: str) -> None:
+    """400 for a name the server already answers as a model other than a trained one: a repository model or the OIP
+    image-level model (`classify`). A trained model of that name would be a second model under one name, each route
+    answering one of them (`/v1/classify?model=classify` the trained head, `/v2/models/classify` the image model)."""
+    if model == IMAGE_MODEL_NAME:
+        raise BadRequestError(f"'{model}' is the OIP image-level model; training adds versions to trained models")
+    listed = repository.versions.get(model)
+    if listed and not any(e.folder.is_relative_to(repository.settings.trained_models) for e in listed.values()):
+        raise BadRequestError(f"'{model}' is a repository model; training adds versions to trained models")

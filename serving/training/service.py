@@ -26,6 +26,7 @@ from serving.jobs.outage import StoreCalls
 from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
 from serving.jobs.tenant_erasure import remove_versions
+from serving.model_control import owned_versions
 from serving.model_versions import VersionPolicy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
@@ -45,8 +46,8 @@ from serving.training.deletion import forget_if_removed
 from serving.training.features import FeatureCache, embed_images, embedding_backbone
 from serving.training.registry import (
     TrainingRecipe,
+    check_trainable_name,
     model_policy,
-    owned_versions,
     register_version,
     served_version,
     version_of_job,
@@ -128,9 +129,7 @@ class TrainingService:
         return embedding_backbone(self.service, name)  # after the owner check: another tenant's name is a 403 first
 
     async def submit(self, request: TrainingRequest, principal: Principal) -> TrainingJob:
-        existing = self.service.repository.versions.get(request.model)
-        if existing and not any(e.folder.is_relative_to(self.settings.trained_models) for e in existing.values()):
-            raise BadRequestError(f"'{request.model}' is a repository model; training adds versions to trained models")
+        check_trainable_name(self.service.repository, request.model)  # 400: a repository or the OIP image model
         store = await self.store()
         await owned_versions(store, request.model, principal.tenant)
         backbone = self._backbone(request.backbone)
@@ -200,6 +199,7 @@ class TrainingService:
         started = time.perf_counter()
         resumed = (job.progress or {}).get("phase") == REGISTERING  # its last runner stopped while registering
         request = TrainingRequest.model_validate(job.request)
+        check_trainable_name(self.service.repository, request.model)  # a job queued before the name was refused
         await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it meanwhile
         served_version(self.settings.trained_models, request.model)  # an unreadable policy fails it now, not after
         backbone = self._backbone(request.backbone)
