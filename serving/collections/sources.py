@@ -22,6 +22,7 @@ from serving.collections.storable import local_path, storable_location, storable
 from serving.hidden_names import is_hidden_part, is_hidden_path
 from serving.jobs.archives import TAR_NAMES
 from serving.jobs.errors import storage_client_errors, storage_error_text
+from serving.jobs.remote_listing import find_objects, object_info
 from serving.regular_files import is_regular_file, open_regular_file
 
 IMAGE_EXTENSIONS = frozenset(
@@ -153,6 +154,8 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
             yield from _expand_uri(source, prefix)
         except storage_client_errors() as exc:  # no credentials for the store: not an OSError, was a 500/traceback
             raise SourceError(f"{source}: cannot be listed: {storage_error_text(exc)}") from None
+        except TimeoutError as exc:  # a request of the listing got no answer within IMGSERVE_REMOTE_TIMEOUT_S
+            raise SourceError(f"{source}: cannot be listed: {exc}") from None
         return
     if os.path.isdir(source):
         for path in _local_files(source):
@@ -166,7 +169,9 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
 
 
 def _expand_uri(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
-    """`_expand` of an fsspec URI: one object (or archive), or every object under a prefix."""
+    """`_expand` of an fsspec URI: one object (or archive), or every object under a prefix. On an object store each
+    request (the lookup, each page of the listing) is bounded by IMGSERVE_REMOTE_TIMEOUT_S (serving.jobs.
+    remote_listing): past it the listing fails with a TimeoutError."""
     try:
         import fsspec
 
@@ -174,13 +179,14 @@ def _expand_uri(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
     except (ImportError, ValueError) as exc:
         raise SourceError(f"{source}: {exc} (s3:// needs the s3 extra, gs:// the gcs extra)") from None
     protocol = _protocol(fs)
-    if fs.isfile(path):
-        name, state = storable_text(posixpath.basename(path)), _object_state(fs.info(path))
+    info = object_info(fs, path)
+    if info is not None and info.get("type") == "file":
+        name, state = storable_text(posixpath.basename(path)), _object_state(info)
         yield from _expand_file(name, _uri_location(protocol, path), state)
         return
     base = path.rstrip("/")
-    found = fs.find(base, detail=True)  # the listing's own sizes and times: no request per object
-    if not found and not fs.isdir(base):
+    found = find_objects(fs, base)  # the listing's own sizes and times: no request per object
+    if not found and (info or {}).get("type") != "directory":
         raise SourceError(f"{source}: no such object or prefix")
     for found_path in sorted(found):
         relative = storable_text(posixpath.relpath(found_path, base))

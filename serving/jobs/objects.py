@@ -10,6 +10,12 @@ references it exists. What orders a writer against a deleter (serving.jobs.erasu
 still holding it, that each object is there (storing it again if not); a deleter checks references and deletes the
 object holding it exclusively. So a deleter either runs wholly before the writer's check, which then stores the bytes
 again, or after the writer's commit, and finds the reference.
+
+The check must run under the lock: a check made before it could be followed by a whole deleter's run (its check finds
+no reference: the writer's rows are not written yet), and nothing left in the database says so (the deleter deletes
+the digest's row, which another writer may have made again since). With PostgreSQL the lock is the digest's row alone;
+with SQLite it is the database's one write lock (BEGIN IMMEDIATE), held for the check's HEADs too: each is bounded by
+IMGSERVE_REMOTE_TIMEOUT_S, its transient failures tried again within it (`missing`).
 """
 
 import hashlib
@@ -25,8 +31,8 @@ import sqlalchemy as sa
 from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy.dialects import postgresql, sqlite
 
-from serving.jobs.errors import ItemInputError
-from serving.jobs.remote_access import RemoteAccess
+from serving.jobs.errors import ItemInputError, JobStoreUnavailableError, storage_client_errors, storage_error_text
+from serving.jobs.remote_access import RemoteAccess, exists_remote, write_remote
 from serving.jobs.tables import stored_objects
 from serving.jobs.uris import read_uri
 
@@ -53,28 +59,45 @@ class ObjectStore:
 
     def store_again(self, data: bytes) -> str:
         """Write `data` whatever a listing cache says: a writer's object a deleter removed before the writer's
-        references were recorded (`hold_objects`)."""
+        references were recorded (`hold_objects`). A failed write to an object store raises JobStoreUnavailableError, as
+        `missing` does."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         self.fs.invalidate_cache(path)
-        self._create(path, data)
+        if self._local:
+            self._create(path, data)
+            return digest
+        try:
+            self._create(path, data)
+        except (OSError, *storage_client_errors()) as exc:
+            raise JobStoreUnavailableError(
+                f"stored object {digest} could not be written again: {storage_error_text(exc)}"
+            ) from None
         return digest
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         """The digests whose object is not in the store now, asked of the store itself (not a listing cache): a stat
-        each on local disk, a HEAD each on an object store (`CHECK_THREADS` at once)."""
+        each on local disk, a HEAD each on an object store (`CHECK_THREADS` at once), each HEAD bounded by
+        IMGSERVE_REMOTE_TIMEOUT_S with its transient failures (a 5xx, throttling, a reset) tried again within it
+        (serving.jobs.remote_access). A HEAD still failing at the bound, or refused, raises JobStoreUnavailableError
+        (503 for a submission; the item fails at its record): never an OSError, which the job store's callers take for
+        their database's outage and retry without end (serving.jobs.outage)."""
         paths = {digest: self._path(digest) for digest in digests}
         if self._local:
             return {digest for digest, path in paths.items() if not os.path.exists(path)}
 
         def gone(digest: str) -> bool:
-            self.fs.invalidate_cache(paths[digest])
-            return not self.fs.exists(paths[digest])
+            return not exists_remote(self.fs, paths[digest])
 
-        if len(paths) <= 1:
-            return {digest for digest in paths if gone(digest)}
-        with ThreadPoolExecutor(min(CHECK_THREADS, len(paths))) as pool:
-            return {digest for digest, absent in zip(paths, pool.map(gone, paths), strict=True) if absent}
+        try:
+            if len(paths) <= 1:
+                return {digest for digest in paths if gone(digest)}
+            with ThreadPoolExecutor(min(CHECK_THREADS, len(paths))) as pool:
+                return {digest for digest, absent in zip(paths, pool.map(gone, paths), strict=True) if absent}
+        except (OSError, *storage_client_errors()) as exc:
+            raise JobStoreUnavailableError(
+                f"the object store did not say whether stored objects are there: {storage_error_text(exc)}"
+            ) from None
 
     def _store(self, data: bytes) -> tuple[str, bool]:
         """(digest, whether this call created the object)."""
@@ -93,7 +116,7 @@ class ObjectStore:
 
     def _create(self, path: str, data: bytes) -> None:
         if not self._local:
-            self.fs.pipe_file(path, data)
+            write_remote(self.fs, path, data)  # bounded, as an output's write
             return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{path}.{uuid.uuid4().hex}.part"

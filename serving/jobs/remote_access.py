@@ -7,18 +7,27 @@ URI prefixes (folders: `s3://exports/{tenant}` covers `s3://exports/acme/...`, n
 `{tenant}` standing for the job's tenant. Unset, the `default` tenant (a server without tenants: no keys, or keys
 without one) may name any location, as before there was a setting, and every other tenant none.
 
-Each read or write of one object is bounded by IMGSERVE_REMOTE_TIMEOUT_S, the storage client's own retries included:
+Each call to an object store is bounded by IMGSERVE_REMOTE_TIMEOUT_S, the storage client's own retries included:
 gcsfs retries an unreachable host six times with backoff (about 49 s per item, during which the tenant's next job
-waited), botocore's defaults allow minutes; past the bound the item fails (`unreadable_input` / `unwritable_output`).
+waited), botocore's defaults allow minutes. One call is the read or write of one object (past the bound the item
+fails `unreadable_input` / `unwritable_output`), the check that one stored object is there (`exists_remote`: a HEAD),
+or one page of a listing (serving.jobs.remote_listing). Within the bound a transient failure (the store's 5xx or
+throttling, a refused or reset connection, a timeout: `transient_storage_error`) is tried again after a growing pause
+(`RETRY_FIRST_DELAY_S` doubling up to `RETRY_MAX_DELAY_S`); an answer (no such object, access refused, no credentials)
+is never retried, and a failure still there at the bound is the call's error.
 """
 
+import asyncio
+import errno
+import functools
+import importlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving.jobs.errors import UriNotAllowedError
+from serving.jobs.errors import UriNotAllowedError, storage_error_text
 from serving.security.principal import DEFAULT_TENANT, check_tenant
 
 logger = logging.getLogger("imgserve.jobs")
@@ -27,6 +36,23 @@ REMOTE_TIMEOUT_ENV = "IMGSERVE_REMOTE_TIMEOUT_S"
 DEFAULT_REMOTE_TIMEOUT_S = 20.0
 MAX_REMOTE_TIMEOUT_S = 3600.0
 TENANT_PLACEHOLDER = "{tenant}"
+RETRY_FIRST_DELAY_S = 0.1  # the pause before a transient failure is tried again, doubled each time up to the next
+RETRY_MAX_DELAY_S = 2.0
+# What an object store answers when it is busy or briefly failing, beside a 5xx or 429 status: S3's error codes (a
+# HEAD's error has no body, so its code is the status) and its 400 RequestTimeout (the connection idled out).
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
+    | {"RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+# s3fs's translations of a 5xx or throttling answer into an OSError (EBUSY: 503 / SlowDown, EREMOTEIO: 500)
+_TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, getattr(errno, "EREMOTEIO", 121)})
+# The clients' own connection failures (none an OSError): botocore's (reset, refused, read timeout), aiohttp's (gcsfs
+# and s3fs's transport), google-auth's network failure while fetching a token.
+_CONNECTION_ERRORS = {
+    "botocore.exceptions": ("HTTPClientError", "ConnectionError"),
+    "aiohttp": ("ClientConnectionError", "ClientPayloadError"),
+    "google.auth.exceptions": ("TransportError",),
+}
 _SCHEME_ALIASES = {"gcs": "gs"}
 
 
@@ -91,9 +117,9 @@ def _under(location: str, folder: str) -> bool:
 
 
 def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
-    """IMGSERVE_REMOTE_TIMEOUT_S: the longest one s3:// / gs:// object read or write may take, every retry of the
-    storage client included (default 20 s). A value that is not a number of seconds in (0, 3600] is logged and the
-    default used: an item must not fail for the server's setting."""
+    """IMGSERVE_REMOTE_TIMEOUT_S: the longest one s3:// / gs:// call may take (an object's read or write, a HEAD, a
+    page of a listing), every retry included (default 20 s). A value that is not a number of seconds in (0, 3600]
+    is logged and the default used: an item must not fail for the server's setting."""
     raw = (os.environ if env is None else env).get(REMOTE_TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_REMOTE_TIMEOUT_S
@@ -113,17 +139,82 @@ def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def _bounded(filesystem: Any, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """`await call(*args)` on the loop of an async fsspec filesystem (s3fs, gcsfs), cancelled after
-    `remote_timeout_s` with a TimeoutError (an OSError) that names the setting."""
+@functools.cache
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = []
+    for module_name, names in _CONNECTION_ERRORS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.extend(getattr(module, name) for name in names if hasattr(module, name))
+    return tuple(found)
+
+
+def _transient_answer(error: BaseException) -> bool | None:
+    """For an object store's error answer (botocore's ClientError, gcsfs's HttpError), whether it says to try again
+    (a 5xx or 429 status, a throttling code); None for an error that is no such answer."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status = status if isinstance(status, int) else int(code) if code.isdigit() else 0
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    code = getattr(error, "code", None)
+    if type(error).__name__ == "HttpError" and isinstance(code, int):  # gcsfs's
+        return code >= 500 or code == 429
+    return None
+
+
+def transient_storage_error(exc: BaseException) -> bool:
+    """Whether trying again may clear `exc` (or what it was translated from): the store's 5xx or 429, throttling, a
+    refused, reset or dropped connection, a timeout. No: a missing object, a refused request (403, 400), missing
+    credentials, which are the store's answer."""
+    error: BaseException | None = exc
+    for _ in range(8):  # the chain of translations (s3fs raises an OSError from botocore's ClientError)
+        if error is None or isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+            return False
+        answer = _transient_answer(error)
+        if answer is not None:
+            return answer
+        if isinstance(error, (TimeoutError, ConnectionError, *_connection_errors())):
+            return True
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def bounded_call(filesystem: Any, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`await call(*args)` on the loop of an async fsspec filesystem (s3fs, gcsfs), tried again after a transient
+    failure, all of it cancelled after `remote_timeout_s` with a TimeoutError (an OSError) that names the setting and
+    the last transient failure."""
     from fsspec.asyn import sync
     from fsspec.exceptions import FSTimeoutError
 
     timeout = remote_timeout_s()
+    last: list[BaseException] = []
+
+    async def attempts() -> Any:
+        delay = RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return await call(*args)
+            except Exception as exc:
+                if not transient_storage_error(exc):
+                    raise
+                last[:] = [exc]
+                logger.debug("object store call failed, trying again in %g s: %r", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
     try:
-        return sync(filesystem.loop, call, *args, timeout=timeout)
+        return sync(filesystem.loop, attempts, timeout=timeout)
     except FSTimeoutError:
-        raise TimeoutError(f"no answer from the object store within {timeout:g} s ({REMOTE_TIMEOUT_ENV})") from None
+        reason = f"; last failure: {storage_error_text(last[0])}" if last else ""
+        raise TimeoutError(
+            f"no answer from the object store within {timeout:g} s ({REMOTE_TIMEOUT_ENV}){reason}"
+        ) from None
 
 
 def read_remote(filesystem: Any, path: str, max_bytes: int) -> bytes:
@@ -140,7 +231,7 @@ def read_remote(filesystem: Any, path: str, max_bytes: int) -> bytes:
             return b""
         return bytes(await filesystem._cat_file(path, start=0, end=max_bytes + 1))
 
-    return bytes(_bounded(filesystem, read))
+    return bytes(bounded_call(filesystem, read))
 
 
 def write_remote(filesystem: Any, path: str, data: bytes) -> None:
@@ -151,4 +242,23 @@ def write_remote(filesystem: Any, path: str, data: bytes) -> None:
         with filesystem.open(path, "wb") as handle:
             handle.write(data)
         return
-    _bounded(filesystem, filesystem._pipe_file, path, data)
+    bounded_call(filesystem, filesystem._pipe_file, path, data)
+
+
+def exists_remote(filesystem: Any, path: str) -> bool:
+    """Whether an object is at `path`, asked of the store itself (a HEAD; any listing cache dropped first); for an
+    async filesystem in one bounded call. A failure that is not "no such object" is raised."""
+    from fsspec.asyn import AsyncFileSystem
+
+    filesystem.invalidate_cache(path)
+    if not isinstance(filesystem, AsyncFileSystem):
+        return bool(filesystem.exists(path))
+
+    async def head() -> bool:
+        try:
+            await filesystem._info(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    return bool(bounded_call(filesystem, head))
