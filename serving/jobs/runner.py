@@ -19,7 +19,7 @@ from pipelines.convert.names import output_bases
 from serving.errors import classify_error, internal_detail
 from serving.image_ops import ImageOperations
 from serving.jobs.erasure import drop_unrecorded_output
-from serving.jobs.errors import ItemInputError, JobPurgedError
+from serving.jobs.errors import ItemInputError, JobPurgedError, JobStoreUnavailableError
 from serving.jobs.metrics import BATCH_DISPATCHES, BATCH_ITEM_LATENCY, BATCH_ITEMS, BATCH_JOBS
 from serving.jobs.objects import ObjectStore, read_job_input
 from serving.jobs.operations import run_operations
@@ -306,6 +306,14 @@ class JobRunner:
         outcome = Outcome(**{**outcome.__dict__, "duration_ms": elapsed * 1000.0})
         # Held until the store takes it: an outage delays the write, never loses it or runs the item again.
         try:
+            recorded = await self.store.durable(self.queue.record, item, outcome)
+        except JobStoreUnavailableError as exc:  # the object store did not confirm the result's objects in time
+            if item.attempts < self.settings.max_attempts:  # not recorded: run again, recorded once
+                logger.warning("item %d of job %s: %s; retrying", item.idx, job.id, exc)
+                await self._hand_back(item)
+                return
+            kind = "unwritable_output" if outcome.output is not None else "store_unavailable"
+            outcome = Outcome("failed", job.model, error_kind=kind, error=str(exc), duration_ms=outcome.duration_ms)
             recorded = await self.store.durable(self.queue.record, item, outcome)
         except Exception as exc:  # noqa: BLE001 - not an outage: the store refused this result (a value it cannot hold)
             detail = internal_detail(exc)

@@ -13,6 +13,7 @@ from pipelines.errors import InvalidImageError
 from serving.errors import ModelUnavailableError, OverloadedError
 from serving.jobs import runner as runner_module
 from serving.jobs.database import create_store_engine, migrate
+from serving.jobs.errors import JobStoreUnavailableError
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import JobSpec, NewItem
 from serving.jobs.results import csv_lines
@@ -264,3 +265,57 @@ def test_items_handed_back_after_a_cancel_are_cancelled_not_pending(parts) -> No
     assert orphans.requeue_orphans() == {job_id: 1}
     counts = JobStore(parts[0]).get_job(job_id).counts
     assert counts["pending"] == 0 and counts["running"] == 0 and counts["cancelled"] == 4, counts
+
+
+def test_an_object_store_that_cannot_confirm_a_result_hands_the_item_back(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a result checks its stored objects on the object store (`hold_objects`); a store still failing past
+    IMGSERVE_REMOTE_TIMEOUT_S raises JobStoreUnavailableError there. That is the store's trouble, not the item's: the
+    item is tried again (its result was not recorded, so it runs once more and is recorded once), where it failed
+    at once as `internal` "the item's result could not be stored"."""
+    monkeypatch.setattr(runner_module, "RETRY_DELAY_S", 0.0)
+    job_id = _submit(parts, [b"img0", b"img1"])
+    runner = _runner(parts, FakeService())
+    record = runner.queue.record
+    refused = {"img1": 0}
+
+    def store_down_once(item, outcome):  # type: ignore[no-untyped-def]
+        if item.name == "1.jpg" and outcome.result is not None and not refused["img1"]:
+            refused["img1"] += 1
+            raise JobStoreUnavailableError("the object store did not say whether stored objects are there: 503")
+        return record(item, outcome)
+
+    runner.queue.record = store_down_once  # type: ignore[method-assign]
+    finished = asyncio.run(asyncio.wait_for(runner.run_job(JobStore(parts[0]).get_job(job_id)), 30))
+    assert finished is not None and finished.status == "completed" and refused["img1"] == 1
+    rows = {r.name: r for r in JobStore(parts[0]).results_page(job_id)}
+    assert rows["0.jpg"].status == "done" and rows["1.jpg"].status == "done", rows["1.jpg"]
+    assert len(JobStore(parts[0]).results_page(job_id)) == 2  # recorded once each
+
+
+def test_an_object_store_failing_every_attempt_fails_the_item_with_the_stores_reason(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "RETRY_DELAY_S", 0.0)
+    job_id = _submit(parts, [b"img0"])
+    runner = _runner(parts, FakeService())
+    record = runner.queue.record
+    died: list[object] = []
+    item_died = runner._item_died
+
+    async def recording_death(job, item, error):  # type: ignore[no-untyped-def]
+        died.append(error)
+        await item_died(job, item, error)
+
+    def store_down(item, outcome):  # type: ignore[no-untyped-def]
+        if outcome.result is not None:
+            raise JobStoreUnavailableError("the object store did not say whether stored objects are there: 503")
+        return record(item, outcome)
+
+    runner.queue.record = store_down  # type: ignore[method-assign]
+    runner._item_died = recording_death  # type: ignore[method-assign]
+    finished = asyncio.run(asyncio.wait_for(runner.run_job(JobStore(parts[0]).get_job(job_id)), 30))
+    assert finished is not None and finished.status == "failed" and not died, died  # its only item failed, no crash
+    (row,) = JobStore(parts[0]).results_page(job_id)
+    assert row.status == "failed" and row.error_kind == "store_unavailable" and "503" in (row.error or ""), row
