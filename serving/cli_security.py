@@ -77,6 +77,7 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     _audit(engine, "key.create", record.id, record.tenant, {"role": record.role, "name": record.name})
     limits = f"rate {record.rate_per_s:g}/s burst {record.burst}" if record.rate_per_s else "no rate limit"
     quota = f"quota {record.quota_images_per_day} images/day" if record.quota_images_per_day is not None else "no quota"
+    quota += " (none allowed: the key is frozen)" if record.quota_images_per_day == 0 else ""
     print(f"created key {record.id} ({record.name}): tenant {record.tenant}, role {record.role}, {limits}, {quota}")
     print("the key is shown once; store it now (clients send it as 'Authorization: Bearer <key>'):")
     print(key)
@@ -127,10 +128,43 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_known(engine: Any, tenant: str) -> bool:
+    """Whether `tenant` exists: the default tenant (every caller's on a server without tenants), or a tenant something
+    made: its settings row (`keys create`, `tenants set --create`, a webhook delivery's secret), or its jobs,
+    collections or training jobs (a JWT caller's tenant has no key)."""
+    import sqlalchemy as sa
+
+    from serving.jobs.tables import collections, jobs, training_jobs
+    from serving.security.principal import DEFAULT_TENANT
+    from serving.security.tables import api_keys, tenants
+
+    if tenant == DEFAULT_TENANT:
+        return True
+    columns = (tenants.c.id, api_keys.c.tenant, jobs.c.tenant, collections.c.tenant, training_jobs.c.tenant)
+    with engine.connect() as conn:
+        return any(
+            conn.execute(sa.select(sa.literal(1)).where(column == tenant).limit(1)).first() for column in columns
+        )
+
+
+def _unknown_tenant(tenant: str) -> int:
+    """A mistyped tenant name made a new tenant (a webhook secret the real tenant never signs with, a quota on no
+    one): refused, one line, exit 2."""
+    print(
+        f"imgserve: error: unknown tenant {tenant!r} (no keys, jobs, collections, training jobs or settings);"
+        f" check the name, or set it up with 'imgserve tenants set {tenant} --create'",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _cmd_tenants_set(args: argparse.Namespace) -> int:
     from serving.security.tenants import TenantStore
 
     engine = _engine()
+    known = _tenant_known(engine, args.tenant)
+    if not known and not args.create:
+        return _unknown_tenant(args.tenant)
     try:
         policy = TenantStore(engine).update(
             args.tenant, args.anonymize, args.quota_images, args.quota_bytes, clear_quotas=args.clear_quotas
@@ -139,6 +173,8 @@ def _cmd_tenants_set(args: argparse.Namespace) -> int:
         print(f"imgserve: error: {exc}", file=sys.stderr)
         return 2
     _audit(engine, "tenant.update", policy.id, policy.id, policy.__dict__)
+    if not known:
+        print(f"created tenant {policy.id}", file=sys.stderr)
     print(json.dumps(policy.__dict__))
     return 0
 
@@ -154,6 +190,8 @@ def _cmd_tenants_secret(args: argparse.Namespace) -> int:
     from serving.security.tenants import ROTATION_GRACE_S, TenantStore
 
     engine = _engine()
+    if not _tenant_known(engine, args.tenant):
+        return _unknown_tenant(args.tenant)
     secret = TenantStore(engine).webhook_secret(args.tenant, rotate=args.rotate)
     _audit(engine, "tenant.webhook_secret" + (".rotate" if args.rotate else ".read"), args.tenant, args.tenant)
     print(f"webhook signing secret of tenant {args.tenant} (verify X-Imgserve-Signature with it):")
@@ -177,13 +215,17 @@ def _cmd_tenants_erase(args: argparse.Namespace) -> int:
         )
         return 2
     from serving.config.settings import ServerSettings
-    from serving.jobs.objects import ObjectStore
+    from serving.jobs.objects import ObjectStore, ObjectStoreUnusableError
     from serving.jobs.settings import JobSettings
     from serving.jobs.tenant_erasure import erase_tenant
     from serving.security.audit import AuditEntry
 
     engine = _engine()
-    objects = ObjectStore(JobSettings.from_env().object_store)
+    try:
+        objects = ObjectStore(JobSettings.from_env().object_store)
+    except (ValueError, ObjectStoreUnusableError) as exc:  # a bad IMGSERVE_OBJECT_STORE, a missing bucket
+        print(f"imgserve: error: {exc}", file=sys.stderr)
+        return 2
     trained_models = ServerSettings.from_env().trained_models
     entry = AuditEntry(action="tenant.erase", client="cli")
     report = erase_tenant(engine, objects, trained_models, args.tenant, entry, erase_audit=args.audit)
@@ -205,7 +247,12 @@ def add_security_commands(sub: Any) -> None:
     create.add_argument("--tenant", required=True, help="the tenant whose jobs the key reads and makes")
     create.add_argument("--rate", type=_rate, default=None, help="request rate limit: 5, 5/s, 300/min (default none)")
     create.add_argument("--burst", type=_count, default=None, help="requests allowed at once (default: 1 s of --rate)")
-    create.add_argument("--quota", type=_quota, default=None, help="images per UTC day, e.g. 10000/day (default none)")
+    create.add_argument(
+        "--quota",
+        type=_quota,
+        default=None,
+        help="images per UTC day, e.g. 10000/day; 0 freezes the key (default none)",
+    )
     create.set_defaults(func=_cmd_keys_create)
     listing = keys_sub.add_parser("list", help="keys (never the secrets)")
     listing.add_argument("--tenant", default=None)
@@ -218,15 +265,22 @@ def add_security_commands(sub: Any) -> None:
 
     tenants = sub.add_parser("tenants", help="tenants' quotas, forced anonymisation, webhook secrets")
     tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
-    update = tenants_sub.add_parser("set", help="change a tenant's settings")
+    update = tenants_sub.add_parser("set", help="change a tenant's settings (--create: set up a new tenant)")
     update.add_argument("tenant")
+    update.add_argument("--create", action="store_true", help="the tenant is new (else an unknown name is refused)")
     update.add_argument("--anonymize", action=argparse.BooleanOptionalAction, default=None, help="force anonymize")
-    update.add_argument("--quota-images", type=_quota, default=None, help="images per UTC day for the tenant")
-    update.add_argument("--quota-bytes", type=_count, default=None, help="bytes of batch inputs the tenant may store")
+    update.add_argument(
+        "--quota-images", type=_quota, default=None, help="images per UTC day for the tenant (0: none, frozen)"
+    )
+    update.add_argument(
+        "--quota-bytes", type=_count, default=None, help="bytes of batch inputs the tenant may store (0: none)"
+    )
     update.add_argument("--clear-quotas", action="store_true", help="remove both quotas")
     update.set_defaults(func=_cmd_tenants_set)
     tenants_sub.add_parser("list", help="tenants and their settings").set_defaults(func=_cmd_tenants_list)
-    secret = tenants_sub.add_parser("webhook-secret", help="print (or --rotate) the tenant's webhook signing secret")
+    secret = tenants_sub.add_parser(
+        "webhook-secret", help="print (or --rotate) an existing tenant's webhook signing secret"
+    )
     secret.add_argument("tenant")
     secret.add_argument("--rotate", action="store_true")
     secret.set_defaults(func=_cmd_tenants_secret)

@@ -19,7 +19,7 @@ from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
 from serving.model_poll import ModelPoller
 from serving.placement import IngressConfig, build_service
-from serving.security.audit import AuditEntry, write_entry
+from serving.security.audit import write_server_start, write_server_start_when_reachable
 from serving.security.gate import SecurityGate, build_gate, set_replica_gate
 from serving.security.settings import SecuritySettings
 
@@ -35,6 +35,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         settings = config.settings
         self.service = build_service(config, stages)
         self.gate = await asyncio.to_thread(ingress_gate, config)
+        self.start_audit = audit_start_without_auth(config, self.gate)
         set_replica_gate(self.gate)
         self.service.gate = self.gate
         self.job_loop: JobLoop | None = None
@@ -93,6 +94,8 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             await self.job_loop.stop()  # type: ignore[union-attr]
         if getattr(self, "model_poller", None) is not None:
             await self.model_poller.stop()  # type: ignore[union-attr]
+        if getattr(self, "start_audit", None) is not None:
+            self.start_audit.cancel()  # type: ignore[union-attr]
         gate = getattr(self, "gate", None)  # audit entries and image counts still in memory: written, not lost
         for pending in (getattr(gate, "audit_writer", None), getattr(gate, "usage", None)):
             if pending is not None:
@@ -101,24 +104,43 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
 
 def ingress_gate(config: IngressConfig) -> SecurityGate:
     """The replica's security gate. `imgserve serve` resolves IMGSERVE_AUTH before Ray starts; left at `auto`
-    (a hand-made `serve deploy`), auth is required unless the replica's own listeners bind loopback only."""
+    (a hand-made `serve deploy`), auth is required unless the replica's own listeners bind loopback only. With auth
+    required, the replica's `server.start` is written here, through the gate's database."""
 
-    hosts = [config.direct_ingress.host] if config.direct_ingress is not None else ["(Ray Serve proxy)"]
     settings = SecuritySettings.from_env()
-    gate = build_gate(settings, open_job_database, hosts)
-    if gate.engine is not None:  # the configuration this replica serves with, in the audit log (no secrets in it)
-        detail = {
-            "placement": config.placement,
-            "default_model": config.default_model,
-            "listeners": hosts,
-            "tls": bool(config.direct_ingress and config.direct_ingress.tls),
-            "cors_origins": settings.cors_origins,
-            "retention_days": settings.retention_days,
-            "jwt": bool(settings.jwt_public_key_file or settings.jwks_file),
-        }
-        with gate.engine.begin() as conn:
-            write_entry(conn, AuditEntry(action="server.start", client="server", detail=detail))
+    gate = build_gate(settings, open_job_database, listener_hosts(config))
+    if gate.engine is not None:
+        write_server_start(gate.engine, server_start_detail(config, gate))
     return gate
+
+
+def audit_start_without_auth(config: IngressConfig, gate: SecurityGate) -> "asyncio.Task[None] | None":
+    """With auth off the gate opens no database, but a server with batch jobs has one (the same database): its
+    `server.start` is written there, in the background as soon as the database answers (the replica does not wait
+    for it, as its job loop does not). Called on the replica's event loop; None when nothing is to be written."""
+    if gate.engine is not None or not config.batch_jobs:
+        return None
+    detail = server_start_detail(config, gate)
+    return asyncio.get_running_loop().create_task(write_server_start_when_reachable(open_job_database, detail))
+
+
+def listener_hosts(config: IngressConfig) -> list[str]:
+    return [config.direct_ingress.host] if config.direct_ingress is not None else ["(Ray Serve proxy)"]
+
+
+def server_start_detail(config: IngressConfig, gate: SecurityGate) -> dict[str, Any]:
+    """The configuration this replica serves with, as its `server.start` audit entry holds it (no secrets in it)."""
+    settings = gate.settings
+    return {
+        "placement": config.placement,
+        "default_model": config.default_model,
+        "listeners": listener_hosts(config),
+        "auth": gate.mode,
+        "tls": bool(config.direct_ingress and config.direct_ingress.tls),
+        "cors_origins": settings.cors_origins,
+        "retention_days": settings.retention_days,
+        "jwt": bool(settings.jwt_public_key_file or settings.jwks_file),
+    }
 
 
 IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress()(Ingress))

@@ -40,13 +40,39 @@ LOCK_CHUNK = 500  # digests per statement when a writer takes its locks
 CHECK_THREADS = 16  # HEADs at once when a writer checks its objects on an object store
 
 
+class ObjectStoreUnusableError(RuntimeError):
+    """IMGSERVE_OBJECT_STORE names a bucket that does not exist, or whose existence the store would not confirm: the
+    replica (or CLI command) opening the store cannot start."""
+
+
 class ObjectStore:
     def __init__(self, url: str):
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
         self.url = url
         self._local = isinstance(self.fs, LocalFileSystem)
-        self.fs.makedirs(self.root, exist_ok=True)
+        if self._local:
+            self.fs.makedirs(self.root, exist_ok=True)
+        else:
+            self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        """An object store's bucket must exist: it is never created (s3fs's and gcsfs's `makedirs` create it, so a
+        mistyped name kept every input in a new bucket). A prefix needs nothing made: object stores have no folders.
+        Asked of the store itself, bounded as every remote call (a HEAD on the bucket)."""
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = exists_remote(self.fs, bucket)
+        except (OSError, *storage_client_errors()) as exc:
+            raise ObjectStoreUnusableError(
+                f"IMGSERVE_OBJECT_STORE={self.url!r}: could not check that bucket {bucket!r} exists: "
+                f"{storage_error_text(exc)}"
+            ) from None
+        if not found:
+            raise ObjectStoreUnusableError(
+                f"IMGSERVE_OBJECT_STORE={self.url!r}: bucket {bucket!r} does not exist (imgserve never creates "
+                "buckets: create it, or correct the name)"
+            )
 
     def _path(self, digest: str) -> str:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

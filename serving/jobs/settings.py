@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import fsspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from serving.config.settings import ServerSettings, settings_error
@@ -48,6 +49,31 @@ ENV_NAMES = {
     "webhook_backoff_s": "IMGSERVE_WEBHOOK_BACKOFF_S",
     "webhook_timeout_s": "IMGSERVE_WEBHOOK_TIMEOUT_S",
 }
+
+
+def check_object_store(url: str) -> str:
+    """IMGSERVE_OBJECT_STORE, checked at startup: an absolute local path (or `file://` and one), or
+    `<protocol>://<bucket>[/prefix]` of a filesystem fsspec has installed (s3://, gs://). Anything else fsspec would
+    take for a local folder relative to each replica's working directory (`s3:/bucket`, one slash: a folder `s3:`),
+    or fail on in a replica (an unknown protocol, a missing s3fs)."""
+    protocol, sep, rest = url.partition("://")
+    if not sep:
+        if not Path(url).is_absolute():
+            raise ValueError("expected an absolute local path or <protocol>://<bucket>[/prefix], e.g. s3://bucket/x")
+        return url
+    if protocol == "file":
+        if not rest.startswith("/"):
+            raise ValueError("a file:// object store needs an absolute path (file:///srv/objects)")
+        return url
+    if not rest.split("/", 1)[0]:
+        raise ValueError("no bucket: expected <protocol>://<bucket>[/prefix], e.g. s3://bucket/x")
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        raise ValueError(f"the {protocol}:// filesystem is not installed ({exc})") from None
+    except ValueError:
+        raise ValueError(f"unknown protocol {protocol!r}: expected an absolute local path, s3:// or gs://") from None
+    return url
 
 
 def normalize_database_url(url: str) -> str:
@@ -147,6 +173,11 @@ class JobSettings(BaseModel):
     def _driver(cls, value: str) -> str:
         return normalize_database_url(value)
 
+    @field_validator("object_store")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        return check_object_store(value)
+
     @field_validator("webhook_allow", "allowed_remote", mode="before")
     @classmethod
     def _allow_csv(cls, value: object) -> object:
@@ -172,7 +203,7 @@ class JobSettings(BaseModel):
         server = ServerSettings.from_env(env)
         values: dict[str, object] = {
             "database_url": f"sqlite:///{server.cache_dir / 'jobs.sqlite3'}",
-            "object_store": str(server.cache_dir / "objects"),
+            "object_store": str((server.cache_dir / "objects").absolute()),
             "max_image_bytes": server.max_image_bytes,
         }
         values.update({field: env[name] for field, name in ENV_NAMES.items() if env.get(name)})

@@ -16,6 +16,7 @@ first of its client address and action in `REPEAT_WINDOW_S`; the next ones are c
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +28,8 @@ from serving.security.tables import audit_log
 logger = logging.getLogger("imgserve.security")
 REPEAT_WINDOW_S = 60.0
 MAX_REPEAT_SOURCES = 10_000  # client addresses counted at once; past it, new ones share one count (client "*")
+START_RETRY_FIRST_S = 1.0  # a `server.start` the database did not take: tried again after this, doubling up to the next
+START_RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,41 @@ class AuditEntry:
 def write_entry(conn: sa.Connection, entry: AuditEntry) -> None:
     """Append `entry` inside the caller's transaction."""
     conn.execute(audit_log.insert().values(**entry.row()))
+
+
+def server_start_entry(detail: dict[str, Any]) -> AuditEntry:
+    """`server.start`: the configuration a replica serves with (no secrets in it), stamped when it starts."""
+    return AuditEntry(action="server.start", client="server", detail=detail)
+
+
+def write_server_start(engine: sa.Engine, detail: dict[str, Any]) -> None:
+    """Write the replica's `server.start` now (auth required: the replica does not start without its database)."""
+    with engine.begin() as conn:
+        write_entry(conn, server_start_entry(detail))
+
+
+async def write_server_start_when_reachable(open_engine: Callable[[], sa.Engine], detail: dict[str, Any]) -> None:
+    """Write the replica's `server.start` through the job database `open_engine()` opens (migrated), as soon as it
+    answers: with auth off the replica starts without its database (online serving does not need it, the job loop
+    waits for it the same way), so the entry is tried again with backoff until written, stamped with the start."""
+    entry, delay = server_start_entry(detail), START_RETRY_FIRST_S
+    while True:
+        try:
+            await asyncio.to_thread(_write_once, open_engine, entry)
+            return
+        except Exception as exc:  # noqa: BLE001 - the database is down: the next try may find it
+            logger.warning("server.start not audited yet (%s); trying again in %g s", type(exc).__name__, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, START_RETRY_MAX_S)
+
+
+def _write_once(open_engine: Callable[[], sa.Engine], entry: AuditEntry) -> None:
+    engine = open_engine()
+    try:
+        with engine.begin() as conn:
+            write_entry(conn, entry)
+    finally:
+        engine.dispose()
 
 
 def action_filter(action: str) -> sa.ColumnElement[bool]:
