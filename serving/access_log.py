@@ -18,6 +18,8 @@ from typing import Any
 _stages: ContextVar[dict[str, float] | None] = ContextVar("imgserve_stage_ms", default=None)
 _request_id: ContextVar[str] = ContextVar("imgserve_request_id", default="")
 _logger: logging.Logger | None = None
+_warnings = logging.getLogger("imgserve.access_log")  # about the access log itself, not a request line
+ACCESS_LOG_ENV = "IMGSERVE_ACCESS_LOG"
 
 
 def start_request(client_request_id: str | None = None) -> dict[str, float]:
@@ -57,16 +59,45 @@ def current_request_id() -> str:
     return ray_request_id() or _request_id.get()
 
 
+def access_log_target(env: dict[str, str] | None = None) -> str:
+    """IMGSERVE_ACCESS_LOG: `stderr` (default), `off`, or a file appended to; ValueError naming it when the file
+    cannot be opened for appending (or the value is empty), as `imgserve serve` checks before starting: opened and
+    closed here as a replica opens it."""
+    target = (os.environ if env is None else env).get(ACCESS_LOG_ENV, "stderr")
+    if target in ("stderr", "off"):
+        return target
+    if not target.strip():
+        raise ValueError(f"{ACCESS_LOG_ENV} is set but empty: unset it for stderr, or give stderr, a file or off")
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{ACCESS_LOG_ENV}={target!r}: cannot open it for appending: {exc.strerror or exc}") from None
+    return target
+
+
+def _file_handler(target: str) -> logging.Handler:
+    """The file's handler, or stderr's (with a warning, once: this logger is made once) when the file cannot be
+    opened: a request's answer must never depend on its access log line."""
+    try:
+        return logging.FileHandler(target, encoding="utf-8")
+    except OSError as exc:
+        _warnings.warning(
+            "cannot open %s=%r (%s): writing the access log to stderr", ACCESS_LOG_ENV, target, exc.strerror or exc
+        )
+        return logging.StreamHandler(sys.stderr)
+
+
 def _access_logger() -> logging.Logger | None:
     global _logger
-    target = os.environ.get("IMGSERVE_ACCESS_LOG", "stderr")
+    target = os.environ.get(ACCESS_LOG_ENV, "stderr")
     if target == "off":
         return None
     if _logger is None:
         logger = logging.getLogger("imgserve.access")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        handler = logging.StreamHandler(sys.stderr) if target == "stderr" else logging.FileHandler(target)
+        handler = logging.StreamHandler(sys.stderr) if target == "stderr" else _file_handler(target)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         _logger = logger
@@ -76,6 +107,7 @@ def _access_logger() -> logging.Logger | None:
 def log_request(
     protocol: str, endpoint: str, model: str, status: str, latency_s: float, stages: dict[str, float] | None
 ) -> None:
+    """One JSON line for a finished request. Never raises (a failing write is logging's `handleError`)."""
     logger = _access_logger()
     if logger is None:
         return

@@ -237,15 +237,38 @@ def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
     return calibrate([args.folder, "--out", args.out, *(["--base", args.base] if args.base else [])])
 
 
+def _whole_number(text: str, low: int, high: int | None, what: str) -> int:
+    """argparse type: a whole number in [low, high]; the usage error names the option and the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {what}")
+    return value
+
+
+def _port(text: str) -> int:
+    # 0 would be a port the kernel picks for each listener, one nobody is told (the ready banner says port 0)
+    return _whole_number(text, 1, 65535, "a port number, 1-65535")
+
+
+def _cpu_count(text: str) -> int:
+    # 0 was silently the default; Ray refused a negative count only after it had started
+    return _whole_number(text, 1, None, "a number of logical CPUs, 1 or more (leave it out for the default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgserve", description="High-throughput image inference server")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start a local Ray, deploy serve_config.yaml, run in the foreground")
     serve.add_argument("--config", default="serve_config.yaml", help="Ray Serve config file")
-    serve.add_argument("--http-port", type=int, default=None, help="override http_options.port")
-    serve.add_argument("--grpc-port", type=int, default=None, help="override grpc_options.port")
-    serve.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default 2x cores, min 4)")
+    serve.add_argument("--http-port", type=_port, default=None, help="override http_options.port (1-65535)")
+    serve.add_argument("--grpc-port", type=_port, default=None, help="override grpc_options.port (1-65535)")
+    serve.add_argument(
+        "--num-cpus", type=_cpu_count, default=None, help="logical CPUs for Ray, 1 or more (default 2x cores, min 4)"
+    )
     serve.add_argument(
         "--placement",
         choices=("auto", "local", "graph"),

@@ -73,7 +73,13 @@ def seconds_from_env(name: str, default: float) -> float:
 
 
 def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
-    return (os.environ if env is None else env).get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """IMGSERVE_LEAN_RAY: on (default) for 1/true/yes/on, off for 0/false/no/off (any case); ValueError naming it for
+    anything else (`imgserve serve` refuses to start: `maybe` was taken as on)."""
+    raw = (os.environ if env is None else env).get(LEAN_ENV, "1")
+    text = raw.strip().lower()
+    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"{LEAN_ENV}={raw!r}: expected 1, true, yes or on (the default), or 0, false, no or off")
+    return text in ("1", "true", "yes", "on")
 
 
 EVENT_LOOP_ENV = "IMGSERVE_EVENT_LOOP"

@@ -7,7 +7,7 @@ Classification is unaffected (c16 over HTTP: 90-99 images/s with the cap, 90-98 
 either way, same session). `imgserve serve` sets MALLOC_ARENA_MAX for the Ray it starts (every replica process
 inherits it); `tune_malloc` caps a running process through `mallopt` (the bulk CLI commands, before their
 threads exist).
-IMGSERVE_MALLOC_ARENAS: the cap (default 2; 0 leaves glibc's default).
+IMGSERVE_MALLOC_ARENAS: the cap, a whole number (default 2; 0 leaves glibc's default); anything else is refused.
 """
 
 import ctypes
@@ -15,10 +15,20 @@ import ctypes.util
 import os
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
+ARENAS_ENV = "IMGSERVE_MALLOC_ARENAS"
+DEFAULT_ARENAS = 2
 
 
 def arena_cap() -> int:
-    return int(os.environ.get("IMGSERVE_MALLOC_ARENAS", "2"))
+    """IMGSERVE_MALLOC_ARENAS (default 2; 0: glibc's own default); ValueError naming it for anything but a whole
+    number 0 or more (`imgserve serve` refuses to start with it)."""
+    raw = os.environ.get(ARENAS_ENV)
+    if raw is None:
+        return DEFAULT_ARENAS
+    text = raw.strip()
+    if not text.isdecimal():  # no sign: a negative cap meant glibc's default without saying so
+        raise ValueError(f"{ARENAS_ENV}={raw!r}: expected a whole number of arenas, 0 or more (0: glibc's default)")
+    return int(text)
 
 
 def tune_malloc(arenas: int | None = None) -> bool:

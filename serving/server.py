@@ -32,7 +32,6 @@ from serving.local_ray import (
     SignalFlag,
     WorkerLogFollower,
     block_unused_modules,
-    event_loop_choice,
     install_event_loop_policy,
     lean_ray_enabled,
     logs_dir,
@@ -56,6 +55,7 @@ from serving.serve_control import (
     shutdown_serve,
 )
 from serving.serve_file import StartRefused, check_keys, check_start
+from serving.start_checks import check_host, check_jwt_files, check_settings, one_line, refusal, refuse
 
 logger = logging.getLogger("imgserve.server")
 
@@ -133,7 +133,11 @@ def resolve_auth(binds: list[tuple[str, str]], env: dict[str, str] | None = None
     """IMGSERVE_AUTH for these listeners (serving.security.settings); StartRefused when auth is off but a
     listener binds beyond loopback."""
     try:
-        return SecuritySettings.from_env(env).effective_auth([host for _, host in binds])
+        settings = SecuritySettings.from_env(env)
+    except ValueError as exc:  # a value that is not valid: named by check_settings' one line
+        raise refusal(exc) from None
+    try:
+        return settings.effective_auth([host for _, host in binds])
     except ValueError as exc:
         exposed = "; ".join(f"{name} on {host}" for name, host in binds if not is_loopback_host(host))
         raise StartRefused(f"{exc} Exposed: {exposed}.") from exc
@@ -153,8 +157,8 @@ def ray_metrics_port() -> int | None:
     value = os.environ.get("IMGSERVE_RAY_METRICS_PORT", "").strip()
     if not value:
         return None
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise StartRefused(f"IMGSERVE_RAY_METRICS_PORT={value!r}: expected a port number (1-65535)")
+    if not value.isdecimal() or not 0 < int(value) < 65536:
+        raise refuse("IMGSERVE_RAY_METRICS_PORT", value, "expected a port number (1-65535)")
     return int(value)
 
 
@@ -281,27 +285,19 @@ def run_server(
         tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         if tls is not None:
             check_tls_files(*tls)
-        from serving.backends.onnxruntime_backend import default_intra_op_threads
-        from serving.config.settings import ServerSettings
-        from serving.jobs.settings import JobSettings
-
-        try:  # IMGSERVE_* settings every replica reads: a bad value is said here, not in a replica after the start
-            ServerSettings.from_env()
-            JobSettings.from_env()
-            serve_shutdown_timeout_s()
-            deploy_timeout_s()
-            default_intra_op_threads()  # IMGSERVE_ORT_THREADS
-        except ValueError as exc:
-            raise StartRefused(" ".join(str(exc).split())[:600]) from None
+        check_settings()  # IMGSERVE_* settings every replica reads: a bad value is said here, not in a replica
         ray_metrics_port()
-        raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
+        if host is not None:
+            check_host(host)
+        try:
+            raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
+        except (OSError, yaml.YAMLError) as exc:
+            raise refuse("--config", config_path, one_line(exc)) from None
         check_start(raw)  # a listener to connect to, valid args, batch waits within the queue budget
         binds = listener_binds(raw, ray_address)
         auth = resolve_auth(binds)
-        try:
-            event_loop_choice()
-        except ValueError as exc:
-            raise StartRefused(str(exc)) from None
+        if auth == "required":
+            check_jwt_files()  # read by every Ingress replica's authenticator
         clashes = shared_ports(raw)
         if clashes:
             raise StartRefused(f"{'; '.join(clashes)}: give each listener its own port (--http-port/--grpc-port)")

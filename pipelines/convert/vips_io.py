@@ -30,10 +30,22 @@ from pipelines.limits import DecodeLimits
 from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
 from pipelines.orientation import SWAPS_AXES
 
+VIPS_THREADS_ENV = "IMGSERVE_VIPS_THREADS"
+
+
+def vips_threads() -> int:
+    """libvips threads per image (IMGSERVE_VIPS_THREADS, default 1; 0: libvips' own default, one per core): requests
+    and bulk files already run in parallel on the stages' threads; one libvips thread each was 5-8 % faster at 4
+    concurrent conversions on 2 cores than two. ValueError naming the variable for anything but a whole number 0 or
+    more (`imgserve serve` refuses to start with it; read when this module is imported)."""
+    raw = os.environ.get(VIPS_THREADS_ENV, "1")
+    if not raw.strip().isdecimal():
+        raise ValueError(f"{VIPS_THREADS_ENV}={raw!r}: expected a whole number of threads, 0 or more (0: one per core)")
+    return int(raw)
+
+
 pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
-# libvips threads per image (IMGSERVE_VIPS_THREADS, default 1): requests and bulk files already run in parallel on
-# the stages' threads; one libvips thread each was 5-8 % faster at 4 concurrent conversions on 2 cores than two.
-pyvips.concurrency_set(int(os.environ.get("IMGSERVE_VIPS_THREADS", "1")))
+pyvips.concurrency_set(vips_threads())
 UNBOUNDED = 10_000_000  # a thumbnail box that never shrinks
 ANIMATED_INPUTS = frozenset({"GIF", "WEBP"})
 

@@ -83,14 +83,14 @@ CPU_RUN_BATCH = 8
 
 
 def default_cpu_run_batch() -> int:
-    """IMGSERVE_ORT_RUN_BATCH (0: the whole batch in one call), else CPU_RUN_BATCH."""
+    """IMGSERVE_ORT_RUN_BATCH (0: the whole batch in one call), else CPU_RUN_BATCH; ValueError naming it for anything
+    but a whole number 0 or more (`imgserve serve` refuses to start with it)."""
     raw = os.environ.get("IMGSERVE_ORT_RUN_BATCH")
     if raw is None or raw.strip() == "":
         return CPU_RUN_BATCH
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        raise ValueError(f"IMGSERVE_ORT_RUN_BATCH={raw!r}: expected a whole number of images (0: one call)") from None
+    if not raw.strip().isdecimal():  # a negative count was taken as 0 (one call) without a word
+        raise ValueError(f"IMGSERVE_ORT_RUN_BATCH={raw!r}: expected a whole number of images, 0 or more (0: one call)")
+    return int(raw)
 
 
 class OnnxRuntimeBackend:

@@ -1,7 +1,7 @@
 """Server-wide settings, read from `IMGSERVE_*` environment variables with documented defaults."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,20 @@ def settings_error(exc: ValidationError, values: dict[str, Any], variable: Calla
     """A settings model's validation error named by the environment variables the operator set (`variable(field)`),
     with the values given, instead of by the model's fields."""
     problems = "; ".join(
-        f"{variable(str(error['loc'][0]))}={values.get(str(error['loc'][0]))!r}: {error['msg']}"
+        f"{variable(str(error['loc'][0]))}={values.get(str(error['loc'][0]))!r}: "
+        + error["msg"].removeprefix("Value error, ")  # a validator's own ValueError: its text says it all
         for error in exc.errors()
     )
     return ValueError(f"invalid setting: {problems}")
+
+
+def refuse_empty(env: Mapping[str, str], names: Iterable[str]) -> None:
+    """ValueError naming each of the environment variables `names` that is set but empty (or blank): an empty path
+    would be the current folder, an empty number a parse error, an empty list or name "none" to some readers and
+    "unset" to others; none of that is meant, so every setting refuses it alike."""
+    empty = [name for name in names if name in env and not env[name].strip()]
+    if empty:
+        raise ValueError(f"{', '.join(empty)} is set but empty: unset it for the default, or give a value")
 
 
 class ServerSettings(BaseModel):
@@ -106,9 +116,7 @@ class ServerSettings(BaseModel):
         values = {
             name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
         }
-        empty = [f"IMGSERVE_{name.upper()}" for name, value in values.items() if not value.strip()]
-        if empty:  # an empty path would be the current folder, an empty number a parse error: neither is meant
-            raise ValueError(f"{', '.join(empty)} is set but empty: unset it for the default, or give a value")
+        refuse_empty(env, (f"IMGSERVE_{name.upper()}" for name in values))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

@@ -116,18 +116,30 @@ def _under(location: str, folder: str) -> bool:
     return location == folder or location.startswith(folder + "/")
 
 
-def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
-    """IMGSERVE_REMOTE_TIMEOUT_S: the longest one s3:// / gs:// call may take (an object's read or write, a HEAD, a
-    page of a listing), every retry included (default 20 s). A value that is not a number of seconds in (0, 3600]
-    is logged and the default used: an item must not fail for the server's setting."""
-    raw = (os.environ if env is None else env).get(REMOTE_TIMEOUT_ENV, "").strip()
-    if not raw:
+def checked_remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """IMGSERVE_REMOTE_TIMEOUT_S, or ValueError naming it for anything but seconds in (0, 3600]: `imgserve serve`
+    refuses to start with such a value."""
+    raw = (os.environ if env is None else env).get(REMOTE_TIMEOUT_ENV, "")
+    if not raw.strip():
         return DEFAULT_REMOTE_TIMEOUT_S
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value <= MAX_REMOTE_TIMEOUT_S:
+    if not 0 < value <= MAX_REMOTE_TIMEOUT_S:  # NaN fails this too
+        raise ValueError(f"{REMOTE_TIMEOUT_ENV}={raw!r}: expected seconds > 0, at most {MAX_REMOTE_TIMEOUT_S:g}")
+    return value
+
+
+def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """IMGSERVE_REMOTE_TIMEOUT_S: the longest one s3:// / gs:// call may take (an object's read or write, a HEAD, a
+    page of a listing), every retry included (default 20 s). `imgserve serve` refuses a value that is not seconds in
+    (0, 3600] (`checked_remote_timeout_s`); a server started otherwise logs it and uses the default: an item must
+    not fail for the server's setting."""
+    try:
+        return checked_remote_timeout_s(env)
+    except ValueError:
+        raw = (os.environ if env is None else env).get(REMOTE_TIMEOUT_ENV, "")
         logger.warning(
             "%s=%r is not seconds in (0, %g]; using %g",
             REMOTE_TIMEOUT_ENV,
@@ -136,7 +148,6 @@ def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
             DEFAULT_REMOTE_TIMEOUT_S,
         )
         return DEFAULT_REMOTE_TIMEOUT_S
-    return value
 
 
 @functools.cache

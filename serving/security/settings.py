@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.config.settings import refuse_empty, settings_error
 
 AuthMode = Literal["auto", "required", "off"]
 JWT_MIN_BURST = 10  # the default burst of a JWT caller at a low rate: a web page sends a few requests at once
@@ -44,9 +46,12 @@ def requests_per_second(text: str) -> float:
     and IMGSERVE_JWT_RATE read rates alike."""
     count, _, unit = text.partition("/")
     per = RATE_UNITS.get(unit.strip().lower())
-    if per is None:
-        raise ValueError(f"a rate looks like 5, 5/s, 300/min or 1000/h, got {text!r}")
-    return float(count) / per
+    try:
+        if per is None:
+            raise ValueError
+        return float(count) / per
+    except ValueError:
+        raise ValueError(f"a rate looks like 5, 5/s, 300/min or 1000/h, got {text!r}") from None
 
 
 def _per_second(value: object) -> object:
@@ -119,13 +124,17 @@ class SecuritySettings(BaseModel):
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "SecuritySettings":
+        """Settings with any `IMGSERVE_<FIELD>` environment variable applied; ValueError naming the variables and
+        values that are not valid (`invalid setting: NAME='value': why`), or that are set but empty."""
         env = dict(os.environ if env is None else env)
         values = {
-            name: env[f"IMGSERVE_{name.upper()}"]
-            for name in cls.model_fields
-            if env.get(f"IMGSERVE_{name.upper()}") not in (None, "")
+            name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
         }
-        return cls.model_validate(values)
+        refuse_empty(env, (f"IMGSERVE_{name.upper()}" for name in values))
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise settings_error(exc, values, lambda field: f"IMGSERVE_{field.upper()}") from None
 
     def effective_auth(self, bind_hosts: list[str]) -> Literal["required", "off"]:
         """The auth mode for a server whose listeners bind `bind_hosts`; raises ValueError for an exposed server

@@ -71,3 +71,15 @@ def test_the_default_store_under_a_relative_cache_dir_is_made_absolute(
     monkeypatch.chdir(tmp_path)
     store = JobSettings.from_env({"IMGSERVE_CACHE_DIR": "cache"}).object_store
     assert store == str(tmp_path / "cache" / "objects")
+
+
+def test_the_start_refuses_a_missing_bucket_in_one_line(bucket: str) -> None:  # noqa: F811 - the fixture
+    from serving.serve_file import StartRefused
+    from serving.start_checks import check_object_store
+
+    with pytest.raises(StartRefused) as refused:
+        check_object_store("s3://no-such-bucket-at-start/objects")
+    message = str(refused.value)
+    assert message.startswith("invalid setting: IMGSERVE_OBJECT_STORE=") and "does not exist" in message, message
+    assert "\n" not in message
+    check_object_store("/srv/imgserve/objects")  # local: made by the replica, nothing checked here

@@ -1,0 +1,178 @@
+"""Every documented setting of `imgserve serve` is checked before Ray starts: a bad value is one line, `imgserve:
+refusing to start: invalid setting: NAME='value': why`, and exit 2 (found by the operator walkthrough: these were
+multi-page tracebacks from the replicas after Ray had started, a pydantic dump ending in a stray "Exposed: .", or
+nothing at all)."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from serving import access_log
+from serving.cli import main
+from serving.start_checks import check_host
+from tests.unit.conftest import RayStarted
+
+pytestmark = pytest.mark.unit
+
+PORTS = ["--http-port", "18141", "--grpc-port", "18142"]
+REFUSED = "imgserve: refusing to start: invalid setting: "
+
+
+def refusal(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line said on stderr (a traceback, or anything beside the line, fails the test)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(REFUSED), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        # finding 1: the server said it was ready, then answered every request 500
+        ({"IMGSERVE_ACCESS_LOG": "/nonexistent/dir/a.log"}, "IMGSERVE_ACCESS_LOG='/nonexistent/dir/a.log'"),
+        # finding 2: failures in the replicas after Ray had started
+        ({"IMGSERVE_VIPS_THREADS": "abc"}, "IMGSERVE_VIPS_THREADS='abc'"),
+        ({"IMGSERVE_ORT_RUN_BATCH": "abc"}, "IMGSERVE_ORT_RUN_BATCH='abc'"),
+        ({"IMGSERVE_ORT_RUN_BATCH": "-1"}, "IMGSERVE_ORT_RUN_BATCH='-1'"),
+        ({"IMGSERVE_QUALITY_THRESHOLDS": "/nonexistent.yaml"}, "IMGSERVE_QUALITY_THRESHOLDS='/nonexistent.yaml'"),
+        ({"IMGSERVE_QUALITY_THRESHOLDS": "{tmp}/bad.yaml"}, "IMGSERVE_QUALITY_THRESHOLDS='{tmp}/bad.yaml'"),
+        ({"IMGSERVE_DATABASE_URL": "notaurl"}, "IMGSERVE_DATABASE_URL='notaurl'"),
+        ({"IMGSERVE_MODEL_REPOSITORY": "/nonexistent"}, "IMGSERVE_MODEL_REPOSITORY='/nonexistent': no such folder"),
+        (
+            {"IMGSERVE_AUTH": "required", "IMGSERVE_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"},
+            "IMGSERVE_JWT_PUBLIC_KEY_FILE='/nonexistent.pem'",
+        ),
+        ({"IMGSERVE_AUTH": "required", "IMGSERVE_JWKS_FILE": "/nonexistent.json"}, "IMGSERVE_JWKS_FILE='/nonexistent"),
+        ({"IMGSERVE_AUTH": "required", "IMGSERVE_JWKS_FILE": "{tmp}/bad.yaml"}, "IMGSERVE_JWKS_FILE='{tmp}/bad.yaml'"),
+        ({"IMGSERVE_MALLOC_ARENAS": "abc"}, "IMGSERVE_MALLOC_ARENAS='abc'"),
+        # finding 3: a pydantic dump with " Exposed: ." appended
+        ({"IMGSERVE_AUTH": "maybe"}, "IMGSERVE_AUTH='maybe'"),
+        ({"IMGSERVE_KEY_CACHE_S": "-1"}, "IMGSERVE_KEY_CACHE_S='-1'"),
+        ({"IMGSERVE_KEY_CACHE_S": "abc"}, "IMGSERVE_KEY_CACHE_S='abc'"),
+        ({"IMGSERVE_JWT_RATE": "fast"}, "IMGSERVE_JWT_RATE='fast'"),
+        ({"IMGSERVE_JWT_RATE": "-5"}, "IMGSERVE_JWT_RATE='-5'"),
+        ({"IMGSERVE_JWT_BURST": "0"}, "IMGSERVE_JWT_BURST='0'"),
+        ({"IMGSERVE_JWT_LEEWAY_S": "-1"}, "IMGSERVE_JWT_LEEWAY_S='-1'"),
+        ({"IMGSERVE_JWT_LEEWAY_S": "301"}, "IMGSERVE_JWT_LEEWAY_S='301'"),
+        ({"IMGSERVE_RETENTION_DAYS": "0"}, "IMGSERVE_RETENTION_DAYS='0'"),
+        ({"IMGSERVE_RETENTION_DAYS": "abc"}, "IMGSERVE_RETENTION_DAYS='abc'"),
+        ({"IMGSERVE_RETENTION_SWEEP_S": "-1"}, "IMGSERVE_RETENTION_SWEEP_S='-1'"),
+        # finding 6: accepted silently
+        ({"IMGSERVE_MALLOC_ARENAS": "-3"}, "IMGSERVE_MALLOC_ARENAS='-3'"),
+        ({"IMGSERVE_LEAN_RAY": "maybe"}, "IMGSERVE_LEAN_RAY='maybe'"),
+        ({"IMGSERVE_REMOTE_TIMEOUT_S": "abc"}, "IMGSERVE_REMOTE_TIMEOUT_S='abc'"),
+        ({"IMGSERVE_REMOTE_TIMEOUT_S": "-1"}, "IMGSERVE_REMOTE_TIMEOUT_S='-1'"),
+        ({"IMGSERVE_REMOTE_TIMEOUT_S": "3601"}, "IMGSERVE_REMOTE_TIMEOUT_S='3601'"),
+        ({"IMGSERVE_VIPS_THREADS": "-2"}, "IMGSERVE_VIPS_THREADS='-2'"),
+        # set but empty: refused like IMGSERVE_MAX_PIXELS= (it was taken as unset by some, a value by others)
+        ({"IMGSERVE_ALLOWED_HOSTS": ""}, "IMGSERVE_ALLOWED_HOSTS is set but empty"),
+        ({"IMGSERVE_JWT_ISSUER": " "}, "IMGSERVE_JWT_ISSUER is set but empty"),
+        ({"IMGSERVE_BATCH_ALLOWED_REMOTE": ""}, "IMGSERVE_BATCH_ALLOWED_REMOTE is set but empty"),
+        ({"IMGSERVE_ACCESS_LOG": ""}, "IMGSERVE_ACCESS_LOG is set but empty"),
+        ({"IMGSERVE_QUALITY_THRESHOLDS": ""}, "IMGSERVE_QUALITY_THRESHOLDS is set but empty"),
+        ({"IMGSERVE_LEAN_RAY": ""}, "IMGSERVE_LEAN_RAY is set but empty"),
+    ],
+)
+def test_a_bad_setting_is_one_line_before_ray_starts(
+    no_ray: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    env: dict[str, str],
+    said: str,
+) -> None:
+    (tmp_path / "bad.yaml").write_text("- not\n- thresholds\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("{tmp}", str(tmp_path)))
+    assert main(["serve", *PORTS]) == 2
+    line = refusal(capsys)
+    assert said.replace("{tmp}", str(tmp_path)) in line and no_ray == []
+    assert "Exposed" not in line  # only the auth-off-beyond-loopback refusal lists what is exposed
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--config", "/nonexistent.yaml"], "--config='/nonexistent.yaml'"),
+        (["--config", "{tmp}/bad.yaml"], "--config='{tmp}/bad.yaml'"),
+        (["--host", "not a host!"], "--host='not a host!'"),
+        (["--host", "bad_host.example"], "--host='bad_host.example'"),
+        (["--host", "999.1.1.1"], "--host='999.1.1.1'"),
+        (["--host", "[::1]"], "--host='[::1]'"),
+    ],
+)
+def test_a_bad_serve_option_is_one_line_before_ray_starts(
+    no_ray: list, capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], said: str
+) -> None:
+    (tmp_path / "bad.yaml").write_text("applications: [\n")
+    assert main(["serve", *PORTS, *(arg.replace("{tmp}", str(tmp_path)) for arg in argv)]) == 2
+    assert said.replace("{tmp}", str(tmp_path)) in refusal(capsys) and no_ray == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--http-port", "70000"],
+        ["--http-port", "-1"],
+        ["--http-port", "0"],
+        ["--grpc-port", "65536"],
+        ["--grpc-port", "0"],
+        ["--num-cpus", "-1"],
+        ["--num-cpus", "0"],
+        ["--num-cpus", "many"],
+    ],
+)
+def test_an_out_of_range_number_is_an_argument_error(
+    no_ray: list, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Were: `OverflowError: bind(): port must be 0-65535` (a traceback), Ray refusing a negative CPU count after it
+    started, and `--num-cpus 0` silently the default."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", *argv])
+    assert exited.value.code == 2 and no_ray == []
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: " in err and repr(argv[1]) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IMGSERVE_LEAN_RAY": "off", "IMGSERVE_VIPS_THREADS": "0", "IMGSERVE_MALLOC_ARENAS": "0"},
+        {"IMGSERVE_LEAN_RAY": "Yes", "IMGSERVE_REMOTE_TIMEOUT_S": "3600", "IMGSERVE_ORT_RUN_BATCH": "0"},
+        {"IMGSERVE_ACCESS_LOG": "{tmp}/logs/access.log", "IMGSERVE_DATABASE_URL": "postgresql://u@db:5432/imgserve"},
+        {"IMGSERVE_ACCESS_LOG": "off", "IMGSERVE_AUTH": "off", "IMGSERVE_RETENTION_DAYS": "0.5"},
+    ],
+)
+def test_valid_settings_reach_ray(no_ray: list, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict) -> None:
+    (tmp_path / "logs").mkdir()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("{tmp}", str(tmp_path)))
+    with pytest.raises(RayStarted):
+        main(["serve", *PORTS])
+    assert len(no_ray) == 1
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "my-host.lan", "db01", "node-1.example.com."]
+)
+def test_addresses_and_host_names_are_hosts(host: str) -> None:
+    check_host(host)
+
+
+def test_a_log_file_that_cannot_be_opened_never_fails_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Finding 1, the replica's side: the access log opened its file on the first request and raised, so every
+    request became a plain-text 500 after its work was done. Now the line goes to stderr, with one warning."""
+    monkeypatch.setattr(access_log, "_logger", None)
+    monkeypatch.setenv("IMGSERVE_ACCESS_LOG", str(tmp_path / "missing" / "a.log"))
+    monkeypatch.setattr(logging.getLogger("imgserve.access"), "handlers", [])
+    for _ in range(2):
+        access_log.log_request("http", "/v1/classify", "m", "200", 0.01, {"decode": 1.0})
+    warnings = [record for record in caplog.records if "IMGSERVE_ACCESS_LOG" in record.getMessage()]
+    assert len(warnings) == 1 and "writing the access log to stderr" in warnings[0].getMessage()
+    assert capsys.readouterr().err.count('"endpoint": "/v1/classify"') == 2
