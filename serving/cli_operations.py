@@ -114,7 +114,10 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
     from pipelines.errors import ImageInputError
     from serving.memory import tune_malloc
 
-    tune_malloc()
+    try:
+        tune_malloc()
+    except ValueError as exc:  # IMGSERVE_MALLOC_ARENAS that is not a whole number, 0 or more
+        raise UsageError(str(exc)) from None
     names = _relative_names(files, [Path(p) for p in args.paths if Path(p).is_dir()])
     bases = output_bases(list(enumerate(names)))  # IMG_1.HEIC and IMG_1.JPG must not both write IMG_1.webp
     out = Path(args.out)

@@ -21,6 +21,7 @@ SINGLE_SETTINGS = (
     "IMGSERVE_VIPS_THREADS",
     "IMGSERVE_ORT_THREADS",
     "IMGSERVE_ORT_RUN_BATCH",
+    "IMGSERVE_TORCH_THREADS",
     "IMGSERVE_MALLOC_ARENAS",
     "IMGSERVE_LEAN_RAY",
     "IMGSERVE_EVENT_LOOP",
@@ -66,6 +67,7 @@ def check_settings(env: dict[str, str] | None = None) -> None:
     import os
 
     from serving.backends.onnxruntime_backend import default_cpu_run_batch, default_intra_op_threads
+    from serving.backends.torch_backend import torch_threads
     from serving.config.settings import ServerSettings, refuse_empty
     from serving.jobs.remote_access import checked_remote_timeout_s
     from serving.jobs.settings import ENV_NAMES, JobSettings
@@ -85,6 +87,7 @@ def check_settings(env: dict[str, str] | None = None) -> None:
         deploy_timeout_s,
         default_intra_op_threads,  # IMGSERVE_ORT_THREADS
         default_cpu_run_batch,  # IMGSERVE_ORT_RUN_BATCH
+        torch_threads,  # IMGSERVE_TORCH_THREADS
         arena_cap,  # IMGSERVE_MALLOC_ARENAS
         lean_ray_enabled,  # IMGSERVE_LEAN_RAY
         event_loop_choice,  # IMGSERVE_EVENT_LOOP

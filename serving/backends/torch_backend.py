@@ -18,13 +18,25 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def torch_threads() -> int:
+    """IMGSERVE_TORCH_THREADS: torch's intra-op threads, a whole number (0 or unset: torch's default)."""
+    raw = os.environ.get("IMGSERVE_TORCH_THREADS", "").strip()
+    if not raw.isdecimal():
+        if not raw:
+            return 0
+        raise ValueError(
+            f"IMGSERVE_TORCH_THREADS={raw!r}: expected a whole number of threads, 0 or more (0: torch's default)"
+        )
+    return int(raw)
+
+
 class TorchBackend:
     name: ClassVar[str] = "torch"
 
     def __init__(self, device: str | None = None, fp16: bool | None = None, threads: int | None = None):
         self.requested_device = device
         self.fp16 = fp16
-        self.threads = threads or int(os.environ.get("IMGSERVE_TORCH_THREADS", "0")) or None
+        self.threads = threads or torch_threads() or None
         self._model: Any = None
         self._device = "cpu"
         self._half = False

@@ -83,6 +83,19 @@ def test_a_bad_option_in_the_console_command_is_no_traceback(photos: Path, tmp_p
     _one_line_usage_error(done.returncode, done.stderr, "format='jpeg2000'")
 
 
+@pytest.mark.parametrize("value", ["abc", "-3"])
+def test_a_bad_malloc_arena_setting_is_one_line_and_exit_2(
+    photos: Path, tmp_path: Path, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """IMGSERVE_MALLOC_ARENAS is read by the bulk commands too (serving.memory.tune_malloc): a value the server's
+    start refuses was a ValueError traceback here."""
+    monkeypatch.setenv("IMGSERVE_MALLOC_ARENAS", value)
+    out = tmp_path / "out"
+    code = cli_main(["convert", str(photos), "--to", "webp", "--out", str(out), "--quiet"])
+    _one_line_usage_error(code, capsys.readouterr().err, "IMGSERVE_MALLOC_ARENAS")
+    assert not out.exists()
+
+
 # --- 2. a missing path: `no such file or folder`, exit 2, an earlier report kept -----------------------------------
 
 

@@ -35,6 +35,8 @@ def refusal(capsys: pytest.CaptureFixture[str]) -> str:
         ({"IMGSERVE_VIPS_THREADS": "abc"}, "IMGSERVE_VIPS_THREADS='abc'"),
         ({"IMGSERVE_ORT_RUN_BATCH": "abc"}, "IMGSERVE_ORT_RUN_BATCH='abc'"),
         ({"IMGSERVE_ORT_RUN_BATCH": "-1"}, "IMGSERVE_ORT_RUN_BATCH='-1'"),
+        ({"IMGSERVE_TORCH_THREADS": "two"}, "IMGSERVE_TORCH_THREADS='two'"),
+        ({"IMGSERVE_TORCH_THREADS": "-1"}, "IMGSERVE_TORCH_THREADS='-1'"),
         ({"IMGSERVE_QUALITY_THRESHOLDS": "/nonexistent.yaml"}, "IMGSERVE_QUALITY_THRESHOLDS='/nonexistent.yaml'"),
         ({"IMGSERVE_QUALITY_THRESHOLDS": "{tmp}/bad.yaml"}, "IMGSERVE_QUALITY_THRESHOLDS='{tmp}/bad.yaml'"),
         ({"IMGSERVE_DATABASE_URL": "notaurl"}, "IMGSERVE_DATABASE_URL='notaurl'"),
