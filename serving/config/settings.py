@@ -3,7 +3,7 @@
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +33,21 @@ def settings_error(exc: ValidationError, values: dict[str, Any], variable: Calla
         for error in exc.errors()
     )
     return ValueError(f"invalid setting: {problems}")
+
+
+SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
+
+
+def model_from_env(model: type[SettingsModel], env: Mapping[str, str] | None = None) -> SettingsModel:
+    """`model` with each field's `IMGSERVE_<FIELD>` environment variable applied; ValueError naming the variables
+    and values that are not valid (`invalid setting: NAME='value': why`), or that are set but empty."""
+    env = dict(os.environ if env is None else env)
+    values = {name: env[f"IMGSERVE_{name.upper()}"] for name in model.model_fields if f"IMGSERVE_{name.upper()}" in env}
+    refuse_empty(env, (f"IMGSERVE_{name.upper()}" for name in values))
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise settings_error(exc, values, lambda field: f"IMGSERVE_{field.upper()}") from None
 
 
 def refuse_empty(env: Mapping[str, str], names: Iterable[str]) -> None:
@@ -112,15 +127,7 @@ class ServerSettings(BaseModel):
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServerSettings":
         """Settings with any `IMGSERVE_<FIELD>` environment variable applied."""
-        env = dict(os.environ if env is None else env)
-        values = {
-            name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
-        }
-        refuse_empty(env, (f"IMGSERVE_{name.upper()}" for name in values))
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise settings_error(exc, values, lambda field: f"IMGSERVE_{field.upper()}") from None
+        return model_from_env(cls, env)
 
     @property
     def trained_models(self) -> Path:

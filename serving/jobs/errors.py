@@ -88,8 +88,13 @@ def storage_client_errors() -> tuple[type[Exception], ...]:
     """The exception classes of the installed object-store clients that mean "this location cannot be used" (no or
     wrong credentials, a refused request); imported on the first failure, so a server without s3fs / gcsfs never
     loads them. Use as `except storage_client_errors() as exc` (evaluated only when an exception is matched)."""
+    return installed_classes(_STORAGE_CLIENT_ERRORS)
+
+
+def installed_classes(names_by_module: dict[str, tuple[str, ...]]) -> tuple[type[Exception], ...]:
+    """The named classes of those modules that are installed (a module that is not, or a name it lacks, is left out)."""
     found: list[type[Exception]] = []
-    for module_name, names in _STORAGE_CLIENT_ERRORS.items():
+    for module_name, names in names_by_module.items():
         try:
             module = importlib.import_module(module_name)
         except ImportError:

@@ -20,14 +20,13 @@ is never retried, and a failure still there at the bound is the call's error.
 import asyncio
 import errno
 import functools
-import importlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving.jobs.errors import UriNotAllowedError, storage_error_text
+from serving.jobs.errors import UriNotAllowedError, installed_classes, storage_error_text
 from serving.security.principal import DEFAULT_TENANT, check_tenant
 
 logger = logging.getLogger("imgserve.jobs")
@@ -152,14 +151,7 @@ def remote_timeout_s(env: Mapping[str, str] | None = None) -> float:
 
 @functools.cache
 def _connection_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = []
-    for module_name, names in _CONNECTION_ERRORS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found.extend(getattr(module, name) for name in names if hasattr(module, name))
-    return tuple(found)
+    return installed_classes(_CONNECTION_ERRORS)
 
 
 def _transient_answer(error: BaseException) -> bool | None:

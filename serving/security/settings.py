@@ -9,13 +9,12 @@
 
 import ipaddress
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serving.config.settings import refuse_empty, settings_error
+from serving.config.settings import model_from_env
 
 AuthMode = Literal["auto", "required", "off"]
 JWT_MIN_BURST = 10  # the default burst of a JWT caller at a low rate: a web page sends a few requests at once
@@ -126,15 +125,7 @@ class SecuritySettings(BaseModel):
     def from_env(cls, env: dict[str, str] | None = None) -> "SecuritySettings":
         """Settings with any `IMGSERVE_<FIELD>` environment variable applied; ValueError naming the variables and
         values that are not valid (`invalid setting: NAME='value': why`), or that are set but empty."""
-        env = dict(os.environ if env is None else env)
-        values = {
-            name: env[f"IMGSERVE_{name.upper()}"] for name in cls.model_fields if f"IMGSERVE_{name.upper()}" in env
-        }
-        refuse_empty(env, (f"IMGSERVE_{name.upper()}" for name in values))
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise settings_error(exc, values, lambda field: f"IMGSERVE_{field.upper()}") from None
+        return model_from_env(cls, env)
 
     def effective_auth(self, bind_hosts: list[str]) -> Literal["required", "off"]:
         """The auth mode for a server whose listeners bind `bind_hosts`; raises ValueError for an exposed server
