@@ -59,6 +59,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from serving.collections.sources import SourceError, list_sources, resolved_source
     from serving.errors import ServiceError
     from serving.jobs.errors import CollectionNotFoundError
+    from serving.placement import quiet_unserved_models
 
     stages = [s.strip() for item in (args.stages or [DEFAULT_STAGES]) for s in item.split(",") if s.strip()]
     try:
@@ -77,7 +78,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if renamed:
             raise SourceError(_renamed_message(args.name, renamed, places))
         pruned = pruned_images(store, args.name, args.tenant, args.sources, items) if args.prune else []
-        setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
+        with quiet_unserved_models():  # no server: the models this run does not use are none of its concern
+            setup = analysis_setup(stages, args.model, args.ort_threads, args.anonymize, outputs)
         if outputs is not None:  # before the collection is opened: a run that cannot start leaves it as it was
             outputs = prepare_destination(outputs, [item.name for item in items])
             setup = dataclasses.replace(setup, outputs=outputs)

@@ -2,11 +2,16 @@
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from serving.config.model_config import WeightsSpec
 
 logger = logging.getLogger(__name__)
+# Set within `weights_problems_kept`: the details of the weights problems met, by model name, instead of warnings.
+_kept_details: ContextVar[dict[str, str] | None] = ContextVar("weights_problems_kept", default=None)
 
 
 class WeightsError(RuntimeError):
@@ -14,7 +19,8 @@ class WeightsError(RuntimeError):
 
     The message is what API answers carry (a model's unavailable reason: a 503, `/v2/repository/index`), so it
     names files by name only; `detail` is the operator's version with the server's paths, written to the server
-    log when the error is raised (at start, or when a model is loaded), never sent to a client."""
+    log when the error is raised (at start, or when a model is loaded), never sent to a client; a command that
+    serves nothing keeps it instead (`weights_problems_kept`)."""
 
     def __init__(self, message: str, detail: str | None = None):
         super().__init__(message)
@@ -47,6 +53,7 @@ def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_
         missing = f"model '{model_name}': weights file '{spec.file}' (sha256 {spec.sha256}) not found"
         folder = "the model's folder" if spec.committed else f"the weights directory's '{model_name}' folder"
         raise _logged(
+            model_name,
             f"{missing} on the server. To fix: {source} and put it in {folder} (the server log names the paths "
             "looked in), or set IMGSERVE_WEIGHTS_DIR.",
             f"{missing}; looked in {looked}. To fix: {source} and put it in {weights_dir / model_name}/ or set "
@@ -56,13 +63,34 @@ def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_
     if not actual.startswith(spec.sha256):
         wrong = f"has sha256 {actual}, expected {spec.sha256}; it is corrupt or a different version. To fix: {source}"
         raise _logged(
+            model_name,
             f"model '{model_name}': weights file '{found.name}' {wrong} again (the server log names its path).",
             f"model '{model_name}': weights file {found} {wrong} again.",
         )
     return found
 
 
-def _logged(message: str, detail: str) -> WeightsError:
-    """The error answering clients with `message`; `detail`, with the paths, goes to the server log now."""
-    logger.warning("%s", detail)
+@contextmanager
+def weights_problems_kept() -> Iterator[dict[str, str]]:
+    """Within it, a missing or wrong weights file is not a warning but a debug line, its `detail` (with the paths)
+    kept in the dict yielded, by model name: for a command that scans the repository and serves nothing
+    (`imgserve collection analyze`), where the models it does not use are none of its user's concern and the
+    one it uses can be named with its paths in the command's own error."""
+    details: dict[str, str] = {}
+    token = _kept_details.set(details)
+    try:
+        yield details
+    finally:
+        _kept_details.reset(token)
+
+
+def _logged(model_name: str, message: str, detail: str) -> WeightsError:
+    """The error answering clients with `message`; `detail`, with the paths, goes to the server log now (or is kept:
+    `weights_problems_kept`)."""
+    kept = _kept_details.get()
+    if kept is None:
+        logger.warning("%s", detail)
+    else:
+        kept.setdefault(model_name, detail)
+        logger.debug("%s", detail)
     return WeightsError(message, detail)

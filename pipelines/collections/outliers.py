@@ -5,9 +5,10 @@ Two kinds, merged into one entry per image (its reasons joined, its highest scor
 * feature space (when at least 20 images have `class_probs`): each image's sparse class-probability vector, its
   distance to the collection's mean vector (1 - cosine similarity), and the robust z-score of that distance
   ((d - median) / (1.4826 * MAD)); an outlier at z >= 3.5. Score: z.
-* rare metadata: a format, colour mode or resolution class (megapixel bucket) held by at most 1 % of the images
-  that state it (only among at least 50 such images), or an aspect ratio beyond 4:1. Score: 3.5 at the rule's
-  threshold, like z, plus 3.5 for each tenfold rarer share (rare values) or each doubling of the ratio (aspect).
+* rare metadata: a format, colour mode or resolution class (the report's own: `summary.RESOLUTION_CLASSES`, named
+  as its `resolutions` section names them) held by at most 1 % of the images that state it (only among at least
+  50 such images), or an aspect ratio beyond 4:1. Score: 3.5 at the rule's threshold, like z, plus 3.5 for each
+  tenfold rarer share (rare values) or each doubling of the ratio (aspect).
 
 A collection of fewer than 20 analysed images never has outliers: there is no "usual" to stand out from.
 Failed records (ok False) are not counted and never flagged.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.collections.record import ImageRecord
+from pipelines.collections.summary import resolution_class
 
 MIN_COLLECTION = 20
 MIN_FEATURE_RECORDS = 20
@@ -31,7 +33,6 @@ MIN_SPREAD = 0.01  # cosine distance: nearly identical outputs are not "far" wha
 RARE_SHARE = 0.01
 MIN_RARE_COLLECTION = 50
 MAX_ASPECT = 4.0
-MEGAPIXEL_EDGES = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,10 @@ def _feature_outliers(records: Sequence[ImageRecord]) -> list[Outlier]:
     ]
 
 
-def _megapixel_class(record: ImageRecord) -> str | None:
-    mp = record.megapixels
-    if mp is None:
-        return None
-    low = 0.0
-    for edge in MEGAPIXEL_EDGES:
-        if mp < edge:
-            return f"{low:g}-{edge:g} MP" if low else f"under {edge:g} MP"
-        low = edge
-    return f"{low:g} MP and over"
-
-
 _RARE_ATTRIBUTES: tuple[tuple[str, Callable[[ImageRecord], str | None]], ...] = (
     ("format", lambda r: r.format),
     ("colour mode", lambda r: r.mode),
-    ("resolution", _megapixel_class),
+    ("resolution", resolution_class),  # the classes the report's `resolutions` counts, not buckets of its own
 )
 
 

@@ -2,6 +2,7 @@
 `imgserve collection export`): made from their public names (`FILTER_PARAMETERS`), checked when made (a filter that
 could only match nothing by mistake is a 400), and turned into SQL clauses on `collection_images`."""
 
+import calendar
 import os
 import re
 from collections.abc import Mapping
@@ -20,8 +21,19 @@ from serving.jobs.tables import collection_images
 # An ISO 8601 date or date-time prefix, as EXIF dates are stored (2024, 2024-05, 2024-05-01, 2024-05-01T10:00, ...;
 # an offset is accepted and dropped: dates are compared as the camera's local time, as text)
 TAKEN_PATTERN = re.compile(
-    r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?(?P<offset>Z|[+-]\d{2}:?\d{2})?)?)?)?"
+    r"(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})([T ](?P<hour>\d{2})(:(?P<minute>\d{2})(:(?P<second>\d{2})"
+    r"(\.\d+)?)?)?(?P<offset>Z|[+-](?P<offset_hours>\d{2}):?(?P<offset_minutes>\d{2}))?)?)?)?"
 )
+# The parts of a matched date/time that must be in range (the day: in its month); compared as text, 2022-13-01 was
+# "2023 onwards" and 2022-02-30 "March 2022 onwards", without a word.
+TAKEN_RANGES = {
+    "month": ("month", 1, 12),
+    "hour": ("hour", 0, 23),
+    "minute": ("minute", 0, 59),
+    "second": ("second", 0, 59),
+    "offset_hours": ("offset hour", 0, 23),
+    "offset_minutes": ("offset minute", 0, 59),
+}
 FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "JFIF": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "HIF": "HEIF"}
 # Records keep Pillow's format name: a camera JPEG with multi-picture data (many Fujifilm, Nikon, Sony files, gain-map
 # JPEGs) is "MPO"; asking for JPEG finds both.
@@ -69,7 +81,7 @@ class ImageFilter:
             value = getattr(self, name)
             if value is not None and not value.strip():  # recorded names are never blank (None when not stated)
                 raise BadRequestError(f"{name}={value[:60]!r} is blank: leave it out to list every image")
-        for name in ("min_score", "max_score"):  # the HTTP route's bounds, for every caller (the CLI's options)
+        for name in ("min_score", "max_score"):  # the one check of the bounds: HTTP (its message) and the CLI
             score = getattr(self, name)
             if score is not None and not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:  # NaN too
                 raise BadRequestError(f"{name}={score}: quality scores are {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}")
@@ -79,9 +91,11 @@ class ImageFilter:
             value = getattr(self, name)
             if value is not None:
                 match = TAKEN_PATTERN.fullmatch(value)
-                if match is None:
+                impossible = None if match is None else _impossible_part(match)
+                if match is None or impossible:
+                    reason = f"{impossible}; expected" if impossible else "expected"
                     raise BadRequestError(
-                        f"{name}={value[:60]!r}: expected an ISO date such as 2024-05-01 or 2024-05-01T10:30"
+                        f"{name}={value[:60]!r}: {reason} an ISO date such as 2024-05-01 or 2024-05-01T10:30"
                     )
                 # Stored dates use the T separator. The offset goes: compared as text, 'Z' sorted after every digit
                 # (taken_after=...T10Z matched nothing) and '+' before them (an exclusive bound let its own second in).
@@ -121,6 +135,21 @@ class ImageFilter:
         if self.failed is not None:
             out.append(c.ok == (not self.failed))
         return out
+
+
+def _impossible_part(match: re.Match[str]) -> str | None:
+    """What of a `TAKEN_PATTERN` match cannot exist (month 13, 30 February, hour 25), None when it is a real date
+    and time. Year 0000 stays: EXIF writes it for an unset date."""
+    parts = {key: int(text) for key, text in match.groupdict().items() if text and key != "offset"}
+    for key, (what, low, high) in TAKEN_RANGES.items():
+        if key in parts and not low <= parts[key] <= high:
+            return f"{what} {match.group(key)} does not exist ({low:02d} to {high:02d})"
+    if "day" in parts:
+        year, month = parts["year"], parts["month"]
+        days = calendar.mdays[month] + (month == 2 and calendar.isleap(year))
+        if not 1 <= parts["day"] <= days:
+            return f"day {match.group('day')} does not exist in {match.group('year')}-{match.group('month')}"
+    return None
 
 
 @cache

@@ -8,10 +8,12 @@ error, not the run's. `current_digests` reads them again on the driver, one at a
 
 import dataclasses
 import hashlib
+import lzma
 import os
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,6 +109,19 @@ def _archive_members(location: str) -> list[tuple[str, int]]:
     return [(name, size) for name, size in members if is_image_name(name) and not is_hidden_path(name)]
 
 
+def _readable_archive_members(location: str) -> list[tuple[str, int]]:
+    """`_archive_members`, or a `SourceError` naming the archive when it is not one (damaged, or named .zip/.tar
+    but something else): it was a traceback (BadZipFile, tarfile.ReadError) from `collection analyze`."""
+    try:
+        return _archive_members(location)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        kind = "zip" if location.lower().endswith(".zip") else "tar"
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")
+        if problem == "file could not be opened successfully":  # tarfile's, then a line per compression tried
+            problem = "neither a tar file nor a gzip, bzip2 or xz compressed one"
+        raise SourceError(f"{storable_location(location)}: not a readable {kind} archive ({problem})") from None
+
+
 def _local_state(path: str) -> FileState | None:
     try:
         info = os.stat(path)
@@ -148,7 +163,9 @@ def _local_files(root: str) -> Iterator[str]:
 
 def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
     """(name, item) for each image in one source: a folder's images are named by their path under it (after
-    `prefix`), a single file or archive by its own name."""
+    `prefix`), a single file or archive by its own name. A file named on purpose is read whatever its extension
+    (a photo.dat, or a file that is not an image: its record says why it failed); walked files only when their
+    extension is an image's."""
     if is_uri(source):
         try:
             yield from _expand_uri(source, prefix)
@@ -163,7 +180,7 @@ def _expand(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
             yield from _expand_file(prefix + storable_text(relative), path, _local_state(path))
         return
     if os.path.isfile(source):
-        yield from _expand_file(storable_text(os.path.basename(source)), source, _local_state(source))
+        yield from _expand_file(storable_text(os.path.basename(source)), source, _local_state(source), named=True)
         return
     raise SourceError(f"{source}: no such file or folder")
 
@@ -182,7 +199,7 @@ def _expand_uri(source: str, prefix: str) -> Iterator[tuple[str, SourceItem]]:
     info = object_info(fs, path)
     if info is not None and info.get("type") == "file":
         name, state = storable_text(posixpath.basename(path)), _object_state(info)
-        yield from _expand_file(name, _uri_location(protocol, path), state)
+        yield from _expand_file(name, _uri_location(protocol, path), state, named=True)
         return
     base = path.rstrip("/")
     found = find_objects(fs, base)  # the listing's own sizes and times: no request per object
@@ -207,13 +224,17 @@ def _uri_location(protocol: str, path: str) -> str:
     return f"{protocol}://{path}"
 
 
-def _expand_file(relative: str, location: str, state: FileState | None) -> Iterator[tuple[str, SourceItem]]:
+def _expand_file(
+    relative: str, location: str, state: FileState | None, named: bool = False
+) -> Iterator[tuple[str, SourceItem]]:
+    """An archive's images, or the file itself: when `named` (given as a source) whatever its extension, else (found
+    in a folder or under a prefix) only with an image's extension."""
     if is_archive_name(location):
         changed_at = state.changed_at if state else None  # a member changes with its archive
-        for member, size in _archive_members(location):
+        for member, size in _readable_archive_members(location):
             name = f"{relative}/{member}"
             yield name, SourceItem(name, location, member, FileState(size, changed_at))
-    elif is_image_name(location):
+    elif named or is_image_name(location):
         yield relative, SourceItem(relative, location, None, state)
 
 

@@ -12,7 +12,7 @@ from pipelines.collections.report_html import CSP as REPORT_CSP
 from pipelines.errors import ImageTooLargeError
 from pipelines.limits import DecodeLimits
 from serving.collections.export import csv_lines, jsonl_lines
-from serving.collections.filters import ImageFilter
+from serving.collections.filters import SCORE_RANGE, ImageFilter
 from serving.collections.from_job import save_job_as_collection
 from serving.collections.reporting import (
     collection_report,
@@ -26,6 +26,9 @@ from serving.jobs.errors import ImageNotFoundError
 from serving.jobs.service import JobService
 from serving.security.audit import AuditEntry
 from serving.security.principal import Principal
+
+# The score filters' range in the OpenAPI schema; ImageFilter checks it, with its own message for every caller.
+SCORE_SCHEMA: dict[str, Any] = {"json_schema_extra": {"minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]}}
 
 router = APIRouter(prefix="/v1", tags=["collections"], dependencies=[Depends(reject_unknown_query)])
 
@@ -45,8 +48,9 @@ async def image_filter(
     level: str | None = Query(default=None, description="Quality level: LOW, MEDIUM, HIGH, ULTRA."),
     camera_make: str | None = Query(default=None),
     camera_model: str | None = Query(default=None),
-    min_score: float | None = Query(default=None, ge=0, le=100),
-    max_score: float | None = Query(default=None, ge=0, le=100),
+    # 0 to 100: documented here, checked by ImageFilter (a bound here answered nan "less than or equal to 100")
+    min_score: float | None = Query(default=None, description="Lowest quality score (inclusive).", **SCORE_SCHEMA),
+    max_score: float | None = Query(default=None, description="Highest quality score (inclusive).", **SCORE_SCHEMA),
     taken_after: str | None = Query(default=None, max_length=40, description="ISO date/time (inclusive)."),
     taken_before: str | None = Query(default=None, max_length=40, description="ISO date/time (exclusive)."),
     file_format: str | None = Query(default=None, max_length=16, description="File format, e.g. JPEG."),

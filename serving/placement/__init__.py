@@ -9,6 +9,9 @@ scan again. `build_pipeline` is the switch: no stage handles -> `LocalPipeline` 
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from pipelines.quality.thresholds import load_thresholds
@@ -21,8 +24,29 @@ from serving.stages.local import LocalPipeline, build_local_pipeline
 from serving.stages.model import ModelStage
 from serving.stages.pipeline import ImagePipeline
 from serving.stages.settings import StageSettings
+from serving.weights import weights_problems_kept
 
 logger = logging.getLogger("imgserve.placement")
+# True within `quiet_unserved_models`: compose for a command that serves nothing.
+_serves_nothing: ContextVar[bool] = ContextVar("serves_nothing", default=False)
+
+
+@contextmanager
+def quiet_unserved_models() -> Iterator[None]:
+    """`compose` for a command that serves nothing (`imgserve collection analyze`): the models that cannot be served
+    here are debug lines, not the server's "is not deployed" warning and the weights' paths (a run using only the
+    default classifier printed both for resnet50); a default model that cannot be served is still an error, naming
+    the paths looked in (the server's log line it would have had)."""
+    token = _serves_nothing.set(True)
+    try:
+        yield
+    finally:
+        _serves_nothing.reset(token)
+
+
+def _unserved_level() -> int:
+    """The level of a line about a model, or a canary version, that will not be served."""
+    return logging.DEBUG if _serves_nothing.get() else logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -42,20 +66,22 @@ class IngressConfig:
 def compose(options: AppArgs, settings: ServerSettings | None = None) -> IngressConfig:
     """Scan and verify once; fail loudly on unknown model names or an unservable default model."""
     settings = settings or ServerSettings.from_env()
-    repository = ModelRepository.scan(settings)
+    with weights_problems_kept() if _serves_nothing.get() else nullcontext({}) as weights_details:
+        repository = ModelRepository.scan(settings)
     wanted = list(repository.entries) if options.models == "all" else options.models
     for name in wanted:
         repository.get(name)  # unknown names fail the deploy loudly
     default = repository.get(options.default_model)
     if not default.available:
-        raise RuntimeError(f"default model '{default.name}' cannot be served: {default.unavailable_reason}")
+        reason = weights_details.get(default.name, default.unavailable_reason)  # no server log to read: its paths
+        raise RuntimeError(f"default model '{default.name}' cannot be served: {reason}")
     servable = {}
     for name in wanted:
         entry = repository.get(name)
         if entry.available:
             servable[name] = entry
         else:
-            logger.warning("model %s is not deployed: %s", name, entry.unavailable_reason)
+            logger.log(_unserved_level(), "model %s is not deployed: %s", name, entry.unavailable_reason)
     servable |= canary_stages(repository, servable)
     # `imgserve serve` refuses this before starting (serving.serve_file); here for a config deployed otherwise
     check_batch_waits(
@@ -96,7 +122,8 @@ def canary_stages(repository: ModelRepository, served: dict[str, ModelEntry]) ->
             del repository.canaries[name]
         elif not entry.available:
             del repository.canaries[name]
-            logger.warning(
+            logger.log(
+                _unserved_level(),
                 "model %s: canary version %s (%g %% of its requests) is not served, version %s answers them all: %s",
                 name,
                 entry.version,

@@ -101,7 +101,7 @@ def test_rare_mode_and_resolution_and_merged_reasons() -> None:
     found = {o.name: o for o in find_outliers(records)}
     assert set(found) == {"cmyk.jpg", "tiny.jpg", "both.gif"}
     assert found["cmyk.jpg"].reason == "colour mode CMYK: 1 of 1,203 images"
-    assert found["tiny.jpg"].reason == "resolution 0.1-0.5 MP: 1 of 1,203 images"
+    assert found["tiny.jpg"].reason == "resolution ≤0.3 MP: 1 of 1,203 images"  # the report's class (0.12 MP)
     assert set(found["both.gif"].reason.split("; ")) == {
         "format GIF: 1 of 1,203 images",
         "colour mode P: 1 of 1,203 images",
