@@ -220,16 +220,21 @@ def _add_remote_command(sub: Any, name: str, help_text: str) -> argparse.Argumen
 
 def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
     if (Path(args.folder) / "mos.csv").is_file():  # ratings: re-fit the learned score
-        from tooling.quality_mos.calibrate_mos import calibrate_mos
+        from tooling.quality_mos.calibrate_mos import NotBetter, calibrate_mos
 
         try:
-            result = calibrate_mos(Path(args.folder), Path(args.out))
+            result = calibrate_mos(Path(args.folder), Path(args.out), method=args.method, force=args.force)
+        except NotBetter as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        calibration = result["calibration"]
         print(
-            f"score re-fitted on {result['photos']} rated photos: cross-validated Spearman {result['cv_spearman']:.3f}"
-            f" (ridge alpha {result['alpha']:g}); wrote {args.out} as quality_mos version {result['version']}"
+            f"score re-fitted on {calibration.photos} rated photos (ridge alpha {calibration.head.alpha:g}): Spearman "
+            f"{calibration.figures()}; wrote {args.out} as quality_mos version {result['version']}"
+            + (" (forced: not better than the current head)" if not calibration.better else "")
         )
         return 0
     from tooling.quality.calibrate import main as calibrate
@@ -341,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(a versioned copy of models/quality_mos)",
     )
     calibrate.add_argument("--base", default=None, help="thresholds to start from (default: the packaged ones)")
+    calibrate.add_argument(
+        "--method",
+        choices=("correction", "scratch"),
+        default="correction",
+        help="ratings: re-fit the score as a correction of the current head (default) or from scratch",
+    )
+    calibrate.add_argument(
+        "--force",
+        action="store_true",
+        help="ratings: write the re-fit even when it is not better than the current head on your photos",
+    )
     calibrate.set_defaults(func=_cmd_quality_calibrate)
     return parser
 
