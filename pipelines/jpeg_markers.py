@@ -173,10 +173,20 @@ def lost_data(message: str, data: bytes = b"") -> str | None:
     )
 
 
+def _header_markers(data: bytes) -> Iterator[Marker]:
+    """The markers before the first scan, where every header segment (APPn, SOF) is; at most the first
+    `_MAX_MARKERS_SEARCHED` (a flood of empty segments is not walked: 7.8 M COM segments, 5 s of Python a walk)."""
+    for marker in islice(jpeg_markers(data), _MAX_MARKERS_SEARCHED):
+        if marker.code == START_OF_SCAN:
+            return
+        yield marker
+
+
 def _with_field(data: bytes, code: int, identifier: bytes, offset: int, value: int) -> bytes | None:
-    """`data` with the byte at `offset` from each `code` segment named `identifier` set to `value`; None if none."""
+    """`data` with the byte at `offset` from each `code` header segment named `identifier` set to `value`; None if
+    none (then the caller's own decoder reads the file, as before the harmless-warning check)."""
     patched = bytearray(data)
-    for marker in jpeg_markers(data):
+    for marker in _header_markers(data):
         start = marker.position + 4
         if marker.code == code and data[start : start + len(identifier)] == identifier and start + offset < len(data):
             patched[start + offset] = value
@@ -196,7 +206,7 @@ def _repaired(data: bytes, message: str) -> bytes | None:
     if _JFIF_REVISION in message:
         return _with_field(data, 0xE0, b"JFIF\x00", 5, 1)
     if _ADOBE_TRANSFORM in message:
-        frame = next((m.position for m in jpeg_markers(data) if m.code in SOF_MARKERS), -1)
+        frame = next((m.position for m in _header_markers(data) if m.code in SOF_MARKERS), -1)
         components = data[frame + 9] if 0 <= frame < len(data) - 9 else 3
         return _with_field(data, 0xEE, b"Adobe", 11, 2 if components == 4 else 1)
     return None

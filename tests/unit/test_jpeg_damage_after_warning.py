@@ -214,3 +214,27 @@ def test_convert_refuses_the_same_files_on_its_fast_and_libvips_paths(name: str)
         assert convert_image(_harmless()[name], options, DecodeLimits()).width == (options.max_side or 640)
         with pytest.raises(InvalidImageError, match=f"^{TRUNCATED}$"):
             convert_image(_cut_short(_harmless()[name]), options, DecodeLimits())
+
+
+@pytest.mark.parametrize("name", ["JFIF revision 3", "Adobe transform 5"])
+def test_a_flood_of_empty_segments_is_not_walked_to_repair_a_header_field(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header repairs (JFIF revision, Adobe transform) look at the markers before the first scan, at most
+    `_MAX_MARKERS_SEARCHED` of them: a file of one such warning and ~7.8 M empty COM segments (under the 32 MiB
+    limit) cost 5 s of Python per decode check, and 10.7 s per /v1/metadata (found by the review)."""
+    flood = b"\xff\xfe\x00\x02" * 200_000
+    data = _harmless()[name]
+    data = data[:2] + flood + data[2:]
+    walked = 0
+    markers = jpeg_markers.jpeg_markers
+
+    def counted(blob: bytes):  # type: ignore[no-untyped-def]
+        nonlocal walked
+        for marker in markers(blob):
+            walked += 1
+            yield marker
+
+    monkeypatch.setattr(jpeg_markers, "jpeg_markers", counted)
+    decode_jpeg_checked(data)  # the flood is harmless stray-segment-wise: Pillow's job, whatever it answers
+    assert walked <= 4 * jpeg_markers._MAX_MARKERS_SEARCHED, walked  # was every marker, 200,000+ per walk
