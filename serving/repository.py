@@ -19,7 +19,7 @@ from serving.feature_head import GRAPH_VERSION, save_atomically, write_quality_g
 from serving.model_versions import POLICY_FILE, model_roots, scan_model_folder
 from serving.quantize import served_int8
 from serving.trained_head import HEAD_GRAPH_VERSION, ClassifierHead, classifier_graph, embedding_graph
-from serving.weights import WeightsError, locate_weights, sha256_of
+from serving.weights import WeightsError, locate_weights, logged_weights_error, sha256_of
 
 logger = logging.getLogger(__name__)
 __all__ = ["ModelArtifacts", "ModelEntry", "ModelRepository", "UnknownModelError", "exported_onnx_path"]
@@ -179,15 +179,23 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
     try:
         base = load_model_config(base_folder / "config.yaml")
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"base model '{config.export.base}' of '{config.name}' is not usable: {exc}") from exc
+        raise logged_weights_error(  # the answer names no server path; the log has the error's own text
+            config.name,
+            f"base model '{config.export.base}' of '{config.name}' is not usable: its config.yaml cannot be read"
+            f" ({_reason(exc)}; the server log says more)",
+            f"base model '{config.export.base}' of '{config.name}' is not usable: {exc}",
+        ) from exc
     base_weights = locate_weights(base.name, base.weights, base_folder, settings.weights_dir)
     if config.weights.format == "classifier_head":
         logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
         try:
             trained = ClassifierHead.load(head)
         except (OSError, ValueError, KeyError) as exc:
-            raise WeightsError(
-                f"'{config.name}' version {config.version}: head {head.name} is unreadable: {exc}"
+            raise logged_weights_error(
+                config.name,
+                f"'{config.name}' version {config.version}: head {head.name} is unreadable ({_reason(exc)}; the server"
+                " log says more)",
+                f"'{config.name}' version {config.version}: head {head.name} is unreadable: {exc}",
             ) from exc
         if len(trained.labels) != config.outputs[0].shape[-1]:
             raise WeightsError(
@@ -317,3 +325,8 @@ class ModelRepository:
         if entry.artifacts.onnx is None:
             raise ValueError(f"model '{entry.name}' has no ONNX artefact")
         return sha256_of(entry.artifacts.onnx)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's reason without the paths an OSError's text names (answers reach API clients)."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__

@@ -52,7 +52,7 @@ def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_
         looked = ", ".join(str(p) for p in candidates)
         missing = f"model '{model_name}': weights file '{spec.file}' (sha256 {spec.sha256}) not found"
         folder = "the model's folder" if spec.committed else f"the weights directory's '{model_name}' folder"
-        raise _logged(
+        raise logged_weights_error(
             model_name,
             f"{missing} on the server. To fix: {source} and put it in {folder} (the server log names the paths "
             "looked in), or set IMGSERVE_WEIGHTS_DIR.",
@@ -62,7 +62,7 @@ def locate_weights(model_name: str, spec: WeightsSpec, model_dir: Path, weights_
     actual = sha256_of(found)
     if not actual.startswith(spec.sha256):
         wrong = f"has sha256 {actual}, expected {spec.sha256}; it is corrupt or a different version. To fix: {source}"
-        raise _logged(
+        raise logged_weights_error(
             model_name,
             f"model '{model_name}': weights file '{found.name}' {wrong} again (the server log names its path).",
             f"model '{model_name}': weights file {found} {wrong} again.",
@@ -84,7 +84,7 @@ def weights_problems_kept() -> Iterator[dict[str, str]]:
         _kept_details.reset(token)
 
 
-def _logged(model_name: str, message: str, detail: str) -> WeightsError:
+def logged_weights_error(model_name: str, message: str, detail: str) -> WeightsError:
     """The error answering clients with `message`; `detail`, with the paths, goes to the server log now (or is kept:
     `weights_problems_kept`)."""
     kept = _kept_details.get()

@@ -78,3 +78,23 @@ def test_the_models_unavailable_reason_names_no_server_path(tmp_path: Path, capl
     assert not entry.available and f"'{FILE}'" in reason
     assert str(tmp_path) not in reason and str(settings.weights_dir) not in reason
     assert str(settings.weights_dir / "absent" / FILE) in caplog.text
+
+
+def test_a_head_models_unusable_base_is_named_without_its_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A head model (quality_mos: a feature head on the classifier) whose base model's config cannot be read: the
+    error carried the OSError's text, the base's config.yaml path among it (found by the review of c63a9ba)."""
+    from serving.config.model_config import load_model_config
+    from serving.repository import grafted_onnx
+    from tests.paths import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "models" / "quality_mos"
+    config = load_model_config(folder / "config.yaml")
+    settings = tiny_settings(tmp_path)  # a repository without the base model
+    with caplog.at_level(logging.WARNING, logger="serving.weights"), pytest.raises(WeightsError) as info:
+        grafted_onnx(config, folder / config.weights.file, settings)
+    message = str(info.value)
+    assert "is not usable" in message and "No such file or directory" in message, message
+    assert str(tmp_path) not in message and "config.yaml'" not in message, message
+    assert str(settings.model_repository) in info.value.detail and str(settings.model_repository) in caplog.text
