@@ -28,7 +28,7 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def _start(batch_jobs: bool) -> Any:
     """What an Ingress replica does at start about its gate and its `server.start` entry; the gate."""
-    from serving.deployments.ingress import audit_start_without_auth, ingress_gate
+    from serving.deployments.ingress_start import audit_start_without_auth, ingress_gate
 
     config = SimpleNamespace(placement="local", default_model="classify", direct_ingress=None, batch_jobs=batch_jobs)
 
