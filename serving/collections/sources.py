@@ -37,6 +37,15 @@ class SourceError(ValueError):
     """A source that cannot be listed (missing folder, unknown scheme): the run stops before it starts."""
 
 
+class UnreadableArchiveError(SourceError):
+    """An archive in a source that is not one (damaged, or named .zip/.tar but something else); `problem`: why,
+    without the archive's location (a training dataset's 400 names the dataset instead)."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class FileState:
     """What a listing says of a file without reading it: its size (an archive member's own) and when it last changed:
@@ -119,7 +128,10 @@ def _readable_archive_members(location: str) -> list[tuple[str, int]]:
         problem = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")
         if problem == "file could not be opened successfully":  # tarfile's, then a line per compression tried
             problem = "neither a tar file nor a gzip, bzip2 or xz compressed one"
-        raise SourceError(f"{storable_location(location)}: not a readable {kind} archive ({problem})") from None
+        raise UnreadableArchiveError(
+            f"{storable_location(location)}: not a readable {kind} archive ({problem})",
+            f"{posixpath.basename(location)}: not a readable {kind} archive ({problem})",
+        ) from None
 
 
 def _local_state(path: str) -> FileState | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.convert.names import shared_folder_depth
-from serving.collections.sources import SourceError, SourceItem, is_uri, list_sources
+from serving.collections.sources import SourceError, SourceItem, UnreadableArchiveError, is_uri, list_sources
 from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
 from serving.jobs.remote_access import RemoteAccess
@@ -74,6 +74,8 @@ def labelled_images(
     """(images with a category, count of images without one), from `<source>/<category>/**/<image>`."""
     try:
         items = list_sources([source_location(source, allowed_root, remote)])
+    except UnreadableArchiveError as exc:  # a corrupt .zip / .tgz in it, named by its name, not its server path
+        raise BadRequestError(f"dataset {source!r} holds an archive that cannot be read: {exc.problem}") from None
     except (SourceError, OSError) as exc:
         raise BadRequestError(f"dataset {source!r} cannot be listed: {exc}") from None
     except UNREADABLE_ARCHIVE as exc:  # a corrupt or truncated .zip / .tgz in it: the client's data, not a 500
