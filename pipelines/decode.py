@@ -27,7 +27,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from pipelines.full_size import load_full_size, rgb_array
-from pipelines.jpeg_markers import check_jpeg_data, decode_jpeg_checked, jpeg_scan_count, scan_limit
+from pipelines.jpeg_markers import (
+    check_header_markers,
+    check_jpeg_data,
+    decode_jpeg_checked,
+    jpeg_scan_count,
+    scan_limit,
+)
 from pipelines.limits import DecodeLimits
 from pipelines.native_crop import jpeg_centre_crop
 from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE, upright_array
@@ -81,6 +87,8 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise InvalidImageError("empty image: no bytes were sent")
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    if data.startswith(b"\xff\xd8"):
+        check_header_markers(data)
     try:
         with captured_warnings() as caught:
             image = Image.open(io.BytesIO(data))

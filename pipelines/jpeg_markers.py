@@ -76,14 +76,33 @@ def jpeg_markers(data: bytes) -> Iterator[Marker]:
 
 def jpeg_scan_count(data: bytes, stop_after: int = 1 << 30) -> int:
     """Scans (SOS segments) of the file's first image as libjpeg reads them (`jpeg_markers`). Counting stops past
-    `stop_after`."""
+    `stop_after`; a file of more than `_MAX_MARKERS_SEARCHED` markers is refused (InvalidImageError)."""
     scans = 0
-    for marker in jpeg_markers(data):
+    for count, marker in enumerate(jpeg_markers(data), 1):
+        if count > _MAX_MARKERS_SEARCHED:  # a flood of empty segments between scans: 32 MiB of them, 10 s of Python
+            raise _too_many_markers()
         if marker.code == START_OF_SCAN:
             scans += 1
             if scans > stop_after:
                 break
     return scans
+
+
+def check_header_markers(data: bytes) -> None:
+    """Refuse a JPEG with more than `_MAX_MARKERS_SEARCHED` markers before its first scan, before Pillow reads its
+    header: Pillow parses each segment in Python (8 MB of empty COM segments: 2 s, 32 MiB: 8 s a request)."""
+    for count, marker in enumerate(jpeg_markers(data), 1):
+        if marker.code == START_OF_SCAN:
+            return
+        if count > _MAX_MARKERS_SEARCHED:
+            raise _too_many_markers()
+
+
+def _too_many_markers() -> InvalidImageError:
+    return InvalidImageError(
+        f"JPEG has more than {_MAX_MARKERS_SEARCHED:,} marker segments (a photo has tens, a few hundred at most):"
+        " refused rather than read"
+    )
 
 
 def scan_limit(width: int, height: int) -> int:

@@ -170,6 +170,32 @@ def test_scan_count_cannot_be_hidden_from_the_marker_walk() -> None:
             decode_image(variant, PreprocessSpec())
 
 
+def _flooded_jpeg(progressive: bool, before_first_scan: bool) -> bytes:
+    """A small JPEG with 2 M empty COM segments (8 MB) before its frame header or between its scans."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 130, 140)).save(buffer, "JPEG", progressive=progressive, quality=80)
+    data = buffer.getvalue()
+    first_scan = data.find(b"\xff\xda")
+    at = data.find(b"\xff\xdb") if before_first_scan else data.find(b"\xff\xda", first_scan + 2)
+    return data[:at] + b"\xff\xfe\x00\x02" * 2_000_000 + data[at:]
+
+
+@pytest.mark.parametrize(
+    ("progressive", "before_first_scan"),
+    [(False, True), (True, True), (True, False)],
+    ids=["header", "progressive-header", "between-scans"],
+)
+def test_jpeg_of_millions_of_empty_segments_is_refused_before_they_are_walked(
+    progressive: bool, before_first_scan: bool
+) -> None:
+    """Pillow reads each header segment in Python and the scan count walks every marker of a progressive file: 2 s
+    for 8 MB of empty comments, 8-10 s for a 32 MiB upload. More than 10,000 markers is no photo: refused at once."""
+    flood = _flooded_jpeg(progressive, before_first_scan)
+    _bounded(lambda: decode_image(flood, PreprocessSpec()), 0.5, InvalidImageError, "more than 10,000 marker segments")
+
+
 def _solid_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
