@@ -81,14 +81,30 @@ async def controlled_versions(
     another tenant's is a `HiddenModelError`. A repository model (the default classifier among them) is shared by
     every tenant: only the server's own tenant (`default`: keys made without a tenant, and every caller with auth
     off) may control it, a 403 for the others. `store`: None where the application has no job store (nothing was
-    trained through it). A trained model's folder no row records (put there by hand) is any admin's, as before."""
+    trained through it). A trained model's folder no row records (put there by hand) is shared as a repository
+    model is (`check_unrecorded_folder`)."""
     shared = is_folder_name(model) and (settings.model_repository / model).is_dir()
     if shared and tenant != DEFAULT_TENANT:
         raise PermissionDeniedError(
             f"'{model}' is a repository model, shared by every tenant: only the server's operators (tenant "
             f"'{DEFAULT_TENANT}') may load, unload, promote or try versions of it"
         )
-    return await owned_versions(store, model, tenant, HiddenModelError(model)) if store is not None else []
+    recorded = await owned_versions(store, model, tenant, HiddenModelError(model)) if store is not None else []
+    check_unrecorded_folder(settings, model, recorded, tenant)
+    return recorded
+
+
+def check_unrecorded_folder(settings: ServerSettings, model: str, recorded: list[dict[str, Any]], tenant: str) -> None:
+    """A trained-models folder no training row records (copied there by hand, or from another server) has no
+    owning tenant: every tenant is served it, so it is the server's operators' (tenant `default`) to control or to
+    train new versions of, as a repository model is (403 for the others; any admin's before)."""
+    if recorded or tenant == DEFAULT_TENANT or not is_folder_name(model):
+        return
+    if (settings.trained_models / model).is_dir():
+        raise PermissionDeniedError(
+            f"trained model '{model}' has no recorded owner (its folder was not made by a training job here): only "
+            f"the server's operators (tenant '{DEFAULT_TENANT}') may control it or train versions of it"
+        )
 
 
 IGNORED_PARAMETERS = frozenset({"unload_dependents"})  # tritonclient sends it; imgserve has no ensembles to unload

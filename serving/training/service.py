@@ -26,7 +26,7 @@ from serving.jobs.outage import StoreCalls
 from serving.jobs.service import JobService
 from serving.jobs.tables import located_job
 from serving.jobs.tenant_erasure import remove_versions
-from serving.model_control import owned_versions
+from serving.model_control import check_unrecorded_folder, owned_versions
 from serving.model_versions import VersionPolicy, write_policy
 from serving.security.principal import Principal
 from serving.service import InferenceService
@@ -131,7 +131,8 @@ class TrainingService:
     async def submit(self, request: TrainingRequest, principal: Principal) -> TrainingJob:
         check_trainable_name(self.service.repository, request.model)  # 400: a repository or the OIP image model
         store = await self.store()
-        await owned_versions(store, request.model, principal.tenant)
+        recorded = await owned_versions(store, request.model, principal.tenant)
+        check_unrecorded_folder(self.service.repository.settings, request.model, recorded, principal.tenant)
         backbone = self._backbone(request.backbone)
         base_classifier(self.service, backbone)
         images, _ = await self._dataset(request, principal.tenant)

@@ -21,6 +21,7 @@ from serving.model_versions import read_policy
 from serving.security.keys import KeyStore
 from tests.paths import PROJECT_ROOT
 from tests.unit.test_training_delete import _as, world  # noqa: F401 - a fixture
+from tests.unit.tiny_models import versioned_copy
 
 pytestmark = pytest.mark.unit
 HIDDEN = {"error": "unknown model 'parcels'", "kind": "unknown_model"}
@@ -112,6 +113,24 @@ def test_a_repository_model_is_controlled_by_the_servers_own_tenant_only(world: 
     assert http.post("/v1/models/nothing/unload", headers=_as(world, "b_admin")).status_code == 404  # still unknown
     # the server's tenant is no owner of a tenant's trained model either
     assert (http.post("/v1/models/parcels/unload", headers=server).json()) == HIDDEN
+
+
+def test_a_trained_folder_no_job_recorded_is_the_servers_tenants(world: dict[str, Any]) -> None:
+    """A trained-models folder put there by hand (no training row): every tenant is served it, so a tenant's admin
+    may neither control it nor train versions of it (any admin could before); the server's tenant may."""
+    http, service, root = world["http"], world["service"], world["root"]
+    handmade = root.parent / "handmade"
+    versioned_copy(service.repository.settings.model_repository / "tiny", handmade, "1")
+    server = _as(world, _default_admin(world))
+    assert http.post("/v1/models/handmade/load", headers=server).status_code == 200
+    calls = [(m, p.replace("parcels", "handmade"), b) for m, p, b in CONTROL_CALLS if "versions/9" not in p]
+    for key in ("a_admin", "b_admin"):
+        for method, path, body in [*calls, ("POST", "/v1/training-jobs", {"model": "handmade", "dataset": "/x"})]:
+            refused = http.request(method, path, json=body, headers=_as(world, key))
+            assert refused.status_code == 403, (key, method, path, refused.text)
+            assert "has no recorded owner" in refused.json()["error"]
+    assert service.served_entry("handmade").version == "1" and (handmade / "1").is_dir()
+    assert http.post("/v1/models/handmade/unload", headers=server).status_code == 200
 
 
 GRPC_SCRIPT = """
