@@ -14,7 +14,7 @@ from pipelines.quality import QualityReport, compute_metrics, learned_quality, q
 from pipelines.quality.thresholds import Thresholds, load_thresholds
 from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.config.model_entry import ModelEntry
-from serving.repository import ModelRepository
+from serving.repository import scan_for_one
 from serving.service import QUALITY_MODEL
 
 
@@ -23,7 +23,7 @@ class LocalQuality:
         self.limits = limits
         self.thresholds = thresholds or load_thresholds()
         self.model: tuple[ModelEntry, OnnxRuntimeBackend] | None = None
-        entry = ModelRepository.scan().get(QUALITY_MODEL)
+        entry = scan_for_one(QUALITY_MODEL)
         if entry.available:
             backend = OnnxRuntimeBackend(intra_op_threads=threads)
             backend.load(entry)

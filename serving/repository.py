@@ -19,7 +19,7 @@ from serving.feature_head import GRAPH_VERSION, save_atomically, write_quality_g
 from serving.model_versions import POLICY_FILE, model_roots, scan_model_folder
 from serving.quantize import served_int8
 from serving.trained_head import HEAD_GRAPH_VERSION, ClassifierHead, classifier_graph, embedding_graph
-from serving.weights import WeightsError, locate_weights, logged_weights_error, sha256_of
+from serving.weights import WeightsError, locate_weights, logged_weights_error, sha256_of, weights_problems_kept
 
 logger = logging.getLogger(__name__)
 __all__ = ["ModelArtifacts", "ModelEntry", "ModelRepository", "UnknownModelError", "exported_onnx_path"]
@@ -330,3 +330,15 @@ class ModelRepository:
 def _reason(exc: BaseException) -> str:
     """An error's reason without the paths an OSError's text names (answers reach API clients)."""
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+
+
+def scan_for_one(name: str, settings: ServerSettings | None = None, check_backends: bool = True) -> ModelEntry:
+    """The repository's entry for `name`, scanned for a command that uses that model alone and serves nothing
+    (`imgserve enhance --auto`, the quality tools): the other models' weights problems are debug lines, not the
+    server's warnings with their paths (resnet50's missing file was printed by every such run); this model's, if
+    any, is logged as the server would."""
+    with weights_problems_kept() as details:
+        entry = ModelRepository.scan(settings, check_backends).get(name)
+    if name in details:
+        logger.warning("%s", details[name])
+    return entry

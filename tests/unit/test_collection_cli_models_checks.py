@@ -90,3 +90,21 @@ def test_a_model_the_run_uses_that_cannot_be_served_is_one_error_line_with_its_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: default model 'absent' cannot be served: ")
     assert f"looked in {settings.weights_dir / 'absent' / FILE}" in err and "server log" not in err
+
+
+def test_a_command_using_one_model_says_nothing_of_the_others(settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """`imgserve enhance --auto` and the quality tools scan for the quality model alone (`scan_for_one`): they
+    printed resnet50's `looked in ...` warning on every run. The model they use still gets its warning."""
+    from serving.repository import scan_for_one
+
+    with caplog.at_level(logging.DEBUG):
+        assert scan_for_one("tiny", settings).available
+    about_absent = [r for r in caplog.records if "absent" in r.getMessage()]
+    assert about_absent and all(r.levelno == logging.DEBUG for r in about_absent)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert not scan_for_one("absent", settings).available
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        next(r.getMessage() for r in caplog.records if "looked in" in r.getMessage())
+    ]
+    assert str(settings.weights_dir / "absent" / FILE) in caplog.text

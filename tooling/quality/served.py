@@ -25,7 +25,7 @@ from pipelines.quality import QualityReport, compute_metrics, learned_quality, q
 from pipelines.quality.thresholds import Thresholds, load_thresholds
 from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.config.model_entry import ModelEntry
-from serving.repository import ModelRepository
+from serving.repository import scan_for_one
 from serving.service import QUALITY_MODEL
 from tooling.quality.biq_synthetic import Sample
 
@@ -58,7 +58,7 @@ def item_bytes(item: Item) -> bytes:
 
 
 def load_model(threads: int = 1) -> tuple[ModelEntry, OnnxRuntimeBackend]:
-    entry = ModelRepository.scan().get(QUALITY_MODEL)
+    entry = scan_for_one(QUALITY_MODEL)
     if not entry.available:
         raise SystemExit(f"{QUALITY_MODEL} is not servable: {entry.unavailable_reason}")
     backend = OnnxRuntimeBackend(intra_op_threads=threads)
