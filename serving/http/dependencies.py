@@ -148,13 +148,18 @@ def audit(
     request.app.state.gate.audit(AuditEntry.by(principal, action, client_host(request), target=target, detail=detail))
 
 
-async def multipart_form(request: Request, max_files: int, max_fields: int) -> FormData:
+async def multipart_form(
+    request: Request, max_files: int, max_fields: int, too_many_files: str | None = None
+) -> FormData:
     """The request's multipart form. Starlette answers a form it cannot take with a bare 400: too many files or
-    fields is a 413 `too_large` (as too many images is everywhere else), a malformed body a 400 `bad_request`."""
+    fields is a 413 `too_large` (as too many images is everywhere else; `too_many_files` replaces Starlette's words
+    for the first), a malformed body a 400 `bad_request`."""
     try:
         return await request.form(max_files=max_files, max_fields=max_fields)
     except (HTTPException, MultiPartException) as exc:  # HTTPException when the scope has an app, as here
         detail = str(exc.detail if isinstance(exc, HTTPException) else exc.message)
+        if too_many_files and detail.startswith("Too many files"):
+            raise RequestTooLargeError(too_many_files) from None
         if detail.startswith(("Too many files", "Too many fields", "Part exceeded maximum size")):
             raise RequestTooLargeError(f"multipart request: {detail}") from None
         raise BadRequestError(f"multipart request: {detail}") from None

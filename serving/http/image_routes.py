@@ -32,12 +32,19 @@ async def read_images(request: Request, max_images: int) -> tuple[list[bytes], d
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     options: dict[str, Any] = {}
     if content_type == "multipart/form-data":
-        form = await multipart_form(request, max_images + 1, max_images + 16)
+        # one file over the limit is read, so that the service's check counts it (`257 images ...; the limit is 256`)
+        too_many = f"more than {max_images + 1} images in one request; the limit is {max_images}"
+        form = await multipart_form(request, max_images + 1, max_images + 16, too_many)
         unexpected = sorted(set(form.keys()) - {"image"})
         if unexpected:  # `-F anonymize=true` would otherwise be dropped and the request served without it
             names = ", ".join(repr(name[:40]) for name in unexpected[:5])
             raise BadRequestError(f"unexpected multipart field {names}: send images as 'image', options in the query")
         uploads = form.getlist("image")
+        if not uploads and not form:  # python-multipart keeps only the parts its closing boundary completed
+            raise BadRequestError(
+                "multipart request has no complete part: the body ends before its closing boundary ('--<boundary>--')"
+                " or holds no part"
+            )
         if not uploads:
             raise BadRequestError("multipart request has no field named 'image'")
         images = []

@@ -114,6 +114,26 @@ def test_a_multipart_text_field_is_refused_not_dropped(http: TestClient, route: 
     assert "'anonymize'" in response.json()["error"] and "query" in response.json()["error"]
 
 
+def test_a_multipart_body_without_its_closing_boundary_says_so(http: TestClient) -> None:
+    """python-multipart keeps no part the closing boundary did not complete: it was 'no field named image'."""
+    head = b'--XX\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    for body in (head + jpeg_with_gps() + b"\r\n", head[:30]):
+        answer = http.post("/v1/metadata", content=body, headers={"content-type": "multipart/form-data; boundary=XX"})
+        assert answer.status_code == 400 and "before its closing boundary" in answer.json()["error"], answer.text
+    whole = head + jpeg_with_gps() + b"\r\n--XX--\r\n"
+    kept = http.post("/v1/metadata", content=whole, headers={"content-type": "multipart/form-data; boundary=XX"})
+    assert kept.status_code == 200, kept.text
+
+
+@pytest.mark.parametrize("count", [257, 300])
+def test_too_many_multipart_images_name_the_limit(http: TestClient, service: InferenceService, count: int) -> None:
+    """Starlette's 'Maximum number of files is 257' named a limit one above the server's (256)."""
+    files = [("image", ("a.jpg", b"x", "image/jpeg"))] * count
+    answer = http.post("/v1/classify", files=files)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"].endswith(f"images in one request; the limit is {service.max_images_per_request}")
+
+
 def test_multipart_with_the_query_option_still_anonymizes(http: TestClient) -> None:
     files = [("image", ("a.jpg", jpeg_with_gps(), "image/jpeg"))]
     assert gps_of(http.post("/v1/metadata", params={"anonymize": "true"}, files=files)) is None
