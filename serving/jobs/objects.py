@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy.dialects import postgresql, sqlite
 
 from serving.jobs.errors import ItemInputError, JobStoreUnavailableError, storage_client_errors, storage_error_text
-from serving.jobs.remote_access import RemoteAccess, exists_remote, write_remote
+from serving.jobs.remote_access import RemoteAccess, call_remote, exists_remote, write_remote
 from serving.jobs.tables import stored_objects
 from serving.jobs.uris import read_uri
 
@@ -80,8 +80,14 @@ class ObjectStore:
         return f"{self.root}/sha256/{digest[:2]}/{digest}"
 
     def put(self, data: bytes) -> str:
-        """Store `data` (once) and return its sha256 hex digest."""
-        return self._store(data)[0]
+        """Store `data` (once) and return its sha256 hex digest. An object store that does not answer within
+        IMGSERVE_REMOTE_TIMEOUT_S, or refuses, raises JobStoreUnavailableError (a submission's 503, retryable)."""
+        if self._local:
+            return self._store(data)[0]
+        try:
+            return self._store(data)[0]
+        except (OSError, *storage_client_errors()) as exc:
+            raise JobStoreUnavailableError(f"an input could not be stored: {storage_error_text(exc)}") from None
 
     def store_again(self, data: bytes) -> str:
         """Write `data` whatever a listing cache says: a writer's object a deleter removed before the writer's
@@ -129,7 +135,7 @@ class ObjectStore:
         """(digest, whether this call created the object)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
-        if self.fs.exists(path):
+        if self._exists(path):
             # stored before: fresh again, so the orphan sweep's grace and a purge racing this submission
             # (serving.jobs.erasure: an object modified after the purged job's inputs is kept) cover it too
             try:
@@ -164,26 +170,37 @@ class ObjectStore:
         if self._local:
             os.utime(path)
         elif "s3" in _protocols(self.fs):
-            self.fs.setxattr(path, imgserve_stored_at=f"{time.time():.3f}")
+            call_remote(self.fs, "setxattr", path, imgserve_stored_at=f"{time.time():.3f}")
         else:
-            self.fs.pipe_file(path, data)
+            write_remote(self.fs, path, data)
 
     def get(self, digest: str) -> bytes:
-        """The bytes stored under `digest`; a missing or damaged object is an item error."""
+        """The bytes stored under `digest`; a missing or damaged object is an item error, an object store that does
+        not answer within IMGSERVE_REMOTE_TIMEOUT_S (or refuses) JobStoreUnavailableError (the item is tried again)."""
         try:
-            data = self.fs.cat_file(self._path(digest))
+            data = call_remote(self.fs, "cat_file", self._path(digest))
         except FileNotFoundError:
             raise ItemInputError("missing_input", f"input object {digest} is not in the store") from None
+        except (OSError, *storage_client_errors()) as exc:
+            if self._local:
+                raise
+            raise JobStoreUnavailableError(
+                f"stored object {digest} could not be read: {storage_error_text(exc)}"
+            ) from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise ItemInputError("corrupt_input", f"input object {digest} does not match its hash")
         return data
 
     def exists(self, digest: str) -> bool:
-        return self.fs.exists(self._path(digest))
+        return self._exists(self._path(digest))
+
+    def _exists(self, path: str) -> bool:
+        return bool(call_remote(self.fs, "exists", path))
 
     def delete(self, digest: str) -> None:
+        """Remove the object (bounded on an object store: a deleter holds the digest's lock meanwhile)."""
         try:
-            self.fs.rm_file(self._path(digest))
+            call_remote(self.fs, "rm_file", self._path(digest))
         except FileNotFoundError:
             pass
 
@@ -194,7 +211,7 @@ class ObjectStore:
         path = self._path(digest)
         self.fs.invalidate_cache(path)
         try:
-            return _modified(self.fs.info(path)) or None
+            return _modified(call_remote(self.fs, "info", path)) or None
         except FileNotFoundError:
             return None
 

@@ -248,6 +248,16 @@ def write_remote(filesystem: Any, path: str, data: bytes) -> None:
     bounded_call(filesystem, filesystem._pipe_file, path, data)
 
 
+def call_remote(filesystem: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """`filesystem.<method>(*args, **kwargs)`; for an async filesystem (s3fs, gcsfs) its coroutine `_<method>` in
+    one bounded call (`bounded_call`)."""
+    from fsspec.asyn import AsyncFileSystem
+
+    if not isinstance(filesystem, AsyncFileSystem):
+        return getattr(filesystem, method)(*args, **kwargs)
+    return bounded_call(filesystem, functools.partial(getattr(filesystem, f"_{method}"), **kwargs), *args)
+
+
 def exists_remote(filesystem: Any, path: str) -> bool:
     """Whether an object is at `path`, asked of the store itself (a HEAD; any listing cache dropped first); for an
     async filesystem in one bounded call. A failure that is not "no such object" is raised."""
