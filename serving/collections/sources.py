@@ -308,8 +308,7 @@ def read_items(rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes | E
             by_archive.setdefault(row["location"], []).append(i)
             continue
         try:
-            with _open(row["location"]) as handle:
-                out[i] = _bounded_read(handle, max_bytes)
+            out[i] = _read_file(row["location"], max_bytes)
         except Exception as exc:  # noqa: BLE001 - the item's error
             out[i] = exc
     for location, indexes in by_archive.items():
@@ -343,6 +342,23 @@ def current_digests(items: Sequence[SourceItem], max_bytes: int) -> Iterator[tup
         except Exception:  # noqa: BLE001 - an archive that cannot be read: none of its members can be told unchanged
             pass
         yield from ((name, None) for name in wanted.values())
+
+
+def _read_file(location: str, max_bytes: int) -> bytes:
+    """One image file's bytes; an object store's in one call bounded by IMGSERVE_REMOTE_TIMEOUT_S, transient failures
+    tried again within it (`read_remote`: the client's own retries were unbounded, minutes per image)."""
+    if local_path(location) is None and is_uri(location):
+        import fsspec
+
+        from serving.jobs.remote_access import read_remote
+
+        filesystem, path = fsspec.core.url_to_fs(location)
+        data = read_remote(filesystem, path, max_bytes)
+        if len(data) > max_bytes:
+            raise ValueError(f"file larger than the {max_bytes:,}-byte limit")
+        return data
+    with _open(location) as handle:
+        return _bounded_read(handle, max_bytes)
 
 
 def _bounded_read(handle: Any, max_bytes: int) -> bytes:

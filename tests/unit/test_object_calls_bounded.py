@@ -82,3 +82,26 @@ def test_storing_a_submissions_input_is_unavailable_at_the_bound(
     with pytest.raises(JobStoreUnavailableError, match=f"could not be stored.*{REMOTE_TIMEOUT_ENV}"):
         store.put(DATA)
     assert time.monotonic() - started < 4.0
+
+
+def test_a_collection_image_on_a_store_that_keeps_failing_is_that_images_error_within_the_bound(
+    bucket: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`collection analyze s3://...` reads each image in one bounded call (serving.collections.sources.read_items);
+    a transient failure is tried again, one that stays is the image's error, not minutes of the client's retries."""
+    from serving.collections.sources import read_items
+
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "10")
+    store, digest = _stored(bucket, DATA)
+    row = {"location": f"s3://{store._path(digest)}", "member": None}
+    client = flaky(monkeypatch, store.fs, "get_object", "reset", failures=2)
+    assert read_items([row], 1 << 20) == [DATA] and client.calls == 3
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
+    client.failures = 10**6
+    started = time.monotonic()
+    (error,) = read_items([row], 1 << 20)
+    assert isinstance(error, TimeoutError) and REMOTE_TIMEOUT_ENV in str(error)
+    assert time.monotonic() - started < 4.0
+    client.failures = 0
+    assert isinstance(read_items([row], 100)[0], ValueError)  # the size limit still applies
