@@ -6,9 +6,9 @@ input, which auto mode reads, and of the output, so a caller sees what the chang
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -19,11 +19,14 @@ from pipelines.enhance.plan import MANUAL_FACTORS, auto_step
 from pipelines.errors import ImageTooLargeError, InvalidOptionError
 from pipelines.limits import DecodeLimits
 from pipelines.quality import QualityReport
+from serving.admission import REPLICA_LIMIT
 from serving.errors import ModelUnavailableError
 from serving.metrics import ENHANCEMENT_STEPS, IMAGE_OPERATION_BYTES, STAGE_LATENCY
 from serving.refunds import refunded_on_server_error
 from serving.service import InferenceService
 from serving.stages.concurrency import stage_thread
+
+T = TypeVar("T")
 
 REPORT_FORMS = ("image", "json")  # HTTP's answer: the image with X-Imgserve-* headers, or JSON with it as base64
 ENHANCE_OPTION_NAMES = ("auto", "ops", *MANUAL_FACTORS)
@@ -110,6 +113,14 @@ class EnhanceOutcome:
         }
 
 
+def _first_work(operation: Callable[..., T], *args: Any) -> T:
+    """`operation(*args)` in a stage thread, after the queue budget's check (`REPLICA_LIMIT.check_queue_wait`): a
+    conversion, or an enhancement without the quality stage, that waited for a worker longer than the budget is shed
+    with 503 `overloaded` as a decode for the models is; later work of a request that has started is never shed."""
+    REPLICA_LIMIT.check_queue_wait()
+    return operation(*args)
+
+
 class ImageOperations:
     def __init__(self, service: InferenceService, limits: DecodeLimits):
         self.service = service
@@ -123,7 +134,7 @@ class ImageOperations:
         options = await self._forced_options(options)
         start = time.perf_counter()
         async with refunded_on_server_error(self.service, 1):  # charged by `_forced_options`
-            result = await stage_thread(convert_image, data, options, self.limits)
+            result = await stage_thread(_first_work, convert_image, data, options, self.limits)
         STAGE_LATENCY.labels("convert", "").observe(time.perf_counter() - start)
         self._count("convert", result)
         return result
@@ -140,7 +151,7 @@ class ImageOperations:
         before = await self.service.assess_quality(data) if has_quality else None
         tags = [t.name for t in before.tags] if before is not None else []
         start = time.perf_counter()
-        result, applied = await stage_thread(enhance_image, data, options, convert, self.limits, tags)
+        result, applied = await stage_thread(_first_work, enhance_image, data, options, convert, self.limits, tags)
         STAGE_LATENCY.labels("enhance", "").observe(time.perf_counter() - start)
         if result.data is data:  # nothing applied and no conversion asked: the input itself, scored already
             after = before

@@ -177,3 +177,57 @@ def test_grpc_enhance_of_a_large_image_is_answered(service: InferenceService, bu
                 pytest.fail(f"{error.code()}: {error.details()}")
 
     assert asyncio.run(scenario()).image
+
+
+# ---- conversion, and enhancement without the quality stage -----------------------------------------------------------
+
+
+async def _convert_admitted(operations: ImageOperations, data: bytes, wait_s: float = 0.0) -> Any:
+    assert REPLICA_LIMIT.try_enter()
+    try:
+        await asyncio.sleep(wait_s)
+        return await operations.convert(data, ConvertOptions.parse(format="webp", max_side=512))
+    finally:
+        REPLICA_LIMIT.leave()
+
+
+def test_a_conversion_that_waited_for_a_worker_is_shed(service: InferenceService, budget: float) -> None:
+    """/v1/convert never decodes through the models' stage: it had no queue budget, only the in-flight limit, so under
+    overload it queued for the workers without end while inference was shed on time."""
+    operations = ImageOperations(service, DecodeLimits())
+    with pytest.raises(OverloadedError, match="for a worker"):
+        asyncio.run(_convert_admitted(operations, _large_jpeg(), wait_s=2 * budget))
+    assert asyncio.run(_convert_admitted(operations, _large_jpeg())).width == 512  # no wait: converted
+
+
+def test_a_slow_conversion_is_not_shed_for_its_own_work(
+    service: InferenceService, budget: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real: Callable[..., Any] = image_ops.convert_image
+
+    def convert_image(*args: Any) -> Any:
+        time.sleep(2 * BUDGET_S)
+        return real(*args)
+
+    monkeypatch.setattr(image_ops, "convert_image", convert_image)
+    assert asyncio.run(_convert_admitted(ImageOperations(service, DecodeLimits()), _large_jpeg())).width == 512
+
+
+def test_manual_enhancement_without_the_quality_stage_after_a_wait_is_shed(
+    service: InferenceService, budget: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service.pipeline, "has_quality", False)
+
+    async def scenario() -> Any:
+        assert REPLICA_LIMIT.try_enter()
+        try:
+            await asyncio.sleep(2 * budget)
+            options = EnhanceOptions.parse(brightness=1.2)
+            return await ImageOperations(service, DecodeLimits()).enhance(
+                _large_jpeg(), options, ConvertOptions.parse()
+            )
+        finally:
+            REPLICA_LIMIT.leave()
+
+    with pytest.raises(OverloadedError, match="for a worker"):
+        asyncio.run(scenario())
