@@ -45,6 +45,8 @@ def file_uri_path(uri: str, allowed_root: Path | None) -> Path:
         raise UriNotAllowedError(f"file URI with a host is refused: {uri!r}")
     if allowed_root is None:
         raise UriNotAllowedError("file:// URIs are disabled on this server (IMGSERVE_BATCH_ALLOWED_ROOT is not set)")
+    if "?" in uri or "#" in uri:  # a query or fragment (empty too): the file before it would be read
+        raise BadRequestError(f"file URI {uri!r} has a query or fragment: percent-encode '?' as %3F, '#' as %23")
     path = unquote(parts.path)
     if "\x00" in path:  # %00: no file name holds one, and the OS calls would raise
         raise BadRequestError("file URI path contains a NUL byte")

@@ -32,6 +32,16 @@ def test_file_uri_under_root_is_read(root: Path) -> None:
     assert read_uri(uri, root, 1000) == b"image a"
 
 
+@pytest.mark.parametrize("suffix", ["?v=2", "#top", "?"])
+def test_a_file_uri_with_a_query_or_fragment_is_refused_not_read_without_it(root: Path, suffix: str) -> None:
+    """`file:///.../a.jpg?v=2` read a.jpg: a file named `a.jpg?v=2` is written `a.jpg%3Fv=2` in a URI."""
+    uri = (root / "sub" / "a.jpg").as_uri() + suffix
+    with pytest.raises(BadRequestError, match="query or fragment"):
+        check_uri(uri, root)
+    (root / "sub" / "a.jpg?v=2").write_bytes(b"image a, version 2")
+    assert read_uri((root / "sub" / "a.jpg?v=2").as_uri(), root, 1000) == b"image a, version 2"
+
+
 @pytest.mark.parametrize("suffix", ["/../outside.jpg", "/sub/../../outside.jpg"])
 def test_file_uri_escaping_the_root_is_refused(root: Path, suffix: str) -> None:
     uri = "file://" + str(root) + suffix
