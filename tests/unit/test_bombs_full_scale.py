@@ -170,8 +170,8 @@ def test_scan_count_cannot_be_hidden_from_the_marker_walk() -> None:
             decode_image(variant, PreprocessSpec())
 
 
-def _flooded_jpeg(progressive: bool, before_first_scan: bool) -> bytes:
-    """A small JPEG with 2 M empty COM segments (8 MB) before its frame header or between its scans."""
+def _flooded_jpeg(progressive: bool, before_first_scan: bool, flood: bytes) -> bytes:
+    """A small JPEG with `flood` before its frame header or between its scans."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -179,21 +179,34 @@ def _flooded_jpeg(progressive: bool, before_first_scan: bool) -> bytes:
     data = buffer.getvalue()
     first_scan = data.find(b"\xff\xda")
     at = data.find(b"\xff\xdb") if before_first_scan else data.find(b"\xff\xda", first_scan + 2)
-    return data[:at] + b"\xff\xfe\x00\x02" * 2_000_000 + data[at:]
+    return data[:at] + flood + data[at:]
+
+
+EMPTY_COMMENTS = b"\xff\xfe\x00\x02" * 2_000_000  # 8 MB of empty COM segments
+MARKERS_REFUSED = "more than 10,000 marker segments"
+SKIPPED_REFUSED = "more than 65,536 bytes between its header segments"
 
 
 @pytest.mark.parametrize(
-    ("progressive", "before_first_scan"),
-    [(False, True), (True, True), (True, False)],
-    ids=["header", "progressive-header", "between-scans"],
+    ("progressive", "before_first_scan", "flood", "refused"),
+    [
+        (False, True, EMPTY_COMMENTS, MARKERS_REFUSED),
+        (True, True, EMPTY_COMMENTS, MARKERS_REFUSED),
+        (True, False, EMPTY_COMMENTS, MARKERS_REFUSED),
+        (False, True, b"\xff" * 8_000_000, SKIPPED_REFUSED),  # fill bytes: Pillow steps over each in Python
+        (False, True, b"\xff\x00" * 4_000_000, SKIPPED_REFUSED),  # stray stuffed pairs
+        (False, True, b"\x00" * 8_000_000, SKIPPED_REFUSED),  # junk
+    ],
+    ids=["header", "progressive-header", "between-scans", "fill-bytes", "stray-pairs", "junk"],
 )
 def test_jpeg_of_millions_of_empty_segments_is_refused_before_they_are_walked(
-    progressive: bool, before_first_scan: bool
+    progressive: bool, before_first_scan: bool, flood: bytes, refused: str
 ) -> None:
-    """Pillow reads each header segment in Python and the scan count walks every marker of a progressive file: 2 s
-    for 8 MB of empty comments, 8-10 s for a 32 MiB upload. More than 10,000 markers is no photo: refused at once."""
-    flood = _flooded_jpeg(progressive, before_first_scan)
-    _bounded(lambda: decode_image(flood, PreprocessSpec()), 0.5, InvalidImageError, "more than 10,000 marker segments")
+    """Pillow reads each header segment, and steps over each fill byte, in Python; the scan count walks every marker
+    of a progressive file: 2-5 s for 8 MB, 8-18 s for a 32 MiB upload. More than 10,000 markers, or 64 KiB between
+    header segments, is no photo: refused at once."""
+    jpeg = _flooded_jpeg(progressive, before_first_scan, flood)
+    _bounded(lambda: decode_image(jpeg, PreprocessSpec()), 0.5, InvalidImageError, refused)
 
 
 def _solid_png(width: int, height: int) -> bytes:
