@@ -20,7 +20,14 @@ from typing import Any, Protocol
 from serving.config.settings import ServerSettings
 from serving.errors import BadRequestError, ServiceError
 from serving.metrics import KNOWN_MODELS
-from serving.model_versions import VersionPolicy, model_state, policy_bytes, restore_policy, write_policy
+from serving.model_versions import (
+    VersionPolicy,
+    model_state,
+    policy_bytes,
+    read_metrics,
+    restore_policy,
+    write_policy,
+)
 from serving.repository import UnknownModelError, is_folder_name
 from serving.security.errors import PermissionDeniedError
 from serving.security.principal import DEFAULT_TENANT
@@ -95,14 +102,19 @@ async def controlled_versions(
 
 
 def check_unrecorded_folder(settings: ServerSettings, model: str, recorded: list[dict[str, Any]], tenant: str) -> None:
-    """A trained-models folder no training row records (copied there by hand, or from another server) has no
-    owning tenant: every tenant is served it, so it is the server's operators' (tenant `default`) to control or to
-    train new versions of, as a repository model is (403 for the others; any admin's before)."""
+    """A trained-models folder of versions no training job made (copied there by hand: no version names a job in
+    its metrics) and no row records has no owning tenant: every tenant is served it, so it is the server's operators'
+    (tenant `default`) to control or to train new versions of, as a repository model is (403 for the others; any
+    admin's before). A folder a job made is never taken for one: one whose registration failed before any version
+    (only its policy file), or whose version is written and not yet recorded (a registration under way, or resumed
+    after a restart), stays its tenant's to train again, as before."""
     if recorded or tenant == DEFAULT_TENANT or not is_folder_name(model):
         return
-    if (settings.trained_models / model).is_dir():
+    root = settings.trained_models / model
+    versions = [child for child in root.iterdir() if child.name.isdecimal()] if root.is_dir() else []
+    if versions and not any((read_metrics(folder) or {}).get("job_id") for folder in versions):
         raise PermissionDeniedError(
-            f"trained model '{model}' has no recorded owner (its folder was not made by a training job here): only "
+            f"trained model '{model}' has no recorded owner (its versions were not made by a training job): only "
             f"the server's operators (tenant '{DEFAULT_TENANT}') may control it or train versions of it"
         )
 

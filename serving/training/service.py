@@ -201,7 +201,8 @@ class TrainingService:
         resumed = (job.progress or {}).get("phase") == REGISTERING  # its last runner stopped while registering
         request = TrainingRequest.model_validate(job.request)
         check_trainable_name(self.service.repository, request.model)  # a job queued before the name was refused
-        await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it meanwhile
+        recorded = await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it
+        check_unrecorded_folder(self.service.repository.settings, request.model, recorded, job.tenant)  # or by hand
         served_version(self.settings.trained_models, request.model)  # an unreadable policy fails it now, not after
         backbone = self._backbone(request.backbone)
         base = base_classifier(self.service, backbone)
@@ -262,6 +263,7 @@ class TrainingService:
         # finishing on another meanwhile registers after this one, against the version this one promoted)
         async with self.service.model_lock, TrainedModelsLock(self.settings.trained_models):
             recorded = await owned_versions(store, request.model, job.tenant)  # checked again: it ran a while
+            check_unrecorded_folder(self.service.repository.settings, request.model, recorded, job.tenant)
             if not await asyncio.to_thread(store.begin_registration, job.id, lease.claim):
                 return None  # cancelled while it waited for the lock: nothing is registered, nothing promoted
             served_now = served_version(self.settings.trained_models, request.model)  # by another replica too

@@ -26,6 +26,7 @@ from serving.model_versions import (
 )
 from serving.repository import UnknownModelError
 from serving.security.audit import AuditEntry
+from serving.security.keys import KeyStore
 from serving.security.principal import http_role
 from tests.unit.test_training_delete import _as, _audited, _job, _listed_versions, world  # noqa: F401 - a fixture
 from tests.unit.tiny_models import versioned_copy
@@ -166,9 +167,10 @@ def test_the_cli_and_the_sdk_delete_a_model(
     assert json.loads(capsys.readouterr().out) == {"name": "parcels", "deleted": True, "versions": ["1", "2", "3"]}
     assert main(["models", "delete", "parcels", *key]) == 1
     assert "unknown model 'parcels'" in capsys.readouterr().err
-    fresh = world["service"].repository.settings.trained_models / "fresh"
+    fresh = world["service"].repository.settings.trained_models / "fresh"  # put there by hand: the server's tenant's
     versioned_copy(world["service"].repository.settings.model_repository / "tiny", fresh, "1")
-    with Client("http://testserver", api_key=world["keys"]["a_admin"]) as client:
+    server_admin = KeyStore(world["engine"]).create("d_admin", "admin", "default")[1]
+    with Client("http://testserver", api_key=server_admin) as client:
         assert client.training.delete_model("fresh") == {"name": "fresh", "deleted": True, "versions": ["1"]}
     assert not fresh.exists()
 
