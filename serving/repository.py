@@ -335,10 +335,16 @@ def _reason(exc: BaseException) -> str:
 def scan_for_one(name: str, settings: ServerSettings | None = None, check_backends: bool = True) -> ModelEntry:
     """The repository's entry for `name`, scanned for a command that uses that model alone and serves nothing
     (`imgserve enhance --auto`, the quality tools): the other models' weights problems are debug lines, not the
-    server's warnings with their paths (resnet50's missing file was printed by every such run); this model's, if
-    any, is logged as the server would."""
+    server's warnings with their paths (resnet50's missing file was printed by every such run); this model's, and
+    those of the models its graph is built on (a head's `export.base`), are logged as the server would."""
     with weights_problems_kept() as details:
-        entry = ModelRepository.scan(settings, check_backends).get(name)
-    if name in details:
-        logger.warning("%s", details[name])
+        repository = ModelRepository.scan(settings, check_backends)
+    entry, needed = repository.get(name), name
+    seen: set[str] = set()
+    while needed and needed not in seen:
+        seen.add(needed)
+        if needed in details:
+            logger.warning("%s", details.pop(needed))
+        config = repository.entries[needed].config if needed in repository.entries else None
+        needed = config.export.base if config is not None and config.export is not None else ""
     return entry

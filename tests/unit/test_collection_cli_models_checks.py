@@ -108,3 +108,20 @@ def test_a_command_using_one_model_says_nothing_of_the_others(settings: Any, cap
         next(r.getMessage() for r in caplog.records if "looked in" in r.getMessage())
     ]
     assert str(settings.weights_dir / "absent" / FILE) in caplog.text
+
+
+def test_a_heads_base_model_gets_its_warning_too(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """quality_mos is a head on mobilenet_v2_imagenet's graph: without the base's weights `imgserve enhance --auto`
+    fell back to the classical verdict with no line saying why (its reason says the server log names the paths)."""
+    from serving.config.settings import ServerSettings
+    from serving.repository import scan_for_one
+    from tests.paths import PROJECT_ROOT
+
+    settings = ServerSettings(
+        model_repository=PROJECT_ROOT / "models", weights_dir=tmp_path / "no-weights", cache_dir=tmp_path / "cache"
+    )
+    with caplog.at_level(logging.WARNING):
+        assert not scan_for_one("quality_mos", settings).available
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("model 'mobilenet_v2_imagenet'"), warned
+    assert str(tmp_path / "no-weights") in warned[0]
