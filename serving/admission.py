@@ -113,6 +113,14 @@ class InflightLimit:
         if first is not None:
             first.started = True
 
+    @staticmethod
+    def mark_started() -> None:
+        """The request admitted in this context has done work that was not checked here (a stage in another
+        process answered it: the graph placement's quality scoring): its later work is never shed for the time."""
+        first, admitted = FIRST_WORK.get(), ADMITTED_AT.get()
+        if first is not None and first.admitted_at == admitted:
+            first.started = True
+
     def leave(self) -> None:
         self.inflight -= 1
 

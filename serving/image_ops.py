@@ -149,6 +149,8 @@ class ImageOperations:
         if options.auto and not has_quality:
             raise ModelUnavailableError("auto enhancement reads the quality stage, which this application does not run")
         before = await self.service.assess_quality(data) if has_quality else None
+        if before is not None:
+            REPLICA_LIMIT.mark_started()  # scored: its first work is done, here or in the graph's stage deployments
         tags = [t.name for t in before.tags] if before is not None else []
         start = time.perf_counter()
         result, applied = await stage_thread(_first_work, enhance_image, data, options, convert, self.limits, tags)

@@ -231,3 +231,28 @@ def test_manual_enhancement_without_the_quality_stage_after_a_wait_is_shed(
 
     with pytest.raises(OverloadedError, match="for a worker"):
         asyncio.run(scenario())
+
+
+def test_an_enhancement_scored_by_other_processes_is_not_shed_for_that_time(
+    service: InferenceService, budget: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph placement with direct listeners: the score before runs in the stage deployments, where no budget is
+    checked; the enhancement after it was shed "waited 401 ms for a worker" though it waited for nothing."""
+    data = _large_jpeg((800, 600))
+    report = asyncio.run(service.assess_quality(data))  # outside any admission
+
+    async def scored_elsewhere(_data: bytes) -> Any:
+        await asyncio.sleep(2 * BUDGET_S)
+        return report
+
+    monkeypatch.setattr(service, "assess_quality", scored_elsewhere)
+
+    async def scenario() -> EnhanceOutcome:
+        assert REPLICA_LIMIT.try_enter()
+        try:
+            options, convert = EnhanceOptions.parse(brightness=1.2), ConvertOptions.parse(format="jpeg")
+            return await ImageOperations(service, DecodeLimits()).enhance(data, options, convert)
+        finally:
+            REPLICA_LIMIT.leave()
+
+    assert asyncio.run(scenario()).result.width == 800
