@@ -6,6 +6,7 @@ for `get_service`)."""
 
 import types
 from collections import Counter
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -14,8 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import WithJsonSchema
 from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serving.errors import BadRequestError, ModelUnavailableError, RequestTooLargeError
 from serving.jobs.service import JobService
@@ -148,18 +148,38 @@ def audit(
     request.app.state.gate.audit(AuditEntry.by(principal, action, client_host(request), target=target, detail=detail))
 
 
+class _EndSeenParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary (`--<boundary>--`) was read: python-multipart
+    keeps the parts completed before a body ends early and says nothing of the rest."""
+
+    closed = False
+
+    def on_end(self) -> None:
+        self.closed = True
+
+
 async def multipart_form(
     request: Request, max_files: int, max_fields: int, too_many_files: str | None = None
 ) -> FormData:
-    """The request's multipart form. Starlette answers a form it cannot take with a bare 400: too many files or
-    fields is a 413 `too_large` (as too many images is everywhere else; `too_many_files` replaces Starlette's words
-    for the first), a malformed body a 400 `bad_request`."""
+    """The request's multipart form, read to its closing boundary. Starlette answers a form it cannot take with a
+    bare 400: too many files or fields is a 413 `too_large` (as too many images is everywhere else; `too_many_files`
+    replaces Starlette's words for the first), a malformed body a 400 `bad_request`, and a body that ends before its
+    closing boundary a 400 too (a cut-off upload was served with the images that had arrived)."""
     try:
-        return await request.form(max_files=max_files, max_fields=max_fields)
-    except (HTTPException, MultiPartException) as exc:  # HTTPException when the scope has an app, as here
-        detail = str(exc.detail if isinstance(exc, HTTPException) else exc.message)
+        async with aclosing(request.stream()) as stream:
+            parser = _EndSeenParser(request.headers, stream, max_files=max_files, max_fields=max_fields)
+            form = await parser.parse()
+    except MultiPartException as exc:
+        detail = str(exc.message)
         if too_many_files and detail.startswith("Too many files"):
             raise RequestTooLargeError(too_many_files) from None
         if detail.startswith(("Too many files", "Too many fields", "Part exceeded maximum size")):
             raise RequestTooLargeError(f"multipart request: {detail}") from None
         raise BadRequestError(f"multipart request: {detail}") from None
+    if not parser.closed:
+        await form.close()
+        raise BadRequestError(
+            "multipart request ends before its closing boundary ('--<boundary>--'): the body was cut short"
+            + (f" after {len(form)} complete part(s)" if len(form) else "")
+        )
+    return form
