@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from serving.jobs.errors import ItemInputError, JobStoreUnavailableError, storage_client_errors, storage_error_text
 from serving.jobs.remote_access import RemoteAccess, call_remote, exists_remote, write_remote
+from serving.jobs.remote_listing import find_objects
 from serving.jobs.tables import stored_objects
 from serving.jobs.uris import read_uri
 
@@ -216,8 +217,13 @@ class ObjectStore:
             return None
 
     def stored(self) -> dict[str, float]:
-        """Every stored object: digest -> modification time (UNIX seconds; 0 when the filesystem does not say)."""
-        found = self.fs.find(f"{self.root}/sha256", detail=True) if self.fs.exists(f"{self.root}/sha256") else {}
+        """Every stored object: digest -> modification time (UNIX seconds; 0 when the filesystem does not say). On an
+        object store one bounded call per page of the listing (serving.jobs.remote_listing: the orphan sweep's)."""
+        folder = f"{self.root}/sha256"
+        if self._local:
+            found = self.fs.find(folder, detail=True) if self.fs.exists(folder) else {}
+        else:
+            found = find_objects(self.fs, folder)
         out: dict[str, float] = {}
         for path, info in found.items():
             digest = path.rsplit("/", 1)[-1]

@@ -105,3 +105,20 @@ def test_a_collection_image_on_a_store_that_keeps_failing_is_that_images_error_w
     assert time.monotonic() - started < 4.0
     client.failures = 0
     assert isinstance(read_items([row], 100)[0], ValueError)  # the size limit still applies
+
+
+def test_the_orphan_sweeps_listing_is_bounded_per_page(
+    bucket: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ObjectStore.stored` (the orphan sweep's list of every stored object) was one unbounded `find`."""
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "10")
+    store, digest = _stored(bucket, DATA)
+    client = flaky(monkeypatch, store.fs, "list_objects_v2", "503", failures=2)
+    assert set(store.stored()) == {digest} and client.calls == 3
+    monkeypatch.setenv(REMOTE_TIMEOUT_ENV, "1")
+    client.failures = 10**6
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=REMOTE_TIMEOUT_ENV):
+        store.stored()
+    assert time.monotonic() - started < 4.0
