@@ -22,8 +22,9 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -75,6 +76,19 @@ class ObjectStore:
                 "buckets: create it, or correct the name)"
             )
 
+    @contextmanager
+    def _store_failures(self, what: str) -> Iterator[None]:
+        """An object store's failure in the body (past IMGSERVE_REMOTE_TIMEOUT_S, or refused) as
+        JobStoreUnavailableError: `what`, then the store's words. Never an OSError, which the job store's callers
+        take for their database's outage and retry without end (serving.jobs.outage); local disks' errors pass as they
+        are."""
+        try:
+            yield
+        except (OSError, *storage_client_errors()) as exc:
+            if self._local:
+                raise
+            raise JobStoreUnavailableError(f"{what}: {storage_error_text(exc)}") from None
+
     def _path(self, digest: str) -> str:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
@@ -83,12 +97,8 @@ class ObjectStore:
     def put(self, data: bytes) -> str:
         """Store `data` (once) and return its sha256 hex digest. An object store that does not answer within
         IMGSERVE_REMOTE_TIMEOUT_S, or refuses, raises JobStoreUnavailableError (a submission's 503, retryable)."""
-        if self._local:
+        with self._store_failures("an input could not be stored"):
             return self._store(data)[0]
-        try:
-            return self._store(data)[0]
-        except (OSError, *storage_client_errors()) as exc:
-            raise JobStoreUnavailableError(f"an input could not be stored: {storage_error_text(exc)}") from None
 
     def store_again(self, data: bytes) -> str:
         """Write `data` whatever a listing cache says: a writer's object a deleter removed before the writer's
@@ -97,15 +107,8 @@ class ObjectStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         self.fs.invalidate_cache(path)
-        if self._local:
+        with self._store_failures(f"stored object {digest} could not be written again"):
             self._create(path, data)
-            return digest
-        try:
-            self._create(path, data)
-        except (OSError, *storage_client_errors()) as exc:
-            raise JobStoreUnavailableError(
-                f"stored object {digest} could not be written again: {storage_error_text(exc)}"
-            ) from None
         return digest
 
     def missing(self, digests: Iterable[str]) -> set[str]:
@@ -122,15 +125,11 @@ class ObjectStore:
         def gone(digest: str) -> bool:
             return not exists_remote(self.fs, paths[digest])
 
-        try:
+        with self._store_failures("the object store did not say whether stored objects are there"):
             if len(paths) <= 1:
                 return {digest for digest in paths if gone(digest)}
             with ThreadPoolExecutor(min(CHECK_THREADS, len(paths))) as pool:
                 return {digest for digest, absent in zip(paths, pool.map(gone, paths), strict=True) if absent}
-        except (OSError, *storage_client_errors()) as exc:
-            raise JobStoreUnavailableError(
-                f"the object store did not say whether stored objects are there: {storage_error_text(exc)}"
-            ) from None
 
     def _store(self, data: bytes) -> tuple[str, bool]:
         """(digest, whether this call created the object)."""
@@ -178,16 +177,11 @@ class ObjectStore:
     def get(self, digest: str) -> bytes:
         """The bytes stored under `digest`; a missing or damaged object is an item error, an object store that does
         not answer within IMGSERVE_REMOTE_TIMEOUT_S (or refuses) JobStoreUnavailableError (the item is tried again)."""
-        try:
-            data = call_remote(self.fs, "cat_file", self._path(digest))
-        except FileNotFoundError:
-            raise ItemInputError("missing_input", f"input object {digest} is not in the store") from None
-        except (OSError, *storage_client_errors()) as exc:
-            if self._local:
-                raise
-            raise JobStoreUnavailableError(
-                f"stored object {digest} could not be read: {storage_error_text(exc)}"
-            ) from None
+        with self._store_failures(f"stored object {digest} could not be read"):
+            try:
+                data = call_remote(self.fs, "cat_file", self._path(digest))
+            except FileNotFoundError:
+                raise ItemInputError("missing_input", f"input object {digest} is not in the store") from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise ItemInputError("corrupt_input", f"input object {digest} does not match its hash")
         return data

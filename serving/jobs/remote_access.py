@@ -239,13 +239,7 @@ def read_remote(filesystem: Any, path: str, max_bytes: int) -> bytes:
 
 def write_remote(filesystem: Any, path: str, data: bytes) -> None:
     """Write `data` as the object at `path`; for an async filesystem in one bounded call."""
-    from fsspec.asyn import AsyncFileSystem
-
-    if not isinstance(filesystem, AsyncFileSystem):
-        with filesystem.open(path, "wb") as handle:
-            handle.write(data)
-        return
-    bounded_call(filesystem, filesystem._pipe_file, path, data)
+    call_remote(filesystem, "pipe_file", path, data)
 
 
 def call_remote(filesystem: Any, method: str, *args: Any, **kwargs: Any) -> Any:
