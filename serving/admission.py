@@ -31,6 +31,14 @@ class FirstWork:
 
 FIRST_WORK: ContextVar[FirstWork | None] = ContextVar("imgserve_first_work", default=None)
 
+
+def _this_admissions_first_work() -> FirstWork | None:
+    """The FirstWork of the admission in this context; None where there is none, or ADMITTED_AT was set without
+    `try_enter` (then no start is recorded: every decode is checked)."""
+    first = FIRST_WORK.get()
+    return first if first is not None and first.admitted_at == ADMITTED_AT.get() else None
+
+
 # Answered even at the limit: liveness/readiness probes and the Prometheus scrape.
 UNLIMITED_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 UNLIMITED_GRPC_METHODS = frozenset({"ServerLive", "ServerReady", "Check", "Watch"})
@@ -99,9 +107,7 @@ class InflightLimit:
         admitted = ADMITTED_AT.get()
         if self.max_queue_wait_s is None or admitted is None:
             return
-        first = FIRST_WORK.get()
-        if first is not None and first.admitted_at != admitted:  # ADMITTED_AT set without `try_enter`
-            first = None  # no start to record: every decode is checked
+        first = _this_admissions_first_work()
         if first is not None and first.started:
             return
         waited = time.monotonic() - admitted
@@ -117,8 +123,8 @@ class InflightLimit:
     def mark_started() -> None:
         """The request admitted in this context has done work that was not checked here (a stage in another
         process answered it: the graph placement's quality scoring): its later work is never shed for the time."""
-        first, admitted = FIRST_WORK.get(), ADMITTED_AT.get()
-        if first is not None and first.admitted_at == admitted:
+        first = _this_admissions_first_work()
+        if first is not None:
             first.started = True
 
     def leave(self) -> None:
