@@ -353,16 +353,17 @@ def _read_file(location: str, max_bytes: int) -> bytes:
         from serving.jobs.remote_access import read_remote
 
         filesystem, path = fsspec.core.url_to_fs(location)
-        data = read_remote(filesystem, path, max_bytes)
-        if len(data) > max_bytes:
-            raise ValueError(f"file larger than the {max_bytes:,}-byte limit")
-        return data
+        return _within_limit(read_remote(filesystem, path, max_bytes), max_bytes)
     with _open(location) as handle:
         return _bounded_read(handle, max_bytes)
 
 
 def _bounded_read(handle: Any, max_bytes: int) -> bytes:
-    data = handle.read(max_bytes + 1)
+    return _within_limit(handle.read(max_bytes + 1), max_bytes)
+
+
+def _within_limit(data: bytes, max_bytes: int) -> bytes:
+    """`data` (read up to `max_bytes` + 1), or ValueError when it is over the limit."""
     if len(data) > max_bytes:
         raise ValueError(f"file larger than the {max_bytes:,}-byte limit")
     return data
