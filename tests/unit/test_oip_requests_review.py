@@ -23,6 +23,11 @@ pytestmark = pytest.mark.unit
         ([0.5, "2.5"], "FP32", "must be numbers"),
         (["1.5", "2.5"], "FP32", "not valid FP32"),
         ([True, False], "FP32", "must be numbers"),
+        ([True, 0.0, 0.5], "FP32", "not true or false"),  # numpy promotes a boolean among numbers to 1.0
+        ([0.5, 0.0, False], "FP32", "not true or false"),
+        ([[0.5, 1.0], [True, 0.0]], "FP32", "not true or false"),
+        ([True, 1, 2], "INT32", "not true or false"),
+        ([3, False], "UINT8", "not true or false"),
         ([[1.0], [None]], "FP16", "must be numbers"),
         ([1.7, 2.0], "INT32", "whole numbers"),
         ([0.5, 1.0], "UINT8", "whole numbers"),
