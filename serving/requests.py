@@ -53,7 +53,7 @@ class ImageOptions(BaseModel):
         try:
             return cls.model_validate({k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
-            raise BadRequestError(f"invalid options: {validation_summary(exc)}") from None
+            raise BadRequestError(f"invalid options: {validation_summary(exc, cls)}") from None
 
 
 class JsonImageRequest(BaseModel):
@@ -82,13 +82,21 @@ class JsonImageRequest(BaseModel):
         return images
 
 
-def validation_summary(exc: ValidationError) -> str:
-    """Each error as `where: what`; `where` holds client-chosen names (an unknown field), so it is bounded."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])[:80] or 'body'}: {e['msg']}" for e in exc.errors())
+def validation_summary(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Each error as `where: what`; `where` holds client-chosen names (an unknown field), so it is bounded. An unknown
+    top-level field of `model` is named with the model's fields, as an unknown query parameter is (`{"topk": 3}`:
+    "topk: unknown; known: model, ..., top_k, ...")."""
+
+    def what(error: Any) -> str:
+        if error["type"] == "extra_forbidden" and model is not None and len(error["loc"]) == 1:
+            return f"unknown; known: {', '.join(model.model_fields)}"
+        return str(error["msg"])
+
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])[:80] or 'body'}: {what(e)}" for e in exc.errors())
 
 
 def parse_json_request(body: bytes) -> JsonImageRequest:
     try:
         return JsonImageRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise BadRequestError(f"invalid JSON image request: {validation_summary(exc)}") from None
+        raise BadRequestError(f"invalid JSON image request: {validation_summary(exc, JsonImageRequest)}") from None

@@ -78,7 +78,7 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
         try:
             payload = BatchRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise BadRequestError(f"invalid batch request: {validation_summary(exc)}") from None
+            raise BadRequestError(f"invalid batch request: {validation_summary(exc, BatchRequest)}") from None
         return [InputPart("uri", uri) for uri in payload.uris], payload
     if content_type == "text/uri-list":
         return _uri_lines(body.decode("utf-8", errors="replace")), None

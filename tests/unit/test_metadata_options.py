@@ -190,3 +190,18 @@ def test_grpc_has_no_such_gap(service: InferenceService) -> None:
     assert plain.results[0].metadata["gps"]["latitude_deg"] == pytest.approx(43.4674, 1e-4)
     assert anonymized.results[0].metadata["gps"] is None
     assert classified.results[0].model == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{{"image": "{image}", "options": {{"topk": 3}}}}', "topk: unknown; known: model, model_version, top_k, "),
+        ('{{"image": "{image}", "model": ""}}', "model: unknown; known: image, images, options"),
+    ],
+)
+def test_an_unknown_json_field_is_named_with_the_known_ones(http: TestClient, body: str, expected: str) -> None:
+    """As a misspelt query parameter is: the client learns where options go, not pydantic's 'Extra inputs'."""
+    image = base64.b64encode(jpeg_with_gps()).decode()
+    response = http.post("/v1/classify", content=body.format(image=image), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["error"], response.text
