@@ -172,7 +172,7 @@ def _cmd_remote(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"imgserve: error: could not write {args.out}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        print(f"wrote {len(records)} results to {args.out}")
+        print(f"wrote {len(records)} result{'' if len(records) == 1 else 's'} to {args.out}")
     else:
         print_results(records, args.json)
     failed = sum(isinstance(result, ImageFailure) for result in results)

@@ -153,12 +153,17 @@ function chart(title, lines, unit) {
   const y = (v) => H - 14 - (v / top) * (H - 24);
   plot.append(svg("line", { x1: PAD, y1: H - 14, x2: W - 4, y2: H - 14, class: "axis" }));
   const label = svg("text", { x: 2, y: 12, class: "tick" });
-  label.textContent = top >= 10 ? top.toFixed(0) : top.toPrecision(2);
+  label.textContent = `${top >= 10 ? top.toFixed(0) : top.toPrecision(2)} ${unit}`;
   plot.append(label);
   lines.forEach((line, i) => {
     if (!line.points.length) return;
     const d = line.points.map(([t, v], j) => `${j ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`).join("");
     plot.append(svg("path", { d, class: `line line-${i % 6}` }));
+    if (line.points.length === 1) {
+      // a path of one point draws nothing: the first sample of a series is a dot until the next one arrives
+      const [t, v] = line.points[0];
+      plot.append(svg("circle", { cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 1.5, class: `dot line-${i % 6}` }));
+    }
   });
   const legend = el("ul", { class: "legend" }, ...lines.map((l, i) => el("li", { class: `key-${i % 6}`, text: l.name })));
   figure.append(legend);
