@@ -17,6 +17,8 @@ IMAGES_PER_REQUEST = 32  # well under the server's per-request limit; large fold
 PER_IMAGE_ERRORS = frozenset({"invalid_image", "unsupported_format", "too_large"})
 # The error kind of the rows of images a command-stopping error left unanswered (send them again to resume).
 NOT_ANSWERED = "not_answered"
+# The project's serve config, wherever the command runs from (as the model repository and weights defaults are).
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -225,10 +227,10 @@ def _cmd_quality_calibrate(args: argparse.Namespace) -> int:
         try:
             result = calibrate_mos(Path(args.folder), Path(args.out), method=args.method, force=args.force)
         except NotBetter as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"imgserve: error: {exc}", file=sys.stderr)
             return 1
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"imgserve: error: {exc}", file=sys.stderr)
             return 2
         calibration = result["calibration"]
         print(
@@ -268,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start a local Ray, deploy serve_config.yaml, run in the foreground")
-    serve.add_argument("--config", default="serve_config.yaml", help="Ray Serve config file")
+    serve.add_argument(
+        "--config", default=str(DEFAULT_SERVE_CONFIG), help="Ray Serve config file (default: %(default)s)"
+    )
     serve.add_argument("--http-port", type=_port, default=None, help="override http_options.port (1-65535)")
     serve.add_argument("--grpc-port", type=_port, default=None, help="override grpc_options.port (1-65535)")
     serve.add_argument(

@@ -85,7 +85,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             setup = dataclasses.replace(setup, outputs=outputs)
         info = store.open(args.name, setup.selected, [resolved_source(s) for s in args.sources], args.tenant)
     except (SourceError, ValueError, ServiceError, OSError, RuntimeError) as exc:  # RuntimeError: no default model
-        print(f"error: {terminal_text(str(exc))}", file=sys.stderr)  # paths and archive members: anyone's text
+        # paths and archive members: anyone's text
+        print(f"imgserve: error: {terminal_text(str(exc))}", file=sys.stderr)
         return ERROR_EXIT
     progress, task = _progress(len(items), 0)
 
@@ -107,7 +108,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     except CollectionNotFoundError:  # deleted (`collection delete`, DELETE /v1/collections/...) during the run
         name = terminal_text(info.name)
         print(
-            f"error: collection {name} ({info.id}) was deleted while this run recorded into it; stopped",
+            f"imgserve: error: collection {name} ({info.id}) was deleted while this run recorded into it; stopped",
             file=sys.stderr,
         )
         return RUN_FAILED_EXIT
@@ -188,7 +189,7 @@ def _on_collection(command: Callable[[argparse.Namespace, Any, Any], int]) -> Ca
         try:
             return command(args, store, store.get(args.collection, args.tenant))
         except (CollectionNotFoundError, BadRequestError) as exc:  # no such collection; a bad filter
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"imgserve: error: {exc}", file=sys.stderr)
             return ERROR_EXIT
 
     return run
@@ -233,7 +234,7 @@ def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
     where = ImageFilter.from_parameters(vars(args))  # the options `_filter_options` added, by their public names
     problem = out_problem(args.out, EXPORT_SUFFIXES)  # q.xlsx got CSV: any suffix but .jsonl did
     if problem is not None:
-        print(f"error: {terminal_text(problem)}", file=sys.stderr)
+        print(f"imgserve: error: {terminal_text(problem)}", file=sys.stderr)
         return ERROR_EXIT
     jsonl = Path(args.out).suffix.lower() == ".jsonl"
     try:
@@ -242,7 +243,7 @@ def _cmd_export(args: argparse.Namespace, store: Any, info: Any) -> int:
         with open(args.out, encoding="utf-8", newline="") as written:  # a CSV cell may hold a newline
             rows = sum(1 for _ in written) if jsonl else max(0, sum(1 for _ in csv.reader(written)) - 1)
     except OSError as exc:
-        print(f"error: could not write {terminal_text(args.out)}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"imgserve: error: could not write {terminal_text(args.out)}: {exc.strerror or exc}", file=sys.stderr)
         return RUN_FAILED_EXIT
     print(f"exported {rows} images to {terminal_text(args.out)}")
     return 0

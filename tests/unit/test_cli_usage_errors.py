@@ -200,5 +200,5 @@ def test_export_refuses_an_out_it_cannot_write(
 ) -> None:
     assert _export("--out", str(tmp_path / name), "--database-url", database) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and expected in captured.err and captured.err.count("\n") == 1
+    assert captured.err.startswith("imgserve: error: ") and expected in captured.err and captured.err.count("\n") == 1
     assert captured.out == "" and not (tmp_path / name).exists()

@@ -185,3 +185,11 @@ def test_retries_wait_for_the_servers_retry_after_when_it_is_longer() -> None:
 
     assert with_retries(call, retries=3, sleep=waits.append) == "ok"
     assert waits == [1.0, 1.0]  # not 0.1 and 0.2: the replica is being replaced
+
+
+def test_serve_finds_the_projects_config_from_any_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`imgserve serve` outside the checkout looked for ./serve_config.yaml and failed; the other defaults (model
+    repository, weights) were already the project's."""
+    monkeypatch.chdir(tmp_path)
+    config = Path(build_parser().parse_args(["serve"]).config)
+    assert config.is_absolute() and config.is_file() and config.name == "serve_config.yaml"

@@ -88,7 +88,7 @@ def test_a_model_the_run_uses_that_cannot_be_served_is_one_error_line_with_its_p
     code, setups = _analyze(tmp_path, monkeypatch, "--model", "absent", "--stages", "classification")
     assert code == 2 and setups == []
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: default model 'absent' cannot be served: ")
+    assert err.count("\n") == 1 and err.startswith("imgserve: error: default model 'absent' cannot be served: ")
     assert f"looked in {settings.weights_dir / 'absent' / FILE}" in err and "server log" not in err
 
 

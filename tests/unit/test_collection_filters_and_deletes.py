@@ -121,7 +121,7 @@ def test_analyze_stops_with_one_error_line_when_the_collection_is_deleted(
     assert args.func(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("error: collection trip (") and "was deleted while this run recorded into it" in err
+    assert err.startswith("imgserve: error: collection trip (") and "was deleted while this run recorded into it" in err
 
 
 # --- 3. collection export offers the HTTP export's filters -----------------------------------------------------------

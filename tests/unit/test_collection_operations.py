@@ -85,7 +85,7 @@ def test_bad_options_stop_the_run_before_any_work_with_the_jobs_messages(
     code = cli.main(["collection", "analyze", *sources, "--name", "c", "--database-url", database, *flags])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected() in err, err
+    assert err.startswith("imgserve: error: ") and expected() in err, err
     assert not (tmp_path / "out").exists() and not (source / "web").exists()
 
 

@@ -96,7 +96,7 @@ def test_an_archive_that_cannot_be_read_is_refused_in_one_line(
     argv = ["collection", "analyze", str(damaged), "--name", "x", "--database-url", f"sqlite:///{tmp_path}/j.sqlite"]
     assert main(argv) == 2  # was a traceback
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {damaged}: {reason}")
+    assert err.count("\n") == 1 and err.startswith(f"imgserve: error: {damaged}: {reason}")
 
 
 def test_a_named_file_is_analysed_or_fails_with_its_reason(files: Path) -> None:
