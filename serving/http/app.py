@@ -124,10 +124,10 @@ def create_http_app(
     app.add_middleware(RequestMetricsMiddleware)
     app.add_middleware(ShedMiddleware)  # outside the metrics and auth layers: shedding must cost next to nothing
     if gate.settings.cors_origins:  # off by default; outermost, so preflights are answered without credentials
-        from fastapi.middleware.cors import CORSMiddleware
+        from serving.http.cors import JsonCorsMiddleware
 
         app.add_middleware(
-            CORSMiddleware,
+            JsonCorsMiddleware,
             allow_origins=gate.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             # the OIP binary tensor extension's header both ways, and a compressed OIP body's Content-Encoding

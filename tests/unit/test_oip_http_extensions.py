@@ -138,3 +138,20 @@ def test_a_browser_page_may_send_and_read_the_binary_extension_header(http: Test
     assert answer.status_code == 200 and "inference-header-content-length" in answer.headers
     exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
     assert "inference-header-content-length" in exposed
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "refused"),
+    [
+        ("https://evil.example", "POST", "origin"),
+        (ORIGIN, "PUT", "method"),
+        ("https://evil.example", "PATCH", "origin, method"),
+    ],
+)
+def test_a_refused_preflight_is_a_json_error(http: TestClient, origin: str, method: str, refused: str) -> None:
+    """Starlette answered it in plain text ("Disallowed CORS origin"), the API's one non-JSON error."""
+    answer = http.options(INFER, headers={"Origin": origin, "Access-Control-Request-Method": method})
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/json", answer.text
+    body = answer.json()
+    assert body["kind"] == "bad_request" and f"({refused} not allowed)" in body["error"], body
+    assert "access-control-allow-origin" not in answer.headers or origin == ORIGIN
