@@ -348,11 +348,14 @@ def analysis_from_outputs(
     """One image's `Analysis` from what its stages said: top-k, the learned quality, the verdict, (anonymised)
     metadata. Shared by the service (every placement) and collection analysis on Ray Data. `quality_entry`: the
     `quality_mos` version that ran (default: the repository's)."""
+    if outputs.decode_ms is not None:  # the access log's stage_ms whatever ran (the classifier's result adds its own)
+        record_stages({"decode": outputs.decode_ms})
     classification = None
     if "classification" in selected:
         classification = _classification(entry, outputs, options, start)
     learned = None
     if QUALITY_MODEL in outputs.models:
+        record_stages({f"quality_{k}": ms for k, ms in outputs.models[QUALITY_MODEL].stage_ms.items()})
         quality_entry = quality_entry or repository.get(QUALITY_MODEL)
         learned = learned_quality(
             outputs.models[QUALITY_MODEL].outputs,

@@ -8,6 +8,7 @@ from typing import Any
 from pipelines.decode import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import extract_metadata
+from serving.access_log import record_stages
 from serving.metrics import STAGE_LATENCY
 
 
@@ -23,5 +24,7 @@ class MetadataStage:
         # anything less (a broken EXIF block, a huge image) is reported per section inside the result.
         open_validated(data, dataclasses.replace(self.limits, max_pixels=sys.maxsize)).close()
         result = extract_metadata(data, self.limits, colors=self.colors).to_dict()
-        STAGE_LATENCY.labels("metadata", "").observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("metadata", "").observe(elapsed)
+        record_stages({"metadata": elapsed * 1000.0})  # the request's access-log line (in its own replica only)
         return result

@@ -4,6 +4,7 @@ import time
 
 from pipelines.decode import DecodedImage
 from pipelines.quality import QualityMetrics, compute_metrics
+from serving.access_log import record_stages
 from serving.metrics import STAGE_LATENCY
 
 
@@ -14,5 +15,7 @@ class QualityStage:
             raise ValueError("the image was decoded without a working image for the quality stage")
         start = time.perf_counter()
         metrics = compute_metrics(decoded.working, (decoded.width, decoded.height), decoded.native_rgb)
-        STAGE_LATENCY.labels("quality", "").observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels("quality", "").observe(elapsed)
+        record_stages({"quality": elapsed * 1000.0})  # the request's access-log line (in its own replica only)
         return metrics

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from pipelines.decode import decode_image
 from pipelines.quality import LearnedQuality, compute_metrics, quality_verdict
+from serving import access_log
 from serving.config.app_args import AppArgs
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.http.app import create_http_app
@@ -268,3 +270,29 @@ def test_a_plan_for_a_stage_the_pipeline_lacks_is_refused_before_any_work(config
             asyncio.run(pipeline.run(jpeg(), plan))
     outputs = asyncio.run(pipeline.run(jpeg(), StagePlan(models=("tiny",))))
     assert set(outputs.models) == {"tiny"} and outputs.quality is None and outputs.metadata is None
+
+
+def test_the_access_log_says_where_any_analysis_spent_its_time(
+    http: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stage_ms was the classifier's only: a quality-only analysis (the cheap call for camera feeds) and /v1/metadata
+    logged `"stage_ms": {}`."""
+    lines: list[dict] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(record.getMessage()))
+
+    logger = logging.getLogger("imgserve.access.test")
+    logger.handlers, logger.propagate = [Keep()], False
+    logger.setLevel(logging.INFO)
+    monkeypatch.setattr(access_log, "_logger", logger)
+    monkeypatch.delenv(access_log.ACCESS_LOG_ENV, raising=False)
+    for route, params, stages in (
+        ("/v1/analyze", {"fields": "quality"}, {"decode", "quality"}),
+        ("/v1/metadata", {}, {"metadata"}),
+        ("/v1/analyze", {}, {"decode", "queue", "model", "quality", "metadata"}),
+    ):
+        assert http.post(route, params=params, content=jpeg()).status_code == 200
+        assert lines[-1]["endpoint"] == route and stages <= set(lines[-1]["stage_ms"]), lines[-1]
+        assert all(ms >= 0 for ms in lines[-1]["stage_ms"].values())
