@@ -100,6 +100,9 @@ class JobService:
             raise BadRequestError(f"top_k must be >= 1, got {options.top_k}")
         given = options.stages or []
         names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in given for n in item.split(",") if n.strip()]
+        known = (*self.inference.available_fields, *OPERATION_STAGES)
+        if unknown := sorted(set(names) - set(known)):  # the analysis stages' own message names no operation
+            raise BadRequestError(f"unknown stages {unknown}; available: {', '.join(known)}")
         operations = operation_spec(
             names,
             options.convert,

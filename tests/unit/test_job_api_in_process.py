@@ -158,3 +158,11 @@ def test_a_batch_of_only_hidden_named_uploads_says_why_it_has_no_input(world: di
     files.append(("image", ("c.jpg", jpeg(), "image/jpeg")))
     accepted = http.post("/v1/batch", files=files)
     assert accepted.status_code == 202 and accepted.json()["counts"]["total"] == 1, accepted.text
+
+
+def test_an_unknown_stage_is_refused_with_the_operations_among_the_known_ones(world: dict[str, Any]) -> None:
+    """The message was the analysis stages' ('available: classification, quality, ...'), without convert/enhance."""
+    refused = world["http"].post("/v1/batch", params={"stages": "classify,convrt"}, json={"uris": ["s3://b/a.jpg"]})
+    assert refused.status_code == 400 and refused.json()["kind"] == "bad_request", refused.text
+    assert "unknown stages ['convrt']; available: classification, " in refused.json()["error"]
+    assert refused.json()["error"].endswith(", convert, enhance"), refused.text
