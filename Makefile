@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# torch is pinned to the CPU build through constraints.txt so CPU machines never pull CUDA wheels.
+# torch's version is pinned in constraints.txt. Which build pip takes is pip's choice: on these machines its
+# find-links hold the CPU wheel (2.13.0+cpu); from PyPI alone torch==2.13.0 is the CUDA build with several GB of
+# nvidia-* wheels. TORCH_INDEX=<PyTorch's CPU wheel index URL> makes the torch install read that index instead.
 PIP_INSTALL := $(PIP) install -q -c constraints.txt
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 # serve_config.yaml: the one serve config (the graph, what KubeRay runs). `imgserve serve` applies the placement it
 # chooses on top: local (every stage inside the Ingress replica, the fastest on one machine) unless Ray is a cluster;
@@ -19,7 +22,7 @@ PLACEMENT ?= auto
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev,torch,heif,s3,gcs]'
 	$(PY) -m serving.grpc.stubs
 	touch $(STAMP)
