@@ -125,6 +125,15 @@ def _load_images(environment: Environment, **_: object) -> None:
 def _announce(environment: Environment, **_: object) -> None:
     logger.info("SLA: p99 <= %.0f ms and failures <= %.2f %%", SLO_MS, MAX_FAIL_RATIO * 100)
     logger.info("API key: %s", "IMGSERVE_API_KEY is sent" if API_KEY else "none (IMGSERVE_API_KEY is not set)")
+    target, http_port = grpc_target(environment.host), urlparse(environment.host or "").port
+    logger.info("gRPC users: %s", target)
+    if not os.environ.get("IMGSERVE_GRPC_TARGET") and http_port not in (None, 8000):
+        logger.warning(  # the gRPC port does not follow --host: a second server on 9000 would get that load
+            "--host names HTTP port %s but the gRPC users go to %s: set IMGSERVE_GRPC_TARGET=host:port to the gRPC "
+            "port of the same server",
+            http_port,
+            target,
+        )
 
 
 def sla_violations(num_requests: int, fail_ratio: float, p99_ms: float) -> list[str]:
