@@ -100,8 +100,9 @@ class JobService:
             raise BadRequestError(f"top_k must be >= 1, got {options.top_k}")
         given = options.stages or []
         names = [STAGE_ALIASES.get(n.strip(), n.strip()) for item in given for n in item.split(",") if n.strip()]
-        known = (*self.inference.available_fields, *OPERATION_STAGES)
-        if unknown := sorted(set(names) - set(known)):  # the analysis stages' own message names no operation
+        analysis = [n for n in names if n not in OPERATION_STAGES]
+        if analysis and (unknown := sorted(set(analysis) - set(self.inference.available_fields))):
+            known = (*self.inference.available_fields, *OPERATION_STAGES)  # analysis_fields' message names no operation
             raise BadRequestError(f"unknown stages {unknown}; available: {', '.join(known)}")
         operations = operation_spec(
             names,
@@ -116,7 +117,6 @@ class JobService:
             pipeline = getattr(self.inference, "pipeline", None)
             if pipeline is not None and not pipeline.has_quality:
                 raise BadRequestError("enhance with auto needs the quality stage, which this application does not run")
-        analysis = [n for n in names if n not in OPERATION_STAGES]
         # Analysis stages as asked; the classifier when nothing at all is asked; none for an operations-only job.
         stages = tuple(self.inference.analysis_fields(analysis or DEFAULT_STAGES)) if analysis or not operations else ()
         if "classification" in stages and entry.config.task != "classification":
