@@ -107,7 +107,7 @@ def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 def _mapped(original: BaseException) -> ErrorInfo:
     from ray.exceptions import RayActorError
-    from ray.serve.exceptions import BackPressureError
+    from ray.serve.exceptions import BackPressureError, RayServeException
     from sqlalchemy import exc as sa_exc
 
     from serving.access_log import current_request_id
@@ -119,7 +119,11 @@ def _mapped(original: BaseException) -> ErrorInfo:
         return ErrorInfo(404, "NOT_FOUND", "unknown_model", str(original))
     if isinstance(original, BackPressureError):
         return ErrorInfo(503, "RESOURCE_EXHAUSTED", "overloaded", f"server is overloaded, retry later: {original}")
-    if isinstance(original, RayActorError):  # a stage replica died (killed, OOM) or restarts: Serve replaces it
+    if isinstance(original, RayActorError) or (  # a stage replica died (killed, OOM) or restarts: Serve replaces it
+        # ... or the replica an argument came from did: a decode result passed by reference to a model deployment
+        # whose Decoder died is Ray Serve's "upstream actor died" RayServeException, the ActorDiedError its cause
+        isinstance(original, RayServeException) and isinstance(original.__cause__, RayActorError)
+    ):
         message = "a serving replica stopped while handling the request; retry"
         return ErrorInfo(503, "UNAVAILABLE", "replica_unavailable", message, 1.0)
     if isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -50,8 +50,8 @@ class GraphStages:
 
 def _pick(results: list[Any] | BaseException, index: int) -> Any:
     """One image's slot of a stage's list answer; an exception there (or instead of the answer) is its error."""
-    if isinstance(results, BaseException):
-        raise copy.copy(results)
+    if isinstance(results, BaseException):  # a copy per image (tracebacks do not pile up on one), with its cause
+        raise copy.copy(results) from results.__cause__
     value = results[index]
     if isinstance(value, BaseException):
         raise value

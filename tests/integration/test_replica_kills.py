@@ -1,5 +1,6 @@
 """SIGKILL under load (#18), in the graph placement (one process per stage, as on a cluster): the classifier's model
-replica, then the BatchWorker replica, are killed while a 400-image job runs and online clients classify.
+replica, the Decoder replica (whose results reach the model by reference: a request whose decode result died with it
+was a 500 `internal`), then the BatchWorker replica, are killed while a 400-image job runs and online clients classify.
 
 What must hold: Ray Serve replaces both; the job completes with exactly one result per item, re-running at most the
 items that were in flight at each kill; raw HTTP clients see only 200 or 503 (never a 500 or a dropped connection);
@@ -82,8 +83,12 @@ def test_model_and_batch_worker_replicas_killed_under_load(tmp_path: Path) -> No
             wait_for_finished_items(server.url, job.job_id, 60, 600)
             model = _replica("model-mobilenet_v2_imagenet")
             os.kill(model.pid, signal.SIGKILL)
-            wait_for_finished_items(server.url, job.job_id, 200, 600)
+            wait_for_finished_items(server.url, job.job_id, 160, 600)
             assert _replica("model-mobilenet_v2_imagenet").pid != model.pid, "Serve replaced the model replica"
+            decoder = _replica("Decoder")  # its results feed the model replicas by reference
+            os.kill(decoder.pid, signal.SIGKILL)
+            wait_for_finished_items(server.url, job.job_id, 240, 600)
+            assert _replica("Decoder").pid != decoder.pid, "Serve replaced the Decoder replica"
             worker = _replica("BatchWorker")
             os.kill(worker.pid, signal.SIGKILL)
             final = wait_for_job_end(server.url, job.job_id, ITEMS, 600)

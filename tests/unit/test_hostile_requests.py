@@ -326,3 +326,24 @@ def test_a_misspelt_query_option_is_a_bad_request_not_ignored(
 def test_an_unknown_json_field_is_named_but_not_echoed_whole(http: TestClient) -> None:
     message = _error(http.post("/v1/classify", json={"image": "", "x" * 10_000: 1}), 400, "bad_request")
     assert "xxxx" in message and len(message) < 300
+
+
+def test_a_stage_whose_upstream_replica_died_is_a_503_to_retry_not_an_internal_error() -> None:
+    """Graph placement: the Decoder SIGKILLed while its result, passed by reference, fed a model deployment. Ray
+    Serve raises RayServeException("... an upstream actor died ...") from the ActorDiedError: it was a 500 `internal`
+    (not retried by the SDK, an error-budget burn), where a replica dying under the request is 503."""
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import RayServeException
+
+    from serving.placement.graph import _pick
+
+    died = RayServeException("Request to deployment 'model-m' failed because an upstream actor died")
+    died.__cause__ = ActorDiedError()
+    with pytest.raises(RayServeException) as raised:
+        _pick(died, 0)  # the copy each image of the call gets keeps the cause
+    for error in (died, raised.value):
+        info = classify_error(error)
+        assert (info.http_status, info.grpc_code, info.kind, info.retry_after_s) == (
+            503, "UNAVAILABLE", "replica_unavailable", 1.0,
+        )  # fmt: skip
+    assert classify_error(RayServeException("something else")).kind == "internal"
