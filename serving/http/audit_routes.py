@@ -1,4 +1,5 @@
-"""`GET /v1/audit` (admin): the audit log, filtered and paged (serving.security.audit); `GET /v1/whoami` (any
+"""`GET /v1/audit` (admin): the audit log, filtered and paged (serving.security.audit; an admin of another tenant than
+`default` reads its own tenant's entries only); `GET /v1/whoami` (any
 key): the caller as the server sees it (what the web UI shows and which of its controls a role gets)."""
 
 import asyncio
@@ -37,8 +38,11 @@ async def audit(
         await jobs.ready()  # migrated
     if gate.audit_writer is not None:
         await gate.audit_writer.flush()  # this replica's refusals are in before it answers
+    scope = current_principal().read_scope()  # another tenant's admin reads its own tenant's entries only
+    if scope is not None and tenant not in (None, scope):
+        return {"entries": [], "next_after": None}
     entries = await asyncio.to_thread(
-        query_audit, engine, tenant, action, key_id, outcome, since, until, after, limit, newest
+        query_audit, engine, scope or tenant, action, key_id, outcome, since, until, after, limit, newest
     )
     more = len(entries) == limit and not newest
     return {"entries": entries, "next_after": entries[-1]["id"] if more else None}

@@ -3,10 +3,12 @@
 Roles are ordered; each includes the rights of the ones before it:
 - viewer: read its own tenant's jobs and results, list models;
 - analyst: + classify / analyze / metadata / OIP inference / batch jobs (submit, add items, start, cancel);
-- operator: + `/metrics`, `/v1/status`, read every tenant's jobs, training jobs (a version they register is served
-  to everyone only when it is promoted);
-- admin: + keys, the audit log, purge, model control (load, unload, promote).
+- operator: + `/metrics`, `/v1/status`; of the server's own tenant (`default`): read every tenant's jobs, training
+  jobs and collections (a version they register is served to everyone only when it is promoted);
+- admin: + keys, the audit log (its own tenant's entries; every tenant's for `default`), purge, model control (load,
+  unload, promote).
 Changes to a job (cancel, purge) stay inside the caller's tenant whatever the role; another tenant's job is a 404.
+An operator or admin key of another tenant is that customer's own: it reads its tenant's jobs and audit entries only.
 """
 
 import re
@@ -49,7 +51,8 @@ class Principal:
 
     @property
     def reads_all_tenants(self) -> bool:
-        return self.has("operator")
+        """The server's own operators and admins (tenant `default`: support); another tenant's are its customer's."""
+        return self.has("operator") and self.tenant == DEFAULT_TENANT
 
     def read_scope(self) -> str | None:
         """The tenant whose jobs this caller may read; None = every tenant."""

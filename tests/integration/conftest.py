@@ -118,6 +118,7 @@ KEYS = {  # name: (role, tenant, extra CLI args)
     "b_analyst": ("analyst", "tenant-b", []),
     "b_admin": ("admin", "tenant-b", []),
     "operator": ("operator", "ops", []),
+    "d_admin": ("admin", "default", []),  # the server's own admin: reads every tenant's jobs and audit entries
     "limited": ("analyst", "tenant-c", ["--rate", "5/s"]),
     "other": ("analyst", "tenant-d", []),
     "trickle": ("viewer", "tenant-e", ["--rate", "1/s"]),  # burst 1: the web UI's sign-in uses it up

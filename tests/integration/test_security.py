@@ -214,8 +214,8 @@ def wait_finished(secure: dict[str, Any], job: str, key: str) -> dict[str, Any]:
     raise AssertionError(f"job {job} did not finish: {status}")
 
 
-def audit(secure: dict[str, Any], **params: Any) -> list[dict[str, Any]]:
-    response = secure["http"].get("/v1/audit", params=params, headers=bearer(secure, "a_admin"))
+def audit(secure: dict[str, Any], key: str = "d_admin", **params: Any) -> list[dict[str, Any]]:
+    response = secure["http"].get("/v1/audit", params=params, headers=bearer(secure, key))
     assert response.status_code == 200, response.text
     return response.json()["entries"]
 
@@ -252,6 +252,8 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
     ]
     refusals = [e for e in entries if e["action"] == "auth.unauthenticated" and e["target"] == "/v1/models"]
     assert len(refusals) == 1 and refusals[0]["client"] == "127.0.0.1"
+    own = audit(secure, "a_admin", since=since)  # a tenant's admin: its own tenant's entries only
+    assert own and {e["tenant"] for e in own} == {"tenant-a"}, {e["tenant"] for e in own}
     assert all(secure["keys"][n] not in str(entries) for n in secure["keys"])
     started = audit(secure, action="server.start")
     assert len(started) == 1 and started[0]["detail"]["listeners"] == ["127.0.0.1"]  # one Ingress replica

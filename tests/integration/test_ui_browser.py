@@ -40,12 +40,13 @@ LAND = Path(__file__).resolve().parents[2] / "serving" / "ui" / "node_modules" /
 
 @pytest.fixture(scope="module")
 def world(secure: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The security tests' server (keys required), its tenant-a admin and viewer keys, one browser."""
+    """The security tests' server (keys required), its own admin (tenant default: every tenant's jobs and audit
+    entries) and tenant a's viewer key, one browser."""
     reason = missing_browser()
     if reason:
         pytest.skip(f"no headless browser: {reason}")
     require(IMAGENET_SAMPLES)
-    keys = {"admin": secure["keys"]["a_admin"], "viewer": secure["keys"]["a_viewer"]}
+    keys = {"admin": secure["keys"]["d_admin"], "viewer": secure["keys"]["a_viewer"]}
     driver = make_driver(WIDTH, HEIGHT)
     try:
         yield {
@@ -628,20 +629,27 @@ def test_a_long_jobs_table_says_it_shows_the_first_200(world: dict[str, Any], bi
 def test_another_tenants_job_offers_no_change_and_the_list_names_tenants(
     world: dict[str, Any], big_job: dict[str, str]
 ) -> None:
-    """An admin reads every tenant's jobs but changes only its own: the API answers unknown_job to the others."""
+    """The server's admin reads every tenant's jobs but changes only its own; a tenant's admin sees its own tenant's
+    jobs only, with every control."""
     from selenium.webdriver.common.by import By
 
     driver, url, _ = admin_on(world, "jobs", "document.querySelector('#jobs-list').children.length > 0")
-    listed = driver.execute_script(
+    rows = (
         "return [...document.querySelectorAll('#jobs-list tbody tr')].map(r => [r.querySelector('a').textContent,"
         " r.querySelector('td.tenant')?.textContent])"
     )
+    listed = driver.execute_script(rows)
     assert [big_job["other"], "tenant-b"] in listed and [big_job["job"], "tenant-a"] in listed, listed
     buttons = "return ['#job-purge', '#job-save'].map(s => !document.querySelector(s).hidden)"
     driver.get(f"{url}/ui#/jobs?job={big_job['other']}")
     wait_for(driver, job_shown(big_job["other"]))
     assert driver.execute_script(buttons) == [False, False]
     assert not driver.find_element(By.ID, "job-save-row").is_displayed()
+    sign_in(driver, url, world["secure_keys"]["a_admin"])  # tenant a's admin
+    driver.get(f"{url}/ui#/jobs")
+    wait_for(driver, "return document.querySelector('#jobs-list').children.length > 0")
+    wait_for(driver, f"return document.querySelector('#jobs-list').textContent.includes({big_job['job']!r})")
+    assert big_job["other"] not in [job for job, _ in driver.execute_script(rows)]
     driver.get(f"{url}/ui#/jobs?job={big_job['job']}")  # its own tenant's: all there
     wait_for(driver, job_shown(big_job["job"]))
     assert driver.execute_script(buttons) == [True, True]

@@ -54,6 +54,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             ("b_analyst", "analyst", "b", None),
             ("b_admin", "admin", "b", None),
             ("op", "operator", "ops", None),
+            ("d_op", "operator", "default", None),
+            ("d_admin", "admin", "default", None),
             ("slow", "analyst", "c", 5.0),
             ("c_other", "analyst", "c2", None),
         )
@@ -168,14 +170,19 @@ def test_tenants_cannot_see_each_others_jobs(world: dict[str, Any]) -> None:
         ):
             response = http.request(method, path, headers=headers)
             assert response.status_code == 404, (name, path, response.text)
-    # Admins read every tenant's jobs (operator and up), but change or erase only their own tenant's.
-    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "b_admin")).status_code == 200
+    # Another tenant's operators and admins are its customer's: they read their own tenant's jobs only (a tenant's
+    # admin read every tenant's jobs, results included, before 2026-12-06).
+    for name in ("b_admin", "op"):
+        assert job not in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, name)).json()["jobs"]]
+        assert http.get(f"/v1/jobs/{job}", headers=auth(world, name)).status_code == 404, name
+        assert http.get(f"/v1/jobs/{job}/results", headers=auth(world, name)).status_code == 404, name
     assert http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "b_admin")).status_code == 404
     assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "b_admin")).status_code == 404
     assert job in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, "a_viewer")).json()["jobs"]]
-    assert job in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, "op")).json()["jobs"]]
-    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "op")).status_code == 200
-    assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "op")).status_code == 404  # changes: own tenant only
+    # The server's own operators (tenant default) read every tenant's jobs (support), and change only their own.
+    assert job in [j["job_id"] for j in http.get("/v1/jobs", headers=auth(world, "d_op")).json()["jobs"]]
+    assert http.get(f"/v1/jobs/{job}", headers=auth(world, "d_op")).status_code == 200
+    assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "d_op")).status_code == 404  # changes: own tenant only
     assert http.delete(f"/v1/jobs/{job}", headers=auth(world, "a_analyst")).status_code == 200
 
 
@@ -215,15 +222,22 @@ def test_audit_records_actions_and_refusals(world: dict[str, Any]) -> None:
     http.delete(f"/v1/jobs/{job}", headers=auth(world, "b_analyst"))
     http.get("/v1/models")  # no key
     http.post("/v1/classify", content=jpeg(), headers=auth(world, "a_viewer"))
-    entries = http.get(f"/v1/audit?since={since}", headers=auth(world, "a_admin")).json()["entries"]
+    entries = http.get(f"/v1/audit?since={since}", headers=auth(world, "d_admin")).json()["entries"]
     actions = [(e["action"], e["target"]) for e in entries]
     assert actions.count(("job.create", job)) == 1 and actions.count(("job.cancel", job)) == 1
     assert ("auth.unauthenticated", "/v1/models") in actions
     assert ("auth.permission_denied", "/v1/classify") in actions
     text = str(entries)
     assert all(key not in text for key in world["keys"].values())
-    paged = http.get(f"/v1/audit?since={since}&limit=1", headers=auth(world, "a_admin")).json()
+    paged = http.get(f"/v1/audit?since={since}&limit=1", headers=auth(world, "d_admin")).json()
     assert len(paged["entries"]) == 1 and paged["next_after"] == paged["entries"][0]["id"]
+    # A tenant's admin reads its own tenant's entries: not tenant b's job, not anonymous refusals, whatever it asks.
+    own = http.get(f"/v1/audit?since={since}", headers=auth(world, "a_admin")).json()["entries"]
+    assert {e["tenant"] for e in own} == {"a"} and ("auth.permission_denied", "/v1/classify") in [
+        (e["action"], e["target"]) for e in own
+    ]
+    asked = http.get(f"/v1/audit?since={since}&tenant=b", headers=auth(world, "a_admin")).json()
+    assert asked == {"entries": [], "next_after": None}
 
 
 def test_anonymize_drops_gps_and_names(world: dict[str, Any], tmp_path: Path) -> None:
