@@ -77,7 +77,10 @@ class JwtVerifier:
         self._load_keys()
 
     def _load_keys(self) -> None:
-        keys: dict[str | None, Any] = {None: self._public_key} if self._public_key else {}
+        # kid -> (key, the algorithms it may sign with: its JWK's `alg` where it names one, as RFC 8725 advises)
+        keys: dict[str | None, tuple[Any, list[str]]] = (
+            {None: (self._public_key, JWT_ALGORITHMS)} if self._public_key else {}
+        )
         if self._jwks_file is not None:
             stat = self._jwks_file.stat()
             self._jwks_stamp = (stat.st_mtime, stat.st_size)
@@ -92,7 +95,8 @@ class JwtVerifier:
                 if jwk.get("use", "sig") != "sig":
                     continue  # an encryption key (Keycloak publishes one beside its signing keys)
                 try:
-                    keys[jwk.get("kid")] = self._jwt.PyJWK(jwk).key
+                    algorithms = [jwk["alg"]] if isinstance(jwk.get("alg"), str) else JWT_ALGORITHMS
+                    keys[jwk.get("kid")] = (self._jwt.PyJWK(jwk).key, algorithms)
                 except Exception as exc:  # noqa: BLE001 - one unusable key must not stop the others
                     logger.warning("JWKS key %r left out: %s", jwk.get("kid"), exc)
         self._keys = keys
@@ -120,18 +124,21 @@ class JwtVerifier:
             # A kid names one key of a JWKS whose keys have ids; a JWKS without ids (one key written by hand) and the
             # public key file sign whatever kid a token carries.
             named = kid is not None and any(name is not None for name in self._keys)
-            key = self._keys.get(kid) if named else self._keys.get(None)
-            if key is None:
+            found = self._keys.get(kid) if named else self._keys.get(None)
+            if found is None:
                 raise UnauthenticatedError("JWT signed by an unknown key")
+            key, algorithms = found
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=JWT_ALGORITHMS,
+                algorithms=[a for a in algorithms if a in JWT_ALGORITHMS],  # a JWK's HS256 signs nothing here
                 issuer=self.issuer,
                 audience=self.audience,
                 leeway=self.leeway_s,
                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
             )
+            if not isinstance(claims["sub"], str) or not claims["sub"].strip():  # one rate bucket for every blank
+                raise UnauthenticatedError("invalid JWT: its sub claim must name the caller")
             tenant = check_tenant(_text_claim(claims, "imgserve_tenant", "tenant"))
             role = check_role(_text_claim(claims, "imgserve_role", "role"))
         except UnauthenticatedError:
@@ -144,8 +151,12 @@ class JwtVerifier:
 
 
 def _text_claim(claims: dict[str, Any], *names: str) -> str:
-    """The first of `names` present, as a string ("tenant": true was the tenant "True")."""
-    value = next((claims[name] for name in names if claims.get(name) not in (None, "")), "")
+    """The one value of the `names` present, as a string ("tenant": true was the tenant "True"); two that disagree
+    are refused ("tenant": "acme" beside "imgserve_tenant": "beta" was tenant beta, without a word)."""
+    present = {name: claims[name] for name in names if claims.get(name) not in (None, "")}
+    if len({repr(v) for v in present.values()}) > 1:
+        raise ValueError(f"claims {' and '.join(present)} disagree")
+    value = next(iter(present.values()), "")
     if not isinstance(value, str):
         raise ValueError(f"claim {names[-1]} must be a string, got {type(value).__name__}")
     return value

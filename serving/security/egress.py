@@ -188,6 +188,8 @@ def check_webhook_url(url: str, allow: EgressAllowList, resolver: Resolver | Non
     host = parsed.raw_host.decode("ascii")
     if not host:
         raise BadRequestError("webhook_url has no host")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:  # :0 was checked as the scheme's default port
+        raise BadRequestError("webhook_url's port must be 1-65535")
     port = parsed.port or DEFAULT_PORTS[parsed.scheme]
     try:
         found = (resolver or resolve)(host, port)

@@ -154,3 +154,34 @@ def test_keys_revoke_takes_the_whole_key_and_never_prints_its_secret(
     printed = capsys.readouterr()
     assert key[17:] not in printed.out + printed.err and other[17:] not in printed.out + printed.err
     assert record.id in printed.out
+
+
+def test_a_jwt_is_held_to_its_keys_alg_a_named_subject_and_one_tenant(engine: sa.Engine, tmp_path: Path) -> None:
+    """Security walkthrough: an RSA JWK declaring "alg": "RS256" accepted PS256 and RS512 tokens; "sub": "" was a
+    caller (every blank subject of a tenant one rate bucket); "tenant" and "imgserve_tenant" (or the roles) that
+    disagree were decided by the second silently ("role": "viewer" beside "imgserve_role": "admin" was an admin)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key())), "kid": "r1", "alg": "RS256"}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    auth = Authenticator(engine, SecuritySettings(auth="required", jwks_file=jwks))
+    claims = {"sub": "svc", "tenant": "acme", "role": "viewer", "exp": time.time() + 600}
+
+    def principal(algorithm: str = "RS256", **changed: object) -> object:
+        token = jwt.encode({**claims, **changed}, private, algorithm=algorithm, headers={"kid": "r1"})
+        return asyncio.run(auth.authenticate(f"Bearer {token}"))
+
+    assert principal().tenant == "acme"  # type: ignore[attr-defined]
+    assert principal(imgserve_tenant="acme").tenant == "acme"  # type: ignore[attr-defined] # the same: fine
+    for algorithm, changed in (
+        ("PS256", {}),
+        ("RS512", {}),
+        ("RS256", {"sub": ""}),
+        ("RS256", {"sub": " "}),
+        ("RS256", {"imgserve_tenant": "beta"}),
+        ("RS256", {"imgserve_role": "admin"}),
+    ):
+        with pytest.raises(UnauthenticatedError):
+            principal(algorithm, **changed)

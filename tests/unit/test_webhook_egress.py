@@ -546,3 +546,9 @@ def test_batch_takes_an_allow_listed_receiver(api, loopback: list[Listener], mon
     assert response.status_code == 202, response.text
     refused = client.post("/v1/batch", params={"webhook_url": f"http://[::1]:{port}/hook"}, json={"uris": []})
     assert refused.status_code == 400 and refused.json()["kind"] == "bad_request"
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "65536"])
+def test_a_port_outside_1_to_65535_is_refused_as_such(port: str) -> None:
+    """:99999 was accepted (delivery then failed for ever) and :0 was checked as port 80 (a public address's)."""
+    assert "port must be 1-65535" in _refused(f"http://93.184.216.34:{port}/hook")
