@@ -41,4 +41,8 @@ class RateLimitedError(ServiceError):
 
 
 class QuotaExceededError(RateLimitedError):
+    """A daily image quota (refused and audited by the gate) or a tenant's stored-bytes quota (refused by the job
+    store, audited by the edge that answers it): `audited` as for PermissionDeniedError."""
+
     kind = "quota_exceeded"
+    audited = False

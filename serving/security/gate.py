@@ -18,7 +18,12 @@ import sqlalchemy as sa
 from serving.errors import ServiceError, classify_error, unwrap
 from serving.security.audit import AuditEntry, AuditWriter
 from serving.security.authenticator import Authenticator, one_authorization
-from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from serving.security.errors import (
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 from serving.security.limits import RateLimiter, UsageMeter
 from serving.security.principal import ANONYMOUS, Principal, Role
 from serving.security.settings import SecuritySettings
@@ -63,7 +68,7 @@ class SecurityGate:
         key_id, key_tenant = (error.key_id, error.tenant) if isinstance(error, UnauthenticatedError) else (None, None)
         AUTH_REFUSED.labels(who.tenant if who else key_tenant or "none", error.kind).inc()
         entry = AuditEntry.by(who, f"auth.{error.kind}", client, outcome="denied", target=endpoint)
-        if isinstance(error, PermissionDeniedError):
+        if isinstance(error, PermissionDeniedError | QuotaExceededError):
             error.audited = True
         if who is not None or key_id is not None or self.audit_writer is None:
             self.audit(replace(entry, key_id=key_id, tenant=key_tenant) if who is None else entry)
@@ -71,12 +76,13 @@ class SecurityGate:
             self.audit_writer.add_repeated(entry)
 
     def audit_refusal(self, error: BaseException, client: str | None, endpoint: str) -> None:
-        """Audit a role refusal raised past the gate, inside a service (purging a job needs an admin, a model name
-        another tenant trained), as the gate audits its own: `auth.permission_denied` with the caller's key id,
-        tenant and role. The edges call it for every error they answer; the gate's own refusals and other errors
-        are left alone, so each refusal is written once."""
+        """Audit a refusal raised past the gate, inside a service (purging a job needs an admin, a model name
+        another tenant trained, a tenant's stored-bytes quota), as the gate audits its own: `auth.permission_denied`
+        or `auth.quota_exceeded` with the caller's key id, tenant and role, counted in imgserve_auth_refused_total.
+        The edges call it for every error they answer; the gate's own refusals and other errors are left alone, so
+        each refusal is written once."""
         original = unwrap(error)
-        if isinstance(original, PermissionDeniedError) and not original.audited:
+        if isinstance(original, PermissionDeniedError | QuotaExceededError) and not original.audited:
             self._refused(original, client, endpoint, CURRENT_PRINCIPAL.get())
 
     async def admit(

@@ -412,12 +412,17 @@ def test_a_tenant_over_its_stored_bytes_quota_stores_nothing(world: dict[str, An
         return sorted(str(p) for p in objects.rglob("*") if p.is_file())
 
     try:
-        before = stored()
+        before, since = stored(), time.time()
         files = [("image", (f"{i}.jpg", jpeg(), "image/jpeg")) for i in range(3)]
         for _ in range(2):
             answer = world["http"].post("/v1/batch", files=files, headers=auth(world, "c_other"))
             assert answer.status_code == 429 and answer.json()["kind"] == "quota_exceeded", answer.text
         assert stored() == before
+        # audited once each, with the caller, its address and the route (they were not audited at all)
+        entries = world["http"].get(f"/v1/audit?since={since}", headers=auth(world, "d_admin")).json()["entries"]
+        refusals = [e for e in entries if e["action"] == "auth.quota_exceeded"]
+        assert len(refusals) == 2 and all(e["tenant"] == "c2" and e["target"] == "/v1/batch" for e in refusals)
+        assert all(e["client"] for e in refusals), refusals
         # An archive small on the wire expands past the quota once stored: refused without using images of the day
         import io
         import zipfile
