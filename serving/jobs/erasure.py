@@ -65,6 +65,8 @@ class PurgeReport:
     inputs: int = 0  # the purged jobs' distinct stored objects, deleted or kept: what the caller may be told
     training_jobs: int = 0  # (sweeps) finished training jobs expired
     usage_rows: int = 0  # (sweeps) daily usage counts of expired days
+    collections: int = 0  # collections the job was saved into that it left empty, so erased with it
+    collection_images: int = 0  # its saved copies' image rows erased
 
 
 def _referenced(conn: sa.Connection, digests: Iterable[str]) -> set[str]:
@@ -141,7 +143,7 @@ def purge_job(
         items, inputs, outputs = _delete_job_rows(conn, job_id)
         digests = inputs | outputs
         orphaned = digests - _referenced(conn, digests)
-        saved = _erase_saved_copies(conn, job_id, found.tenant, names)
+        saved, erased, image_rows = _erase_saved_copies(conn, job_id, found.tenant, names)
         if audit is not None:
             detail = {"items": items, "objects": len(orphaned), "collections": saved}
             write_entry(conn, replace(audit, target=job_id, detail=detail))
@@ -149,7 +151,7 @@ def purge_job(
     if objects is not None:
         for digest in sorted(orphaned - _stored_again_since(objects, orphaned & inputs, inputs_until)):
             deleted += _drop_unreferenced(engine, objects, digest)
-    return PurgeReport(1, items, deleted, len(digests))
+    return PurgeReport(1, items, deleted, len(digests), collections=erased, collection_images=image_rows)
 
 
 def _drop_unreferenced(engine: sa.Engine, objects: ObjectStore, digest: str) -> bool:
@@ -179,14 +181,14 @@ def _saved_names(conn: sa.Connection, job_id: str) -> list[str]:
     return [saved_name(row.name, row.idx, taken) for row in conn.execute(query)]
 
 
-def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: list[str]) -> int:
+def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: list[str]) -> tuple[int, int, int]:
     """Collections hold copies of the results of the jobs saved into them: the job's rows go with it, and a
     collection left without images goes too. Rows are found by their location `job:<id>`, or, saved before rows
     carried it (no location), by the job's image names (unique in a collection). A second job saved into a
     collection kept its rows after its purge. Only the job's tenant's collections are looked at. Returns how many
-    collections were changed or erased."""
+    collections were changed or erased, how many of them erased, and the image rows erased."""
     marker = job_location(job_id)
-    touched = 0
+    touched = erased = image_rows = 0
     mine_by_tenant = sa.select(collections.c.id, collections.c.job_id, collections.c.sources).where(
         collections.c.tenant == tenant
     )
@@ -194,15 +196,17 @@ def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: li
         if marker not in (row.sources or []) and row.job_id != job_id:
             continue
         in_collection = collection_images.c.collection_id == row.id
-        conn.execute(sa.delete(collection_images).where(in_collection, collection_images.c.location == marker))
+        located = collection_images.c.location == marker
+        image_rows += conn.execute(sa.delete(collection_images).where(in_collection, located)).rowcount or 0
         for start in range(0, len(names), 500):
             legacy = sa.and_(
                 collection_images.c.location.is_(None), collection_images.c.name.in_(names[start : start + 500])
             )
-            conn.execute(sa.delete(collection_images).where(in_collection, legacy))
+            image_rows += conn.execute(sa.delete(collection_images).where(in_collection, legacy)).rowcount or 0
         left = conn.execute(sa.select(sa.func.count()).where(in_collection)).scalar_one()
         if not left:
             conn.execute(sa.delete(collections).where(collections.c.id == row.id))
+            erased += 1
         else:
             sources = [source for source in row.sources or [] if source != marker]
             others = [job for job in map(located_job, sources) if job]
@@ -211,7 +215,7 @@ def _erase_saved_copies(conn: sa.Connection, job_id: str, tenant: str, names: li
                 sa.update(collections).where(collections.c.id == row.id).values(sources=sources, job_id=first_job)
             )
         touched += 1
-    return touched
+    return touched, erased, image_rows
 
 
 def expired_jobs(engine: sa.Engine, cutoff: float) -> list[tuple[str, str]]:

@@ -84,10 +84,10 @@ def erase_tenant(
         # holding one commits, then its images are counted and deleted; one after waits and finds it gone (deleting
         # the images first deadlocked with a run trying a failed image again, and missed a run's last images)
         conn.execute(in_tenant.order_by(collections.c.id).with_for_update())
-        report.collection_images = _deleted(
+        report.collection_images += _deleted(
             conn, collection_images.delete(), collection_images.c.collection_id.in_(in_tenant)
         )
-        report.collections = _deleted(conn, collections.delete(), collections.c.tenant == tenant)
+        report.collections += _deleted(conn, collections.delete(), collections.c.tenant == tenant)
         report.training_jobs = _deleted(conn, training_jobs.delete(), training_jobs.c.tenant == tenant)
         trained = [
             (row.model, row.version)
@@ -132,6 +132,8 @@ def _purge_jobs(engine: sa.Engine, objects: ObjectStore | None, tenant: str, rep
             report.jobs += 1
             report.job_items += purged.items
             report.objects += purged.objects
+            report.collections += purged.collections  # saved copies of the job a purge erases with it
+            report.collection_images += purged.collection_images
 
 
 def remove_versions(trained_models: Path, trained: list[tuple[str, str]]) -> list[str]:

@@ -180,3 +180,32 @@ def test_erase_revokes_the_keys_first_and_purges_jobs_made_while_it_ran(world, m
     assert report.jobs == 2
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.tenant == "acme")).scalar() == 0
+
+
+def test_a_collection_its_jobs_purge_erased_is_in_the_report(tmp_path: Path) -> None:
+    """A collection saved from a job goes with the job's purge, before the erasure counts collections: the report
+    (and the tenant.erase audit entry) said 0 collections, 0 images for it."""
+    from serving.jobs.tables import job_location
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    migrate(engine)
+    objects = ObjectStore(str(tmp_path / "objects"))
+    job_id = JobStore(engine).create_job(
+        JobSpec("m", 1, (), None, False), [NewItem("a.jpg", "object", objects.put(b"photo"), 3)], tenant="gamma"
+    )
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(
+            collections.insert().values(
+                id="cg", name="gcol", tenant="gamma", status="done", stages=[], job_id=job_id,
+                sources=[job_location(job_id)], created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        conn.execute(
+            collection_images.insert().values(
+                collection_id="cg", name="a.jpg", ok=True, created_at=now, location=job_location(job_id)
+            )
+        )
+    report = erase_tenant(engine, objects, tmp_path / "trained", "gamma", AuditEntry(action="tenant.erase"))
+    assert (report.jobs, report.collections, report.collection_images) == (1, 1, 1)
+    assert _count(engine, collections, collections.c.tenant == "gamma") == 0
