@@ -125,6 +125,10 @@ class DirectListeners:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             ssl_certfile=self.options.tls_cert,
             ssl_keyfile=self.options.tls_key,
+            # The client address (audit log, refusal aggregation) is the TCP peer's. uvicorn's default trusted
+            # X-Forwarded-For from 127.0.0.1: any local client (an SSH tunnel, kubectl port-forward) wrote the address
+            # it liked into the audit log.
+            proxy_headers=False,
         )
         server = uvicorn.Server(config)
         self._http = server

@@ -141,6 +141,8 @@ class KeyStore:
             raise ValueError("rate must be > 0 requests/s")
         if burst is not None and burst < 1:  # a negative burst made the key unlimited
             raise ValueError("burst must be at least 1 request")
+        if burst is not None and rate_per_s is None:  # it was stored and did nothing: no rate, no bucket
+            raise ValueError("--burst needs --rate: a burst is the size of the rate limit's bucket")
         if quota_images_per_day is not None and quota_images_per_day < 0:
             raise ValueError("quota must be >= 0 images/day")
         if rate_per_s is not None and burst is None:

@@ -242,7 +242,7 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
     assert results.count("\n") == 2
     cancel = submit(secure, "a_analyst", 2)
     http.delete(f"/v1/jobs/{cancel}", headers=bearer(secure, "a_analyst"))
-    http.get("/v1/models")  # one refusal without a key
+    http.get("/v1/models", headers={"X-Forwarded-For": "6.6.6.6"})  # one refusal without a key; a forged address
     entries = audit(secure, since=since)
     mine = [(e["action"], e["target"], e["tenant"]) for e in entries if e["action"].startswith("job.")]
     assert mine == [
@@ -251,7 +251,7 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
         ("job.cancel", cancel, "tenant-a"),
     ]
     refusals = [e for e in entries if e["action"] == "auth.unauthenticated" and e["target"] == "/v1/models"]
-    assert len(refusals) == 1 and refusals[0]["client"] == "127.0.0.1"
+    assert len(refusals) == 1 and refusals[0]["client"] == "127.0.0.1"  # the TCP peer's, not X-Forwarded-For
     own = audit(secure, "a_admin", since=since)  # a tenant's admin: its own tenant's entries only
     assert own and {e["tenant"] for e in own} == {"tenant-a"}, {e["tenant"] for e in own}
     assert all(secure["keys"][n] not in str(entries) for n in secure["keys"])

@@ -139,6 +139,7 @@ def test_the_table_shows_control_characters_in_names_escaped() -> None:
         ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--quota", "1000/hour"],
         ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--rate", "1/s", "--burst", "-1"],
         ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--rate", "inf"],
+        ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "t", "--burst", "5"],
         ["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "acme\n"],
         ["tenants", "update", "t", "--quota-bytes", "-5"],
     ],
