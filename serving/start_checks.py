@@ -171,14 +171,16 @@ def check_jwt_files(env: dict[str, str] | None = None) -> None:
     settings = SecuritySettings.from_env(env)
     if settings.jwt_public_key_file is not None:
         try:
-            settings.jwt_public_key_file.read_text()
+            JwtVerifier(settings.model_copy(update={"jwks_file": None}))
         except (OSError, ValueError) as exc:
             raise refuse("IMGSERVE_JWT_PUBLIC_KEY_FILE", settings.jwt_public_key_file, one_line(exc)) from None
     if settings.jwks_file is not None:
         try:
-            JwtVerifier(settings.model_copy(update={"jwt_public_key_file": None}))
+            verifier = JwtVerifier(settings.model_copy(update={"jwt_public_key_file": None}))
         except (OSError, ValueError) as exc:
             raise refuse("IMGSERVE_JWKS_FILE", settings.jwks_file, one_line(exc)) from None
+        if verifier.key_count == 0:  # `{"keys": []}`, or only keys that do not sign: every token refused
+            raise refuse("IMGSERVE_JWKS_FILE", settings.jwks_file, "it holds no signing key imgserve can use")
 
 
 def check_host(host: str) -> None:

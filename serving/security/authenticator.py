@@ -69,7 +69,8 @@ class JwtVerifier:
         self._jwt = jwt
         self.issuer, self.audience = settings.jwt_issuer, settings.jwt_audience
         self.leeway_s, self.limits = settings.jwt_leeway_s, settings.jwt_limits()
-        self._public_key = settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None
+        key_file = settings.jwt_public_key_file
+        self._public_key = _public_key(key_file.read_bytes()) if key_file else None
         self._jwks_file = settings.jwks_file
         self._jwks_stamp: tuple[float, int] | None = None
         self._checked = 0.0
@@ -100,6 +101,11 @@ class JwtVerifier:
                 except Exception as exc:  # noqa: BLE001 - one unusable key must not stop the others
                     logger.warning("JWKS key %r left out: %s", jwk.get("kid"), exc)
         self._keys = keys
+
+    @property
+    def key_count(self) -> int:
+        """Signing keys read (the public key file's and the JWKS's usable ones): none means no token can pass."""
+        return len(self._keys)
 
     def _refresh(self, kid: str | None) -> None:
         """Read the JWKS file again if it changed (at most every JWKS_RECHECK_S, or at once for an unknown kid)."""
@@ -148,6 +154,17 @@ class JwtVerifier:
         rate, burst = self.limits or (None, None)
         key_id = jwt_key_id(claims, tenant)
         return Principal(key_id=key_id, tenant=tenant, role=role, source="jwt", rate_per_s=rate, burst=burst)
+
+
+def _public_key(pem: bytes) -> Any:
+    """The public key of a PEM file, or ValueError: a private key, a certificate or garbage was taken at start and
+    every token was then refused ("Could not parse the provided public key")."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        return load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM public key (-----BEGIN PUBLIC KEY-----): {exc}") from None
 
 
 def _text_claim(claims: dict[str, Any], *names: str) -> str:

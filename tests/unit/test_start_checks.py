@@ -46,6 +46,15 @@ def refusal(capsys: pytest.CaptureFixture[str]) -> str:
             "IMGSERVE_JWT_PUBLIC_KEY_FILE='/nonexistent.pem'",
         ),
         ({"IMGSERVE_AUTH": "required", "IMGSERVE_JWKS_FILE": "/nonexistent.json"}, "IMGSERVE_JWKS_FILE='/nonexistent"),
+        # security walkthrough: started, then refused every token ("Could not parse the provided public key")
+        (
+            {"IMGSERVE_AUTH": "required", "IMGSERVE_JWT_PUBLIC_KEY_FILE": "{tmp}/bad.yaml"},
+            "IMGSERVE_JWT_PUBLIC_KEY_FILE='{tmp}/bad.yaml': not a PEM public key",
+        ),
+        (
+            {"IMGSERVE_AUTH": "required", "IMGSERVE_JWKS_FILE": "{tmp}/empty.json"},
+            "IMGSERVE_JWKS_FILE='{tmp}/empty.json': it holds no signing key",
+        ),
         ({"IMGSERVE_AUTH": "required", "IMGSERVE_JWKS_FILE": "{tmp}/bad.yaml"}, "IMGSERVE_JWKS_FILE='{tmp}/bad.yaml'"),
         ({"IMGSERVE_MALLOC_ARENAS": "abc"}, "IMGSERVE_MALLOC_ARENAS='abc'"),
         # finding 3: a pydantic dump with " Exposed: ." appended
@@ -85,6 +94,7 @@ def test_a_bad_setting_is_one_line_before_ray_starts(
     said: str,
 ) -> None:
     (tmp_path / "bad.yaml").write_text("- not\n- thresholds\n")
+    (tmp_path / "empty.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0", "use": "enc"}]}')
     for name, value in env.items():
         monkeypatch.setenv(name, value.replace("{tmp}", str(tmp_path)))
     assert main(["serve", *PORTS]) == 2
