@@ -187,7 +187,7 @@ def test_rate_limit_holds_and_other_tenants_are_unaffected(secure: dict[str, Any
     assert others == [200] * 30
 
 
-def submit(secure: dict[str, Any], key: str, seed: int, webhook: str | None = None) -> str:
+def submit(secure: dict[str, Any], key: str, seed: int, webhook: str | None = None, start: bool = True) -> str:
     rng = np.random.default_rng(seed)
     import io
 
@@ -198,7 +198,9 @@ def submit(secure: dict[str, Any], key: str, seed: int, webhook: str | None = No
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
         files.append(("image", (f"{seed}-{i}.png", buffer.getvalue(), "image/png")))
-    params = {"webhook_url": webhook} if webhook else {}
+    params: dict[str, Any] = {"webhook_url": webhook} if webhook else {}
+    if not start:
+        params["start"] = "false"
     response = secure["http"].post("/v1/batch", files=files, params=params, headers=bearer(secure, key))
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
@@ -240,8 +242,9 @@ def test_tenants_are_isolated_and_every_action_is_audited(secure: dict[str, Any]
     assert events.status_code == 200
     results = http.get(f"/v1/jobs/{job}/results", headers=bearer(secure, "a_viewer")).text
     assert results.count("\n") == 2
-    cancel = submit(secure, "a_analyst", 2)
-    http.delete(f"/v1/jobs/{cancel}", headers=bearer(secure, "a_analyst"))
+    cancel = submit(secure, "a_analyst", 2, start=False)  # left open: a started job of two images may end first
+    cancelled = http.delete(f"/v1/jobs/{cancel}", headers=bearer(secure, "a_analyst"))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     http.get("/v1/models", headers={"X-Forwarded-For": "6.6.6.6"})  # one refusal without a key; a forged address
     entries = audit(secure, since=since)
     mine = [(e["action"], e["target"], e["tenant"]) for e in entries if e["action"].startswith("job.")]
