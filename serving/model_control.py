@@ -156,7 +156,6 @@ async def unload_model(service: InferenceService, name: str) -> None:
 
 async def load_unlocked(service: InferenceService, name: str) -> str:
     """`load_model` for a caller that holds `service.model_lock`."""
-    pipeline = _pipeline(service)
     # The folder's state is read before the folder itself: a change made in between is seen by the next poll.
     state = await asyncio.to_thread(model_state, service.repository.settings, name)
     try:
@@ -169,6 +168,7 @@ async def load_unlocked(service: InferenceService, name: str) -> str:
     for entry in wanted:
         if not entry.available:
             raise ModelLoadError(f"failed to load '{name}' version {entry.version}: {entry.unavailable_reason}")
+    pipeline = _pipeline(service)  # after the request's own errors (404, 400), which every placement answers alike
     old_canary = service.repository.canaries.get(name)
     stale = (old_canary[0].key,) if old_canary and old_canary[0].key not in {e.key for e in wanted} else ()
     try:
@@ -211,10 +211,10 @@ async def apply_policy_unlocked(service: InferenceService, name: str, root: Path
 async def unload_unlocked(service: InferenceService, name: str) -> None:
     """`unload_model` for a caller that holds `service.model_lock`. The unload lasts until the model's folder
     changes (the poll loop compares the folder with the state recorded here)."""
-    pipeline = _pipeline(service)
     entry = service.repository.get(name)  # 404 for unknown or already unloaded models
     if entry.name == service.default_model:
         raise BadRequestError(f"'{name}' is the default model and cannot be unloaded")
+    pipeline = _pipeline(service)  # after the request's own errors, as in load_unlocked
     state = await asyncio.to_thread(model_state, service.repository.settings, name)
     canary = service.repository.canaries.get(name)
     await pipeline.swap_models([], (name, *((canary[0].key,) if canary else ())))

@@ -103,3 +103,22 @@ def test_promote_and_canary_over_http_keep_the_policy_in_both_placements(world: 
 
     assert asyncio.run(calls()) == [400, 400, 501, 501]
     assert (root / "versions.yaml").read_bytes() == HAND_WRITTEN
+
+
+def test_load_and_unload_answer_the_requests_own_errors_alike_in_both_placements(world: tuple) -> None:
+    """An unknown model is 404 and the default model's unload 400 in the graph too (it said 501 `unsupported` for
+    them, which tells the caller to redeploy for a model that does not exist); a known one there is 501."""
+    service, settings, _ = world
+    graph = GraphLikePipeline(service.pipeline)
+
+    async def answers() -> list[int]:
+        transport = httpx.ASGITransport(app=create_http_app(service, settings=settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+            calls = ("nosuch/load", "nosuch/unload", "tiny/unload", "parcels/unload", "parcels/load")
+            return [(await http.post(f"/v2/repository/models/{call}")).status_code for call in calls]
+
+    local = asyncio.run(answers())
+    service.pipeline = graph
+    assert asyncio.run(answers())[:3] == local[:3] == [404, 404, 400]
+    assert asyncio.run(answers())[3:] == [501, 501]  # parcels was unloaded by the local round: the load is 501 too
+    assert local[3:] == [200, 200]
