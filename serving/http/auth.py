@@ -15,7 +15,7 @@ from serving.http.middleware import Receive, Scope, Send, request_header_values,
 from serving.metrics import ERRORS
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
-from serving.security.principal import http_role
+from serving.security.principal import SERVER_WIDE_PATHS, http_role
 
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close code for a refused WebSocket
 
@@ -46,7 +46,11 @@ class AuthMiddleware:
         role = http_role("GET" if websocket else scope.get("method", "GET"), path)  # a handshake is a GET
         try:
             await self.gate.admit(
-                request_header_values(scope, b"authorization", limit=8192), client_address(scope), role, path[:128]
+                request_header_values(scope, b"authorization", limit=8192),
+                client_address(scope),
+                role,
+                path[:128],
+                server_wide=path in SERVER_WIDE_PATHS,
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             ERRORS.labels(route_template(scope), error.kind).inc()  # every error, as the routes count theirs

@@ -25,7 +25,7 @@ from serving.security.errors import (
     UnauthenticatedError,
 )
 from serving.security.limits import RateLimiter, UsageMeter
-from serving.security.principal import ANONYMOUS, Principal, Role
+from serving.security.principal import ANONYMOUS, DEFAULT_TENANT, Principal, Role
 from serving.security.settings import SecuritySettings
 from serving.security.tenants import TenantPolicy, TenantStore
 
@@ -92,11 +92,13 @@ class SecurityGate:
         role: Role | None,
         endpoint: str,
         rate: bool = True,
+        server_wide: bool = False,
     ) -> Principal:
         """The caller, if it may do what `role` covers now; else raises 401 / 403 / 429 (audited). `authorization`:
         the request's header value, or every value it sent (the edges pass all: more than one is a 401). `rate=False`
         (a gRPC stream opening) checks the key and role without spending a request of the rate limit: each of
-        the stream's messages is admitted as a request of its own."""
+        the stream's messages is admitted as a request of its own. `server_wide` (`/metrics`, `/v1/status`): only
+        for a caller that reads every tenant (the server's own operators and admins)."""
         if role is None:
             return ANONYMOUS  # an open probe: nothing is read or changed on anyone's behalf
         if not self.required:
@@ -109,6 +111,11 @@ class SecurityGate:
             principal = await self.authenticator.authenticate(credentials)
             if not principal.has(role):
                 raise PermissionDeniedError(f"this key's role ({principal.role}) cannot do this; it needs {role}")
+            if server_wide and not principal.reads_all_tenants:
+                raise PermissionDeniedError(
+                    f"{endpoint} is server-wide (every tenant's figures): it needs a key of the server's own tenant "
+                    f"'{DEFAULT_TENANT}' (this key's tenant is '{principal.tenant}')"
+                )
             if rate:
                 await self.limiter.take(principal)
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:

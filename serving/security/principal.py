@@ -3,8 +3,9 @@
 Roles are ordered; each includes the rights of the ones before it:
 - viewer: read its own tenant's jobs and results, list models;
 - analyst: + classify / analyze / metadata / OIP inference / batch jobs (submit, add items, start, cancel);
-- operator: + `/metrics`, `/v1/status`; of the server's own tenant (`default`): read every tenant's jobs, training
-  jobs and collections (a version they register is served to everyone only when it is promoted);
+- operator: of the server's own tenant (`default`): + `/metrics`, `/v1/status` (server-wide: every tenant's names
+  and figures) and read every tenant's jobs, training jobs and collections (a version they register is served to
+  everyone only when it is promoted);
 - admin: + keys, the audit log (its own tenant's entries; every tenant's for `default`), purge, model control (load,
   unload, promote).
 Changes to a job (cancel, purge) stay inside the caller's tenant whatever the role; another tenant's job is a 404.
@@ -61,6 +62,10 @@ class Principal:
 
 # With IMGSERVE_AUTH=off (loopback only) every request acts as this principal.
 ANONYMOUS = Principal(key_id=None, tenant=DEFAULT_TENANT, role="admin", source="anonymous")
+
+# Server-wide figures (label values name every tenant, model and route): only for the server's own staff
+# (`Principal.reads_all_tenants`); another tenant's operator is a customer's and gets 403.
+SERVER_WIDE_PATHS = frozenset({"/metrics", "/v1/status"})
 
 # Liveness/readiness probes: answered without credentials (Kubernetes and load balancers cannot send keys).
 OPEN_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})

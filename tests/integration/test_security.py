@@ -168,7 +168,10 @@ def test_viewer_cannot_submit_and_analyst_can(secure: dict[str, Any]) -> None:
     ok = http.post("/v1/classify", content=image(), headers=bearer(secure, "a_analyst"))
     assert ok.status_code == 200 and ok.json()["results"][0]["predictions"][0]["label"].startswith("streetcar")
     assert http.get("/metrics", headers=bearer(secure, "a_analyst")).status_code == 403
-    assert http.get("/metrics", headers=bearer(secure, "operator")).status_code == 200
+    for path in ("/metrics", "/v1/status"):  # server-wide: not for a customer's operator (tenant ops)
+        refused = http.get(path, headers=bearer(secure, "operator"))
+        assert refused.status_code == 403 and "server-wide" in refused.json()["error"], refused.text
+        assert http.get(path, headers=bearer(secure, "d_admin")).status_code == 200
 
 
 def test_rate_limit_holds_and_other_tenants_are_unaffected(secure: dict[str, Any]) -> None:
@@ -371,7 +374,9 @@ def test_webhooks_to_loopback_are_refused_and_never_connect(secure: dict[str, An
 
 
 def series(secure: dict[str, Any]) -> set[str]:
-    text = secure["http"].get("/metrics", headers=bearer(secure, "operator")).text
+    response = secure["http"].get("/metrics", headers=bearer(secure, "d_admin"))
+    assert response.status_code == 200, response.text
+    text = response.text
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 

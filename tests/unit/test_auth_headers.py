@@ -45,10 +45,10 @@ async def _inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _http_get(app: Any, authorizations: list[str]) -> tuple[int, bytes]:
-    """One GET /v1/whoami through `app` with these Authorization headers: (status, body)."""
+def _http_get(app: Any, authorizations: list[str], path: str = "/v1/whoami") -> tuple[int, bytes]:
+    """One GET `path` through `app` with these Authorization headers: (status, body)."""
     headers = [(b"authorization", value.encode()) for value in authorizations]
-    scope = {"type": "http", "method": "GET", "path": "/v1/whoami", "headers": headers, "client": ("10.1.2.3", 5)}
+    scope = {"type": "http", "method": "GET", "path": path, "headers": headers, "client": ("10.1.2.3", 5)}
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -77,6 +77,28 @@ def test_two_authorization_headers_are_refused_whichever_comes_first(engine: sa.
         status, body = _http_get(app, pair)
         assert status == 401, (pair, body)
         assert b'"kind": "unauthenticated"' in body and b"2 Authorization headers" in body, body
+
+
+def test_server_wide_figures_are_the_servers_own_operators_only(engine: sa.Engine) -> None:
+    """/metrics and /v1/status name every tenant (label values, deployments): a customer's operator or admin key
+    (another tenant's) is refused them with the reason; the server's own (tenant default) reads them."""
+    keys = KeyStore(engine)
+    app = AuthMiddleware(_inner, _gate(engine))
+    for path in ("/metrics", "/v1/status"):
+        for role, tenant, status in (
+            ("analyst", "default", 403),
+            ("operator", "acme", 403),
+            ("admin", "acme", 403),
+            ("operator", "default", 200),
+            ("admin", "default", 200),
+        ):
+            _, key = keys.create(f"{role}-{tenant}-{path}", role, tenant)
+            answer, body = _http_get(app, [f"Bearer {key}"], path)
+            assert answer == status, (path, role, tenant, body)
+            if tenant != "default":
+                assert b"server-wide" in body and b"'acme'" in body, body
+    _, customer = keys.create("customer-admin", "admin", "acme")
+    assert _http_get(app, [f"Bearer {customer}"], "/v1/audit")[0] == 200  # its own tenant's entries: not server-wide
 
 
 def test_two_authorization_metadata_entries_are_refused_over_grpc(engine: sa.Engine) -> None:

@@ -121,7 +121,8 @@ def test_roles(world: dict[str, Any]) -> None:
     assert http.get("/v1/models", headers=auth(world, "a_viewer")).status_code == 200
     assert http.post("/v1/classify", content=jpeg(), headers=auth(world, "a_analyst")).status_code == 200
     assert http.get("/metrics", headers=auth(world, "a_analyst")).status_code == 403
-    assert http.get("/metrics", headers=auth(world, "op")).status_code == 200
+    assert http.get("/metrics", headers=auth(world, "op")).status_code == 403  # tenant ops: a customer's operator
+    assert http.get("/metrics", headers=auth(world, "d_op")).status_code == 200
     assert http.get("/v1/audit", headers=auth(world, "op")).status_code == 403
     assert http.get("/v1/audit", headers=auth(world, "a_admin")).status_code == 200
 
@@ -266,12 +267,13 @@ def test_quota_refuses_past_the_daily_images(world: dict[str, Any]) -> None:
 
 
 def _series(http: TestClient, headers: dict[str, str]) -> int:
-    text = http.get("/metrics", headers=headers).text
-    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    response = http.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    return sum(1 for line in response.text.splitlines() if line and not line.startswith("#"))
 
 
 def test_random_model_names_add_no_series(world: dict[str, Any]) -> None:
-    http, op = world["http"], auth(world, "op")
+    http, op = world["http"], auth(world, "d_op")
     headers = auth(world, "a_analyst")
     http.post("/v1/classify?model=first-unknown", content=b"x", headers=headers)
     http.get("/v2/models/first-unknown", headers=headers)

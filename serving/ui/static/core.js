@@ -81,6 +81,8 @@ export async function api(path, options = {}) {
 }
 
 export const can = (role) => Boolean(state.me) && ROLES.indexOf(state.me.role) >= ROLES.indexOf(role);
+// The server's own operators and admins (tenant "default"): server-wide figures (/metrics, /v1/status) are theirs.
+export const readsAllTenants = () => can("operator") && state.me.tenant === "default";
 
 export function saveBlob(name, blob) {
   const link = el("a", { href: URL.createObjectURL(blob), download: name });
