@@ -18,7 +18,7 @@ from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
 from serving.oip.model_config import model_config
 from serving.security.audit import AuditEntry
-from serving.security.gate import current_principal, replica_gate
+from serving.security.gate import current_client, current_principal, replica_gate
 from serving.service import InferenceService
 from serving.streaming import ordered_map
 
@@ -148,4 +148,4 @@ class OipGrpcMethods:
 
 def audit_model_control(action: str, model: str, detail: dict[str, Any]) -> None:
     """Model control over gRPC in the audit log, by the caller the gate admitted."""
-    replica_gate().audit(AuditEntry.by(current_principal(), action, None, target=model, detail=detail))
+    replica_gate().audit(AuditEntry.by(current_principal(), action, current_client(), target=model, detail=detail))

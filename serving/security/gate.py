@@ -31,12 +31,20 @@ from serving.security.tenants import TenantPolicy, TenantStore
 
 logger = logging.getLogger("imgserve.security")
 CURRENT_PRINCIPAL: ContextVar[Principal | None] = ContextVar("imgserve_principal", default=None)
+# Where the admitted request came from: (client address, route or gRPC method), for refusals and audit entries
+# written past the gate (an images-per-day quota, model control over gRPC).
+CURRENT_ORIGIN: ContextVar[tuple[str | None, str]] = ContextVar("imgserve_origin", default=(None, "quota"))
 POLICY_CACHE_S = 5.0
 
 
 def current_principal() -> Principal:
     """The caller of the request being handled (ANONYMOUS when auth is off or outside a request)."""
     return CURRENT_PRINCIPAL.get() or ANONYMOUS
+
+
+def current_client() -> str | None:
+    """The address of the client the gate admitted for the current request (None outside one)."""
+    return CURRENT_ORIGIN.get()[0]
 
 
 class SecurityGate:
@@ -122,6 +130,7 @@ class SecurityGate:
             self._refused(error, client, endpoint, principal)
             raise
         CURRENT_PRINCIPAL.set(principal)
+        CURRENT_ORIGIN.set((client, endpoint))
         return principal
 
     async def tenant_policy(self, tenant: str) -> TenantPolicy:
@@ -143,7 +152,7 @@ class SecurityGate:
         try:
             await self.usage.charge(principal, images, policy.quota_images_per_day)
         except RateLimitedError as error:
-            self._refused(error, None, "quota", principal)
+            self._refused(error, *CURRENT_ORIGIN.get(), principal)
             raise
 
     async def refund_images(self, images: int) -> None:

@@ -222,7 +222,8 @@ async def grpc_scenario(root: Path) -> dict[str, Any]:
     await gate.audit_writer.flush()  # refusals are written in the background
     entries = query_audit(engine, limit=100)
     audited = [[e["tenant"], e["action"], e["outcome"], e["target"]] for e in entries]
-    return {"answers": answers, "audited": audited, "served": sorted(service.repository.entries)}
+    clients = sorted({str(e["client"]) for e in entries if e["action"].startswith("model.")})
+    return {"answers": answers, "audited": audited, "served": sorted(service.repository.entries), "clients": clients}
 
 
 def test_grpc_repository_load_and_unload_follow_the_same_rule(tmp_path: Path) -> None:
@@ -261,3 +262,4 @@ def test_grpc_repository_load_and_unload_follow_the_same_rule(tmp_path: Path) ->
         ]
     ), audited
     assert ["acme", "model.unload", "ok", "parcels"] in audited and "quality_mos" not in result["served"]
+    assert result["clients"] == ["127.0.0.1"]  # the caller's address, as over HTTP (it was None)

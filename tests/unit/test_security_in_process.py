@@ -259,11 +259,16 @@ def test_anonymize_drops_gps_and_names(world: dict[str, Any], tmp_path: Path) ->
 
 def test_quota_refuses_past_the_daily_images(world: dict[str, Any]) -> None:
     record, key = KeyStore(world["engine"]).create("quota", "analyst", "q", quota_images_per_day=3)
-    headers = {"Authorization": f"Bearer {key}"}
+    headers, since = {"Authorization": f"Bearer {key}"}, time.time()
     codes = [world["http"].post("/v1/classify", content=jpeg(), headers=headers).status_code for _ in range(5)]
     assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
     refused = world["http"].post("/v1/classify", content=jpeg(), headers=headers)
     assert refused.json()["kind"] == "quota_exceeded" and int(refused.headers["retry-after"]) >= 1
+    # each audited with the key, the route and the client's address (they said target "quota", no address)
+    entries = world["http"].get(f"/v1/audit?since={since}", headers=auth(world, "d_admin")).json()["entries"]
+    refusals = [e for e in entries if e["action"] == "auth.quota_exceeded" and e["key_id"] == record.id]
+    assert len(refusals) == 3, refusals
+    assert all(e["target"] == "/v1/classify" and e["client"] == "testclient" for e in refusals), refusals
 
 
 def _series(http: TestClient, headers: dict[str, str]) -> int:
