@@ -13,6 +13,7 @@ from serving.access_log import echoed_request_id, log_request, start_request
 from serving.admission import REPLICA_LIMIT, UNLIMITED_GRPC_METHODS
 from serving.errors import ErrorInfo, classify_error, internal_detail, retry_after_value
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
+from serving.security.authenticator import MAX_AUTHORIZATION
 from serving.security.gate import replica_gate
 from serving.security.principal import grpc_role
 
@@ -83,7 +84,11 @@ def peer_address(context: Any) -> str | None:
 async def admit(endpoint: str, context: Any, rate: bool = True) -> None:
     """The security gate for an RPC (serving.security.gate): raises 401/403/429 errors, mapped like any other."""
     await replica_gate().admit(
-        invocation_values(context, "authorization", 8192), peer_address(context), grpc_role(endpoint), endpoint, rate
+        invocation_values(context, "authorization", MAX_AUTHORIZATION + 1),
+        peer_address(context),
+        grpc_role(endpoint),
+        endpoint,
+        rate,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from serving.errors import retry_after_value
 from serving.http.middleware import Receive, Scope, Send, request_header_values, route_template, send_json_error
 from serving.metrics import ERRORS
+from serving.security.authenticator import MAX_AUTHORIZATION
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
 from serving.security.principal import SERVER_WIDE_PATHS, http_role
@@ -46,7 +47,7 @@ class AuthMiddleware:
         role = http_role("GET" if websocket else scope.get("method", "GET"), path)  # a handshake is a GET
         try:
             await self.gate.admit(
-                request_header_values(scope, b"authorization", limit=8192),
+                request_header_values(scope, b"authorization", limit=MAX_AUTHORIZATION + 1),
                 client_address(scope),
                 role,
                 path[:128],

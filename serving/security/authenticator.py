@@ -46,9 +46,16 @@ def one_authorization(values: list[str]) -> str | None:
     return values[0] if values else None
 
 
+# The longest Authorization value read (an API key is ~60 characters; identity providers' JWTs are 1-4 KB). The
+# edges read one character more, so a longer one is refused as too long rather than cut into an "invalid API key".
+MAX_AUTHORIZATION = 8192
+
+
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise UnauthenticatedError("missing credentials: send 'Authorization: Bearer <api key or JWT>'")
+    if len(authorization) > MAX_AUTHORIZATION:
+        raise UnauthenticatedError(f"the Authorization header is longer than {MAX_AUTHORIZATION} characters")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthenticatedError("unsupported credentials: send 'Authorization: Bearer <api key or JWT>'")

@@ -101,6 +101,18 @@ def test_server_wide_figures_are_the_servers_own_operators_only(engine: sa.Engin
     assert _http_get(app, [f"Bearer {customer}"], "/v1/audit")[0] == 200  # its own tenant's entries: not server-wide
 
 
+# a JWT of 50 KB (claims stuffed with groups): cut at 8192 characters it had one dot and read as "invalid API key"
+HUGE_JWT = "eyJhbGciOiJSUzI1NiJ9." + "e" * 50_000 + ".c2ln"
+
+
+def test_an_authorization_header_too_long_is_refused_as_too_long(engine: sa.Engine) -> None:
+    app = AuthMiddleware(_inner, _gate(engine))
+    status, body = _http_get(app, [f"Bearer {HUGE_JWT}"])
+    assert status == 401 and b"longer than 8192 characters" in body, body
+    _, key = KeyStore(engine).create("v", "viewer", "acme")
+    assert _http_get(app, [f"Bearer {key}" + " " * (8192 - 7 - len(key))])[0] == 200  # 8192 exactly: read whole
+
+
 def test_two_authorization_metadata_entries_are_refused_over_grpc(engine: sa.Engine) -> None:
     from serving.grpc.edge import admit
 
@@ -115,6 +127,8 @@ def test_two_authorization_metadata_entries_are_refused_over_grpc(engine: sa.Eng
         asyncio.run(admit("ModelReady", context(f"Bearer {viewer}")))  # one entry: admitted
         with pytest.raises(UnauthenticatedError, match="2 Authorization headers"):
             asyncio.run(admit("ModelReady", context(f"Bearer {viewer}", "Bearer garbage")))
+        with pytest.raises(UnauthenticatedError, match="longer than 8192 characters"):
+            asyncio.run(admit("ModelReady", context(f"Bearer {HUGE_JWT}")))
     finally:
         set_replica_gate(SecurityGate("off", None, SecuritySettings(auth="off")))
 
