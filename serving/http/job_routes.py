@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import partial
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -317,8 +318,9 @@ async def job_results(
     jobs: JobService = Depends(get_job_service),
     principal: Principal = Depends(get_principal),
 ) -> Response:
-    await jobs.get(job_id, principal)  # 404 before the stream starts
-    render = csv_lines if format == "csv" else jsonl_lines
+    job = await jobs.get(job_id, principal)  # 404 before the stream starts
+    classified = "classification" in job.stages
+    render = partial(csv_lines, classified=classified) if format == "csv" else jsonl_lines
 
     async def pages() -> AsyncIterator[str]:
         if format == "csv":

@@ -9,7 +9,21 @@ from typing import Any
 from serving.jobs.records import ResultRecord
 from serving.spreadsheet import safe_cell
 
-CSV_COLUMNS = ["index", "name", "status", "model", "top1_label", "top1_score", "error_kind", "error"]
+# `model` only for a job that ran the classifier; the output columns only for a convert/enhance job's items (the
+# stored output's name, its bytes and input bytes / output bytes).
+CSV_COLUMNS = [
+    "index",
+    "name",
+    "status",
+    "model",
+    "top1_label",
+    "top1_score",
+    "error_kind",
+    "error",
+    "output_name",
+    "output_bytes",
+    "compression_ratio",
+]
 
 
 def result_document(row: ResultRecord) -> dict[str, Any]:
@@ -43,11 +57,19 @@ def csv_header() -> str:
     return buffer.getvalue()
 
 
-def csv_lines(rows: Iterable[ResultRecord]) -> str:
+def _output(row: ResultRecord) -> list[Any]:
+    output = (row.result or {}).get("output") or {}
+    return [output.get("name", ""), output.get("output_bytes", ""), output.get("compression_ratio", "")]
+
+
+def csv_lines(rows: Iterable[ResultRecord], classified: bool = True) -> str:
+    """`classified`: the job ran the classifier (else its model column is left empty: an operations-only or
+    metadata-only job's rows named the default model, which never saw the images)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for row in rows:
         label, score = _top1(row)
-        cells = [row.idx, row.name, row.status, row.model, label, score, row.error_kind, row.error]
+        model = row.model if classified else ""
+        cells = [row.idx, row.name, row.status, model, label, score, row.error_kind, row.error, *_output(row)]
         writer.writerow([safe_cell(cell) for cell in cells])  # names, labels and errors are the uploader's
     return buffer.getvalue()

@@ -3,6 +3,7 @@ endpoint, with online latency probed while it runs), a kill -9 and restart mid-j
 recorded twice), signed webhooks, and hostile inputs (corrupt entries, path traversal, links, zip bombs, URIs
 outside the allowed root)."""
 
+import csv
 import io
 import json
 import subprocess
@@ -231,7 +232,10 @@ def test_1000_photos_on_postgresql_match_the_sync_endpoint(
     _check_webhook(receiver, "/hook/pg1000", job.job_id, 1000, server.url)
     csv_text = httpx.get(f"{server.url}/v1/jobs/{job.job_id}/results", params={"format": "csv"}).text
     lines = csv_text.splitlines()
-    assert lines[0] == "index,name,status,model,top1_label,top1_score,error_kind,error" and len(lines) == 1001
+    header = "index,name,status,model,top1_label,top1_score,error_kind,error,output_name,output_bytes,compression_ratio"
+    assert lines[0] == header and len(lines) == 1001
+    first = next(csv.DictReader(io.StringIO(csv_text)))  # a classifier job: its model, no output
+    assert first["model"] == job.raw["model"] and first["top1_label"] and first["output_name"] == "", first
     page = _results(server.url, job.job_id, after=499, limit=10)
     assert [r["index"] for r in page] == list(range(500, 510))
 

@@ -2,6 +2,7 @@
 downloadable as a streamed zip, and erased with the job."""
 
 import asyncio
+import csv
 import io
 import time
 import zipfile
@@ -22,6 +23,7 @@ from serving.jobs.objects import ObjectStore
 from serving.jobs.operations import operation_spec, parse_pairs
 from serving.jobs.output_zip import zip_stream
 from serving.jobs.records import JobSpec, NewItem
+from serving.jobs.results import csv_header, csv_lines
 from serving.jobs.runner import JobRunner
 from serving.jobs.settings import JobSettings
 from serving.jobs.store import JobStore
@@ -117,6 +119,13 @@ def test_convert_job_stores_named_outputs_totals_and_a_zip(store) -> None:
     job = JobStore(engine).get_job(job_id)
     assert job.outputs.count == 5 and job.outputs.input_bytes == sum(len(p) for p in payloads[:5])
     assert job.outputs.output_bytes == sum(r.result["output"]["output_bytes"] for r in rows.values() if r.result)
+    # the CSV: the output's name, bytes and ratio; no model, which never saw the images (it named "m")
+    table = list(csv.DictReader(io.StringIO(csv_header() + csv_lines(rows.values(), classified=False))))
+    first = next(r for r in table if r["name"] == "dir/0.jpg")
+    assert (first["model"], first["output_name"]) == ("", "0_small.png"), first
+    assert int(first["output_bytes"]) == output["output_bytes"] and float(first["compression_ratio"]) > 0
+    failed = next(r for r in table if r["name"] == "dir/5.jpg")
+    assert failed["error_kind"] == "invalid_image" and failed["output_name"] == failed["model"] == ""
 
     async def pages(after: int) -> list[tuple[int, str, str]]:
         return JobStore(engine).outputs_page(job_id, after, 2)  # small pages: the stream crosses page boundaries
