@@ -1,28 +1,23 @@
-"""Clients for the baselines (imgserve uses closed_loop's http_sender / grpc_sender)."""
+"""Clients for the baselines (imgserve uses closed_loop's http_sender / grpc_sender), over the same HTTP client
+(loadtests.raw_http) as imgserve's."""
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 
-import httpx
 import numpy as np
 
 from loadtests.bench.catalog import MODEL_NAME
-from loadtests.closed_loop import Send, SenderFactory
-
-OCTET = {"Content-Type": "application/octet-stream"}
+from loadtests.closed_loop import OCTET, Send, SenderFactory
+from loadtests.raw_http import raw_http_client
 
 
 @contextlib.asynccontextmanager
 async def naive_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with raw_http_client(url, concurrency, OCTET) as client:
 
         async def send(image: bytes) -> bool:
-            try:
-                response = await client.post("/classify", content=image, params={"top_k": 1}, headers=OCTET)
-                return response.status_code == 200
-            except httpx.HTTPError:
-                return False
+            response = await client.post("/classify?top_k=1", image)
+            return response is not None and response.status == 200
 
         yield send
 
@@ -56,20 +51,16 @@ def make_triton_sender(images: Iterable[bytes]) -> SenderFactory:
 
     @contextlib.asynccontextmanager
     async def triton_sender(url: str, concurrency: int) -> AsyncIterator[Send]:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async with raw_http_client(url, concurrency) as client:
             path = f"/v2/models/{MODEL_NAME}/infer"
 
             async def send(image: bytes) -> bool:
                 body, headers = bodies.get(id(image)) or triton_request(image)
-                try:
-                    response = await client.post(path, content=body, headers=headers)
-                except httpx.HTTPError:
-                    return False
-                if response.status_code != 200:
+                response = await client.post(path, body, headers)
+                if response is None or response.status != 200:
                     return False
                 try:
-                    return triton_top1(response.content, response.headers.get("Inference-Header-Content-Length")) >= 0
+                    return triton_top1(response.body, response.headers.get("inference-header-content-length")) >= 0
                 except Exception:  # noqa: BLE001 - an unparsable answer is an error
                     return False
 
