@@ -123,7 +123,7 @@ def test_items_run_with_bounded_concurrency_and_fail_one_by_one(parts, monkeypat
         }
     }
     csv_text = csv_lines([rows["5.jpg"], rows["30.jpg"]])
-    assert csv_text.splitlines()[0] == "5,5.jpg,done,m,img5,0.500000,,"
+    assert csv_text.splitlines()[0] == "5,5.jpg,done,m,img5,0.500000,,,,,"  # no output columns for a classifier job
     assert csv_text.splitlines()[1].startswith("30,30.jpg,failed,m,,,invalid_image,")
 
 
