@@ -206,7 +206,9 @@ async def cancel_job(
         # `objects`: the job's own stored inputs and outputs, no longer held for it. How many of them were deleted
         # is not said: one kept because another job holds the same bytes would tell the caller that some job,
         # maybe another tenant's, stored that exact file (the audit entry has the count).
-        return JSONResponse({"id": job_id, "purged": True, "items": report.items, "objects": report.inputs})
+        # `job_id` as every other job answer names it; `id` kept for clients written against the first version.
+        answer = {"job_id": job_id, "id": job_id, "purged": True, "items": report.items, "objects": report.inputs}
+        return JSONResponse(answer)
     return job_status(await jobs.cancel(job_id, principal, client_host(request)), time.time())
 
 

@@ -203,7 +203,8 @@ def test_purge_erases_rows_and_objects(world: dict[str, Any]) -> None:
     assert http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "a_analyst")).status_code == 403
     purged = http.delete(f"/v1/jobs/{job}?purge=true", headers=auth(world, "a_admin"))
     # "objects" counts the job's own: 1 (the number deleted) told tenant a that some job held one of its files
-    assert purged.status_code == 200 and purged.json() == {"id": job, "purged": True, "items": 2, "objects": 2}
+    answer = {"job_id": job, "id": job, "purged": True, "items": 2, "objects": 2}
+    assert purged.status_code == 200 and purged.json() == answer
     with engine.begin() as conn:
         for table in ("jobs", "job_items", "job_results", "job_events", "webhook_deliveries"):
             column = "id" if table == "jobs" else "job_id"
