@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-HEAD_LIMIT = 1 << 16  # a response head larger than this is an error (servers send well under 1 KB)
-
 
 @dataclass(frozen=True)
 class RawResponse:
@@ -93,14 +91,9 @@ class RawHttpClient:
                     if connection is None:
                         connection = _Connection(*await asyncio.open_connection(self.host, self.port))
                     response, reusable = await connection.exchange([head, body])
-            except (
-                OSError,
-                EOFError,
-                ValueError,
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                TimeoutError,
-            ):
+            # a reset or timeout (OSError), a cut answer (EOFError), garbage (ValueError), or a response head over
+            # the stream reader's 64 KiB limit (LimitOverrunError)
+            except (OSError, EOFError, ValueError, asyncio.LimitOverrunError):
                 if connection is not None:
                     connection.close()
                 return None

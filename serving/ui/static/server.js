@@ -2,7 +2,7 @@
 // the server's own Prometheus metrics (GET /metrics, sampled every 2 s while the page is open): inference requests
 // per second, p50/p99 latency, error rate, and quality-tag rates (the share of judged images given each tag).
 
-import { $, api, can, el, errorText, readsAllTenants, request, svg } from "./core.js";
+import { $, api, el, errorText, readsAllTenants, request, svg } from "./core.js";
 
 const SAMPLE_MS = 2000;
 const KEEP = 150; // samples: 5 minutes
@@ -30,9 +30,8 @@ export async function showServer() {
   const deployments = $("#deployments-table tbody");
   deployments.replaceChildren();
   if (!readsAllTenants()) {
-    $("#deployments-note").textContent = can("operator")
-      ? "Replica counts and live charts are server-wide (every tenant's figures): they need an operator key of the server's own tenant (default)."
-      : "Replica counts and live charts need an operator key of the server's own tenant (default).";
+    $("#deployments-note").textContent =
+      "Replica counts and live charts are server-wide (every tenant's figures): they need an operator key of the server's own tenant (default).";
     $("#charts").replaceChildren();
     return;
   }
