@@ -125,7 +125,6 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     from serving.cli_output import (
         RESULT_SUFFIXES,
         ImageFailure,
-        expand_images,
         out_problem,
         print_results,
         result_record,
@@ -133,6 +132,7 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     )
     from serving.client import Client, ImgServeError
     from serving.client.errors import error_line
+    from serving.image_files import expand_images
 
     fields = [f.strip() for value in getattr(args, "fields", None) or () for f in value.split(",") if f.strip()] or None
     images = expand_images(args.images)
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote_command(sub, "classify", "classify images with a running server (top-k per image)")
     analyze = _add_remote_command(sub, "analyze", "analyze images with a running server (selected stages)")
     analyze.add_argument("--fields", action="append", help="stage to run, repeatable or comma-separated (default: all)")
-    from serving.client.batch_cli import add_batch_command
+    from serving.cli_batch import add_batch_command
 
     add_batch_command(sub, DEFAULT_URL)
     from serving.cli_security import add_security_commands

@@ -17,8 +17,9 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,7 @@ def _relative_names(files: list[Path], roots: list[Path]) -> list[str]:
 def _input_files(args: argparse.Namespace) -> list[Path]:
     """The image files of the path arguments (folders walked), and the checks of what the run will write to; a
     UsageError (exit 2) before anything is written: an earlier run's outputs and report.jsonl stay as they were."""
-    from serving.cli_output import expand_images
+    from serving.image_files import expand_images
 
     if args.workers < 1:  # ThreadPoolExecutor refused it only once the outputs' folder had been made (a traceback)
         raise UsageError(f"--workers {args.workers}: at least 1 thread is needed")
@@ -106,16 +107,34 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
     return files
 
 
+# Files submitted ahead of the one being reported, per worker: enough to keep every worker busy while the report is
+# written in input order, and a bound on what waits (all of a folder's futures at once grew with the folder).
+IN_FLIGHT_PER_WORKER = 4
+
+
+def _bounded(
+    pool: ThreadPoolExecutor, one: Callable[[int, Path], dict[str, Any]], files: list[Path], window: int
+) -> Iterator[tuple[Path, Future[dict[str, Any]]]]:
+    """(path, future of `one(index, path)`) in input order, with at most `window` submitted and not yet yielded."""
+    pending: deque[tuple[Path, Future[dict[str, Any]]]] = deque()
+    for index, path in enumerate(files):
+        pending.append((path, pool.submit(one, index, path)))
+        if len(pending) >= window:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
 def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) -> int:
     import pyvips
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipelines.convert.names import output_bases, output_name
     from pipelines.errors import ImageInputError
-    from serving.memory import tune_malloc
+    from serving.memory import tune_malloc_for_bulk
 
     try:
-        tune_malloc()
+        tune_malloc_for_bulk()
     except ValueError as exc:  # IMGSERVE_MALLOC_ARENAS that is not a whole number, 0 or more
         raise UsageError(str(exc)) from None
     names = _relative_names(files, [Path(p) for p in args.paths if Path(p).is_dir()])
@@ -148,8 +167,7 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
         (out / "report.jsonl").open("w") as report,
     ):
         task = progress.add_task(label, total=len(files), rate="")
-        futures = [(path, pool.submit(one, index, path)) for index, path in enumerate(files)]
-        for path, future in futures:
+        for path, future in _bounded(pool, one, files, window=IN_FLIGHT_PER_WORKER * args.workers):
             try:
                 record = future.result()
                 total_in += record["input_bytes"]

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from serving.client import Analysis, Classification
-from serving.client.batch import IMAGE_SUFFIXES
-from serving.hidden_names import is_hidden_path
 from serving.spreadsheet import safe_cell, terminal_text
 
 CSV_COLUMNS = (
@@ -26,23 +24,6 @@ class ImageFailure:
 
     kind: str
     message: str
-
-
-def expand_images(paths: list[str]) -> list[str]:
-    """Files as given; folders walked (sorted) for image files, hidden and system ones (`._x.jpg`, `@eaDir/`) left
-    out as the server's folder readers leave them out."""
-    images: list[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(path.rglob("*"))
-            images += [
-                str(p)
-                for p in found
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_path(str(p.relative_to(path)))
-            ]
-        else:
-            images.append(str(path))
-    return images
 
 
 def result_record(image: str, result: Classification | Analysis | ImageFailure) -> dict[str, Any]:

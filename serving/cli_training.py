@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.client.batch_cli import BAR_WIDTH
+from serving.cli_batch import BAR_WIDTH
 from serving.spreadsheet import terminal_text
 
 

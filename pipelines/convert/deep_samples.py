@@ -4,7 +4,7 @@ the decode stage's rule (`pipelines.decode.eight_bit_scale`), so conversion and 
 import pyvips
 from PIL import Image
 
-from pipelines.decode import SampleType, eight_bit_scale, tiff_sample_type
+from pipelines.pixel_modes import SampleType, eight_bit_scale, tiff_sample_type
 
 # libvips sample formats scaled by the decode stage's rule (`thumbnail` casts them to 8 bits, clipping)
 _VIPS_SAMPLES: dict[str, SampleType] = {

@@ -1,11 +1,15 @@
-"""The fast path for JPEG inputs: libjpeg-turbo's scaled decode (simplejpeg), resize (OpenCV), then libvips for
-everything after (bit depth, alpha, metadata, every output format).
+"""The fast path for JPEG inputs: libjpeg-turbo's scaled decode (simplejpeg), then libvips for everything after
+(resize, bit depth, alpha, metadata, every output format).
 
 libvips' `thumbnail` also decodes JPEGs at reduced scale, but its Lanczos resize and its pipeline cost more than
 the decode itself for thumbnails: JPEG -> 512-px JPEG took 24 ms a camera photo through `thumbnail` and 16 ms
-here (BENCHMARKS.md, "Conversion"). Area averaging is the right filter for shrinking (every source pixel counts
-once, no ringing); for the small shrinks a scaled decode leaves, bilinear does the same faster (`LINEAR_MAX_SHRINK`).
-The DCT and upsampling stay libjpeg-turbo's accurate ones, so without a resize the pixels are exactly Pillow's and
+here (BENCHMARKS.md, "Conversion"). The shrink a scaled decode leaves is below 2 (unless even 1/8 is over twice the
+output); libvips' resize with its cubic kernel, whose support widens with the shrink (every source pixel counts, as
+in area averaging), runs inside the encoder's pass: against a Lanczos resize of the full decode it gives 40.8 dB on
+the camera mix at 512 px where OpenCV's area resize, which this path used before, gave 40.5 (ImageNet samples: from
+0.04 dB worse to 2.9 dB better than area averaging at shrinks of 1.4-1.9), for 0.2 ms more per thumbnail, without
+OpenCV's 15 MB in a bulk thumbnail process; large outputs with small shrinks keep OpenCV (`OPENCV_MIN_PIXELS`). The
+DCT and upsampling stay libjpeg-turbo's accurate ones, so without a resize the pixels are exactly Pillow's and
 libvips' decode.
 
 Taken only where it gives the same answer as the libvips path: a baseline or progressive JPEG (not MPO) in RGB or
@@ -14,7 +18,6 @@ path carries over is EXIF, XMP and the ICC profile), and a decode (at the scale 
 full-decode pixel budget. Everything else goes through `thumbnail`, which streams.
 """
 
-import cv2
 import pyvips
 from PIL import Image
 
@@ -22,13 +25,13 @@ from pipelines.convert.pillow_input import from_upright_pixels
 from pipelines.jpeg_markers import decode_jpeg_checked
 from pipelines.orientation import SWAPS_AXES, upright_array
 
-# After the scaled decode the shrink left is below 2 unless even the 1/8 scale is over twice the output (small
-# thumbnails), and mostly 1.05-1.25 for a 2048-px output. There bilinear's two-pixel kernel covers every source pixel
-# and lands as close to a Lanczos resize of the full decode as OpenCV's area filter (PSNR within 0.5 dB either way on
-# the camera mix), which is slow at fractional ratios: WebP at 2048 px took 126 ms a camera photo against 137 (one
-# thread, alternated in one process; BENCHMARKS.md, "Conversion"). Near a shrink of 2 bilinear starts to skip pixels
-# (2.4 dB worse at 1.97): area from 1.5 up.
+# Large outputs left with a small shrink (a camera photo to 2048 px: 1.05-1.25 after the scaled decode) are resized
+# by OpenCV's bilinear filter, 5x faster than libvips' there (2520x1890 -> 2048x1536: 2.8 vs 15 ms, ~4 % of a WebP
+# conversion) and as close to a Lanczos resize of the full decode at such shrinks (below a shrink of 1.5 its
+# two-pixel kernel covers every source pixel; near 2 it skips pixels: 2.4 dB worse at 1.97). Everything else goes
+# through libvips' cubic resize, which costs under 0.5 ms at thumbnail sizes, so thumbnails never load OpenCV.
 LINEAR_MAX_SHRINK = 1.5
+OPENCV_MIN_PIXELS = 1_000_000
 
 
 def applies(header: Image.Image, needs_transform: bool) -> bool:
@@ -46,14 +49,6 @@ def decoded_pixels(header: Image.Image, size: tuple[int, int], orientation: int)
     return -(-full_w * m // 8) * -(-full_h * m // 8)
 
 
-def _interpolation(shrink: float) -> int:
-    """OpenCV's filter for a resize by 1/`shrink`: area averaging from a shrink of `LINEAR_MAX_SHRINK` up, bilinear
-    below it, bicubic to enlarge."""
-    if shrink < 1.0:
-        return cv2.INTER_CUBIC
-    return cv2.INTER_LINEAR if shrink <= LINEAR_MAX_SHRINK else cv2.INTER_AREA
-
-
 def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[int, int]) -> pyvips.Image | None:
     """The JPEG upright at `size` (width, height: what `thumbnail` would give), with its EXIF, XMP and ICC profile
     and orientation 1. Raises `InvalidImageError` where libjpeg loses data (truncated or damaged: the decode stage's
@@ -65,8 +60,14 @@ def load_jpeg(data: bytes, header: Image.Image, orientation: int, size: tuple[in
     if pixels is None:
         return None
     pixels = upright_array(pixels, orientation)
-    if pixels.shape[1] != width or pixels.shape[0] != height:
-        pixels = cv2.resize(pixels, (width, height), interpolation=_interpolation(pixels.shape[1] / width))
+    shrink = pixels.shape[1] / width
+    if 1.0 < shrink <= LINEAR_MAX_SHRINK and width * height >= OPENCV_MIN_PIXELS:
+        import cv2  # only here: 15 MB that thumbnails and small outputs never load
+
+        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    return from_upright_pixels(pixels, "b-w" if grey else "srgb", header)
+    image = from_upright_pixels(pixels, "b-w" if grey else "srgb", header)
+    if image.width != width or image.height != height:
+        image = image.resize(width / image.width, vscale=height / image.height, kernel="cubic")
+    return image

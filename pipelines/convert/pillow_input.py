@@ -10,8 +10,8 @@ import numpy as np
 import pyvips
 from PIL import Image
 
-from pipelines.decode import upright_image
 from pipelines.errors import InvalidImageError
+from pipelines.image_header import upright_image
 
 PILLOW_INPUTS = frozenset({"BMP", "HEIF"})
 

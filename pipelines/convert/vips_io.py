@@ -23,8 +23,8 @@ from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, kee
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
-from pipelines.decode import exif_orientation, open_validated, upright_size
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
+from pipelines.image_header import exif_orientation, open_validated, upright_size
 from pipelines.jpeg_markers import check_jpeg_data
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count

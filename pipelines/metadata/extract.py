@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from PIL import Image
 
-from pipelines.decode import open_validated
 from pipelines.errors import ImageInputError, InvalidImageError
+from pipelines.image_header import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.camera_facts import complete_camera_facts
 from pipelines.metadata.colors import color_info

@@ -27,12 +27,8 @@ from serving.client.http_transport import analysis_from_json
 from serving.client.routes import HttpRoutes, poll_until
 from serving.client.types import Analysis
 from serving.hidden_names import is_hidden_path
+from serving.image_files import IMAGE_SUFFIXES
 
-# the file names taken as images in a folder (HEIF/AVIF: the server decodes them with its heif extra); the CLI and
-# the calibration tools list folders with it too
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
-)
 FINAL_STATES = ("completed", "failed", "cancelled")
 CHUNK_BYTES = 32 * 1024 * 1024
 # Files per upload request: a tenth of the server's default IMGSERVE_BATCH_MAX_FILES_PER_REQUEST (10,000), which no

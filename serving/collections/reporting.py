@@ -13,7 +13,7 @@ from PIL import ImageOps
 from pipelines.collections.record import ImageRecord
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
-from pipelines.decode import open_validated
+from pipelines.image_header import open_validated
 from pipelines.limits import DecodeLimits
 from serving.collections.sources import read_items
 from serving.collections.storable import finite_json

@@ -5,7 +5,7 @@ import sys
 import time
 from typing import Any
 
-from pipelines.decode import open_validated
+from pipelines.image_header import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import extract_metadata
 from serving.access_log import record_stages

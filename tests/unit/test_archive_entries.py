@@ -108,7 +108,7 @@ def test_the_sdk_does_not_upload_what_the_server_would_skip(tmp_path) -> None:  
 
 
 def test_the_cli_does_not_send_what_the_server_would_skip(tmp_path) -> None:  # noqa: ANN001
-    from serving.cli_output import expand_images
+    from serving.image_files import expand_images
 
     for name in ("birds/a.jpg", "birds/._a.jpg", "@eaDir/birds/thumb.jpg", "fish/b.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,86 @@ def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path) -> None:
     for name, colour in colours.items():  # each output holds its own input's pixels
         pixels = np.asarray(Image.open(io.BytesIO((out / by_input[name]).read_bytes())).convert("RGB"), dtype=int)
         assert np.abs(pixels.mean(axis=(0, 1)) - colour).max() < 6, name
+
+
+# A fresh interpreter each (this process has loaded everything, and glibc's settings are per process).
+_LEAN_CHECK = """
+import json, sys
+from serving.cli import main
+code = main(["convert", sys.argv[1], "--to", "webp", "--max-side", "32", "--out", sys.argv[2], "--quiet"])
+heavy = ("httpx", "pydantic", "yaml", "onnxruntime", "ray", "cv2", "pipelines.decode", "pipelines.quality")
+print(json.dumps({"code": code, "heavy": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def test_convert_loads_no_server_or_sdk_libraries(tmp_path: Path) -> None:
+    """`imgserve convert` is a bulk command sized against a plain Pillow script (BENCHMARKS.md, "Conversion"): it
+    must not carry the SDK's HTTP stack, the settings models, the quality stage, OpenCV or the model runtimes (~55 MB
+    it used to load through `pipelines.decode`, `serving.client` and the JPEG fast path's resize)."""
+    import subprocess
+    import sys
+
+    photo(tmp_path / "in/a.jpg", (200, 30, 30), "JPEG")
+    pillow_heif = pytest.importorskip("pillow_heif")
+    heif = io.BytesIO()
+    pillow_heif.from_pillow(Image.new("RGB", (64, 48), (30, 30, 200))).save(heif, quality=90)
+    (tmp_path / "in/b.heic").write_bytes(heif.getvalue())  # the HEIF plugin loads on the first such file
+    done = subprocess.run(
+        [sys.executable, "-c", _LEAN_CHECK, str(tmp_path / "in"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "heavy": []}
+    assert Image.open(tmp_path / "out/a.webp").size == (32, 24)
+    assert Image.open(tmp_path / "out/b.webp").getpixel((16, 12))[2] > 150
+
+
+_MMAP_CHECK = """
+import ctypes, sys
+from serving.memory import tune_malloc_for_bulk
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+print(tune_malloc_for_bulk())
+before = libc.mallinfo2().hblks
+block = libc.malloc(100 * 1024)  # below glibc's default threshold (128 KB), above the bulk one (64 KB)
+print(libc.mallinfo2().hblks - before)
+libc.free(ctypes.c_void_p(block))
+"""
+
+
+@pytest.mark.parametrize(("arenas", "expected"), [("2", ["True", "1"]), ("0", ["False", "0"])])
+def test_bulk_commands_map_large_blocks_on_their_own(arenas: str, expected: list[str]) -> None:
+    """With the bulk tuning a 100 KB block is mapped on its own (returned to the system when freed), not carved
+    from the heap; IMGSERVE_MALLOC_ARENAS=0 leaves glibc's defaults, thresholds included."""
+    import os
+    import subprocess
+    import sys
+
+    if not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/lib/aarch64-linux-gnu/libc.so.6").exists():
+        pytest.skip("glibc only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | {"IMGSERVE_MALLOC_ARENAS": arenas}
+    done = subprocess.run(
+        [sys.executable, "-c", _MMAP_CHECK], capture_output=True, text=True, timeout=60, check=True, env=env
+    )
+    assert done.stdout.split() == expected
+
+
+def test_bulk_commands_keep_a_bounded_number_of_files_in_flight() -> None:
+    """`imgserve convert` of a folder of any size submits a few files per worker ahead of the one it reports (all of
+    them at once held a future per file), and reports in input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.cli_operations import _bounded
+
+    files = [Path(f"{i}.jpg") for i in range(100)]
+    started: list[int] = []
+    yielded = 0
+    with ThreadPoolExecutor(2) as pool:
+        for path, future in _bounded(pool, lambda index, path: started.append(index) or {"i": index}, files, window=8):
+            assert future.result() == {"i": int(path.stem)} and int(path.stem) == yielded
+            yielded += 1
+            assert len(started) - yielded <= 8
+    assert yielded == 100 and sorted(started) == list(range(100))

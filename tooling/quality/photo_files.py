@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipelines.quality.working_image import WORKING_MAX_SIDE, native_crop, working_image
-from serving.client.batch import IMAGE_SUFFIXES  # what the server decodes: a phone's .HEIC folder was skipped
+from serving.image_files import IMAGE_SUFFIXES  # what the server decodes: a phone's .HEIC folder was skipped
 
 
 @dataclass(frozen=True)

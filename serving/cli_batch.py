@@ -1,13 +1,19 @@
-"""`imgserve batch DIR --url ... --out results.jsonl`: one batch job for a folder, with a progress bar."""
+"""`imgserve batch DIR --url ... --out results.jsonl`: one batch job for a folder, with a progress bar.
+
+The SDK (and its HTTP stack) loads when the command runs, not when `imgserve` builds its parser: `imgserve convert`
+and the other local commands do not carry it."""
+
+from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from serving.client.batch import BatchJob
+if TYPE_CHECKING:
+    from serving.client.batch import BatchJob
 
 OUT_SUFFIXES = (".csv", ".jsonl")  # the results files `imgserve batch --out` writes
 
