@@ -4,25 +4,14 @@
 
 POST /convert?format=webp&quality=80&max_side=2048 with the raw image bytes as the body -> the image. A plain (sync)
 endpoint, so FastAPI runs requests in its thread pool (Pillow releases the GIL while it decodes, resizes and
-encodes, so it uses every core). `pillow_convert` is also the bulk baseline of `loadtests.convert_bench`.
+encodes, so it uses every core). `loadtests.baselines.pillow_convert` (the same function) is also the bulk baseline
+of `loadtests.convert_bench`.
 """
-
-import io
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, ImageOps
 
-PILLOW_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp"), "png": ("PNG", "image/png")}
-
-
-def pillow_convert(data: bytes, fmt: str, quality: int, max_side: int) -> bytes:
-    """Decode at full size, turn upright, fit inside max_side (Lanczos), encode with Pillow's defaults."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, PILLOW_FORMATS[fmt][0], quality=quality)
-    return out.getvalue()
+from loadtests.baselines.pillow_convert import PILLOW_FORMATS, pillow_convert
 
 
 async def raw_body(request: Request) -> bytes:
