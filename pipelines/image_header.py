@@ -10,6 +10,7 @@ and their configuration: ~40 MB of a bulk conversion process's memory (BENCHMARK
 
 import io
 import warnings
+from functools import lru_cache
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -24,22 +25,22 @@ from pipelines.warning_capture import captured_warnings
 # pixels, run inside `Image.open`) was a hidden cap under a larger IMGSERVE_MAX_PIXELS, answered in Pillow's words.
 Image.MAX_IMAGE_PIXELS = None
 
-_heif_registered = False
 
-
-def register_heif() -> None:
-    """Let Pillow open HEIF/AVIF where the plugin is installed (without it such files get 415). Done on the first
-    ISO-BMFF file `open_validated` sees (and by `pipelines.decode` on import): conversion of JPEGs never loads it."""
-    global _heif_registered
-    if _heif_registered:
-        return
+@lru_cache(maxsize=1)
+def register_heif() -> bool:
+    """Teach Pillow HEIF/HEIC/AVIF through pillow-heif when it is installed (once per process; without it such files
+    get 415). Done on the first ISO-BMFF file `open_validated` sees, by metadata extraction and by `pipelines.decode`
+    on import: conversion of JPEGs never loads the plugin."""
     try:
         import pillow_heif
-
-        pillow_heif.register_heif_opener()
     except ImportError:  # pragma: no cover - depends on the optional 'heif' extra
-        pass
-    _heif_registered = True
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _is_iso_bmff(data: bytes) -> bool:
+    return data[4:8] == b"ftyp"  # HEIF / AVIF container
 
 
 # Magic numbers of the formats we support: unidentifiable bytes that start like one of these are a
@@ -59,7 +60,7 @@ _SUPPORTED_SIGNATURES: tuple[bytes, ...] = (
 def _looks_like_supported_image(data: bytes) -> bool:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return True
-    if data[4:8] == b"ftyp":  # HEIF / AVIF container
+    if _is_iso_bmff(data):
         return True
     return data.startswith(_SUPPORTED_SIGNATURES)
 
@@ -72,7 +73,7 @@ def open_validated(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     if data.startswith(b"\xff\xd8"):
         check_header_markers(data)
-    elif data[4:8] == b"ftyp":  # HEIF / AVIF container
+    elif _is_iso_bmff(data):
         register_heif()
     try:
         with captured_warnings() as caught:

@@ -13,18 +13,19 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under `folder`, sorted; hidden and system ones (`._x.jpg`, `@eaDir/`) left out as the
+    server's folder readers leave them out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_path(p.relative_to(folder).as_posix())
+    )
+
+
 def expand_images(paths: list[str]) -> list[str]:
-    """Files as given; folders walked (sorted) for image files, hidden and system ones (`._x.jpg`, `@eaDir/`) left
-    out as the server's folder readers leave them out."""
+    """Files as given; folders walked (`folder_images`)."""
     images: list[str] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(path.rglob("*"))
-            images += [
-                str(p)
-                for p in found
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_path(str(p.relative_to(path)))
-            ]
-        else:
-            images.append(str(path))
+        images += [str(p) for p in folder_images(path)] if path.is_dir() else [str(path)]
     return images

@@ -4,13 +4,12 @@ import dataclasses
 import hashlib
 import sys
 from collections.abc import Callable
-from functools import lru_cache
 from typing import TypeVar
 
 from PIL import Image
 
 from pipelines.errors import ImageInputError, InvalidImageError
-from pipelines.image_header import open_validated
+from pipelines.image_header import open_validated, register_heif
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.camera_facts import complete_camera_facts
 from pipelines.metadata.colors import color_info
@@ -28,17 +27,6 @@ from pipelines.warning_capture import captured_warnings
 T = TypeVar("T")
 MAX_MESSAGE_CHARS = 300
 PIXEL_FIELDS_WITHHELD = "phash and colors not computed"
-
-
-@lru_cache(maxsize=1)
-def register_heif() -> bool:
-    """Teach Pillow HEIF/HEIC through pillow-heif when it is installed (once per process)."""
-    try:
-        import pillow_heif
-    except ImportError:
-        return False
-    pillow_heif.register_heif_opener()
-    return True
 
 
 def _message(section: str, text: str) -> str:

@@ -26,8 +26,8 @@ from serving.client.errors import ImgServeError, from_http_response, from_http_t
 from serving.client.http_transport import analysis_from_json
 from serving.client.routes import HttpRoutes, poll_until
 from serving.client.types import Analysis
-from serving.hidden_names import is_hidden_path
-from serving.image_files import IMAGE_SUFFIXES
+from serving.image_files import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # the SDK's name for it
+from serving.image_files import folder_images
 
 FINAL_STATES = ("completed", "failed", "cancelled")
 CHUNK_BYTES = 32 * 1024 * 1024
@@ -108,15 +108,8 @@ def batch_files(inputs: BatchInputs) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
-                and not is_hidden_path(p.relative_to(path).as_posix())
-            )  # hidden and system files (`._x.jpg`, `@eaDir/`) are not sent: the server would skip them
-            files.extend((p.relative_to(path).as_posix(), p) for p in found)
+        if path.is_dir():  # hidden and system files (`._x.jpg`, `@eaDir/`) are not sent: the server would skip them
+            files.extend((p.relative_to(path).as_posix(), p) for p in folder_images(path))
         elif path.is_file():
             files.append((path.name, path))
         else:
