@@ -17,7 +17,8 @@ and encodes with Pillow's defaults.
 - cli: bulk as a user runs it, each side a fresh process over the same folder (the camera mix five times, 100
   files, read from disk): `imgserve convert DIR` (the installed command, 2 workers) against the plain-Pillow script
   `loadtests.baselines.pillow_convert` (2 threads), alternated `--rounds` times; wall time (start-up included) and
-  the process's peak RSS (`wait4`). Unlike `bulk`, no harness memory is shared by both sides.
+  the process's peak RSS (read by a small launcher process, `_peak_of`). Unlike `bulk`, no harness memory is shared
+  by both sides.
 - online: `POST /v1/convert` on a real `imgserve serve` vs the same job on the naive FastAPI + Pillow server,
   closed loop at `--concurrency` (8); peak RSS of each server's whole process tree (Ray included for imgserve) and
   its rise over the idle server.
@@ -30,6 +31,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,20 +194,18 @@ def cli(rounds: int, copies: int = 5) -> dict[str, Any]:
         count = copies * len(paths)
         for name, job in JOBS.items():
             fmt, quality, side = job["format"], str(job["quality"]), str(job["max_side"])
+            target = Path(tmp) / "out"
             commands = {
-                "pillow": [sys.executable, "-m", "loadtests.baselines.pillow_convert", str(source)],
-                "imgserve": [imgserve, "convert", str(source), "--to", fmt, "--quality", quality, "--max-side", side],
-            }
+                "pillow": [sys.executable, "-m", "loadtests.baselines.pillow_convert", str(source), str(target),
+                           "--format", fmt, "--quality", quality, "--max-side", side],
+                "imgserve": [imgserve, "convert", str(source), "--out", str(target), "--quiet",
+                             "--to", fmt, "--quality", quality, "--max-side", side],
+            }  # fmt: skip
             runs: dict[str, list[tuple[float, float]]] = {"pillow": [], "imgserve": []}
             for _ in range(rounds):
                 for side_name, command in commands.items():
-                    target = Path(tmp) / f"out-{side_name}"
-                    if side_name == "pillow":
-                        command = [*command, str(target), "--format", fmt, "--quality", quality, "--max-side", side]
-                    else:
-                        command = [*command, "--out", str(target), "--quiet"]
                     runs[side_name].append(_peak_of(command))
-                    subprocess.run(["rm", "-rf", str(target)], check=True)
+                    shutil.rmtree(target)
             out[name] = {
                 side_name: {
                     "images": count,

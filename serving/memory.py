@@ -19,6 +19,7 @@ every buffer of 64 KB or more is mapped and unmapped on its own: `imgserve conve
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameter numbers
@@ -40,6 +41,7 @@ def arena_cap() -> int:
     return int(text)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
@@ -67,7 +69,7 @@ def tune_malloc_for_bulk() -> bool:
     if not tune_malloc():
         return False
     libc = _libc()
-    assert libc is not None  # tune_malloc found it
+    assert libc is not None  # tune_malloc found it (cached)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         libc.mallopt(M_MMAP_THRESHOLD, BULK_MMAP_THRESHOLD)
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
