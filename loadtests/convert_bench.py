@@ -123,6 +123,10 @@ def worker(library: str, job_name: str, threads: int, seconds: float) -> dict[st
 
     images = load_mix("camera").images
     convert = converter(library, JOBS[job_name])
+    if library == "imgserve":
+        from serving.memory import bound_decodes_for_bulk
+
+        bound_decodes_for_bulk(threads)  # as `imgserve convert --workers N` does
     convert(images[0])  # imports and first-call setup outside the measurement
     _reset_peak()
     start_rss = _rss_mb()

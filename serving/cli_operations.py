@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,17 +126,39 @@ def _bounded(
         yield pending.popleft()
 
 
+class _NoProgress:
+    """--quiet: what the loop calls on a progress bar, without loading rich (3 MB of a bulk process's peak)."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Any]:
+    if quiet:
+        yield _NoProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, TimeRemainingColumn()) as progress:
+        yield progress
+
+
 def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) -> int:
     import pyvips
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipelines.convert.names import output_bases, output_name
     from pipelines.errors import ImageInputError
-    from serving.memory import tune_malloc_for_bulk
+    from serving.memory import bound_decodes_for_bulk, tune_malloc_for_bulk
 
     try:
         tune_malloc_for_bulk()
-    except ValueError as exc:  # IMGSERVE_MALLOC_ARENAS that is not a whole number, 0 or more
+        bound_decodes_for_bulk(args.workers)
+    except ValueError as exc:  # IMGSERVE_MALLOC_ARENAS or IMGSERVE_DECODE_BUDGET_MB that is not a whole number >= 0
         raise UsageError(str(exc)) from None
     names = _relative_names(files, [Path(p) for p in args.paths if Path(p).is_dir()])
     bases = output_bases(list(enumerate(names)))  # IMG_1.HEIC and IMG_1.JPG must not both write IMG_1.webp
@@ -145,7 +168,7 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
     except OSError as exc:
         print(f"imgserve: error: could not make --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    failed = 0
+    failed = seen = 0
     first_failure = ""
     total_in = total_out = 0
     start = time.perf_counter()
@@ -160,9 +183,8 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
         target.write_bytes(result.data)
         return {"image": str(path), "output": str(target), **result.summary(), **extra}
 
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
     with (
-        Progress(*columns, TimeRemainingColumn(), disable=args.quiet) as progress,
+        _progress(label, args.quiet) as progress,
         ThreadPoolExecutor(args.workers) as pool,
         (out / "report.jsonl").open("w") as report,
     ):
@@ -177,7 +199,8 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
                 record = {"image": str(path), "error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
                 first_failure = first_failure or f"{path}: {exc}"
             report.write(json.dumps(record) + "\n")
-            rate = (progress.tasks[0].completed + 1) / max(time.perf_counter() - start, 1e-6)
+            seen += 1
+            rate = seen / max(time.perf_counter() - start, 1e-6)
             progress.update(task, advance=1, rate=f"{rate:.1f} img/s" + (f", {failed} failed" if failed else ""))
     done = len(files) - failed
     ratio = total_in / total_out if total_out else 0.0

@@ -15,6 +15,11 @@ where two threads' alternating photos fragment it and the process keeps its high
 every buffer of 64 KB or more is mapped and unmapped on its own: `imgserve convert` of 100 camera photos to WebP at
 2048 px peaked at 138 MB instead of 185 (JPEG thumbnails 98 instead of 103) at the same speed (BENCHMARKS.md,
 "Conversion"). A MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the environment is glibc's and is left alone.
+
+And they bound the bytes of decoded JPEGs held at once (`pipelines.convert.jpeg_fast.DECODE_BUDGET`): 16 MB a worker
+by default (IMGSERVE_DECODE_BUDGET_MB, the total; 0: no bound). Two workers converting 12 MP photos to 2048-px WebP
+then decode one at a time (24 MB each with the frame) while the other encodes: the peak holds one decode instead of
+two, and decodes are short next to encodes (BENCHMARKS.md, "Lean bulk conversion").
 """
 
 import ctypes
@@ -27,6 +32,8 @@ BULK_MMAP_THRESHOLD = 64 * 1024  # blocks this large or larger are mapped on the
 BULK_TRIM_THRESHOLD = 128 * 1024  # free memory at the top of the heap beyond this is given back
 ARENAS_ENV = "IMGSERVE_MALLOC_ARENAS"
 DEFAULT_ARENAS = 2
+DECODE_BUDGET_ENV = "IMGSERVE_DECODE_BUDGET_MB"
+BULK_DECODE_MB_PER_WORKER = 16
 
 
 def arena_cap() -> int:
@@ -75,3 +82,16 @@ def tune_malloc_for_bulk() -> bool:
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
         libc.mallopt(M_TRIM_THRESHOLD, BULK_TRIM_THRESHOLD)
     return True
+
+
+def bound_decodes_for_bulk(workers: int) -> int:
+    """Set the bulk commands' decode budget (module docstring) and return it in bytes (0: unbounded); ValueError
+    naming IMGSERVE_DECODE_BUDGET_MB for anything but a whole number 0 or more."""
+    from pipelines.convert.jpeg_fast import DECODE_BUDGET
+
+    raw = os.environ.get(DECODE_BUDGET_ENV)
+    if raw is not None and not raw.strip().isdecimal():
+        raise ValueError(f"{DECODE_BUDGET_ENV}={raw!r}: expected a whole number of MB, 0 or more (0: no bound)")
+    megabytes = int(raw) if raw is not None else BULK_DECODE_MB_PER_WORKER * max(1, workers)
+    DECODE_BUDGET.limit = megabytes * 1024 * 1024
+    return DECODE_BUDGET.limit

@@ -9,8 +9,9 @@ Options and their defaults: `pipelines.convert.options`; formats and engines: `p
 from dataclasses import dataclass
 
 from pipelines.convert.formats import FORMATS, OutputFormat, available_formats
+from pipelines.convert.jpeg_fast import DECODE_BUDGET
 from pipelines.convert.options import ConvertOptions
-from pipelines.convert.vips_io import SourceInfo, encode_vips, load_vips, prepare_for
+from pipelines.convert.vips_io import SourceInfo, direct_webp, encode_vips, load_vips, prepare_for
 from pipelines.limits import DecodeLimits
 
 
@@ -54,12 +55,18 @@ class ConvertResult:
 
 def convert_image(data: bytes, options: ConvertOptions, limits: DecodeLimits) -> ConvertResult:
     """Decode (bounded by `limits`), resize, and encode `data` as `options` say. Raises `ImageInputError`s."""
-    image, source, options = load_vips(data, options, limits)
-    image = prepare_for(image, options)
-    encoded = encode_vips(image, options)
-    page_height = image.get("page-height") if "page-height" in image.get_fields() else image.height
-    frames = max(1, image.height // max(1, page_height))
-    return ConvertResult(encoded, options.format or "jpeg", image.width, page_height, frames, source, len(data))
+    with DECODE_BUDGET.scope():  # a lossy WebP's decode is held from the budget until its frame is in memory
+        image, source, options = load_vips(data, options, limits)
+        image = prepare_for(image, options)
+        width, height = image.width, image.height
+        page_height = image.get("page-height") if "page-height" in image.get_fields() else height
+        frame = direct_webp(image, options)
+        encoded = encode_vips(image, options) if frame is None else b""
+        del image  # the pipeline and the decoded photo it holds go before libwebp allocates its planes
+    if frame is not None:
+        encoded = frame.encode()
+    frames = max(1, height // max(1, page_height))
+    return ConvertResult(encoded, options.format or "jpeg", width, page_height, frames, source, len(data))
 
 
 __all__ = ["ConvertOptions", "ConvertResult", "OutputFormat", "available_formats", "convert_image", "FORMATS"]

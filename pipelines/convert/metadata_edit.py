@@ -7,11 +7,15 @@ libvips mirrors EXIF tags as `exif-ifdN-*` fields and writes them back over the 
 mirrored fields of removed tags are removed too.
 """
 
+import struct
+
 import pyvips
 from PIL import Image
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
+PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION = 0xA002, 0xA003
+_SHORT, _LONG = 3, 4
 PERSONAL_TAGS = {
     0x013B: "Artist",
     0x8298: "Copyright",
@@ -69,3 +73,37 @@ def keep_flags(metadata: str, icc: str) -> int:
     conversion to sRGB the profile says nothing a viewer does not assume)."""
     flags = KEEP_ALL & ~KEEP_ICC if metadata == "keep" else KEEP_NONE
     return flags | (KEEP_ICC if icc == "keep" else 0)
+
+
+def _entries(tiff: bytes, order: str, offset: int) -> dict[int, int]:
+    """tag -> offset of its 12-byte entry in the IFD at `offset`."""
+    (count,) = struct.unpack_from(order + "H", tiff, offset)
+    return {struct.unpack_from(order + "H", tiff, offset + 2 + 12 * i)[0]: offset + 2 + 12 * i for i in range(count)}
+
+
+def exif_with_size(blob: bytes, width: int, height: int) -> bytes:
+    """The EXIF block with PixelXDimension/PixelYDimension saying the output's size, as libvips' savers write them
+    (an enlarged or shrunk photo otherwise claims its camera's size). Patched in place, so nothing else in the block
+    moves (maker notes keep their offsets); unchanged where the block has no such tags or cannot be read."""
+    start = 6 if blob.startswith(b"Exif\x00\x00") else 0
+    tiff = bytearray(blob[start:])
+    try:
+        order = {b"II": "<", b"MM": ">"}[bytes(tiff[:2])]
+        ifd0 = _entries(tiff, order, struct.unpack_from(order + "I", tiff, 4)[0])
+        if EXIF_IFD not in ifd0:
+            return blob
+        exif_ifd = _entries(tiff, order, struct.unpack_from(order + "I", tiff, ifd0[EXIF_IFD] + 8)[0])
+        for tag, value in ((PIXEL_X_DIMENSION, width), (PIXEL_Y_DIMENSION, height)):
+            entry = exif_ifd.get(tag)
+            if entry is None:
+                continue
+            kind, count = struct.unpack_from(order + "HI", tiff, entry + 2)
+            if count != 1 or kind not in (_SHORT, _LONG):
+                continue
+            if kind == _SHORT and value <= 0xFFFF:
+                struct.pack_into(order + "HH", tiff, entry + 8, value, 0)
+            else:
+                struct.pack_into(order + "HII", tiff, entry + 2, _LONG, 1, value)
+    except (KeyError, struct.error):
+        return blob
+    return blob[:start] + bytes(tiff)

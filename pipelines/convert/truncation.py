@@ -15,7 +15,7 @@ def loader_options(input_format: str, pages: int) -> str:
 def gif_is_complete(data: bytes) -> bool:
     """Whether a GIF's blocks end with its trailer (0x3B). Image data cut short leaves the walk inside a block: libnsgif
     then decodes the frames before the cut and says nothing. A file ending in the trailer byte is taken as whole
-    without the walk (the walk is `pipelines.metadata.container.gif_frame_count`'s, a step per sub-block)."""
+    without the walk (the walk is `pipelines.frames.gif_frame_count`'s, a step per sub-block)."""
     n = len(data)
     if data.endswith(b"\x3b"):
         return True

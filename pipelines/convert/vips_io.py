@@ -16,7 +16,7 @@ import numpy as np
 import pyvips
 from PIL import Image, ImageCms
 
-from pipelines.convert import jpeg_fast
+from pipelines.convert import jpeg_fast, libwebp
 from pipelines.convert.deep_samples import deep_samples, scaled_to_eight_bit
 from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE, SLOW_ENCODERS
 from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
@@ -24,10 +24,10 @@ from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOp
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
+from pipelines.frames import MAX_COUNTED_PAGES, frame_count
 from pipelines.image_header import exif_orientation, open_validated, upright_size
 from pipelines.jpeg_markers import check_jpeg_data
 from pipelines.limits import DecodeLimits
-from pipelines.metadata.container import MAX_COUNTED_PAGES, frame_count
 from pipelines.orientation import SWAPS_AXES
 
 VIPS_THREADS_ENV = "IMGSERVE_VIPS_THREADS"
@@ -139,7 +139,8 @@ def load_vips(
     if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
         limits.max_full_decode_pixels
     ):
-        fast = jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h))
+        materialized = fmt.name == "webp" and not options.lossless  # the frame is computed before encoding
+        fast = jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h), budgeted=materialized)
         if fast is not None:
             return fast, info, options
         # a harmless libjpeg warning (stray bytes between segments): libvips decodes it
@@ -231,8 +232,25 @@ def prepare_for(image: pyvips.Image, options: ConvertOptions) -> pyvips.Image:
     return image
 
 
+def direct_webp(image: pyvips.Image, options: ConvertOptions) -> libwebp.WebpFrame | None:
+    """A lossy WebP's frame computed into memory for libwebp (`pipelines.convert.libwebp`: 11 MB less and ~25 %
+    faster than libvips' saver); None where libvips' saver is to write it. The caller can drop `image` (and the
+    decoded photo its pipeline holds) before encoding. Raises `InvalidImageError` when the pixels fail to decode."""
+    if options.format != "webp" or options.lossless:
+        return None
+    effort = options.effort if options.effort is not None else DEFAULT_EFFORT["webp"]
+    try:
+        keep = keep_flags(options.metadata, options.icc)
+        return libwebp.frame(_upright_metadata(image), keep, options.quality or DEFAULT_QUALITY["webp"], effort)
+    except pyvips.Error as exc:
+        raise InvalidImageError(f"image could not be decoded: {vips_message(exc)}") from None
+
+
 def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
     """Encode a prepared image in `options.format`. Raises `InvalidImageError` when the pixels fail to decode."""
+    frame = direct_webp(image, options)
+    if frame is not None:
+        return frame.encode()
     name = options.format or "jpeg"
     image = _upright_metadata(image)
     keep = keep_flags(options.metadata, options.icc)

@@ -4,12 +4,12 @@ import io
 
 from PIL import ExifTags, Image, ImageCms
 
+from pipelines.frames import frame_count
 from pipelines.metadata.result import ImageInfo
 from pipelines.orientation import SWAPS_AXES
 
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
-MAX_COUNTED_PAGES = 1000  # Pillow walks a TIFF page chain in O(n^2): 50k hostile pages take ~20 s
 _MIME_OVERRIDES = {"MPO": "image/jpeg"}  # an MPO is a JPEG with extra pictures appended; browsers know image/jpeg
 
 
@@ -52,62 +52,6 @@ def _heif_quarter_turn(image: Image.Image) -> bool | None:
     except (AttributeError, IndexError, TypeError):
         return None
     return any(kind == "irot" and angle in (90, 270) for kind, angle, *_ in transformations)
-
-
-SEEK_COUNTED_FORMATS = frozenset({"TIFF", "GIF"})  # frames found only by walking the file: counting is capped
-
-
-def gif_frame_count(data: bytes, cap: int = MAX_COUNTED_PAGES) -> int:
-    """Image descriptors in a GIF, found by walking its blocks without decoding anything (Pillow's seek() composites
-    every frame onto the canvas: 1,000 one-pixel frames on a 6000x6000 canvas would cost minutes). At most `cap` + 1
-    are counted; a damaged block structure ends the count where it breaks."""
-    n, frames = len(data), 0
-    if n < 13:
-        return 0
-    i = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # header, screen descriptor, global colours
-
-    def skip_sub_blocks(i: int) -> int:
-        while i < n and data[i]:
-            i += data[i] + 1
-        return i + 1
-
-    while i < n and frames <= cap:
-        block = data[i]
-        if block == 0x21:  # extension: label, then data sub-blocks
-            i = skip_sub_blocks(i + 2)
-        elif block == 0x2C:  # image descriptor (10 bytes), local colours, LZW code size, data sub-blocks
-            frames += 1
-            if i + 10 > n:
-                break
-            packed = data[i + 9]
-            i += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
-            i = skip_sub_blocks(i + 1)
-        else:  # 0x3B trailer, or garbage
-            break
-    return frames
-
-
-def frame_count(image: Image.Image, data: bytes = b"") -> tuple[int, str | None]:
-    """(frames, error). PNG/WebP/HEIF/MPO counts are read from a header, GIF frames from the block structure;
-    TIFF pages are found only by walking the file (a 30 MB file can hold 2 million), so at most `MAX_COUNTED_PAGES`
-    pages and frames are counted."""
-    if image.format == "GIF" and data:
-        pages = max(gif_frame_count(data), 1)
-    elif image.format not in SEEK_COUNTED_FORMATS:
-        return int(getattr(image, "n_frames", 1)), None
-    else:
-        pages = 1
-        try:
-            while pages <= MAX_COUNTED_PAGES:
-                image.seek(pages)  # EOFError past the last page
-                pages += 1
-        except EOFError:
-            pass
-        finally:
-            image.seek(0)
-    if pages > MAX_COUNTED_PAGES:
-        return MAX_COUNTED_PAGES, f"image.frames: more than {MAX_COUNTED_PAGES} frames; counting stopped"
-    return pages, None
 
 
 def bit_depth(image: Image.Image, data: bytes) -> int | None:

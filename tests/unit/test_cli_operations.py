@@ -50,20 +50,23 @@ def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path) -> None:
 _LEAN_CHECK = """
 import json, sys
 from serving.cli import main
-code = main(["convert", sys.argv[1], "--to", "webp", "--max-side", "32", "--out", sys.argv[2], "--quiet"])
-heavy = ("httpx", "pydantic", "yaml", "onnxruntime", "ray", "cv2", "pipelines.decode", "pipelines.quality")
+code = main(["convert", sys.argv[1], "--to", "webp", "--max-side", "1300", "--out", sys.argv[2], "--quiet"])
+heavy = ("httpx", "pydantic", "yaml", "onnxruntime", "ray", "cv2", "rich", "pipelines.decode", "pipelines.quality",
+         "pipelines.metadata")
 print(json.dumps({"code": code, "heavy": [m for m in heavy if m in sys.modules]}))
 """
 
 
 def test_convert_loads_no_server_or_sdk_libraries(tmp_path: Path) -> None:
     """`imgserve convert` is a bulk command sized against a plain Pillow script (BENCHMARKS.md, "Conversion"): it
-    must not carry the SDK's HTTP stack, the settings models, the quality stage, OpenCV or the model runtimes (~55 MB
-    it used to load through `pipelines.decode`, `serving.client` and the JPEG fast path's resize)."""
+    must not carry the SDK's HTTP stack, the settings models, the quality stage, OpenCV, the metadata extractor, a
+    progress bar nobody sees (--quiet) or the model runtimes (~65 MB it used to load through `pipelines.decode`,
+    `serving.client`, the JPEG fast path's resize of large outputs and the frame counter's package)."""
     import subprocess
     import sys
 
-    photo(tmp_path / "in/a.jpg", (200, 30, 30), "JPEG")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (1500, 1000), (200, 30, 30)).save(tmp_path / "in/a.jpg")  # to a 1.1 MP output: OpenCV's, once
     pillow_heif = pytest.importorskip("pillow_heif")
     heif = io.BytesIO()
     pillow_heif.from_pillow(Image.new("RGB", (64, 48), (30, 30, 200))).save(heif, quality=90)
@@ -73,7 +76,7 @@ def test_convert_loads_no_server_or_sdk_libraries(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "heavy": []}
-    assert Image.open(tmp_path / "out/a.webp").size == (32, 24)
+    assert Image.open(tmp_path / "out/a.webp").size == (1300, 867)
     assert Image.open(tmp_path / "out/b.webp").getpixel((16, 12))[2] > 150
 
 

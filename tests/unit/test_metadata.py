@@ -15,9 +15,9 @@ from PIL import ExifTags, Image, features
 from PIL.TiffImagePlugin import IFDRational
 
 from pipelines.decode import decode_rgb
+from pipelines.frames import MAX_COUNTED_PAGES, gif_frame_count
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import ImageMetadata, extract_metadata, hamming_distance
-from pipelines.metadata.container import MAX_COUNTED_PAGES, gif_frame_count
 from pipelines.metadata.exif import exif_datetime
 from pipelines.metadata.phash import _dct_matrix, phash
 from pipelines.metadata.xmp import MAX_XMP_BYTES, parse_xmp
