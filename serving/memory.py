@@ -16,10 +16,11 @@ every buffer of 64 KB or more is mapped and unmapped on its own: `imgserve conve
 2048 px peaked at 138 MB instead of 185 (JPEG thumbnails 98 instead of 103) at the same speed (BENCHMARKS.md,
 "Conversion"). A MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the environment is glibc's and is left alone.
 
-And they bound the bytes of decoded JPEGs held at once (`pipelines.convert.jpeg_fast.DECODE_BUDGET`): 16 MB a worker
-by default (IMGSERVE_DECODE_BUDGET_MB, the total; 0: no bound). Two workers converting 12 MP photos to 2048-px WebP
-then decode one at a time (24 MB each with the frame) while the other encodes: the peak holds one decode instead of
-two, and decodes are short next to encodes (BENCHMARKS.md, "Lean bulk conversion").
+`imgserve convert` also bounds the bytes of decoded JPEGs held at once for lossy WebP outputs
+(`pipelines.convert.jpeg_fast.DECODE_BUDGET`): 16 MB a worker by default (IMGSERVE_DECODE_BUDGET_MB, the total; 0: no
+bound). Two workers converting 12 MP photos to 2048-px WebP then decode one at a time (24 MB each with the frame)
+while the other encodes: the peak holds one decode instead of two, and decodes are short next to encodes (100 camera
+photos: 88-97 MB against 96-99 MB unbounded, same speed; BENCHMARKS.md, "WebP through libwebp's own API").
 """
 
 import ctypes
