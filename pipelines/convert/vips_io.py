@@ -25,7 +25,7 @@ from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
 from pipelines.errors import ImageTooLargeError, InvalidImageError, InvalidOptionError
 from pipelines.frames import MAX_COUNTED_PAGES, frame_count
-from pipelines.image_header import exif_orientation, open_validated, upright_size
+from pipelines.image_header import exif_orientation, open_validated, register_heif, upright_size
 from pipelines.jpeg_markers import check_jpeg_data
 from pipelines.limits import DecodeLimits
 from pipelines.orientation import SWAPS_AXES
@@ -358,6 +358,7 @@ def _encode_pillow(image: pyvips.Image, options: ConvertOptions, quality: int) -
         exif = upright_exif(anonymized_exif(exif) if options.anonymize else exif)
     params: dict[str, object] = {"exif": exif} if exif else {}
     if options.format == "heif":
+        register_heif()  # Pillow's HEIF writer is pillow-heif's; a JPEG input never loaded the plugin
         params["quality"] = -1 if options.lossless else quality
         if options.lossless:  # RGB as it is: full-resolution chroma and the identity matrix (no YCbCr rounding)
             params.update(chroma=444, matrix_coefficients=0)

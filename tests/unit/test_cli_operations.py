@@ -80,6 +80,25 @@ def test_convert_loads_no_server_or_sdk_libraries(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out/b.webp").getpixel((16, 12))[2] > 150
 
 
+def test_heif_output_of_jpeg_inputs_in_a_fresh_process(tmp_path: Path) -> None:
+    """Pillow's HEIF writer is pillow-heif's plugin, which only HEIF inputs used to register: `imgserve convert
+    --to heif` of JPEGs in a fresh process failed with a KeyError traceback once conversion stopped importing the
+    metadata extractor."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("pillow_heif")
+    photo(tmp_path / "in/a.jpg", (200, 30, 30), "JPEG")
+    code = "import sys; from serving.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "convert", str(tmp_path / "in"), "--to", "heif", "--out", str(tmp_path / "out"),
+         "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out/a.heic").read_bytes()[4:8] == b"ftyp"
+
+
 _MMAP_CHECK = """
 import ctypes, sys
 from serving.memory import tune_malloc_for_bulk
