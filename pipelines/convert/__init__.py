@@ -61,10 +61,9 @@ def convert_image(data: bytes, options: ConvertOptions, limits: DecodeLimits) ->
         width, height = image.width, image.height
         page_height = image.get("page-height") if "page-height" in image.get_fields() else height
         frame = direct_webp(image, options)
-        encoded = encode_vips(image, options) if frame is None else b""
+        libvips_encoded = encode_vips(image, options) if frame is None else None
         del image  # the pipeline and the decoded photo it holds go before libwebp allocates its planes
-    if frame is not None:
-        encoded = frame.encode()
+    encoded = libvips_encoded if frame is None else frame.encode()
     frames = max(1, height // max(1, page_height))
     return ConvertResult(encoded, options.format or "jpeg", width, page_height, frames, source, len(data))
 

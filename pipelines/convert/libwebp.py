@@ -4,7 +4,7 @@ libvips' `webpsave` copies the frame into a 32-bit ARGB picture before libwebp t
 more for a 2048x1536 photo); `WebPPictureImportRGB` reads the RGB rows straight into the YUV planes. Same encoder,
 same settings (libwebp's default preset at the quality asked, `method` = effort): the VP8 bitstream is byte for
 byte libvips' (`tests/unit/test_libwebp.py`). A 12 MP camera photo at 2048 px, effort 2: +5.8 MB and ~100 ms against
-+16.7 MB and ~125-155 ms through `webpsave` (BENCHMARKS.md, "Lean bulk conversion").
++16.7 MB and ~125-155 ms through `webpsave` (BENCHMARKS.md, "WebP through libwebp's own API").
 
 The library is the libwebp Pillow ships with (its wheel bundles one), else the system's; none found (or
 `IMGSERVE_DIRECT_WEBP=0`) leaves WebP to libvips. Metadata goes into the extended container as libvips writes it:
