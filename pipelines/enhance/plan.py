@@ -53,6 +53,17 @@ def _exposure_down(rgb: np.ndarray) -> Applied:
     return (out, {"stops": round(stops, 3)}) if stops < -0.05 else None
 
 
+def _recover_highlights(rgb: np.ndarray) -> Applied:
+    """Exposure down to OVEREXPOSED_TARGET, then CLAHE: what was blown out keeps texture instead of turning flat
+    grey (exposure alone lowers clipped white to an even grey, which the quality stage often scores lower). On
+    brightened training photos (BIQ2021 training part, +1.5 to +2.7 EV): `overexposed` gone on 97 % of those tagged
+    and the score up on 98 %, against 80 % and 81 % for the exposure change alone (docs/IMAGE_OPERATIONS.md)."""
+    lowered = _exposure_down(rgb)
+    if lowered is None:
+        return None
+    return op.clahe(lowered[0]), lowered[1]
+
+
 # Canonical order: an explicit `ops=` list and the auto plan both run in this order.
 OPERATIONS: dict[str, Operation] = {
     o.name: o
@@ -65,6 +76,8 @@ OPERATIONS: dict[str, Operation] = {
         Operation("exposure_up", f"exposure raised in linear light to mean luma {LOW_LIGHT_TARGET}", _exposure_up),
         Operation("exposure_down", f"exposure lowered in linear light to mean luma {OVEREXPOSED_TARGET}",
                   _exposure_down),
+        Operation("recover_highlights", f"exposure lowered to mean luma {OVEREXPOSED_TARGET}, then local contrast"
+                  " restored (CLAHE): blown areas keep texture", _recover_highlights),
         Operation("shadows", "shadow recovery: dark tones lifted, highlights kept", _fixed(op.shadows)),
         Operation("auto_levels", "levels stretched to the 0.5 % / 99.5 % luma percentiles", _fixed(op.auto_levels)),
         Operation("equalize", "histogram equalisation of lightness", _fixed(op.equalize)),
@@ -81,7 +94,7 @@ AUTO_FIXES: dict[str, str] = {
     "noisy": "denoise",
     "color_cast": "white_balance",
     "low_light": "exposure_up",
-    "overexposed": "exposure_down",
+    "overexposed": "recover_highlights",
     "low_contrast": "auto_levels",
     "undersaturated": "saturate",
     "oversaturated": "desaturate",

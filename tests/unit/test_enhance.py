@@ -74,6 +74,19 @@ def test_exposure_up_recovers_a_darkened_photo(photos: list[np.ndarray]) -> None
         assert 0.35 <= mean <= 0.45 and result[1]["stops"] > 1.0
 
 
+def test_recover_highlights_lowers_exposure_and_gives_blown_areas_texture_back(photos: list[np.ndarray]) -> None:
+    """Auto mode's fix for `overexposed`: the exposure change of `exposure_down` (mean luma to 0.45), then local
+    contrast, so what the brightening flattened is not left an even grey."""
+    rng = np.random.default_rng(2)
+    for rgb in photos[:4]:
+        bright = apply_distortion(rgb, "brighten", 4, rng)
+        down, recovered = OPERATIONS["exposure_down"].apply(bright), OPERATIONS["recover_highlights"].apply(bright)
+        assert down is not None and recovered is not None and recovered[1] == down[1]  # the same exposure change
+        assert measure_tone(luma(recovered[0])).brightness_mean < measure_tone(luma(bright)).brightness_mean - 0.1
+        flat = luma(bright) >= 250  # blown by the brightening
+        assert luma(recovered[0])[flat].std() > luma(down[0])[flat].std()
+
+
 def test_white_balance_removes_a_cast(photos: list[np.ndarray]) -> None:
     rng = np.random.default_rng(1)
     for rgb in photos[:4]:

@@ -1,10 +1,11 @@
 """Does auto enhancement fix what the quality stage found, and leave good photos alone? (issue #17's acceptance)
 
-    python -m tooling.enhance.evaluate [--photos 40] [--good]
+    python -m tooling.enhance.evaluate [--photos 40] [--good] [--held-out]
 
-1. Defects: BIQ2021 *training-part* photos rated good (MOS >= 0.6, an evenly spread subset), each darkened,
-   brightened, contrast-reduced and colour-cast by `tooling.quality.distortions` at levels 3-5 (where the quality
-   stage must tag them), stored as JPEG q95. Per copy: the served quality verdict before, `enhance_image` in auto
+1. Defects: BIQ2021 *training-part* photos (`--held-out`: the held-out fifth's, the check on photos auto mode was
+   not chosen on) rated good (MOS >= 0.6, an evenly spread subset), each darkened, brightened, contrast-reduced and
+   colour-cast by `tooling.quality.distortions` at levels 3-5 (where the quality stage must tag them), stored as
+   JPEG q95. Per copy: the served quality verdict before, `enhance_image` in auto
    mode with those tags (output JPEG q95), the verdict after. Reported per kind: copies whose matching tag fired
    before, whose matching tag is gone after (of all copies and of those tagged), whose score rose.
 2. Good photos (`--good`): the *held-out* fifth's photos with MOS >= 0.72 (never used to choose anything in auto
@@ -84,9 +85,11 @@ def _served_auto(inputs: list[tuple[str, bytes]], workers: int) -> tuple[list, l
     return before, enhanced, after
 
 
-def defect_table(photos: int, workers: int) -> dict:
-    train, _ = split(load_biq())
-    chosen = _spread([path for path, mos in train if mos >= TRAIN_MIN_MOS], photos)
+def defect_table(photos: int, workers: int, held_out: bool = False) -> dict:
+    """The defects table on `photos` training-part photos, or (`held_out`) on the held-out part's: auto mode's
+    operations and targets were chosen on the training part, so only the held-out table measures it unseen."""
+    train, held = split(load_biq())
+    chosen = _spread([path for path, mos in (held if held_out else train) if mos >= TRAIN_MIN_MOS], photos)
     rng = np.random.default_rng(SEED)
     inputs, kinds = [], []
     for path in chosen:
@@ -158,10 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=40, help="training photos to distort (default 40)")
     parser.add_argument("--good", action="store_true", help="also the held-out good photos (the final check only)")
+    parser.add_argument("--held-out", action="store_true", help="distort held-out photos instead (the final check)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     start = time.time()
-    report = {"defects": defect_table(args.photos, args.workers)}
+    report = {"defects": defect_table(args.photos, args.workers, args.held_out), "held_out": args.held_out}
     if args.good:
         report["good_held_out"] = good_table(args.workers)
     report["seconds"] = round(time.time() - start, 1)
