@@ -198,6 +198,11 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
                 failed += 1
                 record = {"image": str(path), "error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
                 first_failure = first_failure or f"{path}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a bug met on one file fails that file, not the whole run
+                failed += 1
+                error = f"internal error: {type(exc).__name__}: {exc}"
+                record = {"image": str(path), "error": error, "kind": "internal_error"}
+                first_failure = first_failure or f"{path}: {error}"
             report.write(json.dumps(record) + "\n")
             seen += 1
             rate = seen / max(time.perf_counter() - start, 1e-6)

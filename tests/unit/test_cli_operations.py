@@ -46,6 +46,32 @@ def test_convert_keeps_folders_and_names_twins_apart(tmp_path: Path) -> None:
         assert np.abs(pixels.mean(axis=(0, 1)) - colour).max() < 6, name
 
 
+def test_a_bug_met_on_one_file_fails_that_file_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception while converting one file (a bug, not a bad image: the HEIF writer's KeyError once)
+    is that file's failure in the report, as `internal_error`; the other files are still written."""
+    import pipelines.convert
+
+    photo(tmp_path / "in/a.jpg", (200, 30, 30), "JPEG")
+    photo(tmp_path / "in/b.jpg", (30, 200, 30), "JPEG")
+    real = pipelines.convert.convert_image
+
+    def flaky(data: bytes, *args: object) -> object:
+        if Image.open(io.BytesIO(data)).getpixel((5, 5))[0] > 100:  # a.jpg
+            raise KeyError("HEIF")
+        return real(data, *args)
+
+    monkeypatch.setattr(pipelines.convert, "convert_image", flaky)
+    assert main(["convert", str(tmp_path / "in"), "--to", "png", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    report = {
+        Path(r["image"]).name: r for r in map(json.loads, (tmp_path / "out/report.jsonl").read_text().splitlines())
+    }
+    assert report["a.jpg"]["kind"] == "internal_error" and "KeyError" in report["a.jpg"]["error"]
+    assert (tmp_path / "out/b.png").exists() and not (tmp_path / "out/a.png").exists()
+    assert "1 of 2 images failed" in capsys.readouterr().err
+
+
 # A fresh interpreter each (this process has loaded everything, and glibc's settings are per process).
 _LEAN_CHECK = """
 import json, sys
