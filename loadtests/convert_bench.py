@@ -110,9 +110,7 @@ def converter(library: str, job: dict[str, Any]) -> Callable[[bytes], bytes]:
         return opencv
     from pipelines.convert import ConvertOptions, convert_image
     from pipelines.limits import DecodeLimits
-    from serving.memory import tune_malloc_for_bulk
 
-    tune_malloc_for_bulk()  # as `imgserve convert` and the server's replicas do
     options = ConvertOptions.parse(**job)
     return lambda data: convert_image(data, options, DecodeLimits()).data
 
@@ -123,10 +121,11 @@ def worker(library: str, job_name: str, threads: int, seconds: float) -> dict[st
 
     images = load_mix("camera").images
     convert = converter(library, JOBS[job_name])
-    if library == "imgserve":
-        from serving.memory import bound_decodes_for_bulk
+    if library == "imgserve":  # the process settings `imgserve convert --workers N` makes
+        from serving.memory import bound_decodes_for_bulk, tune_malloc_for_bulk
 
-        bound_decodes_for_bulk(threads)  # as `imgserve convert --workers N` does
+        tune_malloc_for_bulk()
+        bound_decodes_for_bulk(threads)
     convert(images[0])  # imports and first-call setup outside the measurement
     _reset_peak()
     start_rss = _rss_mb()

@@ -139,8 +139,7 @@ def load_vips(
     if jpeg_fast.applies(header, transform) and jpeg_fast.decoded_pixels(header, (out_w, out_h), orientation) <= (
         limits.max_full_decode_pixels
     ):
-        materialized = fmt.name == "webp" and not options.lossless  # the frame is computed before encoding
-        fast = jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h), budgeted=materialized)
+        fast = jpeg_fast.load_jpeg(data, header, orientation, (out_w, out_h), budgeted=_lossy_webp(options))
         if fast is not None:
             return fast, info, options
         # a harmless libjpeg warning (stray bytes between segments): libvips decodes it
@@ -232,16 +231,27 @@ def prepare_for(image: pyvips.Image, options: ConvertOptions) -> pyvips.Image:
     return image
 
 
+def _lossy_webp(options: ConvertOptions) -> bool:
+    """The output libwebp writes from a frame in memory (`direct_webp`), whose decode the budget bounds."""
+    return options.format == "webp" and not options.lossless
+
+
+def _quality_effort(name: str, options: ConvertOptions) -> tuple[int, int | None]:
+    """The encoder's quality and effort for output format `name`: the options', else the format's defaults."""
+    effort = options.effort if options.effort is not None else DEFAULT_EFFORT.get(name)
+    return options.quality or DEFAULT_QUALITY.get(name, 85), effort
+
+
 def direct_webp(image: pyvips.Image, options: ConvertOptions) -> libwebp.WebpFrame | None:
     """A lossy WebP's frame computed into memory for libwebp (`pipelines.convert.libwebp`: 11 MB less and ~25 %
     faster than libvips' saver); None where libvips' saver is to write it. The caller can drop `image` (and the
     decoded photo its pipeline holds) before encoding. Raises `InvalidImageError` when the pixels fail to decode."""
-    if options.format != "webp" or options.lossless:
+    if not _lossy_webp(options):
         return None
-    effort = options.effort if options.effort is not None else DEFAULT_EFFORT["webp"]
+    quality, effort = _quality_effort("webp", options)
     try:
         keep = keep_flags(options.metadata, options.icc)
-        return libwebp.frame(_upright_metadata(image), keep, options.quality or DEFAULT_QUALITY["webp"], effort)
+        return libwebp.frame(_upright_metadata(image), keep, quality, effort or 0)
     except pyvips.Error as exc:
         raise InvalidImageError(f"image could not be decoded: {vips_message(exc)}") from None
 
@@ -254,8 +264,7 @@ def encode_vips(image: pyvips.Image, options: ConvertOptions) -> bytes:
     name = options.format or "jpeg"
     image = _upright_metadata(image)
     keep = keep_flags(options.metadata, options.icc)
-    quality = options.quality or DEFAULT_QUALITY.get(name, 85)
-    effort = options.effort if options.effort is not None else DEFAULT_EFFORT.get(name)
+    quality, effort = _quality_effort(name, options)
     try:
         if FORMATS[name].engine == "pillow":
             return _encode_pillow(image, options, quality)
