@@ -177,16 +177,19 @@ class WebpFrame:
         return image.webpsave_buffer(Q=self.quality, effort=self.effort)
 
 
+def takes(image: pyvips.Image) -> bool:
+    """Whether libwebp here writes `image`: one 8-bit sRGB frame without alpha (the rest is libvips' saver's)."""
+    single = "page-height" not in image.get_fields() or image.get("page-height") == image.height
+    rgb = image.format == "uchar" and image.bands == 3 and image.interpretation == "srgb"
+    return single and rgb and available()
+
+
 def frame(image: pyvips.Image, keep: int, quality: int, effort: int) -> WebpFrame | None:
     """The pixels of a prepared, upright libvips image computed into memory, for a lossy WebP; None where libvips'
-    saver is to write it: no libwebp, or anything but one 8-bit sRGB frame without alpha. Raises `pyvips.Error`
-    when the pixels fail to decode."""
+    saver is to write it (`takes`). Raises `pyvips.Error` when the pixels fail to decode."""
+    if not takes(image):
+        return None
     fields = image.get_fields()
-    single = "page-height" not in fields or image.get("page-height") == image.height
-    if not (single and image.format == "uchar" and image.bands == 3 and image.interpretation == "srgb"):
-        return None
-    if not available():
-        return None
 
     def blob(field: str, flag: int) -> bytes | None:
         return image.get(field) if keep & flag and field in fields else None
