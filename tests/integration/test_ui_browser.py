@@ -645,9 +645,12 @@ def test_another_tenants_job_offers_no_change_and_the_list_names_tenants(
     wait_for(driver, job_shown(big_job["other"]))
     assert driver.execute_script(buttons) == [False, False]
     assert not driver.find_element(By.ID, "job-save-row").is_displayed()
-    sign_in(driver, url, world["secure_keys"]["a_admin"])  # tenant a's admin
+    sign_in(driver, url, world["secure_keys"]["a_admin"])  # tenant a's admin, in the same page (no reload)
+    # nothing the server's admin was shown stays on the page for the next key, not even until its list arrives
+    left = "return ['#jobs-list', '#job-results'].map(s => document.querySelector(s).textContent)"
+    assert driver.execute_script(left) == ["", ""]
+    assert driver.execute_script("return document.querySelector('#job-detail').hidden")
     driver.get(f"{url}/ui#/jobs")
-    # the list the server's admin saw (tenant a's job is in it too) may still be on screen until this key's arrives
     own_list = (
         f"const text = document.querySelector('#jobs-list').textContent;"
         f" return text.includes({big_job['job']!r}) && !text.includes({big_job['other']!r})"

@@ -5,6 +5,7 @@ import { $, api, csvCell, download, el, errorText, inPool } from "./core.js";
 import { worldMap } from "./map.js";
 
 const results = [];
+let session = 0; // bumped when another key signs in: the previous key's answers still arriving are dropped
 const WHOLE_FRAME = "0,0,1,1";
 const AT_ONCE = 3; // uploads in flight: a dropped folder stays inside a key's rate and the admission limit
 
@@ -18,6 +19,16 @@ export async function showAnalyze() {
     if (model.name === listing.default_model) option.selected = true;
     select.append(option);
   }
+}
+
+// Another key signed in: nothing the previous key analysed, nor its classifier list (a tenant may have its own), stays.
+export function forgetAnalyze() {
+  session += 1;
+  results.length = 0;
+  $("#results").replaceChildren();
+  $("#analyze-status").textContent = "";
+  $("#model").replaceChildren();
+  $("#download-json").disabled = $("#download-csv").disabled = true;
 }
 
 const isImage = (file) => file.type.startsWith("image/") || /\.(jpe?g|png|webp|tiff?|bmp|gif|heic|heif|avif)$/i.test(file.name);
@@ -38,18 +49,21 @@ async function analyzeFiles(files) {
   let failed = 0;
   status.textContent = `Analyzing ${images.length} image(s)…${skipped}`;
   const model = $("#model").value;
+  const mine = session;
   const cards = images.map((file) => {
     const card = el("article", { class: "card result", "aria-busy": "true" }, el("h2", { text: file.name }));
     $("#results").prepend(card);
     return [file, card];
   });
   await inPool(cards, AT_ONCE, async ([file, card]) => {
+    if (mine !== session) return; // not sent with the key signed in since
     const form = new FormData();
     form.append("image", file, file.name);
     try {
       // an analysis changes nothing: one refused for the key's rate is sent again after the server's Retry-After
       const answer = await api(`/v1/analyze?top_k=3${model ? `&model=${encodeURIComponent(model)}` : ""}`, { method: "POST", body: form, retry: true });
       const result = answer.results[0];
+      if (mine !== session) return;
       results.push({ name: file.name, result });
       const src = URL.createObjectURL(file);
       renderResult(card, src, file.name, result);
@@ -61,6 +75,8 @@ async function analyzeFiles(files) {
       failed += 1;
     } finally {
       card.removeAttribute("aria-busy");
+    }
+    if (mine === session) {
       const left = images.length - analyzed - failed;
       status.textContent = `${analyzed} analyzed, ${failed} failed${left ? `, ${left} to go` : ""}${skipped}`;
       $("#download-json").disabled = $("#download-csv").disabled = results.length === 0;

@@ -2,18 +2,24 @@
 // server's own /v1 and /v2 routes (and its /metrics for the charts). Each page lives in its own module.
 
 import { $, KEY, ROLES, api, can, el, errorText, state } from "./core.js";
-import { showAnalyze, wireAnalyze } from "./analyze.js";
-import { showConvert, wireConvert } from "./operations.js";
-import { leaveJobs, showJobs, wireJobs } from "./jobs.js";
-import { leaveCollections, showCollections, wireCollections } from "./collections.js";
-import { leaveServer, showServer } from "./server.js";
+import { forgetAnalyze, showAnalyze, wireAnalyze } from "./analyze.js";
+import { forgetConvert, showConvert, wireConvert } from "./operations.js";
+import { forgetJobs, leaveJobs, showJobs, wireJobs } from "./jobs.js";
+import { forgetCollections, leaveCollections, showCollections, wireCollections } from "./collections.js";
+import { forgetServer, leaveServer, showServer } from "./server.js";
 
 // ---- sign in -------------------------------------------------------------------------------------
 const removed = []; // [placeholder comment, control] of the controls the signed-in role may not use
+// What one key was shown (results, lists, reports, charts) leaves the page before another key signs in: the
+// previous tenant's jobs stayed on screen until the new key's list arrived, and a page the new key may not load kept them.
+const forgetShown = [forgetAnalyze, forgetConvert, forgetJobs, forgetCollections, forgetServer,
+  () => $("#audit-table tbody").replaceChildren()];
+
 async function signIn(key) {
   if (key) sessionStorage.setItem(KEY, key);
   else sessionStorage.removeItem(KEY);
   state.me = null; // a refused key is not "a key that stopped working" (core.js request)
+  for (const forget of forgetShown) forget();
   try {
     state.me = await api("/v1/whoami");
   } catch (error) {
@@ -114,6 +120,7 @@ function showError(error) {
 
 // The stored key stopped working mid-session (core.js request dropped it): back to sign-in, saying why.
 function keyRefused() {
+  for (const forget of forgetShown) forget();
   showIdentity();
   $("#page-error").textContent = "";
   $("#signin-error").textContent = NO_LONGER_ACCEPTED;

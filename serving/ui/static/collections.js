@@ -44,6 +44,15 @@ export function leaveCollections() {
   forgetPictures();
 }
 
+// Another key signed in: the previous key's collections, report and images leave the page.
+export function forgetCollections() {
+  leaveCollections();
+  current = null;
+  for (const part of ["#collections-list", "#collection-report", "#collection-grid", "#image-detail"]) $(part).replaceChildren();
+  $("#collection-detail").hidden = true;
+  $("#collection-status").textContent = "";
+}
+
 async function openCollection(ref) {
   const generation = ++opens;
   const report = await api(`/v1/collections/${encodeURIComponent(ref)}/report?format=json`);

@@ -181,3 +181,13 @@ export function leaveJobs() {
   watching?.abort();
   watching = null;
 }
+
+// Another key signed in: nothing of the previous key's jobs stays on the page until this key's list arrives.
+export function forgetJobs() {
+  leaveJobs();
+  lastStatus = null;
+  $("#jobs-list").replaceChildren();
+  $("#job-detail").hidden = true;
+  $("#job-results").replaceChildren();
+  for (const line of ["#job-status", "#job-message", "#job-progress-text"]) $(line).textContent = "";
+}

@@ -111,6 +111,15 @@ async function run(event) {
   }
 }
 
+// Another key signed in: the previous key's result is not shown or offered for download (formats are server-wide).
+export function forgetConvert() {
+  runs += 1;
+  output = null;
+  showPictures();
+  $("#convert-result").replaceChildren();
+  $("#convert-status").textContent = "";
+}
+
 export function wireConvert() {
   $("#convert-form").addEventListener("submit", run);
   $("#convert-form").addEventListener("change", () => {

@@ -56,6 +56,14 @@ export function leaveServer() {
   timer = null;
 }
 
+// Another key signed in: models (a tenant may have its own), replicas and charts are read again with it.
+export function forgetServer() {
+  leaveServer();
+  samples = [];
+  for (const body of ["#models-table tbody", "#deployments-table tbody", "#charts"]) $(body).replaceChildren();
+  for (const note of ["#deployments-note", "#charts-note"]) $(note).textContent = "";
+}
+
 // ---- metrics -------------------------------------------------------------------------------------
 function parseMetrics(text) {
   const out = [];
