@@ -68,7 +68,8 @@ class GraphCallOptions(BaseModel):
     max_queued_images: int = Field(
         default=1024,
         ge=1,
-        description="Images that may wait in one Ingress replica for a stage call; beyond, requests get 503 / "
+        description="Images that may wait in one Ingress replica for a stage call, per kind of request (the images "
+        "that need the same stages share a queue); beyond, requests get 503 / "
         "RESOURCE_EXHAUSTED (kind 'overloaded'): the graph's backpressure, like a deployment's max_queued_requests.",
     )
 
