@@ -245,7 +245,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     model_path, labels_path = model_files()
     mixes = load_mixes(args.mixes, args.data, plan)
     mix_info = {name: {**mix.describe(args.data), "source": mix_source(name)} for name, mix in mixes.items()}
-    limit = measure_limits(mixes, model_path, plan.limit_seconds, tensors_from=64 if plan.quick else 256)
+    limit = measure_limits(
+        mixes, model_path, plan.limit_seconds, tensors_from=64 if plan.quick else 256, int8_path=int8_model_path()
+    )
     servers = measure_servers(args, plan, mixes, model_path, labels_path)
 
     machine_info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

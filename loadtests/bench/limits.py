@@ -1,4 +1,8 @@
-"""The hardware limits the servers are compared with: model only, decode only, and the two combinations."""
+"""The hardware limits the servers are compared with: model only, decode only, and the two combinations; for the
+float model every server can serve, and for the INT8 variant imgserve serves on CPU (and Triton INT8), when built.
+The INT8 ceiling is the one imgserve's figures are to be read against: a ceiling of the float model says nothing
+of a server that runs the INT8 one (until 2026-12-06 only the float ceiling was measured, and notes compared
+imgserve's INT8 figures with it)."""
 
 import os
 import time
@@ -88,7 +92,30 @@ def model_limits(tensors: np.ndarray, model_path: Path, seconds: float) -> dict[
     return per_batch
 
 
-def measure_limits(mixes: dict[str, Mix], model_path: Path, seconds: float, tensors_from: int) -> dict[str, Any]:
+def model_summary(per_batch: dict[str, float]) -> dict[str, Any]:
+    best_batch = max(per_batch, key=lambda b: per_batch[b])
+    return {
+        "images_per_s": per_batch[best_batch],
+        "best_batch": int(best_batch),
+        "batch_images_per_s": per_batch,
+        "how": "onnxruntime CPUExecutionProvider, default threads, preprocessed tensors of the web mix in memory; "
+        "fastest 1 s window",
+    }
+
+
+def ceilings(decode: dict[str, Any], model_rate: float, cores: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(combined, parallel) images/s per mix for decode rates `decode` and a model doing `model_rate`."""
+    rates = {name: d["images_per_s"] for name, d in decode.items() if d["images_per_s"] > 0 and model_rate > 0}
+    combined = {name: round(1.0 / (1.0 / rate + 1.0 / model_rate), 1) for name, rate in rates.items()}
+    parallel = {name: round(1.0 / (1.0 / (cores * rate) + 1.0 / model_rate), 1) for name, rate in rates.items()}
+    return combined, parallel
+
+
+def measure_limits(
+    mixes: dict[str, Mix], model_path: Path, seconds: float, tensors_from: int, int8_path: Path | None = None
+) -> dict[str, Any]:
+    """The float model's limits; with `int8_path`, the INT8 model's too (`model_int8`, `combined_int8`,
+    `parallel_int8`)."""
     from pipelines.decode import decode_image
     from serving.config.model_config import load_model_config
 
@@ -97,28 +124,11 @@ def measure_limits(mixes: dict[str, Mix], model_path: Path, seconds: float, tens
     decode = decode_limits(mixes, spec, seconds)
     web = mixes.get("web") or next(iter(mixes.values()))
     tensors = np.stack([decode_image(b, spec).tensor for b in web.images[:tensors_from]])
-    per_batch = model_limits(tensors, model_path, seconds)
-    best_batch = max(per_batch, key=lambda b: per_batch[b])
-    model_rate = per_batch[best_batch]
-    combined = {
-        name: round(1.0 / (1.0 / d["images_per_s"] + 1.0 / model_rate), 1)
-        for name, d in decode.items()
-        if d["images_per_s"] > 0 and model_rate > 0
-    }
+    model = model_summary(model_limits(tensors, model_path, seconds))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    parallel = {
-        name: round(1.0 / (1.0 / (cores * d["images_per_s"]) + 1.0 / model_rate), 1)
-        for name, d in decode.items()
-        if d["images_per_s"] > 0 and model_rate > 0
-    }
-    return {
-        "model": {
-            "images_per_s": model_rate,
-            "best_batch": int(best_batch),
-            "batch_images_per_s": per_batch,
-            "how": "onnxruntime CPUExecutionProvider, default threads, preprocessed tensors of the web mix in memory; "
-            "fastest 1 s window",
-        },
+    combined, parallel = ceilings(decode, model["images_per_s"], cores)
+    limits: dict[str, Any] = {
+        "model": model,
         "decode": decode,
         "combined": combined,
         "combined_formula": "1 / (1/decode + 1/model): decode then model, one after the other, no overlap",
@@ -128,3 +138,9 @@ def measure_limits(mixes: dict[str, Mix], model_path: Path, seconds: float, tens
             "model, no serving overhead -- the CPU-bound ceiling, assuming the model limit used every core"
         ),
     }
+    if int8_path is not None:
+        log("limit: the INT8 model imgserve serves")
+        int8 = model_summary(model_limits(tensors, int8_path, seconds))
+        limits["model_int8"] = {**int8, "path": int8_path.name}
+        limits["combined_int8"], limits["parallel_int8"] = ceilings(decode, int8["images_per_s"], cores)
+    return limits

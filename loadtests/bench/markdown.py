@@ -151,6 +151,16 @@ def limit_rows(limit: dict[str, Any], mix: str) -> list[str]:
     parallel = (limit.get("parallel") or {}).get(mix)
     if parallel:
         rows.append(f"| limit: decode on all cores + model (parallel) | – | {fmt(parallel)} {EMPTY_CELLS}")
+    int8 = limit.get("model_int8")
+    if int8:  # the model imgserve (and Triton INT8) serve: their ceiling
+        rows.append(
+            f"| limit: INT8 model only (ORT, batch {int8.get('best_batch')}) | – | {fmt(int8.get('images_per_s'))} "
+            + EMPTY_CELLS
+        )
+        rows.append(
+            f"| limit: decode on all cores + INT8 model (parallel) | – "
+            f"| {fmt((limit.get('parallel_int8') or {}).get(mix))} {EMPTY_CELLS}"
+        )
     return rows
 
 

@@ -41,7 +41,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def mix_peaks(servers: dict[str, dict[str, Any]], limit: dict[str, Any], mix: str) -> dict[str, Any]:
-    """Every server's peak on `mix`, imgserve's (the better default-placement edge) and the combined limit."""
+    """Every server's peak on `mix`, imgserve's (the better default-placement edge), the combined limit and the
+    INT8 ceiling."""
     per_mix: dict[str, Any] = {}
     for name, result in servers.items():
         found = peak(result.get(mix))
@@ -54,6 +55,9 @@ def mix_peaks(servers: dict[str, dict[str, Any]], limit: dict[str, Any], mix: st
     combined = (limit.get("combined") or {}).get(mix)
     if combined:
         per_mix["limit"] = {"images_per_s": combined, "kind": "combined decode+model limit"}
+    int8_ceiling = (limit.get("parallel_int8") or {}).get(mix)
+    if int8_ceiling:
+        per_mix["int8_ceiling"] = {"images_per_s": int8_ceiling, "kind": "decode on all cores + INT8 model limit"}
     return per_mix
 
 
@@ -121,7 +125,8 @@ def compute_ratios(
     servers: dict[str, dict[str, Any]], limit: dict[str, Any]
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """(ratios, peaks). imgserve = the better of imgserve_http / imgserve_grpc at its own peak, per mix; each
-    baseline at its own peak; the limit is the combined decode+model limit of that mix. Then the placement
+    baseline at its own peak; the limit is the combined decode+model limit of that mix, the INT8 ceiling the
+    decode-on-all-cores + INT8 model limit (where the INT8 model was measured). Then the placement
     ratios (`placement_ratios`), whose figures go into peaks.web.{default_c16, best_c16, graph_cpu}."""
     peaks = {mix: mix_peaks(servers, limit, mix) for mix in MIX_NAMES}
 
@@ -134,10 +139,12 @@ def compute_ratios(
         "imgserve_vs_triton": ratio(rate("web", "imgserve"), rate("web", "triton")),
         "imgserve_vs_triton_int8": ratio(rate("web", "imgserve"), rate("web", "triton_int8")),
         "imgserve_vs_limit": ratio(rate("web", "imgserve"), rate("web", "limit")),
+        "imgserve_vs_int8_ceiling": ratio(rate("web", "imgserve"), rate("web", "int8_ceiling")),
         "camera_imgserve_vs_naive": ratio(rate("camera", "imgserve"), rate("camera", "naive")),
         "camera_imgserve_vs_triton": ratio(rate("camera", "imgserve"), rate("camera", "triton")),
         "camera_imgserve_vs_triton_int8": ratio(rate("camera", "imgserve"), rate("camera", "triton_int8")),
         "camera_imgserve_vs_limit": ratio(rate("camera", "imgserve"), rate("camera", "limit")),
+        "camera_imgserve_vs_int8_ceiling": ratio(rate("camera", "imgserve"), rate("camera", "int8_ceiling")),
     }
     placement, figures = placement_ratios(servers, peaks["web"])
     ratios.update(placement)

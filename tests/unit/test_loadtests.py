@@ -154,6 +154,30 @@ def test_ratios_take_each_server_at_its_own_peak() -> None:
     assert ratios["camera_imgserve_vs_triton"] == pytest.approx(1.94)
 
 
+def test_the_int8_ceiling_is_a_ratio_and_two_limit_rows_when_the_int8_model_was_measured() -> None:
+    limit = {**LIMIT, "model_int8": {"images_per_s": 500.0, "best_batch": 16}, "parallel_int8": {"web": 320.0}}
+    ratios, peaks = compute_ratios(SERVERS, limit)
+    assert ratios["imgserve_vs_int8_ceiling"] == 0.62  # imgserve_grpc's 200 of 320
+    assert ratios["camera_imgserve_vs_int8_ceiling"] is None  # not measured for that mix
+    assert compute_ratios(SERVERS, LIMIT)[0]["imgserve_vs_int8_ceiling"] is None  # no INT8 model built
+    data = report()
+    data["limit"], data["ratios"], data["peaks"] = limit, ratios, peaks
+    section = render_markdown(data)
+    assert "| limit: INT8 model only (ORT, batch 16) | – | 500.0 |" in section
+    assert "| limit: decode on all cores + INT8 model (parallel) | – | 320.0 |" in section
+    assert (
+        "| imgserve_vs_int8_ceiling | 0.62 | imgserve_grpc c32: 200.0 | decode on all cores + INT8 model limit: 320.0 |"
+        in section
+    )
+
+
+def test_the_limits_of_both_models_follow_their_formulas() -> None:
+    from loadtests.bench.limits import ceilings
+
+    combined, parallel = ceilings({"web": {"images_per_s": 400.0}, "none": {"images_per_s": 0}}, 500.0, cores=2)
+    assert combined == {"web": 222.2} and parallel == {"web": 307.7}  # 1/(1/400+1/500), 1/(1/800+1/500)
+
+
 def test_ratios_are_null_when_a_server_was_not_measured() -> None:
     servers = {**SERVERS, "triton": {"web": {}, "camera": {}, "error": "tritonserver did not start"}}
     ratios, peaks = compute_ratios(servers, {})
