@@ -1,5 +1,6 @@
 """The benchmark harness: image mixes, peak/ratio arithmetic, the bench.json/BENCHMARKS.md writers, the baselines."""
 
+import asyncio
 import functools
 import io
 import json
@@ -777,3 +778,26 @@ def test_tree_monitor_reads_pss_at_its_peak(tmp_path: Path) -> None:
             child.wait()
     pss = monitor.last_peak_pss
     assert pss is not None and 120 <= pss < peak, (pss, peak)
+
+
+def test_the_in_process_loop_keeps_its_callers_busy_and_counts_only_after_the_warm_up() -> None:
+    from loadtests.in_process import closed_loop
+
+    class Service:
+        def __init__(self) -> None:
+            self.seen: list[bytes] = []
+            self.in_flight = self.most = 0
+
+        async def classify(self, images: list[bytes]) -> list[None]:
+            self.seen += images
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.01)
+            self.in_flight -= 1
+            return [None]
+
+    service = Service()
+    figures = asyncio.run(closed_loop(service, [b"a", b"b", b"c"], concurrency=3, seconds=0.3))
+    assert service.most == 3 and set(service.seen) == {b"a", b"b", b"c"}
+    # ~100 calls a second per caller: the measured part alone, not the warm-up's calls too
+    assert 150 < figures["images_per_s"] < 330 and figures["images_per_s"] * 0.3 < 0.7 * len(service.seen)
