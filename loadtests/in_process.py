@@ -1,9 +1,10 @@
-"""imgserve's stages with no serving layer: `InferenceService.classify` called in this process (the local placement's
-stages, as the Ingress replica builds them), closed loop, one image per call. Against `make bench`'s HTTP and gRPC
-figures this says what the serving layer (Ray's replica, uvicorn / grpc, FastAPI, the middlewares, auth, metrics,
-the access log) costs per request, and how far imgserve could go on this machine with none of it.
+"""imgserve's stages with no serving layer: `InferenceService.classify` called in this process (the local
+placement's stages, built from serve_config.yaml as `make serve`'s Ingress replica builds them), closed loop, one
+image per call. Against `make bench`'s HTTP and gRPC figures this says what the serving layer (Ray's replica,
+uvicorn / grpc, FastAPI, the middlewares, auth, metrics, the access log) costs per request, and how far imgserve
+could go on this machine with none of it.
 
-    .venv/bin/python -m loadtests.in_process --mixes web camera --concurrency 1 16 --seconds 20
+    .venv/bin/python -m loadtests.in_process --mixes web camera --concurrency 1 16 64 --seconds 20
 
 Each level runs `--seconds` after a warm-up; figures: images/s, process CPU-ms per image, cores used.
 """
@@ -16,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.images import DATA_DIR, load_mix
-
-MODEL = "mobilenet_v2_imagenet"
+from loadtests.server_process import PROJECT_ROOT
 
 
 async def closed_loop(service: Any, images: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
@@ -47,6 +47,21 @@ async def closed_loop(service: Any, images: list[bytes], concurrency: int, secon
     }
 
 
+def make_serve_service() -> Any:
+    """The service `make serve`'s Ingress replica builds: serve_config.yaml's imgserve args with the local placement
+    applied as `imgserve serve` applies it (greedy batching, every model whose weights are present)."""
+    import yaml
+
+    from serving.config.app_args import AppArgs
+    from serving.config.placement_overlay import apply_placement
+    from serving.placement import build_service, compose
+    from serving.serve_file import imgserve_apps
+
+    config = apply_placement(yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text()), "local")
+    args = {k: v for k, v in imgserve_apps(config)[0]["args"].items() if k != "direct_ingress"}  # no listeners here
+    return build_service(compose(AppArgs.model_validate(args)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mixes", nargs="+", default=["web", "camera"], choices=["web", "camera"])
@@ -56,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
 
-    from serving.config.app_args import AppArgs
-    from serving.placement import build_service, compose
-
-    service = build_service(compose(AppArgs(placement="local", default_model=MODEL, models=[MODEL])))
+    service = make_serve_service()
     results: dict[str, dict[str, Any]] = {}
     for mix in args.mixes:
         images = load_mix(mix, args.data).images
