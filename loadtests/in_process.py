@@ -50,14 +50,12 @@ async def closed_loop(service: Any, images: list[bytes], concurrency: int, secon
 def make_serve_service() -> Any:
     """The service `make serve`'s Ingress replica builds: serve_config.yaml's imgserve args with the local placement
     applied as `imgserve serve` applies it (greedy batching, every model whose weights are present)."""
-    import yaml
-
     from serving.config.app_args import AppArgs
-    from serving.config.placement_overlay import apply_placement
     from serving.placement import build_service, compose
     from serving.serve_file import imgserve_apps
+    from serving.server import load_serve_config
 
-    config = apply_placement(yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text()), "local")
+    config = load_serve_config(PROJECT_ROOT / "serve_config.yaml", placement="local")
     args = {k: v for k, v in imgserve_apps(config)[0]["args"].items() if k != "direct_ingress"}  # no listeners here
     return build_service(compose(AppArgs.model_validate(args)))
 

@@ -212,7 +212,7 @@ def int8_model_path() -> Path | None:
 
 
 def measure_servers(
-    args: argparse.Namespace, plan: Plan, mixes: dict[str, Mix], model: Path, labels: Path
+    args: argparse.Namespace, plan: Plan, mixes: dict[str, Mix], model: Path, labels: Path, int8: Path | None
 ) -> dict[str, dict[str, Any]]:
     """Every server requested, in rounds; a Triton that cannot be set up is recorded with its reason."""
     triton_python, reasons = None, {}
@@ -220,7 +220,6 @@ def measure_servers(
     if tritons:
         triton_python, why = ensure_triton_venv(args.triton_venv, create=not plan.quick)
         reasons = dict.fromkeys(tritons, why) if why else {}
-    int8 = int8_model_path() if "triton_int8" in tritons else None
     if "triton_int8" in tritons and int8 is None and "triton_int8" not in reasons:
         reasons["triton_int8"] = "no INT8 variant of the model is built (`make models` builds it)"
     for name, why in reasons.items():
@@ -245,10 +244,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     model_path, labels_path = model_files()
     mixes = load_mixes(args.mixes, args.data, plan)
     mix_info = {name: {**mix.describe(args.data), "source": mix_source(name)} for name, mix in mixes.items()}
+    int8_path = int8_model_path()  # the INT8 ceiling and Triton INT8 both use it
     limit = measure_limits(
-        mixes, model_path, plan.limit_seconds, tensors_from=64 if plan.quick else 256, int8_path=int8_model_path()
+        mixes, model_path, plan.limit_seconds, tensors_from=64 if plan.quick else 256, int8_path=int8_path
     )
-    servers = measure_servers(args, plan, mixes, model_path, labels_path)
+    servers = measure_servers(args, plan, mixes, model_path, labels_path, int8_path)
 
     machine_info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     summarise_contention(machine_info, servers)
