@@ -31,7 +31,6 @@ from serving.stages.batching import BatchQueue, Queued
 from serving.stages.pipeline import ModelResult, StageOutputs, StagePlan, check_plan
 
 T = TypeVar("T")
-Item = tuple[bytes, StagePlan]
 
 
 async def await_stage(response: Awaitable[T]) -> T:
@@ -72,8 +71,8 @@ class GraphPipeline:
         self.has_quality = stages.quality is not None
         self.has_metadata = stages.metadata is not None
         size, slots, queued = calls.max_images_per_call, calls.concurrent_calls, calls.max_queued_images
-        self._new_queue = partial(BatchQueue, self._run_images, size, 0.0, slots, queued)
-        self._images: dict[StagePlan, BatchQueue[Item, StageOutputs]] = {}  # a queue per plan, made on first use
+        self._queue_options = (size, 0.0, slots, queued)
+        self._images: dict[StagePlan, BatchQueue[bytes, StageOutputs]] = {}  # a queue per plan, made on first use
         self._tensors = {
             name: BatchQueue(partial(self._run_tensors, name), size, 0.0, slots, queued) for name in stages.models
         }
@@ -86,52 +85,34 @@ class GraphPipeline:
         check_plan(self, plan)
         queue = self._images.get(plan)
         if queue is None:
-            queue = self._images[plan] = self._new_queue()
-        return await queue.submit((data, plan))
+            queue = self._images[plan] = BatchQueue(partial(self._run_images, plan), *self._queue_options)
+        return await queue.submit(data)
 
-    async def _run_images(self, items: list[Queued[Item]]) -> list[StageOutputs | BaseException]:
-        """One call per stage for all `items`; then each image's outputs from its slot in every answer."""
-        plans = [q.item[1] for q in items]
+    async def _run_images(self, plan: StagePlan, items: list[Queued[bytes]]) -> list[StageOutputs | BaseException]:
+        """One call per stage `plan` needs, for all `items` (a queue holds one plan's images); then each image's
+        outputs from its slot in every answer."""
+        images = [q.item for q in items]
         STAGE_CALL_IMAGES.observe(len(items))
-        decoding = [i for i, plan in enumerate(plans) if plan.needs_decode]
-        describing = [i for i, plan in enumerate(plans) if plan.metadata and self.stages.metadata is not None]
         calls: dict[str, Any] = {}
-        if decoding:
-            decoded = self.stages.decode.decode_many.remote(
-                [(items[i].item[0], plans[i].models, plans[i].quality) for i in decoding]
-            )
-            for name in dict.fromkeys(m for i in decoding for m in plans[i].models):
+        if plan.needs_decode:
+            decoded = self.stages.decode.decode_many.remote([(data, plan.models, plan.quality) for data in images])
+            for name in dict.fromkeys(plan.models):
                 calls[name] = self.stages.models[name].infer_decoded.remote(decoded)
-            if self.stages.quality is not None and any(plans[i].quality for i in decoding):
+            if plan.quality and self.stages.quality is not None:
                 calls["(quality)"] = self.stages.quality.metrics_many.remote(decoded)
-        if describing:
-            assert self.stages.metadata is not None
-            calls["(metadata)"] = self.stages.metadata.extract_many.remote([items[i].item[0] for i in describing])
+        if plan.metadata and self.stages.metadata is not None:
+            calls["(metadata)"] = self.stages.metadata.extract_many.remote(images)
         # A stage call that failed as a whole fails only the images that needed that stage (`_pick`).
         answers = await asyncio.gather(*(await_stage(call) for call in calls.values()), return_exceptions=True)
         done = dict(zip(calls, answers, strict=True))
-        decode_slot = {image: slot for slot, image in enumerate(decoding)}
-        metadata_slot = {image: slot for slot, image in enumerate(describing)}
-        return [self._outputs(i, plan, done, decode_slot, metadata_slot) for i, plan in enumerate(plans)]
+        return [self._outputs(slot, plan, done) for slot in range(len(items))]
 
-    def _outputs(
-        self,
-        image: int,
-        plan: StagePlan,
-        done: dict[str, Any],
-        decode_slot: dict[int, int],
-        metadata_slot: dict[int, int],
-    ) -> StageOutputs | BaseException:
+    @staticmethod
+    def _outputs(slot: int, plan: StagePlan, done: dict[str, Any]) -> StageOutputs | BaseException:
         try:
-            models: dict[str, ModelResult] = {}
-            quality = metadata = None
-            if image in decode_slot:
-                slot = decode_slot[image]
-                models = {name: _pick(done[name], slot) for name in plan.models}
-                if plan.quality and "(quality)" in done:
-                    quality = _pick(done["(quality)"], slot)
-            if image in metadata_slot:
-                metadata = _pick(done["(metadata)"], metadata_slot[image])
+            models: dict[str, ModelResult] = {name: _pick(done[name], slot) for name in plan.models}
+            quality = _pick(done["(quality)"], slot) if "(quality)" in done else None
+            metadata = _pick(done["(metadata)"], slot) if "(metadata)" in done else None
         except Exception as exc:  # noqa: BLE001 - this image's own error (e.g. it failed to decode)
             return exc
         decode_ms = next((r.stage_ms["decode"] for r in models.values() if "decode" in r.stage_ms), None)
