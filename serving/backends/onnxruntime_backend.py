@@ -59,9 +59,10 @@ def _read(path: str) -> str:
         return handle.read().strip()
 
 
-def default_intra_op_threads() -> int:
-    """Threads per session: IMGSERVE_ORT_THREADS (a whole number; 0 or unset: the default), else every CPU this
-    process may use (`usable_cpus`; callers sharing cores should set it)."""
+def default_intra_op_threads(concurrent_runs: int = 1) -> int:
+    """Threads per session: IMGSERVE_ORT_THREADS (a whole number; 0 or unset: the default), else the CPUs this
+    process may use (`usable_cpus`) shared among the model's `concurrent_runs` (its `max_concurrent_batches`), at
+    least one each (callers sharing cores should set it)."""
     raw = os.environ.get("IMGSERVE_ORT_THREADS", "").strip()
     try:
         threads = int(raw) if raw else 0
@@ -71,7 +72,7 @@ def default_intra_op_threads() -> int:
         raise ValueError(
             f"IMGSERVE_ORT_THREADS={raw!r}: expected a whole number of threads, 0 or more (0: one per CPU)"
         )
-    return threads or usable_cpus()
+    return threads or max(1, usable_cpus() // max(1, concurrent_runs))
 
 
 # Images per ONNX Runtime call on the CPU provider. The dynamic batcher still gathers up to the model's
@@ -101,7 +102,8 @@ class OnnxRuntimeBackend:
     ):
         if intra_op_threads is not None and intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be 0 or more (0: one per CPU), got {intra_op_threads}")
-        self.intra_op_threads = intra_op_threads or default_intra_op_threads()
+        self._threads_given = intra_op_threads or None
+        self.intra_op_threads = intra_op_threads or default_intra_op_threads()  # IMGSERVE_ORT_THREADS checked now
         self.use_cuda = use_cuda
         self.cpu_run_batch = default_cpu_run_batch() if cpu_run_batch is None else cpu_run_batch
         self._run_batch = 0  # images per session.run once loaded; 0: the whole batch
@@ -124,6 +126,8 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if self._threads_given is None:  # the model's own concurrency, from its config.yaml (not runtime changes)
+            self.intra_op_threads = default_intra_op_threads(entry.config.batching.max_concurrent_batches)
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

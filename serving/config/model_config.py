@@ -79,6 +79,14 @@ class BatchingConfig(_Strict):
     batch_wait_timeout_ms: float = Field(
         default=5.0, ge=0, le=10_000, description="How long the first request of a batch waits for company."
     )
+    max_concurrent_batches: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Batches run at once (Triton's instance count, Ray Serve's max_concurrent_batches). On CPU, "
+        "ONNX Runtime then gives each run its share of the CPUs (intra-op threads = CPUs / this, at least 1): two "
+        "single-threaded runs on two cores do ~10 % more images per CPU-second than one run on two threads.",
+    )
     preferred_batch_sizes: list[int] = Field(
         default_factory=list,
         description="Sizes the backend runs best at; TensorRT builds its optimisation profile around the largest.",

@@ -66,9 +66,10 @@ class BodySizeLimitMiddleware:
             nonlocal seen, body_done
             if body_done:  # after the body only a disconnect can come: wait for it as long as the app likes
                 return await receive()
-            remaining = deadline - asyncio.get_running_loop().time()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                # a timer on this task, not wait_for's task per message: a camera photo's body is ~16 messages
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 from serving.errors import RequestTimeoutError
 

@@ -4,7 +4,9 @@ The same queue batches a model's tensors (`ModelStage`) and, in the graph placem
 replica sends to another stage in one actor call (`GraphPipeline`). The batch function takes a list and must
 return a list of the same length (checked); an element that is an exception fails only its own caller.
 By default batches run one at a time: while one executes, the next fills (Ray Serve's `@serve.batch` does the
-same); `max_concurrent_batches` lets several run at once (a batch that is mostly waiting on other processes).
+same); `max_concurrent_batches` lets several run at once (a batch that is mostly waiting on other processes, a
+model run on one thread per core), and `configure` changes it at runtime: the next batch starts under the new
+bound.
 """
 
 import asyncio
@@ -64,9 +66,13 @@ class BatchQueue(Generic[T, R]):
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    def configure(
+        self, max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int | None = None
+    ) -> None:
         """Change the batching at runtime (Ray Serve `reconfigure`); the next batch uses the new values."""
         self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
+        if max_concurrent_batches is not None:
+            self.max_concurrent_batches = max_concurrent_batches
 
     async def submit(self, item: T, deadline: float | None = None) -> R:
         """The item's result; `deadline` (time.monotonic()): if no batch has taken it by then, `OverloadedError`
@@ -78,7 +84,7 @@ class BatchQueue(Generic[T, R]):
             if self._queue is not None and self._worker is not None and self._worker.done():
                 self._count_taken(self._discard(self._queue))  # nothing takes them any more
             self._queue = asyncio.Queue()
-            work = self._work(self._queue, asyncio.Semaphore(self.max_concurrent_batches))
+            work = self._work(self._queue, asyncio.Event())
             self._worker = loop.create_task(work, context=contextvars.Context())
         if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
             self._count_taken(self._drop_abandoned(self._queue))  # type: ignore[arg-type]
@@ -162,16 +168,25 @@ class BatchQueue(Generic[T, R]):
         return batch
 
     async def _work(
-        self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]", slots: asyncio.Semaphore
+        self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]", slot_freed: asyncio.Event
     ) -> None:
+        running: set[asyncio.Task[None]] = set()  # this worker's batches (a worker of a closed loop left its own)
+        self._running = running  # keeps a reference to each until it is done
+
+        def finished(done: asyncio.Task[None]) -> None:
+            running.discard(done)
+            slot_freed.set()
+
         while True:
-            await slots.acquire()  # a free slot first: items queue (and batches grow) while all are busy
+            while len(running) >= self.max_concurrent_batches:  # a free slot first: batches grow meanwhile
+                slot_freed.clear()
+                await slot_freed.wait()
             batch = await self._collect(queue)
             if batch is None:
                 return
             task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)  # keep a reference until it is done
-            task.add_done_callback(lambda done: (self._running.discard(done), slots.release()))
+            running.add(task)
+            task.add_done_callback(finished)
 
     async def _run(self, batch: list[tuple[Queued[T], asyncio.Future[R]]]) -> None:
         now = time.monotonic()

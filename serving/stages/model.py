@@ -53,6 +53,7 @@ class ModelStage:
             self._execute,
             self.batching.max_batch_size,
             self.batching.batch_wait_timeout_ms / 1000.0,
+            self.batching.max_concurrent_batches,
             depth=BATCH_QUEUE_DEPTH.labels(entry.name),
         )
         if batching:
@@ -70,7 +71,11 @@ class ModelStage:
         """Runtime update of the batching block (`user_config: {batching: {...}}`)."""
         merged = {**self.batching.model_dump(), **(user_config.get("batching") or {})}
         self.batching = BatchingConfig.model_validate(merged)
-        self._queue.configure(self.batching.max_batch_size, self.batching.batch_wait_timeout_ms / 1000.0)
+        self._queue.configure(
+            self.batching.max_batch_size,
+            self.batching.batch_wait_timeout_ms / 1000.0,
+            self.batching.max_concurrent_batches,
+        )
 
     def check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         if tuple(tensor.shape) != self.input_shape:

@@ -58,6 +58,31 @@ def test_concurrent_batches_overlap_and_a_full_queue_sheds_load() -> None:
     assert peak == 3 and len(refused) == 12 - 5 and [r for r in results if isinstance(r, int)] == [0, 1, 2, 3, 4]
 
 
+def test_reconfigure_changes_how_many_batches_run_at_once() -> None:
+    """`max_concurrent_batches` (a model's config.yaml, Ray Serve `reconfigure`) applies from the next batch, up or
+    down, while batches run."""
+    running = 0
+    peaks: list[int] = []
+
+    async def slow(items: list[Queued[int]]) -> list[int | BaseException]:
+        nonlocal running
+        running += 1
+        peaks[-1] = max(peaks[-1], running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return [q.item for q in items]
+
+    async def scenario() -> None:
+        queue: BatchQueue[int, int] = BatchQueue(slow, 1, 0.0)
+        for concurrency in (1, 3, 2, 1):
+            queue.configure(max_batch_size=1, batch_wait_timeout_s=0.0, max_concurrent_batches=concurrency)
+            peaks.append(0)
+            assert await asyncio.gather(*(queue.submit(i) for i in range(6))) == list(range(6))
+
+    asyncio.run(scenario())
+    assert peaks == [1, 3, 2, 1]
+
+
 def test_reconfigure_changes_the_next_batches_and_waiting_fills_them() -> None:
     sizes: list[int] = []
 

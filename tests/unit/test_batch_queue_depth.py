@@ -127,7 +127,13 @@ def test_a_model_stage_reports_its_queue_under_the_models_name(monkeypatch: pyte
     backend = _Backend()
     monkeypatch.setattr(model_module, "load_backend", lambda *_: backend)
     stage = model_module.ModelStage(
-        entry, batching={"max_batch_size": 1, "batch_wait_timeout_ms": 0, "preferred_batch_sizes": []}
+        entry,
+        batching={
+            "max_batch_size": 1,
+            "batch_wait_timeout_ms": 0,
+            "max_concurrent_batches": 1,
+            "preferred_batch_sizes": [],
+        },
     )
     gauge = BATCH_QUEUE_DEPTH.labels(entry.name)
     before = gauge._value.get()

@@ -128,3 +128,35 @@ def test_model_control_reports_the_mismatch_and_keeps_serving(tmp_path: Path) ->
         asyncio.run(load_model(service, "quality_mos"))
     assert "output 'mos' is not a graph output (the graph's: 'probs', 'score')" in str(info.value)
     assert service.repository.get("quality_mos").config.outputs[1].name == "score"
+
+
+@pytest.mark.parametrize("concurrent, cpus, threads", [(1, 2, 2), (2, 2, 1), (2, 16, 8), (3, 2, 1)])
+def test_a_model_running_batches_at_once_shares_the_cpus_among_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrent: int, cpus: int, threads: int
+) -> None:
+    """Without IMGSERVE_ORT_THREADS, each ONNX Runtime run gets the usable CPUs / `max_concurrent_batches` threads
+    (at least one): two runs at once on two cores do not each start two threads. A given count is kept."""
+    import serving.backends.onnxruntime_backend as ort_backend
+
+    monkeypatch.delenv("IMGSERVE_ORT_THREADS", raising=False)
+    monkeypatch.setattr(ort_backend, "usable_cpus", lambda: cpus)
+    entry = _entry(tmp_path, lambda config: config["batching"].update(max_concurrent_batches=concurrent))
+    backend = OnnxRuntimeBackend()
+    backend.load(entry)
+    assert backend.intra_op_threads == threads and f"intra_op_threads={threads}" in backend.info().detail
+    given = OnnxRuntimeBackend(intra_op_threads=3)
+    given.load(entry)
+    assert given.intra_op_threads == 3
+
+
+def test_a_model_stage_runs_as_many_batches_at_once_as_its_config_says(tmp_path: Path) -> None:
+    from serving.stages.model import ModelStage
+
+    entry = _entry(tmp_path, lambda config: config["batching"].update(max_concurrent_batches=2))
+    stage = ModelStage(entry, {"onnxruntime": {"intra_op_threads": 1}})
+    try:
+        assert stage._queue.max_concurrent_batches == 2
+        stage.reconfigure({"batching": {"max_concurrent_batches": 1}})  # Ray Serve user_config
+        assert stage._queue.max_concurrent_batches == 1 and stage.batching.max_concurrent_batches == 1
+    finally:
+        stage.retire()
