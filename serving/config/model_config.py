@@ -84,8 +84,8 @@ class BatchingConfig(_Strict):
         ge=1,
         le=64,
         description="Batches run at once (Triton's instance count, Ray Serve's max_concurrent_batches). On CPU, "
-        "ONNX Runtime then gives each run its share of the CPUs (intra-op threads = CPUs / this, at least 1): two "
-        "single-threaded runs on two cores do ~10 % more images per CPU-second than one run on two threads.",
+        "ONNX Runtime then gives each run its share of the CPUs (intra-op threads = CPUs / this, at least 1): an INT8 "
+        "MobileNetV2 image costs 3.45 CPU-ms on one thread, 3.7-4.3 on two (2-core AMD EPYC).",
     )
     preferred_batch_sizes: list[int] = Field(
         default_factory=list,

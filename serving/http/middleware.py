@@ -67,7 +67,7 @@ class BodySizeLimitMiddleware:
             if body_done:  # after the body only a disconnect can come: wait for it as long as the app likes
                 return await receive()
             try:
-                # a timer on this task, not wait_for's task per message: a camera photo's body is ~16 messages
+                # a timer on this task rather than wait_for's task per message (a camera photo's body is many)
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:

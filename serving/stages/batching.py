@@ -84,7 +84,7 @@ class BatchQueue(Generic[T, R]):
             if self._queue is not None and self._worker is not None and self._worker.done():
                 self._count_taken(self._discard(self._queue))  # nothing takes them any more
             self._queue = asyncio.Queue()
-            work = self._work(self._queue, asyncio.Event())
+            work = self._work(self._queue)
             self._worker = loop.create_task(work, context=contextvars.Context())
         if self.max_queued is not None and self._queue.qsize() >= self.max_queued:  # type: ignore[union-attr]
             self._count_taken(self._drop_abandoned(self._queue))  # type: ignore[arg-type]
@@ -167,11 +167,10 @@ class BatchQueue(Generic[T, R]):
             self._count_taken(1)
         return batch
 
-    async def _work(
-        self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]", slot_freed: asyncio.Event
-    ) -> None:
+    async def _work(self, queue: "asyncio.Queue[tuple[Queued[T], asyncio.Future[R]]]") -> None:
         running: set[asyncio.Task[None]] = set()  # this worker's batches (a worker of a closed loop left its own)
         self._running = running  # keeps a reference to each until it is done
+        slot_freed = asyncio.Event()
 
         def finished(done: asyncio.Task[None]) -> None:
             running.discard(done)

@@ -5,7 +5,8 @@ Decode, model and quality/metadata calls run on `STAGE_THREADS`, not on the even
 also carries database calls (the job loop, key lookups, audit and rate-limit writes), and a stalled database
 blocking all of its threads must not stall online inference. Their work is CPU-bound and releases the GIL, so the
 pool is sized to the CPUs this process may use plus two (a thread each while model runs and decodes overlap):
-Python's I/O default (CPUs + 4) let six threads contend for two cores and the GIL, ~3 % fewer images/s here.
+Python's I/O default (CPUs + 4) let six threads contend for two cores and the GIL (3-4 % fewer images/s than
+three or four threads on the web mix here).
 """
 
 import asyncio
