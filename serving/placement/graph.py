@@ -70,12 +70,16 @@ class GraphPipeline:
         self.model_names = tuple(stages.models)
         self.has_quality = stages.quality is not None
         self.has_metadata = stages.metadata is not None
-        size, slots, queued = calls.max_images_per_call, calls.concurrent_calls, calls.max_queued_images
-        self._queue_options = (size, 0.0, slots, queued)
+        # every stage-call queue (images per plan, tensors per model) batches with the same options
+        self._new_queue = partial(
+            BatchQueue,
+            max_batch_size=calls.max_images_per_call,
+            batch_wait_timeout_s=0.0,
+            max_concurrent_batches=calls.concurrent_calls,
+            max_queued=calls.max_queued_images,
+        )
         self._images: dict[StagePlan, BatchQueue[bytes, StageOutputs]] = {}  # a queue per plan, made on first use
-        self._tensors = {
-            name: BatchQueue(partial(self._run_tensors, name), size, 0.0, slots, queued) for name in stages.models
-        }
+        self._tensors = {name: self._new_queue(partial(self._run_tensors, name)) for name in stages.models}
 
     def _model(self, name: str) -> DeploymentHandle:
         check_plan(self, StagePlan(models=(name,)))
@@ -85,7 +89,7 @@ class GraphPipeline:
         check_plan(self, plan)
         queue = self._images.get(plan)
         if queue is None:
-            queue = self._images[plan] = BatchQueue(partial(self._run_images, plan), *self._queue_options)
+            queue = self._images[plan] = self._new_queue(partial(self._run_images, plan))
         return await queue.submit(data)
 
     async def _run_images(self, plan: StagePlan, items: list[Queued[bytes]]) -> list[StageOutputs | BaseException]:
