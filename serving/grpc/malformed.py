@@ -6,6 +6,7 @@ Without this the gRPC library answers such a message itself: UNKNOWN "Unexpected
 to flood it). An interceptor on the direct listeners (serving.deployments.direct_ingress) swaps each method's request
 deserializer for one that returns a `MalformedRequest` instead of raising, and its behaviour for one that refuses it:
 a unary call before the servicer runs, a stream when it reads the malformed message (answers already sent stand).
+A message that parses reaches the servicer with its bytes fields held once (serving.grpc.bytes_apart).
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from serving.grpc.bytes_apart import bytes_apart
 from serving.grpc.edge import ERROR_KIND_METADATA, status_details
 from serving.metrics import ERRORS, REQUESTS
 
@@ -30,9 +32,10 @@ class MalformedRequest:
 def _safe(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
-            return deserialize(data)
+            message = deserialize(data)
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and whatever a parser raises on bad bytes
             return MalformedRequest(str(exc)[:200] or type(exc).__name__)
+        return bytes_apart(message)
 
     return parse
 
