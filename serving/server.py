@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,6 @@ from serving.local_ray import (
     SignalFlag,
     WorkerLogFollower,
     block_unused_modules,
-    install_event_loop_policy,
     lean_ray_enabled,
     logs_dir,
     trim_head_processes,
@@ -46,6 +44,7 @@ from serving.ray_supervisor import (
     new_ray_folder,
     serve_shutdown_timeout_s,
 )
+from serving.ray_worker_setup import RAY_GRPC_PROXY_HOST_ENV, RAY_INTERNAL_HOST_ENV
 from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
@@ -60,10 +59,8 @@ from serving.start_checks import check_host, check_jwt_files, check_settings, on
 logger = logging.getLogger("imgserve.server")
 
 # Run in every Ray worker of a local Ray (ray.init runtime_env); the env vars tell it where to bind.
-WORKER_SETUP_HOOK = "serving.server.ray_worker_setup"
+WORKER_SETUP_HOOK = "serving.ray_worker_setup.ray_worker_setup"
 GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # Serve's gRPC proxy: max send/receive message bytes
-RAY_INTERNAL_HOST_ENV = "IMGSERVE_RAY_INTERNAL_HOST"  # Serve replicas' inter-deployment gRPC server
-RAY_GRPC_PROXY_HOST_ENV = "IMGSERVE_RAY_GRPC_PROXY_HOST"  # Serve's gRPC proxy (--ray-proxy)
 
 
 def load_serve_config(
@@ -202,43 +199,6 @@ def prepare_ray_network(exposed: bool, grpc_proxy_host: str, temp_dir: Path) -> 
             out.write(secrets.token_hex(32))
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     return os.environ["RAY_AUTH_MODE"]
-
-
-def rebinding(add_port: Callable[[Any, str], int], host: str) -> Callable[[Any, str], int]:
-    """`add_port(server, address)` with a wildcard address ([::] or 0.0.0.0) moved to `host`."""
-    bracketed = f"[{host}]" if ":" in host else host
-
-    def add_port_on_host(server: Any, address: str) -> int:
-        for wildcard in ("[::]:", "0.0.0.0:"):
-            if address.startswith(wildcard):
-                address = f"{bracketed}:{address[len(wildcard) :]}"
-        return add_port(server, address)
-
-    return add_port_on_host
-
-
-def ray_worker_setup() -> None:
-    """Ray worker setup hook of `imgserve serve` on a local Ray. Ray Serve 2.60 binds two gRPC servers to every
-    interface with no setting to change it: each replica's inter-deployment server (`[::]:0`,
-    ray/serve/_private/replica.py) and the gRPC proxy (`[::]:<port>`, grpc_util.start_grpc_server). Rebind the
-    first to loopback and the second to the HTTP proxy's host. A Ray without these functions fails the worker's
-    start (the server does not come up) rather than listening on every interface."""
-    if lean_ray_enabled():
-        block_unused_modules()
-    install_event_loop_policy()
-    internal = os.environ.get(RAY_INTERNAL_HOST_ENV)
-    if internal:
-        from ray._common import tls_utils
-
-        tls_utils.add_port_to_grpc_server = rebinding(tls_utils.add_port_to_grpc_server, internal)
-        replica = sys.modules.get("ray.serve._private.replica")
-        if replica is not None:  # imported its own reference already
-            replica.add_port_to_grpc_server = tls_utils.add_port_to_grpc_server  # type: ignore[attr-defined]
-    proxy = os.environ.get(RAY_GRPC_PROXY_HOST_ENV)
-    if proxy:
-        from ray.serve._private import default_impl
-
-        default_impl.add_grpc_address = rebinding(default_impl.add_grpc_address, proxy)  # type: ignore[assignment]
 
 
 def print_key_hint() -> None:

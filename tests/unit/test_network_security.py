@@ -9,6 +9,8 @@ import ipaddress
 import os
 import ssl
 import stat
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from fastapi import FastAPI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from serving import serve_control, server
+from serving import ray_worker_setup, serve_control, server
 from serving.cli import build_parser
 from serving.config.app_args import DirectIngressOptions
 from serving.deployments.direct_ingress import DirectListeners, reuse_port_socket
@@ -37,8 +39,8 @@ RAY_NETWORK_ENV = (
     "RAY_AUTH_TOKEN",
     "RAY_AUTH_TOKEN_PATH",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-    server.RAY_INTERNAL_HOST_ENV,
-    server.RAY_GRPC_PROXY_HOST_ENV,
+    ray_worker_setup.RAY_INTERNAL_HOST_ENV,
+    ray_worker_setup.RAY_GRPC_PROXY_HOST_ENV,
 )
 
 
@@ -174,8 +176,8 @@ def test_serve_command_line_options() -> None:
 def test_loopback_ray_keeps_token_auth_off_and_binds_loopback(ray_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert server.prepare_ray_network(False, "127.0.0.1", tmp_path) == "disabled"
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # Ray's single-machine switch: node IP 127.0.0.1
-    assert os.environ[server.RAY_INTERNAL_HOST_ENV] == "127.0.0.1"
-    assert os.environ[server.RAY_GRPC_PROXY_HOST_ENV] == "127.0.0.1"
+    assert os.environ[ray_worker_setup.RAY_INTERNAL_HOST_ENV] == "127.0.0.1"
+    assert os.environ[ray_worker_setup.RAY_GRPC_PROXY_HOST_ENV] == "127.0.0.1"
     assert not (tmp_path / server.TOKEN_FILE).exists()
 
 
@@ -188,7 +190,7 @@ def test_exposed_server_turns_ray_token_auth_on_with_a_private_token(
     assert token == tmp_path / server.TOKEN_FILE
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert len(token.read_text()) == 64 and int(token.read_text(), 16) >= 0  # 256 random bits, hex
-    assert os.environ[server.RAY_GRPC_PROXY_HOST_ENV] == "0.0.0.0"
+    assert os.environ[ray_worker_setup.RAY_GRPC_PROXY_HOST_ENV] == "0.0.0.0"
 
 
 def test_a_given_ray_token_is_used_as_is(ray_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -203,11 +205,11 @@ def test_a_given_ray_token_is_used_as_is(ray_env: pytest.MonkeyPatch, tmp_path: 
 
 def test_rebinding_moves_only_wildcard_addresses() -> None:
     seen: list[str] = []
-    add = server.rebinding(lambda _server, address: seen.append(address) or 1, "127.0.0.1")
+    add = ray_worker_setup.rebinding(lambda _server, address: seen.append(address) or 1, "127.0.0.1")
     for address in ("[::]:0", "0.0.0.0:9000", "10.1.2.3:5", "[::1]:7"):
         add(None, address)
     assert seen == ["127.0.0.1:0", "127.0.0.1:9000", "10.1.2.3:5", "[::1]:7"]
-    server.rebinding(lambda _server, address: seen.append(address) or 1, "::1")(None, "[::]:8")
+    ray_worker_setup.rebinding(lambda _server, address: seen.append(address) or 1, "::1")(None, "[::]:8")
     assert seen[-1] == "[::1]:8"
 
 
@@ -222,9 +224,9 @@ def test_ray_worker_setup_rebinds_serves_grpc_servers(monkeypatch: pytest.Monkey
     import ray.serve._private.replica as replica
 
     monkeypatch.setattr(replica, "add_port_to_grpc_server", replica.add_port_to_grpc_server)
-    monkeypatch.setenv(server.RAY_INTERNAL_HOST_ENV, "127.0.0.1")
-    monkeypatch.setenv(server.RAY_GRPC_PROXY_HOST_ENV, "127.0.0.1")
-    server.ray_worker_setup()
+    monkeypatch.setenv(ray_worker_setup.RAY_INTERNAL_HOST_ENV, "127.0.0.1")
+    monkeypatch.setenv(ray_worker_setup.RAY_GRPC_PROXY_HOST_ENV, "127.0.0.1")
+    ray_worker_setup.ray_worker_setup()
     assert replica.add_port_to_grpc_server is tls_utils.add_port_to_grpc_server
     grpc_server = grpc.server(ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
     port = replica.add_port_to_grpc_server(grpc_server, "[::]:0")
@@ -401,3 +403,14 @@ def test_ports_another_server_listens_on_are_refused_before_anything_starts(
     finally:
         held.close()
     assert not port_in_use("127.0.0.1", http_port)
+
+
+def test_the_worker_setup_hook_imports_no_imgserve_stack() -> None:
+    """Every Ray worker runs the hook, the Serve controller too: its module loads neither the settings models nor
+    the image libraries (serving.server did)."""
+    code = (
+        f"import sys, {server.WORKER_SETUP_HOOK.rsplit('.', 1)[0]} as hook; assert callable(hook.ray_worker_setup); "
+        "print(sorted(m for m in ('PIL', 'numpy', 'pydantic', 'fastapi', 'serving.server') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
