@@ -1,12 +1,12 @@
 """ONNX Runtime: the CPU default, with the CUDA execution provider where a GPU and the GPU build exist."""
 
-import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from serving import cpus
 from serving.backends.base import BackendInfo
 
 if TYPE_CHECKING:
@@ -23,42 +23,6 @@ ORT_TYPES = {
 }
 
 
-CGROUP_V1_QUOTA, CGROUP_V1_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, a Kubernetes static CPU policy), bounded by the
-    cgroup CPU quota rounded up (a container limited to 2 CPUs on a 64-core node: 2, not 64)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
-
-
-def _cgroup_cpu_quota() -> float | None:
-    """CPUs this container's cgroup may use: cgroup v2 `cpu.max` ("200000 100000": 2), else v1's
-    `cpu.cfs_quota_us` / `cpu.cfs_period_us`; None without a quota ("max", -1) or a cgroup file."""
-    try:
-        quota, period = _read("/sys/fs/cgroup/cpu.max").split()
-    except (OSError, ValueError):
-        try:
-            quota, period = _read(CGROUP_V1_QUOTA), _read(CGROUP_V1_PERIOD)
-        except OSError:
-            return None
-    try:
-        cpus = float(quota) / float(period)
-    except (ValueError, ZeroDivisionError):  # "max": no quota
-        return None
-    return cpus if cpus > 0 else None
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as handle:
-        return handle.read().strip()
-
-
 def default_intra_op_threads(concurrent_runs: int = 1) -> int:
     """Threads per session: IMGSERVE_ORT_THREADS (a whole number; 0 or unset: the default), else the CPUs this
     process may use (`usable_cpus`) shared among the model's `concurrent_runs` (its `max_concurrent_batches`), at
@@ -72,7 +36,7 @@ def default_intra_op_threads(concurrent_runs: int = 1) -> int:
         raise ValueError(
             f"IMGSERVE_ORT_THREADS={raw!r}: expected a whole number of threads, 0 or more (0: one per CPU)"
         )
-    return threads or max(1, usable_cpus() // max(1, concurrent_runs))
+    return threads or max(1, cpus.usable_cpus() // max(1, concurrent_runs))
 
 
 # Images per ONNX Runtime call on the CPU provider. The dynamic batcher still gathers up to the model's

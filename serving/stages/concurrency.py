@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from serving.backends.onnxruntime_backend import usable_cpus
+from serving.cpus import usable_cpus
 
 T = TypeVar("T")
 STAGE_THREADS = ThreadPoolExecutor(max_workers=min(32, usable_cpus() + 2), thread_name_prefix="imgserve-stage")

@@ -136,10 +136,10 @@ def test_a_model_running_batches_at_once_shares_the_cpus_among_them(
 ) -> None:
     """Without IMGSERVE_ORT_THREADS, each ONNX Runtime run gets the usable CPUs / `max_concurrent_batches` threads
     (at least one): two runs at once on two cores do not each start two threads. A given count is kept."""
-    import serving.backends.onnxruntime_backend as ort_backend
+    from serving import cpus as cpu_count
 
     monkeypatch.delenv("IMGSERVE_ORT_THREADS", raising=False)
-    monkeypatch.setattr(ort_backend, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(cpu_count, "usable_cpus", lambda: cpus)
     entry = _entry(tmp_path, lambda config: config["batching"].update(max_concurrent_batches=concurrent))
     backend = OnnxRuntimeBackend()
     backend.load(entry)

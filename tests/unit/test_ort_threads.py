@@ -4,8 +4,8 @@ quota), not every core of the node."""
 
 import pytest
 
-import serving.backends.onnxruntime_backend as ort_backend
-from serving.backends.onnxruntime_backend import OnnxRuntimeBackend, default_intra_op_threads, usable_cpus
+from serving import cpus
+from serving.backends.onnxruntime_backend import OnnxRuntimeBackend, default_intra_op_threads
 
 pytestmark = pytest.mark.unit
 
@@ -31,40 +31,5 @@ def test_a_thread_count_is_taken_as_given(monkeypatch: pytest.MonkeyPatch, raw: 
 @pytest.mark.parametrize("raw", ["", "0"])
 def test_the_default_is_the_usable_cpus(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("IMGSERVE_ORT_THREADS", raw)
-    monkeypatch.setattr(ort_backend, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
     assert default_intra_op_threads() == 3
-
-
-def _cgroup(monkeypatch: pytest.MonkeyPatch, files: dict[str, str], cpus: int) -> None:
-    def read(path: str) -> str:
-        if path not in files:
-            raise FileNotFoundError(path)
-        return files[path].strip()
-
-    monkeypatch.setattr(ort_backend, "_read", read)
-    monkeypatch.setattr(ort_backend.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-
-
-@pytest.mark.parametrize(
-    "files, expected",
-    [
-        ({"/sys/fs/cgroup/cpu.max": "200000 100000\n"}, 2),  # a 2-CPU container on a 64-core node
-        ({"/sys/fs/cgroup/cpu.max": "150000 100000"}, 2),  # 1.5 CPUs: rounded up
-        ({"/sys/fs/cgroup/cpu.max": "max 100000"}, 64),  # no quota
-        ({"/sys/fs/cgroup/cpu.max": "20000000 100000"}, 64),  # a quota above the affinity mask
-        ({ort_backend.CGROUP_V1_QUOTA: "400000", ort_backend.CGROUP_V1_PERIOD: "100000"}, 4),  # cgroup v1
-        ({ort_backend.CGROUP_V1_QUOTA: "-1", ort_backend.CGROUP_V1_PERIOD: "100000"}, 64),
-        ({"/sys/fs/cgroup/cpu.max": "50000 100000"}, 1),  # half a CPU: one thread
-        ({}, 64),  # no cgroup files (not Linux, or not mounted)
-    ],
-)
-def test_usable_cpus_follow_the_cgroup_quota(
-    monkeypatch: pytest.MonkeyPatch, files: dict[str, str], expected: int
-) -> None:
-    _cgroup(monkeypatch, files, cpus=64)
-    assert usable_cpus() == expected
-
-
-def test_usable_cpus_follow_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
-    _cgroup(monkeypatch, {}, cpus=6)
-    assert usable_cpus() == 6
