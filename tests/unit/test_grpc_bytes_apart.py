@@ -3,6 +3,8 @@ a message without them (serving.grpc.bytes_apart): the parsed message's own copy
 call. The servicers read the request as they read the message, over a real local gRPC server."""
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from serving.deployments.direct_ingress import grpc_server
 from serving.grpc.bytes_apart import BytesApart, bytes_apart
 from serving.grpc.stubs import load
 from serving.service import InferenceService
+from tests.paths import PROJECT_ROOT
 from tests.unit.grpc_local import image_service_channel
 from tests.unit.test_grpc_image_service import GrpcIngress, jpeg, pb
 from tests.unit.tiny_models import tiny_local_service
@@ -33,13 +36,27 @@ def test_the_bytes_are_read_out_and_the_message_kept_without_them() -> None:
     assert single._message.image == b""
 
 
-def test_oip_raw_contents_and_messages_without_bytes() -> None:
-    inference = load("inference_pb2")
+def oip_raw_contents_apart() -> None:
+    """Run in a process of its own (imgserve's `inference` messages and tritonclient's cannot load in one)."""
+    from serving.grpc.oip_codec import pb as inference
+
     infer = inference.ModelInferRequest(model_name="m", raw_input_contents=[b"abc", b"de"])
     infer.inputs.add(name="image", datatype="BYTES", shape=[2])
     request = bytes_apart(infer)
     assert request.raw_input_contents == [b"abc", b"de"]
     assert request.model_name == "m" and [t.name for t in request.inputs] == ["image"]
+    print("ok")
+
+
+def test_oip_raw_contents_are_read_out_too() -> None:
+    script = "from tests.unit.test_grpc_bytes_apart import oip_raw_contents_apart; oip_raw_contents_apart()"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_messages_without_bytes_are_returned_as_they_are() -> None:
     listing = pb().ListModelsRequest()
     assert bytes_apart(listing) is listing  # nothing to take apart: the message itself
     assert bytes_apart(b"raw") == b"raw"  # not a protobuf message
