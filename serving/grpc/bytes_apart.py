@@ -8,21 +8,16 @@ at concurrency 64 over gRPC, 1 MB photos). The direct listeners' request deseria
 the servicers a `BytesApart` instead: the bytes fields read out once, the rest a message without them.
 """
 
+import functools
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-_BYTES_FIELDS: dict[str, tuple[str, ...]] = {}
 
-
+@functools.cache
 def bytes_fields(descriptor: Descriptor) -> tuple[str, ...]:
     """The names of a message type's top-level bytes fields (singular or repeated), found once per type."""
-    found = _BYTES_FIELDS.get(descriptor.full_name)
-    if found is None:
-        found = _BYTES_FIELDS[descriptor.full_name] = tuple(
-            field.name for field in descriptor.fields if field.type == FieldDescriptor.TYPE_BYTES
-        )
-    return found
+    return tuple(field.name for field in descriptor.fields if field.type == FieldDescriptor.TYPE_BYTES)
 
 
 class BytesApart:
