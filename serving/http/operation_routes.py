@@ -13,8 +13,9 @@ import base64
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from pipelines.convert import FORMATS, ConvertResult
 from pipelines.convert.formats import encoder_missing
@@ -26,6 +27,7 @@ from serving.http.dependencies import (
     QueryBool,
     QueryFloat,
     QueryInt,
+    QueryOptions,
     reject_unknown_query,
     repeated_message,
     repeated_query,
@@ -70,31 +72,56 @@ HELP = {
 }
 
 
-async def conversion_query(
-    request: Request,
-    format: Annotated[str | None, Query(description=HELP["format"])] = None,
-    quality: Annotated[QueryInt, Query(description=HELP["quality"])] = None,
-    lossless: Annotated[QueryBool, Query(description=HELP["lossless"])] = None,
-    progressive: Annotated[QueryBool, Query(description=HELP["progressive"])] = None,
-    optimize: Annotated[QueryBool, Query(description=HELP["optimize"])] = None,
-    effort: Annotated[QueryInt, Query(description=HELP["effort"])] = None,
-    subsampling: Annotated[str | None, Query(description=HELP["subsampling"])] = None,
-    compression: Annotated[str | None, Query(description=HELP["compression"])] = None,
-    max_side: Annotated[QueryInt, Query(description=HELP["max_side"])] = None,
-    width: Annotated[QueryInt, Query(description=HELP["width"])] = None,
-    height: Annotated[QueryInt, Query(description=HELP["height"])] = None,
-    upscale: Annotated[QueryBool, Query(description=HELP["upscale"])] = None,
-    icc: Annotated[str | None, Query(description=HELP["icc"])] = None,
-    metadata: Annotated[str | None, Query(description=HELP["metadata"])] = None,
-    anonymize: Annotated[QueryBool, Query(description=HELP["anonymize"])] = None,
-    background: Annotated[str | None, Query(description=HELP["background"])] = None,
-    animated: Annotated[QueryBool, Query(description=HELP["animated"])] = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The conversion options of the query as the client wrote them, for `OperationOptions.parse` to read as it reads
-    gRPC's options map, and any parameter the route does not take: an unknown option, which that parser refuses as
-    over gRPC (`unknown conversion options ['fromat']`, `invalid_option`). An empty value is not given
-    (`serving.image_ops.EMPTY_OPTION_VALUES`); an option given twice is refused, not read as its last value."""
-    given = {name: value for name, value in locals().items() if name != "request" and not not_given(value)}
+class ConversionQuery(BaseModel):
+    """The conversion options of `/v1/convert` and `/v1/enhance`, as the client wrote them, for
+    `OperationOptions.parse` to read as it reads gRPC's options map (`QueryOptions`)."""
+
+    format: str | None = Field(default=None, description=HELP["format"])
+    quality: QueryInt = Field(default=None, description=HELP["quality"])
+    lossless: QueryBool = Field(default=None, description=HELP["lossless"])
+    progressive: QueryBool = Field(default=None, description=HELP["progressive"])
+    optimize: QueryBool = Field(default=None, description=HELP["optimize"])
+    effort: QueryInt = Field(default=None, description=HELP["effort"])
+    subsampling: str | None = Field(default=None, description=HELP["subsampling"])
+    compression: str | None = Field(default=None, description=HELP["compression"])
+    max_side: QueryInt = Field(default=None, description=HELP["max_side"])
+    width: QueryInt = Field(default=None, description=HELP["width"])
+    height: QueryInt = Field(default=None, description=HELP["height"])
+    upscale: QueryBool = Field(default=None, description=HELP["upscale"])
+    icc: str | None = Field(default=None, description=HELP["icc"])
+    metadata: str | None = Field(default=None, description=HELP["metadata"])
+    anonymize: QueryBool = Field(default=None, description=HELP["anonymize"])
+    background: str | None = Field(default=None, description=HELP["background"])
+    animated: QueryBool = Field(default=None, description=HELP["animated"])
+
+
+class ConvertQuery(ConversionQuery):
+    report: str | None = Field(default=None, description="image (default): the image; json: facts and base64.")
+
+
+class EnhancementQuery(BaseModel):
+    auto: QueryBool = Field(default=None, description=HELP["auto"])
+    ops: str | None = Field(default=None, description="Comma-separated operations (GET /v1/enhance/options).")
+    brightness: QueryFloat = Field(default=None, description="0.1-3.0; 1 leaves it as it is.")
+    contrast: QueryFloat = Field(default=None, description="0.1-3.0.")
+    saturation: QueryFloat = Field(default=None, description="0.1-3.0.")
+    sharpness: QueryFloat = Field(default=None, description="0.1-3.0.")
+
+
+class EnhanceQuery(ConversionQuery, EnhancementQuery):  # the enhancement's own options first (pydantic's order)
+    report: str | None = Field(default=None, description="image (default) or json.")
+
+
+CONVERT_QUERY = QueryOptions(ConvertQuery)
+ENHANCE_QUERY = QueryOptions(EnhanceQuery)
+
+
+def given_options(request: Request, query: BaseModel) -> dict[str, Any]:
+    """The options of the query as the client wrote them, and any parameter the route does not take: an unknown
+    option, which `OperationOptions.parse` refuses as over gRPC (`unknown conversion options ['fromat']`,
+    `invalid_option`). An empty value is not given (`serving.image_ops.EMPTY_OPTION_VALUES`); an option given twice
+    is refused, not read as its last value."""
+    given = {name: value for name, value in query.model_dump().items() if not not_given(value)}
     repeated = repeated_query(request)
     if repeated:
         raise InvalidOptionError(repeated_message(request, repeated, "option"))
@@ -155,19 +182,16 @@ def _answer(result: ConvertResult, summary: dict[str, Any], headers: dict[str, s
     return Response(result.data, media_type=result.content_type, headers=headers)
 
 
-async def get_operations(request: Request) -> ImageOperations:
-    return request.app.state.image_operations
-
-
-@router.post("/convert", response_class=Response, responses={200: {"content": {"image/*": {}}}})
-async def convert(
-    request: Request,
-    query: dict[str, Any] = Depends(conversion_query),
-    report: Annotated[str | None, Query(description="image (default): the image; json: facts and base64.")] = None,
-    operations: ImageOperations = Depends(get_operations),
-) -> Response:
+@router.post(
+    "/convert",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+    openapi_extra=CONVERT_QUERY.openapi,
+)
+async def convert(request: Request, query: Annotated[ConvertQuery, Depends(CONVERT_QUERY)]) -> Response:
     """Convert one image: format, quality, resize, orientation, colour profile, metadata."""
-    given = {**query, "report": report}
+    operations: ImageOperations = request.app.state.image_operations
+    given = given_options(request, query)
     OperationOptions.parse(given, enhancing=False)  # reject bad options before reading the body
     data, raw = await _one_image(request, given)
     options = OperationOptions.parse(raw, enhancing=False)
@@ -175,23 +199,16 @@ async def convert(
     return _answer(result, result.summary(), _headers(result), options.report)
 
 
-@router.post("/enhance", response_class=Response, responses={200: {"content": {"image/*": {}}}})
-async def enhance(
-    request: Request,
-    auto: Annotated[QueryBool, Query(description=HELP["auto"])] = None,
-    ops: Annotated[str | None, Query(description="Comma-separated operations (GET /v1/enhance/options).")] = None,
-    brightness: Annotated[QueryFloat, Query(description="0.1-3.0; 1 leaves it as it is.")] = None,
-    contrast: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
-    saturation: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
-    sharpness: Annotated[QueryFloat, Query(description="0.1-3.0.")] = None,
-    query: dict[str, Any] = Depends(conversion_query),
-    report: Annotated[str | None, Query(description="image (default) or json.")] = None,
-    operations: ImageOperations = Depends(get_operations),
-) -> Response:  # fmt: skip
+@router.post(
+    "/enhance",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+    openapi_extra=ENHANCE_QUERY.openapi,
+)
+async def enhance(request: Request, query: Annotated[EnhanceQuery, Depends(ENHANCE_QUERY)]) -> Response:
     """Enhance one image, automatically (from its quality tags) or by hand; the quality score before and after."""
-    factors = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "sharpness": sharpness}
-    enhance_raw = {"auto": auto, "ops": ops, **factors, "report": report}
-    given = {**{k: v for k, v in enhance_raw.items() if not not_given(v)}, **query}
+    operations: ImageOperations = request.app.state.image_operations
+    given = given_options(request, query)
     OperationOptions.parse(given, enhancing=True)  # reject bad options before reading the body
     data, raw = await _one_image(request, given)
     options = OperationOptions.parse(raw, enhancing=True)
