@@ -42,6 +42,8 @@ QueryBool = Annotated[str | None, _documented_as("boolean")]
 
 
 async def get_service(request: Request) -> InferenceService:
+    """The replica's service. The per-image routes (`serving.http.image_routes`, `operation_routes`) read
+    `request.app.state` themselves: each dependency is one more solve on every request."""
     return request.app.state.service
 
 

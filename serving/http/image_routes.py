@@ -131,8 +131,9 @@ async def classify(request: Request, query: Annotated[ClassifyQuery, Depends(CLA
 async def analyze(request: Request, query: Annotated[AnalyzeQuery, Depends(ANALYZE_QUERY)]) -> AnalyzeResponse:
     service: InferenceService = request.app.state.service
     request.state.model = query.model or service.default_model
-    check_fields = lambda options: service.analysis_fields(options.fields)  # noqa: E731
-    images, options = await _images_and_options(request, query, service, check_fields)
+    images, options = await _images_and_options(
+        request, query, service, check=lambda options: service.analysis_fields(options.fields)
+    )
     request.state.model = options.model or service.default_model
     results = await service.analyze(images, options)
     return AnalyzeResponse(results=[AnalysisResult.model_validate(r.to_dict()) for r in results])
