@@ -128,14 +128,17 @@ def given_options(request: Request, query: BaseModel) -> dict[str, Any]:
     return {**given, **undeclared_query(request)}
 
 
-async def _one_image(request: Request, query: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The one image of the request and its options: query parameters, overridden by a JSON body's `options` (an
-    empty one, "" or null, is not given: the query's value of it stands)."""
+async def _image_and_options(request: Request, query: BaseModel, enhancing: bool) -> tuple[bytes, OperationOptions]:
+    """The one image of the request and its options: query parameters (`given_options`, refused before the body is
+    read when bad), overridden by a JSON body's `options` (an empty one, "" or null, is not given: the query's value
+    of it stands)."""
+    given = given_options(request, query)
+    OperationOptions.parse(given, enhancing)
     images, body_options = await read_images(request, 1)
     if len(images) != 1:
         raise BadRequestError(f"{len(images)} images sent: image operations take exactly one (use /v1/batch for many)")
-    overrides = {name: value for name, value in body_options.items() if not (not_given(value) and name in query)}
-    return images[0], {**query, **overrides}
+    overrides = {name: value for name, value in body_options.items() if not (not_given(value) and name in given)}
+    return images[0], OperationOptions.parse({**given, **overrides}, enhancing)
 
 
 def _headers(result: ConvertResult) -> dict[str, str]:
@@ -191,10 +194,7 @@ def _answer(result: ConvertResult, summary: dict[str, Any], headers: dict[str, s
 async def convert(request: Request, query: Annotated[ConvertQuery, Depends(CONVERT_QUERY)]) -> Response:
     """Convert one image: format, quality, resize, orientation, colour profile, metadata."""
     operations: ImageOperations = request.app.state.image_operations
-    given = given_options(request, query)
-    OperationOptions.parse(given, enhancing=False)  # reject bad options before reading the body
-    data, raw = await _one_image(request, given)
-    options = OperationOptions.parse(raw, enhancing=False)
+    data, options = await _image_and_options(request, query, enhancing=False)
     result = await operations.convert(data, options.convert)
     return _answer(result, result.summary(), _headers(result), options.report)
 
@@ -208,10 +208,7 @@ async def convert(request: Request, query: Annotated[ConvertQuery, Depends(CONVE
 async def enhance(request: Request, query: Annotated[EnhanceQuery, Depends(ENHANCE_QUERY)]) -> Response:
     """Enhance one image, automatically (from its quality tags) or by hand; the quality score before and after."""
     operations: ImageOperations = request.app.state.image_operations
-    given = given_options(request, query)
-    OperationOptions.parse(given, enhancing=True)  # reject bad options before reading the body
-    data, raw = await _one_image(request, given)
-    options = OperationOptions.parse(raw, enhancing=True)
+    data, options = await _image_and_options(request, query, enhancing=True)
     assert options.enhance is not None
     outcome = await operations.enhance(data, options.enhance, options.convert)
     summary = outcome.summary()
