@@ -4,7 +4,6 @@ The INT8 ceiling is the one imgserve's figures are to be read against: a ceiling
 of a server that runs the INT8 one (until 2026-12-06 only the float ceiling was measured, and notes compared
 imgserve's INT8 figures with it)."""
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +117,7 @@ def measure_limits(
     `parallel_int8`)."""
     from pipelines.decode import decode_image
     from serving.config.model_config import load_model_config
+    from serving.cpus import usable_cpus
 
     config = load_model_config(PROJECT_ROOT / "models" / MODEL_NAME / "config.yaml")
     spec = config.preprocess_spec()
@@ -125,7 +125,7 @@ def measure_limits(
     web = mixes.get("web") or next(iter(mixes.values()))
     tensors = np.stack([decode_image(b, spec).tensor for b in web.images[:tensors_from]])
     model = model_summary(model_limits(tensors, model_path, seconds))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()  # the cores the servers' thread pools are sized to (cgroup quota included)
     combined, parallel = ceilings(decode, model["images_per_s"], cores)
     limits: dict[str, Any] = {
         "model": model,
