@@ -90,7 +90,11 @@ class AppArgs(BaseModel):
         default="all", description="Models to deploy; 'all' = every servable one."
     )
     default_model: str = Field(default="mobilenet_v2_imagenet", description="Model used when a request names none.")
-    decoder: Literal["pillow", "opencv"] = Field(default="pillow", description="CPU decoder of the decode stage.")
+    decoder: Literal["pillow", "opencv"] = Field(
+        default="pillow",
+        description="CPU decoder of the decode stage; 'opencv' reads each JPEG twice (a check pass: OpenCV does not "
+        "report damaged data), slower than the default.",
+    )
     reduced_decode: bool = Field(default=True, description="Decode JPEG at 1/2..1/8 scale when the model input allows.")
     batching: dict[str, Any] | None = Field(
         default=None,
