@@ -133,12 +133,12 @@ async def _image_and_options(request: Request, query: BaseModel, enhancing: bool
     read when bad), overridden by a JSON body's `options` (an empty one, "" or null, is not given: the query's value
     of it stands)."""
     given = given_options(request, query)
-    OperationOptions.parse(given, enhancing)
+    options = OperationOptions.parse(given, enhancing)
     images, body_options = await read_images(request, 1)
     if len(images) != 1:
         raise BadRequestError(f"{len(images)} images sent: image operations take exactly one (use /v1/batch for many)")
     overrides = {name: value for name, value in body_options.items() if not (not_given(value) and name in given)}
-    return images[0], OperationOptions.parse({**given, **overrides}, enhancing)
+    return images[0], OperationOptions.parse({**given, **overrides}, enhancing) if overrides else options
 
 
 def _headers(result: ConvertResult) -> dict[str, str]:
