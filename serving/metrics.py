@@ -9,6 +9,7 @@ import re
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 # 1 ms .. 10 s, roughly x2 per bucket, with extra resolution where single-image latency sits.
 LATENCY_BUCKETS = (
@@ -98,6 +99,37 @@ MODEL_INFO = Gauge(
     multiprocess_mode="livesum",
 )
 
+# Triton's statistics extension (`GET /v2/models/stats`, gRPC ModelStatistics: serving.model_statistics) is read
+# from these, so it sums every replica of the node as /metrics does; per version and per batch size, as Triton's.
+MODEL_EXECUTIONS = Counter(
+    "imgserve_model_executions_total",
+    "Model batches that ran to the end, by model, version and batch size.",
+    ["model", "version", "batch_size"],
+)
+MODEL_EXECUTION_SECONDS = Counter(
+    "imgserve_model_execution_seconds_total",
+    "Time those batches took by phase: compute_input (the items' tensors made one batch), compute_infer (the "
+    "backend's run), compute_output (its outputs split per item).",
+    ["model", "version", "batch_size", "phase"],
+)
+MODEL_INFERENCES = Counter(
+    "imgserve_model_inferences_total",
+    "Items (one image's tensor each) a model's batches finished, by outcome (success, fail: the batch raised).",
+    ["model", "version", "outcome"],
+)
+MODEL_INFERENCE_SECONDS = Counter(
+    "imgserve_model_inference_seconds_total",
+    "Summed over those items: the wait for a batch (queue), and queueing to the batch's end by outcome (success, "
+    "fail).",
+    ["model", "version", "phase"],
+)
+MODEL_LAST_INFERENCE = Gauge(
+    "imgserve_model_last_inference_timestamp_seconds",
+    "When a batch of the model last ended (Unix time).",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
+
 MODEL_VERSION_REQUESTS = Counter(
     "imgserve_model_version_requests_total",
     "Inference requests by the model version that answered them (a canary split shows here).",
@@ -169,8 +201,8 @@ def forget_dead_processes(directory: str) -> None:
             multiprocess.mark_process_dead(int(match.group(1)), directory)
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """Exposition text for `/metrics`: every process's metrics in multiprocess mode, else this process's."""
+def _registry() -> Collector:
+    """Every process's metrics in multiprocess mode (imgserve's families only), else this process's."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
         from prometheus_client import multiprocess
@@ -178,10 +210,20 @@ def render_metrics() -> tuple[bytes, str]:
         forget_dead_processes(directory)
         registry = CollectorRegistry()
         registry.register(_OnlyImgserve(multiprocess.MultiProcessCollector(None, path=directory)))
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return registry
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return REGISTRY
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """Exposition text for `/metrics`."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
+
+
+def metric_samples(names: frozenset[str]) -> list[Sample]:
+    """The samples of the families named (as `/metrics` sums them), for figures the server answers from them."""
+    return [sample for family in _registry().collect() if family.name in names for sample in family.samples]
 
 
 AUDIT_DROPPED = Counter(

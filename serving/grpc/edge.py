@@ -15,7 +15,7 @@ from serving.errors import ErrorInfo, classify_error, internal_detail, retry_aft
 from serving.metrics import ERRORS, INFLIGHT, REQUEST_LATENCY, REQUESTS, model_label
 from serving.security.authenticator import MAX_AUTHORIZATION
 from serving.security.gate import replica_gate
-from serving.security.principal import grpc_role
+from serving.security.principal import SERVER_WIDE_GRPC_METHODS, grpc_role
 
 logger = logging.getLogger("imgserve.grpc")
 
@@ -89,6 +89,7 @@ async def admit(endpoint: str, context: Any, rate: bool = True) -> None:
         grpc_role(endpoint),
         endpoint,
         rate,
+        server_wide=endpoint in SERVER_WIDE_GRPC_METHODS,
     )
 
 

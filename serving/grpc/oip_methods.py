@@ -3,6 +3,8 @@
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.protobuf import json_format
+
 from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream, peer_address
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
@@ -17,6 +19,7 @@ from serving.model_status import repository_index
 from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
 from serving.oip.model_config import model_config
+from serving.oip.statistics import statistics
 from serving.security.audit import AuditEntry
 from serving.security.gate import current_client, current_principal, replica_gate
 from serving.service import InferenceService
@@ -96,6 +99,15 @@ class OipGrpcMethods:
 
         async for response in ordered_map(requests, one):
             yield response
+
+    async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """Triton's statistics: what `GET /v2/models[/{name}[/versions/{version}]]/stats` answers."""
+
+        async def call() -> Any:
+            figures = await statistics(self.service, request.name, request.version)
+            return json_format.ParseDict(figures, pb.ModelStatisticsResponse())
+
+        return await answer("ModelStatistics", request.name, grpc_context, call, pb.ModelStatisticsResponse)
 
     async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:

@@ -16,7 +16,7 @@ from serving.metrics import ERRORS
 from serving.security.authenticator import MAX_AUTHORIZATION
 from serving.security.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
 from serving.security.gate import SecurityGate
-from serving.security.principal import SERVER_WIDE_PATHS, http_role
+from serving.security.principal import http_role, is_server_wide
 
 WS_POLICY_VIOLATION = 1008  # RFC 6455 close code for a refused WebSocket
 
@@ -51,7 +51,7 @@ class AuthMiddleware:
                 client_address(scope),
                 role,
                 path[:128],
-                server_wide=path in SERVER_WIDE_PATHS,
+                server_wide=is_server_wide(path),
             )
         except (UnauthenticatedError, PermissionDeniedError, RateLimitedError) as error:
             ERRORS.labels(route_template(scope), error.kind).inc()  # every error, as the routes count theirs

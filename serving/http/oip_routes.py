@@ -15,6 +15,7 @@ from serving.http.dependencies import get_service
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
 from serving.oip.model_config import model_config as oip_model_config
+from serving.oip.statistics import statistics as oip_statistics
 from serving.oip.tensors import (
     array_from_json,
     array_from_raw,
@@ -71,6 +72,23 @@ VERSIONED = {
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("model", "version")
     ]
 }
+
+
+@router.get("/models/stats")  # before /models/{model}, which would take "stats" for a model's name
+async def all_model_statistics(service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+    """Triton's statistics extension (tritonclient's `get_inference_statistics`) for every loaded model version:
+    items and batches run, time queued and computing, per batch size, summed over the node's replicas.
+    Server-wide figures (every tenant's traffic): with auth on, an operator key of the server's own tenant."""
+    return await oip_statistics(service)
+
+
+@router.get("/models/{model}/stats")
+@router.get("/models/{model}/versions/{version}/stats", openapi_extra=VERSIONED)
+async def model_statistics(
+    model: str, version: str | None = None, service: InferenceService = Depends(get_service)
+) -> dict[str, Any]:
+    """The statistics of one model's loaded versions, or of one version."""
+    return await oip_statistics(service, model, version or "")
 
 
 @router.get("/models/{model}")

@@ -1,5 +1,6 @@
 """Protocol-neutral Open Inference Protocol operations: metadata and infer, for HTTP and gRPC alike."""
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -7,12 +8,14 @@ import numpy as np
 
 from serving import __version__
 from serving.errors import InvalidTensorError, ServiceError
+from serving.model_statistics import record_batch, record_failed_batch
 from serving.oip.tensors import OIP_TO_NUMPY, integer_parameter, oip_datatype
 from serving.postprocess import top_k
 from serving.requests import ImageOptions
 from serving.service import IMAGE_MODEL_NAME, InferenceService
 
-SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+SERVER_EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
+IMAGE_MODEL_VERSION = "1"
 IMAGE_INPUT = "IMAGE"
 IMAGE_OUTPUTS = {"LABELS": "BYTES", "SCORES": "FP32", "INDICES": "INT64"}
 DEFAULT_TOP_K = 5
@@ -88,7 +91,7 @@ async def model_metadata(service: InferenceService, name: str, version: str | No
         entry = service.served_entry(None)
         return {
             "name": IMAGE_MODEL_NAME,
-            "versions": ["1"],
+            "versions": [IMAGE_MODEL_VERSION],
             "platform": "imgserve_image",
             "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": n, "datatype": t, "shape": [-1, -1]} for n, t in IMAGE_OUTPUTS.items()],
@@ -139,7 +142,15 @@ async def _infer_images(service: InferenceService, request: InferRequest) -> dic
     if model is not None and not isinstance(model, str):
         raise InvalidTensorError(f"parameter 'model' must be a string, got {model!r}")
     threshold = request.parameters.get("confidence_threshold")
-    results = await service.classify(images, ImageOptions.parse(model=model, top_k=k, confidence_threshold=threshold))
+    options = ImageOptions.parse(model=model, top_k=k, confidence_threshold=threshold)
+    start = time.perf_counter()  # the image-level model's statistics: the request is its batch, all of it compute
+    try:
+        results = await service.classify(images, options)
+    except Exception:
+        record_failed_batch(IMAGE_MODEL_NAME, IMAGE_MODEL_VERSION, [start] * len(images), start, time.perf_counter())
+        raise
+    end = time.perf_counter()
+    record_batch(IMAGE_MODEL_NAME, IMAGE_MODEL_VERSION, [start] * len(images), (start, start, end, end))
     width = max(max(len(r.predictions) for r in results), 1)
     labels = np.full((len(results), width), b"", dtype=np.object_)
     scores = np.zeros((len(results), width), dtype=np.float32)
@@ -176,7 +187,7 @@ async def infer(service: InferenceService, request: InferRequest) -> InferRespon
         raise InvalidTensorError("request has no inputs")
     _check_requested_outputs(request.outputs)
     if request.model == IMAGE_MODEL_NAME:
-        outputs, version, labels, spec_by_name = await _infer_images(service, request), "1", (), {}
+        outputs, version, labels, spec_by_name = await _infer_images(service, request), IMAGE_MODEL_VERSION, (), {}
     else:
         entry = service.routed_entry(request.model, request.version)
         expected = entry.config.input

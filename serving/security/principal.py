@@ -66,6 +66,17 @@ ANONYMOUS = Principal(key_id=None, tenant=DEFAULT_TENANT, role="admin", source="
 # Server-wide figures (label values name every tenant, model and route): only for the server's own staff
 # (`Principal.reads_all_tenants`); another tenant's operator is a customer's and gets 403.
 SERVER_WIDE_PATHS = frozenset({"/metrics", "/v1/status"})
+SERVER_WIDE_GRPC_METHODS = frozenset({"ModelStatistics"})
+
+
+def is_statistics_path(path: str) -> bool:
+    """Triton's statistics routes: /v2/models/stats, /v2/models/{m}/stats, /v2/models/{m}/versions/{v}/stats."""
+    return path.startswith("/v2/models/") and path.endswith("/stats")
+
+
+def is_server_wide(path: str) -> bool:
+    return path in SERVER_WIDE_PATHS or is_statistics_path(path)
+
 
 # Liveness/readiness probes: answered without credentials (Kubernetes and load balancers cannot send keys).
 OPEN_HTTP_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -77,6 +88,7 @@ GRPC_ROLES: dict[str, Role] = {
     "ModelConfig": "viewer",
     "ModelReady": "viewer",
     "RepositoryIndex": "viewer",
+    "ModelStatistics": "operator",  # server-wide, as GET /v2/models/stats
     "ListModels": "viewer",
     "ModelInfer": "analyst",
     "ModelStreamInfer": "analyst",
@@ -125,6 +137,8 @@ def http_role(method: str, path: str) -> Role | None:
     method = "GET" if method == "HEAD" else method
     if method == "GET" and (path in ("/ui", "/docs") or path.startswith("/ui/")):
         return None
+    if method == "GET" and is_statistics_path(path):  # every tenant's traffic, as /metrics (not a viewer's /v2 GET)
+        return "operator"
     for methods, pattern, exact, role in _HTTP_RULES:
         if method in methods and (path == pattern if exact else path.startswith(pattern)):
             return role

@@ -68,6 +68,7 @@ HTTP_ROUTES = [
     ("GET", f"/v2/models/{MODEL}"),
     ("GET", f"/v2/models/{MODEL}/ready"),
     ("GET", f"/v2/models/{MODEL}/config"),
+    ("GET", "/v2/models/stats"),
     ("GET", "/v2/repository/index"),
     ("POST", f"/v2/models/{MODEL}/infer"),
     ("GET", "/openapi.json"),
@@ -107,6 +108,7 @@ def test_no_key_is_unauthenticated_on_every_grpc_method(secure: dict[str, Any]) 
             "ModelConfig": lambda: infer.ModelConfig(oip.ModelConfigRequest(name=MODEL)),
             "ModelReady": lambda: infer.ModelReady(oip.ModelReadyRequest(name=MODEL)),
             "RepositoryIndex": lambda: infer.RepositoryIndex(oip.RepositoryIndexRequest()),
+            "ModelStatistics": lambda: infer.ModelStatistics(oip.ModelStatisticsRequest(name=MODEL)),
             "RepositoryModelLoad": lambda: infer.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL)),
             "ModelInfer": lambda: infer.ModelInfer(oip.ModelInferRequest(model_name=MODEL)),
             "ModelStreamInfer": lambda: list(infer.ModelStreamInfer(iter([oip.ModelInferRequest(model_name=MODEL)]))),
@@ -168,10 +170,19 @@ def test_viewer_cannot_submit_and_analyst_can(secure: dict[str, Any]) -> None:
     ok = http.post("/v1/classify", content=image(), headers=bearer(secure, "a_analyst"))
     assert ok.status_code == 200 and ok.json()["results"][0]["predictions"][0]["label"].startswith("streetcar")
     assert http.get("/metrics", headers=bearer(secure, "a_analyst")).status_code == 403
-    for path in ("/metrics", "/v1/status"):  # server-wide: not for a customer's operator (tenant ops)
+    for path in ("/metrics", "/v1/status", "/v2/models/stats"):  # server-wide: not for a customer's operator
         refused = http.get(path, headers=bearer(secure, "operator"))
         assert refused.status_code == 403 and "server-wide" in refused.json()["error"], refused.text
         assert http.get(path, headers=bearer(secure, "d_admin")).status_code == 200
+    with grpc.insecure_channel(secure["server"].grpc_target) as channel:  # gRPC's statistics: server-wide too
+        infer = oip_grpc.GRPCInferenceServiceStub(channel)
+        customer = [("authorization", f"Bearer {secure['keys']['operator']}")]
+        with pytest.raises(grpc.RpcError) as refused:
+            infer.ModelStatistics(oip.ModelStatisticsRequest(name=MODEL), metadata=customer)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "server-wide" in refused.value.details()
+        own = [("authorization", f"Bearer {secure['keys']['d_admin']}")]
+        answered = infer.ModelStatistics(oip.ModelStatisticsRequest(name=MODEL), metadata=own)
+        assert [row.name for row in answered.model_stats] == [MODEL]
 
 
 def test_rate_limit_holds_and_other_tenants_are_unaffected(secure: dict[str, Any]) -> None:

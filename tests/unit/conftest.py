@@ -5,12 +5,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipelines.preprocess import PreprocessSpec
 from serving.config.model_config import ModelConfig, load_model_config
 from tests.paths import DATA, PROJECT_ROOT, require
+from tests.unit.tiny_server import TinyServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,3 +74,24 @@ def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ray_folder_base: Pat
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyServer]:
+    """The tiny models behind both direct listeners, in a process of its own (tests/unit/tiny_server.py)."""
+    running = TinyServer(tmp_path_factory.mktemp("tiny"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_clients(tiny_server: TinyServer) -> tuple[Any, Any]:
+    """tritonclient's gRPC and HTTP clients of `tiny_server`."""
+    triton_grpc = pytest.importorskip("tritonclient.grpc")
+    triton_http = pytest.importorskip("tritonclient.http")
+    return (
+        triton_grpc.InferenceServerClient(tiny_server.grpc_url),
+        triton_http.InferenceServerClient(tiny_server.http_url),
+    )

@@ -80,11 +80,11 @@ def test_two_authorization_headers_are_refused_whichever_comes_first(engine: sa.
 
 
 def test_server_wide_figures_are_the_servers_own_operators_only(engine: sa.Engine) -> None:
-    """/metrics and /v1/status name every tenant (label values, deployments): a customer's operator or admin key
-    (another tenant's) is refused them with the reason; the server's own (tenant default) reads them."""
+    """/metrics, /v1/status and Triton's statistics name every tenant or count their traffic: a customer's operator
+    or admin key (another tenant's) is refused them with the reason; the server's own (tenant default) reads them."""
     keys = KeyStore(engine)
     app = AuthMiddleware(_inner, _gate(engine))
-    for path in ("/metrics", "/v1/status"):
+    for path in ("/metrics", "/v1/status", "/v2/models/stats", "/v2/models/m/versions/1/stats"):
         for role, tenant, status in (
             ("analyst", "default", 403),
             ("operator", "acme", 403),

@@ -85,6 +85,7 @@ ROUTES = [
     ("GET", "/metrics"),
     ("GET", "/v2"),
     ("GET", "/v2/models/tiny"),
+    ("GET", "/v2/models/stats"),
     ("POST", "/v2/models/tiny/infer"),
     ("GET", "/openapi.json"),
     ("GET", "/no/such/route"),

@@ -19,7 +19,7 @@ from serving.security.authenticator import Authenticator
 from serving.security.errors import QuotaExceededError, RateLimitedError, UnauthenticatedError
 from serving.security.keys import KeyStore, parse_key
 from serving.security.limits import RateLimiter, UsageMeter
-from serving.security.principal import Principal, grpc_role, http_role
+from serving.security.principal import SERVER_WIDE_GRPC_METHODS, Principal, grpc_role, http_role, is_server_wide
 from serving.security.settings import SecuritySettings, is_loopback_host
 
 pytestmark = pytest.mark.unit
@@ -69,6 +69,10 @@ def test_route_policy_is_closed_by_default() -> None:
     # Triton's model configuration: what GET /v2/models/{m}/config needs (gRPC's ModelConfig was admin-only)
     assert http_role("GET", "/v2/models/m/config") == grpc_role("ModelConfig") == "viewer"
     assert http_role("POST", "/v2/repository/models/m/load") == "admin"
+    # Triton's statistics: every tenant's traffic, so the server's operators only (server-wide, as /metrics)
+    for path in ("/v2/models/stats", "/v2/models/m/stats", "/v2/models/m/versions/2/stats"):
+        assert http_role("GET", path) == grpc_role("ModelStatistics") == "operator" and is_server_wide(path), path
+    assert "ModelStatistics" in SERVER_WIDE_GRPC_METHODS and not is_server_wide("/v2/models/m/config")
 
 
 def _ec_keys(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:

@@ -48,7 +48,13 @@ class RefusingGate:
         self.error, self.messages = error, 0
 
     async def admit(
-        self, authorization: str | None, client: str | None, role: Any, endpoint: str, rate: bool = True
+        self,
+        authorization: str | None,
+        client: str | None,
+        role: Any,
+        endpoint: str,
+        rate: bool = True,
+        server_wide: bool = False,
     ) -> None:
         if not rate:  # the stream opening
             return
