@@ -29,6 +29,7 @@ HTTP_CODES = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     408: "DEADLINE_EXCEEDED",
+    409: "FAILED_PRECONDITION",  # a conflict with the state (a served version, a finished job): the server's code
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
     422: "INVALID_ARGUMENT",

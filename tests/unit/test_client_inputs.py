@@ -94,6 +94,7 @@ def _failing(status: int, body: dict | str, calls: list[httpx.Request]) -> httpx
         (400, "invalid_image", "INVALID_ARGUMENT"),
         (415, "unsupported_format", "INVALID_ARGUMENT"),
         (404, "unknown_model", "NOT_FOUND"),
+        (409, "version_in_use", "FAILED_PRECONDITION"),  # the server's gRPC code for the same error
         (413, "too_large", "RESOURCE_EXHAUSTED"),
         (503, "overloaded", "RESOURCE_EXHAUSTED"),
         (503, "model_unavailable", "UNAVAILABLE"),
