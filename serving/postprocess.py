@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.config.model_config import OutputSpec
+from serving.float32 import float32_score
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,10 @@ def scores_from_output(values: np.ndarray, spec: OutputSpec) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:
-    """The k highest scores, best first; ties keep the lower index first."""
+    """The k highest scores, best first; ties keep the lower index first. Scores at float32 precision."""
     k = max(1, min(k, scores.shape[-1]))
     order = np.argsort(-scores, kind="stable")[:k]
     return [
-        Prediction(label=labels[i] if i < len(labels) else str(i), index=int(i), score=float(scores[i])) for i in order
+        Prediction(label=labels[i] if i < len(labels) else str(i), index=int(i), score=float32_score(scores[i]))
+        for i in order
     ]

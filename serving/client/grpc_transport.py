@@ -24,6 +24,7 @@ from serving.client.types import (
     Prediction,
     StreamResult,
 )
+from serving.float32 import float32_score
 from serving.grpc.stubs import load
 
 pb = load("image_service_pb2")
@@ -90,7 +91,8 @@ def library_kind(code: str, details: str) -> str:
 
 
 def classification_from_proto(message: Any) -> Classification:
-    predictions = tuple(Prediction(p.label, p.index, p.score) for p in message.predictions)
+    # proto `float` is float32: the shortest decimal, as the HTTP answer gives it (0.917, not 0.9170000553131104)
+    predictions = tuple(Prediction(p.label, p.index, float32_score(p.score)) for p in message.predictions)
     return Classification(message.model, predictions, message.timing_ms, message.model_version)
 
 

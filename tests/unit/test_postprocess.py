@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from serving.config.model_config import OutputSpec
+from serving.float32 import float32_score
 from serving.postprocess import Prediction, scores_from_output, top_k
 
 pytestmark = pytest.mark.unit
@@ -61,3 +62,23 @@ def test_probabilities_pass_through_unchanged() -> None:
     np.testing.assert_array_equal(scores, row.reshape(-1).astype(np.float64))
     raw = OutputSpec(name="raw", shape=[5])
     np.testing.assert_array_equal(scores_from_output(row, raw), scores)
+
+
+def test_scores_are_answered_at_the_models_float32_precision() -> None:
+    """A float32 probability comes back as its shortest decimal (0.917, not 0.9170000553131104), which reads back as
+    the same float32; a softmax of float32 logits (computed in float64) is rounded to the same precision."""
+    row = np.array([0.917, 0.075, 0.008], dtype=np.float32)
+    predictions = top_k(scores_from_output(row, PROBS), ("a", "b", "c"), 3)
+    assert [p.score for p in predictions] == [0.917, 0.075, 0.008]
+    assert [repr(p.score) for p in predictions] == ["0.917", "0.075", "0.008"]
+    assert all(np.float32(p.score) == row[p.index] for p in predictions)
+    softmax = scores_from_output(np.array([1.0, 2.0, 3.0, 0.0, -1.0], dtype=np.float32), LOGITS)
+    for prediction in top_k(softmax, LABELS, 5):
+        assert prediction.score == pytest.approx(softmax[prediction.index], rel=1e-7)
+        assert len(repr(prediction.score)) <= 12  # at most 9 significant digits (float32's round trip), not 17
+    assert float32_score(1e-40) > 0 and float32_score(0.0) == 0.0  # a subnormal float32 stays a number
+    rng = np.random.default_rng(7)
+    for value in rng.random(2000, dtype=np.float32):  # shortest, and reads back as the same float32
+        shortest = float32_score(float(value))
+        assert np.float32(shortest) == value and repr(shortest) == str(value), (value, shortest)
+    assert float32_score(1e39) == 1e39 and float32_score(float("inf")) == float("inf")
