@@ -385,5 +385,5 @@ def _classification(entry: ModelEntry, outputs: StageOutputs, options: ImageOpti
     if outputs.decode_ms is not None:
         stage_ms = {"decode": round(outputs.decode_ms, 3), **stage_ms}
     record_stages(stage_ms)
-    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    elapsed_ms = round((time.perf_counter() - start) * 1000.0, 3)  # microseconds, as stage_ms
     return Classification(entry.name, predictions, elapsed_ms, stage_ms, entry.version)
