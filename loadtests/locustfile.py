@@ -12,9 +12,11 @@ Users (class weight: how many of each kind locust spawns):
 - `GrpcImageUser` (1): imgserve.v1.ImageService Classify (3) and Analyze (1) on the stubs generated from
   protos/image_service.proto, reported to locust as request type "grpc".
 
-Images are real photos (`loadtests.images`). SLA: when the run ends, the process exits 1 if the overall p99
-exceeds SLO_MS (default 1000) or more than MAX_FAIL_RATIO (default 0.001 = 0.1 %) of requests failed (or none
-were made). Environment:
+Images are real photos (`loadtests.images`). At the end the classifier's server-side figures of the run are
+logged from Triton's statistics (`loadtests.server_stats`: images, batches, mean batch size, and per image the time
+queued and computing; with auth required only for an operator key of tenant `default`). SLA: when the run ends,
+the process exits 1 if the overall p99 exceeds SLO_MS (default 1000) or more than MAX_FAIL_RATIO (default 0.001 =
+0.1 %) of requests failed (or none were made). Environment:
 
     SLO_MS=1000  MAX_FAIL_RATIO=0.001
     LOADTEST_MIX=web|camera|mixed (default web; mixed = web with CAMERA_SHARE=0.1 of requests camera photos)
@@ -50,6 +52,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # locust puts only this file's folder on sys.path
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from loadtests import server_stats  # noqa: E402
 from loadtests.images import load_mix  # noqa: E402
 from serving.client.auth import auth_headers, auth_metadata, resolve_api_key  # noqa: E402
 
@@ -119,6 +122,31 @@ def oip_body(image: bytes) -> tuple[bytes, str]:
 @events.init.add_listener
 def _load_images(environment: Environment, **_: object) -> None:
     PHOTOS.load()
+
+
+SERVER_BEFORE: dict[str, object] = {}  # the model's statistics row when the test started
+
+
+@events.test_start.add_listener
+def _server_figures_before(environment: Environment, **_: object) -> None:
+    row, why = server_stats.fetch(environment.host or "", MODEL, auth_headers(API_KEY))
+    SERVER_BEFORE.clear()
+    if row is None:
+        logger.info("server-side figures: not available (%s)", why)
+    else:
+        SERVER_BEFORE.update(row)
+
+
+@events.quitting.add_listener
+def _server_figures(environment: Environment, **_: object) -> None:
+    """perf_analyzer's "Server" section: the model's batches during the test, from Triton's statistics."""
+    if not SERVER_BEFORE:
+        return
+    row, why = server_stats.fetch(environment.host or "", MODEL, auth_headers(API_KEY))
+    if row is None:
+        logger.info("server-side figures: not available at the end (%s)", why)
+        return
+    logger.info("%s", server_stats.describe(MODEL, server_stats.breakdown(SERVER_BEFORE, row)))
 
 
 @events.test_start.add_listener
