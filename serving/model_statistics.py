@@ -19,7 +19,8 @@ Counters start at zero with the server (a restart starts them again, as Triton's
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,20 +46,30 @@ FAMILIES = frozenset(
 )
 
 
-def record_batch(model: str, version: str, enqueued: Sequence[float], marks: Sequence[float]) -> None:
-    """A batch of `len(enqueued)` items (queued at those perf_counter times) that ran: `marks` are the perf_counter
-    times it started, had its input, had run, and ended (four)."""
-    start, stacked, inferred, end = marks
+@contextmanager
+def recorded_batch(model: str, version: str, enqueued: Sequence[float], start: float) -> Iterator[Callable[[], float]]:
+    """Records the batch run inside it, started at `start`, of `len(enqueued)` items queued at those perf_counter
+    times. It yields `mark`, called at the end of each phase in turn (input made, backend run, outputs split; it
+    returns the time); a phase left unmarked ends when the block does. A block that raises counts its items as
+    failed inferences (not as an execution)."""
+    marks = [start]
+
+    def mark() -> float:
+        marks.append(time.perf_counter())
+        return marks[-1]
+
+    try:
+        yield mark
+    except Exception:
+        _record_items(model, version, enqueued, start, time.perf_counter(), "fail")
+        raise
+    end = marks[-1] if len(marks) > len(COMPUTE_PHASES) else time.perf_counter()
+    marks += [end] * (len(COMPUTE_PHASES) + 1 - len(marks))
     size = str(len(enqueued))
     MODEL_EXECUTIONS.labels(model, version, size).inc()
-    for phase, seconds in zip(COMPUTE_PHASES, (stacked - start, inferred - stacked, end - inferred), strict=True):
-        MODEL_EXECUTION_SECONDS.labels(model, version, size, phase).inc(max(seconds, 0.0))
+    for phase, began, ended in zip(COMPUTE_PHASES, marks[:-1], marks[1:], strict=True):
+        MODEL_EXECUTION_SECONDS.labels(model, version, size, phase).inc(max(ended - began, 0.0))
     _record_items(model, version, enqueued, start, end, "success")
-
-
-def record_failed_batch(model: str, version: str, enqueued: Sequence[float], start: float, end: float) -> None:
-    """A batch that raised: its items count as failed inferences (not as an execution)."""
-    _record_items(model, version, enqueued, start, end, "fail")
 
 
 def _record_items(model: str, version: str, enqueued: Sequence[float], start: float, end: float, outcome: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from serving import __version__
 from serving.errors import InvalidTensorError, ServiceError
-from serving.model_statistics import record_batch, record_failed_batch
+from serving.model_statistics import recorded_batch
 from serving.oip.tensors import OIP_TO_NUMPY, integer_parameter, oip_datatype
 from serving.postprocess import top_k
 from serving.requests import ImageOptions
@@ -144,13 +144,9 @@ async def _infer_images(service: InferenceService, request: InferRequest) -> dic
     threshold = request.parameters.get("confidence_threshold")
     options = ImageOptions.parse(model=model, top_k=k, confidence_threshold=threshold)
     start = time.perf_counter()  # the image-level model's statistics: the request is its batch, all of it compute
-    try:
+    with recorded_batch(IMAGE_MODEL_NAME, IMAGE_MODEL_VERSION, [start] * len(images), start) as mark:
+        mark()  # no input phase: the pipeline below decodes, batches and runs the classifier
         results = await service.classify(images, options)
-    except Exception:
-        record_failed_batch(IMAGE_MODEL_NAME, IMAGE_MODEL_VERSION, [start] * len(images), start, time.perf_counter())
-        raise
-    end = time.perf_counter()
-    record_batch(IMAGE_MODEL_NAME, IMAGE_MODEL_VERSION, [start] * len(images), (start, start, end, end))
     width = max(max(len(r.predictions) for r in results), 1)
     labels = np.full((len(results), width), b"", dtype=np.object_)
     scores = np.zeros((len(results), width), dtype=np.float32)

@@ -16,7 +16,7 @@ from serving.config.model_config import BatchingConfig
 from serving.config.model_entry import ModelEntry
 from serving.errors import InvalidTensorError
 from serving.metrics import BATCH_FILL, BATCH_QUEUE_DEPTH, BATCH_SIZE, MODEL_INFO, QUEUE_WAIT, STAGE_LATENCY
-from serving.model_statistics import record_batch, record_failed_batch
+from serving.model_statistics import recorded_batch
 from serving.stages.batching import BatchQueue, Queued
 from serving.stages.concurrency import stage_thread
 from serving.stages.pipeline import ModelResult
@@ -101,18 +101,13 @@ class ModelStage:
             QUEUE_WAIT.labels(model).observe(start - item.enqueued)
         BATCH_SIZE.labels(model).observe(len(items))
         BATCH_FILL.labels(model).observe(len(items) / self.batching.max_batch_size)
-        enqueued = [item.enqueued for item in items]
-        try:
+        with recorded_batch(model, self.entry.version, [item.enqueued for item in items], start) as mark:
             batch = np.stack([item.item for item in items])
-            stacked = time.perf_counter()
+            mark()
             outputs = await stage_thread(self.backend.infer, batch)
-            inferred = time.perf_counter()
+            mark()
             rows = split_batch(outputs, len(items))
-        except Exception:
-            record_failed_batch(model, self.entry.version, enqueued, start, time.perf_counter())
-            raise
-        end = time.perf_counter()
-        record_batch(model, self.entry.version, enqueued, (start, stacked, inferred, end))
+            end = mark()
         STAGE_LATENCY.labels("model", model).observe(end - start)
         model_ms = (end - start) * 1000.0
         return [
