@@ -516,6 +516,7 @@ def test_dashboard_covers_the_required_views() -> None:
         "ray_serve_deployment_replica_healthy",
         "ray_serve_deployment_queued_queries",
         "imgserve_stage_latency_seconds",
+        "imgserve_model_inference_seconds_total",  # per model version: a canary beside the served version
         "ray_node_cpu_utilization",
         "ray_node_gpus_utilization",
     ):
