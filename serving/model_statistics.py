@@ -49,8 +49,9 @@ FAMILIES = frozenset(
 @contextmanager
 def recorded_batch(model: str, version: str, enqueued: Sequence[float], start: float) -> Iterator[Callable[[], float]]:
     """Records the batch run inside it, started at `start`, of `len(enqueued)` items queued at those perf_counter
-    times. It yields `mark`, called at the end of each phase in turn (input made, backend run, outputs split; it
-    returns the time); a phase left unmarked ends when the block does. A block that raises counts its items as
+    times. It yields `mark`, called at the end of each phase in turn (input ready, backend run, outputs split; it
+    returns the time; a stage thread may call it while the block awaits it); a phase left unmarked ends when the
+    block does. A block that raises counts its items as
     failed inferences (not as an execution)."""
     marks = [start]
 
