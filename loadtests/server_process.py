@@ -42,17 +42,23 @@ RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 44217, 44227, 52365})
 TEST_PORTS = range(20000, 32000)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, in `TEST_PORTS`, and not one Ray's daemons will take."""
+    """A port free on 127.0.0.1 now, in `TEST_PORTS`, not one Ray's daemons will take, and not one this process was
+    given before: a server's HTTP and gRPC ports are drawn one after the other while neither is bound yet, and the
+    same port twice made `imgserve serve` refuse to start (every test of that server errored, once in a full run)."""
     while True:
         port = random.randrange(TEST_PORTS.start, TEST_PORTS.stop)
-        if port in RAY_DEFAULT_PORTS:
+        if port in RAY_DEFAULT_PORTS or port in _HANDED_OUT:
             continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
         return port
 
 

@@ -801,3 +801,11 @@ def test_the_in_process_loop_keeps_its_callers_busy_and_counts_only_after_the_wa
     assert service.most == 3 and set(service.seen) == {b"a", b"b", b"c"}
     # ~100 calls a second per caller: the measured part alone, not the warm-up's calls too
     assert 150 < figures["images_per_s"] < 330 and figures["images_per_s"] * 0.3 < 0.7 * len(service.seen)
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's HTTP and gRPC ports are drawn one after the other before either is bound: the same draw twice made
+    `imgserve serve` refuse to start ("HTTP and gRPC both on port ..."), and every test of that server errored."""
+    draws = iter([31990, 31990, 31990, 31991])
+    monkeypatch.setattr("loadtests.server_process.random.randrange", lambda start, stop: next(draws))
+    assert free_port() == 31990 and free_port() == 31991
