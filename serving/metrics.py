@@ -108,8 +108,9 @@ MODEL_EXECUTIONS = Counter(
 )
 MODEL_EXECUTION_SECONDS = Counter(
     "imgserve_model_execution_seconds_total",
-    "Time those batches took by phase: compute_input (the items' tensors made one batch), compute_infer (the "
-    "backend's run), compute_output (its outputs split per item).",
+    "Time those batches took by phase: compute_input (the items' tensors made one batch and handed to a stage "
+    "thread), compute_infer (the backend's run, timed in that thread), compute_output (back to the event loop, "
+    "outputs split per item).",
     ["model", "version", "batch_size", "phase"],
 )
 MODEL_INFERENCES = Counter(
