@@ -27,7 +27,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2_grpc
 
 from serving.config.app_args import DirectIngressOptions
-from serving.grpc.malformed import MalformedRequestInterceptor
+from serving.grpc.malformed import SafeParsingInterceptor
 from serving.grpc.stubs import ensure_generated
 from serving.http.header_timeout import header_timeout_protocol
 from serving.port_check import socket_family
@@ -60,7 +60,7 @@ def grpc_server(max_message_bytes: int) -> grpc.aio.Server:
     """The direct gRPC listener's server, before its servicers: port shared by the replicas, message limits, and
     malformed messages refused INVALID_ARGUMENT `bad_request` (serving.grpc.malformed)."""
     return grpc.aio.server(
-        interceptors=[MalformedRequestInterceptor()],
+        interceptors=[SafeParsingInterceptor()],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -12,6 +12,7 @@ from serving.deployments.direct_ingress import DirectListeners
 from serving.deployments.ingress_start import audit_start_without_auth, ingress_gate
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
+from serving.grpc.proxy_services import quiet_stream_statuses
 from serving.http.app import create_http_app
 from serving.http.host_guard import LoopbackHostGuard
 from serving.jobs.service import JobService
@@ -25,12 +26,14 @@ logger = logging.getLogger("imgserve.ingress")
 
 
 class Ingress(OipGrpcMethods, ImageGrpcMethods):
-    """HTTP routes come from the FastAPI app built here; gRPC methods (named as the RPCs) from the two mixins."""
+    """HTTP routes come from the FastAPI app built here; gRPC methods (named as the RPCs) from the two mixins (each
+    guarded: serving.grpc.malformed)."""
 
     async def __init__(self, config: IngressConfig, stages: Any = None, batch_worker: Any = None):
         """`stages`: the graph's stage handles, or None to run every stage in this replica (placement local).
         `batch_worker`: the graph's BatchWorker handle; in the local placement the job loop runs here."""
         settings = config.settings
+        quiet_stream_statuses()
         self.service = build_service(config, stages)
         self.gate = await asyncio.to_thread(ingress_gate, config)
         self.start_audit = audit_start_without_auth(config, self.gate)

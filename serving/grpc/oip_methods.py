@@ -7,7 +7,9 @@ from google.protobuf import json_format
 
 from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream, peer_address
+from serving.grpc.malformed import guarded_methods
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
+from serving.grpc.proxy_services import service
 from serving.model_control import (
     HiddenModelError,
     check_control_parameters,
@@ -26,6 +28,7 @@ from serving.service import InferenceService
 from serving.streaming import ordered_map
 
 
+@guarded_methods(service(pb, "GRPCInferenceService"))
 class OipGrpcMethods:
     service: InferenceService
 

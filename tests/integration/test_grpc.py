@@ -221,6 +221,56 @@ def test_oip_values_out_of_range_are_invalid_argument(channel: grpc.Channel) -> 
     assert _code(lambda: stub.ModelInfer(named)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+NOT_UTF8 = b"\x12\x02\xff\xfe"  # field 2 (a string of ClassifyRequest and AnalyzeStreamRequest) not UTF-8
+TRUNCATED = b"\x0a\x05abc"  # field 1 announces 5 bytes, 3 follow
+
+
+def _refused_as_malformed(call, method: str, kind_expected: bool = True) -> None:  # noqa: ANN001
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, refused.value.details())
+    assert f"not a valid {method} request" in refused.value.details()
+    if kind_expected:
+        assert dict(refused.value.trailing_metadata() or ()).get("imgserve-error-kind") == "bad_request", method
+
+
+def test_malformed_messages_are_invalid_argument_on_every_kind_of_method(
+    target: RunningServer, channel: grpc.Channel
+) -> None:
+    """Bytes that are not a valid message of the method's request type. Behind Ray's proxy (the graph target) a
+    unary message was UNKNOWN "Unexpected <class '...DecodeError'>" and a stream's ended the stream with OK, the
+    messages after it dropped. A stream's refusal carries its kind on the direct listeners only."""
+    direct = "--ray-proxy" not in target.extra_args
+    classify_raw = channel.unary_unary("/imgserve.v1.ImageService/Classify")
+    for message in (NOT_UTF8, TRUNCATED):
+        _refused_as_malformed(lambda: classify_raw(message, timeout=60), "Classify")  # noqa: B023 - called at once
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    _refused_as_malformed(lambda: check(TRUNCATED, timeout=60), "Check")
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    _refused_as_malformed(lambda: channel.unary_unary(infer)(TRUNCATED, timeout=60), "ModelInfer")
+    watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+    _refused_as_malformed(lambda: list(watch(TRUNCATED, timeout=60)), "Watch", direct)
+    model_stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    _refused_as_malformed(lambda: list(model_stream(iter([TRUNCATED]), timeout=60)), "ModelStreamInfer", direct)
+    good = pb.AnalyzeStreamRequest(image=_images()[0], request_id="a", fields=["metadata"]).SerializeToString()
+    analyze = channel.stream_stream(
+        "/imgserve.v1.ImageService/AnalyzeStream", response_deserializer=pb.AnalyzeStreamResponse.FromString
+    )
+    answers: list[str] = []
+
+    def read_stream() -> None:
+        for answer in analyze(iter([good, NOT_UTF8, good]), timeout=60):
+            answers.append(answer.request_id)
+
+    _refused_as_malformed(read_stream, "AnalyzeStream", direct)
+    assert answers in ([], ["a"])  # the stream reads ahead of its answers: the one before may or may not be sent
+    classify = channel.unary_unary(
+        "/imgserve.v1.ImageService/Classify", response_deserializer=pb.ClassifyResponse.FromString
+    )
+    answer = classify(pb.ClassifyRequest(images=[_images()[0]]).SerializeToString(), timeout=60)
+    assert answer.results[0].predictions[0].label.startswith("streetcar")
+
+
 def test_overload_is_resource_exhausted(target: RunningServer, images_stub) -> None:  # noqa: ANN001
     data = _images()[0]
 
