@@ -13,7 +13,7 @@ from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
 from serving.grpc.edge import CallerRefusedError, answer, attempt, client_request_id, end_with_error, open_stream
 from serving.grpc.malformed import guarded_methods
-from serving.grpc.proxy_services import service
+from serving.grpc.proxy_services import service_descriptor
 from serving.grpc.stubs import load
 from serving.image_ops import ImageOperations, OperationOptions
 from serving.metrics import count_images
@@ -82,7 +82,7 @@ def operation_response(data: bytes, content_type: str, report: dict[str, Any], m
     return message
 
 
-@guarded_methods(service(pb, "ImageService"), service(health_pb2, "Health"))
+@guarded_methods(service_descriptor(pb, "ImageService"), service_descriptor(health_pb2, "Health"))
 class ImageGrpcMethods:
     service: InferenceService
     image_operations: ImageOperations

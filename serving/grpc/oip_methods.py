@@ -9,7 +9,7 @@ from serving import __version__
 from serving.grpc.edge import answer, attempt, open_stream, peer_address
 from serving.grpc.malformed import guarded_methods
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
-from serving.grpc.proxy_services import service
+from serving.grpc.proxy_services import service_descriptor
 from serving.model_control import (
     HiddenModelError,
     check_control_parameters,
@@ -28,7 +28,7 @@ from serving.service import InferenceService
 from serving.streaming import ordered_map
 
 
-@guarded_methods(service(pb, "GRPCInferenceService"))
+@guarded_methods(service_descriptor(pb, "GRPCInferenceService"))
 class OipGrpcMethods:
     service: InferenceService
 

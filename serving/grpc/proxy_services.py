@@ -25,7 +25,7 @@ from serving.grpc.parsing import safe_parser
 from serving.grpc.stubs import load
 
 
-def service(module: Any, name: str) -> ServiceDescriptor:
+def service_descriptor(module: Any, name: str) -> ServiceDescriptor:
     """The descriptor of service `name` of a generated module (as each module loads only its own protos: imgserve's
     `inference_pb2` and tritonclient's declare the same symbols and cannot share a process's descriptor pool)."""
     return module.DESCRIPTOR.services_by_name[name]
@@ -63,15 +63,15 @@ def _register(service: ServiceDescriptor, server: Any) -> None:
 
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802 - as generated
-    _register(service(load("inference_pb2"), "GRPCInferenceService"), server)
+    _register(service_descriptor(load("inference_pb2"), "GRPCInferenceService"), server)
 
 
 def add_ImageServiceServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802
-    _register(service(load("image_service_pb2"), "ImageService"), server)
+    _register(service_descriptor(load("image_service_pb2"), "ImageService"), server)
 
 
 def add_HealthServicer_to_server(servicer: Any, server: Any) -> None:  # noqa: N802
-    _register(service(health_pb2, "Health"), server)
+    _register(service_descriptor(health_pb2, "Health"), server)
 
 
 class StreamStatusError(Exception):

@@ -72,7 +72,10 @@ def test_the_proxys_services_parse_without_raising_on_rays_own_server() -> None:
         proxy_services.add_ImageServiceServicer_to_server(None, server)
         proxy_services.add_HealthServicer_to_server(None, server)
         registered = {method for handlers in server.generic_rpc_handlers for method in handlers[0]._method_handlers}
-        services = (proxy_services.service(pb, "ImageService"), proxy_services.service(health_pb2, "Health"))
+        services = (
+            proxy_services.service_descriptor(pb, "ImageService"),
+            proxy_services.service_descriptor(health_pb2, "Health"),
+        )
         assert registered == {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
         assert len(registered) == 8
         port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
@@ -138,7 +141,7 @@ class _DirectContext(_CallContext):
         self.trailing = list(trailing)
 
 
-@guarded_methods(proxy_services.service(pb, "ImageService"))
+@guarded_methods(proxy_services.service_descriptor(pb, "ImageService"))
 class _Servicer:
     """Two methods shaped like the Ingress's: a stream refused when it opens (no answers), and one per message."""
 
