@@ -57,10 +57,12 @@ def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any]
     """The Serve config the cluster runs, checked against Ray's own schema (and for unknown keys, which it drops)."""
     from ray.serve.schema import ServeDeploySchema
 
-    from serving.serve_file import check_keys
+    from serving.serve_file import check_keys, servicer_warnings
 
     merged = merge_config(serve_config, overrides or {})
     check_keys(merged, "serveConfigV2 (the serve config with the cluster overrides)")
+    for warning in servicer_warnings(merged):
+        print(f"warning: {warning}", file=sys.stderr)
     ServeDeploySchema.model_validate(merged)
     return merged
 

@@ -7,8 +7,11 @@
 - `check_start`: on the config `imgserve serve` is about to deploy (its placement applied): a config nobody can
   connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, and a model
   batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`).
+- `servicer_warnings`: a config that keeps Ray's proxy but names the generated gRPC servicer functions (a config
+  copied before 2026-12-07) serves, but its proxy answers a malformed message UNKNOWN and ends a refused stream with
+  OK (serving.grpc.proxy_services); said as a warning, with the functions to name instead.
 
-`imgserve serve` (serving.server) reports each as "imgserve: refusing to start: ..."; the KubeRay renderer
+`imgserve serve` (serving.server) reports each refusal as "imgserve: refusing to start: ..."; the KubeRay renderer
 (serving.deploy_render) refuses to render.
 """
 
@@ -145,6 +148,35 @@ def check_keys(config: Any, source: str) -> None:
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {'; '.join(unknown)}. Ray Serve ignores keys it "
             "does not know, so the setting would be silently dropped: correct or remove it"
         )
+
+
+# What Ray's proxy should register instead of each generated servicer function of imgserve's services.
+PROXY_SERVICERS = {
+    "serving.grpc.generated.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server": (
+        "serving.grpc.proxy_services.add_GRPCInferenceServiceServicer_to_server"
+    ),
+    "serving.grpc.generated.image_service_pb2_grpc.add_ImageServiceServicer_to_server": (
+        "serving.grpc.proxy_services.add_ImageServiceServicer_to_server"
+    ),
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server": (
+        "serving.grpc.proxy_services.add_HealthServicer_to_server"
+    ),
+}
+
+
+def servicer_warnings(config: dict[str, Any]) -> list[str]:
+    """One warning per generated servicer function a config with Ray's proxy names (none without the proxy: the
+    Ingress's own listeners register imgserve's services themselves)."""
+    if config.get("proxy_location") == "Disabled":
+        return []
+    named = (config.get("grpc_options") or {}).get("grpc_servicer_functions") or []
+    return [
+        f"grpc_options.grpc_servicer_functions names {name}: behind Ray's proxy a message that is not a valid "
+        f"protobuf is then UNKNOWN instead of INVALID_ARGUMENT, and a stream refused before its first answer ends "
+        f"with OK. Name {PROXY_SERVICERS[name]} instead"
+        for name in named
+        if name in PROXY_SERVICERS
+    ]
 
 
 def imgserve_apps(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import yaml
 from serving import deploy_render, serve_file
 from serving.cli import main
 from serving.config.app_args import AppArgs, check_batch_waits
-from serving.serve_file import StartRefused, check_keys, check_start
+from serving.serve_file import PROXY_SERVICERS, StartRefused, check_keys, check_start, servicer_warnings
 from serving.server import load_serve_config
 from tests.paths import PROJECT_ROOT
 from tests.unit.conftest import RayStarted
@@ -177,6 +177,24 @@ def test_direct_listeners_without_a_port_are_refused_too(tmp_path: Path) -> None
     )
     with pytest.raises(StartRefused, match="no client could connect"):
         check_start(load_serve_config(path, placement="local"))
+
+
+# ---- gRPC servicer functions for Ray's proxy ----
+
+
+def test_a_config_naming_the_generated_servicers_is_warned_about_behind_rays_proxy_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped config names imgserve's (no warning); one copied before them names the generated functions, which
+    serve but let the proxy answer a malformed message UNKNOWN and end a refused stream OK."""
+    assert not servicer_warnings(load_serve_config(SERVE_CONFIG, placement="graph", ray_proxy=True))
+    old = serve_config(tmp_path, lambda c: c["grpc_options"].update(grpc_servicer_functions=list(PROXY_SERVICERS)))
+    warnings = servicer_warnings(load_serve_config(old, placement="graph", ray_proxy=True))
+    assert len(warnings) == 3 and all("UNKNOWN" in w for w in warnings)
+    assert all(PROXY_SERVICERS[name] in w for name, w in zip(PROXY_SERVICERS, warnings, strict=True))
+    assert not servicer_warnings(load_serve_config(old, placement="local"))  # no proxy: the listeners' own
+    deploy_render.cluster_serve_config(yaml.safe_load(old.read_text()), None)  # KubeRay keeps the proxy
+    assert capsys.readouterr().err.count("warning: grpc_options.grpc_servicer_functions names") == 3
 
 
 # ---- batch wait against the queue budget ----
