@@ -21,6 +21,7 @@ a call as failed, in one line each (`quiet_stream_statuses` keeps the tracebacks
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -28,22 +29,22 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from ray.serve.grpc_util import RayServegRPCContext
 
-from serving.errors import ErrorInfo
+from serving.errors import BadRequestError, ErrorInfo, classify_error
 from serving.grpc.edge import end_with_error, status_details
 from serving.grpc.parsing import MalformedRequest, safe_parser
 from serving.grpc.proxy_services import StreamStatusError
 from serving.metrics import ERRORS, REQUESTS
 
-KIND = "bad_request"
 T = TypeVar("T")
 
 
 def refusal(endpoint: str, request: MalformedRequest) -> ErrorInfo:
-    """The error a malformed message of `endpoint` is refused with, counted in the metrics as it is made."""
-    ERRORS.labels(endpoint, KIND).inc()
-    REQUESTS.labels(endpoint, "grpc", "", "INVALID_ARGUMENT").inc()
-    message = status_details(f"the message is not a valid {endpoint} request: {request.reason}")
-    return ErrorInfo(http_status=400, grpc_code="INVALID_ARGUMENT", kind=KIND, message=message)
+    """The error a malformed message of `endpoint` is refused with (a `BadRequestError`, mapped as every other),
+    counted in the metrics as it is made."""
+    error = classify_error(BadRequestError(f"the message is not a valid {endpoint} request: {request.reason}"))
+    ERRORS.labels(endpoint, error.kind).inc()
+    REQUESTS.labels(endpoint, "grpc", "", error.grpc_code).inc()
+    return replace(error, message=status_details(error.message))
 
 
 class SafeParsingInterceptor(grpc.aio.ServerInterceptor):
