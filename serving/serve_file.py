@@ -150,18 +150,17 @@ def check_keys(config: Any, source: str) -> None:
         )
 
 
-# What Ray's proxy should register instead of each generated servicer function of imgserve's services.
-PROXY_SERVICERS = {
-    "serving.grpc.generated.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server": (
-        "serving.grpc.proxy_services.add_GRPCInferenceServiceServicer_to_server"
-    ),
-    "serving.grpc.generated.image_service_pb2_grpc.add_ImageServiceServicer_to_server": (
-        "serving.grpc.proxy_services.add_ImageServiceServicer_to_server"
-    ),
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server": (
-        "serving.grpc.proxy_services.add_HealthServicer_to_server"
-    ),
-}
+# The generated servicer functions of imgserve's services; Ray's proxy should register the function of the same name in
+# serving.grpc.proxy_services instead (`proxy_servicer`).
+GENERATED_SERVICERS = (
+    "serving.grpc.generated.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "serving.grpc.generated.image_service_pb2_grpc.add_ImageServiceServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+)
+
+
+def proxy_servicer(generated: str) -> str:
+    return "serving.grpc.proxy_services." + generated.rsplit(".", 1)[1]
 
 
 def servicer_warnings(config: dict[str, Any]) -> list[str]:
@@ -173,9 +172,9 @@ def servicer_warnings(config: dict[str, Any]) -> list[str]:
     return [
         f"grpc_options.grpc_servicer_functions names {name}: behind Ray's proxy a message that is not a valid "
         f"protobuf is then UNKNOWN instead of INVALID_ARGUMENT, and a stream refused before its first answer ends "
-        f"with OK. Name {PROXY_SERVICERS[name]} instead"
+        f"with OK. Name {proxy_servicer(name)} instead"
         for name in named
-        if name in PROXY_SERVICERS
+        if name in GENERATED_SERVICERS
     ]
 
 

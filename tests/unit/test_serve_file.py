@@ -13,7 +13,15 @@ import yaml
 from serving import deploy_render, serve_file
 from serving.cli import main
 from serving.config.app_args import AppArgs, check_batch_waits
-from serving.serve_file import PROXY_SERVICERS, StartRefused, check_keys, check_start, servicer_warnings
+from serving.grpc import proxy_services
+from serving.serve_file import (
+    GENERATED_SERVICERS,
+    StartRefused,
+    check_keys,
+    check_start,
+    proxy_servicer,
+    servicer_warnings,
+)
 from serving.server import load_serve_config
 from tests.paths import PROJECT_ROOT
 from tests.unit.conftest import RayStarted
@@ -188,10 +196,12 @@ def test_a_config_naming_the_generated_servicers_is_warned_about_behind_rays_pro
     """The shipped config names imgserve's (no warning); one copied before them names the generated functions, which
     serve but let the proxy answer a malformed message UNKNOWN and end a refused stream OK."""
     assert not servicer_warnings(load_serve_config(SERVE_CONFIG, placement="graph", ray_proxy=True))
-    old = serve_config(tmp_path, lambda c: c["grpc_options"].update(grpc_servicer_functions=list(PROXY_SERVICERS)))
+    old = serve_config(tmp_path, lambda c: c["grpc_options"].update(grpc_servicer_functions=list(GENERATED_SERVICERS)))
     warnings = servicer_warnings(load_serve_config(old, placement="graph", ray_proxy=True))
     assert len(warnings) == 3 and all("UNKNOWN" in w for w in warnings)
-    assert all(PROXY_SERVICERS[name] in w for name, w in zip(PROXY_SERVICERS, warnings, strict=True))
+    assert all(proxy_servicer(name) in w for name, w in zip(GENERATED_SERVICERS, warnings, strict=True))
+    named = [proxy_servicer(name).rsplit(".", 1)[1] for name in GENERATED_SERVICERS]
+    assert all(callable(getattr(proxy_services, function)) for function in named)  # the functions exist
     assert not servicer_warnings(load_serve_config(old, placement="local"))  # no proxy: the listeners' own
     deploy_render.cluster_serve_config(yaml.safe_load(old.read_text()), None)  # KubeRay keeps the proxy
     assert capsys.readouterr().err.count("warning: grpc_options.grpc_servicer_functions names") == 3
