@@ -1,5 +1,6 @@
 """ONNX Runtime: the CPU default, with the CUDA execution provider where a GPU and the GPU build exist."""
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,6 +13,8 @@ from serving.backends.base import BackendInfo
 if TYPE_CHECKING:
     from serving.config.model_config import ModelConfig
     from serving.config.model_entry import ModelEntry
+
+logger = logging.getLogger(__name__)
 
 # The config's element types as ONNX Runtime names them (NodeArg.type).
 ORT_TYPES = {
@@ -101,11 +104,26 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         want_cuda = self.use_cuda if self.use_cuda is not None else "CUDAExecutionProvider" in available
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
-        # The INT8 variant is built and checked for ORT's CPU kernels; on a GPU the float graph runs.
+        session = None
+        if want_cuda:  # on a GPU the float graph runs
+            cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            session = ort.InferenceSession(str(entry.artifacts.onnx), options, providers=cuda)
+            if session.get_providers()[0] != "CUDAExecutionProvider":
+                # The GPU build starts on the CPU when CUDA or cuDNN cannot be loaded (its log says which library)
+                # or no device is visible: serve as the CPU build would, INT8 and sliced batches, not the float
+                # graph in whole batches.
+                logger.warning(
+                    "model %s: ONNX Runtime's CUDA provider did not start (see ONNX Runtime's message above); "
+                    "serving on the CPU",
+                    entry.config.name,
+                )
+                want_cuda, session = False, None
+        # The INT8 variant is built and checked for ORT's CPU kernels.
         int8 = entry.artifacts.onnx_int8 if not want_cuda else None
         self._precision = "int8" if int8 is not None else "fp32"
-        self._session = ort.InferenceSession(str(int8 or entry.artifacts.onnx), options, providers=providers)
+        self._session = session or ort.InferenceSession(
+            str(int8 or entry.artifacts.onnx), options, providers=["CPUExecutionProvider"]
+        )
         fixed_batch = check_graph(entry.config, self._session.get_inputs(), self._session.get_outputs())
         self._run_batch = fixed_batch or (0 if want_cuda else max(0, self.cpu_run_batch))
         self._input_name = entry.config.input.name

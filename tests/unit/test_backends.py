@@ -237,3 +237,32 @@ def test_split_batch_rejects_wrong_row_count() -> None:
     outputs = {"logits": np.zeros((3, 5), np.float32), "extra": np.zeros((2, 2), np.float32)}
     with pytest.raises(RuntimeError, match="backend returned 2 rows for output 'extra' but the batch had 3"):
         split_batch(outputs, 3)
+
+
+def test_gpu_build_without_a_usable_gpu_serves_like_the_cpu_build(
+    tiny: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime-gpu lists the CUDA provider even where CUDA cannot start (no device, a missing or mismatched
+    CUDA/cuDNN) and then runs the session on the CPU: the backend notices, says so, and serves as the CPU build
+    does (the INT8 variant, batches in slices), not the float graph in whole batches. The CPU build here does what
+    the GPU build does on such a machine: it falls back to CPUExecutionProvider when asked for CUDA."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    int8 = tmp_path / "tiny.int8.onnx"
+    int8.write_bytes(tiny.onnx.read_bytes())  # a stand-in: which file is loaded shows in the reported precision
+    entry = entry_for(tiny, ["onnxruntime"])
+    entry = ModelEntry(entry.config, entry.folder, artifacts=ModelArtifacts(onnx=tiny.onnx, onnx_int8=int8))
+    backend = OnnxRuntimeBackend(intra_op_threads=1, cpu_run_batch=3)
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="serving.backends.onnxruntime_backend"):
+        warnings.simplefilter("ignore", UserWarning)  # the CPU build's "CUDAExecutionProvider is not available"
+        backend.load(entry)
+    info = backend.info()
+    assert (info.device, info.precision) == ("cpu", "int8")
+    assert "providers=CPUExecutionProvider" in info.detail and "run_batch=3" in info.detail
+    assert "model tiny: ONNX Runtime's CUDA provider did not start" in caplog.text
+    batch = batch_of(7, seed=9)
+    np.testing.assert_allclose(backend.infer(batch)["logits"], eager(tiny, batch), atol=1e-4, rtol=0)
+    backend.close()
