@@ -360,6 +360,18 @@ def run_analysis(
     return stats
 
 
+def quiet_ray_data_console() -> None:
+    """Ray Data's console lines (a notice that progress bars are off, a line per finished execution) only in its
+    session log file (`ray-data.log`): the CLI prints its own progress and summary. Errors still reach the console.
+    (Ray 2.60's driver also prints one error-level line from its C++ core for every actor pool, "has constructor
+    arguments in the object store": Ray's own issues #53727 and #57733, README "Known limitations".)"""
+    import ray._private.log
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, ray._private.log.PlainRayHandler):
+            handler.setLevel(logging.ERROR)
+
+
 def _stream(
     todo: Sequence[SourceItem], setup: AnalysisSetup, model_actors: tuple[int, int]
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -368,6 +380,7 @@ def _stream(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws its own
     context.print_on_execution_start = False
+    quiet_ray_data_console()
     dataset = ray.data.from_items([item.to_row() for item in todo], override_num_blocks=max(1, len(todo) // READ_BATCH))
     dataset = dataset.map_batches(
         prepare_batch, fn_kwargs={"setup": setup}, batch_size=READ_BATCH, batch_format="numpy", num_cpus=1
