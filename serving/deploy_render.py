@@ -57,11 +57,14 @@ def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any]
     """The Serve config the cluster runs, checked against Ray's own schema (and for unknown keys, which it drops)."""
     from ray.serve.schema import ServeDeploySchema
 
-    from serving.serve_file import check_keys, servicer_warnings
+    from serving.config.settings import ServerSettings
+    from serving.serve_file import check_keys, proxy_warnings
 
     merged = merge_config(serve_config, overrides or {})
     check_keys(merged, "serveConfigV2 (the serve config with the cluster overrides)")
-    for warning in servicer_warnings(merged):
+    # The pods' body deadline: the manifest does not set IMGSERVE_BODY_READ_TIMEOUT_S, so the setting's default.
+    body_read_timeout_s = ServerSettings.model_fields["body_read_timeout_s"].default
+    for warning in proxy_warnings(merged, body_read_timeout_s):
         print(f"warning: {warning}", file=sys.stderr)
     ServeDeploySchema.model_validate(merged)
     return merged

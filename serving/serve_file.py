@@ -7,9 +7,10 @@
 - `check_start`: on the config `imgserve serve` is about to deploy (its placement applied): a config nobody can
   connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, and a model
   batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`).
-- `servicer_warnings`: a config that keeps Ray's proxy but names the generated gRPC servicer functions (a config
+- `proxy_warnings`: a config that keeps Ray's proxy but names the generated gRPC servicer functions (a config
   copied before 2026-12-07) serves, but its proxy answers a malformed message UNKNOWN and ends a refused stream with
-  OK (serving.grpc.proxy_services); said as a warning, with the functions to name instead.
+  OK (serving.grpc.proxy_services); and one whose `request_timeout_s` is not above imgserve's body deadline lets
+  the proxy end a slow upload with its plain-text 408. Said as warnings, with what to set instead.
 
 `imgserve serve` (serving.server) reports each refusal as "imgserve: refusing to start: ..."; the KubeRay renderer
 (serving.deploy_render) refuses to render.
@@ -163,19 +164,29 @@ def proxy_servicer(generated: str) -> str:
     return "serving.grpc.proxy_services." + generated.rsplit(".", 1)[1]
 
 
-def servicer_warnings(config: dict[str, Any]) -> list[str]:
-    """One warning per generated servicer function a config with Ray's proxy names (none without the proxy: the
-    Ingress's own listeners register imgserve's services themselves)."""
+def proxy_warnings(config: dict[str, Any], body_read_timeout_s: float) -> list[str]:
+    """Warnings for a config that keeps Ray's proxy (none without it: the Ingress's own listeners register imgserve's
+    services and apply imgserve's deadlines themselves): one per generated servicer function it names, and one when
+    the proxy's request timeout would end a slow upload before imgserve's body deadline (`body_read_timeout_s`,
+    IMGSERVE_BODY_READ_TIMEOUT_S) does, so the client gets Ray's plain-text 408 instead of imgserve's JSON one."""
     if config.get("proxy_location") == "Disabled":
         return []
     named = (config.get("grpc_options") or {}).get("grpc_servicer_functions") or []
-    return [
+    warnings = [
         f"grpc_options.grpc_servicer_functions names {name}: behind Ray's proxy a message that is not a valid "
         f"protobuf is then UNKNOWN instead of INVALID_ARGUMENT, and a stream refused before its first answer ends "
         f"with OK. Name {proxy_servicer(name)} instead"
         for name in named
         if name in GENERATED_SERVICERS
     ]
+    timeout = (config.get("http_options") or {}).get("request_timeout_s")
+    if timeout is not None and timeout <= body_read_timeout_s:
+        warnings.append(
+            f"http_options.request_timeout_s is {timeout:g} s, not above the {body_read_timeout_s:g} s imgserve allows "
+            f"for a request body (IMGSERVE_BODY_READ_TIMEOUT_S): a slow upload then gets Ray's proxy's plain-text 408 "
+            f"instead of imgserve's JSON 408 `timeout`. Set it above that (serve_config.yaml: 90)"
+        )
+    return warnings
 
 
 def imgserve_apps(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ from serving.serve_control import (
     run_in_worker,
     shutdown_serve,
 )
-from serving.serve_file import StartRefused, check_keys, check_start, servicer_warnings
+from serving.serve_file import StartRefused, check_keys, check_start, proxy_warnings
 from serving.start_checks import check_host, check_jwt_files, check_settings, one_line, refusal, refuse
 
 logger = logging.getLogger("imgserve.server")
@@ -254,7 +254,9 @@ def run_server(
         except (OSError, yaml.YAMLError) as exc:
             raise refuse("--config", config_path, one_line(exc)) from None
         check_start(raw)  # a listener to connect to, valid args, batch waits within the queue budget
-        for warning in servicer_warnings(raw):
+        from serving.config.settings import ServerSettings
+
+        for warning in proxy_warnings(raw, ServerSettings.from_env().body_read_timeout_s):
             print(f"imgserve: warning: {warning}", file=sys.stderr, flush=True)
         binds = listener_binds(raw, ray_address)
         auth = resolve_auth(binds)

@@ -13,6 +13,7 @@ import yaml
 from serving import deploy_render, serve_file
 from serving.cli import main
 from serving.config.app_args import AppArgs, check_batch_waits
+from serving.config.settings import ServerSettings
 from serving.grpc import proxy_services
 from serving.serve_file import (
     GENERATED_SERVICERS,
@@ -20,7 +21,7 @@ from serving.serve_file import (
     check_keys,
     check_start,
     proxy_servicer,
-    servicer_warnings,
+    proxy_warnings,
 )
 from serving.server import load_serve_config
 from tests.paths import PROJECT_ROOT
@@ -187,7 +188,9 @@ def test_direct_listeners_without_a_port_are_refused_too(tmp_path: Path) -> None
         check_start(load_serve_config(path, placement="local"))
 
 
-# ---- gRPC servicer functions for Ray's proxy ----
+# ---- gRPC servicer functions and the request timeout for Ray's proxy ----
+
+BODY_DEADLINE_S = ServerSettings.model_fields["body_read_timeout_s"].default
 
 
 def test_a_config_naming_the_generated_servicers_is_warned_about_behind_rays_proxy_only(
@@ -195,16 +198,35 @@ def test_a_config_naming_the_generated_servicers_is_warned_about_behind_rays_pro
 ) -> None:
     """The shipped config names imgserve's (no warning); one copied before them names the generated functions, which
     serve but let the proxy answer a malformed message UNKNOWN and end a refused stream OK."""
-    assert not servicer_warnings(load_serve_config(SERVE_CONFIG, placement="graph", ray_proxy=True))
+    assert not proxy_warnings(load_serve_config(SERVE_CONFIG, placement="graph", ray_proxy=True), BODY_DEADLINE_S)
     old = serve_config(tmp_path, lambda c: c["grpc_options"].update(grpc_servicer_functions=list(GENERATED_SERVICERS)))
-    warnings = servicer_warnings(load_serve_config(old, placement="graph", ray_proxy=True))
+    warnings = proxy_warnings(load_serve_config(old, placement="graph", ray_proxy=True), BODY_DEADLINE_S)
     assert len(warnings) == 3 and all("UNKNOWN" in w for w in warnings)
     assert all(proxy_servicer(name) in w for name, w in zip(GENERATED_SERVICERS, warnings, strict=True))
     named = [proxy_servicer(name).rsplit(".", 1)[1] for name in GENERATED_SERVICERS]
     assert all(callable(getattr(proxy_services, function)) for function in named)  # the functions exist
-    assert not servicer_warnings(load_serve_config(old, placement="local"))  # no proxy: the listeners' own
+    assert not proxy_warnings(load_serve_config(old, placement="local"), BODY_DEADLINE_S)  # no proxy: the listeners'
     deploy_render.cluster_serve_config(yaml.safe_load(old.read_text()), None)  # KubeRay keeps the proxy
     assert capsys.readouterr().err.count("warning: grpc_options.grpc_servicer_functions names") == 3
+
+
+def test_a_proxy_timeout_not_above_the_body_deadline_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Behind Ray's proxy a slow upload met the proxy's request_timeout_s (60 s) before imgserve's 60 s body deadline
+    and got Ray's plain-text 408 (checked by hand: `--ray-proxy`, a body trickled for 60 s). The shipped config keeps
+    the proxy's timeout above it (90 s: imgserve's JSON 408 `timeout` then, checked the same way); a config at or
+    below the deadline is warned about, by `imgserve serve` and the KubeRay renderer."""
+    shipped = load_serve_config(SERVE_CONFIG, placement="graph", ray_proxy=True)
+    assert shipped["http_options"]["request_timeout_s"] > BODY_DEADLINE_S
+    assert not proxy_warnings(shipped, BODY_DEADLINE_S)
+    at_deadline = serve_config(tmp_path, lambda c: c["http_options"].update(request_timeout_s=60))
+    (warning,) = proxy_warnings(load_serve_config(at_deadline, placement="graph", ray_proxy=True), 60.0)
+    assert "request_timeout_s is 60 s" in warning and "plain-text 408" in warning
+    assert proxy_warnings(load_serve_config(at_deadline, placement="graph", ray_proxy=True), 30.0) == []
+    assert not proxy_warnings(load_serve_config(at_deadline, placement="local"), 60.0)  # no proxy
+    deploy_render.cluster_serve_config(yaml.safe_load(at_deadline.read_text()), None)
+    assert "warning: http_options.request_timeout_s is 60 s" in capsys.readouterr().err
 
 
 # ---- batch wait against the queue budget ----
