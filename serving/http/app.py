@@ -25,9 +25,9 @@ from serving.http import (
     training_routes,
 )
 from serving.http.auth import AuthMiddleware, client_address
+from serving.http.body_limit import BodySizeLimitMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
-    BodySizeLimitMiddleware,
     InternalErrorMiddleware,
     RequestMetricsMiddleware,
     ShedMiddleware,

@@ -3,7 +3,7 @@
 uvicorn times out idle keep-alive connections only. A client that opens a connection and sends a request head one
 byte a minute, or nothing at all, holds the connection and its buffers forever. This is uvicorn's httptools protocol
 with one addition: the whole request head must arrive within `header_timeout_s` of the connection opening or of the
-request's first byte, or the connection is closed. The body has its own deadline (`BodySizeLimitMiddleware`).
+request's first byte, or the connection is closed. The body has its own deadline (`serving.http.body_limit`).
 
 A request httptools cannot parse gets the JSON error format (400 `bad_request`) instead of uvicorn's plain text.
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request-body size limit and per-request metrics."""
+"""ASGI middleware: admission, shedding, per-request metrics and error answers (the body's limits: body_limit)."""
 
 import asyncio
 import json
@@ -35,55 +35,6 @@ async def send_json_error(
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})
-
-
-class BodySizeLimitMiddleware:
-    """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`, and 408 when
-    the whole body has not arrived within `read_timeout_s` (a slow upload must not hold an admission slot)."""
-
-    def __init__(self, app: Any, max_bytes: int, read_timeout_s: float = 60.0):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.read_timeout_s = read_timeout_s
-
-    async def _reject(self, send: Send, size: str) -> None:
-        message = f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
-        await send_json_error(send, 413, message, "too_large")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, declared.decode())
-            return
-        seen = 0
-        body_done = False
-        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
-
-        async def limited_receive() -> Message:
-            nonlocal seen, body_done
-            if body_done:  # after the body only a disconnect can come: wait for it as long as the app likes
-                return await receive()
-            try:
-                # a timer on this task rather than wait_for's task per message (a camera photo's body is many)
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                from serving.errors import RequestTimeoutError
-
-                raise RequestTimeoutError(f"request body not received within {self.read_timeout_s:g} s") from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if seen > self.max_bytes:
-                    from serving.errors import RequestTooLargeError
-
-                    raise RequestTooLargeError(f"request body exceeds the limit of {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 # Routes whose bodies are multipart uploads streamed to disk as they arrive (batch jobs): admitted at their start.

@@ -249,7 +249,8 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
 
 
 def body_limit(request: Request) -> int:
-    """The app's request body limit (`BodySizeLimitMiddleware`'s), which a decompressed body is held to too."""
+    """The app's request body limit (`BodySizeLimitMiddleware`'s, serving.http.body_limit), which a decompressed body
+    is held to too."""
     default = ServerSettings.model_fields["max_request_bytes"].default
     return int(getattr(request.app.state, "max_request_bytes", default))
 
