@@ -3,6 +3,7 @@
 import asyncio
 from typing import Any
 
+from serving.errors import RequestTimeoutError, RequestTooLargeError
 from serving.http.middleware import Message, Receive, Scope, Send, send_json_error
 
 
@@ -42,8 +43,6 @@ class BodySizeLimitMiddleware:
                 if body_done:
                     deadline.cancel()
                 if seen > self.max_bytes:
-                    from serving.errors import RequestTooLargeError
-
                     raise RequestTooLargeError(f"request body exceeds the limit of {self.max_bytes} bytes")
             return message
 
@@ -75,8 +74,6 @@ class BodyDeadline:
             self._waiting.cancel()
 
     def _timeout(self) -> Exception:
-        from serving.errors import RequestTimeoutError
-
         return RequestTimeoutError(f"request body not received within {self.seconds:g} s")
 
     async def wait(self, receive: Receive) -> Message:
