@@ -9,7 +9,7 @@ from typing import TypeVar
 from PIL import Image
 
 from pipelines.errors import ImageInputError, InvalidImageError
-from pipelines.image_header import open_validated, register_heif
+from pipelines.image_header import REDUCED_DECODE_FORMATS, open_validated, register_heif
 from pipelines.limits import DecodeLimits
 from pipelines.metadata.camera_facts import complete_camera_facts
 from pipelines.metadata.colors import color_info
@@ -19,6 +19,7 @@ from pipelines.metadata.gps import read_gps
 from pipelines.metadata.iptc import read_iptc
 from pipelines.metadata.phash import phash
 from pipelines.metadata.plausible import plausible_metadata
+from pipelines.metadata.png_chunks import info_without_decoding
 from pipelines.metadata.result import ColorInfo, FileInfo, ImageMetadata
 from pipelines.metadata.thumbnail import Thumbnail, upright_thumbnail
 from pipelines.metadata.xmp import read_xmp
@@ -49,16 +50,31 @@ def _guarded(section: str, errors: list[str], read: Callable[[], tuple[T | None,
     return value
 
 
-def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
-    # Pixel limits gate only the thumbnail decode: headers of huge images are still safe to read.
-    return open_validated(data, dataclasses.replace(limits, max_pixels=sys.maxsize))
+def open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Open `data` lazily with every limit but the pixel ones (bytes, format, header damage): pixel limits gate
+    only the thumbnail decode (`_pixels_withheld`), and the headers of huge images are still safe to read."""
+    return open_validated(data, dataclasses.replace(limits, max_pixels=sys.maxsize, max_full_decode_pixels=sys.maxsize))
+
+
+def _pixels_withheld(image: Image.Image, limits: DecodeLimits) -> str | None:
+    """Why the thumbnail is not decoded, where a decoder would refuse the image's pixels: the same two limits."""
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        return f"pixels: {width}x{height} exceeds {limits.max_pixels} pixels; not decoded"
+    if image.format not in REDUCED_DECODE_FORMATS and width * height > limits.max_full_decode_pixels:
+        return (
+            f"pixels: {image.format} image of {width}x{height} exceeds the {limits.max_full_decode_pixels} pixels of"
+            f" formats decoded at full size; not decoded, {PIXEL_FIELDS_WITHHELD}"
+        )
+    return None
 
 
 def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bool = True) -> ImageMetadata:
     """Read file, image, EXIF, GPS, XMP, IPTC and (optionally) colour facts from encoded image bytes.
 
     Never raises for bad input: whatever cannot be read is None and explained in `errors`. The only pixels
-    decoded are one thumbnail of at most 128 px (JPEG at reduced DCT scale), skipped beyond `limits.max_pixels`.
+    decoded are one thumbnail of at most 128 px (JPEG at reduced DCT scale), skipped beyond the decoders' pixel
+    limits (`limits.max_pixels`; `limits.max_full_decode_pixels` for formats other than JPEG).
     """
     limits = limits or DecodeLimits()
     errors: list[str] = []
@@ -66,7 +82,7 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
     register_heif()
     with captured_warnings() as caught:
         try:
-            image = _open(data, limits)
+            image = open_header(data, limits)
         except ImageInputError as exc:
             return ImageMetadata(file=FileInfo(size_bytes=size, sha256=digest), errors=(_message("file", str(exc)),))
         except Exception as exc:  # noqa: BLE001 - e.g. a plugin failing in an unexpected way on hostile bytes
@@ -74,6 +90,9 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
             return ImageMetadata(file=FileInfo(size_bytes=size, sha256=digest), errors=(message,))
     errors += [_message("file", f"warning: {w.message}") for w in caught]
     try:
+        withheld = _pixels_withheld(image, limits)
+        if withheld and image.format == "PNG":
+            info_without_decoding(image, data)  # or Pillow's getexif() decodes it all to reach a late eXIf chunk
         info = _guarded("image", errors, lambda: (read_image_info(image, data, errors), []))
         exif = _guarded("exif", errors, lambda: read_exif(image))
         gps = _guarded("gps", errors, lambda: read_gps(image))
@@ -82,9 +101,8 @@ def extract_metadata(data: bytes, limits: DecodeLimits | None = None, colors: bo
         completed = _guarded("camera_facts", errors, lambda: (complete_camera_facts(image, exif, xmp), []))
         exif = completed if completed is not None else exif
         thumb = None
-        pixels = image.width * image.height
-        if pixels > limits.max_pixels:
-            errors.append(f"pixels: {image.width}x{image.height} exceeds {limits.max_pixels} pixels; not decoded")
+        if withheld:
+            errors.append(withheld)
         else:
             orientation = info.orientation if info else None
             thumb = _guarded("pixels", errors, lambda: _thumbnail(image, data, orientation, errors))

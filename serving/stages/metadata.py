@@ -1,13 +1,11 @@
 """The metadata stage: file, EXIF, GPS, XMP, IPTC and colours from the raw bytes (`pipelines.metadata`)."""
 
-import dataclasses
-import sys
 import time
 from typing import Any
 
-from pipelines.image_header import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import extract_metadata
+from pipelines.metadata.extract import open_header
 from serving.access_log import record_stages
 from serving.metrics import STAGE_LATENCY
 
@@ -22,7 +20,7 @@ class MetadataStage:
         start = time.perf_counter()
         # A file that is not a readable image at all is a request error (4xx), like in the other stages;
         # anything less (a broken EXIF block, a huge image) is reported per section inside the result.
-        open_validated(data, dataclasses.replace(self.limits, max_pixels=sys.maxsize)).close()
+        open_header(data, self.limits).close()
         result = extract_metadata(data, self.limits, colors=self.colors).to_dict()
         elapsed = time.perf_counter() - start
         STAGE_LATENCY.labels("metadata", "").observe(elapsed)

@@ -15,8 +15,10 @@ import time
 import zlib
 from collections.abc import Callable
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pipelines.decode import decode_image
 from pipelines.errors import ImageTooLargeError, InvalidImageError
@@ -209,30 +211,49 @@ def test_jpeg_of_millions_of_empty_segments_is_refused_before_they_are_walked(
     _bounded(lambda: decode_image(jpeg, PreprocessSpec()), 0.5, InvalidImageError, refused)
 
 
-def _solid_png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _solid_png(width: int, height: int, late: bytes = b"") -> bytes:
+    """A solid-colour PNG; `late` chunks go between its image data and IEND."""
+    chunk = _png_chunk
 
     row = b"\0" + b"\x80" * (3 * width)
     idat = _deflate_repeat(b"", row * 100, height // 100, crc_of_all=False)[10:-8]  # the raw deflate stream
     zlib_stream = b"\x78\x9c" + idat + struct.pack(">I", 1)  # adler32 left wrong: never reached
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib_stream) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib_stream) + late + chunk(b"IEND", b"")
+
+
+def _post_8_at_once(http: TestClient, route: str, body: bytes) -> list[httpx.Response]:
+    """8 concurrent POSTs of `body`; checks that the process's peak memory grew by less than 200 MB."""
+    responses: list[httpx.Response] = []
+    before = _peak_kib()
+    threads = [threading.Thread(target=lambda: responses.append(http.post(route, content=body))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _peak_kib() - before < 200 * 1024, f"peak memory grew {(_peak_kib() - before) / 1024:.0f} MB"
+    return responses
 
 
 def test_8_concurrent_100_mp_pngs_are_413_with_bounded_memory(http: TestClient) -> None:
     png = _solid_png(10_000, 10_000)
     assert len(png) < 1 * MB
-    statuses: list[int] = []
+    assert [response.status_code for response in _post_8_at_once(http, "/v1/analyze", png)] == [413] * 8
 
-    def send() -> None:
-        statuses.append(http.post("/v1/analyze", content=png).status_code)
 
-    before = _peak_kib()
-    threads = [threading.Thread(target=send) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert statuses == [413] * 8
-    assert _peak_kib() - before < 200 * 1024
+def test_8_concurrent_100_mp_pngs_answer_their_late_exif_with_bounded_memory(http: TestClient) -> None:
+    """Their metadata, header and an eXIf chunk after the image data, without the pixels: Pillow's getexif() would
+    decode each whole (~400 MB) to reach that chunk (pipelines.metadata.png_chunks)."""
+    exif = Image.Exif()
+    exif[0x010F] = "Hasselblad"
+    png = _solid_png(10_000, 10_000, late=_png_chunk(b"eXIf", exif.tobytes()))
+    responses = _post_8_at_once(http, "/v1/metadata", png)
+    assert [response.status_code for response in responses] == [200] * 8, responses[0].text
+    for response in responses:
+        metadata = response.json()["results"][0]
+        assert metadata["exif"]["make"] == "Hasselblad" and metadata["image"]["width"] == 10_000
+        assert metadata["colors"] is None and any(e.startswith("pixels: PNG image") for e in metadata["errors"])

@@ -15,13 +15,16 @@ from PIL import ExifTags, Image, features
 from PIL.TiffImagePlugin import IFDRational
 
 from pipelines.decode import decode_rgb
+from pipelines.errors import ImageTooLargeError
 from pipelines.frames import MAX_COUNTED_PAGES, gif_frame_count
+from pipelines.image_header import open_validated
 from pipelines.limits import DecodeLimits
 from pipelines.metadata import ImageMetadata, extract_metadata, hamming_distance
 from pipelines.metadata.exif import exif_datetime
 from pipelines.metadata.phash import _dct_matrix, phash
 from pipelines.metadata.xmp import MAX_XMP_BYTES, parse_xmp
 from pipelines.preprocess import PreprocessSpec
+from serving.stages.metadata import MetadataStage
 
 pytestmark = pytest.mark.unit
 
@@ -338,6 +341,26 @@ def test_byte_and_pixel_limits() -> None:
     assert huge.exif is not None and huge.exif.make == "Canon"
     assert huge.colors is None and huge.file.phash is None
     assert any(e.startswith("pixels:") and "not decoded" in e for e in huge.errors)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
+def test_formats_decoded_at_full_size_beyond_their_limit_keep_their_metadata(fmt: str) -> None:
+    """A PNG/TIFF/WebP over the full-decode pixel limit (40 MP by default) is refused by the decoders (413), but its
+    header and EXIF are safe to read: metadata answers them and withholds only the pixel fields (it was a 413)."""
+    data = _encode(_gradient(), fmt, exif=_camera_exif().tobytes())
+    limits = DecodeLimits(max_full_decode_pixels=64 * 48 - 1)
+    over = extract_metadata(data, limits)
+    assert over.image is not None and (over.image.width, over.image.height) == (64, 48)
+    assert over.exif is not None and over.exif.make == "Canon"
+    assert over.colors is None and over.file.phash is None
+    assert any(e.startswith(f"pixels: {fmt} image of 64x48 exceeds") for e in over.errors), over.errors
+    stage = MetadataStage(limits).extract(data)
+    assert stage["exif"]["make"] == "Canon" and stage["file"]["phash"] is None
+    within = extract_metadata(data, dataclasses.replace(limits, max_full_decode_pixels=64 * 48))
+    assert within.colors is not None and within.file.phash is not None
+    assert not any(e.startswith("pixels:") for e in within.errors)
+    with pytest.raises(ImageTooLargeError):  # the same limits still keep the pixels from the decoder
+        open_validated(data, limits)
 
 
 # --- perceptual hash --------------------------------------------------------------------------------------
