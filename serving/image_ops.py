@@ -61,6 +61,11 @@ def _integer(value: Any) -> Any:
         return value
 
 
+def read_integer_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` (conversion options, name -> value) with the `INTEGER_OPTIONS` read as pydantic reads an integer."""
+    return {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
+
+
 @dataclass(frozen=True)
 class OperationOptions:
     """The options of one conversion or enhancement, parsed the same way whichever transport carried them (HTTP
@@ -79,7 +84,7 @@ class OperationOptions:
         if unknown:  # named with every option this operation takes (ConvertOptions.parse knew only its own)
             noun = "enhancement" if enhancing else "conversion"
             raise InvalidOptionError(f"unknown {noun} options {unknown}; known: {', '.join(sorted(known))}")
-        given = {name: _integer(value) if name in INTEGER_OPTIONS else value for name, value in raw.items()}
+        given = read_integer_options(raw)
         report = given.pop("report", None)
         form = str(report or "image").lower()
         if form not in REPORT_FORMS:

@@ -21,7 +21,7 @@ from pipelines.convert import ConvertOptions, ConvertResult
 from pipelines.convert.names import output_name
 from pipelines.enhance import EnhanceOptions
 from pipelines.errors import InvalidOptionError
-from serving.image_ops import ImageOperations
+from serving.image_ops import ImageOperations, read_integer_options
 from serving.jobs.objects import ObjectStore
 from serving.jobs.records import ItemOutput
 from serving.jobs.remote_access import RemoteAccess
@@ -76,7 +76,7 @@ def operation_spec(
                 f"{' and '.join(given)}: this job makes no outputs (add stages=convert, convert=... or enhance=...)"
             )
         return None
-    convert = dict(convert or {})
+    convert = read_integer_options(convert or {})  # stored as read: 80.0 is 80, as on /v1/convert
     ConvertOptions.parse(**convert)
     enhance_options = dict(enhance or {}) if enhancing else None
     if enhance_options is not None:

@@ -20,6 +20,7 @@ from pipelines.limits import DecodeLimits
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.http.app import create_http_app
 from serving.image_ops import INTEGER_OPTIONS, ImageOperations, OperationOptions
+from serving.jobs.operations import operation_spec, parse_pairs
 from serving.service import InferenceService
 from tests.unit.grpc_local import image_service_stub
 from tests.unit.tiny_models import tiny_local_service
@@ -63,6 +64,18 @@ def test_integral_numbers_are_integers_and_report_is_an_option() -> None:
     assert enhanced.enhance.factors == {"brightness": 1.5} and enhanced.convert.width == 64
     with pytest.raises(InvalidOptionError, match="unknown conversion options"):
         OperationOptions.parse({"brightness": "1.5"}, enhancing=False)  # a conversion takes no enhancement
+
+
+def test_batch_jobs_read_integer_options_as_the_image_routes_do() -> None:
+    """A batch job's `convert` options (query pairs or JSON numbers) were parsed without the integer reading: 80.0
+    was a 400 on `/v1/batch` and 80 on `/v1/convert`. Stored as read, so each item runs with 80."""
+    for quality in ("80.0", 80.0, " 80 "):
+        spec = operation_spec(["convert"], {"format": "webp", "quality": quality, "max_side": "64.0"}, None, None)
+        assert spec is not None and spec["convert"] == {"format": "webp", "quality": 80, "max_side": 64}
+    spec = operation_spec([], parse_pairs("format=jpeg,width=32.0"), parse_pairs("brightness=1.5"), None)
+    assert spec is not None and spec["convert"]["width"] == 32 and spec["enhance"] == {"brightness": "1.5"}
+    with pytest.raises(InvalidOptionError, match="quality="):
+        operation_spec(["convert"], {"format": "webp", "quality": "80.5"}, None, None)
 
 
 @pytest.fixture(scope="module")
