@@ -6,7 +6,9 @@ original so a corrupt image decoded in the decode stage still becomes a 400, not
 
 import errno
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pipelines.errors import ImageInputError
 from serving.repository import UnknownModelError
@@ -101,6 +103,17 @@ def classify_error(exc: BaseException) -> ErrorInfo:
     return replace(info, message=bounded_message(message))
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a statement's bound parameters (a mapping, a sequence of them, or one value) hold a str with a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "\u2026"
 
@@ -132,6 +145,11 @@ def _mapped(original: BaseException) -> ErrorInfo:
         return ErrorInfo(
             503, "UNAVAILABLE", "store_unavailable", "the server's database is unavailable; retry later", 5.0
         )
+    if isinstance(original, sa_exc.DataError) and _holds_nul(original.params):
+        # PostgreSQL's text holds no NUL: a job id, filter or name with one (`/v1/jobs/ab%00cd`) cannot be stored or
+        # looked up there (SQLite can: there it is simply not found). The client's value, not the server, is at fault.
+        message = "a value in the request holds a NUL byte (\\x00), which the server's database cannot hold"
+        return ErrorInfo(400, "INVALID_ARGUMENT", "bad_request", message)
     if isinstance(original, RecursionError):  # only client JSON nests that deep (e.g. 200,000 '[')
         return ErrorInfo(400, "INVALID_ARGUMENT", "bad_request", "request is nested too deeply to parse")
     message = f"internal error (request id {current_request_id() or 'unknown'}); details are in the server log"

@@ -31,12 +31,18 @@ class InputPart:
     file: BinaryIO | None = None
 
 
+def item_name(name: str) -> str:
+    """An upload's or archive entry's name as its item keeps it: at most `MAX_NAME` characters, a NUL shown as U+FFFD
+    (PostgreSQL's text holds no NUL: an upload named `a\\x00b.jpg` failed the whole submission there)."""
+    return name[:MAX_NAME].replace("\x00", "\ufffd")
+
+
 def _failed(name: str, kind: str, message: str) -> NewItem:
-    return NewItem(name[:MAX_NAME], "none", "", None, kind, message)
+    return NewItem(item_name(name), "none", "", None, kind, message)
 
 
 def _stored(objects: ObjectStore, name: str, data: bytes) -> NewItem:
-    return NewItem(name[:MAX_NAME], "object", objects.put(data), len(data))
+    return NewItem(item_name(name), "object", objects.put(data), len(data))
 
 
 def refuse_only_hidden_uploads(parts: Sequence[InputPart], items: Sequence[NewItem]) -> None:

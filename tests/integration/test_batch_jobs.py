@@ -317,6 +317,18 @@ def test_hostile_inputs_give_item_errors_or_4xx(pg_server: tuple[BatchServer, st
     refused(httpx.post(f"{server.url}/v1/batch", params={"stages": "anomaly"}, json={"uris": []}), 400, "bad_request")
     refused(httpx.post(f"{server.url}/v1/batch", params={"model": "nope"}, json={"uris": []}), 404, "unknown_model")
     refused(httpx.get(f"{server.url}/v1/jobs/0123456789abcdef"), 404, "unknown_job")
+    refused(httpx.get(f"{server.url}/v1/jobs/ab%00cd/results"), 400, "bad_request")  # PostgreSQL holds no NUL (a 500)
+    # An upload whose file name holds a NUL (PostgreSQL's text cannot): its item shows it as U+FFFD (it was a 5xx).
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name=image; filename="a\x00b.jpg"\r\n\r\n' + photo + b"\r\n--b--\r\n"
+    )
+    response = httpx.post(
+        f"{server.url}/v1/batch", content=body, headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60
+    )
+    assert response.status_code == 202, response.text
+    with Client(server.url) as client:
+        assert client.wait(response.json()["job_id"], poll_s=0.5, timeout=120).done == 1
+    assert [r["name"] for r in _results(server.url, response.json()["job_id"])] == ["a\ufffdb.jpg"]
     assert httpx.post(f"{server.url}/v1/classify", content=photo).status_code == 200  # still serving
 
 
