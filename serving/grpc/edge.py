@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -79,6 +80,32 @@ def peer_address(context: Any) -> str | None:
         return None
     address = text.split(":", 1)[1]
     return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """A streaming call's peer and request metadata, read once when the stream opens, answering the two reads of
+    the call's context that `admit`, `attempt` and `client_request_id` make. grpc.aio frees the call when the RPC
+    ends (the client cancels, its deadline passes) while the stream's messages can still be in flight: one that then
+    asked the live context for its peer crashed the whole replica (SIGSEGV in `grpc_call_get_peer`)."""
+
+    address: str | None
+    metadata: tuple[tuple[str, Any], ...]
+
+    def peer(self) -> str | None:
+        return self.address
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self.metadata
+
+
+def call_facts(context: Any) -> CallFacts | None:
+    """`context`'s `CallFacts`, for the messages of a stream to read instead of it (None for None)."""
+    if context is None:
+        return None
+    peer, metadata = getattr(context, "peer", None), getattr(context, "invocation_metadata", None)
+    entries = (metadata() if callable(metadata) else None) or ()
+    return CallFacts(peer() if callable(peer) else None, tuple(entries))
 
 
 async def admit(endpoint: str, context: Any, rate: bool = True) -> None:

@@ -11,7 +11,15 @@ from grpc_health.v1 import health_pb2
 
 from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
-from serving.grpc.edge import CallerRefusedError, answer, attempt, client_request_id, end_with_error, open_stream
+from serving.grpc.edge import (
+    CallerRefusedError,
+    answer,
+    attempt,
+    call_facts,
+    client_request_id,
+    end_with_error,
+    open_stream,
+)
 from serving.grpc.malformed import guarded_methods
 from serving.grpc.proxy_services import service_descriptor
 from serving.grpc.stubs import load
@@ -117,6 +125,7 @@ class ImageGrpcMethods:
             return
         stream_id = client_request_id(grpc_context) or uuid.uuid4().hex
         frames = itertools.count()
+        facts = call_facts(grpc_context)  # what the messages read of the call: it may end while they are in flight
 
         async def one(request: Any) -> Any:
             async def call() -> Any:
@@ -127,7 +136,7 @@ class ImageGrpcMethods:
             model = request.model or self.service.default_model
             # the log (and an internal error's message) says which frame of which stream
             frame_id = f"{stream_id}/{request.request_id[:128] or next(frames)}"
-            analysis, error = await attempt("AnalyzeStream", model, call, frame_id, grpc_context, stream=True)
+            analysis, error = await attempt("AnalyzeStream", model, call, frame_id, facts, stream=True)
             if error is not None:
                 failure = pb.Error(
                     code=error.grpc_code, kind=error.kind, message=error.message, retry_after_s=error.retry_after_s or 0

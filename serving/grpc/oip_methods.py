@@ -6,7 +6,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from serving import __version__
-from serving.grpc.edge import answer, attempt, open_stream, peer_address
+from serving.grpc.edge import answer, attempt, call_facts, open_stream, peer_address
 from serving.grpc.malformed import guarded_methods
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
 from serving.grpc.proxy_services import service_descriptor
@@ -92,10 +92,11 @@ class OipGrpcMethods:
         """One response per request, in order; a failed request answers with error_message, the stream goes on."""
         if not await open_stream("ModelStreamInfer", grpc_context):
             return
+        facts = call_facts(grpc_context)  # what the messages read of the call: it may end while they are in flight
 
         async def one(request: Any) -> Any:
             call = lambda: self._infer(request)  # noqa: E731
-            response, error = await attempt("ModelStreamInfer", request.model_name, call, context=grpc_context)
+            response, error = await attempt("ModelStreamInfer", request.model_name, call, context=facts)
             if error is not None:
                 return pb.ModelStreamInferResponse(error_message=f"{error.grpc_code}: {error.message}")
             return pb.ModelStreamInferResponse(infer_response=response)
