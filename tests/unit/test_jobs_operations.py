@@ -69,7 +69,7 @@ def store(tmp_path: Path) -> tuple[sa.Engine, ObjectStore, JobSettings]:
 def test_operation_spec_checks_options_up_front() -> None:
     assert operation_spec(["classification"], None, None, None) is None
     spec = operation_spec(["convert"], {"format": "webp", "quality": "80"}, None, None)
-    assert spec == {"convert": {"format": "webp", "quality": "80"}, "enhance": None, "suffix": ""}
+    assert spec == {"convert": {"format": "webp", "quality": 80}, "enhance": None, "suffix": ""}
     assert operation_spec([], None, {"auto": True}, None)["suffix"] == "_enhanced"  # type: ignore[index]
     for bad in ({"format": "jxl"}, {"quality": "0", "format": "jpeg"}):
         with pytest.raises(InvalidOptionError):
