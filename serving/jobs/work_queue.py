@@ -205,14 +205,18 @@ class WorkQueue:
             )
 
     def give_up(self, item: ClaimedItem, error: str) -> None:
-        """The item ends failed without a result row: not even a failed result could be stored for it."""
+        """The item ends failed without a result row: not even a failed result could be stored for it. Only while
+        this worker holds it, as `release`: an item requeued meanwhile (an orphan sweep) and claimed by another loop
+        is that loop's to finish, and was marked failed here with a false `item_given_up` event."""
+        held = job_items.c.worker_id == self.worker.id if self.worker else sa.true()
         with self.engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 job_items.update()
-                .where(job_items.c.id == item.id, job_items.c.status == "running")
+                .where(job_items.c.id == item.id, job_items.c.status == "running", held)
                 .values(status="failed", finished_at=time.time(), worker_id=None)
-            )
-            add_event(conn, item.job_id, "item_given_up", {"idx": item.idx, "error": error})
+            ).rowcount
+            if changed:
+                add_event(conn, item.job_id, "item_given_up", {"idx": item.idx, "error": error})
 
     def record(self, item: ClaimedItem, outcome: Outcome) -> bool:
         """Write the item's result and final status together; False if it already had one (nothing changes). An
@@ -351,12 +355,13 @@ class WorkQueue:
         with self.engine.begin() as conn:
             conn.execute(webhook_deliveries.insert().values(**row, at=time.time()))
             if final_state:
-                conn.execute(
+                closed = conn.execute(
                     jobs.update()
                     .where(jobs.c.id == row["job_id"], jobs.c.webhook_state == "pending")
                     .values(webhook_state=final_state, **RELEASED)
                 )
-                add_event(conn, row["job_id"], f"webhook_{final_state}", {"attempts": row["attempt"]})
+                if closed.rowcount == 1:  # once, as close_webhook: another loop may have closed it already
+                    add_event(conn, row["job_id"], f"webhook_{final_state}", {"attempts": row["attempt"]})
 
 
 RELEASED = {"webhook_owner": None, "webhook_lease_until": None}  # a delivery that ended holds no claim
