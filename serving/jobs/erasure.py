@@ -30,7 +30,7 @@ removes all of a tenant's.
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import sqlalchemy as sa
 
@@ -267,7 +267,7 @@ def sweep(engine: sa.Engine, objects: ObjectStore, retention_s: float, now: floa
             report = purge_job(engine, objects, job_id, None, entry)
         except JobNotFoundError:
             continue  # purged meanwhile
-        total = PurgeReport(total.jobs + 1, total.items + report.items, total.objects + report.objects)
+        total = PurgeReport(**{f.name: getattr(total, f.name) + getattr(report, f.name) for f in fields(PurgeReport)})
     training, usage = _expire_training_and_usage(engine, now - retention_s)
     orphans = drop_orphaned_objects(engine, objects, now)
     total = replace(total, objects=total.objects + orphans, training_jobs=training, usage_rows=usage)

@@ -1,11 +1,15 @@
 """Two job loops on one store (review findings): a loop giving up on an item it no longer holds (requeued by an
 orphan sweep and claimed by another loop) marked that loop's running item failed with a false `item_given_up`
 event, as `release` already refused to; and a webhook's final delivery recorded by two loops added its
-`webhook_delivered` event twice, where `close_webhook` adds it once. Real SQLite store."""
+`webhook_delivered` event twice, where `close_webhook` adds it once. And a retention sweep summed only some of its
+purges' counts. Real SQLite store."""
+
+import time
 
 import pytest
 import sqlalchemy as sa
 
+from serving.jobs.erasure import sweep
 from serving.jobs.store import JobStore
 from serving.jobs.tables import job_items, jobs
 from serving.jobs.work_queue import WorkQueue
@@ -56,3 +60,12 @@ def test_a_webhooks_final_delivery_recorded_twice_is_one_event(parts) -> None:  
         }
         queue.record_delivery(row, "delivered")
     assert [event["detail"] for event in _events(engine, job_id, "webhook_delivered")] == [{"attempts": 1}]
+
+
+def test_a_retention_sweep_reports_every_count_of_its_purges(parts) -> None:  # noqa: F811
+    """The sweep added up jobs, items and objects only: its report and audit entry said 0 inputs."""
+    engine, objects, _ = parts
+    for payloads in ([b"a", b"b"], [b"c", b"d", b"e"]):
+        JobStore(engine).cancel_job(_submit(parts, payloads))  # finished, so a retention of 0 s expires them
+    report = sweep(engine, objects, retention_s=0.0, now=time.time() + 1)
+    assert (report.jobs, report.items, report.inputs, report.objects) == (2, 5, 5, 5)
