@@ -140,6 +140,7 @@ class AdmissionMiddleware:
                 await send_error_info(send, info, close=True)
                 return
             if messages and messages[-1]["type"] == "http.disconnect":
+                self.buffered -= held  # its bytes no longer wait (they stayed counted: 1 GiB of them refused all)
                 raise ClientDisconnect()  # gone before its body arrived: no slot, nothing to answer
             read_ahead = True
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 
 from serving.admission import REPLICA_LIMIT
 from serving.config.app_args import AppArgs
@@ -238,6 +239,53 @@ def test_bodies_waiting_for_admission_share_a_memory_budget() -> None:
     assert sent[0]["status"] == 503 and dict(sent[0]["headers"])[b"retry-after"] == b"1"
     assert json.loads(sent[1]["body"])["kind"] == "overloaded"
     assert middleware.buffered == 0 and REPLICA_LIMIT.inflight == 0
+
+
+def test_a_client_gone_mid_upload_gives_its_bytes_back_to_the_budget() -> None:
+    """Bytes read ahead from a client that then hung up stayed counted against the budget: 10 such uploads of 100 kB
+    filled a 1 MB budget and every later request with a body was refused 503 'overloaded' (1 GiB by default)."""
+
+    async def inner(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = AdmissionMiddleware(inner, preread_budget_bytes=1_000_000)
+
+    async def hang_up_mid_body() -> None:
+        messages = [{"type": "http.request", "body": b"x" * 100_000, "more_body": True}, {"type": "http.disconnect"}]
+
+        async def receive() -> dict:
+            return messages.pop(0)
+
+        with pytest.raises(ClientDisconnect):
+            await middleware(_scope([(b"content-length", b"1000000")]), receive, _no_send)
+
+    async def scenario() -> list[dict]:
+        for _ in range(10):
+            await hang_up_mid_body()
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": b"y" * 10, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await middleware(_scope([(b"content-length", b"10")]), receive, send)
+        return sent
+
+    REPLICA_LIMIT.limit = 8
+    try:
+        sent = asyncio.run(scenario())
+    finally:
+        REPLICA_LIMIT.limit = None
+    assert middleware.buffered == 0 and REPLICA_LIMIT.inflight == 0
+    assert sent[0]["status"] == 200, sent
+
+
+async def _no_send(message: dict) -> None:
+    raise AssertionError(f"nothing is answered to a client that left: {message}")
 
 
 def _requests_with_status(status: str) -> float:
