@@ -4,8 +4,7 @@ import asyncio
 import io
 import json
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -13,8 +12,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from serving.errors import BadRequestError, OverloadedError, ServiceError, classify_error
+from serving.errors import BadRequestError, ServiceError, classify_error
 from serving.http.dependencies import client_host, get_job_service, get_principal, multipart_form, reject_unknown_query
+from serving.http.progress_streams import ClosingStreamingResponse, take_stream_slot
 from serving.jobs.errors import JobNotFoundError
 from serving.jobs.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, parse_idempotency_key
 from serving.jobs.intake import InputPart
@@ -25,7 +25,6 @@ from serving.jobs.results import csv_header, csv_lines, jsonl_lines
 from serving.jobs.schemas import BatchRequest, JobEvents, JobList, JobStatus, job_status
 from serving.jobs.service import BatchOptions, JobService
 from serving.requests import validation_summary
-from serving.security.errors import RateLimitedError
 from serving.security.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["batch jobs"], dependencies=[Depends(reject_unknown_query)])
@@ -223,11 +222,6 @@ async def job_events(
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 HEARTBEAT_S = 15.0
 RECHECK_KEY_S = 5.0  # a revoked key's stream ends within this (IMGSERVE_KEY_CACHE_S is the rest of the API's bound)
-MAX_PROGRESS_STREAMS = 64  # open progress streams per replica; they hold no admission slot (serving.admission)
-MAX_TENANT_PROGRESS_STREAMS = 16  # of which one tenant may hold: one tenant's streams cannot lock out the others
-TENANT_STREAMS_RETRY_AFTER_S = 5.0  # a tenant at its cap: its own streams end as its jobs do (or it polls)
-_open_streams = 0
-_tenant_streams: Counter[str] = Counter()
 
 
 def _progress_key(status: dict[str, object]) -> str:
@@ -256,58 +250,42 @@ async def job_progress(
     Authorization header). Streams hold no admission slot; at most 64 are open per replica (beyond: 503
     `overloaded`, the server's capacity) and 16 of them per tenant (beyond: 429 `rate_limited` with Retry-After,
     the caller's own limit, which is not a server error)."""
-    global _open_streams
     first = await jobs.get(job_id, principal)  # 404 before the stream starts
-    tenant = principal.tenant
-    if _open_streams >= MAX_PROGRESS_STREAMS:
-        raise OverloadedError("too many progress streams are open on this replica; poll the job instead")
-    if _tenant_streams[tenant] >= MAX_TENANT_PROGRESS_STREAMS:
-        raise RateLimitedError(
-            f"your tenant already has {MAX_TENANT_PROGRESS_STREAMS} progress streams open on this replica, its"
-            " limit; poll the job instead, or close one",
-            TENANT_STREAMS_RETRY_AFTER_S,
-        )
     authorization = request.headers.get("authorization")
     gate = request.app.state.gate  # this app's gate (the replica's, in a server)
 
-    async def events() -> AsyncIterator[str]:
-        global _open_streams
-        _open_streams += 1
-        _tenant_streams[tenant] += 1
+    async def events() -> AsyncGenerator[str, None]:
         job, last_key, last_sent, key_checked = first, "", time.monotonic(), time.monotonic()
-        try:
-            while True:
-                status = job_status(job, time.time()).model_dump()
-                key = _progress_key(status)
-                if key != last_key:
-                    yield _event("progress", status)
-                    last_key, last_sent = key, time.monotonic()
-                elif time.monotonic() - last_sent >= HEARTBEAT_S:
-                    yield ": still running\n\n"
-                    last_sent = time.monotonic()
-                # an ended job's items still in flight (a cancel lets them record) end the stream when they have
-                if status["status"] in FINAL_STATES and not status["counts"]["running"]:
-                    yield _event("end", {"job_id": job_id, "status": status["status"]})
-                    return
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(interval)
-                try:
-                    if gate.required and time.monotonic() - key_checked >= RECHECK_KEY_S:
-                        await gate.authenticator.authenticate(authorization)  # type: ignore[union-attr]
-                        key_checked = time.monotonic()
-                    job = await jobs.get(job_id, principal)
-                except Exception as exc:  # noqa: BLE001 - purged, store down, key revoked: said, then the end
-                    info = classify_error(exc)
-                    failure = {"job_id": job_id, "code": info.grpc_code, "kind": info.kind, "error": info.message}
-                    yield _event("error", failure)
-                    return
-        finally:
-            _open_streams -= 1
-            _tenant_streams[tenant] -= 1
+        while True:
+            status = job_status(job, time.time()).model_dump()
+            key = _progress_key(status)
+            if key != last_key:
+                yield _event("progress", status)
+                last_key, last_sent = key, time.monotonic()
+            elif time.monotonic() - last_sent >= HEARTBEAT_S:
+                yield ": still running\n\n"
+                last_sent = time.monotonic()
+            # an ended job's items still in flight (a cancel lets them record) end the stream when they have
+            if status["status"] in FINAL_STATES and not status["counts"]["running"]:
+                yield _event("end", {"job_id": job_id, "status": status["status"]})
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(interval)
+            try:
+                if gate.required and time.monotonic() - key_checked >= RECHECK_KEY_S:
+                    await gate.authenticator.authenticate(authorization)  # type: ignore[union-attr]
+                    key_checked = time.monotonic()
+                job = await jobs.get(job_id, principal)
+            except Exception as exc:  # noqa: BLE001 - purged, store down, key revoked: said, then the end
+                info = classify_error(exc)
+                failure = {"job_id": job_id, "code": info.grpc_code, "kind": info.kind, "error": info.message}
+                yield _event("error", failure)
+                return
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    on_close = take_stream_slot(principal.tenant)  # no await from here to the response: nothing to leak it
+    return ClosingStreamingResponse(events(), on_close, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/jobs/{job_id}/results")

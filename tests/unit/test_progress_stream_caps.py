@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from serving.http import job_routes
+from serving.http import progress_streams
 from tests.unit.test_security_in_process import _submit, auth, world  # noqa: F401 - the module's fixture
 
 pytestmark = pytest.mark.unit
@@ -28,7 +28,9 @@ def test_a_tenant_at_its_stream_cap_gets_a_429_that_burns_no_error_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job = _submit(world, "a_analyst", seed=71)
-    monkeypatch.setattr(job_routes, "_tenant_streams", Counter({"a": job_routes.MAX_TENANT_PROGRESS_STREAMS}))
+    monkeypatch.setattr(
+        progress_streams, "_tenant_streams", Counter({"a": progress_streams.MAX_TENANT_PROGRESS_STREAMS})
+    )
     overloaded = _errors("overloaded")
     refused = world["http"].get(f"/v1/jobs/{job}/progress", headers=auth(world, "a_viewer"))
     assert refused.status_code == 429, refused.text
@@ -43,7 +45,7 @@ def test_the_replicas_stream_total_is_still_a_503_overloaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job = _submit(world, "b_analyst", seed=72)
-    monkeypatch.setattr(job_routes, "_open_streams", job_routes.MAX_PROGRESS_STREAMS)
+    monkeypatch.setattr(progress_streams, "_open_streams", progress_streams.MAX_PROGRESS_STREAMS)
     overloaded = _errors("overloaded")
     refused = world["http"].get(f"/v1/jobs/{job}/progress", headers=auth(world, "b_analyst"))
     assert refused.status_code == 503 and refused.json()["kind"] == "overloaded", refused.text

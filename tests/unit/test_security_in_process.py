@@ -397,11 +397,13 @@ def test_one_tenants_progress_streams_cannot_use_up_the_replicas(
     theirs."""
     from collections import Counter
 
-    from serving.http import job_routes
+    from serving.http import progress_streams
 
     http = world["http"]
     mine, theirs = _submit(world, "a_analyst", seed=31), _submit(world, "b_analyst", seed=32)
-    monkeypatch.setattr(job_routes, "_tenant_streams", Counter({"a": job_routes.MAX_TENANT_PROGRESS_STREAMS}))
+    monkeypatch.setattr(
+        progress_streams, "_tenant_streams", Counter({"a": progress_streams.MAX_TENANT_PROGRESS_STREAMS})
+    )
     refused = http.get(f"/v1/jobs/{mine}/progress", headers=auth(world, "a_viewer"))
     assert refused.status_code == 429 and "your tenant" in refused.json()["error"], refused.text
     with http.stream("GET", f"/v1/jobs/{theirs}/progress", headers=auth(world, "b_analyst")) as other:
