@@ -95,15 +95,15 @@ def is_uri(source: str) -> bool:
     return len(scheme) > 1  # not a Windows drive letter
 
 
-def _open(location: str) -> Any:
+def _open(location: str, follow_links: bool = True) -> Any:
     raw_path = local_path(location)
     if raw_path is not None:  # a stored path that is not UTF-8
-        return open_regular_file(raw_path)
+        return open_regular_file(raw_path, follow_links=follow_links)
     if is_uri(location):
         import fsspec
 
         return fsspec.open(location, "rb").open()
-    return open_regular_file(location)  # closed by the caller
+    return open_regular_file(location, follow_links=follow_links)  # closed by the caller
 
 
 def _archive_members(location: str) -> list[tuple[str, int]]:
@@ -299,8 +299,9 @@ def list_sources(sources: Sequence[str], prefix: str = "") -> list[SourceItem]:
     return items
 
 
-def read_items(rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes | Exception]:
-    """The bytes of each row (`SourceItem.to_row`), or the error reading it; an archive is opened once."""
+def read_items(rows: Sequence[dict[str, Any]], max_bytes: int, follow_links: bool = True) -> list[bytes | Exception]:
+    """The bytes of each row (`SourceItem.to_row`), or the error reading it; an archive is opened once.
+    `follow_links=False`: a local file (or archive) whose last path part is a link is an error, not followed."""
     out: list[bytes | Exception] = [b""] * len(rows)
     by_archive: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
@@ -308,13 +309,13 @@ def read_items(rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes | E
             by_archive.setdefault(row["location"], []).append(i)
             continue
         try:
-            out[i] = _read_file(row["location"], max_bytes)
+            out[i] = _read_file(row["location"], max_bytes, follow_links)
         except Exception as exc:  # noqa: BLE001 - the item's error
             out[i] = exc
     for location, indexes in by_archive.items():
         wanted = {rows[i]["member"]: i for i in indexes}
         try:
-            for member, data in _read_members(location, set(wanted), max_bytes):
+            for member, data in _read_members(location, set(wanted), max_bytes, follow_links):
                 out[wanted.pop(member)] = data
             for i in wanted.values():
                 out[i] = FileNotFoundError(f"{rows[i]['member']} is not in {location}")
@@ -344,7 +345,7 @@ def current_digests(items: Sequence[SourceItem], max_bytes: int) -> Iterator[tup
         yield from ((name, None) for name in wanted.values())
 
 
-def _read_file(location: str, max_bytes: int) -> bytes:
+def _read_file(location: str, max_bytes: int, follow_links: bool = True) -> bytes:
     """One image file's bytes; an object store's in one call bounded by IMGSERVE_REMOTE_TIMEOUT_S, transient failures
     tried again within it (`read_remote`: the client's own retries were unbounded, minutes per image)."""
     if local_path(location) is None and is_uri(location):
@@ -354,7 +355,7 @@ def _read_file(location: str, max_bytes: int) -> bytes:
 
         filesystem, path = fsspec.core.url_to_fs(location)
         return _within_limit(read_remote(filesystem, path, max_bytes), max_bytes)
-    with _open(location) as handle:
+    with _open(location, follow_links) as handle:
         return _bounded_read(handle, max_bytes)
 
 
@@ -369,8 +370,10 @@ def _within_limit(data: bytes, max_bytes: int) -> bytes:
     return data
 
 
-def _read_members(location: str, members: set[str], max_bytes: int) -> Iterator[tuple[str, bytes | Exception]]:
-    with _open(location) as handle:
+def _read_members(
+    location: str, members: set[str], max_bytes: int, follow_links: bool = True
+) -> Iterator[tuple[str, bytes | Exception]]:
+    with _open(location, follow_links) as handle:
         if location.lower().endswith(".zip"):
             with zipfile.ZipFile(handle) as archive:
                 for member in members:

@@ -13,9 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.convert.names import shared_folder_depth
-from serving.collections.sources import SourceError, SourceItem, UnreadableArchiveError, is_uri, list_sources
+from serving.collections.sources import (
+    SourceError,
+    SourceItem,
+    UnreadableArchiveError,
+    is_uri,
+    list_sources,
+    read_items,
+)
+from serving.collections.storable import local_path
 from serving.collections.store import RecordedImage
 from serving.errors import BadRequestError
+from serving.jobs.errors import ItemInputError, UriNotAllowedError
 from serving.jobs.remote_access import RemoteAccess
 from serving.jobs.tables import located_job
 from serving.jobs.uris import check_uri, file_uri_path
@@ -250,3 +259,40 @@ def collection_dataset(
             "collection lists them (GET /v1/collections/{id}/images)"
         )
     return out, left_out
+
+
+def read_dataset_files(
+    images: Sequence[LabelledImage], allowed_root: Path | None, remote: RemoteAccess | None, max_bytes: int
+) -> list[bytes | Exception]:
+    """The bytes of dataset images of kind "file" (or each one's error), checked again as they are read, as a batch
+    job's inputs are: a local file (or archive) under the tenant's root, resolved, its last part no link; an object
+    store's within its allowed locations. The listing checked them, but a file swapped for a link to another tenant's
+    folder after it was read where the link pointed."""
+    rows: list[dict[str, str]] = []
+    refused: dict[int, Exception] = {}
+    for index, image in enumerate(images):
+        row = image.to_row()
+        try:
+            row["location"] = _checked_location(row["location"], allowed_root, remote)
+        except (UriNotAllowedError, BadRequestError) as exc:
+            refused[index] = ItemInputError("forbidden_uri", str(exc))
+        rows.append(row)
+    readable = [index for index in range(len(rows)) if index not in refused]
+    read = read_items([rows[index] for index in readable], max_bytes, follow_links=False)
+    out: list[bytes | Exception] = [refused.get(index, b"") for index in range(len(rows))]
+    for index, data in zip(readable, read, strict=True):
+        out[index] = data
+    return out
+
+
+def _checked_location(location: str, allowed_root: Path | None, remote: RemoteAccess | None) -> str:
+    if is_uri(location) and local_path(location) is None:  # s3:// gs://: the tenant's allowed locations
+        if remote is not None:
+            remote.check(location)
+        return location
+    if allowed_root is None:
+        raise UriNotAllowedError("file datasets are disabled on this server (IMGSERVE_BATCH_ALLOWED_ROOT is not set)")
+    path = Path(local_path(location) or location).resolve()
+    if not path.is_relative_to(allowed_root.resolve()):
+        raise UriNotAllowedError(f"{path.name!r} is now a link to outside the allowed root; copy the file instead")
+    return str(path)

@@ -17,7 +17,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.collections.filters import ImageFilter
-from serving.collections.sources import read_items
 from serving.collections.store import CollectionStore
 from serving.config.model_entry import ModelEntry
 from serving.errors import BadRequestError, classify_error, internal_detail, unwrap
@@ -38,6 +37,7 @@ from serving.training.dataset import (
     collection_dataset,
     labelled_images,
     labelled_in_two_categories,
+    read_dataset_files,
     split,
     usable_images,
     without_copies_of_training,
@@ -367,7 +367,7 @@ class TrainingService:
         remote = self.jobs.settings.remote_access(tenant)
         out: list[bytes | Exception] = [b""] * len(images)
         files = [i for i, image in enumerate(images) if image.kind == "file"]
-        for i, data in zip(files, read_items([images[i].to_row() for i in files], limit), strict=True):
+        for i, data in zip(files, read_dataset_files([images[i] for i in files], root, remote, limit), strict=True):
             out[i] = data
         for i, image in enumerate(images):
             if image.kind == "file":
