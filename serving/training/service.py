@@ -137,8 +137,17 @@ class TrainingService:
         base_classifier(self.service, backbone)
         images, _ = await self._dataset(request, principal.tenant)
         check_classes(images)
-        body = request.model_dump()
-        job = await asyncio.to_thread(store.create, principal.tenant, principal.key_id, request.model, body)
+        gate = self.jobs.gate  # the dataset's images count against the caller's daily quotas, as a batch job's do
+        if gate is not None:
+            await gate.charge_images(len(images))
+        try:
+            job = await asyncio.to_thread(
+                store.create, principal.tenant, principal.key_id, request.model, request.model_dump()
+            )
+        except BaseException:
+            if gate is not None:
+                await gate.refund_images(len(images))
+            raise
         self.schedule(job.id)
         return job
 

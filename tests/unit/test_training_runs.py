@@ -84,6 +84,7 @@ class World:
             ready=ready,
             engine=engine,
             settings=SimpleNamespace(read_root=lambda tenant: root, remote_access=lambda tenant: None),
+            gate=None,  # auth off: nothing charged
             objects=lambda: None,
         )
         self.training = TrainingService(self.service, jobs)  # type: ignore[arg-type]
