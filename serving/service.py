@@ -23,7 +23,7 @@ from serving.quality_metrics import record_quality
 from serving.refunds import refunded_on_server_error
 from serving.repository import ModelEntry, ModelRepository, UnknownModelError
 from serving.requests import ImageOptions
-from serving.stages.concurrency import gather_or_raise
+from serving.stages.concurrency import gather_all_or_cancel, gather_or_raise
 from serving.stages.pipeline import ImagePipeline, ModelResult, StageOutputs, StagePlan, held_stages
 
 IMAGE_MODEL_NAME = "classify"  # OIP model whose input is a BYTES tensor of encoded images
@@ -319,8 +319,8 @@ class InferenceService:
         if batch.shape[0] > 1:
             REPLICA_LIMIT.waive_queue_budget()
         async with refunded_on_server_error(self, int(batch.shape[0])):
-            rows: list[ModelResult] = await asyncio.gather(
-                *(pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch)
+            rows: list[ModelResult] = await gather_all_or_cancel(
+                [pipeline.infer_tensor(entry.key, np.ascontiguousarray(row)) for row in batch]
             )
         for row in rows:
             record_stages(row.stage_ms)

@@ -40,3 +40,20 @@ async def gather_or_raise(
                 result.add_note(f"image index {index}")
             raise result
     return list(results)
+
+
+async def gather_all_or_cancel(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Results in order; at the first failure the calls still running are cancelled (and waited for) and that
+    failure is raised: a request that fails as a whole (a client-batched tensor, one row refused 503 at a full batch
+    queue) does not leave its other rows queued and run for nobody."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for those done; the caller's own cancellation cancels them all too
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
