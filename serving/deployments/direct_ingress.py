@@ -145,7 +145,12 @@ class DirectListeners:
             self._http.should_exit = True
             try:
                 await asyncio.wait_for(self._http_task, SHUTDOWN_GRACE_S + 1)
-            except (TimeoutError, asyncio.CancelledError):
+            except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this stop was cancelled (Ray gave up on the shutdown): the rest must not run on
+                # else uvicorn's task itself ended cancelled: stopped all the same
         if self._grpc is not None:
             await self._grpc.stop(SHUTDOWN_GRACE_S)

@@ -147,3 +147,35 @@ def test_port_overrides_move_the_direct_listeners_and_the_banner_names_them(tmp_
     )
     moved = load_serve_config(http_only, http_port=18001, grpc_port=19001)
     assert moved["applications"][0]["args"]["direct_ingress"] == {"grpc_port": None, "http_port": 18001}
+
+
+class _StoppingServer:
+    should_exit = False
+
+
+class _RecordingGrpc:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    async def stop(self, grace: float) -> None:
+        self.stopped = True
+
+
+@pytest.mark.parametrize("cancelled", ["stop", "uvicorn"])
+def test_stop_keeps_its_own_cancellation_and_stops_after_uvicorns(cancelled: str) -> None:
+    """stop() swallowed every CancelledError while it waited for uvicorn: a shutdown Ray cancelled went on to stop the
+    gRPC server (10 s of grace) and the rest. uvicorn's own task ending cancelled is still a stop."""
+    grpc = _RecordingGrpc()
+
+    async def scenario() -> bool:
+        listeners = DirectListeners.__new__(DirectListeners)
+        listeners._http, listeners._grpc = _StoppingServer(), grpc  # type: ignore[assignment]
+        listeners._http_task = asyncio.create_task(asyncio.sleep(100))  # uvicorn finishing in-flight requests
+        stopping = asyncio.create_task(listeners.stop())
+        await asyncio.sleep(0.05)
+        (stopping if cancelled == "stop" else listeners._http_task).cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        return stopping.cancelled()
+
+    stop_cancelled = asyncio.run(scenario())
+    assert (stop_cancelled, grpc.stopped) == ((True, False) if cancelled == "stop" else (False, True))
