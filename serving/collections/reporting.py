@@ -62,8 +62,10 @@ def recorded_image_bytes(image: RecordedImage, info: CollectionInfo, jobs: JobSe
         data = read_items([row], THUMBNAIL_MAX_BYTES)[0]
     # saved from a batch job: that job's inputs (no location: saved before locations named the job, its first job)
     elif (job_id := saved_from or info.job_id) and (source := jobs.store.input_source(job_id, name)):
+        # where the tenant may read today (its root, its object-store locations), as the job runner reads inputs
+        root, remote = jobs.settings.read_root(info.tenant), jobs.settings.remote_access(info.tenant)
         try:
-            data = read_job_input(*source, jobs.objects(), jobs.settings.read_root(info.tenant), THUMBNAIL_MAX_BYTES)
+            data = read_job_input(*source, jobs.objects(), root, THUMBNAIL_MAX_BYTES, remote)
         except Exception as exc:  # noqa: BLE001 - purged, missing or refused: the same answer
             data = exc
     else:

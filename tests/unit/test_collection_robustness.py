@@ -154,7 +154,7 @@ def test_the_report_of_a_collection_saved_from_a_job_has_its_thumbnails(store: C
     jobs = SimpleNamespace(  # what report_thumbnails reads of JobService
         store=SimpleNamespace(input_source=lambda job_id, name: ("object", digest) if job_id == "abc" else None),
         objects=lambda: objects,
-        settings=SimpleNamespace(read_root=lambda tenant: None),
+        settings=SimpleNamespace(read_root=lambda tenant: None, remote_access=lambda tenant: None),
     )
     info = store.open("saved", ["metadata"], ["job:abc"], job_id="abc")
     store.add(
