@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from serving.errors import ModelUnavailableError
 from serving.http.dependencies import audit, get_principal, reject_unknown_query
 from serving.security.principal import Principal
-from serving.training.service import TrainingRequest, TrainingService
+from serving.training.request import TrainingRequest
+from serving.training.service import TrainingService
 
 router = APIRouter(prefix="/v1", tags=["training jobs"], dependencies=[Depends(reject_unknown_query)])
 
