@@ -42,6 +42,7 @@ STREAMED_UPLOAD_PREFIXES = ("/v1/batch", "/v1/jobs/")
 # Bytes all connections together may hold while their bodies arrive before admission (beyond: 503 overloaded).
 PREREAD_BUDGET_BYTES = 1024 * 1024 * 1024
 DRAIN_ON_REFUSAL_BYTES = 8 * 1024 * 1024  # a refused body up to this size is read and dropped (keep-alive)
+DRAIN_TIMEOUT_S = 10.0  # ... if it arrives within this
 
 
 def _has_body(scope: Scope) -> bool:
@@ -69,8 +70,12 @@ async def refuse_overloaded(scope: Scope, receive: Receive | None, send: Send) -
     declared = dict(scope.get("headers") or []).get(b"content-length", b"")
     drain = unread and declared.isdigit() and int(declared) <= DRAIN_ON_REFUSAL_BYTES
     await send_error_info(send, info, close=unread and not drain)
-    while drain and (message := await receive())["type"] == "http.request" and message.get("more_body", False):  # type: ignore[misc]
-        pass
+    try:  # within a deadline: outside the body-deadline layer, a trickled body held this task for as long as it took
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while drain and (message := await receive())["type"] == "http.request" and message.get("more_body"):  # type: ignore[misc]
+                pass
+    except TimeoutError:
+        pass  # answered already; uvicorn closes a connection whose body was not read to its end
 
 
 class ShedMiddleware:

@@ -80,3 +80,28 @@ def test_refusal_at_the_limit_answers_before_reading_the_body(
     headers = dict(sent[0]["headers"])
     assert headers[b"retry-after"] == b"1" and (headers.get(b"connection") == b"close") == closes
     assert (len(reads) == 3) == drained and (not reads) == (not drained)
+
+
+def test_a_refused_body_trickled_forever_is_drained_within_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain after a refusal runs outside the body-deadline layer: a client trickling a small declared body
+    held the refused request's task as long as it kept sending (async review)."""
+
+    async def inner(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("a refused request must not reach the app")
+
+    limit = InflightLimit(limit=1)
+    assert limit.try_enter()
+    monkeypatch.setattr(middleware, "REPLICA_LIMIT", limit)
+    monkeypatch.setattr(middleware, "DRAIN_TIMEOUT_S", 0.2)
+    sent: list[dict] = []
+
+    async def trickle() -> dict:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}  # never the last part
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    start = time.monotonic()
+    asyncio.run(asyncio.wait_for(ShedMiddleware(inner)(_scope(1000), trickle, send), 5.0))  # for ever before
+    assert time.monotonic() - start < 1.0 and sent[0]["status"] == 503
