@@ -51,8 +51,9 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
         self.image_operations = self.http_app.state.image_operations
         self.max_message_bytes = settings.max_request_bytes  # the gRPC listeners' send limit (serving/server.py)
+        self._training_resume: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
         if self.http_app.state.training is not None:  # jobs a stopped server left unfinished run again
-            asyncio.get_running_loop().create_task(self.http_app.state.training.resume())
+            self._training_resume = asyncio.get_running_loop().create_task(self.http_app.state.training.resume())
         self.model_poller: ModelPoller | None = None
         if stages is None and settings.model_poll_s > 0:  # local placement: the models live in this replica
             self.model_poller = ModelPoller(self.service, settings, settings.model_poll_s)
