@@ -330,8 +330,22 @@ def folder_state(root: Path) -> FolderState | None:
     )
 
 
+MAX_FOLDER_NAME_BYTES = 255  # NAME_MAX: a longer name is no folder (Path.is_dir raises ENAMETOOLONG for it)
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether `name` names a folder inside a repository rather than a path (`..`, `a/b`, `/abs`), and could be one:
+    a name of more than 255 bytes (or with a NUL) made the model-control routes' `is_dir()` raise, a 500."""
+    if name in ("", ".", "..") or "\x00" in name or len(os.fsencode(name)) > MAX_FOLDER_NAME_BYTES:
+        return False
+    return Path(name).name == name
+
+
 def model_folder(settings: "ServerSettings", name: str) -> Path | None:
-    """The folder holding model `name`: the repository's, else the trained-models folder's; None: neither."""
+    """The folder holding model `name`: the repository's, else the trained-models folder's; None: neither (or a name
+    that can be no folder: a client's text)."""
+    if not is_folder_name(name):
+        return None
     for root in (settings.model_repository, settings.trained_models):
         if (root / name).is_dir():
             return root / name

@@ -16,7 +16,7 @@ from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
 from serving.feature_head import GRAPH_VERSION, save_atomically, write_quality_graph
-from serving.model_versions import POLICY_FILE, model_roots, scan_model_folder
+from serving.model_versions import POLICY_FILE, is_folder_name, model_roots, scan_model_folder
 from serving.quantize import served_int8
 from serving.trained_head import HEAD_GRAPH_VERSION, ClassifierHead, classifier_graph, embedding_graph
 from serving.weights import WeightsError, locate_weights, logged_weights_error, sha256_of, weights_problems_kept
@@ -208,11 +208,6 @@ def grafted_onnx(config: ModelConfig, head: Path, settings: ServerSettings) -> P
         raise WeightsError(f"'{config.name}': a feature-head model's outputs are 'score' and 'probs'")
     logger.info("building %s from %s + %s", target.name, base_weights.name, head.name)
     return write_quality_graph(base_weights, head, config.input.size[0], "score", "probs", target)
-
-
-def is_folder_name(name: str) -> bool:
-    """Whether `name` names a folder inside a repository rather than a path (`..`, `a/b`, `/abs`)."""
-    return name not in ("", ".", "..") and Path(name).name == name
 
 
 class ModelRepository:
