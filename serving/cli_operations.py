@@ -4,7 +4,8 @@ Files are processed in this process (no server needed) by the same code the serv
 `/v1/enhance` (`pipelines.convert`, `pipelines.enhance`; enhance's quality verdicts from `serving.local_quality`), on
 `--workers` threads, with a progress bar. Outputs keep the input's relative path under OUTDIR, with the output
 format's extension and `--suffix` added to the name; inputs whose outputs would share a name are named apart
-(`IMG_1.HEIC`, `IMG_1.JPG` -> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`); originals are never overwritten. A per-file report
+(`IMG_1.HEIC`, `IMG_1.JPG` -> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`); no input is ever overwritten, and outputs are
+written whole (a temporary file renamed). Ctrl-C finishes and reports the files in progress (exit 130). A per-file report
 (sizes, ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
 A bad option value or input (an unknown format, a quality out of range, a missing path) is one line `imgserve: error:
 ...` and exit 2 before any file is read or written.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.regular_files import write_file_atomically
 from serving.spreadsheet import terminal_text
 
 # Only the parser is built on every `imgserve` start (`imgserve serve` included): the image libraries load when a
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     Work = Callable[[bytes], tuple[ConvertResult, dict[str, Any]]]
 
 USAGE_EXIT = 2  # as argparse and the other commands: a bad option or input
+INTERRUPTED_EXIT = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
 class UsageError(ValueError):
@@ -99,12 +104,20 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
     missing = next((path for path in args.paths if not Path(path).exists()), None)
     if missing is not None:  # as `imgserve batch` says it; it was one failed image with no reason on screen
         raise UsageError(f"no such file or folder: {missing}")
-    files = [Path(p) for p in expand_images(args.paths)]
+    if "/" in args.suffix or "\\" in args.suffix:  # '/../x' wrote outside --out
+        raise UsageError(f"--suffix {args.suffix!r}: a suffix of the file name, without '/' or '\\'")
+    unreadable: list[Path] = []
+    files = [Path(p) for p in expand_images(args.paths, unreadable)]
     if not files:
         raise UsageError(f"no image files in {' '.join(args.paths)}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} is not a folder")
+    for folder in unreadable:  # the walk goes on without them: said, not left out in silence
+        print(
+            f"imgserve: warning: cannot read folder {terminal_text(str(folder))}: its images are left out",
+            file=sys.stderr,
+        )
     return files
 
 
@@ -114,16 +127,48 @@ IN_FLIGHT_PER_WORKER = 4
 
 
 def _bounded(
-    pool: ThreadPoolExecutor, one: Callable[[int, Path], dict[str, Any]], files: list[Path], window: int
+    pool: ThreadPoolExecutor,
+    one: Callable[[int, Path], dict[str, Any]],
+    files: list[Path],
+    window: int,
+    stopped: threading.Event,
 ) -> Iterator[tuple[Path, Future[dict[str, Any]]]]:
-    """(path, future of `one(index, path)`) in input order, with at most `window` submitted and not yet yielded."""
+    """(path, future of `one(index, path)`) in input order, with at most `window` submitted and not yet yielded.
+    Once `stopped`, nothing more is submitted and what has not started is cancelled; the rest is yielded."""
     pending: deque[tuple[Path, Future[dict[str, Any]]]] = deque()
     for index, path in enumerate(files):
+        if stopped.is_set():
+            break
         pending.append((path, pool.submit(one, index, path)))
         if len(pending) >= window:
             yield pending.popleft()
+    if stopped.is_set():
+        for _, future in pending:
+            future.cancel()
     while pending:
         yield pending.popleft()
+
+
+@contextmanager
+def _stopped_by_ctrl_c() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C (SIGINT) of the run: the images in progress finish and are reported, no
+    other starts, and the command ends with INTERRUPTED_EXIT. A second Ctrl-C stops at once (KeyboardInterrupt). The
+    first used to raise KeyboardInterrupt wherever it landed: a traceback, and outputs on disk the report left out."""
+    stopped = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        stopped.set()
+        print("\nimgserve: stopping after the images in progress (Ctrl-C again to stop now)", file=sys.stderr)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if main_thread else None
+    try:
+        yield stopped
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _NoProgress:
@@ -173,23 +218,34 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
     total_in = total_out = 0
     start = time.perf_counter()
 
+    inputs = {path.resolve() for path in files}  # an output inside an input folder must not replace another input
+
     def one(index: int, path: Path) -> dict[str, Any]:
         data = path.read_bytes()
         result, extra = work(data)
         target = out / output_name(bases.get(index, names[index]), args.suffix, result)
-        if target.resolve() == path.resolve():
-            raise ValueError(f"output {target} would overwrite its input: give --suffix or another --out")
+        if target.resolve() in inputs:
+            raise ValueError(f"output {target} would overwrite an input: give --suffix or another --out")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(result.data)
+        write_file_atomically(target, result.data)
         return {"image": str(path), "output": str(target), **result.summary(), **extra}
 
+    try:
+        report = (out / "report.jsonl").open("w")
+    except OSError as exc:
+        print(f"imgserve: error: cannot write {out / 'report.jsonl'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     with (
         _progress(label, args.quiet) as progress,
         ThreadPoolExecutor(args.workers) as pool,
-        (out / "report.jsonl").open("w") as report,
+        report,
+        _stopped_by_ctrl_c() as stopped,
     ):
         task = progress.add_task(label, total=len(files), rate="")
-        for path, future in _bounded(pool, one, files, window=IN_FLIGHT_PER_WORKER * args.workers):
+        window = IN_FLIGHT_PER_WORKER * args.workers
+        for path, future in _bounded(pool, one, files, window, stopped):
+            if future.cancelled():  # not started when Ctrl-C came: neither written nor reported
+                continue
             try:
                 record = future.result()
                 total_in += record["input_bytes"]
@@ -207,10 +263,15 @@ def _run(args: argparse.Namespace, label: str, files: list[Path], work: Work) ->
             seen += 1
             rate = seen / max(time.perf_counter() - start, 1e-6)
             progress.update(task, advance=1, rate=f"{rate:.1f} img/s" + (f", {failed} failed" if failed else ""))
-    done = len(files) - failed
+    done = seen - failed
     ratio = total_in / total_out if total_out else 0.0
     print(f"{done} written to {out}, {failed} failed; {total_in} -> {total_out} bytes (ratio {ratio:.2f});"
           f" report: {out / 'report.jsonl'}")  # fmt: skip
+    if stopped.is_set():
+        print(
+            f"imgserve: stopped by Ctrl-C after {seen} of {len(files)} images (the report lists them)", file=sys.stderr
+        )
+        return INTERRUPTED_EXIT
     if failed:  # the reasons are in the report; the first one on screen
         print(
             f"imgserve: {failed} of {len(files)} images failed (see report.jsonl), e.g. {terminal_text(first_failure)}",

@@ -7,6 +7,7 @@ file's name. `open_regular_file` opens without blocking and refuses all of them 
 
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,3 +39,15 @@ def open_regular_file(path: str | Path, *, follow_links: bool = True) -> BinaryI
         what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise NotARegularFileError(f"{str(path)!r} is {what}")
     return os.fdopen(fd, "rb")
+
+
+def write_file_atomically(target: Path, data: bytes) -> None:
+    """Write `data` as `target` by a temporary file beside it renamed into place: a reader (or a run cut short by
+    Ctrl-C or a full disk) sees the old file or the whole new one, never a part; the temporary file goes on failure."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -7,7 +7,6 @@ fetches arbitrary URLs on a client's behalf.
 """
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
@@ -15,7 +14,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit
 from serving.errors import BadRequestError
 from serving.jobs.errors import ItemInputError, UriNotAllowedError, storage_client_errors, storage_error_text
 from serving.jobs.remote_access import RemoteAccess, read_remote, write_remote
-from serving.regular_files import NotARegularFileError, open_regular_file
+from serving.regular_files import NotARegularFileError, open_regular_file, write_file_atomically
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
@@ -109,9 +108,7 @@ def write_output(
         if filesystem is None:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
+            write_file_atomically(target, data)
         else:
             write_remote(filesystem, path, data)
     except (UriNotAllowedError, BadRequestError) as exc:

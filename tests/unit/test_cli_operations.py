@@ -2,6 +2,7 @@
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -167,10 +168,11 @@ def test_bulk_commands_keep_a_bounded_number_of_files_in_flight() -> None:
     from serving.cli_operations import _bounded
 
     files = [Path(f"{i}.jpg") for i in range(100)]
+    never = threading.Event()  # not stopped by Ctrl-C
     started: list[int] = []
     yielded = 0
     with ThreadPoolExecutor(2) as pool:
-        for path, future in _bounded(pool, lambda index, path: started.append(index) or {"i": index}, files, window=8):
+        for path, future in _bounded(pool, lambda index, path: started.append(index) or {"i": index}, files, 8, never):
             assert future.result() == {"i": int(path.stem)} and int(path.stem) == yielded
             yielded += 1
             assert len(started) - yielded <= 8
