@@ -104,6 +104,8 @@ class ModelPoller:
             return False
         if state is None or (not state.served and not state.error):  # removed (the default model), or serves none
             if name not in repository.entries or name == service.default_model:
+                if state is not None:  # listed with its versions (a new trained model's first, not promoted), so that
+                    await asyncio.to_thread(repository.refresh_versions, name)  # this replica can promote it too
                 return False
             with contextlib.suppress(UnknownModelError):
                 await unload_unlocked(service, name)

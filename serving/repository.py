@@ -277,7 +277,7 @@ class ModelRepository:
         """Read which versions `name` has on disk again (a training job registered one), leaving what is served."""
         scanned = self._scan_one(name, check_backends=False)
         if scanned is not None:
-            self.versions[name] = scanned.versions
+            self._list_versions(name, scanned)
 
     def replace(self, name: str, scanned: ScannedModel | None) -> None:
         """Record a (re)scanned model; None: unloaded (still listed with its versions)."""
@@ -287,9 +287,17 @@ class ModelRepository:
         else:
             self.entries[name] = scanned.served
         if scanned is not None:
-            self.versions[name] = scanned.versions
+            self._list_versions(name, scanned)
             if scanned.canary is not None:
                 self.canaries[name] = (scanned.canary, scanned.canary_percent)
+
+    def _list_versions(self, name: str, scanned: ScannedModel) -> None:
+        """List the versions `scanned` found; a model none of whose versions could be read (a folder being copied) is
+        not listed: an empty listing answered `/v1/models` and the repository index 500 for every caller."""
+        if scanned.versions:
+            self.versions[name] = scanned.versions
+        else:
+            self.versions.pop(name, None)
 
     def forget(self, name: str) -> None:
         """Drop `name` from the listing: its folder is gone (the poll loop, as Triton's poll mode does)."""
