@@ -15,7 +15,7 @@ from serving.errors import BadRequestError, ModelUnavailableError, classify_erro
 from serving.jobs.errors import ItemInputError
 from serving.npy_lock import NPY_READ
 from serving.service import InferenceService
-from serving.stages.pipeline import StagePlan
+from serving.stages.pipeline import StagePlan, held_stages
 from serving.trained_head import EMBEDDING, HEAD_GRAPH_VERSION
 from serving.training.dataset import LabelledImage
 
@@ -121,6 +121,9 @@ async def embed_images(
     undecodable image is recorded in `errors`, not fatal."""
     result = FeatureResult()
     plan = StagePlan(models=(backbone.name,))
+    # `backbone`'s own stage for the whole run: a version promoted meanwhile ran the rest of the images, its features
+    # cached under this version's key (a version swapped since the job took `backbone` is a 503 to retry)
+    pipeline = held_stages(service.pipeline, [backbone])
     gate = asyncio.Semaphore(concurrency)
 
     async def one(image: LabelledImage, data: bytes | Exception) -> None:
@@ -135,7 +138,7 @@ async def embed_images(
             return
         async with gate:
             try:
-                outputs = await service.pipeline.run(data, plan)
+                outputs = await pipeline.run(data, plan)
             except Exception as exc:  # noqa: BLE001 - the image's own failure (not an image, too large, ...)
                 result.errors[image.name] = model_error(exc)
                 return
