@@ -367,7 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except OSError as exc:  # a file or folder the command was pointed at (--out a folder, a missing --base): one line
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"imgserve: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

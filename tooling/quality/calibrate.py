@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pipelines.decode import decode_image
 from pipelines.errors import ImageInputError
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         new, report = calibrate(args.folder, load_thresholds(args.base), args.negatives)
-    except ValueError as exc:
+    except (ValueError, yaml.YAMLError) as exc:  # a --base that is no thresholds file: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     dump_thresholds(new, args.out)
