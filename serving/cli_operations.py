@@ -5,8 +5,9 @@ Files are processed in this process (no server needed) by the same code the serv
 `--workers` threads, with a progress bar. Outputs keep the input's relative path under OUTDIR, with the output
 format's extension and `--suffix` added to the name; inputs whose outputs would share a name are named apart
 (`IMG_1.HEIC`, `IMG_1.JPG` -> `IMG_1_HEIC.webp`, `IMG_1_JPG.webp`); no input is ever overwritten, and outputs are
-written whole (a temporary file renamed). Ctrl-C finishes and reports the files in progress (exit 130). A per-file report
-(sizes, ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest goes on.
+written whole (a temporary file renamed). Ctrl-C finishes and reports the files in progress (exit 130). A per-file
+report (sizes, ratio, operations, scores) goes to OUTDIR/report.jsonl; failures are reported and counted, the rest
+goes on.
 A bad option value or input (an unknown format, a quality out of range, a missing path) is one line `imgserve: error:
 ...` and exit 2 before any file is read or written.
 """

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from onnx import TensorProto, helper
 from PIL import Image
 
 from serving.model_control import apply_policy_unlocked, load_model
@@ -28,19 +27,9 @@ pytestmark = pytest.mark.unit
 
 def _embedding_version(root: Path, repository: Path, version: str, scale: float) -> None:
     versioned_copy(repository / "tiny", root, version)
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 5], [scale * (i % 7 + 1) for i in range(15)])
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
-        ],
-        "embedding",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 5])],
-        [weights],
+    digest = tiny_models._save(
+        tiny_models.classifier_graph(scale=scale, output="embedding"), root / version / "model.onnx"
     )
-    digest = tiny_models._save(graph, root / version / "model.onnx")
     config = yaml.safe_load((root / version / "config.yaml").read_text())
     config["outputs"][0]["name"], config["weights"]["sha256"] = "embedding", digest
     (root / version / "config.yaml").write_text(yaml.safe_dump(config))

@@ -28,17 +28,18 @@ def _save(graph: Any, path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def classifier_graph(size: int = SIZE) -> Any:
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, len(CLASSES)], [0.5 * (i % 7) for i in range(15)])
+def classifier_graph(size: int = SIZE, scale: float = 0.5, output: str = "logits") -> Any:
+    """Global average pool + matmul, 3 x `size` x `size` -> 5 outputs named `output`; weights `scale` * (0..6)."""
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, len(CLASSES)], [scale * (i % 7) for i in range(15)])
     return helper.make_graph(
         [
             helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
             helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+            helper.make_node("MatMul", ["flat", "w"], [output]),
         ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", len(CLASSES)])],
         [weights],
     )
 
