@@ -47,6 +47,8 @@ async def gather_all_or_cancel(calls: Sequence[Awaitable[T]]) -> list[T]:
     failure is raised: a request that fails as a whole (a client-batched tensor, one row refused 503 at a full batch
     queue) does not leave its other rows queued and run for nobody."""
     tasks = [asyncio.ensure_future(call) for call in calls]
+    if not tasks:  # asyncio.wait refuses an empty set
+        return []
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:

@@ -29,6 +29,7 @@ def test_the_first_failure_cancels_the_rest_and_is_raised() -> None:
 
     async def scenario() -> None:
         assert await gather_all_or_cancel([row(i) for i in (0, 1, 3)]) == [0, 1, 3]
+        assert await gather_all_or_cancel([]) == []
         finished.clear()
         with pytest.raises(ValueError, match="row 2"):
             await gather_all_or_cancel([row(i) for i in (2, 5, 6)])
