@@ -109,11 +109,14 @@ def write_policy(root: Path, policy: VersionPolicy) -> None:
 
 def _replace_policy(root: Path, data: bytes) -> None:
     """Write through a temporary file of this writer's own (a shared name let two writers replace each other's
-    half-written file, or find it gone)."""
+    half-written file, or find it gone), its bytes on disk before the rename: after a power loss the policy is the
+    old one or the new one, never an empty file (which reads as `policy: latest`: the newest version served)."""
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{POLICY_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, root / POLICY_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
