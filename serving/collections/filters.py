@@ -22,7 +22,8 @@ from serving.jobs.tables import collection_images
 # an offset is accepted and dropped: dates are compared as the camera's local time, as text)
 TAKEN_PATTERN = re.compile(
     r"(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})([T ](?P<hour>\d{2})(:(?P<minute>\d{2})(:(?P<second>\d{2})"
-    r"(\.\d+)?)?)?(?P<offset>Z|[+-](?P<offset_hours>\d{2}):?(?P<offset_minutes>\d{2}))?)?)?)?"
+    r"(\.\d+)?)?)?(?P<offset>Z|[+-](?P<offset_hours>\d{2}):?(?P<offset_minutes>\d{2}))?)?)?)?",
+    re.ASCII,  # \d is any Unicode digit otherwise: '２０２４-03-01' passed, compared as text with ASCII dates
 )
 # The parts of a matched date/time that must be in range (the day: in its month); compared as text, 2022-13-01 was
 # "2023 onwards" and 2022-02-30 "March 2022 onwards", without a word.

@@ -62,7 +62,9 @@ def _storable(value: Any) -> Any:
 
 
 def row_record(row: Any) -> ImageRecord:
-    values = {name: getattr(row, name) for name in RECORD_COLUMNS}
+    # a NaN or infinite number stored before they were refused (PostgreSQL and SQLite keep them) is no value: the
+    # report's score histogram and location clusters raised on one (a 500 for the whole report)
+    values = {name: finite_json(getattr(row, name)) for name in RECORD_COLUMNS}
     tags = tuple(t for t in (row.tags or "").split(",") if t)
     # A probability stored as null (NaN/infinity: `finite_json`) is left out: float(None) made every read of the
     # collection (listing, export, report) fail for one image's output.

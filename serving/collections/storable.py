@@ -19,7 +19,8 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 # ±HH:MM, or with seconds as Python's isoformat writes them: ±HH:MM:SS[.ffffff])
 TAKEN_AT_PATTERN = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})(?:[T ](?P<minute>\d{2}:\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?"
-    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?)?)?"
+    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?)?)?",
+    re.ASCII,
 )
 MAX_FRACTION_DIGITS = 9  # nanoseconds, as `pipelines.metadata.exif` keeps EXIF sub-seconds
 # A local path that is not UTF-8, as its bytes percent-encoded: "fsbytes:///photos/caf%E9.jpg"
