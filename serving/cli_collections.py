@@ -15,6 +15,7 @@ from serving.spreadsheet import terminal_text
 
 ERROR_EXIT = 2  # as argparse: bad arguments or input
 RUN_FAILED_EXIT = 1  # the run started and could not finish
+INTERRUPTED_EXIT = 130  # stopped by Ctrl-C (128 + SIGINT), as the shell reports it
 
 DEFAULT_STAGES = "classification,quality,metadata"
 EXPORT_SUFFIXES = (".csv", ".jsonl")  # `collection export --out`: the file types serving.collections.export writes
@@ -112,6 +113,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return RUN_FAILED_EXIT
+    except KeyboardInterrupt:  # Ctrl-C: what was recorded stays (each image commits as it is analysed)
+        print(
+            f"\nimgserve: stopped by Ctrl-C; the images analysed so far are kept in {terminal_text(info.name)}: run the"
+            " same command again to go on",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
     rate = (stats.done + stats.failed) / stats.seconds if stats.seconds and stats.done + stats.failed else 0.0
     print(
         f"collection {terminal_text(final.name)} ({final.id}): {final.images} images, {final.failed} failed; "

@@ -125,3 +125,23 @@ def test_a_heads_base_model_gets_its_warning_too(tmp_path: Path, caplog: pytest.
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and warned[0].startswith("model 'mobilenet_v2_imagenet'"), warned
     assert str(tmp_path / "no-weights") in warned[0]
+
+
+def test_ctrl_c_during_a_run_is_one_line_and_exit_130(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while Ray analyses: the images recorded so far stay and the same command resumes (README); it printed
+    Ray's and Python's KeyboardInterrupt traceback and exited 1."""
+    from serving.cli import main
+    from serving.collections import analyze
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analyze, "run_analysis", interrupted)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    argv = ["collection", "analyze", str(tmp_path / "photos"), "--name", "holiday", "--model", "tiny"]
+    assert main([*argv, "--database-url", f"sqlite:///{tmp_path}/jobs.sqlite3"]) == 130
+    err = capsys.readouterr().err
+    assert "stopped by Ctrl-C" in err and "run the same command again" in err and "Traceback" not in err
