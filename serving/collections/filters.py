@@ -116,11 +116,11 @@ class ImageFilter:
         out: list[sa.ColumnElement[bool]] = []
         if self.tag is not None:
             out.append(c.tags.contains(f",{self.tag},", autoescape=True))
-        pairs = (
+        pairs = (  # names are recorded stripped: "Canon " matched nothing
             (c.quality_level, self.level and self.level.upper()),
-            (c.make, self.camera_make),
-            (c.model, self.camera_model),
-            (c.top_label, self.label),
+            (c.make, self.camera_make and self.camera_make.strip()),
+            (c.model, self.camera_model and self.camera_model.strip()),
+            (c.top_label, self.label and self.label.strip()),
         )
         out += [column == value for column, value in pairs if value is not None]
         if self.format is not None:

@@ -290,7 +290,9 @@ class CollectionStore:
             return self._info(conn, self._row(conn, ref, tenant))
 
     def list_collections(self, tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[CollectionInfo]:
-        query = sa.select(collections).order_by(collections.c.created_at.desc()).limit(limit).offset(offset)
+        # the id breaks ties of created_at: pages by offset must not repeat or skip collections made at one instant
+        order = (collections.c.created_at.desc(), collections.c.id.desc())
+        query = sa.select(collections).order_by(*order).limit(limit).offset(offset)
         if tenant is not None:
             query = query.where(collections.c.tenant == tenant)
         with self.engine.connect() as conn:

@@ -1,6 +1,8 @@
 """Collections review: a date filter written in other scripts' digits passed the ISO check (`\\d` is any Unicode
-digit) and was compared as text with the stored ASCII dates, matching nothing or everything; and a NaN or infinite
-number stored before they were refused (SQLite and PostgreSQL keep them) made the collection report a 500."""
+digit) and was compared as text with the stored ASCII dates, matching nothing or everything; a NaN or infinite
+number stored before they were refused (SQLite and PostgreSQL keep them) made the collection report a 500; a camera
+filter with a space around it matched nothing; collections made at one instant could repeat or go missing between
+pages of the listing."""
 
 import tempfile
 from pathlib import Path
@@ -17,7 +19,7 @@ from serving.http.app import create_http_app
 from serving.jobs.database import open_job_database
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
-from serving.jobs.tables import collection_images
+from serving.jobs.tables import collection_images, collections
 from tests.unit.tiny_models import tiny_local_service
 
 pytestmark = pytest.mark.unit
@@ -55,3 +57,19 @@ def test_the_report_of_a_collection_holding_a_stored_infinity_is_answered() -> N
         html = client.get(f"/v1/collections/{collection}/report")
     assert report.status_code == 200 and html.status_code == 200, report.text  # 500 before
     assert report.json()["quality"]["mean_score"] == pytest.approx(53.5)  # the four finite scores
+
+
+def test_a_camera_filter_with_spaces_around_matches_the_stripped_names() -> None:
+    _, store, collection = _collection(Path(tempfile.mkdtemp()))
+    assert len(store.images(collection, ImageFilter(camera_make=" Canon "))) == 5  # 0 before
+
+
+def test_collections_made_at_one_instant_page_without_repeats_or_gaps() -> None:
+    _, store, _ = _collection(Path(tempfile.mkdtemp()))
+    for name in ("b", "d", "e"):
+        store.open(name, ["metadata"], ["/x"])
+    with store.engine.begin() as conn:  # one created_at for all four
+        conn.execute(sa.update(collections).values(created_at=1.0))
+    # SQLite returns ties in one order, so this passes on the old query too; PostgreSQL promises no order for them
+    pages = [store.list_collections(limit=1, offset=offset) for offset in range(4)]
+    assert sorted(page[0].name for page in pages) == ["b", "c", "d", "e"]
