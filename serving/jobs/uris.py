@@ -19,7 +19,8 @@ from serving.regular_files import NotARegularFileError, open_regular_file, write
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
 
-def _resolve_under(path: Path, root: Path) -> Path:
+def resolve_under(path: Path, root: Path) -> Path:
+    """`path` resolved (links followed) if it is absolute and under `root`; UriNotAllowedError (403) otherwise."""
     if not path.is_absolute():
         raise UriNotAllowedError(f"file URI path must be absolute, got {str(path)!r}")
     resolved = path.resolve()
@@ -49,7 +50,7 @@ def file_uri_path(uri: str, allowed_root: Path | None) -> Path:
     path = unquote(parts.path)
     if "\x00" in path:  # %00: no file name holds one, and the OS calls would raise
         raise BadRequestError("file URI path contains a NUL byte")
-    return _resolve_under(Path(path), allowed_root)
+    return resolve_under(Path(path), allowed_root)
 
 
 def check_uri(uri: str, allowed_root: Path | None, remote: RemoteAccess | None = None) -> str:
@@ -86,7 +87,7 @@ def check_destination(uri: str, output_root: Path | None, remote: RemoteAccess |
             )
         if parts.query or parts.fragment:  # every output would be written to the folder before the '?' or '#'
             raise BadRequestError(f"output URI {uri!r} has a query or fragment: percent-encode '?' as %3F, '#' as %23")
-        _resolve_under(Path(unquote(parts.path)), output_root)
+        resolve_under(Path(unquote(parts.path)), output_root)
         return uri.rstrip("/")
     if parts.scheme.lower() in REMOTE_SCHEMES:
         return check_uri(uri, None, remote).rstrip("/")
@@ -128,7 +129,7 @@ def _output_place(
     for a place refused. `remote`: as `check_uri`'s, checked again each time (the setting may have changed)."""
     if _split(destination).scheme.lower() == "file":
         assert output_root is not None  # check_destination refused file:// without it
-        return None, str(_resolve_under(Path(unquote(_split(f"{destination}/{name}").path)), output_root))
+        return None, str(resolve_under(Path(unquote(_split(f"{destination}/{name}").path)), output_root))
     import fsspec
 
     if remote is not None:

@@ -27,7 +27,7 @@ from serving.errors import BadRequestError
 from serving.jobs.errors import ItemInputError, UriNotAllowedError
 from serving.jobs.remote_access import RemoteAccess
 from serving.jobs.tables import located_job
-from serving.jobs.uris import check_uri, file_uri_path
+from serving.jobs.uris import check_uri, file_uri_path, resolve_under
 
 SPLIT_SALT = "imgserve-validation-v1"  # changing it changes every split: validation sets stay comparable across runs
 MAX_CATEGORIES = 1000  # the head's fit holds images x categories arrays: far more categories would exhaust memory
@@ -292,7 +292,4 @@ def _checked_location(location: str, allowed_root: Path | None, remote: RemoteAc
         return location
     if allowed_root is None:
         raise UriNotAllowedError("file datasets are disabled on this server (IMGSERVE_BATCH_ALLOWED_ROOT is not set)")
-    path = Path(local_path(location) or location).resolve()
-    if not path.is_relative_to(allowed_root.resolve()):
-        raise UriNotAllowedError(f"{path.name!r} is now a link to outside the allowed root; copy the file instead")
-    return str(path)
+    return str(resolve_under(Path(local_path(location) or location), allowed_root))  # as a batch input's file URI
