@@ -2,6 +2,7 @@
 finished batch job saved as a collection. Tenant-scoped like jobs: another tenant's collection is a 404."""
 
 import asyncio
+import itertools
 from typing import Any
 from urllib.parse import quote
 
@@ -139,10 +140,14 @@ async def export_collection(
 ) -> StreamingResponse:
     info = await asyncio.to_thread(store.get, ref, principal.read_scope())
     where.clauses()  # a bad filter is a 400 before the stream starts
-    lines = csv_lines if format == "csv" else jsonl_lines
+    lines = (csv_lines if format == "csv" else jsonl_lines)(store, info.id, where)
     media = "text/csv" if format == "csv" else "application/x-ndjson"
+    # The first page is read before the 200 is sent: a filter value the database refuses (a NUL on PostgreSQL) or a
+    # database that is down is the request's 4xx/5xx error, not a 200 whose download stops after its header row.
+    first = await asyncio.to_thread(next, lines, "")
     # A synchronous iterator: Starlette drains it in its thread pool, so database pages never block the event loop.
-    return StreamingResponse(lines(store, info.id, where), media_type=media, headers=_attachment(info.name, format))
+    body = itertools.chain((first,), lines)
+    return StreamingResponse(body, media_type=media, headers=_attachment(info.name, format))
 
 
 def _attachment(name: str, extension: str) -> dict[str, str]:

@@ -129,3 +129,26 @@ def test_over_http_a_score_out_of_range_gets_the_filters_reason(
     assert message in answer.text and "less than or equal" not in answer.text
     listing = client.get(f"/v1/collections/{collection}/images", params={"min_score": "0", "max_score": "100"})
     assert listing.status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_export_the_database_refuses_is_a_400_not_a_cut_off_200(
+    http: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The first page is read before the 200 goes out: PostgreSQL refusing a filter value with a NUL in it (a
+    DataError, as tests/unit/test_nul_in_stored_text.py builds) was met inside the stream, after a 200 and the CSV
+    header row, and the download stopped there."""
+    from sqlalchemy import exc as sa_exc
+
+    client, collection = http
+
+    def refusing(*args: Any, **kwargs: Any) -> Iterator[RecordedImage]:
+        raise sa_exc.DataError("SELECT ...", {"camera_make_1": "Can\x00on"}, ValueError("cannot contain NUL bytes"))
+        yield  # a generator, like the store's
+
+    monkeypatch.setattr(CollectionStore, "iter_images", refusing)
+    answer = client.get(f"/v1/collections/{collection}/export", params={"format": fmt, "camera_make": "Can\x00on"})
+    assert answer.status_code == 400 and answer.json()["kind"] == "bad_request", answer.text
+    monkeypatch.undo()
+    exported = client.get(f"/v1/collections/{collection}/export", params={"format": fmt})
+    assert exported.status_code == 200 and "late.jpg" in exported.text
