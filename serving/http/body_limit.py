@@ -1,15 +1,19 @@
-"""The request body's limits on every HTTP listener: its size (413) and one deadline for all of it (408)."""
+"""The request body's limits on every HTTP listener: its size (413) and one deadline for all of it (408); and a
+compressed body inflated for the routes (`serving.http.body_encoding`), held to the same size."""
 
 import asyncio
 from typing import Any
 
 from serving.errors import RequestTimeoutError, RequestTooLargeError
+from serving.http.body_encoding import BodyInflater, UnsupportedContentEncodingError
 from serving.http.middleware import Message, Receive, Scope, Send, send_json_error
 
 
 class BodySizeLimitMiddleware:
     """Answers 413 before reading a body whose Content-Length, or streamed size, exceeds `max_bytes`, and 408 when
-    the whole body has not arrived within `read_timeout_s` (a slow upload must not hold an admission slot)."""
+    the whole body has not arrived within `read_timeout_s` (a slow upload must not hold an admission slot). A body
+    with a Content-Encoding reaches the app inflated, without that header, and sized as a chunked body is (its
+    Content-Length was the compressed size); what it inflates to is held to `max_bytes` too."""
 
     def __init__(self, app: Any, max_bytes: int, read_timeout_s: float = 60.0):
         self.app = app
@@ -24,10 +28,21 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, declared.decode())
             return
+        inflater: BodyInflater | None = None
+        if b"content-encoding" in headers:
+            try:
+                inflater = BodyInflater.for_encoding(headers[b"content-encoding"].decode("latin-1"), self.max_bytes)
+            except UnsupportedContentEncodingError as exc:  # 415 before the body is read
+                await send_json_error(send, exc.http_status, str(exc), exc.kind, ((b"connection", b"close"),))
+                return
+            if inflater is not None:
+                plain = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+                scope = {**scope, "headers": [*plain, (b"transfer-encoding", b"chunked")]}
         seen = 0
         body_done = False
         deadline = BodyDeadline(self.read_timeout_s)
@@ -44,6 +59,8 @@ class BodySizeLimitMiddleware:
                     deadline.cancel()
                 if seen > self.max_bytes:
                     raise RequestTooLargeError(f"request body exceeds the limit of {self.max_bytes} bytes")
+                if inflater is not None:
+                    message = {**message, "body": inflater.feed(message.get("body", b""), final=body_done)}
             return message
 
         try:

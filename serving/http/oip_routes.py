@@ -1,7 +1,6 @@
 """Open Inference Protocol (KServe v2) over HTTP/REST, with the binary tensor data extension."""
 
 import json
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -9,8 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.config.settings import ServerSettings
-from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError, RequestTooLargeError
+from serving.errors import BadRequestError, InvalidTensorError, ModelUnavailableError
 from serving.http.dependencies import get_service
 from serving.model_status import repository_index as model_repository_index
 from serving.oip import inference as oip
@@ -29,15 +27,6 @@ from serving.service import InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
-# Request bodies compressed as tritonclient's request_compression_algorithm sends them: zlib's window bits for each
-# Content-Encoding ("deflate" is the zlib format, RFC 9110 8.4.1.2, which tritonclient writes).
-CONTENT_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-INFLATE_STEP_BYTES = 1024 * 1024
-
-
-class UnsupportedContentEncodingError(BadRequestError):
-    http_status = 415
-    kind = "unsupported_encoding"
 
 
 def _not_ready(message: str) -> JSONResponse:
@@ -248,44 +237,6 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
     return oip.InferRequest(model, inputs, request_id, outputs, parameters, binary_default)
 
 
-def body_limit(request: Request) -> int:
-    """The app's request body limit (`BodySizeLimitMiddleware`'s, serving.http.body_limit), which a decompressed body
-    is held to too."""
-    default = ServerSettings.model_fields["max_request_bytes"].default
-    return int(getattr(request.app.state, "max_request_bytes", default))
-
-
-def decoded_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """`body` without its Content-Encoding (gzip or deflate; none or identity: as it is), inflated a step at a
-    time: more than `max_bytes` decompressed is a 413 as soon as it is seen, so a zip bomb of a few kilobytes
-    costs no more memory than a plain body at the limit. Other encodings are a 415 naming the ones taken."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    if not codings:
-        return body
-    if len(codings) > 1 or codings[0] not in CONTENT_DECODERS:
-        raise UnsupportedContentEncodingError(
-            f"Content-Encoding {content_encoding!r:.60} is not supported; send gzip, deflate or an uncompressed body"
-        )
-    inflater = zlib.decompressobj(CONTENT_DECODERS[codings[0]])
-    decoded = bytearray()
-    pending = body
-    try:
-        while True:
-            step = inflater.decompress(pending, min(INFLATE_STEP_BYTES, max_bytes + 1 - len(decoded)))
-            decoded += step
-            if len(decoded) > max_bytes:
-                raise RequestTooLargeError(f"request body decompresses to more than the limit of {max_bytes} bytes")
-            pending = inflater.unconsumed_tail
-            if not step and not pending:
-                break
-    except zlib.error as exc:
-        raise BadRequestError(f"request body is not valid {codings[0]} data: {exc}") from None
-    if not inflater.eof or inflater.unused_data:
-        raise BadRequestError(f"request body is not one complete {codings[0]} stream")
-    return bytes(decoded)
-
-
 def render_infer_response(response: oip.InferResponse) -> Response:
     body: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -320,8 +271,8 @@ async def infer(
     model: str, request: Request, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> Response:
     service.check_loaded(model, version)
-    body = decoded_body(await request.body(), request.headers.get("content-encoding"), body_limit(request))
-    parsed = parse_infer_request(model, body, request.headers.get(HEADER_LENGTH))
+    # a compressed body arrives inflated (serving.http.body_encoding, for every route)
+    parsed = parse_infer_request(model, await request.body(), request.headers.get(HEADER_LENGTH))
     parsed.version = version or ""
     response = await oip.infer(service, parsed)
     return render_infer_response(response)
