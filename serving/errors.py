@@ -115,6 +115,10 @@ def _holds_nul(value: Any) -> bool:
 
 
 def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message` cut to `limit` characters, and sendable: a lone surrogate in client text it quotes (a JSON
+    `"\\ud800"`) cannot be encoded as UTF-8, so a JSON body or gRPC status carrying it failed to be sent (a bare
+    500); it is written as its escape instead."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return message if len(message) <= limit else message[: limit - 1] + "\u2026"
 
 

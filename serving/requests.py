@@ -12,6 +12,8 @@ Options may also be query parameters (`?top_k=3&confidence_threshold=0.5`); in t
 
 import base64
 import binascii
+import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +21,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from serving.errors import BadRequestError
 
 DEFAULT_TOP_K = 5
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads_client_json(raw: bytes) -> Any:
+    """`json.loads` of a client's body, refusing what JSON's grammar allows but text cannot hold: a lone UTF-16
+    surrogate escape (`"\\ud800"`), which pydantic's parser (the image API's bodies) refuses too. Such a string
+    reached messages and logs that cannot encode it. Raises ValueError, as json.loads does for text that is not
+    JSON; only a body with a `\\ud`/`\\uD` escape is searched."""
+    value = json.loads(raw)
+    if (b"\\ud" in raw or b"\\uD" in raw) and _holds_surrogate(value):
+        raise ValueError("a string holds a lone surrogate escape (\\ud800-\\udfff), which is not text")
+    return value
+
+
+def _holds_surrogate(value: Any) -> bool:
+    pending = [value]  # a stack, not recursion: as deep as json.loads nests, without its recursion limit
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 class ImageOptions(BaseModel):

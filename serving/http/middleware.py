@@ -211,11 +211,16 @@ async def run_until_client_goes(app: Any, scope: Scope, receive: Receive, upstre
 
 def log_answered_error(info: ErrorInfo, path: str, exc: BaseException, what: str = "internal error") -> None:
     """The server log's line for an error answered to a client: a traceback for an internal error, one line for a
-    known outage (store down, full disk, replica gone), nothing for client errors and overload (counted instead)."""
-    if info.kind == "internal":
-        logger.error("%s on %s", what, path, exc_info=exc)
-    elif info.http_status >= 500 and info.kind != "overloaded":
-        logger.warning("%s on %s: %.300s", info.kind, path, internal_detail(exc))
+    known outage (store down, full disk, replica gone), nothing for client errors and overload (counted instead).
+    A line the log cannot take (a Ray worker's stderr refuses a lone surrogate in the exception's text, and
+    logging's own fallback raises then) is dropped: it must not keep the client from its answer."""
+    try:
+        if info.kind == "internal":
+            logger.error("%s on %s", what, path, exc_info=exc)
+        elif info.http_status >= 500 and info.kind != "overloaded":
+            logger.warning("%s on %s: %.300s", info.kind, path, internal_detail(exc))
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass
 
 
 class InternalErrorMiddleware:

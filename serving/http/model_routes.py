@@ -6,7 +6,6 @@ a repository model is the server's own tenant's (`default`; 403 for the others).
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from serving.model_versions import (
     scan_model_folder,
 )
 from serving.repository import UnknownModelError
+from serving.requests import loads_client_json
 from serving.security.principal import Principal
 from serving.service import InferenceService
 from serving.trained_models_lock import TrainedModelsLock
@@ -50,7 +50,7 @@ async def refuse_parameters(request: Request) -> None:
     if not body.strip():
         return
     try:
-        parameters = json.loads(body).get("parameters") or {}
+        parameters = loads_client_json(body).get("parameters") or {}
         names = set(parameters)
     except (ValueError, AttributeError, TypeError):
         raise BadRequestError("the body must be empty or a JSON object with an object of parameters") from None

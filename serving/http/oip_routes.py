@@ -23,6 +23,7 @@ from serving.oip.tensors import (
     one_data_source,
     tensor_shape,
 )
+from serving.requests import loads_client_json
 from serving.service import InferenceService
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
@@ -114,7 +115,7 @@ async def repository_index(request: Request, service: InferenceService = Depends
     """One row per model version; `{"ready": true}` in the body lists only the loaded ones (Triton's index)."""
     body = await request.body()
     try:
-        ready = json.loads(body).get("ready", False) if body.strip() else False
+        ready = loads_client_json(body).get("ready", False) if body.strip() else False
     except (ValueError, AttributeError):
         raise BadRequestError("the repository index body must be empty or a JSON object") from None
     if not isinstance(ready, bool):  # the string "false" is not taken as true
@@ -214,7 +215,7 @@ def parse_infer_request(model: str, body: bytes, header_length: str | None) -> o
     else:
         head, binary = body, b""
     try:
-        payload = json.loads(head)
+        payload = loads_client_json(head)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer literal past int()'s 4300 digits
         raise BadRequestError(f"inference request is not valid JSON: {str(exc)[:200]}") from None
     except RecursionError:

@@ -123,6 +123,28 @@ def test_the_server_log_has_a_traceback_for_internal_errors_and_one_line_for_out
         assert records == expected, (name, caplog.text)
 
 
+def test_text_no_encoder_takes_never_stops_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone surrogate in client text quoted by an error: the message is sent with its escape (a JSON body could
+    not be encoded: a bare 500), and a log stream that refuses it (a Ray worker's strict UTF-8 stderr, where
+    logging's own fallback raised too) costs the log line, not the answer."""
+    import io
+
+    from serving.http.middleware import log_answered_error
+
+    info = classify_error(BadRequestError("unknown output '\ud800'"))
+    assert info.message == "unknown output '\\ud800'" and info.message.encode("utf-8")
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    handler = logging.StreamHandler(strict)
+    logger = logging.getLogger("imgserve.http")
+    logger.addHandler(handler)
+    monkeypatch.setattr("sys.stderr", strict)  # logging.Handler.handleError's report goes here, and fails too
+    try:
+        exc = RuntimeError("a bug quoting '\ud800'")
+        log_answered_error(classify_error(exc), "/v2/models/m/infer", exc)  # raised UnicodeEncodeError before
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_slow_upload_gets_408_and_frees_its_slot(tmp_path_factory: pytest.TempPathFactory) -> None:
     settings = tiny_settings(tmp_path_factory.mktemp("slow")).model_copy(update={"body_read_timeout_s": 0.3})
     config = compose(AppArgs(placement="local", default_model="tiny"), settings)

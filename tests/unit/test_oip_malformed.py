@@ -109,3 +109,26 @@ def test_the_well_formed_requests_of_the_table_are_served(http: TestClient) -> N
     body = head.encode() + bytes(size)
     headers = {"Inference-Header-Content-Length": str(len(head))}
     assert http.post("/v2/models/tiny/infer", content=body, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": %s}],'
+        b' "outputs": [{"name": "\\ud800"}]}',
+        b'{"inputs": [{"name": "\\udfff", "shape": [1], "datatype": "FP32", "data": [0.5]}], "x": %s}',
+        b'{"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["\\uD800"]}], "x": %s}',
+    ],
+    ids=["output-name", "input-name", "bytes-data"],
+)
+@pytest.mark.parametrize("model", ["tiny", "classify"])
+def test_a_lone_surrogate_escape_is_a_400_not_a_500(http: TestClient, raw: bytes, model: str) -> None:
+    """JSON allows `"\\ud800"`, text does not: the unknown name quoted in the error could not be encoded (a bare-text
+    500 from a Ray replica, its log line failing too), a BYTES element raised UnicodeEncodeError (500 internal)."""
+    body = raw % json.dumps(PIXELS).encode()
+    answer = http.post(f"/v2/models/{model}/infer", content=body)
+    assert answer.status_code == 400 and answer.json()["kind"] == "bad_request", answer.text
+    assert "surrogate" in answer.json()["error"]
+    paired = body.replace(b"\\ud800", b"\\ud83d\\ude00").replace(b"\\udfff", b"\\ud83d\\ude00")
+    valid = http.post(f"/v2/models/{model}/infer", content=paired.replace(b"\\uD800", b"\\ud83d\\ude00"))
+    assert 400 <= valid.status_code < 500 and "surrogate" not in valid.text  # a valid pair is text: answered as any
