@@ -9,8 +9,9 @@ Triton's definitions (docs: protocol/extension_statistics.md), with one item (on
 
 - `inference_count`: items run; `execution_count`: batches run;
 - `inference_stats`: `success` / `fail` (count of items, time from queueing to the end of their batch), `queue`
-  (time waiting for a batch), `compute_input` / `compute_infer` / `compute_output` (each item charged its whole
-  batch's phase, as Triton charges every request of a batch); `cache_hit` / `cache_miss` stay zero (no cache);
+  (time successful items waited for a batch; a failure counts in `fail` alone, as Triton's `UpdateFailure`),
+  `compute_input` / `compute_infer` / `compute_output` (each item charged its whole batch's phase, as Triton
+  charges every request of a batch); `cache_hit` / `cache_miss` stay zero (no cache);
 - `batch_stats`: per batch size, the number of batches and their phases' time;
 - `last_inference`: milliseconds since the epoch when a batch last ended (0: never).
 
@@ -75,7 +76,8 @@ def recorded_batch(model: str, version: str, enqueued: Sequence[float], start: f
 
 def _record_items(model: str, version: str, enqueued: Sequence[float], start: float, end: float, outcome: str) -> None:
     MODEL_INFERENCES.labels(model, version, outcome).inc(len(enqueued))
-    MODEL_INFERENCE_SECONDS.labels(model, version, "queue").inc(sum(max(start - t, 0.0) for t in enqueued))
+    if outcome == "success":  # Triton's queue figure is its successes' (a failure updates `fail` alone)
+        MODEL_INFERENCE_SECONDS.labels(model, version, "queue").inc(sum(max(start - t, 0.0) for t in enqueued))
     MODEL_INFERENCE_SECONDS.labels(model, version, outcome).inc(sum(max(end - t, 0.0) for t in enqueued))
     MODEL_LAST_INFERENCE.labels(model, version).set(time.time())
 
@@ -125,7 +127,7 @@ def _statistics(name: str, version: str, row: _Figures) -> dict[str, Any]:
     inference_stats = {
         "success": _duration(succeeded, row.inference_seconds["success"]),
         "fail": _duration(failed, row.inference_seconds["fail"]),
-        "queue": _duration(succeeded + failed, row.inference_seconds["queue"]),
+        "queue": _duration(succeeded, row.inference_seconds["queue"]),  # perf_analyzer divides it by successes
         **{phase: _duration(succeeded, charged[phase]) for phase in COMPUTE_PHASES},
         "cache_hit": _duration(0, 0.0),
         "cache_miss": _duration(0, 0.0),

@@ -22,6 +22,7 @@ from serving.oip import inference as oip
 from serving.oip.inference import SERVER_EXTENSIONS
 from serving.oip.model_config import model_config
 from serving.oip.statistics import statistics
+from serving.repository import UnknownModelError
 from serving.security.audit import AuditEntry
 from serving.security.gate import current_client, current_principal, replica_gate
 from serving.service import InferenceService
@@ -43,7 +44,12 @@ class OipGrpcMethods:
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         async def call() -> Any:
-            self.service.check_loaded(request.name, request.version)  # NOT_FOUND for unknown names and versions
+            # An unknown or unloaded model or version is `ready: false`, as Triton answers it (tritonclient's
+            # is_model_ready after an unload polls for exactly that), not NOT_FOUND; HTTP's 404 is already a "no".
+            try:
+                self.service.check_loaded(request.name, request.version)
+            except UnknownModelError:
+                return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=await self.service.model_ready(request.name))
 
         return await answer("ModelReady", request.name, grpc_context, call, pb.ModelReadyResponse)
@@ -97,8 +103,11 @@ class OipGrpcMethods:
         async def one(request: Any) -> Any:
             call = lambda: self._infer(request)  # noqa: E731
             response, error = await attempt("ModelStreamInfer", request.model_name, call, context=facts)
-            if error is not None:
-                return pb.ModelStreamInferResponse(error_message=f"{error.grpc_code}: {error.message}")
+            if error is not None:  # with the request's id, as Triton sends it: which of the stream's requests failed
+                failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+                return pb.ModelStreamInferResponse(
+                    error_message=f"{error.grpc_code}: {error.message}", infer_response=failed
+                )
             return pb.ModelStreamInferResponse(infer_response=response)
 
         async for response in ordered_map(requests, one):

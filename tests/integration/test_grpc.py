@@ -74,6 +74,8 @@ def test_oip_health_and_metadata(triton: triton_grpc.InferenceServerClient) -> N
     assert meta.outputs[0].name == "probs" and meta.outputs[0].datatype == "FP32"
     index = {m.name: m.state for m in triton.get_model_repository_index().models}
     assert index[MODEL] == "READY"
+    # an unknown model or version is "not ready", as Triton answers it (it was NOT_FOUND: is_model_ready raised)
+    assert not triton.is_model_ready("nope") and not triton.is_model_ready(MODEL, "99")
 
 
 def test_model_infer_raw_contents_equals_http(triton: triton_grpc.InferenceServerClient, target: RunningServer) -> None:
@@ -107,7 +109,9 @@ def test_image_level_bytes_model_equals_http_classify(
         assert labels[i, 0].decode() == expected["predictions"][0]["label"]
 
 
-def test_model_stream_infer_in_order_with_errors(triton: triton_grpc.InferenceServerClient) -> None:
+def test_model_stream_infer_in_order_with_errors(
+    triton: triton_grpc.InferenceServerClient, channel: grpc.Channel
+) -> None:
     images = _images()
     sent = [images[0], b"not an image", images[1], images[2]]
     answers: queue.Queue = queue.Queue()
@@ -121,6 +125,13 @@ def test_model_stream_infer_in_order_with_errors(triton: triton_grpc.InferenceSe
     finally:
         triton.stop_stream()
     assert got[1][0] is None and "INVALID_ARGUMENT" in str(got[1][1])
+    # tritonclient hands a failed answer's error alone; the answer itself names the request, as Triton's does
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+    bad = service_pb2.ModelInferRequest(model_name="nope", id="req-7")
+    (failed,) = list(stream(iter([bad]), timeout=60))
+    assert failed.error_message.startswith("NOT_FOUND") and failed.infer_response.id == "req-7"
     ok = [(r.get_response().id, r.as_numpy("LABELS")[0, 0].decode()) for r, e in got if e is None]
     assert [i for i, _ in ok] == ["0", "2", "3"]
     assert ok[0][1].startswith("streetcar") and ok[1][1].startswith("drum") and ok[2][1] == "Gordon setter"
