@@ -8,13 +8,12 @@ import io
 import logging
 from typing import Any
 
-from PIL import ImageOps
-
 from pipelines.collections.record import ImageRecord
 from pipelines.collections.report import build_report, report_image_names
 from pipelines.collections.report_html import render_report_html
-from pipelines.image_header import open_validated
+from pipelines.image_header import exif_orientation, open_validated, upright_image
 from pipelines.limits import DecodeLimits
+from pipelines.pixel_modes import tiff_sample_type, to_rgb
 from serving.collections.sources import read_items
 from serving.collections.storable import finite_json
 from serving.collections.store import CollectionInfo, CollectionStore, RecordedImage
@@ -40,10 +39,14 @@ def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE, limits: DecodeLimits
     before any pixel is decoded: ImageTooLargeError (413) for an image over them, as /v1/analyze answers."""
     with open_validated(data, limits) as image:
         image.draft("RGB", (side * 2, side * 2))
-        upright = ImageOps.exif_transpose(image)
-        upright.thumbnail((side, side))
+        # the decode stage's rules (pipelines.decode): turned by its EXIF orientation, deep samples scaled to 8 bits
+        # and transparency shown on white (convert("RGB") clipped a 16-bit PNG to white and dropped alpha, leaving
+        # a logo's transparent surroundings black)
+        sample = tiff_sample_type(image)
+        rgb = to_rgb(upright_image(image, exif_orientation(image)), sample)
+        rgb.thumbnail((side, side))
         out = io.BytesIO()
-        upright.convert("RGB").save(out, "JPEG", quality=80)
+        rgb.save(out, "JPEG", quality=80)
     return out.getvalue()
 
 

@@ -143,6 +143,31 @@ def test_a_thumbnail_is_refused_over_the_pixel_limit_before_decoding() -> None:
     assert thumbnail_jpeg(_jpeg(size=(64, 48)), 32)[:2] == b"\xff\xd8"
 
 
+def test_a_thumbnail_shows_deep_and_transparent_images_as_analysis_sees_them() -> None:
+    """A 16-bit grey PNG was clipped to white by convert("RGB"), and a logo's transparent surroundings came out
+    black (with a black circle on them gone): now the decode stage's rules, 8-bit scaling and white under alpha."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from serving.collections.reporting import thumbnail_jpeg
+
+    def mean(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
+
+    grey16 = io.BytesIO()
+    Image.fromarray(np.full((64, 96), 32768, dtype=np.uint16)).save(grey16, "PNG")  # mid grey in 16 bits
+    assert np.allclose(mean(thumbnail_jpeg(grey16.getvalue(), 32)), 128, atol=3)  # 255 before
+
+    logo = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+    ImageDraw.Draw(logo).ellipse((24, 24, 72, 72), fill=(0, 0, 0, 255))
+    packed = io.BytesIO()
+    logo.save(packed, "PNG")
+    thumb = np.asarray(Image.open(io.BytesIO(thumbnail_jpeg(packed.getvalue(), 48))).convert("L"), dtype=np.float64)
+    assert thumb[0, 0] > 240 and thumb[24, 24] < 20  # white around a black circle (all black before)
+
+
 def test_the_report_of_a_collection_saved_from_a_job_has_its_thumbnails(store: CollectionStore, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
