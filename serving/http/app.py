@@ -62,7 +62,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     ERRORS.labels(_endpoint(request), f"http_{exc.status_code}").inc()
-    return JSONResponse({"error": str(exc.detail), "kind": f"http_{exc.status_code}"}, status_code=exc.status_code)
+    body = {"error": str(exc.detail), "kind": f"http_{exc.status_code}"}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)  # a 405's Allow
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

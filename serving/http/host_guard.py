@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from serving.metrics import ERRORS
 from serving.security.settings import is_loopback_host
 
 Scope = MutableMapping[str, Any]
@@ -24,8 +25,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _host_name(url: str) -> str:
-    """`//example.com:8000` or `https://example.com` -> `example.com`, `//[::1]:8000` -> `::1`; `null` -> ``."""
-    return (urlsplit(url).hostname or "").lower() if "//" in url else ""
+    """`//example.com:8000` or `https://example.com` -> `example.com`, `//[::1]:8000` -> `::1`; `null` -> ``; a
+    host that does not parse (`//[::1`, `//[zz]`) -> `` too (refused: it names no host this machine answers to; it
+    raised ValueError out of the guard, a plain-text 500)."""
+    try:
+        return (urlsplit(url).hostname or "").lower() if "//" in url else ""
+    except ValueError:
+        return ""
 
 
 class LoopbackHostGuard:
@@ -50,10 +56,11 @@ class LoopbackHostGuard:
                 host = value
             elif name == b"origin":
                 origin = value.decode("latin-1")
-        host_name = _host_name("//" + host.decode("latin-1"))
+        host_text = host.decode("latin-1")
+        host_name = _host_name("//" + host_text)
         refused = None
         if not self.allowed(host_name):
-            refused = f"Host {host_name or '(none)'!r}"
+            refused = f"Host {host_name or host_text[:200] or '(none)'!r}"
         elif origin is not None and not self.allowed(_host_name(origin)):
             refused = f"Origin {origin[:200]!r}"
         if refused is None:
@@ -63,7 +70,9 @@ class LoopbackHostGuard:
             f"{refused} is not this machine: with auth off this server answers requests to localhost or a loopback "
             "address only (a web page cannot reach it through the browser); add names to IMGSERVE_ALLOWED_HOSTS"
         )
+        ERRORS.labels("(listener)", "forbidden_host").inc()  # every error is counted (README "Errors")
         body = json.dumps({"error": message, "kind": "forbidden_host"}).encode()
         content = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        content.append((b"connection", b"close"))  # its body is never read: no keep-alive for it to trickle on
         await send({"type": "http.response.start", "status": 403, "headers": content})
         await send({"type": "http.response.body", "body": body})

@@ -189,3 +189,108 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_format(request_by
     assert b"content-type: application/json" in head.lower(), head
     payload = json.loads(body)
     assert payload["kind"] == "bad_request" and "malformed HTTP request" in payload["error"], payload
+
+
+def _all_of(connection: socket.socket, timeout_s: float = 5.0) -> bytes:
+    connection.settimeout(timeout_s)
+    data = b""
+    try:
+        while chunk := connection.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+async def _echo_length(scope: dict, receive: object, send: object) -> None:
+    """Answers how many body bytes it read."""
+    size, more = 0, True
+    while more:
+        message = await receive()  # type: ignore[operator]
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("shape", ["one huge header", "many headers"])
+def test_a_request_head_over_the_limit_is_a_431_and_closed(shape: str) -> None:
+    """uvicorn kept every header of a request, however large (600 MB in 1.5 s grew a replica by 500 MB)."""
+    from serving.http.header_timeout import MAX_HEAD_BYTES
+
+    def probe(port: int) -> tuple[bytes, bytes]:
+        big = socket.create_connection(("127.0.0.1", port))
+        big.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for i in range(64):  # 4 MB, sent until the server closes
+                if shape == "one huge header":
+                    big.sendall((b"X-Big: " if i == 0 else b"") + b"a" * 65536)
+                else:
+                    big.sendall(b"".join(b"X-H%d-%d: %s\r\n" % (i, j, b"b" * 1000) for j in range(64)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        refused = _all_of(big)
+        fine = socket.create_connection(("127.0.0.1", port))
+        fine.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"c" * (MAX_HEAD_BYTES // 2) + b"\r\n\r\n")
+        return refused, _response(fine)
+
+    refused, fine = _with_server(_app, 5.0, probe)
+    assert refused.startswith(b"HTTP/1.1 431 "), refused[:200]
+    assert json.loads(refused.partition(b"\r\n\r\n")[2])["kind"] == "too_large"
+    assert b" 200 " in fine  # a head of half the limit is served
+
+
+def test_an_upgrade_other_than_websocket_keeps_its_body_or_is_refused() -> None:
+    """`Upgrade: h2c` (curl --http2 on http://): httptools skips the body of any upgrade request, so the request
+    was served as if empty. With a body it is a 400 saying why; without one it is served as HTTP/1.1."""
+    upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+
+    def probe(port: int) -> tuple[bytes, bytes]:
+        with_body = socket.create_connection(("127.0.0.1", port))
+        with_body.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Content-Length: 5\r\n\r\nhello")
+        without = socket.create_connection(("127.0.0.1", port))
+        without.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n")
+        return _all_of(with_body), _all_of(without, 1.0)
+
+    with_body, without = _with_server(_echo_length, 5.0, probe)
+    assert with_body.startswith(b"HTTP/1.1 400 "), with_body  # was 200 with "0" bytes read
+    assert b"--http1.1" in with_body and b"connection: close" in with_body.lower()
+    assert without.startswith(b"HTTP/1.1 200 ") and without.endswith(b"\r\n\r\n0")
+
+
+async def _refuse_unread(scope: dict, receive: object, send: object) -> None:
+    """Answers at once without reading the body, as a refusal (403, 401, 405) does."""
+    await send({"type": "http.response.start", "status": 403, "headers": [(b"content-length", b"2")]})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"no"})  # type: ignore[operator]
+
+
+def test_a_body_still_trickling_after_its_answer_has_the_heads_deadline() -> None:
+    """A refusal answered without reading the body: the client trickling the rest kept the connection for ever
+    (each byte restarted nothing: no deadline applied once the head was in)."""
+
+    def probe(port: int) -> tuple[bytes, float | None]:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx")
+        slow.settimeout(5)
+        answer = slow.recv(200)
+        start = time.monotonic()
+        closed = None
+        while time.monotonic() - start < 5:
+            try:
+                slow.sendall(b"y")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = time.monotonic() - start
+                break
+            slow.settimeout(0.1)
+            try:
+                if slow.recv(100) == b"":
+                    closed = time.monotonic() - start
+                    break
+            except TimeoutError:
+                pass
+        return answer, closed
+
+    answer, closed = _with_server(_refuse_unread, 0.5, probe)
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert closed is not None and closed < 3, closed  # closed at the deadline (0.5 s), not kept while trickling

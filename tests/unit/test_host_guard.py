@@ -36,12 +36,20 @@ def test_loopback_names_pass(host: str) -> None:
         {"Host": ""},
         {"Host": "127.0.0.1:8000", "Origin": "https://evil.example"},  # a cross-site form post
         {"Host": "127.0.0.1:8000", "Origin": "null"},  # a sandboxed frame or a file:// page
+        {"Host": "[::1"},  # hosts that do not parse: a plain-text 500 before (urlsplit's ValueError)
+        {"Host": "127.0.0.1:8000", "Origin": "http://[zz"},
     ],
 )
 def test_another_host_or_origin_is_refused(headers: dict[str, str]) -> None:
+    from serving.metrics import ERRORS
+
+    refusals = ERRORS.labels("(listener)", "forbidden_host")
+    before = refusals._value.get()
     answer = _client().post("/v1/jobs", headers=headers)
     assert answer.status_code == 403 and answer.json()["kind"] == "forbidden_host", answer.text
     assert "the developer's" not in answer.text
+    assert answer.headers["connection"] == "close"  # its body is never read
+    assert refusals._value.get() == before + 1  # counted, as every error is (it was not)
 
 
 def test_same_origin_and_allowed_names_pass() -> None:

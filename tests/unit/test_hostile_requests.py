@@ -417,3 +417,9 @@ def test_a_stage_whose_upstream_replica_died_is_a_503_to_retry_not_an_internal_e
             503, "UNAVAILABLE", "replica_unavailable", 1.0,
         )  # fmt: skip
     assert classify_error(RayServeException("something else")).kind == "internal"
+
+
+def test_a_method_the_route_does_not_take_is_a_405_naming_the_ones_it_does(http: TestClient) -> None:
+    answer = http.put("/v1/classify", content=b"x")
+    assert answer.status_code == 405 and answer.json()["kind"] == "http_405"
+    assert answer.headers["allow"] == "POST"  # RFC 9110 15.5.6: a 405 names them (the header was dropped)
