@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import BadRequestError
 
@@ -75,6 +75,15 @@ class ImageOptions(BaseModel):
     anonymize: bool = Field(
         default=False, description="Drop GPS and personal fields (names, places) from metadata results."
     )
+
+    @field_validator("top_k", "confidence_threshold", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        """JSON `true` is no number (pydantic reads it as 1: `top_k: true` answered one class, a threshold of
+        `true` none), as `/v1/convert`'s `quality` refuses it."""
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not true or false")
+        return value
 
     @classmethod
     def parse(cls, /, **values: Any) -> "ImageOptions":

@@ -134,6 +134,8 @@ class EnhanceOptions:
             if raw is None or raw == "":
                 continue
             try:
+                if isinstance(raw, bool):  # JSON true is no factor (float(True) read it as 1.0)
+                    raise TypeError
                 value = float(raw)
             except (TypeError, ValueError):
                 raise InvalidOptionError(f"{name}={raw!r}: expected a number") from None

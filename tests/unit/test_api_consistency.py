@@ -119,6 +119,22 @@ def test_a_mistyped_classify_or_analyze_option_is_refused_as_its_json_body_form_
 
 
 @pytest.mark.parametrize(
+    ("path", "options", "kind"),
+    [
+        ("/v1/classify", {"top_k": True}, "bad_request"),  # answered one class
+        ("/v1/classify", {"confidence_threshold": True}, "bad_request"),  # answered none
+        ("/v1/enhance", {"brightness": True}, "invalid_option"),  # a factor of 1.0
+        ("/v1/convert", {"quality": True}, "invalid_option"),  # refused already
+    ],
+)
+def test_json_true_is_no_number_in_any_option(http: TestClient, path: str, options: dict, kind: str) -> None:
+    import base64
+
+    answer = http.post(path, json={"image": base64.b64encode(jpeg()).decode(), "options": options})
+    assert answer.status_code == 400 and answer.json()["kind"] == kind, answer.text
+
+
+@pytest.mark.parametrize(
     ("path", "params", "kind"),
     [
         ("/v1/classify", [("top_k", "3"), ("top_k", "4")], "bad_request"),
