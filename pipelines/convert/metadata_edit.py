@@ -1,10 +1,15 @@
 """Metadata of an output image: kept, stripped, or anonymised (no GPS, no personal fields).
 
-Anonymising edits the EXIF block itself (Pillow's EXIF writer): the GPS directory, the tags that name a person
-or a device serial, free-text comments and the maker note are removed; XMP, IPTC and PNG text chunks are dropped
-whole (any can repeat the location and the names).
-libvips mirrors EXIF tags as `exif-ifdN-*` fields and writes them back over the blob when saving, so the
-mirrored fields of removed tags are removed too.
+Anonymising edits the EXIF block itself (Pillow's EXIF writer): the GPS directory, the tags that name a person,
+a device serial or a computer, free text and the maker note are removed; the EXIF thumbnail (IFD1) goes whole, as
+Pillow's writer never copies it (it is a JPEG of its own, with its own EXIF: GPS, artist). XMP, IPTC and PNG text
+chunks are dropped whole (any can repeat the location and the names).
+libvips mirrors EXIF tags as `exif-ifdN-*` fields and the thumbnail as `jpeg-thumbnail-data`, and writes them back
+over the blob when saving, so the mirrored fields of removed tags are removed too.
+
+`PERSONAL_TAGS` is the one list of EXIF tags anonymisation removes. The metadata answer
+(`pipelines.metadata.anonymize`) reads none of them, so it has no EXIF field to blank
+(`tests/unit/test_convert_anonymize_exif.py` keeps the two apart).
 """
 
 import struct
@@ -16,48 +21,83 @@ GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
 PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION = 0xA002, 0xA003
 _SHORT, _LONG = 3, 4
+EXIF_HEADER = b"Exif\x00\x00"  # the APP1 identifier libvips keeps at the start of its EXIF blobs
+# libvips' field of the EXIF thumbnail (IFD1's JPEG) and the prefix of its mirrored IFD1 tags
+THUMBNAIL_FIELD, THUMBNAIL_TAG_FIELDS = "jpeg-thumbnail-data", "exif-ifd1-"
+# tag -> its name in libvips' `exif-ifdN-<name>` fields (libexif's names), for IFD0 and the Exif IFD
 PERSONAL_TAGS = {
+    # a person
     0x013B: "Artist",
     0x8298: "Copyright",
     0xA430: "CameraOwnerName",
+    0xA437: "Photographer",  # EXIF 3.0
+    0xA438: "ImageEditor",  # EXIF 3.0
+    0x9C9D: "XPAuthor",
+    # a device or a computer
     0xA431: "BodySerialNumber",
     0xA435: "LensSerialNumber",
+    0xC62F: "CameraSerialNumber",  # DNG's, written by exiftool and some raw converters into IFD0
+    0x013C: "HostComputer",
     0xA420: "ImageUniqueID",
-    0x9C9D: "XPAuthor",
-    # free text and the maker's private block (serial numbers, owner names, some makers' locations)
+    # free text (names, addresses) and the maker's private block (serial numbers, owner names, some locations)
+    0x010D: "DocumentName",
+    0x010E: "ImageDescription",
+    0xA436: "ImageTitle",  # EXIF 3.0
+    0x9C9B: "XPTitle",
+    0x9C9C: "XPComment",
+    0x9C9E: "XPKeywords",
+    0x9C9F: "XPSubject",
     0x927C: "MakerNote",
     0x9286: "UserComment",
-    0x9C9C: "XPComment",
 }
+_PERSONAL_NAMES = frozenset(PERSONAL_TAGS.values())
 # libvips ForeignKeep flags
 KEEP_NONE, KEEP_EXIF, KEEP_XMP, KEEP_IPTC, KEEP_ICC, KEEP_OTHER = 0, 1, 2, 4, 8, 16
 KEEP_ALL = KEEP_EXIF | KEEP_XMP | KEEP_IPTC | KEEP_ICC | KEEP_OTHER
 
 
+def exif_block(exif: Image.Exif) -> bytes:
+    """`exif` written as libvips keeps EXIF blobs: one `Exif\\0\\0` header, then the TIFF structure. Pillow's
+    `tobytes()` writes the header itself; the WebP writer (`pipelines.convert.libwebp`) and Pillow's HEIF writer copy
+    the blob as it is, so a second header made the block unreadable to exiftool and libvips."""
+    data = exif.tobytes()
+    return data if data.startswith(EXIF_HEADER) else EXIF_HEADER + data
+
+
 def anonymized_exif(blob: bytes) -> bytes | None:
-    """The EXIF block without GPS and personal tags; None when it cannot be parsed (then it is dropped whole)."""
+    """The EXIF block without GPS, personal tags and the thumbnail (IFD1, which Pillow's writer leaves out); None
+    when it cannot be parsed (then it is dropped whole)."""
     try:
         exif = Image.Exif()
-        exif.load(blob[6:] if blob.startswith(b"Exif\x00\x00") else blob)
+        exif.load(blob[len(EXIF_HEADER) :] if blob.startswith(EXIF_HEADER) else blob)
         exif.get_ifd(EXIF_IFD)  # load the sub-IFD so its personal tags can be removed
         exif.pop(GPS_IFD, None)
         exif._ifds.pop(GPS_IFD, None)  # noqa: SLF001 - Pillow keeps loaded sub-IFDs here and writes them back
         for tag in PERSONAL_TAGS:
             exif.pop(tag, None)
             exif.get_ifd(EXIF_IFD).pop(tag, None)
-        return b"Exif\x00\x00" + exif.tobytes()
+        return exif_block(exif)
     except Exception:  # noqa: BLE001 - a broken EXIF block is dropped rather than copied
         return None
+
+
+def _personal_field(name: str) -> bool:
+    """Whether anonymisation removes libvips' metadata field `name`: XMP, IPTC and PNG text chunks
+    (png-comment-N-Author, -Comment, ...: free text), the GPS directory (`exif-ifd3-*`), the EXIF thumbnail and its
+    IFD1 tags (libvips writes the thumbnail back from its field, whatever the blob holds), and personal tags."""
+    if name in ("xmp-data", "iptc-data", THUMBNAIL_FIELD):
+        return True
+    if name.startswith(("exif-ifd3-", THUMBNAIL_TAG_FIELDS, "png-comment-")):
+        return True
+    parts = name.split("-", 2)  # exif-ifd0-Artist
+    return len(parts) == 3 and parts[0] == "exif" and parts[2] in _PERSONAL_NAMES
 
 
 def anonymize_vips(image: pyvips.Image) -> pyvips.Image:
     """A copy of `image` whose metadata carries no location or personal fields."""
     out = image.copy()
     for name in out.get_fields():
-        # PNG text chunks (png-comment-N-Author, -Comment, ...) are free text, as XMP and IPTC are
-        if name in ("xmp-data", "iptc-data") or name.startswith(("exif-ifd3-", "png-comment-")):
-            out.remove(name)
-        elif name.startswith("exif-") and any(f"-{tag_name}" in name for tag_name in PERSONAL_TAGS.values()):
+        if _personal_field(name):
             out.remove(name)
     if "exif-data" in out.get_fields():
         blob = anonymized_exif(out.get("exif-data"))
@@ -85,7 +125,7 @@ def exif_with_size(blob: bytes, width: int, height: int) -> bytes:
     """The EXIF block with PixelXDimension/PixelYDimension saying the output's size, as libvips' savers write them
     (an enlarged or shrunk photo otherwise claims its camera's size). Patched in place, so nothing else in the block
     moves (maker notes keep their offsets); unchanged where the block has no such tags or cannot be read."""
-    start = 6 if blob.startswith(b"Exif\x00\x00") else 0
+    start = len(EXIF_HEADER) if blob.startswith(EXIF_HEADER) else 0
     tiff = bytearray(blob[start:])
     try:
         order = {b"II": "<", b"MM": ">"}[bytes(tiff[:2])]

@@ -19,7 +19,7 @@ from PIL import Image, ImageCms
 from pipelines.convert import jpeg_fast, libwebp
 from pipelines.convert.deep_samples import deep_samples, scaled_to_eight_bit
 from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE, SLOW_ENCODERS
-from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, keep_flags
+from pipelines.convert.metadata_edit import EXIF_HEADER, anonymize_vips, anonymized_exif, exif_block, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
@@ -334,16 +334,17 @@ def to_pillow(image: pyvips.Image) -> Image.Image:
 
 def upright_exif(blob: bytes | None) -> bytes | None:
     """The EXIF block with orientation 1: the pixels are upright already, and HEIF writers turn the tag into a
-    rotation of their own (libvips does this through its `orientation` field; Pillow's writers need the block)."""
+    rotation of their own (libvips does this through its `orientation` field; Pillow's writers need the block).
+    Returned as libvips keeps its blobs (`exif_block`: one `Exif\\0\\0` header): libwebp's writer copies it as it is."""
     if not blob:
         return blob
     try:
         exif = Image.Exif()
-        exif.load(blob[6:] if blob.startswith(b"Exif\x00\x00") else blob)
+        exif.load(blob[len(EXIF_HEADER) :] if blob.startswith(EXIF_HEADER) else blob)
         if exif.get(0x0112, 1) == 1:
             return blob
         exif[0x0112] = 1
-        return b"Exif\x00\x00" + exif.tobytes()
+        return exif_block(exif)
     except Exception:  # noqa: BLE001 - an unreadable block is not copied
         return None
 

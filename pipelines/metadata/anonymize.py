@@ -3,7 +3,9 @@
 Dropped: the whole GPS block (where the photo was taken), and every field naming a person or a place —
 XMP creators, IPTC by-line, credit, copyright notice, city and country. The EXIF fields imgserve reads name
 no person and carry no serial number (make, model, lens and exposure settings stay: they describe the camera
-type, not its owner). `anonymized: true` marks the result so a reader knows fields were removed.
+type, not its owner): the personal EXIF tags that conversion's `anonymize=true` removes from an output's EXIF
+block (`pipelines.convert.metadata_edit.PERSONAL_TAGS`, the one list of them) are none that this answer reports.
+`anonymized: true` marks the result so a reader knows fields were removed.
 """
 
 import copy
