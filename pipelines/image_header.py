@@ -184,16 +184,50 @@ def without_png_trailer(header: Image.Image, data: bytes, limits: DecodeLimits) 
     return open_validated(data[:end] + _PNG_IEND, limits)
 
 
-def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
-    """(width, height) as the viewer sees it, after EXIF orientation."""
+@lru_cache(maxsize=1)
+def _pillow_turns_tiffs() -> bool:
+    """Whether this Pillow turns TIFFs upright itself (the one in this project does): a TIFF's `size` is then its
+    upright size from the header on, and `load()` turns the pixels in place and drops the orientation tag. Asked of
+    Pillow once, with a 2x1 TIFF of orientation 6, rather than read from its version."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    probe = io.BytesIO()
+    Image.new("L", (2, 1)).save(probe, "TIFF", exif=exif)
+    with Image.open(probe) as tiff:
+        return tiff.size == (1, 2)
+
+
+def turned_by_pillow(image: Image.Image) -> bool:
+    """Whether Pillow itself turns `image` (opened, not yet loaded) upright: a TIFF with an orientation tag, where
+    this Pillow does (`_pillow_turns_tiffs`). Its `size` is the upright one already and its pixels come upright out
+    of `load()`: turning it by the tag again turned it twice (metadata sizes, phash, the quality stage's size)."""
+    if image.format != "TIFF" or getattr(image, "tag_v2", None) is None:
+        return False
+    return image.tag_v2.get(0x0112) in UPRIGHT_TRANSPOSE and _pillow_turns_tiffs()
+
+
+def stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the pixels as the file stores them, before orientation (exiftool's File:ImageWidth)."""
     width, height = image.size
+    return (height, width) if turned_by_pillow(image) and image.tag_v2.get(0x0112) in SWAPS_AXES else (width, height)
+
+
+def upright_size(image: Image.Image, orientation: int) -> tuple[int, int]:
+    """(width, height) as the viewer sees it, after EXIF orientation (`image` opened, not yet loaded)."""
+    width, height = image.size
+    if turned_by_pillow(image):
+        return width, height
     return (height, width) if orientation in SWAPS_AXES else (width, height)
 
 
 def upright_image(image: Image.Image, orientation: int) -> Image.Image:
     """The image turned upright by its EXIF orientation (`exif_orientation`; by the tag alone when Pillow cannot
-    rewrite the EXIF). An image with nothing to turn is returned as it is: exif_transpose would copy it."""
+    rewrite the EXIF). An image with nothing to turn is returned as it is: exif_transpose would copy it. One that
+    Pillow turns as it loads it (`turned_by_pillow`) is only loaded: exif_transpose turned it a second time."""
     if orientation not in UPRIGHT_TRANSPOSE:
+        return image
+    if turned_by_pillow(image):
+        image.load()
         return image
     try:
         return ImageOps.exif_transpose(image)

@@ -9,6 +9,7 @@ from PIL import Image
 
 DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 TOP_SCALED_MODES = ("I", "F")  # deep modes whose 8-bit scale depends on the largest value (`eight_bit_scale`)
+BAND_PIXELS = 1 << 16  # pixels of one band of rows read at a time by `largest_grey_value`
 SampleType = tuple[Literal["uint", "int", "float"], int]  # kind of number and bits a sample
 _TIFF_SAMPLE_KINDS: dict[int, Literal["uint", "int", "float"]] = {1: "uint", 2: "int", 3: "float"}
 
@@ -44,6 +45,16 @@ def grey_values(image: Image.Image, sample: SampleType | None) -> np.ndarray:
     if sample == ("uint", 32) and raw.dtype == np.int32:
         raw = raw.view(np.uint32)  # Pillow holds unsigned 32-bit samples in mode I's signed integers
     return np.nan_to_num(raw.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def largest_grey_value(image: Image.Image, sample: SampleType | None) -> float:
+    """The largest sample of a mode I or F image as `eight_bit_grey` reads it (`grey_values`: NaN and infinities as
+    0), a band of rows of at most `BAND_PIXELS` at a time: a float copy of the whole image took 4 bytes a pixel
+    (160 MB for a 40 MP TIFF), and each band's conversion to numpy holds a few copies of it at once."""
+    width, height = image.size
+    rows = max(1, BAND_PIXELS // max(1, width))
+    bands = (image.crop((0, top, width, min(height, top + rows))) for top in range(0, height, rows))
+    return max((float(grey_values(band, sample).max(initial=0.0)) for band in bands), default=0.0)
 
 
 def eight_bit_grey(image: Image.Image, sample: SampleType | None = None, top: float | None = None) -> Image.Image:

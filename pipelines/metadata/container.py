@@ -5,6 +5,7 @@ import io
 from PIL import ExifTags, Image, ImageCms
 
 from pipelines.frames import frame_count
+from pipelines.image_header import stored_size, upright_size
 from pipelines.metadata.result import ImageInfo
 from pipelines.orientation import SWAPS_AXES
 
@@ -91,8 +92,8 @@ def read_image_info(image: Image.Image, data: bytes, errors: list[str]) -> Image
         if quarter is None:
             quarter = rotation in SWAPS_AXES
         (width, height), upright = ((decoded_h, decoded_w) if quarter else image.size), image.size
-    else:
-        (width, height), upright = image.size, ((decoded_h, decoded_w) if rotation in SWAPS_AXES else image.size)
+    else:  # Pillow reports an oriented TIFF's size upright already (`turned_by_pillow`)
+        (width, height), upright = stored_size(image), upright_size(image, rotation or 1)
     try:
         frames, error = frame_count(image, data)
         if error:

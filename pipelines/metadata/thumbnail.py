@@ -12,11 +12,18 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 from PIL import Image, ImageCms
 
+from pipelines.image_header import turned_by_pillow
 from pipelines.jpeg_markers import check_jpeg_data, decode_jpeg_checked
 from pipelines.orientation import UPRIGHT_TRANSPOSE
+from pipelines.pixel_modes import (
+    DEEP_GREY_MODES,
+    TOP_SCALED_MODES,
+    eight_bit_grey,
+    largest_grey_value,
+    tiff_sample_type,
+)
 
 THUMBNAIL_SIZE = 128
 REDUCING_GAP = 2.0  # Image.thumbnail's: the DCT scale leaves the final resize at least this factor to shrink
@@ -39,21 +46,20 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer and float greyscale to 8-bit L by scaling, not clipping. Shrunk first (box filter, which
-    Pillow has for these modes) to twice the thumbnail size, the range read from the whole image: float64 copies of
-    the full image took 32 bytes a pixel (1.3 GB for a 92 KB 40 MP 16-bit PNG)."""
-    deep16 = image.mode.startswith("I;16")
-    low, high = (0.0, 0.0) if deep16 else (float(v) for v in image.getextrema())
+    """16/32-bit integer and float greyscale (loaded) to 8-bit L by the decode stage's one rule
+    (`pipelines.pixel_modes.eight_bit_grey`: by the sample type and the largest value, not stretched between the
+    image's extremes: a uniform mid-grey float TIFF came out black). Shrunk first (box filter, which Pillow has for
+    these modes) to twice the thumbnail size, the largest value read from the whole image: float64 copies of the
+    full image took 32 bytes a pixel (1.3 GB for a 92 KB 40 MP 16-bit PNG)."""
+    sample = tiff_sample_type(image)  # from the file's tags: the shrunk copy has none
+    top = largest_grey_value(image, sample) if image.mode in TOP_SCALED_MODES else None
     shrink = max(image.size) / (2 * THUMBNAIL_SIZE)
     if shrink > 1:
         size = (max(1, round(image.width / shrink)), max(1, round(image.height / shrink)))
         image = image.resize(size, Image.Resampling.BOX)
-    pixels = np.asarray(image).astype(np.float64)
-    if deep16:
-        scaled = pixels / 257.0
-    else:
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if image.mode not in DEEP_GREY_MODES:  # no such mode known to reach here: Pillow's own conversion
+        return image.convert("L")
+    return eight_bit_grey(image, sample, top)
 
 
 def _target_mode(image: Image.Image) -> str:
@@ -120,6 +126,7 @@ def upright_thumbnail(
     """Decode `image` (opened from `data`, not loaded) to a bounded upright thumbnail; may raise on corrupt pixel
     data (`InvalidImageError` for a JPEG that libjpeg reads with loss)."""
     icc = image.info.get("icc_profile")
+    turned = heif or turned_by_pillow(image)  # libheif and Pillow's TIFF loader turn the pixels themselves
     jpeg = _jpeg_thumbnail(image, data) if image.format in _JPEG_FORMATS else None
     if jpeg is not None:
         image = jpeg
@@ -130,7 +137,7 @@ def upright_thumbnail(
         if heif:  # pick an embedded thumbnail of >= 128 px when pillow-heif finds a matching one
             image.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
-    if not heif and orientation in UPRIGHT_TRANSPOSE:  # libheif has rotated HEIF already
+    if not turned and orientation in UPRIGHT_TRANSPOSE:
         image = image.transpose(UPRIGHT_TRANSPOSE[orientation])
     target = _target_mode(image)
     srgb = True
