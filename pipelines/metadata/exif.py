@@ -43,7 +43,7 @@ EXPOSURE_MODES = {0: "auto", 1: "manual", 2: "auto_bracket"}
 WHITE_BALANCES = {0: "auto", 1: "manual"}
 
 _DATETIME = re.compile(r"^(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
+_OFFSET = re.compile(r"^[+-](\d{2}):(\d{2})$")
 MAX_SUBSEC_DIGITS = 9  # nanoseconds: no camera writes more; the string stays within collection_images.taken_at
 
 
@@ -68,9 +68,19 @@ def exif_datetime(value: Any, subsec: Any = None, offset: Any = None) -> tuple[s
         else:
             error = f"sub-seconds of {len(fraction)} digits (more than {MAX_SUBSEC_DIGITS}) left out"
     zone = tv.text(offset)
-    if zone is not None and _OFFSET.match(zone):
-        result += zone
+    if zone is not None:
+        if _valid_offset(zone):
+            result += zone
+        else:  # as the XMP reader refuses one: '+25:99' is no ISO 8601 offset
+            error = "; ".join(filter(None, (error, f"offset {zone[:20]!r} is not a UTC offset (±HH:MM); left out")))
     return result, error
+
+
+def _valid_offset(zone: str) -> bool:
+    """Whether `zone` is an ISO 8601 UTC offset ±HH:MM that Python's datetime takes (under 24 hours, minutes under
+    60), as the XMP reader's `datetime.fromisoformat` checks its offsets."""
+    match = _OFFSET.match(zone)
+    return match is not None and int(match.group(1)) < 24 and int(match.group(2)) < 60
 
 
 def read_exif(image: Image.Image) -> tuple[ExifInfo | None, list[str]]:
@@ -91,6 +101,13 @@ def read_exif(image: Image.Image) -> tuple[ExifInfo | None, list[str]]:
             errors.append(f"exif.{field}: {error}")
         return name
 
+    def number(field: str, tag: int) -> float | None:
+        value = get(tag)
+        result = tv.number(value)
+        if result is None and value is not None and not tv.undefined(tv.first(value)):  # 0/0: EXIF's "unknown"
+            errors.append(f"exif.{field}: {tv.shown(value)[:60]} is not a finite number")
+        return result
+
     taken, error = exif_datetime(get(DATETIME_ORIGINAL), get(SUBSEC_TIME_ORIGINAL), get(OFFSET_TIME_ORIGINAL))
     if error:
         errors.append(f"exif.datetime_original: {error}")
@@ -102,10 +119,10 @@ def read_exif(image: Image.Image) -> tuple[ExifInfo | None, list[str]]:
         lens_model=tv.text(get(LENS_MODEL)),
         software=tv.text(get(SOFTWARE)),
         datetime_original=taken,
-        exposure_time_s=tv.number(get(EXPOSURE_TIME)),
-        f_number=tv.number(get(F_NUMBER)),
+        exposure_time_s=number("exposure_time_s", EXPOSURE_TIME),
+        f_number=number("f_number", F_NUMBER),
         iso=tv.integer(get(ISO)),
-        focal_length_mm=tv.number(get(FOCAL_LENGTH)),
+        focal_length_mm=number("focal_length_mm", FOCAL_LENGTH),
         focal_length_35mm_equiv_mm=tv.integer(get(FOCAL_LENGTH_35MM)) or None,  # 0 means "unknown" in EXIF
         flash=flash,
         flash_fired=None if flash is None else bool(flash & 1),
@@ -113,6 +130,6 @@ def read_exif(image: Image.Image) -> tuple[ExifInfo | None, list[str]]:
         metering_mode=enum("metering_mode", METERING_MODE, METERING_MODES),
         exposure_program=enum("exposure_program", EXPOSURE_PROGRAM, EXPOSURE_PROGRAMS),
         exposure_mode=enum("exposure_mode", EXPOSURE_MODE, EXPOSURE_MODES),
-        exposure_bias_ev=tv.number(get(EXPOSURE_BIAS)),
+        exposure_bias_ev=number("exposure_bias_ev", EXPOSURE_BIAS),
     )
     return info, errors

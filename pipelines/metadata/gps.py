@@ -13,31 +13,39 @@ LAT_REF, LAT, LON_REF, LON, ALT_REF, ALT, TIME = 1, 2, 3, 4, 5, 6, 7
 DIRECTION_REF, DIRECTION, DATE = 16, 17, 29
 _DIRECTION_REFS = {"T": "true", "M": "magnetic"}
 _PARTS = ("degrees", "minutes", "seconds")
+_TIME_PARTS = ("hours", "minutes", "seconds")
 
 
-def _undefined(part: Any) -> bool:
-    """A rational 0/0: EXIF's way of leaving a part unset (a camera that writes no seconds)."""
-    return getattr(part, "numerator", None) == 0 and getattr(part, "denominator", None) == 0
-
-
-def _degrees(value: Any) -> tuple[float | None, list[str]]:
-    """(degrees, notes) from (d, m, s) rationals; writers also store (d, m) or a single decimal value. Read as
-    exiftool's ToDegrees reads them: an undefined (0/0) minutes or seconds part counts as 0, and minutes or seconds
-    of 60 or more are summed as they are; each is noted. Undefined degrees, a part n/0 or a negative part: None."""
-    items = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if not items or len(items) > 3:
-        return None, []
+def _parts(items: tuple[Any, ...], names: tuple[str, ...]) -> tuple[list[float] | None, list[str]]:
+    """(numbers, notes) of a sexagesimal value's parts (degrees or hours, minutes, seconds): an undefined (0/0)
+    minutes or seconds part (a camera that writes no seconds) counts as 0, noted. None for an undefined first part,
+    a part n/0, text or a negative part."""
     parts, notes = [], []
     for index, item in enumerate(items):
         number = tv.number(item)
-        if number is None and index > 0 and _undefined(item):
+        if number is None and index > 0 and tv.undefined(item):
             number = 0.0
-            notes.append(f"{_PARTS[index]} 0/0 (undefined) read as 0")
+            notes.append(f"{names[index]} 0/0 (undefined) read as 0")
         if number is None or number < 0:
             return None, []
-        if index > 0 and number >= 60:
-            notes.append(f"{_PARTS[index]} {number:g} is not below 60; summed as it is (as exiftool does)")
         parts.append(number)
+    return parts, notes
+
+
+def _degrees(value: Any) -> tuple[float | None, list[str]]:
+    """(degrees, notes) from (d, m, s) rationals; writers also store (d, m) or a single decimal value. An undefined
+    (0/0) minutes or seconds part counts as 0 (exiftool 12.57 gives no coordinate then), and minutes or seconds of 60
+    or more are summed as they are (as exiftool's ToDegrees does); each is noted. Undefined degrees, a part n/0 or a
+    negative part: None."""
+    items = tuple(value) if isinstance(value, tuple | list) else (value,)
+    if not items or len(items) > 3:
+        return None, []
+    parts, notes = _parts(items, _PARTS)
+    if parts is None:
+        return None, []
+    for index, part in enumerate(parts[1:], start=1):
+        if part >= 60:
+            notes.append(f"{_PARTS[index]} {part:g} is not below 60; summed as it is (as exiftool does)")
     return sum(part / 60**i for i, part in enumerate(parts)), notes
 
 
@@ -68,10 +76,26 @@ def _altitude(gps: Mapping[int, Any]) -> float | None:
     return -altitude if tv.integer(gps.get(ALT_REF)) == 1 else altitude
 
 
-def _timestamp(gps: Mapping[int, Any]) -> tuple[str | None, str | None]:
-    date, time = tv.text(gps.get(DATE)), tv.numbers(gps.get(TIME))
-    if date is None or time is None:
-        return None, None
+def _time_of_day(value: Any) -> tuple[tuple[float, ...] | None, list[str]]:
+    """(hours, minutes, seconds) of GPSTimeStamp and notes; an undefined (0/0) minutes or seconds part counts as 0,
+    as exiftool reads 12:30:(0/0) as 12:30:00 (noted). None when a part does not read as a number."""
+    items = tuple(value) if isinstance(value, tuple | list) else (value,)
+    if not items:
+        return None, []
+    parts, notes = _parts(items, _TIME_PARTS)
+    return (None, []) if parts is None else (tuple(parts), notes)
+
+
+def _timestamp(gps: Mapping[int, Any]) -> tuple[str | None, list[str]]:
+    """(ISO 8601 UTC, messages) from GPSDateStamp + GPSTimeStamp; the messages say why it is None, or what was read
+    oddly (undefined parts)."""
+    date, raw_time = tv.text(gps.get(DATE)), gps.get(TIME)
+    if date is None or raw_time is None:
+        return None, []
+    time, notes = _time_of_day(raw_time)
+    if time is None:
+        return None, [f"gps.timestamp_utc: unreadable time {raw_time!r}"]
+    messages = [f"gps.timestamp_utc: {note}" for note in notes]
     try:
         year, month, day = (int(part) for part in date.replace("-", ":").split(":"))
         hours, minutes, seconds = time if len(time) == 3 else (time + (0.0, 0.0))[:3]
@@ -82,11 +106,11 @@ def _timestamp(gps: Mapping[int, Any]) -> tuple[str | None, str | None]:
             milliseconds=round(seconds * 1000)
         )
     except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: a year or hour of 2**31
-        return None, f"gps.timestamp_utc: invalid {date!r} {time!r}: {exc}"
+        return None, [*messages, f"gps.timestamp_utc: invalid {date!r} {time!r}: {exc}"]
     iso = stamp.strftime("%Y-%m-%dT%H:%M:%S")
     if stamp.microsecond:
         iso += f".{stamp.microsecond // 1000:03d}"
-    return iso + "Z", None
+    return iso + "Z", messages
 
 
 def read_gps(image: Image.Image) -> tuple[GpsInfo | None, list[str]]:
@@ -98,8 +122,8 @@ def read_gps(image: Image.Image) -> tuple[GpsInfo | None, list[str]]:
     errors: list[str] = []
     latitude, messages_lat = _coordinate(gps, LAT, LAT_REF, {"N": 1, "S": -1}, 90.0, "latitude_deg")
     longitude, messages_lon = _coordinate(gps, LON, LON_REF, {"E": 1, "W": -1}, 180.0, "longitude_deg")
-    timestamp, error_time = _timestamp(gps)
-    errors += [*messages_lat, *messages_lon, *([error_time] if error_time else [])]
+    timestamp, messages_time = _timestamp(gps)
+    errors += [*messages_lat, *messages_lon, *messages_time]
     direction = tv.number(gps.get(DIRECTION))
     if direction is not None and not 0 <= direction <= 360:
         errors.append(f"gps.img_direction_deg: {direction} is out of range")

@@ -36,6 +36,20 @@ def text(value: Any) -> str | None:
     return decoded or None
 
 
+def undefined(value: Any) -> bool:
+    """A rational 0/0: EXIF's way of leaving a value unset (a camera that writes no seconds, no f-number)."""
+    return getattr(value, "numerator", None) == 0 and getattr(value, "denominator", None) == 0
+
+
+def shown(value: Any) -> str:
+    """A tag value for a message: rationals as n/d (Pillow's repr of 1/0 is 'nan'), tuples item by item."""
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(shown(item) for item in value) + ")"
+    if hasattr(value, "numerator") and hasattr(value, "denominator") and not isinstance(value, int):
+        return f"{value.numerator}/{value.denominator}"
+    return repr(value)
+
+
 def number(value: Any) -> float | None:
     """A finite float from an int, float or rational (first element of a tuple); None for 0/0, inf, text."""
     value = first(value)
