@@ -7,6 +7,7 @@ from typing import Any
 from serving.errors import RequestTimeoutError, RequestTooLargeError
 from serving.http.body_encoding import BodyInflater, UnsupportedContentEncodingError
 from serving.http.middleware import Message, Receive, Scope, Send, send_json_error
+from serving.metrics import ERRORS
 
 
 class BodySizeLimitMiddleware:
@@ -22,6 +23,7 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, send: Send, size: str) -> None:
         message = f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+        ERRORS.labels("(listener)", "too_large").inc()  # answered before any route: counted here, as every error is
         await send_json_error(send, 413, message, "too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -423,3 +423,15 @@ def test_a_method_the_route_does_not_take_is_a_405_naming_the_ones_it_does(http:
     answer = http.put("/v1/classify", content=b"x")
     assert answer.status_code == 405 and answer.json()["kind"] == "http_405"
     assert answer.headers["allow"] == "POST"  # RFC 9110 15.5.6: a 405 names them (the header was dropped)
+
+
+def test_a_body_refused_for_its_declared_size_is_counted_as_an_error(http: TestClient) -> None:
+    """The 413 answered from Content-Length alone, before any route, moved imgserve_requests_total but not
+    imgserve_errors_total (README "Errors": every error is counted)."""
+    from serving.metrics import ERRORS
+
+    refused = ERRORS.labels("(listener)", "too_large")
+    before = refused._value.get()
+    answer = http.post("/v1/classify", content=b"x", headers={"Content-Length": "999999999999"})
+    assert answer.status_code == 413 and answer.json()["kind"] == "too_large"
+    assert refused._value.get() == before + 1
