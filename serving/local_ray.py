@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from pipelines.switches import env_switch
+
 logger = logging.getLogger("imgserve.server")
 
 LEAN_ENV = "IMGSERVE_LEAN_RAY"
@@ -73,13 +75,9 @@ def seconds_from_env(name: str, default: float) -> float:
 
 
 def lean_ray_enabled(env: dict[str, str] | None = None) -> bool:
-    """IMGSERVE_LEAN_RAY: on (default) for 1/true/yes/on, off for 0/false/no/off (any case); ValueError naming it for
-    anything else (`imgserve serve` refuses to start: `maybe` was taken as on)."""
-    raw = (os.environ if env is None else env).get(LEAN_ENV, "1")
-    text = raw.strip().lower()
-    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(f"{LEAN_ENV}={raw!r}: expected 1, true, yes or on (the default), or 0, false, no or off")
-    return text in ("1", "true", "yes", "on")
+    """IMGSERVE_LEAN_RAY: on by default (`pipelines.switches.env_switch`'s words; ValueError naming it for anything
+    else: `imgserve serve` refuses to start, where `maybe` was taken as on)."""
+    return env_switch(LEAN_ENV, True, env)
 
 
 EVENT_LOOP_ENV = "IMGSERVE_EVENT_LOOP"

@@ -24,6 +24,7 @@ SINGLE_SETTINGS = (
     "IMGSERVE_TORCH_THREADS",
     "IMGSERVE_MALLOC_ARENAS",
     "IMGSERVE_LEAN_RAY",
+    "IMGSERVE_DIRECT_WEBP",
     "IMGSERVE_EVENT_LOOP",
     "IMGSERVE_REMOTE_TIMEOUT_S",
     "IMGSERVE_QUALITY_THRESHOLDS",
@@ -66,6 +67,8 @@ def check_settings(env: dict[str, str] | None = None) -> None:
     is not valid. `env`: os.environ."""
     import os
 
+    from pipelines.convert.libwebp import DIRECT_WEBP_ENV
+    from pipelines.switches import env_switch
     from serving.backends.onnxruntime_backend import default_cpu_run_batch, default_intra_op_threads
     from serving.backends.torch_backend import torch_threads
     from serving.config.settings import ServerSettings, refuse_empty
@@ -94,6 +97,7 @@ def check_settings(env: dict[str, str] | None = None) -> None:
         checked_remote_timeout_s,  # IMGSERVE_REMOTE_TIMEOUT_S: replicas fall back to 20 s; the start refuses
         _vips_threads,
         _access_log,
+        lambda: env_switch(DIRECT_WEBP_ENV, True, env),  # IMGSERVE_DIRECT_WEBP
     ]
     for read in readers:
         try:

@@ -14,7 +14,6 @@ VP8X, ICCP, VP8, EXIF (with libvips' `Exif\\0\\0` prefix), XMP.
 import ctypes
 import ctypes.util
 import functools
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyvips
 
 from pipelines.convert.metadata_edit import KEEP_EXIF, KEEP_ICC, KEEP_XMP, exif_with_size
 from pipelines.errors import InvalidOptionError
+from pipelines.switches import env_switch
 
 DIRECT_WEBP_ENV = "IMGSERVE_DIRECT_WEBP"
 ENCODER_ABI = 0x020F  # WEBP_ENCODER_ABI_VERSION of libwebp 1.x: the major byte is what the library checks
@@ -57,10 +57,20 @@ def _candidates() -> list[str]:
     return found + ([system] if system else [])
 
 
+def direct_webp_enabled(env: dict[str, str] | None = None) -> bool:
+    """IMGSERVE_DIRECT_WEBP, on by default (`pipelines.switches`: only `0` turned it off, and `false` or `maybe`
+    were taken as on). A value that is no switch is refused at `imgserve serve`'s start; a command that reads it
+    later (`imgserve convert`) keeps the default then."""
+    try:
+        return env_switch(DIRECT_WEBP_ENV, True, env)
+    except ValueError:
+        return True
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """libwebp with the encoder API, version 1.x; None when there is none (or the variable turns it off)."""
-    if os.environ.get(DIRECT_WEBP_ENV, "1").strip() == "0":
+    if not direct_webp_enabled():
         return None
     for candidate in _candidates():
         try:

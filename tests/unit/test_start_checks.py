@@ -72,6 +72,7 @@ def refusal(capsys: pytest.CaptureFixture[str]) -> str:
         # finding 6: accepted silently
         ({"IMGSERVE_MALLOC_ARENAS": "-3"}, "IMGSERVE_MALLOC_ARENAS='-3'"),
         ({"IMGSERVE_LEAN_RAY": "maybe"}, "IMGSERVE_LEAN_RAY='maybe'"),
+        ({"IMGSERVE_DIRECT_WEBP": "maybe"}, "IMGSERVE_DIRECT_WEBP='maybe'"),  # taken as on
         ({"IMGSERVE_REMOTE_TIMEOUT_S": "abc"}, "IMGSERVE_REMOTE_TIMEOUT_S='abc'"),
         ({"IMGSERVE_REMOTE_TIMEOUT_S": "-1"}, "IMGSERVE_REMOTE_TIMEOUT_S='-1'"),
         ({"IMGSERVE_REMOTE_TIMEOUT_S": "3601"}, "IMGSERVE_REMOTE_TIMEOUT_S='3601'"),
@@ -151,6 +152,7 @@ def test_an_out_of_range_number_is_an_argument_error(
     "env",
     [
         {"IMGSERVE_LEAN_RAY": "off", "IMGSERVE_VIPS_THREADS": "0", "IMGSERVE_MALLOC_ARENAS": "0"},
+        {"IMGSERVE_DIRECT_WEBP": "false"},
         {"IMGSERVE_LEAN_RAY": "Yes", "IMGSERVE_REMOTE_TIMEOUT_S": "3600", "IMGSERVE_ORT_RUN_BATCH": "0"},
         {"IMGSERVE_ACCESS_LOG": "{tmp}/logs/access.log", "IMGSERVE_DATABASE_URL": "postgresql://u@db:5432/imgserve"},
         {"IMGSERVE_ACCESS_LOG": "off", "IMGSERVE_AUTH": "off", "IMGSERVE_RETENTION_DAYS": "0.5"},
@@ -185,6 +187,17 @@ def test_a_log_file_that_cannot_be_opened_never_fails_the_request(
     monkeypatch.setattr(logging.getLogger("imgserve.access"), "handlers", [])
     for _ in range(2):
         access_log.log_request("http", "/v1/classify", "m", "200", 0.01, {"decode": 1.0})
+    access_log.flush()  # lines are written by the log's own thread, within FLUSH_S
     warnings = [record for record in caplog.records if "IMGSERVE_ACCESS_LOG" in record.getMessage()]
     assert len(warnings) == 1 and "writing the access log to stderr" in warnings[0].getMessage()
     assert capsys.readouterr().err.count('"endpoint": "/v1/classify"') == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "on"), [("0", False), ("false", False), (" OFF ", False), ("no", False), ("1", True)]
+)
+def test_the_direct_webp_switch_takes_every_word_of_a_switch(value: str, on: bool) -> None:
+    """Only `0` turned it off: `false` and `off` were taken as on, as anything else was."""
+    from pipelines.convert.libwebp import direct_webp_enabled
+
+    assert direct_webp_enabled({"IMGSERVE_DIRECT_WEBP": value}) is on
