@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from serving.start_checks import one_line
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KUBERAY_DIR = PROJECT_ROOT / "deploy" / "kuberay"
 DEFAULT_TEMPLATE = KUBERAY_DIR / "rayservice.template.yaml"
@@ -58,10 +60,15 @@ def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any]
     from ray.serve.schema import ServeDeploySchema
 
     from serving.config.settings import ServerSettings
-    from serving.serve_file import check_keys, proxy_warnings
+    from serving.serve_file import check_keys, check_start, proxy_warnings
 
+    if not isinstance(serve_config, dict):
+        raise ValueError(
+            f"the serve config must be a mapping (serve_config.yaml's form), not {type(serve_config).__name__}"
+        )
     merged = merge_config(serve_config, overrides or {})
     check_keys(merged, "serveConfigV2 (the serve config with the cluster overrides)")
+    check_start(merged)  # what `imgserve serve` refuses (args, listeners, models, Ray's schema) fails on the cluster
     # The pods' body deadline: the manifest does not set IMGSERVE_BODY_READ_TIMEOUT_S, so the setting's default.
     body_read_timeout_s = ServerSettings.model_fields["body_read_timeout_s"].default
     for warning in proxy_warnings(merged, body_read_timeout_s):
@@ -110,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from the rendering")
     args = parser.parse_args(argv)
     overrides = args.overrides if args.overrides and str(args.overrides) not in ("", ".") else None
-    text = render_files(args.serve_config, args.template, overrides)
+    try:
+        text = render_files(args.serve_config, args.template, overrides)
+    except (OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # StartRefused is a ValueError
+        print(f"python -m serving.deploy_render: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     if args.check:
         if args.out is None:
             parser.error("--check needs --out")

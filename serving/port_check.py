@@ -50,9 +50,9 @@ def socket_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something listens on (host, port); an address this machine cannot bind at all is left to the
-    listener itself to report."""
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why (host, port) cannot be listened on, or None: EADDRINUSE when something listens there; another error
+    when this machine cannot bind it at all (an address it does not have, a name that does not resolve)."""
     family = socket_family(host)
     address = host.strip("[]") if host not in WILDCARDS else ("::" if family == socket.AF_INET6 else "0.0.0.0")
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -60,8 +60,14 @@ def port_in_use(host: str, port: int) -> bool:
         try:
             probe.bind((address, port))
         except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
+            return exc
+    return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on (host, port)."""
+    error = bind_error(host, port)
+    return error is not None and error.errno == errno.EADDRINUSE
 
 
 def busy_listeners(config: dict[str, Any]) -> list[str]:
@@ -71,6 +77,18 @@ def busy_listeners(config: dict[str, Any]) -> list[str]:
         for what, host, port, _ in listener_ports(config)
         if port and port_in_use(host, port)  # port 0: the kernel picks a free one
     ]
+
+
+def unbindable_listeners(config: dict[str, Any]) -> list[str]:
+    """One line per listener of `config` this machine cannot bind for another reason than a taken port (`--host`
+    10.255.255.1, an address it does not have: Ray started, the replica failed and the command ended 34 s later in
+    a traceback). Port 0 is probed too: the address is what is checked."""
+    lines = []
+    for what, host, port, _ in listener_ports(config):
+        error = bind_error(host, port)
+        if error is not None and error.errno != errno.EADDRINUSE:
+            lines.append(f"{what} on {host}:{port}: {error.strerror or error}")
+    return lines
 
 
 def shared_ports(config: dict[str, Any]) -> list[str]:

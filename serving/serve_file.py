@@ -5,8 +5,9 @@
   Serve's from `ray.serve.schema`, copied below without importing Serve; imgserve's application args from
   serving.config.app_args); an unknown key is refused with its path and the closest known key.
 - `check_start`: on the config `imgserve serve` is about to deploy (its placement applied): a config nobody can
-  connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, and a model
-  batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`).
+  connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, a model
+  batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`), and what would
+  otherwise fail only once Ray runs (`check_deployable`: Ray Serve's schema, unknown models, listener ports).
 - `proxy_warnings`: a config that keeps Ray's proxy but names the generated gRPC servicer functions (a config
   copied before 2026-12-07) serves, but its proxy answers a malformed message UNKNOWN and ends a refused stream with
   OK (serving.grpc.proxy_services); and one whose `request_timeout_s` is not above imgserve's body deadline lets
@@ -27,7 +28,7 @@ from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOpti
 from serving.config.model_config import BatchingConfig, load_model_config
 from serving.config.placement_overlay import IMPORT_PATH
 from serving.config.settings import ServerSettings
-from serving.model_versions import model_roots, scan_model_folder
+from serving.model_versions import model_folder, model_roots, scan_model_folder
 
 
 class StartRefused(ValueError):
@@ -202,15 +203,18 @@ def check_start(config: dict[str, Any], settings: ServerSettings | None = None) 
             args = AppArgs.model_validate(app.get("args") or {})
             BatchingConfig.model_validate(args.batching or {})  # the overrides' values, as each model will
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
-            raise StartRefused(f"application '{app.get('name')}' args: {problems}") from None
+            raise StartRefused(f"application '{app.get('name')}' args: {_problems(exc)}") from None
         if args.batch_queue_budget_ms() is not None:
             try:
                 check_batch_waits(args, model_batch_waits(settings or ServerSettings.from_env(), args.models))
             except ValueError as exc:
                 raise StartRefused(str(exc)) from None
     direct = [app for app in apps if (app.get("args") or {}).get("direct_ingress") is not None]
-    listeners = [DirectIngressOptions.model_validate(app["args"]["direct_ingress"]) for app in direct]
+    try:
+        listeners = [DirectIngressOptions.model_validate(app["args"]["direct_ingress"]) for app in direct]
+    except ValidationError as exc:
+        raise StartRefused(f"args.direct_ingress: {_problems(exc)}") from None
+    check_deployable(config, settings)
     if config.get("proxy_location") == "Disabled" and not any(d.http_port or d.grpc_port for d in listeners):
         nulls = [app.get("name") for app in apps if "direct_ingress" in (app.get("args") or {}) and app not in direct]
         why = f"args.direct_ingress is null in application(s) {nulls}" if nulls else "no direct_ingress listener"
@@ -218,6 +222,38 @@ def check_start(config: dict[str, Any], settings: ServerSettings | None = None) 
             f"{why} and Ray Serve's proxy is disabled: no client could connect. Remove `direct_ingress: null` (the "
             "Ingress's own listeners on the config's ports), or run with --ray-proxy (Ray Serve's proxy)"
         )
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
+
+
+def check_deployable(config: dict[str, Any], settings: ServerSettings | None = None) -> None:
+    """StartRefused for what otherwise failed only once Ray ran, with a traceback: what Ray Serve's own schema
+    refuses (`num_replicas: two`), a model the args name that no model folder holds (`models: [nosuchmodel]`), a
+    listener port outside 0-65535 (`port: -3`: the port check's bind raised OverflowError)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.port_check import listener_ports
+
+    for app in imgserve_apps(config):
+        models = (app.get("args") or {}).get("models", "all")
+        if isinstance(models, list):
+            settings = settings or ServerSettings.from_env()
+            unknown = [name for name in models if model_folder(settings, str(name)) is None]
+            if unknown:
+                roots = f"{settings.model_repository} or {settings.trained_models}"
+                raise StartRefused(f"application '{app.get('name')}' args.models: no model folder {unknown} in {roots}")
+    try:
+        ServeDeploySchema.model_validate(config)
+        listeners = listener_ports(config)
+    except ValidationError as exc:
+        raise StartRefused(f"config: {_problems(exc)}") from None
+    except (TypeError, ValueError) as exc:
+        raise StartRefused(f"config: {exc}") from None
+    for what, host, port, _ in listeners:
+        if not 0 <= port <= 65535:
+            raise StartRefused(f"{what} port {port} on {host}: expected 1-65535 (0: a free port the system picks)")
 
 
 def model_batch_waits(settings: ServerSettings, models: list[str] | str) -> dict[str, tuple[float, str]]:

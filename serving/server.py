@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationError
 
 from serving.config.app_args import DirectIngressOptions, Placement
 from serving.config.placement_overlay import apply_placement, choose_placement
@@ -35,7 +36,7 @@ from serving.local_ray import (
     logs_dir,
     trim_head_processes,
 )
-from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports
+from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports, unbindable_listeners
 from serving.ray_supervisor import (
     STOP_SIGNALS,
     TOKEN_FILE,
@@ -251,7 +252,7 @@ def run_server(
             check_host(host)
         try:
             raw = load_serve_config(config_path, http_port, grpc_port, chosen, ray_proxy, host, tls)
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, yaml.YAMLError, ValidationError) as exc:  # ValidationError: args.direct_ingress's values
             raise refuse("--config", config_path, one_line(exc)) from None
         check_start(raw)  # a listener to connect to, valid args, batch waits within the queue budget
         from serving.config.settings import ServerSettings
@@ -265,6 +266,9 @@ def run_server(
         clashes = shared_ports(raw)
         if clashes:
             raise StartRefused(f"{'; '.join(clashes)}: give each listener its own port (--http-port/--grpc-port)")
+        unbindable = unbindable_listeners(raw) if ray_address is None else []
+        if unbindable:
+            raise StartRefused(f"cannot listen: {'; '.join(unbindable)} (--host must be an address of this machine)")
         busy = busy_listeners(raw) if ray_address is None else []  # on a cluster, the nodes' ports are not ours
         if busy:
             raise StartRefused(

@@ -371,6 +371,28 @@ def test_render_cli_check_mode(tmp_path: Path) -> None:
     assert deploy_render.main(["--serve-config", str(SERVE_CONFIG), "--out", str(out), "--check"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ("", "must be a mapping"),  # tracebacks before
+        ("applications: [\n", "expected the node content"),
+        ("MAX_INFLIGHT_0", "max_inflight"),  # rendered, then refused on the cluster as `imgserve serve` refuses it
+    ],
+)
+def test_render_refuses_in_one_line_what_the_server_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, said: str
+) -> None:
+    if config == "MAX_INFLIGHT_0":
+        loaded = yaml.safe_load(SERVE_CONFIG.read_text())
+        loaded["applications"][0]["args"]["direct_ingress"] = {"max_inflight": 0}
+        config = yaml.safe_dump(loaded)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(config)
+    assert deploy_render.main(["--serve-config", str(path), "--out", str(tmp_path / "out.yaml")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0] and not (tmp_path / "out.yaml").exists(), lines
+
+
 @pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.y*ml")), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_deploy_yaml_parses(path: Path) -> None:
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]

@@ -201,3 +201,49 @@ def test_the_direct_webp_switch_takes_every_word_of_a_switch(value: str, on: boo
     from pipelines.convert.libwebp import direct_webp_enabled
 
     assert direct_webp_enabled({"IMGSERVE_DIRECT_WEBP": value}) is on
+
+
+def _edited_config(tmp_path: Path, edit: str) -> Path:
+    """serve_config.yaml with one edit, as an operator would make it."""
+    import yaml
+
+    from tests.paths import PROJECT_ROOT
+
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    if edit == "port abc":
+        config["http_options"]["port"] = "abc"
+    elif edit == "port -3":
+        config["http_options"]["port"] = -3
+    elif edit == "max_inflight 0":
+        app["args"]["direct_ingress"] = {"max_inflight": 0}
+    elif edit == "num_replicas two":
+        ingress["num_replicas"] = "two"
+    elif edit == "unknown model":
+        app["args"]["models"] = ["mobilenet_v2_imagenet", "nosuchmodel"]
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "argv", "said"),
+    [
+        ("port abc", ["--grpc-port", "18142"], "port"),
+        ("port -3", ["--grpc-port", "18142"], "port -3"),  # OverflowError from the port check's bind
+        ("max_inflight 0", PORTS, "max_inflight"),  # a pydantic traceback
+        ("num_replicas two", PORTS, "num_replicas"),  # Ray's schema, after Ray had started
+        ("unknown model", PORTS, "nosuchmodel"),  # UnknownModelError, after Ray had started
+        ("", [*PORTS, "--host", "10.255.255.1"], "10.255.255.1"),  # an address this machine does not have
+    ],
+)
+def test_a_config_that_cannot_deploy_is_one_line_before_ray_starts(
+    no_ray: list, capsys: pytest.CaptureFixture[str], tmp_path: Path, edit: str, argv: list[str], said: str
+) -> None:
+    """Found by a configuration review helper: each was a Python traceback, the last three only after Ray had
+    started (the host's 34 s later)."""
+    assert main(["serve", "--config", str(_edited_config(tmp_path, edit)), *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgserve: refusing to start: "), lines
+    assert said in lines[0] and no_ray == []
