@@ -4,22 +4,84 @@ per-stage timings), written where `IMGSERVE_ACCESS_LOG` says: `stderr` (default)
 The request id is taken from the client's `X-Request-Id` header (HTTP) or `request_id` metadata (gRPC) and
 generated otherwise. Behind Ray Serve's proxy it is Ray's (the proxy echoes it); on the Ingress replica's own
 listeners the edges set it here (`start_request`) and echo it in the response header / trailing metadata.
+
+Nothing here makes a system call on the request's thread (the event loop's, which every request of the replica
+waits on): a call that lets the GIL go (`uuid4`'s `getrandom`, a log line's `write`) had the loop wait to get it back
+from the decode and model threads, ~90 and ~180 us a request under load (py-spy, BENCHMARKS.md "Where the web mix's
+idle CPU goes"). Ids come from a generator seeded once from the OS, and lines are written by a thread of their own
+at most `FLUSH_S` later (as nginx's `access_log ... buffer= flush=`): a process killed outright loses that much.
 """
 
+import atexit
 import json
 import logging
 import os
+import random
 import sys
+import threading
 import time
-import uuid
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 _stages: ContextVar[dict[str, float] | None] = ContextVar("imgserve_stage_ms", default=None)
 _request_id: ContextVar[str] = ContextVar("imgserve_request_id", default="")
 _logger: logging.Logger | None = None
 _warnings = logging.getLogger("imgserve.access_log")  # about the access log itself, not a request line
 ACCESS_LOG_ENV = "IMGSERVE_ACCESS_LOG"
+FLUSH_S = 0.25  # the longest a line waits for its write
+FLUSH_BYTES = 64 * 1024  # ... or until this much is waiting
+_ids = random.Random(os.urandom(32))  # request ids: unique and unguessable enough for tracing, no system call each
+
+
+def new_request_id() -> str:
+    """32 hex digits, as `uuid4().hex` (what ids were before), without its `getrandom` call per request."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+class BufferedLineHandler(logging.Handler):
+    """Formats each record on the caller's thread and leaves the writing to a thread of its own, which writes what
+    has gathered every `FLUSH_S` (sooner past `FLUSH_BYTES`), and at exit. A failed write drops its lines (a
+    request's answer never depends on its access log line) and is reported once."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__()
+        self.stream = stream
+        self._pending: list[str] = []
+        self._size = 0
+        self._wake = threading.Event()
+        self._write_failed = False
+        threading.Thread(target=self._write_periodically, name="imgserve-access-log", daemon=True).start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:  # under the handler's lock (logging.Handler.handle)
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self._wake.set()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr] - made by Handler.__init__
+            lines, self._pending, self._size = self._pending, [], 0
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+        except Exception as exc:  # noqa: BLE001 - a full disk, a closed stream: the lines go, the server stays
+            if not self._write_failed:
+                self._write_failed = True
+                _warnings.warning("cannot write the access log (%s): %d line(s) dropped", exc, len(lines))
+
+    def _write_periodically(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_S)
+            self._wake.clear()
+            self.flush()
 
 
 def start_request(client_request_id: str | None = None) -> dict[str, float]:
@@ -28,7 +90,7 @@ def start_request(client_request_id: str | None = None) -> dict[str, float]:
     stages: dict[str, float] = {}
     _stages.set(stages)
     if not ray_request_id():
-        _request_id.set(client_request_id or uuid.uuid4().hex)
+        _request_id.set(client_request_id or new_request_id())
     return stages
 
 
@@ -76,16 +138,18 @@ def access_log_target(env: dict[str, str] | None = None) -> str:
     return target
 
 
-def _file_handler(target: str) -> logging.Handler:
-    """The file's handler, or stderr's (with a warning, once: this logger is made once) when the file cannot be
+def _log_stream(target: str) -> TextIO:
+    """The file, appended to, or stderr (with a warning, once: this logger is made once) when the file cannot be
     opened: a request's answer must never depend on its access log line."""
+    if target == "stderr":
+        return sys.stderr
     try:
-        return logging.FileHandler(target, encoding="utf-8")
+        return open(target, "a", encoding="utf-8")  # noqa: SIM115 - the replica's for its lifetime
     except OSError as exc:
         _warnings.warning(
             "cannot open %s=%r (%s): writing the access log to stderr", ACCESS_LOG_ENV, target, exc.strerror or exc
         )
-        return logging.StreamHandler(sys.stderr)
+        return sys.stderr
 
 
 def _access_logger() -> logging.Logger | None:
@@ -97,7 +161,7 @@ def _access_logger() -> logging.Logger | None:
         logger = logging.getLogger("imgserve.access")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        handler = logging.StreamHandler(sys.stderr) if target == "stderr" else _file_handler(target)
+        handler = BufferedLineHandler(_log_stream(target))
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         _logger = logger
@@ -107,7 +171,7 @@ def _access_logger() -> logging.Logger | None:
 def log_request(
     protocol: str, endpoint: str, model: str, status: str, latency_s: float, stages: dict[str, float] | None
 ) -> None:
-    """One JSON line for a finished request. Never raises (a failing write is logging's `handleError`)."""
+    """One JSON line for a finished request, written within `FLUSH_S` (`flush` writes it now). Never raises."""
     logger = _access_logger()
     if logger is None:
         return
@@ -122,3 +186,10 @@ def log_request(
         "stage_ms": stages or {},
     }
     logger.info(json.dumps(line))
+
+
+def flush() -> None:
+    """Write the access log lines waiting in this process now (a replica stopping, a test reading them)."""
+    if _logger is not None:
+        for handler in _logger.handlers:
+            handler.flush()

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from serving import access_log
 from serving.admission import REPLICA_LIMIT
 from serving.deployments.direct_ingress import DirectListeners
 from serving.deployments.ingress_start import audit_start_without_auth, ingress_gate
@@ -102,6 +103,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
         for pending in (getattr(gate, "audit_writer", None), getattr(gate, "usage", None)):
             if pending is not None:
                 await pending.flush()
+        access_log.flush()  # the last requests' lines (written a fraction of a second late: serving.access_log)
 
 
 IngressDeployment = serve.deployment(name="Ingress", max_ongoing_requests=256)(serve.ingress()(Ingress))

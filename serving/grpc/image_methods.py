@@ -3,12 +3,12 @@
 import asyncio
 import itertools
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from serving.access_log import new_request_id
 from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
 from serving.grpc.edge import (
@@ -123,7 +123,7 @@ class ImageGrpcMethods:
         the stream with that status after the answers before it (`CallerRefusedError`)."""
         if not await open_stream("AnalyzeStream", grpc_context):
             return
-        stream_id = client_request_id(grpc_context) or uuid.uuid4().hex
+        stream_id = client_request_id(grpc_context) or new_request_id()
         frames = itertools.count()
         facts = call_facts(grpc_context)  # what the messages read of the call: it may end while they are in flight
 
