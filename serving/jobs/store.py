@@ -351,7 +351,9 @@ class JobStore:
         return None if row is None else (row.source_kind, row.source)
 
     def outputs_page(self, job_id: str, after: int = -1, limit: int = 500) -> list[tuple[int, str, str]]:
-        """(index, output name, output object) of items with an image-operation output and index > `after`."""
+        """(index, output name, output object) of items with an image-operation output and index > `after`; while
+        the job runs, only before its first unfinished item, as `results_page` (a zip of a running job held item
+        178 without item 102, which finished later and was never added: its outputs so far had holes)."""
         query = (
             sa.select(job_results.c.idx, job_results.c.output_name, job_results.c.output_object)
             .where(job_results.c.job_id == job_id, job_results.c.idx > after, job_results.c.output_object.is_not(None))
@@ -359,7 +361,9 @@ class JobStore:
             .limit(limit)
         )
         with self.engine.begin() as conn:
-            return [(int(r.idx), str(r.output_name), str(r.output_object)) for r in conn.execute(query)]
+            frontier = _first_unfinished(conn, job_id)
+            rows = conn.execute(query if frontier is None else query.where(job_results.c.idx < frontier))
+            return [(int(r.idx), str(r.output_name), str(r.output_object)) for r in rows]
 
     def stored_bytes(self, tenant: str) -> int:
         """Bytes the tenant's jobs store (serving.jobs.stored_bytes)."""

@@ -86,6 +86,27 @@ def test_an_index_cursor_never_steps_over_an_item_that_finishes_late(engine: sa.
     assert seen == [0, 1, 2, 3]
 
 
+def test_a_running_jobs_outputs_stop_at_its_first_unfinished_item(engine: sa.Engine) -> None:
+    """outputs.zip of a running job paged by index as results are: a zip held item 2 without item 1, which
+    finished later and was never added (its outputs so far had holes). Up to the first unfinished item now."""
+    from serving.jobs.records import ItemOutput
+
+    store, queue = JobStore(engine), WorkQueue(engine)
+    job_id = store.create_job(SPEC, _items(3))
+    queue.mark_running(job_id)
+    items = {item.idx: item for item in queue.claim(job_id, 3)}
+
+    def done(idx: int) -> None:
+        output = ItemOutput(f"{idx:064x}", f"{idx}.webp", 10, 5)
+        queue.record(items[idx], Outcome("done", "m", {}, output=output))
+
+    done(0)
+    done(2)
+    assert [idx for idx, _, _ in store.outputs_page(job_id)] == [0]  # [0, 2] before: 1 never came after
+    done(1)
+    assert [idx for idx, _, _ in store.outputs_page(job_id, after=0)] == [1, 2]
+
+
 def test_an_ended_jobs_results_are_all_answered(engine: sa.Engine) -> None:
     """A job cancelled with item 0 still in flight: its other results are answered (a collection saved from it has
     them), not held behind an item that may never finish in an ended job."""
