@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.orientation import SWAPS_AXES, UPRIGHT_TRANSPOSE
-from pipelines.pixel_modes import TOP_SCALED_MODES, SampleType, grey_values, is_plain_rgb, tiff_sample_type, to_rgb
+from pipelines.pixel_modes import TOP_SCALED_MODES, is_plain_rgb, largest_grey_value, tiff_sample_type, to_rgb
 
 STRIP_PIXELS = 1 << 18  # pixels converted at a time: ~6 MB of temporaries (an RGBA strip on white), 153 strips at 40 MP
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), as Pillow's crop takes it
@@ -77,15 +77,6 @@ def upright_rgb_array(stored_size: tuple[int, int], orientation: int, rgb_strip:
     return out
 
 
-def _largest_grey_value(image: Image.Image, sample: SampleType | None) -> float:
-    """The largest sample of a mode I or F image as `pixel_modes.eight_bit_grey` reads it, a strip at a time."""
-    width, height = image.size
-    return max(
-        (float(grey_values(image.crop(box), sample).max(initial=0.0)) for box in strips(width, height)),
-        default=0.0,
-    )
-
-
 def webp_pixels(data: bytes) -> np.ndarray | None:
     """A one-frame WebP's stored pixels as HxWx3 BGR or HxWx4 BGRA (OpenCV's order), by libwebp through OpenCV; None
     where OpenCV does not decode it."""
@@ -119,7 +110,7 @@ def load_full_size(image: Image.Image, data: bytes, orientation: int) -> tuple[I
     if orientation not in UPRIGHT_TRANSPOSE and is_plain_rgb(image):
         return image, None
     sample = tiff_sample_type(image)
-    top = _largest_grey_value(image, sample) if image.mode in TOP_SCALED_MODES else None
+    top = largest_grey_value(image, sample) if image.mode in TOP_SCALED_MODES else None
     pixels = upright_rgb_array(stored_size, orientation, lambda box: to_rgb(image.crop(box), sample, top))
     image.close()
     return Image.fromarray(pixels), pixels
