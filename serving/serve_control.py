@@ -71,9 +71,12 @@ def deploy_serve(raw: dict[str, Any], timeout_s: float) -> str:
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    from serving.serve_file import check_serve_schema
+
     dropped = configure_built_deployments_only(raw)
     if dropped:
         print(f"imgserve: not deploying {', '.join(dropped)}: the application's args leave them out", flush=True)
+    check_serve_schema(raw)  # StartRefused (one line, exit 2) rather than pydantic's traceback
     config = ServeDeploySchema.model_validate(raw)
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),

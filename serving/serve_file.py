@@ -7,7 +7,8 @@
 - `check_start`: on the config `imgserve serve` is about to deploy (its placement applied): a config nobody can
   connect to (Ray's proxy disabled and no listener of the Ingress's own), invalid application args, a model
   batch wait the queue budget always cuts short (`serving.config.app_args.check_batch_waits`), and what would
-  otherwise fail only once Ray runs (`check_deployable`: Ray Serve's schema, unknown models, listener ports).
+  otherwise fail only once Ray runs (`check_deployable`: unknown models, listener ports; `check_serve_schema`, Ray
+  Serve's own schema, is checked by the deploy worker: it imports Serve).
 - `proxy_warnings`: a config that keeps Ray's proxy but names the generated gRPC servicer functions (a config
   copied before 2026-12-07) serves, but its proxy answers a malformed message UNKNOWN and ends a refused stream with
   OK (serving.grpc.proxy_services); and one whose `request_timeout_s` is not above imgserve's body deadline lets
@@ -229,11 +230,9 @@ def _problems(exc: ValidationError) -> str:
 
 
 def check_deployable(config: dict[str, Any], settings: ServerSettings | None = None) -> None:
-    """StartRefused for what otherwise failed only once Ray ran, with a traceback: what Ray Serve's own schema
-    refuses (`num_replicas: two`), a model the args name that no model folder holds (`models: [nosuchmodel]`), a
-    listener port outside 0-65535 (`port: -3`: the port check's bind raised OverflowError)."""
-    from ray.serve.schema import ServeDeploySchema
-
+    """StartRefused for what otherwise failed only once Ray ran, with a traceback: a model the args name that no
+    model folder holds (`models: [nosuchmodel]`), a listener port outside 0-65535 (`port: -3`: the port check's bind
+    raised OverflowError). Ray Serve's own schema is `check_serve_schema`'s (it imports Ray)."""
     from serving.port_check import listener_ports
 
     for app in imgserve_apps(config):
@@ -245,7 +244,6 @@ def check_deployable(config: dict[str, Any], settings: ServerSettings | None = N
                 roots = f"{settings.model_repository} or {settings.trained_models}"
                 raise StartRefused(f"application '{app.get('name')}' args.models: no model folder {unknown} in {roots}")
     try:
-        ServeDeploySchema.model_validate(config)
         listeners = listener_ports(config)
     except ValidationError as exc:
         raise StartRefused(f"config: {_problems(exc)}") from None
@@ -254,6 +252,20 @@ def check_deployable(config: dict[str, Any], settings: ServerSettings | None = N
     for what, host, port, _ in listeners:
         if not 0 <= port <= 65535:
             raise StartRefused(f"{what} port {port} on {host}: expected 1-65535 (0: a free port the system picks)")
+
+
+def check_serve_schema(config: dict[str, Any]) -> None:
+    """StartRefused for what Ray Serve's own schema refuses (`num_replicas: two`: a pydantic traceback from the
+    deploy worker before). It imports Ray Serve, which `imgserve serve`'s own process never does (~110 MB for its
+    whole life; Ray's network settings are read at `import ray`, after these checks): so it runs in the deploy
+    worker (serving.serve_control.deploy_serve), once Ray has started, and the refusal is one line and exit 2 with
+    nothing deployed; `python -m serving.deploy_render` checks the same schema before rendering."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as exc:
+        raise StartRefused(f"config: {_problems(exc)}") from None
 
 
 def model_batch_waits(settings: ServerSettings, models: list[str] | str) -> dict[str, tuple[float, str]]:

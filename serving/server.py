@@ -325,7 +325,11 @@ def run_server(
         node_ip = ray.util.get_node_ip_address()
         if ray_address is None and not is_loopback_host(node_ip):
             raise RuntimeError(f"Ray started on {node_ip}, not loopback: stopping (its listeners would be exposed)")
-        where = run_in_worker(deploy_serve, stop, raw, deploy_timeout_s())  # Serve's imports stay out of here
+        try:
+            where = run_in_worker(deploy_serve, stop, raw, deploy_timeout_s())  # Serve's imports stay out of here
+        except StartRefused as exc:  # Ray Serve's own schema (serve_file.check_serve_schema): nothing deployed
+            print(f"imgserve: refusing to start: {exc}", file=sys.stderr, flush=True)
+            return 2
         if where is None:
             return 0
         banner = "auth required" if auth == "required" else "auth OFF (loopback only)"

@@ -233,7 +233,6 @@ def _edited_config(tmp_path: Path, edit: str) -> Path:
         ("port abc", ["--grpc-port", "18142"], "port"),
         ("port -3", ["--grpc-port", "18142"], "port -3"),  # OverflowError from the port check's bind
         ("max_inflight 0", PORTS, "max_inflight"),  # a pydantic traceback
-        ("num_replicas two", PORTS, "num_replicas"),  # Ray's schema, after Ray had started
         ("unknown model", PORTS, "nosuchmodel"),  # UnknownModelError, after Ray had started
         ("", [*PORTS, "--host", "10.255.255.1"], "10.255.255.1"),  # an address this machine does not have
     ],
@@ -241,9 +240,37 @@ def _edited_config(tmp_path: Path, edit: str) -> Path:
 def test_a_config_that_cannot_deploy_is_one_line_before_ray_starts(
     no_ray: list, capsys: pytest.CaptureFixture[str], tmp_path: Path, edit: str, argv: list[str], said: str
 ) -> None:
-    """Found by a configuration review helper: each was a Python traceback, the last three only after Ray had
+    """Found by a configuration review helper: each was a Python traceback, the last two only after Ray had
     started (the host's 34 s later)."""
     assert main(["serve", "--config", str(_edited_config(tmp_path, edit)), *argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgserve: refusing to start: "), lines
     assert said in lines[0] and no_ray == []
+
+
+def test_ray_serves_schema_is_one_line_and_checked_where_serve_is_imported(tmp_path: Path) -> None:
+    """`num_replicas: two` was a pydantic traceback from the deploy worker. The check imports Ray Serve, so it runs
+    in that worker (`imgserve serve`'s own checks must not import Ray: its network settings are read at `import
+    ray`, and a first version of this check that imported it there started Ray on the machine's address, which the
+    server then refused to run on)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from serving.serve_file import StartRefused, check_serve_schema
+
+    config = yaml.safe_load(_edited_config(tmp_path, "num_replicas two").read_text())
+    with pytest.raises(StartRefused, match="num_replicas"):
+        check_serve_schema(config)
+    check_serve_schema(yaml.safe_load(_edited_config(tmp_path, "").read_text()))
+    script = (
+        "import sys; from pathlib import Path; from serving.server import load_serve_config; "
+        "from serving.serve_file import check_start; "
+        "check_start(load_serve_config(Path('serve_config.yaml'), 18141, 18142, 'local')); "
+        "print('ray' in sys.modules)"
+    )
+    from tests.paths import PROJECT_ROOT
+
+    imported = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert imported.stdout.strip() == "False", imported.stderr
