@@ -421,6 +421,7 @@ window.fetch = async (path, init) => {
   try {
     if (fake) {
       fake.used = true;
+      await new Promise(r => setTimeout(r, 50));  // answered after a moment, as by the server: uploads overlap
       const headers = {'Content-Type': 'application/json', ...fake.headers};
       return new Response(JSON.stringify(fake.body), {status: fake.status, headers});
     }
@@ -723,3 +724,183 @@ def test_a_failed_jobs_reason_is_shown_and_an_older_collection_does_not_replace_
     wait_for(driver, f"return document.querySelector('#collection-title').textContent === {other!r}")
     time.sleep(3.5)
     assert driver.find_element(By.ID, "collection-title").text == other
+
+
+# ---- a second review: headless Chromium against a running server (/tmp/review_ui; each failed before its fix) ------
+def job_ids(url: str, key: str) -> set[str]:
+    answer = httpx.get(f"{url}/v1/jobs?limit=100", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return {job["job_id"] for job in answer.json()["jobs"]}
+
+
+def batch_keys(driver: "WebDriver") -> list[str | None]:
+    """The Idempotency-Key of each POST /v1/batch the page sent since the last look."""
+    events = devtools_events(driver, "Network.requestWillBeSent")
+    sent = [e["params"]["request"] for e in events if e["method"] == "Network.requestWillBeSent"]  # not ...ExtraInfo
+    posts = [r for r in sent if "/v1/batch" in r["url"] and r["method"] == "POST"]
+    return [{k.lower(): v for k, v in r["headers"].items()}.get("idempotency-key") for r in posts]
+
+
+# The first POST /v1/batch reaches the server but its answer is lost on the way back (a dropped connection).
+LOSE_FIRST_BATCH_ANSWER = """
+const real = window.realFetch = window.realFetch || window.fetch;
+let lost = 0;
+window.fetch = async (path, init) => {
+  const answer = await real(path, init);
+  if (String(path).includes('/v1/batch') && !lost++) throw new TypeError('Failed to fetch');
+  return answer;
+};
+"""
+
+
+def test_a_double_clicked_submit_makes_one_job_and_so_does_sending_it_again_after_a_lost_answer(
+    world: dict[str, Any],
+) -> None:
+    """Double-clicking "Submit job" made two jobs: the button stayed enabled during the upload and no Idempotency-Key
+    was sent. A submission sent again after its answer was lost (same form) carries the same key: still one job."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver, url, _ = admin_on(world, "jobs", "!document.querySelector('#job-form').hidden")
+    key = world["keys"]["admin"]
+    folder = world["tmp"] / "double"
+    folder.mkdir(exist_ok=True)
+    photos = []
+    for i in range(3):
+        photos.append(folder / f"d{i}.jpg")
+        photos[-1].write_bytes(small_jpeg((60 * i, 90, 30)))
+    submit = "#job-form button[type=submit]"
+    shown = "return document.querySelector('#job-detail').dataset.job || ''"
+
+    before, opened = job_ids(url, key), driver.execute_script(shown)
+    driver.find_element(By.ID, "job-files").send_keys("\n".join(str(p) for p in photos))
+    batch_keys(driver)  # only what follows is looked at
+    ActionChains(driver).double_click(driver.find_element(By.CSS_SELECTOR, submit)).perform()
+    wait_for(driver, f"{shown} !== {json.dumps(opened)} ? true : false")
+    time.sleep(2)  # a second upload, had one been sent, has made its job by now
+    made = job_ids(url, key) - before
+    assert made == {driver.execute_script(shown)}, made
+    first = batch_keys(driver)
+    assert len(first) == 1 and first[0] and len(first[0]) == 36, first  # a uuid4
+
+    before, opened = job_ids(url, key), driver.execute_script(shown)
+    driver.execute_script(LOSE_FIRST_BATCH_ANSWER)
+    driver.find_element(By.ID, "job-files").send_keys("\n".join(str(p) for p in photos[:2]))  # a new submission
+    driver.find_element(By.CSS_SELECTOR, submit).click()
+    wait_for(driver, "return document.querySelector('#job-status').textContent.includes('Failed to fetch')")
+    assert driver.find_element(By.CSS_SELECTOR, submit).is_enabled()  # it may be sent again
+    driver.find_element(By.CSS_SELECTOR, submit).click()  # the same form again: the job already made is answered
+    wait_for(driver, f"{shown} !== {json.dumps(opened)} ? true : false")
+    made = job_ids(url, key) - before
+    assert made == {driver.execute_script(shown)}, made
+    again = batch_keys(driver)
+    assert len(again) == 2 and again[0] == again[1] and again[0] != first[0], again
+    assert driver.execute_script("return window.isSecureContext && typeof crypto.randomUUID") == "function"
+    driver.execute_script("window.fetch = window.realFetch")
+
+
+def test_a_folder_dropped_with_a_slow_key_is_analyzed_whole_one_at_a_time_after_a_refusal(
+    world: dict[str, Any],
+) -> None:
+    """A key of 1 request/s: three uploads at once, two refused, sent again together after Retry-After: 1 and refused
+    again (the UI retried once): 4 of 6 failed. Now refused uploads are sent again a few times, spread out, and the
+    rest go one at a time."""
+    from selenium.webdriver.common.by import By
+
+    driver, url, _ = admin_on(world, "analyze", "document.querySelector('#model').options.length > 0")
+    folder = world["tmp"] / "slow"
+    folder.mkdir(exist_ok=True)
+    files = []
+    for i in range(6):
+        files.append(folder / f"s{i}.jpg")
+        files[-1].write_bytes(small_jpeg((200 - 30 * i, 40 * i, 100)))
+    limited = {"error": "rate limit of 1 requests/s for this key exceeded", "kind": "rate_limited"}
+    refused = {"path": "/v1/analyze", "status": 429, "body": limited, "headers": {"Retry-After": "1"}}
+    spy_fetch(driver, [dict(refused) for _ in range(4)])  # the first three, and the first one sent again
+    driver.execute_script("document.querySelector('#results').replaceChildren()")
+    driver.execute_script("document.querySelector('#files').value = ''")  # chromedriver adds to the files chosen
+    driver.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in files))
+    status = "return document.querySelector('#analyze-status').textContent"
+    wait_for(driver, f"{status}.endsWith('failed')", timeout=60)  # none left to go
+    assert driver.execute_script(status) == "6 analyzed, 0 failed"
+    spy = driver.execute_script("return window.spy")
+    assert spy["analyze"] == 10, spy  # 6, the 3 refused sent again, and the one refused twice once more
+    driver.execute_script("window.fetch = window.realFetch")
+
+
+def test_a_long_collection_name_wraps_in_the_table(world: dict[str, Any], big_job: dict[str, str]) -> None:
+    """A 200-character name without spaces made the Collections table 2468 px wide."""
+    http, keys = world["server"].http_url, world["secure_keys"]
+    name = "x" * 200
+    saved = httpx.post(
+        f"{http}/v1/jobs/{big_job['other']}/collection?name={name}",
+        headers={"Authorization": f"Bearer {keys['b_analyst']}"},
+        timeout=60,
+    )
+    assert saved.status_code == 200, saved.text
+    driver, _, _ = admin_on(world, "collections", "document.querySelector('#collections-list').children.length")
+    wait_for(driver, f"return document.querySelector('#collections-list').textContent.includes({name!r})")
+    widths = "const t = document.querySelector('#collections-list table'); return [t.scrollWidth, innerWidth]"
+    table_width, window_width = driver.execute_script(widths)
+    assert table_width < window_width, (table_width, window_width)
+
+
+def test_a_key_with_other_characters_is_called_invalid_and_a_wrong_key_on_docs_is_not_kept(
+    world: dict[str, Any],
+) -> None:
+    """A key with a non-Latin-1 character showed the browser's "Failed to execute 'set' on 'Headers'"; a wrong key
+    typed on /docs was kept for the tab, and /ui then said it was "no longer accepted" (it never was)."""
+    from selenium.webdriver.common.by import By
+
+    driver, url = world["driver"], world["server"].http_url
+    driver.get(f"{url}/ui")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait_for(driver, "return !document.querySelector('#page-signin').hidden")
+    driver.find_element(By.ID, "api-key").send_keys("isk_abc€")
+    driver.find_element(By.CSS_SELECTOR, "#signin-form button[type=submit]").click()
+    error = wait_for(driver, "return document.querySelector('#signin-error').textContent")
+    assert "not a valid API key" in error and "Headers" not in error, error
+    assert driver.execute_script("return sessionStorage.getItem('imgserve.apiKey')") is None
+
+    if not (Path(__file__).resolve().parents[2] / "serving/ui/node_modules/swagger-ui-dist").is_dir():
+        return  # /docs asks for no key without Swagger UI
+    for typed, says in (("isk_abc€", "not a valid API key"), ("isk_not_a_real_key", "not accepted")):
+        driver.get(f"{url}/docs")
+        wait_for(driver, "return !document.querySelector('#docs-key').hidden")
+        driver.find_element(By.ID, "docs-api-key").send_keys(typed)
+        driver.find_element(By.CSS_SELECTOR, "#docs-key button[type=submit]").click()
+        wait_for(driver, f"return document.querySelector('#docs-message').textContent.includes({says!r})")
+        assert driver.execute_script("return sessionStorage.getItem('imgserve.apiKey')") is None, typed
+    driver.get(f"{url}/ui")
+    wait_for(driver, "return !document.querySelector('#page-signin').hidden")
+    time.sleep(0.5)
+    assert driver.find_element(By.ID, "signin-error").text == ""  # not "no longer accepted"
+    console_messages(driver), request_urls(driver)  # the refused keys' 401s are logged: later tests look afresh
+
+
+def test_a_format_the_browser_cannot_show_says_so_and_nothing_to_change_clears_the_last_result(
+    world: dict[str, Any],
+) -> None:
+    """TIFF (or HEIF) output was a broken "After" image; after "Manual: nothing to change" the previous result and
+    its Download button stayed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver, url, _ = admin_on(world, "convert", "document.querySelector('#convert-format').options.length > 0")
+    driver.execute_script("document.querySelector('#convert-form').reset()")
+    driver.execute_script("document.querySelector('#convert-form').dispatchEvent(new Event('change'))")
+    driver.find_element(By.ID, "convert-file").send_keys(str(require(IMAGENET_SAMPLES) / PHOTO))
+    Select(driver.find_element(By.ID, "convert-format")).select_by_value("tiff")
+    driver.find_element(By.CSS_SELECTOR, "#convert-form input[value=none]").click()
+    driver.find_element(By.CSS_SELECTOR, "#convert-form button[type=submit]").click()
+    wait_for(driver, "return document.querySelector('#convert-download')")
+    note = wait_for(driver, "return document.querySelector('.side .no-preview')?.textContent")
+    assert "cannot show TIFF" in note, note
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".side img")) == 1  # the JPEG before it is shown
+    assert "TIFF" in driver.find_element(By.ID, "convert-result").text
+
+    driver.find_element(By.CSS_SELECTOR, "#convert-form input[value=manual]").click()
+    driver.find_element(By.CSS_SELECTOR, "#convert-form button[type=submit]").click()
+    wait_for(driver, "return document.querySelector('#convert-status').textContent.includes('nothing to change')")
+    assert driver.execute_script("return document.querySelector('#convert-result').children.length") == 0
+    assert not driver.find_elements(By.ID, "convert-download")

@@ -7,7 +7,11 @@ import { worldMap } from "./map.js";
 const results = [];
 let session = 0; // bumped when another key signs in: the previous key's answers still arriving are dropped
 const WHOLE_FRAME = "0,0,1,1";
-const AT_ONCE = 3; // uploads in flight: a dropped folder stays inside a key's rate and the admission limit
+// Uploads in flight: a dropped folder stays inside the server's admission limit. A key's rate is not known here: the
+// first refusal for it (429) leaves one upload at a time, each refused one sent again after the server's Retry-After
+// (core.js request): a folder dropped with a key of 1 request/s is analyzed whole, only slower (unless
+// something else spends the key's rate meanwhile).
+const AT_ONCE = 3;
 
 export async function showAnalyze() {
   const select = $("#model");
@@ -55,13 +59,16 @@ async function analyzeFiles(files) {
     $("#results").prepend(card);
     return [file, card];
   });
-  await inPool(cards, AT_ONCE, async ([file, card]) => {
+  let width = AT_ONCE;
+  const slowDown = () => { width = 1; };
+  await inPool(cards, () => width, async ([file, card]) => {
     if (mine !== session) return; // not sent with the key signed in since
     const form = new FormData();
     form.append("image", file, file.name);
     try {
       // an analysis changes nothing: one refused for the key's rate is sent again after the server's Retry-After
-      const answer = await api(`/v1/analyze?top_k=3${model ? `&model=${encodeURIComponent(model)}` : ""}`, { method: "POST", body: form, retry: true });
+      // (a few times, spread out)
+      const answer = await api(`/v1/analyze?top_k=3${model ? `&model=${encodeURIComponent(model)}` : ""}`, { method: "POST", body: form, retry: true, onRateLimited: slowDown });
       const result = answer.results[0];
       if (mine !== session) return;
       results.push({ name: file.name, result });

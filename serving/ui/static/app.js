@@ -79,6 +79,7 @@ async function route() {
       await signIn(stored);
     } catch (error) {
       if (stored && error.status === 401) $("#signin-error").textContent = NO_LONGER_ACCEPTED;
+      if (error.kind === "invalid_key") $("#signin-error").textContent = error.message; // never sent: it never worked
       page = "signin";
     }
     if (mine !== navigation) return;

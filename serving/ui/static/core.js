@@ -34,28 +34,43 @@ export class ApiError extends Error {
   }
 }
 
+// API keys (isk_<id>_<secret>) and JWTs are printable ASCII; a header cannot carry anything else.
+export const validKey = (key) => /^[\x21-\x7e]+$/.test(key);
+export const INVALID_KEY = "That is not a valid API key: keys are plain ASCII (isk_…), and this one has other characters.";
+
 function authorized(options) {
   const key = sessionStorage.getItem(KEY);
+  // the browser's own refusal ("Failed to execute 'set' on 'Headers'") tells a person nothing
+  // (a 400: refused here, never sent; not a 401, which would read as a key that stopped working)
+  if (key && !validKey(key)) throw new ApiError(400, { error: INVALID_KEY, kind: "invalid_key" });
   const headers = new Headers(options.headers || {});
   if (key) headers.set("Authorization", `Bearer ${key}`);
   return { ...options, headers };
 }
 
-const RETRY_WITHIN_S = 5; // a request refused by the key's rate limit is sent again once when the server says this soon
+const RETRY_WITHIN_S = 5; // a request refused by the key's rate limit is sent again when the server says this soon
+const RETRIES = 3; // at most this many times (waits of about 1, 2 and 4 s for a Retry-After of 1)
 
-// A GET, or a request the caller marks `retry: true` (it changes nothing, e.g. an analysis), refused by the key's rate
-// limit is sent once more after the server's short Retry-After. A 401 while signed in means the key stopped working
-// (revoked, expired, new keys): the key is dropped and "imgserve:key-refused" sent, for the app to ask for another.
+// A GET, or a request the caller marks `retry: true` (it changes nothing, e.g. an analysis, or cannot be made twice,
+// e.g. a job sent with an Idempotency-Key), refused by the key's rate limit is sent again after the server's short
+// Retry-After, up to RETRIES times; `onRateLimited` is told of each such refusal (a caller sending many at once sends
+// fewer). A 401 while signed in means the key stopped working (revoked, expired, new keys): the key is dropped and
+// "imgserve:key-refused" sent, for the app to ask for another.
 export async function request(path, options = {}) {
-  const { retry = false, ...init } = options;
-  let response = await fetch(path, authorized(init));
-  const wait = Number(response.headers.get("Retry-After"));
+  const { retry = false, onRateLimited, ...init } = options;
   const repeatable = retry || (init.method || "GET") === "GET";
-  if (response.status === 429 && repeatable && wait > 0 && wait <= RETRY_WITHIN_S) {
-    // a key allowed one request at a time (rate under 2/s) spent it on the sign-in check: the page's first
-    // figures were a 429 error
-    await new Promise((resume) => setTimeout(resume, wait * 1000));
+  let response;
+  for (let attempt = 0; ; attempt += 1) {
     response = await fetch(path, authorized(init));
+    if (response.status !== 429) break;
+    onRateLimited?.();
+    const wait = Number(response.headers.get("Retry-After"));
+    if (!repeatable || !(wait > 0 && wait <= RETRY_WITHIN_S) || attempt >= RETRIES) break;
+    // a key allowed one request at a time (rate under 2/s) spent it on the sign-in check: the page's first figures
+    // were a 429 error. The wait doubles with each try and has up to a second added at random: uploads refused
+    // together, sent again together after the same Retry-After, met the same empty bucket (4 of 6 failed at 1/s).
+    const seconds = wait * 2 ** attempt + Math.random();
+    await new Promise((resume) => setTimeout(resume, seconds * 1000));
   }
   if (response.status === 401 && state.me && sessionStorage.getItem(KEY)) {
     sessionStorage.removeItem(KEY);
@@ -66,14 +81,15 @@ export async function request(path, options = {}) {
   return response;
 }
 
-// Runs `work(item)` for every item, at most `size` at a time (each worker takes the next item when it is done):
-// a folder of photos dropped at once would otherwise meet the key's rate and the server's admission limit together.
+// Runs `work(item)` for every item, at most `size()` at a time (each worker takes the next item when it is done; one
+// numbered `size()` or above, the size having shrunk, stops): a folder of photos dropped at once would otherwise
+// meet the key's rate and the server's admission limit together.
 export async function inPool(items, size, work) {
   const queue = [...items];
-  const worker = async () => {
-    while (queue.length) await work(queue.shift());
+  const worker = async (index) => {
+    while (queue.length && index < size()) await work(queue.shift());
   };
-  await Promise.all(Array.from({ length: Math.min(size, queue.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(size(), queue.length) }, (_, index) => worker(index)));
 }
 
 export async function api(path, options = {}) {

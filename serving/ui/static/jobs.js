@@ -34,9 +34,27 @@ async function listJobs() {
 // Cancel, purge and save act inside the caller's tenant only: another tenant's job (an operator may read it) has none.
 const ownJob = (job) => job.tenant === undefined || job.tenant === state.me?.tenant;
 
+// The Idempotency-Key of the submission being made (docs/BATCH.md, "Idempotent submission"): kept while the form is
+// unchanged and the job not yet accepted, so sending the same files again after a lost answer (a dropped connection,
+// a proxy timeout) answers the job already made instead of making a second one; a changed form is a new submission.
+let submission = null;
+
+// A uuid4: crypto.randomUUID exists only in a secure context (HTTPS, localhost, 127.0.0.1), not on a plain HTTP
+// address of another host; getRandomValues exists in both.
+function newIdempotencyKey() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 async function submit(event) {
   event.preventDefault();
   const status = $("#job-status");
+  const button = $("#job-form button[type=submit]");
+  if (button.disabled) return; // an upload is in flight: a double click made two jobs
   const files = [...$("#job-files").files];
   if (!files.length) { status.textContent = "Choose images or an archive first."; return; }
   const form = new FormData();
@@ -45,14 +63,20 @@ async function submit(event) {
   const stages = [...document.querySelectorAll("#job-stages input:checked")].map((box) => box.value);
   if (stages.length) params.set("stages", stages.join(","));
   if ($("#job-convert").value) params.set("convert", `format=${$("#job-convert").value}`);
+  submission ??= newIdempotencyKey();
   status.textContent = `Uploading ${files.length} file(s)…`;
+  button.disabled = true;
   try {
-    const job = await api(`/v1/batch?${params}`, { method: "POST", body: form });
+    // retry: a request refused for the key's rate is sent again; with the same key it cannot make a second job
+    const job = await api(`/v1/batch?${params}`, { method: "POST", body: form, headers: { "Idempotency-Key": submission }, retry: true });
+    submission = null;
     status.textContent = `Job ${job.job_id} accepted.`;
     $("#job-form").reset();
     location.hash = `#/jobs?job=${encodeURIComponent(job.job_id)}`;
   } catch (error) {
     status.textContent = errorText(error);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -161,6 +185,7 @@ async function act(action) {
 
 export function wireJobs() {
   $("#job-form").addEventListener("submit", submit);
+  $("#job-form").addEventListener("change", () => { submission = null; }); // other files or options: a new submission
   $("#job-cancel").addEventListener("click", () => act("cancel"));
   $("#job-purge").addEventListener("click", () => {
     if (confirm("Erase this job now: inputs, results and events?")) act("purge");
@@ -186,6 +211,7 @@ export function leaveJobs() {
 export function forgetJobs() {
   leaveJobs();
   lastStatus = null;
+  submission = null;
   $("#jobs-list").replaceChildren();
   $("#job-detail").hidden = true;
   $("#job-results").replaceChildren();

@@ -62,9 +62,24 @@ function saving(before, after) {
   return change <= 0 ? `${(-change * 100).toFixed(0)} % smaller` : `${(change * 100).toFixed(0)} % larger`;
 }
 
-function figure(caption, src, lines) {
-  return el("figure", { class: "side" }, el("img", { src, alt: caption }), el("figcaption", {}, el("strong", { text: caption }),
+// A picture the browser cannot decode (Chromium shows no TIFF or HEIF, whatever the server writes) is replaced by a
+// note saying so, not left as a broken image: the file itself is right and downloads as it is.
+function figure(caption, src, format, lines) {
+  const picture = el("img", { src, alt: caption });
+  picture.addEventListener("error", () => {
+    const what = format ? `${format.toUpperCase()} images` : "this image";
+    picture.replaceWith(el("p", { class: "hint no-preview", text: `This browser cannot show ${what}; download the file to see it.` }));
+  }, { once: true });
+  return el("figure", { class: "side" }, picture, el("figcaption", {}, el("strong", { text: caption }),
     ...lines.filter(Boolean).map((line) => el("span", { text: line }))));
+}
+
+// Nothing of the last result stays: its pictures, its figures and the Download button of its file.
+function clearResult() {
+  runs += 1; // and an earlier run still under way shows nothing when it ends
+  output = null;
+  showPictures();
+  $("#convert-result").replaceChildren();
 }
 
 async function run(event) {
@@ -75,6 +90,7 @@ async function run(event) {
   if (!file) { status.textContent = "Choose an image first."; return; }
   const { mode, params, changes } = query();
   if (mode === "manual" && !changes) {
+    clearResult(); // the previous run's result and Download stayed, as if they were this run's
     status.textContent = "Manual: nothing to change. Move a slider or tick an operation (or choose None or Automatic).";
     return;
   }
@@ -98,8 +114,8 @@ async function run(event) {
     const after = h("Score-After");
     const [beforeUrl, afterUrl] = showPictures(URL.createObjectURL(file), URL.createObjectURL(blob));
     out.append(
-      figure("Before", beforeUrl, [bytes(file.size), before && `quality ${before} · ${h("Tags-Before")}`]),
-      figure("After", afterUrl, [`${bytes(Number(h("Output-Bytes")))} · ${h("Size")} ${h("Format")?.toUpperCase()}`,
+      figure("Before", beforeUrl, file.name.match(/\.([^.]+)$/)?.[1], [bytes(file.size), before && `quality ${before} · ${h("Tags-Before")}`]),
+      figure("After", afterUrl, h("Format"), [`${bytes(Number(h("Output-Bytes")))} · ${h("Size")} ${h("Format")?.toUpperCase()}`,
         `compression ${ratio.toFixed(2)}:1 (${saving(file.size, blob.size)})`,
         after && `quality ${after} · ${h("Tags-After")}`, mode !== "none" && `applied: ${h("Operations")}`]),
     );
@@ -113,10 +129,7 @@ async function run(event) {
 
 // Another key signed in: the previous key's result is not shown or offered for download (formats are server-wide).
 export function forgetConvert() {
-  runs += 1;
-  output = null;
-  showPictures();
-  $("#convert-result").replaceChildren();
+  clearResult();
   $("#convert-status").textContent = "";
 }
 
