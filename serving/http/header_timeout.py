@@ -95,9 +95,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._reading_head = True  # until a request's headers are complete (again after each request)
         self._head_bytes = 0
         self._refused: _RefusedHead | None = None
+        self._deferred: _RefusedHead | None = None  # a refusal waiting for earlier requests' answers
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:  # the connection ends after the refusal: nothing more is read
+            return
         super().data_received(data)
         if self._reading_head:  # every byte of a data chunk that leaves the head incomplete is the head's
             self._head_bytes += len(data)
@@ -152,6 +155,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             self._arm()  # answered before its body arrived: the rest has the head's deadline, then the close
+        if self._deferred is not None and not self._answering():
+            refused, self._deferred = self._deferred, None
+            self._refuse(refused)
+
+    def _answering(self) -> bool:
+        """Whether an earlier request of this connection is still being answered: one queued behind another
+        (pipelined), or the current one whose body is in and whose answer is not finished. A refusal then waits
+        for those answers (written at once, it closed the connection first: a valid request pipelined before a
+        malformed one lost its answer and the client read the 400 as that request's). A request whose own body is
+        still arriving is the refused one: answered at once."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete and not cycle.more_body)
 
     def send_400_response(self, msg: str) -> None:
         """What httptools cannot parse (a negative or doubled Content-Length, Content-Length with chunked, a bad
@@ -161,6 +176,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._refuse(self._refused or _RefusedHead(b"400 Bad Request", "bad_request", MALFORMED_REQUEST))
 
     def _refuse(self, refused: _RefusedHead) -> None:
+        if self._answering():
+            if self._deferred is None:
+                self._deferred = refused
+                self.flow.pause_reading()
+            return
         ERRORS.labels("(listener)", refused.kind).inc()
         log_request("http", "(listener)", "", refused.status[:3].decode(), 0.0, None)  # no route ever saw it
         body = json.dumps({"error": refused.message, "kind": refused.kind}).encode()
