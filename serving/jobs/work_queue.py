@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from serving.jobs.job_rows import add_event, job_counts, job_record, output_totals
 from serving.jobs.objects import hold_objects
 from serving.jobs.records import ACTIVE_JOB_STATES, ClaimedItem, JobRecord, Outcome
-from serving.jobs.store import add_event, job_counts, job_record, output_totals
 from serving.jobs.tables import job_items, job_results, jobs, webhook_deliveries
 from serving.jobs.workers import WorkerIdentity, dead_workers, handed_back_status
 
