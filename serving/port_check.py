@@ -11,8 +11,7 @@ import errno
 import socket
 from typing import Any, NamedTuple
 
-from serving.config.app_args import DirectIngressOptions
-from serving.serve_control import direct_ingress_args
+from serving.config.app_args import DirectIngressOptions, direct_ingress_args
 
 WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
 LOOPBACK = "127.0.0.1"

@@ -6,10 +6,9 @@ down) run as Ray tasks with `max_calls=1`: each in a worker that exits when the 
 """
 
 import time
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from serving.config.app_args import DirectIngressOptions
+from serving.config.app_args import DirectIngressOptions, direct_ingress_args
 from serving.local_ray import SignalFlag, seconds_from_env
 
 if TYPE_CHECKING:
@@ -21,14 +20,6 @@ def deploy_timeout_s() -> float:
     (model builds on first start: ONNX export, INT8 calibration, TensorRT engines). Anything but seconds > 0 is
     refused (`imgserve serve` checks it before starting Ray)."""
     return seconds_from_env("IMGSERVE_DEPLOY_TIMEOUT_S", 600)
-
-
-def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
-    """The `direct_ingress` mapping of every application's args that has one (the mapping itself, not a copy)."""
-    for args in app_args:
-        direct = (args or {}).get("direct_ingress")
-        if direct is not None:
-            yield direct
 
 
 def listening_at(config: "ServeDeploySchema") -> str:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from serving.config.app_args import DirectIngressOptions, Placement
+from serving.config.app_args import DirectIngressOptions, Placement, direct_ingress_args
 from serving.config.placement_overlay import apply_placement, choose_placement
 from serving.local_ray import (
     LEAN_ENV,
@@ -50,7 +50,6 @@ from serving.security.settings import SecuritySettings, is_loopback_host
 from serving.serve_control import (
     deploy_serve,
     deploy_timeout_s,
-    direct_ingress_args,
     run_in_worker,
     shutdown_serve,
 )

@@ -1,6 +1,6 @@
 """`args:` of the imgserve application in serve_config.yaml (pure pydantic: importable without Ray Serve)."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -158,3 +158,11 @@ def check_batch_waits(args: AppArgs, model_waits: Mapping[str, tuple[float, str]
             "of a request: one alone in its batch waits for company past its budget and is always answered 503. "
             "Lower the batch wait, or raise max_queue_wait_ms (null: no budget)"
         )
+
+
+def direct_ingress_args(app_args: Iterable[dict[str, Any] | None]) -> Iterator[dict[str, Any]]:
+    """The `direct_ingress` mapping of every application's args that has one (the mapping itself, not a copy)."""
+    for args in app_args:
+        direct = (args or {}).get("direct_ingress")
+        if direct is not None:
+            yield direct
