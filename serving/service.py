@@ -224,9 +224,12 @@ class InferenceService:
     def _plan(selected: tuple[str, ...], held: HeldModels) -> StagePlan:
         return stage_plan(selected, held.entry.key, held.pipeline.model_names)
 
-    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
+    async def analyze(
+        self, images: list[bytes], options: ImageOptions | None = None, count_quality: bool = True
+    ) -> list[Analysis]:
         """The selected stages per image, run concurrently, in request order. A bad image fails the request
-        with its index."""
+        with its index. `count_quality`: the verdicts go into the quality metrics once answered (a batch job counts
+        its item's itself, once its result is recorded: the item can still fail after its analysis)."""
         options = options or ImageOptions()
         selected = self.analysis_fields(options.fields)
         version = options.model_version or ""
@@ -244,7 +247,7 @@ class InferenceService:
         calls = [self._analyze_one(data, plan, selected, held, options) for data in images]
         async with refunded_on_server_error(self, len(images)):
             analyses: list[Analysis] = await gather_or_raise(calls, note_index=True)
-        for analysis in analyses:  # counted once answered (a failed request's images are sent again, fixed)
+        for analysis in analyses if count_quality else ():  # once answered (a failed request's are sent again)
             if analysis.quality is not None:
                 record_quality(analysis.quality, self.thresholds)
         return analyses

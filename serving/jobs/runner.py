@@ -31,6 +31,7 @@ from serving.jobs.uris import remove_named_output
 from serving.jobs.webhooks import WebhookSender
 from serving.jobs.work_queue import WorkQueue
 from serving.jobs.workers import WorkerRegistry
+from serving.quality_metrics import record_quality
 from serving.requests import ImageOptions
 from serving.security.gate import CURRENT_PRINCIPAL
 from serving.security.principal import Principal
@@ -48,7 +49,11 @@ NAMED_JOBS_KEPT = 16  # jobs whose output names a loop keeps between their turns
 class AnalysisService(Protocol):
     """The part of `InferenceService` the worker uses (the same code path as `/v1/analyze`)."""
 
-    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Any]: ...
+    thresholds: Any  # what its quality verdicts were given by (pipelines.quality.Thresholds)
+
+    async def analyze(
+        self, images: list[bytes], options: ImageOptions | None = None, count_quality: bool = True
+    ) -> list[Any]: ...
 
     def served_entry(self, name: str | None) -> Any: ...
 
@@ -264,6 +269,7 @@ class JobRunner:
         """Run one item and record its result; `output_base`: the name its output is named after."""
         start = time.perf_counter()
         BATCH_DISPATCHES.inc()
+        analysis: Any = None  # the item's `serving.service.Analysis`
         try:
             data = await self._load(job, item)
             options = ImageOptions.parse(
@@ -272,7 +278,9 @@ class JobRunner:
             # The job's tenant is the caller while its items run (quality metrics, forced anonymisation); its images
             # were charged to the submitter's quota at submission.
             CURRENT_PRINCIPAL.set(Principal(key_id=None, tenant=job.tenant, role="analyst", source="job"))
-            document = analysis_document((await self.service.analyze([data], options))[0]) if job.stages else {}
+            if job.stages:  # its quality verdict is counted once the item's result is recorded done (below)
+                analysis = (await self.service.analyze([data], options, count_quality=False))[0]
+            document = analysis_document(analysis) if analysis is not None else {}
             output = None
             if job.operations:
                 document["output"], output = await run_operations(
@@ -328,6 +336,10 @@ class JobRunner:
             return
         BATCH_ITEMS.labels(outcome.status).inc()
         BATCH_ITEM_LATENCY.observe(elapsed)
+        if recorded and outcome.status == "done" and analysis is not None and analysis.quality is not None:
+            # not before: a conversion failing after the analysis (a failed item is sent again) or a retried item
+            # counted its verdict each time
+            record_quality(analysis.quality, self.service.thresholds)
 
     async def _ensure_not_purged(self, item: ClaimedItem) -> None:
         """Raises JobPurgedError once the item's job is gone: checked before its output is written anywhere."""

@@ -41,7 +41,9 @@ class NoAnalysis:
     def served_entry(self, name: str | None) -> object:
         return object()
 
-    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list:
+    async def analyze(
+        self, images: list[bytes], options: ImageOptions | None = None, count_quality: bool = True
+    ) -> list:
         raise AssertionError("an operations-only job runs no analysis")
 
     async def charge(self, images: int, anonymize: bool | None = None) -> bool:

@@ -50,7 +50,9 @@ class FakeService:
             raise ModelUnavailableError(f"model '{name}' is not available")
         return object()
 
-    async def analyze(self, images: list[bytes], options: ImageOptions | None = None) -> list[Analysis]:
+    async def analyze(
+        self, images: list[bytes], options: ImageOptions | None = None, count_quality: bool = True
+    ) -> list[Analysis]:
         (data,) = images
         self.calls[data] += 1
         self.active += 1

@@ -5,6 +5,7 @@ import asyncio
 import io
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,39 @@ def test_image_operations_and_failed_requests_count_nothing(http: TestClient) ->
     failed = http.post("/v1/analyze?fields=quality", files=files)
     assert failed.status_code == 400 and failed.json()["error"].endswith("(image index 3)")
     assert scrape(http) == before
+
+
+def test_a_batch_item_counts_its_verdict_once_and_only_when_it_is_done(
+    http: TestClient, service: InferenceService, tmp_path: Path
+) -> None:
+    """An item analysed and then failed by its conversion (a 20000-px-wide strip: WebP holds 16383 at most) was
+    counted, and counted again when resent fixed; a done item counts once."""
+    from serving.jobs.database import create_store_engine, migrate
+    from serving.jobs.objects import ObjectStore
+    from serving.jobs.operations import operation_spec
+    from serving.jobs.records import JobSpec, NewItem
+    from serving.jobs.runner import JobRunner
+    from serving.jobs.settings import JobSettings
+    from serving.jobs.store import JobStore
+    from serving.jobs.webhooks import WebhookSender
+    from serving.jobs.work_queue import WorkQueue
+    from serving.jobs.workers import WorkerIdentity, WorkerRegistry
+
+    settings = JobSettings(database_url=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", object_store=str(tmp_path / "o"))
+    engine = create_store_engine(settings.database_url)
+    migrate(engine)
+    objects = ObjectStore(settings.object_store)
+
+    def run(image: bytes) -> str:
+        before = scrape(http)
+        operations = operation_spec(["convert"], {"format": "webp"}, None, None)
+        spec = JobSpec(service.default_model, 1, ("quality",), None, False, operations)
+        job_id = JobStore(engine).create_job(spec, [NewItem("a.jpg", "object", objects.put(image), len(image))])
+        queue = WorkQueue(engine, WorkerIdentity())
+        runner = JobRunner(queue, WorkerRegistry(engine), objects, service, settings, WebhookSender(queue, settings))
+        asyncio.run(runner.run_job(JobStore(engine).get_job(job_id)))
+        (result,) = JobStore(engine).results_page(job_id)
+        return f"{result.status} {delta(scrape(http), before, 'imgserve_quality_images_total', tenant='default'):g}"
+
+    assert run(encode(Image.new("RGB", (20000, 8), (90, 120, 40)))) == "failed 0"  # "failed 1" before
+    assert run(photos()[0]) == "done 1"
