@@ -4,7 +4,9 @@ Every number that decides a tag or a score lives in the YAML, not in code, so th
 calibrated on a user's own labelled photos (`tooling.quality.calibrate`) and versioned: a report
 carries the `version` of the thresholds that produced it. An edited file has a number (`version: 4`); a calibration
 writes ``"<number>+<digest>"`` (`calibrated_version`), the digest being that of everything that decides a verdict,
-so two calibrations from the same base tell apart whenever their thresholds differ.
+so two calibrations from the same base tell apart whenever their thresholds differ. Loading checks that digest
+against the content (`check_version_digest`): a calibrated file edited by hand would otherwise keep naming, in every
+result, thresholds it no longer holds.
 """
 
 import hashlib
@@ -188,10 +190,17 @@ class Thresholds(_Frozen):
         """The number part of `version` (4 for both 4 and "4+1f3a9c0e")."""
         return int(str(self.version).split("+", 1)[0])
 
-    def content_digest(self) -> str:
-        """Short sha256 of everything that decides a verdict (all but `version` and `description`)."""
+    def content_digest(self, chars: int = DIGEST_CHARS) -> str:
+        """Sha256 (first `chars` hex digits) of everything that decides a verdict (all but `version` and
+        `description`)."""
         data = self.model_dump(mode="json", exclude={"version", "description"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:DIGEST_CHARS]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:chars]
+
+    @property
+    def version_digest(self) -> str | None:
+        """The digest part of a calibrated `version` ("1f3a9c0e" of "5+1f3a9c0e"); None for a plain number."""
+        parts = str(self.version).split("+", 1)
+        return parts[1] if len(parts) == 2 else None
 
     def calibrated_version(self) -> str:
         """The version a calibration that produced these thresholds writes: the base's number + 1 and the digest."""
@@ -222,17 +231,35 @@ class Thresholds(_Frozen):
         return tuple(order)
 
 
+def check_version_digest(thresholds: Thresholds, source: str | Path) -> Thresholds:
+    """`thresholds` as read from `source`, refused (ValueError) when its version names a digest ("6+653ef004") that is
+    not its content's: a calibrated file edited by hand kept its version, so results named the calibrated thresholds
+    while other ones decided them. Plain numbers are the editor's to bump and are not checked."""
+    named = thresholds.version_digest
+    if named is not None:
+        actual = thresholds.content_digest(len(named))
+        if actual != named:
+            raise ValueError(
+                f"{source}: version {thresholds.version} names content digest {named} but the thresholds in it digest "
+                f"to {actual} (edited after calibration?): bump the version to a plain number, "
+                f"{thresholds.version_number + 1}, or calibrate again"
+            )
+    return thresholds
+
+
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
-    """Read and validate a thresholds YAML (the packaged default when `path` is None)."""
+    """Read and validate a thresholds YAML (the packaged default when `path` is None); a calibrated version must
+    still name the file's content (`check_version_digest`)."""
     if path is None:
         return default_thresholds()
-    return Thresholds.model_validate(yaml.safe_load(Path(path).read_text()))
+    return check_version_digest(Thresholds.model_validate(yaml.safe_load(Path(path).read_text())), path)
 
 
 @lru_cache(maxsize=1)
 def default_thresholds() -> Thresholds:
     """The packaged `thresholds.yaml`, parsed once."""
-    return Thresholds.model_validate(yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text()))
+    thresholds = Thresholds.model_validate(yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text()))
+    return check_version_digest(thresholds, DEFAULT_THRESHOLDS_PATH)
 
 
 def tag_kinds(thresholds: Thresholds | None = None) -> dict[str, str]:

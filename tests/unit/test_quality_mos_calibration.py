@@ -79,9 +79,10 @@ def test_forced_refit_is_written_with_its_own_card_and_report(
     shipped_card = (QUALITY_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     report = json.loads((out / "report.json").read_text())
-    assert card != shipped_card and card.startswith("# quality_mos version 2: the score re-fitted")
+    version = f"2+{report['head_sha256'][:8]}"  # the base's number + 1 and the new head's digest
+    assert card != shipped_card and card.startswith(f"# quality_mos version {version}: the score re-fitted")
     assert "40 photos" in card and str(rated.resolve() / "mos.csv") in card and "nested" in card
-    assert report["photos"] == 40 and report["method"] == "correction" and report["version"] == "2"
+    assert report["photos"] == 40 and report["method"] == "correction" and report["version"] == version
     assert report["ratings"] == str(rated.resolve() / "mos.csv") and report["written"].startswith("forced")
     assert report["current_spearman"] > 0.9 and report["gain_95"][0] <= 0 < report["gain_95"][1] + 1
     assert report["date"][:4].isdigit() and report["base_report"]["photos"] == 1606  # the shipped one, under base

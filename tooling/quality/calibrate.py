@@ -30,7 +30,7 @@ from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
 from pipelines.quality.metrics import compute_metrics
 from pipelines.quality.tags import evaluate_rule, tags_from_values
-from pipelines.quality.thresholds import Thresholds, dump_thresholds, load_thresholds
+from pipelines.quality.thresholds import DEFAULT_THRESHOLDS_PATH, Thresholds, dump_thresholds, load_thresholds
 from tooling.quality.photo_files import list_photos
 
 Values = dict[str, float | int | None]
@@ -139,6 +139,11 @@ def calibrate(
     unknown = set(by_tag) - set(thresholds.tags) - {"good"}
     if unknown:
         raise ValueError(f"folders {sorted(unknown)} are not tags; known: {', '.join(thresholds.tags)}")
+    if not any(photos for tag, photos in by_tag.items() if tag != "good"):
+        # refused, not written: a new version with nothing tuned looked like a calibration that had happened
+        raise ValueError(
+            f"{root} has no tag folder with photos beside good/ (e.g. {root / 'blurry'}): nothing to calibrate"
+        )
     report = []
     for tag in thresholds.decision_order():  # requires/excludes then see already-calibrated tags
         if tag not in by_tag or not by_tag[tag]:
@@ -161,6 +166,16 @@ def calibrate(
     ), report
 
 
+def check_out(out: Path) -> None:
+    """Refuse (ValueError) an `out` that is the packaged thresholds file: calibrating over it lost the shipped
+    thresholds and their history (the version it was calibrated from, the description of how it was chosen)."""
+    if out.resolve() == DEFAULT_THRESHOLDS_PATH.resolve():
+        raise ValueError(
+            f"--out {out} is the packaged thresholds file: write the calibration elsewhere and point "
+            "IMGSERVE_QUALITY_THRESHOLDS at it"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: calibrate FOLDER and write the new thresholds YAML."""
     parser = argparse.ArgumentParser(prog="python -m tooling.quality.calibrate", description=__doc__.split("\n")[0])
@@ -170,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--negatives", choices=("good", "all"), default="good", help="negatives for each tag")
     args = parser.parse_args(argv)
     try:
+        check_out(args.out)  # before the photos are measured
         new, report = calibrate(args.folder, load_thresholds(args.base), args.negatives)
     except (ValueError, yaml.YAMLError) as exc:  # a --base that is no thresholds file: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)

@@ -8,10 +8,11 @@ re-fit is scored honestly, by **nested** cross-validation (the strength chosen a
 other folds alone), and the served head is scored on the same photos (no fitting: it scores them as they are); the
 gain has a paired bootstrap 95 % interval. The new head is written only when that interval lies above zero (the
 re-fit is better on your photos beyond their sampling noise), or with `force=True`; otherwise `NotBetter` says both
-figures. The head replaces the old one inside a copy of the model folder (tag heads unchanged), with `version` + 1
-and the new sha256 in its config.yaml, and a MODEL_CARD.md and report.json describing the calibration. Put DIR in
-place of models/quality_mos (or in a repository of your own, IMGSERVE_MODEL_REPOSITORY): every quality result names
-the model version that scored it (`model_version`), next to `thresholds_version`.
+figures. The head replaces the old one inside a copy of the model folder (tag heads unchanged), with the version
+"<base number + 1>+<the new head's digest>" (`calibrated_version`) and its sha256 in its config.yaml, and a
+MODEL_CARD.md and report.json describing the calibration. Put DIR in a repository of your own as its quality_mos
+(IMGSERVE_MODEL_REPOSITORY; `--out` the packaged folder is refused): every quality result names the model version
+that scored it (`model_version`), next to `thresholds_version`.
 """
 
 import csv
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipelines.quality.thresholds import DIGEST_CHARS
 from serving.feature_head import FeatureHead
 from tooling.quality.real_photos import BOOTSTRAP, spearman
 from tooling.quality_mos.calibration_card import write_card
@@ -44,20 +46,36 @@ MIN_PHOTOS = 20
 METHODS = ("correction", "scratch")
 
 
-def read_ratings(folder: Path) -> list[tuple[Path, float]]:
-    """The rated photos of `folder/mos.csv`. Refused, naming the row: a rating that is not a number from 0 to 1 (a
-    NaN gave a model whose every score was NaN, and every quality request then failed; a 1-5 or 0-100 scale gave
-    one score for every photo), a photo rated twice, ratings that are all the same, fewer than 20 photos."""
-    with (folder / "mos.csv").open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM
+def _rating_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line, image, rating text) of every row of the ratings file `path`. The line is the file's (`reader.line_num`:
+    blank lines are skipped by the reader, so counting rows named the wrong line); a row without its image or its
+    rating is refused naming its line (it was an AttributeError on None)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM
         reader = csv.DictReader(f)
-        columns = {name.strip().lower(): name for name in reader.fieldnames or ()}
+        columns = {name.strip().lower(): name for name in reader.fieldnames or () if name is not None}
         if not {"image", "mos"} <= set(columns):
-            raise ValueError(f"{folder / 'mos.csv'}: needs the columns image and mos, has {reader.fieldnames}")
-        rows = [(r[columns["image"]].strip(), r[columns["mos"]].strip()) for r in reader]
+            raise ValueError(f"{path}: needs the columns image and mos, has {reader.fieldnames}")
+        rows = []
+        for record in reader:
+            name, text = (record.get(columns["image"]) or "").strip(), record.get(columns["mos"])
+            if not name:
+                raise ValueError(f"{path.name} line {reader.line_num}: no image name")
+            if text is None:  # a row with fewer fields than the header: DictReader gives None
+                raise ValueError(f"{path.name} line {reader.line_num} ({name}): no mos field")
+            rows.append((reader.line_num, name, text.strip()))
+    return rows
+
+
+def read_ratings(folder: Path) -> list[tuple[Path, float]]:
+    """The rated photos of `folder/mos.csv`. Refused, naming the line: a row without its image or rating, a rating
+    that is not a number from 0 to 1 (a NaN gave a model whose every score was NaN, and every quality request then
+    failed; a 1-5 or 0-100 scale gave one score for every photo), a photo rated twice; and ratings that are all the
+    same, fewer than 20 photos."""
+    rows = _rating_rows(folder / "mos.csv")
     images = folder / "images" if (folder / "images").is_dir() else folder
     out: list[tuple[Path, float]] = []
     seen: set[str] = set()
-    for line, (name, text) in enumerate(rows, start=2):
+    for line, name, text in rows:
         try:
             rating = float(text)
         except ValueError:
@@ -168,6 +186,26 @@ def refit_score(features: np.ndarray, mos: np.ndarray, served: RidgeHead, method
     )  # fmt: skip
 
 
+def calibrated_version(base_version: str, head_sha256: str) -> str:
+    """The version a calibration from `base_version` writes: the base's number + 1 and the new head's digest
+    ("2+34e7bc73"), as calibrated thresholds are versioned (`Thresholds.calibrated_version`). Two re-fits of one base
+    both wrote "2", so results (`quality_mos:2`) could not say which head scored them. The model stays in a flat
+    folder (its config's `version`, no version folder), where a string version is served and named as it is."""
+    return f"{int(str(base_version).split('+', 1)[0]) + 1}+{head_sha256[:DIGEST_CHARS]}"
+
+
+def check_out(out: Path, source: Path = QUALITY_MODEL_DIR) -> None:
+    """Refuse (ValueError) an `out` that is, or lies in, the packaged model folder or `source`: `--force` rewrote the
+    packaged head in place, and the shipped model was gone."""
+    for packaged in {QUALITY_MODEL_DIR.resolve(), source.resolve()}:
+        if out.resolve().is_relative_to(packaged):
+            raise ValueError(
+                f"--out {out} is the packaged model folder {packaged}: write the calibration elsewhere (e.g. "
+                "MYREPO/quality_mos, beside copies of the other models/ folders it builds on) and point "
+                "IMGSERVE_MODEL_REPOSITORY at MYREPO"
+            )
+
+
 def calibrate_mos(
     folder: Path,
     out: Path,
@@ -177,6 +215,7 @@ def calibrate_mos(
     force: bool = False,
 ) -> dict:
     """Re-fit, measure and (when better, or forced) write the model folder `out`; raises `NotBetter` otherwise."""
+    check_out(out, source)  # before the photos are measured
     rows = read_ratings(folder)
     features = np.stack([m.features for m in measure_all([p for p, _ in rows], workers)]).astype(np.float64)
     mos = np.array([m for _, m in rows])
@@ -188,14 +227,13 @@ def calibrate_mos(
     if not (np.all(np.isfinite(weights)) and np.isfinite(bias)):  # never write a head the server cannot score with
         raise ValueError("the fitted score is not finite (features of these photos could not be standardised)")
     new = FeatureHead(head.layers, head.mean, head.scale, weights, bias, head.tag_weights, head.tag_bias, head.labels)
-    if out.resolve() != source.resolve():
-        shutil.copytree(source, out, dirs_exist_ok=True)
+    shutil.copytree(source, out, dirs_exist_ok=True)
     new.save(out / "head.npz")
     digest = hashlib.sha256((out / "head.npz").read_bytes()).hexdigest()
     config_file = out / "config.yaml"
     text = config_file.read_text()
     base_version = str(yaml.safe_load(text)["version"])
-    version = int(base_version) + 1
+    version = calibrated_version(base_version, digest)
     text = re.sub(r'sha256: "?[0-9a-f]{64}"?', f'sha256: "{digest}"', text)
     text = re.sub(r"^version: .*$", f'version: "{version}"', text, count=1, flags=re.M)
     config_file.write_text(text)

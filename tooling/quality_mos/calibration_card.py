@@ -18,7 +18,7 @@ METHOD_TEXT = {
 
 
 def calibration_report(
-    calibration: "Calibration", folder: Path, base_version: str, version: int, digest: str, forced: bool
+    calibration: "Calibration", folder: Path, base_version: str, version: str, digest: str, forced: bool
 ) -> dict:
     def rounded(interval: tuple[float, float]) -> list[float]:
         return [round(float(v), 4) for v in interval]
@@ -79,7 +79,7 @@ def card_text(report: dict, base_card: str) -> str:
 
 
 def write_card(
-    out: Path, calibration: "Calibration", folder: Path, base_version: str, version: int, digest: str, forced: bool
+    out: Path, calibration: "Calibration", folder: Path, base_version: str, version: str, digest: str, forced: bool
 ) -> dict:
     """Rewrite `out`/report.json and `out`/MODEL_CARD.md for the calibrated version; returns the report."""
     report = calibration_report(calibration, folder, base_version, version, digest, forced)

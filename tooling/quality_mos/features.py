@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pipelines.decode import decode_image
+from pipelines.decode import DecodedImage, decode_image
+from pipelines.errors import ImageInputError
 from pipelines.limits import DecodeLimits
 from pipelines.quality import compute_metrics
 from pipelines.quality.thresholds import default_thresholds
@@ -65,6 +66,16 @@ def feature_session(model: Path, side: int | None, threads: int = 1) -> ort.Infe
 _SESSION: ort.InferenceSession | None = None
 
 
+def _decode(item: Item, specs: dict, working_max_side: int) -> DecodedImage:
+    """`decode_image` of one item; a file it refuses (not an image, too large) is a ValueError naming the file, as the
+    labelled-folder calibration names it (the decoder's message alone did not say which of the rated photos)."""
+    try:
+        return decode_image(item_bytes(item), specs, DecodeLimits(), working_max_side)
+    except ImageInputError as exc:
+        name = str(item) if isinstance(item, Path) else item_key(item)
+        raise ValueError(f"{name}: not a readable image ({exc})") from None
+
+
 def _measure_chunk(args: tuple[str, Sequence[Item]]) -> list[Measured]:
     global _SESSION
     model_path, items = args
@@ -74,7 +85,7 @@ def _measure_chunk(args: tuple[str, Sequence[Item]]) -> list[Measured]:
         _SESSION = feature_session(Path(model_path), config.input.size[0])
     thresholds = default_thresholds()
     specs = {config.name: config.preprocess_spec()}
-    decoded = [decode_image(item_bytes(i), specs, DecodeLimits(), thresholds.working_max_side) for i in items]
+    decoded = [_decode(i, specs, thresholds.working_max_side) for i in items]
     batch = np.stack([d.tensors[config.name] for d in decoded]).astype(np.float32)
     features = _SESSION.run(None, {config.input.name: batch})[0]
     return [
