@@ -73,6 +73,13 @@ def model_cannot_see(rule: TagRule, values: dict[str, float | int | None]) -> bo
     return False
 
 
+def measurable(rule: TagRule, values: dict[str, float | int | None]) -> bool:
+    """Whether the image has a value for any of the rule's metrics. Where it has none (a strip under 16 px has no
+    2-D sharpness), the model's probability alone does not give the tag: its input is the image blown up to 256 px
+    (a 17-px strip 15x), which it reads as blurry with certainty."""
+    return any(values.get(condition.metric) is not None for condition in rule.conditions)
+
+
 def describe_rule(rule: TagRule) -> str:
     """Human-readable form of a rule's conditions."""
     joiner = " and " if rule.match == "all" else " or "
@@ -128,7 +135,7 @@ def tags_from_values(
             confirm, alone = combine.for_tag(name)
             if classical and (p >= confirm or model_cannot_see(rule, values)):
                 confidence, source = max(confidence, p), "classical+model"
-            elif p >= alone:
+            elif p >= alone and measurable(rule, values):
                 classical, confidence, source = True, p, "model"
             else:
                 classical = False

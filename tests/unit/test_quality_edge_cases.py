@@ -145,6 +145,20 @@ def test_a_thin_strip_has_no_blur_verdict(size: tuple[int, int]) -> None:
     json.dumps(report.to_dict())  # None travels as null
 
 
+@pytest.mark.parametrize("size", [(600, 17), (15, 15), (4000, 10)])
+def test_a_served_model_gives_a_strip_no_blur_tag_either(size: tuple[int, int]) -> None:
+    """The served model reads a strip blown up to its 256-px input as blurry (p 1.0): it gave `blurry` alone,
+    source "model", with sharpness_min_direction null (a review helper's 600x17, 15x15 and 4000x10 noise images)."""
+    width, height = size
+    strip = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    metrics = compute_metrics(working_image(strip), size)
+    tags = {t.name for t in assign_tags(metrics, None, {"blurry": 1.0, "motion_blur": 1.0, "sharp": 1.0})}
+    assert not {"blurry", "motion_blur", "sharp"} & tags, tags
+    textured = dead_leaves_texture((512, 512), seed=1)  # a photo with its metrics: the model alone still tags it
+    measured = compute_metrics(working_image(textured), (512, 512))
+    assert "blurry" in {t.name for t in assign_tags(measured, None, {"blurry": 1.0})}
+
+
 def test_a_strip_of_16_px_is_still_judged() -> None:
     texture = dead_leaves_texture((512, 512), seed=1)
     metrics = compute_metrics(working_image(texture[:16]), (512, 16))
