@@ -3,6 +3,7 @@ and its fixed split into training and validation images."""
 
 import hashlib
 import lzma
+import os
 import tarfile
 import unicodedata
 import zipfile
@@ -82,7 +83,9 @@ def labelled_images(
 ) -> tuple[list[LabelledImage], int]:
     """(images with a category, count of images without one), from `<source>/<category>/**/<image>`."""
     try:
-        items = list_sources([source_location(source, allowed_root, remote)])
+        location = source_location(source, allowed_root, remote)
+        _refuse_folder_links(location)
+        items = list_sources([location])
     except UnreadableArchiveError as exc:  # a corrupt .zip / .tgz in it, named by its name, not its server path
         raise BadRequestError(f"dataset {source!r} holds an archive that cannot be read: {exc.problem}") from None
     except (SourceError, OSError) as exc:
@@ -105,6 +108,18 @@ def labelled_images(
         else:
             images.append(LabelledImage(item.name, label, item.location, item.member, split_key=inside))
     return images, unlabelled
+
+
+def _refuse_folder_links(location: str) -> None:
+    """A 400 for a link to a folder inside a local dataset: the listing does not follow them (a folder's images are
+    the tenant's own files only), so a category folder that was a link vanished from the model without a word."""
+    if is_uri(location) or not Path(location).is_dir():
+        return
+    for folder, names, _ in os.walk(location):
+        for name in names:
+            if os.path.islink(os.path.join(folder, name)):
+                inside = os.path.relpath(os.path.join(folder, name), location)
+                raise BadRequestError(f"{inside!r} is a link to a folder, which datasets do not follow; copy it in")
 
 
 def check_label(label: str) -> None:

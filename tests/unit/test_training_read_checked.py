@@ -48,3 +48,20 @@ def test_links_inside_the_root_and_archives_are_still_read(tmp_path: Path) -> No
     os.symlink(root / "dog" / "0.jpg", root / "dog" / "1.jpg")  # a link that stays in the tenant's root
     read = read_dataset_files(images, root, None, LIMIT)
     assert len(read) == 5 and all(isinstance(data, bytes) and data.startswith(b"\xff\xd8") for data in read), read
+
+
+@pytest.mark.parametrize("target", ["inside", "outside"])
+def test_a_category_folder_that_is_a_link_is_refused_by_name(tmp_path: Path, target: str) -> None:
+    """The listing does not follow folder links: a category folder that was one vanished from the model without a
+    word (a link inside the root), or the dataset was refused for 'needing two categories' (a link out of it)."""
+    from serving.errors import BadRequestError
+
+    root = _tenants(tmp_path) / "a"  # a/cat, a/dog: two real categories
+    elsewhere = root.parent / "b" / "cat"  # another tenant's folder
+    if target == "inside":
+        elsewhere = root / "kept" / "food"
+        elsewhere.mkdir(parents=True)
+        (elsewhere / "0.jpg").write_bytes(jpeg())
+    os.symlink(elsewhere, root / "food")
+    with pytest.raises(BadRequestError, match="'food' is a link to a folder"):
+        labelled_images(f"file://{root}", root)
