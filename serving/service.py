@@ -119,7 +119,8 @@ class InferenceService:
         if version and canary is not None and version == canary[0].version:
             return canary[0]
         if version and version != entry.version:
-            raise UnknownModelError(f"model '{entry.name}' version {version} is not loaded (loaded: {entry.version})")
+            loaded = entry.version + (f", canary {canary[0].version}" if canary is not None else "")
+            raise UnknownModelError(f"model '{entry.name}' version {version} is not loaded (loaded: {loaded})")
         return entry
 
     def served_entry(self, name: str | None, version: str = "") -> ModelEntry:

@@ -59,6 +59,16 @@ def test_a_canary_split_survives_a_restart_in_the_local_placement(tmp_path: Path
     assert service.repository.canaries["parcels"][1] == 20
 
 
+def test_a_version_that_is_not_loaded_is_refused_naming_the_canary_too(tmp_path: Path) -> None:
+    """ "version 3 is not loaded (loaded: 1)" while version 2 answered as the canary (a training review helper)."""
+    from serving.repository import UnknownModelError
+
+    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), canary_repository(tmp_path)))
+    with pytest.raises(UnknownModelError, match=r"version 3 is not loaded \(loaded: 1, canary 2\)"):
+        service.loaded_entry("parcels", "3")
+    assert service.loaded_entry("parcels", "2").version == "2"
+
+
 def test_a_canary_that_cannot_load_at_start_is_dropped_and_the_served_version_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
