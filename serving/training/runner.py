@@ -78,5 +78,8 @@ async def fit_on_ray(
         if done:
             return pending.result()
     pending.cancel()
-    ray.cancel(ref)
+    # force: the worker is killed. A plain cancel raises KeyboardInterrupt in it through SIGINT, which a server
+    # started in the background of a script ignores (and every Ray process inherits that): the fit ran to its end,
+    # a CPU busy for nothing while the next job started.
+    ray.cancel(ref, force=True)
     raise FitStoppedError("the fit was stopped: the job was cancelled or another runner took it over")
