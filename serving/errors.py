@@ -6,7 +6,7 @@ original so a corrupt image decoded in the decode stage still becomes a 400, not
 
 import errno
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,13 +105,23 @@ def classify_error(exc: BaseException) -> ErrorInfo:
 
 def _holds_nul(value: Any) -> bool:
     """Whether a statement's bound parameters (a mapping, a sequence of them, or one value) hold a str with a NUL."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_holds_nul(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_nul(v) for v in value)
-    return False
+    return any("\x00" in text for text in strings_in(value))
+
+
+def strings_in(value: Any, keys: bool = False) -> Iterator[str]:
+    """Every str in `value` and the mappings, lists and tuples nested in it (mappings' keys too with `keys`), walked
+    with a stack rather than recursion: as deep as json.loads nests, without Python's recursion limit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, Mapping):
+            pending.extend(item.values())
+            if keys:
+                pending.extend(item.keys())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
 
 
 def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from serving.errors import BadRequestError
+from serving.errors import BadRequestError, strings_in
 
 DEFAULT_TOP_K = 5
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -30,24 +30,9 @@ def loads_client_json(raw: bytes) -> Any:
     reached messages and logs that cannot encode it. Raises ValueError, as json.loads does for text that is not
     JSON; only a body with a `\\ud`/`\\uD` escape is searched."""
     value = json.loads(raw)
-    if (b"\\ud" in raw or b"\\uD" in raw) and _holds_surrogate(value):
+    if (b"\\ud" in raw or b"\\uD" in raw) and any(_SURROGATE.search(text) for text in strings_in(value, keys=True)):
         raise ValueError("a string holds a lone surrogate escape (\\ud800-\\udfff), which is not text")
     return value
-
-
-def _holds_surrogate(value: Any) -> bool:
-    pending = [value]  # a stack, not recursion: as deep as json.loads nests, without its recursion limit
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item) is not None:
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return False
 
 
 class ImageOptions(BaseModel):
