@@ -69,25 +69,19 @@ def port_in_use(host: str, port: int) -> bool:
     return error is not None and error.errno == errno.EADDRINUSE
 
 
-def busy_listeners(config: dict[str, Any]) -> list[str]:
-    """One line per listener of `config` whose port is taken."""
-    return [
-        f"{what} port {port} on {host}"
-        for what, host, port, _ in listener_ports(config)
-        if port and port_in_use(host, port)  # port 0: the kernel picks a free one
-    ]
-
-
-def unbindable_listeners(config: dict[str, Any]) -> list[str]:
-    """One line per listener of `config` this machine cannot bind for another reason than a taken port (`--host`
-    10.255.255.1, an address it does not have: Ray started, the replica failed and the command ended 34 s later in
-    a traceback). Port 0 is probed too: the address is what is checked."""
-    lines = []
+def listener_problems(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(busy, unbindable): one line per listener of `config` whose port is taken, and one per listener this machine
+    cannot bind for another reason (`--host` 10.255.255.1, an address it does not have: Ray started, the replica
+    failed and the command ended 34 s later in a traceback). One probe bind per listener; port 0 (the kernel picks
+    a free one) is probed for its address only."""
+    busy, unbindable = [], []
     for what, host, port, _ in listener_ports(config):
         error = bind_error(host, port)
-        if error is not None and error.errno != errno.EADDRINUSE:
-            lines.append(f"{what} on {host}:{port}: {error.strerror or error}")
-    return lines
+        if error is not None and error.errno == errno.EADDRINUSE:
+            busy.append(f"{what} port {port} on {host}")
+        elif error is not None:
+            unbindable.append(f"{what} on {host}:{port}: {error.strerror or error}")
+    return busy, unbindable
 
 
 def shared_ports(config: dict[str, Any]) -> list[str]:

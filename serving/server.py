@@ -36,7 +36,7 @@ from serving.local_ray import (
     logs_dir,
     trim_head_processes,
 )
-from serving.port_check import LOOPBACK, busy_listeners, listener_ports, shared_ports, unbindable_listeners
+from serving.port_check import LOOPBACK, listener_ports, listener_problems, shared_ports
 from serving.ray_supervisor import (
     STOP_SIGNALS,
     TOKEN_FILE,
@@ -265,10 +265,10 @@ def run_server(
         clashes = shared_ports(raw)
         if clashes:
             raise StartRefused(f"{'; '.join(clashes)}: give each listener its own port (--http-port/--grpc-port)")
-        unbindable = unbindable_listeners(raw) if ray_address is None else []
+        # on a cluster, the nodes' addresses and ports are not ours to probe
+        busy, unbindable = listener_problems(raw) if ray_address is None else ([], [])
         if unbindable:
             raise StartRefused(f"cannot listen: {'; '.join(unbindable)} (--host must be an address of this machine)")
-        busy = busy_listeners(raw) if ray_address is None else []  # on a cluster, the nodes' ports are not ours
         if busy:
             raise StartRefused(
                 f"{'; '.join(busy)}: already in use (another `imgserve serve`, or another program). Stop it, or "
