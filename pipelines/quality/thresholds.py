@@ -188,7 +188,7 @@ class Thresholds(_Frozen):
     @property
     def version_number(self) -> int:
         """The number part of `version` (4 for both 4 and "4+1f3a9c0e")."""
-        return int(str(self.version).split("+", 1)[0])
+        return version_number(self.version)
 
     def content_digest(self, chars: int = DIGEST_CHARS) -> str:
         """Sha256 (first `chars` hex digits) of everything that decides a verdict (all but `version` and
@@ -204,7 +204,7 @@ class Thresholds(_Frozen):
 
     def calibrated_version(self) -> str:
         """The version a calibration that produced these thresholds writes: the base's number + 1 and the digest."""
-        return f"{self.version_number + 1}+{self.content_digest()}"
+        return calibrated_version(self.version, self.content_digest())
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Thresholds":
@@ -229,6 +229,18 @@ class Thresholds(_Frozen):
             order += ready
             pending = [n for n in pending if n not in ready]
         return tuple(order)
+
+
+def version_number(version: int | str) -> int:
+    """The number part of a version (4 for both 4 and "4+1f3a9c0e")."""
+    return int(str(version).split("+", 1)[0])
+
+
+def calibrated_version(base_version: int | str, digest: str) -> str:
+    """What a calibration from `base_version` writes: the base's number + 1 and the first `DIGEST_CHARS` hex digits of
+    what it produced (thresholds' content, a re-fitted score model's head), so that two calibrations of one base
+    tell apart in every result that names them."""
+    return f"{version_number(base_version) + 1}+{digest[:DIGEST_CHARS]}"
 
 
 def check_version_digest(thresholds: Thresholds, source: str | Path) -> Thresholds:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipelines.quality.thresholds import DIGEST_CHARS
+from pipelines.quality.thresholds import calibrated_version
 from serving.feature_head import FeatureHead
 from tooling.quality.real_photos import BOOTSTRAP, spearman
 from tooling.quality_mos.calibration_card import write_card
@@ -184,14 +184,6 @@ def refit_score(features: np.ndarray, mos: np.ndarray, served: RidgeHead, method
         method, fit(features, mos, alpha), len(mos), refit, refit_95, current, current_95, refit - current, gain_95,
         nested.alphas,
     )  # fmt: skip
-
-
-def calibrated_version(base_version: str, head_sha256: str) -> str:
-    """The version a calibration from `base_version` writes: the base's number + 1 and the new head's digest
-    ("2+34e7bc73"), as calibrated thresholds are versioned (`Thresholds.calibrated_version`). Two re-fits of one base
-    both wrote "2", so results (`quality_mos:2`) could not say which head scored them. The model stays in a flat
-    folder (its config's `version`, no version folder), where a string version is served and named as it is."""
-    return f"{int(str(base_version).split('+', 1)[0]) + 1}+{head_sha256[:DIGEST_CHARS]}"
 
 
 def check_out(out: Path, source: Path = QUALITY_MODEL_DIR) -> None:
