@@ -56,6 +56,14 @@ KEEP_NONE, KEEP_EXIF, KEEP_XMP, KEEP_IPTC, KEEP_ICC, KEEP_OTHER = 0, 1, 2, 4, 8,
 KEEP_ALL = KEEP_EXIF | KEEP_XMP | KEEP_IPTC | KEEP_ICC | KEEP_OTHER
 
 
+def exif_of_block(blob: bytes) -> Image.Exif:
+    """An EXIF blob, with or without libvips' `Exif\0\0` header, read by Pillow (`exif_block` writes it back);
+    raises what Pillow raises on a block it cannot read."""
+    exif = Image.Exif()
+    exif.load(blob[len(EXIF_HEADER) :] if blob.startswith(EXIF_HEADER) else blob)
+    return exif
+
+
 def exif_block(exif: Image.Exif) -> bytes:
     """`exif` written as libvips keeps EXIF blobs: one `Exif\\0\\0` header, then the TIFF structure. Pillow's
     `tobytes()` writes the header itself; the WebP writer (`pipelines.convert.libwebp`) and Pillow's HEIF writer copy
@@ -68,8 +76,7 @@ def anonymized_exif(blob: bytes) -> bytes | None:
     """The EXIF block without GPS, personal tags and the thumbnail (IFD1, which Pillow's writer leaves out); None
     when it cannot be parsed (then it is dropped whole)."""
     try:
-        exif = Image.Exif()
-        exif.load(blob[len(EXIF_HEADER) :] if blob.startswith(EXIF_HEADER) else blob)
+        exif = exif_of_block(blob)
         exif.get_ifd(EXIF_IFD)  # load the sub-IFD so its personal tags can be removed
         exif.pop(GPS_IFD, None)
         exif._ifds.pop(GPS_IFD, None)  # noqa: SLF001 - Pillow keeps loaded sub-IFDs here and writes them back

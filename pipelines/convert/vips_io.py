@@ -19,7 +19,7 @@ from PIL import Image, ImageCms
 from pipelines.convert import jpeg_fast, libwebp
 from pipelines.convert.deep_samples import deep_samples, scaled_to_eight_bit
 from pipelines.convert.formats import FORMATS, MAX_OUTPUT_SIDE, SLOW_ENCODERS
-from pipelines.convert.metadata_edit import EXIF_HEADER, anonymize_vips, anonymized_exif, exif_block, keep_flags
+from pipelines.convert.metadata_edit import anonymize_vips, anonymized_exif, exif_block, exif_of_block, keep_flags
 from pipelines.convert.options import DEFAULT_EFFORT, DEFAULT_QUALITY, ConvertOptions
 from pipelines.convert.pillow_input import PILLOW_INPUTS, load_with_pillow
 from pipelines.convert.truncation import gif_is_complete, loader_options
@@ -339,8 +339,7 @@ def upright_exif(blob: bytes | None) -> bytes | None:
     if not blob:
         return blob
     try:
-        exif = Image.Exif()
-        exif.load(blob[len(EXIF_HEADER) :] if blob.startswith(EXIF_HEADER) else blob)
+        exif = exif_of_block(blob)
         if exif.get(0x0112, 1) == 1:
             return blob
         exif[0x0112] = 1
