@@ -26,6 +26,7 @@ from serving.http import (
 )
 from serving.http.auth import AuthMiddleware, client_address
 from serving.http.body_limit import BodySizeLimitMiddleware
+from serving.http.head_requests import HeadRequestMiddleware
 from serving.http.middleware import (
     AdmissionMiddleware,
     InternalErrorMiddleware,
@@ -141,6 +142,7 @@ def create_http_app(
             ],
             expose_headers=["x-request-id", "retry-after", oip_routes.HEADER_LENGTH, *operation_routes.RESULT_HEADERS],
         )
+    app.add_middleware(HeadRequestMiddleware)  # outermost: every layer under it sees a HEAD as the GET it answers
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

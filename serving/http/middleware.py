@@ -331,7 +331,10 @@ class RequestMetricsMiddleware:
                     }
             await send(message)
 
-        INFLIGHT.labels("http").inc()
+        # the scrape is not counted in flight: /metrics would always show itself as one request in flight
+        inflight = INFLIGHT.labels("http") if scope.get("path") != "/metrics" else None
+        if inflight is not None:
+            inflight.inc()
         try:
             await self.app(scope, receive, capture)
         except ClientDisconnect:  # the client closed the connection before its answer (e.g. mid-upload)
@@ -342,6 +345,7 @@ class RequestMetricsMiddleware:
                 record(CLIENT_CLOSED_REQUEST)
             raise
         finally:
-            INFLIGHT.labels("http").dec()
+            if inflight is not None:
+                inflight.dec()
             if not recorded:  # the app failed before answering: the server will send a 500
                 record(500)
