@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
 from serving.config.model_config import BatchingConfig, load_model_config
-from serving.config.placement_overlay import IMPORT_PATH
+from serving.config.placement_overlay import IMPORT_PATH, MODEL_DEPLOYMENT_PREFIX, STAGE_DEPLOYMENTS
 from serving.config.settings import ServerSettings
 from serving.model_versions import model_folder, model_roots, scan_model_folder
 
@@ -131,13 +131,25 @@ def unknown_keys(value: Any, spec: Spec, path: str = "") -> Iterator[str]:
         if imgserve_app and key == "deployments" and isinstance(item, list):
             for index, deployment in enumerate(item):
                 name = deployment.get("name") if isinstance(deployment, dict) else None
-                model = isinstance(name, str) and name.startswith("model-")
+                model = isinstance(name, str) and name.startswith(MODEL_DEPLOYMENT_PREFIX)
+                if isinstance(name, str) and not model and name not in STAGE_DEPLOYMENTS:
+                    yield _unknown_deployment(f"{where}[{name}]", name)
+                    continue
                 yield from unknown_keys(
                     deployment, MODEL_DEPLOYMENT if model else DEPLOYMENT, f"{where}[{name or index}]"
                 )
             continue
         if nested is not None:
             yield from unknown_keys(item, nested, where)
+
+
+def _unknown_deployment(where: str, name: str) -> str:
+    """A deployment name imgserve never builds: each placement dropped its settings without a word (`local` keeps
+    only the Ingress's, `graph` those its args build)."""
+    known = [*STAGE_DEPLOYMENTS, f"{MODEL_DEPLOYMENT_PREFIX}<model>"]
+    close = difflib.get_close_matches(name, list(STAGE_DEPLOYMENTS), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{where} (no such deployment: {hint}imgserve builds {', '.join(known)})"
 
 
 def check_keys(config: Any, source: str) -> None:

@@ -17,6 +17,10 @@ from serving.config.app_args import Placement
 
 IMPORT_PATH = "serving.app:build_app"
 LOCAL_DEPLOYMENTS = ("Ingress",)
+# Every deployment the graph placement can build (serving.placement.deployment_names), and the prefix of a model's
+# (`model-<model>`): a serve config naming any other deployment is a misspelling (serving.serve_file.check_keys).
+STAGE_DEPLOYMENTS = ("Ingress", "Decoder", "Quality", "Metadata", "BatchWorker")
+MODEL_DEPLOYMENT_PREFIX = "model-"
 # One Ingress replica runs every stage: give it a whole CPU of Ray's scheduling budget.
 LOCAL_INGRESS_ACTOR_OPTIONS = {"num_cpus": 1}
 # Greedy batching: on CPU, ONNX Runtime is no faster per image at batch 32 than at batch 1 (BENCHMARKS.md), so

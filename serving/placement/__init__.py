@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pipelines.quality.thresholds import load_thresholds
 from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
 from serving.config.model_entry import ModelEntry
+from serving.config.placement_overlay import MODEL_DEPLOYMENT_PREFIX
 from serving.config.settings import ServerSettings
 from serving.repository import ModelRepository
 from serving.service import InferenceService
@@ -200,7 +201,7 @@ def build_service(config: IngressConfig, stages: object | None = None) -> Infere
 
 def model_deployment_name(model: str) -> str:
     """Deployment name of a model's batched stage (what serve_config.yaml configures)."""
-    return f"model-{model}"
+    return f"{MODEL_DEPLOYMENT_PREFIX}{model}"
 
 
 def deployment_names(args: dict | None = None) -> set[str]:

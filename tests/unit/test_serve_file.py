@@ -13,8 +13,10 @@ import yaml
 from serving import deploy_render, serve_file
 from serving.cli import main
 from serving.config.app_args import AppArgs, check_batch_waits
+from serving.config.placement_overlay import MODEL_DEPLOYMENT_PREFIX, STAGE_DEPLOYMENTS
 from serving.config.settings import ServerSettings
 from serving.grpc import proxy_services
+from serving.placement import deployment_names
 from serving.serve_file import (
     GENERATED_SERVICERS,
     StartRefused,
@@ -24,7 +26,7 @@ from serving.serve_file import (
     proxy_warnings,
 )
 from serving.server import load_serve_config
-from tests.paths import PROJECT_ROOT
+from tests.paths import MOBILENET_DIR, PROJECT_ROOT, require
 from tests.unit.conftest import RayStarted
 
 pytestmark = pytest.mark.unit
@@ -131,6 +133,11 @@ def test_the_shipped_configs_have_no_unknown_key() -> None:
             "user_config.batching.batch_wait_timeout (did you mean batch_wait_timeout_ms?)",
         ),
         (lambda c: imgserve_app(c)["args"].update(qualty=False), "args.qualty (did you mean quality?)"),
+        (
+            lambda c: deployment(c, "Ingress").update(name="Ingres"),
+            "deployments[Ingres] (no such deployment: did you mean Ingress?",
+        ),
+        (lambda c: deployment(c, "Decoder").update(name="decode"), "deployments[decode] (no such deployment"),
     ],
     ids=[
         "deployment",
@@ -142,6 +149,8 @@ def test_the_shipped_configs_have_no_unknown_key() -> None:
         "direct-ingress",
         "user-config",
         "bool-arg",
+        "deployment-name",
+        "deployment-name-no-guess",
     ],
 )
 def test_imgserve_serve_refuses_an_unknown_key_with_its_path_and_the_closest_known_one(
@@ -151,6 +160,13 @@ def test_imgserve_serve_refuses_an_unknown_key_with_its_path_and_the_closest_kno
     started."""
     err = refused(serve_config(tmp_path, edit), capsys)
     assert said in err and "silently dropped" in err
+
+
+def test_every_deployment_the_graph_builds_is_a_known_name() -> None:
+    """The names the key check takes (STAGE_DEPLOYMENTS, model-<model>) cover what the graph placement builds."""
+    require(MOBILENET_DIR)
+    names = deployment_names({"placement": "graph"})
+    assert {n for n in names if not n.startswith(MODEL_DEPLOYMENT_PREFIX)} == set(STAGE_DEPLOYMENTS)
 
 
 def test_an_unknown_key_without_a_close_match_is_named_without_a_guess(tmp_path: Path) -> None:
