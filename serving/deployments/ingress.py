@@ -71,7 +71,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
             http_app = (
                 self.http_app
                 if self.gate.required
-                else LoopbackHostGuard(self.http_app, self.gate.settings.allowed_hosts)
+                else LoopbackHostGuard(self.http_app, self.gate.settings.allowed_hosts, self.gate.settings.cors_origins)
             )
             await self.direct_listeners.start(self, http_app)
         logger.info(

@@ -6,8 +6,10 @@ their name), and with DNS rebinding (a name the page's author controls, first re
 127.0.0.1) same-origin reads of the answers: jobs, results, outputs, collections. Without a key to ask for, the
 `Host` and `Origin` headers tell such requests apart, as Jupyter and webpack's dev server check them: a `Host`
 that is not `localhost`, a loopback address or a name in IMGSERVE_ALLOWED_HOSTS, or an `Origin` whose host is none
-of those, is a 403 `forbidden_host`. Servers with auth on need no such check (a key is asked for); Ray Serve's
-proxy (`--ray-proxy`) is not guarded here.
+of those, is a 403 `forbidden_host`. An `Origin` the operator listed in IMGSERVE_CORS_ORIGINS passes too (the
+same exact comparison the CORS layer makes): listing it says pages of that origin may call the API (the `Host`
+must still be this machine's). Servers with auth on need no such check (a key is asked for); Ray Serve's proxy
+(`--ray-proxy`) is not guarded here.
 """
 
 import json
@@ -36,11 +38,16 @@ def _host_name(url: str) -> str:
 
 class LoopbackHostGuard:
     """`extra_hosts`: names besides loopback ones (SecuritySettings.allowed_hosts, IMGSERVE_ALLOWED_HOSTS); `*`
-    lets every host through."""
+    lets every host through. `cors_origins`: origins whose pages may call the API (SecuritySettings.cors_origins,
+    IMGSERVE_CORS_ORIGINS; `*`: any origin, as for the CORS layer)."""
 
-    def __init__(self, app: ASGIApp, extra_hosts: Iterable[str] = ()):
+    def __init__(self, app: ASGIApp, extra_hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()):
         self.app = app
         self.extra = frozenset(name.lower() for name in extra_hosts)
+        self.cors_origins = frozenset(cors_origins)
+
+    def origin_allowed(self, origin: str) -> bool:
+        return "*" in self.cors_origins or origin in self.cors_origins or self.allowed(_host_name(origin))
 
     def allowed(self, name: str) -> bool:
         return "*" in self.extra or name in self.extra or (bool(name) and is_loopback_host(name))
@@ -61,14 +68,15 @@ class LoopbackHostGuard:
         refused = None
         if not self.allowed(host_name):
             refused = f"Host {host_name or host_text[:200] or '(none)'!r}"
-        elif origin is not None and not self.allowed(_host_name(origin)):
+        elif origin is not None and not self.origin_allowed(origin):
             refused = f"Origin {origin[:200]!r}"
         if refused is None:
             await self.app(scope, receive, send)
             return
         message = (
             f"{refused} is not this machine: with auth off this server answers requests to localhost or a loopback "
-            "address only (a web page cannot reach it through the browser); add names to IMGSERVE_ALLOWED_HOSTS"
+            "address only (a web page cannot reach it through the browser); add names to IMGSERVE_ALLOWED_HOSTS, or a"
+            " web page's origin to IMGSERVE_CORS_ORIGINS"
         )
         ERRORS.labels("(listener)", "forbidden_host").inc()  # every error is counted (README "Errors")
         body = json.dumps({"error": message, "kind": "forbidden_host"}).encode()

@@ -14,14 +14,14 @@ from serving.security.settings import SecuritySettings
 pytestmark = pytest.mark.unit
 
 
-def _client(extra: Iterable[str] = ()) -> TestClient:
+def _client(extra: Iterable[str] = (), cors_origins: Iterable[str] = ()) -> TestClient:
     app = FastAPI()
 
     @app.api_route("/v1/jobs", methods=["GET", "POST"])
     def jobs() -> dict[str, str]:
         return {"jobs": "the developer's"}
 
-    return TestClient(LoopbackHostGuard(app, extra), base_url="http://127.0.0.1:8000")
+    return TestClient(LoopbackHostGuard(app, extra, cors_origins), base_url="http://127.0.0.1:8000")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "127.0.0.2", "LOCALHOST"])
@@ -58,6 +58,18 @@ def test_same_origin_and_allowed_names_pass() -> None:
     assert client.get("/v1/jobs", headers={"Host": "devbox.lan:8000"}).status_code == 200
     assert client.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 403
     assert _client(frozenset({"*"})).get("/v1/jobs", headers={"Host": "anything"}).status_code == 200
+
+
+def test_an_origin_listed_for_cors_passes_and_others_do_not() -> None:
+    """IMGSERVE_CORS_ORIGINS lets those pages call the API; with auth off (`make serve`'s default) the guard refused
+    them all the same (403 forbidden_host), so CORS worked only with auth on."""
+    origins = SecuritySettings.from_env({"IMGSERVE_CORS_ORIGINS": "http://app.example"}).cors_origins
+    client = _client(cors_origins=origins)
+    assert client.post("/v1/jobs", headers={"Origin": "http://app.example"}).status_code == 200
+    assert client.post("/v1/jobs", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/v1/jobs", headers={"Origin": "https://app.example"}).status_code == 403  # another origin
+    # the Host must still be this machine's: a rebinding page cannot name an allowed origin to get in
+    assert client.get("/v1/jobs", headers={"Host": "app.example", "Origin": "http://app.example"}).status_code == 403
 
 
 def test_header_names_are_matched_in_any_case() -> None:
