@@ -54,9 +54,14 @@ def _usage_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[arg
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
+        from pipelines.convert.vips_io import vips_threads
         from pipelines.errors import InvalidOptionError
 
         try:
+            try:
+                vips_threads()  # IMGSERVE_VIPS_THREADS, as `imgserve serve` checks it
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             return command(args)
         except (InvalidOptionError, UsageError) as exc:
             print(f"imgserve: error: {terminal_text(str(exc))}", file=sys.stderr)  # paths: anyone's text

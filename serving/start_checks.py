@@ -130,7 +130,7 @@ def check_object_store(url: str) -> None:
 
 
 def _vips_threads() -> int:
-    from pipelines.convert.vips_io import vips_threads  # its import reads the variable too (ValueError: refused)
+    from pipelines.convert.vips_io import vips_threads
 
     return vips_threads()
 

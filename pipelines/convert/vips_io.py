@@ -37,7 +37,8 @@ def vips_threads() -> int:
     """libvips threads per image (IMGSERVE_VIPS_THREADS, default 1; 0: libvips' own default, one per core): requests
     and bulk files already run in parallel on the stages' threads; one libvips thread each was 5-8 % faster at 4
     concurrent conversions on 2 cores than two. ValueError naming the variable for anything but a whole number 0 or
-    more (`imgserve serve` refuses to start with it; read when this module is imported)."""
+    more: `imgserve serve` refuses to start with it, `imgserve convert`/`enhance` refuse to run (this module's import
+    then uses 1 rather than fail: an import error was a traceback before either could say so)."""
     raw = os.environ.get(VIPS_THREADS_ENV, "1")
     if not raw.strip().isdecimal():
         raise ValueError(f"{VIPS_THREADS_ENV}={raw!r}: expected a whole number of threads, 0 or more (0: one per core)")
@@ -45,7 +46,16 @@ def vips_threads() -> int:
 
 
 pyvips.cache_set_max(0)  # no operation cache: a server converts each input once, cached buffers only cost memory
-pyvips.concurrency_set(vips_threads())
+
+
+def _threads_at_import() -> int:
+    try:
+        return vips_threads()
+    except ValueError:
+        return 1  # refused by whoever runs: serving.start_checks, serving.cli_operations
+
+
+pyvips.concurrency_set(_threads_at_import())
 UNBOUNDED = 10_000_000  # a thumbnail box that never shrinks
 ANIMATED_INPUTS = frozenset({"GIF", "WEBP"})
 

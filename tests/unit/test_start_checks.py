@@ -274,3 +274,25 @@ def test_ray_serves_schema_is_one_line_and_checked_where_serve_is_imported(tmp_p
 
     imported = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert imported.stdout.strip() == "False", imported.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--http-port", "18143", "--grpc-port", "18144"], ["convert"]])
+def test_a_bad_vips_thread_count_is_one_line_in_a_fresh_process(command: list[str], tmp_path: Path) -> None:
+    """libvips' thread count is set when pipelines.convert.vips_io is imported: a bad IMGSERVE_VIPS_THREADS raised
+    there, inside the start checks' imports (a traceback, exit 1, from `imgserve serve` and `imgserve convert`),
+    before the check that names it could refuse it. (In this test process the module is already imported.)"""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import PROJECT_ROOT
+
+    if command == ["convert"]:
+        command = ["convert", str(tmp_path), "--to", "webp", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "IMGSERVE_VIPS_THREADS": "1.5"}
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.cli", *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "IMGSERVE_VIPS_THREADS='1.5'" in done.stderr.strip().splitlines()[-1]
