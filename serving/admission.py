@@ -77,6 +77,9 @@ class InflightLimit:
     def at_limit(self) -> bool:
         return self.limit is not None and self.inflight >= self.limit
 
+    def has_room(self) -> bool:
+        return not self.at_limit()
+
     def try_enter(self) -> bool:
         if self.at_limit():
             return False

@@ -9,6 +9,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from serving.access_log import new_request_id
+from serving.admission import REPLICA_LIMIT
 from serving.config.settings import ServerSettings
 from serving.errors import RequestTooLargeError, ServiceError
 from serving.grpc.edge import (
@@ -145,7 +146,7 @@ class ImageGrpcMethods:
             return pb.AnalyzeStreamResponse(request_id=request.request_id, analysis=analysis)
 
         try:
-            async for response in ordered_map(requests, one):
+            async for response in ordered_map(requests, one, room=REPLICA_LIMIT.has_room):
                 yield response
         except CallerRefusedError as refused:
             end_with_error(grpc_context, refused.error, [("request_id", stream_id)])

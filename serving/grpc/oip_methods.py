@@ -6,6 +6,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from serving import __version__
+from serving.admission import REPLICA_LIMIT
 from serving.grpc.edge import answer, attempt, call_facts, open_stream, peer_address
 from serving.grpc.malformed import guarded_methods
 from serving.grpc.oip_codec import model_config_to_proto, pb, request_from_proto, response_to_proto
@@ -110,7 +111,7 @@ class OipGrpcMethods:
                 )
             return pb.ModelStreamInferResponse(infer_response=response)
 
-        async for response in ordered_map(requests, one):
+        async for response in ordered_map(requests, one, room=REPLICA_LIMIT.has_room):
             yield response
 
     async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802

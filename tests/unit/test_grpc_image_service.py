@@ -269,3 +269,29 @@ def test_the_sdk_over_grpc_names_the_version_that_answered(service: InferenceSer
             await server.stop(None)
 
     assert asyncio.run(scenario()) != ""
+
+
+def test_a_streams_own_frames_wait_for_a_slot_instead_of_being_refused(service: InferenceService) -> None:
+    """With `max_inflight: 1` (README's latency setting for a 2-core replica), a stream of frames sent as fast as
+    the client could had every frame after the first refused `overloaded`: the stream's own frames took the slots.
+    They now wait for the stream's earlier frames; a bad frame stays its own error."""
+    from serving.admission import REPLICA_LIMIT
+
+    images = [jpeg(), b"not an image", jpeg((64, 64)), jpeg((80, 72))]
+
+    async def frames() -> AsyncIterator[Any]:
+        for i, image in enumerate(images):
+            yield pb().AnalyzeStreamRequest(image=image, request_id=f"f{i}")
+
+    async def scenario() -> list[Any]:
+        async with image_service_stub(GrpcIngress(service)) as stub:
+            return [reply async for reply in stub.AnalyzeStream(frames())]
+
+    REPLICA_LIMIT.limit = 1
+    try:
+        replies = asyncio.run(scenario())
+    finally:
+        REPLICA_LIMIT.limit = None
+    kinds = [reply.error.kind if reply.HasField("error") else "ok" for reply in replies]
+    assert kinds[0] == "ok" and kinds[2:] == ["ok", "ok"], kinds
+    assert kinds[1] not in ("ok", "overloaded"), kinds

@@ -50,3 +50,30 @@ def test_ending_the_stream_early_cancels_the_items_in_flight() -> None:
     assert asyncio.run(scenario()) == [0, 1, 2]
     assert len(started) > 3  # the window had read ahead
     assert finished == [0, 1, 2] and sorted(cancelled) == started[3:]
+
+
+def test_without_room_the_next_item_waits_for_the_streams_own_items() -> None:
+    """`room` says whether the server can take one more item; a stream with items in flight waits for one of its own
+    rather than start one that its server would refuse. With none in flight, an item starts regardless."""
+    inflight = 0
+    most = 0
+
+    async def handle(i: int) -> int:
+        nonlocal inflight, most
+        inflight += 1
+        most = max(most, inflight)
+        await asyncio.sleep(0.002)
+        inflight -= 1
+        return i
+
+    async def scenario() -> list[int]:
+        return [answer async for answer in ordered_map(_numbers(6), handle, room=lambda: inflight < 2)]
+
+    assert asyncio.run(scenario()) == list(range(6))
+    assert most == 2
+    most = 0
+
+    async def never_room() -> list[int]:
+        return [answer async for answer in ordered_map(_numbers(3), handle, room=lambda: False)]
+
+    assert asyncio.run(never_room()) == [0, 1, 2] and most == 1
