@@ -64,7 +64,7 @@ def _policy_error(name: str, exc: Exception) -> VersionPolicyError:
         wrong = f"it cannot be read ({type(cause).__name__})"
     return VersionPolicyError(
         f"model '{name}': its version policy {name}/{POLICY_FILE} (in the trained-models folder) is unusable: {wrong}."
-        f" Repair it, then run the job again: `imgserve models promote {name} VERSION` (admin) rewrites it, or"
+        f" Repair it, then try again: `imgserve models promote {name} VERSION` (admin) rewrites it, or"
         f' correct it (policy: latest | specific, versions: ["N"]), or delete it to serve the newest version'
     )
 

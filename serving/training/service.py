@@ -89,6 +89,8 @@ class TrainingService:
         store = await self.store()
         recorded = await owned_versions(store, request.model, principal.tenant)
         check_unrecorded_folder(self.service.repository.settings, request.model, recorded, principal.tenant)
+        # an unreadable versions.yaml: 409 now (the job failed once it ran, after a 202 that said nothing of it)
+        await asyncio.to_thread(served_version, self.settings.trained_models, request.model)
         backbone = self._backbone(request.backbone)
         base_classifier(self.service, backbone)
         images, _ = await self._dataset(request, principal.tenant)
@@ -168,7 +170,7 @@ class TrainingService:
         check_trainable_name(self.service.repository, request.model)  # a job queued before the name was refused
         recorded = await owned_versions(store, request.model, job.tenant)  # another tenant's job may have made it
         check_unrecorded_folder(self.service.repository.settings, request.model, recorded, job.tenant)  # or by hand
-        served_version(self.settings.trained_models, request.model)  # an unreadable policy fails it now, not after
+        served_version(self.settings.trained_models, request.model)  # broken since its submission: fails now, not after
         backbone = self._backbone(request.backbone)
         base = base_classifier(self.service, backbone)
         images, unlabelled = await self._dataset(request, job.tenant)

@@ -77,27 +77,46 @@ def test_images_in_two_categories_are_found_by_their_bytes_and_name_the_other_co
         (b"policy: \xff\n", "not UTF-8"),
     ],
 )
-def test_an_unreadable_versions_yaml_fails_the_job_naming_the_file_and_the_repair(
+def test_an_unreadable_versions_yaml_refuses_the_job_naming_the_file_and_the_repair(
     tmp_path: Path, content: str | bytes, wrong: str
 ) -> None:
-    """Were: the job failed 'internal error (ValueError), see the server log', a 500-class error."""
+    """Were: the job failed 'internal error (ValueError), see the server log', a 500-class error; then a 202 and a
+    job that failed once it ran, where docs/TRAINING.md promised a 409."""
+    from serving.training.registry import VersionPolicyError
+
     world = World(tmp_path)
     asyncio.run(_register_one(world))
     policy = world.trained / "parcels" / "versions.yaml"
     policy.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     async def scenario() -> str:
-        job = await world.submit()
-        await world.finished()
-        final = await asyncio.to_thread(world.store.get, job.id)
-        assert final.status == "failed" and final.error is not None
-        return final.error
+        with pytest.raises(VersionPolicyError) as refused:
+            await world.submit()
+        assert classify_error(refused.value).http_status == 409
+        return str(refused.value)
 
     error = asyncio.run(scenario())
     assert not error.startswith("internal error") and str(tmp_path) not in error
     assert "parcels/versions.yaml" in error and wrong in error
     assert "imgserve models promote parcels" in error and "delete" in error  # how to repair it
     assert world.on_disk() == ["1", "versions.yaml"]  # failed before anything was registered
+
+
+def test_a_versions_yaml_broken_after_submission_fails_the_job_when_it_starts(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    asyncio.run(_register_one(world))
+
+    async def scenario() -> str:
+        job = await world.submit()  # accepted: the file is fine; its run is scheduled, not started
+        (world.trained / "parcels" / "versions.yaml").write_text("policy: [\n")
+        await world.finished()
+        final = await asyncio.to_thread(world.store.get, job.id)
+        assert final.status == "failed" and final.error is not None
+        return final.error
+
+    error = asyncio.run(scenario())
+    assert "parcels/versions.yaml" in error and "not valid YAML" in error and str(tmp_path) not in error
+    assert world.on_disk() == ["1", "versions.yaml"]
 
 
 def test_the_policy_error_is_a_config_error_not_an_internal_one(tmp_path: Path) -> None:
