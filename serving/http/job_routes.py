@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
@@ -53,6 +54,20 @@ def _uri_lines(text: str) -> list[InputPart]:
     return [InputPart("uri", line) for line in lines if line and not line.startswith("#")]
 
 
+# What browsers (the HTML standard's multipart/form-data encoding) and httpx escape in a part's filename: `"`, CR, LF.
+_FILENAME_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+
+
+def upload_name(filename: str) -> str:
+    """A multipart part's filename as its sender named the file: the three escapes the HTML standard has senders
+    write undone (a photo named `a"b.jpg` was `a%22b.jpg` in the job's results); nothing else is decoded, so a name
+    with other `%` sequences stays as sent. A file really named `a%22b.jpg` reads as `a"b.jpg`, as every server
+    following that standard reads it."""
+    if "%" not in filename:
+        return filename
+    return re.sub("%(22|0[dDaA])", lambda m: _FILENAME_ESCAPES[m.group(0).upper()], filename)
+
+
 async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPart], BatchRequest | None]:
     """The request's inputs in order: multipart files/archives/URIs, a raw archive, a JSON or text URI list.
 
@@ -67,7 +82,7 @@ async def read_inputs(request: Request, jobs: JobService) -> tuple[list[InputPar
         for key, value in form.multi_items():
             if isinstance(value, UploadFile) and key in IMAGE_FIELDS | ARCHIVE_FIELDS:
                 kind = "archive" if key in ARCHIVE_FIELDS else "image"
-                parts.append(InputPart(kind, value.filename or f"{kind}-{len(parts)}", value.file))
+                parts.append(InputPart(kind, upload_name(value.filename or "") or f"{kind}-{len(parts)}", value.file))
             elif isinstance(value, str) and key in URI_FIELDS:
                 parts.extend(_uri_lines(value))
             else:

@@ -338,3 +338,18 @@ def test_the_migration_adds_the_keys_and_downgrades_keeping_the_jobs(tmp_path: P
     migrate(engine)
     assert current_revision(engine) == "0010"
     assert {"idempotency_key", "request_fingerprint"} <= {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
+
+
+def test_an_uploads_name_keeps_the_characters_multipart_escapes(world: dict[str, Any]) -> None:
+    """httpx and browsers send `"`, CR and LF in a filename as %22, %0D, %0A (the HTML standard); the job's items
+    were named `a%22b.jpg`. Other `%` sequences are the name itself."""
+    names = ['a"b.jpg', "c\nd.jpg", "e\rf.jpg", "g%41h.jpg"]
+    files = [("image", (name, jpeg((i, 2 * i, 3 * i)), "image/jpeg")) for i, name in enumerate(names)]
+    answer = world["http"].post("/v1/batch", files=files, headers=_headers(world, "a"))
+    assert answer.status_code == 202, answer.text
+    with world["engine"].connect() as conn:
+        query = (
+            sa.select(job_items.c.name).where(job_items.c.job_id == answer.json()["job_id"]).order_by(job_items.c.name)
+        )
+        stored = list(conn.execute(query).scalars())
+    assert stored == sorted(names)
