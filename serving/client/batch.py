@@ -24,7 +24,7 @@ import httpx
 
 from serving.client.errors import ImgServeError, from_http_response, from_http_transport_error, make_error
 from serving.client.http_transport import analysis_from_json
-from serving.client.routes import HttpRoutes, poll_until
+from serving.client.routes import HttpRoutes, poll_until, segment
 from serving.client.types import Analysis
 from serving.image_files import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # the SDK's name for it
 from serving.image_files import folder_images
@@ -180,7 +180,7 @@ class BatchClient(HttpRoutes):
                         if last:
                             return job
                     else:
-                        self._upload(f"/v1/jobs/{job.job_id}/items", chunk, {})
+                        self._upload(f"/v1/jobs/{_id(job)}/items", chunk, {})
                 except ImgServeError as exc:  # refused before any of it was taken: split again at its limit
                     limit = server_file_limit(exc)
                     if limit is None or not 0 < limit < len(chunk):
@@ -189,7 +189,7 @@ class BatchClient(HttpRoutes):
                     continue
                 files = files[len(chunk) :]
             assert job is not None  # files was not empty
-            return job_from_json(self._send("POST", f"/v1/jobs/{job.job_id}/start", retry=False).json())
+            return job_from_json(self._send("POST", f"/v1/jobs/{_id(job)}/start", retry=False).json())
         except BaseException as failure:
             if job is not None:
                 try:
@@ -314,4 +314,5 @@ def new_idempotency_key() -> str:
 
 
 def _id(job: BatchJob | str) -> str:
-    return job if isinstance(job, str) else job.job_id
+    """The job's id as one escaped path segment (`routes.segment`: ValueError for "", "." and "..")."""
+    return segment(job if isinstance(job, str) else job.job_id, "job id")

@@ -5,7 +5,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.client.auth import resolve_api_key
-from serving.client.inputs import ImageInput, Images, NamedImage, iter_stream_items, load_images, parse_url
+from serving.client.inputs import ImageInput, Images, NamedImage, StreamItems, iter_stream_items, load_images, parse_url
 from serving.client.options import RequestOptions
 from serving.client.types import Analysis, Classification, ModelList, OperationResult, StreamResult
 
@@ -34,9 +34,12 @@ class Transport(Protocol):
 class Client:
     """A client of a running imgserve server, over gRPC (`grpc://host:port`) or HTTP (`http(s)://host:port`).
 
-    Images are paths or encoded bytes, one or a list; every method returns one result per image, in order,
-    with the same types on both transports. `timeout` is each call's deadline in seconds (streams have
-    none); calls that fail with UNAVAILABLE are tried again up to `retries` times, waiting 0.1 s, 0.2 s, ...
+    Images are encoded image files (JPEG, PNG, ...), one or a list (any iterable): each a path (`str`, `Path`), its
+    bytes (`bytes`, `bytearray`, `memoryview`) or a binary file object (`open(path, "rb")`, `io.BytesIO`, read to its
+    end; one image, never iterated by lines). Pixel arrays (numpy), dicts and text-mode files raise `TypeError`.
+    Every method returns one result per image, in order, with the same types on both transports. `timeout` is each
+    call's deadline in seconds (streams have none); calls that fail with UNAVAILABLE are tried again up to `retries`
+    times, waiting 0.1 s, 0.2 s, ...
     Failures raise `ImgServeError`; a bad argument (`top_k` < 1, `confidence_threshold` outside 0..1) raises
     `ValueError` before anything is sent.
 
@@ -91,7 +94,8 @@ class Client:
         self, images: Images, model: str | None = None, top_k: int = 5, confidence_threshold: float = 0.0
     ) -> list[Classification]:
         """Top-k per image (the server's default classifier unless `model` is given), without the classes
-        scoring below `confidence_threshold` (0..1; 0 keeps all top_k)."""
+        scoring below `confidence_threshold` (0..1; 0 keeps all top_k). `images`: one image (a path, bytes or a
+        binary file object) or a list of them; a numpy array, a dict or a text-mode file is a TypeError."""
         batch = load_images(images)
         if not batch:
             return []
@@ -108,7 +112,8 @@ class Client:
     ) -> list[Analysis]:
         """The analysis stages named in `fields` (all the server has when None) per image; the classification
         leaves out the classes scoring below `confidence_threshold` (0..1; 0 keeps all top_k); `anonymize` drops
-        GPS and personal fields from the metadata."""
+        GPS and personal fields from the metadata. `images` as in `classify`: one image (a path, bytes or a binary
+        file object) or a list of them."""
         batch = load_images(images)
         if not batch:
             return []
@@ -117,7 +122,7 @@ class Client:
 
     def stream(
         self,
-        images: Iterable[ImageInput | tuple[str, ImageInput]],
+        images: StreamItems,
         model: str | None = None,
         top_k: int = 5,
         fields: list[str] | None = None,
@@ -126,7 +131,9 @@ class Client:
     ) -> Iterator[StreamResult]:
         """Analyze images as they come (any iterable, e.g. a camera generator); one result each, in order.
 
-        An item may be `(request_id, image)`; otherwise its request_id is the path as given or its position.
+        An item is an image (a path, bytes or a binary file object) or a `(request_id, image)` pair; otherwise its
+        request_id is the path as given (a file object's `name`) or its position. One image on its own is a stream
+        of one; a numpy array, a dict or a text-mode file is a TypeError, raised before anything is sent.
         A bad image, or one the key's rate limit or quota refuses (`RateLimitedError`, with the server's
         `retry_after`), yields a result with `error` set and the stream goes on, over both transports; losing the
         server, or a key or role the server refuses (`AuthenticationError`, `PermissionDeniedError`), raises.
@@ -140,19 +147,21 @@ class Client:
         return self._transport.models()
 
     def convert(self, image: ImageInput, **options: Any) -> OperationResult:
-        """One image converted as `/v1/convert` does: `format`, `quality`, `max_side`, ... (GET /v1/formats).
+        """One image (a path, bytes or a binary file object) converted as `/v1/convert` does: `format`, `quality`,
+        `max_side`, ... (GET /v1/formats).
 
         webp = client.convert("photo.jpg", format="webp", quality=80, max_side=2048)
         Path("photo.webp").write_bytes(webp.data); webp.report["compression_ratio"]
 
         Over HTTP the image comes as itself and the report from its `X-Imgserve-*` headers (no base64).
         """
-        return self._transport.operate("convert", load_images(image)[0], _option_text(options))
+        return self._transport.operate("convert", _one_image(image, "convert"), _option_text(options))
 
     def enhance(self, image: ImageInput, **options: Any) -> OperationResult:
-        """One image enhanced as `/v1/enhance` does: `auto=True` (the default without other options), manual
-        factors (`brightness=1.2`, ...), `ops="clahe,sharpen"`, and any conversion option for the output."""
-        return self._transport.operate("enhance", load_images(image)[0], _option_text(options))
+        """One image (a path, bytes or a binary file object) enhanced as `/v1/enhance` does: `auto=True` (the
+        default without other options), manual factors (`brightness=1.2`, ...), `ops="clahe,sharpen"`, and any
+        conversion option for the output."""
+        return self._transport.operate("enhance", _one_image(image, "enhance"), _option_text(options))
 
     # ---- batch jobs (HTTP only) ---------------------------------------------------------------------
     @property
@@ -217,6 +226,15 @@ class Client:
     def __repr__(self) -> str:
         key = ", api_key=***" if self._api_key is not None else ""  # whether one is set, never the key
         return f"Client({self.address.base_url!r}, timeout={self.timeout}, retries={self.retries}{key})"
+
+
+def _one_image(image: ImageInput, call: str) -> NamedImage:
+    """The one image `convert`/`enhance` take: a list of one is that image; a list of several or none is a
+    TypeError (only the first of several was sent, and an empty list was an IndexError)."""
+    images = load_images(image)
+    if len(images) != 1:
+        raise TypeError(f"{call} takes one image, not {len(images)}: call it once per image (or submit a batch job)")
+    return images[0]
 
 
 def _option_text(options: dict[str, Any]) -> dict[str, str]:

@@ -18,6 +18,7 @@ Authentication failures are subclasses, the same on both edges (`make_error` pic
 import email.utils
 import math
 import time
+from typing import Any
 
 import httpx
 
@@ -60,6 +61,12 @@ class ImgServeError(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled and copied by its constructor's arguments and its attributes (later ones, `add_note`'s notes,
+        included): `Exception`'s own reduce passes `args`, the one formatted message, which `__init__` does not take,
+        so a `ProcessPoolExecutor` worker's error broke the pool and `copy.deepcopy` of a failed result raised."""
+        return type(self), (self.code, self.kind, self.message, self.status, self.retry_after), self.__dict__
 
     @property
     def retryable(self) -> bool:

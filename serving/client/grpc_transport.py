@@ -16,6 +16,7 @@ from serving.client.inputs import NamedImage
 from serving.client.options import RequestOptions
 from serving.client.retry import with_retries
 from serving.client.types import (
+    REPORT_KEYS,
     Analysis,
     Classification,
     ModelInfo,
@@ -93,7 +94,14 @@ def library_kind(code: str, details: str) -> str:
 def classification_from_proto(message: Any) -> Classification:
     # proto `float` is float32: the shortest decimal, as the HTTP answer gives it (0.917, not 0.9170000553131104)
     predictions = tuple(Prediction(p.label, p.index, float32_score(p.score)) for p in message.predictions)
-    return Classification(message.model, predictions, message.timing_ms, message.model_version)
+    return Classification(message.model, predictions, milliseconds(message.timing_ms), message.model_version)
+
+
+def milliseconds(value: float) -> float:
+    """A proto `float` (float32) time as the server measured it, milliseconds to the microsecond (HTTP's JSON):
+    39.923, not 39.92300033569336. Rounded to 3 decimals rather than `float32_score`'s shortest float32 decimal: the
+    same below 8.192 s, and still the server's number up to 16.384 s, where a float32's step nears a microsecond."""
+    return round(value, 3)
 
 
 def analysis_from_proto(message: Any) -> Analysis:
@@ -102,11 +110,15 @@ def analysis_from_proto(message: Any) -> Analysis:
     for descriptor, value in message.ListFields():
         if descriptor.name not in ("classification", "metadata", "quality", "anomaly"):
             is_message = descriptor.message_type is not None
-            extra[descriptor.name] = MessageToDict(value, preserving_proto_field_name=True) if is_message else value
+            extra[descriptor.name] = (
+                ordered(MessageToDict(value, preserving_proto_field_name=True)) if is_message else value
+            )
     classification = classification_from_proto(message.classification) if message.HasField("classification") else None
     # A protobuf Struct carries every number as a double: the stages' integers are ints again (ANALYSIS_INTEGERS).
+    # Its keys come in no stable order (a map): sorted, at every depth (`ordered`), so a record is the same each run;
+    # the server's own order (HTTP's) is not known here (metadata keeps the file's EXIF order).
     structs = {
-        name: with_integers(MessageToDict(getattr(message, name)), ANALYSIS_INTEGERS[name])
+        name: with_integers(ordered(MessageToDict(getattr(message, name))), ANALYSIS_INTEGERS[name])
         if message.HasField(name)
         else None
         for name in ("metadata", "quality", "anomaly")
@@ -211,8 +223,9 @@ class GrpcTransport:
         try:
             for response in call:
                 if response.HasField("error"):
-                    item = response.error  # retry_after_s 0: the server did not say
-                    error = make_error(item.code, item.kind, item.message, retry_after=item.retry_after_s or None)
+                    item = response.error  # retry_after_s 0: the server did not say; a float32, as a score is
+                    retry_after = float32_score(item.retry_after_s) or None
+                    error = make_error(item.code, item.kind, item.message, retry_after=retry_after)
                     if isinstance(error, CALLER_REFUSALS):
                         raise error
                     yield StreamResult(response.request_id, error=error)
@@ -241,12 +254,30 @@ class GrpcTransport:
 
 
 def report_from_proto(report: Any) -> dict[str, Any]:
-    """A Convert/Enhance report (a protobuf Struct) with the types HTTP's JSON report has: `REPORT_INTEGERS` as
-    ints (a whole double is an int again), every other value as the Struct holds it."""
-    values: dict[str, Any] = MessageToDict(report)
+    """A Convert/Enhance report (a protobuf Struct) with the types and key order HTTP's JSON report has:
+    `REPORT_INTEGERS` as ints (a whole double is an int again), every other value as the Struct holds it; keys in the
+    server's order (`REPORT_KEYS`), those it does not name (an operation's parameters) sorted after them."""
+    values: dict[str, Any] = ordered(MessageToDict(report), REPORT_KEYS)
     for name in REPORT_INTEGERS & values.keys():
         values[name] = _whole(values[name])
     return values
+
+
+def ordered(value: Any, first: tuple[str, ...] = ()) -> Any:
+    """`value` (a Struct as dicts and lists) with every dict's keys in one fixed order, at any depth: the names in
+    `first` in that order, then the others sorted. A Struct is a protobuf map: its keys come in the order of upb's
+    hash, which differs from process to process (and the server's insertion order does not travel)."""
+    rank = {name: position for position, name in enumerate(first)}
+
+    def arrange(item: Any) -> Any:
+        if isinstance(item, dict):
+            keys = sorted(item, key=lambda key: (rank.get(key, len(rank)), key))
+            return {key: arrange(item[key]) for key in keys}
+        if isinstance(item, list):
+            return [arrange(element) for element in item]
+        return item
+
+    return arrange(value)
 
 
 def with_integers(value: Any, integers: frozenset[str]) -> Any:

@@ -4,6 +4,7 @@ client, the API key on every request, transport errors and 4xx/5xx answers as `I
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -33,6 +34,16 @@ def poll_until(
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"{what} still running after {timeout}s: {state}")
         time.sleep(poll_s)
+
+
+def segment(value: object, what: str = "id") -> str:
+    """`value` (a job id, model name, version) as one segment of a URL path: every `/`, `?`, `#`, `%` escaped, so
+    `../models/x` stays a job id instead of reaching `/v1/models/x`. ValueError, before anything is sent, for an
+    empty value and for `.` and `..`, which escaping leaves as they are and a URL reads as "here" and "up"."""
+    text = str(value)
+    if text in ("", ".", ".."):
+        raise ValueError(f"{what} {text!r} cannot name anything on the server")
+    return quote(text, safe="")
 
 
 class HttpRoutes:

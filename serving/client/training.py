@@ -10,9 +10,8 @@ read, wait for it, and load, unload or promote model versions.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
-from serving.client.routes import HttpRoutes, poll_until
+from serving.client.routes import HttpRoutes, poll_until, segment
 
 FINAL_STATES = ("completed", "failed", "cancelled")
 
@@ -96,37 +95,48 @@ class TrainingClient(HttpRoutes):
 
     def load(self, model: str) -> dict[str, Any]:
         """Load or reload `model` (admin): the version its policy serves."""
-        return self._send("POST", f"/v1/models/{model}/load", retry=False).json()
+        return self._send("POST", f"/v1/models/{_model(model)}/load", retry=False).json()
 
     def unload(self, model: str) -> dict[str, Any]:
-        return self._send("POST", f"/v1/models/{model}/unload", retry=False).json()
+        return self._send("POST", f"/v1/models/{_model(model)}/unload", retry=False).json()
 
     def promote(self, model: str, version: str) -> dict[str, Any]:
         """Serve exactly `version` of `model` from now on (admin); promoting an older version is a rollback."""
-        return self._send("POST", f"/v1/models/{model}/versions/{version}/promote", retry=False).json()
+        return self._send(
+            "POST", f"/v1/models/{_model(model)}/versions/{_version(version)}/promote", retry=False
+        ).json()
 
     def canary(self, model: str, version: str, percent: float) -> dict[str, Any]:
         """Send `percent` of `model`'s requests to `version` (admin); end it with `end_canary` or `promote`."""
         body = {"version": version, "percent": percent}
-        return self._send("POST", f"/v1/models/{model}/canary", retry=False, json=body).json()
+        return self._send("POST", f"/v1/models/{_model(model)}/canary", retry=False, json=body).json()
 
     def end_canary(self, model: str) -> dict[str, Any]:
-        return self._send("DELETE", f"/v1/models/{model}/canary", retry=False).json()
+        return self._send("DELETE", f"/v1/models/{_model(model)}/canary", retry=False).json()
 
     def delete_version(self, model: str, version: str) -> dict[str, Any]:
         """Delete a version that is neither served nor a canary (admin); its number is never given again."""
-        path = f"/v1/models/{quote(model, safe='')}/versions/{quote(str(version), safe='')}"
+        path = f"/v1/models/{_model(model)}/versions/{_version(version)}"
         return self._send("DELETE", path, retry=False).json()
 
     def delete_model(self, model: str) -> dict[str, Any]:
         """Delete a trained model with every version (admin): it stops being served (on every replica within the
         server's model poll interval); its version numbers are never given again under that name."""
-        return self._send("DELETE", f"/v1/models/{quote(model, safe='')}", retry=False).json()
+        return self._send("DELETE", f"/v1/models/{_model(model)}", retry=False).json()
 
     def delete(self, job: TrainingJob | str) -> dict[str, Any]:
         """Delete a finished training job's record (admin); the version it registered stays."""
-        return self._send("DELETE", f"/v1/training-jobs/{quote(_id(job), safe='')}", retry=False).json()
+        return self._send("DELETE", f"/v1/training-jobs/{_id(job)}", retry=False).json()
 
 
 def _id(job: TrainingJob | str) -> str:
-    return job if isinstance(job, str) else job.job_id
+    """The job's id as one escaped path segment (`routes.segment`: ValueError for "", "." and "..")."""
+    return segment(job if isinstance(job, str) else job.job_id, "training job id")
+
+
+def _model(model: str) -> str:
+    return segment(model, "model name")
+
+
+def _version(version: str) -> str:
+    return segment(version, "model version")

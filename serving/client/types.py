@@ -76,6 +76,32 @@ class ModelList:
         return next((m for m in self.models if m.name == name), None)
 
 
+# The keys of an `OperationResult.report` in the order the server writes them (pipelines.convert
+# `ConvertResult.summary`, serving.image_ops `EnhanceOutcome.summary`), which HTTP's report keeps: its top level, a
+# quality verdict's keys and an operation step's first keys (a step's parameters, which differ by operation, follow).
+# gRPC's Struct loses the order (a map), so the gRPC transport puts the keys back in this order.
+REPORT_KEYS = (
+    "input_format",
+    "format",
+    "content_type",
+    "input_size",
+    "size",
+    "frames",
+    "input_bytes",
+    "output_bytes",
+    "compression_ratio",
+    "operations",
+    "reverted",
+    "quality_before",
+    "quality_after",
+    "operation",
+    "reason",
+    "score",
+    "level",
+    "tags",
+)
+
+
 @dataclass(frozen=True)
 class OperationResult:
     """A converted or enhanced image: its bytes, content type, and the server's report (sizes, compression ratio;
