@@ -13,12 +13,13 @@ from serving.deployments.direct_ingress import DirectListeners
 from serving.deployments.ingress_start import audit_start_without_auth, ingress_gate
 from serving.grpc.image_methods import ImageGrpcMethods
 from serving.grpc.oip_methods import OipGrpcMethods
-from serving.grpc.proxy_services import quiet_stream_statuses
-from serving.http.app import create_http_app
+from serving.grpc.proxy_services import grpc_endpoints, quiet_stream_statuses
+from serving.http.app import create_http_app, http_endpoints
 from serving.http.host_guard import LoopbackHostGuard
 from serving.jobs.service import JobService
 from serving.jobs.settings import JobSettings
 from serving.jobs.worker import JobLoop
+from serving.metrics import zero_server_errors
 from serving.model_poll import ModelPoller
 from serving.placement import IngressConfig, build_service
 from serving.security.gate import set_replica_gate
@@ -50,6 +51,7 @@ class Ingress(OipGrpcMethods, ImageGrpcMethods):
                 self.job_loop = JobLoop(self.service)
                 jobs = JobService(self.service, self.job_loop.settings, self.job_loop.wake, self.gate)
         self.http_app: FastAPI = create_http_app(self.service, jobs, settings, self.gate)
+        zero_server_errors([*http_endpoints(self.http_app), *grpc_endpoints(), "(admission)"])
         self.image_operations = self.http_app.state.image_operations
         self.max_message_bytes = settings.max_request_bytes  # the gRPC listeners' send limit (serving/server.py)
         self._training_resume: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference

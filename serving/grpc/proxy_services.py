@@ -31,6 +31,15 @@ def service_descriptor(module: Any, name: str) -> ServiceDescriptor:
     return module.DESCRIPTOR.services_by_name[name]
 
 
+def grpc_endpoints() -> list[str]:
+    """The RPC names of imgserve's two services: the `endpoint` label of their requests and errors."""
+    services = (
+        service_descriptor(load("image_service_pb2"), "ImageService"),
+        service_descriptor(load("inference_pb2"), "GRPCInferenceService"),
+    )
+    return [method.name for service in services for method in service.methods]
+
+
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,

@@ -32,6 +32,7 @@ from serving.http.middleware import (
     InternalErrorMiddleware,
     RequestMetricsMiddleware,
     ShedMiddleware,
+    leaf_routes,
     log_answered_error,
 )
 from serving.image_ops import ImageOperations
@@ -73,6 +74,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     ERRORS.labels(_endpoint(request), "bad_request").inc()
     details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return JSONResponse({"error": f"invalid request: {details}", "kind": "bad_request"}, status_code=400)
+
+
+def http_endpoints(app: FastAPI) -> list[str]:
+    """The app's route templates: the `endpoint` label of its requests and errors (`_endpoint`)."""
+    return [path for route in leaf_routes(app.routes) if isinstance(path := getattr(route, "path", None), str)]
 
 
 def create_http_app(

@@ -276,18 +276,18 @@ def route_template(scope: Scope) -> str:
         return getattr(route, "path", None) or "unmatched"
     router = getattr(scope.get("app"), "router", None)
     probe = dict(scope)  # matching may write FastAPI's routing context into the scope it is given
-    for candidate in _leaf_routes(getattr(router, "routes", ())):
+    for candidate in leaf_routes(getattr(router, "routes", ())):
         if candidate.matches(probe)[0] == Match.FULL:
             return getattr(candidate, "path", None) or "unmatched"
     return "unmatched"
 
 
-def _leaf_routes(routes: Any) -> Iterator[Any]:
+def leaf_routes(routes: Any) -> Iterator[Any]:
     """The routes themselves: FastAPI keeps an included router as one entry (`original_router` holds its routes)."""
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _leaf_routes(inner.routes)
+            yield from leaf_routes(inner.routes)
         else:
             yield route
 

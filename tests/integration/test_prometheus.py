@@ -215,6 +215,18 @@ def test_counters_and_histograms_match_the_requests_sent(prometheus: str, http: 
     assert 1 <= diff["batch_count"] <= diff["batch_sum"], diff
 
 
+def test_server_error_series_exist_at_zero_from_the_start(prometheus: str) -> None:
+    """rate/increase read a series from its second sample: errors that made a series (a burst of 503s after a
+    restart) counted nothing in the error ratio, its burn rate or their alerts, and with none yet the panels said
+    "No data". Each endpoint's server-error series exist at 0 from the replica's start."""
+    wait_for_scrape_after(prometheus, "imgserve", time.time())
+    for endpoint in ("/v1/analyze", "/v2/models/{model}/infer", "ModelInfer", "AnalyzeStream", "(admission)"):
+        found = query(prometheus, f'imgserve_errors_total{{endpoint="{endpoint}",kind="model_unavailable"}}')
+        assert found, f"no model_unavailable series for {endpoint} before any error"
+    ratio = query(prometheus, 'sum(rate(imgserve_errors_total{kind=~"internal|model_unavailable"}[5m]))')
+    assert ratio, "the error ratio's numerator is 'No data' on a server without errors"
+
+
 def test_dashboard_and_alert_expressions_evaluate(prometheus: str) -> None:
     for _, expr in dashboard_exprs(_dashboard()) + alert_exprs():
         for variable, replacement in GRAFANA_VARIABLES.items():

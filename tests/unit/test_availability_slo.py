@@ -125,6 +125,19 @@ def test_availability_counts_every_server_fault_kind_and_no_other() -> None:
     assert regex.fullmatch("http_503") and not regex.fullmatch("http_404")  # Starlette's HTTPException kinds
 
 
+def test_the_series_made_at_zero_are_the_server_fault_kinds() -> None:
+    """serving.metrics.SERVER_ERROR_KINDS (each endpoint's series made at 0 when a replica starts, so the first
+    errors of a kind count in `rate`) are the alerts' kinds, less Starlette's http_5xx."""
+    from serving.metrics import SERVER_ERROR_KINDS, render_metrics, zero_server_errors
+
+    kinds = error_kinds_in_code()
+    assert set(SERVER_ERROR_KINDS) == {kind for kind, status in kinds.items() if status >= 500} - NOT_SERVER_FAULTS
+    zero_server_errors(["/v1/zero-test"])
+    text = render_metrics()[0].decode()
+    for kind in SERVER_ERROR_KINDS:
+        assert f'imgserve_errors_total{{endpoint="/v1/zero-test",kind="{kind}"}} 0.0' in text, kind
+
+
 def test_availability_never_selects_by_status() -> None:
     """A status names several kinds (gRPC RESOURCE_EXHAUSTED: overloaded and rate_limited; HTTP 503: overloaded
     and a readiness probe's not-ready), so the numerator must not select on it; the denominator is every
@@ -137,7 +150,7 @@ def test_availability_never_selects_by_status() -> None:
 # Requests that are not API requests: health probes (a readiness probe every 5 s per pod, always 200, diluted the
 # ratio: 1.5 % of inference requests failing read as 0.8 % at 1 request/s and 4 pods), the web UI's files, the
 # API docs and paths no route matches.
-NOT_API = {"/v2/health/ready", "/v2/health/live", "ServerLive", "ServerReady", "/ui", "/ui/app.js", "/docs",
+NOT_API = {"/v2/health/ready", "/v2/health/live", "ServerLive", "ServerReady", "/ui", "/ui/", "/ui/app.js", "/docs",
            "/openapi.json", "unmatched"}  # fmt: skip
 API = {"/v1/classify", "/v1/analyze", "/v1/batch", "/v2/models/{model}/infer", "Classify", "ModelInfer", "(shed)",
        "(admission)", "/v1/jobs/{job_id}"}  # fmt: skip
@@ -250,3 +263,16 @@ def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
     assert result.returncode == 0 and f"{len(exprs)} rules found" in result.stdout, result.stdout + result.stderr
     broken = _check_as_rules(["sum by (endpoint) (rate(imgserve_requests_total[5m])"], tmp_path)
     assert broken.returncode != 0  # the check is not vacuous
+
+
+def test_grpc_server_live_is_counted_as_http_live_is() -> None:
+    """HTTP /v2/health/live and gRPC ServerReady were counted in imgserve_requests_total, gRPC ServerLive not."""
+    import asyncio
+
+    from serving.grpc.oip_methods import OipGrpcMethods
+    from serving.metrics import REQUESTS
+
+    counted = REQUESTS.labels("ServerLive", "grpc", "", "OK")
+    before = counted._value.get()
+    answer = asyncio.run(OipGrpcMethods().ServerLive(object()))
+    assert answer.live and counted._value.get() == before + 1
