@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipelines.collections.record import ImageRecord
-from pipelines.quality.thresholds import default_thresholds
+from pipelines.quality.thresholds import served_thresholds, tag_kinds
 
 # Upper bounds included: a 12 MP camera (4000x3000) is "4-12 MP".
 RESOLUTION_CLASSES = ((0.3, "≤0.3 MP"), (1.0, "0.3-1 MP"), (4.0, "1-4 MP"), (12.0, "4-12 MP"), (math.inf, ">12 MP"))
@@ -206,8 +206,10 @@ def quality_summary(records: Sequence[ImageRecord]) -> dict[str, Any]:
 
 
 def defect_tags() -> frozenset[str]:
-    """The quality stage's defect tags (`sharp`, `well_exposed` are praise, not defects)."""
-    return frozenset(name for name, rule in default_thresholds().tags.items() if rule.kind == "defect")
+    """The quality stage's defect tags (`sharp`, `well_exposed` are praise, not defects), as the served thresholds
+    name them: an operator's file (IMGSERVE_QUALITY_THRESHOLDS) may add defect tags or change a tag's kind (its
+    own defect tags were left out of the report's insights and per-camera table)."""
+    return frozenset(name for name, kind in tag_kinds(served_thresholds()).items() if kind == "defect")
 
 
 def camera_defects(records: Sequence[ImageRecord], min_images: int = 5) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ result, thresholds it no longer holds.
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -265,6 +266,20 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
     if path is None:
         return default_thresholds()
     return check_version_digest(Thresholds.model_validate(yaml.safe_load(Path(path).read_text())), path)
+
+
+THRESHOLDS_ENV = "IMGSERVE_QUALITY_THRESHOLDS"
+
+
+def served_thresholds() -> Thresholds:
+    """The thresholds this server (or CLI) serves: the file `IMGSERVE_QUALITY_THRESHOLDS` names (an operator's, one
+    `imgserve quality calibrate` wrote), else the packaged ones; read once per file."""
+    return _thresholds_at(os.environ.get(THRESHOLDS_ENV) or None)
+
+
+@lru_cache(maxsize=4)
+def _thresholds_at(path: str | None) -> Thresholds:
+    return load_thresholds(path)
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,6 @@
 could only match nothing by mistake is a 400), and turned into SQL clauses on `collection_images`."""
 
 import calendar
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from PIL import Image
 
-from pipelines.quality.thresholds import LEVELS, load_thresholds, tag_vocabulary
+from pipelines.quality.thresholds import LEVELS, served_thresholds, tag_vocabulary
 from serving.collections.filter_parameters import FILTER_PARAMETERS
 from serving.errors import BadRequestError
 from serving.jobs.tables import collection_images
@@ -46,7 +45,7 @@ SCORE_RANGE = (0.0, 100.0)  # quality scores
 def known_tags() -> frozenset[str]:
     """Tag names a filter may ask for: those the server gives with its thresholds (`IMGSERVE_QUALITY_THRESHOLDS`,
     read as serving.placement reads it)."""
-    return tag_vocabulary(load_thresholds(os.environ.get("IMGSERVE_QUALITY_THRESHOLDS") or None))
+    return tag_vocabulary(served_thresholds())
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ scan again. `build_pipeline` is the switch: no stage handles -> `LocalPipeline` 
 
 import dataclasses
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from pipelines.quality.thresholds import load_thresholds
+from pipelines.quality.thresholds import served_thresholds
 from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOptions, check_batch_waits
 from serving.config.model_entry import ModelEntry
 from serving.config.placement_overlay import MODEL_DEPLOYMENT_PREFIX
@@ -92,7 +91,7 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
     stages = StageSettings(
         models=servable,
         limits=settings.decode_limits(),
-        thresholds=load_thresholds(os.environ.get("IMGSERVE_QUALITY_THRESHOLDS") or None),
+        thresholds=served_thresholds(),
         decoder=options.decoder,
         reduced_decode=options.reduced_decode,
         backend_options={"onnxruntime": {"intra_op_threads": options.ort_threads}} if options.ort_threads else None,

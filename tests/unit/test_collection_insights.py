@@ -1,6 +1,9 @@
 """Insights: the significance tests against known values, a planted effect found first, and no finding without one."""
 
+import dataclasses
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +129,31 @@ def test_iso_zero_is_not_known_not_a_low_iso_group() -> None:
 
     assert _iso_group(ImageRecord("a", iso=0)) is None and _iso_group(ImageRecord("b", iso=-1)) is None
     assert _iso_group(ImageRecord("c", iso=100)) == "ISO 200 or less"
+
+
+def test_an_operators_own_defect_tag_is_tested_and_shown_per_camera(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thresholds file (IMGSERVE_QUALITY_THRESHOLDS) that adds a defect tag, and turns `noisy` into praise: the
+    report's insights and per-camera table read the packaged kinds only, so its own tag was never tested."""
+    import yaml
+
+    from pipelines.collections.report import build_report
+    from pipelines.quality.thresholds import DEFAULT_THRESHOLDS_PATH
+
+    data = yaml.safe_load(DEFAULT_THRESHOLDS_PATH.read_text())
+    data["version"] = 99
+    data["tags"]["soft_focus"] = {**data["tags"]["blurry"], "description": "an operator's own defect"}
+    data["tags"]["noisy"]["kind"] = "positive"
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("IMGSERVE_QUALITY_THRESHOLDS", str(path))
+    records = [
+        dataclasses.replace(r, tags=tuple("soft_focus" if t == "blurry" else t for t in r.tags))
+        for r in _collection(7, {"B1": 0.9})
+    ]
+    report = build_report("operator", records)
+    tested = {i["evidence"]["tag"] for i in report["insights"]}
+    assert "soft_focus" in tested and "noisy" not in tested
+    b1 = next(c for c in report["camera_defects"] if c.get("model") == "B1")
+    assert "soft_focus" in json.dumps(b1) and "noisy" not in json.dumps(b1)
