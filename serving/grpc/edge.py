@@ -68,8 +68,12 @@ def invocation_value(context: Any, name: str, limit: int = 128) -> str | None:
 
 
 def client_request_id(context: Any) -> str | None:
-    """The client's `request_id` metadata (behind Ray's proxy, Ray's own id wins: `start_request`)."""
-    return invocation_value(context, "request_id")
+    """The client's `request_id` metadata (behind Ray's proxy, Ray's own id wins: `start_request`); None (a new id
+    is made) for one that is not printable ASCII: gRPC core takes such a value in (from a client other than
+    grpcio, which refuses to send it) but not out, so echoing it in the trailing metadata turned the answer, the
+    work done, or a refusal's own status into INTERNAL "Invalid metadata"."""
+    value = invocation_value(context, "request_id")
+    return value if value is not None and all(" " <= c <= "~" for c in value) else None
 
 
 def peer_address(context: Any) -> str | None:

@@ -30,7 +30,7 @@ from google.protobuf.message_factory import GetMessageClass
 from ray.serve.grpc_util import RayServegRPCContext
 
 from serving.errors import BadRequestError, ErrorInfo, classify_error
-from serving.grpc.edge import end_with_error, status_details
+from serving.grpc.edge import answer, end_with_error, open_stream, status_details
 from serving.grpc.parsing import MalformedRequest, safe_parser
 from serving.grpc.proxy_services import StreamStatusError
 from serving.metrics import ERRORS, REQUESTS
@@ -108,7 +108,8 @@ def _guarded(method: MethodDescriptor, behaviour: Callable[..., Any]) -> Callabl
 
         async def unary_stream(self: Any, request: Any, grpc_context: Any = None) -> Any:
             if isinstance(request, MalformedRequest):
-                end_with_error(grpc_context, refusal(name, request))
+                if await open_stream(name, grpc_context):  # the caller's key first, as for any other message
+                    end_with_error(grpc_context, refusal(name, request))
             else:
                 async for response in behaviour(self, request, grpc_context):
                     yield response
@@ -118,8 +119,14 @@ def _guarded(method: MethodDescriptor, behaviour: Callable[..., Any]) -> Callabl
 
     async def unary_unary(self: Any, request: Any, grpc_context: Any = None) -> Any:
         if isinstance(request, MalformedRequest):
-            end_with_error(grpc_context, refusal(name, request))
-            return empty()
+            malformed = request
+
+            async def refused() -> Any:
+                raise BadRequestError(f"the message is not a valid {name} request: {malformed.reason}")
+
+            # through the gate as any call: a caller without a key learns nothing of the message's parsing (it
+            # was INVALID_ARGUMENT before UNAUTHENTICATED; HTTP answers 401 first), counted as any refusal
+            return await answer(name, "", grpc_context, refused, empty)
         return await behaviour(self, request, grpc_context)
 
     return functools.wraps(behaviour)(unary_unary)

@@ -569,3 +569,35 @@ def test_the_latest_audit_entries_come_first_when_asked(world: dict[str, Any]) -
     times = [entry["at"] for entry in page["entries"]]
     assert page["entries"][0]["action"] == "job.purge" and times == sorted(times, reverse=True)
     assert page["next_after"] is None
+
+
+def test_a_malformed_grpc_message_without_a_key_is_unauthenticated(world: dict[str, Any]) -> None:
+    """With auth on, a malformed unary message was refused INVALID_ARGUMENT with its parse error before the caller's
+    key was looked at (HTTP answers 401 first): a caller without a key got the server's parsing feedback."""
+    import grpc
+
+    from serving.deployments.direct_ingress import grpc_server
+    from serving.security.gate import set_replica_gate
+    from tests.unit.grpc_local import image_service_channel
+    from tests.unit.test_edges_in_process import GrpcIngress
+
+    _, key = KeyStore(world["engine"]).create("parser", "analyst", "s", None)
+
+    async def scenario() -> list[tuple[grpc.StatusCode, str | None]]:
+        answers = []
+        async with image_service_channel(GrpcIngress(world["service"]), grpc_server(1 << 22)) as channel:
+            raw = channel.unary_unary("/imgserve.v1.ImageService/Classify")
+            for metadata in ((), (("authorization", f"Bearer {key}"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await raw(b"\xff", metadata=metadata)
+                kind = dict(refused.value.trailing_metadata() or ()).get("imgserve-error-kind")
+                answers.append((refused.value.code(), kind))
+        return answers
+
+    set_replica_gate(world["gate"])
+    try:
+        without_key, with_key = asyncio.run(scenario())
+    finally:
+        set_replica_gate(SecurityGate("off", None, SecuritySettings(auth="off")))
+    assert without_key == (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+    assert with_key == (grpc.StatusCode.INVALID_ARGUMENT, "bad_request")
