@@ -136,41 +136,69 @@ def canary_stages(repository: ModelRepository, served: dict[str, ModelEntry]) ->
     return stages
 
 
-def build_local_stages(settings: StageSettings) -> LocalPipeline:
-    """Every stage in this process: the served versions (a failure raises), then each canary version under its key,
-    as model control adds one (`LocalPipeline.swap_models`). A canary whose backend fails to load is left out with
-    the reason, as a failed load at runtime leaves what was served (`drop_unbuilt_canaries` then ends its split)."""
+def _model_stage(entry: ModelEntry, settings: StageSettings) -> ModelStage | str:
+    """`entry`'s stage, or why its backend failed to load (a graph its config contradicts, a corrupt file, an
+    unsupported op), said without the server's paths: the reason is shown to every caller of /v1/models."""
+    try:
+        return ModelStage(entry, settings.backend_options, settings.batching)
+    except Exception as exc:  # noqa: BLE001 - any backend failure leaves this model out, not the server
+        reason = f"its backend failed to load: {type(exc).__name__}: {str(exc)[:300]}"
+        for path in (entry.artifacts.onnx, entry.artifacts.onnx_int8, entry.folder):
+            if path is not None:
+                reason = reason.replace(str(path), path.name)
+        logger.warning("model %s version %s is not served: %s", entry.name, entry.version, reason)
+        return reason
+
+
+def build_local_stages(settings: StageSettings) -> tuple[LocalPipeline, dict[str, str]]:
+    """Every stage in this process: the served versions, then each canary version under its key, as model control
+    adds one (`LocalPipeline.swap_models`). A version whose backend fails to load is left out with the reason
+    (returned, by key), as a failed load at runtime leaves what was served: one model whose config contradicts its
+    graph stopped the whole server (`build_service` marks it unavailable; `drop_unbuilt_canaries` ends a split)."""
+    built: dict[str, ModelStage] = {}
+    unbuilt: dict[str, str] = {}
+    for key, entry in settings.models.items():
+        stage = _model_stage(entry, settings)
+        if isinstance(stage, str):
+            unbuilt[key] = stage
+        else:
+            built[key] = stage
     canaries = {key: entry for key, entry in settings.models.items() if key != entry.name}
-    served = {key: entry for key, entry in settings.models.items() if key not in canaries}
-    pipeline = build_local_pipeline(dataclasses.replace(settings, models=served))
-    built = {}
-    for key, entry in canaries.items():
-        try:
-            built[key] = ModelStage(entry, settings.backend_options, settings.batching)
-        except Exception as exc:  # noqa: BLE001 - any backend failure (a corrupt graph, an unsupported op)
-            logger.warning(
-                "model %s: canary version %s did not load: %s: %s",
-                entry.name,
-                entry.version,
-                type(exc).__name__,
-                str(exc)[:300],
-            )
-            continue
-        pipeline.decode.specs[key] = entry.config.preprocess_spec()
-    if not built:
-        return pipeline
-    models = {**pipeline.models, **built}
-    return LocalPipeline(pipeline.decode, models, pipeline.quality, pipeline.metadata, pipeline.settings)
+    served_entries = {key: entry for key, entry in settings.models.items() if key not in canaries}
+    served = {key: stage for key, stage in built.items() if key in served_entries}
+    pipeline = build_local_pipeline(dataclasses.replace(settings, models=served_entries), served)
+    canary_built = {key: stage for key, stage in built.items() if key in canaries}
+    if not canary_built:
+        return pipeline, unbuilt
+    for key in canary_built:
+        pipeline.decode.specs[key] = canaries[key].config.preprocess_spec()
+    models = {**pipeline.models, **canary_built}
+    return LocalPipeline(pipeline.decode, models, pipeline.quality, pipeline.metadata, pipeline.settings), unbuilt
 
 
 def build_pipeline(config: IngressConfig, stages: object | None = None) -> ImagePipeline:
     """The placement switch: `stages` is None (local) or the graph's `GraphStages` handles."""
     if stages is None:
-        return build_local_stages(config.stages)
+        pipeline, unbuilt = build_local_stages(config.stages)
+        mark_unbuilt(config, unbuilt)
+        return pipeline
     from serving.placement.graph import GraphPipeline, GraphStages
 
     assert isinstance(stages, GraphStages)
     return GraphPipeline(stages, config.graph_calls)
+
+
+def mark_unbuilt(config: IngressConfig, unbuilt: dict[str, str]) -> None:
+    """The served versions whose stage did not build, listed unavailable with the reason (requests for them are a
+    503 `model_unavailable`, as for missing weights); RuntimeError when it is the default model (nothing to serve
+    by default)."""
+    for key, reason in unbuilt.items():
+        entry = config.repository.entries.get(key)
+        if entry is None or entry.key != key:
+            continue  # a canary version: drop_unbuilt_canaries ends its split
+        if key == config.default_model:
+            raise RuntimeError(f"default model '{key}' cannot be served: {reason}")
+        config.repository.entries[key] = dataclasses.replace(entry, unavailable_reason=reason)
 
 
 def drop_unbuilt_canaries(repository: ModelRepository, pipeline: ImagePipeline) -> None:

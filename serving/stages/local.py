@@ -125,11 +125,13 @@ class LocalPipeline:
             stage.retire()
 
 
-def build_local_pipeline(settings: StageSettings) -> LocalPipeline:
-    """Load every servable model once and build the stages the settings ask for."""
-    models = {
-        name: ModelStage(entry, settings.backend_options, settings.batching) for name, entry in settings.models.items()
-    }
+def build_local_pipeline(settings: StageSettings, models: dict[str, ModelStage] | None = None) -> LocalPipeline:
+    """Load every servable model once (or take `models`, built already) and build the stages the settings ask for."""
+    if models is None:
+        models = {
+            name: ModelStage(entry, settings.backend_options, settings.batching)
+            for name, entry in settings.models.items()
+        }
     return LocalPipeline(
         DecodeStage(settings),
         models,

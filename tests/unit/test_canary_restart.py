@@ -101,7 +101,7 @@ def test_a_canary_stage_that_fails_to_build_is_dropped_in_the_replica(
     with caplog.at_level(logging.WARNING, logger="imgserve.placement"):
         service = build_service(config)
     assert "parcels@2" not in service.pipeline.model_names and "parcels" not in service.repository.canaries
-    assert any("parcels: canary version 2 did not load" in r.getMessage() for r in caplog.records)
+    assert any("model parcels version 2 is not served" in r.getMessage() for r in caplog.records)
     assert answered_versions(service) == {"1": 20}
 
 

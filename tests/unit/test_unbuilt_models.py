@@ -1,0 +1,50 @@
+"""A repository model whose backend fails to load when the replica starts (its config names an output its graph does
+not have) is listed unavailable with the reason, and the rest of the repository is served: it stopped the whole
+server ("application(s) ['imgserve'] failed to deploy"), where a failed load at runtime leaves what was served."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.config.app_args import AppArgs
+from serving.errors import classify_error
+from serving.placement import build_service, compose
+from serving.requests import ImageOptions
+from tests.unit.test_edges_in_process import jpeg
+from tests.unit.tiny_models import tiny_settings
+
+pytestmark = pytest.mark.unit
+
+
+def _contradicting_copy(models: Path, name: str) -> None:
+    shutil.copytree(models / "tiny", models / name)
+    config = yaml.safe_load((models / name / "config.yaml").read_text())
+    config["name"] = name
+    config["outputs"][0]["name"] = "prob"  # the graph's output is `logits`
+    (models / name / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_model_whose_graph_contradicts_its_config_is_unavailable_and_the_rest_served(tmp_path: Path) -> None:
+    import asyncio
+
+    settings = tiny_settings(tmp_path)
+    _contradicting_copy(settings.model_repository, "broken")
+    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    entry = service.repository.entries["broken"]
+    assert not entry.available and "prob" in (entry.unavailable_reason or "")
+    assert str(tmp_path) not in (entry.unavailable_reason or "")  # listed to every caller: no server paths
+    results = asyncio.run(service.classify([jpeg()], ImageOptions.parse()))
+    assert results[0].predictions  # the default model is served
+    with pytest.raises(Exception) as refused:
+        asyncio.run(service.classify([jpeg()], ImageOptions.parse(model="broken")))
+    info = classify_error(refused.value)
+    assert info.http_status == 503 and info.kind == "model_unavailable", info
+
+
+def test_a_default_model_that_does_not_build_still_refuses_the_start(tmp_path: Path) -> None:
+    settings = tiny_settings(tmp_path)
+    _contradicting_copy(settings.model_repository, "broken")
+    with pytest.raises(RuntimeError, match="default model 'broken' cannot be served"):
+        build_service(compose(AppArgs(placement="local", default_model="broken"), settings))
