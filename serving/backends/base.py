@@ -42,7 +42,8 @@ class Backend(Protocol):
         """Load weights and prepare the runtime (sessions, engines, devices)."""
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch (batch axis first); returns every output by name, batch axis first, as float32 numpy."""
+        """Run one batch (batch axis first); returns every output by name, batch axis first, as numpy (float32;
+        ONNX Runtime gives an output its config declares INT64, FP16, UINT8 or BYTES in that type)."""
 
     def info(self) -> BackendInfo:
         """The chosen runtime, device and precision."""

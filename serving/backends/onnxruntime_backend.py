@@ -25,6 +25,8 @@ ORT_TYPES = {
     "BYTES": "tensor(string)",
 }
 
+OUTPUT_NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64}
+
 
 def default_intra_op_threads(concurrent_runs: int = 1) -> int:
     """Threads per session: IMGSERVE_ORT_THREADS (a whole number; 0 or unset: the default), else the CPUs this
@@ -128,6 +130,8 @@ class OnnxRuntimeBackend:
         self._run_batch = fixed_batch or (0 if want_cuda else max(0, self.cpu_run_batch))
         self._input_name = entry.config.input.name
         self._output_names = [o.name for o in self._session.get_outputs()]
+        declared = {o.name: o.dtype for o in entry.config.outputs}
+        self._output_dtypes = [declared.get(name, "FP32") for name in self._output_names]
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._session is None:
@@ -140,7 +144,8 @@ class OnnxRuntimeBackend:
             parts = [self._session.run(self._output_names, feed) for feed in feeds]
             results = [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
         return {
-            name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, results, strict=True)
+            name: _as_declared(value, dtype)
+            for name, value, dtype in zip(self._output_names, results, self._output_dtypes, strict=True)
         }
 
     def info(self) -> BackendInfo:
@@ -174,6 +179,18 @@ def _dims_differ(expected: Sequence[int], graph: Sequence[Any]) -> bool:
     return len(items) != len(expected) or any(
         isinstance(g, int) and g != e for g, e in zip(items, expected, strict=True)
     )
+
+
+def _as_declared(value: Any, dtype: str) -> np.ndarray:
+    """An output as its config declares it (the graph's own type: `check_graph` compares them): FP32 as before;
+    INT64, FP16, UINT8 kept (they were all made float32, so a metadata that said INT64 came with FP32 data, and
+    int64 values above 2**24 lost digits); a string output as UTF-8 bytes elements (OIP BYTES)."""
+    if dtype == "BYTES":
+        array = np.asarray(value, dtype=np.object_)
+        return np.vectorize(lambda item: item.encode() if isinstance(item, str) else bytes(item), otypes=[object])(
+            array
+        )
+    return np.asarray(value, dtype=OUTPUT_NUMPY_TYPES[dtype])
 
 
 def check_graph(config: "ModelConfig", inputs: Sequence[Any], outputs: Sequence[Any]) -> int:
@@ -215,6 +232,8 @@ def check_graph(config: "ModelConfig", inputs: Sequence[Any], outputs: Sequence[
                 f"config output '{output.name}' [N,{','.join(map(str, output.shape))}] does not match "
                 f"the graph's {_shape(found.shape)}"
             )
+        elif found.type != ORT_TYPES[output.dtype]:
+            problems.append(f"config output '{output.name}' is {output.dtype}, the graph's is {found.type}")
     if problems:
         raise ValueError(f"config.yaml does not match the ONNX graph: {'; '.join(problems)}")
     return fixed_batch
