@@ -41,19 +41,31 @@ def exported_onnx_path(config: ModelConfig, settings: ServerSettings) -> Path:
     )
 
 
+def shown_path(path: Path, model: str) -> str:
+    """`path` from its model's folder on (`parcels/2/labels.txt`): what a reason listed to API callers may name of
+    the server's files."""
+    parts = path.parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == model:
+            return "/".join(parts[i:])
+    return path.name
+
+
 def read_labels(config: ModelConfig, folder: Path) -> tuple[str, ...]:
     """Labels, one per output index; empty when the model has none."""
     if not config.labels:
         return ()
-    # one label per "\n"-ended line: str.splitlines also splits at U+2028, \x1c-\x1e and others a label may hold
-    lines = (folder / config.labels).read_text(encoding="utf-8").split("\n")
+    shown = shown_path(folder / config.labels, config.name)  # reasons are listed to callers: no server paths
+    try:
+        # one label per "\n"-ended line: str.splitlines also splits at U+2028, \x1c-\x1e and others a label may hold
+        lines = (folder / config.labels).read_text(encoding="utf-8").split("\n")
+    except OSError as exc:
+        raise ValueError(f"{shown}: cannot be read ({exc.strerror or type(exc).__name__})") from exc
     if lines and lines[-1] == "":
         lines.pop()
     expected = config.outputs[0].shape[-1]
     if len(lines) != expected:
-        raise ValueError(
-            f"{folder / config.labels}: {len(lines)} labels but output '{config.outputs[0].name}' has {expected}"
-        )
+        raise ValueError(f"{shown}: {len(lines)} labels but output '{config.outputs[0].name}' has {expected}")
     return tuple(line.strip() for line in lines)
 
 
@@ -100,7 +112,7 @@ def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> Sc
         except (OSError, ValueError) as exc:
             if not folder.versioned or version in wanted:
                 raise
-            unreadable[version] = (path, str(exc))
+            unreadable[version] = (path, str(exc).replace(f"{root.parent}/", ""))  # listed: no server paths
             continue
         configs[config.version] = (config, path)
     served = folder.served_versions[:1] if folder.versioned else list(configs)

@@ -48,3 +48,28 @@ def test_a_default_model_that_does_not_build_still_refuses_the_start(tmp_path: P
     _contradicting_copy(settings.model_repository, "broken")
     with pytest.raises(RuntimeError, match="default model 'broken' cannot be served"):
         build_service(compose(AppArgs(placement="local", default_model="broken"), settings))
+
+
+def test_a_version_whose_labels_cannot_be_read_is_listed_without_server_paths(tmp_path: Path) -> None:
+    """/v1/models (any viewer) listed "...its labels cannot be read: /srv/models/m/1/labels.txt: 5 labels but ..."."""
+    from serving.config.model_config import load_model_config
+    from serving.repository import read_labels
+    from tests.unit.tiny_models import versioned_copy
+
+    settings = tiny_settings(tmp_path)
+    models = settings.model_repository
+    for version in ("1", "2"):
+        versioned_copy(models / "tiny", models / "parcels", version)
+    (models / "parcels" / "1" / "labels.txt").write_text("a\nb\n")  # not served (2 is the newest), and broken
+    service = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
+    reason = service.repository.versions["parcels"]["1"].unavailable_reason or ""
+    assert "parcels/1/labels.txt: 2 labels" in reason and str(tmp_path) not in reason, reason
+
+    shutil.copytree(models / "tiny", tmp_path / "nolabels")
+    config = load_model_config(tmp_path / "nolabels" / "config.yaml").model_copy(
+        update={"name": "nolabels", "labels": "missing.txt"}
+    )
+    with pytest.raises(ValueError) as unreadable:
+        read_labels(config, tmp_path / "nolabels")
+    said = str(unreadable.value)
+    assert "nolabels/missing.txt: cannot be read" in said and str(tmp_path) not in said, said
