@@ -221,6 +221,18 @@ class ModelConfig(_Strict):
             raise ValueError(f"preprocessing produces {tuple(produced)} but input.size is {tuple(self.input.size)}")
         return self
 
+    @model_validator(mode="after")
+    def _uint8_input_takes_pixels_as_they_are(self) -> "ModelConfig":
+        """A UINT8 input gets the pixels themselves (0..255): a `scale`, `mean` or `std` was ignored without a word
+        (the model loaded READY and answered as before); normalise inside the graph, or take an FP32 input."""
+        p = self.preprocessing
+        if self.input.dtype == "UINT8" and (p.scale != 1.0 or any(p.mean) or any(v != 1.0 for v in p.std)):
+            raise ValueError(
+                "input dtype UINT8 takes the pixels as they are (0..255): leave preprocessing scale, mean and std at "
+                "their defaults (1, 0, 1), normalise in the graph, or declare an FP32 input"
+            )
+        return self
+
     def preprocess_spec(self) -> PreprocessSpec:
         """The decode stage's view of this model."""
         p = self.preprocessing

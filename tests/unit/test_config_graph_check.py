@@ -24,6 +24,9 @@ pytestmark = pytest.mark.unit
 def _edit_input(**values: Any) -> Callable[[dict[str, Any]], None]:
     def edit(config: dict[str, Any]) -> None:
         config["input"].update(values)
+        if values.get("dtype") == "UINT8":  # a UINT8 input takes the pixels as they are
+            for key in ("scale", "mean", "std"):
+                config["preprocessing"].pop(key, None)
         if "size" in values:
             config["preprocessing"]["resize"]["size"] = values["size"]
             config["preprocessing"]["crop"] = values["size"]

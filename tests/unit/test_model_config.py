@@ -72,10 +72,20 @@ def test_resnet_preprocess_spec_uses_torchvision_numbers() -> None:
 def test_nhwc_uint8_input_maps_to_spec() -> None:
     raw = with_change("input.layout", "NHWC")
     raw["input"]["dtype"] = "UINT8"
+    for key in ("scale", "mean", "std"):  # a UINT8 input takes the pixels as they are
+        raw["preprocessing"].pop(key, None)
     config = ModelConfig.model_validate(raw)
     assert config.input.shape == [224, 224, 3]
     assert config.preprocess_spec().layout == "NHWC"
     assert config.preprocess_spec().dtype == "uint8"
+
+
+def test_a_uint8_input_with_normalisation_is_refused() -> None:
+    """scale, mean and std were ignored for a UINT8 input: the model loaded READY and answered as without them."""
+    raw = with_change("input.layout", "NHWC")
+    raw["input"]["dtype"] = "UINT8"
+    with pytest.raises(ValueError, match="input dtype UINT8 takes the pixels as they are"):
+        ModelConfig.model_validate(raw)
 
 
 @pytest.mark.parametrize(
