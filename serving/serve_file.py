@@ -247,6 +247,7 @@ def check_deployable(config: dict[str, Any], settings: ServerSettings | None = N
     raised OverflowError). Ray Serve's own schema is `check_serve_schema`'s (it imports Ray)."""
     from serving.port_check import listener_ports
 
+    check_repository_configs(settings or ServerSettings.from_env())
     for app in imgserve_apps(config):
         models = (app.get("args") or {}).get("models", "all")
         if isinstance(models, list):
@@ -264,6 +265,32 @@ def check_deployable(config: dict[str, Any], settings: ServerSettings | None = N
     for what, host, port, _ in listeners:
         if not 0 <= port <= 65535:
             raise StartRefused(f"{what} port {port} on {host}: expected 1-65535 (0: a free port the system picks)")
+
+
+def check_repository_configs(settings: ServerSettings) -> None:
+    """StartRefused, in one line, for a model of the operator's repository whose served version's config.yaml (or
+    versions.yaml) cannot be read or is not a model config: each replica's scan refuses it, which was a traceback and
+    exit 1 after Ray had started ("a configuration error, said at start"). Trained models are not checked: a
+    replica lists one that cannot be read and serves the rest."""
+    root = settings.model_repository
+    for folder_path in model_roots(root):
+        where = f"model repository {folder_path.name}"
+        try:
+            folder = scan_model_folder(folder_path)
+            if folder is None:
+                continue
+            canary = folder.policy.canary if folder.versioned else None
+            for version in [*folder.served_versions[:1], *([canary.version] if canary is not None else [])]:
+                path = folder.versions.get(version)
+                if path is not None:
+                    where = f"{path.relative_to(root)}/config.yaml"
+                    load_model_config(path / "config.yaml")
+        except ValidationError as exc:
+            raise StartRefused(f"{where}: {_problems(exc)}") from None
+        except (OSError, ValueError) as exc:
+            cause = exc.__cause__
+            text = " ".join(str(exc).replace(f"{root}/", "").split()).removeprefix(f"{where}: ")
+            raise StartRefused(f"{where}: {_problems(cause) if isinstance(cause, ValidationError) else text}") from None
 
 
 def check_serve_schema(config: dict[str, Any]) -> None:

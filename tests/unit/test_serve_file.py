@@ -337,3 +337,20 @@ def test_a_bad_deploy_timeout_is_refused_before_ray_starts(
     0 or less gave up on the deploy at once."""
     monkeypatch.setenv("IMGSERVE_DEPLOY_TIMEOUT_S", value)
     assert f"IMGSERVE_DEPLOY_TIMEOUT_S={value!r}: expected seconds > 0" in refused(SERVE_CONFIG, capsys)
+
+
+def test_a_repository_model_config_that_is_no_model_config_is_one_line_before_ray(
+    no_ray: list[dict[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each replica's scan refused it, after Ray had started: a traceback and exit 1 (a `mean` of two values)."""
+    from tests.unit.tiny_models import tiny_settings
+
+    settings = tiny_settings(tmp_path / "t")
+    config = settings.model_repository / "quality_mos" / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["preprocessing"]["mean"] = [0.5, 0.5]
+    config.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("IMGSERVE_MODEL_REPOSITORY", str(settings.model_repository))
+    err = refused(serve_config(tmp_path, lambda c: None), capsys)
+    assert "quality_mos/config.yaml: preprocessing.mean.2: Field required" in err, err
+    assert str(tmp_path) not in err and not no_ray
