@@ -373,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename is not None else ""
         print(f"imgserve: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        from serving.jobs.database import NewerSchemaError  # not at import: the CLI starts without SQLAlchemy
+
+        if not isinstance(exc, NewerSchemaError):
+            raise
+        print(f"imgserve: error: {exc}", file=sys.stderr)  # keys, tenants, jobs commands on a newer database
+        return 2
 
 
 if __name__ == "__main__":

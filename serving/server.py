@@ -201,6 +201,27 @@ def prepare_ray_network(exposed: bool, grpc_proxy_host: str, temp_dir: Path) -> 
     return os.environ["RAY_AUTH_MODE"]
 
 
+def check_database_schema() -> None:
+    """StartRefused, before Ray starts, for a job database a newer imgserve wrote (each replica refused it with a
+    traceback and the deploy failed); a database that does not exist yet or cannot be reached now is the replicas'
+    to make or report."""
+    from serving.jobs.database import NewerSchemaError, check_schema_known, create_store_engine, current_revision
+    from serving.jobs.settings import JobSettings
+
+    try:
+        engine = create_store_engine(JobSettings.from_env().database_url)
+        try:
+            revision = current_revision(engine)
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001 - unreachable or not made yet: the replicas say so
+        return
+    try:
+        check_schema_known(revision)
+    except NewerSchemaError as exc:
+        raise StartRefused(str(exc)) from None
+
+
 def print_key_hint() -> None:
     """With auth required and no key yet, say how to make the first one (the database is the root of trust)."""
     try:
@@ -266,6 +287,7 @@ def run_server(
         if clashes:
             raise StartRefused(f"{'; '.join(clashes)}: give each listener its own port (--http-port/--grpc-port)")
         # on a cluster, the nodes' addresses and ports are not ours to probe
+        check_database_schema()
         busy, unbindable = listener_problems(raw) if ray_address is None else ([], [])
         if unbindable:
             raise StartRefused(f"cannot listen: {'; '.join(unbindable)} (--host must be an address of this machine)")

@@ -73,12 +73,33 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+class NewerSchemaError(ValueError):
+    """The job database was written by a newer imgserve: a schema revision this one does not know."""
+
+
+def check_schema_known(revision: str | None) -> None:
+    """NewerSchemaError, saying what to do, for a revision this imgserve's migrations do not have (a downgrade: alembic
+    said only "Can't locate revision", in a traceback from every replica)."""
+    if revision is None:
+        return
+    try:
+        ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
+    except Exception:  # noqa: BLE001 - alembic's CommandError / ResolutionError: not one of ours
+        raise NewerSchemaError(
+            f"the job database is at schema revision {revision}, which this imgserve does not know (its newest is "
+            f"{head_revision()}): a newer imgserve wrote it. Run that version, or restore a backup of the database "
+            "taken before it was upgraded"
+        ) from None
+
+
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision; safe to call from several processes at once."""
+    """Bring the schema to the newest revision; safe to call from several processes at once. NewerSchemaError for a
+    database a newer imgserve wrote (nothing is changed)."""
     config = _alembic_config()
     with engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE already serialises migrators
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        check_schema_known(MigrationContext.configure(connection).get_current_revision())
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     logger.info("job store at revision %s", head_revision())
