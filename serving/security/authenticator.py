@@ -5,7 +5,8 @@ Keys are cached per replica by key id for `key_cache_s` (default 5 s; least rece
 path costs a dict lookup and one SHA-256, a wrong secret for a known id is refused from the cache, and a revoked key
 stops working everywhere within that time. A key whose id no key has is refused from the replica's list of key ids
 (serving.security.key_ids) without a lookup, so guessing costs the guesser, not the database. JWTs must be signed
-with an asymmetric algorithm (RS256/ES256/EdDSA; no HS256, so a public key can never be used as an HMAC secret) and
+with an asymmetric algorithm (RS/PS, ES, EdDSA: serving.security.jwt_keys; no HS256, so a public key can never be
+used as an HMAC secret) and
 carry `exp`, checked with `jwt_leeway_s` of clock leeway; claims `tenant` and `role` (or `imgserve_tenant` /
 `imgserve_role`) name the tenant and role, `sub` the caller, whose requests are rate-limited by `jwt_rate` /
 `jwt_burst` (shared by every replica, like a key's rate).
@@ -22,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from serving.security.errors import UnauthenticatedError
+from serving.security.jwt_keys import KeySet, SigningKey, key_algorithms
 from serving.security.key_ids import KnownKeyIds
 from serving.security.keys import KeyStore, StoredKey, parse_key
 from serving.security.principal import Principal, check_role, check_tenant
@@ -29,7 +31,6 @@ from serving.security.settings import SecuritySettings
 from serving.security.tables import api_keys
 
 logger = logging.getLogger("imgserve.security")
-JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 CACHE_ENTRIES = 10_000
 
 
@@ -81,14 +82,13 @@ class JwtVerifier:
         self._jwks_file = settings.jwks_file
         self._jwks_stamp: tuple[float, int] | None = None
         self._checked = 0.0
-        self._keys: dict[str | None, Any] = {}
+        self._keys = KeySet([])
         self._load_keys()
 
     def _load_keys(self) -> None:
-        # kid -> (key, the algorithms it may sign with: its JWK's `alg` where it names one, as RFC 8725 advises)
-        keys: dict[str | None, tuple[Any, list[str]]] = (
-            {None: (self._public_key, JWT_ALGORITHMS)} if self._public_key else {}
-        )
+        keys: list[SigningKey] = []
+        if self._public_key is not None:
+            keys.append(SigningKey(self._public_key, key_algorithms(self._public_key)))
         if self._jwks_file is not None:
             stat = self._jwks_file.stat()
             self._jwks_stamp = (stat.st_mtime, stat.st_size)
@@ -102,12 +102,20 @@ class JwtVerifier:
                     continue
                 if jwk.get("use", "sig") != "sig":
                     continue  # an encryption key (Keycloak publishes one beside its signing keys)
+                kid = jwk.get("kid") if isinstance(jwk.get("kid"), str) else None
                 try:
-                    algorithms = [jwk["alg"]] if isinstance(jwk.get("alg"), str) else JWT_ALGORITHMS
-                    keys[jwk.get("kid")] = (self._jwt.PyJWK(jwk).key, algorithms)
+                    key = self._jwt.PyJWK(jwk).key
                 except Exception as exc:  # noqa: BLE001 - one unusable key must not stop the others
-                    logger.warning("JWKS key %r left out: %s", jwk.get("kid"), exc)
-        self._keys = keys
+                    logger.warning("JWKS key %r left out: %s", kid, exc)
+                    continue
+                algorithms = key_algorithms(key, jwk.get("alg"))
+                if not algorithms:  # an `oct` HMAC key, a curve no JWT algorithm uses, an `alg` not its type's
+                    logger.warning("JWKS key %r left out: it signs with no asymmetric JWT algorithm", kid)
+                    continue
+                keys.append(SigningKey(key, algorithms, kid))
+        if self._public_key is not None and not key_algorithms(self._public_key):
+            raise ValueError("the public key file's key signs with no JWT algorithm (RSA, P-256/384/521, Ed25519/448)")
+        self._keys = KeySet(keys)
 
     @property
     def key_count(self) -> int:
@@ -119,7 +127,7 @@ class JwtVerifier:
         if self._jwks_file is None:
             return
         now = time.monotonic()
-        if kid in self._keys and now - self._checked < self.JWKS_RECHECK_S:
+        if self._keys.knows(kid) and now - self._checked < self.JWKS_RECHECK_S:
             return
         self._checked = now
         try:
@@ -129,27 +137,42 @@ class JwtVerifier:
         except (OSError, ValueError) as exc:  # a file being rewritten: keep the keys read last
             logger.warning("JWKS file %s could not be read again: %s", self._jwks_file, exc)
 
+    def _decode(self, token: str, candidates: list[SigningKey]) -> dict[str, Any]:
+        """The token's claims, checked against the first of `candidates` whose signature matches (a wrong key's
+        "Signature verification failed" moves on to the next; an expired or wrong-audience token fails at once)."""
+        failure: Exception | None = None
+        for candidate in candidates:
+            try:
+                return self._jwt.decode(
+                    token,
+                    candidate.key,
+                    algorithms=list(candidate.algorithms),
+                    issuer=self.issuer,
+                    audience=self.audience,
+                    leeway=self.leeway_s,
+                    options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                )
+            except self._jwt.InvalidSignatureError as exc:
+                failure = exc
+        raise failure or UnauthenticatedError("JWT signed by an unknown key")
+
     def principal(self, token: str) -> Principal:
         jwt = self._jwt
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
             self._refresh(kid)
-            # A kid names one key of a JWKS whose keys have ids; a JWKS without ids (one key written by hand) and the
-            # public key file sign whatever kid a token carries.
-            named = kid is not None and any(name is not None for name in self._keys)
-            found = self._keys.get(kid) if named else self._keys.get(None)
-            if found is None:
-                raise UnauthenticatedError("JWT signed by an unknown key")
-            key, algorithms = found
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[a for a in algorithms if a in JWT_ALGORITHMS],  # a JWK's HS256 signs nothing here
-                issuer=self.issuer,
-                audience=self.audience,
-                leeway=self.leeway_s,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
-            )
+            # A kid names one key of the JWKS; the keys without one (the public key file, a JWKS written by hand)
+            # are tried for any other token, each with the algorithms its type signs with
+            candidates = self._keys.candidates(kid, header.get("alg"))
+            if not candidates:
+                known = isinstance(kid, str) and not self._keys.unnamed
+                raise UnauthenticatedError(
+                    "JWT signed by an unknown key"
+                    if known or not self._keys.unnamed
+                    else f"JWT algorithm {str(header.get('alg'))[:20]!r} is not one the configured keys sign with"
+                )
+            claims = self._decode(token, candidates)
             if not isinstance(claims["sub"], str) or not claims["sub"].strip():  # one rate bucket for every blank
                 raise UnauthenticatedError("invalid JWT: its sub claim must name the caller")
             tenant = check_tenant(_text_claim(claims, "imgserve_tenant", "tenant"))
