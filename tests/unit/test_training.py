@@ -277,7 +277,7 @@ def test_labels_files_split_only_at_newlines(tmp_path: Path) -> None:
     from serving.repository import read_labels
 
     (tmp_path / "labels.txt").write_text("caf\u00e9 \u00e0 la\x85carte\nintact\r\n", encoding="utf-8")
-    config = SimpleNamespace(labels="labels.txt", outputs=[SimpleNamespace(name="probs", shape=[1, 2])])
+    config = SimpleNamespace(name="pets", labels="labels.txt", outputs=[SimpleNamespace(name="probs", shape=[1, 2])])
     assert read_labels(config, tmp_path) == ("caf\u00e9 \u00e0 la\x85carte", "intact")  # type: ignore[arg-type]
 
 
