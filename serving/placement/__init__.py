@@ -18,6 +18,7 @@ from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOpti
 from serving.config.model_entry import ModelEntry
 from serving.config.placement_overlay import MODEL_DEPLOYMENT_PREFIX
 from serving.config.settings import ServerSettings
+from serving.graph_check import graph_problems
 from serving.repository import ModelRepository
 from serving.service import InferenceService
 from serving.stages.local import LocalPipeline, build_local_pipeline
@@ -78,10 +79,16 @@ def compose(options: AppArgs, settings: ServerSettings | None = None) -> Ingress
     servable = {}
     for name in wanted:
         entry = repository.get(name)
+        problem = graph_problems(entry) if entry.available else None
+        if problem is not None:  # not deployed (graph) nor built (local): listed unavailable, the rest served
+            entry = mark_unavailable(repository, entry, problem)
         if entry.available:
             servable[name] = entry
         else:
             logger.log(_unserved_level(), "model %s is not deployed: %s", name, entry.unavailable_reason)
+    if options.default_model not in servable:  # its graph contradicts its config
+        reason = repository.get(options.default_model).unavailable_reason
+        raise RuntimeError(f"default model '{options.default_model}' cannot be served: {reason}")
     servable |= canary_stages(repository, servable)
     # `imgserve serve` refuses this before starting (serving.serve_file); here for a config deployed otherwise
     check_batch_waits(
@@ -188,6 +195,17 @@ def build_pipeline(config: IngressConfig, stages: object | None = None) -> Image
     return GraphPipeline(stages, config.graph_calls)
 
 
+def mark_unavailable(repository: ModelRepository, entry: ModelEntry, reason: str) -> ModelEntry:
+    """`entry` listed unavailable with `reason`, as served entry and as its version's row (the repository index and
+    /v1/models' versions read the rows: they said "not deployed in this application")."""
+    unavailable = dataclasses.replace(entry, unavailable_reason=reason)
+    repository.entries[entry.name] = unavailable
+    versions = repository.versions.get(entry.name)
+    if versions is not None and entry.version in versions:
+        versions[entry.version] = unavailable
+    return unavailable
+
+
 def mark_unbuilt(config: IngressConfig, unbuilt: dict[str, str]) -> None:
     """The served versions whose stage did not build, listed unavailable with the reason (requests for them are a
     503 `model_unavailable`, as for missing weights); RuntimeError when it is the default model (nothing to serve
@@ -198,7 +216,7 @@ def mark_unbuilt(config: IngressConfig, unbuilt: dict[str, str]) -> None:
             continue  # a canary version: drop_unbuilt_canaries ends its split
         if key == config.default_model:
             raise RuntimeError(f"default model '{key}' cannot be served: {reason}")
-        config.repository.entries[key] = dataclasses.replace(entry, unavailable_reason=reason)
+        mark_unavailable(config.repository, entry, reason)
 
 
 def drop_unbuilt_canaries(repository: ModelRepository, pipeline: ImagePipeline) -> None:

@@ -34,6 +34,8 @@ def test_a_model_whose_graph_contradicts_its_config_is_unavailable_and_the_rest_
     service = build_service(compose(AppArgs(placement="local", default_model="tiny"), settings))
     entry = service.repository.entries["broken"]
     assert not entry.available and "prob" in (entry.unavailable_reason or "")
+    row = service.repository.versions["broken"][entry.version]  # what the repository index and versions list read
+    assert row.unavailable_reason == entry.unavailable_reason  # "not deployed in this application" before
     assert str(tmp_path) not in (entry.unavailable_reason or "")  # listed to every caller: no server paths
     results = asyncio.run(service.classify([jpeg()], ImageOptions.parse()))
     assert results[0].predictions  # the default model is served
@@ -41,6 +43,16 @@ def test_a_model_whose_graph_contradicts_its_config_is_unavailable_and_the_rest_
         asyncio.run(service.classify([jpeg()], ImageOptions.parse(model="broken")))
     info = classify_error(refused.value)
     assert info.http_status == 503 and info.kind == "model_unavailable", info
+
+
+def test_the_graph_placement_does_not_deploy_a_model_whose_graph_contradicts_its_config(tmp_path: Path) -> None:
+    """The graph placement deployed `model-broken` (one deployment per model of `stages.models`), whose replica
+    failed three times and took the application down."""
+    settings = tiny_settings(tmp_path)
+    _contradicting_copy(settings.model_repository, "broken")
+    config = compose(AppArgs(placement="graph", default_model="tiny"), settings)
+    assert "broken" not in config.stages.models and "tiny" in config.stages.models
+    assert "output 'prob' is not a graph output" in (config.repository.entries["broken"].unavailable_reason or "")
 
 
 def test_a_default_model_that_does_not_build_still_refuses_the_start(tmp_path: Path) -> None:
