@@ -6,9 +6,9 @@ their name), and with DNS rebinding (a name the page's author controls, first re
 127.0.0.1) same-origin reads of the answers: jobs, results, outputs, collections. Without a key to ask for, the
 `Host` and `Origin` headers tell such requests apart, as Jupyter and webpack's dev server check them: a `Host`
 that is not `localhost`, a loopback address or a name in IMGSERVE_ALLOWED_HOSTS, or an `Origin` whose host is none
-of those, is a 403 `forbidden_host`. An `Origin` the operator listed in IMGSERVE_CORS_ORIGINS passes too (the
-same exact comparison the CORS layer makes): listing it says pages of that origin may call the API (the `Host`
-must still be this machine's). Servers with auth on need no such check (a key is asked for); Ray Serve's proxy
+of those, is a 403 `forbidden_host`. An `Origin` the operator listed by name in IMGSERVE_CORS_ORIGINS passes too (the
+same exact comparison the CORS layer makes; `*` does not count): listing it says pages of that origin may call the
+API (the `Host` must still be this machine's). Servers with auth on need no such check (a key is asked for); Ray Serve's proxy
 (`--ray-proxy`) is not guarded here.
 """
 
@@ -39,15 +39,16 @@ def _host_name(url: str) -> str:
 class LoopbackHostGuard:
     """`extra_hosts`: names besides loopback ones (SecuritySettings.allowed_hosts, IMGSERVE_ALLOWED_HOSTS); `*`
     lets every host through. `cors_origins`: origins whose pages may call the API (SecuritySettings.cors_origins,
-    IMGSERVE_CORS_ORIGINS; `*`: any origin, as for the CORS layer)."""
+    IMGSERVE_CORS_ORIGINS), each named: a `*` there lets no origin past this guard (with auth off every caller is
+    the anonymous admin, and `*` would hand that to any page the developer opens)."""
 
     def __init__(self, app: ASGIApp, extra_hosts: Iterable[str] = (), cors_origins: Iterable[str] = ()):
         self.app = app
         self.extra = frozenset(name.lower() for name in extra_hosts)
-        self.cors_origins = frozenset(cors_origins)
+        self.cors_origins = frozenset(origin for origin in cors_origins if origin != "*")
 
     def origin_allowed(self, origin: str) -> bool:
-        return "*" in self.cors_origins or origin in self.cors_origins or self.allowed(_host_name(origin))
+        return origin in self.cors_origins or self.allowed(_host_name(origin))
 
     def allowed(self, name: str) -> bool:
         return "*" in self.extra or name in self.extra or (bool(name) and is_loopback_host(name))

@@ -70,6 +70,10 @@ def test_an_origin_listed_for_cors_passes_and_others_do_not() -> None:
     assert client.post("/v1/jobs", headers={"Origin": "https://app.example"}).status_code == 403  # another origin
     # the Host must still be this machine's: a rebinding page cannot name an allowed origin to get in
     assert client.get("/v1/jobs", headers={"Host": "app.example", "Origin": "http://app.example"}).status_code == 403
+    # `*` lets no origin past the guard: with auth off every caller is the anonymous admin
+    star = _client(cors_origins=["*", "http://app.example"])
+    assert star.post("/v1/jobs", headers={"Origin": "https://evil.example"}).status_code == 403
+    assert star.post("/v1/jobs", headers={"Origin": "http://app.example"}).status_code == 200
 
 
 def test_header_names_are_matched_in_any_case() -> None:
