@@ -96,3 +96,60 @@ def test_on_a_real_server_a_streams_head_is_answered_without_reading_the_stream(
     assert second.startswith(b"HTTP/1.1 200"), second
     assert closed == [1], "the stream's generator was not closed"
     assert len(sent) <= 1, "the stream went on being read after its head"
+
+
+def test_a_streams_head_ends_even_when_the_server_never_says_the_client_left() -> None:
+    """Starlette's stream listens for the client leaving from before its head; a server whose `receive` stays
+    waiting after the answer (uvicorn returns a disconnect then; another server need not) kept the stream running."""
+    closed: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"event: progress\n\n"
+                await asyncio.sleep(0.01)
+        finally:
+            closed.append(1)
+
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(endless(), media_type="text/event-stream")
+
+    sent: list[dict] = []
+    first = True
+
+    async def receive() -> dict:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client never leaves, and the server never says so
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "HEAD",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"x")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def main() -> None:
+        await asyncio.wait_for(HeadRequestMiddleware(app)(scope, receive, send), 5)
+
+    asyncio.run(main())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert closed == [1]
