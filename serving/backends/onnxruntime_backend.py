@@ -232,7 +232,8 @@ def check_graph(config: "ModelConfig", inputs: Sequence[Any], outputs: Sequence[
                 f"config output '{output.name}' [N,{','.join(map(str, output.shape))}] does not match "
                 f"the graph's {_shape(found.shape)}"
             )
-        elif found.type != ORT_TYPES[output.dtype]:
+        elif found.type != ORT_TYPES[output.dtype] and (output.dtype, found.type) != ("FP32", "tensor(float16)"):
+            # a float16 output under the default FP32 is served cast to float32, as before outputs kept their types
             problems.append(f"config output '{output.name}' is {output.dtype}, the graph's is {found.type}")
     if problems:
         raise ValueError(f"config.yaml does not match the ONNX graph: {'; '.join(problems)}")

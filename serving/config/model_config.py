@@ -71,6 +71,13 @@ class OutputSpec(_Strict):
         default="raw", description="'probabilities' are used as scores; 'logits' get a softmax for top-k."
     )
 
+    @model_validator(mode="after")
+    def _scores_are_numbers(self) -> "OutputSpec":
+        """Probabilities and logits are ranked: a BYTES one was a 500 at every classification."""
+        if self.kind != "raw" and self.dtype == "BYTES":
+            raise ValueError(f"output '{self.name}' is {self.kind}: its dtype must be numeric, not BYTES")
+        return self
+
 
 class BatchingConfig(_Strict):
     """Dynamic batching (`serving.stages.batching.BatchQueue`), runtime-adjustable via the deployment's user_config."""

@@ -116,6 +116,8 @@ def _classification_strings(values: np.ndarray, labels: tuple[str, ...], k: int,
     being the output's own (a logits output's logit, as Triton writes it) and the label the model's only on its
     classification outputs (logits, probabilities): a `raw` output such as a score has no labels of its own."""
     labelled = spec.kind in ("logits", "probabilities")
+    if values.dtype == np.object_:  # a BYTES output has no values to rank (it was a 500 from the cast below)
+        raise InvalidTensorError(f"output '{spec.name}' is BYTES: the classification extension needs a numeric output")
     rows = []
     for row in values:
         preds = top_k(np.asarray(row, dtype=np.float64).reshape(-1), labels if labelled else (), k)

@@ -125,6 +125,9 @@ def canary_stages(repository: ModelRepository, served: dict[str, ModelEntry]) ->
     `repository.canaries` with the reason: all of its model's requests go to the served version, never a 503."""
     stages = {}
     for name, (entry, percent) in list(repository.canaries.items()):
+        problem = graph_problems(entry) if entry.available else None
+        if problem is not None:  # a canary whose config contradicts its graph: no stage, no deployment
+            entry = dataclasses.replace(entry, unavailable_reason=problem)
         if name not in served:  # the model itself is not deployed (logged above): nothing to split
             del repository.canaries[name]
         elif not entry.available:

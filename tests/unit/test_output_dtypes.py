@@ -52,3 +52,45 @@ def test_an_int64_output_is_served_as_int64(tmp_path: Path) -> None:
     logits = np.asarray(outputs["logits"]["data"]).reshape(2, len(CLASSES))
     assert outputs["top"]["data"] == logits.argmax(axis=1).tolist()
     assert all(isinstance(value, int) for value in outputs["top"]["data"])
+
+
+def test_a_float16_output_under_the_default_fp32_is_served_cast(tmp_path: Path) -> None:
+    """Outputs keep their declared types since 258aae8; a float16 graph output left at the default FP32 loaded
+    before (cast to float32) and must still."""
+    settings = tiny_settings(tmp_path)
+    models = settings.model_repository
+    graph = classifier_graph(output="logits32")
+    graph.node.append(helper.make_node("Cast", ["logits32"], ["logits"], to=TensorProto.FLOAT16))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["N", len(CLASSES)]))
+    folder = models / "half"
+    shutil.copytree(models / "tiny", folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["name"] = "half"
+    config["weights"]["sha256"] = _save(graph, folder / "model.onnx")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    service = build_service(compose(AppArgs(placement="local", default_model="half"), settings))
+    assert service.repository.entries["half"].available
+    stage = service.pipeline.models["half"]  # type: ignore[attr-defined]
+    pixels = np.random.default_rng(2).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    assert stage.backend.infer(pixels)["logits"].dtype == np.float32
+
+
+def test_a_bytes_output_cannot_be_logits_or_probabilities() -> None:
+    from serving.config.model_config import OutputSpec
+
+    with pytest.raises(ValueError, match="its dtype must be numeric"):
+        OutputSpec(name="labels", dtype="BYTES", shape=[1], kind="probabilities")
+    assert OutputSpec(name="labels", dtype="BYTES", shape=[1]).kind == "raw"
+
+
+def test_the_classification_extension_on_a_bytes_output_is_a_400() -> None:
+    """It was a 500 `internal` (the strings were cast to float64); Triton refuses it as the client's request."""
+    from types import SimpleNamespace
+
+    from serving.errors import InvalidTensorError, classify_error
+    from serving.oip.inference import _classification_strings
+
+    words = np.array([[b"dog"], [b"cat"]], dtype=np.object_)
+    with pytest.raises(InvalidTensorError) as refused:
+        _classification_strings(words, (), 1, SimpleNamespace(name="labels", kind="raw"))
+    assert classify_error(refused.value).http_status == 400

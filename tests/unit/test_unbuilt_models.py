@@ -85,3 +85,18 @@ def test_a_version_whose_labels_cannot_be_read_is_listed_without_server_paths(tm
         read_labels(config, tmp_path / "nolabels")
     said = str(unreadable.value)
     assert "nolabels/missing.txt: cannot be read" in said and str(tmp_path) not in said, said
+
+
+def test_a_canary_whose_graph_contradicts_its_config_is_not_deployed(tmp_path: Path) -> None:
+    """The graph placement deployed `model-parcels@2` for a canary version whose config names an output its graph
+    lacks: its replica failed and took the application down. The split ends; version 1 answers every request."""
+    from tests.unit.test_canary_restart import canary_repository
+
+    settings = canary_repository(tmp_path)
+    canary_config = settings.trained_models / "parcels" / "2" / "config.yaml"
+    raw = yaml.safe_load(canary_config.read_text())
+    raw["outputs"][0]["name"] = "prob"
+    canary_config.write_text(yaml.safe_dump(raw))
+    config = compose(AppArgs(placement="graph", default_model="tiny"), settings)
+    assert "parcels@2" not in config.stages.models and "parcels" in config.stages.models
+    assert "parcels" not in config.repository.canaries
