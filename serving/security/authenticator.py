@@ -166,10 +166,9 @@ class JwtVerifier:
             # are tried for any other token, each with the algorithms its type signs with
             candidates = self._keys.candidates(kid, header.get("alg"))
             if not candidates:
-                known = isinstance(kid, str) and not self._keys.unnamed
                 raise UnauthenticatedError(
                     "JWT signed by an unknown key"
-                    if known or not self._keys.unnamed
+                    if not self._keys.unnamed
                     else f"JWT algorithm {str(header.get('alg'))[:20]!r} is not one the configured keys sign with"
                 )
             claims = self._decode(token, candidates)

@@ -14,7 +14,6 @@ from typing import Any
 
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-JWT_ALGORITHMS = [*RSA_ALGORITHMS, *EC_ALGORITHMS.values(), "EdDSA"]  # asymmetric only: no HS256, no `none`
 
 
 def key_algorithms(key: Any, declared: object = None) -> tuple[str, ...]:
