@@ -64,7 +64,8 @@ class SecuritySettings(BaseModel):
 
     auth: AuthMode = Field(default="auto", description="IMGSERVE_AUTH: required | off | auto (see module doc).")
     jwt_public_key_file: Path | None = Field(
-        default=None, description="IMGSERVE_JWT_PUBLIC_KEY_FILE: PEM public key (RSA, EC P-256/384/521, Ed25519/448) that signs JWTs."
+        default=None,
+        description="IMGSERVE_JWT_PUBLIC_KEY_FILE: PEM public key (RSA, EC P-256/384/521, Ed25519/448) signing JWTs.",
     )
     jwks_file: Path | None = Field(default=None, description="IMGSERVE_JWKS_FILE: a JWKS document (keys by `kid`).")
     jwt_issuer: str | None = Field(default=None, description="IMGSERVE_JWT_ISSUER: required `iss` claim, if set.")
