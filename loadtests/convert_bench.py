@@ -310,7 +310,8 @@ def main() -> None:
         print(json.dumps(worker(library, job, int(threads), float(seconds))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["libraries", "bulk", "cli", "online"])
+    parts = ["libraries", "bulk", "cli", "online"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the cli part (default 3; medians)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per figure (default 20)")
     parser.add_argument("--concurrency", type=int, default=8, help="online clients (default 8)")
@@ -333,6 +334,7 @@ def main() -> None:
         report["online_ratios"] = ratios(report["online"], by_server=True)
         print(json.dumps({"online_ratios": report["online_ratios"]}, indent=1), flush=True)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost a 7-minute run's JSON
         args.json.write_text(json.dumps(report, indent=1))
 
 

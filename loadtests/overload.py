@@ -129,6 +129,7 @@ async def overload(url: str, images: list[bytes], rate: float, seconds: float, p
     offered_s = time.perf_counter() - started
     stop.set()
     await asyncio.gather(*workers)
+    answered_s = time.perf_counter() - started  # the window and the drain of the answers still in flight
     sampler.cancel()
     unsent = due.qsize()
     return {
@@ -138,7 +139,9 @@ async def overload(url: str, images: list[bytes], rate: float, seconds: float, p
         "statuses": dict(statuses),
         "admitted_p50_ms": _ms(admitted, 50),
         "admitted_p99_ms": _ms(admitted, 99),
-        "admitted_per_s": round(len(admitted) / offered_s, 1),
+        # over the window and its drain: the answers of the requests in flight at its end come after it (divided
+        # by the window alone, 485 answers in 4 s read as 121/s against a 105/s capacity)
+        "admitted_per_s": round(len(admitted) / answered_s, 1),
         "server_rss_peak_mb": rss_peak,
     }
 

@@ -63,8 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--camera-images", type=int, default=None, help="camera mix subset (default all, quick 8)")
     add("--data", type=Path, default=DATA_DIR, help="shared real-photo folder")
     add("--triton-venv", type=Path, default=TRITON_VENV)
-    add("--out", type=Path, default=RESULTS_DIR / "bench.json")
-    add("--markdown", type=Path, default=BENCHMARKS_MD, help="file whose generated section to update")
+    add("--out", type=Path, default=None, help="results JSON (default bench.json; --quick: bench_quick.json)")
+    add(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="file whose generated section to update (default BENCHMARKS.md; --quick updates none unless given)",
+    )
     add("--max-steal", type=float, default=10.0, help="wait before a measurement while CPU steal exceeds this %%")
     add(
         "--rounds",
@@ -195,10 +200,11 @@ def auth_record(servers: list[str]) -> dict[str, Any]:
 
 def render_only(args: argparse.Namespace) -> int:
     """Re-render the markdown from a stored bench.json (today's contention rule on the stored levels)."""
-    report = json.loads(args.out.read_text())
+    out, markdown = args.out or RESULTS_DIR / "bench.json", args.markdown or BENCHMARKS_MD
+    report = json.loads(out.read_text())
     summarise_contention(report["machine"], report["servers"])
-    update_markdown(args.markdown, render_markdown(report))
-    log(f"updated {args.markdown} from {args.out}")
+    update_markdown(markdown, render_markdown(report))
+    log(f"updated {markdown} from {out}")
     return 0
 
 
@@ -231,6 +237,14 @@ def measure_servers(
     return {name: servers[name] for name in SERVERS if name in servers}
 
 
+def result_files(args: argparse.Namespace, quick: bool) -> tuple[Path, Path | None]:
+    """Where a run writes its JSON and which markdown it updates (None: none). A smoke run (--quick) keeps the full
+    run's bench.json and the tables BENCHMARKS.md's text refers to (it replaced them) unless told otherwise."""
+    out = args.out or RESULTS_DIR / ("bench_quick.json" if quick else "bench.json")
+    markdown = args.markdown or (None if quick else BENCHMARKS_MD)
+    return out, None if args.no_markdown else markdown
+
+
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     plan = Plan.from_args(args)
     configure_gate(args, plan.quick)
@@ -256,11 +270,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     report = build_report(
         machine=machine_info, command=command, mixes=mix_info, servers=servers, limit=limit, settings=settings
     )
-    write_json(report, args.out)
-    log(f"wrote {args.out}")
-    if not args.no_markdown:
-        update_markdown(args.markdown, render_markdown(report))
-        log(f"updated {args.markdown}")
+    out, markdown = result_files(args, plan.quick)
+    write_json(report, out)
+    log(f"wrote {out}")
+    if markdown is not None:
+        update_markdown(markdown, render_markdown(report))
+        log(f"updated {markdown}")
     print(json.dumps(report["ratios"], indent=2))
     return 0
 

@@ -96,7 +96,9 @@ class QuietGate:
         """Wait as above; returns the last speed probe (ms)."""
         started = time.monotonic()
         bound = min(self.max_wait_s, max(0.0, self.max_total_wait_s - self.waited_s))
+        looks = 0
         while True:
+            looks += 1
             before = cpu_times()
             if self.max_wait_s > 0:
                 time.sleep(self.sample_s)
@@ -108,7 +110,7 @@ class QuietGate:
             if self.max_wait_s <= 0 or quiet or time.monotonic() - started >= bound:
                 break
         waited = time.monotonic() - started - self.sample_s
-        if waited > 0:
+        if waited > 0 and looks > 1:  # a quiet first look is no wait (its probe's ~0.1 s were counted)
             self.waited_s += waited
         if waited >= 1:
             log(

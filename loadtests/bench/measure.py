@@ -137,7 +137,6 @@ def measure_rounds(
         for server in built if round_index % 2 == 0 else built[::-1]:
             if rounds > 1:
                 log(f"round {round_index + 1} of {rounds}: {server.name}")
-            machine.QUIET.waited_s = 0.0  # the gate's per-run wait budget applies per round
             results.setdefault(server.name, []).append(
                 measure_server(server, mixes, concurrency, seconds, warmup, log_dir)
             )

@@ -27,7 +27,7 @@ from loadtests.bench.catalog import (
     key_command_line,
 )
 from loadtests.bench.catalog import SERVERS as SERVER_NAMES
-from loadtests.bench.cli import Plan, parse_args, settings_record
+from loadtests.bench.cli import Plan, parse_args, result_files, settings_record
 from loadtests.bench.markdown import MD_BEGIN, MD_END, render_markdown, update_markdown
 from loadtests.bench.measure import best_of_rounds
 from loadtests.bench.monitor import TreeMonitor
@@ -809,3 +809,29 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     draws = iter([31990, 31990, 31990, 31991])
     monkeypatch.setattr("loadtests.server_process.random.randrange", lambda start, stop: next(draws))
     assert free_port() == 31990 and free_port() == 31991
+
+
+def test_a_smoke_run_keeps_the_full_runs_results_and_tables() -> None:
+    """`make bench BENCH_ARGS=--quick` rewrote loadtests/results/bench.json and BENCHMARKS.md's generated tables,
+    which the hand-written text and the README cite, with a one-server smoke run."""
+    out, markdown = result_files(parse_args(["--quick"]), quick=True)
+    assert out.name == "bench_quick.json" and markdown is None
+    out, markdown = result_files(parse_args([]), quick=False)
+    assert out.name == "bench.json" and markdown is not None and markdown.name == "BENCHMARKS.md"
+    assert result_files(parse_args(["--quick", "--markdown", "x.md"]), quick=True)[1] == Path("x.md")
+    assert result_files(parse_args(["--no-markdown"]), quick=False)[1] is None
+
+
+def test_the_gates_wait_budget_and_total_cover_the_whole_run() -> None:
+    """measure_rounds reset the gate's counter for every server and round: the 600 s bound restarted for each, and
+    the reported 'waited in all' was the last server's."""
+    import inspect
+
+    from loadtests.bench import measure
+
+    assert "waited_s = 0" not in inspect.getsource(measure.measure_rounds)
+    gate = machine.QuietGate(max_steal_pct=-1, max_wait_s=0.2, max_total_wait_s=0.3, sample_s=0.05)
+    gate.wait()
+    first = gate.waited_s
+    gate.wait()
+    assert 0.3 <= gate.waited_s < 0.6 and first > 0  # the second wait got only what was left of the budget
