@@ -8,8 +8,8 @@ their name), and with DNS rebinding (a name the page's author controls, first re
 that is not `localhost`, a loopback address or a name in IMGSERVE_ALLOWED_HOSTS, or an `Origin` whose host is none
 of those, is a 403 `forbidden_host`. An `Origin` the operator listed by name in IMGSERVE_CORS_ORIGINS passes too (the
 same exact comparison the CORS layer makes; `*` does not count): listing it says pages of that origin may call the
-API (the `Host` must still be this machine's). Servers with auth on need no such check (a key is asked for); Ray Serve's proxy
-(`--ray-proxy`) is not guarded here.
+API (the `Host` must still be this machine's). Servers with auth on need no such check (a key is asked for); Ray
+Serve's proxy (`--ray-proxy`) is not guarded here.
 """
 
 import json
