@@ -53,16 +53,15 @@ def test_the_scrape_is_not_counted_in_flight(http: TestClient) -> None:
     assert 'imgserve_inflight_requests{protocol="http"} 0.0' in lines, lines
 
 
-def test_on_a_real_server_a_streams_head_is_answered_without_reading_the_stream() -> None:
-    closed: list[int] = []
-    sent: list[int] = []
+def _stream_app(sent: list[int], closed: list[int]) -> FastAPI:
+    """An app whose GET /stream never ends: `sent` grows per event, `closed` when its generator is closed."""
 
     async def endless() -> AsyncIterator[bytes]:
         try:
             while True:
                 sent.append(1)
                 yield b"event: progress\n\n"
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
         finally:
             closed.append(1)
 
@@ -71,6 +70,14 @@ def test_on_a_real_server_a_streams_head_is_answered_without_reading_the_stream(
     @app.get("/stream")
     async def stream() -> StreamingResponse:
         return StreamingResponse(endless(), media_type="text/event-stream")
+
+    return app
+
+
+def test_on_a_real_server_a_streams_head_is_answered_without_reading_the_stream() -> None:
+    closed: list[int] = []
+    sent: list[int] = []
+    app = _stream_app(sent, closed)
 
     @app.get("/small")
     async def small() -> dict[str, str]:
@@ -102,21 +109,7 @@ def test_a_streams_head_ends_even_when_the_server_never_says_the_client_left() -
     """Starlette's stream listens for the client leaving from before its head; a server whose `receive` stays
     waiting after the answer (uvicorn returns a disconnect then; another server need not) kept the stream running."""
     closed: list[int] = []
-
-    async def endless() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                yield b"event: progress\n\n"
-                await asyncio.sleep(0.01)
-        finally:
-            closed.append(1)
-
-    app = FastAPI()
-
-    @app.get("/stream")
-    async def stream() -> StreamingResponse:
-        return StreamingResponse(endless(), media_type="text/event-stream")
-
+    app = _stream_app([], closed)
     sent: list[dict] = []
     first = True
 
