@@ -192,7 +192,16 @@ def _cmd_tenants_secret(args: argparse.Namespace) -> int:
     engine = _engine()
     if not _tenant_known(engine, args.tenant):
         return _unknown_tenant(args.tenant)
-    secret = TenantStore(engine).webhook_secret(args.tenant, rotate=args.rotate)
+    secret = TenantStore(engine).webhook_secret(args.tenant, rotate=args.rotate, create=False)
+    if secret is None:  # a read makes none: it would replace IMGSERVE_WEBHOOK_SECRET as the signing key at once
+        print(
+            f"imgserve: tenant {args.tenant} has no webhook secret of its own: its deliveries are signed with the"
+            " server's IMGSERVE_WEBHOOK_SECRET where that is set, else with a secret made at its first delivery"
+            " (shown here then). `--rotate` makes one now; where the server's secret signed, receivers must switch"
+            " to it at once",
+            file=sys.stderr,
+        )
+        return 1
     _audit(engine, "tenant.webhook_secret" + (".rotate" if args.rotate else ".read"), args.tenant, args.tenant)
     print(f"webhook signing secret of tenant {args.tenant} (verify X-Imgserve-Signature with it):")
     print(secret.decode())
@@ -279,7 +288,8 @@ def add_security_commands(sub: Any) -> None:
     update.set_defaults(func=_cmd_tenants_set)
     tenants_sub.add_parser("list", help="tenants and their settings").set_defaults(func=_cmd_tenants_list)
     secret = tenants_sub.add_parser(
-        "webhook-secret", help="print (or --rotate) an existing tenant's webhook signing secret"
+        "webhook-secret",
+        help="print a tenant's own webhook signing secret (exit 1 if it has none); --rotate makes or replaces it",
     )
     secret.add_argument("tenant")
     secret.add_argument("--rotate", action="store_true")

@@ -40,7 +40,7 @@ class TenantSecrets:
         own = self.store.signing_secrets(job.tenant)
         if own:
             return own
-        return (self.fallback or self.store.webhook_secret(job.tenant),)
+        return (self.fallback or self.store.webhook_secret(job.tenant) or b"",)
 
 
 class JobLoop:

@@ -60,14 +60,17 @@ class TenantStore:
                 conn.execute(tenants.update().where(tenants.c.id == tenant).values(**values))
         return self.policy(tenant)
 
-    def webhook_secret(self, tenant: str, rotate: bool = False) -> bytes:
+    def webhook_secret(self, tenant: str, rotate: bool = False, create: bool = True) -> bytes | None:
         """The tenant's webhook signing secret, made on first use (or replaced with `rotate`: the replaced one is
-        kept, and signs too, for `ROTATION_GRACE_S`)."""
+        kept, and signs too, for `ROTATION_GRACE_S`). `create` False: None for a tenant without one (a read must not
+        make one: it would replace the server's IMGSERVE_WEBHOOK_SECRET as this tenant's signing key at once)."""
         with self.engine.begin() as conn:
             ensure_tenant(conn, tenant)
             current = conn.execute(sa.select(tenants.c.webhook_secret).where(tenants.c.id == tenant)).scalar()
             if current and not rotate:
                 return str(current).encode()
+            if not current and not rotate and not create:
+                return None
             fresh = "whsec_" + secrets.token_urlsafe(32)
             values: dict[str, object] = {"webhook_secret": fresh}
             if current:

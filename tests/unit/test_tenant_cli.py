@@ -60,8 +60,25 @@ def test_tenants_set_create_makes_a_tenant_and_says_so(database: str, capsys: py
     assert "created tenant newco" in err and '"quota_images_per_day": 100' in out
     assert cli_main(["tenants", "set", "newco", "--quota-images", "200"]) == 0  # known now
     assert "created" not in capsys.readouterr().err
+    assert cli_main(["tenants", "webhook-secret", "newco", "--rotate"]) == 0  # makes its own
+    made = capsys.readouterr().out.splitlines()[-1]
+    assert made.startswith("whsec_")
     assert cli_main(["tenants", "webhook-secret", "newco"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("whsec_")
+    assert capsys.readouterr().out.splitlines()[-1] == made  # a read prints it, changes nothing
+
+
+def test_reading_a_secret_a_tenant_does_not_have_makes_none(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read made one: with IMGSERVE_WEBHOOK_SECRET signing the tenant's deliveries, the tenant's own (new) secret
+    replaced it at once, without the 24 h of two signatures a rotation gives, and receivers refused deliveries."""
+    from serving.security.tenants import TenantStore
+
+    assert cli_main(["tenants", "set", "quiet", "--create"]) == 0
+    capsys.readouterr()
+    assert cli_main(["tenants", "webhook-secret", "quiet"]) == 1
+    assert "has no webhook secret of its own" in capsys.readouterr().err
+    engine = open_job_database(database)
+    assert TenantStore(engine).signing_secrets("quiet") == ()  # the server's secret still signs
+    engine.dispose()
 
 
 def test_tenants_known_by_keys_jobs_or_the_default_name_are_served(
@@ -73,8 +90,8 @@ def test_tenants_known_by_keys_jobs_or_the_default_name_are_served(
                                 tenant="jwtco")  # fmt: skip
     engine.dispose()
     assert cli_main(["keys", "create", "--name", "k", "--role", "analyst", "--tenant", "acme"]) == 0
-    for tenant in ("jwtco", "acme", "default"):
-        assert cli_main(["tenants", "webhook-secret", tenant]) == 0, tenant
+    for tenant in ("jwtco", "acme", "default"):  # known (1: no secret of its own yet), not refused as unknown (2)
+        assert cli_main(["tenants", "webhook-secret", tenant]) == 1, tenant
     assert cli_main(["tenants", "set", "jwtco", "--anonymize"]) == 0
     assert "created" not in capsys.readouterr().err
 
