@@ -88,7 +88,12 @@ class JwtVerifier:
     def _load_keys(self) -> None:
         keys: list[SigningKey] = []
         if self._public_key is not None:
-            keys.append(SigningKey(self._public_key, key_algorithms(self._public_key)))
+            algorithms = key_algorithms(self._public_key)
+            if not algorithms:
+                raise ValueError(
+                    "the public key file's key signs with no JWT algorithm (RSA, P-256/384/521, Ed25519/448)"
+                )
+            keys.append(SigningKey(self._public_key, algorithms))
         if self._jwks_file is not None:
             stat = self._jwks_file.stat()
             self._jwks_stamp = (stat.st_mtime, stat.st_size)
@@ -113,8 +118,6 @@ class JwtVerifier:
                     logger.warning("JWKS key %r left out: it signs with no asymmetric JWT algorithm", kid)
                     continue
                 keys.append(SigningKey(key, algorithms, kid))
-        if self._public_key is not None and not key_algorithms(self._public_key):
-            raise ValueError("the public key file's key signs with no JWT algorithm (RSA, P-256/384/521, Ed25519/448)")
         self._keys = KeySet(keys)
 
     @property
