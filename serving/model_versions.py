@@ -153,6 +153,12 @@ def scan_model_folder(root: Path, flat_version: str | None = None, policy: bool 
     return ModelFolder(root.name, root, versions, read_policy(root) if policy else VersionPolicy(), versioned=True)
 
 
+def without_repository_path(text: str, repository: Path) -> str:
+    """`text` (an error's) with the repository folder's path cut, so a file is named from its model's folder on
+    (`parcels/2/config.yaml`): reasons and refusals are shown to API callers and operators' logs alike."""
+    return text.replace(f"{repository}{os.sep}", "")
+
+
 def model_roots(repository: Path) -> list[Path]:
     """Sub-folders of a repository that may hold a model, by name."""
     if not repository.is_dir():

@@ -16,7 +16,13 @@ from serving.config.model_config import ModelConfig, load_model_config
 from serving.config.model_entry import ModelArtifacts, ModelEntry
 from serving.config.settings import ServerSettings
 from serving.feature_head import GRAPH_VERSION, save_atomically, write_quality_graph
-from serving.model_versions import POLICY_FILE, is_folder_name, model_roots, scan_model_folder
+from serving.model_versions import (
+    POLICY_FILE,
+    is_folder_name,
+    model_roots,
+    scan_model_folder,
+    without_repository_path,
+)
 from serving.quantize import served_int8
 from serving.trained_head import HEAD_GRAPH_VERSION, ClassifierHead, classifier_graph, embedding_graph
 from serving.weights import WeightsError, locate_weights, logged_weights_error, sha256_of, weights_problems_kept
@@ -112,7 +118,7 @@ def scan_model(root: Path, settings: ServerSettings, check_backends: bool) -> Sc
         except (OSError, ValueError) as exc:
             if not folder.versioned or version in wanted:
                 raise
-            unreadable[version] = (path, str(exc).replace(f"{root.parent}/", ""))  # listed: no server paths
+            unreadable[version] = (path, without_repository_path(str(exc), root.parent))  # listed: no server paths
             continue
         configs[config.version] = (config, path)
     served = folder.served_versions[:1] if folder.versioned else list(configs)

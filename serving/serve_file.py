@@ -29,7 +29,7 @@ from serving.config.app_args import AppArgs, DirectIngressOptions, GraphCallOpti
 from serving.config.model_config import BatchingConfig, load_model_config
 from serving.config.placement_overlay import IMPORT_PATH, MODEL_DEPLOYMENT_PREFIX, STAGE_DEPLOYMENTS
 from serving.config.settings import ServerSettings
-from serving.model_versions import model_folder, model_roots, scan_model_folder
+from serving.model_versions import model_folder, model_roots, scan_model_folder, without_repository_path
 
 
 class StartRefused(ValueError):
@@ -289,7 +289,7 @@ def check_repository_configs(settings: ServerSettings) -> None:
             raise StartRefused(f"{where}: {_problems(exc)}") from None
         except (OSError, ValueError) as exc:
             cause = exc.__cause__
-            text = " ".join(str(exc).replace(f"{root}/", "").split()).removeprefix(f"{where}: ")
+            text = " ".join(without_repository_path(str(exc), root).split()).removeprefix(f"{where}: ")
             raise StartRefused(f"{where}: {_problems(cause) if isinstance(cause, ValidationError) else text}") from None
 
 
